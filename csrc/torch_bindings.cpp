@@ -1,0 +1,43 @@
+// Every op schema of superthoughts_ext lives here, in the one always-compiled file; the
+// backend files (csrc/cpu/*.cpp, csrc/cuda/*.cu) only add TORCH_LIBRARY_IMPL blocks.
+// The pybind11 module `_C` carries build information only: ops are reached through
+// torch.ops.superthoughts_ext.* so they work under torch.compile and in CUDA graphs.
+#include <Python.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#ifndef SUPERTHOUGHTS_VERSION
+#define SUPERTHOUGHTS_VERSION "0.0.0"
+#endif
+#ifndef SUPERTHOUGHTS_TORCH_VERSION
+#define SUPERTHOUGHTS_TORCH_VERSION "unknown"
+#endif
+#ifndef SUPERTHOUGHTS_CUDA_ARCHS
+#define SUPERTHOUGHTS_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(superthoughts_ext, m) {
+  // One SuperThoughts decode step for a batch, in one launch (DESIGN.md section 2):
+  // per row, max / argmax (or Gumbel-max sample) / softmax denominator of both heads'
+  // logits [2, B, V], the confidence rule that accepts the MTP token, and the compressed
+  // input of the next unit, C(E[t1], E[accepted ? t2 : pad]). Updates `finished` [B] in place.
+  // Returns tokens [B, 2] int64 (-1 = second token not accepted), n_new [B] int32,
+  // conf [B, 2] float32, next_in [B, H] (or the raw pair [B, 2H] when merge_weight is None).
+  m.def(
+      "superthoughts_step(Tensor logits, Tensor embed, Tensor? merge_weight, "
+      "Tensor? merge_bias, Tensor(a!) finished, int pad_id, int eos_id, float threshold, "
+      "float threshold_main, float temperature, int seed, int offset) "
+      "-> (Tensor tokens, Tensor n_new, Tensor conf, Tensor next_in)");
+}
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "superthoughts_ext compiled core (build information; ops live in torch.ops)";
+  module.attr("version") = SUPERTHOUGHTS_VERSION;
+  module.attr("torch_version") = SUPERTHOUGHTS_TORCH_VERSION;
+#ifdef SUPERTHOUGHTS_WITH_CUDA
+  module.attr("with_cuda") = true;
+#else
+  module.attr("with_cuda") = false;
+#endif
+  module.attr("cuda_archs") = SUPERTHOUGHTS_CUDA_ARCHS;
+}

@@ -1,0 +1,38 @@
+"""The `superthoughts` command: one subcommand per area, each owned by its module.
+
+Every area module exposes `add_arguments(parser)` and `run(args) -> int`; modules are
+imported lazily so that `superthoughts --help` stays fast and a missing optional
+dependency of one area never breaks the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("superthoughts_ext.train", "fine-tune a SuperThoughts (or baseline SFT) model"),
+    "generate": ("superthoughts_ext.generate", "decode a prompt with a trained model"),
+    "eval": ("superthoughts_ext.evaluation", "evaluate on MATH500 / AMC23 / OlympiadBench / GPQA"),
+    "demo": ("superthoughts_ext.demo.run", "train + evaluate the embedded synthetic task"),
+    "bench": ("superthoughts_ext.bench_cli", "run a microbenchmark (step, generate, train)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="superthoughts", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text)
+        sub_parser.set_defaults(_module=module_name)
+        # Only the chosen subcommand's module is imported.
+        if argv and argv[0] == name:
+            importlib.import_module(module_name).add_arguments(sub_parser)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Typed Python wrappers of the compiled ops, each with its fake (meta) implementation.
+
+Loading `superthoughts_ext._C` registers the schemas (csrc/torch_bindings.cpp) and the CPU
+and, when built, CUDA kernels. `register_fake` lets torch.compile(fullgraph=True) trace them.
+"""
+from __future__ import annotations
+
+import torch
+
+from superthoughts_ext import _C  # noqa: F401  (registers torch.ops.superthoughts_ext)
+
+
+def superthoughts_step(
+    logits: torch.Tensor,
+    embed: torch.Tensor,
+    merge_weight: torch.Tensor | None,
+    merge_bias: torch.Tensor | None,
+    finished: torch.Tensor,
+    pad_id: int,
+    eos_id: int,
+    threshold: float,
+    threshold_main: float = 0.0,
+    temperature: float = 0.0,
+    seed: int = 0,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One fused SuperThoughts decode step (DESIGN.md section 2); updates `finished` in place.
+
+    Args:
+        logits: [2, B, V] fp32/bf16/fp16, head 0 = main, head 1 = MTP; last dim contiguous.
+        embed: [V, H] input embedding table (fp32/bf16/fp16), last dim contiguous.
+        merge_weight: [H, 2H] linear compressor weight in embed's dtype, or None.
+        merge_bias: [H] compressor bias, or None (needs merge_weight).
+        finished: [B] bool, rows that already emitted EOS; set for rows that emit it now.
+        pad_id, eos_id: token ids in [0, V).
+        threshold: MTP confidence needed to accept the second token, in [0, 1].
+        threshold_main: main-head confidence also needed, in [0, 1].
+        temperature: 0 = greedy (argmax), > 0 = Gumbel-max sampling of logits / temperature.
+        seed, offset: key and counter of the Philox stream used when sampling.
+
+    Returns:
+        tokens [B, 2] int64 (tokens[:, 1] = -1 when the second token is not accepted),
+        n_new [B] int32 (0 for rows finished before the step, else 1 or 2),
+        conf [B, 2] float32 (max softmax probability of each head at temperature 1),
+        next_in [B, H] in embed's dtype ([B, 2H] raw pair when merge_weight is None).
+    """
+    return torch.ops.superthoughts_ext.superthoughts_step(
+        logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
+        float(threshold), float(threshold_main), float(temperature), int(seed), int(offset),
+    )
+
+
+@torch.library.register_fake("superthoughts_ext::superthoughts_step")
+def _superthoughts_step_fake(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
+                             threshold, threshold_main, temperature, seed, offset):
+    batch = logits.shape[1]
+    hidden = embed.shape[1] if merge_weight is not None else 2 * embed.shape[1]
+    tokens = logits.new_empty((batch, 2), dtype=torch.int64)
+    n_new = logits.new_empty((batch,), dtype=torch.int32)
+    conf = logits.new_empty((batch, 2), dtype=torch.float32)
+    next_in = embed.new_empty((batch, hidden))
+    return tokens, n_new, conf, next_in

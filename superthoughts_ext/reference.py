@@ -1,0 +1,124 @@
+"""Plain-PyTorch oracles for the compiled ops.
+
+`superthoughts_step_ref` defines the semantics of `torch.ops.superthoughts_ext.superthoughts_step`
+(DESIGN.md section 2) bit for bit where integers are concerned: the tests compare the C++ and
+CUDA kernels against it, and `generate(..., use_kernels=False)` runs on it.
+
+Random numbers come from Philox4x32-10, counter based, so that every backend draws the same
+Gumbel noise for the same (seed, offset, row, head, vocab index) without sharing any state:
+    key     = (seed & 0xffffffff, seed >> 32)
+    counter = (v >> 2, 2 * row + head, offset & 0xffffffff, offset >> 32)
+    word    = philox(counter, key)[v & 3]
+    u       = ((word >> 8) + 0.5) * 2**-24          # in (0, 1), exact in float32
+    gumbel  = -log(-log(u))                           # float32
+"""
+from __future__ import annotations
+
+import torch
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+PHILOX_ROUNDS = 10
+MASK32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # a * b for 32-bit a, b without overflowing int64: split a into 16-bit halves.
+    a_lo, a_hi = a & 0xFFFF, a >> 16
+    p_lo = b * a_lo  # < 2**48
+    p_hi = b * a_hi  # < 2**48
+    mid = p_lo + ((p_hi & 0xFFFF) << 16)  # < 2**49
+    lo = mid & MASK32
+    hi = (p_hi >> 16) + (mid >> 32)
+    return hi & MASK32, lo
+
+
+def philox4x32(counter: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """Philox4x32-10 on int64 tensors holding uint32 values; returns the 4 output words."""
+    c0, c1, c2, c3 = (c & MASK32 for c in counter)
+    k0, k1 = seed & MASK32, (seed >> 32) & MASK32
+    for round_index in range(PHILOX_ROUNDS):
+        hi0, lo0 = _mulhilo32(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        if round_index + 1 < PHILOX_ROUNDS:
+            k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
+    return [c0, c1, c2, c3]
+
+
+def gumbel_noise(batch: int, vocab: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
+    """Gumbel(0, 1) noise [2, batch, vocab] float32, head-major like the logits."""
+    v = torch.arange(vocab, device=device, dtype=torch.int64)
+    head_row = torch.arange(2 * batch, device=device, dtype=torch.int64).view(2, batch)
+    # stream index is 2 * row + head, while the logits are laid out [head, row]
+    stream = 2 * head_row.remainder(batch) + head_row.div(batch, rounding_mode="floor")
+    shape = (2, batch, vocab)
+    counter = [
+        (v >> 2).expand(shape),
+        stream.unsqueeze(-1).expand(shape),
+        torch.full(shape, offset & MASK32, device=device, dtype=torch.int64),
+        torch.full(shape, (offset >> 32) & MASK32, device=device, dtype=torch.int64),
+    ]
+    words = torch.stack(philox4x32(counter, seed), dim=0)  # [4, 2, B, V]
+    word = words.gather(0, (v & 3).expand(shape).unsqueeze(0)).squeeze(0)
+    u = ((word >> 8).to(torch.float32) + 0.5) * (2.0**-24)
+    return -torch.log(-torch.log(u))
+
+
+def superthoughts_step_ref(
+    logits: torch.Tensor,
+    embed: torch.Tensor,
+    merge_weight: torch.Tensor | None,
+    merge_bias: torch.Tensor | None,
+    finished: torch.Tensor,
+    pad_id: int,
+    eos_id: int,
+    threshold: float,
+    threshold_main: float,
+    temperature: float,
+    seed: int,
+    offset: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference for `superthoughts_step`; updates `finished` in place like the op.
+
+    logits [2, B, V] (head 0 = main, head 1 = MTP), embed [V, H], merge_weight [H, 2H] or None,
+    merge_bias [H] or None, finished [B] bool.
+    Returns tokens [B, 2] int64, n_new [B] int32, conf [B, 2] float32, next_in [B, H]
+    (or [B, 2H] when merge_weight is None) in embed's dtype.
+
+    NaN logits count as -inf. A head whose row has no finite maximum yields token pad_id
+    and confidence 0. Rows already finished yield tokens (pad_id, -1), n_new 0, conf 0 and
+    the merged input of (pad_id, pad_id).
+    """
+    _, batch, vocab = logits.shape
+    device = logits.device
+    scores = logits.float().nan_to_num(nan=float("-inf"), posinf=float("inf"))
+    row_max = scores.amax(dim=-1)  # [2, B]
+    valid = torch.isfinite(row_max)
+    shifted = scores - torch.where(valid, row_max, torch.zeros_like(row_max)).unsqueeze(-1)
+    conf = torch.where(valid, 1.0 / torch.exp(shifted).sum(dim=-1), torch.zeros_like(row_max))
+    if temperature > 0.0:
+        scores = scores / temperature + gumbel_noise(batch, vocab, seed, offset, device)
+    picked = scores.argmax(dim=-1)  # [2, B], first index on ties like torch.argmax
+    picked = torch.where(valid, picked, torch.full_like(picked, pad_id))
+
+    was_finished = finished.clone()
+    t1, t2 = picked[0], picked[1]
+    accept = (conf[1] >= threshold) & (conf[0] >= threshold_main) & (t1 != eos_id) & ~was_finished
+    t1 = torch.where(was_finished, torch.full_like(t1, pad_id), t1)
+    second = torch.where(accept, t2, torch.full_like(t2, -1))
+    tokens = torch.stack([t1, second], dim=1)
+    n_new = torch.where(was_finished, 0, 1 + accept.to(torch.int32)).to(torch.int32)
+    conf = torch.where(was_finished.unsqueeze(0), torch.zeros_like(conf), conf).t().contiguous()
+    finished |= ~was_finished & ((t1 == eos_id) | (accept & (t2 == eos_id)))
+
+    b_ids = torch.where(accept, t2, torch.full_like(t2, pad_id))
+    pair = torch.cat([embed[t1], embed[b_ids]], dim=-1)  # [B, 2H]
+    if merge_weight is None:
+        next_in = pair
+    else:
+        bias = None if merge_bias is None else merge_bias.float()
+        next_in = torch.nn.functional.linear(pair.float(), merge_weight.float(), bias).to(embed.dtype)
+    return tokens, n_new, conf, next_in
