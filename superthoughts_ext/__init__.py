@@ -1,17 +1,53 @@
-"""superthoughts_ext: SuperThoughts two-token latent chain-of-thought for Hugging Face LMs."""
+"""superthoughts_ext: SuperThoughts two-token latent chain-of-thought for Hugging Face LMs.
+
+Pure-Python parts (reference, modeling, data, evaluation) import without the compiled core;
+the ops load `superthoughts_ext._C` on first use.
+"""
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from superthoughts_ext import _C
-from superthoughts_ext.ops import superthoughts_step
-from superthoughts_ext.reference import superthoughts_step_ref
 
-BUILD_INFO = {
-    "version": _C.version,
-    "torch_version": _C.torch_version,
-    "with_cuda": _C.with_cuda,
-    "cuda_archs": _C.cuda_archs,
-}
+def build_info() -> dict[str, object]:
+    """How the compiled core was built: package and torch versions, CUDA on/off, CUDA archs."""
+    from superthoughts_ext import _C
 
-__all__ = ["BUILD_INFO", "superthoughts_step", "superthoughts_step_ref", "__version__"]
+    return {
+        "version": _C.version,
+        "torch_version": _C.torch_version,
+        "with_cuda": bool(_C.with_cuda),
+        "cuda_archs": _C.cuda_archs,
+    }
+
+
+def __getattr__(name: str):
+    # Lazy public API: keeps `import superthoughts_ext` cheap and usable before a build.
+    if name == "superthoughts_step":
+        from superthoughts_ext.ops import superthoughts_step
+
+        return superthoughts_step
+    if name == "superthoughts_step_ref":
+        from superthoughts_ext.reference import superthoughts_step_ref
+
+        return superthoughts_step_ref
+    if name in ("generate", "GenerateOutput"):
+        from superthoughts_ext import generate as generate_module
+
+        return getattr(generate_module, name)
+    if name in ("SuperThoughtsConfig", "SuperThoughtsForCausalLM"):
+        from superthoughts_ext import modeling
+
+        return getattr(modeling, name)
+    raise AttributeError(f"module 'superthoughts_ext' has no attribute {name!r}")
+
+
+__all__ = [
+    "GenerateOutput",
+    "SuperThoughtsConfig",
+    "SuperThoughtsForCausalLM",
+    "build_info",
+    "generate",
+    "superthoughts_step",
+    "superthoughts_step_ref",
+    "__version__",
+]

@@ -1,0 +1,66 @@
+// Counter-based Philox4x32-10 and the Gumbel noise of the step op, shared by the C++ CPU
+// kernel and the CUDA kernel so both draw bit-identical numbers (see reference.py).
+// Plain C++/CUDA: no torch headers.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define ST_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define ST_HOST_DEVICE inline
+#endif
+
+namespace superthoughts {
+
+struct PhiloxWords {
+  uint32_t w[4];
+};
+
+ST_HOST_DEVICE void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+  const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
+  hi = static_cast<uint32_t>(product >> 32);
+  lo = static_cast<uint32_t>(product);
+}
+
+ST_HOST_DEVICE PhiloxWords philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                         uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo32(kM0, c0, hi0, lo0);
+    mulhilo32(kM1, c2, hi1, lo1);
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return PhiloxWords{{c0, c1, c2, c3}};
+}
+
+// The four vocab entries 4*block .. 4*block+3 of stream (row, head) share one Philox call.
+ST_HOST_DEVICE PhiloxWords step_noise_words(uint64_t seed, uint64_t offset, int64_t row, int head,
+                                            int64_t block) {
+  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(2 * row + head),
+                       static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// Gumbel(0, 1) from one 32-bit word: u = ((word >> 8) + 0.5) * 2^-24 lies in (0, 1).
+ST_HOST_DEVICE float gumbel_from_word(uint32_t word) {
+  const float u = (static_cast<float>(word >> 8) + 0.5f) * 5.9604644775390625e-08f;
+#if defined(__CUDA_ARCH__)
+  return -logf(-logf(u));
+#else
+  return -std::log(-std::log(u));
+#endif
+}
+
+}  // namespace superthoughts
