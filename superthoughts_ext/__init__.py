@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 
 def build_info() -> dict[str, object]:
     """How the compiled core was built: package and torch versions, CUDA on/off, CUDA archs."""
+    import torch  # noqa: F401  (loads libtorch, which _C links against)
+
     from superthoughts_ext import _C
 
     return {

@@ -1,0 +1,218 @@
+// CPU kernel of superthoughts_step (semantics: superthoughts_ext/reference.py).
+// Phase 1 reduces every (head, row, vocab chunk) in parallel to a partial (max, argmax,
+// sum of exp, best Gumbel score); phase 2 merges the partials of each row in chunk order and
+// applies the confidence rule; phase 3 gathers the two embeddings and applies the merge
+// projection, parallel over output features so each weight row is read once per step.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../kernels/philox.h"
+#include "../step_common.h"
+#include "vec_math.h"
+
+namespace superthoughts {
+namespace {
+
+// Big enough to amortise the per-task overhead, small enough that a chunk of floats stays
+// in L2 between the max pass and the exp pass (one pass over the logits in memory).
+constexpr int64_t kVocabChunk = 16384;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Partial {
+  float max = kNegInf;
+  int64_t argmax = -1;
+  float sum = 0.0f;  // sum of exp(x - max) over the chunk
+  float best = kNegInf;
+  int64_t best_index = -1;
+};
+
+struct SampleParams {
+  bool enabled;
+  float temperature;
+  uint64_t seed;
+  uint64_t offset;
+};
+
+template <typename scalar_t>
+Partial reduce_chunk(const scalar_t* row, int64_t begin, int64_t end, int64_t batch_row,
+                     int head, const SampleParams& sample, float* buf) {
+  const int64_t n = end - begin;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = static_cast<float>(row[begin + i]);
+    buf[i] = std::isnan(x) ? kNegInf : x;
+  }
+  Partial p;
+  p.max = cpu::max_of(buf, n);
+  if (p.max == kNegInf) return p;
+  int64_t first = 0;
+  while (buf[first] != p.max) ++first;  // ties: lowest index, like torch.argmax
+  p.argmax = begin + first;
+  p.sum = std::isfinite(p.max) ? cpu::sum_exp(buf, n, p.max) : 0.0f;
+  if (sample.enabled) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t v = begin + i;
+      if (buf[i] == kNegInf) continue;
+      const PhiloxWords words = step_noise_words(sample.seed, sample.offset, batch_row, head, v >> 2);
+      const float score = buf[i] / sample.temperature + gumbel_from_word(words.w[v & 3]);
+      if (score > p.best) {
+        p.best = score;
+        p.best_index = v;
+      }
+    }
+  }
+  return p;
+}
+
+struct HeadResult {
+  int64_t token;
+  float conf;
+};
+
+// Merge the partials of one (head, row) in increasing chunk order: strict comparisons keep
+// the lowest index on ties.
+HeadResult merge_partials(const Partial* parts, int64_t chunks, bool sampling, int64_t pad_id) {
+  float max = kNegInf;
+  int64_t argmax = -1;
+  float best = kNegInf;
+  int64_t best_index = -1;
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (parts[c].max > max) {
+      max = parts[c].max;
+      argmax = parts[c].argmax;
+    }
+    if (parts[c].best > best) {
+      best = parts[c].best;
+      best_index = parts[c].best_index;
+    }
+  }
+  if (!std::isfinite(max)) return {pad_id, 0.0f};
+  double sum = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (parts[c].max != kNegInf) sum += parts[c].sum * std::exp(parts[c].max - max);
+  }
+  const int64_t token = sampling ? best_index : argmax;
+  return {token, static_cast<float>(1.0 / sum)};
+}
+
+template <typename embed_t>
+void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>& weight,
+                       const std::optional<at::Tensor>& bias, const int64_t* first,
+                       const int64_t* second, int64_t batch, at::Tensor& next_in) {
+  const int64_t hidden = embed.size(1), row_stride = embed.stride(0);
+  const embed_t* table = embed.const_data_ptr<embed_t>();
+  embed_t* out = next_in.mutable_data_ptr<embed_t>();
+  if (!weight.has_value()) {
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t k = 0; k < hidden; ++k) {
+        out[b * 2 * hidden + k] = table[first[b] * row_stride + k];
+        out[b * 2 * hidden + hidden + k] = table[second[b] * row_stride + k];
+      }
+    }
+    return;
+  }
+  std::vector<float> pairs(batch * 2 * hidden);  // [B, 2H] in fp32
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t k = 0; k < hidden; ++k) {
+      pairs[b * 2 * hidden + k] = static_cast<float>(table[first[b] * row_stride + k]);
+      pairs[b * 2 * hidden + hidden + k] = static_cast<float>(table[second[b] * row_stride + k]);
+    }
+  }
+  const embed_t* w = weight->const_data_ptr<embed_t>();
+  const embed_t* bias_ptr = bias.has_value() ? bias->const_data_ptr<embed_t>() : nullptr;
+  const int64_t k2 = 2 * hidden;
+  at::parallel_for(0, hidden, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(k2), dots(batch);
+    for (int64_t i = begin; i < end; ++i) {
+      const float* w_row;
+      if constexpr (std::is_same_v<embed_t, float>) {
+        w_row = w + i * k2;
+      } else {
+        for (int64_t k = 0; k < k2; ++k) row[k] = static_cast<float>(w[i * k2 + k]);
+        w_row = row.data();
+      }
+      cpu::dot_against_rows(w_row, pairs.data(), batch, k2, dots.data());
+      const float add = bias_ptr ? static_cast<float>(bias_ptr[i]) : 0.0f;
+      for (int64_t b = 0; b < batch; ++b) out[b * hidden + i] = static_cast<embed_t>(dots[b] + add);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cpu(
+    const at::Tensor& logits, const at::Tensor& embed,
+    const std::optional<at::Tensor>& merge_weight, const std::optional<at::Tensor>& merge_bias,
+    at::Tensor& finished, int64_t pad_id, int64_t eos_id, double threshold,
+    double threshold_main, double temperature, int64_t seed, int64_t offset) {
+  const StepShapes s = check_step_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id,
+                                         eos_id, threshold, threshold_main, temperature);
+  auto [tokens, n_new, conf, next_in] = allocate_step_outputs(s, logits, embed);
+  if (s.batch == 0) return {tokens, n_new, conf, next_in};
+
+  const int64_t chunks = (s.vocab + kVocabChunk - 1) / kVocabChunk;
+  const SampleParams sample{temperature > 0.0, static_cast<float>(temperature),
+                            static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
+  bool* done = finished.mutable_data_ptr<bool>();
+  std::vector<Partial> parts(2 * s.batch * chunks);  // [head, row, chunk]
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "superthoughts_step_cpu", [&] {
+    const scalar_t* base = logits.const_data_ptr<scalar_t>();
+    const int64_t head_stride = logits.stride(0), row_stride = logits.stride(1);
+    at::parallel_for(0, 2 * s.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> buf(kVocabChunk);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t chunk = task % chunks, head_row = task / chunks;
+        const int64_t head = head_row / s.batch, b = head_row % s.batch;
+        if (done[b]) continue;
+        const scalar_t* row = base + head * head_stride + b * row_stride;
+        const int64_t lo = chunk * kVocabChunk, hi = std::min(s.vocab, lo + kVocabChunk);
+        parts[task] = reduce_chunk(row, lo, hi, b, static_cast<int>(head), sample, buf.data());
+      }
+    });
+  });
+
+  int64_t* tok = tokens.mutable_data_ptr<int64_t>();
+  int32_t* count = n_new.mutable_data_ptr<int32_t>();
+  float* confidence = conf.mutable_data_ptr<float>();
+  std::vector<int64_t> first(s.batch), second(s.batch);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    if (done[b]) {
+      tok[2 * b] = pad_id;
+      tok[2 * b + 1] = -1;
+      count[b] = 0;
+      confidence[2 * b] = confidence[2 * b + 1] = 0.0f;
+      first[b] = second[b] = pad_id;
+      continue;
+    }
+    const HeadResult main = merge_partials(&parts[b * chunks], chunks, sample.enabled, pad_id);
+    const HeadResult mtp =
+        merge_partials(&parts[(s.batch + b) * chunks], chunks, sample.enabled, pad_id);
+    const bool accept = mtp.conf >= threshold && main.conf >= threshold_main && main.token != eos_id;
+    tok[2 * b] = main.token;
+    tok[2 * b + 1] = accept ? mtp.token : -1;
+    count[b] = accept ? 2 : 1;
+    confidence[2 * b] = main.conf;
+    confidence[2 * b + 1] = mtp.conf;
+    done[b] = main.token == eos_id || (accept && mtp.token == eos_id);
+    first[b] = main.token;
+    second[b] = accept ? mtp.token : pad_id;
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, embed.scalar_type(), "superthoughts_step_cpu_merge", [&] {
+    merge_next_inputs<scalar_t>(embed, merge_weight, merge_bias, first.data(), second.data(),
+                                s.batch, next_in);
+  });
+  return {tokens, n_new, conf, next_in};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(superthoughts_ext, CPU, m) {
+  m.impl("superthoughts_step", &superthoughts_step_cpu);
+}
+
+}  // namespace superthoughts

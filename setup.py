@@ -1,0 +1,71 @@
+"""Thin setup.py: CMakeLists.txt decides sources and flags; this only runs CMake.
+
+CUDA is built when the installed torch has CUDA (torch.version.cuda), never because nvcc
+exists; override with SUPERTHOUGHTS_WITH_CUDA=0/1. SUPERTHOUGHTS_CUDA_ARCHS overrides the
+CUDA architectures (default "80;90a"). Install with `pip install --no-build-isolation .`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def package_version() -> str:
+    text = (ROOT / "superthoughts_ext" / "__init__.py").read_text()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+def want_cuda(torch_module) -> bool:
+    override = os.environ.get("SUPERTHOUGHTS_WITH_CUDA")
+    if override is not None:
+        return override.strip().lower() in ("1", "on", "true", "yes")
+    return torch_module.version.cuda is not None
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        import torch
+        import torch.utils
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        with_cuda = want_cuda(torch)
+        configure = [
+            "cmake", "-S", str(ROOT), "-B", str(build_dir),
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            f"-DSUPERTHOUGHTS_VERSION={package_version()}",
+            f"-DSUPERTHOUGHTS_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        if os.environ.get("SUPERTHOUGHTS_CUDA_ARCHS"):
+            configure.append(f"-DSUPERTHOUGHTS_CUDA_ARCHS={os.environ['SUPERTHOUGHTS_CUDA_ARCHS']}")
+        if with_cuda and not os.environ.get("CUDACXX"):
+            cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+            if Path(cuda_home, "bin", "nvcc").exists():
+                configure.append(f"-DCMAKE_CUDA_COMPILER={Path(cuda_home, 'bin', 'nvcc')}")
+        try:
+            import ninja  # noqa: F401
+
+            configure += ["-G", "Ninja"]
+        except ImportError:
+            pass
+        jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
+        subprocess.run(configure, check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+
+
+setup(
+    ext_modules=[Extension("superthoughts_ext._C", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
+)
