@@ -94,7 +94,7 @@ def superthoughts_step_ref(
     """
     _, batch, vocab = logits.shape
     device = logits.device
-    scores = logits.float().nan_to_num(nan=float("-inf"), posinf=float("inf"))
+    scores = logits.float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     row_max = scores.amax(dim=-1)  # [2, B]
     valid = torch.isfinite(row_max)
     shifted = scores - torch.where(valid, row_max, torch.zeros_like(row_max)).unsqueeze(-1)

@@ -1,0 +1,250 @@
+"""superthoughts_step: compiled kernels vs the plain-torch reference, sampling, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import superthoughts_ext
+from superthoughts_ext.ops import superthoughts_step
+from superthoughts_ext.reference import superthoughts_step_ref
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# (B, V, H): every B in {1, 3, 64}, V in {7, 1000, 151936}, H in {8, 64, 1536}, odd sizes,
+# and the real Qwen2.5 vocabulary with the 1.5B hidden size.
+SHAPES = [(1, 7, 8), (3, 1000, 64), (64, 1000, 8), (3, 7, 1536), (64, 151936, 64), (1, 151936, 1536)]
+MERGES = ["linear", "linear_no_bias", "raw_pair"]
+PAD, EOS = 0, 2
+NEXT_IN_TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 1.6e-2), torch.float16: (2e-3, 1e-3)}
+
+
+def make_inputs(batch, vocab, hidden, dtype, device, merge="linear", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # Row-dependent sharpness so that one batch mixes accepted and rejected second tokens.
+    scale = torch.linspace(0.5, 12.0, max(batch, 1))[:batch].view(1, batch, 1)
+    logits = (torch.randn(2, batch, vocab, generator=gen) * scale).to(device, dtype)
+    embed = torch.randn(vocab, hidden, generator=gen).to(device, dtype)
+    weight = bias = None
+    if merge != "raw_pair":
+        weight = (torch.randn(hidden, 2 * hidden, generator=gen) / hidden**0.5).to(device, dtype)
+    if merge == "linear":
+        bias = torch.randn(hidden, generator=gen).to(device, dtype)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    return logits, embed, weight, bias, finished
+
+
+def run_both(logits, embed, weight, bias, finished, **kw):
+    args = dict(pad_id=PAD, eos_id=EOS, threshold=0.5, threshold_main=0.0, temperature=0.0, seed=0, offset=0)
+    args.update(kw)
+    fin_kernel, fin_ref = finished.clone(), finished.clone()
+    got = superthoughts_step(logits, embed, weight, bias, fin_kernel, **args)
+    want = superthoughts_step_ref(logits, embed, weight, bias, fin_ref, **args)
+    return got, want, fin_kernel, fin_ref
+
+
+def assert_step_equal(got, want, fin_kernel, fin_ref, dtype):
+    tokens, n_new, conf, next_in = got
+    torch.testing.assert_close(tokens, want[0], rtol=0, atol=0)
+    torch.testing.assert_close(n_new, want[1], rtol=0, atol=0)
+    torch.testing.assert_close(conf, want[2], rtol=1e-5, atol=1e-6)
+    rtol, atol = NEXT_IN_TOL[dtype]
+    torch.testing.assert_close(next_in, want[3], rtol=rtol, atol=atol)
+    torch.testing.assert_close(fin_kernel, fin_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_V{}_H{}".format(*s))
+@pytest.mark.parametrize("merge", MERGES)
+def test_greedy_matches_reference(device, dtype, shape, merge):
+    if merge != "linear" and shape[1] == 151936 and dtype != torch.float32:
+        pytest.skip("merge variants are covered on the smaller vocabularies")
+    inputs = make_inputs(*shape, dtype, device, merge)
+    got, want, fin_kernel, fin_ref = run_both(*inputs)
+    assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
+    assert got[3].dtype == dtype and got[3].shape == (shape[0], shape[2] * (2 if merge == "raw_pair" else 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("threshold,threshold_main", [(0.0, 0.0), (1.0, 0.0), (0.3, 0.2), (0.0, 1.0)])
+def test_thresholds(device, threshold, threshold_main):
+    inputs = make_inputs(64, 1000, 64, torch.float32, device)
+    got, want, fin_kernel, fin_ref = run_both(*inputs, threshold=threshold, threshold_main=threshold_main)
+    assert_step_equal(got, want, fin_kernel, fin_ref, torch.float32)
+    n_new = got[1]
+    if threshold == 0.0 and threshold_main == 0.0:
+        assert (n_new == 2).sum() >= 60  # only rows whose first token is EOS stay single
+    if threshold == 1.0 or threshold_main == 1.0:
+        assert (n_new == 1).all() and (got[0][:, 1] == -1).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eos_and_finished_rows(device):
+    logits, embed, weight, bias, finished = make_inputs(4, 50, 8, torch.float32, device)
+    logits[0, 0, EOS] = 100.0  # row 0: main head emits EOS -> single token, row finishes
+    logits[:, 1, :] = 0.0
+    logits[0, 1, 5] = 100.0
+    logits[1, 1, EOS] = 100.0  # row 1: confident MTP emits EOS as the second token
+    finished[3] = True  # row 3 already done
+    got, want, fin_kernel, fin_ref = run_both(logits, embed, weight, bias, finished, threshold=0.9)
+    assert_step_equal(got, want, fin_kernel, fin_ref, torch.float32)
+    tokens, n_new, conf, _ = got
+    assert tokens[0].tolist() == [EOS, -1] and n_new[0] == 1
+    assert tokens[1].tolist() == [5, EOS] and n_new[1] == 2
+    assert tokens[3].tolist() == [PAD, -1] and n_new[3] == 0 and conf[3].tolist() == [0.0, 0.0]
+    assert fin_kernel.tolist() == [True, True, False, True]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_and_inf_logits(device, dtype):
+    logits, embed, weight, bias, finished = make_inputs(4, 300, 8, dtype, device)
+    logits[0, 0, :] = float("nan")  # all-NaN main row -> pad, conf 0
+    logits[1, 1, ::3] = float("nan")  # some NaN -> ignored
+    logits[1, 1, 7] = 50.0
+    logits[0, 2, :] = float("-inf")  # all -inf
+    logits[1, 3, 11] = float("inf")  # +inf has no finite maximum either
+    got, want, fin_kernel, fin_ref = run_both(logits, embed, weight, bias, finished)
+    assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
+    tokens, _, conf, next_in = got
+    assert tokens[0, 0] == PAD and conf[0, 0] == 0.0
+    assert tokens[1, 1] in (7, -1) and conf[1, 1] > 0.99
+    assert tokens[2, 0] == PAD and conf[2, 0] == 0.0
+    assert conf[3, 1] == 0.0
+    assert torch.isfinite(next_in.float()).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_strided_inputs(device):
+    logits, embed, weight, bias, finished = make_inputs(6, 1000, 64, torch.float32, device)
+    wide_embed = torch.randn(1000, 96, device=device)
+    wide_embed[:, :64] = embed
+    strided_logits = logits[:, ::2, :]  # batch stride 2000
+    strided_embed = wide_embed[:, :64]  # row stride 96
+    got, want, fin_kernel, fin_ref = run_both(strided_logits, strided_embed, weight, bias, finished[:3].clone())
+    assert_step_equal(got, want, fin_kernel, fin_ref, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    logits, embed, weight, bias, finished = make_inputs(0, 100, 8, torch.float32, device)
+    tokens, n_new, conf, next_in = superthoughts_step(logits, embed, weight, bias, finished, PAD, EOS, 0.5)
+    assert tokens.shape == (0, 2) and n_new.shape == (0,) and conf.shape == (0, 2) and next_in.shape == (0, 8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 1000, 64), (2, 151936, 8)], ids=lambda s: "B{}_V{}_H{}".format(*s))
+def test_sampling_matches_reference(device, dtype, shape):
+    inputs = make_inputs(*shape, dtype, device)
+    got, want, fin_kernel, fin_ref = run_both(*inputs, temperature=0.8, seed=1234, offset=77)
+    assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_is_keyed_by_seed_and_offset(device):
+    logits = torch.zeros(2, 64, 1000, device=device)  # uniform: samples are pure noise
+    embed = torch.randn(1000, 8, device=device)
+
+    def sample(seed, offset):
+        finished = torch.zeros(64, dtype=torch.bool, device=device)
+        return superthoughts_step(logits, embed, None, None, finished, PAD, EOS, 0.0, 0.0, 1.0, seed, offset)[0]
+
+    first = sample(7, 3)
+    torch.testing.assert_close(first, sample(7, 3), rtol=0, atol=0)
+    assert (first != sample(7, 4)).float().mean() > 0.9
+    assert (first != sample(8, 3)).float().mean() > 0.9
+    assert (first[:, 0] != first[:, 1]).float().mean() > 0.9  # heads draw from different streams
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_distribution_chi_square(device):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    temperature, rows, vocab = 0.7, 4096, 7
+    base = torch.tensor([1.0, 0.5, 0.0, -0.5, 2.0, -1.0, 0.3])
+    logits = base.expand(2, rows, vocab).contiguous().to(device)
+    embed = torch.randn(vocab, 4, device=device)
+    counts = torch.zeros(vocab)
+    for offset in range(4):
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        tokens = superthoughts_step(logits, embed, None, None, finished, PAD, 6, 0.0, 0.0, temperature, 99, offset)[0]
+        counts += torch.bincount(tokens[:, 0].cpu(), minlength=vocab).float()
+    expected = torch.softmax(base / temperature, dim=0) * counts.sum()
+    p_value = scipy_stats.chisquare(counts.numpy(), expected.numpy()).pvalue
+    assert p_value > 1e-3, (counts, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("merge", MERGES)
+def test_opcheck(device, merge):
+    logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, device, merge)
+    torch.library.opcheck(
+        torch.ops.superthoughts_ext.superthoughts_step.default,
+        (logits, embed, weight, bias, finished, PAD, EOS, 0.5, 0.0, 0.0, 0, 0),
+    )
+    torch.library.opcheck(
+        torch.ops.superthoughts_ext.superthoughts_step.default,
+        (logits, embed, weight, bias, finished.clone(), PAD, EOS, 0.5, 0.1, 0.9, 5, 6),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, device)
+
+    @torch.compile(fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
+    def step(logits, finished):
+        tokens, n_new, conf, next_in = superthoughts_step(logits * 2.0, embed, weight, bias, finished, PAD, EOS, 0.5)
+        return tokens, n_new.sum(), next_in + 1.0
+
+    fin_compiled, fin_eager = finished.clone(), finished.clone()
+    tokens, total, shifted = step(logits, fin_compiled)
+    want = superthoughts_step_ref(logits * 2.0, embed, weight, bias, fin_eager, PAD, EOS, 0.5, 0.0, 0.0, 0, 0)
+    torch.testing.assert_close(tokens, want[0])
+    assert int(total) == int(want[1].sum())
+    torch.testing.assert_close(shifted, want[3] + 1.0)
+    torch.testing.assert_close(fin_compiled, fin_eager)
+
+
+BAD_INPUTS = [
+    ("logits", lambda t: t.update(logits=t["logits"][:1]), r"logits must be \[2, B, V\]"),
+    ("logits_int", lambda t: t.update(logits=t["logits"].long()), r"logits dtype"),
+    ("vocab", lambda t: t.update(embed=t["embed"][:-1]), r"logits vocab size V=100 does not match embed rows 99"),
+    ("hidden", lambda t: t.update(merge_weight=t["merge_weight"][:, :-1]), r"merge_weight must be \[H, 2H\]"),
+    ("weight_dtype", lambda t: t.update(merge_weight=t["merge_weight"].double()), r"merge_weight dtype"),
+    ("bias_only", lambda t: t.update(merge_weight=None), r"merge_bias given without merge_weight"),
+    ("finished_len", lambda t: t.update(finished=t["finished"][:-1]), r"finished must be \[B\] with B=3"),
+    ("finished_dtype", lambda t: t.update(finished=t["finished"].int()), r"finished must be bool"),
+    ("noncontig", lambda t: t.update(logits=t["logits"].transpose(1, 2).contiguous().transpose(1, 2)),
+     r"logits must be contiguous along the vocab dim"),
+    ("pad", lambda t: t.update(pad_id=100), r"pad_id=100 outside \[0, V=100\)"),
+    ("eos", lambda t: t.update(eos_id=-1), r"eos_id=-1 outside"),
+    ("threshold", lambda t: t.update(threshold=1.5), r"threshold=1.5 outside \[0, 1\]"),
+    ("threshold_main", lambda t: t.update(threshold_main=-0.1), r"threshold_main=-0.1 outside"),
+    ("temperature", lambda t: t.update(temperature=-1.0), r"temperature must be finite and >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_raises_clear_error(name, mutate, message):
+    logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, "cpu")
+    kwargs = dict(logits=logits, embed=embed, merge_weight=weight, merge_bias=bias, finished=finished,
+                  pad_id=PAD, eos_id=EOS, threshold=0.5, threshold_main=0.0, temperature=0.0)
+    mutate(kwargs)
+    with pytest.raises(RuntimeError, match="superthoughts_step: " + message):
+        superthoughts_step(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_mixed_devices_rejected():
+    logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, "cuda")
+    with pytest.raises(RuntimeError, match="different devices"):
+        superthoughts_step(logits, embed.cpu(), None, None, finished, PAD, EOS, 0.5)
+
+
+def test_extension_built_with_cuda_when_gpu_present():
+    info = superthoughts_ext.build_info()
+    assert info["version"] == superthoughts_ext.__version__
+    assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        assert info["with_cuda"], "a GPU is present but superthoughts_ext was built without CUDA"
