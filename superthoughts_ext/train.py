@@ -1,0 +1,424 @@
+"""Fine-tune a SuperThoughts model (or the plain SFT baseline) with `transformers.Trainer`.
+
+Checkpointing, resume, gradient accumulation, LR schedules, logging, bf16, gradient
+checkpointing and multi-process training all come from Trainer / accelerate; this module
+builds the model and data, logs the loss parts (loss_main, loss_mtp, loss_distill)
+separately, and writes a self-contained output directory (weights + config + tokenizer)
+that `superthoughts_ext.modeling.load_model` reads. LoRA runs are merged before the final
+save; their intermediate `checkpoint-N/` folders are peft adapter folders (LoRA weights plus
+the fully trained compressor and MTP), which `resume_from_checkpoint` reads.
+
+Commands::
+
+    # one process
+    superthoughts train --model Qwen2.5-Math-1.5B-Instruct --data train.jsonl --output out/st
+    # same data and hyperparameters, plain SFT of the backbone (no compression)
+    superthoughts train --model Qwen2.5-Math-1.5B-Instruct --data train.jsonl --output out/sft --baseline
+    # DDP, 2 GPUs on one node (batch size is per process)
+    torchrun --nproc_per_node 2 -m superthoughts_ext.train --model M --data D --output O --bf16
+    # FSDP (full fine-tuning of larger models), 2 GPUs
+    accelerate launch --num_processes 2 --use_fsdp --fsdp_version 2 \\
+        --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type FULL_STATE_DICT \\
+        --fsdp_reshard_after_forward true -m superthoughts_ext.train --model M --data D --output O --bf16
+
+On CPU, `torchrun` uses the gloo backend (tested with 2 processes). Under FSDP use full
+fine-tuning (no LoRA) and gradient checkpointing through `--gradient-checkpointing`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from superthoughts_ext import train_utils
+
+LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainOptions:
+    """Everything one training run needs; fields mirror the `superthoughts train` flags.
+
+    `model` is a checkpoint directory or an nn.Module (a plain HF causal LM, or a
+    SuperThoughtsForCausalLM to continue training). `data` is a JSONL path or a list of
+    rows (raw {problem_field, solution_field} or tokenised {"prompt_ids", "response_ids"}).
+    `max_steps` > 0 overrides `num_epochs`. `batch_size` is per process. `lora_r` = 0 means
+    full fine-tuning. SuperThoughts fields left as None keep the SuperThoughtsConfig default.
+    """
+
+    model: str | os.PathLike | nn.Module
+    data: str | os.PathLike | Sequence[Mapping[str, Any]]
+    output_dir: str | os.PathLike
+    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None
+    baseline: bool = False
+    max_steps: int = -1
+    num_epochs: float = 1.0
+    learning_rate: float = 1e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    bf16: bool = False
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    lora_r: int = 0
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = train_utils.DEFAULT_LORA_TARGETS
+    distill_weight: float = 0.0
+    lambda_mtp: float | None = None
+    rho_max: float = 0.25
+    compressor_type: str | None = None
+    mtp_type: str | None = None
+    problem_field: str = "problem"
+    solution_field: str = "solution"
+    system_prompt: str | None = None
+    max_length: int | None = None
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    resume_from_checkpoint: str | bool | None = None
+    report_to: str = "none"
+    progress_bar: bool = True
+    dataloader_num_workers: int = 0
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.max_steps > 0 or self.num_epochs > 0, "set max_steps > 0 or num_epochs > 0"),
+            (0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (0.0 <= self.rho_max <= 1.0, f"rho_max must be in [0, 1], got {self.rho_max}"),
+            (self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}"),
+            (self.distill_weight >= 0, f"distill_weight must be >= 0, got {self.distill_weight}"),
+            (self.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"),
+            (not (self.baseline and self.distill_weight > 0), "distill_weight needs SuperThoughts mode, not baseline"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainOptions: {message}")
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns. `model` is the trained (LoRA-merged) model on this process."""
+
+    output_dir: str
+    metrics: dict[str, float]
+    log_history: list[dict[str, Any]]
+    global_step: int
+    num_examples: int
+    model: nn.Module
+
+
+class SuperThoughtsTrainer(Trainer):
+    """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._part_sums: dict[str, torch.Tensor] = {}
+        self._part_counts: dict[str, int] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        if model.training:
+            for name in LOSS_PARTS:
+                value = outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
+                if value is not None:
+                    self._part_sums[name] = self._part_sums.get(name, 0.0) + value.detach().float()
+                    self._part_counts[name] = self._part_counts.get(name, 0) + 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Trainer logs training loss on every process at the same step, so the mean over
+        # processes below is a collective that all ranks reach together.
+        if "loss" in logs and self._part_sums:
+            for name in sorted(self._part_sums):
+                mean = self._part_sums[name] / self._part_counts[name]
+                logs[name] = round(self.accelerator.reduce(mean, reduction="mean").item(), 4)
+            self._part_sums.clear()
+            self._part_counts.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if isinstance(model, PeftModel) or not _is_superthoughts(model):
+            super()._save(output_dir, state_dict=state_dict)
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        _save_superthoughts(model, output_dir, state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = model if model is not None else self.model
+        if _is_superthoughts(target) and not self.is_fsdp_enabled:
+            from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+            # Reading through the model's own loader keeps the checkpoint layout private to
+            # modeling.py (tied weights, sub-folders), whatever files it writes.
+            loaded = SuperThoughtsForCausalLM.from_pretrained(resume_from_checkpoint)
+            missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
+            bad = [k for k in missing if not k.startswith("teacher")] + list(unexpected)
+            if bad:
+                raise ValueError(f"resume: checkpoint {resume_from_checkpoint} does not match the model: {bad[:5]}")
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def _is_superthoughts(model: nn.Module) -> bool:
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    return isinstance(model, SuperThoughtsForCausalLM)
+
+
+def _save_superthoughts(model: nn.Module, output_dir: str, state_dict: dict | None) -> None:
+    import inspect
+
+    # Under FSDP the Trainer hands over the gathered full state dict; the module's own
+    # parameters are shards there, so it must be used when given.
+    if state_dict is not None and "state_dict" in inspect.signature(model.save_pretrained).parameters:
+        model.save_pretrained(output_dir, state_dict=state_dict)
+    else:
+        model.save_pretrained(output_dir)
+
+
+def build_model(options: TrainOptions, pad_id: int) -> nn.Module:
+    """The model to train: plain HF causal LM (baseline) or a SuperThoughts wrapper."""
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    source = options.model
+    dtype = DTYPES[options.dtype]
+    if options.baseline:
+        if isinstance(source, SuperThoughtsForCausalLM):
+            raise ValueError("train: baseline mode trains a plain causal LM; got a SuperThoughts model")
+        if isinstance(source, nn.Module):
+            return source
+        return AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
+    if isinstance(source, SuperThoughtsForCausalLM):
+        return source
+    if not isinstance(source, nn.Module) and _is_superthoughts_dir(os.fspath(source)):
+        return SuperThoughtsForCausalLM.from_pretrained(os.fspath(source))
+    overrides: dict[str, Any] = {"pad_token_id": pad_id, "rho_max": options.rho_max}
+    for name in ("compressor_type", "mtp_type", "lambda_mtp"):
+        if getattr(options, name) is not None:
+            overrides[name] = getattr(options, name)
+    if options.distill_weight > 0:
+        overrides["distill_weight"] = options.distill_weight
+    if not isinstance(source, nn.Module):
+        source = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
+    return SuperThoughtsForCausalLM.from_base(source, **overrides)
+
+
+def _is_superthoughts_dir(path: str) -> bool:
+    import json
+
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"train: {path!r} is not a model directory (no config.json)")
+    with open(config, encoding="utf-8") as f:
+        return any("superthoughts" in str(k).lower() for k in json.load(f))
+
+
+def _attach_teacher(model: nn.Module, options: TrainOptions) -> None:
+    import copy
+
+    source = options.model
+    if isinstance(source, (str, os.PathLike)) and not _is_superthoughts_dir(os.fspath(source)):
+        teacher = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=DTYPES[options.dtype])
+    else:
+        # No pristine checkpoint on disk: the backbone as it is now (before any update) is the teacher.
+        teacher = copy.deepcopy(model.backbone)
+    teacher.requires_grad_(False).eval()
+    model.attach_teacher(teacher)
+
+
+def training_arguments(options: TrainOptions) -> TrainingArguments:
+    """TrainingArguments for `options` (gradient checkpointing is enabled on the model instead)."""
+    kwargs: dict[str, Any] = dict(
+        output_dir=os.fspath(options.output_dir),
+        max_steps=options.max_steps,
+        num_train_epochs=options.num_epochs,
+        learning_rate=options.learning_rate,
+        per_device_train_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.grad_accum,
+        warmup_ratio=options.warmup_ratio,
+        lr_scheduler_type=options.lr_scheduler,
+        weight_decay=options.weight_decay,
+        max_grad_norm=options.max_grad_norm,
+        seed=options.seed,
+        data_seed=options.seed,
+        bf16=options.bf16,
+        logging_steps=options.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if options.save_steps > 0 else "no",
+        save_steps=max(options.save_steps, 1),
+        save_total_limit=options.save_total_limit,
+        report_to=options.report_to,
+        disable_tqdm=not options.progress_bar,
+        remove_unused_columns=False,
+        label_names=[] if not options.baseline else ["labels"],
+        dataloader_num_workers=options.dataloader_num_workers,
+        # Every parameter of both model kinds takes part in each step; the frozen teacher
+        # has no gradients, which DDP ignores.
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    kwargs.update(options.training_args)
+    return TrainingArguments(**kwargs)
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Run one training job and write the final model, config and tokenizer to `output_dir`.
+
+    Returns the Trainer metrics (train_loss, runtime, samples/s), the log history (with
+    loss_main / loss_mtp / loss_distill in SuperThoughts mode), and the trained model.
+    """
+    from superthoughts_ext.data import SuperThoughtsCollator
+
+    tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
+    pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
+    examples = train_utils.load_examples(
+        options.data, tokenizer, problem_field=options.problem_field,
+        solution_field=options.solution_field, system_prompt=options.system_prompt,
+        max_length=options.max_length,
+    )
+    args = training_arguments(options)
+    torch.manual_seed(options.seed)
+    model = build_model(options, pad_id)
+    train_utils.check_vocab(tokenizer, model, examples)
+    superthoughts = not options.baseline
+    if superthoughts and options.distill_weight > 0:
+        _attach_teacher(model, options)
+    if options.gradient_checkpointing:
+        backbone = model.backbone if superthoughts else model
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if options.lora_r > 0:
+            # With frozen embeddings no input requires grad, which checkpointing needs.
+            backbone.enable_input_require_grads()
+    if options.lora_r > 0:
+        model = train_utils.apply_lora(
+            model, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout,
+            targets=options.lora_target_modules, superthoughts=superthoughts,
+        )
+    collator = SuperThoughtsCollator(
+        pad_id, eos_id, rho_max=options.rho_max, baseline=options.baseline, seed=options.seed,
+        with_distill=superthoughts and options.distill_weight > 0,
+    )
+    trainer = SuperThoughtsTrainer(
+        model=model, args=args, data_collator=collator, train_dataset=examples,
+        processing_class=tokenizer,
+    )
+    output = trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
+    metrics = dict(output.metrics)
+    metrics.update(train_utils.trainable_summary(model))
+    final = train_utils.merge_lora(trainer.accelerator.unwrap_model(trainer.model))
+    if options.lora_r > 0:
+        trainer.model = trainer.model_wrapped = final
+    trainer.save_model(os.fspath(options.output_dir))
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(
+        output_dir=os.fspath(options.output_dir),
+        metrics=metrics,
+        log_history=list(trainer.state.log_history),
+        global_step=trainer.state.global_step,
+        num_examples=len(examples),
+        model=final,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `superthoughts train` flags to `parser` (one flag per TrainOptions field)."""
+    d = TrainOptions.__dataclass_fields__
+    g = parser.add_argument
+    g("--model", required=True, help="base (or SuperThoughts) checkpoint directory")
+    g("--data", required=True, help="training JSONL file")
+    g("--output", required=True, dest="output_dir", help="output directory")
+    g("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
+    g("--baseline", action="store_true", help="plain SFT of the backbone, no compression")
+    g("--max-steps", type=int, default=d["max_steps"].default, help="optimizer steps (overrides --epochs)")
+    g("--epochs", type=float, dest="num_epochs", default=d["num_epochs"].default)
+    g("--learning-rate", "--lr", type=float, default=d["learning_rate"].default)
+    g("--batch-size", type=int, default=d["batch_size"].default, help="per process")
+    g("--grad-accum", type=int, default=d["grad_accum"].default)
+    g("--warmup-ratio", type=float, default=d["warmup_ratio"].default)
+    g("--lr-scheduler", default=d["lr_scheduler"].default, help="transformers scheduler name")
+    g("--weight-decay", type=float, default=d["weight_decay"].default)
+    g("--max-grad-norm", type=float, default=d["max_grad_norm"].default)
+    g("--seed", type=int, default=d["seed"].default)
+    g("--bf16", action="store_true", help="bf16 autocast (mixed precision)")
+    g("--dtype", choices=sorted(DTYPES), default=d["dtype"].default, help="weight dtype when loading")
+    g("--gradient-checkpointing", action="store_true")
+    g("--lora-r", type=int, default=d["lora_r"].default, help="LoRA rank; 0 = full fine-tuning")
+    g("--lora-alpha", type=int, default=d["lora_alpha"].default)
+    g("--lora-dropout", type=float, default=d["lora_dropout"].default)
+    g("--lora-target-modules", nargs="+", default=list(train_utils.DEFAULT_LORA_TARGETS))
+    g("--distill-weight", type=float, default=d["distill_weight"].default, help="stage-1 KL weight")
+    g("--lambda-mtp", type=float, default=None, help="MTP loss weight (default: model config)")
+    g("--rho-max", type=float, default=d["rho_max"].default, help="max pad-split fraction")
+    g("--compressor-type", default=None, help="compressor kind (default: model config)")
+    g("--mtp-type", default=None, help="MTP head kind (default: model config)")
+    g("--problem-field", default=d["problem_field"].default)
+    g("--solution-field", default=d["solution_field"].default)
+    g("--system-prompt", default=None)
+    g("--max-length", type=int, default=None, help="truncate prompt + response to this many tokens")
+    g("--logging-steps", type=int, default=d["logging_steps"].default)
+    g("--save-steps", type=int, default=d["save_steps"].default, help="0 = final save only")
+    g("--save-total-limit", type=int, default=d["save_total_limit"].default)
+    g("--resume", nargs="?", const=True, default=None, dest="resume_from_checkpoint",
+      help="resume from the last checkpoint in --output, or from the given checkpoint")
+    g("--report-to", default=d["report_to"].default)
+    g("--no-progress", action="store_false", dest="progress_bar")
+    g("--num-workers", type=int, dest="dataloader_num_workers", default=0)
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    """TrainOptions from parsed `superthoughts train` flags."""
+    names = {f.name for f in dataclasses.fields(TrainOptions)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["lora_target_modules"] = tuple(values["lora_target_modules"])
+    return TrainOptions(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `superthoughts train`; returns the process exit code."""
+    try:
+        options = options_from_args(args)
+        result = train(options)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved {result.output_dir} after {result.global_step} steps: {result.metrics}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m superthoughts_ext.train ...` (what torchrun and accelerate launch run)."""
+    parser = argparse.ArgumentParser(prog="superthoughts train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Helpers of `superthoughts_ext.train`: tokenizer and data loading, input checks, LoRA.
+
+Kept apart from train.py so that the Trainer wiring there stays short; nothing here
+depends on `transformers.Trainer`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+# Linear layers of Qwen2 / Llama style decoder layers: attention and MLP projections.
+DEFAULT_LORA_TARGETS: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+# SuperThoughts modules trained fully under LoRA (they are new, so no pretrained weights
+# to adapt): saved with the adapter and merged back at the end.
+SUPERTHOUGHTS_TRAINABLE_MODULES: tuple[str, ...] = ("compressor", "mtp")
+
+
+def load_tokenizer(
+    source: str | os.PathLike | PreTrainedTokenizerBase | None, model_source: Any
+) -> PreTrainedTokenizerBase:
+    """Return the tokenizer: `source` itself, loaded from `source`, or from the model directory.
+
+    Raises ValueError when no directory is known (a model object and no tokenizer) or the
+    directory holds no tokenizer.
+    """
+    if isinstance(source, PreTrainedTokenizerBase):
+        return source
+    path = source if source is not None else model_source
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(
+            "train: the model was given as an object, so pass `tokenizer` (a path or a "
+            "tokenizer object) in TrainOptions"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(os.fspath(path))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"train: could not load a tokenizer from {os.fspath(path)!r}: {exc}") from exc
+
+
+def pad_and_eos_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """(pad_id, eos_id) of a tokenizer; pad falls back to eos (as Qwen base models do)."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("train: the tokenizer has no eos_token; the response must end with one")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    return int(pad_id), int(eos_id)
+
+
+def load_examples(
+    data: str | os.PathLike | Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    problem_field: str,
+    solution_field: str,
+    system_prompt: str | None,
+    max_length: int | None,
+) -> list[dict[str, list[int]]]:
+    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows.
+
+    Rows may be raw ({problem_field, solution_field}: text) or already tokenised
+    ({"prompt_ids", "response_ids"}: lists of ids). Errors name the file and line (or row
+    index); an empty dataset is an error.
+    """
+    from superthoughts_ext.data import load_jsonl_examples
+
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.is_file():
+            raise FileNotFoundError(f"train: data file {os.fspath(path)!r} does not exist")
+        examples = load_jsonl_examples(
+            os.fspath(path), tokenizer, problem_field=problem_field,
+            solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
+        )
+        where = os.fspath(path)
+    else:
+        rows = list(data)
+        if rows and all("prompt_ids" in r and "response_ids" in r for r in rows):
+            examples = [
+                {"prompt_ids": list(r["prompt_ids"]), "response_ids": list(r["response_ids"])}
+                for r in rows
+            ]
+        else:
+            examples = _encode_rows(
+                rows, tokenizer, problem_field=problem_field, solution_field=solution_field,
+                system_prompt=system_prompt, max_length=max_length,
+            )
+        where = "the given rows"
+    if not examples:
+        raise ValueError(f"train: no training examples in {where}")
+    return examples
+
+
+def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, **kwargs: Any):
+    # data.py owns the one tokenisation rule (chat template, EOS, truncation); routing rows
+    # through it as JSONL keeps file and in-memory data identical, and its error messages
+    # count lines from 1 just like row indices here.
+    import tempfile
+
+    from superthoughts_ext.data import load_jsonl_examples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rows.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(dict(row)) + "\n")
+        try:
+            return load_jsonl_examples(path, tokenizer, **kwargs)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(str(exc).replace(path, "rows")) from exc
+
+
+def check_vocab(
+    tokenizer: PreTrainedTokenizerBase, model: nn.Module, examples: list[dict[str, list[int]]]
+) -> None:
+    """Raise ValueError when tokenizer or data ids do not fit the model's embedding table."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"train: tokenizer has {len(tokenizer)} tokens but the model's embedding table has "
+            f"{rows} rows: the tokenizer does not belong to this model"
+        )
+    top = max(max(e["prompt_ids"] + e["response_ids"]) for e in examples)
+    if top >= rows:
+        raise ValueError(f"train: data holds token id {top} >= vocabulary size {rows}")
+
+
+def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | list[str]:
+    """peft `target_modules`: plain names, or a full-match regex confined to `prefix.`.
+
+    The SuperThoughts MTP block is a copy of a decoder layer with the same projection names,
+    so LoRA must be confined to the backbone there (the MTP is trained fully instead).
+    """
+    if prefix is None:
+        return list(targets)
+    names = "|".join(sorted(set(targets)))
+    return rf"{prefix}\..*\.({names})"
+
+
+def apply_lora(
+    model: nn.Module, *, r: int, alpha: int, dropout: float, targets: Sequence[str],
+    superthoughts: bool,
+) -> nn.Module:
+    """Wrap `model` in a peft LoRA model; for SuperThoughts the compressor and MTP train fully."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_target_pattern(targets, "backbone" if superthoughts else None),
+        modules_to_save=list(SUPERTHOUGHTS_TRAINABLE_MODULES) if superthoughts else None,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA weights into the base layers and drop the peft wrappers (no-op without LoRA)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    """Counts of trainable and total parameters (shared tensors counted once)."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"trainable_params": trainable, "total_params": total}
+
+
+def state_dict_digest(model: nn.Module) -> str:
+    """sha256 over a model's state dict (names, shapes, bytes), to compare ranks or runs."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
