@@ -1,6 +1,6 @@
 // Small float kernels for the CPU step op, written with GCC/Clang vector extensions so the
 // same source becomes AVX2+FMA code where the CPU has it and SSE2 code elsewhere
-// (target_clones picks at load time). Plain C++, no torch headers.
+// or AVX (target_clones picks at load time). Plain C++, no torch headers.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -11,7 +11,7 @@ namespace superthoughts::cpu {
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-#define ST_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define ST_CPU_CLONES __attribute__((target_clones("arch=haswell", "avx", "default")))
 // Inlined into each clone so they are compiled for that clone's instruction set.
 #define ST_ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -23,20 +23,29 @@ ST_ALWAYS_INLINE v8f load8(const float* p) {
 
 ST_ALWAYS_INLINE v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
 
+// Lane-wise select written with bit operations: the vector `?:` is scalarised by GCC on
+// targets without blend instructions.
+ST_ALWAYS_INLINE v8f select(v8i mask, v8f if_true, v8f if_false) {
+  v8i t, f;
+  std::memcpy(&t, &if_true, sizeof(t));
+  std::memcpy(&f, &if_false, sizeof(f));
+  const v8i bits = (mask & t) | (~mask & f);
+  v8f out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
 // exp(x) for x <= 0 (the only inputs here: logits minus their maximum); ~1e-7 relative
-// error, and exactly 0 below -87 so masked (-inf) entries add nothing.
+// error, and exactly 0 below -87 (and for -inf) so masked entries add nothing.
 ST_ALWAYS_INLINE v8f exp_nonpositive(v8f x) {
-  const v8f lower = splat(-87.0f);
-  const v8i keep = x >= lower;
-  x = x < lower ? lower : x;
+  const v8i keep = x >= splat(-87.0f);
   const v8f magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   const v8f t = x * splat(1.44269504088896341f) + magic;
   const v8f n = t - magic;
-  v8i n_int;
   v8i t_bits, magic_bits;
   std::memcpy(&t_bits, &t, sizeof(t));
   std::memcpy(&magic_bits, &magic, sizeof(magic));
-  n_int = t_bits - magic_bits;
+  const v8i n_int = t_bits - magic_bits;
   const v8f r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
   v8f p = splat(1.9875691500e-4f);
   p = p * r + splat(1.3981999507e-3f);
@@ -48,12 +57,8 @@ ST_ALWAYS_INLINE v8f exp_nonpositive(v8f x) {
   const v8i scale_bits = (n_int + 127) << 23;
   v8f scale;
   std::memcpy(&scale, &scale_bits, sizeof(scale));
-  v8f result = y * scale;
-  v8i result_bits;
-  std::memcpy(&result_bits, &result, sizeof(result));
-  result_bits &= keep;
-  std::memcpy(&result, &result_bits, sizeof(result));
-  return result;
+  // Lanes below -87 (including -inf, whose arithmetic above produced NaN) become +0.
+  return select(keep, y * scale, splat(0.0f));
 }
 
 ST_ALWAYS_INLINE float horizontal_sum(v8f v) {
@@ -72,7 +77,7 @@ ST_CPU_CLONES static float max_of(const float* buf, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const v8f x = load8(buf + i);
-    acc = x > acc ? x : acc;
+    acc = select(x > acc, x, acc);
   }
   float m = horizontal_max(acc);
   for (; i < n; ++i) m = buf[i] > m ? buf[i] : m;
@@ -100,19 +105,41 @@ ST_CPU_CLONES static float sum_exp(const float* buf, int64_t n, float shift) {
 }
 
 // out[r] = dot(weight_row, pairs + r * k) for r < rows: one weight row against every batch row,
-// so each weight element is read from memory once per step whatever the batch size.
+// so each weight element is read from memory once per step whatever the batch size. Four
+// batch rows share each weight load (register blocking), which keeps this load-light.
 ST_CPU_CLONES static void dot_against_rows(const float* weight_row, const float* pairs, int64_t rows,
                                           int64_t k, float* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* x = pairs + r * k;
-    v8f acc0 = splat(0.0f), acc1 = splat(0.0f);
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const float* x0 = pairs + r * k;
+    const float *x1 = x0 + k, *x2 = x1 + k, *x3 = x2 + k;
+    v8f a0 = splat(0.0f), a1 = splat(0.0f), a2 = splat(0.0f), a3 = splat(0.0f);
     int64_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-      acc0 += load8(weight_row + i) * load8(x + i);
-      acc1 += load8(weight_row + i + 8) * load8(x + i + 8);
+    for (; i + 8 <= k; i += 8) {
+      const v8f w = load8(weight_row + i);
+      a0 += w * load8(x0 + i);
+      a1 += w * load8(x1 + i);
+      a2 += w * load8(x2 + i);
+      a3 += w * load8(x3 + i);
     }
-    for (; i + 8 <= k; i += 8) acc0 += load8(weight_row + i) * load8(x + i);
-    float total = horizontal_sum(acc0 + acc1);
+    float t0 = horizontal_sum(a0), t1 = horizontal_sum(a1), t2 = horizontal_sum(a2), t3 = horizontal_sum(a3);
+    for (; i < k; ++i) {
+      t0 += weight_row[i] * x0[i];
+      t1 += weight_row[i] * x1[i];
+      t2 += weight_row[i] * x2[i];
+      t3 += weight_row[i] * x3[i];
+    }
+    out[r] = t0;
+    out[r + 1] = t1;
+    out[r + 2] = t2;
+    out[r + 3] = t3;
+  }
+  for (; r < rows; ++r) {
+    const float* x = pairs + r * k;
+    v8f acc = splat(0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) acc += load8(weight_row + i) * load8(x + i);
+    float total = horizontal_sum(acc);
     for (; i < k; ++i) total += weight_row[i] * x[i];
     out[r] = total;
   }

@@ -1,0 +1,191 @@
+"""Microbenchmark of the fused step op vs the eager reference chain vs torch.compile(reference).
+
+Correctness first (tokens exact, next_in within tolerance, for every configuration), then
+timing: CPU with torch.utils.benchmark (median of blocked_autorange), GPU with CUDA events
+(median). Prints time, achieved GB/s for the bytes the step must move (DESIGN.md section 2:
+both heads' logits + the merge weight + the gathered rows) and, on GPU, % of the measured
+device-to-device copy bandwidth. Writes JSON to benchmarks/results/step_<device>.json.
+
+    python benchmarks/bench_step.py [--batch 1 8 64 256] [--hidden 1536 3584] [--dtype fp32 bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.utils.benchmark as tbench
+
+import superthoughts_ext
+from superthoughts_ext.ops import superthoughts_step
+from superthoughts_ext.reference import superthoughts_step_ref
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PAD, EOS, THRESHOLD = 0, 2, 0.9
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    on_gpu = torch.cuda.is_available()
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64, 256] if on_gpu else [1, 8, 64])
+    parser.add_argument("--vocab", type=int, default=151936)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[1536, 3584] if on_gpu else [1536])
+    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/step_<device>.json)")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def make_inputs(batch, vocab, hidden, dtype, device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    scale = torch.linspace(0.5, 12.0, batch, device=device).view(1, batch, 1)
+    logits = torch.randn(2, batch, vocab, generator=gen, device=device, dtype=dtype) * scale.to(dtype)
+    embed = torch.randn(vocab, hidden, generator=gen, device=device, dtype=dtype)
+    weight = torch.randn(hidden, 2 * hidden, generator=gen, device=device, dtype=dtype) / hidden**0.5
+    bias = torch.randn(hidden, generator=gen, device=device, dtype=dtype)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    return logits, embed, weight, bias, finished
+
+
+def step_bytes(batch, vocab, hidden, dtype) -> int:
+    size = torch.empty((), dtype=dtype).element_size()
+    logits = 2 * batch * vocab * size
+    weight = (2 * hidden * hidden + hidden) * size
+    rows_and_outputs = 2 * batch * hidden * size + batch * hidden * size + batch * (16 + 4 + 8 + 1)
+    return logits + weight + rows_and_outputs
+
+
+def time_fn(fn, device: torch.device) -> float:
+    """Median seconds per call."""
+    if device.type == "cuda":
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(100):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(samples)
+    fn()
+    return tbench.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=1.0).median
+
+
+def copy_bandwidth(device: torch.device) -> float | None:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write), GPU only."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(512 * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    seconds = time_fn(lambda: dst.copy_(src), device)
+    return 2 * src.numel() / seconds
+
+
+def check_correct(inputs, dtype) -> None:
+    logits, embed, weight, bias, finished = inputs
+    got = superthoughts_step(logits, embed, weight, bias, finished.clone(), PAD, EOS, THRESHOLD)
+    want = superthoughts_step_ref(logits, embed, weight, bias, finished.clone(), PAD, EOS, THRESHOLD,
+                                  0.0, 0.0, 0, 0)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(got[3], want[3], rtol=tol, atol=tol)
+
+
+def bench_config(batch, vocab, hidden, dtype, device, use_compile) -> dict:
+    inputs = make_inputs(batch, vocab, hidden, dtype, device)
+    logits, embed, weight, bias, finished = inputs
+    check_correct(inputs, dtype)
+    args = (PAD, EOS, THRESHOLD, 0.0, 0.0, 0, 0)
+
+    # finished is reset every call: otherwise rows that emitted EOS would be skipped later.
+    def fused():
+        finished.zero_()
+        return superthoughts_step(logits, embed, weight, bias, finished, *args)
+
+    def eager():
+        finished.zero_()
+        return superthoughts_step_ref(logits, embed, weight, bias, finished, *args)
+
+    row = {"batch": batch, "vocab": vocab, "hidden": hidden, "dtype": str(dtype).replace("torch.", ""),
+           "bytes": step_bytes(batch, vocab, hidden, dtype)}
+    row["fused_s"] = time_fn(fused, device)
+    row["eager_s"] = time_fn(eager, device)
+    if use_compile:
+        compiled_ref = torch.compile(superthoughts_step_ref, dynamic=False)
+
+        def compiled():
+            finished.zero_()
+            return compiled_ref(logits, embed, weight, bias, finished, *args)
+
+        row["compiled_s"] = time_fn(compiled, device)
+        row["speedup_vs_compiled"] = row["compiled_s"] / row["fused_s"]
+    row["speedup_vs_eager"] = row["eager_s"] / row["fused_s"]
+    row["fused_gb_s"] = row["bytes"] / row["fused_s"] / 1e9
+    return row
+
+
+def main(args: argparse.Namespace) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    copy_bw = copy_bandwidth(device)
+    rows = []
+    for dtype_name in args.dtype:
+        for hidden in args.hidden:
+            for batch in args.batch:
+                row = bench_config(batch, args.vocab, hidden, DTYPES[dtype_name], device, not args.no_compile)
+                if copy_bw:
+                    row["pct_of_copy_bw"] = 100 * row["bytes"] / row["fused_s"] / copy_bw
+                rows.append(row)
+                print(format_row(row), flush=True)
+    result = {
+        "benchmark": "step",
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "commit": git_commit(),
+        "build": superthoughts_ext.build_info(),
+        "copy_bandwidth_gb_s": None if copy_bw is None else copy_bw / 1e9,
+        "rows": rows,
+    }
+    slug = "cuda" if device.type == "cuda" else "cpu"
+    out = args.output or RESULTS_DIR / f"step_{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+def format_row(row: dict) -> str:
+    text = (f"B={row['batch']:<4} H={row['hidden']:<5} {row['dtype']:<8} fused {row['fused_s'] * 1e6:9.1f} us "
+            f"({row['fused_gb_s']:6.1f} GB/s)  eager {row['eager_s'] * 1e6:9.1f} us (x{row['speedup_vs_eager']:.2f})")
+    if "compiled_s" in row:
+        text += f"  compiled {row['compiled_s'] * 1e6:9.1f} us (x{row['speedup_vs_compiled']:.2f})"
+    if "pct_of_copy_bw" in row:
+        text += f"  {row['pct_of_copy_bw']:.0f}% of copy bw"
+    return text
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    main(parser.parse_args())
