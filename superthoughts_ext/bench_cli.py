@@ -1,0 +1,39 @@
+"""`superthoughts bench step|generate|train`: runs benchmarks/bench_<area>.py of a source checkout.
+
+The benchmarks live beside the package (benchmarks/), not inside it, so this works from a
+clone installed with `pip install --no-build-isolation -e .`; elsewhere it says so.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+AREAS = ("step", "generate", "train")
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(area: str):
+    path = BENCH_DIR / f"bench_{area}.py"
+    if not path.exists():
+        raise SystemExit(f"superthoughts bench {area}: {path} not found; the benchmarks ship with "
+                         "the source checkout (install it with `pip install --no-build-isolation -e .`)")
+    spec = importlib.util.spec_from_file_location(f"bench_{area}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="area", required=True)
+    for area in AREAS:
+        area_parser = sub.add_parser(area, help=f"benchmarks/bench_{area}.py")
+        if (BENCH_DIR / f"bench_{area}.py").exists():
+            _load(area).add_arguments(area_parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    _load(args.area).main(args)
+    return 0
