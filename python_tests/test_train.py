@@ -1,0 +1,276 @@
+"""Training wrapper tests: tiny random Qwen2 / Llama models and a word-level tokenizer, CPU.
+
+Covers: loss halves within a few dozen steps (SuperThoughts and baseline), LoRA trains
+only LoRA + compressor + MTP, the output directory is a self-contained loadable
+checkpoint, resume, bad input, and a real 2-process torchrun (gloo) run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from superthoughts_ext import train_utils  # noqa: E402
+from superthoughts_ext.train import TrainOptions, add_arguments, run, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
+WORDS = ["system", "user", "assistant", "what", "is", "so", "the", "answer", "step", "+", "="]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Fixed small task: "what is a + b" -> "a + b = c so the answer is c", sums below 10.
+ROWS = [
+    {"problem": f"what is {a} + {b}", "solution": f"{a} + {b} = {a + b} so the answer is {a + b}"}
+    for a, b in [(1, 2), (3, 4), (2, 5), (4, 4), (0, 7), (6, 1), (3, 3), (2, 2)]
+]
+FAST = dict(
+    max_steps=30, learning_rate=3e-3, batch_size=8, warmup_ratio=0.0, lr_scheduler="constant",
+    logging_steps=1, save_steps=0, progress_bar=False, seed=0,
+)
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level ChatML tokenizer: specials, chat words, digits, arithmetic symbols."""
+    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS + [str(d) for d in range(10)])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="<|endoftext|>",
+        eos_token="<|im_end|>", chat_template=CHATML,
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    return tok
+
+
+def make_model(kind: str, vocab: int) -> torch.nn.Module:
+    """Tiny random causal LM of the given family (2 layers, hidden 64)."""
+    common = dict(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    config = Qwen2Config(**common) if kind == "qwen2" else LlamaConfig(**common)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.fixture(scope="module")
+def base_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Saved tiny base checkpoints (model + tokenizer) for qwen2 and llama, plus the data file."""
+    root = tmp_path_factory.mktemp("train_base")
+    tok = make_tokenizer()
+    dirs = {}
+    for kind in ("qwen2", "llama"):
+        path = root / kind
+        make_model(kind, len(tok) + 3).save_pretrained(path)
+        tok.save_pretrained(path)
+        dirs[kind] = path
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    dirs["data"] = data
+    return dirs
+
+
+def losses(result) -> list[float]:
+    return [e["loss"] for e in result.log_history if "loss" in e]
+
+
+@pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
+def test_loss_halves(base_dirs, tmp_path, baseline):
+    result = train(TrainOptions(
+        model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=tmp_path / "out",
+        baseline=baseline, **FAST,
+    ))
+    curve = losses(result)
+    assert len(curve) == FAST["max_steps"] and all(map(torch.isfinite, torch.tensor(curve)))
+    assert sum(curve[-3:]) / 3 <= 0.5 * curve[0], curve
+    assert result.global_step == FAST["max_steps"] and result.num_examples == len(ROWS)
+    logged = result.log_history[0]
+    if baseline:
+        assert "loss_main" not in logged
+    else:
+        assert {"loss_main", "loss_mtp"} <= set(logged)
+        assert logged["loss_main"] > 0 and logged["loss_mtp"] > 0
+
+
+def test_output_dir_loads(base_dirs, tmp_path):
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model
+
+    out = tmp_path / "st"
+    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **{**FAST, "max_steps": 3}))
+    loaded = load_model(out)
+    assert isinstance(loaded, SuperThoughtsForCausalLM)
+    trained = result.model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        torch.testing.assert_close(tensor, trained[name], msg=name)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) == len(make_tokenizer()) and tok.eos_token == "<|im_end|>"
+    assert tok.chat_template is not None
+
+
+def test_baseline_output_is_plain_hf(base_dirs, tmp_path):
+    out = tmp_path / "sft"
+    train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=out, baseline=True,
+                       **{**FAST, "max_steps": 2}))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
+
+
+def test_lora_trains_only_lora_compressor_mtp(base_dirs, tmp_path):
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model
+
+    st = SuperThoughtsForCausalLM.from_base(str(base_dirs["llama"]), pad_token_id=0)
+    wrapped = train_utils.apply_lora(st, r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj"),
+                                     superthoughts=True)
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable), trainable
+    assert any(".compressor." in n for n in trainable) and any(".mtp." in n for n in trainable)
+    # LoRA must stay in the backbone: the MTP layer is trained fully, not adapted.
+    assert not any("lora_" in n and ".mtp." in n for n in trainable)
+
+    before = SuperThoughtsForCausalLM.from_base(str(base_dirs["llama"]), pad_token_id=0).state_dict()
+    result = train(TrainOptions(
+        model=base_dirs["llama"], data=base_dirs["data"], output_dir=tmp_path / "lora",
+        lora_r=4, lora_alpha=8, lora_target_modules=("q_proj", "v_proj"), **{**FAST, "max_steps": 5},
+    ))
+    after = load_model(tmp_path / "lora").state_dict()
+    assert set(after) == set(before)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed, "nothing trained"
+    for name in changed:
+        ok = name.startswith(("compressor.", "mtp.")) or name.endswith(("q_proj.weight", "v_proj.weight"))
+        assert ok, f"{name} changed but is neither LoRA-targeted nor compressor/MTP"
+    assert any(n.startswith("compressor.") for n in changed) and any(n.startswith("mtp.") for n in changed)
+    assert any(n.startswith("backbone.") for n in changed)
+    assert result.metrics["trainable_params"] < result.metrics["total_params"]
+
+
+def test_resume_from_checkpoint(base_dirs, tmp_path):
+    out = tmp_path / "resume"
+    opts = dict(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=out)
+    first = train(TrainOptions(**opts, **{**FAST, "max_steps": 2, "save_steps": 2}))
+    assert (out / "checkpoint-2").is_dir() and first.global_step == 2
+    second = train(TrainOptions(**opts, resume_from_checkpoint=True, **{**FAST, "max_steps": 4, "save_steps": 2}))
+    assert second.global_step == 4
+    steps = [e["step"] for e in second.log_history if "loss" in e]
+    assert steps == [3, 4], steps
+
+
+def test_distillation_logs_kl(base_dirs, tmp_path):
+    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "kd",
+                                distill_weight=0.5, **{**FAST, "max_steps": 2}))
+    assert "loss_distill" in result.log_history[0]
+    assert result.log_history[0]["loss_distill"] >= 0
+
+
+def test_bad_rows_name_the_line(base_dirs, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"problem": "what is 1 + 1"}) + "\n")
+    with pytest.raises((ValueError, KeyError), match="2"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=bad, output_dir=tmp_path / "o", **FAST))
+
+
+def test_empty_and_missing_data(base_dirs, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no training examples|empty"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=empty, output_dir=tmp_path / "o", **FAST))
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=tmp_path / "nope.jsonl", output_dir=tmp_path / "o"))
+    with pytest.raises(ValueError, match="no training examples"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=[], output_dir=tmp_path / "o"))
+
+
+def test_vocab_mismatch(base_dirs, tmp_path):
+    small = tmp_path / "small"
+    make_model("qwen2", 8).save_pretrained(small)
+    with pytest.raises(ValueError, match="does not belong"):
+        train(TrainOptions(model=small, tokenizer=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o"))
+
+
+def test_bad_options():
+    with pytest.raises(TypeError, match="no_such_option"):
+        TrainOptions(model="m", data="d", output_dir="o", no_such_option=1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainOptions(model="m", data="d", output_dir="o", learning_rate=0)
+    with pytest.raises(ValueError, match="distill_weight"):
+        TrainOptions(model="m", data="d", output_dir="o", baseline=True, distill_weight=1.0)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--no-such-flag"])
+
+
+def test_cli_run(base_dirs, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "cli"
+    args = parser.parse_args([
+        "--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+        "--max-steps", "2", "--learning-rate", "1e-3", "--batch-size", "4", "--save-steps", "0",
+        "--no-progress",
+    ])
+    assert run(args) == 0
+    assert (out / "config.json").is_file()
+    args = parser.parse_args(["--model", str(base_dirs["qwen2"]), "--data", str(tmp_path / "x.jsonl"),
+                              "--output", str(out)])
+    assert run(args) == 2
+    assert "x.jsonl" in capsys.readouterr().err
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from superthoughts_ext.train import TrainOptions, train
+    from superthoughts_ext.train_utils import state_dict_digest
+    model, data, out = sys.argv[1:4]
+    result = train(TrainOptions(model=model, data=data, output_dir=out, max_steps=3, batch_size=2,
+                                learning_rate=1e-3, save_steps=0, logging_steps=1, progress_bar=False,
+                                lora_r=int(sys.argv[4])))
+    rank = os.environ["RANK"]
+    with open(os.path.join(out, f"digest_rank{rank}.txt"), "w") as f:
+        f.write(state_dict_digest(result.model) + " " + str(result.global_step))
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+def test_torchrun_two_processes(base_dirs, tmp_path, lora_r):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           str(script), str(base_dirs["qwen2"]), str(base_dirs["data"]), str(out), str(lora_r)]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    digests = [(out / f"digest_rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert digests[0] == digests[1], digests
+    assert digests[0][1] == "3"
+    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
