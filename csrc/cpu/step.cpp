@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -22,6 +23,8 @@ namespace {
 // Big enough to amortise the per-task overhead, small enough that a chunk of floats stays
 // in L2 between the max pass and the exp pass (one pass over the logits in memory).
 constexpr int64_t kVocabChunk = 16384;
+// Reduction-dim tile of the merge projection: 8 batch rows x 512 floats = 16 KiB, L1-sized.
+constexpr int64_t kMergeTile = 1536;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct Partial {
@@ -39,21 +42,31 @@ struct SampleParams {
   uint64_t offset;
 };
 
+// Copies logits [begin, end) of one row into buf as float32 with NaN -> -inf; returns the max.
+template <typename scalar_t>
+float load_chunk(const scalar_t* row, int64_t begin, int64_t n, float* buf) {
+  const cpu::VecKernels& vec = cpu::vec_kernels();
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return vec.copy_finite_max_f32(row + begin, buf, n);
+  } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    return vec.copy_finite_max_bf16(reinterpret_cast<const uint16_t*>(row + begin), buf, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(row[begin + i]);
+    return vec.copy_finite_max_f32(buf, buf, n);
+  }
+}
+
 template <typename scalar_t>
 Partial reduce_chunk(const scalar_t* row, int64_t begin, int64_t end, int64_t batch_row,
                      int head, const SampleParams& sample, float* buf) {
   const int64_t n = end - begin;
-  for (int64_t i = 0; i < n; ++i) {
-    const float x = static_cast<float>(row[begin + i]);
-    buf[i] = std::isnan(x) ? kNegInf : x;
-  }
   Partial p;
-  p.max = cpu::max_of(buf, n);
+  p.max = load_chunk(row, begin, n, buf);
   if (p.max == kNegInf) return p;
   int64_t first = 0;
   while (buf[first] != p.max) ++first;  // ties: lowest index, like torch.argmax
   p.argmax = begin + first;
-  p.sum = std::isfinite(p.max) ? cpu::sum_exp(buf, n, p.max) : 0.0f;
+  p.sum = std::isfinite(p.max) ? cpu::vec_kernels().sum_exp(buf, n, p.max) : 0.0f;
   if (sample.enabled) {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t v = begin + i;
@@ -126,19 +139,29 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
   const embed_t* w = weight->const_data_ptr<embed_t>();
   const embed_t* bias_ptr = bias.has_value() ? bias->const_data_ptr<embed_t>() : nullptr;
   const int64_t k2 = 2 * hidden;
+  const cpu::VecKernels& vec = cpu::vec_kernels();
   at::parallel_for(0, hidden, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(k2), dots(batch);
-    for (int64_t i = begin; i < end; ++i) {
-      const float* w_row;
-      if constexpr (std::is_same_v<embed_t, float>) {
-        w_row = w + i * k2;
-      } else {
-        for (int64_t k = 0; k < k2; ++k) row[k] = static_cast<float>(w[i * k2 + k]);
-        w_row = row.data();
+    // Tiles of the reduction dim keep the batch's slice of `pairs` in L1 while this thread's
+    // weight rows stream past it once.
+    std::vector<float> acc((end - begin) * batch, 0.0f), converted(kMergeTile);
+    for (int64_t k0 = 0; k0 < k2; k0 += kMergeTile) {
+      const int64_t width = std::min(kMergeTile, k2 - k0);
+      for (int64_t i = begin; i < end; ++i) {
+        const float* w_tile;
+        if constexpr (std::is_same_v<embed_t, float>) {
+          w_tile = w + i * k2 + k0;
+        } else {
+          for (int64_t k = 0; k < width; ++k) converted[k] = static_cast<float>(w[i * k2 + k0 + k]);
+          w_tile = converted.data();
+        }
+        vec.dot_against_rows(w_tile, pairs.data() + k0, batch, width, k2, &acc[(i - begin) * batch]);
       }
-      cpu::dot_against_rows(w_row, pairs.data(), batch, k2, dots.data());
+    }
+    for (int64_t i = begin; i < end; ++i) {
       const float add = bias_ptr ? static_cast<float>(bias_ptr[i]) : 0.0f;
-      for (int64_t b = 0; b < batch; ++b) out[b * hidden + i] = static_cast<embed_t>(dots[b] + add);
+      for (int64_t b = 0; b < batch; ++b) {
+        out[b * hidden + i] = static_cast<embed_t>(acc[(i - begin) * batch + b] + add);
+      }
     }
   });
 }

@@ -1,0 +1,168 @@
+// Body of the CPU vector kernels. Deliberately without include guard: vec_math.h includes it
+// once per instruction set, inside a namespace and a `#pragma GCC target` region, so the
+// same source is compiled for AVX2+FMA, AVX+FMA and baseline x86-64. GCC vector extensions
+// (v8f) map onto ymm registers where available and onto pairs of xmm registers elsewhere.
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint16_t v8u16 __attribute__((vector_size(16)));
+
+static inline v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+static inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+
+static inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+
+template <typename To, typename From>
+static inline To bit_cast_vec(From v) {
+  To out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
+}
+
+// Lane-wise select with bit operations: GCC scalarises the vector `?:` on targets without
+// blend instructions.
+static inline v8f select(v8i mask, v8f if_true, v8f if_false) {
+  return bit_cast_vec<v8f>((mask & bit_cast_vec<v8i>(if_true)) | (~mask & bit_cast_vec<v8i>(if_false)));
+}
+
+static inline float horizontal_sum(v8f v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+static inline float horizontal_max(v8f v) {
+  float m = v[0];
+  for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// exp(x) for x <= 0 (logits minus their maximum): Cephes-style polynomial, ~1e-7 relative
+// error, and exactly +0 below -87 and for -inf so masked entries add nothing.
+static inline v8f exp_nonpositive(v8f x) {
+  const v8i keep = x >= splat(-87.0f);
+  const v8f magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const v8f t = x * splat(1.44269504088896341f) + magic;
+  const v8f n = t - magic;
+  const v8i n_int = bit_cast_vec<v8i>(t) - bit_cast_vec<v8i>(magic);
+  const v8f r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  v8f p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  const v8f y = p * r * r + r + splat(1.0f);
+  const v8f scale = bit_cast_vec<v8f>((n_int + 127) << 23);
+  return select(keep, y * scale, splat(0.0f));
+}
+
+static inline v8f finite_or_neg_inf(v8f x) {
+  return select(x == x, x, splat(-std::numeric_limits<float>::infinity()));  // NaN -> -inf
+}
+
+// dst = src with NaN mapped to -inf; returns max(dst).
+static float copy_finite_max_f32(const float* src, float* dst, int64_t n) {
+  v8f acc = splat(-std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const v8f x = finite_or_neg_inf(load8(src + i));
+    store8(dst + i, x);
+    acc = select(x > acc, x, acc);
+  }
+  float m = horizontal_max(acc);
+  for (; i < n; ++i) {
+    const float x = src[i] == src[i] ? src[i] : -std::numeric_limits<float>::infinity();
+    dst[i] = x;
+    m = x > m ? x : m;
+  }
+  return m;
+}
+
+// Same for bfloat16 given as raw bits: a bfloat16 is the top half of a float32.
+static float copy_finite_max_bf16(const uint16_t* src, float* dst, int64_t n) {
+  v8f acc = splat(-std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8u16 bits;
+    std::memcpy(&bits, src + i, sizeof(bits));
+    const v8i widened = __builtin_convertvector(bits, v8i) << 16;
+    const v8f x = finite_or_neg_inf(bit_cast_vec<v8f>(widened));
+    store8(dst + i, x);
+    acc = select(x > acc, x, acc);
+  }
+  float m = horizontal_max(acc);
+  for (; i < n; ++i) {
+    const uint32_t word = static_cast<uint32_t>(src[i]) << 16;
+    float x;
+    std::memcpy(&x, &word, sizeof(x));
+    x = x == x ? x : -std::numeric_limits<float>::infinity();
+    dst[i] = x;
+    m = x > m ? x : m;
+  }
+  return m;
+}
+
+// sum_i exp(buf[i] - shift), shift finite and >= every buf[i].
+static float sum_exp(const float* buf, int64_t n, float shift) {
+  v8f acc0 = splat(0.0f), acc1 = splat(0.0f);
+  const v8f s = splat(shift);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 += exp_nonpositive(load8(buf + i) - s);
+    acc1 += exp_nonpositive(load8(buf + i + 8) - s);
+  }
+  for (; i + 8 <= n; i += 8) acc0 += exp_nonpositive(load8(buf + i) - s);
+  float tail[8];
+  for (int k = 0; k < 8; ++k) tail[k] = i + k < n ? buf[i + k] : -std::numeric_limits<float>::infinity();
+  acc1 += exp_nonpositive(load8(tail) - s);
+  return horizontal_sum(acc0 + acc1);
+}
+
+// out[r] += dot(weight_row[0, k), pairs + r * ldx) for r < rows: one weight row against every
+// batch row, so each weight element is read from memory once per step whatever the batch
+// size. Four batch rows share each weight load (register blocking).
+static constexpr int64_t kPrefetchFloats = 512;
+
+static void dot_against_rows(const float* weight_row, const float* pairs, int64_t rows, int64_t k,
+                             int64_t ldx, float* out) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const float* x0 = pairs + r * ldx;
+    const float *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+    v8f a0 = splat(0.0f), a1 = splat(0.0f), a2 = splat(0.0f), a3 = splat(0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+      // The weight streams from DRAM once; prefetching well ahead hides its latency.
+      __builtin_prefetch(weight_row + i + kPrefetchFloats);
+      const v8f w = load8(weight_row + i);
+      a0 += w * load8(x0 + i);
+      a1 += w * load8(x1 + i);
+      a2 += w * load8(x2 + i);
+      a3 += w * load8(x3 + i);
+    }
+    float t0 = horizontal_sum(a0), t1 = horizontal_sum(a1), t2 = horizontal_sum(a2), t3 = horizontal_sum(a3);
+    for (; i < k; ++i) {
+      t0 += weight_row[i] * x0[i];
+      t1 += weight_row[i] * x1[i];
+      t2 += weight_row[i] * x2[i];
+      t3 += weight_row[i] * x3[i];
+    }
+    out[r] += t0;
+    out[r + 1] += t1;
+    out[r + 2] += t2;
+    out[r + 3] += t3;
+  }
+  for (; r < rows; ++r) {
+    const float* x = pairs + r * ldx;
+    v8f acc = splat(0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) acc += load8(weight_row + i) * load8(x + i);
+    float total = horizontal_sum(acc);
+    for (; i < k; ++i) total += weight_row[i] * x[i];
+    out[r] += total;
+  }
+}
