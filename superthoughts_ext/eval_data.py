@@ -1,0 +1,241 @@
+"""Evaluation benchmarks: registry, loading (local JSONL/JSON/CSV or the hub) and prompts.
+
+Every benchmark row becomes a `Problem`: the text shown to the model and the reference
+answer (a LaTeX/number string, or the correct letter A-D for GPQA-Diamond). The prompt is
+Qwen2.5-Math's chain-of-thought prompt rendered through the checkpoint's chat template.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+GPQA_INSTRUCTION = (
+    "Answer with the letter of the correct choice (A, B, C or D) in \\boxed{}, e.g. \\boxed{A}."
+)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """Where a benchmark lives and which columns hold its problem and answer.
+
+    Field tuples are tried in order (the hub and common local copies name them differently).
+    """
+
+    name: str
+    problem_fields: tuple[str, ...]
+    answer_fields: tuple[str, ...]
+    hub_path: str
+    hub_config: str | None
+    hub_split: str
+    # GPQA-style multiple choice: the answer field holds the correct option's text.
+    distractor_fields: tuple[str, ...] = ()
+    id_fields: tuple[str, ...] = ("unique_id", "id", "Record ID")
+
+    @property
+    def multiple_choice(self) -> bool:
+        return bool(self.distractor_fields)
+
+
+BENCHES: dict[str, BenchSpec] = {
+    "math500": BenchSpec("math500", ("problem",), ("answer",), "HuggingFaceH4/MATH-500", None, "test"),
+    "amc23": BenchSpec("amc23", ("problem", "question"), ("answer",), "math-ai/amc23", None, "test"),
+    "olympiadbench": BenchSpec(
+        "olympiadbench",
+        ("question", "problem"),
+        ("final_answer", "answer"),
+        "Hothan/OlympiadBench",
+        "OE_TO_maths_en_COMP",
+        "train",
+    ),
+    "gpqa_diamond": BenchSpec(
+        "gpqa_diamond",
+        ("Question",),
+        ("Correct Answer",),
+        "Idavidrein/gpqa",
+        "gpqa_diamond",
+        "train",
+        distractor_fields=("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark item.
+
+    ``question`` is the user message (for GPQA it already lists the lettered choices);
+    ``answer`` is the reference answer (for GPQA the correct letter).
+    """
+
+    id: str
+    question: str
+    answer: str
+
+
+def get_bench(name: str) -> BenchSpec:
+    """The registry entry for ``name``; ValueError listing the known benchmarks otherwise."""
+    if name not in BENCHES:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHES))}")
+    return BENCHES[name]
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a local ``.jsonl``, ``.json`` (a list of objects) or ``.csv`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects")
+        return rows
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    raise ValueError(f"{path}: unsupported data format {suffix!r} (use .jsonl, .json or .csv)")
+
+
+def load_hub_rows(spec: BenchSpec) -> list[dict[str, Any]]:
+    """Download a benchmark with `datasets`; a clear error when the hub is unreachable."""
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(spec.hub_path, spec.hub_config, split=spec.hub_split)
+    except Exception as error:
+        raise RuntimeError(
+            f"could not load {spec.name} from the Hugging Face hub "
+            f"({spec.hub_path}, config {spec.hub_config}, split {spec.hub_split}): {error}. "
+            "When offline, pass --data FILE with a local JSONL/JSON/CSV copy."
+        ) from error
+    return [dict(row) for row in dataset]
+
+
+def format_answer(value: Any) -> str | None:
+    """Reference answer as a string: 27.0 -> "27", ["3"] -> "3", ["1", "2"] -> "1, 2".
+
+    Returns None for a missing or empty answer.
+    """
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:  # NaN: pandas/CSV exports write missing cells this way
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (list, tuple)):
+        parts = [part for part in (format_answer(item) for item in value) if part]
+        return ", ".join(parts) or None
+    text = str(value).strip()
+    if text.startswith("$") and text.endswith("$"):
+        text = text.strip("$").strip()
+    return text or None
+
+
+def gpqa_question(question: str, correct: str, incorrect: Iterable[str], seed: int = 0) -> tuple[str, str]:
+    """A GPQA user message with the four options in a shuffled, reproducible order.
+
+    The order is seeded by the question text (and ``seed``), so every run and every model
+    sees the same letters. Returns ``(message, correct_letter)``:
+
+        <question>
+
+        A) <option>
+        B) <option>
+        C) <option>
+        D) <option>
+
+        Answer with the letter of the correct choice (A, B, C or D) in \\boxed{}, e.g. \\boxed{A}.
+    """
+    options = [correct.strip(), *(text.strip() for text in incorrect)]
+    if len(options) != 4:
+        raise ValueError(f"GPQA needs one correct and three incorrect answers, got {len(options)}")
+    digest = hashlib.sha256(f"{seed}:{question}".encode()).digest()
+    order = list(range(4))
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
+    lines = [f"{letter}) {options[index]}" for letter, index in zip("ABCD", order)]
+    message = f"{question.strip()}\n\n" + "\n".join(lines) + f"\n\n{GPQA_INSTRUCTION}"
+    return message, "ABCD"[order.index(0)]
+
+
+def _pick_field(rows: list[dict[str, Any]], fields: tuple[str, ...], what: str, bench: str) -> str:
+    columns = sorted({key for row in rows for key in row})
+    for field in fields:
+        if field in columns:
+            return field
+    raise ValueError(
+        f"{bench}: no {what} column {' / '.join(fields)} in the data; columns: {', '.join(columns)} "
+        f"(set it with --{what}-field)"
+    )
+
+
+def load_problems(
+    bench: str,
+    data: str | Path | None = None,
+    *,
+    problem_field: str | None = None,
+    answer_field: str | None = None,
+    limit: int | None = None,
+) -> list[Problem]:
+    """Load a benchmark as `Problem`s, from ``data`` if given, else from the hub.
+
+    Rows whose answer (or GPQA option) is missing or empty are skipped, with one warning
+    giving their count; a missing column is a ValueError naming the columns present.
+    ``problem_field`` / ``answer_field`` override the registry's column names.
+    """
+    spec = get_bench(bench)
+    rows = read_rows(data) if data is not None else load_hub_rows(spec)
+    if not rows:
+        raise ValueError(f"{bench}: no rows in {data or spec.hub_path}")
+    p_field = _pick_field(rows, (problem_field,) if problem_field else spec.problem_fields, "problem", bench)
+    a_field = _pick_field(rows, (answer_field,) if answer_field else spec.answer_fields, "answer", bench)
+    id_field = next((f for f in spec.id_fields if all(f in row for row in rows)), None)
+    if id_field is not None and len({str(row[id_field]) for row in rows}) != len(rows):
+        id_field = None  # ids must be unique to match problems across runs in compare()
+
+    problems: list[Problem] = []
+    skipped = 0
+    for index, row in enumerate(rows):
+        question = format_answer(row.get(p_field))
+        answer = format_answer(row.get(a_field))
+        distractors = [format_answer(row.get(field)) for field in spec.distractor_fields]
+        if question is None or answer is None or None in distractors:
+            skipped += 1
+            continue
+        if spec.multiple_choice:
+            question, answer = gpqa_question(question, answer, distractors)  # type: ignore[arg-type]
+        problem_id = str(row[id_field]) if id_field is not None else str(index)
+        problems.append(Problem(problem_id, question, answer))
+        if limit is not None and len(problems) >= limit:
+            break
+    if skipped:
+        warnings.warn(f"{bench}: skipped {skipped} row(s) without a problem or answer", stacklevel=2)
+    if not problems:
+        raise ValueError(f"{bench}: every row lacks a problem or an answer")
+    return problems
+
+
+def build_prompt(tokenizer: Any, question: str) -> str:
+    """Qwen2.5-Math CoT prompt through the tokenizer's own chat template.
+
+    system: "Please reason step by step, and put your final answer within \\boxed{}."
+    user: the problem; the assistant turn is opened (``add_generation_prompt=True``).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template; evaluation needs a chat model checkpoint")
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": question},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

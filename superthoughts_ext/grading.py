@@ -1,0 +1,328 @@
+"""Answer extraction and grading for the evaluation benchmarks.
+
+The final answer of a chain of thought is its last ``\\boxed{...}`` (brace-matched).
+Math answers are graded with math-verify (parse + verify), multiple-choice answers
+(GPQA-Diamond) by comparing the option letter.
+
+math-verify runs sympy on untrusted model output, and some inputs never finish
+(``9^{9^{9^{9}}}`` spends minutes inside a single C-level big-int power, where no
+signal handler can interrupt it). Grading therefore runs in a separate worker process:
+inside it a SIGALRM deadline stops Python-level work cheaply, and the caller kills and
+respawns the worker if even that does not answer in time. This works from any thread,
+which math-verify's own signal-based timeouts do not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+DEFAULT_TIMEOUT_S = 5.0
+# Extra time the caller grants the worker over the in-worker deadline before killing it.
+_KILL_GRACE_S = 2.0
+# Starting the worker imports sympy, antlr and math-verify: slow on a cold machine.
+_STARTUP_TIMEOUT_S = 120.0
+
+CHOICE_LETTERS = "ABCD"
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def _match_braces(text: str, open_index: int) -> int | None:
+    """Index just past the ``}`` closing the ``{`` at ``open_index``; None if unbalanced."""
+    depth = 0
+    i = open_index
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            # Skips escaped braces (\{ \}) and the LaTeX line break \\ alike.
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
+
+
+def _next_box(text: str, start: int) -> tuple[bool, str | None, int] | None:
+    """Find the next box command at or after ``start``.
+
+    Returns ``(is_box, content, end)``: ``is_box`` is False for a command that only shares
+    the prefix (``\\fboxsep``), content is None when the box is unbalanced or empty, and
+    ``end`` is where scanning resumes. Returns None when no box command is left.
+    """
+    positions = [(text.find(cmd, start), cmd) for cmd in _BOX_COMMANDS]
+    positions = [(pos, cmd) for pos, cmd in positions if pos >= 0]
+    if not positions:
+        return None
+    pos, cmd = min(positions)
+    after = pos + len(cmd)
+    if after < len(text) and text[after].isalpha():
+        return False, None, after
+    rest = after
+    while rest < len(text) and text[rest].isspace():
+        rest += 1
+    if rest < len(text) and text[rest] == "{":
+        end = _match_braces(text, rest)
+        if end is None:
+            return True, None, len(text)
+        return True, text[rest + 1 : end - 1].strip() or None, end
+    if cmd == "\\boxed" and rest > after:
+        # "\\boxed 5$": the unbraced form takes one token, up to whitespace or "$".
+        match = re.match(r"[^\s$]+", text[rest:])
+        if match:
+            return True, match.group(0), rest + match.end()
+    # A bare "\\boxed" at the end of a truncated output: a box without an answer.
+    return True, None, after
+
+
+def extract_answer(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` / ``\\boxed ...`` / ``\\fbox{...}`` in text.
+
+    Braces are matched (nested groups and escaped ``\\{``/``\\}`` are handled). A box
+    nested inside another counts as part of the outer one. Returns None when there is no
+    box, or when the last box is unbalanced or empty (for example a generation cut off
+    inside its answer).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"extract_answer expects a str, got {type(text).__name__}")
+    answer: str | None = None
+    start = 0
+    while (hit := _next_box(text, start)) is not None:
+        is_box, content, start = hit
+        if is_box:
+            answer = content
+    return answer
+
+
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\(?\s*([A-D])\b", re.IGNORECASE)
+_LETTER = re.compile(r"^\(?\s*([A-D])\s*\)?(?:[\s.:)]|$)")
+
+
+def choice_letter(answer: str | None) -> str | None:
+    """Normalise a boxed multiple-choice answer ("C", "(C)", "\\text{C}", "C) 42") to a letter."""
+    if answer is None:
+        return None
+    text = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", answer)
+    text = text.replace("$", "").strip()
+    match = _LETTER.match(text)
+    return match.group(1).upper() if match else None
+
+
+def extract_choice(text: str) -> str | None:
+    """The chosen letter of a multiple-choice output.
+
+    Prefers the last boxed answer; falls back to the last "answer is (X)" phrase for
+    outputs that name the letter without boxing it.
+    """
+    letter = choice_letter(extract_answer(text))
+    if letter is not None:
+        return letter
+    matches = _ANSWER_IS.findall(text)
+    return matches[-1].upper() if matches else None
+
+
+def _normalize(answer: str) -> str:
+    """Cheap canonical form for an exact-match fast path (and for non-math text answers)."""
+    text = answer.strip().strip("$").strip()
+    text = re.sub(r"\\(?:left|right)\b", "", text)
+    text = re.sub(r"\\[,;:! ]", "", text)
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = re.sub(r"\\text\s*\{([^{}]*)\}", r"\1", text)
+    return re.sub(r"\s+", "", text).rstrip(".").lower()
+
+
+def _as_latex(answer: str) -> str:
+    # Wrapping in \boxed{} makes math-verify read the whole string as the answer instead
+    # of searching it for an anchor.
+    return "\\boxed{" + answer.strip().strip("$") + "}"
+
+
+class _Deadline(BaseException):
+    # A BaseException so that math-verify's and sympy's `except Exception` blocks cannot
+    # swallow it and carry on.
+    pass
+
+
+def _raise_deadline(signum: int, frame: object) -> None:
+    raise _Deadline
+
+
+class _MathVerifyTimeoutNote(logging.Filter):
+    # We pass timeout=None to math-verify because the deadline is ours; drop its warning.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
+    """math-verify under a SIGALRM deadline; must run on the main thread (the worker's)."""
+    from math_verify import parse, verify
+
+    # Re-arming every 50 ms keeps interrupting code that catches even BaseException.
+    signal.signal(signal.SIGALRM, _raise_deadline)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
+    try:
+        gold = parse(_as_latex(reference), parsing_timeout=None)
+        guess = parse(_as_latex(prediction), parsing_timeout=None)
+        return bool(gold) and bool(guess) and bool(verify(gold, guess, timeout_seconds=None))
+    except _Deadline:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def serve_worker() -> None:
+    """Grading worker loop (``python -c ...serve_worker()``): JSON lines in, JSON lines out.
+
+    Each request is ``[prediction, reference, timeout_s]``; each answer is ``true``/``false``.
+    """
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    # Anything a library prints must not corrupt the protocol stream.
+    sys.stdout = sys.stderr
+    note_filter = _MathVerifyTimeoutNote()
+    for name in ("math_verify.parser", "math_verify.grader", "math_verify.utils"):
+        logging.getLogger(name).addFilter(note_filter)
+    import math_verify  # noqa: F401  (pay the import before announcing readiness)
+
+    protocol.write("\"ready\"\n")
+    for line in sys.stdin:
+        prediction, reference, timeout_s = json.loads(line)
+        try:
+            result = _verify_math(prediction, reference, float(timeout_s))
+        except Exception:
+            # Anything math-verify cannot handle counts as a wrong answer.
+            result = False
+        protocol.write(json.dumps(result) + "\n")
+
+
+class _GradingWorker:
+    """One lazily started grading process shared by all threads of the caller.
+
+    A plain subprocess rather than multiprocessing: spawn re-imports the caller's
+    ``__main__``, which would rerun an unguarded user script (model loading included).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._buffer = b""
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from superthoughts_ext.grading import serve_worker; serve_worker()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self._process, self._buffer = process, b""
+        if self._read_line(_STARTUP_TIMEOUT_S) != "ready":
+            self._kill()
+            raise RuntimeError("the math-verify grading worker did not start")
+        return process
+
+    def _read_line(self, timeout_s: float) -> object:
+        """The next JSON answer from the worker; None on timeout or when it died."""
+        assert self._process is not None and self._process.stdout is not None
+        fd = self._process.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            for stream in (self._process.stdin, self._process.stdout):
+                if stream is not None:
+                    stream.close()
+        self._process, self._buffer = None, b""
+
+    def grade(self, prediction: str, reference: str, timeout_s: float) -> bool:
+        with self._lock:
+            process = self._process
+            if process is None or process.poll() is not None:
+                self._kill()
+                process = self._start()
+            assert process.stdin is not None
+            try:
+                process.stdin.write((json.dumps([prediction, reference, timeout_s]) + "\n").encode())
+                process.stdin.flush()
+                answer = self._read_line(timeout_s + _KILL_GRACE_S)
+            except (BrokenPipeError, OSError):
+                answer = None
+            if answer is None:
+                # Stuck in C code (or dead): a fresh worker is started on the next call.
+                self._kill()
+                return False
+            return bool(answer)
+
+    def close(self) -> None:
+        with self._lock:
+            self._kill()
+
+
+_WORKER = _GradingWorker()
+
+
+def shutdown_grader() -> None:
+    """Stop the grading worker process (it is restarted on the next math grading call)."""
+    _WORKER.close()
+
+
+def is_correct(
+    prediction: str | None,
+    reference: str,
+    bench: str = "math500",
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> bool:
+    """Whether an extracted answer matches the reference answer.
+
+    Args:
+        prediction: the model's answer (the content of its last box), or None if it gave none.
+        reference: the benchmark's answer; for ``gpqa_diamond`` the correct letter A-D.
+        bench: benchmark name; ``gpqa_diamond`` compares choice letters, every other
+            benchmark compares mathematically with math-verify (numbers, fractions vs
+            decimals, intervals, tuples, sets, LaTeX, ``\\text{}`` units, percentages).
+        timeout: seconds allowed for the math-verify comparison; past it the answer
+            counts as wrong. Safe to call from any thread.
+    """
+    if not isinstance(reference, str):
+        raise TypeError(f"is_correct: reference must be a str, got {type(reference).__name__}")
+    if timeout <= 0:
+        raise ValueError(f"is_correct: timeout must be positive, got {timeout}")
+    if prediction is None:
+        return False
+    if bench == "gpqa_diamond":
+        gold = choice_letter(reference)
+        if gold is None:
+            raise ValueError(f"is_correct: GPQA reference must be a letter A-D, got {reference!r}")
+        return choice_letter(prediction) == gold
+    if not prediction.strip():
+        return False
+    if _normalize(prediction) == _normalize(reference):
+        return True
+    return _WORKER.grade(prediction, reference, timeout)
