@@ -16,13 +16,16 @@ Commands::
     superthoughts train --model Qwen2.5-Math-1.5B-Instruct --data train.jsonl --output out/sft --baseline
     # DDP, 2 GPUs on one node (batch size is per process)
     torchrun --nproc_per_node 2 -m superthoughts_ext.train --model M --data D --output O --bf16
-    # FSDP (full fine-tuning of larger models), 2 GPUs
+    # FSDP2 (full fine-tuning of larger models), 2 GPUs
     accelerate launch --num_processes 2 --use_fsdp --fsdp_version 2 \\
-        --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type FULL_STATE_DICT \\
-        --fsdp_reshard_after_forward true -m superthoughts_ext.train --model M --data D --output O --bf16
+        --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \\
+        --fsdp_transformer_layer_cls_to_wrap Qwen2DecoderLayer \\
+        --fsdp_state_dict_type FULL_STATE_DICT --fsdp_reshard_after_forward true \\
+        -m superthoughts_ext.train --model M --data D --output O --bf16
 
-On CPU, `torchrun` uses the gloo backend (tested with 2 processes). Under FSDP use full
-fine-tuning (no LoRA) and gradient checkpointing through `--gradient-checkpointing`.
+Both also run on a CPU-only machine (gloo backend): the test suite runs the
+torchrun command with 2 processes. Under FSDP train fully (no LoRA); checkpoint activations
+with `--gradient-checkpointing`, not accelerate's FSDP activation checkpointing flag.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from superthoughts_ext import train_utils
 
@@ -203,56 +206,6 @@ def _save_superthoughts(model: nn.Module, output_dir: str, state_dict: dict | No
         model.save_pretrained(output_dir)
 
 
-def build_model(options: TrainOptions, pad_id: int) -> nn.Module:
-    """The model to train: plain HF causal LM (baseline) or a SuperThoughts wrapper."""
-    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
-
-    source = options.model
-    dtype = DTYPES[options.dtype]
-    if options.baseline:
-        if isinstance(source, SuperThoughtsForCausalLM):
-            raise ValueError("train: baseline mode trains a plain causal LM; got a SuperThoughts model")
-        if isinstance(source, nn.Module):
-            return source
-        return AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
-    if isinstance(source, SuperThoughtsForCausalLM):
-        return source
-    if not isinstance(source, nn.Module) and _is_superthoughts_dir(os.fspath(source)):
-        return SuperThoughtsForCausalLM.from_pretrained(os.fspath(source))
-    overrides: dict[str, Any] = {"pad_token_id": pad_id, "rho_max": options.rho_max}
-    for name in ("compressor_type", "mtp_type", "lambda_mtp"):
-        if getattr(options, name) is not None:
-            overrides[name] = getattr(options, name)
-    if options.distill_weight > 0:
-        overrides["distill_weight"] = options.distill_weight
-    if not isinstance(source, nn.Module):
-        source = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
-    return SuperThoughtsForCausalLM.from_base(source, **overrides)
-
-
-def _is_superthoughts_dir(path: str) -> bool:
-    import json
-
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        raise FileNotFoundError(f"train: {path!r} is not a model directory (no config.json)")
-    with open(config, encoding="utf-8") as f:
-        return any("superthoughts" in str(k).lower() for k in json.load(f))
-
-
-def _attach_teacher(model: nn.Module, options: TrainOptions) -> None:
-    import copy
-
-    source = options.model
-    if isinstance(source, (str, os.PathLike)) and not _is_superthoughts_dir(os.fspath(source)):
-        teacher = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=DTYPES[options.dtype])
-    else:
-        # No pristine checkpoint on disk: the backbone as it is now (before any update) is the teacher.
-        teacher = copy.deepcopy(model.backbone)
-    teacher.requires_grad_(False).eval()
-    model.attach_teacher(teacher)
-
-
 def training_arguments(options: TrainOptions) -> TrainingArguments:
     """TrainingArguments for `options` (gradient checkpointing is enabled on the model instead)."""
     kwargs: dict[str, Any] = dict(
@@ -262,7 +215,8 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         learning_rate=options.learning_rate,
         per_device_train_batch_size=options.batch_size,
         gradient_accumulation_steps=options.grad_accum,
-        warmup_ratio=options.warmup_ratio,
+        # A float below 1 is a fraction of the total steps in transformers 5.
+        warmup_steps=float(options.warmup_ratio),
         lr_scheduler_type=options.lr_scheduler,
         weight_decay=options.weight_decay,
         max_grad_norm=options.max_grad_norm,
@@ -305,11 +259,18 @@ def train(options: TrainOptions) -> TrainResult:
     )
     args = training_arguments(options)
     torch.manual_seed(options.seed)
-    model = build_model(options, pad_id)
+    overrides: dict[str, Any] = {"pad_token_id": pad_id, "rho_max": options.rho_max}
+    for name in ("compressor_type", "mtp_type", "lambda_mtp"):
+        if getattr(options, name) is not None:
+            overrides[name] = getattr(options, name)
+    if options.distill_weight > 0:
+        overrides["distill_weight"] = options.distill_weight
+    dtype = DTYPES[options.dtype]
+    model = train_utils.build_model(options.model, baseline=options.baseline, dtype=dtype, overrides=overrides)
     train_utils.check_vocab(tokenizer, model, examples)
     superthoughts = not options.baseline
     if superthoughts and options.distill_weight > 0:
-        _attach_teacher(model, options)
+        train_utils.attach_teacher(model, options.model, dtype)
     if options.gradient_checkpointing:
         backbone = model.backbone if superthoughts else model
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

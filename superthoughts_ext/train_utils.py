@@ -202,3 +202,53 @@ def state_dict_digest(model: nn.Module) -> str:
         digest.update(str(tuple(t.shape)).encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def is_superthoughts_dir(path: str | os.PathLike) -> bool:
+    """True when `path/config.json` carries SuperThoughts fields (a trained SuperThoughts model)."""
+    config = os.path.join(os.fspath(path), "config.json")
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"train: {os.fspath(path)!r} is not a model directory (no config.json)")
+    with open(config, encoding="utf-8") as f:
+        return any("superthoughts" in str(k).lower() for k in json.load(f))
+
+
+def build_model(
+    source: str | os.PathLike | nn.Module, *, baseline: bool, dtype: torch.dtype,
+    overrides: Mapping[str, Any],
+) -> nn.Module:
+    """The model to train: the plain causal LM (baseline) or a SuperThoughts model.
+
+    A SuperThoughts checkpoint or module continues training as it is (`overrides` ignored);
+    a plain one is wrapped with `SuperThoughtsForCausalLM.from_base(model, **overrides)`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    if isinstance(source, SuperThoughtsForCausalLM):
+        if baseline:
+            raise ValueError("train: baseline mode trains a plain causal LM; got a SuperThoughts model")
+        return source
+    if not isinstance(source, nn.Module):
+        if is_superthoughts_dir(source):
+            if baseline:
+                raise ValueError(f"train: baseline mode needs a plain checkpoint; {os.fspath(source)!r} is SuperThoughts")
+            return SuperThoughtsForCausalLM.from_pretrained(os.fspath(source))
+        source = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
+    return source if baseline else SuperThoughtsForCausalLM.from_base(source, **overrides)
+
+
+def attach_teacher(model: nn.Module, source: str | os.PathLike | nn.Module, dtype: torch.dtype) -> None:
+    """Give a SuperThoughts model a frozen copy of the original backbone for distillation."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(source, (str, os.PathLike)) and not is_superthoughts_dir(source):
+        teacher = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
+    else:
+        # No pristine checkpoint on disk: the backbone before any update is the teacher.
+        teacher = copy.deepcopy(model.backbone)
+    teacher.requires_grad_(False).eval()
+    model.attach_teacher(teacher)
