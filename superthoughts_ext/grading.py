@@ -107,8 +107,9 @@ def extract_answer(text: str) -> str | None:
     return answer
 
 
-_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\(?\s*([A-D])\b", re.IGNORECASE)
-_LETTER = re.compile(r"^\(?\s*([A-D])\s*\)?(?:[\s.:)]|$)")
+# A lowercase letter only counts in parentheses: "the answer is a number" names no choice.
+_ANSWER_IS = re.compile(r"(?i:answer\s+is)\s*:?\s*(?:\(\s*([A-Da-d])\s*\)|([A-D])\b)")
+_LETTER = re.compile(r"^\(?\s*([A-D])\s*\)?(?:[\s.:)]|$)", re.IGNORECASE)
 
 
 def choice_letter(answer: str | None) -> str | None:
@@ -131,7 +132,7 @@ def extract_choice(text: str) -> str | None:
     if letter is not None:
         return letter
     matches = _ANSWER_IS.findall(text)
-    return matches[-1].upper() if matches else None
+    return "".join(matches[-1]).upper() if matches else None
 
 
 def _normalize(answer: str) -> str:

@@ -1,0 +1,363 @@
+"""Benchmark evaluation: batched greedy decoding, answer grading, summaries and comparisons.
+
+`evaluate` decodes every problem of a benchmark with `superthoughts_ext.generate.generate`
+(left-padded batches), grades the last ``\\boxed{}`` answer, and writes one JSONL record
+per problem plus a ``<output>.summary.json``. `compare` matches two such files by problem
+and reports the accuracy difference and the chain-of-thought length reduction of B (its
+decode steps) against A (its tokens) -- the paper's "CoT reduction" of a SuperThoughts
+model against its token-by-token baseline.
+
+CLI (``superthoughts eval``)::
+
+    superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl
+    superthoughts eval --compare baseline.jsonl st.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from superthoughts_ext.eval_compare import compare, format_comparison
+from superthoughts_ext.eval_data import BENCHES, Problem, build_prompt, get_bench, load_problems
+from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
+
+MODES = ("superthoughts", "pairs", "standard")
+
+# Tokens that end an assistant turn in Qwen chat templates; text after one is not the answer.
+_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+__all__ = [
+    "BENCHES",
+    "EvalSummary",
+    "Problem",
+    "add_arguments",
+    "compare",
+    "evaluate",
+    "extract_answer",
+    "format_comparison",
+    "is_correct",
+    "load_problems",
+    "run",
+    "summary_path",
+]
+
+
+@dataclass
+class EvalSummary:
+    """Aggregate results of one `evaluate` run.
+
+    ``cot_reduction`` = 1 - total decode steps / total generated tokens (0 for standard
+    decoding, up to 0.5 when every step emits a pair). ``generation_time`` sums the batch
+    wall times reported by `generate`; ``wall_time`` also counts tokenisation and grading.
+    """
+
+    bench: str
+    mode: str
+    threshold: float | None
+    n: int
+    n_correct: int
+    accuracy: float
+    n_no_box: int
+    mean_tokens: float
+    mean_steps: float
+    mean_pair_steps: float
+    cot_reduction: float
+    generation_time: float
+    wall_time: float
+    tokens_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summary_path(output_jsonl: str | Path) -> Path:
+    """Where the summary of ``results.jsonl`` goes: ``results.summary.json`` beside it."""
+    return Path(output_jsonl).with_suffix(".summary.json")
+
+
+def _default_generate() -> Callable[..., Any]:
+    from superthoughts_ext.generate import generate
+
+    return generate
+
+
+def _model_device(model: Any) -> Any:
+    device = getattr(model, "device", None)
+    if device is not None:
+        return device
+    return next(model.parameters()).device
+
+
+def _eos_token_id(model: Any, tokenizer: Any) -> int:
+    # generation_config knows how the checkpoint ends a turn (it may list several ids;
+    # the first is the chat turn end for Qwen instruct checkpoints).
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("neither the model's generation_config nor the tokenizer defines an EOS token")
+    return int(eos)
+
+
+def _stop_ids(tokenizer: Any, eos: int) -> set[int]:
+    ids = {eos}
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in _STOP_TOKENS if token in vocab)
+    return ids
+
+
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """input_ids [B, T] left-padded with pad_id, attention_mask [B, T] (1 = real token)."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        if ids:
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
+def _trim(sequence: Sequence[int], stop_ids: set[int]) -> list[int]:
+    for position, token in enumerate(sequence):
+        if token in stop_ids:
+            return list(sequence[:position])
+    return list(sequence)
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    bench: str,
+    rows: Sequence[Problem],
+    *,
+    mode: str = "superthoughts",
+    threshold: float | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 2048,
+    limit: int | None = None,
+    output_jsonl: str | Path | None = None,
+    progress: bool = True,
+    generate_fn: Callable[..., Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> EvalSummary:
+    """Greedy-decode and grade every problem of a benchmark.
+
+    Args:
+        model: a SuperThoughtsForCausalLM, or a plain HF causal LM with ``mode="standard"``.
+        tokenizer: the checkpoint's tokenizer (its chat template renders the prompt).
+        bench: a registry name (`BENCHES`); picks letter or math-verify grading.
+        rows: problems from `load_problems`.
+        mode: "superthoughts" (pairs with confidence fallback), "pairs" or "standard".
+        threshold: confidence threshold for "superthoughts" (None: generate's default).
+        batch_size: prompts per generate call; prompts are sorted by length so that each
+            left-padded batch [B, T] wastes little padding.
+        max_new_tokens: generation budget per problem.
+        limit: evaluate only the first ``limit`` rows.
+        output_jsonl: per-problem records (written batch by batch, so a crash keeps the
+            finished ones; ``index`` gives the dataset order); the summary goes to
+            `summary_path` of it.
+        progress: show a tqdm bar.
+        generate_fn: replaces `superthoughts_ext.generate.generate` (same signature and
+            result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time).
+        metadata: extra keys (model path, dtype...) stored in the summary JSON.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    spec = get_bench(bench)
+    if mode not in MODES:
+        raise ValueError(f"evaluate: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"evaluate: batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be >= 1")
+    problems = list(rows)[:limit] if limit is not None else list(rows)
+    if not problems:
+        raise ValueError("evaluate: no problems to evaluate")
+    generate_fn = generate_fn or _default_generate()
+
+    started = time.perf_counter()
+    eos = _eos_token_id(model, tokenizer)
+    stop_ids = _stop_ids(tokenizer, eos)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    device = _model_device(model)
+    prompts = [build_prompt(tokenizer, problem.question) for problem in problems]
+    prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    order = sorted(range(len(problems)), key=lambda i: -len(prompt_ids[i]))
+
+    records: list[dict[str, Any]] = []
+    generation_time = 0.0
+    out_file = None
+    if output_jsonl is not None:
+        Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
+        out_file = open(output_jsonl, "w", encoding="utf-8")
+    bar = tqdm(total=len(problems), desc=f"{bench} [{mode}]", disable=not progress)
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            input_ids, attention_mask = _left_pad([prompt_ids[i] for i in batch], pad_id)
+            with torch.inference_mode():
+                result = generate_fn(
+                    model,
+                    input_ids.to(device),
+                    attention_mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    mode=mode,
+                    threshold=threshold,
+                    eos_token_id=eos,
+                )
+            generation_time += float(result.wall_time)
+            for row, index in enumerate(batch):
+                problem = problems[index]
+                text = tokenizer.decode(_trim(result.sequences[row], stop_ids), skip_special_tokens=True)
+                answer = extract_choice(text) if spec.multiple_choice else extract_answer(text)
+                record = {
+                    "index": index,
+                    "id": problem.id,
+                    "prompt": prompts[index],
+                    "output": text,
+                    "extracted": answer,
+                    "reference": problem.answer,
+                    "correct": is_correct(answer, problem.answer, bench),
+                    "tokens": int(result.num_tokens[row]),
+                    "steps": int(result.num_steps[row]),
+                    "pair_steps": int(result.num_pair_steps[row]),
+                    # The batch decodes together; each problem is charged an equal share.
+                    "time": float(result.wall_time) / len(batch),
+                }
+                records.append(record)
+                if out_file is not None:
+                    out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if out_file is not None:
+                out_file.flush()
+            bar.update(len(batch))
+            bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}")
+    finally:
+        bar.close()
+        if out_file is not None:
+            out_file.close()
+
+    total_tokens = sum(r["tokens"] for r in records)
+    total_steps = sum(r["steps"] for r in records)
+    n = len(records)
+    summary = EvalSummary(
+        bench=bench,
+        mode=mode,
+        threshold=threshold,
+        n=n,
+        n_correct=sum(r["correct"] for r in records),
+        accuracy=sum(r["correct"] for r in records) / n,
+        n_no_box=sum(r["extracted"] is None for r in records),
+        mean_tokens=total_tokens / n,
+        mean_steps=total_steps / n,
+        mean_pair_steps=sum(r["pair_steps"] for r in records) / n,
+        cot_reduction=1.0 - total_steps / total_tokens if total_tokens else 0.0,
+        generation_time=generation_time,
+        wall_time=time.perf_counter() - started,
+        tokens_per_s=total_tokens / generation_time if generation_time > 0 else 0.0,
+    )
+    if output_jsonl is not None:
+        payload = {**summary.to_dict(), **(metadata or {}), "records": str(output_jsonl)}
+        summary_path(output_jsonl).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def _format_summary(summary: EvalSummary) -> str:
+    return (
+        f"{summary.bench} [{summary.mode}]: accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n}), "
+        f"no box {summary.n_no_box}, mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
+        f"CoT reduction {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
+        f"wall {summary.wall_time:.1f} s"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``superthoughts eval``."""
+    parser.add_argument("--model", help="checkpoint directory (SuperThoughts or plain HF causal LM)")
+    parser.add_argument("--bench", choices=sorted(BENCHES), help="benchmark name")
+    parser.add_argument("--data", help="local JSONL/JSON/CSV copy of the benchmark (else the hub)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        help="decoding mode (default: superthoughts for SuperThoughts checkpoints, standard otherwise)",
+    )
+    parser.add_argument("--threshold", type=float, help="confidence threshold for superthoughts mode")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--output", help="per-problem JSONL (default eval-<bench>-<mode>.jsonl)")
+    parser.add_argument("--problem-field", help="column holding the problem text")
+    parser.add_argument("--answer-field", help="column holding the reference answer")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when available)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="model weights dtype"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("A.jsonl", "B.jsonl"), help="compare two result files (no model needed)"
+    )
+
+
+def _is_superthoughts(model: Any) -> bool:
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    return isinstance(model, SuperThoughtsForCausalLM)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``superthoughts eval``; returns the exit status (2 for a usage or data error)."""
+    try:
+        if args.compare:
+            print(format_comparison(compare(*args.compare)))
+            return 0
+        if not args.model or not args.bench:
+            raise ValueError("--model and --bench are required (or use --compare A.jsonl B.jsonl)")
+        problems = load_problems(
+            args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field, limit=args.limit
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"superthoughts eval: error: {error}", file=sys.stderr)
+        return 2
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from superthoughts_ext.modeling import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = load_model(args.model, dtype=dtype, device=device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    superthoughts = _is_superthoughts(model)
+    mode = args.mode or ("superthoughts" if superthoughts else "standard")
+    if mode != "standard" and not superthoughts:
+        print(f"superthoughts eval: error: {args.model} is a plain model; use --mode standard", file=sys.stderr)
+        return 2
+    output = args.output or f"eval-{args.bench}-{mode}.jsonl"
+    summary = evaluate(
+        model,
+        tokenizer,
+        args.bench,
+        problems,
+        mode=mode,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        output_jsonl=output,
+        progress=not args.no_progress,
+        metadata={"model": args.model, "dtype": args.dtype, "device": device, "data": args.data},
+    )
+    print(_format_summary(summary))
+    print(f"records: {output}; summary: {summary_path(output)}")
+    return 0
