@@ -31,8 +31,6 @@ _KILL_GRACE_S = 2.0
 # Starting the worker imports sympy, antlr and math-verify: slow on a cold machine.
 _STARTUP_TIMEOUT_S = 120.0
 
-CHOICE_LETTERS = "ABCD"
-
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 

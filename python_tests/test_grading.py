@@ -1,0 +1,195 @@
+"""Grading tests: boxed-answer extraction, multiple-choice letters, math-verify grading on
+real MATH500 / AMC23 reference answers, and the time guard against pathological LaTeX.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("math_verify")
+
+from superthoughts_ext import grading  # noqa: E402
+from superthoughts_ext.eval_data import format_answer  # noqa: E402
+from superthoughts_ext.evaluation import extract_answer, is_correct  # noqa: E402
+from superthoughts_ext.grading import choice_letter, extract_choice  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------- extraction
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so \\boxed{42}.", "42"),
+        ("first \\boxed{1}, finally \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}"),
+        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces do not close the box
+        ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("\\boxed {7}", "7"),
+        ("$\\boxed 5$ apples", "5"),
+        ("\\fbox{12}", "12"),
+        ("\\boxed{a \\boxed{b}} end", "a \\boxed{b}"),  # a nested box belongs to its outer box
+        ("row \\\\{x} then \\boxed{y}", "y"),  # \\ is a line break, its { opens a group
+        ("\\fboxsep=2pt \\boxed{3}", "3"),
+        ("no box at all", None),
+        ("", None),
+        ("\\boxed{}", None),
+        ("\\boxed{\\frac{1}{2}", None),  # unbalanced: generation cut off
+        ("\\boxed{1} and then \\boxed{2", None),  # the last box is unbalanced
+        ("ends with \\boxed", None),
+    ],
+)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_extract_answer_rejects_non_text() -> None:
+    with pytest.raises(TypeError, match="extract_answer expects a str"):
+        extract_answer(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{C}", "C"),
+        ("\\boxed{(b)}", "B"),
+        ("\\boxed{\\text{D}}", "D"),
+        ("\\boxed{A) 42 meters}", "A"),
+        ("no box, so the answer is (C).", "C"),
+        ("The answer is: D", "D"),
+        ("the answer is a number, 7", None),
+        ("\\boxed{E}", None),
+        ("I cannot decide.", None),
+    ],
+)
+def test_extract_choice(text: str, expected: str | None) -> None:
+    assert extract_choice(text) == expected
+
+
+# ---------------------------------------------------------------- grading
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("0.5", "\\frac{1}{2}", True),
+        ("\\dfrac{3}{4}", "0.75", True),
+        ("\\frac{1}{3}", "0.5", False),
+        ("27", "27.0", True),
+        ("28", "27.0", False),
+        ("(1,2]", "(1, 2]", True),
+        ("[1,2)", "(1,2)", False),  # interval ends matter
+        ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+        ("(2, 3)", "(3, 2)", False),  # ordered tuples
+        ("\\{1, 2\\}", "\\{2, 1\\}", True),  # sets are not
+        ("10\\text{ cm}", "10", True),
+        ("50\\%", "50", True),
+        ("x = 3", "3", True),
+        ("\\text{Evelyn}", "\\text{Evelyn}", True),
+        ("2\\sqrt{2}", "\\sqrt{8}", True),
+        ("\\sqrt{2}", "\\sqrt{3}", False),
+        ("", "3", False),
+        (None, "3", False),
+    ],
+)
+def test_is_correct_math(prediction: str | None, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [("C", "C", True), ("(c)", "C", True), ("\\text{B}", "B", True), ("B", "C", False), ("42", "A", False)],
+)
+def test_is_correct_multiple_choice(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference, "gpqa_diamond") is expected
+    assert choice_letter(reference) == reference
+
+
+def test_is_correct_bad_input() -> None:
+    with pytest.raises(TypeError, match="reference must be a str"):
+        is_correct("1", 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        is_correct("1", "2", timeout=0)
+    with pytest.raises(ValueError, match="GPQA reference must be a letter"):
+        is_correct("A", "forty", "gpqa_diamond")
+
+
+@pytest.mark.parametrize("prediction", ["9^{9^{9^{9}}}", "(x+1)^{100000}", "2^{2^{2^{2^{2^{2}}}}}"])
+def test_pathological_input_returns_within_the_limit(prediction: str) -> None:
+    # Without the guard each of these keeps sympy busy for minutes.
+    is_correct("1", "1.0")  # start the worker outside the timed region
+    started = time.perf_counter()
+    assert is_correct(prediction, "3", timeout=1.0) is False
+    assert time.perf_counter() - started < 1.0 + grading._KILL_GRACE_S + 1.0
+    assert is_correct("\\frac{1}{2}", "0.5")  # the worker still answers afterwards
+
+
+def test_grading_off_the_main_thread() -> None:
+    results: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda p=p: results.append(is_correct(p, "0.25", timeout=1.0)))
+        for p in ["\\frac{1}{4}", "9^{9^{9^{9}}}", "0.25"]
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(results) == [False, True, True]
+
+
+def test_grading_worker_restarts_after_dying() -> None:
+    is_correct("1", "1.0")
+    process = grading._WORKER._process
+    assert process is not None
+    process.kill()
+    process.wait()
+    assert is_correct("\\frac{2}{4}", "0.5")
+
+
+# ---------------------------------------------------------------- real reference answers
+
+@pytest.mark.skipif(not (DATA / "math500.jsonl").is_file(), reason="shared benchmark data absent")
+def test_math500_reference_answers_grade_correct() -> None:
+    rows = read_jsonl(DATA / "math500.jsonl")
+    predictions = [extract_answer(row["solution"]) for row in rows]
+    started = time.perf_counter()
+    right = sum(is_correct(p, row["answer"]) for p, row in zip(predictions, rows)) / len(rows)
+    # The same pairs through math-verify alone, without the exact-string fast path.
+    verified = sum(grading._WORKER.grade(p or "", row["answer"], 5.0) for p, row in zip(predictions, rows)) / len(rows)
+    # Rotating by one pairs each answer with another problem's.
+    wrong = sum(is_correct(predictions[i - 1], row["answer"]) for i, row in enumerate(rows)) / len(rows)
+    elapsed = time.perf_counter() - started
+    print(f"math500: right {right:.3f}, math-verify only {verified:.3f}, rotated {wrong:.3f}, {elapsed:.1f} s")
+    assert right >= 0.99 and verified >= 0.99
+    assert wrong < 0.02
+    assert elapsed < 60
+
+
+@pytest.mark.skipif(not (DATA / "amc23.jsonl").is_file(), reason="shared benchmark data absent")
+def test_amc23_boxed_integers_grade_correct() -> None:
+    rows = read_jsonl(DATA / "amc23.jsonl")
+    values = [row["answer"] for row in rows]
+    predictions = [extract_answer(f"So the answer is $\\boxed{{{int(v)}}}$.") for v in values]
+    right = sum(is_correct(p, str(v)) for p, v in zip(predictions, values)) / len(rows)
+    right_formatted = sum(is_correct(p, format_answer(v)) for p, v in zip(predictions, values)) / len(rows)
+    # Rotating by one: 3 of the 40 neighbours share an answer (9/9, 7/7, 7/7) and must match.
+    rotated = sum(is_correct(predictions[i - 1], str(v)) for i, v in enumerate(values)) / len(rows)
+    same = sum(values[i - 1] == v for i, v in enumerate(values)) / len(rows)
+    # Every other pairing with a different answer must grade wrong.
+    mismatched = [(predictions[i - shift], str(v)) for shift in range(1, len(rows), 7)
+                  for i, v in enumerate(values) if values[i - shift] != v]
+    false_positive = sum(is_correct(p, ref) for p, ref in mismatched) / len(mismatched)
+    print(f"amc23: right {right:.3f} (formatted {right_formatted:.3f}), rotated {rotated:.3f} "
+          f"(equal answers {same:.3f}), false positives {false_positive:.3f} of {len(mismatched)}")
+    assert right == 1.0 and right_formatted == 1.0
+    assert rotated == pytest.approx(same)
+    assert false_positive < 0.02
