@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -305,3 +306,43 @@ def test_superthoughts_cli_dispatches_eval(tmp_path: Path, capsys: pytest.Captur
     a = write_run(tmp_path / "a.jsonl", [("1", True, 10, 10)])
     assert main(["eval", "--compare", str(a), str(a)]) == 0
     assert "matched problems: 1" in capsys.readouterr().out
+
+
+def test_cli_evaluates_a_plain_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # load_model and generate are stand-ins here: the CLI wiring (data, tokenizer, mode
+    # choice, output files) is what is under test.
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from superthoughts_ext import evaluation
+
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    loaded = []
+
+    def load_model(path, dtype=None, device=None):
+        loaded.append((path, dtype, device))
+        model = AutoModelForCausalLM.from_config(config)
+        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        return model
+
+    fake_modeling = SimpleNamespace(load_model=load_model, SuperThoughtsForCausalLM=type("ST", (), {}))
+    monkeypatch.setitem(sys.modules, "superthoughts_ext.modeling", fake_modeling)
+    monkeypatch.setattr(evaluation, "_default_generate", lambda: hf_generate)
+    data = tmp_path / "amc.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "problem": f"what is {i} + 1", "answer": float(i + 1)}) + "\n"
+                            for i in range(5)))
+    out = tmp_path / "plain.jsonl"
+    argv = ["--model", str(tmp_path / "ckpt"), "--bench", "amc23", "--data", str(data), "--limit", "3",
+            "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32", "--output", str(out), "--no-progress"]
+    assert run(parse_cli(argv)) == 0
+    assert loaded == [(str(tmp_path / "ckpt"), torch.float32, "cpu")]
+    assert len(read_jsonl(out)) == 3
+    summary = json.loads(summary_path(out).read_text())
+    assert summary["mode"] == "standard" and summary["n"] == 3 and summary["model"] == str(tmp_path / "ckpt")
+    assert "amc23 [standard]" in capsys.readouterr().out
+    assert run(parse_cli(argv + ["--mode", "superthoughts"])) == 2
+    assert "use --mode standard" in capsys.readouterr().err
