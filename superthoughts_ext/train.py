@@ -133,6 +133,13 @@ class SuperThoughtsTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        from peft import PeftModel
+
+        inner = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        if _is_superthoughts(inner):
+            # The SuperThoughts loss is already a per-batch mean of its parts; token-count
+            # rescaling (num_items_in_batch) would double-normalise it.
+            self.model_accepts_loss_kwargs = False
         self._part_sums: dict[str, torch.Tensor] = {}
         self._part_counts: dict[str, int] = {}
 
