@@ -1,0 +1,244 @@
+"""The decode loop behind `superthoughts_ext.generate`: static buffers, prefill, decode_step, sample.
+
+Every tensor the loop touches after prefill lives in a `DecodeState` allocated once per call, and
+each step updates it in place (next input, position ids, emitted tokens, counters, `finished`).
+That is what lets a whole step - backbone position, MTP, one lm_head GEMM, one
+`superthoughts_step` launch, bookkeeping - be captured once as a CUDA graph and replayed with
+no host work and no host-device sync; the host only reads `finished` every few steps.
+
+Two steppers share that loop: `SuperThoughtsStepper` (unit inputs, both heads) and
+`BackboneStepper` (plain one-token decoding of an HF causal LM, for mode "standard").
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class StepConfig:
+    """Scalar arguments of the step op and of the bookkeeping, fixed for one generate call."""
+
+    step_fn: StepFn  # ops.superthoughts_step or reference.superthoughts_step_ref
+    pad_id: int
+    eos_id: int
+    threshold: float
+    threshold_main: float
+    temperature: float
+    seed: int
+    max_new_tokens: int
+    ignore_eos: bool
+
+
+@dataclass
+class DecodeState:
+    """Static device buffers of one generate call (B rows, P cache positions, M = max_new_tokens)."""
+
+    inputs: torch.Tensor  # [B, 1, H] next unit input, or [B, 1] int64 next token (standard)
+    position_ids: torch.Tensor  # [B, 1] int64 position id of `inputs` per row
+    attention_mask: torch.Tensor  # [B, P] int64: prompt mask, then ones for every decode column
+    finished: torch.Tensor  # [B] bool: EOS emitted or M tokens reached
+    out: torch.Tensor  # [B, M + 1] int64 emitted tokens; column M swallows dropped writes
+    write_pos: torch.Tensor  # [B] int64 tokens emitted so far
+    num_steps: torch.Tensor  # [B] int64 steps that emitted at least one token
+    num_pair_steps: torch.Tensor  # [B] int64 steps that emitted two tokens
+    slot: torch.Tensor  # [1, 2] int64 (0, 1): offsets of a step's two tokens
+
+    @classmethod
+    def allocate(cls, attention_mask: torch.Tensor, max_positions: int, max_new_tokens: int) -> DecodeState:
+        """Buffers for a left-padded prompt mask [B, T]; P = max_positions >= T."""
+        batch, prompt_len = attention_mask.shape
+        device = attention_mask.device
+        mask = torch.ones(batch, max_positions, dtype=torch.int64, device=device)
+        mask[:, :prompt_len] = attention_mask
+        zeros = torch.zeros(batch, dtype=torch.int64, device=device)
+        return cls(
+            inputs=torch.empty(0, device=device),
+            # The last prompt position; each `sample` moves it one position on.
+            position_ids=(attention_mask.sum(dim=1, keepdim=True) - 1).to(torch.int64),
+            attention_mask=mask,
+            finished=torch.zeros(batch, dtype=torch.bool, device=device),
+            out=torch.zeros(batch, max_new_tokens + 1, dtype=torch.int64, device=device),
+            write_pos=zeros.clone(),
+            num_steps=zeros.clone(),
+            num_pair_steps=zeros.clone(),
+            slot=torch.arange(2, device=device).unsqueeze(0),
+        )
+
+
+def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [B, T] of a left-padded prompt, as transformers' generate computes them."""
+    position_ids = attention_mask.long().cumsum(dim=-1) - 1
+    return position_ids.masked_fill(attention_mask == 0, 1)
+
+
+class SuperThoughtsStepper:
+    """Prompt positions, then one unit C(E[a], E[b]) per step; logits of both heads [2, B, V]."""
+
+    def __init__(self, model, batch: int, max_positions: int) -> None:
+        self.model = model
+        self.embedding = model.backbone.get_input_embeddings()
+        self.embed = self.embedding.weight  # [V, H]
+        self.merge_weight = model.compressor.merge_weight  # [H, 2H] or None (MLP compressor)
+        self.merge_bias = model.compressor.merge_bias if self.merge_weight is not None else None
+        self.cache = model.new_cache(batch, max_positions, device=self.embed.device, dtype=self.embed.dtype)
+
+    def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Runs the prompt [B, T] through backbone and MTP; logits [2, B, V] of its last position."""
+        embeds = self.embedding(input_ids)  # [B, T, H]
+        mask = state.attention_mask[:, : input_ids.shape[1]]
+        h, h_mtp = self.model.hidden_states(embeds, position_ids, mask, self.cache)
+        state.inputs = torch.zeros_like(embeds[:, :1])  # [B, 1, H]
+        return self.model.head_logits(h[:, -1], h_mtp[:, -1])
+
+    def forward(self, state: DecodeState) -> torch.Tensor:
+        """One unit position per row from `state.inputs`; logits [2, B, V]."""
+        # The full-width mask keeps every step's shapes static (the cache is static too, and
+        # causality hides the columns not yet written).
+        h, h_mtp = self.model.hidden_states(state.inputs, state.position_ids, state.attention_mask, self.cache)
+        return self.model.head_logits(h[:, -1], h_mtp[:, -1])
+
+    def next_inputs(self, tokens: torch.Tensor, next_in: torch.Tensor) -> torch.Tensor:
+        """The op's merged unit [B, H] (or raw pair [B, 2H] for the MLP compressor) -> [B, 1, H]."""
+        if self.merge_weight is None:
+            next_in = self.model.compressor.merge_pair(next_in)
+        return next_in.unsqueeze(1)
+
+
+class BackboneStepper:
+    """Plain one-token decoding of an HF causal LM through the same step op.
+
+    The op sees logits [2, B, V] whose MTP row is all -inf (confidence 0), so with threshold 1
+    it never accepts a second token and reduces to argmax / Gumbel-max sampling of the main
+    head; the next input goes in as a token id, exactly as in transformers' generate.
+    """
+
+    def __init__(self, backbone, batch: int, max_positions: int) -> None:
+        from transformers import StaticCache
+
+        self.backbone = backbone
+        self.embed = backbone.get_input_embeddings().weight
+        self.merge_weight = None
+        self.merge_bias = None
+        self.cache = StaticCache(config=backbone.config, max_cache_len=max_positions)
+        self.logits: torch.Tensor | None = None  # [2, B, V], allocated by prefill
+
+    def _both_heads(self, logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1]  # [B, V]
+        if self.logits is None:
+            self.logits = torch.full((2, *last.shape), float("-inf"), dtype=last.dtype, device=last.device)
+        self.logits[0].copy_(last)
+        return self.logits
+
+    def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Runs the prompt [B, T]; logits [2, B, V] of its last position (MTP row -inf)."""
+        mask = state.attention_mask[:, : input_ids.shape[1]]
+        out = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        state.inputs = torch.zeros_like(input_ids[:, :1])  # [B, 1]
+        return self._both_heads(out.logits)
+
+    def forward(self, state: DecodeState) -> torch.Tensor:
+        """One token per row from `state.inputs`; logits [2, B, V]."""
+        out = self.backbone(input_ids=state.inputs, attention_mask=state.attention_mask,
+                            position_ids=state.position_ids, past_key_values=self.cache, use_cache=True)
+        return self._both_heads(out.logits)
+
+    def next_inputs(self, tokens: torch.Tensor, next_in: torch.Tensor) -> torch.Tensor:
+        """The emitted token ids [B, 1] (the op's merged pair is not used)."""
+        return tokens[:, :1]
+
+
+def record(state: DecodeState, tokens: torch.Tensor, n_new: torch.Tensor, cfg: StepConfig) -> None:
+    """Appends a step's tokens [B, 2] to `state.out` at each row's write position, capped at M.
+
+    A row with one slot left keeps only the first token of a pair step; the row is then
+    finished (length limit), so the dropped second token never resurfaces.
+    """
+    limit = cfg.max_new_tokens
+    room = (limit - state.write_pos).clamp(min=0)
+    emitted = torch.minimum(n_new.to(torch.int64), room)  # [B] in {0, 1, 2}
+    keep = state.slot < emitted.unsqueeze(1)  # [B, 2]
+    # Dropped tokens (second token not accepted, row finished, no room) all go to column M.
+    columns = torch.where(keep, state.write_pos.unsqueeze(1) + state.slot, limit)
+    state.out.scatter_(1, columns, tokens)
+    state.write_pos.add_(emitted)
+    state.num_steps.add_((emitted > 0).to(torch.int64))
+    state.num_pair_steps.add_((emitted == 2).to(torch.int64))
+    at_limit = state.write_pos >= limit
+    if cfg.ignore_eos:
+        state.finished.copy_(at_limit)
+    else:
+        state.finished.logical_or_(at_limit)
+
+
+def sample(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig, offset: int) -> None:
+    """One `superthoughts_step` on logits [2, B, V]: tokens, bookkeeping, next input and position."""
+    tokens, n_new, _, next_in = cfg.step_fn(
+        logits, stepper.embed, stepper.merge_weight, stepper.merge_bias, state.finished, cfg.pad_id,
+        cfg.eos_id, cfg.threshold, cfg.threshold_main, cfg.temperature, cfg.seed, offset,
+    )
+    record(state, tokens, n_new, cfg)
+    state.inputs.copy_(stepper.next_inputs(tokens, next_in))
+    state.position_ids.add_(1)
+
+
+def decode_step(stepper, state: DecodeState, cfg: StepConfig, offset: int) -> None:
+    """Feeds the pending unit (one position per row) and samples from its heads."""
+    sample(stepper, state, stepper.forward(state), cfg, offset)
+
+
+class CudaGraphStep:
+    """`decode_step` captured once as a CUDA graph and replayed on the static buffers.
+
+    Call 1 runs the step eagerly on a side stream (warm-up: cuBLAS handles, lazy allocations);
+    call 2 captures it (capture records, it does not run) and replays; later calls replay.
+    The op's integer arguments are baked in at capture, so the step offset (the sampling
+    counter) is frozen: graphs are for greedy decoding only, which `generate` enforces.
+    """
+
+    def __init__(self, stepper, state: DecodeState, cfg: StepConfig) -> None:
+        self.run = lambda: decode_step(stepper, state, cfg, offset=0)
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.run()
+            torch.cuda.current_stream().wait_stream(side)
+            return
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.run()
+        self.graph.replay()
+
+
+def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda_graph: bool,
+           check_every: int, on_step: Callable[[], None] | None) -> int:
+    """Runs up to `max_steps` decode steps after prefill; returns how many ran.
+
+    The host reads `finished` only every `check_every` steps (each read is a device sync), so
+    up to check_every - 1 steps may run on finished rows: they emit nothing. `on_step` (the
+    streamer hook) is called after every step and may sync.
+    """
+    graph_step = CudaGraphStep(stepper, state, cfg) if cuda_graph else None
+    for step in range(max_steps):
+        # A streamer syncs every step anyway, so the check is free then.
+        if (step % check_every == 0 or on_step is not None) and bool(state.finished.all()):
+            return step
+        if graph_step is not None:
+            graph_step()
+        else:
+            decode_step(stepper, state, cfg, offset=step + 1)
+        if on_step is not None:
+            on_step()
+    return max_steps

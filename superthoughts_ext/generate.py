@@ -1,0 +1,331 @@
+"""SuperThoughts decoding: `generate` and the `superthoughts generate` command.
+
+A step feeds ONE position per row (a unit C(E[a], E[b]), or a token in "standard" mode), runs
+the backbone and the MTP, ONE lm_head GEMM for both heads and ONE `superthoughts_step`, and
+appends 1 or 2 tokens per row on the device. The loop itself is in `decode_loop`.
+
+Modes:
+    superthoughts  adaptive: the second token is kept when both heads are confident enough;
+    pairs          threshold 0: every step emits two tokens (until EOS or the token limit);
+    standard       one token per step from the backbone alone (also for a plain HF model);
+                   greedy output equals transformers' `generate` token for token.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from superthoughts_ext import decode_loop
+
+MODES = ("superthoughts", "pairs", "standard")
+CHECK_EVERY = 8  # decode steps between host reads of `finished` (each read syncs the device)
+
+
+@dataclass
+class GenerateOutput:
+    """Result of `generate`, one list entry per batch row.
+
+    sequences: generated token ids without padding, EOS included when emitted.
+    num_tokens: len(sequences[row]) (= num_steps + num_pair_steps).
+    num_steps: decode steps that emitted a token for the row (prefill's step included).
+    num_pair_steps: steps of the row that emitted two tokens.
+    wall_time: seconds from prefill to the end of decoding (one device sync, at the end).
+    num_forward_passes: model passes run for the whole batch (prefill + decode steps).
+    """
+
+    sequences: list[list[int]]
+    num_tokens: list[int]
+    num_steps: list[int]
+    num_pair_steps: list[int]
+    wall_time: float
+    num_forward_passes: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens of all rows per second of wall time."""
+        return sum(self.num_tokens) / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def steps_per_s(self) -> float:
+        """Batch-wide forward passes per second of wall time."""
+        return self.num_forward_passes / self.wall_time if self.wall_time > 0 else 0.0
+
+
+def is_superthoughts(model: Any) -> bool:
+    """True for a SuperThoughtsForCausalLM (duck-typed on the decoding contract it offers)."""
+    return all(hasattr(model, name) for name in ("backbone", "hidden_states", "head_logits", "new_cache"))
+
+
+def _first_id(value: Any) -> int | None:
+    if isinstance(value, (list, tuple)):
+        return int(value[0]) if value else None
+    return None if value is None else int(value)
+
+
+def resolve_eos(model: Any, eos_token_id: int | list[int] | None) -> int:
+    """The EOS id the step op stops on: the argument, else the model's generation config, else
+    its config (a list means several; the op takes one, the first: a Qwen chat turn end)."""
+    candidates = [eos_token_id]
+    for owner in (model, getattr(model, "backbone", None)):
+        for attr in ("generation_config", "config"):
+            candidates.append(getattr(getattr(owner, attr, None), "eos_token_id", None))
+    for candidate in candidates:
+        if (eos := _first_id(candidate)) is not None:
+            return eos
+    raise ValueError("generate: the model has no eos_token_id; pass eos_token_id=")
+
+
+def _pad_id(model: Any, eos: int) -> int:
+    if is_superthoughts(model):
+        return int(model.pad_token_id)
+    for attr in ("generation_config", "config"):
+        if (pad := _first_id(getattr(getattr(model, attr, None), "pad_token_id", None))) is not None:
+            return pad
+    return eos
+
+
+def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Validates a left-padded batch; returns the prompt length per row [B] (on the host)."""
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"generate: input_ids must be [B, T] int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"generate: attention_mask {tuple(attention_mask.shape)} must match input_ids "
+                         f"{tuple(input_ids.shape)}")
+    mask = attention_mask.detach().cpu().to(torch.int64)
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError("generate: attention_mask must hold 0/1 values")
+    lengths = mask.sum(dim=1)
+    if (lengths == 0).any():
+        raise ValueError(f"generate: rows {torch.nonzero(lengths == 0).flatten().tolist()} have no prompt token")
+    if (mask[:, 1:] < mask[:, :-1]).any():
+        raise ValueError("generate: attention_mask is not left-padded (padding after a prompt token); "
+                         "tokenize with padding_side='left'")
+    return lengths
+
+
+def _context_steps(backbone: Any, longest_prompt: int, max_new_tokens: int) -> int:
+    """Decode steps allowed after prefill: max_new_tokens - 1, fewer when positions would pass
+    the context (max_position_embeddings); a prompt longer than the context is an error."""
+    context = getattr(backbone.config, "max_position_embeddings", None)
+    if context is None:
+        return max_new_tokens - 1
+    if longest_prompt > context:
+        raise ValueError(f"generate: a prompt has {longest_prompt} tokens, more than the model's context "
+                         f"(max_position_embeddings={context})")
+    # Step s feeds position L + s, which must stay below the context.
+    return min(max_new_tokens - 1, context - longest_prompt)
+
+
+def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: float) -> bool:
+    if cuda_graphs == "auto":
+        # The op's seed/offset are baked in at capture, so sampling would repeat one Philox
+        # stream every step: sampled decoding runs eagerly.
+        return device.type == "cuda" and temperature == 0.0
+    if cuda_graphs is True:
+        if device.type != "cuda" or temperature != 0.0:
+            raise ValueError(f"generate: cuda_graphs=True needs CUDA tensors and temperature 0 (device "
+                             f"{device.type}, temperature {temperature}); use cuda_graphs='auto'")
+        return True
+    if cuda_graphs is False:
+        return False
+    raise ValueError(f"generate: cuda_graphs must be 'auto', True or False, got {cuda_graphs!r}")
+
+
+class _StreamFeed:
+    """Feeds a streamer (transformers' TextStreamer protocol: put(tensor) then end()).
+
+    Batch 1 gets 1-D LongTensors of new tokens, like transformers' generate; a larger batch
+    gets a list of per-row 1-D tensors (possibly empty). Each feed syncs the device.
+    """
+
+    def __init__(self, streamer: Any, state: decode_loop.DecodeState, prompts: list[torch.Tensor]) -> None:
+        self.streamer, self.state = streamer, state
+        self.sent = [0] * len(prompts)
+        streamer.put(prompts[0].unsqueeze(0) if len(prompts) == 1 else prompts)
+
+    def __call__(self) -> None:
+        written = self.state.write_pos.tolist()
+        out = self.state.out.cpu()
+        new = [out[row, self.sent[row] : written[row]] for row in range(len(written))]
+        self.sent = written
+        if len(new) > 1:
+            self.streamer.put(new)
+        elif new[0].numel() > 0:
+            self.streamer.put(new[0])
+
+
+@torch.inference_mode()
+def generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    mode: str = "superthoughts",
+    threshold: float | None = None,
+    threshold_main: float | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    eos_token_id: int | list[int] | None = None,
+    use_kernels: bool = True,
+    cuda_graphs: bool | str = "auto",
+    streamer: Any = None,
+    ignore_eos: bool = False,
+) -> GenerateOutput:
+    """Decodes a left-padded batch of prompts.
+
+    Args:
+        model: a SuperThoughtsForCausalLM, or a plain HF causal LM (mode "standard" only).
+        input_ids: [B, T] prompt ids, left-padded (rows of different lengths).
+        attention_mask: [B, T] 0/1, zeros only before each row's first token; None = all ones.
+        max_new_tokens: tokens per row at most (>= 1); a pair step with one slot left keeps
+            only its first token. Positions are also capped by max_position_embeddings.
+        mode: "superthoughts", "pairs" (threshold 0) or "standard" (backbone alone).
+        threshold, threshold_main: MTP / main-head confidence needed to keep the second token
+            (None: model.config.threshold / threshold_main, or 0).
+        temperature: 0 greedy; > 0 Gumbel-max sampling from a Philox stream keyed by `seed`.
+        eos_token_id: stop token (None: the model's generation config / config).
+        use_kernels: the compiled step op; False runs the plain-torch reference.
+        cuda_graphs: "auto" (on for greedy CUDA decoding), True or False.
+        streamer: gets put(new tokens) after every step (this syncs every step) and end().
+        ignore_eos: decode exactly max_new_tokens per row (benchmarks): EOS does not stop a row.
+
+    Returns:
+        GenerateOutput with per-row sequences and step statistics.
+    """
+    if mode not in MODES:
+        raise ValueError(f"generate: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    superthoughts = is_superthoughts(model)
+    if mode != "standard" and not superthoughts:
+        raise ValueError(f"generate: mode {mode!r} needs a SuperThoughts model; a plain model supports 'standard'")
+    if max_new_tokens < 1 or temperature < 0.0:
+        raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
+                         f"({temperature}) >= 0")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    eos = resolve_eos(model, eos_token_id)
+    if input_ids.shape[0] == 0:
+        return GenerateOutput([], [], [], [], 0.0, 0)
+    lengths = _check_prompt(input_ids, attention_mask)
+    backbone = model.backbone if superthoughts else model
+    max_steps = _context_steps(backbone, int(lengths.max()), max_new_tokens)
+    graphs = _use_graphs(cuda_graphs, input_ids.device, temperature)
+
+    if mode == "standard":
+        # A confidence of 1 is never reached by the all -inf MTP row (confidence 0).
+        threshold, threshold_main = 1.0, 0.0
+    elif mode == "pairs":
+        threshold, threshold_main = 0.0, 0.0
+    else:
+        config = model.config
+        threshold = float(config.threshold if threshold is None else threshold)
+        threshold_main = float(getattr(config, "threshold_main", 0.0) if threshold_main is None else threshold_main)
+    if use_kernels:
+        from superthoughts_ext.ops import superthoughts_step as step_fn
+    else:
+        from superthoughts_ext.reference import superthoughts_step_ref as step_fn
+    cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main, float(temperature),
+                                 int(seed), max_new_tokens, ignore_eos)
+
+    batch, prompt_len = input_ids.shape
+    input_ids = input_ids.to(torch.int64)
+    attention_mask = attention_mask.to(torch.int64)
+    state = decode_loop.DecodeState.allocate(attention_mask, prompt_len + max_steps, max_new_tokens)
+    stepper_cls = decode_loop.BackboneStepper if mode == "standard" else decode_loop.SuperThoughtsStepper
+    stepper = stepper_cls(backbone if mode == "standard" else model, batch, prompt_len + max_steps)
+    feed = None
+    if streamer is not None:
+        prompts = [input_ids[row, prompt_len - int(lengths[row]) :].cpu() for row in range(batch)]
+        feed = _StreamFeed(streamer, state, prompts)
+
+    if input_ids.device.type == "cuda":
+        torch.cuda.synchronize(input_ids.device)
+    start = time.perf_counter()
+    logits = stepper.prefill(input_ids, decode_loop.prompt_position_ids(attention_mask), state)
+    decode_loop.sample(stepper, state, logits, cfg, offset=0)
+    if feed is not None:
+        feed()
+    steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, check_every=CHECK_EVERY,
+                                   on_step=feed)
+    if input_ids.device.type == "cuda":
+        torch.cuda.synchronize(input_ids.device)
+    wall_time = time.perf_counter() - start
+    if streamer is not None:
+        streamer.end()
+
+    written = state.write_pos.tolist()
+    out = state.out.cpu()
+    return GenerateOutput(
+        sequences=[out[row, : written[row]].tolist() for row in range(batch)],
+        num_tokens=written,
+        num_steps=state.num_steps.tolist(),
+        num_pair_steps=state.num_pair_steps.tolist(),
+        wall_time=wall_time,
+        num_forward_passes=1 + steps_run,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `superthoughts generate`."""
+    parser.add_argument("prompt", help="user message (rendered with the tokenizer's chat template)")
+    parser.add_argument("--model", required=True, help="checkpoint directory (SuperThoughts or plain)")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="default: superthoughts for a SuperThoughts checkpoint, else standard")
+    parser.add_argument("--threshold", type=float, default=None, help="MTP confidence (default: the model's)")
+    parser.add_argument("--threshold-main", type=float, default=None, help="main-head confidence")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-kernels", action="store_true", help="use the plain-torch reference step")
+    parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `superthoughts generate`: prints the text, then one line of statistics."""
+    from transformers import AutoTokenizer, TextStreamer
+
+    from superthoughts_ext.modeling import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = load_model(args.model, dtype=dtype, device=device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    mode = args.mode or ("superthoughts" if is_superthoughts(model) else "standard")
+    if args.no_chat_template or not getattr(tokenizer, "chat_template", None):
+        text = args.prompt
+    else:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    input_ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
+    streamer = TextStreamer(tokenizer, skip_prompt=True) if args.stream else None
+    try:
+        # The checkpoint's generation config knows its turn end; the tokenizer is the fallback.
+        eos = resolve_eos(model, None)
+    except ValueError:
+        eos = tokenizer.eos_token_id
+    try:
+        result = generate(model, input_ids, max_new_tokens=args.max_new_tokens, mode=mode, threshold=args.threshold,
+                          threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
+                          eos_token_id=eos,
+                          use_kernels=not args.no_kernels, cuda_graphs=False if args.no_cuda_graphs else "auto",
+                          streamer=streamer)
+    except ValueError as error:
+        print(f"superthoughts generate: error: {error}", file=sys.stderr)
+        return 2
+    if streamer is None:
+        print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
+    tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
+    print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
+          f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
+          f"tokens/s={result.tokens_per_s:.1f}")
+    return 0
