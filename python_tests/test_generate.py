@@ -1,0 +1,257 @@
+"""Decoding tests on tiny random Qwen2 and Llama models (CPU, no weights downloaded).
+
+Exactness: standard greedy == transformers' generate; compiled step == reference step (greedy
+and sampled); the static-cache loop == a full recompute with no cache; a batch == its rows
+alone. Edge cases: EOS as first / second token, token limits, context limit, empty batch,
+bad input. Streamer, CLI and the CUDA-graph path (GPU only) are tested too.
+
+EOS is forced without touching weights: decode once, pick a token at the wanted place that
+did not occur before it, and decode again with that token as EOS - the tokens up to it are
+unchanged, since EOS only stops a row and vetoes pairs whose first token it is.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from superthoughts_ext.generate import MODES, generate
+from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+from superthoughts_ext.reference import superthoughts_step_ref
+
+VOCAB, PAD, BOS, EOS = 512, 0, 1, 2
+CONTEXT = 96
+# lm_head scaled so that confidences spread over (0, 1) and argmax has no near-ties.
+SHARPEN = 20.0
+MIXED_THRESHOLD = 0.3  # between the confidence quantiles: some pairs, some singles
+PROMPTS = [[BOS, 17, 33, 190, 4, 77, 260], [BOS, *range(40, 51)], [BOS, 9, 300], [BOS, 5, 6, 7, 8, 480, 411, 12, 99]]
+HAS_KERNELS = importlib.util.find_spec("superthoughts_ext._C") is not None
+
+
+def tiny_backbone(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config_cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
+    config = config_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
+                        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(SHARPEN)
+    return model
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def backbone(request) -> torch.nn.Module:
+    return tiny_backbone(request.param)
+
+
+@pytest.fixture(scope="module")
+def model(backbone) -> SuperThoughtsForCausalLM:
+    torch.manual_seed(1)
+    return SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).eval()
+
+
+def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), PAD, dtype=torch.int64)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def check_stats(out, max_new_tokens: int) -> None:
+    for row, seq in enumerate(out.sequences):
+        assert out.num_tokens[row] == len(seq) == out.num_steps[row] + out.num_pair_steps[row]
+        assert 1 <= len(seq) <= max_new_tokens
+
+
+def slow_decode(model, prompt: list[int], max_new_tokens: int, threshold: float, eos: int) -> list[int]:
+    """One row, no cache: the whole compressed sequence is recomputed at every step."""
+    embedding = model.backbone.get_input_embeddings()
+    prompt_embeds = embedding(torch.tensor([prompt]))  # [1, L, H]
+    units: list[tuple[int, int]] = []
+    out: list[int] = []
+    finished = torch.zeros(1, dtype=torch.bool)
+    while True:
+        inputs = prompt_embeds
+        if units:
+            a, b = torch.tensor([[u[0] for u in units]]), torch.tensor([[u[1] for u in units]])
+            inputs = torch.cat([prompt_embeds, model.embed_units(a, b)], dim=1)
+        length = inputs.shape[1]
+        h, h_mtp = model.hidden_states(inputs, torch.arange(length)[None], torch.ones(1, length, dtype=torch.int64))
+        logits = model.head_logits(h[:, -1], h_mtp[:, -1])
+        tokens, _, _, _ = superthoughts_step_ref(logits, embedding.weight, None, None, finished, PAD, eos,
+                                                 threshold, 0.0, 0.0, 0, 0)
+        first, second = tokens[0].tolist()
+        out.extend([first] if second < 0 else [first, second])
+        if bool(finished) or len(out) >= max_new_tokens or length >= CONTEXT:
+            return out[:max_new_tokens]
+        units.append((first, PAD if second < 0 else second))
+
+
+@pytest.mark.parametrize("rows", [[0], [0, 1, 2, 3]], ids=["batch1", "batch4"])
+@pytest.mark.parametrize("forced_eos", [False, True], ids=["free", "eos"])
+def test_standard_greedy_matches_transformers(backbone, rows: list[int], forced_eos: bool) -> None:
+    ids, mask = left_pad([PROMPTS[r] for r in rows])
+    eos = EOS
+    if forced_eos:  # a token that row 0 emits 6th and not before
+        free = generate(backbone, ids[:1, -len(PROMPTS[rows[0]]):], max_new_tokens=30, mode="standard").sequences[0]
+        eos = next(t for i, t in enumerate(free) if i >= 5 and t not in free[:i])
+    ours = generate(backbone, ids, mask, max_new_tokens=30, mode="standard", eos_token_id=eos)
+    theirs = backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=30, do_sample=False,
+                               eos_token_id=eos, pad_token_id=PAD)
+    assert ours.sequences == [until_eos(row, eos) for row in theirs[:, ids.shape[1]:].tolist()]
+    assert ours.num_pair_steps == [0] * len(rows)
+    check_stats(ours, 30)
+
+
+def test_standard_on_superthoughts_model_is_the_backbone(model, backbone) -> None:
+    ids, mask = left_pad(PROMPTS)
+    expected = generate(backbone, ids, mask, max_new_tokens=20, mode="standard")
+    assert generate(model, ids, mask, max_new_tokens=20, mode="standard").sequences == expected.sequences
+
+
+@pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("mode", MODES)
+def test_kernels_match_reference(model, mode: str, temperature: float) -> None:
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=25, mode=mode, threshold=MIXED_THRESHOLD, temperature=temperature, seed=7)
+    fast = generate(model, ids, mask, use_kernels=True, **kwargs)
+    ref = generate(model, ids, mask, use_kernels=False, **kwargs)
+    assert fast.sequences == ref.sequences
+    assert (fast.num_steps, fast.num_pair_steps) == (ref.num_steps, ref.num_pair_steps)
+    if temperature > 0:
+        greedy = generate(model, ids, mask, use_kernels=True, **{**kwargs, "temperature": 0.0})
+        assert fast.sequences != greedy.sequences
+        assert generate(model, ids, mask, use_kernels=True, **{**kwargs, "seed": 8}).sequences != fast.sequences
+
+
+@pytest.mark.parametrize("mode", ["superthoughts", "pairs"])
+def test_fast_loop_matches_full_recompute(model, mode: str) -> None:
+    ids, mask = left_pad(PROMPTS)
+    threshold = MIXED_THRESHOLD if mode == "superthoughts" else 0.0
+    fast = generate(model, ids, mask, max_new_tokens=21, mode=mode, threshold=threshold, use_kernels=False)
+    for row, prompt in enumerate(PROMPTS):
+        assert fast.sequences[row] == slow_decode(model, prompt, 21, threshold, EOS), f"row {row}"
+    check_stats(fast, 21)
+    if mode == "superthoughts":  # the threshold really mixes one- and two-token steps
+        assert 0 < sum(fast.num_pair_steps) < sum(fast.num_steps)
+
+
+@pytest.mark.parametrize("forced_eos", [False, True], ids=["free", "eos"])
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_rows_match_rows_alone(model, mode: str, forced_eos: bool) -> None:
+    ids, mask = left_pad(PROMPTS)
+    eos = EOS
+    if forced_eos:
+        eos = generate(model, ids[2:3, -len(PROMPTS[2]):], max_new_tokens=1, mode=mode).sequences[0][0]
+    batch = generate(model, ids, mask, max_new_tokens=17, mode=mode, threshold=MIXED_THRESHOLD, eos_token_id=eos)
+    for row, prompt in enumerate(PROMPTS):
+        alone = generate(model, torch.tensor([prompt]), max_new_tokens=17, mode=mode, threshold=MIXED_THRESHOLD,
+                         eos_token_id=eos)
+        assert alone.sequences[0] == batch.sequences[row]
+        assert (alone.num_steps[0], alone.num_pair_steps[0]) == (batch.num_steps[row], batch.num_pair_steps[row])
+    assert batch.sequences[2] == [eos] or not forced_eos
+
+
+def test_threshold_one_never_pairs_and_pairs_always_pair(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    never = generate(model, ids, mask, max_new_tokens=16, threshold=1.0, threshold_main=1.0)
+    assert never.num_pair_steps == [0] * len(PROMPTS)
+    assert never.num_steps == never.num_tokens
+    always = generate(model, ids, mask, max_new_tokens=16, mode="pairs", ignore_eos=True)
+    assert always.num_tokens == [16] * len(PROMPTS)
+    assert always.num_steps == always.num_pair_steps == [8] * len(PROMPTS)
+
+
+def test_eos_as_first_token(model) -> None:
+    prompt = torch.tensor([PROMPTS[0]])
+    first = generate(model, prompt, max_new_tokens=5, mode="pairs").sequences[0][0]
+    out = generate(model, prompt, max_new_tokens=5, mode="pairs", eos_token_id=first)
+    assert (out.sequences, out.num_steps, out.num_pair_steps, out.num_forward_passes) == ([[first]], [1], [0], 1)
+
+
+@pytest.mark.parametrize("position", ["second", "first"])
+def test_eos_inside_a_pair_step(model, position: str) -> None:
+    prompt = torch.tensor([PROMPTS[1]])
+    free = generate(model, prompt, max_new_tokens=40, mode="pairs", ignore_eos=True).sequences[0]
+    parity = 1 if position == "second" else 0  # in pairs mode odd indices are second tokens
+    j = next(i for i, t in enumerate(free) if i > 2 and i % 2 == parity and t not in free[:i])
+    out = generate(model, prompt, max_new_tokens=40, mode="pairs", eos_token_id=free[j])
+    assert out.sequences[0] == free[: j + 1]
+    # EOS as a first token vetoes its pair: that last step emits one token.
+    assert out.num_pair_steps[0] == (j + 1) // 2
+    assert out.num_steps[0] == (j + 2) // 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_new_tokens_one(model, mode: str) -> None:
+    ids, mask = left_pad(PROMPTS)
+    out = generate(model, ids, mask, max_new_tokens=1, mode=mode, threshold=0.0)
+    assert out.num_tokens == out.num_steps == [1] * len(PROMPTS)
+    assert out.num_pair_steps == [0] * len(PROMPTS) and out.num_forward_passes == 1
+
+
+def test_odd_and_even_limits_in_pairs_mode(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    odd = generate(model, ids, mask, max_new_tokens=7, mode="pairs", ignore_eos=True)
+    even = generate(model, ids, mask, max_new_tokens=8, mode="pairs", ignore_eos=True)
+    # With one slot left, the last pair step keeps only its first token.
+    assert (odd.num_tokens, odd.num_steps, odd.num_pair_steps) == ([7] * 4, [4] * 4, [3] * 4)
+    assert (even.num_tokens, even.num_steps, even.num_pair_steps) == ([8] * 4, [4] * 4, [4] * 4)
+    assert [seq[:7] for seq in even.sequences] == odd.sequences
+
+
+def test_ignore_eos_decodes_the_full_budget(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    first = generate(model, ids, mask, max_new_tokens=1).sequences[0][0]
+    out = generate(model, ids, mask, max_new_tokens=13, eos_token_id=first, ignore_eos=True, threshold=MIXED_THRESHOLD)
+    assert out.num_tokens == [13] * len(PROMPTS)
+    check_stats(out, 13)
+
+
+def test_empty_batch(model) -> None:
+    out = generate(model, torch.zeros(0, 5, dtype=torch.int64), max_new_tokens=4)
+    assert (out.sequences, out.num_tokens, out.num_steps, out.num_pair_steps) == ([], [], [], [])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_context_limit(model, mode: str) -> None:
+    with pytest.raises(ValueError, match="max_position_embeddings=96"):
+        generate(model, torch.full((1, CONTEXT + 1), 7), max_new_tokens=4, mode=mode)
+    # Two positions are left after a 94-token prompt: prefill's step plus two decode steps.
+    out = generate(model, torch.full((1, CONTEXT - 2), 7), max_new_tokens=50, mode=mode, threshold=0.0,
+                   ignore_eos=True)
+    assert out.num_steps == [3] and out.num_tokens == [3 if mode == "standard" else 6]
+    # A prompt that fills the context still gets prefill's step.
+    full = generate(model, torch.full((1, CONTEXT), 7), max_new_tokens=50, mode=mode, threshold=0.0, ignore_eos=True)
+    assert full.num_steps == [1] and full.num_tokens == [1 if mode == "standard" else 2]
+
+
+def test_bad_input_is_rejected(model, backbone) -> None:
+    ids, mask = left_pad(PROMPTS[:2])
+    with pytest.raises(ValueError, match="left-padded"):
+        generate(model, ids, mask.flip(1), max_new_tokens=4)
+    with pytest.raises(ValueError, match="no prompt token"):
+        generate(model, ids, mask * torch.tensor([[0], [1]]), max_new_tokens=4)
+    with pytest.raises(ValueError, match="needs a SuperThoughts model"):
+        generate(backbone, ids, mask, max_new_tokens=4, mode="pairs")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        generate(model, ids, mask, max_new_tokens=4, mode="greedy")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, ids, mask, max_new_tokens=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_graphs=True"):
+            generate(model, ids, mask, max_new_tokens=4, cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        generate(model, ids, mask, max_new_tokens=4, cuda_graphs="yes")
