@@ -1,0 +1,132 @@
+// CUDA kernel of superthoughts_step (semantics: superthoughts_ext/reference.py; DESIGN.md
+// section 2). Plain CUDA, no torch headers: the glue in csrc/cuda/step.cu validates, allocates
+// and calls plan_superthoughts_step then launch_superthoughts_step on the current stream.
+//
+// One cooperative launch, one grid-wide barrier:
+//   0. every block issues L2 prefetches for the rows of W it will multiply first;
+//   1. the logits [2, B, V] seen as one flat array of 2*B*V elements are cut into `grid` equal
+//      ranges, one per block, so all blocks stream the same bytes for any B (B = 1 and
+//      V = 151936 spreads one row over ~130 blocks; B = 256 gives each block ~2 rows). Each
+//      block writes one partial (max, argmax, sum of exp, best Gumbel score, its index,
+//      finished flag) per (head, row) piece it touches into the workspace;
+//   -- grid.sync() --
+//   2. rows are dealt out to blocks; a block merges the partials of its rows (online-softmax
+//      merge, lowest index on ties), applies the confidence rule and writes tokens, n_new,
+//      conf, finished (and the raw pair when there is no merge weight);
+//   3. next_in = W [E[t1]; E[second]] + bias, tasks (feature tile x batch tile) dealt out to
+//      blocks batch-tile-major; each block re-derives the decisions of its batch tile from the
+//      partials (cheap: a few hundred bytes from L2) instead of waiting on a second barrier.
+//      B <= 16 or fp32 or odd H: warp-per-feature GEMV in fp32 (W read once per 8 rows);
+//      otherwise m16n8k16 tensor-core MMA (bf16/fp16 in, fp32 accumulate).
+// There is no host sync and no state carried between launches (the workspace holds only
+// partials written before they are read), so the launch can be captured in a CUDA graph.
+//
+// Grid: blocks_per_SM (from the occupancy calculator, 2 expected at 256 threads and
+// <= 128 registers) x SMs: every block is resident, which the barrier requires, and 2 x 256
+// threads with 4 x 16-byte loads in flight each keep ~32 KiB per SM in flight for phase 1.
+//
+// For a future GPU session, measure (H100, bf16, V = 151936, H = 1536; ncu + CUDA events):
+//   - B = 1: target <= 8 us end to end. Check the cost of grid.sync() and of phase 2 (one
+//     row merges ~130 partials per head); try kLogitUnroll 2 and a smaller grid for phase 1.
+//   - B = 64 / 256: target >= 75% of copy bandwidth for 2*B*V*2 + 2*H*H*2 bytes. Phase 3
+//     re-reads W ceil(B / 32) times and the gathered pairs H / 32 times from L2; if it shows,
+//     stage the pair tile in shared memory (cp.async) and widen the feature tile.
+//   - temperature > 0: Philox costs ~25 integer ops per element; check phase 1 stays
+//     memory bound at B = 256, else share one Philox call across the 4 elements of a block.
+//   - registers (-Xptxas -v): __launch_bounds__(256, 2) caps them at 128; spills would show.
+#pragma once
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "step_merge.cuh"
+#include "step_vocab.cuh"
+
+namespace superthoughts::cuda_step {
+
+// Smallest phase-1 range: one element per thread; below it tiny problems only add partials.
+constexpr int64_t kMinRange = kThreads;
+constexpr int kMaxDevices = 64;
+
+template <typename LogitT, typename EmbedT>
+__global__ void __launch_bounds__(kThreads, 2) superthoughts_step_kernel(const __grid_constant__ StepParams p) {
+  __shared__ SharedState sh;
+  prefetch_first_weights<EmbedT>(p);
+  reduce_vocab<LogitT>(p, sh.u.reduce);
+  cooperative_groups::this_grid().sync();
+  write_rows<EmbedT>(p, sh);
+  if (p.merge_path != kMergeCopy) merge_projection<EmbedT>(p, sh);
+}
+
+inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+// Blocks of superthoughts_step_kernel<LogitT, EmbedT> that fit on the current device at once;
+// cached per device (host-side queries only, no device sync).
+template <typename LogitT, typename EmbedT>
+cudaError_t resident_blocks(int* blocks) {
+  static std::atomic<int> cache[kMaxDevices];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < kMaxDevices && cache[device].load(std::memory_order_relaxed) > 0) {
+    *blocks = cache[device].load(std::memory_order_relaxed);
+    return cudaSuccess;
+  }
+  int cooperative = 0, sms = 0, per_sm = 0;
+  if ((err = cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device)) != cudaSuccess) return err;
+  if (!cooperative) return cudaErrorNotSupported;
+  if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, superthoughts_step_kernel<LogitT, EmbedT>, kThreads, 0);
+  if (err != cudaSuccess) return err;
+  if (per_sm < 1) return cudaErrorInvalidConfiguration;
+  *blocks = per_sm * sms;
+  if (device < kMaxDevices) cache[device].store(*blocks, std::memory_order_relaxed);
+  return cudaSuccess;
+}
+
+// Fills the plan fields of `p` (grid, range, seg_max, group, merge_path, embed_vec) from the
+// sizes and pointers already in it, and the workspace size the caller must allocate on the
+// device (no initialisation needed). Requires batch >= 1 and vocab >= 1.
+template <typename LogitT, typename EmbedT>
+cudaError_t plan_superthoughts_step(StepParams& p, size_t* workspace_bytes) {
+  int grid = 0;
+  const cudaError_t err = resident_blocks<LogitT, EmbedT>(&grid);
+  if (err != cudaSuccess) return err;
+  p.grid = grid;
+  const int64_t total = 2 * p.batch * p.vocab;
+  p.range = (total + grid - 1) / grid;
+  if (p.range < kMinRange) p.range = kMinRange;
+  // A row of V elements meets at most (V - 1) / range + 2 ranges.
+  p.seg_max = (p.vocab - 1) / p.range + 2;
+  p.group = 1;
+  while (p.group < 32 && p.group < p.seg_max) p.group *= 2;
+
+  constexpr int kVec = kVecElems<EmbedT>;
+  p.embed_vec = p.hidden % kVec == 0 && p.embed_row_stride % kVec == 0 && aligned16(p.embed) &&
+                aligned16(p.next_in) && (p.weight == nullptr || aligned16(p.weight));
+  if (p.weight == nullptr) {
+    p.merge_path = kMergeCopy;
+  } else if (sizeof(EmbedT) == 2 && p.embed_vec && p.hidden % kMmaFeatures == 0 &&
+             p.batch > kGemvMaxBatch) {
+    p.merge_path = kMergeMma;
+  } else {
+    p.merge_path = kMergeGemv;
+  }
+  *workspace_bytes = static_cast<size_t>(2 * p.batch * p.seg_max) * sizeof(Acc);
+  return cudaSuccess;
+}
+
+// One cooperative launch on `stream`; p must come from plan_superthoughts_step with
+// p.workspace pointing at its workspace.
+template <typename LogitT, typename EmbedT>
+cudaError_t launch_superthoughts_step(const StepParams& p, cudaStream_t stream) {
+  StepParams params = p;
+  void* args[] = {&params};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&superthoughts_step_kernel<LogitT, EmbedT>),
+                                     dim3(static_cast<unsigned>(p.grid)), dim3(kThreads), args, 0, stream);
+}
+
+}  // namespace superthoughts::cuda_step

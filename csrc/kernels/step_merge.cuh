@@ -1,0 +1,329 @@
+// Phases 2 and 3 of the CUDA superthoughts_step: per-row outputs, and the next input
+// next_in = W [E[t1]; E[second]] + bias (fp32 accumulation, rounded once to the embed dtype),
+// or the raw pair when there is no weight. Plain CUDA: no torch.
+#pragma once
+#include <type_traits>
+
+#include "step_vocab.cuh"
+
+namespace superthoughts::cuda_step {
+
+// Batch rows per GEMV task; the GEMV path serves B <= kGemvMaxBatch (and every case the
+// tensor-core path cannot take). Above it W would be re-read once per 8 rows.
+constexpr int kGemvRows = 8;
+constexpr int64_t kGemvMaxBatch = 16;
+// Tensor-core task: kMmaM m16 tiles (features) x kMmaN n8 tiles (batch rows), the 8 warps
+// splitting K. 32 x 32 keeps the accumulators and one K step of loads near 80 registers
+// (2 blocks per SM) while halving the L2 re-reads of W and of the gathered pairs compared
+// with a 16 x 32 or 32 x 16 tile.
+constexpr int kMmaM = 2;
+constexpr int kMmaN = 4;
+constexpr int kMmaFeatures = 16 * kMmaM;
+constexpr int kMmaRows = 8 * kMmaN;
+constexpr int kMmaTileFloats = kMmaM * kMmaN * 4 * 32;  // one warp's accumulators
+static_assert(kMmaRows <= kTileRows && kGemvRows <= kTileRows, "tile decisions must fit");
+
+struct SharedState {
+  union {
+    Acc reduce[kWarps];                    // phase 1
+    float partial_out[kWarps * kMmaTileFloats];  // tensor-core split-K reduction
+  } u;
+  HeadOut heads[2 * kTileRows];
+  int32_t first[kTileRows], second[kTileRows];  // embedding rows of the current batch tile
+};
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(x);
+  } else {
+    return __float2bfloat16_rn(x);
+  }
+}
+
+// N == kVecElems<T>: one 16-byte read-only load; N == 1: one element.
+template <typename T, int N>
+__device__ __forceinline__ void load_vals(const T* ptr, float (&out)[N]) {
+  if constexpr (N == 1) {
+    out[0] = to_float(ptr[0]);
+  } else {
+    static_assert(N == kVecElems<T>, "16-byte loads only");
+    unpack16<T>(__ldg(reinterpret_cast<const uint4*>(ptr)), out);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float bias_at(const StepParams& p, int64_t i) {
+  return p.bias ? to_float(static_cast<const T*>(p.bias)[i]) : 0.0f;
+}
+
+// Phase 2: rows [blockIdx.x * R, (blockIdx.x + 1) * R) of this block, R = ceil(B / grid):
+// tokens, n_new, conf, finished, and the raw pair when there is no merge weight.
+template <typename T>
+__device__ void write_rows(const StepParams& p, SharedState& sh) {
+  const int64_t per_block = (p.batch + gridDim.x - 1) / gridDim.x;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * per_block;
+  const int64_t end = min64(p.batch, begin + per_block);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  for (int64_t r0 = begin; r0 < end; r0 += kTileRows) {
+    const int n = static_cast<int>(min64(kTileRows, end - r0));
+    merge_heads(p, r0, n, sh.heads);
+    __syncthreads();
+    if (tid < n) {
+      const int64_t b = r0 + tid;
+      const RowDecision d = decide(p, sh.heads[2 * tid], sh.heads[2 * tid + 1]);
+      p.tokens[2 * b] = d.t1;
+      p.tokens[2 * b + 1] = d.t2;
+      p.n_new[b] = d.n_new;
+      p.conf[2 * b] = d.conf_main;
+      p.conf[2 * b + 1] = d.conf_mtp;
+      p.finished[b] = d.finished;  // nobody reads `finished` after the grid barrier
+    }
+    if (p.merge_path == kMergeCopy) {
+      for (int j = warp; j < n; j += kWarps) {
+        const RowDecision d = decide(p, sh.heads[2 * j], sh.heads[2 * j + 1]);
+        const T* embed = static_cast<const T*>(p.embed);
+        const T* halves[2] = {embed + d.t1 * p.embed_row_stride, embed + d.second * p.embed_row_stride};
+        T* out = static_cast<T*>(p.next_in) + (r0 + j) * 2 * p.hidden;
+        for (int h = 0; h < 2; ++h) {
+          if (p.embed_vec) {
+            const auto* src = reinterpret_cast<const uint4*>(halves[h]);
+            auto* dst = reinterpret_cast<uint4*>(out + h * p.hidden);
+            for (int64_t k = lane; k < p.hidden / kVecElems<T>; k += 32) dst[k] = __ldg(src + k);
+          } else {
+            for (int64_t k = lane; k < p.hidden; k += 32) out[h * p.hidden + k] = halves[h][k];
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Decisions of batch rows [b0, b0 + n) into sh.first / sh.second. Block-uniform.
+__device__ __forceinline__ void load_tile(const StepParams& p, int64_t b0, int n, SharedState& sh) {
+  __syncthreads();  // the previous tile's readers are done
+  merge_heads(p, b0, n, sh.heads);
+  __syncthreads();
+  const int tid = threadIdx.x;
+  if (tid < n) {
+    const RowDecision d = decide(p, sh.heads[2 * tid], sh.heads[2 * tid + 1]);
+    sh.first[tid] = d.t1;
+    sh.second[tid] = d.second;
+  }
+  __syncthreads();
+}
+
+// One warp: out[b0 + b, i] for the nb <= kGemvRows rows of the tile, lanes striding over K in
+// 16-byte chunks (kVec) or elements. The gathered embedding rows are shared by the block's
+// 8 warps, so after the first warp they come from L1.
+template <typename T, bool kVec>
+__device__ void gemv_feature(const StepParams& p, int64_t i, int64_t b0, int nb, const SharedState& sh) {
+  constexpr int kV = kVec ? kVecElems<T> : 1;
+  const int lane = threadIdx.x % 32;
+  const int64_t hidden = p.hidden, k_total = 2 * hidden;
+  const T* wrow = static_cast<const T*>(p.weight) + i * k_total;
+  const T* embed = static_cast<const T*>(p.embed);
+  float acc[kGemvRows] = {};
+#pragma unroll 4
+  for (int64_t k = int64_t{lane} * kV; k < k_total; k += 32 * kV) {
+    const bool upper = k >= hidden;  // kV divides H on the vector path: no chunk straddles
+    const int64_t k_in = upper ? k - hidden : k;
+    float w[kV];
+    load_vals<T, kV>(wrow + k, w);
+#pragma unroll
+    for (int b = 0; b < kGemvRows; ++b) {
+      if (b < nb) {
+        const int32_t e = upper ? sh.second[b] : sh.first[b];
+        float x[kV];
+        load_vals<T, kV>(embed + e * p.embed_row_stride + k_in, x);
+#pragma unroll
+        for (int j = 0; j < kV; ++j) acc[b] = fmaf(w[j], x[j], acc[b]);
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < kGemvRows; ++b) {
+    for (int off = 16; off > 0; off /= 2) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+  }
+  const float bias = bias_at<T>(p, i);
+  T* out = static_cast<T*>(p.next_in);
+#pragma unroll
+  for (int b = 0; b < kGemvRows; ++b) {
+    if (b == lane && b < nb) out[(b0 + b) * hidden + i] = from_float<T>(acc[b] + bias);
+  }
+}
+
+template <typename T>
+__device__ void merge_gemv(const StepParams& p, SharedState& sh) {
+  const int64_t ftiles = (p.hidden + kWarps - 1) / kWarps;
+  const int64_t tasks = ftiles * ((p.batch + kGemvRows - 1) / kGemvRows);
+  int64_t loaded = -1;
+  // Batch-tile-major: blocks running at the same time share a tile, so its gathered
+  // embedding rows stay hot in L2 while different blocks stream different rows of W.
+  for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {
+    const int64_t bt = task / ftiles, i = (task - bt * ftiles) * kWarps + threadIdx.x / 32;
+    const int64_t b0 = bt * kGemvRows;
+    const int nb = static_cast<int>(min64(kGemvRows, p.batch - b0));
+    if (bt != loaded) {
+      load_tile(p, b0, nb, sh);
+      loaded = bt;
+    }
+    if (i < p.hidden) {
+      if (p.embed_vec) {
+        gemv_feature<T, true>(p, i, b0, nb, sh);
+      } else {
+        gemv_feature<T, false>(p, i, b0, nb, sh);
+      }
+    }
+  }
+}
+
+// D += A(16x16, row) * B(16x8, col), fp32 accumulation.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                          uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+#endif
+}
+
+// One block: features [i0, i0 + 32) x batch rows [b0, b0 + nb). Warp w takes the 32-wide K
+// chunks w, w + 8, ...; lane (g, t) = (lane / 4, lane % 4) loads 16 bytes at column
+// kc + 8t of W rows i0 + g (+8) and of its pair rows, and the two m16n8k16 steps of the chunk
+// use words {0,1} and {2,3}. That permutes K identically for A and B (a sum does not care)
+// and turns every fragment load into one coalesced 16-byte load without shared memory.
+// Requires H % 32 == 0 and 16-byte aligned rows.
+template <typename T>
+__device__ void mma_task(const StepParams& p, int64_t i0, int64_t b0, int nb, SharedState& sh) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t hidden = p.hidden, k_total = 2 * hidden;
+  const T* weight = static_cast<const T*>(p.weight);
+  const T* embed = static_cast<const T*>(p.embed);
+  float acc[kMmaM][kMmaN][4] = {};
+  for (int64_t kc = int64_t{warp} * 32; kc < k_total; kc += kWarps * 32) {
+    const bool upper = kc >= hidden;
+    const int64_t k_in = (upper ? kc - hidden : kc) + 8 * t;
+    uint4 a_lo[kMmaM], a_hi[kMmaM], b[kMmaN];
+#pragma unroll
+    for (int m = 0; m < kMmaM; ++m) {
+      const T* row = weight + (i0 + 16 * m + g) * k_total + kc + 8 * t;
+      a_lo[m] = __ldg(reinterpret_cast<const uint4*>(row));
+      a_hi[m] = __ldg(reinterpret_cast<const uint4*>(row + 8 * k_total));
+    }
+#pragma unroll
+    for (int n = 0; n < kMmaN; ++n) {
+      const int r = 8 * n + g;
+      b[n] = make_uint4(0u, 0u, 0u, 0u);
+      if (r < nb) {
+        const int32_t e = upper ? sh.second[r] : sh.first[r];
+        b[n] = __ldg(reinterpret_cast<const uint4*>(embed + e * p.embed_row_stride + k_in));
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < kMmaN; ++n) {
+      if (8 * n >= nb) continue;  // warp-uniform: the whole n tile is past the batch
+#pragma unroll
+      for (int m = 0; m < kMmaM; ++m) {
+        mma_16816<T>(acc[m][n], a_lo[m].x, a_hi[m].x, a_lo[m].y, a_hi[m].y, b[n].x, b[n].y);
+        mma_16816<T>(acc[m][n], a_lo[m].z, a_hi[m].z, a_lo[m].w, a_hi[m].w, b[n].z, b[n].w);
+      }
+    }
+  }
+  float* red = sh.u.partial_out;
+#pragma unroll
+  for (int m = 0; m < kMmaM; ++m) {
+#pragma unroll
+    for (int n = 0; n < kMmaN; ++n) {
+#pragma unroll
+      for (int reg = 0; reg < 4; ++reg) red[warp * kMmaTileFloats + ((m * kMmaN + n) * 4 + reg) * 32 + lane] = acc[m][n][reg];
+    }
+  }
+  __syncthreads();
+  T* out = static_cast<T*>(p.next_in);
+  for (int f = static_cast<int>(threadIdx.x); f < kMmaTileFloats; f += kThreads) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += red[w * kMmaTileFloats + f];
+    // Accumulator layout of m16n8: reg 0/1 -> row g, reg 2/3 -> row g + 8; column 2t + reg % 2.
+    const int fl = f % 32, reg = (f / 32) % 4, n = (f / 128) % kMmaN, m = f / (128 * kMmaN);
+    const int64_t i = i0 + 16 * m + fl / 4 + (reg >= 2 ? 8 : 0);
+    const int r = 8 * n + 2 * (fl % 4) + (reg & 1);
+    if (r < nb) out[(b0 + r) * hidden + i] = from_float<T>(sum + bias_at<T>(p, i));
+  }
+  __syncthreads();  // partial_out is reused by the next task
+}
+
+template <typename T>
+__device__ void merge_mma(const StepParams& p, SharedState& sh) {
+  const int64_t mtiles = p.hidden / kMmaFeatures;
+  const int64_t tasks = mtiles * ((p.batch + kMmaRows - 1) / kMmaRows);
+  int64_t loaded = -1;
+  for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {  // batch-tile-major
+    const int64_t bt = task / mtiles, i0 = (task - bt * mtiles) * kMmaFeatures;
+    const int64_t b0 = bt * kMmaRows;
+    const int nb = static_cast<int>(min64(kMmaRows, p.batch - b0));
+    if (bt != loaded) {
+      load_tile(p, b0, nb, sh);
+      loaded = bt;
+    }
+    mma_task<T>(p, i0, b0, nb, sh);
+  }
+}
+
+// Phase 3 dispatch; the tensor-core path exists for 16-bit embeddings on sm_80+.
+template <typename T>
+__device__ void merge_projection(const StepParams& p, SharedState& sh) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (sizeof(T) == 2) {
+    if (p.merge_path == kMergeMma) {
+      merge_mma<T>(p, sh);
+      return;
+    }
+  }
+#endif
+  merge_gemv<T>(p, sh);
+}
+
+// Issued before phase 1 so that the rows of W this block multiplies first stream into L2
+// while the logits are reduced: at B = 1 the weight (9.4 MB for H = 1536) is most of the
+// bytes, and this takes it off the critical path after the grid barrier.
+template <typename T>
+__device__ void prefetch_first_weights(const StepParams& p) {
+  if (p.merge_path == kMergeCopy) return;
+  if (p.hidden == 0) return;
+  int64_t first_row, rows, tasks;
+  if (p.merge_path == kMergeMma) {
+    const int64_t mtiles = p.hidden / kMmaFeatures;
+    tasks = mtiles * ((p.batch + kMmaRows - 1) / kMmaRows);
+    first_row = (blockIdx.x % mtiles) * kMmaFeatures;
+    rows = kMmaFeatures;
+  } else {
+    const int64_t ftiles = (p.hidden + kWarps - 1) / kWarps;
+    tasks = ftiles * ((p.batch + kGemvRows - 1) / kGemvRows);
+    first_row = (blockIdx.x % ftiles) * kWarps;
+    rows = min64(kWarps, p.hidden - first_row);
+  }
+  if (blockIdx.x >= tasks) return;  // this block gets no merge task
+  const char* base = reinterpret_cast<const char*>(static_cast<const T*>(p.weight) + first_row * 2 * p.hidden);
+  const int64_t bytes = rows * 2 * p.hidden * static_cast<int64_t>(sizeof(T));
+  for (int64_t off = int64_t{threadIdx.x} * 128; off < bytes; off += int64_t{kThreads} * 128) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+  }
+}
+
+}  // namespace superthoughts::cuda_step
