@@ -1,0 +1,159 @@
+"""Decoding around the loop: streamers, the `superthoughts generate` command, CUDA graphs.
+
+Tiny random models on the demo's word-level chat tokenizer (no downloads). The CUDA-graph
+tests run only on a GPU machine: graph replay must give the eager loop's tokens.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config, TextStreamer
+
+from superthoughts_ext import cli
+from superthoughts_ext.demo.tokenizer import build_tokenizer
+from superthoughts_ext.generate import MODES, generate
+from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+TOKENIZER = build_tokenizer()
+VOCAB = 128  # >= len(TOKENIZER)
+
+
+def tiny_backbone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=TOKENIZER.eos_token_id, pad_token_id=TOKENIZER.pad_token_id,
+                         bos_token_id=TOKENIZER.pad_token_id, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        # Keeps the random model off the tokenizer's unused ids so that decoded text round-trips.
+        model.lm_head.weight[len(TOKENIZER):] = 0.0
+        model.lm_head.weight.mul_(20.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def backbone() -> torch.nn.Module:
+    return tiny_backbone()
+
+
+@pytest.fixture(scope="module")
+def model(backbone) -> SuperThoughtsForCausalLM:
+    torch.manual_seed(1)
+    return SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).eval()
+
+
+def prompt_batch(texts: list[str], device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    tokenizer = copy.copy(TOKENIZER)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+class RecordingStreamer:
+    def __init__(self) -> None:
+        self.puts: list = []
+        self.ended = 0
+
+    def put(self, value) -> None:
+        self.puts.append(value)
+
+    def end(self) -> None:
+        self.ended += 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_streamer_batch1_gets_prompt_then_every_token(model, mode: str) -> None:
+    ids, mask = prompt_batch(["what is 3 + 4"])
+    streamer = RecordingStreamer()
+    out = generate(model, ids, mask, max_new_tokens=15, mode=mode, threshold=0.3, streamer=streamer)
+    assert streamer.ended == 1
+    assert torch.equal(streamer.puts[0], ids)  # [1, T] first, like transformers' generate
+    pieces = streamer.puts[1:]
+    assert all(p.dim() == 1 and 1 <= p.numel() <= 2 for p in pieces)
+    assert torch.cat(pieces).tolist() == out.sequences[0]
+    assert len(pieces) == out.num_steps[0]
+    assert out.sequences == generate(model, ids, mask, max_new_tokens=15, mode=mode, threshold=0.3).sequences
+
+
+def test_streamer_batch_gets_per_row_lists(model) -> None:
+    ids, mask = prompt_batch(["what is 3 + 4", "carry the one"])
+    streamer = RecordingStreamer()
+    out = generate(model, ids, mask, max_new_tokens=9, mode="pairs", streamer=streamer)
+    prompts, steps = streamer.puts[0], streamer.puts[1:]
+    assert [p.tolist() for p in prompts] == [ids[row][mask[row] == 1].tolist() for row in range(2)]
+    for row in range(2):
+        assert torch.cat([step[row] for step in steps]).tolist() == out.sequences[row]
+
+
+def test_text_streamer_prints_the_decoded_text(model, capsys) -> None:
+    ids, mask = prompt_batch(["what is 3 + 4"])
+    out = generate(model, ids, mask, max_new_tokens=12, mode="pairs", streamer=TextStreamer(TOKENIZER, skip_prompt=True))
+    printed = capsys.readouterr().out
+    assert printed.strip() == TOKENIZER.decode(out.sequences[0]).strip()
+
+
+def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
+    backbone.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    argv = ["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "6", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("[standard] tokens=") and "steps=" in lines[-1] and "tokens/s=" in lines[-1]
+    assert cli.main([*argv, "--mode", "pairs"]) == 2  # a plain model cannot pair
+    assert "needs a SuperThoughts model" in capsys.readouterr().err
+
+
+def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
+    model.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    argv = ["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "8", "--device", "cpu",
+            "--mode", "pairs", "--no-kernels"]
+    assert cli.main(argv) == 0
+    stats = capsys.readouterr().out.strip().splitlines()[-1]
+    assert stats.startswith("[pairs] tokens=")
+    assert cli.main(argv[:-3] + ["--stream", "--threshold", "0.5"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("[superthoughts] tokens=")
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_graphs_match_eager(model, mode: str) -> None:
+    gpu_model = copy.deepcopy(model).cuda()
+    ids, mask = prompt_batch(["what is 3 + 4", "carry", "what is 12 + 35 and then some more"], device="cuda")
+    kwargs = dict(max_new_tokens=40, mode=mode, threshold=0.3)
+    graphed = generate(gpu_model, ids, mask, cuda_graphs=True, **kwargs)
+    eager = generate(gpu_model, ids, mask, cuda_graphs=False, **kwargs)
+    reference = generate(gpu_model, ids, mask, cuda_graphs=False, use_kernels=False, **kwargs)
+    assert graphed.sequences == eager.sequences == reference.sequences
+    assert graphed.num_pair_steps == eager.num_pair_steps
+    cpu = generate(model, ids.cpu(), mask.cpu(), **kwargs)
+    agree = sum(a == b for a, b in zip(cpu.sequences, graphed.sequences))
+    assert agree >= 2  # fp32 GPU vs CPU: an argmax may flip on a near-tie, not everywhere
+
+
+@needs_cuda
+def test_cuda_standard_matches_transformers(backbone) -> None:
+    gpu = copy.deepcopy(backbone).cuda()
+    ids, mask = prompt_batch(["what is 3 + 4", "carry the one"], device="cuda")
+    eos = TOKENIZER.eos_token_id
+    ours = generate(gpu, ids, mask, max_new_tokens=30, mode="standard")
+    theirs = gpu.generate(input_ids=ids, attention_mask=mask, max_new_tokens=30, do_sample=False)
+    expected = [row[: row.index(eos) + 1] if eos in row else row for row in theirs[:, ids.shape[1]:].tolist()]
+    assert ours.sequences == expected
+
+
+@needs_cuda
+def test_cuda_sampling_runs_eagerly(model) -> None:
+    gpu_model = copy.deepcopy(model).cuda()
+    ids, mask = prompt_batch(["what is 3 + 4"], device="cuda")
+    with pytest.raises(ValueError, match="temperature 0"):
+        generate(gpu_model, ids, mask, max_new_tokens=4, temperature=1.0, cuda_graphs=True)
+    sampled = generate(gpu_model, ids, mask, max_new_tokens=20, temperature=1.0, seed=3, mode="pairs")
+    again = generate(gpu_model, ids, mask, max_new_tokens=20, temperature=1.0, seed=3, mode="pairs", use_kernels=False)
+    assert sampled.sequences == again.sequences
