@@ -172,6 +172,7 @@ def test_threshold_one_never_pairs_and_pairs_always_pair(model) -> None:
     always = generate(model, ids, mask, max_new_tokens=16, mode="pairs", ignore_eos=True)
     assert always.num_tokens == [16] * len(PROMPTS)
     assert always.num_steps == always.num_pair_steps == [8] * len(PROMPTS)
+    assert always.num_forward_passes == 8  # the loop stops as soon as the budget is used up
 
 
 def test_eos_as_first_token(model) -> None:

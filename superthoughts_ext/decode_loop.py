@@ -223,17 +223,20 @@ class CudaGraphStep:
 
 
 def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda_graph: bool,
-           check_every: int, on_step: Callable[[], None] | None) -> int:
+           check_every: int, check_at: int, on_step: Callable[[], None] | None) -> int:
     """Runs up to `max_steps` decode steps after prefill; returns how many ran.
 
-    The host reads `finished` only every `check_every` steps (each read is a device sync), so
-    up to check_every - 1 steps may run on finished rows: they emit nothing. `on_step` (the
-    streamer hook) is called after every step and may sync.
+    The host reads `finished` only every `check_every` steps and once after `check_at` steps
+    (each read is a device sync), so up to check_every - 1 steps may run on finished rows:
+    they emit nothing. `check_at` is the first step count at which every row can have
+    reached max_new_tokens, which makes a pairs run without EOS stop exactly. `on_step`
+    (the streamer hook) is called after every step and may sync.
     """
     graph_step = CudaGraphStep(stepper, state, cfg) if cuda_graph else None
     for step in range(max_steps):
         # A streamer syncs every step anyway, so the check is free then.
-        if (step % check_every == 0 or on_step is not None) and bool(state.finished.all()):
+        check = step % check_every == 0 or step == check_at or on_step is not None
+        if check and bool(state.finished.all()):
             return step
         if graph_step is not None:
             graph_step()

@@ -250,8 +250,11 @@ def generate(
     decode_loop.sample(stepper, state, logits, cfg, offset=0)
     if feed is not None:
         feed()
+    # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
+    # emit at most 1 token (standard) or 2.
+    check_at = max_new_tokens - 1 if mode == "standard" else (max_new_tokens + 1) // 2 - 1
     steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, check_every=CHECK_EVERY,
-                                   on_step=feed)
+                                   check_at=check_at, on_step=feed)
     if input_ids.device.type == "cuda":
         torch.cuda.synchronize(input_ids.device)
     wall_time = time.perf_counter() - start
