@@ -1,0 +1,238 @@
+"""End-to-end decoding throughput: transformers generate vs our standard / pairs / superthoughts.
+
+Methods (greedy, EOS ignored so that every run emits exactly --new-tokens per row):
+    hf_dynamic         transformers generate, dynamic cache
+    hf_static_compile  transformers generate, static cache + torch.compile (GPU only)
+    standard           ours, one token per step from the backbone alone
+    pairs              ours, two tokens per step (threshold 0)
+    st@T               ours, adaptive with MTP threshold T
+The model is random (from a config, no download): a tiny Qwen2 on CPU, a Qwen2.5-Math-1.5B
+shaped bf16 one on GPU. Random heads are unconfident, so st@T falls back to one-token steps
+almost always: it shows the cost of the adaptive path, `pairs` shows the two-token ceiling.
+
+Correctness first: our standard greedy == transformers greedy on a short prompt. Timing: median
+wall time of --repeats calls after one warm-up, device synced around each call (a call is
+seconds long; per-call overhead such as CUDA-graph capture is included). Also reported: steps
+(forward passes) per second and KV-cache bytes per generated token
+(positions x layers x 2 x kv_heads x head_dim x dtype bytes / tokens, the MTP layer included
+for SuperThoughts modes). Writes benchmarks/results/generate_<device>.json and a PNG plot.
+
+    python benchmarks/bench_generate.py [--batch 1 8 32] [--prompt-len 128] [--new-tokens 512]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from superthoughts_ext.generate import generate
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SHAPES = {
+    "tiny": dict(vocab_size=8192, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    "qwen2.5-math-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                              num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
+                              rope_theta=10000.0),
+}
+PAD, EOS = 0, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `superthoughts bench generate` (defaults depend on the device)."""
+    on_gpu = torch.cuda.is_available()
+    parser.add_argument("--device", default="cuda" if on_gpu else "cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                        help="model shape (default: qwen2.5-math-1.5b on GPU, tiny on CPU)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="default: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 512 on GPU, 128 on CPU")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="skip hf_static_compile")
+    parser.add_argument("--output", type=Path, default=None, help="JSON (default: results/generate_<device>.json)")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: int):
+    """Random backbone (EOS unset, so transformers decodes the full budget) and its SuperThoughts model."""
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=context, bos_token_id=1, eos_token_id=None,
+                         pad_token_id=PAD)
+    torch.manual_seed(0)
+    with torch.device(device):
+        backbone = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
+    backbone.generation_config.eos_token_id = None
+    backbone.generation_config.pad_token_id = PAD
+    superthoughts = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).to(device=device, dtype=dtype).eval()
+    return backbone, superthoughts
+
+
+def prompts(batch: int, length: int, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts of lengths spread over [length / 2, length]."""
+    gen = torch.Generator().manual_seed(batch)
+    ids = torch.randint(3, vocab, (batch, length), generator=gen)
+    mask = torch.ones_like(ids)
+    for row in range(batch):
+        pad = (row * length) // (2 * max(batch, 1))
+        ids[row, :pad], mask[row, :pad] = PAD, 0
+    return ids.to(device), mask.to(device)
+
+
+def check_standard(backbone, device: torch.device) -> dict:
+    """Our standard greedy vs transformers greedy (static cache, no compile) on a short prompt."""
+    ids, mask = prompts(2, 16, backbone.config.vocab_size, device)
+    ours = generate(backbone, ids, mask, max_new_tokens=16, mode="standard", eos_token_id=EOS, ignore_eos=True)
+    theirs = backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                               cache_implementation="static", disable_compile=True)
+    expected = theirs[:, ids.shape[1]:].tolist()
+    if ours.sequences != expected:
+        raise SystemExit(f"bench generate: standard decoding differs from transformers:\n{ours.sequences}\n{expected}")
+    return {"tokens_compared": sum(len(s) for s in expected), "equal": True}
+
+
+def synced_time(fn, device: torch.device) -> tuple[float, object]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def kv_bytes_per_token(config, positions: int, tokens: int, extra_layers: int, dtype: torch.dtype) -> float:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_position = (config.num_hidden_layers + extra_layers) * 2 * config.num_key_value_heads * head_dim
+    return positions * per_position * torch.finfo(dtype).bits / 8 / max(tokens, 1)
+
+
+def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device) -> dict:
+    """name -> fn(ids, mask) returning (tokens, forward passes, pair steps, positions per row)."""
+
+    def hf(compiled: bool):
+        def run(ids, mask):
+            kwargs = dict(cache_implementation="static") if compiled else dict(disable_compile=True)
+            backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, **kwargs)
+            return ids.shape[0] * new_tokens, new_tokens, 0, new_tokens
+        return run
+
+    def ours(mode: str, threshold: float | None = None):
+        model = backbone if mode == "standard" else superthoughts
+
+        def run(ids, mask):
+            out = generate(model, ids, mask, max_new_tokens=new_tokens, mode=mode, threshold=threshold,
+                           eos_token_id=EOS, ignore_eos=True)
+            return (sum(out.num_tokens), out.num_forward_passes, sum(out.num_pair_steps),
+                    max(out.num_steps))
+        return run
+
+    table = {"hf_dynamic": hf(False)}
+    if device.type == "cuda" and not args.no_compile:
+        table["hf_static_compile"] = hf(True)
+    table["standard"] = ours("standard")
+    table["pairs"] = ours("pairs")
+    for threshold in args.thresholds:
+        table[f"st@{threshold:g}"] = ours("superthoughts", threshold)
+    return table
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["method"] for r in results))
+    batches = sorted({r["batch"] for r in results})
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for i, name in enumerate(names):
+        values = [next((r["tokens_per_s"] for r in results if r["method"] == name and r["batch"] == b), 0.0)
+                  for b in batches]
+        ax.bar([b_i + i * width for b_i in range(len(batches))], values, width, label=name)
+    ax.set_xticks([b_i + 0.4 - width / 2 for b_i in range(len(batches))], [f"batch {b}" for b in batches])
+    ax.set_ylabel("generated tokens / s")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the benchmark; writes the JSON and the PNG; returns 0."""
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    shape = args.shape or ("qwen2.5-math-1.5b" if on_gpu else "tiny")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
+    new_tokens = args.new_tokens or (512 if on_gpu else 128)
+    backbone, superthoughts = build_models(shape, dtype, device, args.prompt_len + new_tokens + 16)
+    check = check_standard(backbone, device)
+    print(f"check: our standard greedy == transformers greedy ({check['tokens_compared']} tokens)")
+
+    results = []
+    for batch in args.batch:
+        ids, mask = prompts(batch, args.prompt_len, backbone.config.vocab_size, device)
+        for name, fn in methods(args, backbone, superthoughts, new_tokens, device).items():
+            fn(ids, mask)  # warm-up (and compilation for hf_static_compile)
+            runs = [synced_time(lambda: fn(ids, mask), device) for _ in range(args.repeats)]
+            seconds = statistics.median(t for t, _ in runs)
+            tokens, passes, pair_steps, positions = runs[0][1]
+            extra = 1 if name not in ("hf_dynamic", "hf_static_compile", "standard") else 0
+            row = {
+                "method": name, "batch": batch, "seconds": seconds, "tokens": tokens, "forward_passes": passes,
+                "tokens_per_s": tokens / seconds, "steps_per_s": passes / seconds,
+                "pair_step_fraction": pair_steps / max(tokens - pair_steps, 1),
+                "kv_bytes_per_token": kv_bytes_per_token(backbone.config, args.prompt_len + positions,
+                                                         tokens // batch, extra, dtype),
+            }
+            results.append(row)
+            print(f"batch {batch:3d} {name:18s} {row['tokens_per_s']:10.1f} tok/s {row['steps_per_s']:8.1f} steps/s "
+                  f"pairs {row['pair_step_fraction']:.2f} kv {row['kv_bytes_per_token'] / 1024:.1f} KiB/token")
+
+    report = {
+        "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
+        "commit": git_commit(), "shape": shape, "dtype": str(dtype).removeprefix("torch."),
+        "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
+        "results": results,
+    }
+    out = args.output or RESULTS_DIR / f"generate_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, out.with_suffix(".png"), f"{shape} {report['dtype']} on {report['device']}, "
+         f"prompt {args.prompt_len}, {new_tokens} new tokens")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))
