@@ -9,7 +9,7 @@ Gumbel noise for the same (seed, offset, row, head, vocab index) without sharing
     key     = (seed & 0xffffffff, seed >> 32)
     counter = (v >> 2, 2 * row + head, offset & 0xffffffff, offset >> 32)
     word    = philox(counter, key)[v & 3]
-    u       = ((word >> 8) + 0.5) * 2**-24          # in (0, 1), exact in float32
+    u       = ((word >> 9) + 0.5) * 2**-23          # in (0, 1), exact in float32
     gumbel  = -log(-log(u))                           # float32
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def gumbel_noise(batch: int, vocab: int, seed: int, offset: int, device: torch.d
     ]
     words = torch.stack(philox4x32(counter, seed), dim=0)  # [4, 2, B, V]
     word = words.gather(0, (v & 3).expand(shape).unsqueeze(0)).squeeze(0)
-    u = ((word >> 8).to(torch.float32) + 0.5) * (2.0**-24)
+    u = ((word >> 9).to(torch.float32) + 0.5) * (2.0**-23)
     return -torch.log(-torch.log(u))
 
 

@@ -109,7 +109,8 @@ HeadResult merge_partials(const Partial* parts, int64_t chunks, bool sampling, i
   for (int64_t c = 0; c < chunks; ++c) {
     if (parts[c].max != kNegInf) sum += parts[c].sum * std::exp(parts[c].max - max);
   }
-  const int64_t token = sampling ? best_index : argmax;
+  // Scores can all be -inf when logits / temperature overflows; torch.argmax then says 0.
+  const int64_t token = sampling ? (best_index < 0 ? 0 : best_index) : argmax;
   return {token, static_cast<float>(1.0 / sum)};
 }
 
@@ -214,7 +215,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
     const HeadResult main = merge_partials(&parts[b * chunks], chunks, sample.enabled, pad_id);
     const HeadResult mtp =
         merge_partials(&parts[(s.batch + b) * chunks], chunks, sample.enabled, pad_id);
-    const bool accept = mtp.conf >= threshold && main.conf >= threshold_main && main.token != eos_id;
+    // Compared in float32 like the reference (a float tensor against a Python scalar).
+    const bool accept = mtp.conf >= static_cast<float>(threshold) &&
+                        main.conf >= static_cast<float>(threshold_main) && main.token != eos_id;
     tok[2 * b] = main.token;
     tok[2 * b + 1] = accept ? mtp.token : -1;
     count[b] = accept ? 2 : 1;

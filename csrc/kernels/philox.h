@@ -27,7 +27,7 @@ ST_HOST_DEVICE PhiloxWords philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, 
                                          uint32_t k0, uint32_t k1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
@@ -53,9 +53,11 @@ ST_HOST_DEVICE PhiloxWords step_noise_words(uint64_t seed, uint64_t offset, int6
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
-// Gumbel(0, 1) from one 32-bit word: u = ((word >> 8) + 0.5) * 2^-24 lies in (0, 1).
+// Gumbel(0, 1) from one 32-bit word: u = ((word >> 9) + 0.5) * 2^-23 lies in (0, 1) and is
+// exact in float32 (23 bits + the half need 24 significant bits; one more would round the
+// largest word up to u = 1, i.e. infinite noise).
 ST_HOST_DEVICE float gumbel_from_word(uint32_t word) {
-  const float u = (static_cast<float>(word >> 8) + 0.5f) * 5.9604644775390625e-08f;
+  const float u = (static_cast<float>(word >> 9) + 0.5f) * 1.1920928955078125e-07f;
 #if defined(__CUDA_ARCH__)
   return -logf(-logf(u));
 #else
