@@ -30,6 +30,16 @@ def want_cuda(torch_module) -> bool:
     return torch_module.version.cuda is not None
 
 
+def cmake_executable() -> str:
+    """The `cmake` PyPI package's binary when installed (a recent CMake), else the PATH's."""
+    try:
+        import cmake
+
+        return str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
+    except (ImportError, AttributeError):
+        return "cmake"
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         import torch
@@ -40,7 +50,7 @@ class CMakeBuild(build_ext):
         build_dir.mkdir(parents=True, exist_ok=True)
         with_cuda = want_cuda(torch)
         configure = [
-            "cmake", "-S", str(ROOT), "-B", str(build_dir),
+            cmake_executable(), "-S", str(ROOT), "-B", str(build_dir),
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython3_EXECUTABLE={sys.executable}",
@@ -62,7 +72,7 @@ class CMakeBuild(build_ext):
             pass
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.run(configure, check=True)
-        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+        subprocess.run([cmake_executable(), "--build", str(build_dir), "--parallel", jobs], check=True)
 
 
 setup(
