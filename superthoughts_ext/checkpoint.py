@@ -1,0 +1,118 @@
+"""The SuperThoughts checkpoint directory: config.json + model.safetensors, and its checks.
+
+config.json is the backbone's own config (so tools that read e.g. hidden_size keep working)
+with `architectures = ["SuperThoughtsForCausalLM"]` and a "superthoughts" section; the weights
+file holds backbone.* / compressor.* / mtp.* with tied aliases (lm_head.weight of a tied
+model) stored once and re-tied by transformers at load time.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+SECTION = "superthoughts"
+
+
+def read_model_dir(path: str | os.PathLike, where: str) -> Path:
+    """`path` as a Path; FileNotFoundError naming it when it is not a directory with config.json."""
+    directory = Path(os.fspath(path))
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{where}: model directory {os.fspath(path)!r} does not exist "
+                                f"(only local directories are supported, no hub downloads)")
+    if not (directory / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{where}: {os.fspath(path)!r} is not a model directory (no {CONFIG_NAME})")
+    return directory
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    with open(directory / CONFIG_NAME, encoding="utf-8") as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{directory / CONFIG_NAME}: not valid JSON: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{directory / CONFIG_NAME}: expected a JSON object")
+    return values
+
+
+def is_superthoughts_checkpoint(path: str | os.PathLike) -> bool:
+    """True when `path` is a directory whose config.json has a "superthoughts" section."""
+    directory = Path(os.fspath(path))
+    if not (directory / CONFIG_NAME).is_file():
+        return False
+    return SECTION in _read_config(directory)
+
+
+def _aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
+    """name -> the first name holding the same storage (tied weights share one tensor)."""
+    first: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    canonical = {}
+    for name, tensor in state_dict.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        canonical[name] = first.setdefault(key, name) if tensor.device.type != "meta" else name
+    return canonical
+
+
+def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None) -> None:
+    """Writes `model` (a SuperThoughtsForCausalLM) as config.json + model.safetensors."""
+    directory = Path(os.fspath(save_directory))
+    directory.mkdir(parents=True, exist_ok=True)
+    values = model.backbone.config.to_dict()
+    values["architectures"] = ["SuperThoughtsForCausalLM"]
+    values[SECTION] = model.config.to_dict()
+    with open(directory / CONFIG_NAME, "w", encoding="utf-8") as f:
+        f.write(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    state = state_dict if state_dict is not None else model.state_dict()
+    canonical = _aliases(state)
+    # safetensors refuses shared storage, and a tied lm_head would otherwise be stored twice.
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()
+               if canonical[name] == name and not name.startswith("teacher")}
+    save_file(tensors, os.fspath(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, dtype: torch.dtype | None):
+    """Rebuilds the model saved by `save_superthoughts_dir`; every stored tensor must be used
+    and every model tensor must be stored (or be a tied alias of a stored one)."""
+    path = read_model_dir(directory, "from_pretrained")
+    values = _read_config(path)
+    if SECTION not in values:
+        raise ValueError(f"from_pretrained: {os.fspath(directory)!r} is not a SuperThoughts checkpoint (its "
+                         f"{CONFIG_NAME} has no {SECTION!r} section); wrap a plain model with from_base "
+                         f"or load it with load_model")
+    st_config = config_cls.from_dict(values.pop(SECTION))
+    weights_path = path / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"from_pretrained: {os.fspath(directory)!r} has no {WEIGHTS_NAME}")
+    values.pop("architectures", None)
+    model_type = values.pop("model_type", None)
+    if model_type is None:
+        raise ValueError(f"from_pretrained: {path / CONFIG_NAME} has no model_type")
+    base_config = AutoConfig.for_model(model_type, **values)
+    weights = load_file(os.fspath(weights_path))
+    backbone_weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    embed_key = next((k for k in backbone_weights if k.endswith("embed_tokens.weight")), None)
+    if dtype is None and embed_key is not None:
+        dtype = backbone_weights[embed_key].dtype
+    backbone_cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(base_config)]
+    # from_pretrained with a state dict builds the model without a random init and re-ties
+    # shared weights the way the config says.
+    backbone = backbone_cls.from_pretrained(None, config=base_config, state_dict=backbone_weights, dtype=dtype)
+    model = model_cls(backbone, st_config)
+    rest = {k: v for k, v in weights.items() if not k.startswith("backbone.")}
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    expected = model.state_dict()
+    canonical = _aliases(expected)
+    absent = [k for k in expected if k not in weights and canonical[k] not in weights]
+    unused = sorted(set(weights) - set(expected)) + list(unexpected)
+    if absent or unused:
+        raise ValueError(f"from_pretrained: {os.fspath(weights_path)!r} does not match the model: "
+                         f"missing {absent[:5]}, unexpected {unused[:5]}")
+    return model

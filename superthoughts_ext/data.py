@@ -1,0 +1,284 @@
+"""Training data for SuperThoughts: the unit layout, pad-split augmentation, collator, JSONL loading.
+
+Layout (DESIGN.md section 1). A sequence is prompt tokens p_1..p_m (ordinary positions)
+followed by response units u_1..u_k, each a pair (a, b) or a single (a, PAD). The response
+always ends with exactly one EOS: `build_units` appends it when missing and rejects an EOS
+anywhere else (the decoder would stop there). Targets:
+
+    position            main target   MTP target
+    p_1 .. p_{m-1}      -100          -100
+    p_m (last prompt)   a_1           b_1, or -100 when u_1 is single
+    u_j (no EOS)        a_{j+1}       b_{j+1}, or -100 when u_{j+1} is single
+    u_k (holds EOS)     -100          -100
+
+"Single" is a structural flag (`is_pair`), not `b == PAD`: pad may equal eos (Qwen base
+tokenizers), and a final pair (x, EOS) must still teach the MTP head to emit EOS.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class UnitSequence:
+    """One training sequence in unit layout; every tensor is [T] (T = prompt length + units)."""
+
+    first_ids: torch.Tensor  # int64: prompt token, or a of the unit
+    second_ids: torch.Tensor  # int64: b of a pair; PAD for prompt positions and single units
+    is_unit: torch.Tensor  # bool: response unit (input C(E[a], E[b])) vs prompt token (input E[p])
+    is_pair: torch.Tensor  # bool: unit with two tokens
+    position_ids: torch.Tensor  # int64: 0..T-1
+    labels_main: torch.Tensor  # int64: a of the next unit, -100 = no target
+    labels_mtp: torch.Tensor  # int64: b of the next unit, -100 = no target or next unit single
+    source_index: torch.Tensor  # int64: index in `token_ids` of the last token this position holds
+    token_ids: torch.Tensor  # [m + n] int64: the uncompressed sequence, prompt + response (with EOS)
+
+    def tokens(self) -> list[int]:
+        """The uncompressed token sequence read back from the layout (prompt + response)."""
+        out: list[int] = []
+        for first, second, pair in zip(self.first_ids.tolist(), self.second_ids.tolist(), self.is_pair.tolist()):
+            out.extend((first, second) if pair else (first,))
+        return out
+
+    def teacher_index(self) -> torch.Tensor:
+        """[T]: the uncompressed position whose next token is this position's main target; -1 if none."""
+        return torch.where(self.labels_main != IGNORE, self.source_index, torch.full_like(self.source_index, -1))
+
+
+def _response_with_eos(response_ids: Sequence[int], eos_id: int) -> list[int]:
+    response = [int(t) for t in response_ids]
+    if not response or response[-1] != eos_id:
+        response.append(eos_id)
+    if eos_id in response[:-1]:
+        raise ValueError(f"response holds EOS ({eos_id}) at position {response.index(eos_id)} before its end; "
+                         f"EOS may only close the response")
+    return response
+
+
+def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_id: int, eos_id: int,
+                split_fraction: float = 0.0, rng: random.Random | None = None) -> UnitSequence:
+    """Lays out one example as prompt positions + response units (rules in the module docstring).
+
+    Args:
+        prompt_ids: prompt tokens (m >= 1: the last prompt position predicts the first unit).
+        response_ids: response tokens; EOS appended when it does not end with one. An empty
+            response becomes the single unit (EOS, PAD).
+        pad_id, eos_id: token ids (may be equal).
+        split_fraction: rho; round(rho * number of pairs) pairs, chosen uniformly at random,
+            become two single units each (pad-split augmentation).
+        rng: source of the split choice; None = random.Random(0) (deterministic).
+    """
+    prompt = [int(t) for t in prompt_ids]
+    if not prompt:
+        raise ValueError("build_units: empty prompt; the last prompt position is what predicts the first unit")
+    if not 0.0 <= split_fraction <= 1.0:
+        raise ValueError(f"build_units: split_fraction must be in [0, 1], got {split_fraction}")
+    response = _response_with_eos(response_ids, eos_id)
+
+    # Units as (start index in the response, length 1 or 2).
+    units = [(i, min(2, len(response) - i)) for i in range(0, len(response), 2)]
+    pairs = [j for j, (_, size) in enumerate(units) if size == 2]
+    n_split = round(split_fraction * len(pairs))
+    if n_split:
+        chosen = set((rng or random.Random(0)).sample(pairs, n_split))
+        units = [piece for j, (start, size) in enumerate(units)
+                 for piece in (((start, 1), (start + 1, 1)) if j in chosen else ((start, size),))]
+
+    m = len(prompt)
+    first = prompt + [response[s] for s, _ in units]
+    second = [pad_id] * m + [response[s + 1] if size == 2 else pad_id for s, size in units]
+    is_pair = [False] * m + [size == 2 for _, size in units]
+    source = list(range(m)) + [m + s + size - 1 for s, size in units]
+    labels_main = [IGNORE] * len(first)
+    labels_mtp = [IGNORE] * len(first)
+    # Position m - 1 + j (j = 0 is the last prompt token) predicts unit j + 1; the EOS unit
+    # is last and has no successor, so it keeps -100.
+    for j, (start, size) in enumerate(units):
+        labels_main[m - 1 + j] = response[start]
+        if size == 2:
+            labels_mtp[m - 1 + j] = response[start + 1]
+    length = len(first)
+    return UnitSequence(
+        first_ids=torch.tensor(first, dtype=torch.int64),
+        second_ids=torch.tensor(second, dtype=torch.int64),
+        is_unit=torch.tensor([False] * m + [True] * len(units)),
+        is_pair=torch.tensor(is_pair),
+        position_ids=torch.arange(length, dtype=torch.int64),
+        labels_main=torch.tensor(labels_main, dtype=torch.int64),
+        labels_mtp=torch.tensor(labels_mtp, dtype=torch.int64),
+        source_index=torch.tensor(source, dtype=torch.int64),
+        token_ids=torch.tensor(prompt + response, dtype=torch.int64),
+    )
+
+
+def build_baseline(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id: int) -> tuple[list[int], list[int]]:
+    """Plain SFT layout: input_ids = prompt + response (+ EOS), labels = -100 on the prompt.
+
+    Labels are unshifted (transformers causal LMs shift them), so the response tokens and the
+    EOS are the supervised targets, as in the SuperThoughts layout.
+    """
+    prompt = [int(t) for t in prompt_ids]
+    response = _response_with_eos(response_ids, eos_id)
+    return prompt + response, [IGNORE] * len(prompt) + response
+
+
+def _pad(rows: list[list[int]] | list[torch.Tensor], value: int | bool, dtype: torch.dtype) -> torch.Tensor:
+    """Right-pads 1-D rows into [B, max_len]."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=dtype)
+    return out
+
+
+class SuperThoughtsCollator:
+    """transformers.Trainer data_collator: features {"prompt_ids", "response_ids"} -> a padded batch.
+
+    SuperThoughts mode returns [B, T] first_ids, second_ids, is_unit, position_ids,
+    attention_mask, labels_main, labels_mtp (right padding; labels -100 on padding), plus with
+    `with_distill` teacher_input_ids / teacher_attention_mask [B, T'] (uncompressed sequences)
+    and teacher_index [B, T]. Baseline mode returns input_ids, attention_mask, labels for a
+    plain HF causal LM. rho ~ U[0, rho_max] is drawn per sequence from a generator seeded by
+    `seed` (each DataLoader worker holds its own copy of that generator).
+    """
+
+    def __init__(self, pad_id: int, eos_id: int, rho_max: float = 0.25, baseline: bool = False, seed: int = 0,
+                 with_distill: bool = False) -> None:
+        if not 0.0 <= rho_max <= 1.0:
+            raise ValueError(f"SuperThoughtsCollator: rho_max must be in [0, 1], got {rho_max}")
+        if baseline and with_distill:
+            raise ValueError("SuperThoughtsCollator: with_distill applies to SuperThoughts mode, not baseline")
+        self.pad_id, self.eos_id, self.rho_max = int(pad_id), int(eos_id), float(rho_max)
+        self.baseline, self.with_distill = baseline, with_distill
+        self.rng = random.Random(seed)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("SuperThoughtsCollator: empty batch")
+        for i, f in enumerate(features):
+            if "prompt_ids" not in f or "response_ids" not in f:
+                raise KeyError(f"SuperThoughtsCollator: feature {i} needs 'prompt_ids' and 'response_ids', got {sorted(f)}")
+        if self.baseline:
+            return self._baseline(features)
+        seqs = [
+            build_units(f["prompt_ids"], f["response_ids"], pad_id=self.pad_id, eos_id=self.eos_id,
+                        split_fraction=self.rng.uniform(0.0, self.rho_max) if self.rho_max > 0 else 0.0, rng=self.rng)
+            for f in features
+        ]
+        batch = {
+            "first_ids": _pad([s.first_ids for s in seqs], self.pad_id, torch.int64),
+            "second_ids": _pad([s.second_ids for s in seqs], self.pad_id, torch.int64),
+            "is_unit": _pad([s.is_unit for s in seqs], False, torch.bool),
+            "position_ids": _pad([s.position_ids for s in seqs], 0, torch.int64),
+            "attention_mask": _pad([torch.ones(len(s.first_ids)) for s in seqs], 0, torch.int64),
+            "labels_main": _pad([s.labels_main for s in seqs], IGNORE, torch.int64),
+            "labels_mtp": _pad([s.labels_mtp for s in seqs], IGNORE, torch.int64),
+        }
+        if self.with_distill:
+            batch["teacher_input_ids"] = _pad([s.token_ids for s in seqs], self.pad_id, torch.int64)
+            batch["teacher_attention_mask"] = _pad([torch.ones(len(s.token_ids)) for s in seqs], 0, torch.int64)
+            batch["teacher_index"] = _pad([s.teacher_index() for s in seqs], -1, torch.int64)
+        return batch
+
+    def _baseline(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pairs = [build_baseline(f["prompt_ids"], f["response_ids"], self.eos_id) for f in features]
+        return {
+            "input_ids": _pad([ids for ids, _ in pairs], self.pad_id, torch.int64),
+            "attention_mask": _pad([[1] * len(ids) for ids, _ in pairs], 0, torch.int64),
+            "labels": _pad([labels for _, labels in pairs], IGNORE, torch.int64),
+        }
+
+
+def _chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _messages(problem: str, system_prompt: str | None) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    return system + [{"role": "user", "content": problem}]
+
+
+def format_prompt(tokenizer: Any, problem: str, system_prompt: str | None = None) -> list[int]:
+    """Prompt ids: the chat template over (system, user = problem) up to and including the
+    generation prompt (e.g. "<|im_start|>assistant\\n"). system_prompt None = the template's default."""
+    text = _chat(tokenizer, _messages(problem, system_prompt), add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: str | None = None) -> dict[str, list[int]]:
+    """{"prompt_ids", "response_ids"}: the response is the solution as the template writes the
+    assistant turn, cut right after the tokenizer's EOS (ChatML: "...<|im_end|>", without the
+    newline that follows); when the turn holds no EOS its trailing whitespace is dropped and
+    EOS appended."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("the tokenizer has no eos_token; the response must end with one")
+    messages = _messages(problem, system_prompt)
+    prompt_text = _chat(tokenizer, messages, add_generation_prompt=True)
+    full_text = _chat(tokenizer, messages + [{"role": "assistant", "content": solution}], add_generation_prompt=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("the chat template's assistant turn does not extend its generation prompt; "
+                         "cannot split prompt from response")
+    response = list(tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"])
+    if eos_id in response:
+        response = response[: response.index(eos_id) + 1]
+    else:
+        tail = full_text[len(prompt_text):].rstrip()
+        response = list(tokenizer(tail, add_special_tokens=False)["input_ids"]) + [eos_id]
+    return {"prompt_ids": list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), "response_ids": response}
+
+
+def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
+                        solution_field: str = "solution", system_prompt: str | None = None,
+                        max_length: int | None = None) -> list[dict[str, list[int]]]:
+    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file (see `format_example`).
+
+    Blank lines are skipped. A line that is not a JSON object or lacks a string field raises
+    ValueError naming the file and line. Rows whose solution is empty (or only whitespace) and
+    rows longer than `max_length` tokens (prompt + response, uncompressed) are dropped with a
+    warning naming their lines: never truncated.
+    """
+    where = os.fspath(path)
+    examples: list[dict[str, list[int]]] = []
+    empty: list[int] = []
+    too_long: list[int] = []
+    with open(where, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}:{number}: not valid JSON: {exc}") from exc
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}:{number}: expected a JSON object, got {type(row).__name__}")
+            for field in (problem_field, solution_field):
+                if not isinstance(row.get(field), str):
+                    raise ValueError(f"{where}:{number}: field {field!r} is missing or not a string")
+            if not row[solution_field].strip():
+                empty.append(number)
+                continue
+            example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt)
+            if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
+                too_long.append(number)
+                continue
+            examples.append(example)
+    if empty:
+        warnings.warn(f"{where}: dropped {len(empty)} row(s) with an empty {solution_field!r} (lines {empty[:10]})",
+                      stacklevel=2)
+    if too_long:
+        warnings.warn(f"{where}: dropped {len(too_long)} row(s) longer than max_length={max_length} tokens "
+                      f"(lines {too_long[:10]})", stacklevel=2)
+    return examples

@@ -1,0 +1,252 @@
+"""SuperThoughts building blocks: the pair compressor C and the MTP head, plus the decode cache.
+
+Both blocks are built FROM a Hugging Face causal LM (they copy its norm / decoder-layer classes
+and weights) but never modify it: the backbone stays a stock transformers model.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, StaticCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+
+class LinearCompressor(nn.Module):
+    """z = W [E[a]; E[b]] + bias with W [H, 2H] initialised to [I, I] and bias 0 (z = E[a] + E[b])."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2 * hidden_size, hidden_size, bias=True)
+        eye = torch.eye(hidden_size)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.cat([eye, eye], dim=1))
+            self.linear.bias.zero_()
+
+    @property
+    def merge_weight(self) -> torch.Tensor:
+        """W [H, 2H], as the fused step op takes it."""
+        return self.linear.weight
+
+    @property
+    def merge_bias(self) -> torch.Tensor:
+        """bias [H]."""
+        return self.linear.bias
+
+    def merge_pair(self, pair: torch.Tensor) -> torch.Tensor:
+        """[..., 2H] concatenated embeddings [E[a]; E[b]] -> z [..., H]."""
+        return self.linear(pair)
+
+    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
+        """E[a] [..., H], E[b] [..., H] -> z [..., H]."""
+        return self.merge_pair(torch.cat([emb_a, emb_b], dim=-1))
+
+
+class MLPCompressor(nn.Module):
+    """z = W2 SiLU(W1 [E[a]; E[b]] + b1) + b2 (2H -> 2H -> H), initialised to z = E[a] + E[b].
+
+    The init uses the identity SiLU(u) - SiLU(-u) = u * (sigmoid(u) + sigmoid(-u)) = u: the
+    first H hidden units compute s = E[a] + E[b], the other H compute -s, and W2 = [I, -I]
+    subtracts them, so the block starts as the exact superposition the linear compressor starts
+    from while every unit still has a non-zero gradient.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2 * hidden_size, 2 * hidden_size, bias=True)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(2 * hidden_size, hidden_size, bias=True)
+        eye = torch.eye(hidden_size)
+        with torch.no_grad():
+            sum_rows = torch.cat([eye, eye], dim=1)  # [H, 2H]: s = E[a] + E[b]
+            self.fc1.weight.copy_(torch.cat([sum_rows, -sum_rows], dim=0))
+            self.fc1.bias.zero_()
+            self.fc2.weight.copy_(torch.cat([eye, -eye], dim=1))
+            self.fc2.bias.zero_()
+
+    @property
+    def merge_weight(self) -> None:
+        """None: the fused op cannot apply an MLP, it returns the raw pair for `merge_pair`."""
+        return None
+
+    @property
+    def merge_bias(self) -> None:
+        return None
+
+    def merge_pair(self, pair: torch.Tensor) -> torch.Tensor:
+        """[..., 2H] concatenated embeddings [E[a]; E[b]] -> z [..., H]."""
+        return self.fc2(self.act(self.fc1(pair)))
+
+    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
+        """E[a] [..., H], E[b] [..., H] -> z [..., H]."""
+        return self.merge_pair(torch.cat([emb_a, emb_b], dim=-1))
+
+
+def build_compressor(kind: str, hidden_size: int) -> nn.Module:
+    """The compressor named by `SuperThoughtsConfig.compressor_type` ("linear" | "mlp")."""
+    if kind == "linear":
+        return LinearCompressor(hidden_size)
+    if kind == "mlp":
+        return MLPCompressor(hidden_size)
+    raise ValueError(f"compressor_type must be 'linear' or 'mlp', got {kind!r}")
+
+
+class _MTPInput(nn.Module):
+    """x = fc([RMSNorm(h); RMSNorm(z)]), fc: 2H -> H initialised to [I, 0] (x = RMSNorm(h)).
+
+    Passing h through at init makes the MTP head start as "one more application of the
+    backbone's last layer" on the backbone's own representation: its logits are a sensible
+    distribution from step 0 instead of noise, so early MTP gradients do not wreck the shared
+    lm_head, and the z half (zero at init, non-zero gradient) is learned from there.
+    """
+
+    def __init__(self, backbone: PreTrainedModel) -> None:
+        super().__init__()
+        config = backbone.config
+        hidden = config.hidden_size
+        norm_cls = type(backbone.model.norm)
+        eps = getattr(config, "rms_norm_eps", 1e-6)
+        self.norm_h = norm_cls(hidden, eps=eps)
+        self.norm_z = norm_cls(hidden, eps=eps)
+        self.fc = nn.Linear(2 * hidden, hidden, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.cat([torch.eye(hidden), torch.zeros(hidden, hidden)], dim=1))
+        # The output norm is the backbone's final norm: the shared lm_head was trained on it.
+        self.norm = copy.deepcopy(backbone.model.norm)
+
+    def mix(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """h, z [B, T, H] -> x [B, T, H]."""
+        return self.fc(torch.cat([self.norm_h(h), self.norm_z(z)], dim=-1))
+
+
+def _one_layer_config(backbone: PreTrainedModel):
+    """A copy of the backbone config describing ONE layer of the type of its last layer."""
+    config = copy.deepcopy(backbone.config)
+    layer_types = getattr(config, "layer_types", None)
+    config.num_hidden_layers = 1
+    if layer_types is not None:
+        config.layer_types = list(layer_types[-1:])
+    return config
+
+
+class DecoderMTP(_MTPInput):
+    """MTP head: one decoder layer of the backbone's own class over x = fc([RMSNorm(h); RMSNorm(z)]).
+
+    The layer starts as a copy of the backbone's last layer; it attends over its own per-position
+    states, so at decode time it keeps its own one-layer KV cache.
+    """
+
+    has_cache = True
+
+    def __init__(self, backbone: PreTrainedModel) -> None:
+        super().__init__(backbone)
+        last = backbone.model.layers[-1]
+        self.layer_config = _one_layer_config(backbone)
+        # Built on the meta device and filled from the last layer: no random init to waste,
+        # and layer_idx 0 addresses the MTP's own one-layer cache.
+        with torch.device("meta"):
+            self.layer = type(last)(self.layer_config, 0)
+        self.layer.to_empty(device=backbone.model.norm.weight.device)
+        self.layer.load_state_dict(last.state_dict())
+        self.rotary_emb = type(backbone.model.rotary_emb)(config=self.layer_config)
+        self.sliding = (getattr(self.layer_config, "layer_types", None) or ["full_attention"])[0] == "sliding_attention"
+
+    def new_cache(self, batch_size: int, max_positions: int, device: torch.device, dtype: torch.dtype) -> StaticCache:
+        """Static one-layer KV cache for `batch_size` rows and `max_positions` positions."""
+        return _static_cache(self.layer_config, batch_size, max_positions, device, dtype)
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None, cache: StaticCache | None = None) -> torch.Tensor:
+        """h, z [B, T, H], position_ids [B, T], attention_mask [B, S] -> h_mtp [B, T, H]."""
+        x = self.mix(h, z)
+        make_mask = create_sliding_window_causal_mask if self.sliding else create_causal_mask
+        mask = make_mask(config=self.layer_config, inputs_embeds=x, attention_mask=attention_mask,
+                         past_key_values=cache, position_ids=position_ids)
+        out = self.layer(x, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                         use_cache=cache is not None, position_embeddings=self.rotary_emb(x, position_ids))
+        if isinstance(out, tuple):
+            out = out[0]
+        return self.norm(out)
+
+
+class MLPMTP(_MTPInput):
+    """MTP head without attention: x = fc(...); x + MLP(RMSNorm(x)); final RMSNorm. No cache.
+
+    MLP and its norm start as copies of the backbone's last layer's MLP block.
+    """
+
+    has_cache = False
+
+    def __init__(self, backbone: PreTrainedModel) -> None:
+        super().__init__(backbone)
+        last = backbone.model.layers[-1]
+        self.mlp_norm = copy.deepcopy(last.post_attention_layernorm)
+        self.mlp = copy.deepcopy(last.mlp)
+
+    def new_cache(self, batch_size: int, max_positions: int, device: torch.device, dtype: torch.dtype) -> None:
+        return None
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None, cache: None = None) -> torch.Tensor:
+        """h, z [B, T, H] -> h_mtp [B, T, H] (position_ids, attention_mask unused)."""
+        x = self.mix(h, z)
+        return self.norm(x + self.mlp(self.mlp_norm(x)))
+
+
+def build_mtp(kind: str, backbone: PreTrainedModel) -> nn.Module:
+    """The MTP head named by `SuperThoughtsConfig.mtp_type` ("decoder" | "mlp")."""
+    for name in ("model", "lm_head"):
+        if not hasattr(backbone, name):
+            raise TypeError(f"SuperThoughts needs a decoder-only causal LM with .model and .lm_head; "
+                            f"{type(backbone).__name__} has no .{name}")
+    if kind == "decoder":
+        return DecoderMTP(backbone)
+    if kind == "mlp":
+        return MLPMTP(backbone)
+    raise ValueError(f"mtp_type must be 'decoder' or 'mlp', got {kind!r}")
+
+
+def _static_cache(config, batch_size: int, max_positions: int, device: torch.device,
+                  dtype: torch.dtype) -> StaticCache:
+    cache = StaticCache(config=config, max_cache_len=max_positions)
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    # Allocated now, not lazily at the first update, so every buffer exists before a CUDA
+    # graph is captured and the batch size is pinned.
+    cache.early_initialization(batch_size, heads, head_dim, dtype, device)
+    return cache
+
+
+@dataclass
+class SuperThoughtsCache:
+    """Static decode state: the backbone's KV cache and the MTP's (None for the MLP head).
+
+    Opaque to callers: make it with `SuperThoughtsForCausalLM.new_cache` and hand it back to
+    `hidden_states` step after step. Each transformers StaticCache tracks its own write
+    position on the device, so no host-side counter is needed between steps.
+    """
+
+    backbone: StaticCache
+    mtp: StaticCache | None
+    batch_size: int
+    max_positions: int
+
+    @classmethod
+    def create(cls, backbone: PreTrainedModel, mtp: nn.Module, batch_size: int, max_positions: int,
+               device: torch.device, dtype: torch.dtype) -> SuperThoughtsCache:
+        if batch_size < 1 or max_positions < 1:
+            raise ValueError(f"new_cache: batch_size and max_positions must be >= 1, got {batch_size}, {max_positions}")
+        return cls(
+            backbone=_static_cache(backbone.config, batch_size, max_positions, device, dtype),
+            mtp=mtp.new_cache(batch_size, max_positions, device, dtype),
+            batch_size=batch_size,
+            max_positions=max_positions,
+        )
+
+    def reset(self) -> None:
+        """Empties both caches (positions back to 0) without reallocating."""
+        self.backbone.reset()
+        if self.mtp is not None:
+            self.mtp.reset()

@@ -1,0 +1,348 @@
+"""SuperThoughts model: a stock Hugging Face causal LM + pair compressor + MTP head.
+
+Positions are prompt tokens (input E[p]) followed by response units (input z = C(E[a], E[b]));
+each position's final hidden state h feeds the main head (predicts the next unit's a) and the
+MTP head (predicts the next unit's b). See DESIGN.md section 1.
+
+Checkpoint layout (one directory): `config.json` = the backbone's config with
+`architectures = ["SuperThoughtsForCausalLM"]` and a "superthoughts" section holding
+`SuperThoughtsConfig`; `model.safetensors` = backbone.* + compressor.* + mtp.* (tied aliases
+such as lm_head.weight stored once).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from superthoughts_ext.checkpoint import (
+    is_superthoughts_checkpoint,
+    load_superthoughts_dir,
+    read_model_dir,
+    save_superthoughts_dir,
+)
+from superthoughts_ext.layers import SuperThoughtsCache, build_compressor, build_mtp
+
+IGNORE = -100
+
+__all__ = [
+    "SuperThoughtsCache", "SuperThoughtsConfig", "SuperThoughtsForCausalLM", "SuperThoughtsOutput",
+    "is_superthoughts_checkpoint", "load_model",
+]
+
+
+@dataclass
+class SuperThoughtsConfig:
+    """SuperThoughts fields, stored under "superthoughts" in the checkpoint's config.json."""
+
+    compressor_type: str = "linear"  # "linear" | "mlp"
+    mtp_type: str = "decoder"  # "decoder" | "mlp"
+    lambda_mtp: float = 1.0  # weight of the MTP cross-entropy
+    rho_max: float = 0.25  # pad-split fraction is drawn from U[0, rho_max] per sequence
+    pad_token_id: int | None = None  # None: the backbone config's pad, else its eos
+    distill_weight: float = 0.0  # weight of the stage-1 KL toward a frozen teacher
+    threshold: float = 0.999  # MTP confidence needed to keep the second token at decode time
+    threshold_main: float = 0.0  # main-head confidence needed as well
+
+    def __post_init__(self) -> None:
+        if self.compressor_type not in ("linear", "mlp"):
+            raise ValueError(f"SuperThoughtsConfig: compressor_type must be 'linear' or 'mlp', got {self.compressor_type!r}")
+        if self.mtp_type not in ("decoder", "mlp"):
+            raise ValueError(f"SuperThoughtsConfig: mtp_type must be 'decoder' or 'mlp', got {self.mtp_type!r}")
+        for name, low, high in (("lambda_mtp", 0.0, None), ("rho_max", 0.0, 1.0), ("distill_weight", 0.0, None),
+                                ("threshold", 0.0, 1.0), ("threshold_main", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < low or (high is not None and value > high):
+                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(f"SuperThoughtsConfig: {name} must be {bound}, got {value!r}")
+        if self.pad_token_id is not None and (not isinstance(self.pad_token_id, int) or self.pad_token_id < 0):
+            raise ValueError(f"SuperThoughtsConfig: pad_token_id must be a non-negative int, got {self.pad_token_id!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SuperThoughtsConfig:
+        """Builds a config, rejecting unknown field names (typos must not be silently ignored)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"SuperThoughtsConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SuperThoughtsOutput(ModelOutput):
+    """Training forward output; logits are [B, T, V], losses are scalars (None when not computed)."""
+
+    loss: torch.Tensor | None = None
+    loss_main: torch.Tensor | None = None
+    loss_mtp: torch.Tensor | None = None
+    loss_distill: torch.Tensor | None = None
+    logits_main: torch.Tensor | None = None
+    logits_mtp: torch.Tensor | None = None
+
+
+def _first_int(value: Any) -> int | None:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return int(value) if value is not None else None
+
+
+class SuperThoughtsForCausalLM(nn.Module):
+    """Backbone (HF AutoModelForCausalLM) + compressor + MTP head sharing the backbone's lm_head.
+
+    Attributes: `config` (SuperThoughtsConfig), `backbone`, `compressor`, `mtp`; an optional
+    frozen `teacher` (see `attach_teacher`) that is neither a submodule nor in the state dict.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, config: SuperThoughtsConfig | None = None) -> None:
+        super().__init__()
+        config = config if config is not None else SuperThoughtsConfig()
+        base = backbone.config
+        for key in ("final_logit_softcapping", "logit_scale"):
+            if getattr(base, key, None) not in (None, 1.0):
+                raise NotImplementedError(f"SuperThoughts: backbones with {key}={getattr(base, key)} are not supported "
+                                          f"(head_logits applies lm_head alone)")
+        vocab = backbone.get_input_embeddings().num_embeddings
+        head = backbone.get_output_embeddings()
+        if head is None or head.weight.shape[0] != vocab:
+            rows = None if head is None else head.weight.shape[0]
+            raise ValueError(f"SuperThoughts: embedding table has {vocab} rows but lm_head has {rows}")
+        if config.pad_token_id is None:
+            pad = _first_int(getattr(base, "pad_token_id", None))
+            pad = pad if pad is not None else _first_int(getattr(base, "eos_token_id", None))
+            if pad is None:
+                raise ValueError("SuperThoughts: the backbone config has neither pad_token_id nor eos_token_id; "
+                                 "pass pad_token_id explicitly")
+            config.pad_token_id = pad
+        if not 0 <= config.pad_token_id < vocab:
+            raise ValueError(f"SuperThoughts: pad_token_id {config.pad_token_id} is out of range for vocabulary size {vocab}")
+        self.config = config
+        self.backbone = backbone
+        weight = backbone.get_input_embeddings().weight
+        self.compressor = build_compressor(config.compressor_type, base.hidden_size).to(weight.device, weight.dtype)
+        self.mtp = build_mtp(config.mtp_type, backbone).to(weight.device, weight.dtype)
+        # A tuple keeps the teacher out of submodules: no state dict entry, no optimizer
+        # parameters, no DDP broadcast, no peft wrapping.
+        self._teacher: tuple[nn.Module, ...] = ()
+
+    # ----------------------------------------------------------------------------------
+    # Construction, save and load
+
+    @classmethod
+    def from_base(cls, path_or_model: str | os.PathLike | PreTrainedModel, *, dtype: torch.dtype | None = None,
+                  device: str | torch.device | None = None, **overrides: Any) -> SuperThoughtsForCausalLM:
+        """Wraps a plain causal LM (a local checkpoint directory or a built model) with a fresh
+        compressor and MTP head; `overrides` are SuperThoughtsConfig fields."""
+        config = SuperThoughtsConfig.from_dict(overrides)
+        if isinstance(path_or_model, SuperThoughtsForCausalLM):
+            raise TypeError("from_base: the model is already a SuperThoughtsForCausalLM")
+        if isinstance(path_or_model, (str, os.PathLike)):
+            path = read_model_dir(path_or_model, "from_base")
+            if is_superthoughts_checkpoint(path):
+                raise ValueError(f"from_base: {os.fspath(path)!r} is already a SuperThoughts checkpoint; "
+                                 f"use SuperThoughtsForCausalLM.from_pretrained")
+            backbone = _load_plain(path, dtype, "from_base")
+        elif isinstance(path_or_model, PreTrainedModel):
+            backbone = path_or_model if dtype is None else path_or_model.to(dtype)
+        else:
+            raise TypeError(f"from_base: expected a checkpoint directory or a PreTrainedModel, "
+                            f"got {type(path_or_model).__name__}")
+        model = cls(backbone, config)
+        return model.to(device) if device is not None else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Writes config.json and model.safetensors to `save_directory` (created if missing).
+
+        `state_dict` (e.g. a gathered FSDP state dict) replaces the module's own when given.
+        """
+        save_superthoughts_dir(self, save_directory, state_dict)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> SuperThoughtsForCausalLM:
+        """Loads a directory written by `save_pretrained` (in eval mode, like transformers)."""
+        model = load_superthoughts_dir(cls, SuperThoughtsConfig, directory, dtype)
+        model.eval()
+        return model.to(device) if device is not None else model
+
+    def attach_teacher(self, teacher: PreTrainedModel) -> None:
+        """Sets the frozen model used by distillation (same vocabulary, run on uncompressed ids)."""
+        rows = teacher.get_input_embeddings().num_embeddings
+        if rows != self.vocab_size:
+            raise ValueError(f"attach_teacher: teacher vocabulary {rows} != model vocabulary {self.vocab_size}")
+        teacher.requires_grad_(False).eval()
+        self._teacher = (teacher,)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    # ----------------------------------------------------------------------------------
+    # Small accessors
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.config.pad_token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backbone.get_input_embeddings().num_embeddings
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.backbone.get_output_embeddings()
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raises ValueError when `tokenizer` has ids the embedding table cannot hold."""
+        if len(tokenizer) > self.vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+                             f"{self.vocab_size} rows: the tokenizer does not belong to this model")
+
+    # ----------------------------------------------------------------------------------
+    # The computation
+
+    def embed_units(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Unit inputs z = C(E[a], E[b]): a, b [B, T] int64 (b = pad for single units) -> [B, T, H]."""
+        embed = self.backbone.get_input_embeddings()
+        return self.compressor(embed(a), embed(b))
+
+    def embed_inputs(self, first_ids: torch.Tensor, second_ids: torch.Tensor, is_unit: torch.Tensor) -> torch.Tensor:
+        """Inputs of a mixed layout [B, T]: E[first] at prompt positions, C(E[first], E[second]) at units."""
+        plain = self.backbone.get_input_embeddings()(first_ids)
+        return torch.where(is_unit.unsqueeze(-1), self.embed_units(first_ids, second_ids), plain)
+
+    def new_cache(self, batch_size: int, max_positions: int, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> SuperThoughtsCache:
+        """Static KV caches (backbone + MTP layer) for `batch_size` rows and `max_positions` positions."""
+        weight = self.backbone.get_input_embeddings().weight
+        device = torch.device(device) if device is not None else weight.device
+        return SuperThoughtsCache.create(self.backbone, self.mtp, batch_size, max_positions, device,
+                                         dtype if dtype is not None else weight.dtype)
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      cache: SuperThoughtsCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states of both heads.
+
+        Args:
+            inputs_embeds: [B, T, H] new positions (E[p] for prompt tokens, z for units).
+            position_ids: [B, T] int64.
+            attention_mask: [B, S] 0/1 over every cached and new position (S >= past + T; columns
+                past the last new position are ignored by causality; left padding allowed).
+            cache: from `new_cache`, updated in place; None = full causal forward over T.
+        Returns:
+            h [B, T, H] (backbone, after its final norm) and h_mtp [B, T, H] (MTP head).
+        """
+        if inputs_embeds.dim() != 3 or position_ids.dim() != 2 or attention_mask.dim() != 2:
+            raise ValueError(f"hidden_states: expected inputs_embeds [B, T, H], position_ids [B, T], attention_mask "
+                             f"[B, S]; got {tuple(inputs_embeds.shape)}, {tuple(position_ids.shape)}, "
+                             f"{tuple(attention_mask.shape)}")
+        batch, length = inputs_embeds.shape[:2]
+        if attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
+            raise ValueError(f"hidden_states: attention_mask {tuple(attention_mask.shape)} does not cover inputs "
+                             f"{tuple(inputs_embeds.shape[:2])}")
+        if cache is not None and cache.batch_size != batch:
+            raise ValueError(f"hidden_states: cache was made for batch {cache.batch_size}, inputs have batch {batch}")
+        out = self.backbone.model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=None if cache is None else cache.backbone, use_cache=cache is not None,
+        )
+        h = out.last_hidden_state
+        h_mtp = self.mtp(h, inputs_embeds, position_ids, attention_mask, None if cache is None else cache.mtp)
+        return h, h_mtp
+
+    def head_logits(self, h: torch.Tensor, h_mtp: torch.Tensor) -> torch.Tensor:
+        """One lm_head GEMM over both heads: h, h_mtp [N, H] -> logits [2, N, V] (main, MTP)."""
+        rows = h.shape[0]
+        return self.backbone.lm_head(torch.cat([h, h_mtp], dim=0)).view(2, rows, -1)
+
+    def forward(self, first_ids: torch.Tensor, second_ids: torch.Tensor, is_unit: torch.Tensor,
+                position_ids: torch.Tensor, attention_mask: torch.Tensor, labels_main: torch.Tensor | None = None,
+                labels_mtp: torch.Tensor | None = None, teacher_input_ids: torch.Tensor | None = None,
+                teacher_attention_mask: torch.Tensor | None = None,
+                teacher_index: torch.Tensor | None = None) -> SuperThoughtsOutput:
+        """Training forward on a `SuperThoughtsCollator` batch (all [B, T] unless noted).
+
+        loss = CE_main + lambda_mtp * CE_mtp (+ distill_weight * KL(teacher || main head)); each
+        CE is a mean over its non-ignored (-100) targets. Distillation needs an attached teacher
+        and the collator's teacher_input_ids / teacher_attention_mask [B, T'] and teacher_index
+        [B, T] (the uncompressed position whose next token is the main target; -1 = none).
+        """
+        batch, length = first_ids.shape
+        embeds = self.embed_inputs(first_ids, second_ids, is_unit)
+        h, h_mtp = self.hidden_states(embeds, position_ids, attention_mask)
+        logits = self.head_logits(h.reshape(batch * length, -1), h_mtp.reshape(batch * length, -1))
+        logits = logits.view(2, batch, length, -1)
+        output = SuperThoughtsOutput(logits_main=logits[0], logits_mtp=logits[1])
+        if labels_main is None:
+            return output
+        if labels_mtp is None:
+            raise ValueError("forward: labels_main given without labels_mtp")
+        loss_main = _mean_ce(logits[0], labels_main)
+        loss_mtp = _mean_ce(logits[1], labels_mtp)
+        loss = loss_main + self.config.lambda_mtp * loss_mtp
+        output.loss_main, output.loss_mtp = loss_main.detach(), loss_mtp.detach()
+        if self.config.distill_weight > 0:
+            loss_distill = self._distill(logits[0], labels_main, teacher_input_ids, teacher_attention_mask, teacher_index)
+            loss = loss + self.config.distill_weight * loss_distill
+            output.loss_distill = loss_distill.detach()
+        output.loss = loss
+        return output
+
+    def _distill(self, logits_main: torch.Tensor, labels_main: torch.Tensor, teacher_input_ids: torch.Tensor | None,
+                 teacher_attention_mask: torch.Tensor | None, teacher_index: torch.Tensor | None) -> torch.Tensor:
+        teacher = self.teacher
+        if teacher is None:
+            raise ValueError("forward: distill_weight > 0 but no teacher is attached (call attach_teacher)")
+        if teacher_input_ids is None or teacher_index is None:
+            raise ValueError("forward: distill_weight > 0 needs teacher_input_ids and teacher_index in the batch "
+                             "(SuperThoughtsCollator(with_distill=True))")
+        if next(teacher.parameters()).device != logits_main.device:
+            teacher.to(logits_main.device)
+        rows, cols = torch.nonzero(labels_main != IGNORE, as_tuple=True)
+        if rows.numel() == 0:
+            return logits_main.sum() * 0.0
+        if bool((teacher_index[rows, cols] < 0).any()):
+            raise ValueError("forward: teacher_index is -1 at a position with a main target")
+        with torch.no_grad():
+            t_logits = teacher(input_ids=teacher_input_ids, attention_mask=teacher_attention_mask).logits
+            target = F.log_softmax(t_logits[rows, teacher_index[rows, cols]].float(), dim=-1)  # [N, V]
+        student = F.log_softmax(logits_main[rows, cols].float(), dim=-1)  # [N, V]
+        return F.kl_div(student, target, log_target=True, reduction="batchmean")
+
+
+def _mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over non-ignored targets; 0 (still in the graph) when there are none."""
+    valid = labels != IGNORE
+    if not bool(valid.any()):
+        # Keeps every parameter in the graph (DDP expects all of them to get gradients).
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[valid].float(), labels[valid])
+
+
+def _load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: {exc}") from exc
+
+
+def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None) -> nn.Module:
+    """A SuperThoughts checkpoint -> SuperThoughtsForCausalLM; a plain one -> AutoModelForCausalLM
+    (the baseline). Both in eval mode."""
+    directory = read_model_dir(path, "load_model")
+    if is_superthoughts_checkpoint(directory):
+        return SuperThoughtsForCausalLM.from_pretrained(directory, dtype=dtype, device=device)
+    model = _load_plain(directory, dtype, "load_model").eval()
+    return model.to(device) if device is not None else model
