@@ -60,9 +60,11 @@ class CMakeBuild(build_ext):
         ]
         if os.environ.get("SUPERTHOUGHTS_CUDA_ARCHS"):
             configure.append(f"-DSUPERTHOUGHTS_CUDA_ARCHS={os.environ['SUPERTHOUGHTS_CUDA_ARCHS']}")
-        if with_cuda and not os.environ.get("CUDACXX"):
-            cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-            if Path(cuda_home, "bin", "nvcc").exists():
+        cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+        if with_cuda and Path(cuda_home, "bin", "nvcc").exists():
+            # torch's CMake config looks the toolkit up through FindCUDA, which needs the root.
+            configure.append(f"-DCUDA_TOOLKIT_ROOT_DIR={cuda_home}")
+            if not os.environ.get("CUDACXX"):
                 configure.append(f"-DCMAKE_CUDA_COMPILER={Path(cuda_home, 'bin', 'nvcc')}")
         try:
             import ninja  # noqa: F401
