@@ -1,0 +1,71 @@
+"""End-to-end test of `superthoughts demo --quick`: train, cache, evaluate, JSON and plot."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from superthoughts_ext.demo import run as demo  # noqa: E402
+
+
+def _run(tmp_path: Path, name: str) -> tuple[dict, float, Path]:
+    """Run the quick demo into tmp_path; return its JSON payload, wall time and plot path."""
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    json_path, plot_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
+    args = parser.parse_args([
+        "--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(json_path),
+        "--plot", str(plot_path), "--device", "cpu", "--no-progress",
+    ])
+    started = time.perf_counter()
+    assert demo.run(args) == 0
+    return json.loads(json_path.read_text()), time.perf_counter() - started, plot_path
+
+
+def _check_result(r: dict) -> None:
+    assert 0.0 <= r["accuracy"] <= 1.0
+    assert r["mean_steps"] <= r["mean_tokens"] + 1e-9
+    assert r["mean_tokens"] > 0 and r["tokens_per_s"] > 0
+
+
+def test_quick_demo_end_to_end_and_cache(tmp_path: Path) -> None:
+    first, first_time, plot = _run(tmp_path, "first")
+    for key in ("baseline", "superthoughts", "pairs", "sweep", "settings", "device", "torch_version", "commit"):
+        assert key in first
+    for r in [first["baseline"], first["superthoughts"], first["pairs"], *first["sweep"]]:
+        _check_result(r)
+    # Standard decoding emits one token per step.
+    assert first["baseline"]["mean_steps"] == pytest.approx(first["baseline"]["mean_tokens"])
+    # Pairs mode emits two tokens per step after the prefill's single token.
+    pairs = first["pairs"]
+    assert pairs["mean_steps"] == pytest.approx(pairs["mean_tokens"] / 2, abs=1.0)
+    thresholds = [r["threshold"] for r in first["sweep"]]
+    assert thresholds == first["settings"]["thresholds"] and len(thresholds) == 2
+    assert first["superthoughts"]["threshold"] in thresholds
+    assert all(info["trained"] for info in first["training"].values())
+    assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    second, second_time, _ = _run(tmp_path, "second")
+    assert not any(info["trained"] for info in second["training"].values())
+    assert second["cache_dir"] == first["cache_dir"]
+    assert second_time < first_time / 2
+    # Greedy decoding of the same cached models gives the same answers.
+    assert second["baseline"]["accuracy"] == first["baseline"]["accuracy"]
+
+
+def test_settings_overrides_and_cache_key() -> None:
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--train-steps", "7", "--thresholds", "0.8", "0.6"])
+    settings = demo.settings_from_args(args)
+    assert settings.train_steps == 7 and settings.thresholds == (0.6, 0.8)
+    assert settings.default_threshold in settings.thresholds
+    assert demo.cache_key(settings) != demo.cache_key(demo.QUICK)
+    # Eval-only settings do not invalidate trained models.
+    assert demo.cache_key(demo.QUICK) == demo.cache_key(demo.settings_from_args(
+        parser.parse_args(["--quick", "--eval-problems", "9"])))

@@ -1,0 +1,364 @@
+"""`superthoughts demo`: train a plain SFT baseline and a SuperThoughts model on the embedded
+column-addition task, then compare accuracy and decode steps on held-out problems.
+
+Both models share one tiny random-init Qwen2 architecture, the same data and the same
+hyperparameters; only the training objective differs (baseline: next-token SFT;
+SuperThoughts: paired latent positions + MTP head). Trained models are cached under
+``${XDG_CACHE_HOME:-~/.cache}/superthoughts/demo/<hash of settings and package version>``,
+so a second run only evaluates (seconds).
+
+Evaluation: the baseline decodes in ``standard`` mode; the SuperThoughts model decodes in
+``superthoughts`` mode across a confidence-threshold sweep and in ``pairs`` mode (always two
+tokens per step). CoT length reduction is ``1 - mean_steps / baseline mean_tokens``: how many
+fewer sequential decode steps the SuperThoughts model needs than the baseline needs tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+DONE_MARKER = "demo_done.json"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything that determines the trained models (hashed into the cache key) and the eval."""
+
+    train_problems: int = 8000
+    train_steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_ratio: float = 0.05
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 512
+    seed: int = 0
+    eval_problems: int = 100
+    eval_batch_size: int = 50
+    max_new_tokens: int = 192
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    default_threshold: float = 0.9
+
+    def training_key(self) -> dict[str, Any]:
+        """Settings that change the trained weights (eval-only settings excluded)."""
+        skip = {"eval_problems", "eval_batch_size", "max_new_tokens", "thresholds", "default_threshold"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+QUICK = DemoSettings(
+    train_problems=32, train_steps=20, batch_size=4, learning_rate=3e-3, hidden_size=64,
+    num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, eval_problems=4,
+    eval_batch_size=4, max_new_tokens=48, thresholds=(0.5, 0.9), default_threshold=0.9,
+)
+
+
+@dataclass
+class ModelRun:
+    """Where one trained model lives and whether this run trained it or found it cached."""
+
+    path: Path
+    trained: bool
+    train_seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `superthoughts demo` flags to `parser`."""
+    g = parser.add_argument
+    g("--quick", action="store_true", help="tiny settings (well under a minute on a CPU), for tests")
+    g("--json", default=None, help="write the results JSON here")
+    g("--plot", default=None, help="write the accuracy-vs-steps PNG here")
+    g("--cache-dir", default=None, help="model cache root (default: $XDG_CACHE_HOME/superthoughts/demo)")
+    g("--retrain", action="store_true", help="ignore cached models and train again")
+    g("--train-steps", type=int, default=None, help="optimizer steps per model")
+    g("--eval-problems", type=int, default=None, help="held-out test problems to evaluate")
+    g("--thresholds", type=float, nargs="+", default=None, help="confidence thresholds to sweep")
+    g("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g("--no-progress", action="store_false", dest="progress", help="hide progress bars")
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """Quick or default settings with the command-line overrides applied."""
+    settings = QUICK if args.quick else DemoSettings()
+    overrides: dict[str, Any] = {}
+    if args.train_steps is not None:
+        overrides["train_steps"] = args.train_steps
+    if args.eval_problems is not None:
+        overrides["eval_problems"] = args.eval_problems
+    if args.thresholds:
+        thresholds = tuple(sorted(set(args.thresholds)))
+        overrides["thresholds"] = thresholds
+        if settings.default_threshold not in thresholds:
+            # The headline threshold must be one the sweep measured.
+            overrides["default_threshold"] = min(thresholds, key=lambda t: abs(t - settings.default_threshold))
+    settings = replace(settings, **overrides)
+    if settings.train_steps < 1 or settings.eval_problems < 1:
+        raise ValueError("--train-steps and --eval-problems must be >= 1")
+    if not all(0.0 <= t <= 1.0 for t in settings.thresholds):
+        raise ValueError(f"thresholds must lie in [0, 1], got {settings.thresholds}")
+    return settings
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """The demo's cache root: ``--cache-dir`` or the XDG user cache."""
+    if cache_dir:
+        return Path(cache_dir)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "superthoughts" / "demo"
+
+
+def cache_key(settings: DemoSettings) -> str:
+    """Hash of the training settings and the package version (new code -> new models)."""
+    from superthoughts_ext import __version__
+
+    payload = json.dumps({"settings": settings.training_key(), "version": __version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu; an explicit cuda without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return name
+
+
+def build_base(settings: DemoSettings, directory: Path) -> Path:
+    """Save a random-init tiny Qwen2 with the demo tokenizer (the common starting point)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from superthoughts_ext.demo.tokenizer import build_tokenizer
+
+    if (directory / DONE_MARKER).exists():
+        return directory
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=settings.hidden_size,
+        num_hidden_layers=settings.num_layers, num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_kv_heads, intermediate_size=settings.intermediate_size,
+        max_position_embeddings=512, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(settings.seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / DONE_MARKER).write_text("{}\n", encoding="utf-8")
+    return directory
+
+
+def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path, *,
+                baseline: bool, device: str, retrain: bool, progress: bool) -> ModelRun:
+    """Train (or reuse from the cache) one model from `base` on `data`."""
+    from superthoughts_ext.train import TrainOptions, train
+
+    marker = directory / DONE_MARKER
+    if marker.exists() and not retrain:
+        return ModelRun(directory, trained=False, metrics=json.loads(marker.read_text(encoding="utf-8")))
+    started = time.perf_counter()
+    options = TrainOptions(
+        model=os.fspath(base), data=os.fspath(data), output_dir=os.fspath(directory),
+        baseline=baseline, max_steps=settings.train_steps, learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size, warmup_ratio=settings.warmup_ratio, lr_scheduler="cosine",
+        seed=settings.seed, logging_steps=max(settings.train_steps // 10, 1), save_steps=0,
+        progress_bar=progress,
+        # Trainer picks the GPU on its own; --device cpu must keep training on the CPU too.
+        training_args={"use_cpu": device == "cpu"},
+    )
+    result = train(options)
+    seconds = time.perf_counter() - started
+    metrics = {"train_seconds": seconds, "global_step": result.global_step,
+               "train_loss": result.metrics.get("train_loss")}
+    marker.write_text(json.dumps(metrics) + "\n", encoding="utf-8")
+    return ModelRun(directory, trained=True, train_seconds=seconds, metrics=metrics)
+
+
+def _record(summary: Any, baseline_tokens: float | None) -> dict[str, Any]:
+    """One result row from an EvalSummary, with the reduction measured against the baseline."""
+    row = {
+        "mode": summary.mode, "threshold": summary.threshold, "n": summary.n,
+        "accuracy": summary.accuracy, "mean_tokens": summary.mean_tokens,
+        "mean_steps": summary.mean_steps, "mean_pair_steps": summary.mean_pair_steps,
+        "tokens_per_s": summary.tokens_per_s, "steps_per_s": (
+            summary.mean_steps * summary.n / summary.generation_time if summary.generation_time > 0 else 0.0),
+        "generation_time": summary.generation_time,
+    }
+    row["reduction"] = 1.0 - summary.mean_steps / baseline_tokens if baseline_tokens else 0.0
+    return row
+
+
+def evaluate_models(settings: DemoSettings, baseline_dir: Path, st_dir: Path, device: str,
+                    progress: bool) -> dict[str, Any]:
+    """Baseline (standard), SuperThoughts (threshold sweep) and pairs results on the test split."""
+    from superthoughts_ext import eval_data
+    from superthoughts_ext.demo.task import make_split
+    from superthoughts_ext.demo.tokenizer import build_tokenizer
+    from superthoughts_ext.evaluation import evaluate
+    from superthoughts_ext.modeling import load_model
+
+    tokenizer = build_tokenizer()
+    test = make_split("test", settings.eval_problems, seed=settings.seed)
+    rows = [eval_data.Problem(id=f"demo-{i}", question=p.question, answer=p.answer) for i, p in enumerate(test)]
+    common = dict(batch_size=settings.eval_batch_size, max_new_tokens=settings.max_new_tokens, progress=progress)
+
+    baseline_model = load_model(baseline_dir, device=device)
+    base = _record(evaluate(baseline_model, tokenizer, "math500", rows, mode="standard", **common), None)
+    base["reduction"] = 0.0
+    del baseline_model
+    st_model = load_model(st_dir, device=device)
+    sweep = [
+        _record(evaluate(st_model, tokenizer, "math500", rows, mode="superthoughts", threshold=t, **common),
+                base["mean_tokens"])
+        for t in settings.thresholds
+    ]
+    pairs = _record(evaluate(st_model, tokenizer, "math500", rows, mode="pairs", **common), base["mean_tokens"])
+    chosen = next(r for r in sweep if r["threshold"] == settings.default_threshold)
+    return {"baseline": base, "superthoughts": chosen, "pairs": pairs, "sweep": sweep}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Plain-text results table: one row per configuration."""
+    header = f"{'model / mode':<28}{'acc':>7}{'tokens':>9}{'steps':>9}{'reduction':>11}{'tok/s':>9}"
+    lines = [header, "-" * len(header)]
+
+    def line(name: str, r: dict[str, Any]) -> str:
+        return (f"{name:<28}{r['accuracy']:>7.1%}{r['mean_tokens']:>9.1f}{r['mean_steps']:>9.1f}"
+                f"{r['reduction']:>11.1%}{r['tokens_per_s']:>9.0f}")
+
+    lines.append(line("baseline (standard)", results["baseline"]))
+    for r in results["sweep"]:
+        mark = " *" if r["threshold"] == results["superthoughts"]["threshold"] else ""
+        lines.append(line(f"superthoughts t={r['threshold']:g}{mark}", r))
+    lines.append(line("superthoughts (pairs)", results["pairs"]))
+    return "\n".join(lines)
+
+
+def write_plot(results: dict[str, Any], path: Path) -> Path:
+    """Accuracy vs mean decode steps across thresholds, with the baseline and pairs marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = results["sweep"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.plot([r["mean_steps"] for r in sweep], [r["accuracy"] for r in sweep], "o-", label="SuperThoughts (threshold sweep)")
+    for r in sweep:
+        ax.annotate(f"{r['threshold']:g}", (r["mean_steps"], r["accuracy"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    base, pairs = results["baseline"], results["pairs"]
+    ax.plot([base["mean_steps"]], [base["accuracy"]], "s", color="black", label="baseline (standard)")
+    ax.plot([pairs["mean_steps"]], [pairs["accuracy"]], "^", color="tab:red", label="pairs (always 2)")
+    ax.set_xlabel("mean decode steps per problem")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("superthoughts demo: accuracy vs decode steps")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _commit() -> str | None:
+    """The git commit of the package checkout, when it is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: bool = False,
+             device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Train or reuse both models, evaluate them and return the results payload."""
+    import torch
+
+    from superthoughts_ext.demo.task import make_split, write_jsonl
+
+    started = time.perf_counter()
+    device = resolve_device(device)
+    root = cache_root(cache_dir) / cache_key(settings)
+    data = root / "train.jsonl"
+    if not data.exists() or retrain:
+        write_jsonl(make_split("train", settings.train_problems, seed=settings.seed), data)
+    base = build_base(settings, root / "base")
+    runs = {
+        name: train_model(settings, base, data, root / name, baseline=name == "baseline",
+                          device=device, retrain=retrain, progress=progress)
+        for name in ("baseline", "superthoughts")
+    }
+    results = evaluate_models(settings, runs["baseline"].path, runs["superthoughts"].path, device, progress)
+    settings_dict = asdict(settings)
+    settings_dict["thresholds"] = list(settings.thresholds)
+    return {
+        **results,
+        "settings": settings_dict,
+        "training": {name: {"trained": r.trained, **r.metrics} for name, r in runs.items()},
+        "cache_dir": os.fspath(root),
+        "device": _device_name(device),
+        "torch_version": torch.__version__,
+        "commit": _commit(),
+        "wall_time": time.perf_counter() - started,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `superthoughts demo`; returns the process exit code."""
+    try:
+        settings = settings_from_args(args)
+        payload = run_demo(settings, cache_dir=args.cache_dir, retrain=args.retrain,
+                           device=args.device, progress=args.progress)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(payload))
+    trained = [name for name, info in payload["training"].items() if info["trained"]]
+    print(f"models: {'trained ' + ', '.join(trained) if trained else 'reused from cache'} "
+          f"({payload['cache_dir']}); device: {payload['device']}; total {payload['wall_time']:.1f}s")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if args.plot:
+        write_plot(payload, Path(args.plot))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m superthoughts_ext.demo.run ...`."""
+    parser = argparse.ArgumentParser(prog="superthoughts demo", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
