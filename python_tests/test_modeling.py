@@ -1,0 +1,305 @@
+"""SuperThoughtsForCausalLM on tiny random Qwen2 (tied head) and Llama (untied head) models, CPU.
+
+Covers: compressor and MTP init, one-GEMM head logits, gradients reaching every part, the
+training loss and distillation, static-cache decoding equal to a no-cache forward (left
+padding included), save / load round trips, and the error messages.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("transformers")
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
+
+from superthoughts_ext.data import SuperThoughtsCollator  # noqa: E402
+from superthoughts_ext.modeling import (  # noqa: E402
+    SuperThoughtsConfig,
+    SuperThoughtsForCausalLM,
+    is_superthoughts_checkpoint,
+    load_model,
+)
+
+VOCAB, HIDDEN, PAD, EOS = 61, 32, 0, 1
+FAMILIES = ["qwen2", "llama"]
+
+
+def make_backbone(kind: str, seed: int = 0):
+    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  pad_token_id=PAD, eos_token_id=EOS, tie_word_embeddings=kind == "qwen2")
+    config = Qwen2Config(**common) if kind == "qwen2" else LlamaConfig(**common)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def make_model(kind: str = "qwen2", **overrides) -> SuperThoughtsForCausalLM:
+    model = SuperThoughtsForCausalLM.from_base(make_backbone(kind), **overrides)
+    # Random (not identity-initialised) extra parts, so tests see every weight matter.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in [*model.compressor.parameters(), *model.mtp.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def training_batch(with_distill: bool = False, rho_max: float = 0.5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    features = [{"prompt_ids": torch.randint(2, VOCAB, (m,), generator=g).tolist(),
+                 "response_ids": torch.randint(2, VOCAB, (n,), generator=g).tolist()} for m, n in [(3, 9), (5, 4), (2, 1)]]
+    return SuperThoughtsCollator(PAD, EOS, rho_max=rho_max, seed=3, with_distill=with_distill)(features)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_compressor_init_is_sum(kind):
+    model = SuperThoughtsForCausalLM.from_base(make_backbone("qwen2"), compressor_type=kind)
+    a, b = torch.randint(0, VOCAB, (2, 5)), torch.randint(0, VOCAB, (2, 5))
+    embed = model.get_input_embeddings()
+    torch.testing.assert_close(model.embed_units(a, b), embed(a) + embed(b), atol=1e-5, rtol=1e-5)
+    pair = torch.cat([embed(a), embed(b)], dim=-1)
+    torch.testing.assert_close(model.compressor.merge_pair(pair), model.embed_units(a, b))
+    if kind == "linear":
+        assert model.compressor.merge_weight.shape == (HIDDEN, 2 * HIDDEN)
+        assert model.compressor.merge_bias.shape == (HIDDEN,)
+    else:
+        assert model.compressor.merge_weight is None and model.compressor.merge_bias is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decoder_mtp_init_copies_last_layer_and_ignores_z(family):
+    model = SuperThoughtsForCausalLM.from_base(make_backbone(family)).eval()
+    last = model.backbone.model.layers[-1]
+    assert type(model.mtp.layer) is type(last)
+    for name, tensor in last.state_dict().items():
+        assert torch.equal(model.mtp.layer.state_dict()[name], tensor), name
+        assert model.mtp.layer.state_dict()[name].data_ptr() != tensor.data_ptr(), "MTP must own its weights"
+    h, pos, mask = torch.randn(2, 4, HIDDEN), torch.arange(4).expand(2, 4), torch.ones(2, 4, dtype=torch.int64)
+    with torch.no_grad():
+        out1 = model.mtp(h, torch.randn(2, 4, HIDDEN), pos, mask)
+        out2 = model.mtp(h, torch.randn(2, 4, HIDDEN), pos, mask)
+    torch.testing.assert_close(out1, out2)  # fc starts as [I, 0]: z enters through learning only
+
+
+def test_head_logits_is_one_gemm_over_both_heads():
+    model = make_model("llama")
+    h, h_mtp = torch.randn(3, HIDDEN), torch.randn(3, HIDDEN)
+    logits = model.head_logits(h, h_mtp)
+    assert logits.shape == (2, 3, VOCAB)
+    head = model.backbone.lm_head
+    torch.testing.assert_close(logits, torch.stack([head(h), head(h_mtp)]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("compressor,mtp", [("linear", "decoder"), ("mlp", "mlp")])
+def test_gradients_reach_compressor_mtp_backbone(family, compressor, mtp):
+    model = SuperThoughtsForCausalLM.from_base(make_backbone(family), compressor_type=compressor, mtp_type=mtp).train()
+    out = model(**training_batch())
+    out.loss.backward()
+    torch.testing.assert_close(out.loss.detach(), out.loss_main + model.config.lambda_mtp * out.loss_mtp)
+    assert out.loss_distill is None
+    # The z half of the MTP input projection starts at zero but must still learn ...
+    assert bool(model.mtp.fc.weight.grad[:, HIDDEN:].abs().sum() > 0)
+    # ... so norm_z, behind that zero block, gets gradients from the second step on.
+    assert bool(model.mtp.norm_z.weight.grad.abs().sum() == 0)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    model(**training_batch()).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), f"no gradient reaches {name}"
+
+
+def test_loss_matches_manual_cross_entropy():
+    model = make_model("qwen2", lambda_mtp=0.5)
+    batch = training_batch()
+    out = model(**batch)
+    assert out.logits_main.shape == out.logits_mtp.shape == (*batch["first_ids"].shape, VOCAB)
+    ce_main = F.cross_entropy(out.logits_main.flatten(0, 1), batch["labels_main"].flatten(), ignore_index=-100)
+    ce_mtp = F.cross_entropy(out.logits_mtp.flatten(0, 1), batch["labels_mtp"].flatten(), ignore_index=-100)
+    torch.testing.assert_close(out.loss_main, ce_main)
+    torch.testing.assert_close(out.loss_mtp, ce_mtp)
+    torch.testing.assert_close(out.loss, ce_main + 0.5 * ce_mtp)
+    # No MTP targets at all (every unit single): the MTP loss is 0, not NaN.
+    batch["labels_mtp"].fill_(-100)
+    out = model(**batch)
+    assert out.loss_mtp == 0 and torch.isfinite(out.loss)
+
+
+def test_distillation_kl_against_frozen_teacher():
+    model = make_model("qwen2", distill_weight=0.3)
+    teacher = copy.deepcopy(model.backbone)
+    model.attach_teacher(teacher)
+    assert model.teacher is teacher and not any(p.requires_grad for p in teacher.parameters())
+    assert not any(k.startswith("teacher") or k.startswith("_teacher") for k in model.state_dict())
+    assert all(p is not tp for p in model.parameters() for tp in teacher.parameters())
+    batch = training_batch(with_distill=True)
+    out = model.train()(**batch)
+    # Oracle: KL(teacher || student main head) at each main target, averaged over targets.
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
+    rows, cols = torch.nonzero(batch["labels_main"] != -100, as_tuple=True)
+    idx = batch["teacher_index"][rows, cols]
+    # The teacher position's next uncompressed token is the unit's main target.
+    assert torch.equal(batch["teacher_input_ids"][rows, idx + 1], batch["labels_main"][rows, cols])
+    p_t = F.log_softmax(t_logits[rows, idx], -1)
+    p_s = F.log_softmax(out.logits_main[rows, cols].detach(), -1)
+    kl = (p_t.exp() * (p_t - p_s)).sum(-1).mean()
+    torch.testing.assert_close(out.loss_distill, kl, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss.detach(), out.loss_main + out.loss_mtp + 0.3 * kl, rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_distillation_errors():
+    model = make_model("qwen2", distill_weight=0.3)
+    with pytest.raises(ValueError, match="no teacher is attached"):
+        model(**training_batch(with_distill=True))
+    model.attach_teacher(copy.deepcopy(model.backbone))
+    with pytest.raises(ValueError, match="teacher_input_ids"):
+        model(**training_batch(with_distill=False))
+    with pytest.raises(ValueError, match="vocabulary"):
+        other = Qwen2Config(vocab_size=VOCAB + 5, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2)
+        model.attach_teacher(AutoModelForCausalLM.from_config(other))
+
+
+def left_padded(lengths: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = torch.zeros(len(lengths), width, dtype=torch.int64)
+    for row, n in enumerate(lengths):
+        mask[row, width - n:] = 1
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return mask, position_ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mtp", ["decoder", "mlp"])
+def test_cache_steps_equal_one_forward(family, mtp):
+    model = make_model(family, mtp_type=mtp)
+    batch, width, prefill, capacity = 3, 11, 5, 16
+    mask, position_ids = left_padded([11, 8, 5], width)
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(batch, width, HIDDEN, generator=g)
+    with torch.no_grad():
+        h_ref, mtp_ref = model.hidden_states(inputs, position_ids, mask)
+        cache = model.new_cache(batch, capacity)
+        for reuse in range(2):  # second pass: reset() must give the same results
+            h, m = model.hidden_states(inputs[:, :prefill], position_ids[:, :prefill], mask[:, :prefill], cache)
+            hs, ms = [h], [m]
+            full = torch.ones(batch, capacity, dtype=torch.int64)
+            full[:, :width] = mask
+            for t in range(prefill, width):
+                # Alternate the two mask conventions: exactly past + 1 columns, or full width.
+                step_mask = full if t % 2 else mask[:, : t + 1]
+                h, m = model.hidden_states(inputs[:, t:t + 1], position_ids[:, t:t + 1], step_mask, cache)
+                hs.append(h)
+                ms.append(m)
+            real = mask.bool()
+            torch.testing.assert_close(torch.cat(hs, 1)[real], h_ref[real], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(torch.cat(ms, 1)[real], mtp_ref[real], atol=1e-5, rtol=1e-5)
+            cache.reset()
+    assert (cache.mtp is None) == (mtp == "mlp")
+
+
+def test_cache_is_static_and_checked():
+    model = make_model("qwen2")
+    cache = model.new_cache(2, 8, dtype=torch.float32)
+    keys = cache.backbone.layers[0].keys
+    assert keys.shape[0] == 2 and keys.shape[2] == 8
+    ptr = keys.data_ptr()
+    mask = torch.ones(2, 3, dtype=torch.int64)
+    with torch.no_grad():
+        model.hidden_states(torch.randn(2, 3, HIDDEN), torch.arange(3).expand(2, 3), mask, cache)
+    assert cache.backbone.layers[0].keys.data_ptr() == ptr  # written in place, never reallocated
+    with pytest.raises(ValueError, match="batch 2"):
+        model.hidden_states(torch.randn(1, 1, HIDDEN), torch.zeros(1, 1, dtype=torch.int64), mask[:1], cache)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.hidden_states(torch.randn(2, 3, HIDDEN), torch.arange(3).expand(2, 3), mask[:, :2])
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        model.hidden_states(torch.randn(2, HIDDEN), torch.arange(3).expand(2, 3), mask)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("compressor,mtp", [("linear", "decoder"), ("mlp", "mlp")])
+def test_save_load_round_trip_bit_identical(tmp_path, family, compressor, mtp):
+    model = make_model(family, compressor_type=compressor, mtp_type=mtp, lambda_mtp=0.7, threshold=0.99)
+    model.attach_teacher(copy.deepcopy(model.backbone))
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["superthoughts"]["compressor_type"] == compressor and saved["hidden_size"] == HIDDEN
+    assert is_superthoughts_checkpoint(tmp_path)
+    loaded = load_model(tmp_path)
+    assert isinstance(loaded, SuperThoughtsForCausalLM) and not loaded.training and loaded.teacher is None
+    assert loaded.config == model.config
+    assert loaded.backbone.config.tie_word_embeddings == model.backbone.config.tie_word_embeddings
+    tied = loaded.backbone.lm_head.weight is loaded.get_input_embeddings().weight
+    assert tied == (family == "qwen2")
+    assert set(loaded.state_dict()) == set(model.state_dict())
+    batch = training_batch()
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)
+    half = SuperThoughtsForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+def test_from_base_paths_and_load_model_baseline(tmp_path):
+    base = make_backbone("llama")
+    base.save_pretrained(tmp_path / "plain")
+    assert not is_superthoughts_checkpoint(tmp_path / "plain") and not is_superthoughts_checkpoint(tmp_path / "none")
+    plain = load_model(tmp_path / "plain")
+    assert type(plain).__name__ == "LlamaForCausalLM"
+    wrapped = SuperThoughtsForCausalLM.from_base(tmp_path / "plain", mtp_type="mlp", pad_token_id=5)
+    assert wrapped.pad_token_id == 5 and wrapped.config.mtp_type == "mlp"
+    assert torch.equal(wrapped.get_input_embeddings().weight, base.get_input_embeddings().weight)
+    wrapped.save_pretrained(tmp_path / "st")
+    with pytest.raises(ValueError, match="already a SuperThoughts checkpoint"):
+        SuperThoughtsForCausalLM.from_base(tmp_path / "st")
+    with pytest.raises(TypeError, match="already a SuperThoughtsForCausalLM"):
+        SuperThoughtsForCausalLM.from_base(wrapped)
+
+
+def test_path_errors_name_the_path(tmp_path):
+    missing = tmp_path / "no_such_model"
+    for call in (lambda: SuperThoughtsForCausalLM.from_base(missing), lambda: load_model(missing),
+                 lambda: SuperThoughtsForCausalLM.from_pretrained(missing)):
+        with pytest.raises(FileNotFoundError, match="no_such_model"):
+            call()
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty_dir.*not a model directory"):
+        SuperThoughtsForCausalLM.from_base(tmp_path / "empty_dir")
+    make_backbone("qwen2").save_pretrained(tmp_path / "plain_qwen")
+    with pytest.raises(ValueError, match="plain_qwen.*not a SuperThoughts checkpoint"):
+        SuperThoughtsForCausalLM.from_pretrained(tmp_path / "plain_qwen")
+    (tmp_path / "no_weights").mkdir()
+    (tmp_path / "no_weights" / "config.json").write_text((tmp_path / "plain_qwen" / "config.json").read_text())
+    with pytest.raises(ValueError, match="no_weights"):
+        SuperThoughtsForCausalLM.from_base(tmp_path / "no_weights")
+
+
+def test_config_and_vocab_errors():
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['lamda_mtp'\]"):
+        SuperThoughtsForCausalLM.from_base(make_backbone("qwen2"), lamda_mtp=1.0)
+    with pytest.raises(ValueError, match="compressor_type"):
+        SuperThoughtsConfig(compressor_type="conv")
+    with pytest.raises(ValueError, match="mtp_type"):
+        SuperThoughtsConfig(mtp_type="rnn")
+    with pytest.raises(ValueError, match="rho_max"):
+        SuperThoughtsConfig(rho_max=1.5)
+    with pytest.raises(ValueError, match=f"pad_token_id {VOCAB} is out of range for vocabulary size {VOCAB}"):
+        SuperThoughtsForCausalLM.from_base(make_backbone("qwen2"), pad_token_id=VOCAB)
+    model = make_model("qwen2")
+
+    class Tok:
+        def __len__(self) -> int:
+            return VOCAB + 10
+
+    with pytest.raises(ValueError, match="does not belong to this model"):
+        model.check_tokenizer(Tok())
+    base = make_backbone("qwen2")
+    base.config.pad_token_id = base.config.eos_token_id = None
+    with pytest.raises(ValueError, match="pass pad_token_id"):
+        SuperThoughtsForCausalLM.from_base(base)
