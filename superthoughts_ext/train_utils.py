@@ -5,7 +5,6 @@ depends on `transformers.Trainer`.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -105,23 +104,32 @@ def load_examples(
     return examples
 
 
-def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, **kwargs: Any):
-    # data.py owns the one tokenisation rule (chat template, EOS, truncation); routing rows
-    # through it as JSONL keeps file and in-memory data identical, and its error messages
-    # count lines from 1 just like row indices here.
-    import tempfile
+def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
+                 solution_field: str, system_prompt: str | None, max_length: int | None) -> list[dict]:
+    """In-memory twin of `data.load_jsonl_examples`: same tokenisation, errors name row numbers (from 1)."""
+    import warnings
 
-    from superthoughts_ext.data import load_jsonl_examples
+    from superthoughts_ext.data import format_example
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "rows.jsonl")
-        with open(path, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(dict(row)) + "\n")
-        try:
-            return load_jsonl_examples(path, tokenizer, **kwargs)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(str(exc).replace(path, "rows")) from exc
+    examples, dropped = [], []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"train: row {number}: expected a mapping, got {type(row).__name__}")
+        for name in (problem_field, solution_field):
+            if not isinstance(row.get(name), str):
+                raise ValueError(f"train: row {number}: field {name!r} is missing or not a string")
+        if not row[solution_field].strip():
+            dropped.append(number)
+            continue
+        example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt)
+        if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
+            dropped.append(number)
+            continue
+        examples.append(example)
+    if dropped:
+        warnings.warn(f"train: dropped {len(dropped)} row(s) with an empty solution or longer than "
+                      f"max_length={max_length} (rows {dropped[:10]})", stacklevel=3)
+    return examples
 
 
 def check_vocab(
@@ -204,15 +212,6 @@ def state_dict_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def is_superthoughts_dir(path: str | os.PathLike) -> bool:
-    """True when `path/config.json` carries SuperThoughts fields (a trained SuperThoughts model)."""
-    config = os.path.join(os.fspath(path), "config.json")
-    if not os.path.isfile(config):
-        raise FileNotFoundError(f"train: {os.fspath(path)!r} is not a model directory (no config.json)")
-    with open(config, encoding="utf-8") as f:
-        return any("superthoughts" in str(k).lower() for k in json.load(f))
-
-
 def build_model(
     source: str | os.PathLike | nn.Module, *, baseline: bool, dtype: torch.dtype,
     overrides: Mapping[str, Any],
@@ -224,14 +223,16 @@ def build_model(
     """
     from transformers import AutoModelForCausalLM
 
-    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM, is_superthoughts_checkpoint
 
     if isinstance(source, SuperThoughtsForCausalLM):
         if baseline:
             raise ValueError("train: baseline mode trains a plain causal LM; got a SuperThoughts model")
         return source
     if not isinstance(source, nn.Module):
-        if is_superthoughts_dir(source):
+        if not os.path.isfile(os.path.join(os.fspath(source), "config.json")):
+            raise FileNotFoundError(f"train: {os.fspath(source)!r} is not a model directory (no config.json)")
+        if is_superthoughts_checkpoint(source):
             if baseline:
                 raise ValueError(f"train: baseline mode needs a plain checkpoint; {os.fspath(source)!r} is SuperThoughts")
             return SuperThoughtsForCausalLM.from_pretrained(os.fspath(source))
@@ -245,7 +246,9 @@ def attach_teacher(model: nn.Module, source: str | os.PathLike | nn.Module, dtyp
 
     from transformers import AutoModelForCausalLM
 
-    if isinstance(source, (str, os.PathLike)) and not is_superthoughts_dir(source):
+    from superthoughts_ext.modeling import is_superthoughts_checkpoint
+
+    if isinstance(source, (str, os.PathLike)) and not is_superthoughts_checkpoint(source):
         teacher = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
     else:
         # No pristine checkpoint on disk: the backbone before any update is the teacher.
