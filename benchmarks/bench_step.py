@@ -89,7 +89,9 @@ def time_fn(fn, device: torch.device) -> float:
             samples.append(start.elapsed_time(end) / 1e3)
         return statistics.median(samples)
     fn()
-    return tbench.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=1.0).median
+    # Timer defaults to one thread; every variant gets the process's full intra-op pool.
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=1.0).median
 
 
 def copy_bandwidth(device: torch.device) -> float | None:
@@ -133,6 +135,7 @@ def bench_config(batch, vocab, hidden, dtype, device, use_compile) -> dict:
     row["fused_s"] = time_fn(fused, device)
     row["eager_s"] = time_fn(eager, device)
     if use_compile:
+        torch._dynamo.reset()  # a fresh compile per shape instead of hitting the recompile limit
         compiled_ref = torch.compile(superthoughts_step_ref, dynamic=False)
 
         def compiled():
