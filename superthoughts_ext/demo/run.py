@@ -35,7 +35,7 @@ class DemoSettings:
     """Everything that determines the trained models (hashed into the cache key) and the eval."""
 
     train_problems: int = 8000
-    train_steps: int = 600
+    train_steps: int = 500
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_ratio: float = 0.05
@@ -46,7 +46,7 @@ class DemoSettings:
     intermediate_size: int = 512
     seed: int = 0
     eval_problems: int = 100
-    eval_batch_size: int = 50
+    eval_batch_size: int = 100
     max_new_tokens: int = 192
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     default_threshold: float = 0.9
@@ -259,7 +259,8 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
 
     sweep = results["sweep"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.plot([r["mean_steps"] for r in sweep], [r["accuracy"] for r in sweep], "o-", label="SuperThoughts (threshold sweep)")
+    ax.plot([r["mean_steps"] for r in sweep], [r["accuracy"] for r in sweep], "o-",
+            label="SuperThoughts (threshold sweep)")
     for r in sweep:
         ax.annotate(f"{r['threshold']:g}", (r["mean_steps"], r["accuracy"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
@@ -294,7 +295,8 @@ def _device_name(device: str) -> str:
 
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: bool = False,
