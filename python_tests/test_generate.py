@@ -51,7 +51,14 @@ def backbone(request) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def model(backbone) -> SuperThoughtsForCausalLM:
     torch.manual_seed(1)
-    return SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).eval()
+    model = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).eval()
+    # A fresh MTP head starts as one more pass of the backbone's last layer, so untrained it
+    # mostly repeats the main head's token; perturb it (and the compressor) so the two heads
+    # disagree the way they do after training.
+    with torch.no_grad():
+        for param in [*model.mtp.parameters(), *model.compressor.parameters()]:
+            param.add_(torch.randn_like(param) * 0.05)
+    return model
 
 
 def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
