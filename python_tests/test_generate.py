@@ -263,3 +263,20 @@ def test_bad_input_is_rejected(model, backbone) -> None:
             generate(model, ids, mask, max_new_tokens=4, cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         generate(model, ids, mask, max_new_tokens=4, cuda_graphs="yes")
+
+
+@pytest.mark.parametrize("variant", [dict(compressor_type="mlp"), dict(mtp_type="mlp")], ids=["mlp-compressor", "mlp-mtp"])
+def test_mlp_compressor_and_mlp_mtp(backbone, variant: dict) -> None:
+    # The MLP compressor has no merge weight: the op returns the raw pair and the model merges it.
+    torch.manual_seed(2)
+    model = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), **variant).eval()
+    with torch.no_grad():
+        for param in [*model.mtp.parameters(), *model.compressor.parameters()]:
+            param.add_(torch.randn_like(param) * 0.05)
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=15, threshold=MIXED_THRESHOLD)
+    fast = generate(model, ids, mask, use_kernels=HAS_KERNELS, **kwargs)
+    assert fast.sequences == generate(model, ids, mask, use_kernels=False, **kwargs).sequences
+    for row, prompt in enumerate(PROMPTS):
+        assert fast.sequences[row] == slow_decode(model, prompt, 15, MIXED_THRESHOLD, EOS), f"row {row}"
+    check_stats(fast, 15)
