@@ -28,6 +28,9 @@ from typing import Any
 
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 DONE_MARKER = "demo_done.json"
+# Bumped when cached artefacts from older code are wrong (2: training used the reloaded
+# tokenizer, which AutoTokenizer rebuilds as a Qwen2 BPE that maps every word to <unk>).
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,8 @@ def cache_key(settings: DemoSettings) -> str:
     """Hash of the training settings and the package version (new code -> new models)."""
     from superthoughts_ext import __version__
 
-    payload = json.dumps({"settings": settings.training_key(), "version": __version__}, sort_keys=True)
+    payload = json.dumps({"settings": settings.training_key(), "version": __version__, "format": CACHE_FORMAT},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
@@ -167,6 +171,7 @@ def build_base(settings: DemoSettings, directory: Path) -> Path:
 def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path, *,
                 baseline: bool, device: str, retrain: bool, progress: bool) -> ModelRun:
     """Train (or reuse from the cache) one model from `base` on `data`."""
+    from superthoughts_ext.demo.tokenizer import build_tokenizer
     from superthoughts_ext.train import TrainOptions, train
 
     marker = directory / DONE_MARKER
@@ -175,6 +180,9 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     started = time.perf_counter()
     options = TrainOptions(
         model=os.fspath(base), data=os.fspath(data), output_dir=os.fspath(directory),
+        # The object, not the saved copy: AutoTokenizer reloads a qwen2 checkpoint's tokenizer
+        # as Qwen2Tokenizer, which drops the word-level pre-tokenizer.
+        tokenizer=build_tokenizer(),
         baseline=baseline, max_steps=settings.train_steps, learning_rate=settings.learning_rate,
         batch_size=settings.batch_size, warmup_ratio=settings.warmup_ratio, lr_scheduler="cosine",
         seed=settings.seed, logging_steps=max(settings.train_steps // 10, 1), save_steps=0,
