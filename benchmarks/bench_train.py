@@ -1,13 +1,16 @@
 """Training throughput: SuperThoughts vs plain SFT on the same backbone, data and optimizer.
 
-Response tokens per second of a full training step (forward + backward + AdamW). The
-SuperThoughts backbone sees about half as many positions per sequence (two response tokens
-per unit), so its steps should run >= 1.6x the baseline's tokens/s.
+Response tokens per second of a full training step (forward + backward + AdamW), and the
+step's matmul FLOPs (a load-independent cost). The SuperThoughts backbone sees about half
+the positions (two response tokens per unit) but adds the MTP decoder layer, the compressor,
+and pad-split singles (rho_max; each SuperThoughts run is measured at every --rho-max value,
+0.25 being the training default). Target: >= 1.6x the baseline's tokens/s.
 
-CPU: a tiny Qwen2-shaped model (hidden 256, 4 layers, vocab 2048, seq 512), timed with
-torch.utils.benchmark. GPU: Qwen2.5-Math-1.5B and -7B shaped random models in bf16, timed
-with CUDA events, with peak memory per GPU. A correctness check runs first: the loss over
-the warmup steps (the same batch, so it must fall) is finite and decreasing.
+CPU: "tiny" (hidden 256, 4 layers, vocab 2048) and "1.5b-mini" (Qwen2.5-Math-1.5B's
+proportions at hidden 128, 28 layers), seq 512, timed with torch.utils.benchmark in
+alternating rounds. GPU: Qwen2.5-Math-1.5B and -7B shaped random models in bf16, timed with
+CUDA events, with peak memory per GPU. A correctness check runs first: the loss over the
+warmup steps (the same batch, so it must fall) is finite and decreasing.
 
     python benchmarks/bench_train.py                 # writes benchmarks/results/train_<device>.json
     python benchmarks/bench_train.py --shapes 1.5b 7b --batch-size 4 --seq-len 2048   # on a GPU
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,6 +38,10 @@ SHAPES: dict[str, dict[str, Any]] = {
     # vocab 2048 keeps their share of the step small, as in the 1.5B model (~15% there).
     "tiny": dict(vocab_size=2048, hidden_size=256, intermediate_size=1536, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    # Qwen2.5-Math-1.5B's proportions at hidden 128: 28 layers, MLP 6x hidden, lm_head worth
+    # about 5 layers, so the extra MTP layer weighs what it weighs at full size.
+    "1.5b-mini": dict(vocab_size=12800, hidden_size=128, intermediate_size=768, num_hidden_layers=28,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
     "1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                  num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
     "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
@@ -45,14 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `superthoughts bench train` (also this script's own)."""
     gpu = torch.cuda.is_available()
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES),
-                        default=["1.5b", "7b"] if gpu else ["tiny"])
+                        default=["1.5b", "7b"] if gpu else ["tiny", "1.5b-mini"])
     parser.add_argument("--batch-size", type=int, default=4 if gpu else 8)
     parser.add_argument("--seq-len", type=int, default=2048 if gpu else 512, help="prompt + response")
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps (loss must fall over them)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps on GPU")
-    parser.add_argument("--min-time", type=float, default=10.0, help="seconds per mode on CPU")
+    parser.add_argument("--min-time", type=float, default=12.0, help="seconds per mode on CPU")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds per mode on CPU")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--rho-max", type=float, nargs="+", default=[0.25, 0.0],
+                        help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/train_<device>.json)")
 
@@ -67,11 +79,12 @@ def make_features(batch: int, seq_len: int, prompt_len: int, vocab: int, seed: i
     return rows
 
 
-def build(shape: str, superthoughts: bool, device: torch.device, dtype: torch.dtype, ckpt: bool):
-    """Fresh model (same seed for both modes) and the batch builder for its mode."""
+def build(shape: str, rho_max: float | None, device: torch.device, dtype: torch.dtype, ckpt: bool):
+    """Fresh model (same seed in every mode) and its batch builder; rho_max None = baseline."""
     from superthoughts_ext.data import SuperThoughtsCollator
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
+    superthoughts = rho_max is not None
     config = Qwen2Config(max_position_embeddings=32768, **SHAPES[shape])
     torch.manual_seed(0)
     backbone = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -79,11 +92,11 @@ def build(shape: str, superthoughts: bool, device: torch.device, dtype: torch.dt
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = SuperThoughtsForCausalLM.from_base(backbone, pad_token_id=PAD_ID) if superthoughts else backbone
     model = model.to(device=device, dtype=dtype).train()
-    collator = SuperThoughtsCollator(PAD_ID, EOS_ID, baseline=not superthoughts, seed=0)
+    collator = SuperThoughtsCollator(PAD_ID, EOS_ID, rho_max=rho_max or 0.0, baseline=not superthoughts, seed=0)
     return model, collator
 
 
-def make_step(model: torch.nn.Module, batch: dict, lr: float) -> tuple[Callable[[], float], Any]:
+def make_step(model: torch.nn.Module, batch: dict, lr: float) -> tuple[Callable[[], torch.Tensor], Any]:
     """One training step closure (forward, backward, AdamW, zero_grad) returning the loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, foreach=True)
@@ -98,18 +111,21 @@ def make_step(model: torch.nn.Module, batch: dict, lr: float) -> tuple[Callable[
     return step, optimizer
 
 
-def time_step(step: Callable[[], torch.Tensor], device: torch.device, steps: int, min_time: float) -> float:
-    """Median seconds per step: CUDA events on GPU, torch.utils.benchmark on CPU."""
-    if device.type == "cuda":
-        times = []
-        for _ in range(steps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return statistics.median(times)
+def time_cuda(step: Callable[[], torch.Tensor], steps: int) -> float:
+    """Median seconds per step from CUDA events (no host timer around async work)."""
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def time_cpu(step: Callable[[], torch.Tensor], min_time: float) -> float:
+    """Median seconds per step from torch.utils.benchmark."""
     from torch.utils import benchmark
 
     return benchmark.Timer(stmt="step()", globals={"step": step}).blocked_autorange(min_run_time=min_time).median
@@ -121,35 +137,68 @@ def checkpointing(shape: str, args: argparse.Namespace) -> bool:
     return args.gradient_checkpointing or shape == "7b"
 
 
-def bench_mode(shape: str, superthoughts: bool, args: argparse.Namespace, device: torch.device) -> dict:
-    """Correctness check over the warmup, then timed steps; tokens/s and peak memory."""
+def prepare(shape: str, rho_max: float | None, args: argparse.Namespace,
+            device: torch.device) -> tuple[Callable[[], torch.Tensor], dict[str, Any]]:
+    """Model, batch and step closure for one mode, after the warmup correctness check."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, collator = build(shape, superthoughts, device, dtype, checkpointing(shape, args))
+    model, collator = build(shape, rho_max, device, dtype, checkpointing(shape, args))
     features = make_features(args.batch_size, args.seq_len, args.prompt_len, SHAPES[shape]["vocab_size"], 0)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(features).items()}
-    response_tokens = sum(len(f["response_ids"]) for f in features)
-    positions = int(batch["attention_mask"].sum()) if "attention_mask" in batch else None
     step, _ = make_step(model, batch, args.lr)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warm = [float(step()) for _ in range(args.warmup)]
     if not all(torch.isfinite(torch.tensor(warm))) or not warm[-1] < warm[0]:
-        raise RuntimeError(f"{shape} {'superthoughts' if superthoughts else 'baseline'}: loss not falling: {warm}")
-    seconds = time_step(step, device, args.steps, args.min_time)
-    result = {
-        "step_ms": round(seconds * 1e3, 3),
-        "response_tokens_per_step": response_tokens,
-        "backbone_positions_per_step": positions,
-        "response_tokens_per_s": round(response_tokens / seconds, 1),
+        raise RuntimeError(f"{shape} rho_max={rho_max}: loss not falling: {warm}")
+    # Matmul FLOPs of one step: a machine-independent cost next to the (load-sensitive) timings.
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    info = {
+        "matmul_gflop_per_step": round(counter.get_total_flops() / 1e9, 2),
+        "response_tokens_per_step": sum(len(f["response_ids"]) for f in features),
+        "backbone_positions_per_step": int(batch["attention_mask"].sum()),
         "warmup_loss": [round(x, 4) for x in warm],
         "params": sum(p.numel() for p in model.parameters()),
     }
+    return step, info
+
+
+def finish(info: dict[str, Any], seconds: float, device: torch.device) -> dict[str, Any]:
+    """Adds step time, tokens/s and (GPU) peak memory to a mode's record."""
+    info.update(step_ms=round(seconds * 1e3, 3),
+                response_tokens_per_s=round(info["response_tokens_per_step"] / seconds, 1))
     if device.type == "cuda":
-        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    del model, step
+        info["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return info
+
+
+def mode_rhos(args: argparse.Namespace) -> dict[str, float | None]:
+    """Mode name -> pad-split rho_max (None: the plain SFT baseline)."""
+    return {"baseline": None, **{f"superthoughts_rho{r:g}": r for r in args.rho_max}}
+
+
+def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Both modes of one shape: one after the other on GPU (memory), interleaved on CPU."""
+    modes = mode_rhos(args)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
+        row: dict[str, Any] = {}
+        for mode in modes:
+            try:
+                step, info = prepare(shape, modes[mode], args, device)
+                row[mode] = finish(info, time_cuda(step, args.steps), device)
+            except torch.cuda.OutOfMemoryError as exc:
+                row[mode] = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
+            step = None
+            torch.cuda.empty_cache()
+        return row
+    # Alternating rounds spread load from other processes on a shared CPU over both modes.
+    prepared = {mode: prepare(shape, rho, args, device) for mode, rho in modes.items()}
+    rounds: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(args.rounds):
+        for mode in modes:
+            rounds[mode].append(time_cpu(prepared[mode][0], args.min_time / args.rounds))
+    return {mode: finish(prepared[mode][1], statistics.median(rounds[mode]), device) for mode in modes}
 
 
 def device_name(device: torch.device) -> str:
@@ -180,26 +229,23 @@ def main(args: argparse.Namespace) -> int:
         "dtype": "bfloat16" if device.type == "cuda" else "float32", "shapes": {},
     }
     for shape in args.shapes:
-        row: dict[str, Any] = {}
-        for mode in ("baseline", "superthoughts"):
-            try:
-                row[mode] = bench_mode(shape, mode == "superthoughts", args, device)
-            except torch.cuda.OutOfMemoryError as exc:
-                row[mode] = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
-                torch.cuda.empty_cache()
-        if all("response_tokens_per_s" in row[m] for m in ("baseline", "superthoughts")):
-            row["speedup"] = round(row["superthoughts"]["response_tokens_per_s"]
-                                   / row["baseline"]["response_tokens_per_s"], 3)
+        row = bench_shape(shape, args, device)
+        base = row["baseline"]
+        for mode, r in row.items():
+            shown = r.get("error") or (f"{r['response_tokens_per_s']:>9.1f} tok/s {r['step_ms']:>9.1f} ms/step "
+                                       f"{r['matmul_gflop_per_step']:>8.1f} GFLOP")
+            if "peak_memory_gib" in r:
+                shown += f"  peak {r['peak_memory_gib']} GiB"
+            if mode != "baseline" and "error" not in r and "error" not in base:
+                r["speedup"] = round(r["response_tokens_per_s"] / base["response_tokens_per_s"], 3)
+                r["flop_ratio"] = round(base["matmul_gflop_per_step"] / r["matmul_gflop_per_step"], 3)
+                shown += f"  speedup {r['speedup']:.2f}x (FLOPs {r['flop_ratio']:.2f}x)"
+            print(f"{shape:>9} {mode:>20}: {shown}")
         row["gradient_checkpointing"] = checkpointing(shape, args)
         report["shapes"][shape] = row
-        for mode in ("baseline", "superthoughts"):
-            r = row[mode]
-            extra = f"  peak {r['peak_memory_gib']} GiB" if "peak_memory_gib" in r else ""
-            shown = f"{r['response_tokens_per_s']:>10.1f} tok/s  {r['step_ms']:>9.1f} ms/step{extra}" \
-                if "step_ms" in r else r["error"]
-            print(f"{shape:>5} {mode:>13}: {shown}")
-        if "speedup" in row:
-            print(f"{shape:>5} speedup superthoughts / baseline: {row['speedup']:.2f}x")
+    if device.type == "cpu":
+        # Timings on a shared CPU move with its load; recorded so readers can judge them.
+        report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     out = args.output or RESULTS / f"train_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
