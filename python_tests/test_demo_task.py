@@ -234,3 +234,19 @@ def test_token_lengths(tokenizer, problems):
     prompt = tokenizer.apply_chat_template(task.chat_messages(problems[0]), add_generation_prompt=True,
                                            return_dict=False)
     assert len(prompt) < 64
+
+
+def test_saved_tokenizer_reloads_from_a_qwen2_model_directory(tmp_path):
+    from transformers import Qwen2Config
+
+    from superthoughts_ext.modeling import load_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    # A model directory of model_type qwen2 makes AutoTokenizer pick Qwen2Tokenizer, which
+    # would rebuild a BPE pipeline and map the demo's words to <unk>.
+    Qwen2Config(vocab_size=len(tokenizer)).save_pretrained(tmp_path)
+    reloaded = load_tokenizer(tmp_path)
+    text = "ones: 7+6=13, write 3, carry 1; so far 3."
+    assert reloaded.tokenize(text) == tokenizer.tokenize(text)
+    assert reloaded(text).input_ids == tokenizer(text).input_ids

@@ -329,7 +329,10 @@ def test_cli_evaluates_a_plain_checkpoint(
         model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         return model
 
-    fake_modeling = SimpleNamespace(load_model=load_model, SuperThoughtsForCausalLM=type("ST", (), {}))
+    from superthoughts_ext.modeling import load_tokenizer
+
+    fake_modeling = SimpleNamespace(load_model=load_model, load_tokenizer=load_tokenizer,
+                                    SuperThoughtsForCausalLM=type("ST", (), {}))
     monkeypatch.setitem(sys.modules, "superthoughts_ext.modeling", fake_modeling)
     monkeypatch.setattr(evaluation, "_default_generate", lambda: hf_generate)
     data = tmp_path / "amc.jsonl"

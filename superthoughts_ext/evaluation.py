@@ -330,15 +330,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     import torch
-    from transformers import AutoTokenizer
 
-    from superthoughts_ext.modeling import load_model
+    from superthoughts_ext.modeling import load_model, load_tokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     model = load_model(args.model, dtype=dtype, device=device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     superthoughts = _is_superthoughts(model)
     mode = args.mode or ("superthoughts" if superthoughts else "standard")
     if mode != "standard" and not superthoughts:

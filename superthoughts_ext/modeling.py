@@ -11,6 +11,7 @@ such as lm_head.weight stored once).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -346,3 +347,22 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
         return SuperThoughtsForCausalLM.from_pretrained(directory, dtype=dtype, device=device)
     model = _load_plain(directory, dtype, "load_model").eval()
     return model.to(device) if device is not None else model
+
+
+# Tokenizer classes that mean "the tokenizer.json pipeline as saved", with no model-specific
+# rebuilding. AutoTokenizer lets a config's model_type (e.g. qwen2 -> Qwen2Tokenizer) override
+# them, which rebuilds a BPE pipeline from the vocabulary and breaks custom tokenizers such as
+# the demo's word-level one.
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer saved in a model directory, loaded as the class it was saved as."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config_path = Path(path) / "tokenizer_config.json"
+    if config_path.is_file():
+        saved_class = json.loads(config_path.read_text()).get("tokenizer_class")
+        if saved_class in _GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
+    return AutoTokenizer.from_pretrained(os.fspath(path))

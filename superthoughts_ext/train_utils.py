@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 # Linear layers of Qwen2 / Llama style decoder layers: attention and MLP projections.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
@@ -46,7 +46,9 @@ def load_tokenizer(
             "tokenizer object) in TrainOptions"
         )
     try:
-        return AutoTokenizer.from_pretrained(os.fspath(path))
+        from superthoughts_ext.modeling import load_tokenizer as load_saved_tokenizer
+
+        return load_saved_tokenizer(os.fspath(path))
     except (OSError, ValueError) as exc:
         raise ValueError(f"train: could not load a tokenizer from {os.fspath(path)!r}: {exc}") from exc
 
