@@ -1,6 +1,6 @@
 """End-to-end decoding throughput: transformers generate vs our standard / pairs / superthoughts.
 
-Methods (greedy, EOS ignored so that every run emits exactly --new-tokens per row):
+Methods (greedy; the model never emits EOS, so every run emits exactly --new-tokens per row):
     hf_dynamic         transformers generate, dynamic cache
     hf_static_compile  transformers generate, static cache + torch.compile (GPU only)
     standard           ours, one token per step from the backbone alone
@@ -38,7 +38,8 @@ from superthoughts_ext.generate import generate
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = {
-    "tiny": dict(vocab_size=8192, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+    # Deep and narrow: like the real models, the MTP's one extra layer is a small share of a step.
+    "tiny": dict(vocab_size=8192, hidden_size=128, intermediate_size=352, num_hidden_layers=8,
                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
     "qwen2.5-math-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                               num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
@@ -57,10 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=None, help="default: 512 on GPU, 128 on CPU")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 512 on GPU, 256 on CPU")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip hf_static_compile")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
     parser.add_argument("--output", type=Path, default=None, help="JSON (default: results/generate_<device>.json)")
 
 
@@ -79,15 +82,18 @@ def device_name(device: torch.device) -> str:
 
 
 def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: int):
-    """Random backbone (EOS unset, so transformers decodes the full budget) and its SuperThoughts model."""
+    """Random backbone and its SuperThoughts model; EOS is never produced, so every method decodes
+    the full budget: its lm_head row is zero (logit 0), below the max of thousands of random logits."""
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
-    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=context, bos_token_id=1, eos_token_id=None,
+    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=context, bos_token_id=1, eos_token_id=EOS,
                          pad_token_id=PAD)
     torch.manual_seed(0)
     with torch.device(device):
         backbone = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
-    backbone.generation_config.eos_token_id = None
+    with torch.no_grad():
+        backbone.get_output_embeddings().weight[EOS] = 0.0
+    backbone.generation_config.eos_token_id = EOS
     backbone.generation_config.pad_token_id = PAD
     superthoughts = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).to(device=device, dtype=dtype).eval()
     return backbone, superthoughts
@@ -107,7 +113,7 @@ def prompts(batch: int, length: int, vocab: int, device: torch.device) -> tuple[
 def check_standard(backbone, device: torch.device) -> dict:
     """Our standard greedy vs transformers greedy (static cache, no compile) on a short prompt."""
     ids, mask = prompts(2, 16, backbone.config.vocab_size, device)
-    ours = generate(backbone, ids, mask, max_new_tokens=16, mode="standard", eos_token_id=EOS, ignore_eos=True)
+    ours = generate(backbone, ids, mask, max_new_tokens=16, mode="standard", eos_token_id=EOS)
     theirs = backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
                                cache_implementation="static", disable_compile=True)
     expected = theirs[:, ids.shape[1]:].tolist()
@@ -138,8 +144,11 @@ def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device
     def hf(compiled: bool):
         def run(ids, mask):
             kwargs = dict(cache_implementation="static") if compiled else dict(disable_compile=True)
-            backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, **kwargs)
-            return ids.shape[0] * new_tokens, new_tokens, 0, new_tokens
+            out = backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                    **kwargs)
+            generated = out[:, ids.shape[1]:]
+            tokens = 0 if bool((generated == EOS).any()) else generated.numel()
+            return tokens, new_tokens, 0, new_tokens
         return run
 
     def ours(mode: str, threshold: float | None = None):
@@ -147,7 +156,7 @@ def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device
 
         def run(ids, mask):
             out = generate(model, ids, mask, max_new_tokens=new_tokens, mode=mode, threshold=threshold,
-                           eos_token_id=EOS, ignore_eos=True)
+                           eos_token_id=EOS)
             return (sum(out.num_tokens), out.num_forward_passes, sum(out.num_pair_steps),
                     max(out.num_steps))
         return run
@@ -189,10 +198,12 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 def main(args: argparse.Namespace) -> int:
     """Runs the benchmark; writes the JSON and the PNG; returns 0."""
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     on_gpu = device.type == "cuda"
     shape = args.shape or ("qwen2.5-math-1.5b" if on_gpu else "tiny")
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
-    new_tokens = args.new_tokens or (512 if on_gpu else 128)
+    new_tokens = args.new_tokens or (512 if on_gpu else 256)
     backbone, superthoughts = build_models(shape, dtype, device, args.prompt_len + new_tokens + 16)
     check = check_standard(backbone, device)
     print(f"check: our standard greedy == transformers greedy ({check['tokens_compared']} tokens)")
@@ -205,7 +216,10 @@ def main(args: argparse.Namespace) -> int:
             runs = [synced_time(lambda: fn(ids, mask), device) for _ in range(args.repeats)]
             seconds = statistics.median(t for t, _ in runs)
             tokens, passes, pair_steps, positions = runs[0][1]
-            extra = 1 if name not in ("hf_dynamic", "hf_static_compile", "standard") else 0
+            if tokens != batch * new_tokens:  # EOS after all: the counts would not compare
+                raise SystemExit(f"bench generate: {name} emitted {tokens} tokens, expected {batch * new_tokens}")
+            uses_mtp = name not in ("hf_dynamic", "hf_static_compile", "standard")
+            extra = int(uses_mtp and getattr(superthoughts.mtp, "has_cache", False))  # MTP layer's own KV
             row = {
                 "method": name, "batch": batch, "seconds": seconds, "tokens": tokens, "forward_passes": passes,
                 "tokens_per_s": tokens / seconds, "steps_per_s": passes / seconds,

@@ -215,6 +215,13 @@ def generate(
     backbone = model.backbone if superthoughts else model
     max_steps = _context_steps(backbone, int(lengths.max()), max_new_tokens)
     graphs = _use_graphs(cuda_graphs, input_ids.device, temperature)
+    # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
+    # emit at most 1 token (standard) or 2.
+    check_at = max_new_tokens - 1 if mode == "standard" else (max_new_tokens + 1) // 2 - 1
+    if mode == "pairs" and not ignore_eos:
+        # Every pairs step emits two tokens or ends the row (EOS first vetoes the pair and
+        # finishes), so the budget is used up after check_at steps: a shorter cache suffices.
+        max_steps = min(max_steps, check_at)
 
     if mode == "standard":
         # A confidence of 1 is never reached by the all -inf MTP row (confidence 0).
@@ -250,9 +257,6 @@ def generate(
     decode_loop.sample(stepper, state, logits, cfg, offset=0)
     if feed is not None:
         feed()
-    # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
-    # emit at most 1 token (standard) or 2.
-    check_at = max_new_tokens - 1 if mode == "standard" else (max_new_tokens + 1) // 2 - 1
     steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, check_every=CHECK_EVERY,
                                    check_at=check_at, on_step=feed)
     if input_ids.device.type == "cuda":
@@ -294,15 +298,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `superthoughts generate`: prints the text, then one line of statistics."""
-    from transformers import AutoTokenizer, TextStreamer
+    from transformers import TextStreamer
 
-    from superthoughts_ext.modeling import load_model
+    from superthoughts_ext.modeling import load_model, load_tokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     model = load_model(args.model, dtype=dtype, device=device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     mode = args.mode or ("superthoughts" if is_superthoughts(model) else "standard")
     if args.no_chat_template or not getattr(tokenizer, "chat_template", None):
         text = args.prompt
