@@ -218,6 +218,9 @@ def test_odd_and_even_limits_in_pairs_mode(model) -> None:
     assert (odd.num_tokens, odd.num_steps, odd.num_pair_steps) == ([7] * 4, [4] * 4, [3] * 4)
     assert (even.num_tokens, even.num_steps, even.num_pair_steps) == ([8] * 4, [4] * 4, [4] * 4)
     assert [seq[:7] for seq in even.sequences] == odd.sequences
+    # Without ignore_eos the cache is sized for the 3 decode steps pairs can need.
+    capped = generate(model, ids, mask, max_new_tokens=7, mode="pairs")
+    assert capped.sequences == [until_eos(seq, EOS) for seq in odd.sequences]
 
 
 def test_ignore_eos_decodes_the_full_budget(model) -> None:
