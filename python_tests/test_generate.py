@@ -268,7 +268,8 @@ def test_bad_input_is_rejected(model, backbone) -> None:
         generate(model, ids, mask, max_new_tokens=4, cuda_graphs="yes")
 
 
-@pytest.mark.parametrize("variant", [dict(compressor_type="mlp"), dict(mtp_type="mlp")], ids=["mlp-compressor", "mlp-mtp"])
+@pytest.mark.parametrize("variant", [dict(compressor_type="mlp"), dict(mtp_type="mlp")],
+                         ids=["mlp-compressor", "mlp-mtp"])
 def test_mlp_compressor_and_mlp_mtp(backbone, variant: dict) -> None:
     # The MLP compressor has no merge weight: the op returns the raw pair and the model merges it.
     torch.manual_seed(2)

@@ -90,7 +90,8 @@ def test_streamer_batch_gets_per_row_lists(model) -> None:
 
 def test_text_streamer_prints_the_decoded_text(model, capsys) -> None:
     ids, mask = prompt_batch(["what is 3 + 4"])
-    out = generate(model, ids, mask, max_new_tokens=12, mode="pairs", streamer=TextStreamer(TOKENIZER, skip_prompt=True))
+    streamer = TextStreamer(TOKENIZER, skip_prompt=True)
+    out = generate(model, ids, mask, max_new_tokens=12, mode="pairs", streamer=streamer)
     printed = capsys.readouterr().out
     assert printed.strip() == TOKENIZER.decode(out.sequences[0]).strip()
 

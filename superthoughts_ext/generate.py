@@ -187,8 +187,11 @@ def generate(
             only its first token. Positions are also capped by max_position_embeddings.
         mode: "superthoughts", "pairs" (threshold 0) or "standard" (backbone alone).
         threshold, threshold_main: MTP / main-head confidence needed to keep the second token
-            (None: model.config.threshold / threshold_main, or 0).
-        temperature: 0 greedy; > 0 Gumbel-max sampling from a Philox stream keyed by `seed`.
+            in mode "superthoughts" (None: model.config.threshold / threshold_main, or 0);
+            the other modes ignore them.
+        temperature: 0 greedy; > 0 Gumbel-max sampling from a Philox stream keyed by `seed`
+            and counted by (step, row, head): reproducible, but a row's samples depend on its
+            index in the batch.
         eos_token_id: stop token (None: the model's generation config / config).
         use_kernels: the compiled step op; False runs the plain-torch reference.
         cuda_graphs: "auto" (on for greedy CUDA decoding), True or False.
