@@ -180,6 +180,19 @@ def test_resume_from_checkpoint(base_dirs, tmp_path):
     torch.testing.assert_close(losses(second)[2:], losses(straight)[2:], rtol=2e-3, atol=0)
 
 
+def test_variants_checkpointing_bf16(base_dirs, tmp_path):
+    from superthoughts_ext.modeling import load_model
+
+    out = tmp_path / "variants"
+    result = train(TrainOptions(
+        model=base_dirs["qwen2"], data=ROWS, output_dir=out, compressor_type="mlp", mtp_type="mlp",
+        lambda_mtp=0.5, gradient_checkpointing=True, bf16=True, lora_r=4, **{**FAST, "max_steps": 3},
+    ))
+    assert all(map(torch.isfinite, torch.tensor(losses(result))))
+    loaded = load_model(out)
+    assert (loaded.config.compressor_type, loaded.config.mtp_type, loaded.config.lambda_mtp) == ("mlp", "mlp", 0.5)
+
+
 def test_distillation_logs_kl(base_dirs, tmp_path):
     result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "kd",
                                 distill_weight=0.5, **{**FAST, "max_steps": 2}))

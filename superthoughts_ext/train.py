@@ -175,7 +175,9 @@ class SuperThoughtsTrainer(Trainer):
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        _save_superthoughts(model, output_dir, state_dict)
+        # Under FSDP the Trainer hands over the gathered full state dict (the module's own
+        # parameters are shards there); otherwise state_dict is None and the module's is used.
+        model.save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -188,10 +190,10 @@ class SuperThoughtsTrainer(Trainer):
             # Reading through the model's own loader keeps the checkpoint layout private to
             # modeling.py (tied weights, sub-folders), whatever files it writes.
             loaded = SuperThoughtsForCausalLM.from_pretrained(resume_from_checkpoint)
-            missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
-            bad = [k for k in missing if not k.startswith("teacher")] + list(unexpected)
-            if bad:
-                raise ValueError(f"resume: checkpoint {resume_from_checkpoint} does not match the model: {bad[:5]}")
+            try:
+                target.load_state_dict(loaded.state_dict())
+            except RuntimeError as exc:
+                raise ValueError(f"resume: checkpoint {resume_from_checkpoint} does not match the model: {exc}") from exc
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -200,17 +202,6 @@ def _is_superthoughts(model: nn.Module) -> bool:
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
     return isinstance(model, SuperThoughtsForCausalLM)
-
-
-def _save_superthoughts(model: nn.Module, output_dir: str, state_dict: dict | None) -> None:
-    import inspect
-
-    # Under FSDP the Trainer hands over the gathered full state dict; the module's own
-    # parameters are shards there, so it must be used when given.
-    if state_dict is not None and "state_dict" in inspect.signature(model.save_pretrained).parameters:
-        model.save_pretrained(output_dir, state_dict=state_dict)
-    else:
-        model.save_pretrained(output_dir)
 
 
 def training_arguments(options: TrainOptions) -> TrainingArguments:
