@@ -20,6 +20,16 @@ TOKENIZER = build_tokenizer()
 VOCAB = 128  # >= len(TOKENIZER)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models are dispatch-bound: extra threads only add OpenMP barriers, which stall
+    # badly on a busy machine (5x slower here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_backbone() -> torch.nn.Module:
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -158,3 +168,31 @@ def test_cuda_sampling_runs_eagerly(model) -> None:
     sampled = generate(gpu_model, ids, mask, max_new_tokens=20, temperature=1.0, seed=3, mode="pairs")
     again = generate(gpu_model, ids, mask, max_new_tokens=20, temperature=1.0, seed=3, mode="pairs", use_kernels=False)
     assert sampled.sequences == again.sequences
+
+
+def test_bench_generate_smoke(tmp_path) -> None:
+    import argparse
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "generate.json"
+    args = parser.parse_args(["--device", "cpu", "--batch", "1", "3", "--prompt-len", "8", "--new-tokens", "7",
+                              "--repeats", "1", "--thresholds", "0.9", "--threads", "1", "--output", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert report["check"]["equal"] and out.with_suffix(".png").exists()
+    rows = {(r["method"], r["batch"]): r for r in report["results"]}
+    assert set(rows) == {(m, b) for m in ("hf_dynamic", "standard", "pairs", "st@0.9") for b in (1, 3)}
+    assert all(r["tokens"] == 7 * r["batch"] for r in rows.values())
+    assert rows[("pairs", 1)]["forward_passes"] == 4 and rows[("standard", 1)]["forward_passes"] == 7
