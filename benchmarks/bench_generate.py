@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 512 on GPU, 256 on CPU")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="subset to run (hf_dynamic hf_static_compile standard pairs st@T); default: all")
     parser.add_argument("--no-compile", action="store_true", help="skip hf_static_compile")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
@@ -174,6 +176,11 @@ def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device
     table["pairs"] = ours("pairs")
     for threshold in args.thresholds:
         table[f"st@{threshold:g}"] = ours("superthoughts", threshold)
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(table))
+        if unknown:
+            raise SystemExit(f"bench generate: unknown method(s) {unknown}; available here: {sorted(table)}")
+        table = {name: fn for name, fn in table.items() if name in args.methods}
     return table
 
 
@@ -210,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
     shape = args.shape or ("qwen2.5-math-1.5b" if on_gpu else "tiny")
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
     new_tokens = args.new_tokens or (512 if on_gpu else 256)
-    backbone, superthoughts = build_models(shape, dtype, device, args.prompt_len + new_tokens + 16)
+    backbone, superthoughts = build_models(shape, dtype, device, max(args.prompt_len, 16) + max(new_tokens, 16) + 16)
     check = check_standard(backbone, device)
     print(f"check: our standard greedy == transformers greedy ({check['tokens_compared']} tokens)")
 
