@@ -196,3 +196,46 @@ def test_bench_generate_smoke(tmp_path) -> None:
     assert set(rows) == {(m, b) for m in ("hf_dynamic", "standard", "pairs", "st@0.9") for b in (1, 3)}
     assert all(r["tokens"] == 7 * r["batch"] for r in rows.values())
     assert rows[("pairs", 1)]["forward_passes"] == 4 and rows[("standard", 1)]["forward_passes"] == 7
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: str) -> None:
+    """CPU check of CudaGraphStep's call order (warm-up runs a step, capture records one without
+    running it, replay runs it): a stand-in graph records decode_step's arguments at capture."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from superthoughts_ext import decode_loop
+    from superthoughts_ext import generate as generate_module
+
+    real_step = decode_loop.decode_step
+
+    class StandInGraph:
+        recorded = None
+
+        def replay(self) -> None:
+            real_step(*self.recorded[0], **self.recorded[1])
+
+    @contextlib.contextmanager
+    def capture(graph: StandInGraph):
+        monkeypatch.setattr(decode_loop, "decode_step", lambda *a, **k: setattr(graph, "recorded", (a, k)))
+        yield
+        monkeypatch.setattr(decode_loop, "decode_step", real_step)
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    cuda = SimpleNamespace(Stream=lambda: stream, stream=lambda s: contextlib.nullcontext(),
+                           current_stream=lambda: stream, CUDAGraph=StandInGraph, graph=capture)
+
+    class TorchWithStandInCuda:
+        def __getattr__(self, name: str):
+            return cuda if name == "cuda" else getattr(torch, name)
+
+    ids, mask = prompt_batch(["what is 3 + 4", "carry", "what is 12 + 35 and then some more"])
+    kwargs = dict(max_new_tokens=21, mode=mode, threshold=0.3)
+    eager = generate(model, ids, mask, **kwargs)
+    monkeypatch.setattr(decode_loop, "torch", TorchWithStandInCuda())
+    monkeypatch.setattr(generate_module, "_use_graphs", lambda *args: True)
+    graphed = generate(model, ids, mask, **kwargs)
+    assert graphed.sequences == eager.sequences
+    assert (graphed.num_steps, graphed.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
+    assert graphed.num_forward_passes == eager.num_forward_passes
