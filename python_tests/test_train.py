@@ -265,7 +265,7 @@ DDP_SCRIPT = textwrap.dedent("""
                                 lora_r=int(sys.argv[4])))
     rank = os.environ["RANK"]
     with open(os.path.join(out, f"digest_rank{rank}.txt"), "w") as f:
-        f.write(state_dict_digest(result.model) + " " + str(result.global_step))
+        f.write(" ".join([state_dict_digest(result.model), str(result.global_step), os.environ["WORLD_SIZE"]]))
 """)
 
 
@@ -288,5 +288,5 @@ def test_torchrun_two_processes(base_dirs, tmp_path, lora_r):
     assert proc.returncode == 0, proc.stderr[-4000:]
     digests = [(out / f"digest_rank{r}.txt").read_text().split() for r in (0, 1)]
     assert digests[0] == digests[1], digests
-    assert digests[0][1] == "3"
+    assert digests[0][1:] == ["3", "2"]
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()

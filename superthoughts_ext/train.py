@@ -23,9 +23,12 @@ Commands::
         --fsdp_state_dict_type FULL_STATE_DICT --fsdp_reshard_after_forward true \\
         -m superthoughts_ext.train --model M --data D --output O --bf16
 
-Both also run on a CPU-only machine (gloo backend): the test suite runs the
-torchrun command with 2 processes. Under FSDP train fully (no LoRA); checkpoint activations
-with `--gradient-checkpointing`, not accelerate's FSDP activation checkpointing flag.
+torchrun also runs on a CPU-only machine (gloo backend): the test suite runs it with 2
+processes and checks that both ranks end with identical weights. FSDP needs GPUs: on CPU,
+accelerate silently falls back to DDP. Under FSDP train fully (no LoRA); checkpoint
+activations with `--gradient-checkpointing`, not accelerate's FSDP activation checkpointing
+flag. Known limit (transformers 5.17): resuming a multi-process CPU run fails in Trainer's
+optimizer load (map_location "cpu:0"); single-process and GPU resumes are unaffected.
 """
 from __future__ import annotations
 
