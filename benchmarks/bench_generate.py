@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import transformers
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from superthoughts_ext.generate import generate
+from superthoughts_ext.run_info import device_name, git_commit
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = {
@@ -67,20 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
     parser.add_argument("--output", type=Path, default=None, help="JSON (default: results/generate_<device>.json)")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: int):

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from superthoughts_ext.run_info import device_name, git_commit
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -199,23 +198,6 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> d
         for mode in modes:
             rounds[mode].append(time_cpu(prepared[mode][0], args.min_time / args.rounds))
     return {mode: finish(prepared[mode][1], statistics.median(rounds[mode]), device) for mode in modes}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,8 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -288,31 +286,13 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _commit() -> str | None:
-    """The git commit of the package checkout, when it is one."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
 def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: bool = False,
              device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train or reuse both models, evaluate them and return the results payload."""
     import torch
 
     from superthoughts_ext.demo.task import make_split, write_jsonl
+    from superthoughts_ext.run_info import device_name, git_commit
 
     started = time.perf_counter()
     device = resolve_device(device)
@@ -334,9 +314,9 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
         "settings": settings_dict,
         "training": {name: {"trained": r.trained, **r.metrics} for name, r in runs.items()},
         "cache_dir": os.fspath(root),
-        "device": _device_name(device),
+        "device": device_name(device),
         "torch_version": torch.__version__,
-        "commit": _commit(),
+        "commit": git_commit(),
         "wall_time": time.perf_counter() - started,
     }
 
