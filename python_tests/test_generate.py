@@ -31,14 +31,8 @@ PROMPTS = [[BOS, 17, 33, 190, 4, 77, 260], [BOS, *range(40, 51)], [BOS, 9, 300],
 HAS_KERNELS = importlib.util.find_spec("superthoughts_ext._C") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are dispatch-bound: extra threads only add OpenMP barriers, which stall
-    # badly on a busy machine (5x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one CPU thread (see conftest.one_cpu_thread).
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def tiny_backbone(arch: str) -> torch.nn.Module:

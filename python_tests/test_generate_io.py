@@ -20,14 +20,8 @@ TOKENIZER = build_tokenizer()
 VOCAB = 128  # >= len(TOKENIZER)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are dispatch-bound: extra threads only add OpenMP barriers, which stall
-    # badly on a busy machine (5x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one CPU thread (see conftest.one_cpu_thread).
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def tiny_backbone() -> torch.nn.Module:
