@@ -20,7 +20,7 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,45 +240,60 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
     return {"prompt_ids": list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), "response_ids": response}
 
 
-def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
-                        solution_field: str = "solution", system_prompt: str | None = None,
-                        max_length: int | None = None) -> list[dict[str, list[int]]]:
-    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file (see `format_example`).
+def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, where: str, unit: str = "line",
+                problem_field: str = "problem", solution_field: str = "solution",
+                system_prompt: str | None = None, max_length: int | None = None) -> list[dict[str, list[int]]]:
+    """Tokenised features from (number, row) pairs; errors and warnings say `where:number`.
 
-    Blank lines are skipped. A line that is not a JSON object or lacks a string field raises
-    ValueError naming the file and line. Rows whose solution is empty (or only whitespace) and
-    rows longer than `max_length` tokens (prompt + response, uncompressed) are dropped with a
-    warning naming their lines: never truncated.
+    A row that is not a mapping or lacks a string field raises ValueError. Rows whose solution
+    is empty (or only whitespace) and rows longer than `max_length` tokens (prompt + response,
+    uncompressed) are dropped with a warning naming them: never truncated.
     """
-    where = os.fspath(path)
     examples: list[dict[str, list[int]]] = []
     empty: list[int] = []
     too_long: list[int] = []
-    with open(where, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}:{number}: not valid JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}:{number}: expected a JSON object, got {type(row).__name__}")
-            for field in (problem_field, solution_field):
-                if not isinstance(row.get(field), str):
-                    raise ValueError(f"{where}:{number}: field {field!r} is missing or not a string")
-            if not row[solution_field].strip():
-                empty.append(number)
-                continue
-            example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt)
-            if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
-                too_long.append(number)
-                continue
-            examples.append(example)
+    for number, row in numbered_rows:
+        at = f"{where}:{number}" if unit == "line" else f"{where} {number}"
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}")
+        for field in (problem_field, solution_field):
+            if not isinstance(row.get(field), str):
+                raise ValueError(f"{at}: field {field!r} is missing or not a string")
+        if not row[solution_field].strip():
+            empty.append(number)
+            continue
+        example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt)
+        if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
+            too_long.append(number)
+            continue
+        examples.append(example)
     if empty:
-        warnings.warn(f"{where}: dropped {len(empty)} row(s) with an empty {solution_field!r} (lines {empty[:10]})",
-                      stacklevel=2)
+        warnings.warn(f"{where}: dropped {len(empty)} row(s) with an empty {solution_field!r} ({unit}s {empty[:10]})",
+                      stacklevel=3)
     if too_long:
         warnings.warn(f"{where}: dropped {len(too_long)} row(s) longer than max_length={max_length} tokens "
-                      f"(lines {too_long[:10]})", stacklevel=2)
+                      f"({unit}s {too_long[:10]})", stacklevel=3)
     return examples
+
+
+def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
+                        solution_field: str = "solution", system_prompt: str | None = None,
+                        max_length: int | None = None) -> list[dict[str, list[int]]]:
+    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file (see `encode_rows`).
+
+    Blank lines are skipped; a line that is not valid JSON raises ValueError naming the file and line.
+    """
+    where = os.fspath(path)
+
+    def numbered_rows() -> Iterator[tuple[int, Any]]:
+        with open(where, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{where}:{number}: not valid JSON: {exc}") from exc
+
+    return encode_rows(numbered_rows(), tokenizer, where=where, problem_field=problem_field,
+                       solution_field=solution_field, system_prompt=system_prompt, max_length=max_length)

@@ -108,30 +108,12 @@ def load_examples(
 
 def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
                  solution_field: str, system_prompt: str | None, max_length: int | None) -> list[dict]:
-    """In-memory twin of `data.load_jsonl_examples`: same tokenisation, errors name row numbers (from 1)."""
-    import warnings
+    """In-memory twin of `data.load_jsonl_examples`: same checks and tokenisation, rows numbered from 1."""
+    from superthoughts_ext.data import encode_rows
 
-    from superthoughts_ext.data import format_example
-
-    examples, dropped = [], []
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, Mapping):
-            raise ValueError(f"train: row {number}: expected a mapping, got {type(row).__name__}")
-        for name in (problem_field, solution_field):
-            if not isinstance(row.get(name), str):
-                raise ValueError(f"train: row {number}: field {name!r} is missing or not a string")
-        if not row[solution_field].strip():
-            dropped.append(number)
-            continue
-        example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt)
-        if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
-            dropped.append(number)
-            continue
-        examples.append(example)
-    if dropped:
-        warnings.warn(f"train: dropped {len(dropped)} row(s) with an empty solution or longer than "
-                      f"max_length={max_length} (rows {dropped[:10]})", stacklevel=3)
-    return examples
+    return encode_rows(enumerate(rows, start=1), tokenizer, where="train: row", unit="row",
+                       problem_field=problem_field, solution_field=solution_field,
+                       system_prompt=system_prompt, max_length=max_length)
 
 
 def check_vocab(
