@@ -207,6 +207,21 @@ def main(args: argparse.Namespace) -> int:
     print(f"check: our standard greedy == transformers greedy ({check['tokens_compared']} tokens)")
 
     results = []
+
+    def write_report() -> None:
+        report = {
+            "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
+            "commit": git_commit(), "shape": shape, "dtype": str(dtype).removeprefix("torch."),
+            "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
+            "results": results,
+        }
+        out = args.output or RESULTS_DIR / f"generate_{device.type}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        plot(results, out.with_suffix(".png"), f"{shape} {report['dtype']} on {report['device']}, "
+             f"prompt {args.prompt_len}, {new_tokens} new tokens")
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+
     for batch in args.batch:
         ids, mask = prompts(batch, args.prompt_len, backbone.config.vocab_size, device)
         for name, fn in methods(args, backbone, superthoughts, new_tokens, device).items():
@@ -228,19 +243,8 @@ def main(args: argparse.Namespace) -> int:
             results.append(row)
             print(f"batch {batch:3d} {name:18s} {row['tokens_per_s']:10.1f} tok/s {row['steps_per_s']:8.1f} steps/s "
                   f"pairs {row['pair_step_fraction']:.2f} kv {row['kv_bytes_per_token'] / 1024:.1f} KiB/token")
+        write_report()  # after every batch: a run cut short keeps the batches it finished
 
-    report = {
-        "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
-        "commit": git_commit(), "shape": shape, "dtype": str(dtype).removeprefix("torch."),
-        "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
-        "results": results,
-    }
-    out = args.output or RESULTS_DIR / f"generate_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, out.with_suffix(".png"), f"{shape} {report['dtype']} on {report['device']}, "
-         f"prompt {args.prompt_len}, {new_tokens} new tokens")
-    print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One GPU session in one command: build with CUDA, then the stages named on the command line.
+#   bash benchmarks/gpu/session.sh test sanitize bench_step bench_generate bench_train
+# Result JSON goes to $OUT (default ./gpu_out), stage logs to $OUT/logs.tgz (the device tool
+# brings back at most 8 files). Each stage has its own time limit so that one hang does not
+# eat the others; a failing stage is reported and the next one runs.
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT/logs"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+summary() { echo "[$(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
+
+stage() {  # stage NAME SECONDS COMMAND...; never runs past DEADLINE seconds after the start
+  local name=$1 limit=$2; shift 2
+  local left=$(( ${DEADLINE:-580} - SECONDS ))
+  (( limit > left )) && limit=$left
+  if (( limit < 10 )); then summary "skip $name (no time left)"; return; fi
+  summary "start $name"
+  timeout "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
+  local rc=$?
+  summary "end $name rc=$rc"
+  tail -n 15 "$OUT/logs/$name.log"
+}
+
+nvidia-smi -L | tee -a "$OUT/summary.txt"
+python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
+# Build in place for the H100/H200 only: one arch keeps the build short.
+SUPERTHOUGHTS_CUDA_ARCHS=${SUPERTHOUGHTS_CUDA_ARCHS:-90a} MAX_JOBS=16 \
+  stage build 400 python3 setup.py build_ext --inplace
+python3 -c "import superthoughts_ext as s; print(s.build_info())" 2>&1 | tee -a "$OUT/summary.txt"
+
+for what in "$@"; do
+  case $what in
+    test) stage test 400 python3 -m pytest -q -p no:cacheprovider python_tests/test_step.py \
+            python_tests/test_generate_io.py python_tests/test_generate.py -k "not bad_input and not mixed_devices" ;;
+    errors)  # the op's error path (a C++ exception through the dispatcher), with a backtrace on a crash
+      stage errors 120 cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest -q -p no:cacheprovider \
+        python_tests/test_step.py -k "bad_input or mixed_devices" ;;
+    profile) stage profile 200 ncu --kernel-name regex:superthoughts_step --section SpeedOfLight \
+        --section LaunchStats --section Occupancy python3 benchmarks/gpu/profile_step.py ;;
+    sanitize)
+      for tool in memcheck racecheck synccheck; do
+        small=""; [ $tool != memcheck ] && small=--small
+        stage "sanitize_$tool" 300 compute-sanitizer --tool $tool --error-exitcode 9 \
+          python3 benchmarks/gpu/sanitize_step.py $small
+      done ;;
+    bench_step) stage bench_step 400 python3 benchmarks/bench_step.py --output "$OUT/step_cuda.json" ;;
+    bench_generate) stage bench_generate 580 python3 benchmarks/bench_generate.py \
+        --repeats 2 --output "$OUT/generate_cuda.json" ${GENERATE_ARGS:-} ;;
+    bench_train) stage bench_train 400 python3 benchmarks/bench_train.py --output "$OUT/train_cuda.json" ;;
+    *) summary "unknown stage $what" ;;
+  esac
+done
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -r "$OUT/logs"
+cat "$OUT/summary.txt"
