@@ -99,9 +99,11 @@ def make_step(model: torch.nn.Module, batch: dict, lr: float) -> tuple[Callable[
     """One training step closure (forward, backward, AdamW, zero_grad) returning the loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, foreach=True)
+    # The SuperThoughts loss alone, as the trainer asks for it (no [B, T, V] logits).
+    extra = {"return_logits": False} if "labels_main" in batch else {}
 
     def step() -> torch.Tensor:
-        loss = model(**batch).loss
+        loss = model(**batch, **extra).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,8 +1,9 @@
 """SuperThoughtsForCausalLM on tiny random Qwen2 (tied head) and Llama (untied head) models, CPU.
 
 Covers: compressor and MTP init, one-GEMM head logits, gradients reaching every part, the
-training loss and distillation, static-cache decoding equal to a no-cache forward (left
-padding included), save / load round trips, and the error messages.
+training loss (the chunked labelled-rows head against the full-logits computation) and
+distillation, static-cache decoding equal to a no-cache forward (left padding included),
+save / load round trips, and the error messages.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
 
 from superthoughts_ext.data import SuperThoughtsCollator  # noqa: E402
+from superthoughts_ext.layers import linear_cross_entropy  # noqa: E402
 from superthoughts_ext.modeling import (  # noqa: E402
     SuperThoughtsConfig,
     SuperThoughtsForCausalLM,
@@ -126,6 +128,104 @@ def test_loss_matches_manual_cross_entropy():
     batch["labels_mtp"].fill_(-100)
     out = model(**batch)
     assert out.loss_mtp == 0 and torch.isfinite(out.loss)
+
+
+class _BiasedHead(torch.nn.Linear):
+    """A head the chunked loss does not handle (a subclass, with a bias): the fallback path."""
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head", ["linear", "fallback"])
+def test_gathered_loss_equals_full_logits_loss(family, head):
+    """Loss and gradients of the labelled-rows chunked head equal the old full-logits computation:
+    lm_head over every position, then a masked cross-entropy per head."""
+    model = make_model(family, lambda_mtp=0.7).train()
+    if head == "fallback":
+        old = model.backbone.lm_head
+        model.backbone.lm_head = _BiasedHead(HIDDEN, VOCAB, bias=True)
+        with torch.no_grad():
+            model.backbone.lm_head.weight.copy_(old.weight)
+            model.backbone.lm_head.bias.normal_()
+    batch = training_batch(rho_max=0.5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(**batch, return_logits=False)
+    assert out.logits_main is None and out.logits_mtp is None
+    grads = torch.autograd.grad(out.loss, params)
+
+    h, h_mtp = model.hidden_states(model.embed_inputs(batch["first_ids"], batch["second_ids"], batch["is_unit"]),
+                                   batch["position_ids"], batch["attention_mask"])
+    lm_head = model.backbone.lm_head
+    ce_main = F.cross_entropy(lm_head(h).flatten(0, 1), batch["labels_main"].flatten(), ignore_index=-100)
+    ce_mtp = F.cross_entropy(lm_head(h_mtp).flatten(0, 1), batch["labels_mtp"].flatten(), ignore_index=-100)
+    reference = ce_main + 0.7 * ce_mtp
+    torch.testing.assert_close(out.loss_main, ce_main.detach())
+    torch.testing.assert_close(out.loss_mtp, ce_mtp.detach())
+    torch.testing.assert_close(out.loss.detach(), reference.detach())
+    for p, got, want in zip(params, grads, torch.autograd.grad(reference, params)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=lambda m: f"{p.shape}: {m}")
+    # The same loss whether or not the logits are returned.
+    torch.testing.assert_close(model(**batch).loss, out.loss)
+
+
+def test_loss_without_any_target_keeps_every_parameter_in_the_graph():
+    model = make_model("qwen2").train()
+    batch = training_batch()
+    batch["labels_main"].fill_(-100)
+    batch["labels_mtp"].fill_(-100)
+    out = model(**batch, return_logits=False)
+    assert out.loss == 0 and out.loss_main == 0 and out.loss_mtp == 0
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def _reference_ce(hidden, weight, targets, row_weight):
+    ce = F.cross_entropy((hidden @ weight.t()).float(), targets, reduction="none")
+    return (ce * row_weight).sum(), ce
+
+
+@pytest.mark.parametrize("rows,vocab,chunk_elements", [(1, 7, 1 << 24), (37, 53, 53 * 5), (37, 53, 1), (0, 11, 99),
+                                                       (64, 1000, 1000 * 64)])
+def test_linear_cross_entropy_matches_autograd(rows, vocab, chunk_elements):
+    g = torch.Generator().manual_seed(rows + vocab)
+    hidden = torch.randn(rows, 16, generator=g).requires_grad_()
+    weight = torch.randn(vocab, 16, generator=g).requires_grad_()
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    row_weight = torch.rand(rows, generator=g)
+    loss, ce = linear_cross_entropy(hidden, weight, targets, row_weight, chunk_elements)
+    want_loss, want_ce = _reference_ce(hidden, weight, targets, row_weight)
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(ce, want_ce.detach())
+    assert not ce.requires_grad
+    # A non-unit upstream gradient scales both stored gradients.
+    got = torch.autograd.grad(2.5 * loss, (hidden, weight))
+    want = torch.autograd.grad(2.5 * want_loss, (hidden, weight))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_cross_entropy_low_precision_and_frozen_inputs():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(29, 32, generator=g)
+    weight = torch.randn(101, 32, generator=g)
+    targets = torch.randint(0, 101, (29,), generator=g)
+    row_weight = torch.full((29,), 1 / 29)
+    want_loss, _ = _reference_ce(hidden.requires_grad_(), weight.requires_grad_(), targets, row_weight)
+    want = torch.autograd.grad(want_loss, (hidden, weight))
+    h16, w16 = hidden.detach().bfloat16().requires_grad_(), weight.detach().bfloat16().requires_grad_()
+    loss, _ = linear_cross_entropy(h16, w16, targets, row_weight, chunk_elements=101 * 4)
+    got = torch.autograd.grad(loss, (h16, w16))
+    assert got[0].dtype == got[1].dtype == torch.bfloat16
+    torch.testing.assert_close(loss, want_loss.detach(), rtol=2e-2, atol=2e-2)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=5e-3)
+    # Frozen head (e.g. LoRA on the backbone): only the hidden rows get a gradient.
+    frozen = weight.detach()
+    hidden_only = hidden.detach().requires_grad_()
+    loss, _ = linear_cross_entropy(hidden_only, frozen, targets, row_weight)
+    loss.backward()
+    torch.testing.assert_close(hidden_only.grad, want[0])
+    with pytest.raises(ValueError, match="linear_cross_entropy: expected hidden"):
+        linear_cross_entropy(hidden, weight[:, :5], targets, row_weight)
 
 
 def test_distillation_kl_against_frozen_teacher():

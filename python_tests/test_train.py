@@ -193,6 +193,26 @@ def test_variants_checkpointing_bf16(base_dirs, tmp_path):
     assert (loaded.config.compressor_type, loaded.config.mtp_type, loaded.config.lambda_mtp) == ("mlp", "mlp", 0.5)
 
 
+def test_trainer_asks_for_the_loss_alone_while_training(tmp_path):
+    from transformers import TrainingArguments
+
+    from superthoughts_ext.data import SuperThoughtsCollator
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+    from superthoughts_ext.train import SuperThoughtsTrainer
+
+    model = SuperThoughtsForCausalLM.from_base(make_model("qwen2", 40), pad_token_id=0)
+    trainer = SuperThoughtsTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[],
+                                                                       use_cpu=True))
+    rows = [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 10, 11, 2]}, {"prompt_ids": [5], "response_ids": [12, 2]}]
+    batch = SuperThoughtsCollator(0, 2, rho_max=0.0)(rows)
+    loss, out = trainer.compute_loss(model.train(), batch, return_outputs=True)
+    assert out.logits_main is None and out.logits_mtp is None and torch.isfinite(loss)
+    with torch.no_grad():
+        eval_loss, eval_out = trainer.compute_loss(model.eval(), batch, return_outputs=True)
+    assert eval_out.logits_main.shape == (*batch["first_ids"].shape, 40)
+    torch.testing.assert_close(eval_loss, loss.detach())
+
+
 def test_distillation_logs_kl(base_dirs, tmp_path):
     result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "kd",
                                 distill_weight=0.5, **{**FAST, "max_steps": 2}))

@@ -208,6 +208,85 @@ def build_mtp(kind: str, backbone: PreTrainedModel) -> nn.Module:
     raise ValueError(f"mtp_type must be 'decoder' or 'mlp', got {kind!r}")
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i w_i * CE(hidden_i @ weight.T, target_i), computed chunk by chunk over the rows.
+
+    The gradient of a weighted CE sum with respect to its logits is known in the forward pass
+    (w_i * (softmax_i - onehot_i)), so each chunk's logits are turned into their gradient in
+    place and folded into grad_hidden / grad_weight at once: no [N, V] tensor is ever held,
+    exp runs once per logit, and backward only scales the two stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
+                chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = hidden.shape[0]
+        ce = torch.empty(rows, device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if want_h else None
+        # float32 accumulation across chunks: low-precision weights get one rounding, as in
+        # a single autograd GEMM.
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_w else None
+        for start in range(0, rows, chunk_rows):
+            end = min(start + chunk_rows, rows)
+            h, t, w = hidden[start:end], targets[start:end, None], row_weight[start:end, None]
+            logits = (h @ weight.t()).float()  # [n, V]
+            target_logit = logits.gather(1, t)
+            top = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(top).exp_()
+            total = probs.sum(dim=1, keepdim=True)
+            ce[start:end] = (top + total.log() - target_logit).squeeze(1)
+            if not (want_h or want_w):
+                continue
+            grad = probs.mul_(w / total).scatter_add_(1, t, -w).to(hidden.dtype)  # d loss / d logits
+            if want_h:
+                grad_hidden[start:end] = grad @ weight
+            if want_w:
+                if grad_weight.dtype == grad.dtype:
+                    grad_weight.addmm_(grad.t(), h)
+                else:
+                    grad_weight.add_(grad.t() @ h)
+        ctx.save_for_backward(grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
+        ctx.mark_non_differentiable(ce)
+        return (ce * row_weight).sum(), ce
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, grad_ce: torch.Tensor | None):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
+        grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+# Logit elements per chunk of linear_cross_entropy: 16 Mi float32 (64 MiB) bounds the
+# transient memory whatever the vocabulary, while a chunk still has enough rows (110 at
+# V = 152k) to keep the GEMMs efficient.
+CE_CHUNK_ELEMENTS = 1 << 24
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         row_weight: torch.Tensor, chunk_elements: int = CE_CHUNK_ELEMENTS
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted cross-entropy of a linear head without materialising the logits.
+
+    Args:
+        hidden: [N, H] rows to score; weight: [V, H] head weight (no bias);
+        targets: [N] int64 in [0, V); row_weight: [N] float32 weight of each row's CE.
+    Returns:
+        loss: scalar sum_i row_weight_i * CE_i (differentiable in hidden and weight; the
+        gradient is computed during the forward pass, so the op cannot be differentiated twice);
+        ce: [N] float32 per-row CE, detached.
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy: expected hidden [N, H] and weight [V, H], got "
+                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if targets.shape != hidden.shape[:1] or row_weight.shape != hidden.shape[:1]:
+        raise ValueError(f"linear_cross_entropy: targets {tuple(targets.shape)} and row_weight "
+                         f"{tuple(row_weight.shape)} must be [N] with N = {hidden.shape[0]}")
+    chunk_rows = max(1, chunk_elements // weight.shape[0])
+    return _LinearCrossEntropy.apply(hidden, weight, targets, row_weight.float(), chunk_rows)
+
+
 def _static_cache(config, batch_size: int, max_positions: int, device: torch.device,
                   dtype: torch.dtype) -> StaticCache:
     cache = StaticCache(config=config, max_cache_len=max_positions)

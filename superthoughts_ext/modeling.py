@@ -29,7 +29,7 @@ from superthoughts_ext.checkpoint import (
     read_model_dir,
     save_superthoughts_dir,
 )
-from superthoughts_ext.layers import SuperThoughtsCache, build_compressor, build_mtp
+from superthoughts_ext.layers import SuperThoughtsCache, build_compressor, build_mtp, linear_cross_entropy
 
 IGNORE = -100
 
@@ -270,65 +270,90 @@ class SuperThoughtsForCausalLM(nn.Module):
     def forward(self, first_ids: torch.Tensor, second_ids: torch.Tensor, is_unit: torch.Tensor,
                 position_ids: torch.Tensor, attention_mask: torch.Tensor, labels_main: torch.Tensor | None = None,
                 labels_mtp: torch.Tensor | None = None, teacher_input_ids: torch.Tensor | None = None,
-                teacher_attention_mask: torch.Tensor | None = None,
-                teacher_index: torch.Tensor | None = None) -> SuperThoughtsOutput:
+                teacher_attention_mask: torch.Tensor | None = None, teacher_index: torch.Tensor | None = None,
+                return_logits: bool = True) -> SuperThoughtsOutput:
         """Training forward on a `SuperThoughtsCollator` batch (all [B, T] unless noted).
 
         loss = CE_main + lambda_mtp * CE_mtp (+ distill_weight * KL(teacher || main head)); each
         CE is a mean over its non-ignored (-100) targets. Distillation needs an attached teacher
         and the collator's teacher_input_ids / teacher_attention_mask [B, T'] and teacher_index
         [B, T] (the uncompressed position whose next token is the main target; -1 = none).
+
+        The losses score only the labelled rows (hidden states gathered first) through a
+        chunked head + cross-entropy that never holds [B, T, V] logits. `logits_main` /
+        `logits_mtp` [B, T, V] come from a separate head GEMM over every position, made only
+        when `return_logits` (or when no labels are given); training loops that need the loss
+        alone pass `return_logits=False` and skip that GEMM and its memory.
         """
         batch, length = first_ids.shape
         embeds = self.embed_inputs(first_ids, second_ids, is_unit)
         h, h_mtp = self.hidden_states(embeds, position_ids, attention_mask)
-        logits = self.head_logits(h.reshape(batch * length, -1), h_mtp.reshape(batch * length, -1))
-        logits = logits.view(2, batch, length, -1)
-        output = SuperThoughtsOutput(logits_main=logits[0], logits_mtp=logits[1])
+        output = SuperThoughtsOutput()
+        if return_logits or labels_main is None:
+            logits = self.head_logits(h.reshape(batch * length, -1), h_mtp.reshape(batch * length, -1))
+            logits = logits.view(2, batch, length, -1)
+            output.logits_main, output.logits_mtp = logits[0], logits[1]
         if labels_main is None:
             return output
         if labels_mtp is None:
             raise ValueError("forward: labels_main given without labels_mtp")
-        loss_main = _mean_ce(logits[0], labels_main)
-        loss_mtp = _mean_ce(logits[1], labels_mtp)
-        loss = loss_main + self.config.lambda_mtp * loss_mtp
-        output.loss_main, output.loss_mtp = loss_main.detach(), loss_mtp.detach()
+        hidden = h.shape[-1]
+        main_idx = torch.nonzero(labels_main.reshape(-1) != IGNORE).squeeze(1)  # [N_main]
+        mtp_idx = torch.nonzero(labels_mtp.reshape(-1) != IGNORE).squeeze(1)  # [N_mtp]
+        n_main, n_mtp = main_idx.numel(), mtp_idx.numel()
+        h_main = h.reshape(-1, hidden).index_select(0, main_idx)
+        rows = torch.cat([h_main, h_mtp.reshape(-1, hidden).index_select(0, mtp_idx)])  # [N_main + N_mtp, H]
+        targets = torch.cat([labels_main.reshape(-1)[main_idx], labels_mtp.reshape(-1)[mtp_idx]])
+        # Each CE is a mean over its own targets; an empty one weighs 0 (its rows do not exist).
+        weights = torch.cat([rows.new_full((n_main,), 1.0 / max(n_main, 1), dtype=torch.float32),
+                             rows.new_full((n_mtp,), self.config.lambda_mtp / max(n_mtp, 1), dtype=torch.float32)])
+        loss, ce = _head_cross_entropy(self.backbone.get_output_embeddings(), rows, targets, weights)
+        zero = ce.new_zeros(())
+        output.loss_main = ce[:n_main].mean() if n_main else zero
+        output.loss_mtp = ce[n_main:].mean() if n_mtp else zero
         if self.config.distill_weight > 0:
-            loss_distill = self._distill(logits[0], labels_main, teacher_input_ids, teacher_attention_mask, teacher_index)
+            loss_distill = self._distill(h_main, labels_main, teacher_input_ids, teacher_attention_mask, teacher_index)
             loss = loss + self.config.distill_weight * loss_distill
             output.loss_distill = loss_distill.detach()
+        # With no target at all the loss is still a function of every parameter (through the
+        # empty gathers), as DDP expects.
         output.loss = loss
         return output
 
-    def _distill(self, logits_main: torch.Tensor, labels_main: torch.Tensor, teacher_input_ids: torch.Tensor | None,
+    def _distill(self, h_main: torch.Tensor, labels_main: torch.Tensor, teacher_input_ids: torch.Tensor | None,
                  teacher_attention_mask: torch.Tensor | None, teacher_index: torch.Tensor | None) -> torch.Tensor:
+        """KL(teacher || main head) averaged over the main targets; h_main [N_main, H] are their rows."""
         teacher = self.teacher
         if teacher is None:
             raise ValueError("forward: distill_weight > 0 but no teacher is attached (call attach_teacher)")
         if teacher_input_ids is None or teacher_index is None:
             raise ValueError("forward: distill_weight > 0 needs teacher_input_ids and teacher_index in the batch "
                              "(SuperThoughtsCollator(with_distill=True))")
-        if next(teacher.parameters()).device != logits_main.device:
-            teacher.to(logits_main.device)
-        rows, cols = torch.nonzero(labels_main != IGNORE, as_tuple=True)
+        if next(teacher.parameters()).device != h_main.device:
+            teacher.to(h_main.device)
+        rows, cols = torch.nonzero(labels_main != IGNORE, as_tuple=True)  # same row-major order as h_main
         if rows.numel() == 0:
-            return logits_main.sum() * 0.0
+            return h_main.sum() * 0.0
         if bool((teacher_index[rows, cols] < 0).any()):
             raise ValueError("forward: teacher_index is -1 at a position with a main target")
         with torch.no_grad():
             t_logits = teacher(input_ids=teacher_input_ids, attention_mask=teacher_attention_mask).logits
             target = F.log_softmax(t_logits[rows, teacher_index[rows, cols]].float(), dim=-1)  # [N, V]
-        student = F.log_softmax(logits_main[rows, cols].float(), dim=-1)  # [N, V]
+        student = F.log_softmax(self.backbone.get_output_embeddings()(h_main).float(), dim=-1)  # [N, V]
         return F.kl_div(student, target, log_target=True, reduction="batchmean")
 
 
-def _mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over non-ignored targets; 0 (still in the graph) when there are none."""
-    valid = labels != IGNORE
-    if not bool(valid.any()):
-        # Keeps every parameter in the graph (DDP expects all of them to get gradients).
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[valid].float(), labels[valid])
+def _head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor,
+                        weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_i weights_i * CE(head(rows_i), targets_i) and the detached per-row CE [N].
+
+    A plain bias-free Linear head goes through the chunked `linear_cross_entropy`; any other
+    head (a LoRA-wrapped lm_head, a bias) through its own forward and F.cross_entropy.
+    """
+    if type(head) is nn.Linear and head.bias is None:
+        return linear_cross_entropy(rows, head.weight, targets, weights)
+    ce = F.cross_entropy(head(rows).float(), targets, reduction="none")
+    return (ce * weights).sum(), ce.detach()
 
 
 def _load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:

@@ -139,7 +139,8 @@ class SuperThoughtsTrainer(Trainer):
         from peft import PeftModel
 
         inner = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-        if _is_superthoughts(inner):
+        self._superthoughts = _is_superthoughts(inner)
+        if self._superthoughts:
             # The SuperThoughts loss is already a per-batch mean of its parts; token-count
             # rescaling (num_items_in_batch) would double-normalise it.
             self.model_accepts_loss_kwargs = False
@@ -147,6 +148,9 @@ class SuperThoughtsTrainer(Trainer):
         self._part_counts: dict[str, int] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._superthoughts and model.training:
+            # Training needs the loss alone: skip the [B, T, V] logits of both heads.
+            inputs = {**inputs, "return_logits": False}
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
