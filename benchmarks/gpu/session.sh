@@ -47,7 +47,20 @@ for what in "$@"; do
     bench_step) stage bench_step 400 python3 benchmarks/bench_step.py --output "$OUT/step_cuda.json" ;;
     bench_generate) stage bench_generate 580 python3 benchmarks/bench_generate.py \
         --repeats 2 --output "$OUT/generate_cuda.json" ${GENERATE_ARGS:-} ;;
-    bench_train) stage bench_train 400 python3 benchmarks/bench_train.py --output "$OUT/train_cuda.json" ;;
+    bench_train) stage bench_train 400 python3 benchmarks/bench_train.py --shapes 1.5b --output "$OUT/train_cuda.json" ;;
+    bench_train_7b) stage bench_train_7b 400 python3 benchmarks/bench_train.py --shapes 7b --rho-max 0.25 \
+        --output "$OUT/train_cuda_7b.json" ;;
+    diag)  # which C++ runtime the module links, and where the B = 1 kernel's time goes
+      stage diag 120 bash -c 'which -a g++; g++ --version | head -1; g++ -v 2>&1 | grep -o "with-static[^ ]*";
+        ldd superthoughts_ext/_C*.so | grep -i "stdc\|gcc";
+        echo "locale symbols defined in _C: $(nm -C --defined-only superthoughts_ext/_C*.so | grep -c "std::locale::")";
+        ncu --kernel-name regex:superthoughts_step --section SpeedOfLight --section WarpStateStats \
+          --section MemoryWorkloadAnalysis --section SchedulerStats python3 benchmarks/gpu/profile_step.py 1:1536:bf16' ;;
+    dynamic_libstdcxx)  # CPU-only rebuild linking the shared libstdc++ first, then the error-path tests
+      LDFLAGS="-Wl,--no-as-needed -lstdc++" SUPERTHOUGHTS_WITH_CUDA=0 MAX_JOBS=16 \
+        stage rebuild_cpu 200 python3 setup.py build_ext --inplace -b /tmp/b2 -t /tmp/t2
+      stage errors_dynamic 120 bash -c 'echo "locale symbols defined in _C: $(nm -C --defined-only superthoughts_ext/_C*.so | grep -c "std::locale::")";
+        python3 -m pytest -q -p no:cacheprovider python_tests/test_step.py -k "bad_input"' ;;
     *) summary "unknown stage $what" ;;
   esac
 done
