@@ -48,7 +48,7 @@ def test_even_response_gets_eos_appended_as_single_unit():
         (11, PAD, False, X, X),
         (12, PAD, False, 20, 21),  # last prompt position predicts unit 1 = (20, 21)
         (20, 21, True, 22, 23),  # unit 1 predicts unit 2 = (22, 23)
-        (22, 23, True, EOS, X),  # unit 3 is the single (EOS, PAD): MTP target ignored
+        (22, 23, True, EOS, X),  # unit 3 is the single (EOS, PAD): nothing follows EOS
         (EOS, PAD, True, X, X),  # the EOS unit has no targets
     ]
     assert seq.position_ids.tolist() == list(range(6))
@@ -87,11 +87,27 @@ def test_bad_inputs():
 
 
 def test_full_pad_split_gives_one_token_per_unit():
+    # The MTP head is still taught the token after each main target: decoding asks for it
+    # after every single unit (the fallback path), and its confidence must be trained there.
     seq = build_units([10], [20, 21, 22], pad_id=PAD, eos_id=EOS, split_fraction=1.0)
     assert layout(seq) == [
-        (10, PAD, False, 20, X), (20, PAD, True, 21, X), (21, PAD, True, 22, X),
+        (10, PAD, False, 20, 21), (20, PAD, True, 21, 22), (21, PAD, True, 22, EOS),
         (22, PAD, True, EOS, X), (EOS, PAD, True, X, X),
     ]
+
+
+def test_pad_split_shifts_later_pairs_like_a_fallback_step():
+    # After a fallback step the decoder feeds (t1, PAD), then pairs that start one token later
+    # than the unsplit layout's pairs: training layouts must hold pairs at odd offsets too.
+    response = list(range(20, 32))  # + EOS: 13 tokens, 6 pairs + the EOS single unsplit
+    offsets = set()
+    for seed in range(40):
+        seq = build_units([10], response, pad_id=PAD, eos_id=EOS, split_fraction=0.2, rng=random.Random(seed))
+        check_rules(seq, [10], response)
+        pair_starts = [int(seq.source_index[pos]) - 2 for pos in range(1, len(seq.first_ids)) if seq.is_pair[pos]]
+        assert len(pair_starts) == 5  # one of the six pairs split
+        offsets.update(start % 2 for start in pair_starts)
+    assert offsets == {0, 1}
 
 
 def check_rules(seq, prompt: list[int], response: list[int]) -> None:
@@ -106,7 +122,9 @@ def check_rules(seq, prompt: list[int], response: list[int]) -> None:
     assert seq.labels_main[-1] == X and seq.labels_mtp[-1] == X
     for i in range(m - 1, len(seq.first_ids) - 1):
         assert seq.labels_main[i] == seq.first_ids[i + 1]
-        assert seq.labels_mtp[i] == (seq.second_ids[i + 1] if seq.is_pair[i + 1] else X)
+        # MTP: the token after the next main target, whatever the next unit's size.
+        after = seq.source_index[i] + 2
+        assert seq.labels_mtp[i] == (full[after] if seq.first_ids[i + 1] != EOS else X)
         # The teacher (uncompressed) position for position i is followed by i's main target.
         assert full[seq.teacher_index()[i] + 1] == seq.labels_main[i]
 

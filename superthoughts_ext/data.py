@@ -7,9 +7,18 @@ anywhere else (the decoder would stop there). Targets:
 
     position            main target   MTP target
     p_1 .. p_{m-1}      -100          -100
-    p_m (last prompt)   a_1           b_1, or -100 when u_1 is single
-    u_j (no EOS)        a_{j+1}       b_{j+1}, or -100 when u_{j+1} is single
+    p_m (last prompt)   a_1           the token after a_1 (b_1 when u_1 is a pair)
+    u_j (no EOS)        a_{j+1}       the token after a_{j+1}, -100 when a_{j+1} is EOS
     u_k (holds EOS)     -100          -100
+
+The MTP target is the token that follows a_{j+1} in the response whether u_{j+1} is a pair
+or a single: a single unit is a decoding fallback, not the end of the text, and at decode
+time the MTP head is asked for that token at every step (its confidence decides the
+fallback), after single units as much as after pairs.
+
+Pad-split mirrors the decoder's fallback: a single unit shifts every later pair by one
+token, so singles sit anywhere in the response (not only as both halves of a pair of the
+unsplit layout) and pairs straddle the unsplit layout's pair boundaries.
 
 "Single" is a structural flag (`is_pair`), not `b == PAD`: pad may equal eos (Qwen base
 tokenizers), and a final pair (x, EOS) must still teach the MTP head to emit EOS.
@@ -39,7 +48,7 @@ class UnitSequence:
     is_pair: torch.Tensor  # bool: unit with two tokens
     position_ids: torch.Tensor  # int64: 0..T-1
     labels_main: torch.Tensor  # int64: a of the next unit, -100 = no target
-    labels_mtp: torch.Tensor  # int64: b of the next unit, -100 = no target or next unit single
+    labels_mtp: torch.Tensor  # int64: the token after the next unit's a, -100 = none (a is EOS)
     source_index: torch.Tensor  # int64: index in `token_ids` of the last token this position holds
     token_ids: torch.Tensor  # [m + n] int64: the uncompressed sequence, prompt + response (with EOS)
 
@@ -74,8 +83,9 @@ def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_i
         response_ids: response tokens; EOS appended when it does not end with one. An empty
             response becomes the single unit (EOS, PAD).
         pad_id, eos_id: token ids (may be equal).
-        split_fraction: rho; round(rho * number of pairs) pairs, chosen uniformly at random,
-            become two single units each (pad-split augmentation).
+        split_fraction: rho; round(rho * number of pairs) pairs of the unsplit layout become
+            two single units each, and the singles are placed uniformly at random among the
+            remaining pairs (pad-split augmentation; 1.0 = every unit single).
         rng: source of the split choice; None = random.Random(0) (deterministic).
     """
     prompt = [int(t) for t in prompt_ids]
@@ -85,14 +95,19 @@ def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_i
         raise ValueError(f"build_units: split_fraction must be in [0, 1], got {split_fraction}")
     response = _response_with_eos(response_ids, eos_id)
 
-    # Units as (start index in the response, length 1 or 2).
-    units = [(i, min(2, len(response) - i)) for i in range(0, len(response), 2)]
-    pairs = [j for j, (_, size) in enumerate(units) if size == 2]
-    n_split = round(split_fraction * len(pairs))
-    if n_split:
-        chosen = set((rng or random.Random(0)).sample(pairs, n_split))
-        units = [piece for j, (start, size) in enumerate(units)
-                 for piece in (((start, 1), (start + 1, 1)) if j in chosen else ((start, size),))]
+    # Unit sizes (1 or 2) in order: the unsplit layout is n // 2 pairs, then a single when n
+    # is odd. Pad-split turns round(rho * n // 2) of those pairs into two singles each and
+    # places the singles among the pairs at random, as fallback steps fall during decoding.
+    n_pairs = len(response) // 2
+    n_split = round(split_fraction * n_pairs)
+    n_units = n_pairs + n_split
+    singles = set((rng or random.Random(0)).sample(range(n_units), 2 * n_split)) if n_split else set()
+    sizes = [1 if j in singles else 2 for j in range(n_units)] + [1] * (len(response) % 2)
+    units: list[tuple[int, int]] = []  # (start index in the response, size)
+    start = 0
+    for size in sizes:
+        units.append((start, size))
+        start += size
 
     m = len(prompt)
     first = prompt + [response[s] for s, _ in units]
@@ -103,9 +118,9 @@ def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_i
     labels_mtp = [IGNORE] * len(first)
     # Position m - 1 + j (j = 0 is the last prompt token) predicts unit j + 1; the EOS unit
     # is last and has no successor, so it keeps -100.
-    for j, (start, size) in enumerate(units):
+    for j, (start, _) in enumerate(units):
         labels_main[m - 1 + j] = response[start]
-        if size == 2:
+        if start + 1 < len(response):
             labels_mtp[m - 1 + j] = response[start + 1]
     length = len(first)
     return UnitSequence(
