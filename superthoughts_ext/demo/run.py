@@ -24,11 +24,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+# 1.0 makes every step a fallback step (single units only): the path the threshold leans on.
+DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 DONE_MARKER = "demo_done.json"
 # Bumped when cached artefacts from older code are wrong (2: training used the reloaded
-# tokenizer, which AutoTokenizer rebuilds as a Qwen2 BPE that maps every word to <unk>).
-CACHE_FORMAT = 2
+# tokenizer, which AutoTokenizer rebuilds as a Qwen2 BPE that maps every word to <unk>;
+# 3: pad-split layouts like the decoder's fallback steps and MTP targets after single units).
+CACHE_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class DemoSettings:
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_ratio: float = 0.05
+    rho_max: float = 0.5
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -182,6 +185,7 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
         # as Qwen2Tokenizer, which drops the word-level pre-tokenizer.
         tokenizer=build_tokenizer(),
         baseline=baseline, max_steps=settings.train_steps, learning_rate=settings.learning_rate,
+        rho_max=settings.rho_max,
         batch_size=settings.batch_size, warmup_ratio=settings.warmup_ratio, lr_scheduler="cosine",
         seed=settings.seed, logging_steps=max(settings.train_steps // 10, 1), save_steps=0,
         progress_bar=progress,
