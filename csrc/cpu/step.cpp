@@ -2,7 +2,8 @@
 // Phase 1 reduces every (head, row, vocab chunk) in parallel to a partial (max, argmax,
 // sum of exp, best Gumbel score); phase 2 merges the partials of each row in chunk order and
 // applies the confidence rule; phase 3 gathers the two embeddings and applies the merge
-// projection, parallel over output features so each weight row is read once per step.
+// projection (fp32: one BLAS GEMM; 16-bit: parallel over output features, each weight row
+// read once per step and widened to fp32 in L1).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -137,6 +138,17 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
       pairs[b * 2 * hidden + hidden + k] = static_cast<float>(table[second[b] * row_stride + k]);
     }
   }
+  if constexpr (std::is_same_v<embed_t, float>) {
+    // fp32: the BLAS GEMM streams W faster than the hand-written loop below (measured
+    // 1.15 ms vs ~2 ms for B = 8, H = 1536 on a 2-core AVX2 VM) at the same fp32 accuracy.
+    const at::Tensor x = at::from_blob(pairs.data(), {batch, 2 * hidden}, at::kFloat);
+    if (bias.has_value()) {
+      at::addmm_out(next_in, *bias, x, weight->t());
+    } else {
+      at::mm_out(next_in, x, weight->t());
+    }
+    return;
+  }
   const embed_t* w = weight->const_data_ptr<embed_t>();
   const embed_t* bias_ptr = bias.has_value() ? bias->const_data_ptr<embed_t>() : nullptr;
   const int64_t k2 = 2 * hidden;
@@ -148,14 +160,8 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
     for (int64_t k0 = 0; k0 < k2; k0 += kMergeTile) {
       const int64_t width = std::min(kMergeTile, k2 - k0);
       for (int64_t i = begin; i < end; ++i) {
-        const float* w_tile;
-        if constexpr (std::is_same_v<embed_t, float>) {
-          w_tile = w + i * k2 + k0;
-        } else {
-          for (int64_t k = 0; k < width; ++k) converted[k] = static_cast<float>(w[i * k2 + k0 + k]);
-          w_tile = converted.data();
-        }
-        vec.dot_against_rows(w_tile, pairs.data() + k0, batch, width, k2, &acc[(i - begin) * batch]);
+        for (int64_t k = 0; k < width; ++k) converted[k] = static_cast<float>(w[i * k2 + k0 + k]);
+        vec.dot_against_rows(converted.data(), pairs.data() + k0, batch, width, k2, &acc[(i - begin) * batch]);
       }
     }
     for (int64_t i = begin; i < end; ++i) {
