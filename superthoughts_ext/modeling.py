@@ -81,7 +81,8 @@ class SuperThoughtsConfig:
 
 @dataclass
 class SuperThoughtsOutput(ModelOutput):
-    """Training forward output; logits are [B, T, V], losses are scalars (None when not computed)."""
+    """Training forward output; logits are [B, T, V] (None under `return_logits=False`), losses are
+    scalars (None when not computed)."""
 
     loss: torch.Tensor | None = None
     loss_main: torch.Tensor | None = None
