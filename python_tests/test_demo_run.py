@@ -64,9 +64,10 @@ def test_quick_demo_end_to_end_and_cache(tmp_path: Path) -> None:
 def test_settings_overrides_and_cache_key() -> None:
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    args = parser.parse_args(["--quick", "--train-steps", "7", "--thresholds", "0.8", "0.6"])
+    args = parser.parse_args(["--quick", "--train-steps", "7", "--superthoughts-steps", "3",
+                              "--thresholds", "0.8", "0.6"])
     settings = demo.settings_from_args(args)
-    assert settings.train_steps == 7 and settings.thresholds == (0.6, 0.8)
+    assert settings.train_steps == 7 and settings.superthoughts_steps == 3 and settings.thresholds == (0.6, 0.8)
     assert settings.default_threshold in settings.thresholds
     assert demo.cache_key(settings) != demo.cache_key(demo.QUICK)
     # Eval-only settings do not invalidate trained models.
