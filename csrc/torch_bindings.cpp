@@ -40,4 +40,10 @@ PYBIND11_MODULE(_C, module) {
   module.attr("with_cuda") = false;
 #endif
   module.attr("cuda_archs") = SUPERTHOUGHTS_CUDA_ARCHS;
+  // at::parallel_for in the CPU kernel is an inline OpenMP region: without _OPENMP it is serial.
+#ifdef _OPENMP
+  module.attr("openmp") = true;
+#else
+  module.attr("openmp") = false;
+#endif
 }

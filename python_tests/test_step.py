@@ -248,3 +248,10 @@ def test_extension_built_with_cuda_when_gpu_present():
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     if torch.version.cuda is not None and torch.cuda.is_available():
         assert info["with_cuda"], "a GPU is present but superthoughts_ext was built without CUDA"
+
+
+def test_cpu_kernel_built_with_openmp_when_torch_uses_it():
+    # ATen's parallel_for is inlined into the extension: built without OpenMP flags, the CPU
+    # kernel would silently run on one thread.
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        assert superthoughts_ext.build_info()["openmp"], "the extension was built without OpenMP"

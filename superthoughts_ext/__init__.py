@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 
 def build_info() -> dict[str, object]:
-    """How the compiled core was built: package and torch versions, CUDA on/off, CUDA archs."""
+    """How the compiled core was built: package and torch versions, CUDA on/off, CUDA archs,
+    and whether OpenMP was on (the CPU kernel's at::parallel_for is serial without it)."""
     import torch  # noqa: F401  (loads libtorch, which _C links against)
 
     from superthoughts_ext import _C
@@ -19,6 +20,7 @@ def build_info() -> dict[str, object]:
         "torch_version": _C.torch_version,
         "with_cuda": bool(_C.with_cuda),
         "cuda_archs": _C.cuda_archs,
+        "openmp": bool(_C.openmp),
     }
 
 

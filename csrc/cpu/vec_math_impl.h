@@ -106,6 +106,29 @@ static float copy_finite_max_bf16(const uint16_t* src, float* dst, int64_t n) {
   return m;
 }
 
+static inline bool any_lane(v8i mask) {
+  v8i m = mask;
+  int32_t folded = 0;
+  for (int k = 0; k < 8; ++k) folded |= m[k];
+  return folded != 0;
+}
+
+// Lowest i with buf[i] == value (the argmax once the max is known), n if none. Compares 32
+// floats per branch instead of one.
+static int64_t first_index_of(const float* buf, int64_t n, float value) {
+  const v8f v = splat(value);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const v8i hit = (load8(buf + i) == v) | (load8(buf + i + 8) == v) | (load8(buf + i + 16) == v) |
+                    (load8(buf + i + 24) == v);
+    if (any_lane(hit)) break;
+  }
+  for (; i < n; ++i) {
+    if (buf[i] == value) return i;
+  }
+  return n;
+}
+
 // sum_i exp(buf[i] - shift), shift finite and >= every buf[i].
 static float sum_exp(const float* buf, int64_t n, float shift) {
   v8f acc0 = splat(0.0f), acc1 = splat(0.0f);
