@@ -66,6 +66,16 @@ def test_greedy_matches_reference(device, dtype, shape, merge):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,hidden", [(5, 7), (7, 33), (17, 5)], ids=lambda v: str(v))
+def test_merge_odd_sizes(device, dtype, batch, hidden):
+    # Odd feature counts and batch rows that are not a multiple of the CPU merge's 2x4 register
+    # block (and, for 17 rows in fp32, the BLAS path).
+    got, want, fin_kernel, fin_ref = run_both(*make_inputs(batch, 1000, hidden, dtype, device))
+    assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("threshold,threshold_main", [(0.0, 0.0), (1.0, 0.0), (0.3, 0.2), (0.0, 1.0)])
 def test_thresholds(device, threshold, threshold_main):
     inputs = make_inputs(64, 1000, 64, torch.float32, device)

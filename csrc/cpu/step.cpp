@@ -160,19 +160,26 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
   at::parallel_for(0, hidden, 16, [&](int64_t begin, int64_t end) {
     // Tiles of the reduction dim keep the batch's slice of `pairs` in L1 while this thread's
     // weight rows stream past it once.
-    std::vector<float> acc((end - begin) * batch, 0.0f), converted(kMergeTile);
+    std::vector<float> acc((end - begin) * batch, 0.0f), converted(2 * kMergeTile);
+    // Row i of W from column k0 as fp32 (16-bit rows are widened into `converted` slot j).
+    auto weight_tile = [&](int64_t i, int64_t k0, int64_t width, int j) -> const float* {
+      if constexpr (std::is_same_v<embed_t, float>) {
+        return w + i * k2 + k0;
+      } else {
+        float* dst = converted.data() + j * kMergeTile;
+        for (int64_t k = 0; k < width; ++k) dst[k] = static_cast<float>(w[i * k2 + k0 + k]);
+        return dst;
+      }
+    };
     for (int64_t k0 = 0; k0 < k2; k0 += kMergeTile) {
       const int64_t width = std::min(kMergeTile, k2 - k0);
-      for (int64_t i = begin; i < end; ++i) {
-        const float* w_tile;
-        if constexpr (std::is_same_v<embed_t, float>) {
-          w_tile = w + i * k2 + k0;
-        } else {
-          for (int64_t k = 0; k < width; ++k) converted[k] = static_cast<float>(w[i * k2 + k0 + k]);
-          w_tile = converted.data();
-        }
-        vec.dot_against_rows(w_tile, pairs.data() + k0, batch, width, k2, &acc[(i - begin) * batch]);
+      const float* x = pairs.data() + k0;
+      int64_t i = begin;
+      for (; i + 2 <= end; i += 2) {  // two output features per pass over the batch rows
+        vec.dot2_against_rows(weight_tile(i, k0, width, 0), weight_tile(i + 1, k0, width, 1), x, batch,
+                              width, k2, &acc[(i - begin) * batch], &acc[(i + 1 - begin) * batch]);
       }
+      if (i < end) vec.dot_against_rows(weight_tile(i, k0, width, 0), x, batch, width, k2, &acc[(i - begin) * batch]);
     }
     for (int64_t i = begin; i < end; ++i) {
       const float add = bias_ptr ? static_cast<float>(bias_ptr[i]) : 0.0f;

@@ -34,12 +34,13 @@ struct VecKernels {
   int64_t (*first_index_of)(const float*, int64_t, float);
   float (*sum_exp)(const float*, int64_t, float);
   void (*dot_against_rows)(const float*, const float*, int64_t, int64_t, int64_t, float*);
+  void (*dot2_against_rows)(const float*, const float*, const float*, int64_t, int64_t, int64_t, float*, float*);
   const char* name;
 };
 
 #define SUPERTHOUGHTS_VEC_KERNELS(ns) \
   VecKernels { &ns::copy_finite_max_f32, &ns::copy_finite_max_bf16, &ns::first_index_of, &ns::sum_exp, \
-              &ns::dot_against_rows, #ns }
+              &ns::dot_against_rows, &ns::dot2_against_rows, #ns }
 
 inline const VecKernels& vec_kernels() {
   static const VecKernels chosen = [] {

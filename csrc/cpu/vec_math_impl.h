@@ -189,3 +189,51 @@ static void dot_against_rows(const float* weight_row, const float* pairs, int64_
     out[r] += total;
   }
 }
+
+// dot_against_rows for two weight rows at once: each batch-row load now feeds two FMAs
+// (6 loads per 8 FMAs instead of 5 per 4), which is what bounds this loop on a small batch.
+static void dot2_against_rows(const float* w0, const float* w1, const float* pairs, int64_t rows,
+                              int64_t k, int64_t ldx, float* out0, float* out1) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const float* x0 = pairs + r * ldx;
+    const float *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+    v8f a00 = splat(0.0f), a01 = splat(0.0f), a02 = splat(0.0f), a03 = splat(0.0f);
+    v8f a10 = splat(0.0f), a11 = splat(0.0f), a12 = splat(0.0f), a13 = splat(0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+      __builtin_prefetch(w0 + i + kPrefetchFloats);
+      __builtin_prefetch(w1 + i + kPrefetchFloats);
+      const v8f u = load8(w0 + i), v = load8(w1 + i);
+      v8f x = load8(x0 + i);
+      a00 += u * x;
+      a10 += v * x;
+      x = load8(x1 + i);
+      a01 += u * x;
+      a11 += v * x;
+      x = load8(x2 + i);
+      a02 += u * x;
+      a12 += v * x;
+      x = load8(x3 + i);
+      a03 += u * x;
+      a13 += v * x;
+    }
+    float s0[4] = {horizontal_sum(a00), horizontal_sum(a01), horizontal_sum(a02), horizontal_sum(a03)};
+    float s1[4] = {horizontal_sum(a10), horizontal_sum(a11), horizontal_sum(a12), horizontal_sum(a13)};
+    const float* xs[4] = {x0, x1, x2, x3};
+    for (; i < k; ++i) {
+      for (int j = 0; j < 4; ++j) {
+        s0[j] += w0[i] * xs[j][i];
+        s1[j] += w1[i] * xs[j][i];
+      }
+    }
+    for (int j = 0; j < 4; ++j) {
+      out0[r + j] += s0[j];
+      out1[r + j] += s1[j];
+    }
+  }
+  if (r < rows) {  // the last rows % 4 batch rows
+    dot_against_rows(w0, pairs + r * ldx, rows - r, k, ldx, out0 + r);
+    dot_against_rows(w1, pairs + r * ldx, rows - r, k, ldx, out1 + r);
+  }
+}
