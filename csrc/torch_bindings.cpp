@@ -16,6 +16,10 @@
 #define SUPERTHOUGHTS_CUDA_ARCHS ""
 #endif
 
+namespace superthoughts {
+const char* cpu_vector_isa();  // csrc/cpu/step.cpp
+}
+
 TORCH_LIBRARY(superthoughts_ext, m) {
   // One SuperThoughts decode step for a batch, in one launch (DESIGN.md section 2):
   // per row, max / argmax (or Gumbel-max sample) / softmax denominator of both heads'
@@ -46,4 +50,8 @@ PYBIND11_MODULE(_C, module) {
 #else
   module.attr("openmp") = false;
 #endif
+  // A function, not an attribute: the variant is picked on first use from the CPU's features
+  // (or SUPERTHOUGHTS_CPU_ISA), and a bad override must not break the import.
+  module.def("cpu_vector_isa", [] { return std::string(superthoughts::cpu_vector_isa()); },
+             "The vector instruction set the CPU kernel runs with (avx512, avx2_fma, avx_fma, baseline)");
 }

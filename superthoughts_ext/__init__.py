@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 def build_info() -> dict[str, object]:
     """How the compiled core was built: package and torch versions, CUDA on/off, CUDA archs,
-    and whether OpenMP was on (the CPU kernel's at::parallel_for is serial without it)."""
+    whether OpenMP was on (the CPU kernel's at::parallel_for is serial without it), and the
+    vector instruction set the CPU kernel runs with on this machine (`cpu_vector_isa`)."""
     import torch  # noqa: F401  (loads libtorch, which _C links against)
 
     from superthoughts_ext import _C
@@ -21,6 +22,7 @@ def build_info() -> dict[str, object]:
         "with_cuda": bool(_C.with_cuda),
         "cuda_archs": _C.cuda_archs,
         "openmp": bool(_C.openmp),
+        "cpu_vector_isa": _C.cpu_vector_isa(),
     }
 
 

@@ -197,6 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
     double threshold_main, double temperature, int64_t seed, int64_t offset) {
   const StepShapes s = check_step_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id,
                                          eos_id, threshold, threshold_main, temperature);
+  cpu::vec_kernels();  // picks the vector ISA here, so a bad SUPERTHOUGHTS_CPU_ISA fails outside the parallel region
   auto [tokens, n_new, conf, next_in] = allocate_step_outputs(s, logits, embed);
   if (s.batch == 0) return {tokens, n_new, conf, next_in};
 
@@ -259,6 +260,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
 }
 
 }  // namespace
+
+const char* cpu_vector_isa() { return cpu::vec_kernels().name; }
 
 TORCH_LIBRARY_IMPL(superthoughts_ext, CPU, m) {
   m.impl("superthoughts_step", &superthoughts_step_cpu);

@@ -1,13 +1,19 @@
-// CPU vector kernels of the step op, compiled three times (AVX2+FMA, AVX+FMA, baseline
+// CPU vector kernels of the step op, compiled four times (AVX-512, AVX2+FMA, AVX+FMA, baseline
 // x86-64) from vec_math_impl.h and picked once at run time from the CPU's features, so one
-// binary is fast on every x86-64 machine without -march flags. Plain C++, no torch headers.
+// binary is fast on every x86-64 machine without -march flags. The environment variable
+// SUPERTHOUGHTS_CPU_ISA names a variant to use instead (tests run every one this CPU can).
+// Plain C++, no torch headers.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
+#include <string>
 
 namespace superthoughts::cpu {
 
+#define SUPERTHOUGHTS_VEC_LANES 8
 namespace baseline {
 #include "vec_math_impl.h"
 }
@@ -26,7 +32,18 @@ namespace avx2_fma {
 #include "vec_math_impl.h"
 }
 #pragma GCC pop_options
+// Twice the lanes and twice the registers: the exp pass and the merge projection are
+// compute-bound enough on a few cores that this shows (see benchmarks/results/step_cpu.json).
+#undef SUPERTHOUGHTS_VEC_LANES
+#define SUPERTHOUGHTS_VEC_LANES 16
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+namespace avx512 {
+#include "vec_math_impl.h"
+}
+#pragma GCC pop_options
 #endif
+#undef SUPERTHOUGHTS_VEC_LANES
 
 struct VecKernels {
   float (*copy_finite_max_f32)(const float*, float*, int64_t);
@@ -42,14 +59,36 @@ struct VecKernels {
   VecKernels { &ns::copy_finite_max_f32, &ns::copy_finite_max_bf16, &ns::first_index_of, &ns::sum_exp, \
               &ns::dot_against_rows, &ns::dot2_against_rows, #ns }
 
+// The variants this CPU can run, fastest first.
+inline int supported_variants(VecKernels* out) {
+  int n = 0;
+#ifdef SUPERTHOUGHTS_X86_VARIANTS
+  __builtin_cpu_init();
+  const bool fma = __builtin_cpu_supports("fma");
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && fma) {
+    out[n++] = SUPERTHOUGHTS_VEC_KERNELS(avx512);
+  }
+  if (__builtin_cpu_supports("avx2") && fma) out[n++] = SUPERTHOUGHTS_VEC_KERNELS(avx2_fma);
+  if (__builtin_cpu_supports("avx") && fma) out[n++] = SUPERTHOUGHTS_VEC_KERNELS(avx_fma);
+#endif
+  out[n++] = SUPERTHOUGHTS_VEC_KERNELS(baseline);
+  return n;
+}
+
 inline const VecKernels& vec_kernels() {
   static const VecKernels chosen = [] {
-#ifdef SUPERTHOUGHTS_X86_VARIANTS
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SUPERTHOUGHTS_VEC_KERNELS(avx2_fma);
-    if (__builtin_cpu_supports("avx") && __builtin_cpu_supports("fma")) return SUPERTHOUGHTS_VEC_KERNELS(avx_fma);
-#endif
-    return SUPERTHOUGHTS_VEC_KERNELS(baseline);
+    VecKernels variants[4];
+    const int n = supported_variants(variants);
+    const char* wanted = std::getenv("SUPERTHOUGHTS_CPU_ISA");
+    if (wanted == nullptr || *wanted == '\0') return variants[0];
+    std::string names;
+    for (int i = 0; i < n; ++i) {
+      if (std::strcmp(variants[i].name, wanted) == 0) return variants[i];
+      names += (i ? ", " : "") + std::string(variants[i].name);
+    }
+    throw std::runtime_error("superthoughts_ext: SUPERTHOUGHTS_CPU_ISA=" + std::string(wanted) +
+                             " is not a vector kernel variant this CPU can run (" + names + ")");
   }();
   return chosen;
 }

@@ -1,21 +1,28 @@
 // Body of the CPU vector kernels. Deliberately without include guard: vec_math.h includes it
-// once per instruction set, inside a namespace and a `#pragma GCC target` region, so the
-// same source is compiled for AVX2+FMA, AVX+FMA and baseline x86-64. GCC vector extensions
-// (v8f) map onto ymm registers where available and onto pairs of xmm registers elsewhere.
+// once per instruction set, inside a namespace and a `#pragma GCC target` region, with
+// SUPERTHOUGHTS_VEC_LANES set to the float lanes of that set's registers (16 for AVX-512, 8
+// otherwise), so the same source is compiled for AVX-512, AVX2+FMA, AVX+FMA and baseline
+// x86-64. GCC vector extensions (vf) map onto zmm / ymm registers where available and onto
+// several xmm registers elsewhere.
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef uint16_t v8u16 __attribute__((vector_size(16)));
+constexpr int64_t kLanes = SUPERTHOUGHTS_VEC_LANES;
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+typedef uint16_t vu16 __attribute__((vector_size(2 * kLanes)));
 
-static inline v8f load8(const float* p) {
-  v8f v;
+static inline vf load(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-static inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+static inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 
-static inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+static inline vf splat(float x) {
+  vf v;
+  for (int64_t k = 0; k < kLanes; ++k) v[k] = x;
+  return v;
+}
 
 template <typename To, typename From>
 static inline To bit_cast_vec(From v) {
@@ -26,51 +33,54 @@ static inline To bit_cast_vec(From v) {
 
 // Lane-wise select with bit operations: GCC scalarises the vector `?:` on targets without
 // blend instructions.
-static inline v8f select(v8i mask, v8f if_true, v8f if_false) {
-  return bit_cast_vec<v8f>((mask & bit_cast_vec<v8i>(if_true)) | (~mask & bit_cast_vec<v8i>(if_false)));
+static inline vf select(vi mask, vf if_true, vf if_false) {
+  return bit_cast_vec<vf>((mask & bit_cast_vec<vi>(if_true)) | (~mask & bit_cast_vec<vi>(if_false)));
 }
 
-static inline float horizontal_sum(v8f v) {
-  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+static inline float horizontal_sum(vf v) {
+  for (int64_t width = kLanes / 2; width >= 1; width /= 2) {  // pairwise: a fixed order per ISA
+    for (int64_t k = 0; k < width; ++k) v[k] += v[k + width];
+  }
+  return v[0];
 }
 
-static inline float horizontal_max(v8f v) {
+static inline float horizontal_max(vf v) {
   float m = v[0];
-  for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
+  for (int64_t i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
   return m;
 }
 
 // exp(x) for x <= 0 (logits minus their maximum): Cephes-style polynomial, ~1e-7 relative
 // error, and exactly +0 below -87 and for -inf so masked entries add nothing.
-static inline v8f exp_nonpositive(v8f x) {
-  const v8i keep = x >= splat(-87.0f);
-  const v8f magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const v8f t = x * splat(1.44269504088896341f) + magic;
-  const v8f n = t - magic;
-  const v8i n_int = bit_cast_vec<v8i>(t) - bit_cast_vec<v8i>(magic);
-  const v8f r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
-  v8f p = splat(1.9875691500e-4f);
+static inline vf exp_nonpositive(vf x) {
+  const vi keep = x >= splat(-87.0f);
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const vf t = x * splat(1.44269504088896341f) + magic;
+  const vf n = t - magic;
+  const vi n_int = bit_cast_vec<vi>(t) - bit_cast_vec<vi>(magic);
+  const vf r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  vf p = splat(1.9875691500e-4f);
   p = p * r + splat(1.3981999507e-3f);
   p = p * r + splat(8.3334519073e-3f);
   p = p * r + splat(4.1665795894e-2f);
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
-  const v8f y = p * r * r + r + splat(1.0f);
-  const v8f scale = bit_cast_vec<v8f>((n_int + 127) << 23);
+  const vf y = p * r * r + r + splat(1.0f);
+  const vf scale = bit_cast_vec<vf>((n_int + 127) << 23);
   return select(keep, y * scale, splat(0.0f));
 }
 
-static inline v8f finite_or_neg_inf(v8f x) {
+static inline vf finite_or_neg_inf(vf x) {
   return select(x == x, x, splat(-std::numeric_limits<float>::infinity()));  // NaN -> -inf
 }
 
 // dst = src with NaN mapped to -inf; returns max(dst).
 static float copy_finite_max_f32(const float* src, float* dst, int64_t n) {
-  v8f acc = splat(-std::numeric_limits<float>::infinity());
+  vf acc = splat(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const v8f x = finite_or_neg_inf(load8(src + i));
-    store8(dst + i, x);
+  for (; i + kLanes <= n; i += kLanes) {
+    const vf x = finite_or_neg_inf(load(src + i));
+    store(dst + i, x);
     acc = select(x > acc, x, acc);
   }
   float m = horizontal_max(acc);
@@ -84,14 +94,14 @@ static float copy_finite_max_f32(const float* src, float* dst, int64_t n) {
 
 // Same for bfloat16 given as raw bits: a bfloat16 is the top half of a float32.
 static float copy_finite_max_bf16(const uint16_t* src, float* dst, int64_t n) {
-  v8f acc = splat(-std::numeric_limits<float>::infinity());
+  vf acc = splat(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    v8u16 bits;
+  for (; i + kLanes <= n; i += kLanes) {
+    vu16 bits;
     std::memcpy(&bits, src + i, sizeof(bits));
-    const v8i widened = __builtin_convertvector(bits, v8i) << 16;
-    const v8f x = finite_or_neg_inf(bit_cast_vec<v8f>(widened));
-    store8(dst + i, x);
+    const vi widened = __builtin_convertvector(bits, vi) << 16;
+    const vf x = finite_or_neg_inf(bit_cast_vec<vf>(widened));
+    store(dst + i, x);
     acc = select(x > acc, x, acc);
   }
   float m = horizontal_max(acc);
@@ -106,21 +116,21 @@ static float copy_finite_max_bf16(const uint16_t* src, float* dst, int64_t n) {
   return m;
 }
 
-static inline bool any_lane(v8i mask) {
-  v8i m = mask;
+static inline bool any_lane(vi mask) {
+  vi m = mask;
   int32_t folded = 0;
-  for (int k = 0; k < 8; ++k) folded |= m[k];
+  for (int64_t k = 0; k < kLanes; ++k) folded |= m[k];
   return folded != 0;
 }
 
-// Lowest i with buf[i] == value (the argmax once the max is known), n if none. Compares 32
-// floats per branch instead of one.
+// Lowest i with buf[i] == value (the argmax once the max is known), n if none. Compares four
+// vectors per branch instead of one float.
 static int64_t first_index_of(const float* buf, int64_t n, float value) {
-  const v8f v = splat(value);
+  const vf v = splat(value);
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const v8i hit = (load8(buf + i) == v) | (load8(buf + i + 8) == v) | (load8(buf + i + 16) == v) |
-                    (load8(buf + i + 24) == v);
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    const vi hit = (load(buf + i) == v) | (load(buf + i + kLanes) == v) | (load(buf + i + 2 * kLanes) == v) |
+                   (load(buf + i + 3 * kLanes) == v);
     if (any_lane(hit)) break;
   }
   for (; i < n; ++i) {
@@ -131,17 +141,17 @@ static int64_t first_index_of(const float* buf, int64_t n, float value) {
 
 // sum_i exp(buf[i] - shift), shift finite and >= every buf[i].
 static float sum_exp(const float* buf, int64_t n, float shift) {
-  v8f acc0 = splat(0.0f), acc1 = splat(0.0f);
-  const v8f s = splat(shift);
+  vf acc0 = splat(0.0f), acc1 = splat(0.0f);
+  const vf s = splat(shift);
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    acc0 += exp_nonpositive(load8(buf + i) - s);
-    acc1 += exp_nonpositive(load8(buf + i + 8) - s);
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    acc0 += exp_nonpositive(load(buf + i) - s);
+    acc1 += exp_nonpositive(load(buf + i + kLanes) - s);
   }
-  for (; i + 8 <= n; i += 8) acc0 += exp_nonpositive(load8(buf + i) - s);
-  float tail[8];
-  for (int k = 0; k < 8; ++k) tail[k] = i + k < n ? buf[i + k] : -std::numeric_limits<float>::infinity();
-  acc1 += exp_nonpositive(load8(tail) - s);
+  for (; i + kLanes <= n; i += kLanes) acc0 += exp_nonpositive(load(buf + i) - s);
+  float tail[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) tail[k] = i + k < n ? buf[i + k] : -std::numeric_limits<float>::infinity();
+  acc1 += exp_nonpositive(load(tail) - s);
   return horizontal_sum(acc0 + acc1);
 }
 
@@ -156,16 +166,16 @@ static void dot_against_rows(const float* weight_row, const float* pairs, int64_
   for (; r + 4 <= rows; r += 4) {
     const float* x0 = pairs + r * ldx;
     const float *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
-    v8f a0 = splat(0.0f), a1 = splat(0.0f), a2 = splat(0.0f), a3 = splat(0.0f);
+    vf a0 = splat(0.0f), a1 = splat(0.0f), a2 = splat(0.0f), a3 = splat(0.0f);
     int64_t i = 0;
-    for (; i + 8 <= k; i += 8) {
+    for (; i + kLanes <= k; i += kLanes) {
       // The weight streams from DRAM once; prefetching well ahead hides its latency.
       __builtin_prefetch(weight_row + i + kPrefetchFloats);
-      const v8f w = load8(weight_row + i);
-      a0 += w * load8(x0 + i);
-      a1 += w * load8(x1 + i);
-      a2 += w * load8(x2 + i);
-      a3 += w * load8(x3 + i);
+      const vf w = load(weight_row + i);
+      a0 += w * load(x0 + i);
+      a1 += w * load(x1 + i);
+      a2 += w * load(x2 + i);
+      a3 += w * load(x3 + i);
     }
     float t0 = horizontal_sum(a0), t1 = horizontal_sum(a1), t2 = horizontal_sum(a2), t3 = horizontal_sum(a3);
     for (; i < k; ++i) {
@@ -181,9 +191,9 @@ static void dot_against_rows(const float* weight_row, const float* pairs, int64_
   }
   for (; r < rows; ++r) {
     const float* x = pairs + r * ldx;
-    v8f acc = splat(0.0f);
+    vf acc = splat(0.0f);
     int64_t i = 0;
-    for (; i + 8 <= k; i += 8) acc += load8(weight_row + i) * load8(x + i);
+    for (; i + kLanes <= k; i += kLanes) acc += load(weight_row + i) * load(x + i);
     float total = horizontal_sum(acc);
     for (; i < k; ++i) total += weight_row[i] * x[i];
     out[r] += total;
@@ -198,23 +208,23 @@ static void dot2_against_rows(const float* w0, const float* w1, const float* pai
   for (; r + 4 <= rows; r += 4) {
     const float* x0 = pairs + r * ldx;
     const float *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
-    v8f a00 = splat(0.0f), a01 = splat(0.0f), a02 = splat(0.0f), a03 = splat(0.0f);
-    v8f a10 = splat(0.0f), a11 = splat(0.0f), a12 = splat(0.0f), a13 = splat(0.0f);
+    vf a00 = splat(0.0f), a01 = splat(0.0f), a02 = splat(0.0f), a03 = splat(0.0f);
+    vf a10 = splat(0.0f), a11 = splat(0.0f), a12 = splat(0.0f), a13 = splat(0.0f);
     int64_t i = 0;
-    for (; i + 8 <= k; i += 8) {
+    for (; i + kLanes <= k; i += kLanes) {
       __builtin_prefetch(w0 + i + kPrefetchFloats);
       __builtin_prefetch(w1 + i + kPrefetchFloats);
-      const v8f u = load8(w0 + i), v = load8(w1 + i);
-      v8f x = load8(x0 + i);
+      const vf u = load(w0 + i), v = load(w1 + i);
+      vf x = load(x0 + i);
       a00 += u * x;
       a10 += v * x;
-      x = load8(x1 + i);
+      x = load(x1 + i);
       a01 += u * x;
       a11 += v * x;
-      x = load8(x2 + i);
+      x = load(x2 + i);
       a02 += u * x;
       a12 += v * x;
-      x = load8(x3 + i);
+      x = load(x3 + i);
       a03 += u * x;
       a13 += v * x;
     }
