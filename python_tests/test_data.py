@@ -186,6 +186,43 @@ def test_collator_draws_rho_per_sequence_reproducibly():
     assert units.min() >= 21 and units.max() <= 21 + 10 and len(set(units.tolist())) > 1
 
 
+LONG_ROW = {"prompt_ids": [10], "response_ids": list(range(2, 42))}
+
+
+def split_patterns(collator: SuperThoughtsCollator, num_workers: int, epochs: int = 1) -> list[list[tuple]]:
+    """Per epoch, the unit layout (first_ids) of each batch of one identical row, in loader order."""
+    loader = torch.utils.data.DataLoader([LONG_ROW] * 8, batch_size=1, num_workers=num_workers,
+                                         collate_fn=collator, generator=torch.Generator().manual_seed(0))
+    return [[tuple(batch["first_ids"][0].tolist()) for batch in loader] for _ in range(epochs)]
+
+
+def test_collator_workers_draw_their_own_splits():
+    # Two workers take batches in turn (worker 0: batches 0, 2, ...; worker 1: 1, 3, ...). A
+    # generator copied into both would give batch 2k and 2k + 1 the same split.
+    first, second = split_patterns(SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7), num_workers=2, epochs=2)
+    assert all(first[k] != first[k + 1] for k in range(0, 8, 2)), first
+    assert len(set(first)) == 8
+    # A new iterator (epoch) gives each worker a new seed, hence new splits.
+    assert second != first and len(set(first) & set(second)) == 0
+    # Same seeds, same splits.
+    assert split_patterns(SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7), num_workers=2, epochs=2) == [first, second]
+    assert split_patterns(SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=8), num_workers=2)[0] != first
+
+
+def test_collator_ranks_and_streams_draw_their_own_splits(monkeypatch):
+    def patterns(stream: int = 0) -> list[tuple]:
+        collator = SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7)
+        collator.set_stream(stream)
+        return split_patterns(collator, num_workers=0)[0]
+
+    rank0 = patterns()
+    assert len(set(rank0)) == 8 and patterns() == rank0
+    assert patterns(stream=5) != rank0
+    monkeypatch.setenv("RANK", "1")
+    rank1 = patterns()
+    assert rank1 != rank0 and patterns() == rank1
+
+
 def word_tokenizer() -> PreTrainedTokenizerFast:
     words = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]", "system", "user", "assistant",
              "what", "is", "two", "so", "four"]

@@ -2,7 +2,8 @@
 
 Covers: loss halves within a few dozen steps (SuperThoughts and baseline), LoRA trains
 only LoRA + compressor + MTP, the output directory is a self-contained loadable
-checkpoint, resume, bad input, and a real 2-process torchrun (gloo) run.
+checkpoint, resume, pad-split draws independent across DataLoader workers, ranks and
+resumes, bad input, and a real 2-process torchrun (gloo) run.
 """
 from __future__ import annotations
 
@@ -180,6 +181,64 @@ def test_resume_from_checkpoint(base_dirs, tmp_path):
     torch.testing.assert_close(losses(second)[2:], losses(straight)[2:], rtol=2e-3, atol=0)
 
 
+# Identical tokenised rows (21 response tokens, 11 units unsplit): every difference between
+# two batches is a difference of pad-split draws.
+SAME_ROWS = [{"prompt_ids": [5, 6, 7], "response_ids": list(range(4, 25))}] * 8
+
+
+@pytest.fixture
+def recorded_splits(monkeypatch, tmp_path):
+    """Makes `train` collate with a collator that appends (pid, worker id, layout) of every
+    batch to a file (DataLoader workers included); returns a reader of that file."""
+    from superthoughts_ext import data
+
+    log = tmp_path / "splits.jsonl"
+
+    class Recording(data.SuperThoughtsCollator):
+        def __call__(self, features):
+            batch = super().__call__(features)
+            worker = torch.utils.data.get_worker_info()
+            with open(log, "a") as f:
+                f.write(json.dumps([os.getpid(), -1 if worker is None else worker.id,
+                                    batch["first_ids"].tolist()]) + "\n")
+            return batch
+
+    monkeypatch.setattr(data, "SuperThoughtsCollator", Recording)
+
+    def read() -> list[list]:
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        log.unlink(missing_ok=True)
+        return rows
+
+    return read
+
+
+def test_dataloader_workers_draw_their_own_splits(base_dirs, tmp_path, recorded_splits):
+    opts = dict(model=base_dirs["qwen2"], data=SAME_ROWS, rho_max=1.0,
+                **{**FAST, "max_steps": 4, "batch_size": 1, "dataloader_num_workers": 2})
+    result = train(TrainOptions(output_dir=tmp_path / "a", **opts))
+    assert all(map(torch.isfinite, torch.tensor(losses(result))))
+    first = recorded_splits()
+    by_worker = {w: [layout for pid, wid, layout in first if wid == w] for w in (0, 1)}
+    assert len(by_worker[0]) >= 2 and len(by_worker[1]) >= 2, first
+    assert by_worker[0][:2] != by_worker[1][:2]
+    train(TrainOptions(output_dir=tmp_path / "b", **opts))
+    again = recorded_splits()
+    assert sorted(map(str, (row[1:] for row in again))) == sorted(map(str, (row[1:] for row in first)))
+
+
+def test_resumed_run_draws_fresh_splits(base_dirs, tmp_path, recorded_splits):
+    opts = dict(model=base_dirs["qwen2"], data=SAME_ROWS, rho_max=1.0, output_dir=tmp_path / "r")
+    fast = {**FAST, "batch_size": 2, "save_steps": 2}
+    train(TrainOptions(**opts, **{**fast, "max_steps": 2}))
+    start = [layout for _, _, layout in recorded_splits()]
+    train(TrainOptions(**opts, resume_from_checkpoint=True, **{**fast, "max_steps": 4}))
+    resumed = [layout for _, _, layout in recorded_splits()]
+    assert len(start) >= 2 and len(resumed) >= 2
+    # Without a new stream the resumed collator would start over and replay steps 1 and 2.
+    assert resumed[0] != start[0] and resumed[1] != start[1]
+
+
 def test_variants_checkpointing_bf16(base_dirs, tmp_path):
     from superthoughts_ext.modeling import load_model
 
@@ -284,8 +343,12 @@ DDP_SCRIPT = textwrap.dedent("""
                                 learning_rate=1e-3, save_steps=0, logging_steps=1, progress_bar=False,
                                 lora_r=int(sys.argv[4])))
     rank = os.environ["RANK"]
+    # The same rows collated on each rank: the pad-split draws must differ between ranks.
+    from superthoughts_ext.data import SuperThoughtsCollator
+    splits = SuperThoughtsCollator(0, 2, rho_max=1.0)([{"prompt_ids": [5], "response_ids": list(range(4, 25))}] * 4)
     with open(os.path.join(out, f"digest_rank{rank}.txt"), "w") as f:
-        f.write(" ".join([state_dict_digest(result.model), str(result.global_step), os.environ["WORLD_SIZE"]]))
+        f.write(" ".join([state_dict_digest(result.model), str(result.global_step), os.environ["WORLD_SIZE"],
+                          str(hash(tuple(splits["first_ids"].flatten().tolist())))]))
 """)
 
 
@@ -307,6 +370,7 @@ def test_torchrun_two_processes(base_dirs, tmp_path, lora_r):
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     digests = [(out / f"digest_rank{r}.txt").read_text().split() for r in (0, 1)]
-    assert digests[0] == digests[1], digests
-    assert digests[0][1:] == ["3", "2"]
+    assert digests[0][:3] == digests[1][:3], digests
+    assert digests[0][1:3] == ["3", "2"]
+    assert digests[0][3] != digests[1][3], "both ranks drew the same pad-split pattern"
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()

@@ -147,6 +147,13 @@ def build_baseline(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_i
     return prompt + response, [IGNORE] * len(prompt) + response
 
 
+def _process_rank() -> int:
+    """Rank of this process in a distributed run (DataLoader workers inherit it), else 0."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 def _pad(rows: list[list[int]] | list[torch.Tensor], value: int | bool, dtype: torch.dtype) -> torch.Tensor:
     """Right-pads 1-D rows into [B, max_len]."""
     width = max(len(r) for r in rows)
@@ -163,8 +170,15 @@ class SuperThoughtsCollator:
     attention_mask, labels_main, labels_mtp (right padding; labels -100 on padding), plus with
     `with_distill` teacher_input_ids / teacher_attention_mask [B, T'] (uncompressed sequences)
     and teacher_index [B, T]. Baseline mode returns input_ids, attention_mask, labels for a
-    plain HF causal LM. rho ~ U[0, rho_max] is drawn per sequence from a generator seeded by
-    `seed` (each DataLoader worker holds its own copy of that generator).
+    plain HF causal LM.
+
+    rho ~ U[0, rho_max] and the split places are drawn per sequence from a generator keyed
+    by (`seed`, process rank, `set_stream` value, DataLoader worker seed), built lazily in
+    the process that collates. Each worker thus draws its own splits (a generator made in
+    the main process would be copied into every worker and draw the same ones there), each
+    rank its own, and each DataLoader iterator (epoch) of a worker its own, since PyTorch
+    gives every worker of every iterator a fresh seed from the main process's RNG. The same
+    seeds give the same splits.
     """
 
     def __init__(self, pad_id: int, eos_id: int, rho_max: float = 0.25, baseline: bool = False, seed: int = 0,
@@ -175,7 +189,26 @@ class SuperThoughtsCollator:
             raise ValueError("SuperThoughtsCollator: with_distill applies to SuperThoughts mode, not baseline")
         self.pad_id, self.eos_id, self.rho_max = int(pad_id), int(eos_id), float(rho_max)
         self.baseline, self.with_distill = baseline, with_distill
-        self.rng = random.Random(seed)
+        self.seed = int(seed)
+        self._stream = 0
+        self._rng_key: tuple[int, ...] | None = None
+        self._rng = random.Random()
+
+    def set_stream(self, stream: int) -> None:
+        """Mixes `stream` into the split generator; the trainer passes the global step at each
+        epoch start, so a resumed run does not replay the splits of the run's first steps."""
+        self._stream = int(stream)
+
+    def _split_rng(self) -> random.Random:
+        """The generator of this process (main or DataLoader worker), rank and stream."""
+        worker = torch.utils.data.get_worker_info()
+        key = (self.seed, _process_rank(), self._stream, -1 if worker is None else worker.seed)
+        if key != self._rng_key:
+            # A str seed goes through SHA-512: nearby keys give unrelated streams, and the
+            # result does not depend on PYTHONHASHSEED.
+            self._rng = random.Random("superthoughts-pad-split/" + "/".join(map(str, key)))
+            self._rng_key = key
+        return self._rng
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
@@ -185,9 +218,10 @@ class SuperThoughtsCollator:
                 raise KeyError(f"SuperThoughtsCollator: feature {i} needs 'prompt_ids' and 'response_ids', got {sorted(f)}")
         if self.baseline:
             return self._baseline(features)
+        rng = self._split_rng()
         seqs = [
             build_units(f["prompt_ids"], f["response_ids"], pad_id=self.pad_id, eos_id=self.eos_id,
-                        split_fraction=self.rng.uniform(0.0, self.rho_max) if self.rho_max > 0 else 0.0, rng=self.rng)
+                        split_fraction=rng.uniform(0.0, self.rho_max) if self.rho_max > 0 else 0.0, rng=rng)
             for f in features
         ]
         batch = {

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from superthoughts_ext import train_utils
 
@@ -131,6 +131,21 @@ class TrainResult:
     model: nn.Module
 
 
+class SplitStreamCallback(TrainerCallback):
+    """Hands the global step at each epoch start to the collator's pad-split generator.
+
+    DataLoader workers start after this (at the epoch's `iter`), so they see the new value.
+    A resumed run (global step restored from the checkpoint) thus draws fresh splits instead
+    of replaying those of the run's first steps.
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.set_stream(state.global_step)
+
+
 class SuperThoughtsTrainer(Trainer):
     """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
 
@@ -146,6 +161,8 @@ class SuperThoughtsTrainer(Trainer):
             self.model_accepts_loss_kwargs = False
         self._part_sums: dict[str, torch.Tensor] = {}
         self._part_counts: dict[str, int] = {}
+        if hasattr(self.data_collator, "set_stream"):
+            self.add_callback(SplitStreamCallback(self.data_collator))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._superthoughts and model.training:
