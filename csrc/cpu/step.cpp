@@ -24,7 +24,8 @@ namespace {
 // Big enough to amortise the per-task overhead, small enough that a chunk of floats stays
 // in L2 between the max pass and the exp pass (one pass over the logits in memory).
 constexpr int64_t kVocabChunk = 16384;
-// Reduction-dim tile of the merge projection: 8 batch rows x 512 floats = 16 KiB, L1-sized.
+// Reduction-dim tile of the merge projection: 8 batch rows x 1536 floats = 48 KiB stay in L1/L2
+// while this thread's weight rows stream past.
 constexpr int64_t kMergeTile = 1536;
 // Above this many rows an fp32 merge goes through the BLAS GEMM (see merge_next_inputs).
 constexpr int64_t kBlasMinBatch = 16;
@@ -161,25 +162,40 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
     // Tiles of the reduction dim keep the batch's slice of `pairs` in L1 while this thread's
     // weight rows stream past it once.
     std::vector<float> acc((end - begin) * batch, 0.0f), converted(2 * kMergeTile);
-    // Row i of W from column k0 as fp32 (16-bit rows are widened into `converted` slot j).
-    auto weight_tile = [&](int64_t i, int64_t k0, int64_t width, int j) -> const float* {
-      if constexpr (std::is_same_v<embed_t, float>) {
-        return w + i * k2 + k0;
-      } else {
-        float* dst = converted.data() + j * kMergeTile;
-        for (int64_t k = 0; k < width; ++k) dst[k] = static_cast<float>(w[i * k2 + k0 + k]);
-        return dst;
-      }
+    // Row i of W from column k0: fp32 and bf16 rows go to the vector kernels as they are
+    // (bf16 is widened in registers); fp16 rows are widened into `converted` slot j first.
+    auto half_tile = [&](int64_t i, int64_t k0, int64_t width, int j) -> const float* {
+      float* dst = converted.data() + j * kMergeTile;
+      for (int64_t k = 0; k < width; ++k) dst[k] = static_cast<float>(w[i * k2 + k0 + k]);
+      return dst;
     };
     for (int64_t k0 = 0; k0 < k2; k0 += kMergeTile) {
       const int64_t width = std::min(kMergeTile, k2 - k0);
       const float* x = pairs.data() + k0;
       int64_t i = begin;
       for (; i + 2 <= end; i += 2) {  // two output features per pass over the batch rows
-        vec.dot2_against_rows(weight_tile(i, k0, width, 0), weight_tile(i + 1, k0, width, 1), x, batch,
-                              width, k2, &acc[(i - begin) * batch], &acc[(i + 1 - begin) * batch]);
+        float* out0 = &acc[(i - begin) * batch];
+        float* out1 = out0 + batch;
+        if constexpr (std::is_same_v<embed_t, float>) {
+          vec.dot2_against_rows(w + i * k2 + k0, w + (i + 1) * k2 + k0, x, batch, width, k2, out0, out1);
+        } else if constexpr (std::is_same_v<embed_t, at::BFloat16>) {
+          const auto* bits = reinterpret_cast<const uint16_t*>(w);
+          vec.dot2_against_rows_bf16(bits + i * k2 + k0, bits + (i + 1) * k2 + k0, x, batch, width, k2, out0, out1);
+        } else {
+          vec.dot2_against_rows(half_tile(i, k0, width, 0), half_tile(i + 1, k0, width, 1), x, batch, width, k2,
+                                out0, out1);
+        }
       }
-      if (i < end) vec.dot_against_rows(weight_tile(i, k0, width, 0), x, batch, width, k2, &acc[(i - begin) * batch]);
+      if (i < end) {
+        float* out0 = &acc[(i - begin) * batch];
+        if constexpr (std::is_same_v<embed_t, float>) {
+          vec.dot_against_rows(w + i * k2 + k0, x, batch, width, k2, out0);
+        } else if constexpr (std::is_same_v<embed_t, at::BFloat16>) {
+          vec.dot_against_rows_bf16(reinterpret_cast<const uint16_t*>(w) + i * k2 + k0, x, batch, width, k2, out0);
+        } else {
+          vec.dot_against_rows(half_tile(i, k0, width, 0), x, batch, width, k2, out0);
+        }
+      }
     }
     for (int64_t i = begin; i < end; ++i) {
       const float add = bias_ptr ? static_cast<float>(bias_ptr[i]) : 0.0f;

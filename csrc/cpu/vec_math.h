@@ -52,12 +52,17 @@ struct VecKernels {
   float (*sum_exp)(const float*, int64_t, float);
   void (*dot_against_rows)(const float*, const float*, int64_t, int64_t, int64_t, float*);
   void (*dot2_against_rows)(const float*, const float*, const float*, int64_t, int64_t, int64_t, float*, float*);
+  // The same with bfloat16 weight rows (raw bits).
+  void (*dot_against_rows_bf16)(const uint16_t*, const float*, int64_t, int64_t, int64_t, float*);
+  void (*dot2_against_rows_bf16)(const uint16_t*, const uint16_t*, const float*, int64_t, int64_t, int64_t, float*,
+                                 float*);
   const char* name;
 };
 
 #define SUPERTHOUGHTS_VEC_KERNELS(ns) \
   VecKernels { &ns::copy_finite_max_f32, &ns::copy_finite_max_bf16, &ns::first_index_of, &ns::sum_exp, \
-              &ns::dot_against_rows, &ns::dot2_against_rows, #ns }
+              &ns::dot_against_rows<float>, &ns::dot2_against_rows<float>, &ns::dot_against_rows<uint16_t>, \
+              &ns::dot2_against_rows<uint16_t>, #ns }
 
 // The variants this CPU can run, fastest first.
 inline int supported_variants(VecKernels* out) {

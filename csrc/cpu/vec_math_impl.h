@@ -92,23 +92,32 @@ static float copy_finite_max_f32(const float* src, float* dst, int64_t n) {
   return m;
 }
 
-// Same for bfloat16 given as raw bits: a bfloat16 is the top half of a float32.
+// A bfloat16 is the top half of a float32: widening is a 16-bit shift, in registers.
+static inline vf load_bf16(const uint16_t* p) {
+  vu16 bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return bit_cast_vec<vf>(__builtin_convertvector(bits, vi) << 16);
+}
+
+static inline float bf16_to_float(uint16_t bits) {
+  const uint32_t word = static_cast<uint32_t>(bits) << 16;
+  float x;
+  std::memcpy(&x, &word, sizeof(x));
+  return x;
+}
+
+// copy_finite_max_f32 for bfloat16 given as raw bits.
 static float copy_finite_max_bf16(const uint16_t* src, float* dst, int64_t n) {
   vf acc = splat(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    vu16 bits;
-    std::memcpy(&bits, src + i, sizeof(bits));
-    const vi widened = __builtin_convertvector(bits, vi) << 16;
-    const vf x = finite_or_neg_inf(bit_cast_vec<vf>(widened));
+    const vf x = finite_or_neg_inf(load_bf16(src + i));
     store(dst + i, x);
     acc = select(x > acc, x, acc);
   }
   float m = horizontal_max(acc);
   for (; i < n; ++i) {
-    const uint32_t word = static_cast<uint32_t>(src[i]) << 16;
-    float x;
-    std::memcpy(&x, &word, sizeof(x));
+    float x = bf16_to_float(src[i]);
     x = x == x ? x : -std::numeric_limits<float>::infinity();
     dst[i] = x;
     m = x > m ? x : m;
@@ -155,13 +164,21 @@ static float sum_exp(const float* buf, int64_t n, float shift) {
   return horizontal_sum(acc0 + acc1);
 }
 
+// Merge-weight elements: float32, or bfloat16 as raw bits widened in registers, so a bf16
+// weight streams from memory at half the bytes of an fp32 one.
+static inline vf load_weight(const float* p) { return load(p); }
+static inline vf load_weight(const uint16_t* p) { return load_bf16(p); }
+static inline float weight_at(const float* p, int64_t i) { return p[i]; }
+static inline float weight_at(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+
 // out[r] += dot(weight_row[0, k), pairs + r * ldx) for r < rows: one weight row against every
 // batch row, so each weight element is read from memory once per step whatever the batch
 // size. Four batch rows share each weight load (register blocking).
-static constexpr int64_t kPrefetchFloats = 512;
+static constexpr int64_t kPrefetchElements = 512;
 
-static void dot_against_rows(const float* weight_row, const float* pairs, int64_t rows, int64_t k,
-                             int64_t ldx, float* out) {
+template <typename W>
+static void dot_against_rows(const W* weight_row, const float* pairs, int64_t rows, int64_t k, int64_t ldx,
+                             float* out) {
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
     const float* x0 = pairs + r * ldx;
@@ -170,8 +187,8 @@ static void dot_against_rows(const float* weight_row, const float* pairs, int64_
     int64_t i = 0;
     for (; i + kLanes <= k; i += kLanes) {
       // The weight streams from DRAM once; prefetching well ahead hides its latency.
-      __builtin_prefetch(weight_row + i + kPrefetchFloats);
-      const vf w = load(weight_row + i);
+      __builtin_prefetch(weight_row + i + kPrefetchElements);
+      const vf w = load_weight(weight_row + i);
       a0 += w * load(x0 + i);
       a1 += w * load(x1 + i);
       a2 += w * load(x2 + i);
@@ -179,10 +196,11 @@ static void dot_against_rows(const float* weight_row, const float* pairs, int64_
     }
     float t0 = horizontal_sum(a0), t1 = horizontal_sum(a1), t2 = horizontal_sum(a2), t3 = horizontal_sum(a3);
     for (; i < k; ++i) {
-      t0 += weight_row[i] * x0[i];
-      t1 += weight_row[i] * x1[i];
-      t2 += weight_row[i] * x2[i];
-      t3 += weight_row[i] * x3[i];
+      const float w = weight_at(weight_row, i);
+      t0 += w * x0[i];
+      t1 += w * x1[i];
+      t2 += w * x2[i];
+      t3 += w * x3[i];
     }
     out[r] += t0;
     out[r + 1] += t1;
@@ -193,17 +211,18 @@ static void dot_against_rows(const float* weight_row, const float* pairs, int64_
     const float* x = pairs + r * ldx;
     vf acc = splat(0.0f);
     int64_t i = 0;
-    for (; i + kLanes <= k; i += kLanes) acc += load(weight_row + i) * load(x + i);
+    for (; i + kLanes <= k; i += kLanes) acc += load_weight(weight_row + i) * load(x + i);
     float total = horizontal_sum(acc);
-    for (; i < k; ++i) total += weight_row[i] * x[i];
+    for (; i < k; ++i) total += weight_at(weight_row, i) * x[i];
     out[r] += total;
   }
 }
 
 // dot_against_rows for two weight rows at once: each batch-row load now feeds two FMAs
 // (6 loads per 8 FMAs instead of 5 per 4), which is what bounds this loop on a small batch.
-static void dot2_against_rows(const float* w0, const float* w1, const float* pairs, int64_t rows,
-                              int64_t k, int64_t ldx, float* out0, float* out1) {
+template <typename W>
+static void dot2_against_rows(const W* w0, const W* w1, const float* pairs, int64_t rows, int64_t k,
+                              int64_t ldx, float* out0, float* out1) {
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
     const float* x0 = pairs + r * ldx;
@@ -212,9 +231,9 @@ static void dot2_against_rows(const float* w0, const float* w1, const float* pai
     vf a10 = splat(0.0f), a11 = splat(0.0f), a12 = splat(0.0f), a13 = splat(0.0f);
     int64_t i = 0;
     for (; i + kLanes <= k; i += kLanes) {
-      __builtin_prefetch(w0 + i + kPrefetchFloats);
-      __builtin_prefetch(w1 + i + kPrefetchFloats);
-      const vf u = load(w0 + i), v = load(w1 + i);
+      __builtin_prefetch(w0 + i + kPrefetchElements);
+      __builtin_prefetch(w1 + i + kPrefetchElements);
+      const vf u = load_weight(w0 + i), v = load_weight(w1 + i);
       vf x = load(x0 + i);
       a00 += u * x;
       a10 += v * x;
@@ -232,9 +251,10 @@ static void dot2_against_rows(const float* w0, const float* w1, const float* pai
     float s1[4] = {horizontal_sum(a10), horizontal_sum(a11), horizontal_sum(a12), horizontal_sum(a13)};
     const float* xs[4] = {x0, x1, x2, x3};
     for (; i < k; ++i) {
+      const float u = weight_at(w0, i), v = weight_at(w1, i);
       for (int j = 0; j < 4; ++j) {
-        s0[j] += w0[i] * xs[j][i];
-        s1[j] += w1[i] * xs[j][i];
+        s0[j] += u * xs[j][i];
+        s1[j] += v * xs[j][i];
       }
     }
     for (int j = 0; j < 4; ++j) {
