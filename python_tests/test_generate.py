@@ -3,7 +3,8 @@
 Exactness: standard greedy == transformers' generate; compiled step == reference step (greedy
 and sampled); the static-cache loop == a full recompute with no cache; a batch == its rows
 alone. Edge cases: EOS as first / second token, token limits, context limit, empty batch,
-bad input. Streamer, CLI and the CUDA-graph path (GPU only) are tested too.
+bad input. Streamer, CLI and the CUDA-graph path (GPU only) are tested too. The torch.compile'd
+step (one compile per configuration: slow on CPU, so few tests) must give the eager tokens.
 
 EOS is forced without touching weights: decode once, pick a token at the wanted place that
 did not occur before it, and decode again with that token as EOS - the tokens up to it are
@@ -54,6 +55,10 @@ def backbone(request) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def model(backbone) -> SuperThoughtsForCausalLM:
+    return superthoughts_model(backbone)
+
+
+def superthoughts_model(backbone: torch.nn.Module) -> SuperThoughtsForCausalLM:
     torch.manual_seed(1)
     model = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).eval()
     # A fresh MTP head starts as one more pass of the backbone's last layer, so untrained it
@@ -270,6 +275,10 @@ def test_bad_input_is_rejected(model, backbone) -> None:
             generate(model, ids, mask, max_new_tokens=4, cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         generate(model, ids, mask, max_new_tokens=4, cuda_graphs="yes")
+    with pytest.raises(ValueError, match="compile=True needs temperature 0"):
+        generate(model, ids, mask, max_new_tokens=4, compile=True, temperature=1.0)
+    with pytest.raises(ValueError, match="compile must be"):
+        generate(model, ids, mask, max_new_tokens=4, compile="yes")
 
 
 @pytest.mark.parametrize("variant", [dict(compressor_type="mlp"), dict(mtp_type="mlp")],
@@ -288,3 +297,36 @@ def test_mlp_compressor_and_mlp_mtp(backbone, variant: dict) -> None:
     for row, prompt in enumerate(PROMPTS):
         assert fast.sequences[row] == slow_decode(model, prompt, 15, MIXED_THRESHOLD, EOS), f"row {row}"
     check_stats(fast, 15)
+
+
+@pytest.fixture(scope="module")
+def qwen2_pair() -> tuple[torch.nn.Module, SuperThoughtsForCausalLM]:
+    """One architecture only for the compiled tests: each configuration compiles (seconds on CPU)."""
+    backbone = tiny_backbone("qwen2")
+    return backbone, superthoughts_model(backbone)
+
+
+@pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_step_matches_eager_and_compiles_once(qwen2_pair, mode: str) -> None:
+    from torch._dynamo.utils import counters
+
+    backbone, model = qwen2_pair
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=21, mode=mode, threshold=MIXED_THRESHOLD)
+    eager = generate(backbone if mode == "standard" else model, ids, mask, compile=False, **kwargs)
+    before = counters["stats"]["unique_graphs"]
+    compiled = generate(backbone if mode == "standard" else model, ids, mask, compile=True, **kwargs)
+    assert compiled.sequences == eager.sequences
+    assert (compiled.num_steps, compiled.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
+    assert compiled.num_forward_passes > 5  # many steps ...
+    assert counters["stats"]["unique_graphs"] - before == 1  # ... one compile
+    if mode == "superthoughts":
+        assert 0 < sum(compiled.num_pair_steps) < sum(compiled.num_steps)
+        # A new generate call with the same shapes and settings (a shorter prompt in the same
+        # cache-length bucket, a fresh cache) reuses the compiled step.
+        short_ids, short_mask = left_pad([PROMPTS[0], PROMPTS[1][:-2], *PROMPTS[2:]])
+        assert short_ids.shape[1] < ids.shape[1]
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = generate(model, short_ids, short_mask, compile=True, **kwargs)
+        assert again.sequences == generate(model, short_ids, short_mask, compile=False, **kwargs).sequences

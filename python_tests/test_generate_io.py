@@ -115,7 +115,7 @@ def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
     model.save_pretrained(tmp_path)
     TOKENIZER.save_pretrained(tmp_path)
     argv = ["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "8", "--device", "cpu",
-            "--mode", "pairs", "--no-kernels"]
+            "--no-compile", "--mode", "pairs", "--no-kernels"]
     assert cli.main(argv) == 0
     stats = capsys.readouterr().out.strip().splitlines()[-1]
     assert stats.startswith("[pairs] tokens=")
@@ -190,6 +190,7 @@ def test_bench_generate_smoke(tmp_path) -> None:
     assert set(rows) == {(m, b) for m in ("hf_dynamic", "standard", "pairs", "st@0.9") for b in (1, 3)}
     assert all(r["tokens"] == 7 * r["batch"] for r in rows.values())
     assert rows[("pairs", 1)]["forward_passes"] == 4 and rows[("standard", 1)]["forward_passes"] == 7
+    assert report["compile"] is False and not any(r["compiled"] for r in rows.values())  # 'auto' on CPU
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -5,18 +5,25 @@ each step updates it in place (next input, position ids, emitted tokens, counter
 That is what lets a whole step - backbone position, MTP, one lm_head GEMM, one
 `superthoughts_step` launch, bookkeeping - be captured once as a CUDA graph and replayed with
 no host work and no host-device sync; the host only reads `finished` every few steps.
+With `compile`, the step is first run through torch.compile (inductor fuses the many small
+elementwise ops of RMSNorm, rotary, SiLU and the bookkeeping) and the compiled step is what
+the CUDA graph captures.
 
 Two steppers share that loop: `SuperThoughtsStepper` (unit inputs, both heads) and
 `BackboneStepper` (plain one-token decoding of an HF causal LM, for mode "standard").
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+# Compiled decode steps kept per code object: one per (stepper type, batch, cache length,
+# max_new_tokens, scalar settings, dtype). An eval over many batches adds a few, not hundreds.
+COMPILE_RECOMPILE_LIMIT = 64
 
 
 @dataclass
@@ -192,17 +199,36 @@ def decode_step(stepper, state: DecodeState, cfg: StepConfig, offset: int) -> No
     sample(stepper, state, stepper.forward(state), cfg, offset)
 
 
-class CudaGraphStep:
-    """`decode_step` captured once as a CUDA graph and replayed on the static buffers.
+@functools.cache
+def compiled_decode_step() -> Callable[..., None]:
+    """`decode_step` through torch.compile: one graph per static configuration, no graph break.
 
-    Call 1 runs the step eagerly on a side stream (warm-up: cuBLAS handles, lazy allocations);
-    call 2 captures it (capture records, it does not run) and replays; later calls replay.
-    The op's integer arguments are baked in at capture, so the step offset (the sampling
-    counter) is frozen: graphs are for greedy decoding only, which `generate` enforces.
+    Static shapes (dynamic=False): every shape is fixed for a whole generate call, and a
+    symbolic size would only cost kernel quality. The step offset must be the constant 0: it
+    is an `int` in the op's schema, which torch.compile specializes on, so a changing offset
+    would recompile every step; compiled decoding is therefore greedy only (as for graphs).
+    """
+    return torch.compile(decode_step, fullgraph=True, dynamic=False, recompile_limit=COMPILE_RECOMPILE_LIMIT)
+
+
+def step_function(compiled: bool) -> Callable[..., None]:
+    """The step to run (looked up at call time): compiled, or the plain `decode_step`."""
+    return compiled_decode_step() if compiled else decode_step
+
+
+class CudaGraphStep:
+    """`decode_step` (or its compiled form) captured once as a CUDA graph and replayed on the
+    static buffers.
+
+    Call 1 runs the step eagerly on a side stream (warm-up: cuBLAS handles, lazy allocations,
+    torch.compile's compilation); call 2 captures it (capture records, it does not run) and
+    replays; later calls replay. The op's integer arguments are baked in at capture, so the
+    step offset (the sampling counter) is frozen: graphs are for greedy decoding only, which
+    `generate` enforces.
     """
 
-    def __init__(self, stepper, state: DecodeState, cfg: StepConfig) -> None:
-        self.run = lambda: decode_step(stepper, state, cfg, offset=0)
+    def __init__(self, stepper, state: DecodeState, cfg: StepConfig, compiled: bool = False) -> None:
+        self.run = lambda: step_function(compiled)(stepper, state, cfg, offset=0)
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -222,7 +248,7 @@ class CudaGraphStep:
         self.graph.replay()
 
 
-def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda_graph: bool,
+def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda_graph: bool, compiled: bool,
            check_every: int, check_at: int, on_step: Callable[[], None] | None) -> int:
     """Runs up to `max_steps` decode steps after prefill; returns how many ran.
 
@@ -230,9 +256,10 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
     (each read is a device sync), so up to check_every - 1 steps may run on finished rows:
     they emit nothing. `check_at` is the first step count at which every row can have
     reached max_new_tokens, which makes a pairs run without EOS stop exactly. `on_step`
-    (the streamer hook) is called after every step and may sync.
+    (the streamer hook) is called after every step and may sync. `compiled` runs the
+    torch.compile'd step with offset 0 (greedy only, see `compiled_decode_step`).
     """
-    graph_step = CudaGraphStep(stepper, state, cfg) if cuda_graph else None
+    graph_step = CudaGraphStep(stepper, state, cfg, compiled) if cuda_graph else None
     for step in range(max_steps):
         # A streamer syncs every step anyway, so the check is free then.
         check = step % check_every == 0 or step == check_at or on_step is not None
@@ -240,6 +267,8 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
             return step
         if graph_step is not None:
             graph_step()
+        elif compiled:
+            compiled_decode_step()(stepper, state, cfg, offset=0)
         else:
             decode_step(stepper, state, cfg, offset=step + 1)
         if on_step is not None:

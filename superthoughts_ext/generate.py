@@ -24,6 +24,10 @@ from superthoughts_ext import decode_loop
 
 MODES = ("superthoughts", "pairs", "standard")
 CHECK_EVERY = 8  # decode steps between host reads of `finished` (each read syncs the device)
+# With compile, cache lengths are rounded up to a multiple of this: prompts of nearby lengths
+# then share one compiled step instead of compiling one each. The extra columns are masked
+# by causality; 64 keeps their attention cost small next to the usual hundreds of positions.
+COMPILE_POSITION_BUCKET = 64
 
 
 @dataclass
@@ -136,6 +140,22 @@ def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: floa
     raise ValueError(f"generate: cuda_graphs must be 'auto', True or False, got {cuda_graphs!r}")
 
 
+def resolve_compile(compile: bool | str, device: torch.device, temperature: float) -> bool:
+    """Whether `generate(compile=...)` compiles the decode step on `device` (raises on a bad value)."""
+    if compile == "auto":
+        return device.type == "cuda" and temperature == 0.0
+    if compile is True:
+        if temperature != 0.0:
+            # The op's step offset is an int that torch.compile specializes on: sampling would
+            # recompile every step.
+            raise ValueError(f"generate: compile=True needs temperature 0 (got {temperature}); sampled decoding "
+                             f"runs uncompiled, use compile='auto'")
+        return True
+    if compile is False:
+        return False
+    raise ValueError(f"generate: compile must be 'auto', True or False, got {compile!r}")
+
+
 class _StreamFeed:
     """Feeds a streamer (transformers' TextStreamer protocol: put(tensor) then end()).
 
@@ -174,6 +194,7 @@ def generate(
     eos_token_id: int | list[int] | None = None,
     use_kernels: bool = True,
     cuda_graphs: bool | str = "auto",
+    compile: bool | str = "auto",
     streamer: Any = None,
     ignore_eos: bool = False,
 ) -> GenerateOutput:
@@ -195,6 +216,11 @@ def generate(
         eos_token_id: stop token (None: the model's generation config / config).
         use_kernels: the compiled step op; False runs the plain-torch reference.
         cuda_graphs: "auto" (on for greedy CUDA decoding), True or False.
+        compile: run the decode step through torch.compile (fullgraph, static shapes) before
+            it is captured in the CUDA graph: "auto" (on for greedy CUDA decoding), True
+            (greedy only: the sampling counter would recompile every step) or False. The
+            first call per (batch, cache length rounded up to COMPILE_POSITION_BUCKET,
+            max_new_tokens, mode / thresholds) compiles; later calls reuse that step.
         streamer: gets put(new tokens) after every step (this syncs every step) and end().
         ignore_eos: decode exactly max_new_tokens per row (benchmarks): EOS does not stop a row.
 
@@ -218,6 +244,7 @@ def generate(
     backbone = model.backbone if superthoughts else model
     max_steps = _context_steps(backbone, int(lengths.max()), max_new_tokens)
     graphs = _use_graphs(cuda_graphs, input_ids.device, temperature)
+    compiled = resolve_compile(compile, input_ids.device, temperature)
     # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
     # emit at most 1 token (standard) or 2.
     check_at = max_new_tokens - 1 if mode == "standard" else (max_new_tokens + 1) // 2 - 1
@@ -239,15 +266,19 @@ def generate(
         from superthoughts_ext.ops import superthoughts_step as step_fn
     else:
         from superthoughts_ext.reference import superthoughts_step_ref as step_fn
+    # Greedy steps ignore the seed: a constant one keeps it from keying a new compiled step.
     cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main, float(temperature),
-                                 int(seed), max_new_tokens, ignore_eos)
+                                 int(seed) if temperature > 0 else 0, max_new_tokens, ignore_eos)
 
     batch, prompt_len = input_ids.shape
     input_ids = input_ids.to(torch.int64)
     attention_mask = attention_mask.to(torch.int64)
-    state = decode_loop.DecodeState.allocate(attention_mask, prompt_len + max_steps, max_new_tokens)
+    positions = prompt_len + max_steps
+    if compiled:
+        positions = -(-positions // COMPILE_POSITION_BUCKET) * COMPILE_POSITION_BUCKET
+    state = decode_loop.DecodeState.allocate(attention_mask, positions, max_new_tokens)
     stepper_cls = decode_loop.BackboneStepper if mode == "standard" else decode_loop.SuperThoughtsStepper
-    stepper = stepper_cls(backbone if mode == "standard" else model, batch, prompt_len + max_steps)
+    stepper = stepper_cls(backbone if mode == "standard" else model, batch, positions)
     feed = None
     if streamer is not None:
         prompts = [input_ids[row, prompt_len - int(lengths[row]) :].cpu() for row in range(batch)]
@@ -260,8 +291,8 @@ def generate(
     decode_loop.sample(stepper, state, logits, cfg, offset=0)
     if feed is not None:
         feed()
-    steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, check_every=CHECK_EVERY,
-                                   check_at=check_at, on_step=feed)
+    steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, compiled=compiled,
+                                   check_every=CHECK_EVERY, check_at=check_at, on_step=feed)
     if input_ids.device.type == "cuda":
         torch.cuda.synchronize(input_ids.device)
     wall_time = time.perf_counter() - start
@@ -293,6 +324,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-kernels", action="store_true", help="use the plain-torch reference step")
     parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the decode step (default: on for greedy CUDA decoding)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -328,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
                           threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
                           eos_token_id=eos,
                           use_kernels=not args.no_kernels, cuda_graphs=False if args.no_cuda_graphs else "auto",
-                          streamer=streamer)
+                          compile="auto" if args.compile is None else args.compile, streamer=streamer)
     except ValueError as error:
         print(f"superthoughts generate: error: {error}", file=sys.stderr)
         return 2
