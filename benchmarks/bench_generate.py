@@ -6,18 +6,21 @@ Methods (greedy; the model never emits EOS, so every run emits exactly --new-tok
     standard           ours, one token per step from the backbone alone
     pairs              ours, two tokens per step (threshold 0)
     st@T               ours, adaptive with MTP threshold T
+Ours run their decode step through torch.compile per --compile/--no-compile (default: generate's
+"auto", on for CUDA), then replay it as a CUDA graph on GPU; the JSON records it per row.
 The model is random (from a config, no download): a tiny Qwen2 on CPU, a Qwen2.5-Math-1.5B
 shaped bf16 one on GPU. Random heads are unconfident, so st@T falls back to one-token steps
 almost always: it shows the cost of the adaptive path, `pairs` shows the two-token ceiling.
 
-Correctness first: our standard greedy == transformers greedy on a short prompt. Timing: median
-wall time of --repeats calls after one warm-up, device synced around each call (a call is
-seconds long; per-call overhead such as CUDA-graph capture is included). Also reported: steps
+Correctness first: our standard greedy (uncompiled) == transformers greedy on a short prompt.
+Timing: median wall time of --repeats calls after one warm-up, device synced around each call (a
+call is seconds long; per-call overhead such as CUDA-graph capture is included, torch.compile's
+compilation is not: the warm-up pays it once per configuration). Also reported: steps
 (forward passes) per second and KV-cache bytes per generated token
 (positions x layers x 2 x kv_heads x head_dim x dtype bytes / tokens, the MTP layer included
 for SuperThoughts modes). Writes benchmarks/results/generate_<device>.json and a PNG plot.
 
-    python benchmarks/bench_generate.py [--batch 1 8 32] [--prompt-len 128] [--new-tokens 512]
+    python benchmarks/bench_generate.py [--batch 1 8 32] [--prompt-len 128] [--new-tokens 512] [--no-compile]
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from superthoughts_ext.generate import generate
+from superthoughts_ext.generate import generate, resolve_compile
 from superthoughts_ext.run_info import device_name, git_commit
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -45,6 +48,7 @@ SHAPES = {
                               rope_theta=10000.0),
 }
 PAD, EOS = 0, 2
+HF_METHODS = ("hf_dynamic", "hf_static_compile")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=None,
                         help="subset to run (hf_dynamic hf_static_compile standard pairs st@T); default: all")
-    parser.add_argument("--no-compile", action="store_true", help="skip hf_static_compile")
+    parser.add_argument("--no-hf-compile", action="store_true", help="skip hf_static_compile")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile our decode step (default: generate's 'auto', on for CUDA)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
     parser.add_argument("--output", type=Path, default=None, help="JSON (default: results/generate_<device>.json)")
@@ -131,12 +137,12 @@ def kv_bytes_per_token(config, positions: int, tokens: int, extra_layers: int, d
     return positions * per_position * torch.finfo(dtype).bits / 8 / max(tokens, 1)
 
 
-def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device) -> dict:
+def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device, compiled: bool) -> dict:
     """name -> fn(ids, mask) returning (tokens, forward passes, pair steps, positions per row)."""
 
-    def hf(compiled: bool):
+    def hf(static_compile: bool):
         def run(ids, mask):
-            kwargs = dict(cache_implementation="static") if compiled else dict(disable_compile=True)
+            kwargs = dict(cache_implementation="static") if static_compile else dict(disable_compile=True)
             out = backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
                                     **kwargs)
             generated = out[:, ids.shape[1]:]
@@ -149,13 +155,13 @@ def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device
 
         def run(ids, mask):
             out = generate(model, ids, mask, max_new_tokens=new_tokens, mode=mode, threshold=threshold,
-                           eos_token_id=EOS)
+                           eos_token_id=EOS, compile=compiled)
             return (sum(out.num_tokens), out.num_forward_passes, sum(out.num_pair_steps),
                     max(out.num_steps))
         return run
 
     table = {"hf_dynamic": hf(False)}
-    if device.type == "cuda" and not args.no_compile:
+    if device.type == "cuda" and not args.no_hf_compile:
         table["hf_static_compile"] = hf(True)
     table["standard"] = ours("standard")
     table["pairs"] = ours("pairs")
@@ -204,6 +210,7 @@ def main(args: argparse.Namespace) -> int:
     new_tokens = args.new_tokens or (512 if on_gpu else 256)
     backbone, superthoughts = build_models(shape, dtype, device, max(args.prompt_len, 16) + max(new_tokens, 16) + 16)
     check = check_standard(backbone, device)
+    compiled = resolve_compile("auto" if args.compile is None else args.compile, device, 0.0)
     print(f"check: our standard greedy == transformers greedy ({check['tokens_compared']} tokens)")
 
     results = []
@@ -213,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
             "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
             "commit": git_commit(), "shape": shape, "dtype": str(dtype).removeprefix("torch."),
             "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
-            "results": results,
+            "threads": torch.get_num_threads(), "compile": compiled, "results": results,
         }
         out = args.output or RESULTS_DIR / f"generate_{device.type}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -224,17 +231,18 @@ def main(args: argparse.Namespace) -> int:
 
     for batch in args.batch:
         ids, mask = prompts(batch, args.prompt_len, backbone.config.vocab_size, device)
-        for name, fn in methods(args, backbone, superthoughts, new_tokens, device).items():
-            fn(ids, mask)  # warm-up (and compilation for hf_static_compile)
+        for name, fn in methods(args, backbone, superthoughts, new_tokens, device, compiled).items():
+            fn(ids, mask)  # warm-up (and torch.compile compilation where it applies)
             runs = [synced_time(lambda: fn(ids, mask), device) for _ in range(args.repeats)]
             seconds = statistics.median(t for t, _ in runs)
             tokens, passes, pair_steps, positions = runs[0][1]
             if tokens != batch * new_tokens:  # EOS after all: the counts would not compare
                 raise SystemExit(f"bench generate: {name} emitted {tokens} tokens, expected {batch * new_tokens}")
-            uses_mtp = name not in ("hf_dynamic", "hf_static_compile", "standard")
+            uses_mtp = name not in (*HF_METHODS, "standard")
             extra = int(uses_mtp and getattr(superthoughts.mtp, "has_cache", False))  # MTP layer's own KV
             row = {
                 "method": name, "batch": batch, "seconds": seconds, "tokens": tokens, "forward_passes": passes,
+                "compiled": name == "hf_static_compile" if name in HF_METHODS else compiled,
                 "tokens_per_s": tokens / seconds, "steps_per_s": passes / seconds,
                 "pair_step_fraction": pair_steps / max(tokens - pair_steps, 1),
                 "kv_bytes_per_token": kv_bytes_per_token(backbone.config, args.prompt_len + positions,
@@ -242,7 +250,8 @@ def main(args: argparse.Namespace) -> int:
             }
             results.append(row)
             print(f"batch {batch:3d} {name:18s} {row['tokens_per_s']:10.1f} tok/s {row['steps_per_s']:8.1f} steps/s "
-                  f"pairs {row['pair_step_fraction']:.2f} kv {row['kv_bytes_per_token'] / 1024:.1f} KiB/token")
+                  f"pairs {row['pair_step_fraction']:.2f} kv {row['kv_bytes_per_token'] / 1024:.1f} KiB/token"
+                  f"{' compiled' if row['compiled'] else ''}")
         write_report()  # after every batch: a run cut short keeps the batches it finished
 
     return 0
