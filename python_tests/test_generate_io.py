@@ -1,7 +1,8 @@
 """Decoding around the loop: streamers, the `superthoughts generate` command, CUDA graphs.
 
 Tiny random models on the demo's word-level chat tokenizer (no downloads). The CUDA-graph
-tests run only on a GPU machine: graph replay must give the eager loop's tokens.
+tests run only on a GPU machine: graph replay, with and without torch.compile, must give the
+eager loop's tokens.
 """
 from __future__ import annotations
 
@@ -132,11 +133,12 @@ def test_cuda_graphs_match_eager(model, mode: str) -> None:
     gpu_model = copy.deepcopy(model).cuda()
     ids, mask = prompt_batch(["what is 3 + 4", "carry", "what is 12 + 35 and then some more"], device="cuda")
     kwargs = dict(max_new_tokens=40, mode=mode, threshold=0.3)
-    graphed = generate(gpu_model, ids, mask, cuda_graphs=True, **kwargs)
-    eager = generate(gpu_model, ids, mask, cuda_graphs=False, **kwargs)
-    reference = generate(gpu_model, ids, mask, cuda_graphs=False, use_kernels=False, **kwargs)
-    assert graphed.sequences == eager.sequences == reference.sequences
-    assert graphed.num_pair_steps == eager.num_pair_steps
+    compiled = generate(gpu_model, ids, mask, cuda_graphs=True, compile=True, **kwargs)  # the CUDA default
+    graphed = generate(gpu_model, ids, mask, cuda_graphs=True, compile=False, **kwargs)
+    eager = generate(gpu_model, ids, mask, cuda_graphs=False, compile=False, **kwargs)
+    reference = generate(gpu_model, ids, mask, cuda_graphs=False, compile=False, use_kernels=False, **kwargs)
+    assert compiled.sequences == graphed.sequences == eager.sequences == reference.sequences
+    assert compiled.num_pair_steps == graphed.num_pair_steps == eager.num_pair_steps
     cpu = generate(model, ids.cpu(), mask.cpu(), **kwargs)
     agree = sum(a == b for a, b in zip(cpu.sequences, graphed.sequences))
     assert agree >= 2  # fp32 GPU vs CPU: an argmax may flip on a near-tie, not everywhere
