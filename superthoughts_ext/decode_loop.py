@@ -15,6 +15,7 @@ Two steppers share that loop: `SuperThoughtsStepper` (unit inputs, both heads) a
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -208,7 +209,17 @@ def compiled_decode_step() -> Callable[..., None]:
     is an `int` in the op's schema, which torch.compile specializes on, so a changing offset
     would recompile every step; compiled decoding is therefore greedy only (as for graphs).
     """
-    return torch.compile(decode_step, fullgraph=True, dynamic=False, recompile_limit=COMPILE_RECOMPILE_LIMIT)
+    options = dict(fullgraph=True, dynamic=False)
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        return torch.compile(decode_step, recompile_limit=COMPILE_RECOMPILE_LIMIT, **options)
+    compiled = torch.compile(decode_step, **options)
+
+    def step(*args, **kwargs) -> None:
+        # torch < 2.12 has only the global limit (8; fullgraph raises past it): raised per call.
+        with torch._dynamo.config.patch(recompile_limit=COMPILE_RECOMPILE_LIMIT):
+            compiled(*args, **kwargs)
+
+    return step
 
 
 def step_function(compiled: bool) -> Callable[..., None]:
