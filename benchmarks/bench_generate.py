@@ -104,7 +104,7 @@ def prompts(batch: int, length: int, vocab: int, device: torch.device) -> tuple[
 
 
 def check_standard(backbone, device: torch.device) -> dict:
-    """Our standard greedy vs transformers greedy (static cache, no compile) on a short prompt.
+    """Our standard greedy vs transformers greedy (static caches, both uncompiled) on a short prompt.
 
     Runs on a float32 copy: in bf16 the two attention paths (different cache lengths, hence
     kernels) may flip an argmax between the near-tied logits of a random model.
@@ -112,7 +112,7 @@ def check_standard(backbone, device: torch.device) -> dict:
     if backbone.dtype != torch.float32:
         backbone = copy.deepcopy(backbone).float()
     ids, mask = prompts(2, 16, backbone.config.vocab_size, device)
-    ours = generate(backbone, ids, mask, max_new_tokens=16, mode="standard", eos_token_id=EOS)
+    ours = generate(backbone, ids, mask, max_new_tokens=16, mode="standard", eos_token_id=EOS, compile=False)
     theirs = backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
                                cache_implementation="static", disable_compile=True)
     expected = theirs[:, ids.shape[1]:].tolist()
