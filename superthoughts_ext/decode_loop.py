@@ -215,7 +215,7 @@ def compiled_decode_step() -> Callable[..., None]:
     compiled = torch.compile(decode_step, **options)
 
     def step(*args, **kwargs) -> None:
-        # torch < 2.12 has only the global limit (8; fullgraph raises past it): raised per call.
+        # Older torch has only the global limit (8; fullgraph raises past it): raised per call.
         with torch._dynamo.config.patch(recompile_limit=COMPILE_RECOMPILE_LIMIT):
             compiled(*args, **kwargs)
 
