@@ -21,11 +21,15 @@ Commands::
         --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \\
         --fsdp_transformer_layer_cls_to_wrap Qwen2DecoderLayer \\
         --fsdp_state_dict_type FULL_STATE_DICT --fsdp_reshard_after_forward true \\
+        --fsdp_cpu_ram_efficient_loading false \\
         -m superthoughts_ext.train --model M --data D --output O --bf16
 
 torchrun also runs on a CPU-only machine (gloo backend): the test suite runs it with 2
-processes and checks that both ranks end with identical weights. FSDP needs GPUs: on CPU,
-accelerate silently falls back to DDP. Under FSDP train fully (no LoRA); checkpoint
+processes and checks that both ranks end with identical weights. On CPU, accelerate 1.15
+silently runs DDP instead of FSDP (it enables FSDP only for GPU-like device types); torch's
+FSDP2 itself works there, and test_train_fsdp.py lifts accelerate's gate to check an FSDP2
+run against DDP. cpu_ram_efficient_loading is turned off (see
+`train_utils.without_fsdp_ram_efficient_loading`). Under FSDP train fully (no LoRA); checkpoint
 activations with `--gradient-checkpointing`, not accelerate's FSDP activation checkpointing
 flag. Known limit (transformers 5.17): resuming a multi-process CPU run fails in Trainer's
 optimizer load (map_location "cpu:0"); single-process and GPU resumes are unaffected.
@@ -201,6 +205,8 @@ class SuperThoughtsTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         # Under FSDP the Trainer hands over the gathered full state dict (the module's own
         # parameters are shards there); otherwise state_dict is None and the module's is used.
+        if state_dict is not None:
+            state_dict = train_utils.share_tied_entries(model, state_dict)
         model.save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
@@ -229,7 +235,10 @@ def _is_superthoughts(model: nn.Module) -> bool:
 
 
 def training_arguments(options: TrainOptions) -> TrainingArguments:
-    """TrainingArguments for `options` (gradient checkpointing is enabled on the model instead)."""
+    """TrainingArguments for `options` (gradient checkpointing is enabled on the model instead).
+
+    Turns FSDP's cpu_ram_efficient_loading off (`train_utils.without_fsdp_ram_efficient_loading`).
+    """
     kwargs: dict[str, Any] = dict(
         output_dir=os.fspath(options.output_dir),
         max_steps=options.max_steps,
@@ -260,7 +269,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
     )
-    kwargs.update(options.training_args)
+    kwargs.update(train_utils.without_fsdp_ram_efficient_loading(options.training_args))
     return TrainingArguments(**kwargs)
 
 

@@ -6,6 +6,7 @@ depends on `transformers.Trainer`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,52 @@ def state_dict_digest(model: nn.Module) -> str:
         digest.update(str(tuple(t.shape)).encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def share_tied_entries(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state_dict` with every name of a tied parameter pointing at the first name's tensor.
+
+    A gathered full state dict (FSDP) holds a separate copy under each name of a tied weight
+    (embed_tokens / lm_head), so the checkpoint writer cannot see the tie by storage and would
+    store the matrix twice; shared tensors make it store the weight once, as it does when it
+    reads the module's own state dict.
+    """
+    shared = dict(state_dict)
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owner = first.setdefault(id(param), name)
+        if owner != name and owner in shared and name in shared:
+            shared[name] = shared[owner]
+    return shared
+
+
+def without_fsdp_ram_efficient_loading(training_args: Mapping[str, Any]) -> dict[str, Any]:
+    """Turns FSDP's cpu_ram_efficient_loading off, with a warning when it was asked for:
+    in the environment `accelerate launch` sets (its default is on) and in the TrainingArguments
+    `fsdp_config` of `training_args`; returns `training_args` (a copy when changed).
+
+    With it on, accelerate moves the model to meta, loads rank 0's weights back with new
+    Parameter objects and re-ties shared weights only through `model.tie_weights()`: the tied
+    embedding / lm_head of a SuperThoughts model came out as two matrices, trained apart and
+    saved apart (transformers then refuses to re-tie them at load). It also makes transformers
+    load checkpoints on meta on every rank but 0, so the distillation teacher (outside the
+    state dict, never broadcast) held zeros there. Off, each process loads the full checkpoint
+    (one host copy per process while loading).
+    """
+    env_on = (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+              and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true")
+    fsdp_config = training_args.get("fsdp_config")
+    args_on = (bool(training_args.get("fsdp")) and isinstance(fsdp_config, Mapping)
+               and str(fsdp_config.get("cpu_ram_efficient_loading", "false")).lower() == "true")
+    if not (env_on or args_on):
+        return dict(training_args)
+    warnings.warn("train: FSDP cpu_ram_efficient_loading turned off: it unties the tied embedding / lm_head "
+                  "of a SuperThoughts model and loads the distillation teacher without its weights on ranks > 0 "
+                  "(pass --fsdp_cpu_ram_efficient_loading false to accelerate launch)", stacklevel=2)
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+    if args_on:
+        return {**training_args, "fsdp_config": {**fsdp_config, "cpu_ram_efficient_loading": False}}
+    return dict(training_args)
 
 
 def build_model(
