@@ -403,3 +403,15 @@ def test_config_and_vocab_errors():
     base.config.pad_token_id = base.config.eos_token_id = None
     with pytest.raises(ValueError, match="pass pad_token_id"):
         SuperThoughtsForCausalLM.from_base(base)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_tie_weights_reties_a_rebuilt_head(family):
+    # What a loader that re-creates parameters does (accelerate's FSDP loading): the head gets
+    # its own copy of the embedding, then the loader calls tie_weights() on the wrapped model.
+    model = make_model(family)
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    model.tie_weights()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert tied == (family == "qwen2")

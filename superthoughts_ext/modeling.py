@@ -205,6 +205,11 @@ class SuperThoughtsForCausalLM(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.backbone.get_output_embeddings()
 
+    def tie_weights(self, *args: Any, **kwargs: Any) -> None:
+        """Re-ties the backbone's lm_head to its embedding where its config says so. Loaders
+        that rebuild parameters (accelerate's FSDP loading) call this on the wrapped model."""
+        self.backbone.tie_weights(*args, **kwargs)
+
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Raises ValueError when `tokenizer` has ids the embedding table cannot hold."""
         if len(tokenizer) > self.vocab_size:
