@@ -13,6 +13,7 @@ which math-verify's own signal-based timeouts do not.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -284,6 +285,9 @@ class _GradingWorker:
 
 
 _WORKER = _GradingWorker()
+# The worker would otherwise outlive a finished caller until the OS reaps it (and Python
+# warns at exit that it is still running).
+atexit.register(_WORKER.close)
 
 
 def shutdown_grader() -> None:
