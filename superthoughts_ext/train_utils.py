@@ -219,13 +219,12 @@ def without_fsdp_ram_efficient_loading(training_args: Mapping[str, Any]) -> dict
     in the environment `accelerate launch` sets (its default is on) and in the TrainingArguments
     `fsdp_config` of `training_args`; returns `training_args` (a copy when changed).
 
-    With it on, accelerate moves the model to meta, loads rank 0's weights back with new
-    Parameter objects and re-ties shared weights only through `model.tie_weights()`: the tied
-    embedding / lm_head of a SuperThoughts model came out as two matrices, trained apart and
-    saved apart (transformers then refuses to re-tie them at load). It also makes transformers
-    load checkpoints on meta on every rank but 0, so the distillation teacher (outside the
-    state dict, never broadcast) held zeros there. Off, each process loads the full checkpoint
-    (one host copy per process while loading).
+    With it on, transformers loads checkpoints on meta on every rank but 0, so the distillation
+    teacher (outside the state dict, never broadcast) holds zeros there. accelerate also moves
+    the model to meta, loads rank 0's weights back with new Parameter objects and re-ties
+    shared weights only through `model.tie_weights()` (before SuperThoughtsForCausalLM had one,
+    the tied embedding / lm_head came out as two matrices, trained and saved apart). Off, each
+    process loads the full checkpoint (one host copy per process while loading).
     """
     env_on = (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
               and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true")
@@ -234,8 +233,8 @@ def without_fsdp_ram_efficient_loading(training_args: Mapping[str, Any]) -> dict
                and str(fsdp_config.get("cpu_ram_efficient_loading", "false")).lower() == "true")
     if not (env_on or args_on):
         return dict(training_args)
-    warnings.warn("train: FSDP cpu_ram_efficient_loading turned off: it unties the tied embedding / lm_head "
-                  "of a SuperThoughts model and loads the distillation teacher without its weights on ranks > 0 "
+    warnings.warn("train: FSDP cpu_ram_efficient_loading turned off: it loads the distillation teacher "
+                  "without its weights on ranks > 0 and rebuilds the tied embedding / lm_head "
                   "(pass --fsdp_cpu_ram_efficient_loading false to accelerate launch)", stacklevel=2)
     os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
     if args_on:
