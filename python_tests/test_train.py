@@ -338,10 +338,10 @@ DDP_SCRIPT = textwrap.dedent("""
     import os, sys
     from superthoughts_ext.train import TrainOptions, train
     from superthoughts_ext.train_utils import state_dict_digest
-    model, data, out = sys.argv[1:4]
-    result = train(TrainOptions(model=model, data=data, output_dir=out, max_steps=3, batch_size=2,
-                                learning_rate=1e-3, save_steps=0, logging_steps=1, progress_bar=False,
-                                lora_r=int(sys.argv[4])))
+    model, data, out, lora_r, steps, resume = sys.argv[1:7]
+    result = train(TrainOptions(model=model, data=data, output_dir=out, max_steps=int(steps), batch_size=2,
+                                learning_rate=1e-3, save_steps=2, logging_steps=1, progress_bar=False,
+                                lora_r=int(lora_r), resume_from_checkpoint=True if resume == "1" else None))
     rank = os.environ["RANK"]
     # The same rows collated on each rank: the pad-split draws must differ between ranks.
     from superthoughts_ext.data import SuperThoughtsCollator
@@ -358,19 +358,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_ddp(script: Path, base_dirs, out: Path, lora_r: int, steps: int, resume: bool) -> list[list[str]]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           str(script), str(base_dirs["qwen2"]), str(base_dirs["data"]), str(out), str(lora_r), str(steps),
+           "1" if resume else "0"]
+    proc = subprocess.run(cmd, env=env, cwd=script.parent, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [(out / f"digest_rank{r}.txt").read_text().split() for r in (0, 1)]
+
+
 @pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
 def test_torchrun_two_processes(base_dirs, tmp_path, lora_r):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(script), str(base_dirs["qwen2"]), str(base_dirs["data"]), str(out), str(lora_r)]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    digests = [(out / f"digest_rank{r}.txt").read_text().split() for r in (0, 1)]
+    digests = run_ddp(script, base_dirs, out, lora_r, steps=3, resume=False)
     assert digests[0][:3] == digests[1][:3], digests
     assert digests[0][1:3] == ["3", "2"]
     assert digests[0][3] != digests[1][3], "both ranks drew the same pad-split pattern"
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    if lora_r == 0:
+        # Resume the 2-process run from its step-2 checkpoint (optimizer state included).
+        resumed = run_ddp(script, base_dirs, out, lora_r, steps=4, resume=True)
+        assert resumed[0][:3] == resumed[1][:3] and resumed[0][1:3] == ["4", "2"], resumed

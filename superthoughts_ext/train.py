@@ -31,8 +31,7 @@ FSDP2 itself works there, and test_train_fsdp.py lifts accelerate's gate to chec
 run against DDP. cpu_ram_efficient_loading is turned off (see
 `train_utils.without_fsdp_ram_efficient_loading`). Under FSDP train fully (no LoRA); checkpoint
 activations with `--gradient-checkpointing`, not accelerate's FSDP activation checkpointing
-flag. Known limit (transformers 5.17): resuming a multi-process CPU run fails in Trainer's
-optimizer load (map_location "cpu:0"); single-process and GPU resumes are unaffected.
+flag.
 """
 from __future__ import annotations
 
@@ -234,6 +233,20 @@ def _is_superthoughts(model: nn.Module) -> bool:
     return isinstance(model, SuperThoughtsForCausalLM)
 
 
+class _TrainingArguments(TrainingArguments):
+    """TrainingArguments whose CPU device carries no index.
+
+    accelerate names the CPU of a multi-process run `cpu:0`, and Trainer's resume loads the
+    optimizer state with that as `map_location`, which torch.load cannot map to ("don't
+    know how to restore data location ... cpu:0"). `cpu` is the same device.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        device = super().device
+        return torch.device("cpu") if device.type == "cpu" else device
+
+
 def training_arguments(options: TrainOptions) -> TrainingArguments:
     """TrainingArguments for `options` (gradient checkpointing is enabled on the model instead).
 
@@ -270,7 +283,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         use_cpu=not torch.cuda.is_available(),
     )
     kwargs.update(train_utils.without_fsdp_ram_efficient_loading(options.training_args))
-    return TrainingArguments(**kwargs)
+    return _TrainingArguments(**kwargs)
 
 
 def train(options: TrainOptions) -> TrainResult:
