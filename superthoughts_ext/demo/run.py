@@ -31,8 +31,9 @@ DONE_MARKER = "demo_done.json"
 # Bumped when cached artefacts from older code are wrong (2: training used the reloaded
 # tokenizer, which AutoTokenizer rebuilds as a Qwen2 BPE that maps every word to <unk>;
 # 3: pad-split layouts like the decoder's fallback steps and MTP targets after single units,
-# SuperThoughts fine-tuned from the baseline).
-CACHE_FORMAT = 3
+# SuperThoughts fine-tuned from the baseline; 4: pad-split draws keyed per process, rank
+# and epoch, so the same settings now train on other splits).
+CACHE_FORMAT = 4
 
 
 @dataclass(frozen=True)
