@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # One GPU session in one command: build with CUDA, then the stages named on the command line.
 #   bash benchmarks/gpu/session.sh test sanitize bench_step bench_generate bench_train
+# DEADLINE (seconds, default 580) caps one call; the device allows 600 s per command, so a
+# session is several calls, e.g. (the device's copy of .git is the one from the session
+# start, so results carry that commit):
+#   DEADLINE=580 bash benchmarks/gpu/session.sh test errors
+#   DEADLINE=580 bash benchmarks/gpu/session.sh sanitize bench_step
+#   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab
+#   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
 # Result JSON goes to $OUT (default ./gpu_out), stage logs to $OUT/logs.tgz (the device tool
 # brings back at most 8 files). Each stage has its own time limit so that one hang does not
 # eat the others; a failing stage is reported and the next one runs.
@@ -47,6 +54,12 @@ for what in "$@"; do
     bench_step) stage bench_step 400 python3 benchmarks/bench_step.py --output "$OUT/step_cuda.json" ;;
     bench_generate) stage bench_generate 580 python3 benchmarks/bench_generate.py \
         --repeats 2 --output "$OUT/generate_cuda.json" ${GENERATE_ARGS:-} ;;
+    bench_generate_ab)  # generate's compiled decode step against the uncompiled one (batch 1 and 32)
+      stage bench_generate_compile 330 python3 benchmarks/bench_generate.py --repeats 2 --batch 1 32 \
+        --methods hf_static_compile standard pairs st@0.9 --thresholds 0.9 --compile \
+        --output "$OUT/generate_cuda_compile.json"
+      stage bench_generate_no_compile 200 python3 benchmarks/bench_generate.py --repeats 2 --batch 1 32 \
+        --methods standard pairs --no-compile --output "$OUT/generate_cuda_no_compile.json" ;;
     bench_train) stage bench_train 400 python3 benchmarks/bench_train.py --shapes 1.5b --output "$OUT/train_cuda.json" ;;
     bench_train_7b) stage bench_train_7b 400 python3 benchmarks/bench_train.py --shapes 7b --rho-max 0.25 \
         --output "$OUT/train_cuda_7b.json" ;;
