@@ -60,7 +60,7 @@ struct VecKernels {
 };
 
 #define SUPERTHOUGHTS_VEC_KERNELS(ns) \
-  VecKernels { &ns::copy_finite_max_f32, &ns::copy_finite_max_bf16, &ns::first_index_of, &ns::sum_exp, \
+  VecKernels { &ns::copy_finite_max<float>, &ns::copy_finite_max<uint16_t>, &ns::first_index_of, &ns::sum_exp, \
               &ns::dot_against_rows<float>, &ns::dot2_against_rows<float>, &ns::dot_against_rows<uint16_t>, \
               &ns::dot2_against_rows<uint16_t>, #ns }
 

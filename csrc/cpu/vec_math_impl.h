@@ -74,24 +74,6 @@ static inline vf finite_or_neg_inf(vf x) {
   return select(x == x, x, splat(-std::numeric_limits<float>::infinity()));  // NaN -> -inf
 }
 
-// dst = src with NaN mapped to -inf; returns max(dst).
-static float copy_finite_max_f32(const float* src, float* dst, int64_t n) {
-  vf acc = splat(-std::numeric_limits<float>::infinity());
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    const vf x = finite_or_neg_inf(load(src + i));
-    store(dst + i, x);
-    acc = select(x > acc, x, acc);
-  }
-  float m = horizontal_max(acc);
-  for (; i < n; ++i) {
-    const float x = src[i] == src[i] ? src[i] : -std::numeric_limits<float>::infinity();
-    dst[i] = x;
-    m = x > m ? x : m;
-  }
-  return m;
-}
-
 // A bfloat16 is the top half of a float32: widening is a 16-bit shift, in registers.
 static inline vf load_bf16(const uint16_t* p) {
   vu16 bits;
@@ -106,18 +88,26 @@ static inline float bf16_to_float(uint16_t bits) {
   return x;
 }
 
-// copy_finite_max_f32 for bfloat16 given as raw bits.
-static float copy_finite_max_bf16(const uint16_t* src, float* dst, int64_t n) {
+// Inputs of the kernels below: float32, or bfloat16 as raw bits (uint16_t) widened in
+// registers, so 16-bit logits and weights stream from memory at half the bytes.
+static inline vf load_as_float(const float* p) { return load(p); }
+static inline vf load_as_float(const uint16_t* p) { return load_bf16(p); }
+static inline float value_at(const float* p, int64_t i) { return p[i]; }
+static inline float value_at(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+
+// dst = src as float32 with NaN mapped to -inf; returns max(dst).
+template <typename Src>
+static float copy_finite_max(const Src* src, float* dst, int64_t n) {
   vf acc = splat(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    const vf x = finite_or_neg_inf(load_bf16(src + i));
+    const vf x = finite_or_neg_inf(load_as_float(src + i));
     store(dst + i, x);
     acc = select(x > acc, x, acc);
   }
   float m = horizontal_max(acc);
   for (; i < n; ++i) {
-    float x = bf16_to_float(src[i]);
+    float x = value_at(src, i);
     x = x == x ? x : -std::numeric_limits<float>::infinity();
     dst[i] = x;
     m = x > m ? x : m;
@@ -164,13 +154,6 @@ static float sum_exp(const float* buf, int64_t n, float shift) {
   return horizontal_sum(acc0 + acc1);
 }
 
-// Merge-weight elements: float32, or bfloat16 as raw bits widened in registers, so a bf16
-// weight streams from memory at half the bytes of an fp32 one.
-static inline vf load_weight(const float* p) { return load(p); }
-static inline vf load_weight(const uint16_t* p) { return load_bf16(p); }
-static inline float weight_at(const float* p, int64_t i) { return p[i]; }
-static inline float weight_at(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
-
 // out[r] += dot(weight_row[0, k), pairs + r * ldx) for r < rows: one weight row against every
 // batch row, so each weight element is read from memory once per step whatever the batch
 // size. Four batch rows share each weight load (register blocking).
@@ -188,7 +171,7 @@ static void dot_against_rows(const W* weight_row, const float* pairs, int64_t ro
     for (; i + kLanes <= k; i += kLanes) {
       // The weight streams from DRAM once; prefetching well ahead hides its latency.
       __builtin_prefetch(weight_row + i + kPrefetchElements);
-      const vf w = load_weight(weight_row + i);
+      const vf w = load_as_float(weight_row + i);
       a0 += w * load(x0 + i);
       a1 += w * load(x1 + i);
       a2 += w * load(x2 + i);
@@ -196,7 +179,7 @@ static void dot_against_rows(const W* weight_row, const float* pairs, int64_t ro
     }
     float t0 = horizontal_sum(a0), t1 = horizontal_sum(a1), t2 = horizontal_sum(a2), t3 = horizontal_sum(a3);
     for (; i < k; ++i) {
-      const float w = weight_at(weight_row, i);
+      const float w = value_at(weight_row, i);
       t0 += w * x0[i];
       t1 += w * x1[i];
       t2 += w * x2[i];
@@ -211,9 +194,9 @@ static void dot_against_rows(const W* weight_row, const float* pairs, int64_t ro
     const float* x = pairs + r * ldx;
     vf acc = splat(0.0f);
     int64_t i = 0;
-    for (; i + kLanes <= k; i += kLanes) acc += load_weight(weight_row + i) * load(x + i);
+    for (; i + kLanes <= k; i += kLanes) acc += load_as_float(weight_row + i) * load(x + i);
     float total = horizontal_sum(acc);
-    for (; i < k; ++i) total += weight_at(weight_row, i) * x[i];
+    for (; i < k; ++i) total += value_at(weight_row, i) * x[i];
     out[r] += total;
   }
 }
@@ -233,7 +216,7 @@ static void dot2_against_rows(const W* w0, const W* w1, const float* pairs, int6
     for (; i + kLanes <= k; i += kLanes) {
       __builtin_prefetch(w0 + i + kPrefetchElements);
       __builtin_prefetch(w1 + i + kPrefetchElements);
-      const vf u = load_weight(w0 + i), v = load_weight(w1 + i);
+      const vf u = load_as_float(w0 + i), v = load_as_float(w1 + i);
       vf x = load(x0 + i);
       a00 += u * x;
       a10 += v * x;
@@ -251,7 +234,7 @@ static void dot2_against_rows(const W* w0, const W* w1, const float* pairs, int6
     float s1[4] = {horizontal_sum(a10), horizontal_sum(a11), horizontal_sum(a12), horizontal_sum(a13)};
     const float* xs[4] = {x0, x1, x2, x3};
     for (; i < k; ++i) {
-      const float u = weight_at(w0, i), v = weight_at(w1, i);
+      const float u = value_at(w0, i), v = value_at(w1, i);
       for (int j = 0; j < 4; ++j) {
         s0[j] += u * xs[j][i];
         s1[j] += v * xs[j][i];
