@@ -16,7 +16,8 @@ or a single: a single unit is a decoding fallback, not the end of the text, and 
 time the MTP head is asked for that token at every step (its confidence decides the
 fallback), after single units as much as after pairs. This departs from DESIGN.md section 1
 ("MTP target ignored when b_{j+1} is PAD"): with that rule the head never learned the token
-after a single unit, and the demo's SuperThoughts model fell to 41% at threshold 0.9.
+after a single unit (the demo's earlier model, trained that way with the first pad-split and
+from scratch, reached 41% at threshold 0.9).
 
 Pad-split mirrors the decoder's fallback: a single unit shifts every later pair by one
 token, so singles sit anywhere in the response (not only as both halves of a pair of the
