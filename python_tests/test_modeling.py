@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
 
 from superthoughts_ext.data import SuperThoughtsCollator  # noqa: E402
-from superthoughts_ext.layers import linear_cross_entropy  # noqa: E402
+from superthoughts_ext.layers import causal_mask_for_right_padding, linear_cross_entropy  # noqa: E402
 from superthoughts_ext.modeling import (  # noqa: E402
     SuperThoughtsConfig,
     SuperThoughtsForCausalLM,
@@ -415,3 +415,47 @@ def test_tie_weights_reties_a_rebuilt_head(family):
     model.tie_weights()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert tied == (family == "qwen2")
+
+
+def test_causal_mask_for_right_padding():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    assert torch.equal(causal_mask_for_right_padding(right), torch.ones_like(right))
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    holes = torch.tensor([[1, 0, 1, 0]])
+    assert causal_mask_for_right_padding(left) is left and causal_mask_for_right_padding(holes) is holes
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_right_padding_shortcut_keeps_the_loss(family, monkeypatch):
+    # The training forward drops a right-padding mask (causality hides the pads); the loss and
+    # gradients must equal those of the masked computation, for the backbone, the MTP layer and
+    # the distillation teacher.
+    import superthoughts_ext.modeling as modeling
+
+    model = make_model(family, distill_weight=0.5)
+    model.attach_teacher(copy.deepcopy(model.backbone))
+    batch = training_batch(with_distill=True)
+    assert bool((batch["attention_mask"] == 0).any()), "the batch should have right padding"
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        out = model(**batch, return_logits=False)
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fast_loss, fast_grads = loss_and_grads()
+    monkeypatch.setattr(modeling, "causal_mask_for_right_padding", lambda mask: mask)
+    masked_loss, masked_grads = loss_and_grads()
+    torch.testing.assert_close(fast_loss, masked_loss, rtol=1e-5, atol=1e-6)
+    for fast, masked in zip(fast_grads, masked_grads, strict=True):
+        torch.testing.assert_close(fast, masked, rtol=1e-4, atol=1e-6)
+
+
+def test_right_padding_shortcut_keeps_the_baseline_loss():
+    backbone = make_backbone("qwen2")
+    batch = SuperThoughtsCollator(PAD, EOS, baseline=True)([
+        {"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 10, 11]}, {"prompt_ids": [5], "response_ids": [12]}])
+    assert bool((batch["attention_mask"] == 0).any())
+    masked = backbone(**batch).loss
+    fast = backbone(**{**batch, "attention_mask": causal_mask_for_right_padding(batch["attention_mask"])}).loss
+    torch.testing.assert_close(fast, masked, rtol=1e-5, atol=1e-6)

@@ -29,7 +29,13 @@ from superthoughts_ext.checkpoint import (
     read_model_dir,
     save_superthoughts_dir,
 )
-from superthoughts_ext.layers import SuperThoughtsCache, build_compressor, build_mtp, linear_cross_entropy
+from superthoughts_ext.layers import (
+    SuperThoughtsCache,
+    build_compressor,
+    build_mtp,
+    causal_mask_for_right_padding,
+    linear_cross_entropy,
+)
 
 IGNORE = -100
 
@@ -293,7 +299,7 @@ class SuperThoughtsForCausalLM(nn.Module):
         """
         batch, length = first_ids.shape
         embeds = self.embed_inputs(first_ids, second_ids, is_unit)
-        h, h_mtp = self.hidden_states(embeds, position_ids, attention_mask)
+        h, h_mtp = self.hidden_states(embeds, position_ids, causal_mask_for_right_padding(attention_mask))
         output = SuperThoughtsOutput()
         if return_logits or labels_main is None:
             logits = self.head_logits(h.reshape(batch * length, -1), h_mtp.reshape(batch * length, -1))
@@ -343,6 +349,8 @@ class SuperThoughtsForCausalLM(nn.Module):
         if bool((teacher_index[rows, cols] < 0).any()):
             raise ValueError("forward: teacher_index is -1 at a position with a main target")
         with torch.no_grad():
+            if teacher_attention_mask is not None:
+                teacher_attention_mask = causal_mask_for_right_padding(teacher_attention_mask)
             t_logits = teacher(input_ids=teacher_input_ids, attention_mask=teacher_attention_mask).logits
             target = F.log_softmax(t_logits[rows, teacher_index[rows, cols]].float(), dim=-1)  # [N, V]
         student = F.log_softmax(self.backbone.get_output_embeddings()(h_main).float(), dim=-1)  # [N, V]

@@ -48,6 +48,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from superthoughts_ext import train_utils
+from superthoughts_ext.layers import causal_mask_for_right_padding
 
 LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -171,6 +172,9 @@ class SuperThoughtsTrainer(Trainer):
         if self._superthoughts and model.training:
             # Training needs the loss alone: skip the [B, T, V] logits of both heads.
             inputs = {**inputs, "return_logits": False}
+        elif not self._superthoughts and "attention_mask" in inputs:
+            # The baseline gets the same right-padding shortcut the SuperThoughts forward takes.
+            inputs = {**inputs, "attention_mask": causal_mask_for_right_padding(inputs["attention_mask"])}
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
