@@ -163,11 +163,17 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
     // weight rows stream past it once.
     std::vector<float> acc((end - begin) * batch, 0.0f), converted(2 * kMergeTile);
     // Row i of W from column k0: fp32 and bf16 rows go to the vector kernels as they are
-    // (bf16 is widened in registers); fp16 rows are widened into `converted` slot j first.
-    auto half_tile = [&](int64_t i, int64_t k0, int64_t width, int j) -> const float* {
-      float* dst = converted.data() + j * kMergeTile;
-      for (int64_t k = 0; k < width; ++k) dst[k] = static_cast<float>(w[i * k2 + k0 + k]);
-      return dst;
+    // (bf16 as raw bits, widened in registers); fp16 rows are widened into `converted` slot j.
+    auto weight_row = [&](int64_t i, int64_t k0, int64_t width, int j) {
+      if constexpr (std::is_same_v<embed_t, float>) {
+        return w + i * k2 + k0;
+      } else if constexpr (std::is_same_v<embed_t, at::BFloat16>) {
+        return reinterpret_cast<const uint16_t*>(w) + i * k2 + k0;
+      } else {
+        float* dst = converted.data() + j * kMergeTile;
+        for (int64_t k = 0; k < width; ++k) dst[k] = static_cast<float>(w[i * k2 + k0 + k]);
+        return static_cast<const float*>(dst);
+      }
     };
     for (int64_t k0 = 0; k0 < k2; k0 += kMergeTile) {
       const int64_t width = std::min(kMergeTile, k2 - k0);
@@ -175,27 +181,10 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
       int64_t i = begin;
       for (; i + 2 <= end; i += 2) {  // two output features per pass over the batch rows
         float* out0 = &acc[(i - begin) * batch];
-        float* out1 = out0 + batch;
-        if constexpr (std::is_same_v<embed_t, float>) {
-          vec.dot2_against_rows(w + i * k2 + k0, w + (i + 1) * k2 + k0, x, batch, width, k2, out0, out1);
-        } else if constexpr (std::is_same_v<embed_t, at::BFloat16>) {
-          const auto* bits = reinterpret_cast<const uint16_t*>(w);
-          vec.dot2_against_rows_bf16(bits + i * k2 + k0, bits + (i + 1) * k2 + k0, x, batch, width, k2, out0, out1);
-        } else {
-          vec.dot2_against_rows(half_tile(i, k0, width, 0), half_tile(i + 1, k0, width, 1), x, batch, width, k2,
-                                out0, out1);
-        }
+        vec.dot2(weight_row(i, k0, width, 0), weight_row(i + 1, k0, width, 1), x, batch, width, k2, out0,
+                 out0 + batch);
       }
-      if (i < end) {
-        float* out0 = &acc[(i - begin) * batch];
-        if constexpr (std::is_same_v<embed_t, float>) {
-          vec.dot_against_rows(w + i * k2 + k0, x, batch, width, k2, out0);
-        } else if constexpr (std::is_same_v<embed_t, at::BFloat16>) {
-          vec.dot_against_rows_bf16(reinterpret_cast<const uint16_t*>(w) + i * k2 + k0, x, batch, width, k2, out0);
-        } else {
-          vec.dot_against_rows(half_tile(i, k0, width, 0), x, batch, width, k2, out0);
-        }
-      }
+      if (i < end) vec.dot(weight_row(i, k0, width, 0), x, batch, width, k2, &acc[(i - begin) * batch]);
     }
     for (int64_t i = begin; i < end; ++i) {
       const float add = bias_ptr ? static_cast<float>(bias_ptr[i]) : 0.0f;

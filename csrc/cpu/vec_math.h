@@ -57,6 +57,22 @@ struct VecKernels {
   void (*dot2_against_rows_bf16)(const uint16_t*, const uint16_t*, const float*, int64_t, int64_t, int64_t, float*,
                                  float*);
   const char* name;
+
+  // The dot kernels picked by the weight rows' element type (float32, or bfloat16 bits).
+  void dot(const float* w, const float* x, int64_t rows, int64_t k, int64_t ldx, float* out) const {
+    dot_against_rows(w, x, rows, k, ldx, out);
+  }
+  void dot(const uint16_t* w, const float* x, int64_t rows, int64_t k, int64_t ldx, float* out) const {
+    dot_against_rows_bf16(w, x, rows, k, ldx, out);
+  }
+  void dot2(const float* w0, const float* w1, const float* x, int64_t rows, int64_t k, int64_t ldx, float* out0,
+            float* out1) const {
+    dot2_against_rows(w0, w1, x, rows, k, ldx, out0, out1);
+  }
+  void dot2(const uint16_t* w0, const uint16_t* w1, const float* x, int64_t rows, int64_t k, int64_t ldx,
+            float* out0, float* out1) const {
+    dot2_against_rows_bf16(w0, w1, x, rows, k, ldx, out0, out1);
+  }
 };
 
 #define SUPERTHOUGHTS_VEC_KERNELS(ns) \
