@@ -222,6 +222,11 @@ def compiled_decode_step() -> Callable[..., None]:
     return step
 
 
+def step_function(compiled: bool) -> Callable[..., None]:
+    """The step to run (looked up at call time): compiled, or the plain `decode_step`."""
+    return compiled_decode_step() if compiled else decode_step
+
+
 class CudaGraphStep:
     """`decode_step` (or its compiled form) captured once as a CUDA graph and replayed on the
     static buffers.
@@ -233,8 +238,8 @@ class CudaGraphStep:
     `generate` enforces.
     """
 
-    def __init__(self, stepper, state: DecodeState, cfg: StepConfig, step_fn: Callable[..., None] = decode_step) -> None:
-        self.run = lambda: step_fn(stepper, state, cfg, offset=0)
+    def __init__(self, stepper, state: DecodeState, cfg: StepConfig, compiled: bool = False) -> None:
+        self.run = lambda: step_function(compiled)(stepper, state, cfg, offset=0)
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -265,8 +270,7 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
     (the streamer hook) is called after every step and may sync. `compiled` runs the
     torch.compile'd step with offset 0 (greedy only, see `compiled_decode_step`).
     """
-    step_fn = compiled_decode_step() if compiled else decode_step
-    graph_step = CudaGraphStep(stepper, state, cfg, step_fn) if cuda_graph else None
+    graph_step = CudaGraphStep(stepper, state, cfg, compiled) if cuda_graph else None
     for step in range(max_steps):
         # A streamer syncs every step anyway, so the check is free then.
         check = step % check_every == 0 or step == check_at or on_step is not None
@@ -274,9 +278,10 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
             return step
         if graph_step is not None:
             graph_step()
+        elif compiled:
+            compiled_decode_step()(stepper, state, cfg, offset=0)
         else:
-            # The compiled step keeps the constant offset 0 (an int torch.compile specializes on).
-            step_fn(stepper, state, cfg, offset=0 if compiled else step + 1)
+            decode_step(stepper, state, cfg, offset=step + 1)
         if on_step is not None:
             on_step()
     return max_steps
