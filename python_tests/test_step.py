@@ -1,14 +1,26 @@
-"""superthoughts_step: compiled kernels vs the plain-torch reference, sampling, errors."""
+"""superthoughts_step: compiled kernels vs the plain-torch reference, sampling, errors.
+
+Device "cuda_emulated" runs the CUDA kernel's source compiled for the CPU (python_tests/
+cuda_emulation.py) on a few emulated blocks, so that machines without a GPU test its logic too.
+"""
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
+
+import cuda_emulation
 
 import superthoughts_ext
 from superthoughts_ext.ops import superthoughts_step
 from superthoughts_ext.reference import superthoughts_step_ref
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+EMULATED = "cuda_emulated"
+TORCH_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = TORCH_DEVICES + [EMULATED]
+# Blocks of an emulated launch: odd, so that ranges cut rows at uneven places.
+EMULATED_GRID = 7
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, V, H): every B in {1, 3, 64}, V in {7, 1000, 151936}, H in {8, 64, 1536}, odd sizes,
 # and the real Qwen2.5 vocabulary with the 1.5B hidden size.
@@ -18,7 +30,21 @@ PAD, EOS = 0, 2
 NEXT_IN_TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 1.6e-2), torch.float16: (2e-3, 1e-3)}
 
 
+def tensor_device(device):
+    return "cpu" if device == EMULATED else device
+
+
+def step_on(device, grid=EMULATED_GRID):
+    """superthoughts_step as `device` runs it."""
+    if device != EMULATED:
+        return superthoughts_step
+    if cuda_emulation.cuda_include_dir() is None:
+        pytest.skip("the CUDA emulation needs the CUDA toolkit's headers")
+    return functools.partial(cuda_emulation.emulated_step, grid=grid)
+
+
 def make_inputs(batch, vocab, hidden, dtype, device, merge="linear", seed=0):
+    device = tensor_device(device)
     gen = torch.Generator().manual_seed(seed)
     # Row-dependent sharpness so that one batch mixes accepted and rejected second tokens.
     scale = torch.linspace(0.5, 12.0, max(batch, 1))[:batch].view(1, batch, 1)
@@ -33,11 +59,11 @@ def make_inputs(batch, vocab, hidden, dtype, device, merge="linear", seed=0):
     return logits, embed, weight, bias, finished
 
 
-def run_both(logits, embed, weight, bias, finished, **kw):
+def run_both(logits, embed, weight, bias, finished, device="cpu", grid=EMULATED_GRID, **kw):
     args = dict(pad_id=PAD, eos_id=EOS, threshold=0.5, threshold_main=0.0, temperature=0.0, seed=0, offset=0)
     args.update(kw)
     fin_kernel, fin_ref = finished.clone(), finished.clone()
-    got = superthoughts_step(logits, embed, weight, bias, fin_kernel, **args)
+    got = step_on(device, grid)(logits, embed, weight, bias, fin_kernel, **args)
     want = superthoughts_step_ref(logits, embed, weight, bias, fin_ref, **args)
     return got, want, fin_kernel, fin_ref
 
@@ -60,7 +86,7 @@ def test_greedy_matches_reference(device, dtype, shape, merge):
     if merge != "linear" and shape[1] == 151936 and dtype != torch.float32:
         pytest.skip("merge variants are covered on the smaller vocabularies")
     inputs = make_inputs(*shape, dtype, device, merge)
-    got, want, fin_kernel, fin_ref = run_both(*inputs)
+    got, want, fin_kernel, fin_ref = run_both(*inputs, device=device)
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
     assert got[3].dtype == dtype and got[3].shape == (shape[0], shape[2] * (2 if merge == "raw_pair" else 1))
 
@@ -71,7 +97,24 @@ def test_greedy_matches_reference(device, dtype, shape, merge):
 def test_merge_odd_sizes(device, dtype, batch, hidden):
     # Odd feature counts and batch rows that are not a multiple of the CPU merge's 2x4 register
     # block (and, for 17 rows in fp32, the BLAS path).
-    got, want, fin_kernel, fin_ref = run_both(*make_inputs(batch, 1000, hidden, dtype, device))
+    got, want, fin_kernel, fin_ref = run_both(*make_inputs(batch, 1000, hidden, dtype, device), device=device)
+    assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
+
+
+@pytest.mark.parametrize("grid", [1, 2, 80])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((1, 151936, 64), torch.bfloat16), ((40, 1000, 96), torch.bfloat16), ((33, 7, 64), torch.float16),
+     ((5, 1000, 8), torch.float32)],
+    ids=["B1_V151936_H64_bf16", "B40_V1000_H96_bf16", "B33_V7_H64_fp16", "B5_V1000_H8_fp32"],
+)
+def test_emulated_cuda_kernel_grid_sizes(grid, shape, dtype):
+    # The GPU's grid (2 x SMs blocks) decides how rows are cut into partials and how merge tasks
+    # are dealt out. 1 block does everything; 80 blocks cut a B = 1 row into 41 partials per
+    # head, more than the 32 lanes that merge them take in one pass. B = 40 and 33 leave the
+    # tensor-core path partial batch tiles.
+    inputs = make_inputs(*shape, dtype, EMULATED)
+    got, want, fin_kernel, fin_ref = run_both(*inputs, device=EMULATED, grid=grid)
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
 
 
@@ -79,7 +122,7 @@ def test_merge_odd_sizes(device, dtype, batch, hidden):
 @pytest.mark.parametrize("threshold,threshold_main", [(0.0, 0.0), (1.0, 0.0), (0.3, 0.2), (0.0, 1.0)])
 def test_thresholds(device, threshold, threshold_main):
     inputs = make_inputs(64, 1000, 64, torch.float32, device)
-    got, want, fin_kernel, fin_ref = run_both(*inputs, threshold=threshold, threshold_main=threshold_main)
+    got, want, fin_kernel, fin_ref = run_both(*inputs, device=device, threshold=threshold, threshold_main=threshold_main)
     assert_step_equal(got, want, fin_kernel, fin_ref, torch.float32)
     n_new = got[1]
     if threshold == 0.0 and threshold_main == 0.0:
@@ -96,7 +139,7 @@ def test_eos_and_finished_rows(device):
     logits[0, 1, 5] = 100.0
     logits[1, 1, EOS] = 100.0  # row 1: confident MTP emits EOS as the second token
     finished[3] = True  # row 3 already done
-    got, want, fin_kernel, fin_ref = run_both(logits, embed, weight, bias, finished, threshold=0.9)
+    got, want, fin_kernel, fin_ref = run_both(logits, embed, weight, bias, finished, device, threshold=0.9)
     assert_step_equal(got, want, fin_kernel, fin_ref, torch.float32)
     tokens, n_new, conf, _ = got
     assert tokens[0].tolist() == [EOS, -1] and n_new[0] == 1
@@ -114,7 +157,7 @@ def test_nan_and_inf_logits(device, dtype):
     logits[1, 1, 7] = 50.0
     logits[0, 2, :] = float("-inf")  # all -inf
     logits[1, 3, 11] = float("inf")  # +inf has no finite maximum either
-    got, want, fin_kernel, fin_ref = run_both(logits, embed, weight, bias, finished)
+    got, want, fin_kernel, fin_ref = run_both(logits, embed, weight, bias, finished, device)
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
     tokens, _, conf, next_in = got
     assert tokens[0, 0] == PAD and conf[0, 0] == 0.0
@@ -127,15 +170,15 @@ def test_nan_and_inf_logits(device, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 def test_strided_inputs(device):
     logits, embed, weight, bias, finished = make_inputs(6, 1000, 64, torch.float32, device)
-    wide_embed = torch.randn(1000, 96, device=device)
+    wide_embed = torch.randn(1000, 96, device=tensor_device(device))
     wide_embed[:, :64] = embed
     strided_logits = logits[:, ::2, :]  # batch stride 2000
     strided_embed = wide_embed[:, :64]  # row stride 96
-    got, want, fin_kernel, fin_ref = run_both(strided_logits, strided_embed, weight, bias, finished[:3].clone())
+    got, want, fin_kernel, fin_ref = run_both(strided_logits, strided_embed, weight, bias, finished[:3].clone(), device)
     assert_step_equal(got, want, fin_kernel, fin_ref, torch.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_empty_batch(device):
     logits, embed, weight, bias, finished = make_inputs(0, 100, 8, torch.float32, device)
     tokens, n_new, conf, next_in = superthoughts_step(logits, embed, weight, bias, finished, PAD, EOS, 0.5)
@@ -147,18 +190,19 @@ def test_empty_batch(device):
 @pytest.mark.parametrize("shape", [(3, 1000, 64), (2, 151936, 8)], ids=lambda s: "B{}_V{}_H{}".format(*s))
 def test_sampling_matches_reference(device, dtype, shape):
     inputs = make_inputs(*shape, dtype, device)
-    got, want, fin_kernel, fin_ref = run_both(*inputs, temperature=0.8, seed=1234, offset=77)
+    got, want, fin_kernel, fin_ref = run_both(*inputs, device=device, temperature=0.8, seed=1234, offset=77)
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_sampling_is_keyed_by_seed_and_offset(device):
+    step, device = step_on(device), tensor_device(device)
     logits = torch.zeros(2, 64, 1000, device=device)  # uniform: samples are pure noise
     embed = torch.randn(1000, 8, device=device)
 
     def sample(seed, offset):
         finished = torch.zeros(64, dtype=torch.bool, device=device)
-        return superthoughts_step(logits, embed, None, None, finished, PAD, EOS, 0.0, 0.0, 1.0, seed, offset)[0]
+        return step(logits, embed, None, None, finished, PAD, EOS, 0.0, 0.0, 1.0, seed, offset)[0]
 
     first = sample(7, 3)
     torch.testing.assert_close(first, sample(7, 3), rtol=0, atol=0)
@@ -169,7 +213,10 @@ def test_sampling_is_keyed_by_seed_and_offset(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_sampling_distribution_chi_square(device):
+    if device == EMULATED:
+        pytest.skip("4 x 4096 rows take minutes emulated; its samples equal the reference's (test_sampling_matches_reference)")
     scipy_stats = pytest.importorskip("scipy.stats")
+    step, device = step_on(device), tensor_device(device)
     temperature, rows, vocab = 0.7, 4096, 7
     base = torch.tensor([1.0, 0.5, 0.0, -0.5, 2.0, -1.0, 0.3])
     logits = base.expand(2, rows, vocab).contiguous().to(device)
@@ -177,14 +224,14 @@ def test_sampling_distribution_chi_square(device):
     counts = torch.zeros(vocab)
     for offset in range(4):
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        tokens = superthoughts_step(logits, embed, None, None, finished, PAD, 6, 0.0, 0.0, temperature, 99, offset)[0]
+        tokens = step(logits, embed, None, None, finished, PAD, 6, 0.0, 0.0, temperature, 99, offset)[0]
         counts += torch.bincount(tokens[:, 0].cpu(), minlength=vocab).float()
     expected = torch.softmax(base / temperature, dim=0) * counts.sum()
     p_value = scipy_stats.chisquare(counts.numpy(), expected.numpy()).pvalue
     assert p_value > 1e-3, (counts, expected)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("merge", MERGES)
 def test_opcheck(device, merge):
     logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, device, merge)
@@ -198,7 +245,7 @@ def test_opcheck(device, merge):
     )
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_torch_compile_fullgraph(device):
     logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, device)
 

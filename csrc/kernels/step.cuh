@@ -40,7 +40,11 @@
 // B = 64, H = 64, bf16/fp16 -> tensor cores; raw_pair -> copy; V = 7 -> ranges spanning many
 // rows; V = 151936, B = 1 -> ~130 partials per row; strided logits -> scalar prologues.
 #pragma once
+#ifdef SUPERTHOUGHTS_CUDA_EMULATION
+#include "../emulation/cuda_emulation.h"  // the same kernel on a CPU, for tests without a GPU
+#else
 #include <cooperative_groups.h>
+#endif
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -68,6 +72,36 @@ __global__ void __launch_bounds__(kThreads, 2) superthoughts_step_kernel(const _
 
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
+// Fills the plan fields of `p` (grid, range, seg_max, group, merge_path, embed_vec) for a
+// launch of `grid` blocks from the sizes and pointers already in it, and the workspace size
+// the caller must allocate on the device (no initialisation needed). Requires batch >= 1 and
+// vocab >= 1. Host only, no CUDA calls: the emulator plans its small grids with it too.
+template <typename EmbedT>
+void plan_step_launch(StepParams& p, int grid, size_t* workspace_bytes) {
+  p.grid = grid;
+  const int64_t total = 2 * p.batch * p.vocab;
+  p.range = (total + grid - 1) / grid;
+  if (p.range < kMinRange) p.range = kMinRange;
+  // A row of V elements meets at most (V - 1) / range + 2 ranges.
+  p.seg_max = (p.vocab - 1) / p.range + 2;
+  p.group = 1;
+  while (p.group < 32 && p.group < p.seg_max) p.group *= 2;
+
+  constexpr int kVec = kVecElems<EmbedT>;
+  p.embed_vec = p.hidden % kVec == 0 && p.embed_row_stride % kVec == 0 && aligned16(p.embed) &&
+                aligned16(p.next_in) && (p.weight == nullptr || aligned16(p.weight));
+  if (p.weight == nullptr) {
+    p.merge_path = kMergeCopy;
+  } else if (sizeof(EmbedT) == 2 && p.embed_vec && p.hidden % kMmaFeatures == 0 &&
+             p.batch > kGemvMaxBatch) {
+    p.merge_path = kMergeMma;
+  } else {
+    p.merge_path = kMergeGemv;
+  }
+  *workspace_bytes = static_cast<size_t>(2 * p.batch * p.seg_max) * sizeof(Acc);
+}
+
+#ifndef SUPERTHOUGHTS_CUDA_EMULATION
 // Blocks of superthoughts_step_kernel<LogitT, EmbedT> that fit on the current device at once;
 // cached per device (host-side queries only, no device sync).
 template <typename LogitT, typename EmbedT>
@@ -92,35 +126,14 @@ cudaError_t resident_blocks(int* blocks) {
   return cudaSuccess;
 }
 
-// Fills the plan fields of `p` (grid, range, seg_max, group, merge_path, embed_vec) from the
-// sizes and pointers already in it, and the workspace size the caller must allocate on the
-// device (no initialisation needed). Requires batch >= 1 and vocab >= 1.
+// plan_step_launch for a grid of every block that fits on the current device at once (the
+// grid barrier needs them all resident).
 template <typename LogitT, typename EmbedT>
 cudaError_t plan_superthoughts_step(StepParams& p, size_t* workspace_bytes) {
   int grid = 0;
   const cudaError_t err = resident_blocks<LogitT, EmbedT>(&grid);
   if (err != cudaSuccess) return err;
-  p.grid = grid;
-  const int64_t total = 2 * p.batch * p.vocab;
-  p.range = (total + grid - 1) / grid;
-  if (p.range < kMinRange) p.range = kMinRange;
-  // A row of V elements meets at most (V - 1) / range + 2 ranges.
-  p.seg_max = (p.vocab - 1) / p.range + 2;
-  p.group = 1;
-  while (p.group < 32 && p.group < p.seg_max) p.group *= 2;
-
-  constexpr int kVec = kVecElems<EmbedT>;
-  p.embed_vec = p.hidden % kVec == 0 && p.embed_row_stride % kVec == 0 && aligned16(p.embed) &&
-                aligned16(p.next_in) && (p.weight == nullptr || aligned16(p.weight));
-  if (p.weight == nullptr) {
-    p.merge_path = kMergeCopy;
-  } else if (sizeof(EmbedT) == 2 && p.embed_vec && p.hidden % kMmaFeatures == 0 &&
-             p.batch > kGemvMaxBatch) {
-    p.merge_path = kMergeMma;
-  } else {
-    p.merge_path = kMergeGemv;
-  }
-  *workspace_bytes = static_cast<size_t>(2 * p.batch * p.seg_max) * sizeof(Acc);
+  plan_step_launch<EmbedT>(p, grid, workspace_bytes);
   return cudaSuccess;
 }
 
@@ -133,5 +146,6 @@ cudaError_t launch_superthoughts_step(const StepParams& p, cudaStream_t stream) 
   return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&superthoughts_step_kernel<LogitT, EmbedT>),
                                      dim3(static_cast<unsigned>(p.grid)), dim3(kThreads), args, 0, stream);
 }
+#endif  // SUPERTHOUGHTS_CUDA_EMULATION
 
 }  // namespace superthoughts::cuda_step

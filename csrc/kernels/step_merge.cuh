@@ -185,7 +185,10 @@ __device__ void merge_gemv(const StepParams& p, SharedState& sh) {
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                           uint32_t a3, uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(SUPERTHOUGHTS_CUDA_EMULATION)
+  const uint32_t a[4] = {a0, a1, a2, a3}, b[2] = {b0, b1};
+  emulation::mma_m16n8k16(d, a, b, std::is_same_v<T, __nv_bfloat16>);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -288,7 +291,7 @@ __device__ void merge_mma(const StepParams& p, SharedState& sh) {
 // Phase 3 dispatch; the tensor-core path exists for 16-bit embeddings on sm_80+.
 template <typename T>
 __device__ void merge_projection(const StepParams& p, SharedState& sh) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(SUPERTHOUGHTS_CUDA_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
   if constexpr (sizeof(T) == 2) {
     if (p.merge_path == kMergeMma) {
       merge_mma<T>(p, sh);
@@ -322,7 +325,9 @@ __device__ void prefetch_first_weights(const StepParams& p) {
   const char* base = reinterpret_cast<const char*>(static_cast<const T*>(p.weight) + first_row * 2 * p.hidden);
   const int64_t bytes = rows * 2 * p.hidden * static_cast<int64_t>(sizeof(T));
   for (int64_t off = int64_t{threadIdx.x} * 128; off < bytes; off += int64_t{kThreads} * 128) {
+#ifndef SUPERTHOUGHTS_CUDA_EMULATION
     asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+#endif
   }
 }
 

@@ -1,0 +1,208 @@
+// The fiber scheduler behind cuda_emulation.h. One OS thread per block runs that block's
+// threads as fibers, round-robin: a fiber runs until it must wait for others (a block or warp
+// barrier) or returns. A round in which no fiber arrived anywhere, left a barrier or finished
+// is a deadlock, reported instead of hanging.
+#define SUPERTHOUGHTS_CUDA_EMULATION 1
+#include "cuda_emulation.h"
+
+#include <ucontext.h>
+
+#include <barrier>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace superthoughts::emulation {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr size_t kFiberStack = 256 * 1024;
+
+struct Barrier {
+  int expected = 0;
+  int arrived = 0;
+  uint64_t generation = 0;
+};
+
+struct Warp {
+  Barrier barrier;
+  uint64_t words[kWarpSize];
+  uint32_t a[kWarpSize][4], b[kWarpSize][2];
+};
+
+struct Grid;
+
+struct Block {
+  Grid* grid = nullptr;
+  int index = 0, threads = 0;
+  Barrier barrier;
+  std::vector<Warp> warps;
+  uint64_t progress = 0;  // arrivals, releases and finished fibers, for deadlock detection
+  ucontext_t scheduler{};
+  std::vector<ucontext_t> fibers;
+  std::vector<std::unique_ptr<char[]>> stacks;
+  std::vector<bool> finished;
+  int current = 0;
+};
+
+struct Grid {
+  int blocks = 0;
+  const std::function<void()>* body = nullptr;
+  std::barrier<> barrier;
+  std::mutex error_lock;
+  std::string error;
+  explicit Grid(int n) : blocks(n), barrier(n) {}
+  void fail(const std::string& what) {
+    const std::lock_guard<std::mutex> hold(error_lock);
+    if (error.empty()) error = what;
+  }
+};
+
+thread_local Block* t_block = nullptr;
+
+void yield_to_scheduler() { swapcontext(&t_block->fibers[t_block->current], &t_block->scheduler); }
+
+void wait_at(Barrier& b) {
+  Block& block = *t_block;
+  ++block.progress;
+  const uint64_t generation = b.generation;
+  if (++b.arrived == b.expected) {
+    b.arrived = 0;
+    ++b.generation;
+    return;
+  }
+  while (b.generation == generation) yield_to_scheduler();
+}
+
+void fiber_entry() {
+  (*t_block->grid->body)();
+  t_block->finished[t_block->current] = true;
+  ++t_block->progress;
+  // Returning resumes uc_link: the scheduler.
+}
+
+void run_block(Grid& grid, int index, int threads) {
+  Block block;
+  block.grid = &grid;
+  block.index = index;
+  block.threads = threads;
+  block.barrier.expected = threads;
+  block.warps.resize((threads + kWarpSize - 1) / kWarpSize);
+  for (size_t w = 0; w < block.warps.size(); ++w) {
+    block.warps[w].barrier.expected = std::min(kWarpSize, threads - static_cast<int>(w) * kWarpSize);
+  }
+  block.fibers.resize(threads);
+  block.finished.assign(threads, false);
+  t_block = &block;
+  for (int t = 0; t < threads; ++t) {
+    block.stacks.emplace_back(new char[kFiberStack]);
+    ucontext_t& ctx = block.fibers[t];
+    getcontext(&ctx);
+    ctx.uc_stack.ss_sp = block.stacks.back().get();
+    ctx.uc_stack.ss_size = kFiberStack;
+    ctx.uc_link = &block.scheduler;
+    makecontext(&ctx, fiber_entry, 0);
+  }
+  int live = threads;
+  while (live > 0) {
+    const uint64_t before = block.progress;
+    for (int t = 0; t < threads; ++t) {
+      if (block.finished[t]) continue;
+      block.current = t;
+      swapcontext(&block.scheduler, &block.fibers[t]);
+      if (block.finished[t]) --live;
+    }
+    if (live > 0 && block.progress == before) {
+      int at_block = 0;
+      for (int t = 0; t < threads; ++t) at_block += !block.finished[t];
+      grid.fail("deadlock in block " + std::to_string(index) + ": " + std::to_string(at_block) +
+                " of " + std::to_string(threads) + " threads wait, " +
+                std::to_string(block.barrier.arrived) + " of them at __syncthreads");
+      grid.barrier.arrive_and_drop();  // let the other blocks finish; this one is abandoned
+      break;
+    }
+  }
+  t_block = nullptr;
+}
+
+}  // namespace
+
+uint3 thread_index() { return uint3{static_cast<unsigned>(t_block->current), 0u, 0u}; }
+uint3 block_index() { return uint3{static_cast<unsigned>(t_block->index), 0u, 0u}; }
+dim3 grid_dim() { return dim3(static_cast<unsigned>(t_block->grid->blocks)); }
+dim3 block_dim() { return dim3(static_cast<unsigned>(t_block->threads)); }
+
+void sync_block() { wait_at(t_block->barrier); }
+
+void sync_grid() {
+  sync_block();
+  // Thread 0 stands for its block at the grid barrier; the block's other fibers are parked
+  // in the second block barrier meanwhile (the OS thread is blocked, so they cannot run).
+  if (t_block->current == 0) t_block->grid->barrier.arrive_and_wait();
+  sync_block();
+}
+
+uint64_t warp_exchange_xor(uint64_t value, int lane_mask) {
+  Warp& warp = t_block->warps[t_block->current / kWarpSize];
+  const int lane = t_block->current % kWarpSize;
+  warp.words[lane] = value;
+  wait_at(warp.barrier);
+  const uint64_t out = warp.words[(lane ^ lane_mask) % kWarpSize];
+  wait_at(warp.barrier);  // nobody overwrites a word before every lane has read
+  return out;
+}
+
+namespace {
+float half_bits_to_float(uint32_t bits, bool bf16) {
+  if (bf16) return __uint_as_float(bits << 16);
+  __half_raw raw;
+  raw.x = static_cast<unsigned short>(bits);
+  return __half2float(__half(raw));
+}
+// Element i (0 or 1) of a register holding two 16-bit values, lower index in the low half.
+float element(uint32_t reg, int i, bool bf16) { return half_bits_to_float(i ? reg >> 16 : reg & 0xffffu, bf16); }
+}  // namespace
+
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16) {
+  Warp& warp = t_block->warps[t_block->current / kWarpSize];
+  const int lane = t_block->current % kWarpSize;
+  std::memcpy(warp.a[lane], a, sizeof a);
+  std::memcpy(warp.b[lane], b, sizeof b);
+  wait_at(warp.barrier);
+  // PTX ISA, "Matrix fragments for mma.m16n8k16" (16-bit A/B, f32 C/D), lane = 4 * g + t:
+  //   A register r of lane (g, t): row g + 8 * (r & 1), columns 2t + 8 * (r >> 1) + {0, 1};
+  //   B register r: rows (k) 2t + 8 * r + {0, 1}, column g;
+  //   C/D element i: row g + 8 * (i >> 1), column 2t + (i & 1).
+  float A[16][16], B[16][8];
+  for (int l = 0; l < kWarpSize; ++l) {
+    const int g = l / 4, t = l % 4;
+    for (int r = 0; r < 4; ++r) {
+      for (int e = 0; e < 2; ++e) A[g + 8 * (r & 1)][2 * t + 8 * (r >> 1) + e] = element(warp.a[l][r], e, bf16);
+    }
+    for (int r = 0; r < 2; ++r) {
+      for (int e = 0; e < 2; ++e) B[2 * t + 8 * r + e][g] = element(warp.b[l][r], e, bf16);
+    }
+  }
+  const int g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+    float sum = d[i];
+    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+    d[i] = sum;
+  }
+  wait_at(warp.barrier);  // the fragments stay until every lane has computed
+}
+
+std::string launch(int grid_size, int block_size, const std::function<void()>& body) {
+  if (grid_size < 1 || block_size < 1) return "empty launch";
+  Grid grid(grid_size);
+  grid.body = &body;
+  std::vector<std::thread> blocks;
+  blocks.reserve(grid_size);
+  for (int b = 0; b < grid_size; ++b) blocks.emplace_back(run_block, std::ref(grid), b, block_size);
+  for (std::thread& t : blocks) t.join();
+  return grid.error;
+}
+
+}  // namespace superthoughts::emulation

@@ -1,0 +1,110 @@
+// Host-compiler stand-ins for the CUDA built-ins that csrc/kernels/*.cuh use, so the SAME
+// kernel source runs on a CPU: every block is an OS thread, every CUDA thread a fiber of that
+// block's OS thread (ucontext), switched at the points where a GPU thread can wait for others
+// (__syncthreads, warp shuffles, mma, the grid barrier). Test-only: python_tests/
+// test_step_cuda_emulated.py builds it with g++ and checks the kernel against the reference on
+// machines without a GPU. It checks the kernel's logic (indexing, tiling, the mma fragment
+// layout, reductions, barriers), not its speed, its memory ordering or its caches.
+//
+// Faithful where the kernel relies on it: __shfl_xor_sync and mma.sync are warp collectives
+// (all 32 lanes must arrive, else the emulator reports a deadlock naming the block), __shared__
+// is one instance per block, cooperative_groups::this_grid().sync() waits for every block.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+
+#ifndef SUPERTHOUGHTS_CUDA_EMULATION
+#error "cuda_emulation.h is for host compilers emulating CUDA: define SUPERTHOUGHTS_CUDA_EMULATION"
+#endif
+
+// Execution-space qualifiers: plain C++ functions; shared memory is per block = per OS thread.
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __grid_constant__
+#undef __shared__
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __grid_constant__
+#define __shared__ static thread_local
+
+using std::isfinite;
+
+namespace superthoughts::emulation {
+
+uint3 thread_index();
+uint3 block_index();
+dim3 grid_dim();
+dim3 block_dim();
+void sync_block();
+void sync_grid();
+// Exchanges 64-bit words across the 32 lanes of the calling warp: returns lane (lane ^ mask)'s.
+uint64_t warp_exchange_xor(uint64_t value, int lane_mask);
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: d += A * B with the PTX fragment layout.
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16);
+
+// Runs body once per (block, thread) of a grid x block launch; returns "" or what went wrong
+// (a deadlock: threads of one block waiting at different barriers, or some never arriving).
+std::string launch(int grid, int block, const std::function<void()>& body);
+
+}  // namespace superthoughts::emulation
+
+#define threadIdx (::superthoughts::emulation::thread_index())
+#define blockIdx (::superthoughts::emulation::block_index())
+#define gridDim (::superthoughts::emulation::grid_dim())
+#define blockDim (::superthoughts::emulation::block_dim())
+
+inline void __syncthreads() { ::superthoughts::emulation::sync_block(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "shuffles move at most 64 bits");
+  if (mask != 0xffffffffu) std::abort();  // the kernels only shuffle across full warps
+  uint64_t word = 0;
+  std::memcpy(&word, &value, sizeof(T));
+  word = ::superthoughts::emulation::warp_exchange_xor(word, lane_mask);
+  T out;
+  std::memcpy(&out, &word, sizeof(T));
+  return out;
+}
+
+// Cache-hinted loads are plain loads here.
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
+template <typename T>
+inline T __ldcs(const T* p) { return *p; }
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
+
+inline float __uint_as_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline uint32_t __float_as_uint(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+namespace cooperative_groups {
+struct grid_group {
+  void sync() const { ::superthoughts::emulation::sync_grid(); }
+};
+inline grid_group this_grid() { return {}; }
+}  // namespace cooperative_groups

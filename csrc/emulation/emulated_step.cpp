@@ -1,0 +1,61 @@
+// The CUDA superthoughts_step kernel (csrc/kernels/step.cuh) compiled for the CPU through
+// cuda_emulation.h, behind a C entry point for ctypes. Test-only: the caller (python_tests/
+// cuda_emulation.py) has validated and allocated everything as csrc/cuda/step.cu does, and
+// picks the grid size, so that small grids reproduce what a GPU's hundreds of blocks do to
+// one row (many partials per row, many rows per block).
+#define SUPERTHOUGHTS_CUDA_EMULATION 1
+#include "../kernels/step.cuh"
+
+#include <string>
+#include <vector>
+
+namespace {
+
+using superthoughts::cuda_step::StepParams;
+
+enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+thread_local std::string g_error;
+
+template <typename LogitT, typename EmbedT>
+const char* run(StepParams p, int grid) {
+  size_t workspace_bytes = 0;
+  superthoughts::cuda_step::plan_step_launch<EmbedT>(p, grid, &workspace_bytes);
+  // Garbage, not zeros: the kernel must write every partial it reads.
+  std::vector<unsigned char> workspace(workspace_bytes, 0xA5);
+  p.workspace = workspace.data();
+  g_error = superthoughts::emulation::launch(
+      grid, superthoughts::cuda_step::kThreads,
+      [&p] { superthoughts::cuda_step::superthoughts_step_kernel<LogitT, EmbedT>(p); });
+  return g_error.empty() ? nullptr : g_error.c_str();
+}
+
+template <typename LogitT>
+const char* dispatch_embed(const StepParams& p, int embed_dtype, int grid) {
+  switch (embed_dtype) {
+    case kFloat32: return run<LogitT, float>(p, grid);
+    case kFloat16: return run<LogitT, __half>(p, grid);
+    case kBFloat16: return run<LogitT, __nv_bfloat16>(p, grid);
+    default: return "unknown embed dtype code";
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Sizes of StepParams as this build lays it out, so the caller can check its mirror.
+size_t superthoughts_step_params_size() { return sizeof(StepParams); }
+
+// Returns nullptr on success, else what went wrong (valid until the next call on this thread).
+const char* superthoughts_step_emulated(const StepParams* params, int logits_dtype, int embed_dtype, int grid) {
+  if (grid < 1) return "grid must be >= 1";
+  switch (logits_dtype) {
+    case kFloat32: return dispatch_embed<float>(*params, embed_dtype, grid);
+    case kFloat16: return dispatch_embed<__half>(*params, embed_dtype, grid);
+    case kBFloat16: return dispatch_embed<__nv_bfloat16>(*params, embed_dtype, grid);
+    default: return "unknown logits dtype code";
+  }
+}
+
+}  // extern "C"
