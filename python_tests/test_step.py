@@ -105,8 +105,8 @@ def test_merge_odd_sizes(device, dtype, batch, hidden):
 @pytest.mark.parametrize(
     "shape,dtype",
     [((1, 151936, 64), torch.bfloat16), ((40, 1000, 96), torch.bfloat16), ((33, 7, 64), torch.float16),
-     ((5, 1000, 8), torch.float32)],
-    ids=["B1_V151936_H64_bf16", "B40_V1000_H96_bf16", "B33_V7_H64_fp16", "B5_V1000_H8_fp32"],
+     ((40, 1000, 96), torch.float32), ((5, 1000, 8), torch.float32)],
+    ids=["B1_V151936_H64_bf16", "B40_V1000_H96_bf16", "B33_V7_H64_fp16", "B40_V1000_H96_fp32", "B5_V1000_H8_fp32"],
 )
 def test_emulated_cuda_kernel_grid_sizes(grid, shape, dtype):
     # The GPU's grid (2 x SMs blocks) decides how rows are cut into partials and how merge tasks

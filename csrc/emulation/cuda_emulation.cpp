@@ -194,6 +194,37 @@ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
   wait_at(warp.barrier);  // the fragments stay until every lane has computed
 }
 
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  Warp& warp = t_block->warps[t_block->current / kWarpSize];
+  const int lane = t_block->current % kWarpSize;
+  std::memcpy(warp.a[lane], a, sizeof a);
+  std::memcpy(warp.b[lane], b, sizeof b);
+  wait_at(warp.barrier);
+  // PTX ISA, "Matrix fragments for mma.m16n8k8" (.tf32), lane = 4 * g + t:
+  //   A register r: row g + 8 * (r & 1), column t + 4 * (r >> 1); B register r: row (k) t + 4 * r, column g.
+  auto tf32 = [](uint32_t word) { return __uint_as_float(word & 0xffffe000u); };
+  float A[16][8], B[8][8];
+  for (int l = 0; l < kWarpSize; ++l) {
+    const int g = l / 4, t = l % 4;
+    for (int r = 0; r < 4; ++r) A[g + 8 * (r & 1)][t + 4 * (r >> 1)] = tf32(warp.a[l][r]);
+    for (int r = 0; r < 2; ++r) B[t + 4 * r][g] = tf32(warp.b[l][r]);
+  }
+  const int g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+    float sum = d[i];
+    for (int k = 0; k < 8; ++k) sum += A[row][k] * B[k][col];
+    d[i] = sum;
+  }
+  wait_at(warp.barrier);
+}
+
+uint32_t round_to_tf32(float x) {
+  uint32_t bits = __float_as_uint(x);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits += 0x1000u;  // half a tf32 ulp on the magnitude; inf/NaN kept
+  return bits & 0xffffe000u;
+}
+
 std::string launch(int grid_size, int block_size, const std::function<void()>& body) {
   if (grid_size < 1 || block_size < 1) return "empty launch";
   Grid grid(grid_size);

@@ -55,6 +55,10 @@ void sync_grid();
 uint64_t warp_exchange_xor(uint64_t value, int lane_mask);
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: d += A * B with the PTX fragment layout.
 void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16);
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (inputs truncated to tf32, as the hardware reads them).
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+// cvt.rna.tf32.f32: nearest tf32, ties away from zero, low 13 bits cleared.
+uint32_t round_to_tf32(float x);
 
 // Runs body once per (block, thread) of a grid x block launch; returns "" or what went wrong
 // (a deadlock: threads of one block waiting at different barriers, or some never arriving).

@@ -16,8 +16,9 @@
 //   3. next_in = W [E[t1]; E[second]] + bias, tasks (feature tile x batch tile) dealt out to
 //      blocks batch-tile-major; each block re-derives the decisions of its batch tile from the
 //      partials (cheap: a few hundred bytes from L2) instead of waiting on a second barrier.
-//      B <= 16 or fp32 or odd H: warp-per-feature GEMV in fp32 (W read once per 8 rows);
-//      otherwise m16n8k16 tensor-core MMA (bf16/fp16 in, fp32 accumulate).
+//      B <= 16 or H % 32 != 0 or unaligned rows: warp-per-feature GEMV in fp32 (W read once
+//      per 8 rows); otherwise tensor-core MMA, fp32 accumulation: m16n8k16 for bf16/fp16,
+//      m16n8k8 tf32 in three products per step for fp32 ("3xTF32", fp32 accuracy).
 // There is no host sync and no state carried between launches (the workspace holds only
 // partials written before they are read), so the launch can be captured in a CUDA graph.
 //
@@ -36,9 +37,12 @@
 //   - registers (-Xptxas -v): 128 of 128 under __launch_bounds__(256, 2), no spills (nvcc 13).
 //   - capture the op in a CUDA graph and replay it (cooperative launches are capturable since
 //     CUDA 12; confirm on the driver at hand).
-// python_tests/test_step.py reaches every path on a GPU: B <= 16 or H = 8 or fp32 -> GEMV;
-// B = 64, H = 64, bf16/fp16 -> tensor cores; raw_pair -> copy; V = 7 -> ranges spanning many
-// rows; V = 151936, B = 1 -> ~130 partials per row; strided logits -> scalar prologues.
+//   - fp32, B >= 64: the 3xTF32 tensor-core merge (was a GEMV re-reading W per 8 rows: 0.55x
+//     torch.compile at B = 64); check it against torch.compile and its error against fp32.
+// python_tests/test_step.py reaches every path on a GPU: B <= 16 or H = 8 -> GEMV; B = 64,
+// H = 64 -> tensor cores (all dtypes); raw_pair -> copy; V = 7 -> ranges spanning many rows;
+// V = 151936, B = 1 -> ~130 partials per row; strided logits -> scalar prologues. The same
+// tests run the kernel emulated on the CPU (device cuda_emulated) on every CI run.
 #pragma once
 #ifdef SUPERTHOUGHTS_CUDA_EMULATION
 #include "../emulation/cuda_emulation.h"  // the same kernel on a CPU, for tests without a GPU
@@ -92,8 +96,7 @@ void plan_step_launch(StepParams& p, int grid, size_t* workspace_bytes) {
                 aligned16(p.next_in) && (p.weight == nullptr || aligned16(p.weight));
   if (p.weight == nullptr) {
     p.merge_path = kMergeCopy;
-  } else if (sizeof(EmbedT) == 2 && p.embed_vec && p.hidden % kMmaFeatures == 0 &&
-             p.batch > kGemvMaxBatch) {
+  } else if (p.embed_vec && p.hidden % kMmaFeatures == 0 && p.batch > kGemvMaxBatch) {
     p.merge_path = kMergeMma;
   } else {
     p.merge_path = kMergeGemv;

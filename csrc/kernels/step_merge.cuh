@@ -4,6 +4,7 @@
 #pragma once
 #include <type_traits>
 
+#include "step_mma.cuh"
 #include "step_vocab.cuh"
 
 namespace superthoughts::cuda_step {
@@ -181,36 +182,11 @@ __device__ void merge_gemv(const StepParams& p, SharedState& sh) {
   }
 }
 
-// D += A(16x16, row) * B(16x8, col), fp32 accumulation.
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                          uint32_t a3, uint32_t b0, uint32_t b1) {
-#if defined(SUPERTHOUGHTS_CUDA_EMULATION)
-  const uint32_t a[4] = {a0, a1, a2, a3}, b[2] = {b0, b1};
-  emulation::mma_m16n8k16(d, a, b, std::is_same_v<T, __nv_bfloat16>);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-#endif
-}
-
-// One block: features [i0, i0 + 32) x batch rows [b0, b0 + nb). Warp w takes the 32-wide K
-// chunks w, w + 8, ...; lane (g, t) = (lane / 4, lane % 4) loads 16 bytes at column
-// kc + 8t of W rows i0 + g (+8) and of its pair rows, and the two m16n8k16 steps of the chunk
-// use words {0,1} and {2,3}. That permutes K identically for A and B (a sum does not care)
-// and turns every fragment load into one coalesced 16-byte load without shared memory.
-// Requires H % 32 == 0 and 16-byte aligned rows.
+// One block: features [i0, i0 + 32) x batch rows [b0, b0 + nb). Warp w takes the K slices
+// w, w + 8, ... of 4 * kVec columns; lane (g, t) loads 16 bytes at column kc + kVec * t of W
+// rows i0 + g (+8) and of its pair rows, multiplied by mma_chunk (step_mma.cuh), and the
+// block sums the warps' partial tiles in shared memory. Requires H % 32 == 0 and 16-byte
+// aligned rows.
 template <typename T>
 __device__ void mma_task(const StepParams& p, int64_t i0, int64_t b0, int nb, SharedState& sh) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -218,13 +194,14 @@ __device__ void mma_task(const StepParams& p, int64_t i0, int64_t b0, int nb, Sh
   const T* weight = static_cast<const T*>(p.weight);
   const T* embed = static_cast<const T*>(p.embed);
   float acc[kMmaM][kMmaN][4] = {};
-  for (int64_t kc = int64_t{warp} * 32; kc < k_total; kc += kWarps * 32) {
+  constexpr int kVec = kVecElems<T>, kSlice = 4 * kVec;  // H % 32 == 0: no slice straddles H
+  for (int64_t kc = int64_t{warp} * kSlice; kc < k_total; kc += kWarps * kSlice) {
     const bool upper = kc >= hidden;
-    const int64_t k_in = (upper ? kc - hidden : kc) + 8 * t;
+    const int64_t k_in = (upper ? kc - hidden : kc) + kVec * t;
     uint4 a_lo[kMmaM], a_hi[kMmaM], b[kMmaN];
 #pragma unroll
     for (int m = 0; m < kMmaM; ++m) {
-      const T* row = weight + (i0 + 16 * m + g) * k_total + kc + 8 * t;
+      const T* row = weight + (i0 + 16 * m + g) * k_total + kc + kVec * t;
       a_lo[m] = __ldg(reinterpret_cast<const uint4*>(row));
       a_hi[m] = __ldg(reinterpret_cast<const uint4*>(row + 8 * k_total));
     }
@@ -241,10 +218,7 @@ __device__ void mma_task(const StepParams& p, int64_t i0, int64_t b0, int nb, Sh
     for (int n = 0; n < kMmaN; ++n) {
       if (8 * n >= nb) continue;  // warp-uniform: the whole n tile is past the batch
 #pragma unroll
-      for (int m = 0; m < kMmaM; ++m) {
-        mma_16816<T>(acc[m][n], a_lo[m].x, a_hi[m].x, a_lo[m].y, a_hi[m].y, b[n].x, b[n].y);
-        mma_16816<T>(acc[m][n], a_lo[m].z, a_hi[m].z, a_lo[m].w, a_hi[m].w, b[n].z, b[n].w);
-      }
+      for (int m = 0; m < kMmaM; ++m) mma_chunk<T>(acc[m][n], a_lo[m], a_hi[m], b[n]);
     }
   }
   float* red = sh.u.partial_out;
@@ -288,15 +262,13 @@ __device__ void merge_mma(const StepParams& p, SharedState& sh) {
   }
 }
 
-// Phase 3 dispatch; the tensor-core path exists for 16-bit embeddings on sm_80+.
+// Phase 3 dispatch; the tensor-core path exists on sm_80+.
 template <typename T>
 __device__ void merge_projection(const StepParams& p, SharedState& sh) {
 #if defined(SUPERTHOUGHTS_CUDA_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
-  if constexpr (sizeof(T) == 2) {
-    if (p.merge_path == kMergeMma) {
-      merge_mma<T>(p, sh);
-      return;
-    }
+  if (p.merge_path == kMergeMma) {
+    merge_mma<T>(p, sh);
+    return;
   }
 #endif
   merge_gemv<T>(p, sh);
