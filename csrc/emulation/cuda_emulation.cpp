@@ -154,69 +154,75 @@ uint64_t warp_exchange_xor(uint64_t value, int lane_mask) {
 }
 
 namespace {
+
 float half_bits_to_float(uint32_t bits, bool bf16) {
   if (bf16) return __uint_as_float(bits << 16);
   __half_raw raw;
   raw.x = static_cast<unsigned short>(bits);
   return __half2float(__half(raw));
 }
-// Element i (0 or 1) of a register holding two 16-bit values, lower index in the low half.
-float element(uint32_t reg, int i, bool bf16) { return half_bits_to_float(i ? reg >> 16 : reg & 0xffffu, bf16); }
-}  // namespace
 
-void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16) {
+// One mma.sync m16n8kK of the calling warp: every lane deposits its A and B registers, the
+// matrices are assembled from all 32 lanes with the PTX fragment layout, and each lane adds
+// its own four D elements (row g + 8 * (i >> 1), column 2t + (i & 1) for lane 4g + t).
+// place_a(g, t, reg, e) / place_b(...) give the (row, column) of element e of a register;
+// value(word, e) its value.
+template <int K, int kPerReg, typename PlaceA, typename PlaceB, typename Value>
+void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], PlaceA place_a, PlaceB place_b,
+              Value value) {
   Warp& warp = t_block->warps[t_block->current / kWarpSize];
   const int lane = t_block->current % kWarpSize;
   std::memcpy(warp.a[lane], a, sizeof a);
   std::memcpy(warp.b[lane], b, sizeof b);
   wait_at(warp.barrier);
-  // PTX ISA, "Matrix fragments for mma.m16n8k16" (16-bit A/B, f32 C/D), lane = 4 * g + t:
-  //   A register r of lane (g, t): row g + 8 * (r & 1), columns 2t + 8 * (r >> 1) + {0, 1};
-  //   B register r: rows (k) 2t + 8 * r + {0, 1}, column g;
-  //   C/D element i: row g + 8 * (i >> 1), column 2t + (i & 1).
-  float A[16][16], B[16][8];
+  float A[16][K], B[K][8];
   for (int l = 0; l < kWarpSize; ++l) {
     const int g = l / 4, t = l % 4;
-    for (int r = 0; r < 4; ++r) {
-      for (int e = 0; e < 2; ++e) A[g + 8 * (r & 1)][2 * t + 8 * (r >> 1) + e] = element(warp.a[l][r], e, bf16);
-    }
-    for (int r = 0; r < 2; ++r) {
-      for (int e = 0; e < 2; ++e) B[2 * t + 8 * r + e][g] = element(warp.b[l][r], e, bf16);
+    for (int e = 0; e < kPerReg; ++e) {
+      for (int r = 0; r < 4; ++r) {
+        const auto [row, col] = place_a(g, t, r, e);
+        A[row][col] = value(warp.a[l][r], e);
+      }
+      for (int r = 0; r < 2; ++r) {
+        const auto [row, col] = place_b(g, t, r, e);
+        B[row][col] = value(warp.b[l][r], e);
+      }
     }
   }
   const int g = lane / 4, t = lane % 4;
   for (int i = 0; i < 4; ++i) {
     const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
     float sum = d[i];
-    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+    for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
     d[i] = sum;
   }
-  wait_at(warp.barrier);  // the fragments stay until every lane has computed
+  wait_at(warp.barrier);  // the registers stay until every lane has computed
 }
 
+struct Index {
+  int row, col;
+};
+
+}  // namespace
+
+// PTX ISA, "Matrix fragments for mma.m16n8k16" (16-bit A/B): two values per register, the
+// lower index in the low half. A register r: row g + 8 * (r & 1), columns 2t + 8 * (r >> 1) + e;
+// B register r: rows (k) 2t + 8 * r + e, column g.
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16) {
+  warp_mma<16, 2>(
+      d, a, b, [](int g, int t, int r, int e) { return Index{g + 8 * (r & 1), 2 * t + 8 * (r >> 1) + e}; },
+      [](int g, int t, int r, int e) { return Index{2 * t + 8 * r + e, g}; },
+      [bf16](uint32_t word, int e) { return half_bits_to_float(e ? word >> 16 : word & 0xffffu, bf16); });
+}
+
+// PTX ISA, "Matrix fragments for mma.m16n8k8" (.tf32): one value per register, read as tf32
+// (the low 13 bits ignored). A register r: row g + 8 * (r & 1), column t + 4 * (r >> 1);
+// B register r: row (k) t + 4 * r, column g.
 void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  Warp& warp = t_block->warps[t_block->current / kWarpSize];
-  const int lane = t_block->current % kWarpSize;
-  std::memcpy(warp.a[lane], a, sizeof a);
-  std::memcpy(warp.b[lane], b, sizeof b);
-  wait_at(warp.barrier);
-  // PTX ISA, "Matrix fragments for mma.m16n8k8" (.tf32), lane = 4 * g + t:
-  //   A register r: row g + 8 * (r & 1), column t + 4 * (r >> 1); B register r: row (k) t + 4 * r, column g.
-  auto tf32 = [](uint32_t word) { return __uint_as_float(word & 0xffffe000u); };
-  float A[16][8], B[8][8];
-  for (int l = 0; l < kWarpSize; ++l) {
-    const int g = l / 4, t = l % 4;
-    for (int r = 0; r < 4; ++r) A[g + 8 * (r & 1)][t + 4 * (r >> 1)] = tf32(warp.a[l][r]);
-    for (int r = 0; r < 2; ++r) B[t + 4 * r][g] = tf32(warp.b[l][r]);
-  }
-  const int g = lane / 4, t = lane % 4;
-  for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
-    float sum = d[i];
-    for (int k = 0; k < 8; ++k) sum += A[row][k] * B[k][col];
-    d[i] = sum;
-  }
-  wait_at(warp.barrier);
+  warp_mma<8, 1>(
+      d, a, b, [](int g, int t, int r, int) { return Index{g + 8 * (r & 1), t + 4 * (r >> 1)}; },
+      [](int g, int t, int r, int) { return Index{t + 4 * r, g}; },
+      [](uint32_t word, int) { return __uint_as_float(word & 0xffffe000u); });
 }
 
 uint32_t round_to_tf32(float x) {
