@@ -4,10 +4,13 @@
 # DEADLINE (seconds, default 580) caps one call; the device allows 600 s per command, so a
 # session is several calls, e.g. (the device's copy of .git is the one from the session
 # start, so results carry that commit):
-#   DEADLINE=580 bash benchmarks/gpu/session.sh test errors
+#   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe test errors
 #   DEADLINE=580 bash benchmarks/gpu/session.sh sanitize bench_step
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
+# phase_probe (~1-2 min; builds its own .so, compares with the op when the build worked) goes
+# first: where the fixed ~30 us of each launch go is the open question, and stages run in the
+# order given until DEADLINE.
 # Result JSON goes to $OUT (default ./gpu_out), stage logs to $OUT/logs.tgz (the device tool
 # brings back at most 8 files). Each stage has its own time limit so that one hang does not
 # eat the others; a failing stage is reported and the next one runs.
@@ -43,6 +46,9 @@ for what in "$@"; do
     errors)  # the op's error path (a C++ exception through the dispatcher), with a backtrace on a crash
       stage errors 120 cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest -q -p no:cacheprovider \
         python_tests/test_step.py -k "bad_input or mixed_devices" ;;
+    phase_probe)  # where one launch's time goes: globaltimer stamps per phase + ablation kernels
+      stage phase_probe 200 python3 benchmarks/gpu/phase_probe.py --output "$OUT/phase_probe.json"
+      [ -f "$OUT/logs/phase_probe.log" ] && sed -n '/^== summary/,$p' "$OUT/logs/phase_probe.log" ;;
     profile) stage profile 200 ncu --kernel-name regex:superthoughts_step --section SpeedOfLight \
         --section LaunchStats --section Occupancy python3 benchmarks/gpu/profile_step.py ;;
     sanitize)
