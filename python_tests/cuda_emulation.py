@@ -75,7 +75,8 @@ def build(out_dir: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.superthoughts_step_params_size.restype = ctypes.c_size_t
     lib.superthoughts_step_emulated.restype = ctypes.c_char_p
-    lib.superthoughts_step_emulated.argtypes = [ctypes.POINTER(StepParams), ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.superthoughts_step_emulated.argtypes = [ctypes.POINTER(StepParams), ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                                ctypes.c_uint64]
     size = lib.superthoughts_step_params_size()
     if size != ctypes.sizeof(StepParams):
         raise RuntimeError(f"StepParams mirror is {ctypes.sizeof(StepParams)} bytes, the kernel's is {size}: update it")
@@ -91,9 +92,10 @@ def library() -> ctypes.CDLL:
 
 
 def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id, threshold,
-                  threshold_main=0.0, temperature=0.0, seed=0, offset=0, *, grid: int):
+                  threshold_main=0.0, temperature=0.0, seed=0, offset=0, *, grid: int, schedule_seed: int = 0):
     """superthoughts_step through the CUDA kernel on `grid` emulated blocks (CPU tensors in,
-    the op's four outputs out; `finished` is updated in place)."""
+    the op's four outputs out; `finished` is updated in place). schedule_seed 0 resumes each
+    block's threads in index order after every wait, anything else in a reshuffled order."""
     batch, vocab = logits.shape[1], logits.shape[2]
     hidden = embed.shape[1]
     tokens = torch.empty(batch, 2, dtype=torch.long)
@@ -116,7 +118,7 @@ def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos
         conf=conf.data_ptr(), next_in=next_in.data_ptr(),
     )
     error = library().superthoughts_step_emulated(ctypes.byref(params), DTYPE_CODES[logits.dtype],
-                                            DTYPE_CODES[embed.dtype], grid)
+                                            DTYPE_CODES[embed.dtype], grid, schedule_seed)
     if error is not None:
         raise RuntimeError(f"emulated CUDA step kernel: {error.decode()}")
     return tokens, n_new, conf, next_in

@@ -34,13 +34,13 @@ def tensor_device(device):
     return "cpu" if device == EMULATED else device
 
 
-def step_on(device, grid=EMULATED_GRID):
+def step_on(device, grid=EMULATED_GRID, schedule_seed=0):
     """superthoughts_step as `device` runs it."""
     if device != EMULATED:
         return superthoughts_step
     if cuda_emulation.cuda_include_dir() is None:
         pytest.skip("the CUDA emulation needs the CUDA toolkit's headers")
-    return functools.partial(cuda_emulation.emulated_step, grid=grid)
+    return functools.partial(cuda_emulation.emulated_step, grid=grid, schedule_seed=schedule_seed)
 
 
 def make_inputs(batch, vocab, hidden, dtype, device, merge="linear", seed=0):
@@ -59,11 +59,11 @@ def make_inputs(batch, vocab, hidden, dtype, device, merge="linear", seed=0):
     return logits, embed, weight, bias, finished
 
 
-def run_both(logits, embed, weight, bias, finished, device="cpu", grid=EMULATED_GRID, **kw):
+def run_both(logits, embed, weight, bias, finished, device="cpu", grid=EMULATED_GRID, schedule_seed=0, **kw):
     args = dict(pad_id=PAD, eos_id=EOS, threshold=0.5, threshold_main=0.0, temperature=0.0, seed=0, offset=0)
     args.update(kw)
     fin_kernel, fin_ref = finished.clone(), finished.clone()
-    got = step_on(device, grid)(logits, embed, weight, bias, fin_kernel, **args)
+    got = step_on(device, grid, schedule_seed)(logits, embed, weight, bias, fin_kernel, **args)
     want = superthoughts_step_ref(logits, embed, weight, bias, fin_ref, **args)
     return got, want, fin_kernel, fin_ref
 
@@ -101,20 +101,21 @@ def test_merge_odd_sizes(device, dtype, batch, hidden):
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
 
 
-@pytest.mark.parametrize("grid", [1, 2, 80])
+@pytest.mark.parametrize("grid,schedule_seed", [(1, 0), (2, 0), (3, 12345), (80, 0)], ids=str)
 @pytest.mark.parametrize(
     "shape,dtype",
     [((1, 151936, 64), torch.bfloat16), ((40, 1000, 96), torch.bfloat16), ((33, 7, 64), torch.float16),
      ((40, 1000, 96), torch.float32), ((5, 1000, 8), torch.float32)],
     ids=["B1_V151936_H64_bf16", "B40_V1000_H96_bf16", "B33_V7_H64_fp16", "B40_V1000_H96_fp32", "B5_V1000_H8_fp32"],
 )
-def test_emulated_cuda_kernel_grid_sizes(grid, shape, dtype):
+def test_emulated_cuda_kernel_grid_sizes(grid, schedule_seed, shape, dtype):
     # The GPU's grid (2 x SMs blocks) decides how rows are cut into partials and how merge tasks
     # are dealt out. 1 block does everything; 80 blocks cut a B = 1 row into 41 partials per
     # head, more than the 32 lanes that merge them take in one pass. B = 40 and 33 leave the
-    # tensor-core path partial batch tiles.
+    # tensor-core path partial batch tiles. A shuffled schedule resumes each block's threads in a
+    # new order after every wait: code missing a barrier reads before the write it needs.
     inputs = make_inputs(*shape, dtype, EMULATED)
-    got, want, fin_kernel, fin_ref = run_both(*inputs, device=EMULATED, grid=grid)
+    got, want, fin_kernel, fin_ref = run_both(*inputs, device=EMULATED, grid=grid, schedule_seed=schedule_seed)
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
 
 

@@ -10,6 +10,8 @@
 #include <barrier>
 #include <memory>
 #include <mutex>
+#include <random>
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -48,6 +50,7 @@ struct Block {
 
 struct Grid {
   int blocks = 0;
+  uint64_t schedule_seed = 0;
   const std::function<void()>* body = nullptr;
   std::barrier<> barrier;
   std::mutex error_lock;
@@ -104,10 +107,17 @@ void run_block(Grid& grid, int index, int threads) {
     ctx.uc_link = &block.scheduler;
     makecontext(&ctx, fiber_entry, 0);
   }
+  // Order in which a round resumes the fibers: 0..n-1, or reshuffled every round. Threads that
+  // wrongly rely on others having run first (a missing barrier) read stale data in one order
+  // or another.
+  std::vector<int> order(threads);
+  for (int t = 0; t < threads; ++t) order[t] = t;
+  std::mt19937_64 shuffle(grid.schedule_seed * 1000003u + static_cast<uint64_t>(index));
   int live = threads;
   while (live > 0) {
     const uint64_t before = block.progress;
-    for (int t = 0; t < threads; ++t) {
+    if (grid.schedule_seed != 0) std::shuffle(order.begin(), order.end(), shuffle);
+    for (const int t : order) {
       if (block.finished[t]) continue;
       block.current = t;
       swapcontext(&block.scheduler, &block.fibers[t]);
@@ -231,9 +241,10 @@ uint32_t round_to_tf32(float x) {
   return bits & 0xffffe000u;
 }
 
-std::string launch(int grid_size, int block_size, const std::function<void()>& body) {
+std::string launch(int grid_size, int block_size, const std::function<void()>& body, uint64_t schedule_seed) {
   if (grid_size < 1 || block_size < 1) return "empty launch";
   Grid grid(grid_size);
+  grid.schedule_seed = schedule_seed;
   grid.body = &body;
   std::vector<std::thread> blocks;
   blocks.reserve(grid_size);

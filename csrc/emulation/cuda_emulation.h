@@ -62,7 +62,9 @@ uint32_t round_to_tf32(float x);
 
 // Runs body once per (block, thread) of a grid x block launch; returns "" or what went wrong
 // (a deadlock: threads of one block waiting at different barriers, or some never arriving).
-std::string launch(int grid, int block, const std::function<void()>& body);
+// schedule_seed 0 resumes a block's waiting threads in index order, else in an order
+// reshuffled every round (seeded), to expose code that depends on one order.
+std::string launch(int grid, int block, const std::function<void()>& body, uint64_t schedule_seed = 0);
 
 }  // namespace superthoughts::emulation
 

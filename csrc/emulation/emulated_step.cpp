@@ -18,7 +18,7 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 thread_local std::string g_error;
 
 template <typename LogitT, typename EmbedT>
-const char* run(StepParams p, int grid) {
+const char* run(StepParams p, int grid, uint64_t schedule_seed) {
   size_t workspace_bytes = 0;
   superthoughts::cuda_step::plan_step_launch<EmbedT>(p, grid, &workspace_bytes);
   // Garbage, not zeros: the kernel must write every partial it reads.
@@ -26,16 +26,16 @@ const char* run(StepParams p, int grid) {
   p.workspace = workspace.data();
   g_error = superthoughts::emulation::launch(
       grid, superthoughts::cuda_step::kThreads,
-      [&p] { superthoughts::cuda_step::superthoughts_step_kernel<LogitT, EmbedT>(p); });
+      [&p] { superthoughts::cuda_step::superthoughts_step_kernel<LogitT, EmbedT>(p); }, schedule_seed);
   return g_error.empty() ? nullptr : g_error.c_str();
 }
 
 template <typename LogitT>
-const char* dispatch_embed(const StepParams& p, int embed_dtype, int grid) {
+const char* dispatch_embed(const StepParams& p, int embed_dtype, int grid, uint64_t schedule_seed) {
   switch (embed_dtype) {
-    case kFloat32: return run<LogitT, float>(p, grid);
-    case kFloat16: return run<LogitT, __half>(p, grid);
-    case kBFloat16: return run<LogitT, __nv_bfloat16>(p, grid);
+    case kFloat32: return run<LogitT, float>(p, grid, schedule_seed);
+    case kFloat16: return run<LogitT, __half>(p, grid, schedule_seed);
+    case kBFloat16: return run<LogitT, __nv_bfloat16>(p, grid, schedule_seed);
     default: return "unknown embed dtype code";
   }
 }
@@ -48,12 +48,14 @@ extern "C" {
 size_t superthoughts_step_params_size() { return sizeof(StepParams); }
 
 // Returns nullptr on success, else what went wrong (valid until the next call on this thread).
-const char* superthoughts_step_emulated(const StepParams* params, int logits_dtype, int embed_dtype, int grid) {
+// schedule_seed: see emulation::launch.
+const char* superthoughts_step_emulated(const StepParams* params, int logits_dtype, int embed_dtype, int grid,
+                                        uint64_t schedule_seed) {
   if (grid < 1) return "grid must be >= 1";
   switch (logits_dtype) {
-    case kFloat32: return dispatch_embed<float>(*params, embed_dtype, grid);
-    case kFloat16: return dispatch_embed<__half>(*params, embed_dtype, grid);
-    case kBFloat16: return dispatch_embed<__nv_bfloat16>(*params, embed_dtype, grid);
+    case kFloat32: return dispatch_embed<float>(*params, embed_dtype, grid, schedule_seed);
+    case kFloat16: return dispatch_embed<__half>(*params, embed_dtype, grid, schedule_seed);
+    case kBFloat16: return dispatch_embed<__nv_bfloat16>(*params, embed_dtype, grid, schedule_seed);
     default: return "unknown logits dtype code";
   }
 }
