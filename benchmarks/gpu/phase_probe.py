@@ -45,6 +45,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: make the package importable without PYTHONPATH
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_step  # noqa: E402  (the benchmark's input recipe)
 
 SOURCE = Path(__file__).resolve().with_name("phase_probe.cu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -201,16 +203,8 @@ class Probe:
 # ---- one configuration -------------------------------------------------------------------
 
 def make_inputs(batch, vocab, hidden, dtype):
-    """bench_step.py's make_inputs on CUDA (same generator, seed and order)."""
-    device = torch.device("cuda")
-    gen = torch.Generator(device=device).manual_seed(0)
-    scale = torch.linspace(0.5, 12.0, batch, device=device).view(1, batch, 1)
-    logits = torch.randn(2, batch, vocab, generator=gen, device=device, dtype=dtype) * scale.to(dtype)
-    embed = torch.randn(vocab, hidden, generator=gen, device=device, dtype=dtype)
-    weight = torch.randn(hidden, 2 * hidden, generator=gen, device=device, dtype=dtype) / hidden**0.5
-    bias = torch.randn(hidden, generator=gen, device=device, dtype=dtype)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    return logits, embed, weight, bias, finished
+    """bench_step.py's inputs, on CUDA."""
+    return bench_step.make_inputs(batch, vocab, hidden, dtype, torch.device("cuda"))
 
 
 class Case:
