@@ -117,38 +117,14 @@ __global__ void __launch_bounds__(kThreads, 2) empty_smem_kernel(const __grid_co
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 2) sync_kernel(const __grid_constant__ StepParams p) {
-  (void)p;
-  cooperative_groups::this_grid().sync();
-}
-
-template <typename EmbedT>
-__global__ void __launch_bounds__(kThreads, 2) prefetch_kernel(const __grid_constant__ StepParams p) {
-  cs::prefetch_first_weights<EmbedT>(p);
-}
-
-template <typename LogitT>
-__global__ void __launch_bounds__(kThreads, 2) reduce_kernel(const __grid_constant__ StepParams p) {
+// The real kernel's phases in its order, each one switched on or off, for the ablations.
+template <typename LogitT, typename EmbedT, bool kPrefetch, bool kReduce, bool kSync, bool kRows>
+__global__ void __launch_bounds__(kThreads, 2) phases_kernel(const __grid_constant__ StepParams p) {
   __shared__ SharedState sh;
-  cs::reduce_vocab<LogitT>(p, sh.u.reduce);
-  cooperative_groups::this_grid().sync();
-}
-
-template <typename LogitT, typename EmbedT>
-__global__ void __launch_bounds__(kThreads, 2) phases01_kernel(const __grid_constant__ StepParams p) {
-  __shared__ SharedState sh;
-  cs::prefetch_first_weights<EmbedT>(p);
-  cs::reduce_vocab<LogitT>(p, sh.u.reduce);
-  cooperative_groups::this_grid().sync();
-}
-
-template <typename LogitT, typename EmbedT>
-__global__ void __launch_bounds__(kThreads, 2) phases012_kernel(const __grid_constant__ StepParams p) {
-  __shared__ SharedState sh;
-  cs::prefetch_first_weights<EmbedT>(p);
-  cs::reduce_vocab<LogitT>(p, sh.u.reduce);
-  cooperative_groups::this_grid().sync();
-  cs::write_rows<EmbedT>(p, sh);
+  if constexpr (kPrefetch) cs::prefetch_first_weights<EmbedT>(p);
+  if constexpr (kReduce) cs::reduce_vocab<LogitT>(p, sh.u.reduce);
+  if constexpr (kSync) cooperative_groups::this_grid().sync();
+  if constexpr (kRows) cs::write_rows<EmbedT>(p, sh);
 }
 
 // One thread spins until `ns` nanoseconds have passed: queued ahead of a timed launch, it lets
@@ -217,62 +193,40 @@ cudaError_t plan(const ProbeInputs* in, StepParams& p, size_t* bytes) {
   return cs::plan_superthoughts_step<LogitT, EmbedT>(p, bytes);
 }
 
-template <typename Kernel>
-cudaError_t launch_coop(Kernel kernel, const StepParams& p, cudaStream_t stream) {
-  StepParams params = p;
-  void* args[] = {&params};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(p.grid)),
-                                     dim3(kThreads), args, 0, stream);
-}
-
-template <typename LogitT, typename EmbedT>
-cudaError_t run_variant(int variant, const StepParams& p, uint64_t* stamps, cudaStream_t stream) {
-  switch (variant) {
-    case kInstrumented: {
-      if (stamps == nullptr) return cudaErrorInvalidValue;
-      StepParams params = p;
-      void* args[] = {&params, &stamps};
-      return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&instrumented_kernel<LogitT, EmbedT>),
-                                         dim3(static_cast<unsigned>(p.grid)), dim3(kThreads), args, 0, stream);
-    }
-    case kEmptyCoop:
-      return launch_coop(&empty_kernel, p, stream);
-    case kSyncCoop:
-      return launch_coop(&sync_kernel, p, stream);
-    case kPrefetchCoop:
-      return launch_coop(&prefetch_kernel<EmbedT>, p, stream);
-    case kReduceCoop:
-      return launch_coop(&reduce_kernel<LogitT>, p, stream);
-    case kReal:
-      return cs::launch_superthoughts_step<LogitT, EmbedT>(p, stream);
-    case kEmptyNormal:
-      empty_kernel<<<static_cast<unsigned>(p.grid), kThreads, 0, stream>>>(p);
-      return cudaGetLastError();
-    case kPhases01Coop:
-      return launch_coop(&phases01_kernel<LogitT, EmbedT>, p, stream);
-    case kPhases012Coop:
-      return launch_coop(&phases012_kernel<LogitT, EmbedT>, p, stream);
-    case kEmptySmemCoop:
-      return launch_coop(&empty_smem_kernel, p, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
-}
-
 template <typename LogitT, typename EmbedT>
 const void* variant_function(int variant) {
   switch (variant) {
     case kInstrumented: return reinterpret_cast<const void*>(&instrumented_kernel<LogitT, EmbedT>);
     case kEmptyCoop: return reinterpret_cast<const void*>(&empty_kernel);
-    case kSyncCoop: return reinterpret_cast<const void*>(&sync_kernel);
-    case kPrefetchCoop: return reinterpret_cast<const void*>(&prefetch_kernel<EmbedT>);
-    case kReduceCoop: return reinterpret_cast<const void*>(&reduce_kernel<LogitT>);
+    case kSyncCoop: return reinterpret_cast<const void*>(&phases_kernel<LogitT, EmbedT, false, false, true, false>);
+    case kPrefetchCoop: return reinterpret_cast<const void*>(&phases_kernel<LogitT, EmbedT, true, false, false, false>);
+    case kReduceCoop: return reinterpret_cast<const void*>(&phases_kernel<LogitT, EmbedT, false, true, true, false>);
     case kReal: return reinterpret_cast<const void*>(&cs::superthoughts_step_kernel<LogitT, EmbedT>);
     case kEmptyNormal: return reinterpret_cast<const void*>(&empty_kernel);
-    case kPhases01Coop: return reinterpret_cast<const void*>(&phases01_kernel<LogitT, EmbedT>);
-    case kPhases012Coop: return reinterpret_cast<const void*>(&phases012_kernel<LogitT, EmbedT>);
+    case kPhases01Coop: return reinterpret_cast<const void*>(&phases_kernel<LogitT, EmbedT, true, true, true, false>);
+    case kPhases012Coop: return reinterpret_cast<const void*>(&phases_kernel<LogitT, EmbedT, true, true, true, true>);
     case kEmptySmemCoop: return reinterpret_cast<const void*>(&empty_smem_kernel);
     default: return nullptr;
+  }
+}
+
+template <typename LogitT, typename EmbedT>
+cudaError_t run_variant(int variant, const StepParams& p, uint64_t* stamps, cudaStream_t stream) {
+  const void* kernel = variant_function<LogitT, EmbedT>(variant);
+  if (kernel == nullptr) return cudaErrorInvalidValue;
+  StepParams params = p;
+  void* args[] = {&params, &stamps};
+  const dim3 grid(static_cast<unsigned>(p.grid)), block(kThreads);
+  switch (variant) {
+    case kInstrumented:
+      if (stamps == nullptr) return cudaErrorInvalidValue;
+      return cudaLaunchCooperativeKernel(kernel, grid, block, args, 0, stream);
+    case kReal:
+      return cs::launch_superthoughts_step<LogitT, EmbedT>(p, stream);
+    case kEmptyNormal:
+      return cudaLaunchKernel(kernel, grid, block, args, 0, stream);
+    default:  // the ablations take the parameter block only
+      return cudaLaunchCooperativeKernel(kernel, grid, block, args, 0, stream);
   }
 }
 
