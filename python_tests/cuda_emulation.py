@@ -56,17 +56,22 @@ def cuda_include_dir() -> Path | None:
     return None
 
 
-def build(out_dir: Path) -> ctypes.CDLL:
-    """Compiles the emulated kernel into out_dir (reused while the sources are unchanged)."""
+def build(out_dir: Path, sanitize: bool = False) -> ctypes.CDLL:
+    """Compiles the emulated kernel into out_dir (reused while the sources are unchanged).
+
+    sanitize: with AddressSanitizer and UBSan (the process must preload libasan, see
+    test_step_cuda_memcheck.py): every out-of-bounds read or write of the kernel then aborts."""
     include = cuda_include_dir()
     if include is None:
         raise FileNotFoundError("no CUDA toolkit headers (cuda_bf16.h) under CUDA_HOME, nvcc's folder or /usr/local/cuda")
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:16]
-    path = out_dir / f"libstep_emulated_{digest}.so"
+    cxx = os.environ.get("CXX", "g++")
+    flags = (["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+             if sanitize else ["-O2"])
+    key = b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join([cxx, *flags, str(include)]).encode()
+    path = out_dir / f"libstep_emulated_{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not path.exists():
         partial = path.with_suffix(f".{os.getpid()}.tmp")  # renamed when complete: parallel runs never load half a file
-        cxx = os.environ.get("CXX", "g++")
-        command = [cxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", f"-I{include}",
+        command = [cxx, "-std=c++20", *flags, "-shared", "-fPIC", "-pthread", f"-I{include}",
                    *map(str, SOURCES), "-o", str(partial)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -85,10 +90,11 @@ def build(out_dir: Path) -> ctypes.CDLL:
 
 @functools.cache
 def library() -> ctypes.CDLL:
-    """The emulated kernel, built once per source version in the temp folder."""
+    """The emulated kernel, built once per source version in the temp folder; sanitized when
+    SUPERTHOUGHTS_EMULATION_SANITIZE=1."""
     out_dir = Path(tempfile.gettempdir()) / "superthoughts_cuda_emulation"
     out_dir.mkdir(exist_ok=True)
-    return build(out_dir)
+    return build(out_dir, sanitize=os.environ.get("SUPERTHOUGHTS_EMULATION_SANITIZE") == "1")
 
 
 def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id, threshold,
