@@ -160,6 +160,22 @@ __device__ __forceinline__ float load_logit(const T* p) {
 
 __device__ __forceinline__ float finite_or_neg_inf_nan(float x) { return x != x ? kNegInf : x; }
 
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 2^x on the special-function unit (relative error ~2^-22, results below 2^-126 flushed to
+// 0): one instruction where the accurate expf takes several, inside the loop that touches
+// every logit. Only the softmax sum uses it, and that only feeds conf (the reference's is
+// matched to 1e-5); tokens and the Gumbel scores never go through it.
+__device__ __forceinline__ float fast_exp2(float x) {
+#if defined(SUPERTHOUGHTS_CUDA_EMULATION)
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
 // ---- one thread's share of a piece -------------------------------------------------------
 
 struct NoiseCtx {
@@ -185,9 +201,14 @@ __device__ __forceinline__ void consume(Acc& acc, float (&x)[N], int64_t v0, con
   }
   if (acc.max > kNegInf) {
 #pragma unroll
-    for (int i = 0; i < N; ++i) {
-      acc.sum += expf(x[i] - acc.max);
-      if (x[i] == acc.max) acc.argmax = min(acc.argmax, static_cast<int32_t>(v0 + i));
+    for (int i = 0; i < N; ++i) acc.sum += fast_exp2((x[i] - acc.max) * kLog2e);
+    // Elements arrive in increasing index, so only a chunk that holds the running maximum can
+    // hold its lowest index (and most chunks do not: the search is skipped).
+    if (m == acc.max) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        if (x[i] == m) acc.argmax = min(acc.argmax, static_cast<int32_t>(v0 + i));
+      }
     }
   }
   if constexpr (kSample) {
