@@ -27,6 +27,11 @@
 // threads with 4 x 16-byte loads in flight each keep ~32 KiB per SM in flight for phase 1.
 //
 // For a future GPU session, measure (H100, bf16, V = 151936, H = 1536; ncu + CUDA events):
+//   - every B: the H100 run (38.5 us at B = 1 ... 134.8 us at B = 256) fits ~30 us fixed per
+//     launch plus streaming at 1.1-1.6 TB/s. benchmarks/gpu/phase_probe.py stamps each phase
+//     per block and times ablations (empty cooperative launch, grid.sync alone, ...): run it
+//     first. Phase 1 now sums with ex2.approx (fewer instructions per logit): compare its
+//     stamped time with the copy bandwidth.
 //   - B = 1: target <= 8 us end to end. Check the cost of grid.sync() and of phase 2 (one
 //     row merges ~130 partials per head); try kLogitUnroll 2 and a smaller grid for phase 1.
 //   - B = 64 / 256: target >= 75% of copy bandwidth for 2*B*V*2 + 2*H*H*2 bytes. Phase 3
