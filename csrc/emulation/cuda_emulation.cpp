@@ -7,11 +7,11 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <barrier>
 #include <memory>
 #include <mutex>
 #include <random>
-#include <algorithm>
 #include <thread>
 #include <vector>
 
