@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -25,6 +26,7 @@ struct Barrier {
   int expected = 0;
   int arrived = 0;
   uint64_t generation = 0;
+  Site site;  // where the first thread of this generation waits
 };
 
 struct Warp {
@@ -66,9 +68,20 @@ thread_local Block* t_block = nullptr;
 
 void yield_to_scheduler() { swapcontext(&t_block->fibers[t_block->current], &t_block->scheduler); }
 
-void wait_at(Barrier& b) {
+std::string where(const Site& site) {
+  return std::string(site.file_name()) + ":" + std::to_string(site.line()) + ":" + std::to_string(site.column());
+}
+
+void wait_at(Barrier& b, const Site& site) {
   Block& block = *t_block;
   ++block.progress;
+  if (b.arrived == 0) {
+    b.site = site;
+  } else if (b.site.line() != site.line() || b.site.column() != site.column() ||
+             std::string_view(b.site.file_name()) != site.file_name()) {
+    block.grid->fail("block " + std::to_string(block.index) + ": threads meet at different barriers, " +
+                     where(b.site) + " and " + where(site) + " (thread " + std::to_string(block.current) + ")");
+  }
   const uint64_t generation = b.generation;
   if (++b.arrived == b.expected) {
     b.arrived = 0;
@@ -143,23 +156,23 @@ uint3 block_index() { return uint3{static_cast<unsigned>(t_block->index), 0u, 0u
 dim3 grid_dim() { return dim3(static_cast<unsigned>(t_block->grid->blocks)); }
 dim3 block_dim() { return dim3(static_cast<unsigned>(t_block->threads)); }
 
-void sync_block() { wait_at(t_block->barrier); }
+void sync_block(Site site) { wait_at(t_block->barrier, site); }
 
 void sync_grid() {
-  sync_block();
+  sync_block(Site::current());
   // Thread 0 stands for its block at the grid barrier; the block's other fibers are parked
   // in the second block barrier meanwhile (the OS thread is blocked, so they cannot run).
   if (t_block->current == 0) t_block->grid->barrier.arrive_and_wait();
-  sync_block();
+  sync_block(Site::current());
 }
 
-uint64_t warp_exchange_xor(uint64_t value, int lane_mask) {
+uint64_t warp_exchange_xor(uint64_t value, int lane_mask, Site site) {
   Warp& warp = t_block->warps[t_block->current / kWarpSize];
   const int lane = t_block->current % kWarpSize;
   warp.words[lane] = value;
-  wait_at(warp.barrier);
+  wait_at(warp.barrier, site);
   const uint64_t out = warp.words[(lane ^ lane_mask) % kWarpSize];
-  wait_at(warp.barrier);  // nobody overwrites a word before every lane has read
+  wait_at(warp.barrier, site);  // nobody overwrites a word before every lane has read
   return out;
 }
 
@@ -179,12 +192,12 @@ float half_bits_to_float(uint32_t bits, bool bf16) {
 // value(word, e) its value.
 template <int K, int kPerReg, typename PlaceA, typename PlaceB, typename Value>
 void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], PlaceA place_a, PlaceB place_b,
-              Value value) {
+              Value value, const Site& site) {
   Warp& warp = t_block->warps[t_block->current / kWarpSize];
   const int lane = t_block->current % kWarpSize;
   std::memcpy(warp.a[lane], a, sizeof a);
   std::memcpy(warp.b[lane], b, sizeof b);
-  wait_at(warp.barrier);
+  wait_at(warp.barrier, site);
   float A[16][K], B[K][8];
   for (int l = 0; l < kWarpSize; ++l) {
     const int g = l / 4, t = l % 4;
@@ -206,7 +219,7 @@ void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Pla
     for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
     d[i] = sum;
   }
-  wait_at(warp.barrier);  // the registers stay until every lane has computed
+  wait_at(warp.barrier, site);  // the registers stay until every lane has computed
 }
 
 struct Index {
@@ -218,21 +231,21 @@ struct Index {
 // PTX ISA, "Matrix fragments for mma.m16n8k16" (16-bit A/B): two values per register, the
 // lower index in the low half. A register r: row g + 8 * (r & 1), columns 2t + 8 * (r >> 1) + e;
 // B register r: rows (k) 2t + 8 * r + e, column g.
-void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16) {
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16, Site site) {
   warp_mma<16, 2>(
       d, a, b, [](int g, int t, int r, int e) { return Index{g + 8 * (r & 1), 2 * t + 8 * (r >> 1) + e}; },
       [](int g, int t, int r, int e) { return Index{2 * t + 8 * r + e, g}; },
-      [bf16](uint32_t word, int e) { return half_bits_to_float(e ? word >> 16 : word & 0xffffu, bf16); });
+      [bf16](uint32_t word, int e) { return half_bits_to_float(e ? word >> 16 : word & 0xffffu, bf16); }, site);
 }
 
 // PTX ISA, "Matrix fragments for mma.m16n8k8" (.tf32): one value per register, read as tf32
 // (the low 13 bits ignored). A register r: row g + 8 * (r & 1), column t + 4 * (r >> 1);
 // B register r: row (k) t + 4 * r, column g.
-void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
   warp_mma<8, 1>(
       d, a, b, [](int g, int t, int r, int) { return Index{g + 8 * (r & 1), t + 4 * (r >> 1)}; },
       [](int g, int t, int r, int) { return Index{t + 4 * r, g}; },
-      [](uint32_t word, int) { return __uint_as_float(word & 0xffffe000u); });
+      [](uint32_t word, int) { return __uint_as_float(word & 0xffffe000u); }, site);
 }
 
 uint32_t round_to_tf32(float x) {

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <source_location>
 #include <string>
 
 #ifndef SUPERTHOUGHTS_CUDA_EMULATION
@@ -49,14 +50,18 @@ uint3 thread_index();
 uint3 block_index();
 dim3 grid_dim();
 dim3 block_dim();
-void sync_block();
+// Every wait names its call site: threads of one block (or warp) that meet at different
+// __syncthreads (or a shuffle and an mma) are undefined behaviour on a GPU, reported here.
+using Site = std::source_location;
+void sync_block(Site site);
 void sync_grid();
 // Exchanges 64-bit words across the 32 lanes of the calling warp: returns lane (lane ^ mask)'s.
-uint64_t warp_exchange_xor(uint64_t value, int lane_mask);
+uint64_t warp_exchange_xor(uint64_t value, int lane_mask, Site site);
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: d += A * B with the PTX fragment layout.
-void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16);
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16,
+                  Site site = Site::current());
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (inputs truncated to tf32, as the hardware reads them).
-void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site = Site::current());
 // cvt.rna.tf32.f32: nearest tf32, ties away from zero, low 13 bits cleared.
 uint32_t round_to_tf32(float x);
 
@@ -73,15 +78,17 @@ std::string launch(int grid, int block, const std::function<void()>& body, uint6
 #define gridDim (::superthoughts::emulation::grid_dim())
 #define blockDim (::superthoughts::emulation::block_dim())
 
-inline void __syncthreads() { ::superthoughts::emulation::sync_block(); }
+inline void __syncthreads(std::source_location site = std::source_location::current()) {
+  ::superthoughts::emulation::sync_block(site);
+}
 
 template <typename T>
-T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, std::source_location site = std::source_location::current()) {
   static_assert(sizeof(T) <= sizeof(uint64_t), "shuffles move at most 64 bits");
   if (mask != 0xffffffffu) std::abort();  // the kernels only shuffle across full warps
   uint64_t word = 0;
   std::memcpy(&word, &value, sizeof(T));
-  word = ::superthoughts::emulation::warp_exchange_xor(word, lane_mask);
+  word = ::superthoughts::emulation::warp_exchange_xor(word, lane_mask, site);
   T out;
   std::memcpy(&out, &word, sizeof(T));
   return out;
