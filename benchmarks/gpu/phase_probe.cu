@@ -40,6 +40,7 @@ struct ProbeInputs {
   int32_t* n_new;                     // [B]
   float* conf;                        // [B, 2]
   void* next_in;                      // [B, H] or [B, 2H]
+  int64_t merge_path;                 // -1: the planner's; 1 GEMV or 2 tensor cores forced (A/B)
 };
 
 namespace probe {
@@ -190,7 +191,15 @@ template <typename LogitT, typename EmbedT>
 cudaError_t plan(const ProbeInputs* in, StepParams& p, size_t* bytes) {
   if (in->batch < 1 || in->vocab < 1) return cudaErrorInvalidValue;
   fill_params(p, in);
-  return cs::plan_superthoughts_step<LogitT, EmbedT>(p, bytes);
+  const cudaError_t err = cs::plan_superthoughts_step<LogitT, EmbedT>(p, bytes);
+  if (err != cudaSuccess || in->merge_path < 0 || p.merge_path == cs::kMergeCopy) return err;
+  // A forced merge path, to compare GEMV and tensor cores at the batch sizes between them.
+  const bool mma_possible = p.embed_vec && p.hidden % cs::kMmaFeatures == 0;
+  if (in->merge_path == cs::kMergeGemv || (in->merge_path == cs::kMergeMma && mma_possible)) {
+    p.merge_path = static_cast<int>(in->merge_path);
+    return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
 }
 
 template <typename LogitT, typename EmbedT>

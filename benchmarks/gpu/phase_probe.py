@@ -50,6 +50,7 @@ import bench_step  # noqa: E402  (the benchmark's input recipe)
 
 SOURCE = Path(__file__).resolve().with_name("phase_probe.cu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MERGE_PATHS = {"auto": -1, "gemv": 1, "mma": 2}  # csrc/kernels/step_vocab.cuh MergePath
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # phase_probe.cu DtypeCode
 PAD, EOS, THRESHOLD = 0, 2, 0.9  # bench_step.py's arguments
@@ -100,7 +101,7 @@ class ProbeInputs(ctypes.Structure):
         ("threshold", ctypes.c_double), ("threshold_main", ctypes.c_double), ("temperature", ctypes.c_double),
         ("seed", ctypes.c_int64), ("offset", ctypes.c_int64),
         ("tokens", ctypes.c_void_p), ("n_new", ctypes.c_void_p), ("conf", ctypes.c_void_p),
-        ("next_in", ctypes.c_void_p),
+        ("next_in", ctypes.c_void_p), ("merge_path", ctypes.c_int64),
     ]
 
 
@@ -212,7 +213,8 @@ class Case:
     a timed run gets its own `finished` row (finished_pool[i]), zeroed before the run, so that
     a row that emits EOS cannot make later launches skip it."""
 
-    def __init__(self, probe: Probe, batch: int, vocab: int, hidden: int, dtype: torch.dtype, pool: int):
+    def __init__(self, probe: Probe, batch: int, vocab: int, hidden: int, dtype: torch.dtype, pool: int,
+                 merge_path: str = "auto"):
         self.batch, self.vocab, self.hidden, self.dtype = batch, vocab, hidden, dtype
         self.logits, self.embed, self.weight, self.bias, self.finished = make_inputs(batch, vocab, hidden, dtype)
         dev = self.logits.device
@@ -230,7 +232,7 @@ class Case:
             batch=batch, vocab=vocab, hidden=hidden, pad_id=PAD, eos_id=EOS,
             threshold=THRESHOLD, threshold_main=0.0, temperature=0.0, seed=0, offset=0,
             tokens=self.tokens.data_ptr(), n_new=self.n_new.data_ptr(), conf=self.conf.data_ptr(),
-            next_in=self.next_in.data_ptr())
+            next_in=self.next_in.data_ptr(), merge_path=MERGE_PATHS[merge_path])
         self.plan = probe.plan(self.inputs)
         self.workspace = torch.empty(self.plan["workspace_bytes"], dtype=torch.uint8, device=dev)
         self.probe = probe
@@ -265,7 +267,7 @@ class Case:
         return torch.zeros(launches, self.grid, len(STAMPS), dtype=torch.int64, device=self.logits.device)
 
     def label(self) -> str:
-        return f"{DTYPE_NAMES[self.dtype]} H={self.hidden} B={self.batch}"
+        return f"{DTYPE_NAMES[self.dtype]} H={self.hidden} B={self.batch} merge={self.plan['merge_path']}"
 
 
 # ---- correctness -------------------------------------------------------------------------
@@ -538,7 +540,8 @@ def load_extension_op():
 
 
 def run_config(probe: Probe, batch, vocab, hidden, dtype, args, ext_step, flush) -> dict:
-    case = Case(probe, batch, vocab, hidden, dtype, pool=max(args.iters, GRAPH_LAUNCHES, WARMUP))
+    case = Case(probe, batch, vocab, hidden, dtype, pool=max(args.iters, GRAPH_LAUNCHES, WARMUP),
+                merge_path=args.merge_path)
     row = {"label": case.label(), "batch": batch, "vocab": vocab, "hidden": hidden,
            "dtype": DTYPE_NAMES[dtype], "plan": case.plan}
     row["kernels"] = {key: probe.kernel_attrs(num, dtype) for num, key, _ in VARIANTS}
@@ -560,6 +563,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--hidden", type=int, nargs="+", default=[1536, 3584])
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp32"])
+    parser.add_argument("--merge-path", choices=sorted(MERGE_PATHS), default="auto",
+                        help="force the merge projection's path (GEMV or tensor cores) to compare them")
     parser.add_argument("--iters", type=int, default=50, help="timed launches per variant and mode (>= 5)")
     parser.add_argument("--output", type=Path,
                         default=Path(os.environ.get("OUT", "gpu_out")) / "phase_probe.json")

@@ -5,7 +5,7 @@
 # session is several calls, e.g. (the device's copy of .git is the one from the session
 # start, so results carry that commit):
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe test errors
-#   DEADLINE=580 bash benchmarks/gpu/session.sh sanitize bench_step
+#   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma sanitize
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
 # phase_probe (~1-2 min; builds its own .so, compares with the op when the build worked) goes
@@ -50,6 +50,10 @@ for what in "$@"; do
     phase_probe)  # where one launch's time goes: globaltimer stamps per phase + ablation kernels
       stage phase_probe 200 python3 benchmarks/gpu/phase_probe.py --output "$OUT/phase_probe.json"
       [ -f "$OUT/logs/phase_probe.log" ] && sed -n '/^== summary/,$p' "$OUT/logs/phase_probe.log" ;;
+    phase_probe_mma)  # the same with the tensor-core merge forced at small B (the planner uses a GEMV up to B = 16)
+      stage phase_probe_mma 150 python3 benchmarks/gpu/phase_probe.py --batch 1 8 16 --merge-path mma \
+        --output "$OUT/phase_probe_mma.json"
+      [ -f "$OUT/logs/phase_probe_mma.log" ] && sed -n '/^== summary/,$p' "$OUT/logs/phase_probe_mma.log" ;;
     profile) stage profile 200 ncu --kernel-name regex:superthoughts_step --section SpeedOfLight \
         --section LaunchStats --section Occupancy python3 benchmarks/gpu/profile_step.py ;;
     sanitize)
