@@ -3,7 +3,8 @@
 Exactness: standard greedy == transformers' generate; compiled step == reference step (greedy
 and sampled); the static-cache loop == a full recompute with no cache; a batch == its rows
 alone. Edge cases: EOS as first / second token, token limits, context limit, empty batch,
-bad input. Streamer, CLI and the CUDA-graph path (GPU only) are tested too. The torch.compile'd
+bad input. Streamer, CLI and the CUDA-graph path (GPU only) are tested too, and the decode
+loop driving the CUDA kernel's source emulated on the CPU. The torch.compile'd
 step (one compile per configuration: slow on CPU, so few tests) must give the eager tokens.
 
 EOS is forced without touching weights: decode once, pick a token at the wanted place that
@@ -13,12 +14,15 @@ unchanged, since EOS only stops a row and vetoes pairs whose first token it is.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+import cuda_emulation
+import superthoughts_ext.ops
 from superthoughts_ext.generate import MODES, generate
 from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 from superthoughts_ext.reference import superthoughts_step_ref
@@ -150,6 +154,22 @@ def test_kernels_match_reference(model, mode: str, temperature: float) -> None:
         greedy = generate(model, ids, mask, use_kernels=True, **{**kwargs, "temperature": 0.0})
         assert fast.sequences != greedy.sequences
         assert generate(model, ids, mask, use_kernels=True, **{**kwargs, "seed": 8}).sequences != fast.sequences
+
+
+@pytest.mark.skipif(cuda_emulation.cuda_include_dir() is None, reason="the CUDA emulation needs the CUDA toolkit's headers")
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_kernel_source_drives_generate(model, mode: str, temperature: float, monkeypatch) -> None:
+    # The CUDA step kernel's source, run on the CPU (python_tests/cuda_emulation.py), in place of
+    # the op: the decode loop's buffers and offsets and the kernel's outputs must fit together
+    # as on a GPU, step after step, down to the sampled tokens.
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=25, mode=mode, threshold=MIXED_THRESHOLD, temperature=temperature, seed=7)
+    ref = generate(model, ids, mask, use_kernels=False, **kwargs)
+    monkeypatch.setattr(superthoughts_ext.ops, "superthoughts_step", functools.partial(cuda_emulation.emulated_step, grid=3))
+    emulated = generate(model, ids, mask, use_kernels=True, **kwargs)
+    assert emulated.sequences == ref.sequences
+    assert (emulated.num_steps, emulated.num_pair_steps) == (ref.num_steps, ref.num_pair_steps)
 
 
 @pytest.mark.parametrize("mode", ["superthoughts", "pairs"])
