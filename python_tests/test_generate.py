@@ -159,7 +159,7 @@ def test_kernels_match_reference(model, mode: str, temperature: float) -> None:
 @pytest.mark.skipif(cuda_emulation.cuda_include_dir() is None, reason="the CUDA emulation needs the CUDA toolkit's headers")
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("mode", MODES)
-def test_cuda_kernel_source_drives_generate(model, mode: str, temperature: float, monkeypatch) -> None:
+def test_emulated_cuda_kernel_drives_generate(model, mode: str, temperature: float, monkeypatch) -> None:
     # The CUDA step kernel's source, run on the CPU (python_tests/cuda_emulation.py), in place of
     # the op: the decode loop's buffers and offsets and the kernel's outputs must fit together
     # as on a GPU, step after step, down to the sampled tokens.
