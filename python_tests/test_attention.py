@@ -75,3 +75,11 @@ def test_implementation_restored_on_error_and_other_implementations_untouched():
         assert eager.config._attn_implementation == "eager"
     with attention.folded_gqa_decoding(model, enabled=False):
         assert model.config._attn_implementation == "sdpa"
+
+
+def test_on_for_cpu_and_on_request_for_gpus(monkeypatch):
+    monkeypatch.delenv("SUPERTHOUGHTS_FOLDED_GQA", raising=False)
+    assert attention.folded_by_default(torch.device("cpu"))
+    assert not attention.folded_by_default(torch.device("cuda"))
+    monkeypatch.setenv("SUPERTHOUGHTS_FOLDED_GQA", "1")
+    assert attention.folded_by_default(torch.device("cuda"))

@@ -15,6 +15,7 @@ take transformers' SDPA path unchanged.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -47,6 +48,12 @@ def folded_gqa_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
 # for attention implementations it has no mask function for.
 AttentionInterface.register(NAME, folded_gqa_sdpa)
 AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def folded_by_default(device: torch.device) -> bool:
+    """On for CPU decoding. On GPUs transformers' path stays until this one is measured there;
+    SUPERTHOUGHTS_FOLDED_GQA=1 turns it on for that measurement (benchmarks/gpu/session.sh)."""
+    return device.type == "cpu" or os.environ.get("SUPERTHOUGHTS_FOLDED_GQA") == "1"
 
 
 @contextlib.contextmanager

@@ -287,10 +287,9 @@ def generate(
     if input_ids.device.type == "cuda":
         torch.cuda.synchronize(input_ids.device)
     start = time.perf_counter()
-    # Decode steps attend without copying the KV cache per query head (attention.py). CPU only
-    # for now: on GPUs its speed and its token-for-token agreement with transformers in bf16
-    # have not been measured yet.
-    with attention.folded_gqa_decoding(backbone, enabled=input_ids.device.type == "cpu"):
+    # Decode steps attend without copying the KV cache per query head (attention.py); on GPUs
+    # only on request until its speed and its agreement with transformers in bf16 are measured.
+    with attention.folded_gqa_decoding(backbone, enabled=attention.folded_by_default(input_ids.device)):
         logits = stepper.prefill(input_ids, decode_loop.prompt_position_ids(attention_mask), state)
         decode_loop.sample(stepper, state, logits, cfg, offset=0)
         if feed is not None:

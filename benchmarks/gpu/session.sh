@@ -6,7 +6,7 @@
 # start, so results carry that commit):
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe test errors
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma sanitize
-#   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab
+#   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab folded_gqa
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
 # phase_probe (~1-2 min; builds its own .so, compares with the op when the build worked) goes
 # first: where the fixed ~30 us of each launch go is the open question, and stages run in the
@@ -71,6 +71,11 @@ for what in "$@"; do
         --output "$OUT/generate_cuda_compile.json"
       stage bench_generate_no_compile 200 python3 benchmarks/bench_generate.py --repeats 2 --batch 1 32 \
         --methods standard pairs --no-compile --output "$OUT/generate_cuda_no_compile.json" ;;
+    folded_gqa)  # generate's folded grouped-query decode attention on the GPU: token agreement, then speed
+      SUPERTHOUGHTS_FOLDED_GQA=1 stage folded_gqa_test 200 python3 -m pytest -q -p no:cacheprovider \
+        python_tests/test_generate.py python_tests/test_attention.py -k "not emulated"
+      SUPERTHOUGHTS_FOLDED_GQA=1 stage folded_gqa_bench 300 python3 benchmarks/bench_generate.py --repeats 2 \
+        --batch 1 32 --methods standard pairs --no-compile --output "$OUT/generate_cuda_folded_gqa.json" ;;
     bench_train) stage bench_train 400 python3 benchmarks/bench_train.py --shapes 1.5b --output "$OUT/train_cuda.json" ;;
     bench_train_7b) stage bench_train_7b 400 python3 benchmarks/bench_train.py --shapes 7b --rho-max 0.25 \
         --output "$OUT/train_cuda_7b.json" ;;
