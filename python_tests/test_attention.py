@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 
 from superthoughts_ext import attention
 from superthoughts_ext.generate import generate
+from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
 
 class Heads(torch.nn.Module):
@@ -44,8 +45,11 @@ def tiny_gqa_model(attn: str = "sdpa") -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
 
 
-def test_decode_steps_do_not_repeat_the_kv_cache(monkeypatch):
+@pytest.mark.parametrize("mode", ["standard", "superthoughts"])
+def test_decode_steps_do_not_repeat_the_kv_cache(monkeypatch, mode):
     model = tiny_gqa_model()
+    if mode == "superthoughts":  # backbone and the MTP decoder layer, each with its own config
+        model = SuperThoughtsForCausalLM.from_base(model).eval()
     calls = []
     real = hf_sdpa.repeat_kv
 
@@ -55,25 +59,28 @@ def test_decode_steps_do_not_repeat_the_kv_cache(monkeypatch):
 
     monkeypatch.setattr(hf_sdpa, "repeat_kv", counting)
     ids = torch.tensor([[1, 5, 6, 7, 8]])
-    out = generate(model, ids, max_new_tokens=12, mode="standard", eos_token_id=2)
-    assert out.num_tokens[0] >= 4  # some decode steps ran (the seed keeps EOS away)
-    # The prompt's forward (5 positions) may repeat K and V once per layer; the decode steps
-    # never do. Unfolded, every step repeats the whole cache in every layer.
-    assert len(calls) <= model.config.num_hidden_layers, calls
-    assert model.config._attn_implementation == "sdpa"  # restored after the call
+    out = generate(model, ids, max_new_tokens=12, mode=mode, threshold=0.0, eos_token_id=2)
+    assert out.num_steps[0] >= 3  # some decode steps ran (the seed keeps EOS away)
+    # The prompt's forward (5 positions) may repeat K and V once per layer (the MTP's too); the
+    # decode steps never do. Unfolded, every step repeats the whole cache in every layer.
+    layers = 2 + (mode == "superthoughts")
+    assert len(calls) <= layers, calls
+    configs = [model.config] if mode == "standard" else [model.backbone.config, model.mtp.layer_config]
+    assert all(c._attn_implementation == "sdpa" for c in configs)  # restored after the call
 
 
 def test_implementation_restored_on_error_and_other_implementations_untouched():
     model = tiny_gqa_model()
     with pytest.raises(RuntimeError, match="inside"):
-        with attention.folded_gqa_decoding(model):
+        with attention.folded_gqa_decoding(model.config):
             assert model.config._attn_implementation == attention.NAME
             raise RuntimeError("inside")
     assert model.config._attn_implementation == "sdpa"
     eager = tiny_gqa_model("eager")
-    with attention.folded_gqa_decoding(eager):
+    with attention.folded_gqa_decoding(eager.config, model.config):
         assert eager.config._attn_implementation == "eager"
-    with attention.folded_gqa_decoding(model, enabled=False):
+        assert model.config._attn_implementation == attention.NAME
+    with attention.folded_gqa_decoding(model.config, enabled=False):
         assert model.config._attn_implementation == "sdpa"
 
 

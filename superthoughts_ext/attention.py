@@ -57,15 +57,15 @@ def folded_by_default(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def folded_gqa_decoding(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Runs the block with `model` (a transformers model) on folded_gqa_sdpa if it uses SDPA;
-    its attention implementation is restored afterwards, also on errors."""
-    config = getattr(model, "config", None)
-    if not enabled or getattr(config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
-    model.set_attn_implementation(NAME)
+def folded_gqa_decoding(*configs, enabled: bool = True) -> Iterator[None]:
+    """Runs the block with the models of these transformers configs on folded_gqa_sdpa where
+    they use SDPA (every layer reads its config's implementation at call time); the configs
+    are restored afterwards, also on errors."""
+    switched = [c for c in configs if enabled and getattr(c, "_attn_implementation", None) == "sdpa"]
+    for config in switched:
+        config._attn_implementation = NAME
     try:
         yield
     finally:
-        model.set_attn_implementation("sdpa")
+        for config in switched:
+            config._attn_implementation = "sdpa"
