@@ -72,15 +72,15 @@ def test_decode_steps_do_not_repeat_the_kv_cache(monkeypatch, mode):
 def test_implementation_restored_on_error_and_other_implementations_untouched():
     model = tiny_gqa_model()
     with pytest.raises(RuntimeError, match="inside"):
-        with attention.folded_gqa_decoding(model.config):
+        with attention.folded_gqa_decoding(model):
             assert model.config._attn_implementation == attention.NAME
             raise RuntimeError("inside")
     assert model.config._attn_implementation == "sdpa"
     eager = tiny_gqa_model("eager")
-    with attention.folded_gqa_decoding(eager.config, model.config):
+    with attention.folded_gqa_decoding(torch.nn.ModuleList([eager, model])):
         assert eager.config._attn_implementation == "eager"
         assert model.config._attn_implementation == attention.NAME
-    with attention.folded_gqa_decoding(model.config, enabled=False):
+    with attention.folded_gqa_decoding(model, enabled=False):
         assert model.config._attn_implementation == "sdpa"
 
 

@@ -57,11 +57,13 @@ def folded_by_default(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def folded_gqa_decoding(*configs, enabled: bool = True) -> Iterator[None]:
-    """Runs the block with the models of these transformers configs on folded_gqa_sdpa where
-    they use SDPA (every layer reads its config's implementation at call time); the configs
-    are restored afterwards, also on errors."""
-    switched = [c for c in configs if enabled and getattr(c, "_attn_implementation", None) == "sdpa"]
+def folded_gqa_decoding(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Runs the block with every SDPA attention in `model` on folded_gqa_sdpa: the configs of
+    its modules (a SuperThoughts model's backbone and MTP decoder layer each have their own)
+    are switched, and restored afterwards, also on errors. Layers read their config's
+    implementation at call time."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    switched = [c for c in configs.values() if enabled and getattr(c, "_attn_implementation", None) == "sdpa"]
     for config in switched:
         config._attn_implementation = NAME
     try:

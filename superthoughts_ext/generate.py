@@ -289,10 +289,7 @@ def generate(
     start = time.perf_counter()
     # Decode steps attend without copying the KV cache per query head (attention.py); on GPUs
     # only on request until its speed and its agreement with transformers in bf16 are measured.
-    configs = [backbone.config]
-    if superthoughts and hasattr(model.mtp, "layer_config"):
-        configs.append(model.mtp.layer_config)  # the MTP decoder layer's own one-layer config
-    with attention.folded_gqa_decoding(*configs, enabled=attention.folded_by_default(input_ids.device)):
+    with attention.folded_gqa_decoding(model, enabled=attention.folded_by_default(input_ids.device)):
         logits = stepper.prefill(input_ids, decode_loop.prompt_position_ids(attention_mask), state)
         decode_loop.sample(stepper, state, logits, cfg, offset=0)
         if feed is not None:

@@ -154,7 +154,6 @@ void run_block(Grid& grid, int index, int threads) {
 uint3 thread_index() { return uint3{static_cast<unsigned>(t_block->current), 0u, 0u}; }
 uint3 block_index() { return uint3{static_cast<unsigned>(t_block->index), 0u, 0u}; }
 dim3 grid_dim() { return dim3(static_cast<unsigned>(t_block->grid->blocks)); }
-dim3 block_dim() { return dim3(static_cast<unsigned>(t_block->threads)); }
 
 void sync_block(Site site) { wait_at(t_block->barrier, site); }
 

@@ -49,7 +49,6 @@ namespace superthoughts::emulation {
 uint3 thread_index();
 uint3 block_index();
 dim3 grid_dim();
-dim3 block_dim();
 // Every wait names its call site: threads of one block (or warp) that meet at different
 // __syncthreads (or a shuffle and an mma) are undefined behaviour on a GPU, reported here.
 using Site = std::source_location;
@@ -76,7 +75,6 @@ std::string launch(int grid, int block, const std::function<void()>& body, uint6
 #define threadIdx (::superthoughts::emulation::thread_index())
 #define blockIdx (::superthoughts::emulation::block_index())
 #define gridDim (::superthoughts::emulation::grid_dim())
-#define blockDim (::superthoughts::emulation::block_dim())
 
 inline void __syncthreads(std::source_location site = std::source_location::current()) {
   ::superthoughts::emulation::sync_block(site);
@@ -113,7 +111,6 @@ inline uint32_t __float_as_uint(float f) {
   return bits;
 }
 inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
 
 namespace cooperative_groups {
 struct grid_group {
