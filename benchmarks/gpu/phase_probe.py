@@ -28,10 +28,8 @@ Exit status: 0 ok, 1 a correctness check (or a launch) failed, 2 no CUDA GPU, 3 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -46,159 +44,31 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: make the package importable without PYTHONPATH
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # probe_library, probe_report
 import bench_step  # noqa: E402  (the benchmark's input recipe)
+from probe_library import (  # noqa: E402
+    DTYPE_CODES, SOURCE, STAMPS, VARIANTS, Probe, ProbeInputs, build_library, default_arch, nvcc_path)
+from probe_report import MODES, STAMP_MODES, fmt, phase_summary, print_config, print_summary  # noqa: E402
+from superthoughts_ext.run_info import git_commit  # noqa: E402
 
-SOURCE = Path(__file__).resolve().with_name("phase_probe.cu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MERGE_PATHS = {"auto": -1, "gemv": 1, "mma": 2}  # csrc/kernels/step_vocab.cuh MergePath
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # phase_probe.cu DtypeCode
 PAD, EOS, THRESHOLD = 0, 2, 0.9  # bench_step.py's arguments
 # Tolerances: conf as python_tests/test_step.py, next_in as bench_step.py for these shapes.
 CONF_TOL = (1e-5, 1e-6)
 NEXT_IN_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
-# phase_probe.cu's Variant: (number, key, description), in the order of the tables.
-VARIANTS = [
-    (6, "empty_normal", "empty kernel, <<<>>> launch"),
-    (1, "empty_coop", "empty kernel, cooperative"),
-    (9, "empty_smem_coop", "empty + 33 KB smem, cooperative"),
-    (2, "sync_coop", "grid.sync only"),
-    (3, "prefetch_coop", "phase 0: W prefetch only"),
-    (4, "reduce_coop", "phase 1: reduce_vocab + sync"),
-    (7, "phases01_coop", "phases 0-1 + sync"),
-    (8, "phases012_coop", "phases 0-2 (no merge)"),
-    (5, "real", "real kernel (launch_superthoughts_step)"),
-    (0, "instrumented", "instrumented kernel (stamps)"),
-]
 INSTRUMENTED, REAL = 0, 5
-STAMPS = ["entry", "prefetch", "reduce_vocab", "grid_sync", "write_rows", "merge"]
-MODES = ["eager", "queued_warm", "queued_cold", "graph"]
 MODE_HELP = {
     "eager": "launch, then sync, each time: host submission inside the events",
     "queued_warm": "queued behind a 50 us spin kernel (device time only), same inputs every time (L2 warm)",
     "queued_cold": "as queued_warm after writing a 256 MB buffer (L2 evicted)",
     "graph": "CUDA graph of 20 back-to-back launches (L2 warm), time per launch",
 }
-STAMP_MODES = ["queued_warm", "queued_cold", "graph"]
 SPIN_NS = 50_000
 FLUSH_BYTES = 256 * 2**20
 GRAPH_LAUNCHES, GRAPH_REPLAYS, WARMUP = 20, 10, 5
-
-
-# ---- the library -------------------------------------------------------------------------
-
-class ProbeInputs(ctypes.Structure):
-    """Mirror of phase_probe.cu's ProbeInputs (int64 and double only: no padding)."""
-
-    _fields_ = [
-        ("logits_dtype", ctypes.c_int64), ("embed_dtype", ctypes.c_int64),
-        ("logits", ctypes.c_void_p), ("logits_head_stride", ctypes.c_int64), ("logits_row_stride", ctypes.c_int64),
-        ("embed", ctypes.c_void_p), ("embed_row_stride", ctypes.c_int64),
-        ("weight", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("finished", ctypes.c_void_p),
-        ("batch", ctypes.c_int64), ("vocab", ctypes.c_int64), ("hidden", ctypes.c_int64),
-        ("pad_id", ctypes.c_int64), ("eos_id", ctypes.c_int64),
-        ("threshold", ctypes.c_double), ("threshold_main", ctypes.c_double), ("temperature", ctypes.c_double),
-        ("seed", ctypes.c_int64), ("offset", ctypes.c_int64),
-        ("tokens", ctypes.c_void_p), ("n_new", ctypes.c_void_p), ("conf", ctypes.c_void_p),
-        ("next_in", ctypes.c_void_p), ("merge_path", ctypes.c_int64),
-    ]
-
-
-def nvcc_path(explicit: str | None) -> str:
-    for candidate in (explicit, shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise FileNotFoundError("nvcc not found (pass --nvcc)")
-
-
-def default_arch() -> str:
-    major, minor = torch.cuda.get_device_capability()
-    # sm_90a: the arch-specific Hopper target the extension builds for (session.sh).
-    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
-
-
-def build_library(nvcc: str, arch: str, build_dir: Path) -> tuple[Path, float]:
-    """Compiles phase_probe.cu into build_dir; returns the .so path and the seconds it took."""
-    lib = build_dir / "phase_probe.so"
-    cmd = [nvcc, "-O3", "-std=c++20", f"-arch={arch}", "-shared", "-Xcompiler", "-fPIC",
-           "--expt-relaxed-constexpr", str(SOURCE), "-o", str(lib)]
-    start = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        print(" ".join(cmd), file=sys.stderr)
-        print(result.stdout + result.stderr, file=sys.stderr)
-        raise RuntimeError(f"nvcc failed with status {result.returncode}")
-    return lib, seconds
-
-
-class Probe:
-    """ctypes wrapper of phase_probe.so; every call raises on a CUDA error."""
-
-    def __init__(self, path: Path):
-        lib = ctypes.CDLL(str(path))
-        inputs_p, i64_p = ctypes.POINTER(ProbeInputs), ctypes.POINTER(ctypes.c_int64)
-        signatures = {
-            "probe_num_variants": [], "probe_num_stamps": [], "probe_inputs_size": [],
-            "probe_versions": [ctypes.POINTER(ctypes.c_int)],
-            "probe_workspace_bytes": [inputs_p, ctypes.POINTER(ctypes.c_size_t)],
-            "probe_plan": [inputs_p, i64_p],
-            "probe_kernel_attrs": [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, i64_p],
-            "probe_run": [ctypes.c_int, inputs_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p],
-            "probe_spin": [ctypes.c_uint64, ctypes.c_void_p],
-            "probe_timer_resolution": [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p],
-        }
-        for name, argtypes in signatures.items():
-            getattr(lib, name).argtypes = argtypes
-            getattr(lib, name).restype = ctypes.c_int
-        lib.probe_error_string.argtypes = [ctypes.c_int]
-        lib.probe_error_string.restype = ctypes.c_char_p
-        self.lib = lib
-        if lib.probe_inputs_size() != ctypes.sizeof(ProbeInputs):
-            raise RuntimeError(f"ProbeInputs is {lib.probe_inputs_size()} bytes in C, "
-                               f"{ctypes.sizeof(ProbeInputs)} in the ctypes mirror")
-        if lib.probe_num_stamps() != len(STAMPS) or lib.probe_num_variants() != len(VARIANTS):
-            raise RuntimeError("phase_probe.cu and phase_probe.py disagree on stamps or variants")
-
-    def check(self, err: int, what: str) -> None:
-        if err != 0:
-            raise RuntimeError(f"{what}: CUDA error {err} ({self.lib.probe_error_string(err).decode()})")
-
-    def versions(self) -> dict:
-        out = (ctypes.c_int * 2)()
-        self.check(self.lib.probe_versions(out), "probe_versions")
-        return {"probe_cuda_runtime": out[0], "cuda_driver": out[1]}
-
-    def plan(self, inputs: ProbeInputs) -> dict:
-        out = (ctypes.c_int64 * 7)()
-        self.check(self.lib.probe_plan(ctypes.byref(inputs), out), "probe_plan")
-        keys = ["grid", "range", "seg_max", "group", "merge_path", "embed_vec", "workspace_bytes"]
-        plan = dict(zip(keys, out))
-        plan["merge_path"] = ["copy", "gemv", "mma"][plan["merge_path"]]
-        return plan
-
-    def kernel_attrs(self, variant: int, dtype: torch.dtype) -> dict:
-        out = (ctypes.c_int64 * 4)()
-        code = DTYPE_CODES[dtype]
-        self.check(self.lib.probe_kernel_attrs(variant, code, code, out), "probe_kernel_attrs")
-        return dict(zip(["registers", "local_bytes", "static_smem_bytes", "blocks_per_sm"], out))
-
-    def run(self, variant: int, inputs: ProbeInputs, workspace: torch.Tensor, stamps_ptr: int = 0) -> None:
-        err = self.lib.probe_run(variant, ctypes.byref(inputs), workspace.data_ptr(), workspace.numel(),
-                                 stamps_ptr or None, torch.cuda.current_stream().cuda_stream)
-        self.check(err, f"probe_run(variant {variant})")
-
-    def spin(self, ns: int) -> None:
-        self.check(self.lib.probe_spin(ns, torch.cuda.current_stream().cuda_stream), "probe_spin")
-
-    def timer_resolution(self, reads: int = 200_000) -> dict:
-        out = torch.zeros(3, dtype=torch.int64, device="cuda")
-        self.check(self.lib.probe_timer_resolution(out.data_ptr(), reads, torch.cuda.current_stream().cuda_stream),
-                   "probe_timer_resolution")
-        min_step, steps, span = out.tolist()
-        return {"min_step_ns": min_step if steps else None, "steps": steps, "span_ns": span,
-                "mean_step_ns": span / steps if steps else None}
 
 
 # ---- one configuration -------------------------------------------------------------------
@@ -412,112 +282,7 @@ def time_variant(case: Case, variant: int, iters: int, flush: torch.Tensor) -> t
     return times, cpu_stamps, graph_error
 
 
-# ---- stamp analysis ----------------------------------------------------------------------
-
-def med(values: torch.Tensor) -> float:
-    return values.double().median().item()
-
-
-def phase_summary(stamps: torch.Tensor, back_to_back: bool) -> dict:
-    """stamps [launches, grid, 6] globaltimer ns -> microseconds.
-
-    end_us[k]: median over launches of (last block past stamp k) - (first block entry): the
-    wall time of one launch up to the end of phase k. step_us[k]: end_us[k] - end_us[k-1].
-    block_median_us / block_max_us[k]: time one block spends between stamps k-1 and k
-    (median over launches of the median / max over blocks).
-    """
-    if (stamps == 0).any():
-        return {"error": f"{int((stamps == 0).sum())} stamps not written"}
-    # Subtract in int64 first: ~1.7e18 ns do not fit a double's mantissa at ns resolution.
-    rel = stamps - stamps[:, :, 0].min(dim=1).values.view(-1, 1, 1)
-    last = rel.max(dim=1).values  # [launches, 6]
-    first = rel.min(dim=1).values
-    end = [med(last[:, k]) / 1e3 for k in range(len(STAMPS))]
-    per_block = (rel[:, :, 1:] - rel[:, :, :-1]).double()
-    out = {
-        "launches": stamps.shape[0],
-        "entry_skew_us": med(last[:, 0]) / 1e3,
-        "end_us": dict(zip(STAMPS, end)),
-        "step_us": {STAMPS[k]: end[k] - (end[k - 1] if k else 0.0) for k in range(len(STAMPS))},
-        "block_median_us": {STAMPS[k + 1]: med(per_block[:, :, k].median(dim=1).values) / 1e3 for k in range(5)},
-        "block_max_us": {STAMPS[k + 1]: med(per_block[:, :, k].max(dim=1).values) / 1e3 for k in range(5)},
-        # First block out of the barrier minus last block into it.
-        "barrier_release_us": med(first[:, 3] - last[:, 2]) / 1e3,
-        "wall_us": end[-1],
-    }
-    if back_to_back and stamps.shape[0] > 1:
-        entry = stamps[:, :, 0].min(dim=1).values
-        exit_ = stamps[:, :, 5].max(dim=1).values
-        out["gap_to_next_launch_us"] = med(entry[1:] - exit_[:-1]) / 1e3
-        out["launch_period_us"] = med(entry[1:] - entry[:-1]) / 1e3
-    return out
-
-
-# ---- report ------------------------------------------------------------------------------
-
-def fmt(value, width: int = 9) -> str:
-    return f"{value:{width}.1f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
-
-
-def print_config(row: dict) -> None:
-    plan = row["plan"]
-    regs = {k: row.get("kernels", {}).get(k, {}) for k in ("real", "instrumented")}
-    regs_text = "/".join(f"{r.get('registers', '?')}r{'+spill' if r.get('local_bytes') else ''}" for r in regs.values())
-    print(f"\n== {row['label']}: grid {plan['grid']}, range {plan['range']}, seg_max {plan['seg_max']}, "
-          f"merge {plan['merge_path']}, registers real/instrumented {regs_text}; "
-          f"check {'ok' if not row['errors'] else 'FAILED'} (vs op: {row['check'].get('vs_op') or 'not run'})")
-    print(f"   {'variant (us, median)':<42}" + "".join(f"{m:>13}" for m in MODES))
-    for _, key, label in VARIANTS:
-        times = row["variants"].get(key, {})
-        print(f"   {label:<42}" + "".join(f"{fmt(times.get(m), 13)}" for m in MODES))
-    phases = row.get("phases", {})
-    if not phases:
-        return
-    print(f"   {'instrumented: us since first block entry':<42}" + "".join(f"{m:>13}" for m in STAMP_MODES))
-    for k, name in enumerate(STAMPS):
-        cells = []
-        for m in STAMP_MODES:
-            p = phases.get(m)
-            ok = p is not None and "end_us" in p
-            cells.append(f"{p['end_us'][name]:6.1f} +{p['step_us'][name]:5.1f}" if ok else f"{'-':>13}")
-        label = "entry (last block in)" if k == 0 else f"after {name}"
-        print(f"   {label:<42}" + "".join(f"{c:>13}" for c in cells))
-    for key, label in [("barrier_release_us", "barrier release (first out - last in)"),
-                       ("gap_to_next_launch_us", "graph: last block out -> next launch in")]:
-        print(f"   {label:<42}" + "".join(fmt(phases.get(m, {}).get(key), 13) for m in STAMP_MODES))
-    outside = {m: row["variants"]["instrumented"].get(m) for m in STAMP_MODES}
-    print(f"   {'event time - stamped wall (launch + drain)':<42}" + "".join(
-        fmt(outside[m] - phases[m]["wall_us"]
-            if outside[m] is not None and "wall_us" in phases.get(m, {}) else None, 13) for m in STAMP_MODES))
-
-
-def print_summary(rows: list[dict]) -> None:
-    print("\n== summary (us). real/empty/sync: graph mode (queued_cold for real in brackets); "
-          "phases: step times of the instrumented kernel, queued_cold")
-    head = ["config", "real", "[cold]", "empty", "e.coop", "sync", "skew", "prefet", "reduce", "g.sync",
-            "write", "merge", "wall", "outside"]
-    print(f"{head[0]:<24}" + "".join(f"{h:>8}" for h in head[1:]))
-    for row in rows:
-        v, p = row["variants"], row.get("phases", {}).get("queued_cold", {})
-        cells = [v.get("real", {}).get("graph"), v.get("real", {}).get("queued_cold"),
-                 v.get("empty_normal", {}).get("graph"), v.get("empty_coop", {}).get("graph"),
-                 v.get("sync_coop", {}).get("graph"), p.get("entry_skew_us")]
-        cells += [p.get("step_us", {}).get(s) for s in STAMPS[1:]]
-        inst = v.get("instrumented", {}).get("queued_cold")
-        cells += [p.get("wall_us"), inst - p["wall_us"] if inst is not None and "wall_us" in p else None]
-        print(f"{row['label']:<24}" + "".join(fmt(c, 8) for c in cells))
-
-
 # ---- main --------------------------------------------------------------------------------
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
 
 def nvcc_version(nvcc: str) -> str:
     out = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
