@@ -349,6 +349,14 @@ DDP_SCRIPT = textwrap.dedent("""
     with open(os.path.join(out, f"digest_rank{rank}.txt"), "w") as f:
         f.write(" ".join([state_dict_digest(result.model), str(result.global_step), os.environ["WORLD_SIZE"],
                           str(hash(tuple(splits["first_ids"].flatten().tolist())))]))
+    # gloo can abort in interpreter teardown ("terminate called without an active exception"),
+    # after all the work is written (seen once here, as in test_train_fsdp.py): leave without it.
+    import torch.distributed
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 """)
 
 
