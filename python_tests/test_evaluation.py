@@ -31,8 +31,11 @@ from superthoughts_ext.eval_data import (  # noqa: E402
 from superthoughts_ext.evaluation import (  # noqa: E402
     add_arguments,
     compare,
+    compare_runs,
     evaluate,
     format_comparison,
+    format_runs,
+    plot_tradeoff,
     run,
     summary_path,
 )
@@ -255,6 +258,48 @@ def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert run(parse_cli(["--compare", str(a), str(b)])) == 0
     out = capsys.readouterr().out
     assert "matched problems: 2" in out and "50.00%" in out
+
+
+def test_compare_runs_use_the_problems_of_every_file(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base.jsonl", [("1", True, 100, 100), ("2", False, 100, 100), ("3", True, 50, 50)])
+    st = write_run(tmp_path / "st.jsonl", [("1", True, 100, 60), ("2", True, 100, 60), ("3", False, 50, 30)])
+    pairs = write_run(tmp_path / "pairs.jsonl", [("1", False, 90, 45), ("2", False, 100, 50)])
+    summary_path(st).write_text(json.dumps({"mode": "superthoughts", "threshold": 0.99}))
+    results = compare_runs(base, [st, pairs])
+    # Problem 3 is missing from pairs.jsonl: every comparison leaves it out, not only that one.
+    assert [r["n"] for r in results] == [2, 2]
+    assert [r["dropped_a"] for r in results] == [1, 1] and [r["dropped_b"] for r in results] == [1, 0]
+    assert results[0]["accuracy_a"] == 0.5 and results[0]["accuracy_b"] == 1.0 and results[1]["accuracy_b"] == 0.0
+    assert results[0]["cot_reduction"] == pytest.approx(0.4) and results[1]["cot_reduction"] == pytest.approx(0.525)
+    assert results[0]["label_b"] == "st [superthoughts 0.99]" and results[1]["label_b"] == "pairs"
+    table = format_runs(results)
+    assert "problems present in every file: 2" in table and "base: 1, st [superthoughts 0.99]: 1" in table
+    lines = table.splitlines()
+    assert lines[3].startswith("A: base") and "0.5000" in lines[3]
+    assert lines[4].split()[-4:] == ["+0.5000", "100.0", "60.0", "40.00%"]
+    assert lines[5].split()[-4:] == ["-0.5000", "95.0", "47.5", "52.50%"]
+    with pytest.raises(ValueError, match="no problem id is present in all"):
+        compare_runs(base, [st, write_run(tmp_path / "other.jsonl", [("9", True, 1, 1)])])
+    with pytest.raises(ValueError, match="at least one candidate"):
+        compare_runs(base, [])
+
+    png = plot_tradeoff(results, tmp_path / "plots" / "sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_cli_compare_several_runs_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_run(tmp_path / "base.jsonl", [("1", True, 100, 100), ("2", False, 100, 100)])
+    runs = [write_run(tmp_path / f"t{t}.jsonl", [("1", True, 100, 100 - t), ("2", t < 40, 100, 100 - t)])
+            for t in (20, 40, 60)]
+    png = tmp_path / "tradeoff.png"
+    assert run(parse_cli(["--compare", str(base), *map(str, runs), "--plot", str(png)])) == 0
+    out = capsys.readouterr().out
+    assert "problems present in every file: 2" in out and "60.00%" in out and f"plot: {png}" in out
+    assert png.is_file()
+    assert run(parse_cli(["--compare", str(base)])) == 2
+    assert "at least one more result file, got 1" in capsys.readouterr().err
+    assert run(parse_cli(["--bench", "math500", "--model", str(tmp_path), "--plot", str(png)])) == 2
+    assert "--plot goes with --compare" in capsys.readouterr().err
 
 
 def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

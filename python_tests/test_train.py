@@ -391,3 +391,20 @@ def test_torchrun_two_processes(base_dirs, tmp_path, lora_r):
         # Resume the 2-process run from its step-2 checkpoint (optimizer state included).
         resumed = run_ddp(script, base_dirs, out, lora_r, steps=4, resume=True)
         assert resumed[0][:3] == resumed[1][:3] and resumed[0][1:3] == ["4", "2"], resumed
+
+
+def test_torchrun_cli_command(base_dirs, tmp_path):
+    """The documented multi-process command itself: `torchrun -m superthoughts_ext.train ...`."""
+    out = tmp_path / "cli_ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "superthoughts_ext.train", "--model", str(base_dirs["qwen2"]),
+           "--data", str(base_dirs["data"]), "--output", str(out), "--max-steps", "2", "--batch-size", "2",
+           "--no-progress"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count(f"saved {out} after 2 steps") == 1, proc.stdout[-2000:]  # rank 0 only
+    from superthoughts_ext.modeling import load_model
+
+    assert load_model(out).config.pad_token_id is not None

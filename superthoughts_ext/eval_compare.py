@@ -1,4 +1,5 @@
-"""Compare two evaluation result files (baseline A vs candidate B), matched by problem id.
+"""Compare evaluation result files, matched by problem id: a baseline A against one candidate
+B (`compare`), or against several, e.g. a threshold sweep (`compare_runs`, `plot_tradeoff`).
 
 The paper's chain-of-thought reduction of a SuperThoughts model is measured against its
 token-by-token baseline: 1 - decode steps of B / generated tokens of A.
@@ -39,6 +40,11 @@ def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
     common = [key for key in a if key in b]
     if not common:
         raise ValueError(f"compare: {a_jsonl} and {b_jsonl} share no problem ids")
+    return _compare_records(a_jsonl, a, b_jsonl, b, common)
+
+
+def _compare_records(a_jsonl: str | Path, a: dict[str, dict[str, Any]], b_jsonl: str | Path,
+                     b: dict[str, dict[str, Any]], common: list[str]) -> dict[str, Any]:
     n = len(common)
 
     def mean(records: dict[str, dict[str, Any]], field: str) -> float:
@@ -81,3 +87,92 @@ def format_comparison(result: dict[str, Any]) -> str:
     lines += ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.append(f"CoT length reduction of B vs A (1 - steps_B / tokens_A): {result['cot_reduction']:.2%}")
     return "\n".join(lines)
+
+
+def run_label(path: str | Path) -> str:
+    """A run's name in tables and plots: the file stem, with the mode and threshold from its
+    `.summary.json` (written by `evaluate`) when there is one."""
+    path = Path(path)
+    label = path.stem
+    summary = path.with_suffix(".summary.json")
+    if summary.is_file():
+        info = json.loads(summary.read_text(encoding="utf-8"))
+        mode, threshold = info.get("mode"), info.get("threshold")
+        if mode:
+            label += f" [{mode}" + (f" {threshold:g}" if mode == "superthoughts" and threshold is not None else "") + "]"
+    return label
+
+
+def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> list[dict[str, Any]]:
+    """`compare(baseline, c)` for every candidate c, all over the same problems: those present in
+    EVERY file, so that accuracies and lengths of different runs can be set side by side.
+    Each result also carries `dropped_a` / `dropped_b` (problems of that file outside the common
+    set) and `label_a` / `label_b` (`run_label`)."""
+    if not candidates:
+        raise ValueError("compare_runs: give at least one candidate besides the baseline")
+    a = _read_records(baseline_jsonl)
+    runs = [_read_records(c) for c in candidates]
+    common = [key for key in a if all(key in run for run in runs)]
+    if not common:
+        names = ", ".join(str(p) for p in [baseline_jsonl, *candidates])
+        raise ValueError(f"compare: no problem id is present in all of {names}")
+    results = []
+    for path, b in zip(candidates, runs):
+        result = _compare_records(baseline_jsonl, a, path, b, common)
+        result.update(dropped_a=len(a) - len(common), dropped_b=len(b) - len(common),
+                      label_a=run_label(baseline_jsonl), label_b=run_label(path))
+        results.append(result)
+    return results
+
+
+def format_runs(results: list[dict[str, Any]]) -> str:
+    """`compare_runs`' results as one table: the baseline, then a row per candidate."""
+    first = results[0]
+    header = ("run", "accuracy", "vs A", "mean tokens", "mean steps", "CoT reduction")
+    rows = [header, (f"A: {first['label_a']}", f"{first['accuracy_a']:.4f}", "", f"{first['mean_tokens_a']:.1f}",
+                     f"{first['mean_steps_a']:.1f}", "")]
+    for r in results:
+        rows.append((r["label_b"], f"{r['accuracy_b']:.4f}", f"{r['accuracy_diff']:+.4f}", f"{r['mean_tokens_b']:.1f}",
+                     f"{r['mean_steps_b']:.1f}", f"{r['cot_reduction']:.2%}"))
+    widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
+    lines = [f"problems present in every file: {first['n']}"]
+    dropped = [(first["label_a"], first["dropped_a"])] + [(r["label_b"], r["dropped_b"]) for r in results]
+    left_out = [f"{label}: {count}" for label, count in dropped if count]
+    if left_out:
+        lines.append("left out (not in every file): " + ", ".join(left_out))
+    lines += ["  ".join(cell.ljust(w) if col == 0 else cell.rjust(w) for col, (cell, w) in enumerate(zip(row, widths)))
+              for row in rows]
+    lines.append("CoT reduction = 1 - mean steps of the run / mean tokens of A")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Accuracy against decode length: each run at its mean decode steps as a share of the
+    baseline's mean tokens (100% = the baseline's chain of thought), the baseline as a square.
+    Writes a PNG (or any format matplotlib knows from the suffix) and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    first = results[0]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.plot([100.0], [100 * first["accuracy_a"]], "s", color="black", label=f"A: {first['label_a']}")
+    xs = [100 * (1 - r["cot_reduction"]) for r in results]
+    ys = [100 * r["accuracy_b"] for r in results]
+    ax.plot(xs, ys, "o", color="tab:blue", label="candidates")
+    for x, y, r in zip(xs, ys, results):
+        ax.annotate(r["label_b"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(100 * first["accuracy_a"], color="black", linewidth=0.8, linestyle="--")
+    ax.margins(x=0.2, y=0.1)  # room for the labels
+    ax.set_xlabel("decode steps, % of the baseline's tokens")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or f"accuracy vs chain-of-thought length ({first['n']} problems)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

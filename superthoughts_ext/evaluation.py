@@ -11,6 +11,7 @@ CLI (``superthoughts eval``)::
 
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl
     superthoughts eval --compare baseline.jsonl st.jsonl
+    superthoughts eval --compare baseline.jsonl st-0.9.jsonl st-0.99.jsonl pairs.jsonl --plot sweep.png
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_compare import compare, format_comparison
+from superthoughts_ext.eval_compare import compare, compare_runs, format_comparison, format_runs, plot_tradeoff
 from superthoughts_ext.eval_data import BENCHES, Problem, build_prompt, get_bench, load_problems
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
@@ -38,11 +39,14 @@ __all__ = [
     "Problem",
     "add_arguments",
     "compare",
+    "compare_runs",
     "evaluate",
     "extract_answer",
     "format_comparison",
+    "format_runs",
     "is_correct",
     "load_problems",
+    "plot_tradeoff",
     "run",
     "summary_path",
 ]
@@ -304,8 +308,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
-        "--compare", nargs=2, metavar=("A.jsonl", "B.jsonl"), help="compare two result files (no model needed)"
+        "--compare", nargs="+", metavar="RUN.jsonl",
+        help="compare result files, the first one the baseline (no model needed); "
+             "more than two: one table over the problems present in every file",
     )
+    parser.add_argument("--plot", help="with --compare: write an accuracy vs CoT length plot (PNG) here")
+
+
+def _run_compare(paths: list[str], plot: str | None) -> int:
+    if len(paths) < 2:
+        raise ValueError(f"--compare needs a baseline and at least one more result file, got {len(paths)}")
+    results = compare_runs(paths[0], paths[1:])
+    print(format_comparison(compare(*paths)) if len(paths) == 2 else format_runs(results))
+    if plot:
+        print(f"plot: {plot_tradeoff(results, plot)}")
+    return 0
 
 
 def _is_superthoughts(model: Any) -> bool:
@@ -318,8 +335,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``superthoughts eval``; returns the exit status (2 for a usage or data error)."""
     try:
         if args.compare:
-            print(format_comparison(compare(*args.compare)))
-            return 0
+            return _run_compare(args.compare, args.plot)
+        if args.plot:
+            raise ValueError("--plot goes with --compare A.jsonl B.jsonl [...]")
         if not args.model or not args.bench:
             raise ValueError("--model and --bench are required (or use --compare A.jsonl B.jsonl)")
         problems = load_problems(

@@ -419,7 +419,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"saved {result.output_dir} after {result.global_step} steps: {result.metrics}")
+    close_process_group()
     return 0
+
+
+def close_process_group() -> None:
+    """Under torchrun / accelerate launch: wait for every rank, then tear the process group
+    down before the interpreter exits (NCCL warns about, and can hang on, a group left for
+    interpreter teardown). A no-op in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
