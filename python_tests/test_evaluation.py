@@ -394,3 +394,48 @@ def test_cli_evaluates_a_plain_checkpoint(
     assert "amc23 [standard]" in capsys.readouterr().out
     assert run(parse_cli(argv + ["--mode", "superthoughts"])) == 2
     assert "use --mode standard" in capsys.readouterr().err
+
+
+def test_cli_threshold_sweep_loads_the_model_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from superthoughts_ext import evaluation
+    from superthoughts_ext.modeling import load_tokenizer
+
+    tokenizer, calls, loaded = make_tokenizer(), [], []
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+
+    class FakeSuperThoughts(SimpleNamespace):
+        def eval(self):
+            return self
+
+    def load_model(path, dtype=None, device=None):
+        loaded.append(path)
+        return FakeSuperThoughts(**vars(fake_model(tokenizer)))
+
+    fake_modeling = SimpleNamespace(load_model=load_model, load_tokenizer=load_tokenizer,
+                                    SuperThoughtsForCausalLM=FakeSuperThoughts)
+    monkeypatch.setitem(sys.modules, "superthoughts_ext.modeling", fake_modeling)
+    monkeypatch.setattr(evaluation, "_default_generate", lambda: fake_generate(tokenizer, calls))
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"id": p.id, "problem": p.question, "answer": p.answer}) + "\n"
+                            for p in PROBLEMS))
+    out = tmp_path / "runs" / "st.jsonl"
+    argv = ["--model", str(tmp_path / "ckpt"), "--bench", "math500", "--data", str(data), "--device", "cpu",
+            "--output", str(out), "--no-progress", "--threshold"]
+    assert run(parse_cli(argv + ["0.9", "0.999"])) == 0
+    assert loaded == [str(tmp_path / "ckpt")]
+    assert sorted({c["threshold"] for c in calls}) == [0.9, 0.999]
+    outputs = [tmp_path / "runs" / "st-t0.9.jsonl", tmp_path / "runs" / "st-t0.999.jsonl"]
+    for path, threshold in zip(outputs, (0.9, 0.999)):
+        assert len(read_jsonl(path)) == len(PROBLEMS)
+        assert json.loads(summary_path(path).read_text())["threshold"] == threshold
+    assert not out.exists()
+    printed = capsys.readouterr().out
+    assert f"--compare BASELINE.jsonl {outputs[0]} {outputs[1]} --plot" in printed
+    # One threshold keeps the plain output name.
+    assert run(parse_cli(argv + ["0.99"])) == 0 and out.is_file()
+    assert run(parse_cli(argv + ["0.9", "1.5"])) == 2
+    assert "must lie in [0, 1], got 0.9 1.5" in capsys.readouterr().err
+    assert run(parse_cli(argv + ["0.9", "--mode", "pairs"])) == 2
+    assert "applies to superthoughts mode, not pairs" in capsys.readouterr().err

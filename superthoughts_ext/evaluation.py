@@ -11,7 +11,8 @@ CLI (``superthoughts eval``)::
 
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl
     superthoughts eval --compare baseline.jsonl st.jsonl
-    superthoughts eval --compare baseline.jsonl st-0.9.jsonl st-0.99.jsonl pairs.jsonl --plot sweep.png
+    superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl --threshold 0.9 0.99
+    superthoughts eval --compare baseline.jsonl st-t0.9.jsonl st-t0.99.jsonl --plot sweep.png
 """
 from __future__ import annotations
 
@@ -295,7 +296,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MODES,
         help="decoding mode (default: superthoughts for SuperThoughts checkpoints, standard otherwise)",
     )
-    parser.add_argument("--threshold", type=float, help="confidence threshold for superthoughts mode")
+    parser.add_argument(
+        "--threshold", type=float, nargs="+",
+        help="confidence threshold for superthoughts mode; several values sweep them with the model loaded "
+             "once, one output file per threshold (OUTPUT-t0.99.jsonl)",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=2048)
@@ -361,20 +366,40 @@ def run(args: argparse.Namespace) -> int:
     if mode != "standard" and not superthoughts:
         print(f"superthoughts eval: error: {args.model} is a plain model; use --mode standard", file=sys.stderr)
         return 2
-    output = args.output or f"eval-{args.bench}-{mode}.jsonl"
-    summary = evaluate(
-        model,
-        tokenizer,
-        args.bench,
-        problems,
-        mode=mode,
-        threshold=args.threshold,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        output_jsonl=output,
-        progress=not args.no_progress,
-        metadata={"model": args.model, "dtype": args.dtype, "device": device, "data": args.data},
-    )
-    print(_format_summary(summary))
-    print(f"records: {output}; summary: {summary_path(output)}")
+    thresholds = args.threshold or [None]
+    problem = None
+    if args.threshold and mode != "superthoughts":
+        problem = f"--threshold applies to superthoughts mode, not {mode}"
+    elif any(not 0.0 <= t <= 1.0 for t in args.threshold or []):
+        problem = f"--threshold values must lie in [0, 1], got {' '.join(f'{t:g}' for t in args.threshold)}"
+    if problem:
+        print(f"superthoughts eval: error: {problem}", file=sys.stderr)
+        return 2
+    output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
+    outputs = [output] if len(thresholds) == 1 else [sweep_output(output, t) for t in thresholds]
+    for threshold, path in zip(thresholds, outputs):
+        summary = evaluate(
+            model,
+            tokenizer,
+            args.bench,
+            problems,
+            mode=mode,
+            threshold=threshold,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            output_jsonl=path,
+            progress=not args.no_progress,
+            metadata={"model": args.model, "dtype": args.dtype, "device": device, "data": args.data},
+        )
+        print(_format_summary(summary))
+        print(f"records: {path}; summary: {summary_path(path)}")
+    if len(outputs) > 1:
+        print("against a baseline: superthoughts eval --compare BASELINE.jsonl "
+              + " ".join(str(path) for path in outputs) + " --plot tradeoff.png")
     return 0
+
+
+def sweep_output(output: str | Path, threshold: float) -> Path:
+    """Where one threshold of a sweep goes: ``st.jsonl`` -> ``st-t0.99.jsonl``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}-t{threshold:g}{output.suffix or '.jsonl'}")
