@@ -93,6 +93,16 @@ def test_streamer_batch_gets_per_row_lists(model) -> None:
         assert torch.cat([step[row] for step in steps]).tolist() == out.sequences[row]
 
 
+def test_model_generate_method_is_superthoughts_generate(model) -> None:
+    ids, mask = prompt_batch(["what is 3 + 4", "carry the one"])
+    for mode in MODES:
+        method = model.generate(ids, mask, max_new_tokens=9, mode=mode, threshold=0.3)
+        function = generate(model, ids, mask, max_new_tokens=9, mode=mode, threshold=0.3)
+        assert method.sequences == function.sequences and method.num_steps == function.num_steps
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        model.generate(ids, mask)
+
+
 def test_text_streamer_prints_the_decoded_text(model, capsys) -> None:
     ids, mask = prompt_batch(["what is 3 + 4"])
     streamer = TextStreamer(TOKENIZER, skip_prompt=True)

@@ -279,6 +279,16 @@ class SuperThoughtsForCausalLM(nn.Module):
         rows = h.shape[0]
         return self.backbone.lm_head(torch.cat([h, h_mtp], dim=0)).view(2, rows, -1)
 
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """`superthoughts_ext.generate(self, input_ids, attention_mask, **kwargs)`: adaptive
+        two-token decoding (max_new_tokens, mode, threshold, ... as documented there). This is
+        not transformers' GenerationMixin.generate, whose one-token-per-step loop cannot feed
+        compressed pairs; its result has `sequences` without the prompt, plus step counts."""
+        from superthoughts_ext.generate import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
     def forward(self, first_ids: torch.Tensor, second_ids: torch.Tensor, is_unit: torch.Tensor,
                 position_ids: torch.Tensor, attention_mask: torch.Tensor, labels_main: torch.Tensor | None = None,
                 labels_mtp: torch.Tensor | None = None, teacher_input_ids: torch.Tensor | None = None,
