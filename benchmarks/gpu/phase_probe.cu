@@ -41,6 +41,7 @@ struct ProbeInputs {
   float* conf;                        // [B, 2]
   void* next_in;                      // [B, H] or [B, 2H]
   int64_t merge_path;                 // -1: the planner's; 1 GEMV or 2 tensor cores forced (A/B)
+  int64_t grid;                       // 0: the planner's (every resident block); else fewer blocks
 };
 
 namespace probe {
@@ -192,7 +193,12 @@ cudaError_t plan(const ProbeInputs* in, StepParams& p, size_t* bytes) {
   if (in->batch < 1 || in->vocab < 1) return cudaErrorInvalidValue;
   fill_params(p, in);
   const cudaError_t err = cs::plan_superthoughts_step<LogitT, EmbedT>(p, bytes);
-  if (err != cudaSuccess || in->merge_path < 0 || p.merge_path == cs::kMergeCopy) return err;
+  if (err != cudaSuccess) return err;
+  // A smaller grid (any size up to the resident blocks keeps the cooperative launch legal):
+  // fewer partials per row and fewer blocks at the barrier, against less bandwidth in phase 1.
+  if (in->grid > p.grid || in->grid < 0) return cudaErrorInvalidValue;
+  if (in->grid > 0) cs::plan_step_launch<EmbedT>(p, static_cast<int>(in->grid), bytes);
+  if (in->merge_path < 0 || p.merge_path == cs::kMergeCopy) return cudaSuccess;
   // A forced merge path, to compare GEMV and tensor cores at the batch sizes between them.
   const bool mma_possible = p.embed_vec && p.hidden % cs::kMmaFeatures == 0;
   if (in->merge_path == cs::kMergeGemv || (in->merge_path == cs::kMergeMma && mma_possible)) {

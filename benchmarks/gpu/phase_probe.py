@@ -21,7 +21,7 @@ and, for every configuration (dtype x H x B, bench_step.py's inputs, V = 151936)
    next launch's first block (the device-side cost between two cooperative launches).
 
     python benchmarks/gpu/phase_probe.py [--batch 1 8 64 256] [--hidden 1536 3584]
-        [--dtype fp32 bf16] [--output $OUT/phase_probe.json]
+        [--dtype fp32 bf16] [--grid 0 66 132] [--output $OUT/phase_probe.json]
 
 Exit status: 0 ok, 1 a correctness check (or a launch) failed, 2 no CUDA GPU, 3 nvcc failed.
 """
@@ -84,7 +84,7 @@ class Case:
     a row that emits EOS cannot make later launches skip it."""
 
     def __init__(self, probe: Probe, batch: int, vocab: int, hidden: int, dtype: torch.dtype, pool: int,
-                 merge_path: str = "auto"):
+                 merge_path: str = "auto", grid: int = 0):
         self.batch, self.vocab, self.hidden, self.dtype = batch, vocab, hidden, dtype
         self.logits, self.embed, self.weight, self.bias, self.finished = make_inputs(batch, vocab, hidden, dtype)
         dev = self.logits.device
@@ -102,7 +102,7 @@ class Case:
             batch=batch, vocab=vocab, hidden=hidden, pad_id=PAD, eos_id=EOS,
             threshold=THRESHOLD, threshold_main=0.0, temperature=0.0, seed=0, offset=0,
             tokens=self.tokens.data_ptr(), n_new=self.n_new.data_ptr(), conf=self.conf.data_ptr(),
-            next_in=self.next_in.data_ptr(), merge_path=MERGE_PATHS[merge_path])
+            next_in=self.next_in.data_ptr(), merge_path=MERGE_PATHS[merge_path], grid=grid)
         self.plan = probe.plan(self.inputs)
         self.workspace = torch.empty(self.plan["workspace_bytes"], dtype=torch.uint8, device=dev)
         self.probe = probe
@@ -137,7 +137,8 @@ class Case:
         return torch.zeros(launches, self.grid, len(STAMPS), dtype=torch.int64, device=self.logits.device)
 
     def label(self) -> str:
-        return f"{DTYPE_NAMES[self.dtype]} H={self.hidden} B={self.batch} merge={self.plan['merge_path']}"
+        return (f"{DTYPE_NAMES[self.dtype]} H={self.hidden} B={self.batch} merge={self.plan['merge_path']} "
+                f"grid={self.grid}")
 
 
 # ---- correctness -------------------------------------------------------------------------
@@ -304,10 +305,10 @@ def load_extension_op():
         return None, f"extension not loadable: {str(exc).splitlines()[0][:200]}"
 
 
-def run_config(probe: Probe, batch, vocab, hidden, dtype, args, ext_step, flush) -> dict:
+def run_config(probe: Probe, batch, vocab, hidden, dtype, grid, args, ext_step, flush) -> dict:
     case = Case(probe, batch, vocab, hidden, dtype, pool=max(args.iters, GRAPH_LAUNCHES, WARMUP),
-                merge_path=args.merge_path)
-    row = {"label": case.label(), "batch": batch, "vocab": vocab, "hidden": hidden,
+                merge_path=args.merge_path, grid=grid)
+    row = {"label": case.label(), "batch": batch, "vocab": vocab, "hidden": hidden, "grid": case.grid,
            "dtype": DTYPE_NAMES[dtype], "plan": case.plan}
     row["kernels"] = {key: probe.kernel_attrs(num, dtype) for num, key, _ in VARIANTS}
     row["errors"], row["check"] = check_case(case, ext_step)
@@ -330,6 +331,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp32"])
     parser.add_argument("--merge-path", choices=sorted(MERGE_PATHS), default="auto",
                         help="force the merge projection's path (GEMV or tensor cores) to compare them")
+    parser.add_argument("--grid", type=int, nargs="+", default=[0],
+                        help="blocks per launch; 0 = the planner's (every resident block), else at most that")
     parser.add_argument("--iters", type=int, default=50, help="timed launches per variant and mode (>= 5)")
     parser.add_argument("--output", type=Path,
                         default=Path(os.environ.get("OUT", "gpu_out")) / "phase_probe.json")
@@ -340,6 +343,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.iters < WARMUP:
         parser.error(f"--iters must be >= {WARMUP}")
+    if min(args.grid) < 0:
+        parser.error(f"--grid sizes must be >= 0 (0 = the planner's), got {args.grid}")
     return args
 
 
@@ -396,12 +401,12 @@ def measure(probe: Probe, args, result: dict) -> int:
     print(f"op comparison: {result['op_check']}")
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     start = time.perf_counter()
-    configs = [(DTYPES[d], h, b) for d in args.dtype for h in args.hidden for b in args.batch]
-    for dtype, hidden, batch in configs:
+    configs = [(DTYPES[d], h, b, g) for d in args.dtype for h in args.hidden for b in args.batch for g in args.grid]
+    for dtype, hidden, batch, grid in configs:
         if result["rows"] and time.perf_counter() - start > args.max_seconds:
-            result["skipped"].append(f"{DTYPE_NAMES[dtype]} H={hidden} B={batch}")
+            result["skipped"].append(f"{DTYPE_NAMES[dtype]} H={hidden} B={batch} grid={grid or 'planned'}")
             continue
-        row = run_config(probe, batch, args.vocab, hidden, dtype, args, ext_step, flush)
+        row = run_config(probe, batch, args.vocab, hidden, dtype, grid, args, ext_step, flush)
         result["rows"].append(row)
         result["errors"] += row["errors"]
         print_config(row)

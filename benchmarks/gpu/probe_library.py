@@ -44,7 +44,7 @@ class ProbeInputs(ctypes.Structure):
         ("threshold", ctypes.c_double), ("threshold_main", ctypes.c_double), ("temperature", ctypes.c_double),
         ("seed", ctypes.c_int64), ("offset", ctypes.c_int64),
         ("tokens", ctypes.c_void_p), ("n_new", ctypes.c_void_p), ("conf", ctypes.c_void_p),
-        ("next_in", ctypes.c_void_p), ("merge_path", ctypes.c_int64),
+        ("next_in", ctypes.c_void_p), ("merge_path", ctypes.c_int64), ("grid", ctypes.c_int64),
     ]
 
 

@@ -93,7 +93,7 @@ def print_summary(rows: list[dict]) -> None:
           "phases: step times of the instrumented kernel, queued_cold")
     head = ["config", "real", "[cold]", "empty", "e.coop", "sync", "skew", "prefet", "reduce", "g.sync",
             "write", "merge", "wall", "outside"]
-    print(f"{head[0]:<24}" + "".join(f"{h:>8}" for h in head[1:]))
+    print(f"{head[0]:<34}" + "".join(f"{h:>8}" for h in head[1:]))
     for row in rows:
         v, p = row["variants"], row.get("phases", {}).get("queued_cold", {})
         cells = [v.get("real", {}).get("graph"), v.get("real", {}).get("queued_cold"),
@@ -102,4 +102,4 @@ def print_summary(rows: list[dict]) -> None:
         cells += [p.get("step_us", {}).get(s) for s in STAMPS[1:]]
         inst = v.get("instrumented", {}).get("queued_cold")
         cells += [p.get("wall_us"), inst - p["wall_us"] if inst is not None and "wall_us" in p else None]
-        print(f"{row['label']:<24}" + "".join(fmt(c, 8) for c in cells))
+        print(f"{row['label']:<34}" + "".join(fmt(c, 8) for c in cells))

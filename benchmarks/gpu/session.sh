@@ -5,7 +5,7 @@
 # session is several calls, e.g. (the device's copy of .git is the one from the session
 # start, so results carry that commit):
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe test errors
-#   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma sanitize
+#   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma phase_probe_grid sanitize
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab folded_gqa
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
 # phase_probe (~1-2 min; builds its own .so, compares with the op when the build worked) goes
@@ -54,6 +54,11 @@ for what in "$@"; do
       stage phase_probe_mma 150 python3 benchmarks/gpu/phase_probe.py --batch 1 8 16 --merge-path mma \
         --output "$OUT/phase_probe_mma.json"
       [ -f "$OUT/logs/phase_probe_mma.log" ] && sed -n '/^== summary/,$p' "$OUT/logs/phase_probe_mma.log" ;;
+    phase_probe_grid)  # fewer blocks than the planner's (every resident one) at small and mid B: fewer
+      # partials per row and fewer blocks at the barrier against less phase-1 bandwidth
+      stage phase_probe_grid 200 python3 benchmarks/gpu/phase_probe.py --batch 1 8 64 --dtype bf16 \
+        --hidden 1536 --grid 0 132 66 33 --iters 20 --max-seconds 150 --output "$OUT/phase_probe_grid.json"
+      [ -f "$OUT/logs/phase_probe_grid.log" ] && sed -n '/^== summary/,$p' "$OUT/logs/phase_probe_grid.log" ;;
     profile) stage profile 200 ncu --kernel-name regex:superthoughts_step --section SpeedOfLight \
         --section LaunchStats --section Occupancy python3 benchmarks/gpu/profile_step.py ;;
     sanitize)
