@@ -459,3 +459,17 @@ def test_right_padding_shortcut_keeps_the_baseline_loss():
     masked = backbone(**batch).loss
     fast = backbone(**{**batch, "attention_mask": causal_mask_for_right_padding(batch["attention_mask"])}).loss
     torch.testing.assert_close(fast, masked, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_num_parameters_follows_transformers(family):
+    model = make_model(family)
+    backbone = model.backbone
+    extra = sum(p.numel() for p in model.compressor.parameters()) + sum(p.numel() for p in model.mtp.parameters())
+    assert model.num_parameters() == backbone.num_parameters() + extra
+    # Qwen2 here ties lm_head to the embedding: both drop out together, as in transformers.
+    assert model.num_parameters(exclude_embeddings=True) == backbone.num_parameters(exclude_embeddings=True) + extra
+    assert model.main_input_name == "first_ids"
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    assert model.num_parameters(only_trainable=True) == extra

@@ -106,6 +106,8 @@ def test_loss_halves(base_dirs, tmp_path, baseline):
     assert len(curve) == FAST["max_steps"] and all(map(torch.isfinite, torch.tensor(curve)))
     assert sum(curve[-3:]) / 3 <= 0.5 * curve[0], curve
     assert result.global_step == FAST["max_steps"] and result.num_examples == len(ROWS)
+    # Trainer's FLOP count: 6 x non-embedding parameters x positions (SuperThoughts: units).
+    assert result.metrics["total_flos"] > 0
     logged = result.log_history[0]
     if baseline:
         assert "loss_main" not in logged

@@ -111,6 +111,11 @@ class SuperThoughtsForCausalLM(nn.Module):
     frozen `teacher` (see `attach_teacher`) that is neither a submodule nor in the state dict.
     """
 
+    # transformers.Trainer's FLOP estimate (`total_flos`) is 6 x num_parameters(exclude_embeddings=
+    # True) per element of the model's main input; first_ids has one element per backbone
+    # position (unit), so SuperThoughts and baseline runs are counted alike.
+    main_input_name = "first_ids"
+
     def __init__(self, backbone: PreTrainedModel, config: SuperThoughtsConfig | None = None) -> None:
         super().__init__()
         config = config if config is not None else SuperThoughtsConfig()
@@ -204,6 +209,14 @@ class SuperThoughtsForCausalLM(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.backbone.get_input_embeddings().num_embeddings
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters of backbone, compressor and MTP (not the teacher), each shared tensor once,
+        counted as transformers' PreTrainedModel.num_parameters counts them (embedding tables,
+        and a head tied to one, left out with exclude_embeddings)."""
+        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if id(p) not in skip and (p.requires_grad or not only_trainable))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.backbone.get_input_embeddings()

@@ -340,6 +340,8 @@ def train(options: TrainOptions) -> TrainResult:
     )
     output = trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
     metrics = dict(output.metrics)
+    # transformers' PrinterCallback (no progress bar) pops total_flos out of the metrics it logs.
+    metrics.setdefault("total_flos", trainer.state.total_flos)
     metrics.update(train_utils.trainable_summary(model))
     final = train_utils.merge_lora(trainer.accelerator.unwrap_model(trainer.model))
     if options.lora_r > 0:
