@@ -151,7 +151,9 @@ def fake_generate(tokenizer: PreTrainedTokenizerFast, calls: list[dict]):
             answer = ["so", "the", "answer", "is", f"\\boxed{{{total}}}"] if a != 8 else ["so"]
             # Text after the turn end must not be graded.
             trailer = tokenizer.convert_tokens_to_ids(["\\boxed{0}"])
-            sequences.append(tokenizer.convert_tokens_to_ids(answer) + [eos] + trailer)
+            # "8 + b" problems run out of tokens: no box and no turn end.
+            end = [eos] + trailer if a != 8 else []
+            sequences.append(tokenizer.convert_tokens_to_ids(answer) + end)
         tokens = [len(s) for s in sequences]
         return SimpleNamespace(
             sequences=sequences, num_tokens=tokens, num_steps=[(n + 1) // 2 for n in tokens],
@@ -195,7 +197,8 @@ def test_evaluate_writes_records_and_summary(tmp_path: Path) -> None:
     assert records[0]["output"] == "so the answer is \\boxed{3}" and records[0]["prompt"].endswith("assistant\n")
     assert records[0]["tokens"] == 6 + 1 and records[0]["steps"] == 4 and records[0]["time"] == pytest.approx(0.5 / 3)
     assert summary.n == 7 and summary.n_correct == 5 and summary.accuracy == pytest.approx(5 / 7)
-    assert summary.n_no_box == 1
+    assert summary.n_no_box == 1 and summary.n_hit_limit == 1
+    assert [r["hit_limit"] for r in records] == [False, False, False, False, True, False, False]
     tokens = [r["tokens"] for r in records]
     steps = [r["steps"] for r in records]
     assert summary.mean_tokens == pytest.approx(sum(tokens) / 7)

@@ -69,6 +69,7 @@ class EvalSummary:
     n_correct: int
     accuracy: float
     n_no_box: int
+    n_hit_limit: int  # outputs cut off by max_new_tokens (no stop token): raise it if many
     mean_tokens: float
     mean_steps: float
     mean_pair_steps: float
@@ -237,6 +238,8 @@ def evaluate(
                     "tokens": int(result.num_tokens[row]),
                     "steps": int(result.num_steps[row]),
                     "pair_steps": int(result.num_pair_steps[row]),
+                    # No stop token anywhere: max_new_tokens cut the chain of thought off.
+                    "hit_limit": not any(token in stop_ids for token in result.sequences[row]),
                     # The batch decodes together; each problem is charged an equal share.
                     "time": float(result.wall_time) / len(batch),
                 }
@@ -263,6 +266,7 @@ def evaluate(
         n_correct=sum(r["correct"] for r in records),
         accuracy=sum(r["correct"] for r in records) / n,
         n_no_box=sum(r["extracted"] is None for r in records),
+        n_hit_limit=sum(r["hit_limit"] for r in records),
         mean_tokens=total_tokens / n,
         mean_steps=total_steps / n,
         mean_pair_steps=sum(r["pair_steps"] for r in records) / n,
@@ -280,7 +284,7 @@ def evaluate(
 def _format_summary(summary: EvalSummary) -> str:
     return (
         f"{summary.bench} [{summary.mode}]: accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n}), "
-        f"no box {summary.n_no_box}, mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
+        f"no box {summary.n_no_box}, hit max_new_tokens {summary.n_hit_limit}, mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
         f"CoT reduction {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
         f"wall {summary.wall_time:.1f} s"
     )
