@@ -120,6 +120,18 @@ def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
     assert lines[-1].startswith("[standard] tokens=") and "steps=" in lines[-1] and "tokens/s=" in lines[-1]
     assert cli.main([*argv, "--mode", "pairs"]) == 2  # a plain model cannot pair
     assert "needs a SuperThoughts model" in capsys.readouterr().err
+    # The stats line says when --max-new-tokens, not EOS, ended the output: this random model
+    # never emits its EOS; with its first token declared the EOS, the output ends there.
+    ids, mask = prompt_batch(["what is 3 + 4"])
+    first = generate(backbone, ids, mask, max_new_tokens=1, mode="standard").sequences[0][0]
+    ends_early = copy.deepcopy(backbone)
+    ends_early.generation_config.eos_token_id = first
+    ends_early.save_pretrained(tmp_path / "ends_early")
+    TOKENIZER.save_pretrained(tmp_path / "ends_early")
+    for path, cut in ((tmp_path, True), (tmp_path / "ends_early", False)):
+        assert cli.main(["generate", "--model", str(path), "what is 3 + 4", "--max-new-tokens", "12",
+                         "--device", "cpu", "--no-chat-template"]) == 0
+        assert ("stopped by --max-new-tokens 12" in capsys.readouterr().out) == cut, path
 
 
 def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
