@@ -28,15 +28,14 @@ from superthoughts_ext.eval_data import (  # noqa: E402
     gpqa_question,
     load_problems,
 )
+from superthoughts_ext.eval_cli import add_arguments, run  # noqa: E402
 from superthoughts_ext.evaluation import (  # noqa: E402
-    add_arguments,
     compare,
     compare_runs,
     evaluate,
     format_comparison,
     format_runs,
     plot_tradeoff,
-    run,
     summary_path,
 )
 

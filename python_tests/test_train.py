@@ -259,7 +259,7 @@ def test_trainer_asks_for_the_loss_alone_while_training(tmp_path):
 
     from superthoughts_ext.data import SuperThoughtsCollator
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
-    from superthoughts_ext.train import SuperThoughtsTrainer
+    from superthoughts_ext.trainer import SuperThoughtsTrainer
 
     model = SuperThoughtsForCausalLM.from_base(make_model("qwen2", 40), pad_token_id=0)
     trainer = SuperThoughtsTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[],

@@ -7,18 +7,11 @@ and reports the accuracy difference and the chain-of-thought length reduction of
 decode steps) against A (its tokens) -- the paper's "CoT reduction" of a SuperThoughts
 model against its token-by-token baseline.
 
-CLI (``superthoughts eval``)::
-
-    superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl
-    superthoughts eval --compare baseline.jsonl st.jsonl
-    superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl --threshold 0.9 0.99
-    superthoughts eval --compare baseline.jsonl st-t0.9.jsonl st-t0.99.jsonl --plot sweep.png
+The command line (``superthoughts eval``) is `superthoughts_ext.eval_cli`.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -38,17 +31,16 @@ __all__ = [
     "BENCHES",
     "EvalSummary",
     "Problem",
-    "add_arguments",
     "compare",
     "compare_runs",
     "evaluate",
     "extract_answer",
     "format_comparison",
     "format_runs",
+    "format_summary",
     "is_correct",
     "load_problems",
     "plot_tradeoff",
-    "run",
     "summary_path",
 ]
 
@@ -281,129 +273,10 @@ def evaluate(
     return summary
 
 
-def _format_summary(summary: EvalSummary) -> str:
+def format_summary(summary: EvalSummary) -> str:
     return (
         f"{summary.bench} [{summary.mode}]: accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n}), "
         f"no box {summary.n_no_box}, hit max_new_tokens {summary.n_hit_limit}, mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
         f"CoT reduction {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
         f"wall {summary.wall_time:.1f} s"
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``superthoughts eval``."""
-    parser.add_argument("--model", help="checkpoint directory (SuperThoughts or plain HF causal LM)")
-    parser.add_argument("--bench", choices=sorted(BENCHES), help="benchmark name")
-    parser.add_argument("--data", help="local JSONL/JSON/CSV copy of the benchmark (else the hub)")
-    parser.add_argument(
-        "--mode",
-        choices=MODES,
-        help="decoding mode (default: superthoughts for SuperThoughts checkpoints, standard otherwise)",
-    )
-    parser.add_argument(
-        "--threshold", type=float, nargs="+",
-        help="confidence threshold for superthoughts mode; several values sweep them with the model loaded "
-             "once, one output file per threshold (OUTPUT-t0.99.jsonl)",
-    )
-    parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=2048)
-    parser.add_argument("--output", help="per-problem JSONL (default eval-<bench>-<mode>.jsonl)")
-    parser.add_argument("--problem-field", help="column holding the problem text")
-    parser.add_argument("--answer-field", help="column holding the reference answer")
-    parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when available)")
-    parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="model weights dtype"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--compare", nargs="+", metavar="RUN.jsonl",
-        help="compare result files, the first one the baseline (no model needed); "
-             "more than two: one table over the problems present in every file",
-    )
-    parser.add_argument("--plot", help="with --compare: write an accuracy vs CoT length plot (PNG) here")
-
-
-def _run_compare(paths: list[str], plot: str | None) -> int:
-    if len(paths) < 2:
-        raise ValueError(f"--compare needs a baseline and at least one more result file, got {len(paths)}")
-    results = compare_runs(paths[0], paths[1:])
-    print(format_comparison(compare(*paths)) if len(paths) == 2 else format_runs(results))
-    if plot:
-        print(f"plot: {plot_tradeoff(results, plot)}")
-    return 0
-
-
-def _is_superthoughts(model: Any) -> bool:
-    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
-
-    return isinstance(model, SuperThoughtsForCausalLM)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``superthoughts eval``; returns the exit status (2 for a usage or data error)."""
-    try:
-        if args.compare:
-            return _run_compare(args.compare, args.plot)
-        if args.plot:
-            raise ValueError("--plot goes with --compare A.jsonl B.jsonl [...]")
-        if not args.model or not args.bench:
-            raise ValueError("--model and --bench are required (or use --compare A.jsonl B.jsonl)")
-        problems = load_problems(
-            args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field, limit=args.limit
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"superthoughts eval: error: {error}", file=sys.stderr)
-        return 2
-
-    import torch
-
-    from superthoughts_ext.modeling import load_model, load_tokenizer
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = load_model(args.model, dtype=dtype, device=device)
-    model.eval()
-    tokenizer = load_tokenizer(args.model)
-    superthoughts = _is_superthoughts(model)
-    mode = args.mode or ("superthoughts" if superthoughts else "standard")
-    if mode != "standard" and not superthoughts:
-        print(f"superthoughts eval: error: {args.model} is a plain model; use --mode standard", file=sys.stderr)
-        return 2
-    thresholds = args.threshold or [None]
-    problem = None
-    if args.threshold and mode != "superthoughts":
-        problem = f"--threshold applies to superthoughts mode, not {mode}"
-    elif any(not 0.0 <= t <= 1.0 for t in args.threshold or []):
-        problem = f"--threshold values must lie in [0, 1], got {' '.join(f'{t:g}' for t in args.threshold)}"
-    if problem:
-        print(f"superthoughts eval: error: {problem}", file=sys.stderr)
-        return 2
-    output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
-    outputs = [output] if len(thresholds) == 1 else [sweep_output(output, t) for t in thresholds]
-    for threshold, path in zip(thresholds, outputs):
-        summary = evaluate(
-            model,
-            tokenizer,
-            args.bench,
-            problems,
-            mode=mode,
-            threshold=threshold,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            output_jsonl=path,
-            progress=not args.no_progress,
-            metadata={"model": args.model, "dtype": args.dtype, "device": device, "data": args.data},
-        )
-        print(_format_summary(summary))
-        print(f"records: {path}; summary: {summary_path(path)}")
-    if len(outputs) > 1:
-        print("against a baseline: superthoughts eval --compare BASELINE.jsonl "
-              + " ".join(str(path) for path in outputs) + " --plot tradeoff.png")
-    return 0
-
-
-def sweep_output(output: str | Path, threshold: float) -> Path:
-    """Where one threshold of a sweep goes: ``st.jsonl`` -> ``st-t0.99.jsonl``."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}-t{threshold:g}{output.suffix or '.jsonl'}")

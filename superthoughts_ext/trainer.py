@@ -1,0 +1,135 @@
+"""The transformers.Trainer subclass behind `superthoughts_ext.train`: logs the SuperThoughts
+loss parts (loss_main, loss_mtp, loss_distill) averaged over processes, saves and resumes
+SuperThoughts models in their own checkpoint format, and hands the global step to the
+collator's pad-split stream.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from superthoughts_ext import train_utils
+from superthoughts_ext.layers import causal_mask_for_right_padding
+
+LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
+
+
+class SplitStreamCallback(TrainerCallback):
+    """Hands the global step at each epoch start to the collator's pad-split generator.
+
+    DataLoader workers start after this (at the epoch's `iter`), so they see the new value.
+    A resumed run (global step restored from the checkpoint) thus draws fresh splits instead
+    of replaying those of the run's first steps.
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.set_stream(state.global_step)
+
+
+class SuperThoughtsTrainer(Trainer):
+    """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from peft import PeftModel
+
+        inner = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        self._superthoughts = _is_superthoughts(inner)
+        if self._superthoughts:
+            # The SuperThoughts loss is already a per-batch mean of its parts; token-count
+            # rescaling (num_items_in_batch) would double-normalise it.
+            self.model_accepts_loss_kwargs = False
+        self._part_sums: dict[str, torch.Tensor] = {}
+        self._part_counts: dict[str, int] = {}
+        if hasattr(self.data_collator, "set_stream"):
+            self.add_callback(SplitStreamCallback(self.data_collator))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._superthoughts and model.training:
+            # Training needs the loss alone: skip the [B, T, V] logits of both heads.
+            inputs = {**inputs, "return_logits": False}
+        elif not self._superthoughts and "attention_mask" in inputs:
+            # The baseline gets the same right-padding shortcut the SuperThoughts forward takes.
+            inputs = {**inputs, "attention_mask": causal_mask_for_right_padding(inputs["attention_mask"])}
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        if model.training:
+            for name in LOSS_PARTS:
+                value = outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
+                if value is not None:
+                    self._part_sums[name] = self._part_sums.get(name, 0.0) + value.detach().float()
+                    self._part_counts[name] = self._part_counts.get(name, 0) + 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Trainer logs training loss on every process at the same step, so the mean over
+        # processes below is a collective that all ranks reach together.
+        if "loss" in logs and self._part_sums:
+            for name in sorted(self._part_sums):
+                mean = self._part_sums[name] / self._part_counts[name]
+                logs[name] = round(self.accelerator.reduce(mean, reduction="mean").item(), 4)
+            self._part_sums.clear()
+            self._part_counts.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if isinstance(model, PeftModel) or not _is_superthoughts(model):
+            super()._save(output_dir, state_dict=state_dict)
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        # Under FSDP the Trainer hands over the gathered full state dict (the module's own
+        # parameters are shards there); otherwise state_dict is None and the module's is used.
+        if state_dict is not None:
+            state_dict = train_utils.share_tied_entries(model, state_dict)
+        model.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = model if model is not None else self.model
+        if _is_superthoughts(target) and not self.is_fsdp_enabled:
+            from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+            # Reading through the model's own loader keeps the checkpoint layout private to
+            # modeling.py (tied weights, sub-folders), whatever files it writes.
+            loaded = SuperThoughtsForCausalLM.from_pretrained(resume_from_checkpoint)
+            try:
+                target.load_state_dict(loaded.state_dict())
+            except RuntimeError as exc:
+                raise ValueError(f"resume: checkpoint {resume_from_checkpoint} does not match the model: {exc}") from exc
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def _is_superthoughts(model: nn.Module) -> bool:
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    return isinstance(model, SuperThoughtsForCausalLM)
+
+
+class TrainingArgumentsCpuFix(TrainingArguments):
+    """TrainingArguments whose CPU device carries no index.
+
+    accelerate names the CPU of a multi-process run `cpu:0`, and Trainer's resume loads the
+    optimizer state with that as `map_location`, which torch.load cannot map to ("don't
+    know how to restore data location ... cpu:0"). `cpu` is the same device.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        device = super().device
+        return torch.device("cpu") if device.type == "cpu" else device
