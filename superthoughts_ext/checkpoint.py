@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -116,3 +116,20 @@ def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, 
         raise ValueError(f"from_pretrained: {os.fspath(weights_path)!r} does not match the model: "
                          f"missing {absent[:5]}, unexpected {unused[:5]}")
     return model
+
+
+# Tokenizer classes that mean "the tokenizer.json pipeline as saved", with no model-specific
+# rebuilding. AutoTokenizer lets a config's model_type (e.g. qwen2 -> Qwen2Tokenizer) override
+# them, which rebuilds a BPE pipeline from the vocabulary and breaks custom tokenizers such as
+# the demo's word-level one.
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer saved in a model directory, loaded as the class it was saved as."""
+    config_path = Path(path) / "tokenizer_config.json"
+    if config_path.is_file():
+        saved_class = json.loads(config_path.read_text()).get("tokenizer_class")
+        if saved_class in _GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
+    return AutoTokenizer.from_pretrained(os.fspath(path))

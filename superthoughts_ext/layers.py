@@ -9,6 +9,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, StaticCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -344,3 +345,16 @@ class SuperThoughtsCache:
         self.backbone.reset()
         if self.mtp is not None:
             self.mtp.reset()
+
+
+def head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor,
+                       weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_i weights_i * CE(head(rows_i), targets_i) and the detached per-row CE [N].
+
+    A plain bias-free Linear head goes through the chunked `linear_cross_entropy`; any other
+    head (a LoRA-wrapped lm_head, a bias) through its own forward and F.cross_entropy.
+    """
+    if type(head) is nn.Linear and head.bias is None:
+        return linear_cross_entropy(rows, head.weight, targets, weights)
+    ce = F.cross_entropy(head(rows).float(), targets, reduction="none")
+    return (ce * weights).sum(), ce.detach()

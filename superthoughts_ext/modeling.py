@@ -11,7 +11,6 @@ such as lm_head.weight stored once).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,9 +22,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from superthoughts_ext.checkpoint import (
+from superthoughts_ext.checkpoint import (  # load_tokenizer: loaded beside load_model by callers
     is_superthoughts_checkpoint,
     load_superthoughts_dir,
+    load_tokenizer,
     read_model_dir,
     save_superthoughts_dir,
 )
@@ -34,14 +34,14 @@ from superthoughts_ext.layers import (
     build_compressor,
     build_mtp,
     causal_mask_for_right_padding,
-    linear_cross_entropy,
+    head_cross_entropy,
 )
 
 IGNORE = -100
 
 __all__ = [
     "SuperThoughtsCache", "SuperThoughtsConfig", "SuperThoughtsForCausalLM", "SuperThoughtsOutput",
-    "is_superthoughts_checkpoint", "load_model",
+    "is_superthoughts_checkpoint", "load_model", "load_tokenizer",
 ]
 
 
@@ -342,7 +342,7 @@ class SuperThoughtsForCausalLM(nn.Module):
         # Each CE is a mean over its own targets; an empty one weighs 0 (its rows do not exist).
         weights = torch.cat([rows.new_full((n_main,), 1.0 / max(n_main, 1), dtype=torch.float32),
                              rows.new_full((n_mtp,), self.config.lambda_mtp / max(n_mtp, 1), dtype=torch.float32)])
-        loss, ce = _head_cross_entropy(self.backbone.get_output_embeddings(), rows, targets, weights)
+        loss, ce = head_cross_entropy(self.backbone.get_output_embeddings(), rows, targets, weights)
         zero = ce.new_zeros(())
         output.loss_main = ce[:n_main].mean() if n_main else zero
         output.loss_mtp = ce[n_main:].mean() if n_mtp else zero
@@ -380,19 +380,6 @@ class SuperThoughtsForCausalLM(nn.Module):
         return F.kl_div(student, target, log_target=True, reduction="batchmean")
 
 
-def _head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor,
-                        weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_i weights_i * CE(head(rows_i), targets_i) and the detached per-row CE [N].
-
-    A plain bias-free Linear head goes through the chunked `linear_cross_entropy`; any other
-    head (a LoRA-wrapped lm_head, a bias) through its own forward and F.cross_entropy.
-    """
-    if type(head) is nn.Linear and head.bias is None:
-        return linear_cross_entropy(rows, head.weight, targets, weights)
-    ce = F.cross_entropy(head(rows).float(), targets, reduction="none")
-    return (ce * weights).sum(), ce.detach()
-
-
 def _load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
     try:
         return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True)
@@ -409,22 +396,3 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
         return SuperThoughtsForCausalLM.from_pretrained(directory, dtype=dtype, device=device)
     model = _load_plain(directory, dtype, "load_model").eval()
     return model.to(device) if device is not None else model
-
-
-# Tokenizer classes that mean "the tokenizer.json pipeline as saved", with no model-specific
-# rebuilding. AutoTokenizer lets a config's model_type (e.g. qwen2 -> Qwen2Tokenizer) override
-# them, which rebuilds a BPE pipeline from the vocabulary and breaks custom tokenizers such as
-# the demo's word-level one.
-_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
-
-
-def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The tokenizer saved in a model directory, loaded as the class it was saved as."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    config_path = Path(path) / "tokenizer_config.json"
-    if config_path.is_file():
-        saved_class = json.loads(config_path.read_text()).get("tokenizer_class")
-        if saved_class in _GENERIC_TOKENIZER_CLASSES:
-            return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
-    return AutoTokenizer.from_pretrained(os.fspath(path))
