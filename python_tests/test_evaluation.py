@@ -209,6 +209,52 @@ def test_evaluate_writes_records_and_summary(tmp_path: Path) -> None:
     assert summary_path(out).name == "st.summary.json"
 
 
+def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:
+    tokenizer = make_tokenizer()
+    model = fake_model(tokenizer)
+    full = evaluate(model, tokenizer, "math500", PROBLEMS, mode="superthoughts", threshold=0.9, batch_size=3,
+                    output_jsonl=tmp_path / "full.jsonl", progress=False, generate_fn=fake_generate(tokenizer, []))
+
+    calls: list[dict] = []
+    solve = fake_generate(tokenizer, calls)
+
+    def crash_after_one_batch(*args, **kwargs):
+        if calls:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return solve(*args, **kwargs)
+
+    out = tmp_path / "st.jsonl"
+    kwargs = dict(mode="superthoughts", threshold=0.9, batch_size=3, output_jsonl=out, progress=False)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=crash_after_one_batch, **kwargs)
+    assert len(read_jsonl(out)) == 3
+    with out.open("a", encoding="utf-8") as f:
+        f.write('{"index": 6, "id": "p00", "pro')  # a line torn by the crash
+    calls.clear()
+    resumed = evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, **kwargs)
+    assert [c["batch"] for c in calls] == [3, 1]  # only the 4 problems not done yet
+    by_id = {r["id"]: r for r in read_jsonl(out)}
+    assert len(by_id) == len(PROBLEMS) == resumed.n
+    expected = {r["id"]: r for r in read_jsonl(tmp_path / "full.jsonl")}
+    for key in ("output", "correct", "tokens", "steps", "hit_limit", "mode", "threshold", "max_new_tokens"):
+        assert {i: r[key] for i, r in by_id.items()} == {i: r[key] for i, r in expected.items()}, key
+    assert (resumed.accuracy, resumed.mean_tokens, resumed.cot_reduction) == \
+        (full.accuracy, full.mean_tokens, full.cot_reduction)
+    assert resumed.generation_time == pytest.approx(full.generation_time)
+    # Nothing left to do: the summary comes from the file alone.
+    calls.clear()
+    again = evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, **kwargs)
+    assert calls == [] and again.accuracy == full.accuracy
+    # Records of other settings or other problems are refused, not mixed in.
+    with pytest.raises(ValueError, match="threshold=0.9, this run has threshold=0.99"):
+        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True,
+                 **{**kwargs, "threshold": 0.99})
+    with pytest.raises(ValueError, match="not among the 2 problems"):
+        evaluate(model, tokenizer, "math500", PROBLEMS[:2], generate_fn=solve, resume=True, **kwargs)
+    with pytest.raises(ValueError, match="resume needs the output_jsonl"):
+        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, progress=False)
+
+
 def test_evaluate_limit_and_bad_arguments() -> None:
     tokenizer, calls = make_tokenizer(), []
     model, gen = fake_model(tokenizer), fake_generate(tokenizer, calls)
@@ -437,6 +483,12 @@ def test_cli_threshold_sweep_loads_the_model_once(
     assert f"--compare BASELINE.jsonl {outputs[0]} {outputs[1]} --plot" in printed
     # One threshold keeps the plain output name.
     assert run(parse_cli(argv + ["0.99"])) == 0 and out.is_file()
+    # --resume finds every problem done; with other settings it refuses the file.
+    calls.clear()
+    assert run(parse_cli(argv + ["0.99", "--resume"])) == 0 and calls == []
+    capsys.readouterr()
+    assert run(parse_cli(argv + ["0.5", "--resume"])) == 2
+    assert "threshold=0.99, this run has threshold=0.5" in capsys.readouterr().err
     assert run(parse_cli(argv + ["0.9", "1.5"])) == 2
     assert "must lie in [0, 1], got 0.9 1.5" in capsys.readouterr().err
     assert run(parse_cli(argv + ["0.9", "--mode", "pairs"])) == 2

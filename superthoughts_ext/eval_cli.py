@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="model weights dtype"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run: keep the records already in the output file "
+                             "(same bench, mode, threshold, max-new-tokens) and evaluate the rest")
     parser.add_argument(
         "--compare", nargs="+", metavar="RUN.jsonl",
         help="compare result files, the first one the baseline (no model needed); "
@@ -109,19 +112,24 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
     outputs = [output] if len(thresholds) == 1 else [sweep_output(output, t) for t in thresholds]
     for threshold, path in zip(thresholds, outputs):
-        summary = evaluate(
-            model,
-            tokenizer,
-            args.bench,
-            problems,
-            mode=mode,
-            threshold=threshold,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            output_jsonl=path,
-            progress=not args.no_progress,
-            metadata={"model": args.model, "dtype": args.dtype, "device": device, "data": args.data},
-        )
+        try:
+            summary = evaluate(
+                model,
+                tokenizer,
+                args.bench,
+                problems,
+                mode=mode,
+                threshold=threshold,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                output_jsonl=path,
+                progress=not args.no_progress,
+                metadata={"model": args.model, "dtype": args.dtype, "device": device, "data": args.data},
+                resume=args.resume,
+            )
+        except ValueError as error:  # e.g. --resume on a file of other settings
+            print(f"superthoughts eval: error: {error}", file=sys.stderr)
+            return 2
         print(format_summary(summary))
         print(f"records: {path}; summary: {summary_path(path)}")
     if len(outputs) > 1:

@@ -134,6 +134,35 @@ def _trim(sequence: Sequence[int], stop_ids: set[int]) -> list[int]:
     return list(sequence)
 
 
+def _resumable_records(path: Path, problems: Sequence[Problem], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records an interrupted `evaluate` left in `path` (none if it does not exist). Its
+    last line may be torn by the crash and is then dropped; records of other settings or of
+    problems outside `problems` are an error, not something to mix in."""
+    if not path.is_file():
+        return []
+    ids = {problem.id for problem in problems}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"resume: {path}:{number} is not a JSON record") from None
+        for key, value in settings.items():
+            if key not in record or record[key] != value:
+                raise ValueError(f"resume: {path}:{number} was written with {key}={record.get(key)!r}, this run has "
+                                 f"{key}={value!r}; give another output file or leave out resume")
+        if record.get("id") not in ids:
+            raise ValueError(f"resume: {path}:{number} holds problem {record.get('id')!r}, which is not among the "
+                             f"{len(ids)} problems of this run")
+        records.append(record)
+    return records
+
+
 def evaluate(
     model: Any,
     tokenizer: Any,
@@ -149,6 +178,7 @@ def evaluate(
     progress: bool = True,
     generate_fn: Callable[..., Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> EvalSummary:
     """Greedy-decode and grade every problem of a benchmark.
 
@@ -170,6 +200,9 @@ def evaluate(
         generate_fn: replaces `superthoughts_ext.generate.generate` (same signature and
             result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time).
         metadata: extra keys (model path, dtype...) stored in the summary JSON.
+        resume: keep the records an interrupted run of the same bench, mode, threshold and
+            max_new_tokens left in ``output_jsonl`` and evaluate only the other problems; the
+            summary covers all of them.
     """
     import torch
     from tqdm.auto import tqdm
@@ -182,6 +215,8 @@ def evaluate(
     problems = list(rows)[:limit] if limit is not None else list(rows)
     if not problems:
         raise ValueError("evaluate: no problems to evaluate")
+    if resume and output_jsonl is None:
+        raise ValueError("evaluate: resume needs the output_jsonl of the interrupted run")
     generate_fn = generate_fn or _default_generate()
 
     started = time.perf_counter()
@@ -193,13 +228,19 @@ def evaluate(
     prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
     order = sorted(range(len(problems)), key=lambda i: -len(prompt_ids[i]))
 
-    records: list[dict[str, Any]] = []
-    generation_time = 0.0
+    # Written into every record, so that a resumed run can tell whether it continues this one.
+    settings = {"bench": bench, "mode": mode, "threshold": threshold, "max_new_tokens": max_new_tokens}
+    records = _resumable_records(Path(output_jsonl), problems, settings) if resume else []
+    done = {r["id"] for r in records}
+    order = [i for i in order if problems[i].id not in done]
+    generation_time = sum(r["time"] for r in records)
     out_file = None
     if output_jsonl is not None:
         Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
         out_file = open(output_jsonl, "w", encoding="utf-8")
-    bar = tqdm(total=len(problems), desc=f"{bench} [{mode}]", disable=not progress)
+        for record in records:  # rewritten: a line torn by the crash is dropped
+            out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    bar = tqdm(total=len(problems), initial=len(records), desc=f"{bench} [{mode}]", disable=not progress)
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
@@ -234,6 +275,7 @@ def evaluate(
                     "hit_limit": not any(token in stop_ids for token in result.sequences[row]),
                     # The batch decodes together; each problem is charged an equal share.
                     "time": float(result.wall_time) / len(batch),
+                    **settings,
                 }
                 records.append(record)
                 if out_file is not None:
