@@ -70,6 +70,8 @@ def test_settings_overrides_and_cache_key() -> None:
     assert settings.train_steps == 7 and settings.superthoughts_steps == 3 and settings.thresholds == (0.6, 0.8)
     assert settings.default_threshold in settings.thresholds
     assert demo.cache_key(settings) != demo.cache_key(demo.QUICK)
+    seeded = demo.settings_from_args(parser.parse_args(["--quick", "--seed", "3"]))
+    assert seeded.seed == 3 and demo.cache_key(seeded) != demo.cache_key(demo.QUICK)
     # Eval-only settings do not invalidate trained models.
     assert demo.cache_key(demo.QUICK) == demo.cache_key(demo.settings_from_args(
         parser.parse_args(["--quick", "--eval-problems", "9"])))

@@ -101,6 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--superthoughts-steps", type=int, default=None,
       help="optimizer steps of the SuperThoughts fine-tuning of the baseline")
     g("--eval-problems", type=int, default=None, help="held-out test problems to evaluate")
+    g("--seed", type=int, default=None,
+      help="seed of the data and model init (default 0); other seeds show the run-to-run spread")
     g("--thresholds", type=float, nargs="+", default=None, help="confidence thresholds to sweep")
     g("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g("--no-progress", action="store_false", dest="progress", help="hide progress bars")
@@ -116,6 +118,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         overrides["superthoughts_steps"] = args.superthoughts_steps
     if args.eval_problems is not None:
         overrides["eval_problems"] = args.eval_problems
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     if args.thresholds:
         thresholds = tuple(sorted(set(args.thresholds)))
         overrides["thresholds"] = thresholds
