@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_compare import compare, compare_runs, format_comparison, format_runs, plot_tradeoff
+from superthoughts_ext.eval_compare import compare_runs, format_comparison, format_runs, plot_tradeoff
 from superthoughts_ext.eval_data import BENCHES, load_problems
 from superthoughts_ext.evaluation import MODES, evaluate, format_summary, summary_path
 
@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_compare(paths: list[str], plot: str | None) -> int:
     if len(paths) < 2:
         raise ValueError(f"--compare needs a baseline and at least one more result file, got {len(paths)}")
-    results = compare_runs(paths[0], paths[1:])
-    print(format_comparison(compare(*paths)) if len(paths) == 2 else format_runs(results))
+    results = compare_runs(paths[0], paths[1:])  # with two files: exactly compare(A, B), plus labels
+    print(format_comparison(results[0]) if len(paths) == 2 else format_runs(results))
     if plot:
         print(f"plot: {plot_tradeoff(results, plot)}")
     return 0

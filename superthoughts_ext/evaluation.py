@@ -233,7 +233,6 @@ def evaluate(
     records = _resumable_records(Path(output_jsonl), problems, settings) if resume else []
     done = {r["id"] for r in records}
     order = [i for i in order if problems[i].id not in done]
-    generation_time = sum(r["time"] for r in records)
     out_file = None
     if output_jsonl is not None:
         Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +254,6 @@ def evaluate(
                     threshold=threshold,
                     eos_token_id=eos,
                 )
-            generation_time += float(result.wall_time)
             for row, index in enumerate(batch):
                 problem = problems[index]
                 text = tokenizer.decode(_trim(result.sequences[row], stop_ids), skip_special_tokens=True)
@@ -289,6 +287,9 @@ def evaluate(
         if out_file is not None:
             out_file.close()
 
+    # Each record holds its share of its batch's wall time: their sum is the decoding time,
+    # resumed records included.
+    generation_time = sum(r["time"] for r in records)
     total_tokens = sum(r["tokens"] for r in records)
     total_steps = sum(r["steps"] for r in records)
     n = len(records)
@@ -316,9 +317,11 @@ def evaluate(
 
 
 def format_summary(summary: EvalSummary) -> str:
+    """One line per run, as `superthoughts eval` prints it."""
     return (
         f"{summary.bench} [{summary.mode}]: accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n}), "
-        f"no box {summary.n_no_box}, hit max_new_tokens {summary.n_hit_limit}, mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
+        f"no box {summary.n_no_box}, hit max_new_tokens {summary.n_hit_limit}, "
+        f"mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
         f"CoT reduction {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
         f"wall {summary.wall_time:.1f} s"
     )

@@ -371,8 +371,7 @@ def run(args: argparse.Namespace) -> int:
     if streamer is None:
         print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
     tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
-    stops = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    cut = "" if stops & set(result.sequences[0]) else f" (stopped by --max-new-tokens {args.max_new_tokens})"
+    cut = "" if eos in result.sequences[0] else f" (stopped by --max-new-tokens {args.max_new_tokens})"
     print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
           f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
           f"tokens/s={result.tokens_per_s:.1f}{cut}")
