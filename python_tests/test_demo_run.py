@@ -35,12 +35,20 @@ def _check_result(r: dict) -> None:
 
 def test_quick_demo_end_to_end_and_cache(tmp_path: Path) -> None:
     first, first_time, plot = _run(tmp_path, "first")
-    for key in ("baseline", "superthoughts", "pairs", "sweep", "settings", "device", "torch_version", "commit"):
+    for key in ("baseline", "initial_sft", "superthoughts", "pairs", "sweep", "settings", "device",
+                "torch_version", "commit"):
         assert key in first
-    for r in [first["baseline"], first["superthoughts"], first["pairs"], *first["sweep"]]:
+    for r in [first["baseline"], first["initial_sft"], first["superthoughts"], first["pairs"], *first["sweep"]]:
         _check_result(r)
     # Standard decoding emits one token per step.
-    assert first["baseline"]["mean_steps"] == pytest.approx(first["baseline"]["mean_tokens"])
+    for sft in ("baseline", "initial_sft"):
+        assert first[sft]["mean_steps"] == pytest.approx(first[sft]["mean_tokens"])
+    # Both compared models are the initial SFT model trained on for the same number of steps.
+    training = first["training"]
+    assert set(training) == {"initial_sft", "superthoughts", "baseline"}
+    assert training["initial_sft"]["global_step"] == demo.QUICK.train_steps
+    assert training["baseline"]["global_step"] == training["superthoughts"]["global_step"] == \
+        demo.QUICK.superthoughts_steps
     # Pairs mode emits two tokens per step after the prefill's single token.
     pairs = first["pairs"]
     assert pairs["mean_steps"] == pytest.approx(pairs["mean_tokens"] / 2, abs=1.0)

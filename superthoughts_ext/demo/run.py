@@ -1,14 +1,20 @@
 """`superthoughts demo`: train a plain SFT baseline and a SuperThoughts model on the embedded
 column-addition task, then compare accuracy and decode steps on held-out problems.
 
-As in the paper, SuperThoughts converts a model that already solves the task: the baseline
-is a tiny random-init Qwen2 trained by plain next-token SFT, and the SuperThoughts model is
-that baseline fine-tuned on the same data with the SuperThoughts objective (paired latent
-positions + MTP head), through the same training wrapper. Trained models are cached under
+As in the paper, SuperThoughts converts a model that already solves the task. Three models are
+trained through the same training wrapper on the same data:
+
+- the initial SFT model: a tiny random-init Qwen2 trained by plain next-token SFT;
+- the SuperThoughts model: the initial SFT model fine-tuned with the SuperThoughts objective
+  (paired latent positions + MTP head);
+- the baseline: the initial SFT model trained on with plain SFT for the same steps, learning
+  rate and schedule as that fine-tuning, so both compared models have had the same training.
+
+Trained models are cached under
 ``${XDG_CACHE_HOME:-~/.cache}/superthoughts/demo/<hash of settings and package version>``,
 so a second run only evaluates (seconds).
 
-Evaluation: the baseline decodes in ``standard`` mode; the SuperThoughts model decodes in
+Evaluation: both SFT models decode in ``standard`` mode; the SuperThoughts model decodes in
 ``superthoughts`` mode across a confidence-threshold sweep and in ``pairs`` mode (always two
 tokens per step). CoT length reduction is ``1 - mean_steps / baseline mean_tokens``: how many
 fewer sequential decode steps the SuperThoughts model needs than the baseline needs tokens.
@@ -34,6 +40,9 @@ DONE_MARKER = "demo_done.json"
 # SuperThoughts fine-tuned from the baseline; 4: pad-split draws keyed per process, rank
 # and epoch, so the same settings now train on other splits).
 CACHE_FORMAT = 4
+# Model name -> cache subdirectory. "baseline" held the initial SFT model before the
+# equally trained baseline existed; the directory keeps its name so cached models stay valid.
+MODEL_DIRS = {"initial_sft": "baseline", "superthoughts": "superthoughts", "baseline": "baseline_continued"}
 
 
 @dataclass(frozen=True)
@@ -41,13 +50,16 @@ class DemoSettings:
     """Everything that determines the trained models (hashed into the cache key) and the eval."""
 
     train_problems: int = 8000
-    train_steps: int = 900  # baseline SFT steps
-    # SuperThoughts fine-tuning of the trained baseline: both models in ~10 minutes on an idle
-    # 2-core CPU. The backbone already reads the task; it learns units and the MTP head. 600
-    # steps gave 100% or 87% at threshold 0.9 from two trainings that differ only in float
-    # rounding (SDPA's causal kernel vs an explicit mask); 900 steps gave 100%.
+    train_steps: int = 900  # initial SFT steps
+    # SuperThoughts fine-tuning of the initial SFT model (and the baseline's continued SFT):
+    # ~5 minutes each on an idle 2-core CPU. The backbone already reads the task; it learns
+    # units and the MTP head, and re-learns reading operand digits from the question, whose
+    # distance from every CoT position halves in the unit layout. 600 steps gave 100% or 87%
+    # at threshold 0.9 from two trainings that differ only in float rounding; at 900 steps,
+    # lr 1e-3 left seed 1 at 70% (all errors were digits misread from the question) and 2e-3
+    # gave 99-100% at seeds 0, 1 and 2.
     superthoughts_steps: int = 900
-    superthoughts_learning_rate: float = 1e-3
+    superthoughts_learning_rate: float = 2e-3
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_ratio: float = 0.05
@@ -97,9 +109,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--plot", default=None, help="write the accuracy-vs-steps PNG here")
     g("--cache-dir", default=None, help="model cache root (default: $XDG_CACHE_HOME/superthoughts/demo)")
     g("--retrain", action="store_true", help="ignore cached models and train again")
-    g("--train-steps", type=int, default=None, help="optimizer steps of the baseline SFT")
+    g("--train-steps", type=int, default=None, help="optimizer steps of the initial SFT")
     g("--superthoughts-steps", type=int, default=None,
-      help="optimizer steps of the SuperThoughts fine-tuning of the baseline")
+      help="optimizer steps of the SuperThoughts fine-tuning of the initial SFT model "
+           "(and of the baseline's continued SFT)")
     g("--eval-problems", type=int, default=None, help="held-out test problems to evaluate")
     g("--seed", type=int, default=None,
       help="seed of the data and model init (default 0); other seeds show the run-to-run spread")
@@ -189,9 +202,10 @@ def build_base(settings: DemoSettings, directory: Path) -> Path:
 
 
 def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path, *,
-                baseline: bool, device: str, retrain: bool, progress: bool) -> ModelRun:
+                baseline: bool, device: str, retrain: bool, progress: bool, continued: bool = False) -> ModelRun:
     """Train (or reuse from the cache) one model from `base` on `data`: SFT when `baseline`, else
-    SuperThoughts fine-tuning (its own step count and learning rate)."""
+    SuperThoughts fine-tuning. The fine-tuning and `continued` SFT use the fine-tuning's step
+    count and learning rate; the initial SFT uses ``train_steps`` and ``learning_rate``."""
     from superthoughts_ext.demo.tokenizer import build_tokenizer
     from superthoughts_ext.train import TrainOptions, train
 
@@ -199,14 +213,15 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     if marker.exists() and not retrain:
         return ModelRun(directory, trained=False, metrics=json.loads(marker.read_text(encoding="utf-8")))
     started = time.perf_counter()
-    steps = settings.train_steps if baseline else settings.superthoughts_steps
+    initial = baseline and not continued
+    steps = settings.train_steps if initial else settings.superthoughts_steps
     options = TrainOptions(
         model=os.fspath(base), data=os.fspath(data), output_dir=os.fspath(directory),
         # The object, not the saved copy: AutoTokenizer reloads a qwen2 checkpoint's tokenizer
         # as Qwen2Tokenizer, which drops the word-level pre-tokenizer.
         tokenizer=build_tokenizer(),
         baseline=baseline, max_steps=steps,
-        learning_rate=settings.learning_rate if baseline else settings.superthoughts_learning_rate,
+        learning_rate=settings.learning_rate if initial else settings.superthoughts_learning_rate,
         rho_max=settings.rho_max,
         batch_size=settings.batch_size, warmup_ratio=settings.warmup_ratio, lr_scheduler="cosine",
         seed=settings.seed, logging_steps=max(steps // 10, 1), save_steps=0,
@@ -236,9 +251,9 @@ def _record(summary: Any, baseline_tokens: float | None) -> dict[str, Any]:
     return row
 
 
-def evaluate_models(settings: DemoSettings, baseline_dir: Path, st_dir: Path, device: str,
-                    progress: bool) -> dict[str, Any]:
-    """Baseline (standard), SuperThoughts (threshold sweep) and pairs results on the test split."""
+def evaluate_models(settings: DemoSettings, dirs: dict[str, Path], device: str, progress: bool) -> dict[str, Any]:
+    """Results on the test split: both SFT models (standard), the SuperThoughts model (threshold
+    sweep and pairs). `dirs` maps the names of MODEL_DIRS to trained model directories."""
     from superthoughts_ext import eval_data
     from superthoughts_ext.demo.task import make_split
     from superthoughts_ext.demo.tokenizer import build_tokenizer
@@ -250,19 +265,19 @@ def evaluate_models(settings: DemoSettings, baseline_dir: Path, st_dir: Path, de
     rows = [eval_data.Problem(id=f"demo-{i}", question=p.question, answer=p.answer) for i, p in enumerate(test)]
     common = dict(batch_size=settings.eval_batch_size, max_new_tokens=settings.max_new_tokens, progress=progress)
 
-    baseline_model = load_model(baseline_dir, device=device)
-    base = _record(evaluate(baseline_model, tokenizer, "math500", rows, mode="standard", **common), None)
+    def run_eval(name: str, mode: str, threshold: float | None = None) -> Any:
+        kwargs = {} if threshold is None else {"threshold": threshold}
+        return evaluate(models[name], tokenizer, "math500", rows, mode=mode, **kwargs, **common)
+
+    models = {name: load_model(dirs[name], device=device) for name in ("baseline", "initial_sft")}
+    base = _record(run_eval("baseline", "standard"), None)
     base["reduction"] = 0.0
-    del baseline_model
-    st_model = load_model(st_dir, device=device)
-    sweep = [
-        _record(evaluate(st_model, tokenizer, "math500", rows, mode="superthoughts", threshold=t, **common),
-                base["mean_tokens"])
-        for t in settings.thresholds
-    ]
-    pairs = _record(evaluate(st_model, tokenizer, "math500", rows, mode="pairs", **common), base["mean_tokens"])
+    initial = _record(run_eval("initial_sft", "standard"), base["mean_tokens"])
+    models = {"superthoughts": load_model(dirs["superthoughts"], device=device)}
+    sweep = [_record(run_eval("superthoughts", "superthoughts", t), base["mean_tokens"]) for t in settings.thresholds]
+    pairs = _record(run_eval("superthoughts", "pairs"), base["mean_tokens"])
     chosen = next(r for r in sweep if r["threshold"] == settings.default_threshold)
-    return {"baseline": base, "superthoughts": chosen, "pairs": pairs, "sweep": sweep}
+    return {"baseline": base, "initial_sft": initial, "superthoughts": chosen, "pairs": pairs, "sweep": sweep}
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -275,6 +290,7 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{r['reduction']:>11.1%}{r['tokens_per_s']:>9.0f}")
 
     lines.append(line("baseline (standard)", results["baseline"]))
+    lines.append(line("initial SFT (standard)", results["initial_sft"]))
     for r in results["sweep"]:
         mark = " *" if r["threshold"] == results["superthoughts"]["threshold"] else ""
         lines.append(line(f"superthoughts t={r['threshold']:g}{mark}", r))
@@ -283,7 +299,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def write_plot(results: dict[str, Any], path: Path) -> Path:
-    """Accuracy vs mean decode steps across thresholds, with the baseline and pairs marked."""
+    """Accuracy vs mean decode steps across thresholds, with both SFT models and pairs marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,8 +312,10 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
     for r in sweep:
         ax.annotate(f"{r['threshold']:g}", (r["mean_steps"], r["accuracy"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
-    base, pairs = results["baseline"], results["pairs"]
+    base, initial, pairs = results["baseline"], results["initial_sft"], results["pairs"]
     ax.plot([base["mean_steps"]], [base["accuracy"]], "s", color="black", label="baseline (standard)")
+    ax.plot([initial["mean_steps"]], [initial["accuracy"]], "s", color="tab:gray", fillstyle="none",
+            label="initial SFT (standard)")
     ax.plot([pairs["mean_steps"]], [pairs["accuracy"]], "^", color="tab:red", label="pairs (always 2)")
     ax.set_xlabel("mean decode steps per problem")
     ax.set_ylabel("accuracy")
@@ -314,7 +332,7 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
 
 def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: bool = False,
              device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Train or reuse both models, evaluate them and return the results payload."""
+    """Train or reuse the three models, evaluate them and return the results payload."""
     import torch
 
     from superthoughts_ext.demo.task import make_split, write_jsonl
@@ -327,11 +345,13 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
     if not data.exists() or retrain:
         write_jsonl(make_split("train", settings.train_problems, seed=settings.seed), data)
     base = build_base(settings, root / "base")
-    runs = {"baseline": train_model(settings, base, data, root / "baseline", baseline=True, device=device,
-                                    retrain=retrain, progress=progress)}
-    runs["superthoughts"] = train_model(settings, runs["baseline"].path, data, root / "superthoughts",
-                                        baseline=False, device=device, retrain=retrain, progress=progress)
-    results = evaluate_models(settings, runs["baseline"].path, runs["superthoughts"].path, device, progress)
+    dirs = {name: root / sub for name, sub in MODEL_DIRS.items()}
+    common = dict(device=device, retrain=retrain, progress=progress)
+    runs = {"initial_sft": train_model(settings, base, data, dirs["initial_sft"], baseline=True, **common)}
+    start = runs["initial_sft"].path
+    runs["superthoughts"] = train_model(settings, start, data, dirs["superthoughts"], baseline=False, **common)
+    runs["baseline"] = train_model(settings, start, data, dirs["baseline"], baseline=True, continued=True, **common)
+    results = evaluate_models(settings, dirs, device, progress)
     settings_dict = asdict(settings)
     settings_dict["thresholds"] = list(settings.thresholds)
     return {
