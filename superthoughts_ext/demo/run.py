@@ -314,14 +314,16 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
                     xytext=(4, 4), fontsize=8)
     base, initial, pairs = results["baseline"], results["initial_sft"], results["pairs"]
     ax.plot([base["mean_steps"]], [base["accuracy"]], "s", color="black", label="baseline (standard)")
+    # Larger and hollow: both SFT models decode the same token counts, so this rings the baseline.
     ax.plot([initial["mean_steps"]], [initial["accuracy"]], "s", color="tab:gray", fillstyle="none",
-            label="initial SFT (standard)")
+            markersize=12, label="initial SFT (standard)")
     ax.plot([pairs["mean_steps"]], [pairs["accuracy"]], "^", color="tab:red", label="pairs (always 2)")
     ax.set_xlabel("mean decode steps per problem")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    # The sweep runs from the top left (pairs-like) to the bottom right (all singles).
+    ax.legend(loc="center left")
     ax.set_title("superthoughts demo: accuracy vs decode steps")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
