@@ -29,7 +29,7 @@ import os
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from superthoughts_ext.run_info import device_name, git_commit
@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rho-max", type=float, nargs="+", default=[0.25, 0.0],
                         help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
+    parser.add_argument("--mtp-types", nargs="+", choices=("decoder", "mlp"), default=["decoder"],
+                        help="MTP module of the SuperThoughts runs (decoder = default; mlp = the lighter "
+                             "option); every type is measured at every --rho-max")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/train_<device>.json)")
 
@@ -105,12 +108,20 @@ class ChunkedLossSFT(torch.nn.Module):
         return SimpleNamespace(loss=loss)
 
 
-def build(shape: str, mode: tuple[float | None, bool], device: torch.device, dtype: torch.dtype, ckpt: bool):
+class Mode(NamedTuple):
+    """One measured configuration: plain SFT when rho_max is None, else SuperThoughts."""
+
+    rho_max: float | None  # pad-split rho_max of a SuperThoughts run
+    chunked: bool  # loss over the labelled rows only, chunked (always so for SuperThoughts)
+    mtp_type: str = "decoder"
+
+
+def build(shape: str, mode: Mode, device: torch.device, dtype: torch.dtype, ckpt: bool):
     """Fresh model (same seed in every mode) and its batch builder for a `mode_table` entry."""
     from superthoughts_ext.data import SuperThoughtsCollator
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
-    rho_max, chunked = mode
+    rho_max, chunked = mode.rho_max, mode.chunked
     superthoughts = rho_max is not None
     config = Qwen2Config(max_position_embeddings=32768, **SHAPES[shape])
     torch.manual_seed(0)
@@ -120,7 +131,7 @@ def build(shape: str, mode: tuple[float | None, bool], device: torch.device, dty
     if ckpt:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if superthoughts:
-        model = SuperThoughtsForCausalLM.from_base(backbone, pad_token_id=PAD_ID)
+        model = SuperThoughtsForCausalLM.from_base(backbone, pad_token_id=PAD_ID, mtp_type=mode.mtp_type)
     else:
         model = ChunkedLossSFT(backbone) if chunked else backbone
     model = model.to(device=device, dtype=dtype).train()
@@ -171,7 +182,7 @@ def checkpointing(shape: str, args: argparse.Namespace) -> bool:
     return args.gradient_checkpointing or shape == "7b"
 
 
-def prepare(shape: str, mode: tuple[float | None, bool], args: argparse.Namespace,
+def prepare(shape: str, mode: Mode, args: argparse.Namespace,
             device: torch.device) -> tuple[Callable[[], torch.Tensor], dict[str, Any]]:
     """Model, batch and step closure for one mode, after the warmup correctness check."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -216,10 +227,13 @@ def finish(info: dict[str, Any], seconds: float, device: torch.device) -> dict[s
 BASELINES = ("baseline", "baseline_chunked_ce")
 
 
-def mode_table(args: argparse.Namespace) -> dict[str, tuple[float | None, bool]]:
-    """Mode name -> (pad-split rho_max, None for plain SFT; chunked labelled-rows loss)."""
-    return {"baseline": (None, False), "baseline_chunked_ce": (None, True),
-            **{f"superthoughts_rho{r:g}": (r, True) for r in args.rho_max}}
+def mode_table(args: argparse.Namespace) -> dict[str, Mode]:
+    """Mode name -> Mode; the default decoder MTP keeps the plain "superthoughts_rho<r>" names."""
+    modes = {"baseline": Mode(None, False), "baseline_chunked_ce": Mode(None, True)}
+    for mtp_type in args.mtp_types:
+        prefix = "superthoughts" if mtp_type == "decoder" else f"superthoughts_{mtp_type}"
+        modes.update({f"{prefix}_rho{r:g}": Mode(r, True, mtp_type) for r in args.rho_max})
+    return modes
 
 
 def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -1,0 +1,38 @@
+"""Smoke test of benchmarks/bench_train.py: every mode runs, passes its loss check, and the
+report holds the speedups and per-mode costs a reader compares."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+
+def _load_bench():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_train_smoke_both_mtp_types(tmp_path: Path) -> None:
+    bench = _load_bench()
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "train.json"
+    args = parser.parse_args(["--shapes", "tiny", "--batch-size", "2", "--seq-len", "48", "--prompt-len", "8",
+                              "--warmup", "3", "--min-time", "0.2", "--rounds", "1", "--rho-max", "0.25",
+                              "--mtp-types", "decoder", "mlp", "--output", str(out)])
+    assert bench.main(args) == 0
+    row = json.loads(out.read_text())["shapes"]["tiny"]
+    modes = {"baseline", "baseline_chunked_ce", "superthoughts_rho0.25", "superthoughts_mlp_rho0.25"}
+    assert modes <= set(row)
+    for mode in modes - {"baseline"}:
+        assert row[mode]["speedup"] > 0 and row[mode]["response_tokens_per_s"] > 0
+    for mode in ("superthoughts_rho0.25", "superthoughts_mlp_rho0.25"):
+        # Two response tokens per unit: the backbone sees fewer positions than plain SFT.
+        assert row[mode]["backbone_positions_per_step"] < row["baseline"]["backbone_positions_per_step"]
+        assert row[mode]["speedup_same_loss"] > 0
+    # The MLP MTP block has no attention and no cache: fewer parameters than a decoder layer.
+    assert row["superthoughts_mlp_rho0.25"]["params"] < row["superthoughts_rho0.25"]["params"]
