@@ -4,7 +4,8 @@ Response tokens per second of a full training step (forward + backward + AdamW),
 step's matmul FLOPs (a load-independent cost). The SuperThoughts backbone sees about half
 the positions (two response tokens per unit) but adds the MTP decoder layer, the compressor,
 and pad-split singles (rho_max; each SuperThoughts run is measured at every --rho-max value,
-0.25 being the training default). Target: >= 1.6x the baseline's tokens/s.
+0.25 being the training default; `--mtp-types decoder mlp` adds the MLP MTP option at each).
+Target: >= 1.6x the baseline's tokens/s.
 
 Two plain-SFT references: "baseline" is the stock transformers model and loss (what
 `superthoughts train --baseline` trains: lm_head + cross-entropy over every position), and
