@@ -201,11 +201,10 @@ def build_base(settings: DemoSettings, directory: Path) -> Path:
     return directory
 
 
-def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path, *,
-                baseline: bool, device: str, retrain: bool, progress: bool, continued: bool = False) -> ModelRun:
-    """Train (or reuse from the cache) one model from `base` on `data`: SFT when `baseline`, else
-    SuperThoughts fine-tuning. The fine-tuning and `continued` SFT use the fine-tuning's step
-    count and learning rate; the initial SFT uses ``train_steps`` and ``learning_rate``."""
+def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path, *, baseline: bool,
+                steps: int, learning_rate: float, device: str, retrain: bool, progress: bool) -> ModelRun:
+    """Train (or reuse from the cache) one model from `base` on `data` for `steps` optimizer
+    steps: plain SFT when `baseline`, else SuperThoughts fine-tuning."""
     from superthoughts_ext.demo.tokenizer import build_tokenizer
     from superthoughts_ext.train import TrainOptions, train
 
@@ -213,15 +212,13 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     if marker.exists() and not retrain:
         return ModelRun(directory, trained=False, metrics=json.loads(marker.read_text(encoding="utf-8")))
     started = time.perf_counter()
-    initial = baseline and not continued
-    steps = settings.train_steps if initial else settings.superthoughts_steps
     options = TrainOptions(
         model=os.fspath(base), data=os.fspath(data), output_dir=os.fspath(directory),
         # The object, not the saved copy: AutoTokenizer reloads a qwen2 checkpoint's tokenizer
         # as Qwen2Tokenizer, which drops the word-level pre-tokenizer.
         tokenizer=build_tokenizer(),
         baseline=baseline, max_steps=steps,
-        learning_rate=settings.learning_rate if initial else settings.superthoughts_learning_rate,
+        learning_rate=learning_rate,
         rho_max=settings.rho_max,
         batch_size=settings.batch_size, warmup_ratio=settings.warmup_ratio, lr_scheduler="cosine",
         seed=settings.seed, logging_steps=max(steps // 10, 1), save_steps=0,
@@ -265,17 +262,14 @@ def evaluate_models(settings: DemoSettings, dirs: dict[str, Path], device: str, 
     rows = [eval_data.Problem(id=f"demo-{i}", question=p.question, answer=p.answer) for i, p in enumerate(test)]
     common = dict(batch_size=settings.eval_batch_size, max_new_tokens=settings.max_new_tokens, progress=progress)
 
-    def run_eval(name: str, mode: str, threshold: float | None = None) -> Any:
-        kwargs = {} if threshold is None else {"threshold": threshold}
-        return evaluate(models[name], tokenizer, "math500", rows, mode=mode, **kwargs, **common)
+    def scored(model: Any, mode: str, reference_tokens: float | None, **kwargs: Any) -> dict[str, Any]:
+        return _record(evaluate(model, tokenizer, "math500", rows, mode=mode, **kwargs, **common), reference_tokens)
 
-    models = {name: load_model(dirs[name], device=device) for name in ("baseline", "initial_sft")}
-    base = _record(run_eval("baseline", "standard"), None)
-    base["reduction"] = 0.0
-    initial = _record(run_eval("initial_sft", "standard"), base["mean_tokens"])
-    models = {"superthoughts": load_model(dirs["superthoughts"], device=device)}
-    sweep = [_record(run_eval("superthoughts", "superthoughts", t), base["mean_tokens"]) for t in settings.thresholds]
-    pairs = _record(run_eval("superthoughts", "pairs"), base["mean_tokens"])
+    base = scored(load_model(dirs["baseline"], device=device), "standard", None)
+    initial = scored(load_model(dirs["initial_sft"], device=device), "standard", base["mean_tokens"])
+    st_model = load_model(dirs["superthoughts"], device=device)
+    sweep = [scored(st_model, "superthoughts", base["mean_tokens"], threshold=t) for t in settings.thresholds]
+    pairs = scored(st_model, "pairs", base["mean_tokens"])
     chosen = next(r for r in sweep if r["threshold"] == settings.default_threshold)
     return {"baseline": base, "initial_sft": initial, "superthoughts": chosen, "pairs": pairs, "sweep": sweep}
 
@@ -349,10 +343,13 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
     base = build_base(settings, root / "base")
     dirs = {name: root / sub for name, sub in MODEL_DIRS.items()}
     common = dict(device=device, retrain=retrain, progress=progress)
-    runs = {"initial_sft": train_model(settings, base, data, dirs["initial_sft"], baseline=True, **common)}
+    runs = {"initial_sft": train_model(settings, base, data, dirs["initial_sft"], baseline=True,
+                                       steps=settings.train_steps, learning_rate=settings.learning_rate, **common)}
+    # Both compared models continue from the initial SFT model with the same steps and lr.
     start = runs["initial_sft"].path
-    runs["superthoughts"] = train_model(settings, start, data, dirs["superthoughts"], baseline=False, **common)
-    runs["baseline"] = train_model(settings, start, data, dirs["baseline"], baseline=True, continued=True, **common)
+    fine_tune = dict(steps=settings.superthoughts_steps, learning_rate=settings.superthoughts_learning_rate, **common)
+    runs["superthoughts"] = train_model(settings, start, data, dirs["superthoughts"], baseline=False, **fine_tune)
+    runs["baseline"] = train_model(settings, start, data, dirs["baseline"], baseline=True, **fine_tune)
     results = evaluate_models(settings, dirs, device, progress)
     settings_dict = asdict(settings)
     settings_dict["thresholds"] = list(settings.thresholds)
