@@ -9,8 +9,14 @@ Methods (greedy; the model never emits EOS, so every run emits exactly --new-tok
 Ours run their decode step through torch.compile per --compile/--no-compile (default: generate's
 "auto", on for CUDA), then replay it as a CUDA graph on GPU; the JSON records it per row.
 The model is random (from a config, no download): a tiny Qwen2 on CPU, a Qwen2.5-Math-1.5B
-shaped bf16 one on GPU. Random heads are unconfident, so st@T falls back to one-token steps
-almost always: it shows the cost of the adaptive path, `pairs` shows the two-token ceiling.
+shaped bf16 one on GPU. A random MTP head is unconfident (its logits spread ~0.2-0.8 around
+their mean), so st@T would never take a pair step. --mtp-logit-std (default 30) scales the MTP
+head's final norm so that its logits spread that much: then its confidence crosses 0.9 / 0.99
+/ 0.999 on about 70% / 50% / 33% of steps on both shapes (a trained model's mix: the paper's
+20-30% shorter CoT is 25-43% pair steps), and rows of a batch take different numbers of steps,
+as they do with a trained model. Every row reports the pair-step share it measured.
+--mtp-logit-std 0 keeps the random head (st@T = all fallback steps: the adaptive path's cost);
+`pairs` shows the two-token ceiling. Tokens do not change with the scale (argmax is scale-free).
 
 Correctness first: our standard greedy (uncompiled) == transformers greedy on a short prompt.
 Timing: median wall time of --repeats calls after one warm-up, device synced around each call (a
@@ -63,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 512 on GPU, 256 on CPU")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999])
+    parser.add_argument("--mtp-logit-std", type=float, default=30.0,
+                        help="spread of the MTP head's logits, which sets how often st@T pairs (0 = random head)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=None,
                         help="subset to run (hf_dynamic hf_static_compile standard pairs st@T); default: all")
@@ -74,9 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON (default: results/generate_<device>.json)")
 
 
-def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: int):
+def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: int, mtp_logit_std: float = 0.0):
     """Random backbone and its SuperThoughts model; EOS is never produced, so every method decodes
-    the full budget: its lm_head row is zero (logit 0), below the max of thousands of random logits."""
+    the full budget: its lm_head row is zero (logit 0), below the max of thousands of random logits.
+    mtp_logit_std > 0 scales the MTP's final norm so that its logits have about that spread."""
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
     config = Qwen2Config(**SHAPES[shape], max_position_embeddings=context, bos_token_id=1, eos_token_id=EOS,
@@ -89,6 +98,13 @@ def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: 
     backbone.generation_config.eos_token_id = EOS
     backbone.generation_config.pad_token_id = PAD
     superthoughts = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).to(device=device, dtype=dtype).eval()
+    if mtp_logit_std > 0:
+        # The final RMSNorm's output has unit RMS per unit of norm weight, so a logit of the
+        # (freshly initialised) lm_head spreads by std(W) * sqrt(H) per unit of norm weight.
+        weight = backbone.get_output_embeddings().weight.detach().float()
+        unit_std = weight.std().item() * weight.shape[1] ** 0.5
+        with torch.no_grad():
+            superthoughts.mtp.norm.weight.mul_(mtp_logit_std / unit_std)
     return backbone, superthoughts
 
 
@@ -208,7 +224,8 @@ def main(args: argparse.Namespace) -> int:
     shape = args.shape or ("qwen2.5-math-1.5b" if on_gpu else "tiny")
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
     new_tokens = args.new_tokens or (512 if on_gpu else 256)
-    backbone, superthoughts = build_models(shape, dtype, device, max(args.prompt_len, 16) + max(new_tokens, 16) + 16)
+    backbone, superthoughts = build_models(shape, dtype, device, max(args.prompt_len, 16) + max(new_tokens, 16) + 16,
+                                           args.mtp_logit_std)
     check = check_standard(backbone, device)
     compiled = resolve_compile("auto" if args.compile is None else args.compile, device, 0.0)
     print(f"check: our standard greedy == transformers greedy ({check['tokens_compared']} tokens)")
@@ -220,7 +237,8 @@ def main(args: argparse.Namespace) -> int:
             "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
             "commit": git_commit(), "shape": shape, "dtype": str(dtype).removeprefix("torch."),
             "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
-            "threads": torch.get_num_threads(), "compile": compiled, "results": results,
+            "threads": torch.get_num_threads(), "compile": compiled, "mtp_logit_std": args.mtp_logit_std,
+            "results": results,
         }
         out = args.output or RESULTS_DIR / f"generate_{device.type}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -188,16 +188,22 @@ def test_cuda_sampling_runs_eagerly(model) -> None:
     assert sampled.sequences == again.sequences
 
 
-def test_bench_generate_smoke(tmp_path) -> None:
-    import argparse
+def load_bench_generate():
     import importlib.util
-    import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
     spec = importlib.util.spec_from_file_location("bench_generate", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_generate_smoke(tmp_path) -> None:
+    import argparse
+    import json
+
+    bench = load_bench_generate()
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "generate.json"
@@ -215,6 +221,26 @@ def test_bench_generate_smoke(tmp_path) -> None:
     assert all(r["tokens"] == 7 * r["batch"] for r in rows.values())
     assert rows[("pairs", 1)]["forward_passes"] == 4 and rows[("standard", 1)]["forward_passes"] == 7
     assert report["compile"] is False and not any(r["compiled"] for r in rows.values())  # 'auto' on CPU
+    assert report["mtp_logit_std"] == 30.0
+
+
+def test_bench_generate_mtp_logit_std_sets_the_pair_share() -> None:
+    """The benchmark's MTP scale: a random head never pairs at 0.9; at spread 30 it pairs on most
+    steps, fewer at a higher threshold, and the tokens stay those of the random head."""
+    bench = load_bench_generate()
+    ids, mask = bench.prompts(4, 16, bench.SHAPES["tiny"]["vocab_size"], torch.device("cpu"))
+    shares, sequences = {}, {}
+    for std in (0.0, 30.0):
+        _, model = bench.build_models("tiny", torch.float32, torch.device("cpu"), 96, mtp_logit_std=std)
+        for threshold in (0.9, 0.999):
+            out = generate(model, ids, mask, max_new_tokens=48, mode="superthoughts", threshold=threshold,
+                           eos_token_id=bench.EOS, compile=False)
+            shares[std, threshold] = sum(out.num_pair_steps) / sum(out.num_steps)
+        sequences[std] = generate(model, ids, mask, max_new_tokens=48, mode="pairs", eos_token_id=bench.EOS,
+                                  compile=False).sequences
+    assert shares[0.0, 0.9] == 0.0
+    assert shares[30.0, 0.9] > 0.5 and 0.1 < shares[30.0, 0.999] < shares[30.0, 0.9]
+    assert sequences[0.0] == sequences[30.0]
 
 
 @pytest.mark.parametrize("mode", MODES)
