@@ -10,6 +10,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from superthoughts_ext.cli import HelpFormatter
+
 AREAS = ("step", "generate", "train")
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -29,7 +31,7 @@ def _load(area: str):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="area", required=True)
     for area in AREAS:
-        area_parser = sub.add_parser(area, help=f"benchmarks/bench_{area}.py")
+        area_parser = sub.add_parser(area, help=f"benchmarks/bench_{area}.py", formatter_class=HelpFormatter)
         if (BENCH_DIR / f"bench_{area}.py").exists():
             _load(area).add_arguments(area_parser)
 

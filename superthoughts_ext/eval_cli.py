@@ -33,14 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "once, one output file per threshold (OUTPUT-t0.99.jsonl)",
     )
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=8, help="problems decoded together")
+    parser.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per problem")
     parser.add_argument("--output", help="per-problem JSONL (default eval-<bench>-<mode>.jsonl)")
     parser.add_argument("--problem-field", help="column holding the problem text")
     parser.add_argument("--answer-field", help="column holding the reference answer")
     parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when available)")
     parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="model weights dtype"
+        "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+        help="model weights dtype; auto = the checkpoint's"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--resume", action="store_true",

@@ -321,18 +321,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default=None,
                         help="default: superthoughts for a SuperThoughts checkpoint, else standard")
     parser.add_argument("--threshold", type=float, default=None, help="MTP confidence (default: the model's)")
-    parser.add_argument("--threshold-main", type=float, default=None, help="main-head confidence")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold-main", type=float, default=None,
+                        help="main-head confidence a pair step also needs (default: the model's)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="generated tokens at most")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, else Gumbel-max sampling")
+    parser.add_argument("--seed", type=int, default=0, help="sampling noise seed")
     parser.add_argument("--no-kernels", action="store_true", help="use the plain-torch reference step")
-    parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="launch each decode step eagerly on CUDA")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the decode step (default: on for greedy CUDA decoding)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights dtype; auto = the checkpoint's")
 
 
 def run(args: argparse.Namespace) -> int:

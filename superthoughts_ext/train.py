@@ -49,6 +49,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from superthoughts_ext import train_utils
+from superthoughts_ext.cli import HelpFormatter
 from superthoughts_ext.trainer import SuperThoughtsTrainer, TrainingArgumentsCpuFix
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -251,40 +252,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--output", required=True, dest="output_dir", help="output directory")
     g("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     g("--baseline", action="store_true", help="plain SFT of the backbone, no compression")
-    g("--max-steps", type=int, default=d["max_steps"].default, help="optimizer steps (overrides --epochs)")
-    g("--epochs", type=float, dest="num_epochs", default=d["num_epochs"].default)
-    g("--learning-rate", "--lr", type=float, default=d["learning_rate"].default)
+    g("--max-steps", type=int, default=d["max_steps"].default, help="optimizer steps; > 0 overrides --epochs")
+    g("--epochs", type=float, dest="num_epochs", default=d["num_epochs"].default, help="passes over the data")
+    g("--learning-rate", "--lr", type=float, default=d["learning_rate"].default, help="peak learning rate")
     g("--batch-size", type=int, default=d["batch_size"].default, help="per process")
-    g("--grad-accum", type=int, default=d["grad_accum"].default)
-    g("--warmup-ratio", type=float, default=d["warmup_ratio"].default)
+    g("--grad-accum", type=int, default=d["grad_accum"].default, help="gradient accumulation steps")
+    g("--warmup-ratio", type=float, default=d["warmup_ratio"].default, help="share of the steps spent warming up")
     g("--lr-scheduler", default=d["lr_scheduler"].default, help="transformers scheduler name")
-    g("--weight-decay", type=float, default=d["weight_decay"].default)
-    g("--max-grad-norm", type=float, default=d["max_grad_norm"].default)
-    g("--seed", type=int, default=d["seed"].default)
+    g("--weight-decay", type=float, default=d["weight_decay"].default, help="AdamW weight decay")
+    g("--max-grad-norm", type=float, default=d["max_grad_norm"].default, help="gradient clipping")
+    g("--seed", type=int, default=d["seed"].default, help="initialisation, shuffling and pad-split draws")
     g("--bf16", action="store_true", help="bf16 autocast (mixed precision)")
     g("--dtype", choices=sorted(DTYPES), default=d["dtype"].default, help="weight dtype when loading")
-    g("--gradient-checkpointing", action="store_true")
+    g("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
     g("--lora-r", type=int, default=d["lora_r"].default, help="LoRA rank; 0 = full fine-tuning")
-    g("--lora-alpha", type=int, default=d["lora_alpha"].default)
-    g("--lora-dropout", type=float, default=d["lora_dropout"].default)
-    g("--lora-target-modules", nargs="+", default=list(train_utils.DEFAULT_LORA_TARGETS))
+    g("--lora-alpha", type=int, default=d["lora_alpha"].default, help="LoRA scaling numerator")
+    g("--lora-dropout", type=float, default=d["lora_dropout"].default, help="dropout on the LoRA input")
+    g("--lora-target-modules", nargs="+", default=list(train_utils.DEFAULT_LORA_TARGETS),
+      help="backbone module names that get LoRA adapters")
     g("--distill-weight", type=float, default=d["distill_weight"].default, help="stage-1 KL weight")
     g("--lambda-mtp", type=float, default=None, help="MTP loss weight (default: model config)")
     g("--rho-max", type=float, default=d["rho_max"].default, help="max pad-split fraction")
     g("--compressor-type", default=None, help="compressor kind (default: model config)")
     g("--mtp-type", default=None, help="MTP head kind (default: model config)")
-    g("--problem-field", default=d["problem_field"].default)
-    g("--solution-field", default=d["solution_field"].default)
-    g("--system-prompt", default=None)
+    g("--problem-field", default=d["problem_field"].default, help="JSONL field holding the prompt")
+    g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
+    g("--system-prompt", default=None, help="system message (default: the chat template's own)")
     g("--max-length", type=int, default=None, help="truncate prompt + response to this many tokens")
-    g("--logging-steps", type=int, default=d["logging_steps"].default)
+    g("--logging-steps", type=int, default=d["logging_steps"].default, help="log the losses every N steps")
     g("--save-steps", type=int, default=d["save_steps"].default, help="0 = final save only")
-    g("--save-total-limit", type=int, default=d["save_total_limit"].default)
+    g("--save-total-limit", type=int, default=d["save_total_limit"].default, help="checkpoints kept in --output")
     g("--resume", nargs="?", const=True, default=None, dest="resume_from_checkpoint",
       help="resume from the last checkpoint in --output, or from the given checkpoint")
-    g("--report-to", default=d["report_to"].default)
-    g("--no-progress", action="store_false", dest="progress_bar")
-    g("--num-workers", type=int, dest="dataloader_num_workers", default=0)
+    g("--report-to", default=d["report_to"].default, help="transformers logging integration (tensorboard, wandb, ...)")
+    g("--no-progress", action="store_false", dest="progress_bar", help="hide the progress bar")
+    g("--num-workers", type=int, dest="dataloader_num_workers", default=0, help="DataLoader worker processes")
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
@@ -322,7 +324,8 @@ def close_process_group() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.train ...` (what torchrun and accelerate launch run)."""
-    parser = argparse.ArgumentParser(prog="superthoughts train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="superthoughts train", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from superthoughts_ext.cli import HelpFormatter
+
 # 1.0 makes every step a fallback step (single units only): the path the threshold leans on.
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 DONE_MARKER = "demo_done.json"
@@ -117,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--seed", type=int, default=None,
       help="seed of the data and model init (default 0); other seeds show the run-to-run spread")
     g("--thresholds", type=float, nargs="+", default=None, help="confidence thresholds to sweep")
-    g("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
     g("--no-progress", action="store_false", dest="progress", help="hide progress bars")
 
 
@@ -389,7 +391,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.demo.run ...`."""
-    parser = argparse.ArgumentParser(prog="superthoughts demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="superthoughts demo", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
