@@ -204,12 +204,18 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     for i, name in enumerate(names):
         values = [next((r["tokens_per_s"] for r in results if r["method"] == name and r["batch"] == b), 0.0)
                   for b in batches]
-        ax.bar([b_i + i * width for b_i in range(len(batches))], values, width, label=name)
+        xs = [b_i + i * width for b_i in range(len(batches))]
+        ax.bar(xs, values, width, label=name)
+        if name.startswith("st@"):  # how often it paired, which its tokens/s rests on
+            for x, b, value in zip(xs, batches, values):
+                row = next((r for r in results if r["method"] == name and r["batch"] == b), None)
+                if row:
+                    ax.text(x, value, f"{row['pair_step_fraction']:.0%}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks([b_i + 0.4 - width / 2 for b_i in range(len(batches))], [f"batch {b}" for b in batches])
     ax.set_ylabel("generated tokens / s")
     ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, ncol=2, title="above st@T: share of pair steps", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -244,7 +250,7 @@ def main(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         plot(results, out.with_suffix(".png"), f"{shape} {report['dtype']} on {report['device']}, "
-             f"prompt {args.prompt_len}, {new_tokens} new tokens")
+             f"prompt {args.prompt_len}, {new_tokens} new tokens, MTP logit std {args.mtp_logit_std:g}")
         print(f"wrote {out} and {out.with_suffix('.png')}")
 
     for batch in args.batch:
@@ -263,12 +269,15 @@ def main(args: argparse.Namespace) -> int:
                 "compiled": name == "hf_static_compile" if name in HF_METHODS else compiled,
                 "tokens_per_s": tokens / seconds, "steps_per_s": passes / seconds,
                 "pair_step_fraction": pair_steps / max(tokens - pair_steps, 1),
+                # A batch decodes until its slowest row is done: what tokens/s pays for.
+                "mean_row_steps": (tokens - pair_steps) / batch, "slowest_row_steps": positions,
                 "kv_bytes_per_token": kv_bytes_per_token(backbone.config, args.prompt_len + positions,
                                                          tokens // batch, extra, dtype),
             }
             results.append(row)
             print(f"batch {batch:3d} {name:18s} {row['tokens_per_s']:10.1f} tok/s {row['steps_per_s']:8.1f} steps/s "
-                  f"pairs {row['pair_step_fraction']:.2f} kv {row['kv_bytes_per_token'] / 1024:.1f} KiB/token"
+                  f"pairs {row['pair_step_fraction']:.2f} row steps {row['mean_row_steps']:.0f} mean / "
+                  f"{row['slowest_row_steps']} max kv {row['kv_bytes_per_token'] / 1024:.1f} KiB/token"
                   f"{' compiled' if row['compiled'] else ''}")
         write_report()  # after every batch: a run cut short keeps the batches it finished
 

@@ -220,6 +220,9 @@ def test_bench_generate_smoke(tmp_path) -> None:
     assert set(rows) == {(m, b) for m in ("hf_dynamic", "standard", "pairs", "st@0.9") for b in (1, 3)}
     assert all(r["tokens"] == 7 * r["batch"] for r in rows.values())
     assert rows[("pairs", 1)]["forward_passes"] == 4 and rows[("standard", 1)]["forward_passes"] == 7
+    assert rows[("pairs", 3)]["mean_row_steps"] == 4 and rows[("standard", 3)]["slowest_row_steps"] == 7
+    st = rows[("st@0.9", 3)]
+    assert st["mean_row_steps"] <= st["slowest_row_steps"] <= 7
     assert report["compile"] is False and not any(r["compiled"] for r in rows.values())  # 'auto' on CPU
     assert report["mtp_logit_std"] == 30.0
 
