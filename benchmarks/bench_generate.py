@@ -12,9 +12,9 @@ The model is random (from a config, no download): a tiny Qwen2 on CPU, a Qwen2.5
 shaped bf16 one on GPU. A random MTP head is unconfident (its logits spread ~0.2-0.8 around
 their mean), so st@T would never take a pair step. --mtp-logit-std (default 30) scales the MTP
 head's final norm so that its logits spread that much: then its confidence crosses 0.9 / 0.99
-/ 0.999 on about 70% / 50% / 33% of steps on both shapes (a trained model's mix: the paper's
-20-30% shorter CoT is 25-43% pair steps), and rows of a batch take different numbers of steps,
-as they do with a trained model. Every row reports the pair-step share it measured.
+/ 0.999 on 66-71% / 41-49% / 23-36% of steps on both shapes (a trained model's range: the
+paper's 20-30% shorter CoT is 25-43% pair steps), and rows of a batch take different numbers of
+steps, as they do with a trained model. Every row reports the pair-step share it measured.
 --mtp-logit-std 0 keeps the random head (st@T = all fallback steps: the adaptive path's cost);
 `pairs` shows the two-token ceiling. Tokens do not change with the scale (argmax is scale-free).
 
