@@ -3,21 +3,14 @@ report holds the speedups and per-mode costs a reader compares."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
-
-def _load_bench():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from superthoughts_ext.bench_cli import load_benchmark
 
 
 def test_bench_train_smoke_both_mtp_types(tmp_path: Path) -> None:
-    bench = _load_bench()
+    bench = load_benchmark("train")
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "train.json"

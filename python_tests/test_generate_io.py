@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, TextStreamer
 
 from superthoughts_ext import cli
+from superthoughts_ext.bench_cli import load_benchmark
 from superthoughts_ext.demo.tokenizer import build_tokenizer
 from superthoughts_ext.generate import MODES, generate
 from superthoughts_ext.modeling import SuperThoughtsForCausalLM
@@ -188,22 +189,11 @@ def test_cuda_sampling_runs_eagerly(model) -> None:
     assert sampled.sequences == again.sequences
 
 
-def load_bench_generate():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
-    spec = importlib.util.spec_from_file_location("bench_generate", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_bench_generate_smoke(tmp_path) -> None:
     import argparse
     import json
 
-    bench = load_bench_generate()
+    bench = load_benchmark("generate")
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "generate.json"
@@ -230,7 +220,7 @@ def test_bench_generate_smoke(tmp_path) -> None:
 def test_bench_generate_mtp_logit_std_sets_the_pair_share() -> None:
     """The benchmark's MTP scale: a random head never pairs at 0.9; at spread 30 it pairs on most
     steps, fewer at a higher threshold, and the tokens stay those of the random head."""
-    bench = load_bench_generate()
+    bench = load_benchmark("generate")
     ids, mask = bench.prompts(4, 16, bench.SHAPES["tiny"]["vocab_size"], torch.device("cpu"))
     shares, sequences = {}, {}
     for std in (0.0, 30.0):

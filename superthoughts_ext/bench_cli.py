@@ -16,7 +16,8 @@ AREAS = ("step", "generate", "train")
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _load(area: str):
+def load_benchmark(area: str):
+    """The module benchmarks/bench_<area>.py of this source checkout."""
     path = BENCH_DIR / f"bench_{area}.py"
     if not path.exists():
         raise SystemExit(f"superthoughts bench {area}: {path} not found; the benchmarks ship with "
@@ -33,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for area in AREAS:
         area_parser = sub.add_parser(area, help=f"benchmarks/bench_{area}.py", formatter_class=HelpFormatter)
         if (BENCH_DIR / f"bench_{area}.py").exists():
-            _load(area).add_arguments(area_parser)
+            load_benchmark(area).add_arguments(area_parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    _load(args.area).main(args)
+    load_benchmark(args.area).main(args)
     return 0
