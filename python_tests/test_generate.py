@@ -319,6 +319,35 @@ def test_mlp_compressor_and_mlp_mtp(backbone, variant: dict) -> None:
     check_stats(fast, 15)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_eager_steps_attend_over_the_written_positions(model, backbone, mode: str, monkeypatch) -> None:
+    """Eager steps read only the cache columns written so far (kv_cache.WindowedStaticLayer), and
+    decode the same tokens as steps over the whole static cache."""
+    from superthoughts_ext import decode_loop, kv_cache
+
+    lengths: list[int] = []
+    real_update = kv_cache.WindowedStaticLayer.update
+
+    def update(self, *args, **kwargs):
+        keys, values = real_update(self, *args, **kwargs)
+        lengths.append(keys.shape[2])
+        return keys, values
+
+    monkeypatch.setattr(kv_cache.WindowedStaticLayer, "update", update)
+    ids, mask = left_pad(PROMPTS)
+    target = backbone if mode == "standard" else model
+    kwargs = dict(max_new_tokens=21, mode=mode, threshold=MIXED_THRESHOLD)
+    windowed = generate(target, ids, mask, **kwargs)
+    width = ids.shape[1]
+    assert lengths == sorted(lengths)
+    assert sorted(set(lengths)) == list(range(width, width + windowed.num_forward_passes))  # prefill, steps
+    lengths.clear()
+    monkeypatch.setattr(decode_loop._Stepper, "set_window", lambda self, window: None)
+    whole = generate(target, ids, mask, **kwargs)
+    assert len(set(lengths)) == 1 and lengths[0] >= width + whole.num_forward_passes - 1
+    assert (whole.sequences, whole.num_steps) == (windowed.sequences, windowed.num_steps)
+
+
 @pytest.fixture(scope="module")
 def qwen2_pair() -> tuple[torch.nn.Module, SuperThoughtsForCausalLM]:
     """One architecture only for the compiled tests: each configuration compiles (seconds on CPU)."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from superthoughts_ext import kv_cache
+
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 # Compiled decode steps kept per code object: one per (stepper type, batch, cache length,
 # max_new_tokens, scalar settings, dtype). An eval over many batches adds a few, not hundreds.
@@ -55,6 +57,7 @@ class DecodeState:
     num_steps: torch.Tensor  # [B] int64 steps that emitted at least one token
     num_pair_steps: torch.Tensor  # [B] int64 steps that emitted two tokens
     slot: torch.Tensor  # [1, 2] int64 (0, 1): offsets of a step's two tokens
+    prompt_len: int  # T: cache columns the prompt fills; decode step s writes column T + s
 
     @classmethod
     def allocate(cls, attention_mask: torch.Tensor, max_positions: int, max_new_tokens: int) -> DecodeState:
@@ -75,6 +78,7 @@ class DecodeState:
             num_steps=zeros.clone(),
             num_pair_steps=zeros.clone(),
             slot=torch.arange(2, device=device).unsqueeze(0),
+            prompt_len=prompt_len,
         )
 
 
@@ -84,7 +88,23 @@ def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return position_ids.masked_fill(attention_mask == 0, 1)
 
 
-class SuperThoughtsStepper:
+class _Stepper:
+    """What both steppers share: a static cache whose attention window the loop sets."""
+
+    cache = None
+    window: int | None = None
+
+    def set_window(self, window: int | None) -> None:
+        """Attention over the first `window` cache positions from now on (None: all of them)."""
+        self.window = window
+        kv_cache.set_window(self.cache, window)
+
+    def mask(self, state: DecodeState) -> torch.Tensor:
+        """The attention mask [B, window] of a decode step (the full width with no window)."""
+        return state.attention_mask if self.window is None else state.attention_mask[:, : self.window]
+
+
+class SuperThoughtsStepper(_Stepper):
     """Prompt positions, then one unit C(E[a], E[b]) per step; logits of both heads [2, B, V]."""
 
     def __init__(self, model, batch: int, max_positions: int) -> None:
@@ -98,16 +118,16 @@ class SuperThoughtsStepper:
     def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Runs the prompt [B, T] through backbone and MTP; logits [2, B, V] of its last position."""
         embeds = self.embedding(input_ids)  # [B, T, H]
-        mask = state.attention_mask[:, : input_ids.shape[1]]
-        h, h_mtp = self.model.hidden_states(embeds, position_ids, mask, self.cache)
+        self.set_window(input_ids.shape[1])
+        h, h_mtp = self.model.hidden_states(embeds, position_ids, self.mask(state), self.cache)
         state.inputs = torch.zeros_like(embeds[:, :1])  # [B, 1, H]
         return self.model.head_logits(h[:, -1], h_mtp[:, -1])
 
     def forward(self, state: DecodeState) -> torch.Tensor:
         """One unit position per row from `state.inputs`; logits [2, B, V]."""
-        # The full-width mask keeps every step's shapes static (the cache is static too, and
-        # causality hides the columns not yet written).
-        h, h_mtp = self.model.hidden_states(state.inputs, state.position_ids, state.attention_mask, self.cache)
+        # Without a window the full-width mask keeps every step's shapes static (the cache is
+        # static too, and causality hides the columns not yet written).
+        h, h_mtp = self.model.hidden_states(state.inputs, state.position_ids, self.mask(state), self.cache)
         return self.model.head_logits(h[:, -1], h_mtp[:, -1])
 
     def next_inputs(self, tokens: torch.Tensor, next_in: torch.Tensor) -> torch.Tensor:
@@ -117,7 +137,7 @@ class SuperThoughtsStepper:
         return next_in.unsqueeze(1)
 
 
-class BackboneStepper:
+class BackboneStepper(_Stepper):
     """Plain one-token decoding of an HF causal LM through the same step op.
 
     The op sees logits [2, B, V] whose MTP row is all -inf (confidence 0), so with threshold 1
@@ -126,13 +146,11 @@ class BackboneStepper:
     """
 
     def __init__(self, backbone, batch: int, max_positions: int) -> None:
-        from transformers import StaticCache
-
         self.backbone = backbone
         self.embed = backbone.get_input_embeddings().weight
         self.merge_weight = None
         self.merge_bias = None
-        self.cache = StaticCache(config=backbone.config, max_cache_len=max_positions)
+        self.cache = kv_cache.static_cache(backbone.config, batch, max_positions, self.embed.device, self.embed.dtype)
         self.logits: torch.Tensor | None = None  # [2, B, V], allocated by prefill
 
     def _both_heads(self, logits: torch.Tensor) -> torch.Tensor:
@@ -144,15 +162,15 @@ class BackboneStepper:
 
     def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Runs the prompt [B, T]; logits [2, B, V] of its last position (MTP row -inf)."""
-        mask = state.attention_mask[:, : input_ids.shape[1]]
-        out = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+        self.set_window(input_ids.shape[1])
+        out = self.backbone(input_ids=input_ids, attention_mask=self.mask(state), position_ids=position_ids,
                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         state.inputs = torch.zeros_like(input_ids[:, :1])  # [B, 1]
         return self._both_heads(out.logits)
 
     def forward(self, state: DecodeState) -> torch.Tensor:
         """One token per row from `state.inputs`; logits [2, B, V]."""
-        out = self.backbone(input_ids=state.inputs, attention_mask=state.attention_mask,
+        out = self.backbone(input_ids=state.inputs, attention_mask=self.mask(state),
                             position_ids=state.position_ids, past_key_values=self.cache, use_cache=True)
         return self._both_heads(out.logits)
 
@@ -271,6 +289,9 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
     torch.compile'd step with offset 0 (greedy only, see `compiled_decode_step`).
     """
     graph_step = CudaGraphStep(stepper, state, cfg, compiled) if cuda_graph else None
+    # Compiled and graphed steps need one shape for the whole call: they attend over the whole
+    # static cache. Eager steps attend over the positions written so far (kv_cache.py).
+    stepper.set_window(None)
     for step in range(max_steps):
         # A streamer syncs every step anyway, so the check is free then.
         check = step % check_every == 0 or step == check_at or on_step is not None
@@ -281,6 +302,7 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
         elif compiled:
             compiled_decode_step()(stepper, state, cfg, offset=0)
         else:
+            stepper.set_window(state.prompt_len + step + 1)
             decode_step(stepper, state, cfg, offset=step + 1)
         if on_step is not None:
             on_step()

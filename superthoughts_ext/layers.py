@@ -1,4 +1,4 @@
-"""SuperThoughts building blocks: the pair compressor C and the MTP head, plus the decode cache.
+"""SuperThoughts building blocks: the pair compressor C and the MTP head (decode caches: kv_cache.py).
 
 Both blocks are built FROM a Hugging Face causal LM (they copy its norm / decoder-layer classes
 and weights) but never modify it: the backbone stays a stock transformers model.
@@ -6,13 +6,14 @@ and weights) but never modify it: the backbone stays a stock transformers model.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, StaticCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from superthoughts_ext.kv_cache import static_cache
 
 
 class LinearCompressor(nn.Module):
@@ -156,7 +157,7 @@ class DecoderMTP(_MTPInput):
 
     def new_cache(self, batch_size: int, max_positions: int, device: torch.device, dtype: torch.dtype) -> StaticCache:
         """Static one-layer KV cache for `batch_size` rows and `max_positions` positions."""
-        return _static_cache(self.layer_config, batch_size, max_positions, device, dtype)
+        return static_cache(self.layer_config, batch_size, max_positions, device, dtype)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None, cache: StaticCache | None = None) -> torch.Tensor:
@@ -301,50 +302,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                          f"{tuple(row_weight.shape)} must be [N] with N = {hidden.shape[0]}")
     chunk_rows = max(1, chunk_elements // weight.shape[0])
     return _LinearCrossEntropy.apply(hidden, weight, targets, row_weight.float(), chunk_rows)
-
-
-def _static_cache(config, batch_size: int, max_positions: int, device: torch.device,
-                  dtype: torch.dtype) -> StaticCache:
-    cache = StaticCache(config=config, max_cache_len=max_positions)
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    # Allocated now, not lazily at the first update, so every buffer exists before a CUDA
-    # graph is captured and the batch size is pinned.
-    cache.early_initialization(batch_size, heads, head_dim, dtype, device)
-    return cache
-
-
-@dataclass
-class SuperThoughtsCache:
-    """Static decode state: the backbone's KV cache and the MTP's (None for the MLP head).
-
-    Opaque to callers: make it with `SuperThoughtsForCausalLM.new_cache` and hand it back to
-    `hidden_states` step after step. Each transformers StaticCache tracks its own write
-    position on the device, so no host-side counter is needed between steps.
-    """
-
-    backbone: StaticCache
-    mtp: StaticCache | None
-    batch_size: int
-    max_positions: int
-
-    @classmethod
-    def create(cls, backbone: PreTrainedModel, mtp: nn.Module, batch_size: int, max_positions: int,
-               device: torch.device, dtype: torch.dtype) -> SuperThoughtsCache:
-        if batch_size < 1 or max_positions < 1:
-            raise ValueError(f"new_cache: batch_size and max_positions must be >= 1, got {batch_size}, {max_positions}")
-        return cls(
-            backbone=_static_cache(backbone.config, batch_size, max_positions, device, dtype),
-            mtp=mtp.new_cache(batch_size, max_positions, device, dtype),
-            batch_size=batch_size,
-            max_positions=max_positions,
-        )
-
-    def reset(self) -> None:
-        """Empties both caches (positions back to 0) without reallocating."""
-        self.backbone.reset()
-        if self.mtp is not None:
-            self.mtp.reset()
 
 
 def head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor,

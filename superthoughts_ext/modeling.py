@@ -29,8 +29,8 @@ from superthoughts_ext.checkpoint import (  # load_tokenizer: loaded beside load
     read_model_dir,
     save_superthoughts_dir,
 )
+from superthoughts_ext.kv_cache import SuperThoughtsCache
 from superthoughts_ext.layers import (
-    SuperThoughtsCache,
     build_compressor,
     build_mtp,
     causal_mask_for_right_padding,
