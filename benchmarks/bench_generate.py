@@ -201,16 +201,16 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     batches = sorted({r["batch"] for r in results})
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(10, 5))
+    rows = {(r["method"], r["batch"]): r for r in results}
     for i, name in enumerate(names):
-        values = [next((r["tokens_per_s"] for r in results if r["method"] == name and r["batch"] == b), 0.0)
-                  for b in batches]
         xs = [b_i + i * width for b_i in range(len(batches))]
-        ax.bar(xs, values, width, label=name)
+        cells = [rows.get((name, b)) for b in batches]
+        ax.bar(xs, [r["tokens_per_s"] if r else 0.0 for r in cells], width, label=name)
         if name.startswith("st@"):  # how often it paired, which its tokens/s rests on
-            for x, b, value in zip(xs, batches, values):
-                row = next((r for r in results if r["method"] == name and r["batch"] == b), None)
-                if row:
-                    ax.text(x, value, f"{row['pair_step_fraction']:.0%}", ha="center", va="bottom", fontsize=7)
+            for x, r in zip(xs, cells):
+                if r:
+                    ax.text(x, r["tokens_per_s"], f"{r['pair_step_fraction']:.0%}", ha="center", va="bottom",
+                            fontsize=7)
     ax.set_xticks([b_i + 0.4 - width / 2 for b_i in range(len(batches))], [f"batch {b}" for b in batches])
     ax.set_ylabel("generated tokens / s")
     ax.set_yscale("log")
