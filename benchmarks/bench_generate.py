@@ -60,18 +60,19 @@ HF_METHODS = ("hf_dynamic", "hf_static_compile")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `superthoughts bench generate` (defaults depend on the device)."""
     on_gpu = torch.cuda.is_available()
-    parser.add_argument("--device", default="cuda" if on_gpu else "cpu")
+    parser.add_argument("--device", default="cuda" if on_gpu else "cpu", help="where to run")
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
                         help="model shape (default: qwen2.5-math-1.5b on GPU, tiny on CPU)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="default: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes")
+    parser.add_argument("--prompt-len", type=int, default=128, help="longest prompt (rows spread down to half)")
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 512 on GPU, 256 on CPU")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999],
+                        help="MTP confidence thresholds of the st@T rows")
     parser.add_argument("--mtp-logit-std", type=float, default=30.0,
                         help="spread of the MTP head's logits, which sets how often st@T pairs (0 = random head)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per method (the median is reported)")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="subset to run (hf_dynamic hf_static_compile standard pairs st@T); default: all")
     parser.add_argument("--no-hf-compile", action="store_true", help="skip hf_static_compile")

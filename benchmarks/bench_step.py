@@ -32,10 +32,13 @@ PAD, EOS, THRESHOLD = 0, 2, 0.9
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     on_gpu = torch.cuda.is_available()
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64, 256] if on_gpu else [1, 8, 64])
-    parser.add_argument("--vocab", type=int, default=151936)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1536, 3584] if on_gpu else [1536])
-    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64, 256] if on_gpu else [1, 8, 64],
+                        help="rows B per step")
+    parser.add_argument("--vocab", type=int, default=151936, help="vocabulary size V")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[1536, 3584] if on_gpu else [1536],
+                        help="hidden sizes H (1536: 1.5B, 3584: 7B)")
+    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"],
+                        help="logits and embedding dtypes")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/step_<device>.json)")
 

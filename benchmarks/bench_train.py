@@ -61,21 +61,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `superthoughts bench train` (also this script's own)."""
     gpu = torch.cuda.is_available()
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES),
-                        default=["1.5b", "7b"] if gpu else ["tiny", "1.5b-mini"])
-    parser.add_argument("--batch-size", type=int, default=4 if gpu else 8)
+                        default=["1.5b", "7b"] if gpu else ["tiny", "1.5b-mini"], help="model shapes (SHAPES)")
+    parser.add_argument("--batch-size", type=int, default=4 if gpu else 8, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=2048 if gpu else 512, help="prompt + response")
-    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens of each sequence")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps (loss must fall over them)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps on GPU")
     parser.add_argument("--min-time", type=float, default=12.0, help="seconds per mode on CPU")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds per mode on CPU")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     parser.add_argument("--rho-max", type=float, nargs="+", default=[0.25, 0.0],
                         help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
     parser.add_argument("--mtp-types", nargs="+", choices=("decoder", "mlp"), default=["decoder"],
                         help="MTP module of the SuperThoughts runs (decoder = default; mlp = the lighter "
                              "option); every type is measured at every --rho-max")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/train_<device>.json)")
 
 

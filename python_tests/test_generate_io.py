@@ -280,10 +280,10 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
 
 
 def test_cli_help_documents_every_option(capsys) -> None:
-    """Every option of the user commands has a help line, and set defaults are shown in it."""
-    for command in ("train", "generate", "eval", "demo"):
+    """Every option of the commands has a help line, and set defaults are shown in it."""
+    for command in ("train", "generate", "eval", "demo", "bench step", "bench generate", "bench train"):
         with pytest.raises(SystemExit) as exited:
-            cli.main([command, "--help"])
+            cli.main([*command.split(), "--help"])
         assert exited.value.code == 0
         text = capsys.readouterr().out
         lines = text.splitlines()
