@@ -1,0 +1,24 @@
+"""The `superthoughts` command as a whole (each subcommand's behaviour is tested in its area)."""
+from __future__ import annotations
+
+import pytest
+
+from superthoughts_ext import cli
+
+
+def test_cli_help_documents_every_option(capsys) -> None:
+    """Every option of the commands has a help line, and set defaults are shown in it."""
+    for command in ("train", "generate", "eval", "demo", "bench step", "bench generate", "bench train"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main([*command.split(), "--help"])
+        assert exited.value.code == 0
+        text = capsys.readouterr().out
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            # An option line with no help text on it or on the next, indented, line.
+            if line.startswith("  -") and len(line.split("  ")) < 3:
+                assert i + 1 < len(lines) and lines[i + 1].startswith(" " * 20), f"{command}: {line}"
+        if command == "train":
+            assert "peak learning rate (default: 1e-05)" in text
+            assert "AdamW weight decay (default: 0.0)" in text  # a zero default is still shown
+            assert "--baseline            plain SFT of the backbone, no compression\n" in text  # flags: none
