@@ -181,6 +181,10 @@ def test_resume_from_checkpoint(base_dirs, tmp_path):
     assert second.global_step == 4
     assert [e["step"] for e in second.log_history if "loss" in e] == [1, 2, 3, 4]
     torch.testing.assert_close(losses(second)[2:], losses(straight)[2:], rtol=2e-3, atol=0)
+    # train_loss is the mean over the steps the resumed run trained (3 and 4), not their sum / 4.
+    assert second.metrics["train_loss"] == pytest.approx(sum(losses(second)[2:]) / 2, rel=1e-3)
+    runtime = second.metrics["train_runtime"]
+    assert second.metrics["train_steps_per_second"] == pytest.approx(2 / runtime, rel=0.02, abs=2e-3)
 
 
 # Identical tokenised rows (21 response tokens, 11 units unsplit): every difference between

@@ -34,6 +34,15 @@ class SplitStreamCallback(TrainerCallback):
         self.collator.set_stream(state.global_step)
 
 
+class RunStartCallback(TrainerCallback):
+    """Remembers the global step a run starts from (that of the checkpoint when resuming)."""
+
+    start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = state.global_step
+
+
 class SuperThoughtsTrainer(Trainer):
     """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
 
@@ -51,6 +60,25 @@ class SuperThoughtsTrainer(Trainer):
         self._part_counts: dict[str, int] = {}
         if hasattr(self.data_collator, "set_stream"):
             self.add_callback(SplitStreamCallback(self.data_collator))
+        self._run_start = RunStartCallback()
+        self.add_callback(self._run_start)
+
+    def train(self, *args: Any, **kwargs: Any):
+        """Trainer.train, with the metrics of the steps this run trained. After a resume
+        transformers divides the run's summed loss by every step, the checkpoint's too, and
+        counts every step's samples in the run's samples/s and steps/s (12 of 18 steps resumed:
+        a third of the true loss, 3x the true speed)."""
+        output = super().train(*args, **kwargs)
+        start, total = self._run_start.start_step, self.state.max_steps
+        steps_run = output.global_step - start
+        if start > 0 and steps_run > 0:
+            metrics = dict(output.metrics)
+            metrics["train_loss"] = output.training_loss * output.global_step / steps_run
+            for name in ("train_samples_per_second", "train_steps_per_second"):
+                if name in metrics:
+                    metrics[name] = round(metrics[name] * steps_run / total, 3)
+            output = output._replace(training_loss=metrics["train_loss"], metrics=metrics)
+        return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._superthoughts and model.training:
