@@ -89,9 +89,9 @@ def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Stepper:
-    """What both steppers share: a static cache whose attention window the loop sets."""
+    """What both steppers share: a static cache (`self.cache`, made by the subclass) whose
+    attention window the loop sets."""
 
-    cache = None
     window: int | None = None
 
     def set_window(self, window: int | None) -> None:
@@ -289,9 +289,10 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
     torch.compile'd step with offset 0 (greedy only, see `compiled_decode_step`).
     """
     graph_step = CudaGraphStep(stepper, state, cfg, compiled) if cuda_graph else None
-    # Compiled and graphed steps need one shape for the whole call: they attend over the whole
-    # static cache. Eager steps attend over the positions written so far (kv_cache.py).
-    stepper.set_window(None)
+    if cuda_graph or compiled:
+        # One shape for the whole call: these steps attend over the whole static cache. Eager
+        # steps attend over the positions written so far (kv_cache.py), set step by step below.
+        stepper.set_window(None)
     for step in range(max_steps):
         # A streamer syncs every step anyway, so the check is free then.
         check = step % check_every == 0 or step == check_at or on_step is not None

@@ -5,7 +5,7 @@ compiled and captured in a CUDA graph. Its price: transformers' StaticLayer hand
 whole buffer (and a mask as wide), so every step attends over max_positions columns, most of
 them not yet written and masked out. A `WindowedStaticLayer` hands over only its first
 `window` columns instead. Prefill and eager decode steps set the window to the positions
-written so far (the demo's models decode 1.3-1.5x faster on the CPU for it); compiled and
+written so far (the demo's models decode 1.1-1.5x faster on the CPU for it); compiled and
 graphed steps keep window None, the whole buffer: they need one shape for the whole call.
 """
 from __future__ import annotations
