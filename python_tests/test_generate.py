@@ -342,9 +342,10 @@ def test_eager_steps_attend_over_the_written_positions(model, backbone, mode: st
     assert lengths == sorted(lengths)
     assert sorted(set(lengths)) == list(range(width, width + windowed.num_forward_passes))  # prefill, steps
     lengths.clear()
-    monkeypatch.setattr(decode_loop._Stepper, "set_window", lambda self, window: None)
+    monkeypatch.setattr(decode_loop, "window_mask", lambda state, columns, compiled: state.attention_mask)
     whole = generate(target, ids, mask, **kwargs)
-    assert len(set(lengths)) == 1 and lengths[0] >= width + whole.num_forward_passes - 1
+    # Prefill reads the prompt's columns, every step the whole cache.
+    assert set(lengths) == {width, lengths[-1]} and lengths[-1] >= width + whole.num_forward_passes - 1
     assert (whole.sequences, whole.num_steps) == (windowed.sequences, windowed.num_steps)
 
 

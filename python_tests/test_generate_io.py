@@ -248,17 +248,24 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
 
     real_step = decode_loop.decode_step
 
+    windows: list[int] = []  # of the captured graphs, in capture order
+
     class StandInGraph:
         recorded = None
 
         def replay(self) -> None:
             real_step(*self.recorded[0], **self.recorded[1])
 
+        def pool(self) -> str:
+            return "pool"
+
     @contextlib.contextmanager
-    def capture(graph: StandInGraph):
+    def capture(graph: StandInGraph, pool=None):
+        assert pool == (None if not windows else "pool")  # the graphs share the first one's pool
         monkeypatch.setattr(decode_loop, "decode_step", lambda *a, **k: setattr(graph, "recorded", (a, k)))
         yield
         monkeypatch.setattr(decode_loop, "decode_step", real_step)
+        windows.append(graph.recorded[0][-1].shape[1])  # decode_step's mask
 
     stream = SimpleNamespace(wait_stream=lambda other: None)
     cuda = SimpleNamespace(Stream=lambda: stream, stream=lambda s: contextlib.nullcontext(),
@@ -277,3 +284,16 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     assert graphed.sequences == eager.sequences
     assert (graphed.num_steps, graphed.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
     assert graphed.num_forward_passes == eager.num_forward_passes
+    # One graph per window, captured at the window's second step (its first is the warm-up).
+    assert windows == sorted(set(windows)) and 1 < len(windows) <= decode_loop.GRAPH_WINDOWS
+
+
+def test_graph_windows_cover_each_step_in_a_few_spans() -> None:
+    from superthoughts_ext import decode_loop
+
+    for prompt_len, width in ((13, 34), (5, 6), (100, 612), (7, 10)):
+        state = decode_loop.DecodeState.allocate(torch.ones(2, prompt_len, dtype=torch.int64), width, 8)
+        windows = [decode_loop.graph_window(state, columns) for columns in range(prompt_len + 1, width + 1)]
+        assert all(w >= c for w, c in zip(windows, range(prompt_len + 1, width + 1)))  # covers its step
+        assert windows == sorted(windows) and windows[-1] == width
+        assert len(set(windows)) == min(decode_loop.GRAPH_WINDOWS, width - prompt_len)

@@ -3,8 +3,9 @@
 Every tensor the loop touches after prefill lives in a `DecodeState` allocated once per call, and
 each step updates it in place (next input, position ids, emitted tokens, counters, `finished`).
 That is what lets a whole step - backbone position, MTP, one lm_head GEMM, one
-`superthoughts_step` launch, bookkeeping - be captured once as a CUDA graph and replayed with
-no host work and no host-device sync; the host only reads `finished` every few steps.
+`superthoughts_step` launch, bookkeeping - be captured as a CUDA graph (one per attention
+window span, `graph_window`) and replayed with no host work and no host-device sync; the host
+only reads `finished` every few steps.
 With `compile`, the step is first run through torch.compile (inductor fuses the many small
 elementwise ops of RMSNorm, rotary, SiLU and the bookkeeping) and the compiled step is what
 the CUDA graph captures.
@@ -27,6 +28,10 @@ StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
 # Compiled decode steps kept per code object: one per (stepper type, batch, cache length,
 # max_new_tokens, scalar settings, dtype). An eval over many batches adds a few, not hundreds.
 COMPILE_RECOMPILE_LIMIT = 64
+# CUDA graphs per generate call: each covers an equal span of the decode columns and attends
+# up to its end. More spans read fewer unwritten columns; each costs one eager warm-up step
+# and one capture.
+GRAPH_WINDOWS = 4
 
 
 @dataclass
@@ -90,18 +95,14 @@ def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class _Stepper:
     """What both steppers share: a static cache (`self.cache`, made by the subclass) whose
-    attention window the loop sets."""
+    attention window follows the width of each call's mask."""
 
-    window: int | None = None
-
-    def set_window(self, window: int | None) -> None:
-        """Attention over the first `window` cache positions from now on (None: all of them)."""
-        self.window = window
-        kv_cache.set_window(self.cache, window)
-
-    def mask(self, state: DecodeState) -> torch.Tensor:
-        """The attention mask [B, window] of a decode step (the full width with no window)."""
-        return state.attention_mask if self.window is None else state.attention_mask[:, : self.window]
+    def attend(self, mask: torch.Tensor) -> torch.Tensor:
+        """`mask` [B, W] (the first W columns of the call's attention mask), after pointing the
+        cache's attention at its first W positions. In a compiled step W is a symbolic size, so
+        one compiled graph serves every window."""
+        kv_cache.set_window(self.cache, mask.shape[1])
+        return mask
 
 
 class SuperThoughtsStepper(_Stepper):
@@ -118,16 +119,15 @@ class SuperThoughtsStepper(_Stepper):
     def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Runs the prompt [B, T] through backbone and MTP; logits [2, B, V] of its last position."""
         embeds = self.embedding(input_ids)  # [B, T, H]
-        self.set_window(input_ids.shape[1])
-        h, h_mtp = self.model.hidden_states(embeds, position_ids, self.mask(state), self.cache)
+        mask = self.attend(state.attention_mask[:, : input_ids.shape[1]])
+        h, h_mtp = self.model.hidden_states(embeds, position_ids, mask, self.cache)
         state.inputs = torch.zeros_like(embeds[:, :1])  # [B, 1, H]
         return self.model.head_logits(h[:, -1], h_mtp[:, -1])
 
-    def forward(self, state: DecodeState) -> torch.Tensor:
-        """One unit position per row from `state.inputs`; logits [2, B, V]."""
-        # Without a window the full-width mask keeps every step's shapes static (the cache is
-        # static too, and causality hides the columns not yet written).
-        h, h_mtp = self.model.hidden_states(state.inputs, state.position_ids, self.mask(state), self.cache)
+    def forward(self, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
+        """One unit position per row from `state.inputs`, attending over the columns of `mask`
+        [B, W]; logits [2, B, V]."""
+        h, h_mtp = self.model.hidden_states(state.inputs, state.position_ids, self.attend(mask), self.cache)
         return self.model.head_logits(h[:, -1], h_mtp[:, -1])
 
     def next_inputs(self, tokens: torch.Tensor, next_in: torch.Tensor) -> torch.Tensor:
@@ -162,15 +162,16 @@ class BackboneStepper(_Stepper):
 
     def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Runs the prompt [B, T]; logits [2, B, V] of its last position (MTP row -inf)."""
-        self.set_window(input_ids.shape[1])
-        out = self.backbone(input_ids=input_ids, attention_mask=self.mask(state), position_ids=position_ids,
+        mask = self.attend(state.attention_mask[:, : input_ids.shape[1]])
+        out = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         state.inputs = torch.zeros_like(input_ids[:, :1])  # [B, 1]
         return self._both_heads(out.logits)
 
-    def forward(self, state: DecodeState) -> torch.Tensor:
-        """One token per row from `state.inputs`; logits [2, B, V]."""
-        out = self.backbone(input_ids=state.inputs, attention_mask=self.mask(state),
+    def forward(self, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
+        """One token per row from `state.inputs`, attending over the columns of `mask` [B, W];
+        logits [2, B, V]."""
+        out = self.backbone(input_ids=state.inputs, attention_mask=self.attend(mask),
                             position_ids=state.position_ids, past_key_values=self.cache, use_cache=True)
         return self._both_heads(out.logits)
 
@@ -213,9 +214,30 @@ def sample(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig, o
     state.position_ids.add_(1)
 
 
-def decode_step(stepper, state: DecodeState, cfg: StepConfig, offset: int) -> None:
-    """Feeds the pending unit (one position per row) and samples from its heads."""
-    sample(stepper, state, stepper.forward(state), cfg, offset)
+def decode_step(stepper, state: DecodeState, cfg: StepConfig, offset: int, mask: torch.Tensor) -> None:
+    """Feeds the pending unit (one position per row), attending over the cache columns of
+    `mask` (from `window_mask`), and samples from its heads."""
+    sample(stepper, state, stepper.forward(state, mask), cfg, offset)
+
+
+def window_mask(state: DecodeState, columns: int, compiled: bool) -> torch.Tensor:
+    """The attention mask [B, columns] of a step that reads the first `columns` cache positions.
+
+    Compiled, its width is marked dynamic: one compiled step then serves every window, and
+    every other shape stays static (dynamic=False).
+    """
+    mask = state.attention_mask[:, :columns]
+    if compiled:
+        torch._dynamo.mark_dynamic(mask, 1)
+    return mask
+
+
+def graph_window(state: DecodeState, columns: int) -> int:
+    """The window a CUDA-graphed step reads when it needs `columns` positions: the decode columns
+    are cut into GRAPH_WINDOWS equal spans, one captured graph each."""
+    width = state.attention_mask.shape[1]
+    span = -(-(width - state.prompt_len) // GRAPH_WINDOWS)
+    return min(width, state.prompt_len + span * -(-(columns - state.prompt_len) // span))
 
 
 @functools.cache
@@ -223,7 +245,8 @@ def compiled_decode_step() -> Callable[..., None]:
     """`decode_step` through torch.compile: one graph per static configuration, no graph break.
 
     Static shapes (dynamic=False): every shape is fixed for a whole generate call, and a
-    symbolic size would only cost kernel quality. The step offset must be the constant 0: it
+    symbolic size would only cost kernel quality; the one exception is the attention window's
+    width (`window_mask`), which changes every step. The step offset must be the constant 0: it
     is an `int` in the op's schema, which torch.compile specializes on, so a changing offset
     would recompile every step; compiled decoding is therefore greedy only (as for graphs).
     """
@@ -246,65 +269,65 @@ def step_function(compiled: bool) -> Callable[..., None]:
 
 
 class CudaGraphStep:
-    """`decode_step` (or its compiled form) captured once as a CUDA graph and replayed on the
-    static buffers.
+    """`decode_step` (or its compiled form) captured as CUDA graphs, one per attention window
+    (`graph_window`), and replayed on the static buffers.
 
-    Call 1 runs the step eagerly on a side stream (warm-up: cuBLAS handles, lazy allocations,
-    torch.compile's compilation); call 2 captures it (capture records, it does not run) and
-    replays; later calls replay. The op's integer arguments are baked in at capture, so the
-    step offset (the sampling counter) is frozen: graphs are for greedy decoding only, which
-    `generate` enforces.
+    Per window, call 1 runs the step eagerly on a side stream (warm-up: cuBLAS handles, lazy
+    allocations, torch.compile's compilation); call 2 captures it (capture records, it does
+    not run) and replays; later calls replay. The graphs share one memory pool: they run one
+    at a time, in the order they were captured. The op's integer arguments are baked in at
+    capture, so the step offset (the sampling counter) is frozen: graphs are for greedy
+    decoding only, which `generate` enforces.
     """
 
     def __init__(self, stepper, state: DecodeState, cfg: StepConfig, compiled: bool = False) -> None:
-        self.run = lambda: step_function(compiled)(stepper, state, cfg, offset=0)
-        self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.run = lambda window: step_function(compiled)(stepper, state, cfg, 0, window_mask(state, window, compiled))
+        self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}  # window -> graph (None: warmed up)
+        self.pool = None
 
-    def __call__(self) -> None:
-        self.calls += 1
-        if self.calls == 1:
+    def __call__(self, window: int) -> None:
+        if window not in self.graphs:
+            self.graphs[window] = None
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self.run()
+                self.run(window)
             torch.cuda.current_stream().wait_stream(side)
             return
-        if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.run()
-        self.graph.replay()
+        graph = self.graphs[window]
+        if graph is None:
+            graph = self.graphs[window] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.run(window)
+            self.pool = graph.pool()
+        graph.replay()
 
 
 def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda_graph: bool, compiled: bool,
            check_every: int, check_at: int, on_step: Callable[[], None] | None) -> int:
     """Runs up to `max_steps` decode steps after prefill; returns how many ran.
 
-    The host reads `finished` only every `check_every` steps and once after `check_at` steps
-    (each read is a device sync), so up to check_every - 1 steps may run on finished rows:
-    they emit nothing. `check_at` is the first step count at which every row can have
-    reached max_new_tokens, which makes a pairs run without EOS stop exactly. `on_step`
-    (the streamer hook) is called after every step and may sync. `compiled` runs the
-    torch.compile'd step with offset 0 (greedy only, see `compiled_decode_step`).
+    Step s attends over the cache positions written so far (the prompt's and s + 1 units);
+    a graphed step over the end of its `graph_window` (kv_cache.py says why). The host reads
+    `finished` only every `check_every` steps and once after `check_at` steps (each read is a
+    device sync), so up to check_every - 1 steps may run on finished rows: they emit nothing.
+    `check_at` is the first step count at which every row can have reached max_new_tokens,
+    which makes a pairs run without EOS stop exactly. `on_step` (the streamer hook) is called
+    after every step and may sync. `compiled` runs the torch.compile'd step with offset 0
+    (greedy only, see `compiled_decode_step`).
     """
     graph_step = CudaGraphStep(stepper, state, cfg, compiled) if cuda_graph else None
-    if cuda_graph or compiled:
-        # One shape for the whole call: these steps attend over the whole static cache. Eager
-        # steps attend over the positions written so far (kv_cache.py), set step by step below.
-        stepper.set_window(None)
     for step in range(max_steps):
         # A streamer syncs every step anyway, so the check is free then.
         check = step % check_every == 0 or step == check_at or on_step is not None
         if check and bool(state.finished.all()):
             return step
+        columns = state.prompt_len + step + 1
         if graph_step is not None:
-            graph_step()
-        elif compiled:
-            compiled_decode_step()(stepper, state, cfg, offset=0)
+            graph_step(graph_window(state, columns))
         else:
-            stepper.set_window(state.prompt_len + step + 1)
-            decode_step(stepper, state, cfg, offset=step + 1)
+            step_function(compiled)(stepper, state, cfg, 0 if compiled else step + 1,
+                                    window_mask(state, columns, compiled))
         if on_step is not None:
             on_step()
     return max_steps

@@ -4,9 +4,11 @@ A static cache keeps every buffer at its final size, which is what lets a decode
 compiled and captured in a CUDA graph. Its price: transformers' StaticLayer hands attention the
 whole buffer (and a mask as wide), so every step attends over max_positions columns, most of
 them not yet written and masked out. A `WindowedStaticLayer` hands over only its first
-`window` columns instead. Prefill and eager decode steps set the window to the positions
-written so far (the demo's models decode 1.1-1.5x faster on the CPU for it); compiled and
-graphed steps keep window None, the whole buffer: they need one shape for the whole call.
+`window` columns instead. Prefill and every decode step set the window from the width of their
+attention mask (decode_loop.py): eager and compiled steps read the positions written so far
+(the demo's models decode 1.1-1.5x faster on the CPU for it; a compiled step sees the width as
+a symbolic size, so one compiled graph serves every window), CUDA-graphed steps the end of one
+of a few spans of the cache, one graph each.
 """
 from __future__ import annotations
 
