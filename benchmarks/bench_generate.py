@@ -41,6 +41,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, Qwen2Config
 
+from superthoughts_ext import decode_loop
 from superthoughts_ext.generate import generate, resolve_compile
 from superthoughts_ext.run_info import device_name, git_commit
 
@@ -78,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-hf-compile", action="store_true", help="skip hf_static_compile")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile our decode step (default: generate's 'auto', on for CUDA)")
+    parser.add_argument("--graph-windows", type=int, default=decode_loop.GRAPH_WINDOWS,
+                        help="CUDA graphs per call, one per span of the cache (1: every step attends over all of it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
     parser.add_argument("--output", type=Path, default=None, help="JSON (default: results/generate_<device>.json)")
@@ -227,6 +230,9 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.graph_windows < 1:
+        raise ValueError(f"bench generate: --graph-windows must be >= 1, got {args.graph_windows}")
+    decode_loop.GRAPH_WINDOWS = args.graph_windows
     on_gpu = device.type == "cuda"
     shape = args.shape or ("qwen2.5-math-1.5b" if on_gpu else "tiny")
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
@@ -245,7 +251,7 @@ def main(args: argparse.Namespace) -> int:
             "commit": git_commit(), "shape": shape, "dtype": str(dtype).removeprefix("torch."),
             "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
             "threads": torch.get_num_threads(), "compile": compiled, "mtp_logit_std": args.mtp_logit_std,
-            "results": results,
+            "graph_windows": args.graph_windows, "results": results,
         }
         out = args.output or RESULTS_DIR / f"generate_{device.type}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

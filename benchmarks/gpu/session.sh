@@ -7,6 +7,7 @@
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe test errors
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma phase_probe_grid sanitize
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab folded_gqa
+#   DEADLINE=580 bash benchmarks/gpu/session.sh graph_windows_ab
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
 # phase_probe (~1-2 min; builds its own .so, compares with the op when the build worked) goes
 # first: where the fixed ~30 us of each launch go is the open question, and stages run in the
@@ -76,6 +77,12 @@ for what in "$@"; do
         --output "$OUT/generate_cuda_compile.json"
       stage bench_generate_no_compile 200 python3 benchmarks/bench_generate.py --repeats 2 --batch 1 32 \
         --methods standard pairs --no-compile --output "$OUT/generate_cuda_no_compile.json" ;;
+    graph_windows_ab)  # graphed steps attending over quarters of the cache vs over all of it, long outputs
+      for windows in 4 1; do
+        stage graph_windows_$windows 240 python3 benchmarks/bench_generate.py --repeats 2 --batch 32 \
+          --new-tokens 2048 --methods standard st@0.9 --thresholds 0.9 --graph-windows $windows \
+          --output "$OUT/generate_cuda_graph_windows_$windows.json"
+      done ;;
     folded_gqa)  # generate's folded grouped-query decode attention on the GPU: token agreement, then speed
       SUPERTHOUGHTS_FOLDED_GQA=1 stage folded_gqa_test 200 python3 -m pytest -q -p no:cacheprovider \
         python_tests/test_generate.py python_tests/test_attention.py -k "not emulated"
