@@ -373,10 +373,13 @@ def test_compiled_step_matches_eager_and_compiles_once(qwen2_pair, mode: str) ->
     assert counters["stats"]["unique_graphs"] - before == 1  # ... one compile
     if mode == "superthoughts":
         assert 0 < sum(compiled.num_pair_steps) < sum(compiled.num_steps)
-        # A new generate call with the same shapes and settings (a shorter prompt in the same
-        # cache-length bucket, a fresh cache) reuses the compiled step.
-        short_ids, short_mask = left_pad([PROMPTS[0], PROMPTS[1][:-2], *PROMPTS[2:]])
-        assert short_ids.shape[1] < ids.shape[1]
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            again = generate(model, short_ids, short_mask, compile=True, **kwargs)
-        assert again.sequences == generate(model, short_ids, short_mask, compile=False, **kwargs).sequences
+        # A new generate call with the same batch and settings (a fresh cache) reuses the
+        # compiled step whatever its prompt length and max_new_tokens: they are dynamic sizes.
+        for prompts, max_new_tokens in (([PROMPTS[0], PROMPTS[1][:-2], *PROMPTS[2:]], 21),
+                                        ([PROMPTS[0], [*PROMPTS[1], *range(60, 110)], *PROMPTS[2:]], 21),
+                                        (PROMPTS, 40)):
+            other_ids, other_mask = left_pad(prompts)
+            other = dict(kwargs, max_new_tokens=max_new_tokens)
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                again = generate(model, other_ids, other_mask, compile=True, **other)
+            assert again.sequences == generate(model, other_ids, other_mask, compile=False, **other).sequences

@@ -307,7 +307,7 @@ def test_cache_is_static_and_checked():
     model = make_model("qwen2")
     cache = model.new_cache(2, 8, dtype=torch.float32)
     keys = cache.backbone.layers[0].keys
-    assert keys.shape[0] == 2 and keys.shape[2] == 8
+    assert keys.shape[0] == 2 and keys.shape[2] == 8 + 1  # one spare position (kv_cache.WindowedStaticLayer)
     ptr = keys.data_ptr()
     mask = torch.ones(2, 3, dtype=torch.int64)
     with torch.no_grad():

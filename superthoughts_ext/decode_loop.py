@@ -25,8 +25,8 @@ import torch
 from superthoughts_ext import kv_cache
 
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-# Compiled decode steps kept per code object: one per (stepper type, batch, cache length,
-# max_new_tokens, scalar settings, dtype). An eval over many batches adds a few, not hundreds.
+# Compiled decode steps kept per code object: one per (stepper type, batch, scalar settings,
+# dtype); cache length, attention window and max_new_tokens are dynamic sizes.
 COMPILE_RECOMPILE_LIMIT = 64
 # CUDA graphs per generate call: each covers an equal span of the decode columns and attends
 # up to its end. More spans read fewer unwritten columns; each costs one eager warm-up step
@@ -45,7 +45,6 @@ class StepConfig:
     threshold_main: float
     temperature: float
     seed: int
-    max_new_tokens: int
     ignore_eos: bool
 
 
@@ -85,6 +84,17 @@ class DecodeState:
             slot=torch.arange(2, device=device).unsqueeze(0),
             prompt_len=prompt_len,
         )
+
+    @property
+    def max_new_tokens(self) -> int:
+        """M, from the width of `out` (a dynamic size, not a constant, in a compiled step)."""
+        return self.out.shape[1] - 1
+
+    def mark_sizes_dynamic(self) -> None:
+        """For torch.compile: the cache length P and M are symbolic sizes of the compiled step, so
+        one compile serves every prompt length and max_new_tokens."""
+        torch._dynamo.mark_dynamic(self.attention_mask, 1)
+        torch._dynamo.mark_dynamic(self.out, 1)
 
 
 def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -186,7 +196,7 @@ def record(state: DecodeState, tokens: torch.Tensor, n_new: torch.Tensor, cfg: S
     A row with one slot left keeps only the first token of a pair step; the row is then
     finished (length limit), so the dropped second token never resurfaces.
     """
-    limit = cfg.max_new_tokens
+    limit = state.max_new_tokens
     room = (limit - state.write_pos).clamp(min=0)
     emitted = torch.minimum(n_new.to(torch.int64), room)  # [B] in {0, 1, 2}
     keep = state.slot < emitted.unsqueeze(1)  # [B, 2]
@@ -223,11 +233,13 @@ def decode_step(stepper, state: DecodeState, cfg: StepConfig, offset: int, mask:
 def window_mask(state: DecodeState, columns: int, compiled: bool) -> torch.Tensor:
     """The attention mask [B, columns] of a step that reads the first `columns` cache positions.
 
-    Compiled, its width is marked dynamic: one compiled step then serves every window, and
-    every other shape stays static (dynamic=False).
+    Compiled, its width is marked dynamic: one compiled step then serves every window. It is
+    a copy then: a view is contiguous only once the window reaches the last column, and
+    transformers' mask code branches on contiguity, which would compile a second step.
     """
     mask = state.attention_mask[:, :columns]
     if compiled:
+        mask = mask.contiguous()
         torch._dynamo.mark_dynamic(mask, 1)
     return mask
 
@@ -317,6 +329,9 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
     (greedy only, see `compiled_decode_step`).
     """
     graph_step = CudaGraphStep(stepper, state, cfg, compiled) if cuda_graph else None
+    if compiled:
+        state.mark_sizes_dynamic()
+        kv_cache.mark_positions_dynamic(stepper.cache)
     for step in range(max_steps):
         # A streamer syncs every step anyway, so the check is free then.
         check = step % check_every == 0 or step == check_at or on_step is not None

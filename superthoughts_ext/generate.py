@@ -24,10 +24,6 @@ from superthoughts_ext import attention, decode_loop
 
 MODES = ("superthoughts", "pairs", "standard")
 CHECK_EVERY = 8  # decode steps between host reads of `finished` (each read syncs the device)
-# With compile, cache lengths are rounded up to a multiple of this: prompts of nearby lengths
-# then share one compiled step instead of compiling one each. The extra columns are masked
-# by causality; 64 keeps their attention cost small next to the usual hundreds of positions.
-COMPILE_POSITION_BUCKET = 64
 
 
 @dataclass
@@ -216,11 +212,11 @@ def generate(
         eos_token_id: stop token (None: the model's generation config / config).
         use_kernels: the compiled step op; False runs the plain-torch reference.
         cuda_graphs: "auto" (on for greedy CUDA decoding), True or False.
-        compile: run the decode step through torch.compile (fullgraph, static shapes) before
-            it is captured in the CUDA graph: "auto" (on for greedy CUDA decoding), True
-            (greedy only: the sampling counter would recompile every step) or False. The
-            first call per (batch, cache length rounded up to COMPILE_POSITION_BUCKET,
-            max_new_tokens, mode / thresholds) compiles; later calls reuse that step.
+        compile: run the decode step through torch.compile (fullgraph) before it is captured
+            in the CUDA graph: "auto" (on for greedy CUDA decoding), True (greedy only: the
+            sampling counter would recompile every step) or False. The first call per
+            (batch, mode / thresholds, dtype) compiles; later calls reuse that step whatever
+            their prompt length and max_new_tokens (dynamic sizes of the compiled step).
         streamer: gets put(new tokens) after every step (this syncs every step) and end().
         ignore_eos: decode exactly max_new_tokens per row (benchmarks): EOS does not stop a row.
 
@@ -268,14 +264,12 @@ def generate(
         from superthoughts_ext.reference import superthoughts_step_ref as step_fn
     # Greedy steps ignore the seed: a constant one keeps it from keying a new compiled step.
     cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main, float(temperature),
-                                 int(seed) if temperature > 0 else 0, max_new_tokens, ignore_eos)
+                                 int(seed) if temperature > 0 else 0, ignore_eos)
 
     batch, prompt_len = input_ids.shape
     input_ids = input_ids.to(torch.int64)
     attention_mask = attention_mask.to(torch.int64)
     positions = prompt_len + max_steps
-    if compiled:
-        positions = -(-positions // COMPILE_POSITION_BUCKET) * COMPILE_POSITION_BUCKET
     state = decode_loop.DecodeState.allocate(attention_mask, positions, max_new_tokens)
     stepper_cls = decode_loop.BackboneStepper if mode == "standard" else decode_loop.SuperThoughtsStepper
     stepper = stepper_cls(backbone if mode == "standard" else model, batch, positions)

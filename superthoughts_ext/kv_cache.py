@@ -21,30 +21,37 @@ from transformers.cache_utils import StaticLayer
 
 
 class WindowedStaticLayer(StaticLayer):
-    """A StaticLayer whose attention reads its first `window` positions only (None: all).
+    """A StaticLayer of `max_positions` positions whose attention reads its first `window` only
+    (None: all of them).
 
     Writes are unchanged (the new states land at the layer's device-side write position); the
-    window must cover every position written so far, including the ones being written.
+    window must cover every position written so far, including the ones being written. The
+    buffers hold one spare position past `max_positions`, never written nor read, so that the
+    keys and values handed over are always a strided view: a view of the whole buffer would be
+    contiguous, and a compiled step branches on that (one more compile for the last window).
     """
 
     window: int | None = None
 
+    def __init__(self, max_positions: int) -> None:
+        super().__init__(max_cache_len=max_positions + 1)
+        self.max_positions = max_positions
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         keys, values = super().update(key_states, value_states, *args, **kwargs)
-        if self.window is None:
-            return keys, values
-        return keys[:, :, : self.window], values[:, :, : self.window]
+        window = self.max_positions if self.window is None else self.window
+        return keys[:, :, :window], values[:, :, :window]
 
     def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
-        kv_length, kv_offset = super().get_mask_sizes(*args, **kwargs)
-        return (kv_length if self.window is None else self.window), kv_offset
+        _, kv_offset = super().get_mask_sizes(*args, **kwargs)
+        return (self.max_positions if self.window is None else self.window), kv_offset
 
 
 def static_cache(config, batch_size: int, max_positions: int, device: torch.device,
                  dtype: torch.dtype) -> StaticCache:
     """A transformers StaticCache for `config` whose full-attention layers are windowed."""
     cache = StaticCache(config=config, max_cache_len=max_positions)
-    cache.layers = [WindowedStaticLayer(max_cache_len=layer.max_cache_len) if type(layer) is StaticLayer else layer
+    cache.layers = [WindowedStaticLayer(layer.max_cache_len) if type(layer) is StaticLayer else layer
                     for layer in cache.layers]
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -64,6 +71,19 @@ def set_window(cache: StaticCache | SuperThoughtsCache | None, window: int | Non
     for layer in getattr(cache, "layers", ()):
         if isinstance(layer, WindowedStaticLayer):
             layer.window = window
+
+
+def mark_positions_dynamic(cache: StaticCache | SuperThoughtsCache | None) -> None:
+    """For torch.compile: the position dim of every windowed layer's buffers becomes a symbolic
+    size (steps read only their window of it, so its length never matters to the code)."""
+    if isinstance(cache, SuperThoughtsCache):
+        mark_positions_dynamic(cache.backbone)
+        mark_positions_dynamic(cache.mtp)
+        return
+    for layer in getattr(cache, "layers", ()):
+        if isinstance(layer, WindowedStaticLayer):
+            torch._dynamo.mark_dynamic(layer.keys, 2)
+            torch._dynamo.mark_dynamic(layer.values, 2)
 
 
 @dataclass
