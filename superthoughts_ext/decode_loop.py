@@ -91,9 +91,8 @@ class DecodeState:
         return self.out.shape[1] - 1
 
     def mark_sizes_dynamic(self) -> None:
-        """For torch.compile: the cache length P and M are symbolic sizes of the compiled step, so
-        one compile serves every prompt length and max_new_tokens."""
-        torch._dynamo.mark_dynamic(self.attention_mask, 1)
+        """For torch.compile: M is a symbolic size of the compiled step (with the cache length,
+        kv_cache.mark_positions_dynamic), so one compile serves every max_new_tokens."""
         torch._dynamo.mark_dynamic(self.out, 1)
 
 
