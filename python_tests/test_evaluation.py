@@ -137,11 +137,12 @@ def fake_generate(tokenizer: PreTrainedTokenizerFast, calls: list[dict]):
     """A stand-in for superthoughts_ext.generate.generate that solves "what is a + b"."""
     pad, eos = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def generate(model, input_ids, attention_mask, *, max_new_tokens, mode, threshold, eos_token_id):
+    def generate(model, input_ids, attention_mask, *, max_new_tokens, mode, threshold, eos_token_id, compile):
         # Left padding: every row's real tokens end at the last column.
         assert bool(attention_mask[:, -1].all())
         assert bool((input_ids[attention_mask == 0] == pad).all())
-        calls.append({"batch": input_ids.shape[0], "mode": mode, "threshold": threshold, "eos": eos_token_id})
+        calls.append({"batch": input_ids.shape[0], "mode": mode, "threshold": threshold, "eos": eos_token_id,
+                      "compile": compile})
         sequences = []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
             words = tokenizer.decode([t for t, m in zip(ids, mask) if m]).split()
@@ -361,7 +362,7 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         parse_cli(["--bench", "gsm8k"])
 
 
-def hf_generate(model, input_ids, attention_mask, *, max_new_tokens, mode, threshold, eos_token_id):
+def hf_generate(model, input_ids, attention_mask, *, max_new_tokens, mode, threshold, eos_token_id, compile):
     """Standard-mode stand-in built on transformers' greedy generate (no padding in the result)."""
     assert mode == "standard"
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
@@ -474,6 +475,7 @@ def test_cli_threshold_sweep_loads_the_model_once(
     assert run(parse_cli(argv + ["0.9", "0.999"])) == 0
     assert loaded == [str(tmp_path / "ckpt")]
     assert sorted({c["threshold"] for c in calls}) == [0.9, 0.999]
+    assert {c["compile"] for c in calls} == {"auto"}
     outputs = [tmp_path / "runs" / "st-t0.9.jsonl", tmp_path / "runs" / "st-t0.999.jsonl"]
     for path, threshold in zip(outputs, (0.9, 0.999)):
         assert len(read_jsonl(path)) == len(PROBLEMS)
@@ -481,8 +483,10 @@ def test_cli_threshold_sweep_loads_the_model_once(
     assert not out.exists()
     printed = capsys.readouterr().out
     assert f"--compare BASELINE.jsonl {outputs[0]} {outputs[1]} --plot" in printed
-    # One threshold keeps the plain output name.
-    assert run(parse_cli(argv + ["0.99"])) == 0 and out.is_file()
+    # One threshold keeps the plain output name; --compile reaches generate.
+    calls.clear()
+    assert run(parse_cli(argv + ["0.99", "--compile"])) == 0 and out.is_file()
+    assert {c["compile"] for c in calls} == {True}
     # --resume finds every problem done; with other settings it refuses the file.
     calls.clear()
     assert run(parse_cli(argv + ["0.99", "--resume"])) == 0 and calls == []

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
         help="model weights dtype; auto = the checkpoint's"
     )
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the decode step (default: on for CUDA, off on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run: keep the records already in the output file "
@@ -127,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 metadata={"model": args.model, "dtype": args.dtype, "device": device, "data": args.data},
                 resume=args.resume,
+                compile="auto" if args.compile is None else args.compile,
             )
         except ValueError as error:  # e.g. --resume on a file of other settings
             print(f"superthoughts eval: error: {error}", file=sys.stderr)

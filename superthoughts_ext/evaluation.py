@@ -179,6 +179,7 @@ def evaluate(
     generate_fn: Callable[..., Any] | None = None,
     metadata: dict[str, Any] | None = None,
     resume: bool = False,
+    compile: bool | str = "auto",
 ) -> EvalSummary:
     """Greedy-decode and grade every problem of a benchmark.
 
@@ -203,6 +204,8 @@ def evaluate(
         resume: keep the records an interrupted run of the same bench, mode, threshold and
             max_new_tokens left in ``output_jsonl`` and evaluate only the other problems; the
             summary covers all of them.
+        compile: generate's `compile` ("auto": on for CUDA). One compile serves every batch
+            of the same size, so on a CPU it pays off over a long benchmark.
     """
     import torch
     from tqdm.auto import tqdm
@@ -253,6 +256,7 @@ def evaluate(
                     mode=mode,
                     threshold=threshold,
                     eos_token_id=eos,
+                    compile=compile,
                 )
             for row, index in enumerate(batch):
                 problem = problems[index]
