@@ -255,9 +255,10 @@ def graph_window(state: DecodeState, columns: int) -> int:
 def compiled_decode_step() -> Callable[..., None]:
     """`decode_step` through torch.compile: one graph per static configuration, no graph break.
 
-    Static shapes (dynamic=False): every shape is fixed for a whole generate call, and a
-    symbolic size would only cost kernel quality; the one exception is the attention window's
-    width (`window_mask`), which changes every step. The step offset must be the constant 0: it
+    Static shapes (dynamic=False), but for three sizes marked dynamic: the attention window's
+    width (`window_mask`; it changes every step), the cache length and max_new_tokens (they
+    change between calls). One compile then serves every step and every prompt length; the
+    other sizes (batch, hidden, vocab) stay static for kernel quality. The step offset must be the constant 0: it
     is an `int` in the op's schema, which torch.compile specializes on, so a changing offset
     would recompile every step; compiled decoding is therefore greedy only (as for graphs).
     """
