@@ -7,7 +7,7 @@
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe test errors
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma phase_probe_grid sanitize
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab folded_gqa
-#   DEADLINE=580 bash benchmarks/gpu/session.sh graph_windows_ab
+#   DEADLINE=580 bash benchmarks/gpu/session.sh graph_windows_ab   (graphed windows: 4 vs 1)
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
 # phase_probe (~1-2 min; builds its own .so, compares with the op when the build worked) goes
 # first: where the fixed ~30 us of each launch go is the open question, and stages run in the
