@@ -25,8 +25,8 @@ import torch
 from superthoughts_ext import kv_cache
 
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-# Compiled decode steps kept per code object: one per (stepper type, batch 1 or more, scalar
-# settings, dtype); batch, cache length, attention window and max_new_tokens are dynamic sizes.
+# Compiled decode steps kept per code object: one per (stepper type, batch, scalar settings,
+# dtype); cache length, attention window and max_new_tokens are dynamic sizes.
 COMPILE_RECOMPILE_LIMIT = 64
 # CUDA graphs per generate call: each covers an equal span of the decode columns and attends
 # up to its end. More spans read fewer unwritten columns; each costs one eager warm-up step
@@ -91,13 +91,9 @@ class DecodeState:
         return self.out.shape[1] - 1
 
     def mark_sizes_dynamic(self) -> None:
-        """For torch.compile: M and the batch (B > 1; torch.compile always specializes a size
-        of 1) become symbolic sizes of the compiled step."""
+        """For torch.compile: M is a symbolic size of the compiled step (with the cache length,
+        kv_cache.mark_positions_dynamic), so one compile serves every max_new_tokens."""
         torch._dynamo.mark_dynamic(self.out, 1)
-        if self.out.shape[0] > 1:
-            for rows in (self.inputs, self.position_ids, self.finished, self.out, self.write_pos, self.num_steps,
-                         self.num_pair_steps):
-                torch._dynamo.mark_dynamic(rows, 0)
 
 
 def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -109,10 +105,6 @@ def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 class _Stepper:
     """What both steppers share: a static cache (`self.cache`, made by the subclass) whose
     attention window follows the width of each call's mask."""
-
-    def mark_sizes_dynamic(self) -> None:
-        """For torch.compile: the cache's batch and length become symbolic sizes."""
-        kv_cache.mark_sizes_dynamic(self.cache)
 
     def attend(self, mask: torch.Tensor) -> torch.Tensor:
         """`mask` [B, W] (the first W columns of the call's attention mask), after pointing the
@@ -169,11 +161,6 @@ class BackboneStepper(_Stepper):
         self.merge_bias = None
         self.cache = kv_cache.static_cache(backbone.config, batch, max_positions, self.embed.device, self.embed.dtype)
         self.logits: torch.Tensor | None = None  # [2, B, V], allocated by prefill
-
-    def mark_sizes_dynamic(self) -> None:
-        super().mark_sizes_dynamic()
-        if self.logits.shape[1] > 1:
-            torch._dynamo.mark_dynamic(self.logits, 1)
 
     def _both_heads(self, logits: torch.Tensor) -> torch.Tensor:
         last = logits[:, -1]  # [B, V]
@@ -245,17 +232,14 @@ def decode_step(stepper, state: DecodeState, cfg: StepConfig, offset: int, mask:
 def window_mask(state: DecodeState, columns: int, compiled: bool) -> torch.Tensor:
     """The attention mask [B, columns] of a step that reads the first `columns` cache positions.
 
-    Compiled, its sizes are marked dynamic (the batch if > 1): one compiled step then serves
-    every window. It is a copy then: a view is contiguous only once the window reaches the
-    last column, and transformers' mask code branches on contiguity, which would compile a
-    second step.
+    Compiled, its width is marked dynamic: one compiled step then serves every window. It is
+    a copy then: a view is contiguous only once the window reaches the last column, and
+    transformers' mask code branches on contiguity, which would compile a second step.
     """
     mask = state.attention_mask[:, :columns]
     if compiled:
         mask = mask.contiguous()
         torch._dynamo.mark_dynamic(mask, 1)
-        if mask.shape[0] > 1:
-            torch._dynamo.mark_dynamic(mask, 0)
     return mask
 
 
@@ -271,11 +255,10 @@ def graph_window(state: DecodeState, columns: int) -> int:
 def compiled_decode_step() -> Callable[..., None]:
     """`decode_step` through torch.compile: one graph per static configuration, no graph break.
 
-    Static shapes (dynamic=False), but for the sizes marked dynamic: the attention window's
-    width (`window_mask`; it changes every step), and the batch, cache length and
-    max_new_tokens (they change between calls). One compile then serves every step and every
-    call of batch > 1 (and one more every call of batch 1: torch.compile specializes a size of
-    1); model sizes (hidden, vocab, heads) stay static. The step offset must be the constant 0: it
+    Static shapes (dynamic=False), but for three sizes marked dynamic: the attention window's
+    width (`window_mask`; it changes every step), the cache length and max_new_tokens (they
+    change between calls). One compile then serves every step and every prompt length; the
+    other sizes (batch, hidden, vocab) stay static for kernel quality. The step offset must be the constant 0: it
     is an `int` in the op's schema, which torch.compile specializes on, so a changing offset
     would recompile every step; compiled decoding is therefore greedy only (as for graphs).
     """
@@ -348,7 +331,7 @@ def decode(stepper, state: DecodeState, cfg: StepConfig, max_steps: int, *, cuda
     graph_step = CudaGraphStep(stepper, state, cfg, compiled) if cuda_graph else None
     if compiled:
         state.mark_sizes_dynamic()
-        stepper.mark_sizes_dynamic()
+        kv_cache.mark_positions_dynamic(stepper.cache)
     for step in range(max_steps):
         # A streamer syncs every step anyway, so the check is free then.
         check = step % check_every == 0 or step == check_at or on_step is not None

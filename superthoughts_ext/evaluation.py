@@ -204,8 +204,8 @@ def evaluate(
         resume: keep the records an interrupted run of the same bench, mode, threshold and
             max_new_tokens left in ``output_jsonl`` and evaluate only the other problems; the
             summary covers all of them.
-        compile: generate's `compile` ("auto": on for CUDA). One compile serves every batch,
-            so on a CPU it pays off over a long benchmark.
+        compile: generate's `compile` ("auto": on for CUDA). One compile serves every batch
+            of the same size, so on a CPU it pays off over a long benchmark.
     """
     import torch
     from tqdm.auto import tqdm

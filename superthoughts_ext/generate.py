@@ -215,9 +215,8 @@ def generate(
         compile: run the decode step through torch.compile (fullgraph) before it is captured
             in the CUDA graph: "auto" (on for greedy CUDA decoding), True (greedy only: the
             sampling counter would recompile every step) or False. The first call per
-            (mode / thresholds, dtype, batch 1 or larger) compiles; later calls reuse that
-            step whatever their prompt length, max_new_tokens and batch size (dynamic sizes
-            of the compiled step).
+            (batch, mode / thresholds, dtype) compiles; later calls reuse that step whatever
+            their prompt length and max_new_tokens (dynamic sizes of the compiled step).
         streamer: gets put(new tokens) after every step (this syncs every step) and end().
         ignore_eos: decode exactly max_new_tokens per row (benchmarks): EOS does not stop a row.
 

@@ -73,20 +73,17 @@ def set_window(cache: StaticCache | SuperThoughtsCache | None, window: int | Non
             layer.window = window
 
 
-def mark_sizes_dynamic(cache: StaticCache | SuperThoughtsCache | None) -> None:
-    """For torch.compile: the position dim of every windowed layer's buffers, and its batch dim
-    when > 1 (torch.compile specializes a size of 1), become symbolic sizes (steps read only
-    their window of the positions, so the cache length never matters to the code)."""
+def mark_positions_dynamic(cache: StaticCache | SuperThoughtsCache | None) -> None:
+    """For torch.compile: the position dim of every windowed layer's buffers becomes a symbolic
+    size (steps read only their window of it, so its length never matters to the code)."""
     if isinstance(cache, SuperThoughtsCache):
-        mark_sizes_dynamic(cache.backbone)
-        mark_sizes_dynamic(cache.mtp)
+        mark_positions_dynamic(cache.backbone)
+        mark_positions_dynamic(cache.mtp)
         return
     for layer in getattr(cache, "layers", ()):
         if isinstance(layer, WindowedStaticLayer):
-            for buffer in (layer.keys, layer.values):
-                torch._dynamo.mark_dynamic(buffer, 2)
-                if buffer.shape[0] > 1:
-                    torch._dynamo.mark_dynamic(buffer, 0)
+            torch._dynamo.mark_dynamic(layer.keys, 2)
+            torch._dynamo.mark_dynamic(layer.values, 2)
 
 
 @dataclass

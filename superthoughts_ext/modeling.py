@@ -277,8 +277,7 @@ class SuperThoughtsForCausalLM(nn.Module):
         if attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
             raise ValueError(f"hidden_states: attention_mask {tuple(attention_mask.shape)} does not cover inputs "
                              f"{tuple(inputs_embeds.shape[:2])}")
-        # (Not while compiling: a compiled decode step's batch may be a symbolic size.)
-        if cache is not None and not torch.compiler.is_compiling() and cache.batch_size != batch:
+        if cache is not None and cache.batch_size != batch:
             raise ValueError(f"hidden_states: cache was made for batch {cache.batch_size}, inputs have batch {batch}")
         out = self.backbone.model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
