@@ -280,6 +280,7 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     eager = generate(model, ids, mask, **kwargs)
     monkeypatch.setattr(decode_loop, "torch", TorchWithStandInCuda())
     monkeypatch.setattr(generate_module, "_use_graphs", lambda *args: True)
+    monkeypatch.setattr(decode_loop, "GRAPH_MIN_SPAN", 1)  # several windows in a short call
     graphed = generate(model, ids, mask, **kwargs)
     assert graphed.sequences == eager.sequences
     assert (graphed.num_steps, graphed.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
@@ -288,12 +289,16 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     assert windows == sorted(set(windows)) and 1 < len(windows) <= decode_loop.GRAPH_WINDOWS
 
 
-def test_graph_windows_cover_each_step_in_a_few_spans() -> None:
+@pytest.mark.parametrize("min_span", [1, 512])
+def test_graph_windows_cover_each_step_in_a_few_spans(monkeypatch, min_span: int) -> None:
     from superthoughts_ext import decode_loop
 
-    for prompt_len, width in ((13, 34), (5, 6), (100, 612), (7, 10)):
+    monkeypatch.setattr(decode_loop, "GRAPH_MIN_SPAN", min_span)
+    for prompt_len, width in ((13, 34), (5, 6), (100, 612), (7, 10), (128, 639), (128, 2175), (40, 1100)):
         state = decode_loop.DecodeState.allocate(torch.ones(2, prompt_len, dtype=torch.int64), width, 8)
         windows = [decode_loop.graph_window(state, columns) for columns in range(prompt_len + 1, width + 1)]
         assert all(w >= c for w, c in zip(windows, range(prompt_len + 1, width + 1)))  # covers its step
         assert windows == sorted(windows) and windows[-1] == width
-        assert len(set(windows)) == min(decode_loop.GRAPH_WINDOWS, width - prompt_len)
+        decode_columns = width - prompt_len
+        spans = min(decode_loop.GRAPH_WINDOWS, -(-decode_columns // min_span))
+        assert len(set(windows)) == min(spans, decode_columns)

@@ -28,10 +28,12 @@ StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
 # Compiled decode steps kept per code object: one per (stepper type, batch, scalar settings,
 # dtype); cache length, attention window and max_new_tokens are dynamic sizes.
 COMPILE_RECOMPILE_LIMIT = 64
-# CUDA graphs per generate call: each covers an equal span of the decode columns and attends
-# up to its end. More spans read fewer unwritten columns; each costs one eager warm-up step
-# and one capture.
+# CUDA graphs per generate call: each covers an equal span of the decode columns, at least
+# GRAPH_MIN_SPAN long, and attends up to its end. More spans read fewer unwritten columns; each
+# costs one eager warm-up step and one capture, which a short span does not win back (at the
+# benchmarks' 512 new tokens there is one graph, as before windows; at 2048, four).
 GRAPH_WINDOWS = 4
+GRAPH_MIN_SPAN = 512
 
 
 @dataclass
@@ -245,9 +247,10 @@ def window_mask(state: DecodeState, columns: int, compiled: bool) -> torch.Tenso
 
 def graph_window(state: DecodeState, columns: int) -> int:
     """The window a CUDA-graphed step reads when it needs `columns` positions: the decode columns
-    are cut into GRAPH_WINDOWS equal spans, one captured graph each."""
+    are cut into at most GRAPH_WINDOWS equal spans of at least GRAPH_MIN_SPAN, one captured
+    graph each."""
     width = state.attention_mask.shape[1]
-    span = -(-(width - state.prompt_len) // GRAPH_WINDOWS)
+    span = max(GRAPH_MIN_SPAN, -(-(width - state.prompt_len) // GRAPH_WINDOWS))
     return min(width, state.prompt_len + span * -(-(columns - state.prompt_len) // span))
 
 

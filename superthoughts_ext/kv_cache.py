@@ -7,8 +7,8 @@ them not yet written and masked out. A `WindowedStaticLayer` hands over only its
 `window` columns instead. Prefill and every decode step set the window from the width of their
 attention mask (decode_loop.py): eager and compiled steps read the positions written so far
 (the demo's models decode 1.1-1.5x faster on the CPU for it; a compiled step sees the width as
-a symbolic size, so one compiled graph serves every window), CUDA-graphed steps the end of one
-of a few spans of the cache, one graph each.
+a symbolic size, so one compiled graph serves every window), CUDA-graphed steps up to the end of one
+of a few spans of the cache, one graph each (decode_loop.graph_window).
 """
 from __future__ import annotations
 
