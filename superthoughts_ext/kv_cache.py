@@ -5,10 +5,10 @@ compiled and captured in a CUDA graph. Its price: transformers' StaticLayer hand
 whole buffer (and a mask as wide), so every step attends over max_positions columns, most of
 them not yet written and masked out. A `WindowedStaticLayer` hands over only its first
 `window` columns instead. Prefill and every decode step set the window from the width of their
-attention mask (decode_loop.py): eager and compiled steps read the positions written so far
-(the demo's models decode 1.1-1.5x faster on the CPU for it; a compiled step sees the width as
-a symbolic size, so one compiled graph serves every window), CUDA-graphed steps up to the end of one
-of a few spans of the cache, one graph each (decode_loop.graph_window).
+attention mask (decode_loop.py). Eager and compiled steps read the positions written so far
+(the demo's models decode 1.1-1.5x faster on the CPU for it; a compiled step sees the width
+as a symbolic size, so one compiled graph serves every window). CUDA-graphed steps read up to
+the end of one of a few spans of the cache, one graph each (decode_loop.graph_window).
 """
 from __future__ import annotations
 
