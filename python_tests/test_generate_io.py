@@ -236,17 +236,18 @@ def test_bench_generate_mtp_logit_std_sets_the_pair_share() -> None:
     assert sequences[0.0] == sequences[30.0]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: str) -> None:
+@pytest.mark.parametrize("mode,compiled", [*((mode, False) for mode in MODES), ("superthoughts", True)])
+def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: str, compiled: bool) -> None:
     """CPU check of CudaGraphStep's call order (warm-up runs a step, capture records one without
-    running it, replay runs it): a stand-in graph records decode_step's arguments at capture."""
+    running it, replay runs it): a stand-in graph records the step's arguments at capture.
+    Compiled, every window's step must reuse the one compile (as the GPU default would)."""
     import contextlib
     from types import SimpleNamespace
 
     from superthoughts_ext import decode_loop
     from superthoughts_ext import generate as generate_module
 
-    real_step = decode_loop.decode_step
+    real_step_function = decode_loop.step_function
 
     windows: list[int] = []  # of the captured graphs, in capture order
 
@@ -254,7 +255,7 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
         recorded = None
 
         def replay(self) -> None:
-            real_step(*self.recorded[0], **self.recorded[1])
+            real_step_function(self.recorded[0])(*self.recorded[1])
 
         def pool(self) -> str:
             return "pool"
@@ -262,10 +263,11 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     @contextlib.contextmanager
     def capture(graph: StandInGraph, pool=None):
         assert pool == (None if not windows else "pool")  # the graphs share the first one's pool
-        monkeypatch.setattr(decode_loop, "decode_step", lambda *a, **k: setattr(graph, "recorded", (a, k)))
+        monkeypatch.setattr(decode_loop, "step_function",
+                            lambda compiled: lambda *args: setattr(graph, "recorded", (compiled, args)))
         yield
-        monkeypatch.setattr(decode_loop, "decode_step", real_step)
-        windows.append(graph.recorded[0][-1].shape[1])  # decode_step's mask
+        monkeypatch.setattr(decode_loop, "step_function", real_step_function)
+        windows.append(graph.recorded[1][-1].shape[1])  # the step's mask
 
     stream = SimpleNamespace(wait_stream=lambda other: None)
     cuda = SimpleNamespace(Stream=lambda: stream, stream=lambda s: contextlib.nullcontext(),
@@ -281,7 +283,11 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     monkeypatch.setattr(decode_loop, "torch", TorchWithStandInCuda())
     monkeypatch.setattr(generate_module, "_use_graphs", lambda *args: True)
     monkeypatch.setattr(decode_loop, "GRAPH_MIN_SPAN", 1)  # several windows in a short call
-    graphed = generate(model, ids, mask, **kwargs)
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    graphed = generate(model, ids, mask, compile=compiled, **kwargs)
+    assert counters["stats"]["unique_graphs"] - before == (1 if compiled else 0)  # one compile, all windows
     assert graphed.sequences == eager.sequences
     assert (graphed.num_steps, graphed.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
     assert graphed.num_forward_passes == eager.num_forward_passes
