@@ -244,6 +244,8 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     import contextlib
     from types import SimpleNamespace
 
+    from torch._dynamo.utils import counters
+
     from superthoughts_ext import decode_loop
     from superthoughts_ext import generate as generate_module
 
@@ -283,11 +285,10 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     monkeypatch.setattr(decode_loop, "torch", TorchWithStandInCuda())
     monkeypatch.setattr(generate_module, "_use_graphs", lambda *args: True)
     monkeypatch.setattr(decode_loop, "GRAPH_MIN_SPAN", 1)  # several windows in a short call
-    from torch._dynamo.utils import counters
-
     before = counters["stats"]["unique_graphs"]
     graphed = generate(model, ids, mask, compile=compiled, **kwargs)
-    assert counters["stats"]["unique_graphs"] - before == (1 if compiled else 0)  # one compile, all windows
+    # At most one compile (none if an earlier test compiled the same step) for every window.
+    assert counters["stats"]["unique_graphs"] - before <= (1 if compiled else 0)
     assert graphed.sequences == eager.sequences
     assert (graphed.num_steps, graphed.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
     assert graphed.num_forward_passes == eager.num_forward_passes
