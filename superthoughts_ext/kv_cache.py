@@ -61,29 +61,25 @@ def static_cache(config, batch_size: int, max_positions: int, device: torch.devi
     return cache
 
 
+def windowed_layers(cache: StaticCache | SuperThoughtsCache | None) -> list[WindowedStaticLayer]:
+    """The windowed layers of a cache from `static_cache`, or of both caches of a
+    SuperThoughtsCache (none for None)."""
+    caches = (cache.backbone, cache.mtp) if isinstance(cache, SuperThoughtsCache) else (cache,)
+    return [layer for c in caches for layer in getattr(c, "layers", ()) if isinstance(layer, WindowedStaticLayer)]
+
+
 def set_window(cache: StaticCache | SuperThoughtsCache | None, window: int | None) -> None:
-    """Attention over the first `window` positions of every windowed layer of `cache` (None:
-    all): a cache from `static_cache`, or both caches of a SuperThoughtsCache."""
-    if isinstance(cache, SuperThoughtsCache):
-        set_window(cache.backbone, window)
-        set_window(cache.mtp, window)
-        return
-    for layer in getattr(cache, "layers", ()):
-        if isinstance(layer, WindowedStaticLayer):
-            layer.window = window
+    """Attention over the first `window` positions of every windowed layer of `cache` (None: all)."""
+    for layer in windowed_layers(cache):
+        layer.window = window
 
 
 def mark_positions_dynamic(cache: StaticCache | SuperThoughtsCache | None) -> None:
     """For torch.compile: the position dim of every windowed layer's buffers becomes a symbolic
     size (steps read only their window of it, so its length never matters to the code)."""
-    if isinstance(cache, SuperThoughtsCache):
-        mark_positions_dynamic(cache.backbone)
-        mark_positions_dynamic(cache.mtp)
-        return
-    for layer in getattr(cache, "layers", ()):
-        if isinstance(layer, WindowedStaticLayer):
-            torch._dynamo.mark_dynamic(layer.keys, 2)
-            torch._dynamo.mark_dynamic(layer.values, 2)
+    for layer in windowed_layers(cache):
+        torch._dynamo.mark_dynamic(layer.keys, 2)
+        torch._dynamo.mark_dynamic(layer.values, 2)
 
 
 @dataclass
