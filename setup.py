@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,15 @@ class CMakeBuild(build_ext):
             configure.append(f"-DCUDA_TOOLKIT_ROOT_DIR={cuda_home}")
             if not os.environ.get("CUDACXX"):
                 configure.append(f"-DCMAKE_CUDA_COMPILER={Path(cuda_home, 'bin', 'nvcc')}")
+        elif with_cuda and not (os.environ.get("CUDACXX") or shutil.which("nvcc")):
+            raise SystemExit(
+                f"superthoughts_ext: the CUDA kernels are to be built (torch {torch.__version__}), "
+                f"but there is no nvcc, neither under CUDA_HOME={cuda_home} nor on the PATH. Set "
+                "CUDA_HOME to the CUDA toolkit, or SUPERTHOUGHTS_WITH_CUDA=0 for a CPU-only build.")
+        if not with_cuda and torch.version.cuda is not None:
+            # find_package(Torch) of a CUDA torch demands a complete CUDA toolkit even when
+            # nothing here is CUDA; CMakeLists.txt takes torch's CPU libraries from here instead.
+            configure.append(f"-DSUPERTHOUGHTS_CPU_ONLY_TORCH_DIR={Path(torch.__file__).parent}")
         try:
             import ninja  # noqa: F401
 

@@ -1,0 +1,50 @@
+"""The CMake build's CPU-only route for a CUDA build of torch.
+
+find_package(Torch) of a CUDA torch demands a complete CUDA toolkit even when nothing but C++
+is compiled, so setup.py hands CMakeLists.txt the torch folder instead when
+SUPERTHOUGHTS_WITH_CUDA=0 meets a CUDA torch. The route is the same for any torch, so the
+CPU torch installed here exercises it: configure only, in a temporary build folder.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cmake_executable() -> str:
+    cmake = pytest.importorskip("cmake")
+    return str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
+
+
+def cache_entries(build: Path) -> dict[str, str]:
+    entries = {}
+    for line in (build / "CMakeCache.txt").read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "//")):
+            key, value = line.split("=", 1)
+            entries[key.split(":")[0]] = value
+    return entries
+
+
+def test_cpu_only_route_configures_from_the_torch_folder_alone(tmp_path):
+    torch_dir = Path(torch.__file__).resolve().parent
+    result = subprocess.run(
+        [cmake_executable(), "-S", str(ROOT), "-B", str(tmp_path),
+         f"-DPython3_EXECUTABLE={sys.executable}", "-DSUPERTHOUGHTS_WITH_CUDA=OFF",
+         f"-DSUPERTHOUGHTS_CPU_ONLY_TORCH_DIR={torch_dir}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cache = cache_entries(tmp_path)
+    assert "Torch_DIR" not in cache, "the CPU-only route must not run find_package(Torch)"
+    for lib in ("torch", "torch_cpu", "c10"):
+        found = Path(cache[f"SUPERTHOUGHTS_TORCH_{lib}"])
+        assert found.parent == torch_dir / "lib" and found.name.startswith(f"lib{lib}."), found
+    # The torch version recorded in build_info() comes from torch's own version file.
+    flags = (tmp_path / "build.ninja").read_text() if (tmp_path / "build.ninja").exists() else ""
+    flags += "".join(p.read_text() for p in tmp_path.rglob("flags.make"))
+    assert f'SUPERTHOUGHTS_TORCH_VERSION=\\"{torch.__version__.split("+")[0]}\\"' in flags
