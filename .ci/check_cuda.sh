@@ -3,7 +3,8 @@
 #   1. csrc/cuda/*.cu against the headers of a CUDA build of torch, unpacked from a wheel on
 #      disk into a cache folder (never installed: the shared venv keeps its CPU torch);
 #   2. every csrc/kernels/*.cuh alone in a tiny translation unit without torch on the include
-#      path, which proves the device headers are self-contained and torch-free.
+#      path, which proves the device headers are self-contained and torch-free;
+#   3. benchmarks/gpu/*.cu (the phase probe, which includes the kernel headers).
 # Target: sm_90a (H100), C++20, warnings are errors. Nothing is linked or run.
 # Env: NVCC (default: nvcc on PATH), TORCH_CUDA_WHEEL (default: newest torch-*.whl under
 # /opt/pypi-more/files), PYTHON (default: python3), SUPERTHOUGHTS_CI_CACHE.
@@ -74,6 +75,16 @@ for cuh in csrc/kernels/*.cuh; do
   echo "check_cuda: nvcc $cuh alone (no torch headers)"
   if "$NVCC" "${COMMON[@]}" -c "$tu" -o "$tu.o"; then
     checked+=("$cuh")
+  else
+    status=1
+  fi
+done
+# The GPU session's phase probe includes the kernel headers: it must build on the first try.
+for cu in benchmarks/gpu/*.cu; do
+  [[ -e "$cu" ]] || continue
+  echo "check_cuda: nvcc $cu (GPU-session probe, no torch headers)"
+  if "$NVCC" "${COMMON[@]}" -c "$cu" -o "$WORK/$(basename "$cu").o"; then
+    checked+=("$cu")
   else
     status=1
   fi
