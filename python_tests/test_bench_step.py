@@ -1,0 +1,26 @@
+"""Smoke test of benchmarks/bench_step.py on the CPU: the correctness check passes, no row
+finishes during timing (the timed calls do not reset `finished`), and the report holds the
+times and speedups a reader compares."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from superthoughts_ext.bench_cli import load_benchmark
+
+
+def test_bench_step_smoke(tmp_path: Path) -> None:
+    bench = load_benchmark("step")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "step.json"
+    args = parser.parse_args(["--batch", "1", "3", "--vocab", "1000", "--hidden", "64", "--dtype", "bf16",
+                              "--no-compile", "--output", str(out)])
+    bench.main(args)
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "step" and report["build"]["version"]
+    assert [(r["batch"], r["dtype"]) for r in report["rows"]] == [(1, "bfloat16"), (3, "bfloat16")]
+    for row in report["rows"]:
+        assert row["fused_s"] > 0 and row["eager_s"] > 0 and row["speedup_vs_eager"] > 0
+        assert row["bytes"] == bench.step_bytes(row["batch"], 1000, 64, bench.DTYPES["bf16"])
