@@ -4,14 +4,16 @@
 # DEADLINE (seconds, default 580) caps one call; the device allows 600 s per command, so a
 # session is several calls, e.g. (the device's copy of .git is the one from the session
 # start, so results carry that commit):
-#   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe test errors
+#   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe diag test errors
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma phase_probe_grid sanitize
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab folded_gqa
 #   DEADLINE=580 bash benchmarks/gpu/session.sh graph_windows_ab   (graphed windows: 4 vs 1)
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
 # phase_probe (~1-2 min; builds its own .so, compares with the op when the build worked) goes
 # first: where the fixed ~30 us of each launch go is the open question, and stages run in the
-# order given until DEADLINE.
+# order given until DEADLINE. diag follows: Nsight Compute's warp stall reasons (WarpStateStats)
+# and the source lines where warps stall (SourceCounters; the build has -lineinfo) at B = 1 and 64
+# tell a memory stall from an instruction-fetch stall (a 255 KB kernel) or a barrier wait.
 # Result JSON goes to $OUT (default ./gpu_out), stage logs to $OUT/logs.tgz (the device tool
 # brings back at most 8 files). Each stage has its own time limit so that one hang does not
 # eat the others; a failing stage is reported and the next one runs.
@@ -96,7 +98,8 @@ for what in "$@"; do
         ldd superthoughts_ext/_C*.so | grep -i "stdc\|gcc";
         echo "locale symbols defined in _C: $(nm -C --defined-only superthoughts_ext/_C*.so | grep -c "std::locale::")";
         ncu --kernel-name regex:superthoughts_step --section SpeedOfLight --section WarpStateStats \
-          --section MemoryWorkloadAnalysis --section SchedulerStats python3 benchmarks/gpu/profile_step.py 1:1536:bf16' ;;
+          --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters \
+          python3 benchmarks/gpu/profile_step.py 1:1536:bf16 64:1536:bf16' ;;
     dynamic_libstdcxx)  # CPU-only rebuild linking the shared libstdc++ first, then the error-path tests
       LDFLAGS="-Wl,--no-as-needed -lstdc++" SUPERTHOUGHTS_WITH_CUDA=0 MAX_JOBS=16 \
         stage rebuild_cpu 200 python3 setup.py build_ext --inplace -b /tmp/b2 -t /tmp/t2

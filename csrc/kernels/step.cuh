@@ -40,6 +40,10 @@
 //   - temperature > 0: Philox costs ~25 integer ops per element; check phase 1 stays
 //     memory bound at B = 256, else share one Philox call across the 4 elements of a block.
 //   - registers (-Xptxas -v): 128 of 128 under __launch_bounds__(256, 2), no spills (nvcc 13).
+//   - code size: the bf16 x bf16 kernel is 255 KB of SASS (~16k instructions, a quarter of
+//     them inlined Philox; cuobjdump from the nvidia-cuda-cuobjdump wheel reads it on a CPU
+//     machine). If ncu's WarpStateStats blame instruction fetch (stall_no_instruction),
+//     split the sampling and greedy paths into separate kernels.
 //   - capture the op in a CUDA graph and replay it (cooperative launches are capturable since
 //     CUDA 12; confirm on the driver at hand).
 //   - fp32, B >= 64: the 3xTF32 tensor-core merge (was a GEMV re-reading W per 8 rows: 0.55x
