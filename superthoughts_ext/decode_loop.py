@@ -261,9 +261,10 @@ def compiled_decode_step() -> Callable[..., None]:
     Static shapes (dynamic=False), but for three sizes marked dynamic: the attention window's
     width (`window_mask`; it changes every step), the cache length and max_new_tokens (they
     change between calls). One compile then serves every step and every prompt length; the
-    other sizes (batch, hidden, vocab) stay static for kernel quality. The step offset must be the constant 0: it
-    is an `int` in the op's schema, which torch.compile specializes on, so a changing offset
-    would recompile every step; compiled decoding is therefore greedy only (as for graphs).
+    other sizes (batch, hidden, vocab) stay static for kernel quality. The step offset must be
+    the constant 0: it is an `int` in the op's schema, which torch.compile specializes on, so a
+    changing offset would recompile every step; compiled decoding is therefore greedy only (as
+    for graphs).
     """
     options = dict(fullgraph=True, dynamic=False)
     if "recompile_limit" in inspect.signature(torch.compile).parameters:
