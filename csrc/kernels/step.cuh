@@ -34,9 +34,9 @@
 //     stamped time with the copy bandwidth.
 //   - B = 1: target <= 8 us end to end. Check the cost of grid.sync() and of phase 2 (one
 //     row merges ~130 partials per head); try kLogitUnroll 2 and a smaller grid for phase 1.
-//     In merge_heads each lane loads its ~5 partials one L2 round trip after another (SASS:
-//     6 loads, the merge, the next 6 loads); `#pragma unroll 4` did not hoist the loads past
-//     the loop's bound checks. Loading a batch of them (predicated) before merging would.
+//     merge_heads loads 4 partials per lane (predicated) before merging them: the SASS shows
+//     24 loads back to back, where a plain loop waited one L2 round trip per partial (~5 per
+//     lane at B = 1). Unmeasured: compare the stamped phase 2 with the probe's L2 latency.
 //   - B = 64 / 256: target >= 75% of copy bandwidth for 2*B*V*2 + 2*H*H*2 bytes. Phase 3
 //     re-reads W ceil(B / 32) times and the gathered pairs H / 32 times from L2; if it shows,
 //     stage the pair tile in shared memory (cp.async) and widen the feature tile.
