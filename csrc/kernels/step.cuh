@@ -36,7 +36,9 @@
 //     row merges ~130 partials per head); try kLogitUnroll 2 and a smaller grid for phase 1.
 //     merge_heads loads 4 partials per lane (predicated) before merging them: the SASS shows
 //     24 loads back to back, where a plain loop waited one L2 round trip per partial (~5 per
-//     lane at B = 1). Unmeasured: compare the stamped phase 2 with the probe's L2 latency.
+//     lane at B = 1). Same for the GEMV (phase 3 at B <= 16): a lane issues 4 chunks of W and
+//     of each pair row before its first FMA (it waited on each of its 12 chunks, B = 1,
+//     H = 1536). Both unmeasured: compare the stamped phases 2-3 with the probe's L2 latency.
 //   - B = 64 / 256: target >= 75% of copy bandwidth for 2*B*V*2 + 2*H*H*2 bytes. Phase 3
 //     re-reads W ceil(B / 32) times and the gathered pairs H / 32 times from L2; if it shows,
 //     stage the pair tile in shared memory (cp.async) and widen the feature tile.

@@ -13,6 +13,7 @@ namespace superthoughts::cuda_step {
 // tensor-core path cannot take). Above it W would be re-read once per 8 rows.
 constexpr int kGemvRows = 8;
 constexpr int64_t kGemvMaxBatch = 16;
+constexpr int kGemvChunks = 4;  // chunks of W in flight per lane
 // Tensor-core task: kMmaM m16 tiles (features) x kMmaN n8 tiles (batch rows), the 8 warps
 // splitting K. 32 x 32 keeps the accumulators and one K step of loads near 80 registers
 // (2 blocks per SM) while halving the L2 re-reads of W and of the gathered pairs compared
@@ -44,15 +45,30 @@ __device__ __forceinline__ T from_float(float x) {
   }
 }
 
-// N == kVecElems<T>: one 16-byte read-only load; N == 1: one element.
-template <typename T, int N>
-__device__ __forceinline__ void load_vals(const T* ptr, float (&out)[N]) {
-  if constexpr (N == 1) {
-    out[0] = to_float(ptr[0]);
+// A GEMV chunk of kVec ? kVecElems<T> : 1 elements: raw load, then conversion to fp32. Split
+// so that a lane can issue all its loads before it waits on the first.
+template <typename T, bool kVec>
+using Chunk = std::conditional_t<kVec, uint4, T>;
+
+template <typename T, bool kVec>
+__device__ __forceinline__ Chunk<T, kVec> load_chunk(const T* ptr) {
+  if constexpr (kVec) {
+    return __ldg(reinterpret_cast<const uint4*>(ptr));
   } else {
-    static_assert(N == kVecElems<T>, "16-byte loads only");
-    unpack16<T>(__ldg(reinterpret_cast<const uint4*>(ptr)), out);
+    return ptr[0];
   }
+}
+
+// `valid` false gives zeros: the chunk was loaded from a stand-in address past the end of K.
+template <typename T, bool kVec, int N>
+__device__ __forceinline__ void unpack_chunk(const Chunk<T, kVec>& raw, bool valid, float (&out)[N]) {
+  if constexpr (kVec) {
+    unpack16<T>(raw, out);
+  } else {
+    out[0] = to_float(raw);
+  }
+#pragma unroll
+  for (int j = 0; j < N; ++j) out[j] = valid ? out[j] : 0.0f;
 }
 
 template <typename T>
@@ -119,27 +135,43 @@ __device__ __forceinline__ void load_tile(const StepParams& p, int64_t b0, int n
 
 // One warp: out[b0 + b, i] for the nb <= kGemvRows rows of the tile, lanes striding over K in
 // 16-byte chunks (kVec) or elements. The gathered embedding rows are shared by the block's
-// 8 warps, so after the first warp they come from L1.
+// 8 warps, so after the first warp they come from L1. A lane issues kGemvChunks loads of W,
+// then of each pair row, before it waits on any: a plain strided loop waited one L2 round
+// trip per chunk, and at B = 1 (12 chunks per lane for H = 1536) that chain is phase 3's
+// critical path. Chunks past the end of K load from k0 (always in range) and count as zeros,
+// so the loads need no branches.
 template <typename T, bool kVec>
 __device__ void gemv_feature(const StepParams& p, int64_t i, int64_t b0, int nb, const SharedState& sh) {
   constexpr int kV = kVec ? kVecElems<T> : 1;
+  constexpr int64_t kStride = 32 * kV;
   const int lane = threadIdx.x % 32;
   const int64_t hidden = p.hidden, k_total = 2 * hidden;
   const T* wrow = static_cast<const T*>(p.weight) + i * k_total;
   const T* embed = static_cast<const T*>(p.embed);
   float acc[kGemvRows] = {};
-#pragma unroll 4
-  for (int64_t k = int64_t{lane} * kV; k < k_total; k += 32 * kV) {
-    const bool upper = k >= hidden;  // kV divides H on the vector path: no chunk straddles
-    const int64_t k_in = upper ? k - hidden : k;
-    float w[kV];
-    load_vals<T, kV>(wrow + k, w);
+  for (int64_t k0 = int64_t{lane} * kV; k0 < k_total; k0 += kGemvChunks * kStride) {
+    int64_t k[kGemvChunks];
+    Chunk<T, kVec> w_raw[kGemvChunks];
+#pragma unroll
+    for (int c = 0; c < kGemvChunks; ++c) {
+      k[c] = k0 + c * kStride < k_total ? k0 + c * kStride : k0;
+      w_raw[c] = load_chunk<T, kVec>(wrow + k[c]);
+    }
 #pragma unroll
     for (int b = 0; b < kGemvRows; ++b) {
-      if (b < nb) {
-        const int32_t e = upper ? sh.second[b] : sh.first[b];
-        float x[kV];
-        load_vals<T, kV>(embed + e * p.embed_row_stride + k_in, x);
+      if (b >= nb) break;  // block-uniform
+      const T* lower = embed + sh.first[b] * p.embed_row_stride;
+      const T* upper = embed + sh.second[b] * p.embed_row_stride - hidden;
+      Chunk<T, kVec> x_raw[kGemvChunks];
+#pragma unroll  // kV divides H on the vector path: no chunk straddles the two halves
+      for (int c = 0; c < kGemvChunks; ++c) x_raw[c] = load_chunk<T, kVec>((k[c] < hidden ? lower : upper) + k[c]);
+      // Same order of products as a plain loop over k: chunk by chunk, element by element.
+#pragma unroll
+      for (int c = 0; c < kGemvChunks; ++c) {
+        const bool valid = k0 + c * kStride < k_total;
+        float w[kV], x[kV];
+        unpack_chunk<T, kVec>(w_raw[c], valid, w);
+        unpack_chunk<T, kVec>(x_raw[c], valid, x);
 #pragma unroll
         for (int j = 0; j < kV; ++j) acc[b] = fmaf(w[j], x[j], acc[b]);
       }
