@@ -21,7 +21,11 @@ and, for every configuration (dtype x H x B, bench_step.py's inputs, V = 151936)
    next launch's first block (the device-side cost between two cooperative launches).
 
     python benchmarks/gpu/phase_probe.py [--batch 1 8 64 256] [--hidden 1536 3584]
-        [--dtype fp32 bf16] [--grid 0 66 132] [--output $OUT/phase_probe.json]
+        [--dtype fp32 bf16] [--grid 0 66 132] [--define SUPERTHOUGHTS_LOGIT_UNROLL=8 ...]
+        [--output $OUT/phase_probe.json]
+
+--define builds the probe with other values of the kernel's tuning knobs (macros at the top of
+csrc/kernels/step_vocab.cuh); they change no result bit, so the op comparison still holds.
 
 Exit status: 0 ok, 1 a correctness check (or a launch) failed, 2 no CUDA GPU, 3 nvcc failed.
 """
@@ -47,7 +51,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # probe_library, probe_report
 import bench_step  # noqa: E402  (the benchmark's input recipe)
 from probe_library import (  # noqa: E402
-    DTYPE_CODES, SOURCE, STAMPS, VARIANTS, Probe, ProbeInputs, build_library, default_arch, nvcc_path)
+    DTYPE_CODES, SOURCE, STAMPS, VARIANTS, Probe, ProbeInputs, build_library, default_arch, nvcc_path, tuning_knobs)
 from probe_report import MODES, STAMP_MODES, fmt, phase_summary, print_config, print_summary  # noqa: E402
 from superthoughts_ext.run_info import git_commit  # noqa: E402
 
@@ -333,6 +337,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="force the merge projection's path (GEMV or tensor cores) to compare them")
     parser.add_argument("--grid", type=int, nargs="+", default=[0],
                         help="blocks per launch; 0 = the planner's (every resident block), else at most that")
+    parser.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
+                        help="a tuning macro for the probe's build (repeatable), e.g. SUPERTHOUGHTS_GEMV_CHUNKS=2")
     parser.add_argument("--iters", type=int, default=50, help="timed launches per variant and mode (>= 5)")
     parser.add_argument("--output", type=Path,
                         default=Path(os.environ.get("OUT", "gpu_out")) / "phase_probe.json")
@@ -343,6 +349,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.iters < WARMUP:
         parser.error(f"--iters must be >= {WARMUP}")
+    knobs = tuning_knobs()
+    for define in args.define:
+        name, sep, value = define.partition("=")
+        if not (sep and name in knobs and value.isdigit() and int(value) > 0):
+            parser.error(f"--define wants KNOB=<positive integer> with KNOB one of {sorted(knobs)}, got {define!r}")
     if min(args.grid) < 0:
         parser.error(f"--grid sizes must be >= 0 (0 = the planner's), got {args.grid}")
     return args
@@ -370,16 +381,17 @@ def main(argv=None) -> int:
     result = {"probe": "phase_probe", "device": torch.cuda.get_device_name(0), "sms": props.multi_processor_count,
               "l2_bytes": getattr(props, "L2_cache_size", None), "torch_version": torch.__version__,
               "torch_cuda": torch.version.cuda, "commit": git_commit(), "nvcc": nvcc_version(nvcc),
-              "arch": args.arch or default_arch(), "modes": MODE_HELP, "stamps": STAMPS,
+              "arch": args.arch or default_arch(), "defines": args.define, "modes": MODE_HELP, "stamps": STAMPS,
               "variants": {key: label for _, key, label in VARIANTS}, "rows": [], "skipped": [], "errors": []}
     with tempfile.TemporaryDirectory(prefix="phase_probe_") as build_dir:
         try:
-            lib, result["build_s"] = build_library(nvcc, result["arch"], Path(build_dir))
+            lib, result["build_s"] = build_library(nvcc, result["arch"], Path(build_dir), args.define)
         except RuntimeError as exc:
             print(f"phase_probe: {exc}", file=sys.stderr)
             return 3
         print(f"phase_probe: built {SOURCE.name} for {result['arch']} in {result['build_s']:.0f} s "
-              f"({result['nvcc']}) on {result['device']}, commit {result['commit']}", flush=True)
+              f"({result['nvcc']}) on {result['device']}, commit {result['commit']}"
+              + (f", defines {' '.join(args.define)}" if args.define else ""), flush=True)
         try:
             return measure(Probe(lib), args, result)
         except Exception as exc:  # a launch error or a crash: keep what was measured

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).resolve().with_name("phase_probe.cu")
+KNOBS_HEADER = Path(__file__).resolve().parents[2] / "csrc" / "kernels" / "step_vocab.cuh"
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # phase_probe.cu DtypeCode
 
 # phase_probe.cu's Variant: (number, key, description), in the order of the tables.
@@ -61,11 +63,21 @@ def default_arch() -> str:
     return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
 
 
-def build_library(nvcc: str, arch: str, build_dir: Path) -> tuple[Path, float]:
-    """Compiles phase_probe.cu into build_dir; returns the .so path and the seconds it took."""
+def tuning_knobs() -> dict[str, int]:
+    """The kernel's tuning macros and their defaults, read off step_vocab.cuh's #ifndef blocks."""
+    text = KNOBS_HEADER.read_text()
+    return {name: int(value) for name, value in
+            re.findall(r"#ifndef (SUPERTHOUGHTS_\w+)\n#define \1 (\d+)", text)}
+
+
+def build_library(nvcc: str, arch: str, build_dir: Path, defines: list[str] = ()) -> tuple[Path, float]:
+    """Compiles phase_probe.cu into build_dir; returns the .so path and the seconds it took.
+
+    defines: NAME=VALUE macros for nvcc, e.g. the kernel's tuning knobs
+    (SUPERTHOUGHTS_LOGIT_UNROLL=8, see csrc/kernels/step_vocab.cuh)."""
     lib = build_dir / "phase_probe.so"
     cmd = [nvcc, "-O3", "-std=c++20", f"-arch={arch}", "-shared", "-Xcompiler", "-fPIC",
-           "--expt-relaxed-constexpr", str(SOURCE), "-o", str(lib)]
+           "--expt-relaxed-constexpr", *[f"-D{d}" for d in defines], str(SOURCE), "-o", str(lib)]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -6,6 +6,7 @@
 # start, so results carry that commit):
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe diag test errors
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma phase_probe_grid sanitize
+#   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe_knobs   (unroll / batch macros, 5 builds)
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab folded_gqa
 #   DEADLINE=580 bash benchmarks/gpu/session.sh graph_windows_ab   (graphed windows: 4 vs 1)
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
@@ -62,6 +63,14 @@ for what in "$@"; do
       stage phase_probe_grid 200 python3 benchmarks/gpu/phase_probe.py --batch 1 8 64 --dtype bf16 \
         --hidden 1536 --grid 0 132 66 33 --iters 20 --max-seconds 150 --output "$OUT/phase_probe_grid.json"
       [ -f "$OUT/logs/phase_probe_grid.log" ] && sed -n '/^== summary/,$p' "$OUT/logs/phase_probe_grid.log" ;;
+    phase_probe_knobs)  # the kernel's tuning macros (step_vocab.cuh) against their defaults, one build each
+      for knob in DEFAULTS SUPERTHOUGHTS_LOGIT_UNROLL=2 SUPERTHOUGHTS_LOGIT_UNROLL=8 SUPERTHOUGHTS_PARTIAL_BATCH=8 \
+          SUPERTHOUGHTS_GEMV_CHUNKS=2; do
+        define=(); [ $knob != DEFAULTS ] && define=(--define $knob)
+        name=${knob#SUPERTHOUGHTS_}; name=${name//=/_}  # the device brings back [A-Za-z0-9._-] names only
+        stage "knob_$name" 110 python3 benchmarks/gpu/phase_probe.py --batch 1 64 256 --dtype bf16 --hidden 1536 \
+          --iters 20 --max-seconds 50 "${define[@]}" --output "$OUT/phase_probe_knob_$name.json"
+      done ;;
     profile) stage profile 200 ncu --kernel-name regex:superthoughts_step --section SpeedOfLight \
         --section LaunchStats --section Occupancy python3 benchmarks/gpu/profile_step.py ;;
     sanitize)

@@ -33,7 +33,8 @@
 //     first. Phase 1 now sums with ex2.approx (fewer instructions per logit): compare its
 //     stamped time with the copy bandwidth.
 //   - B = 1: target <= 8 us end to end. Check the cost of grid.sync() and of phase 2 (one
-//     row merges ~130 partials per head); try kLogitUnroll 2 and a smaller grid for phase 1.
+//     row merges ~130 partials per head); try kLogitUnroll 2 and a smaller grid for phase 1
+//     (session.sh stages phase_probe_knobs and phase_probe_grid). GEMV_CHUNKS 8 spills.
 //     merge_heads loads 4 partials per lane (predicated) before merging them: the SASS shows
 //     24 loads back to back, where a plain loop waited one L2 round trip per partial (~5 per
 //     lane at B = 1). Same for the GEMV (phase 3 at B <= 16): a lane issues 4 chunks of W and

@@ -13,7 +13,7 @@ namespace superthoughts::cuda_step {
 // tensor-core path cannot take). Above it W would be re-read once per 8 rows.
 constexpr int kGemvRows = 8;
 constexpr int64_t kGemvMaxBatch = 16;
-constexpr int kGemvChunks = 4;  // chunks of W in flight per lane
+constexpr int kGemvChunks = SUPERTHOUGHTS_GEMV_CHUNKS;  // chunks of W in flight per lane
 // Tensor-core task: kMmaM m16 tiles (features) x kMmaN n8 tiles (batch rows), the 8 warps
 // splitting K. 32 x 32 keeps the accumulators and one K step of loads near 80 registers
 // (2 blocks per SM) while halving the L2 re-reads of W and of the gathered pairs compared

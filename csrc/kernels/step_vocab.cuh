@@ -15,9 +15,24 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 // Rows whose decisions one block holds in shared memory at a time (the mma batch tile).
 constexpr int kTileRows = 32;
+// Tuning knobs. Each is a macro so that benchmarks/gpu/phase_probe.py --define can build and
+// time other values without an edit; none of them changes a result bit (each thread still
+// meets its elements, chunks and partials in the same order).
+#ifndef SUPERTHOUGHTS_LOGIT_UNROLL
+#define SUPERTHOUGHTS_LOGIT_UNROLL 4
+#endif
+#ifndef SUPERTHOUGHTS_PARTIAL_BATCH
+#define SUPERTHOUGHTS_PARTIAL_BATCH 4
+#endif
+#ifndef SUPERTHOUGHTS_GEMV_CHUNKS
+#define SUPERTHOUGHTS_GEMV_CHUNKS 4
+#endif
+
 // Independent 16-byte logit loads in flight per thread: with 2 blocks of 256 threads per SM
 // that is 32 KiB per SM, above the ~20 KiB that Little's law asks for at 3 TB/s on H100.
-constexpr int kLogitUnroll = 4;
+constexpr int kLogitUnroll = SUPERTHOUGHTS_LOGIT_UNROLL;
+// Partials a lane of merge_heads loads before it merges them (one L2 round trip per batch).
+constexpr int kPartialBatch = SUPERTHOUGHTS_PARTIAL_BATCH;
 constexpr int32_t kNone = 0x7fffffff;  // "no index yet": loses every lowest-index tie
 constexpr float kNegInf = -__builtin_huge_valf();
 // gumbel_from_word(w) <= 15.95 unless (w >> 8) == 0xffffff, where u rounds to 1 and the
@@ -325,8 +340,6 @@ struct HeadOut {
   float conf;
   int32_t finished;
 };
-
-constexpr int kPartialBatch = 4;
 
 // Merges the partials of rows [r0, r0 + n), n <= kTileRows, both heads, into out[2 * i + head].
 // `group` lanes per (row, head): wide enough that one pass of loads covers a row's partials.
