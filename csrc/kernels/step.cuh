@@ -10,9 +10,10 @@
 //      block writes one partial (max, argmax, sum of exp, best Gumbel score, its index,
 //      finished flag) per (head, row) piece it touches into the workspace;
 //   -- grid.sync() --
-//   2. rows are dealt out to blocks; a block merges the partials of its rows (online-softmax
-//      merge, lowest index on ties), applies the confidence rule and writes tokens, n_new,
-//      conf, finished (and the raw pair when there is no merge weight);
+//   2. rows are dealt out to blocks from the last one (phase 3 starts from the first); a block
+//      merges the partials of its rows (online-softmax merge, lowest index on ties), applies
+//      the confidence rule and writes tokens, n_new, conf, finished (and the raw pair when
+//      there is no merge weight);
 //   3. next_in = W [E[t1]; E[second]] + bias, tasks (feature tile x batch tile) dealt out to
 //      blocks batch-tile-major; each block re-derives the decisions of its batch tile from the
 //      partials (cheap: a few hundred bytes from L2) instead of waiting on a second barrier.

@@ -76,12 +76,15 @@ __device__ __forceinline__ float bias_at(const StepParams& p, int64_t i) {
   return p.bias ? to_float(static_cast<const T*>(p.bias)[i]) : 0.0f;
 }
 
-// Phase 2: rows [blockIdx.x * R, (blockIdx.x + 1) * R) of this block, R = ceil(B / grid):
-// tokens, n_new, conf, finished, and the raw pair when there is no merge weight.
+// Phase 2: rows [j * R, (j + 1) * R) with j = grid - 1 - blockIdx.x, R = ceil(B / grid):
+// tokens, n_new, conf, finished, and the raw pair when there is no merge weight. Counted from
+// the last block because phase 3 deals its tasks from the first: at small B the rows go to
+// blocks without a merge task (B = 1, H = 1536: 192 tasks, 264 blocks), so phase 2 runs beside
+// phase 3 instead of in front of block 0's share of it.
 template <typename T>
 __device__ void write_rows(const StepParams& p, SharedState& sh) {
   const int64_t per_block = (p.batch + gridDim.x - 1) / gridDim.x;
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * per_block;
+  const int64_t begin = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * per_block;
   const int64_t end = min64(p.batch, begin + per_block);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   for (int64_t r0 = begin; r0 < end; r0 += kTileRows) {
