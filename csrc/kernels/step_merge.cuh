@@ -163,11 +163,12 @@ __device__ void gemv_feature(const StepParams& p, int64_t i, int64_t b0, int nb,
 #pragma unroll
     for (int b = 0; b < kGemvRows; ++b) {
       if (b >= nb) break;  // block-uniform
-      const T* lower = embed + sh.first[b] * p.embed_row_stride;
-      const T* upper = embed + sh.second[b] * p.embed_row_stride - hidden;
+      // Offsets of the pair's rows such that + k lands on column k of [E[t1]; E[second]].
+      const int64_t lower = sh.first[b] * p.embed_row_stride;
+      const int64_t upper = sh.second[b] * p.embed_row_stride - hidden;
       Chunk<T, kVec> x_raw[kGemvChunks];
 #pragma unroll  // kV divides H on the vector path: no chunk straddles the two halves
-      for (int c = 0; c < kGemvChunks; ++c) x_raw[c] = load_chunk<T, kVec>((k[c] < hidden ? lower : upper) + k[c]);
+      for (int c = 0; c < kGemvChunks; ++c) x_raw[c] = load_chunk<T, kVec>(embed + (k[c] < hidden ? lower : upper) + k[c]);
       // Same order of products as a plain loop over k: chunk by chunk, element by element.
 #pragma unroll
       for (int c = 0; c < kGemvChunks; ++c) {
