@@ -41,6 +41,12 @@
 //     lane at B = 1). Same for the GEMV (phase 3 at B <= 16): a lane issues 4 chunks of W and
 //     of each pair row before its first FMA (it waited on each of its 12 chunks, B = 1,
 //     H = 1536). Both unmeasured: compare the stamped phases 2-3 with the probe's L2 latency.
+//     Phase 1 waits for `finished[b]` before it loads the row's logits (two L2 trips in a
+//     row); if phase 1 alone is several us at B = 1, load the first logits before the flag.
+//     If phase 3 still dominates at B = 1 (it streams all of W, 9.4 MB), the linear merge can
+//     become two row gathers: next_in = P1[t1] + P2[second] + bias with P1 = E W[:, :H]^T and
+//     P2 = E W[:, H:]^T precomputed per model (2 x V x H: ~0.9 GB for 1.5B in bf16, fp32
+//     sums once rounded would need fp32 tables to match the op's rounding).
 //   - B = 64 / 256: target >= 75% of copy bandwidth for 2*B*V*2 + 2*H*H*2 bytes. Phase 3
 //     re-reads W ceil(B / 32) times and the gathered pairs H / 32 times from L2; if it shows,
 //     stage the pair tile in shared memory (cp.async) and widen the feature tile.
