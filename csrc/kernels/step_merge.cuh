@@ -154,10 +154,12 @@ __device__ void gemv_feature(const StepParams& p, int64_t i, int64_t b0, int nb,
   float acc[kGemvRows] = {};
   for (int64_t k0 = int64_t{lane} * kV; k0 < k_total; k0 += kGemvChunks * kStride) {
     int64_t k[kGemvChunks];
+    bool valid[kGemvChunks];
     Chunk<T, kVec> w_raw[kGemvChunks];
 #pragma unroll
     for (int c = 0; c < kGemvChunks; ++c) {
-      k[c] = k0 + c * kStride < k_total ? k0 + c * kStride : k0;
+      valid[c] = k0 + c * kStride < k_total;
+      k[c] = valid[c] ? k0 + c * kStride : k0;
       w_raw[c] = load_chunk<T, kVec>(wrow + k[c]);
     }
 #pragma unroll
@@ -172,10 +174,9 @@ __device__ void gemv_feature(const StepParams& p, int64_t i, int64_t b0, int nb,
       // Same order of products as a plain loop over k: chunk by chunk, element by element.
 #pragma unroll
       for (int c = 0; c < kGemvChunks; ++c) {
-        const bool valid = k0 + c * kStride < k_total;
         float w[kV], x[kV];
-        unpack_chunk<T, kVec>(w_raw[c], valid, w);
-        unpack_chunk<T, kVec>(x_raw[c], valid, x);
+        unpack_chunk<T, kVec>(w_raw[c], valid[c], w);
+        unpack_chunk<T, kVec>(x_raw[c], valid[c], x);
 #pragma unroll
         for (int j = 0; j < kV; ++j) acc[b] = fmaf(w[j], x[j], acc[b]);
       }
