@@ -17,6 +17,13 @@ struct StepShapes {
   bool has_bias;
 };
 
+// Temperatures below this decode greedily, as temperature 0 does. Sampling scores logits / T
+// in float32, and a tinier T overflows them to +-inf (every positive logit would tie at
+// +inf); at 1e-5 only logits beyond 3e33 in size overflow. Mirrored in reference.py.
+constexpr double kMinSamplingTemperature = 1e-5;
+
+inline bool samples_at(double temperature) { return temperature >= kMinSamplingTemperature; }
+
 inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
 }
@@ -36,8 +43,10 @@ inline StepShapes check_step_inputs(const at::Tensor& logits, const at::Tensor& 
               "superthoughts_step: embed dtype must be float32, bfloat16 or float16, got ",
               embed.scalar_type());
   const int64_t batch = logits.size(1), vocab = logits.size(2), hidden = embed.size(1);
-  TORCH_CHECK(vocab > 0 && embed.size(0) == vocab, "superthoughts_step: logits vocab size V=",
-              vocab, " does not match embed rows ", embed.size(0));
+  TORCH_CHECK(vocab > 0, "superthoughts_step: logits have an empty vocab dim (V=0), shape ",
+              logits.sizes());
+  TORCH_CHECK(embed.size(0) == vocab, "superthoughts_step: logits vocab size V=", vocab,
+              " does not match embed rows ", embed.size(0));
   TORCH_CHECK(vocab < (int64_t{1} << 31), "superthoughts_step: vocab size ", vocab,
               " exceeds 2^31");
   TORCH_CHECK(logits.stride(2) == 1 || vocab == 1,

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "csrc/emulation/emulated_step.cpp", ROOT / "csrc/emulation/cuda_emulation.cpp"]
 HEADERS = [*sorted((ROOT / "csrc/kernels").glob("*.cuh")), *sorted((ROOT / "csrc/kernels").glob("*.h")),
@@ -119,7 +121,7 @@ def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos
         weight=merge_weight.data_ptr() if merge_weight is not None else None,
         bias=merge_bias.data_ptr() if merge_bias is not None else None,
         finished=finished.data_ptr(), batch=batch, vocab=vocab, hidden=hidden, pad_id=pad_id, eos_id=eos_id,
-        threshold=threshold, threshold_main=threshold_main, temperature=temperature, sample=temperature > 0,
+        threshold=threshold, threshold_main=threshold_main, temperature=temperature, sample=temperature >= MIN_SAMPLING_TEMPERATURE,
         seed=seed & mask64, offset=offset & mask64, tokens=tokens.data_ptr(), n_new=n_new.data_ptr(),
         conf=conf.data_ptr(), next_in=next_in.data_ptr(),
     )

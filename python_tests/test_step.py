@@ -14,7 +14,7 @@ import cuda_emulation
 
 import superthoughts_ext
 from superthoughts_ext.ops import superthoughts_step
-from superthoughts_ext.reference import superthoughts_step_ref
+from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE, gumbel_noise, superthoughts_step_ref
 
 EMULATED = "cuda_emulated"
 TORCH_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -233,6 +233,70 @@ def test_sampling_distribution_chi_square(device):
     assert p_value > 1e-3, (counts, expected)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_keeps_the_largest_noise(device):
+    # At seed 0, offset 3552714 the word of (row 0, head 0, v = 2) is 0xfffffe2a, whose noise
+    # (16.636) is the largest any word gives. The kernels skip elements that cannot win even
+    # with the largest noise added; v = 2 must still beat v = 0, which leads by 16.30 before
+    # noise. One emulated block: the same thread meets both.
+    seed, offset, vocab = 0, 3552714, 8
+    noise = gumbel_noise(1, vocab, seed, offset, torch.device("cpu"))[0, 0]
+    assert noise[2] > 16.6 and noise.max() == noise[2]
+    logits = torch.full((2, 1, vocab), -1e4)
+    logits[0, 0, 0] = 16.30 - noise[0]
+    logits[0, 0, 2] = 0.0
+    embed = torch.randn(vocab, 4)
+    step = step_on(device, grid=1)
+    finished = torch.zeros(1, dtype=torch.bool)
+    tokens = step(logits.to(tensor_device(device)), embed.to(tensor_device(device)), None, None,
+                  finished.to(tensor_device(device)), PAD, 7, 0.5, 0.0, 1.0, seed, offset)[0]
+    assert tokens[0, 0].item() == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_noise_is_bit_identical_to_reference(device):
+    # Row r scores noise[0] on v = 0 and x1 + noise[1] on v = 1, with x1 chosen so that the
+    # two tie exactly under the reference's noise: ties go to v = 0. Noise one ulp off the
+    # reference's (float32 logs of different libraries disagree that much on about one word
+    # in seven) breaks the tie in about half of those rows.
+    rows, seed, offset = 2048, 5, 32
+    noise = gumbel_noise(rows, 2, seed, offset, torch.device("cpu"))[0]  # [rows, 2], head 0
+    x1 = noise[:, 0] - noise[:, 1]
+    tied = (x1 + noise[:, 1]) == noise[:, 0]
+    assert tied.sum() > rows // 4
+    logits = torch.zeros(2, rows, 2)
+    logits[0, :, 1] = x1
+    embed = torch.randn(2, 4)
+    device_t = tensor_device(device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device_t)
+    tokens = step_on(device)(logits.to(device_t), embed.to(device_t), None, None, finished, PAD, 1, 0.5, 0.0,
+                             1.0, seed, offset)[0].cpu()
+    want = superthoughts_step_ref(logits, embed, None, None, torch.zeros(rows, dtype=torch.bool), PAD, 1, 0.5,
+                                  0.0, 1.0, seed, offset)[0]
+    assert (want[tied, 0] == 0).all()
+    torch.testing.assert_close(tokens[:, 0], want[:, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("temperature", [1e-6, 1e-39, 1e-50])
+def test_tiny_temperature_decodes_greedily(device, temperature):
+    # logits / T would overflow float32 (every positive logit tying at +inf); below
+    # MIN_SAMPLING_TEMPERATURE every backend decodes greedily instead.
+    assert temperature < MIN_SAMPLING_TEMPERATURE
+    logits, embed, weight, bias, _ = make_inputs(3, 1000, 8, torch.float32, device)
+    logits[:, :, 0] = float("-inf")  # a masked token must not come out either
+    step = step_on(device)
+
+    def tokens(temp):
+        finished = torch.zeros(3, dtype=torch.bool, device=logits.device)
+        return step(logits, embed, weight, bias, finished, PAD, EOS, 0.5, 0.0, temp, 11, 3)[0]
+
+    greedy = logits.argmax(dim=-1).t().cpu()  # [B, 2]
+    got = tokens(temperature).cpu()
+    torch.testing.assert_close(got[:, 0], greedy[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(got, tokens(0.0).cpu(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("merge", MERGES)
 def test_opcheck(device, merge):
@@ -269,6 +333,8 @@ BAD_INPUTS = [
     ("logits", lambda t: t.update(logits=t["logits"][:1]), r"logits must be \[2, B, V\]"),
     ("logits_int", lambda t: t.update(logits=t["logits"].long()), r"logits dtype"),
     ("vocab", lambda t: t.update(embed=t["embed"][:-1]), r"logits vocab size V=100 does not match embed rows 99"),
+    ("empty_vocab", lambda t: t.update(logits=t["logits"][:, :, :0], embed=t["embed"][:0]),
+     r"logits have an empty vocab dim \(V=0\)"),
     ("hidden", lambda t: t.update(merge_weight=t["merge_weight"][:, :-1]), r"merge_weight must be \[H, 2H\]"),
     ("weight_dtype", lambda t: t.update(merge_weight=t["merge_weight"].double()), r"merge_weight dtype"),
     ("bias_only", lambda t: t.update(merge_weight=None), r"merge_bias given without merge_weight"),

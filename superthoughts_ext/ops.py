@@ -35,7 +35,8 @@ def superthoughts_step(
         pad_id, eos_id: token ids in [0, V).
         threshold: MTP confidence needed to accept the second token, in [0, 1].
         threshold_main: main-head confidence also needed, in [0, 1].
-        temperature: 0 = greedy (argmax), > 0 = Gumbel-max sampling of logits / temperature.
+        temperature: 0 = greedy (argmax), > 0 = Gumbel-max sampling of logits / temperature;
+            below 1e-5 (`reference.MIN_SAMPLING_TEMPERATURE`) greedy as well.
         seed, offset: key and counter of the Philox stream used when sampling.
 
     Returns:

@@ -10,7 +10,8 @@ Gumbel noise for the same (seed, offset, row, head, vocab index) without sharing
     counter = (v >> 2, 2 * row + head, offset & 0xffffffff, offset >> 32)
     word    = philox(counter, key)[v & 3]
     u       = ((word >> 9) + 0.5) * 2**-23          # in (0, 1), exact in float32
-    gumbel  = -log(-log(u))                           # float32
+    gumbel  = float32(-log(-log(u)))                  # logs in float64, rounded once
+Temperatures below MIN_SAMPLING_TEMPERATURE decode greedily, like temperature 0.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 PHILOX_ROUNDS = 10
 MASK32 = 0xFFFFFFFF
+# Below this temperature logits / T overflows float32 for ordinary logits, so the op decodes
+# greedily (kMinSamplingTemperature in csrc/step_common.h).
+MIN_SAMPLING_TEMPERATURE = 1e-5
 
 
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +67,9 @@ def gumbel_noise(batch: int, vocab: int, seed: int, offset: int, device: torch.d
     ]
     words = torch.stack(philox4x32(counter, seed), dim=0)  # [4, 2, B, V]
     word = words.gather(0, (v & 3).expand(shape).unsqueeze(0)).squeeze(0)
-    u = ((word >> 9).to(torch.float32) + 0.5) * (2.0**-23)
-    return -torch.log(-torch.log(u))
+    u = ((word >> 9).to(torch.float64) + 0.5) * (2.0**-23)
+    # float64 logs rounded once agree with the kernels' (see philox.h), float32 ones do not.
+    return (-torch.log(-torch.log(u))).to(torch.float32)
 
 
 def superthoughts_step_ref(
@@ -99,7 +104,7 @@ def superthoughts_step_ref(
     valid = torch.isfinite(row_max)
     shifted = scores - torch.where(valid, row_max, torch.zeros_like(row_max)).unsqueeze(-1)
     conf = torch.where(valid, 1.0 / torch.exp(shifted).sum(dim=-1), torch.zeros_like(row_max))
-    if temperature > 0.0:
+    if temperature >= MIN_SAMPLING_TEMPERATURE:
         scores = scores / temperature + gumbel_noise(batch, vocab, seed, offset, device)
     picked = scores.argmax(dim=-1)  # [2, B], first index on ties like torch.argmax
     picked = torch.where(valid, picked, torch.full_like(picked, pad_id))

@@ -30,6 +30,7 @@ constexpr int64_t kMergeTile = 1536;
 // Above this many rows an fp32 merge goes through the BLAS GEMM (see merge_next_inputs).
 constexpr int64_t kBlasMinBatch = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kGumbelBound = 17.0f;  // above every gumbel_from_word value (<= 16.636)
 
 struct Partial {
   float max = kNegInf;
@@ -73,9 +74,12 @@ Partial reduce_chunk(const scalar_t* row, int64_t begin, int64_t end, int64_t ba
   if (sample.enabled) {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t v = begin + i;
-      if (buf[i] == kNegInf) continue;
+      // As in the CUDA kernel: a -inf scaled logit never wins, and an element that cannot
+      // reach the best with the largest noise added needs no Philox word and no logs.
+      const float scaled = buf[i] / sample.temperature;
+      if (!(scaled > kNegInf) || scaled + kGumbelBound < p.best) continue;
       const PhiloxWords words = step_noise_words(sample.seed, sample.offset, batch_row, head, v >> 2);
-      const float score = buf[i] / sample.temperature + gumbel_from_word(words.w[v & 3]);
+      const float score = scaled + gumbel_from_word(words.w[v & 3]);
       if (score > p.best) {
         p.best = score;
         p.best_index = v;
@@ -207,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
   if (s.batch == 0) return {tokens, n_new, conf, next_in};
 
   const int64_t chunks = (s.vocab + kVocabChunk - 1) / kVocabChunk;
-  const SampleParams sample{temperature > 0.0, static_cast<float>(temperature),
+  const SampleParams sample{samples_at(temperature), static_cast<float>(temperature),
                             static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
   bool* done = finished.mutable_data_ptr<bool>();
   std::vector<Partial> parts(2 * s.batch * chunks);  // [head, row, chunk]

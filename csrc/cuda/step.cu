@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cu
   params.threshold = static_cast<float>(threshold);
   params.threshold_main = static_cast<float>(threshold_main);
   params.temperature = static_cast<float>(temperature);
-  params.sample = temperature > 0.0;
+  params.sample = samples_at(temperature);
   params.seed = static_cast<uint64_t>(seed);
   params.offset = static_cast<uint64_t>(offset);
   params.tokens = tokens.mutable_data_ptr<int64_t>();

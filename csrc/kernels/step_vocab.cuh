@@ -35,9 +35,10 @@ constexpr int kLogitUnroll = SUPERTHOUGHTS_LOGIT_UNROLL;
 constexpr int kPartialBatch = SUPERTHOUGHTS_PARTIAL_BATCH;
 constexpr int32_t kNone = 0x7fffffff;  // "no index yet": loses every lowest-index tie
 constexpr float kNegInf = -__builtin_huge_valf();
-// gumbel_from_word(w) <= 15.95 unless (w >> 8) == 0xffffff, where u rounds to 1 and the
-// noise is +inf: an element whose score cannot reach the best even with 16 added needs no log.
-constexpr float kGumbelFiniteBound = 16.0f;
+// Above every gumbel_from_word value (<= 16.636): an element whose scaled logit cannot reach
+// the best even with this added needs neither its Philox word nor its logs. Float addition
+// is monotone, so the skip never drops a winner.
+constexpr float kGumbelBound = 17.0f;
 
 // Everything the kernel reads: raw pointers, sizes in elements, and the launch plan.
 struct StepParams {
@@ -229,7 +230,10 @@ __device__ __forceinline__ void consume(Acc& acc, float (&x)[N], int64_t v0, con
   if constexpr (kSample) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      if (!(x[i] > kNegInf)) continue;  // -inf stays -inf whatever the noise
+      // A -inf scaled logit (a masked logit, or x / T overflowing) never wins a draw: its
+      // score stays -inf whatever the noise.
+      const float scaled = x[i] / p.temperature;
+      if (!(scaled > kNegInf) || scaled + kGumbelBound < acc.best) continue;
       const int64_t v = v0 + i;
       if ((v >> 2) != noise.block) {
         noise.block = v >> 2;
@@ -241,8 +245,6 @@ __device__ __forceinline__ void consume(Acc& acc, float (&x)[N], int64_t v0, con
       }
       const int lane = static_cast<int>(v & 3);
       const uint32_t word = lane == 0 ? noise.w0 : lane == 1 ? noise.w1 : lane == 2 ? noise.w2 : noise.w3;
-      const float scaled = x[i] / p.temperature;
-      if ((word >> 8) != 0xffffffu && scaled + kGumbelFiniteBound < acc.best) continue;
       const float score = scaled + gumbel_from_word(word);
       if (score > acc.best || (score == acc.best && v < acc.best_index)) {
         acc.best = score;
