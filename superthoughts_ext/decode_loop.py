@@ -48,6 +48,9 @@ class StepConfig:
     temperature: float
     seed: int
     ignore_eos: bool
+    # Position ids must stay below it (max_position_embeddings; None: no limit): a row whose
+    # next position would reach it is finished, so rows of one batch hit it independently.
+    context: int | None = None
 
 
 @dataclass
@@ -57,7 +60,7 @@ class DecodeState:
     inputs: torch.Tensor  # [B, 1, H] next unit input, or [B, 1] int64 next token (standard)
     position_ids: torch.Tensor  # [B, 1] int64 position id of `inputs` per row
     attention_mask: torch.Tensor  # [B, P] int64: prompt mask, then ones for every decode column
-    finished: torch.Tensor  # [B] bool: EOS emitted or M tokens reached
+    finished: torch.Tensor  # [B] bool: EOS emitted, M tokens reached or the context full
     out: torch.Tensor  # [B, M + 1] int64 emitted tokens; column M swallows dropped writes
     write_pos: torch.Tensor  # [B] int64 tokens emitted so far
     num_steps: torch.Tensor  # [B] int64 steps that emitted at least one token
@@ -191,11 +194,11 @@ class BackboneStepper(_Stepper):
         return tokens[:, :1]
 
 
-def record(state: DecodeState, tokens: torch.Tensor, n_new: torch.Tensor, cfg: StepConfig) -> None:
+def record(state: DecodeState, tokens: torch.Tensor, n_new: torch.Tensor) -> None:
     """Appends a step's tokens [B, 2] to `state.out` at each row's write position, capped at M.
 
     A row with one slot left keeps only the first token of a pair step; the row is then
-    finished (length limit), so the dropped second token never resurfaces.
+    finished (length limit, `advance`), so the dropped second token never resurfaces.
     """
     limit = state.max_new_tokens
     room = (limit - state.write_pos).clamp(min=0)
@@ -207,11 +210,24 @@ def record(state: DecodeState, tokens: torch.Tensor, n_new: torch.Tensor, cfg: S
     state.write_pos.add_(emitted)
     state.num_steps.add_((emitted > 0).to(torch.int64))
     state.num_pair_steps.add_((emitted == 2).to(torch.int64))
-    at_limit = state.write_pos >= limit
+
+
+def advance(state: DecodeState, cfg: StepConfig) -> None:
+    """Moves every row to its next position and finishes the rows that reached a limit.
+
+    A row whose next position would reach the context is finished; finished rows keep
+    stepping with the batch, so their position ids are held at context - 1: the model never
+    sees a position past its context (learned or dynamically scaled position embeddings).
+    """
+    state.position_ids.add_(1)
+    stop = state.write_pos >= state.max_new_tokens  # [B]
+    if cfg.context is not None:
+        stop = stop | (state.position_ids[:, 0] >= cfg.context)
+        state.position_ids.clamp_(max=cfg.context - 1)
     if cfg.ignore_eos:
-        state.finished.copy_(at_limit)
+        state.finished.copy_(stop)
     else:
-        state.finished.logical_or_(at_limit)
+        state.finished.logical_or_(stop)
 
 
 def sample(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig, offset: int) -> None:
@@ -220,9 +236,9 @@ def sample(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig, o
         logits, stepper.embed, stepper.merge_weight, stepper.merge_bias, state.finished, cfg.pad_id,
         cfg.eos_id, cfg.threshold, cfg.threshold_main, cfg.temperature, cfg.seed, offset,
     )
-    record(state, tokens, n_new, cfg)
+    record(state, tokens, n_new)
     state.inputs.copy_(stepper.next_inputs(tokens, next_in))
-    state.position_ids.add_(1)
+    advance(state, cfg)
 
 
 def decode_step(stepper, state: DecodeState, cfg: StepConfig, offset: int, mask: torch.Tensor) -> None:

@@ -108,17 +108,23 @@ def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torc
     return lengths
 
 
-def _context_steps(backbone: Any, longest_prompt: int, max_new_tokens: int) -> int:
-    """Decode steps allowed after prefill: max_new_tokens - 1, fewer when positions would pass
-    the context (max_position_embeddings); a prompt longer than the context is an error."""
-    context = getattr(backbone.config, "max_position_embeddings", None)
+def _context(backbone: Any) -> int | None:
+    """The positions the model can take (max_position_embeddings; None: not said)."""
+    return getattr(backbone.config, "max_position_embeddings", None)
+
+
+def _context_steps(context: int | None, lengths: torch.Tensor, max_new_tokens: int) -> int:
+    """Decode steps the loop may run after prefill: max_new_tokens - 1, fewer when even the
+    shortest prompt's positions would pass the context. Longer prompts reach the context
+    sooner; the loop finishes each row there (`decode_loop.advance`), not the whole batch.
+    A prompt longer than the context is an error."""
     if context is None:
         return max_new_tokens - 1
-    if longest_prompt > context:
-        raise ValueError(f"generate: a prompt has {longest_prompt} tokens, more than the model's context "
+    if int(lengths.max()) > context:
+        raise ValueError(f"generate: a prompt has {int(lengths.max())} tokens, more than the model's context "
                          f"(max_position_embeddings={context})")
     # Step s feeds position L + s, which must stay below the context.
-    return min(max_new_tokens - 1, context - longest_prompt)
+    return min(max_new_tokens - 1, context - int(lengths.min()))
 
 
 def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: float) -> bool:
@@ -201,7 +207,8 @@ def generate(
         input_ids: [B, T] prompt ids, left-padded (rows of different lengths).
         attention_mask: [B, T] 0/1, zeros only before each row's first token; None = all ones.
         max_new_tokens: tokens per row at most (>= 1); a pair step with one slot left keeps
-            only its first token. Positions are also capped by max_position_embeddings.
+            only its first token. A row also stops when its next position would pass the
+            context (max_position_embeddings), whatever the other rows' lengths.
         mode: "superthoughts", "pairs" (threshold 0) or "standard" (backbone alone).
         threshold, threshold_main: MTP / main-head confidence needed to keep the second token
             in mode "superthoughts" (None: model.config.threshold / threshold_main, or 0);
@@ -238,7 +245,8 @@ def generate(
         return GenerateOutput([], [], [], [], 0.0, 0)
     lengths = _check_prompt(input_ids, attention_mask)
     backbone = model.backbone if superthoughts else model
-    max_steps = _context_steps(backbone, int(lengths.max()), max_new_tokens)
+    context = _context(backbone)
+    max_steps = _context_steps(context, lengths, max_new_tokens)
     graphs = _use_graphs(cuda_graphs, input_ids.device, temperature)
     compiled = resolve_compile(compile, input_ids.device, temperature)
     # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
@@ -264,7 +272,7 @@ def generate(
         from superthoughts_ext.reference import superthoughts_step_ref as step_fn
     # Greedy steps ignore the seed: a constant one keeps it from keying a new compiled step.
     cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main, float(temperature),
-                                 int(seed) if temperature > 0 else 0, ignore_eos)
+                                 int(seed) if temperature > 0 else 0, ignore_eos, context)
 
     batch, prompt_len = input_ids.shape
     input_ids = input_ids.to(torch.int64)
