@@ -200,8 +200,12 @@ def train(options: TrainOptions) -> TrainResult:
         overrides["distill_weight"] = options.distill_weight
     dtype = DTYPES[options.dtype]
     model = train_utils.build_model(options.model, baseline=options.baseline, dtype=dtype, overrides=overrides)
-    train_utils.check_vocab(tokenizer, model, examples)
     superthoughts = not options.baseline
+    # A continued SuperThoughts model keeps the pad it was trained with; the tokenizer is
+    # made to agree, since Trainer copies its pad into the config that gets saved.
+    pad_id = model.pad_token_id if superthoughts else pad_id
+    tokenizer = train_utils.with_pad_token(tokenizer, pad_id)
+    train_utils.check_vocab(tokenizer, model, examples)
     if superthoughts and options.distill_weight > 0:
         train_utils.attach_teacher(model, options.model, dtype)
     if options.gradient_checkpointing:

@@ -5,6 +5,7 @@ depends on `transformers.Trainer`.
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,29 @@ def pad_and_eos_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
         raise ValueError("train: the tokenizer has no eos_token; the response must end with one")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     return int(pad_id), int(eos_id)
+
+
+def with_pad_token(tokenizer: PreTrainedTokenizerBase, pad_id: int) -> PreTrainedTokenizerBase:
+    """`tokenizer` whose pad token is `pad_id`: itself when it already is, else a copy.
+
+    transformers.Trainer.train writes tokenizer.pad_token_id into model.config (its
+    align_special_tokens), and a SuperThoughts model saves that config: a tokenizer without a
+    pad, or with another one, would leave the checkpoint a pad the run never padded with.
+    Replacing a different existing pad warns.
+    """
+    if tokenizer.pad_token_id == pad_id:
+        return tokenizer
+    token = tokenizer.convert_ids_to_tokens(pad_id)
+    if token is None:
+        raise ValueError(f"train: the model pads with id {pad_id}, which the tokenizer ({len(tokenizer)} tokens) "
+                         f"does not have")
+    if tokenizer.pad_token_id is not None:
+        warnings.warn(f"train: the tokenizer's pad token {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}) is "
+                      f"replaced by {token!r} (id {pad_id}), the model's pad", stacklevel=2)
+    # A copy: the caller's tokenizer object keeps its own settings.
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = token
+    return tokenizer
 
 
 def load_examples(

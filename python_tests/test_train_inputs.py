@@ -1,0 +1,76 @@
+"""Inputs of the training wrapper that the main tests do not cover: tokenizers without a pad
+token or without files, continuing a SuperThoughts checkpoint with other settings, rows beyond
+the model's context, and pre-tokenised rows. Tiny random models on CPU, a step or two each.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from test_train import FAST, ROWS, base_dirs, make_model, make_tokenizer  # noqa: E402,F401  (base_dirs is a fixture)
+
+from superthoughts_ext import train_utils  # noqa: E402
+from superthoughts_ext.train import TrainOptions, train  # noqa: E402
+
+ONE_STEP = {**FAST, "max_steps": 1}
+
+
+@pytest.fixture
+def recorded_pads(monkeypatch):
+    """Makes `train` build a collator that records the pad id it pads with."""
+    from superthoughts_ext import data
+
+    pads: list[int] = []
+
+    class Recording(data.SuperThoughtsCollator):
+        def __init__(self, pad_id, *args, **kwargs):
+            super().__init__(pad_id, *args, **kwargs)
+            pads.append(self.pad_id)
+
+    monkeypatch.setattr(data, "SuperThoughtsCollator", Recording)
+    return pads
+
+
+def saved_pad(out: Path, baseline: bool) -> int | None:
+    values = json.loads((out / "config.json").read_text())
+    return values["pad_token_id"] if baseline else values["superthoughts"]["pad_token_id"]
+
+
+@pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
+def test_tokenizer_without_pad_saves_the_pad_it_trained_with(tmp_path, recorded_pads, baseline):
+    from superthoughts_ext.modeling import load_model
+
+    tok = make_tokenizer()
+    tok.pad_token = None
+    eos = tok.eos_token_id
+    model = make_model("llama", len(tok) + 3)
+    # Base checkpoints often name <|endoftext|> (id 0) as EOS and no pad: a reload that lost
+    # the training pad would fall back to that id.
+    model.config.eos_token_id, model.config.pad_token_id = 0, None
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    out = tmp_path / "out"
+    result = train(TrainOptions(model=tmp_path / "base", tokenizer=tok, data=ROWS, output_dir=out,
+                                baseline=baseline, **ONE_STEP))
+    assert recorded_pads == [eos]
+    assert saved_pad(out, baseline) == eos
+    assert tok.pad_token_id is None, "the caller's tokenizer object was changed"
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).pad_token_id == eos
+    if not baseline:
+        assert result.model.pad_token_id == eos and load_model(out).pad_token_id == eos
+
+
+def test_with_pad_token_replaces_another_pad_with_a_warning():
+    tok = make_tokenizer()
+    assert train_utils.with_pad_token(tok, tok.pad_token_id) is tok
+    with pytest.warns(UserWarning, match="replaced by '<|im_end|>'"):
+        other = train_utils.with_pad_token(tok, tok.eos_token_id)
+    assert other.pad_token_id == tok.eos_token_id and tok.pad_token_id == 0
+    with pytest.raises(ValueError, match="id 99"):
+        train_utils.with_pad_token(tok, 99)
