@@ -8,12 +8,22 @@ import pytest
 import torch
 
 from superthoughts_ext.generate import MODES, generate
-from test_generate import BOS, CONTEXT, EOS, HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad
-from test_generate import backbone, model, qwen2_pair  # noqa: F401  (fixtures)
+from test_generate import (BOS, CONTEXT, HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad,
+                           superthoughts_model, tiny_backbone)
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 KERNELS = [pytest.param(True, marks=pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")),
            False]
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def backbone(request) -> torch.nn.Module:
+    return tiny_backbone(request.param)
+
+
+@pytest.fixture(scope="module")
+def model(backbone) -> torch.nn.Module:
+    return superthoughts_model(backbone)
 
 
 @pytest.mark.parametrize("use_kernels", KERNELS, ids=["kernels", "reference"])
@@ -40,9 +50,9 @@ def test_context_limit_is_per_row(model, backbone, mode: str, use_kernels: bool)
 
 
 @pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
-def test_context_limit_is_per_row_compiled(qwen2_pair) -> None:
+def test_context_limit_is_per_row_compiled() -> None:
     # The per-row context check and position clamp run inside the compiled step.
-    _, model = qwen2_pair
+    model = superthoughts_model(tiny_backbone("qwen2"))
     ids, mask = left_pad([PROMPTS[2], [BOS, *([7] * (CONTEXT - 6))]])
     kwargs = dict(max_new_tokens=30, threshold=MIXED_THRESHOLD, ignore_eos=True)
     compiled = generate(model, ids, mask, compile=True, **kwargs)
