@@ -74,3 +74,58 @@ def test_with_pad_token_replaces_another_pad_with_a_warning():
     assert other.pad_token_id == tok.eos_token_id and tok.pad_token_id == 0
     with pytest.raises(ValueError, match="id 99"):
         train_utils.with_pad_token(tok, 99)
+
+
+@pytest.fixture
+def st_checkpoint(base_dirs, tmp_path):
+    """Writes a fresh SuperThoughts checkpoint (pad 0, with the tokenizer) of the qwen2 base."""
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    def write(name: str, **fields) -> Path:
+        out = tmp_path / name
+        SuperThoughtsForCausalLM.from_base(base_dirs["qwen2"], pad_token_id=0, **fields).save_pretrained(out)
+        make_tokenizer().save_pretrained(out)
+        return out
+
+    return write
+
+
+def saved_fields(out: Path) -> dict:
+    return json.loads((out / "config.json").read_text())["superthoughts"]
+
+
+def test_continued_checkpoint_takes_the_runs_loss_settings(st_checkpoint, tmp_path):
+    source = st_checkpoint("st")
+    out = tmp_path / "more"
+    result = train(TrainOptions(model=source, data=ROWS, output_dir=out, distill_weight=0.5, lambda_mtp=0.0,
+                                rho_max=0.1, **ONE_STEP))
+    assert "loss_distill" in result.log_history[0]
+    expected = {"distill_weight": 0.5, "lambda_mtp": 0.0, "rho_max": 0.1, "pad_token_id": 0}
+    assert {k: getattr(result.model.config, k) for k in expected} == expected
+    assert {k: saved_fields(out)[k] for k in expected} == expected
+
+
+def test_distilled_checkpoint_continues_without_distillation(st_checkpoint, tmp_path):
+    source = st_checkpoint("distilled", distill_weight=0.5, lambda_mtp=0.3)
+    out = tmp_path / "more"
+    result = train(TrainOptions(model=source, data=ROWS, output_dir=out, **ONE_STEP))
+    assert "loss_distill" not in result.log_history[0]
+    # lambda_mtp not given: the checkpoint's stays.
+    assert saved_fields(out)["distill_weight"] == 0.0 and saved_fields(out)["lambda_mtp"] == 0.3
+
+
+def test_continued_checkpoint_dtype_pad_and_refusals(st_checkpoint):
+    source = st_checkpoint("st")
+    build = train_utils.build_model
+    model = build(source, baseline=False, dtype=torch.bfloat16, overrides={"pad_token_id": 2, "rho_max": 0.5})
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.pad_token_id == 0 and model.config.rho_max == 0.5
+    with pytest.raises(ValueError, match="compressor_type='mlp'.*has compressor_type='linear'"):
+        build(source, baseline=False, dtype=torch.float32, overrides={"compressor_type": "mlp"})
+    with pytest.raises(ValueError, match="mtp_type='mlp'.*has mtp_type='decoder'"):
+        build(model, baseline=False, dtype=torch.float32, overrides={"mtp_type": "mlp"})
+    with pytest.raises(ValueError, match="lambda_mtp must be >= 0"):
+        build(model, baseline=False, dtype=torch.float32, overrides={"lambda_mtp": -1.0})
+    assert model.config.lambda_mtp == 1.0, "a refused value was kept"
+    # The same kinds as the checkpoint's are fine.
+    build(model, baseline=False, dtype=torch.float32, overrides={"compressor_type": "linear", "mtp_type": "decoder"})

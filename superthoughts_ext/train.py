@@ -63,7 +63,10 @@ class TrainOptions:
     SuperThoughtsForCausalLM to continue training). `data` is a JSONL path or a list of
     rows (raw {problem_field, solution_field} or tokenised {"prompt_ids", "response_ids"}).
     `max_steps` > 0 overrides `num_epochs`. `batch_size` is per process. `lora_r` = 0 means
-    full fine-tuning. SuperThoughts fields left as None keep the SuperThoughtsConfig default.
+    full fine-tuning. SuperThoughts fields left as None keep the SuperThoughtsConfig default
+    (a continued SuperThoughts model: its own). A continued model takes distill_weight,
+    rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
+    compressor_type or mtp_type.
     """
 
     model: str | os.PathLike | nn.Module
@@ -192,12 +195,12 @@ def train(options: TrainOptions) -> TrainResult:
     )
     args = training_arguments(options)
     torch.manual_seed(options.seed)
-    overrides: dict[str, Any] = {"pad_token_id": pad_id, "rho_max": options.rho_max}
+    # distill_weight always: a continued checkpoint's own weight must not outlive the run's.
+    overrides: dict[str, Any] = {"pad_token_id": pad_id, "rho_max": options.rho_max,
+                                 "distill_weight": options.distill_weight}
     for name in ("compressor_type", "mtp_type", "lambda_mtp"):
         if getattr(options, name) is not None:
             overrides[name] = getattr(options, name)
-    if options.distill_weight > 0:
-        overrides["distill_weight"] = options.distill_weight
     dtype = DTYPES[options.dtype]
     model = train_utils.build_model(options.model, baseline=options.baseline, dtype=dtype, overrides=overrides)
     superthoughts = not options.baseline
@@ -277,8 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--distill-weight", type=float, default=d["distill_weight"].default, help="stage-1 KL weight")
     g("--lambda-mtp", type=float, default=None, help="MTP loss weight (default: model config)")
     g("--rho-max", type=float, default=d["rho_max"].default, help="max pad-split fraction")
-    g("--compressor-type", default=None, help="compressor kind (default: model config)")
-    g("--mtp-type", default=None, help="MTP head kind (default: model config)")
+    g("--compressor-type", default=None, help="compressor kind (default: model config; a continued model's must match)")
+    g("--mtp-type", default=None, help="MTP head kind (default: model config; a continued model's must match)")
     g("--problem-field", default=d["problem_field"].default, help="JSONL field holding the prompt")
     g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
     g("--system-prompt", default=None, help="system message (default: the chat template's own)")

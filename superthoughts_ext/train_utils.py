@@ -272,8 +272,9 @@ def build_model(
 ) -> nn.Module:
     """The model to train: the plain causal LM (baseline) or a SuperThoughts model.
 
-    A SuperThoughts checkpoint or module continues training as it is (`overrides` ignored);
-    a plain one is wrapped with `SuperThoughtsForCausalLM.from_base(model, **overrides)`.
+    A plain checkpoint or module is wrapped with `SuperThoughtsForCausalLM.from_base(model,
+    **overrides)`; a SuperThoughts one continues training with the run's settings
+    (`continue_with`). Directories load in `dtype`; modules keep theirs.
     """
     from transformers import AutoModelForCausalLM
 
@@ -282,16 +283,43 @@ def build_model(
     if isinstance(source, SuperThoughtsForCausalLM):
         if baseline:
             raise ValueError("train: baseline mode trains a plain causal LM; got a SuperThoughts model")
-        return source
+        return continue_with(source, overrides)
     if not isinstance(source, nn.Module):
         if not os.path.isfile(os.path.join(os.fspath(source), "config.json")):
             raise FileNotFoundError(f"train: {os.fspath(source)!r} is not a model directory (no config.json)")
         if is_superthoughts_checkpoint(source):
             if baseline:
                 raise ValueError(f"train: baseline mode needs a plain checkpoint; {os.fspath(source)!r} is SuperThoughts")
-            return SuperThoughtsForCausalLM.from_pretrained(os.fspath(source))
+            return continue_with(SuperThoughtsForCausalLM.from_pretrained(os.fspath(source), dtype=dtype), overrides)
         source = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
     return source if baseline else SuperThoughtsForCausalLM.from_base(source, **overrides)
+
+
+# SuperThoughtsConfig fields a continued model takes from the run; its structure
+# (compressor_type, mtp_type) and its pad stay those it was trained with.
+RUN_FIELDS: tuple[str, ...] = ("lambda_mtp", "rho_max", "distill_weight")
+
+
+def continue_with(model: nn.Module, overrides: Mapping[str, Any]) -> nn.Module:
+    """`model` (a SuperThoughtsForCausalLM) with the run's loss settings in its config.
+
+    distill_weight must always be given (the teacher is attached from the run's value, and
+    the forward asks for one when the config's weight is > 0). A compressor_type or mtp_type
+    other than the model's raises ValueError: the trained modules cannot change kind.
+    """
+    from superthoughts_ext.modeling import SuperThoughtsConfig
+
+    config = model.config
+    for name in ("compressor_type", "mtp_type"):
+        wanted, have = overrides.get(name), getattr(config, name)
+        if wanted is not None and wanted != have:
+            raise ValueError(f"train: {name}={wanted!r} was asked for but the SuperThoughts model to continue has "
+                             f"{name}={have!r}; drop the option or start from the plain base model")
+    changes = {name: overrides[name] for name in RUN_FIELDS if overrides.get(name) is not None}
+    checked = SuperThoughtsConfig.from_dict({**config.to_dict(), **changes})  # refuses bad values
+    for name in changes:
+        setattr(config, name, getattr(checked, name))
+    return model
 
 
 def attach_teacher(model: nn.Module, source: str | os.PathLike | nn.Module, dtype: torch.dtype) -> None:
