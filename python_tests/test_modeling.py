@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
+from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config  # noqa: E402
 
 from superthoughts_ext.data import SuperThoughtsCollator  # noqa: E402
 from superthoughts_ext.layers import causal_mask_for_right_padding, linear_cross_entropy  # noqa: E402
@@ -34,7 +34,10 @@ def make_backbone(kind: str, seed: int = 0):
     common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   pad_token_id=PAD, eos_token_id=EOS, tie_word_embeddings=kind == "qwen2")
-    config = Qwen2Config(**common) if kind == "qwen2" else LlamaConfig(**common)
+    if kind == "mistral":  # every layer slides (no layer_types in its config)
+        config = MistralConfig(**common, sliding_window=4)
+    else:
+        config = Qwen2Config(**common) if kind == "qwen2" else LlamaConfig(**common)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
 
@@ -274,10 +277,12 @@ def left_padded(lengths: list[int], width: int) -> tuple[torch.Tensor, torch.Ten
     return mask, position_ids
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ["mistral"])
 @pytest.mark.parametrize("mtp", ["decoder", "mlp"])
 def test_cache_steps_equal_one_forward(family, mtp):
     model = make_model(family, mtp_type=mtp)
+    if family == "mistral" and mtp == "decoder":
+        assert model.mtp.sliding  # its cache is a sliding one, so must its training mask be
     batch, width, prefill, capacity = 3, 11, 5, 16
     mask, position_ids = left_padded([11, 8, 5], width)
     g = torch.Generator().manual_seed(0)
@@ -326,14 +331,16 @@ def test_cache_is_static_and_checked():
 def test_save_load_round_trip_bit_identical(tmp_path, family, compressor, mtp):
     model = make_model(family, compressor_type=compressor, mtp_type=mtp, lambda_mtp=0.7, threshold=0.99)
     model.attach_teacher(copy.deepcopy(model.backbone))
+    model.backbone.generation_config.eos_token_id = [EOS, 5]  # e.g. <|im_end|> and <|endoftext|>
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["superthoughts"]["compressor_type"] == compressor and saved["hidden_size"] == HIDDEN
     assert is_superthoughts_checkpoint(tmp_path)
     loaded = load_model(tmp_path)
     assert isinstance(loaded, SuperThoughtsForCausalLM) and not loaded.training and loaded.teacher is None
     assert loaded.config == model.config
+    assert loaded.backbone.generation_config.eos_token_id == [EOS, 5]
     assert loaded.backbone.config.tie_word_embeddings == model.backbone.config.tie_word_embeddings
     tied = loaded.backbone.lm_head.weight is loaded.get_input_embeddings().weight
     assert tied == (family == "qwen2")
@@ -344,6 +351,26 @@ def test_save_load_round_trip_bit_identical(tmp_path, family, compressor, mtp):
     assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)
     half = SuperThoughtsForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert_rope_like_backbone(half)
+
+
+def assert_rope_like_backbone(model):
+    if model.config.mtp_type != "decoder":
+        return
+    for name, buffer in model.backbone.model.rotary_emb.named_buffers():
+        mine = getattr(model.mtp.rotary_emb, name)
+        assert mine.dtype == buffer.dtype == torch.float32 and torch.equal(mine, buffer), name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mtp_rope_frequencies_stay_float32_in_bf16(tmp_path, family):
+    # transformers builds the backbone's RoPE frequencies in float32 whatever the weights'
+    # dtype; rounding the MTP layer's to bf16 would turn its angles by up to radians at
+    # distances of thousands of positions.
+    make_backbone(family).save_pretrained(tmp_path)
+    model = SuperThoughtsForCausalLM.from_base(tmp_path, dtype=torch.bfloat16)
+    assert model.mtp.layer.self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert_rope_like_backbone(model)
 
 
 def test_from_base_paths_and_load_model_baseline(tmp_path):
@@ -389,6 +416,15 @@ def test_config_and_vocab_errors():
         SuperThoughtsConfig(mtp_type="rnn")
     with pytest.raises(ValueError, match="rho_max"):
         SuperThoughtsConfig(rho_max=1.5)
+    with pytest.raises(ValueError, match="lambda_mtp must be >= 0.0, got nan"):
+        SuperThoughtsConfig(lambda_mtp=float("nan"))
+    with pytest.raises(ValueError, match="threshold must be in"):
+        SuperThoughtsConfig(threshold=float("nan"))
+    gemma = Gemma2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=None,
+                         attn_logit_softcapping=None, pad_token_id=PAD, eos_token_id=EOS)
+    with pytest.raises(NotImplementedError, match="scale their input embeddings"):
+        SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(gemma))
     with pytest.raises(ValueError, match=f"pad_token_id {VOCAB} is out of range for vocabulary size {VOCAB}"):
         SuperThoughtsForCausalLM.from_base(make_backbone("qwen2"), pad_token_id=VOCAB)
     model = make_model("qwen2")

@@ -1,4 +1,5 @@
-"""The SuperThoughts checkpoint directory: config.json + model.safetensors, and its checks.
+"""The SuperThoughts checkpoint directory: config.json + model.safetensors (+ the backbone's
+generation_config.json), and its checks.
 
 config.json is the backbone's own config (so tools that read e.g. hidden_size keep working)
 with `architectures = ["SuperThoughtsForCausalLM"]` and a "superthoughts" section; the weights
@@ -14,10 +15,17 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    AutoConfig,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+GENERATION_CONFIG_NAME = "generation_config.json"
 SECTION = "superthoughts"
 
 
@@ -76,6 +84,11 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()
                if canonical[name] == name and not name.startswith("teacher")}
     save_file(tensors, os.fspath(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    # generation_config.json carries the stop tokens (for Qwen2.5-Instruct <|im_end|>, which
+    # config.json's eos_token_id does not name); without it a reloaded model runs past them.
+    generation_config = getattr(model.backbone, "generation_config", None)
+    if generation_config is not None:
+        generation_config.save_pretrained(directory)
 
 
 def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, dtype: torch.dtype | None):
@@ -105,6 +118,8 @@ def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, 
     # from_pretrained with a state dict builds the model without a random init and re-ties
     # shared weights the way the config says.
     backbone = backbone_cls.from_pretrained(None, config=base_config, state_dict=backbone_weights, dtype=dtype)
+    if (path / GENERATION_CONFIG_NAME).is_file():
+        backbone.generation_config = GenerationConfig.from_pretrained(path)
     model = model_cls(backbone, st_config)
     rest = {k: v for k, v in weights.items() if not k.startswith("backbone.")}
     missing, unexpected = model.load_state_dict(rest, strict=False)

@@ -153,7 +153,13 @@ class DecoderMTP(_MTPInput):
         self.layer.to_empty(device=backbone.model.norm.weight.device)
         self.layer.load_state_dict(last.state_dict())
         self.rotary_emb = type(backbone.model.rotary_emb)(config=self.layer_config)
-        self.sliding = (getattr(self.layer_config, "layer_types", None) or ["full_attention"])[0] == "sliding_attention"
+        # The backbone's own rule: its layer types when the config lists them, else (Mistral)
+        # every layer slides when a window is set.
+        layer_types = getattr(self.layer_config, "layer_types", None)
+        if layer_types:
+            self.sliding = layer_types[0] == "sliding_attention"
+        else:
+            self.sliding = getattr(self.layer_config, "sliding_window", None) is not None
 
     def new_cache(self, batch_size: int, max_positions: int, device: torch.device, dtype: torch.dtype) -> StaticCache:
         """Static one-layer KV cache for `batch_size` rows and `max_positions` positions."""
@@ -203,11 +209,16 @@ def build_mtp(kind: str, backbone: PreTrainedModel) -> nn.Module:
         if not hasattr(backbone, name):
             raise TypeError(f"SuperThoughts needs a decoder-only causal LM with .model and .lm_head; "
                             f"{type(backbone).__name__} has no .{name}")
+    if kind not in ("decoder", "mlp"):
+        raise ValueError(f"mtp_type must be 'decoder' or 'mlp', got {kind!r}")
+    weight = backbone.get_input_embeddings().weight
+    mtp = (DecoderMTP if kind == "decoder" else MLPMTP)(backbone).to(weight.device, weight.dtype)
     if kind == "decoder":
-        return DecoderMTP(backbone)
-    if kind == "mlp":
-        return MLPMTP(backbone)
-    raise ValueError(f"mtp_type must be 'decoder' or 'mlp', got {kind!r}")
+        # .to(dtype) also rounds the RoPE frequencies, which transformers keeps in float32
+        # whatever the weights' dtype: take the backbone's, which the copied layer knows.
+        for name, buffer in backbone.model.rotary_emb.named_buffers():
+            setattr(mtp.rotary_emb, name, buffer.clone())
+    return mtp
 
 
 def causal_mask_for_right_padding(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ such as lm_head.weight stored once).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -66,7 +67,8 @@ class SuperThoughtsConfig:
         for name, low, high in (("lambda_mtp", 0.0, None), ("rho_max", 0.0, 1.0), ("distill_weight", 0.0, None),
                                 ("threshold", 0.0, 1.0), ("threshold_main", 0.0, 1.0)):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < low or (high is not None and value > high):
+            if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < low
+                    or (high is not None and value > high)):
                 bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
                 raise ValueError(f"SuperThoughtsConfig: {name} must be {bound}, got {value!r}")
         if self.pad_token_id is not None and (not isinstance(self.pad_token_id, int) or self.pad_token_id < 0):
@@ -124,6 +126,12 @@ class SuperThoughtsForCausalLM(nn.Module):
             if getattr(base, key, None) not in (None, 1.0):
                 raise NotImplementedError(f"SuperThoughts: backbones with {key}={getattr(base, key)} are not supported "
                                           f"(head_logits applies lm_head alone)")
+        scale = getattr(backbone.get_input_embeddings(), "embed_scale", None)
+        if scale is not None and float(scale) != 1.0:
+            # The compressor and the step op read the raw embedding table.
+            raise NotImplementedError(f"SuperThoughts: backbones that scale their input embeddings "
+                                      f"({type(backbone.get_input_embeddings()).__name__}, scale {float(scale):g}) "
+                                      f"are not supported")
         vocab = backbone.get_input_embeddings().num_embeddings
         head = backbone.get_output_embeddings()
         if head is None or head.weight.shape[0] != vocab:
@@ -142,7 +150,7 @@ class SuperThoughtsForCausalLM(nn.Module):
         self.backbone = backbone
         weight = backbone.get_input_embeddings().weight
         self.compressor = build_compressor(config.compressor_type, base.hidden_size).to(weight.device, weight.dtype)
-        self.mtp = build_mtp(config.mtp_type, backbone).to(weight.device, weight.dtype)
+        self.mtp = build_mtp(config.mtp_type, backbone)
         # A tuple keeps the teacher out of submodules: no state dict entry, no optimizer
         # parameters, no DDP broadcast, no peft wrapping.
         self._teacher: tuple[nn.Module, ...] = ()
