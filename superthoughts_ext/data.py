@@ -273,10 +273,14 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
     """{"prompt_ids", "response_ids"}: the response is the solution as the template writes the
     assistant turn, cut right after the tokenizer's EOS (ChatML: "...<|im_end|>", without the
     newline that follows); when the turn holds no EOS its trailing whitespace is dropped and
-    EOS appended."""
+    EOS appended. A solution holding the EOS token before its end raises ValueError: the
+    response would be cut there."""
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no eos_token; the response must end with one")
+    if eos_id in tokenizer(solution.rstrip(), add_special_tokens=False)["input_ids"][:-1]:
+        raise ValueError(f"the solution holds the EOS token {tokenizer.eos_token!r} before its end; "
+                         f"the response would be cut there")
     messages = _messages(problem, system_prompt)
     prompt_text = _chat(tokenizer, messages, add_generation_prompt=True)
     full_text = _chat(tokenizer, messages + [{"role": "assistant", "content": solution}], add_generation_prompt=False)
@@ -297,9 +301,10 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
                 system_prompt: str | None = None, max_length: int | None = None) -> list[dict[str, list[int]]]:
     """Tokenised features from (number, row) pairs; errors and warnings say `where:number`.
 
-    A row that is not a mapping or lacks a string field raises ValueError. Rows whose solution
-    is empty (or only whitespace) and rows longer than `max_length` tokens (prompt + response,
-    uncompressed) are dropped with a warning naming them: never truncated.
+    A row that is not a mapping, lacks a string field or whose solution holds EOS before its end
+    raises ValueError. Rows whose solution is empty (or only whitespace) and rows longer than
+    `max_length` tokens (prompt + response, uncompressed) are dropped with a warning naming
+    them: never truncated.
     """
     examples: list[dict[str, list[int]]] = []
     empty: list[int] = []
@@ -314,7 +319,10 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
         if not row[solution_field].strip():
             empty.append(number)
             continue
-        example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt)
+        try:
+            example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt)
+        except ValueError as exc:
+            raise ValueError(f"{at}: {exc}") from exc
         if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
             too_long.append(number)
             continue
