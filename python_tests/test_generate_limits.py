@@ -4,11 +4,13 @@ Tiny random models from test_generate (CPU, no weights downloaded).
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from superthoughts_ext.generate import MODES, generate
-from test_generate import (BOS, CONTEXT, HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad,
+from test_generate import (BOS, CONTEXT, EOS, HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad,
                            superthoughts_model, tiny_backbone)
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -49,13 +51,71 @@ def test_context_limit_is_per_row(model, backbone, mode: str, use_kernels: bool)
     assert batch.sequences == [generate(target, torch.tensor([p]), **kwargs).sequences[0] for p in prompts]
 
 
+def first_new_token(tokens: list[int], start: int, parity: int | None = None, avoid: tuple[int, ...] = ()) -> int:
+    """A token at index >= start (of the given index parity) that does not occur before it."""
+    return next(t for i, t in enumerate(tokens) if i >= start and (parity is None or i % 2 == parity)
+                and t not in tokens[:i] and t not in (EOS, *avoid))
+
+
+@pytest.mark.parametrize("rows", [[0], [0, 1, 2, 3]], ids=["batch1", "batch4"])
+def test_standard_stops_at_every_eos_of_the_generation_config(backbone, rows: list[int]) -> None:
+    # Llama 3 Instruct lists <|end_of_text|> and <|eot_id|>: transformers stops at either.
+    ids, mask = left_pad([PROMPTS[r] for r in rows])
+    free = generate(backbone, ids[:1, -len(PROMPTS[rows[0]]):], max_new_tokens=30, mode="standard").sequences[0]
+    several = copy.deepcopy(backbone)
+    several.generation_config.eos_token_id = [EOS, first_new_token(free, 5)]
+    ours = generate(several, ids, mask, max_new_tokens=30, mode="standard")
+    theirs = several.generate(input_ids=ids, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)
+    stops = set(several.generation_config.eos_token_id)
+    expected = [row[: next((i + 1 for i, t in enumerate(row) if t in stops), len(row))]
+                for row in theirs[:, ids.shape[1]:].tolist()]
+    assert ours.sequences == expected
+    assert ours.sequences[0][-1] == several.generation_config.eos_token_id[1]
+    check_stats(ours, 30)
+
+
+@pytest.mark.parametrize("use_kernels", KERNELS, ids=["kernels", "reference"])
+@pytest.mark.parametrize("mode", MODES)
+def test_every_eos_id_stops_a_row(model, backbone, mode: str, use_kernels: bool) -> None:
+    # The op stops on the first id only; the others end a row in the decode loop. Oracle: each
+    # row alone with its first stop id as the op's single EOS (a first token of a pair vetoes
+    # the pair, the step counts as one).
+    ids, mask = left_pad(PROMPTS)
+    target = backbone if mode == "standard" else model
+    kwargs = dict(max_new_tokens=24, mode=mode, threshold=MIXED_THRESHOLD, use_kernels=use_kernels)
+    free = generate(target, ids, mask, ignore_eos=True, **kwargs).sequences
+    # In pairs mode even indices are first tokens of a pair, odd ones second tokens.
+    first = first_new_token(free[0], 4, parity=0)
+    second = first_new_token(free[1], 5, parity=1, avoid=(first,))
+    stops = [EOS, first, second]
+    out = generate(target, ids, mask, eos_token_id=stops, **kwargs)
+    for row, prompt in enumerate(PROMPTS):
+        stop = next((t for t in free[row] if t in stops), EOS)
+        alone = generate(target, torch.tensor([prompt]), eos_token_id=stop, **kwargs)
+        assert out.sequences[row] == alone.sequences[0], f"row {row}"
+        assert (out.num_steps[row], out.num_pair_steps[row]) == (alone.num_steps[0], alone.num_pair_steps[0])
+    assert out.sequences[0][-1] in stops and out.sequences[1][-1] in stops
+    if mode == "pairs":  # a stop id as a first token cut a pair step short
+        assert any(len(seq) % 2 == 1 for seq in out.sequences)
+    check_stats(out, 24)
+    # ignore_eos decodes past all of them.
+    assert generate(target, ids, mask, eos_token_id=stops, ignore_eos=True, **kwargs).sequences == free
+
+
 @pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
-def test_context_limit_is_per_row_compiled() -> None:
-    # The per-row context check and position clamp run inside the compiled step.
+def test_limits_in_the_compiled_step() -> None:
+    # The per-row context check, the position clamp and the extra EOS ids run inside the
+    # compiled step.
     model = superthoughts_model(tiny_backbone("qwen2"))
-    ids, mask = left_pad([PROMPTS[2], [BOS, *([7] * (CONTEXT - 6))]])
+    ids, mask = left_pad([PROMPTS[2], [BOS, *([7] * (CONTEXT - 6))], PROMPTS[1]])
     kwargs = dict(max_new_tokens=30, threshold=MIXED_THRESHOLD, ignore_eos=True)
-    compiled = generate(model, ids, mask, compile=True, **kwargs)
-    eager = generate(model, ids, mask, compile=False, **kwargs)
-    assert compiled.sequences == eager.sequences and compiled.num_tokens[0] == 30
-    assert (compiled.num_steps, compiled.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
+    free = generate(model, ids, mask, compile=False, **kwargs)
+    assert free.num_tokens[0] == 30 and free.num_steps[1] == 6
+    kwargs["eos_token_id"] = [EOS, first_new_token(free.sequences[2], 4)]
+    for ignore_eos in (True, False):
+        kwargs["ignore_eos"] = ignore_eos
+        compiled = generate(model, ids, mask, compile=True, **kwargs)
+        eager = generate(model, ids, mask, compile=False, **kwargs)
+        assert compiled.sequences == eager.sequences
+        assert (compiled.num_steps, compiled.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
+    assert eager.sequences[2][-1] == kwargs["eos_token_id"][1]

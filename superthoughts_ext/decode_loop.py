@@ -67,10 +67,14 @@ class DecodeState:
     num_pair_steps: torch.Tensor  # [B] int64 steps that emitted two tokens
     slot: torch.Tensor  # [1, 2] int64 (0, 1): offsets of a step's two tokens
     prompt_len: int  # T: cache columns the prompt fills; decode step s writes column T + s
+    # [K] int64 EOS ids besides the op's one (a model may list several), or None.
+    extra_eos: torch.Tensor | None = None
 
     @classmethod
-    def allocate(cls, attention_mask: torch.Tensor, max_positions: int, max_new_tokens: int) -> DecodeState:
-        """Buffers for a left-padded prompt mask [B, T]; P = max_positions >= T."""
+    def allocate(cls, attention_mask: torch.Tensor, max_positions: int, max_new_tokens: int,
+                 extra_eos: list[int] | tuple[int, ...] = ()) -> DecodeState:
+        """Buffers for a left-padded prompt mask [B, T]; P = max_positions >= T; `extra_eos`:
+        stop ids besides StepConfig.eos_id."""
         batch, prompt_len = attention_mask.shape
         device = attention_mask.device
         mask = torch.ones(batch, max_positions, dtype=torch.int64, device=device)
@@ -88,6 +92,7 @@ class DecodeState:
             num_pair_steps=zeros.clone(),
             slot=torch.arange(2, device=device).unsqueeze(0),
             prompt_len=prompt_len,
+            extra_eos=torch.tensor(extra_eos, dtype=torch.int64, device=device) if extra_eos else None,
         )
 
     @property
@@ -194,6 +199,23 @@ class BackboneStepper(_Stepper):
         return tokens[:, :1]
 
 
+def stop_at_extra_eos(state: DecodeState, tokens: torch.Tensor, n_new: torch.Tensor, cfg: StepConfig) -> torch.Tensor:
+    """n_new [B] of a step, cut after the first emitted token from `state.extra_eos`, whose rows
+    are finished: the op stops on one EOS id only, a model may list several (Llama 3 Instruct:
+    <|end_of_text|>, <|eot_id|>).
+
+    As the op does with its own EOS, a stop id as the first token of a pair ends the step there:
+    its second token is dropped and the step counts as a single one.
+    """
+    if state.extra_eos is None or cfg.ignore_eos:
+        return n_new
+    emitted = state.slot < n_new.unsqueeze(1)  # [B, 2]; n_new is 0 for rows finished before
+    # A comparison against the few ids, not torch.isin: its sorting path (many ids) syncs.
+    hit = (tokens.unsqueeze(-1) == state.extra_eos).any(dim=-1) & emitted  # [B, 2]
+    state.finished.logical_or_(hit.any(dim=1))
+    return torch.where(hit[:, 0], n_new.clamp(max=1), n_new)
+
+
 def record(state: DecodeState, tokens: torch.Tensor, n_new: torch.Tensor) -> None:
     """Appends a step's tokens [B, 2] to `state.out` at each row's write position, capped at M.
 
@@ -236,7 +258,7 @@ def sample(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig, o
         logits, stepper.embed, stepper.merge_weight, stepper.merge_bias, state.finished, cfg.pad_id,
         cfg.eos_id, cfg.threshold, cfg.threshold_main, cfg.temperature, cfg.seed, offset,
     )
-    record(state, tokens, n_new)
+    record(state, tokens, stop_at_extra_eos(state, tokens, n_new, cfg))
     state.inputs.copy_(stepper.next_inputs(tokens, next_in))
     advance(state, cfg)
 

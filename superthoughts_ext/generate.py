@@ -67,17 +67,28 @@ def _first_id(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def resolve_eos(model: Any, eos_token_id: int | list[int] | None) -> int:
-    """The EOS id the step op stops on: the argument, else the model's generation config, else
-    its config (a list means several; the op takes one, the first: a Qwen chat turn end)."""
+def _ids(value: Any) -> list[int]:
+    """Token ids of an int, a list of them or None, in order, without repeats."""
+    values = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
+    return list(dict.fromkeys(int(v) for v in values))
+
+
+def resolve_eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[int]:
+    """The EOS ids decoding stops on (any of them ends a row): the argument, else the model's
+    generation config, else its config. The first is the step op's own (a Qwen chat turn end)."""
     candidates = [eos_token_id]
     for owner in (model, getattr(model, "backbone", None)):
         for attr in ("generation_config", "config"):
             candidates.append(getattr(getattr(owner, attr, None), "eos_token_id", None))
     for candidate in candidates:
-        if (eos := _first_id(candidate)) is not None:
-            return eos
+        if ids := _ids(candidate):
+            return ids
     raise ValueError("generate: the model has no eos_token_id; pass eos_token_id=")
+
+
+def resolve_eos(model: Any, eos_token_id: int | list[int] | None) -> int:
+    """The first of `resolve_eos_ids`: the EOS id the step op stops on."""
+    return resolve_eos_ids(model, eos_token_id)[0]
 
 
 def _pad_id(model: Any, eos: int) -> int:
@@ -216,7 +227,8 @@ def generate(
         temperature: 0 greedy; > 0 Gumbel-max sampling from a Philox stream keyed by `seed`
             and counted by (step, row, head): reproducible, but a row's samples depend on its
             index in the batch.
-        eos_token_id: stop token (None: the model's generation config / config).
+        eos_token_id: stop token, or several: any of them ends a row (None: the model's
+            generation config / config).
         use_kernels: the compiled step op; False runs the plain-torch reference.
         cuda_graphs: "auto" (on for greedy CUDA decoding), True or False.
         compile: run the decode step through torch.compile (fullgraph) before it is captured
@@ -240,7 +252,8 @@ def generate(
                          f"({temperature}) >= 0")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    eos = resolve_eos(model, eos_token_id)
+    eos_ids = resolve_eos_ids(model, eos_token_id)
+    eos = eos_ids[0]
     if input_ids.shape[0] == 0:
         return GenerateOutput([], [], [], [], 0.0, 0)
     lengths = _check_prompt(input_ids, attention_mask)
@@ -278,7 +291,7 @@ def generate(
     input_ids = input_ids.to(torch.int64)
     attention_mask = attention_mask.to(torch.int64)
     positions = prompt_len + max_steps
-    state = decode_loop.DecodeState.allocate(attention_mask, positions, max_new_tokens)
+    state = decode_loop.DecodeState.allocate(attention_mask, positions, max_new_tokens, extra_eos=eos_ids[1:])
     stepper_cls = decode_loop.BackboneStepper if mode == "standard" else decode_loop.SuperThoughtsStepper
     stepper = stepper_cls(backbone if mode == "standard" else model, batch, positions)
     feed = None
@@ -359,14 +372,14 @@ def run(args: argparse.Namespace) -> int:
     input_ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
     streamer = TextStreamer(tokenizer, skip_prompt=True) if args.stream else None
     try:
-        # The checkpoint's generation config knows its turn end; the tokenizer is the fallback.
-        eos = resolve_eos(model, None)
+        # The checkpoint's generation config knows its turn ends; the tokenizer is the fallback.
+        eos_ids = resolve_eos_ids(model, None)
     except ValueError:
-        eos = tokenizer.eos_token_id
+        eos_ids = tokenizer.eos_token_id
     try:
         result = generate(model, input_ids, max_new_tokens=args.max_new_tokens, mode=mode, threshold=args.threshold,
                           threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
-                          eos_token_id=eos,
+                          eos_token_id=eos_ids,
                           use_kernels=not args.no_kernels, cuda_graphs=False if args.no_cuda_graphs else "auto",
                           compile="auto" if args.compile is None else args.compile, streamer=streamer)
     except ValueError as error:
@@ -375,7 +388,9 @@ def run(args: argparse.Namespace) -> int:
     if streamer is None:
         print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
     tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
-    cut = "" if eos in result.sequences[0] else f" (stopped by --max-new-tokens {args.max_new_tokens})"
+    sequence = result.sequences[0]
+    ended = bool(sequence) and sequence[-1] in _ids(eos_ids)
+    cut = "" if ended else f" (stopped by --max-new-tokens {args.max_new_tokens})"
     print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
           f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
           f"tokens/s={result.tokens_per_s:.1f}{cut}")
