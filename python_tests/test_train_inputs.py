@@ -129,3 +129,35 @@ def test_continued_checkpoint_dtype_pad_and_refusals(st_checkpoint):
     assert model.config.lambda_mtp == 1.0, "a refused value was kept"
     # The same kinds as the checkpoint's are fine.
     build(model, baseline=False, dtype=torch.float32, overrides={"compressor_type": "linear", "mtp_type": "decoder"})
+
+
+def load_rows(rows: list[dict], max_length: int | None = None) -> list[dict]:
+    return train_utils.load_examples(rows, make_tokenizer(), problem_field="problem", solution_field="solution",
+                                     system_prompt=None, max_length=max_length)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"prompt_ids": [], "response_ids": []}], r"row 1: empty prompt_ids"),
+    ([{"prompt_ids": [5], "response_ids": [6]}, {"prompt_ids": [], "response_ids": [6]}], r"row 2: empty prompt_ids"),
+    ([{"prompt_ids": [5], "response_ids": [5, 2, 6]}], r"row 1: response holds EOS \(2\) at position 1"),
+    ([{"prompt_ids": [5], "response_ids": [5, -100, 6]}], r"row 1: response_ids holds the negative token id -100"),
+    ([{"prompt_ids": [5.0], "response_ids": [6]}], r"row 1: prompt_ids must be a list of int token ids"),
+    ([{"prompt_ids": 5, "response_ids": [6]}], r"row 1: prompt_ids must be a list of int token ids"),
+], ids=["all-empty", "empty-prompt", "inner-eos", "negative", "float", "not-a-list"])
+def test_pretokenised_rows_are_checked_up_front(rows, message):
+    with pytest.raises(ValueError, match=message):
+        load_rows(rows)
+
+
+def test_pretokenised_rows_obey_max_length():
+    long = {"prompt_ids": [5, 6, 7], "response_ids": list(range(4, 25))}
+    short = {"prompt_ids": [5], "response_ids": [6, 7, 2]}
+    with pytest.warns(UserWarning, match=r"dropped 1 row\(s\) longer than max_length=5 tokens \(rows \[1\]\)"):
+        assert load_rows([long, short], max_length=5) == [short]
+    # The EOS appended to a response without one counts: [5] + [6, 7, EOS] is 4 tokens.
+    assert len(load_rows([{"prompt_ids": [5], "response_ids": [6, 7]}], max_length=4)) == 1
+    with pytest.warns(UserWarning, match="max_length=3"), pytest.raises(ValueError, match="no training examples"):
+        load_rows([{"prompt_ids": [5], "response_ids": [6, 7]}], max_length=3)
+    # Integer tensors and tuples are ids too.
+    ids = load_rows([{"prompt_ids": torch.tensor([5, 6]), "response_ids": (7,)}])
+    assert ids == [{"prompt_ids": [5, 6], "response_ids": [7]}]

@@ -99,10 +99,10 @@ def load_examples(
     """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows.
 
     Rows may be raw ({problem_field, solution_field}: text) or already tokenised
-    ({"prompt_ids", "response_ids"}: lists of ids). Errors name the file and line (or row
-    index); an empty dataset is an error.
+    ({"prompt_ids", "response_ids"}: lists of ids, checked by `data.tokenised_rows`). Errors
+    name the file and line (or row number); an empty dataset is an error.
     """
-    from superthoughts_ext.data import load_jsonl_examples
+    from superthoughts_ext.data import load_jsonl_examples, tokenised_rows
 
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
@@ -115,11 +115,8 @@ def load_examples(
         where = os.fspath(path)
     else:
         rows = list(data)
-        if rows and all("prompt_ids" in r and "response_ids" in r for r in rows):
-            examples = [
-                {"prompt_ids": list(r["prompt_ids"]), "response_ids": list(r["response_ids"])}
-                for r in rows
-            ]
+        if rows and all(isinstance(r, Mapping) and "prompt_ids" in r and "response_ids" in r for r in rows):
+            examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where="train: row", max_length=max_length)
         else:
             examples = _encode_rows(
                 rows, tokenizer, problem_field=problem_field, solution_field=solution_field,
