@@ -135,6 +135,20 @@ def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
         assert ("stopped by --max-new-tokens 12" in capsys.readouterr().out) == cut, path
 
 
+def test_cli_generate_says_when_the_context_stopped_it(backbone, tmp_path, capsys) -> None:
+    # The prompt leaves 6 positions of a 20-position context: 6 tokens, far below the budget.
+    short_context = copy.deepcopy(backbone)
+    short_context.config.max_position_embeddings = 20
+    short_context.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    prompt = " ".join(["one"] * 15)
+    assert len(TOKENIZER(prompt, add_special_tokens=False)["input_ids"]) == 15
+    assert cli.main(["generate", "--model", str(tmp_path), prompt, "--max-new-tokens", "12", "--device", "cpu",
+                     "--no-chat-template"]) == 0
+    stats = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "tokens=6 " in stats and stats.endswith("(stopped by the model's context, max_position_embeddings=20)")
+
+
 def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
     model.save_pretrained(tmp_path)
     TOKENIZER.save_pretrained(tmp_path)

@@ -352,6 +352,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights dtype; auto = the checkpoint's")
 
 
+def _stop_note(sequence: list[int], eos_ids: list[int], max_new_tokens: int, model: Any) -> str:
+    """What the CLI's statistics line adds when the output did not end at an EOS: the limit
+    that stopped it (the token budget, else the context)."""
+    if sequence and sequence[-1] in eos_ids:
+        return ""
+    if len(sequence) >= max_new_tokens:
+        return f" (stopped by --max-new-tokens {max_new_tokens})"
+    context = _context(model.backbone if is_superthoughts(model) else model)
+    return f" (stopped by the model's context, max_position_embeddings={context})"
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs `superthoughts generate`: prints the text, then one line of statistics."""
     from transformers import TextStreamer
@@ -388,9 +399,7 @@ def run(args: argparse.Namespace) -> int:
     if streamer is None:
         print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
     tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
-    sequence = result.sequences[0]
-    ended = bool(sequence) and sequence[-1] in _ids(eos_ids)
-    cut = "" if ended else f" (stopped by --max-new-tokens {args.max_new_tokens})"
+    cut = _stop_note(result.sequences[0], _ids(eos_ids), args.max_new_tokens, model)
     print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
           f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
           f"tokens/s={result.tokens_per_s:.1f}{cut}")
