@@ -149,6 +149,29 @@ def test_cli_generate_says_when_the_context_stopped_it(backbone, tmp_path, capsy
     assert "tokens=6 " in stats and stats.endswith("(stopped by the model's context, max_position_embeddings=20)")
 
 
+def test_cli_generate_streams_the_text_it_prints(backbone, tmp_path, capsys) -> None:
+    # A model that ends on its (special) EOS token after a few words: --stream prints what the
+    # non-streamed output prints, without the EOS token's text.
+    ids, mask = prompt_batch(["what is 3 + 4"])
+    free = generate(backbone, ids, mask, max_new_tokens=12, mode="standard").sequences[0]
+    third = next(t for i, t in enumerate(free) if i >= 2 and t not in free[:i])
+    eos = TOKENIZER.eos_token_id
+    ends = copy.deepcopy(backbone)
+    with torch.no_grad():  # EOS takes the head row of the first new token from the third on
+        ends.lm_head.weight[[third, eos]] = ends.lm_head.weight[[eos, third]]
+    ends.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    argv = ["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "12", "--device", "cpu",
+            "--no-chat-template"]
+    outputs = []
+    for stream in ([], ["--stream"]):
+        assert cli.main(argv + stream) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[-1].startswith("[standard] tokens=") and "stopped by" not in lines[-1]
+        outputs.append(lines[:-1])
+    assert outputs[0] == outputs[1] and TOKENIZER.eos_token not in "".join(outputs[1])
+
+
 def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
     model.save_pretrained(tmp_path)
     TOKENIZER.save_pretrained(tmp_path)

@@ -381,7 +381,8 @@ def run(args: argparse.Namespace) -> int:
         text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
                                              add_generation_prompt=True)
     input_ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
-    streamer = TextStreamer(tokenizer, skip_prompt=True) if args.stream else None
+    # Special tokens hidden as in the non-streamed output (which decodes with skip_special_tokens).
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
     try:
         # The checkpoint's generation config knows its turn ends; the tokenizer is the fallback.
         eos_ids = resolve_eos_ids(model, None)
