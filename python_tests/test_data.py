@@ -20,6 +20,7 @@ from superthoughts_ext.data import (  # noqa: E402
     build_baseline,
     build_units,
     format_prompt,
+    layout_length,
     load_jsonl_examples,
 )
 
@@ -140,6 +141,15 @@ def test_random_pad_split_keeps_rules_and_tokens(seed):
     n_pairs = (len(response) + 1) // 2  # pairs of the unsplit layout (EOS appended)
     units = int(seq.is_unit.sum())
     assert units == (len(response) + 2) // 2 + round(rho * n_pairs)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 8, 21])
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
+def test_layout_length_counts_positions(n, fraction):
+    response = list(range(4, 4 + n))
+    for ids in (response, response + [EOS]):
+        seq = build_units([5, 6], ids, pad_id=PAD, eos_id=EOS, split_fraction=fraction)
+        assert layout_length([5, 6], ids, EOS, fraction) == len(seq.first_ids)
 
 
 def test_baseline_layout():

@@ -161,3 +161,29 @@ def test_pretokenised_rows_obey_max_length():
     # Integer tensors and tuples are ids too.
     ids = load_rows([{"prompt_ids": torch.tensor([5, 6]), "response_ids": (7,)}])
     assert ids == [{"prompt_ids": [5, 6], "response_ids": [7]}]
+
+
+def test_rows_beyond_the_context_are_dropped(base_dirs, tmp_path):
+    # The tiny models have max_position_embeddings=256.
+    long = {"problem": "what is 1 + 2", "solution": " ".join(["step"] * 600)}
+    with pytest.warns(UserWarning, match=r"dropped 1 of 9 row\(s\) longer than the model's context, "
+                                         r"max_position_embeddings=256"):
+        result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS + [long], output_dir=tmp_path / "o",
+                                    **ONE_STEP))
+    assert result.num_examples == len(ROWS)
+    with pytest.raises(ValueError, match="no training examples left"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=[long], output_dir=tmp_path / "o", baseline=True,
+                           **ONE_STEP))
+
+
+def test_context_counts_units_or_tokens():
+    row = {"prompt_ids": [5] * 10, "response_ids": [6] * 19 + [2]}  # 10 pairs
+    drop = train_utils.drop_beyond_context
+    assert drop([row], 20, 2, 0.0) == [row]  # 10 + 10 units
+    assert drop([row], 23, 2, 0.25) == [row]  # 3 pairs split: 13 units
+    with pytest.raises(ValueError, match=r"no training examples left: 1 of 1 .*longest: 30 positions"):
+        drop([row], 29, 2, 1.0)  # one position per token
+    with pytest.warns(UserWarning, match=r"dropped 1 of 2 .*longest: 30 positions"):
+        assert drop([row, {"prompt_ids": [5], "response_ids": [2]}], 29, 2, 1.0) == [
+            {"prompt_ids": [5], "response_ids": [2]}]
+    assert drop([row], None, 2, 1.0) == [row]

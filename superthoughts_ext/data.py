@@ -140,6 +140,14 @@ def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_i
     )
 
 
+def layout_length(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id: int,
+                  split_fraction: float = 0.0) -> int:
+    """Positions (prompt tokens + units) of `build_units` with the same arguments, without building it."""
+    n = len(response_ids) + (0 if response_ids and response_ids[-1] == eos_id else 1)
+    pairs = n // 2
+    return len(prompt_ids) + pairs + round(split_fraction * pairs) + n % 2
+
+
 def build_baseline(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id: int) -> tuple[list[int], list[int]]:
     """Plain SFT layout: input_ids = prompt + response (+ EOS), labels = -100 on the prompt.
 

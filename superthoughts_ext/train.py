@@ -63,7 +63,8 @@ class TrainOptions:
     SuperThoughtsForCausalLM to continue training). `data` is a JSONL path or a list of
     rows (raw {problem_field, solution_field} or tokenised {"prompt_ids", "response_ids"}).
     `max_steps` > 0 overrides `num_epochs`. `batch_size` is per process. `lora_r` = 0 means
-    full fine-tuning. SuperThoughts fields left as None keep the SuperThoughtsConfig default
+    full fine-tuning. Rows longer than `max_length` tokens or than the model's context are
+    dropped with a warning. SuperThoughts fields left as None keep the SuperThoughtsConfig default
     (a continued SuperThoughts model: its own). A continued model takes distill_weight,
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
     compressor_type or mtp_type.
@@ -208,11 +209,15 @@ def train(options: TrainOptions) -> TrainResult:
     # made to agree, since Trainer copies its pad into the config that gets saved.
     pad_id = model.pad_token_id if superthoughts else pad_id
     tokenizer = train_utils.with_pad_token(tokenizer, pad_id)
+    backbone = model.backbone if superthoughts else model
+    # The baseline and the distillation teacher read one position per token: all pairs split.
+    split = options.rho_max if superthoughts and options.distill_weight == 0 else 1.0
+    examples = train_utils.drop_beyond_context(
+        examples, getattr(backbone.config, "max_position_embeddings", None), eos_id, split)
     train_utils.check_vocab(tokenizer, model, examples)
     if superthoughts and options.distill_weight > 0:
         train_utils.attach_teacher(model, options.model, dtype)
     if options.gradient_checkpointing:
-        backbone = model.backbone if superthoughts else model
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if options.lora_r > 0:
             # With frozen embeddings no input requires grad, which checkpointing needs.
@@ -285,7 +290,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--problem-field", default=d["problem_field"].default, help="JSONL field holding the prompt")
     g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
     g("--system-prompt", default=None, help="system message (default: the chat template's own)")
-    g("--max-length", type=int, default=None, help="truncate prompt + response to this many tokens")
+    g("--max-length", type=int, default=None,
+      help="drop rows (with a warning) longer than this many tokens, prompt + response; rows longer than "
+           "the model's context (max_position_embeddings) are always dropped")
     g("--logging-steps", type=int, default=d["logging_steps"].default, help="log the losses every N steps")
     g("--save-steps", type=int, default=d["save_steps"].default, help="0 = final save only")
     g("--save-total-limit", type=int, default=d["save_total_limit"].default, help="checkpoints kept in --output")

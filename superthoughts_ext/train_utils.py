@@ -153,6 +153,31 @@ def check_vocab(
         raise ValueError(f"train: data holds token id {top} >= vocabulary size {rows}")
 
 
+def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | None, eos_id: int,
+                        split_fraction: float) -> list[dict[str, list[int]]]:
+    """`examples` without the rows that need more than `context` positions (the backbone's
+    max_position_embeddings; None = no limit), with a warning naming how many: past it the
+    position embeddings leave the range the model was trained on, silently.
+
+    A row takes its prompt plus its units (`data.layout_length`) with `split_fraction` of its
+    pairs split: rho_max, the most pad-split draws, or 1.0 (one position per token) for
+    the baseline and the distillation teacher.
+    """
+    from superthoughts_ext.data import layout_length
+
+    if context is None:
+        return examples
+    lengths = [layout_length(e["prompt_ids"], e["response_ids"], eos_id, split_fraction) for e in examples]
+    kept = [e for e, n in zip(examples, lengths) if n <= context]
+    if len(kept) < len(examples):
+        message = (f"{len(examples) - len(kept)} of {len(examples)} row(s) longer than the model's context, "
+                   f"max_position_embeddings={context} (longest: {max(lengths)} positions)")
+        if not kept:
+            raise ValueError(f"train: no training examples left: {message}")
+        warnings.warn(f"train: dropped {message}", stacklevel=2)
+    return kept
+
+
 def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | list[str]:
     """peft `target_modules`: plain names, or a full-match regex confined to `prefix.`.
 
