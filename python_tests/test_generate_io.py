@@ -135,6 +135,13 @@ def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
         assert ("stopped by --max-new-tokens 12" in capsys.readouterr().out) == cut, path
 
 
+def test_cli_generate_rejects_an_empty_prompt(backbone, tmp_path, capsys) -> None:
+    backbone.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    assert cli.main(["generate", "--model", str(tmp_path), "", "--no-chat-template", "--device", "cpu"]) == 2
+    assert "empty prompt" in capsys.readouterr().err
+
+
 def test_cli_generate_says_when_the_context_stopped_it(backbone, tmp_path, capsys) -> None:
     # The prompt leaves 6 positions of a 20-position context: 6 tokens, far below the budget.
     short_context = copy.deepcopy(backbone)

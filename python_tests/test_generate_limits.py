@@ -119,3 +119,21 @@ def test_limits_in_the_compiled_step() -> None:
         assert compiled.sequences == eager.sequences
         assert (compiled.num_steps, compiled.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
     assert eager.sequences[2][-1] == kwargs["eos_token_id"][1]
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -1.0])
+def test_bad_temperature_is_rejected(model, temperature: float) -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, torch.tensor([PROMPTS[0]]), max_new_tokens=4, temperature=temperature)
+
+
+@pytest.mark.parametrize("use_kernels", KERNELS, ids=["kernels", "reference"])
+def test_seeds_count_modulo_2_to_the_64(model, use_kernels: bool) -> None:
+    # The op takes an int64 seed and keys Philox with its 64 bits: larger or more negative
+    # seeds fold onto the int64 of the same bits (the reference's key for them).
+    ids, mask = left_pad(PROMPTS[:2])
+    kwargs = dict(max_new_tokens=12, mode="pairs", temperature=1.0, use_kernels=use_kernels)
+    for seed, same in ((7, 2**64 + 7), (-3, 2**64 - 3), (-(2**63) + 5, 2**63 + 5), (9, -(2**64) + 9)):
+        expected = generate(model, ids, mask, seed=seed, **kwargs).sequences
+        assert generate(model, ids, mask, seed=same, **kwargs).sequences == expected, same
+    assert generate(model, ids, mask, seed=8, **kwargs).sequences != generate(model, ids, mask, seed=7, **kwargs).sequences

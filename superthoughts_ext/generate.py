@@ -13,6 +13,7 @@ Modes:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -138,6 +139,12 @@ def _context_steps(context: int | None, lengths: torch.Tensor, max_new_tokens: i
     return min(max_new_tokens - 1, context - int(lengths.min()))
 
 
+def _op_seed(seed: int) -> int:
+    """`seed` as the op's int64. The Philox key is the seed's low 64 bits (reference.py, philox.h),
+    so any integer folds onto the int64 of the same bits: the same samples, no overflow in the op."""
+    return (int(seed) + 2**63) % 2**64 - 2**63
+
+
 def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: float) -> bool:
     if cuda_graphs == "auto":
         # The op's seed/offset are baked in at capture, so sampling would repeat one Philox
@@ -227,6 +234,7 @@ def generate(
         temperature: 0 greedy; > 0 Gumbel-max sampling from a Philox stream keyed by `seed`
             and counted by (step, row, head): reproducible, but a row's samples depend on its
             index in the batch.
+        seed: any integer; only its low 64 bits count (seeds equal modulo 2**64 sample alike).
         eos_token_id: stop token, or several: any of them ends a row (None: the model's
             generation config / config).
         use_kernels: the compiled step op; False runs the plain-torch reference.
@@ -247,9 +255,9 @@ def generate(
     superthoughts = is_superthoughts(model)
     if mode != "standard" and not superthoughts:
         raise ValueError(f"generate: mode {mode!r} needs a SuperThoughts model; a plain model supports 'standard'")
-    if max_new_tokens < 1 or temperature < 0.0:
+    if max_new_tokens < 1 or not math.isfinite(temperature) or temperature < 0.0:
         raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
-                         f"({temperature}) >= 0")
+                         f"({temperature}) finite and >= 0")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     eos_ids = resolve_eos_ids(model, eos_token_id)
@@ -285,7 +293,7 @@ def generate(
         from superthoughts_ext.reference import superthoughts_step_ref as step_fn
     # Greedy steps ignore the seed: a constant one keeps it from keying a new compiled step.
     cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main, float(temperature),
-                                 int(seed) if temperature > 0 else 0, ignore_eos, context)
+                                 _op_seed(seed) if temperature > 0 else 0, ignore_eos, context)
 
     batch, prompt_len = input_ids.shape
     input_ids = input_ids.to(torch.int64)
@@ -380,7 +388,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
                                              add_generation_prompt=True)
-    input_ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not prompt_ids:
+        print("superthoughts generate: error: empty prompt (it has no tokens)", file=sys.stderr)
+        return 2
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     # Special tokens hidden as in the non-streamed output (which decodes with skip_special_tokens).
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
     try:
