@@ -187,3 +187,14 @@ def test_context_counts_units_or_tokens():
         assert drop([row, {"prompt_ids": [5], "response_ids": [2]}], 29, 2, 1.0) == [
             {"prompt_ids": [5], "response_ids": [2]}]
     assert drop([row], None, 2, 1.0) == [row]
+
+
+def test_directory_without_tokenizer_files_is_refused(base_dirs, tmp_path):
+    bare = tmp_path / "bare"
+    make_model("qwen2", len(make_tokenizer()) + 3).save_pretrained(bare)
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer in .*bare.*; pass --tokenizer"):
+        train(TrainOptions(model=bare, data=ROWS, output_dir=tmp_path / "o", **ONE_STEP))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train_utils.load_tokenizer(tmp_path / "nope", None)
+    # The tokenizer of another directory is fine.
+    assert len(train_utils.load_tokenizer(base_dirs["qwen2"], bare)) == len(make_tokenizer())

@@ -31,13 +31,21 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
 SUPERTHOUGHTS_TRAINABLE_MODULES: tuple[str, ...] = ("compressor", "mtp")
 
 
+# Files that make a directory hold a tokenizer. Without any, transformers 5 builds an empty
+# tokenizer from the model config instead of failing, and training fails later and elsewhere.
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+)
+
+
 def load_tokenizer(
     source: str | os.PathLike | PreTrainedTokenizerBase | None, model_source: Any
 ) -> PreTrainedTokenizerBase:
     """Return the tokenizer: `source` itself, loaded from `source`, or from the model directory.
 
     Raises ValueError when no directory is known (a model object and no tokenizer) or the
-    directory holds no tokenizer.
+    tokenizer does not load, FileNotFoundError when the directory is missing or holds no
+    tokenizer files.
     """
     if isinstance(source, PreTrainedTokenizerBase):
         return source
@@ -47,6 +55,12 @@ def load_tokenizer(
             "train: the model was given as an object, so pass `tokenizer` (a path or a "
             "tokenizer object) in TrainOptions"
         )
+    directory = Path(os.fspath(path))
+    if not directory.is_dir():
+        raise FileNotFoundError(f"train: directory {os.fspath(path)!r} does not exist")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"train: no tokenizer in {os.fspath(path)!r} (none of {', '.join(TOKENIZER_FILES)}); "
+                                f"pass --tokenizer")
     try:
         from superthoughts_ext.modeling import load_tokenizer as load_saved_tokenizer
 
