@@ -13,7 +13,7 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("superthoughts_ext.train", "fine-tune a SuperThoughts (or baseline SFT) model"),
-    "generate": ("superthoughts_ext.generate", "decode a prompt with a trained model"),
+    "generate": ("superthoughts_ext.generate_cli", "decode a prompt with a trained model"),
     "eval": ("superthoughts_ext.eval_cli", "evaluate on MATH500 / AMC23 / OlympiadBench / GPQA"),
     "demo": ("superthoughts_ext.demo.run", "train + evaluate the embedded synthetic task"),
     "bench": ("superthoughts_ext.bench_cli", "run a microbenchmark (step, generate, train)"),

@@ -1,4 +1,4 @@
-"""SuperThoughts decoding: `generate` and the `superthoughts generate` command.
+"""SuperThoughts decoding: `generate` (the `superthoughts generate` command is in generate_cli).
 
 A step feeds ONE position per row (a unit C(E[a], E[b]), or a token in "standard" mode), runs
 the backbone and the MTP, ONE lm_head GEMM for both heads and ONE `superthoughts_step`, and
@@ -12,9 +12,7 @@ Modes:
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +66,7 @@ def _first_id(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _ids(value: Any) -> list[int]:
+def token_ids(value: Any) -> list[int]:
     """Token ids of an int, a list of them or None, in order, without repeats."""
     values = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
     return list(dict.fromkeys(int(v) for v in values))
@@ -82,7 +80,7 @@ def resolve_eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[in
         for attr in ("generation_config", "config"):
             candidates.append(getattr(getattr(owner, attr, None), "eos_token_id", None))
     for candidate in candidates:
-        if ids := _ids(candidate):
+        if ids := token_ids(candidate):
             return ids
     raise ValueError("generate: the model has no eos_token_id; pass eos_token_id=")
 
@@ -120,7 +118,7 @@ def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torc
     return lengths
 
 
-def _context(backbone: Any) -> int | None:
+def model_context(backbone: Any) -> int | None:
     """The positions the model can take (max_position_embeddings; None: not said)."""
     return getattr(backbone.config, "max_position_embeddings", None)
 
@@ -266,7 +264,7 @@ def generate(
         return GenerateOutput([], [], [], [], 0.0, 0)
     lengths = _check_prompt(input_ids, attention_mask)
     backbone = model.backbone if superthoughts else model
-    context = _context(backbone)
+    context = model_context(backbone)
     max_steps = _context_steps(context, lengths, max_new_tokens)
     graphs = _use_graphs(cuda_graphs, input_ids.device, temperature)
     compiled = resolve_compile(compile, input_ids.device, temperature)
@@ -335,85 +333,3 @@ def generate(
         wall_time=wall_time,
         num_forward_passes=1 + steps_run,
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `superthoughts generate`."""
-    parser.add_argument("prompt", help="user message (rendered with the tokenizer's chat template)")
-    parser.add_argument("--model", required=True, help="checkpoint directory (SuperThoughts or plain)")
-    parser.add_argument("--mode", choices=MODES, default=None,
-                        help="default: superthoughts for a SuperThoughts checkpoint, else standard")
-    parser.add_argument("--threshold", type=float, default=None, help="MTP confidence (default: the model's)")
-    parser.add_argument("--threshold-main", type=float, default=None,
-                        help="main-head confidence a pair step also needs (default: the model's)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="generated tokens at most")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, else Gumbel-max sampling")
-    parser.add_argument("--seed", type=int, default=0, help="sampling noise seed")
-    parser.add_argument("--no-kernels", action="store_true", help="use the plain-torch reference step")
-    parser.add_argument("--no-cuda-graphs", action="store_true", help="launch each decode step eagerly on CUDA")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the decode step (default: on for greedy CUDA decoding)")
-    parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="weights dtype; auto = the checkpoint's")
-
-
-def _stop_note(sequence: list[int], eos_ids: list[int], max_new_tokens: int, model: Any) -> str:
-    """What the CLI's statistics line adds when the output did not end at an EOS: the limit
-    that stopped it (the token budget, else the context)."""
-    if sequence and sequence[-1] in eos_ids:
-        return ""
-    if len(sequence) >= max_new_tokens:
-        return f" (stopped by --max-new-tokens {max_new_tokens})"
-    context = _context(model.backbone if is_superthoughts(model) else model)
-    return f" (stopped by the model's context, max_position_embeddings={context})"
-
-
-def run(args: argparse.Namespace) -> int:
-    """Runs `superthoughts generate`: prints the text, then one line of statistics."""
-    from transformers import TextStreamer
-
-    from superthoughts_ext.modeling import load_model, load_tokenizer
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = load_model(args.model, dtype=dtype, device=device)
-    model.eval()
-    tokenizer = load_tokenizer(args.model)
-    mode = args.mode or ("superthoughts" if is_superthoughts(model) else "standard")
-    if args.no_chat_template or not getattr(tokenizer, "chat_template", None):
-        text = args.prompt
-    else:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not prompt_ids:
-        print("superthoughts generate: error: empty prompt (it has no tokens)", file=sys.stderr)
-        return 2
-    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    # Special tokens hidden as in the non-streamed output (which decodes with skip_special_tokens).
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
-    try:
-        # The checkpoint's generation config knows its turn ends; the tokenizer is the fallback.
-        eos_ids = resolve_eos_ids(model, None)
-    except ValueError:
-        eos_ids = tokenizer.eos_token_id
-    try:
-        result = generate(model, input_ids, max_new_tokens=args.max_new_tokens, mode=mode, threshold=args.threshold,
-                          threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
-                          eos_token_id=eos_ids,
-                          use_kernels=not args.no_kernels, cuda_graphs=False if args.no_cuda_graphs else "auto",
-                          compile="auto" if args.compile is None else args.compile, streamer=streamer)
-    except ValueError as error:
-        print(f"superthoughts generate: error: {error}", file=sys.stderr)
-        return 2
-    if streamer is None:
-        print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
-    tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
-    cut = _stop_note(result.sequences[0], _ids(eos_ids), args.max_new_tokens, model)
-    print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
-          f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
-          f"tokens/s={result.tokens_per_s:.1f}{cut}")
-    return 0

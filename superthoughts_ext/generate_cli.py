@@ -1,0 +1,95 @@
+"""`superthoughts generate`: decode one prompt with a checkpoint, print the text and its statistics.
+
+    superthoughts generate --model DIR "What is 3 + 4?" [--mode pairs] [--stream]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import torch
+
+from superthoughts_ext.generate import MODES, generate, is_superthoughts, model_context, resolve_eos_ids, token_ids
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `superthoughts generate`."""
+    parser.add_argument("prompt", help="user message (rendered with the tokenizer's chat template)")
+    parser.add_argument("--model", required=True, help="checkpoint directory (SuperThoughts or plain)")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="default: superthoughts for a SuperThoughts checkpoint, else standard")
+    parser.add_argument("--threshold", type=float, default=None, help="MTP confidence (default: the model's)")
+    parser.add_argument("--threshold-main", type=float, default=None,
+                        help="main-head confidence a pair step also needs (default: the model's)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="generated tokens at most")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, else Gumbel-max sampling")
+    parser.add_argument("--seed", type=int, default=0, help="sampling noise seed")
+    parser.add_argument("--no-kernels", action="store_true", help="use the plain-torch reference step")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="launch each decode step eagerly on CUDA")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the decode step (default: on for greedy CUDA decoding)")
+    parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights dtype; auto = the checkpoint's")
+
+
+def _stop_note(sequence: list[int], eos_ids: list[int], max_new_tokens: int, model: Any) -> str:
+    """What the CLI's statistics line adds when the output did not end at an EOS: the limit
+    that stopped it (the token budget, else the context)."""
+    if sequence and sequence[-1] in eos_ids:
+        return ""
+    if len(sequence) >= max_new_tokens:
+        return f" (stopped by --max-new-tokens {max_new_tokens})"
+    context = model_context(model.backbone if is_superthoughts(model) else model)
+    return f" (stopped by the model's context, max_position_embeddings={context})"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `superthoughts generate`: prints the text, then one line of statistics."""
+    from transformers import TextStreamer
+
+    from superthoughts_ext.modeling import load_model, load_tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = load_model(args.model, dtype=dtype, device=device)
+    model.eval()
+    tokenizer = load_tokenizer(args.model)
+    mode = args.mode or ("superthoughts" if is_superthoughts(model) else "standard")
+    if args.no_chat_template or not getattr(tokenizer, "chat_template", None):
+        text = args.prompt
+    else:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not prompt_ids:
+        print("superthoughts generate: error: empty prompt (it has no tokens)", file=sys.stderr)
+        return 2
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    # Special tokens hidden as in the non-streamed output (which decodes with skip_special_tokens).
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
+    try:
+        # The checkpoint's generation config knows its turn ends; the tokenizer is the fallback.
+        eos_ids = resolve_eos_ids(model, None)
+    except ValueError:
+        eos_ids = tokenizer.eos_token_id
+    try:
+        result = generate(model, input_ids, max_new_tokens=args.max_new_tokens, mode=mode, threshold=args.threshold,
+                          threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
+                          eos_token_id=eos_ids,
+                          use_kernels=not args.no_kernels, cuda_graphs=False if args.no_cuda_graphs else "auto",
+                          compile="auto" if args.compile is None else args.compile, streamer=streamer)
+    except ValueError as error:
+        print(f"superthoughts generate: error: {error}", file=sys.stderr)
+        return 2
+    if streamer is None:
+        print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
+    tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
+    cut = _stop_note(result.sequences[0], token_ids(eos_ids), args.max_new_tokens, model)
+    print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
+          f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
+          f"tokens/s={result.tokens_per_s:.1f}{cut}")
+    return 0
