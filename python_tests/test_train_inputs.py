@@ -11,12 +11,14 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from test_train import FAST, ROWS, base_dirs, make_model, make_tokenizer  # noqa: E402,F401  (base_dirs is a fixture)
+import test_train  # noqa: E402
+from test_train import FAST, ROWS, make_model, make_tokenizer  # noqa: E402
 
 from superthoughts_ext import train_utils  # noqa: E402
 from superthoughts_ext.train import TrainOptions, train  # noqa: E402
 
 ONE_STEP = {**FAST, "max_steps": 1}
+base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
 
 
 @pytest.fixture
