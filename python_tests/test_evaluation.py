@@ -189,7 +189,7 @@ def test_evaluate_writes_records_and_summary(tmp_path: Path) -> None:
         metadata={"model": "fake"},
     )
     assert [c["batch"] for c in calls] == [3, 3, 1]
-    assert all(c["mode"] == "superthoughts" and c["threshold"] == 0.9 and c["eos"] == 2 for c in calls)
+    assert all(c["mode"] == "superthoughts" and c["threshold"] == 0.9 and c["eos"] == [2, 0] for c in calls)
     records = sorted(read_jsonl(out), key=lambda r: r["index"])
     assert [r["id"] for r in records] == [p.id for p in PROBLEMS]
     assert [r["correct"] for r in records] == [True, True, False, True, False, True, True]
@@ -366,10 +366,11 @@ def hf_generate(model, input_ids, attention_mask, *, max_new_tokens, mode, thres
     """Standard-mode stand-in built on transformers' greedy generate (no padding in the result)."""
     assert mode == "standard"
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, eos_token_id=eos_token_id, pad_token_id=eos_token_id)
+                         do_sample=False, eos_token_id=eos_token_id, pad_token_id=eos_token_id[0])
     sequences = []
     for row in out[:, input_ids.shape[1]:].tolist():
-        sequences.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
+        end = next((i for i, token in enumerate(row) if token in eos_token_id), None)
+        sequences.append(row if end is None else row[: end + 1])
     return SimpleNamespace(sequences=sequences, num_tokens=[len(s) for s in sequences],
                            num_steps=[len(s) for s in sequences], num_pair_steps=[0] * len(sequences), wall_time=0.1)
 

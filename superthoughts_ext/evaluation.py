@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
 MODES = ("superthoughts", "pairs", "standard")
 
-# Tokens that end an assistant turn in Qwen chat templates; text after one is not the answer.
+# Tokens that end an assistant turn in Qwen chat templates (also when the model's configs do not
+# list them); text after one is not the answer.
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 __all__ = [
@@ -92,25 +93,24 @@ def _model_device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
-def _eos_token_id(model: Any, tokenizer: Any) -> int:
-    # generation_config knows how the checkpoint ends a turn (it may list several ids;
-    # the first is the chat turn end for Qwen instruct checkpoints).
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if isinstance(eos, (list, tuple)):
-        eos = eos[0] if eos else None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("neither the model's generation_config nor the tokenizer defines an EOS token")
-    return int(eos)
+def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends an assistant turn, the model's primary EOS first (generate's step op
+    stops on it; the others end a row too). A checkpoint may list several (Qwen instruct:
+    <|im_end|> and <|endoftext|>; Llama-3: <|end_of_text|> and <|eot_id|>), and a SuperThoughts
+    model keeps them in its backbone's generation_config: one id alone lets decoding run past
+    the real turn end and inflates tokens, steps and hit_limit."""
+    from superthoughts_ext.generate import resolve_eos_ids, token_ids
 
-
-def _stop_ids(tokenizer: Any, eos: int) -> set[int]:
-    ids = {eos}
+    try:
+        ids = resolve_eos_ids(model, None)
+    except ValueError:  # no EOS in the model's configs: the tokenizer's alone
+        ids = []
+    ids += token_ids(tokenizer.eos_token_id)
     vocab = tokenizer.get_vocab()
-    ids.update(vocab[token] for token in _STOP_TOKENS if token in vocab)
-    return ids
+    ids += [vocab[token] for token in _STOP_TOKENS if token in vocab]
+    if not ids:
+        raise ValueError("neither the model's generation_config / config nor the tokenizer defines an EOS token")
+    return list(dict.fromkeys(ids))
 
 
 def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
@@ -127,7 +127,7 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     return input_ids, attention_mask
 
 
-def _trim(sequence: Sequence[int], stop_ids: set[int]) -> list[int]:
+def _trim(sequence: Sequence[int], stop_ids: Collection[int]) -> list[int]:
     for position, token in enumerate(sequence):
         if token in stop_ids:
             return list(sequence[:position])
@@ -199,7 +199,8 @@ def evaluate(
             `summary_path` of it.
         progress: show a tqdm bar.
         generate_fn: replaces `superthoughts_ext.generate.generate` (same signature and
-            result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time).
+            result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time). Its
+            eos_token_id is a list: every stop id, the model's primary EOS first.
         metadata: extra keys (model path, dtype...) stored in the summary JSON.
         resume: keep the records an interrupted run of the same bench, mode, threshold and
             max_new_tokens left in ``output_jsonl`` and evaluate only the other problems; the
@@ -223,9 +224,9 @@ def evaluate(
     generate_fn = generate_fn or _default_generate()
 
     started = time.perf_counter()
-    eos = _eos_token_id(model, tokenizer)
-    stop_ids = _stop_ids(tokenizer, eos)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = set(eos_ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = _model_device(model)
     prompts = [build_prompt(tokenizer, problem.question) for problem in problems]
     prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
@@ -255,7 +256,7 @@ def evaluate(
                     max_new_tokens=max_new_tokens,
                     mode=mode,
                     threshold=threshold,
-                    eos_token_id=eos,
+                    eos_token_id=eos_ids,
                     compile=compile,
                 )
             for row, index in enumerate(batch):

@@ -1,0 +1,141 @@
+"""Evaluation edge cases: stop tokens, output file names, resume and compare safety checks,
+summary fields, data file formats. (The main flow: test_evaluation.py, whose tiny
+tokenizer and fake generate are reused here.)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("math_verify")
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer, read_jsonl  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from superthoughts_ext.eval_data import Problem  # noqa: E402
+from superthoughts_ext.evaluation import evaluate  # noqa: E402
+
+
+# ---------------------------------------------------------------- stop tokens
+
+def silent_backbone(tokenizer: PreTrainedTokenizerFast, **config: object) -> torch.nn.Module:
+    """A tiny Qwen2 whose logits are all equal: greedy decoding emits id 0 (<|endoftext|>) at
+    once. Its generation_config lists <|im_end|> and <|endoftext|>, as Qwen2.5 instruct's does."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **config)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    return model
+
+
+def recording(calls: list[list[int]]):
+    from superthoughts_ext.generate import generate
+
+    def generate_fn(*args, eos_token_id, **kwargs):
+        calls.append(eos_token_id)
+        return generate(*args, eos_token_id=eos_token_id, **kwargs)
+
+    return generate_fn
+
+
+def test_plain_model_stops_at_its_second_eos(tmp_path: Path) -> None:
+    tokenizer, calls = make_tokenizer(), []
+    out = tmp_path / "plain.jsonl"
+    summary = evaluate(silent_backbone(tokenizer), tokenizer, "math500", PROBLEMS[:2], mode="standard",
+                       max_new_tokens=20, output_jsonl=out, progress=False, compile=False,
+                       generate_fn=recording(calls))
+    assert calls == [[2, 0]]  # <|im_end|> first: generate's step op stops on it
+    assert [r["tokens"] for r in read_jsonl(out)] == [1, 1]
+    assert summary.n_hit_limit == 0 and summary.mean_tokens == 1.0
+
+
+def test_superthoughts_model_stops_at_its_backbones_eos(tmp_path: Path) -> None:
+    # SuperThoughtsForCausalLM is a plain nn.Module: the stop ids live in its backbone's
+    # generation_config (checkpoint.py saves them there).
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    tokenizer, calls = make_tokenizer(), []
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    backbone = silent_backbone(tokenizer, eos_token_id=eot, pad_token_id=eot)
+    model = SuperThoughtsForCausalLM.from_base(backbone).eval()
+    out = tmp_path / "st.jsonl"
+    summary = evaluate(model, tokenizer, "math500", PROBLEMS[:2], mode="superthoughts", max_new_tokens=20,
+                       output_jsonl=out, progress=False, compile=False, generate_fn=recording(calls))
+    assert calls == [[2, 0]]
+    assert [(r["tokens"], r["steps"], r["hit_limit"]) for r in read_jsonl(out)] == [(1, 1, False)] * 2
+    assert summary.mean_steps == 1.0
+
+
+LLAMA_WORDS = ["<|end_of_text|>", "<|start_header_id|>", "<|eot_id|>", "[UNK]", "system", "user", "assistant",
+               "what", "is", "1", "+", "2", "so", "\\boxed{3}", "\\boxed{7}", "again"]
+
+
+def llama3_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer with Llama-3 style specials: the turn ends with <|eot_id|>, the text
+    with <|end_of_text|>, and there is no ChatML <|im_end|>."""
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(LLAMA_WORDS)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", eos_token="<|eot_id|>",
+        additional_special_tokens=["<|start_header_id|>", "<|end_of_text|>"],
+        chat_template="{% for m in messages %}<|start_header_id|> {{ m['role'] }} {{ m['content'] }} <|eot_id|> "
+                      "{% endfor %}<|start_header_id|> assistant ",
+    )
+
+
+def run_on_generate(tokenizer: PreTrainedTokenizerFast, calls: list[list[int]]):
+    """Like generate, stops a row at any of the ids it is given; without the turn end the model
+    runs on into a new turn with another boxed answer."""
+    script = tokenizer.convert_tokens_to_ids(
+        ["so", "\\boxed{3}", "<|eot_id|>"] + ["<|start_header_id|>", "assistant", "again", "\\boxed{7}"] * 20)
+
+    def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_id, **kwargs):
+        calls.append(eos_token_id)
+        sequence = []
+        for token in script[:max_new_tokens]:
+            sequence.append(token)
+            if token in eos_token_id:
+                break
+        rows = len(input_ids)
+        return SimpleNamespace(sequences=[sequence] * rows, num_tokens=[len(sequence)] * rows,
+                               num_steps=[len(sequence)] * rows, num_pair_steps=[0] * rows, wall_time=0.1)
+
+    return generate
+
+
+def test_llama3_style_stop_ids_end_the_turn(tmp_path: Path) -> None:
+    tokenizer, calls = llama3_tokenizer(), []
+    end_of_text, eot = tokenizer.convert_tokens_to_ids(["<|end_of_text|>", "<|eot_id|>"])
+    # Llama-3.x instruct order: <|end_of_text|> first, the turn end <|eot_id|> after it.
+    model = SimpleNamespace(device=torch.device("cpu"), generation_config=SimpleNamespace(eos_token_id=[end_of_text, eot]))
+    out = tmp_path / "llama.jsonl"
+    evaluate(model, tokenizer, "math500", [Problem("p", "what is 1 + 2", "3")], mode="standard",
+             max_new_tokens=40, output_jsonl=out, progress=False, generate_fn=run_on_generate(tokenizer, calls))
+    assert calls == [[end_of_text, eot]]
+    record = read_jsonl(out)[0]
+    assert (record["extracted"], record["correct"], record["tokens"], record["hit_limit"]) == ("3", True, 3, False)
+
+
+def test_stop_ids_fall_back_to_the_tokenizer() -> None:
+    # No EOS in any model config: the tokenizer's EOS leads, the chat stop tokens follow.
+    tokenizer, calls = make_tokenizer(), []
+    model = SimpleNamespace(device=torch.device("cpu"))
+    evaluate(model, tokenizer, "math500", PROBLEMS[:1], mode="standard", progress=False,
+             generate_fn=fake_generate(tokenizer, calls))
+    assert calls[0]["eos"] == [2, 0]
+    with_config = fake_model(tokenizer)
+    with_config.generation_config.eos_token_id = 0  # the model's own EOS stays first
+    calls.clear()
+    evaluate(with_config, tokenizer, "math500", PROBLEMS[:1], mode="standard", progress=False,
+             generate_fn=fake_generate(tokenizer, calls))
+    assert calls[0]["eos"] == [0, 2]
