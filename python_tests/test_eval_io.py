@@ -139,3 +139,20 @@ def test_stop_ids_fall_back_to_the_tokenizer() -> None:
     evaluate(with_config, tokenizer, "math500", PROBLEMS[:1], mode="standard", progress=False,
              generate_fn=fake_generate(tokenizer, calls))
     assert calls[0]["eos"] == [0, 2]
+
+
+# ---------------------------------------------------------------- output file names
+
+def test_summary_names_keep_the_dots_of_run_names(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_compare import run_label
+    from superthoughts_ext.evaluation import summary_path
+
+    tokenizer = make_tokenizer()
+    base, st = tmp_path / "qwen2.5-math-baseline", tmp_path / "qwen2.5-math-st"
+    for path, mode in ((base, "standard"), (st, "superthoughts")):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, mode=mode, output_jsonl=path,
+                 progress=False, generate_fn=fake_generate(tokenizer, []))
+    assert summary_path(base).name == "qwen2.5-math-baseline.summary.json"
+    assert run_label(base) == "qwen2.5-math-baseline [standard]"
+    assert run_label(st).startswith("qwen2.5-math-st [superthoughts")
+    assert summary_path("runs/st.jsonl") == summary_path("runs/st.json") == Path("runs/st.summary.json")

@@ -28,6 +28,24 @@ def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+RECORD_SUFFIXES = (".jsonl", ".json")  # of a records file; other dots belong to the run name
+
+
+def run_name(path: str | Path) -> str:
+    """A records file's name without its .jsonl / .json: ``qwen2.5-math-st.jsonl`` ->
+    ``qwen2.5-math-st``. Not `Path.stem`, which would cut ``qwen2.5-math-st`` at its dot."""
+    name = Path(path).name
+    for suffix in RECORD_SUFFIXES:
+        if name.endswith(suffix) and name != suffix:
+            return name[: -len(suffix)]
+    return name
+
+
+def summary_path(output_jsonl: str | Path) -> Path:
+    """Where the summary of ``results.jsonl`` goes: ``results.summary.json`` beside it."""
+    return Path(output_jsonl).with_name(run_name(output_jsonl) + ".summary.json")
+
+
 def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
     """Compare two `evaluate` outputs (A = baseline, B = candidate) on their common problems.
 
@@ -92,9 +110,8 @@ def format_comparison(result: dict[str, Any]) -> str:
 def run_label(path: str | Path) -> str:
     """A run's name in tables and plots: the file stem, with the mode and threshold from its
     `.summary.json` (written by `evaluate`) when there is one."""
-    path = Path(path)
-    label = path.stem
-    summary = path.with_suffix(".summary.json")
+    label = run_name(path)
+    summary = summary_path(path)
     if summary.is_file():
         info = json.loads(summary.read_text(encoding="utf-8"))
         mode, threshold = info.get("mode"), info.get("threshold")

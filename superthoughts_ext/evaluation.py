@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_compare import compare, compare_runs, format_comparison, format_runs, plot_tradeoff
+from superthoughts_ext.eval_compare import (compare, compare_runs, format_comparison, format_runs, plot_tradeoff,
+                                            summary_path)
 from superthoughts_ext.eval_data import BENCHES, Problem, build_prompt, get_bench, load_problems
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
@@ -73,11 +74,6 @@ class EvalSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def summary_path(output_jsonl: str | Path) -> Path:
-    """Where the summary of ``results.jsonl`` goes: ``results.summary.json`` beside it."""
-    return Path(output_jsonl).with_suffix(".summary.json")
 
 
 def _default_generate() -> Callable[..., Any]:
