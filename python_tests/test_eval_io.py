@@ -5,6 +5,7 @@ tokenizer and fake generate are reused here.)
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -156,3 +157,66 @@ def test_summary_names_keep_the_dots_of_run_names(tmp_path: Path) -> None:
     assert run_label(base) == "qwen2.5-math-baseline [standard]"
     assert run_label(st).startswith("qwen2.5-math-st [superthoughts")
     assert summary_path("runs/st.jsonl") == summary_path("runs/st.json") == Path("runs/st.summary.json")
+
+
+@pytest.fixture
+def fake_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """`superthoughts eval` over a fake SuperThoughts checkpoint and the fake generate: argv
+    (up to --output, which the test adds), the generate calls and the loaded model paths."""
+    from superthoughts_ext import evaluation
+    from superthoughts_ext.modeling import load_tokenizer
+
+    tokenizer, calls, loaded = make_tokenizer(), [], []
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+
+    class FakeSuperThoughts(SimpleNamespace):
+        def eval(self):
+            return self
+
+    def load_model(path, dtype=None, device=None):
+        loaded.append(path)
+        return FakeSuperThoughts(**vars(fake_model(tokenizer)))
+
+    fake_modeling = SimpleNamespace(load_model=load_model, load_tokenizer=load_tokenizer,
+                                    SuperThoughtsForCausalLM=FakeSuperThoughts)
+    monkeypatch.setitem(sys.modules, "superthoughts_ext.modeling", fake_modeling)
+    monkeypatch.setattr(evaluation, "_default_generate", lambda: fake_generate(tokenizer, calls))
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"id": p.id, "problem": p.question, "answer": p.answer}) + "\n"
+                            for p in PROBLEMS))
+    argv = ["--model", str(tmp_path / "ckpt"), "--bench", "math500", "--data", str(data), "--device", "cpu",
+            "--no-progress"]
+    return SimpleNamespace(argv=argv, calls=calls, loaded=loaded)
+
+
+def run_cli(argv: list[str]) -> int:
+    import argparse
+
+    from superthoughts_ext.eval_cli import add_arguments, run
+
+    parser = argparse.ArgumentParser(prog="superthoughts eval")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def test_sweep_file_names_keep_every_threshold_apart() -> None:
+    from superthoughts_ext.eval_cli import sweep_output
+
+    for a, b in [(0.9999995, 1.0), (0.12345671, 0.12345674)]:
+        assert sweep_output("st.jsonl", a) != sweep_output("st.jsonl", b)
+    assert sweep_output("st.jsonl", 0.9999995) == Path("st-t0.9999995.jsonl")
+    assert sweep_output("st.jsonl", 1.0) == Path("st-t1.jsonl")  # short names where they are exact
+    assert sweep_output("runs/qwen2.5-st", 0.99) == Path("runs/qwen2.5-st-t0.99.jsonl")
+    assert sweep_output("st.json", 0.9) == Path("st-t0.9.json")
+
+
+def test_cli_sweep_refuses_a_repeated_threshold(fake_cli: SimpleNamespace, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    argv = fake_cli.argv + ["--output", str(tmp_path / "st.jsonl"), "--threshold"]
+    assert run_cli(argv + ["0.9999995", "1.0"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("st-t*.jsonl")) == ["st-t0.9999995.jsonl", "st-t1.jsonl"]
+    capsys.readouterr()
+    fake_cli.loaded.clear()
+    assert run_cli(argv + ["0.9", "0.5", "0.90"]) == 2
+    assert "--threshold 0.9 given more than once" in capsys.readouterr().err
+    assert fake_cli.loaded == []  # refused before loading the model

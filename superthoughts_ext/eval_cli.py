@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_compare import compare_runs, format_comparison, format_runs, plot_tradeoff
+from superthoughts_ext.eval_compare import (RECORD_SUFFIXES, compare_runs, format_comparison, format_runs,
+                                            plot_tradeoff, run_name)
 from superthoughts_ext.eval_data import BENCHES, load_problems
 from superthoughts_ext.evaluation import MODES, evaluate, format_summary, summary_path
 
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--plot goes with --compare A.jsonl B.jsonl [...]")
         if not args.model or not args.bench:
             raise ValueError("--model and --bench are required (or use --compare A.jsonl B.jsonl)")
+        check_thresholds(args.threshold)  # before loading the model
         problems = load_problems(
             args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field, limit=args.limit
         )
@@ -104,13 +106,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"superthoughts eval: error: {args.model} is a plain model; use --mode standard", file=sys.stderr)
         return 2
     thresholds = args.threshold or [None]
-    problem = None
     if args.threshold and mode != "superthoughts":
-        problem = f"--threshold applies to superthoughts mode, not {mode}"
-    elif any(not 0.0 <= t <= 1.0 for t in args.threshold or []):
-        problem = f"--threshold values must lie in [0, 1], got {' '.join(f'{t:g}' for t in args.threshold)}"
-    if problem:
-        print(f"superthoughts eval: error: {problem}", file=sys.stderr)
+        print(f"superthoughts eval: error: --threshold applies to superthoughts mode, not {mode}", file=sys.stderr)
         return 2
     output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
     outputs = [output] if len(thresholds) == 1 else [sweep_output(output, t) for t in thresholds]
@@ -142,7 +139,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def threshold_label(threshold: float) -> str:
+    """A threshold as file names show it: short ("0.99", "1") when that reads back as the same
+    float, else its full repr ("0.9999995"), so that two thresholds never share a file."""
+    threshold = float(threshold) + 0.0  # -0.0 -> 0.0: the same threshold, the same name
+    short = f"{threshold:g}"
+    return short if float(short) == threshold else repr(threshold)
+
+
+def check_thresholds(thresholds: list[float] | None) -> None:
+    """ValueError for a --threshold outside [0, 1] or given twice: a sweep writes one file per
+    threshold, so a repeat would overwrite the run before it."""
+    thresholds = thresholds or []
+    if any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError(f"--threshold values must lie in [0, 1], got {' '.join(f'{t:g}' for t in thresholds)}")
+    labels = [threshold_label(t) for t in thresholds]
+    repeated = list(dict.fromkeys(label for label in labels if labels.count(label) > 1))
+    if repeated:
+        raise ValueError(f"--threshold {' '.join(repeated)} given more than once; give each threshold once")
+
+
 def sweep_output(output: str | Path, threshold: float) -> Path:
     """Where one threshold of a sweep goes: ``st.jsonl`` -> ``st-t0.99.jsonl``."""
     output = Path(output)
-    return output.with_name(f"{output.stem}-t{threshold:g}{output.suffix or '.jsonl'}")
+    suffix = next((s for s in RECORD_SUFFIXES if output.name.endswith(s) and output.name != s), ".jsonl")
+    return output.with_name(f"{run_name(output)}-t{threshold_label(threshold)}{suffix}")
