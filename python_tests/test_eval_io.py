@@ -118,7 +118,8 @@ def test_llama3_style_stop_ids_end_the_turn(tmp_path: Path) -> None:
     tokenizer, calls = llama3_tokenizer(), []
     end_of_text, eot = tokenizer.convert_tokens_to_ids(["<|end_of_text|>", "<|eot_id|>"])
     # Llama-3.x instruct order: <|end_of_text|> first, the turn end <|eot_id|> after it.
-    model = SimpleNamespace(device=torch.device("cpu"), generation_config=SimpleNamespace(eos_token_id=[end_of_text, eot]))
+    model = SimpleNamespace(device=torch.device("cpu"),
+                            generation_config=SimpleNamespace(eos_token_id=[end_of_text, eot]))
     out = tmp_path / "llama.jsonl"
     evaluate(model, tokenizer, "math500", [Problem("p", "what is 1 + 2", "3")], mode="standard",
              max_new_tokens=40, output_jsonl=out, progress=False, generate_fn=run_on_generate(tokenizer, calls))
@@ -220,3 +221,60 @@ def test_cli_sweep_refuses_a_repeated_threshold(fake_cli: SimpleNamespace, tmp_p
     assert run_cli(argv + ["0.9", "0.5", "0.90"]) == 2
     assert "--threshold 0.9 given more than once" in capsys.readouterr().err
     assert fake_cli.loaded == []  # refused before loading the model
+
+
+# ---------------------------------------------------------------- resume
+
+def crash_after_one_batch(tokenizer: PreTrainedTokenizerFast):
+    solve, calls = fake_generate(tokenizer, []), []
+
+    def generate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("preempted (simulated)")
+        return solve(*args, **kwargs)
+
+    return generate
+
+
+RUN_A = {"model": "ckpt-A", "dtype": "auto", "data": "m.jsonl"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"metadata": {**RUN_A, "model": "ckpt-B"}}, "model='ckpt-A', this run has model='ckpt-B'"),
+    ({"metadata": {**RUN_A, "dtype": "float32"}}, "dtype='auto', this run has dtype='float32'"),
+    ({"metadata": {**RUN_A, "data": "n.jsonl"}}, "data='m.jsonl', this run has data='n.jsonl'"),
+    ({"config": SimpleNamespace(threshold=0.8, threshold_main=0.0)}, "threshold=0.7, this run has threshold=0.8"),
+    ({"config": SimpleNamespace(threshold=0.7, threshold_main=0.5)}, "threshold_main=0.0, this run has threshold_main"),
+])
+def test_resume_refuses_records_of_another_model(tmp_path: Path, change: dict, message: str) -> None:
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    model = fake_model(tokenizer)
+    model.config = SimpleNamespace(threshold=0.7, threshold_main=0.0)  # threshold None: the model's own
+    metadata = RUN_A
+    kwargs = dict(batch_size=3, output_jsonl=out, progress=False)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=crash_after_one_batch(tokenizer),
+                 metadata=metadata, **kwargs)
+    assert [(r["model"], r["threshold"], r["threshold_main"]) for r in read_jsonl(out)] == [("ckpt-A", 0.7, 0.0)] * 3
+    if "config" in change:
+        model.config = change["config"]
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []), resume=True,
+                 metadata=change.get("metadata", metadata), **kwargs)
+    # The same model again (its threshold given explicitly now) continues the run.
+    model.config = SimpleNamespace(threshold=0.5, threshold_main=0.0)
+    summary = evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []), resume=True,
+                       threshold=0.7, metadata=metadata, **kwargs)
+    assert summary.n == len(PROBLEMS)
+
+
+def test_cli_resume_with_another_dtype_is_refused(fake_cli: SimpleNamespace, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = fake_cli.argv + ["--output", str(tmp_path / "st.jsonl"), "--threshold", "0.9"]
+    assert run_cli(argv) == 0
+    capsys.readouterr()
+    assert run_cli(argv + ["--resume", "--dtype", "bfloat16"]) == 2
+    assert "dtype='auto', this run has dtype='bfloat16'" in capsys.readouterr().err
+    fake_cli.calls.clear()
+    assert run_cli(argv + ["--resume"]) == 0 and fake_cli.calls == []

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run: keep the records already in the output file "
-                             "(same bench, mode, threshold, max-new-tokens) and evaluate the rest")
+                             "(same model, dtype, data, bench, mode, threshold, max-new-tokens) and evaluate the rest")
     parser.add_argument(
         "--compare", nargs="+", metavar="RUN.jsonl",
         help="compare result files, the first one the baseline (no model needed); "

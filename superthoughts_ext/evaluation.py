@@ -25,6 +25,10 @@ from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
 MODES = ("superthoughts", "pairs", "standard")
 
+# Metadata keys naming what a run decoded (checkpoint, weights dtype, data file): every record
+# carries them, and a resumed run must match them.
+RUN_KEYS = ("model", "dtype", "data")
+
 # Tokens that end an assistant turn in Qwen chat templates (also when the model's configs do not
 # list them); text after one is not the answer.
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -130,6 +134,27 @@ def _trim(sequence: Sequence[int], stop_ids: Collection[int]) -> list[int]:
     return list(sequence)
 
 
+def _thresholds_used(model: Any, mode: str, threshold: float | None) -> dict[str, float | None]:
+    """The confidence thresholds generate decodes with, resolved as it does (the argument, else
+    model.config's): None is not a setting, "the model's default" changes with the model."""
+    if mode != "superthoughts":  # standard and pairs take no threshold
+        return {"threshold": None, "threshold_main": None}
+    config = getattr(model, "config", None)
+    used = threshold if threshold is not None else getattr(config, "threshold", None)
+    main = getattr(config, "threshold_main", None)
+    return {"threshold": None if used is None else float(used), "threshold_main": None if main is None else float(main)}
+
+
+def _setting_mismatch(record: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """What tells `record` apart from a record of this run (None when nothing does)."""
+    for key, value in settings.items():
+        if key not in record:
+            return f"has no {key} (written by an older version?), this run has {key}={value!r}"
+        if record[key] != value:
+            return f"was written with {key}={record[key]!r}, this run has {key}={value!r}"
+    return None
+
+
 def _resumable_records(path: Path, problems: Sequence[Problem], settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The records an interrupted `evaluate` left in `path` (none if it does not exist). Its
     last line may be torn by the crash and is then dropped; records of other settings or of
@@ -148,10 +173,8 @@ def _resumable_records(path: Path, problems: Sequence[Problem], settings: dict[s
             if number == len(lines):
                 break
             raise ValueError(f"resume: {path}:{number} is not a JSON record") from None
-        for key, value in settings.items():
-            if key not in record or record[key] != value:
-                raise ValueError(f"resume: {path}:{number} was written with {key}={record.get(key)!r}, this run has "
-                                 f"{key}={value!r}; give another output file or leave out resume")
+        if mismatch := _setting_mismatch(record, settings):
+            raise ValueError(f"resume: {path}:{number} {mismatch}; give another output file or leave out resume")
         if record.get("id") not in ids:
             raise ValueError(f"resume: {path}:{number} holds problem {record.get('id')!r}, which is not among the "
                              f"{len(ids)} problems of this run")
@@ -197,10 +220,12 @@ def evaluate(
         generate_fn: replaces `superthoughts_ext.generate.generate` (same signature and
             result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time). Its
             eos_token_id is a list: every stop id, the model's primary EOS first.
-        metadata: extra keys (model path, dtype...) stored in the summary JSON.
-        resume: keep the records an interrupted run of the same bench, mode, threshold and
-            max_new_tokens left in ``output_jsonl`` and evaluate only the other problems; the
-            summary covers all of them.
+        metadata: extra keys (model path, dtype...) stored in the summary JSON; those of
+            `RUN_KEYS` (model, dtype, data) are also stored in every record.
+        resume: keep the records an interrupted run left in ``output_jsonl`` and evaluate only
+            the other problems; the summary covers all of them. The records must share this
+            run's bench, mode, thresholds (as decoded: threshold / threshold_main),
+            max_new_tokens and `RUN_KEYS` metadata, else ValueError naming the first that differs.
         compile: generate's `compile` ("auto": on for CUDA). One compile serves every batch
             of the same size, so on a CPU it pays off over a long benchmark.
     """
@@ -228,8 +253,10 @@ def evaluate(
     prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
     order = sorted(range(len(problems)), key=lambda i: -len(prompt_ids[i]))
 
-    # Written into every record, so that a resumed run can tell whether it continues this one.
-    settings = {"bench": bench, "mode": mode, "threshold": threshold, "max_new_tokens": max_new_tokens}
+    # Written into every record, so that a resumed run can tell whether it continues this one:
+    # the same checkpoint, weights dtype and data file, decoded the same way.
+    settings = {"bench": bench, "mode": mode, **_thresholds_used(model, mode, threshold),
+                "max_new_tokens": max_new_tokens, **{key: (metadata or {}).get(key) for key in RUN_KEYS}}
     records = _resumable_records(Path(output_jsonl), problems, settings) if resume else []
     done = {r["id"] for r in records}
     order = [i for i in order if problems[i].id not in done]
