@@ -278,3 +278,27 @@ def test_cli_resume_with_another_dtype_is_refused(fake_cli: SimpleNamespace, tmp
     assert "dtype='auto', this run has dtype='bfloat16'" in capsys.readouterr().err
     fake_cli.calls.clear()
     assert run_cli(argv + ["--resume"]) == 0 and fake_cli.calls == []
+
+
+# ---------------------------------------------------------------- summary
+
+def test_summary_states_the_budget_and_the_thresholds_used(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_compare import run_label
+    from superthoughts_ext.evaluation import summary_path
+
+    tokenizer = make_tokenizer()
+    model = fake_model(tokenizer)
+    model.config = SimpleNamespace(threshold=0.7, threshold_main=0.2)
+    out = tmp_path / "st.jsonl"
+    summary = evaluate(model, tokenizer, "math500", PROBLEMS, max_new_tokens=777, batch_size=3, output_jsonl=out,
+                       progress=False, generate_fn=fake_generate(tokenizer, []))
+    saved = json.loads(summary_path(out).read_text())
+    assert (saved["threshold"], saved["threshold_main"]) == (0.7, 0.2) == (summary.threshold, summary.threshold_main)
+    assert (saved["max_new_tokens"], saved["batch_size"]) == (777, 3)
+    assert run_label(out) == "st [superthoughts 0.7]"
+    given = evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.95, progress=False,
+                     generate_fn=fake_generate(tokenizer, []))
+    assert (given.threshold, given.threshold_main) == (0.95, 0.2)
+    standard = evaluate(model, tokenizer, "math500", PROBLEMS, mode="standard", progress=False,
+                        generate_fn=fake_generate(tokenizer, []))
+    assert (standard.threshold, standard.threshold_main, standard.max_new_tokens) == (None, None, 2048)

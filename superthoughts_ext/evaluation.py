@@ -62,7 +62,10 @@ class EvalSummary:
 
     bench: str
     mode: str
-    threshold: float | None
+    threshold: float | None  # as decoded: the model's own when none was given (None: not superthoughts)
+    threshold_main: float | None
+    max_new_tokens: int  # the budget behind n_hit_limit and mean_tokens
+    batch_size: int
     n: int
     n_correct: int
     accuracy: float
@@ -324,7 +327,10 @@ def evaluate(
     summary = EvalSummary(
         bench=bench,
         mode=mode,
-        threshold=threshold,
+        threshold=settings["threshold"],
+        threshold_main=settings["threshold_main"],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
         n=n,
         n_correct=sum(r["correct"] for r in records),
         accuracy=sum(r["correct"] for r in records) / n,
