@@ -302,3 +302,30 @@ def test_summary_states_the_budget_and_the_thresholds_used(tmp_path: Path) -> No
     standard = evaluate(model, tokenizer, "math500", PROBLEMS, mode="standard", progress=False,
                         generate_fn=fake_generate(tokenizer, []))
     assert (standard.threshold, standard.threshold_main, standard.max_new_tokens) == (None, None, 2048)
+
+
+# ---------------------------------------------------------------- data files
+
+def test_dollar_signs_are_stripped_from_single_span_answers_only(tmp_path: Path) -> None:
+    import csv
+
+    from superthoughts_ext.eval_data import format_answer, load_problems
+
+    assert format_answer("$4$") == "4" and format_answer(" $\\frac{1}{2}$ ") == "\\frac{1}{2}"
+    assert format_answer("$x$ and $y$") == "$x$ and $y$" and format_answer("$5") == "$5"
+    math = tmp_path / "m.jsonl"
+    math.write_text(json.dumps({"problem": "$x^2 = 4$", "answer": "$2$"}) + "\n")
+    assert load_problems("math500", math) == [Problem("0", "$x^2 = 4$", "2")]  # the question as written
+
+    gpqa = tmp_path / "gpqa.csv"
+    with gpqa.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Record ID", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                         "Incorrect Answer 3"])
+        writer.writerow(["r1", "$X$ reacts with $Y$?", "$A_2$ and $B$", "$C$ and $D$", "$E$", "$F$"])
+        writer.writerow(["r2", "$Z$", "$G$", "$H$", "$I$", "$J$"])
+    first, second = load_problems("gpqa_diamond", gpqa)
+    assert first.question.startswith("$X$ reacts with $Y$?\n\n")
+    assert f"{first.answer}) $A_2$ and $B$\n" in first.question and ") $E$\n" in first.question + "\n"
+    # The correct option keeps its "$" like the others: nothing tells it apart.
+    assert second.question.startswith("$Z$\n\n") and f"{second.answer}) $G$\n" in second.question

@@ -123,11 +123,9 @@ def load_hub_rows(spec: BenchSpec) -> list[dict[str, Any]]:
     return [dict(row) for row in dataset]
 
 
-def format_answer(value: Any) -> str | None:
-    """Reference answer as a string: 27.0 -> "27", ["3"] -> "3", ["1", "2"] -> "1, 2".
-
-    Returns None for a missing or empty answer.
-    """
+def cell_text(value: Any) -> str | None:
+    """A data cell as text: 27.0 -> "27", ["3"] -> "3", ["1", "2"] -> "1, 2"; None for a missing
+    or empty cell. Questions and GPQA options keep their LaTeX as written."""
     if value is None:
         return None
     if isinstance(value, float):
@@ -135,11 +133,20 @@ def format_answer(value: Any) -> str | None:
             return None
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, (list, tuple)):
-        parts = [part for part in (format_answer(item) for item in value) if part]
+        parts = [part for part in (cell_text(item) for item in value) if part]
         return ", ".join(parts) or None
-    text = str(value).strip()
-    if text.startswith("$") and text.endswith("$"):
-        text = text.strip("$").strip()
+    return str(value).strip() or None
+
+
+def format_answer(value: Any) -> str | None:
+    """A reference answer as `cell_text`, one enclosing math span unwrapped: "$4$" -> "4".
+
+    Only a single span ("$" at both ends and nowhere else): "$a$ and $b$" stays as it is, since
+    stripping its outer "$" would turn the math inside out.
+    """
+    text = cell_text(value)
+    if text is not None and len(text) > 2 and text.count("$") == 2 and text[0] == text[-1] == "$":
+        text = text[1:-1].strip()
     return text or None
 
 
@@ -207,9 +214,10 @@ def load_problems(
     problems: list[Problem] = []
     skipped = 0
     for index, row in enumerate(rows):
-        question = format_answer(row.get(p_field))
-        answer = format_answer(row.get(a_field))
-        distractors = [format_answer(row.get(field)) for field in spec.distractor_fields]
+        question = cell_text(row.get(p_field))
+        # A GPQA answer is one of the options and must read exactly like the others.
+        answer = (cell_text if spec.multiple_choice else format_answer)(row.get(a_field))
+        distractors = [cell_text(row.get(field)) for field in spec.distractor_fields]
         if question is None or answer is None or None in distractors:
             skipped += 1
             continue
