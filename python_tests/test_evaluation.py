@@ -325,8 +325,8 @@ def test_compare_runs_use_the_problems_of_every_file(tmp_path: Path) -> None:
     assert "problems present in every file: 2" in table and "base: 1, st [superthoughts 0.99]: 1" in table
     lines = table.splitlines()
     assert lines[3].startswith("A: base") and "0.5000" in lines[3]
-    assert lines[4].split()[-4:] == ["+0.5000", "100.0", "60.0", "40.00%"]
-    assert lines[5].split()[-4:] == ["-0.5000", "95.0", "47.5", "52.50%"]
+    assert lines[4].split()[-5:] == ["+0.5000", "100.0", "60.0", "40.00%", "0"]
+    assert lines[5].split()[-5:] == ["-0.5000", "95.0", "47.5", "52.50%", "0"]
     with pytest.raises(ValueError, match="no problem id is present in all"):
         compare_runs(base, [st, write_run(tmp_path / "other.jsonl", [("9", True, 1, 1)])])
     with pytest.raises(ValueError, match="at least one candidate"):

@@ -7,6 +7,7 @@ token-by-token baseline: 1 - decode steps of B / generated tokens of A.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,30 @@ def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
             missing = {"id", "correct", "tokens", "steps"} - record.keys()
             if missing:
                 raise ValueError(f"{path}:{number}: record lacks {', '.join(sorted(missing))}")
-            records[str(record["id"])] = record
+            key = str(record["id"])
+            if key in records:  # which of the two to compare? neither is safe to pick
+                raise ValueError(f"{path}:{number}: problem id {key!r} appears twice in the file")
+            records[key] = record
     return records
+
+
+def _check_settings(runs: list[tuple[str | Path, dict[str, dict[str, Any]]]]) -> None:
+    """Records are matched by id alone, so the files must be runs of one benchmark (ids such as
+    "0".."39" exist in several): ValueError otherwise. A different max_new_tokens is a warning:
+    a longer budget lets a run finish problems the other had cut off."""
+    def values(records: dict[str, dict[str, Any]], key: str) -> set[Any]:
+        return {record[key] for record in records.values() if key in record}
+
+    for key in ("bench", "max_new_tokens"):
+        seen = {str(path): values(records, key) for path, records in runs}
+        if len(set().union(*seen.values())) <= 1:
+            continue
+        which = ", ".join(f"{path}: {' '.join(map(str, sorted(v, key=str)))}" for path, v in seen.items() if v)
+        if key == "bench":
+            raise ValueError(f"compare: the files are runs of different benchmarks ({which}); "
+                             "their problem ids do not name the same problems")
+        warnings.warn(f"compare: the runs had different max_new_tokens ({which}); accuracy and lengths "
+                      "are not like for like", stacklevel=3)
 
 
 RECORD_SUFFIXES = (".jsonl", ".json")  # of a records file; other dots belong to the run name
@@ -51,10 +74,15 @@ def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
 
     Returns n (matched problems), only_in_a / only_in_b (unmatched counts), accuracy_a,
     accuracy_b, accuracy_diff (B - A), wins_b / wins_a (problems only one of them solved),
-    mean_tokens_a/b, mean_steps_a/b, and cot_reduction = 1 - steps(B) / tokens(A): how much
-    shorter B's decode is than A's token-by-token chain of thought.
+    mean_tokens_a/b, mean_steps_a/b, hit_limit_a/b (outputs cut off by max_new_tokens), and
+    cot_reduction = 1 - steps(B) / tokens(A): how much shorter B's decode is than A's
+    token-by-token chain of thought.
+
+    Records are matched by id: files of different benchmarks or with a repeated id are a
+    ValueError, different max_new_tokens a warning.
     """
     a, b = _read_records(a_jsonl), _read_records(b_jsonl)
+    _check_settings([(a_jsonl, a), (b_jsonl, b)])
     common = [key for key in a if key in b]
     if not common:
         raise ValueError(f"compare: {a_jsonl} and {b_jsonl} share no problem ids")
@@ -85,6 +113,9 @@ def _compare_records(a_jsonl: str | Path, a: dict[str, dict[str, Any]], b_jsonl:
         "mean_tokens_b": mean(b, "tokens"),
         "mean_steps_a": mean(a, "steps"),
         "mean_steps_b": mean(b, "steps"),
+        # Outputs max_new_tokens cut off: their lengths are the budget, not the chain of thought.
+        "hit_limit_a": sum(bool(a[key].get("hit_limit")) for key in common),
+        "hit_limit_b": sum(bool(b[key].get("hit_limit")) for key in common),
         "cot_reduction": 1.0 - steps_b / tokens_a if tokens_a else 0.0,
     }
 
@@ -97,6 +128,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         ("solved only here", str(result["wins_a"]), str(result["wins_b"]), ""),
         ("mean tokens", f"{result['mean_tokens_a']:.1f}", f"{result['mean_tokens_b']:.1f}", ""),
         ("mean decode steps", f"{result['mean_steps_a']:.1f}", f"{result['mean_steps_b']:.1f}", ""),
+        ("hit max_new_tokens", str(result["hit_limit_a"]), str(result["hit_limit_b"]), ""),
     ]
     widths = [max(len(row[col]) for row in rows) for col in range(4)]
     lines = [f"A: {result['a']}", f"B: {result['b']}", f"matched problems: {result['n']}"]
@@ -129,6 +161,7 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
         raise ValueError("compare_runs: give at least one candidate besides the baseline")
     a = _read_records(baseline_jsonl)
     runs = [_read_records(c) for c in candidates]
+    _check_settings([(baseline_jsonl, a), *zip(candidates, runs)])
     common = [key for key in a if all(key in run for run in runs)]
     if not common:
         names = ", ".join(str(p) for p in [baseline_jsonl, *candidates])
@@ -145,12 +178,12 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
 def format_runs(results: list[dict[str, Any]]) -> str:
     """`compare_runs`' results as one table: the baseline, then a row per candidate."""
     first = results[0]
-    header = ("run", "accuracy", "vs A", "mean tokens", "mean steps", "CoT reduction")
+    header = ("run", "accuracy", "vs A", "mean tokens", "mean steps", "CoT reduction", "hit limit")
     rows = [header, (f"A: {first['label_a']}", f"{first['accuracy_a']:.4f}", "", f"{first['mean_tokens_a']:.1f}",
-                     f"{first['mean_steps_a']:.1f}", "")]
+                     f"{first['mean_steps_a']:.1f}", "", str(first["hit_limit_a"]))]
     for r in results:
         rows.append((r["label_b"], f"{r['accuracy_b']:.4f}", f"{r['accuracy_diff']:+.4f}", f"{r['mean_tokens_b']:.1f}",
-                     f"{r['mean_steps_b']:.1f}", f"{r['cot_reduction']:.2%}"))
+                     f"{r['mean_steps_b']:.1f}", f"{r['cot_reduction']:.2%}", str(r["hit_limit_b"])))
     widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
     lines = [f"problems present in every file: {first['n']}"]
     dropped = [(first["label_a"], first["dropped_a"])] + [(r["label_b"], r["dropped_b"]) for r in results]
@@ -159,7 +192,8 @@ def format_runs(results: list[dict[str, Any]]) -> str:
         lines.append("left out (not in every file): " + ", ".join(left_out))
     lines += ["  ".join(cell.ljust(w) if col == 0 else cell.rjust(w) for col, (cell, w) in enumerate(zip(row, widths)))
               for row in rows]
-    lines.append("CoT reduction = 1 - mean steps of the run / mean tokens of A")
+    lines.append("CoT reduction = 1 - mean steps of the run / mean tokens of A; "
+                 "hit limit = outputs cut off by max_new_tokens")
     return "\n".join(lines)
 
 
