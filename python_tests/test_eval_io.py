@@ -332,6 +332,22 @@ def test_dollar_signs_are_stripped_from_single_span_answers_only(tmp_path: Path)
     assert second.question.startswith("$Z$\n\n") and f"{second.answer}) $G$\n" in second.question
 
 
+@pytest.mark.parametrize("limit", [0, -3])
+def test_limit_below_one_is_refused(tmp_path: Path, limit: int, capsys: pytest.CaptureFixture[str]) -> None:
+    from superthoughts_ext.eval_data import load_problems
+
+    data = tmp_path / "m.jsonl"
+    data.write_text("".join(json.dumps({"problem": p.question, "answer": p.answer}) + "\n" for p in PROBLEMS))
+    with pytest.raises(ValueError, match=f"limit must be >= 1 .*got {limit}"):
+        load_problems("math500", data, limit=limit)
+    tokenizer = make_tokenizer()
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, limit=limit, progress=False,
+                 generate_fn=fake_generate(tokenizer, []))
+    assert run_cli(["--model", str(tmp_path), "--bench", "math500", "--data", str(data), "--limit", str(limit)]) == 2
+    assert f"limit must be >= 1 (or left out for every problem), got {limit}" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- compare
 
 def write_records(path: Path, rows: list[dict]) -> Path:

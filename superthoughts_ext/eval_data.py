@@ -187,6 +187,13 @@ def _pick_field(rows: list[dict[str, Any]], fields: tuple[str, ...], what: str, 
     )
 
 
+def check_limit(limit: int | None) -> None:
+    """ValueError unless ``limit`` is None or >= 1 (0 would still take one problem, a negative
+    one would drop problems from the end)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (or left out for every problem), got {limit}")
+
+
 def load_problems(
     bench: str,
     data: str | Path | None = None,
@@ -202,6 +209,7 @@ def load_problems(
     ``problem_field`` / ``answer_field`` override the registry's column names.
     """
     spec = get_bench(bench)
+    check_limit(limit)
     rows = read_rows(data) if data is not None else load_hub_rows(spec)
     if not rows:
         raise ValueError(f"{bench}: no rows in {data or spec.hub_path}")

@@ -20,7 +20,7 @@ from typing import Any
 
 from superthoughts_ext.eval_compare import (compare, compare_runs, format_comparison, format_runs, plot_tradeoff,
                                             summary_path)
-from superthoughts_ext.eval_data import BENCHES, Problem, build_prompt, get_bench, load_problems
+from superthoughts_ext.eval_data import BENCHES, Problem, build_prompt, check_limit, get_bench, load_problems
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
 MODES = ("superthoughts", "pairs", "standard")
@@ -240,6 +240,7 @@ def evaluate(
         raise ValueError(f"evaluate: mode must be one of {', '.join(MODES)}, got {mode!r}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"evaluate: batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be >= 1")
+    check_limit(limit)
     problems = list(rows)[:limit] if limit is not None else list(rows)
     if not problems:
         raise ValueError("evaluate: no problems to evaluate")
