@@ -387,3 +387,14 @@ def test_compare_warns_on_other_budgets_and_counts_cut_off_outputs(tmp_path: Pat
         results = compare_runs(a, [same])
     lines = format_runs(results).splitlines()
     assert lines[1].split()[-1] == "limit" and lines[2].split()[-1] == "3" and lines[3].split()[-1] == "0"
+
+
+def test_printed_summary_does_not_call_its_own_ratio_the_cot_reduction() -> None:
+    from superthoughts_ext.evaluation import format_summary
+
+    tokenizer = make_tokenizer()
+    summary = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, threshold=0.9, progress=False,
+                       generate_fn=fake_generate(tokenizer, []))
+    line = format_summary(summary)
+    assert "CoT reduction" not in line  # the paper's metric is against the baseline: `compare`
+    assert f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}" in line
