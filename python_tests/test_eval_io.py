@@ -348,6 +348,33 @@ def test_limit_below_one_is_refused(tmp_path: Path, limit: int, capsys: pytest.C
     assert f"limit must be >= 1 (or left out for every problem), got {limit}" in capsys.readouterr().err
 
 
+def test_data_files_with_a_bom_or_json_lines_under_json(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_data import load_problems
+
+    rows = "".join(json.dumps({"id": i, "problem": f"q{i}", "answer": float(i + 1)}) + "\n" for i in range(3))
+    (tmp_path / "amc.json").write_text(rows)  # datasets' Dataset.to_json("amc.json") writes JSON Lines
+    (tmp_path / "amc.jsonl").write_text("\ufeff" + rows, encoding="utf-8")
+    expected = [Problem(str(i), f"q{i}", str(i + 1)) for i in range(3)]
+    assert load_problems("amc23", tmp_path / "amc.json") == load_problems("amc23", tmp_path / "amc.jsonl") == expected
+    (tmp_path / "g.csv").write_text("\ufeffQuestion,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,"
+                                    "Incorrect Answer 3\nq,a,b,c,d\n", encoding="utf-8")
+    assert load_problems("gpqa_diamond", tmp_path / "g.csv")[0].question.startswith("q\n\n")
+
+
+def test_data_parse_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_data import load_problems
+
+    (tmp_path / "bad.jsonl").write_text('{"problem": "q", "answer": "1"}\n{"problem": "q2", "answer": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
+        load_problems("math500", tmp_path / "bad.jsonl")
+    (tmp_path / "bad.json").write_text('[\n  {"problem": "q", "answer": "1"},\n  {"problem": "q2",}\n]\n')
+    with pytest.raises(ValueError, match=r"bad.json:3: not valid JSON"):
+        load_problems("math500", tmp_path / "bad.json")
+    (tmp_path / "list.jsonl").write_text('["q", "1"]\n')
+    with pytest.raises(ValueError, match=r"list.jsonl:1: expected a JSON object, got list"):
+        load_problems("math500", tmp_path / "list.jsonl")
+
+
 # ---------------------------------------------------------------- compare
 
 def write_records(path: Path, rows: list[dict]) -> Path:

@@ -88,23 +88,48 @@ def get_bench(name: str) -> BenchSpec:
     return BENCHES[name]
 
 
+def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}, column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _json_list(path: Path, text: str) -> list[dict[str, Any]]:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # one value per line: `datasets`' to_json writes JSON Lines
+            return _json_lines(path, text)
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})") from None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path}: expected a JSON list of objects (or JSON Lines)")
+    return rows
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a local ``.jsonl``, ``.json`` (a list of objects) or ``.csv`` file."""
+    """Rows of a local ``.jsonl``, ``.json`` (a list of objects, or JSON Lines) or ``.csv``
+    file. A UTF-8 byte order mark (Excel, pandas' utf-8-sig) is skipped: it would otherwise
+    become part of the first column's name. Parse errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             return list(csv.DictReader(f))
     if suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of objects")
-        return rows
+        return _json_list(path, path.read_text(encoding="utf-8-sig"))
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return _json_lines(path, path.read_text(encoding="utf-8-sig"))
     raise ValueError(f"{path}: unsupported data format {suffix!r} (use .jsonl, .json or .csv)")
 
 
