@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -214,9 +213,12 @@ def test_sweep_file_names_keep_every_threshold_apart() -> None:
 
 def test_cli_sweep_refuses_a_repeated_threshold(fake_cli: SimpleNamespace, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from superthoughts_ext.eval_compare import run_label
+
     argv = fake_cli.argv + ["--output", str(tmp_path / "st.jsonl"), "--threshold"]
     assert run_cli(argv + ["0.9999995", "1.0"]) == 0
     assert sorted(p.name for p in tmp_path.glob("st-t*.jsonl")) == ["st-t0.9999995.jsonl", "st-t1.jsonl"]
+    assert run_label(tmp_path / "st-t0.9999995.jsonl") == "st-t0.9999995 [superthoughts 0.9999995]"
     capsys.readouterr()
     fake_cli.loaded.clear()
     assert run_cli(argv + ["0.9", "0.5", "0.90"]) == 2
@@ -373,47 +375,6 @@ def test_data_parse_errors_name_the_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "list.jsonl").write_text('["q", "1"]\n')
     with pytest.raises(ValueError, match=r"list.jsonl:1: expected a JSON object, got list"):
         load_problems("math500", tmp_path / "list.jsonl")
-
-
-# ---------------------------------------------------------------- compare
-
-def write_records(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps({"correct": True, "tokens": 10, "steps": 10, **row}) + "\n" for row in rows))
-    return path
-
-
-def test_compare_refuses_other_benches_and_repeated_ids(tmp_path: Path) -> None:
-    from superthoughts_ext.eval_compare import compare, compare_runs
-
-    a = write_records(tmp_path / "a.jsonl", [{"id": str(i), "bench": "amc23"} for i in range(4)])
-    b = write_records(tmp_path / "b.jsonl", [{"id": str(i), "bench": "olympiadbench"} for i in range(4)])
-    c = write_records(tmp_path / "c.jsonl", [{"id": str(i), "bench": "amc23"} for i in range(4)])
-    with pytest.raises(ValueError, match="different benchmarks .*b.jsonl: olympiadbench"):
-        compare(a, b)
-    with pytest.raises(ValueError, match="different benchmarks"):
-        compare_runs(a, [c, b])
-    twice = write_records(tmp_path / "twice.jsonl", [{"id": "0"}, {"id": "1"}, {"id": "0", "correct": False}])
-    with pytest.raises(ValueError, match=r"twice.jsonl:3: problem id '0' appears twice"):
-        compare(a, twice)
-
-
-def test_compare_warns_on_other_budgets_and_counts_cut_off_outputs(tmp_path: Path) -> None:
-    from superthoughts_ext.eval_compare import compare, compare_runs, format_comparison, format_runs
-
-    a = write_records(tmp_path / "a.jsonl", [{"id": str(i), "max_new_tokens": 512, "hit_limit": i < 3}
-                                             for i in range(4)])
-    b = write_records(tmp_path / "b.jsonl", [{"id": str(i), "max_new_tokens": 4096, "hit_limit": i < 1}
-                                             for i in range(4)])
-    with pytest.warns(UserWarning, match="different max_new_tokens .*a.jsonl: 512, .*b.jsonl: 4096"):
-        result = compare(a, b)
-    assert (result["hit_limit_a"], result["hit_limit_b"]) == (3, 1)
-    assert format_comparison(result).splitlines()[-2].split()[-2:] == ["3", "1"]
-    same = write_records(tmp_path / "same.jsonl", [{"id": str(i), "max_new_tokens": 512} for i in range(4)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        results = compare_runs(a, [same])
-    lines = format_runs(results).splitlines()
-    assert lines[1].split()[-1] == "limit" and lines[2].split()[-1] == "3" and lines[3].split()[-1] == "0"
 
 
 def test_printed_summary_does_not_call_its_own_ratio_the_cot_reduction() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from superthoughts_ext.eval_compare import (RECORD_SUFFIXES, compare_runs, format_comparison, format_runs,
-                                            plot_tradeoff, run_name)
+                                            plot_tradeoff, run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, load_problems
 from superthoughts_ext.evaluation import MODES, evaluate, format_summary, summary_path
 
@@ -137,14 +137,6 @@ def run(args: argparse.Namespace) -> int:
         print("against a baseline: superthoughts eval --compare BASELINE.jsonl "
               + " ".join(str(path) for path in outputs) + " --plot tradeoff.png")
     return 0
-
-
-def threshold_label(threshold: float) -> str:
-    """A threshold as file names show it: short ("0.99", "1") when that reads back as the same
-    float, else its full repr ("0.9999995"), so that two thresholds never share a file."""
-    threshold = float(threshold) + 0.0  # -0.0 -> 0.0: the same threshold, the same name
-    short = f"{threshold:g}"
-    return short if float(short) == threshold else repr(threshold)
 
 
 def check_thresholds(thresholds: list[float] | None) -> None:

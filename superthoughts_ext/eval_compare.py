@@ -64,6 +64,14 @@ def run_name(path: str | Path) -> str:
     return name
 
 
+def threshold_label(threshold: float) -> str:
+    """A threshold as file names show it: short ("0.99", "1") when that reads back as the same
+    float, else its full repr ("0.9999995"), so that two thresholds never share a file."""
+    threshold = float(threshold) + 0.0  # -0.0 -> 0.0: the same threshold, the same name
+    short = f"{threshold:g}"
+    return short if float(short) == threshold else repr(threshold)
+
+
 def summary_path(output_jsonl: str | Path) -> Path:
     """Where the summary of ``results.jsonl`` goes: ``results.summary.json`` beside it."""
     return Path(output_jsonl).with_name(run_name(output_jsonl) + ".summary.json")
@@ -147,8 +155,10 @@ def run_label(path: str | Path) -> str:
     if summary.is_file():
         info = json.loads(summary.read_text(encoding="utf-8"))
         mode, threshold = info.get("mode"), info.get("threshold")
-        if mode:
-            label += f" [{mode}" + (f" {threshold:g}" if mode == "superthoughts" and threshold is not None else "") + "]"
+        if mode == "superthoughts" and threshold is not None:
+            label += f" [{mode} {threshold_label(threshold)}]"
+        elif mode:
+            label += f" [{mode}]"
     return label
 
 
