@@ -84,6 +84,8 @@ def build(out_dir: Path, sanitize: bool = False) -> ctypes.CDLL:
     lib.superthoughts_step_emulated.restype = ctypes.c_char_p
     lib.superthoughts_step_emulated.argtypes = [ctypes.POINTER(StepParams), ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                                 ctypes.c_uint64]
+    lib.superthoughts_gumbel_table.restype = None
+    lib.superthoughts_gumbel_table.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     size = lib.superthoughts_step_params_size()
     if size != ctypes.sizeof(StepParams):
         raise RuntimeError(f"StepParams mirror is {ctypes.sizeof(StepParams)} bytes, the kernel's is {size}: update it")
@@ -130,3 +132,11 @@ def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos
     if error is not None:
         raise RuntimeError(f"emulated CUDA step kernel: {error.decode()}")
     return tokens, n_new, conf, next_in
+
+
+def gumbel_table() -> tuple[torch.Tensor, torch.Tensor]:
+    """(exact, bound) [2^23] float32: the host's gumbel_from_word / gumbel_upper_bound (philox.h)
+    of every word, indexed by word >> 9."""
+    exact, bound = torch.empty(1 << 23), torch.empty(1 << 23)
+    library().superthoughts_gumbel_table(exact.data_ptr(), bound.data_ptr())
+    return exact, bound

@@ -277,6 +277,22 @@ def test_sampling_noise_is_bit_identical_to_reference(device):
     torch.testing.assert_close(tokens[:, 0], want[:, 0], rtol=0, atol=0)
 
 
+def test_noise_of_every_word_matches_reference_and_its_bound_holds():
+    # philox.h's noise as the host builds it (the CPU kernel's), for all 2^23 distinct words:
+    # bit-identical to the reference's, and gumbel_upper_bound (which lets the kernels skip
+    # the double logs) above it, by little.
+    if cuda_emulation.cuda_include_dir() is None:
+        pytest.skip("the emulation library needs the CUDA toolkit's headers")
+    exact, bound = cuda_emulation.gumbel_table()
+    words = torch.arange(1 << 23, dtype=torch.int64) << 9
+    u = ((words >> 9).double() + 0.5) * 2.0**-23
+    want = (-torch.log(-torch.log(u))).float()
+    assert torch.equal(exact, want)
+    assert exact.max().item() == pytest.approx(16.6355, abs=1e-4)
+    gap = bound - exact
+    assert gap.min().item() > 0 and gap.max().item() < 2e-4
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("temperature", [1e-6, 1e-39, 1e-50])
 def test_tiny_temperature_decodes_greedily(device, temperature):

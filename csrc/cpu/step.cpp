@@ -78,8 +78,9 @@ Partial reduce_chunk(const scalar_t* row, int64_t begin, int64_t end, int64_t ba
       // reach the best with the largest noise added needs no Philox word and no logs.
       const float scaled = buf[i] / sample.temperature;
       if (!(scaled > kNegInf) || scaled + kGumbelBound < p.best) continue;
-      const PhiloxWords words = step_noise_words(sample.seed, sample.offset, batch_row, head, v >> 2);
-      const float score = scaled + gumbel_from_word(words.w[v & 3]);
+      const uint32_t word = step_noise_words(sample.seed, sample.offset, batch_row, head, v >> 2).w[v & 3];
+      if (scaled + gumbel_upper_bound(word) < p.best) continue;
+      const float score = scaled + gumbel_from_word(word);
       if (score > p.best) {
         p.best = score;
         p.best_index = v;

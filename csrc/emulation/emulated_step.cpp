@@ -60,4 +60,13 @@ const char* superthoughts_step_emulated(const StepParams* params, int logits_dty
   }
 }
 
+// The noise of every word (word >> 9 = k for k < 2^23) as the host computes it: exact[k] =
+// gumbel_from_word, bound[k] = gumbel_upper_bound. Tests compare them with the reference.
+void superthoughts_gumbel_table(float* exact, float* bound) {
+  for (uint32_t k = 0; k < (1u << 23); ++k) {
+    exact[k] = superthoughts::gumbel_from_word(k << 9);
+    bound[k] = superthoughts::gumbel_upper_bound(k << 9);
+  }
+}
+
 }  // extern "C"

@@ -68,4 +68,17 @@ ST_HOST_DEVICE float gumbel_from_word(uint32_t word) {
 #endif
 }
 
+// An upper bound of gumbel_from_word(word) from float logs: each is good to a few ulps, so the
+// float noise is within 1e-5 of the exact one and the 1e-4 added makes it a bound. The
+// kernels rule an element out when scaled + bound < best (rounding is monotone, so then the
+// exact score is below best too) and pay for the double logs only for the rest.
+ST_HOST_DEVICE float gumbel_upper_bound(uint32_t word) {
+  const float u = (static_cast<float>(word >> 9) + 0.5f) * 1.1920928955078125e-07f;
+#if defined(__CUDA_ARCH__)
+  return -logf(-logf(u)) + 1e-4f;
+#else
+  return -std::log(-std::log(u)) + 1e-4f;
+#endif
+}
+
 }  // namespace superthoughts

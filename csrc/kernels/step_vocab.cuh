@@ -245,6 +245,7 @@ __device__ __forceinline__ void consume(Acc& acc, float (&x)[N], int64_t v0, con
       }
       const int lane = static_cast<int>(v & 3);
       const uint32_t word = lane == 0 ? noise.w0 : lane == 1 ? noise.w1 : lane == 2 ? noise.w2 : noise.w3;
+      if (scaled + gumbel_upper_bound(word) < acc.best) continue;
       const float score = scaled + gumbel_from_word(word);
       if (score > acc.best || (score == acc.best && v < acc.best_index)) {
         acc.best = score;
