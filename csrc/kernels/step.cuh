@@ -50,9 +50,10 @@
 //   - B = 64 / 256: target >= 75% of copy bandwidth for 2*B*V*2 + 2*H*H*2 bytes. Phase 3
 //     re-reads W ceil(B / 32) times and the gathered pairs H / 32 times from L2; if it shows,
 //     stage the pair tile in shared memory (cp.async) and widen the feature tile.
-//   - temperature > 0: Philox (~25 integer ops per 4 elements) and two double logs run only
-//     for elements within 17 of the thread's best score (kGumbelBound); check phase 1 stays
-//     memory bound at B = 256 with flat logits, where most elements are candidates.
+//   - temperature > 0: Philox (~25 integer ops per 4 elements) and two float logs run only
+//     for elements within 17 of the thread's best score (kGumbelBound), the double logs only
+//     where those cannot rule the element out; check phase 1 stays memory bound at B = 256
+//     with flat logits, where most elements are candidates.
 //   - registers (-Xptxas -v): 128 of 128 under __launch_bounds__(256, 2), no spills (nvcc 13).
 //   - code size: the bf16 x bf16 kernel is 255 KB of SASS (~16k instructions, a quarter of
 //     them inlined Philox; cuobjdump from the nvidia-cuda-cuobjdump wheel reads it on a CPU
