@@ -44,7 +44,7 @@ from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 
 from superthoughts_ext import decode_loop
 from superthoughts_ext.generate import generate, resolve_compile
-from superthoughts_ext.run_info import device_name, git_commit
+from superthoughts_ext.run_info import device_name, git_commit, int_at_least
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = {
@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MTP confidence thresholds of the st@T rows")
     parser.add_argument("--mtp-logit-std", type=float, default=30.0,
                         help="spread of the MTP head's logits, which sets how often st@T pairs (0 = random head)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per method (the median is reported)")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3, help="timed calls per method (the median is reported)")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="subset to run (hf_dynamic hf_static_compile standard pairs st@T); default: all")
     parser.add_argument("--no-hf-compile", action="store_true", help="skip hf_static_compile")

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import torch
-from superthoughts_ext.run_info import device_name, git_commit
+from superthoughts_ext.run_info import device_name, git_commit, int_at_least
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -65,10 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4 if gpu else 8, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=2048 if gpu else 512, help="prompt + response")
     parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens of each sequence")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps (loss must fall over them)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps on GPU")
+    parser.add_argument("--warmup", type=int_at_least(2), default=5, help="untimed steps (loss must fall over them)")
+    parser.add_argument("--steps", type=int_at_least(1), default=10, help="timed steps on GPU")
     parser.add_argument("--min-time", type=float, default=12.0, help="seconds per mode on CPU")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds per mode on CPU")
+    parser.add_argument("--rounds", type=int_at_least(1), default=3, help="alternating timing rounds per mode on CPU")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     parser.add_argument("--rho-max", type=float, nargs="+", default=[0.25, 0.0],
                         help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
@@ -171,10 +171,12 @@ def time_cuda(step: Callable[[], torch.Tensor], steps: int) -> float:
 
 
 def time_cpu(step: Callable[[], torch.Tensor], min_time: float) -> float:
-    """Median seconds per step from torch.utils.benchmark."""
+    """Median seconds per step from torch.utils.benchmark, on all of torch's threads (its Timer
+    runs one thread unless told otherwise)."""
     from torch.utils import benchmark
 
-    return benchmark.Timer(stmt="step()", globals={"step": step}).blocked_autorange(min_run_time=min_time).median
+    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_time).median
 
 
 def checkpointing(shape: str, args: argparse.Namespace) -> bool:

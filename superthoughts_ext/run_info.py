@@ -1,6 +1,8 @@
-"""Where a measurement ran: device name and git commit, recorded in every results JSON."""
+"""What the benchmarks share: where a measurement ran (device name and git commit, recorded in
+every results JSON) and the check of their count flags."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -36,3 +38,15 @@ def device_name(device: torch.device | str) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def int_at_least(low: int):
+    """argparse type: an int >= low, refused at parse time (before any model is built)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
