@@ -181,10 +181,13 @@ def test_rows_beyond_the_context_are_dropped(base_dirs, tmp_path):
 def test_context_counts_units_or_tokens():
     row = {"prompt_ids": [5] * 10, "response_ids": [6] * 19 + [2]}  # 10 pairs
     drop = train_utils.drop_beyond_context
-    assert drop([row], 20, 2, 0.0) == [row]  # 10 + 10 units
-    assert drop([row], 23, 2, 0.25) == [row]  # 3 pairs split: 13 units
-    with pytest.raises(ValueError, match=r"no training examples left: 1 of 1 .*longest: 30 positions"):
-        drop([row], 29, 2, 1.0)  # one position per token
+    # Each row is kept at exactly its length in positions and dropped at one less:
+    # 10 + 10 units; round(0.25 * 10) = round(2.5) = 2 pairs split (ties go to even): 10 + 12
+    # units; one position per token: 10 + 20.
+    for fraction, length in [(0.0, 20), (0.25, 22), (1.0, 30)]:
+        assert drop([row], length, 2, fraction) == [row]
+        with pytest.raises(ValueError, match=rf"no training examples left: 1 of 1 .*longest: {length} positions"):
+            drop([row], length - 1, 2, fraction)
     with pytest.warns(UserWarning, match=r"dropped 1 of 2 .*longest: 30 positions"):
         assert drop([row, {"prompt_ids": [5], "response_ids": [2]}], 29, 2, 1.0) == [
             {"prompt_ids": [5], "response_ids": [2]}]
