@@ -78,6 +78,17 @@ def _response_with_eos(response_ids: Sequence[int], eos_id: int) -> list[int]:
     return response
 
 
+def _unit_counts(n_tokens: int, split_fraction: float) -> tuple[int, int]:
+    """(units before a trailing single, pairs split) of a response of `n_tokens` (EOS included).
+
+    The unsplit layout is n // 2 pairs, then a single when n is odd; pad-split turns
+    round(rho * pairs) of those pairs into two singles each, so one more unit per split pair.
+    """
+    n_pairs = n_tokens // 2
+    n_split = round(split_fraction * n_pairs)
+    return n_pairs + n_split, n_split
+
+
 def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_id: int, eos_id: int,
                 split_fraction: float = 0.0, rng: random.Random | None = None) -> UnitSequence:
     """Lays out one example as prompt positions + response units (rules in the module docstring).
@@ -99,12 +110,9 @@ def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_i
         raise ValueError(f"build_units: split_fraction must be in [0, 1], got {split_fraction}")
     response = _response_with_eos(response_ids, eos_id)
 
-    # Unit sizes (1 or 2) in order: the unsplit layout is n // 2 pairs, then a single when n
-    # is odd. Pad-split turns round(rho * n // 2) of those pairs into two singles each and
-    # places the singles among the pairs at random, as fallback steps fall during decoding.
-    n_pairs = len(response) // 2
-    n_split = round(split_fraction * n_pairs)
-    n_units = n_pairs + n_split
+    # Unit sizes (1 or 2) in order: the singles of split pairs sit among the pairs at random,
+    # as fallback steps fall during decoding, and an odd response ends with a single.
+    n_units, n_split = _unit_counts(len(response), split_fraction)
     singles = set((rng or random.Random(0)).sample(range(n_units), 2 * n_split)) if n_split else set()
     sizes = [1 if j in singles else 2 for j in range(n_units)] + [1] * (len(response) % 2)
     units: list[tuple[int, int]] = []  # (start index in the response, size)
@@ -144,8 +152,7 @@ def layout_length(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id
                   split_fraction: float = 0.0) -> int:
     """Positions (prompt tokens + units) of `build_units` with the same arguments, without building it."""
     n = len(response_ids) + (0 if response_ids and response_ids[-1] == eos_id else 1)
-    pairs = n // 2
-    return len(prompt_ids) + pairs + round(split_fraction * pairs) + n % 2
+    return len(prompt_ids) + _unit_counts(n, split_fraction)[0] + n % 2
 
 
 def build_baseline(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id: int) -> tuple[list[int], list[int]]:
