@@ -154,12 +154,17 @@ def test_pretokenised_rows_are_checked_up_front(rows, message):
 def test_pretokenised_rows_obey_max_length():
     long = {"prompt_ids": [5, 6, 7], "response_ids": list(range(4, 25))}
     short = {"prompt_ids": [5], "response_ids": [6, 7, 2]}
-    with pytest.warns(UserWarning, match=r"dropped 1 row\(s\) longer than max_length=5 tokens \(rows \[1\]\)"):
+    with pytest.warns(UserWarning, match=r"^train: dropped 1 row\(s\) longer than max_length=5 tokens \(rows \[1\]\)$"):
         assert load_rows([long, short], max_length=5) == [short]
     # The EOS appended to a response without one counts: [5] + [6, 7, EOS] is 4 tokens.
     assert len(load_rows([{"prompt_ids": [5], "response_ids": [6, 7]}], max_length=4)) == 1
     with pytest.warns(UserWarning, match="max_length=3"), pytest.raises(ValueError, match="no training examples"):
         load_rows([{"prompt_ids": [5], "response_ids": [6, 7]}], max_length=3)
+    # Text rows: the same warning, and errors name the row.
+    with pytest.warns(UserWarning, match=r"^train: dropped 1 row\(s\) with an empty 'solution' \(rows \[2\]\)$"):
+        assert len(load_rows([ROWS[0], {"problem": "what", "solution": " "}])) == 1
+    with pytest.raises(ValueError, match=r"^train: row 2: field 'solution' is missing"):
+        load_rows([ROWS[0], {"problem": "what"}])
     # Integer tensors and tuples are ids too.
     ids = load_rows([{"prompt_ids": torch.tensor([5, 6]), "response_ids": (7,)}])
     assert ids == [{"prompt_ids": [5, 6], "response_ids": [7]}]

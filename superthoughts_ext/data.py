@@ -312,10 +312,17 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
     return {"prompt_ids": list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), "response_ids": response}
 
 
+def _warn_dropped(where: str, numbers: list[int], unit: str, why: str) -> None:
+    """Warns "`where`: dropped N row(s) `why`", naming the first ten `unit` numbers; silent for none."""
+    if numbers:
+        warnings.warn(f"{where}: dropped {len(numbers)} row(s) {why} ({unit}s {numbers[:10]})", stacklevel=4)
+
+
 def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, where: str, unit: str = "line",
                 problem_field: str = "problem", solution_field: str = "solution",
                 system_prompt: str | None = None, max_length: int | None = None) -> list[dict[str, list[int]]]:
-    """Tokenised features from (number, row) pairs; errors and warnings say `where:number`.
+    """Tokenised features from (number, row) pairs; errors say `where:number` (unit "line") or
+    `where: row number` (unit "row"), warnings start with `where`.
 
     A row that is not a mapping, lacks a string field or whose solution holds EOS before its end
     raises ValueError. Rows whose solution is empty (or only whitespace) and rows longer than
@@ -326,7 +333,7 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
     empty: list[int] = []
     too_long: list[int] = []
     for number, row in numbered_rows:
-        at = f"{where}:{number}" if unit == "line" else f"{where} {number}"
+        at = f"{where}:{number}" if unit == "line" else f"{where}: {unit} {number}"
         if not isinstance(row, Mapping):
             raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}")
         for field in (problem_field, solution_field):
@@ -343,12 +350,8 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
             too_long.append(number)
             continue
         examples.append(example)
-    if empty:
-        warnings.warn(f"{where}: dropped {len(empty)} row(s) with an empty {solution_field!r} ({unit}s {empty[:10]})",
-                      stacklevel=3)
-    if too_long:
-        warnings.warn(f"{where}: dropped {len(too_long)} row(s) longer than max_length={max_length} tokens "
-                      f"({unit}s {too_long[:10]})", stacklevel=3)
+    _warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")
+    _warn_dropped(where, too_long, unit, f"longer than max_length={max_length} tokens")
     return examples
 
 
@@ -364,8 +367,8 @@ def _token_ids(values: Any, at: str, name: str) -> list[int]:
 
 def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str,
                    max_length: int | None = None) -> list[dict[str, list[int]]]:
-    """Features from pre-tokenised rows {"prompt_ids", "response_ids"}; messages say `where number`
-    (rows numbered from 1).
+    """Features from pre-tokenised rows {"prompt_ids", "response_ids"}; errors say `where: row number`
+    (rows numbered from 1), warnings start with `where`.
 
     The checks `build_units` makes at collate time, made up front so that they name the row:
     ids are non-negative ints, the prompt is not empty, EOS only closes the response. Rows
@@ -375,7 +378,7 @@ def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str
     examples: list[dict[str, list[int]]] = []
     too_long: list[int] = []
     for number, row in enumerate(rows, start=1):
-        at = f"{where} {number}"
+        at = f"{where}: row {number}"
         prompt = _token_ids(row["prompt_ids"], at, "prompt_ids")
         response = _token_ids(row["response_ids"], at, "response_ids")
         if not prompt:
@@ -388,9 +391,7 @@ def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str
             too_long.append(number)
             continue
         examples.append({"prompt_ids": prompt, "response_ids": response})
-    if too_long:
-        warnings.warn(f"{where}: dropped {len(too_long)} row(s) longer than max_length={max_length} tokens "
-                      f"(rows {too_long[:10]})", stacklevel=3)
+    _warn_dropped(where, too_long, "row", f"longer than max_length={max_length} tokens")
     return examples
 
 

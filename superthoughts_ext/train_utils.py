@@ -130,7 +130,7 @@ def load_examples(
     else:
         rows = list(data)
         if rows and all(isinstance(r, Mapping) and "prompt_ids" in r and "response_ids" in r for r in rows):
-            examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where="train: row", max_length=max_length)
+            examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where="train", max_length=max_length)
         else:
             examples = _encode_rows(
                 rows, tokenizer, problem_field=problem_field, solution_field=solution_field,
@@ -147,7 +147,7 @@ def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBa
     """In-memory twin of `data.load_jsonl_examples`: same checks and tokenisation, rows numbered from 1."""
     from superthoughts_ext.data import encode_rows
 
-    return encode_rows(enumerate(rows, start=1), tokenizer, where="train: row", unit="row",
+    return encode_rows(enumerate(rows, start=1), tokenizer, where="train", unit="row",
                        problem_field=problem_field, solution_field=solution_field,
                        system_prompt=system_prompt, max_length=max_length)
 
