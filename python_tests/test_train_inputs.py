@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 import test_train  # noqa: E402
 from test_train import FAST, ROWS, make_model, make_tokenizer  # noqa: E402
 
-from superthoughts_ext import train_utils  # noqa: E402
+from superthoughts_ext import train_data, train_utils  # noqa: E402
 from superthoughts_ext.train import TrainOptions, train  # noqa: E402
 
 ONE_STEP = {**FAST, "max_steps": 1}
@@ -134,8 +134,8 @@ def test_continued_checkpoint_dtype_pad_and_refusals(st_checkpoint):
 
 
 def load_rows(rows: list[dict], max_length: int | None = None) -> list[dict]:
-    return train_utils.load_examples(rows, make_tokenizer(), problem_field="problem", solution_field="solution",
-                                     system_prompt=None, max_length=max_length)
+    return train_data.load_examples(rows, make_tokenizer(), problem_field="problem", solution_field="solution",
+                                    system_prompt=None, max_length=max_length)
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -185,7 +185,7 @@ def test_rows_beyond_the_context_are_dropped(base_dirs, tmp_path):
 
 def test_context_counts_units_or_tokens():
     row = {"prompt_ids": [5] * 10, "response_ids": [6] * 19 + [2]}  # 10 pairs
-    drop = train_utils.drop_beyond_context
+    drop = train_data.drop_beyond_context
     # Each row is kept at exactly its length in positions and dropped at one less:
     # 10 + 10 units; round(0.25 * 10) = round(2.5) = 2 pairs split (ties go to even): 10 + 12
     # units; one position per token: 10 + 20.

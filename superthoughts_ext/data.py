@@ -29,7 +29,6 @@ tokenizers), and a final pair (x, EOS) must still teach the MTP head to emit EOS
 from __future__ import annotations
 
 import json
-import operator
 import os
 import random
 import warnings
@@ -352,46 +351,6 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
         examples.append(example)
     _warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")
     _warn_dropped(where, too_long, unit, f"longer than max_length={max_length} tokens")
-    return examples
-
-
-def _token_ids(values: Any, at: str, name: str) -> list[int]:
-    try:
-        ids = [operator.index(t) for t in values]
-    except TypeError:
-        raise ValueError(f"{at}: {name} must be a list of int token ids, got {values!r:.80}") from None
-    if ids and min(ids) < 0:
-        raise ValueError(f"{at}: {name} holds the negative token id {min(ids)}")
-    return ids
-
-
-def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str,
-                   max_length: int | None = None) -> list[dict[str, list[int]]]:
-    """Features from pre-tokenised rows {"prompt_ids", "response_ids"}; errors say `where: row number`
-    (rows numbered from 1), warnings start with `where`.
-
-    The checks `build_units` makes at collate time, made up front so that they name the row:
-    ids are non-negative ints, the prompt is not empty, EOS only closes the response. Rows
-    longer than `max_length` tokens (prompt + response with its EOS) are dropped with a
-    warning, as `encode_rows` drops text rows.
-    """
-    examples: list[dict[str, list[int]]] = []
-    too_long: list[int] = []
-    for number, row in enumerate(rows, start=1):
-        at = f"{where}: row {number}"
-        prompt = _token_ids(row["prompt_ids"], at, "prompt_ids")
-        response = _token_ids(row["response_ids"], at, "response_ids")
-        if not prompt:
-            raise ValueError(f"{at}: empty prompt_ids; the last prompt position is what predicts the first unit")
-        try:
-            length = len(prompt) + len(_response_with_eos(response, eos_id))
-        except ValueError as exc:
-            raise ValueError(f"{at}: {exc}") from exc
-        if max_length is not None and length > max_length:
-            too_long.append(number)
-            continue
-        examples.append({"prompt_ids": prompt, "response_ids": response})
-    _warn_dropped(where, too_long, "row", f"longer than max_length={max_length} tokens")
     return examples
 
 

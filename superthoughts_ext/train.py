@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
-from superthoughts_ext import train_utils
+from superthoughts_ext import train_data, train_utils
 from superthoughts_ext.cli import HelpFormatter
 from superthoughts_ext.trainer import SuperThoughtsTrainer, TrainingArgumentsCpuFix
 
@@ -189,7 +189,7 @@ def train(options: TrainOptions) -> TrainResult:
 
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
-    examples = train_utils.load_examples(
+    examples = train_data.load_examples(
         options.data, tokenizer, problem_field=options.problem_field,
         solution_field=options.solution_field, system_prompt=options.system_prompt,
         max_length=options.max_length,
@@ -212,7 +212,7 @@ def train(options: TrainOptions) -> TrainResult:
     backbone = model.backbone if superthoughts else model
     # The baseline and the distillation teacher read one position per token: all pairs split.
     split = options.rho_max if superthoughts and options.distill_weight == 0 else 1.0
-    examples = train_utils.drop_beyond_context(
+    examples = train_data.drop_beyond_context(
         examples, getattr(backbone.config, "max_position_embeddings", None), eos_id, split)
     train_utils.check_vocab(tokenizer, model, examples)
     if superthoughts and options.distill_weight > 0:

@@ -1,7 +1,8 @@
-"""Helpers of `superthoughts_ext.train`: tokenizer and data loading, input checks, LoRA.
+"""Helpers of `superthoughts_ext.train`: tokenizer loading, input checks, model building, LoRA.
 
 Kept apart from train.py so that the Trainer wiring there stays short; nothing here
-depends on `transformers.Trainer`.
+depends on `transformers.Trainer`. The training examples are loaded and checked in
+`superthoughts_ext.train_data`.
 """
 from __future__ import annotations
 
@@ -101,57 +102,6 @@ def with_pad_token(tokenizer: PreTrainedTokenizerBase, pad_id: int) -> PreTraine
     return tokenizer
 
 
-def load_examples(
-    data: str | os.PathLike | Sequence[Mapping[str, Any]],
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    problem_field: str,
-    solution_field: str,
-    system_prompt: str | None,
-    max_length: int | None,
-) -> list[dict[str, list[int]]]:
-    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows.
-
-    Rows may be raw ({problem_field, solution_field}: text) or already tokenised
-    ({"prompt_ids", "response_ids"}: lists of ids, checked by `data.tokenised_rows`). Errors
-    name the file and line (or row number); an empty dataset is an error.
-    """
-    from superthoughts_ext.data import load_jsonl_examples, tokenised_rows
-
-    if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if not path.is_file():
-            raise FileNotFoundError(f"train: data file {os.fspath(path)!r} does not exist")
-        examples = load_jsonl_examples(
-            os.fspath(path), tokenizer, problem_field=problem_field,
-            solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
-        )
-        where = os.fspath(path)
-    else:
-        rows = list(data)
-        if rows and all(isinstance(r, Mapping) and "prompt_ids" in r and "response_ids" in r for r in rows):
-            examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where="train", max_length=max_length)
-        else:
-            examples = _encode_rows(
-                rows, tokenizer, problem_field=problem_field, solution_field=solution_field,
-                system_prompt=system_prompt, max_length=max_length,
-            )
-        where = "the given rows"
-    if not examples:
-        raise ValueError(f"train: no training examples in {where}")
-    return examples
-
-
-def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
-                 solution_field: str, system_prompt: str | None, max_length: int | None) -> list[dict]:
-    """In-memory twin of `data.load_jsonl_examples`: same checks and tokenisation, rows numbered from 1."""
-    from superthoughts_ext.data import encode_rows
-
-    return encode_rows(enumerate(rows, start=1), tokenizer, where="train", unit="row",
-                       problem_field=problem_field, solution_field=solution_field,
-                       system_prompt=system_prompt, max_length=max_length)
-
-
 def check_vocab(
     tokenizer: PreTrainedTokenizerBase, model: nn.Module, examples: list[dict[str, list[int]]]
 ) -> None:
@@ -165,31 +115,6 @@ def check_vocab(
     top = max(max(e["prompt_ids"] + e["response_ids"]) for e in examples)
     if top >= rows:
         raise ValueError(f"train: data holds token id {top} >= vocabulary size {rows}")
-
-
-def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | None, eos_id: int,
-                        split_fraction: float) -> list[dict[str, list[int]]]:
-    """`examples` without the rows that need more than `context` positions (the backbone's
-    max_position_embeddings; None = no limit), with a warning naming how many: past it the
-    position embeddings leave the range the model was trained on, silently.
-
-    A row takes its prompt plus its units (`data.layout_length`) with `split_fraction` of its
-    pairs split: rho_max, the most pad-split draws, or 1.0 (one position per token) for
-    the baseline and the distillation teacher.
-    """
-    from superthoughts_ext.data import layout_length
-
-    if context is None:
-        return examples
-    lengths = [layout_length(e["prompt_ids"], e["response_ids"], eos_id, split_fraction) for e in examples]
-    kept = [e for e, n in zip(examples, lengths) if n <= context]
-    if len(kept) < len(examples):
-        message = (f"{len(examples) - len(kept)} of {len(examples)} row(s) longer than the model's context, "
-                   f"max_position_embeddings={context} (longest: {max(lengths)} positions)")
-        if not kept:
-            raise ValueError(f"train: no training examples left: {message}")
-        warnings.warn(f"train: dropped {message}", stacklevel=2)
-    return kept
 
 
 def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | list[str]:

@@ -1,0 +1,127 @@
+"""The examples `superthoughts_ext.train` trains on: JSONL files or in-memory rows, raw text or
+pre-tokenised, checked up front so that errors name the row, and dropped when longer than
+--max-length or the model's context.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from superthoughts_ext.data import _response_with_eos, _warn_dropped, encode_rows, layout_length, load_jsonl_examples
+from superthoughts_ext.train_utils import pad_and_eos_ids
+
+
+def load_examples(
+    data: str | os.PathLike | Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    problem_field: str,
+    solution_field: str,
+    system_prompt: str | None,
+    max_length: int | None,
+) -> list[dict[str, list[int]]]:
+    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows.
+
+    Rows may be raw ({problem_field, solution_field}: text) or already tokenised
+    ({"prompt_ids", "response_ids"}: lists of ids, checked by `tokenised_rows`). Errors
+    name the file and line (or row number); an empty dataset is an error.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.is_file():
+            raise FileNotFoundError(f"train: data file {os.fspath(path)!r} does not exist")
+        examples = load_jsonl_examples(
+            os.fspath(path), tokenizer, problem_field=problem_field,
+            solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
+        )
+        where = os.fspath(path)
+    else:
+        rows = list(data)
+        if rows and all(isinstance(r, Mapping) and "prompt_ids" in r and "response_ids" in r for r in rows):
+            examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where="train", max_length=max_length)
+        else:
+            examples = _encode_rows(
+                rows, tokenizer, problem_field=problem_field, solution_field=solution_field,
+                system_prompt=system_prompt, max_length=max_length,
+            )
+        where = "the given rows"
+    if not examples:
+        raise ValueError(f"train: no training examples in {where}")
+    return examples
+
+
+def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
+                 solution_field: str, system_prompt: str | None, max_length: int | None) -> list[dict]:
+    """In-memory twin of `data.load_jsonl_examples`: same checks and tokenisation, rows numbered from 1."""
+    return encode_rows(enumerate(rows, start=1), tokenizer, where="train", unit="row",
+                       problem_field=problem_field, solution_field=solution_field,
+                       system_prompt=system_prompt, max_length=max_length)
+
+
+def _token_ids(values: Any, at: str, name: str) -> list[int]:
+    try:
+        ids = [operator.index(t) for t in values]
+    except TypeError:
+        raise ValueError(f"{at}: {name} must be a list of int token ids, got {values!r:.80}") from None
+    if ids and min(ids) < 0:
+        raise ValueError(f"{at}: {name} holds the negative token id {min(ids)}")
+    return ids
+
+
+def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str,
+                   max_length: int | None = None) -> list[dict[str, list[int]]]:
+    """Features from pre-tokenised rows {"prompt_ids", "response_ids"}; errors say `where: row number`
+    (rows numbered from 1), warnings start with `where`.
+
+    The checks `build_units` makes at collate time, made up front so that they name the row:
+    ids are non-negative ints, the prompt is not empty, EOS only closes the response. Rows
+    longer than `max_length` tokens (prompt + response with its EOS) are dropped with a
+    warning, as `encode_rows` drops text rows.
+    """
+    examples: list[dict[str, list[int]]] = []
+    too_long: list[int] = []
+    for number, row in enumerate(rows, start=1):
+        at = f"{where}: row {number}"
+        prompt = _token_ids(row["prompt_ids"], at, "prompt_ids")
+        response = _token_ids(row["response_ids"], at, "response_ids")
+        if not prompt:
+            raise ValueError(f"{at}: empty prompt_ids; the last prompt position is what predicts the first unit")
+        try:
+            length = len(prompt) + len(_response_with_eos(response, eos_id))
+        except ValueError as exc:
+            raise ValueError(f"{at}: {exc}") from exc
+        if max_length is not None and length > max_length:
+            too_long.append(number)
+            continue
+        examples.append({"prompt_ids": prompt, "response_ids": response})
+    _warn_dropped(where, too_long, "row", f"longer than max_length={max_length} tokens")
+    return examples
+
+
+def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | None, eos_id: int,
+                        split_fraction: float) -> list[dict[str, list[int]]]:
+    """`examples` without the rows that need more than `context` positions (the backbone's
+    max_position_embeddings; None = no limit), with a warning naming how many: past it the
+    position embeddings leave the range the model was trained on, silently.
+
+    A row takes its prompt plus its units (`data.layout_length`) with `split_fraction` of its
+    pairs split: rho_max, the most pad-split draws, or 1.0 (one position per token) for
+    the baseline and the distillation teacher.
+    """
+    if context is None:
+        return examples
+    lengths = [layout_length(e["prompt_ids"], e["response_ids"], eos_id, split_fraction) for e in examples]
+    kept = [e for e, n in zip(examples, lengths) if n <= context]
+    if len(kept) < len(examples):
+        message = (f"{len(examples) - len(kept)} of {len(examples)} row(s) longer than the model's context, "
+                   f"max_position_embeddings={context} (longest: {max(lengths)} positions)")
+        if not kept:
+            raise ValueError(f"train: no training examples left: {message}")
+        warnings.warn(f"train: dropped {message}", stacklevel=2)
+    return kept
