@@ -23,9 +23,12 @@ import torch
 from safetensors.torch import load_file
 
 pytest.importorskip("accelerate")
-from test_train import base_dirs, free_port  # noqa: E402,F401  (base_dirs is a fixture)
+import test_train  # noqa: E402
+from test_train import free_port  # noqa: E402
 
 from superthoughts_ext import train_utils  # noqa: E402
+
+base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 FSDP_FLAGS = [
