@@ -363,6 +363,35 @@ def test_data_files_with_a_bom_or_json_lines_under_json(tmp_path: Path) -> None:
     assert load_problems("gpqa_diamond", tmp_path / "g.csv")[0].question.startswith("q\n\n")
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_json_lines_keep_raw_line_separators_inside_strings(tmp_path: Path, separator: str) -> None:
+    # JSON allows these raw inside strings and json.dumps(ensure_ascii=False) writes them so;
+    # str.splitlines would cut the row in two.
+    from superthoughts_ext.eval_data import load_problems
+
+    rows = [{"problem": f"a{separator}b", "answer": "1"}, {"problem": "c", "answer": "2"}]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\r\n" for row in rows)
+    assert separator in text
+    for name in ("rows.jsonl", "rows.json"):
+        (tmp_path / name).write_text(text, encoding="utf-8", newline="")
+        assert load_problems("math500", tmp_path / name) == [Problem("0", f"a{separator}b", "1"), Problem("1", "c", "2")]
+
+
+def test_resume_reads_records_holding_a_raw_line_separator(tmp_path: Path) -> None:
+    # evaluate writes records with ensure_ascii=False: a U+2028 in a prompt or an output stays raw.
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    problems = [Problem(p.id, p.question + " \u2028", p.answer) for p in PROBLEMS]
+    kwargs = dict(batch_size=3, output_jsonl=out, progress=False)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", problems, generate_fn=crash_after_one_batch(tokenizer),
+                 **kwargs)
+    assert "\u2028" in out.read_text(encoding="utf-8")
+    calls: list[dict] = []
+    summary = evaluate(fake_model(tokenizer), tokenizer, "math500", problems, resume=True,
+                       generate_fn=fake_generate(tokenizer, calls), **kwargs)
+    assert [c["batch"] for c in calls] == [3, 1] and summary.n == len(problems)
+
+
 def test_data_parse_errors_name_the_file_and_line(tmp_path: Path) -> None:
     from superthoughts_ext.eval_data import load_problems
 

@@ -88,9 +88,19 @@ def get_bench(name: str) -> BenchSpec:
     return BENCHES[name]
 
 
+def json_lines(text: str) -> list[str]:
+    """The lines of a JSON Lines text: split at "\\n" alone, a trailing "\\r" dropped. Not
+    `str.splitlines`, which also splits at U+2028, U+2029, U+0085...: JSON strings may hold those
+    raw, and json.dumps(ensure_ascii=False) writes them so."""
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline ending the last line
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(json_lines(text), 1):
         if not line.strip():
             continue
         try:

@@ -20,7 +20,8 @@ from typing import Any
 
 from superthoughts_ext.eval_compare import (compare, compare_runs, format_comparison, format_runs, plot_tradeoff,
                                             summary_path)
-from superthoughts_ext.eval_data import BENCHES, Problem, build_prompt, check_limit, get_bench, load_problems
+from superthoughts_ext.eval_data import (BENCHES, Problem, build_prompt, check_limit, get_bench, json_lines,
+                                         load_problems)
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
 MODES = ("superthoughts", "pairs", "standard")
@@ -168,7 +169,7 @@ def _resumable_records(path: Path, problems: Sequence[Problem], settings: dict[s
     if not path.is_file():
         return []
     ids = {problem.id for problem in problems}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = json_lines(path.read_text(encoding="utf-8"))
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
