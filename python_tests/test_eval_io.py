@@ -392,6 +392,21 @@ def test_resume_reads_records_holding_a_raw_line_separator(tmp_path: Path) -> No
     assert [c["batch"] for c in calls] == [3, 1] and summary.n == len(problems)
 
 
+def test_json_file_of_one_row_and_a_list_followed_by_junk(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_data import load_problems
+
+    # datasets' to_json of a one-row dataset: JSON Lines of one line, i.e. one object.
+    (tmp_path / "one.json").write_text(json.dumps({"problem": "q", "answer": "1"}) + "\n")
+    assert load_problems("math500", tmp_path / "one.json") == [Problem("0", "q", "1")]
+    # A list and then more: broken JSON, said so with the line of the junk (not JSON Lines errors).
+    (tmp_path / "junk.json").write_text('[{"problem": "q", "answer": "1"}]\n]\n')
+    with pytest.raises(ValueError, match=r"junk.json:2: not valid JSON \(Extra data"):
+        load_problems("math500", tmp_path / "junk.json")
+    (tmp_path / "scalar.json").write_text("3\n")
+    with pytest.raises(ValueError, match=r"scalar.json: expected a JSON list of objects"):
+        load_problems("math500", tmp_path / "scalar.json")
+
+
 def test_data_parse_errors_name_the_file_and_line(tmp_path: Path) -> None:
     from superthoughts_ext.eval_data import load_problems
 

@@ -114,12 +114,17 @@ def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
 
 
 def _json_list(path: Path, text: str) -> list[dict[str, Any]]:
+    """A list of objects, one object (one row: JSON Lines of a single row read so too), or JSON
+    Lines: objects one after another, as `datasets`' to_json writes them under any suffix."""
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as error:
-        if error.msg == "Extra data":  # one value per line: `datasets`' to_json writes JSON Lines
+        # Only objects follow one another in JSON Lines; a list followed by more is broken JSON.
+        if error.msg == "Extra data" and text.lstrip().startswith("{"):
             return _json_lines(path, text)
         raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})") from None
+    if isinstance(rows, dict):
+        rows = [rows]
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ValueError(f"{path}: expected a JSON list of objects (or JSON Lines)")
     return rows
