@@ -7,6 +7,7 @@ eager loop's tokens.
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, TextStreamer
 from superthoughts_ext import cli
 from superthoughts_ext.bench_cli import load_benchmark
 from superthoughts_ext.demo.tokenizer import build_tokenizer
-from superthoughts_ext.generate import MODES, generate
+from superthoughts_ext.generate import MODES, generate, stop_token_ids
 from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
 TOKENIZER = build_tokenizer()
@@ -177,6 +178,63 @@ def test_cli_generate_streams_the_text_it_prints(backbone, tmp_path, capsys) -> 
         assert lines[-1].startswith("[standard] tokens=") and "stopped by" not in lines[-1]
         outputs.append(lines[:-1])
     assert outputs[0] == outputs[1] and TOKENIZER.eos_token not in "".join(outputs[1])
+
+
+def test_stop_token_ids_model_first_then_the_tokenizer_and_chat_turn_ends(backbone) -> None:
+    im_end, endoftext = TOKENIZER.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert stop_token_ids(backbone) == [im_end]  # the model's own alone
+    assert stop_token_ids(backbone, TOKENIZER) == [im_end, endoftext]
+    listed = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[endoftext, 5]))
+    assert stop_token_ids(listed, TOKENIZER) == [endoftext, 5, im_end]  # the model's primary EOS stays first
+    assert stop_token_ids(SimpleNamespace(), TOKENIZER) == [im_end, endoftext]  # no EOS in any model config
+    with pytest.raises(ValueError, match="defines an EOS token"):
+        stop_token_ids(SimpleNamespace())
+
+
+def test_cli_generate_stops_at_a_chat_turn_end_its_config_does_not_list(backbone, tmp_path, capsys) -> None:
+    # The config lists <|im_end|> only; the model ends its turn with <|endoftext|>, which
+    # `superthoughts eval` stops on: so does `superthoughts generate`.
+    ids, mask = prompt_batch(["what is 3 + 4"])
+    free = generate(backbone, ids, mask, max_new_tokens=12, mode="standard").sequences[0]
+    endoftext = TOKENIZER.convert_tokens_to_ids("<|endoftext|>")
+    assert endoftext not in free and TOKENIZER.eos_token_id not in free
+    third = next(t for i, t in enumerate(free) if i >= 2 and t not in free[:i])
+    ends = copy.deepcopy(backbone)
+    with torch.no_grad():  # <|endoftext|> takes the head row of the first new token from the third on
+        ends.lm_head.weight[[third, endoftext]] = ends.lm_head.weight[[endoftext, third]]
+    ends.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    assert ends.generation_config.eos_token_id == TOKENIZER.eos_token_id
+    assert cli.main(["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "12",
+                     "--device", "cpu", "--no-chat-template"]) == 0
+    stats = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"tokens={free.index(third) + 1} " in stats and "stopped by" not in stats
+
+
+def test_cli_generate_and_eval_stop_on_the_same_ids(backbone, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("math_verify")
+    from superthoughts_ext import generate_cli
+    from superthoughts_ext.eval_data import Problem
+    from superthoughts_ext.evaluation import evaluate
+
+    class Recorded(Exception):
+        pass
+
+    seen = []
+
+    def record(*args, eos_token_id, **kwargs):
+        seen.append(eos_token_id)
+        raise Recorded
+
+    backbone.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    monkeypatch.setattr(generate_cli, "generate", record)
+    with pytest.raises(Recorded):
+        cli.main(["generate", "--model", str(tmp_path), "what is 3 + 4", "--device", "cpu"])
+    with pytest.raises(Recorded):
+        evaluate(backbone, TOKENIZER, "math500", [Problem("p", "what is 3 + 4", "7")], mode="standard",
+                 progress=False, generate_fn=record)
+    assert seen[0] == seen[1] == stop_token_ids(backbone, TOKENIZER)
 
 
 def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:

@@ -30,10 +30,6 @@ MODES = ("superthoughts", "pairs", "standard")
 # carries them, and a resumed run must match them.
 RUN_KEYS = ("model", "dtype", "data")
 
-# Tokens that end an assistant turn in Qwen chat templates (also when the model's configs do not
-# list them); text after one is not the answer.
-_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
-
 __all__ = [
     "BENCHES",
     "EvalSummary",
@@ -98,26 +94,6 @@ def _model_device(model: Any) -> Any:
     if device is not None:
         return device
     return next(model.parameters()).device
-
-
-def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends an assistant turn, the model's primary EOS first (generate's step op
-    stops on it; the others end a row too). A checkpoint may list several (Qwen instruct:
-    <|im_end|> and <|endoftext|>; Llama-3: <|end_of_text|> and <|eot_id|>), and a SuperThoughts
-    model keeps them in its backbone's generation_config: one id alone lets decoding run past
-    the real turn end and inflates tokens, steps and hit_limit."""
-    from superthoughts_ext.generate import resolve_eos_ids, token_ids
-
-    try:
-        ids = resolve_eos_ids(model, None)
-    except ValueError:  # no EOS in the model's configs: the tokenizer's alone
-        ids = []
-    ids += token_ids(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[token] for token in _STOP_TOKENS if token in vocab]
-    if not ids:
-        raise ValueError("neither the model's generation_config / config nor the tokenizer defines an EOS token")
-    return list(dict.fromkeys(ids))
 
 
 def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
@@ -226,7 +202,7 @@ def evaluate(
         progress: show a tqdm bar.
         generate_fn: replaces `superthoughts_ext.generate.generate` (same signature and
             result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time). Its
-            eos_token_id is a list: every stop id, the model's primary EOS first.
+            eos_token_id is `superthoughts_ext.generate.stop_token_ids(model, tokenizer)`.
         metadata: extra keys (model path, dtype...) stored in the summary JSON; those of
             `RUN_KEYS` (model, dtype, data) are also stored in every record.
         resume: keep the records an interrupted run left in ``output_jsonl`` and evaluate only
@@ -253,7 +229,9 @@ def evaluate(
     generate_fn = generate_fn or _default_generate()
 
     started = time.perf_counter()
-    eos_ids = _stop_token_ids(model, tokenizer)
+    from superthoughts_ext.generate import stop_token_ids
+
+    eos_ids = stop_token_ids(model, tokenizer)
     stop_ids = set(eos_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = _model_device(model)

@@ -85,9 +85,30 @@ def resolve_eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[in
     raise ValueError("generate: the model has no eos_token_id; pass eos_token_id=")
 
 
-def resolve_eos(model: Any, eos_token_id: int | list[int] | None) -> int:
-    """The first of `resolve_eos_ids`: the EOS id the step op stops on."""
-    return resolve_eos_ids(model, eos_token_id)[0]
+# Tokens that end an assistant turn in Qwen chat templates (also when the model's configs do not
+# list them); text after one is not the answer.
+CHAT_TURN_ENDS = ("<|im_end|>", "<|endoftext|>")
+
+
+def stop_token_ids(model: Any, tokenizer: Any = None) -> list[int]:
+    """Every id that ends an assistant turn, for `generate(eos_token_id=...)`: the model's
+    (`resolve_eos_ids`, its primary EOS first: the step op's own), then the tokenizer's EOS,
+    then the ChatML turn ends in the tokenizer's vocabulary; without repeats. A checkpoint may
+    list several (Qwen instruct: <|im_end|> and <|endoftext|>; Llama-3: <|end_of_text|> and
+    <|eot_id|>), and a SuperThoughts model keeps them in its backbone's generation_config: one
+    id alone lets decoding run past the real turn end. `superthoughts generate` and `evaluate`
+    both stop on these ids. ValueError when neither the model nor the tokenizer has an EOS."""
+    try:
+        ids = resolve_eos_ids(model, None)
+    except ValueError:  # no EOS in the model's configs: the tokenizer's lead
+        ids = []
+    if tokenizer is not None:
+        ids += token_ids(tokenizer.eos_token_id)
+        vocab = tokenizer.get_vocab()
+        ids += [vocab[token] for token in CHAT_TURN_ENDS if token in vocab]
+    if not ids:
+        raise ValueError("neither the model's generation_config / config nor the tokenizer defines an EOS token")
+    return list(dict.fromkeys(ids))
 
 
 def _pad_id(model: Any, eos: int) -> int:

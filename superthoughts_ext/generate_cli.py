@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from superthoughts_ext.generate import MODES, generate, is_superthoughts, model_context, resolve_eos_ids, token_ids
+from superthoughts_ext.generate import MODES, generate, is_superthoughts, model_context, stop_token_ids
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,11 +72,7 @@ def run(args: argparse.Namespace) -> int:
     # Special tokens hidden as in the non-streamed output (which decodes with skip_special_tokens).
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
     try:
-        # The checkpoint's generation config knows its turn ends; the tokenizer is the fallback.
-        eos_ids = resolve_eos_ids(model, None)
-    except ValueError:
-        eos_ids = tokenizer.eos_token_id
-    try:
+        eos_ids = stop_token_ids(model, tokenizer)  # the ids `superthoughts eval` stops on
         result = generate(model, input_ids, max_new_tokens=args.max_new_tokens, mode=mode, threshold=args.threshold,
                           threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
                           eos_token_id=eos_ids,
@@ -88,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if streamer is None:
         print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
     tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
-    cut = _stop_note(result.sequences[0], token_ids(eos_ids), args.max_new_tokens, model)
+    cut = _stop_note(result.sequences[0], eos_ids, args.max_new_tokens, model)
     print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
           f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
           f"tokens/s={result.tokens_per_s:.1f}{cut}")
