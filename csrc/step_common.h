@@ -17,9 +17,10 @@ struct StepShapes {
   bool has_bias;
 };
 
-// Temperatures below this decode greedily, as temperature 0 does. Sampling scores logits / T
-// in float32, and a tinier T overflows them to +-inf (every positive logit would tie at
-// +inf); at 1e-5 only logits beyond 3e33 in size overflow. Mirrored in reference.py.
+// Temperatures below this decode greedily, as temperature 0 does: a deliberate floor (vLLM
+// keeps one too). Sampling scores logits / T in float32; as T shrinks those overflow to +-inf
+// (every positive logit then ties at +inf) and below 1.4e-45 T itself rounds to 0 in float.
+// Above 1e-5 that takes logits beyond 3e33. Mirrored in reference.py.
 constexpr double kMinSamplingTemperature = 1e-5;
 
 inline bool samples_at(double temperature) { return temperature >= kMinSamplingTemperature; }

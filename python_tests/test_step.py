@@ -288,7 +288,7 @@ def test_noise_of_every_word_matches_reference_and_its_bound_holds():
     u = ((words >> 9).double() + 0.5) * 2.0**-23
     want = (-torch.log(-torch.log(u))).float()
     assert torch.equal(exact, want)
-    assert exact.max().item() == pytest.approx(16.6355, abs=1e-4)
+    assert exact.max().item() == pytest.approx(16.6355, abs=1e-4)  # < kGumbelBound (17, philox.h)
     gap = bound - exact
     assert gap.min().item() > 0 and gap.max().item() < 2e-4
 
@@ -296,8 +296,8 @@ def test_noise_of_every_word_matches_reference_and_its_bound_holds():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("temperature", [1e-6, 1e-39, 1e-50])
 def test_tiny_temperature_decodes_greedily(device, temperature):
-    # logits / T would overflow float32 (every positive logit tying at +inf); below
-    # MIN_SAMPLING_TEMPERATURE every backend decodes greedily instead.
+    # Below MIN_SAMPLING_TEMPERATURE every backend decodes greedily. Without that floor, 1e-39
+    # overflows logits / T (every positive logit tying at +inf) and 1e-50 is 0 in float.
     assert temperature < MIN_SAMPLING_TEMPERATURE
     logits, embed, weight, bias, _ = make_inputs(3, 1000, 8, torch.float32, device)
     logits[:, :, 0] = float("-inf")  # a masked token must not come out either

@@ -23,8 +23,9 @@ PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 PHILOX_ROUNDS = 10
 MASK32 = 0xFFFFFFFF
-# Below this temperature logits / T overflows float32 for ordinary logits, so the op decodes
-# greedily (kMinSamplingTemperature in csrc/step_common.h).
+# Below this temperature the op decodes greedily, a deliberate floor: logits / T overflows
+# float32 as T shrinks, and T itself rounds to 0 in float below 1.4e-45 (kMinSamplingTemperature
+# in csrc/step_common.h).
 MIN_SAMPLING_TEMPERATURE = 1e-5
 
 

@@ -30,7 +30,6 @@ constexpr int64_t kMergeTile = 1536;
 // Above this many rows an fp32 merge goes through the BLAS GEMM (see merge_next_inputs).
 constexpr int64_t kBlasMinBatch = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr float kGumbelBound = 17.0f;  // above every gumbel_from_word value (<= 16.636)
 
 struct Partial {
   float max = kNegInf;

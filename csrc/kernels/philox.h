@@ -68,6 +68,11 @@ ST_HOST_DEVICE float gumbel_from_word(uint32_t word) {
 #endif
 }
 
+// Above every gumbel_from_word value (<= 16.636): an element whose scaled logit cannot reach
+// the best even with this added needs neither its Philox word nor its logs. Float addition
+// is monotone, so skipping it never drops a winner.
+constexpr float kGumbelBound = 17.0f;
+
 // An upper bound of gumbel_from_word(word) from float logs: each is good to a few ulps, so the
 // float noise is within 1e-5 of the exact one and the 1e-4 added makes it a bound. The
 // kernels rule an element out when scaled + bound < best (rounding is monotone, so then the

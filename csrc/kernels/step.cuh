@@ -54,11 +54,16 @@
 //     for elements within 17 of the thread's best score (kGumbelBound), the double logs only
 //     where those cannot rule the element out; check phase 1 stays memory bound at B = 256
 //     with flat logits, where most elements are candidates.
-//   - registers (-Xptxas -v): 128 of 128 under __launch_bounds__(256, 2), no spills (nvcc 13).
-//   - code size: the bf16 x bf16 kernel is 255 KB of SASS (~16k instructions, a quarter of
-//     them inlined Philox; cuobjdump from the nvidia-cuda-cuobjdump wheel reads it on a CPU
-//     machine). If ncu's WarpStateStats blame instruction fetch (stall_no_instruction),
-//     split the sampling and greedy paths into separate kernels.
+//   - registers (-Xptxas -v): 128 of 128 under __launch_bounds__(256, 2), no spills (nvcc 13,
+//     re-read after the double-log noise).
+//   - code size: the bf16 x bf16 kernel is ~21k SASS instructions (a 342 KB cubin; ~16k before
+//     the sampling path gained its float-log bound and double logs; cuobjdump from the
+//     nvidia-cuda-cuobjdump wheel reads it on a CPU machine). If ncu's WarpStateStats blame
+//     instruction fetch (stall_no_instruction), split the sampling and greedy paths into
+//     separate kernels.
+//   - noise: the tests check the host's noise for all 2^23 words against the reference, the
+//     device's (CUDA's double log) only through sampled tokens; a device-side table would
+//     check it for every word.
 //   - capture the op in a CUDA graph and replay it (cooperative launches are capturable since
 //     CUDA 12; confirm on the driver at hand).
 //   - fp32, B >= 64: the 3xTF32 tensor-core merge (was a GEMV re-reading W per 8 rows: 0.55x

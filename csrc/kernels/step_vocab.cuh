@@ -35,10 +35,6 @@ constexpr int kLogitUnroll = SUPERTHOUGHTS_LOGIT_UNROLL;
 constexpr int kPartialBatch = SUPERTHOUGHTS_PARTIAL_BATCH;
 constexpr int32_t kNone = 0x7fffffff;  // "no index yet": loses every lowest-index tie
 constexpr float kNegInf = -__builtin_huge_valf();
-// Above every gumbel_from_word value (<= 16.636): an element whose scaled logit cannot reach
-// the best even with this added needs neither its Philox word nor its logs. Float addition
-// is monotone, so the skip never drops a winner.
-constexpr float kGumbelBound = 17.0f;
 
 // Everything the kernel reads: raw pointers, sizes in elements, and the launch plan.
 struct StepParams {
