@@ -295,7 +295,7 @@ def test_bad_input_is_rejected(model, backbone) -> None:
             generate(model, ids, mask, max_new_tokens=4, cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         generate(model, ids, mask, max_new_tokens=4, cuda_graphs="yes")
-    with pytest.raises(ValueError, match="compile=True needs temperature 0"):
+    with pytest.raises(ValueError, match="compile=True needs greedy decoding"):
         generate(model, ids, mask, max_new_tokens=4, compile=True, temperature=1.0)
     with pytest.raises(ValueError, match="compile must be"):
         generate(model, ids, mask, max_new_tokens=4, compile="yes")
@@ -383,3 +383,23 @@ def test_compiled_step_matches_eager_and_compiles_once(qwen2_pair, mode: str) ->
             with torch._dynamo.config.patch(error_on_recompile=True):
                 again = generate(model, other_ids, other_mask, compile=True, **other)
             assert again.sequences == generate(model, other_ids, other_mask, compile=False, **other).sequences
+
+
+@pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
+def test_temperatures_below_the_sampling_floor_decode_greedily_and_compile(qwen2_pair) -> None:
+    # The step op decodes greedily below MIN_SAMPLING_TEMPERATURE: generate treats such a
+    # temperature as 0 (compile=True accepted, CUDA graphs allowed), not as sampling.
+    from superthoughts_ext.generate import resolve_compile, samples
+    from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
+
+    assert not samples(0.0) and not samples(1e-6) and samples(MIN_SAMPLING_TEMPERATURE) and samples(1.0)
+    cuda = torch.device("cuda")
+    assert resolve_compile("auto", cuda, 1e-6) and not resolve_compile("auto", cuda, MIN_SAMPLING_TEMPERATURE)
+    _, model = qwen2_pair
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=9, mode="superthoughts", threshold=MIXED_THRESHOLD)
+    greedy = generate(model, ids, mask, compile=False, **kwargs)
+    assert generate(model, ids, mask, compile=False, temperature=1e-6, seed=5, **kwargs).sequences == greedy.sequences
+    compiled = generate(model, ids, mask, compile=True, temperature=1e-6, seed=5, **kwargs)
+    assert compiled.sequences == greedy.sequences
+    assert compiled.num_pair_steps == greedy.num_pair_steps

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from superthoughts_ext import attention, decode_loop
+from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 
 MODES = ("superthoughts", "pairs", "standard")
 CHECK_EVERY = 8  # decode steps between host reads of `finished` (each read syncs the device)
@@ -164,15 +165,22 @@ def _op_seed(seed: int) -> int:
     return (int(seed) + 2**63) % 2**64 - 2**63
 
 
+def samples(temperature: float) -> bool:
+    """Whether the step op samples at `temperature`: from MIN_SAMPLING_TEMPERATURE (1e-5) up;
+    below it, 0 included, it decodes greedily."""
+    return temperature >= MIN_SAMPLING_TEMPERATURE
+
+
 def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: float) -> bool:
     if cuda_graphs == "auto":
         # The op's seed/offset are baked in at capture, so sampling would repeat one Philox
         # stream every step: sampled decoding runs eagerly.
-        return device.type == "cuda" and temperature == 0.0
+        return device.type == "cuda" and not samples(temperature)
     if cuda_graphs is True:
-        if device.type != "cuda" or temperature != 0.0:
-            raise ValueError(f"generate: cuda_graphs=True needs CUDA tensors and temperature 0 (device "
-                             f"{device.type}, temperature {temperature}); use cuda_graphs='auto'")
+        if device.type != "cuda" or samples(temperature):
+            raise ValueError(f"generate: cuda_graphs=True needs CUDA tensors and greedy decoding (temperature "
+                             f"below {MIN_SAMPLING_TEMPERATURE:g}; device {device.type}, temperature "
+                             f"{temperature}); use cuda_graphs='auto'")
         return True
     if cuda_graphs is False:
         return False
@@ -182,13 +190,14 @@ def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: floa
 def resolve_compile(compile: bool | str, device: torch.device, temperature: float) -> bool:
     """Whether `generate(compile=...)` compiles the decode step on `device` (raises on a bad value)."""
     if compile == "auto":
-        return device.type == "cuda" and temperature == 0.0
+        return device.type == "cuda" and not samples(temperature)
     if compile is True:
-        if temperature != 0.0:
+        if samples(temperature):
             # The op's step offset is an int that torch.compile specializes on: sampling would
             # recompile every step.
-            raise ValueError(f"generate: compile=True needs temperature 0 (got {temperature}); sampled decoding "
-                             f"runs uncompiled, use compile='auto'")
+            raise ValueError(f"generate: compile=True needs greedy decoding (temperature below "
+                             f"{MIN_SAMPLING_TEMPERATURE:g}, got {temperature}); sampled decoding runs "
+                             f"uncompiled, use compile='auto'")
         return True
     if compile is False:
         return False
@@ -250,14 +259,14 @@ def generate(
         threshold, threshold_main: MTP / main-head confidence needed to keep the second token
             in mode "superthoughts" (None: model.config.threshold / threshold_main, or 0);
             the other modes ignore them.
-        temperature: 0 greedy; > 0 Gumbel-max sampling from a Philox stream keyed by `seed`
-            and counted by (step, row, head): reproducible, but a row's samples depend on its
-            index in the batch.
+        temperature: 0 greedy; >= 1e-5 (`samples`) Gumbel-max sampling from a Philox stream
+            keyed by `seed` and counted by (step, row, head): reproducible, but a row's samples
+            depend on its index in the batch; below 1e-5 greedy as well.
         seed: any integer; only its low 64 bits count (seeds equal modulo 2**64 sample alike).
         eos_token_id: stop token, or several: any of them ends a row (None: the model's
             generation config / config).
         use_kernels: the compiled step op; False runs the plain-torch reference.
-        cuda_graphs: "auto" (on for greedy CUDA decoding), True or False.
+        cuda_graphs: "auto" (on for greedy CUDA decoding), True (greedy only) or False.
         compile: run the decode step through torch.compile (fullgraph) before it is captured
             in the CUDA graph: "auto" (on for greedy CUDA decoding), True (greedy only: the
             sampling counter would recompile every step) or False. The first call per
@@ -310,9 +319,12 @@ def generate(
         from superthoughts_ext.ops import superthoughts_step as step_fn
     else:
         from superthoughts_ext.reference import superthoughts_step_ref as step_fn
-    # Greedy steps ignore the seed: a constant one keeps it from keying a new compiled step.
-    cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main, float(temperature),
-                                 _op_seed(seed) if temperature > 0 else 0, ignore_eos, context)
+    # Greedy steps ignore the seed and the temperature: constants keep them from keying a new
+    # compiled step.
+    sampled = samples(temperature)
+    cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main,
+                                 float(temperature) if sampled else 0.0, _op_seed(seed) if sampled else 0,
+                                 ignore_eos, context)
 
     batch, prompt_len = input_ids.shape
     input_ids = input_ids.to(torch.int64)
