@@ -70,9 +70,17 @@ def _aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
 
 
 def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None) -> None:
-    """Writes `model` (a SuperThoughtsForCausalLM) as config.json + model.safetensors."""
+    """Writes `model` (a SuperThoughtsForCausalLM) as config.json + generation_config.json +
+    model.safetensors."""
     directory = Path(os.fspath(save_directory))
     directory.mkdir(parents=True, exist_ok=True)
+    # generation_config.json carries the stop tokens (for Qwen2.5-Instruct <|im_end|>, which
+    # config.json's eos_token_id does not name); without it a reloaded model runs past them.
+    # Written first: transformers refuses to save an inconsistent one (as its own models'
+    # save_pretrained does), and then nothing half-written is left behind.
+    generation_config = getattr(model.backbone, "generation_config", None)
+    if generation_config is not None:
+        generation_config.save_pretrained(directory)
     values = model.backbone.config.to_dict()
     values["architectures"] = ["SuperThoughtsForCausalLM"]
     values[SECTION] = model.config.to_dict()
@@ -84,11 +92,6 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()
                if canonical[name] == name and not name.startswith("teacher")}
     save_file(tensors, os.fspath(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    # generation_config.json carries the stop tokens (for Qwen2.5-Instruct <|im_end|>, which
-    # config.json's eos_token_id does not name); without it a reloaded model runs past them.
-    generation_config = getattr(model.backbone, "generation_config", None)
-    if generation_config is not None:
-        generation_config.save_pretrained(directory)
 
 
 def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, dtype: torch.dtype | None):
