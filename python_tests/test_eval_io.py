@@ -176,7 +176,8 @@ def fake_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace
 
     def load_model(path, dtype=None, device=None):
         loaded.append(path)
-        return FakeSuperThoughts(**vars(fake_model(tokenizer)))
+        # The checkpoint's weights are float32: dtype None ("auto") loads them so.
+        return FakeSuperThoughts(**vars(fake_model(tokenizer)), dtype=dtype or torch.float32)
 
     fake_modeling = SimpleNamespace(load_model=load_model, load_tokenizer=load_tokenizer,
                                     SuperThoughtsForCausalLM=FakeSuperThoughts)
@@ -276,11 +277,30 @@ def test_cli_resume_with_another_dtype_is_refused(fake_cli: SimpleNamespace, tmp
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     argv = fake_cli.argv + ["--output", str(tmp_path / "st.jsonl"), "--threshold", "0.9"]
     assert run_cli(argv) == 0
+    assert {r["dtype"] for r in read_jsonl(tmp_path / "st.jsonl")} == {"float32"}  # as loaded, not "auto"
     capsys.readouterr()
     assert run_cli(argv + ["--resume", "--dtype", "bfloat16"]) == 2
-    assert "dtype='auto', this run has dtype='bfloat16'" in capsys.readouterr().err
+    assert "dtype='float32', this run has dtype='bfloat16'" in capsys.readouterr().err
     fake_cli.calls.clear()
     assert run_cli(argv + ["--resume"]) == 0 and fake_cli.calls == []
+    # The checkpoint's own dtype named explicitly is the same run.
+    assert run_cli(argv + ["--resume", "--dtype", "float32"]) == 0 and fake_cli.calls == []
+
+
+def test_cli_resume_accepts_the_same_checkpoint_under_another_spelling(
+        fake_cli: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "st.jsonl"
+    argv = fake_cli.argv + ["--output", str(out), "--threshold", "0.9"]
+    assert run_cli(argv) == 0
+    assert {r["model"] for r in read_jsonl(out)} == {str((tmp_path / "ckpt").resolve())}
+    monkeypatch.chdir(tmp_path)
+    fake_cli.calls.clear()
+    for model, data in (("ckpt/", "math.jsonl"), ("./ckpt", str(tmp_path / "math.jsonl")),
+                        (str(tmp_path / "ckpt") + "/", "./math.jsonl")):
+        spelled = [model if a == str(tmp_path / "ckpt") else data if a == str(tmp_path / "math.jsonl") else a
+                   for a in argv]
+        assert run_cli(spelled + ["--resume"]) == 0, (model, data)
+    assert fake_cli.calls == []  # every problem was done: nothing decoded again
 
 
 # ---------------------------------------------------------------- summary

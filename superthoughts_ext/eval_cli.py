@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 max_new_tokens=args.max_new_tokens,
                 output_jsonl=path,
                 progress=not args.no_progress,
-                metadata={"model": args.model, "dtype": args.dtype, "device": device, "data": args.data},
+                metadata=run_metadata(args, model, device),
                 resume=args.resume,
                 compile="auto" if args.compile is None else args.compile,
             )
@@ -137,6 +137,24 @@ def run(args: argparse.Namespace) -> int:
         print("against a baseline: superthoughts eval --compare BASELINE.jsonl "
               + " ".join(str(path) for path in outputs) + " --plot tradeoff.png")
     return 0
+
+
+def weights_dtype(model: Any) -> str | None:
+    """The dtype the model's weights were loaded in, e.g. "bfloat16": its first parameter's (a
+    model without parameters: its ``dtype``; None when it has neither)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    dtype = first.dtype if first is not None else getattr(model, "dtype", None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def run_metadata(args: argparse.Namespace, model: Any, device: str) -> dict[str, Any]:
+    """What a run decoded, as `evaluate` stores it (its RUN_KEYS are checked by --resume): the
+    checkpoint and data file as absolute paths and the dtype the weights were loaded in, so that
+    ``out/st``, ``out/st/`` and ``/abs/out/st``, or ``--dtype auto`` and the checkpoint's own
+    dtype named explicitly, are one run."""
+    return {"model": str(Path(args.model).resolve()), "dtype": weights_dtype(model), "device": device,
+            "data": None if args.data is None else str(Path(args.data).resolve())}
 
 
 def check_thresholds(thresholds: list[float] | None) -> None:
