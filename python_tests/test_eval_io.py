@@ -394,7 +394,8 @@ def test_json_lines_keep_raw_line_separators_inside_strings(tmp_path: Path, sepa
     assert separator in text
     for name in ("rows.jsonl", "rows.json"):
         (tmp_path / name).write_text(text, encoding="utf-8", newline="")
-        assert load_problems("math500", tmp_path / name) == [Problem("0", f"a{separator}b", "1"), Problem("1", "c", "2")]
+        expected = [Problem("0", f"a{separator}b", "1"), Problem("1", "c", "2")]
+        assert load_problems("math500", tmp_path / name) == expected
 
 
 def test_resume_reads_records_holding_a_raw_line_separator(tmp_path: Path) -> None:
@@ -450,3 +451,5 @@ def test_printed_summary_does_not_call_its_own_ratio_the_cot_reduction() -> None
     line = format_summary(summary)
     assert "CoT reduction" not in line  # the paper's metric is against the baseline: `compare`
     assert f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}" in line
+    # Cut off by the token budget or by the model's context (generate ends a row at either).
+    assert f"cut off (token budget or context) {summary.n_hit_limit}," in line and "max_new_tokens" not in line

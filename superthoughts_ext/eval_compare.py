@@ -82,7 +82,8 @@ def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
 
     Returns n (matched problems), only_in_a / only_in_b (unmatched counts), accuracy_a,
     accuracy_b, accuracy_diff (B - A), wins_b / wins_a (problems only one of them solved),
-    mean_tokens_a/b, mean_steps_a/b, hit_limit_a/b (outputs cut off by max_new_tokens), and
+    mean_tokens_a/b, mean_steps_a/b, hit_limit_a/b (outputs cut off: no stop token, the token
+    budget or the model's context ended them), and
     cot_reduction = 1 - steps(B) / tokens(A): how much shorter B's decode is than A's
     token-by-token chain of thought.
 
@@ -121,7 +122,7 @@ def _compare_records(a_jsonl: str | Path, a: dict[str, dict[str, Any]], b_jsonl:
         "mean_tokens_b": mean(b, "tokens"),
         "mean_steps_a": mean(a, "steps"),
         "mean_steps_b": mean(b, "steps"),
-        # Outputs max_new_tokens cut off: their lengths are the budget, not the chain of thought.
+        # Outputs cut off (token budget or context): their lengths are a limit's, not the chain of thought's.
         "hit_limit_a": sum(bool(a[key].get("hit_limit")) for key in common),
         "hit_limit_b": sum(bool(b[key].get("hit_limit")) for key in common),
         "cot_reduction": 1.0 - steps_b / tokens_a if tokens_a else 0.0,
@@ -136,7 +137,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         ("solved only here", str(result["wins_a"]), str(result["wins_b"]), ""),
         ("mean tokens", f"{result['mean_tokens_a']:.1f}", f"{result['mean_tokens_b']:.1f}", ""),
         ("mean decode steps", f"{result['mean_steps_a']:.1f}", f"{result['mean_steps_b']:.1f}", ""),
-        ("hit max_new_tokens", str(result["hit_limit_a"]), str(result["hit_limit_b"]), ""),
+        ("cut off (token budget or context)", str(result["hit_limit_a"]), str(result["hit_limit_b"]), ""),
     ]
     widths = [max(len(row[col]) for row in rows) for col in range(4)]
     lines = [f"A: {result['a']}", f"B: {result['b']}", f"matched problems: {result['n']}"]
@@ -188,7 +189,7 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
 def format_runs(results: list[dict[str, Any]]) -> str:
     """`compare_runs`' results as one table: the baseline, then a row per candidate."""
     first = results[0]
-    header = ("run", "accuracy", "vs A", "mean tokens", "mean steps", "CoT reduction", "hit limit")
+    header = ("run", "accuracy", "vs A", "mean tokens", "mean steps", "CoT reduction", "cut off")
     rows = [header, (f"A: {first['label_a']}", f"{first['accuracy_a']:.4f}", "", f"{first['mean_tokens_a']:.1f}",
                      f"{first['mean_steps_a']:.1f}", "", str(first["hit_limit_a"]))]
     for r in results:
@@ -203,7 +204,7 @@ def format_runs(results: list[dict[str, Any]]) -> str:
     lines += ["  ".join(cell.ljust(w) if col == 0 else cell.rjust(w) for col, (cell, w) in enumerate(zip(row, widths)))
               for row in rows]
     lines.append("CoT reduction = 1 - mean steps of the run / mean tokens of A; "
-                 "hit limit = outputs cut off by max_new_tokens")
+                 "cut off = outputs without a stop token (token budget or context)")
     return "\n".join(lines)
 
 

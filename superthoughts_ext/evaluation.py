@@ -64,13 +64,13 @@ class EvalSummary:
     mode: str
     threshold: float | None  # as decoded: the model's own when none was given (None: not superthoughts)
     threshold_main: float | None
-    max_new_tokens: int  # the budget behind n_hit_limit and mean_tokens
+    max_new_tokens: int  # the budget behind mean_tokens and most of n_hit_limit
     batch_size: int
     n: int
     n_correct: int
     accuracy: float
     n_no_box: int
-    n_hit_limit: int  # outputs cut off by max_new_tokens (no stop token): raise it if many
+    n_hit_limit: int  # outputs cut off (token budget or context): no stop token in them
     mean_tokens: float
     mean_steps: float
     mean_pair_steps: float
@@ -283,7 +283,8 @@ def evaluate(
                     "tokens": int(result.num_tokens[row]),
                     "steps": int(result.num_steps[row]),
                     "pair_steps": int(result.num_pair_steps[row]),
-                    # No stop token anywhere: max_new_tokens cut the chain of thought off.
+                    # No stop token anywhere: the token budget or the model's context (generate
+                    # ends each row at its own) cut the chain of thought off.
                     "hit_limit": not any(token in stop_ids for token in result.sequences[row]),
                     # The batch decodes together; each problem is charged an equal share.
                     "time": float(result.wall_time) / len(batch),
@@ -337,7 +338,7 @@ def format_summary(summary: EvalSummary) -> str:
     """One line per run, as `superthoughts eval` prints it."""
     return (
         f"{summary.bench} [{summary.mode}]: accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n}), "
-        f"no box {summary.n_no_box}, hit max_new_tokens {summary.n_hit_limit}, "
+        f"no box {summary.n_no_box}, cut off (token budget or context) {summary.n_hit_limit}, "
         f"mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
         # Not "CoT reduction": that one is measured against the baseline (`compare`).
         f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
