@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-main", type=float, default=None,
                         help="main-head confidence a pair step also needs (default: the model's)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="generated tokens at most")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 (or below 1e-5) = greedy, else Gumbel-max sampling")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 (or below 1e-5) = greedy, else Gumbel-max sampling")
     parser.add_argument("--seed", type=int, default=0, help="sampling noise seed")
     parser.add_argument("--no-kernels", action="store_true", help="use the plain-torch reference step")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="launch each decode step eagerly on CUDA")
