@@ -137,3 +137,16 @@ def test_seeds_count_modulo_2_to_the_64(model, use_kernels: bool) -> None:
         expected = generate(model, ids, mask, seed=seed, **kwargs).sequences
         assert generate(model, ids, mask, seed=same, **kwargs).sequences == expected, same
     assert generate(model, ids, mask, seed=8, **kwargs).sequences != generate(model, ids, mask, seed=7, **kwargs).sequences
+
+
+def test_pad_id_of_a_plain_model() -> None:
+    # The generation config's pad id (the first of a list), else the config's, else the EOS.
+    from types import SimpleNamespace
+
+    from superthoughts_ext.generate import _pad_id
+
+    assert _pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=[7, 3]),
+                                   config=SimpleNamespace(pad_token_id=4)), 1) == 7
+    assert _pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=None),
+                                   config=SimpleNamespace(pad_token_id=4)), 1) == 4
+    assert _pad_id(SimpleNamespace(config=SimpleNamespace(pad_token_id=[])), 1) == 1

@@ -61,12 +61,6 @@ def is_superthoughts(model: Any) -> bool:
     return all(hasattr(model, name) for name in ("backbone", "hidden_states", "head_logits", "new_cache"))
 
 
-def _first_id(value: Any) -> int | None:
-    if isinstance(value, (list, tuple)):
-        return int(value[0]) if value else None
-    return None if value is None else int(value)
-
-
 def token_ids(value: Any) -> list[int]:
     """Token ids of an int, a list of them or None, in order, without repeats."""
     values = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
@@ -116,8 +110,8 @@ def _pad_id(model: Any, eos: int) -> int:
     if is_superthoughts(model):
         return int(model.pad_token_id)
     for attr in ("generation_config", "config"):
-        if (pad := _first_id(getattr(getattr(model, attr, None), "pad_token_id", None))) is not None:
-            return pad
+        if pads := token_ids(getattr(getattr(model, attr, None), "pad_token_id", None)):
+            return pads[0]
     return eos
 
 
