@@ -43,6 +43,7 @@ import transformers
 from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 
 from superthoughts_ext import decode_loop
+from superthoughts_ext.eval_compare import threshold_label
 from superthoughts_ext.generate import generate, resolve_compile
 from superthoughts_ext.run_info import device_name, git_commit, int_at_least
 
@@ -143,6 +144,27 @@ def check_standard(backbone, device: torch.device) -> dict:
     return {"tokens_compared": sum(len(s) for s in expected), "equal": True}
 
 
+def check_fused_step(superthoughts, device: torch.device, compiled: bool, threshold: float) -> dict:
+    """`pairs` and `superthoughts` through the fused op (compiled where the timed runs are) vs the
+    plain-torch reference step on a short prompt: the same tokens, steps and pair steps.
+
+    float32 copy for the reason check_standard gives."""
+    dtype = next(superthoughts.parameters()).dtype
+    model = copy.deepcopy(superthoughts).float() if dtype != torch.float32 else superthoughts
+    ids, mask = prompts(2, 16, model.vocab_size, device)
+    compared = 0
+    for mode in ("pairs", "superthoughts"):
+        kwargs = dict(max_new_tokens=16, mode=mode, threshold=threshold, eos_token_id=EOS)
+        fused = generate(model, ids, mask, use_kernels=True, compile=compiled, **kwargs)
+        plain = generate(model, ids, mask, use_kernels=False, compile=False, **kwargs)
+        for name in ("sequences", "num_steps", "num_pair_steps"):
+            if getattr(fused, name) != getattr(plain, name):
+                raise SystemExit(f"bench generate: {mode} {name} through the fused step differ from the reference "
+                                 f"step:\n{getattr(fused, name)}\n{getattr(plain, name)}")
+        compared += sum(len(s) for s in plain.sequences)
+    return {"tokens_compared": compared, "equal": True}
+
+
 def synced_time(fn, device: torch.device) -> tuple[float, object]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -194,7 +216,7 @@ def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device
     table["standard"] = ours("standard")
     table["pairs"] = ours("pairs")
     for threshold in args.thresholds:
-        table[f"st@{threshold:g}"] = ours("superthoughts", threshold)
+        table[f"st@{threshold_label(threshold)}"] = ours("superthoughts", threshold)
     if args.methods:
         unknown = sorted(set(args.methods) - set(table))
         if unknown:
@@ -247,9 +269,13 @@ def main(args: argparse.Namespace) -> int:
     new_tokens = args.new_tokens or (512 if on_gpu else 256)
     backbone, superthoughts = build_models(shape, dtype, device, max(args.prompt_len, 16) + max(new_tokens, 16) + 16,
                                            args.mtp_logit_std)
-    check = check_standard(backbone, device)
     compiled = resolve_compile("auto" if args.compile is None else args.compile, device, 0.0)
-    print(f"check: our standard greedy == transformers greedy ({check['tokens_compared']} tokens)")
+    # Each check exits the benchmark when it fails: "equal" is only ever written as True.
+    check = {"equal": True, "standard_vs_transformers": check_standard(backbone, device),
+             "fused_vs_reference_step": check_fused_step(superthoughts, device, compiled, args.thresholds[0])}
+    print(f"check: our standard greedy == transformers greedy "
+          f"({check['standard_vs_transformers']['tokens_compared']} tokens); pairs and superthoughts through the "
+          f"fused step == the reference step ({check['fused_vs_reference_step']['tokens_compared']} tokens)")
 
     results = []
 

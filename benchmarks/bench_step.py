@@ -132,13 +132,16 @@ def copy_bandwidth(device: torch.device) -> float | None:
     return 2 * src.numel() / seconds
 
 
-def check_correct(inputs, dtype) -> None:
+def check_correct(inputs, dtype, step=superthoughts_step) -> None:
+    """`step` (the fused op, or the compiled reference) against the eager reference: exact tokens
+    and n_new, conf to float32 rounding, next_in to the dtype's tolerance."""
     logits, embed, weight, bias, finished = inputs
-    got = superthoughts_step(logits, embed, weight, bias, finished.clone(), PAD, EOS, THRESHOLD)
+    got = step(logits, embed, weight, bias, finished.clone(), PAD, EOS, THRESHOLD, 0.0, 0.0, 0, 0)
     want = superthoughts_step_ref(logits, embed, weight, bias, finished.clone(), PAD, EOS, THRESHOLD,
                                   0.0, 0.0, 0, 0)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+    torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-6)
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(got[3], want[3], rtol=tol, atol=tol)
 
@@ -162,6 +165,7 @@ def bench_config(batch, vocab, hidden, dtype, device, use_compile) -> dict:
     if use_compile:
         torch._dynamo.reset()  # a fresh compile per shape instead of hitting the recompile limit
         compiled_ref = torch.compile(superthoughts_step_ref, dynamic=False)
+        check_correct(inputs, dtype, compiled_ref)
 
         def compiled():
             return compiled_ref(logits, embed, weight, bias, finished, *args)
