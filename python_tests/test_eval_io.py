@@ -210,6 +210,7 @@ def test_sweep_file_names_keep_every_threshold_apart() -> None:
     assert sweep_output("st.jsonl", 1.0) == Path("st-t1.jsonl")  # short names where they are exact
     assert sweep_output("runs/qwen2.5-st", 0.99) == Path("runs/qwen2.5-st-t0.99.jsonl")
     assert sweep_output("st.json", 0.9) == Path("st-t0.9.json")
+    assert sweep_output("out/.jsonl", 0.9) == Path("out/.jsonl-t0.9.jsonl")  # as run_name(".jsonl") == ".jsonl"
 
 
 def test_cli_sweep_refuses_a_repeated_threshold(fake_cli: SimpleNamespace, tmp_path: Path,

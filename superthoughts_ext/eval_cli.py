@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_compare import (RECORD_SUFFIXES, compare_runs, format_comparison, format_runs,
-                                            plot_tradeoff, run_name, threshold_label)
+from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
+                                            run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, load_problems
 from superthoughts_ext.evaluation import MODES, evaluate, format_summary, summary_path
 
@@ -172,5 +172,5 @@ def check_thresholds(thresholds: list[float] | None) -> None:
 def sweep_output(output: str | Path, threshold: float) -> Path:
     """Where one threshold of a sweep goes: ``st.jsonl`` -> ``st-t0.99.jsonl``."""
     output = Path(output)
-    suffix = next((s for s in RECORD_SUFFIXES if output.name.endswith(s) and output.name != s), ".jsonl")
+    suffix = record_suffix(output) or ".jsonl"
     return output.with_name(f"{run_name(output)}-t{threshold_label(threshold)}{suffix}")

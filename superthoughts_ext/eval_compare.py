@@ -54,14 +54,18 @@ def _check_settings(runs: list[tuple[str | Path, dict[str, dict[str, Any]]]]) ->
 RECORD_SUFFIXES = (".jsonl", ".json")  # of a records file; other dots belong to the run name
 
 
+def record_suffix(path: str | Path) -> str:
+    """A records file's suffix: ".jsonl" or ".json", "" for any other name (a file named just
+    ".jsonl" included: it has no run name)."""
+    name = Path(path).name
+    return next((suffix for suffix in RECORD_SUFFIXES if name.endswith(suffix) and name != suffix), "")
+
+
 def run_name(path: str | Path) -> str:
-    """A records file's name without its .jsonl / .json: ``qwen2.5-math-st.jsonl`` ->
+    """A records file's name without its `record_suffix`: ``qwen2.5-math-st.jsonl`` ->
     ``qwen2.5-math-st``. Not `Path.stem`, which would cut ``qwen2.5-math-st`` at its dot."""
     name = Path(path).name
-    for suffix in RECORD_SUFFIXES:
-        if name.endswith(suffix) and name != suffix:
-            return name[: -len(suffix)]
-    return name
+    return name[: len(name) - len(record_suffix(path))]
 
 
 def threshold_label(threshold: float) -> str:
