@@ -28,7 +28,7 @@ check-cuda:
 	bash .ci/check_cuda.sh
 
 demo: build
-	$(VENV)/bin/superthoughts demo
+	$(VENV)/bin/superthoughts demo --json demo_output/demo.json --plot demo_output/demo.png
 
 bench: build
 	$(VENV)/bin/superthoughts bench step

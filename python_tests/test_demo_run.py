@@ -69,6 +69,13 @@ def test_quick_demo_end_to_end_and_cache(tmp_path: Path) -> None:
     assert second["baseline"]["accuracy"] == first["baseline"]["accuracy"]
 
 
+def test_cache_key_follows_the_training_code(monkeypatch) -> None:
+    # Models trained by other training code must not be reused.
+    key = demo.cache_key(demo.QUICK)
+    monkeypatch.setattr(demo, "TRAINING_SOURCES", demo.TRAINING_SOURCES[:-1])
+    assert demo.cache_key(demo.QUICK) != key
+
+
 def test_settings_overrides_and_cache_key() -> None:
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)

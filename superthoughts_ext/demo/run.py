@@ -11,7 +11,7 @@ trained through the same training wrapper on the same data:
   rate and schedule as that fine-tuning, so both compared models have had the same training.
 
 Trained models are cached under
-``${XDG_CACHE_HOME:-~/.cache}/superthoughts/demo/<hash of settings and package version>``,
+``${XDG_CACHE_HOME:-~/.cache}/superthoughts/demo/<hash of settings and training code>``,
 so a second run only evaluates (seconds).
 
 Evaluation: both SFT models decode in ``standard`` mode; the SuperThoughts model decodes in
@@ -33,7 +33,8 @@ from typing import Any
 
 from superthoughts_ext.cli import HelpFormatter
 
-# 1.0 makes every step a fallback step (single units only): the path the threshold leans on.
+# 1.0 makes (nearly) every step a fallback step (single units only), the path the threshold
+# leans on: a pair is kept only when the MTP confidence rounds to exactly 1 in float32.
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 DONE_MARKER = "demo_done.json"
 # Bumped when cached artefacts from older code are wrong (2: training used the reloaded
@@ -157,12 +158,25 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(base) / "superthoughts" / "demo"
 
 
-def cache_key(settings: DemoSettings) -> str:
-    """Hash of the training settings and the package version (new code -> new models)."""
-    from superthoughts_ext import __version__
+# The modules whose code decides what training produces: their text is part of the cache key,
+# so models trained by other code are not reused (the package version alone never changed).
+TRAINING_SOURCES = ("data.py", "layers.py", "modeling.py", "checkpoint.py", "train.py", "train_data.py",
+                    "train_utils.py", "trainer.py", "demo/task.py", "demo/tokenizer.py")
 
-    payload = json.dumps({"settings": settings.training_key(), "version": __version__, "format": CACHE_FORMAT},
-                         sort_keys=True)
+
+def training_code_hash() -> str:
+    """sha256 of TRAINING_SOURCES' text."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for name in TRAINING_SOURCES:
+        digest.update(name.encode("utf-8") + b"\0" + (package / name).read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(settings: DemoSettings) -> str:
+    """Hash of the training settings and the training code (new code -> new models)."""
+    payload = json.dumps({"settings": settings.training_key(), "code": training_code_hash(),
+                          "format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
@@ -230,8 +244,11 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     )
     result = train(options)
     seconds = time.perf_counter() - started
+    from superthoughts_ext.run_info import git_commit
+
+    # The commit says which code trained a model the JSON of a later (cached) run reports on.
     metrics = {"train_seconds": seconds, "global_step": result.global_step,
-               "train_loss": result.metrics.get("train_loss")}
+               "train_loss": result.metrics.get("train_loss"), "commit": git_commit()}
     marker.write_text(json.dumps(metrics) + "\n", encoding="utf-8")
     return ModelRun(directory, trained=True, train_seconds=seconds, metrics=metrics)
 
@@ -384,8 +401,9 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
     if args.plot:
-        write_plot(payload, Path(args.plot))
+        print(f"wrote {write_plot(payload, Path(args.plot))}")
     return 0
 
 
