@@ -454,3 +454,37 @@ def test_printed_summary_does_not_call_its_own_ratio_the_cot_reduction() -> None
     assert f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}" in line
     # Cut off by the token budget or by the model's context (generate ends a row at either).
     assert f"cut off (token budget or context) {summary.n_hit_limit}," in line and "max_new_tokens" not in line
+
+
+def test_cli_threshold_sweep_loads_the_model_once(fake_cli: SimpleNamespace, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from superthoughts_ext.eval_compare import summary_path
+
+    out = tmp_path / "runs" / "st.jsonl"
+    argv = [*fake_cli.argv, "--output", str(out), "--threshold"]
+    calls = fake_cli.calls
+    assert run_cli(argv + ["0.9", "0.999"]) == 0
+    assert fake_cli.loaded == [str(tmp_path / "ckpt")]
+    assert sorted({c["threshold"] for c in calls}) == [0.9, 0.999]
+    assert {c["compile"] for c in calls} == {"auto"}
+    outputs = [tmp_path / "runs" / "st-t0.9.jsonl", tmp_path / "runs" / "st-t0.999.jsonl"]
+    for path, threshold in zip(outputs, (0.9, 0.999)):
+        assert len(read_jsonl(path)) == len(PROBLEMS)
+        assert json.loads(summary_path(path).read_text())["threshold"] == threshold
+    assert not out.exists()
+    printed = capsys.readouterr().out
+    assert f"--compare BASELINE.jsonl {outputs[0]} {outputs[1]} --plot" in printed
+    # One threshold keeps the plain output name; --compile reaches generate.
+    calls.clear()
+    assert run_cli(argv + ["0.99", "--compile"]) == 0 and out.is_file()
+    assert {c["compile"] for c in calls} == {True}
+    # --resume finds every problem done; with other settings it refuses the file.
+    calls.clear()
+    assert run_cli(argv + ["0.99", "--resume"]) == 0 and calls == []
+    capsys.readouterr()
+    assert run_cli(argv + ["0.5", "--resume"]) == 2
+    assert "threshold=0.99, this run has threshold=0.5" in capsys.readouterr().err
+    assert run_cli(argv + ["0.9", "1.5"]) == 2
+    assert "must lie in [0, 1], got 0.9 1.5" in capsys.readouterr().err
+    assert run_cli(argv + ["0.9", "--mode", "pairs"]) == 2
+    assert "applies to superthoughts mode, not pairs" in capsys.readouterr().err
