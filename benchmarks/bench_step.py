@@ -208,6 +208,19 @@ def main(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     copy_bw = copy_bandwidth(device)
     rows = []
+    result = {
+        "benchmark": "step",
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "commit": git_commit(),
+        "build": superthoughts_ext.build_info(),
+        "copy_bandwidth_gb_s": None if copy_bw is None else copy_bw / 1e9,
+        "complete": False,  # True once every configuration ran
+        "rows": rows,
+    }
+    slug = "cuda" if device.type == "cuda" else "cpu"
+    out = args.output or RESULTS_DIR / f"step_{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for dtype_name in args.dtype:
         for hidden in args.hidden:
             for batch in args.batch:
@@ -218,18 +231,10 @@ def main(args: argparse.Namespace) -> dict:
                         row["graph_pct_of_copy_bw"] = 100 * row["bytes"] / row["fused_graph_s"] / copy_bw
                 rows.append(row)
                 print(format_row(row), flush=True)
-    result = {
-        "benchmark": "step",
-        "device": device_name(device),
-        "torch_version": torch.__version__,
-        "commit": git_commit(),
-        "build": superthoughts_ext.build_info(),
-        "copy_bandwidth_gb_s": None if copy_bw is None else copy_bw / 1e9,
-        "rows": rows,
-    }
-    slug = "cuda" if device.type == "cuda" else "cpu"
-    out = args.output or RESULTS_DIR / f"step_{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+                # Written after every configuration: a run stopped by a time limit (a GPU
+                # session stage) keeps what it measured.
+                out.write_text(json.dumps(result, indent=2) + "\n")
+    result["complete"] = True
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return result

@@ -10,16 +10,26 @@ from pathlib import Path
 from superthoughts_ext.bench_cli import load_benchmark
 
 
-def test_bench_step_smoke(tmp_path: Path) -> None:
+def test_bench_step_smoke(tmp_path: Path, monkeypatch) -> None:
     bench = load_benchmark("step")
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "step.json"
     args = parser.parse_args(["--batch", "1", "3", "--vocab", "1000", "--hidden", "64", "--dtype", "bf16",
                               "--no-compile", "--output", str(out)])
+    written = []
+    real_config = bench.bench_config
+
+    def bench_config(*a, **kw):
+        # The file already holds every configuration measured before this one.
+        written.append(len(json.loads(out.read_text())["rows"]) if out.exists() else 0)
+        return real_config(*a, **kw)
+
+    monkeypatch.setattr(bench, "bench_config", bench_config)
     bench.main(args)
+    assert written == [0, 1]
     report = json.loads(out.read_text())
-    assert report["benchmark"] == "step" and report["build"]["version"]
+    assert report["benchmark"] == "step" and report["build"]["version"] and report["complete"]
     assert [(r["batch"], r["dtype"]) for r in report["rows"]] == [(1, "bfloat16"), (3, "bfloat16")]
     for row in report["rows"]:
         assert row["fused_s"] > 0 and row["eager_s"] > 0 and row["speedup_vs_eager"] > 0
