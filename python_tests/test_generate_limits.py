@@ -150,3 +150,20 @@ def test_pad_id_of_a_plain_model() -> None:
     assert _pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=None),
                                    config=SimpleNamespace(pad_token_id=4)), 1) == 4
     assert _pad_id(SimpleNamespace(config=SimpleNamespace(pad_token_id=[])), 1) == 1
+
+
+def test_sliding_window_rolls_names_the_window_a_cuda_graph_cannot_pass() -> None:
+    # A replayed CUDA graph never advances transformers' sliding-layer counter, so generate
+    # keeps graphs off for calls that would decode past the window.
+    from transformers import MistralConfig, Qwen2Config
+
+    from superthoughts_ext.generate import sliding_window_rolls
+
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=64)
+    mistral = MistralConfig(**common, sliding_window=8)
+    assert sliding_window_rolls([mistral], 9) == 8 and sliding_window_rolls([mistral], 8) is None
+    full = Qwen2Config(**common)  # sliding_window set, use_sliding_window off: every layer full
+    assert sliding_window_rolls([full], 10**6) is None
+    sliding = Qwen2Config(**common, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    assert sliding_window_rolls([full, sliding], 9) == 8

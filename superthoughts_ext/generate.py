@@ -165,6 +165,19 @@ def samples(temperature: float) -> bool:
     return temperature >= MIN_SAMPLING_TEMPERATURE
 
 
+def sliding_window_rolls(configs: list[Any], positions: int) -> int | None:
+    """The sliding window of the first config whose sliding-attention layers would roll over
+    `positions` cache positions (window < positions), else None. A config slides where its
+    layer_types say so, or everywhere (Mistral) when it lists none but sets a window."""
+    for config in configs:
+        window = getattr(config, "sliding_window", None)
+        layer_types = getattr(config, "layer_types", None)
+        slides = any(t == "sliding_attention" for t in layer_types) if layer_types else window is not None
+        if slides and window is not None and window < positions:
+            return int(window)
+    return None
+
+
 def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: float) -> bool:
     if cuda_graphs == "auto":
         # The op's seed/offset are baked in at capture, so sampling would repeat one Philox
@@ -292,6 +305,17 @@ def generate(
     max_steps = _context_steps(context, lengths, max_new_tokens)
     graphs = _use_graphs(cuda_graphs, input_ids.device, temperature)
     compiled = resolve_compile(compile, input_ids.device, temperature)
+    configs = [backbone.config] + ([model.mtp.layer_config] if hasattr(getattr(model, "mtp", None), "layer_config")
+                                   and mode != "standard" else [])
+    window = sliding_window_rolls(configs, input_ids.shape[1] + max_steps)
+    if graphs and window is not None:
+        # transformers' sliding cache layer picks its write path from a host-side counter,
+        # which a replayed graph never advances: past the window it writes out of bounds.
+        if cuda_graphs is True:
+            raise ValueError(f"generate: cuda_graphs=True cannot decode past the model's sliding window ({window} "
+                             f"positions; this call needs {input_ids.shape[1] + max_steps}); use cuda_graphs='auto'")
+        graphs = False
+        compiled = compiled and compile is True  # "auto" compiles for the graph; eager steps stay eager
     # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
     # emit at most 1 token (standard) or 2.
     check_at = max_new_tokens - 1 if mode == "standard" else (max_new_tokens + 1) // 2 - 1
