@@ -185,6 +185,10 @@ def test_resume_from_checkpoint(base_dirs, tmp_path):
     assert second.metrics["train_loss"] == pytest.approx(sum(losses(second)[2:]) / 2, rel=1e-3)
     runtime = second.metrics["train_runtime"]
     assert second.metrics["train_steps_per_second"] == pytest.approx(2 / runtime, rel=0.02, abs=2e-3)
+    # The summary Trainer logs (log_history, report_to) carries the same corrected values.
+    summary = next(e for e in second.log_history if "train_runtime" in e)
+    for name in ("train_loss", "train_steps_per_second", "train_samples_per_second"):
+        assert summary[name] == second.metrics[name], name
 
 
 # Identical tokenised rows (21 response tokens, 11 units unsplit): every difference between

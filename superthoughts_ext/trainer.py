@@ -64,21 +64,24 @@ class SuperThoughtsTrainer(Trainer):
         self.add_callback(self._run_start)
 
     def train(self, *args: Any, **kwargs: Any):
-        """Trainer.train, with the metrics of the steps this run trained. After a resume
-        transformers divides the run's summed loss by every step, the checkpoint's too, and
-        counts every step's samples in the run's samples/s and steps/s (12 of 18 steps resumed:
-        a third of the true loss, 3x the true speed)."""
+        """Trainer.train, returning the training loss of the steps this run trained (see
+        _correct_resumed_summary: the metrics dict is the one log() corrected)."""
         output = super().train(*args, **kwargs)
+        return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
+
+    def _correct_resumed_summary(self, logs: dict[str, float]) -> None:
+        """After a resume transformers divides the run's summed loss by every step, the
+        checkpoint's too, and counts every step's samples in the run's samples/s and steps/s
+        (12 of 18 steps resumed: a third of the true loss, 3x the true speed). Rescaled here,
+        in the summary log itself, so log_history and report_to see the true values too."""
         start, total = self._run_start.start_step, self.state.max_steps
-        steps_run = output.global_step - start
-        if start > 0 and steps_run > 0:
-            metrics = dict(output.metrics)
-            metrics["train_loss"] = output.training_loss * output.global_step / steps_run
-            for name in ("train_samples_per_second", "train_steps_per_second"):
-                if name in metrics:
-                    metrics[name] = round(metrics[name] * steps_run / total, 3)
-            output = output._replace(training_loss=metrics["train_loss"], metrics=metrics)
-        return output
+        steps_run = self.state.global_step - start
+        if start == 0 or steps_run <= 0:
+            return
+        logs["train_loss"] = logs["train_loss"] * self.state.global_step / steps_run
+        for name in ("train_samples_per_second", "train_steps_per_second"):
+            if name in logs:
+                logs[name] = round(logs[name] * steps_run / total, 3)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._superthoughts and model.training:
@@ -107,6 +110,10 @@ class SuperThoughtsTrainer(Trainer):
                 logs[name] = round(self.accelerator.reduce(mean, reduction="mean").item(), 4)
             self._part_sums.clear()
             self._part_counts.clear()
+        if "train_loss" in logs and "train_runtime" in logs:
+            # The end-of-training summary (Trainer._finalize_training logs it, then returns the
+            # same dict as TrainOutput.metrics).
+            self._correct_resumed_summary(logs)
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
