@@ -320,6 +320,9 @@ def test_cache_is_static_and_checked():
     assert cache.backbone.layers[0].keys.data_ptr() == ptr  # written in place, never reallocated
     with pytest.raises(ValueError, match="batch 2"):
         model.hidden_states(torch.randn(1, 1, HIDDEN), torch.zeros(1, 1, dtype=torch.int64), mask[:1], cache)
+    # A ninth position does not fit: the mask that covers it is refused before anything is written.
+    with pytest.raises(ValueError, match="covers 9 positions, the cache holds 8"):
+        model.hidden_states(torch.randn(2, 6, HIDDEN), torch.arange(3, 9).expand(2, 6), torch.ones(2, 9), cache)
     with pytest.raises(ValueError, match="attention_mask"):
         model.hidden_states(torch.randn(2, 3, HIDDEN), torch.arange(3).expand(2, 3), mask[:, :2])
     with pytest.raises(ValueError, match="inputs_embeds"):

@@ -271,8 +271,9 @@ class SuperThoughtsForCausalLM(nn.Module):
         Args:
             inputs_embeds: [B, T, H] new positions (E[p] for prompt tokens, z for units).
             position_ids: [B, T] int64.
-            attention_mask: [B, S] 0/1 over every cached and new position (S >= past + T; columns
-                past the last new position are ignored by causality; left padding allowed).
+            attention_mask: [B, S] 0/1 over every cached and new position (past + T <= S <= the
+                cache's max_positions; columns past the last new position are ignored by
+                causality; left padding allowed).
             cache: from `new_cache`, updated in place; None = full causal forward over T.
         Returns:
             h [B, T, H] (backbone, after its final norm) and h_mtp [B, T, H] (MTP head).
@@ -287,6 +288,13 @@ class SuperThoughtsForCausalLM(nn.Module):
                              f"{tuple(inputs_embeds.shape[:2])}")
         if cache is not None and cache.batch_size != batch:
             raise ValueError(f"hidden_states: cache was made for batch {cache.batch_size}, inputs have batch {batch}")
+        if cache is not None and not torch.compiler.is_compiling() and attention_mask.shape[1] > cache.max_positions:
+            # Past the end, writes would land in the cache's spare column and attention would
+            # never read them. Checked eagerly only: in generate's compiled step the mask width
+            # is a symbolic size, and comparing it with this per-call int would recompile the
+            # step for every cache length (generate sizes its cache itself).
+            raise ValueError(f"hidden_states: attention_mask covers {attention_mask.shape[1]} positions, the cache "
+                             f"holds {cache.max_positions} (make it with new_cache(batch, max_positions) large enough)")
         out = self.backbone.model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=None if cache is None else cache.backbone, use_cache=cache is not None,
