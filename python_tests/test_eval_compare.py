@@ -47,3 +47,25 @@ def test_compare_warns_on_other_budgets_and_counts_cut_off_outputs(tmp_path: Pat
     lines = format_runs(results).splitlines()
     assert lines[1].split()[-2:] == ["cut", "off"] and lines[2].split()[-1] == "3" and lines[3].split()[-1] == "0"
     assert lines[-1].endswith("cut off = outputs without a stop token (token budget or context)")
+
+
+def test_compare_names_the_file_and_line_of_a_broken_record(tmp_path: Path) -> None:
+    a = write_records(tmp_path / "a.jsonl", [{"id": str(i)} for i in range(3)])
+    # An interrupted run's file: its last record cut off mid-write is left out, with a warning.
+    text = (tmp_path / "a.jsonl").read_text()
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(text[: text.rindex("\n", 0, -1) + 1] + text.splitlines()[-1][:20])
+    with pytest.warns(UserWarning, match=r"torn.jsonl:3 is an unfinished record"):
+        assert compare(a, torn)["n"] == 2
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(text.replace('"id": "1"', '"id": 1,,'))
+    with pytest.raises(ValueError, match=r"broken.jsonl:2: not a JSON record"):
+        compare(a, broken)
+    summary = tmp_path / "a.summary.json"
+    summary.write_text(json.dumps({"bench": "math500", "accuracy": 0.5}, indent=2) + "\n")
+    with pytest.raises(ValueError, match=r"a.summary.json:1: not a JSON record"):
+        compare_runs(a, [summary])
+    listed = tmp_path / "list.jsonl"
+    listed.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match=r"list.jsonl:1: expected a JSON object per line, got list"):
+        compare(a, listed)

@@ -11,24 +11,38 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from superthoughts_ext.eval_data import json_lines
+
 
 def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"evaluation results not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    lines = json_lines(text)
     records: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
             record = json.loads(line)
-            missing = {"id", "correct", "tokens", "steps"} - record.keys()
-            if missing:
-                raise ValueError(f"{path}:{number}: record lacks {', '.join(sorted(missing))}")
-            key = str(record["id"])
-            if key in records:  # which of the two to compare? neither is safe to pick
-                raise ValueError(f"{path}:{number}: problem id {key!r} appears twice in the file")
-            records[key] = record
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                # The line a run still writing (or killed mid-write) leaves; --resume drops it too.
+                warnings.warn(f"compare: {path}:{number} is an unfinished record (the run was interrupted or "
+                              "is still writing); left out", stacklevel=3)
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record ({error.msg}); give the .jsonl records "
+                             "superthoughts eval wrote") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
+        missing = {"id", "correct", "tokens", "steps"} - record.keys()
+        if missing:
+            raise ValueError(f"{path}:{number}: record lacks {', '.join(sorted(missing))}")
+        key = str(record["id"])
+        if key in records:  # which of the two to compare? neither is safe to pick
+            raise ValueError(f"{path}:{number}: problem id {key!r} appears twice in the file")
+        records[key] = record
     return records
 
 
