@@ -111,6 +111,9 @@ def test_text_streamer_prints_the_decoded_text(model, capsys) -> None:
     out = generate(model, ids, mask, max_new_tokens=12, mode="pairs", streamer=streamer)
     printed = capsys.readouterr().out
     assert printed.strip() == TOKENIZER.decode(out.sequences[0]).strip()
+    ids, mask = prompt_batch(["what is 3 + 4", "carry the one"])
+    with pytest.raises(ValueError, match="TextStreamer streams batch 1 only .* got a batch of 2"):
+        generate(model, ids, mask, max_new_tokens=4, streamer=TextStreamer(TOKENIZER))
 
 
 def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:

@@ -219,6 +219,13 @@ class _StreamFeed:
     """
 
     def __init__(self, streamer: Any, state: decode_loop.DecodeState, prompts: list[torch.Tensor]) -> None:
+        from transformers import TextStreamer
+
+        if isinstance(streamer, TextStreamer) and len(prompts) > 1:
+            # It would fail on the first per-row list with an AttributeError on `shape`.
+            raise ValueError(f"generate: {type(streamer).__name__} streams batch 1 only (as in transformers' "
+                             f"generate), got a batch of {len(prompts)}; pass a streamer whose put() takes "
+                             "a list of per-row tensors")
         self.streamer, self.state = streamer, state
         self.sent = [0] * len(prompts)
         streamer.put(prompts[0].unsqueeze(0) if len(prompts) == 1 else prompts)
