@@ -69,3 +69,19 @@ def test_compare_names_the_file_and_line_of_a_broken_record(tmp_path: Path) -> N
     listed.write_text("[1, 2]\n")
     with pytest.raises(ValueError, match=r"list.jsonl:1: expected a JSON object per line, got list"):
         compare(a, listed)
+
+
+def test_plot_of_runs_at_one_accuracy_keeps_a_readable_axis(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from superthoughts_ext.eval_compare import plot_tradeoff
+
+    base = write_records(tmp_path / "base.jsonl", [{"id": str(i), "correct": False} for i in range(4)])
+    runs = [write_records(tmp_path / f"st{k}.jsonl", [{"id": str(i), "correct": False, "steps": 5 + k}
+                                                      for i in range(4)]) for k in range(2)]
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_tradeoff(compare_runs(base, runs), tmp_path / "flat.png")
+    low, high = closed[0].axes[0].get_ylim()
+    assert low == -1.0 and high == 2.0  # not matplotlib's +-1e-17 around a zero spread

@@ -226,6 +226,16 @@ def format_runs(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
+    """The accuracy axis (in %) of `plot_tradeoff`: the values with a margin of a tenth of their
+    spread, at least 2 points, kept within a point of [0, 100]. Matplotlib's own margin of a zero
+    spread (every run at the same accuracy, e.g. all 0 on a short run) is about 1e-17, an axis of
+    rounding noise."""
+    low, high = min(accuracies), max(accuracies)
+    pad = max(2.0, 0.1 * (high - low))
+    return max(low - pad, -1.0), min(high + pad, 101.0)
+
+
 def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Accuracy against decode length: each run at its mean decode steps as a share of the
     baseline's mean tokens (100% = the baseline's chain of thought), the baseline as a square.
@@ -245,7 +255,8 @@ def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | 
     for x, y, r in zip(xs, ys, results):
         ax.annotate(r["label_b"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(100 * first["accuracy_a"], color="black", linewidth=0.8, linestyle="--")
-    ax.margins(x=0.2, y=0.1)  # room for the labels
+    ax.margins(x=0.2)  # room for the labels
+    ax.set_ylim(*accuracy_limits([100 * first["accuracy_a"], *ys]))
     ax.set_xlabel("decode steps, % of the baseline's tokens")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
