@@ -34,6 +34,7 @@ from superthoughts_ext.evaluation import (  # noqa: E402
     compare_runs,
     evaluate,
     format_comparison,
+    format_summary,
     format_runs,
     plot_tradeoff,
     summary_path,
@@ -242,6 +243,9 @@ def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:
     assert (resumed.accuracy, resumed.mean_tokens, resumed.cot_reduction) == \
         (full.accuracy, full.mean_tokens, full.cot_reduction)
     assert resumed.generation_time == pytest.approx(full.generation_time)
+    assert (full.n_resumed, resumed.n_resumed) == (0, 3)
+    assert format_summary(resumed).endswith("(3 records resumed from the interrupted run)")
+    assert json.loads(summary_path(out).read_text())["n_resumed"] == 3
     # Nothing left to do: the summary comes from the file alone.
     calls.clear()
     again = evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, **kwargs)

@@ -56,8 +56,9 @@ class EvalSummary:
     standard decoding, up to 0.5 when every step emits a pair): the steps pairs saved, not the
     paper's CoT reduction, which is against the baseline's tokens (`compare`). The field keeps
     its name for existing readers; the printed line says "steps saved vs tokens (this run)".
-    ``generation_time`` sums the batch wall times reported by `generate`; ``wall_time`` also
-    counts tokenisation and grading.
+    ``generation_time`` sums the batch wall times reported by `generate` (of resumed records
+    too); ``wall_time`` is this call's, tokenisation and grading included: after a resume it
+    can be the shorter of the two. ``n_resumed`` records came from the interrupted run.
     """
 
     bench: str
@@ -78,6 +79,7 @@ class EvalSummary:
     generation_time: float
     wall_time: float
     tokens_per_s: float
+    n_resumed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -327,6 +329,7 @@ def evaluate(
         generation_time=generation_time,
         wall_time=time.perf_counter() - started,
         tokens_per_s=total_tokens / generation_time if generation_time > 0 else 0.0,
+        n_resumed=len(done),
     )
     if output_jsonl is not None:
         payload = {**summary.to_dict(), **(metadata or {}), "records": str(output_jsonl)}
@@ -343,4 +346,5 @@ def format_summary(summary: EvalSummary) -> str:
         # Not "CoT reduction": that one is measured against the baseline (`compare`).
         f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
         f"wall {summary.wall_time:.1f} s"
+        + (f" ({summary.n_resumed} records resumed from the interrupted run)" if summary.n_resumed else "")
     )
