@@ -346,3 +346,24 @@ def test_real_qwen_vocabulary_round_trip(tmp_path):
         a, b = model.eval()(**batch), loaded(**batch)
     assert a.logits_main.shape[-1] == len(tok) and torch.isfinite(a.loss)
     assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)
+
+
+def test_tokenising_shows_a_progress_bar_on_request(tmp_path, capsys):
+    # With a real BPE vocabulary tokenising takes a few ms per row: a large file needs a bar.
+    tok = word_tokenizer()
+    path = write_jsonl(tmp_path / "p.jsonl", [{"problem": "what", "solution": "four"}, "", {"problem": "what",
+                                                                                          "solution": "so four"}])
+    assert len(load_jsonl_examples(path, tok)) == 2
+    assert "tokenizing" not in capsys.readouterr().err
+    assert len(load_jsonl_examples(path, tok, progress=True)) == 2
+    err = capsys.readouterr().err
+    assert f"tokenizing {path}: 100%" in err and "2/2 [" in err  # blank lines are not rows
+
+
+def test_json_array_file_is_named_as_such(tmp_path):
+    tok = word_tokenizer()
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"problem": "what", "solution": "four"}], indent=1))
+    with pytest.raises(ValueError, match=r"rows\.json:1: not valid JSON: .*expected JSON Lines, one object per line, "
+                                         r"not a JSON array"):
+        load_jsonl_examples(path, tok)

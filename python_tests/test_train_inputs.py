@@ -208,3 +208,11 @@ def test_directory_without_tokenizer_files_is_refused(base_dirs, tmp_path):
         train_utils.load_tokenizer(tmp_path / "nope", None)
     # The tokenizer of another directory is fine.
     assert len(train_utils.load_tokenizer(base_dirs["qwen2"], bare)) == len(make_tokenizer())
+
+
+@pytest.mark.parametrize("progress_bar", [True, False], ids=["bar", "no-bar"])
+def test_tokenising_progress_follows_progress_bar(base_dirs, tmp_path, capsys, progress_bar):
+    train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=tmp_path / "o",
+                       **{**ONE_STEP, "progress_bar": progress_bar}))
+    shown = f"tokenizing {base_dirs['data']}: 100%" in capsys.readouterr().err
+    assert shown == progress_bar

@@ -319,15 +319,31 @@ def _warn_dropped(where: str, numbers: list[int], unit: str, why: str) -> None:
 
 def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, where: str, unit: str = "line",
                 problem_field: str = "problem", solution_field: str = "solution",
-                system_prompt: str | None = None, max_length: int | None = None) -> list[dict[str, list[int]]]:
+                system_prompt: str | None = None, max_length: int | None = None,
+                progress: bool = False, total: int | None = None) -> list[dict[str, list[int]]]:
     """Tokenised features from (number, row) pairs; errors say `where:number` (unit "line") or
     `where: row number` (unit "row"), warnings start with `where`.
 
     A row that is not a mapping, lacks a string field or whose solution holds EOS before its end
     raises ValueError. Rows whose solution is empty (or only whitespace) and rows longer than
     `max_length` tokens (prompt + response, uncompressed) are dropped with a warning naming
-    them: never truncated.
+    them: never truncated. `progress` shows a tqdm bar over the `total` rows (a few ms per row
+    with a real BPE vocabulary: minutes for a large file, silent without it).
     """
+    from tqdm.auto import tqdm
+
+    with tqdm(numbered_rows, total=total, desc=f"tokenizing {where}", unit=unit, disable=not progress) as bar:
+        examples, empty, too_long = _encode_each(bar, tokenizer, where, unit, problem_field, solution_field,
+                                                 system_prompt, max_length)
+    _warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")
+    _warn_dropped(where, too_long, unit, f"longer than max_length={max_length} tokens")
+    return examples
+
+
+def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where: str, unit: str,
+                 problem_field: str, solution_field: str, system_prompt: str | None,
+                 max_length: int | None) -> tuple[list[dict[str, list[int]]], list[int], list[int]]:
+    """The loop of `encode_rows`: (examples, numbers of empty rows, numbers of too long rows)."""
     examples: list[dict[str, list[int]]] = []
     empty: list[int] = []
     too_long: list[int] = []
@@ -349,15 +365,14 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
             too_long.append(number)
             continue
         examples.append(example)
-    _warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")
-    _warn_dropped(where, too_long, unit, f"longer than max_length={max_length} tokens")
-    return examples
+    return examples, empty, too_long
 
 
 def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
                         solution_field: str = "solution", system_prompt: str | None = None,
-                        max_length: int | None = None) -> list[dict[str, list[int]]]:
-    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file (see `encode_rows`).
+                        max_length: int | None = None, progress: bool = False) -> list[dict[str, list[int]]]:
+    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file (see `encode_rows`;
+    `progress` shows a bar over its rows).
 
     Blank lines are skipped; a line that is not valid JSON raises ValueError naming the file and line.
     """
@@ -371,7 +386,16 @@ def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: 
                 try:
                     yield number, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{where}:{number}: not valid JSON: {exc}") from exc
+                    # A pretty-printed JSON array fails on its first line, "[", with a message about
+                    # JSON syntax that does not say what the file should look like.
+                    array = line.lstrip()[:1] == "["
+                    hint = "; expected JSON Lines, one object per line, not a JSON array" if array else ""
+                    raise ValueError(f"{where}:{number}: not valid JSON: {exc}{hint}") from exc
 
+    total = None
+    if progress:
+        with open(where, encoding="utf-8") as f:
+            total = sum(1 for line in f if line.strip())
     return encode_rows(numbered_rows(), tokenizer, where=where, problem_field=problem_field,
-                       solution_field=solution_field, system_prompt=system_prompt, max_length=max_length)
+                       solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
+                       progress=progress, total=total)

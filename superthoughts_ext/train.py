@@ -193,6 +193,8 @@ def train(options: TrainOptions) -> TrainResult:
         options.data, tokenizer, problem_field=options.problem_field,
         solution_field=options.solution_field, system_prompt=options.system_prompt,
         max_length=options.max_length,
+        # One bar per machine, as Trainer shows its own (every process tokenises the whole file).
+        progress=options.progress_bar and int(os.environ.get("LOCAL_RANK", "0")) == 0,
     )
     args = training_arguments(options)
     torch.manual_seed(options.seed)
@@ -299,7 +301,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--resume", nargs="?", const=True, default=None, dest="resume_from_checkpoint",
       help="resume from the last checkpoint in --output, or from the given checkpoint")
     g("--report-to", default=d["report_to"].default, help="transformers logging integration (tensorboard, wandb, ...)")
-    g("--no-progress", action="store_false", dest="progress_bar", help="hide the progress bar")
+    g("--no-progress", action="store_false", dest="progress_bar",
+      help="hide the progress bars of tokenisation and training (shown by default)")
     g("--num-workers", type=int, dest="dataloader_num_workers", default=0, help="DataLoader worker processes")
 
 

@@ -25,12 +25,14 @@ def load_examples(
     solution_field: str,
     system_prompt: str | None,
     max_length: int | None,
+    progress: bool = False,
 ) -> list[dict[str, list[int]]]:
     """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows.
 
     Rows may be raw ({problem_field, solution_field}: text) or already tokenised
     ({"prompt_ids", "response_ids"}: lists of ids, checked by `tokenised_rows`). Errors
-    name the file and line (or row number); an empty dataset is an error.
+    name the file and line (or row number); an empty dataset is an error. `progress` shows
+    a bar while text rows are tokenised.
     """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
@@ -38,7 +40,7 @@ def load_examples(
             raise FileNotFoundError(f"train: data file {os.fspath(path)!r} does not exist")
         examples = load_jsonl_examples(
             os.fspath(path), tokenizer, problem_field=problem_field,
-            solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
+            solution_field=solution_field, system_prompt=system_prompt, max_length=max_length, progress=progress,
         )
         where = os.fspath(path)
     else:
@@ -48,7 +50,7 @@ def load_examples(
         else:
             examples = _encode_rows(
                 rows, tokenizer, problem_field=problem_field, solution_field=solution_field,
-                system_prompt=system_prompt, max_length=max_length,
+                system_prompt=system_prompt, max_length=max_length, progress=progress,
             )
         where = "the given rows"
     if not examples:
@@ -57,11 +59,12 @@ def load_examples(
 
 
 def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
-                 solution_field: str, system_prompt: str | None, max_length: int | None) -> list[dict]:
+                 solution_field: str, system_prompt: str | None, max_length: int | None,
+                 progress: bool) -> list[dict]:
     """In-memory twin of `data.load_jsonl_examples`: same checks and tokenisation, rows numbered from 1."""
     return encode_rows(enumerate(rows, start=1), tokenizer, where="train", unit="row",
                        problem_field=problem_field, solution_field=solution_field,
-                       system_prompt=system_prompt, max_length=max_length)
+                       system_prompt=system_prompt, max_length=max_length, progress=progress, total=len(rows))
 
 
 def _token_ids(values: Any, at: str, name: str) -> list[int]:
