@@ -299,6 +299,12 @@ def test_bad_input_is_rejected(model, backbone) -> None:
         generate(model, ids, mask, max_new_tokens=4, compile=True, temperature=1.0)
     with pytest.raises(ValueError, match="compile must be"):
         generate(model, ids, mask, max_new_tokens=4, compile="yes")
+    # Refused before prefill, by the reference path too (the kernels raised a RuntimeError at
+    # the first step, the reference took any value).
+    for use_kernels in (True, False):
+        for bad in (dict(threshold=2.0), dict(threshold=float("nan")), dict(threshold_main=-0.1)):
+            with pytest.raises(ValueError, match=f"{next(iter(bad))} must lie in \\[0, 1\\]"):
+                generate(model, ids, mask, max_new_tokens=4, use_kernels=use_kernels, **bad)
 
 
 @pytest.mark.parametrize("variant", [dict(compressor_type="mlp"), dict(mtp_type="mlp")],

@@ -125,6 +125,8 @@ def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
     assert lines[-1].startswith("[standard] tokens=") and "steps=" in lines[-1] and "tokens/s=" in lines[-1]
     assert cli.main([*argv, "--mode", "pairs"]) == 2  # a plain model cannot pair
     assert "needs a SuperThoughts model" in capsys.readouterr().err
+    assert cli.main([*argv, "--threshold", "0.9"]) == 2  # standard decoding would ignore it
+    assert "--threshold / --threshold-main apply to superthoughts mode, not standard" in capsys.readouterr().err
     # The stats line says when --max-new-tokens, not EOS, ended the output: this random model
     # never emits its EOS; with its first token declared the EOS, the output ends there.
     ids, mask = prompt_batch(["what is 3 + 4"])

@@ -340,6 +340,11 @@ def generate(
         config = model.config
         threshold = float(config.threshold if threshold is None else threshold)
         threshold_main = float(getattr(config, "threshold_main", 0.0) if threshold_main is None else threshold_main)
+        # The kernels refuse them only at the first step (a RuntimeError after prefill), the
+        # reference not at all.
+        for name, value in (("threshold", threshold), ("threshold_main", threshold_main)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"generate: {name} must lie in [0, 1], got {value}")
     if use_kernels:
         from superthoughts_ext.ops import superthoughts_step as step_fn
     else:

@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     tokenizer = load_tokenizer(args.model)
     mode = args.mode or ("superthoughts" if is_superthoughts(model) else "standard")
+    if mode != "superthoughts" and (args.threshold is not None or args.threshold_main is not None):
+        # generate ignores them there: say so rather than print a run that did not use them.
+        print(f"superthoughts generate: error: --threshold / --threshold-main apply to superthoughts mode, not {mode}",
+              file=sys.stderr)
+        return 2
     if args.no_chat_template or not getattr(tokenizer, "chat_template", None):
         text = args.prompt
     else:
