@@ -13,7 +13,9 @@ Modes:
 from __future__ import annotations
 
 import math
+import sys
 import time
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -396,3 +398,16 @@ def generate(
         wall_time=wall_time,
         num_forward_passes=1 + steps_run,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as `generate`: the package attribute `superthoughts_ext.generate` is
+    this module once it is imported (Python binds submodules onto their package), and the README
+    both calls `superthoughts_ext.generate(model, ...)` and names
+    `superthoughts_ext.generate.stop_token_ids`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GenerateOutput:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
