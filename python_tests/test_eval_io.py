@@ -226,6 +226,9 @@ def test_cli_sweep_refuses_a_repeated_threshold(fake_cli: SimpleNamespace, tmp_p
     assert run_cli(argv + ["0.9", "0.5", "0.90"]) == 2
     assert "--threshold 0.9 given more than once" in capsys.readouterr().err
     assert fake_cli.loaded == []  # refused before loading the model
+    for option in ("--batch-size", "--max-new-tokens"):
+        assert run_cli(fake_cli.argv + [option, "0"]) == 2
+        assert f"{option} (0)" in capsys.readouterr().err and fake_cli.loaded == []
 
 
 # ---------------------------------------------------------------- resume

@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.model or not args.bench:
             raise ValueError("--model and --bench are required (or use --compare A.jsonl B.jsonl)")
         check_thresholds(args.threshold)  # before loading the model
+        if args.batch_size < 1 or args.max_new_tokens < 1:
+            raise ValueError(f"--batch-size ({args.batch_size}) and --max-new-tokens ({args.max_new_tokens}) "
+                             "must be >= 1")
         problems = load_problems(
             args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field, limit=args.limit
         )
