@@ -1,13 +1,18 @@
-"""The loss and mask helpers of layers.py, CPU: the chunked linear + cross-entropy (values and
-gradients against autograd, low precision, frozen head, errors) and the right-padding mask
-shortcut."""
+"""The loss and mask helpers of layers.py, CPU: the chunked linear + cross-entropy and linear +
+KL divergence (values and gradients against autograd, low precision, frozen head, errors) and the
+right-padding mask shortcut."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from superthoughts_ext.layers import causal_mask_for_right_padding, linear_cross_entropy
+from superthoughts_ext.layers import (
+    causal_mask_for_right_padding,
+    head_kl_divergence,
+    linear_cross_entropy,
+    linear_kl_divergence,
+)
 
 
 def _reference_ce(hidden, weight, targets, row_weight):
@@ -66,3 +71,51 @@ def test_causal_mask_for_right_padding():
     left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     holes = torch.tensor([[1, 0, 1, 0]])
     assert causal_mask_for_right_padding(left) is left and causal_mask_for_right_padding(holes) is holes
+
+
+def _reference_kl(hidden, weight, target_hidden, target_weight, row_weight):
+    log_p = F.log_softmax((target_hidden @ target_weight.t()).float(), dim=-1)
+    log_q = F.log_softmax((hidden @ weight.t()).float(), dim=-1)
+    kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+    return (kl * row_weight).sum(), kl
+
+
+@pytest.mark.parametrize("rows,vocab,chunk_elements", [(1, 7, 1 << 24), (37, 53, 53 * 5), (37, 53, 1), (0, 11, 99)])
+def test_linear_kl_divergence_matches_autograd(rows, vocab, chunk_elements):
+    g = torch.Generator().manual_seed(rows + vocab)
+    hidden = torch.randn(rows, 16, generator=g).requires_grad_()
+    weight = torch.randn(vocab, 16, generator=g).requires_grad_()
+    target_hidden, target_weight = torch.randn(rows, 12, generator=g), torch.randn(vocab, 12, generator=g)
+    row_weight = torch.rand(rows, generator=g)
+    loss, kl = linear_kl_divergence(hidden, weight, target_hidden, target_weight, row_weight, chunk_elements)
+    want_loss, want_kl = _reference_kl(hidden, weight, target_hidden, target_weight, row_weight)
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(kl, want_kl.detach())
+    assert not kl.requires_grad
+    got = torch.autograd.grad(2.5 * loss, (hidden, weight))
+    want = torch.autograd.grad(2.5 * want_loss, (hidden, weight))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # Identical heads and rows: zero KL, zero gradient.
+    same, _ = linear_kl_divergence(hidden, weight, hidden.detach(), weight.detach(), row_weight, chunk_elements)
+    torch.testing.assert_close(same, torch.zeros(()), atol=1e-5, rtol=0)
+
+
+def test_head_kl_divergence_chunked_equals_module_path():
+    g = torch.Generator().manual_seed(1)
+    head, teacher = torch.nn.Linear(8, 31, bias=False), torch.nn.Linear(8, 31, bias=False)
+    rows, target_rows = torch.randn(9, 8, generator=g), torch.randn(9, 8, generator=g)
+    weights = torch.full((9,), 1 / 9)
+    chunked = head_kl_divergence(head, rows, teacher, target_rows, weights)
+    chunked_grad = torch.autograd.grad(chunked[0], head.weight)[0]
+    # A biased head goes through its own forward; with a zero bias the result is the same.
+    biased = torch.nn.Linear(8, 31, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+    plain = head_kl_divergence(biased, rows, teacher, target_rows, weights)
+    torch.testing.assert_close(chunked[0], plain[0])
+    torch.testing.assert_close(chunked[1], plain[1])
+    torch.testing.assert_close(chunked_grad, torch.autograd.grad(plain[0], biased.weight)[0])
+    with pytest.raises(ValueError, match="linear_kl_divergence: expected hidden"):
+        linear_kl_divergence(rows, head.weight, target_rows[:3], teacher.weight, weights)

@@ -189,7 +189,11 @@ def test_distillation_kl_against_frozen_teacher():
     assert not any(k.startswith("teacher") or k.startswith("_teacher") for k in model.state_dict())
     assert all(p is not tp for p in model.parameters() for tp in teacher.parameters())
     batch = training_batch(with_distill=True)
+    # The teacher's [B, T', V] logits are never built: its head weight scores the gathered rows only.
+    teacher_head_calls = []
+    teacher.lm_head.register_forward_hook(lambda *args: teacher_head_calls.append(1))
     out = model.train()(**batch)
+    assert not teacher_head_calls
     # Oracle: KL(teacher || student main head) at each main target, averaged over targets.
     with torch.no_grad():
         t_logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits

@@ -315,6 +315,70 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return _LinearCrossEntropy.apply(hidden, weight, targets, row_weight.float(), chunk_rows)
 
 
+class _LinearKLDivergence(torch.autograd.Function):
+    """sum_i w_i * KL(p_i || softmax(hidden_i @ weight.T)), p_i = softmax(target_hidden_i @ target_weight.T)
+    a fixed distribution (no gradient), chunk by chunk over the rows as in _LinearCrossEntropy:
+    d KL_i / d logits_i = softmax_i - p_i is known in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target_hidden: torch.Tensor,
+                target_weight: torch.Tensor, row_weight: torch.Tensor, chunk_rows: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = hidden.shape[0]
+        kl = torch.empty(rows, device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if want_h else None
+        grad_weight = torch.zeros_like(weight) if want_w else None
+        for start in range(0, rows, chunk_rows):
+            end = min(start + chunk_rows, rows)
+            h, w = hidden[start:end], row_weight[start:end, None]
+            log_p = torch.log_softmax((target_hidden[start:end] @ target_weight.t()).float(), dim=1)  # [n, V]
+            log_q = torch.log_softmax((h @ weight.t()).float(), dim=1)  # [n, V]
+            p = log_p.exp()
+            kl[start:end] = (p * log_p.sub_(log_q)).sum(dim=1)
+            if not (want_h or want_w):
+                continue
+            grad = log_q.exp_().sub_(p).mul_(w).to(weight.dtype)  # d loss / d logits
+            if want_h:
+                grad_hidden[start:end] = grad @ weight
+            if want_w:
+                grad_weight.addmm_(grad.t(), h.to(weight.dtype))
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(kl)
+        return (kl * row_weight).sum(), kl
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, grad_kl: torch.Tensor | None):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
+        grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def linear_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, target_hidden: torch.Tensor,
+                         target_weight: torch.Tensor, row_weight: torch.Tensor,
+                         chunk_elements: int = CE_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted KL(teacher || student) of two linear heads without materialising either's logits.
+
+    Args:
+        hidden: [N, H] student rows; weight: [V, H] student head weight (no bias);
+        target_hidden: [N, H'] teacher rows; target_weight: [V, H'] teacher head weight (both
+        treated as constants); row_weight: [N] float32 weight of each row's KL.
+    Returns:
+        loss: scalar sum_i row_weight_i * KL_i (differentiable in hidden and weight, once);
+        kl: [N] float32 per-row KL, detached.
+    """
+    if (hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]
+            or target_hidden.shape[0] != hidden.shape[0] or target_weight.shape[0] != weight.shape[0]
+            or target_hidden.shape[1:] != target_weight.shape[1:] or row_weight.shape != hidden.shape[:1]):
+        raise ValueError(f"linear_kl_divergence: expected hidden [N, H], weight [V, H], target_hidden [N, H'], "
+                         f"target_weight [V, H'], row_weight [N]; got {tuple(hidden.shape)}, {tuple(weight.shape)}, "
+                         f"{tuple(target_hidden.shape)}, {tuple(target_weight.shape)}, {tuple(row_weight.shape)}")
+    chunk_rows = max(1, chunk_elements // weight.shape[0])
+    return _LinearKLDivergence.apply(hidden, weight, target_hidden.detach(), target_weight.detach(),
+                                     row_weight.float(), chunk_rows)
+
+
 def head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor,
                        weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_i weights_i * CE(head(rows_i), targets_i) and the detached per-row CE [N].
@@ -326,3 +390,16 @@ def head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tenso
         return linear_cross_entropy(rows, head.weight, targets, weights)
     ce = F.cross_entropy(head(rows).float(), targets, reduction="none")
     return (ce * weights).sum(), ce.detach()
+
+
+def head_kl_divergence(head: nn.Module, rows: torch.Tensor, target_head: nn.Module, target_rows: torch.Tensor,
+                       weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_i weights_i * KL(softmax(target_head(target_rows_i)) || softmax(head(rows_i))) and the
+    detached per-row KL [N]; chunked (`linear_kl_divergence`) for plain bias-free Linear heads."""
+    if all(type(m) is nn.Linear and m.bias is None for m in (head, target_head)):
+        return linear_kl_divergence(rows, head.weight, target_rows, target_head.weight, weights)
+    with torch.no_grad():
+        log_p = F.log_softmax(target_head(target_rows).float(), dim=-1)
+    log_q = F.log_softmax(head(rows).float(), dim=-1)
+    kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(dim=-1)
+    return (kl * weights).sum(), kl.detach()

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -36,6 +35,7 @@ from superthoughts_ext.layers import (
     build_mtp,
     causal_mask_for_right_padding,
     head_cross_entropy,
+    head_kl_divergence,
 )
 
 IGNORE = -100
@@ -390,10 +390,15 @@ class SuperThoughtsForCausalLM(nn.Module):
         with torch.no_grad():
             if teacher_attention_mask is not None:
                 teacher_attention_mask = causal_mask_for_right_padding(teacher_attention_mask)
-            t_logits = teacher(input_ids=teacher_input_ids, attention_mask=teacher_attention_mask).logits
-            target = F.log_softmax(t_logits[rows, teacher_index[rows, cols]].float(), dim=-1)  # [N, V]
-        student = F.log_softmax(self.backbone.get_output_embeddings()(h_main).float(), dim=-1)  # [N, V]
-        return F.kl_div(student, target, log_target=True, reduction="batchmean")
+            # Hidden states only, gathered at the N scored positions: the teacher's full logits
+            # [B, T', V] (and the [N, V] float32 log-softmaxes after them) were the largest tensors
+            # of a distillation step at V = 152k.
+            t_hidden = teacher.model(input_ids=teacher_input_ids, attention_mask=teacher_attention_mask)
+            t_rows = t_hidden.last_hidden_state[rows, teacher_index[rows, cols]]  # [N, H]
+        weights = h_main.new_full((rows.numel(),), 1.0 / rows.numel(), dtype=torch.float32)
+        loss, _ = head_kl_divergence(self.backbone.get_output_embeddings(), h_main, teacher.get_output_embeddings(),
+                                     t_rows, weights)
+        return loss
 
 
 def _load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
