@@ -216,3 +216,13 @@ def test_tokenising_progress_follows_progress_bar(base_dirs, tmp_path, capsys, p
                        **{**ONE_STEP, "progress_bar": progress_bar}))
     shown = f"tokenizing {base_dirs['data']}: 100%" in capsys.readouterr().err
     assert shown == progress_bar
+
+
+def test_lora_checkpoint_is_named_when_loaded_as_a_model(base_dirs, tmp_path):
+    from superthoughts_ext.modeling import load_model
+
+    out = tmp_path / "lora"
+    train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4, **{**ONE_STEP, "save_steps": 1}))
+    assert isinstance(load_model(out), torch.nn.Module)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-1' is a LoRA adapter checkpoint .*--resume"):
+        load_model(out / "checkpoint-1")

@@ -36,6 +36,11 @@ def read_model_dir(path: str | os.PathLike, where: str) -> Path:
         raise FileNotFoundError(f"{where}: model directory {os.fspath(path)!r} does not exist "
                                 f"(only local directories are supported, no hub downloads)")
     if not (directory / CONFIG_NAME).is_file():
+        if (directory / "adapter_config.json").is_file():
+            # The checkpoint-N/ folders of a `train --lora-r` run: peft adapters without the base.
+            raise FileNotFoundError(f"{where}: {os.fspath(path)!r} is a LoRA adapter checkpoint (adapter_config.json, "
+                                    f"no {CONFIG_NAME}); it resumes a run (--resume), while the merged model is "
+                                    f"written to the run's output directory when training ends")
         raise FileNotFoundError(f"{where}: {os.fspath(path)!r} is not a model directory (no {CONFIG_NAME})")
     return directory
 
