@@ -65,12 +65,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"superthoughts generate: error: --threshold / --threshold-main apply to superthoughts mode, not {mode}",
               file=sys.stderr)
         return 2
-    if args.no_chat_template or not getattr(tokenizer, "chat_template", None):
+    raw = args.no_chat_template or not getattr(tokenizer, "chat_template", None)
+    if raw:
         text = args.prompt
     else:
         text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
                                              add_generation_prompt=True)
-    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # A chat template writes the BOS itself; raw text gets the tokenizer's (Llama: <|begin_of_text|>).
+    prompt_ids = tokenizer(text, add_special_tokens=raw)["input_ids"]
     if not prompt_ids:
         print("superthoughts generate: error: empty prompt (it has no tokens)", file=sys.stderr)
         return 2

@@ -1,0 +1,189 @@
+"""The `superthoughts generate` command: prompts, stop ids, streaming and the statistics line.
+
+Tiny random models and the word-level chat tokenizer of test_generate_io (no downloads).
+"""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from superthoughts_ext import cli
+from superthoughts_ext.generate import generate, stop_token_ids
+from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+from test_generate_io import TOKENIZER, prompt_batch, tiny_backbone
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+@pytest.fixture(scope="module")
+def backbone() -> torch.nn.Module:
+    return tiny_backbone()
+
+
+@pytest.fixture(scope="module")
+def model(backbone) -> SuperThoughtsForCausalLM:
+    torch.manual_seed(1)
+    return SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).eval()
+
+
+def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
+    backbone.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    argv = ["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "6", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("[standard] tokens=") and "steps=" in lines[-1] and "tokens/s=" in lines[-1]
+    assert cli.main([*argv, "--mode", "pairs"]) == 2  # a plain model cannot pair
+    assert "needs a SuperThoughts model" in capsys.readouterr().err
+    assert cli.main([*argv, "--threshold", "0.9"]) == 2  # standard decoding would ignore it
+    assert "--threshold / --threshold-main apply to superthoughts mode, not standard" in capsys.readouterr().err
+    # The stats line says when --max-new-tokens, not EOS, ended the output: this random model
+    # never emits its EOS; with its first token declared the EOS, the output ends there.
+    ids, mask = prompt_batch(["what is 3 + 4"])
+    first = generate(backbone, ids, mask, max_new_tokens=1, mode="standard").sequences[0][0]
+    ends_early = copy.deepcopy(backbone)
+    ends_early.generation_config.eos_token_id = first
+    ends_early.save_pretrained(tmp_path / "ends_early")
+    TOKENIZER.save_pretrained(tmp_path / "ends_early")
+    for path, cut in ((tmp_path, True), (tmp_path / "ends_early", False)):
+        assert cli.main(["generate", "--model", str(path), "what is 3 + 4", "--max-new-tokens", "12",
+                         "--device", "cpu", "--no-chat-template"]) == 0
+        assert ("stopped by --max-new-tokens 12" in capsys.readouterr().out) == cut, path
+
+
+def test_cli_generate_raw_prompt_gets_the_tokenizers_bos(backbone, tmp_path, monkeypatch) -> None:
+    from tokenizers import processors
+
+    from superthoughts_ext import generate_cli
+
+    with_bos = copy.deepcopy(TOKENIZER)
+    bos = with_bos.convert_tokens_to_ids("<|im_start|>")
+    with_bos._tokenizer.post_processor = processors.TemplateProcessing(single="<|im_start|> $A",
+                                                                       special_tokens=[("<|im_start|>", bos)])
+    backbone.save_pretrained(tmp_path)
+    with_bos.save_pretrained(tmp_path)
+    prompts = []
+    monkeypatch.setattr(generate_cli, "generate", lambda model, ids, **kwargs: prompts.append(ids[0].tolist()) or
+                        generate(model, ids, **kwargs))
+    argv = ["generate", "--model", str(tmp_path), "what is 3", "--max-new-tokens", "2", "--device", "cpu"]
+    assert cli.main(argv + ["--no-chat-template"]) == 0 and cli.main(argv) == 0
+    assert prompts[0] == [bos] + TOKENIZER("what is 3", add_special_tokens=False)["input_ids"]
+    templated = with_bos.apply_chat_template([{"role": "user", "content": "what is 3"}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert prompts[1] == with_bos(templated, add_special_tokens=False)["input_ids"]  # the template's own
+
+
+def test_cli_generate_rejects_an_empty_prompt(backbone, tmp_path, capsys) -> None:
+    backbone.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    assert cli.main(["generate", "--model", str(tmp_path), "", "--no-chat-template", "--device", "cpu"]) == 2
+    assert "empty prompt" in capsys.readouterr().err
+
+
+def test_cli_generate_says_when_the_context_stopped_it(backbone, tmp_path, capsys) -> None:
+    # The prompt leaves 6 positions of a 20-position context: 6 tokens, far below the budget.
+    short_context = copy.deepcopy(backbone)
+    short_context.config.max_position_embeddings = 20
+    short_context.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    prompt = " ".join(["one"] * 15)
+    assert len(TOKENIZER(prompt, add_special_tokens=False)["input_ids"]) == 15
+    assert cli.main(["generate", "--model", str(tmp_path), prompt, "--max-new-tokens", "12", "--device", "cpu",
+                     "--no-chat-template"]) == 0
+    stats = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "tokens=6 " in stats and stats.endswith("(stopped by the model's context, max_position_embeddings=20)")
+
+
+def test_cli_generate_streams_the_text_it_prints(backbone, tmp_path, capsys) -> None:
+    # A model that ends on its (special) EOS token after a few words: --stream prints what the
+    # non-streamed output prints, without the EOS token's text.
+    ids, mask = prompt_batch(["what is 3 + 4"])
+    free = generate(backbone, ids, mask, max_new_tokens=12, mode="standard").sequences[0]
+    third = next(t for i, t in enumerate(free) if i >= 2 and t not in free[:i])
+    eos = TOKENIZER.eos_token_id
+    ends = copy.deepcopy(backbone)
+    with torch.no_grad():  # EOS takes the head row of the first new token from the third on
+        ends.lm_head.weight[[third, eos]] = ends.lm_head.weight[[eos, third]]
+    ends.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    argv = ["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "12", "--device", "cpu",
+            "--no-chat-template"]
+    outputs = []
+    for stream in ([], ["--stream"]):
+        assert cli.main(argv + stream) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[-1].startswith("[standard] tokens=") and "stopped by" not in lines[-1]
+        outputs.append(lines[:-1])
+    assert outputs[0] == outputs[1] and TOKENIZER.eos_token not in "".join(outputs[1])
+
+
+def test_stop_token_ids_model_first_then_the_tokenizer_and_chat_turn_ends(backbone) -> None:
+    im_end, endoftext = TOKENIZER.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert stop_token_ids(backbone) == [im_end]  # the model's own alone
+    assert stop_token_ids(backbone, TOKENIZER) == [im_end, endoftext]
+    listed = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[endoftext, 5]))
+    assert stop_token_ids(listed, TOKENIZER) == [endoftext, 5, im_end]  # the model's primary EOS stays first
+    assert stop_token_ids(SimpleNamespace(), TOKENIZER) == [im_end, endoftext]  # no EOS in any model config
+    with pytest.raises(ValueError, match="defines an EOS token"):
+        stop_token_ids(SimpleNamespace())
+
+
+def test_cli_generate_stops_at_a_chat_turn_end_its_config_does_not_list(backbone, tmp_path, capsys) -> None:
+    # The config lists <|im_end|> only; the model ends its turn with <|endoftext|>, which
+    # `superthoughts eval` stops on: so does `superthoughts generate`.
+    ids, mask = prompt_batch(["what is 3 + 4"])
+    free = generate(backbone, ids, mask, max_new_tokens=12, mode="standard").sequences[0]
+    endoftext = TOKENIZER.convert_tokens_to_ids("<|endoftext|>")
+    assert endoftext not in free and TOKENIZER.eos_token_id not in free
+    third = next(t for i, t in enumerate(free) if i >= 2 and t not in free[:i])
+    ends = copy.deepcopy(backbone)
+    with torch.no_grad():  # <|endoftext|> takes the head row of the first new token from the third on
+        ends.lm_head.weight[[third, endoftext]] = ends.lm_head.weight[[endoftext, third]]
+    ends.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    assert ends.generation_config.eos_token_id == TOKENIZER.eos_token_id
+    assert cli.main(["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "12",
+                     "--device", "cpu", "--no-chat-template"]) == 0
+    stats = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"tokens={free.index(third) + 1} " in stats and "stopped by" not in stats
+
+
+def test_cli_generate_and_eval_stop_on_the_same_ids(backbone, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("math_verify")
+    from superthoughts_ext import generate_cli
+    from superthoughts_ext.eval_data import Problem
+    from superthoughts_ext.evaluation import evaluate
+
+    class Recorded(Exception):
+        pass
+
+    seen = []
+
+    def record(*args, eos_token_id, **kwargs):
+        seen.append(eos_token_id)
+        raise Recorded
+
+    backbone.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    monkeypatch.setattr(generate_cli, "generate", record)
+    with pytest.raises(Recorded):
+        cli.main(["generate", "--model", str(tmp_path), "what is 3 + 4", "--device", "cpu"])
+    with pytest.raises(Recorded):
+        evaluate(backbone, TOKENIZER, "math500", [Problem("p", "what is 3 + 4", "7")], mode="standard",
+                 progress=False, generate_fn=record)
+    assert seen[0] == seen[1] == stop_token_ids(backbone, TOKENIZER)
+
+
+def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
+    model.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    argv = ["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "8", "--device", "cpu",
+            "--no-compile", "--mode", "pairs", "--no-kernels"]
+    assert cli.main(argv) == 0
+    stats = capsys.readouterr().out.strip().splitlines()[-1]
+    assert stats.startswith("[pairs] tokens=")
+    assert cli.main(argv[:-3] + ["--stream", "--threshold", "0.5"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("[superthoughts] tokens=")
