@@ -244,7 +244,7 @@ def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:
         (full.accuracy, full.mean_tokens, full.cot_reduction)
     assert resumed.generation_time == pytest.approx(full.generation_time)
     assert (full.n_resumed, resumed.n_resumed) == (0, 3)
-    assert format_summary(resumed).endswith("(3 records resumed from the interrupted run)")
+    assert format_summary(resumed).endswith("(3 records kept from the earlier run)")
     assert json.loads(summary_path(out).read_text())["n_resumed"] == 3
     # Nothing left to do: the summary comes from the file alone.
     calls.clear()

@@ -58,7 +58,7 @@ class EvalSummary:
     its name for existing readers; the printed line says "steps saved vs tokens (this run)".
     ``generation_time`` sums the batch wall times reported by `generate` (of resumed records
     too); ``wall_time`` is this call's, tokenisation and grading included: after a resume it
-    can be the shorter of the two. ``n_resumed`` records came from the interrupted run.
+    can be the shorter of the two. ``n_resumed`` records came from the earlier run (--resume).
     """
 
     bench: str
@@ -346,5 +346,5 @@ def format_summary(summary: EvalSummary) -> str:
         # Not "CoT reduction": that one is measured against the baseline (`compare`).
         f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
         f"wall {summary.wall_time:.1f} s"
-        + (f" ({summary.n_resumed} records resumed from the interrupted run)" if summary.n_resumed else "")
+        + (f" ({summary.n_resumed} records kept from the earlier run)" if summary.n_resumed else "")
     )
