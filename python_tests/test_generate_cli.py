@@ -5,6 +5,7 @@ Tiny random models and the word-level chat tokenizer of test_generate_io (no dow
 from __future__ import annotations
 
 import copy
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -187,3 +188,22 @@ def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
     assert stats.startswith("[pairs] tokens=")
     assert cli.main(argv[:-3] + ["--stream", "--threshold", "0.5"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("[superthoughts] tokens=")
+
+
+def test_cli_generate_and_eval_name_a_bad_checkpoint_or_device_in_one_line(backbone, tmp_path, capsys) -> None:
+    backbone.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    data = tmp_path / "amc.jsonl"
+    data.write_text('{"id": 0, "problem": "what is 3 + 4", "answer": 7.0}\n')
+    capsys.readouterr()  # save_pretrained's progress bar
+    cases = [(["--model", str(tmp_path / "missing")], "model directory .*missing' does not exist"),
+             (["--model", str(tmp_path), "--device", "gpu"], "--device gpu: ")]
+    if not torch.cuda.is_available():
+        cases.append((["--model", str(tmp_path), "--device", "cuda"], "--device cuda: this torch has no CUDA device"))
+    for options, message in cases:
+        for argv in (["generate", "what is 3", *options],
+                     ["eval", "--bench", "amc23", "--data", str(data), "--no-progress", *options]):
+            assert cli.main(argv) == 2, argv  # not a traceback
+            err = capsys.readouterr().err
+            assert err.startswith(f"superthoughts {argv[0]}: error: ") and re.search(message, err), err
+            assert "Traceback" not in err

@@ -94,15 +94,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"superthoughts eval: error: {error}", file=sys.stderr)
         return 2
 
-    import torch
+    from superthoughts_ext.generate_cli import load_checkpoint
 
-    from superthoughts_ext.modeling import load_model, load_tokenizer
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = load_model(args.model, dtype=dtype, device=device)
-    model.eval()
-    tokenizer = load_tokenizer(args.model)
+    try:
+        model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"superthoughts eval: error: {error}", file=sys.stderr)
+        return 2
     superthoughts = _is_superthoughts(model)
     mode = args.mode or ("superthoughts" if superthoughts else "standard")
     if mode != "standard" and not superthoughts:

@@ -48,17 +48,32 @@ def _stop_note(sequence: list[int], eos_ids: list[int], max_new_tokens: int, mod
     return f" (stopped by the model's context, max_position_embeddings={context})"
 
 
+def load_checkpoint(path: str, device: str | None, dtype: str) -> tuple[Any, Any, str]:
+    """(model in eval mode, tokenizer, device) for `superthoughts generate` / `eval`. A missing
+    directory, an unknown device or a CUDA device on a torch without one is a ValueError /
+    FileNotFoundError the commands print as a one-line error, not a traceback."""
+    from superthoughts_ext.modeling import load_model, load_tokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: {error}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch has no CUDA device (torch.cuda.is_available() is False)")
+    model = load_model(path, dtype=None if dtype == "auto" else getattr(torch, dtype), device=device)
+    return model.eval(), load_tokenizer(path), device
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs `superthoughts generate`: prints the text, then one line of statistics."""
     from transformers import TextStreamer
 
-    from superthoughts_ext.modeling import load_model, load_tokenizer
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = load_model(args.model, dtype=dtype, device=device)
-    model.eval()
-    tokenizer = load_tokenizer(args.model)
+    try:
+        model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"superthoughts generate: error: {error}", file=sys.stderr)
+        return 2
     mode = args.mode or ("superthoughts" if is_superthoughts(model) else "standard")
     if mode != "superthoughts" and (args.threshold is not None or args.threshold_main is not None):
         # generate ignores them there: say so rather than print a run that did not use them.
