@@ -3,7 +3,7 @@
 The kernel picks the fastest variant (AVX-512, AVX2+FMA, AVX+FMA, baseline x86-64) once per
 process, so the main suite only exercises one of them. Each other variant reruns the step
 tests that reach the vector code (reduction, argmax search, merge projection, sampling, NaN)
-in a subprocess with SUPERTHOUGHTS_CPU_ISA set.
+in a subprocess with SUPERTHOUGHTS_CPU_ISA set, and the randomised cases of test_step_fuzz.py.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import superthoughts_ext
 
 VARIANTS = ["avx512", "avx2_fma", "avx_fma", "baseline"]
 VECTOR_TESTS = ("cpu and (greedy_matches_reference or merge_odd_sizes or nan_and_inf or strided "
-                "or sampling_matches_reference or thresholds)")
-STEP_TESTS = Path(__file__).with_name("test_step.py")
+                "or sampling_matches_reference or thresholds or random_case)")
+STEP_TESTS = [str(Path(__file__).with_name(name)) for name in ("test_step.py", "test_step_fuzz.py")]
 
 
 def run_with_isa(isa: str, *args: str) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def test_step_kernel_under_each_vector_isa(isa):
     if "is not a vector kernel variant this CPU can run" in probe.stderr:
         pytest.skip(f"this CPU cannot run {isa}")
     assert probe.returncode == 0 and probe.stdout.strip() == isa, probe.stderr[-2000:]
-    result = run_with_isa(isa, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(STEP_TESTS), "-k", VECTOR_TESTS)
+    result = run_with_isa(isa, "-m", "pytest", "-q", "-p", "no:cacheprovider", *STEP_TESTS, "-k", VECTOR_TESTS)
     assert result.returncode == 0, f"step tests failed under SUPERTHOUGHTS_CPU_ISA={isa}:\n{result.stdout[-4000:]}"
 
 

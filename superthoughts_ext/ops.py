@@ -37,7 +37,8 @@ def superthoughts_step(
         threshold_main: main-head confidence also needed, in [0, 1].
         temperature: 0 = greedy (argmax), > 0 = Gumbel-max sampling of logits / temperature;
             below 1e-5 (`reference.MIN_SAMPLING_TEMPERATURE`) greedy as well.
-        seed, offset: key and counter of the Philox stream used when sampling.
+        seed, offset: key and counter of the Philox stream used when sampling; any integers,
+            only their low 64 bits count (as in the reference).
 
     Returns:
         tokens [B, 2] int64 (tokens[:, 1] = -1 when the second token is not accepted),
@@ -47,8 +48,15 @@ def superthoughts_step(
     """
     return torch.ops.superthoughts_ext.superthoughts_step(
         logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
-        float(threshold), float(threshold_main), float(temperature), int(seed), int(offset),
+        float(threshold), float(threshold_main), float(temperature), _low_64_bits(seed), _low_64_bits(offset),
     )
+
+
+def _low_64_bits(x: int) -> int:
+    """x as the int64 of its low 64 bits: the Philox key and counter use only those (reference.py),
+    and the schema's int is an int64, which refuses a larger Python int with an unclear message."""
+    x = int(x)
+    return x if -(2**63) <= x < 2**63 else (x + 2**63) % 2**64 - 2**63
 
 
 @torch.library.register_fake("superthoughts_ext::superthoughts_step")

@@ -27,6 +27,7 @@ MASK32 = 0xFFFFFFFF
 # float32 as T shrinks, and T itself rounds to 0 in float below 1.4e-45 (kMinSamplingTemperature
 # in csrc/step_common.h).
 MIN_SAMPLING_TEMPERATURE = 1e-5
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +39,12 @@ def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lo = mid & MASK32
     hi = (p_hi >> 16) + (mid >> 32)
     return hi & MASK32, lo
+
+
+def _as_float32(x: float) -> float:
+    """x >= 0 rounded to float32's range as a float32 cast rounds it: inf from FLT_MAX + half an
+    ulp (2^128 - 2^103) up, FLT_MAX just below (new_full refuses those instead of rounding)."""
+    return float("inf") if x >= 2.0**128 - 2.0**103 else min(x, FLOAT32_MAX)
 
 
 def philox4x32(counter: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
@@ -106,7 +113,13 @@ def superthoughts_step_ref(
     shifted = scores - torch.where(valid, row_max, torch.zeros_like(row_max)).unsqueeze(-1)
     conf = torch.where(valid, 1.0 / torch.exp(shifted).sum(dim=-1), torch.zeros_like(row_max))
     if temperature >= MIN_SAMPLING_TEMPERATURE:
-        scores = scores / temperature + gumbel_noise(batch, vocab, seed, offset, device)
+        # Divided by a float32 tensor on the logits' device, as the kernels divide (x / T, T in
+        # float32): CUDA divides by a Python scalar as a multiplication by its reciprocal,
+        # which can be one ulp off. A temperature beyond float32's range is inf there, and
+        # -inf / inf is NaN, which argmax would pick: a masked logit never wins a draw.
+        scaled = scores / scores.new_full((), _as_float32(temperature))
+        scaled = scaled.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        scores = scaled + gumbel_noise(batch, vocab, seed, offset, device)
     picked = scores.argmax(dim=-1)  # [2, B], first index on ties like torch.argmax
     picked = torch.where(valid, picked, torch.full_like(picked, pad_id))
 

@@ -149,6 +149,9 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
     // 2-core AVX2 VM: 8.8 ms vs 11.1 ms); for few rows the loop below streams W faster
     // (B = 8: 1.53 ms vs 1.84 ms for the whole step).
     if (batch > kBlasMinBatch) {
+      // Below autograd, as a backend kernel runs: out= ops refuse weights that require grad
+      // (a model's parameters outside no_grad), which the loop below takes as they are.
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
       const at::Tensor x = at::from_blob(pairs.data(), {batch, 2 * hidden}, at::kFloat);
       if (bias.has_value()) {
         at::addmm_out(next_in, *bias, x, weight->t());

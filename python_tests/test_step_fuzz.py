@@ -1,0 +1,163 @@
+"""superthoughts_step on randomised and extreme inputs: every backend against the reference.
+
+test_step.py walks the parameter grid one axis at a time; here each case draws all of them at
+once (seeded, so a failure reruns as it was): mixed logit and embedding dtypes, offset,
+row-strided and head/batch-transposed views, NaN / +-inf / huge / tied / one-hot / flat rows,
+pad == eos, eos at 0 or V - 1, thresholds 0, 1 and 1 / V (a uniform row's exact confidence),
+mixed finished rows, seeds and offsets at the int64 extremes, grids of 1 to 40 emulated blocks.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from test_step import DEVICES, EMULATED, NEXT_IN_TOL, assert_step_equal, step_on, tensor_device
+
+from superthoughts_ext.ops import superthoughts_step
+from superthoughts_ext.reference import superthoughts_step_ref
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+LARGEST = {torch.float32: 3e38, torch.bfloat16: 3e38, torch.float16: 65000.0}
+INT64_EDGES = [0, 1, -1, 2**63 - 1, -(2**63), 2**32 - 1, 2**32]
+CASES = 40
+
+
+def draw_logits(rng: random.Random, gen: torch.Generator, batch: int, vocab: int, dtype) -> torch.Tensor:
+    """[2, B, V] float32 values of one kind, with NaN / -inf / +inf sprinkled on some cases."""
+    kind = rng.choice(["normal", "ties", "onehot", "flat", "huge"])
+    if kind == "ties":  # many equal maxima: lowest index wins
+        x = torch.randint(0, 3, (2, batch, vocab), generator=gen).float()
+    elif kind == "flat":
+        x = torch.zeros(2, batch, vocab)
+    elif kind == "onehot":  # confidence exactly 1
+        x = torch.full((2, batch, vocab), float("-inf"))
+        x.scatter_(2, torch.randint(0, vocab, (2, batch, 1), generator=gen), 1.0)
+    elif kind == "huge":  # x / T and x - max overflow
+        x = torch.randn(2, batch, vocab, generator=gen).sign() * LARGEST[dtype] * torch.rand(2, batch, vocab, generator=gen)
+    else:
+        x = torch.randn(2, batch, vocab, generator=gen) * rng.choice([0.1, 1.0, 30.0])
+    if rng.random() < 0.4:
+        u = torch.rand(2, batch, vocab, generator=gen)
+        x[u < 0.1] = float("nan")
+        x[(u >= 0.1) & (u < 0.2)] = float("-inf")
+        x[(u >= 0.2) & (u < 0.25)] = -0.0
+        if rng.random() < 0.3:
+            x[(u >= 0.25) & (u < 0.26)] = float("inf")
+        x[rng.randrange(2), rng.randrange(batch)] = rng.choice([float("nan"), float("-inf")])
+    return x
+
+
+def lay_out(rng: random.Random, x: torch.Tensor, dtype) -> torch.Tensor:
+    """x as `dtype` in one of the layouts the op accepts (vocab dim contiguous)."""
+    layout = rng.choice(["contiguous", "row_strided", "transposed", "offset"])
+    if layout == "row_strided":
+        wide = torch.zeros(*x.shape[:2], x.shape[2] + rng.randrange(1, 9), dtype=dtype)
+        wide[..., : x.shape[2]] = x.to(dtype)
+        return wide[..., : x.shape[2]]
+    if layout == "transposed":  # stored [B, 2, V]
+        return x.transpose(0, 1).contiguous().to(dtype).transpose(0, 1)
+    if layout == "offset":  # storage offset: no 16-byte alignment
+        start = rng.randrange(1, 7)
+        flat = torch.zeros(x.numel() + 8, dtype=dtype)
+        flat[start : start + x.numel()] = x.reshape(-1).to(dtype)
+        return flat[start : start + x.numel()].view(x.shape)
+    return x.to(dtype)
+
+
+def draw_case(index: int):
+    rng, gen = random.Random(index), torch.Generator().manual_seed(index)
+    batch, vocab = rng.choice([1, 2, 3, 5, 17, 33]), rng.choice([1, 2, 3, 7, 8, 9, 33, 257, 1000])
+    hidden = rng.choice([1, 3, 8, 16, 32, 64])
+    logits_dtype, embed_dtype = rng.choice(DTYPES), rng.choice(DTYPES)
+    logits = lay_out(rng, draw_logits(rng, gen, batch, vocab, logits_dtype), logits_dtype)
+    table = torch.randn(vocab, hidden + 3, generator=gen).to(embed_dtype)
+    start = rng.randrange(4)
+    embed = table[:, start : start + hidden] if rng.random() < 0.4 else table[:, :hidden].contiguous()
+    merge = rng.choice(["linear", "linear_no_bias", "raw_pair"])
+    weight = bias = None
+    if merge != "raw_pair":
+        weight = (torch.randn(hidden, 2 * hidden, generator=gen) / math.sqrt(hidden)).to(embed_dtype)
+    if merge == "linear":
+        bias = torch.randn(hidden, generator=gen).to(embed_dtype)
+    finished = torch.rand(batch, generator=gen) < rng.choice([0.0, 0.3, 1.0])
+    pad = rng.randrange(vocab)
+    scalars = dict(
+        pad_id=pad, eos_id=rng.choice([0, vocab - 1, pad, rng.randrange(vocab)]),
+        threshold=rng.choice([0.0, 1.0, 0.5, 1.0 / vocab, rng.random()]),
+        threshold_main=rng.choice([0.0, 1.0, rng.random()]),
+        temperature=rng.choice([0.0, 0.0, 1e-5, 0.7, 1.0, 50.0, 1e30, 1e39]),
+        seed=rng.choice(INT64_EDGES + [rng.getrandbits(63)]), offset=rng.choice(INT64_EDGES + [rng.getrandbits(40)]),
+    )
+    grid = rng.choice([1, 2, 3, 7, 40])
+    return (logits, embed, weight, bias, finished), scalars, grid, embed_dtype
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index", range(CASES))
+def test_random_case_matches_reference(device, index):
+    (logits, embed, weight, bias, finished), scalars, grid, embed_dtype = draw_case(index)
+    if device != "cpu" and device != EMULATED:
+        logits, embed, finished = logits.to(device), embed.to(device), finished.to(device)
+        weight = None if weight is None else weight.to(device)
+        bias = None if bias is None else bias.to(device)
+    fin_kernel, fin_ref = finished.clone(), finished.clone()
+    got = step_on(device, grid)(logits, embed, weight, bias, fin_kernel, **scalars)
+    want = superthoughts_step_ref(logits, embed, weight, bias, fin_ref, **scalars)
+    assert_step_equal(got, want, fin_kernel, fin_ref, embed_dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("temperature", [3.5e38, 1e39, 1e300])
+def test_temperature_beyond_float32_never_draws_a_masked_token(device, temperature):
+    # The kernels divide in float32, where these temperatures are inf: every finite logit scales
+    # to 0 (a uniform draw) and a masked one to -inf / inf = NaN, which must not win (argmax
+    # takes NaN for the maximum).
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 8, 40, generator=gen)
+    logits[..., ::2] = float("-inf")
+    logits[..., 1::4] = float("nan")
+    embed = torch.randn(40, 4, generator=gen)
+    args = (None, None)
+    fin = torch.zeros(8, dtype=torch.bool)
+    device_t = tensor_device(device)
+    got = step_on(device)(logits.to(device_t), embed.to(device_t), *args, fin.to(device_t), 0, 2, 0.0, 0.0,
+                          temperature, 5, 6)
+    want = superthoughts_step_ref(logits, embed, *args, fin.clone(), 0, 2, 0.0, 0.0, temperature, 5, 6)
+    torch.testing.assert_close(got[0].cpu(), want[0], rtol=0, atol=0)
+    assert (want[0] % 4 == 3).all()  # the only unmasked tokens (EOS is masked: both always drawn)
+
+
+@pytest.mark.parametrize("batch", [3, 17])  # 17 fp32 rows take the BLAS path
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_merge_weight_that_requires_grad(batch, with_bias):
+    # A model's parameters outside no_grad: the op is not differentiable, but it must run.
+    gen = torch.Generator().manual_seed(1)
+    logits, embed = torch.randn(2, batch, 50, generator=gen), torch.randn(50, 8, generator=gen)
+    weight = torch.randn(8, 16, generator=gen).requires_grad_()
+    bias = torch.randn(8, generator=gen).requires_grad_() if with_bias else None
+    finished = torch.zeros(batch, dtype=torch.bool)
+    got = superthoughts_step(logits, embed, weight, bias, finished.clone(), 0, 1, 0.5)
+    want = superthoughts_step_ref(logits, embed, weight, bias, finished.clone(), 0, 1, 0.5, 0.0, 0.0, 0, 0)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    rtol, atol = NEXT_IN_TOL[torch.float32]
+    torch.testing.assert_close(got[3].detach(), want[3].detach(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("seed,offset,same_seed,same_offset",
+                         [(2**64 - 1, 2**64 + 5, -1, 5), (2**63, -(2**63) - 1, -(2**63), 2**63 - 1), (2**100 + 7, 3, 7, 3)],
+                         ids=["above_uint64", "int64_edges", "huge"])
+def test_seed_and_offset_beyond_int64(seed, offset, same_seed, same_offset):
+    # Only the low 64 bits key the noise (reference.py), so every Python int is a seed: the
+    # wrapper folds it onto the int64 of the same bits instead of the schema refusing it.
+    gen = torch.Generator().manual_seed(2)
+    logits, embed = torch.randn(2, 16, 100, generator=gen), torch.randn(100, 4, generator=gen)
+
+    def tokens(step, s, o):
+        return step(logits, embed, None, None, torch.zeros(16, dtype=torch.bool), 0, 1, 0.5, 0.0, 1.0, s, o)[0]
+
+    got = tokens(superthoughts_step, seed, offset)
+    torch.testing.assert_close(got, tokens(superthoughts_step, same_seed, same_offset), rtol=0, atol=0)
+    torch.testing.assert_close(got, tokens(superthoughts_step_ref, seed, offset), rtol=0, atol=0)
