@@ -226,3 +226,30 @@ def test_lora_checkpoint_is_named_when_loaded_as_a_model(base_dirs, tmp_path):
     assert isinstance(load_model(out), torch.nn.Module)
     with pytest.raises(FileNotFoundError, match=r"checkpoint-1' is a LoRA adapter checkpoint .*--resume"):
         load_model(out / "checkpoint-1")
+
+
+def test_training_prompts_are_the_prompts_eval_sends():
+    # The template here has no default system turn, so the prompts differ unless training sends
+    # the chain-of-thought system message that evaluation sends.
+    import argparse
+
+    from superthoughts_ext.eval_data import build_prompt
+    from superthoughts_ext.train import add_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    required = ["--model", "m", "--data", "d.jsonl", "--output", "o"]
+    tok = make_tokenizer()
+    row = [{"problem": "what is 2 + 3", "solution": "5"}]
+    options = options_from_args(parser.parse_args(required))
+    example, = train_data.load_examples(row, tok, problem_field="problem", solution_field="solution",
+                                        system_prompt=options.system_prompt, max_length=None)
+    eval_ids = tok(build_prompt(tok, "what is 2 + 3"), add_special_tokens=False)["input_ids"]
+    assert example["prompt_ids"] == eval_ids
+    assert TrainOptions(model="m", data=row, output_dir="o").system_prompt == options.system_prompt
+    # --template-system-prompt leaves the system turn to the template (none here).
+    options = options_from_args(parser.parse_args(required + ["--template-system-prompt"]))
+    assert options.system_prompt is None
+    example, = train_data.load_examples(row, tok, problem_field="problem", solution_field="solution",
+                                        system_prompt=None, max_length=None)
+    assert example["prompt_ids"] != eval_ids and tok.decode(example["prompt_ids"]).count("system") == 0

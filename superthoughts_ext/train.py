@@ -50,6 +50,7 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from superthoughts_ext import train_data, train_utils
 from superthoughts_ext.cli import HelpFormatter
+from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.trainer import SuperThoughtsTrainer, TrainingArgumentsCpuFix
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,7 +68,9 @@ class TrainOptions:
     dropped with a warning. SuperThoughts fields left as None keep the SuperThoughtsConfig default
     (a continued SuperThoughts model: its own). A continued model takes distill_weight,
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
-    compressor_type or mtp_type.
+    compressor_type or mtp_type. `system_prompt` defaults to the chain-of-thought prompt that
+    evaluation sends (eval_data.SYSTEM_PROMPT), so a model is trained on the prompts it is scored
+    on; None leaves the system turn to the chat template's default.
     """
 
     model: str | os.PathLike | nn.Module
@@ -99,7 +102,7 @@ class TrainOptions:
     mtp_type: str | None = None
     problem_field: str = "problem"
     solution_field: str = "solution"
-    system_prompt: str | None = None
+    system_prompt: str | None = SYSTEM_PROMPT
     max_length: int | None = None
     logging_steps: int = 10
     save_steps: int = 500
@@ -291,7 +294,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--mtp-type", default=None, help="MTP head kind (default: model config; a continued model's must match)")
     g("--problem-field", default=d["problem_field"].default, help="JSONL field holding the prompt")
     g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
-    g("--system-prompt", default=None, help="system message (default: the chat template's own)")
+    g("--system-prompt", default=d["system_prompt"].default,
+      help="system message (default: the chain-of-thought prompt `superthoughts eval` sends, so training "
+           "and evaluation prompts match)")
+    g("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
+      help="no system message of ours: the chat template writes its own default, if it has one")
     g("--max-length", type=int, default=None,
       help="drop rows (with a warning) longer than this many tokens, prompt + response; rows longer than "
            "the model's context (max_position_embeddings) are always dropped")
