@@ -188,6 +188,8 @@ def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
     assert stats.startswith("[pairs] tokens=")
     assert cli.main(argv[:-3] + ["--stream", "--threshold", "0.5"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("[superthoughts] tokens=")
+    assert cli.main(argv[:4] + ["--compile", "--temperature", "0.7"]) == 2
+    assert "--compile needs greedy decoding (--temperature below 1e-05, got 0.7)" in capsys.readouterr().err
 
 
 def test_cli_generate_and_eval_name_a_bad_checkpoint_or_device_in_one_line(backbone, tmp_path, capsys) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from superthoughts_ext.generate import MODES, generate, is_superthoughts, model_context, stop_token_ids
+from superthoughts_ext.generate import MODES, generate, is_superthoughts, model_context, samples, stop_token_ids
+from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     """Runs `superthoughts generate`: prints the text, then one line of statistics."""
     from transformers import TextStreamer
 
+    if args.compile and samples(args.temperature):
+        # generate's own message names its compile='auto' argument, not this command's options.
+        print(f"superthoughts generate: error: --compile needs greedy decoding (--temperature below "
+              f"{MIN_SAMPLING_TEMPERATURE:g}, got {args.temperature}); sampled decoding runs uncompiled: "
+              "leave out --compile", file=sys.stderr)
+        return 2
     try:
         model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype)
     except (ValueError, FileNotFoundError) as error:
