@@ -7,6 +7,8 @@ eager loop's tokens.
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -91,6 +93,14 @@ def test_streamer_batch_gets_per_row_lists(model) -> None:
     assert [p.tolist() for p in prompts] == [ids[row][mask[row] == 1].tolist() for row in range(2)]
     for row in range(2):
         assert torch.cat([step[row] for step in steps]).tolist() == out.sequences[row]
+
+
+def test_package_attributes_of_generate_in_a_fresh_interpreter() -> None:
+    # In this process the submodule is imported already; a user's first access is not.
+    code = ("import superthoughts_ext as st; g = st.generate; assert callable(g), g; "
+            "assert st.GenerateOutput is g.GenerateOutput and callable(g.stop_token_ids)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_model_generate_method_is_superthoughts_generate(model) -> None:

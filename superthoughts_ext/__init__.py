@@ -5,6 +5,8 @@ the ops load `superthoughts_ext._C` on first use.
 """
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
 
@@ -37,9 +39,11 @@ def __getattr__(name: str):
 
         return superthoughts_step_ref
     if name in ("generate", "GenerateOutput"):
-        from superthoughts_ext import generate as generate_module
-
-        return getattr(generate_module, name)
+        # importlib, not `from superthoughts_ext import generate`: that asks this package for the
+        # attribute first, which lands here again before the submodule exists. The module itself
+        # is callable as generate() (importing it binds it onto this package anyway).
+        generate_module = importlib.import_module("superthoughts_ext.generate")
+        return generate_module if name == "generate" else generate_module.GenerateOutput
     if name in ("SuperThoughtsConfig", "SuperThoughtsForCausalLM"):
         from superthoughts_ext import modeling
 
