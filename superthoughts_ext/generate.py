@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from superthoughts_ext import attention, decode_loop
-from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
+from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits
 
 MODES = ("superthoughts", "pairs", "standard")
 CHECK_EVERY = 8  # decode steps between host reads of `finished` (each read syncs the device)
@@ -153,12 +153,6 @@ def _context_steps(context: int | None, lengths: torch.Tensor, max_new_tokens: i
                          f"(max_position_embeddings={context})")
     # Step s feeds position L + s, which must stay below the context.
     return min(max_new_tokens - 1, context - int(lengths.min()))
-
-
-def _op_seed(seed: int) -> int:
-    """`seed` as the op's int64. The Philox key is the seed's low 64 bits (reference.py, philox.h),
-    so any integer folds onto the int64 of the same bits: the same samples, no overflow in the op."""
-    return (int(seed) + 2**63) % 2**64 - 2**63
 
 
 def samples(temperature: float) -> bool:
@@ -355,7 +349,7 @@ def generate(
     # compiled step.
     sampled = samples(temperature)
     cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main,
-                                 float(temperature) if sampled else 0.0, _op_seed(seed) if sampled else 0,
+                                 float(temperature) if sampled else 0.0, int64_of_low_64_bits(seed) if sampled else 0,
                                  ignore_eos, context)
 
     batch, prompt_len = input_ids.shape

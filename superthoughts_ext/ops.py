@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from superthoughts_ext import _C  # noqa: F401  (registers torch.ops.superthoughts_ext)
+from superthoughts_ext.reference import int64_of_low_64_bits
 
 
 def superthoughts_step(
@@ -48,15 +49,9 @@ def superthoughts_step(
     """
     return torch.ops.superthoughts_ext.superthoughts_step(
         logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
-        float(threshold), float(threshold_main), float(temperature), _low_64_bits(seed), _low_64_bits(offset),
+        float(threshold), float(threshold_main), float(temperature),
+        int64_of_low_64_bits(seed), int64_of_low_64_bits(offset),
     )
-
-
-def _low_64_bits(x: int) -> int:
-    """x as the int64 of its low 64 bits: the Philox key and counter use only those (reference.py),
-    and the schema's int is an int64, which refuses a larger Python int with an unclear message."""
-    x = int(x)
-    return x if -(2**63) <= x < 2**63 else (x + 2**63) % 2**64 - 2**63
 
 
 @torch.library.register_fake("superthoughts_ext::superthoughts_step")

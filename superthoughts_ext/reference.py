@@ -30,6 +30,13 @@ MIN_SAMPLING_TEMPERATURE = 1e-5
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+def int64_of_low_64_bits(x: int) -> int:
+    """The int64 with the same low 64 bits as the integer x. The Philox key and counter use only
+    those bits, and the op's schema takes int64 (it refuses a larger Python int, unclearly), so
+    the wrapper and generate() fold any seed or offset onto it: the same samples either way."""
+    return (int(x) + 2**63) % 2**64 - 2**63
+
+
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # a * b for 32-bit a, b without overflowing int64: split a into 16-bit halves.
     a_lo, a_hi = a & 0xFFFF, a >> 16
