@@ -13,21 +13,14 @@ import torch
 
 from superthoughts_ext import cli
 from superthoughts_ext.generate import generate, stop_token_ids
-from superthoughts_ext.modeling import SuperThoughtsForCausalLM
-from test_generate_io import TOKENIZER, prompt_batch, tiny_backbone
+import test_generate_io
+from test_generate_io import TOKENIZER, prompt_batch
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-@pytest.fixture(scope="module")
-def backbone() -> torch.nn.Module:
-    return tiny_backbone()
-
-
-@pytest.fixture(scope="module")
-def model(backbone) -> SuperThoughtsForCausalLM:
-    torch.manual_seed(1)
-    return SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).eval()
+backbone = test_generate_io.backbone  # the tiny plain model (a fixture)
+model = test_generate_io.model  # its SuperThoughts wrapper (a fixture)
 
 
 def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
