@@ -70,6 +70,26 @@ def test_cli_generate_raw_prompt_gets_the_tokenizers_bos(backbone, tmp_path, mon
     assert prompts[1] == with_bos(templated, add_special_tokens=False)["input_ids"]  # the template's own
 
 
+def test_cli_generate_sends_the_system_message_eval_sends(backbone, tmp_path, monkeypatch) -> None:
+    from superthoughts_ext import generate_cli
+    from superthoughts_ext.eval_data import build_prompt
+
+    plain_chatml = copy.deepcopy(TOKENIZER)  # no default system turn: the prompts differ without ours
+    plain_chatml.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    backbone.save_pretrained(tmp_path)
+    plain_chatml.save_pretrained(tmp_path)
+    prompts = []
+    monkeypatch.setattr(generate_cli, "generate", lambda model, ids, **kwargs: prompts.append(ids[0].tolist()) or
+                        generate(model, ids, **kwargs))
+    argv = ["generate", "--model", str(tmp_path), "what is 3", "--max-new-tokens", "2", "--device", "cpu"]
+    assert cli.main(argv) == 0 and cli.main(argv + ["--template-system-prompt"]) == 0
+    assert prompts[0] == plain_chatml(build_prompt(plain_chatml, "what is 3"), add_special_tokens=False)["input_ids"]
+    user_only = plain_chatml.apply_chat_template([{"role": "user", "content": "what is 3"}], tokenize=False,
+                                                 add_generation_prompt=True)
+    assert prompts[1] == plain_chatml(user_only, add_special_tokens=False)["input_ids"] != prompts[0]
+
+
 def test_cli_generate_rejects_an_empty_prompt(backbone, tmp_path, capsys) -> None:
     backbone.save_pretrained(tmp_path)
     TOKENIZER.save_pretrained(tmp_path)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from superthoughts_ext.generate import MODES, generate, is_superthoughts, model_context, samples, stop_token_ids
+from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 
 
@@ -32,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the decode step (default: on for greedy CUDA decoding)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    parser.add_argument("--system-prompt", default=SYSTEM_PROMPT,
+                        help="system message (default: the chain-of-thought prompt that train and eval use)")
+    parser.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
+                        help="no system message of ours: the chat template writes its own default, if any")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -91,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if raw:
         text = args.prompt
     else:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
+        system = [] if args.system_prompt is None else [{"role": "system", "content": args.system_prompt}]
+        text = tokenizer.apply_chat_template(system + [{"role": "user", "content": args.prompt}], tokenize=False,
                                              add_generation_prompt=True)
     # A chat template writes the BOS itself; raw text gets the tokenizer's (Llama: <|begin_of_text|>).
     prompt_ids = tokenizer(text, add_special_tokens=raw)["input_ids"]
