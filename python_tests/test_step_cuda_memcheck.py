@@ -41,8 +41,13 @@ def test_emulated_cuda_kernel_under_address_sanitizer():
         "ASAN_OPTIONS": "detect_leaks=0",  # Python and torch keep allocations until exit by design
         "SUPERTHOUGHTS_EMULATION_SANITIZE": "1",
     }
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(STEP_TESTS), "-k", "emulated"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    # Two cases are left to the unsanitized run: B = 64 at V = 151936 (19M logits per dtype) and
+    # the 2048-row noise check. Their paths (partials over many blocks, sampling) are covered
+    # here by B = 1 at V = 151936 and the other sampling tests; with them the sanitized run
+    # took over 30 minutes on the 2-core CI machine.
+    selection = "emulated and not B64_V151936 and not bit_identical"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(STEP_TESTS), "-k", selection]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=2700)
     report = (result.stdout + result.stderr)[-6000:]
     assert result.returncode == 0, f"emulated kernel under AddressSanitizer/UBSan failed:\n{report}"
     assert " passed" in result.stdout and "AddressSanitizer: " not in result.stderr, report
