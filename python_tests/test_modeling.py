@@ -2,29 +2,25 @@
 
 Covers: compressor and MTP init, one-GEMM head logits, gradients reaching every part, the
 training loss (the chunked labelled-rows head against the full-logits computation; the
-head itself is tested in test_layers.py) and distillation, static-cache decoding equal to a
-no-cache forward (left padding included), save / load round trips, and the error messages.
+head itself is tested in test_layers.py), distillation, the right-padding shortcut, and
+static-cache decoding equal to a no-cache forward (left padding included). (Checkpoints,
+config errors and the transformers surface: test_modeling_checkpoint.py, which reuses the
+tiny models built here.)
 """
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config  # noqa: E402
 
 from superthoughts_ext.data import SuperThoughtsCollator  # noqa: E402
 from superthoughts_ext.layers import causal_mask_for_right_padding  # noqa: E402
-from superthoughts_ext.modeling import (  # noqa: E402
-    SuperThoughtsConfig,
-    SuperThoughtsForCausalLM,
-    is_superthoughts_checkpoint,
-    load_model,
-)
+from superthoughts_ext.modeling import SuperThoughtsForCausalLM  # noqa: E402
 
 VOCAB, HIDDEN, PAD, EOS = 61, 32, 0, 1
 FAMILIES = ["qwen2", "llama"]
@@ -223,6 +219,42 @@ def test_distillation_errors():
         model.attach_teacher(AutoModelForCausalLM.from_config(other))
 
 
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_right_padding_shortcut_keeps_the_loss(family, monkeypatch):
+    # The training forward drops a right-padding mask (causality hides the pads); the loss and
+    # gradients must equal those of the masked computation, for the backbone, the MTP layer and
+    # the distillation teacher.
+    import superthoughts_ext.modeling as modeling
+
+    model = make_model(family, distill_weight=0.5)
+    model.attach_teacher(copy.deepcopy(model.backbone))
+    batch = training_batch(with_distill=True)
+    assert bool((batch["attention_mask"] == 0).any()), "the batch should have right padding"
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        out = model(**batch, return_logits=False)
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fast_loss, fast_grads = loss_and_grads()
+    monkeypatch.setattr(modeling, "causal_mask_for_right_padding", lambda mask: mask)
+    masked_loss, masked_grads = loss_and_grads()
+    torch.testing.assert_close(fast_loss, masked_loss, rtol=1e-5, atol=1e-6)
+    for fast, masked in zip(fast_grads, masked_grads, strict=True):
+        torch.testing.assert_close(fast, masked, rtol=1e-4, atol=1e-6)
+
+
+def test_right_padding_shortcut_keeps_the_baseline_loss():
+    backbone = make_backbone("qwen2")
+    batch = SuperThoughtsCollator(PAD, EOS, baseline=True)([
+        {"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 10, 11]}, {"prompt_ids": [5], "response_ids": [12]}])
+    assert bool((batch["attention_mask"] == 0).any())
+    masked = backbone(**batch).loss
+    fast = backbone(**{**batch, "attention_mask": causal_mask_for_right_padding(batch["attention_mask"])}).loss
+    torch.testing.assert_close(fast, masked, rtol=1e-5, atol=1e-6)
+
+
 def left_padded(lengths: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.zeros(len(lengths), width, dtype=torch.int64)
     for row, n in enumerate(lengths):
@@ -281,180 +313,3 @@ def test_cache_is_static_and_checked():
         model.hidden_states(torch.randn(2, 3, HIDDEN), torch.arange(3).expand(2, 3), mask[:, :2])
     with pytest.raises(ValueError, match="inputs_embeds"):
         model.hidden_states(torch.randn(2, HIDDEN), torch.arange(3).expand(2, 3), mask)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("compressor,mtp", [("linear", "decoder"), ("mlp", "mlp")])
-def test_save_load_round_trip_bit_identical(tmp_path, family, compressor, mtp):
-    model = make_model(family, compressor_type=compressor, mtp_type=mtp, lambda_mtp=0.7, threshold=0.99)
-    model.attach_teacher(copy.deepcopy(model.backbone))
-    model.backbone.generation_config.eos_token_id = [EOS, 5]  # e.g. <|im_end|> and <|endoftext|>
-    model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["superthoughts"]["compressor_type"] == compressor and saved["hidden_size"] == HIDDEN
-    assert is_superthoughts_checkpoint(tmp_path)
-    loaded = load_model(tmp_path)
-    assert isinstance(loaded, SuperThoughtsForCausalLM) and not loaded.training and loaded.teacher is None
-    assert loaded.config == model.config
-    assert loaded.backbone.generation_config.eos_token_id == [EOS, 5]
-    assert loaded.backbone.config.tie_word_embeddings == model.backbone.config.tie_word_embeddings
-    tied = loaded.backbone.lm_head.weight is loaded.get_input_embeddings().weight
-    assert tied == (family == "qwen2")
-    assert set(loaded.state_dict()) == set(model.state_dict())
-    batch = training_batch()
-    with torch.no_grad():
-        a, b = model(**batch), loaded(**batch)
-    assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)
-    half = SuperThoughtsForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
-    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
-    assert_rope_like_backbone(half)
-
-
-def assert_rope_like_backbone(model):
-    if model.config.mtp_type != "decoder":
-        return
-    for name, buffer in model.backbone.model.rotary_emb.named_buffers():
-        mine = getattr(model.mtp.rotary_emb, name)
-        assert mine.dtype == buffer.dtype == torch.float32 and torch.equal(mine, buffer), name
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_mtp_rope_frequencies_stay_float32_in_bf16(tmp_path, family):
-    # transformers builds the backbone's RoPE frequencies in float32 whatever the weights'
-    # dtype; rounding the MTP layer's to bf16 would turn its angles by up to radians at
-    # distances of thousands of positions.
-    make_backbone(family).save_pretrained(tmp_path)
-    model = SuperThoughtsForCausalLM.from_base(tmp_path, dtype=torch.bfloat16)
-    assert model.mtp.layer.self_attn.q_proj.weight.dtype == torch.bfloat16
-    assert_rope_like_backbone(model)
-
-
-def test_from_base_paths_and_load_model_baseline(tmp_path):
-    base = make_backbone("llama")
-    base.save_pretrained(tmp_path / "plain")
-    assert not is_superthoughts_checkpoint(tmp_path / "plain") and not is_superthoughts_checkpoint(tmp_path / "none")
-    plain = load_model(tmp_path / "plain")
-    assert type(plain).__name__ == "LlamaForCausalLM"
-    wrapped = SuperThoughtsForCausalLM.from_base(tmp_path / "plain", mtp_type="mlp", pad_token_id=5)
-    assert wrapped.pad_token_id == 5 and wrapped.config.mtp_type == "mlp"
-    assert torch.equal(wrapped.get_input_embeddings().weight, base.get_input_embeddings().weight)
-    wrapped.save_pretrained(tmp_path / "st")
-    with pytest.raises(ValueError, match="already a SuperThoughts checkpoint"):
-        SuperThoughtsForCausalLM.from_base(tmp_path / "st")
-    with pytest.raises(TypeError, match="already a SuperThoughtsForCausalLM"):
-        SuperThoughtsForCausalLM.from_base(wrapped)
-
-
-def test_path_errors_name_the_path(tmp_path):
-    missing = tmp_path / "no_such_model"
-    for call in (lambda: SuperThoughtsForCausalLM.from_base(missing), lambda: load_model(missing),
-                 lambda: SuperThoughtsForCausalLM.from_pretrained(missing)):
-        with pytest.raises(FileNotFoundError, match="no_such_model"):
-            call()
-    (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty_dir.*not a model directory"):
-        SuperThoughtsForCausalLM.from_base(tmp_path / "empty_dir")
-    make_backbone("qwen2").save_pretrained(tmp_path / "plain_qwen")
-    with pytest.raises(ValueError, match="plain_qwen.*not a SuperThoughts checkpoint"):
-        SuperThoughtsForCausalLM.from_pretrained(tmp_path / "plain_qwen")
-    (tmp_path / "no_weights").mkdir()
-    (tmp_path / "no_weights" / "config.json").write_text((tmp_path / "plain_qwen" / "config.json").read_text())
-    with pytest.raises(ValueError, match="no_weights"):
-        SuperThoughtsForCausalLM.from_base(tmp_path / "no_weights")
-
-
-def test_config_and_vocab_errors():
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['lamda_mtp'\]"):
-        SuperThoughtsForCausalLM.from_base(make_backbone("qwen2"), lamda_mtp=1.0)
-    with pytest.raises(ValueError, match="compressor_type"):
-        SuperThoughtsConfig(compressor_type="conv")
-    with pytest.raises(ValueError, match="mtp_type"):
-        SuperThoughtsConfig(mtp_type="rnn")
-    with pytest.raises(ValueError, match="rho_max"):
-        SuperThoughtsConfig(rho_max=1.5)
-    with pytest.raises(ValueError, match="lambda_mtp must be >= 0.0, got nan"):
-        SuperThoughtsConfig(lambda_mtp=float("nan"))
-    with pytest.raises(ValueError, match="threshold must be in"):
-        SuperThoughtsConfig(threshold=float("nan"))
-    gemma = Gemma2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=None,
-                         attn_logit_softcapping=None, pad_token_id=PAD, eos_token_id=EOS)
-    with pytest.raises(NotImplementedError, match="scale their input embeddings"):
-        SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(gemma))
-    with pytest.raises(ValueError, match=f"pad_token_id {VOCAB} is out of range for vocabulary size {VOCAB}"):
-        SuperThoughtsForCausalLM.from_base(make_backbone("qwen2"), pad_token_id=VOCAB)
-    model = make_model("qwen2")
-
-    class Tok:
-        def __len__(self) -> int:
-            return VOCAB + 10
-
-    with pytest.raises(ValueError, match="does not belong to this model"):
-        model.check_tokenizer(Tok())
-    base = make_backbone("qwen2")
-    base.config.pad_token_id = base.config.eos_token_id = None
-    with pytest.raises(ValueError, match="pass pad_token_id"):
-        SuperThoughtsForCausalLM.from_base(base)
-
-
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_tie_weights_reties_a_rebuilt_head(family):
-    # What a loader that re-creates parameters does (accelerate's FSDP loading): the head gets
-    # its own copy of the embedding, then the loader calls tie_weights() on the wrapped model.
-    model = make_model(family)
-    head = model.get_output_embeddings()
-    head.weight = torch.nn.Parameter(head.weight.detach().clone())
-    model.tie_weights()
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    assert tied == (family == "qwen2")
-
-
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_right_padding_shortcut_keeps_the_loss(family, monkeypatch):
-    # The training forward drops a right-padding mask (causality hides the pads); the loss and
-    # gradients must equal those of the masked computation, for the backbone, the MTP layer and
-    # the distillation teacher.
-    import superthoughts_ext.modeling as modeling
-
-    model = make_model(family, distill_weight=0.5)
-    model.attach_teacher(copy.deepcopy(model.backbone))
-    batch = training_batch(with_distill=True)
-    assert bool((batch["attention_mask"] == 0).any()), "the batch should have right padding"
-
-    def loss_and_grads():
-        model.zero_grad(set_to_none=True)
-        out = model(**batch, return_logits=False)
-        out.loss.backward()
-        return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-    fast_loss, fast_grads = loss_and_grads()
-    monkeypatch.setattr(modeling, "causal_mask_for_right_padding", lambda mask: mask)
-    masked_loss, masked_grads = loss_and_grads()
-    torch.testing.assert_close(fast_loss, masked_loss, rtol=1e-5, atol=1e-6)
-    for fast, masked in zip(fast_grads, masked_grads, strict=True):
-        torch.testing.assert_close(fast, masked, rtol=1e-4, atol=1e-6)
-
-
-def test_right_padding_shortcut_keeps_the_baseline_loss():
-    backbone = make_backbone("qwen2")
-    batch = SuperThoughtsCollator(PAD, EOS, baseline=True)([
-        {"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 10, 11]}, {"prompt_ids": [5], "response_ids": [12]}])
-    assert bool((batch["attention_mask"] == 0).any())
-    masked = backbone(**batch).loss
-    fast = backbone(**{**batch, "attention_mask": causal_mask_for_right_padding(batch["attention_mask"])}).loss
-    torch.testing.assert_close(fast, masked, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_num_parameters_follows_transformers(family):
-    model = make_model(family)
-    backbone = model.backbone
-    extra = sum(p.numel() for p in model.compressor.parameters()) + sum(p.numel() for p in model.mtp.parameters())
-    assert model.num_parameters() == backbone.num_parameters() + extra
-    # Qwen2 here ties lm_head to the embedding: both drop out together, as in transformers.
-    assert model.num_parameters(exclude_embeddings=True) == backbone.num_parameters(exclude_embeddings=True) + extra
-    assert model.main_input_name == "first_ids"
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    assert model.num_parameters(only_trainable=True) == extra
