@@ -1,14 +1,13 @@
-"""Evaluation tests: benchmark loading and prompts, evaluate() with an injected generate,
-compare() and the CLI. (Extraction and grading: test_grading.py.)
+"""Evaluation tests: prompts, evaluate() with an injected generate (records, summary, resume,
+batching with left padding) and compare(). (Extraction and grading: test_grading.py; data
+files: test_eval_data.py; the CLI: test_eval_cli.py; edge cases: test_eval_io.py.)
 
 CPU only, no model weights: evaluate() runs on a word-level ChatML tokenizer and a fake
-generate that answers "what is a + b" problems.
+generate that answers "what is a + b" problems; the other evaluation test files reuse both.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,15 +19,7 @@ pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from superthoughts_ext.eval_data import (  # noqa: E402
-    SYSTEM_PROMPT,
-    Problem,
-    build_prompt,
-    get_bench,
-    gpqa_question,
-    load_problems,
-)
-from superthoughts_ext.eval_cli import add_arguments, run  # noqa: E402
+from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, build_prompt  # noqa: E402
 from superthoughts_ext.evaluation import (  # noqa: E402
     compare,
     compare_runs,
@@ -40,79 +31,13 @@ from superthoughts_ext.evaluation import (  # noqa: E402
     summary_path,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def read_jsonl(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-# ---------------------------------------------------------------- benchmark loading
-
-@pytest.mark.skipif(not (DATA / "amc23.jsonl").is_file(), reason="shared benchmark data absent")
-def test_load_amc23_from_file() -> None:
-    problems = load_problems("amc23", DATA / "amc23.jsonl", limit=5)
-    assert len(problems) == 5 and problems[0].id == "0" and problems[0].answer == "27"
-
-
-def test_unknown_bench_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="amc23, gpqa_diamond, math500, olympiadbench"):
-        get_bench("gsm8k")
-
-
-def test_missing_data_file_names_the_path(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.jsonl"
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        load_problems("math500", missing)
-
-
-def test_offline_hub_says_to_pass_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    datasets = pytest.importorskip("datasets")
-
-    def offline(*args: object, **kwargs: object) -> None:
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match="pass --data FILE"):
-        load_problems("math500")
-
-
-def test_rows_without_answer_are_skipped_with_a_count(tmp_path: Path) -> None:
-    path = tmp_path / "m.jsonl"
-    rows = [{"problem": "p1", "answer": "1"}, {"problem": "p2", "answer": ""}, {"problem": "p3", "answer": None}]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    with pytest.warns(UserWarning, match="skipped 2 row"):
-        problems = load_problems("math500", path)
-    assert problems == [Problem("0", "p1", "1")]
-
-
-def test_missing_column_and_field_override(tmp_path: Path) -> None:
-    path = tmp_path / "m.jsonl"
-    path.write_text(json.dumps({"q": "what", "sol": "$4$"}) + "\n")
-    with pytest.raises(ValueError, match="columns: q, sol"):
-        load_problems("math500", path)
-    assert load_problems("math500", path, problem_field="q", answer_field="sol") == [Problem("0", "what", "4")]
-
-
-def test_gpqa_csv_choices_are_shuffled_deterministically(tmp_path: Path) -> None:
-    path = tmp_path / "gpqa.csv"
-    header = "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
-    lines = [f"rec{i},Question number {i}?,right{i},wrong{i}a,wrong{i}b,wrong{i}c\n" for i in range(12)]
-    path.write_text(header + "".join(lines))
-    problems = load_problems("gpqa_diamond", path)
-    assert [p.id for p in problems] == [f"rec{i}" for i in range(12)]
-    for i, problem in enumerate(problems):
-        assert f"{problem.answer}) right{i}\n" in problem.question
-        assert "\\boxed{" in problem.question
-    assert len({p.answer for p in problems}) > 1  # the correct letter moves around
-    again = gpqa_question("Question number 3?", "right3", ["wrong3a", "wrong3b", "wrong3c"])
-    assert again == (problems[3].question, problems[3].answer)
-    with pytest.raises(ValueError, match="three incorrect"):
-        gpqa_question("q", "a", ["b"])
-
-
-# ---------------------------------------------------------------- evaluate / compare / CLI
+# ---------------------------------------------------------------- evaluate
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
 WORDS = ["system", "user", "assistant", "what", "is", "+", "so", "the", "answer"]
@@ -275,97 +200,6 @@ def test_evaluate_limit_and_bad_arguments() -> None:
         evaluate(model, tokenizer, "math500", [], generate_fn=gen)
 
 
-def write_run(path: Path, rows: list[tuple[str, bool, int, int]]) -> Path:
-    path.write_text("".join(
-        json.dumps({"id": i, "correct": c, "tokens": t, "steps": s}) + "\n" for i, c, t, s in rows
-    ))
-    return path
-
-
-def test_compare_matches_problems(tmp_path: Path) -> None:
-    a = write_run(tmp_path / "a.jsonl", [("1", True, 100, 100), ("2", False, 200, 200), ("3", True, 100, 100)])
-    b = write_run(tmp_path / "b.jsonl", [("2", True, 180, 100), ("1", True, 100, 60), ("4", False, 10, 5)])
-    result = compare(a, b)
-    assert result["n"] == 2 and result["only_in_a"] == 1 and result["only_in_b"] == 1
-    assert result["accuracy_a"] == 0.5 and result["accuracy_b"] == 1.0 and result["accuracy_diff"] == 0.5
-    assert result["wins_b"] == 1 and result["wins_a"] == 0
-    assert result["cot_reduction"] == pytest.approx(1 - 160 / 300)
-    table = format_comparison(result)
-    assert "+0.5000" in table and "46.67%" in table
-    with pytest.raises(ValueError, match="share no problem ids"):
-        compare(a, write_run(tmp_path / "c.jsonl", [("9", True, 1, 1)]))
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "1"}) + "\n")
-    with pytest.raises(ValueError, match="lacks correct, steps, tokens"):
-        compare(a, tmp_path / "bad.jsonl")
-
-
-def parse_cli(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="superthoughts eval")
-    add_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = write_run(tmp_path / "a.jsonl", [("1", True, 100, 100), ("2", False, 100, 100)])
-    b = write_run(tmp_path / "b.jsonl", [("1", True, 100, 50), ("2", True, 100, 50)])
-    assert run(parse_cli(["--compare", str(a), str(b)])) == 0
-    out = capsys.readouterr().out
-    assert "matched problems: 2" in out and "50.00%" in out
-
-
-def test_compare_runs_use_the_problems_of_every_file(tmp_path: Path) -> None:
-    base = write_run(tmp_path / "base.jsonl", [("1", True, 100, 100), ("2", False, 100, 100), ("3", True, 50, 50)])
-    st = write_run(tmp_path / "st.jsonl", [("1", True, 100, 60), ("2", True, 100, 60), ("3", False, 50, 30)])
-    pairs = write_run(tmp_path / "pairs.jsonl", [("1", False, 90, 45), ("2", False, 100, 50)])
-    summary_path(st).write_text(json.dumps({"mode": "superthoughts", "threshold": 0.99}))
-    results = compare_runs(base, [st, pairs])
-    # Problem 3 is missing from pairs.jsonl: every comparison leaves it out, not only that one.
-    assert [r["n"] for r in results] == [2, 2]
-    assert [r["dropped_a"] for r in results] == [1, 1] and [r["dropped_b"] for r in results] == [1, 0]
-    assert results[0]["accuracy_a"] == 0.5 and results[0]["accuracy_b"] == 1.0 and results[1]["accuracy_b"] == 0.0
-    assert results[0]["cot_reduction"] == pytest.approx(0.4) and results[1]["cot_reduction"] == pytest.approx(0.525)
-    assert results[0]["label_b"] == "st [superthoughts 0.99]" and results[1]["label_b"] == "pairs"
-    table = format_runs(results)
-    assert "problems present in every file: 2" in table and "base: 1, st [superthoughts 0.99]: 1" in table
-    lines = table.splitlines()
-    assert lines[3].startswith("A: base") and "0.5000" in lines[3]
-    assert lines[4].split()[-5:] == ["+0.5000", "100.0", "60.0", "40.00%", "0"]
-    assert lines[5].split()[-5:] == ["-0.5000", "95.0", "47.5", "52.50%", "0"]
-    with pytest.raises(ValueError, match="no problem id is present in all"):
-        compare_runs(base, [st, write_run(tmp_path / "other.jsonl", [("9", True, 1, 1)])])
-    with pytest.raises(ValueError, match="at least one candidate"):
-        compare_runs(base, [])
-
-    png = plot_tradeoff(results, tmp_path / "plots" / "sweep.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-
-
-def test_cli_compare_several_runs_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    base = write_run(tmp_path / "base.jsonl", [("1", True, 100, 100), ("2", False, 100, 100)])
-    runs = [write_run(tmp_path / f"t{t}.jsonl", [("1", True, 100, 100 - t), ("2", t < 40, 100, 100 - t)])
-            for t in (20, 40, 60)]
-    png = tmp_path / "tradeoff.png"
-    assert run(parse_cli(["--compare", str(base), *map(str, runs), "--plot", str(png)])) == 0
-    out = capsys.readouterr().out
-    assert "problems present in every file: 2" in out and "60.00%" in out and f"plot: {png}" in out
-    assert png.is_file()
-    assert run(parse_cli(["--compare", str(base)])) == 2
-    assert "at least one more result file, got 1" in capsys.readouterr().err
-    assert run(parse_cli(["--bench", "math500", "--model", str(tmp_path), "--plot", str(png)])) == 2
-    assert "--plot goes with --compare" in capsys.readouterr().err
-
-
-def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(parse_cli(["--bench", "math500"])) == 2
-    assert "--model and --bench are required" in capsys.readouterr().err
-    missing = tmp_path / "missing.jsonl"
-    assert run(parse_cli(["--model", str(tmp_path), "--bench", "math500", "--data", str(missing)])) == 2
-    assert "missing.jsonl" in capsys.readouterr().err
-    assert run(parse_cli(["--compare", str(missing), str(missing)])) == 2
-    with pytest.raises(SystemExit):
-        parse_cli(["--bench", "gsm8k"])
-
-
 def hf_generate(model, input_ids, attention_mask, *, max_new_tokens, mode, threshold, eos_token_id, compile):
     """Standard-mode stand-in built on transformers' greedy generate (no padding in the result)."""
     assert mode == "standard"
@@ -399,53 +233,54 @@ def test_left_padded_batches_match_single_prompts(tmp_path: Path) -> None:
     assert compare(tmp_path / "b1.jsonl", tmp_path / "b4.jsonl")["cot_reduction"] == 0.0
 
 
-def test_superthoughts_cli_dispatches_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from superthoughts_ext.cli import main
+# ---------------------------------------------------------------- compare
 
-    a = write_run(tmp_path / "a.jsonl", [("1", True, 10, 10)])
-    assert main(["eval", "--compare", str(a), str(a)]) == 0
-    assert "matched problems: 1" in capsys.readouterr().out
+def write_run(path: Path, rows: list[tuple[str, bool, int, int]]) -> Path:
+    path.write_text("".join(
+        json.dumps({"id": i, "correct": c, "tokens": t, "steps": s}) + "\n" for i, c, t, s in rows
+    ))
+    return path
 
 
-def test_cli_evaluates_a_plain_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # load_model and generate are stand-ins here: the CLI wiring (data, tokenizer, mode
-    # choice, output files) is what is under test.
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def test_compare_matches_problems(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a.jsonl", [("1", True, 100, 100), ("2", False, 200, 200), ("3", True, 100, 100)])
+    b = write_run(tmp_path / "b.jsonl", [("2", True, 180, 100), ("1", True, 100, 60), ("4", False, 10, 5)])
+    result = compare(a, b)
+    assert result["n"] == 2 and result["only_in_a"] == 1 and result["only_in_b"] == 1
+    assert result["accuracy_a"] == 0.5 and result["accuracy_b"] == 1.0 and result["accuracy_diff"] == 0.5
+    assert result["wins_b"] == 1 and result["wins_a"] == 0
+    assert result["cot_reduction"] == pytest.approx(1 - 160 / 300)
+    table = format_comparison(result)
+    assert "+0.5000" in table and "46.67%" in table
+    with pytest.raises(ValueError, match="share no problem ids"):
+        compare(a, write_run(tmp_path / "c.jsonl", [("9", True, 1, 1)]))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "1"}) + "\n")
+    with pytest.raises(ValueError, match="lacks correct, steps, tokens"):
+        compare(a, tmp_path / "bad.jsonl")
 
-    from superthoughts_ext import evaluation
 
-    tokenizer = make_tokenizer()
-    tokenizer.save_pretrained(tmp_path / "ckpt")
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    loaded = []
+def test_compare_runs_use_the_problems_of_every_file(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base.jsonl", [("1", True, 100, 100), ("2", False, 100, 100), ("3", True, 50, 50)])
+    st = write_run(tmp_path / "st.jsonl", [("1", True, 100, 60), ("2", True, 100, 60), ("3", False, 50, 30)])
+    pairs = write_run(tmp_path / "pairs.jsonl", [("1", False, 90, 45), ("2", False, 100, 50)])
+    summary_path(st).write_text(json.dumps({"mode": "superthoughts", "threshold": 0.99}))
+    results = compare_runs(base, [st, pairs])
+    # Problem 3 is missing from pairs.jsonl: every comparison leaves it out, not only that one.
+    assert [r["n"] for r in results] == [2, 2]
+    assert [r["dropped_a"] for r in results] == [1, 1] and [r["dropped_b"] for r in results] == [1, 0]
+    assert results[0]["accuracy_a"] == 0.5 and results[0]["accuracy_b"] == 1.0 and results[1]["accuracy_b"] == 0.0
+    assert results[0]["cot_reduction"] == pytest.approx(0.4) and results[1]["cot_reduction"] == pytest.approx(0.525)
+    assert results[0]["label_b"] == "st [superthoughts 0.99]" and results[1]["label_b"] == "pairs"
+    table = format_runs(results)
+    assert "problems present in every file: 2" in table and "base: 1, st [superthoughts 0.99]: 1" in table
+    lines = table.splitlines()
+    assert lines[3].startswith("A: base") and "0.5000" in lines[3]
+    assert lines[4].split()[-5:] == ["+0.5000", "100.0", "60.0", "40.00%", "0"]
+    assert lines[5].split()[-5:] == ["-0.5000", "95.0", "47.5", "52.50%", "0"]
+    with pytest.raises(ValueError, match="no problem id is present in all"):
+        compare_runs(base, [st, write_run(tmp_path / "other.jsonl", [("9", True, 1, 1)])])
+    with pytest.raises(ValueError, match="at least one candidate"):
+        compare_runs(base, [])
 
-    def load_model(path, dtype=None, device=None):
-        loaded.append((path, dtype, device))
-        model = AutoModelForCausalLM.from_config(config)
-        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        return model
-
-    from superthoughts_ext.modeling import load_tokenizer
-
-    fake_modeling = SimpleNamespace(load_model=load_model, load_tokenizer=load_tokenizer,
-                                    SuperThoughtsForCausalLM=type("ST", (), {}))
-    monkeypatch.setitem(sys.modules, "superthoughts_ext.modeling", fake_modeling)
-    monkeypatch.setattr(evaluation, "_default_generate", lambda: hf_generate)
-    data = tmp_path / "amc.jsonl"
-    data.write_text("".join(json.dumps({"id": i, "problem": f"what is {i} + 1", "answer": float(i + 1)}) + "\n"
-                            for i in range(5)))
-    out = tmp_path / "plain.jsonl"
-    argv = ["--model", str(tmp_path / "ckpt"), "--bench", "amc23", "--data", str(data), "--limit", "3",
-            "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32", "--output", str(out), "--no-progress"]
-    assert run(parse_cli(argv)) == 0
-    assert loaded == [(str(tmp_path / "ckpt"), torch.float32, "cpu")]
-    assert len(read_jsonl(out)) == 3
-    summary = json.loads(summary_path(out).read_text())
-    assert summary["mode"] == "standard" and summary["n"] == 3 and summary["model"] == str(tmp_path / "ckpt")
-    assert "amc23 [standard]" in capsys.readouterr().out
-    assert run(parse_cli(argv + ["--mode", "superthoughts"])) == 2
-    assert "use --mode standard" in capsys.readouterr().err
-
+    png = plot_tradeoff(results, tmp_path / "plots" / "sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -1,0 +1,186 @@
+"""Benchmark data files: loading each benchmark from JSON Lines, JSON or CSV (a BOM, raw line
+separators inside strings, one-row files), GPQA's shuffled choices, answer formatting,
+--limit, and the errors that name the file, line or column. (Prompts and the main flow:
+test_evaluation.py, whose tiny tokenizer and fake generate are reused here.)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("math_verify")
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from test_eval_cli import run_cli  # noqa: E402
+from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer  # noqa: E402
+
+from superthoughts_ext.eval_data import Problem, get_bench, gpqa_question, load_problems  # noqa: E402
+from superthoughts_ext.evaluation import evaluate  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# ---------------------------------------------------------------- benchmark loading
+
+@pytest.mark.skipif(not (DATA / "amc23.jsonl").is_file(), reason="shared benchmark data absent")
+def test_load_amc23_from_file() -> None:
+    problems = load_problems("amc23", DATA / "amc23.jsonl", limit=5)
+    assert len(problems) == 5 and problems[0].id == "0" and problems[0].answer == "27"
+
+
+def test_unknown_bench_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="amc23, gpqa_diamond, math500, olympiadbench"):
+        get_bench("gsm8k")
+
+
+def test_missing_data_file_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_problems("math500", missing)
+
+
+def test_offline_hub_says_to_pass_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="pass --data FILE"):
+        load_problems("math500")
+
+
+def test_rows_without_answer_are_skipped_with_a_count(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    rows = [{"problem": "p1", "answer": "1"}, {"problem": "p2", "answer": ""}, {"problem": "p3", "answer": None}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.warns(UserWarning, match="skipped 2 row"):
+        problems = load_problems("math500", path)
+    assert problems == [Problem("0", "p1", "1")]
+
+
+def test_missing_column_and_field_override(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"q": "what", "sol": "$4$"}) + "\n")
+    with pytest.raises(ValueError, match="columns: q, sol"):
+        load_problems("math500", path)
+    assert load_problems("math500", path, problem_field="q", answer_field="sol") == [Problem("0", "what", "4")]
+
+
+def test_gpqa_csv_choices_are_shuffled_deterministically(tmp_path: Path) -> None:
+    path = tmp_path / "gpqa.csv"
+    header = "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+    lines = [f"rec{i},Question number {i}?,right{i},wrong{i}a,wrong{i}b,wrong{i}c\n" for i in range(12)]
+    path.write_text(header + "".join(lines))
+    problems = load_problems("gpqa_diamond", path)
+    assert [p.id for p in problems] == [f"rec{i}" for i in range(12)]
+    for i, problem in enumerate(problems):
+        assert f"{problem.answer}) right{i}\n" in problem.question
+        assert "\\boxed{" in problem.question
+    assert len({p.answer for p in problems}) > 1  # the correct letter moves around
+    again = gpqa_question("Question number 3?", "right3", ["wrong3a", "wrong3b", "wrong3c"])
+    assert again == (problems[3].question, problems[3].answer)
+    with pytest.raises(ValueError, match="three incorrect"):
+        gpqa_question("q", "a", ["b"])
+
+
+# ---------------------------------------------------------------- data files
+
+def test_dollar_signs_are_stripped_from_single_span_answers_only(tmp_path: Path) -> None:
+    import csv
+
+    from superthoughts_ext.eval_data import format_answer, load_problems
+
+    assert format_answer("$4$") == "4" and format_answer(" $\\frac{1}{2}$ ") == "\\frac{1}{2}"
+    assert format_answer("$x$ and $y$") == "$x$ and $y$" and format_answer("$5") == "$5"
+    math = tmp_path / "m.jsonl"
+    math.write_text(json.dumps({"problem": "$x^2 = 4$", "answer": "$2$"}) + "\n")
+    assert load_problems("math500", math) == [Problem("0", "$x^2 = 4$", "2")]  # the question as written
+
+    gpqa = tmp_path / "gpqa.csv"
+    with gpqa.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Record ID", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                         "Incorrect Answer 3"])
+        writer.writerow(["r1", "$X$ reacts with $Y$?", "$A_2$ and $B$", "$C$ and $D$", "$E$", "$F$"])
+        writer.writerow(["r2", "$Z$", "$G$", "$H$", "$I$", "$J$"])
+    first, second = load_problems("gpqa_diamond", gpqa)
+    assert first.question.startswith("$X$ reacts with $Y$?\n\n")
+    assert f"{first.answer}) $A_2$ and $B$\n" in first.question and ") $E$\n" in first.question + "\n"
+    # The correct option keeps its "$" like the others: nothing tells it apart.
+    assert second.question.startswith("$Z$\n\n") and f"{second.answer}) $G$\n" in second.question
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_limit_below_one_is_refused(tmp_path: Path, limit: int, capsys: pytest.CaptureFixture[str]) -> None:
+    from superthoughts_ext.eval_data import load_problems
+
+    data = tmp_path / "m.jsonl"
+    data.write_text("".join(json.dumps({"problem": p.question, "answer": p.answer}) + "\n" for p in PROBLEMS))
+    with pytest.raises(ValueError, match=f"limit must be >= 1 .*got {limit}"):
+        load_problems("math500", data, limit=limit)
+    tokenizer = make_tokenizer()
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, limit=limit, progress=False,
+                 generate_fn=fake_generate(tokenizer, []))
+    assert run_cli(["--model", str(tmp_path), "--bench", "math500", "--data", str(data), "--limit", str(limit)]) == 2
+    assert f"limit must be >= 1 (or left out for every problem), got {limit}" in capsys.readouterr().err
+
+
+def test_data_files_with_a_bom_or_json_lines_under_json(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_data import load_problems
+
+    rows = "".join(json.dumps({"id": i, "problem": f"q{i}", "answer": float(i + 1)}) + "\n" for i in range(3))
+    (tmp_path / "amc.json").write_text(rows)  # datasets' Dataset.to_json("amc.json") writes JSON Lines
+    (tmp_path / "amc.jsonl").write_text("\ufeff" + rows, encoding="utf-8")
+    expected = [Problem(str(i), f"q{i}", str(i + 1)) for i in range(3)]
+    assert load_problems("amc23", tmp_path / "amc.json") == load_problems("amc23", tmp_path / "amc.jsonl") == expected
+    (tmp_path / "g.csv").write_text("\ufeffQuestion,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,"
+                                    "Incorrect Answer 3\nq,a,b,c,d\n", encoding="utf-8")
+    assert load_problems("gpqa_diamond", tmp_path / "g.csv")[0].question.startswith("q\n\n")
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_json_lines_keep_raw_line_separators_inside_strings(tmp_path: Path, separator: str) -> None:
+    # JSON allows these raw inside strings and json.dumps(ensure_ascii=False) writes them so;
+    # str.splitlines would cut the row in two.
+    from superthoughts_ext.eval_data import load_problems
+
+    rows = [{"problem": f"a{separator}b", "answer": "1"}, {"problem": "c", "answer": "2"}]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\r\n" for row in rows)
+    assert separator in text
+    for name in ("rows.jsonl", "rows.json"):
+        (tmp_path / name).write_text(text, encoding="utf-8", newline="")
+        expected = [Problem("0", f"a{separator}b", "1"), Problem("1", "c", "2")]
+        assert load_problems("math500", tmp_path / name) == expected
+
+
+def test_json_file_of_one_row_and_a_list_followed_by_junk(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_data import load_problems
+
+    # datasets' to_json of a one-row dataset: JSON Lines of one line, i.e. one object.
+    (tmp_path / "one.json").write_text(json.dumps({"problem": "q", "answer": "1"}) + "\n")
+    assert load_problems("math500", tmp_path / "one.json") == [Problem("0", "q", "1")]
+    # A list and then more: broken JSON, said so with the line of the junk (not JSON Lines errors).
+    (tmp_path / "junk.json").write_text('[{"problem": "q", "answer": "1"}]\n]\n')
+    with pytest.raises(ValueError, match=r"junk.json:2: not valid JSON \(Extra data"):
+        load_problems("math500", tmp_path / "junk.json")
+    (tmp_path / "scalar.json").write_text("3\n")
+    with pytest.raises(ValueError, match=r"scalar.json: expected a JSON list of objects"):
+        load_problems("math500", tmp_path / "scalar.json")
+
+
+def test_data_parse_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_data import load_problems
+
+    (tmp_path / "bad.jsonl").write_text('{"problem": "q", "answer": "1"}\n{"problem": "q2", "answer": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
+        load_problems("math500", tmp_path / "bad.jsonl")
+    (tmp_path / "bad.json").write_text('[\n  {"problem": "q", "answer": "1"},\n  {"problem": "q2",}\n]\n')
+    with pytest.raises(ValueError, match=r"bad.json:3: not valid JSON"):
+        load_problems("math500", tmp_path / "bad.json")
+    (tmp_path / "list.jsonl").write_text('["q", "1"]\n')
+    with pytest.raises(ValueError, match=r"list.jsonl:1: expected a JSON object, got list"):
+        load_problems("math500", tmp_path / "list.jsonl")
