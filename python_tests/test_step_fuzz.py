@@ -161,3 +161,63 @@ def test_seed_and_offset_beyond_int64(seed, offset, same_seed, same_offset):
     got = tokens(superthoughts_step, seed, offset)
     torch.testing.assert_close(got, tokens(superthoughts_step, same_seed, same_offset), rtol=0, atol=0)
     torch.testing.assert_close(got, tokens(superthoughts_step_ref, seed, offset), rtol=0, atol=0)
+
+
+# (MTP row, threshold, accepted): a near one-hot row's small terms must not be rounded away
+# against the max's own 1 (reference.confidence). exp(-87) is a normal float32, exp(-88) is
+# below the smallest one and counts as 0 (the GPU flushes it), so that row is exactly one-hot.
+NEAR_ONE_HOT = [
+    ([0.0] + [-17.0] * 7, 1.0, False),
+    ([0.0, -80.0], 1.0, False),
+    ([0.0, -87.0], 1.0, False),
+    ([0.0, -88.0], 1.0, True),
+    ([-88.0, 0.0, float("-inf")], 1.0, True),
+    ([0.0, float("-inf"), float("nan")], 1.0, True),
+    ([3.0, 3.0, float("-inf")], 0.5, True),  # two maxima: exactly 1/2
+    ([3.0, 3.0, float("-inf")], 0.50000006, False),  # the next float32 above 1/2
+    ([0.0, -17.0], 0.99999994, True),  # conf 1 - 4.1e-8 reaches the largest float32 below 1
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("row,threshold,accepted", NEAR_ONE_HOT, ids=lambda v: str(v)[:24])
+def test_confidence_of_near_one_hot_rows(device, row, threshold, accepted):
+    vocab = len(row)
+    logits = torch.zeros(2, 1, vocab)
+    logits[1, 0] = torch.tensor(row)
+    embed = torch.randn(vocab, 4, generator=torch.Generator().manual_seed(0))
+    device_t = tensor_device(device)
+    eos = vocab - 1  # the main head picks token 0 (a row of zeros): EOS does not veto the pair
+    got = step_on(device)(logits.to(device_t), embed.to(device_t), None, None,
+                          torch.zeros(1, dtype=torch.bool, device=device_t), 0, eos, threshold)
+    want = superthoughts_step_ref(logits, embed, None, None, torch.zeros(1, dtype=torch.bool), 0, eos, threshold,
+                                  0.0, 0.0, 0, 0)
+    assert want[1].item() == 1 + accepted
+    assert got[1].item() == 1 + accepted
+    torch.testing.assert_close(got[2].cpu(), want[2], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("small_at,max_at", [(0, 39999), (39999, 0), (20000, 39999)], ids=str)
+@pytest.mark.parametrize("gap,accepted", [(80.0, False), (100.0, True), (17.0, False)])
+def test_confidence_across_vocab_pieces(device, small_at, max_at, gap, accepted):
+    # The max and a small term in different CPU chunks (16384 logits) and emulated blocks: the
+    # piece without the max is rescaled at the merge, where a max that falls below the smallest
+    # term takes its whole piece with it. At gap 17 the terms are spread over every piece.
+    vocab = 40000
+    logits = torch.full((2, 1, vocab), float("-inf"))
+    logits[0, 0, 5] = 0.0
+    logits[1, 0, max_at] = 0.0
+    if gap == 17.0:
+        logits[1, 0, ::997] = -gap
+        logits[1, 0, max_at] = 0.0
+    logits[1, 0, small_at] = -gap
+    embed = torch.randn(vocab, 4, generator=torch.Generator().manual_seed(0))
+    device_t = tensor_device(device)
+    for grid in ([5, 40] if device == EMULATED else [None]):
+        step = step_on(device) if grid is None else step_on(device, grid)
+        got = step(logits.to(device_t), embed.to(device_t), None, None, torch.zeros(1, dtype=torch.bool, device=device_t),
+                   0, 1, 1.0)
+        want = superthoughts_step_ref(logits, embed, None, None, torch.zeros(1, dtype=torch.bool), 0, 1, 1.0, 0.0, 0.0, 0, 0)
+        assert want[1].item() == got[1].item() == 1 + accepted
+        torch.testing.assert_close(got[2].cpu(), want[2], rtol=1e-6, atol=0)

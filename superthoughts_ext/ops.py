@@ -34,7 +34,9 @@ def superthoughts_step(
         merge_bias: [H] compressor bias, or None (needs merge_weight).
         finished: [B] bool, rows that already emitted EOS; set for rows that emit it now.
         pad_id, eos_id: token ids in [0, V).
-        threshold: MTP confidence needed to accept the second token, in [0, 1].
+        threshold: MTP confidence needed to accept the second token, in [0, 1]; compared
+            with the unrounded confidence (`reference.confidence`): 1.0 accepts only rows whose
+            other probabilities all underflow float32.
         threshold_main: main-head confidence also needed, in [0, 1].
         temperature: 0 = greedy (argmax), > 0 = Gumbel-max sampling of logits / temperature;
             below 1e-5 (`reference.MIN_SAMPLING_TEMPERATURE`) greedy as well.

@@ -54,6 +54,35 @@ def _as_float32(x: float) -> float:
     return float("inf") if x >= 2.0**128 - 2.0**103 else min(x, FLOAT32_MAX)
 
 
+def _as_threshold(threshold: float) -> float:
+    """The threshold as the kernels hold it (a float32), as a Python float."""
+    return torch.tensor(threshold, dtype=torch.float32).item()
+
+
+def confidence(shifted: torch.Tensor, valid: torch.Tensor,
+               thresholds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's confidence and whether it reaches its threshold, from logits minus their
+    row max ([2, B, V] float32, max 0 where `valid`) and thresholds (main, MTP).
+
+    The softmax sum splits into `ones` (how many logits equal the max, each adding exactly 1)
+    and `rest` (every other exp(x - max), in float32, below FLT_MIN = 2^-126 counted as 0 as the
+    GPU's flush-to-zero exp does). Kept apart, a near one-hot row's small terms are not absorbed
+    into the 1 they would be added to in float32. conf = 1 / (ones + rest) rounded to float32;
+    a head reaches threshold t when 1 / (ones + rest) >= t, decided exactly as
+    1 - t * ones >= t * rest in float64: threshold 1.0 is reached only when rest is 0. A head
+    with no finite max has confidence 0 and reaches only t <= 0.
+    """
+    is_max = shifted == 0
+    terms = torch.exp(shifted)
+    terms = torch.where(is_max | (terms < torch.finfo(torch.float32).tiny), 0.0, terms)
+    ones = is_max.sum(dim=-1, dtype=torch.float64)
+    rest = terms.sum(dim=-1, dtype=torch.float64)
+    conf = torch.where(valid, (1.0 / (ones + rest)).float(), 0.0)
+    t = torch.tensor(thresholds, dtype=torch.float64, device=shifted.device).view(2, 1)
+    reaches = torch.where(valid, 1.0 - t * ones >= t * rest, t <= 0)
+    return conf, reaches
+
+
 def philox4x32(counter: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
     """Philox4x32-10 on int64 tensors holding uint32 values; returns the 4 output words."""
     c0, c1, c2, c3 = (c & MASK32 for c in counter)
@@ -108,8 +137,8 @@ def superthoughts_step_ref(
     Returns tokens [B, 2] int64, n_new [B] int32, conf [B, 2] float32, next_in [B, H]
     (or [B, 2H] when merge_weight is None) in embed's dtype.
 
-    NaN logits count as -inf. A head whose row has no finite maximum yields token pad_id
-    and confidence 0. Rows already finished yield tokens (pad_id, -1), n_new 0, conf 0 and
+    NaN logits count as -inf. Confidences and the threshold rule: `confidence`. A head whose
+    row has no finite maximum yields token pad_id and confidence 0. Rows already finished yield tokens (pad_id, -1), n_new 0, conf 0 and
     the merged input of (pad_id, pad_id).
     """
     _, batch, vocab = logits.shape
@@ -118,7 +147,7 @@ def superthoughts_step_ref(
     row_max = scores.amax(dim=-1)  # [2, B]
     valid = torch.isfinite(row_max)
     shifted = scores - torch.where(valid, row_max, torch.zeros_like(row_max)).unsqueeze(-1)
-    conf = torch.where(valid, 1.0 / torch.exp(shifted).sum(dim=-1), torch.zeros_like(row_max))
+    conf, reaches = confidence(shifted, valid, (_as_threshold(threshold_main), _as_threshold(threshold)))
     if temperature >= MIN_SAMPLING_TEMPERATURE:
         # Divided by a float32 tensor on the logits' device, as the kernels divide (x / T, T in
         # float32): CUDA divides by a Python scalar as a multiplication by its reciprocal,
@@ -132,7 +161,7 @@ def superthoughts_step_ref(
 
     was_finished = finished.clone()
     t1, t2 = picked[0], picked[1]
-    accept = (conf[1] >= threshold) & (conf[0] >= threshold_main) & (t1 != eos_id) & ~was_finished
+    accept = reaches[1] & reaches[0] & (t1 != eos_id) & ~was_finished
     t1 = torch.where(was_finished, torch.full_like(t1, pad_id), t1)
     second = torch.where(accept, t2, torch.full_like(t2, -1))
     tokens = torch.stack([t1, second], dim=1)

@@ -1,7 +1,7 @@
 // CPU kernel of superthoughts_step (semantics: superthoughts_ext/reference.py).
 // Phase 1 reduces every (head, row, vocab chunk) in parallel to a partial (max, argmax,
-// sum of exp, best Gumbel score); phase 2 merges the partials of each row in chunk order and
-// applies the confidence rule; phase 3 gathers the two embeddings and applies the merge
+// softmax sum split into the max's own 1s and the rest, best Gumbel score); phase 2 merges
+// the partials of each row in chunk order and applies the confidence rule; phase 3 gathers the two embeddings and applies the merge
 // projection, parallel over output features so each weight row is read once per step (fp32
 // with more than 16 rows: one BLAS GEMM).
 #include <ATen/ATen.h>
@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "../kernels/confidence.h"
 #include "../kernels/philox.h"
 #include "../step_common.h"
 #include "vec_math.h"
@@ -34,7 +35,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 struct Partial {
   float max = kNegInf;
   int64_t argmax = -1;
-  float sum = 0.0f;  // sum of exp(x - max) over the chunk
+  float ones = 0.0f;  // elements equal to max: each adds exactly exp(0) = 1 to the softmax sum
+  float rest = 0.0f;  // sum of exp(x - max) over the other elements (see confidence.h)
   float best = kNegInf;
   int64_t best_index = -1;
 };
@@ -67,9 +69,10 @@ Partial reduce_chunk(const scalar_t* row, int64_t begin, int64_t end, int64_t ba
   Partial p;
   p.max = load_chunk(row, begin, n, buf);
   if (p.max == kNegInf) return p;
+  const cpu::VecKernels& vec = cpu::vec_kernels();
   // Ties: lowest index, like torch.argmax.
-  p.argmax = begin + cpu::vec_kernels().first_index_of(buf, n, p.max);
-  p.sum = std::isfinite(p.max) ? cpu::vec_kernels().sum_exp(buf, n, p.max) : 0.0f;
+  const int64_t first = vec.first_index_of(buf, n, p.max);
+  p.argmax = begin + first;
   if (sample.enabled) {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t v = begin + i;
@@ -86,12 +89,28 @@ Partial reduce_chunk(const scalar_t* row, int64_t begin, int64_t end, int64_t ba
       }
     }
   }
+  if (std::isfinite(p.max)) {
+    // The maxima leave the sum as a count (overwritten with -inf, whose exp is 0), so that the
+    // small terms of a near one-hot row are not rounded away against their 1s.
+    for (int64_t i = first; i < n; i += 1 + vec.first_index_of(buf + i + 1, n - i - 1, p.max)) {
+      buf[i] = kNegInf;
+      p.ones += 1.0f;
+    }
+    p.rest = vec.sum_exp(buf, n, p.max);
+  }
   return p;
 }
 
 struct HeadResult {
   int64_t token;
   float conf;
+  double ones = 0.0, rest = 0.0;  // the softmax sum's two parts (confidence.h)
+  bool valid = false;             // the row had a finite max
+
+  bool reaches(double threshold) const {
+    const auto t = static_cast<float>(threshold);  // the float32 threshold every backend compares
+    return valid ? reaches_threshold(ones, rest, t) : empty_head_reaches(t);
+  }
 };
 
 // Merge the partials of one (head, row) in increasing chunk order: strict comparisons keep
@@ -112,13 +131,21 @@ HeadResult merge_partials(const Partial* parts, int64_t chunks, bool sampling, i
     }
   }
   if (!std::isfinite(max)) return {pad_id, 0.0f};
-  double sum = 0.0;
+  double ones = 0.0, rest = 0.0;
   for (int64_t c = 0; c < chunks; ++c) {
-    if (parts[c].max != kNegInf) sum += parts[c].sum * std::exp(parts[c].max - max);
+    const Partial& part = parts[c];
+    if (part.max == max) {
+      ones += part.ones;
+      rest += part.rest;
+    } else if (part.max != kNegInf) {
+      // Rescaled to the row's max, the chunk's maxima join the rest; if even they fall below
+      // the smallest term, every term of the chunk does.
+      rest += (static_cast<double>(part.ones) + part.rest) * flush_tiny(std::exp(part.max - max));
+    }
   }
   // Scores can all be -inf when logits / temperature overflows; torch.argmax then says 0.
   const int64_t token = sampling ? (best_index < 0 ? 0 : best_index) : argmax;
-  return {token, static_cast<float>(1.0 / sum)};
+  return {token, confidence_of(ones, rest), ones, rest, true};
 }
 
 template <typename embed_t>
@@ -251,9 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
     const HeadResult main = merge_partials(&parts[b * chunks], chunks, sample.enabled, pad_id);
     const HeadResult mtp =
         merge_partials(&parts[(s.batch + b) * chunks], chunks, sample.enabled, pad_id);
-    // Compared in float32 like the reference (a float tensor against a Python scalar).
-    const bool accept = mtp.conf >= static_cast<float>(threshold) &&
-                        main.conf >= static_cast<float>(threshold_main) && main.token != eos_id;
+    const bool accept = mtp.reaches(threshold) && main.reaches(threshold_main) && main.token != eos_id;
     tok[2 * b] = main.token;
     tok[2 * b + 1] = accept ? mtp.token : -1;
     count[b] = accept ? 2 : 1;

@@ -51,9 +51,11 @@ static inline float horizontal_max(vf v) {
 }
 
 // exp(x) for x <= 0 (logits minus their maximum): Cephes-style polynomial, ~1e-7 relative
-// error, and exactly +0 below -87 and for -inf so masked entries add nothing.
+// error; exactly +0 where exp(x) is below float32's smallest normal (x < ~-87.34, flushed
+// as the GPU flushes it: kSmallestTerm in kernels/confidence.h) and for -inf, so masked
+// entries add nothing.
 static inline vf exp_nonpositive(vf x) {
-  const vi keep = x >= splat(-87.0f);
+  const vi keep = x >= splat(-87.5f);  // 2^n stays a normal float: n >= -126
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   const vf t = x * splat(1.44269504088896341f) + magic;
   const vf n = t - magic;
@@ -67,7 +69,8 @@ static inline vf exp_nonpositive(vf x) {
   p = p * r + splat(5.0000001201e-1f);
   const vf y = p * r * r + r + splat(1.0f);
   const vf scale = bit_cast_vec<vf>((n_int + 127) << 23);
-  return select(keep, y * scale, splat(0.0f));
+  const vf e = y * scale;
+  return select(keep & (e >= splat(std::numeric_limits<float>::min())), e, splat(0.0f));
 }
 
 static inline vf finite_or_neg_inf(vf x) {

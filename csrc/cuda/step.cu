@@ -72,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cu
   params.hidden = s.hidden;
   params.pad_id = pad_id;
   params.eos_id = eos_id;
-  // Compared in float32, as the reference compares its float32 conf with the Python float.
+  // Held in float32 by every backend (confidence.h compares against the float32 threshold).
   params.threshold = static_cast<float>(threshold);
   params.threshold_main = static_cast<float>(threshold_main);
   params.temperature = static_cast<float>(temperature);

@@ -5,11 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define ST_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define ST_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace superthoughts {
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "confidence.h"
 #include "philox.h"
 
 namespace superthoughts::cuda_step {
@@ -69,7 +70,8 @@ enum MergePath : int { kMergeCopy = 0, kMergeGemv = 1, kMergeMma = 2 };
 // Partial result of one block over one piece of one (head, row).
 struct Acc {
   float max;            // NaN counted as -inf
-  float sum;            // sum of exp(x - max)
+  float ones;           // elements equal to max (each adds exactly 1 to the softmax sum)
+  float rest;           // sum of exp(x - max) over the other elements (confidence.h)
   float best;           // best Gumbel score (sampling only)
   int32_t argmax;       // lowest index attaining max
   int32_t best_index;   // lowest index attaining best
@@ -78,19 +80,31 @@ struct Acc {
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-__device__ __forceinline__ Acc acc_empty() { return Acc{kNegInf, 0.0f, kNegInf, kNone, kNone, 0}; }
+__device__ __forceinline__ Acc acc_empty() { return Acc{kNegInf, 0.0f, 0.0f, kNegInf, kNone, kNone, 0}; }
+
+// Adds a's softmax sum, rescaled to the max m >= a.max, to (ones, rest). Below m, a's maxima
+// join the rest; if even they fall below the smallest term, every term of a does.
+__device__ __forceinline__ void add_sum_at(const Acc& a, float m, float& ones, float& rest) {
+  if (a.max == m) {
+    ones += a.ones;
+    rest += a.rest;
+  } else if (a.max > kNegInf) {  // an empty side contributes nothing (and -inf - -inf would be NaN)
+    rest += (a.rest + a.ones) * flush_tiny(expf(a.max - m));
+  }
+}
 
 // The online-softmax merge; on equal maxima (or scores) the lower index wins, as torch.argmax.
 __device__ __forceinline__ void acc_merge(Acc& a, const Acc& b) {
   const float m = fmaxf(a.max, b.max);
-  float sum = 0.0f;
-  if (m > kNegInf) {  // an empty side contributes nothing (and -inf - -inf would be NaN)
-    if (a.max > kNegInf) sum += a.sum * expf(a.max - m);
-    if (b.max > kNegInf) sum += b.sum * expf(b.max - m);
+  float ones = 0.0f, rest = 0.0f;
+  if (m > kNegInf) {
+    add_sum_at(a, m, ones, rest);
+    add_sum_at(b, m, ones, rest);
   }
   a.argmax = a.max > b.max ? a.argmax : (b.max > a.max ? b.argmax : min(a.argmax, b.argmax));
   a.max = m;
-  a.sum = sum;
+  a.ones = ones;
+  a.rest = rest;
   if (b.best > a.best || (b.best == a.best && b.best_index < a.best_index)) {
     a.best = b.best;
     a.best_index = b.best_index;
@@ -104,7 +118,8 @@ __device__ __forceinline__ Acc group_reduce(Acc a, int width) {
   for (int off = width / 2; off > 0; off /= 2) {
     Acc b;
     b.max = __shfl_xor_sync(0xffffffffu, a.max, off);
-    b.sum = __shfl_xor_sync(0xffffffffu, a.sum, off);
+    b.ones = __shfl_xor_sync(0xffffffffu, a.ones, off);
+    b.rest = __shfl_xor_sync(0xffffffffu, a.rest, off);
     b.best = __shfl_xor_sync(0xffffffffu, a.best, off);
     b.argmax = __shfl_xor_sync(0xffffffffu, a.argmax, off);
     b.best_index = __shfl_xor_sync(0xffffffffu, a.best_index, off);
@@ -175,12 +190,12 @@ __device__ __forceinline__ float finite_or_neg_inf_nan(float x) { return x != x 
 constexpr float kLog2e = 1.4426950408889634f;
 
 // 2^x on the special-function unit (relative error ~2^-22, results below 2^-126 flushed to
-// 0): one instruction where the accurate expf takes several, inside the loop that touches
-// every logit. Only the softmax sum uses it, and that only feeds conf (the reference's is
-// matched to 1e-5); tokens and the Gumbel scores never go through it.
+// 0, as confidence.h's rule asks): one instruction where the accurate expf takes several,
+// inside the loop that touches every logit. Only the softmax sum uses it, and that only feeds
+// conf (the reference's is matched to 1e-5); tokens and the Gumbel scores never go through it.
 __device__ __forceinline__ float fast_exp2(float x) {
 #if defined(SUPERTHOUGHTS_CUDA_EMULATION)
-  return exp2f(x);
+  return flush_tiny(exp2f(x));
 #else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -206,20 +221,25 @@ __device__ __forceinline__ void consume(Acc& acc, float (&x)[N], int64_t v0, con
     x[i] = finite_or_neg_inf_nan(x[i]);
     m = fmaxf(m, x[i]);
   }
-  if (m > acc.max) {
-    acc.sum = acc.max > kNegInf ? acc.sum * expf(acc.max - m) : 0.0f;
+  if (m > acc.max) {  // the old maxima join the rest
+    acc.rest = acc.max > kNegInf ? (acc.rest + acc.ones) * flush_tiny(expf(acc.max - m)) : 0.0f;
+    acc.ones = 0.0f;
     acc.max = m;
     acc.argmax = kNone;
   }
-  if (acc.max > kNegInf) {
+  if (m < acc.max) {  // most chunks: no element equals the running max, all are terms
 #pragma unroll
-    for (int i = 0; i < N; ++i) acc.sum += fast_exp2((x[i] - acc.max) * kLog2e);
-    // Elements arrive in increasing index, so only a chunk that holds the running maximum can
-    // hold its lowest index (and most chunks do not: the search is skipped).
-    if (m == acc.max) {
+    for (int i = 0; i < N; ++i) acc.rest += fast_exp2((x[i] - acc.max) * kLog2e);
+  } else if (acc.max > kNegInf) {
+    // The chunk holds the running max: its maxima are counted, not summed, and, as elements
+    // arrive in increasing index, it may hold the max's lowest index.
 #pragma unroll
-      for (int i = 0; i < N; ++i) {
-        if (x[i] == m) acc.argmax = min(acc.argmax, static_cast<int32_t>(v0 + i));
+    for (int i = 0; i < N; ++i) {
+      if (x[i] == m) {
+        acc.ones += 1.0f;
+        acc.argmax = min(acc.argmax, static_cast<int32_t>(v0 + i));
+      } else {
+        acc.rest += fast_exp2((x[i] - m) * kLog2e);
       }
     }
   }
@@ -330,13 +350,14 @@ __device__ void reduce_vocab(const StepParams& p, Acc* scratch) {
 // Partials were written by other blocks before the grid barrier: read them through L2 (.cg),
 // never through a possibly stale L1 line or the read-only path.
 __device__ __forceinline__ Acc load_partial(const Acc* a) {
-  return Acc{__ldcg(&a->max), __ldcg(&a->sum), __ldcg(&a->best),
+  return Acc{__ldcg(&a->max), __ldcg(&a->ones), __ldcg(&a->rest), __ldcg(&a->best),
              __ldcg(&a->argmax), __ldcg(&a->best_index), __ldcg(&a->finished)};
 }
 
 struct HeadOut {
   int32_t token;
   float conf;
+  int32_t reaches;   // the confidence reaches the head's threshold (confidence.h)
   int32_t finished;
 };
 
@@ -374,7 +395,9 @@ __device__ void merge_heads(const StepParams& p, int64_t r0, int n, HeadOut* out
       // With sampling a valid row whose every score is -inf (x / T overflowed) takes index
       // 0, as torch.argmax does on an all -inf row.
       if (valid) token = p.sample ? (acc.best_index == kNone ? 0 : acc.best_index) : acc.argmax;
-      out[item] = HeadOut{token, valid ? 1.0f / acc.sum : 0.0f, acc.finished};
+      const float threshold = (item & 1) ? p.threshold : p.threshold_main;
+      const bool reaches = valid ? reaches_threshold(acc.ones, acc.rest, threshold) : empty_head_reaches(threshold);
+      out[item] = HeadOut{token, valid ? confidence_of(acc.ones, acc.rest) : 0.0f, reaches, acc.finished};
     }
   }
 }
@@ -390,7 +413,7 @@ struct RowDecision {
 __device__ __forceinline__ RowDecision decide(const StepParams& p, const HeadOut& main, const HeadOut& mtp) {
   const auto pad = static_cast<int32_t>(p.pad_id);
   if (main.finished) return RowDecision{pad, -1, pad, 0, 0.0f, 0.0f, true};
-  const bool accept = mtp.conf >= p.threshold && main.conf >= p.threshold_main && main.token != p.eos_id;
+  const bool accept = mtp.reaches && main.reaches && main.token != p.eos_id;
   const bool ends = main.token == p.eos_id || (accept && mtp.token == p.eos_id);
   return RowDecision{main.token, accept ? mtp.token : -1, accept ? mtp.token : pad,
                      accept ? 2 : 1, main.conf, mtp.conf, ends};

@@ -34,7 +34,8 @@ from typing import Any
 from superthoughts_ext.cli import HelpFormatter
 
 # 1.0 makes (nearly) every step a fallback step (single units only), the path the threshold
-# leans on: a pair is kept only when the MTP confidence rounds to exactly 1 in float32.
+# leans on: a pair is kept only when every other MTP probability is below 2^-126
+# (csrc/kernels/confidence.h).
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 DONE_MARKER = "demo_done.json"
 # Bumped when cached artefacts from older code are wrong (2: training used the reloaded
