@@ -30,6 +30,7 @@ from transformers import (  # noqa: E402
 )
 
 from superthoughts_ext import train_utils  # noqa: E402
+from superthoughts_ext.generate import resolve_eos_ids  # noqa: E402
 from superthoughts_ext.train import TrainOptions, add_arguments, run, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,11 +117,14 @@ def test_loss_halves(base_dirs, tmp_path, baseline):
         assert logged["loss_main"] > 0 and logged["loss_mtp"] > 0
 
 
-def test_output_dir_loads(base_dirs, tmp_path):
+def test_output_dir_loads(base_dirs, tmp_path, capfd):
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model
 
     out = tmp_path / "st"
     result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **{**FAST, "max_steps": 3}))
+    # The run records the tokenizer's special ids itself, so the Trainer has nothing to align
+    # and no warning that they "differ from the model config".
+    assert "PAD/BOS/EOS" not in capfd.readouterr().err
     loaded = load_model(out)
     assert isinstance(loaded, SuperThoughtsForCausalLM)
     trained = result.model.state_dict()
@@ -129,15 +133,22 @@ def test_output_dir_loads(base_dirs, tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     assert len(tok) == len(make_tokenizer()) and tok.eos_token == "<|im_end|>"
     assert tok.chat_template is not None
+    saved = loaded.backbone.config
+    assert (saved.eos_token_id, saved.pad_token_id) == (tok.eos_token_id, loaded.pad_token_id)
+    assert resolve_eos_ids(loaded, None)[0] == tok.eos_token_id
 
 
-def test_baseline_output_is_plain_hf(base_dirs, tmp_path):
+def test_baseline_output_is_plain_hf(base_dirs, tmp_path, capfd):
     out = tmp_path / "sft"
     train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=out, baseline=True,
                        **{**FAST, "max_steps": 2}))
+    assert "PAD/BOS/EOS" not in capfd.readouterr().err
     model = AutoModelForCausalLM.from_pretrained(out)
     assert type(model).__name__ == "Qwen2ForCausalLM"
-    assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == "<|im_end|>"
+    assert (model.config.eos_token_id, model.config.pad_token_id) == (tok.eos_token_id, tok.pad_token_id)
+    assert model.generation_config.eos_token_id[0] == tok.eos_token_id
 
 
 def test_lora_trains_only_lora_compressor_mtp(base_dirs, tmp_path):

@@ -214,6 +214,7 @@ def train(options: TrainOptions) -> TrainResult:
     # made to agree, since Trainer copies its pad into the config that gets saved.
     pad_id = model.pad_token_id if superthoughts else pad_id
     tokenizer = train_utils.with_pad_token(tokenizer, pad_id)
+    train_utils.record_special_tokens(model, tokenizer)
     backbone = model.backbone if superthoughts else model
     # The baseline and the distillation teacher read one position per token: all pairs split.
     split = options.rho_max if superthoughts and options.distill_weight == 0 else 1.0

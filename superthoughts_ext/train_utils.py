@@ -102,6 +102,31 @@ def with_pad_token(tokenizer: PreTrainedTokenizerBase, pad_id: int) -> PreTraine
     return tokenizer
 
 
+def record_special_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Writes the tokenizer's bos / eos / pad ids into the configs and generation configs of
+    `model` and, for a SuperThoughts model, of its backbone (the ones its checkpoint saves and
+    `generate` reads its EOS from).
+
+    transformers.Trainer.train aligns `model`'s the same way (its align_special_tokens) and warns
+    on every run that the tokenizer's tokens "differ from the model config": a
+    SuperThoughtsConfig holds no bos / eos, and a base model's config often names other ones.
+    Done here, the checkpoint says which ids the run trained with and the Trainer finds nothing
+    to change. A generation config keeps its other EOS ids (any of them ends generation), after
+    the tokenizer's.
+    """
+    owners = [model] + ([model.backbone] if hasattr(model, "backbone") else [])
+    for owner in owners:
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(owner.config, name, getattr(tokenizer, name))
+        generation = getattr(owner, "generation_config", None)
+        if generation is not None:
+            generation.bos_token_id = tokenizer.bos_token_id
+            generation.pad_token_id = tokenizer.pad_token_id
+            eos = generation.eos_token_id
+            others = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+            generation.eos_token_id = [tokenizer.eos_token_id] + [i for i in others if i != tokenizer.eos_token_id]
+
+
 def check_vocab(
     tokenizer: PreTrainedTokenizerBase, model: nn.Module, examples: list[dict[str, list[int]]]
 ) -> None:
