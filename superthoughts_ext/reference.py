@@ -28,6 +28,7 @@ MASK32 = 0xFFFFFFFF
 # in csrc/step_common.h).
 MIN_SAMPLING_TEMPERATURE = 1e-5
 FLOAT32_MAX = 3.4028234663852886e38
+LARGEST_SUBNORMAL = 2.0**-126 - 2.0**-149  # float32's, just below its smallest normal FLT_MIN
 
 
 def int64_of_low_64_bits(x: int) -> int:
@@ -73,10 +74,10 @@ def confidence(shifted: torch.Tensor, valid: torch.Tensor,
     with no finite max has confidence 0 and reaches only t <= 0.
     """
     is_max = shifted == 0
-    terms = torch.exp(shifted)
-    terms = torch.where(is_max | (terms < torch.finfo(torch.float32).tiny), 0.0, terms)
-    ones = is_max.sum(dim=-1, dtype=torch.float64)
-    rest = terms.sum(dim=-1, dtype=torch.float64)
+    ones = is_max.sum(dim=-1).double()
+    terms = shifted.masked_fill(is_max, float("-inf")).exp_()  # the maxima's terms are 0
+    # threshold keeps x > LARGEST_SUBNORMAL: exactly the terms >= FLT_MIN.
+    rest = torch.nn.functional.threshold(terms, LARGEST_SUBNORMAL, 0.0).sum(dim=-1).double()
     conf = torch.where(valid, (1.0 / (ones + rest)).float(), 0.0)
     t = torch.tensor(thresholds, dtype=torch.float64, device=shifted.device).view(2, 1)
     reaches = torch.where(valid, 1.0 - t * ones >= t * rest, t <= 0)
