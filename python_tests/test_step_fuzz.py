@@ -221,3 +221,21 @@ def test_confidence_across_vocab_pieces(device, small_at, max_at, gap, accepted)
         want = superthoughts_step_ref(logits, embed, None, None, torch.zeros(1, dtype=torch.bool), 0, 1, 1.0, 0.0, 0.0, 0, 0)
         assert want[1].item() == got[1].item() == 1 + accepted
         torch.testing.assert_close(got[2].cpu(), want[2], rtol=1e-6, atol=0)
+
+
+def test_reference_compiles_in_one_graph():
+    # generate(use_kernels=False) can run the reference inside a fullgraph compiled step: the
+    # confidence rule must not leave tensor land (an .item() would break the graph).
+    gen = torch.Generator().manual_seed(4)
+    logits, embed = torch.randn(2, 3, 50, generator=gen), torch.randn(50, 4, generator=gen)
+    logits[1, 0] = float("-inf")
+    logits[1, 0, 7], logits[1, 0, 9] = 0.0, -20.0  # near one-hot: rejected at threshold 1.0
+    logits[1, 1] = float("-inf")
+    logits[1, 1, 3] = 0.0  # one-hot: accepted
+    args = (None, None)
+    compiled = torch.compile(superthoughts_step_ref, fullgraph=True, backend="aot_eager")
+    got = compiled(logits, embed, *args, torch.zeros(3, dtype=torch.bool), 0, 1, 1.0, 0.0, 0.0, 0, 0)
+    want = superthoughts_step_ref(logits, embed, *args, torch.zeros(3, dtype=torch.bool), 0, 1, 1.0, 0.0, 0.0, 0, 0)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert want[1][:2].tolist() == [1, 2]

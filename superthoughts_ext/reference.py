@@ -55,11 +55,6 @@ def _as_float32(x: float) -> float:
     return float("inf") if x >= 2.0**128 - 2.0**103 else min(x, FLOAT32_MAX)
 
 
-def _as_threshold(threshold: float) -> float:
-    """The threshold as the kernels hold it (a float32), as a Python float."""
-    return torch.tensor(threshold, dtype=torch.float32).item()
-
-
 def confidence(shifted: torch.Tensor, valid: torch.Tensor,
                thresholds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Each head's confidence and whether it reaches its threshold, from logits minus their
@@ -79,7 +74,8 @@ def confidence(shifted: torch.Tensor, valid: torch.Tensor,
     # threshold keeps x > LARGEST_SUBNORMAL: exactly the terms >= FLT_MIN.
     rest = torch.nn.functional.threshold(terms, LARGEST_SUBNORMAL, 0.0).sum(dim=-1).double()
     conf = torch.where(valid, (1.0 / (ones + rest)).float(), 0.0)
-    t = torch.tensor(thresholds, dtype=torch.float64, device=shifted.device).view(2, 1)
+    # float32 as the kernels hold them; a tensor, not .item(), so torch.compile keeps one graph.
+    t = torch.tensor(thresholds, dtype=torch.float32, device=shifted.device).double().view(2, 1)
     reaches = torch.where(valid, 1.0 - t * ones >= t * rest, t <= 0)
     return conf, reaches
 
@@ -148,7 +144,7 @@ def superthoughts_step_ref(
     row_max = scores.amax(dim=-1)  # [2, B]
     valid = torch.isfinite(row_max)
     shifted = scores - torch.where(valid, row_max, torch.zeros_like(row_max)).unsqueeze(-1)
-    conf, reaches = confidence(shifted, valid, (_as_threshold(threshold_main), _as_threshold(threshold)))
+    conf, reaches = confidence(shifted, valid, (threshold_main, threshold))
     if temperature >= MIN_SAMPLING_TEMPERATURE:
         # Divided by a float32 tensor on the logits' device, as the kernels divide (x / T, T in
         # float32): CUDA divides by a Python scalar as a multiplication by its reciprocal,
