@@ -157,30 +157,30 @@ def test_json_lines_keep_raw_line_separators_inside_strings(tmp_path: Path, sepa
         assert load_problems("math500", tmp_path / name) == expected
 
 
-def test_json_file_of_one_row_and_a_list_followed_by_junk(tmp_path: Path) -> None:
+def test_json_file_of_one_row(tmp_path: Path) -> None:
     from superthoughts_ext.eval_data import load_problems
 
     # datasets' to_json of a one-row dataset: JSON Lines of one line, i.e. one object.
     (tmp_path / "one.json").write_text(json.dumps({"problem": "q", "answer": "1"}) + "\n")
     assert load_problems("math500", tmp_path / "one.json") == [Problem("0", "q", "1")]
+
+
+# (file name, content, the error it must raise): each names the file and, where there is one,
+# the line.
+BROKEN_FILES = [
     # A list and then more: broken JSON, said so with the line of the junk (not JSON Lines errors).
-    (tmp_path / "junk.json").write_text('[{"problem": "q", "answer": "1"}]\n]\n')
-    with pytest.raises(ValueError, match=r"junk.json:2: not valid JSON \(Extra data"):
-        load_problems("math500", tmp_path / "junk.json")
-    (tmp_path / "scalar.json").write_text("3\n")
-    with pytest.raises(ValueError, match=r"scalar.json: expected a JSON list of objects"):
-        load_problems("math500", tmp_path / "scalar.json")
+    ("junk.json", '[{"problem": "q", "answer": "1"}]\n]\n', r"junk.json:2: not valid JSON \(Extra data"),
+    ("scalar.json", "3\n", r"scalar.json: expected a JSON list of objects"),
+    ("bad.jsonl", '{"problem": "q", "answer": "1"}\n{"problem": "q2", "answer": \n', r"bad.jsonl:2: not a JSON object"),
+    ("bad.json", '[\n  {"problem": "q", "answer": "1"},\n  {"problem": "q2",}\n]\n', r"bad.json:3: not valid JSON"),
+    ("list.jsonl", '["q", "1"]\n', r"list.jsonl:1: expected a JSON object, got list"),
+]
 
 
-def test_data_parse_errors_name_the_file_and_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name,text,message", BROKEN_FILES, ids=[row[0] for row in BROKEN_FILES])
+def test_data_parse_errors_name_the_file_and_line(tmp_path: Path, name: str, text: str, message: str) -> None:
     from superthoughts_ext.eval_data import load_problems
 
-    (tmp_path / "bad.jsonl").write_text('{"problem": "q", "answer": "1"}\n{"problem": "q2", "answer": \n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
-        load_problems("math500", tmp_path / "bad.jsonl")
-    (tmp_path / "bad.json").write_text('[\n  {"problem": "q", "answer": "1"},\n  {"problem": "q2",}\n]\n')
-    with pytest.raises(ValueError, match=r"bad.json:3: not valid JSON"):
-        load_problems("math500", tmp_path / "bad.json")
-    (tmp_path / "list.jsonl").write_text('["q", "1"]\n')
-    with pytest.raises(ValueError, match=r"list.jsonl:1: expected a JSON object, got list"):
-        load_problems("math500", tmp_path / "list.jsonl")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_problems("math500", tmp_path / name)
