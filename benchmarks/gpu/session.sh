@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # One GPU session in one command: build with CUDA, then the stages named on the command line.
 #   bash benchmarks/gpu/session.sh test sanitize bench_step bench_generate bench_train
-# DEADLINE (seconds, default 580) caps one call; the device allows 600 s per command, so a
-# session is several calls, e.g. (the device's copy of .git is the one from the session
-# start, so results carry that commit):
+# DEADLINE (seconds, default 580) caps one call; the device allows 600 s per command. A task
+# now gets 15 minutes of device time in all, the machine's start included: plan ONE call that
+# checks the kernels first and measures second, then give the machine back, e.g.
+#   DEADLINE=540 bash benchmarks/gpu/session.sh test bench_step sanitize phase_probe
+# (test: the CUDA step op and generate against the reference, incl. the confidence rule of
+# csrc/kernels/confidence.h that no GPU has run yet; bench_step: the step targets).
+# With more time, the longer plan of earlier sessions (the device's copy of .git is the one
+# from the session start, so results carry that commit):
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe diag test errors
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_step phase_probe_mma phase_probe_grid sanitize
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe_knobs   (unroll / batch macros, 5 builds)
