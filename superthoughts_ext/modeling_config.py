@@ -1,0 +1,70 @@
+"""The SuperThoughts model's dataclasses: `SuperThoughtsConfig`, the "superthoughts" section of a
+checkpoint's config.json (checked on construction), and `SuperThoughtsOutput`, what
+`SuperThoughtsForCausalLM.forward` returns.
+
+`superthoughts_ext.modeling` re-exports both; import them from there, beside the model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from transformers.utils import ModelOutput
+
+__all__ = ["SuperThoughtsConfig", "SuperThoughtsOutput"]
+
+
+@dataclass
+class SuperThoughtsConfig:
+    """SuperThoughts fields, stored under "superthoughts" in the checkpoint's config.json."""
+
+    compressor_type: str = "linear"  # "linear" | "mlp"
+    mtp_type: str = "decoder"  # "decoder" | "mlp"
+    lambda_mtp: float = 1.0  # weight of the MTP cross-entropy
+    rho_max: float = 0.25  # pad-split fraction is drawn from U[0, rho_max] per sequence
+    pad_token_id: int | None = None  # None: the backbone config's pad, else its eos
+    distill_weight: float = 0.0  # weight of the stage-1 KL toward a frozen teacher
+    threshold: float = 0.999  # MTP confidence needed to keep the second token at decode time
+    threshold_main: float = 0.0  # main-head confidence needed as well
+
+    def __post_init__(self) -> None:
+        if self.compressor_type not in ("linear", "mlp"):
+            raise ValueError(f"SuperThoughtsConfig: compressor_type must be 'linear' or 'mlp', got {self.compressor_type!r}")
+        if self.mtp_type not in ("decoder", "mlp"):
+            raise ValueError(f"SuperThoughtsConfig: mtp_type must be 'decoder' or 'mlp', got {self.mtp_type!r}")
+        for name, low, high in (("lambda_mtp", 0.0, None), ("rho_max", 0.0, 1.0), ("distill_weight", 0.0, None),
+                                ("threshold", 0.0, 1.0), ("threshold_main", 0.0, 1.0)):
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < low
+                    or (high is not None and value > high)):
+                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(f"SuperThoughtsConfig: {name} must be {bound}, got {value!r}")
+        if self.pad_token_id is not None and (not isinstance(self.pad_token_id, int) or self.pad_token_id < 0):
+            raise ValueError(f"SuperThoughtsConfig: pad_token_id must be a non-negative int, got {self.pad_token_id!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SuperThoughtsConfig:
+        """Builds a config, rejecting unknown field names (typos must not be silently ignored)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"SuperThoughtsConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SuperThoughtsOutput(ModelOutput):
+    """Training forward output; logits are [B, T, V] (None under `return_logits=False`), losses are
+    scalars (None when not computed)."""
+
+    loss: torch.Tensor | None = None
+    loss_main: torch.Tensor | None = None
+    loss_mtp: torch.Tensor | None = None
+    loss_distill: torch.Tensor | None = None
+    logits_main: torch.Tensor | None = None
+    logits_mtp: torch.Tensor | None = None
