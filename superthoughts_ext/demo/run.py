@@ -14,10 +14,11 @@ Trained models are cached under
 ``${XDG_CACHE_HOME:-~/.cache}/superthoughts/demo/<hash of settings and training code>``,
 so a second run only evaluates (seconds).
 
-Evaluation: both SFT models decode in ``standard`` mode; the SuperThoughts model decodes in
-``superthoughts`` mode across a confidence-threshold sweep and in ``pairs`` mode (always two
-tokens per step). CoT length reduction is ``1 - mean_steps / baseline mean_tokens``: how many
-fewer sequential decode steps the SuperThoughts model needs than the baseline needs tokens.
+Evaluation (results.py): both SFT models decode in ``standard`` mode; the SuperThoughts model
+decodes in ``superthoughts`` mode across a confidence-threshold sweep and in ``pairs`` mode
+(always two tokens per step). CoT length reduction is ``1 - mean_steps / baseline
+mean_tokens``: how many fewer sequential decode steps the SuperThoughts model needs than the
+baseline needs tokens.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from superthoughts_ext.cli import HelpFormatter
+from superthoughts_ext.demo.results import evaluate_models, format_table, write_plot
 
 # 1.0 makes (nearly) every step a fallback step (single units only), the path the threshold
 # leans on: a pair is kept only when every other MTP probability is below 2^-126
@@ -252,98 +254,6 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
                "train_loss": result.metrics.get("train_loss"), "commit": git_commit()}
     marker.write_text(json.dumps(metrics) + "\n", encoding="utf-8")
     return ModelRun(directory, trained=True, train_seconds=seconds, metrics=metrics)
-
-
-def _record(summary: Any, baseline_tokens: float | None) -> dict[str, Any]:
-    """One result row from an EvalSummary, with the reduction measured against the baseline."""
-    row = {
-        "mode": summary.mode, "threshold": summary.threshold, "n": summary.n,
-        "accuracy": summary.accuracy, "mean_tokens": summary.mean_tokens,
-        "mean_steps": summary.mean_steps, "mean_pair_steps": summary.mean_pair_steps,
-        "tokens_per_s": summary.tokens_per_s, "steps_per_s": (
-            summary.mean_steps * summary.n / summary.generation_time if summary.generation_time > 0 else 0.0),
-        "generation_time": summary.generation_time,
-    }
-    row["reduction"] = 1.0 - summary.mean_steps / baseline_tokens if baseline_tokens else 0.0
-    return row
-
-
-def evaluate_models(settings: DemoSettings, dirs: dict[str, Path], device: str, progress: bool) -> dict[str, Any]:
-    """Results on the test split: both SFT models (standard), the SuperThoughts model (threshold
-    sweep and pairs). `dirs` maps the names of MODEL_DIRS to trained model directories."""
-    from superthoughts_ext import eval_data
-    from superthoughts_ext.demo.task import make_split
-    from superthoughts_ext.demo.tokenizer import build_tokenizer
-    from superthoughts_ext.evaluation import evaluate
-    from superthoughts_ext.modeling import load_model
-
-    tokenizer = build_tokenizer()
-    test = make_split("test", settings.eval_problems, seed=settings.seed)
-    rows = [eval_data.Problem(id=f"demo-{i}", question=p.question, answer=p.answer) for i, p in enumerate(test)]
-    common = dict(batch_size=settings.eval_batch_size, max_new_tokens=settings.max_new_tokens, progress=progress)
-
-    def scored(model: Any, mode: str, reference_tokens: float | None, **kwargs: Any) -> dict[str, Any]:
-        return _record(evaluate(model, tokenizer, "math500", rows, mode=mode, **kwargs, **common), reference_tokens)
-
-    base = scored(load_model(dirs["baseline"], device=device), "standard", None)
-    initial = scored(load_model(dirs["initial_sft"], device=device), "standard", base["mean_tokens"])
-    st_model = load_model(dirs["superthoughts"], device=device)
-    sweep = [scored(st_model, "superthoughts", base["mean_tokens"], threshold=t) for t in settings.thresholds]
-    pairs = scored(st_model, "pairs", base["mean_tokens"])
-    chosen = next(r for r in sweep if r["threshold"] == settings.default_threshold)
-    return {"baseline": base, "initial_sft": initial, "superthoughts": chosen, "pairs": pairs, "sweep": sweep}
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """Plain-text results table: one row per configuration."""
-    header = f"{'model / mode':<28}{'acc':>7}{'tokens':>9}{'steps':>9}{'reduction':>11}{'tok/s':>9}"
-    lines = [header, "-" * len(header)]
-
-    def line(name: str, r: dict[str, Any]) -> str:
-        return (f"{name:<28}{r['accuracy']:>7.1%}{r['mean_tokens']:>9.1f}{r['mean_steps']:>9.1f}"
-                f"{r['reduction']:>11.1%}{r['tokens_per_s']:>9.0f}")
-
-    lines.append(line("baseline (standard)", results["baseline"]))
-    lines.append(line("initial SFT (standard)", results["initial_sft"]))
-    for r in results["sweep"]:
-        mark = " *" if r["threshold"] == results["superthoughts"]["threshold"] else ""
-        lines.append(line(f"superthoughts t={r['threshold']:g}{mark}", r))
-    lines.append(line("superthoughts (pairs)", results["pairs"]))
-    return "\n".join(lines)
-
-
-def write_plot(results: dict[str, Any], path: Path) -> Path:
-    """Accuracy vs mean decode steps across thresholds, with both SFT models and pairs marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sweep = results["sweep"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.plot([r["mean_steps"] for r in sweep], [r["accuracy"] for r in sweep], "o-",
-            label="SuperThoughts (threshold sweep)")
-    for r in sweep:
-        ax.annotate(f"{r['threshold']:g}", (r["mean_steps"], r["accuracy"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
-    base, initial, pairs = results["baseline"], results["initial_sft"], results["pairs"]
-    ax.plot([base["mean_steps"]], [base["accuracy"]], "s", color="black", label="baseline (standard)")
-    # Larger and hollow: both SFT models decode the same token counts, so this rings the baseline.
-    ax.plot([initial["mean_steps"]], [initial["accuracy"]], "s", color="tab:gray", fillstyle="none",
-            markersize=12, label="initial SFT (standard)")
-    ax.plot([pairs["mean_steps"]], [pairs["accuracy"]], "^", color="tab:red", label="pairs (always 2)")
-    ax.set_xlabel("mean decode steps per problem")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    # The sweep runs from the top left (pairs-like) to the bottom right (all singles).
-    ax.legend(loc="center left")
-    ax.set_title("superthoughts demo: accuracy vs decode steps")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: bool = False,
