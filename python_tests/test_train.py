@@ -2,18 +2,15 @@
 
 Covers: loss halves within a few dozen steps (SuperThoughts and baseline), LoRA trains
 only LoRA + compressor + MTP, the output directory is a self-contained loadable
-checkpoint, resume, pad-split draws independent across DataLoader workers, ranks and
-resumes, bad input, and a real 2-process torchrun (gloo) run.
+checkpoint, resume, and bad input. Pad-split draws across DataLoader workers, ranks and
+resumes, and 2-process torchrun runs: test_train_parallel.py. The fixtures and helpers here
+(base_dirs, FAST, ROWS, make_model, make_tokenizer, free_port) serve the other test_train_*.py.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -33,7 +30,6 @@ from superthoughts_ext import train_utils  # noqa: E402
 from superthoughts_ext.generate import resolve_eos_ids  # noqa: E402
 from superthoughts_ext.train import TrainOptions, add_arguments, run, train  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
 WORDS = ["system", "user", "assistant", "what", "is", "so", "the", "answer", "step", "+", "="]
 CHATML = (
@@ -95,6 +91,14 @@ def base_dirs(tmp_path_factory) -> dict[str, Path]:
 
 def losses(result) -> list[float]:
     return [e["loss"] for e in result.log_history if "loss" in e]
+
+
+def free_port() -> int:
+    """A free local port for the rendezvous of the multi-process tests (test_train_parallel.py,
+    test_train_fsdp.py)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
@@ -202,64 +206,6 @@ def test_resume_from_checkpoint(base_dirs, tmp_path):
         assert summary[name] == second.metrics[name], name
 
 
-# Identical tokenised rows (21 response tokens, 11 units unsplit): every difference between
-# two batches is a difference of pad-split draws.
-SAME_ROWS = [{"prompt_ids": [5, 6, 7], "response_ids": list(range(4, 25))}] * 8
-
-
-@pytest.fixture
-def recorded_splits(monkeypatch, tmp_path):
-    """Makes `train` collate with a collator that appends (pid, worker id, layout) of every
-    batch to a file (DataLoader workers included); returns a reader of that file."""
-    from superthoughts_ext import data
-
-    log = tmp_path / "splits.jsonl"
-
-    class Recording(data.SuperThoughtsCollator):
-        def __call__(self, features):
-            batch = super().__call__(features)
-            worker = torch.utils.data.get_worker_info()
-            with open(log, "a") as f:
-                f.write(json.dumps([os.getpid(), -1 if worker is None else worker.id,
-                                    batch["first_ids"].tolist()]) + "\n")
-            return batch
-
-    monkeypatch.setattr(data, "SuperThoughtsCollator", Recording)
-
-    def read() -> list[list]:
-        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        log.unlink(missing_ok=True)
-        return rows
-
-    return read
-
-
-def test_dataloader_workers_draw_their_own_splits(base_dirs, tmp_path, recorded_splits):
-    opts = dict(model=base_dirs["qwen2"], data=SAME_ROWS, rho_max=1.0,
-                **{**FAST, "max_steps": 4, "batch_size": 1, "dataloader_num_workers": 2})
-    result = train(TrainOptions(output_dir=tmp_path / "a", **opts))
-    assert all(map(torch.isfinite, torch.tensor(losses(result))))
-    first = recorded_splits()
-    by_worker = {w: [layout for pid, wid, layout in first if wid == w] for w in (0, 1)}
-    assert len(by_worker[0]) >= 2 and len(by_worker[1]) >= 2, first
-    assert by_worker[0][:2] != by_worker[1][:2]
-    train(TrainOptions(output_dir=tmp_path / "b", **opts))
-    again = recorded_splits()
-    assert sorted(map(str, (row[1:] for row in again))) == sorted(map(str, (row[1:] for row in first)))
-
-
-def test_resumed_run_draws_fresh_splits(base_dirs, tmp_path, recorded_splits):
-    opts = dict(model=base_dirs["qwen2"], data=SAME_ROWS, rho_max=1.0, output_dir=tmp_path / "r")
-    fast = {**FAST, "batch_size": 2, "save_steps": 2}
-    train(TrainOptions(**opts, **{**fast, "max_steps": 2}))
-    start = [layout for _, _, layout in recorded_splits()]
-    train(TrainOptions(**opts, resume_from_checkpoint=True, **{**fast, "max_steps": 4}))
-    resumed = [layout for _, _, layout in recorded_splits()]
-    assert len(start) >= 2 and len(resumed) >= 2
-    # Without a new stream the resumed collator would start over and replay steps 1 and 2.
-    assert resumed[0] != start[0] and resumed[1] != start[1]
-
-
 def test_variants_checkpointing_bf16(base_dirs, tmp_path):
     from superthoughts_ext.modeling import load_model
 
@@ -354,78 +300,3 @@ def test_cli_run(base_dirs, tmp_path, capsys):
     assert run(args) == 2
     assert "x.jsonl" in capsys.readouterr().err
 
-
-DDP_SCRIPT = textwrap.dedent("""
-    import os, sys
-    from superthoughts_ext.train import TrainOptions, train
-    from superthoughts_ext.train_utils import state_dict_digest
-    model, data, out, lora_r, steps, resume = sys.argv[1:7]
-    result = train(TrainOptions(model=model, data=data, output_dir=out, max_steps=int(steps), batch_size=2,
-                                learning_rate=1e-3, save_steps=2, logging_steps=1, progress_bar=False,
-                                lora_r=int(lora_r), resume_from_checkpoint=True if resume == "1" else None))
-    rank = os.environ["RANK"]
-    # The same rows collated on each rank: the pad-split draws must differ between ranks.
-    from superthoughts_ext.data import SuperThoughtsCollator
-    splits = SuperThoughtsCollator(0, 2, rho_max=1.0)([{"prompt_ids": [5], "response_ids": list(range(4, 25))}] * 4)
-    with open(os.path.join(out, f"digest_rank{rank}.txt"), "w") as f:
-        f.write(" ".join([state_dict_digest(result.model), str(result.global_step), os.environ["WORLD_SIZE"],
-                          str(hash(tuple(splits["first_ids"].flatten().tolist())))]))
-    # gloo can abort in interpreter teardown ("terminate called without an active exception"),
-    # after all the work is written (seen once here, as in test_train_fsdp.py): leave without it.
-    import torch.distributed
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-""")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ddp(script: Path, base_dirs, out: Path, lora_r: int, steps: int, resume: bool) -> list[list[str]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(script), str(base_dirs["qwen2"]), str(base_dirs["data"]), str(out), str(lora_r), str(steps),
-           "1" if resume else "0"]
-    proc = subprocess.run(cmd, env=env, cwd=script.parent, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [(out / f"digest_rank{r}.txt").read_text().split() for r in (0, 1)]
-
-
-@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
-def test_torchrun_two_processes(base_dirs, tmp_path, lora_r):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_SCRIPT)
-    out = tmp_path / "ddp"
-    digests = run_ddp(script, base_dirs, out, lora_r, steps=3, resume=False)
-    assert digests[0][:3] == digests[1][:3], digests
-    assert digests[0][1:3] == ["3", "2"]
-    assert digests[0][3] != digests[1][3], "both ranks drew the same pad-split pattern"
-    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
-    if lora_r == 0:
-        # Resume the 2-process run from its step-2 checkpoint (optimizer state included).
-        resumed = run_ddp(script, base_dirs, out, lora_r, steps=4, resume=True)
-        assert resumed[0][:3] == resumed[1][:3] and resumed[0][1:3] == ["4", "2"], resumed
-
-
-def test_torchrun_cli_command(base_dirs, tmp_path):
-    """The documented multi-process command itself: `torchrun -m superthoughts_ext.train ...`."""
-    out = tmp_path / "cli_ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "superthoughts_ext.train", "--model", str(base_dirs["qwen2"]),
-           "--data", str(base_dirs["data"]), "--output", str(out), "--max-steps", "2", "--batch-size", "2",
-           "--no-progress"]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count(f"saved {out} after 2 steps") == 1, proc.stdout[-2000:]  # rank 0 only
-    from superthoughts_ext.modeling import load_model
-
-    assert load_model(out).config.pad_token_id is not None
