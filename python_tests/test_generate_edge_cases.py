@@ -1,0 +1,127 @@
+"""Decoding edge cases on the tiny random models of test_generate.py (CPU): thresholds that never
+or always pair, EOS as the first token or inside a pair step, token budgets (one token, odd and
+even limits in pairs mode, ignore_eos), the context limit, an empty batch, and bad input.
+
+EOS is forced as test_generate.py's docstring describes: a token decoded at the wanted place
+becomes the EOS id of a second decode.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import test_generate
+from superthoughts_ext.generate import MODES, generate
+from test_generate import CONTEXT, EOS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad, until_eos
+
+# Tiny models: one CPU thread (see conftest.one_cpu_thread).
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+backbone = test_generate.backbone  # qwen2 and llama (a parametrized fixture)
+model = test_generate.model  # the SuperThoughts model around each backbone (a fixture)
+
+
+def test_threshold_one_never_pairs_and_pairs_always_pair(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    never = generate(model, ids, mask, max_new_tokens=16, threshold=1.0, threshold_main=1.0)
+    assert never.num_pair_steps == [0] * len(PROMPTS)
+    assert never.num_steps == never.num_tokens
+    always = generate(model, ids, mask, max_new_tokens=16, mode="pairs", ignore_eos=True)
+    assert always.num_tokens == [16] * len(PROMPTS)
+    assert always.num_steps == always.num_pair_steps == [8] * len(PROMPTS)
+    assert always.num_forward_passes == 8  # the loop stops as soon as the budget is used up
+
+
+def test_eos_as_first_token(model) -> None:
+    prompt = torch.tensor([PROMPTS[0]])
+    first = generate(model, prompt, max_new_tokens=5, mode="pairs").sequences[0][0]
+    out = generate(model, prompt, max_new_tokens=5, mode="pairs", eos_token_id=first)
+    assert (out.sequences, out.num_steps, out.num_pair_steps, out.num_forward_passes) == ([[first]], [1], [0], 1)
+
+
+@pytest.mark.parametrize("position", ["second", "first"])
+def test_eos_inside_a_pair_step(model, position: str) -> None:
+    prompt = torch.tensor([PROMPTS[1]])
+    free = generate(model, prompt, max_new_tokens=40, mode="pairs", ignore_eos=True).sequences[0]
+    parity = 1 if position == "second" else 0  # in pairs mode odd indices are second tokens
+    j = next(i for i, t in enumerate(free) if i > 2 and i % 2 == parity and t not in free[:i])
+    out = generate(model, prompt, max_new_tokens=40, mode="pairs", eos_token_id=free[j])
+    assert out.sequences[0] == free[: j + 1]
+    # EOS as a first token vetoes its pair: that last step emits one token.
+    assert out.num_pair_steps[0] == (j + 1) // 2
+    assert out.num_steps[0] == (j + 2) // 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_new_tokens_one(model, mode: str) -> None:
+    ids, mask = left_pad(PROMPTS)
+    out = generate(model, ids, mask, max_new_tokens=1, mode=mode, threshold=0.0)
+    assert out.num_tokens == out.num_steps == [1] * len(PROMPTS)
+    assert out.num_pair_steps == [0] * len(PROMPTS) and out.num_forward_passes == 1
+
+
+def test_odd_and_even_limits_in_pairs_mode(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    odd = generate(model, ids, mask, max_new_tokens=7, mode="pairs", ignore_eos=True)
+    even = generate(model, ids, mask, max_new_tokens=8, mode="pairs", ignore_eos=True)
+    # With one slot left, the last pair step keeps only its first token.
+    assert (odd.num_tokens, odd.num_steps, odd.num_pair_steps) == ([7] * 4, [4] * 4, [3] * 4)
+    assert (even.num_tokens, even.num_steps, even.num_pair_steps) == ([8] * 4, [4] * 4, [4] * 4)
+    assert [seq[:7] for seq in even.sequences] == odd.sequences
+    # Without ignore_eos the cache is sized for the 3 decode steps pairs can need.
+    capped = generate(model, ids, mask, max_new_tokens=7, mode="pairs")
+    assert capped.sequences == [until_eos(seq, EOS) for seq in odd.sequences]
+
+
+def test_ignore_eos_decodes_the_full_budget(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    first = generate(model, ids, mask, max_new_tokens=1).sequences[0][0]
+    out = generate(model, ids, mask, max_new_tokens=13, eos_token_id=first, ignore_eos=True, threshold=MIXED_THRESHOLD)
+    assert out.num_tokens == [13] * len(PROMPTS)
+    check_stats(out, 13)
+
+
+def test_empty_batch(model) -> None:
+    out = generate(model, torch.zeros(0, 5, dtype=torch.int64), max_new_tokens=4)
+    assert (out.sequences, out.num_tokens, out.num_steps, out.num_pair_steps) == ([], [], [], [])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_context_limit(model, mode: str) -> None:
+    with pytest.raises(ValueError, match="max_position_embeddings=96"):
+        generate(model, torch.full((1, CONTEXT + 1), 7), max_new_tokens=4, mode=mode)
+    # Two positions are left after a 94-token prompt: prefill's step plus two decode steps.
+    out = generate(model, torch.full((1, CONTEXT - 2), 7), max_new_tokens=50, mode=mode, threshold=0.0,
+                   ignore_eos=True)
+    assert out.num_steps == [3] and out.num_tokens == [3 if mode == "standard" else 6]
+    # A prompt that fills the context still gets prefill's step.
+    full = generate(model, torch.full((1, CONTEXT), 7), max_new_tokens=50, mode=mode, threshold=0.0, ignore_eos=True)
+    assert full.num_steps == [1] and full.num_tokens == [1 if mode == "standard" else 2]
+
+
+def test_bad_input_is_rejected(model, backbone) -> None:
+    ids, mask = left_pad(PROMPTS[:2])
+    with pytest.raises(ValueError, match="left-padded"):
+        generate(model, ids, mask.flip(1), max_new_tokens=4)
+    with pytest.raises(ValueError, match="no prompt token"):
+        generate(model, ids, mask * torch.tensor([[0], [1]]), max_new_tokens=4)
+    with pytest.raises(ValueError, match="needs a SuperThoughts model"):
+        generate(backbone, ids, mask, max_new_tokens=4, mode="pairs")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        generate(model, ids, mask, max_new_tokens=4, mode="greedy")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, ids, mask, max_new_tokens=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_graphs=True"):
+            generate(model, ids, mask, max_new_tokens=4, cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        generate(model, ids, mask, max_new_tokens=4, cuda_graphs="yes")
+    with pytest.raises(ValueError, match="compile=True needs greedy decoding"):
+        generate(model, ids, mask, max_new_tokens=4, compile=True, temperature=1.0)
+    with pytest.raises(ValueError, match="compile must be"):
+        generate(model, ids, mask, max_new_tokens=4, compile="yes")
+    # Refused before prefill, by the reference path too (the kernels raised a RuntimeError at
+    # the first step, the reference took any value).
+    for use_kernels in (True, False):
+        for bad in (dict(threshold=2.0), dict(threshold=float("nan")), dict(threshold_main=-0.1)):
+            with pytest.raises(ValueError, match=f"{next(iter(bad))} must lie in \\[0, 1\\]"):
+                generate(model, ids, mask, max_new_tokens=4, use_kernels=use_kernels, **bad)
