@@ -51,7 +51,7 @@ python3 -c "import superthoughts_ext as s; print(s.build_info())" 2>&1 | tee -a 
 for what in "$@"; do
   case $what in
     test) stage test 400 python3 -m pytest -q -p no:cacheprovider python_tests/test_step.py \
-            python_tests/test_generate_io.py python_tests/test_generate.py \
+            python_tests/test_generate_io.py python_tests/test_generate.py python_tests/test_generate_edge_cases.py \
             -k "not bad_input and not mixed_devices and not emulated" ;;  # the CPU emulation runs in CI
     errors)  # the op's error path (a C++ exception through the dispatcher), with a backtrace on a crash
       stage errors 120 cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest -q -p no:cacheprovider \
@@ -101,7 +101,7 @@ for what in "$@"; do
       done ;;
     folded_gqa)  # generate's folded grouped-query decode attention on the GPU: token agreement, then speed
       SUPERTHOUGHTS_FOLDED_GQA=1 stage folded_gqa_test 200 python3 -m pytest -q -p no:cacheprovider \
-        python_tests/test_generate.py python_tests/test_attention.py -k "not emulated"
+        python_tests/test_generate.py python_tests/test_generate_edge_cases.py python_tests/test_attention.py -k "not emulated"
       SUPERTHOUGHTS_FOLDED_GQA=1 stage folded_gqa_bench 300 python3 benchmarks/bench_generate.py --repeats 2 \
         --batch 1 32 --methods standard pairs --no-compile --output "$OUT/generate_cuda_folded_gqa.json" ;;
     bench_train) stage bench_train 400 python3 benchmarks/bench_train.py --shapes 1.5b --output "$OUT/train_cuda.json" ;;
