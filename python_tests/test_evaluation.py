@@ -67,7 +67,8 @@ def fake_generate(tokenizer: PreTrainedTokenizerFast, calls: list[dict]):
         # Left padding: every row's real tokens end at the last column.
         assert bool(attention_mask[:, -1].all())
         assert bool((input_ids[attention_mask == 0] == pad).all())
-        calls.append({"batch": input_ids.shape[0], "mode": mode, "threshold": threshold, "eos": eos_token_id,
+        calls.append({"batch": input_ids.shape[0], "new_tokens": max_new_tokens, "mode": mode, "threshold": threshold,
+                      "eos": eos_token_id,
                       "compile": compile})
         sequences = []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
@@ -134,6 +135,51 @@ def test_evaluate_writes_records_and_summary(tmp_path: Path) -> None:
     saved = json.loads(summary_path(out).read_text())
     assert saved["accuracy"] == summary.accuracy and saved["model"] == "fake"
     assert summary_path(out).name == "st.summary.json"
+
+
+def test_compiled_decoding_warms_up_each_batch_size_untimed() -> None:
+    from superthoughts_ext.evaluation import WARMUP_TOKENS
+
+    tokenizer, calls = make_tokenizer(), []
+    summary = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, batch_size=3, max_new_tokens=64,
+                       progress=False, generate_fn=fake_generate(tokenizer, calls), compile=True)
+    # One short call per batch size (3 and the last batch's 1) before the timed batches.
+    assert [(c["batch"], c["new_tokens"]) for c in calls] == [(3, WARMUP_TOKENS), (1, WARMUP_TOKENS), (3, 64),
+                                                              (3, 64), (1, 64)]
+    assert all(c["compile"] is True for c in calls)
+    assert summary.generation_time == pytest.approx(1.5) and summary.n == 7  # the warm-up is not charged
+    assert 0 <= summary.warmup_time <= summary.wall_time
+
+
+def test_compiled_decoding_compiles_only_in_the_warm_up() -> None:
+    # A real tiny SuperThoughts model through torch.compile on the CPU: every compile happens in
+    # the warm-up, so the timed batches' tokens/s measure decoding only.
+    from torch._dynamo.utils import counters
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from superthoughts_ext.generate import generate
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    backbone = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    model = SuperThoughtsForCausalLM.from_base(backbone).eval()
+    new_graphs = []
+
+    def counting_generate(*args, **kwargs):
+        before = counters["stats"]["unique_graphs"]
+        result = generate(*args, **kwargs)
+        new_graphs.append((kwargs["max_new_tokens"], counters["stats"]["unique_graphs"] - before))
+        return result
+
+    evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.5, batch_size=3, max_new_tokens=24, progress=False,
+             generate_fn=counting_generate, compile=True)
+    warm, timed = new_graphs[:2], new_graphs[2:]
+    assert [n for n, _ in timed] == [24, 24, 24] and all(graphs == 0 for _, graphs in timed), new_graphs
+    assert all(graphs >= 1 for _, graphs in warm), new_graphs
 
 
 def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:

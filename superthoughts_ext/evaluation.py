@@ -59,6 +59,9 @@ class EvalSummary:
     ``generation_time`` sums the batch wall times reported by `generate` (of resumed records
     too); ``wall_time`` is this call's, tokenisation and grading included: after a resume it
     can be the shorter of the two. ``n_resumed`` records came from the earlier run (--resume).
+    ``warmup_time``: this call's untimed warm-up (one short generate per batch size when the
+    decode step is compiled, so that the compile is not charged to generation_time); part of
+    wall_time.
     """
 
     bench: str
@@ -80,9 +83,16 @@ class EvalSummary:
     wall_time: float
     tokens_per_s: float
     n_resumed: int = 0
+    warmup_time: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# New tokens of the untimed warm-up call per batch size: decode steps enough for torch.compile
+# to build the step, which then serves the timed calls of that size (prompt length and
+# max_new_tokens are dynamic sizes of the compiled step).
+WARMUP_TOKENS = 8
 
 
 def _default_generate() -> Callable[..., Any]:
@@ -212,7 +222,9 @@ def evaluate(
             run's bench, mode, thresholds (as decoded: threshold / threshold_main),
             max_new_tokens and `RUN_KEYS` metadata, else ValueError naming the first that differs.
         compile: generate's `compile` ("auto": on for CUDA). One compile serves every batch
-            of the same size, so on a CPU it pays off over a long benchmark.
+            of the same size, so on a CPU it pays off over a long benchmark. When it compiles,
+            one short untimed generate per batch size runs first (``warmup_time``), so that
+            tokens/s measures decoding, not compiling.
     """
     import torch
     from tqdm.auto import tqdm
@@ -231,7 +243,7 @@ def evaluate(
     generate_fn = generate_fn or _default_generate()
 
     started = time.perf_counter()
-    from superthoughts_ext.generate import stop_token_ids
+    from superthoughts_ext.generate import resolve_compile, stop_token_ids
 
     eos_ids = stop_token_ids(model, tokenizer)
     stop_ids = set(eos_ids)
@@ -254,22 +266,24 @@ def evaluate(
         out_file = open(output_jsonl, "w", encoding="utf-8")
         for record in records:  # rewritten: a line torn by the crash is dropped
             out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def decode(batch: list[int], new_tokens: int) -> Any:
+        input_ids, attention_mask = _left_pad([prompt_ids[i] for i in batch], pad_id)
+        with torch.inference_mode():
+            return generate_fn(model, input_ids.to(device), attention_mask.to(device), max_new_tokens=new_tokens,
+                               mode=mode, threshold=threshold, eos_token_id=eos_ids, compile=compile)
+
+    warmup_started = time.perf_counter()
+    if resolve_compile(compile, torch.device(device), 0.0):
+        # The first call of each batch size compiles; warmed up here, no timed batch pays it.
+        for size in dict.fromkeys(len(batch) for batch in batches):
+            decode(next(batch for batch in batches if len(batch) == size), min(max_new_tokens, WARMUP_TOKENS))
+    warmup_time = time.perf_counter() - warmup_started
     bar = tqdm(total=len(problems), initial=len(records), desc=f"{bench} [{mode}]", disable=not progress)
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            input_ids, attention_mask = _left_pad([prompt_ids[i] for i in batch], pad_id)
-            with torch.inference_mode():
-                result = generate_fn(
-                    model,
-                    input_ids.to(device),
-                    attention_mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    mode=mode,
-                    threshold=threshold,
-                    eos_token_id=eos_ids,
-                    compile=compile,
-                )
+        for batch in batches:
+            result = decode(batch, max_new_tokens)
             for row, index in enumerate(batch):
                 problem = problems[index]
                 text = tokenizer.decode(_trim(result.sequences[row], stop_ids), skip_special_tokens=True)
@@ -330,6 +344,7 @@ def evaluate(
         wall_time=time.perf_counter() - started,
         tokens_per_s=total_tokens / generation_time if generation_time > 0 else 0.0,
         n_resumed=len(done),
+        warmup_time=warmup_time,
     )
     if output_jsonl is not None:
         payload = {**summary.to_dict(), **(metadata or {}), "records": str(output_jsonl)}
@@ -346,5 +361,6 @@ def format_summary(summary: EvalSummary) -> str:
         # Not "CoT reduction": that one is measured against the baseline (`compare`).
         f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
         f"wall {summary.wall_time:.1f} s"
+        + (f" (warm-up for the compiled step {summary.warmup_time:.1f} s, untimed)" if summary.warmup_time >= 0.05 else "")
         + (f" ({summary.n_resumed} records kept from the earlier run)" if summary.n_resumed else "")
     )
