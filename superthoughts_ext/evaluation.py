@@ -274,14 +274,15 @@ def evaluate(
             return generate_fn(model, input_ids.to(device), attention_mask.to(device), max_new_tokens=new_tokens,
                                mode=mode, threshold=threshold, eos_token_id=eos_ids, compile=compile)
 
-    warmup_started = time.perf_counter()
-    if resolve_compile(compile, torch.device(device), 0.0):
-        # The first call of each batch size compiles; warmed up here, no timed batch pays it.
-        for size in dict.fromkeys(len(batch) for batch in batches):
-            decode(next(batch for batch in batches if len(batch) == size), min(max_new_tokens, WARMUP_TOKENS))
-    warmup_time = time.perf_counter() - warmup_started
     bar = tqdm(total=len(problems), initial=len(records), desc=f"{bench} [{mode}]", disable=not progress)
+    warmup_started = time.perf_counter()
     try:
+        if resolve_compile(compile, torch.device(device), 0.0):
+            # The first call of each batch size compiles; warmed up here, no timed batch pays it.
+            for size in dict.fromkeys(len(batch) for batch in batches):
+                bar.set_postfix_str(f"compiling the decode step for batch size {size}")
+                decode(next(batch for batch in batches if len(batch) == size), min(max_new_tokens, WARMUP_TOKENS))
+        warmup_time = time.perf_counter() - warmup_started
         for batch in batches:
             result = decode(batch, max_new_tokens)
             for row, index in enumerate(batch):
