@@ -30,6 +30,9 @@ def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
     assert cli.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("[standard] tokens=") and "steps=" in lines[-1] and "tokens/s=" in lines[-1]
+    assert "compiling" not in lines[-1]  # eager steps by default on a CPU
+    assert cli.main([*argv, "--compile"]) == 0  # one call per process: its time includes the compile
+    assert "(time includes compiling the decode step)" in capsys.readouterr().out
     assert cli.main([*argv, "--mode", "pairs"]) == 2  # a plain model cannot pair
     assert "needs a SuperThoughts model" in capsys.readouterr().err
     assert cli.main([*argv, "--threshold", "0.9"]) == 2  # standard decoding would ignore it

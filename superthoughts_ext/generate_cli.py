@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from superthoughts_ext.generate import MODES, generate, is_superthoughts, model_context, samples, stop_token_ids
+from superthoughts_ext.generate import (MODES, generate, is_superthoughts, model_context, resolve_compile, samples,
+                                         stop_token_ids)
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 
@@ -107,13 +108,14 @@ def run(args: argparse.Namespace) -> int:
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     # Special tokens hidden as in the non-streamed output (which decodes with skip_special_tokens).
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
+    compile_arg = "auto" if args.compile is None else args.compile
     try:
         eos_ids = stop_token_ids(model, tokenizer)  # the ids `superthoughts eval` stops on
         result = generate(model, input_ids, max_new_tokens=args.max_new_tokens, mode=mode, threshold=args.threshold,
                           threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
                           eos_token_id=eos_ids,
                           use_kernels=not args.no_kernels, cuda_graphs=False if args.no_cuda_graphs else "auto",
-                          compile="auto" if args.compile is None else args.compile, streamer=streamer)
+                          compile=compile_arg, streamer=streamer)
     except ValueError as error:
         print(f"superthoughts generate: error: {error}", file=sys.stderr)
         return 2
@@ -121,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
         print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
     tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
     cut = _stop_note(result.sequences[0], eos_ids, args.max_new_tokens, model)
+    # One call per process: a compiled step is compiled in this very call (`superthoughts eval`
+    # and `bench generate` time warm calls).
+    compiled = resolve_compile(compile_arg, input_ids.device, args.temperature)
     print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
           f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
-          f"tokens/s={result.tokens_per_s:.1f}{cut}")
+          f"tokens/s={result.tokens_per_s:.1f}{' (time includes compiling the decode step)' if compiled else ''}{cut}")
     return 0
