@@ -1,9 +1,9 @@
 // CPU kernel of superthoughts_step (semantics: superthoughts_ext/reference.py).
 // Phase 1 reduces every (head, row, vocab chunk) in parallel to a partial (max, argmax,
 // softmax sum split into the max's own 1s and the rest, best Gumbel score); phase 2 merges
-// the partials of each row in chunk order and applies the confidence rule; phase 3 gathers the two embeddings and applies the merge
-// projection, parallel over output features so each weight row is read once per step (fp32
-// with more than 16 rows: one BLAS GEMM).
+// the partials of each row in chunk order and applies the confidence rule; phase 3 gathers
+// the two embeddings and applies the merge projection, parallel over output features so each
+// weight row is read once per step (fp32 with more than 16 rows: one BLAS GEMM).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
