@@ -7,12 +7,15 @@ becomes the EOS id of a second decode.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 import test_generate
 from superthoughts_ext.generate import MODES, generate
 from test_generate import CONTEXT, EOS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad, until_eos
+from test_generate_limits import KERNELS
 
 # Tiny models: one CPU thread (see conftest.one_cpu_thread).
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -29,6 +32,22 @@ def test_threshold_one_never_pairs_and_pairs_always_pair(model) -> None:
     assert always.num_tokens == [16] * len(PROMPTS)
     assert always.num_steps == always.num_pair_steps == [8] * len(PROMPTS)
     assert always.num_forward_passes == 8  # the loop stops as soon as the budget is used up
+
+
+@pytest.mark.parametrize("use_kernels", KERNELS, ids=["kernels", "reference"])
+def test_threshold_one_never_pairs_on_a_confident_mtp_head(model, use_kernels: bool) -> None:
+    # MTP logits scaled 30x: the runner-up sits 0-78 logits below the max, and on 20-29 of the
+    # MTP rows decoded here a float32 softmax rounds the max probability to exactly 1 (the
+    # other terms fall below half an ulp of it). Threshold 1.0 still keeps no pair, as the
+    # exact rule of csrc/kernels/confidence.h says; 0.9999 keeps many.
+    confident = copy.deepcopy(model)
+    with torch.no_grad():
+        confident.mtp.norm.weight.mul_(30.0)
+    ids, mask = left_pad(PROMPTS)
+    never = generate(confident, ids, mask, max_new_tokens=16, threshold=1.0, use_kernels=use_kernels)
+    assert never.num_pair_steps == [0] * len(PROMPTS)
+    often = generate(confident, ids, mask, max_new_tokens=16, threshold=0.9999, use_kernels=use_kernels)
+    assert sum(often.num_pair_steps) >= len(PROMPTS)
 
 
 def test_eos_as_first_token(model) -> None:
