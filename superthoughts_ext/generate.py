@@ -268,7 +268,9 @@ def generate(
         mode: "superthoughts", "pairs" (threshold 0) or "standard" (backbone alone).
         threshold, threshold_main: MTP / main-head confidence needed to keep the second token
             in mode "superthoughts" (None: model.config.threshold / threshold_main, or 0);
-            the other modes ignore them.
+            the other modes ignore them. Compared without rounding the confidence
+            (`reference.confidence`): 1.0 keeps a pair only when every other MTP probability
+            underflows float32.
         temperature: 0 greedy; >= 1e-5 (`samples`) Gumbel-max sampling from a Philox stream
             keyed by `seed` and counted by (step, row, head): reproducible, but a row's samples
             depend on its index in the batch; below 1e-5 greedy as well.
