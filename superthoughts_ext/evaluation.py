@@ -279,9 +279,9 @@ def evaluate(
     try:
         if resolve_compile(compile, torch.device(device), 0.0):
             # The first call of each batch size compiles; warmed up here, no timed batch pays it.
-            for size in dict.fromkeys(len(batch) for batch in batches):
+            for size, batch in {len(batch): batch for batch in batches}.items():
                 bar.set_postfix_str(f"compiling the decode step for batch size {size}")
-                decode(next(batch for batch in batches if len(batch) == size), min(max_new_tokens, WARMUP_TOKENS))
+                decode(batch, min(max_new_tokens, WARMUP_TOKENS))
         warmup_time = time.perf_counter() - warmup_started
         for batch in batches:
             result = decode(batch, max_new_tokens)

@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     # One call per process: a compiled step is compiled in this very call (`superthoughts eval`
     # and `bench generate` time warm calls).
     compiled = resolve_compile(compile_arg, input_ids.device, args.temperature)
+    compile_note = " (time includes compiling the decode step)" if compiled else ""
     print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
           f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
-          f"tokens/s={result.tokens_per_s:.1f}{' (time includes compiling the decode step)' if compiled else ''}{cut}")
+          f"tokens/s={result.tokens_per_s:.1f}{compile_note}{cut}")
     return 0

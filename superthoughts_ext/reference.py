@@ -135,7 +135,8 @@ def superthoughts_step_ref(
     (or [B, 2H] when merge_weight is None) in embed's dtype.
 
     NaN logits count as -inf. Confidences and the threshold rule: `confidence`. A head whose
-    row has no finite maximum yields token pad_id and confidence 0. Rows already finished yield tokens (pad_id, -1), n_new 0, conf 0 and
+    row has no finite maximum yields token pad_id and confidence 0. Rows already finished
+    yield tokens (pad_id, -1), n_new 0, conf 0 and
     the merged input of (pad_id, pad_id).
     """
     _, batch, vocab = logits.shape
