@@ -51,21 +51,27 @@ def test_cli_generate_plain_checkpoint(backbone, tmp_path, capsys) -> None:
         assert ("stopped by --max-new-tokens 12" in capsys.readouterr().out) == cut, path
 
 
+def record_prompts(monkeypatch, backbone, tokenizer, path) -> tuple[list[list[int]], list[str]]:
+    """Saves backbone and tokenizer to `path` and makes the CLI's generate record each prompt's
+    ids; returns that list and the argv of a short `superthoughts generate` of "what is 3"."""
+    from superthoughts_ext import generate_cli
+
+    backbone.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    prompts = []
+    monkeypatch.setattr(generate_cli, "generate", lambda model, ids, **kwargs: prompts.append(ids[0].tolist()) or
+                        generate(model, ids, **kwargs))
+    return prompts, ["generate", "--model", str(path), "what is 3", "--max-new-tokens", "2", "--device", "cpu"]
+
+
 def test_cli_generate_raw_prompt_gets_the_tokenizers_bos(backbone, tmp_path, monkeypatch) -> None:
     from tokenizers import processors
-
-    from superthoughts_ext import generate_cli
 
     with_bos = copy.deepcopy(TOKENIZER)
     bos = with_bos.convert_tokens_to_ids("<|im_start|>")
     with_bos._tokenizer.post_processor = processors.TemplateProcessing(single="<|im_start|> $A",
                                                                        special_tokens=[("<|im_start|>", bos)])
-    backbone.save_pretrained(tmp_path)
-    with_bos.save_pretrained(tmp_path)
-    prompts = []
-    monkeypatch.setattr(generate_cli, "generate", lambda model, ids, **kwargs: prompts.append(ids[0].tolist()) or
-                        generate(model, ids, **kwargs))
-    argv = ["generate", "--model", str(tmp_path), "what is 3", "--max-new-tokens", "2", "--device", "cpu"]
+    prompts, argv = record_prompts(monkeypatch, backbone, with_bos, tmp_path)
     assert cli.main(argv + ["--no-chat-template"]) == 0 and cli.main(argv) == 0
     assert prompts[0] == [bos] + TOKENIZER("what is 3", add_special_tokens=False)["input_ids"]
     templated = with_bos.apply_chat_template([{"role": "user", "content": "what is 3"}], tokenize=False,
@@ -74,18 +80,12 @@ def test_cli_generate_raw_prompt_gets_the_tokenizers_bos(backbone, tmp_path, mon
 
 
 def test_cli_generate_sends_the_system_message_eval_sends(backbone, tmp_path, monkeypatch) -> None:
-    from superthoughts_ext import generate_cli
     from superthoughts_ext.eval_data import build_prompt
 
     plain_chatml = copy.deepcopy(TOKENIZER)  # no default system turn: the prompts differ without ours
     plain_chatml.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                                   "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    backbone.save_pretrained(tmp_path)
-    plain_chatml.save_pretrained(tmp_path)
-    prompts = []
-    monkeypatch.setattr(generate_cli, "generate", lambda model, ids, **kwargs: prompts.append(ids[0].tolist()) or
-                        generate(model, ids, **kwargs))
-    argv = ["generate", "--model", str(tmp_path), "what is 3", "--max-new-tokens", "2", "--device", "cpu"]
+    prompts, argv = record_prompts(monkeypatch, backbone, plain_chatml, tmp_path)
     assert cli.main(argv) == 0 and cli.main(argv + ["--template-system-prompt"]) == 0
     assert prompts[0] == plain_chatml(build_prompt(plain_chatml, "what is 3"), add_special_tokens=False)["input_ids"]
     user_only = plain_chatml.apply_chat_template([{"role": "user", "content": "what is 3"}], tokenize=False,
