@@ -98,6 +98,10 @@ def test_path_errors_name_the_path(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(FileNotFoundError, match="empty_dir.*not a model directory"):
         SuperThoughtsForCausalLM.from_base(tmp_path / "empty_dir")
+    # A file (say the data file passed by mistake) exists: "does not exist" would mislead.
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match="train.jsonl' is a file, not a model directory"):
+        load_model(tmp_path / "train.jsonl")
     make_backbone("qwen2").save_pretrained(tmp_path / "plain_qwen")
     with pytest.raises(ValueError, match="plain_qwen.*not a SuperThoughts checkpoint"):
         SuperThoughtsForCausalLM.from_pretrained(tmp_path / "plain_qwen")

@@ -32,6 +32,8 @@ SECTION = "superthoughts"
 def read_model_dir(path: str | os.PathLike, where: str) -> Path:
     """`path` as a Path; FileNotFoundError naming it when it is not a directory with config.json."""
     directory = Path(os.fspath(path))
+    if directory.is_file():
+        raise FileNotFoundError(f"{where}: {os.fspath(path)!r} is a file, not a model directory")
     if not directory.is_dir():
         raise FileNotFoundError(f"{where}: model directory {os.fspath(path)!r} does not exist "
                                 f"(only local directories are supported, no hub downloads)")
