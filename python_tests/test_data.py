@@ -274,8 +274,15 @@ def test_turn_without_eos_gets_eos_appended(tmp_path):
 def test_load_jsonl_errors_and_drops(tmp_path):
     tok = word_tokenizer()
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "what", "solution": "four"}, {"problem": "what"}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: field 'solution'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: no field 'solution'; the row has 'problem' \(--problem-field"):
         load_jsonl_examples(bad, tok)
+    # Another dataset's field names: the message lists the row's own, so the fix is one flag away.
+    renamed = write_jsonl(tmp_path / "renamed.jsonl", [{"question": "what", "answer": "four"}])
+    with pytest.raises(ValueError, match=r"renamed\.jsonl:1: no field 'problem'; the row has 'question', 'answer'"):
+        load_jsonl_examples(renamed, tok)
+    number = write_jsonl(tmp_path / "number.jsonl", [{"problem": "what", "solution": 4}])
+    with pytest.raises(ValueError, match=r"number\.jsonl:1: field 'solution' is int, not a string"):
+        load_jsonl_examples(number, tok)
     broken = write_jsonl(tmp_path / "broken.jsonl", ["{not json"])
     with pytest.raises(ValueError, match=r"broken\.jsonl:1: not valid JSON"):
         load_jsonl_examples(broken, tok)
@@ -358,6 +365,14 @@ def test_tokenising_shows_a_progress_bar_on_request(tmp_path, capsys):
     assert len(load_jsonl_examples(path, tok, progress=True)) == 2
     err = capsys.readouterr().err
     assert f"tokenizing {path}: 100%" in err and "2/2 [" in err  # blank lines are not rows
+
+
+def test_byte_order_mark_is_skipped(tmp_path):
+    # Files saved by Excel or pandas' utf-8-sig start with a BOM; `superthoughts eval` reads them too.
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"problem": "what", "solution": "four"}).encode() + b"\r\n")
+    assert load_jsonl_examples(path, word_tokenizer())[0]["response_ids"] == word_tokenizer().convert_tokens_to_ids(
+        ["four", "<|im_end|>"])
 
 
 def test_json_array_file_is_named_as_such(tmp_path):

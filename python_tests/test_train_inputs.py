@@ -163,7 +163,7 @@ def test_pretokenised_rows_obey_max_length():
     # Text rows: the same warning, and errors name the row.
     with pytest.warns(UserWarning, match=r"^train: dropped 1 row\(s\) with an empty 'solution' \(rows \[2\]\)$"):
         assert len(load_rows([ROWS[0], {"problem": "what", "solution": " "}])) == 1
-    with pytest.raises(ValueError, match=r"^train: row 2: field 'solution' is missing"):
+    with pytest.raises(ValueError, match=r"^train: row 2: no field 'solution'; the row has 'problem'"):
         load_rows([ROWS[0], {"problem": "what"}])
     # Integer tensors and tuples are ids too.
     ids = load_rows([{"prompt_ids": torch.tensor([5, 6]), "response_ids": (7,)}])

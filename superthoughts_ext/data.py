@@ -352,8 +352,11 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
         if not isinstance(row, Mapping):
             raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}")
         for field in (problem_field, solution_field):
-            if not isinstance(row.get(field), str):
-                raise ValueError(f"{at}: field {field!r} is missing or not a string")
+            if field not in row:
+                raise ValueError(f"{at}: no field {field!r}; the row has {', '.join(map(repr, row)) or 'none'} "
+                                 "(--problem-field / --solution-field name others)")
+            if not isinstance(row[field], str):
+                raise ValueError(f"{at}: field {field!r} is {type(row[field]).__name__}, not a string")
         if not row[solution_field].strip():
             empty.append(number)
             continue
@@ -379,7 +382,7 @@ def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: 
     where = os.fspath(path)
 
     def numbered_rows() -> Iterator[tuple[int, Any]]:
-        with open(where, encoding="utf-8") as f:
+        with open(where, encoding="utf-8-sig") as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
