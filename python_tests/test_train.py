@@ -204,6 +204,20 @@ def test_resume_from_checkpoint(base_dirs, tmp_path):
     summary = next(e for e in second.log_history if "train_runtime" in e)
     for name in ("train_loss", "train_steps_per_second", "train_samples_per_second"):
         assert summary[name] == second.metrics[name], name
+    # A new run there would rotate its checkpoints against this run's (by step number) and a
+    # later resume would pick up this one: refused before any tokenising or loading.
+    with pytest.raises(ValueError, match=r"'.*resume' holds checkpoints of an earlier run \(last: checkpoint-4\); "
+                                         r"--resume continues"):
+        train(TrainOptions(**opts, output_dir=out, **fast))
+
+
+def test_resume_without_a_checkpoint_is_refused_up_front(tmp_path):
+    # Neither model nor data exists: the resume check comes first.
+    opts = dict(model=tmp_path / "no_model", data=tmp_path / "no_data.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint-N folder in '.*fresh' to resume from"):
+        train(TrainOptions(**opts, output_dir=tmp_path / "fresh", resume_from_checkpoint=True))
+    with pytest.raises(FileNotFoundError, match=r"--resume '.*checkpoint-7': no such checkpoint directory"):
+        train(TrainOptions(**opts, output_dir=tmp_path / "o", resume_from_checkpoint=str(tmp_path / "checkpoint-7")))
 
 
 def test_variants_checkpointing_bf16(base_dirs, tmp_path):

@@ -190,6 +190,7 @@ def train(options: TrainOptions) -> TrainResult:
     """
     from superthoughts_ext.data import SuperThoughtsCollator
 
+    train_utils.check_resume(options.output_dir, options.resume_from_checkpoint)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
     examples = train_data.load_examples(

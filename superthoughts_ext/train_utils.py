@@ -142,6 +142,28 @@ def check_vocab(
         raise ValueError(f"train: data holds token id {top} >= vocabulary size {rows}")
 
 
+def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None) -> None:
+    """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
+    last checkpoint-N in `output_dir`) must exist, and a new run (no `resume`) must not start
+    in a directory holding an earlier run's checkpoint-N folders. Trainer would write its own
+    beside them, rotate by step number (keeping the old run's higher ones) and a later
+    --resume would pick up the old run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume is not None and resume is not True and resume is not False:
+        if not Path(os.fspath(resume)).is_dir():
+            raise FileNotFoundError(f"train: --resume {os.fspath(resume)!r}: no such checkpoint directory")
+        return
+    out = Path(os.fspath(output_dir))
+    last = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
+    if resume and last is None:
+        raise FileNotFoundError(f"train: --resume: no checkpoint-N folder in {os.fspath(out)!r} to resume from; "
+                                "leave out --resume to start a new run")
+    if not resume and last is not None:
+        raise ValueError(f"train: {os.fspath(out)!r} holds checkpoints of an earlier run (last: {Path(last).name}); "
+                         "--resume continues that run, a new one needs another --output (or those folders removed)")
+
+
 def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | list[str]:
     """peft `target_modules`: plain names, or a full-match regex confined to `prefix.`.
 
