@@ -208,6 +208,24 @@ def test_cli_generate_superthoughts_checkpoint(model, tmp_path, capsys) -> None:
     assert "--compile needs greedy decoding (--temperature below 1e-05, got 0.7)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    (["--temperature", "-1"], "--temperature must be finite and >= 0, got -1.0"),
+    (["--threshold", "nan"], r"--threshold must lie in \[0, 1\], got nan"),
+    (["--threshold-main", "1.5"], r"--threshold-main must lie in \[0, 1\], got 1.5"),
+    (["--mode", "pairs", "--threshold", "0.9"], "--threshold / --threshold-main apply to superthoughts mode, not pairs"),
+    (["--compile", "--temperature", "0.7"], "--compile needs greedy decoding"),
+])
+def test_cli_generate_refuses_bad_options_before_loading_the_model(monkeypatch, capsys, options, message) -> None:
+    from superthoughts_ext import generate_cli
+
+    # Loading a 7B checkpoint takes minutes: a typo must not wait for it.
+    monkeypatch.setattr(generate_cli, "load_checkpoint", lambda *a: pytest.fail("the model was loaded"))
+    assert cli.main(["generate", "--model", "unused", "what is 3", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("superthoughts generate: error: ") and re.search(message, err), err
+
+
 def test_cli_generate_and_eval_name_a_bad_checkpoint_or_device_in_one_line(backbone, tmp_path, capsys) -> None:
     backbone.save_pretrained(tmp_path)
     TOKENIZER.save_pretrained(tmp_path)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -72,15 +73,32 @@ def load_checkpoint(path: str, device: str | None, dtype: str) -> tuple[Any, Any
     return model.eval(), load_tokenizer(path), device
 
 
+def option_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options alone, checked before loading the model (minutes for a
+    large one); None when nothing is."""
+    if args.max_new_tokens < 1:
+        return f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"
+    if not math.isfinite(args.temperature) or args.temperature < 0.0:
+        return f"--temperature must be finite and >= 0, got {args.temperature}"
+    for flag, value in (("--threshold", args.threshold), ("--threshold-main", args.threshold_main)):
+        if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+            return f"{flag} must lie in [0, 1], got {value}"
+    if args.mode not in (None, "superthoughts") and (args.threshold is not None or args.threshold_main is not None):
+        return f"--threshold / --threshold-main apply to superthoughts mode, not {args.mode}"
+    if args.compile and samples(args.temperature):
+        # generate's own message names its compile='auto' argument, not this command's options.
+        return (f"--compile needs greedy decoding (--temperature below {MIN_SAMPLING_TEMPERATURE:g}, got "
+                f"{args.temperature}); sampled decoding runs uncompiled: leave out --compile")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs `superthoughts generate`: prints the text, then one line of statistics."""
     from transformers import TextStreamer
 
-    if args.compile and samples(args.temperature):
-        # generate's own message names its compile='auto' argument, not this command's options.
-        print(f"superthoughts generate: error: --compile needs greedy decoding (--temperature below "
-              f"{MIN_SAMPLING_TEMPERATURE:g}, got {args.temperature}); sampled decoding runs uncompiled: "
-              "leave out --compile", file=sys.stderr)
+    error = option_error(args)
+    if error:
+        print(f"superthoughts generate: error: {error}", file=sys.stderr)
         return 2
     try:
         model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype)
