@@ -8,6 +8,7 @@ becomes the EOS id of a second decode.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -115,6 +116,18 @@ def test_context_limit(model, mode: str) -> None:
     # A prompt that fills the context still gets prefill's step.
     full = generate(model, torch.full((1, CONTEXT), 7), max_new_tokens=50, mode=mode, threshold=0.0, ignore_eos=True)
     assert full.num_steps == [1] and full.num_tokens == [1 if mode == "standard" else 2]
+
+
+def test_padded_batch_without_its_mask_is_warned_about(model, backbone) -> None:
+    # The pads would be read as prompt tokens (transformers' generate infers the mask instead).
+    ids, mask = left_pad(PROMPTS[:2])
+    for m in (model, backbone):
+        with pytest.warns(UserWarning, match=r"generate: rows \[0\] start with the pad id 0 but no attention_mask"):
+            generate(m, ids, max_new_tokens=2, mode="standard")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, ids, mask, max_new_tokens=2)
+        generate(model, ids[1:], max_new_tokens=2)  # the longest row has no pad
 
 
 def test_bad_input_is_rejected(model, backbone) -> None:

@@ -16,6 +16,7 @@ import math
 import sys
 import time
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,15 @@ def _pad_id(model: Any, eos: int) -> int:
         if pads := token_ids(getattr(getattr(model, attr, None), "pad_token_id", None)):
             return pads[0]
     return eos
+
+
+def _warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
+    """Rows starting with the pad id and no attention_mask: a padded batch whose mask was left
+    out, its pads read as prompt tokens (transformers' generate infers the mask there)."""
+    rows = torch.nonzero(input_ids[:, 0] == pad).flatten().tolist() if input_ids.dim() == 2 else []
+    if rows:
+        warnings.warn(f"generate: rows {rows[:10]} start with the pad id {pad} but no attention_mask was given: the "
+                      "pads are read as prompt tokens; pass the tokenizer's attention_mask", stacklevel=3)
 
 
 def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -298,10 +308,11 @@ def generate(
     if max_new_tokens < 1 or not math.isfinite(temperature) or temperature < 0.0:
         raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
                          f"({temperature}) finite and >= 0")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
     eos_ids = resolve_eos_ids(model, eos_token_id)
     eos = eos_ids[0]
+    if attention_mask is None:
+        _warn_unmasked_pads(input_ids, _pad_id(model, eos))
+        attention_mask = torch.ones_like(input_ids)
     if input_ids.shape[0] == 0:
         return GenerateOutput([], [], [], [], 0.0, 0)
     lengths = _check_prompt(input_ids, attention_mask)
