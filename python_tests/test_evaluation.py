@@ -244,6 +244,14 @@ def test_evaluate_limit_and_bad_arguments() -> None:
         evaluate(model, tokenizer, "gsm8k", PROBLEMS, generate_fn=gen)
     with pytest.raises(ValueError, match="no problems"):
         evaluate(model, tokenizer, "math500", [], generate_fn=gen)
+    # generate would refuse the batch naming only a length; the problems are named, before any decoding.
+    short = SimpleNamespace(**vars(model), backbone=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=26)))
+    calls.clear()
+    with pytest.raises(ValueError, match=r"evaluate: 3 prompt\(s\) longer than the model's context \("
+                                         r"max_position_embeddings=26\): 'p22' \(27 tokens\), 'p81' \(27 tokens\), "
+                                         r"'p54' \(27 tokens\)$"):
+        evaluate(short, tokenizer, "math500", PROBLEMS, progress=False, generate_fn=gen)
+    assert calls == []
 
 
 def hf_generate(model, input_ids, attention_mask, *, max_new_tokens, mode, threshold, eos_token_id, compile):

@@ -108,6 +108,18 @@ def _model_device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
+def _check_prompts_fit(model: Any, problems: list[Problem], prompt_ids: list[list[int]]) -> None:
+    """ValueError naming the problems whose prompt is longer than the model's context (generate
+    refuses their batch, naming only a length), before any batch is decoded."""
+    config = getattr(getattr(model, "backbone", model), "config", None)
+    context = getattr(config, "max_position_embeddings", None)
+    long = [f"{problems[i].id!r} ({len(ids)} tokens)" for i, ids in enumerate(prompt_ids)
+            if context is not None and len(ids) > context]
+    if long:
+        raise ValueError(f"evaluate: {len(long)} prompt(s) longer than the model's context (max_position_embeddings="
+                         f"{context}): {', '.join(long[:5])}{' ...' if len(long) > 5 else ''}")
+
+
 def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     """input_ids [B, T] left-padded with pad_id, attention_mask [B, T] (1 = real token)."""
     import torch
@@ -251,6 +263,7 @@ def evaluate(
     device = _model_device(model)
     prompts = [build_prompt(tokenizer, problem.question) for problem in problems]
     prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    _check_prompts_fit(model, problems, prompt_ids)
     order = sorted(range(len(problems)), key=lambda i: -len(prompt_ids[i]))
 
     # Written into every record, so that a resumed run can tell whether it continues this one:
