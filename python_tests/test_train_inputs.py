@@ -204,6 +204,8 @@ def test_directory_without_tokenizer_files_is_refused(base_dirs, tmp_path):
     make_model("qwen2", len(make_tokenizer()) + 3).save_pretrained(bare)
     with pytest.raises(FileNotFoundError, match=r"no tokenizer in .*bare.*; pass --tokenizer"):
         train(TrainOptions(model=bare, data=ROWS, output_dir=tmp_path / "o", **ONE_STEP))
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer in .*bare.*; --tokenizer names a directory without one$"):
+        train_utils.load_tokenizer(bare, base_dirs["qwen2"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train_utils.load_tokenizer(tmp_path / "nope", None)
     # The tokenizer of another directory is fine.

@@ -60,8 +60,10 @@ def load_tokenizer(
     if not directory.is_dir():
         raise FileNotFoundError(f"train: directory {os.fspath(path)!r} does not exist")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        # --tokenizer itself names a directory without one: asking for --tokenizer would go in circles.
+        hint = "--tokenizer names a directory without one" if source is not None else "pass --tokenizer"
         raise FileNotFoundError(f"train: no tokenizer in {os.fspath(path)!r} (none of {', '.join(TOKENIZER_FILES)}); "
-                                f"pass --tokenizer")
+                                f"{hint}")
     try:
         from superthoughts_ext.modeling import load_tokenizer as load_saved_tokenizer
 
