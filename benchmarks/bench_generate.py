@@ -45,7 +45,7 @@ from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 from superthoughts_ext import decode_loop
 from superthoughts_ext.eval_compare import threshold_label
 from superthoughts_ext.generate import generate, resolve_compile
-from superthoughts_ext.run_info import device_name, git_commit, int_at_least
+from superthoughts_ext.run_info import device_name, git_commit, int_at_least, unit_float
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = {
@@ -68,10 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model shape (default: qwen2.5-math-1.5b on GPU, tiny on CPU)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="default: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes")
-    parser.add_argument("--prompt-len", type=int, default=128, help="longest prompt (rows spread down to half)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="default: 512 on GPU, 256 on CPU")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999],
+    parser.add_argument("--batch", type=int_at_least(1), nargs="+", default=[1, 8, 32], help="batch sizes")
+    parser.add_argument("--prompt-len", type=int_at_least(1), default=128, help="longest prompt (rows spread down to half)")
+    parser.add_argument("--new-tokens", type=int_at_least(1), default=None, help="default: 512 on GPU, 256 on CPU")
+    parser.add_argument("--thresholds", type=unit_float, nargs="+", default=[0.9, 0.99, 0.999],
                         help="MTP confidence thresholds of the st@T rows")
     parser.add_argument("--mtp-logit-std", type=float, default=30.0,
                         help="spread of the MTP head's logits, which sets how often st@T pairs (0 = random head)")
@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-hf-compile", action="store_true", help="skip hf_static_compile")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile our decode step (default: generate's 'auto', on for CUDA)")
-    parser.add_argument("--graph-windows", type=int, default=decode_loop.GRAPH_WINDOWS,
+    parser.add_argument("--graph-windows", type=int_at_least(1), default=decode_loop.GRAPH_WINDOWS,
                         help=f"CUDA graphs per call at most, one per span of >= {decode_loop.GRAPH_MIN_SPAN} decode "
                              "columns (1: every step attends over the whole cache)")
     parser.add_argument("--threads", type=int, default=None,

@@ -50,3 +50,11 @@ def int_at_least(low: int):
         return value
 
     return parse
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a float in [0, 1] (a confidence threshold), refused at parse time."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
