@@ -33,7 +33,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import torch
-from superthoughts_ext.run_info import device_name, git_commit, int_at_least
+from superthoughts_ext.run_info import device_name, git_commit, int_at_least, unit_float
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -62,15 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gpu = torch.cuda.is_available()
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES),
                         default=["1.5b", "7b"] if gpu else ["tiny", "1.5b-mini"], help="model shapes (SHAPES)")
-    parser.add_argument("--batch-size", type=int, default=4 if gpu else 8, help="sequences per step")
-    parser.add_argument("--seq-len", type=int, default=2048 if gpu else 512, help="prompt + response")
-    parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens of each sequence")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=4 if gpu else 8, help="sequences per step")
+    parser.add_argument("--seq-len", type=int_at_least(2), default=2048 if gpu else 512, help="prompt + response")
+    parser.add_argument("--prompt-len", type=int_at_least(1), default=64, help="prompt tokens of each sequence")
     parser.add_argument("--warmup", type=int_at_least(2), default=5, help="untimed steps (loss must fall over them)")
     parser.add_argument("--steps", type=int_at_least(1), default=10, help="timed steps on GPU")
     parser.add_argument("--min-time", type=float, default=12.0, help="seconds per mode on CPU")
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="alternating timing rounds per mode on CPU")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    parser.add_argument("--rho-max", type=float, nargs="+", default=[0.25, 0.0],
+    parser.add_argument("--rho-max", type=unit_float, nargs="+", default=[0.25, 0.0],
                         help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
     parser.add_argument("--mtp-types", nargs="+", choices=("decoder", "mlp"), default=["decoder"],
                         help="MTP module of the SuperThoughts runs (decoder = default; mlp = the lighter "
@@ -264,6 +264,10 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> d
 
 def main(args: argparse.Namespace) -> int:
     """Run every shape in both modes, print a table and write the JSON; returns an exit code."""
+    if args.prompt_len >= args.seq_len:
+        # make_features would cut every response down to its EOS and time that.
+        raise SystemExit(f"bench train: --prompt-len ({args.prompt_len}) must be below --seq-len ({args.seq_len}), "
+                         "which counts prompt and response")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report: dict[str, Any] = {
         "benchmark": "train", "device": device_name(device), "device_type": device.type,

@@ -1,10 +1,13 @@
 """Smoke test of benchmarks/bench_train.py: every mode runs, passes its loss check, and the
-report holds the speedups and per-mode costs a reader compares."""
+report holds the speedups and per-mode costs a reader compares; bad sizes are refused up front."""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 from superthoughts_ext.bench_cli import load_benchmark
 
@@ -29,3 +32,18 @@ def test_bench_train_smoke_both_mtp_types(tmp_path: Path) -> None:
         assert row[mode]["speedup_same_loss"] > 0
     # The MLP MTP block has no attention and no cache: fewer parameters than a decoder layer.
     assert row["superthoughts_mlp_rho0.25"]["params"] < row["superthoughts_rho0.25"]["params"]
+
+
+def test_bad_sizes_are_refused_before_any_model_is_built(capsys) -> None:
+    bench = load_benchmark("train")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    for options, message in ((["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+                             (["--rho-max", "0.25", "2"], r"argument --rho-max: must lie in \[0, 1\], got 2")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(options)
+        err = capsys.readouterr().err
+        assert re.search(message, err), err
+    # A prompt as long as the sequence left one-token responses, timed without a word.
+    with pytest.raises(SystemExit, match=r"--prompt-len \(16\) must be below --seq-len \(8\)"):
+        bench.main(parser.parse_args(["--seq-len", "8", "--prompt-len", "16"]))
