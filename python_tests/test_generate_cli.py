@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from superthoughts_ext import cli
-from superthoughts_ext.generate import generate, stop_token_ids
+from superthoughts_ext.generate import generate
+from superthoughts_ext.stop_tokens import stop_token_ids
 import test_generate_io
 from test_generate_io import TOKENIZER, prompt_batch
 

@@ -143,13 +143,13 @@ def test_pad_id_of_a_plain_model() -> None:
     # The generation config's pad id (the first of a list), else the config's, else the EOS.
     from types import SimpleNamespace
 
-    from superthoughts_ext.generate import _pad_id
+    from superthoughts_ext.stop_tokens import pad_id
 
-    assert _pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=[7, 3]),
-                                   config=SimpleNamespace(pad_token_id=4)), 1) == 7
-    assert _pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=None),
-                                   config=SimpleNamespace(pad_token_id=4)), 1) == 4
-    assert _pad_id(SimpleNamespace(config=SimpleNamespace(pad_token_id=[])), 1) == 1
+    assert pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=[7, 3]),
+                                  config=SimpleNamespace(pad_token_id=4)), 1) == 7
+    assert pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=None),
+                                  config=SimpleNamespace(pad_token_id=4)), 1) == 4
+    assert pad_id(SimpleNamespace(config=SimpleNamespace(pad_token_id=[])), 1) == 1
 
 
 def test_sliding_window_rolls_names_the_window_a_cuda_graph_cannot_pass() -> None:

@@ -27,7 +27,7 @@ from transformers import (  # noqa: E402
 )
 
 from superthoughts_ext import train_utils  # noqa: E402
-from superthoughts_ext.generate import resolve_eos_ids  # noqa: E402
+from superthoughts_ext.stop_tokens import resolve_eos_ids  # noqa: E402
 from superthoughts_ext.train import TrainOptions, add_arguments, run, train  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]

@@ -226,7 +226,7 @@ def evaluate(
         progress: show a tqdm bar.
         generate_fn: replaces `superthoughts_ext.generate.generate` (same signature and
             result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time). Its
-            eos_token_id is `superthoughts_ext.generate.stop_token_ids(model, tokenizer)`.
+            eos_token_id is `superthoughts_ext.stop_tokens.stop_token_ids(model, tokenizer)`.
         metadata: extra keys (model path, dtype...) stored in the summary JSON; those of
             `RUN_KEYS` (model, dtype, data) are also stored in every record.
         resume: keep the records an interrupted run left in ``output_jsonl`` and evaluate only
@@ -255,7 +255,8 @@ def evaluate(
     generate_fn = generate_fn or _default_generate()
 
     started = time.perf_counter()
-    from superthoughts_ext.generate import resolve_compile, stop_token_ids
+    from superthoughts_ext.generate import resolve_compile
+    from superthoughts_ext.stop_tokens import stop_token_ids
 
     eos_ids = stop_token_ids(model, tokenizer)
     stop_ids = set(eos_ids)

@@ -24,6 +24,8 @@ import torch
 
 from superthoughts_ext import attention, decode_loop
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits
+# stop_token_ids is re-exported: the README names it as superthoughts_ext.generate.stop_token_ids.
+from superthoughts_ext.stop_tokens import is_superthoughts, pad_id, resolve_eos_ids, stop_token_ids  # noqa: F401
 
 MODES = ("superthoughts", "pairs", "standard")
 CHECK_EVERY = 8  # decode steps between host reads of `finished` (each read syncs the device)
@@ -57,65 +59,6 @@ class GenerateOutput:
     def steps_per_s(self) -> float:
         """Batch-wide forward passes per second of wall time."""
         return self.num_forward_passes / self.wall_time if self.wall_time > 0 else 0.0
-
-
-def is_superthoughts(model: Any) -> bool:
-    """True for a SuperThoughtsForCausalLM (duck-typed on the decoding contract it offers)."""
-    return all(hasattr(model, name) for name in ("backbone", "hidden_states", "head_logits", "new_cache"))
-
-
-def token_ids(value: Any) -> list[int]:
-    """Token ids of an int, a list of them or None, in order, without repeats."""
-    values = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
-    return list(dict.fromkeys(int(v) for v in values))
-
-
-def resolve_eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[int]:
-    """The EOS ids decoding stops on (any of them ends a row): the argument, else the model's
-    generation config, else its config. The first is the step op's own (a Qwen chat turn end)."""
-    candidates = [eos_token_id]
-    for owner in (model, getattr(model, "backbone", None)):
-        for attr in ("generation_config", "config"):
-            candidates.append(getattr(getattr(owner, attr, None), "eos_token_id", None))
-    for candidate in candidates:
-        if ids := token_ids(candidate):
-            return ids
-    raise ValueError("generate: the model has no eos_token_id; pass eos_token_id=")
-
-
-# Tokens that end an assistant turn in Qwen chat templates (also when the model's configs do not
-# list them); text after one is not the answer.
-CHAT_TURN_ENDS = ("<|im_end|>", "<|endoftext|>")
-
-
-def stop_token_ids(model: Any, tokenizer: Any = None) -> list[int]:
-    """Every id that ends an assistant turn, for `generate(eos_token_id=...)`: the model's
-    (`resolve_eos_ids`, its primary EOS first: the step op's own), then the tokenizer's EOS,
-    then the ChatML turn ends in the tokenizer's vocabulary; without repeats. A checkpoint may
-    list several (Qwen instruct: <|im_end|> and <|endoftext|>; Llama-3: <|end_of_text|> and
-    <|eot_id|>), and a SuperThoughts model keeps them in its backbone's generation_config: one
-    id alone lets decoding run past the real turn end. `superthoughts generate` and `evaluate`
-    both stop on these ids. ValueError when neither the model nor the tokenizer has an EOS."""
-    try:
-        ids = resolve_eos_ids(model, None)
-    except ValueError:  # no EOS in the model's configs: the tokenizer's lead
-        ids = []
-    if tokenizer is not None:
-        ids += token_ids(tokenizer.eos_token_id)
-        vocab = tokenizer.get_vocab()
-        ids += [vocab[token] for token in CHAT_TURN_ENDS if token in vocab]
-    if not ids:
-        raise ValueError("neither the model's generation_config / config nor the tokenizer defines an EOS token")
-    return list(dict.fromkeys(ids))
-
-
-def _pad_id(model: Any, eos: int) -> int:
-    if is_superthoughts(model):
-        return int(model.pad_token_id)
-    for attr in ("generation_config", "config"):
-        if pads := token_ids(getattr(getattr(model, attr, None), "pad_token_id", None)):
-            return pads[0]
-    return eos
 
 
 def _warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
@@ -311,7 +254,7 @@ def generate(
     eos_ids = resolve_eos_ids(model, eos_token_id)
     eos = eos_ids[0]
     if attention_mask is None:
-        _warn_unmasked_pads(input_ids, _pad_id(model, eos))
+        _warn_unmasked_pads(input_ids, pad_id(model, eos))
         attention_mask = torch.ones_like(input_ids)
     if input_ids.shape[0] == 0:
         return GenerateOutput([], [], [], [], 0.0, 0)
@@ -361,7 +304,7 @@ def generate(
     # Greedy steps ignore the seed and the temperature: constants keep them from keying a new
     # compiled step.
     sampled = samples(temperature)
-    cfg = decode_loop.StepConfig(step_fn, _pad_id(model, eos), eos, threshold, threshold_main,
+    cfg = decode_loop.StepConfig(step_fn, pad_id(model, eos), eos, threshold, threshold_main,
                                  float(temperature) if sampled else 0.0, int64_of_low_64_bits(seed) if sampled else 0,
                                  ignore_eos, context)
 

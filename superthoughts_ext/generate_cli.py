@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from superthoughts_ext.generate import (MODES, generate, is_superthoughts, model_context, resolve_compile, samples,
-                                         stop_token_ids)
+from superthoughts_ext.generate import MODES, generate, model_context, resolve_compile, samples
+from superthoughts_ext.stop_tokens import is_superthoughts, stop_token_ids
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 
