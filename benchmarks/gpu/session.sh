@@ -6,7 +6,8 @@
 # checks the kernels first and measures second, then give the machine back, e.g.
 #   DEADLINE=540 bash benchmarks/gpu/session.sh test bench_step sanitize phase_probe
 # (test: the CUDA step op and generate against the reference, incl. the confidence rule of
-# csrc/kernels/confidence.h that no GPU has run yet; bench_step: the step targets).
+# csrc/kernels/confidence.h that no GPU has run yet, near one-hot rows in test_step_fuzz.py;
+# bench_step: the step targets).
 # With more time, the longer plan of earlier sessions (the device's copy of .git is the one
 # from the session start, so results carry that commit):
 #   DEADLINE=580 bash benchmarks/gpu/session.sh phase_probe diag test errors
@@ -50,8 +51,9 @@ python3 -c "import superthoughts_ext as s; print(s.build_info())" 2>&1 | tee -a 
 
 for what in "$@"; do
   case $what in
-    test) stage test 400 python3 -m pytest -q -p no:cacheprovider python_tests/test_step.py \
+    test) stage test 400 python3 -m pytest -q -p no:cacheprovider python_tests/test_step.py python_tests/test_step_fuzz.py \
             python_tests/test_generate_io.py python_tests/test_generate.py python_tests/test_generate_edge_cases.py \
+            python_tests/test_generate_cli.py \
             -k "not bad_input and not mixed_devices and not emulated" ;;  # the CPU emulation runs in CI
     errors)  # the op's error path (a C++ exception through the dispatcher), with a backtrace on a crash
       stage errors 120 cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest -q -p no:cacheprovider \
