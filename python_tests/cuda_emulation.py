@@ -84,6 +84,8 @@ def build(out_dir: Path, sanitize: bool = False) -> ctypes.CDLL:
     lib.superthoughts_step_emulated.restype = ctypes.c_char_p
     lib.superthoughts_step_emulated.argtypes = [ctypes.POINTER(StepParams), ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                                 ctypes.c_uint64]
+    lib.superthoughts_emulation_ldg_check.restype = ctypes.c_char_p
+    lib.superthoughts_emulation_ldg_check.argtypes = [ctypes.c_int]
     lib.superthoughts_gumbel_table.restype = None
     lib.superthoughts_gumbel_table.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     size = lib.superthoughts_step_params_size()
@@ -140,3 +142,10 @@ def gumbel_table() -> tuple[torch.Tensor, torch.Tensor]:
     exact, bound = torch.empty(1 << 23), torch.empty(1 << 23)
     library().superthoughts_gumbel_table(exact.data_ptr(), bound.data_ptr())
     return exact, bound
+
+
+def ldg_check(written_bytes: int) -> str | None:
+    """The emulator's error for a launch whose threads __ldg a buffer they write, the first
+    `written_bytes` of it declared as written (None: no error)."""
+    error = library().superthoughts_emulation_ldg_check(written_bytes)
+    return None if error is None else error.decode()

@@ -120,6 +120,17 @@ def test_emulated_cuda_kernel_grid_sizes(grid, schedule_seed, shape, dtype):
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
 
 
+def test_emulator_reports_read_only_loads_of_written_memory():
+    # On a GPU, __ldg (ld.global.nc) of memory the kernel itself writes may return stale data; the
+    # emulator reports it, so every emulated run above also checks that the kernel's __ldg loads
+    # (embed, weight) never touch the workspace, finished or the outputs.
+    if cuda_emulation.cuda_include_dir() is None:
+        pytest.skip("the CUDA emulation needs the CUDA toolkit's headers")
+    assert cuda_emulation.ldg_check(0) is None
+    error = cuda_emulation.ldg_check(4)
+    assert error is not None and "__ldg at" in error and "emulated_step.cpp" in error
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("threshold,threshold_main", [(0.0, 0.0), (1.0, 0.0), (0.3, 0.2), (0.0, 1.0)])
 def test_thresholds(device, threshold, threshold_main):

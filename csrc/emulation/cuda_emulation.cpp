@@ -14,6 +14,7 @@
 #include <random>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace superthoughts::emulation {
@@ -55,6 +56,7 @@ struct Grid {
   uint64_t schedule_seed = 0;
   const std::function<void()>* body = nullptr;
   std::barrier<> barrier;
+  std::vector<Span> written;
   std::mutex error_lock;
   std::string error;
   explicit Grid(int n) : blocks(n), barrier(n) {}
@@ -165,6 +167,19 @@ void sync_grid() {
   sync_block(Site::current());
 }
 
+void check_read_only(const void* p, size_t bytes, Site site) {
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  for (const Span& span : t_block->grid->written) {
+    const auto span_begin = reinterpret_cast<uintptr_t>(span.data);
+    if (begin < span_begin + span.bytes && span_begin < begin + bytes) {
+      t_block->grid->fail("block " + std::to_string(t_block->index) + ": __ldg at " + where(site) +
+                          " reads memory that the launch writes (on a GPU the read-only cache may return "
+                          "stale data)");
+      return;
+    }
+  }
+}
+
 uint64_t warp_exchange_xor(uint64_t value, int lane_mask, Site site) {
   Warp& warp = t_block->warps[t_block->current / kWarpSize];
   const int lane = t_block->current % kWarpSize;
@@ -253,10 +268,12 @@ uint32_t round_to_tf32(float x) {
   return bits & 0xffffe000u;
 }
 
-std::string launch(int grid_size, int block_size, const std::function<void()>& body, uint64_t schedule_seed) {
+std::string launch(int grid_size, int block_size, const std::function<void()>& body, uint64_t schedule_seed,
+                   std::vector<Span> written) {
   if (grid_size < 1 || block_size < 1) return "empty launch";
   Grid grid(grid_size);
   grid.schedule_seed = schedule_seed;
+  grid.written = std::move(written);
   grid.body = &body;
   std::vector<std::thread> blocks;
   blocks.reserve(grid_size);

@@ -4,7 +4,8 @@
 // (__syncthreads, warp shuffles, mma, the grid barrier). Test-only: python_tests/
 // test_step_cuda_emulated.py builds it with g++ and checks the kernel against the reference on
 // machines without a GPU. It checks the kernel's logic (indexing, tiling, the mma fragment
-// layout, reductions, barriers), not its speed, its memory ordering or its caches.
+// layout, reductions, barriers), not its speed, its memory ordering or its caches, with one
+// exception: __ldg from memory the launch writes is reported (see Span).
 //
 // Faithful where the kernel relies on it: __shfl_xor_sync and mma.sync are warp collectives
 // (all 32 lanes must arrive, else the emulator reports a deadlock naming the block), __shared__
@@ -21,6 +22,7 @@
 #include <functional>
 #include <source_location>
 #include <string>
+#include <vector>
 
 #ifndef SUPERTHOUGHTS_CUDA_EMULATION
 #error "cuda_emulation.h is for host compilers emulating CUDA: define SUPERTHOUGHTS_CUDA_EMULATION"
@@ -64,11 +66,22 @@ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
 // cvt.rna.tf32.f32: nearest tf32, ties away from zero, low 13 bits cleared.
 uint32_t round_to_tf32(float x);
 
+// Memory that a launch writes. A load from it through the read-only path (__ldg, i.e.
+// ld.global.nc) is a bug only a GPU shows: that cache is not kept coherent with the launch's
+// own writes and may return older data, so __ldg is for data read-only for the whole kernel.
+struct Span {
+  const void* data;
+  size_t bytes;
+};
+// Reports (as the launch's error) a `bytes`-byte __ldg at p that overlaps a written Span.
+void check_read_only(const void* p, size_t bytes, Site site);
+
 // Runs body once per (block, thread) of a grid x block launch; returns "" or what went wrong
-// (a deadlock: threads of one block waiting at different barriers, or some never arriving).
-// schedule_seed 0 resumes a block's waiting threads in index order, else in an order
-// reshuffled every round (seeded), to expose code that depends on one order.
-std::string launch(int grid, int block, const std::function<void()>& body, uint64_t schedule_seed = 0);
+// (a deadlock: threads of one block waiting at different barriers, or some never arriving; an
+// __ldg from `written`). schedule_seed 0 resumes a block's waiting threads in index order, else
+// in an order reshuffled every round (seeded), to expose code that depends on one order.
+std::string launch(int grid, int block, const std::function<void()>& body, uint64_t schedule_seed = 0,
+                   std::vector<Span> written = {});
 
 }  // namespace superthoughts::emulation
 
@@ -92,9 +105,12 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask, std::source_location si
   return out;
 }
 
-// Cache-hinted loads are plain loads here.
+// Cache-hinted loads are plain loads here; __ldg also checks that the launch never writes p.
 template <typename T>
-inline T __ldg(const T* p) { return *p; }
+inline T __ldg(const T* p, std::source_location site = std::source_location::current()) {
+  ::superthoughts::emulation::check_read_only(p, sizeof(T), site);
+  return *p;
+}
 template <typename T>
 inline T __ldcs(const T* p) { return *p; }
 template <typename T>

@@ -7,6 +7,7 @@
 #include "../kernels/step.cuh"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -24,9 +25,16 @@ const char* run(StepParams p, int grid, uint64_t schedule_seed) {
   // Garbage, not zeros: the kernel must write every partial it reads.
   std::vector<unsigned char> workspace(workspace_bytes, 0xA5);
   p.workspace = workspace.data();
+  const auto rows = static_cast<size_t>(p.batch);
+  const size_t next_in_bytes = rows * static_cast<size_t>(p.weight ? p.hidden : 2 * p.hidden) * sizeof(EmbedT);
+  std::vector<superthoughts::emulation::Span> written = {
+      {workspace.data(), workspace_bytes}, {p.finished, rows * sizeof(bool)},
+      {p.tokens, rows * 2 * sizeof(int64_t)}, {p.n_new, rows * sizeof(int32_t)},
+      {p.conf, rows * 2 * sizeof(float)},    {p.next_in, next_in_bytes}};
   g_error = superthoughts::emulation::launch(
       grid, superthoughts::cuda_step::kThreads,
-      [&p] { superthoughts::cuda_step::superthoughts_step_kernel<LogitT, EmbedT>(p); }, schedule_seed);
+      [&p] { superthoughts::cuda_step::superthoughts_step_kernel<LogitT, EmbedT>(p); }, schedule_seed,
+      std::move(written));
   return g_error.empty() ? nullptr : g_error.c_str();
 }
 
@@ -58,6 +66,16 @@ const char* superthoughts_step_emulated(const StepParams* params, int logits_dty
     case kBFloat16: return dispatch_embed<__nv_bfloat16>(*params, embed_dtype, grid, schedule_seed);
     default: return "unknown logits dtype code";
   }
+}
+
+// A one-block launch whose threads write a 64-byte buffer and __ldg it, its first
+// `written_bytes` declared as written (0: none): the emulator's read-only-path check, tested.
+const char* superthoughts_emulation_ldg_check(int written_bytes) {
+  float buffer[16] = {};
+  g_error = superthoughts::emulation::launch(
+      1, 32, [&buffer] { buffer[threadIdx.x % 16] = __ldg(&buffer[(threadIdx.x + 1) % 16]) + 1.0f; }, 0,
+      {{buffer, static_cast<size_t>(written_bytes)}});
+  return g_error.empty() ? nullptr : g_error.c_str();
 }
 
 // The noise of every word (word >> 9 = k for k < 2^23) as the host computes it: exact[k] =
