@@ -73,6 +73,22 @@ def test_mtp_rope_frequencies_stay_float32_in_bf16(tmp_path, family):
     assert_rope_like_backbone(model)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_from_base_of_a_module_in_bf16_keeps_float32_rope_and_reloads_bit_identical(tmp_path, family):
+    # A built model cast by from_base(dtype=) must match one loaded in that dtype: module.to()
+    # rounds the RoPE frequencies too, which no checkpoint stores, so the reload differed.
+    model = SuperThoughtsForCausalLM.from_base(make_backbone(family), dtype=torch.bfloat16).eval()
+    assert model.mtp.layer.self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert_rope_like_backbone(model)
+    assert model.backbone.model.rotary_emb.inv_freq.dtype == torch.float32
+    model.save_pretrained(tmp_path)
+    loaded = SuperThoughtsForCausalLM.from_pretrained(tmp_path)
+    batch = training_batch()
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)
+
+
 def test_from_base_paths_and_load_model_baseline(tmp_path):
     base = make_backbone("llama")
     base.save_pretrained(tmp_path / "plain")

@@ -117,7 +117,7 @@ class SuperThoughtsForCausalLM(nn.Module):
                                  f"use SuperThoughtsForCausalLM.from_pretrained")
             backbone = _load_plain(path, dtype, "from_base")
         elif isinstance(path_or_model, PreTrainedModel):
-            backbone = path_or_model if dtype is None else path_or_model.to(dtype)
+            backbone = path_or_model if dtype is None else _cast_weights(path_or_model, dtype)
         else:
             raise TypeError(f"from_base: expected a checkpoint directory or a PreTrainedModel, "
                             f"got {type(path_or_model).__name__}")
@@ -343,6 +343,18 @@ class SuperThoughtsForCausalLM(nn.Module):
         loss, _ = head_kl_divergence(self.backbone.get_output_embeddings(), h_main, teacher.get_output_embeddings(),
                                      t_rows, weights)
         return loss
+
+
+def _cast_weights(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
+    """`model.to(dtype)` keeping its non-persistent buffers (RoPE frequencies) in their own dtype,
+    as `from_pretrained(dtype=...)` builds them: rounded to bf16 they turn the angles by up to
+    radians at long distances, and no checkpoint stores them, so a reload would not match."""
+    kept = [(module, name, module._buffers[name]) for module in model.modules()
+            for name in module._non_persistent_buffers_set if module._buffers.get(name) is not None]
+    model.to(dtype)
+    for module, name, buffer in kept:
+        module._buffers[name] = buffer
+    return model
 
 
 def _load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
