@@ -5,6 +5,7 @@ the model's context, and pre-tokenised rows. Tiny random models on CPU, a step o
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,22 @@ def test_context_counts_units_or_tokens():
         assert drop([row, {"prompt_ids": [5], "response_ids": [2]}], 29, 2, 1.0) == [
             {"prompt_ids": [5], "response_ids": [2]}]
     assert drop([row], None, 2, 1.0) == [row]
+
+
+def test_rows_only_compressed_fit_are_named_for_the_baseline():
+    # Kept compressed (20 or 22 positions) but 30 at one position per token: a --baseline run
+    # of the same data drops it, so the warning says so and how to keep the runs on one row set.
+    row = {"prompt_ids": [5] * 10, "response_ids": [6] * 19 + [2]}
+    short = {"prompt_ids": [5], "response_ids": [2]}
+    drop = train_data.drop_beyond_context
+    for fraction in (0.0, 0.25):
+        with pytest.warns(UserWarning, match=r"^train: 1 of 2 row\(s\) fit the model's context \(max_position_"
+                                             r"embeddings=29\) only compressed: a --baseline run of this data drops "
+                                             r"them; --max-length 29 keeps both runs to the same rows$"):
+            assert drop([row, short], 29, 2, fraction) == [row, short]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert drop([row, short], 30, 2, 0.25) == [row, short]  # fits either way: silent
 
 
 def test_directory_without_tokenizer_files_is_refused(base_dirs, tmp_path):

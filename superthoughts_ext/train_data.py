@@ -115,7 +115,8 @@ def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | Non
 
     A row takes its prompt plus its units (`data.layout_length`) with `split_fraction` of its
     pairs split: rho_max, the most pad-split draws, or 1.0 (one position per token) for
-    the baseline and the distillation teacher.
+    the baseline and the distillation teacher. Below 1.0 it also warns about the kept rows
+    that a baseline run would drop.
     """
     if context is None:
         return examples
@@ -127,4 +128,16 @@ def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | Non
         if not kept:
             raise ValueError(f"train: no training examples left: {message}")
         warnings.warn(f"train: dropped {message}", stacklevel=2)
+    if split_fraction < 1.0:
+        _warn_baseline_drops(kept, context, eos_id)
     return kept
+
+
+def _warn_baseline_drops(kept: list[dict[str, list[int]]], context: int, eos_id: int) -> None:
+    """Compressed rows can fit a context that the same rows at one position per token do not: a
+    --baseline run of the data would drop those, and the two runs would not train on the same rows."""
+    over = sum(layout_length(e["prompt_ids"], e["response_ids"], eos_id, 1.0) > context for e in kept)
+    if over:
+        warnings.warn(f"train: {over} of {len(kept)} row(s) fit the model's context (max_position_embeddings="
+                      f"{context}) only compressed: a --baseline run of this data drops them; --max-length "
+                      f"{context} keeps both runs to the same rows", stacklevel=3)
