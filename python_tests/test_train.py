@@ -314,3 +314,21 @@ def test_cli_run(base_dirs, tmp_path, capsys):
     assert run(args) == 2
     assert "x.jsonl" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
+def test_accumulated_loss_is_the_mean_of_micro_batch_means(base_dirs, tmp_path, baseline):
+    # Two rows of very different lengths and per-token losses (a trained model gets the short
+    # one nearly right): with --grad-accum 2 both modes log the mean of the two rows' own
+    # means, not a token-weighted mean, so SuperThoughts and its baseline train the same
+    # objective. A learning rate of 1e-12 keeps the weights as they are across the steps.
+    trained = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "trained",
+                                 baseline=baseline, **FAST)).output_dir
+    rows = [ROWS[0], {"problem": "what is 9 + 9", "solution": " ".join(["9 + 9 = 18"] * 12)}]
+    tiny_lr = {**FAST, "learning_rate": 1e-12, "batch_size": 1, "rho_max": 0.0}
+    alone = losses(train(TrainOptions(model=trained, data=rows, output_dir=tmp_path / "alone",
+                                      baseline=baseline, **{**tiny_lr, "max_steps": 2})))
+    accumulated = losses(train(TrainOptions(model=trained, data=rows, output_dir=tmp_path / "accumulated",
+                                            baseline=baseline, grad_accum=2, **{**tiny_lr, "max_steps": 1})))
+    assert abs(alone[0] - alone[1]) > 0.5, alone  # token weighting would move the mean far off
+    assert accumulated[0] == pytest.approx(sum(alone) / 2, rel=1e-3), (accumulated, alone)

@@ -52,10 +52,12 @@ class SuperThoughtsTrainer(Trainer):
 
         inner = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         self._superthoughts = _is_superthoughts(inner)
-        if self._superthoughts:
-            # The SuperThoughts loss is already a per-batch mean of its parts; token-count
-            # rescaling (num_items_in_batch) would double-normalise it.
-            self.model_accepts_loss_kwargs = False
+        # Both modes optimise the mean over micro-batches (and processes) of each micro-batch's
+        # token mean. The SuperThoughts loss is already a per-batch mean of its parts, which
+        # token-count rescaling (num_items_in_batch) would double-normalise; the baseline gives
+        # up transformers' token weighting across the accumulated batch so that it trains on
+        # the same objective whatever --grad-accum and the number of processes.
+        self.model_accepts_loss_kwargs = False
         self._part_sums: dict[str, torch.Tensor] = {}
         self._part_counts: dict[str, int] = {}
         if hasattr(self.data_collator, "set_stream"):
