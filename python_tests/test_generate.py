@@ -1,8 +1,8 @@
 """Decoding tests on tiny random Qwen2 and Llama models (CPU, no weights downloaded).
 
 Exactness: standard greedy == transformers' generate; compiled step == reference step (greedy
-and sampled); the static-cache loop == a full recompute with no cache; a batch == its rows
-alone. The decode loop driving the CUDA kernel's source emulated on the CPU is tested too.
+and sampled); the static-cache loop == a full recompute with no cache (greedy, and sampled with
+threshold_main); a batch == its rows alone. The decode loop driving the CUDA kernel's source emulated on the CPU is tested too.
 The torch.compile'd step (one compile per configuration: slow on CPU, so few tests) must give
 the eager tokens. Edge cases (EOS placements, token budgets, the context limit, an empty batch,
 bad input) are in test_generate_edge_cases.py, which uses the models and helpers here, as
@@ -96,13 +96,15 @@ def check_stats(out, max_new_tokens: int) -> None:
         assert 1 <= len(seq) <= max_new_tokens
 
 
-def slow_decode(model, prompt: list[int], max_new_tokens: int, threshold: float, eos: int) -> list[int]:
-    """One row, no cache: the whole compressed sequence is recomputed at every step."""
+def slow_decode(model, prompt: list[int], max_new_tokens: int, threshold: float, eos: int, *,
+                threshold_main: float = 0.0, temperature: float = 0.0, seed: int = 0, row: int = 0,
+                batch: int = 1) -> list[int]:
+    """One row, no cache: the whole compressed sequence is recomputed at every step. Sampling
+    draws the noise of row `row` of a batch of `batch` at offset = step (prefill's is 0)."""
     embedding = model.backbone.get_input_embeddings()
     prompt_embeds = embedding(torch.tensor([prompt]))  # [1, L, H]
     units: list[tuple[int, int]] = []
     out: list[int] = []
-    finished = torch.zeros(1, dtype=torch.bool)
     while True:
         inputs = prompt_embeds
         if units:
@@ -110,12 +112,15 @@ def slow_decode(model, prompt: list[int], max_new_tokens: int, threshold: float,
             inputs = torch.cat([prompt_embeds, model.embed_units(a, b)], dim=1)
         length = inputs.shape[1]
         h, h_mtp = model.hidden_states(inputs, torch.arange(length)[None], torch.ones(1, length, dtype=torch.int64))
-        logits = model.head_logits(h[:, -1], h_mtp[:, -1])
-        tokens, _, _, _ = superthoughts_step_ref(logits, embedding.weight, None, None, finished, PAD, eos,
-                                                 threshold, 0.0, 0.0, 0, 0)
-        first, second = tokens[0].tolist()
+        logits = model.head_logits(h[:, -1], h_mtp[:, -1])  # [2, 1, V]
+        # The row at its batch index (the noise is keyed by it), the other rows finished.
+        wide = logits.new_zeros(2, batch, logits.shape[-1]).index_copy_(1, torch.tensor([row]), logits)
+        finished = torch.ones(batch, dtype=torch.bool).index_fill_(0, torch.tensor([row]), False)
+        tokens, _, _, _ = superthoughts_step_ref(wide, embedding.weight, None, None, finished, PAD, eos, threshold,
+                                                 threshold_main, temperature, seed, len(units))
+        first, second = tokens[row].tolist()
         out.extend([first] if second < 0 else [first, second])
-        if bool(finished) or len(out) >= max_new_tokens or length >= CONTEXT:
+        if bool(finished[row]) or len(out) >= max_new_tokens or length >= CONTEXT:
             return out[:max_new_tokens]
         units.append((first, PAD if second < 0 else second))
 
@@ -184,6 +189,20 @@ def test_fast_loop_matches_full_recompute(model, mode: str) -> None:
     check_stats(fast, 21)
     if mode == "superthoughts":  # the threshold really mixes one- and two-token steps
         assert 0 < sum(fast.num_pair_steps) < sum(fast.num_steps)
+
+
+def test_sampled_steps_and_threshold_main_match_full_recompute(model) -> None:
+    # Each step draws fresh noise (offset 0 at prefill, then one more per step) keyed by the
+    # row's batch index; kernels and reference share the loop, so only an oracle outside it
+    # pins that schedule. threshold_main 0.3 also vetoes some pairs that the MTP head keeps.
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(threshold_main=0.3, temperature=1.0, seed=11)
+    fast = generate(model, ids, mask, max_new_tokens=19, threshold=MIXED_THRESHOLD, use_kernels=HAS_KERNELS, **kwargs)
+    for row, prompt in enumerate(PROMPTS):
+        assert fast.sequences[row] == slow_decode(model, prompt, 19, MIXED_THRESHOLD, EOS, row=row,
+                                                  batch=len(PROMPTS), **kwargs), f"row {row}"
+    check_stats(fast, 19)
+    assert 0 < sum(fast.num_pair_steps) < sum(fast.num_steps)
 
 
 @pytest.mark.parametrize("forced_eos", [False, True], ids=["free", "eos"])
