@@ -3,11 +3,11 @@
 Exactness: standard greedy == transformers' generate; compiled step == reference step (greedy
 and sampled); the static-cache loop == a full recompute with no cache (greedy, and sampled with
 threshold_main); a batch == its rows alone. The decode loop driving the CUDA kernel's source
-emulated on the CPU is tested too. The torch.compile'd step (one compile per configuration: slow on CPU, so few tests) must give
-the eager tokens. Edge cases (EOS placements, token budgets, the context limit, an empty batch,
-bad input) are in test_generate_edge_cases.py, which uses the models and helpers here, as
-test_generate_limits.py does; streamers and the CUDA-graph path (GPU only) in
-test_generate_io.py, the CLI in test_generate_cli.py.
+emulated on the CPU is tested too. The torch.compile'd step (one compile per configuration:
+slow on CPU, so few tests) must give the eager tokens. Edge cases (EOS placements, token
+budgets, the context limit, an empty batch, bad input) are in test_generate_edge_cases.py,
+which uses the models and helpers here, as test_generate_limits.py does; streamers and the
+CUDA-graph path (GPU only) in test_generate_io.py, the CLI in test_generate_cli.py.
 
 EOS is forced without touching weights: decode once, pick a token at the wanted place that
 did not occur before it, and decode again with that token as EOS - the tokens up to it are
