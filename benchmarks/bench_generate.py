@@ -104,7 +104,8 @@ def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: 
         backbone.get_output_embeddings().weight[EOS] = 0.0
     backbone.generation_config.eos_token_id = EOS
     backbone.generation_config.pad_token_id = PAD
-    superthoughts = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).to(device=device, dtype=dtype).eval()
+    # from_base(dtype=) keeps the RoPE frequencies float32, as a checkpoint loaded in bf16 has them.
+    superthoughts = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), dtype=dtype, device=device).eval()
     if mtp_logit_std > 0:
         # The final RMSNorm's output has unit RMS per unit of norm weight, so a logit of the
         # (freshly initialised) lm_head spreads by std(W) * sqrt(H) per unit of norm weight.
