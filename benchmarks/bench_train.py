@@ -132,10 +132,12 @@ def build(shape: str, mode: Mode, device: torch.device, dtype: torch.dtype, ckpt
     if ckpt:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if superthoughts:
-        model = SuperThoughtsForCausalLM.from_base(backbone, pad_token_id=PAD_ID, mtp_type=mode.mtp_type)
+        # from_base(dtype=) keeps the RoPE frequencies float32 (module.to would round them).
+        model = SuperThoughtsForCausalLM.from_base(backbone, pad_token_id=PAD_ID, mtp_type=mode.mtp_type,
+                                                   dtype=dtype, device=device)
     else:
         model = ChunkedLossSFT(backbone) if chunked else backbone
-    model = model.to(device=device, dtype=dtype).train()
+    model = model.train()
     collator = SuperThoughtsCollator(PAD_ID, EOS_ID, rho_max=rho_max or 0.0, baseline=not superthoughts, seed=0)
     return model, collator
 
