@@ -51,6 +51,21 @@ def test_context_limit_is_per_row(model, backbone, mode: str, use_kernels: bool)
     assert batch.sequences == [generate(target, torch.tensor([p]), **kwargs).sequences[0] for p in prompts]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_budget_past_the_context_allocates_what_the_context_allows(model, backbone, mode: str) -> None:
+    # max_new_tokens far past the context: the output is sized by the steps the context
+    # leaves (an [B, 10**12] buffer would not fit in memory), and the tokens are the same.
+    ids, mask = left_pad([PROMPTS[2], PROMPTS[0]])
+    target = backbone if mode == "standard" else model
+    kwargs = dict(mode=mode, threshold=MIXED_THRESHOLD, ignore_eos=True)
+    huge = generate(target, ids, mask, max_new_tokens=10**12, **kwargs)
+    enough = generate(target, ids, mask, max_new_tokens=2 * CONTEXT, **kwargs)
+    assert huge.sequences == enough.sequences and huge.num_steps == enough.num_steps
+    assert huge.num_pair_steps == enough.num_pair_steps
+    assert max(huge.num_tokens) < 2 * CONTEXT  # the context stopped every row
+    check_stats(huge, 10**12)
+
+
 def first_new_token(tokens: list[int], start: int, parity: int | None = None, avoid: tuple[int, ...] = ()) -> int:
     """A token at index >= start (of the given index parity) that does not occur before it."""
     return next(t for i, t in enumerate(tokens) if i >= start and (parity is None or i % 2 == parity)

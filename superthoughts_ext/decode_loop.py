@@ -55,7 +55,8 @@ class StepConfig:
 
 @dataclass
 class DecodeState:
-    """Static device buffers of one generate call (B rows, P cache positions, M = max_new_tokens)."""
+    """Static device buffers of one generate call (B rows, P cache positions, M = max_new_tokens,
+    or the fewer tokens the context leaves room for)."""
 
     inputs: torch.Tensor  # [B, 1, H] next unit input, or [B, 1] int64 next token (standard)
     position_ids: torch.Tensor  # [B, 1] int64 position id of `inputs` per row
@@ -97,7 +98,8 @@ class DecodeState:
 
     @property
     def max_new_tokens(self) -> int:
-        """M, from the width of `out` (a dynamic size, not a constant, in a compiled step)."""
+        """M, the tokens per row at most, from the width of `out` (a dynamic size, not a
+        constant, in a compiled step)."""
         return self.out.shape[1] - 1
 
     def mark_sizes_dynamic(self) -> None:

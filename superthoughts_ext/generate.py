@@ -312,7 +312,11 @@ def generate(
     input_ids = input_ids.to(torch.int64)
     attention_mask = attention_mask.to(torch.int64)
     positions = prompt_len + max_steps
-    state = decode_loop.DecodeState.allocate(attention_mask, positions, max_new_tokens, extra_eos=eos_ids[1:])
+    # The output holds what prefill's step and max_steps more can emit, not a budget that the
+    # context cuts short (max_new_tokens=10**9 must not allocate 8 GB per row); rows reaching
+    # that width have run every step already, so the limit it sets never ends a row early.
+    width = min(max_new_tokens, (1 + max_steps) * (1 if mode == "standard" else 2))
+    state = decode_loop.DecodeState.allocate(attention_mask, positions, width, extra_eos=eos_ids[1:])
     stepper_cls = decode_loop.BackboneStepper if mode == "standard" else decode_loop.SuperThoughtsStepper
     stepper = stepper_cls(backbone if mode == "standard" else model, batch, positions)
     feed = None
