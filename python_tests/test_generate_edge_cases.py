@@ -128,6 +128,10 @@ def test_padded_batch_without_its_mask_is_warned_about(model, backbone) -> None:
         warnings.simplefilter("error")
         generate(model, ids, mask, max_new_tokens=2)
         generate(model, ids[1:], max_new_tokens=2)  # the longest row has no pad
+    # Beyond ten rows the message says how many more, not a silently cut list.
+    ids, _ = left_pad([PROMPTS[0]] * 12 + [PROMPTS[1]])
+    with pytest.warns(UserWarning, match=r"rows \[0, 1, .*, 9\] and 2 more start with the pad id"):
+        generate(model, ids, max_new_tokens=1, mode="standard")
 
 
 def test_bad_input_is_rejected(model, backbone) -> None:

@@ -66,7 +66,8 @@ def _warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
     out, its pads read as prompt tokens (transformers' generate infers the mask there)."""
     rows = torch.nonzero(input_ids[:, 0] == pad).flatten().tolist() if input_ids.dim() == 2 else []
     if rows:
-        warnings.warn(f"generate: rows {rows[:10]} start with the pad id {pad} but no attention_mask was given: the "
+        named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+        warnings.warn(f"generate: rows {named} start with the pad id {pad} but no attention_mask was given: the "
                       "pads are read as prompt tokens; pass the tokenizer's attention_mask", stacklevel=3)
 
 
