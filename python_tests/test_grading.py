@@ -69,6 +69,13 @@ def test_extract_answer_rejects_non_text() -> None:
         ("The answer is: D", "D"),
         ("the answer is a number, 7", None),
         ("\\boxed{E}", None),
+        # A boxed quantity named by a letter is no choice; the stated letter, if any, counts.
+        ("\\boxed{B = 2 T}", None),
+        ("\\boxed{a \\cdot b}", None),
+        ("\\boxed{d \\approx 4.2}", None),
+        ("\\boxed{c - v}", None),
+        ("\\boxed{C 42 eV}", "C"),
+        ("so \\boxed{a = 2g}, and the answer is (C).", "C"),
         ("I cannot decide.", None),
     ],
 )

@@ -108,7 +108,9 @@ def extract_answer(text: str) -> str | None:
 
 # A lowercase letter only counts in parentheses: "the answer is a number" names no choice.
 _ANSWER_IS = re.compile(r"(?i:answer\s+is)\s*:?\s*(?:\(\s*([A-Da-d])\s*\)|([A-D])\b)")
-_LETTER = re.compile(r"^\(?\s*([A-D])\s*\)?(?:[\s.:)]|$)", re.IGNORECASE)
+# "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
+# command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
+_LETTER = re.compile(r"^(?:\(\s*([A-D])\s*\)|([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<>+\-*/^_\\])))", re.IGNORECASE)
 
 
 def choice_letter(answer: str | None) -> str | None:
@@ -118,7 +120,7 @@ def choice_letter(answer: str | None) -> str | None:
     text = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", answer)
     text = text.replace("$", "").strip()
     match = _LETTER.match(text)
-    return match.group(1).upper() if match else None
+    return (match.group(1) or match.group(2)).upper() if match else None
 
 
 def extract_choice(text: str) -> str | None:
