@@ -85,3 +85,20 @@ def test_plot_of_runs_at_one_accuracy_keeps_a_readable_axis(tmp_path: Path, monk
     plot_tradeoff(compare_runs(base, runs), tmp_path / "flat.png")
     low, high = closed[0].axes[0].get_ylim()
     assert low == -1.0 and high == 2.0  # not matplotlib's +-1e-17 around a zero spread
+
+
+def test_plot_places_the_baseline_at_its_own_decode_steps(tmp_path: Path, monkeypatch) -> None:
+    # The x axis is decode steps as a share of the baseline's tokens: a baseline that decoded pairs
+    # (10 tokens in 6 steps) sits at 60%, not at 100%.
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from superthoughts_ext.eval_compare import plot_tradeoff
+
+    base = write_records(tmp_path / "base.jsonl", [{"id": str(i), "steps": 6} for i in range(4)])
+    run = write_records(tmp_path / "st.jsonl", [{"id": str(i), "steps": 8} for i in range(4)])
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_tradeoff(compare_runs(base, [run]), tmp_path / "pairs-baseline.png")
+    points = {line.get_label(): list(line.get_xdata()) for line in closed[0].axes[0].get_lines()}
+    assert points["A: base"] == [pytest.approx(60.0)] and points["candidates"] == [pytest.approx(80.0)]

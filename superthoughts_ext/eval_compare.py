@@ -238,7 +238,8 @@ def accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
 
 def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Accuracy against decode length: each run at its mean decode steps as a share of the
-    baseline's mean tokens (100% = the baseline's chain of thought), the baseline as a square.
+    baseline's mean tokens (100% = the baseline's chain of thought), the baseline as a square (at
+    its own steps: 100% when it decoded token by token).
     Writes a PNG (or any format matplotlib knows from the suffix) and returns its path."""
     import matplotlib
 
@@ -248,7 +249,9 @@ def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | 
     path = Path(path)
     first = results[0]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.plot([100.0], [100 * first["accuracy_a"]], "s", color="black", label=f"A: {first['label_a']}")
+    # The baseline at its own decode steps: 100% only for a token-by-token (standard) baseline.
+    base_x = 100 * first["mean_steps_a"] / first["mean_tokens_a"] if first["mean_tokens_a"] else 100.0
+    ax.plot([base_x], [100 * first["accuracy_a"]], "s", color="black", label=f"A: {first['label_a']}")
     xs = [100 * (1 - r["cot_reduction"]) for r in results]
     ys = [100 * r["accuracy_b"] for r in results]
     ax.plot(xs, ys, "o", color="tab:blue", label="candidates")
