@@ -113,6 +113,20 @@ def test_dollar_signs_are_stripped_from_single_span_answers_only(tmp_path: Path)
     assert second.question.startswith("$Z$\n\n") and f"{second.answer}) $G$\n" in second.question
 
 
+def test_float_answers_read_as_numbers_math_verify_parses(tmp_path: Path) -> None:
+    # JSON numbers load as floats: 27.0 is "27"; a small one must not become "1e-05" (repr), which
+    # math-verify cannot parse, so that no prediction would ever match it.
+    from superthoughts_ext.eval_data import load_problems
+    from superthoughts_ext.grading import is_correct
+
+    data = tmp_path / "floats.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "problem": "p", "answer": a}) + "\n"
+                            for i, a in enumerate([27.0, 0.25, 1e-05, -3.5e-07])))
+    problems = load_problems("amc23", data)
+    assert [p.answer for p in problems] == ["27", "0.25", "0.00001", "-0.00000035"]
+    assert is_correct("10^{-5}", problems[2].answer, "amc23")
+
+
 @pytest.mark.parametrize("limit", [0, -3])
 def test_limit_below_one_is_refused(tmp_path: Path, limit: int, capsys: pytest.CaptureFixture[str]) -> None:
     from superthoughts_ext.eval_data import load_problems

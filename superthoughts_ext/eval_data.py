@@ -13,6 +13,7 @@ import random
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -164,14 +165,15 @@ def load_hub_rows(spec: BenchSpec) -> list[dict[str, Any]]:
 
 
 def cell_text(value: Any) -> str | None:
-    """A data cell as text: 27.0 -> "27", ["3"] -> "3", ["1", "2"] -> "1, 2"; None for a missing
-    or empty cell. Questions and GPQA options keep their LaTeX as written."""
+    """A data cell as text: 27.0 -> "27", 1e-05 -> "0.00001", ["3"] -> "3", ["1", "2"] -> "1, 2";
+    None for a missing or empty cell. Questions and GPQA options keep their LaTeX as written."""
     if value is None:
         return None
     if isinstance(value, float):
         if value != value:  # NaN: pandas/CSV exports write missing cells this way
             return None
-        return str(int(value)) if value.is_integer() else repr(value)
+        # Positional digits: repr writes 1e-05, which math-verify does not read as a number.
+        return str(int(value)) if value.is_integer() else format(Decimal(repr(value)), "f")
     if isinstance(value, (list, tuple)):
         parts = [part for part in (cell_text(item) for item in value) if part]
         return ", ".join(parts) or None
