@@ -100,6 +100,8 @@ def test_extract_choice(text: str, expected: str | None) -> None:
         ("\\{1, 2\\}", "\\{2, 1\\}", True),  # sets are not
         ("10\\text{ cm}", "10", True),
         ("50\\%", "50", True),
+        ("90°", "90^\\circ", True),  # a Unicode degree sign, as models write it too
+        ("91°", "90^\\circ", False),
         ("x = 3", "3", True),
         ("\\text{Evelyn}", "\\text{Evelyn}", True),
         ("2\\sqrt{2}", "\\sqrt{8}", True),

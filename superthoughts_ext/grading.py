@@ -149,7 +149,8 @@ def _normalize(answer: str) -> str:
 def _as_latex(answer: str) -> str:
     # Wrapping in \boxed{} makes math-verify read the whole string as the answer instead
     # of searching it for an anchor.
-    return "\\boxed{" + answer.strip().strip("$") + "}"
+    # A Unicode degree sign is no LaTeX: math-verify drops ^\circ but cannot read 90°.
+    return "\\boxed{" + answer.strip().strip("$").replace("°", "^{\\circ}") + "}"
 
 
 class _Deadline(BaseException):
