@@ -253,3 +253,23 @@ def test_resume_reads_records_holding_a_raw_line_separator(tmp_path: Path) -> No
     summary = evaluate(fake_model(tokenizer), tokenizer, "math500", problems, resume=True,
                        generate_fn=fake_generate(tokenizer, calls), **kwargs)
     assert [c["batch"] for c in calls] == [3, 1] and summary.n == len(problems)
+
+
+def test_resume_keeps_the_earlier_records_on_disk_before_decoding(tmp_path: Path) -> None:
+    # Resuming truncates the file and writes the kept records back: a process killed (SIGKILL, OOM,
+    # preemption) in the warm-up or the first batch must still leave them there.
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    kwargs = dict(batch_size=3, output_jsonl=out, progress=False)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=crash_after_one_batch(tokenizer),
+                 **kwargs)
+    kept = read_jsonl(out)
+    on_disk = []
+
+    def killed(*args, **kwargs):
+        on_disk.append(read_jsonl(out))
+        raise KeyboardInterrupt  # stands in for the kill: nothing after this point may matter
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=killed, resume=True, **kwargs)
+    assert len(kept) == 3 and on_disk == [kept]

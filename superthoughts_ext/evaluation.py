@@ -280,6 +280,9 @@ def evaluate(
         out_file = open(output_jsonl, "w", encoding="utf-8")
         for record in records:  # rewritten: a line torn by the crash is dropped
             out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # On disk before any decoding: a process killed in the warm-up or the first batch (OOM,
+        # preemption) must not take the kept records with it (the file was just truncated).
+        out_file.flush()
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
     def decode(batch: list[int], new_tokens: int) -> Any:
