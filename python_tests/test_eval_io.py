@@ -179,6 +179,10 @@ def test_summary_states_the_budget_and_the_thresholds_used(tmp_path: Path) -> No
     standard = evaluate(model, tokenizer, "math500", PROBLEMS, mode="standard", progress=False,
                         generate_fn=fake_generate(tokenizer, []))
     assert (standard.threshold, standard.threshold_main, standard.max_new_tokens) == (None, None, 2048)
+    # A config without threshold_main: generate decodes with 0.0, and the summary says so.
+    model.config = SimpleNamespace(threshold=0.7)
+    older = evaluate(model, tokenizer, "math500", PROBLEMS, progress=False, generate_fn=fake_generate(tokenizer, []))
+    assert (older.threshold, older.threshold_main) == (0.7, 0.0)
 
 
 def test_printed_summary_does_not_call_its_own_ratio_the_cot_reduction() -> None:

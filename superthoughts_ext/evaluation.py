@@ -148,8 +148,8 @@ def _thresholds_used(model: Any, mode: str, threshold: float | None) -> dict[str
         return {"threshold": None, "threshold_main": None}
     config = getattr(model, "config", None)
     used = threshold if threshold is not None else getattr(config, "threshold", None)
-    main = getattr(config, "threshold_main", None)
-    return {"threshold": None if used is None else float(used), "threshold_main": None if main is None else float(main)}
+    main = getattr(config, "threshold_main", 0.0)  # generate's default when the config has none
+    return {"threshold": None if used is None else float(used), "threshold_main": float(main)}
 
 
 def _setting_mismatch(record: dict[str, Any], settings: dict[str, Any]) -> str | None:
