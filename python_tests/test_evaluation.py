@@ -229,6 +229,12 @@ def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:
         evaluate(model, tokenizer, "math500", PROBLEMS[:2], generate_fn=solve, resume=True, **kwargs)
     with pytest.raises(ValueError, match="resume needs the output_jsonl"):
         evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, progress=False)
+    # A problem recorded twice (files joined by hand) would count twice in the summary.
+    lines = out.read_text(encoding="utf-8").splitlines()
+    out.write_text("\n".join(lines[:3] + lines[:1]) + "\n", encoding="utf-8")
+    first = json.loads(lines[0])["id"]
+    with pytest.raises(ValueError, match=rf"st.jsonl:4 repeats problem '{first}' of line 1"):
+        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, **kwargs)
 
 
 def test_evaluate_limit_and_bad_arguments() -> None:

@@ -164,13 +164,14 @@ def _setting_mismatch(record: dict[str, Any], settings: dict[str, Any]) -> str |
 
 def _resumable_records(path: Path, problems: Sequence[Problem], settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The records an interrupted `evaluate` left in `path` (none if it does not exist). Its
-    last line may be torn by the crash and is then dropped; records of other settings or of
-    problems outside `problems` are an error, not something to mix in."""
+    last line may be torn by the crash and is then dropped; records of other settings, of
+    problems outside `problems` or repeating a problem are an error, not something to mix in."""
     if not path.is_file():
         return []
     ids = {problem.id for problem in problems}
     lines = json_lines(path.read_text(encoding="utf-8"))
     records = []
+    seen: dict[Any, int] = {}  # problem id -> line of its record
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -185,6 +186,10 @@ def _resumable_records(path: Path, problems: Sequence[Problem], settings: dict[s
         if record.get("id") not in ids:
             raise ValueError(f"resume: {path}:{number} holds problem {record.get('id')!r}, which is not among the "
                              f"{len(ids)} problems of this run")
+        if record["id"] in seen:  # a summary would count the problem twice
+            raise ValueError(f"resume: {path}:{number} repeats problem {record['id']!r} of line {seen[record['id']]}; "
+                             "give another output file or leave out resume")
+        seen[record["id"]] = number
         records.append(record)
     return records
 
