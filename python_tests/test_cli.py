@@ -22,3 +22,30 @@ def test_cli_help_documents_every_option(capsys) -> None:
             assert "peak learning rate (default: 1e-05)" in text
             assert "AdamW weight decay (default: 0.0)" in text  # a zero default is still shown
             assert "--baseline            plain SFT of the backbone, no compression\n" in text  # flags: none
+
+
+
+def test_cli_warnings_do_not_echo_source_lines(tmp_path) -> None:
+    # A command's warnings print as "file:line: Category: message", without the line of
+    # library source Python echoes below them by default.
+    import subprocess
+    import sys
+
+    (tmp_path / "fake_area.py").write_text(
+        "import warnings\n"
+        "def add_arguments(parser):\n"
+        "    pass\n"
+        "def run(args):\n"
+        "    warnings.warn('train: dropped 1 row(s) with an empty solution')\n"
+        "    return 0\n"
+    )
+    script = ("import sys\n"
+              "from superthoughts_ext import cli\n"
+              "cli.COMMANDS['fake'] = ('fake_area', 'a command that warns')\n"
+              "sys.exit(cli.main(['fake']))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.endswith("fake_area.py:5: UserWarning: train: dropped 1 row(s) with an empty solution\n"), \
+        done.stderr
+    assert "warnings.warn(" not in done.stderr
