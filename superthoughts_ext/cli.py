@@ -33,15 +33,16 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
+def format_warning(message, category, filename, lineno, line=None) -> str:
     """A warning as `file:line: Category: message`, without the echoed source line: on a
-    command line that line ("examples = load_jsonl_examples(") says nothing to the user."""
+    command line that line ("examples = load_jsonl_examples(") says nothing to the user.
+    Installed as `warnings.formatwarning` by the command's entry points."""
     return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    warnings.formatwarning = _format_warning
+    warnings.formatwarning = format_warning
     parser = argparse.ArgumentParser(prog="superthoughts", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():

@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from superthoughts_ext import train_data, train_utils
-from superthoughts_ext.cli import HelpFormatter
+from superthoughts_ext.cli import HelpFormatter, format_warning
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.trainer import SuperThoughtsTrainer, TrainingArgumentsCpuFix
 
@@ -350,6 +351,7 @@ def close_process_group() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.train ...` (what torchrun and accelerate launch run)."""
+    warnings.formatwarning = format_warning
     parser = argparse.ArgumentParser(prog="superthoughts train", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     add_arguments(parser)
