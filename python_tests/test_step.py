@@ -181,6 +181,20 @@ def test_nan_and_inf_logits(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logits_far_below_the_max(device, dtype):
+    # Masking with a large negative number instead of -inf: x - max in about (-1.7e7, -8.7e6)
+    # overflowed the CPU exp's signed exponent arithmetic (UBSan; test_step_sanitized.py).
+    logits, embed, weight, bias, finished = make_inputs(3, 1000, 8, dtype, device)
+    logits[:, :, 1:] = torch.linspace(-2.5e7, -5e6, 999, dtype=dtype)
+    logits[:, :, 0] = 0.0
+    logits[1, 1, 500] = -80.0  # one term that still counts next to the masked ones
+    got, want, fin_kernel, fin_ref = run_both(logits, embed, weight, bias, finished, device, threshold=1.0)
+    assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
+    assert got[1].tolist() == [2, 1, 2]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_strided_inputs(device):
     logits, embed, weight, bias, finished = make_inputs(6, 1000, 64, torch.float32, device)
     wide_embed = torch.randn(1000, 96, device=tensor_device(device))

@@ -8,6 +8,7 @@
 constexpr int64_t kLanes = SUPERTHOUGHTS_VEC_LANES;
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t vu32 __attribute__((vector_size(4 * kLanes)));
 typedef uint16_t vu16 __attribute__((vector_size(2 * kLanes)));
 
 static inline vf load(const float* p) {
@@ -59,7 +60,9 @@ static inline vf exp_nonpositive(vf x) {
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   const vf t = x * splat(1.44269504088896341f) + magic;
   const vf n = t - magic;
-  const vi n_int = bit_cast_vec<vi>(t) - bit_cast_vec<vi>(magic);
+  // Unsigned: for x in about (-1.7e7, -8.7e6) t is negative and the signed difference
+  // overflowed (undefined behaviour, flagged by UBSan); those lanes are discarded by `keep`.
+  const vu32 n_bits = bit_cast_vec<vu32>(t) - bit_cast_vec<vu32>(magic);
   const vf r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
   vf p = splat(1.9875691500e-4f);
   p = p * r + splat(1.3981999507e-3f);
@@ -68,7 +71,7 @@ static inline vf exp_nonpositive(vf x) {
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
   const vf y = p * r * r + r + splat(1.0f);
-  const vf scale = bit_cast_vec<vf>((n_int + 127) << 23);
+  const vf scale = bit_cast_vec<vf>((n_bits + 127u) << 23);
   const vf e = y * scale;
   return select(keep & (e >= splat(std::numeric_limits<float>::min())), e, splat(0.0f));
 }
