@@ -1,8 +1,8 @@
 """Microbenchmark of the fused step op vs the eager reference chain vs torch.compile(reference).
 
-Correctness first (tokens exact, next_in within tolerance, for every configuration), then
-timing: CPU with torch.utils.benchmark (median of blocked_autorange); GPU twice, with CUDA
-events around each call (median; host dispatch included, as an eager caller pays it) and as
+Correctness first (every output of the fused op, greedy and sampled, against the reference, for
+every configuration), then timing: CPU with torch.utils.benchmark (median of blocked_autorange);
+GPU twice, with CUDA events around each call (median; host dispatch included, as an eager caller pays it) and as
 device time from replays of a CUDA graph over rotating input copies (what generate()'s graphed
 decode step pays; the bandwidth targets use this one). Prints time, achieved GB/s for the bytes the step must move (DESIGN.md section 2:
 both heads' logits + the merge weight + the gathered rows) and, on GPU, % of the measured
@@ -132,18 +132,22 @@ def copy_bandwidth(device: torch.device) -> float | None:
     return 2 * src.numel() / seconds
 
 
-def check_correct(inputs, dtype, step=superthoughts_step) -> None:
-    """`step` (the fused op, or the compiled reference) against the eager reference: exact tokens
-    and n_new, conf to float32 rounding, next_in to the dtype's tolerance."""
+def check_correct(inputs, dtype, step=superthoughts_step, temperatures=(0.0, 1.0)) -> None:
+    """`step` (the fused op, or the compiled reference) against the eager reference, greedy and
+    sampled: exact tokens, n_new and updated `finished`, conf to float32 rounding, next_in to the
+    dtype's tolerance."""
     logits, embed, weight, bias, finished = inputs
-    got = step(logits, embed, weight, bias, finished.clone(), PAD, EOS, THRESHOLD, 0.0, 0.0, 0, 0)
-    want = superthoughts_step_ref(logits, embed, weight, bias, finished.clone(), PAD, EOS, THRESHOLD,
-                                  0.0, 0.0, 0, 0)
-    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
-    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
-    torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-6)
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
-    torch.testing.assert_close(got[3], want[3], rtol=tol, atol=tol)
+    for temperature in temperatures:
+        got_finished, want_finished = finished.clone(), finished.clone()
+        got = step(logits, embed, weight, bias, got_finished, PAD, EOS, THRESHOLD, 0.0, temperature, 0, 0)
+        want = superthoughts_step_ref(logits, embed, weight, bias, want_finished, PAD, EOS, THRESHOLD,
+                                      0.0, temperature, 0, 0)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+        torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[3], want[3], rtol=tol, atol=tol)
+        torch.testing.assert_close(got_finished, want_finished, rtol=0, atol=0)
 
 
 def bench_config(batch, vocab, hidden, dtype, device, use_compile) -> dict:
@@ -165,7 +169,7 @@ def bench_config(batch, vocab, hidden, dtype, device, use_compile) -> dict:
     if use_compile:
         torch._dynamo.reset()  # a fresh compile per shape instead of hitting the recompile limit
         compiled_ref = torch.compile(superthoughts_step_ref, dynamic=False)
-        check_correct(inputs, dtype, compiled_ref)
+        check_correct(inputs, dtype, compiled_ref, temperatures=(0.0,))  # the timed (greedy) call
 
         def compiled():
             return compiled_ref(logits, embed, weight, bias, finished, *args)

@@ -7,7 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from superthoughts_ext.bench_cli import load_benchmark
+from superthoughts_ext.ops import superthoughts_step
 
 
 def test_bench_step_smoke(tmp_path: Path, monkeypatch) -> None:
@@ -34,3 +38,24 @@ def test_bench_step_smoke(tmp_path: Path, monkeypatch) -> None:
     for row in report["rows"]:
         assert row["fused_s"] > 0 and row["eager_s"] > 0 and row["speedup_vs_eager"] > 0
         assert row["bytes"] == bench.step_bytes(row["batch"], 1000, 64, bench.DTYPES["bf16"])
+
+
+def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
+    bench = load_benchmark("step")
+    inputs = bench.make_inputs(4, 1000, 16, torch.float32, torch.device("cpu"))
+    bench.check_correct(inputs, torch.float32)
+
+    def greedy_only(*args):
+        # The op with its temperature ignored: the check must sample too to see it.
+        return superthoughts_step(*args[:9], 0.0, *args[10:])
+
+    with pytest.raises(AssertionError):
+        bench.check_correct(inputs, torch.float32, greedy_only)
+
+    def marks_finished(logits, embed, weight, bias, finished, *args):
+        out = superthoughts_step(logits, embed, weight, bias, finished, *args)
+        finished[0] = True
+        return out
+
+    with pytest.raises(AssertionError):
+        bench.check_correct(inputs, torch.float32, marks_finished)
