@@ -76,6 +76,24 @@ def test_cache_key_follows_the_training_code(monkeypatch) -> None:
     assert demo.cache_key(demo.QUICK) != key
 
 
+def test_cache_key_follows_the_model_setup_and_the_system_prompt(monkeypatch) -> None:
+    # The random-init config and the TrainOptions are written in run.py, the system prompt of
+    # every training row in eval_data.py: a change to either trains other weights.
+    from superthoughts_ext import eval_data
+
+    key = demo.cache_key(demo.QUICK)
+
+    def build_base(settings, directory):
+        return directory
+
+    for name, value in (("build_base", build_base), ("train_model", build_base)):
+        with monkeypatch.context() as patch:
+            patch.setattr(demo, name, value)
+            assert demo.cache_key(demo.QUICK) != key, name
+    monkeypatch.setattr(eval_data, "SYSTEM_PROMPT", eval_data.SYSTEM_PROMPT + " Be brief.")
+    assert demo.cache_key(demo.QUICK) != key
+
+
 def test_settings_overrides_and_cache_key() -> None:
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -168,11 +169,17 @@ TRAINING_SOURCES = ("data.py", "layers.py", "modeling.py", "modeling_config.py",
 
 
 def training_code_hash() -> str:
-    """sha256 of TRAINING_SOURCES' text."""
+    """sha256 of TRAINING_SOURCES' text, this module's model and trainer setup (build_base,
+    train_model) and the system prompt every training row and the tokenizer's vocabulary hold."""
+    from superthoughts_ext import eval_data
+
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for name in TRAINING_SOURCES:
         digest.update(name.encode("utf-8") + b"\0" + (package / name).read_bytes())
+    for function in (build_base, train_model):
+        digest.update(inspect.getsource(function).encode("utf-8"))
+    digest.update(b"\0" + eval_data.SYSTEM_PROMPT.encode("utf-8"))
     return digest.hexdigest()
 
 
