@@ -56,6 +56,7 @@ def test_quick_demo_end_to_end_and_cache(tmp_path: Path) -> None:
     assert thresholds == first["settings"]["thresholds"] and len(thresholds) == 2
     assert first["superthoughts"]["threshold"] in thresholds
     assert all(info["trained"] for info in first["training"].values())
+    assert all(info["device"] == first["device"] for info in first["training"].values())
     # The demo's pad-split setting is the one the SuperThoughts model was trained with.
     config = json.loads((Path(first["cache_dir"]) / "superthoughts" / "config.json").read_text())
     assert config["superthoughts"]["rho_max"] == first["settings"]["rho_max"] == demo.QUICK.rho_max

@@ -254,11 +254,14 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     )
     result = train(options)
     seconds = time.perf_counter() - started
-    from superthoughts_ext.run_info import git_commit
+    from superthoughts_ext.run_info import device_name, git_commit
 
-    # The commit says which code trained a model the JSON of a later (cached) run reports on.
+    # The commit and device say which code and machine trained a model the JSON of a later
+    # (cached) run reports on: the cache key holds neither, and other float rounding trains
+    # other weights.
     metrics = {"train_seconds": seconds, "global_step": result.global_step,
-               "train_loss": result.metrics.get("train_loss"), "commit": git_commit()}
+               "train_loss": result.metrics.get("train_loss"), "commit": git_commit(),
+               "device": device_name(device)}
     marker.write_text(json.dumps(metrics) + "\n", encoding="utf-8")
     return ModelRun(directory, trained=True, train_seconds=seconds, metrics=metrics)
 
