@@ -14,13 +14,18 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str:
-    """HEAD of the source checkout this package runs from, or "unknown" outside one."""
+    """HEAD of the source checkout this package runs from, with "-dirty" appended when tracked
+    files differ from it (what ran is then not that commit), or "unknown" outside a checkout."""
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=_CHECKOUT, timeout=10, check=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=_CHECKOUT, timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, cwd=_CHECKOUT, timeout=30, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return result.stdout.strip() or "unknown"
+    if not head:
+        return "unknown"
+    return f"{head}-dirty" if changed else head
 
 
 def cpu_model() -> str:
