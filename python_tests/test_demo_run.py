@@ -95,6 +95,19 @@ def test_cache_key_follows_the_model_setup_and_the_system_prompt(monkeypatch) ->
     assert demo.cache_key(demo.QUICK) != key
 
 
+def test_cache_key_follows_the_library_versions(monkeypatch) -> None:
+    # Another torch or transformers may initialise or train other weights from the same code.
+    import torch
+    import transformers
+
+    key = demo.cache_key(demo.QUICK)
+    for module in (torch, transformers):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "__version__", module.__version__ + ".post1")
+            assert demo.cache_key(demo.QUICK) != key, module.__name__
+    assert demo.cache_key(demo.QUICK) == key
+
+
 def test_settings_overrides_and_cache_key() -> None:
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)

@@ -184,9 +184,14 @@ def training_code_hash() -> str:
 
 
 def cache_key(settings: DemoSettings) -> str:
-    """Hash of the training settings and the training code (new code -> new models)."""
+    """Hash of the training settings, the training code and the torch / transformers versions
+    (new code -> new models; another version may initialise or train other weights)."""
+    import torch
+    import transformers
+
     payload = json.dumps({"settings": settings.training_key(), "code": training_code_hash(),
-                          "format": CACHE_FORMAT}, sort_keys=True)
+                          "format": CACHE_FORMAT, "torch": torch.__version__,
+                          "transformers": transformers.__version__}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
