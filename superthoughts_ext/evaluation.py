@@ -111,8 +111,9 @@ def _model_device(model: Any) -> Any:
 def _check_prompts_fit(model: Any, problems: list[Problem], prompt_ids: list[list[int]]) -> None:
     """ValueError naming the problems whose prompt is longer than the model's context (generate
     refuses their batch, naming only a length), before any batch is decoded."""
-    config = getattr(getattr(model, "backbone", model), "config", None)
-    context = getattr(config, "max_position_embeddings", None)
+    from superthoughts_ext.generate import model_context
+
+    context = model_context(model)
     long = [f"{problems[i].id!r} ({len(ids)} tokens)" for i, ids in enumerate(prompt_ids)
             if context is not None and len(ids) > context]
     if long:

@@ -90,9 +90,11 @@ def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torc
     return lengths
 
 
-def model_context(backbone: Any) -> int | None:
-    """The positions the model can take (max_position_embeddings; None: not said)."""
-    return getattr(backbone.config, "max_position_embeddings", None)
+def model_context(model: Any) -> int | None:
+    """The positions a model (a SuperThoughts model: its backbone) can take
+    (max_position_embeddings; None: not said)."""
+    backbone = getattr(model, "backbone", model)
+    return getattr(getattr(backbone, "config", None), "max_position_embeddings", None)
 
 
 def _context_steps(context: int | None, lengths: torch.Tensor, max_new_tokens: int) -> int:

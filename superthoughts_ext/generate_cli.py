@@ -52,7 +52,7 @@ def _stop_note(sequence: list[int], eos_ids: list[int], max_new_tokens: int, mod
         return ""
     if len(sequence) >= max_new_tokens:
         return f" (stopped by --max-new-tokens {max_new_tokens})"
-    context = model_context(model.backbone if is_superthoughts(model) else model)
+    context = model_context(model)
     return f" (stopped by the model's context, max_position_embeddings={context})"
 
 
