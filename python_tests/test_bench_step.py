@@ -59,3 +59,18 @@ def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
 
     with pytest.raises(AssertionError):
         bench.check_correct(inputs, torch.float32, marks_finished)
+
+
+def test_graph_replay_sets_share_the_embedding_but_pick_other_rows() -> None:
+    bench = load_benchmark("step")
+    inputs = bench.make_inputs(3, 1000, 16, torch.float32, torch.device("cpu"))
+    copy = bench.rotated_copy(inputs, 1)
+    assert copy[1] is inputs[1]  # the table is shared: a step gathers only 2B of its rows
+    for ours, theirs in zip(copy[2:], inputs[2:]):  # weight, bias, finished: own storage
+        assert ours.data_ptr() != theirs.data_ptr() and torch.equal(ours, theirs)
+    assert bool((copy[0][:, :, bench.EOS] == -1e4).all())
+    args = (bench.PAD, bench.EOS, bench.THRESHOLD, 0.0, 0.0, 0, 0)
+    first = superthoughts_step(*inputs, *args)
+    second = superthoughts_step(*copy, *args)
+    assert not torch.equal(first[0], second[0])  # other tokens, so other embedding rows
+    assert not bool(copy[4].any())
