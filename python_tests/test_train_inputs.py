@@ -187,10 +187,10 @@ def test_rows_beyond_the_context_are_dropped(base_dirs, tmp_path):
 def test_context_counts_units_or_tokens():
     row = {"prompt_ids": [5] * 10, "response_ids": [6] * 19 + [2]}  # 10 pairs
     drop = train_data.drop_beyond_context
-    # Each row is kept at exactly its length in positions and dropped at one less:
-    # 10 + 10 units; round(0.25 * 10) = round(2.5) = 2 pairs split (ties go to even): 10 + 12
-    # units; one position per token: 10 + 20.
-    for fraction, length in [(0.0, 20), (0.25, 22), (1.0, 30)]:
+    # Each row is kept at exactly its most positions and dropped at one less: 10 + 10 units;
+    # 0.25 * 10 = 2.5 pairs split, rounded down or up at random, so at most 3: 10 + 13 units;
+    # one position per token: 10 + 20.
+    for fraction, length in [(0.0, 20), (0.25, 23), (1.0, 30)]:
         assert drop([row], length, 2, fraction) == [row]
         with pytest.raises(ValueError, match=rf"no training examples left: 1 of 1 .*longest: {length} positions"):
             drop([row], length - 1, 2, fraction)
@@ -201,7 +201,7 @@ def test_context_counts_units_or_tokens():
 
 
 def test_rows_only_compressed_fit_are_named_for_the_baseline():
-    # Kept compressed (20 or 22 positions) but 30 at one position per token: a --baseline run
+    # Kept compressed (20 or at most 23 positions) but 30 at one position per token: a --baseline run
     # of the same data drops it, so the warning says so and how to keep the runs on one row set.
     row = {"prompt_ids": [5] * 10, "response_ids": [6] * 19 + [2]}
     short = {"prompt_ids": [5], "response_ids": [2]}

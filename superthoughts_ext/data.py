@@ -21,7 +21,11 @@ from scratch, reached 41% at threshold 0.9).
 
 Pad-split mirrors the decoder's fallback: a single unit shifts every later pair by one
 token, so singles sit anywhere in the response (not only as both halves of a pair of the
-unsplit layout) and pairs straddle the unsplit layout's pair boundaries.
+unsplit layout) and pairs straddle the unsplit layout's pair boundaries. The number of pairs
+split is rho * (pairs of the unsplit layout) rounded stochastically (down or up, up with
+probability its fractional part), so that its mean is exactly rho * pairs: round() never
+split a response of one or two pairs at rho <= 0.25, and split short responses less than
+rho on average, though decoding falls back on them too.
 
 "Single" is a structural flag (`is_pair`), not `b == PAD`: pad may equal eos (Qwen base
 tokenizers), and a final pair (x, EOS) must still teach the MTP head to emit EOS.
@@ -29,6 +33,7 @@ tokenizers), and a final pair (x, EOS) must still teach the MTP head to emit EOS
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import warnings
@@ -77,14 +82,19 @@ def _response_with_eos(response_ids: Sequence[int], eos_id: int) -> list[int]:
     return response
 
 
-def _unit_counts(n_tokens: int, split_fraction: float) -> tuple[int, int]:
+def _unit_counts(n_tokens: int, split_fraction: float, u: float) -> tuple[int, int]:
     """(units before a trailing single, pairs split) of a response of `n_tokens` (EOS included).
 
     The unsplit layout is n // 2 pairs, then a single when n is odd; pad-split turns
-    round(rho * pairs) of those pairs into two singles each, so one more unit per split pair.
+    floor(rho * pairs) of those pairs, plus one more when u < the fractional part, into two
+    singles each, so one more unit per split pair. With u ~ U[0, 1) the mean is rho * pairs;
+    u = 0 gives the most, ceil(rho * pairs).
     """
     n_pairs = n_tokens // 2
-    n_split = round(split_fraction * n_pairs)
+    # floor and compare rather than floor(x + u): x + u rounds up to the next integer in
+    # floating point when u is within 2^-53 of 1, which would split one pair more than ceil(x).
+    exact = split_fraction * n_pairs
+    n_split = math.floor(exact) + (u < exact - math.floor(exact))
     return n_pairs + n_split, n_split
 
 
@@ -97,10 +107,11 @@ def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_i
         response_ids: response tokens; EOS appended when it does not end with one. An empty
             response becomes the single unit (EOS, PAD).
         pad_id, eos_id: token ids (may be equal).
-        split_fraction: rho; round(rho * number of pairs) pairs of the unsplit layout become
-            two single units each, and the singles are placed uniformly at random among the
-            remaining pairs (pad-split augmentation; 1.0 = every unit single).
-        rng: source of the split choice; None = random.Random(0) (deterministic).
+        split_fraction: rho; rho * (number of pairs) pairs of the unsplit layout, rounded
+            down or up at random (mean exactly rho * pairs; 0 = none, 1.0 = every unit
+            single), become two single units each, and the singles are placed uniformly at
+            random among the remaining pairs (pad-split augmentation).
+        rng: source of the rounding and the split places; None = random.Random(0) (deterministic).
     """
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
@@ -111,8 +122,9 @@ def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_i
 
     # Unit sizes (1 or 2) in order: the singles of split pairs sit among the pairs at random,
     # as fallback steps fall during decoding, and an odd response ends with a single.
-    n_units, n_split = _unit_counts(len(response), split_fraction)
-    singles = set((rng or random.Random(0)).sample(range(n_units), 2 * n_split)) if n_split else set()
+    rng = rng or random.Random(0)
+    n_units, n_split = _unit_counts(len(response), split_fraction, rng.random())
+    singles = set(rng.sample(range(n_units), 2 * n_split)) if n_split else set()
     sizes = [1 if j in singles else 2 for j in range(n_units)] + [1] * (len(response) % 2)
     units: list[tuple[int, int]] = []  # (start index in the response, size)
     start = 0
@@ -149,9 +161,11 @@ def build_units(prompt_ids: Sequence[int], response_ids: Sequence[int], *, pad_i
 
 def layout_length(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id: int,
                   split_fraction: float = 0.0) -> int:
-    """Positions (prompt tokens + units) of `build_units` with the same arguments, without building it."""
+    """The most positions (prompt tokens + units) `build_units` gives with the same arguments,
+    over every rng: an upper bound, reached when the split count rounds up (exact for
+    split_fraction 0 and 1, and whenever split_fraction * pairs is a whole number)."""
     n = len(response_ids) + (0 if response_ids and response_ids[-1] == eos_id else 1)
-    return len(prompt_ids) + _unit_counts(n, split_fraction)[0] + n % 2
+    return len(prompt_ids) + _unit_counts(n, split_fraction, 0.0)[0] + n % 2
 
 
 def build_baseline(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id: int) -> tuple[list[int], list[int]]:
@@ -190,13 +204,13 @@ class SuperThoughtsCollator:
     and teacher_index [B, T]. Baseline mode returns input_ids, attention_mask, labels for a
     plain HF causal LM.
 
-    rho ~ U[0, rho_max] and the split places are drawn per sequence from a generator keyed
-    by (`seed`, process rank, `set_stream` value, DataLoader worker seed), built lazily in
-    the process that collates. Each worker thus draws its own splits (a generator made in
-    the main process would be copied into every worker and draw the same ones there), each
-    rank its own, and each DataLoader iterator (epoch) of a worker its own, since PyTorch
-    gives every worker of every iterator a fresh seed from the main process's RNG. The same
-    seeds give the same splits.
+    rho ~ U[0, rho_max], the rounding of the split count and the split places are drawn per
+    sequence from a generator keyed by (`seed`, process rank, `set_stream` value, DataLoader
+    worker seed), built lazily in the process that collates. Each worker thus draws its own
+    splits (a generator made in the main process would be copied into every worker and draw
+    the same ones there), each rank its own, and each DataLoader iterator (epoch) of a worker
+    its own, since PyTorch gives every worker of every iterator a fresh seed from the main
+    process's RNG. The same seeds give the same splits.
     """
 
     def __init__(self, pad_id: int, eos_id: int, rho_max: float = 0.25, baseline: bool = False, seed: int = 0,

@@ -113,10 +113,11 @@ def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | Non
     max_position_embeddings; None = no limit), with a warning naming how many: past it the
     position embeddings leave the range the model was trained on, silently.
 
-    A row takes its prompt plus its units (`data.layout_length`) with `split_fraction` of its
-    pairs split: rho_max, the most pad-split draws, or 1.0 (one position per token) for
-    the baseline and the distillation teacher. Below 1.0 it also warns about the kept rows
-    that a baseline run would drop.
+    A row takes at most its prompt plus its units with `split_fraction` of its pairs split,
+    rounded up (`data.layout_length`, the bound over every pad-split draw): rho_max, the
+    largest rho the collator draws, or 1.0 (one position per token) for the baseline and the
+    distillation teacher. Below 1.0 it also warns about the kept rows that a baseline run
+    would drop.
     """
     if context is None:
         return examples
