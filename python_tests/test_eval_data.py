@@ -79,6 +79,10 @@ def test_gpqa_csv_choices_are_shuffled_deterministically(tmp_path: Path) -> None
     for i, problem in enumerate(problems):
         assert f"{problem.answer}) right{i}\n" in problem.question
         assert "\\boxed{" in problem.question
+        # The options travel with the problem, in the letter order the question shows, for grading
+        # an answer boxed as an option's text.
+        assert problem.options["ABCD".index(problem.answer)] == f"right{i}"
+        assert all(f"{letter}) {option}\n" in problem.question for letter, option in zip("ABCD", problem.options))
     assert len({p.answer for p in problems}) > 1  # the correct letter moves around
     again = gpqa_question("Question number 3?", "right3", ["wrong3a", "wrong3b", "wrong3c"])
     assert again == (problems[3].question, problems[3].answer)

@@ -137,6 +137,26 @@ def test_evaluate_writes_records_and_summary(tmp_path: Path) -> None:
     assert summary_path(out).name == "st.summary.json"
 
 
+def test_gpqa_answer_boxed_as_an_option_text_counts_as_its_letter(tmp_path: Path) -> None:
+    tokenizer = make_tokenizer()
+    options = ("3", "7", "12", "5")  # the model boxes "7", the text of option B
+    problems = [Problem("right", "what is 3 + 4", "B", options), Problem("wrong", "what is 3 + 4", "C", options),
+                Problem("no options", "what is 3 + 4", "B")]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def generate(model, input_ids, attention_mask, **kwargs):
+        sequences = [tokenizer.convert_tokens_to_ids(["so", "\\boxed{7}"]) + [eos] for _ in input_ids]
+        return SimpleNamespace(sequences=sequences, num_tokens=[3] * len(sequences), num_steps=[2] * len(sequences),
+                               num_pair_steps=[1] * len(sequences), wall_time=0.1)
+
+    out = tmp_path / "gpqa.jsonl"
+    evaluate(fake_model(tokenizer), tokenizer, "gpqa_diamond", problems, mode="standard", output_jsonl=out,
+             progress=False, generate_fn=generate)
+    records = {r["id"]: r for r in read_jsonl(out)}
+    assert [records[p.id]["extracted"] for p in problems] == ["B", "B", None]
+    assert [records[p.id]["correct"] for p in problems] == [True, False, False]
+
+
 def test_compiled_decoding_warms_up_each_batch_size_untimed() -> None:
     from superthoughts_ext.evaluation import WARMUP_TOKENS
 

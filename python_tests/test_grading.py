@@ -123,6 +123,69 @@ def test_is_correct_multiple_choice(prediction: str, reference: str, expected: b
     assert choice_letter(reference) == reference
 
 
+# GPQA-style options in letter order A-D, as eval_data.gpqa_options lists them; models often box
+# an option's text instead of its letter.
+ENERGIES = ("10^{-8} eV", "10^{-4} eV", "10^{-11} eV", "10^{-9} eV")
+HALVES = ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}", "\\sqrt{2}", "1")
+WORDS = ("An increase in entropy", "No change", "A decrease in entropy", "It oscillates")
+ELEMENTS = ("C", "N", "O", "B")  # options that read like letters
+PROSE_NUMBERS = ("2 and 3", "Only 2", "1 and 4", "3")
+
+
+@pytest.mark.parametrize(
+    "prediction, options, reference, expected",
+    [
+        ("10^{-4} eV", ENERGIES, "B", True),
+        ("10^{-4}\\,\\text{eV}", ENERGIES, "B", True),
+        ("$10^{-4}$ eV", ENERGIES, "B", True),
+        ("0.0001 eV", ENERGIES, "B", True),  # the same quantity, written otherwise (math-verify)
+        ("10^{-4}", ENERGIES, "B", True),  # the unit left out: the value alone picks one option
+        ("10^{-4} J", ENERGIES, "B", False),  # another unit
+        ("10^{-5} eV", ENERGIES, "B", False),  # no option
+        ("10^{-8} eV", ENERGIES, "B", False),  # another option
+        ("B) 10^{-4} eV", ENERGIES, "B", True),
+        ("(b)", ENERGIES, "B", True),
+        ("\\sqrt{3}/2", HALVES, "A", True),
+        ("0.5", HALVES, "B", True),
+        ("\\dfrac{1}{2}", HALVES, "B", True),
+        ("\\sqrt{2}/2", HALVES, "B", False),  # equals none of the options
+        ("a decrease in entropy.", WORDS, "C", True),  # not the letter A of its first word
+        ("\\text{No change}", WORDS, "B", True),
+        ("A", WORDS, "A", True),
+        ("entropy decreases", WORDS, "C", False),  # a paraphrase matches no option
+        ("C", ELEMENTS, "A", False),  # a letter answer names that letter, even when an option reads so
+        ("C", ELEMENTS, "C", True),
+        ("N", ELEMENTS, "B", True),
+        ("3", PROSE_NUMBERS, "D", True),
+        ("2", PROSE_NUMBERS, "B", False),  # no number is read out of prose options
+        ("2", PROSE_NUMBERS, "A", False),
+    ],
+)
+def test_gpqa_option_text_grades_as_its_letter(
+    prediction: str, options: tuple[str, ...], reference: str, expected: bool
+) -> None:
+    assert is_correct(prediction, reference, "gpqa_diamond", options=options) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, options",
+    [
+        ("10 eV", ("10 eV", "10\\,\\text{eV}", "5 eV", "1 eV")),  # two options equal after normalisation
+        ("1/2", ("0.5", "\\frac{1}{2}", "2", "3")),  # two options equal to the answer (math-verify)
+        ("10^{-4}", ("10^{-4} eV", "10^{-4} J", "1 eV", "1 J")),  # the value fits two units
+    ],
+)
+def test_gpqa_option_text_matching_two_options_names_none(prediction: str, options: tuple[str, ...]) -> None:
+    assert grading.option_letter(prediction, options) is None
+    assert not any(is_correct(prediction, letter, "gpqa_diamond", options=options) for letter in "ABCD")
+
+
+def test_extract_choice_maps_a_boxed_option_text() -> None:
+    assert extract_choice("so the gap is \\boxed{10^{-4}\\text{ eV}}.", ENERGIES) == "B"
+    assert extract_choice("so the gap is \\boxed{10^{-4}\\text{ eV}}.") is None  # without the options
+    assert extract_choice("\\boxed{10^{-7} eV}, so the answer is (B).", ENERGIES) == "B"
+
+
 def test_is_correct_bad_input() -> None:
     with pytest.raises(TypeError, match="reference must be a str"):
         is_correct("1", 1)  # type: ignore[arg-type]
@@ -130,6 +193,8 @@ def test_is_correct_bad_input() -> None:
         is_correct("1", "2", timeout=0)
     with pytest.raises(ValueError, match="GPQA reference must be a letter"):
         is_correct("A", "forty", "gpqa_diamond")
+    with pytest.raises(ValueError, match="at most 4 options"):
+        is_correct("A", "A", "gpqa_diamond", options=("1", "2", "3", "4", "5"))
 
 
 @pytest.mark.parametrize("prediction", ["9^{9^{9^{9}}}", "(x+1)^{100000}", "2^{2^{2^{2^{2^{2}}}}}"])

@@ -74,12 +74,15 @@ class Problem:
     """One benchmark item.
 
     ``question`` is the user message (for GPQA it already lists the lettered choices);
-    ``answer`` is the reference answer (for GPQA the correct letter).
+    ``answer`` is the reference answer (for GPQA the correct letter); ``options`` are GPQA's
+    option texts in letter order A-D (empty for other benchmarks), so that an answer boxed as
+    an option's text can be graded as that option's letter.
     """
 
     id: str
     question: str
     answer: str
+    options: tuple[str, ...] = ()
 
 
 def get_bench(name: str) -> BenchSpec:
@@ -192,11 +195,26 @@ def format_answer(value: Any) -> str | None:
     return text or None
 
 
-def gpqa_question(question: str, correct: str, incorrect: Iterable[str], seed: int = 0) -> tuple[str, str]:
-    """A GPQA user message with the four options in a shuffled, reproducible order.
+def gpqa_options(question: str, correct: str, incorrect: Iterable[str], seed: int = 0) -> tuple[tuple[str, ...], str]:
+    """The four options of a GPQA question in a shuffled, reproducible order, and the correct
+    one's letter: ``(options in letter order A-D, correct_letter)``.
 
     The order is seeded by the question text (and ``seed``), so every run and every model
-    sees the same letters. Returns ``(message, correct_letter)``:
+    sees the same letters.
+    """
+    options = [correct.strip(), *(text.strip() for text in incorrect)]
+    if len(options) != 4:
+        raise ValueError(f"GPQA needs one correct and three incorrect answers, got {len(options)}")
+    digest = hashlib.sha256(f"{seed}:{question}".encode()).digest()
+    order = list(range(4))
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
+    return tuple(options[index] for index in order), "ABCD"[order.index(0)]
+
+
+def gpqa_question(question: str, correct: str, incorrect: Iterable[str], seed: int = 0) -> tuple[str, str]:
+    """A GPQA user message with the four options in `gpqa_options`' order.
+
+    Returns ``(message, correct_letter)``:
 
         <question>
 
@@ -207,15 +225,10 @@ def gpqa_question(question: str, correct: str, incorrect: Iterable[str], seed: i
 
         Answer with the letter of the correct choice (A, B, C or D) in \\boxed{}, e.g. \\boxed{A}.
     """
-    options = [correct.strip(), *(text.strip() for text in incorrect)]
-    if len(options) != 4:
-        raise ValueError(f"GPQA needs one correct and three incorrect answers, got {len(options)}")
-    digest = hashlib.sha256(f"{seed}:{question}".encode()).digest()
-    order = list(range(4))
-    random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
-    lines = [f"{letter}) {options[index]}" for letter, index in zip("ABCD", order)]
+    options, letter = gpqa_options(question, correct, incorrect, seed)
+    lines = [f"{name}) {option}" for name, option in zip("ABCD", options)]
     message = f"{question.strip()}\n\n" + "\n".join(lines) + f"\n\n{GPQA_INSTRUCTION}"
-    return message, "ABCD"[order.index(0)]
+    return message, letter
 
 
 def _pick_field(rows: list[dict[str, Any]], fields: tuple[str, ...], what: str, bench: str) -> str:
@@ -271,10 +284,12 @@ def load_problems(
         if question is None or answer is None or None in distractors:
             skipped += 1
             continue
+        options: tuple[str, ...] = ()
         if spec.multiple_choice:
+            options, _ = gpqa_options(question, answer, distractors)  # type: ignore[arg-type]
             question, answer = gpqa_question(question, answer, distractors)  # type: ignore[arg-type]
         problem_id = str(row[id_field]) if id_field is not None else str(index)
-        problems.append(Problem(problem_id, question, answer))
+        problems.append(Problem(problem_id, question, answer, options))
         if limit is not None and len(problems) >= limit:
             break
     if skipped:

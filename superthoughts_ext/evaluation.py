@@ -311,7 +311,8 @@ def evaluate(
             for row, index in enumerate(batch):
                 problem = problems[index]
                 text = tokenizer.decode(_trim(result.sequences[row], stop_ids), skip_special_tokens=True)
-                answer = extract_choice(text) if spec.multiple_choice else extract_answer(text)
+                # A multiple-choice answer boxed as an option's text is recorded as its letter.
+                answer = extract_choice(text, problem.options) if spec.multiple_choice else extract_answer(text)
                 record = {
                     "index": index,
                     "id": problem.id,

@@ -2,7 +2,8 @@
 
 The final answer of a chain of thought is its last ``\\boxed{...}`` (brace-matched).
 Math answers are graded with math-verify (parse + verify), multiple-choice answers
-(GPQA-Diamond) by comparing the option letter.
+(GPQA-Diamond) by comparing the option letter (an answer boxed as an option's text counts
+as that option's letter).
 
 math-verify runs sympy on untrusted model output, and some inputs never finish
 (``9^{9^{9^{9}}}`` spends minutes inside a single C-level big-int power, where no
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -113,23 +115,29 @@ _ANSWER_IS = re.compile(r"(?i:answer\s+is)\s*:?\s*(?:\(\s*([A-Da-d])\s*\)|([A-D]
 _LETTER = re.compile(r"^(?:\(\s*([A-D])\s*\)|([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<>+\-*/^_\\])))", re.IGNORECASE)
 
 
-def choice_letter(answer: str | None) -> str | None:
-    """Normalise a boxed multiple-choice answer ("C", "(C)", "\\text{C}", "C) 42") to a letter."""
-    if answer is None:
-        return None
+def _choice(answer: str) -> tuple[str | None, bool]:
+    """The letter a boxed answer names, and whether the answer is that letter alone ("C", "(C)")."""
     text = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", answer)
     text = text.replace("$", "").strip()
     match = _LETTER.match(text)
-    return (match.group(1) or match.group(2)).upper() if match else None
+    if match is None:
+        return None, False
+    return (match.group(1) or match.group(2)).upper(), match.end() == len(text)
 
 
-def extract_choice(text: str) -> str | None:
+def choice_letter(answer: str | None) -> str | None:
+    """Normalise a boxed multiple-choice answer ("C", "(C)", "\\text{C}", "C) 42") to a letter."""
+    return None if answer is None else _choice(answer)[0]
+
+
+def extract_choice(text: str, options: Sequence[str] = ()) -> str | None:
     """The chosen letter of a multiple-choice output.
 
-    Prefers the last boxed answer; falls back to the last "answer is (X)" phrase for
-    outputs that name the letter without boxing it.
+    Prefers the last boxed answer (its letter, or with ``options`` the letter of the option
+    whose text it is, see `option_letter`); falls back to the last "answer is (X)" phrase
+    for outputs that name the letter without boxing it.
     """
-    letter = choice_letter(extract_answer(text))
+    letter = option_letter(extract_answer(text), options)
     if letter is not None:
         return letter
     matches = _ANSWER_IS.findall(text)
@@ -144,6 +152,65 @@ def _normalize(answer: str) -> str:
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = re.sub(r"\\text\s*\{([^{}]*)\}", r"\1", text)
     return re.sub(r"\s+", "", text).rstrip(".").lower()
+
+
+def _option_key(text: str) -> str:
+    # Options keep the "$" of their inline math ("$10^{-4}$ eV"), which a boxed answer lacks.
+    return _normalize(text.replace("$", ""))
+
+
+# A trailing unit ("eV", "km/s", "GeV/c^2", "M"): letters not continuing a word or a LaTeX command.
+_UNIT = re.compile(r"(?<![A-Za-z\\])[A-Za-z]+(?:\s*/\s*[A-Za-z]+)*(?:\^\{?-?\d+\}?)?\s*$")
+
+
+def _value_and_unit(text: str) -> tuple[str, str]:
+    """Split "10^{-4}\\,\\text{eV}" into ("10^{-4}\\,", "eV"); the unit is "" when there is none."""
+    text = re.sub(r"\\(?:text|mathrm)\s*\{([^{}]*)\}", r" \1", text.replace("$", "")).strip()
+    match = _UNIT.search(text)
+    if match is None:
+        return text, ""
+    return text[: match.start()].strip(), re.sub(r"\s+", "", match.group(0))
+
+
+def _pure_math(value: str) -> bool:
+    # math-verify reads words as products of symbols (an anagram "equals" its word) and pulls
+    # numbers out of prose ("Only 2"): only letterless values, LaTeX commands aside, go to it.
+    return bool(value) and re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", value)) is None
+
+
+def _same_quantity(answer: str, option: str, timeout_s: float) -> bool:
+    """Whether an answer is an option's quantity written otherwise ("0.0001 eV", "10^{-4} eV").
+    An answer without a unit is compared by its value alone."""
+    value, unit = _value_and_unit(answer)
+    option_value, option_unit = _value_and_unit(option)
+    if unit and unit != option_unit:
+        return False
+    return _pure_math(value) and _pure_math(option_value) and _WORKER.grade(value, option_value, timeout_s)
+
+
+def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
+    """The letter a boxed multiple-choice answer names, given the options in letter order A-D.
+
+    A letter ("C", "(C)", "\\text{C}") names itself, even when an option reads like a letter.
+    Otherwise an answer that is one option's text ("10^{-4}\\,\\text{eV}" for "B) 10^{-4} eV",
+    compared after `_normalize`) names that option, else a leading letter ("C) 42 eV") names
+    its own, else a math answer equal to one option's value by math-verify ("0.0001 eV",
+    "\\sqrt{3}/2") names that option. None when no option, or more than one, matches.
+    """
+    if len(options) > 4:
+        raise ValueError(f"option_letter: at most 4 options (letters A-D), got {len(options)}")
+    if answer is None:
+        return None
+    letter, bare = _choice(answer)
+    if bare or not options:
+        return letter
+    key = _option_key(answer)
+    same = [i for i, option in enumerate(options) if _option_key(option) == key]
+    if not same:
+        if letter is not None:
+            return letter
+        same = [i for i, option in enumerate(options) if _same_quantity(answer, option, timeout)]
+    return "ABCD"[same[0]] if len(same) == 1 else None
 
 
 def _as_latex(answer: str) -> str:
@@ -304,6 +371,7 @@ def is_correct(
     bench: str = "math500",
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
+    options: Sequence[str] | None = None,
 ) -> bool:
     """Whether an extracted answer matches the reference answer.
 
@@ -315,6 +383,9 @@ def is_correct(
             decimals, intervals, tuples, sets, LaTeX, ``\\text{}`` units, percentages).
         timeout: seconds allowed for the math-verify comparison; past it the answer
             counts as wrong. Safe to call from any thread.
+        options: ``gpqa_diamond`` only: the option texts in letter order A-D
+            (`Problem.options`), so that an answer boxed as an option's text counts as that
+            option's letter (`option_letter`).
     """
     if not isinstance(reference, str):
         raise TypeError(f"is_correct: reference must be a str, got {type(reference).__name__}")
@@ -326,7 +397,7 @@ def is_correct(
         gold = choice_letter(reference)
         if gold is None:
             raise ValueError(f"is_correct: GPQA reference must be a letter A-D, got {reference!r}")
-        return choice_letter(prediction) == gold
+        return option_letter(prediction, options or (), timeout=timeout) == gold
     if not prediction.strip():
         return False
     if _normalize(prediction) == _normalize(reference):
