@@ -5,6 +5,7 @@ the model's context, and pre-tokenised rows. Tiny random models on CPU, a step o
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import test_train  # noqa: E402
 from test_train import FAST, ROWS, make_model, make_tokenizer  # noqa: E402
 
 from superthoughts_ext import train_data, train_utils  # noqa: E402
+from superthoughts_ext.data import layout_length  # noqa: E402
 from superthoughts_ext.train import TrainOptions, train  # noqa: E402
 
 ONE_STEP = {**FAST, "max_steps": 1}
@@ -174,8 +176,8 @@ def test_pretokenised_rows_obey_max_length():
 def test_rows_beyond_the_context_are_dropped(base_dirs, tmp_path):
     # The tiny models have max_position_embeddings=256.
     long = {"problem": "what is 1 + 2", "solution": " ".join(["step"] * 600)}
-    with pytest.warns(UserWarning, match=r"dropped 1 of 9 row\(s\) longer than the model's context, "
-                                         r"max_position_embeddings=256"):
+    with pytest.warns(UserWarning, match=r"^train: dropped 1 row\(s\) longer than the model's context, "
+                                         r"max_position_embeddings=256, up to \d+ positions \(rows \[9\]\)$"):
         result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS + [long], output_dir=tmp_path / "o",
                                     **ONE_STEP))
     assert result.num_examples == len(ROWS)
@@ -192,9 +194,10 @@ def test_context_counts_units_or_tokens():
     # one position per token: 10 + 20.
     for fraction, length in [(0.0, 20), (0.25, 23), (1.0, 30)]:
         assert drop([row], length, 2, fraction) == [row]
-        with pytest.raises(ValueError, match=rf"no training examples left: 1 of 1 .*longest: {length} positions"):
+        with pytest.raises(ValueError, match=rf"^train: no training examples left: 1 row\(s\) .* up to {length} "
+                                             r"positions \(rows \[1\]\)$"):
             drop([row], length - 1, 2, fraction)
-    with pytest.warns(UserWarning, match=r"dropped 1 of 2 .*longest: 30 positions"):
+    with pytest.warns(UserWarning, match=r"dropped 1 row\(s\) .* up to 30 positions \(rows \[1\]\)"):
         assert drop([row, {"prompt_ids": [5], "response_ids": [2]}], 29, 2, 1.0) == [
             {"prompt_ids": [5], "response_ids": [2]}]
     assert drop([row], None, 2, 1.0) == [row]
@@ -207,13 +210,51 @@ def test_rows_only_compressed_fit_are_named_for_the_baseline():
     short = {"prompt_ids": [5], "response_ids": [2]}
     drop = train_data.drop_beyond_context
     for fraction in (0.0, 0.25):
-        with pytest.warns(UserWarning, match=r"^train: 1 of 2 row\(s\) fit the model's context \(max_position_"
-                                             r"embeddings=29\) only compressed: a --baseline run of this data drops "
-                                             r"them; --max-length 29 keeps both runs to the same rows$"):
+        with pytest.warns(UserWarning, match=r"^train: 1 row\(s\) fit the model's context \(max_position_"
+                                             r"embeddings=29\) only compressed \(rows \[1\]\): a --baseline run of "
+                                             r"this data drops them; --max-length 29 keeps both runs to the same rows$"):
             assert drop([row, short], 29, 2, fraction) == [row, short]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert drop([row, short], 30, 2, 0.25) == [row, short]  # fits either way: silent
+
+
+def test_rows_beyond_the_context_are_named_by_jsonl_line(tmp_path):
+    # The names are the loader's line numbers: a blank line and a row the loader drops (empty
+    # solution) come before the long rows, so positions in the example list would name others.
+    short = {"problem": "what is 1 + 2", "solution": "3"}
+    long = {"problem": "what is 1 + 2", "solution": " ".join(["1 + 2 = 3"] * 8)}
+    lines = [short, "", {"problem": "what is 1 + 2", "solution": " "}, long, short, long, short]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in lines))
+    tok = make_tokenizer()
+    with pytest.warns(UserWarning, match=r"dropped 1 row\(s\) with an empty 'solution' \(lines \[3\]\)"):
+        examples = train_data.load_examples(path, tok, problem_field="problem", solution_field="solution",
+                                            system_prompt=None, max_length=None)
+    eos = tok.eos_token_id
+    short_ids, long_ids = examples[0], examples[1]
+
+    def positions(e, fraction):
+        return layout_length(e["prompt_ids"], e["response_ids"], eos, fraction)
+
+    context = positions(short_ids, 1.0)  # every short row fits, even one position per token
+    assert positions(long_ids, 0.25) > context
+    with pytest.warns(UserWarning) as record:
+        kept = train_data.drop_beyond_context(examples, context, eos, 0.25)
+    assert [str(w.message) for w in record] == [
+        f"{path}: dropped 2 row(s) longer than the model's context, max_position_embeddings={context}, "
+        f"up to {positions(long_ids, 0.25)} positions (lines [4, 6])"]
+    assert kept == [short_ids] * 3
+    # Rows that fit only compressed are named for the baseline run.
+    context = positions(long_ids, 0.25)
+    assert positions(long_ids, 1.0) > context
+    with pytest.warns(UserWarning, match=r"rows\.jsonl: 2 row\(s\) fit the model's context .* only compressed "
+                                         r"\(lines \[4, 6\]\): a --baseline run"):
+        assert train_data.drop_beyond_context(examples, context, eos, 0.25) == examples
+    # With no row left, the error names every line.
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: no training examples left: 5 row\(s\) "
+                                         r"longer than .* \(lines \[1, 4, 5, 6, 7\]\)$"):
+        train_data.drop_beyond_context(examples, 1, eos, 0.25)
 
 
 def test_directory_without_tokenizer_files_is_refused(base_dirs, tmp_path):

@@ -325,16 +325,36 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
     return {"prompt_ids": list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), "response_ids": response}
 
 
-def _warn_dropped(where: str, numbers: list[int], unit: str, why: str) -> None:
+class Examples(list):
+    """Features {"prompt_ids", "response_ids"} (a plain list to Trainer and the collator) that
+    remember where they were read: example i is `unit` ("line" or "row") `numbers[i]` of
+    `where`. Rows dropped after loading (train_data.drop_beyond_context) are then named as the
+    loader names its own drops; the numbers stay off the feature dicts, which the collator
+    and Trainer see."""
+
+    def __init__(self, features: Iterable[dict[str, list[int]]], *, where: str, unit: str,
+                 numbers: Iterable[int]) -> None:
+        super().__init__(features)
+        self.where, self.unit, self.numbers = where, unit, list(numbers)
+        if len(self.numbers) != len(self):
+            raise ValueError(f"Examples: {len(self.numbers)} numbers for {len(self)} features")
+
+
+def _rows_named(numbers: list[int], unit: str, why: str) -> str:
+    """"N row(s) `why` (`unit`s [the first ten numbers])": how warnings and errors name rows."""
+    return f"{len(numbers)} row(s) {why} ({unit}s {numbers[:10]})"
+
+
+def _warn_dropped(where: str, numbers: list[int], unit: str, why: str, stacklevel: int = 4) -> None:
     """Warns "`where`: dropped N row(s) `why`", naming the first ten `unit` numbers; silent for none."""
     if numbers:
-        warnings.warn(f"{where}: dropped {len(numbers)} row(s) {why} ({unit}s {numbers[:10]})", stacklevel=4)
+        warnings.warn(f"{where}: dropped {_rows_named(numbers, unit, why)}", stacklevel=stacklevel)
 
 
 def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, where: str, unit: str = "line",
                 problem_field: str = "problem", solution_field: str = "solution",
                 system_prompt: str | None = None, max_length: int | None = None,
-                progress: bool = False, total: int | None = None) -> list[dict[str, list[int]]]:
+                progress: bool = False, total: int | None = None) -> Examples:
     """Tokenised features from (number, row) pairs; errors say `where:number` (unit "line") or
     `where: row number` (unit "row"), warnings start with `where`.
 
@@ -342,7 +362,8 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
     raises ValueError. Rows whose solution is empty (or only whitespace) and rows longer than
     `max_length` tokens (prompt + response, uncompressed) are dropped with a warning naming
     them: never truncated. `progress` shows a tqdm bar over the `total` rows (a few ms per row
-    with a real BPE vocabulary: minutes for a large file, silent without it).
+    with a real BPE vocabulary: minutes for a large file, silent without it). The result
+    keeps each example's number (`Examples`).
     """
     from tqdm.auto import tqdm
 
@@ -356,9 +377,10 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
 
 def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where: str, unit: str,
                  problem_field: str, solution_field: str, system_prompt: str | None,
-                 max_length: int | None) -> tuple[list[dict[str, list[int]]], list[int], list[int]]:
+                 max_length: int | None) -> tuple[Examples, list[int], list[int]]:
     """The loop of `encode_rows`: (examples, numbers of empty rows, numbers of too long rows)."""
     examples: list[dict[str, list[int]]] = []
+    kept: list[int] = []
     empty: list[int] = []
     too_long: list[int] = []
     for number, row in numbered_rows:
@@ -382,14 +404,15 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
             too_long.append(number)
             continue
         examples.append(example)
-    return examples, empty, too_long
+        kept.append(number)
+    return Examples(examples, where=where, unit=unit, numbers=kept), empty, too_long
 
 
 def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
                         solution_field: str = "solution", system_prompt: str | None = None,
-                        max_length: int | None = None, progress: bool = False) -> list[dict[str, list[int]]]:
-    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file (see `encode_rows`;
-    `progress` shows a bar over its rows).
+                        max_length: int | None = None, progress: bool = False) -> Examples:
+    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file, numbered by line
+    (see `encode_rows`; `progress` shows a bar over its rows).
 
     Blank lines are skipped; a line that is not valid JSON raises ValueError naming the file and line.
     """

@@ -13,7 +13,15 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from superthoughts_ext.data import _response_with_eos, _warn_dropped, encode_rows, layout_length, load_jsonl_examples
+from superthoughts_ext.data import (
+    Examples,
+    _response_with_eos,
+    _rows_named,
+    _warn_dropped,
+    encode_rows,
+    layout_length,
+    load_jsonl_examples,
+)
 from superthoughts_ext.train_utils import pad_and_eos_ids
 
 
@@ -26,8 +34,9 @@ def load_examples(
     system_prompt: str | None,
     max_length: int | None,
     progress: bool = False,
-) -> list[dict[str, list[int]]]:
-    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows.
+) -> Examples:
+    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows, each with
+    its line (or row) number for `drop_beyond_context`.
 
     Rows may be raw ({problem_field, solution_field}: text) or already tokenised
     ({"prompt_ids", "response_ids"}: lists of ids, checked by `tokenised_rows`). Errors
@@ -60,7 +69,7 @@ def load_examples(
 
 def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
                  solution_field: str, system_prompt: str | None, max_length: int | None,
-                 progress: bool) -> list[dict]:
+                 progress: bool) -> Examples:
     """In-memory twin of `data.load_jsonl_examples`: same checks and tokenisation, rows numbered from 1."""
     return encode_rows(enumerate(rows, start=1), tokenizer, where="train", unit="row",
                        problem_field=problem_field, solution_field=solution_field,
@@ -78,7 +87,7 @@ def _token_ids(values: Any, at: str, name: str) -> list[int]:
 
 
 def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str,
-                   max_length: int | None = None) -> list[dict[str, list[int]]]:
+                   max_length: int | None = None) -> Examples:
     """Features from pre-tokenised rows {"prompt_ids", "response_ids"}; errors say `where: row number`
     (rows numbered from 1), warnings start with `where`.
 
@@ -88,6 +97,7 @@ def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str
     warning, as `encode_rows` drops text rows.
     """
     examples: list[dict[str, list[int]]] = []
+    kept: list[int] = []
     too_long: list[int] = []
     for number, row in enumerate(rows, start=1):
         at = f"{where}: row {number}"
@@ -103,42 +113,50 @@ def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str
             too_long.append(number)
             continue
         examples.append({"prompt_ids": prompt, "response_ids": response})
+        kept.append(number)
     _warn_dropped(where, too_long, "row", f"longer than max_length={max_length} tokens")
-    return examples
+    return Examples(examples, where=where, unit="row", numbers=kept)
 
 
 def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | None, eos_id: int,
-                        split_fraction: float) -> list[dict[str, list[int]]]:
+                        split_fraction: float) -> Examples:
     """`examples` without the rows that need more than `context` positions (the backbone's
-    max_position_embeddings; None = no limit), with a warning naming how many: past it the
+    max_position_embeddings; None = no limit), with a warning naming them: past it the
     position embeddings leave the range the model was trained on, silently.
 
     A row takes at most its prompt plus its units with `split_fraction` of its pairs split,
     rounded up (`data.layout_length`, the bound over every pad-split draw): rho_max, the
     largest rho the collator draws, or 1.0 (one position per token) for the baseline and the
     distillation teacher. Below 1.0 it also warns about the kept rows that a baseline run
-    would drop.
+    would drop. Rows are named by the numbers `Examples` carries (JSONL lines as
+    `load_examples` read them); a plain list is named "train", rows numbered from 1.
     """
+    if not isinstance(examples, Examples):
+        examples = Examples(examples, where="train", unit="row", numbers=range(1, len(examples) + 1))
     if context is None:
         return examples
     lengths = [layout_length(e["prompt_ids"], e["response_ids"], eos_id, split_fraction) for e in examples]
-    kept = [e for e, n in zip(examples, lengths) if n <= context]
-    if len(kept) < len(examples):
-        message = (f"{len(examples) - len(kept)} of {len(examples)} row(s) longer than the model's context, "
-                   f"max_position_embeddings={context} (longest: {max(lengths)} positions)")
+    fits = [n <= context for n in lengths]
+    kept = Examples((e for e, fit in zip(examples, fits) if fit), where=examples.where, unit=examples.unit,
+                    numbers=(number for number, fit in zip(examples.numbers, fits) if fit))
+    over = [number for number, fit in zip(examples.numbers, fits) if not fit]
+    if over:
+        why = f"longer than the model's context, max_position_embeddings={context}, up to {max(lengths)} positions"
         if not kept:
-            raise ValueError(f"train: no training examples left: {message}")
-        warnings.warn(f"train: dropped {message}", stacklevel=2)
+            raise ValueError(f"{examples.where}: no training examples left: {_rows_named(over, examples.unit, why)}")
+        _warn_dropped(examples.where, over, examples.unit, why, stacklevel=3)
     if split_fraction < 1.0:
         _warn_baseline_drops(kept, context, eos_id)
     return kept
 
 
-def _warn_baseline_drops(kept: list[dict[str, list[int]]], context: int, eos_id: int) -> None:
+def _warn_baseline_drops(kept: Examples, context: int, eos_id: int) -> None:
     """Compressed rows can fit a context that the same rows at one position per token do not: a
     --baseline run of the data would drop those, and the two runs would not train on the same rows."""
-    over = sum(layout_length(e["prompt_ids"], e["response_ids"], eos_id, 1.0) > context for e in kept)
+    over = [number for number, e in zip(kept.numbers, kept)
+            if layout_length(e["prompt_ids"], e["response_ids"], eos_id, 1.0) > context]
     if over:
-        warnings.warn(f"train: {over} of {len(kept)} row(s) fit the model's context (max_position_embeddings="
-                      f"{context}) only compressed: a --baseline run of this data drops them; --max-length "
-                      f"{context} keeps both runs to the same rows", stacklevel=3)
+        why = f"fit the model's context (max_position_embeddings={context}) only compressed"
+        rows = _rows_named(over, kept.unit, why)
+        warnings.warn(f"{kept.where}: {rows}: a --baseline run of this data drops them; --max-length {context} "
+                      f"keeps both runs to the same rows", stacklevel=3)
