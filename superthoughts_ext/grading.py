@@ -246,7 +246,12 @@ def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
     try:
         gold = parse(_as_latex(reference), parsing_timeout=None)
         guess = parse(_as_latex(prediction), parsing_timeout=None)
-        return bool(gold) and bool(guess) and bool(verify(gold, guess, timeout_seconds=None))
+        # By default math-verify turns only a reference inequality into the set it describes
+        # ("x > 2" equals a predicted "(2, \\infty)"); the flag does the same for a predicted one
+        # ("x > 2" for a reference "(2, \\infty)"). sympy solves it for its single unknown, so
+        # open and closed ends still differ, and one with several unknowns stays unequal.
+        return bool(gold) and bool(guess) and bool(verify(gold, guess, timeout_seconds=None,
+                                                          allow_set_relation_comp=True))
     except _Deadline:
         return False
     finally:
@@ -380,7 +385,8 @@ def is_correct(
         reference: the benchmark's answer; for ``gpqa_diamond`` the correct letter A-D.
         bench: benchmark name; ``gpqa_diamond`` compares choice letters, every other
             benchmark compares mathematically with math-verify (numbers, fractions vs
-            decimals, intervals, tuples, sets, LaTeX, ``\\text{}`` units, percentages).
+            decimals, intervals, tuples, sets, LaTeX, ``\\text{}`` units, percentages, and
+            an inequality in one unknown against its interval: ``x > 2`` vs ``(2, \\infty)``).
         timeout: seconds allowed for the math-verify comparison; past it the answer
             counts as wrong. Safe to call from any thread.
         options: ``gpqa_diamond`` only: the option texts in letter order A-D
