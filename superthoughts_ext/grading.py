@@ -28,6 +28,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from superthoughts_ext.grading_sets import or_as_union
+
 DEFAULT_TIMEOUT_S = 5.0
 # Extra time the caller grants the worker over the in-worker deadline before killing it.
 _KILL_GRACE_S = 2.0
@@ -244,8 +246,10 @@ def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
     signal.signal(signal.SIGALRM, _raise_deadline)
     signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
     try:
-        gold = parse(_as_latex(reference), parsing_timeout=None)
-        guess = parse(_as_latex(prediction), parsing_timeout=None)
+        # math-verify reads "x < 2 or x > 3" as a set of two inequalities (and "\\lor" as its
+        # last number): such answers are first spelled as the union they describe.
+        gold = parse(_as_latex(or_as_union(reference)), parsing_timeout=None)
+        guess = parse(_as_latex(or_as_union(prediction)), parsing_timeout=None)
         # By default math-verify turns only a reference inequality into the set it describes
         # ("x > 2" equals a predicted "(2, \\infty)"); the flag does the same for a predicted one
         # ("x > 2" for a reference "(2, \\infty)"). sympy solves it for its single unknown, so
