@@ -1,0 +1,166 @@
+"""Grading of answers that are sets: inequalities against the intervals they describe, and
+inequalities joined by "or" against unions (`grading_sets.or_as_union`), both ways round, on
+hand-written cases and on MATH500's own solution text.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("math_verify")
+
+from superthoughts_ext.evaluation import is_correct  # noqa: E402
+from superthoughts_ext.grading_sets import or_as_union  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# Interval answers (MATH500 writes "(5,\\infty)", "x \\in [-2,7]") against the inequalities models
+# write for them, both ways round; a bound's openness or side must still count.
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("x > 5", "(5,\\infty)", True),
+        ("(5,\\infty)", "x > 5", True),
+        ("x \\ge 5", "(5,\\infty)", False),
+        ("x < 5", "(5,\\infty)", False),
+        ("x > 2", "[2, \\infty)", False),
+        ("x > 2", "(-\\infty, 2)", False),
+        ("x \\geq 2", "[2, \\infty)", True),
+        ("2 < x", "(2, \\infty)", True),
+        ("x \\in (2, \\infty)", "(2, \\infty)", True),
+        ("y \\le 0", "(-\\infty, 0]", True),
+        ("y < 0", "(-\\infty, 0]", False),
+        ("-2 \\le x \\le 7", "x \\in [-2,7]", True),
+        ("-2 < x \\le 7", "x \\in [-2,7]", False),
+        ("[-2,7]", "x \\in [-2,7]", True),
+        ("x \\in [-2,7]", "[-2,7]", True),
+        ("-1 \\leq x \\leq 3", "[-1, 3]", True),
+        ("[-1, 3]", "-1 \\le x \\le 3", True),
+        ("\\frac{3}{5} < p \\le \\frac{8}{3}", "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", True),
+        ("\\frac{3}{5} \\le p \\le \\frac{8}{3}", "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", False),
+        ("-\\sqrt{3} < x < \\sqrt{3}", "(-\\sqrt{3}, \\sqrt{3})", True),
+        ("x^2 > 4", "(-\\infty,-2) \\cup (2,\\infty)", True),
+        ("x + y > 2", "(2, \\infty)", False),  # two unknowns: no interval of one
+        ("x > 5", "5", False),
+        ("x < 2 \\text{ or } x > 3", "(-\\infty, 2) \\cup (3, \\infty)", True),  # more below
+    ],
+)
+def test_inequalities_and_intervals(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference) is expected
+
+
+UNION = "(-\\infty, 2) \\cup (3, \\infty)"  # MATH500's answer to test/algebra/2043
+
+
+# Inequalities joined by "or" (however written) against the union they describe, both ways round;
+# an end's openness, its side, and the connective still count.
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("x < 2 \\text{ or } x > 3", UNION, True),
+        ("x<2 or x>3", UNION, True),
+        ("x < 2 \\lor x > 3", UNION, True),
+        ("x<2 \\vee x>3", UNION, True),
+        ("x < 2 \\quad \\text{or} \\quad x > 3", UNION, True),
+        (UNION, "x < 2 \\text{ or } x > 3", True),
+        ("x > 3 \\text{ or } x < 2", UNION, True),
+        ("2 > x \\text{ or } 3 < x", UNION, True),
+        ("x \\le -1 \\text{ or } x \\ge 4", "(-\\infty, -1] \\cup [4, \\infty)", True),
+        ("x \\leq -1 \\text{ or } x > 4", "(-\\infty, -1] \\cup [4, \\infty)", False),
+        ("0 < x < 9 \\text{ or } 9 < x < 36", "(0,9) \\cup (9,36)", True),
+        ("2 < x < 12 \\text{ or } 12 < x < 102", "(2,12) \\cup (12,102)", True),
+        ("0 < x < 9 \\text{ or } 9 < x < 36", "(0,36)", False),  # 9 is left out
+        ("x < -1, -1 < x < 2, \\text{ or } x > 5", "(-\\infty,-1) \\cup (-1,2) \\cup (5,\\infty)", True),
+        ("x < -\\sqrt{2} \\text{ or } x > 0.5", "(-\\infty, -\\sqrt{2}) \\cup (\\frac{1}{2}, \\infty)", True),
+        ("x<2 or x>3", "(-\\infty,2] \\cup (3,\\infty)", False),
+        ("x<2 or x>3", "(-\\infty,3) \\cup (2,\\infty)", False),
+        ("x<2 or x>3", "(-\\infty,2) \\cup (4,\\infty)", False),
+        ("x<2 \\text{ and } x>3", UNION, False),
+        ("x<2 \\text{ and } x>3", "x<2 \\text{ or } x>3", False),
+        ("x < 2 \\text{ or } y > 3", UNION, False),  # two unknowns
+    ],
+)
+def test_or_joined_inequalities_as_unions(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference) is expected
+
+
+# math-verify cannot read \\lor, \\vee, \\land or \\wedge and falls back on the last number in the
+# answer ("x < 2 \\lor x > 3" read as 3): a connective of statements must never equal a number.
+@pytest.mark.parametrize(
+    "prediction",
+    [
+        "x < 2 \\lor x > 3",
+        "x<2 \\vee x>3",
+        "x < 2 \\text{ or } x > 3",
+        "x < 2 \\lor y > 3",
+        "x = 1 \\lor x = 3",
+        "x < 2 \\land x > 3",
+        "x<2 \\wedge x>3",
+    ],
+)
+def test_connectives_never_equal_a_number(prediction: str) -> None:
+    assert is_correct(prediction, "3") is False
+    assert is_correct(prediction, "2") is False
+
+
+@pytest.mark.parametrize(
+    "answer, union",
+    [
+        ("x < 2 \\text{ or } x > 3", "(-\\infty, 2) \\cup (3, \\infty)"),
+        ("$x<2$ or $x>3$", "(-\\infty, 2) \\cup (3, \\infty)"),
+        ("x \\le -\\frac{1}{2} \\lor x \\geq \\sqrt{3}", "(-\\infty, -\\frac{1}{2}] \\cup [\\sqrt{3}, \\infty)"),
+        ("5 > t > 1 \\vee t \\ge 7", "(1, 5) \\cup [7, \\infty)"),
+        ("-1 \\le x < 0 \\textrm{or} 2 \\leq x", "[-1, 0) \\cup [2, \\infty)"),
+        ("x < -1, -1 < x < 2, \\text{ or } x > 5", "(-\\infty, -1) \\cup (-1, 2) \\cup (5, \\infty)"),
+    ],
+)
+def test_or_as_union_rewrites(answer: str, union: str) -> None:
+    assert or_as_union(answer) == union
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "x < 2 \\text{ and } x > 3",  # no union
+        "x < 2",  # no "or": math-verify reads one inequality itself
+        "x < 2, x > 3",  # commas alone may list conditions that hold together
+        "x < 2 \\text{ or } y > 3",  # two unknowns
+        "x < y \\text{ or } x > 3",  # an end that is no constant
+        "x < 2 \\text{ or } x \\in (3, \\infty)",
+        "(x < 2) \\text{ or } (x > 3)",
+        "1 < x > 3 \\text{ or } x < 0",  # a chain that turns
+        "x = 1 \\text{ or } x = 3",  # equations: math-verify's set of solutions
+        "x < 1,000 \\text{ or } x > 2,000",  # thousands separators
+        "x > 2 \\text{ or more}",
+        "(-\\infty, 2) \\cup (3, \\infty)",
+    ],
+)
+def test_or_as_union_leaves_other_answers(answer: str) -> None:
+    assert or_as_union(answer) == answer
+
+
+def test_or_as_union_spells_out_logical_symbols() -> None:
+    # Left as symbols, math-verify would read each as its last number.
+    assert or_as_union("x < 2 \\lor y > 3") == "x < 2 \\text{ or } y > 3"
+    assert or_as_union("x = 1 \\vee x = 3") == "x = 1 \\text{ or } x = 3"
+    assert or_as_union("x > 2 \\land x < 5") == "x > 2 \\text{ and } x < 5"
+    assert or_as_union("a \\wedge b") == "a \\text{ and } b"
+    assert or_as_union("\\veebar \\landup") == "\\veebar \\landup"  # longer commands are left alone
+
+
+@pytest.mark.skipif(not (DATA / "math500.jsonl").is_file(), reason="shared benchmark data absent")
+def test_math500_or_inequality_grades_as_its_union() -> None:
+    # The solution states the domain both ways: "$x<2 \text{ or } x>3$, or $x \in \boxed{...}$".
+    row = next(row for row in read_jsonl(DATA / "math500.jsonl") if row["unique_id"] == "test/algebra/2043.json")
+    stated = next(span for span in row["solution"].split("$") if "\\text{ or }" in span)
+    assert stated == "x<2 \\text{ or } x>3"
+    assert is_correct(stated, row["answer"]) and is_correct(row["answer"], stated)
+    assert not is_correct(stated.replace("<", "\\le"), row["answer"])
