@@ -248,6 +248,16 @@ def test_math500_reference_answers_grade_correct() -> None:
     assert elapsed < 60
 
 
+@pytest.mark.skipif(not (DATA / "math500.jsonl").is_file(), reason="shared benchmark data absent")
+def test_math500_or_inequality_grades_as_its_union() -> None:
+    # The solution states the domain both ways: "$x<2 \text{ or } x>3$, or $x \in \boxed{...}$".
+    row = next(row for row in read_jsonl(DATA / "math500.jsonl") if row["unique_id"] == "test/algebra/2043.json")
+    stated = next(span for span in row["solution"].split("$") if "\\text{ or }" in span)
+    assert stated == "x<2 \\text{ or } x>3"
+    assert is_correct(stated, row["answer"]) and is_correct(row["answer"], stated)
+    assert not is_correct(stated.replace("<", "\\le"), row["answer"])
+
+
 @pytest.mark.skipif(not (DATA / "amc23.jsonl").is_file(), reason="shared benchmark data absent")
 def test_amc23_boxed_integers_grade_correct() -> None:
     rows = read_jsonl(DATA / "amc23.jsonl")
