@@ -180,6 +180,18 @@ def test_gpqa_option_text_matching_two_options_names_none(prediction: str, optio
     assert not any(is_correct(prediction, letter, "gpqa_diamond", options=options) for letter in "ABCD")
 
 
+def test_gpqa_runaway_answer_skips_the_value_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A degenerate box must not cost seconds per row: only short answers go to math-verify.
+    def no_comparison(*args: object) -> bool:
+        raise AssertionError("a long answer reached the value comparison")
+
+    monkeypatch.setattr(grading, "_same_quantity", no_comparison)
+    assert grading.option_letter("a/" * 5000 + "!", ENERGIES) is None
+    assert grading.option_letter("1 " * 10000, ENERGIES) is None
+    monkeypatch.undo()
+    assert grading.option_letter("0.0001 eV", ENERGIES) == "B"  # a short one still does
+
+
 def test_extract_choice_maps_a_boxed_option_text() -> None:
     assert extract_choice("so the gap is \\boxed{10^{-4}\\text{ eV}}.", ENERGIES) == "B"
     assert extract_choice("so the gap is \\boxed{10^{-4}\\text{ eV}}.") is None  # without the options

@@ -163,6 +163,10 @@ def _option_key(text: str) -> str:
 
 # A trailing unit ("eV", "km/s", "GeV/c^2", "M"): letters not continuing a word or a LaTeX command.
 _UNIT = re.compile(r"(?<![A-Za-z\\])[A-Za-z]+(?:\s*/\s*[A-Za-z]+)*(?:\^\{?-?\d+\}?)?\s*$")
+# A quantity is short. A longer answer (a runaway box such as "a/a/a/...") skips the value
+# comparison: the unit split above is quadratic in it (seconds at 10k characters) and each
+# option would cost the worker up to its timeout.
+_QUANTITY_CHARS = 200
 
 
 def _value_and_unit(text: str) -> tuple[str, str]:
@@ -196,7 +200,7 @@ def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: f
     A letter ("C", "(C)", "\\text{C}") names itself, even when an option reads like a letter.
     Otherwise an answer that is one option's text ("10^{-4}\\,\\text{eV}" for "B) 10^{-4} eV",
     compared after `_normalize`) names that option, else a leading letter ("C) 42 eV") names
-    its own, else a math answer equal to one option's value by math-verify ("0.0001 eV",
+    its own, else a short math answer equal to one option's value by math-verify ("0.0001 eV",
     "\\sqrt{3}/2") names that option. None when no option, or more than one, matches.
     """
     if len(options) > 4:
@@ -211,7 +215,8 @@ def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: f
     if not same:
         if letter is not None:
             return letter
-        same = [i for i, option in enumerate(options) if _same_quantity(answer, option, timeout)]
+        if len(answer) <= _QUANTITY_CHARS:
+            same = [i for i, option in enumerate(options) if _same_quantity(answer, option, timeout)]
     return "ABCD"[same[0]] if len(same) == 1 else None
 
 
