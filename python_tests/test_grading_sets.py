@@ -1,5 +1,5 @@
 """Grading of answers that are sets: inequalities against the intervals they describe, and
-inequalities joined by "or" against unions (`grading_sets.or_as_union`), both ways round
+inequalities joined by "or" against unions (`grading_sets.inequalities_as_sets`), both ways round
 (MATH500's own or-joined answer is in test_grading.py with the other real answers).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("math_verify")
 
 from superthoughts_ext.evaluation import is_correct  # noqa: E402
-from superthoughts_ext.grading_sets import or_as_union  # noqa: E402
+from superthoughts_ext.grading_sets import inequalities_as_sets  # noqa: E402
 
 
 # Interval answers (MATH500 writes "(5,\\infty)", "x \\in [-2,7]") against the inequalities models
@@ -82,6 +82,24 @@ def test_or_joined_inequalities_as_unions(prediction: str, reference: str, expec
     assert is_correct(prediction, reference) is expected
 
 
+# Two inequalities joined by "and" against the interval between them, both ways round.
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("x > 2 \\text{ and } x < 5", "(2,5)", True),
+        ("x<5 and x>2", "(2, 5)", True),
+        ("x \\ge 2 \\land x < 5", "[2,5)", True),
+        ("x > 2 \\wedge x < 5", "2 < x < 5", True),
+        ("(2,5)", "x > 2 \\text{ and } x < 5", True),
+        ("x > 2 \\text{ and } x < 5", "[2,5)", False),
+        ("x > 2 \\text{ and } x < 5", "(2,6)", False),
+        ("x > 2 \\text{ and } x < 5", "(-\\infty, 2) \\cup (5, \\infty)", False),
+    ],
+)
+def test_and_joined_inequalities_as_intervals(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference) is expected
+
+
 # math-verify cannot read \\lor, \\vee, \\land or \\wedge and falls back on the last number in the
 # answer ("x < 2 \\lor x > 3" read as 3): a connective of statements must never equal a number.
 @pytest.mark.parametrize(
@@ -112,14 +130,40 @@ def test_connectives_never_equal_a_number(prediction: str) -> None:
         ("x < -1, -1 < x < 2, \\text{ or } x > 5", "(-\\infty, -1) \\cup (-1, 2) \\cup (5, \\infty)"),
     ],
 )
-def test_or_as_union_rewrites(answer: str, union: str) -> None:
-    assert or_as_union(answer) == union
+def test_inequalities_as_sets_rewrites(answer: str, union: str) -> None:
+    assert inequalities_as_sets(answer) == union
+
+
+@pytest.mark.parametrize(
+    "answer, interval",
+    [
+        ("x > 2 \\text{ and } x < 5", "(2, 5)"),
+        ("x<\\frac{1}{2} \\land x \\ge -1", "[-1, \\frac{1}{2})"),
+    ],
+)
+def test_inequalities_as_sets_intersects_two_joined_by_and(answer: str, interval: str) -> None:
+    assert inequalities_as_sets(answer) == interval
 
 
 @pytest.mark.parametrize(
     "answer",
     [
-        "x < 2 \\text{ and } x > 3",  # no union
+        "x > 2 \\text{ and } x > 5",  # both bounded below
+        "x > 2 \\text{ and } y < 5",
+        "0 < x < 9 \\text{ and } x > 3",  # a chain
+        "x > 1 \\text{ and } x < 4 \\text{ and } x < 3",
+        "2 \\text{ and } 5",
+        "x < 2 \\text{ and } x > 3",  # holds nowhere: no interval, no union
+        "x \\le 2 \\text{ and } x \\ge 2",
+    ],
+)
+def test_inequalities_as_sets_leaves_other_and_answers(answer: str) -> None:
+    assert inequalities_as_sets(answer) == answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
         "x < 2",  # no "or": math-verify reads one inequality itself
         "x < 2, x > 3",  # commas alone may list conditions that hold together
         "x < 2 \\text{ or } y > 3",  # two unknowns
@@ -133,14 +177,14 @@ def test_or_as_union_rewrites(answer: str, union: str) -> None:
         "(-\\infty, 2) \\cup (3, \\infty)",
     ],
 )
-def test_or_as_union_leaves_other_answers(answer: str) -> None:
-    assert or_as_union(answer) == answer
+def test_inequalities_as_sets_leaves_other_answers(answer: str) -> None:
+    assert inequalities_as_sets(answer) == answer
 
 
-def test_or_as_union_spells_out_logical_symbols() -> None:
+def test_inequalities_as_sets_spells_out_logical_symbols() -> None:
     # Left as symbols, math-verify would read each as its last number.
-    assert or_as_union("x < 2 \\lor y > 3") == "x < 2 \\text{ or } y > 3"
-    assert or_as_union("x = 1 \\vee x = 3") == "x = 1 \\text{ or } x = 3"
-    assert or_as_union("x > 2 \\land x < 5") == "x > 2 \\text{ and } x < 5"
-    assert or_as_union("a \\wedge b") == "a \\text{ and } b"
-    assert or_as_union("\\veebar \\landup") == "\\veebar \\landup"  # longer commands are left alone
+    assert inequalities_as_sets("x < 2 \\lor y > 3") == "x < 2 \\text{ or } y > 3"
+    assert inequalities_as_sets("x = 1 \\vee x = 3") == "x = 1 \\text{ or } x = 3"
+    assert inequalities_as_sets("x > 2 \\land y < 5") == "x > 2 \\text{ and } y < 5"
+    assert inequalities_as_sets("a \\wedge b") == "a \\text{ and } b"
+    assert inequalities_as_sets("\\veebar \\landup") == "\\veebar \\landup"  # longer commands are left alone

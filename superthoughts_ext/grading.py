@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from superthoughts_ext.grading_sets import or_as_union
+from superthoughts_ext.grading_sets import inequalities_as_sets
 
 DEFAULT_TIMEOUT_S = 5.0
 # Extra time the caller grants the worker over the in-worker deadline before killing it.
@@ -253,8 +253,8 @@ def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
     try:
         # math-verify reads "x < 2 or x > 3" as a set of two inequalities (and "\\lor" as its
         # last number): such answers are first spelled as the union they describe.
-        gold = parse(_as_latex(or_as_union(reference)), parsing_timeout=None)
-        guess = parse(_as_latex(or_as_union(prediction)), parsing_timeout=None)
+        gold = parse(_as_latex(inequalities_as_sets(reference)), parsing_timeout=None)
+        guess = parse(_as_latex(inequalities_as_sets(prediction)), parsing_timeout=None)
         # By default math-verify turns only a reference inequality into the set it describes
         # ("x > 2" equals a predicted "(2, \\infty)"); the flag does the same for a predicted one
         # ("x > 2" for a reference "(2, \\infty)"). sympy solves it for its single unknown, so
