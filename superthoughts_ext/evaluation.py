@@ -114,8 +114,9 @@ def _check_prompts_fit(model: Any, problems: list[Problem], prompt_ids: list[lis
     from superthoughts_ext.generate import model_context
 
     context = model_context(model)
-    long = [f"{problems[i].id!r} ({len(ids)} tokens)" for i, ids in enumerate(prompt_ids)
-            if context is not None and len(ids) > context]
+    if context is None:
+        return
+    long = [f"{problems[i].id!r} ({len(ids)} tokens)" for i, ids in enumerate(prompt_ids) if len(ids) > context]
     if long:
         raise ValueError(f"evaluate: {len(long)} prompt(s) longer than the model's context (max_position_embeddings="
                          f"{context}): {', '.join(long[:5])}{' ...' if len(long) > 5 else ''}")

@@ -152,7 +152,7 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     --resume would pick up the old run."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    if resume is not None and resume is not True and resume is not False:
+    if isinstance(resume, (str, os.PathLike)):
         if not Path(os.fspath(resume)).is_dir():
             raise FileNotFoundError(f"train: --resume {os.fspath(resume)!r}: no such checkpoint directory")
         return
