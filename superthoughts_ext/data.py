@@ -1,4 +1,8 @@
-"""Training data for SuperThoughts: the unit layout, pad-split augmentation, collator, JSONL loading.
+"""Training data for SuperThoughts: the unit layout, pad-split augmentation, collator.
+
+Tokenised examples come from data_jsonl.py (chat-template formatting, JSONL loading), whose
+public names this module re-exports so `superthoughts_ext.data` stays the one place to
+import training data from.
 
 Layout (DESIGN.md section 1). A sequence is prompt tokens p_1..p_m (ordinary positions)
 followed by response units u_1..u_k, each a pair (a, b) or a single (a, PAD). The response
@@ -32,16 +36,25 @@ tokenizers), and a final pair (x, EOS) must still teach the MTP head to emit EOS
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+# Re-exported: loading moved to data_jsonl.py, and callers (train_data.py, tests) import it from
+# here; an `Examples` pickled as superthoughts_ext.data.Examples still loads.
+from superthoughts_ext.data_jsonl import Examples, encode_rows, format_example, format_prompt, load_jsonl_examples
+# Re-exported for train_data.py, which names its drops as the loader does.
+from superthoughts_ext.data_jsonl import _rows_named, _warn_dropped
+
+__all__ = [
+    "IGNORE", "Examples", "SuperThoughtsCollator", "UnitSequence", "build_baseline", "build_units",
+    "encode_rows", "format_example", "format_prompt", "layout_length", "load_jsonl_examples",
+]
 
 IGNORE = -100
 
@@ -278,164 +291,3 @@ class SuperThoughtsCollator:
             "attention_mask": _pad([[1] * len(ids) for ids, _ in pairs], 0, torch.int64),
             "labels": _pad([labels for _, labels in pairs], IGNORE, torch.int64),
         }
-
-
-def _chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def _messages(problem: str, system_prompt: str | None) -> list[dict[str, str]]:
-    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
-    return system + [{"role": "user", "content": problem}]
-
-
-def format_prompt(tokenizer: Any, problem: str, system_prompt: str | None = None) -> list[int]:
-    """Prompt ids: the chat template over (system, user = problem) up to and including the
-    generation prompt (e.g. "<|im_start|>assistant\\n"). system_prompt None = the template's default."""
-    text = _chat(tokenizer, _messages(problem, system_prompt), add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: str | None = None) -> dict[str, list[int]]:
-    """{"prompt_ids", "response_ids"}: the response is the solution as the template writes the
-    assistant turn, cut right after the tokenizer's EOS (ChatML: "...<|im_end|>", without the
-    newline that follows); when the turn holds no EOS its trailing whitespace is dropped and
-    EOS appended. A solution holding the EOS token before its end raises ValueError: the
-    response would be cut there."""
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError("the tokenizer has no eos_token; the response must end with one")
-    if eos_id in tokenizer(solution.rstrip(), add_special_tokens=False)["input_ids"][:-1]:
-        raise ValueError(f"the solution holds the EOS token {tokenizer.eos_token!r} before its end; "
-                         f"the response would be cut there")
-    messages = _messages(problem, system_prompt)
-    prompt_text = _chat(tokenizer, messages, add_generation_prompt=True)
-    full_text = _chat(tokenizer, messages + [{"role": "assistant", "content": solution}], add_generation_prompt=False)
-    if not full_text.startswith(prompt_text):
-        raise ValueError("the chat template's assistant turn does not extend its generation prompt; "
-                         "cannot split prompt from response")
-    response = list(tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"])
-    if eos_id in response:
-        response = response[: response.index(eos_id) + 1]
-    else:
-        tail = full_text[len(prompt_text):].rstrip()
-        response = list(tokenizer(tail, add_special_tokens=False)["input_ids"]) + [eos_id]
-    return {"prompt_ids": list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), "response_ids": response}
-
-
-class Examples(list):
-    """Features {"prompt_ids", "response_ids"} (a plain list to Trainer and the collator) that
-    remember where they were read: example i is `unit` ("line" or "row") `numbers[i]` of
-    `where`. Rows dropped after loading (train_data.drop_beyond_context) are then named as the
-    loader names its own drops; the numbers stay off the feature dicts, which the collator
-    and Trainer see."""
-
-    def __init__(self, features: Iterable[dict[str, list[int]]], *, where: str, unit: str,
-                 numbers: Iterable[int]) -> None:
-        super().__init__(features)
-        self.where, self.unit, self.numbers = where, unit, list(numbers)
-        if len(self.numbers) != len(self):
-            raise ValueError(f"Examples: {len(self.numbers)} numbers for {len(self)} features")
-
-
-def _rows_named(numbers: list[int], unit: str, why: str) -> str:
-    """"N row(s) `why` (`unit`s [the first ten numbers])": how warnings and errors name rows."""
-    return f"{len(numbers)} row(s) {why} ({unit}s {numbers[:10]})"
-
-
-def _warn_dropped(where: str, numbers: list[int], unit: str, why: str, stacklevel: int = 4) -> None:
-    """Warns "`where`: dropped N row(s) `why`", naming the first ten `unit` numbers; silent for none."""
-    if numbers:
-        warnings.warn(f"{where}: dropped {_rows_named(numbers, unit, why)}", stacklevel=stacklevel)
-
-
-def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, where: str, unit: str = "line",
-                problem_field: str = "problem", solution_field: str = "solution",
-                system_prompt: str | None = None, max_length: int | None = None,
-                progress: bool = False, total: int | None = None) -> Examples:
-    """Tokenised features from (number, row) pairs; errors say `where:number` (unit "line") or
-    `where: row number` (unit "row"), warnings start with `where`.
-
-    A row that is not a mapping, lacks a string field or whose solution holds EOS before its end
-    raises ValueError. Rows whose solution is empty (or only whitespace) and rows longer than
-    `max_length` tokens (prompt + response, uncompressed) are dropped with a warning naming
-    them: never truncated. `progress` shows a tqdm bar over the `total` rows (a few ms per row
-    with a real BPE vocabulary: minutes for a large file, silent without it). The result
-    keeps each example's number (`Examples`).
-    """
-    from tqdm.auto import tqdm
-
-    with tqdm(numbered_rows, total=total, desc=f"tokenizing {where}", unit=unit, disable=not progress) as bar:
-        examples, empty, too_long = _encode_each(bar, tokenizer, where, unit, problem_field, solution_field,
-                                                 system_prompt, max_length)
-    _warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")
-    _warn_dropped(where, too_long, unit, f"longer than max_length={max_length} tokens")
-    return examples
-
-
-def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where: str, unit: str,
-                 problem_field: str, solution_field: str, system_prompt: str | None,
-                 max_length: int | None) -> tuple[Examples, list[int], list[int]]:
-    """The loop of `encode_rows`: (examples, numbers of empty rows, numbers of too long rows)."""
-    examples: list[dict[str, list[int]]] = []
-    kept: list[int] = []
-    empty: list[int] = []
-    too_long: list[int] = []
-    for number, row in numbered_rows:
-        at = f"{where}:{number}" if unit == "line" else f"{where}: {unit} {number}"
-        if not isinstance(row, Mapping):
-            raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}")
-        for field in (problem_field, solution_field):
-            if field not in row:
-                raise ValueError(f"{at}: no field {field!r}; the row has {', '.join(map(repr, row)) or 'none'} "
-                                 "(--problem-field / --solution-field name others)")
-            if not isinstance(row[field], str):
-                raise ValueError(f"{at}: field {field!r} is {type(row[field]).__name__}, not a string")
-        if not row[solution_field].strip():
-            empty.append(number)
-            continue
-        try:
-            example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt)
-        except ValueError as exc:
-            raise ValueError(f"{at}: {exc}") from exc
-        if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
-            too_long.append(number)
-            continue
-        examples.append(example)
-        kept.append(number)
-    return Examples(examples, where=where, unit=unit, numbers=kept), empty, too_long
-
-
-def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
-                        solution_field: str = "solution", system_prompt: str | None = None,
-                        max_length: int | None = None, progress: bool = False) -> Examples:
-    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file, numbered by line
-    (see `encode_rows`; `progress` shows a bar over its rows).
-
-    Blank lines are skipped; a line that is not valid JSON raises ValueError naming the file and line.
-    """
-    where = os.fspath(path)
-
-    def numbered_rows() -> Iterator[tuple[int, Any]]:
-        with open(where, encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    # A pretty-printed JSON array fails on its first line, "[", with a message about
-                    # JSON syntax that does not say what the file should look like.
-                    array = line.lstrip()[:1] == "["
-                    hint = "; expected JSON Lines, one object per line, not a JSON array" if array else ""
-                    raise ValueError(f"{where}:{number}: not valid JSON: {exc}{hint}") from exc
-
-    total = None
-    if progress:
-        with open(where, encoding="utf-8") as f:
-            total = sum(1 for line in f if line.strip())
-    return encode_rows(numbered_rows(), tokenizer, where=where, problem_field=problem_field,
-                       solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
-                       progress=progress, total=total)

@@ -1,19 +1,34 @@
 """SuperThoughts building blocks: the pair compressor C and the MTP head (decode caches: kv_cache.py).
 
 Both blocks are built FROM a Hugging Face causal LM (they copy its norm / decoder-layer classes
-and weights) but never modify it: the backbone stays a stock transformers model.
+and weights) but never modify it: the backbone stays a stock transformers model. Also here: the
+training forward's attention mask for right padding. The chunked head losses live in
+head_losses.py; this module re-exports them.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, StaticCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+# Re-exported: modeling.py, the tests and bench_train import the losses from here.
+from superthoughts_ext.head_losses import (
+    CE_CHUNK_ELEMENTS,
+    head_cross_entropy,
+    head_kl_divergence,
+    linear_cross_entropy,
+    linear_kl_divergence,
+)
 from superthoughts_ext.kv_cache import static_cache
+
+__all__ = [
+    "CE_CHUNK_ELEMENTS", "DecoderMTP", "LinearCompressor", "MLPCompressor", "MLPMTP", "build_compressor",
+    "build_mtp", "causal_mask_for_right_padding", "head_cross_entropy", "head_kl_divergence",
+    "linear_cross_entropy", "linear_kl_divergence",
+]
 
 
 class LinearCompressor(nn.Module):
@@ -235,171 +250,3 @@ def causal_mask_for_right_padding(attention_mask: torch.Tensor) -> torch.Tensor:
     if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):  # a zero before a one
         return attention_mask
     return torch.ones_like(attention_mask)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """sum_i w_i * CE(hidden_i @ weight.T, target_i), computed chunk by chunk over the rows.
-
-    The gradient of a weighted CE sum with respect to its logits is known in the forward pass
-    (w_i * (softmax_i - onehot_i)), so each chunk's logits are turned into their gradient in
-    place and folded into grad_hidden / grad_weight at once: no [N, V] tensor is ever held,
-    exp runs once per logit, and backward only scales the two stored gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
-                chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        rows = hidden.shape[0]
-        ce = torch.empty(rows, device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if want_h else None
-        # Accumulated in the weight's dtype by addmm_ (float32 inside each chunk's GEMM, one
-        # rounding per chunk): a float32 buffer would cost [V, H] float32 of memory and a full
-        # read-modify-write of it per chunk, more than the chunk's GEMMs at V = 152k.
-        grad_weight = torch.zeros_like(weight) if want_w else None
-        for start in range(0, rows, chunk_rows):
-            end = min(start + chunk_rows, rows)
-            h, t, w = hidden[start:end], targets[start:end, None], row_weight[start:end, None]
-            logits = (h @ weight.t()).float()  # [n, V]
-            target_logit = logits.gather(1, t)
-            top = logits.amax(dim=1, keepdim=True)
-            probs = logits.sub_(top).exp_()
-            total = probs.sum(dim=1, keepdim=True)
-            ce[start:end] = (top + total.log() - target_logit).squeeze(1)
-            if not (want_h or want_w):
-                continue
-            grad = probs.mul_(w / total).scatter_add_(1, t, -w).to(weight.dtype)  # d loss / d logits
-            if want_h:
-                grad_hidden[start:end] = grad @ weight
-            if want_w:
-                grad_weight.addmm_(grad.t(), h.to(weight.dtype))
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.mark_non_differentiable(ce)
-        return (ce * row_weight).sum(), ce
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor, grad_ce: torch.Tensor | None):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
-        grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
-
-
-# Logit elements per chunk of linear_cross_entropy: 64 Mi float32 (256 MiB) bounds the
-# transient memory whatever the vocabulary, while a chunk keeps enough rows (441 at V = 152k)
-# for efficient GEMMs and few grad_weight updates. On CPU the step time is flat from 1 Mi to
-# 64 Mi (bench_train's 1.5b-mini head).
-CE_CHUNK_ELEMENTS = 1 << 26
-
-
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         row_weight: torch.Tensor, chunk_elements: int = CE_CHUNK_ELEMENTS
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted cross-entropy of a linear head without materialising the logits.
-
-    Args:
-        hidden: [N, H] rows to score; weight: [V, H] head weight (no bias);
-        targets: [N] int64 in [0, V); row_weight: [N] float32 weight of each row's CE.
-    Returns:
-        loss: scalar sum_i row_weight_i * CE_i (differentiable in hidden and weight; the
-        gradient is computed during the forward pass, so the op cannot be differentiated twice);
-        ce: [N] float32 per-row CE, detached.
-    """
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"linear_cross_entropy: expected hidden [N, H] and weight [V, H], got "
-                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
-    if targets.shape != hidden.shape[:1] or row_weight.shape != hidden.shape[:1]:
-        raise ValueError(f"linear_cross_entropy: targets {tuple(targets.shape)} and row_weight "
-                         f"{tuple(row_weight.shape)} must be [N] with N = {hidden.shape[0]}")
-    chunk_rows = max(1, chunk_elements // weight.shape[0])
-    return _LinearCrossEntropy.apply(hidden, weight, targets, row_weight.float(), chunk_rows)
-
-
-class _LinearKLDivergence(torch.autograd.Function):
-    """sum_i w_i * KL(p_i || softmax(hidden_i @ weight.T)), p_i = softmax(target_hidden_i @ target_weight.T)
-    a fixed distribution (no gradient), chunk by chunk over the rows as in _LinearCrossEntropy:
-    d KL_i / d logits_i = softmax_i - p_i is known in the forward pass."""
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target_hidden: torch.Tensor,
-                target_weight: torch.Tensor, row_weight: torch.Tensor, chunk_rows: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        rows = hidden.shape[0]
-        kl = torch.empty(rows, device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if want_h else None
-        grad_weight = torch.zeros_like(weight) if want_w else None
-        for start in range(0, rows, chunk_rows):
-            end = min(start + chunk_rows, rows)
-            h, w = hidden[start:end], row_weight[start:end, None]
-            log_p = torch.log_softmax((target_hidden[start:end] @ target_weight.t()).float(), dim=1)  # [n, V]
-            log_q = torch.log_softmax((h @ weight.t()).float(), dim=1)  # [n, V]
-            p = log_p.exp()
-            kl[start:end] = (p * log_p.sub_(log_q)).sum(dim=1)
-            if not (want_h or want_w):
-                continue
-            grad = log_q.exp_().sub_(p).mul_(w).to(weight.dtype)  # d loss / d logits
-            if want_h:
-                grad_hidden[start:end] = grad @ weight
-            if want_w:
-                grad_weight.addmm_(grad.t(), h.to(weight.dtype))
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.mark_non_differentiable(kl)
-        return (kl * row_weight).sum(), kl
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor, grad_kl: torch.Tensor | None):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
-        grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None
-
-
-def linear_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, target_hidden: torch.Tensor,
-                         target_weight: torch.Tensor, row_weight: torch.Tensor,
-                         chunk_elements: int = CE_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted KL(teacher || student) of two linear heads without materialising either's logits.
-
-    Args:
-        hidden: [N, H] student rows; weight: [V, H] student head weight (no bias);
-        target_hidden: [N, H'] teacher rows; target_weight: [V, H'] teacher head weight (both
-        treated as constants); row_weight: [N] float32 weight of each row's KL.
-    Returns:
-        loss: scalar sum_i row_weight_i * KL_i (differentiable in hidden and weight, once);
-        kl: [N] float32 per-row KL, detached.
-    """
-    if (hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]
-            or target_hidden.shape[0] != hidden.shape[0] or target_weight.shape[0] != weight.shape[0]
-            or target_hidden.shape[1:] != target_weight.shape[1:] or row_weight.shape != hidden.shape[:1]):
-        raise ValueError(f"linear_kl_divergence: expected hidden [N, H], weight [V, H], target_hidden [N, H'], "
-                         f"target_weight [V, H'], row_weight [N]; got {tuple(hidden.shape)}, {tuple(weight.shape)}, "
-                         f"{tuple(target_hidden.shape)}, {tuple(target_weight.shape)}, {tuple(row_weight.shape)}")
-    chunk_rows = max(1, chunk_elements // weight.shape[0])
-    return _LinearKLDivergence.apply(hidden, weight, target_hidden.detach(), target_weight.detach(),
-                                     row_weight.float(), chunk_rows)
-
-
-def head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor,
-                       weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_i weights_i * CE(head(rows_i), targets_i) and the detached per-row CE [N].
-
-    A plain bias-free Linear head goes through the chunked `linear_cross_entropy`; any other
-    head (a LoRA-wrapped lm_head, a bias) through its own forward and F.cross_entropy.
-    """
-    if type(head) is nn.Linear and head.bias is None:
-        return linear_cross_entropy(rows, head.weight, targets, weights)
-    ce = F.cross_entropy(head(rows).float(), targets, reduction="none")
-    return (ce * weights).sum(), ce.detach()
-
-
-def head_kl_divergence(head: nn.Module, rows: torch.Tensor, target_head: nn.Module, target_rows: torch.Tensor,
-                       weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_i weights_i * KL(softmax(target_head(target_rows_i)) || softmax(head(rows_i))) and the
-    detached per-row KL [N]; chunked (`linear_kl_divergence`) for plain bias-free Linear heads."""
-    if all(type(m) is nn.Linear and m.bias is None for m in (head, target_head)):
-        return linear_kl_divergence(rows, head.weight, target_rows, target_head.weight, weights)
-    with torch.no_grad():
-        log_p = F.log_softmax(target_head(target_rows).float(), dim=-1)
-    log_q = F.log_softmax(head(rows).float(), dim=-1)
-    kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(dim=-1)
-    return (kl * weights).sum(), kl.detach()
