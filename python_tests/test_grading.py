@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("math_verify")
 
-from superthoughts_ext import grading  # noqa: E402
+from superthoughts_ext import grading, grading_worker  # noqa: E402
 from superthoughts_ext.eval_data import format_answer  # noqa: E402
 from superthoughts_ext.evaluation import extract_answer, is_correct  # noqa: E402
 from superthoughts_ext.grading import choice_letter, extract_choice  # noqa: E402
@@ -215,7 +215,7 @@ def test_pathological_input_returns_within_the_limit(prediction: str) -> None:
     is_correct("1", "1.0")  # start the worker outside the timed region
     started = time.perf_counter()
     assert is_correct(prediction, "3", timeout=1.0) is False
-    assert time.perf_counter() - started < 1.0 + grading._KILL_GRACE_S + 1.0
+    assert time.perf_counter() - started < 1.0 + grading_worker._KILL_GRACE_S + 1.0
     assert is_correct("\\frac{1}{2}", "0.5")  # the worker still answers afterwards
 
 
@@ -234,7 +234,7 @@ def test_grading_off_the_main_thread() -> None:
 
 def test_grading_worker_restarts_after_dying() -> None:
     is_correct("1", "1.0")
-    process = grading._WORKER._process
+    process = grading_worker._WORKER._process
     assert process is not None
     process.kill()
     process.wait()
@@ -250,7 +250,7 @@ def test_math500_reference_answers_grade_correct() -> None:
     started = time.perf_counter()
     right = sum(is_correct(p, row["answer"]) for p, row in zip(predictions, rows)) / len(rows)
     # The same pairs through math-verify alone, without the exact-string fast path.
-    verified = sum(grading._WORKER.grade(p or "", row["answer"], 5.0) for p, row in zip(predictions, rows)) / len(rows)
+    verified = sum(grading_worker.math_equal(p or "", row["answer"], 5.0) for p, row in zip(predictions, rows)) / len(rows)
     # Rotating by one pairs each answer with another problem's.
     wrong = sum(is_correct(predictions[i - 1], row["answer"]) for i, row in enumerate(rows)) / len(rows)
     elapsed = time.perf_counter() - started

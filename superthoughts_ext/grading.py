@@ -1,40 +1,23 @@
 """Answer extraction and grading for the evaluation benchmarks.
 
 The final answer of a chain of thought is its last ``\\boxed{...}`` (brace-matched).
-Math answers are graded with math-verify (parse + verify), multiple-choice answers
-(GPQA-Diamond) by comparing the option letter (an answer boxed as an option's text counts
-as that option's letter).
-
-math-verify runs sympy on untrusted model output, and some inputs never finish
-(``9^{9^{9^{9}}}`` spends minutes inside a single C-level big-int power, where no
-signal handler can interrupt it). Grading therefore runs in a separate worker process:
-inside it a SIGALRM deadline stops Python-level work cheaply, and the caller kills and
-respawns the worker if even that does not answer in time. This works from any thread,
-which math-verify's own signal-based timeouts do not.
+Math answers are graded with math-verify (parse + verify, in a worker process under a
+deadline: `grading_worker`), multiple-choice answers (GPQA-Diamond) by comparing the option
+letter (an answer boxed as an option's text counts as that option's letter).
 """
 from __future__ import annotations
 
-import atexit
-import json
-import logging
-import os
 import re
-import select
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from superthoughts_ext.grading_sets import inequalities_as_sets
+from superthoughts_ext.grading_worker import math_equal, serve_worker, shutdown_grader
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S", "choice_letter", "extract_answer", "extract_choice", "is_correct",
+    "option_letter", "serve_worker", "shutdown_grader",
+]
 
 DEFAULT_TIMEOUT_S = 5.0
-# Extra time the caller grants the worker over the in-worker deadline before killing it.
-_KILL_GRACE_S = 2.0
-# Starting the worker imports sympy, antlr and math-verify: slow on a cold machine.
-_STARTUP_TIMEOUT_S = 120.0
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -191,7 +174,7 @@ def _same_quantity(answer: str, option: str, timeout_s: float) -> bool:
     option_value, option_unit = _value_and_unit(option)
     if unit and unit != option_unit:
         return False
-    return _pure_math(value) and _pure_math(option_value) and _WORKER.grade(value, option_value, timeout_s)
+    return _pure_math(value) and _pure_math(option_value) and math_equal(value, option_value, timeout_s)
 
 
 def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
@@ -218,165 +201,6 @@ def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: f
         if len(answer) <= _QUANTITY_CHARS:
             same = [i for i, option in enumerate(options) if _same_quantity(answer, option, timeout)]
     return "ABCD"[same[0]] if len(same) == 1 else None
-
-
-def _as_latex(answer: str) -> str:
-    # Wrapping in \boxed{} makes math-verify read the whole string as the answer instead
-    # of searching it for an anchor.
-    # A Unicode degree sign is no LaTeX: math-verify drops ^\circ but cannot read 90°.
-    return "\\boxed{" + answer.strip().strip("$").replace("°", "^{\\circ}") + "}"
-
-
-class _Deadline(BaseException):
-    # A BaseException so that math-verify's and sympy's `except Exception` blocks cannot
-    # swallow it and carry on.
-    pass
-
-
-def _raise_deadline(signum: int, frame: object) -> None:
-    raise _Deadline
-
-
-class _MathVerifyTimeoutNote(logging.Filter):
-    # We pass timeout=None to math-verify because the deadline is ours; drop its warning.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
-
-
-def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
-    """math-verify under a SIGALRM deadline; must run on the main thread (the worker's)."""
-    from math_verify import parse, verify
-
-    # Re-arming every 50 ms keeps interrupting code that catches even BaseException.
-    signal.signal(signal.SIGALRM, _raise_deadline)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
-    try:
-        # math-verify reads "x < 2 or x > 3" as a set of two inequalities (and "\\lor" as its
-        # last number): such answers are first spelled as the union they describe.
-        gold = parse(_as_latex(inequalities_as_sets(reference)), parsing_timeout=None)
-        guess = parse(_as_latex(inequalities_as_sets(prediction)), parsing_timeout=None)
-        # By default math-verify turns only a reference inequality into the set it describes
-        # ("x > 2" equals a predicted "(2, \\infty)"); the flag does the same for a predicted one
-        # ("x > 2" for a reference "(2, \\infty)"). sympy solves it for its single unknown, so
-        # open and closed ends still differ, and one with several unknowns stays unequal.
-        return bool(gold) and bool(guess) and bool(verify(gold, guess, timeout_seconds=None,
-                                                          allow_set_relation_comp=True))
-    except _Deadline:
-        return False
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def serve_worker() -> None:
-    """Grading worker loop (``python -c ...serve_worker()``): JSON lines in, JSON lines out.
-
-    Each request is ``[prediction, reference, timeout_s]``; each answer is ``true``/``false``.
-    """
-    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    # Anything a library prints must not corrupt the protocol stream.
-    sys.stdout = sys.stderr
-    note_filter = _MathVerifyTimeoutNote()
-    for name in ("math_verify.parser", "math_verify.grader", "math_verify.utils"):
-        logging.getLogger(name).addFilter(note_filter)
-    import math_verify  # noqa: F401  (pay the import before announcing readiness)
-
-    protocol.write("\"ready\"\n")
-    for line in sys.stdin:
-        prediction, reference, timeout_s = json.loads(line)
-        try:
-            result = _verify_math(prediction, reference, float(timeout_s))
-        except Exception:
-            # Anything math-verify cannot handle counts as a wrong answer.
-            result = False
-        protocol.write(json.dumps(result) + "\n")
-
-
-class _GradingWorker:
-    """One lazily started grading process shared by all threads of the caller.
-
-    A plain subprocess rather than multiprocessing: spawn re-imports the caller's
-    ``__main__``, which would rerun an unguarded user script (model loading included).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._buffer = b""
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        package_parent = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from superthoughts_ext.grading import serve_worker; serve_worker()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        self._process, self._buffer = process, b""
-        if self._read_line(_STARTUP_TIMEOUT_S) != "ready":
-            self._kill()
-            raise RuntimeError("the math-verify grading worker did not start")
-        return process
-
-    def _read_line(self, timeout_s: float) -> object:
-        """The next JSON answer from the worker; None on timeout or when it died."""
-        assert self._process is not None and self._process.stdout is not None
-        fd = self._process.stdout.fileno()
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def _kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            for stream in (self._process.stdin, self._process.stdout):
-                if stream is not None:
-                    stream.close()
-        self._process, self._buffer = None, b""
-
-    def grade(self, prediction: str, reference: str, timeout_s: float) -> bool:
-        with self._lock:
-            process = self._process
-            if process is None or process.poll() is not None:
-                self._kill()
-                process = self._start()
-            assert process.stdin is not None
-            try:
-                process.stdin.write((json.dumps([prediction, reference, timeout_s]) + "\n").encode())
-                process.stdin.flush()
-                answer = self._read_line(timeout_s + _KILL_GRACE_S)
-            except (BrokenPipeError, OSError):
-                answer = None
-            if answer is None:
-                # Stuck in C code (or dead): a fresh worker is started on the next call.
-                self._kill()
-                return False
-            return bool(answer)
-
-    def close(self) -> None:
-        with self._lock:
-            self._kill()
-
-
-_WORKER = _GradingWorker()
-# The worker would otherwise outlive a finished caller until the OS reaps it (and Python
-# warns at exit that it is still running).
-atexit.register(_WORKER.close)
-
-
-def shutdown_grader() -> None:
-    """Stop the grading worker process (it is restarted on the next math grading call)."""
-    _WORKER.close()
 
 
 def is_correct(
@@ -417,4 +241,4 @@ def is_correct(
         return False
     if _normalize(prediction) == _normalize(reference):
         return True
-    return _WORKER.grade(prediction, reference, timeout)
+    return math_equal(prediction, reference, timeout)
