@@ -77,6 +77,11 @@ UNION = "(-\\infty, 2) \\cup (3, \\infty)"  # MATH500's answer to test/algebra/2
         ("x<2 \\text{ and } x>3", UNION, False),
         ("x<2 \\text{ and } x>3", "x<2 \\text{ or } x>3", False),
         ("x < 2 \\text{ or } y > 3", UNION, False),  # two unknowns
+        ("(x<2) or (x>3)", UNION, True),  # each side in parentheses
+        ("(x < 2) \\text{ or } (x > 3)", UNION, True),
+        ("\\left(x < 2\\right) \\lor \\left(x > 3\\right)", UNION, True),
+        (UNION, "(x < 2) \\text{ or } (x > 3)", True),
+        ("(x \\le 2) \\text{ or } (x > 3)", UNION, False),
     ],
 )
 def test_or_joined_inequalities_as_unions(prediction: str, reference: str, expected: bool) -> None:
@@ -95,6 +100,10 @@ def test_or_joined_inequalities_as_unions(prediction: str, reference: str, expec
         ("x > 2 \\text{ and } x < 5", "[2,5)", False),
         ("x > 2 \\text{ and } x < 5", "(2,6)", False),
         ("x > 2 \\text{ and } x < 5", "(-\\infty, 2) \\cup (5, \\infty)", False),
+        ("(x>2) and (x<5)", "(2,5)", True),  # each side in parentheses
+        ("(x > 2) \\text{ and } (x < 5)", "(2, 5)", True),
+        ("(2,5)", "(x > 2) \\text{ and } (x < 5)", True),
+        ("(x > 2) \\text{ and } (x \\le 5)", "(2,5)", False),
     ],
 )
 def test_and_joined_inequalities_as_intervals(prediction: str, reference: str, expected: bool) -> None:
@@ -129,6 +138,8 @@ def test_connectives_never_equal_a_number(prediction: str) -> None:
         ("5 > t > 1 \\vee t \\ge 7", "(1, 5) \\cup [7, \\infty)"),
         ("-1 \\le x < 0 \\textrm{or} 2 \\leq x", "[-1, 0) \\cup [2, \\infty)"),
         ("x < -1, -1 < x < 2, \\text{ or } x > 5", "(-\\infty, -1) \\cup (-1, 2) \\cup (5, \\infty)"),
+        ("(x < 2) \\text{ or } (x > 3)", "(-\\infty, 2) \\cup (3, \\infty)"),
+        ("\\left( x<2 \\right) or ((3 < x \\le 5))", "(-\\infty, 2) \\cup (3, 5]"),
     ],
 )
 def test_inequalities_as_sets_rewrites(answer: str, union: str) -> None:
@@ -140,6 +151,7 @@ def test_inequalities_as_sets_rewrites(answer: str, union: str) -> None:
     [
         ("x > 2 \\text{ and } x < 5", "(2, 5)"),
         ("x<\\frac{1}{2} \\land x \\ge -1", "[-1, \\frac{1}{2})"),
+        ("(x > 2) \\text{ and } (x < 5)", "(2, 5)"),
     ],
 )
 def test_inequalities_as_sets_intersects_two_joined_by_and(answer: str, interval: str) -> None:
@@ -170,7 +182,9 @@ def test_inequalities_as_sets_leaves_other_and_answers(answer: str) -> None:
         "x < 2 \\text{ or } y > 3",  # two unknowns
         "x < y \\text{ or } x > 3",  # an end that is no constant
         "x < 2 \\text{ or } x \\in (3, \\infty)",
-        "(x < 2) \\text{ or } (x > 3)",
+        "(x < 2) \\text{ or } (3, \\infty)",  # an interval's comma is no separator of parts
+        "(x < 2)(x > 3) \\text{ or } x > 5",  # the parentheses do not wrap one part
+        "(1) < x < (2) \\text{ or } x > 5",
         "1 < x > 3 \\text{ or } x < 0",  # a chain that turns
         "x = 1 \\text{ or } x = 3",  # equations: math-verify's set of solutions
         "x < 1,000 \\text{ or } x > 2,000",  # thousands separators

@@ -34,11 +34,27 @@ def _is_end(text: str) -> bool:
     return bool(text) and not re.search(r"[A-Za-z,;=()\[\]]", bare) and bare.count("{") == bare.count("}")
 
 
+def _unwrapped(part: str) -> str:
+    """``part`` without parentheses around all of it: ``(x < 2)`` is ``x < 2``, while
+    ``(1) < x < (2)`` keeps its own."""
+    part = part.strip()
+    while part.startswith("(") and part.endswith(")"):
+        depth = 0
+        for i, char in enumerate(part):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                break
+        if i != len(part) - 1:
+            break
+        part = part[1:-1].strip()
+    return part
+
+
 def _interval(part: str) -> tuple[str, str, bool, str, bool] | None:
     """``(unknown, low, low closed, high, high closed)`` for ``x < b``, ``b \\ge x``,
-    ``a < x \\le b`` or ``b > x > a`` (an open side is ``-\\infty`` / ``\\infty``); None for
-    anything else."""
-    pieces = [piece.strip() for piece in _RELATION.split(part)]
+    ``a < x \\le b`` or ``b > x > a``, each also in parentheses (an open side is ``-\\infty`` /
+    ``\\infty``); None for anything else."""
+    pieces = [piece.strip() for piece in _RELATION.split(_unwrapped(part))]
     ends, ops = pieces[0::2], [_OPS[op] for op in pieces[1::2]]
     if ops and all(sign < 0 for sign, _ in ops):
         # "b > x > a" reads as "a < x < b".
@@ -87,7 +103,8 @@ def inequalities_as_sets(answer: str) -> str:
 
     ``x < 2 \\text{ or } x > 3`` (or ``x<2 or x>3``, ``x < 2 \\lor x > 3``, ``x \\vee ...``)
     becomes ``(-\\infty, 2) \\cup (3, \\infty)``; each part is ``x < b``, ``b > x`` or a chain
-    ``a < x \\le b``, ends kept as written; with an "or" present commas separate parts too
+    ``a < x \\le b`` (or any of these in parentheses: ``(x < 2) \\text{ or } (x > 3)``), ends
+    kept as written; with an "or" present commas separate parts too
     (``x < -1, 0 < x < 2, or x > 5``). Any other answer comes back with ``\\lor`` / ``\\vee``
     spelled ``\\text{ or }`` and ``\\land`` / ``\\wedge`` spelled ``\\text{ and }``, which
     math-verify reads as a set of the parts: never a number.
