@@ -219,7 +219,9 @@ def is_correct(
         bench: benchmark name; ``gpqa_diamond`` compares choice letters, every other
             benchmark compares mathematically with math-verify (numbers, fractions vs
             decimals, intervals, tuples, sets, LaTeX, ``\\text{}`` units, percentages, and
-            an inequality in one unknown against its interval: ``x > 2`` vs ``(2, \\infty)``).
+            an inequality in one unknown against its interval: ``x > 2`` vs ``(2, \\infty)``;
+            a reference pair ``(a, b)`` with ``a < b`` counts as an interval even where the
+            question asks for a point, see `grading_worker._verify_math`).
         timeout: seconds allowed for the math-verify comparison; past it the answer
             counts as wrong. Safe to call from any thread.
         options: ``gpqa_diamond`` only: the option texts in letter order A-D

@@ -68,6 +68,13 @@ def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
         # ("x > 2" equals a predicted "(2, \\infty)"); the flag does the same for a predicted one
         # ("x > 2" for a reference "(2, \\infty)"). sympy solves it for its single unknown, so
         # open and closed ends still differ, and one with several unknowns stays unequal.
+        # Known false accept: math-verify reads any "(a, b)" with a < b as an open interval, so a
+        # point reference "(-1, 6)" (MATH500's midpoint, test/algebra/864) equals a predicted
+        # "-1 < x < 6" (and "x > -1 \\text{ and } x < 6", which inequalities_as_sets spells
+        # "(-1, 6)"). The answers cannot tell a point from an interval: "(-\\sqrt{3}, \\sqrt{3})"
+        # (test/algebra/1078, "express your answer in interval notation") is one. The question
+        # could ("ordered pair" / "point" vs "interval notation" / "range"), but the grader gets
+        # only the two answers.
         return bool(gold) and bool(guess) and bool(verify(gold, guess, timeout_seconds=None,
                                                           allow_set_relation_comp=True))
     except _Deadline:
