@@ -10,7 +10,7 @@ Target: >= 1.6x the baseline's tokens/s.
 Two plain-SFT references: "baseline" is the stock transformers model and loss (what
 `superthoughts train --baseline` trains: lm_head + cross-entropy over every position), and
 "baseline_chunked_ce" is the same backbone scored like SuperThoughts (head + cross-entropy on
-the labelled positions only, chunked, `layers.linear_cross_entropy`). SuperThoughts' speedup
+the labelled positions only, chunked, `head_losses.linear_cross_entropy`). SuperThoughts' speedup
 over the first is what a user sees; over the second it is the part owed to the method alone.
 
 CPU: "tiny" (hidden 256, 4 layers, vocab 2048) and "1.5b-mini" (Qwen2.5-Math-1.5B's
@@ -98,7 +98,7 @@ class ChunkedLossSFT(torch.nn.Module):
         self.backbone = backbone
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> SimpleNamespace:
-        from superthoughts_ext.layers import linear_cross_entropy
+        from superthoughts_ext.head_losses import linear_cross_entropy
 
         h = self.backbone.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
         targets = labels[:, 1:].reshape(-1)  # position t predicts token t + 1

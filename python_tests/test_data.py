@@ -20,10 +20,9 @@ from superthoughts_ext.data import (  # noqa: E402
     SuperThoughtsCollator,
     build_baseline,
     build_units,
-    format_prompt,
     layout_length,
-    load_jsonl_examples,
 )
+from superthoughts_ext.data_jsonl import format_prompt, load_jsonl_examples  # noqa: E402
 
 PAD, EOS, X = 0, 1, -100
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."

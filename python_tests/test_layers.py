@@ -1,18 +1,14 @@
-"""The loss and mask helpers of layers.py, CPU: the chunked linear + cross-entropy and linear +
-KL divergence (values and gradients against autograd, low precision, frozen head, errors) and the
-right-padding mask shortcut."""
+"""The head losses of head_losses.py and the mask helper of layers.py, CPU: the chunked linear +
+cross-entropy and linear + KL divergence (values and gradients against autograd, low precision,
+frozen head, errors) and the right-padding mask shortcut."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from superthoughts_ext.layers import (
-    causal_mask_for_right_padding,
-    head_kl_divergence,
-    linear_cross_entropy,
-    linear_kl_divergence,
-)
+from superthoughts_ext.head_losses import head_kl_divergence, linear_cross_entropy, linear_kl_divergence
+from superthoughts_ext.layers import causal_mask_for_right_padding
 
 
 def _reference_ce(hidden, weight, targets, row_weight):

@@ -1,8 +1,6 @@
 """Training data for SuperThoughts: the unit layout, pad-split augmentation, collator.
 
-Tokenised examples come from data_jsonl.py (chat-template formatting, JSONL loading), whose
-public names this module re-exports so `superthoughts_ext.data` stays the one place to
-import training data from.
+Tokenised examples come from data_jsonl.py (chat-template formatting, JSONL loading).
 
 Layout (DESIGN.md section 1). A sequence is prompt tokens p_1..p_m (ordinary positions)
 followed by response units u_1..u_k, each a pair (a, b) or a single (a, PAD). The response
@@ -44,17 +42,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-# Re-exported: loading moved to data_jsonl.py, and callers (train_data.py, tests) import it from
-# here; an `Examples` pickled as superthoughts_ext.data.Examples still loads.
-from superthoughts_ext.data_jsonl import Examples, encode_rows, format_example, format_prompt, load_jsonl_examples
-# Re-exported for train_data.py, which names its drops as the loader does.
-from superthoughts_ext.data_jsonl import _rows_named, _warn_dropped
-
-__all__ = [
-    "IGNORE", "Examples", "SuperThoughtsCollator", "UnitSequence", "build_baseline", "build_units",
-    "encode_rows", "format_example", "format_prompt", "layout_length", "load_jsonl_examples",
-]
 
 IGNORE = -100
 

@@ -3,7 +3,7 @@
 Both blocks are built FROM a Hugging Face causal LM (they copy its norm / decoder-layer classes
 and weights) but never modify it: the backbone stays a stock transformers model. Also here: the
 training forward's attention mask for right padding. The chunked head losses live in
-head_losses.py; this module re-exports them.
+head_losses.py.
 """
 from __future__ import annotations
 
@@ -14,21 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel, StaticCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-# Re-exported: modeling.py, the tests and bench_train import the losses from here.
-from superthoughts_ext.head_losses import (
-    CE_CHUNK_ELEMENTS,
-    head_cross_entropy,
-    head_kl_divergence,
-    linear_cross_entropy,
-    linear_kl_divergence,
-)
 from superthoughts_ext.kv_cache import static_cache
-
-__all__ = [
-    "CE_CHUNK_ELEMENTS", "DecoderMTP", "LinearCompressor", "MLPCompressor", "MLPMTP", "build_compressor",
-    "build_mtp", "causal_mask_for_right_padding", "head_cross_entropy", "head_kl_divergence",
-    "linear_cross_entropy", "linear_kl_divergence",
-]
 
 
 class LinearCompressor(nn.Module):

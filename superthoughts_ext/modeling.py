@@ -27,13 +27,8 @@ from superthoughts_ext.checkpoint import (  # load_tokenizer: loaded beside load
     save_superthoughts_dir,
 )
 from superthoughts_ext.kv_cache import SuperThoughtsCache
-from superthoughts_ext.layers import (
-    build_compressor,
-    build_mtp,
-    causal_mask_for_right_padding,
-    head_cross_entropy,
-    head_kl_divergence,
-)
+from superthoughts_ext.head_losses import head_cross_entropy, head_kl_divergence
+from superthoughts_ext.layers import build_compressor, build_mtp, causal_mask_for_right_padding
 from superthoughts_ext.modeling_config import SuperThoughtsConfig, SuperThoughtsOutput
 
 IGNORE = -100

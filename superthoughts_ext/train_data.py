@@ -13,15 +13,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from superthoughts_ext.data import (
-    Examples,
-    _response_with_eos,
-    _rows_named,
-    _warn_dropped,
-    encode_rows,
-    layout_length,
-    load_jsonl_examples,
-)
+from superthoughts_ext.data import _response_with_eos, layout_length
+from superthoughts_ext.data_jsonl import Examples, _rows_named, _warn_dropped, encode_rows, load_jsonl_examples
 from superthoughts_ext.train_utils import pad_and_eos_ids
 
 

@@ -164,8 +164,9 @@ def cache_root(cache_dir: str | None) -> Path:
 
 # The modules whose code decides what training produces: their text is part of the cache key,
 # so models trained by other code are not reused (the package version alone never changed).
-TRAINING_SOURCES = ("data.py", "layers.py", "modeling.py", "modeling_config.py", "checkpoint.py", "train.py",
-                    "train_data.py", "train_utils.py", "trainer.py", "demo/task.py", "demo/tokenizer.py")
+TRAINING_SOURCES = ("data.py", "data_jsonl.py", "head_losses.py", "layers.py", "modeling.py", "modeling_config.py",
+                    "checkpoint.py", "train.py", "train_data.py", "train_utils.py", "trainer.py", "demo/task.py",
+                    "demo/tokenizer.py")
 
 
 def training_code_hash() -> str:
