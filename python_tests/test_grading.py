@@ -270,12 +270,53 @@ def test_math500_or_inequality_grades_as_its_union() -> None:
     assert not is_correct(stated.replace("<", "\\le"), row["answer"])
 
 
-# MATH500's midpoint (test/algebra/864) is the point "(-1,6)", which math-verify reads as an interval;
-# "(-\\sqrt{3}, \\sqrt{3})" (test/algebra/1078) really is one, and only the question tells them apart.
-@pytest.mark.xfail(strict=True, reason="the grader gets no question to tell a point (a, b) from an interval")
+MIDPOINT = ("Find the midpoint of the line segment between $(-5,5)$ and $(3,7)$. Express your answer as an "
+            "ordered pair, $(x,y)$.")  # MATH500 test/algebra/864, answer (-1,6)
+INTERVAL = ("For what real values of $x$ is $-4<x^{4}+4x^{2}<21$ satisfied? Express your answer in interval "
+            "notation.")  # MATH500 test/algebra/1078, answer (-\\sqrt{3}, \\sqrt{3})
+
+
 @pytest.mark.parametrize("prediction", ["-1<x<6", "x > -1 \\text{ and } x < 6"])
-def test_point_reference_equals_no_inequality(prediction: str) -> None:
-    assert not is_correct(prediction, "(-1,6)")
+def test_point_question_takes_no_inequality_for_its_pair(prediction: str) -> None:
+    # Math-verify reads "(-1,6)" as an interval: only the question says it is a point.
+    assert is_correct(prediction, "(-1,6)")
+    assert not is_correct(prediction, "(-1,6)", question=MIDPOINT)
+    assert is_correct("\\left( -1, 6 \\right)", "(-1,6)", question=MIDPOINT)
+
+
+def test_interval_question_still_takes_its_inequality() -> None:
+    assert is_correct("-\\sqrt{3}<x<\\sqrt{3}", "(-\\sqrt{3}, \\sqrt{3})", question=INTERVAL)
+    assert is_correct("x > 2", "(2, \\infty)", question="Solve $x - 2 > 0$.")
+
+
+@pytest.mark.parametrize(("question", "expected"), [
+    (MIDPOINT, True),
+    ("Convert the point $(0,3)$ in rectangular coordinates to polar coordinates.", True),
+    ("Enter the ordered triple $(p,q,r)$.", True),
+    (INTERVAL, False),
+    ("Find all points where $f(x) > 0$; give the interval.", False),  # an interval question names it
+    ("What is the domain of $f$?", False),
+    ("Find the endpoints of the segment's length.", False),  # "endpoint" is no point question
+    (None, False),
+])
+def test_asks_for_point(question: str | None, expected: bool) -> None:
+    assert grading.asks_for_point(question) is expected
+
+
+@pytest.mark.skipif(not (DATA / "math500.jsonl").is_file(), reason="shared benchmark data absent")
+def test_math500_point_questions_have_point_answers() -> None:
+    # On the real data the question rule must not take an interval answer for a point: every
+    # flagged question's answer is free of interval marks, and every reference still grades
+    # correct with its question.
+    rows = read_jsonl(DATA / "math500.jsonl")
+    flagged = [row for row in rows if grading.asks_for_point(row["problem"])]
+    interval_marks = ("\\infty", "\\cup", "[", "]", "<", "\\le ", "\\ge ")
+    assert len(flagged) > 20
+    assert [row["answer"] for row in flagged if any(mark in row["answer"] for mark in interval_marks)] == []
+    pairs = [row for row in flagged if row["answer"].replace("\\left", "").startswith("(")]
+    assert len(pairs) >= 8  # the midpoint, polar coordinates, ordered triples, ...
+    for row in pairs:
+        assert is_correct(extract_answer(row["solution"]), row["answer"], question=row["problem"]), row["unique_id"]
 
 
 @pytest.mark.skipif(not (DATA / "amc23.jsonl").is_file(), reason="shared benchmark data absent")

@@ -321,7 +321,7 @@ def evaluate(
                     "output": text,
                     "extracted": answer,
                     "reference": problem.answer,
-                    "correct": is_correct(answer, problem.answer, bench),
+                    "correct": is_correct(answer, problem.answer, bench, question=problem.question),
                     "tokens": int(result.num_tokens[row]),
                     "steps": int(result.num_steps[row]),
                     "pair_steps": int(result.num_pair_steps[row]),

@@ -10,12 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from superthoughts_ext.grading_worker import math_equal, serve_worker, shutdown_grader
-
-__all__ = [
-    "DEFAULT_TIMEOUT_S", "choice_letter", "extract_answer", "extract_choice", "is_correct",
-    "option_letter", "serve_worker", "shutdown_grader",
-]
+from superthoughts_ext.grading_worker import math_equal
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -203,6 +198,17 @@ def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: f
     return "ABCD"[same[0]] if len(same) == 1 else None
 
 
+# A question naming a point or an ordered tuple wants "(a, b)" as a point, not an interval
+# (MATH500: every such question's pair answer is a point, every interval question says so).
+_POINT_QUESTION = re.compile(r"ordered (pair|triple)|\b(mid)?points?\b|coordinates", re.IGNORECASE)
+_SET_QUESTION = re.compile(r"interval|\brange\b|inequalit|domain|set of all", re.IGNORECASE)
+
+
+def asks_for_point(question: str | None) -> bool:
+    """Whether a question asks for a point / ordered tuple rather than a set of values."""
+    return bool(question) and bool(_POINT_QUESTION.search(question)) and not _SET_QUESTION.search(question)
+
+
 def is_correct(
     prediction: str | None,
     reference: str,
@@ -210,6 +216,7 @@ def is_correct(
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     options: Sequence[str] | None = None,
+    question: str | None = None,
 ) -> bool:
     """Whether an extracted answer matches the reference answer.
 
@@ -219,14 +226,17 @@ def is_correct(
         bench: benchmark name; ``gpqa_diamond`` compares choice letters, every other
             benchmark compares mathematically with math-verify (numbers, fractions vs
             decimals, intervals, tuples, sets, LaTeX, ``\\text{}`` units, percentages, and
-            an inequality in one unknown against its interval: ``x > 2`` vs ``(2, \\infty)``;
-            a reference pair ``(a, b)`` with ``a < b`` counts as an interval even where the
-            question asks for a point, see `grading_worker._verify_math`).
+            an inequality in one unknown against its interval: ``x > 2`` vs ``(2, \\infty)``,
+            except where ``question`` asks for a point).
         timeout: seconds allowed for the math-verify comparison; past it the answer
             counts as wrong. Safe to call from any thread.
         options: ``gpqa_diamond`` only: the option texts in letter order A-D
             (`Problem.options`), so that an answer boxed as an option's text counts as that
             option's letter (`option_letter`).
+        question: the problem text, if known. Math-verify reads a pair ``(a, b)`` with
+            ``a < b`` as an open interval; when the question asks for a point, an ordered pair
+            or coordinates (`asks_for_point`), inequalities are not compared as the sets they
+            describe, so ``-1 < x < 6`` does not equal the midpoint ``(-1, 6)``.
     """
     if not isinstance(reference, str):
         raise TypeError(f"is_correct: reference must be a str, got {type(reference).__name__}")
@@ -243,4 +253,4 @@ def is_correct(
         return False
     if _normalize(prediction) == _normalize(reference):
         return True
-    return math_equal(prediction, reference, timeout)
+    return math_equal(prediction, reference, timeout, as_sets=not asks_for_point(question))

@@ -52,8 +52,11 @@ class _MathVerifyTimeoutNote(logging.Filter):
         return "Timeout is disabled" not in record.getMessage()
 
 
-def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
-    """math-verify under a SIGALRM deadline; must run on the main thread (the worker's)."""
+def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: bool = True) -> bool:
+    """math-verify under a SIGALRM deadline; must run on the main thread (the worker's).
+
+    ``as_sets=False`` (the question asks for a point) compares inequalities as relations only.
+    """
     from math_verify import parse, verify
 
     # Re-arming every 50 ms keeps interrupting code that catches even BaseException.
@@ -62,21 +65,21 @@ def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
     try:
         # math-verify reads "x < 2 or x > 3" as a set of two inequalities (and "\\lor" as its
         # last number): such answers are first spelled as the union they describe.
-        gold = parse(_as_latex(inequalities_as_sets(reference)), parsing_timeout=None)
-        guess = parse(_as_latex(inequalities_as_sets(prediction)), parsing_timeout=None)
+        if as_sets:
+            reference, prediction = inequalities_as_sets(reference), inequalities_as_sets(prediction)
+        gold = parse(_as_latex(reference), parsing_timeout=None)
+        guess = parse(_as_latex(prediction), parsing_timeout=None)
         # By default math-verify turns only a reference inequality into the set it describes
         # ("x > 2" equals a predicted "(2, \\infty)"); the flag does the same for a predicted one
         # ("x > 2" for a reference "(2, \\infty)"). sympy solves it for its single unknown, so
         # open and closed ends still differ, and one with several unknowns stays unequal.
-        # Known false accept: math-verify reads any "(a, b)" with a < b as an open interval, so a
-        # point reference "(-1, 6)" (MATH500's midpoint, test/algebra/864) equals a predicted
-        # "-1 < x < 6" (and "x > -1 \\text{ and } x < 6", which inequalities_as_sets spells
-        # "(-1, 6)"). The answers cannot tell a point from an interval: "(-\\sqrt{3}, \\sqrt{3})"
-        # (test/algebra/1078, "express your answer in interval notation") is one. The question
-        # could ("ordered pair" / "point" vs "interval notation" / "range"), but the grader gets
-        # only the two answers.
+        # math-verify reads any "(a, b)" with a < b as an open interval, so a point reference
+        # "(-1, 6)" (MATH500's midpoint, test/algebra/864) would equal a predicted "-1 < x < 6"
+        # (and "x > -1 \\text{ and } x < 6", which inequalities_as_sets spells "(-1, 6)"). The
+        # answers cannot tell a point from an interval ("(-\\sqrt{3}, \\sqrt{3})", test/algebra/1078,
+        # is one); the question can, and `is_correct` turns as_sets off for a point question.
         return bool(gold) and bool(guess) and bool(verify(gold, guess, timeout_seconds=None,
-                                                          allow_set_relation_comp=True))
+                                                          allow_set_relation_comp=as_sets))
     except _Deadline:
         return False
     finally:
@@ -86,7 +89,7 @@ def _verify_math(prediction: str, reference: str, timeout_s: float) -> bool:
 def serve_worker() -> None:
     """Grading worker loop (``python -c ...serve_worker()``): JSON lines in, JSON lines out.
 
-    Each request is ``[prediction, reference, timeout_s]``; each answer is ``true``/``false``.
+    Each request is ``[prediction, reference, timeout_s, as_sets]``; each answer is ``true``/``false``.
     """
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     # Anything a library prints must not corrupt the protocol stream.
@@ -98,9 +101,9 @@ def serve_worker() -> None:
 
     protocol.write("\"ready\"\n")
     for line in sys.stdin:
-        prediction, reference, timeout_s = json.loads(line)
+        prediction, reference, timeout_s, as_sets = json.loads(line)
         try:
-            result = _verify_math(prediction, reference, float(timeout_s))
+            result = _verify_math(prediction, reference, float(timeout_s), bool(as_sets))
         except Exception:
             # Anything math-verify cannot handle counts as a wrong answer.
             result = False
@@ -160,7 +163,7 @@ class _GradingWorker:
                     stream.close()
         self._process, self._buffer = None, b""
 
-    def grade(self, prediction: str, reference: str, timeout_s: float) -> bool:
+    def grade(self, prediction: str, reference: str, timeout_s: float, as_sets: bool) -> bool:
         with self._lock:
             process = self._process
             if process is None or process.poll() is not None:
@@ -168,7 +171,7 @@ class _GradingWorker:
                 process = self._start()
             assert process.stdin is not None
             try:
-                process.stdin.write((json.dumps([prediction, reference, timeout_s]) + "\n").encode())
+                process.stdin.write((json.dumps([prediction, reference, timeout_s, as_sets]) + "\n").encode())
                 process.stdin.flush()
                 answer = self._read_line(timeout_s + _KILL_GRACE_S)
             except (BrokenPipeError, OSError):
@@ -195,9 +198,11 @@ def shutdown_grader() -> None:
     _WORKER.close()
 
 
-def math_equal(prediction: str, reference: str, timeout_s: float) -> bool:
+def math_equal(prediction: str, reference: str, timeout_s: float, as_sets: bool = True) -> bool:
     """Whether math-verify finds two answers equal, within ``timeout_s`` seconds (False past it).
 
+    ``as_sets``: an inequality in one unknown also equals the set it describes (``x > 2`` and
+    ``(2, \\infty)``); off where the answer is a point, whose ``(a, b)`` is no interval.
     Runs in the shared worker process; safe to call from any thread.
     """
-    return _WORKER.grade(prediction, reference, timeout_s)
+    return _WORKER.grade(prediction, reference, timeout_s, as_sets)
