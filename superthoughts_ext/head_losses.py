@@ -5,13 +5,27 @@ The training loss scores every position against a vocabulary of up to ~152k toke
 `linear_kl_divergence` walk the rows in chunks and compute each chunk's gradient in the forward
 pass; `head_cross_entropy` / `head_kl_divergence` pick them for a plain Linear head and fall
 back to the head's own forward otherwise (LoRA, bias). Kept apart from layers.py, the blocks
-the model is built from, because these are losses over any head; layers.py re-exports them.
+the model is built from, because these are losses over any head.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _add_chunk_grads(grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_hidden: torch.Tensor | None,
+                     grad_weight: torch.Tensor | None, start: int, end: int) -> None:
+    """Folds one chunk's d loss / d logits [n, V] into the hidden and weight gradients (None: not wanted)."""
+    if grad_hidden is not None:
+        grad_hidden[start:end] = grad @ weight
+    if grad_weight is not None:
+        grad_weight.addmm_(grad.t(), h.to(weight.dtype))
+
+
+def _scaled_saved_grads(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Backward of a loss whose forward stored its hidden and weight gradients: scale them."""
+    return tuple(None if grad is None else grad * grad_loss.to(grad.dtype) for grad in ctx.saved_tensors)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -46,20 +60,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if not (want_h or want_w):
                 continue
             grad = probs.mul_(w / total).scatter_add_(1, t, -w).to(weight.dtype)  # d loss / d logits
-            if want_h:
-                grad_hidden[start:end] = grad @ weight
-            if want_w:
-                grad_weight.addmm_(grad.t(), h.to(weight.dtype))
+            _add_chunk_grads(grad, h, weight, grad_hidden, grad_weight, start, end)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(ce)
         return (ce * row_weight).sum(), ce
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, grad_ce: torch.Tensor | None):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
-        grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
+        return *_scaled_saved_grads(ctx, grad_loss), None, None, None
 
 
 # Logit elements per chunk of linear_cross_entropy: 64 Mi float32 (256 MiB) bounds the
@@ -116,20 +124,14 @@ class _LinearKLDivergence(torch.autograd.Function):
             if not (want_h or want_w):
                 continue
             grad = log_q.exp_().sub_(p).mul_(w).to(weight.dtype)  # d loss / d logits
-            if want_h:
-                grad_hidden[start:end] = grad @ weight
-            if want_w:
-                grad_weight.addmm_(grad.t(), h.to(weight.dtype))
+            _add_chunk_grads(grad, h, weight, grad_hidden, grad_weight, start, end)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(kl)
         return (kl * row_weight).sum(), kl
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, grad_kl: torch.Tensor | None):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
-        grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return *_scaled_saved_grads(ctx, grad_loss), None, None, None, None
 
 
 def linear_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, target_hidden: torch.Tensor,
