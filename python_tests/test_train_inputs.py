@@ -186,6 +186,32 @@ def test_rows_beyond_the_context_are_dropped(base_dirs, tmp_path):
                            **ONE_STEP))
 
 
+@pytest.mark.parametrize("baseline", [False, True])
+def test_pad_inside_a_response_is_named(base_dirs, tmp_path, baseline):
+    # A real pad token inside a response: the pair (x, PAD) reads like a fallback's single unit.
+    tok = make_tokenizer()
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    clean = {"prompt_ids": [5, 6], "response_ids": [7, 8, 9, eos]}
+    padded = {"prompt_ids": [5, 6], "response_ids": [7, pad, 9, eos]}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = train(TrainOptions(model=base_dirs["qwen2"], data=[clean, padded, clean], baseline=baseline,
+                                    output_dir=tmp_path / "o", **ONE_STEP))
+    named = [str(w.message) for w in record if "pad token id" in str(w.message)]
+    assert result.num_examples == 3  # kept
+    if baseline:  # one position per token: a pad is just a token there
+        assert named == []
+    else:
+        assert len(named) == 1
+        assert re.match(rf"train: 1 row\(s\) with the pad token id {pad} inside the response \(rows \[2\]\): "
+                        r"a pair ending in the pad reads like a decoding fallback's single unit", named[0])
+    # Nothing to say when the pad is EOS itself (EOS ends the response).
+    examples = train_data.Examples([padded], where="t", unit="row", numbers=[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_data.warn_pad_in_responses(examples, eos, eos)
+
+
 def test_context_counts_units_or_tokens():
     row = {"prompt_ids": [5] * 10, "response_ids": [6] * 19 + [2]}  # 10 pairs
     drop = train_data.drop_beyond_context

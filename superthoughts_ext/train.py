@@ -222,6 +222,8 @@ def train(options: TrainOptions) -> TrainResult:
     split = options.rho_max if superthoughts and options.distill_weight == 0 else 1.0
     examples = train_data.drop_beyond_context(
         examples, getattr(backbone.config, "max_position_embeddings", None), eos_id, split)
+    if superthoughts:
+        train_data.warn_pad_in_responses(examples, pad_id, eos_id)
     train_utils.check_vocab(tokenizer, model, examples)
     if superthoughts and options.distill_weight > 0:
         train_utils.attach_teacher(model, options.model, dtype)

@@ -153,3 +153,21 @@ def _warn_baseline_drops(kept: Examples, context: int, eos_id: int) -> None:
         rows = _rows_named(over, kept.unit, why)
         warnings.warn(f"{kept.where}: {rows}: a --baseline run of this data drops them; --max-length {context} "
                       f"keeps both runs to the same rows", stacklevel=3)
+
+
+def warn_pad_in_responses(examples: Examples, pad_id: int, eos_id: int) -> None:
+    """SuperThoughts runs: warns about, and names, rows whose response holds the pad id.
+
+    A pair (x, PAD) made of a real pad token enters the backbone exactly like the single unit
+    (x, PAD) of a decoding fallback, yet the next main target differs (the token after the pad
+    vs PAD itself), so such rows teach the model two answers to one input. They are kept (the
+    text is the data's to decide); a pad equal to EOS is no such case (EOS ends the response).
+    """
+    if pad_id == eos_id:
+        return
+    rows = [number for number, e in zip(examples.numbers, examples) if pad_id in e["response_ids"]]
+    if rows:
+        why = f"with the pad token id {pad_id} inside the response"
+        warnings.warn(f"{examples.where}: {_rows_named(rows, examples.unit, why)}: a pair ending in the pad reads "
+                      f"like a decoding fallback's single unit; remove the pad token from the text or give the "
+                      f"tokenizer another pad token", stacklevel=3)
