@@ -1,0 +1,152 @@
+"""The files `superthoughts_ext.evaluation.evaluate` writes and reads back: one JSONL record per
+problem (the records an interrupted run left are kept by a resume), and `EvalSummary`, the
+aggregate of a run's records, written next to them as ``<output>.summary.json``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from superthoughts_ext.eval_compare import summary_path
+from superthoughts_ext.eval_data import Problem, json_lines
+
+
+@dataclass
+class EvalSummary:
+    """Aggregate results of one `evaluate` run.
+
+    ``cot_reduction`` = 1 - total decode steps / total generated tokens OF THIS RUN (0 for
+    standard decoding, up to 0.5 when every step emits a pair): the steps pairs saved, not the
+    paper's CoT reduction, which is against the baseline's tokens (`compare`). The field keeps
+    its name for existing readers; the printed line says "steps saved vs tokens (this run)".
+    ``generation_time`` sums the batch wall times reported by `generate` (of resumed records
+    too); ``wall_time`` is this call's, tokenisation and grading included: after a resume it
+    can be the shorter of the two. ``n_resumed`` records came from the earlier run (--resume).
+    ``warmup_time``: this call's untimed warm-up (one short generate per batch size when the
+    decode step is compiled, so that the compile is not charged to generation_time); part of
+    wall_time.
+    """
+
+    bench: str
+    mode: str
+    threshold: float | None  # as decoded: the model's own when none was given (None: not superthoughts)
+    threshold_main: float | None
+    max_new_tokens: int  # the budget behind mean_tokens and most of n_hit_limit
+    batch_size: int
+    n: int
+    n_correct: int
+    accuracy: float
+    n_no_box: int
+    n_hit_limit: int  # outputs cut off (token budget or context): no stop token in them
+    mean_tokens: float
+    mean_steps: float
+    mean_pair_steps: float
+    cot_reduction: float
+    generation_time: float
+    wall_time: float
+    tokens_per_s: float
+    n_resumed: int = 0
+    warmup_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+
+def _setting_mismatch(record: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """What tells `record` apart from a record of this run (None when nothing does)."""
+    for key, value in settings.items():
+        if key not in record:
+            return f"has no {key} (written by an older version?), this run has {key}={value!r}"
+        if record[key] != value:
+            return f"was written with {key}={record[key]!r}, this run has {key}={value!r}"
+    return None
+
+
+def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records an interrupted `evaluate` left in `path` (none if it does not exist). Its
+    last line may be torn by the crash and is then dropped; records of other settings, of
+    problems outside `problems` or repeating a problem are an error, not something to mix in."""
+    if not path.is_file():
+        return []
+    ids = {problem.id for problem in problems}
+    lines = json_lines(path.read_text(encoding="utf-8"))
+    records = []
+    seen: dict[Any, int] = {}  # problem id -> line of its record
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"resume: {path}:{number} is not a JSON record") from None
+        if mismatch := _setting_mismatch(record, settings):
+            raise ValueError(f"resume: {path}:{number} {mismatch}; give another output file or leave out resume")
+        if record.get("id") not in ids:
+            raise ValueError(f"resume: {path}:{number} holds problem {record.get('id')!r}, which is not among the "
+                             f"{len(ids)} problems of this run")
+        if record["id"] in seen:  # a summary would count the problem twice
+            raise ValueError(f"resume: {path}:{number} repeats problem {record['id']!r} of line {seen[record['id']]}; "
+                             "give another output file or leave out resume")
+        seen[record["id"]] = number
+        records.append(record)
+    return records
+
+
+def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]]) -> IO[str] | None:
+    """``output_jsonl`` opened for writing and holding ``records`` (those a resume kept), or None."""
+    if output_jsonl is None:
+        return None
+    Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
+    out_file = open(output_jsonl, "w", encoding="utf-8")
+    for record in records:  # rewritten: a line torn by the crash is dropped
+        out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    # On disk before any decoding: a process killed in the warm-up or the first batch (OOM,
+    # preemption) must not take the kept records with it (the file was just truncated).
+    out_file.flush()
+    return out_file
+
+
+def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_size: int, wall_time: float,
+              n_resumed: int, warmup_time: float) -> EvalSummary:
+    """The `EvalSummary` of a run's records, resumed ones included (``settings`` as in each record)."""
+    # Each record holds its share of its batch's wall time: their sum is the decoding time,
+    # resumed records included.
+    generation_time = sum(r["time"] for r in records)
+    total_tokens = sum(r["tokens"] for r in records)
+    total_steps = sum(r["steps"] for r in records)
+    n_correct = sum(r["correct"] for r in records)
+    n = len(records)
+    return EvalSummary(
+        bench=settings["bench"],
+        mode=settings["mode"],
+        threshold=settings["threshold"],
+        threshold_main=settings["threshold_main"],
+        max_new_tokens=settings["max_new_tokens"],
+        batch_size=batch_size,
+        n=n,
+        n_correct=n_correct,
+        accuracy=n_correct / n,
+        n_no_box=sum(r["extracted"] is None for r in records),
+        n_hit_limit=sum(r["hit_limit"] for r in records),
+        mean_tokens=total_tokens / n,
+        mean_steps=total_steps / n,
+        mean_pair_steps=sum(r["pair_steps"] for r in records) / n,
+        cot_reduction=1.0 - total_steps / total_tokens if total_tokens else 0.0,
+        generation_time=generation_time,
+        wall_time=wall_time,
+        tokens_per_s=total_tokens / generation_time if generation_time > 0 else 0.0,
+        n_resumed=n_resumed,
+        warmup_time=warmup_time,
+    )
+
+
+def write_summary(output_jsonl: str | Path, summary: EvalSummary, metadata: dict[str, Any] | None) -> None:
+    """The summary JSON next to the records: ``summary``'s fields, ``metadata`` and the records' path."""
+    payload = {**summary.to_dict(), **(metadata or {}), "records": str(output_jsonl)}
+    summary_path(output_jsonl).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
