@@ -16,13 +16,13 @@ import math
 import sys
 import time
 import types
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from superthoughts_ext import attention, decode_loop
+from superthoughts_ext.generate_checks import check_prompt, warn_unmasked_pads
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits
 # stop_token_ids is re-exported: the README names it as superthoughts_ext.generate.stop_token_ids.
 from superthoughts_ext.stop_tokens import is_superthoughts, pad_id, resolve_eos_ids, stop_token_ids  # noqa: F401
@@ -59,35 +59,6 @@ class GenerateOutput:
     def steps_per_s(self) -> float:
         """Batch-wide forward passes per second of wall time."""
         return self.num_forward_passes / self.wall_time if self.wall_time > 0 else 0.0
-
-
-def _warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
-    """Rows starting with the pad id and no attention_mask: a padded batch whose mask was left
-    out, its pads read as prompt tokens (transformers' generate infers the mask there)."""
-    rows = torch.nonzero(input_ids[:, 0] == pad).flatten().tolist() if input_ids.dim() == 2 else []
-    if rows:
-        named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
-        warnings.warn(f"generate: rows {named} start with the pad id {pad} but no attention_mask was given: the "
-                      "pads are read as prompt tokens; pass the tokenizer's attention_mask", stacklevel=3)
-
-
-def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Validates a left-padded batch; returns the prompt length per row [B] (on the host)."""
-    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"generate: input_ids must be [B, T] int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"generate: attention_mask {tuple(attention_mask.shape)} must match input_ids "
-                         f"{tuple(input_ids.shape)}")
-    mask = attention_mask.detach().cpu().to(torch.int64)
-    if ((mask != 0) & (mask != 1)).any():
-        raise ValueError("generate: attention_mask must hold 0/1 values")
-    lengths = mask.sum(dim=1)
-    if (lengths == 0).any():
-        raise ValueError(f"generate: rows {torch.nonzero(lengths == 0).flatten().tolist()} have no prompt token")
-    if (mask[:, 1:] < mask[:, :-1]).any():
-        raise ValueError("generate: attention_mask is not left-padded (padding after a prompt token); "
-                         "tokenize with padding_side='left'")
-    return lengths
 
 
 def model_context(model: Any) -> int | None:
@@ -131,6 +102,7 @@ def sliding_window_rolls(configs: list[Any], positions: int) -> int | None:
 
 
 def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: float) -> bool:
+    """Whether `generate(cuda_graphs=...)` captures the decode step on `device` (raises on a bad value)."""
     if cuda_graphs == "auto":
         # The op's seed/offset are baked in at capture, so sampling would repeat one Philox
         # stream every step: sampled decoding runs eagerly.
@@ -193,6 +165,122 @@ class _StreamFeed:
             self.streamer.put(new[0])
 
 
+def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float) -> bool:
+    """Validates mode, max_new_tokens and temperature; returns whether `model` is a SuperThoughts model."""
+    if mode not in MODES:
+        raise ValueError(f"generate: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    superthoughts = is_superthoughts(model)
+    if mode != "standard" and not superthoughts:
+        raise ValueError(f"generate: mode {mode!r} needs a SuperThoughts model; a plain model supports 'standard'")
+    if max_new_tokens < 1 or not math.isfinite(temperature) or temperature < 0.0:
+        raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
+                         f"({temperature}) finite and >= 0")
+    return superthoughts
+
+
+def _graphs_and_compile(model: Any, backbone: Any, mode: str, cuda_graphs: bool | str, compile: bool | str,
+                        device: torch.device, temperature: float, positions: int) -> tuple[bool, bool]:
+    """Whether the decode step runs in a CUDA graph and compiled (raises on a bad value); no graph
+    when a sliding window of the cache's attention layers rolls over within `positions`."""
+    graphs = _use_graphs(cuda_graphs, device, temperature)
+    compiled = resolve_compile(compile, device, temperature)
+    configs = [backbone.config] + ([model.mtp.layer_config] if hasattr(getattr(model, "mtp", None), "layer_config")
+                                   and mode != "standard" else [])
+    window = sliding_window_rolls(configs, positions)
+    if graphs and window is not None:
+        # transformers' sliding cache layer picks its write path from a host-side counter,
+        # which a replayed graph never advances: past the window it writes out of bounds.
+        if cuda_graphs is True:
+            raise ValueError(f"generate: cuda_graphs=True cannot decode past the model's sliding window ({window} "
+                             f"positions; this call needs {positions}); use cuda_graphs='auto'")
+        graphs = False
+        compiled = compiled and compile is True  # "auto" compiles for the graph; eager steps stay eager
+    return graphs, compiled
+
+
+def _decode_budget(mode: str, max_new_tokens: int, max_steps: int, ignore_eos: bool) -> tuple[int, int]:
+    """(check_at, max_steps): the step count after which the loop checks `finished` once
+    (`decode_loop.decode`), and the decode steps to size the cache for."""
+    # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
+    # emit at most 1 token (standard) or 2.
+    check_at = max_new_tokens - 1 if mode == "standard" else (max_new_tokens + 1) // 2 - 1
+    if mode == "pairs" and not ignore_eos:
+        # Every pairs step emits two tokens or ends the row (EOS first vetoes the pair and
+        # finishes), so the budget is used up after check_at steps: a shorter cache suffices.
+        max_steps = min(max_steps, check_at)
+    return check_at, max_steps
+
+
+def _thresholds(model: Any, mode: str, threshold: float | None, threshold_main: float | None) -> tuple[float, float]:
+    """The (MTP, main-head) confidence thresholds the step op applies in `mode` (raises outside [0, 1])."""
+    if mode == "standard":
+        # A confidence of 1 is never reached by the all -inf MTP row (confidence 0).
+        return 1.0, 0.0
+    if mode == "pairs":
+        return 0.0, 0.0
+    config = model.config
+    threshold = float(config.threshold if threshold is None else threshold)
+    threshold_main = float(getattr(config, "threshold_main", 0.0) if threshold_main is None else threshold_main)
+    # The kernels refuse them only at the first step (a RuntimeError after prefill), the
+    # reference not at all.
+    for name, value in (("threshold", threshold), ("threshold_main", threshold_main)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"generate: {name} must lie in [0, 1], got {value}")
+    return threshold, threshold_main
+
+
+def _step_config(model: Any, eos: int, thresholds: tuple[float, float], temperature: float, seed: int,
+                 use_kernels: bool, ignore_eos: bool, context: int | None) -> decode_loop.StepConfig:
+    """The constants of every decode step: the step op (kernels or reference), ids, thresholds, sampling."""
+    if use_kernels:
+        from superthoughts_ext.ops import superthoughts_step as step_fn
+    else:
+        from superthoughts_ext.reference import superthoughts_step_ref as step_fn
+    # Greedy steps ignore the seed and the temperature: constants keep them from keying a new
+    # compiled step.
+    sampled = samples(temperature)
+    return decode_loop.StepConfig(step_fn, pad_id(model, eos), eos, *thresholds,
+                                  float(temperature) if sampled else 0.0,
+                                  int64_of_low_64_bits(seed) if sampled else 0, ignore_eos, context)
+
+
+def _allocate(model: Any, backbone: Any, mode: str, attention_mask: torch.Tensor, max_new_tokens: int,
+              max_steps: int, eos_ids: list[int]) -> tuple[decode_loop.DecodeState, Any]:
+    """The output buffers and the stepper with its static KV cache, sized for prefill + max_steps."""
+    batch, prompt_len = attention_mask.shape
+    positions = prompt_len + max_steps
+    # The output holds what prefill's step and max_steps more can emit, not a budget that the
+    # context cuts short (max_new_tokens=10**9 must not allocate 8 GB per row); rows reaching
+    # that width have run every step already, so the limit it sets never ends a row early.
+    width = min(max_new_tokens, (1 + max_steps) * (1 if mode == "standard" else 2))
+    state = decode_loop.DecodeState.allocate(attention_mask, positions, width, extra_eos=eos_ids[1:])
+    stepper_cls = decode_loop.BackboneStepper if mode == "standard" else decode_loop.SuperThoughtsStepper
+    return state, stepper_cls(backbone if mode == "standard" else model, batch, positions)
+
+
+def _prefill(stepper: Any, state: decode_loop.DecodeState, cfg: decode_loop.StepConfig, input_ids: torch.Tensor,
+             attention_mask: torch.Tensor, feed: _StreamFeed | None) -> None:
+    """Runs the prompts through the model and emits each row's first token(s) (the op's step offset 0)."""
+    logits = stepper.prefill(input_ids, decode_loop.prompt_position_ids(attention_mask), state)
+    decode_loop.sample(stepper, state, logits, cfg, offset=0)
+    if feed is not None:
+        feed()
+
+
+def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int) -> GenerateOutput:
+    """Reads the per-row tokens and step counts back to the host, once decoding is done."""
+    written = state.write_pos.tolist()
+    out = state.out.cpu()
+    return GenerateOutput(
+        sequences=[out[row, : written[row]].tolist() for row in range(len(written))],
+        num_tokens=written,
+        num_steps=state.num_steps.tolist(),
+        num_pair_steps=state.num_pair_steps.tolist(),
+        wall_time=wall_time,
+        num_forward_passes=1 + steps_run,
+    )
+
+
 @torch.inference_mode()
 def generate(
     model: Any,
@@ -246,115 +334,49 @@ def generate(
     Returns:
         GenerateOutput with per-row sequences and step statistics.
     """
-    if mode not in MODES:
-        raise ValueError(f"generate: mode must be one of {', '.join(MODES)}, got {mode!r}")
-    superthoughts = is_superthoughts(model)
-    if mode != "standard" and not superthoughts:
-        raise ValueError(f"generate: mode {mode!r} needs a SuperThoughts model; a plain model supports 'standard'")
-    if max_new_tokens < 1 or not math.isfinite(temperature) or temperature < 0.0:
-        raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
-                         f"({temperature}) finite and >= 0")
+    superthoughts = _check_args(model, mode, max_new_tokens, temperature)
     eos_ids = resolve_eos_ids(model, eos_token_id)
     eos = eos_ids[0]
     if attention_mask is None:
-        _warn_unmasked_pads(input_ids, pad_id(model, eos))
+        warn_unmasked_pads(input_ids, pad_id(model, eos))
         attention_mask = torch.ones_like(input_ids)
     if input_ids.shape[0] == 0:
         return GenerateOutput([], [], [], [], 0.0, 0)
-    lengths = _check_prompt(input_ids, attention_mask)
+    lengths = check_prompt(input_ids, attention_mask)
     backbone = model.backbone if superthoughts else model
     context = model_context(backbone)
     max_steps = _context_steps(context, lengths, max_new_tokens)
-    graphs = _use_graphs(cuda_graphs, input_ids.device, temperature)
-    compiled = resolve_compile(compile, input_ids.device, temperature)
-    configs = [backbone.config] + ([model.mtp.layer_config] if hasattr(getattr(model, "mtp", None), "layer_config")
-                                   and mode != "standard" else [])
-    window = sliding_window_rolls(configs, input_ids.shape[1] + max_steps)
-    if graphs and window is not None:
-        # transformers' sliding cache layer picks its write path from a host-side counter,
-        # which a replayed graph never advances: past the window it writes out of bounds.
-        if cuda_graphs is True:
-            raise ValueError(f"generate: cuda_graphs=True cannot decode past the model's sliding window ({window} "
-                             f"positions; this call needs {input_ids.shape[1] + max_steps}); use cuda_graphs='auto'")
-        graphs = False
-        compiled = compiled and compile is True  # "auto" compiles for the graph; eager steps stay eager
-    # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
-    # emit at most 1 token (standard) or 2.
-    check_at = max_new_tokens - 1 if mode == "standard" else (max_new_tokens + 1) // 2 - 1
-    if mode == "pairs" and not ignore_eos:
-        # Every pairs step emits two tokens or ends the row (EOS first vetoes the pair and
-        # finishes), so the budget is used up after check_at steps: a shorter cache suffices.
-        max_steps = min(max_steps, check_at)
+    device = input_ids.device
+    graphs, compiled = _graphs_and_compile(model, backbone, mode, cuda_graphs, compile, device, temperature,
+                                           input_ids.shape[1] + max_steps)
+    check_at, max_steps = _decode_budget(mode, max_new_tokens, max_steps, ignore_eos)
+    thresholds = _thresholds(model, mode, threshold, threshold_main)
+    cfg = _step_config(model, eos, thresholds, temperature, seed, use_kernels, ignore_eos, context)
 
-    if mode == "standard":
-        # A confidence of 1 is never reached by the all -inf MTP row (confidence 0).
-        threshold, threshold_main = 1.0, 0.0
-    elif mode == "pairs":
-        threshold, threshold_main = 0.0, 0.0
-    else:
-        config = model.config
-        threshold = float(config.threshold if threshold is None else threshold)
-        threshold_main = float(getattr(config, "threshold_main", 0.0) if threshold_main is None else threshold_main)
-        # The kernels refuse them only at the first step (a RuntimeError after prefill), the
-        # reference not at all.
-        for name, value in (("threshold", threshold), ("threshold_main", threshold_main)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"generate: {name} must lie in [0, 1], got {value}")
-    if use_kernels:
-        from superthoughts_ext.ops import superthoughts_step as step_fn
-    else:
-        from superthoughts_ext.reference import superthoughts_step_ref as step_fn
-    # Greedy steps ignore the seed and the temperature: constants keep them from keying a new
-    # compiled step.
-    sampled = samples(temperature)
-    cfg = decode_loop.StepConfig(step_fn, pad_id(model, eos), eos, threshold, threshold_main,
-                                 float(temperature) if sampled else 0.0, int64_of_low_64_bits(seed) if sampled else 0,
-                                 ignore_eos, context)
-
-    batch, prompt_len = input_ids.shape
     input_ids = input_ids.to(torch.int64)
     attention_mask = attention_mask.to(torch.int64)
-    positions = prompt_len + max_steps
-    # The output holds what prefill's step and max_steps more can emit, not a budget that the
-    # context cuts short (max_new_tokens=10**9 must not allocate 8 GB per row); rows reaching
-    # that width have run every step already, so the limit it sets never ends a row early.
-    width = min(max_new_tokens, (1 + max_steps) * (1 if mode == "standard" else 2))
-    state = decode_loop.DecodeState.allocate(attention_mask, positions, width, extra_eos=eos_ids[1:])
-    stepper_cls = decode_loop.BackboneStepper if mode == "standard" else decode_loop.SuperThoughtsStepper
-    stepper = stepper_cls(backbone if mode == "standard" else model, batch, positions)
+    state, stepper = _allocate(model, backbone, mode, attention_mask, max_new_tokens, max_steps, eos_ids)
     feed = None
     if streamer is not None:
-        prompts = [input_ids[row, prompt_len - int(lengths[row]) :].cpu() for row in range(batch)]
+        prompt_len = input_ids.shape[1]
+        prompts = [input_ids[row, prompt_len - int(lengths[row]) :].cpu() for row in range(input_ids.shape[0])]
         feed = _StreamFeed(streamer, state, prompts)
 
-    if input_ids.device.type == "cuda":
-        torch.cuda.synchronize(input_ids.device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     # Decode steps attend without copying the KV cache per query head (attention.py); on GPUs
     # only on request until its speed and its agreement with transformers in bf16 are measured.
-    with attention.folded_gqa_decoding(model, enabled=attention.folded_by_default(input_ids.device)):
-        logits = stepper.prefill(input_ids, decode_loop.prompt_position_ids(attention_mask), state)
-        decode_loop.sample(stepper, state, logits, cfg, offset=0)
-        if feed is not None:
-            feed()
+    with attention.folded_gqa_decoding(model, enabled=attention.folded_by_default(device)):
+        _prefill(stepper, state, cfg, input_ids, attention_mask, feed)
         steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, compiled=compiled,
                                        check_every=CHECK_EVERY, check_at=check_at, on_step=feed)
-    if input_ids.device.type == "cuda":
-        torch.cuda.synchronize(input_ids.device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     wall_time = time.perf_counter() - start
     if streamer is not None:
         streamer.end()
-
-    written = state.write_pos.tolist()
-    out = state.out.cpu()
-    return GenerateOutput(
-        sequences=[out[row, : written[row]].tolist() for row in range(batch)],
-        num_tokens=written,
-        num_steps=state.num_steps.tolist(),
-        num_pair_steps=state.num_pair_steps.tolist(),
-        wall_time=wall_time,
-        num_forward_passes=1 + steps_run,
-    )
+    return _collect(state, wall_time, steps_run)
 
 
 class _CallableModule(types.ModuleType):

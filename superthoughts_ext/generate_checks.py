@@ -1,0 +1,35 @@
+"""Prompt validation for `generate` (generate.py): the checks on input_ids / attention_mask."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+
+def warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
+    """Rows starting with the pad id and no attention_mask: a padded batch whose mask was left
+    out, its pads read as prompt tokens (transformers' generate infers the mask there)."""
+    rows = torch.nonzero(input_ids[:, 0] == pad).flatten().tolist() if input_ids.dim() == 2 else []
+    if rows:
+        named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+        warnings.warn(f"generate: rows {named} start with the pad id {pad} but no attention_mask was given: the "
+                      "pads are read as prompt tokens; pass the tokenizer's attention_mask", stacklevel=3)
+
+
+def check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Validates a left-padded batch; returns the prompt length per row [B] (on the host)."""
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"generate: input_ids must be [B, T] int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"generate: attention_mask {tuple(attention_mask.shape)} must match input_ids "
+                         f"{tuple(input_ids.shape)}")
+    mask = attention_mask.detach().cpu().to(torch.int64)
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError("generate: attention_mask must hold 0/1 values")
+    lengths = mask.sum(dim=1)
+    if (lengths == 0).any():
+        raise ValueError(f"generate: rows {torch.nonzero(lengths == 0).flatten().tolist()} have no prompt token")
+    if (mask[:, 1:] < mask[:, :-1]).any():
+        raise ValueError("generate: attention_mask is not left-padded (padding after a prompt token); "
+                         "tokenize with padding_side='left'")
+    return lengths
