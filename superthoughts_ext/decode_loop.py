@@ -185,7 +185,7 @@ class BackboneStepper(_Stepper):
         """Runs the prompt [B, T]; logits [2, B, V] of its last position (MTP row -inf)."""
         mask = self.attend(state.attention_mask[:, : input_ids.shape[1]])
         out = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                            use_cache=True, logits_to_keep=1, **{kv_cache.CACHE_ARG: self.cache})
         state.inputs = torch.zeros_like(input_ids[:, :1])  # [B, 1]
         return self._both_heads(out.logits)
 
@@ -193,7 +193,7 @@ class BackboneStepper(_Stepper):
         """One token per row from `state.inputs`, attending over the columns of `mask` [B, W];
         logits [2, B, V]."""
         out = self.backbone(input_ids=state.inputs, attention_mask=self.attend(mask),
-                            position_ids=state.position_ids, past_key_values=self.cache, use_cache=True)
+                            position_ids=state.position_ids, use_cache=True, **{kv_cache.CACHE_ARG: self.cache})
         return self._both_heads(out.logits)
 
     def next_inputs(self, tokens: torch.Tensor, next_in: torch.Tensor) -> torch.Tensor:

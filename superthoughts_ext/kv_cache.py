@@ -12,12 +12,18 @@ the end of one of a few spans of the cache, one graph each (decode_loop.graph_wi
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, StaticCache
+from transformers import PreTrainedModel, StaticCache, masking_utils
 from transformers.cache_utils import StaticLayer
+
+# transformers 5.24 renamed the KV-cache argument of model / layer forwards and of the mask
+# builders from `past_key_values` to `cache` (the old name warns on every call and goes in
+# 5.40): callers pass `**{CACHE_ARG: cache}`, the name the installed version takes.
+CACHE_ARG = "cache" if "cache" in inspect.signature(masking_utils.create_causal_mask).parameters else "past_key_values"
 
 
 class WindowedStaticLayer(StaticLayer):

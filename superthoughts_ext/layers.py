@@ -14,7 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel, StaticCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from superthoughts_ext.kv_cache import static_cache
+from superthoughts_ext.kv_cache import CACHE_ARG, static_cache
 
 
 class LinearCompressor(nn.Module):
@@ -172,9 +172,9 @@ class DecoderMTP(_MTPInput):
         x = self.mix(h, z)
         make_mask = create_sliding_window_causal_mask if self.sliding else create_causal_mask
         mask = make_mask(config=self.layer_config, inputs_embeds=x, attention_mask=attention_mask,
-                         past_key_values=cache, position_ids=position_ids)
-        out = self.layer(x, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                         use_cache=cache is not None, position_embeddings=self.rotary_emb(x, position_ids))
+                         position_ids=position_ids, **{CACHE_ARG: cache})
+        out = self.layer(x, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                         position_embeddings=self.rotary_emb(x, position_ids), **{CACHE_ARG: cache})
         if isinstance(out, tuple):
             out = out[0]
         return self.norm(out)

@@ -26,8 +26,8 @@ from superthoughts_ext.checkpoint import (  # load_tokenizer: loaded beside load
     read_model_dir,
     save_superthoughts_dir,
 )
-from superthoughts_ext.kv_cache import SuperThoughtsCache
 from superthoughts_ext.head_losses import head_cross_entropy, head_kl_divergence
+from superthoughts_ext.kv_cache import CACHE_ARG, SuperThoughtsCache
 from superthoughts_ext.layers import build_compressor, build_mtp, causal_mask_for_right_padding
 from superthoughts_ext.modeling_config import SuperThoughtsConfig, SuperThoughtsOutput
 
@@ -236,7 +236,7 @@ class SuperThoughtsForCausalLM(nn.Module):
                              f"holds {cache.max_positions} (make it with new_cache(batch, max_positions) large enough)")
         out = self.backbone.model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=None if cache is None else cache.backbone, use_cache=cache is not None,
+            use_cache=cache is not None, **{CACHE_ARG: None if cache is None else cache.backbone},
         )
         h = out.last_hidden_state
         h_mtp = self.mtp(h, inputs_embeds, position_ids, attention_mask, None if cache is None else cache.mtp)
