@@ -56,6 +56,12 @@ class SuperThoughtsConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def get_text_config(self, *args: Any, **kwargs: Any) -> SuperThoughtsConfig:
+        """Itself. transformers' Trainer (5.24+) reads and aligns the special token ids of
+        `model.config.get_text_config()`, a PretrainedConfig method; train_utils.record_special_tokens
+        has written the tokenizer's ids here already, so it finds nothing to change."""
+        return self
+
 
 @dataclass
 class SuperThoughtsOutput(ModelOutput):

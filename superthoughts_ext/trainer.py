@@ -72,13 +72,14 @@ class SuperThoughtsTrainer(Trainer):
         return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
 
     def _correct_resumed_summary(self, logs: dict[str, float]) -> None:
-        """After a resume transformers divides the run's summed loss by every step, the
+        """After a resume transformers (up to 5.18) divides the run's summed loss by every step, the
         checkpoint's too, and counts every step's samples in the run's samples/s and steps/s
         (12 of 18 steps resumed: a third of the true loss, 3x the true speed). Rescaled here,
-        in the summary log itself, so log_history and report_to see the true values too."""
+        in the summary log itself, so log_history and report_to see the true values too.
+        transformers 5.19+ counts the steps of this call itself (it records `_initial_global_step`)."""
         start, total = self._run_start.start_step, self.state.max_steps
         steps_run = self.state.global_step - start
-        if start == 0 or steps_run <= 0:
+        if start == 0 or steps_run <= 0 or hasattr(self, "_initial_global_step"):
             return
         logs["train_loss"] = logs["train_loss"] * self.state.global_step / steps_run
         for name in ("train_samples_per_second", "train_steps_per_second"):
