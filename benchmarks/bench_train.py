@@ -121,6 +121,7 @@ def build(shape: str, mode: Mode, device: torch.device, dtype: torch.dtype, ckpt
     """Fresh model (same seed in every mode) and its batch builder for a `mode_table` entry."""
     from superthoughts_ext.data import SuperThoughtsCollator
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+    from superthoughts_ext.train_utils import enable_activation_checkpointing
 
     rho_max, chunked = mode.rho_max, mode.chunked
     superthoughts = rho_max is not None
@@ -130,7 +131,7 @@ def build(shape: str, mode: Mode, device: torch.device, dtype: torch.dtype, ckpt
     with device:
         backbone = AutoModelForCausalLM.from_config(config, dtype=dtype)
     if ckpt:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(backbone)
     if superthoughts:
         # from_base(dtype=) keeps the RoPE frequencies float32 (module.to would round them).
         model = SuperThoughtsForCausalLM.from_base(backbone, pad_token_id=PAD_ID, mtp_type=mode.mtp_type,

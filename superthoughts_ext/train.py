@@ -228,7 +228,7 @@ def train(options: TrainOptions) -> TrainResult:
     if superthoughts and options.distill_weight > 0:
         train_utils.attach_teacher(model, options.model, dtype)
     if options.gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        train_utils.enable_activation_checkpointing(backbone)
         if options.lora_r > 0:
             # With frozen embeddings no input requires grad, which checkpointing needs.
             backbone.enable_input_require_grads()

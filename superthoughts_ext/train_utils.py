@@ -129,6 +129,17 @@ def record_special_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase) 
             generation.eos_token_id = [tokenizer.eos_token_id] + [i for i in others if i != tokenizer.eos_token_id]
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Activation (gradient) checkpointing of a transformers model, non-reentrant, through the
+    method the installed version names: activation_checkpointing_enable from 5.23 on (where the
+    older gradient_checkpointing_enable warns, and goes in v6), gradient_checkpointing_enable before."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def check_vocab(
     tokenizer: PreTrainedTokenizerBase, model: nn.Module, examples: list[dict[str, list[int]]]
 ) -> None:
