@@ -14,6 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _grad_buffers(ctx, hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients a chunked forward fills for hidden and weight (None where autograd wants none).
+
+    grad_weight accumulates in the weight's dtype by addmm_ (float32 inside each chunk's GEMM, one
+    rounding per chunk): a float32 buffer would cost [V, H] float32 of memory and a full
+    read-modify-write of it per chunk, more than the chunk's GEMMs at V = 152k.
+    """
+    grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+    grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+    return grad_hidden, grad_weight
+
+
 def _add_chunk_grads(grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_hidden: torch.Tensor | None,
                      grad_weight: torch.Tensor | None, start: int, end: int) -> None:
     """Folds one chunk's d loss / d logits [n, V] into the hidden and weight gradients (None: not wanted)."""
@@ -40,14 +52,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
                 chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         rows = hidden.shape[0]
         ce = torch.empty(rows, device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if want_h else None
-        # Accumulated in the weight's dtype by addmm_ (float32 inside each chunk's GEMM, one
-        # rounding per chunk): a float32 buffer would cost [V, H] float32 of memory and a full
-        # read-modify-write of it per chunk, more than the chunk's GEMMs at V = 152k.
-        grad_weight = torch.zeros_like(weight) if want_w else None
+        grad_hidden, grad_weight = _grad_buffers(ctx, hidden, weight)
         for start in range(0, rows, chunk_rows):
             end = min(start + chunk_rows, rows)
             h, t, w = hidden[start:end], targets[start:end, None], row_weight[start:end, None]
@@ -57,7 +64,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs = logits.sub_(top).exp_()
             total = probs.sum(dim=1, keepdim=True)
             ce[start:end] = (top + total.log() - target_logit).squeeze(1)
-            if not (want_h or want_w):
+            if grad_hidden is None and grad_weight is None:
                 continue
             grad = probs.mul_(w / total).scatter_add_(1, t, -w).to(weight.dtype)  # d loss / d logits
             _add_chunk_grads(grad, h, weight, grad_hidden, grad_weight, start, end)
@@ -109,11 +116,9 @@ class _LinearKLDivergence(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target_hidden: torch.Tensor,
                 target_weight: torch.Tensor, row_weight: torch.Tensor, chunk_rows: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         rows = hidden.shape[0]
         kl = torch.empty(rows, device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if want_h else None
-        grad_weight = torch.zeros_like(weight) if want_w else None
+        grad_hidden, grad_weight = _grad_buffers(ctx, hidden, weight)
         for start in range(0, rows, chunk_rows):
             end = min(start + chunk_rows, rows)
             h, w = hidden[start:end], row_weight[start:end, None]
@@ -121,7 +126,7 @@ class _LinearKLDivergence(torch.autograd.Function):
             log_q = torch.log_softmax((h @ weight.t()).float(), dim=1)  # [n, V]
             p = log_p.exp()
             kl[start:end] = (p * log_p.sub_(log_q)).sum(dim=1)
-            if not (want_h or want_w):
+            if grad_hidden is None and grad_weight is None:
                 continue
             grad = log_q.exp_().sub_(p).mul_(w).to(weight.dtype)  # d loss / d logits
             _add_chunk_grads(grad, h, weight, grad_hidden, grad_weight, start, end)
