@@ -44,11 +44,11 @@ $(NEWEST_STAMP): requirements-ci.txt
 	$(NEWEST_PY) -m pip install -q transformers==$(TRANSFORMERS_NEWEST)
 	touch $@
 
+# FutureWarnings are errors there: they announce the next removal this package would trip on.
 test-transformers-newest: build $(NEWEST_STAMP)
 	$(NEWEST_PY) -c "import pathlib, transformers, superthoughts_ext as s; \
 		assert transformers.__version__ == '$(TRANSFORMERS_NEWEST)', transformers.__version__; \
 		assert pathlib.Path(s.__file__).parent == pathlib.Path('superthoughts_ext').resolve(), s.__file__"
-	# FutureWarnings are errors here: they announce the next removal this package would trip on.
 	$(NEWEST_PY) -m pytest -q -p no:cacheprovider -W error::FutureWarning $(addprefix python_tests/,$(TRANSFORMERS_TESTS))
 
 check-cuda:
