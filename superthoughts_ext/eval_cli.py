@@ -1,9 +1,11 @@
 """`superthoughts eval`: evaluate a checkpoint on a benchmark (one threshold or a sweep with the
-model loaded once), or compare result files (`--compare`, `--plot`).
+model loaded once), compare result files (`--compare`, `--plot`), or grade their stored outputs
+again with the current grader (`--regrade`).
 
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl --threshold 0.9 0.99
     superthoughts eval --compare baseline.jsonl st-t0.9.jsonl st-t0.99.jsonl --plot sweep.png
+    superthoughts eval --regrade baseline.jsonl st.jsonl --bench math500 --data math500.jsonl
 """
 from __future__ import annotations
 
@@ -56,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "more than two: one table over the problems present in every file",
     )
     parser.add_argument("--plot", help="with --compare: write an accuracy vs CoT length plot (PNG) here")
+    parser.add_argument(
+        "--regrade", nargs="+", metavar="RUN.jsonl",
+        help="grade the outputs stored in result files again with the current grader, without decoding "
+             "(with --bench, and the --data the runs used); rewrites their records and summaries",
+    )
 
 
 def _run_compare(paths: list[str], plot: str | None) -> int:
@@ -68,6 +75,27 @@ def _run_compare(paths: list[str], plot: str | None) -> int:
     return 0
 
 
+# Options that decode or compare, which --regrade does not: argparse dest -> option.
+REGRADE_CONFLICTS = {"model": "--model", "compare": "--compare", "resume": "--resume", "threshold": "--threshold",
+                     "plot": "--plot", "output": "--output", "limit": "--limit"}
+
+
+def _run_regrade(args: argparse.Namespace) -> int:
+    from superthoughts_ext.eval_regrade import format_regrade, regrade_runs
+
+    conflicts = [option for dest, option in REGRADE_CONFLICTS.items() if getattr(args, dest)]
+    if conflicts:
+        raise ValueError(f"--regrade does not go with {', '.join(conflicts)}: it grades the stored outputs "
+                         "again, without a model or decoding")
+    if not args.bench:
+        raise ValueError("--regrade needs --bench (the benchmark the runs were evaluated on)")
+    # Every problem: the grader needs the questions (and GPQA's options), which records lack.
+    problems = load_problems(args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field)
+    for result in regrade_runs(args.regrade, args.bench, problems, progress=not args.no_progress):
+        print(format_regrade(result))
+    return 0
+
+
 def _is_superthoughts(model: Any) -> bool:
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
@@ -77,6 +105,8 @@ def _is_superthoughts(model: Any) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Run ``superthoughts eval``; returns the exit status (2 for a usage or data error)."""
     try:
+        if args.regrade:
+            return _run_regrade(args)
         if args.compare:
             return _run_compare(args.compare, args.plot)
         if args.plot:

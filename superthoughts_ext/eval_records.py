@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from superthoughts_ext.eval_compare import summary_path
-from superthoughts_ext.eval_data import Problem, json_lines
+from superthoughts_ext.eval_data import Problem, get_bench, json_lines
+from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
 
 @dataclass
@@ -54,6 +55,19 @@ class EvalSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+def grade_output(text: str, problem: Problem, bench: str) -> dict[str, Any]:
+    """The graded fields of a record (extracted, reference, correct) for the decoded ``text`` of
+    ``problem``: `evaluate` writes them, `superthoughts_ext.eval_regrade` rewrites them with the
+    current grader, so that both always grade alike."""
+    # A multiple-choice answer boxed as an option's text is recorded as its letter.
+    multiple_choice = get_bench(bench).multiple_choice
+    answer = extract_choice(text, problem.options) if multiple_choice else extract_answer(text)
+    return {
+        "extracted": answer,
+        "reference": problem.answer,
+        "correct": is_correct(answer, problem.answer, bench, question=problem.question),
+    }
 
 
 def _setting_mismatch(record: dict[str, Any], settings: dict[str, Any]) -> str | None:

@@ -23,8 +23,9 @@ from typing import IO, Any
 from superthoughts_ext.eval_compare import (compare, compare_runs, format_comparison, format_runs, plot_tradeoff,
                                             summary_path)
 from superthoughts_ext.eval_data import BENCHES, Problem, build_prompt, check_limit, get_bench, load_problems
-from superthoughts_ext.eval_records import EvalSummary, open_records, resumable_records, summarize, write_summary
-from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
+from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, resumable_records, summarize,
+                                            write_summary)
+from superthoughts_ext.grading import extract_answer, is_correct
 
 MODES = ("superthoughts", "pairs", "standard")
 
@@ -140,7 +141,6 @@ class _Run:
     tokenizer: Any
     generate_fn: Callable[..., Any]
     bench: str
-    multiple_choice: bool
     mode: str
     threshold: float | None
     max_new_tokens: int
@@ -155,9 +155,9 @@ class _Run:
     settings: dict[str, Any]
 
 
-def _prepare_run(model: Any, tokenizer: Any, generate_fn: Callable[..., Any], bench: str, multiple_choice: bool,
-                 problems: list[Problem], *, mode: str, threshold: float | None, max_new_tokens: int,
-                 compile: bool | str, metadata: dict[str, Any] | None) -> _Run:
+def _prepare_run(model: Any, tokenizer: Any, generate_fn: Callable[..., Any], bench: str, problems: list[Problem],
+                 *, mode: str, threshold: float | None, max_new_tokens: int, compile: bool | str,
+                 metadata: dict[str, Any] | None) -> _Run:
     """Stop and pad ids, the tokenised prompts (ValueError if one exceeds the context) and the settings."""
     from superthoughts_ext.stop_tokens import stop_token_ids
 
@@ -171,10 +171,10 @@ def _prepare_run(model: Any, tokenizer: Any, generate_fn: Callable[..., Any], be
     # the same checkpoint, weights dtype and data file, decoded the same way.
     settings = {"bench": bench, "mode": mode, **_thresholds_used(model, mode, threshold),
                 "max_new_tokens": max_new_tokens, **{key: (metadata or {}).get(key) for key in RUN_KEYS}}
-    return _Run(model=model, tokenizer=tokenizer, generate_fn=generate_fn, bench=bench,
-                multiple_choice=multiple_choice, mode=mode, threshold=threshold, max_new_tokens=max_new_tokens,
-                compile=compile, eos_ids=eos_ids, stop_ids=set(eos_ids), pad_id=pad_id, device=device,
-                problems=problems, prompts=prompts, prompt_ids=prompt_ids, settings=settings)
+    return _Run(model=model, tokenizer=tokenizer, generate_fn=generate_fn, bench=bench, mode=mode,
+                threshold=threshold, max_new_tokens=max_new_tokens, compile=compile, eos_ids=eos_ids,
+                stop_ids=set(eos_ids), pad_id=pad_id, device=device, problems=problems, prompts=prompts,
+                prompt_ids=prompt_ids, settings=settings)
 
 
 def _decode(run: _Run, batch: list[int], new_tokens: int) -> Any:
@@ -208,16 +208,12 @@ def _record(run: _Run, result: Any, row: int, batch: list[int]) -> dict[str, Any
     index = batch[row]
     problem = run.problems[index]
     text = run.tokenizer.decode(_trim(result.sequences[row], run.stop_ids), skip_special_tokens=True)
-    # A multiple-choice answer boxed as an option's text is recorded as its letter.
-    answer = extract_choice(text, problem.options) if run.multiple_choice else extract_answer(text)
     return {
         "index": index,
         "id": problem.id,
         "prompt": run.prompts[index],
         "output": text,
-        "extracted": answer,
-        "reference": problem.answer,
-        "correct": is_correct(answer, problem.answer, run.bench, question=problem.question),
+        **grade_output(text, problem, run.bench),  # extracted, reference, correct
         "tokens": int(result.num_tokens[row]),
         "steps": int(result.num_steps[row]),
         "pair_steps": int(result.num_pair_steps[row]),
@@ -297,14 +293,14 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    spec = get_bench(bench)
+    get_bench(bench)  # ValueError for an unknown benchmark, before any work
     problems = _problems_to_evaluate(rows, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                      limit=limit, output_jsonl=output_jsonl, resume=resume)
     generate_fn = generate_fn or _default_generate()
 
     started = time.perf_counter()
-    run = _prepare_run(model, tokenizer, generate_fn, bench, spec.multiple_choice, problems, mode=mode,
-                       threshold=threshold, max_new_tokens=max_new_tokens, compile=compile, metadata=metadata)
+    run = _prepare_run(model, tokenizer, generate_fn, bench, problems, mode=mode, threshold=threshold,
+                       max_new_tokens=max_new_tokens, compile=compile, metadata=metadata)
     records = resumable_records(Path(output_jsonl), problems, run.settings) if resume else []
     done = {r["id"] for r in records}
     order = sorted(range(len(problems)), key=lambda i: -len(run.prompt_ids[i]))

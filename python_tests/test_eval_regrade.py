@@ -1,0 +1,219 @@
+"""Re-grading finished runs (`superthoughts eval --regrade`): the stored outputs graded again
+with the current grader, records and summary rewritten in place, nothing decoded. (Runs are
+made with test_evaluation.py's tiny tokenizer and fake generate; the CLI helpers are
+test_eval_cli.py's.)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("math_verify")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from test_eval_cli import run_cli  # noqa: E402
+from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer, read_jsonl  # noqa: E402
+
+from superthoughts_ext.eval_compare import summary_path  # noqa: E402
+from superthoughts_ext.eval_data import load_problems  # noqa: E402
+from superthoughts_ext.eval_regrade import format_regrade, regrade_runs  # noqa: E402
+from superthoughts_ext.evaluation import evaluate  # noqa: E402
+
+MIDPOINT = ("Find the midpoint of the line segment between $(-7,0)$ and $(5,12)$. "
+            "Express your answer as an ordered pair.")
+
+
+def write_data(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def math_data(path: Path, answers: dict[str, str] | None = None) -> Path:
+    """PROBLEMS as a math500 data file; ``answers`` replaces some references (by id)."""
+    return write_data(path, [{"id": p.id, "problem": p.question, "answer": (answers or {}).get(p.id, p.answer)}
+                             for p in PROBLEMS])
+
+
+def evaluated_run(tmp_path: Path) -> Path:
+    """A run of the fake model on PROBLEMS (5 of 7 correct, one without a box), with its summary."""
+    tokenizer = make_tokenizer()
+    out = tmp_path / "runs" / "st.jsonl"
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, mode="superthoughts", threshold=0.9,
+             batch_size=3, output_jsonl=out, progress=False, generate_fn=fake_generate(tokenizer, []),
+             metadata={"model": "fake"})
+    return out
+
+
+def hand_record(problem_id: str, output: str, extracted: str | None, reference: str, correct: bool,
+                bench: str = "math500") -> dict:
+    """A record as an older `evaluate` wrote it (the keys regrade does not read included)."""
+    return {"index": 0, "id": problem_id, "prompt": "p", "output": output, "extracted": extracted,
+            "reference": reference, "correct": correct, "tokens": 9, "steps": 5, "pair_steps": 4,
+            "hit_limit": False, "time": 0.25, "bench": bench, "mode": "superthoughts", "threshold": 0.9}
+
+
+def write_records(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def regrade(paths: list[Path], data: Path, bench: str = "math500") -> list:
+    return regrade_runs(paths, bench, load_problems(bench, data), progress=False)
+
+
+# ---------------------------------------------------------------- what changes
+
+def test_regrade_of_an_untouched_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = evaluated_run(tmp_path)
+    data = math_data(tmp_path / "math.jsonl")
+    records, summary = out.read_bytes(), summary_path(out).read_bytes()
+    mtime = out.stat().st_mtime_ns
+    [result] = regrade([out], data)
+    assert result.changed_ids == [] and result.references_changed == 0 and not result.summary_updated
+    assert result.accuracy_before == result.accuracy_after == pytest.approx(5 / 7) and result.n == 7
+    assert out.read_bytes() == records and summary_path(out).read_bytes() == summary
+    assert out.stat().st_mtime_ns == mtime  # not even rewritten
+    assert run_cli(["--regrade", str(out), "--bench", "math500", "--data", str(data), "--no-progress"]) == 0
+    assert capsys.readouterr().out == f"{out}: accuracy 0.7143 -> 0.7143 (n=7; 0 records changed; " \
+                                      "references changed: 0)\n"
+    assert out.read_bytes() == records and summary_path(out).read_bytes() == summary
+
+
+def test_tampered_grades_are_restored_and_the_summary_recomputed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = evaluated_run(tmp_path)
+    data = math_data(tmp_path / "math.jsonl")
+    original, original_summary = out.read_bytes(), json.loads(summary_path(out).read_text())
+    lines = out.read_text().splitlines()
+    tampered = []
+    for line in lines:
+        record = json.loads(line)
+        if record["id"] in ("p12", "p91"):  # one right answer marked wrong, one wrong marked right
+            record["correct"] = not record["correct"]
+        if record["id"] == "p81":  # the output without a box
+            record["extracted"] = "9"
+        tampered.append(record)
+    write_records(out, tampered)
+    os.chmod(out, 0o644)
+    stale = {**original_summary, "n_correct": 5, "accuracy": 5 / 7, "n_no_box": 0}
+    summary_path(out).write_text(json.dumps(stale, indent=2) + "\n")
+
+    assert run_cli(["--regrade", str(out), "--bench", "math500", "--data", str(data), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{out}: accuracy 0.7143 -> 0.7143 (n=7; 3 records changed: ids [")
+    assert all(i in printed for i in ("p12", "p91", "p81")) and "references changed: 0)" in printed
+    assert out.read_bytes() == original  # every key and line as evaluate wrote them
+    assert json.loads(summary_path(out).read_text()) == original_summary  # timings untouched
+    assert os.stat(out).st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in out.parent.iterdir()) == ["st.jsonl", "st.summary.json"]  # no temp file left
+
+
+def test_a_changed_reference_is_counted_and_regraded(tmp_path: Path) -> None:
+    out = evaluated_run(tmp_path)
+    data = math_data(tmp_path / "math.jsonl", answers={"p91": "11"})  # the data's fixed answer
+    [result] = regrade([out], data)
+    assert result.changed_ids == ["p91"] and result.references_changed == 1 and result.summary_updated
+    assert result.accuracy_after == pytest.approx(6 / 7)
+    record = next(r for r in read_jsonl(out) if r["id"] == "p91")
+    assert record["reference"] == "11" and record["correct"] is True
+    saved = json.loads(summary_path(out).read_text())
+    assert saved["n_correct"] == 6 and saved["accuracy"] == pytest.approx(6 / 7) and saved["n"] == 7
+    assert "references changed: 1" in format_regrade(result)
+
+
+def test_an_inequality_for_a_point_question_flips_to_wrong(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "math.jsonl", [{"id": "mid", "problem": MIDPOINT, "answer": "(-1,6)"},
+                                                {"id": "sum", "problem": "what is 1 + 2", "answer": "3"}])
+    # An older grader read "-1<x<6" as the interval (-1, 6), equal to the reference pair.
+    out = write_records(tmp_path / "old.jsonl", [
+        hand_record("mid", "so the answer is \\boxed{-1<x<6}", "-1<x<6", "(-1,6)", True),
+        hand_record("sum", "\\boxed{3}", "3", "3", True),
+    ])
+    [result] = regrade([out], data)
+    assert result.changed_ids == ["mid"] and (result.accuracy_before, result.accuracy_after) == (1.0, 0.5)
+    records = read_jsonl(out)
+    assert [r["correct"] for r in records] == [False, True]
+    assert list(records[0]) == list(hand_record("mid", "", None, "", False))  # keys in their places
+    assert records[0]["time"] == 0.25 and records[0]["extracted"] == "-1<x<6"
+    assert not summary_path(out).exists()  # a run without a summary gets none
+
+
+def test_gpqa_answer_boxed_as_an_option_text(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "gpqa.jsonl", [
+        {"Record ID": "q1", "Question": "what is 3 + 4", "Correct Answer": "7", "Incorrect Answer 1": "3",
+         "Incorrect Answer 2": "12", "Incorrect Answer 3": "5"}])
+    [problem] = load_problems("gpqa_diamond", data)
+    # A grader that knew only letters found no answer in "\boxed{7}".
+    out = write_records(tmp_path / "gpqa-run.jsonl", [
+        hand_record("q1", "so \\boxed{7}", None, problem.answer, False, bench="gpqa_diamond")])
+    [result] = regrade([out], data, bench="gpqa_diamond")
+    [record] = read_jsonl(out)
+    assert record["extracted"] == problem.answer and record["correct"] is True
+    assert result.accuracy_after == 1.0 and result.changed_ids == ["q1"]
+
+
+# ---------------------------------------------------------------- what is refused
+
+@pytest.mark.parametrize("line, message", [
+    (json.dumps(hand_record("p99", "\\boxed{1}", "1", "1", True)), "problem 'p99' is not among the 7 problems"),
+    (json.dumps(hand_record("p12", "\\boxed{3}", "3", "3", True, bench="amc23")),
+     "problem 'p12' was evaluated on 'amc23', not 'math500'"),
+    (json.dumps(hand_record("p12", "\\boxed{3}", "3", "3", True)), "problem 'p12' repeats line 1"),
+    ('{"id": "p34", "output": "\\\\boxed{7}", "bench": "math500"', "not a JSON record"),
+    ('{"id": "p34", "bench": "math500", "correct": true}', "record lacks output"),
+])
+def test_bad_records_are_refused_before_any_file_changes(tmp_path: Path, line: str, message: str) -> None:
+    good = evaluated_run(tmp_path)
+    data = math_data(tmp_path / "math.jsonl")
+    write_records(good, [{**r, "correct": not r["correct"]} for r in read_jsonl(good)])
+    before = good.read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    first = hand_record("p12", "\\boxed{3}", "3", "3", False)
+    bad.write_text(json.dumps(first) + "\n" + line + "\n" + json.dumps(first | {"id": "p34"}) + "\n")
+    with pytest.raises(ValueError, match=f"{re.escape(str(bad))}:2: .*{re.escape(message)}"):
+        regrade([good, bad], data)
+    assert good.read_bytes() == before  # checked first, then graded: the good file waits too
+
+
+def test_a_torn_last_line_asks_for_a_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = evaluated_run(tmp_path)
+    data = math_data(tmp_path / "math.jsonl")
+    text = out.read_text()
+    out.write_text(text + text.splitlines()[0][:40])  # killed mid-write
+    argv = ["--regrade", str(out), "--bench", "math500", "--data", str(data), "--no-progress"]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert f"superthoughts eval: error: {out}:8: unfinished record" in err and "--resume" in err
+
+
+def test_a_summary_of_other_records_is_refused(tmp_path: Path) -> None:
+    out = evaluated_run(tmp_path)
+    write_records(out, read_jsonl(out)[:3])  # the summary still counts 7
+    with pytest.raises(ValueError, match="counts n=7 records, .* holds 3"):
+        regrade([out], math_data(tmp_path / "math.jsonl"))
+
+
+@pytest.mark.parametrize("extra, option", [
+    (["--model", "ckpt"], "--model"), (["--compare", "a.jsonl", "b.jsonl"], "--compare"),
+    (["--resume"], "--resume"), (["--threshold", "0.9"], "--threshold"), (["--plot", "x.png"], "--plot"),
+])
+def test_regrade_conflicting_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                                     option: str) -> None:
+    out = evaluated_run(tmp_path)
+    before = out.read_bytes()
+    argv = ["--regrade", str(out), "--bench", "math500", "--data", str(math_data(tmp_path / "m.jsonl"))]
+    assert run_cli(argv + extra) == 2
+    assert f"superthoughts eval: error: --regrade does not go with {option}" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_regrade_needs_the_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["--regrade", str(tmp_path / "run.jsonl")]) == 2
+    assert "--regrade needs --bench" in capsys.readouterr().err
+    assert run_cli(["--regrade", str(tmp_path / "run.jsonl"), "--bench", "math500",
+                    "--data", str(math_data(tmp_path / "m.jsonl"))]) == 2
+    assert "evaluation results not found" in capsys.readouterr().err

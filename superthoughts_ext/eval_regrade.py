@@ -1,0 +1,235 @@
+"""Re-grade finished evaluation runs with the current grader, without decoding again.
+
+A run's records keep each problem's decoded ``output``; the grader (`superthoughts_ext.grading`)
+improves over time. `regrade_runs` re-extracts the answer of every stored output and grades it
+exactly as `superthoughts_ext.evaluation.evaluate` now would (both call
+`superthoughts_ext.eval_records.grade_output`), then rewrites the records' ``extracted``,
+``reference`` and ``correct`` in place, and the summary's ``n_correct``, ``accuracy`` and
+``n_no_box`` where the run has one. Every other key, and the order of the lines, stay as written.
+
+    superthoughts eval --regrade st.jsonl baseline.jsonl --bench math500 --data math500.jsonl
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from superthoughts_ext.eval_compare import summary_path
+from superthoughts_ext.eval_data import Problem, get_bench, json_lines
+from superthoughts_ext.eval_records import grade_output
+
+# Keys a record needs to be re-graded (and checked against the benchmark).
+REQUIRED_KEYS = ("id", "bench", "output", "correct")
+# Summary fields that follow from the grades; the others (timings, lengths...) stay.
+GRADE_FIELDS = ("n_correct", "accuracy", "n_no_box")
+SHOWN_IDS = 10  # changed ids printed per file
+
+
+@dataclass
+class RecordsFile:
+    """One records file as read: its lines (None for a blank one) and their records, the
+    problem of each record and its summary (None when it has none)."""
+
+    path: Path
+    lines: list[str]
+    records: list[dict[str, Any] | None]
+    problems: list[Problem | None]
+    summary: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RegradeResult:
+    """What re-grading one records file changed."""
+
+    path: Path
+    n: int
+    accuracy_before: float
+    accuracy_after: float
+    changed_ids: list[str]  # records whose extracted, reference or correct changed
+    references_changed: int  # records whose reference differs from the data's current one
+    summary_updated: bool
+
+
+def _parse_line(path: Path, number: int, line: str, last: bool) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        if last:
+            raise ValueError(f"{path}:{number}: unfinished record (the run was interrupted or is still writing); "
+                             "finish the run with superthoughts eval --resume first") from None
+        raise ValueError(f"{path}:{number}: not a JSON record ({error.msg}); give the .jsonl records "
+                         "superthoughts eval wrote") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"{path}:{number}: record lacks {', '.join(missing)}")
+    return record
+
+
+def _check_record(path: Path, number: int, record: dict[str, Any], bench: str,
+                  problems: dict[str, Problem], seen: dict[str, int]) -> Problem:
+    """The problem of ``record``; ValueError unless it is a record of ``bench`` on one of
+    ``problems``, not seen on an earlier line."""
+    key = str(record["id"])
+    if record["bench"] != bench:
+        raise ValueError(f"{path}:{number}: problem {key!r} was evaluated on {record['bench']!r}, not {bench!r}; "
+                         "give the --bench the run was evaluated on")
+    if key not in problems:
+        raise ValueError(f"{path}:{number}: problem {key!r} is not among the {len(problems)} problems of {bench} "
+                         "in this data; give the --data (and --problem-field / --answer-field) the run used")
+    if key in seen:
+        raise ValueError(f"{path}:{number}: problem {key!r} repeats line {seen[key]}")
+    if not isinstance(record["output"], str):
+        raise ValueError(f"{path}:{number}: problem {key!r} has no output text to grade")
+    seen[key] = number
+    return problems[key]
+
+
+def _read_summary(path: Path, n: int) -> dict[str, Any] | None:
+    """The summary next to ``path`` (None when there is none); ValueError unless it counts its
+    ``n`` records."""
+    where = summary_path(path)
+    if not where.is_file():
+        return None
+    try:
+        summary = json.loads(where.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not a JSON summary ({error.msg})") from None
+    if not isinstance(summary, dict) or summary.get("n") != n:
+        counted = summary.get("n") if isinstance(summary, dict) else None
+        raise ValueError(f"{where} counts n={counted!r} records, {path} holds {n}: it is not the summary of "
+                         "these records; move it away to re-grade them")
+    return summary
+
+
+def read_run(path: str | Path, bench: str, problems: Sequence[Problem]) -> RecordsFile:
+    """A records file checked before anything is re-graded: every line a record of ``bench`` on
+    one of ``problems``, each problem once (ValueError naming the file, line and id otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation results not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    lines = json_lines(text)
+    by_id = {problem.id: problem for problem in problems}
+    run = RecordsFile(path, lines, [], [], None)
+    seen: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            run.records.append(None)
+            run.problems.append(None)
+            continue
+        last = number == len(lines) and not text.endswith("\n")
+        record = _parse_line(path, number, line, last)
+        run.problems.append(_check_record(path, number, record, bench, by_id, seen))
+        run.records.append(record)
+    if not seen:
+        raise ValueError(f"{path}: no records to re-grade")
+    run.summary = _read_summary(path, len(seen))
+    return run
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then
+    os.replace, so that an interrupted write leaves the old file whole."""
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        if mode is not None:  # mkstemp creates the file private (0600)
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _accuracy(records: list[dict[str, Any]]) -> float:
+    return sum(bool(record["correct"]) for record in records) / len(records)
+
+
+def _grade(run: RecordsFile, bench: str, bar: Any) -> tuple[list[str], int]:
+    """Re-grade every record of ``run`` in place: the ids of the records that changed and the
+    number whose reference changed. Lines of changed records are rewritten in ``run.lines``."""
+    changed: list[str] = []
+    references = 0
+    for number, (record, problem) in enumerate(zip(run.records, run.problems)):
+        if record is None or problem is None:
+            continue
+        graded = grade_output(record["output"], problem, bench)
+        references += record.get("reference") != graded["reference"]
+        if any(key not in record or record[key] != value for key, value in graded.items()):
+            record.update(graded)  # the keys keep their places in the record
+            run.lines[number] = json.dumps(record, ensure_ascii=False)
+            changed.append(str(record["id"]))
+        bar.update(1)
+    return changed, references
+
+
+def _update_summary(run: RecordsFile, records: list[dict[str, Any]]) -> bool:
+    """Set the grade fields of the run's summary (if it has one) from ``records``; whether it
+    changed on disk."""
+    if run.summary is None:
+        return False
+    n_correct = sum(bool(record["correct"]) for record in records)
+    grades = {"n_correct": n_correct, "accuracy": n_correct / len(records),
+              "n_no_box": sum(record["extracted"] is None for record in records)}
+    if all(run.summary.get(key) == value for key, value in grades.items()):
+        return False
+    run.summary.update(grades)
+    replace_text(summary_path(run.path), json.dumps(run.summary, indent=2) + "\n")
+    return True
+
+
+def regrade_run(run: RecordsFile, bench: str, *, progress: bool = True) -> RegradeResult:
+    """Re-grade one records file read by `read_run` and write back what changed."""
+    from tqdm.auto import tqdm
+
+    records = [record for record in run.records if record is not None]
+    before = _accuracy(records)
+    with tqdm(total=len(records), desc=f"regrade {run.path.name}", disable=not progress) as bar:
+        changed, references = _grade(run, bench, bar)
+    if changed:
+        replace_text(run.path, "".join(line + "\n" for line in run.lines))
+    summary_updated = _update_summary(run, records)
+    return RegradeResult(path=run.path, n=len(records), accuracy_before=before, accuracy_after=_accuracy(records),
+                         changed_ids=changed, references_changed=references, summary_updated=summary_updated)
+
+
+def regrade_runs(paths: Sequence[str | Path], bench: str, problems: Sequence[Problem], *,
+                 progress: bool = True) -> list[RegradeResult]:
+    """Re-grade the records files ``paths`` of runs on ``bench`` against ``problems`` (from
+    `superthoughts_ext.eval_data.load_problems`: the grader needs the questions and GPQA's
+    options, which records do not store).
+
+    Every file is read and checked first (ValueError naming the file, line and problem id for a
+    line that is not a JSON record, a torn last line included, a record of another benchmark or
+    of a problem not in ``problems``, a repeated problem, or a summary of other records), so a
+    bad file leaves every file untouched. Each records file is then rewritten atomically, and
+    only when a record changed; its summary (`summary_path`) is updated where it exists.
+    """
+    get_bench(bench)
+    runs = [read_run(path, bench, problems) for path in paths]
+    return [regrade_run(run, bench, progress=progress) for run in runs]
+
+
+def format_regrade(result: RegradeResult) -> str:
+    """One line per file, as `superthoughts eval --regrade` prints it."""
+    ids = ", ".join(result.changed_ids[:SHOWN_IDS])
+    if len(result.changed_ids) > SHOWN_IDS:
+        ids += f", ... ({len(result.changed_ids) - SHOWN_IDS} more)"
+    count = len(result.changed_ids)
+    changed = f"{count} record{'' if count == 1 else 's'} changed" + (f": ids [{ids}]" if count else "")
+    return (f"{result.path}: accuracy {result.accuracy_before:.4f} -> {result.accuracy_after:.4f} "
+            f"(n={result.n}; {changed}; references changed: {result.references_changed})")
