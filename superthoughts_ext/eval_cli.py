@@ -16,7 +16,7 @@ from typing import Any
 
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
-from superthoughts_ext.eval_data import BENCHES, load_problems
+from superthoughts_ext.eval_data import BENCHES, Problem, load_problems
 from superthoughts_ext.evaluation import MODES, evaluate, format_summary, summary_path
 
 
@@ -102,6 +102,68 @@ def _is_superthoughts(model: Any) -> bool:
     return isinstance(model, SuperThoughtsForCausalLM)
 
 
+def _error(message: object) -> int:
+    print(f"superthoughts eval: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _checked_problems(args: argparse.Namespace) -> list[Problem]:
+    """The problems to decode, once the options that need no model are checked (ValueError)."""
+    if args.plot:
+        raise ValueError("--plot goes with --compare A.jsonl B.jsonl [...]")
+    if not args.model or not args.bench:
+        raise ValueError("--model and --bench are required (or use --compare A.jsonl B.jsonl)")
+    check_thresholds(args.threshold)  # before loading the model
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise ValueError(f"--batch-size ({args.batch_size}) and --max-new-tokens ({args.max_new_tokens}) "
+                         "must be >= 1")
+    return load_problems(
+        args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field, limit=args.limit
+    )
+
+
+def _decoding_mode(args: argparse.Namespace, model: Any) -> str:
+    """--mode, else the checkpoint's own (superthoughts or standard); ValueError where the model
+    or --threshold cannot take it."""
+    superthoughts = _is_superthoughts(model)
+    mode = args.mode or ("superthoughts" if superthoughts else "standard")
+    if mode != "standard" and not superthoughts:
+        raise ValueError(f"{args.model} is a plain model; use --mode standard")
+    if args.threshold and mode != "superthoughts":
+        raise ValueError(f"--threshold applies to superthoughts mode, not {mode}")
+    return mode
+
+
+def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: Any, device: str,
+                             problems: list[Problem], mode: str) -> int:
+    """One `evaluate` per --threshold (one output file each), the model loaded once."""
+    thresholds = args.threshold or [None]
+    output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
+    outputs = [output] if len(thresholds) == 1 else [sweep_output(output, t) for t in thresholds]
+    for threshold, path in zip(thresholds, outputs):
+        summary = evaluate(
+            model,
+            tokenizer,
+            args.bench,
+            problems,
+            mode=mode,
+            threshold=threshold,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            output_jsonl=path,
+            progress=not args.no_progress,
+            metadata=run_metadata(args, model, device),
+            resume=args.resume,
+            compile="auto" if args.compile is None else args.compile,
+        )
+        print(format_summary(summary))
+        print(f"records: {path}; summary: {summary_path(path)}")
+    if len(outputs) > 1:
+        print("against a baseline: superthoughts eval --compare BASELINE.jsonl "
+              + " ".join(str(path) for path in outputs) + " --plot tradeoff.png")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``superthoughts eval``; returns the exit status (2 for a usage or data error)."""
     try:
@@ -109,65 +171,19 @@ def run(args: argparse.Namespace) -> int:
             return _run_regrade(args)
         if args.compare:
             return _run_compare(args.compare, args.plot)
-        if args.plot:
-            raise ValueError("--plot goes with --compare A.jsonl B.jsonl [...]")
-        if not args.model or not args.bench:
-            raise ValueError("--model and --bench are required (or use --compare A.jsonl B.jsonl)")
-        check_thresholds(args.threshold)  # before loading the model
-        if args.batch_size < 1 or args.max_new_tokens < 1:
-            raise ValueError(f"--batch-size ({args.batch_size}) and --max-new-tokens ({args.max_new_tokens}) "
-                             "must be >= 1")
-        problems = load_problems(
-            args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field, limit=args.limit
-        )
+        problems = _checked_problems(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"superthoughts eval: error: {error}", file=sys.stderr)
-        return 2
+        return _error(error)
 
     from superthoughts_ext.generate_cli import load_checkpoint
 
     try:
         model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype)
+        mode = _decoding_mode(args, model)
+        # A ValueError from evaluate: e.g. --resume on a file of other settings.
+        return _evaluate_each_threshold(args, model, tokenizer, device, problems, mode)
     except (ValueError, FileNotFoundError) as error:
-        print(f"superthoughts eval: error: {error}", file=sys.stderr)
-        return 2
-    superthoughts = _is_superthoughts(model)
-    mode = args.mode or ("superthoughts" if superthoughts else "standard")
-    if mode != "standard" and not superthoughts:
-        print(f"superthoughts eval: error: {args.model} is a plain model; use --mode standard", file=sys.stderr)
-        return 2
-    thresholds = args.threshold or [None]
-    if args.threshold and mode != "superthoughts":
-        print(f"superthoughts eval: error: --threshold applies to superthoughts mode, not {mode}", file=sys.stderr)
-        return 2
-    output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
-    outputs = [output] if len(thresholds) == 1 else [sweep_output(output, t) for t in thresholds]
-    for threshold, path in zip(thresholds, outputs):
-        try:
-            summary = evaluate(
-                model,
-                tokenizer,
-                args.bench,
-                problems,
-                mode=mode,
-                threshold=threshold,
-                batch_size=args.batch_size,
-                max_new_tokens=args.max_new_tokens,
-                output_jsonl=path,
-                progress=not args.no_progress,
-                metadata=run_metadata(args, model, device),
-                resume=args.resume,
-                compile="auto" if args.compile is None else args.compile,
-            )
-        except ValueError as error:  # e.g. --resume on a file of other settings
-            print(f"superthoughts eval: error: {error}", file=sys.stderr)
-            return 2
-        print(format_summary(summary))
-        print(f"records: {path}; summary: {summary_path(path)}")
-    if len(outputs) > 1:
-        print("against a baseline: superthoughts eval --compare BASELINE.jsonl "
-              + " ".join(str(path) for path in outputs) + " --plot tradeoff.png")
-    return 0
+        return _error(error)
 
 
 def weights_dtype(model: Any) -> str | None:
