@@ -238,12 +238,14 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     """Train (or reuse from the cache) one model from `base` on `data` for `steps` optimizer
     steps: plain SFT when `baseline`, else SuperThoughts fine-tuning."""
     from superthoughts_ext.demo.tokenizer import build_tokenizer
+    from superthoughts_ext.run_info import device_name, git_commit
     from superthoughts_ext.train import TrainOptions, train
 
     marker = directory / DONE_MARKER
     if marker.exists() and not retrain:
         return ModelRun(directory, trained=False, metrics=json.loads(marker.read_text(encoding="utf-8")))
     started = time.perf_counter()
+    commit = git_commit()  # the checkout this training runs (read after it, it could name a later commit)
     options = TrainOptions(
         model=os.fspath(base), data=os.fspath(data), output_dir=os.fspath(directory),
         # The object, not the saved copy: AutoTokenizer reloads a qwen2 checkpoint's tokenizer
@@ -260,13 +262,11 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     )
     result = train(options)
     seconds = time.perf_counter() - started
-    from superthoughts_ext.run_info import device_name, git_commit
-
     # The commit and device say which code and machine trained a model the JSON of a later
     # (cached) run reports on: the cache key holds neither, and other float rounding trains
     # other weights.
     metrics = {"train_seconds": seconds, "global_step": result.global_step,
-               "train_loss": result.metrics.get("train_loss"), "commit": git_commit(),
+               "train_loss": result.metrics.get("train_loss"), "commit": commit,
                "device": device_name(device)}
     marker.write_text(json.dumps(metrics) + "\n", encoding="utf-8")
     return ModelRun(directory, trained=True, train_seconds=seconds, metrics=metrics)
@@ -281,6 +281,7 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
     from superthoughts_ext.run_info import device_name, git_commit
 
     started = time.perf_counter()
+    commit = git_commit()  # at the start: a commit made during the run did not run
     device = resolve_device(device)
     root = cache_root(cache_dir) / cache_key(settings)
     data = root / "train.jsonl"
@@ -306,7 +307,7 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
         "cache_dir": os.fspath(root),
         "device": device_name(device),
         "torch_version": torch.__version__,
-        "commit": git_commit(),
+        "commit": commit,
         "wall_time": time.perf_counter() - started,
     }
 
