@@ -8,7 +8,6 @@ checked and tokenised by `encode_rows` (also used by train_data.py for in-memory
 read from files by `load_jsonl_examples`; the result is an `Examples` list that remembers each
 row's line or row number, so later drops can name them. Kept apart from data.py because none
 of this depends on the unit layout, and the layout and collator need no tokenizer.
-data.py re-exports these names.
 """
 from __future__ import annotations
 
