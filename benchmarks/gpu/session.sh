@@ -43,7 +43,8 @@ stage() {  # stage NAME SECONDS COMMAND...; never runs past DEADLINE seconds aft
 }
 
 nvidia-smi -L | tee -a "$OUT/summary.txt"
-python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
+# setuptools too: pyproject's license table wants >= 77 to become an SPDX string.
+python3 -c "import torch, transformers, setuptools, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'setuptools', setuptools.__version__)" | tee -a "$OUT/summary.txt"
 # Build in place for the H100/H200 only: one arch keeps the build short.
 SUPERTHOUGHTS_CUDA_ARCHS=${SUPERTHOUGHTS_CUDA_ARCHS:-90a} MAX_JOBS=16 \
   stage build 400 python3 setup.py build_ext --inplace
