@@ -126,6 +126,14 @@ def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]])
     return out_file
 
 
+def grade_fields(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary fields that follow from the records' grades: n_correct, accuracy, n_no_box
+    (`summarize` and `superthoughts_ext.eval_regrade` both take them from here)."""
+    n_correct = sum(bool(r["correct"]) for r in records)
+    return {"n_correct": n_correct, "accuracy": n_correct / len(records),
+            "n_no_box": sum(r["extracted"] is None for r in records)}
+
+
 def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_size: int, wall_time: float,
               n_resumed: int, warmup_time: float) -> EvalSummary:
     """The `EvalSummary` of a run's records, resumed ones included (``settings`` as in each record)."""
@@ -134,7 +142,6 @@ def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_
     generation_time = sum(r["time"] for r in records)
     total_tokens = sum(r["tokens"] for r in records)
     total_steps = sum(r["steps"] for r in records)
-    n_correct = sum(r["correct"] for r in records)
     n = len(records)
     return EvalSummary(
         bench=settings["bench"],
@@ -144,9 +151,7 @@ def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_
         max_new_tokens=settings["max_new_tokens"],
         batch_size=batch_size,
         n=n,
-        n_correct=n_correct,
-        accuracy=n_correct / n,
-        n_no_box=sum(r["extracted"] is None for r in records),
+        **grade_fields(records),
         n_hit_limit=sum(r["hit_limit"] for r in records),
         mean_tokens=total_tokens / n,
         mean_steps=total_steps / n,

@@ -23,12 +23,10 @@ from typing import Any
 
 from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import Problem, get_bench, json_lines
-from superthoughts_ext.eval_records import grade_output
+from superthoughts_ext.eval_records import grade_fields, grade_output
 
 # Keys a record needs to be re-graded (and checked against the benchmark).
 REQUIRED_KEYS = ("id", "bench", "output", "correct")
-# Summary fields that follow from the grades; the others (timings, lengths...) stay.
-GRADE_FIELDS = ("n_correct", "accuracy", "n_no_box")
 SHOWN_IDS = 10  # changed ids printed per file
 
 
@@ -155,10 +153,6 @@ def replace_text(path: Path, text: str) -> None:
         raise
 
 
-def _accuracy(records: list[dict[str, Any]]) -> float:
-    return sum(bool(record["correct"]) for record in records) / len(records)
-
-
 def _grade(run: RecordsFile, bench: str, bar: Any) -> tuple[list[str], int]:
     """Re-grade every record of ``run`` in place: the ids of the records that changed and the
     number whose reference changed. Lines of changed records are rewritten in ``run.lines``."""
@@ -182,9 +176,7 @@ def _update_summary(run: RecordsFile, records: list[dict[str, Any]]) -> bool:
     changed on disk."""
     if run.summary is None:
         return False
-    n_correct = sum(bool(record["correct"]) for record in records)
-    grades = {"n_correct": n_correct, "accuracy": n_correct / len(records),
-              "n_no_box": sum(record["extracted"] is None for record in records)}
+    grades = grade_fields(records)  # the other fields (timings, lengths...) stay
     if all(run.summary.get(key) == value for key, value in grades.items()):
         return False
     run.summary.update(grades)
@@ -197,13 +189,13 @@ def regrade_run(run: RecordsFile, bench: str, *, progress: bool = True) -> Regra
     from tqdm.auto import tqdm
 
     records = [record for record in run.records if record is not None]
-    before = _accuracy(records)
+    before = grade_fields(records)["accuracy"]
     with tqdm(total=len(records), desc=f"regrade {run.path.name}", disable=not progress) as bar:
         changed, references = _grade(run, bench, bar)
     if changed:
         replace_text(run.path, "".join(line + "\n" for line in run.lines))
     summary_updated = _update_summary(run, records)
-    return RegradeResult(path=run.path, n=len(records), accuracy_before=before, accuracy_after=_accuracy(records),
+    return RegradeResult(path=run.path, n=len(records), accuracy_before=before, accuracy_after=grade_fields(records)["accuracy"],
                          changed_ids=changed, references_changed=references, summary_updated=summary_updated)
 
 
