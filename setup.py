@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -39,6 +40,17 @@ def cmake_executable() -> str:
         return str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
     except (ImportError, AttributeError):
         return "cmake"
+
+
+def license_metadata() -> dict[str, str]:
+    """The license in the form this setuptools knows.
+
+    setuptools >= 77 reads an SPDX expression (PEP 639) and deprecates the free-text form
+    (an error in its releases after 2027-02-18); older ones know only the free text. Builds
+    run with --no-build-isolation, so the user's setuptools decides.
+    """
+    major = int(setuptools.__version__.split(".")[0])
+    return {"license_expression": "Apache-2.0"} if major >= 77 else {"license": "Apache-2.0"}
 
 
 class CMakeBuild(build_ext):
@@ -90,4 +102,5 @@ class CMakeBuild(build_ext):
 setup(
     ext_modules=[Extension("superthoughts_ext._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
+    **license_metadata(),
 )

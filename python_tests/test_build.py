@@ -48,3 +48,20 @@ def test_cpu_only_route_configures_from_the_torch_folder_alone(tmp_path):
     flags = (tmp_path / "build.ninja").read_text() if (tmp_path / "build.ninja").exists() else ""
     flags += "".join(p.read_text() for p in tmp_path.rglob("flags.make"))
     assert f'SUPERTHOUGHTS_TORCH_VERSION=\\"{torch.__version__.split("+")[0]}\\"' in flags
+
+
+def test_package_metadata_builds_without_setuptools_deprecations(tmp_path):
+    """The license goes in the form the installed setuptools knows: no deprecation warning
+    (setuptools turns its deprecations into errors after their deadline)."""
+    script = (
+        "import warnings\n"
+        "from setuptools import build_meta\n"
+        "from setuptools.warnings import SetuptoolsDeprecationWarning\n"
+        "warnings.simplefilter('error', SetuptoolsDeprecationWarning)\n"
+        f"print(build_meta.prepare_metadata_for_build_wheel({str(tmp_path)!r}))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metadata = (tmp_path / result.stdout.split()[-1] / "METADATA").read_text()
+    assert "Apache-2.0" in metadata
+    assert "Name: superthoughts_ext" in metadata or "Name: superthoughts-ext" in metadata

@@ -43,7 +43,7 @@ stage() {  # stage NAME SECONDS COMMAND...; never runs past DEADLINE seconds aft
 }
 
 nvidia-smi -L | tee -a "$OUT/summary.txt"
-# setuptools too: pyproject's license table wants >= 77 to become an SPDX string.
+# setuptools too: setup.py gives the license as an SPDX expression from 77 on, as free text before.
 python3 -c "import torch, transformers, setuptools, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'setuptools', setuptools.__version__)" | tee -a "$OUT/summary.txt"
 # Build in place for the H100/H200 only: one arch keeps the build short.
 SUPERTHOUGHTS_CUDA_ARCHS=${SUPERTHOUGHTS_CUDA_ARCHS:-90a} MAX_JOBS=16 \
