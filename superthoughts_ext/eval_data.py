@@ -249,6 +249,38 @@ def check_limit(limit: int | None) -> None:
         raise ValueError(f"limit must be >= 1 (or left out for every problem), got {limit}")
 
 
+def _unique_id_field(rows: list[dict[str, Any]], spec: BenchSpec) -> str | None:
+    """The registry's id column when every row has one and no two share it (ids match problems
+    across runs in compare()); None means row numbers serve as ids."""
+    field = next((f for f in spec.id_fields if all(f in row for row in rows)), None)
+    if field is not None and len({str(row[field]) for row in rows}) != len(rows):
+        return None
+    return field
+
+
+def _problem_from_row(row: dict[str, Any], problem_id: str, spec: BenchSpec, p_field: str, a_field: str) -> Problem | None:
+    """One row as a `Problem`; None when its problem, answer or a GPQA option is missing."""
+    question = cell_text(row.get(p_field))
+    # A GPQA answer is one of the options and must read exactly like the others.
+    answer = (cell_text if spec.multiple_choice else format_answer)(row.get(a_field))
+    distractors = [cell_text(row.get(field)) for field in spec.distractor_fields]
+    if question is None or answer is None or None in distractors:
+        return None
+    if not spec.multiple_choice:
+        return Problem(problem_id, question, answer)
+    options, _ = gpqa_options(question, answer, distractors)  # type: ignore[arg-type]
+    message, letter = gpqa_question(question, answer, distractors)  # type: ignore[arg-type]
+    return Problem(problem_id, message, letter, options)
+
+
+def _warn_skipped(bench: str, skipped: list[str]) -> None:
+    if not skipped:
+        return
+    shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+    warnings.warn(f"{bench}: skipped {len(skipped)} row(s) without a problem or answer (ids {shown})",
+                  stacklevel=3)
+
+
 def load_problems(
     bench: str,
     data: str | Path | None = None,
@@ -260,7 +292,7 @@ def load_problems(
     """Load a benchmark as `Problem`s, from ``data`` if given, else from the hub.
 
     Rows whose answer (or GPQA option) is missing or empty are skipped, with one warning
-    giving their count; a missing column is a ValueError naming the columns present.
+    giving their count and ids; a missing column is a ValueError naming the columns present.
     ``problem_field`` / ``answer_field`` override the registry's column names.
     """
     spec = get_bench(bench)
@@ -270,30 +302,20 @@ def load_problems(
         raise ValueError(f"{bench}: no rows in {data or spec.hub_path}")
     p_field = _pick_field(rows, (problem_field,) if problem_field else spec.problem_fields, "problem", bench)
     a_field = _pick_field(rows, (answer_field,) if answer_field else spec.answer_fields, "answer", bench)
-    id_field = next((f for f in spec.id_fields if all(f in row for row in rows)), None)
-    if id_field is not None and len({str(row[id_field]) for row in rows}) != len(rows):
-        id_field = None  # ids must be unique to match problems across runs in compare()
+    id_field = _unique_id_field(rows, spec)
 
     problems: list[Problem] = []
-    skipped = 0
+    skipped: list[str] = []
     for index, row in enumerate(rows):
-        question = cell_text(row.get(p_field))
-        # A GPQA answer is one of the options and must read exactly like the others.
-        answer = (cell_text if spec.multiple_choice else format_answer)(row.get(a_field))
-        distractors = [cell_text(row.get(field)) for field in spec.distractor_fields]
-        if question is None or answer is None or None in distractors:
-            skipped += 1
-            continue
-        options: tuple[str, ...] = ()
-        if spec.multiple_choice:
-            options, _ = gpqa_options(question, answer, distractors)  # type: ignore[arg-type]
-            question, answer = gpqa_question(question, answer, distractors)  # type: ignore[arg-type]
         problem_id = str(row[id_field]) if id_field is not None else str(index)
-        problems.append(Problem(problem_id, question, answer, options))
+        problem = _problem_from_row(row, problem_id, spec, p_field, a_field)
+        if problem is None:
+            skipped.append(problem_id)
+            continue
+        problems.append(problem)
         if limit is not None and len(problems) >= limit:
             break
-    if skipped:
-        warnings.warn(f"{bench}: skipped {skipped} row(s) without a problem or answer", stacklevel=2)
+    _warn_skipped(bench, skipped)
     if not problems:
         raise ValueError(f"{bench}: every row lacks a problem or an answer")
     return problems
