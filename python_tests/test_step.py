@@ -102,6 +102,28 @@ def test_merge_odd_sizes(device, dtype, batch, hidden):
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
 
 
+def test_merge_widens_every_float16_weight_exactly():
+    # Float16 weights are widened by the vector kernels themselves (vcvtph2ps, or bit arithmetic
+    # in the baseline variant). With a one-hot first embedding (column j) and a zero second one,
+    # next_in = W[:, j] exactly: every finite float16 value, subnormals and +-65504 included,
+    # goes through once. B = 1: the merge stays in this kernel whatever the CPU's GEMM support.
+    hidden = 1536
+    finite = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    finite = finite[torch.isfinite(finite)]
+    columns = -(-finite.numel() // hidden)
+    weight = torch.zeros(hidden, 2 * hidden, dtype=torch.float16)
+    weight[:, :columns] = torch.cat([finite, finite[: columns * hidden - finite.numel()]]).view(columns, hidden).T
+    embed = torch.cat([torch.eye(hidden), torch.zeros(1, hidden)]).to(torch.float16)  # row `hidden`: the pad
+    pad = hidden
+    for j in range(columns):
+        logits = torch.full((2, 1, hidden + 1), -1.0, dtype=torch.float16)
+        logits[:, 0, j] = 1.0
+        tokens, _, _, next_in = superthoughts_step(
+            logits, embed, weight, None, torch.zeros(1, dtype=torch.bool), pad, EOS, 1.0)
+        assert tokens[0].tolist() == [j, -1]
+        assert torch.equal(next_in[0].float(), weight[:, j].float()), f"column {j}"
+
+
 @pytest.mark.parametrize("grid,schedule_seed", [(1, 0), (2, 0), (3, 12345), (80, 0)], ids=str)
 @pytest.mark.parametrize(
     "shape,dtype",

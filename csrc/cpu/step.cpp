@@ -32,6 +32,11 @@ constexpr int64_t kMergeTile = 1536;
 constexpr int64_t kBlasMinBatch = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// The op's three floating types (check_step_inputs refuses others), so no double kernels.
+#define SUPERTHOUGHTS_STEP_TYPES(...)                                             \
+  AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) \
+  AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)
+
 struct Partial {
   float max = kNegInf;
   int64_t argmax = -1;
@@ -57,8 +62,8 @@ float load_chunk(const scalar_t* row, int64_t begin, int64_t n, float* buf) {
   } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
     return vec.copy_finite_max_bf16(reinterpret_cast<const uint16_t*>(row + begin), buf, n);
   } else {
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(row[begin + i]);
-    return vec.copy_finite_max_f32(buf, buf, n);
+    static_assert(std::is_same_v<scalar_t, at::Half>);
+    return vec.copy_finite_max_f16(reinterpret_cast<const cpu::Float16Bits*>(row + begin), buf, n);
   }
 }
 
@@ -195,18 +200,17 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
   at::parallel_for(0, hidden, 16, [&](int64_t begin, int64_t end) {
     // Tiles of the reduction dim keep the batch's slice of `pairs` in L1 while this thread's
     // weight rows stream past it once.
-    std::vector<float> acc((end - begin) * batch, 0.0f), converted(2 * kMergeTile);
-    // Row i of W from column k0: fp32 and bf16 rows go to the vector kernels as they are
-    // (bf16 as raw bits, widened in registers); fp16 rows are widened into `converted` slot j.
-    auto weight_row = [&](int64_t i, int64_t k0, int64_t width, int j) {
+    std::vector<float> acc((end - begin) * batch, 0.0f);
+    // Row i of W from column k0, as the vector kernels take it: fp32 as it is, bf16 and fp16
+    // as raw bits (widened in registers).
+    auto weight_row = [&](int64_t i, int64_t k0) {
       if constexpr (std::is_same_v<embed_t, float>) {
         return w + i * k2 + k0;
       } else if constexpr (std::is_same_v<embed_t, at::BFloat16>) {
         return reinterpret_cast<const uint16_t*>(w) + i * k2 + k0;
       } else {
-        float* dst = converted.data() + j * kMergeTile;
-        for (int64_t k = 0; k < width; ++k) dst[k] = static_cast<float>(w[i * k2 + k0 + k]);
-        return static_cast<const float*>(dst);
+        static_assert(std::is_same_v<embed_t, at::Half>);
+        return reinterpret_cast<const cpu::Float16Bits*>(w) + i * k2 + k0;
       }
     };
     for (int64_t k0 = 0; k0 < k2; k0 += kMergeTile) {
@@ -215,10 +219,9 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
       int64_t i = begin;
       for (; i + 2 <= end; i += 2) {  // two output features per pass over the batch rows
         float* out0 = &acc[(i - begin) * batch];
-        vec.dot2(weight_row(i, k0, width, 0), weight_row(i + 1, k0, width, 1), x, batch, width, k2, out0,
-                 out0 + batch);
+        vec.dot2(weight_row(i, k0), weight_row(i + 1, k0), x, batch, width, k2, out0, out0 + batch);
       }
-      if (i < end) vec.dot(weight_row(i, k0, width, 0), x, batch, width, k2, &acc[(i - begin) * batch]);
+      if (i < end) vec.dot(weight_row(i, k0), x, batch, width, k2, &acc[(i - begin) * batch]);
     }
     for (int64_t i = begin; i < end; ++i) {
       const float add = bias_ptr ? static_cast<float>(bias_ptr[i]) : 0.0f;
@@ -246,7 +249,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
   bool* done = finished.mutable_data_ptr<bool>();
   std::vector<Partial> parts(2 * s.batch * chunks);  // [head, row, chunk]
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "superthoughts_step_cpu", [&] {
+  AT_DISPATCH_SWITCH(logits.scalar_type(), "superthoughts_step_cpu", SUPERTHOUGHTS_STEP_TYPES([&] {
     const scalar_t* base = logits.const_data_ptr<scalar_t>();
     const int64_t head_stride = logits.stride(0), row_stride = logits.stride(1);
     at::parallel_for(0, 2 * s.batch * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -260,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
         parts[task] = reduce_chunk(row, lo, hi, b, static_cast<int>(head), sample, buf.data());
       }
     });
-  });
+  }));
 
   int64_t* tok = tokens.mutable_data_ptr<int64_t>();
   int32_t* count = n_new.mutable_data_ptr<int32_t>();
@@ -289,10 +292,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
     second[b] = accept ? mtp.token : pad_id;
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, embed.scalar_type(), "superthoughts_step_cpu_merge", [&] {
+  AT_DISPATCH_SWITCH(embed.scalar_type(), "superthoughts_step_cpu_merge", SUPERTHOUGHTS_STEP_TYPES([&] {
     merge_next_inputs<scalar_t>(embed, merge_weight, merge_bias, first.data(), second.data(),
                                 s.batch, next_in);
-  });
+  }));
   return {tokens, n_new, conf, next_in};
 }
 

@@ -94,12 +94,32 @@ static inline float bf16_to_float(uint16_t bits) {
   return x;
 }
 
-// Inputs of the kernels below: float32, or bfloat16 as raw bits (uint16_t) widened in
+// A float16 widens through the conversion instruction where the variant has one (F16C for
+// 8 lanes, AVX-512F for 16), lane by lane in the baseline variant.
+static inline vf load_f16(const Float16Bits* p) {
+#if defined(SUPERTHOUGHTS_VEC_F16C) && SUPERTHOUGHTS_VEC_LANES == 16
+  __m256i bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return bit_cast_vec<vf>(_mm512_cvtph_ps(bits));
+#elif defined(SUPERTHOUGHTS_VEC_F16C) && SUPERTHOUGHTS_VEC_LANES == 8
+  __m128i bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return bit_cast_vec<vf>(_mm256_cvtph_ps(bits));
+#else
+  vf v;
+  for (int64_t k = 0; k < kLanes; ++k) v[k] = half_bits_to_float(p[k].bits);
+  return v;
+#endif
+}
+
+// Inputs of the kernels below: float32, or bfloat16 / float16 as raw bits widened in
 // registers, so 16-bit logits and weights stream from memory at half the bytes.
 static inline vf load_as_float(const float* p) { return load(p); }
 static inline vf load_as_float(const uint16_t* p) { return load_bf16(p); }
+static inline vf load_as_float(const Float16Bits* p) { return load_f16(p); }
 static inline float value_at(const float* p, int64_t i) { return p[i]; }
 static inline float value_at(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+static inline float value_at(const Float16Bits* p, int64_t i) { return half_bits_to_float(p[i].bits); }
 
 // dst = src as float32 with NaN mapped to -inf; returns max(dst).
 template <typename Src>
