@@ -4,7 +4,11 @@
 // torch.ops.superthoughts_ext.* so they work under torch.compile and in CUDA graphs.
 #include <Python.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <torch/library.h>
+
+#include <string>
+#include <vector>
 
 #ifndef SUPERTHOUGHTS_VERSION
 #define SUPERTHOUGHTS_VERSION "0.0.0"
@@ -17,7 +21,8 @@
 #endif
 
 namespace superthoughts {
-const char* cpu_vector_isa();  // csrc/cpu/step.cpp
+const char* cpu_vector_isa();                  // csrc/cpu/step.cpp
+std::vector<std::string> cpu_16bit_matmul();  // csrc/cpu/step.cpp
 }
 
 TORCH_LIBRARY(superthoughts_ext, m) {
@@ -54,4 +59,6 @@ PYBIND11_MODULE(_C, module) {
   // (or SUPERTHOUGHTS_CPU_ISA), and a bad override must not break the import.
   module.def("cpu_vector_isa", [] { return std::string(superthoughts::cpu_vector_isa()); },
              "The vector instruction set the CPU kernel runs with (avx512, avx2_fma, avx_fma, baseline)");
+  module.def("cpu_16bit_matmul", &superthoughts::cpu_16bit_matmul,
+             "The 16-bit types the CPU multiplies in hardware: their merges of 2+ rows use torch's GEMM");
 }

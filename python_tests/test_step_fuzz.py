@@ -130,19 +130,22 @@ def test_temperature_beyond_float32_never_draws_a_masked_token(device, temperatu
     assert (want[0] % 4 == 3).all()  # the only unmasked tokens (EOS is masked: both always drawn)
 
 
-@pytest.mark.parametrize("batch", [3, 17])  # 17 fp32 rows take the BLAS path
+# 17 fp32 rows take the BLAS path; 16-bit merges of 2+ rows take torch's GEMM where the CPU
+# multiplies that type in hardware (build_info()["cpu_16bit_matmul"]).
+@pytest.mark.parametrize("batch", [3, 17])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_merge_weight_that_requires_grad(batch, with_bias):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_merge_weight_that_requires_grad(batch, with_bias, dtype):
     # A model's parameters outside no_grad: the op is not differentiable, but it must run.
     gen = torch.Generator().manual_seed(1)
-    logits, embed = torch.randn(2, batch, 50, generator=gen), torch.randn(50, 8, generator=gen)
-    weight = torch.randn(8, 16, generator=gen).requires_grad_()
-    bias = torch.randn(8, generator=gen).requires_grad_() if with_bias else None
+    logits, embed = torch.randn(2, batch, 50, generator=gen), torch.randn(50, 8, generator=gen).to(dtype)
+    weight = torch.randn(8, 16, generator=gen).to(dtype).requires_grad_()
+    bias = torch.randn(8, generator=gen).to(dtype).requires_grad_() if with_bias else None
     finished = torch.zeros(batch, dtype=torch.bool)
     got = superthoughts_step(logits, embed, weight, bias, finished.clone(), 0, 1, 0.5)
     want = superthoughts_step_ref(logits, embed, weight, bias, finished.clone(), 0, 1, 0.5, 0.0, 0.0, 0, 0)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
-    rtol, atol = NEXT_IN_TOL[torch.float32]
+    rtol, atol = NEXT_IN_TOL[dtype]
     torch.testing.assert_close(got[3].detach(), want[3].detach(), rtol=rtol, atol=atol)
 
 

@@ -52,3 +52,25 @@ def test_unknown_isa_override_is_a_clear_error():
     result = run_with_isa("sse9", "-c", code)
     assert result.returncode != 0
     assert "SUPERTHOUGHTS_CPU_ISA=sse9" in result.stderr and "baseline" in result.stderr
+
+
+def cpu_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def test_16bit_matmul_follows_the_cpu_flags_and_the_variant():
+    # The CPU kernel hands 16-bit merges to torch's GEMM only where the CPU multiplies that type
+    # in hardware; a forced lesser variant (a stand-in for an older CPU) keeps them in the loop.
+    info = superthoughts_ext.build_info()
+    flags = cpu_flags()
+    if flags is None or info["cpu_vector_isa"] != "avx512":
+        pytest.skip("needs an AVX-512 x86 CPU with /proc/cpuinfo")
+    expected = [name for name, flag in (("bfloat16", "avx512_bf16"), ("float16", "avx512_fp16")) if flag in flags]
+    assert info["cpu_16bit_matmul"] == expected
+    forced = run_with_isa("avx2_fma", "-c", "import superthoughts_ext; print(superthoughts_ext.build_info()['cpu_16bit_matmul'])")
+    assert forced.returncode == 0 and forced.stdout.strip() == "[]", forced.stderr[-2000:]

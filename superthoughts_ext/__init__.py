@@ -12,8 +12,10 @@ __version__ = "0.1.0"
 
 def build_info() -> dict[str, object]:
     """How the compiled core was built: package and torch versions, CUDA on/off, CUDA archs,
-    whether OpenMP was on (the CPU kernel's at::parallel_for is serial without it), and the
-    vector instruction set the CPU kernel runs with on this machine (`cpu_vector_isa`)."""
+    whether OpenMP was on (the CPU kernel's at::parallel_for is serial without it), the
+    vector instruction set the CPU kernel runs with on this machine (`cpu_vector_isa`), and
+    the 16-bit types this CPU multiplies in hardware (`cpu_16bit_matmul`: the CPU kernel hands
+    their merge projections of 2+ rows to torch's GEMM, which is then the faster one)."""
     import torch  # noqa: F401  (loads libtorch, which _C links against)
 
     from superthoughts_ext import _C
@@ -25,6 +27,7 @@ def build_info() -> dict[str, object]:
         "cuda_archs": _C.cuda_archs,
         "openmp": bool(_C.openmp),
         "cpu_vector_isa": _C.cpu_vector_isa(),
+        "cpu_16bit_matmul": list(_C.cpu_16bit_matmul()),
     }
 
 

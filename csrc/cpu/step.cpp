@@ -12,6 +12,7 @@
 #include <cmath>
 #include <type_traits>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "../kernels/confidence.h"
@@ -28,7 +29,7 @@ constexpr int64_t kVocabChunk = 16384;
 // Reduction-dim tile of the merge projection: 8 batch rows x 1536 floats = 48 KiB stay in L1/L2
 // while this thread's weight rows stream past.
 constexpr int64_t kMergeTile = 1536;
-// Above this many rows an fp32 merge goes through the BLAS GEMM (see merge_next_inputs).
+// Above this many rows an fp32 merge goes through the BLAS GEMM (see library_gemm_is_faster).
 constexpr int64_t kBlasMinBatch = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -153,6 +154,34 @@ HeadResult merge_partials(const Partial* parts, int64_t chunks, bool sampling, i
   return {token, confidence_of(ones, rest), ones, rest, true};
 }
 
+// Whether torch's GEMM computes this merge faster than the loop in merge_next_inputs. fp32:
+// from 17 rows on its register blocking wins (B = 64, H = 1536 on a 2-core AVX2 VM: 8.8 ms vs
+// 11.1 ms; B = 8: 1.53 ms vs 1.84 ms for the whole step the other way). bf16 / fp16: from 2 rows
+// on where the CPU multiplies the type in hardware and torch hands it to oneDNN (2-core Xeon
+// with AMX, H = 1536, bf16: B = 8 0.33 ms vs 0.93 ms, B = 64 0.65 ms vs 8.0 ms); elsewhere
+// torch's own 16-bit GEMM is the slower one (B = 64: 16 ms vs 8 ms).
+template <typename embed_t>
+bool library_gemm_is_faster(const cpu::VecKernels& vec, int64_t batch) {
+  if constexpr (std::is_same_v<embed_t, float>) {
+    return batch > kBlasMinBatch;
+  } else {
+    const bool hardware = std::is_same_v<embed_t, at::BFloat16> ? vec.bf16_hardware : vec.fp16_hardware;
+    return hardware && batch >= 2 && at::globalContext().userEnabledMkldnn();
+  }
+}
+
+// dst row b = [table row first[b], table row second[b]]: the merge's [B, 2H] input.
+template <typename src_t, typename dst_t>
+void gather_pairs(const src_t* table, int64_t row_stride, const int64_t* first, const int64_t* second,
+                  int64_t batch, int64_t hidden, dst_t* dst) {
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t k = 0; k < hidden; ++k) {
+      dst[b * 2 * hidden + k] = static_cast<dst_t>(table[first[b] * row_stride + k]);
+      dst[b * 2 * hidden + hidden + k] = static_cast<dst_t>(table[second[b] * row_stride + k]);
+    }
+  }
+}
+
 template <typename embed_t>
 void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>& weight,
                        const std::optional<at::Tensor>& bias, const int64_t* first,
@@ -161,42 +190,28 @@ void merge_next_inputs(const at::Tensor& embed, const std::optional<at::Tensor>&
   const embed_t* table = embed.const_data_ptr<embed_t>();
   embed_t* out = next_in.mutable_data_ptr<embed_t>();
   if (!weight.has_value()) {
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t k = 0; k < hidden; ++k) {
-        out[b * 2 * hidden + k] = table[first[b] * row_stride + k];
-        out[b * 2 * hidden + hidden + k] = table[second[b] * row_stride + k];
-      }
+    gather_pairs(table, row_stride, first, second, batch, hidden, out);
+    return;
+  }
+  const cpu::VecKernels& vec = cpu::vec_kernels();
+  if (library_gemm_is_faster<embed_t>(vec, batch)) {
+    at::Tensor x = at::empty({batch, 2 * hidden}, embed.options());
+    gather_pairs(table, row_stride, first, second, batch, hidden, x.mutable_data_ptr<embed_t>());
+    // Below autograd, as a backend kernel runs: out= ops refuse weights that require grad
+    // (a model's parameters outside no_grad), which the loop below takes as they are.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    if (bias.has_value()) {
+      at::addmm_out(next_in, *bias, x, weight->t());
+    } else {
+      at::mm_out(next_in, x, weight->t());
     }
     return;
   }
   std::vector<float> pairs(batch * 2 * hidden);  // [B, 2H] in fp32
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t k = 0; k < hidden; ++k) {
-      pairs[b * 2 * hidden + k] = static_cast<float>(table[first[b] * row_stride + k]);
-      pairs[b * 2 * hidden + hidden + k] = static_cast<float>(table[second[b] * row_stride + k]);
-    }
-  }
-  if constexpr (std::is_same_v<embed_t, float>) {
-    // fp32 and many rows: the BLAS GEMM's register blocking wins (B = 64, H = 1536 on a
-    // 2-core AVX2 VM: 8.8 ms vs 11.1 ms); for few rows the loop below streams W faster
-    // (B = 8: 1.53 ms vs 1.84 ms for the whole step).
-    if (batch > kBlasMinBatch) {
-      // Below autograd, as a backend kernel runs: out= ops refuse weights that require grad
-      // (a model's parameters outside no_grad), which the loop below takes as they are.
-      const at::AutoDispatchBelowADInplaceOrView below_autograd;
-      const at::Tensor x = at::from_blob(pairs.data(), {batch, 2 * hidden}, at::kFloat);
-      if (bias.has_value()) {
-        at::addmm_out(next_in, *bias, x, weight->t());
-      } else {
-        at::mm_out(next_in, x, weight->t());
-      }
-      return;
-    }
-  }
+  gather_pairs(table, row_stride, first, second, batch, hidden, pairs.data());
   const embed_t* w = weight->const_data_ptr<embed_t>();
   const embed_t* bias_ptr = bias.has_value() ? bias->const_data_ptr<embed_t>() : nullptr;
   const int64_t k2 = 2 * hidden;
-  const cpu::VecKernels& vec = cpu::vec_kernels();
   at::parallel_for(0, hidden, 16, [&](int64_t begin, int64_t end) {
     // Tiles of the reduction dim keep the batch's slice of `pairs` in L1 while this thread's
     // weight rows stream past it once.
@@ -302,6 +317,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
 }  // namespace
 
 const char* cpu_vector_isa() { return cpu::vec_kernels().name; }
+
+std::vector<std::string> cpu_16bit_matmul() {
+  const cpu::VecKernels& vec = cpu::vec_kernels();
+  std::vector<std::string> types;
+  if (vec.bf16_hardware) types.emplace_back("bfloat16");
+  if (vec.fp16_hardware) types.emplace_back("float16");
+  return types;
+}
 
 TORCH_LIBRARY_IMPL(superthoughts_ext, CPU, m) {
   m.impl("superthoughts_step", &superthoughts_step_cpu);

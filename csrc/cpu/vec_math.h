@@ -1,6 +1,6 @@
-// CPU vector kernels of the step op, compiled four times (AVX-512, AVX2+FMA, AVX+FMA, baseline
-// x86-64) from vec_math_impl.h and picked once at run time from the CPU's features, so one
-// binary is fast on every x86-64 machine without -march flags. The environment variable
+// CPU vector kernels of the step op, compiled four times (AVX-512, AVX2+FMA, AVX+FMA, each with
+// F16C, and baseline x86-64) from vec_math_impl.h and picked once at run time from the CPU's
+// features, so one binary is fast on every x86-64 machine without -march flags. The environment variable
 // SUPERTHOUGHTS_CPU_ISA names a variant to use instead (tests run every one this CPU can).
 // Plain C++, no torch headers.
 #pragma once
@@ -89,6 +89,11 @@ struct VecKernels {
   void (*dot2_against_rows_f16)(const Float16Bits*, const Float16Bits*, const float*, int64_t, int64_t, int64_t,
                                 float*, float*);
   const char* name;
+  // Set on the AVX-512 variant when the CPU also multiplies bfloat16 / float16 in hardware
+  // (AVX512-BF16, AVX512-FP16; AMX machines have both): torch's GEMM then outruns the merge
+  // loop of step.cpp for those types.
+  bool bf16_hardware = false;
+  bool fp16_hardware = false;
 
   // The dot kernels picked by the weight rows' element type (float32, bfloat16 or float16 bits).
   void dot(const float* w, const float* x, int64_t rows, int64_t k, int64_t ldx, float* out) const {
@@ -128,7 +133,12 @@ inline int supported_variants(VecKernels* out) {
   const bool fma_f16c = __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && fma_f16c) {
-    out[n++] = SUPERTHOUGHTS_VEC_KERNELS(avx512);
+    out[n] = SUPERTHOUGHTS_VEC_KERNELS(avx512);
+#if __GNUC__ >= 12  // the feature names below are GCC 12's
+    out[n].bf16_hardware = __builtin_cpu_supports("avx512bf16");
+    out[n].fp16_hardware = __builtin_cpu_supports("avx512fp16");
+#endif
+    ++n;
   }
   if (__builtin_cpu_supports("avx2") && fma_f16c) out[n++] = SUPERTHOUGHTS_VEC_KERNELS(avx2_fma);
   if (__builtin_cpu_supports("avx") && fma_f16c) out[n++] = SUPERTHOUGHTS_VEC_KERNELS(avx_fma);
