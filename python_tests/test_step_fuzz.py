@@ -226,6 +226,33 @@ def test_confidence_across_vocab_pieces(device, small_at, max_at, gap, accepted)
         torch.testing.assert_close(got[2].cpu(), want[2], rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ties", [3, 7, 40000], ids=lambda k: f"{k}_maxima")
+def test_confidence_of_tied_maxima(device, ties):
+    # k equal maxima and nothing else: conf is exactly 1/k, so the largest float32 threshold
+    # at or below 1/k is reached and the next float32 above it is not. The maxima sit in one vector, in a chunk's tail, in
+    # other CPU chunks and emulated blocks; 40000 is a row of nothing but maxima.
+    vocab = 40000
+    logits = torch.full((2, 1, vocab), float("-inf"))
+    logits[0, 0, 5] = 0.0
+    places = torch.tensor([1, 2, 16383, 16384, 20001, 39999, 9][:ties]) if ties < vocab else torch.arange(vocab)
+    logits[1, 0, places] = 2.5
+    embed = torch.randn(vocab, 4, generator=torch.Generator().manual_seed(0))
+    device_t = tensor_device(device)
+    below = torch.tensor(1.0 / ties, dtype=torch.float32)
+    if below.double() > 1.0 / ties:
+        below = torch.nextafter(below, torch.tensor(0.0))
+    above = torch.nextafter(below, torch.tensor(2.0))
+    for threshold, accepted in ((below.item(), True), (above.item(), False)):
+        got = step_on(device)(logits.to(device_t), embed.to(device_t), None, None,
+                              torch.zeros(1, dtype=torch.bool, device=device_t), 0, 1, threshold)
+        want = superthoughts_step_ref(logits, embed, None, None, torch.zeros(1, dtype=torch.bool), 0, 1, threshold,
+                                      0.0, 0.0, 0, 0)
+        assert want[1].item() == got[1].item() == 1 + accepted
+        assert got[0][0, 1].item() == (int(places.min()) if accepted else -1)  # lowest index wins the tie
+        assert got[2][0, 1].item() == want[2][0, 1].item() == torch.tensor(1.0 / ties, dtype=torch.float32).item()
+
+
 def test_reference_compiles_in_one_graph():
     # generate(use_kernels=False) can run the reference inside a fullgraph compiled step: the
     # confidence rule must not leave tensor land (an .item() would break the graph).

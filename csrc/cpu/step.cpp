@@ -96,13 +96,9 @@ Partial reduce_chunk(const scalar_t* row, int64_t begin, int64_t end, int64_t ba
     }
   }
   if (std::isfinite(p.max)) {
-    // The maxima leave the sum as a count (overwritten with -inf, whose exp is 0), so that the
-    // small terms of a near one-hot row are not rounded away against their 1s.
-    for (int64_t i = first; i < n; i += 1 + vec.first_index_of(buf + i + 1, n - i - 1, p.max)) {
-      buf[i] = kNegInf;
-      p.ones += 1.0f;
-    }
-    p.rest = vec.sum_exp(buf, n, p.max);
+    // The maxima leave the sum as a count, so that the small terms of a near one-hot row are
+    // not rounded away against their 1s.
+    p.rest = vec.softmax_sum_parts(buf, n, p.max, &p.ones);
   }
   return p;
 }

@@ -77,7 +77,7 @@ struct VecKernels {
   float (*copy_finite_max_bf16)(const uint16_t*, float*, int64_t);
   float (*copy_finite_max_f16)(const Float16Bits*, float*, int64_t);
   int64_t (*first_index_of)(const float*, int64_t, float);
-  float (*sum_exp)(const float*, int64_t, float);
+  float (*softmax_sum_parts)(const float*, int64_t, float, float*);
   void (*dot_against_rows)(const float*, const float*, int64_t, int64_t, int64_t, float*);
   void (*dot2_against_rows)(const float*, const float*, const float*, int64_t, int64_t, int64_t, float*, float*);
   // The same with bfloat16 weight rows (raw bits).
@@ -121,7 +121,7 @@ struct VecKernels {
 
 #define SUPERTHOUGHTS_VEC_KERNELS(ns) \
   VecKernels { &ns::copy_finite_max<float>, &ns::copy_finite_max<uint16_t>, &ns::copy_finite_max<Float16Bits>, \
-              &ns::first_index_of, &ns::sum_exp, &ns::dot_against_rows<float>, &ns::dot2_against_rows<float>, \
+              &ns::first_index_of, &ns::softmax_sum_parts, &ns::dot_against_rows<float>, &ns::dot2_against_rows<float>, \
               &ns::dot_against_rows<uint16_t>, &ns::dot2_against_rows<uint16_t>, &ns::dot_against_rows<Float16Bits>, \
               &ns::dot2_against_rows<Float16Bits>, #ns }
 

@@ -164,19 +164,31 @@ static int64_t first_index_of(const float* buf, int64_t n, float value) {
   return n;
 }
 
-// sum_i exp(buf[i] - shift), shift finite and >= every buf[i].
-static float sum_exp(const float* buf, int64_t n, float shift) {
+// The softmax sum of a chunk in two parts, shift = its maximum (finite, >= every buf[i]):
+// returns the sum of exp(buf[i] - shift) over the elements below the maximum and writes to
+// `ones` how many equal it (each adds exactly 1; confidence.h keeps them apart). One pass, so
+// a row of many tied maxima costs no more than any other.
+static float softmax_sum_parts(const float* buf, int64_t n, float shift, float* ones) {
   vf acc0 = splat(0.0f), acc1 = splat(0.0f);
-  const vf s = splat(shift);
+  vi ties{};  // per lane: how many elements equal the maximum
+  const vf s = splat(shift), zero = splat(0.0f);
+  auto below_max = [&](vf x) {
+    const vi at_max = x == s;
+    ties -= at_max;  // a true lane is -1
+    return select(at_max, zero, exp_nonpositive(x - s));
+  };
   int64_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    acc0 += exp_nonpositive(load(buf + i) - s);
-    acc1 += exp_nonpositive(load(buf + i + kLanes) - s);
+    acc0 += below_max(load(buf + i));
+    acc1 += below_max(load(buf + i + kLanes));
   }
-  for (; i + kLanes <= n; i += kLanes) acc0 += exp_nonpositive(load(buf + i) - s);
+  for (; i + kLanes <= n; i += kLanes) acc0 += below_max(load(buf + i));
   float tail[kLanes];
   for (int64_t k = 0; k < kLanes; ++k) tail[k] = i + k < n ? buf[i + k] : -std::numeric_limits<float>::infinity();
-  acc1 += exp_nonpositive(load(tail) - s);
+  acc1 += below_max(load(tail));
+  int64_t count = 0;
+  for (int64_t k = 0; k < kLanes; ++k) count += ties[k];
+  *ones = static_cast<float>(count);
   return horizontal_sum(acc0 + acc1);
 }
 
