@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph-windows", type=int_at_least(1), default=decode_loop.GRAPH_WINDOWS,
                         help=f"CUDA graphs per call at most, one per span of >= {decode_loop.GRAPH_MIN_SPAN} decode "
                              "columns (1: every step attends over the whole cache)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
     parser.add_argument("--output", type=Path, default=None, help="JSON (default: results/generate_<device>.json)")
 

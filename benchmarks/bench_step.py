@@ -23,7 +23,7 @@ import torch.utils.benchmark as tbench
 import superthoughts_ext
 from superthoughts_ext.ops import superthoughts_step
 from superthoughts_ext.reference import superthoughts_step_ref
-from superthoughts_ext.run_info import device_name, git_commit
+from superthoughts_ext.run_info import device_name, git_commit, int_at_least
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,10 +32,10 @@ PAD, EOS, THRESHOLD = 0, 2, 0.9
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     on_gpu = torch.cuda.is_available()
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64, 256] if on_gpu else [1, 8, 64],
+    parser.add_argument("--batch", type=int_at_least(1), nargs="+", default=[1, 8, 64, 256] if on_gpu else [1, 8, 64],
                         help="rows B per step")
-    parser.add_argument("--vocab", type=int, default=151936, help="vocabulary size V")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1536, 3584] if on_gpu else [1536],
+    parser.add_argument("--vocab", type=int_at_least(1), default=151936, help="vocabulary size V")
+    parser.add_argument("--hidden", type=int_at_least(1), nargs="+", default=[1536, 3584] if on_gpu else [1536],
                         help="hidden sizes H (1536: 1.5B, 3584: 7B)")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"],
                         help="logits and embedding dtypes")

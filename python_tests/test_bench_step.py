@@ -74,3 +74,14 @@ def test_graph_replay_sets_share_the_embedding_but_pick_other_rows() -> None:
     second = superthoughts_step(*copy, *args)
     assert not torch.equal(first[0], second[0])  # other tokens, so other embedding rows
     assert not bool(copy[4].any())
+
+
+@pytest.mark.parametrize("option,value", [("--batch", "0"), ("--vocab", "0"), ("--hidden", "-1")])
+def test_bench_step_refuses_empty_shapes(option, value, capsys) -> None:
+    # A B = 0 run would time nothing, print absurd bandwidths and overwrite the results file.
+    parser = argparse.ArgumentParser()
+    load_benchmark("step").add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([option, value])
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and "must be >= 1" in err
