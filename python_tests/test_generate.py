@@ -163,6 +163,28 @@ def test_kernels_match_reference(model, mode: str, temperature: float) -> None:
         assert generate(model, ids, mask, use_kernels=True, **{**kwargs, "seed": 8}).sequences != fast.sequences
 
 
+@pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_16bit_models_kernels_match_reference_and_transformers(model, backbone, dtype) -> None:
+    # A model loaded in bf16 / fp16 (--dtype, or a GPU's default): the step op reads 16-bit
+    # logits and merges in the embeddings' type, on the CPU through the vector kernels or,
+    # where the CPU multiplies that type in hardware, torch's GEMM. Same tokens as the
+    # reference step in every mode, and standard decoding still equals transformers'.
+    ids, mask = left_pad(PROMPTS)
+    low, low_backbone = copy.deepcopy(model).to(dtype), copy.deepcopy(backbone).to(dtype)
+    for mode in MODES:
+        kwargs = dict(max_new_tokens=40, mode=mode, threshold=MIXED_THRESHOLD)
+        fast = generate(low, ids, mask, use_kernels=True, **kwargs)
+        assert fast.sequences == generate(low, ids, mask, use_kernels=False, **kwargs).sequences, mode
+        check_stats(fast, 40)
+        if mode == "pairs":  # every step a pair but a last one that ends in EOS
+            assert all(pairs >= steps - 1 for pairs, steps in zip(fast.num_pair_steps, fast.num_steps))
+    ours = generate(low_backbone, ids, mask, max_new_tokens=40, mode="standard")
+    theirs = low_backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, do_sample=False,
+                                   eos_token_id=EOS, pad_token_id=PAD)
+    assert ours.sequences == [until_eos(row, EOS) for row in theirs[:, ids.shape[1]:].tolist()]
+
+
 @pytest.mark.skipif(cuda_emulation.cuda_include_dir() is None, reason="the CUDA emulation needs the CUDA toolkit's headers")
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("mode", MODES)
