@@ -1,7 +1,8 @@
 // CPU vector kernels of the step op, compiled four times (AVX-512, AVX2+FMA, AVX+FMA, each with
 // F16C, and baseline x86-64) from vec_math_impl.h and picked once at run time from the CPU's
-// features, so one binary is fast on every x86-64 machine without -march flags. The environment variable
-// SUPERTHOUGHTS_CPU_ISA names a variant to use instead (tests run every one this CPU can).
+// features, so one binary is fast on every x86-64 machine without -march flags. The
+// environment variable SUPERTHOUGHTS_CPU_ISA names a variant to use instead (tests run every
+// one this CPU can).
 // Plain C++, no torch headers.
 #pragma once
 #include <cstdint>
