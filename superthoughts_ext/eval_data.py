@@ -226,9 +226,13 @@ def gpqa_question(question: str, correct: str, incorrect: Iterable[str], seed: i
         Answer with the letter of the correct choice (A, B, C or D) in \\boxed{}, e.g. \\boxed{A}.
     """
     options, letter = gpqa_options(question, correct, incorrect, seed)
+    return gpqa_message(question, options), letter
+
+
+def gpqa_message(question: str, options: tuple[str, ...]) -> str:
+    """The user message of `gpqa_question` for options already in letter order."""
     lines = [f"{name}) {option}" for name, option in zip("ABCD", options)]
-    message = f"{question.strip()}\n\n" + "\n".join(lines) + f"\n\n{GPQA_INSTRUCTION}"
-    return message, letter
+    return f"{question.strip()}\n\n" + "\n".join(lines) + f"\n\n{GPQA_INSTRUCTION}"
 
 
 def _pick_field(rows: list[dict[str, Any]], fields: tuple[str, ...], what: str, bench: str) -> str:
@@ -268,9 +272,8 @@ def _problem_from_row(row: dict[str, Any], problem_id: str, spec: BenchSpec, p_f
         return None
     if not spec.multiple_choice:
         return Problem(problem_id, question, answer)
-    options, _ = gpqa_options(question, answer, distractors)  # type: ignore[arg-type]
-    message, letter = gpqa_question(question, answer, distractors)  # type: ignore[arg-type]
-    return Problem(problem_id, message, letter, options)
+    options, letter = gpqa_options(question, answer, distractors)  # type: ignore[arg-type]
+    return Problem(problem_id, gpqa_message(question, options), letter, options)
 
 
 def _warn_skipped(bench: str, skipped: list[str]) -> None:
