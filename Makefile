@@ -28,11 +28,13 @@ test: build
 # The pins above hold transformers at 5.17.0 (the GPU machine's); pyproject allows up to <6, and
 # transformers renamed and reworked APIs this package uses since (the KV-cache argument, Trainer's
 # special-token alignment and resume metrics). The tests that drive transformers also run against
-# the newest release checked, in a second virtualenv that reuses the extension built in place.
+# the newest release checked, in a second virtualenv that reuses the extension built in place;
+# with the newest accelerate checked too (Trainer's distributed and mixed-precision layer).
 TRANSFORMERS_NEWEST ?= 5.25.0
+ACCELERATE_NEWEST ?= 1.16.0
 NEWEST_VENV ?= .venv-transformers-newest
 NEWEST_PY := $(NEWEST_VENV)/bin/python
-NEWEST_STAMP := $(NEWEST_VENV)/.deps-installed-$(TRANSFORMERS_NEWEST)
+NEWEST_STAMP := $(NEWEST_VENV)/.deps-installed-$(TRANSFORMERS_NEWEST)-$(ACCELERATE_NEWEST)
 TRANSFORMERS_TESTS := test_modeling.py test_modeling_checkpoint.py test_layers.py test_attention.py \
 	test_generate.py test_generate_io.py test_train.py test_train_inputs.py test_train_parallel.py
 
@@ -41,13 +43,14 @@ $(NEWEST_STAMP): requirements-ci.txt
 	$(NEWEST_PY) -m pip install -q --upgrade pip
 	$(NEWEST_PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(NEWEST_PY) -m pip install -q -r requirements-ci.txt
-	$(NEWEST_PY) -m pip install -q transformers==$(TRANSFORMERS_NEWEST)
+	$(NEWEST_PY) -m pip install -q transformers==$(TRANSFORMERS_NEWEST) accelerate==$(ACCELERATE_NEWEST)
 	touch $@
 
 # FutureWarnings are errors there: they announce the next removal this package would trip on.
 test-transformers-newest: build $(NEWEST_STAMP)
-	$(NEWEST_PY) -c "import pathlib, transformers, superthoughts_ext as s; \
+	$(NEWEST_PY) -c "import pathlib, accelerate, transformers, superthoughts_ext as s; \
 		assert transformers.__version__ == '$(TRANSFORMERS_NEWEST)', transformers.__version__; \
+		assert accelerate.__version__ == '$(ACCELERATE_NEWEST)', accelerate.__version__; \
 		assert pathlib.Path(s.__file__).parent == pathlib.Path('superthoughts_ext').resolve(), s.__file__"
 	$(NEWEST_PY) -m pytest -q -p no:cacheprovider -W error::FutureWarning $(addprefix python_tests/,$(TRANSFORMERS_TESTS))
 
