@@ -265,6 +265,40 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> d
     return {mode: finish(prepared[mode][1], statistics.median(rounds[mode]), device) for mode in modes}
 
 
+def add_ratios(row: dict[str, dict[str, Any]]) -> None:
+    """Adds to every measured mode of a shape its speedup (and FLOP ratio) over the plain
+    baseline, and to the SuperThoughts modes their speedup over the chunked-CE baseline (the
+    same loss code)."""
+    base, same_loss = row["baseline"], row["baseline_chunked_ce"]
+    for mode, r in row.items():
+        if "error" in r:
+            continue
+        if mode != "baseline" and "error" not in base:
+            r["speedup"] = round(r["response_tokens_per_s"] / base["response_tokens_per_s"], 3)
+            if r.get("matmul_gflop_per_step") and base.get("matmul_gflop_per_step"):
+                r["flop_ratio"] = round(base["matmul_gflop_per_step"] / r["matmul_gflop_per_step"], 3)
+        if mode not in BASELINES and "error" not in same_loss:
+            r["speedup_same_loss"] = round(r["response_tokens_per_s"] / same_loss["response_tokens_per_s"], 3)
+
+
+def describe(r: dict[str, Any]) -> str:
+    """One mode's result as a table cell: throughput, step time, FLOPs, memory, ratios."""
+    if "error" in r:
+        return r["error"]
+    gflop = r.get("matmul_gflop_per_step")
+    shown = (f"{r['response_tokens_per_s']:>9.1f} tok/s {r['step_ms']:>9.1f} ms/step "
+             + (f"{gflop:>8.1f} GFLOP" if gflop else "   (FLOPs not counted)"))
+    if "peak_memory_gib" in r:
+        shown += f"  peak {r['peak_memory_gib']} GiB"
+    if "speedup" in r:
+        shown += f"  speedup {r['speedup']:.2f}x"
+    if "flop_ratio" in r:
+        shown += f" (FLOPs {r['flop_ratio']:.2f}x)"
+    if "speedup_same_loss" in r:
+        shown += f", {r['speedup_same_loss']:.2f}x same loss"
+    return shown
+
+
 def main(args: argparse.Namespace) -> int:
     """Run every shape in both modes, print a table and write the JSON; returns an exit code."""
     if args.prompt_len >= args.seq_len:
@@ -281,23 +315,9 @@ def main(args: argparse.Namespace) -> int:
     }
     for shape in args.shapes:
         row = bench_shape(shape, args, device)
-        base, same_loss = row["baseline"], row["baseline_chunked_ce"]
+        add_ratios(row)
         for mode, r in row.items():
-            gflop = r.get("matmul_gflop_per_step")
-            shown = r.get("error") or (f"{r['response_tokens_per_s']:>9.1f} tok/s {r['step_ms']:>9.1f} ms/step "
-                                       + (f"{gflop:>8.1f} GFLOP" if gflop else "   (FLOPs not counted)"))
-            if "peak_memory_gib" in r:
-                shown += f"  peak {r['peak_memory_gib']} GiB"
-            if mode != "baseline" and "error" not in r and "error" not in base:
-                r["speedup"] = round(r["response_tokens_per_s"] / base["response_tokens_per_s"], 3)
-                shown += f"  speedup {r['speedup']:.2f}x"
-                if gflop and base.get("matmul_gflop_per_step"):
-                    r["flop_ratio"] = round(base["matmul_gflop_per_step"] / gflop, 3)
-                    shown += f" (FLOPs {r['flop_ratio']:.2f}x)"
-            if mode not in BASELINES and "error" not in r and "error" not in same_loss:
-                r["speedup_same_loss"] = round(r["response_tokens_per_s"] / same_loss["response_tokens_per_s"], 3)
-                shown += f", {r['speedup_same_loss']:.2f}x same loss"
-            print(f"{shape:>9} {mode:>20}: {shown}")
+            print(f"{shape:>9} {mode:>20}: {describe(r)}")
         row["gradient_checkpointing"] = checkpointing(shape, args)
         report["shapes"][shape] = row
     if device.type == "cpu":

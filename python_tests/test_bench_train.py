@@ -47,3 +47,26 @@ def test_bad_sizes_are_refused_before_any_model_is_built(capsys) -> None:
     # A prompt as long as the sequence left one-token responses, timed without a word.
     with pytest.raises(SystemExit, match=r"--prompt-len \(16\) must be below --seq-len \(8\)"):
         bench.main(parser.parse_args(["--seq-len", "8", "--prompt-len", "16"]))
+
+
+def test_ratios_skip_modes_that_ran_out_of_memory() -> None:
+    bench = load_benchmark("train")
+    row = {
+        "baseline": {"response_tokens_per_s": 100.0, "step_ms": 10.0, "matmul_gflop_per_step": 8.0},
+        "baseline_chunked_ce": {"response_tokens_per_s": 125.0, "step_ms": 8.0, "matmul_gflop_per_step": 8.0},
+        "superthoughts_rho0.25": {"response_tokens_per_s": 250.0, "step_ms": 4.0, "matmul_gflop_per_step": 5.0},
+        "superthoughts_rho0": {"error": "out of memory: CUDA out of memory"},
+    }
+    bench.add_ratios(row)
+    st = row["superthoughts_rho0.25"]
+    assert (st["speedup"], st["flop_ratio"], st["speedup_same_loss"]) == (2.5, 1.6, 2.0)
+    assert row["baseline_chunked_ce"]["speedup"] == 1.25 and "speedup_same_loss" not in row["baseline_chunked_ce"]
+    assert "speedup" not in row["baseline"]
+    assert row["superthoughts_rho0"] == {"error": "out of memory: CUDA out of memory"}
+    assert bench.describe(row["superthoughts_rho0"]) == "out of memory: CUDA out of memory"
+    assert bench.describe(st).endswith("speedup 2.50x (FLOPs 1.60x), 2.00x same loss")
+    # A baseline that ran out of memory leaves nothing to compare against.
+    row = {"baseline": {"error": "out of memory"}, "baseline_chunked_ce": {"error": "out of memory"},
+           "superthoughts_rho0.25": {"response_tokens_per_s": 250.0, "step_ms": 4.0}}
+    bench.add_ratios(row)
+    assert set(row["superthoughts_rho0.25"]) == {"response_tokens_per_s", "step_ms"}
