@@ -143,11 +143,14 @@ def check_correct(inputs, dtype, step=superthoughts_step, temperatures=(0.0, 1.0
         got = step(logits, embed, weight, bias, got_finished, PAD, EOS, THRESHOLD, 0.0, temperature, 0, 0)
         want = superthoughts_step_ref(logits, embed, weight, bias, want_finished, PAD, EOS, THRESHOLD,
                                       0.0, temperature, 0, 0)
-        torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
-        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
-        torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got[3], want[3], rtol=tol, atol=tol)
-        torch.testing.assert_close(got_finished, want_finished, rtol=0, atol=0)
+        batch, hidden = logits.shape[1], embed.shape[1]
+        for name, g, w, rtol, atol in (("tokens", got[0], want[0], 0, 0), ("n_new", got[1], want[1], 0, 0),
+                                       ("conf", got[2], want[2], 1e-5, 1e-6), ("next_in", got[3], want[3], tol, tol),
+                                       ("finished", got_finished, want_finished, 0, 0)):
+            # Named, so that a failure says which configuration and output disagreed.
+            torch.testing.assert_close(g, w, rtol=rtol, atol=atol, msg=lambda m, name=name: (
+                f"bench step: {name} of the checked step != the reference (B={batch}, H={hidden}, "
+                f"{str(dtype).removeprefix('torch.')}, temperature {temperature}):\n{m}"))
 
 
 def bench_config(batch, vocab, hidden, dtype, device, use_compile) -> dict:

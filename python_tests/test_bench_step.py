@@ -49,7 +49,8 @@ def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
         # The op with its temperature ignored: the check must sample too to see it.
         return superthoughts_step(*args[:9], 0.0, *args[10:])
 
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"tokens of the checked step != the reference \(B=4, H=16, "
+                                             r"float32, temperature 1.0\)"):
         bench.check_correct(inputs, torch.float32, greedy_only)
 
     def marks_finished(logits, embed, weight, bias, finished, *args):
@@ -57,7 +58,8 @@ def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
         finished[0] = True
         return out
 
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"finished of the checked step != the reference \(B=4, H=16, "
+                                             r"float32, temperature 0.0\)"):
         bench.check_correct(inputs, torch.float32, marks_finished)
 
 
