@@ -93,11 +93,12 @@ def test_greedy_matches_reference(device, dtype, shape, merge):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch,hidden", [(5, 7), (7, 33), (17, 5), (5, 160)], ids=lambda v: str(v))
+@pytest.mark.parametrize("batch,hidden", [(2, 33), (5, 7), (6, 7), (7, 33), (17, 5), (5, 160)], ids=lambda v: str(v))
 def test_merge_odd_sizes(device, dtype, batch, hidden):
     # Odd feature counts and batch rows that are not a multiple of the CPU merge's 2x4 register
-    # block (and, for 17 rows in fp32, the BLAS path). H = 160: a lane of the CUDA GEMV holds 2
-    # or 3 of K's 16-byte chunks, so its batch of 4 chunk loads ends part way.
+    # block, so that its last block holds 1, 2 or 3 rows (and, for 17 rows, torch's GEMM path).
+    # H = 160: a lane of the CUDA GEMV holds 2 or 3 of K's 16-byte chunks, so its batch of 4
+    # chunk loads ends part way.
     got, want, fin_kernel, fin_ref = run_both(*make_inputs(batch, 1000, hidden, dtype, device), device=device)
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
 

@@ -152,17 +152,23 @@ HeadResult merge_partials(const Partial* parts, int64_t chunks, bool sampling, i
 
 // Whether torch's GEMM computes this merge faster than the loop in merge_next_inputs. fp32:
 // from 17 rows on its register blocking wins (B = 64, H = 1536 on a 2-core AVX2 VM: 8.8 ms vs
-// 11.1 ms; B = 8: 1.53 ms vs 1.84 ms for the whole step the other way). bf16 / fp16: from 2 rows
-// on where the CPU multiplies the type in hardware and torch hands it to oneDNN (2-core Xeon
-// with AMX, H = 1536, bf16: B = 8 0.33 ms vs 0.93 ms, B = 64 0.65 ms vs 8.0 ms); elsewhere
-// torch's own 16-bit GEMM is the slower one (B = 64: 16 ms vs 8 ms).
+// 11.1 ms; B = 8: 1.53 ms vs 1.84 ms for the whole step the other way). bf16 / fp16: only where
+// the CPU multiplies the type in hardware and torch hands it to oneDNN (elsewhere torch's own
+// 16-bit GEMM is the slower one: B = 64 16 ms vs 8 ms), and only from these batch sizes on.
+// Whole step, 2-core Xeon with AMX, H = 1536, GEMM vs loop: bf16 B = 2 0.48 vs 0.45 ms, B = 3
+// 0.57 vs 0.60 ms, B = 8 0.97 vs 1.63 ms; fp16 (AVX512-FP16 there, no AMX) B = 2 0.68 vs
+// 0.43 ms, B = 5 1.04 vs 0.82 ms, B = 6 to 8 even, B = 12 1.83 vs 1.97 ms.
+constexpr int64_t kBf16GemmMinBatch = 3;
+constexpr int64_t kFp16GemmMinBatch = 9;
+
 template <typename embed_t>
 bool library_gemm_is_faster(const cpu::VecKernels& vec, int64_t batch) {
   if constexpr (std::is_same_v<embed_t, float>) {
     return batch > kBlasMinBatch;
+  } else if constexpr (std::is_same_v<embed_t, at::BFloat16>) {
+    return vec.bf16_hardware && batch >= kBf16GemmMinBatch && at::globalContext().userEnabledMkldnn();
   } else {
-    const bool hardware = std::is_same_v<embed_t, at::BFloat16> ? vec.bf16_hardware : vec.fp16_hardware;
-    return hardware && batch >= 2 && at::globalContext().userEnabledMkldnn();
+    return vec.fp16_hardware && batch >= kFp16GemmMinBatch && at::globalContext().userEnabledMkldnn();
   }
 }
 
