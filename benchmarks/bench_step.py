@@ -138,12 +138,12 @@ def check_correct(inputs, dtype, step=superthoughts_step, temperatures=(0.0, 1.0
     dtype's tolerance."""
     logits, embed, weight, bias, finished = inputs
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    batch, hidden = logits.shape[1], embed.shape[1]
     for temperature in temperatures:
         got_finished, want_finished = finished.clone(), finished.clone()
         got = step(logits, embed, weight, bias, got_finished, PAD, EOS, THRESHOLD, 0.0, temperature, 0, 0)
         want = superthoughts_step_ref(logits, embed, weight, bias, want_finished, PAD, EOS, THRESHOLD,
                                       0.0, temperature, 0, 0)
-        batch, hidden = logits.shape[1], embed.shape[1]
         for name, g, w, rtol, atol in (("tokens", got[0], want[0], 0, 0), ("n_new", got[1], want[1], 0, 0),
                                        ("conf", got[2], want[2], 1e-5, 1e-6), ("next_in", got[3], want[3], tol, tol),
                                        ("finished", got_finished, want_finished, 0, 0)):

@@ -60,5 +60,6 @@ PYBIND11_MODULE(_C, module) {
   module.def("cpu_vector_isa", [] { return std::string(superthoughts::cpu_vector_isa()); },
              "The vector instruction set the CPU kernel runs with (avx512, avx2_fma, avx_fma, baseline)");
   module.def("cpu_16bit_matmul", &superthoughts::cpu_16bit_matmul,
-             "The 16-bit types the CPU multiplies in hardware: their larger merges (bf16 3+ rows, fp16 9+) use torch's GEMM");
+             "The 16-bit types the CPU multiplies in hardware: their larger merges (bf16 3+ rows, "
+             "fp16 9+) use torch's GEMM");
 }

@@ -231,8 +231,9 @@ def test_confidence_across_vocab_pieces(device, small_at, max_at, gap, accepted)
 @pytest.mark.parametrize("ties", [3, 7, 40000], ids=lambda k: f"{k}_maxima")
 def test_confidence_of_tied_maxima(device, ties):
     # k equal maxima and nothing else: conf is exactly 1/k, so the largest float32 threshold
-    # at or below 1/k is reached and the next float32 above it is not. The maxima sit in one vector, in a chunk's tail, in
-    # other CPU chunks and emulated blocks; 40000 is a row of nothing but maxima.
+    # at or below 1/k is reached and the next float32 above it is not. The maxima sit in one
+    # vector, in a chunk's tail, in other CPU chunks and emulated blocks; 40000 is a row of
+    # nothing but maxima.
     vocab = 40000
     logits = torch.full((2, 1, vocab), float("-inf"))
     logits[0, 0, 5] = 0.0

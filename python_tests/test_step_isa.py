@@ -72,5 +72,6 @@ def test_16bit_matmul_follows_the_cpu_flags_and_the_variant():
         pytest.skip("needs an AVX-512 x86 CPU with /proc/cpuinfo")
     expected = [name for name, flag in (("bfloat16", "avx512_bf16"), ("float16", "avx512_fp16")) if flag in flags]
     assert info["cpu_16bit_matmul"] == expected
-    forced = run_with_isa("avx2_fma", "-c", "import superthoughts_ext; print(superthoughts_ext.build_info()['cpu_16bit_matmul'])")
+    code = "import superthoughts_ext; print(superthoughts_ext.build_info()['cpu_16bit_matmul'])"
+    forced = run_with_isa("avx2_fma", "-c", code)
     assert forced.returncode == 0 and forced.stdout.strip() == "[]", forced.stderr[-2000:]
