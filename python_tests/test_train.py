@@ -253,6 +253,25 @@ def test_trainer_asks_for_the_loss_alone_while_training(tmp_path):
     torch.testing.assert_close(eval_loss, loss.detach())
 
 
+def test_only_the_writing_rank_saves(tmp_path, monkeypatch):
+    # Under FSDP transformers 5.25 calls _save on every rank, each with its part of the gathered
+    # state dict (empty off rank 0): a rank that must not save writes nothing.
+    from transformers import TrainingArguments
+
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+    from superthoughts_ext.trainer import SuperThoughtsTrainer
+
+    model = SuperThoughtsForCausalLM.from_base(make_model("qwen2", 40), pad_token_id=0)
+    trainer = SuperThoughtsTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[],
+                                                                       use_cpu=True))
+    monkeypatch.setattr(type(trainer.args), "should_save", property(lambda self: False))
+    trainer._save(str(tmp_path / "rank1"), state_dict={})
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.undo()
+    trainer._save(str(tmp_path / "rank0"))
+    assert (tmp_path / "rank0" / "model.safetensors").is_file()
+
+
 def test_distillation_logs_kl(base_dirs, tmp_path):
     result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "kd",
                                 distill_weight=0.5, **{**FAST, "max_steps": 2}))

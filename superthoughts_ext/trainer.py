@@ -126,6 +126,10 @@ class SuperThoughtsTrainer(Trainer):
         if isinstance(model, PeftModel) or not _is_superthoughts(model):
             super()._save(output_dir, state_dict=state_dict)
             return
+        if not self.args.should_save:
+            # transformers 5.25 calls _save on every rank under FSDP and checks here: another
+            # rank's empty state dict would overwrite the gathered one written by rank 0.
+            return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         # Under FSDP the Trainer hands over the gathered full state dict (the module's own
