@@ -123,6 +123,60 @@ def test_is_correct_multiple_choice(prediction: str, reference: str, expected: b
     assert choice_letter(reference) == reference
 
 
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        # Floats compare at the finest decimal either answer is written to (at least 6): at a
+        # fixed 6 places every small decimal equalled its neighbours (MATH500 number_theory/598).
+        ("0.0000673", ".0000672", False),
+        ("0.000067", ".0000672", False),
+        ("0.0000672", ".0000672", True),
+        ("\\frac{21}{312500}", ".0000672", True),
+        ("0.0000673", "\\frac{21}{312500}", False),
+        ("6.73 \\times 10^{-5}", "6.72 \\times 10^{-5}", False),
+        ("6.72 \\times 10^{-5}", "0.0000672", True),
+        ("0.5000001", "0.5", False),
+        ("0.333333", "\\frac{1}{3}", True),  # a quotient written to 6 places still counts
+        ("0.33333333", "\\frac{1}{3}", True),
+        ("0.33333334", "\\frac{1}{3}", False),
+        ("0.30000000000000004", "0.3", True),  # float noise past 15 places is not compared
+    ],
+)
+def test_is_correct_compares_decimals_as_finely_as_written(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference) is expected
+
+
+@pytest.mark.parametrize(
+    "answer, places",
+    [(".0000672", 7), ("6.72 \\times 10^{-5}", 7), ("6.72e-5", 7), ("7 \\cdot 10^{-9}", 9), ("1.5", 1),
+     ("12", 0), ("\\frac{1}{3}", 0), ("2 \\times 10^{3}", 0), ("x^2 + 0.25x", 2)],
+)
+def test_written_decimals(answer: str, places: int) -> None:
+    assert grading_worker.written_decimals(answer) == places
+
+
+@pytest.mark.parametrize(
+    "prediction, expected",
+    # MATH500's option-letter answers (precalculus/819: "\\text{(C)}"): the letter decides, with
+    # or without the option's text; a hedge between two letters is wrong.
+    [("C", True), ("\\text{(C)}", True), ("\\text{(C) Plane}", True), ("(C)\\ \\text{Plane}", True),
+     ("C.", True), ("\\text{(A) Line}", False), ("E", False), ("\\text{(C), (A)}", False), ("(C) or (E)", False),
+     ("\\text{(A), (C)}", False)],
+)
+def test_math_option_letter_answers(prediction: str, expected: bool) -> None:
+    assert is_correct(prediction, "\\text{(C)}") is expected
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["B \\text{ or } C", "A \\text{ and } C", "\\text{B or D}", "(A) or (B)", "A or B", "A, C", "A/C", "B \\lor C"],
+)
+def test_gpqa_hedge_between_letters_names_none(answer: str) -> None:
+    assert choice_letter(answer) is None
+    assert extract_choice(f"Both look right, so \\boxed{{{answer}}}.", ("1", "2", "3", "4")) is None
+    assert not any(is_correct(answer, gold, "gpqa_diamond") for gold in "ABCD")
+
+
 # GPQA-style options in letter order A-D, as eval_data.gpqa_options lists them; models often box
 # an option's text instead of its letter.
 ENERGIES = ("10^{-8} eV", "10^{-4} eV", "10^{-11} eV", "10^{-9} eV")

@@ -95,12 +95,23 @@ _ANSWER_IS = re.compile(r"(?i:answer\s+is)\s*:?\s*(?:\(\s*([A-Da-d])\s*\)|([A-D]
 _LETTER = re.compile(r"^(?:\(\s*([A-D])\s*\)|([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<>+\-*/^_\\])))", re.IGNORECASE)
 
 
-def _choice(answer: str) -> tuple[str | None, bool]:
-    """The letter a boxed answer names, and whether the answer is that letter alone ("C", "(C)")."""
+# "B or C", "(A) and (C)", "A/C": a second letter after a conjunction hedges between choices.
+_SECOND_CHOICE = re.compile(
+    r"^\s*(?:(?i:or|and)\b|,|/|&|\\(?:lor|land|vee|wedge)\b)\s*(?:\(\s*[A-Ea-e]\s*\)|[A-E](?![A-Za-z]))")
+
+
+def _unwrap_text(answer: str) -> str:
+    """``answer`` with ``\\text{...}``-style wrappers and ``$`` removed, stripped."""
     text = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", answer)
-    text = text.replace("$", "").strip()
+    return text.replace("$", "").strip()
+
+
+def _choice(answer: str) -> tuple[str | None, bool]:
+    """The letter a boxed answer names, and whether the answer is that letter alone ("C", "(C)").
+    An answer hedging between two letters ("B or C") names none."""
+    text = _unwrap_text(answer)
     match = _LETTER.match(text)
-    if match is None:
+    if match is None or _SECOND_CHOICE.match(text[match.end():]):
         return None, False
     return (match.group(1) or match.group(2)).upper(), match.end() == len(text)
 
@@ -209,6 +220,17 @@ def asks_for_point(question: str | None) -> bool:
     return bool(question) and bool(_POINT_QUESTION.search(question)) and not _SET_QUESTION.search(question)
 
 
+# A MATH reference that is an option letter alone, "\\text{(C)}" (MATH500 has (B), (C), (E)), and
+# the option letter a prediction opens with: "(C)", "C", "(C) Plane", "C."
+_MATH_OPTION = re.compile(r"^\(\s*([A-E])\s*\)$")
+_MATH_OPTION_LEAD = re.compile(r"^\(?\s*([A-E])\s*\)?(?=[\s.:),\\]|$)")
+
+
+def _math_option_letter(reference: str) -> str | None:
+    match = _MATH_OPTION.match(_unwrap_text(reference))
+    return match.group(1) if match else None
+
+
 def is_correct(
     prediction: str | None,
     reference: str,
@@ -253,4 +275,10 @@ def is_correct(
         return False
     if _normalize(prediction) == _normalize(reference):
         return True
+    if (letter := _math_option_letter(reference)) is not None:
+        # MATH's "enter the letter of the correct option" answers: the letter decides, with or
+        # without the option's text after it ("\\text{(C) Plane}" for "\\text{(C)}").
+        text = _unwrap_text(prediction)
+        if (chosen := _MATH_OPTION_LEAD.match(text)) is not None:
+            return chosen.group(1) == letter and not _SECOND_CHOICE.match(text[chosen.end():])
     return math_equal(prediction, reference, timeout, as_sets=not asks_for_point(question))

@@ -13,6 +13,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import select
 import signal
 import subprocess
@@ -34,6 +35,36 @@ def _as_latex(answer: str) -> str:
     # of searching it for an anchor.
     # A Unicode degree sign is no LaTeX: math-verify drops ^\circ but cannot read 90°.
     return "\\boxed{" + answer.strip().strip("$").replace("°", "^{\\circ}") + "}"
+
+
+# A written number: its digits after the point and, in scientific notation, its power of ten
+# ("6.72 \\times 10^{-5}", "6.72e-5").
+_WRITTEN_NUMBER = re.compile(
+    r"\d*\.?(\d*)(?:\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?|[eE]([+-]?\d+))?")
+# math-verify's default: floats compare rounded to 6 decimal places.
+_MIN_DECIMALS = 6
+# Past float64's ~15 significant digits the rounding compares noise.
+_MAX_DECIMALS = 15
+
+
+def written_decimals(answer: str) -> int:
+    """The finest decimal place a number in ``answer`` is written to (0 for none): ``.0000672``
+    gives 7, ``6.72 \\times 10^{-5}`` gives 7, ``1.5`` gives 1, ``12`` and ``\\frac{1}{3}`` give 0."""
+    places = 0
+    for match in _WRITTEN_NUMBER.finditer(answer):
+        if not match.group(0) or not any(c.isdigit() for c in match.group(0)):
+            continue
+        exponent = match.group(2) or match.group(3)
+        places = max(places, len(match.group(1)) - (int(exponent) if exponent else 0))
+    return places
+
+
+def float_rounding(prediction: str, reference: str) -> int:
+    """Decimal places to compare floats at: math-verify's 6, or finer where either answer is
+    written finer. At a fixed 6, every small decimal equals its neighbours: MATH500's
+    ``.0000672`` (test/number_theory/598) equalled a predicted ``0.0000673`` or ``0.000067``."""
+    finest = max(written_decimals(prediction), written_decimals(reference))
+    return min(max(_MIN_DECIMALS, finest), _MAX_DECIMALS)
 
 
 class _Deadline(BaseException):
@@ -78,7 +109,8 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
         # (and "x > -1 \\text{ and } x < 6", which inequalities_as_sets spells "(-1, 6)"). The
         # answers cannot tell a point from an interval ("(-\\sqrt{3}, \\sqrt{3})", test/algebra/1078,
         # is one); the question can, and `is_correct` turns as_sets off for a point question.
-        return bool(gold) and bool(guess) and bool(verify(gold, guess, timeout_seconds=None,
+        rounding = float_rounding(prediction, reference)
+        return bool(gold) and bool(guess) and bool(verify(gold, guess, float_rounding=rounding, timeout_seconds=None,
                                                           allow_set_relation_comp=as_sets))
     except _Deadline:
         return False
