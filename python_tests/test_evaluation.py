@@ -19,6 +19,7 @@ pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
+from superthoughts_ext.eval_compare import run_label  # noqa: E402
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, build_prompt  # noqa: E402
 from superthoughts_ext.evaluation import (  # noqa: E402
     compare,
@@ -200,6 +201,25 @@ def test_compiled_decoding_compiles_only_in_the_warm_up() -> None:
     warm, timed = new_graphs[:2], new_graphs[2:]
     assert [n for n, _ in timed] == [24, 24, 24] and all(graphs == 0 for _, graphs in timed), new_graphs
     assert all(graphs >= 1 for _, graphs in warm), new_graphs
+
+
+def test_an_interrupted_rerun_leaves_no_stale_summary(tmp_path: Path) -> None:
+    """A rerun into a finished run's file that dies must not leave the old summary beside the
+    new records: --compare labels a run with its summary's mode and threshold."""
+    tokenizer = make_tokenizer()
+    model = fake_model(tokenizer)
+    out = tmp_path / "st.jsonl"
+    kwargs = dict(mode="superthoughts", batch_size=3, output_jsonl=out, progress=False)
+    evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.9, generate_fn=fake_generate(tokenizer, []), **kwargs)
+    assert json.loads(summary_path(out).read_text())["threshold"] == 0.9
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.5, generate_fn=crash, **kwargs)
+    assert not summary_path(out).exists()
+    assert run_label(out) == "st"
 
 
 def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:

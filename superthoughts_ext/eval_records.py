@@ -118,6 +118,9 @@ def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]])
         return None
     Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
     out_file = open(output_jsonl, "w", encoding="utf-8")
+    # A summary describes a finished run; until this one finishes (and writes its own), an
+    # earlier run's would label these records with that run's settings.
+    summary_path(output_jsonl).unlink(missing_ok=True)
     for record in records:  # rewritten: a line torn by the crash is dropped
         out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
     # On disk before any decoding: a process killed in the warm-up or the first batch (OOM,
