@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from superthoughts_ext.head_losses import head_kl_divergence, linear_cross_entropy, linear_kl_divergence
+from superthoughts_ext.head_losses import (head_cross_entropy, head_kl_divergence, linear_cross_entropy,
+                                          linear_kl_divergence)
 from superthoughts_ext.layers import causal_mask_for_right_padding
 
 
@@ -59,6 +60,31 @@ def test_linear_cross_entropy_low_precision_and_frozen_inputs():
     torch.testing.assert_close(hidden_only.grad, want[0])
     with pytest.raises(ValueError, match="linear_cross_entropy: expected hidden"):
         linear_cross_entropy(hidden, weight[:, :5], targets, row_weight)
+
+
+def test_head_cross_entropy_keeps_small_gradients_under_float16_autocast():
+    """fp16 mixed precision scales the loss only in backward (GradScaler), after the chunked
+    loss has computed its gradient in float16: there the small softmax terms underflowed."""
+    g = torch.Generator().manual_seed(0)
+    rows, hidden, vocab, loss_scale = 2048, 32, 8192, 65536.0
+    x = torch.randn(rows, hidden, generator=g) * 0.3
+    head = torch.nn.Linear(hidden, vocab, bias=False)
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    weights = torch.full((rows,), 1.0 / rows)
+    exact = torch.func.grad(lambda h: (F.cross_entropy(h @ head.weight.double().t(), targets, reduction="none")
+                                       * weights.double()).sum())(x.double())
+
+    def relative_error(loss_fn) -> float:
+        h = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = loss_fn(h)
+        (loss * loss_scale).backward()  # GradScaler.scale(loss).backward(), then unscaled below
+        return ((h.grad.double() / loss_scale - exact).norm() / exact.norm()).item()
+
+    # Through autograd (what head_cross_entropy now takes under fp16 autocast) the error is
+    # float16 rounding; the chunked path alone loses the small terms.
+    assert relative_error(lambda h: head_cross_entropy(head, h, targets, weights)[0]) < 2e-3
+    assert relative_error(lambda h: linear_cross_entropy(h, head.weight, targets, weights)[0]) > 1e-2
 
 
 def test_causal_mask_for_right_padding():

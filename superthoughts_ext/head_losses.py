@@ -163,14 +163,26 @@ def linear_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, target_hidd
                                      row_weight.float(), chunk_rows)
 
 
+def _chunkable(head: nn.Module, rows: torch.Tensor) -> bool:
+    """Whether `head` may take the chunked losses: a plain bias-free Linear, outside float16
+    autocast. The chunked losses compute their gradients in the forward pass, before fp16 mixed
+    precision's GradScaler multiplies the loss in backward: a logit's gradient of ~w * p (1e-9
+    at 8k rows) underflows float16 there (a 5e-2 relative error in grad_hidden, N = 8192,
+    against 3e-4 through autograd). bfloat16 has float32's range and keeps the chunked path."""
+    device = rows.device.type
+    fp16_autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+    return type(head) is nn.Linear and head.bias is None and not fp16_autocast
+
+
 def head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor,
                        weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_i weights_i * CE(head(rows_i), targets_i) and the detached per-row CE [N].
 
     A plain bias-free Linear head goes through the chunked `linear_cross_entropy`; any other
-    head (a LoRA-wrapped lm_head, a bias) through its own forward and F.cross_entropy.
+    head (a LoRA-wrapped lm_head, a bias), and any head under float16 autocast (`_chunkable`),
+    through its own forward and F.cross_entropy.
     """
-    if type(head) is nn.Linear and head.bias is None:
+    if _chunkable(head, rows):
         return linear_cross_entropy(rows, head.weight, targets, weights)
     ce = F.cross_entropy(head(rows).float(), targets, reduction="none")
     return (ce * weights).sum(), ce.detach()
@@ -179,8 +191,9 @@ def head_cross_entropy(head: nn.Module, rows: torch.Tensor, targets: torch.Tenso
 def head_kl_divergence(head: nn.Module, rows: torch.Tensor, target_head: nn.Module, target_rows: torch.Tensor,
                        weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_i weights_i * KL(softmax(target_head(target_rows_i)) || softmax(head(rows_i))) and the
-    detached per-row KL [N]; chunked (`linear_kl_divergence`) for plain bias-free Linear heads."""
-    if all(type(m) is nn.Linear and m.bias is None for m in (head, target_head)):
+    detached per-row KL [N]; chunked (`linear_kl_divergence`) for plain bias-free Linear heads
+    outside float16 autocast (`_chunkable`)."""
+    if _chunkable(head, rows) and _chunkable(target_head, target_rows):
         return linear_kl_divergence(rows, head.weight, target_rows, target_head.weight, weights)
     with torch.no_grad():
         log_p = F.log_softmax(target_head(target_rows).float(), dim=-1)
