@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -182,6 +183,24 @@ def test_lora_trains_only_lora_compressor_mtp(base_dirs, tmp_path):
     assert any(n.startswith("compressor.") for n in changed) and any(n.startswith("mtp.") for n in changed)
     assert any(n.startswith("backbone.") for n in changed)
     assert result.metrics["trainable_params"] < result.metrics["total_params"]
+
+
+def test_lora_reaches_the_backbone_lm_head_and_counts_the_saved_model(base_dirs):
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    pattern = train_utils.lora_target_pattern(("q_proj", "lm_head"), "backbone")
+    assert re.fullmatch(pattern, "backbone.lm_head") and re.fullmatch(pattern, "backbone.model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(pattern, "mtp.layer.self_attn.q_proj")
+    st = SuperThoughtsForCausalLM.from_base(str(base_dirs["llama"]), pad_token_id=0)
+    plain_total = sum(p.numel() for p in st.parameters())
+    wrapped = train_utils.apply_lora(st, r=4, alpha=8, dropout=0.0, targets=("q_proj", "lm_head"),
+                                     superthoughts=True)
+    adapted = {n.split(".lora_")[0] for n, _ in wrapped.named_parameters() if ".lora_" in n}
+    assert any(n.endswith("backbone.lm_head") for n in adapted), adapted
+    assert any(n.endswith("q_proj") for n in adapted) and not any(".mtp." in n for n in adapted)
+    # peft's frozen copies of the fully trained compressor and MTP are not part of the model.
+    lora = sum(p.numel() for n, p in wrapped.named_parameters() if ".lora_" in n)
+    assert train_utils.trainable_summary(wrapped)["total_params"] == plain_total + lora
 
 
 def test_resume_from_checkpoint(base_dirs, tmp_path):

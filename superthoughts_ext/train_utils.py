@@ -186,7 +186,8 @@ def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | lis
     if prefix is None:
         return list(targets)
     names = "|".join(sorted(set(targets)))
-    return rf"{prefix}\..*\.({names})"
+    # Any depth under the prefix, none included: "backbone.lm_head" as well as the layers' projections.
+    return rf"{prefix}\.(?:.*\.)?({names})"
 
 
 def apply_lora(
@@ -218,12 +219,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def trainable_summary(model: nn.Module) -> dict[str, int]:
     """Counts of trainable and total parameters (shared tensors counted once)."""
-    seen: set[int] = set()
     trainable = total = 0
-    for p in model.parameters():
-        if id(p) in seen:
+    for name, p in model.named_parameters():  # each shared tensor once
+        # peft keeps a frozen copy of every modules_to_save module beside the trained one; the
+        # merged model drops it, so it is not counted.
+        if ".original_module." in name:
             continue
-        seen.add(id(p))
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return {"trainable_params": trainable, "total_params": total}
