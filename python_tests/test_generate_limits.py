@@ -165,20 +165,52 @@ def test_pad_id_of_a_plain_model() -> None:
     assert pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=None),
                                   config=SimpleNamespace(pad_token_id=4)), 1) == 4
     assert pad_id(SimpleNamespace(config=SimpleNamespace(pad_token_id=[])), 1) == 1
+    # Llama 1's configs say -1 for "no pad" (the step op would refuse it as a token id).
+    assert pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=-1),
+                                  config=SimpleNamespace(pad_token_id=-1)), 1) == 1
 
 
-def test_sliding_window_rolls_names_the_window_a_cuda_graph_cannot_pass() -> None:
-    # A replayed CUDA graph never advances transformers' sliding-layer counter, so generate
-    # keeps graphs off for calls that would decode past the window.
-    from transformers import MistralConfig, Qwen2Config
+def test_host_state_features_are_found() -> None:
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
-    from superthoughts_ext.generate import sliding_window_rolls
+    from superthoughts_ext.host_state import host_planned_rope, host_state_reason, sliding_window
 
     common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=64)
     mistral = MistralConfig(**common, sliding_window=8)
-    assert sliding_window_rolls([mistral], 9) == 8 and sliding_window_rolls([mistral], 8) is None
     full = Qwen2Config(**common)  # sliding_window set, use_sliding_window off: every layer full
-    assert sliding_window_rolls([full], 10**6) is None
     sliding = Qwen2Config(**common, use_sliding_window=True, sliding_window=8, max_window_layers=1)
-    assert sliding_window_rolls([full, sliding], 9) == 8
+    assert sliding_window([mistral]) == 8 and sliding_window([full]) is None and sliding_window([full, sliding]) == 8
+    plain = AutoModelForCausalLM.from_config(LlamaConfig(**common))
+    assert host_planned_rope(plain) is None and host_state_reason(plain, [plain.config]) is None
+    for rope in ({"rope_type": "dynamic", "factor": 2.0}, {"rope_type": "longrope", "short_factor": [1.0] * 4,
+                                                         "long_factor": [2.0] * 4, "original_max_position_embeddings": 16}):
+        scaled = AutoModelForCausalLM.from_config(LlamaConfig(**common, rope_scaling=rope, max_position_embeddings=64))
+        assert host_planned_rope(scaled) == rope["rope_type"]
+        assert "RoPE" in host_state_reason(scaled, [scaled.config])
+    assert "sliding-window attention (window 8)" in host_state_reason(plain, [full, sliding])
+
+
+def test_models_with_host_state_decode_eagerly() -> None:
+    # Their decode step reads host-side state: a replayed CUDA graph would freeze it (a sliding
+    # layer's mask then hides every key written after the capture) and torch.compile would
+    # recompile every step. "auto" decodes eagerly, True is refused.
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from superthoughts_ext.generate import _graphs_and_compile
+
+    torch.manual_seed(0)
+    mistral = AutoModelForCausalLM.from_config(MistralConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=64, sliding_window=4096, eos_token_id=1)).eval()
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _graphs_and_compile(mistral, mistral, "standard", "auto", "auto", cuda, 0.0) == (False, False)
+    plain = tiny_backbone("qwen2")
+    assert _graphs_and_compile(plain, plain, "standard", "auto", "auto", cuda, 0.0) == (True, True)
+    with pytest.raises(ValueError, match="cuda_graphs=True cannot run this model's decode step: its sliding-window"):
+        _graphs_and_compile(mistral, mistral, "standard", True, False, cuda, 0.0)
+    with pytest.raises(ValueError, match="compile=True cannot run"):
+        generate(mistral, torch.tensor([[3, 4, 5]]), max_new_tokens=4, mode="standard", compile=True)
+    out = generate(mistral, torch.tensor([[3, 4, 5]]), max_new_tokens=4, mode="standard", compile="auto")
+    assert len(out.sequences[0]) == 4 and not out.compiled and not out.cuda_graph
+    assert _graphs_and_compile(plain, plain, "standard", "auto", True, cpu, 0.0) == (False, True)

@@ -23,6 +23,7 @@ import torch
 
 from superthoughts_ext import attention, decode_loop
 from superthoughts_ext.generate_checks import check_prompt, warn_unmasked_pads
+from superthoughts_ext.host_state import host_state_reason
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits
 # stop_token_ids is re-exported: the README names it as superthoughts_ext.generate.stop_token_ids.
 from superthoughts_ext.stop_tokens import is_superthoughts, pad_id, resolve_eos_ids, stop_token_ids  # noqa: F401
@@ -41,6 +42,8 @@ class GenerateOutput:
     num_pair_steps: steps of the row that emitted two tokens.
     wall_time: seconds from prefill to the end of decoding (one device sync, at the end).
     num_forward_passes: model passes run for the whole batch (prefill + decode steps).
+    compiled, cuda_graph: whether the decode step ran through torch.compile / a CUDA graph
+        (what the `compile` and `cuda_graphs` arguments resolved to for this model and call).
     """
 
     sequences: list[list[int]]
@@ -49,6 +52,8 @@ class GenerateOutput:
     num_pair_steps: list[int]
     wall_time: float
     num_forward_passes: int
+    compiled: bool = False
+    cuda_graph: bool = False
 
     @property
     def tokens_per_s(self) -> float:
@@ -86,19 +91,6 @@ def samples(temperature: float) -> bool:
     """Whether the step op samples at `temperature`: from MIN_SAMPLING_TEMPERATURE (1e-5) up;
     below it, 0 included, it decodes greedily."""
     return temperature >= MIN_SAMPLING_TEMPERATURE
-
-
-def sliding_window_rolls(configs: list[Any], positions: int) -> int | None:
-    """The sliding window of the first config whose sliding-attention layers would roll over
-    `positions` cache positions (window < positions), else None. A config slides where its
-    layer_types say so, or everywhere (Mistral) when it lists none but sets a window."""
-    for config in configs:
-        window = getattr(config, "sliding_window", None)
-        layer_types = getattr(config, "layer_types", None)
-        slides = any(t == "sliding_attention" for t in layer_types) if layer_types else window is not None
-        if slides and window is not None and window < positions:
-            return int(window)
-    return None
 
 
 def _use_graphs(cuda_graphs: bool | str, device: torch.device, temperature: float) -> bool:
@@ -179,22 +171,20 @@ def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float) 
 
 
 def _graphs_and_compile(model: Any, backbone: Any, mode: str, cuda_graphs: bool | str, compile: bool | str,
-                        device: torch.device, temperature: float, positions: int) -> tuple[bool, bool]:
-    """Whether the decode step runs in a CUDA graph and compiled (raises on a bad value); no graph
-    when a sliding window of the cache's attention layers rolls over within `positions`."""
+                        device: torch.device, temperature: float) -> tuple[bool, bool]:
+    """Whether the decode step runs in a CUDA graph and compiled (raises on a bad value); neither
+    for a model whose step reads host-side state (`host_state.host_state_reason`)."""
     graphs = _use_graphs(cuda_graphs, device, temperature)
     compiled = resolve_compile(compile, device, temperature)
     configs = [backbone.config] + ([model.mtp.layer_config] if hasattr(getattr(model, "mtp", None), "layer_config")
                                    and mode != "standard" else [])
-    window = sliding_window_rolls(configs, positions)
-    if graphs and window is not None:
-        # transformers' sliding cache layer picks its write path from a host-side counter,
-        # which a replayed graph never advances: past the window it writes out of bounds.
-        if cuda_graphs is True:
-            raise ValueError(f"generate: cuda_graphs=True cannot decode past the model's sliding window ({window} "
-                             f"positions; this call needs {positions}); use cuda_graphs='auto'")
-        graphs = False
-        compiled = compiled and compile is True  # "auto" compiles for the graph; eager steps stay eager
+    reason = host_state_reason(model if mode != "standard" else backbone, configs) if graphs or compiled else None
+    if reason is not None:
+        for name, value in (("cuda_graphs", cuda_graphs), ("compile", compile)):
+            if value is True:
+                raise ValueError(f"generate: {name}=True cannot run this model's decode step: {reason}; "
+                                 f"use {name}='auto' (eager decoding for this model)")
+        graphs = compiled = False
     return graphs, compiled
 
 
@@ -267,7 +257,8 @@ def _prefill(stepper: Any, state: decode_loop.DecodeState, cfg: decode_loop.Step
         feed()
 
 
-def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int) -> GenerateOutput:
+def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int, compiled: bool,
+             cuda_graph: bool) -> GenerateOutput:
     """Reads the per-row tokens and step counts back to the host, once decoding is done."""
     written = state.write_pos.tolist()
     out = state.out.cpu()
@@ -278,6 +269,8 @@ def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int) -
         num_pair_steps=state.num_pair_steps.tolist(),
         wall_time=wall_time,
         num_forward_passes=1 + steps_run,
+        compiled=compiled,
+        cuda_graph=cuda_graph,
     )
 
 
@@ -347,8 +340,7 @@ def generate(
     context = model_context(backbone)
     max_steps = _context_steps(context, lengths, max_new_tokens)
     device = input_ids.device
-    graphs, compiled = _graphs_and_compile(model, backbone, mode, cuda_graphs, compile, device, temperature,
-                                           input_ids.shape[1] + max_steps)
+    graphs, compiled = _graphs_and_compile(model, backbone, mode, cuda_graphs, compile, device, temperature)
     check_at, max_steps = _decode_budget(mode, max_new_tokens, max_steps, ignore_eos)
     thresholds = _thresholds(model, mode, threshold, threshold_main)
     cfg = _step_config(model, eos, thresholds, temperature, seed, use_kernels, ignore_eos, context)
@@ -376,7 +368,7 @@ def generate(
     wall_time = time.perf_counter() - start
     if streamer is not None:
         streamer.end()
-    return _collect(state, wall_time, steps_run)
+    return _collect(state, wall_time, steps_run, compiled, graphs)
 
 
 class _CallableModule(types.ModuleType):

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from superthoughts_ext.generate import MODES, generate, model_context, resolve_compile, samples
+from superthoughts_ext.generate import MODES, generate, model_context, samples
 from superthoughts_ext.stop_tokens import is_superthoughts, stop_token_ids
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
@@ -143,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
     cut = _stop_note(result.sequences[0], eos_ids, args.max_new_tokens, model)
     # One call per process: a compiled step is compiled in this very call (`superthoughts eval`
     # and `bench generate` time warm calls).
-    compiled = resolve_compile(compile_arg, input_ids.device, args.temperature)
-    compile_note = " (time includes compiling the decode step)" if compiled else ""
+    compile_note = " (time includes compiling the decode step)" if result.compiled else ""
     print(f"[{mode}] tokens={tokens} steps={steps} pair_steps={pairs} "
           f"reduction={1 - steps / max(tokens, 1):.3f} time={result.wall_time:.3f}s "
           f"tokens/s={result.tokens_per_s:.1f}{compile_note}{cut}")
