@@ -57,10 +57,12 @@ def stop_token_ids(model: Any, tokenizer: Any = None) -> list[int]:
 
 def pad_id(model: Any, eos: int) -> int:
     """The id finished rows are filled with: a SuperThoughts model's own pad, else a plain model's
-    generation config / config pad (the first of a list), else the EOS `eos`."""
+    generation config / config pad (the first of a list; a negative one, Llama 1's "no pad" -1,
+    does not count), else the EOS `eos`."""
     if is_superthoughts(model):
         return int(model.pad_token_id)
     for attr in ("generation_config", "config"):
-        if pads := token_ids(getattr(getattr(model, attr, None), "pad_token_id", None)):
+        pads = token_ids(getattr(getattr(model, attr, None), "pad_token_id", None))
+        if pads := [pad for pad in pads if pad >= 0]:
             return pads[0]
     return eos
