@@ -63,7 +63,7 @@ demo: build
 	$(VENV)/bin/superthoughts demo --json demo_output/demo.json --plot demo_output/demo.png
 
 bench: build
-	$(VENV)/bin/superthoughts bench step
+	$(VENV)/bin/superthoughts bench step --output bench_output/step.json
 
 clean:
 	rm -rf build superthoughts_ext/_C*.so superthoughts_ext.egg-info

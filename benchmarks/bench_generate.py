@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 from superthoughts_ext import decode_loop
 from superthoughts_ext.eval_compare import threshold_label
 from superthoughts_ext.generate import generate, resolve_compile
-from superthoughts_ext.run_info import device_name, git_commit, int_at_least, unit_float
+from superthoughts_ext.run_info import (add_output_arguments, device_name, git_commit, int_at_least, results_file,
+                                        unit_float)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = {
@@ -73,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int_at_least(1), default=None, help="default: 512 on GPU, 256 on CPU")
     parser.add_argument("--thresholds", type=unit_float, nargs="+", default=[0.9, 0.99, 0.999],
                         help="MTP confidence thresholds of the st@T rows")
-    parser.add_argument("--mtp-logit-std", type=float, default=30.0,
+    parser.add_argument("--mtp-logit-std", type=non_negative_float, default=30.0,
                         help="spread of the MTP head's logits, which sets how often st@T pairs (0 = random head)")
     parser.add_argument("--repeats", type=int_at_least(1), default=3, help="timed calls per method (the median is reported)")
     parser.add_argument("--methods", nargs="+", default=None,
@@ -86,7 +88,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "columns (1: every step attends over the whole cache)")
     parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
-    parser.add_argument("--output", type=Path, default=None, help="JSON (default: results/generate_<device>.json)")
+    add_output_arguments(parser, "results/generate_<device>.json (and its .png)")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = float(text)
+    if not 0.0 <= value < math.inf:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def check_method_names(args: argparse.Namespace) -> None:
+    """Refuses unknown --methods names before any model is built (a 1.5B build and its checks
+    take minutes on a GPU)."""
+    known = {*HF_METHODS, "standard", "pairs", *(f"st@{threshold_label(t)}" for t in args.thresholds)}
+    if unknown := sorted(set(args.methods or ()) - known):
+        raise SystemExit(f"bench generate: unknown method(s) {unknown}; known with these --thresholds: {sorted(known)}")
 
 
 def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: int, mtp_logit_std: float = 0.0):
@@ -258,13 +276,19 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Runs the benchmark; writes the JSON and the PNG; returns 0."""
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise SystemExit(f"bench generate: --device {args.device!r}: {error}") from None
+    check_method_names(args)
+    on_gpu = device.type == "cuda"
+    out = results_file(args.output, RESULTS_DIR / f"generate_{device.type}.json", args.overwrite)
+    commit = git_commit()  # what runs: a commit made in this checkout during the run did not
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.graph_windows < 1:
         raise ValueError(f"bench generate: --graph-windows must be >= 1, got {args.graph_windows}")
     decode_loop.GRAPH_WINDOWS = args.graph_windows
-    on_gpu = device.type == "cuda"
     shape = args.shape or ("qwen2.5-math-1.5b" if on_gpu else "tiny")
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
     new_tokens = args.new_tokens or (512 if on_gpu else 256)
@@ -280,22 +304,21 @@ def main(args: argparse.Namespace) -> int:
 
     results = []
 
-    def write_report() -> None:
+    def write_report(complete: bool) -> None:
         report = {
             "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
-            "commit": git_commit(), "shape": shape, "dtype": str(dtype).removeprefix("torch."),
+            "commit": commit, "shape": shape, "dtype": str(dtype).removeprefix("torch."),
             "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
             "threads": torch.get_num_threads(), "compile": compiled, "mtp_logit_std": args.mtp_logit_std,
-            "graph_windows": args.graph_windows, "results": results,
+            "graph_windows": args.graph_windows, "complete": complete, "results": results,
         }
-        out = args.output or RESULTS_DIR / f"generate_{device.type}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         plot(results, out.with_suffix(".png"), f"{shape} {report['dtype']} on {report['device']}, "
              f"prompt {args.prompt_len}, {new_tokens} new tokens, MTP logit std {args.mtp_logit_std:g}")
         print(f"wrote {out} and {out.with_suffix('.png')}")
 
-    for batch in args.batch:
+    for index, batch in enumerate(args.batch):
         ids, mask = prompts(batch, args.prompt_len, backbone.config.vocab_size, device)
         for name, fn in methods(args, backbone, superthoughts, new_tokens, device, compiled).items():
             fn(ids, mask)  # warm-up (and torch.compile compilation where it applies)
@@ -321,7 +344,8 @@ def main(args: argparse.Namespace) -> int:
                   f"pairs {row['pair_step_fraction']:.2f} row steps {row['mean_row_steps']:.0f} mean / "
                   f"{row['slowest_row_steps']} max kv {row['kv_bytes_per_token'] / 1024:.1f} KiB/token"
                   f"{' compiled' if row['compiled'] else ''}")
-        write_report()  # after every batch: a run cut short keeps the batches it finished
+        # After every batch: a run cut short keeps the batches it finished ("complete" false).
+        write_report(complete=index == len(args.batch) - 1)
 
     return 0
 

@@ -23,7 +23,7 @@ import torch.utils.benchmark as tbench
 import superthoughts_ext
 from superthoughts_ext.ops import superthoughts_step
 from superthoughts_ext.reference import superthoughts_step_ref
-from superthoughts_ext.run_info import device_name, git_commit, int_at_least
+from superthoughts_ext.run_info import add_output_arguments, device_name, git_commit, int_at_least, results_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,13 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     on_gpu = torch.cuda.is_available()
     parser.add_argument("--batch", type=int_at_least(1), nargs="+", default=[1, 8, 64, 256] if on_gpu else [1, 8, 64],
                         help="rows B per step")
-    parser.add_argument("--vocab", type=int_at_least(1), default=151936, help="vocabulary size V")
+    # make_inputs masks the EOS logit, so the vocabulary must hold it.
+    parser.add_argument("--vocab", type=int_at_least(EOS + 1), default=151936, help="vocabulary size V")
     parser.add_argument("--hidden", type=int_at_least(1), nargs="+", default=[1536, 3584] if on_gpu else [1536],
                         help="hidden sizes H (1536: 1.5B, 3584: 7B)")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"],
                         help="logits and embedding dtypes")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/step_<device>.json)")
+    add_output_arguments(parser, "results/step_<device>.json")
 
 
 def make_inputs(batch, vocab, hidden, dtype, device):
@@ -224,6 +225,8 @@ def graph_rows(inputs, args, step_bytes_: int, compiled_ref, device: torch.devic
 
 def main(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    slug = "cuda" if device.type == "cuda" else "cpu"
+    out = results_file(args.output, RESULTS_DIR / f"step_{slug}.json", args.overwrite)
     copy_bw = copy_bandwidth(device)
     rows = []
     result = {
@@ -236,8 +239,6 @@ def main(args: argparse.Namespace) -> dict:
         "complete": False,  # True once every configuration ran
         "rows": rows,
     }
-    slug = "cuda" if device.type == "cuda" else "cpu"
-    out = args.output or RESULTS_DIR / f"step_{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     for dtype_name in args.dtype:
         for hidden in args.hidden:

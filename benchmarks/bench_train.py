@@ -33,7 +33,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import torch
-from superthoughts_ext.run_info import device_name, git_commit, int_at_least, unit_float
+from superthoughts_ext.run_info import (add_output_arguments, device_name, git_commit, int_at_least, results_file,
+                                        unit_float)
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -76,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MTP module of the SuperThoughts runs (decoder = default; mlp = the lighter "
                              "option); every type is measured at every --rho-max")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/train_<device>.json)")
+    add_output_arguments(parser, "results/train_<device>.json")
 
 
 def make_features(batch: int, seq_len: int, prompt_len: int, vocab: int, seed: int) -> list[dict]:
@@ -306,12 +307,14 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"bench train: --prompt-len ({args.prompt_len}) must be below --seq-len ({args.seq_len}), "
                          "which counts prompt and response")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = results_file(args.output, RESULTS / f"train_{device.type}.json", args.overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "benchmark": "train", "device": device_name(device), "device_type": device.type,
         "torch": torch.__version__, "commit": git_commit(), "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "prompt_len": args.prompt_len,
         "optimizer": "AdamW",
-        "dtype": "bfloat16" if device.type == "cuda" else "float32", "shapes": {},
+        "dtype": "bfloat16" if device.type == "cuda" else "float32", "complete": False, "shapes": {},
     }
     for shape in args.shapes:
         row = bench_shape(shape, args, device)
@@ -320,11 +323,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"{shape:>9} {mode:>20}: {describe(r)}")
         row["gradient_checkpointing"] = checkpointing(shape, args)
         report["shapes"][shape] = row
+        # After every shape: a run stopped by a time limit (a GPU session stage) keeps what it measured.
+        out.write_text(json.dumps(report, indent=2) + "\n")
     if device.type == "cpu":
         # Timings on a shared CPU move with its load; recorded so readers can judge them.
         report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    out = args.output or RESULTS / f"train_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    report["complete"] = True
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

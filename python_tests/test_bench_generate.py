@@ -18,6 +18,8 @@ from superthoughts_ext.bench_cli import load_benchmark
     (["--graph-windows", "0"], "argument --graph-windows: must be >= 1, got 0"),
     (["--thresholds", "0.9", "1.5"], r"argument --thresholds: must lie in \[0, 1\], got 1.5"),
     (["--thresholds", "nan"], r"argument --thresholds: must lie in \[0, 1\], got nan"),
+    (["--mtp-logit-std", "-1"], "argument --mtp-logit-std: must be a finite number >= 0, got -1"),
+    (["--mtp-logit-std", "nan"], "argument --mtp-logit-std: must be a finite number >= 0, got nan"),
 ])
 def test_bad_options_are_refused_at_parse_time(capsys, options: list[str], message: str) -> None:
     parser = argparse.ArgumentParser()
@@ -34,3 +36,32 @@ def test_good_options_parse() -> None:
     load_benchmark("generate").add_arguments(parser)
     args = parser.parse_args(["--batch", "1", "8", "--thresholds", "0", "0.99", "1"])
     assert args.batch == [1, 8] and args.thresholds == [0.0, 0.99, 1.0]
+
+
+def test_unknown_methods_and_devices_are_refused_before_any_model_is_built(monkeypatch, tmp_path) -> None:
+    bench = load_benchmark("generate")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+
+    def build_models(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(bench, "build_models", build_models)
+    out = ["--output", str(tmp_path / "g.json")]
+    with pytest.raises(SystemExit, match=r"unknown method\(s\) \['standrd'\]; known with these --thresholds: .*'st@0.9'"):
+        bench.main(parser.parse_args(["--methods", "standrd", "pairs", "--thresholds", "0.9", *out]))
+    with pytest.raises(SystemExit, match="--device 'gpu0'"):
+        bench.main(parser.parse_args(["--device", "gpu0", *out]))
+
+
+def test_a_recorded_run_is_replaced_only_on_request(tmp_path) -> None:
+    # Without --output a benchmark writes benchmarks/results/, which the README quotes.
+    from superthoughts_ext.run_info import results_file
+
+    recorded = tmp_path / "step_cpu.json"
+    assert results_file(None, recorded, overwrite=False) == recorded  # nothing there yet
+    recorded.write_text("{}")
+    with pytest.raises(SystemExit, match="step_cpu.json holds a recorded run; give --output PATH"):
+        results_file(None, recorded, overwrite=False)
+    assert results_file(None, recorded, overwrite=True) == recorded
+    assert results_file(tmp_path / "mine.json", recorded, overwrite=False) == tmp_path / "mine.json"

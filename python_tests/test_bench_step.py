@@ -14,6 +14,15 @@ from superthoughts_ext.bench_cli import load_benchmark
 from superthoughts_ext.ops import superthoughts_step
 
 
+def test_vocab_must_hold_the_masked_eos(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    bench = load_benchmark("step")
+    bench.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--vocab", str(bench.EOS)])
+    assert f"argument --vocab: must be >= {bench.EOS + 1}" in capsys.readouterr().err
+
+
 def test_bench_step_smoke(tmp_path: Path, monkeypatch) -> None:
     bench = load_benchmark("step")
     parser = argparse.ArgumentParser()
@@ -78,7 +87,7 @@ def test_graph_replay_sets_share_the_embedding_but_pick_other_rows() -> None:
     assert not bool(copy[4].any())
 
 
-@pytest.mark.parametrize("option,value", [("--batch", "0"), ("--vocab", "0"), ("--hidden", "-1")])
+@pytest.mark.parametrize("option,value", [("--batch", "0"), ("--hidden", "-1")])  # --vocab: below
 def test_bench_step_refuses_empty_shapes(option, value, capsys) -> None:
     # A B = 0 run would time nothing, print absurd bandwidths and overwrite the results file.
     parser = argparse.ArgumentParser()

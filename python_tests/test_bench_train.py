@@ -21,6 +21,7 @@ def test_bench_train_smoke_both_mtp_types(tmp_path: Path) -> None:
                               "--warmup", "3", "--min-time", "0.2", "--rounds", "1", "--rho-max", "0.25",
                               "--mtp-types", "decoder", "mlp", "--output", str(out)])
     assert bench.main(args) == 0
+    assert json.loads(out.read_text())["complete"]
     row = json.loads(out.read_text())["shapes"]["tiny"]
     modes = {"baseline", "baseline_chunked_ce", "superthoughts_rho0.25", "superthoughts_mlp_rho0.25"}
     assert modes <= set(row)

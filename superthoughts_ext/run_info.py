@@ -45,6 +45,25 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def results_file(output: Path | None, default: Path, overwrite: bool) -> Path:
+    """Where a benchmark writes its JSON: `output` when given, else `default` under
+    benchmarks/results/, which holds the recorded runs the README quotes: a file already there
+    is replaced only with `overwrite` (checked before anything is measured)."""
+    if output is not None:
+        return output
+    if default.exists() and not overwrite:
+        raise SystemExit(f"{default} holds a recorded run; give --output PATH for this one, or --overwrite "
+                         "to replace it")
+    return default
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """--output and --overwrite of a benchmark whose JSON goes to `default` (see results_file)."""
+    parser.add_argument("--output", type=Path, default=None, help=f"JSON path (default: {default})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the default path's recorded run when it exists (else give --output)")
+
+
 def int_at_least(low: int):
     """argparse type: an int >= low, refused at parse time (before any model is built)."""
 
