@@ -341,3 +341,22 @@ def test_training_prompts_are_the_prompts_eval_sends():
     example, = train_data.load_examples(row, tok, problem_field="problem", solution_field="solution",
                                         system_prompt=None, max_length=None)
     assert example["prompt_ids"] != eval_ids and tok.decode(example["prompt_ids"]).count("system") == 0
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"lr_scheduler": "cosin"}, "cosin is not a valid SchedulerType"),
+    ({"logging_steps": 0}, "requires non-zero --logging_steps"),
+    ({"report_to": "tensorbord"}, "tensorbord is not supported"),
+    ({"model": "tokenizer_only"}, r"tokenizer_only' is not a model directory \(no config.json\)"),
+], ids=["scheduler", "logging-steps", "report-to", "no-config"])
+def test_option_mistakes_fail_before_the_data_is_tokenised(base_dirs, tmp_path, monkeypatch, change, message):
+    # Tokenising a large file takes minutes: a typo must not wait for it.
+    def tokenise(*args, **kwargs):
+        raise AssertionError("the data was tokenised before the options were checked")
+
+    monkeypatch.setattr(train_data, "load_examples", tokenise)
+    make_tokenizer().save_pretrained(tmp_path / "tokenizer_only")
+    model = tmp_path / "tokenizer_only" if "model" in change else base_dirs["qwen2"]
+    options = {**ONE_STEP, **change, "model": model}
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train(TrainOptions(data=ROWS, output_dir=tmp_path / "o", **options))

@@ -18,10 +18,26 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 
+def _template_errors() -> tuple[type[Exception], ...]:
+    """jinja2's TemplateError, which a template's raise_exception() raises (Gemma-style templates:
+    "System role not supported"); none when jinja2 is absent, since then no template renders."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:
+        return ()
+    return (TemplateError,)
+
+
 def _chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except _template_errors() as exc:
+        if messages[0]["role"] == "system":
+            raise ValueError(f"the chat template refuses a system message ({exc}); train with "
+                             "--template-system-prompt (system_prompt=None) to send none") from exc
+        raise ValueError(f"the chat template failed: {exc}") from exc
 
 
 def _messages(problem: str, system_prompt: str | None) -> list[dict[str, str]]:
@@ -146,6 +162,31 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
     return Examples(examples, where=where, unit=unit, numbers=kept), empty, too_long
 
 
+def _not_utf8(path: str) -> ValueError:
+    """The error for a file that is not UTF-8, naming the line of its first bad byte (a text-mode
+    read names only an offset into its read buffer)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        return ValueError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); the data must be JSON Lines "
+                          "in UTF-8, not a binary format such as parquet or arrow (convert with "
+                          "`Dataset.to_json(path)`)")
+    return ValueError(f"{path}: not UTF-8 text")  # the file changed since the read that failed
+
+
+def _text_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 file, a byte order mark (Excel, pandas' utf-8-sig) skipped;
+    ValueError naming the line for bytes that are not UTF-8 (`_not_utf8`)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            yield from enumerate(f, start=1)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
 def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
                         solution_field: str = "solution", system_prompt: str | None = None,
                         max_length: int | None = None, progress: bool = False) -> Examples:
@@ -157,23 +198,21 @@ def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: 
     where = os.fspath(path)
 
     def numbered_rows() -> Iterator[tuple[int, Any]]:
-        with open(where, encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    # A pretty-printed JSON array fails on its first line, "[", with a message about
-                    # JSON syntax that does not say what the file should look like.
-                    array = line.lstrip()[:1] == "["
-                    hint = "; expected JSON Lines, one object per line, not a JSON array" if array else ""
-                    raise ValueError(f"{where}:{number}: not valid JSON: {exc}{hint}") from exc
+        for number, line in _text_lines(where):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                # A pretty-printed JSON array fails on its first line, "[", with a message about
+                # JSON syntax that does not say what the file should look like.
+                array = line.lstrip()[:1] == "["
+                hint = "; expected JSON Lines, one object per line, not a JSON array" if array else ""
+                raise ValueError(f"{where}:{number}: not valid JSON: {exc}{hint}") from exc
 
     total = None
     if progress:
-        with open(where, encoding="utf-8") as f:
-            total = sum(1 for line in f if line.strip())
+        total = sum(1 for _, line in _text_lines(where) if line.strip())
     return encode_rows(numbered_rows(), tokenizer, where=where, problem_field=problem_field,
                        solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
                        progress=progress, total=total)

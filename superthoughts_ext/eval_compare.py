@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_data import json_lines
+from superthoughts_ext.eval_files import json_lines
 
 
 def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:

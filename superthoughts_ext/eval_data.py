@@ -6,16 +6,17 @@ Qwen2.5-Math's chain-of-thought prompt rendered through the checkpoint's chat te
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import random
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from superthoughts_ext.eval_files import read_rows
 
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -92,66 +93,6 @@ def get_bench(name: str) -> BenchSpec:
     return BENCHES[name]
 
 
-def json_lines(text: str) -> list[str]:
-    """The lines of a JSON Lines text: split at "\\n" alone, a trailing "\\r" dropped. Not
-    `str.splitlines`, which also splits at U+2028, U+2029, U+0085...: JSON strings may hold those
-    raw, and json.dumps(ensure_ascii=False) writes them so."""
-    lines = text.split("\n")
-    if lines[-1] == "":  # the newline ending the last line
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
-
-
-def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(json_lines(text), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}, column {error.colno})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def _json_list(path: Path, text: str) -> list[dict[str, Any]]:
-    """A list of objects, one object (one row: JSON Lines of a single row read so too), or JSON
-    Lines: objects one after another, as `datasets`' to_json writes them under any suffix."""
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as error:
-        # Only objects follow one another in JSON Lines; a list followed by more is broken JSON.
-        if error.msg == "Extra data" and text.lstrip().startswith("{"):
-            return _json_lines(path, text)
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})") from None
-    if isinstance(rows, dict):
-        rows = [rows]
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise ValueError(f"{path}: expected a JSON list of objects (or JSON Lines)")
-    return rows
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a local ``.jsonl``, ``.json`` (a list of objects, or JSON Lines) or ``.csv``
-    file. A UTF-8 byte order mark (Excel, pandas' utf-8-sig) is skipped: it would otherwise
-    become part of the first column's name. Parse errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark data file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            return list(csv.DictReader(f))
-    if suffix == ".json":
-        return _json_list(path, path.read_text(encoding="utf-8-sig"))
-    if suffix == ".jsonl":
-        return _json_lines(path, path.read_text(encoding="utf-8-sig"))
-    raise ValueError(f"{path}: unsupported data format {suffix!r} (use .jsonl, .json or .csv)")
-
-
 def load_hub_rows(spec: BenchSpec) -> list[dict[str, Any]]:
     """Download a benchmark with `datasets`; a clear error when the hub is unreachable."""
     try:
@@ -183,13 +124,20 @@ def cell_text(value: Any) -> str | None:
     return str(value).strip() or None
 
 
+# A number as pandas' to_csv writes a float cell in scientific notation (1e-05).
+_SCIENTIFIC = re.compile(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+")
+
+
 def format_answer(value: Any) -> str | None:
     """A reference answer as `cell_text`, one enclosing math span unwrapped: "$4$" -> "4".
+    Text in scientific notation reads as the float cell a CSV lost: "1e-05" -> "0.00001".
 
     Only a single span ("$" at both ends and nowhere else): "$a$ and $b$" stays as it is, since
     stripping its outer "$" would turn the math inside out.
     """
     text = cell_text(value)
+    if text is not None and _SCIENTIFIC.fullmatch(text):
+        text = cell_text(float(text))
     if text is not None and len(text) > 2 and text.count("$") == 2 and text[0] == text[-1] == "$":
         text = text[1:-1].strip()
     return text or None
@@ -235,8 +183,12 @@ def gpqa_message(question: str, options: tuple[str, ...]) -> str:
     return f"{question.strip()}\n\n" + "\n".join(lines) + f"\n\n{GPQA_INSTRUCTION}"
 
 
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({key for row in rows for key in row})
+
+
 def _pick_field(rows: list[dict[str, Any]], fields: tuple[str, ...], what: str, bench: str) -> str:
-    columns = sorted({key for row in rows for key in row})
+    columns = _columns(rows)
     for field in fields:
         if field in columns:
             return field
@@ -244,6 +196,27 @@ def _pick_field(rows: list[dict[str, Any]], fields: tuple[str, ...], what: str, 
         f"{bench}: no {what} column {' / '.join(fields)} in the data; columns: {', '.join(columns)} "
         f"(set it with --{what}-field)"
     )
+
+
+def _check_distractor_fields(rows: list[dict[str, Any]], spec: BenchSpec) -> None:
+    """The GPQA option columns, which no flag renames, must be present: without them every row
+    would be skipped as one missing an option."""
+    columns = _columns(rows)
+    missing = [field for field in spec.distractor_fields if field not in columns]
+    if missing:
+        raise ValueError(f"{spec.name}: no {', '.join(missing)} column{'s' if len(missing) > 1 else ''} in the data; "
+                         f"columns: {', '.join(columns)}")
+
+
+def _check_text_cells(row: dict[str, Any], fields: Iterable[str], bench: str, number: int) -> None:
+    """Refuses an object or a list of objects (chat messages, say) where text belongs: `cell_text`
+    would print it as a Python repr and the model would be asked that."""
+    for field in fields:
+        value = row.get(field)
+        if isinstance(value, dict) or (isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value)):
+            kind = "an object" if isinstance(value, dict) else "a list of objects"
+            raise ValueError(f"{bench}: row {number}, column {field!r}: {kind}, not text ({value!r:.60}); "
+                             "point --problem-field / --answer-field at a text column")
 
 
 def check_limit(limit: int | None) -> None:
@@ -280,7 +253,7 @@ def _warn_skipped(bench: str, skipped: list[str]) -> None:
     if not skipped:
         return
     shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-    warnings.warn(f"{bench}: skipped {len(skipped)} row(s) without a problem or answer (ids {shown})",
+    warnings.warn(f"{bench}: skipped {len(skipped)} row(s) without a problem, answer or option (ids {shown})",
                   stacklevel=3)
 
 
@@ -295,7 +268,8 @@ def load_problems(
     """Load a benchmark as `Problem`s, from ``data`` if given, else from the hub.
 
     Rows whose answer (or GPQA option) is missing or empty are skipped, with one warning
-    giving their count and ids; a missing column is a ValueError naming the columns present.
+    giving their count and ids; a missing column is a ValueError naming the columns present, an
+    object (chat messages, say) where text belongs one naming the row and column.
     ``problem_field`` / ``answer_field`` override the registry's column names.
     """
     spec = get_bench(bench)
@@ -305,12 +279,14 @@ def load_problems(
         raise ValueError(f"{bench}: no rows in {data or spec.hub_path}")
     p_field = _pick_field(rows, (problem_field,) if problem_field else spec.problem_fields, "problem", bench)
     a_field = _pick_field(rows, (answer_field,) if answer_field else spec.answer_fields, "answer", bench)
+    _check_distractor_fields(rows, spec)
     id_field = _unique_id_field(rows, spec)
 
     problems: list[Problem] = []
     skipped: list[str] = []
     for index, row in enumerate(rows):
         problem_id = str(row[id_field]) if id_field is not None else str(index)
+        _check_text_cells(row, (p_field, a_field, *spec.distractor_fields), bench, index + 1)
         problem = _problem_from_row(row, problem_id, spec, p_field, a_field)
         if problem is None:
             skipped.append(problem_id)
@@ -320,7 +296,7 @@ def load_problems(
             break
     _warn_skipped(bench, skipped)
     if not problems:
-        raise ValueError(f"{bench}: every row lacks a problem or an answer")
+        raise ValueError(f"{bench}: every row lacks a problem, answer or option")
     return problems
 
 

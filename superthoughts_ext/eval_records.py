@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from superthoughts_ext.eval_compare import summary_path
-from superthoughts_ext.eval_data import Problem, get_bench, json_lines
+from superthoughts_ext.eval_data import Problem, get_bench
+from superthoughts_ext.eval_files import json_lines
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from superthoughts_ext.eval_compare import summary_path
-from superthoughts_ext.eval_data import Problem, get_bench, json_lines
+from superthoughts_ext.eval_data import Problem, get_bench
+from superthoughts_ext.eval_files import json_lines
 from superthoughts_ext.eval_records import grade_fields, grade_output
 
 # Keys a record needs to be re-graded (and checked against the benchmark).

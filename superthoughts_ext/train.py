@@ -148,7 +148,11 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
     """TrainingArguments for `options` (gradient checkpointing is enabled on the model instead).
 
     Turns FSDP's cpu_ram_efficient_loading off (`train_utils.without_fsdp_ram_efficient_loading`).
+    ValueError for a value TrainingArguments refuses (a scheduler name, logging_steps 0) or a
+    report_to integration Trainer does not know.
     """
+    from transformers.integrations import get_reporting_integration_callbacks
+
     kwargs: dict[str, Any] = dict(
         output_dir=os.fspath(options.output_dir),
         max_steps=options.max_steps,
@@ -180,7 +184,17 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         use_cpu=not torch.cuda.is_available(),
     )
     kwargs.update(train_utils.without_fsdp_ram_efficient_loading(options.training_args))
-    return TrainingArgumentsCpuFix(**kwargs)
+    args = TrainingArgumentsCpuFix(**kwargs)
+    # Trainer checks report_to only when it is built, after the model is loaded and the data tokenised.
+    get_reporting_integration_callbacks(args.report_to)
+    return args
+
+
+def _check_model_directory(source: str | os.PathLike | nn.Module) -> None:
+    """A model path must be a checkpoint directory (config.json): checked before the data is
+    tokenised (minutes for a large file), although `train_utils.build_model` checks it again."""
+    if isinstance(source, (str, os.PathLike)) and not os.path.isfile(os.path.join(os.fspath(source), "config.json")):
+        raise FileNotFoundError(f"train: {os.fspath(source)!r} is not a model directory (no config.json)")
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -191,8 +205,11 @@ def train(options: TrainOptions) -> TrainResult:
     """
     from superthoughts_ext.data import SuperThoughtsCollator
 
+    # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
     train_utils.check_resume(options.output_dir, options.resume_from_checkpoint)
+    args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
+    _check_model_directory(options.model)
     pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
     examples = train_data.load_examples(
         options.data, tokenizer, problem_field=options.problem_field,
@@ -201,7 +218,6 @@ def train(options: TrainOptions) -> TrainResult:
         # One bar per machine, as Trainer shows its own (every process tokenises the whole file).
         progress=options.progress_bar and int(os.environ.get("LOCAL_RANK", "0")) == 0,
     )
-    args = training_arguments(options)
     torch.manual_seed(options.seed)
     # distill_weight always: a continued checkpoint's own weight must not outlive the run's.
     overrides: dict[str, Any] = {"pad_token_id": pad_id, "rho_max": options.rho_max,

@@ -38,6 +38,9 @@ def load_examples(
     """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
+        if path.is_dir():
+            raise ValueError(f"train: data {os.fspath(path)!r} is a directory (a `datasets` save_to_disk folder?); "
+                             "train reads one JSONL file: write one with `Dataset.to_json(path)`")
         if not path.is_file():
             raise FileNotFoundError(f"train: data file {os.fspath(path)!r} does not exist")
         examples = load_jsonl_examples(

@@ -1,0 +1,60 @@
+"""Training data as other tools leave it: files that are not UTF-8 (Latin-1 text, parquet),
+`datasets` folders, and chat templates that refuse a system message. Each must fail naming the
+file and line and saying what to do. (The JSONL reader itself: test_data.py.)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+from test_data import CHATML, word_tokenizer, write_jsonl  # noqa: E402
+
+from superthoughts_ext import train_data  # noqa: E402
+from superthoughts_ext.data_jsonl import load_jsonl_examples  # noqa: E402
+
+# Gemma-style: a template that raises on a system turn instead of writing one.
+NO_SYSTEM = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+             "{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}" + CHATML)
+
+
+@pytest.mark.parametrize("progress", [False, True], ids=["no-bar", "bar"])
+def test_non_utf8_file_names_its_line(tmp_path: Path, progress: bool) -> None:
+    # The bar counts the rows first: that read must name the line too.
+    path = tmp_path / "latin1.jsonl"
+    rows = [{"problem": "what", "solution": "four"}, {"problem": "what café", "solution": "four"}]
+    path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9\); the data must be JSON Lines"):
+        load_jsonl_examples(path, word_tokenizer(), progress=progress)
+
+
+def test_binary_file_is_named_with_the_way_to_convert_it(tmp_path: Path) -> None:
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"PAR1\x15\x04\x15\xee\xff\x00\n" * 4)
+    with pytest.raises(ValueError, match=r"train\.parquet:1: not UTF-8 text .*parquet .*Dataset\.to_json\(path\)"):
+        train_data.load_examples(path, word_tokenizer(), problem_field="problem", solution_field="solution",
+                                 system_prompt=None, max_length=None)
+
+
+def test_data_directory_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"is a directory \(a `datasets` save_to_disk folder\?\).*Dataset\.to_json"):
+        train_data.load_examples(tmp_path, word_tokenizer(), problem_field="problem", solution_field="solution",
+                                 system_prompt=None, max_length=None)
+
+
+def test_template_refusing_a_system_message_names_the_line_and_the_flag(tmp_path: Path) -> None:
+    tok = word_tokenizer()
+    tok.chat_template = NO_SYSTEM
+    path = write_jsonl(tmp_path / "d.jsonl", [{"problem": "what", "solution": "four"}])
+    with pytest.raises(ValueError, match=r"d\.jsonl:1: the chat template refuses a system message "
+                                         r"\(System role not supported\); train with --template-system-prompt"):
+        load_jsonl_examples(path, tok, system_prompt="system")
+    rows = [{"problem": "what", "solution": "four"}]
+    with pytest.raises(ValueError, match=r"train: row 1: the chat template refuses a system message"):
+        train_data.load_examples(rows, tok, problem_field="problem", solution_field="solution",
+                                 system_prompt="system", max_length=None)
+    # Without a system message of ours the template renders.
+    assert load_jsonl_examples(path, tok, system_prompt=None)[0]["response_ids"] == tok.convert_tokens_to_ids(
+        ["four", "<|im_end|>"])
