@@ -35,6 +35,9 @@ def test_pandas_column_layout_is_refused_with_the_orient_to_use(tmp_path: Path) 
     path.write_text(json.dumps({"problem": {"0": "1+1?", "1": "2+2?"}, "answer": {"0": "2", "1": "4"}}))
     with pytest.raises(ValueError, match=r"cols\.json: a JSON object of objects .*orient='records', lines=True"):
         load_problems("math500", path)
+    path.write_text(json.dumps({"problem": ["1+1?", "2+2?"], "answer": ["2", "4"]}))  # a dict of columns
+    with pytest.raises(ValueError, match=r"cols\.json: a JSON object of lists .*orient='records', lines=True"):
+        load_problems("math500", path)
     # One row whose cells are plain values still reads as one problem.
     path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}))
     assert load_problems("math500", path) == [Problem("0", "1+1?", "2")]
@@ -98,3 +101,17 @@ def test_non_utf8_data_names_the_file_and_line(tmp_path: Path, name: str) -> Non
 def test_data_directory_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"is a directory .*Dataset\.to_json\(path\)"):
         load_problems("math500", tmp_path)
+
+
+def test_a_chat_template_refusing_the_system_message_is_named() -> None:
+    from superthoughts_ext.eval_data import build_prompt
+
+    class Tokenizer:  # a Gemma-style template: raise_exception() on a system turn
+        chat_template = "{{ raise_exception('System role not supported') }}"
+
+        def apply_chat_template(self, messages, **kwargs):
+            from jinja2 import TemplateError
+            raise TemplateError("System role not supported")
+
+    with pytest.raises(ValueError, match=r"refuses the chain-of-thought system message \(System role not supported\)"):
+        build_prompt(Tokenizer(), "1+1?")

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 
-def _template_errors() -> tuple[type[Exception], ...]:
+def template_errors() -> tuple[type[Exception], ...]:
     """jinja2's TemplateError, which a template's raise_exception() raises (Gemma-style templates:
     "System role not supported"); none when jinja2 is absent, since then no template renders."""
     try:
@@ -33,7 +33,7 @@ def _chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt:
         raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template")
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except _template_errors() as exc:
+    except template_errors() as exc:
         if messages[0]["role"] == "system":
             raise ValueError(f"the chat template refuses a system message ({exc}); train with "
                              "--template-system-prompt (system_prompt=None) to send none") from exc

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from superthoughts_ext.data_jsonl import template_errors
 from superthoughts_ext.eval_files import read_rows
 
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -312,4 +313,8 @@ def build_prompt(tokenizer: Any, question: str) -> str:
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": question},
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except template_errors() as error:
+        raise ValueError(f"the chat template refuses the chain-of-thought system message ({error}); evaluation "
+                         "sends it as training does, so it needs a template that takes a system turn") from error

@@ -38,8 +38,8 @@ def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
 def _json_list(path: Path, text: str) -> list[dict[str, Any]]:
     """A list of objects, one object (one row: JSON Lines of a single row read so too), or JSON
     Lines: objects one after another, as `datasets`' to_json writes them under any suffix.
-    An object of objects is pandas' column (or index) layout, refused: read as one row, it would
-    become one problem made of every question."""
+    An object of objects (pandas' column or index layout) or of lists (columns) is refused: read
+    as one row, it would become one problem made of every question."""
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as error:
@@ -48,10 +48,12 @@ def _json_list(path: Path, text: str) -> list[dict[str, Any]]:
             return _json_lines(path, text)
         raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})") from None
     if isinstance(rows, dict):
-        if rows and all(isinstance(value, dict) for value in rows.values()):
-            raise ValueError(f"{path}: a JSON object of objects (keys {', '.join(list(rows)[:5])}), the layout of "
-                             "pandas' DataFrame.to_json by default, not a list of rows; write the file with "
-                             "to_json(path, orient='records', lines=True)")
+        # Objects of objects: pandas' DataFrame.to_json default; of lists: a dict of columns.
+        for kind, name in ((dict, "objects"), (list, "lists")):
+            if rows and all(isinstance(value, kind) for value in rows.values()):
+                raise ValueError(f"{path}: a JSON object of {name} (keys {', '.join(list(rows)[:5])}), "
+                                 "columns rather than a list of rows; write the file as JSON Lines, e.g. pandas' "
+                                 "to_json(path, orient='records', lines=True)")
         rows = [rows]
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ValueError(f"{path}: expected a JSON list of objects (or JSON Lines)")
