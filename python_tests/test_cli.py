@@ -22,6 +22,9 @@ def test_cli_help_documents_every_option(capsys) -> None:
             assert "peak learning rate (default: 1e-05)" in text
             assert "AdamW weight decay (default: 0.0)" in text  # a zero default is still shown
             assert "--baseline            plain SFT of the backbone, no compression\n" in text  # flags: none
+        if command == "demo":
+            # A flag storing False: "(default: True)" would read as progress hidden by default.
+            assert "hide progress bars\n" in text
 
 
 

@@ -23,12 +23,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class HelpFormatter(argparse.HelpFormatter):
     """Appends each option's default to its help line, unless the default is unset (None /
-    False) or the help text already says what happens by default."""
+    False), the option is a flag that stores a constant (`--no-progress` stores False into a
+    default of True: "(default: True)" would read as hidden by default), or the help text
+    already says what happens by default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if not action.option_strings or unset or "default" in text:
+        constant_flag = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if not action.option_strings or unset or constant_flag or "default" in text:
             return text
         return f"{text} (default: %(default)s)"
 

@@ -122,12 +122,13 @@ def superthoughts_step_ref(
     pad_id: int,
     eos_id: int,
     threshold: float,
-    threshold_main: float,
-    temperature: float,
-    seed: int,
-    offset: int,
+    threshold_main: float = 0.0,
+    temperature: float = 0.0,
+    seed: int = 0,
+    offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference for `superthoughts_step`; updates `finished` in place like the op.
+    """Reference for `superthoughts_step` (the same arguments and defaults); updates `finished`
+    in place like the op.
 
     logits [2, B, V] (head 0 = main, head 1 = MTP), embed [V, H], merge_weight [H, 2H] or None,
     merge_bias [H] or None, finished [B] bool.
