@@ -218,6 +218,21 @@ def test_logits_far_below_the_max(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("vocab,steps", [(16384, 511), (32768, 1023), (151936, 255)])
+def test_sum_of_many_equal_terms(device, vocab, steps):
+    # One max and vocab - 1 logits steps * 2^-24 below it: every softmax term is the same float,
+    # 1 - steps * 2^-24, so a float32 running sum rounds the same way at every addition (a
+    # lane summing 1024 of them drifted by 1.5e-5 relative).
+    logits = torch.full((2, 1, vocab), -steps * 2.0**-24)
+    logits[:, :, 0] = 0.0
+    embed = torch.zeros(vocab, 2)
+    finished = torch.zeros(1, dtype=torch.bool)
+    conf = step_on(device)(logits, embed, None, None, finished, PAD, EOS, 0.5)[2]
+    exact = 1.0 / (1.0 + (vocab - 1) * (1.0 - steps * 2.0**-24))
+    torch.testing.assert_close(conf, torch.full((1, 2), exact), rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_strided_inputs(device):
     logits, embed, weight, bias, finished = make_inputs(6, 1000, 64, torch.float32, device)
     wide_embed = torch.randn(1000, 96, device=tensor_device(device))

@@ -18,7 +18,8 @@ import superthoughts_ext
 
 VARIANTS = ["avx512", "avx2_fma", "avx_fma", "baseline"]
 VECTOR_TESTS = ("cpu and (greedy_matches_reference or merge_odd_sizes or nan_and_inf or far_below_the_max or strided "
-                "or sampling_matches_reference or thresholds or random_case or widens_every_float16 or tied_maxima)")
+                "or sampling_matches_reference or thresholds or random_case or widens_every_float16 or tied_maxima "
+                "or equal_terms)")
 STEP_TESTS = [str(Path(__file__).with_name(name)) for name in ("test_step.py", "test_step_fuzz.py")]
 
 

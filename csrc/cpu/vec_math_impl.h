@@ -164,12 +164,18 @@ static int64_t first_index_of(const float* buf, int64_t n, float value) {
   return n;
 }
 
+// Loop iterations (two vectors each) a lane's float32 sum runs before it moves into a double:
+// a float32 running sum of ~1000 like terms drifts by up to ~1e-5 relative (a 16384-element
+// chunk of equal terms on 8 lanes: 1.5e-5), 32 terms keep it below ~2e-6.
+static constexpr int64_t kSumBlock = 32;
+
 // The softmax sum of a chunk in two parts, shift = its maximum (finite, >= every buf[i]):
 // returns the sum of exp(buf[i] - shift) over the elements below the maximum and writes to
 // `ones` how many equal it (each adds exactly 1; confidence.h keeps them apart). One pass, so
 // a row of many tied maxima costs no more than any other.
 static float softmax_sum_parts(const float* buf, int64_t n, float shift, float* ones) {
   vf acc0 = splat(0.0f), acc1 = splat(0.0f);
+  double total = 0.0;
   vi ties{};  // per lane: how many elements equal the maximum
   const vf s = splat(shift), zero = splat(0.0f);
   auto below_max = [&](vf x) {
@@ -178,9 +184,14 @@ static float softmax_sum_parts(const float* buf, int64_t n, float shift, float* 
     return select(at_max, zero, exp_nonpositive(x - s));
   };
   int64_t i = 0;
-  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+  for (int64_t block = 0; i + 2 * kLanes <= n; i += 2 * kLanes) {
     acc0 += below_max(load(buf + i));
     acc1 += below_max(load(buf + i + kLanes));
+    if (++block == kSumBlock) {
+      total += horizontal_sum(acc0 + acc1);
+      acc0 = acc1 = zero;
+      block = 0;
+    }
   }
   for (; i + kLanes <= n; i += kLanes) acc0 += below_max(load(buf + i));
   float tail[kLanes];
@@ -189,7 +200,7 @@ static float softmax_sum_parts(const float* buf, int64_t n, float shift, float* 
   int64_t count = 0;
   for (int64_t k = 0; k < kLanes; ++k) count += ties[k];
   *ones = static_cast<float>(count);
-  return horizontal_sum(acc0 + acc1);
+  return static_cast<float>(total + horizontal_sum(acc0 + acc1));
 }
 
 // out[r] += dot(weight_row[0, k), pairs + r * ldx) for r < rows: one weight row against every
