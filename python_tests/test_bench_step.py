@@ -71,6 +71,20 @@ def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
                                              r"float32, temperature 0.0\)"):
         bench.check_correct(inputs, torch.float32, marks_finished)
 
+    calls = []
+
+    def conf_off_once(*args):
+        # A one-off conf error: the report must say the step did not repeat it, and which side
+        # is off from a float64 softmax.
+        tokens, n_new, conf, next_in = superthoughts_step(*args)
+        calls.append(1)
+        return tokens, n_new, conf + (1e-3 if len(calls) == 1 else 0.0), next_in
+
+    with pytest.raises(AssertionError, match=r"conf of the checked step(.|\n)*rerun: the checked step repeats its "
+                                             r"outputs: False, the reference: True; max \|conf - float64 softmax "
+                                             r"max\|: checked step 0.001"):
+        bench.check_correct(inputs, torch.float32, conf_off_once)
+
 
 def test_graph_replay_sets_share_the_embedding_but_pick_other_rows() -> None:
     bench = load_benchmark("step")
