@@ -172,6 +172,24 @@ def test_compiled_decoding_warms_up_each_batch_size_untimed() -> None:
     assert 0 <= summary.warmup_time <= summary.wall_time
 
 
+def test_no_further_warm_up_once_generate_decodes_eagerly() -> None:
+    # generate turns compile off for a model whose step reads host-side state (sliding windows,
+    # dynamic RoPE) and says so in its result: the other batch sizes need no warm-up.
+    from superthoughts_ext.evaluation import WARMUP_TOKENS
+
+    tokenizer, calls = make_tokenizer(), []
+    solve = fake_generate(tokenizer, calls)
+
+    def eager_generate(*args, **kwargs):
+        result = solve(*args, **kwargs)
+        result.compiled = False
+        return result
+
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, batch_size=3, max_new_tokens=64,
+             progress=False, generate_fn=eager_generate, compile=True)
+    assert [(c["batch"], c["new_tokens"]) for c in calls] == [(3, WARMUP_TOKENS), (3, 64), (3, 64), (1, 64)]
+
+
 def test_compiled_decoding_compiles_only_in_the_warm_up() -> None:
     # A real tiny SuperThoughts model through torch.compile on the CPU: every compile happens in
     # the warm-up, so the timed batches' tokens/s measure decoding only.

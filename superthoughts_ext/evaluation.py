@@ -199,7 +199,9 @@ def _warm_up(run: _Run, batches: list[list[int]], bar: Any) -> float:
         # The first call of each batch size compiles; warmed up here, no timed batch pays it.
         for size, batch in {len(batch): batch for batch in batches}.items():
             bar.set_postfix_str(f"compiling the decode step for batch size {size}")
-            _decode(run, batch, min(run.max_new_tokens, WARMUP_TOKENS))
+            result = _decode(run, batch, min(run.max_new_tokens, WARMUP_TOKENS))
+            if not getattr(result, "compiled", True):
+                break  # generate decodes this model eagerly (superthoughts_ext.host_state): nothing to warm
     return time.perf_counter() - started
 
 
