@@ -193,14 +193,53 @@ def test_lora_reaches_the_backbone_lm_head_and_counts_the_saved_model(base_dirs)
     assert not re.fullmatch(pattern, "mtp.layer.self_attn.q_proj")
     st = SuperThoughtsForCausalLM.from_base(str(base_dirs["llama"]), pad_token_id=0)
     plain_total = sum(p.numel() for p in st.parameters())
-    wrapped = train_utils.apply_lora(st, r=4, alpha=8, dropout=0.0, targets=("q_proj", "lm_head"),
-                                     superthoughts=True)
+    with pytest.warns(UserWarning, match="untied them"):  # the base ties lm_head to the embedding
+        wrapped = train_utils.apply_lora(st, r=4, alpha=8, dropout=0.0, targets=("q_proj", "lm_head"),
+                                         superthoughts=True)
+    untied_head = st.backbone.get_output_embeddings().base_layer.weight.numel()
     adapted = {n.split(".lora_")[0] for n, _ in wrapped.named_parameters() if ".lora_" in n}
     assert any(n.endswith("backbone.lm_head") for n in adapted), adapted
     assert any(n.endswith("q_proj") for n in adapted) and not any(".mtp." in n for n in adapted)
     # peft's frozen copies of the fully trained compressor and MTP are not part of the model.
     lora = sum(p.numel() for n, p in wrapped.named_parameters() if ".lora_" in n)
-    assert train_utils.trainable_summary(wrapped)["total_params"] == plain_total + lora
+    assert train_utils.trainable_summary(wrapped)["total_params"] == plain_total + untied_head + lora
+
+
+@pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
+def test_lora_on_a_tied_lm_head_saves_the_model_it_trained(base_dirs, tmp_path, monkeypatch, baseline):
+    # The base models tie lm_head to the embedding (as Qwen2.5-Math-1.5B does): merging an lm_head
+    # adapter into the one shared matrix changed the input embeddings too, so the saved model was
+    # not the trained one (max logit difference 0.15 after 5 steps).
+    from superthoughts_ext import train as train_module
+    from superthoughts_ext.data import SuperThoughtsCollator
+    from superthoughts_ext.modeling import load_model
+
+    batch = SuperThoughtsCollator(0, 2, rho_max=0.0, baseline=baseline)(
+        [{"prompt_ids": [1, 4, 5, 6], "response_ids": [7, 8, 9, 10, 11, 2]}])
+    trained = {}
+    merge = train_utils.merge_lora
+
+    def logits_before_merging(model):
+        model.eval()
+        with torch.no_grad():
+            out = model(**batch)
+        trained["logits"] = out.logits if baseline else out.logits_main
+        return merge(model)
+
+    monkeypatch.setattr(train_module.train_utils, "merge_lora", logits_before_merging)
+    out = tmp_path / "lora"
+    with pytest.warns(UserWarning, match="name the tied embedding / lm_head: untied them"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=out, baseline=baseline,
+                           lora_r=4, lora_alpha=8, lora_target_modules=("q_proj", "lm_head"),
+                           **{**FAST, "max_steps": 5}))
+    if baseline:
+        saved = AutoModelForCausalLM.from_pretrained(out).eval()
+    else:
+        saved = load_model(out)
+    with torch.no_grad():
+        out_saved = saved(**batch)
+    logits = out_saved.logits if baseline else out_saved.logits_main
+    torch.testing.assert_close(logits, trained["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_resume_from_checkpoint(base_dirs, tmp_path):

@@ -190,12 +190,34 @@ def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | lis
     return rf"{prefix}\.(?:.*\.)?({names})"
 
 
+def untie_adapted_embeddings(backbone: nn.Module, targets: Sequence[str]) -> bool:
+    """Unties the backbone's lm_head from its input embedding when LoRA `targets` name either of
+    them; returns whether it did. Merging an adapter of one tied matrix writes its delta into
+    both: the saved model's input embeddings (and the compressor's inputs) would change too, and
+    it would no longer be the model that was trained."""
+    head, embed = backbone.get_output_embeddings(), backbone.get_input_embeddings()
+    if head is None or embed is None or head.weight is not embed.weight:
+        return False
+    names = [name for name, module in backbone.named_modules() if module is head or module is embed]
+    if not any(name == t or name.endswith("." + t) for name in names for t in targets):
+        return False
+    head.weight = nn.Parameter(embed.weight.detach().clone())
+    backbone.config.tie_word_embeddings = False  # tie_weights() must not tie them again
+    warnings.warn(f"LoRA targets {sorted(targets)} name the tied embedding / lm_head: untied them, so the merged "
+                  "model's lm_head takes the adapter alone (the output directory stores both matrices)",
+                  stacklevel=3)
+    return True
+
+
 def apply_lora(
     model: nn.Module, *, r: int, alpha: int, dropout: float, targets: Sequence[str],
     superthoughts: bool,
 ) -> nn.Module:
-    """Wrap `model` in a peft LoRA model; for SuperThoughts the compressor and MTP train fully."""
+    """Wrap `model` in a peft LoRA model; for SuperThoughts the compressor and MTP train fully.
+    A tied lm_head / embedding that the targets name is untied first (`untie_adapted_embeddings`)."""
     from peft import LoraConfig, get_peft_model
+
+    untie_adapted_embeddings(model.backbone if superthoughts else model, targets)
 
     config = LoraConfig(
         r=r,
