@@ -82,11 +82,22 @@ def test_from_base_of_a_module_in_bf16_keeps_float32_rope_and_reloads_bit_identi
     assert_rope_like_backbone(model)
     assert model.backbone.model.rotary_emb.inv_freq.dtype == torch.float32
     model.save_pretrained(tmp_path)
+    # The config names the stored dtype (the built module's config still says float32).
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     loaded = SuperThoughtsForCausalLM.from_pretrained(tmp_path)
     batch = training_batch()
     with torch.no_grad():
         a, b = model(**batch), loaded(**batch)
     assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+    # An interrupted save of a 30-60 GB file: safetensors' own error names no file.
+    make_model("qwen2").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"model.safetensors' cannot be read .*truncated or corrupt"):
+        SuperThoughtsForCausalLM.from_pretrained(tmp_path)
 
 
 def test_from_base_paths_and_load_model_baseline(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
@@ -89,6 +90,9 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
     if generation_config is not None:
         generation_config.save_pretrained(directory)
     values = model.backbone.config.to_dict()
+    # The dtype the weights are stored in (a config keeps the one it was built with, e.g. float32
+    # for a model converted to bfloat16 after from_base), for tools that read it.
+    values["dtype"] = str(model.backbone.get_input_embeddings().weight.dtype).removeprefix("torch.")
     values["architectures"] = ["SuperThoughtsForCausalLM"]
     values[SECTION] = model.config.to_dict()
     with open(directory / CONFIG_NAME, "w", encoding="utf-8") as f:
@@ -119,7 +123,11 @@ def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, 
     if model_type is None:
         raise ValueError(f"from_pretrained: {path / CONFIG_NAME} has no model_type")
     base_config = AutoConfig.for_model(model_type, **values)
-    weights = load_file(os.fspath(weights_path))
+    try:
+        weights = load_file(os.fspath(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"from_pretrained: {os.fspath(weights_path)!r} cannot be read ({error}); a truncated or "
+                         "corrupt file, e.g. from an interrupted save") from error
     backbone_weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
     embed_key = next((k for k in backbone_weights if k.endswith("embed_tokens.weight")), None)
     if dtype is None and embed_key is not None:
