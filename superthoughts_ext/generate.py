@@ -323,6 +323,8 @@ def generate(
             their prompt length and max_new_tokens (dynamic sizes of the compiled step).
         streamer: gets put(new tokens) after every step (this syncs every step) and end().
         ignore_eos: decode exactly max_new_tokens per row (benchmarks): EOS does not stop a row.
+            The first EOS id as a step's first token still refuses that step's second token (the
+            step op's rule); the other EOS ids do not (benchmarks keep EOS from winning at all).
 
     Returns:
         GenerateOutput with per-row sequences and step statistics.

@@ -74,8 +74,9 @@ def confidence(shifted: torch.Tensor, valid: torch.Tensor,
     # threshold keeps x > LARGEST_SUBNORMAL: exactly the terms >= FLT_MIN.
     rest = torch.nn.functional.threshold(terms, LARGEST_SUBNORMAL, 0.0).sum(dim=-1).double()
     conf = torch.where(valid, (1.0 / (ones + rest)).float(), 0.0)
-    # float32 as the kernels hold them; a tensor, not .item(), so torch.compile keeps one graph.
-    t = torch.tensor(thresholds, dtype=torch.float32, device=shifted.device).double().view(2, 1)
+    # float32 as the kernels hold them, filled on the device: copying a host tensor there syncs,
+    # which a CUDA graph capture refuses. A tensor, not .item(), so torch.compile keeps one graph.
+    t = torch.stack([shifted.new_full((1,), value, dtype=torch.float32) for value in thresholds]).double()
     reaches = torch.where(valid, 1.0 - t * ones >= t * rest, t <= 0)
     return conf, reaches
 

@@ -103,8 +103,10 @@ for what in "$@"; do
           --output "$OUT/generate_cuda_graph_windows_$windows.json"
       done ;;
     folded_gqa)  # generate's folded grouped-query decode attention on the GPU: token agreement, then speed
+      # test_generate_io.py holds the tests that decode on the GPU (the others build CPU models)
       SUPERTHOUGHTS_FOLDED_GQA=1 stage folded_gqa_test 200 python3 -m pytest -q -p no:cacheprovider \
-        python_tests/test_generate.py python_tests/test_generate_edge_cases.py python_tests/test_attention.py -k "not emulated"
+        python_tests/test_generate_io.py python_tests/test_generate.py python_tests/test_generate_edge_cases.py \
+        python_tests/test_attention.py -k "not emulated"
       SUPERTHOUGHTS_FOLDED_GQA=1 stage folded_gqa_bench 300 python3 benchmarks/bench_generate.py --repeats 2 \
         --batch 1 32 --methods standard pairs --no-compile --output "$OUT/generate_cuda_folded_gqa.json" ;;
     bench_train) stage bench_train 400 python3 benchmarks/bench_train.py --shapes 1.5b --output "$OUT/train_cuda.json" ;;
