@@ -50,6 +50,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from superthoughts_ext import train_data, train_utils
+from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, format_warning
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.trainer import SuperThoughtsTrainer, TrainingArgumentsCpuFix
@@ -190,13 +191,6 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
     return args
 
 
-def _check_model_directory(source: str | os.PathLike | nn.Module) -> None:
-    """A model path must be a checkpoint directory (config.json): checked before the data is
-    tokenised (minutes for a large file), although `train_utils.build_model` checks it again."""
-    if isinstance(source, (str, os.PathLike)) and not os.path.isfile(os.path.join(os.fspath(source), "config.json")):
-        raise FileNotFoundError(f"train: {os.fspath(source)!r} is not a model directory (no config.json)")
-
-
 def train(options: TrainOptions) -> TrainResult:
     """Run one training job and write the final model, config and tokenizer to `output_dir`.
 
@@ -209,7 +203,8 @@ def train(options: TrainOptions) -> TrainResult:
     train_utils.check_resume(options.output_dir, options.resume_from_checkpoint)
     args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
-    _check_model_directory(options.model)
+    if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data
+        read_model_dir(options.model, "train")
     pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
     examples = train_data.load_examples(
         options.data, tokenizer, problem_field=options.problem_field,

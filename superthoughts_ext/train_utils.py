@@ -322,6 +322,7 @@ def build_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from superthoughts_ext.checkpoint import read_model_dir
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM, is_superthoughts_checkpoint
 
     if isinstance(source, SuperThoughtsForCausalLM):
@@ -329,8 +330,7 @@ def build_model(
             raise ValueError("train: baseline mode trains a plain causal LM; got a SuperThoughts model")
         return continue_with(source, overrides)
     if not isinstance(source, nn.Module):
-        if not os.path.isfile(os.path.join(os.fspath(source), "config.json")):
-            raise FileNotFoundError(f"train: {os.fspath(source)!r} is not a model directory (no config.json)")
+        read_model_dir(source, "train")
         if is_superthoughts_checkpoint(source):
             if baseline:
                 raise ValueError(f"train: baseline mode needs a plain checkpoint; {os.fspath(source)!r} is SuperThoughts")
