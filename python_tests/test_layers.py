@@ -62,6 +62,30 @@ def test_linear_cross_entropy_low_precision_and_frozen_inputs():
         linear_cross_entropy(hidden, weight[:, :5], targets, row_weight)
 
 
+@pytest.mark.parametrize("grad_off", [torch.no_grad, torch.inference_mode])
+def test_chunked_losses_fill_no_gradients_without_grad_mode(grad_off, monkeypatch):
+    # A loss-only forward (evaluation) of parameters that require grad must not pay for the
+    # [V, H] gradient buffers and the two extra GEMMs per chunk.
+    import superthoughts_ext.head_losses as head_losses
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(12, 16, generator=g).requires_grad_()
+    weight = torch.randn(40, 16, generator=g).requires_grad_()
+    teacher_hidden, teacher_weight = torch.randn(12, 8, generator=g), torch.randn(40, 8, generator=g)
+    targets = torch.randint(0, 40, (12,), generator=g)
+    row_weight = torch.rand(12, generator=g)
+    want_ce = linear_cross_entropy(hidden, weight, targets, row_weight, 40 * 5)[0].detach()
+    want_kl = linear_kl_divergence(hidden, weight, teacher_hidden, teacher_weight, row_weight, 40 * 5)[0].detach()
+    chunk_grads = []
+    monkeypatch.setattr(head_losses, "_add_chunk_grads", lambda *args: chunk_grads.append(args))
+    with grad_off():
+        ce = linear_cross_entropy(hidden, weight, targets, row_weight, 40 * 5)[0]
+        kl = linear_kl_divergence(hidden, weight, teacher_hidden, teacher_weight, row_weight, 40 * 5)[0]
+    assert chunk_grads == []
+    assert not ce.requires_grad and not kl.requires_grad
+    torch.testing.assert_close(ce, want_ce, rtol=0, atol=0)
+    torch.testing.assert_close(kl, want_kl, rtol=0, atol=0)
+
+
 def test_head_cross_entropy_keeps_small_gradients_under_float16_autocast():
     """fp16 mixed precision scales the loss only in backward (GradScaler), after the chunked
     loss has computed its gradient in float16: there the small softmax terms underflowed."""

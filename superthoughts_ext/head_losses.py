@@ -26,6 +26,18 @@ def _grad_buffers(ctx, hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torc
     return grad_hidden, grad_weight
 
 
+def _inputs_for_grad_mode(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden and weight, detached under no_grad / inference_mode.
+
+    A Function's needs_input_grad follows requires_grad whatever the grad mode, so without this a
+    loss-only forward (evaluation, a validation loss) would still fill [V, H] gradient buffers
+    with two extra GEMMs per chunk that nothing reads.
+    """
+    if torch.is_grad_enabled():
+        return hidden, weight
+    return hidden.detach(), weight.detach()
+
+
 def _add_chunk_grads(grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_hidden: torch.Tensor | None,
                      grad_weight: torch.Tensor | None, start: int, end: int) -> None:
     """Folds one chunk's d loss / d logits [n, V] into the hidden and weight gradients (None: not wanted)."""
@@ -104,6 +116,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         raise ValueError(f"linear_cross_entropy: targets {tuple(targets.shape)} and row_weight "
                          f"{tuple(row_weight.shape)} must be [N] with N = {hidden.shape[0]}")
     chunk_rows = max(1, chunk_elements // weight.shape[0])
+    hidden, weight = _inputs_for_grad_mode(hidden, weight)
     return _LinearCrossEntropy.apply(hidden, weight, targets, row_weight.float(), chunk_rows)
 
 
@@ -159,6 +172,7 @@ def linear_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, target_hidd
                          f"target_weight [V, H'], row_weight [N]; got {tuple(hidden.shape)}, {tuple(weight.shape)}, "
                          f"{tuple(target_hidden.shape)}, {tuple(target_weight.shape)}, {tuple(row_weight.shape)}")
     chunk_rows = max(1, chunk_elements // weight.shape[0])
+    hidden, weight = _inputs_for_grad_mode(hidden, weight)
     return _LinearKLDivergence.apply(hidden, weight, target_hidden.detach(), target_weight.detach(),
                                      row_weight.float(), chunk_rows)
 
