@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("transformers")
 from test_modeling import EOS, FAMILIES, HIDDEN, PAD, VOCAB, make_backbone, make_model, training_batch  # noqa: E402
-from transformers import AutoModelForCausalLM, Gemma2Config  # noqa: E402
+from transformers import AutoModelForCausalLM, Gemma2Config, GraniteConfig, OlmoConfig, OPTConfig  # noqa: E402
 
 from superthoughts_ext.modeling import (  # noqa: E402
     SuperThoughtsConfig,
@@ -109,6 +109,9 @@ def test_from_base_paths_and_load_model_baseline(tmp_path):
     wrapped = SuperThoughtsForCausalLM.from_base(tmp_path / "plain", mtp_type="mlp", pad_token_id=5)
     assert wrapped.pad_token_id == 5 and wrapped.config.mtp_type == "mlp"
     assert torch.equal(wrapped.get_input_embeddings().weight, base.get_input_embeddings().weight)
+    # A loaded backbone is in eval mode; the new compressor and MTP must not be left training
+    # (their dropout would act while the backbone's does not).
+    assert [m.training for m in (wrapped, wrapped.backbone, wrapped.compressor, wrapped.mtp)] == [False] * 4
     wrapped.save_pretrained(tmp_path / "st")
     with pytest.raises(ValueError, match="already a SuperThoughts checkpoint"):
         SuperThoughtsForCausalLM.from_base(tmp_path / "st")
@@ -132,6 +135,14 @@ def test_path_errors_name_the_path(tmp_path):
     make_backbone("qwen2").save_pretrained(tmp_path / "plain_qwen")
     with pytest.raises(ValueError, match="plain_qwen.*not a SuperThoughts checkpoint"):
         SuperThoughtsForCausalLM.from_pretrained(tmp_path / "plain_qwen")
+    # A hand-edited config.json whose SuperThoughts section is not an object, or holds a bad value.
+    make_model("qwen2").save_pretrained(tmp_path / "edited")
+    config = json.loads((tmp_path / "edited" / "config.json").read_text())
+    for section, message in ((None, "got NoneType"), ({"rho_max": 2}, "rho_max must be in")):
+        config["superthoughts"] = section
+        (tmp_path / "edited" / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=f"edited/config.json, section 'superthoughts': .*{message}"):
+            SuperThoughtsForCausalLM.from_pretrained(tmp_path / "edited")
     (tmp_path / "no_weights").mkdir()
     (tmp_path / "no_weights" / "config.json").write_text((tmp_path / "plain_qwen" / "config.json").read_text())
     with pytest.raises(ValueError, match="no_weights"):
@@ -156,6 +167,26 @@ def test_config_and_vocab_errors():
                          attn_logit_softcapping=None, pad_token_id=PAD, eos_token_id=EOS)
     with pytest.raises(NotImplementedError, match="scale their input embeddings"):
         SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(gemma))
+    # Granite divides its logits by logits_scaling after lm_head: the heads' confidences would differ.
+    granite = GraniteConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, logits_scaling=8.0, pad_token_id=PAD,
+                            eos_token_id=EOS)
+    with pytest.raises(NotImplementedError, match="logits_scaling=8.0"):
+        SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(granite))
+    # Families without the parts the MTP head copies get the decoder-only message, not an AttributeError.
+    opt = OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                    word_embed_proj_dim=HIDDEN, pad_token_id=PAD, eos_token_id=EOS)
+    with pytest.raises(TypeError, match="OPTForCausalLM has no .model.norm"):
+        SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(opt))
+    olmo = OlmoConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, pad_token_id=PAD, eos_token_id=EOS)
+    with pytest.raises(NotImplementedError, match=r"OlmoLayerNorm\(hidden_size, eps=...\) fails"):
+        SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(olmo))
+    for name in ("lambda_mtp", "rho_max", "distill_weight", "pad_token_id"):  # bool is an int to isinstance
+        with pytest.raises(ValueError, match=f"{name} must be .*got True"):
+            SuperThoughtsConfig.from_dict({name: True})
+    with pytest.raises(ValueError, match="expected a mapping of field names to values, got NoneType"):
+        SuperThoughtsConfig.from_dict(None)
     with pytest.raises(ValueError, match=f"pad_token_id {VOCAB} is out of range for vocabulary size {VOCAB}"):
         SuperThoughtsForCausalLM.from_base(make_backbone("qwen2"), pad_token_id=VOCAB)
     model = make_model("qwen2")

@@ -114,7 +114,10 @@ def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, 
         raise ValueError(f"from_pretrained: {os.fspath(directory)!r} is not a SuperThoughts checkpoint (its "
                          f"{CONFIG_NAME} has no {SECTION!r} section); wrap a plain model with from_base "
                          f"or load it with load_model")
-    st_config = config_cls.from_dict(values.pop(SECTION))
+    try:
+        st_config = config_cls.from_dict(values.pop(SECTION))
+    except ValueError as exc:
+        raise ValueError(f"from_pretrained: {path / CONFIG_NAME}, section {SECTION!r}: {exc}") from exc
     weights_path = path / WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"from_pretrained: {os.fspath(directory)!r} has no {WEIGHTS_NAME}")

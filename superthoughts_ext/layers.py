@@ -111,8 +111,12 @@ class _MTPInput(nn.Module):
         hidden = config.hidden_size
         norm_cls = type(backbone.model.norm)
         eps = getattr(config, "rms_norm_eps", 1e-6)
-        self.norm_h = norm_cls(hidden, eps=eps)
-        self.norm_z = norm_cls(hidden, eps=eps)
+        try:
+            self.norm_h = norm_cls(hidden, eps=eps)
+            self.norm_z = norm_cls(hidden, eps=eps)
+        except TypeError as exc:
+            raise NotImplementedError(f"SuperThoughts: the MTP head builds its input norms as the backbone's final "
+                                      f"norm type, and {norm_cls.__name__}(hidden_size, eps=...) fails: {exc}") from exc
         self.fc = nn.Linear(2 * hidden, hidden, bias=False)
         with torch.no_grad():
             self.fc.weight.copy_(torch.cat([torch.eye(hidden), torch.zeros(hidden, hidden)], dim=1))
@@ -206,9 +210,13 @@ class MLPMTP(_MTPInput):
 
 def build_mtp(kind: str, backbone: PreTrainedModel) -> nn.Module:
     """The MTP head named by `SuperThoughtsConfig.mtp_type` ("decoder" | "mlp")."""
-    for name in ("model", "lm_head"):
-        if not hasattr(backbone, name):
-            raise TypeError(f"SuperThoughts needs a decoder-only causal LM with .model and .lm_head; "
+    # The MTP head copies the backbone's last layer, final norm and (decoder) rotary embedding.
+    needed = ["model", "lm_head", "model.norm", "model.layers"] + (["model.rotary_emb"] if kind == "decoder" else [])
+    for name in needed:
+        owner, _, attribute = name.rpartition(".")
+        if not hasattr(getattr(backbone, owner) if owner else backbone, attribute):
+            raise TypeError(f"SuperThoughts needs a decoder-only causal LM with .model (holding .norm, .layers"
+                            f"{', .rotary_emb' if kind == 'decoder' else ''}) and .lm_head; "
                             f"{type(backbone).__name__} has no .{name}")
     if kind not in ("decoder", "mlp"):
         raise ValueError(f"mtp_type must be 'decoder' or 'mlp', got {kind!r}")

@@ -61,7 +61,9 @@ class SuperThoughtsForCausalLM(nn.Module):
         super().__init__()
         config = config if config is not None else SuperThoughtsConfig()
         base = backbone.config
-        for key in ("final_logit_softcapping", "logit_scale"):
+        # Heads that rescale lm_head's logits (Gemma 2, Cohere, Granite, Falcon-H1): head_logits,
+        # the losses and the step op's confidences read lm_head alone.
+        for key in ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier"):
             if getattr(base, key, None) not in (None, 1.0):
                 raise NotImplementedError(f"SuperThoughts: backbones with {key}={getattr(base, key)} are not supported "
                                           f"(head_logits applies lm_head alone)")
@@ -116,7 +118,9 @@ class SuperThoughtsForCausalLM(nn.Module):
         else:
             raise TypeError(f"from_base: expected a checkpoint directory or a PreTrainedModel, "
                             f"got {type(path_or_model).__name__}")
-        model = cls(backbone, config)
+        # The new compressor and MTP follow the backbone's mode (a loaded checkpoint is in eval
+        # mode): dropout must not act in one part only.
+        model = cls(backbone, config).train(backbone.training)
         return model.to(device) if device is not None else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:

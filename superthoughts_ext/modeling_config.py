@@ -37,16 +37,20 @@ class SuperThoughtsConfig:
         for name, low, high in (("lambda_mtp", 0.0, None), ("rho_max", 0.0, 1.0), ("distill_weight", 0.0, None),
                                 ("threshold", 0.0, 1.0), ("threshold_main", 0.0, 1.0)):
             value = getattr(self, name)
-            if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < low
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low
                     or (high is not None and value > high)):
                 bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
                 raise ValueError(f"SuperThoughtsConfig: {name} must be {bound}, got {value!r}")
-        if self.pad_token_id is not None and (not isinstance(self.pad_token_id, int) or self.pad_token_id < 0):
+        if self.pad_token_id is not None and (isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int)
+                                              or self.pad_token_id < 0):
             raise ValueError(f"SuperThoughtsConfig: pad_token_id must be a non-negative int, got {self.pad_token_id!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SuperThoughtsConfig:
         """Builds a config, rejecting unknown field names (typos must not be silently ignored)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"SuperThoughtsConfig: expected a mapping of field names to values, "
+                             f"got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
