@@ -420,3 +420,42 @@ def test_json_array_file_is_named_as_such(tmp_path):
     with pytest.raises(ValueError, match=r"rows\.json:1: not valid JSON: .*expected JSON Lines, one object per line, "
                                          r"not a JSON array"):
         load_jsonl_examples(path, tok)
+
+
+def test_json_python_cannot_read_and_surrogates_name_the_line(tmp_path):
+    tok = word_tokenizer()
+    ok = json.dumps({"problem": "what", "solution": "four"})
+    huge = tmp_path / "huge.jsonl"  # an id column of 5000 digits: beyond int()'s digit limit
+    huge.write_text(ok + "\n" + '{"problem": "what", "solution": "four", "id": ' + "9" * 5000 + "}\n")
+    with pytest.raises(ValueError, match=r"huge\.jsonl:2: JSON that Python cannot read: .*digits"):
+        load_jsonl_examples(huge, tok)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(ok + "\n" + '{"problem": "what", "solution": "four", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(ValueError, match=r"deep\.jsonl:2: JSON that Python cannot read"):
+        load_jsonl_examples(deep, tok)
+    # Half an emoji, as scraped text holds: valid JSON, but no tokenizer can encode it.
+    half = tmp_path / "half.jsonl"
+    half.write_text(ok + "\n" + '{"problem": "what \\ud83d", "solution": "four"}\n')
+    with pytest.raises(ValueError, match=r"half\.jsonl:2: field 'problem' holds an unpaired UTF-16 surrogate "
+                                         r"'\\ud83d' at character 5"):
+        load_jsonl_examples(half, tok)
+    tokenised = write_jsonl(tmp_path / "ids.jsonl", [{"prompt_ids": [1], "response_ids": [2]}])
+    with pytest.raises(ValueError, match=r"ids\.jsonl:1: no field 'problem'.*tokenised rows .* are read from memory"):
+        load_jsonl_examples(tokenised, tok)
+
+
+def test_template_that_rewrites_the_solution_is_refused(tmp_path):
+    # A DeepSeek-R1-distill-style template keeps only what follows </think>: training on its turns
+    # would teach answers without the reasoning SuperThoughts compresses.
+    tok = word_tokenizer()
+    tok.chat_template = CHATML.replace("m['content']", "m['content'].split('</think>')[-1]")
+    assert tok.chat_template != CHATML
+    rows = [{"problem": "what", "solution": "<think> two is so four </think> four"}]
+    with pytest.raises(ValueError, match=r"cot\.jsonl:1: the chat template rewrites the assistant turn"):
+        load_jsonl_examples(write_jsonl(tmp_path / "cot.jsonl", rows), tok)
+    # Re-spacing alone (as Qwen3's template does around <think>) is not a rewrite.
+    tok.chat_template = CHATML.replace("m['content']", "m['content'].replace(' ', '  ')")
+    assert tok.chat_template != CHATML
+    example = load_jsonl_examples(write_jsonl(tmp_path / "spaced.jsonl", [{"problem": "what", "solution": "so four"}]),
+                                  tok)[0]
+    assert example["response_ids"] == tok.convert_tokens_to_ids(["so", "four", "<|im_end|>"])

@@ -192,6 +192,10 @@ BROKEN_FILES = [
     ("bad.jsonl", '{"problem": "q", "answer": "1"}\n{"problem": "q2", "answer": \n', r"bad.jsonl:2: not a JSON object"),
     ("bad.json", '[\n  {"problem": "q", "answer": "1"},\n  {"problem": "q2",}\n]\n', r"bad.json:3: not valid JSON"),
     ("list.jsonl", '["q", "1"]\n', r"list.jsonl:1: expected a JSON object, got list"),
+    # Valid JSON that Python's reader refuses: an integer beyond int()'s digit limit.
+    ("huge.jsonl", '{"problem": "q", "answer": "1"}\n{"problem": "q", "answer": "1", "id": ' + "9" * 5000 + '}\n',
+     r"huge.jsonl:2: JSON that Python cannot read: .*digits"),
+    ("huge.json", '[{"problem": "q", "answer": ' + "9" * 5000 + '}]\n', r"huge.json: JSON that Python cannot read"),
 ]
 
 

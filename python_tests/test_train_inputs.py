@@ -154,6 +154,22 @@ def test_pretokenised_rows_are_checked_up_front(rows, message):
         load_rows(rows)
 
 
+def test_out_of_vocabulary_ids_and_pipes_are_named(tmp_path):
+    model = make_model("qwen2", len(make_tokenizer()))
+    rows = [{"prompt_ids": [5], "response_ids": [6, 2]}] * 5 + [{"prompt_ids": [5], "response_ids": [9999, 2]}]
+    with pytest.raises(ValueError, match=r"^train: example 6: token id 9999 >= vocabulary size"):
+        train_utils.check_vocab(make_tokenizer(), model, rows)
+    examples = load_rows(rows)
+    with pytest.raises(ValueError, match=r"^train: row 6: token id 9999 >= vocabulary size"):
+        train_utils.check_vocab(make_tokenizer(), model, examples)
+    # A shell pipe (--data <(...)) exists but is no regular file: train reads its data twice.
+    import os
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"rows\.fifo' is not a regular file \(a pipe\?\)"):
+        load_rows(fifo)
+
+
 def test_pretokenised_rows_obey_max_length():
     long = {"prompt_ids": [5, 6, 7], "response_ids": list(range(4, 25))}
     short = {"prompt_ids": [5], "response_ids": [6, 7, 2]}

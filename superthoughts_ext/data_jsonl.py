@@ -70,6 +70,11 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
     if not full_text.startswith(prompt_text):
         raise ValueError("the chat template's assistant turn does not extend its generation prompt; "
                          "cannot split prompt from response")
+    if "".join(solution.split()) not in "".join(full_text[len(prompt_text):].split()):
+        # E.g. a template that keeps only the text after "</think>": the reasoning, the part
+        # SuperThoughts compresses, would be silently lost. Whitespace may be re-spaced.
+        raise ValueError("the chat template rewrites the assistant turn (the solution's text is not in it, "
+                         "e.g. it drops the <think> reasoning); pass a template that writes the solution as given")
     response = list(tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"])
     if eos_id in response:
         response = response[: response.index(eos_id) + 1]
@@ -143,10 +148,18 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
             raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}")
         for field in (problem_field, solution_field):
             if field not in row:
+                hint = ("tokenised rows (prompt_ids / response_ids) are read from memory only: pass them to "
+                        "train() as a list" if "prompt_ids" in row and "response_ids" in row
+                        else "--problem-field / --solution-field name others")
                 raise ValueError(f"{at}: no field {field!r}; the row has {', '.join(map(repr, row)) or 'none'} "
-                                 "(--problem-field / --solution-field name others)")
+                                 f"({hint})")
             if not isinstance(row[field], str):
                 raise ValueError(f"{at}: field {field!r} is {type(row[field]).__name__}, not a string")
+            try:
+                row[field].encode("utf-8")
+            except UnicodeEncodeError as exc:  # a JSON "\ud83d" escape: half an emoji, cut while scraping
+                raise ValueError(f"{at}: field {field!r} holds an unpaired UTF-16 surrogate "
+                                 f"{row[field][exc.start]!r} at character {exc.start}") from None
         if not row[solution_field].strip():
             empty.append(number)
             continue
@@ -209,6 +222,8 @@ def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: 
                 array = line.lstrip()[:1] == "["
                 hint = "; expected JSON Lines, one object per line, not a JSON array" if array else ""
                 raise ValueError(f"{where}:{number}: not valid JSON: {exc}{hint}") from exc
+            except (ValueError, RecursionError) as exc:  # an over-long integer, nesting too deep
+                raise ValueError(f"{where}:{number}: JSON that Python cannot read: {exc}") from exc
 
     total = None
     if progress:

@@ -29,6 +29,8 @@ def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}, column {error.colno})") from None
+        except (ValueError, RecursionError) as error:  # an over-long integer, nesting too deep
+            raise ValueError(f"{path}:{number}: JSON that Python cannot read: {error}") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
@@ -47,6 +49,8 @@ def _json_list(path: Path, text: str) -> list[dict[str, Any]]:
         if error.msg == "Extra data" and text.lstrip().startswith("{"):
             return _json_lines(path, text)
         raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})") from None
+    except (ValueError, RecursionError) as error:  # an over-long integer, nesting too deep
+        raise ValueError(f"{path}: JSON that Python cannot read: {error}") from None
     if isinstance(rows, dict):
         # Objects of objects: pandas' DataFrame.to_json default; of lists: a dict of columns.
         for kind, name in ((dict, "objects"), (list, "lists")):

@@ -41,8 +41,11 @@ def load_examples(
         if path.is_dir():
             raise ValueError(f"train: data {os.fspath(path)!r} is a directory (a `datasets` save_to_disk folder?); "
                              "train reads one JSONL file: write one with `Dataset.to_json(path)`")
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"train: data file {os.fspath(path)!r} does not exist")
+        if not path.is_file():
+            raise ValueError(f"train: data {os.fspath(path)!r} is not a regular file (a pipe?); train reads "
+                             "its data more than once: write it to a file first")
         examples = load_jsonl_examples(
             os.fspath(path), tokenizer, problem_field=problem_field,
             solution_field=solution_field, system_prompt=system_prompt, max_length=max_length, progress=progress,

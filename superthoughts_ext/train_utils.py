@@ -150,9 +150,18 @@ def check_vocab(
             f"train: tokenizer has {len(tokenizer)} tokens but the model's embedding table has "
             f"{rows} rows: the tokenizer does not belong to this model"
         )
-    top = max(max(e["prompt_ids"] + e["response_ids"]) for e in examples)
-    if top >= rows:
-        raise ValueError(f"train: data holds token id {top} >= vocabulary size {rows}")
+    for index, example in enumerate(examples):
+        top = max(example["prompt_ids"] + example["response_ids"])
+        if top >= rows:
+            raise ValueError(f"{_example_name(examples, index)}: token id {top} >= vocabulary size {rows}")
+
+
+def _example_name(examples: list[dict[str, list[int]]], index: int) -> str:
+    """"FILE: line N" / "train: row N" for loaded `Examples`, "train: example N" (from 1) for a plain list."""
+    numbers = getattr(examples, "numbers", None)
+    if numbers is None:
+        return f"train: example {index + 1}"
+    return f"{examples.where}: {examples.unit} {numbers[index]}"
 
 
 def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None) -> None:
