@@ -15,7 +15,7 @@ import torch
 
 import test_generate
 from superthoughts_ext.generate import MODES, generate
-from test_generate import CONTEXT, EOS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad, until_eos
+from test_generate import CONTEXT, EOS, MIXED_THRESHOLD, PROMPTS, VOCAB, check_stats, left_pad, until_eos
 from test_generate_limits import KERNELS
 
 # Tiny models: one CPU thread (see conftest.one_cpu_thread).
@@ -161,3 +161,19 @@ def test_bad_input_is_rejected(model, backbone) -> None:
         for bad in (dict(threshold=2.0), dict(threshold=float("nan")), dict(threshold_main=-0.1)):
             with pytest.raises(ValueError, match=f"{next(iter(bad))} must lie in \\[0, 1\\]"):
                 generate(model, ids, mask, max_new_tokens=4, use_kernels=use_kernels, **bad)
+        # The step op's EOS must be a token (the kernels raised a RuntimeError after prefill, the
+        # reference decoded on); the other EOS ids are only compared with the output.
+        for eos, named in ((-1, -1), (VOCAB, VOCAB), ([VOCAB, EOS], VOCAB)):
+            with pytest.raises(ValueError, match=rf"eos_token_id {named} \(the EOS the step op stops on\) is "
+                                                 rf"outside the vocabulary \[0, {VOCAB}\)"):
+                generate(model, ids, mask, max_new_tokens=4, use_kernels=use_kernels, eos_token_id=eos)
+        assert generate(model, ids, mask, max_new_tokens=4, use_kernels=use_kernels, eos_token_id=[EOS, -1]).sequences \
+            == generate(model, ids, mask, max_new_tokens=4, use_kernels=use_kernels, eos_token_id=EOS).sequences
+    assert generate(model, ids, mask, max_new_tokens=4, eos_token_id=torch.tensor([EOS, 5])).sequences \
+        == generate(model, ids, mask, max_new_tokens=4, eos_token_id=[EOS, 5]).sequences
+    with pytest.raises(ValueError, match="eos_token_id is an empty list"):
+        generate(model, ids, mask, max_new_tokens=4, eos_token_id=[])
+    with pytest.raises(ValueError, match="max_new_tokens must be an int, got float 4.0"):
+        generate(model, ids, mask, max_new_tokens=4.0)
+    with pytest.raises(ValueError, match=r"rows \[0, 1\] have no prompt token"):  # no mask to infer from
+        generate(model, ids[:, :0], max_new_tokens=4)

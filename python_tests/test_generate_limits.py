@@ -160,14 +160,18 @@ def test_pad_id_of_a_plain_model() -> None:
 
     from superthoughts_ext.stop_tokens import pad_id
 
-    assert pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=[7, 3]),
-                                  config=SimpleNamespace(pad_token_id=4)), 1) == 7
-    assert pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=None),
-                                  config=SimpleNamespace(pad_token_id=4)), 1) == 4
-    assert pad_id(SimpleNamespace(config=SimpleNamespace(pad_token_id=[])), 1) == 1
-    # Llama 1's configs say -1 for "no pad" (the step op would refuse it as a token id).
-    assert pad_id(SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=-1),
-                                  config=SimpleNamespace(pad_token_id=-1)), 1) == 1
+    def plain(generation_pad=None, config_pad=None):  # a model of vocabulary 10
+        head = SimpleNamespace(weight=torch.empty(10, 1))
+        return SimpleNamespace(generation_config=SimpleNamespace(pad_token_id=generation_pad),
+                               config=SimpleNamespace(pad_token_id=config_pad), get_output_embeddings=lambda: head)
+
+    assert pad_id(plain([7, 3], 4), 1) == 7
+    assert pad_id(plain(None, 4), 1) == 4
+    assert pad_id(plain(None, []), 1) == 1
+    # Llama 1's configs say -1 for "no pad", and a pad beyond the vocabulary is no token either
+    # (the step op would refuse both as token ids; transformers decodes such models).
+    assert pad_id(plain(-1, -1), 1) == 1
+    assert pad_id(plain(10, 4), 1) == 4
 
 
 def test_host_state_features_are_found() -> None:

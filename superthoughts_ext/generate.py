@@ -26,7 +26,8 @@ from superthoughts_ext.generate_checks import check_prompt, warn_unmasked_pads
 from superthoughts_ext.host_state import host_state_reason
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits
 # stop_token_ids is re-exported: the README names it as superthoughts_ext.generate.stop_token_ids.
-from superthoughts_ext.stop_tokens import is_superthoughts, pad_id, resolve_eos_ids, stop_token_ids  # noqa: F401
+from superthoughts_ext.stop_tokens import (is_superthoughts, pad_id, resolve_eos_ids, stop_token_ids,  # noqa: F401
+                                          vocab_size)
 
 MODES = ("superthoughts", "pairs", "standard")
 CHECK_EVERY = 8  # decode steps between host reads of `finished` (each read syncs the device)
@@ -164,6 +165,9 @@ def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float) 
     superthoughts = is_superthoughts(model)
     if mode != "standard" and not superthoughts:
         raise ValueError(f"generate: mode {mode!r} needs a SuperThoughts model; a plain model supports 'standard'")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
+        raise ValueError(f"generate: max_new_tokens must be an int, got {type(max_new_tokens).__name__} "
+                         f"{max_new_tokens!r}")
     if max_new_tokens < 1 or not math.isfinite(temperature) or temperature < 0.0:
         raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
                          f"({temperature}) finite and >= 0")
@@ -332,6 +336,9 @@ def generate(
     superthoughts = _check_args(model, mode, max_new_tokens, temperature)
     eos_ids = resolve_eos_ids(model, eos_token_id)
     eos = eos_ids[0]
+    if not 0 <= eos < vocab_size(model):  # checked before prefill, for the reference path too
+        raise ValueError(f"generate: eos_token_id {eos} (the EOS the step op stops on) is outside the vocabulary "
+                         f"[0, {vocab_size(model)})")
     if attention_mask is None:
         warn_unmasked_pads(input_ids, pad_id(model, eos))
         attention_mask = torch.ones_like(input_ids)

@@ -9,7 +9,9 @@ import torch
 def warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
     """Rows starting with the pad id and no attention_mask: a padded batch whose mask was left
     out, its pads read as prompt tokens (transformers' generate infers the mask there)."""
-    rows = torch.nonzero(input_ids[:, 0] == pad).flatten().tolist() if input_ids.dim() == 2 else []
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        return  # check_prompt names what is wrong with such a batch
+    rows = torch.nonzero(input_ids[:, 0] == pad).flatten().tolist()
     if rows:
         named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
         warnings.warn(f"generate: rows {named} start with the pad id {pad} but no attention_mask was given: the "

@@ -11,14 +11,25 @@ def is_superthoughts(model: Any) -> bool:
 
 
 def token_ids(value: Any) -> list[int]:
-    """Token ids of an int, a list of them or None, in order, without repeats."""
+    """Token ids of an int, a list of them (or a tensor) or None, in order, without repeats."""
+    if hasattr(value, "tolist"):  # a tensor of ids
+        value = value.tolist()
     values = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
     return list(dict.fromkeys(int(v) for v in values))
 
 
+def vocab_size(model: Any) -> int:
+    """The width of the model's logits: the ids the step op can emit, pad with and stop on."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
 def resolve_eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[int]:
     """The EOS ids decoding stops on (any of them ends a row): the argument, else the model's
-    generation config, else its config. The first is the step op's own (a Qwen chat turn end)."""
+    generation config, else its config. The first is the step op's own (a Qwen chat turn end;
+    generate checks it is a token of the vocabulary); the others are only compared with the output."""
+    if isinstance(eos_token_id, (list, tuple)) and not eos_token_id:
+        raise ValueError("generate: eos_token_id is an empty list; pass None for the model's EOS "
+                         "(ignore_eos=True decodes past it)")
     candidates = [eos_token_id]
     for owner in (model, getattr(model, "backbone", None)):
         for attr in ("generation_config", "config"):
@@ -57,12 +68,13 @@ def stop_token_ids(model: Any, tokenizer: Any = None) -> list[int]:
 
 def pad_id(model: Any, eos: int) -> int:
     """The id finished rows are filled with: a SuperThoughts model's own pad, else a plain model's
-    generation config / config pad (the first of a list; a negative one, Llama 1's "no pad" -1,
-    does not count), else the EOS `eos`."""
+    generation config / config pad (the first of a list; one outside the vocabulary, such as
+    Llama 1's "no pad" -1, does not count: transformers decodes such models too), else the EOS `eos`."""
     if is_superthoughts(model):
         return int(model.pad_token_id)
+    vocab = vocab_size(model)
     for attr in ("generation_config", "config"):
         pads = token_ids(getattr(getattr(model, attr, None), "pad_token_id", None))
-        if pads := [pad for pad in pads if pad >= 0]:
+        if pads := [pad for pad in pads if 0 <= pad < vocab]:
             return pads[0]
     return eos
