@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "columns (1: every step attends over the whole cache)")
     parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
-    add_output_arguments(parser, "results/generate_<device>.json (and its .png)")
+    add_output_arguments(parser, "benchmarks/results/generate_<device>.json (and its .png)")
 
 
 def non_negative_float(text: str) -> float:

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"],
                         help="logits and embedding dtypes")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
-    add_output_arguments(parser, "results/step_<device>.json")
+    add_output_arguments(parser, "benchmarks/results/step_<device>.json")
 
 
 def make_inputs(batch, vocab, hidden, dtype, device):

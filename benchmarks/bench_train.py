@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MTP module of the SuperThoughts runs (decoder = default; mlp = the lighter "
                              "option); every type is measured at every --rho-max")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    add_output_arguments(parser, "results/train_<device>.json")
+    add_output_arguments(parser, "benchmarks/results/train_<device>.json")
 
 
 def make_features(batch: int, seq_len: int, prompt_len: int, vocab: int, seed: int) -> list[dict]:
