@@ -113,5 +113,6 @@ def test_a_chat_template_refusing_the_system_message_is_named() -> None:
             from jinja2 import TemplateError
             raise TemplateError("System role not supported")
 
-    with pytest.raises(ValueError, match=r"refuses the chain-of-thought system message \(System role not supported\)"):
+    with pytest.raises(ValueError, match=r"refuses the prompt's messages \(System role not supported\); a template "
+                                         r"without a system turn needs --template-system-prompt"):
         build_prompt(Tokenizer(), "1+1?")

@@ -221,6 +221,7 @@ RUN_A = {"model": "ckpt-A", "dtype": "auto", "data": "m.jsonl"}
     ({"metadata": {**RUN_A, "data": "n.jsonl"}}, "data='m.jsonl', this run has data='n.jsonl'"),
     ({"config": SimpleNamespace(threshold=0.8, threshold_main=0.0)}, "threshold=0.7, this run has threshold=0.8"),
     ({"config": SimpleNamespace(threshold=0.7, threshold_main=0.5)}, "threshold_main=0.0, this run has threshold_main"),
+    ({"system_prompt": None}, "system_prompt='Please reason step by step, .*', this run has system_prompt=None"),
 ])
 def test_resume_refuses_records_of_another_model(tmp_path: Path, change: dict, message: str) -> None:
     tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
@@ -236,7 +237,8 @@ def test_resume_refuses_records_of_another_model(tmp_path: Path, change: dict, m
         model.config = change["config"]
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []), resume=True,
-                 metadata=change.get("metadata", metadata), **kwargs)
+                 metadata=change.get("metadata", metadata), **{key: change[key] for key in change
+                                                                if key == "system_prompt"}, **kwargs)
     # The same model again (its threshold given explicitly now) continues the run.
     model.config = SimpleNamespace(threshold=0.5, threshold_main=0.0)
     summary = evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []), resume=True,

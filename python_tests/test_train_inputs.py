@@ -357,6 +357,18 @@ def test_training_prompts_are_the_prompts_eval_sends():
     example, = train_data.load_examples(row, tok, problem_field="problem", solution_field="solution",
                                         system_prompt=None, max_length=None)
     assert example["prompt_ids"] != eval_ids and tok.decode(example["prompt_ids"]).count("system") == 0
+    # eval takes the same two flags, so a model trained with either is scored on its own prompts.
+    from superthoughts_ext import eval_cli
+
+    eval_parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(eval_parser)
+    for flags in (["--template-system-prompt"], ["--system-prompt", "be brief"], []):
+        train_options = options_from_args(parser.parse_args(required + flags))
+        eval_args = eval_parser.parse_args(["--model", "m", "--bench", "math500"] + flags)
+        example, = train_data.load_examples(row, tok, problem_field="problem", solution_field="solution",
+                                            system_prompt=train_options.system_prompt, max_length=None)
+        eval_ids = tok(build_prompt(tok, "what is 2 + 3", eval_args.system_prompt), add_special_tokens=False)
+        assert example["prompt_ids"] == eval_ids["input_ids"], flags
 
 
 @pytest.mark.parametrize("change,message", [

@@ -16,7 +16,7 @@ from typing import Any
 
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
-from superthoughts_ext.eval_data import BENCHES, Problem, load_problems
+from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
 from superthoughts_ext.evaluation import MODES, evaluate, format_summary, summary_path
 
 
@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="confidence threshold for superthoughts mode; several values sweep them with the model loaded "
              "once, one output file per threshold (OUTPUT-t0.99.jsonl)",
     )
+    parser.add_argument("--system-prompt", default=SYSTEM_PROMPT,
+                        help="system message of every prompt (default: the chain-of-thought prompt `superthoughts "
+                             "train` uses by default); give the one the model was trained with")
+    parser.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
+                        help="no system message of ours: the chat template writes its own default, if any (for "
+                             "models trained with train's --template-system-prompt)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
     parser.add_argument("--batch-size", type=int, default=8, help="problems decoded together")
     parser.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per problem")
@@ -155,6 +161,7 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
             metadata=run_metadata(args, model, device),
             resume=args.resume,
             compile="auto" if args.compile is None else args.compile,
+            system_prompt=args.system_prompt,
         )
         print(format_summary(summary))
         print(f"records: {path}; summary: {summary_path(path)}")

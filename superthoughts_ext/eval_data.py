@@ -301,20 +301,20 @@ def load_problems(
     return problems
 
 
-def build_prompt(tokenizer: Any, question: str) -> str:
+def build_prompt(tokenizer: Any, question: str, system_prompt: str | None = SYSTEM_PROMPT) -> str:
     """Qwen2.5-Math CoT prompt through the tokenizer's own chat template.
 
-    system: "Please reason step by step, and put your final answer within \\boxed{}."
-    user: the problem; the assistant turn is opened (``add_generation_prompt=True``).
+    system: ``system_prompt``, by default "Please reason step by step, and put your final answer
+    within \\boxed{}." (None: no system message of ours, the template writes its default, as
+    train's --template-system-prompt); user: the problem; the assistant turn is opened
+    (``add_generation_prompt=True``).
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template; evaluation needs a chat model checkpoint")
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": question},
-    ]
+    system = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    messages = [*system, {"role": "user", "content": question}]
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except template_errors() as error:
-        raise ValueError(f"the chat template refuses the chain-of-thought system message ({error}); evaluation "
-                         "sends it as training does, so it needs a template that takes a system turn") from error
+        raise ValueError(f"the chat template refuses the prompt's messages ({error}); a template without a system "
+                         "turn needs --template-system-prompt (in training too)") from error

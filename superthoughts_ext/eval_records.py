@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from superthoughts_ext.eval_compare import summary_path
-from superthoughts_ext.eval_data import Problem, get_bench
+from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, get_bench
 from superthoughts_ext.eval_files import json_lines
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
@@ -52,6 +52,7 @@ class EvalSummary:
     tokens_per_s: float
     n_resumed: int = 0
     warmup_time: float = 0.0
+    system_prompt: str | None = SYSTEM_PROMPT  # of every prompt (None: the chat template's own)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,6 +167,7 @@ def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_
         tokens_per_s=total_tokens / generation_time if generation_time > 0 else 0.0,
         n_resumed=n_resumed,
         warmup_time=warmup_time,
+        system_prompt=settings["system_prompt"],
     )
 
 

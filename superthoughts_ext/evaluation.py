@@ -22,7 +22,8 @@ from typing import IO, Any
 
 from superthoughts_ext.eval_compare import (compare, compare_runs, format_comparison, format_runs, plot_tradeoff,
                                             summary_path)
-from superthoughts_ext.eval_data import BENCHES, Problem, build_prompt, check_limit, get_bench, load_problems
+from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_prompt, check_limit, get_bench,
+                                         load_problems)
 from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, resumable_records, summarize,
                                             write_summary)
 from superthoughts_ext.grading import extract_answer, is_correct
@@ -157,20 +158,21 @@ class _Run:
 
 def _prepare_run(model: Any, tokenizer: Any, generate_fn: Callable[..., Any], bench: str, problems: list[Problem],
                  *, mode: str, threshold: float | None, max_new_tokens: int, compile: bool | str,
-                 metadata: dict[str, Any] | None) -> _Run:
+                 system_prompt: str | None, metadata: dict[str, Any] | None) -> _Run:
     """Stop and pad ids, the tokenised prompts (ValueError if one exceeds the context) and the settings."""
     from superthoughts_ext.stop_tokens import stop_token_ids
 
     eos_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = _model_device(model)
-    prompts = [build_prompt(tokenizer, problem.question) for problem in problems]
+    prompts = [build_prompt(tokenizer, problem.question, system_prompt) for problem in problems]
     prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
     _check_prompts_fit(model, problems, prompt_ids)
     # Written into every record, so that a resumed run can tell whether it continues this one:
-    # the same checkpoint, weights dtype and data file, decoded the same way.
+    # the same checkpoint, weights dtype and data file, prompted and decoded the same way.
     settings = {"bench": bench, "mode": mode, **_thresholds_used(model, mode, threshold),
-                "max_new_tokens": max_new_tokens, **{key: (metadata or {}).get(key) for key in RUN_KEYS}}
+                "max_new_tokens": max_new_tokens, "system_prompt": system_prompt,
+                **{key: (metadata or {}).get(key) for key in RUN_KEYS}}
     return _Run(model=model, tokenizer=tokenizer, generate_fn=generate_fn, bench=bench, mode=mode,
                 threshold=threshold, max_new_tokens=max_new_tokens, compile=compile, eos_ids=eos_ids,
                 stop_ids=set(eos_ids), pad_id=pad_id, device=device, problems=problems, prompts=prompts,
@@ -261,6 +263,7 @@ def evaluate(
     metadata: dict[str, Any] | None = None,
     resume: bool = False,
     compile: bool | str = "auto",
+    system_prompt: str | None = SYSTEM_PROMPT,
 ) -> EvalSummary:
     """Greedy-decode and grade every problem of a benchmark.
 
@@ -287,11 +290,15 @@ def evaluate(
         resume: keep the records an interrupted run left in ``output_jsonl`` and evaluate only
             the other problems; the summary covers all of them. The records must share this
             run's bench, mode, thresholds (as decoded: threshold / threshold_main),
-            max_new_tokens and `RUN_KEYS` metadata, else ValueError naming the first that differs.
+            max_new_tokens, system_prompt and `RUN_KEYS` metadata, else ValueError naming the
+            first that differs.
         compile: generate's `compile` ("auto": on for CUDA). One compile serves every batch
             of the same size, so on a CPU it pays off over a long benchmark. When it compiles,
             one short untimed generate per batch size runs first (``warmup_time``), so that
             tokens/s measures decoding, not compiling.
+        system_prompt: the system message of every prompt (`build_prompt`): by default the
+            chain-of-thought prompt `train` uses by default; None leaves it to the chat
+            template. Score a model on the prompt it was trained with.
     """
     from tqdm.auto import tqdm
 
@@ -302,7 +309,8 @@ def evaluate(
 
     started = time.perf_counter()
     run = _prepare_run(model, tokenizer, generate_fn, bench, problems, mode=mode, threshold=threshold,
-                       max_new_tokens=max_new_tokens, compile=compile, metadata=metadata)
+                       max_new_tokens=max_new_tokens, compile=compile, system_prompt=system_prompt,
+                       metadata=metadata)
     records = resumable_records(Path(output_jsonl), problems, run.settings) if resume else []
     done = {r["id"] for r in records}
     order = sorted(range(len(problems)), key=lambda i: -len(run.prompt_ids[i]))
