@@ -101,4 +101,46 @@ def test_plot_places_the_baseline_at_its_own_decode_steps(tmp_path: Path, monkey
     monkeypatch.setattr(plt, "close", closed.append)
     plot_tradeoff(compare_runs(base, [run]), tmp_path / "pairs-baseline.png")
     points = {line.get_label(): list(line.get_xdata()) for line in closed[0].axes[0].get_lines()}
-    assert points["A: base"] == [pytest.approx(60.0)] and points["candidates"] == [pytest.approx(80.0)]
+    assert points["A: base"] == [pytest.approx(60.0)] and points["st"] == [pytest.approx(80.0)]
+
+
+def test_run_labels_survive_a_torn_summary_and_tell_same_named_runs_apart(tmp_path: Path) -> None:
+    base = write_records(tmp_path / "sft.jsonl", [{"id": str(i), "steps": 10} for i in range(4)])
+    runs = []
+    for folder, accuracy in (("run1", 0.5), ("run2", 0.9)):
+        (tmp_path / folder).mkdir()
+        run = write_records(tmp_path / folder / "st.jsonl", [{"id": str(i), "steps": 6} for i in range(4)])
+        (tmp_path / folder / "st.summary.json").write_text(json.dumps({"mode": "superthoughts", "threshold": 0.9,
+                                                                       "accuracy": accuracy}))
+        runs.append(run)
+    labels = [r["label_b"] for r in compare_runs(base, runs)]
+    assert labels == [f"{(tmp_path / 'run1').as_posix()}/st [superthoughts 0.9]",
+                      f"{(tmp_path / 'run2').as_posix()}/st [superthoughts 0.9]"]
+    # A summary torn by a kill mid-write: the records suffice, the label is the bare name.
+    (tmp_path / "sft.summary.json").write_text('{\n  "mode": "stand')
+    with pytest.warns(UserWarning, match=r"sft.summary.json: not a summary JSON object .*labelling the run 'sft'"):
+        assert compare_runs(base, runs[:1])[0]["label_a"] == "sft"
+    (tmp_path / "sft.summary.json").write_text("[]")
+    with pytest.warns(UserWarning, match="not a summary JSON object"):
+        assert compare_runs(base, runs[:1])[0]["label_a"] == "sft"
+
+
+def test_plot_names_every_run_in_a_legend_under_the_axes(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from superthoughts_ext.eval_compare import plot_tradeoff
+
+    base = write_records(tmp_path / "base.jsonl", [{"id": str(i), "correct": i == 0} for i in range(4)])
+    long_name = "qwen2.5-math-1.5b-superthoughts-threshold-0.999-run-of-the-sixth-of-december"
+    runs = [write_records(tmp_path / f"{long_name}-{k}.jsonl", [{"id": str(i), "correct": i <= k, "steps": 5 + k}
+                                                               for i in range(4)]) for k in range(3)]
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_tradeoff(compare_runs(base, runs), tmp_path / "long.png")
+    ax = closed[0].axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["A: base"] + [f"{long_name}-{k}" for k in range(3)]
+    # Below the axes, so it hides no point (the baseline, worst here, sat under it at lower right).
+    renderer = closed[0].canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 < ax.get_window_extent(renderer).y0

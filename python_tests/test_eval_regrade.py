@@ -164,7 +164,10 @@ def test_gpqa_answer_boxed_as_an_option_text(tmp_path: Path) -> None:
      "problem 'p12' was evaluated on 'amc23', not 'math500'"),
     (json.dumps(hand_record("p12", "\\boxed{3}", "3", "3", True)), "problem 'p12' repeats line 1"),
     ('{"id": "p34", "output": "\\\\boxed{7}", "bench": "math500"', "not a JSON record"),
-    ('{"id": "p34", "bench": "math500", "correct": true}', "record lacks output"),
+    ('{"id": "p34", "bench": "math500", "correct": true}', "record lacks output, extracted"),
+    # The accuracy before is read from "extracted": without it the second file raised a KeyError
+    # after the first had been rewritten.
+    ('{"id": "p34", "output": "\\\\boxed{7}", "bench": "math500", "correct": true}', "record lacks extracted"),
 ])
 def test_bad_records_are_refused_before_any_file_changes(tmp_path: Path, line: str, message: str) -> None:
     good = evaluated_run(tmp_path)
@@ -217,3 +220,17 @@ def test_regrade_needs_the_bench(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert run_cli(["--regrade", str(tmp_path / "run.jsonl"), "--bench", "math500",
                     "--data", str(math_data(tmp_path / "m.jsonl"))]) == 2
     assert "evaluation results not found" in capsys.readouterr().err
+
+
+def test_regrade_through_a_symlink_rewrites_the_run_it_names(tmp_path: Path) -> None:
+    out = evaluated_run(tmp_path)
+    data = math_data(tmp_path / "math.jsonl")
+    write_records(out, [{**r, "correct": not r["correct"]} for r in read_jsonl(out)])
+    latest = tmp_path / "latest.jsonl"
+    latest.symlink_to(out)
+    os.chmod(out, 0o640)
+    [result] = regrade([latest], data)
+    assert result.accuracy_after == pytest.approx(5 / 7)
+    assert latest.is_symlink() and latest.resolve() == out.resolve()  # the link still names the run
+    assert [r["correct"] for r in read_jsonl(out)].count(True) == 5
+    assert os.stat(out).st_mode & 0o777 == 0o640  # the run's permissions kept

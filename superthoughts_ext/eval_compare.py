@@ -172,7 +172,13 @@ def run_label(path: str | Path) -> str:
     label = run_name(path)
     summary = summary_path(path)
     if summary.is_file():
-        info = json.loads(summary.read_text(encoding="utf-8"))
+        try:
+            info = json.loads(summary.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            info = error
+        if not isinstance(info, dict):  # the records suffice: label the run by its name alone
+            warnings.warn(f"{summary}: not a summary JSON object ({info}); labelling the run {label!r}", stacklevel=2)
+            return label
         mode, threshold = info.get("mode"), info.get("threshold")
         if mode == "superthoughts" and threshold is not None:
             label += f" [{mode} {threshold_label(threshold)}]"
@@ -195,13 +201,21 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
     if not common:
         names = ", ".join(str(p) for p in [baseline_jsonl, *candidates])
         raise ValueError(f"compare: no problem id is present in all of {names}")
+    label_a, *labels = _distinct_labels([baseline_jsonl, *candidates])
     results = []
-    for path, b in zip(candidates, runs):
+    for path, b, label_b in zip(candidates, runs, labels):
         result = _compare_records(baseline_jsonl, a, path, b, common)
-        result.update(dropped_a=len(a) - len(common), dropped_b=len(b) - len(common),
-                      label_a=run_label(baseline_jsonl), label_b=run_label(path))
+        result.update(dropped_a=len(a) - len(common), dropped_b=len(b) - len(common), label_a=label_a, label_b=label_b)
         results.append(result)
     return results
+
+
+def _distinct_labels(paths: list[str | Path]) -> list[str]:
+    """`run_label` of each path; runs of one file name in different folders (run1/st.jsonl,
+    run2/st.jsonl) get their folder in front, so no two rows or points look alike."""
+    labels = [run_label(path) for path in paths]
+    return [f"{Path(path).parent.as_posix()}/{label}" if labels.count(label) > 1 else label
+            for path, label in zip(paths, labels)]
 
 
 def format_runs(results: list[dict[str, Any]]) -> str:
@@ -248,25 +262,26 @@ def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | 
 
     path = Path(path)
     first = results[0]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    # The run names go in a legend under the axes, one line each: annotations beside the points
+    # ran off the figure for long names and a legend inside the axes hid the baseline.
+    fig, ax = plt.subplots(figsize=(6.4, 4.4 + 0.22 * (len(results) + 1)))
     # The baseline at its own decode steps: 100% only for a token-by-token (standard) baseline.
     base_x = 100 * first["mean_steps_a"] / first["mean_tokens_a"] if first["mean_tokens_a"] else 100.0
     ax.plot([base_x], [100 * first["accuracy_a"]], "s", color="black", label=f"A: {first['label_a']}")
     xs = [100 * (1 - r["cot_reduction"]) for r in results]
     ys = [100 * r["accuracy_b"] for r in results]
-    ax.plot(xs, ys, "o", color="tab:blue", label="candidates")
-    for x, y, r in zip(xs, ys, results):
-        ax.annotate(r["label_b"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    markers = "o^vD<>p*hX"
+    for index, (x, y, r) in enumerate(zip(xs, ys, results)):
+        ax.plot([x], [y], markers[index % len(markers)], color=f"C{index % 10}", label=r["label_b"])
     ax.axhline(100 * first["accuracy_a"], color="black", linewidth=0.8, linestyle="--")
-    ax.margins(x=0.2)  # room for the labels
+    ax.margins(x=0.1)
     ax.set_ylim(*accuracy_limits([100 * first["accuracy_a"], *ys]))
     ax.set_xlabel("decode steps, % of the baseline's tokens")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     ax.set_title(title or f"accuracy vs chain-of-thought length ({first['n']} problems)")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend under the axes included
     plt.close(fig)
     return path

@@ -4,7 +4,11 @@ aggregate of a run's records, written next to them as ``<output>.summary.json``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,4 +178,29 @@ def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_
 def write_summary(output_jsonl: str | Path, summary: EvalSummary, metadata: dict[str, Any] | None) -> None:
     """The summary JSON next to the records: ``summary``'s fields, ``metadata`` and the records' path."""
     payload = {**summary.to_dict(), **(metadata or {}), "records": str(output_jsonl)}
-    summary_path(output_jsonl).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    replace_text(summary_path(output_jsonl), json.dumps(payload, indent=2) + "\n")  # never left torn
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then
+    os.replace, so that an interrupted write leaves the old file whole. A symlink's target is
+    replaced, not the link."""
+    path = Path(os.path.realpath(path))
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+    else:  # what open() would create; mkstemp's own file is private (0600)
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

@@ -11,11 +11,7 @@ exactly as `superthoughts_ext.evaluation.evaluate` now would (both call
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +20,10 @@ from typing import Any
 from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import Problem, get_bench
 from superthoughts_ext.eval_files import json_lines
-from superthoughts_ext.eval_records import grade_fields, grade_output
+from superthoughts_ext.eval_records import grade_fields, grade_output, replace_text
 
 # Keys a record needs to be re-graded (and checked against the benchmark).
-REQUIRED_KEYS = ("id", "bench", "output", "correct")
+REQUIRED_KEYS = ("id", "bench", "output", "extracted", "correct")
 SHOWN_IDS = 10  # changed ids printed per file
 
 
@@ -133,25 +129,6 @@ def read_run(path: str | Path, bench: str, problems: Sequence[Problem]) -> Recor
         raise ValueError(f"{path}: no records to re-grade")
     run.summary = _read_summary(path, len(seen))
     return run
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then
-    os.replace, so that an interrupted write leaves the old file whole."""
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        if mode is not None:  # mkstemp creates the file private (0600)
-            os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def _grade(run: RecordsFile, bench: str, bar: Any) -> tuple[list[str], int]:
