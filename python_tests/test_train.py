@@ -123,6 +123,19 @@ def test_loss_halves(base_dirs, tmp_path, baseline):
         assert logged["loss_main"] > 0 and logged["loss_mtp"] > 0
 
 
+def test_logged_loss_parts_add_up_to_the_loss_over_a_short_accumulation_step(base_dirs, tmp_path):
+    # 8 rows in batches of 3 with 2 micro-batches per step: every second step has one micro-batch
+    # (3 + 3, then 2), and Trainer weights it like a full step. A logging window over both must
+    # weight the parts alike (they were averaged per micro-batch: 6.8592 against a loss of 6.8859).
+    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "out", rho_max=0.0,
+                                lambda_mtp=0.5, **{**FAST, "batch_size": 3, "grad_accum": 2, "max_steps": 4,
+                                                   "logging_steps": 2, "learning_rate": 1e-3}))
+    logged = [e for e in result.log_history if "loss" in e]
+    assert [e["step"] for e in logged] == [1, 2, 4]  # logging_first_step, then every 2
+    for entry in logged:
+        assert entry["loss"] == pytest.approx(entry["loss_main"] + 0.5 * entry["loss_mtp"], abs=2e-4), entry
+
+
 def test_output_dir_loads(base_dirs, tmp_path, capfd):
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model
 

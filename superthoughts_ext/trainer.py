@@ -58,8 +58,8 @@ class SuperThoughtsTrainer(Trainer):
         # up transformers' token weighting across the accumulated batch so that it trains on
         # the same objective whatever --grad-accum and the number of processes.
         self.model_accepts_loss_kwargs = False
-        self._part_sums: dict[str, torch.Tensor] = {}
-        self._part_counts: dict[str, int] = {}
+        self._part_sums: dict[str, torch.Tensor] = {}  # loss parts of the steps since the last log
+        self._part_steps = 0.0  # those optimizer steps
         if hasattr(self.data_collator, "set_stream"):
             self.add_callback(SplitStreamCallback(self.data_collator))
         self._run_start = RunStartCallback()
@@ -97,11 +97,16 @@ class SuperThoughtsTrainer(Trainer):
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
         if model.training:
+            # Weighted as Trainer weights `loss`: each micro-batch by 1 / the micro-batches of its
+            # optimizer step (a short last step of an epoch has fewer), the window's sum then
+            # divided by its optimizer steps (the shares add up to them); so the logged parts add
+            # up to the logged loss.
+            share = 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+            self._part_steps += share
             for name in LOSS_PARTS:
                 value = outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
                 if value is not None:
-                    self._part_sums[name] = self._part_sums.get(name, 0.0) + value.detach().float()
-                    self._part_counts[name] = self._part_counts.get(name, 0) + 1
+                    self._part_sums[name] = self._part_sums.get(name, 0.0) + share * value.detach().float()
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -109,10 +114,10 @@ class SuperThoughtsTrainer(Trainer):
         # processes below is a collective that all ranks reach together.
         if "loss" in logs and self._part_sums:
             for name in sorted(self._part_sums):
-                mean = self._part_sums[name] / self._part_counts[name]
+                mean = self._part_sums[name] / self._part_steps
                 logs[name] = round(self.accelerator.reduce(mean, reduction="mean").item(), 4)
             self._part_sums.clear()
-            self._part_counts.clear()
+            self._part_steps = 0.0
         if "train_loss" in logs and "train_runtime" in logs:
             # The end-of-training summary (Trainer._finalize_training logs it, then returns the
             # same dict as TrainOutput.metrics).
