@@ -5,9 +5,14 @@
 #include <Python.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #ifndef SUPERTHOUGHTS_VERSION
@@ -37,6 +42,39 @@ TORCH_LIBRARY(superthoughts_ext, m) {
       "Tensor? merge_bias, Tensor(a!) finished, int pad_id, int eos_id, float threshold, "
       "float threshold_main, float temperature, int seed, int offset) "
       "-> (Tensor tokens, Tensor n_new, Tensor conf, Tensor next_in)");
+}
+
+namespace {
+
+using StepOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The step is not differentiable (argmax / sampling pick the tokens; next_in gathers the rows
+// they pick). Registered for the Autograd key so that, as for argmax, the outputs never require
+// grad, and so that `finished`, written in place, has its version bumped like any in-place op:
+// autograd then refuses a backward through a value saved from it before the step, where a
+// backend-only op left the version alone and such a backward ran with stale values.
+StepOutputs superthoughts_step_autograd(
+    const at::Tensor& logits, const at::Tensor& embed,
+    const std::optional<at::Tensor>& merge_weight, const std::optional<at::Tensor>& merge_bias,
+    at::Tensor& finished, int64_t pad_id, int64_t eos_id, double threshold,
+    double threshold_main, double temperature, int64_t seed, int64_t offset) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("superthoughts_ext::superthoughts_step", "")
+                             .typed<decltype(superthoughts_step_autograd)>();
+  StepOutputs outputs;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    outputs = op.call(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id, threshold,
+                      threshold_main, temperature, seed, offset);
+  }
+  torch::autograd::impl::bump_version(finished);
+  return outputs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(superthoughts_ext, Autograd, m) {
+  m.impl("superthoughts_step", &superthoughts_step_autograd);
 }
 
 PYBIND11_MODULE(_C, module) {

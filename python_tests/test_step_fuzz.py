@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -148,6 +149,37 @@ def test_merge_weight_that_requires_grad(batch, with_bias, dtype):
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
     rtol, atol = NEXT_IN_TOL[dtype]
     torch.testing.assert_close(got[3].detach(), want[3].detach(), rtol=rtol, atol=atol)
+
+
+def test_the_op_is_not_differentiable_and_bumps_the_version_of_finished():
+    # As for argmax: outputs that never require grad (a backend-only op gave them a grad_fn that
+    # returned no gradients, with a deprecation warning), and `finished`, written in place, has
+    # its version bumped so autograd refuses a backward through a value saved from it before.
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 50, generator=gen).requires_grad_()
+    weight = torch.randn(8, 16, generator=gen).requires_grad_()
+    finished = torch.zeros(3, dtype=torch.bool)
+    x = torch.ones(3, requires_grad=True)
+    saved = torch.where(finished, 0.0, x)  # saves `finished` for its backward
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outputs = superthoughts_step(logits, torch.randn(50, 8, generator=gen), weight, None, finished, 0, 1, 0.5)
+    assert finished._version == 1
+    assert [t.requires_grad for t in outputs] == [False] * 4
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.sum().backward()
+
+
+def test_integer_arguments_are_named_or_refused():
+    logits, embed, finished = torch.randn(2, 2, 10), torch.randn(10, 4), torch.zeros(2, dtype=torch.bool)
+    for name in ("pad_id", "eos_id"):  # beyond int64: the schema's own error named neither
+        ids = {"pad_id": 0, "eos_id": 1, name: 2**63}
+        with pytest.raises(RuntimeError, match=rf"superthoughts_step: {name}=9223372036854775808 outside \[0, V=10\)"):
+            superthoughts_step(logits, embed, None, None, finished, ids["pad_id"], ids["eos_id"], 0.5)
+    # A float seed was truncated by the op (1.2 and 1.9 sampled alike) and refused by the reference.
+    for step in (superthoughts_step, superthoughts_step_ref):
+        with pytest.raises(TypeError):
+            step(logits, embed, None, None, finished.clone(), 0, 1, 0.5, 0.0, 1.0, 1.9, 0)
 
 
 @pytest.mark.parametrize("seed,offset,same_seed,same_offset",

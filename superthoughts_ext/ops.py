@@ -49,6 +49,9 @@ def superthoughts_step(
         conf [B, 2] float32 (max softmax probability of each head at temperature 1),
         next_in [B, H] in embed's dtype ([B, 2H] raw pair when merge_weight is None).
     """
+    for name, value in (("pad_id", pad_id), ("eos_id", eos_id)):
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:  # the schema's int64 names neither
+            raise RuntimeError(f"superthoughts_step: {name}={value} outside [0, V={logits.shape[-1]})")
     return torch.ops.superthoughts_ext.superthoughts_step(
         logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
         float(threshold), float(threshold_main), float(temperature),

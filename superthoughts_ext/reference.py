@@ -15,6 +15,8 @@ Temperatures below MIN_SAMPLING_TEMPERATURE decode greedily, like temperature 0.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 PHILOX_M0 = 0xD2511F53
@@ -34,8 +36,9 @@ LARGEST_SUBNORMAL = 2.0**-126 - 2.0**-149  # float32's, just below its smallest 
 def int64_of_low_64_bits(x: int) -> int:
     """The int64 with the same low 64 bits as the integer x. The Philox key and counter use only
     those bits, and the op's schema takes int64 (it refuses a larger Python int, unclearly), so
-    the wrapper and generate() fold any seed or offset onto it: the same samples either way."""
-    return (int(x) + 2**63) % 2**64 - 2**63
+    the wrapper and generate() fold any seed or offset onto it: the same samples either way.
+    A float is refused (TypeError), not truncated: seeds 1.2 and 1.9 must not sample alike."""
+    return (operator.index(x) + 2**63) % 2**64 - 2**63
 
 
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
