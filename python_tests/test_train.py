@@ -406,7 +406,7 @@ def test_cli_run(base_dirs, tmp_path, capsys):
     assert run(args) == 0
     assert (out / "config.json").is_file()
     args = parser.parse_args(["--model", str(base_dirs["qwen2"]), "--data", str(tmp_path / "x.jsonl"),
-                              "--output", str(out)])
+                              "--output", str(tmp_path / "cli2")])
     assert run(args) == 2
     assert "x.jsonl" in capsys.readouterr().err
 
@@ -421,7 +421,7 @@ def test_accumulated_loss_is_the_mean_of_micro_batch_means(base_dirs, tmp_path, 
     trained = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "trained",
                                  baseline=baseline, **FAST)).output_dir
     rows = [ROWS[0], {"problem": "what is 9 + 9", "solution": " ".join(["9 + 9 = 18"] * 12)}]
-    tiny_lr = {**FAST, "learning_rate": 1e-12, "batch_size": 1, "rho_max": 0.0}
+    tiny_lr = {**FAST, "learning_rate": 1e-12, "batch_size": 1, **({} if baseline else {"rho_max": 0.0})}
     alone = losses(train(TrainOptions(model=trained, data=rows, output_dir=tmp_path / "alone",
                                       baseline=baseline, **{**tiny_lr, "max_steps": 2})))
     accumulated = losses(train(TrainOptions(model=trained, data=rows, output_dir=tmp_path / "accumulated",

@@ -198,7 +198,7 @@ def test_rows_beyond_the_context_are_dropped(base_dirs, tmp_path):
                                     **ONE_STEP))
     assert result.num_examples == len(ROWS)
     with pytest.raises(ValueError, match="no training examples left"):
-        train(TrainOptions(model=base_dirs["qwen2"], data=[long], output_dir=tmp_path / "o", baseline=True,
+        train(TrainOptions(model=base_dirs["qwen2"], data=[long], output_dir=tmp_path / "o2", baseline=True,
                            **ONE_STEP))
 
 
@@ -376,7 +376,15 @@ def test_training_prompts_are_the_prompts_eval_sends():
     ({"logging_steps": 0}, "requires non-zero --logging_steps"),
     ({"report_to": "tensorbord"}, "tensorbord is not supported"),
     ({"model": "tokenizer_only"}, r"tokenizer_only' is not a model directory \(no config.json\)"),
-], ids=["scheduler", "logging-steps", "report-to", "no-config"])
+    # Known to transformers but not installed here: Trainer raised at construction, after tokenising.
+    ({"report_to": "tensorboard"}, r"--report-to: .*tensorboard"),
+    ({"lr_scheduler": "warmup_stable_decay"}, r"warmup_stable_decay: .*num_decay_steps.*--lr-scheduler-kwargs"),
+    ({"lr_scheduler": "cosine_with_min_lr"}, r"cosine_with_min_lr: One of min_lr or min_lr_rate"),
+    ({"lr_scheduler": "reduce_lr_on_plateau"}, "reduce_lr_on_plateau requires an eval strategy"),
+    ({"output_dir": "a_file"}, r"a_file' is a file, not a directory"),
+    ({"output_dir": "model"}, "is the --model directory; the run would overwrite the model it starts from"),
+], ids=["scheduler", "logging-steps", "report-to", "no-config", "report-to-missing", "scheduler-kwargs",
+        "scheduler-min-lr", "plateau", "output-file", "output-is-model"])
 def test_option_mistakes_fail_before_the_data_is_tokenised(base_dirs, tmp_path, monkeypatch, change, message):
     # Tokenising a large file takes minutes: a typo must not wait for it.
     def tokenise(*args, **kwargs):
@@ -385,6 +393,57 @@ def test_option_mistakes_fail_before_the_data_is_tokenised(base_dirs, tmp_path, 
     monkeypatch.setattr(train_data, "load_examples", tokenise)
     make_tokenizer().save_pretrained(tmp_path / "tokenizer_only")
     model = tmp_path / "tokenizer_only" if "model" in change else base_dirs["qwen2"]
-    options = {**ONE_STEP, **change, "model": model}
+    (tmp_path / "a_file").write_text("")
+    output = {"a_file": tmp_path / "a_file", "model": base_dirs["qwen2"]}.get(change.get("output_dir"), tmp_path / "o")
+    options = {**ONE_STEP, **change, "model": model, "output_dir": output}
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        train(TrainOptions(data=ROWS, output_dir=tmp_path / "o", **options))
+        train(TrainOptions(data=ROWS, **options))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"baseline": True, "lambda_mtp": 0.5}, "lambda_mtp apply to SuperThoughts mode, not baseline"),
+    ({"baseline": True, "compressor_type": "mlp", "rho_max": 0.5},
+     "compressor_type, rho_max apply to SuperThoughts mode, not baseline"),
+    ({"lora_alpha": 64, "lora_dropout": 0.1}, "lora_alpha, lora_dropout apply to LoRA runs: set lora_r > 0"),
+    ({"lora_target_modules": ["q_proj"]}, "lora_target_modules apply to LoRA runs"),
+    ({"bf16": True, "dtype": "float16"}, "bf16 autocast needs float32 or bfloat16 weights, not dtype float16"),
+    ({"save_steps": -5}, r"save_steps must be >= 0 \(0 = final save only\), got -5"),
+    ({"save_total_limit": -1}, r"save_total_limit must be >= 0 \(0 = keep every checkpoint\)"),
+])
+def test_options_a_run_would_not_read_are_refused(change, message):
+    # Silently dropped, they trained something else than asked (--baseline --lambda-mtp 0.5 was a
+    # plain SFT run; --lora-alpha without --lora-r full fine-tuning).
+    with pytest.raises(ValueError, match=f"^TrainOptions: {message}"):
+        TrainOptions(model="m", data=ROWS, output_dir="o", **change)
+    # Their defaults, and the same values where they are read, are fine.
+    TrainOptions(model="m", data=ROWS, output_dir="o", baseline=True, rho_max=0.25,
+                 lora_target_modules=list(train_utils.DEFAULT_LORA_TARGETS))
+    TrainOptions(model="m", data=ROWS, output_dir="o", lambda_mtp=0.5, lora_r=4, lora_alpha=64, save_total_limit=0)
+
+
+def test_scheduler_arguments_and_checkpoint_limit_reach_the_trainer(tmp_path):
+    import argparse
+
+    from superthoughts_ext.train import add_arguments, options_from_args, training_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", str(tmp_path / "o"), "--lr-scheduler",
+                              "cosine_with_min_lr", "--lr-scheduler-kwargs", '{"min_lr_rate": 0.1}',
+                              "--save-total-limit", "0"])
+    training = training_arguments(options_from_args(args))
+    assert training.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    assert training.save_total_limit is None  # 0 keeps every checkpoint
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--lr-scheduler-kwargs", "[1]"])
+
+
+def test_a_new_run_does_not_overwrite_a_finished_one(base_dirs, tmp_path):
+    # A --save-steps 0 run leaves no checkpoint-N folder: only its model says a run finished there.
+    out = tmp_path / "sft"
+    train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, baseline=True, **ONE_STEP))
+    # Trainer sets use_cache False on the model it trains; the saved config keeps the base's.
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+    with pytest.raises(ValueError, match=r"sft' holds a trained model \(config.json, model.safetensors\); a new "
+                                         r"run needs another --output"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **ONE_STEP))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import warnings
@@ -72,7 +73,8 @@ class TrainOptions:
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
     compressor_type or mtp_type. `system_prompt` defaults to the chain-of-thought prompt that
     evaluation sends (eval_data.SYSTEM_PROMPT), so a model is trained on the prompts it is scored
-    on; None leaves the system turn to the chat template's default.
+    on; None leaves the system turn to the chat template's default. Options the run would not
+    read (SuperThoughts fields in a baseline run, LoRA fields without lora_r) are refused.
     """
 
     model: str | os.PathLike | nn.Module
@@ -87,6 +89,7 @@ class TrainOptions:
     grad_accum: int = 1
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -127,10 +130,29 @@ class TrainOptions:
             (self.distill_weight >= 0, f"distill_weight must be >= 0, got {self.distill_weight}"),
             (self.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"),
             (not (self.baseline and self.distill_weight > 0), "distill_weight needs SuperThoughts mode, not baseline"),
+            (not (self.bf16 and self.dtype == "float16"), "bf16 autocast needs float32 or bfloat16 weights, "
+                                                          "not dtype float16"),
+            (self.save_steps >= 0, f"save_steps must be >= 0 (0 = final save only), got {self.save_steps}"),
+            (self.save_total_limit is None or self.save_total_limit >= 0,
+             f"save_total_limit must be >= 0 (0 = keep every checkpoint), got {self.save_total_limit}"),
         ]
+        # Options a run of this kind would not read: refused rather than silently dropped.
+        if self.baseline:
+            unread = [name for name in ("lambda_mtp", "compressor_type", "mtp_type") if getattr(self, name) is not None]
+            unread += ["rho_max"] if self._changed("rho_max") else []
+            checks.append((not unread, f"{', '.join(unread)} apply to SuperThoughts mode, not baseline"))
+        if self.lora_r == 0:
+            unread = [name for name in ("lora_alpha", "lora_dropout", "lora_target_modules") if self._changed(name)]
+            checks.append((not unread, f"{', '.join(unread)} apply to LoRA runs: set lora_r > 0"))
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainOptions: {message}")
+
+    def _changed(self, name: str) -> bool:
+        """Whether field `name` differs from its default."""
+        default = next(f for f in dataclasses.fields(self) if f.name == name).default
+        value = getattr(self, name)
+        return (tuple(value) if isinstance(value, list) else value) != default
 
 
 @dataclass
@@ -164,6 +186,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         # A float below 1 is a fraction of the total steps in transformers 5.
         warmup_steps=float(options.warmup_ratio),
         lr_scheduler_type=options.lr_scheduler,
+        lr_scheduler_kwargs=dict(options.lr_scheduler_kwargs),
         weight_decay=options.weight_decay,
         max_grad_norm=options.max_grad_norm,
         seed=options.seed,
@@ -173,7 +196,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         logging_first_step=True,
         save_strategy="steps" if options.save_steps > 0 else "no",
         save_steps=max(options.save_steps, 1),
-        save_total_limit=options.save_total_limit,
+        save_total_limit=options.save_total_limit or None,  # 0: keep every checkpoint
         report_to=options.report_to,
         disable_tqdm=not options.progress_bar,
         remove_unused_columns=False,
@@ -186,9 +209,31 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
     )
     kwargs.update(train_utils.without_fsdp_ram_efficient_loading(options.training_args))
     args = TrainingArgumentsCpuFix(**kwargs)
-    # Trainer checks report_to only when it is built, after the model is loaded and the data tokenised.
-    get_reporting_integration_callbacks(args.report_to)
+    _check_scheduler(args)
+    # Trainer checks report_to only when it is built, after the model is loaded and the data
+    # tokenised; building each callback is its check that the integration is installed.
+    for callback in get_reporting_integration_callbacks(args.report_to):
+        try:
+            callback()
+        except (ImportError, RuntimeError) as error:
+            raise ValueError(f"train: --report-to: {error}") from error
     return args
+
+
+def _check_scheduler(args: TrainingArguments) -> None:
+    """The learning-rate schedule, built once on a stand-in optimizer: a schedule that needs
+    arguments (cosine_with_min_lr, warmup_stable_decay) fails here, not after tokenising
+    (TrainingArguments itself refuses the ones that need an evaluation strategy)."""
+    from transformers.optimization import get_scheduler
+
+    name = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(name, probe, num_warmup_steps=0, num_training_steps=10,
+                      scheduler_specific_kwargs=dict(args.lr_scheduler_kwargs or {}))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"train: --lr-scheduler {name}: {error} (--lr-scheduler-kwargs takes its arguments as "
+                         "a JSON object)") from error
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -201,6 +246,7 @@ def train(options: TrainOptions) -> TrainResult:
 
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
     train_utils.check_resume(options.output_dir, options.resume_from_checkpoint)
+    train_utils.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data
@@ -252,6 +298,9 @@ def train(options: TrainOptions) -> TrainResult:
         pad_id, eos_id, rho_max=options.rho_max, baseline=options.baseline, seed=options.seed,
         with_distill=superthoughts and options.distill_weight > 0,
     )
+    # Trainer sets the model config's use_cache to TrainingArguments.use_cache (False); the saved
+    # config keeps the base model's.
+    use_cache = getattr(backbone.config, "use_cache", None)
     trainer = SuperThoughtsTrainer(
         model=model, args=args, data_collator=collator, train_dataset=examples,
         processing_class=tokenizer,
@@ -264,6 +313,8 @@ def train(options: TrainOptions) -> TrainResult:
     final = train_utils.merge_lora(trainer.accelerator.unwrap_model(trainer.model))
     if options.lora_r > 0:
         trainer.model = trainer.model_wrapped = final
+    if use_cache is not None:
+        backbone.config.use_cache = use_cache
     trainer.save_model(os.fspath(options.output_dir))
     trainer.accelerator.wait_for_everyone()
     return TrainResult(
@@ -292,6 +343,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--grad-accum", type=int, default=d["grad_accum"].default, help="gradient accumulation steps")
     g("--warmup-ratio", type=float, default=d["warmup_ratio"].default, help="share of the steps spent warming up")
     g("--lr-scheduler", default=d["lr_scheduler"].default, help="transformers scheduler name")
+    g("--lr-scheduler-kwargs", type=_json_object, default={}, metavar="JSON",
+      help='arguments of the schedule, e.g. \'{"min_lr_rate": 0.1}\' for cosine_with_min_lr')
     g("--weight-decay", type=float, default=d["weight_decay"].default, help="AdamW weight decay")
     g("--max-grad-norm", type=float, default=d["max_grad_norm"].default, help="gradient clipping")
     g("--seed", type=int, default=d["seed"].default, help="initialisation, shuffling and pad-split draws")
@@ -320,13 +373,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "the model's context (max_position_embeddings) are always dropped")
     g("--logging-steps", type=int, default=d["logging_steps"].default, help="log the losses every N steps")
     g("--save-steps", type=int, default=d["save_steps"].default, help="0 = final save only")
-    g("--save-total-limit", type=int, default=d["save_total_limit"].default, help="checkpoints kept in --output")
+    g("--save-total-limit", type=int, default=d["save_total_limit"].default,
+      help="checkpoints kept in --output, the oldest removed (0 = keep every one)")
     g("--resume", nargs="?", const=True, default=None, dest="resume_from_checkpoint",
       help="resume from the last checkpoint in --output, or from the given checkpoint")
     g("--report-to", default=d["report_to"].default, help="transformers logging integration (tensorboard, wandb, ...)")
     g("--no-progress", action="store_false", dest="progress_bar",
       help="hide the progress bars of tokenisation and training (shown by default)")
     g("--num-workers", type=int, dest="dataloader_num_workers", default=0, help="DataLoader worker processes")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

@@ -186,6 +186,23 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
                          "--resume continues that run, a new one needs another --output (or those folders removed)")
 
 
+def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os.PathLike | bool | None) -> None:
+    """Up front: `output_dir` must not be a file nor the `model` directory the run starts from,
+    and a new run (no `resume`) must not start in one holding a trained model (a finished run:
+    a --save-steps 0 run leaves no checkpoint-N folder for `check_resume` to see). Trainer would
+    overwrite either without a word."""
+    out = Path(os.fspath(output_dir))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"train: --output {os.fspath(out)!r} is a file, not a directory")
+    if isinstance(model, (str, os.PathLike)) and out.exists() and out.resolve() == Path(os.fspath(model)).resolve():
+        raise ValueError(f"train: --output {os.fspath(out)!r} is the --model directory; the run would overwrite "
+                         "the model it starts from")
+    held = [name for name in ("config.json", "model.safetensors", "adapter_config.json") if (out / name).is_file()]
+    if not resume and held:
+        raise ValueError(f"train: {os.fspath(out)!r} holds a trained model ({', '.join(held)}); a new run needs "
+                         "another --output (or that model removed)")
+
+
 def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | list[str]:
     """peft `target_modules`: plain names, or a full-match regex confined to `prefix.`.
 

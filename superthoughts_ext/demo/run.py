@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -244,6 +245,9 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     marker = directory / DONE_MARKER
     if marker.exists() and not retrain:
         return ModelRun(directory, trained=False, metrics=json.loads(marker.read_text(encoding="utf-8")))
+    # Not reused: a --retrain, or a run cut off before its marker. train refuses to write over a
+    # model, so the demo clears its own cache folder first.
+    shutil.rmtree(directory, ignore_errors=True)
     started = time.perf_counter()
     commit = git_commit()  # the checkout this training runs (read after it, it could name a later commit)
     options = TrainOptions(
@@ -253,7 +257,7 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
         tokenizer=build_tokenizer(),
         baseline=baseline, max_steps=steps,
         learning_rate=learning_rate,
-        rho_max=settings.rho_max,
+        **({} if baseline else {"rho_max": settings.rho_max}),  # a baseline run refuses it
         batch_size=settings.batch_size, warmup_ratio=settings.warmup_ratio, lr_scheduler="cosine",
         seed=settings.seed, logging_steps=max(steps // 10, 1), save_steps=0,
         progress_bar=progress,
