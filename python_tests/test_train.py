@@ -286,6 +286,40 @@ def test_resume_from_checkpoint(base_dirs, tmp_path):
     with pytest.raises(ValueError, match=r"'.*resume' holds checkpoints of an earlier run \(last: checkpoint-4\); "
                                          r"--resume continues"):
         train(TrainOptions(**opts, output_dir=out, **fast))
+    # Another kind of run on this checkpoint: Trainer loaded it non-strictly and failed later on
+    # an unrelated error (an AttributeError, an optimizer group size).
+    with pytest.raises(ValueError, match=r"checkpoint-4' was written by a SuperThoughts full run, and this is a "
+                                         r"SuperThoughts LoRA r=4 run"):
+        train(TrainOptions(**opts, output_dir=out, resume_from_checkpoint=True, lora_r=4, **fast))
+
+
+def test_resume_refuses_a_checkpoint_of_another_kind_of_run(tmp_path):
+    import json
+
+    from superthoughts_ext.train_utils import check_resume
+
+    written = {
+        "st-full": {"config.json": {"model_type": "qwen2", "superthoughts": {}}},
+        "sft-full": {"config.json": {"model_type": "qwen2"}},
+        "st-lora4": {"adapter_config.json": {"r": 4, "modules_to_save": ["compressor", "mtp"]}},
+        "sft-lora8": {"adapter_config.json": {"r": 8, "modules_to_save": None}},
+    }
+    for name, files in written.items():
+        (tmp_path / name).mkdir()
+        for file, values in files.items():
+            (tmp_path / name / file).write_text(json.dumps(values))
+    runs = {"st-full": (False, 0), "sft-full": (True, 0), "st-lora4": (False, 4), "sft-lora8": (True, 8)}
+    kinds = {"st-full": "a SuperThoughts full run", "sft-full": "a baseline full run",
+             "st-lora4": "a SuperThoughts LoRA r=4 run", "sft-lora8": "a baseline LoRA r=8 run"}
+    for name in written:
+        for run, (baseline, lora_r) in runs.items():
+            resume = lambda: check_resume(tmp_path / "o", str(tmp_path / name), baseline=baseline, lora_r=lora_r)
+            if run == name:
+                resume()
+                continue
+            with pytest.raises(ValueError, match=rf"{name}' was written by {kinds[name]}, and this is {kinds[run]}; "
+                                                 "resume with the options of the run that wrote it"):
+                resume()
 
 
 def test_resume_without_a_checkpoint_is_refused_up_front(tmp_path):

@@ -245,7 +245,8 @@ def train(options: TrainOptions) -> TrainResult:
     from superthoughts_ext.data import SuperThoughtsCollator
 
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
-    train_utils.check_resume(options.output_dir, options.resume_from_checkpoint)
+    train_utils.check_resume(options.output_dir, options.resume_from_checkpoint, baseline=options.baseline,
+                             lora_r=options.lora_r)
     train_utils.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)

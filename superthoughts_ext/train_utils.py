@@ -7,6 +7,7 @@ depends on `transformers.Trainer`. The training examples are loaded and checked 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
+
+from superthoughts_ext.checkpoint import SECTION
 
 # Linear layers of Qwen2 / Llama style decoder layers: attention and MLP projections.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
@@ -164,17 +167,22 @@ def _example_name(examples: list[dict[str, list[int]]], index: int) -> str:
     return f"{examples.where}: {examples.unit} {numbers[index]}"
 
 
-def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None) -> None:
+def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
+                 baseline: bool = False, lora_r: int = 0) -> None:
     """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
-    last checkpoint-N in `output_dir`) must exist, and a new run (no `resume`) must not start
-    in a directory holding an earlier run's checkpoint-N folders. Trainer would write its own
-    beside them, rotate by step number (keeping the old run's higher ones) and a later
+    last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
+    (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
+    non-strictly and fails later, if at all, on an unrelated error); a new run (no `resume`) must
+    not start in a directory holding an earlier run's checkpoint-N folders. Trainer would write
+    its own beside them, rotate by step number (keeping the old run's higher ones) and a later
     --resume would pick up the old run."""
     from transformers.trainer_utils import get_last_checkpoint
 
     if isinstance(resume, (str, os.PathLike)):
-        if not Path(os.fspath(resume)).is_dir():
+        checkpoint = Path(os.fspath(resume))
+        if not checkpoint.is_dir():
             raise FileNotFoundError(f"train: --resume {os.fspath(resume)!r}: no such checkpoint directory")
+        _check_checkpoint_kind(checkpoint, baseline, lora_r)
         return
     out = Path(os.fspath(output_dir))
     last = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
@@ -184,6 +192,33 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     if not resume and last is not None:
         raise ValueError(f"train: {os.fspath(out)!r} holds checkpoints of an earlier run (last: {Path(last).name}); "
                          "--resume continues that run, a new one needs another --output (or those folders removed)")
+    if resume:
+        _check_checkpoint_kind(Path(last), baseline, lora_r)
+
+
+def _run_kind(superthoughts: bool, lora_r: int | None) -> str:
+    return f"{'a SuperThoughts' if superthoughts else 'a baseline'} {f'LoRA r={lora_r}' if lora_r else 'full'} run"
+
+
+def _check_checkpoint_kind(checkpoint: Path, baseline: bool, lora_r: int) -> None:
+    """ValueError when `checkpoint` was written by another kind of run than this one. A LoRA
+    checkpoint holds adapter_config.json (SuperThoughts: the compressor and MTP among its
+    modules_to_save), a full one config.json (SuperThoughts: with its section)."""
+    adapter, config = checkpoint / "adapter_config.json", checkpoint / "config.json"
+    try:
+        if adapter.is_file():
+            values = json.loads(adapter.read_text(encoding="utf-8"))
+            saved = set(values.get("modules_to_save") or [])
+            written = (bool(saved & set(SUPERTHOUGHTS_TRAINABLE_MODULES)), int(values.get("r") or 0))
+        elif config.is_file():
+            written = (SECTION in json.loads(config.read_text(encoding="utf-8")), 0)
+        else:
+            return  # not a checkpoint this check can read; Trainer says what is missing
+    except (ValueError, OSError):
+        return
+    if written != (not baseline, lora_r):
+        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was written by {_run_kind(*written)}, and this is "
+                         f"{_run_kind(not baseline, lora_r)}; resume with the options of the run that wrote it")
 
 
 def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os.PathLike | bool | None) -> None:
