@@ -52,3 +52,14 @@ def test_cli_warnings_do_not_echo_source_lines(tmp_path) -> None:
     assert done.stderr.endswith("fake_area.py:5: UserWarning: train: dropped 1 row(s) with an empty solution\n"), \
         done.stderr
     assert "warnings.warn(" not in done.stderr
+
+
+def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys) -> None:
+    from superthoughts_ext import eval_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_cli, "run", interrupted)
+    assert cli.main(["eval", "--compare", "a.jsonl", "b.jsonl"]) == 130
+    assert capsys.readouterr().err == "superthoughts eval: interrupted\n"

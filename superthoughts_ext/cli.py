@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == name:
             importlib.import_module(module_name).add_arguments(sub_parser)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through training or decoding
+        print(f"superthoughts {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

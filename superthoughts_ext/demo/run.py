@@ -112,7 +112,9 @@ class ModelRun:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `superthoughts demo` flags to `parser`."""
     g = parser.add_argument
-    g("--quick", action="store_true", help="tiny settings (well under a minute on a CPU), for tests")
+    g("--quick", action="store_true",
+      help="tiny settings (well under a minute on a CPU), for tests: every stage runs, but its 48-token budget "
+           "stops before any answer (responses are 92+ tokens), so its accuracies are 0 by design")
     g("--json", default=None, help="write the results JSON here")
     g("--plot", default=None, help="write the accuracy-vs-steps PNG here")
     g("--cache-dir", default=None, help="model cache root (default: $XDG_CACHE_HOME/superthoughts/demo)")
@@ -152,7 +154,28 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         raise ValueError("--train-steps, --superthoughts-steps and --eval-problems must be >= 1")
     if not all(0.0 <= t <= 1.0 for t in settings.thresholds):
         raise ValueError(f"thresholds must lie in [0, 1], got {settings.thresholds}")
+    if not 0 <= settings.seed < 2**32:  # numpy's limit, reached only after the data is written
+        raise ValueError(f"--seed must lie in [0, 2**32), got {settings.seed}")
     return settings
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Before any training: --cache-dir must be a directory (or not exist), --json / --plot
+    files to write (not directories), the plot in a format matplotlib writes. A full run trains
+    for a quarter of an hour before it writes them."""
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise ValueError(f"--cache-dir {args.cache_dir!r} is a file, not a directory")
+    for flag, value in (("--json", args.json), ("--plot", args.plot)):
+        if value and Path(value).is_dir():
+            raise ValueError(f"{flag} {value!r} is a directory; give a file name")
+    if args.plot:
+        from matplotlib.figure import Figure
+
+        formats = Figure().canvas.get_supported_filetypes()
+        suffix = Path(args.plot).suffix.lstrip(".").lower()
+        if suffix not in formats:
+            raise ValueError(f"--plot {args.plot!r}: matplotlib writes {', '.join(sorted(formats))}, "
+                             f"not {suffix or 'a file without suffix'!r}")
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -287,6 +310,10 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
     started = time.perf_counter()
     commit = git_commit()  # at the start: a commit made during the run did not run
     device = resolve_device(device)
+    if not progress:  # transformers' own bars too (loading and saving weights)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     root = cache_root(cache_dir) / cache_key(settings)
     data = root / "train.jsonl"
     if not data.exists() or retrain:
@@ -298,6 +325,9 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
                                        steps=settings.train_steps, learning_rate=settings.learning_rate, **common)}
     # Both compared models continue from the initial SFT model with the same steps and lr.
     start = runs["initial_sft"].path
+    # Models fine-tuned from a newly trained initial model are stale, whatever their markers say
+    # (a --retrain cut off after the initial SFT left the old ones marked done).
+    common["retrain"] = retrain or runs["initial_sft"].trained
     fine_tune = dict(steps=settings.superthoughts_steps, learning_rate=settings.superthoughts_learning_rate, **common)
     runs["superthoughts"] = train_model(settings, start, data, dirs["superthoughts"], baseline=False, **fine_tune)
     runs["baseline"] = train_model(settings, start, data, dirs["baseline"], baseline=True, **fine_tune)
@@ -320,9 +350,10 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `superthoughts demo`; returns the process exit code."""
     try:
         settings = settings_from_args(args)
+        check_output_paths(args)
         payload = run_demo(settings, cache_dir=args.cache_dir, retrain=args.retrain,
                            device=args.device, progress=args.progress)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(payload))

@@ -193,12 +193,15 @@ def chat_messages(problem: Problem | str, system_prompt: str | None = SYSTEM_PRO
 
 
 def write_jsonl(problems: Iterable[Problem], path: str | os.PathLike[str]) -> Path:
-    """Write {"problem", "solution", "answer"} rows (the training CLI's input format)."""
+    """Write {"problem", "solution", "answer"} rows (the training CLI's input format), through a
+    temporary file: a run cut off mid-write leaves no partial file for a later run to trust."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as f:
         for p in problems:
             f.write(json.dumps({"problem": p.question, "solution": p.solution, "answer": p.answer}) + "\n")
+    os.replace(partial, path)
     return path
 
 
