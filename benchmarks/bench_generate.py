@@ -102,7 +102,8 @@ def non_negative_float(text: str) -> float:
 def check_method_names(args: argparse.Namespace) -> None:
     """Refuses unknown --methods names before any model is built (a 1.5B build and its checks
     take minutes on a GPU)."""
-    known = {*HF_METHODS, "standard", "pairs", *(f"st@{threshold_label(t)}" for t in args.thresholds)}
+    hf = [name for name in HF_METHODS if not (args.no_hf_compile and name == "hf_static_compile")]
+    known = {*hf, "standard", "pairs", *(f"st@{threshold_label(t)}" for t in args.thresholds)}
     if unknown := sorted(set(args.methods or ()) - known):
         raise SystemExit(f"bench generate: unknown method(s) {unknown}; known with these --thresholds: {sorted(known)}")
 

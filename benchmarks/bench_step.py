@@ -21,7 +21,6 @@ import torch
 import torch.utils.benchmark as tbench
 
 import superthoughts_ext
-from superthoughts_ext.ops import superthoughts_step
 from superthoughts_ext.reference import superthoughts_step_ref
 from superthoughts_ext.run_info import add_output_arguments, device_name, git_commit, int_at_least, results_file
 
@@ -133,10 +132,19 @@ def copy_bandwidth(device: torch.device) -> float | None:
     return 2 * src.numel() / seconds
 
 
-def check_correct(inputs, dtype, step=superthoughts_step, temperatures=(0.0, 1.0)) -> None:
-    """`step` (the fused op, or the compiled reference) against the eager reference, greedy and
-    sampled: exact tokens, n_new and updated `finished`, conf to float32 rounding, next_in to the
-    dtype's tolerance."""
+def fused_step():
+    """The compiled op, imported when first needed: benchmarks/gpu/phase_probe.py takes this
+    file's inputs (make_inputs) also where the extension did not build."""
+    from superthoughts_ext.ops import superthoughts_step
+
+    return superthoughts_step
+
+
+def check_correct(inputs, dtype, step=None, temperatures=(0.0, 1.0)) -> None:
+    """`step` (the fused op by default, or the compiled reference) against the eager reference,
+    greedy and sampled: exact tokens, n_new and updated `finished`, conf to float32 rounding,
+    next_in to the dtype's tolerance."""
+    step = step or fused_step()
     logits, embed, weight, bias, finished = inputs
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     batch, hidden = logits.shape[1], embed.shape[1]
@@ -175,6 +183,8 @@ def bench_config(batch, vocab, hidden, dtype, device, use_compile) -> dict:
     logits, embed, weight, bias, finished = inputs
     check_correct(inputs, dtype)
     args = (PAD, EOS, THRESHOLD, 0.0, 0.0, 0, 0)
+
+    superthoughts_step = fused_step()
 
     def fused():
         return superthoughts_step(logits, embed, weight, bias, finished, *args)
@@ -224,7 +234,7 @@ def graph_rows(inputs, args, step_bytes_: int, compiled_ref, device: torch.devic
     def calls(fn):
         return [lambda s=s: fn(*s, *args) for s in sets]
 
-    out = {"graph_copies": copies, "fused_graph_s": graph_time(calls(superthoughts_step), device),
+    out = {"graph_copies": copies, "fused_graph_s": graph_time(calls(fused_step()), device),
            "eager_graph_s": graph_time(calls(superthoughts_step_ref), device)}
     if compiled_ref is not None:
         out["compiled_graph_s"] = graph_time(calls(compiled_ref), device)

@@ -33,8 +33,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import torch
-from superthoughts_ext.run_info import (add_output_arguments, device_name, git_commit, int_at_least, results_file,
-                                        unit_float)
+from superthoughts_ext.run_info import (add_output_arguments, device_name, git_commit, int_at_least, positive_float,
+                                        results_file, unit_float)
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -68,9 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int_at_least(1), default=64, help="prompt tokens of each sequence")
     parser.add_argument("--warmup", type=int_at_least(2), default=5, help="untimed steps (loss must fall over them)")
     parser.add_argument("--steps", type=int_at_least(1), default=10, help="timed steps on GPU")
-    parser.add_argument("--min-time", type=float, default=12.0, help="seconds per mode on CPU")
+    parser.add_argument("--min-time", type=positive_float, default=12.0, help="seconds per mode on CPU")
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="alternating timing rounds per mode on CPU")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate")
     parser.add_argument("--rho-max", type=unit_float, nargs="+", default=[0.25, 0.0],
                         help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
     parser.add_argument("--mtp-types", nargs="+", choices=("decoder", "mlp"), default=["decoder"],
@@ -243,8 +243,10 @@ def mode_table(args: argparse.Namespace) -> dict[str, Mode]:
     return modes
 
 
-def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Every mode of one shape: one after the other on GPU (memory), interleaved on CPU."""
+def bench_shape(shape: str, args: argparse.Namespace, device: torch.device,
+                measured: Callable[[str, dict[str, Any]], None] = lambda mode, row: None) -> dict[str, Any]:
+    """Every mode of one shape: one after the other on GPU (memory), interleaved on CPU. On GPU,
+    `measured(mode, row so far)` follows each mode (minutes each at the 7B shape)."""
     modes = mode_table(args)
     if device.type == "cuda":
         row: dict[str, Any] = {}
@@ -256,6 +258,7 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> d
                 row[mode] = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
             step = None
             torch.cuda.empty_cache()
+            measured(mode, row)
         return row
     # Alternating rounds spread load from other processes on a shared CPU over both modes.
     prepared = {mode: prepare(shape, spec, args, device) for mode, spec in modes.items()}
@@ -317,7 +320,13 @@ def main(args: argparse.Namespace) -> int:
         "dtype": "bfloat16" if device.type == "cuda" else "float32", "complete": False, "shapes": {},
     }
     for shape in args.shapes:
-        row = bench_shape(shape, args, device)
+        def measured(mode: str, row: dict[str, Any], shape: str = shape) -> None:
+            # A run stopped by a time limit (a GPU session stage) keeps every mode it measured.
+            print(f"{shape:>9} {mode:>20}: {describe(row[mode])} (ratios once the shape is done)", flush=True)
+            report["shapes"][shape] = dict(row)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+
+        row = bench_shape(shape, args, device, measured)
         add_ratios(row)
         for mode, r in row.items():
             print(f"{shape:>9} {mode:>20}: {describe(r)}")

@@ -52,6 +52,9 @@ def test_unknown_methods_and_devices_are_refused_before_any_model_is_built(monke
         bench.main(parser.parse_args(["--methods", "standrd", "pairs", "--thresholds", "0.9", *out]))
     with pytest.raises(SystemExit, match="--device 'gpu0'"):
         bench.main(parser.parse_args(["--device", "gpu0", *out]))
+    # --no-hf-compile leaves that method out: asking for it too is a contradiction, said up front.
+    with pytest.raises(SystemExit, match=r"unknown method\(s\) \['hf_static_compile'\]"):
+        bench.main(parser.parse_args(["--methods", "hf_static_compile", "--no-hf-compile", *out]))
 
 
 def test_a_recorded_run_is_replaced_only_on_request(tmp_path) -> None:

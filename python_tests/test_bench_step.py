@@ -110,3 +110,15 @@ def test_bench_step_refuses_empty_shapes(option, value, capsys) -> None:
         parser.parse_args([option, value])
     err = capsys.readouterr().err
     assert f"argument {option}" in err and "must be >= 1" in err
+
+
+def test_the_input_recipe_loads_without_the_compiled_core() -> None:
+    # benchmarks/gpu/phase_probe.py takes bench_step's inputs also where the CUDA build failed
+    # (it then builds its own probe library): importing bench_step must not load the op.
+    import subprocess
+    import sys
+
+    code = ("import sys; from superthoughts_ext.bench_cli import load_benchmark; load_benchmark('step'); "
+            "print('superthoughts_ext.ops' in sys.modules, 'superthoughts_ext._C' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

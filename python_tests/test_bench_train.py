@@ -40,7 +40,9 @@ def test_bad_sizes_are_refused_before_any_model_is_built(capsys) -> None:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     for options, message in ((["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
-                             (["--rho-max", "0.25", "2"], r"argument --rho-max: must lie in \[0, 1\], got 2")):
+                             (["--rho-max", "0.25", "2"], r"argument --rho-max: must lie in \[0, 1\], got 2"),
+                             (["--min-time", "-5"], "argument --min-time: must be a finite number > 0, got -5"),
+                             (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan")):
         with pytest.raises(SystemExit):
             parser.parse_args(options)
         err = capsys.readouterr().err

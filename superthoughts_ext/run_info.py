@@ -3,6 +3,7 @@ every results JSON) and the check of their count flags."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import subprocess
@@ -81,4 +82,12 @@ def unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (a time budget, a learning rate), refused at parse time."""
+    value = float(text)
+    if not 0.0 < value < math.inf:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value

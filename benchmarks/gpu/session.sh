@@ -32,11 +32,13 @@ summary() { echo "[$(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
 
 stage() {  # stage NAME SECONDS COMMAND...; never runs past DEADLINE seconds after the start
   local name=$1 limit=$2; shift 2
-  local left=$(( ${DEADLINE:-580} - SECONDS ))
+  # -k: a stage stuck in a CUDA call (a hung kernel) never runs Python's SIGTERM handler; it is
+  # killed 10 s later, so the stages after it and the summary still fit before DEADLINE.
+  local left=$(( ${DEADLINE:-580} - SECONDS - 10 ))
   (( limit > left )) && limit=$left
   if (( limit < 10 )); then summary "skip $name (no time left)"; return; fi
   summary "start $name"
-  timeout "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
   local rc=$?
   summary "end $name rc=$rc"
   tail -n 15 "$OUT/logs/$name.log"
