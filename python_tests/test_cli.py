@@ -46,8 +46,16 @@ def test_cli_warnings_do_not_echo_source_lines(tmp_path) -> None:
               "from superthoughts_ext import cli\n"
               "cli.COMMANDS['fake'] = ('fake_area', 'a command that warns')\n"
               "sys.exit(cli.main(['fake']))\n")
+    # The package from this checkout also where it is not installed (the newest-releases venv).
+    import os
+    from pathlib import Path
+
+    import superthoughts_ext
+
+    checkout = str(Path(superthoughts_ext.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([checkout, str(tmp_path)])}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+                          cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stderr.endswith("fake_area.py:5: UserWarning: train: dropped 1 row(s) with an empty solution\n"), \
         done.stderr

@@ -288,7 +288,11 @@ def apply_lora(
         modules_to_save=list(SUPERTHOUGHTS_TRAINABLE_MODULES) if superthoughts else None,
         bias="none",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft (0.21) reads a plain model's `is_gradient_checkpointing`, which transformers 5.25
+        # deprecates with a FutureWarning the user can do nothing about (an error under -W error).
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
