@@ -1,5 +1,5 @@
 # Every target sets up what it needs: a virtualenv in $(VENV), the pinned torch and
-# dependencies, and the compiled extension (rebuilt incrementally by CMake).
+# dependencies, and the compiled extension (`pip install -e .`, CMake underneath).
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
@@ -23,7 +23,7 @@ build: setup
 test: build
 	$(PY) -m pytest -q python_tests
 	$(MAKE) --no-print-directory test-transformers-newest
-	bash .ci/check_cuda.sh
+	PYTHON=$(PY) bash .ci/check_cuda.sh
 
 # The pins above hold transformers at 5.17.0 (the GPU machine's); pyproject allows up to <6, and
 # transformers renamed and reworked APIs this package uses since (the KV-cache argument, Trainer's
@@ -56,8 +56,8 @@ test-transformers-newest: build $(NEWEST_STAMP)
 		assert pathlib.Path(s.__file__).parent == pathlib.Path('superthoughts_ext').resolve(), s.__file__"
 	$(NEWEST_PY) -m pytest -q -p no:cacheprovider -W error::FutureWarning $(addprefix python_tests/,$(TRANSFORMERS_TESTS))
 
-check-cuda:
-	bash .ci/check_cuda.sh
+check-cuda: build
+	PYTHON=$(PY) bash .ci/check_cuda.sh
 
 demo: build
 	$(VENV)/bin/superthoughts demo --json demo_output/demo.json --plot demo_output/demo.png

@@ -62,9 +62,16 @@ class CMakeBuild(build_ext):
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         with_cuda = want_cuda(torch)
+        if with_cuda and torch.version.cuda is None:
+            raise SystemExit(f"superthoughts_ext: SUPERTHOUGHTS_WITH_CUDA asks for the CUDA kernels, but torch "
+                             f"{torch.__version__} is a CPU-only build (no CUDA headers to compile against); "
+                             "install a CUDA torch, or leave SUPERTHOUGHTS_WITH_CUDA unset")
         configure = [
             cmake_executable(), "-S", str(ROOT), "-B", str(build_dir),
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            # Set on every configure: the build folder (and its CMake cache) is the same for every
+            # venv, and a cached value would build against another venv's torch.
+            f"-DTorch_DIR={Path(torch.utils.cmake_prefix_path) / 'Torch'}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DSUPERTHOUGHTS_VERSION={package_version()}",
@@ -84,10 +91,11 @@ class CMakeBuild(build_ext):
                 f"superthoughts_ext: the CUDA kernels are to be built (torch {torch.__version__}), "
                 f"but there is no nvcc, neither under CUDA_HOME={cuda_home} nor on the PATH. Set "
                 "CUDA_HOME to the CUDA toolkit, or SUPERTHOUGHTS_WITH_CUDA=0 for a CPU-only build.")
-        if not with_cuda and torch.version.cuda is not None:
-            # find_package(Torch) of a CUDA torch demands a complete CUDA toolkit even when
-            # nothing here is CUDA; CMakeLists.txt takes torch's CPU libraries from here instead.
-            configure.append(f"-DSUPERTHOUGHTS_CPU_ONLY_TORCH_DIR={Path(torch.__file__).parent}")
+        # find_package(Torch) of a CUDA torch demands a complete CUDA toolkit even when nothing
+        # here is CUDA; CMakeLists.txt takes torch's CPU libraries from this folder instead
+        # (empty otherwise, explicitly, so that no earlier configure's value lingers).
+        cpu_only = Path(torch.__file__).parent if not with_cuda and torch.version.cuda is not None else ""
+        configure.append(f"-DSUPERTHOUGHTS_CPU_ONLY_TORCH_DIR={cpu_only}")
         try:
             import ninja  # noqa: F401
 

@@ -4,7 +4,8 @@
 #      disk into a cache folder (never installed: the shared venv keeps its CPU torch);
 #   2. every csrc/kernels/*.cuh alone in a tiny translation unit without torch on the include
 #      path, which proves the device headers are self-contained and torch-free;
-#   3. benchmarks/gpu/*.cu (the phase probe, which includes the kernel headers).
+#   3. benchmarks/gpu/*.cu (the phase probe, which includes the kernel headers);
+#   4. CMakeLists.txt's CUDA configuration with its default archs (see step 4 below).
 # Target: sm_90a (H100), C++20, warnings are errors. Nothing is linked or run.
 # Env: NVCC (default: nvcc on PATH), TORCH_CUDA_WHEEL (default: newest torch-*.whl under
 # /opt/pypi-more/files), PYTHON (default: python3), SUPERTHOUGHTS_CI_CACHE.
@@ -89,6 +90,28 @@ for cu in benchmarks/gpu/*.cu; do
     status=1
   fi
 done
+# 4. CMake's own compile lines of a CUDA build with the default archs ("80;90a"), which the GPU
+#    session (one arch) never uses: configured against PYTHON's torch (CPU here) with the CUDA
+#    language on, then only the always-built C++ file compiled; the arch list reaches it as a
+#    -D define (split at its ";" once, which broke every default CUDA build). Needs a PYTHON
+#    with torch, cmake and ninja (the venv's; `make test` passes it).
+if "$PYTHON" -c "import torch, cmake, ninja" 2>/dev/null; then
+  echo "check_cuda: CMake CUDA build with the default archs (configure + csrc/torch_bindings.cpp)"
+  tools=$("$PYTHON" -c 'import cmake, ninja, torch.utils, pathlib
+print(pathlib.Path(cmake.CMAKE_BIN_DIR) / "cmake", pathlib.Path(ninja.BIN_DIR) / "ninja", torch.utils.cmake_prefix_path)')
+  read -r CMAKE NINJA PREFIX <<<"$tools"
+  if "$CMAKE" -S . -B "$WORK/cmake" -G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA" -DCMAKE_PREFIX_PATH="$PREFIX" \
+       -DPython3_EXECUTABLE="$(command -v "$PYTHON")" -DSUPERTHOUGHTS_WITH_CUDA=ON \
+       -DCMAKE_CUDA_COMPILER="$(command -v "$NVCC")" >"$WORK/cmake.log" 2>&1 \
+     && "$CMAKE" --build "$WORK/cmake" --target CMakeFiles/_C.dir/csrc/torch_bindings.cpp.o >>"$WORK/cmake.log" 2>&1; then
+    checked+=("CMakeLists.txt (default archs)")
+  else
+    tail -n 20 "$WORK/cmake.log" >&2
+    status=1
+  fi
+else
+  echo "check_cuda: skipping the CMake CUDA configure ($PYTHON lacks torch, cmake or ninja)"
+fi
 if [[ ${#checked[@]} -eq 0 && $status -eq 0 ]]; then
   echo "check_cuda: nothing to check under csrc/cuda or csrc/kernels" >&2
   exit 1

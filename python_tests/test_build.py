@@ -7,6 +7,7 @@ CPU torch installed here exercises it: configure only, in a temporary build fold
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,27 @@ def test_package_metadata_builds_without_setuptools_deprecations(tmp_path):
     metadata = (tmp_path / result.stdout.split()[-1] / "METADATA").read_text()
     assert "Apache-2.0" in metadata
     assert "Name: superthoughts_ext" in metadata or "Name: superthoughts-ext" in metadata
+
+
+def test_a_core_built_for_another_torch_is_refused(monkeypatch):
+    # torch's C++ ABI changes between releases: a core built against another one loaded silently
+    # and failed later with an undefined symbol, or crashed.
+    import superthoughts_ext
+    from superthoughts_ext import _C
+
+    assert superthoughts_ext.load_core() is _C  # this checkout's build matches its torch
+    monkeypatch.setattr(_C, "torch_version", "1.13.1")
+    with pytest.raises(ImportError, match=rf"built against torch 1.13.1, but torch {re.escape(torch.__version__)} is installed; "
+                                          r"rebuild it against this torch: pip install --no-build-isolation \."):
+        superthoughts_ext.load_core()
+
+
+def test_forcing_cuda_with_a_cpu_torch_is_refused_by_name(tmp_path):
+    if torch.version.cuda is not None:
+        pytest.skip("needs a CPU-only torch")
+    # It failed deep in the compile, on a missing c10/cuda header.
+    result = subprocess.run([sys.executable, str(ROOT / "setup.py"), "build_ext", "--build-temp", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "SUPERTHOUGHTS_WITH_CUDA": "1"})
+    assert result.returncode != 0
+    assert f"torch {torch.__version__} is a CPU-only build" in result.stderr, result.stderr[-2000:]

@@ -71,3 +71,13 @@ def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys) -> None:
     monkeypatch.setattr(eval_cli, "run", interrupted)
     assert cli.main(["eval", "--compare", "a.jsonl", "b.jsonl"]) == 130
     assert capsys.readouterr().err == "superthoughts eval: interrupted\n"
+
+
+def test_bench_without_the_checkout_says_why_whatever_the_options(monkeypatch, tmp_path) -> None:
+    # A non-editable install has no benchmarks/: `bench step --output x` said only
+    # "unrecognized arguments".
+    from superthoughts_ext import bench_cli
+
+    monkeypatch.setattr(bench_cli, "BENCH_DIR", tmp_path / "benchmarks")
+    with pytest.raises(SystemExit, match=r"bench_step.py not found; the benchmarks ship with the source checkout"):
+        cli.main(["bench", "step", "--output", str(tmp_path / "x.json")])

@@ -10,6 +10,30 @@ import importlib
 __version__ = "0.1.0"
 
 
+REBUILD = "rebuild it against this torch: pip install --no-build-isolation ."
+
+
+def load_core():
+    """The compiled core `superthoughts_ext._C` (loading it registers the ops), refused with
+    a message saying so when it was built against another torch release than the installed one:
+    torch's C++ ABI changes between releases, and a mismatch ends in an `undefined symbol` or,
+    worse, a crash inside a kernel."""
+    import torch  # loads libtorch, which _C links against
+
+    try:
+        from superthoughts_ext import _C
+    except ImportError as error:
+        if "undefined symbol" in str(error):
+            raise ImportError(f"superthoughts_ext._C does not match the installed torch {torch.__version__} "
+                              f"({error}); {REBUILD}") from error
+        raise
+    built, installed = _C.torch_version.split(".")[:2], torch.__version__.split(".")[:2]
+    if built != installed:
+        raise ImportError(f"superthoughts_ext._C was built against torch {_C.torch_version}, but torch "
+                          f"{torch.__version__} is installed; {REBUILD}")
+    return _C
+
+
 def build_info() -> dict[str, object]:
     """How the compiled core was built: package and torch versions, CUDA on/off, CUDA archs,
     whether OpenMP was on (the CPU kernel's at::parallel_for is serial without it), the
@@ -17,10 +41,7 @@ def build_info() -> dict[str, object]:
     the 16-bit types this CPU multiplies in hardware (`cpu_16bit_matmul`: the CPU kernel hands
     their larger merge projections, bf16 from 3 rows and fp16 from 9, to torch's GEMM, which is
     then the faster one)."""
-    import torch  # noqa: F401  (loads libtorch, which _C links against)
-
-    from superthoughts_ext import _C
-
+    _C = load_core()
     return {
         "version": _C.version,
         "torch_version": _C.torch_version,

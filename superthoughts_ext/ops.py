@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from superthoughts_ext import _C  # noqa: F401  (registers torch.ops.superthoughts_ext)
+from superthoughts_ext import load_core
 from superthoughts_ext.reference import int64_of_low_64_bits
+
+load_core()  # registers torch.ops.superthoughts_ext (an ImportError if built for another torch)
 
 
 def superthoughts_step(
