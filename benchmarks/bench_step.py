@@ -142,16 +142,17 @@ def fused_step():
 
 def check_correct(inputs, dtype, step=None, temperatures=(0.0, 1.0)) -> None:
     """`step` (the fused op by default, or the compiled reference) against the eager reference,
-    greedy and sampled: exact tokens, n_new and updated `finished`, conf to float32 rounding,
-    next_in to the dtype's tolerance."""
+    greedy and sampled, at the timed threshold and at 0 (every row takes a pair: the timed
+    inputs accept none at B = 1): exact tokens, n_new and updated `finished`, conf to float32
+    rounding, next_in to the dtype's tolerance."""
     step = step or fused_step()
     logits, embed, weight, bias, finished = inputs
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     batch, hidden = logits.shape[1], embed.shape[1]
-    for temperature in temperatures:
+    for threshold, temperature in ((t, temperature) for t in (THRESHOLD, 0.0) for temperature in temperatures):
         got_finished, want_finished = finished.clone(), finished.clone()
-        got = step(logits, embed, weight, bias, got_finished, PAD, EOS, THRESHOLD, 0.0, temperature, 0, 0)
-        want = superthoughts_step_ref(logits, embed, weight, bias, want_finished, PAD, EOS, THRESHOLD,
+        got = step(logits, embed, weight, bias, got_finished, PAD, EOS, threshold, 0.0, temperature, 0, 0)
+        want = superthoughts_step_ref(logits, embed, weight, bias, want_finished, PAD, EOS, threshold,
                                       0.0, temperature, 0, 0)
         for name, g, w, rtol, atol in (("tokens", got[0], want[0], 0, 0), ("n_new", got[1], want[1], 0, 0),
                                        ("conf", got[2], want[2], 1e-5, 1e-6), ("next_in", got[3], want[3], tol, tol),
@@ -159,16 +160,16 @@ def check_correct(inputs, dtype, step=None, temperatures=(0.0, 1.0)) -> None:
             # Named, so that a failure says which configuration and output disagreed.
             torch.testing.assert_close(g, w, rtol=rtol, atol=atol, msg=lambda m, name=name: (
                 f"bench step: {name} of the checked step != the reference (B={batch}, H={hidden}, "
-                f"{str(dtype).removeprefix('torch.')}, temperature {temperature}):\n{m}\n"
-                f"{recheck(step, inputs, temperature, got, want)}"))
+                f"{str(dtype).removeprefix('torch.')}, threshold {threshold}, temperature {temperature}):\n{m}\n"
+                f"{recheck(step, inputs, threshold, temperature, got, want)}"))
 
 
-def recheck(step, inputs, temperature, got, want) -> str:
+def recheck(step, inputs, threshold, temperature, got, want) -> str:
     """After a failed check: whether the step and the reference give the same outputs again, and
     each one's conf against a float64 computation, so a report says which side moved (a
     one-off conf mismatch was once seen on the CPU and never reproduced)."""
     logits, embed, weight, bias, finished = inputs
-    args = (PAD, EOS, THRESHOLD, 0.0, temperature, 0, 0)
+    args = (PAD, EOS, threshold, 0.0, temperature, 0, 0)
     again = step(logits, embed, weight, bias, finished.clone(), *args)
     want_again = superthoughts_step_ref(logits, embed, weight, bias, finished.clone(), *args)
     exact = torch.softmax(logits.double(), dim=-1).amax(dim=-1).t().to(got[2].device)

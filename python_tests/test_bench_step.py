@@ -59,7 +59,7 @@ def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
         return superthoughts_step(*args[:9], 0.0, *args[10:])
 
     with pytest.raises(AssertionError, match=r"tokens of the checked step != the reference \(B=4, H=16, "
-                                             r"float32, temperature 1.0\)"):
+                                             r"float32, threshold 0.9, temperature 1.0\)"):
         bench.check_correct(inputs, torch.float32, greedy_only)
 
     def marks_finished(logits, embed, weight, bias, finished, *args):
@@ -68,8 +68,18 @@ def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
         return out
 
     with pytest.raises(AssertionError, match=r"finished of the checked step != the reference \(B=4, H=16, "
-                                             r"float32, temperature 0.0\)"):
+                                             r"float32, threshold 0.9, temperature 0.0\)"):
         bench.check_correct(inputs, torch.float32, marks_finished)
+
+    def never_pairs(*args):
+        # The op with its threshold replaced by 1.0: at B = 1 the timed threshold accepts no pair
+        # either, so only the check at threshold 0 sees it.
+        return superthoughts_step(*args[:7], 1.0, *args[8:])
+
+    single = bench.make_inputs(1, 1000, 16, torch.float32, torch.device("cpu"))
+    with pytest.raises(AssertionError, match=r"tokens of the checked step != the reference \(B=1, H=16, "
+                                             r"float32, threshold 0.0, temperature 0.0\)"):
+        bench.check_correct(single, torch.float32, never_pairs)
 
     calls = []
 
