@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -46,8 +45,8 @@ from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 from superthoughts_ext import decode_loop
 from superthoughts_ext.eval_compare import threshold_label
 from superthoughts_ext.generate import generate, resolve_compile
-from superthoughts_ext.run_info import (add_output_arguments, device_name, git_commit, int_at_least, results_file,
-                                        unit_float)
+from superthoughts_ext.run_info import (add_output_arguments, device_name, git_commit, int_at_least,
+                                        non_negative_float, results_file, unit_float)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = {
@@ -89,14 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
     add_output_arguments(parser, "benchmarks/results/generate_<device>.json (and its .png)")
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite float >= 0."""
-    value = float(text)
-    if not 0.0 <= value < math.inf:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def check_method_names(args: argparse.Namespace) -> None:

@@ -336,9 +336,10 @@ def generate(
     superthoughts = _check_args(model, mode, max_new_tokens, temperature)
     eos_ids = resolve_eos_ids(model, eos_token_id)
     eos = eos_ids[0]
-    if not 0 <= eos < vocab_size(model):  # checked before prefill, for the reference path too
+    vocab = vocab_size(model)
+    if not 0 <= eos < vocab:  # checked before prefill, for the reference path too
         raise ValueError(f"generate: eos_token_id {eos} (the EOS the step op stops on) is outside the vocabulary "
-                         f"[0, {vocab_size(model)})")
+                         f"[0, {vocab})")
     if attention_mask is None:
         warn_unmasked_pads(input_ids, pad_id(model, eos))
         attention_mask = torch.ones_like(input_ids)

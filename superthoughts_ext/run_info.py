@@ -91,3 +91,11 @@ def positive_float(text: str) -> float:
     if not 0.0 < value < math.inf:  # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = float(text)
+    if not 0.0 <= value < math.inf:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value

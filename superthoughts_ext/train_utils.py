@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from superthoughts_ext.checkpoint import SECTION
+from superthoughts_ext.checkpoint import is_superthoughts_checkpoint
 
 # Linear layers of Qwen2 / Llama style decoder layers: attention and MLP projections.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
@@ -211,7 +211,7 @@ def _check_checkpoint_kind(checkpoint: Path, baseline: bool, lora_r: int) -> Non
             saved = set(values.get("modules_to_save") or [])
             written = (bool(saved & set(SUPERTHOUGHTS_TRAINABLE_MODULES)), int(values.get("r") or 0))
         elif config.is_file():
-            written = (SECTION in json.loads(config.read_text(encoding="utf-8")), 0)
+            written = (is_superthoughts_checkpoint(checkpoint), 0)
         else:
             return  # not a checkpoint this check can read; Trainer says what is missing
     except (ValueError, OSError):
