@@ -32,6 +32,19 @@ def want_cuda(torch_module) -> bool:
     return torch_module.version.cuda is not None
 
 
+def cmake_build_dir(torch_module, with_cuda: bool) -> Path:
+    """A build folder in the checkout that outlives the pip call, one per Python, torch and CUDA choice.
+
+    pip hands an editable build a fresh temporary build_temp each time, so every `make build`
+    recompiled everything; this folder keeps CMake's objects between builds. Keying it on the
+    Python and torch releases keeps one venv's CMake cache (headers, libraries, the CUDA
+    compiler CMake fixes at its first configure) out of another's.
+    """
+    kind = "cuda" if with_cuda else "cpu"
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch_module.__version__}-{kind}"
+    return ROOT / "build" / "cmake" / re.sub(r"[^A-Za-z0-9.+_-]", "_", tag)
+
+
 def cmake_executable() -> str:
     """The `cmake` PyPI package's binary when installed (a recent CMake), else the PATH's."""
     try:
@@ -59,18 +72,18 @@ class CMakeBuild(build_ext):
         import torch.utils
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = Path(self.build_temp).resolve() / "cmake"
-        build_dir.mkdir(parents=True, exist_ok=True)
         with_cuda = want_cuda(torch)
         if with_cuda and torch.version.cuda is None:
             raise SystemExit(f"superthoughts_ext: SUPERTHOUGHTS_WITH_CUDA asks for the CUDA kernels, but torch "
                              f"{torch.__version__} is a CPU-only build (no CUDA headers to compile against); "
                              "install a CUDA torch, or leave SUPERTHOUGHTS_WITH_CUDA unset")
+        build_dir = cmake_build_dir(torch, with_cuda)
+        build_dir.mkdir(parents=True, exist_ok=True)
         configure = [
             cmake_executable(), "-S", str(ROOT), "-B", str(build_dir),
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-            # Set on every configure: the build folder (and its CMake cache) is the same for every
-            # venv, and a cached value would build against another venv's torch.
+            # Set on every configure: a venv rebuilt with the same releases reuses the folder, and a
+            # cached value would build against the old venv's torch.
             f"-DTorch_DIR={Path(torch.utils.cmake_prefix_path) / 'Torch'}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython3_EXECUTABLE={sys.executable}",

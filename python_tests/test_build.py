@@ -90,3 +90,31 @@ def test_forcing_cuda_with_a_cpu_torch_is_refused_by_name(tmp_path):
                             env={**__import__("os").environ, "SUPERTHOUGHTS_WITH_CUDA": "1"})
     assert result.returncode != 0
     assert f"torch {torch.__version__} is a CPU-only build" in result.stderr, result.stderr[-2000:]
+
+
+def load_setup_script(monkeypatch):
+    """setup.py as a module, its setup() call made a no-op."""
+    import importlib.util
+
+    import setuptools
+
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)
+    spec = importlib.util.spec_from_file_location("superthoughts_setup_script", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cmake_build_folder_outlives_pip_and_is_keyed_on_python_torch_and_cuda(monkeypatch):
+    # pip gives an editable build a new temporary build_temp each time: every `make build`
+    # recompiled everything.
+    script = load_setup_script(monkeypatch)
+
+    class FakeTorch:
+        __version__ = "2.14.1+cu130"
+
+    cpu, cuda = script.cmake_build_dir(torch, False), script.cmake_build_dir(torch, True)
+    assert cpu == script.cmake_build_dir(torch, False)
+    assert cpu.parent == ROOT / "build" / "cmake"
+    assert len({cpu, cuda, script.cmake_build_dir(FakeTorch, False)}) == 3
+    assert f"py{sys.version_info.major}{sys.version_info.minor}" in cpu.name
