@@ -66,6 +66,9 @@ def test_package_metadata_builds_without_setuptools_deprecations(tmp_path):
     metadata = (tmp_path / result.stdout.split()[-1] / "METADATA").read_text()
     assert "Apache-2.0" in metadata
     assert "Name: superthoughts_ext" in metadata or "Name: superthoughts-ext" in metadata
+    # The license text travels with the package (Apache-2.0 asks for it in every distribution).
+    info = tmp_path / result.stdout.split()[-1]
+    assert "Apache License" in "".join(p.read_text() for p in info.rglob("LICENSE*")), list(info.rglob("*"))
 
 
 def test_a_core_built_for_another_torch_is_refused(monkeypatch):
