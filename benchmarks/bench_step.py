@@ -267,8 +267,10 @@ def main(args: argparse.Namespace) -> dict:
         "rows": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    for dtype_name in args.dtype:
-        for hidden in args.hidden:
+    # Hidden size outermost: a run cut short by a time limit (a GPU session stage) has still
+    # measured every dtype and batch at the first hidden size (1536, Qwen2.5-Math-1.5B's).
+    for hidden in args.hidden:
+        for dtype_name in args.dtype:
             for batch in args.batch:
                 row = bench_config(batch, args.vocab, hidden, DTYPES[dtype_name], device, not args.no_compile)
                 if copy_bw:

@@ -49,6 +49,23 @@ def test_bench_step_smoke(tmp_path: Path, monkeypatch) -> None:
         assert row["bytes"] == bench.step_bytes(row["batch"], 1000, 64, bench.DTYPES["bf16"])
 
 
+def test_bench_step_measures_the_first_hidden_size_in_every_dtype_first(tmp_path: Path, monkeypatch) -> None:
+    # A GPU stage's time limit cut the run after the fp32 rows, leaving bf16 unmeasured.
+    bench = load_benchmark("step")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--batch", "1", "2", "--vocab", "100", "--hidden", "16", "8", "--dtype", "fp32",
+                              "bf16", "--no-compile", "--output", str(tmp_path / "step.json")])
+    order = []
+    monkeypatch.setattr(bench, "bench_config", lambda batch, vocab, hidden, dtype, *rest: order.append(
+        (hidden, dtype, batch)) or {"batch": batch, "hidden": hidden, "dtype": str(dtype), "bytes": 1, "fused_s": 1.0,
+        "fused_gb_s": 1.0, "eager_s": 1.0, "speedup_vs_eager": 1.0})
+    bench.main(args)
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert order == [(16, f32, 1), (16, f32, 2), (16, bf16, 1), (16, bf16, 2),
+                     (8, f32, 1), (8, f32, 2), (8, bf16, 1), (8, bf16, 2)]
+
+
 def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
     bench = load_benchmark("step")
     inputs = bench.make_inputs(4, 1000, 16, torch.float32, torch.device("cpu"))
