@@ -77,6 +77,14 @@ def test_extract_answer_rejects_non_text() -> None:
         ("\\boxed{C 42 eV}", "C"),
         ("so \\boxed{a = 2g}, and the answer is (C).", "C"),
         ("I cannot decide.", None),
+        # A hedge after "the answer is" names none, as in a box; the article "A" is no choice.
+        ("The answer is (B) or (C).", None),
+        ("The answer is B and C.", None),
+        ("The answer is B or C, so \\boxed{B \\text{ or } C}", None),
+        ("The answer is A bit larger than 3 eV", None),
+        ("\\boxed{A single sharp peak}", None),
+        ("The answer is A.", "A"),
+        ("\\boxed{A}", "A"),
     ],
 )
 def test_extract_choice(text: str, expected: str | None) -> None:
@@ -140,6 +148,14 @@ def test_is_correct_multiple_choice(prediction: str, reference: str, expected: b
         ("0.33333333", "\\frac{1}{3}", True),
         ("0.33333334", "\\frac{1}{3}", False),
         ("0.30000000000000004", "0.3", True),  # float noise past 15 places is not compared
+        # Below 1e-15 every number equalled every other (math-verify's chopped difference, and
+        # a place cap of 15): the 15 significant digits count wherever they are.
+        ("1.5 \\times 10^{-20}", "1.6 \\times 10^{-20}", False),
+        ("9.9 \\times 10^{-17}", "1.0 \\times 10^{-16}", False),
+        ("1.50 \\times 10^{-20}", "1.5 \\times 10^{-20}", True),
+        ("0.000000000000000000016", "1.5 \\times 10^{-20}", False),
+        ("0.000000000000000000015", "1.5 \\times 10^{-20}", True),
+        ("15 \\times 10^{-21}", "1.5 \\times 10^{-20}", True),
     ],
 )
 def test_is_correct_compares_decimals_as_finely_as_written(prediction: str, reference: str, expected: bool) -> None:
@@ -149,7 +165,8 @@ def test_is_correct_compares_decimals_as_finely_as_written(prediction: str, refe
 @pytest.mark.parametrize(
     "answer, places",
     [(".0000672", 7), ("6.72 \\times 10^{-5}", 7), ("6.72e-5", 7), ("7 \\cdot 10^{-9}", 9), ("1.5", 1),
-     ("12", 0), ("\\frac{1}{3}", 0), ("2 \\times 10^{3}", 0), ("x^2 + 0.25x", 2)],
+     ("12", 0), ("\\frac{1}{3}", 0), ("2 \\times 10^{3}", 0), ("x^2 + 0.25x", 2), ("1.5 \\times 10^{-20}", 21),
+     ("0.30000000000000004", 15), ("123456.123456789012", 9), ("0.000", 3)],
 )
 def test_written_decimals(answer: str, places: int) -> None:
     assert grading_worker.written_decimals(answer) == places
@@ -219,6 +236,34 @@ def test_gpqa_option_text_grades_as_its_letter(
     prediction: str, options: tuple[str, ...], reference: str, expected: bool
 ) -> None:
     assert is_correct(prediction, reference, "gpqa_diamond", options=options) is expected
+
+
+def test_gpqa_small_quantities_pick_their_own_option() -> None:
+    # At 1e-26 every quantity equalled every other: a wrong value picked the right option, and
+    # the right one matched two options and so named none.
+    joules = ("3.0 J", "4.6 \\times 10^{-26} J", "1.2 \\times 10^{-3} J", "7 J")
+    assert grading.option_letter("9.9 \\times 10^{-26}\\,\\text{J}", joules) is None
+    close = ("2.3 \\times 10^{-26} J", "4.6 \\times 10^{-26} J", "1 J", "2 J")
+    assert grading.option_letter("4.60 \\times 10^{-26}\\,\\text{J}", close) == "B"
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("52_8", "52_8", True),
+        ("52_{8}", "52_8", True),
+        ("4210_5", "4210_{5}", True),
+        ("52", "52_8", True),  # the question names the base; the digits are compared
+        ("52_{9}", "52_8", False),  # math-verify drops the subscript: 52 in base 9 "equalled" 52_8
+        ("52_{10}", "52_8", False),
+        ("42", "52_8", False),
+        ("52_{10}", "52", True),
+        ("a_1 + 2", "a_1+2", True),  # a variable's index is no base
+        ("\\log_2 8", "3", True),
+    ],
+)
+def test_numerals_in_another_base_are_wrong(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference) is expected
 
 
 @pytest.mark.parametrize(

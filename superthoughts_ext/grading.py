@@ -88,8 +88,9 @@ def extract_answer(text: str) -> str | None:
     return answer
 
 
-# A lowercase letter only counts in parentheses: "the answer is a number" names no choice.
-_ANSWER_IS = re.compile(r"(?i:answer\s+is)\s*:?\s*(?:\(\s*([A-Da-d])\s*\)|([A-D])\b)")
+# A lowercase letter only counts in parentheses: "the answer is a number" names no choice, nor
+# does the article "A" before a word ("the answer is A bit larger").
+_ANSWER_IS = re.compile(r"(?i:answer\s+is)\s*:?\s*(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b)")
 # "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
 # command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
 _LETTER = re.compile(r"^(?:\(\s*([A-D])\s*\)|([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<>+\-*/^_\\])))", re.IGNORECASE)
@@ -98,6 +99,9 @@ _LETTER = re.compile(r"^(?:\(\s*([A-D])\s*\)|([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<
 # "B or C", "(A) and (C)", "A/C": a second letter after a conjunction hedges between choices.
 _SECOND_CHOICE = re.compile(
     r"^\s*(?:(?i:or|and)\b|,|/|&|\\(?:lor|land|vee|wedge)\b)\s*(?:\(\s*[A-Ea-e]\s*\)|[A-E](?![A-Za-z]))")
+
+# "A single sharp peak": the article opening a sentence, no choice.
+_ARTICLE = re.compile(r"^[Aa]\s+[a-z]")
 
 
 def _unwrap_text(answer: str) -> str:
@@ -111,7 +115,7 @@ def _choice(answer: str) -> tuple[str | None, bool]:
     An answer hedging between two letters ("B or C") names none."""
     text = _unwrap_text(answer)
     match = _LETTER.match(text)
-    if match is None or _SECOND_CHOICE.match(text[match.end():]):
+    if match is None or _SECOND_CHOICE.match(text[match.end():]) or _ARTICLE.match(text):
         return None, False
     return (match.group(1) or match.group(2)).upper(), match.end() == len(text)
 
@@ -131,8 +135,10 @@ def extract_choice(text: str, options: Sequence[str] = ()) -> str | None:
     letter = option_letter(extract_answer(text), options)
     if letter is not None:
         return letter
-    matches = _ANSWER_IS.findall(text)
-    return "".join(matches[-1]).upper() if matches else None
+    matches = list(_ANSWER_IS.finditer(text))
+    if not matches or _SECOND_CHOICE.match(text[matches[-1].end():]):
+        return None  # "the answer is (B) or (C)" hedges, like such a box
+    return "".join(matches[-1].groups("")).upper()
 
 
 def _normalize(answer: str) -> str:
@@ -226,6 +232,15 @@ _MATH_OPTION = re.compile(r"^\(\s*([A-E])\s*\)$")
 _MATH_OPTION_LEAD = re.compile(r"^\(?\s*([A-E])\s*\)?(?=[\s.:),\\]|$)")
 
 
+# A numeral's base subscript ("52_8", "4210_{5}", "1A_{16}"); math-verify drops it, so "52_{9}"
+# equalled "52_8". A "_1" after a variable ("a_1", "\\log_2") is no base.
+_BASE_SUBSCRIPT = re.compile(r"(?<![\\A-Za-z0-9])(?=[0-9A-F]*\d)[0-9A-F]+_\{?\s*(\d+)\s*\}?")
+
+
+def _numeral_bases(answer: str) -> list[str]:
+    return [base.lstrip("0") for base in _BASE_SUBSCRIPT.findall(answer)]
+
+
 def _math_option_letter(reference: str) -> str | None:
     match = _MATH_OPTION.match(_unwrap_text(reference))
     return match.group(1) if match else None
@@ -281,4 +296,9 @@ def is_correct(
         text = _unwrap_text(prediction)
         if (chosen := _MATH_OPTION_LEAD.match(text)) is not None:
             return chosen.group(1) == letter and not _SECOND_CHOICE.match(text[chosen.end():])
+    predicted_bases, wanted_bases = _numeral_bases(prediction), _numeral_bases(reference)
+    # A numeral in another base is wrong; a bare "52" for "52_8" is still compared, and so is
+    # "52_{10}" for a bare "52".
+    if predicted_bases and predicted_bases != wanted_bases and (wanted_bases or set(predicted_bases) != {"10"}):
+        return False
     return math_equal(prediction, reference, timeout, as_sets=not asks_for_point(question))

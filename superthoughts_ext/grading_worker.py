@@ -37,25 +37,38 @@ def _as_latex(answer: str) -> str:
     return "\\boxed{" + answer.strip().strip("$").replace("°", "^{\\circ}") + "}"
 
 
-# A written number: its digits after the point and, in scientific notation, its power of ten
-# ("6.72 \\times 10^{-5}", "6.72e-5").
+# A written number: its mantissa (digits after the point in a group) and, in scientific
+# notation, its power of ten ("6.72 \\times 10^{-5}", "6.72e-5").
 _WRITTEN_NUMBER = re.compile(
-    r"\d*\.?(\d*)(?:\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?|[eE]([+-]?\d+))?")
+    r"(\d*\.?(\d*))(?:\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?|[eE]([+-]?\d+))?")
 # math-verify's default: floats compare rounded to 6 decimal places.
 _MIN_DECIMALS = 6
 # Past float64's ~15 significant digits the rounding compares noise.
-_MAX_DECIMALS = 15
+_SIGNIFICANT_DIGITS = 15
 
 
 def written_decimals(answer: str) -> int:
     """The finest decimal place a number in ``answer`` is written to (0 for none): ``.0000672``
-    gives 7, ``6.72 \\times 10^{-5}`` gives 7, ``1.5`` gives 1, ``12`` and ``\\frac{1}{3}`` give 0."""
+    gives 7, ``6.72 \\times 10^{-5}`` gives 7, ``1.5`` gives 1, ``12`` and ``\\frac{1}{3}`` give 0.
+
+    A number counts to its 15th significant digit at most (float64 noise lies past it), wherever
+    that is: ``1.5 \\times 10^{-20}`` gives 21, as a place cap fixed at 15 rounded it (and every
+    other number below 1e-15) to 0.
+    """
     places = 0
     for match in _WRITTEN_NUMBER.finditer(answer):
-        if not match.group(0) or not any(c.isdigit() for c in match.group(0)):
+        mantissa = match.group(1)
+        if not any(c.isdigit() for c in mantissa):
             continue
-        exponent = match.group(2) or match.group(3)
-        places = max(places, len(match.group(1)) - (int(exponent) if exponent else 0))
+        exponent = int(match.group(3) or match.group(4) or 0)
+        number_places = len(match.group(2)) - exponent
+        whole, _, fraction = mantissa.partition(".")
+        whole = whole.lstrip("0")
+        if whole or fraction.strip("0"):  # zero has no leading digit (and no noise)
+            # The power of ten of the leading digit: 2 for 123.4, -5 for .0000672, -20 for 1.5e-20.
+            lead = (len(whole) - 1 if whole else len(fraction.lstrip("0")) - len(fraction) - 1) + exponent
+            number_places = min(number_places, _SIGNIFICANT_DIGITS - 1 - lead)
+        places = max(places, number_places)
     return places
 
 
@@ -63,8 +76,30 @@ def float_rounding(prediction: str, reference: str) -> int:
     """Decimal places to compare floats at: math-verify's 6, or finer where either answer is
     written finer. At a fixed 6, every small decimal equals its neighbours: MATH500's
     ``.0000672`` (test/number_theory/598) equalled a predicted ``0.0000673`` or ``0.000067``."""
-    finest = max(written_decimals(prediction), written_decimals(reference))
-    return min(max(_MIN_DECIMALS, finest), _MAX_DECIMALS)
+    return max(_MIN_DECIMALS, written_decimals(prediction), written_decimals(reference))
+
+
+# math-verify compares a number it keeps unevaluated ("1.5 \\times 10^{-20}" parses as 1.5/10**20)
+# by (a - b).evalf(chop=True) == 0, and chop zeroes any difference below about 1e-15: every
+# two such numbers were equal. Both answers this small are compared here instead.
+_CHOPPED_MAGNITUDE = 1e-6
+
+
+def _small_numbers_differ(gold: list, guess: list, rounding: int) -> bool:
+    """Whether two parsed answers are both nonzero real numbers below `_CHOPPED_MAGNITUDE` in
+    size that differ once rounded to ``rounding`` decimal places (the README's rule)."""
+    import sympy
+
+    values = []
+    for parsed in (gold, guess):
+        expr = parsed[0] if parsed else None
+        if not isinstance(expr, sympy.Expr) or not expr.is_number:
+            return False
+        value = expr.evalf(30)
+        if not value.is_real or value == 0 or abs(value) >= _CHOPPED_MAGNITUDE:
+            return False
+        values.append(value)
+    return values[0].round(rounding) != values[1].round(rounding)
 
 
 class _Deadline(BaseException):
@@ -110,8 +145,9 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
         # answers cannot tell a point from an interval ("(-\\sqrt{3}, \\sqrt{3})", test/algebra/1078,
         # is one); the question can, and `is_correct` turns as_sets off for a point question.
         rounding = float_rounding(prediction, reference)
-        return bool(gold) and bool(guess) and bool(verify(gold, guess, float_rounding=rounding, timeout_seconds=None,
-                                                          allow_set_relation_comp=as_sets))
+        if not (gold and guess) or _small_numbers_differ(gold, guess, rounding):
+            return False
+        return bool(verify(gold, guess, float_rounding=rounding, timeout_seconds=None, allow_set_relation_comp=as_sets))
     except _Deadline:
         return False
     finally:
