@@ -84,6 +84,10 @@ def test_extract_answer_rejects_non_text() -> None:
         ("The answer is A bit larger than 3 eV", None),
         ("\\boxed{A single sharp peak}", None),
         ("The answer is A.", "A"),
+        ("Answer: B", "B"),
+        ("**Answer:** (c)", "C"),
+        ("Final answer: D", "D"),
+        ("Answer: a lot of energy", None),
         ("\\boxed{A}", "A"),
     ],
 )

@@ -88,9 +88,10 @@ def extract_answer(text: str) -> str | None:
     return answer
 
 
-# A lowercase letter only counts in parentheses: "the answer is a number" names no choice, nor
-# does the article "A" before a word ("the answer is A bit larger").
-_ANSWER_IS = re.compile(r"(?i:answer\s+is)\s*:?\s*(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b)")
+# "The answer is (B)", also "Answer: B", "**Answer:** (B)" and "Final answer: B". A lowercase
+# letter only counts in parentheses: "the answer is a number" names no choice, nor does the
+# article "A" before a word ("the answer is A bit larger").
+_ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|answer\s*:)[\s*]*(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b)")
 # "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
 # command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
 _LETTER = re.compile(r"^(?:\(\s*([A-D])\s*\)|([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<>+\-*/^_\\])))", re.IGNORECASE)
@@ -129,7 +130,7 @@ def extract_choice(text: str, options: Sequence[str] = ()) -> str | None:
     """The chosen letter of a multiple-choice output.
 
     Prefers the last boxed answer (its letter, or with ``options`` the letter of the option
-    whose text it is, see `option_letter`); falls back to the last "answer is (X)" phrase
+    whose text it is, see `option_letter`); falls back to the last "answer is (X)" or "Answer: X" phrase
     for outputs that name the letter without boxing it.
     """
     letter = option_letter(extract_answer(text), options)
