@@ -257,18 +257,40 @@ def test_collator_workers_draw_their_own_splits():
     assert split_patterns(SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=8), num_workers=2)[0] != first
 
 
-def test_collator_ranks_and_streams_draw_their_own_splits(monkeypatch):
-    def patterns(stream: int = 0) -> list[tuple]:
+def test_collator_ranks_and_epochs_draw_their_own_splits(monkeypatch):
+    def patterns(epoch: int = 0) -> list[tuple]:
         collator = SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7)
-        collator.set_stream(stream)
+        collator.set_epoch(epoch)
         return split_patterns(collator, num_workers=0)[0]
 
     rank0 = patterns()
     assert len(set(rank0)) == 8 and patterns() == rank0
-    assert patterns(stream=5) != rank0
+    assert patterns(epoch=5) != rank0
     monkeypatch.setenv("RANK", "1")
     rank1 = patterns()
     assert rank1 != rank0 and patterns() == rank1
+
+
+def test_a_row_index_keys_its_own_splits(monkeypatch):
+    # train() numbers its rows: a row's splits depend on the seed, the epoch and the row alone,
+    # not on the process, worker or step that collates it (so a resumed run replays them).
+    rows = [{**LONG_ROW, "row": i} for i in range(8)]
+
+    def layouts(collator, batches, num_workers=0):
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers, collate_fn=collator)
+        return [tuple(tuple(ids[:n]) for ids, n in zip(batch["first_ids"].tolist(), batch["attention_mask"].sum(1)))
+                for batch in loader]
+
+    together = layouts(SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7), [rows[:4], rows[4:]])
+    assert len({row for batch in together for row in batch}) == 8  # identical rows, their own splits
+    one_by_one = layouts(SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7), [[r] for r in rows], num_workers=2)
+    assert [row for batch in together for row in batch] == [batch[0] for batch in one_by_one]
+    monkeypatch.setenv("RANK", "1")
+    assert layouts(SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7), [rows[4:]]) == together[1:]
+    later = SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=7)
+    later.set_epoch(1)
+    assert not set(layouts(later, [rows[:4]])[0]) & set(together[0])
+    assert layouts(SuperThoughtsCollator(PAD, EOS, rho_max=0.5, seed=8), [rows[:4]])[0] != together[0]
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:

@@ -1,5 +1,5 @@
-"""Training across processes: pad-split draws independent across DataLoader workers, resumes and
-ranks, and real 2-process torchrun (gloo) runs, of a script and of the documented command.
+"""Training across processes: pad-split draws independent across DataLoader workers and ranks,
+replayed by a resumed run, and real 2-process torchrun (gloo) runs, of a script and of the documented command.
 
 Tiny random Qwen2 models and the data of test_train.py, CPU.
 """
@@ -71,16 +71,25 @@ def test_dataloader_workers_draw_their_own_splits(base_dirs, tmp_path, recorded_
     assert sorted(map(str, (row[1:] for row in again))) == sorted(map(str, (row[1:] for row in first)))
 
 
-def test_resumed_run_draws_fresh_splits(base_dirs, tmp_path, recorded_splits):
-    opts = dict(model=base_dirs["qwen2"], data=SAME_ROWS, rho_max=1.0, output_dir=tmp_path / "r")
-    fast = {**FAST, "batch_size": 2, "save_steps": 2}
-    train(TrainOptions(**opts, **{**fast, "max_steps": 2}))
-    start = [layout for _, _, layout in recorded_splits()]
-    train(TrainOptions(**opts, resume_from_checkpoint=True, **{**fast, "max_steps": 4}))
-    resumed = [layout for _, _, layout in recorded_splits()]
-    assert len(start) >= 2 and len(resumed) >= 2
-    # Without a new stream the resumed collator would start over and replay steps 1 and 2.
-    assert resumed[0] != start[0] and resumed[1] != start[1]
+@pytest.mark.parametrize("stop", [2, 4])  # within the first epoch, and at its end
+def test_resumed_run_collates_as_the_uninterrupted_run(base_dirs, tmp_path, recorded_splits, stop):
+    # 8 rows in batches of 2: 4 steps an epoch, 6 steps in all. A resumed run drew fresh splits
+    # (from a stream keyed on the global step), so an interrupted pad-split run could never be
+    # reproduced; each row's index now keys its splits.
+    opts = dict(model=base_dirs["qwen2"], data=SAME_ROWS, rho_max=1.0)
+    fast = {**FAST, "batch_size": 2, "save_steps": stop}
+    straight = train(TrainOptions(**opts, output_dir=tmp_path / "straight", **{**fast, "max_steps": 6}))
+    # The loader collates a batch ahead of the steps: only the first ones of a run count.
+    uninterrupted = [layout for _, _, layout in recorded_splits()][:6]
+    assert len(uninterrupted) == 6 and uninterrupted[4:] != uninterrupted[:2]  # epoch 2 draws anew
+    train(TrainOptions(**opts, output_dir=tmp_path / "r", **{**fast, "max_steps": stop}))
+    assert [layout for _, _, layout in recorded_splits()][:stop] == uninterrupted[:stop]
+    resumed = train(TrainOptions(**opts, output_dir=tmp_path / "r", resume_from_checkpoint=True,
+                                 **{**fast, "max_steps": 6}))
+    assert [layout for _, _, layout in recorded_splits()][:6 - stop] == uninterrupted[stop:]
+    torch.testing.assert_close(losses(resumed)[stop:], losses(straight)[stop:], rtol=2e-3, atol=0)
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
 DDP_SCRIPT = textwrap.dedent("""

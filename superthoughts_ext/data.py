@@ -205,12 +205,16 @@ class SuperThoughtsCollator:
     plain HF causal LM.
 
     rho ~ U[0, rho_max], the rounding of the split count and the split places are drawn per
-    sequence from a generator keyed by (`seed`, process rank, `set_stream` value, DataLoader
-    worker seed), built lazily in the process that collates. Each worker thus draws its own
-    splits (a generator made in the main process would be copied into every worker and draw
-    the same ones there), each rank its own, and each DataLoader iterator (epoch) of a worker
-    its own, since PyTorch gives every worker of every iterator a fresh seed from the main
-    process's RNG. The same seeds give the same splits.
+    sequence. A feature with a "row" (its index in the training set; `train` adds it) draws
+    them from a generator keyed by (`seed`, `set_epoch` value, row): the same row gets the same
+    splits within an epoch whichever process, DataLoader worker or step collates it, so a
+    resumed run collates its remaining steps exactly as the uninterrupted run would have, and
+    `--num-workers` changes nothing. Other features draw from a generator keyed by (`seed`,
+    process rank, `set_epoch` value, DataLoader worker seed), built lazily in the process that
+    collates: each worker draws its own splits (a generator made in the main process would be
+    copied into every worker and draw the same ones there), each rank its own, and each
+    DataLoader iterator of a worker its own, since PyTorch gives every worker of every iterator
+    a fresh seed from the main process's RNG. The same seeds give the same splits.
     """
 
     def __init__(self, pad_id: int, eos_id: int, rho_max: float = 0.25, baseline: bool = False, seed: int = 0,
@@ -222,22 +226,25 @@ class SuperThoughtsCollator:
         self.pad_id, self.eos_id, self.rho_max = int(pad_id), int(eos_id), float(rho_max)
         self.baseline, self.with_distill = baseline, with_distill
         self.seed = int(seed)
-        self._stream = 0
+        self._epoch = 0
         self._rng_key: tuple[int, ...] | None = None
         self._rng = random.Random()
 
-    def set_stream(self, stream: int) -> None:
-        """Mixes `stream` into the split generator; the trainer passes the global step at each
-        epoch start, so a resumed run does not replay the splits of the run's first steps."""
-        self._stream = int(stream)
+    def set_epoch(self, epoch: int) -> None:
+        """Mixes the epoch into the split generators (the trainer passes it at each epoch start),
+        so that a row seen again in a later epoch gets fresh splits."""
+        self._epoch = int(epoch)
 
-    def _split_rng(self) -> random.Random:
-        """The generator of this process (main or DataLoader worker), rank and stream."""
+    def _split_rng(self, feature: dict[str, Any]) -> random.Random:
+        """The generator of this row and epoch, or else of this process (main or DataLoader
+        worker), rank and epoch."""
+        # A str seed goes through SHA-512: nearby keys give unrelated streams, and the result
+        # does not depend on PYTHONHASHSEED.
+        if "row" in feature:
+            return random.Random(f"superthoughts-pad-split/{self.seed}/{self._epoch}/row/{int(feature['row'])}")
         worker = torch.utils.data.get_worker_info()
-        key = (self.seed, _process_rank(), self._stream, -1 if worker is None else worker.seed)
+        key = (self.seed, _process_rank(), self._epoch, -1 if worker is None else worker.seed)
         if key != self._rng_key:
-            # A str seed goes through SHA-512: nearby keys give unrelated streams, and the
-            # result does not depend on PYTHONHASHSEED.
             self._rng = random.Random("superthoughts-pad-split/" + "/".join(map(str, key)))
             self._rng_key = key
         return self._rng
@@ -250,12 +257,7 @@ class SuperThoughtsCollator:
                 raise KeyError(f"SuperThoughtsCollator: feature {i} needs 'prompt_ids' and 'response_ids', got {sorted(f)}")
         if self.baseline:
             return self._baseline(features)
-        rng = self._split_rng()
-        seqs = [
-            build_units(f["prompt_ids"], f["response_ids"], pad_id=self.pad_id, eos_id=self.eos_id,
-                        split_fraction=rng.uniform(0.0, self.rho_max) if self.rho_max > 0 else 0.0, rng=rng)
-            for f in features
-        ]
+        seqs = [self._units(f) for f in features]
         batch = {
             "first_ids": _pad([s.first_ids for s in seqs], self.pad_id, torch.int64),
             "second_ids": _pad([s.second_ids for s in seqs], self.pad_id, torch.int64),
@@ -270,6 +272,11 @@ class SuperThoughtsCollator:
             batch["teacher_attention_mask"] = _pad([torch.ones(len(s.token_ids)) for s in seqs], 0, torch.int64)
             batch["teacher_index"] = _pad([s.teacher_index() for s in seqs], -1, torch.int64)
         return batch
+
+    def _units(self, feature: dict[str, Any]) -> UnitSequence:
+        rng = self._split_rng(feature)
+        return build_units(feature["prompt_ids"], feature["response_ids"], pad_id=self.pad_id, eos_id=self.eos_id,
+                           split_fraction=rng.uniform(0.0, self.rho_max) if self.rho_max > 0 else 0.0, rng=rng)
 
     def _baseline(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pairs = [build_baseline(f["prompt_ids"], f["response_ids"], self.eos_id) for f in features]

@@ -302,8 +302,11 @@ def train(options: TrainOptions) -> TrainResult:
     # Trainer sets the model config's use_cache to TrainingArguments.use_cache (False); the saved
     # config keeps the base model's.
     use_cache = getattr(backbone.config, "use_cache", None)
+    # Each row's index keys its pad-split draws (SuperThoughtsCollator): a resumed run collates
+    # its remaining steps as the uninterrupted run would have.
+    rows = [{**example, "row": i} for i, example in enumerate(examples)]
     trainer = SuperThoughtsTrainer(
-        model=model, args=args, data_collator=collator, train_dataset=examples,
+        model=model, args=args, data_collator=collator, train_dataset=rows,
         processing_class=tokenizer,
     )
     output = trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)

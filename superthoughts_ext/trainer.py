@@ -1,10 +1,11 @@
 """The transformers.Trainer subclass behind `superthoughts_ext.train`: logs the SuperThoughts
 loss parts (loss_main, loss_mtp, loss_distill) averaged over processes, saves and resumes
-SuperThoughts models in their own checkpoint format, and hands the global step to the
-collator's pad-split stream.
+SuperThoughts models in their own checkpoint format, and hands the epoch to the collator's
+pad-split draws.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,19 +20,20 @@ from superthoughts_ext.layers import causal_mask_for_right_padding
 LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
 
 
-class SplitStreamCallback(TrainerCallback):
-    """Hands the global step at each epoch start to the collator's pad-split generator.
+class SplitEpochCallback(TrainerCallback):
+    """Hands the epoch at each epoch start to the collator's pad-split generators.
 
-    DataLoader workers start after this (at the epoch's `iter`), so they see the new value.
-    A resumed run (global step restored from the checkpoint) thus draws fresh splits instead
-    of replaying those of the run's first steps.
+    DataLoader workers start after this (at the epoch's `iter`), so they see the new value. A
+    resumed run restores the checkpoint's fractional epoch; its floor is the epoch it resumes in.
     """
 
     def __init__(self, collator: Any) -> None:
         self.collator = collator
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.collator.set_stream(state.global_step)
+        # state.epoch counts finished steps / steps per epoch: k at the start of epoch k (the
+        # tolerance absorbs a last-place rounding), k + a fraction when resuming within it.
+        self.collator.set_epoch(math.floor(state.epoch + 1e-6))
 
 
 class RunStartCallback(TrainerCallback):
@@ -60,8 +62,8 @@ class SuperThoughtsTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._part_sums: dict[str, torch.Tensor] = {}  # loss parts of the steps since the last log
         self._part_steps = 0.0  # those optimizer steps
-        if hasattr(self.data_collator, "set_stream"):
-            self.add_callback(SplitStreamCallback(self.data_collator))
+        if hasattr(self.data_collator, "set_epoch"):
+            self.add_callback(SplitEpochCallback(self.data_collator))
         self._run_start = RunStartCallback()
         self.add_callback(self._run_start)
 
