@@ -33,7 +33,7 @@ class SplitEpochCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         # state.epoch counts finished steps / steps per epoch: k at the start of epoch k (the
         # tolerance absorbs a last-place rounding), k + a fraction when resuming within it.
-        self.collator.set_epoch(math.floor(state.epoch + 1e-6))
+        self.collator.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
 
 
 class RunStartCallback(TrainerCallback):
