@@ -270,6 +270,39 @@ def test_numerals_in_another_base_are_wrong(prediction: str, reference: str, exp
     assert is_correct(prediction, reference) is expected
 
 
+def test_gpqa_plain_text_exponents_read_as_powers() -> None:
+    # GPQA's CSV writes "10^-4 eV", which math-verify reads as 10: no LaTeX answer named B.
+    plain = ("10^-8 eV", "10^-4 eV", "10^-9 eV", "10^-11 eV")
+    for answer in ("10^{-4} \\text{ eV}", "10^{-4}\\,\\text{eV}", "0.0001 eV", "10^{-4} eV", "10^-4 eV"):
+        assert grading.option_letter(answer, plain) == "B", answer
+    assert grading.option_letter("10^{-5} eV", plain) is None
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        # OlympiadBench names its values; math-verify drops only a plain variable's name.
+        ("n^2-n-1", "m_{\\max }=n^{2}-n-1", True),
+        ("m = n^2-n-1", "m_{\\max }=n^{2}-n-1", True),
+        ("n^2-n", "m_{\\max }=n^{2}-n-1", False),
+        ("90^\\circ, 90^\\circ", "$\\angle B E A_{1}=90$,$\\angle A E B_{1}=90$", True),
+        ("90, 45", "$\\angle A=90$,$\\angle B=45$", True),
+        ("\\angle A = 45, \\angle B = 90", "$\\angle A=90$,$\\angle B=45$", False),
+        ("n", "f(n)=n", True),
+        ("0", "2x - y + 3z + 8 = 0", False),  # an equation names nothing
+    ],
+)
+def test_named_values_equal_their_values(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference, "olympiadbench") is expected
+
+
+@pytest.mark.parametrize("reference", ["27", "27.0"])
+def test_a_full_stop_after_the_number_is_punctuation(reference: str) -> None:
+    # An export storing AMC's float answer as the text "27.0" graded "\\boxed{27.}" wrong.
+    assert is_correct("27.", reference, "amc23")
+    assert not is_correct("28.", reference, "amc23")
+
+
 @pytest.mark.parametrize(
     "prediction, options",
     [

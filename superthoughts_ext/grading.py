@@ -190,6 +190,14 @@ def _same_quantity(answer: str, option: str, timeout_s: float) -> bool:
     return _pure_math(value) and _pure_math(option_value) and math_equal(value, option_value, timeout_s)
 
 
+# GPQA's options are plain text: "10^-4 eV" means 10^{-4}, which math-verify reads as 10.
+_PLAIN_EXPONENT = re.compile(r"\^\s*([+-]?\d+(?:\.\d+)?)")
+
+
+def _braced_exponents(text: str) -> str:
+    return _PLAIN_EXPONENT.sub(r"^{\1}", text)
+
+
 def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
     """The letter a boxed multiple-choice answer names, given the options in letter order A-D.
 
@@ -206,6 +214,7 @@ def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: f
     letter, bare = _choice(answer)
     if bare or not options:
         return letter
+    answer, options = _braced_exponents(answer), [_braced_exponents(option) for option in options]
     key = _option_key(answer)
     same = [i for i, option in enumerate(options) if _option_key(option) == key]
     if not same:
@@ -240,6 +249,38 @@ _BASE_SUBSCRIPT = re.compile(r"(?<![\\A-Za-z0-9])(?=[0-9A-F]*\d)[0-9A-F]+_\{?\s*
 
 def _numeral_bases(answer: str) -> list[str]:
     return [base.lstrip("0") for base in _BASE_SUBSCRIPT.findall(answer)]
+
+
+# The name on the left of an "=" in an answer: a symbol with subscripts, commands and arguments
+# ("m_{\\max }", "\\angle B E A_{1}", "f(n)"), nothing computed ("2x - y + 3z + 8 = 0" is an equation).
+_SUBSCRIPT = re.compile(r"_(?:\{[^{}]*\}|\w)")
+_NAME = re.compile(r"^(?:\\[A-Za-z]+|[A-Za-z\s(),'])+$")
+
+
+def _top_level_parts(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and braces."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _assigned_values(answer: str) -> str | None:
+    """The values of an answer whose every part names what it gives, in its order:
+    "m_{\\max }=n^2-n-1" -> "n^2-n-1", "$\\angle A=90$,$\\angle B=45$" -> "(90, 45)" (a tuple, so
+    that "x=2, y=1" does not equal "x=1, y=2" as the set {1, 2}); None for any other answer.
+    math-verify drops only a plain variable's name ("k=1")."""
+    values = []
+    for part in _top_level_parts(answer.replace("$", "")):
+        sides = part.split("=")
+        if len(sides) != 2 or not _NAME.match(_SUBSCRIPT.sub("", sides[0]).strip() or "0") or not sides[1].strip():
+            return None
+        values.append(sides[1].strip())
+    return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
 
 
 def _math_option_letter(reference: str) -> str | None:
@@ -302,4 +343,16 @@ def is_correct(
     # "52_{10}" for a bare "52".
     if predicted_bases and predicted_bases != wanted_bases and (wanted_bases or set(predicted_bases) != {"10"}):
         return False
-    return math_equal(prediction, reference, timeout, as_sets=not asks_for_point(question))
+    as_sets = not asks_for_point(question)
+    if math_equal(prediction, reference, timeout, as_sets=as_sets):
+        return True
+    # OlympiadBench names its values ("m_{\\max }=n^{2}-n-1"): the value alone, or under
+    # another name, is the answer too.
+    wanted = _assigned_values(reference)
+    if wanted is None:
+        return False
+    guess = _assigned_values(prediction)
+    if guess is None:  # bare values: a list reads as the tuple the reference's values make
+        parts = [part.strip() for part in _top_level_parts(prediction.replace("$", ""))]
+        guess = parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
+    return math_equal(guess, wanted, timeout, as_sets=as_sets)

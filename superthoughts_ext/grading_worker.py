@@ -33,8 +33,10 @@ _STARTUP_TIMEOUT_S = 120.0
 def _as_latex(answer: str) -> str:
     # Wrapping in \boxed{} makes math-verify read the whole string as the answer instead
     # of searching it for an anchor.
-    # A Unicode degree sign is no LaTeX: math-verify drops ^\circ but cannot read 90°.
-    return "\\boxed{" + answer.strip().strip("$").replace("°", "^{\\circ}") + "}"
+    # A Unicode degree sign is no LaTeX: math-verify drops ^\circ but cannot read 90°. A full
+    # stop after a number ends the sentence ("\\boxed{27.}"); math-verify cannot read "27.".
+    answer = re.sub(r"(?<=\d)\.$", "", answer.strip().strip("$").strip())
+    return "\\boxed{" + answer.replace("°", "^{\\circ}") + "}"
 
 
 # A written number: its mantissa (digits after the point in a group) and, in scientific
