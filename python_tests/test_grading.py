@@ -296,6 +296,16 @@ def test_named_values_equal_their_values(prediction: str, reference: str, expect
     assert is_correct(prediction, reference, "olympiadbench") is expected
 
 
+@pytest.mark.parametrize(
+    "prediction, expected",
+    [("\\textbf{(B) } 27", True), ("(B) 27", True), ("\\textbf{(B) } 28", False), ("\\textbf{(B)}", False),
+     ("(B) \\frac{54}{2}", True)],
+)
+def test_an_amc_option_label_before_the_value_is_dropped(prediction: str, expected: bool) -> None:
+    # Models trained on contest solutions box "\\textbf{(B) } 27"; amc23 keeps the value alone.
+    assert is_correct(prediction, "27", "amc23") is expected
+
+
 @pytest.mark.parametrize("reference", ["27", "27.0"])
 def test_a_full_stop_after_the_number_is_punctuation(reference: str) -> None:
     # An export storing AMC's float answer as the text "27.0" graded "\\boxed{27.}" wrong.

@@ -283,6 +283,10 @@ def _assigned_values(answer: str) -> str | None:
     return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
 
 
+# An option label before a value: "(B) 27" (after `_unwrap_text`).
+_OPTION_LABEL = re.compile(r"^\(\s*[A-E]\s*\)\s*(\S.*)$", re.DOTALL)
+
+
 def _math_option_letter(reference: str) -> str | None:
     match = _MATH_OPTION.match(_unwrap_text(reference))
     return match.group(1) if match else None
@@ -338,6 +342,9 @@ def is_correct(
         text = _unwrap_text(prediction)
         if (chosen := _MATH_OPTION_LEAD.match(text)) is not None:
             return chosen.group(1) == letter and not _SECOND_CHOICE.match(text[chosen.end():])
+    elif (labelled := _OPTION_LABEL.match(_unwrap_text(prediction))) is not None:
+        # An AMC answer boxed with its contest option, "\\textbf{(B) } 27": the value decides.
+        prediction = labelled.group(1)
     predicted_bases, wanted_bases = _numeral_bases(prediction), _numeral_bases(reference)
     # A numeral in another base is wrong; a bare "52" for "52_8" is still compared, and so is
     # "52_{10}" for a bare "52".
