@@ -306,6 +306,27 @@ def test_an_amc_option_label_before_the_value_is_dropped(prediction: str, expect
     assert is_correct(prediction, "27", "amc23") is expected
 
 
+COLUMN = "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}"  # MATH500 writes vectors as columns
+COLUMN3 = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
+SQUARE = "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("(\\frac15, -\\frac{18}{5})", COLUMN, True),  # math-verify compares a tuple with no matrix
+        ("(1/5, 18/5)", COLUMN, False),
+        ("(-2, -14, -7)", COLUMN3, True),
+        ("(-2, -7, -14)", COLUMN3, False),
+        (COLUMN3, "(-2, -14, -7)", True),
+        (COLUMN, COLUMN, True),
+        ("(-1, 0, 0, -1)", SQUARE, False),  # only a column is a vector
+    ],
+)
+def test_a_vector_as_a_tuple_equals_its_column(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference) is expected
+
+
 @pytest.mark.parametrize("reference", ["27", "27.0"])
 def test_a_full_stop_after_the_number_is_punctuation(reference: str) -> None:
     # An export storing AMC's float answer as the text "27.0" graded "\\boxed{27.}" wrong.

@@ -283,6 +283,19 @@ def _assigned_values(answer: str) -> str | None:
     return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
 
 
+# A column vector: one entry per row, no "&" ("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}").
+_COLUMN_VECTOR = re.compile(r"^\s*\\begin\{([pbv]?matrix)\}([^&]*)\\end\{\1\}\s*$", re.DOTALL)
+
+
+def _column_vector_as_tuple(answer: str) -> str | None:
+    """``(a, b, c)`` for a column vector answer, None for any other answer."""
+    match = _COLUMN_VECTOR.match(answer.strip().strip("$"))
+    if match is None:
+        return None
+    entries = [entry.strip() for entry in match.group(2).split("\\\\")]
+    return "(" + ", ".join(entries) + ")" if len(entries) > 1 and all(entries) else None
+
+
 # An option label before a value: "(B) 27" (after `_unwrap_text`).
 _OPTION_LABEL = re.compile(r"^\(\s*[A-E]\s*\)\s*(\S.*)$", re.DOTALL)
 
@@ -350,6 +363,11 @@ def is_correct(
     # "52_{10}" for a bare "52".
     if predicted_bases and predicted_bases != wanted_bases and (wanted_bases or set(predicted_bases) != {"10"}):
         return False
+    # A vector written as a tuple, "(1/5, -18/5)", for a column vector (MATH writes them as
+    # pmatrix), or the other way round: math-verify compares a tuple with no matrix.
+    vectors = _column_vector_as_tuple(prediction), _column_vector_as_tuple(reference)
+    if (vectors[0] is None) != (vectors[1] is None):
+        prediction, reference = vectors[0] or prediction, vectors[1] or reference
     as_sets = not asks_for_point(question)
     if math_equal(prediction, reference, timeout, as_sets=as_sets):
         return True
