@@ -21,7 +21,7 @@ build: setup
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
 test: build
-	$(PY) -m pytest -q python_tests
+	$(PY) -m pytest -q --durations=15 python_tests
 	$(MAKE) --no-print-directory test-transformers-newest
 	PYTHON=$(PY) bash .ci/check_cuda.sh
 
