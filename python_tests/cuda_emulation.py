@@ -23,7 +23,7 @@ from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "csrc/emulation/emulated_step.cpp", ROOT / "csrc/emulation/cuda_emulation.cpp"]
 HEADERS = [*sorted((ROOT / "csrc/kernels").glob("*.cuh")), *sorted((ROOT / "csrc/kernels").glob("*.h")),
-           ROOT / "csrc/emulation/cuda_emulation.h"]
+           *sorted((ROOT / "csrc/emulation").glob("*.h"))]
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 

@@ -4,8 +4,7 @@
 // is a deadlock, reported instead of hanging.
 #define SUPERTHOUGHTS_CUDA_EMULATION 1
 #include "cuda_emulation.h"
-
-#include <ucontext.h>
+#include "fiber_switch.h"
 
 #include <algorithm>
 #include <barrier>
@@ -51,8 +50,8 @@ struct Block {
   Barrier barrier;
   std::vector<Warp> warps;
   uint64_t progress = 0;  // arrivals, releases and finished fibers, for deadlock detection
-  ucontext_t scheduler{};
-  std::vector<ucontext_t> fibers;
+  FiberContext scheduler;
+  std::vector<FiberContext> fibers;
   std::vector<std::unique_ptr<char[]>> stacks;
   std::vector<bool> finished;
   int current = 0;
@@ -75,7 +74,7 @@ struct Grid {
 
 thread_local Block* t_block = nullptr;
 
-void yield_to_scheduler() { swapcontext(&t_block->fibers[t_block->current], &t_block->scheduler); }
+void yield_to_scheduler() { switch_fiber(t_block->fibers[t_block->current], t_block->scheduler); }
 
 std::string where(const Site& site) {
   return std::string(site.file_name()) + ":" + std::to_string(site.line()) + ":" + std::to_string(site.column());
@@ -104,7 +103,7 @@ void fiber_entry() {
   (*t_block->grid->body)();
   t_block->finished[t_block->current] = true;
   ++t_block->progress;
-  // Returning resumes uc_link: the scheduler.
+  yield_to_scheduler();  // never resumed: the scheduler skips finished fibers
 }
 
 void run_block(Grid& grid, int index, int threads) {
@@ -123,12 +122,7 @@ void run_block(Grid& grid, int index, int threads) {
   for (int t = 0; t < threads; ++t) {
     block.stacks.emplace_back(new char[kFiberStack]);
     std::memset(block.stacks.back().get(), kGuardByte, kStackGuard);
-    ucontext_t& ctx = block.fibers[t];
-    getcontext(&ctx);
-    ctx.uc_stack.ss_sp = block.stacks.back().get();
-    ctx.uc_stack.ss_size = kFiberStack;
-    ctx.uc_link = &block.scheduler;
-    makecontext(&ctx, fiber_entry, 0);
+    start_fiber(block.fibers[t], block.stacks.back().get(), kFiberStack, fiber_entry);
   }
   // Order in which a round resumes the fibers: 0..n-1, or reshuffled every round. Threads that
   // wrongly rely on others having run first (a missing barrier) read stale data in one order
@@ -143,7 +137,7 @@ void run_block(Grid& grid, int index, int threads) {
     for (const int t : order) {
       if (block.finished[t]) continue;
       block.current = t;
-      swapcontext(&block.scheduler, &block.fibers[t]);
+      switch_fiber(block.scheduler, block.fibers[t]);
       if (block.finished[t]) --live;
     }
     if (live > 0 && block.progress == before) {
