@@ -58,60 +58,69 @@ TORCH_FLAGS=(-isystem "$HEADERS/torch/include"
              # there, so none here (the device code uses explicit conversions either way).
              -D_GLIBCXX_USE_CXX11_ABI=1 -DSUPERTHOUGHTS_WITH_CUDA)
 
-status=0
-checked=()
+# The checks are independent; they run side by side (step.cu alone takes ~80 s of nvcc on the
+# 2-core CI machine, the whole list ~160 s one after another). Each job's output is printed
+# after all of them finish, in the order they were started.
+jobs=()
+start_job() {  # start_job NAME COMMAND...: runs COMMAND in the background, output to $WORK/job<n>.log
+  local n=${#jobs[@]}
+  jobs+=("$1")
+  ("${@:2}" >"$WORK/job$n.log" 2>&1; echo $? >"$WORK/job$n.rc") &
+}
+
 for cu in csrc/cuda/*.cu; do
   [[ -e "$cu" ]] || continue
   echo "check_cuda: nvcc $cu (torch $(basename "$HEADERS"))"
-  if "$NVCC" "${COMMON[@]}" "${TORCH_FLAGS[@]}" -c "$cu" -o "$WORK/$(basename "$cu").o"; then
-    checked+=("$cu")
-  else
-    status=1
-  fi
+  start_job "$cu" "$NVCC" "${COMMON[@]}" "${TORCH_FLAGS[@]}" -c "$cu" -o "$WORK/$(basename "$cu").o"
 done
 for cuh in csrc/kernels/*.cuh; do
   [[ -e "$cuh" ]] || continue
   tu="$WORK/$(basename "$cuh").cu"
   printf '#include "%s"\n' "$PWD/$cuh" >"$tu"
   echo "check_cuda: nvcc $cuh alone (no torch headers)"
-  if "$NVCC" "${COMMON[@]}" -c "$tu" -o "$tu.o"; then
-    checked+=("$cuh")
-  else
-    status=1
-  fi
+  start_job "$cuh" "$NVCC" "${COMMON[@]}" -c "$tu" -o "$tu.o"
 done
 # The GPU session's phase probe includes the kernel headers: it must build on the first try.
 for cu in benchmarks/gpu/*.cu; do
   [[ -e "$cu" ]] || continue
   echo "check_cuda: nvcc $cu (GPU-session probe, no torch headers)"
-  if "$NVCC" "${COMMON[@]}" -c "$cu" -o "$WORK/$(basename "$cu").o"; then
-    checked+=("$cu")
-  else
-    status=1
-  fi
+  start_job "$cu" "$NVCC" "${COMMON[@]}" -c "$cu" -o "$WORK/$(basename "$cu").o"
 done
 # 4. CMake's own compile lines of a CUDA build with the default archs ("80;90a"), which the GPU
 #    session (one arch) never uses: configured against PYTHON's torch (CPU here) with the CUDA
 #    language on, then only the always-built C++ file compiled; the arch list reaches it as a
 #    -D define (split at its ";" once, which broke every default CUDA build). Needs a PYTHON
 #    with torch, cmake and ninja (the venv's; `make test` passes it).
+cmake_default_archs() {
+  local tools
+  tools=$("$PYTHON" -c 'import cmake, ninja, sys, torch.utils, pathlib
+print(pathlib.Path(cmake.CMAKE_BIN_DIR) / "cmake", pathlib.Path(ninja.BIN_DIR) / "ninja", torch.utils.cmake_prefix_path,
+      sys.executable)')
+  read -r CMAKE NINJA PREFIX PYTHON_PATH <<<"$tools"  # PYTHON may be relative; CMake wants a full path
+  "$CMAKE" -S . -B "$WORK/cmake" -G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA" -DCMAKE_PREFIX_PATH="$PREFIX" \
+    -DPython3_EXECUTABLE="$PYTHON_PATH" -DSUPERTHOUGHTS_WITH_CUDA=ON \
+    -DCMAKE_CUDA_COMPILER="$(command -v "$NVCC")" \
+  && "$CMAKE" --build "$WORK/cmake" --target CMakeFiles/_C.dir/csrc/torch_bindings.cpp.o
+}
 if "$PYTHON" -c "import torch, cmake, ninja" 2>/dev/null; then
   echo "check_cuda: CMake CUDA build with the default archs (configure + csrc/torch_bindings.cpp)"
-  tools=$("$PYTHON" -c 'import cmake, ninja, torch.utils, pathlib
-print(pathlib.Path(cmake.CMAKE_BIN_DIR) / "cmake", pathlib.Path(ninja.BIN_DIR) / "ninja", torch.utils.cmake_prefix_path)')
-  read -r CMAKE NINJA PREFIX <<<"$tools"
-  if "$CMAKE" -S . -B "$WORK/cmake" -G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA" -DCMAKE_PREFIX_PATH="$PREFIX" \
-       -DPython3_EXECUTABLE="$(command -v "$PYTHON")" -DSUPERTHOUGHTS_WITH_CUDA=ON \
-       -DCMAKE_CUDA_COMPILER="$(command -v "$NVCC")" >"$WORK/cmake.log" 2>&1 \
-     && "$CMAKE" --build "$WORK/cmake" --target CMakeFiles/_C.dir/csrc/torch_bindings.cpp.o >>"$WORK/cmake.log" 2>&1; then
-    checked+=("CMakeLists.txt (default archs)")
-  else
-    tail -n 20 "$WORK/cmake.log" >&2
-    status=1
-  fi
+  start_job "CMakeLists.txt (default archs)" cmake_default_archs
 else
   echo "check_cuda: skipping the CMake CUDA configure ($PYTHON lacks torch, cmake or ninja)"
 fi
+wait
+
+status=0
+checked=()
+for n in "${!jobs[@]}"; do
+  if [[ "$(cat "$WORK/job$n.rc" 2>/dev/null)" == 0 ]]; then
+    checked+=("${jobs[$n]}")
+  else
+    echo "check_cuda: ${jobs[$n]} FAILED:" >&2
+    tail -n 40 "$WORK/job$n.log" >&2
+    status=1
+  fi
+done
 if [[ ${#checked[@]} -eq 0 && $status -eq 0 ]]; then
   echo "check_cuda: nothing to check under csrc/cuda or csrc/kernels" >&2
   exit 1
