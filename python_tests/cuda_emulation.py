@@ -58,17 +58,18 @@ def cuda_include_dir() -> Path | None:
     return None
 
 
-def build(out_dir: Path, sanitize: bool = False) -> ctypes.CDLL:
+def build(out_dir: Path, sanitize: bool = False, ucontext: bool = False) -> ctypes.CDLL:
     """Compiles the emulated kernel into out_dir (reused while the sources are unchanged).
 
     sanitize: with AddressSanitizer and UBSan (the process must preload libasan, see
-    test_step_cuda_memcheck.py): every out-of-bounds read or write of the kernel then aborts."""
+    test_step_cuda_memcheck.py): every out-of-bounds read or write of the kernel then aborts.
+    ucontext: fibers switch with swapcontext, as off x86-64 (csrc/emulation/fiber_switch.h)."""
     include = cuda_include_dir()
     if include is None:
         raise FileNotFoundError("no CUDA toolkit headers (cuda_bf16.h) under CUDA_HOME, nvcc's folder or /usr/local/cuda")
     cxx = os.environ.get("CXX", "g++")
     flags = (["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-             if sanitize else ["-O2"])
+             if sanitize else ["-O2"]) + (["-DSUPERTHOUGHTS_EMULATION_UCONTEXT"] if ucontext else [])
     key = b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join([cxx, *flags, str(include)]).encode()
     path = out_dir / f"libstep_emulated_{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not path.exists():
@@ -86,6 +87,7 @@ def build(out_dir: Path, sanitize: bool = False) -> ctypes.CDLL:
                                                 ctypes.c_uint64]
     lib.superthoughts_emulation_ldg_check.restype = ctypes.c_char_p
     lib.superthoughts_emulation_ldg_check.argtypes = [ctypes.c_int]
+    lib.superthoughts_emulation_fiber_switch.restype = ctypes.c_char_p
     lib.superthoughts_gumbel_table.restype = None
     lib.superthoughts_gumbel_table.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     size = lib.superthoughts_step_params_size()
@@ -97,10 +99,11 @@ def build(out_dir: Path, sanitize: bool = False) -> ctypes.CDLL:
 @functools.cache
 def library() -> ctypes.CDLL:
     """The emulated kernel, built once per source version in the temp folder; sanitized when
-    SUPERTHOUGHTS_EMULATION_SANITIZE=1."""
+    SUPERTHOUGHTS_EMULATION_SANITIZE=1, with ucontext fibers when SUPERTHOUGHTS_EMULATION_UCONTEXT=1."""
     out_dir = Path(tempfile.gettempdir()) / "superthoughts_cuda_emulation"
     out_dir.mkdir(exist_ok=True)
-    return build(out_dir, sanitize=os.environ.get("SUPERTHOUGHTS_EMULATION_SANITIZE") == "1")
+    return build(out_dir, sanitize=os.environ.get("SUPERTHOUGHTS_EMULATION_SANITIZE") == "1",
+                 ucontext=os.environ.get("SUPERTHOUGHTS_EMULATION_UCONTEXT") == "1")
 
 
 def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id, threshold,

@@ -22,9 +22,10 @@ namespace {
 
 constexpr int kWarpSize = 32;
 // The kernel's deepest fiber used 7.4 KB of stack, measured under ASan at -O1 (the largest
-// frames). ASan's swapcontext clears the shadow of the whole stack it switches to, so every
-// extra KB costs on every switch. The lowest kStackGuard bytes (stacks grow down) hold a
-// pattern checked when the block ends: a fiber that came that close fails the launch.
+// frames). Where fibers switch with swapcontext (fiber_switch.h), ASan clears the shadow of
+// the whole stack it switches to, so every extra KB costs on every switch. The lowest
+// kStackGuard bytes (stacks grow down) hold a pattern checked when the block ends: a fiber
+// that came that close fails the launch.
 constexpr size_t kFiberStack = 64 * 1024;
 constexpr size_t kStackGuard = 4 * 1024;
 constexpr unsigned char kGuardByte = 0x5a;
@@ -100,10 +101,11 @@ void wait_at(Barrier& b, const Site& site) {
 }
 
 void fiber_entry() {
+  fiber_started(t_block->scheduler);
   (*t_block->grid->body)();
   t_block->finished[t_block->current] = true;
   ++t_block->progress;
-  yield_to_scheduler();  // never resumed: the scheduler skips finished fibers
+  switch_fiber(t_block->fibers[t_block->current], t_block->scheduler, /*exits=*/true);  // never resumed
 }
 
 void run_block(Grid& grid, int index, int threads) {
@@ -275,6 +277,14 @@ uint32_t round_to_tf32(float x) {
   uint32_t bits = __float_as_uint(x);
   if ((bits & 0x7f800000u) != 0x7f800000u) bits += 0x1000u;  // half a tf32 ulp on the magnitude; inf/NaN kept
   return bits & 0xffffe000u;
+}
+
+const char* fiber_switch_kind() {
+#if defined(SUPERTHOUGHTS_EMULATION_STACK_SWITCH)
+  return "stack";
+#else
+  return "ucontext";
+#endif
 }
 
 std::string launch(int grid_size, int block_size, const std::function<void()>& body, uint64_t schedule_seed,

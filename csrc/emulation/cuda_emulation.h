@@ -83,6 +83,9 @@ void check_read_only(const void* p, size_t bytes, Site site);
 std::string launch(int grid, int block, const std::function<void()>& body, uint64_t schedule_seed = 0,
                    std::vector<Span> written = {});
 
+// How this build switches between fibers: "stack" or "ucontext" (fiber_switch.h).
+const char* fiber_switch_kind();
+
 }  // namespace superthoughts::emulation
 
 #define threadIdx (::superthoughts::emulation::thread_index())

@@ -78,6 +78,8 @@ const char* superthoughts_emulation_ldg_check(int written_bytes) {
   return g_error.empty() ? nullptr : g_error.c_str();
 }
 
+const char* superthoughts_emulation_fiber_switch() { return superthoughts::emulation::fiber_switch_kind(); }
+
 // The noise of every word (word >> 9 = k for k < 2^23) as the host computes it: exact[k] =
 // gumbel_from_word, bound[k] = gumbel_upper_bound. Tests compare them with the reference.
 void superthoughts_gumbel_table(float* exact, float* bound) {

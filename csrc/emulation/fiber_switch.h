@@ -5,10 +5,10 @@
 // glibc's swapcontext makes a system call on every switch (it saves and restores the signal
 // mask), which was 85% of an emulated sampling test's time. On x86-64 a fiber is instead a
 // saved stack pointer, and a switch saves the callee-saved registers on the old stack and pops
-// them from the new one: no system call, no signal mask (the fibers never change it).
-// ucontext stays where that is not safe: other architectures; AddressSanitizer builds (ASan
-// follows swapcontext's stack changes, not ours); and control-flow-enforcement builds (a
-// shadow stack would reject the `ret` into another fiber).
+// them from the new one: no system call, no signal mask (the fibers never change it). Builds
+// with AddressSanitizer tell it about each switch (its fiber API), so that it knows which stack
+// is live. ucontext stays where this is not safe: other architectures, and control-flow-
+// enforcement builds (a shadow stack would reject the `ret` into another fiber).
 // Included by cuda_emulation.cpp alone: it defines the switch's symbol.
 #pragma once
 
@@ -24,8 +24,12 @@
 #define SUPERTHOUGHTS_EMULATION_ASAN 1
 #endif
 
-#if defined(__x86_64__) && !defined(SUPERTHOUGHTS_EMULATION_ASAN) && !(defined(__CET__) && (__CET__ & 2))
+// SUPERTHOUGHTS_EMULATION_UCONTEXT: the fallback on x86-64 too (its test).
+#if defined(__x86_64__) && !(defined(__CET__) && (__CET__ & 2)) && !defined(SUPERTHOUGHTS_EMULATION_UCONTEXT)
 #define SUPERTHOUGHTS_EMULATION_STACK_SWITCH 1
+#if defined(SUPERTHOUGHTS_EMULATION_ASAN)
+#include <sanitizer/common_interface_defs.h>
+#endif
 #else
 #include <ucontext.h>
 #endif
@@ -65,6 +69,11 @@ superthoughts_emulation_switch:
 
 struct FiberContext {
   void* sp = nullptr;
+  // For AddressSanitizer: the stack this context runs on (a thread's own stack is learned when
+  // it first switches to a fiber) and ASan's fake stack while the context is switched away.
+  const void* stack = nullptr;
+  size_t stack_size = 0;
+  void* fake_stack = nullptr;
 };
 
 // Lays out the frame a switch pops: six zero registers, then `entry` as the return address,
@@ -77,9 +86,30 @@ inline void start_fiber(FiberContext& fiber, char* stack, size_t size, void (*en
   slots[-2] = reinterpret_cast<void*>(entry);
   for (int r = 3; r <= 8; ++r) slots[-r] = nullptr;
   fiber.sp = slots - 8;
+  fiber.stack = stack;
+  fiber.stack_size = size;
 }
 
-inline void switch_fiber(FiberContext& from, FiberContext& to) { superthoughts_emulation_switch(&from.sp, to.sp); }
+// `exits`: `from` is never resumed (ASan then drops its fake stack).
+inline void switch_fiber(FiberContext& from, FiberContext& to, bool exits = false) {
+#if defined(SUPERTHOUGHTS_EMULATION_ASAN)
+  __sanitizer_start_switch_fiber(exits ? nullptr : &from.fake_stack, to.stack, to.stack_size);
+#endif
+  superthoughts_emulation_switch(&from.sp, to.sp);
+#if defined(SUPERTHOUGHTS_EMULATION_ASAN)
+  __sanitizer_finish_switch_fiber(from.fake_stack, nullptr, nullptr);
+#endif
+  (void)exits;
+}
+
+// First thing a fiber's entry does: completes the switch that started it, and records the
+// stack of the context that switched (the scheduler's thread stack) for the switches back.
+inline void fiber_started(FiberContext& caller) {
+#if defined(SUPERTHOUGHTS_EMULATION_ASAN)
+  __sanitizer_finish_switch_fiber(nullptr, &caller.stack, &caller.stack_size);
+#endif
+  (void)caller;
+}
 
 #else
 
@@ -95,7 +125,9 @@ inline void start_fiber(FiberContext& fiber, char* stack, size_t size, void (*en
   makecontext(&fiber.context, entry, 0);
 }
 
-inline void switch_fiber(FiberContext& from, FiberContext& to) { swapcontext(&from.context, &to.context); }
+// ASan follows swapcontext's stack changes itself.
+inline void switch_fiber(FiberContext& from, FiberContext& to, bool = false) { swapcontext(&from.context, &to.context); }
+inline void fiber_started(FiberContext&) {}
 
 #endif
 
