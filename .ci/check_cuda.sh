@@ -65,7 +65,7 @@ jobs=()
 start_job() {  # start_job NAME COMMAND...: runs COMMAND in the background, output to $WORK/job<n>.log
   local n=${#jobs[@]}
   jobs+=("$1")
-  ("${@:2}" >"$WORK/job$n.log" 2>&1; echo $? >"$WORK/job$n.rc") &
+  (set +e; "${@:2}" >"$WORK/job$n.log" 2>&1; echo $? >"$WORK/job$n.rc") &  # +e: the status is recorded
 }
 
 for cu in csrc/cuda/*.cu; do

@@ -35,7 +35,7 @@ def test_default_build_switches_stacks_on_x86_64():
         assert kind == "ucontext"
 
 
-def test_ucontext_fibers_run_the_emulated_step_tests(tmp_path):
+def test_ucontext_fibers_run_the_emulated_step_tests():
     # Grids of 1 to 80 blocks, shuffled thread orders, warp shuffles, mma tiles and sampling.
     selection = "emulated and (grid_sizes or keyed or eos_and_finished)"
     env = {**os.environ, "SUPERTHOUGHTS_EMULATION_UCONTEXT": "1"}

@@ -43,7 +43,7 @@ def test_emulated_cuda_kernel_under_address_sanitizer():
         "SUPERTHOUGHTS_EMULATION_SANITIZE": "1",
     }
     # Every emulated case, the largest (B = 64 at V = 151936, the 2048-row noise check) included:
-    # 1 min 44 s on the 2-core CI machine, the library's build included.
+    # 100 s on the 2-core CI machine, the library's build included.
     selection = "emulated"
     # --capture=sys: ASan writes its report to file descriptor 2 and exits; pytest's default
     # capture holds that descriptor in a temporary file that is lost with the process.
