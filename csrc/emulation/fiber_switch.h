@@ -44,7 +44,7 @@ namespace superthoughts::emulation {
 // are callee-saved too, but no fiber changes them.
 extern "C" void superthoughts_emulation_switch(void** save_sp, void* load_sp);
 asm(R"(
-  .text
+  .pushsection .text
   .globl superthoughts_emulation_switch
   .hidden superthoughts_emulation_switch
   .type superthoughts_emulation_switch, @function
@@ -65,6 +65,7 @@ superthoughts_emulation_switch:
   popq %rbp
   ret
   .size superthoughts_emulation_switch, .-superthoughts_emulation_switch
+  .popsection
 )");
 
 struct FiberContext {
