@@ -5,10 +5,11 @@
 // glibc's swapcontext makes a system call on every switch (it saves and restores the signal
 // mask), which was 85% of an emulated sampling test's time. On x86-64 a fiber is instead a
 // saved stack pointer, and a switch saves the callee-saved registers on the old stack and pops
-// them from the new one: no system call, no signal mask (the fibers never change it). Builds
-// with AddressSanitizer tell it about each switch (its fiber API), so that it knows which stack
-// is live. ucontext stays where this is not safe: other architectures, and control-flow-
-// enforcement builds (a shadow stack would reject the `ret` into another fiber).
+// them from the new one: no system call, no signal mask (the fibers never change it).
+// ucontext stays where this is not safe: other architectures (x32 too), and control-flow-
+// enforcement builds (a shadow stack would reject the `ret` into another fiber). Builds with
+// AddressSanitizer tell it about each switch either way (its fiber API), so that it knows
+// which stack is live.
 // Included by cuda_emulation.cpp alone: it defines the switch's symbol.
 #pragma once
 
@@ -25,13 +26,14 @@
 #endif
 
 // SUPERTHOUGHTS_EMULATION_UCONTEXT: the fallback on x86-64 too (its test).
-#if defined(__x86_64__) && !(defined(__CET__) && (__CET__ & 2)) && !defined(SUPERTHOUGHTS_EMULATION_UCONTEXT)
+#if defined(__x86_64__) && !defined(__ILP32__) && !(defined(__CET__) && (__CET__ & 2)) && \
+    !defined(SUPERTHOUGHTS_EMULATION_UCONTEXT)
 #define SUPERTHOUGHTS_EMULATION_STACK_SWITCH 1
-#if defined(SUPERTHOUGHTS_EMULATION_ASAN)
-#include <sanitizer/common_interface_defs.h>
-#endif
 #else
 #include <ucontext.h>
+#endif
+#if defined(SUPERTHOUGHTS_EMULATION_ASAN)
+#include <sanitizer/common_interface_defs.h>
 #endif
 
 namespace superthoughts::emulation {
@@ -68,8 +70,14 @@ superthoughts_emulation_switch:
   .popsection
 )");
 
+#endif
+
 struct FiberContext {
+#if defined(SUPERTHOUGHTS_EMULATION_STACK_SWITCH)
   void* sp = nullptr;
+#else
+  ucontext_t context{};
+#endif
   // For AddressSanitizer: the stack this context runs on (a thread's own stack is learned when
   // it first switches to a fiber) and ASan's fake stack while the context is switched away.
   const void* stack = nullptr;
@@ -77,6 +85,7 @@ struct FiberContext {
   void* fake_stack = nullptr;
 };
 
+#if defined(SUPERTHOUGHTS_EMULATION_STACK_SWITCH)
 // Lays out the frame a switch pops: six zero registers, then `entry` as the return address,
 // then a dummy return address for `entry` itself (it must never return), so that `entry`
 // starts with the stack aligned as after a call (rsp = 8 mod 16).
@@ -90,13 +99,30 @@ inline void start_fiber(FiberContext& fiber, char* stack, size_t size, void (*en
   fiber.stack = stack;
   fiber.stack_size = size;
 }
+#else
+inline void start_fiber(FiberContext& fiber, char* stack, size_t size, void (*entry)()) {
+  getcontext(&fiber.context);
+  fiber.context.uc_stack.ss_sp = stack;
+  fiber.context.uc_stack.ss_size = size;
+  fiber.context.uc_link = nullptr;  // entry never returns
+  makecontext(&fiber.context, entry, 0);
+  fiber.stack = stack;
+  fiber.stack_size = size;
+}
+#endif
 
-// `exits`: `from` is never resumed (ASan then drops its fake stack).
+// `exits`: `from` is never resumed (ASan then drops its fake stack). ASan is told of every
+// switch, with either mechanism: on its own it follows swapcontext only in part (it warns of
+// false positives) and our stack switch not at all.
 inline void switch_fiber(FiberContext& from, FiberContext& to, bool exits = false) {
 #if defined(SUPERTHOUGHTS_EMULATION_ASAN)
   __sanitizer_start_switch_fiber(exits ? nullptr : &from.fake_stack, to.stack, to.stack_size);
 #endif
+#if defined(SUPERTHOUGHTS_EMULATION_STACK_SWITCH)
   superthoughts_emulation_switch(&from.sp, to.sp);
+#else
+  swapcontext(&from.context, &to.context);
+#endif
 #if defined(SUPERTHOUGHTS_EMULATION_ASAN)
   __sanitizer_finish_switch_fiber(from.fake_stack, nullptr, nullptr);
 #endif
@@ -111,25 +137,5 @@ inline void fiber_started(FiberContext& caller) {
 #endif
   (void)caller;
 }
-
-#else
-
-struct FiberContext {
-  ucontext_t context{};
-};
-
-inline void start_fiber(FiberContext& fiber, char* stack, size_t size, void (*entry)()) {
-  getcontext(&fiber.context);
-  fiber.context.uc_stack.ss_sp = stack;
-  fiber.context.uc_stack.ss_size = size;
-  fiber.context.uc_link = nullptr;  // entry never returns
-  makecontext(&fiber.context, entry, 0);
-}
-
-// ASan follows swapcontext's stack changes itself.
-inline void switch_fiber(FiberContext& from, FiberContext& to, bool = false) { swapcontext(&from.context, &to.context); }
-inline void fiber_started(FiberContext&) {}
-
-#endif
 
 }  // namespace superthoughts::emulation
