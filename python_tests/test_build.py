@@ -114,10 +114,32 @@ def test_the_cmake_build_folder_outlives_pip_and_is_keyed_on_python_torch_and_cu
     script = load_setup_script(monkeypatch)
 
     class FakeTorch:
-        __version__ = "2.14.1+cu130"
+        __version__ = "0.0.1+another"  # never the installed torch
 
     cpu, cuda = script.cmake_build_dir(torch, False), script.cmake_build_dir(torch, True)
     assert cpu == script.cmake_build_dir(torch, False)
     assert cpu.parent == ROOT / "build" / "cmake"
     assert len({cpu, cuda, script.cmake_build_dir(FakeTorch, False)}) == 3
     assert f"py{sys.version_info.major}{sys.version_info.minor}" in cpu.name
+
+
+def test_a_toolkit_without_nvrtc_borrows_the_one_beside_a_pypi_torch(monkeypatch, tmp_path):
+    # torch's CMake config stops at a missing libnvrtc (seen with the CUDA 13.0 toolkit of the
+    # CPU machines, which has none, and PyPI's torch 2.14.1+cu130); the nvidia wheel beside it has one.
+    script = load_setup_script(monkeypatch)
+    site, toolkit = tmp_path / "site-packages", tmp_path / "cuda"
+    (site / "torch").mkdir(parents=True)
+    (toolkit / "lib64").mkdir(parents=True)
+    (toolkit / "lib64" / "libcudart.so.13").touch()
+    assert script.wheel_nvrtc(site / "torch", str(toolkit)) is None  # nothing to borrow: CMake reports it
+
+    wheel_lib = site / "nvidia" / "cu13" / "lib"
+    wheel_lib.mkdir(parents=True)
+    for name in ("libnvrtc-builtins.so.13.0", "libnvrtc.alt.so.13", "libnvrtc.so.13"):
+        (wheel_lib / name).touch()
+    assert script.wheel_nvrtc(site / "torch", str(toolkit)) == wheel_lib / "libnvrtc.so.13"
+
+    # A toolkit with its own libnvrtc (in any of its library folders) keeps it.
+    (toolkit / "targets" / "x86_64-linux" / "lib").mkdir(parents=True)
+    (toolkit / "targets" / "x86_64-linux" / "lib" / "libnvrtc.so").touch()
+    assert script.wheel_nvrtc(site / "torch", str(toolkit)) is None
