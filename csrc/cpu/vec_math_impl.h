@@ -100,7 +100,9 @@ static inline vf load_f16(const Float16Bits* p) {
 #if defined(SUPERTHOUGHTS_VEC_F16C) && SUPERTHOUGHTS_VEC_LANES == 16
   __m256i bits;
   std::memcpy(&bits, p, sizeof(bits));
-  return bit_cast_vec<vf>(_mm512_cvtph_ps(bits));
+  // The zero-masked form with every lane selected is the same vcvtph2ps; the plain one starts
+  // from _mm512_undefined_ps, which GCC 12 reports as maybe-uninitialized wherever it inlines.
+  return bit_cast_vec<vf>(_mm512_maskz_cvtph_ps(static_cast<__mmask16>(0xffff), bits));
 #elif defined(SUPERTHOUGHTS_VEC_F16C) && SUPERTHOUGHTS_VEC_LANES == 8
   __m128i bits;
   std::memcpy(&bits, p, sizeof(bits));
