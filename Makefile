@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: setup build test test-transformers-newest check-cuda demo bench clean
+.PHONY: setup build test test-transformers-newest check-cuda check-cuda-build demo bench clean
 
 $(STAMP): requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ test-transformers-newest: build $(NEWEST_STAMP)
 
 check-cuda: build
 	PYTHON=$(PY) bash .ci/check_cuda.sh
+
+# A whole CUDA build (configure, link, import) against a CUDA torch in its own venv of several GB;
+# by hand, not in `make test` (see the script).
+check-cuda-build:
+	PYTHON=$(PYTHON) bash .ci/check_cuda_build.sh
 
 demo: build
 	$(VENV)/bin/superthoughts demo --json demo_output/demo.json --plot demo_output/demo.png
