@@ -127,6 +127,31 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         parse_cli(["--bench", "gsm8k"])
 
 
+def test_cli_gpqa_option_orders_and_their_regrade(
+    tmp_path: Path, fake_cli: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "gpqa.jsonl"
+    data.write_text("".join(json.dumps({"Record ID": f"r{i}", "Question": f"what is {i} + 4",
+                                        "Correct Answer": str(i + 4), "Incorrect Answer 1": "0",
+                                        "Incorrect Answer 2": "1", "Incorrect Answer 3": "2"}) + "\n" for i in (3, 5)))
+    argv = [*fake_cli.argv[:2], "--bench", "gpqa_diamond", "--data", str(data), *fake_cli.argv[6:]]
+    out = tmp_path / "gpqa-run.jsonl"
+    assert run_cli([*argv, "--option-orders", "3", "--output", str(out)]) == 0
+    assert sorted(r["id"] for r in read_jsonl(out)) == ["r3", "r3#order1", "r3#order2", "r5", "r5#order1", "r5#order2"]
+    summary = json.loads(summary_path(out).read_text())
+    assert summary["n"] == 6 and summary["accuracy_by_option_order"] == [1.0, 1.0, 1.0]
+    assert "accuracy per option order 1.0000, 1.0000, 1.0000" in capsys.readouterr().out
+
+    regrade = ["--regrade", str(out), "--bench", "gpqa_diamond", "--data", str(data), "--no-progress"]
+    assert run_cli(regrade) == 2  # the records of orders 1 and 2 name problems a one-order load lacks
+    assert "--option-orders at least" in capsys.readouterr().err
+    assert run_cli([*regrade, "--option-orders", "3"]) == 0
+    assert "accuracy 1.0000 -> 1.0000 (n=6; 0 records changed" in capsys.readouterr().out
+
+    assert run_cli([*fake_cli.argv, "--option-orders", "2", "--output", str(tmp_path / "m.jsonl")]) == 2
+    assert "math500 has no answer options to shuffle" in capsys.readouterr().err
+
+
 def test_superthoughts_cli_dispatches_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from superthoughts_ext.cli import main
 

@@ -206,3 +206,34 @@ def test_data_parse_errors_name_the_file_and_line(tmp_path: Path, name: str, tex
     (tmp_path / name).write_text(text)
     with pytest.raises(ValueError, match=message):
         load_problems("math500", tmp_path / name)
+
+
+def test_gpqa_option_orders_ask_each_question_in_several_shuffles(tmp_path: Path) -> None:
+    path = tmp_path / "gpqa.csv"
+    header = "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+    path.write_text(header + "".join(f"rec{i},Question {i}?,right{i},wrong{i}a,wrong{i}b,wrong{i}c\n" for i in range(5)))
+    single = load_problems("gpqa_diamond", path)
+    problems = load_problems("gpqa_diamond", path, option_orders=4)
+    assert [p.id for p in problems[:5]] == ["rec0", "rec0#order1", "rec0#order2", "rec0#order3", "rec1"]
+    assert [p.option_order for p in problems[:5]] == [0, 1, 2, 3, 0]
+    # Order 0 is the single-order run's problem, id and all: runs of 1 and of 4 orders compare on it.
+    assert [p for p in problems if p.option_order == 0] == [
+        Problem(p.id, p.question, p.answer, p.options, option_order=0) for p in single]
+    assert all(p.option_order == 0 for p in single)
+    for i in range(5):
+        shuffles = [p for p in problems if p.id.split("#")[0] == f"rec{i}"]
+        assert all(p.options["ABCD".index(p.answer)] == f"right{i}" for p in shuffles)
+        assert all(sorted(p.options) == sorted([f"right{i}", f"wrong{i}a", f"wrong{i}b", f"wrong{i}c"]) for p in shuffles)
+        assert len({p.options for p in shuffles}) > 1  # the orders differ
+    assert load_problems("gpqa_diamond", path, option_orders=4) == problems  # reproducible
+    assert len(load_problems("gpqa_diamond", path, option_orders=3, limit=2)) == 6  # the limit counts questions
+
+
+def test_option_orders_need_a_multiple_choice_bench_and_at_least_one(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"problem": "p", "answer": "1"}) + "\n")
+    assert load_problems("math500", path, option_orders=1) == [Problem("0", "p", "1")]
+    with pytest.raises(ValueError, match="math500 has no answer options to shuffle; option orders apply to gpqa_diamond"):
+        load_problems("math500", path, option_orders=2)
+    with pytest.raises(ValueError, match="option_orders must be >= 1, got 0"):
+        load_problems("gpqa_diamond", path, option_orders=0)

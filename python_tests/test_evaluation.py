@@ -158,6 +158,36 @@ def test_gpqa_answer_boxed_as_an_option_text_counts_as_its_letter(tmp_path: Path
     assert [records[p.id]["correct"] for p in problems] == [True, False, False]
 
 
+def test_gpqa_accuracy_per_option_order(tmp_path: Path) -> None:
+    from superthoughts_ext.evaluation import format_summary
+
+    tokenizer = make_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # The model boxes "7" whatever the order: right where 7 is the answer's option, wrong in order 1
+    # of question "a", where the answer is option A ("12").
+    problems = [Problem("a", "what is 3 + 4", "B", ("3", "7", "12", "5"), option_order=0),
+                Problem("a#order1", "what is 3 + 4", "A", ("12", "7", "3", "5"), option_order=1),
+                Problem("b", "what is 3 + 4", "D", ("3", "12", "5", "7"), option_order=0),
+                Problem("b#order1", "what is 3 + 4", "C", ("3", "12", "7", "5"), option_order=1)]
+
+    def generate(model, input_ids, attention_mask, **kwargs):
+        sequences = [tokenizer.convert_tokens_to_ids(["so", "\\boxed{7}"]) + [eos] for _ in input_ids]
+        return SimpleNamespace(sequences=sequences, num_tokens=[3] * len(sequences), num_steps=[2] * len(sequences),
+                               num_pair_steps=[1] * len(sequences), wall_time=0.1)
+
+    out = tmp_path / "gpqa.jsonl"
+    summary = evaluate(fake_model(tokenizer), tokenizer, "gpqa_diamond", problems, mode="standard", output_jsonl=out,
+                       progress=False, generate_fn=generate)
+    assert {r["id"]: r["option_order"] for r in read_jsonl(out)} == {"a": 0, "a#order1": 1, "b": 0, "b#order1": 1}
+    assert summary.accuracy == 0.75 and summary.accuracy_by_option_order == [1.0, 0.5]
+    assert json.loads(summary_path(out).read_text())["accuracy_by_option_order"] == [1.0, 0.5]
+    assert format_summary(summary).endswith("; accuracy per option order 1.0000, 0.5000")
+    # One order, or no options at all: no per-order list.
+    one = evaluate(fake_model(tokenizer), tokenizer, "gpqa_diamond", problems[::2], mode="standard",
+                   progress=False, generate_fn=generate)
+    assert one.accuracy_by_option_order is None and "option order" not in format_summary(one)
+
+
 def test_compiled_decoding_warms_up_each_batch_size_untimed() -> None:
     from superthoughts_ext.evaluation import WARMUP_TOKENS
 

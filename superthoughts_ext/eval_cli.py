@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no system message of ours: the chat template writes its own default, if any (for "
                              "models trained with train's --template-system-prompt)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    parser.add_argument("--option-orders", type=int, default=1, metavar="N",
+                        help="multiple-choice benchmarks (gpqa_diamond): ask each question with its options in N "
+                             "shuffled orders and average the accuracy over them (default 1; order 0 is the same "
+                             "in every run)")
     parser.add_argument("--batch-size", type=int, default=8, help="problems decoded together")
     parser.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per problem")
     parser.add_argument("--output", help="per-problem JSONL (default eval-<bench>-<mode>.jsonl)")
@@ -96,7 +100,8 @@ def _run_regrade(args: argparse.Namespace) -> int:
     if not args.bench:
         raise ValueError("--regrade needs --bench (the benchmark the runs were evaluated on)")
     # Every problem: the grader needs the questions (and GPQA's options), which records lack.
-    problems = load_problems(args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field)
+    problems = load_problems(args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field,
+                             option_orders=args.option_orders)
     for result in regrade_runs(args.regrade, args.bench, problems, progress=not args.no_progress):
         print(format_regrade(result))
     return 0
@@ -124,7 +129,8 @@ def _checked_problems(args: argparse.Namespace) -> list[Problem]:
         raise ValueError(f"--batch-size ({args.batch_size}) and --max-new-tokens ({args.max_new_tokens}) "
                          "must be >= 1")
     return load_problems(
-        args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field, limit=args.limit
+        args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field, limit=args.limit,
+        option_orders=args.option_orders,
     )
 
 

@@ -78,13 +78,15 @@ class Problem:
     ``question`` is the user message (for GPQA it already lists the lettered choices);
     ``answer`` is the reference answer (for GPQA the correct letter); ``options`` are GPQA's
     option texts in letter order A-D (empty for other benchmarks), so that an answer boxed as
-    an option's text can be graded as that option's letter.
+    an option's text can be graded as that option's letter; ``option_order`` numbers the
+    order they were shuffled into (`load_problems`' option_orders; None for other benchmarks).
     """
 
     id: str
     question: str
     answer: str
     options: tuple[str, ...] = ()
+    option_order: int | None = None
 
 
 def get_bench(name: str) -> BenchSpec:
@@ -236,18 +238,39 @@ def _unique_id_field(rows: list[dict[str, Any]], spec: BenchSpec) -> str | None:
     return field
 
 
-def _problem_from_row(row: dict[str, Any], problem_id: str, spec: BenchSpec, p_field: str, a_field: str) -> Problem | None:
-    """One row as a `Problem`; None when its problem, answer or a GPQA option is missing."""
+def option_order_id(problem_id: str, order: int) -> str:
+    """The id of a question's problem in option order ``order``: order 0 keeps the question's
+    own id, so a run of one order and a run of several share (and `compare` matches) it."""
+    return problem_id if order == 0 else f"{problem_id}#order{order}"
+
+
+def _problems_from_row(row: dict[str, Any], problem_id: str, spec: BenchSpec, p_field: str, a_field: str,
+                       option_orders: int) -> list[Problem]:
+    """One row as `Problem`s (one per option order for a multiple-choice bench, else one);
+    none when its problem, answer or a GPQA option is missing."""
     question = cell_text(row.get(p_field))
     # A GPQA answer is one of the options and must read exactly like the others.
     answer = (cell_text if spec.multiple_choice else format_answer)(row.get(a_field))
     distractors = [cell_text(row.get(field)) for field in spec.distractor_fields]
     if question is None or answer is None or None in distractors:
-        return None
+        return []
     if not spec.multiple_choice:
-        return Problem(problem_id, question, answer)
-    options, letter = gpqa_options(question, answer, distractors)  # type: ignore[arg-type]
-    return Problem(problem_id, gpqa_message(question, options), letter, options)
+        return [Problem(problem_id, question, answer)]
+    problems = []
+    for order in range(option_orders):
+        options, letter = gpqa_options(question, answer, distractors, seed=order)  # type: ignore[arg-type]
+        problems.append(Problem(option_order_id(problem_id, order), gpqa_message(question, options), letter, options,
+                                option_order=order))
+    return problems
+
+
+def check_option_orders(bench: str, option_orders: int) -> None:
+    """ValueError unless ``option_orders`` >= 1, and 1 for a benchmark without options."""
+    if option_orders < 1:
+        raise ValueError(f"option_orders must be >= 1, got {option_orders}")
+    if option_orders > 1 and not get_bench(bench).multiple_choice:
+        choice = ", ".join(name for name, spec in sorted(BENCHES.items()) if spec.multiple_choice)
+        raise ValueError(f"{bench} has no answer options to shuffle; option orders apply to {choice}")
 
 
 def _warn_skipped(bench: str, skipped: list[str]) -> None:
@@ -265,6 +288,7 @@ def load_problems(
     problem_field: str | None = None,
     answer_field: str | None = None,
     limit: int | None = None,
+    option_orders: int = 1,
 ) -> list[Problem]:
     """Load a benchmark as `Problem`s, from ``data`` if given, else from the hub.
 
@@ -272,9 +296,15 @@ def load_problems(
     giving their count and ids; a missing column is a ValueError naming the columns present, an
     object (chat messages, say) where text belongs one naming the row and column.
     ``problem_field`` / ``answer_field`` override the registry's column names.
+
+    ``option_orders`` (multiple-choice benchmarks): each question becomes that many problems,
+    its options shuffled once per order (order k seeded by k and the question text; order 0 is
+    the single-order run's, under the question's own id, order k > 0 under "<id>#order<k>"), so
+    that the accuracy averages over option orders. ``limit`` counts questions.
     """
     spec = get_bench(bench)
     check_limit(limit)
+    check_option_orders(bench, option_orders)
     rows = read_rows(data) if data is not None else load_hub_rows(spec)
     if not rows:
         raise ValueError(f"{bench}: no rows in {data or spec.hub_path}")
@@ -284,16 +314,18 @@ def load_problems(
     id_field = _unique_id_field(rows, spec)
 
     problems: list[Problem] = []
+    questions = 0
     skipped: list[str] = []
     for index, row in enumerate(rows):
         problem_id = str(row[id_field]) if id_field is not None else str(index)
         _check_text_cells(row, (p_field, a_field, *spec.distractor_fields), bench, index + 1)
-        problem = _problem_from_row(row, problem_id, spec, p_field, a_field)
-        if problem is None:
+        row_problems = _problems_from_row(row, problem_id, spec, p_field, a_field, option_orders)
+        if not row_problems:
             skipped.append(problem_id)
             continue
-        problems.append(problem)
-        if limit is not None and len(problems) >= limit:
+        problems += row_problems
+        questions += 1
+        if limit is not None and questions >= limit:
             break
     _warn_skipped(bench, skipped)
     if not problems:

@@ -57,6 +57,10 @@ class EvalSummary:
     n_resumed: int = 0
     warmup_time: float = 0.0
     system_prompt: str | None = SYSTEM_PROMPT  # of every prompt (None: the chat template's own)
+    # Multiple choice over several option orders: the accuracy of each order's problems (order
+    # 0 first); ``accuracy`` is their mean when every question ran in every order. None for one
+    # order or a benchmark without options.
+    accuracy_by_option_order: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,11 +140,18 @@ def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]])
 
 
 def grade_fields(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The summary fields that follow from the records' grades: n_correct, accuracy, n_no_box
-    (`summarize` and `superthoughts_ext.eval_regrade` both take them from here)."""
+    """The summary fields that follow from the records' grades: n_correct, accuracy, n_no_box,
+    accuracy_by_option_order (`summarize` and `superthoughts_ext.eval_regrade` both take them
+    from here)."""
     n_correct = sum(bool(r["correct"]) for r in records)
+    by_order: dict[int, list[bool]] = {}
+    for record in records:
+        if record.get("option_order") is not None:
+            by_order.setdefault(record["option_order"], []).append(bool(record["correct"]))
     return {"n_correct": n_correct, "accuracy": n_correct / len(records),
-            "n_no_box": sum(r["extracted"] is None for r in records)}
+            "n_no_box": sum(r["extracted"] is None for r in records),
+            "accuracy_by_option_order": [sum(c) / len(c) for _, c in sorted(by_order.items())]
+            if len(by_order) > 1 else None}
 
 
 def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_size: int, wall_time: float,

@@ -78,8 +78,9 @@ def _check_record(path: Path, number: int, record: dict[str, Any], bench: str,
         raise ValueError(f"{path}:{number}: problem {key!r} was evaluated on {record['bench']!r}, not {bench!r}; "
                          "give the --bench the run was evaluated on")
     if key not in problems:
+        orders = f", --option-orders at least {record['option_order'] + 1}" if record.get("option_order") else ""
         raise ValueError(f"{path}:{number}: problem {key!r} is not among the {len(problems)} problems of {bench} "
-                         "in this data; give the --data (and --problem-field / --answer-field) the run used")
+                         f"in this data; give the --data (and --problem-field / --answer-field{orders}) the run used")
     if key in seen:
         raise ValueError(f"{path}:{number}: problem {key!r} repeats line {seen[key]}")
     if not isinstance(record["output"], str):

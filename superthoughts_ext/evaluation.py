@@ -215,6 +215,8 @@ def _record(run: _Run, result: Any, row: int, batch: list[int]) -> dict[str, Any
     return {
         "index": index,
         "id": problem.id,
+        # Multiple choice: which shuffle of the options this prompt lists (load_problems' option_orders).
+        **({"option_order": problem.option_order} if problem.option_order is not None else {}),
         "prompt": run.prompts[index],
         "output": text,
         **grade_output(text, problem, run.bench),  # extracted, reference, correct
@@ -345,4 +347,6 @@ def format_summary(summary: EvalSummary) -> str:
         f"wall {summary.wall_time:.1f} s"
         + (f" (warm-up for the compiled step {summary.warmup_time:.1f} s, untimed)" if summary.warmup_time >= 0.05 else "")
         + (f" ({summary.n_resumed} records kept from the earlier run)" if summary.n_resumed else "")
+        + (f"; accuracy per option order {', '.join(f'{a:.4f}' for a in summary.accuracy_by_option_order)}"
+           if summary.accuracy_by_option_order else "")
     )
