@@ -244,3 +244,25 @@ def test_cli_generate_and_eval_name_a_bad_checkpoint_or_device_in_one_line(backb
             err = capsys.readouterr().err
             assert err.startswith(f"superthoughts {argv[0]}: error: ") and re.search(message, err), err
             assert "Traceback" not in err
+
+
+def test_cli_generate_and_eval_without_tokenizer_files_say_so_and_take_tokenizer(backbone, tmp_path, capsys) -> None:
+    # Weights and configs only: transformers would build an empty tokenizer from the config, and
+    # every prompt would encode to no tokens ("empty prompt", "no chat template").
+    backbone.save_pretrained(tmp_path / "weights")
+    TOKENIZER.save_pretrained(tmp_path / "tokenizer")
+    data = tmp_path / "amc.jsonl"
+    data.write_text('{"id": 0, "problem": "what is 3 + 4", "answer": 7.0}\n')
+    capsys.readouterr()
+    commands = (["generate", "what is 3", "--max-new-tokens", "2"],
+                ["eval", "--bench", "amc23", "--data", str(data), "--no-progress", "--max-new-tokens", "2",
+                 "--output", str(tmp_path / "run.jsonl")])
+    for argv in commands:
+        assert cli.main([*argv, "--model", str(tmp_path / "weights"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "no tokenizer files in" in err and "weights" in err and "pass --tokenizer DIR" in err, err
+        assert cli.main([*argv, "--model", str(tmp_path / "weights"), "--tokenizer", str(tmp_path / "weights"),
+                         "--device", "cpu"]) == 2
+        assert "pass --tokenizer" not in capsys.readouterr().err  # it was passed: no advice in circles
+        assert cli.main([*argv, "--model", str(tmp_path / "weights"), "--tokenizer", str(tmp_path / "tokenizer"),
+                         "--device", "cpu"]) == 0, capsys.readouterr().err

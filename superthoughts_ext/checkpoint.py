@@ -161,8 +161,23 @@ def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, 
 _GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
+# Files that make a directory hold a tokenizer. Without any, transformers 5 builds an empty
+# tokenizer from the model config instead of failing (every text then encodes to no tokens),
+# and the caller fails later and elsewhere.
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+)
+
+
+def has_tokenizer_files(path: str | os.PathLike) -> bool:
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The tokenizer saved in a model directory, loaded as the class it was saved as."""
+    """The tokenizer saved in a model directory, loaded as the class it was saved as;
+    FileNotFoundError when the directory holds no tokenizer file (`TOKENIZER_FILES`)."""
+    if not has_tokenizer_files(path):
+        raise FileNotFoundError(f"no tokenizer in {os.fspath(path)!r} (none of {', '.join(TOKENIZER_FILES)})")
     config_path = Path(path) / "tokenizer_config.json"
     if config_path.is_file():
         saved_class = json.loads(config_path.read_text()).get("tokenizer_class")

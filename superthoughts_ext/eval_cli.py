@@ -23,6 +23,7 @@ from superthoughts_ext.evaluation import MODES, evaluate, format_summary, summar
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``superthoughts eval``."""
     parser.add_argument("--model", help="checkpoint directory (SuperThoughts or plain HF causal LM)")
+    parser.add_argument("--tokenizer", help="directory of the tokenizer (default: the checkpoint's own)")
     parser.add_argument("--bench", choices=sorted(BENCHES), help="benchmark name")
     parser.add_argument("--data", help="local JSONL/JSON/CSV copy of the benchmark (else the hub)")
     parser.add_argument(
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     from superthoughts_ext.generate_cli import load_checkpoint
 
     try:
-        model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype)
+        model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype, args.tokenizer)
         mode = _decoding_mode(args, model)
         # A ValueError from evaluate: e.g. --resume on a file of other settings.
         return _evaluate_each_threshold(args, model, tokenizer, device, problems, mode)

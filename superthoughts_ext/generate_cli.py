@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `superthoughts generate`."""
     parser.add_argument("prompt", help="user message (rendered with the tokenizer's chat template)")
     parser.add_argument("--model", required=True, help="checkpoint directory (SuperThoughts or plain)")
+    parser.add_argument("--tokenizer", help=TOKENIZER_HELP)
     parser.add_argument("--mode", choices=MODES, default=None,
                         help="default: superthoughts for a SuperThoughts checkpoint, else standard")
     parser.add_argument("--threshold", type=float, default=None, help="MTP confidence (default: the model's)")
@@ -56,11 +58,22 @@ def _stop_note(sequence: list[int], eos_ids: list[int], max_new_tokens: int, mod
     return f" (stopped by the model's context, max_position_embeddings={context})"
 
 
-def load_checkpoint(path: str, device: str | None, dtype: str) -> tuple[Any, Any, str]:
+TOKENIZER_HELP = "directory of the tokenizer (default: the checkpoint's own, which `superthoughts train` saves)"
+
+
+def load_checkpoint(path: str, device: str | None, dtype: str, tokenizer: str | None = None) -> tuple[Any, Any, str]:
     """(model in eval mode, tokenizer, device) for `superthoughts generate` / `eval`. A missing
-    directory, an unknown device or a CUDA device on a torch without one is a ValueError /
-    FileNotFoundError the commands print as a one-line error, not a traceback."""
+    directory, one without tokenizer files, an unknown device or a CUDA device on a torch
+    without one is a ValueError / FileNotFoundError the commands print as a one-line error,
+    not a traceback. ``tokenizer``: another directory to load the tokenizer from."""
+    from superthoughts_ext.checkpoint import has_tokenizer_files
     from superthoughts_ext.modeling import load_model, load_tokenizer
+
+    tokenizer_path = tokenizer or path
+    if Path(tokenizer_path).is_dir() and not has_tokenizer_files(tokenizer_path):
+        # Checked before the weights load; transformers would build an empty tokenizer here.
+        hint = "" if tokenizer else "; pass --tokenizer DIR (the base model's directory, say)"
+        raise FileNotFoundError(f"no tokenizer files in {tokenizer_path!r}{hint}")
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -70,7 +83,7 @@ def load_checkpoint(path: str, device: str | None, dtype: str) -> tuple[Any, Any
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: this torch has no CUDA device (torch.cuda.is_available() is False)")
     model = load_model(path, dtype=None if dtype == "auto" else getattr(torch, dtype), device=device)
-    return model.eval(), load_tokenizer(path), device
+    return model.eval(), load_tokenizer(tokenizer_path), device
 
 
 def option_error(args: argparse.Namespace) -> str | None:
@@ -101,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"superthoughts generate: error: {error}", file=sys.stderr)
         return 2
     try:
-        model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype)
+        model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype, args.tokenizer)
     except (ValueError, FileNotFoundError) as error:
         print(f"superthoughts generate: error: {error}", file=sys.stderr)
         return 2

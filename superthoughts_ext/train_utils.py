@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from superthoughts_ext.checkpoint import is_superthoughts_checkpoint
+from superthoughts_ext.checkpoint import TOKENIZER_FILES, has_tokenizer_files, is_superthoughts_checkpoint
 
 # Linear layers of Qwen2 / Llama style decoder layers: attention and MLP projections.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
@@ -35,11 +35,6 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
 SUPERTHOUGHTS_TRAINABLE_MODULES: tuple[str, ...] = ("compressor", "mtp")
 
 
-# Files that make a directory hold a tokenizer. Without any, transformers 5 builds an empty
-# tokenizer from the model config instead of failing, and training fails later and elsewhere.
-TOKENIZER_FILES: tuple[str, ...] = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
-)
 
 
 def load_tokenizer(
@@ -62,7 +57,7 @@ def load_tokenizer(
     directory = Path(os.fspath(path))
     if not directory.is_dir():
         raise FileNotFoundError(f"train: directory {os.fspath(path)!r} does not exist")
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer_files(directory):
         # --tokenizer itself names a directory without one: asking for --tokenizer would go in circles.
         hint = "--tokenizer names a directory without one" if source is not None else "pass --tokenizer"
         raise FileNotFoundError(f"train: no tokenizer in {os.fspath(path)!r} (none of {', '.join(TOKENIZER_FILES)}); "
