@@ -152,6 +152,20 @@ def test_cli_gpqa_option_orders_and_their_regrade(
     assert "math500 has no answer options to shuffle" in capsys.readouterr().err
 
 
+def test_cli_refuses_to_replace_a_finished_run_before_decoding(
+    tmp_path: Path, fake_cli: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from superthoughts_ext.eval_cli import sweep_output
+
+    out = tmp_path / "st.jsonl"
+    sweep_output(out, 0.99).write_text('{"id": "earlier"}\n')  # the second threshold's file exists
+    assert run_cli([*fake_cli.argv, "--threshold", "0.9", "0.99", "--output", str(out)]) == 2
+    assert "holds the records of an earlier run" in capsys.readouterr().err
+    assert fake_cli.calls == [] and not sweep_output(out, 0.9).exists()  # nothing decoded or written
+    assert run_cli([*fake_cli.argv, "--threshold", "0.9", "0.99", "--output", str(out), "--overwrite"]) == 0
+    assert len(read_jsonl(sweep_output(out, 0.99))) == len(PROBLEMS)
+
+
 def test_superthoughts_cli_dispatches_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from superthoughts_ext.cli import main
 

@@ -265,9 +265,28 @@ def test_an_interrupted_rerun_leaves_no_stale_summary(tmp_path: Path) -> None:
         raise RuntimeError("CUDA out of memory (simulated)")
 
     with pytest.raises(RuntimeError, match="simulated"):
-        evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.5, generate_fn=crash, **kwargs)
+        evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.5, generate_fn=crash, overwrite=True, **kwargs)
     assert not summary_path(out).exists()
     assert run_label(out) == "st"
+
+
+def test_a_rerun_into_a_finished_runs_file_needs_resume_or_overwrite(tmp_path: Path) -> None:
+    tokenizer = make_tokenizer()
+    out = tmp_path / "st.jsonl"
+    kwargs = dict(mode="superthoughts", threshold=0.9, batch_size=3, output_jsonl=out, progress=False)
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:2], generate_fn=fake_generate(tokenizer, []), **kwargs)
+    records, summary = out.read_text(), summary_path(out).read_text()
+    calls: list[dict] = []
+    with pytest.raises(FileExistsError, match="st.jsonl holds the records of an earlier run; resume .* overwrite"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, calls),
+                 **kwargs)
+    assert (out.read_text(), summary_path(out).read_text(), calls) == (records, summary, [])  # untouched, no decoding
+    with pytest.raises(ValueError, match="give one"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, calls),
+                 resume=True, overwrite=True, **kwargs)
+    replaced = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, calls),
+                        overwrite=True, **kwargs)
+    assert replaced.n == len(PROBLEMS) == len(read_jsonl(out)) and replaced.n_resumed == 0
 
 
 def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:

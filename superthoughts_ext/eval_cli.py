@@ -17,7 +17,7 @@ from typing import Any
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
-from superthoughts_ext.evaluation import MODES, evaluate, format_summary, summary_path
+from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run: keep the records already in the output file "
                              "(same model, dtype, data, bench, mode, threshold, max-new-tokens) and evaluate the rest")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the records an earlier run left in the output file (else that is an error)")
     parser.add_argument(
         "--compare", nargs="+", metavar="RUN.jsonl",
         help="compare result files, the first one the baseline (no model needed); "
@@ -88,7 +90,7 @@ def _run_compare(paths: list[str], plot: str | None) -> int:
 
 # Options that decode or compare, which --regrade does not: argparse dest -> option.
 REGRADE_CONFLICTS = {"model": "--model", "compare": "--compare", "resume": "--resume", "threshold": "--threshold",
-                     "plot": "--plot", "output": "--output", "limit": "--limit"}
+                     "plot": "--plot", "output": "--output", "limit": "--limit", "overwrite": "--overwrite"}
 
 
 def _run_regrade(args: argparse.Namespace) -> int:
@@ -153,6 +155,8 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
     thresholds = args.threshold or [None]
     output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
     outputs = [output] if len(thresholds) == 1 else [sweep_output(output, t) for t in thresholds]
+    for path in outputs:  # every file of a sweep before its first threshold decodes
+        check_records_file(path, resume=args.resume, overwrite=args.overwrite)
     for threshold, path in zip(thresholds, outputs):
         summary = evaluate(
             model,
@@ -167,6 +171,7 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
             progress=not args.no_progress,
             metadata=run_metadata(args, model, device),
             resume=args.resume,
+            overwrite=args.overwrite,
             compile="auto" if args.compile is None else args.compile,
             system_prompt=args.system_prompt,
         )
@@ -196,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         mode = _decoding_mode(args, model)
         # A ValueError from evaluate: e.g. --resume on a file of other settings.
         return _evaluate_each_threshold(args, model, tokenizer, device, problems, mode)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         return _error(error)
 
 

@@ -118,8 +118,11 @@ def _thresholds_used(model: Any, mode: str, threshold: float | None) -> dict[str
 
 
 def _problems_to_evaluate(rows: Sequence[Problem], *, mode: str, batch_size: int, max_new_tokens: int,
-                          limit: int | None, output_jsonl: str | Path | None, resume: bool) -> list[Problem]:
-    """The first ``limit`` rows; ValueError for arguments `evaluate` cannot run with, before any work."""
+                          limit: int | None, output_jsonl: str | Path | None, resume: bool,
+                          overwrite: bool) -> list[Problem]:
+    """The first ``limit`` rows; ValueError for arguments `evaluate` cannot run with, before any
+    work (FileExistsError for the records of an earlier run, which neither resume nor overwrite
+    lets it replace)."""
     if mode not in MODES:
         raise ValueError(f"evaluate: mode must be one of {', '.join(MODES)}, got {mode!r}")
     if batch_size < 1 or max_new_tokens < 1:
@@ -130,7 +133,20 @@ def _problems_to_evaluate(rows: Sequence[Problem], *, mode: str, batch_size: int
         raise ValueError("evaluate: no problems to evaluate")
     if resume and output_jsonl is None:
         raise ValueError("evaluate: resume needs the output_jsonl of the interrupted run")
+    check_records_file(output_jsonl, resume=resume, overwrite=overwrite)
     return problems
+
+
+def check_records_file(output_jsonl: str | Path | None, *, resume: bool, overwrite: bool) -> None:
+    """FileExistsError when ``output_jsonl`` holds the records of an earlier run and neither
+    resume (continue it) nor overwrite (replace it) is given; ValueError for both at once."""
+    if resume and overwrite:
+        raise ValueError("evaluate: resume keeps the earlier records and overwrite drops them: give one")
+    if output_jsonl is not None and not (resume or overwrite):
+        path = Path(output_jsonl)
+        if path.is_file() and path.stat().st_size > 0:
+            raise FileExistsError(f"{output_jsonl} holds the records of an earlier run; resume (--resume) continues "
+                                  "it, overwrite (--overwrite) replaces it, or give another output file")
 
 
 @dataclass(frozen=True)
@@ -266,6 +282,7 @@ def evaluate(
     resume: bool = False,
     compile: bool | str = "auto",
     system_prompt: str | None = SYSTEM_PROMPT,
+    overwrite: bool = False,
 ) -> EvalSummary:
     """Greedy-decode and grade every problem of a benchmark.
 
@@ -294,6 +311,8 @@ def evaluate(
             run's bench, mode, thresholds (as decoded: threshold / threshold_main),
             max_new_tokens, system_prompt and `RUN_KEYS` metadata, else ValueError naming the
             first that differs.
+        overwrite: replace the records an earlier run left in ``output_jsonl``; without it (or
+            resume) such a file is a FileExistsError, raised before any work.
         compile: generate's `compile` ("auto": on for CUDA). One compile serves every batch
             of the same size, so on a CPU it pays off over a long benchmark. When it compiles,
             one short untimed generate per batch size runs first (``warmup_time``), so that
@@ -306,7 +325,7 @@ def evaluate(
 
     get_bench(bench)  # ValueError for an unknown benchmark, before any work
     problems = _problems_to_evaluate(rows, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                     limit=limit, output_jsonl=output_jsonl, resume=resume)
+                                     limit=limit, output_jsonl=output_jsonl, resume=resume, overwrite=overwrite)
     generate_fn = generate_fn or _default_generate()
 
     started = time.perf_counter()
