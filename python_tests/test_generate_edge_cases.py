@@ -51,6 +51,17 @@ def test_threshold_one_never_pairs_on_a_confident_mtp_head(model, use_kernels: b
     assert sum(often.num_pair_steps) >= len(PROMPTS)
 
 
+def test_the_loop_stops_at_the_step_after_the_last_row_finishes_on_a_cpu(backbone) -> None:
+    # A GPU reads `finished` every CHECK_EVERY steps (each read syncs it); a CPU every step, so no
+    # forward pass runs on rows that are all done.
+    prompt = torch.tensor([PROMPTS[0]])
+    free = generate(backbone, prompt, max_new_tokens=16, mode="standard", ignore_eos=True).sequences[0]
+    k = next(i for i in range(2, len(free)) if free[i] not in free[:i])  # its first appearance ends the output
+    out = generate(backbone, prompt, max_new_tokens=16, mode="standard", eos_token_id=free[k])
+    assert out.sequences == [free[: k + 1]]
+    assert out.num_forward_passes == k + 1  # prefill (token 0) and one step per later token
+
+
 def test_eos_as_first_token(model) -> None:
     prompt = torch.tensor([PROMPTS[0]])
     first = generate(model, prompt, max_new_tokens=5, mode="pairs").sequences[0][0]

@@ -30,7 +30,10 @@ from superthoughts_ext.stop_tokens import (is_superthoughts, pad_id, resolve_eos
                                           vocab_size)
 
 MODES = ("superthoughts", "pairs", "standard")
-CHECK_EVERY = 8  # decode steps between host reads of `finished` (each read syncs the device)
+# Decode steps between host reads of `finished` on a GPU (each read syncs the device, and
+# stalls the queue of launches behind it). On a CPU a read costs nothing: every step checks,
+# so no step runs after the last row finished.
+CHECK_EVERY = 8
 
 
 @dataclass
@@ -372,7 +375,8 @@ def generate(
     with attention.folded_gqa_decoding(model, enabled=attention.folded_by_default(device)):
         _prefill(stepper, state, cfg, input_ids, attention_mask, feed)
         steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, compiled=compiled,
-                                       check_every=CHECK_EVERY, check_at=check_at, on_step=feed)
+                                       check_every=CHECK_EVERY if device.type == "cuda" else 1, check_at=check_at,
+                                       on_step=feed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall_time = time.perf_counter() - start
