@@ -322,6 +322,26 @@ def test_resume_refuses_a_checkpoint_of_another_kind_of_run(tmp_path):
                 resume()
 
 
+def test_resume_with_another_length_is_refused_where_the_schedule_depends_on_it(tmp_path):
+    import json
+
+    from superthoughts_ext.train_utils import check_resume
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "qwen2", "superthoughts": {}}))
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4, "max_steps": 4}))
+    resume = lambda **kw: check_resume(tmp_path / "o", str(checkpoint), **kw)
+    for scheduler, warmup in (("cosine", 0.03), ("linear", 0.0), ("constant_with_warmup", 0.1)):
+        with pytest.raises(ValueError, match=r"checkpoint-4' is from a run of 4 steps, and this one has --max-steps 6; "
+                                             r"resume with --max-steps 4"):
+            resume(max_steps=6, lr_scheduler=scheduler, warmup_ratio=warmup)
+        resume(max_steps=4, lr_scheduler=scheduler, warmup_ratio=warmup)  # an interrupted run goes on
+        resume(max_steps=-1, lr_scheduler=scheduler, warmup_ratio=warmup)  # epochs: not checked here
+    resume(max_steps=6, lr_scheduler="constant")  # the same learning rate at every step: longer is fine
+    resume(max_steps=6, lr_scheduler="constant_with_warmup", warmup_ratio=0.0)
+
+
 def test_resume_without_a_checkpoint_is_refused_up_front(tmp_path):
     # Neither model nor data exists: the resume check comes first.
     opts = dict(model=tmp_path / "no_model", data=tmp_path / "no_data.jsonl")

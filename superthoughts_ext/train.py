@@ -246,7 +246,9 @@ def train(options: TrainOptions) -> TrainResult:
 
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
     train_utils.check_resume(options.output_dir, options.resume_from_checkpoint, baseline=options.baseline,
-                             lora_r=options.lora_r)
+                             lora_r=options.lora_r, max_steps=options.max_steps,
+                             lr_scheduler=str(getattr(options.lr_scheduler, "value", options.lr_scheduler)),
+                             warmup_ratio=options.warmup_ratio)
     train_utils.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
