@@ -269,6 +269,7 @@ def test_resume_from_checkpoint(base_dirs, tmp_path):
     out = tmp_path / "resume"
     first = train(TrainOptions(**opts, output_dir=out, **{**fast, "max_steps": 2}))
     assert (out / "checkpoint-2").is_dir() and first.global_step == 2
+    assert "model" not in repr(first) and "Linear" not in repr(first)  # not the whole module tree
     second = train(TrainOptions(**opts, output_dir=out, resume_from_checkpoint=True, **{**fast, "max_steps": 4}))
     assert second.global_step == 4
     assert [e["step"] for e in second.log_history if "loss" in e] == [1, 2, 3, 4]

@@ -401,11 +401,11 @@ def test_option_mistakes_fail_before_the_data_is_tokenised(base_dirs, tmp_path, 
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"baseline": True, "lambda_mtp": 0.5}, "lambda_mtp apply to SuperThoughts mode, not baseline"),
+    ({"baseline": True, "lambda_mtp": 0.5}, "lambda_mtp applies to SuperThoughts mode, not baseline"),
     ({"baseline": True, "compressor_type": "mlp", "rho_max": 0.5},
      "compressor_type, rho_max apply to SuperThoughts mode, not baseline"),
     ({"lora_alpha": 64, "lora_dropout": 0.1}, "lora_alpha, lora_dropout apply to LoRA runs: set lora_r > 0"),
-    ({"lora_target_modules": ["q_proj"]}, "lora_target_modules apply to LoRA runs"),
+    ({"lora_target_modules": ["q_proj"]}, "lora_target_modules applies to LoRA runs"),
     ({"bf16": True, "dtype": "float16"}, "bf16 autocast needs float32 or bfloat16 weights, not dtype float16"),
     ({"save_steps": -5}, r"save_steps must be >= 0 \(0 = final save only\), got -5"),
     ({"save_total_limit": -1}, r"save_total_limit must be >= 0 \(0 = keep every checkpoint\)"),

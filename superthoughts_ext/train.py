@@ -140,10 +140,10 @@ class TrainOptions:
         if self.baseline:
             unread = [name for name in ("lambda_mtp", "compressor_type", "mtp_type") if getattr(self, name) is not None]
             unread += ["rho_max"] if self._changed("rho_max") else []
-            checks.append((not unread, f"{', '.join(unread)} apply to SuperThoughts mode, not baseline"))
+            checks.append((not unread, f"{', '.join(unread)} {_apply(unread)} to SuperThoughts mode, not baseline"))
         if self.lora_r == 0:
             unread = [name for name in ("lora_alpha", "lora_dropout", "lora_target_modules") if self._changed(name)]
-            checks.append((not unread, f"{', '.join(unread)} apply to LoRA runs: set lora_r > 0"))
+            checks.append((not unread, f"{', '.join(unread)} {_apply(unread)} to LoRA runs: set lora_r > 0"))
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainOptions: {message}")
@@ -155,16 +155,21 @@ class TrainOptions:
         return (tuple(value) if isinstance(value, list) else value) != default
 
 
+def _apply(names: list[str]) -> str:
+    return "apply" if len(names) > 1 else "applies"
+
+
 @dataclass
 class TrainResult:
-    """What `train` returns. `model` is the trained (LoRA-merged) model on this process."""
+    """What `train` returns. `model` is the trained (LoRA-merged) model on this process (left
+    out of the repr, which would print its whole module tree)."""
 
     output_dir: str
     metrics: dict[str, float]
     log_history: list[dict[str, Any]]
     global_step: int
     num_examples: int
-    model: nn.Module
+    model: nn.Module = field(repr=False)
 
 
 def training_arguments(options: TrainOptions) -> TrainingArguments:
