@@ -142,11 +142,15 @@ def test_cli_gpqa_option_orders_and_their_regrade(
     assert summary["n"] == 6 and summary["accuracy_by_option_order"] == [1.0, 1.0, 1.0]
     assert "accuracy per option order 1.0000, 1.0000, 1.0000" in capsys.readouterr().out
 
-    regrade = ["--regrade", str(out), "--bench", "gpqa_diamond", "--data", str(data), "--no-progress"]
-    assert run_cli(regrade) == 2  # the records of orders 1 and 2 name problems a one-order load lacks
-    assert "--option-orders at least" in capsys.readouterr().err
-    assert run_cli([*regrade, "--option-orders", "3"]) == 0
+    # The records name their bench, data file and option orders: a regrade needs none of them.
+    assert run_cli(["--regrade", str(out), "--no-progress"]) == 0
     assert "accuracy 1.0000 -> 1.0000 (n=6; 0 records changed" in capsys.readouterr().out
+    regrade = ["--regrade", str(out), "--bench", "gpqa_diamond", "--data", str(data), "--no-progress"]
+    assert run_cli([*regrade, "--option-orders", "2"]) == 2  # order 2's records name problems it lacks
+    assert "--option-orders at least 3" in capsys.readouterr().err
+    data.rename(tmp_path / "moved.jsonl")
+    assert run_cli(["--regrade", str(out), "--no-progress"]) == 2
+    assert f"evaluated on {data}, which is not there now; give --data" in capsys.readouterr().err
 
     assert run_cli([*fake_cli.argv, "--option-orders", "2", "--output", str(tmp_path / "m.jsonl")]) == 2
     assert "math500 has no answer options to shuffle" in capsys.readouterr().err

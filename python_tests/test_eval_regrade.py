@@ -234,3 +234,20 @@ def test_regrade_through_a_symlink_rewrites_the_run_it_names(tmp_path: Path) -> 
     assert latest.is_symlink() and latest.resolve() == out.resolve()  # the link still names the run
     assert [r["correct"] for r in read_jsonl(out)].count(True) == 5
     assert os.stat(out).st_mode & 0o777 == 0o640  # the run's permissions kept
+
+
+def test_regrade_takes_bench_and_data_from_the_records_unless_given(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from superthoughts_ext.eval_regrade import stored_settings
+
+    data = math_data(tmp_path / "math.jsonl")
+    record = hand_record(PROBLEMS[0].id, "\\boxed{3}", "3", PROBLEMS[0].answer, True)
+    a = write_records(tmp_path / "a.jsonl", [{**record, "data": str(data)}])
+    b = write_records(tmp_path / "b.jsonl", [{**record, "data": "/elsewhere"}])
+    assert stored_settings([a]) == {"bench": "math500", "data": str(data), "option_orders": 1}
+    with pytest.raises(ValueError, match=r"a.jsonl:1 has data .*, .*b.jsonl:1 has '/elsewhere'; regrade runs of one "
+                                         r"data at a time, or give --data"):
+        stored_settings([a, b])
+    assert run_cli(["--regrade", str(a), "--no-progress"]) == 0  # no hub: the records' own data file
+    assert "accuracy 1.0000 -> 1.0000" in capsys.readouterr().out
+    assert run_cli(["--regrade", str(a), str(b), "--no-progress", "--data", str(data)]) == 0  # given: no conflict

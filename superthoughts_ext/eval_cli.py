@@ -94,18 +94,27 @@ REGRADE_CONFLICTS = {"model": "--model", "compare": "--compare", "resume": "--re
 
 
 def _run_regrade(args: argparse.Namespace) -> int:
-    from superthoughts_ext.eval_regrade import format_regrade, regrade_runs
+    from superthoughts_ext.eval_regrade import format_regrade, regrade_runs, stored_settings
 
     conflicts = [option for dest, option in REGRADE_CONFLICTS.items() if getattr(args, dest)]
     if conflicts:
         raise ValueError(f"--regrade does not go with {', '.join(conflicts)}: it grades the stored outputs "
                          "again, without a model or decoding")
-    if not args.bench:
-        raise ValueError("--regrade needs --bench (the benchmark the runs were evaluated on)")
+    # What the options leave out comes from the records (each keeps its bench, data file and
+    # option order), so a regrade of local data never falls back to the hub.
+    stored = stored_settings(args.regrade, [key for key in ("bench", "data") if getattr(args, key) is None])
+    bench = args.bench or stored["bench"]
+    if not bench:
+        raise ValueError("--regrade needs --bench (the records do not name the benchmark they were evaluated on)")
+    data = args.data or stored["data"]
+    if args.data is None and data is not None and not Path(data).is_file():
+        raise FileNotFoundError(f"--regrade: the records were evaluated on {data}, which is not there now; "
+                                "give --data (a copy of it)")
+    option_orders = args.option_orders if args.option_orders != 1 else stored["option_orders"]
     # Every problem: the grader needs the questions (and GPQA's options), which records lack.
-    problems = load_problems(args.bench, args.data, problem_field=args.problem_field, answer_field=args.answer_field,
-                             option_orders=args.option_orders)
-    for result in regrade_runs(args.regrade, args.bench, problems, progress=not args.no_progress):
+    problems = load_problems(bench, data, problem_field=args.problem_field, answer_field=args.answer_field,
+                             option_orders=option_orders)
+    for result in regrade_runs(args.regrade, bench, problems, progress=not args.no_progress):
         print(format_regrade(result))
     return 0
 

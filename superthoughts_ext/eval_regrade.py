@@ -52,6 +52,38 @@ class RegradeResult:
     summary_updated: bool
 
 
+def stored_settings(paths: Sequence[str | Path], wanted: Sequence[str] = ("bench", "data")) -> dict[str, Any]:
+    """What the records of ``paths`` say they were evaluated on, for the --regrade options left
+    out: of ``wanted``, ``bench`` and ``data`` (the data file's absolute path, None for the hub),
+    when every record that has it agrees (ValueError naming two files or lines that differ), and
+    ``option_orders`` (1 + the highest option_order). Missing files and lines that are not JSON
+    records are skipped here; `read_run` reports them."""
+    seen: dict[str, tuple[Any, str]] = {}  # key -> (value, where it was read)
+    orders = 0
+    for path in paths:
+        if not Path(path).is_file():
+            continue  # read_run says so
+        for number, line in enumerate(json_lines(Path(path).read_text(encoding="utf-8")), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            for key in wanted:
+                if key not in record:
+                    continue
+                where = f"{path}:{number}"
+                value, first = seen.setdefault(key, (record[key], where))
+                if record[key] != value:
+                    raise ValueError(f"--regrade: {first} has {key} {value!r}, {where} has {record[key]!r}; "
+                                     f"regrade runs of one {key} at a time, or give --{key}")
+            if isinstance(record.get("option_order"), int):
+                orders = max(orders, record["option_order"] + 1)
+    return {"bench": seen.get("bench", (None,))[0], "data": seen.get("data", (None,))[0],
+            "option_orders": max(orders, 1)}
+
+
 def _parse_line(path: Path, number: int, line: str, last: bool) -> dict[str, Any]:
     try:
         record = json.loads(line)
