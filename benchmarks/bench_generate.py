@@ -45,7 +45,8 @@ from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 from superthoughts_ext import decode_loop
 from superthoughts_ext.eval_compare import threshold_label
 from superthoughts_ext.generate import generate, resolve_compile
-from superthoughts_ext.run_info import (add_output_arguments, device_name, git_commit, int_at_least,
+from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, git_commit,
+                                        int_at_least,
                                         non_negative_float, results_file, unit_float)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -85,8 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph-windows", type=int_at_least(1), default=decode_loop.GRAPH_WINDOWS,
                         help=f"CUDA graphs per call at most, one per span of >= {decode_loop.GRAPH_MIN_SPAN} decode "
                              "columns (1: every step attends over the whole cache)")
-    parser.add_argument("--threads", type=int_at_least(1), default=None,
-                        help="CPU threads (default: torch's); 1 avoids OpenMP barrier stalls on a shared machine")
+    add_threads_argument(parser, "; 1 avoids OpenMP barrier stalls on a shared machine")
     add_output_arguments(parser, "benchmarks/results/generate_<device>.json (and its .png)")
 
 
@@ -276,8 +276,7 @@ def main(args: argparse.Namespace) -> int:
     on_gpu = device.type == "cuda"
     out = results_file(args.output, RESULTS_DIR / f"generate_{device.type}.json", args.overwrite)
     commit = git_commit()  # what runs: a commit made in this checkout during the run did not
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.graph_windows < 1:
         raise ValueError(f"bench generate: --graph-windows must be >= 1, got {args.graph_windows}")
     decode_loop.GRAPH_WINDOWS = args.graph_windows

@@ -8,7 +8,7 @@ decode step pays; the bandwidth targets use this one). Prints time, achieved GB/
 both heads' logits + the merge weight + the gathered rows) and, on GPU, % of the measured
 device-to-device copy bandwidth. Writes JSON to benchmarks/results/step_<device>.json.
 
-    python benchmarks/bench_step.py [--batch 1 8 64 256] [--hidden 1536 3584] [--dtype fp32 bf16]
+    python benchmarks/bench_step.py [--batch 1 8 64 256] [--hidden 1536 3584] [--dtype fp32 bf16] [--threads 2]
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import torch.utils.benchmark as tbench
 
 import superthoughts_ext
 from superthoughts_ext.reference import superthoughts_step_ref
-from superthoughts_ext.run_info import add_output_arguments, device_name, git_commit, int_at_least, results_file
+from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, git_commit,
+                                        int_at_least, results_file)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"],
                         help="logits and embedding dtypes")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    add_threads_argument(parser)
     add_output_arguments(parser, "benchmarks/results/step_<device>.json")
 
 
@@ -254,6 +256,7 @@ def main(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     slug = "cuda" if device.type == "cuda" else "cpu"
     out = results_file(args.output, RESULTS_DIR / f"step_{slug}.json", args.overwrite)
+    apply_threads(args)
     copy_bw = copy_bandwidth(device)
     rows = []
     result = {
@@ -262,6 +265,8 @@ def main(args: argparse.Namespace) -> dict:
         "torch_version": torch.__version__,
         "commit": git_commit(),
         "build": superthoughts_ext.build_info(),
+        # CPU times scale with it: a shared machine's figures compare only at the same count.
+        "threads": torch.get_num_threads(),
         "copy_bandwidth_gb_s": None if copy_bw is None else copy_bw / 1e9,
         "complete": False,  # True once every configuration ran
         "rows": rows,

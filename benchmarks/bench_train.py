@@ -15,11 +15,14 @@ over the first is what a user sees; over the second it is the part owed to the m
 
 CPU: "tiny" (hidden 256, 4 layers, vocab 2048) and "1.5b-mini" (Qwen2.5-Math-1.5B's
 proportions at hidden 128, 28 layers), seq 512, timed with torch.utils.benchmark in
-alternating rounds. GPU: Qwen2.5-Math-1.5B and -7B shaped random models in bf16, timed with
-CUDA events, with peak memory per GPU. A correctness check runs first: the loss over the
-warmup steps (the same batch, so it must fall) is finite and decreasing.
+alternating rounds on --threads intra-op threads (default: torch's). GPU: Qwen2.5-Math-1.5B
+and -7B shaped random models in bf16, timed with CUDA events, with peak memory per GPU. A
+correctness check runs first: the loss over the warmup steps (the same batch, so it must fall)
+is finite and decreasing. Each mode's line is printed, and the JSON rewritten, as soon as the
+mode is measured.
 
     python benchmarks/bench_train.py                 # writes benchmarks/results/train_<device>.json
+    python benchmarks/bench_train.py --threads 2 --output mine.json   # the README's CPU figures' threads
     python benchmarks/bench_train.py --shapes 1.5b 7b --batch-size 4 --seq-len 2048   # on a GPU
 """
 from __future__ import annotations
@@ -33,7 +36,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import torch
-from superthoughts_ext.run_info import (add_output_arguments, device_name, git_commit, int_at_least, positive_float,
+from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, git_commit,
+                                        int_at_least, positive_float,
                                         results_file, unit_float)
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
@@ -70,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int_at_least(1), default=10, help="timed steps on GPU")
     parser.add_argument("--min-time", type=positive_float, default=12.0, help="seconds per mode on CPU")
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="alternating timing rounds per mode on CPU")
+    add_threads_argument(parser)
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate")
     parser.add_argument("--rho-max", type=unit_float, nargs="+", default=[0.25, 0.0],
                         help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
@@ -245,11 +250,12 @@ def mode_table(args: argparse.Namespace) -> dict[str, Mode]:
 
 def bench_shape(shape: str, args: argparse.Namespace, device: torch.device,
                 measured: Callable[[str, dict[str, Any]], None] = lambda mode, row: None) -> dict[str, Any]:
-    """Every mode of one shape: one after the other on GPU (memory), interleaved on CPU. On GPU,
-    `measured(mode, row so far)` follows each mode (minutes each at the 7B shape)."""
+    """Every mode of one shape: one after the other on GPU (memory), interleaved on CPU.
+    `measured(mode, row so far)` follows each mode as soon as its time is known: on GPU after
+    its own steps (minutes each at the 7B shape), on CPU in the last round."""
     modes = mode_table(args)
+    row: dict[str, Any] = {}
     if device.type == "cuda":
-        row: dict[str, Any] = {}
         for mode in modes:
             try:
                 step, info = prepare(shape, modes[mode], args, device)
@@ -261,12 +267,21 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device,
             measured(mode, row)
         return row
     # Alternating rounds spread load from other processes on a shared CPU over both modes.
-    prepared = {mode: prepare(shape, spec, args, device) for mode, spec in modes.items()}
+    prepared = {}
+    for mode, spec in modes.items():
+        prepared[mode] = prepare(shape, spec, args, device)
+        # Building and warming up every mode takes minutes at the defaults, before any timing.
+        warm = prepared[mode][1]["warmup_loss"]
+        print(f"{shape:>9} {mode:>20}: built, loss {warm[0]} -> {warm[-1]} over {len(warm)} warmup steps",
+              flush=True)
     rounds: dict[str, list[float]] = {mode: [] for mode in modes}
-    for _ in range(args.rounds):
+    for round_index in range(args.rounds):
         for mode in modes:
             rounds[mode].append(time_cpu(prepared[mode][0], args.min_time / args.rounds))
-    return {mode: finish(prepared[mode][1], statistics.median(rounds[mode]), device) for mode in modes}
+            if round_index == args.rounds - 1:
+                row[mode] = finish(prepared[mode][1], statistics.median(rounds[mode]), device)
+                measured(mode, row)
+    return row
 
 
 def add_ratios(row: dict[str, dict[str, Any]]) -> None:
@@ -303,6 +318,27 @@ def describe(r: dict[str, Any]) -> str:
     return shown
 
 
+def progress(shape: str, mode: str, row: dict[str, dict[str, Any]]) -> str:
+    """A mode's line as soon as it is measured, with its speedup over the plain baseline once
+    that is known (the other ratios come with the shape's table, add_ratios)."""
+    r, base = row[mode], row.get("baseline")
+    shown = f"{shape:>9} {mode:>20}: {describe(r)}"
+    if mode != "baseline" and base and "error" not in base and "error" not in r:
+        shown += f"  speedup {r['response_tokens_per_s'] / base['response_tokens_per_s']:.2f}x"
+    return shown
+
+
+def plan(args: argparse.Namespace, device: torch.device) -> str:
+    """The run's first line: what it will measure, and how long each mode is timed."""
+    if device.type == "cuda":
+        timing = f"{args.steps} timed steps per mode"
+    else:
+        timing = (f"{args.rounds} alternating round(s) of >= {args.min_time / args.rounds:g} s per mode "
+                  f"(--min-time {args.min_time:g} s in all), {torch.get_num_threads()} threads")
+    return (f"bench train: shapes {' '.join(args.shapes)}; modes {' '.join(mode_table(args))}; "
+            f"batch {args.batch_size} x {args.seq_len} tokens; {args.warmup} warmup steps, then {timing}")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run every shape in both modes, print a table and write the JSON; returns an exit code."""
     if args.prompt_len >= args.seq_len:
@@ -312,6 +348,7 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = results_file(args.output, RESULTS / f"train_{device.type}.json", args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    apply_threads(args)
     report: dict[str, Any] = {
         "benchmark": "train", "device": device_name(device), "device_type": device.type,
         "torch": torch.__version__, "commit": git_commit(), "threads": torch.get_num_threads(),
@@ -319,10 +356,12 @@ def main(args: argparse.Namespace) -> int:
         "optimizer": "AdamW",
         "dtype": "bfloat16" if device.type == "cuda" else "float32", "complete": False, "shapes": {},
     }
+    print(plan(args, device), flush=True)
     for shape in args.shapes:
         def measured(mode: str, row: dict[str, Any], shape: str = shape) -> None:
-            # A run stopped by a time limit (a GPU session stage) keeps every mode it measured.
-            print(f"{shape:>9} {mode:>20}: {describe(row[mode])} (ratios once the shape is done)", flush=True)
+            # A run stopped by a time limit (a GPU session stage) or by Ctrl-C keeps every mode
+            # it measured.
+            print(progress(shape, mode, row), flush=True)
             report["shapes"][shape] = dict(row)
             out.write_text(json.dumps(report, indent=2) + "\n")
 

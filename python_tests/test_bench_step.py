@@ -1,6 +1,6 @@
 """Smoke test of benchmarks/bench_step.py on the CPU: the correctness check passes, no row
 finishes during timing (the timed calls do not reset `finished`), and the report holds the
-times and speedups a reader compares."""
+times and speedups a reader compares, and the thread count they were timed on (--threads)."""
 from __future__ import annotations
 
 import argparse
@@ -137,6 +137,53 @@ def test_bench_step_refuses_empty_shapes(option, value, capsys) -> None:
         parser.parse_args([option, value])
     err = capsys.readouterr().err
     assert f"argument {option}" in err and "must be >= 1" in err
+
+
+def test_threads_below_one_are_refused_at_parse_time(capsys) -> None:
+    from superthoughts_ext import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["bench", "step", "--threads", "0"])
+    assert exited.value.code == 2
+    assert "argument --threads: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_threads_reach_the_timed_run_through_the_console_script(tmp_path: Path) -> None:
+    # The README's CPU figures ran on 2 threads; a busy machine's user asks for the count.
+    from superthoughts_ext import cli
+
+    out = tmp_path / "step.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that asking for 1 changes something on any machine
+    try:
+        cli.main(["bench", "step", "--batch", "1", "--vocab", "100", "--hidden", "8", "--dtype", "fp32",
+                  "--no-compile", "--threads", "1", "--output", str(out)])
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert used == 1 and report["threads"] == 1 and report["device"].endswith(", 1 threads)")
+    assert report["complete"] and report["rows"][0]["fused_s"] > 0
+
+
+def test_without_threads_torch_keeps_its_count(tmp_path: Path, monkeypatch) -> None:
+    bench = load_benchmark("step")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "step.json"
+    args = parser.parse_args(["--batch", "1", "--hidden", "8", "--dtype", "fp32", "--no-compile", "--output", str(out)])
+    assert args.threads is None
+    monkeypatch.setattr(bench, "bench_config", lambda batch, vocab, hidden, dtype, *rest: {
+        "batch": batch, "hidden": hidden, "dtype": str(dtype), "bytes": 1, "fused_s": 1.0, "fused_gb_s": 1.0,
+        "eager_s": 1.0, "speedup_vs_eager": 1.0})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # an odd count: one the run set itself would show
+    try:
+        bench.main(args)
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert used == 3 and json.loads(out.read_text())["threads"] == 3
 
 
 def test_the_input_recipe_loads_without_the_compiled_core() -> None:

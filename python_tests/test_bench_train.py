@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/bench_train.py: every mode runs, passes its loss check, and the
-report holds the speedups and per-mode costs a reader compares; bad sizes are refused up front."""
+report holds the speedups and per-mode costs a reader compares; bad sizes are refused up front;
+a run says what it will measure and prints (and writes) each mode as soon as it is measured."""
 from __future__ import annotations
 
 import argparse
@@ -8,21 +9,52 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
+from superthoughts_ext import bench_cli, cli
 from superthoughts_ext.bench_cli import load_benchmark
 
 
-def test_bench_train_smoke_both_mtp_types(tmp_path: Path) -> None:
+def test_bench_train_smoke_both_mtp_types(tmp_path: Path, monkeypatch, capsys) -> None:
     bench = load_benchmark("train")
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "train.json"
     args = parser.parse_args(["--shapes", "tiny", "--batch-size", "2", "--seq-len", "48", "--prompt-len", "8",
-                              "--warmup", "3", "--min-time", "0.2", "--rounds", "1", "--rho-max", "0.25",
-                              "--mtp-types", "decoder", "mlp", "--output", str(out)])
-    assert bench.main(args) == 0
-    assert json.loads(out.read_text())["complete"]
-    row = json.loads(out.read_text())["shapes"]["tiny"]
+                              "--warmup", "3", "--min-time", "0.2", "--rounds", "2", "--rho-max", "0.25",
+                              "--mtp-types", "decoder", "mlp", "--threads", "1", "--output", str(out)])
+    timings = []  # per timed round of a mode: (modes in the JSON, output printed) just before it
+    real_time_cpu = bench.time_cpu
+
+    def time_cpu(step, min_time):
+        written = json.loads(out.read_text())["shapes"]["tiny"] if out.exists() else {}
+        timings.append((list(written), capsys.readouterr().out))
+        return real_time_cpu(step, min_time)
+
+    monkeypatch.setattr(bench, "time_cpu", time_cpu)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that asking for 1 changes something on any machine
+    try:
+        assert bench.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = "".join(text for _, text in timings) + capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["threads"] == 1
+    in_order = list(bench.mode_table(args))
+    # It says up front what it will measure; each mode is built and warmed up before any timing.
+    assert printed.startswith(f"bench train: shapes tiny; modes {' '.join(in_order)}; batch 2 x 48 tokens; "
+                              "3 warmup steps, then 2 alternating round(s) of >= 0.1 s per mode "
+                              "(--min-time 0.2 s in all), 1 threads\n"), printed
+    for mode in in_order:
+        assert re.search(rf"tiny +{re.escape(mode)}: built, loss \S+ -> \S+ over 3 warmup steps", timings[0][1])
+    # In the last round each mode is printed and written once timed, before the next one's timing.
+    assert [written for written, _ in timings] == [[]] * len(in_order) + [in_order[:k] for k in range(len(in_order))]
+    for k, mode in enumerate(in_order):
+        shown = timings[len(in_order) + k + 1][1] if k + 1 < len(in_order) else printed
+        speedup = "" if mode == "baseline" else r"  speedup \d+\.\d\dx"
+        assert re.search(rf"tiny +{re.escape(mode)}: +\d+\.\d tok/s +\d+\.\d ms/step .*GFLOP{speedup}\n", shown), shown
+    row = report["shapes"]["tiny"]
     modes = {"baseline", "baseline_chunked_ce", "superthoughts_rho0.25", "superthoughts_mlp_rho0.25"}
     assert modes <= set(row)
     for mode in modes - {"baseline"}:
@@ -52,6 +84,48 @@ def test_bad_sizes_are_refused_before_any_model_is_built(capsys) -> None:
         bench.main(parser.parse_args(["--seq-len", "8", "--prompt-len", "16"]))
 
 
+def test_threads_below_one_are_refused_at_parse_time(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["bench", "train", "--threads", "0"])
+    assert exited.value.code == 2
+    assert "argument --threads: must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, expected", [(["--threads", "1"], 1), ([], 3)])
+def test_threads_reach_the_run_through_the_console_script(tmp_path: Path, monkeypatch, capsys, options,
+                                                          expected) -> None:
+    # Without --threads the run keeps torch's count (3 here: an odd one, which a count the run
+    # set itself would change).
+    bench = load_benchmark("train")
+
+    def bench_shape(shape, args, device, measured):
+        row = {}
+        for mode, tokens_per_s in (("baseline", 100.0), ("baseline_chunked_ce", 125.0),
+                                   ("superthoughts_rho0.25", 250.0)):
+            row[mode] = {"response_tokens_per_s": tokens_per_s, "step_ms": 1e3 / tokens_per_s}
+            measured(mode, row)
+        return row
+
+    monkeypatch.setattr(bench, "bench_shape", bench_shape)
+    monkeypatch.setattr(bench_cli, "load_benchmark", lambda area: bench)
+    out = tmp_path / "train.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert cli.main(["bench", "train", "--shapes", "tiny", "--rho-max", "0.25", *options,
+                         "--output", str(out)]) == 0
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert used == expected and json.loads(out.read_text())["threads"] == expected
+    printed = capsys.readouterr().out
+    assert f"(--min-time 12 s in all), {expected} threads\n" in printed
+    # The speedup over the baseline is known as soon as the baseline is measured.
+    assert re.search(r"tiny +baseline: +100\.0 tok/s +10\.0 ms/step +\(FLOPs not counted\)\n", printed)
+    assert re.search(r"tiny +superthoughts_rho0\.25: +250\.0 tok/s +4\.0 ms/step +\(FLOPs not counted\)"
+                     r"  speedup 2\.50x\n", printed)
+
+
 def test_ratios_skip_modes_that_ran_out_of_memory() -> None:
     bench = load_benchmark("train")
     row = {
@@ -60,6 +134,10 @@ def test_ratios_skip_modes_that_ran_out_of_memory() -> None:
         "superthoughts_rho0.25": {"response_tokens_per_s": 250.0, "step_ms": 4.0, "matmul_gflop_per_step": 5.0},
         "superthoughts_rho0": {"error": "out of memory: CUDA out of memory"},
     }
+    # The line printed as each mode is measured (before add_ratios): a mode that ran out of
+    # memory has no speedup to show.
+    assert bench.progress("7b", "superthoughts_rho0.25", row).endswith("GFLOP  speedup 2.50x")
+    assert bench.progress("7b", "superthoughts_rho0", row).endswith(": out of memory: CUDA out of memory")
     bench.add_ratios(row)
     st = row["superthoughts_rho0.25"]
     assert (st["speedup"], st["flop_ratio"], st["speedup_same_loss"]) == (2.5, 1.6, 2.0)

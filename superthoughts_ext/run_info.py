@@ -65,6 +65,21 @@ def add_output_arguments(parser: argparse.ArgumentParser, default: str) -> None:
                         help="replace the default path's recorded run when it exists (else give --output)")
 
 
+def add_threads_argument(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """--threads of a benchmark: torch's intra-op CPU threads for everything it times
+    (`apply_threads`); CPU times compare only at the same count."""
+    parser.add_argument("--threads", type=int_at_least(1), default=None,
+                        help=f"CPU threads (default: torch's, one per physical core){note}")
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Sets torch's intra-op threads to --threads when it was given; returns the count in use,
+    which the result JSON records as "threads"."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.get_num_threads()
+
+
 def int_at_least(low: int):
     """argparse type: an int >= low, refused at parse time (before any model is built)."""
 
