@@ -135,8 +135,7 @@ def _checked_problems(args: argparse.Namespace) -> list[Problem]:
     if args.plot:
         raise ValueError("--plot goes with --compare A.jsonl B.jsonl [...]")
     if not args.model or not args.bench:
-        raise ValueError("--model and --bench are required (or --compare A.jsonl B.jsonl, or --regrade RUN.jsonl "
-                         "--bench NAME)")
+        raise ValueError("--model and --bench are required (or --compare A.jsonl B.jsonl, or --regrade RUN.jsonl)")
     check_thresholds(args.threshold)  # before loading the model
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--batch-size ({args.batch_size}) and --max-new-tokens ({args.max_new_tokens}) "

@@ -35,8 +35,6 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
 SUPERTHOUGHTS_TRAINABLE_MODULES: tuple[str, ...] = ("compressor", "mtp")
 
 
-
-
 def load_tokenizer(
     source: str | os.PathLike | PreTrainedTokenizerBase | None, model_source: Any
 ) -> PreTrainedTokenizerBase:
