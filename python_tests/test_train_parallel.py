@@ -97,8 +97,11 @@ DDP_SCRIPT = textwrap.dedent("""
     from superthoughts_ext.train import TrainOptions, train
     from superthoughts_ext.train_utils import state_dict_digest
     model, data, out, lora_r, steps, resume = sys.argv[1:7]
+    # A constant schedule: the resume below extends a 3-step run to 4 (train refuses that for a
+    # schedule shaped by the run's length).
     result = train(TrainOptions(model=model, data=data, output_dir=out, max_steps=int(steps), batch_size=2,
-                                learning_rate=1e-3, save_steps=2, logging_steps=1, progress_bar=False,
+                                learning_rate=1e-3, warmup_ratio=0.0, lr_scheduler="constant", save_steps=2,
+                                logging_steps=1, progress_bar=False,
                                 lora_r=int(lora_r), resume_from_checkpoint=True if resume == "1" else None))
     rank = os.environ["RANK"]
     # The same rows collated on each rank: the pad-split draws must differ between ranks.
@@ -140,7 +143,7 @@ def test_torchrun_two_processes(base_dirs, tmp_path, lora_r):
     assert digests[0][3] != digests[1][3], "both ranks drew the same pad-split pattern"
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
     if lora_r == 0:
-        # Resume the 2-process run from its step-2 checkpoint (optimizer state included).
+        # Resume the 2-process run from its last checkpoint (optimizer state included) for one more step.
         resumed = run_ddp(script, base_dirs, out, lora_r, steps=4, resume=True)
         assert resumed[0][:3] == resumed[1][:3] and resumed[0][1:3] == ["4", "2"], resumed
 
