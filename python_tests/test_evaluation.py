@@ -188,6 +188,14 @@ def test_gpqa_accuracy_per_option_order(tmp_path: Path) -> None:
     assert one.accuracy_by_option_order is None and "option order" not in format_summary(one)
 
 
+def test_the_progress_bar_names_the_bench_and_mode_or_the_callers_label(capsys) -> None:
+    tokenizer = make_tokenizer()
+    for label, shown in ((None, "math500 [standard]: 100%"), ("eval baseline SFT", "eval baseline SFT: 100%")):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:2], mode="standard", progress=True,
+                 generate_fn=fake_generate(tokenizer, []), label=label)
+        assert shown in capsys.readouterr().err
+
+
 def test_compiled_decoding_warms_up_each_batch_size_untimed() -> None:
     from superthoughts_ext.evaluation import WARMUP_TOKENS
 

@@ -283,6 +283,7 @@ def evaluate(
     compile: bool | str = "auto",
     system_prompt: str | None = SYSTEM_PROMPT,
     overwrite: bool = False,
+    label: str | None = None,
 ) -> EvalSummary:
     """Greedy-decode and grade every problem of a benchmark.
 
@@ -311,6 +312,7 @@ def evaluate(
             run's bench, mode, thresholds (as decoded: threshold / threshold_main),
             max_new_tokens, system_prompt and `RUN_KEYS` metadata, else ValueError naming the
             first that differs.
+        label: the progress bar's (default "<bench> [<mode>]").
         overwrite: replace the records an earlier run left in ``output_jsonl``; without it (or
             resume) such a file is a FileExistsError, raised before any work.
         compile: generate's `compile` ("auto": on for CUDA). One compile serves every batch
@@ -339,7 +341,8 @@ def evaluate(
     out_file = open_records(output_jsonl, records)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
-    bar = tqdm(total=len(problems), initial=len(records), desc=f"{bench} [{mode}]", disable=not progress)
+    bar = tqdm(total=len(problems), initial=len(records), desc=label or f"{bench} [{mode}]",
+               disable=not progress)
     try:
         warmup_time = _warm_up(run, batches, bar)
         _decode_batches(run, batches, records, out_file, bar)
