@@ -224,7 +224,8 @@ def test_gpqa_option_orders_ask_each_question_in_several_shuffles(tmp_path: Path
         shuffles = [p for p in problems if p.id.split("#")[0] == f"rec{i}"]
         assert all(p.options["ABCD".index(p.answer)] == f"right{i}" for p in shuffles)
         assert all(sorted(p.options) == sorted([f"right{i}", f"wrong{i}a", f"wrong{i}b", f"wrong{i}c"]) for p in shuffles)
-        assert len({p.options for p in shuffles}) > 1  # the orders differ
+        assert len({p.options for p in shuffles}) == 4  # distinct: a greedy model answers a repeat alike
+        assert {p.answer for p in shuffles} == set("ABCD")  # four orders: the answer once under each letter
     assert load_problems("gpqa_diamond", path, option_orders=4) == problems  # reproducible
     assert len(load_problems("gpqa_diamond", path, option_orders=3, limit=2)) == 6  # the limit counts questions
 
@@ -235,5 +236,12 @@ def test_option_orders_need_a_multiple_choice_bench_and_at_least_one(tmp_path: P
     assert load_problems("math500", path, option_orders=1) == [Problem("0", "p", "1")]
     with pytest.raises(ValueError, match="math500 has no answer options to shuffle; option orders apply to gpqa_diamond"):
         load_problems("math500", path, option_orders=2)
-    with pytest.raises(ValueError, match="option_orders must be >= 1, got 0"):
-        load_problems("gpqa_diamond", path, option_orders=0)
+    for bad in (0, 25):
+        with pytest.raises(ValueError, match=rf"option_orders must be in \[1, 24\] \(four options have 24 orders\), "
+                                             rf"got {bad}"):
+            load_problems("gpqa_diamond", path, option_orders=bad)
+    from superthoughts_ext.eval_data import gpqa_option_orders
+
+    every = gpqa_option_orders("q?", "right", ["a", "b", "c"], 24)
+    assert len({options for options, _ in every}) == 24
+    assert all(options["ABCD".index(letter)] == "right" for options, letter in every)

@@ -182,6 +182,12 @@ def test_gpqa_accuracy_per_option_order(tmp_path: Path) -> None:
     assert summary.accuracy == 0.75 and summary.accuracy_by_option_order == [1.0, 0.5]
     assert json.loads(summary_path(out).read_text())["accuracy_by_option_order"] == [1.0, 0.5]
     assert format_summary(summary).endswith("; accuracy per option order 1.0000, 0.5000")
+    # Records of an older version (no option_order) resumed into a run of several orders: order 0's.
+    from superthoughts_ext.eval_records import grade_fields
+
+    older = [{k: v for k, v in r.items() if k != "option_order"} for r in read_jsonl(out) if "#" not in r["id"]]
+    newer = [r for r in read_jsonl(out) if "#" in r["id"]]
+    assert grade_fields(older + newer)["accuracy_by_option_order"] == [1.0, 0.5]
     # One order, or no options at all: no per-order list.
     one = evaluate(fake_model(tokenizer), tokenizer, "gpqa_diamond", problems[::2], mode="standard",
                    progress=False, generate_fn=generate)

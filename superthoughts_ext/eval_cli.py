@@ -102,7 +102,9 @@ def _run_regrade(args: argparse.Namespace) -> int:
                          "again, without a model or decoding")
     # What the options leave out comes from the records (each keeps its bench, data file and
     # option order), so a regrade of local data never falls back to the hub.
-    stored = stored_settings(args.regrade, [key for key in ("bench", "data") if getattr(args, key) is None])
+    stored = stored_settings(args.regrade, ["bench"] + (["data"] if args.data is None else []))
+    if args.bench and stored["bench"] and args.bench != stored["bench"]:
+        raise ValueError(f"--regrade: the records were evaluated on {stored['bench']!r}, not {args.bench!r}")
     bench = args.bench or stored["bench"]
     if not bench:
         raise ValueError("--regrade needs --bench (the records do not name the benchmark they were evaluated on)")

@@ -7,6 +7,7 @@ Qwen2.5-Math's chain-of-thought prompt rendered through the checkpoint's chat te
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
 import warnings
@@ -162,6 +163,30 @@ def gpqa_options(question: str, correct: str, incorrect: Iterable[str], seed: in
     return tuple(options[index] for index in order), "ABCD"[order.index(0)]
 
 
+MAX_OPTION_ORDERS = 24  # 4! orders of four options
+
+
+def gpqa_option_orders(question: str, correct: str, incorrect: Iterable[str],
+                       count: int) -> list[tuple[tuple[str, ...], str]]:
+    """``count`` distinct orders of a GPQA question's options, as `gpqa_options` returns them.
+
+    Order 0 is `gpqa_options`' own; orders 1-3 rotate it, so that with four orders the correct
+    option stands once under each letter (a model's favourite letter then shows in the
+    per-order accuracies); orders 4-23 are the other permutations in an order seeded by the
+    question. Distinct: a greedy model answers a repeated prompt alike, which would count it twice.
+    """
+    if not 1 <= count <= MAX_OPTION_ORDERS:
+        raise ValueError(f"option orders must be in [1, {MAX_OPTION_ORDERS}] (four options have 24 orders), got {count}")
+    incorrect = list(incorrect)
+    first, _ = gpqa_options(question, correct, incorrect)
+    rotations = [first[-k:] + first[:-k] if k else first for k in range(4)]
+    others = sorted(set(itertools.permutations(first)) - set(rotations))
+    digest = hashlib.sha256(f"orders:{question}".encode()).digest()
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(others)
+    right = correct.strip()
+    return [(options, "ABCD"[options.index(right)]) for options in (rotations + others)[:count]]
+
+
 def gpqa_question(question: str, correct: str, incorrect: Iterable[str], seed: int = 0) -> tuple[str, str]:
     """A GPQA user message with the four options in `gpqa_options`' order.
 
@@ -256,18 +281,16 @@ def _problems_from_row(row: dict[str, Any], problem_id: str, spec: BenchSpec, p_
         return []
     if not spec.multiple_choice:
         return [Problem(problem_id, question, answer)]
-    problems = []
-    for order in range(option_orders):
-        options, letter = gpqa_options(question, answer, distractors, seed=order)  # type: ignore[arg-type]
-        problems.append(Problem(option_order_id(problem_id, order), gpqa_message(question, options), letter, options,
-                                option_order=order))
-    return problems
+    orders = gpqa_option_orders(question, answer, distractors, option_orders)  # type: ignore[arg-type]
+    return [Problem(option_order_id(problem_id, order), gpqa_message(question, options), letter, options,
+                    option_order=order) for order, (options, letter) in enumerate(orders)]
 
 
 def check_option_orders(bench: str, option_orders: int) -> None:
-    """ValueError unless ``option_orders`` >= 1, and 1 for a benchmark without options."""
-    if option_orders < 1:
-        raise ValueError(f"option_orders must be >= 1, got {option_orders}")
+    """ValueError unless ``option_orders`` is in [1, 24], and 1 for a benchmark without options."""
+    if not 1 <= option_orders <= MAX_OPTION_ORDERS:
+        raise ValueError(f"option_orders must be in [1, {MAX_OPTION_ORDERS}] (four options have 24 orders), "
+                         f"got {option_orders}")
     if option_orders > 1 and not get_bench(bench).multiple_choice:
         choice = ", ".join(name for name, spec in sorted(BENCHES.items()) if spec.multiple_choice)
         raise ValueError(f"{bench} has no answer options to shuffle; option orders apply to {choice}")
@@ -297,9 +320,9 @@ def load_problems(
     object (chat messages, say) where text belongs one naming the row and column.
     ``problem_field`` / ``answer_field`` override the registry's column names.
 
-    ``option_orders`` (multiple-choice benchmarks): each question becomes that many problems,
-    its options shuffled once per order (order k seeded by k and the question text; order 0 is
-    the single-order run's, under the question's own id, order k > 0 under "<id>#order<k>"), so
+    ``option_orders`` (multiple-choice benchmarks, 1-24): each question becomes that many
+    problems, its options in distinct orders (`gpqa_option_orders`: order 0 is the
+    single-order run's, under the question's own id, order k > 0 under "<id>#order<k>"), so
     that the accuracy averages over option orders. ``limit`` counts questions.
     """
     spec = get_bench(bench)

@@ -112,8 +112,9 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
         if mismatch := _setting_mismatch(record, settings):
             raise ValueError(f"resume: {path}:{number} {mismatch}; give another output file or leave out resume")
         if record.get("id") not in ids:
+            orders = f" (give --option-orders {record['option_order'] + 1} or more)" if record.get("option_order") else ""
             raise ValueError(f"resume: {path}:{number} holds problem {record.get('id')!r}, which is not among the "
-                             f"{len(ids)} problems of this run")
+                             f"{len(ids)} problems of this run{orders}")
         if record["id"] in seen:  # a summary would count the problem twice
             raise ValueError(f"resume: {path}:{number} repeats problem {record['id']!r} of line {seen[record['id']]}; "
                              "give another output file or leave out resume")
@@ -145,9 +146,10 @@ def grade_fields(records: list[dict[str, Any]]) -> dict[str, Any]:
     from here)."""
     n_correct = sum(bool(r["correct"]) for r in records)
     by_order: dict[int, list[bool]] = {}
-    for record in records:
-        if record.get("option_order") is not None:
-            by_order.setdefault(record["option_order"], []).append(bool(record["correct"]))
+    if any(record.get("option_order") is not None for record in records):
+        for record in records:
+            # A record of an older version (no option_order: its one order) is order 0's.
+            by_order.setdefault(record.get("option_order") or 0, []).append(bool(record["correct"]))
     return {"n_correct": n_correct, "accuracy": n_correct / len(records),
             "n_no_box": sum(r["extracted"] is None for r in records),
             "accuracy_by_option_order": [sum(c) / len(c) for _, c in sorted(by_order.items())]
