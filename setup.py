@@ -55,21 +55,23 @@ def cmake_executable() -> str:
         return "cmake"
 
 
-def wheel_nvrtc(torch_dir: Path, cuda_home: str) -> Path | None:
+def wheel_nvrtc(torch_dir: Path, cuda_home: str, cuda_version: str) -> Path | None:
     """The libnvrtc of the NVIDIA wheel beside a PyPI torch, when the CUDA toolkit has none.
 
     torch's CMake config lists libnvrtc among the CUDA libraries and stops the configure without
     it ("CUDA_nvrtc_LIBRARY ... NOTFOUND"), though this module never calls NVRTC (the linker
     drops it). Toolkits without it exist (conda's cuda-nvcc, a minimal runfile install), and a
     PyPI torch depends on a wheel that ships it: nvidia/cu13/lib for CUDA 13 builds,
-    nvidia/cuda_nvrtc/lib for CUDA 12 ones.
+    nvidia/cuda_nvrtc/lib for CUDA 12 ones; only one of torch's CUDA major version
+    (``cuda_version``, e.g. "13.0") is taken, as a venv moved from cu12 to cu13 keeps both.
     """
     is_nvrtc = re.compile(r"libnvrtc\.so(\.[0-9]+)*")  # not libnvrtc-builtins or libnvrtc.alt
     for folder in ("lib64", "lib", "targets/*/lib"):
         if any(is_nvrtc.fullmatch(f.name) for f in Path(cuda_home).glob(f"{folder}/libnvrtc.so*")):
             return None
-    wheels = sorted(f for f in torch_dir.parent.glob("nvidia/*/lib/libnvrtc.so*") if is_nvrtc.fullmatch(f.name))
-    return wheels[-1] if wheels else None
+    of_major = re.compile(rf"libnvrtc\.so\.{re.escape(cuda_version.split('.')[0])}(\.[0-9]+)*")
+    wheels = sorted(f for f in torch_dir.parent.glob("nvidia/*/lib/libnvrtc.so*") if of_major.fullmatch(f.name))
+    return wheels[0] if wheels else None
 
 
 def license_metadata() -> dict[str, str]:
@@ -116,7 +118,7 @@ class CMakeBuild(build_ext):
             configure.append(f"-DCUDA_TOOLKIT_ROOT_DIR={cuda_home}")
             if not os.environ.get("CUDACXX"):
                 configure.append(f"-DCMAKE_CUDA_COMPILER={Path(cuda_home, 'bin', 'nvcc')}")
-            nvrtc = wheel_nvrtc(Path(torch.__file__).resolve().parent, cuda_home)
+            nvrtc = wheel_nvrtc(Path(torch.__file__).resolve().parent, cuda_home, torch.version.cuda)
             if nvrtc is not None:  # both names: torch caches the second from the first at its first configure
                 configure += [f"-DCUDA_nvrtc_LIBRARY={nvrtc}", f"-DCUDA_NVRTC_LIB={nvrtc}"]
         elif with_cuda and not (os.environ.get("CUDACXX") or shutil.which("nvcc")):

@@ -131,15 +131,18 @@ def test_a_toolkit_without_nvrtc_borrows_the_one_beside_a_pypi_torch(monkeypatch
     (site / "torch").mkdir(parents=True)
     (toolkit / "lib64").mkdir(parents=True)
     (toolkit / "lib64" / "libcudart.so.13").touch()
-    assert script.wheel_nvrtc(site / "torch", str(toolkit)) is None  # nothing to borrow: CMake reports it
+    assert script.wheel_nvrtc(site / "torch", str(toolkit), "13.0") is None  # nothing to borrow: CMake reports it
 
-    wheel_lib = site / "nvidia" / "cu13" / "lib"
-    wheel_lib.mkdir(parents=True)
-    for name in ("libnvrtc-builtins.so.13.0", "libnvrtc.alt.so.13", "libnvrtc.so.13"):
-        (wheel_lib / name).touch()
-    assert script.wheel_nvrtc(site / "torch", str(toolkit)) == wheel_lib / "libnvrtc.so.13"
+    wheel_lib, old_lib = site / "nvidia" / "cu13" / "lib", site / "nvidia" / "cuda_nvrtc" / "lib"
+    for folder, names in ((wheel_lib, ("libnvrtc-builtins.so.13.0", "libnvrtc.alt.so.13", "libnvrtc.so.13")),
+                          (old_lib, ("libnvrtc.so.12",))):  # a venv moved from a cu12 torch keeps its wheel
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).touch()
+    assert script.wheel_nvrtc(site / "torch", str(toolkit), "13.0") == wheel_lib / "libnvrtc.so.13"
+    assert script.wheel_nvrtc(site / "torch", str(toolkit), "12.8") == old_lib / "libnvrtc.so.12"
 
     # A toolkit with its own libnvrtc (in any of its library folders) keeps it.
     (toolkit / "targets" / "x86_64-linux" / "lib").mkdir(parents=True)
     (toolkit / "targets" / "x86_64-linux" / "lib" / "libnvrtc.so").touch()
-    assert script.wheel_nvrtc(site / "torch", str(toolkit)) is None
+    assert script.wheel_nvrtc(site / "torch", str(toolkit), "13.0") is None

@@ -264,5 +264,8 @@ def test_cli_generate_and_eval_without_tokenizer_files_say_so_and_take_tokenizer
         assert cli.main([*argv, "--model", str(tmp_path / "weights"), "--tokenizer", str(tmp_path / "weights"),
                          "--device", "cpu"]) == 2
         assert "pass --tokenizer" not in capsys.readouterr().err  # it was passed: no advice in circles
+        assert cli.main([*argv, "--model", str(tmp_path / "weights"), "--tokenizer", str(tmp_path / "nowhere"),
+                         "--device", "cpu"]) == 2
+        assert "--tokenizer '" in (err := capsys.readouterr().err) and "nowhere': no such directory" in err, err
         assert cli.main([*argv, "--model", str(tmp_path / "weights"), "--tokenizer", str(tmp_path / "tokenizer"),
                          "--device", "cpu"]) == 0, capsys.readouterr().err

@@ -339,8 +339,9 @@ def test_resume_with_another_length_is_refused_where_the_schedule_depends_on_it(
             resume(max_steps=6, lr_scheduler=scheduler, warmup_ratio=warmup)
         resume(max_steps=4, lr_scheduler=scheduler, warmup_ratio=warmup)  # an interrupted run goes on
         resume(max_steps=-1, lr_scheduler=scheduler, warmup_ratio=warmup)  # epochs: not checked here
-    resume(max_steps=6, lr_scheduler="constant")  # the same learning rate at every step: longer is fine
-    resume(max_steps=6, lr_scheduler="constant_with_warmup", warmup_ratio=0.0)
+    # Schedules the run's length does not shape: longer is fine.
+    for scheduler in ("constant", "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "greedy"):
+        resume(max_steps=6, lr_scheduler=scheduler, warmup_ratio=0.0)
 
 
 def test_resume_without_a_checkpoint_is_refused_up_front(tmp_path):

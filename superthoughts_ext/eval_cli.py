@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
     parser.add_argument("--option-orders", type=int, default=1, metavar="N",
                         help="multiple-choice benchmarks (gpqa_diamond): ask each question with its options in N "
-                             "shuffled orders and average the accuracy over them (default 1; order 0 is the same "
-                             "in every run)")
+                             "distinct orders (1-24) and average the accuracy over them (default 1; order 0 is the "
+                             "same in every run)")
     parser.add_argument("--batch-size", type=int, default=8, help="problems decoded together")
     parser.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per problem")
     parser.add_argument("--output", help="per-problem JSONL (default eval-<bench>-<mode>.jsonl)")

@@ -70,6 +70,8 @@ def load_checkpoint(path: str, device: str | None, dtype: str, tokenizer: str | 
     from superthoughts_ext.modeling import load_model, load_tokenizer
 
     tokenizer_path = tokenizer or path
+    if tokenizer and not Path(tokenizer).is_dir():  # before the weights load (minutes for a 7B model)
+        raise FileNotFoundError(f"--tokenizer {tokenizer!r}: no such directory")
     if Path(tokenizer_path).is_dir() and not has_tokenizer_files(tokenizer_path):
         # Checked before the weights load; transformers would build an empty tokenizer here.
         hint = "" if tokenizer else "; pass --tokenizer DIR (the base model's directory, say)"

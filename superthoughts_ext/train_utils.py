@@ -192,13 +192,23 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
         _check_run_length(Path(last), max_steps, lr_scheduler, warmup_ratio)
 
 
+# transformers' schedules whose shape is set by the run's length (decays to the last step), and
+# those whose warmup is (warmup_ratio of the length); constant, reduce_lr_on_plateau, greedy and
+# warmup-free inverse_sqrt are not.
+LENGTH_SHAPED_SCHEDULES = frozenset({"linear", "cosine", "cosine_with_restarts", "polynomial", "cosine_with_min_lr",
+                                     "cosine_warmup_with_min_lr", "warmup_stable_decay"})
+WARMUP_SCHEDULES = frozenset({"constant_with_warmup", "inverse_sqrt"})
+
+
 def _check_run_length(checkpoint: Path, max_steps: int, lr_scheduler: str, warmup_ratio: float) -> None:
     """ValueError when --max-steps differs from the length of the run that wrote `checkpoint`
-    (its trainer_state.json) and the learning-rate schedule depends on that length (all but a
-    constant one without warmup): Trainer would go on under a schedule rebuilt for the new
-    length from the middle of the old one (seen: a 4-step linear run resumed to 6 steps logged
-    lr 0, then 9.5e-5), not under either run's."""
-    if lr_scheduler == "constant" or (lr_scheduler == "constant_with_warmup" and warmup_ratio == 0):
+    (its trainer_state.json) and the learning-rate schedule depends on that length
+    (LENGTH_SHAPED_SCHEDULES, or a warmup of WARMUP_SCHEDULES): Trainer would go on under a
+    schedule rebuilt for the new length from the middle of the old one (seen: a 4-step linear
+    run resumed to 6 steps logged lr 0, then 9.5e-5), not under either run's. A resume without
+    --max-steps (a length in epochs, known once the data is loaded) is not checked."""
+    shaped = lr_scheduler in LENGTH_SHAPED_SCHEDULES or (warmup_ratio > 0 and lr_scheduler in WARMUP_SCHEDULES)
+    if not shaped:
         return
     try:
         planned = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("max_steps")
