@@ -112,7 +112,7 @@ def test_cli_evaluates_a_plain_checkpoint(
     summary = json.loads(summary_path(out).read_text())
     assert summary["mode"] == "standard" and summary["n"] == 3 and summary["model"] == str(tmp_path / "ckpt")
     assert "amc23 [standard]" in capsys.readouterr().out
-    assert run(parse_cli(argv + ["--mode", "superthoughts"])) == 2
+    assert run(parse_cli(argv + ["--mode", "superthoughts", "--overwrite"])) == 2
     assert "use --mode standard" in capsys.readouterr().err
 
 
@@ -170,6 +170,7 @@ def test_cli_refuses_to_replace_a_finished_run_before_decoding(
     assert run_cli([*fake_cli.argv, "--threshold", "0.9", "0.99", "--output", str(out)]) == 2
     assert "holds the records of an earlier run" in capsys.readouterr().err
     assert fake_cli.calls == [] and not sweep_output(out, 0.9).exists()  # nothing decoded or written
+    assert fake_cli.loaded == []  # refused before the weights load
     assert run_cli([*fake_cli.argv, "--threshold", "0.9", "0.99", "--output", str(out), "--overwrite"]) == 0
     assert len(read_jsonl(sweep_output(out, 0.99))) == len(PROBLEMS)
 
@@ -244,7 +245,7 @@ def test_cli_threshold_sweep_loads_the_model_once(fake_cli: SimpleNamespace, tmp
     assert "threshold=0.99, this run has threshold=0.5" in capsys.readouterr().err
     assert run_cli(argv + ["0.9", "1.5"]) == 2
     assert "must lie in [0, 1], got 0.9 1.5" in capsys.readouterr().err
-    assert run_cli(argv + ["0.9", "--mode", "pairs"]) == 2
+    assert run_cli(argv + ["0.9", "--mode", "pairs", "--overwrite"]) == 2
     assert "applies to superthoughts mode, not pairs" in capsys.readouterr().err
 
 

@@ -164,8 +164,7 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
                              problems: list[Problem], mode: str) -> int:
     """One `evaluate` per --threshold (one output file each), the model loaded once."""
     thresholds = args.threshold or [None]
-    output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
-    outputs = [output] if len(thresholds) == 1 else [sweep_output(output, t) for t in thresholds]
+    outputs = output_files(args, mode)
     for path in outputs:  # every file of a sweep before its first threshold decodes
         check_records_file(path, resume=args.resume, overwrite=args.overwrite)
     for threshold, path in zip(thresholds, outputs):
@@ -202,7 +201,10 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:
             return _run_compare(args.compare, args.plot)
         problems = _checked_problems(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        if args.output:  # the default name needs the mode, which the checkpoint decides
+            for path in output_files(args, args.mode or "standard"):  # before the weights load (minutes)
+                check_records_file(path, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         return _error(error)
 
     from superthoughts_ext.generate_cli import load_checkpoint
@@ -244,6 +246,13 @@ def check_thresholds(thresholds: list[float] | None) -> None:
     repeated = list(dict.fromkeys(label for label in labels if labels.count(label) > 1))
     if repeated:
         raise ValueError(f"--threshold {' '.join(repeated)} given more than once; give each threshold once")
+
+
+def output_files(args: argparse.Namespace, mode: str) -> list[Path]:
+    """The records file of each --threshold (one without a sweep): --output, or by default
+    eval-<bench>-<mode>.jsonl."""
+    output = Path(args.output or f"eval-{args.bench}-{mode}.jsonl")
+    return [output] if len(args.threshold or [None]) == 1 else [sweep_output(output, t) for t in args.threshold]
 
 
 def sweep_output(output: str | Path, threshold: float) -> Path:
