@@ -165,8 +165,9 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
     """One `evaluate` per --threshold (one output file each), the model loaded once."""
     thresholds = args.threshold or [None]
     outputs = output_files(args, mode)
-    for path in outputs:  # every file of a sweep before its first threshold decodes
-        check_records_file(path, resume=args.resume, overwrite=args.overwrite)
+    if not args.output:  # run() checked --output's files before the model loaded; the default names need the mode
+        for path in outputs:  # every file of a sweep before its first threshold decodes
+            check_records_file(path, resume=args.resume, overwrite=args.overwrite)
     for threshold, path in zip(thresholds, outputs):
         summary = evaluate(
             model,

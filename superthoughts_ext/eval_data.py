@@ -166,6 +166,11 @@ def gpqa_options(question: str, correct: str, incorrect: Iterable[str], seed: in
 MAX_OPTION_ORDERS = 24  # 4! orders of four options
 
 
+def _check_order_count(count: int) -> None:
+    if not 1 <= count <= MAX_OPTION_ORDERS:
+        raise ValueError(f"option_orders must be in [1, {MAX_OPTION_ORDERS}] (four options have 24 orders), got {count}")
+
+
 def gpqa_option_orders(question: str, correct: str, incorrect: Iterable[str],
                        count: int) -> list[tuple[tuple[str, ...], str]]:
     """``count`` distinct orders of a GPQA question's options, as `gpqa_options` returns them.
@@ -175,8 +180,7 @@ def gpqa_option_orders(question: str, correct: str, incorrect: Iterable[str],
     per-order accuracies); orders 4-23 are the other permutations in an order seeded by the
     question. Distinct: a greedy model answers a repeated prompt alike, which would count it twice.
     """
-    if not 1 <= count <= MAX_OPTION_ORDERS:
-        raise ValueError(f"option orders must be in [1, {MAX_OPTION_ORDERS}] (four options have 24 orders), got {count}")
+    _check_order_count(count)
     incorrect = list(incorrect)
     first, _ = gpqa_options(question, correct, incorrect)
     rotations = [first[-k:] + first[:-k] if k else first for k in range(4)]
@@ -288,9 +292,7 @@ def _problems_from_row(row: dict[str, Any], problem_id: str, spec: BenchSpec, p_
 
 def check_option_orders(bench: str, option_orders: int) -> None:
     """ValueError unless ``option_orders`` is in [1, 24], and 1 for a benchmark without options."""
-    if not 1 <= option_orders <= MAX_OPTION_ORDERS:
-        raise ValueError(f"option_orders must be in [1, {MAX_OPTION_ORDERS}] (four options have 24 orders), "
-                         f"got {option_orders}")
+    _check_order_count(option_orders)
     if option_orders > 1 and not get_bench(bench).multiple_choice:
         choice = ", ".join(name for name, spec in sorted(BENCHES.items()) if spec.multiple_choice)
         raise ValueError(f"{bench} has no answer options to shuffle; option orders apply to {choice}")
