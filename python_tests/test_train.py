@@ -313,12 +313,12 @@ def test_resume_refuses_a_checkpoint_of_another_kind_of_run(tmp_path):
     kinds = {"st-full": "a SuperThoughts full run", "sft-full": "a baseline full run",
              "st-lora4": "a SuperThoughts LoRA r=4 run", "sft-lora8": "a baseline LoRA r=8 run"}
     for name in written:
-        for run, (baseline, lora_r) in runs.items():
+        for this_run, (baseline, lora_r) in runs.items():
             resume = lambda: check_resume(tmp_path / "o", str(tmp_path / name), baseline=baseline, lora_r=lora_r)
-            if run == name:
+            if this_run == name:
                 resume()
                 continue
-            with pytest.raises(ValueError, match=rf"{name}' was written by {kinds[name]}, and this is {kinds[run]}; "
+            with pytest.raises(ValueError, match=rf"{name}' was written by {kinds[name]}, and this is {kinds[this_run]}; "
                                                  "resume with the options of the run that wrote it"):
                 resume()
 
@@ -338,10 +338,28 @@ def test_resume_with_another_length_is_refused_where_the_schedule_depends_on_it(
                                              r"resume with --max-steps 4"):
             resume(max_steps=6, lr_scheduler=scheduler, warmup_ratio=warmup)
         resume(max_steps=4, lr_scheduler=scheduler, warmup_ratio=warmup)  # an interrupted run goes on
-        resume(max_steps=-1, lr_scheduler=scheduler, warmup_ratio=warmup)  # epochs: not checked here
+        resume(max_steps=-1, lr_scheduler=scheduler, warmup_ratio=warmup)  # epochs: checked at train begin
     # Schedules the run's length does not shape: longer is fine.
     for scheduler in ("constant", "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "greedy"):
         resume(max_steps=6, lr_scheduler=scheduler, warmup_ratio=0.0)
+
+
+def test_resume_to_another_number_of_epochs_is_refused_before_the_first_step(base_dirs, tmp_path):
+    # A length in epochs is known once Trainer has counted the batches: 8 rows in batches of 4,
+    # 2 steps an epoch. Under a linear schedule 2 epochs resumed as 3 is refused at train begin.
+    opts = dict(model=base_dirs["qwen2"], data=base_dirs["data"], rho_max=0.0, output_dir=tmp_path / "o")
+    epochs = {**FAST, "max_steps": -1, "batch_size": 4, "save_steps": 2, "lr_scheduler": "linear"}
+    first = train(TrainOptions(**opts, **{**epochs, "num_epochs": 2}))
+    assert first.global_step == 4
+    with pytest.raises(ValueError, match=r"checkpoint-4' is from a run of 4 steps, and this one has 6 steps "
+                                         r"\(--epochs 3 of this data and batch size\); resume with --max-steps 4"):
+        train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": 3}))
+    assert sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # The same length goes on (here: nothing left to train); a constant schedule may be extended.
+    assert train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": 2})).global_step == 4
+    extended = train(TrainOptions(**opts, resume_from_checkpoint=True,
+                                  **{**epochs, "num_epochs": 3, "lr_scheduler": "constant"}))
+    assert extended.global_step == 6
 
 
 def test_resume_without_a_checkpoint_is_refused_up_front(tmp_path):

@@ -54,7 +54,7 @@ from superthoughts_ext import train_data, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, format_warning
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
-from superthoughts_ext.trainer import SuperThoughtsTrainer, TrainingArgumentsCpuFix
+from superthoughts_ext.trainer import ResumedLengthCheck, SuperThoughtsTrainer, TrainingArgumentsCpuFix
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -250,10 +250,11 @@ def train(options: TrainOptions) -> TrainResult:
     from superthoughts_ext.data import SuperThoughtsCollator
 
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
-    train_utils.check_resume(options.output_dir, options.resume_from_checkpoint, baseline=options.baseline,
-                             lora_r=options.lora_r, max_steps=options.max_steps,
-                             lr_scheduler=str(getattr(options.lr_scheduler, "value", options.lr_scheduler)),
-                             warmup_ratio=options.warmup_ratio)
+    lr_scheduler = str(getattr(options.lr_scheduler, "value", options.lr_scheduler))
+    checkpoint = train_utils.check_resume(options.output_dir, options.resume_from_checkpoint,
+                                          baseline=options.baseline, lora_r=options.lora_r,
+                                          max_steps=options.max_steps, lr_scheduler=lr_scheduler,
+                                          warmup_ratio=options.warmup_ratio)
     train_utils.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
@@ -316,6 +317,8 @@ def train(options: TrainOptions) -> TrainResult:
         model=model, args=args, data_collator=collator, train_dataset=rows,
         processing_class=tokenizer,
     )
+    if checkpoint is not None and options.max_steps <= 0:
+        trainer.add_callback(ResumedLengthCheck(checkpoint, lr_scheduler, options.warmup_ratio))
     output = trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
     metrics = dict(output.metrics)
     # transformers' PrinterCallback (no progress bar) pops total_flos out of the metrics it logs.

@@ -162,14 +162,16 @@ def _example_name(examples: list[dict[str, list[int]]], index: int) -> str:
 
 def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
                  baseline: bool = False, lora_r: int = 0, max_steps: int = -1, lr_scheduler: str = "constant",
-                 warmup_ratio: float = 0.0) -> None:
+                 warmup_ratio: float = 0.0) -> Path | None:
     """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
     last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
     (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
     non-strictly and fails later, if at all, on an unrelated error) and, with `max_steps` > 0 and
     a learning-rate schedule that depends on the run's length, of a run of that many steps; a new run (no `resume`) must not start in a directory holding
     an earlier run's checkpoint-N folders. Trainer would write its own beside them, rotate by
-    step number (keeping the old run's higher ones) and a later --resume would pick up the old run."""
+    step number (keeping the old run's higher ones) and a later --resume would pick up the old run.
+    Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
+    is checked against it once Trainer knows that length (`check_run_length` in a callback)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     if isinstance(resume, (str, os.PathLike)):
@@ -177,8 +179,8 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
         if not checkpoint.is_dir():
             raise FileNotFoundError(f"train: --resume {os.fspath(resume)!r}: no such checkpoint directory")
         _check_checkpoint_kind(checkpoint, baseline, lora_r)
-        _check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
-        return
+        check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
+        return checkpoint
     out = Path(os.fspath(output_dir))
     last = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
     if resume and last is None:
@@ -187,9 +189,11 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     if not resume and last is not None:
         raise ValueError(f"train: {os.fspath(out)!r} holds checkpoints of an earlier run (last: {Path(last).name}); "
                          "--resume continues that run, a new one needs another --output (or those folders removed)")
-    if resume:
-        _check_checkpoint_kind(Path(last), baseline, lora_r)
-        _check_run_length(Path(last), max_steps, lr_scheduler, warmup_ratio)
+    if not resume:
+        return None
+    _check_checkpoint_kind(Path(last), baseline, lora_r)
+    check_run_length(Path(last), max_steps, lr_scheduler, warmup_ratio)
+    return Path(last)
 
 
 # transformers' schedules whose shape is set by the run's length (decays to the last step), and
@@ -200,24 +204,25 @@ LENGTH_SHAPED_SCHEDULES = frozenset({"linear", "cosine", "cosine_with_restarts",
 WARMUP_SCHEDULES = frozenset({"constant_with_warmup", "inverse_sqrt"})
 
 
-def _check_run_length(checkpoint: Path, max_steps: int, lr_scheduler: str, warmup_ratio: float) -> None:
-    """ValueError when --max-steps differs from the length of the run that wrote `checkpoint`
-    (its trainer_state.json) and the learning-rate schedule depends on that length
-    (LENGTH_SHAPED_SCHEDULES, or a warmup of WARMUP_SCHEDULES): Trainer would go on under a
-    schedule rebuilt for the new length from the middle of the old one (seen: a 4-step linear
-    run resumed to 6 steps logged lr 0, then 9.5e-5), not under either run's. A resume without
-    --max-steps (a length in epochs, known once the data is loaded) is not checked."""
+def check_run_length(checkpoint: Path, max_steps: int, lr_scheduler: str, warmup_ratio: float, *,
+                     length: str | None = None) -> None:
+    """ValueError when this run's `max_steps` (its --max-steps; <= 0: unknown yet, not checked)
+    differs from the length of the run that wrote `checkpoint` (its trainer_state.json) and the
+    learning-rate schedule depends on that length (LENGTH_SHAPED_SCHEDULES, or a warmup of
+    WARMUP_SCHEDULES): Trainer would go on under a schedule rebuilt for the new length from the
+    middle of the old one (seen: a 4-step linear run resumed to 6 steps logged lr 0, then
+    9.5e-5), not under either run's. `length` describes a length Trainer worked out (epochs)."""
     shaped = lr_scheduler in LENGTH_SHAPED_SCHEDULES or (warmup_ratio > 0 and lr_scheduler in WARMUP_SCHEDULES)
-    if not shaped:
+    if not shaped or max_steps <= 0:
         return
     try:
         planned = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("max_steps")
     except (ValueError, OSError):
         return  # not a state this check can read; Trainer says what is missing
-    if max_steps > 0 and isinstance(planned, int) and planned != max_steps:
+    if isinstance(planned, int) and planned != max_steps:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is from a run of {planned} steps, and this one "
-                         f"has --max-steps {max_steps}; resume with --max-steps {planned}, or train further from the "
-                         "finished model (--model) as a new run with its own schedule")
+                         f"has {length or f'--max-steps {max_steps}'}; resume with --max-steps {planned}, or train "
+                         "further from the finished model (--model) as a new run with its own schedule")
 
 
 def _run_kind(superthoughts: bool, lora_r: int | None) -> str:

@@ -45,6 +45,20 @@ class RunStartCallback(TrainerCallback):
         self.start_step = state.global_step
 
 
+class ResumedLengthCheck(TrainerCallback):
+    """Refuses, before the first step, a resumed run whose length in epochs (known once Trainer
+    has counted the batches) differs from the checkpoint's run where the learning-rate schedule
+    depends on it (train_utils.check_run_length; --max-steps is checked before loading)."""
+
+    def __init__(self, checkpoint: os.PathLike, lr_scheduler: str, warmup_ratio: float) -> None:
+        self.checkpoint, self.lr_scheduler, self.warmup_ratio = checkpoint, lr_scheduler, warmup_ratio
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        length = f"{state.max_steps} steps (--epochs {args.num_train_epochs:g} of this data and batch size)"
+        train_utils.check_run_length(self.checkpoint, state.max_steps, self.lr_scheduler, self.warmup_ratio,
+                                     length=length)
+
+
 class SuperThoughtsTrainer(Trainer):
     """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
 
