@@ -188,8 +188,13 @@ def test_distillation_kl_against_frozen_teacher():
     # The teacher's [B, T', V] logits are never built: its head weight scores the gathered rows only.
     teacher_head_calls = []
     teacher.lm_head.register_forward_hook(lambda *args: teacher_head_calls.append(1))
+    # Nor a KV cache (the teacher's config asks for one): it would live until the loss is computed.
+    assert teacher.config.use_cache
+    teacher_caches = []
+    teacher.model.register_forward_hook(lambda module, args, output: teacher_caches.append(output.past_key_values))
     out = model.train()(**batch)
     assert not teacher_head_calls
+    assert teacher_caches == [None]
     # Oracle: KL(teacher || student main head) at each main target, averaged over targets.
     with torch.no_grad():
         t_logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits

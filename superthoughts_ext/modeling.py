@@ -336,7 +336,10 @@ class SuperThoughtsForCausalLM(nn.Module):
             # Hidden states only, gathered at the N scored positions: the teacher's full logits
             # [B, T', V] (and the [N, V] float32 log-softmaxes after them) were the largest tensors
             # of a distillation step at V = 152k.
-            t_hidden = teacher.model(input_ids=teacher_input_ids, attention_mask=teacher_attention_mask)
+            # No KV cache: the teacher's config asks for one (use_cache True, as loaded), which would
+            # hold every layer's keys and values of the batch until the loss is computed.
+            t_hidden = teacher.model(input_ids=teacher_input_ids, attention_mask=teacher_attention_mask,
+                                     use_cache=False)
             t_rows = t_hidden.last_hidden_state[rows, teacher_index[rows, cols]]  # [N, H]
         weights = h_main.new_full((rows.numel(),), 1.0 / rows.numel(), dtype=torch.float32)
         loss, _ = head_kl_divergence(self.backbone.get_output_embeddings(), h_main, teacher.get_output_embeddings(),
