@@ -148,7 +148,19 @@ def load_rows(rows: list[dict], max_length: int | None = None) -> list[dict]:
     ([{"prompt_ids": [5], "response_ids": [5, -100, 6]}], r"row 1: response_ids holds the negative token id -100"),
     ([{"prompt_ids": [5.0], "response_ids": [6]}], r"row 1: prompt_ids must be a list of int token ids"),
     ([{"prompt_ids": 5, "response_ids": [6]}], r"row 1: prompt_ids must be a list of int token ids"),
-], ids=["all-empty", "empty-prompt", "inner-eos", "negative", "float", "not-a-list"])
+    # operator.index reads True as 1, and bytes iterate to ints: neither is a list of token ids.
+    ([{"prompt_ids": [True, 7], "response_ids": [6]}], r"row 1: prompt_ids must be a list of int token ids"),
+    ([{"prompt_ids": [5], "response_ids": b"ab"}], r"row 1: response_ids must be a list of int token ids"),
+    # A misspelt field in a later row is named there (all rows were read as text rows: "row 1: no
+    # field 'problem'"); so is a text row among tokenised ones.
+    ([{"prompt_ids": [5], "response_ids": [6]}] * 2 + [{"prompt_ids": [5], "response_id": [6]}],
+     r"row 3: no field 'response_ids'; the row has 'prompt_ids', 'response_id' \(tokenised rows need"),
+    ([{"prompt_ids": [5], "response_ids": [6]}, {"problem": "what is 1 + 2", "solution": "3"}],
+     r"row 2: no field 'prompt_ids'; the row has 'problem', 'solution'"),
+    ([{"prompt_ids": [5], "response_ids": [6]}, [5, 6]], r"row 2: expected a mapping with prompt_ids and "
+                                                          r"response_ids, got list"),
+], ids=["all-empty", "empty-prompt", "inner-eos", "negative", "float", "not-a-list", "bool", "bytes",
+        "misspelt-later-row", "text-row-among-tokenised", "not-a-mapping"])
 def test_pretokenised_rows_are_checked_up_front(rows, message):
     with pytest.raises(ValueError, match=message):
         load_rows(rows)

@@ -53,7 +53,9 @@ def load_examples(
         where = os.fspath(path)
     else:
         rows = list(data)
-        if rows and all(isinstance(r, Mapping) and "prompt_ids" in r and "response_ids" in r for r in rows):
+        # One row with token ids makes them all tokenised rows: a typo in a later row's field is
+        # then named there, not blamed on row 1 as a missing "problem".
+        if any(isinstance(r, Mapping) and ("prompt_ids" in r or "response_ids" in r) for r in rows):
             examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where="train", max_length=max_length)
         else:
             examples = _encode_rows(
@@ -77,6 +79,8 @@ def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBa
 
 def _token_ids(values: Any, at: str, name: str) -> list[int]:
     try:
+        if isinstance(values, (str, bytes)) or any(isinstance(t, bool) for t in values):
+            raise TypeError  # operator.index takes True as 1; a string iterates to characters
         ids = [operator.index(t) for t in values]
     except TypeError:
         raise ValueError(f"{at}: {name} must be a list of int token ids, got {values!r:.80}") from None
@@ -100,6 +104,12 @@ def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str
     too_long: list[int] = []
     for number, row in enumerate(rows, start=1):
         at = f"{where}: row {number}"
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{at}: expected a mapping with prompt_ids and response_ids, got {type(row).__name__}")
+        for name in ("prompt_ids", "response_ids"):
+            if name not in row:
+                raise ValueError(f"{at}: no field {name!r}; the row has {', '.join(map(repr, row)) or 'none'} "
+                                 "(tokenised rows need prompt_ids and response_ids)")
         prompt = _token_ids(row["prompt_ids"], at, "prompt_ids")
         response = _token_ids(row["response_ids"], at, "response_ids")
         if not prompt:
