@@ -149,6 +149,21 @@ def test_stop_token_ids_model_first_then_the_tokenizer_and_chat_turn_ends(backbo
         stop_token_ids(SimpleNamespace())
 
 
+def test_a_model_trained_in_this_process_stops_on_its_checkpoints_ids(model, tmp_path) -> None:
+    from superthoughts_ext.modeling import load_model
+    from superthoughts_ext.stop_tokens import resolve_eos_ids
+    from superthoughts_ext.train_utils import record_special_tokens
+
+    im_end, endoftext = TOKENIZER.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model.backbone.generation_config.eos_token_id = [endoftext, im_end]  # two turn ends, as Llama-3 lists
+    record_special_tokens(model, TOKENIZER)  # train does this: one EOS on the wrapper's own config
+    assert model.config.eos_token_id == im_end
+    model.save_pretrained(tmp_path)
+    assert resolve_eos_ids(load_model(tmp_path), None) == [im_end, endoftext]
+    # The in-process model read the wrapper config's single id first and ran past <|endoftext|>.
+    assert resolve_eos_ids(model, None) == [im_end, endoftext]
+
+
 def test_cli_generate_stops_at_a_chat_turn_end_its_config_does_not_list(backbone, tmp_path, capsys) -> None:
     # The config lists <|im_end|> only; the model ends its turn with <|endoftext|>, which
     # `superthoughts eval` stops on: so does `superthoughts generate`.

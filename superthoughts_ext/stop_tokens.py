@@ -24,15 +24,19 @@ def vocab_size(model: Any) -> int:
 
 
 def resolve_eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[int]:
-    """The EOS ids decoding stops on (any of them ends a row): the argument, else the model's
-    generation config, else its config. The first is the step op's own (a Qwen chat turn end;
-    generate checks it is a token of the vocabulary); the others are only compared with the output."""
+    """The EOS ids decoding stops on (any of them ends a row): the argument, else the generation
+    config of the model (or of a SuperThoughts model's backbone), else its config. The first is the
+    step op's own (a Qwen chat turn end; generate checks it is a token of the vocabulary); the
+    others are only compared with the output. Generation configs come first: they list every stop
+    id (Llama-3: <|end_of_text|> and <|eot_id|>), while a config names one, and a SuperThoughts
+    model's own config holds one after training (train_utils.record_special_tokens) but not once
+    reloaded (it is not saved): the model trained in this process stops as its checkpoint does."""
     if isinstance(eos_token_id, (list, tuple)) and not eos_token_id:
         raise ValueError("generate: eos_token_id is an empty list; pass None for the model's EOS "
                          "(ignore_eos=True decodes past it)")
     candidates = [eos_token_id]
-    for owner in (model, getattr(model, "backbone", None)):
-        for attr in ("generation_config", "config"):
+    for attr in ("generation_config", "config"):
+        for owner in (model, getattr(model, "backbone", None)):
             candidates.append(getattr(getattr(owner, attr, None), "eos_token_id", None))
     for candidate in candidates:
         if ids := token_ids(candidate):
