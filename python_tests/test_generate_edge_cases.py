@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import test_generate
+import test_generate_io
 from superthoughts_ext.generate import MODES, generate
 from test_generate import CONTEXT, EOS, MIXED_THRESHOLD, PROMPTS, VOCAB, check_stats, left_pad, until_eos
 from test_generate_limits import KERNELS
@@ -114,6 +115,15 @@ def test_ignore_eos_decodes_the_full_budget(model) -> None:
 def test_empty_batch(model) -> None:
     out = generate(model, torch.zeros(0, 5, dtype=torch.int64), max_new_tokens=4)
     assert (out.sequences, out.num_tokens, out.num_steps, out.num_pair_steps) == ([], [], [], [])
+    # A streamer is ended (a TextIteratorStreamer's reader waits for that) ...
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(test_generate_io.TOKENIZER, timeout=5.0)
+    generate(model, torch.zeros(0, 5, dtype=torch.int64), max_new_tokens=4, streamer=streamer)
+    assert "".join(streamer) == ""  # raised queue.Empty after the timeout when never ended
+    # ... and a 1-D tensor is not a batch, even an empty one.
+    with pytest.raises(ValueError, match=r"input_ids must be \[B, T\] int64, got \(0,\)"):
+        generate(model, torch.zeros(0, dtype=torch.int64), max_new_tokens=4)
 
 
 @pytest.mark.parametrize("mode", MODES)

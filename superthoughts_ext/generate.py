@@ -346,9 +346,11 @@ def generate(
     if attention_mask is None:
         warn_unmasked_pads(input_ids, pad_id(model, eos))
         attention_mask = torch.ones_like(input_ids)
+    lengths = check_prompt(input_ids, attention_mask)  # an empty batch too: [0, T], not any empty tensor
     if input_ids.shape[0] == 0:
+        if streamer is not None:
+            streamer.end()  # a consumer of TextIteratorStreamer waits for it
         return GenerateOutput([], [], [], [], 0.0, 0)
-    lengths = check_prompt(input_ids, attention_mask)
     backbone = model.backbone if superthoughts else model
     context = model_context(backbone)
     max_steps = _context_steps(context, lengths, max_new_tokens)
