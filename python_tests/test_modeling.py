@@ -10,6 +10,7 @@ tiny models built here.)
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -83,6 +84,17 @@ def test_decoder_mtp_init_copies_last_layer_and_ignores_z(family):
         out1 = model.mtp(h, torch.randn(2, 4, HIDDEN), pos, mask)
         out2 = model.mtp(h, torch.randn(2, 4, HIDDEN), pos, mask)
     torch.testing.assert_close(out1, out2)  # fc starts as [I, 0]: z enters through learning only
+
+
+def test_pad_falls_back_to_the_eos_with_a_warning():
+    backbone = make_backbone("qwen2")
+    backbone.config.pad_token_id = None  # as in Qwen2.5-Math's config.json
+    with pytest.warns(UserWarning, match=rf"no pad_token_id; PAD is its EOS id {EOS}\. Pass pad_token_id="):
+        assert SuperThoughtsForCausalLM.from_base(backbone).pad_token_id == EOS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert SuperThoughtsForCausalLM.from_base(backbone, pad_token_id=PAD).pad_token_id == PAD
+        assert SuperThoughtsForCausalLM.from_base(make_backbone("qwen2")).pad_token_id == PAD  # the config's
 
 
 def test_head_logits_is_one_gemm_over_both_heads():

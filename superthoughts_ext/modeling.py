@@ -12,6 +12,7 @@ mtp.* (tied aliases such as lm_head.weight stored once).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,17 @@ class SuperThoughtsForCausalLM(nn.Module):
             raise ValueError(f"SuperThoughts: embedding table has {vocab} rows but lm_head has {rows}")
         if config.pad_token_id is None:
             pad = _first_int(getattr(base, "pad_token_id", None))
-            pad = pad if pad is not None else _first_int(getattr(base, "eos_token_id", None))
             if pad is None:
-                raise ValueError("SuperThoughts: the backbone config has neither pad_token_id nor eos_token_id; "
-                                 "pass pad_token_id explicitly")
+                pad = _first_int(getattr(base, "eos_token_id", None))
+                if pad is None:
+                    raise ValueError("SuperThoughts: the backbone config has neither pad_token_id nor eos_token_id; "
+                                     "pass pad_token_id explicitly")
+                # Qwen2.5(-Math) configs name no pad: the wrapper's PAD (the second half of a
+                # single unit) would be the EOS, while a collator given the tokenizer's pad
+                # trains with another id than decoding feeds.
+                warnings.warn(f"SuperThoughts: the backbone config has no pad_token_id; PAD is its EOS id {pad}. "
+                              "Pass pad_token_id= (the tokenizer's pad, as `superthoughts train` does) and collate "
+                              "with model.pad_token_id", stacklevel=3)
             config.pad_token_id = pad
         if not 0 <= config.pad_token_id < vocab:
             raise ValueError(f"SuperThoughts: pad_token_id {config.pad_token_id} is out of range for vocabulary size {vocab}")
