@@ -314,7 +314,7 @@ def generate(
             in mode "superthoughts" (None: model.config.threshold / threshold_main, or 0);
             the other modes ignore them. Compared without rounding the confidence
             (`reference.confidence`): 1.0 keeps a pair only when every other MTP probability
-            underflows float32.
+            underflows float32. The op takes thresholds as float32: 0.99999999 rounds to 1.0.
         temperature: 0 greedy; >= 1e-5 (`samples`) Gumbel-max sampling from a Philox stream
             keyed by `seed` and counted by (step, row, head): reproducible, but a row's samples
             depend on its index in the batch; below 1e-5 greedy as well.
