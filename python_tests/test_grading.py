@@ -89,6 +89,29 @@ def test_extract_answer_rejects_non_text() -> None:
         ("Final answer: D", "D"),
         ("Answer: a lot of energy", None),
         ("\\boxed{A}", "A"),
+        # A letter opening a formula or a word after "the answer is" names no choice either.
+        ("The answer is A = 4-methylcyclohexan-1-ol and B = 5-methylhexan-2-one.", None),
+        ("Answer: B = 2 T", None),
+        ("Answer: D-glucose", None),
+        ("The answer is B-cell mediated.", None),
+        ("the answer is C++", None),
+        ("**Answer: A**", "A"),  # Markdown bold is no operator
+        ("The answer is **B**.", "B"),
+        # Other phrasings and wrappers.
+        ("The correct option is A.", "A"),
+        ("The answer is $\\text{A}$", "A"),
+        ("Answer: \\textbf{C}", "C"),
+        # Boxes: a word before the letter, brackets, nested or other font wrappers, LaTeX spaces.
+        ("\\boxed{Option D}", "D"),
+        ("\\boxed{\\text{Choice (B)}}", "B"),
+        ("\\boxed{[D]}", "D"),
+        ("\\boxed{\\textit{D}}", "D"),
+        ("\\boxed{\\texttt{C}}", "C"),
+        ("\\boxed{\\text{\\textbf{D}}}", "D"),
+        ("\\boxed{\\text{D}\\ \\text{It increases}}", "D"),
+        ("\\boxed{\\ D}", "D"),
+        ("\\boxed{\\quad D}", "D"),
+        ("\\boxed{Optional}", None),
     ],
 )
 def test_extract_choice(text: str, expected: str | None) -> None:

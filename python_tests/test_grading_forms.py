@@ -49,6 +49,12 @@ def test_gpqa_plain_text_exponents_read_as_powers() -> None:
         ("90^\\circ, 90^\\circ", "$\\angle B E A_{1}=90$,$\\angle A E B_{1}=90$", True),
         ("90, 45", "$\\angle A=90$,$\\angle B=45$", True),
         ("\\angle A = 45, \\angle B = 90", "$\\angle A=90$,$\\angle B=45$", False),
+        # Bare values stand in the reference's order (math-verify compared them as a set).
+        ("45, 90", "$\\angle A=90$,$\\angle B=45$", False),
+        ("2, 1", "x=1, y=2", False),
+        ("(2, 1)", "x=1, y=2", False),
+        ("(1, 2)", "x=1, y=2", True),
+        ("y=2, x=1", "x=1, y=2", True),  # named values in another order are the same answer
         ("n", "f(n)=n", True),
         ("0", "2x - y + 3z + 8 = 0", False),  # an equation names nothing
     ],
@@ -60,7 +66,7 @@ def test_named_values_equal_their_values(prediction: str, reference: str, expect
 @pytest.mark.parametrize(
     "prediction, expected",
     [("\\textbf{(B) } 27", True), ("(B) 27", True), ("\\textbf{(B) } 28", False), ("\\textbf{(B)}", False),
-     ("(B) \\frac{54}{2}", True)],
+     ("(B) \\frac{54}{2}", True), ("\\textbf{(B)}~27", True), ("\\textbf{B.} 27", True), ("\\textbf{B.} 28", False)],
 )
 def test_an_amc_option_label_before_the_value_is_dropped(prediction: str, expected: bool) -> None:
     # Models trained on contest solutions box "\\textbf{(B) } 27"; amc23 keeps the value alone.

@@ -88,13 +88,18 @@ def extract_answer(text: str) -> str | None:
     return answer
 
 
-# "The answer is (B)", also "Answer: B", "**Answer:** (B)" and "Final answer: B". A lowercase
-# letter only counts in parentheses: "the answer is a number" names no choice, nor does the
-# article "A" before a word ("the answer is A bit larger").
-_ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|answer\s*:)[\s*]*(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b)")
+# "The answer is (B)", also "Answer: B", "**Answer:** (B)", "Final answer: B" and "The correct
+# option is B". A lowercase letter only counts in parentheses: "the answer is a number" names no
+# choice, nor does the article "A" before a word ("the answer is A bit larger"), nor a letter
+# opening a formula or a word ("A = 4-methylcyclohexan-1-ol and B = ...", "D-glucose", "C++"); a
+# "*" after it is Markdown bold ("Answer: **A**").
+_ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|(?:option|choice)\s+is\s*:?|answer\s*:)[\s*]*"
+                        r"(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b(?!\s*[=<>+\-/^_\\]))")
 # "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
 # command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
-_LETTER = re.compile(r"^(?:\(\s*([A-D])\s*\)|([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<>+\-*/^_\\])))", re.IGNORECASE)
+# "Option D", "Choice (D)" and "[D]" too.
+_LETTER = re.compile(r"^(?:(?:option|choice)\s*)?(?:\(\s*([A-D])\s*\)|\[\s*([A-D])\s*\]|"
+                     r"([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<>+\-*/^_\\])))", re.IGNORECASE)
 
 
 # "B or C", "(A) and (C)", "A/C": a second letter after a conjunction hedges between choices.
@@ -105,10 +110,20 @@ _SECOND_CHOICE = re.compile(
 _ARTICLE = re.compile(r"^[Aa]\s+[a-z]")
 
 
+# Font wrappers around a letter or a word: "\\text{D}", "\\textbf{(B)}", "\\texttt{D}".
+_FONT = re.compile(r"\\(?:text|textbf|textit|texttt|textrm|textsf|emph|mathrm|mathbf|mathit|mathsf|mathtt)"
+                   r"\s*\{([^{}]*)\}")
+# LaTeX spaces: "\\ ", "\\,", "\\;", "\\:", "\\quad", "\\qquad" and the tie "~".
+_LATEX_SPACE = re.compile(r"\\(?:[ ,;:]|q?quad\b)|~")
+
+
 def _unwrap_text(answer: str) -> str:
-    """``answer`` with ``\\text{...}``-style wrappers and ``$`` removed, stripped."""
-    text = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", answer)
-    return text.replace("$", "").strip()
+    """``answer`` with font wrappers (nested ones too) and ``$`` removed and LaTeX spaces made
+    spaces, stripped: "\\text{\\textbf{D}}\\ \\text{It increases}" -> "D It increases"."""
+    text, before = answer, None
+    while text != before:
+        before, text = text, _FONT.sub(r"\1", text)
+    return _LATEX_SPACE.sub(" ", text).replace("$", "").strip()
 
 
 def _choice(answer: str) -> tuple[str | None, bool]:
@@ -118,7 +133,7 @@ def _choice(answer: str) -> tuple[str | None, bool]:
     match = _LETTER.match(text)
     if match is None or _SECOND_CHOICE.match(text[match.end():]) or _ARTICLE.match(text):
         return None, False
-    return (match.group(1) or match.group(2)).upper(), match.end() == len(text)
+    return next(letter for letter in match.groups() if letter).upper(), match.end() == len(text)
 
 
 def choice_letter(answer: str | None) -> str | None:
@@ -136,6 +151,7 @@ def extract_choice(text: str, options: Sequence[str] = ()) -> str | None:
     letter = option_letter(extract_answer(text), options)
     if letter is not None:
         return letter
+    text = _unwrap_text(text)  # "Answer: \\textbf{A}", "the answer is $\\text{A}$"
     matches = list(_ANSWER_IS.finditer(text))
     if not matches or _SECOND_CHOICE.match(text[matches[-1].end():]):
         return None  # "the answer is (B) or (C)" hedges, like such a box
@@ -269,17 +285,21 @@ def _top_level_parts(text: str) -> list[str]:
     return [*parts, text[start:]]
 
 
-def _assigned_values(answer: str) -> str | None:
+def _assigned_values(answer: str) -> list[str] | None:
     """The values of an answer whose every part names what it gives, in its order:
-    "m_{\\max }=n^2-n-1" -> "n^2-n-1", "$\\angle A=90$,$\\angle B=45$" -> "(90, 45)" (a tuple, so
-    that "x=2, y=1" does not equal "x=1, y=2" as the set {1, 2}); None for any other answer.
-    math-verify drops only a plain variable's name ("k=1")."""
+    "m_{\\max }=n^2-n-1" -> ["n^2-n-1"], "$\\angle A=90$,$\\angle B=45$" -> ["90", "45"]; None for
+    any other answer. math-verify drops only a plain variable's name ("k=1")."""
     values = []
     for part in _top_level_parts(answer.replace("$", "")):
         sides = part.split("=")
         if len(sides) != 2 or not _NAME.match(_SUBSCRIPT.sub("", sides[0]).strip() or "0") or not sides[1].strip():
             return None
         values.append(sides[1].strip())
+    return values
+
+
+def _as_tuple(values: list[str]) -> str:
+    """One value alone, several as a tuple: "x=2, y=1" must not equal "x=1, y=2" as the set {1, 2}."""
     return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
 
 
@@ -296,8 +316,8 @@ def _column_vector_as_tuple(answer: str) -> str | None:
     return "(" + ", ".join(entries) + ")" if len(entries) > 1 and all(entries) else None
 
 
-# An option label before a value: "(B) 27" (after `_unwrap_text`).
-_OPTION_LABEL = re.compile(r"^\(\s*[A-E]\s*\)\s*(\S.*)$", re.DOTALL)
+# An option label before a value: "(B) 27", "B. 27" (after `_unwrap_text`: "\\textbf{(B)}~27").
+_OPTION_LABEL = re.compile(r"^(?:\(\s*[A-E]\s*\)|[A-E]\.)\s*(\S.*)$", re.DOTALL)
 
 
 def _math_option_letter(reference: str) -> str | None:
@@ -369,15 +389,16 @@ def is_correct(
     if (vectors[0] is None) != (vectors[1] is None):
         prediction, reference = vectors[0] or prediction, vectors[1] or reference
     as_sets = not asks_for_point(question)
-    if math_equal(prediction, reference, timeout, as_sets=as_sets):
-        return True
     # OlympiadBench names its values ("m_{\\max }=n^{2}-n-1"): the value alone, or under
     # another name, is the answer too.
-    wanted = _assigned_values(reference)
+    wanted, guess = _assigned_values(reference), _assigned_values(prediction)
+    # Bare values for several named ones ("45, 90" for "\\angle A=90, \\angle B=45"): math-verify
+    # compares them with the SET of the reference's values; they are compared in order below.
+    if not (guess is None and wanted is not None and len(wanted) > 1):
+        if math_equal(prediction, reference, timeout, as_sets=as_sets):
+            return True
     if wanted is None:
         return False
-    guess = _assigned_values(prediction)
     if guess is None:  # bare values: a list reads as the tuple the reference's values make
-        parts = [part.strip() for part in _top_level_parts(prediction.replace("$", ""))]
-        guess = parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
-    return math_equal(guess, wanted, timeout, as_sets=as_sets)
+        guess = [part.strip() for part in _top_level_parts(prediction.replace("$", ""))]
+    return math_equal(_as_tuple(guess), _as_tuple(wanted), timeout, as_sets=as_sets)
