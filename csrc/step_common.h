@@ -3,8 +3,10 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <charconv>
 #include <cmath>
 #include <optional>
+#include <string>
 #include <tuple>
 
 namespace superthoughts {
@@ -24,6 +26,14 @@ struct StepShapes {
 constexpr double kMinSamplingTemperature = 1e-5;
 
 inline bool samples_at(double temperature) { return temperature >= kMinSamplingTemperature; }
+
+// The shortest decimal that reads back as `value`: a stream's 6 digits printed a refused
+// threshold of 1.0000001 as "threshold=1 outside [0, 1]".
+inline std::string exact(double value) {
+  char text[32];
+  const auto result = std::to_chars(text, text + sizeof(text), value);
+  return std::string(text, result.ptr);
+}
 
 inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
@@ -68,12 +78,12 @@ inline StepShapes check_step_inputs(const at::Tensor& logits, const at::Tensor& 
               " outside [0, V=", vocab, ")");
   TORCH_CHECK(eos_id >= 0 && eos_id < vocab, "superthoughts_step: eos_id=", eos_id,
               " outside [0, V=", vocab, ")");
-  TORCH_CHECK(threshold >= 0.0 && threshold <= 1.0, "superthoughts_step: threshold=", threshold,
+  TORCH_CHECK(threshold >= 0.0 && threshold <= 1.0, "superthoughts_step: threshold=", exact(threshold),
               " outside [0, 1]");
   TORCH_CHECK(threshold_main >= 0.0 && threshold_main <= 1.0,
-              "superthoughts_step: threshold_main=", threshold_main, " outside [0, 1]");
+              "superthoughts_step: threshold_main=", exact(threshold_main), " outside [0, 1]");
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
-              "superthoughts_step: temperature must be finite and >= 0, got ", temperature);
+              "superthoughts_step: temperature must be finite and >= 0, got ", exact(temperature));
 
   const bool has_weight = merge_weight.has_value();
   const bool has_bias = merge_bias.has_value();

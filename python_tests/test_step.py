@@ -426,6 +426,10 @@ BAD_INPUTS = [
     ("threshold", lambda t: t.update(threshold=1.5), r"threshold=1.5 outside \[0, 1\]"),
     ("threshold_main", lambda t: t.update(threshold_main=-0.1), r"threshold_main=-0.1 outside"),
     ("temperature", lambda t: t.update(temperature=-1.0), r"temperature must be finite and >= 0, got -1"),
+    # The refused value as given, not rounded to 6 digits ("threshold=1 outside [0, 1]").
+    ("threshold-just-above-1", lambda t: t.update(threshold=1.0000001), r"threshold=1\.0000001 outside \[0, 1\]"),
+    ("threshold_main-just-above-1", lambda t: t.update(threshold_main=1 + 1e-12),
+     r"threshold_main=1\.000000000001 outside"),
 ]
 
 
@@ -437,6 +441,27 @@ def test_bad_input_raises_clear_error(name, mutate, message):
     mutate(kwargs)
     with pytest.raises(RuntimeError, match="superthoughts_step: " + message):
         superthoughts_step(**kwargs)
+
+
+def test_bad_seed_and_threshold_types_name_the_op():
+    logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, "cpu")
+    args = (logits, embed, weight, bias, finished, PAD, EOS)
+    with pytest.raises(TypeError, match=r"superthoughts_step: seed and offset must be integers, got seed=1\.5"):
+        superthoughts_step(*args, 0.5, temperature=1.0, seed=1.5)
+    with pytest.raises(TypeError, match=r"superthoughts_step: .* must be numbers, got 'x'"):
+        superthoughts_step(*args, "x")
+
+
+@pytest.mark.parametrize("on_meta", ["embed", "merge_weight", "finished"])
+def test_a_meta_tensor_among_cpu_ones_is_refused(on_meta):
+    # The dispatcher sends the call to the Meta kernel (the fake), which returned uninitialised
+    # tokens instead of the device error the CPU kernel gives.
+    logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, "cpu")
+    tensors = dict(embed=embed, merge_weight=weight, finished=finished)
+    tensors[on_meta] = tensors[on_meta].to("meta")
+    with pytest.raises(RuntimeError, match=rf"superthoughts_step: tensors on different devices: logits on cpu, "
+                                           rf"{on_meta} on meta"):
+        superthoughts_step(logits, tensors["embed"], tensors["merge_weight"], bias, tensors["finished"], PAD, EOS, 0.5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

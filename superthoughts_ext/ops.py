@@ -54,16 +54,31 @@ def superthoughts_step(
     for name, value in (("pad_id", pad_id), ("eos_id", eos_id)):
         if isinstance(value, int) and not -(2**63) <= value < 2**63:  # the schema's int64 names neither
             raise RuntimeError(f"superthoughts_step: {name}={value} outside [0, V={logits.shape[-1]})")
+    try:
+        seed_bits, offset_bits = int64_of_low_64_bits(seed), int64_of_low_64_bits(offset)
+    except TypeError:
+        raise TypeError(f"superthoughts_step: seed and offset must be integers, got seed={seed!r}, "
+                        f"offset={offset!r}") from None
+    try:
+        numbers = float(threshold), float(threshold_main), float(temperature)
+    except (TypeError, ValueError):
+        raise TypeError(f"superthoughts_step: threshold, threshold_main and temperature must be numbers, got "
+                        f"{threshold!r}, {threshold_main!r}, {temperature!r}") from None
     return torch.ops.superthoughts_ext.superthoughts_step(
-        logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
-        float(threshold), float(threshold_main), float(temperature),
-        int64_of_low_64_bits(seed), int64_of_low_64_bits(offset),
+        logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id, *numbers, seed_bits, offset_bits,
     )
 
 
 @torch.library.register_fake("superthoughts_ext::superthoughts_step")
 def _superthoughts_step_fake(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
                              threshold, threshold_main, temperature, seed, offset):
+    # This is also the Meta kernel: a meta tensor among CPU ones dispatches here, not to the
+    # kernel whose device check would refuse the mix (uninitialised tokens came back).
+    for name, tensor in (("embed", embed), ("merge_weight", merge_weight), ("merge_bias", merge_bias),
+                         ("finished", finished)):
+        if tensor is not None:
+            torch._check(tensor.device == logits.device, lambda: f"superthoughts_step: tensors on different "
+                         f"devices: logits on {logits.device}, {name} on {tensor.device}")
     batch = logits.shape[1]
     hidden = embed.shape[1] if merge_weight is not None else 2 * embed.shape[1]
     tokens = logits.new_empty((batch, 2), dtype=torch.int64)
