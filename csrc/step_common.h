@@ -3,8 +3,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include <charconv>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -28,11 +29,15 @@ constexpr double kMinSamplingTemperature = 1e-5;
 inline bool samples_at(double temperature) { return temperature >= kMinSamplingTemperature; }
 
 // The shortest decimal that reads back as `value`: a stream's 6 digits printed a refused
-// threshold of 1.0000001 as "threshold=1 outside [0, 1]".
+// threshold of 1.0000001 as "threshold=1 outside [0, 1]". (std::to_chars would need the
+// libstdc++ of GCC 11 at run time, newer than torch's own.)
 inline std::string exact(double value) {
   char text[32];
-  const auto result = std::to_chars(text, text + sizeof(text), value);
-  return std::string(text, result.ptr);
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof(text), "%.*g", digits, value);
+    if (std::strtod(text, nullptr) == value) break;  // NaN never does: "nan" at 17 digits
+  }
+  return text;
 }
 
 inline bool is_float_dtype(at::ScalarType t) {

@@ -97,6 +97,16 @@ def test_extract_answer_rejects_non_text() -> None:
         ("the answer is C++", None),
         ("**Answer: A**", "A"),  # Markdown bold is no operator
         ("The answer is **B**.", "B"),
+        # ... but a dash before a space, the next line and a LaTeX line break are no formula.
+        ("The answer is B - the field doubles.", "B"),
+        ("The correct answer is B -- it increases.", "B"),
+        ("Answer: C\n- because the rate doubles", "C"),
+        ("**Answer:** D\n\\[ E = mc^2 \\]", "D"),
+        ("Answer: B\\\\", "B"),
+        # "option is" names the choice only as the correct / best one.
+        ("The answer is B. Another option is D, but it ignores spin.", "B"),
+        ("So the answer is (A). The tempting choice is D, which is wrong.", "A"),
+        ("The best choice is C.", "C"),
         # Other phrasings and wrappers.
         ("The correct option is A.", "A"),
         ("The answer is $\\text{A}$", "A"),
@@ -105,6 +115,8 @@ def test_extract_answer_rejects_non_text() -> None:
         ("\\boxed{Option D}", "D"),
         ("\\boxed{\\text{Choice (B)}}", "B"),
         ("\\boxed{[D]}", "D"),
+        ("\\boxed{[A] = 0.1\\,\\text{M}}", None),  # a concentration
+        ("\\boxed{[B]_0/2}", None),
         ("\\boxed{\\textit{D}}", "D"),
         ("\\boxed{\\texttt{C}}", "C"),
         ("\\boxed{\\text{\\textbf{D}}}", "D"),
@@ -205,7 +217,7 @@ def test_written_decimals(answer: str, places: int) -> None:
     # or without the option's text; a hedge between two letters is wrong.
     [("C", True), ("\\text{(C)}", True), ("\\text{(C) Plane}", True), ("(C)\\ \\text{Plane}", True),
      ("C.", True), ("\\text{(A) Line}", False), ("E", False), ("\\text{(C), (A)}", False), ("(C) or (E)", False),
-     ("\\text{(A), (C)}", False)],
+     ("\\text{(A), (C)}", False), ("\\text{(C)}\\quad\\text{or}\\quad\\text{(D)}", False)],
 )
 def test_math_option_letter_answers(prediction: str, expected: bool) -> None:
     assert is_correct(prediction, "\\text{(C)}") is expected

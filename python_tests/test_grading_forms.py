@@ -55,6 +55,13 @@ def test_gpqa_plain_text_exponents_read_as_powers() -> None:
         ("(2, 1)", "x=1, y=2", False),
         ("(1, 2)", "x=1, y=2", True),
         ("y=2, x=1", "x=1, y=2", True),  # named values in another order are the same answer
+        ("y=1, x=2", "x=1, y=2", False),  # ... but each name keeps its value
+        ("\\angle B=90, \\angle A=45", "$\\angle A=90$,$\\angle B=45$", False),
+        ("p=90, q=45", "$\\angle A=90$,$\\angle B=45$", True),  # other names: the values in order
+        # The values of one name are its solutions: a set.
+        ("3, -3", "x=-3, x=3", True),
+        ("\\pm 3", "x=3, x=-3", True),
+        ("3, 4", "x=-3, x=3", False),
         ("n", "f(n)=n", True),
         ("0", "2x - y + 3z + 8 = 0", False),  # an equation names nothing
     ],

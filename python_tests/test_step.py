@@ -448,8 +448,11 @@ def test_bad_seed_and_threshold_types_name_the_op():
     args = (logits, embed, weight, bias, finished, PAD, EOS)
     with pytest.raises(TypeError, match=r"superthoughts_step: seed and offset must be integers, got seed=1\.5"):
         superthoughts_step(*args, 0.5, temperature=1.0, seed=1.5)
-    with pytest.raises(TypeError, match=r"superthoughts_step: .* must be numbers, got 'x'"):
-        superthoughts_step(*args, "x")
+    with pytest.raises(TypeError, match=r"superthoughts_step: seed and offset must be integers, got seed=True"):
+        superthoughts_step(*args, 0.5, temperature=1.0, seed=True)
+    for threshold in ("x", "0.5", True):  # float() reads the last two
+        with pytest.raises(TypeError, match=rf"superthoughts_step: .* must be numbers, got {threshold!r}"):
+            superthoughts_step(*args, threshold)
 
 
 @pytest.mark.parametrize("on_meta", ["embed", "merge_weight", "finished"])

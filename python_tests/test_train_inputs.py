@@ -151,6 +151,8 @@ def load_rows(rows: list[dict], max_length: int | None = None) -> list[dict]:
     # operator.index reads True as 1, and bytes iterate to ints: neither is a list of token ids.
     ([{"prompt_ids": [True, 7], "response_ids": [6]}], r"row 1: prompt_ids must be a list of int token ids"),
     ([{"prompt_ids": [5], "response_ids": b"ab"}], r"row 1: response_ids must be a list of int token ids"),
+    ([{"prompt_ids": [5], "response_ids": bytearray(b"ab")}], r"row 1: response_ids must be a list of int token"),
+    ([{"prompt_ids": torch.tensor([True, False]), "response_ids": [6]}], r"row 1: prompt_ids must be a list of int"),
     # A misspelt field in a later row is named there (all rows were read as text rows: "row 1: no
     # field 'problem'"); so is a text row among tokenised ones.
     ([{"prompt_ids": [5], "response_ids": [6]}] * 2 + [{"prompt_ids": [5], "response_id": [6]}],
@@ -159,7 +161,7 @@ def load_rows(rows: list[dict], max_length: int | None = None) -> list[dict]:
      r"row 2: no field 'prompt_ids'; the row has 'problem', 'solution'"),
     ([{"prompt_ids": [5], "response_ids": [6]}, [5, 6]], r"row 2: expected a mapping with prompt_ids and "
                                                           r"response_ids, got list"),
-], ids=["all-empty", "empty-prompt", "inner-eos", "negative", "float", "not-a-list", "bool", "bytes",
+], ids=["all-empty", "empty-prompt", "inner-eos", "negative", "float", "not-a-list", "bool", "bytes", "bytearray", "bool-tensor",
         "misspelt-later-row", "text-row-among-tokenised", "not-a-mapping"])
 def test_pretokenised_rows_are_checked_up_front(rows, message):
     with pytest.raises(ValueError, match=message):

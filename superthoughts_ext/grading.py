@@ -89,16 +89,19 @@ def extract_answer(text: str) -> str | None:
 
 
 # "The answer is (B)", also "Answer: B", "**Answer:** (B)", "Final answer: B" and "The correct
-# option is B". A lowercase letter only counts in parentheses: "the answer is a number" names no
-# choice, nor does the article "A" before a word ("the answer is A bit larger"), nor a letter
-# opening a formula or a word ("A = 4-methylcyclohexan-1-ol and B = ...", "D-glucose", "C++"); a
-# "*" after it is Markdown bold ("Answer: **A**").
-_ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|(?:option|choice)\s+is\s*:?|answer\s*:)[\s*]*"
-                        r"(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b(?!\s*[=<>+\-/^_\\]))")
+# option is B" ("option is" / "choice is" only after correct, right, best or final: "another option
+# is D" names none). A lowercase letter only counts in parentheses: "the answer is a number" names
+# no choice, nor does the article "A" before a word ("the answer is A bit larger"), nor a letter
+# opening a formula or a word on its line ("A = 4-methylcyclohexan-1-ol and B = ...", "D-glucose",
+# "C++"). A "*" after the letter is Markdown bold ("Answer: **A**"), a dash before a space a dash
+# ("B - it doubles"), and a double backslash a LaTeX line break.
+_ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|(?:correct|right|best|final)\s+(?:option|choice)\s+is\s*:?|"
+                        r"answer\s*:)[\s*]*"
+                        r"(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b(?![ \t]*(?:[=<>+/^_]|\\(?!\\)|-(?=\w))))")
 # "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
 # command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
-# "Option D", "Choice (D)" and "[D]" too.
-_LETTER = re.compile(r"^(?:(?:option|choice)\s*)?(?:\(\s*([A-D])\s*\)|\[\s*([A-D])\s*\]|"
+# "Option D", "Choice (D)" and "[D]" too, though not a concentration "[A] = 0.1 M" or "[B]_0 / 2".
+_LETTER = re.compile(r"^(?:(?:option|choice)\s*)?(?:\(\s*([A-D])\s*\)|\[\s*([A-D])\s*\](?!\s*[=<>+\-*/^_\\])|"
                      r"([A-D])(?:\s*[.:)]|\s*$|\s+(?![\s=<>+\-*/^_\\])))", re.IGNORECASE)
 
 
@@ -120,10 +123,11 @@ _LATEX_SPACE = re.compile(r"\\(?:[ ,;:]|q?quad\b)|~")
 def _unwrap_text(answer: str) -> str:
     """``answer`` with font wrappers (nested ones too) and ``$`` removed and LaTeX spaces made
     spaces, stripped: "\\text{\\textbf{D}}\\ \\text{It increases}" -> "D It increases"."""
-    text, before = answer, None
+    # Spaces first: "\\quad\\text{or}" unwrapped first would read "\\quador".
+    text, before = _LATEX_SPACE.sub(" ", answer), None
     while text != before:
         before, text = text, _FONT.sub(r"\1", text)
-    return _LATEX_SPACE.sub(" ", text).replace("$", "").strip()
+    return text.replace("$", "").strip()
 
 
 def _choice(answer: str) -> tuple[str | None, bool]:
@@ -285,17 +289,18 @@ def _top_level_parts(text: str) -> list[str]:
     return [*parts, text[start:]]
 
 
-def _assigned_values(answer: str) -> list[str] | None:
-    """The values of an answer whose every part names what it gives, in its order:
-    "m_{\\max }=n^2-n-1" -> ["n^2-n-1"], "$\\angle A=90$,$\\angle B=45$" -> ["90", "45"]; None for
-    any other answer. math-verify drops only a plain variable's name ("k=1")."""
-    values = []
+def _assigned_values(answer: str) -> list[tuple[str, str]] | None:
+    """The (name, value) pairs of an answer whose every part names what it gives, in its order:
+    "m_{\\max }=n^2-n-1" -> [("m_{\\max}", "n^2-n-1")], "$\\angle A=90$,$\\angle B=45$" ->
+    [("\\angleA", "90"), ("\\angleB", "45")] (names without spaces); None for any other answer.
+    math-verify drops only a plain variable's name ("k=1")."""
+    pairs = []
     for part in _top_level_parts(answer.replace("$", "")):
         sides = part.split("=")
         if len(sides) != 2 or not _NAME.match(_SUBSCRIPT.sub("", sides[0]).strip() or "0") or not sides[1].strip():
             return None
-        values.append(sides[1].strip())
-    return values
+        pairs.append((re.sub(r"\s+", "", sides[0]), sides[1].strip()))
+    return pairs
 
 
 def _as_tuple(values: list[str]) -> str:
@@ -392,13 +397,24 @@ def is_correct(
     # OlympiadBench names its values ("m_{\\max }=n^{2}-n-1"): the value alone, or under
     # another name, is the answer too.
     wanted, guess = _assigned_values(reference), _assigned_values(prediction)
-    # Bare values for several named ones ("45, 90" for "\\angle A=90, \\angle B=45"): math-verify
-    # compares them with the SET of the reference's values; they are compared in order below.
-    if not (guess is None and wanted is not None and len(wanted) > 1):
-        if math_equal(prediction, reference, timeout, as_sets=as_sets):
-            return True
+    # Several values under distinct names are a tuple, while math-verify compares the SET of
+    # their values ("45, 90" and "\\angle B=90, \\angle A=45" equalled "\\angle A=90, \\angle B=45"):
+    # values named alike are compared name by name, bare ones in the reference's order. Values
+    # of one name ("x=3, x=-3": the solutions) stay a set.
+    names = [name for name, _ in wanted or ()]
+    if len(names) > 1 and len(set(names)) == len(names):
+        if guess is not None and sorted(name for name, _ in guess) == sorted(names):
+            given = dict(guess)
+            return all(math_equal(given[name], value, timeout, as_sets=as_sets) for name, value in wanted)
+        if guess is None:
+            values = [part.strip() for part in _top_level_parts(prediction.replace("$", ""))]
+            return math_equal(_as_tuple(values), _as_tuple([value for _, value in wanted]), timeout,
+                              as_sets=as_sets)
+    if math_equal(prediction, reference, timeout, as_sets=as_sets):
+        return True
     if wanted is None:
         return False
     if guess is None:  # bare values: a list reads as the tuple the reference's values make
-        guess = [part.strip() for part in _top_level_parts(prediction.replace("$", ""))]
-    return math_equal(_as_tuple(guess), _as_tuple(wanted), timeout, as_sets=as_sets)
+        guess = [("", part.strip()) for part in _top_level_parts(prediction.replace("$", ""))]
+    return math_equal(_as_tuple([value for _, value in guess]), _as_tuple([value for _, value in wanted]), timeout,
+                      as_sets=as_sets)

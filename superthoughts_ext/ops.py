@@ -55,11 +55,15 @@ def superthoughts_step(
         if isinstance(value, int) and not -(2**63) <= value < 2**63:  # the schema's int64 names neither
             raise RuntimeError(f"superthoughts_step: {name}={value} outside [0, V={logits.shape[-1]})")
     try:
+        if isinstance(seed, bool) or isinstance(offset, bool):
+            raise TypeError
         seed_bits, offset_bits = int64_of_low_64_bits(seed), int64_of_low_64_bits(offset)
     except TypeError:
         raise TypeError(f"superthoughts_step: seed and offset must be integers, got seed={seed!r}, "
                         f"offset={offset!r}") from None
     try:
+        if any(isinstance(value, (str, bytes, bool)) for value in (threshold, threshold_main, temperature)):
+            raise TypeError  # float() reads "0.5" and True
         numbers = float(threshold), float(threshold_main), float(temperature)
     except (TypeError, ValueError):
         raise TypeError(f"superthoughts_step: threshold, threshold_main and temperature must be numbers, got "

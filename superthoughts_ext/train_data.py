@@ -79,8 +79,11 @@ def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBa
 
 def _token_ids(values: Any, at: str, name: str) -> list[int]:
     try:
-        if isinstance(values, (str, bytes)) or any(isinstance(t, bool) for t in values):
-            raise TypeError  # operator.index takes True as 1; a string iterates to characters
+        if isinstance(values, (str, bytes, bytearray, memoryview)):
+            raise TypeError  # text, or bytes that iterate to ints
+        values = values.tolist() if hasattr(values, "tolist") else values  # a tensor / array of ids
+        if any(isinstance(t, bool) for t in values):
+            raise TypeError  # operator.index takes True as 1
         ids = [operator.index(t) for t in values]
     except TypeError:
         raise ValueError(f"{at}: {name} must be a list of int token ids, got {values!r:.80}") from None
