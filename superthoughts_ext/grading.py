@@ -406,7 +406,7 @@ def is_correct(
         if guess is not None and sorted(name for name, _ in guess) == sorted(names):
             given = dict(guess)
             return all(math_equal(given[name], value, timeout, as_sets=as_sets) for name, value in wanted)
-        if guess is None:
+        if guess is None and "=" not in prediction:  # bare values (equations go to math-verify)
             values = [part.strip() for part in _top_level_parts(prediction.replace("$", ""))]
             return math_equal(_as_tuple(values), _as_tuple([value for _, value in wanted]), timeout,
                               as_sets=as_sets)
