@@ -58,6 +58,8 @@ def test_gpqa_plain_text_exponents_read_as_powers() -> None:
         ("y=1, x=2", "x=1, y=2", False),  # ... but each name keeps its value
         ("\\angle B=90, \\angle A=45", "$\\angle A=90$,$\\angle B=45$", False),
         ("p=90, q=45", "$\\angle A=90$,$\\angle B=45$", True),  # other names: the values in order
+        ("a = 2 \\text{ and } b = 3", "a=2, b=3", True),  # equations, no list: math-verify reads them
+        ("a = 3 \\text{ and } b = 2", "a=2, b=3", False),
         # The values of one name are its solutions: a set.
         ("3, -3", "x=-3, x=3", True),
         ("\\pm 3", "x=3, x=-3", True),
