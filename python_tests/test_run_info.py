@@ -27,3 +27,16 @@ def test_git_commit_says_when_the_tree_differs_from_it(tmp_path: Path, monkeypat
     assert run_info.git_commit() == head
     (tmp_path / "kernel.py").write_text("x = 2\n")  # measured code that is not the commit
     assert run_info.git_commit() == f"{head}-dirty"
+
+
+def test_git_commit_of_an_install_inside_another_checkout_is_unknown(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A venv inside the user's own project: git would walk up and report that project's HEAD.
+    git(tmp_path, "init", "-q")
+    (tmp_path / "app.py").write_text("x = 1\n")
+    git(tmp_path, "add", "app.py")
+    git(tmp_path, "commit", "-q", "-m", "the user's project")
+    site = tmp_path / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(run_info, "_CHECKOUT", site)
+    assert run_info.git_commit() == "unknown"

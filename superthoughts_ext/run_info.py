@@ -16,8 +16,14 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 
 def git_commit() -> str:
     """HEAD of the source checkout this package runs from, with "-dirty" appended when tracked
-    files differ from it (what ran is then not that commit), or "unknown" outside a checkout."""
+    files differ from it (what ran is then not that commit), or "unknown" outside a checkout:
+    also for a package installed into a venv that lies inside another project's checkout, whose
+    HEAD git would report from there."""
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             cwd=_CHECKOUT, timeout=10, check=True).stdout.strip()
+        if not top or Path(top).resolve() != Path(_CHECKOUT).resolve():
+            return "unknown"
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               cwd=_CHECKOUT, timeout=10, check=True).stdout.strip()
         changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
