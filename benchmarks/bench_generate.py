@@ -156,18 +156,22 @@ def check_standard(backbone, device: torch.device) -> dict:
 
 
 def check_fused_step(superthoughts, device: torch.device, compiled: bool, threshold: float) -> dict:
-    """`pairs` and `superthoughts` through the fused op (compiled where the timed runs are) vs the
-    plain-torch reference step on a short prompt: the same tokens, steps and pair steps.
+    """Each of our modes as timed (the fused op, compiled where the timed runs are) vs the
+    plain-torch reference step, uncompiled, on a short prompt: the same tokens, steps and pair
+    steps (`standard` on the backbone alone: check_standard compares it with transformers
+    uncompiled, this its compiled step).
 
     float32 copy for the reason check_standard gives."""
     dtype = next(superthoughts.parameters()).dtype
     model = copy.deepcopy(superthoughts).float() if dtype != torch.float32 else superthoughts
     ids, mask = prompts(2, 16, model.vocab_size, device)
     compared = 0
-    for mode in ("pairs", "superthoughts"):
-        kwargs = dict(max_new_tokens=16, mode=mode, threshold=threshold, eos_token_id=EOS)
-        fused = generate(model, ids, mask, use_kernels=True, compile=compiled, **kwargs)
-        plain = generate(model, ids, mask, use_kernels=False, compile=False, **kwargs)
+    for mode in ("standard", "pairs", "superthoughts"):
+        decoder = model.backbone if mode == "standard" else model
+        kwargs = dict(max_new_tokens=16, mode=mode, eos_token_id=EOS,
+                      threshold=threshold if mode == "superthoughts" else None)
+        fused = generate(decoder, ids, mask, use_kernels=True, compile=compiled, **kwargs)
+        plain = generate(decoder, ids, mask, use_kernels=False, compile=False, **kwargs)
         for name in ("sequences", "num_steps", "num_pair_steps"):
             if getattr(fused, name) != getattr(plain, name):
                 raise SystemExit(f"bench generate: {mode} {name} through the fused step differ from the reference "
@@ -193,7 +197,8 @@ def kv_bytes_per_token(config, positions: int, tokens: int, extra_layers: int, d
 
 
 def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device, compiled: bool) -> dict:
-    """name -> fn(ids, mask) returning (tokens, forward passes, pair steps, positions per row)."""
+    """name -> fn(ids, mask) returning (tokens, forward passes, pair steps, decode steps of the slowest
+    row, whether the step ran compiled, whether in a CUDA graph; None: transformers' choice)."""
 
     def hf(static_compile: bool):
         def run(ids, mask):
@@ -208,7 +213,7 @@ def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device
                                     **kwargs)
             generated = out[:, ids.shape[1]:]
             tokens = 0 if bool((generated == EOS).any()) else generated.numel()
-            return tokens, new_tokens, 0, new_tokens
+            return tokens, new_tokens, 0, new_tokens, static_compile, None
         return run
 
     def ours(mode: str, threshold: float | None = None):
@@ -217,8 +222,9 @@ def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device
         def run(ids, mask):
             out = generate(model, ids, mask, max_new_tokens=new_tokens, mode=mode, threshold=threshold,
                            eos_token_id=EOS, compile=compiled)
+            # What ran, not what was asked: generate decodes some models eagerly (host_state).
             return (sum(out.num_tokens), out.num_forward_passes, sum(out.num_pair_steps),
-                    max(out.num_steps))
+                    max(out.num_steps), out.compiled, out.cuda_graph)
         return run
 
     table = {"hf_dynamic": hf(False)}
@@ -272,6 +278,12 @@ def main(args: argparse.Namespace) -> int:
         device = torch.device(args.device)
     except RuntimeError as error:
         raise SystemExit(f"bench generate: --device {args.device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"bench generate: --device {args.device}: this torch sees no GPU "
+                         f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
+    if args.output is not None and args.output.suffix.lower() == ".png":
+        raise SystemExit(f"bench generate: --output {args.output} names the plot; give the JSON path "
+                         "(the plot is written beside it, as .png)")
     check_method_names(args)
     on_gpu = device.type == "cuda"
     out = results_file(args.output, RESULTS_DIR / f"generate_{device.type}.json", args.overwrite)
@@ -290,7 +302,7 @@ def main(args: argparse.Namespace) -> int:
     check = {"equal": True, "standard_vs_transformers": check_standard(backbone, device),
              "fused_vs_reference_step": check_fused_step(superthoughts, device, compiled, args.thresholds[0])}
     print(f"check: our standard greedy == transformers greedy "
-          f"({check['standard_vs_transformers']['tokens_compared']} tokens); pairs and superthoughts through the "
+          f"({check['standard_vs_transformers']['tokens_compared']} tokens); each of our modes through the "
           f"fused step == the reference step ({check['fused_vs_reference_step']['tokens_compared']} tokens)")
 
     results = []
@@ -315,26 +327,27 @@ def main(args: argparse.Namespace) -> int:
             fn(ids, mask)  # warm-up (and torch.compile compilation where it applies)
             runs = [synced_time(lambda: fn(ids, mask), device) for _ in range(args.repeats)]
             seconds = statistics.median(t for t, _ in runs)
-            tokens, passes, pair_steps, positions = runs[0][1]
+            tokens, passes, pair_steps, positions, ran_compiled, ran_in_graph = runs[0][1]
             if tokens != batch * new_tokens:  # EOS after all: the counts would not compare
                 raise SystemExit(f"bench generate: {name} emitted {tokens} tokens, expected {batch * new_tokens}")
             uses_mtp = name not in (*HF_METHODS, "standard")
             extra = int(uses_mtp and getattr(superthoughts.mtp, "has_cache", False))  # MTP layer's own KV
             row = {
                 "method": name, "batch": batch, "seconds": seconds, "tokens": tokens, "forward_passes": passes,
-                "compiled": name == "hf_static_compile" if name in HF_METHODS else compiled,
+                "compiled": ran_compiled, "cuda_graph": ran_in_graph,
                 "tokens_per_s": tokens / seconds, "steps_per_s": passes / seconds,
                 "pair_step_fraction": pair_steps / max(tokens - pair_steps, 1),
                 # A batch decodes until its slowest row is done: what tokens/s pays for.
                 "mean_row_steps": (tokens - pair_steps) / batch, "slowest_row_steps": positions,
-                "kv_bytes_per_token": kv_bytes_per_token(backbone.config, args.prompt_len + positions,
+                # The last step's input is never written to the cache: prompt + steps - 1 positions.
+                "kv_bytes_per_token": kv_bytes_per_token(backbone.config, args.prompt_len + positions - 1,
                                                          tokens // batch, extra, dtype),
             }
             results.append(row)
             print(f"batch {batch:3d} {name:18s} {row['tokens_per_s']:10.1f} tok/s {row['steps_per_s']:8.1f} steps/s "
                   f"pairs {row['pair_step_fraction']:.2f} row steps {row['mean_row_steps']:.0f} mean / "
                   f"{row['slowest_row_steps']} max kv {row['kv_bytes_per_token'] / 1024:.1f} KiB/token"
-                  f"{' compiled' if row['compiled'] else ''}")
+                  f"{' compiled' if row['compiled'] else ''}{' graph' if row['cuda_graph'] else ''}")
         # After every batch: a run cut short keeps the batches it finished ("complete" false).
         write_report(complete=index == len(args.batch) - 1)
 

@@ -7,6 +7,7 @@ import argparse
 import re
 
 import pytest
+import torch
 
 from superthoughts_ext.bench_cli import load_benchmark
 
@@ -52,6 +53,12 @@ def test_unknown_methods_and_devices_are_refused_before_any_model_is_built(monke
         bench.main(parser.parse_args(["--methods", "standrd", "pairs", "--thresholds", "0.9", *out]))
     with pytest.raises(SystemExit, match="--device 'gpu0'"):
         bench.main(parser.parse_args(["--device", "gpu0", *out]))
+    if not torch.cuda.is_available():  # was an AssertionError from inside transformers' model build
+        with pytest.raises(SystemExit, match="bench generate: --device cuda: this torch sees no GPU"):
+            bench.main(parser.parse_args(["--device", "cuda", *out]))
+    # The plot goes beside the JSON as .png: a .png --output was overwritten by it.
+    with pytest.raises(SystemExit, match=r"--output .*g\.png names the plot; give the JSON path"):
+        bench.main(parser.parse_args(["--output", str(tmp_path / "g.png")]))
     # --no-hf-compile leaves that method out: asking for it too is a contradiction, said up front.
     with pytest.raises(SystemExit, match=r"unknown method\(s\) \['hf_static_compile'\]"):
         bench.main(parser.parse_args(["--methods", "hf_static_compile", "--no-hf-compile", *out]))

@@ -213,6 +213,15 @@ def test_bench_generate_smoke(tmp_path) -> None:
     st = rows[("st@0.9", 3)]
     assert st["mean_row_steps"] <= st["slowest_row_steps"] <= 7
     assert report["compile"] is False and not any(r["compiled"] for r in rows.values())  # 'auto' on CPU
+    # What ran: ours say it (no CUDA graph on a CPU), transformers' choice is unknown.
+    assert all(r["cuda_graph"] is (None if m == "hf_dynamic" else False) for (m, _), r in rows.items())
+    # The cache holds prompt + steps - 1 positions: the last step's input is never written.
+    shape = bench.SHAPES["tiny"]
+    per_position = shape["num_hidden_layers"] * 2 * shape["num_key_value_heads"] * (
+        shape["hidden_size"] // shape["num_attention_heads"]) * 4  # float32 K and V
+    assert rows[("standard", 1)]["kv_bytes_per_token"] == pytest.approx((8 + 7 - 1) * per_position / 7)
+    # pairs: 4 steps, and the MTP decoder layer's own cache beside the backbone's 8 layers.
+    assert rows[("pairs", 1)]["kv_bytes_per_token"] == pytest.approx((8 + 4 - 1) * per_position * 9 / 8 / 7)
     assert report["mtp_logit_std"] == 30.0
 
 
