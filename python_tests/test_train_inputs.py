@@ -344,6 +344,31 @@ def test_lora_checkpoint_is_named_when_loaded_as_a_model(base_dirs, tmp_path):
     assert isinstance(load_model(out), torch.nn.Module)
     with pytest.raises(FileNotFoundError, match=r"checkpoint-1' is a LoRA adapter checkpoint .*--resume"):
         load_model(out / "checkpoint-1")
+    # A resume with other LoRA options: peft loaded the adapter loosely and the trained steps' adapter
+    # was dropped without a word. Refused before anything loads; the same options resume.
+    for change, message in (({"lora_alpha": 8}, r"--lora-alpha 32 \(this run: 8\)"),
+                            ({"lora_target_modules": ("v_proj",)}, r"--lora-target-modules .*q_proj.* \(this run: "),
+                            ({"lora_dropout": 0.1}, r"--lora-dropout 0\.0 \(this run: 0\.1\)")):
+        with pytest.raises(ValueError, match=r"checkpoint-1' holds a LoRA adapter with " + message):
+            train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4, resume_from_checkpoint=True,
+                               **{**ONE_STEP, "save_steps": 1, **change}))
+    resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4,
+                                 resume_from_checkpoint=True, **{**ONE_STEP, "max_steps": 2, "save_steps": 1}))
+    assert resumed.global_step == 2
+
+
+def test_system_prompt_flags_exclude_each_other(capsys):
+    # Both write system_prompt: the last one given won, silently.
+    import argparse
+
+    from superthoughts_ext.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--system-prompt", "x",
+                           "--template-system-prompt"])
+    assert "not allowed with argument --system-prompt" in capsys.readouterr().err
 
 
 def test_training_prompts_are_the_prompts_eval_sends():
@@ -423,6 +448,14 @@ def test_option_mistakes_fail_before_the_data_is_tokenised(base_dirs, tmp_path, 
     ({"bf16": True, "dtype": "float16"}, "bf16 autocast needs float32 or bfloat16 weights, not dtype float16"),
     ({"save_steps": -5}, r"save_steps must be >= 0 \(0 = final save only\), got -5"),
     ({"save_total_limit": -1}, r"save_total_limit must be >= 0 \(0 = keep every checkpoint\)"),
+    # An alpha of 0 scales every adapter to nothing (only the compressor and MTP trained).
+    ({"lora_r": 4, "lora_alpha": 0}, "lora_alpha must be > 0, got 0"),
+    ({"lora_r": 4, "lora_dropout": 1.5}, r"lora_dropout must be in \[0, 1\), got 1.5"),
+    # transformers' constant schedule ignores a warmup and both constant ones their arguments.
+    ({"lr_scheduler": "constant", "warmup_ratio": 0.5}, r"warmup_ratio 0.5 needs a schedule with a warmup "
+                                                        r"\(constant_with_warmup\), not constant"),
+    ({"lr_scheduler": "constant_with_warmup", "lr_scheduler_kwargs": {"min_lr_rate": 0.5}},
+     r"lr_scheduler constant_with_warmup takes no arguments, got \{'min_lr_rate': 0.5\}"),
 ])
 def test_options_a_run_would_not_read_are_refused(change, message):
     # Silently dropped, they trained something else than asked (--baseline --lambda-mtp 0.5 was a
@@ -433,6 +466,7 @@ def test_options_a_run_would_not_read_are_refused(change, message):
     TrainOptions(model="m", data=ROWS, output_dir="o", baseline=True, rho_max=0.25,
                  lora_target_modules=list(train_utils.DEFAULT_LORA_TARGETS))
     TrainOptions(model="m", data=ROWS, output_dir="o", lambda_mtp=0.5, lora_r=4, lora_alpha=64, save_total_limit=0)
+    TrainOptions(model="m", data=ROWS, output_dir="o", lr_scheduler="constant")  # the default warmup_ratio: not asked for
 
 
 def test_scheduler_arguments_and_checkpoint_limit_reach_the_trainer(tmp_path):

@@ -127,6 +127,9 @@ class TrainOptions:
             (0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (0.0 <= self.rho_max <= 1.0, f"rho_max must be in [0, 1], got {self.rho_max}"),
             (self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}"),
+            # alpha 0 scales every adapter to nothing: only the compressor and MTP would train.
+            (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
+            (0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
             (self.distill_weight >= 0, f"distill_weight must be >= 0, got {self.distill_weight}"),
             (self.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"),
             (not (self.baseline and self.distill_weight > 0), "distill_weight needs SuperThoughts mode, not baseline"),
@@ -144,6 +147,16 @@ class TrainOptions:
         if self.lora_r == 0:
             unread = [name for name in ("lora_alpha", "lora_dropout", "lora_target_modules") if self._changed(name)]
             checks.append((not unread, f"{', '.join(unread)} {_apply(unread)} to LoRA runs: set lora_r > 0"))
+        # transformers' constant schedule has no warmup, and it and constant_with_warmup drop any
+        # scheduler arguments without a word.
+        scheduler = str(getattr(self.lr_scheduler, "value", self.lr_scheduler))
+        if scheduler == "constant":  # the default ratio (0.03) goes with the default cosine: not asked for
+            checks.append((self.warmup_ratio == 0 or not self._changed("warmup_ratio"),
+                           f"warmup_ratio {self.warmup_ratio} needs a schedule with a warmup (constant_with_warmup), "
+                           "not constant"))
+        if scheduler in ("constant", "constant_with_warmup"):
+            checks.append((not self.lr_scheduler_kwargs, f"lr_scheduler {scheduler} takes no arguments, got "
+                                                         f"{dict(self.lr_scheduler_kwargs)}"))
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainOptions: {message}")
@@ -251,10 +264,12 @@ def train(options: TrainOptions) -> TrainResult:
 
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
     lr_scheduler = str(getattr(options.lr_scheduler, "value", options.lr_scheduler))
+    lora = train_utils.lora_settings(options.lora_alpha, options.lora_dropout, options.lora_target_modules,
+                                     superthoughts=not options.baseline) if options.lora_r > 0 else None
     checkpoint = train_utils.check_resume(options.output_dir, options.resume_from_checkpoint,
                                           baseline=options.baseline, lora_r=options.lora_r,
                                           max_steps=options.max_steps, lr_scheduler=lr_scheduler,
-                                          warmup_ratio=options.warmup_ratio)
+                                          warmup_ratio=options.warmup_ratio, lora=lora)
     train_utils.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
@@ -377,11 +392,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--mtp-type", default=None, help="MTP head kind (default: model config; a continued model's must match)")
     g("--problem-field", default=d["problem_field"].default, help="JSONL field holding the prompt")
     g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
-    g("--system-prompt", default=d["system_prompt"].default,
-      help="system message (default: the chain-of-thought prompt `superthoughts eval` sends, so training "
-           "and evaluation prompts match)")
-    g("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
-      help="no system message of ours: the chat template writes its own default, if it has one")
+    # One or the other: both write system_prompt, and the last given would win.
+    system = parser.add_mutually_exclusive_group()
+    system.add_argument("--system-prompt", default=d["system_prompt"].default,
+                        help="system message (default: the chain-of-thought prompt `superthoughts eval` sends, so "
+                             "training and evaluation prompts match)")
+    system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
+                        help="no system message of ours: the chat template writes its own default, if it has one")
     g("--max-length", type=int, default=None,
       help="drop rows (with a warning) longer than this many tokens, prompt + response; rows longer than "
            "the model's context (max_position_embeddings) are always dropped")

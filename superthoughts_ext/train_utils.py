@@ -162,7 +162,7 @@ def _example_name(examples: list[dict[str, list[int]]], index: int) -> str:
 
 def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
                  baseline: bool = False, lora_r: int = 0, max_steps: int = -1, lr_scheduler: str = "constant",
-                 warmup_ratio: float = 0.0) -> Path | None:
+                 warmup_ratio: float = 0.0, lora: Mapping[str, Any] | None = None) -> Path | None:
     """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
     last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
     (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
@@ -170,6 +170,8 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     a learning-rate schedule that depends on the run's length, of a run of that many steps; a new run (no `resume`) must not start in a directory holding
     an earlier run's checkpoint-N folders. Trainer would write its own beside them, rotate by
     step number (keeping the old run's higher ones) and a later --resume would pick up the old run.
+    A LoRA checkpoint's adapter must also have `lora` (`lora_settings`): peft loads another
+    alpha or other target modules without a word (the adapter of the steps trained was dropped).
     Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
     is checked against it once Trainer knows that length (`check_run_length` in a callback)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -179,6 +181,7 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
         if not checkpoint.is_dir():
             raise FileNotFoundError(f"train: --resume {os.fspath(resume)!r}: no such checkpoint directory")
         _check_checkpoint_kind(checkpoint, baseline, lora_r)
+        _check_lora_settings(checkpoint, lora)
         check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
         return checkpoint
     out = Path(os.fspath(output_dir))
@@ -192,6 +195,7 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     if not resume:
         return None
     _check_checkpoint_kind(Path(last), baseline, lora_r)
+    _check_lora_settings(Path(last), lora)
     check_run_length(Path(last), max_steps, lr_scheduler, warmup_ratio)
     return Path(last)
 
@@ -248,6 +252,41 @@ def _check_checkpoint_kind(checkpoint: Path, baseline: bool, lora_r: int) -> Non
     if written != (not baseline, lora_r):
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was written by {_run_kind(*written)}, and this is "
                          f"{_run_kind(not baseline, lora_r)}; resume with the options of the run that wrote it")
+
+
+LORA_FLAGS = {"lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--lora-target-modules"}
+
+
+def lora_settings(alpha: float, dropout: float, targets: Sequence[str], superthoughts: bool) -> dict[str, Any]:
+    """The adapter_config.json entries `apply_lora` writes for these options (what a resume must match)."""
+    return {"lora_alpha": alpha, "lora_dropout": dropout,
+            "target_modules": lora_target_pattern(targets, "backbone" if superthoughts else None)}
+
+
+def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> None:
+    """ValueError when the LoRA adapter in `checkpoint` has another alpha, dropout or target
+    modules than `lora` (`lora_settings`); nothing to check without an adapter_config.json."""
+    adapter = checkpoint / "adapter_config.json"
+    if not lora or not adapter.is_file():
+        return
+    try:
+        saved = json.loads(adapter.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return
+    differ = []
+    for key, wanted in lora.items():
+        found = saved.get(key)
+        if isinstance(found, list) and isinstance(wanted, list):  # peft writes a set of names in any order
+            same = sorted(found) == sorted(wanted)
+        elif isinstance(wanted, (int, float)) and isinstance(found, (int, float)):
+            same = float(found) == float(wanted)
+        else:
+            same = found == wanted
+        if not same:
+            differ.append(f"{LORA_FLAGS[key]} {found!r} (this run: {wanted!r})")
+    if differ:
+        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} holds a LoRA adapter with {'; '.join(differ)}; "
+                         "resume with the LoRA options of the run that wrote it")
 
 
 def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os.PathLike | bool | None) -> None:
@@ -311,9 +350,7 @@ def apply_lora(
 
     config = LoraConfig(
         r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=lora_target_pattern(targets, "backbone" if superthoughts else None),
+        **lora_settings(alpha, dropout, targets, superthoughts),  # what a resume is checked against
         modules_to_save=list(SUPERTHOUGHTS_TRAINABLE_MODULES) if superthoughts else None,
         bias="none",
     )
