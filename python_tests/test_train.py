@@ -483,6 +483,16 @@ def test_cli_run(base_dirs, tmp_path, capsys):
                               "--output", str(tmp_path / "cli2")])
     assert run(args) == 2
     assert "x.jsonl" in capsys.readouterr().err
+    # Option errors name the flags the user typed, not TrainOptions' fields.
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--epochs", "0", "--max-steps", "0"])
+    assert run(args) == 2
+    assert "error: train: set --max-steps > 0 or --epochs > 0" in capsys.readouterr().err
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--lora-alpha", "8"])
+    assert run(args) == 2
+    assert "error: train: --lora-alpha applies to LoRA runs: set --lora-r > 0" in capsys.readouterr().err
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--bf16", "--dtype", "float16"])
+    assert run(args) == 2
+    assert "--bf16 autocast needs float32 or bfloat16 weights, not --dtype float16" in capsys.readouterr().err
 
 
 

@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -426,11 +427,25 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    """TrainOptions from parsed `superthoughts train` flags."""
+    """TrainOptions from parsed `superthoughts train` flags; its errors name the flags
+    ("train: --epochs ..."), not the fields ("TrainOptions: num_epochs ...")."""
     names = {f.name for f in dataclasses.fields(TrainOptions)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["lora_target_modules"] = tuple(values["lora_target_modules"])
-    return TrainOptions(**values)
+    try:
+        return TrainOptions(**values)
+    except ValueError as error:
+        raise ValueError(_with_flag_names(str(error))) from None
+
+
+def _with_flag_names(message: str) -> str:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    # Names with an underscore, and the two plain ones messages use ("not dtype float16").
+    fields = sorted((name for name in flags if "_" in name or name in ("dtype", "bf16")), key=len, reverse=True)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, fields)) + r")\b")
+    return pattern.sub(lambda match: flags[match.group(1)], message.replace("TrainOptions: ", "train: ", 1))
 
 
 def run(args: argparse.Namespace) -> int:
