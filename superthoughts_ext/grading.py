@@ -397,24 +397,22 @@ def is_correct(
     # OlympiadBench names its values ("m_{\\max }=n^{2}-n-1"): the value alone, or under
     # another name, is the answer too.
     wanted, guess = _assigned_values(reference), _assigned_values(prediction)
-    # Several values under distinct names are a tuple, while math-verify compares the SET of
-    # their values ("45, 90" and "\\angle B=90, \\angle A=45" equalled "\\angle A=90, \\angle B=45"):
-    # values named alike are compared name by name, bare ones in the reference's order. Values
-    # of one name ("x=3, x=-3": the solutions) stay a set.
-    names = [name for name, _ in wanted or ()]
-    if len(names) > 1 and len(set(names)) == len(names):
-        if guess is not None and sorted(name for name, _ in guess) == sorted(names):
-            given = dict(guess)
-            return all(math_equal(given[name], value, timeout, as_sets=as_sets) for name, value in wanted)
-        if guess is None and "=" not in prediction:  # bare values (equations go to math-verify)
-            values = [part.strip() for part in _top_level_parts(prediction.replace("$", ""))]
-            return math_equal(_as_tuple(values), _as_tuple([value for _, value in wanted]), timeout,
-                              as_sets=as_sets)
+    if wanted is not None:
+        wanted_values = _as_tuple([value for _, value in wanted])
+        # Bare values: a list reads as the tuple the reference's values make.
+        guessed_values = _as_tuple([value for _, value in guess] if guess is not None else
+                                   [part.strip() for part in _top_level_parts(prediction.replace("$", ""))])
+        # Several values under distinct names are a tuple, while math-verify compares the SET of
+        # their values ("45, 90" and "\\angle B=90, \\angle A=45" equalled "\\angle A=90, \\angle B=45"):
+        # values named alike are compared name by name, bare ones in the reference's order. Values
+        # of one name ("x=3, x=-3": the solutions) stay a set.
+        names = [name for name, _ in wanted]
+        if len(names) > 1 and len(set(names)) == len(names):
+            if guess is not None and sorted(name for name, _ in guess) == sorted(names):
+                given = dict(guess)
+                return all(math_equal(given[name], value, timeout, as_sets=as_sets) for name, value in wanted)
+            if guess is None and "=" not in prediction:  # bare values (equations go to math-verify)
+                return math_equal(guessed_values, wanted_values, timeout, as_sets=as_sets)
     if math_equal(prediction, reference, timeout, as_sets=as_sets):
         return True
-    if wanted is None:
-        return False
-    if guess is None:  # bare values: a list reads as the tuple the reference's values make
-        guess = [("", part.strip()) for part in _top_level_parts(prediction.replace("$", ""))]
-    return math_equal(_as_tuple([value for _, value in guess]), _as_tuple([value for _, value in wanted]), timeout,
-                      as_sets=as_sets)
+    return wanted is not None and math_equal(guessed_values, wanted_values, timeout, as_sets=as_sets)
