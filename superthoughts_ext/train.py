@@ -150,7 +150,7 @@ class TrainOptions:
             checks.append((not unread, f"{', '.join(unread)} {_apply(unread)} to LoRA runs: set lora_r > 0"))
         # transformers' constant schedule has no warmup, and it and constant_with_warmup drop any
         # scheduler arguments without a word.
-        scheduler = str(getattr(self.lr_scheduler, "value", self.lr_scheduler))
+        scheduler = self.scheduler_name
         if scheduler == "constant":  # the default ratio (0.03) goes with the default cosine: not asked for
             checks.append((self.warmup_ratio == 0 or not self._changed("warmup_ratio"),
                            f"warmup_ratio {self.warmup_ratio} needs a schedule with a warmup (constant_with_warmup), "
@@ -161,6 +161,11 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainOptions: {message}")
+
+    @property
+    def scheduler_name(self) -> str:
+        """`lr_scheduler` as a plain name (transformers' SchedulerType enum is accepted too)."""
+        return str(getattr(self.lr_scheduler, "value", self.lr_scheduler))
 
     def _changed(self, name: str) -> bool:
         """Whether field `name` differs from its default."""
@@ -264,12 +269,11 @@ def train(options: TrainOptions) -> TrainResult:
     from superthoughts_ext.data import SuperThoughtsCollator
 
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
-    lr_scheduler = str(getattr(options.lr_scheduler, "value", options.lr_scheduler))
     lora = train_utils.lora_settings(options.lora_alpha, options.lora_dropout, options.lora_target_modules,
                                      superthoughts=not options.baseline) if options.lora_r > 0 else None
     checkpoint = train_utils.check_resume(options.output_dir, options.resume_from_checkpoint,
                                           baseline=options.baseline, lora_r=options.lora_r,
-                                          max_steps=options.max_steps, lr_scheduler=lr_scheduler,
+                                          max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
                                           warmup_ratio=options.warmup_ratio, lora=lora)
     train_utils.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     args = training_arguments(options)
@@ -334,7 +338,7 @@ def train(options: TrainOptions) -> TrainResult:
         processing_class=tokenizer,
     )
     if checkpoint is not None and options.max_steps <= 0:
-        trainer.add_callback(ResumedLengthCheck(checkpoint, lr_scheduler, options.warmup_ratio))
+        trainer.add_callback(ResumedLengthCheck(checkpoint, options.scheduler_name, options.warmup_ratio))
     output = trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
     metrics = dict(output.metrics)
     # transformers' PrinterCallback (no progress bar) pops total_flos out of the metrics it logs.

@@ -180,24 +180,23 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
         checkpoint = Path(os.fspath(resume))
         if not checkpoint.is_dir():
             raise FileNotFoundError(f"train: --resume {os.fspath(resume)!r}: no such checkpoint directory")
-        _check_checkpoint_kind(checkpoint, baseline, lora_r)
-        _check_lora_settings(checkpoint, lora)
-        check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
-        return checkpoint
-    out = Path(os.fspath(output_dir))
-    last = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
-    if resume and last is None:
-        raise FileNotFoundError(f"train: --resume: no checkpoint-N folder in {os.fspath(out)!r} to resume from; "
-                                "leave out --resume to start a new run")
-    if not resume and last is not None:
-        raise ValueError(f"train: {os.fspath(out)!r} holds checkpoints of an earlier run (last: {Path(last).name}); "
-                         "--resume continues that run, a new one needs another --output (or those folders removed)")
-    if not resume:
-        return None
-    _check_checkpoint_kind(Path(last), baseline, lora_r)
-    _check_lora_settings(Path(last), lora)
-    check_run_length(Path(last), max_steps, lr_scheduler, warmup_ratio)
-    return Path(last)
+    else:
+        out = Path(os.fspath(output_dir))
+        last = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
+        if resume and last is None:
+            raise FileNotFoundError(f"train: --resume: no checkpoint-N folder in {os.fspath(out)!r} to resume from; "
+                                    "leave out --resume to start a new run")
+        if not resume and last is not None:
+            raise ValueError(f"train: {os.fspath(out)!r} holds checkpoints of an earlier run (last: "
+                             f"{Path(last).name}); --resume continues that run, a new one needs another --output "
+                             "(or those folders removed)")
+        if not resume:
+            return None
+        checkpoint = Path(last)
+    _check_checkpoint_kind(checkpoint, baseline, lora_r)
+    _check_lora_settings(checkpoint, lora)
+    check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
+    return checkpoint
 
 
 # transformers' schedules whose shape is set by the run's length (decays to the last step), and
