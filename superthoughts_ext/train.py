@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
-from superthoughts_ext import train_data, train_utils
+from superthoughts_ext import train_data, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, format_warning
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
@@ -271,11 +271,11 @@ def train(options: TrainOptions) -> TrainResult:
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
     lora = train_utils.lora_settings(options.lora_alpha, options.lora_dropout, options.lora_target_modules,
                                      superthoughts=not options.baseline) if options.lora_r > 0 else None
-    checkpoint = train_utils.check_resume(options.output_dir, options.resume_from_checkpoint,
-                                          baseline=options.baseline, lora_r=options.lora_r,
-                                          max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
-                                          warmup_ratio=options.warmup_ratio, lora=lora)
-    train_utils.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
+    checkpoint = train_resume.check_resume(options.output_dir, options.resume_from_checkpoint,
+                                           baseline=options.baseline, lora_r=options.lora_r,
+                                           max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
+                                           warmup_ratio=options.warmup_ratio, lora=lora)
+    train_resume.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data

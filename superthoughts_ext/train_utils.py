@@ -1,13 +1,13 @@
-"""Helpers of `superthoughts_ext.train`: tokenizer loading, input checks, model building, LoRA.
+"""Helpers of `superthoughts_ext.train`: tokenizer loading, vocabulary checks, model building, LoRA.
 
 Kept apart from train.py so that the Trainer wiring there stays short; nothing here
 depends on `transformers.Trainer`. The training examples are loaded and checked in
-`superthoughts_ext.train_data`.
+`superthoughts_ext.train_data`, the output directory and resumed checkpoint in
+`superthoughts_ext.train_resume`.
 """
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -160,151 +160,6 @@ def _example_name(examples: list[dict[str, list[int]]], index: int) -> str:
     return f"{examples.where}: {examples.unit} {numbers[index]}"
 
 
-def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
-                 baseline: bool = False, lora_r: int = 0, max_steps: int = -1, lr_scheduler: str = "constant",
-                 warmup_ratio: float = 0.0, lora: Mapping[str, Any] | None = None) -> Path | None:
-    """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
-    last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
-    (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
-    non-strictly and fails later, if at all, on an unrelated error) and, with `max_steps` > 0 and
-    a learning-rate schedule that depends on the run's length, of a run of that many steps; a new run (no `resume`) must not start in a directory holding
-    an earlier run's checkpoint-N folders. Trainer would write its own beside them, rotate by
-    step number (keeping the old run's higher ones) and a later --resume would pick up the old run.
-    A LoRA checkpoint's adapter must also have `lora` (`lora_settings`): peft loads another
-    alpha or other target modules without a word (the adapter of the steps trained was dropped).
-    Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
-    is checked against it once Trainer knows that length (`check_run_length` in a callback)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if isinstance(resume, (str, os.PathLike)):
-        checkpoint = Path(os.fspath(resume))
-        if not checkpoint.is_dir():
-            raise FileNotFoundError(f"train: --resume {os.fspath(resume)!r}: no such checkpoint directory")
-    else:
-        out = Path(os.fspath(output_dir))
-        last = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
-        if resume and last is None:
-            raise FileNotFoundError(f"train: --resume: no checkpoint-N folder in {os.fspath(out)!r} to resume from; "
-                                    "leave out --resume to start a new run")
-        if not resume and last is not None:
-            raise ValueError(f"train: {os.fspath(out)!r} holds checkpoints of an earlier run (last: "
-                             f"{Path(last).name}); --resume continues that run, a new one needs another --output "
-                             "(or those folders removed)")
-        if not resume:
-            return None
-        checkpoint = Path(last)
-    _check_checkpoint_kind(checkpoint, baseline, lora_r)
-    _check_lora_settings(checkpoint, lora)
-    check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
-    return checkpoint
-
-
-# transformers' schedules whose shape is set by the run's length (decays to the last step), and
-# those whose warmup is (warmup_ratio of the length); constant, reduce_lr_on_plateau, greedy and
-# warmup-free inverse_sqrt are not.
-LENGTH_SHAPED_SCHEDULES = frozenset({"linear", "cosine", "cosine_with_restarts", "polynomial", "cosine_with_min_lr",
-                                     "cosine_warmup_with_min_lr", "warmup_stable_decay"})
-WARMUP_SCHEDULES = frozenset({"constant_with_warmup", "inverse_sqrt"})
-
-
-def check_run_length(checkpoint: Path, max_steps: int, lr_scheduler: str, warmup_ratio: float, *,
-                     length: str | None = None) -> None:
-    """ValueError when this run's `max_steps` (its --max-steps; <= 0: unknown yet, not checked)
-    differs from the length of the run that wrote `checkpoint` (its trainer_state.json) and the
-    learning-rate schedule depends on that length (LENGTH_SHAPED_SCHEDULES, or a warmup of
-    WARMUP_SCHEDULES): Trainer would go on under a schedule rebuilt for the new length from the
-    middle of the old one (seen: a 4-step linear run resumed to 6 steps logged lr 0, then
-    9.5e-5), not under either run's. `length` describes a length Trainer worked out (epochs)."""
-    shaped = lr_scheduler in LENGTH_SHAPED_SCHEDULES or (warmup_ratio > 0 and lr_scheduler in WARMUP_SCHEDULES)
-    if not shaped or max_steps <= 0:
-        return
-    try:
-        planned = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("max_steps")
-    except (ValueError, OSError):
-        return  # not a state this check can read; Trainer says what is missing
-    if isinstance(planned, int) and planned != max_steps:
-        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is from a run of {planned} steps, and this one "
-                         f"has {length or f'--max-steps {max_steps}'}; resume with --max-steps {planned}, or train "
-                         "further from the finished model (--model) as a new run with its own schedule")
-
-
-def _run_kind(superthoughts: bool, lora_r: int | None) -> str:
-    return f"{'a SuperThoughts' if superthoughts else 'a baseline'} {f'LoRA r={lora_r}' if lora_r else 'full'} run"
-
-
-def _check_checkpoint_kind(checkpoint: Path, baseline: bool, lora_r: int) -> None:
-    """ValueError when `checkpoint` was written by another kind of run than this one. A LoRA
-    checkpoint holds adapter_config.json (SuperThoughts: the compressor and MTP among its
-    modules_to_save), a full one config.json (SuperThoughts: with its section)."""
-    adapter, config = checkpoint / "adapter_config.json", checkpoint / "config.json"
-    try:
-        if adapter.is_file():
-            values = json.loads(adapter.read_text(encoding="utf-8"))
-            saved = set(values.get("modules_to_save") or [])
-            written = (bool(saved & set(SUPERTHOUGHTS_TRAINABLE_MODULES)), int(values.get("r") or 0))
-        elif config.is_file():
-            written = (is_superthoughts_checkpoint(checkpoint), 0)
-        else:
-            return  # not a checkpoint this check can read; Trainer says what is missing
-    except (ValueError, OSError):
-        return
-    if written != (not baseline, lora_r):
-        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was written by {_run_kind(*written)}, and this is "
-                         f"{_run_kind(not baseline, lora_r)}; resume with the options of the run that wrote it")
-
-
-LORA_FLAGS = {"lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--lora-target-modules"}
-
-
-def lora_settings(alpha: float, dropout: float, targets: Sequence[str], superthoughts: bool) -> dict[str, Any]:
-    """The adapter_config.json entries `apply_lora` writes for these options (what a resume must match)."""
-    return {"lora_alpha": alpha, "lora_dropout": dropout,
-            "target_modules": lora_target_pattern(targets, "backbone" if superthoughts else None)}
-
-
-def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> None:
-    """ValueError when the LoRA adapter in `checkpoint` has another alpha, dropout or target
-    modules than `lora` (`lora_settings`); nothing to check without an adapter_config.json."""
-    adapter = checkpoint / "adapter_config.json"
-    if not lora or not adapter.is_file():
-        return
-    try:
-        saved = json.loads(adapter.read_text(encoding="utf-8"))
-    except (ValueError, OSError):
-        return
-    differ = []
-    for key, wanted in lora.items():
-        found = saved.get(key)
-        if isinstance(found, list) and isinstance(wanted, list):  # peft writes a set of names in any order
-            same = sorted(found) == sorted(wanted)
-        elif isinstance(wanted, (int, float)) and isinstance(found, (int, float)):
-            same = float(found) == float(wanted)
-        else:
-            same = found == wanted
-        if not same:
-            differ.append(f"{LORA_FLAGS[key]} {found!r} (this run: {wanted!r})")
-    if differ:
-        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} holds a LoRA adapter with {'; '.join(differ)}; "
-                         "resume with the LoRA options of the run that wrote it")
-
-
-def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os.PathLike | bool | None) -> None:
-    """Up front: `output_dir` must not be a file nor the `model` directory the run starts from,
-    and a new run (no `resume`) must not start in one holding a trained model (a finished run:
-    a --save-steps 0 run leaves no checkpoint-N folder for `check_resume` to see). Trainer would
-    overwrite either without a word."""
-    out = Path(os.fspath(output_dir))
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"train: --output {os.fspath(out)!r} is a file, not a directory")
-    if isinstance(model, (str, os.PathLike)) and out.exists() and out.resolve() == Path(os.fspath(model)).resolve():
-        raise ValueError(f"train: --output {os.fspath(out)!r} is the --model directory; the run would overwrite "
-                         "the model it starts from")
-    held = [name for name in ("config.json", "model.safetensors", "adapter_config.json") if (out / name).is_file()]
-    if not resume and held:
-        raise ValueError(f"train: {os.fspath(out)!r} holds a trained model ({', '.join(held)}); a new run needs "
-                         "another --output (or that model removed)")
-
-
 def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | list[str]:
     """peft `target_modules`: plain names, or a full-match regex confined to `prefix.`.
 
@@ -316,6 +171,12 @@ def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | lis
     names = "|".join(sorted(set(targets)))
     # Any depth under the prefix, none included: "backbone.lm_head" as well as the layers' projections.
     return rf"{prefix}\.(?:.*\.)?({names})"
+
+
+def lora_settings(alpha: float, dropout: float, targets: Sequence[str], superthoughts: bool) -> dict[str, Any]:
+    """The adapter_config.json entries `apply_lora` writes for these options (what a resume must match)."""
+    return {"lora_alpha": alpha, "lora_dropout": dropout,
+            "target_modules": lora_target_pattern(targets, "backbone" if superthoughts else None)}
 
 
 def untie_adapted_embeddings(backbone: nn.Module, targets: Sequence[str]) -> bool:
@@ -453,7 +314,7 @@ def build_model(
     from transformers import AutoModelForCausalLM
 
     from superthoughts_ext.checkpoint import read_model_dir
-    from superthoughts_ext.modeling import SuperThoughtsForCausalLM, is_superthoughts_checkpoint
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
     if isinstance(source, SuperThoughtsForCausalLM):
         if baseline:
@@ -498,11 +359,7 @@ def continue_with(model: nn.Module, overrides: Mapping[str, Any]) -> nn.Module:
 
 def attach_teacher(model: nn.Module, source: str | os.PathLike | nn.Module, dtype: torch.dtype) -> None:
     """Give a SuperThoughts model a frozen copy of the original backbone for distillation."""
-    import copy
-
     from transformers import AutoModelForCausalLM
-
-    from superthoughts_ext.modeling import is_superthoughts_checkpoint
 
     if isinstance(source, (str, os.PathLike)) and not is_superthoughts_checkpoint(source):
         teacher = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from superthoughts_ext import train_utils
+from superthoughts_ext import train_resume, train_utils
 from superthoughts_ext.layers import causal_mask_for_right_padding
 
 LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
@@ -48,15 +48,15 @@ class RunStartCallback(TrainerCallback):
 class ResumedLengthCheck(TrainerCallback):
     """Refuses, before the first step, a resumed run whose length in epochs (known once Trainer
     has counted the batches) differs from the checkpoint's run where the learning-rate schedule
-    depends on it (train_utils.check_run_length; --max-steps is checked before loading)."""
+    depends on it (train_resume.check_run_length; --max-steps is checked before loading)."""
 
     def __init__(self, checkpoint: os.PathLike, lr_scheduler: str, warmup_ratio: float) -> None:
         self.checkpoint, self.lr_scheduler, self.warmup_ratio = checkpoint, lr_scheduler, warmup_ratio
 
     def on_train_begin(self, args, state, control, **kwargs):
         length = f"{state.max_steps} steps (--epochs {args.num_train_epochs:g} of this data and batch size)"
-        train_utils.check_run_length(self.checkpoint, state.max_steps, self.lr_scheduler, self.warmup_ratio,
-                                     length=length)
+        train_resume.check_run_length(self.checkpoint, state.max_steps, self.lr_scheduler, self.warmup_ratio,
+                                      length=length)
 
 
 class SuperThoughtsTrainer(Trainer):

@@ -1,0 +1,121 @@
+"""Resuming a training run: a resumed run matches an uninterrupted one, and checkpoints of
+another kind of run, of another length (where the learning-rate schedule depends on it) or
+missing are refused before anything loads. Tiny random models on CPU (test_train.py's fixtures).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+import test_train  # noqa: E402
+from test_train import FAST, losses  # noqa: E402
+
+from superthoughts_ext.train import TrainOptions, train  # noqa: E402
+from superthoughts_ext.train_resume import check_resume  # noqa: E402
+
+base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
+
+
+def test_resume_from_checkpoint(base_dirs, tmp_path):
+    # rho_max = 0: no pad-split draws, so the resumed run must match an uninterrupted one.
+    opts = dict(model=base_dirs["qwen2"], data=base_dirs["data"], rho_max=0.0)
+    fast = {**FAST, "save_steps": 2}
+    straight = train(TrainOptions(**opts, output_dir=tmp_path / "straight", **{**fast, "max_steps": 4}))
+    out = tmp_path / "resume"
+    first = train(TrainOptions(**opts, output_dir=out, **{**fast, "max_steps": 2}))
+    assert (out / "checkpoint-2").is_dir() and first.global_step == 2
+    assert "model" not in repr(first) and "Linear" not in repr(first)  # not the whole module tree
+    second = train(TrainOptions(**opts, output_dir=out, resume_from_checkpoint=True, **{**fast, "max_steps": 4}))
+    assert second.global_step == 4
+    assert [e["step"] for e in second.log_history if "loss" in e] == [1, 2, 3, 4]
+    torch.testing.assert_close(losses(second)[2:], losses(straight)[2:], rtol=2e-3, atol=0)
+    # train_loss is the mean over the steps the resumed run trained (3 and 4), not their sum / 4.
+    assert second.metrics["train_loss"] == pytest.approx(sum(losses(second)[2:]) / 2, rel=1e-3)
+    runtime = second.metrics["train_runtime"]
+    assert second.metrics["train_steps_per_second"] == pytest.approx(2 / runtime, rel=0.02, abs=2e-3)
+    # The summary Trainer logs (log_history, report_to) carries the same corrected values.
+    summary = next(e for e in second.log_history if "train_runtime" in e)
+    for name in ("train_loss", "train_steps_per_second", "train_samples_per_second"):
+        assert summary[name] == second.metrics[name], name
+    # A new run there would rotate its checkpoints against this run's (by step number) and a
+    # later resume would pick up this one: refused before any tokenising or loading.
+    with pytest.raises(ValueError, match=r"'.*resume' holds checkpoints of an earlier run \(last: checkpoint-4\); "
+                                         r"--resume continues"):
+        train(TrainOptions(**opts, output_dir=out, **fast))
+    # Another kind of run on this checkpoint: Trainer loaded it non-strictly and failed later on
+    # an unrelated error (an AttributeError, an optimizer group size).
+    with pytest.raises(ValueError, match=r"checkpoint-4' was written by a SuperThoughts full run, and this is a "
+                                         r"SuperThoughts LoRA r=4 run"):
+        train(TrainOptions(**opts, output_dir=out, resume_from_checkpoint=True, lora_r=4, **fast))
+
+
+def test_resume_refuses_a_checkpoint_of_another_kind_of_run(tmp_path):
+    written = {
+        "st-full": {"config.json": {"model_type": "qwen2", "superthoughts": {}}},
+        "sft-full": {"config.json": {"model_type": "qwen2"}},
+        "st-lora4": {"adapter_config.json": {"r": 4, "modules_to_save": ["compressor", "mtp"]}},
+        "sft-lora8": {"adapter_config.json": {"r": 8, "modules_to_save": None}},
+    }
+    for name, files in written.items():
+        (tmp_path / name).mkdir()
+        for file, values in files.items():
+            (tmp_path / name / file).write_text(json.dumps(values))
+    runs = {"st-full": (False, 0), "sft-full": (True, 0), "st-lora4": (False, 4), "sft-lora8": (True, 8)}
+    kinds = {"st-full": "a SuperThoughts full run", "sft-full": "a baseline full run",
+             "st-lora4": "a SuperThoughts LoRA r=4 run", "sft-lora8": "a baseline LoRA r=8 run"}
+    for name in written:
+        for this_run, (baseline, lora_r) in runs.items():
+            resume = lambda: check_resume(tmp_path / "o", str(tmp_path / name), baseline=baseline, lora_r=lora_r)
+            if this_run == name:
+                resume()
+                continue
+            with pytest.raises(ValueError, match=rf"{name}' was written by {kinds[name]}, and this is {kinds[this_run]}; "
+                                                 "resume with the options of the run that wrote it"):
+                resume()
+
+
+def test_resume_with_another_length_is_refused_where_the_schedule_depends_on_it(tmp_path):
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "qwen2", "superthoughts": {}}))
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4, "max_steps": 4}))
+    resume = lambda **kw: check_resume(tmp_path / "o", str(checkpoint), **kw)
+    for scheduler, warmup in (("cosine", 0.03), ("linear", 0.0), ("constant_with_warmup", 0.1)):
+        with pytest.raises(ValueError, match=r"checkpoint-4' is from a run of 4 steps, and this one has --max-steps 6; "
+                                             r"resume with --max-steps 4"):
+            resume(max_steps=6, lr_scheduler=scheduler, warmup_ratio=warmup)
+        resume(max_steps=4, lr_scheduler=scheduler, warmup_ratio=warmup)  # an interrupted run goes on
+        resume(max_steps=-1, lr_scheduler=scheduler, warmup_ratio=warmup)  # epochs: checked at train begin
+    # Schedules the run's length does not shape: longer is fine.
+    for scheduler in ("constant", "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "greedy"):
+        resume(max_steps=6, lr_scheduler=scheduler, warmup_ratio=0.0)
+
+
+def test_resume_to_another_number_of_epochs_is_refused_before_the_first_step(base_dirs, tmp_path):
+    # A length in epochs is known once Trainer has counted the batches: 8 rows in batches of 4,
+    # 2 steps an epoch. Under a linear schedule 2 epochs resumed as 3 is refused at train begin.
+    opts = dict(model=base_dirs["qwen2"], data=base_dirs["data"], rho_max=0.0, output_dir=tmp_path / "o")
+    epochs = {**FAST, "max_steps": -1, "batch_size": 4, "save_steps": 2, "lr_scheduler": "linear"}
+    first = train(TrainOptions(**opts, **{**epochs, "num_epochs": 2}))
+    assert first.global_step == 4
+    with pytest.raises(ValueError, match=r"checkpoint-4' is from a run of 4 steps, and this one has 6 steps "
+                                         r"\(--epochs 3 of this data and batch size\); resume with --max-steps 4"):
+        train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": 3}))
+    assert sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # The same length goes on (here: nothing left to train); a constant schedule may be extended.
+    assert train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": 2})).global_step == 4
+    extended = train(TrainOptions(**opts, resume_from_checkpoint=True,
+                                  **{**epochs, "num_epochs": 3, "lr_scheduler": "constant"}))
+    assert extended.global_step == 6
+
+
+def test_resume_without_a_checkpoint_is_refused_up_front(tmp_path):
+    # Neither model nor data exists: the resume check comes first.
+    opts = dict(model=tmp_path / "no_model", data=tmp_path / "no_data.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint-N folder in '.*fresh' to resume from"):
+        train(TrainOptions(**opts, output_dir=tmp_path / "fresh", resume_from_checkpoint=True))
+    with pytest.raises(FileNotFoundError, match=r"--resume '.*checkpoint-7': no such checkpoint directory"):
+        train(TrainOptions(**opts, output_dir=tmp_path / "o", resume_from_checkpoint=str(tmp_path / "checkpoint-7")))
