@@ -55,7 +55,12 @@ from superthoughts_ext import train_data, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, format_warning
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
-from superthoughts_ext.trainer import ResumedLengthCheck, SuperThoughtsTrainer, TrainingArgumentsCpuFix
+from superthoughts_ext.trainer import (
+    ResumedLengthCheck,
+    SuperThoughtsTrainer,
+    TrainingArgumentsCpuFix,
+    TrainingDiverged,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -136,6 +141,13 @@ class TrainOptions:
             (not (self.baseline and self.distill_weight > 0), "distill_weight needs SuperThoughts mode, not baseline"),
             (not (self.bf16 and self.dtype == "float16"), "bf16 autocast needs float32 or bfloat16 weights, "
                                                           "not dtype float16"),
+            # AdamW on float16 weights: a gradient below ~2.4e-4 squares to 0 in its state and its eps
+            # (1e-8) rounds to 0, so the update is 0/0 = NaN (a tiny run went NaN at step 4). peft
+            # keeps LoRA adapters in float32; SuperThoughts also trains its compressor and MTP fully.
+            (self.dtype != "float16" or (self.baseline and self.lora_r > 0),
+             "dtype float16 weights cannot be trained (AdamW's state underflows in float16 and its updates "
+             "turn NaN); it only suits a baseline LoRA run, whose adapters stay float32. Use dtype bfloat16, "
+             "or float32 with bf16 autocast"),
             (self.save_steps >= 0, f"save_steps must be >= 0 (0 = final save only), got {self.save_steps}"),
             (self.save_total_limit is None or self.save_total_limit >= 0,
              f"save_total_limit must be >= 0 (0 = keep every checkpoint), got {self.save_total_limit}"),
@@ -218,6 +230,9 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         bf16=options.bf16,
         logging_steps=options.logging_steps,
         logging_first_step=True,
+        # A NaN loss is logged as NaN (Trainer's default logs the mean of the earlier steps since
+        # the last log instead, 0 when logging every step): the trainer stops on it.
+        logging_nan_inf_filter=False,
         save_strategy="steps" if options.save_steps > 0 else "no",
         save_steps=max(options.save_steps, 1),
         save_total_limit=options.save_total_limit or None,  # 0: keep every checkpoint
@@ -323,6 +338,7 @@ def train(options: TrainOptions) -> TrainResult:
             model, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout,
             targets=options.lora_target_modules, superthoughts=superthoughts,
         )
+    train_utils.warn_stalled_bf16_weights(model, options.learning_rate)
     collator = SuperThoughtsCollator(
         pad_id, eos_id, rho_max=options.rho_max, baseline=options.baseline, seed=options.seed,
         with_distill=superthoughts and options.distill_weight > 0,
@@ -457,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         result = train(options)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

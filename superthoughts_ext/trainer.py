@@ -20,6 +20,10 @@ from superthoughts_ext.layers import causal_mask_for_right_padding
 LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm of a training run turned NaN or infinite."""
+
+
 class SplitEpochCallback(TrainerCallback):
     """Hands the epoch at each epoch start to the collator's pad-split generators.
 
@@ -139,6 +143,25 @@ class SuperThoughtsTrainer(Trainer):
             # same dict as TrainOutput.metrics).
             self._correct_resumed_summary(logs)
         super().log(logs, start_time)
+        self._stop_if_diverged(logs)
+
+    def _stop_if_diverged(self, logs: Mapping[str, float]) -> None:
+        """TrainingDiverged once a logged loss (or part) or gradient norm is NaN or infinite:
+        without a loss scaler nothing skips such a step, so the weights are NaN from then on and
+        every later step, checkpoint and the final save would be too. Every process logs the
+        same reduced values, so all of them stop at the same step."""
+        watched = ("loss", "grad_norm", *LOSS_PARTS)
+        bad = {name: logs[name] for name in watched if name in logs and not math.isfinite(logs[name])}
+        if "loss" in logs and not bad:
+            self._last_finite_step = self.state.global_step
+        if bad:
+            values = ", ".join(f"{name} {value}" for name, value in bad.items())
+            last = getattr(self, "_last_finite_step", None)
+            since = f"checkpoints after step {last} may hold NaN weights" if last is not None else "no step was finite"
+            raise TrainingDiverged(
+                f"train: training diverged by step {self.state.global_step} ({values}); stopped without saving the "
+                f"model ({since}). Try a lower --learning-rate or --max-grad-norm, or float32 weights with --bf16 "
+                "autocast")
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         from peft import PeftModel

@@ -1,0 +1,92 @@
+"""Training in low precision, and runs that diverge: float16 weights are refused where AdamW
+would train them, bfloat16 weights too large for a step of the learning rate are warned about,
+and a NaN loss or gradient norm stops the run before the NaN weights are saved. Tiny random
+models on CPU (test_train.py's fixtures).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+import test_train  # noqa: E402
+from test_train import FAST, ROWS  # noqa: E402
+
+from superthoughts_ext import train_utils  # noqa: E402
+from superthoughts_ext.train import TrainOptions, add_arguments, run, train  # noqa: E402
+from superthoughts_ext.trainer import TrainingDiverged  # noqa: E402
+
+base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
+
+
+@pytest.mark.parametrize("kind", [{}, {"lora_r": 4}, {"baseline": True}], ids=["full", "lora", "baseline-full"])
+def test_float16_weights_are_refused_where_adamw_would_train_them(base_dirs, tmp_path, kind):
+    # Before this check a full run went NaN at step 4, and the logged loss read 0.
+    with pytest.raises(ValueError, match=r"dtype float16 weights cannot be trained \(AdamW's state underflows"):
+        TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", dtype="float16", **kind)
+
+
+def test_float16_base_of_a_baseline_lora_run_trains(base_dirs, tmp_path):
+    # peft keeps the adapters in float32; the frozen float16 base only runs forward and backward.
+    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", dtype="float16",
+                                baseline=True, lora_r=4, **{**FAST, "max_steps": 12}))
+    losses = test_train.losses(result)
+    assert len(losses) == 12 and all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0]
+
+
+def test_stalled_bf16_share_counts_weights_a_step_cannot_move():
+    layer = torch.nn.Linear(64, 64, dtype=torch.bfloat16)
+    frozen = torch.nn.Linear(64, 64, dtype=torch.bfloat16).requires_grad_(False)
+    wide = torch.nn.Linear(64, 64)  # float32: not counted
+    with torch.no_grad():
+        layer.weight.fill_(1.0)  # bfloat16 spacing 2^-8 below 1.0, 2^-7 above: a step of 1e-3 rounds away
+        layer.bias.fill_(1e-3)   # a step of 1e-3 moves these
+    model = torch.nn.ModuleList([layer, frozen, wide])
+    share, count = train_utils.stalled_bf16_share(model, 1e-3)
+    assert count == 64 * 64 + 64
+    assert share == pytest.approx(64 * 64 / count)
+    assert train_utils.stalled_bf16_share(model, 1e-2) == (0.0, count)  # above half the spacing: all move
+    # A tensor larger than the sample is read on a strided sample, with the same share.
+    big = torch.nn.Parameter(torch.ones(3 * train_utils.STALL_SAMPLE + 5, dtype=torch.bfloat16))
+    assert train_utils.stalled_bf16_share(torch.nn.ParameterList([big]), 1e-3) == (1.0, big.numel())
+
+
+@pytest.mark.parametrize("learning_rate,warned", [(1e-5, True), (3e-3, False)], ids=["stalls", "moves"])
+def test_bf16_weights_a_small_learning_rate_cannot_move_are_warned_about(base_dirs, tmp_path, learning_rate, warned):
+    # Measured on this tiny model: at 1e-5 about three quarters of the weights stay as they are.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", dtype="bfloat16",
+                           **{**FAST, "max_steps": 1, "learning_rate": learning_rate}))
+    messages = [str(w.message) for w in caught if "trainable bfloat16 weights" in str(w.message)]
+    assert bool(messages) == warned
+    if warned:
+        assert "are too large for a step of the learning rate (1e-05) to change them" in messages[0]
+        assert "keep float32 weights (--dtype float32) with --bf16 autocast" in messages[0]
+
+
+@pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
+def test_a_diverged_run_stops_without_saving_nan_weights(base_dirs, tmp_path, baseline):
+    # A learning rate of 1e12 turns the weights NaN on the first update; Trainer went on to the
+    # last step and saved them (logging the loss as the earlier steps' mean).
+    out = tmp_path / "o"
+    with pytest.raises(TrainingDiverged, match=r"train: training diverged by step 2 \(loss nan, grad_norm nan.*\); "
+                                               r"stopped without saving the model \(checkpoints after step 1 may"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, baseline=baseline,
+                           **{**FAST, "max_steps": 6, "learning_rate": 1e12}))
+    assert not (out / "config.json").exists()
+
+
+def test_a_diverged_cli_run_exits_with_the_error(base_dirs, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output",
+                              str(tmp_path / "o"), "--max-steps", "4", "--learning-rate", "1e12", "--logging-steps",
+                              "1", "--save-steps", "0", "--no-progress", "--lr-scheduler", "constant"])
+    assert run(args) == 2
+    assert "error: train: training diverged by step 2" in capsys.readouterr().err
