@@ -90,3 +90,24 @@ def test_a_diverged_cli_run_exits_with_the_error(base_dirs, tmp_path, capsys):
                               "1", "--save-steps", "0", "--no-progress", "--lr-scheduler", "constant"])
     assert run(args) == 2
     assert "error: train: training diverged by step 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
+def test_a_bf16_autocast_run_returns_the_model_it_saved(base_dirs, tmp_path, baseline):
+    # accelerate's autocast wrapper stayed on the returned model's forward: its logits were
+    # bfloat16-autocast ones, ~3e-3 off those of the saved float32 model with the same weights.
+    from superthoughts_ext.modeling import load_model
+
+    out = tmp_path / "o"
+    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, baseline=baseline, bf16=True,
+                                **{**FAST, "max_steps": 2}))
+    from superthoughts_ext.data import SuperThoughtsCollator
+
+    collate = SuperThoughtsCollator(0, 2, rho_max=0.0, baseline=baseline)
+    batch = collate([{"prompt_ids": [4, 5], "response_ids": [6, 7, 8, 9]}])
+    batch = {key: value for key, value in batch.items() if not key.startswith("labels")}
+    with torch.no_grad():
+        returned, saved = (model.eval()(**batch) for model in (result.model, load_model(out)))
+    name = "logits" if baseline else "logits_main"
+    assert getattr(returned, name).dtype == torch.float32
+    assert torch.equal(getattr(returned, name), getattr(saved, name))

@@ -360,7 +360,9 @@ def train(options: TrainOptions) -> TrainResult:
     # transformers' PrinterCallback (no progress bar) pops total_flos out of the metrics it logs.
     metrics.setdefault("total_flos", trainer.state.total_flos)
     metrics.update(train_utils.trainable_summary(model))
-    final = train_utils.merge_lora(trainer.accelerator.unwrap_model(trainer.model))
+    # keep_fp32_wrapper=False: under --bf16 accelerate left its autocast wrapper on forward, so the
+    # returned model computed in bfloat16 what the saved one computes in float32.
+    final = train_utils.merge_lora(trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False))
     if options.lora_r > 0:
         trainer.model = trainer.model_wrapped = final
     if use_cache is not None:
