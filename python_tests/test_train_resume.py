@@ -81,7 +81,7 @@ def test_resume_with_another_length_is_refused_where_the_schedule_depends_on_it(
     checkpoint = tmp_path / "checkpoint-4"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text(json.dumps({"model_type": "qwen2", "superthoughts": {}}))
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4, "max_steps": 4}))
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2, "max_steps": 4}))
     resume = lambda **kw: check_resume(tmp_path / "o", str(checkpoint), **kw)
     for scheduler, warmup in (("cosine", 0.03), ("linear", 0.0), ("constant_with_warmup", 0.1)):
         with pytest.raises(ValueError, match=r"checkpoint-4' is from a run of 4 steps, and this one has --max-steps 6; "
@@ -119,3 +119,20 @@ def test_resume_without_a_checkpoint_is_refused_up_front(tmp_path):
         train(TrainOptions(**opts, output_dir=tmp_path / "fresh", resume_from_checkpoint=True))
     with pytest.raises(FileNotFoundError, match=r"--resume '.*checkpoint-7': no such checkpoint directory"):
         train(TrainOptions(**opts, output_dir=tmp_path / "o", resume_from_checkpoint=str(tmp_path / "checkpoint-7")))
+
+
+def test_resuming_a_finished_run_is_refused(base_dirs, tmp_path):
+    # A restarted job that had finished: Trainer took a step past --max-steps and saved that
+    # model over the finished one (one more step at each restart).
+    opts = dict(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=tmp_path / "o", rho_max=0.0)
+    fast = {**FAST, "max_steps": 2, "save_steps": 2}
+    train(TrainOptions(**opts, **fast))
+    finished = (tmp_path / "o" / "model.safetensors").read_bytes()
+    for max_steps in (2, 1):
+        with pytest.raises(ValueError, match=rf"checkpoint-2' is at step 2 and this run ends at --max-steps "
+                                             rf"{max_steps}: nothing is left to train"):
+            train(TrainOptions(**opts, resume_from_checkpoint=True, **{**fast, "max_steps": max_steps}))
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == finished
+    assert sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*")) == ["checkpoint-2"]
+    # A longer run under a schedule its length does not shape goes on from there.
+    assert train(TrainOptions(**opts, resume_from_checkpoint=True, **{**fast, "max_steps": 3})).global_step == 3

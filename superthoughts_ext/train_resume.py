@@ -27,10 +27,11 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     non-strictly and fails later, if at all, on an unrelated error) and, with `max_steps` > 0 and
     a learning-rate schedule that depends on the run's length, of a run of that many steps; a
     new run (no `resume`) must not start in a directory holding an earlier run's checkpoint-N
-    folders. Trainer would write its own beside them, rotate by
-    step number (keeping the old run's higher ones) and a later --resume would pick up the old run.
-    A LoRA checkpoint's adapter must also have `lora` (`train_utils.lora_settings`): peft loads another
-    alpha or other target modules without a word (the adapter of the steps trained was dropped).
+    folders. Trainer would write its own beside them, rotate by step number (keeping the old
+    run's higher ones) and a later --resume would pick up the old run. A LoRA checkpoint's
+    adapter must also have `lora` (`train_utils.lora_settings`): peft loads another alpha or
+    other target modules without a word (the adapter of the steps trained was dropped). The
+    checkpoint must leave steps to train (`_check_steps_left`).
     Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
     is checked against it once Trainer knows that length (`check_run_length` in a callback)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -55,7 +56,29 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     _check_checkpoint_kind(checkpoint, baseline, lora_r)
     _check_lora_settings(checkpoint, lora)
     check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
+    _check_steps_left(checkpoint, max_steps)
     return checkpoint
+
+
+def _trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's trainer_state.json; {} when it cannot be read (Trainer says what is missing)."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _check_steps_left(checkpoint: Path, max_steps: int) -> None:
+    """ValueError when `checkpoint` is at or past this run's `max_steps` (> 0): Trainer checks
+    for the last step only after taking one, so it would train a step past the end and save
+    that model over the finished one (each restart of a finished job one more)."""
+    done = _trainer_state(checkpoint).get("global_step")
+    if max_steps > 0 and isinstance(done, int) and done >= max_steps:
+        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is at step {done} and this run ends at "
+                         f"--max-steps {max_steps}: nothing is left to train (Trainer would still take a step past "
+                         "the end and save over the finished model); train further from the finished model "
+                         "(--model) as a new run, or resume with a larger --max-steps where the schedule allows")
 
 
 # transformers' schedules whose shape is set by the run's length (decays to the last step), and
@@ -77,10 +100,7 @@ def check_run_length(checkpoint: Path, max_steps: int, lr_scheduler: str, warmup
     shaped = lr_scheduler in LENGTH_SHAPED_SCHEDULES or (warmup_ratio > 0 and lr_scheduler in WARMUP_SCHEDULES)
     if not shaped or max_steps <= 0:
         return
-    try:
-        planned = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("max_steps")
-    except (ValueError, OSError):
-        return  # not a state this check can read; Trainer says what is missing
+    planned = _trainer_state(checkpoint).get("max_steps")
     if isinstance(planned, int) and planned != max_steps:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is from a run of {planned} steps, and this one "
                          f"has {length or f'--max-steps {max_steps}'}; resume with --max-steps {planned}, or train "
