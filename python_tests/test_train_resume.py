@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("transformers")
 import test_train  # noqa: E402
-from test_train import FAST, losses  # noqa: E402
+from test_train import FAST, ROWS, losses  # noqa: E402
 
 from superthoughts_ext.train import TrainOptions, train  # noqa: E402
 from superthoughts_ext.train_resume import check_resume  # noqa: E402
@@ -136,3 +136,16 @@ def test_resuming_a_finished_run_is_refused(base_dirs, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*")) == ["checkpoint-2"]
     # A longer run under a schedule its length does not shape goes on from there.
     assert train(TrainOptions(**opts, resume_from_checkpoint=True, **{**fast, "max_steps": 3})).global_step == 3
+
+
+def test_a_lora_checkpoint_resumed_with_other_heads_is_named(base_dirs, tmp_path):
+    # peft's loader raised a bare KeyError (a traceback from the CLI) for a compressor or MTP
+    # of another kind than the adapter's saved copy.
+    opts = dict(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", lora_r=4)
+    fast = {**FAST, "max_steps": 2, "save_steps": 1}
+    train(TrainOptions(**opts, **fast))
+    for heads in ({"compressor_type": "mlp"}, {"mtp_type": "mlp"}):
+        with pytest.raises(ValueError, match=r"resume: .*checkpoint-1.* (does not match the model|does not fit the "
+                                             r"model's parameters).*resume with the --model, --compressor-type and "
+                                             r"--mtp-type of the run that wrote it"):
+            train(TrainOptions(**opts, resume_from_checkpoint=str(tmp_path / "o" / "checkpoint-1"), **fast, **heads))

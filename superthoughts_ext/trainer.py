@@ -198,7 +198,22 @@ class SuperThoughtsTrainer(Trainer):
             except RuntimeError as exc:
                 raise ValueError(f"resume: checkpoint {resume_from_checkpoint} does not match the model: {exc}") from exc
             return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except (KeyError, RuntimeError) as exc:  # peft's adapter loader: a module the model lacks
+            raise ValueError(f"resume: checkpoint {resume_from_checkpoint} does not match the model ({exc!r}); "
+                             f"{_RESUME_HINT}") from exc
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except ValueError as exc:  # torch: "... parameter group that doesn't match the size of optimizer's group"
+            raise ValueError(f"resume: the optimizer state in {checkpoint} does not fit the model's parameters "
+                             f"({exc}); {_RESUME_HINT}") from exc
+
+
+# Options that shape the trained model beyond the kind of run check_resume compares.
+_RESUME_HINT = "resume with the --model, --compressor-type and --mtp-type of the run that wrote it"
 
 
 def _is_superthoughts(model: nn.Module) -> bool:
