@@ -200,6 +200,15 @@ def test_lora_trains_only_lora_compressor_mtp(base_dirs, tmp_path):
     assert result.metrics["trainable_params"] < result.metrics["total_params"]
 
 
+@pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
+def test_a_lora_target_that_names_no_module_is_refused(base_dirs, tmp_path, baseline):
+    # peft dropped "v_prj" without a word while "q_proj" matched: q_proj alone trained.
+    with pytest.raises(ValueError, match=r"--lora-target-modules v_prj: no module of the backbone has that name "
+                                         r"\(its linear and embedding layers: down_proj embed_tokens .* v_proj\)"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", lora_r=4, baseline=baseline,
+                           lora_target_modules=("q_proj", "v_prj"), **{**FAST, "max_steps": 1}))
+
+
 def test_lora_reaches_the_backbone_lm_head_and_counts_the_saved_model(base_dirs):
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 

@@ -198,6 +198,19 @@ def untie_adapted_embeddings(backbone: nn.Module, targets: Sequence[str]) -> boo
     return True
 
 
+def check_lora_targets(scope: nn.Module, targets: Sequence[str]) -> None:
+    """ValueError naming each of `targets` that matches no module of `scope` the way peft
+    matches a name (the module's name, or its end after a dot): peft drops such a name without a
+    word as long as another one matches (a misspelt "v_prj" trained q_proj alone)."""
+    names = [name for name, _ in scope.named_modules() if name]
+    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
+    if missing:
+        layers = sorted({name.rsplit(".", 1)[-1] for name, module in scope.named_modules()
+                         if isinstance(module, (nn.Linear, nn.Embedding))})
+        raise ValueError(f"train: --lora-target-modules {' '.join(missing)}: no module of the backbone has that name "
+                         f"(its linear and embedding layers: {' '.join(layers)})")
+
+
 def apply_lora(
     model: nn.Module, *, r: int, alpha: int, dropout: float, targets: Sequence[str],
     superthoughts: bool,
@@ -206,7 +219,9 @@ def apply_lora(
     A tied lm_head / embedding that the targets name is untied first (`untie_adapted_embeddings`)."""
     from peft import LoraConfig, get_peft_model
 
-    untie_adapted_embeddings(model.backbone if superthoughts else model, targets)
+    scope = model.backbone if superthoughts else model
+    check_lora_targets(scope, targets)
+    untie_adapted_embeddings(scope, targets)
 
     config = LoraConfig(
         r=r,
