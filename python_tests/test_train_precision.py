@@ -30,6 +30,21 @@ def test_float16_weights_are_refused_where_adamw_would_train_them(base_dirs, tmp
         TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", dtype="float16", **kind)
 
 
+@pytest.mark.parametrize("baseline", [False, True], ids=["superthoughts", "baseline"])
+def test_a_float16_module_is_refused_and_dtype_does_not_apply_to_modules(tmp_path, baseline):
+    # A module trains in its own dtype: a float16 one went NaN (the message then blamed the
+    # learning rate), and `dtype` was ignored for modules without a word.
+    tok = test_train.make_tokenizer()
+    half = test_train.make_model("qwen2", len(tok) + 3).half()
+    with pytest.raises(ValueError, match=r"train: \d+ trainable weights are float16 \(first: .*\) and cannot be "
+                                         r"trained \(AdamW's state underflows"):
+        train(TrainOptions(model=half, tokenizer=tok, data=ROWS, output_dir=tmp_path / "o", baseline=baseline,
+                           **{**FAST, "max_steps": 1}))
+    with pytest.raises(ValueError, match=r"dtype bfloat16 applies to a model directory; a model given as a module "
+                                         r"trains in its own dtype"):
+        TrainOptions(model=half.float(), data=ROWS, output_dir=tmp_path / "o", dtype="bfloat16")
+
+
 def test_float16_base_of_a_baseline_lora_run_trains(base_dirs, tmp_path):
     # peft keeps the adapters in float32; the frozen float16 base only runs forward and backward.
     result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", dtype="float16",

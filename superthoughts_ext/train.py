@@ -145,9 +145,12 @@ class TrainOptions:
             # (1e-8) rounds to 0, so the update is 0/0 = NaN (a tiny run went NaN at step 4). peft
             # keeps LoRA adapters in float32; SuperThoughts also trains its compressor and MTP fully.
             (self.dtype != "float16" or (self.baseline and self.lora_r > 0),
-             "dtype float16 weights cannot be trained (AdamW's state underflows in float16 and its updates "
-             "turn NaN); it only suits a baseline LoRA run, whose adapters stay float32. Use dtype bfloat16, "
-             "or float32 with bf16 autocast"),
+             f"dtype float16 weights cannot be trained ({train_utils.FLOAT16_ADAMW}); it only suits a baseline "
+             "LoRA run, whose adapters stay float32. Use dtype bfloat16, or float32 with bf16 autocast"),
+            # A module trains as it is: build_model loads only directories in `dtype`.
+            (not (isinstance(self.model, nn.Module) and self._changed("dtype")),
+             f"dtype {self.dtype} applies to a model directory; a model given as a module trains in its own "
+             "dtype (cast it first)"),
             (self.save_steps >= 0, f"save_steps must be >= 0 (0 = final save only), got {self.save_steps}"),
             (self.save_total_limit is None or self.save_total_limit >= 0,
              f"save_total_limit must be >= 0 (0 = keep every checkpoint), got {self.save_total_limit}"),
@@ -338,6 +341,7 @@ def train(options: TrainOptions) -> TrainResult:
             model, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout,
             targets=options.lora_target_modules, superthoughts=superthoughts,
         )
+    train_utils.check_no_float16_training(model)
     train_utils.warn_stalled_bf16_weights(model, options.learning_rate)
     collator = SuperThoughtsCollator(
         pad_id, eos_id, rho_max=options.rho_max, baseline=options.baseline, seed=options.seed,

@@ -258,6 +258,20 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     return {"trainable_params": trainable, "total_params": total}
 
 
+# Why float16 weights are not trained: a gradient below ~2.4e-4 squares to 0 in AdamW's state
+# and its eps (1e-8) rounds to 0, so the update is 0/0 (a tiny run went NaN at step 4).
+FLOAT16_ADAMW = "AdamW's state underflows in float16 and its updates turn NaN"
+
+
+def check_no_float16_training(model: nn.Module) -> None:
+    """ValueError when any trainable parameter is float16 (a module given in float16; the
+    `dtype` option is checked up front). peft's LoRA adapters are float32 over a float16 base."""
+    halves = [name for name, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float16]
+    if halves:
+        raise ValueError(f"train: {len(halves)} trainable weights are float16 (first: {halves[0]}) and "
+                         f"cannot be trained ({FLOAT16_ADAMW}); cast the model to bfloat16 or float32 first")
+
+
 # Elements read per tensor by `warn_stalled_bf16_weights`: an even sample keeps the check to
 # milliseconds on a 14B model.
 STALL_SAMPLE = 1 << 16
