@@ -203,6 +203,15 @@ def test_pretokenised_rows_obey_max_length():
     assert ids == [{"prompt_ids": [5, 6], "response_ids": [7]}]
 
 
+def test_text_row_options_are_refused_for_tokenised_rows(base_dirs, tmp_path):
+    # Neither is read there: both went unused without a word.
+    rows = [{"prompt_ids": [5], "response_ids": [6, 2]}]
+    with pytest.raises(ValueError, match=r"^train: problem_field, system_prompt apply to text rows; these rows are "
+                                         r"already tokenised \(prompt_ids / response_ids\)$"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=rows, output_dir=tmp_path / "o", problem_field="q",
+                           system_prompt="Be brief.", **ONE_STEP))
+
+
 def test_rows_beyond_the_context_are_dropped(base_dirs, tmp_path):
     # The tiny models have max_position_embeddings=256.
     long = {"problem": "what is 1 + 2", "solution": " ".join(["step"] * 600)}
@@ -334,27 +343,6 @@ def test_tokenising_progress_follows_progress_bar(base_dirs, tmp_path, capsys, p
                        **{**ONE_STEP, "progress_bar": progress_bar}))
     shown = f"tokenizing {base_dirs['data']}: 100%" in capsys.readouterr().err
     assert shown == progress_bar
-
-
-def test_lora_checkpoint_is_named_when_loaded_as_a_model(base_dirs, tmp_path):
-    from superthoughts_ext.modeling import load_model
-
-    out = tmp_path / "lora"
-    train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4, **{**ONE_STEP, "save_steps": 1}))
-    assert isinstance(load_model(out), torch.nn.Module)
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-1' is a LoRA adapter checkpoint .*--resume"):
-        load_model(out / "checkpoint-1")
-    # A resume with other LoRA options: peft loaded the adapter loosely and the trained steps' adapter
-    # was dropped without a word. Refused before anything loads; the same options resume.
-    for change, message in (({"lora_alpha": 8}, r"--lora-alpha 32 \(this run: 8\)"),
-                            ({"lora_target_modules": ("v_proj",)}, r"--lora-target-modules .*q_proj.* \(this run: "),
-                            ({"lora_dropout": 0.1}, r"--lora-dropout 0\.0 \(this run: 0\.1\)")):
-        with pytest.raises(ValueError, match=r"checkpoint-1' holds a LoRA adapter with " + message):
-            train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4, resume_from_checkpoint=True,
-                               **{**ONE_STEP, "save_steps": 1, **change}))
-    resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4,
-                                 resume_from_checkpoint=True, **{**ONE_STEP, "max_steps": 2, "save_steps": 1}))
-    assert resumed.global_step == 2
 
 
 def test_system_prompt_flags_exclude_each_other(capsys):

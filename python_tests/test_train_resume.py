@@ -1,6 +1,8 @@
-"""Resuming a training run: a resumed run matches an uninterrupted one, and checkpoints of
-another kind of run, of another length (where the learning-rate schedule depends on it) or
-missing are refused before anything loads. Tiny random models on CPU (test_train.py's fixtures).
+"""Resuming a training run: a resumed run matches an uninterrupted one; checkpoints of another
+kind of run, of another length (where the learning-rate schedule depends on it), of a finished
+run, missing ones and LoRA adapters with other options are refused before anything loads, and
+a LoRA adapter that does not fit the model is named. Tiny random models on CPU (test_train.py's
+fixtures).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from test_train import FAST, ROWS, losses  # noqa: E402
 from superthoughts_ext.train import TrainOptions, train  # noqa: E402
 from superthoughts_ext.train_resume import check_resume  # noqa: E402
 
+ONE_STEP = {**FAST, "max_steps": 1}
 base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
 
 
@@ -149,3 +152,24 @@ def test_a_lora_checkpoint_resumed_with_other_heads_is_named(base_dirs, tmp_path
                                              r"model's parameters).*resume with the --model, --compressor-type and "
                                              r"--mtp-type of the run that wrote it"):
             train(TrainOptions(**opts, resume_from_checkpoint=str(tmp_path / "o" / "checkpoint-1"), **fast, **heads))
+
+
+def test_lora_checkpoint_is_named_when_loaded_as_a_model(base_dirs, tmp_path):
+    from superthoughts_ext.modeling import load_model
+
+    out = tmp_path / "lora"
+    train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4, **{**ONE_STEP, "save_steps": 1}))
+    assert isinstance(load_model(out), torch.nn.Module)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-1' is a LoRA adapter checkpoint .*--resume"):
+        load_model(out / "checkpoint-1")
+    # A resume with other LoRA options: peft loaded the adapter loosely and the trained steps' adapter
+    # was dropped without a word. Refused before anything loads; the same options resume.
+    for change, message in (({"lora_alpha": 8}, r"--lora-alpha 32 \(this run: 8\)"),
+                            ({"lora_target_modules": ("v_proj",)}, r"--lora-target-modules .*q_proj.* \(this run: "),
+                            ({"lora_dropout": 0.1}, r"--lora-dropout 0\.0 \(this run: 0\.1\)")):
+        with pytest.raises(ValueError, match=r"checkpoint-1' holds a LoRA adapter with " + message):
+            train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4, resume_from_checkpoint=True,
+                               **{**ONE_STEP, "save_steps": 1, **change}))
+    resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4,
+                                 resume_from_checkpoint=True, **{**ONE_STEP, "max_steps": 2, "save_steps": 1}))
+    assert resumed.global_step == 2

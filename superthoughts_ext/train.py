@@ -303,6 +303,7 @@ def train(options: TrainOptions) -> TrainResult:
         options.data, tokenizer, problem_field=options.problem_field,
         solution_field=options.solution_field, system_prompt=options.system_prompt,
         max_length=options.max_length,
+        text_options=[name for name in ("problem_field", "solution_field", "system_prompt") if options._changed(name)],
         # One bar per machine, as Trainer shows its own (every process tokenises the whole file).
         progress=options.progress_bar and int(os.environ.get("LOCAL_RANK", "0")) == 0,
     )

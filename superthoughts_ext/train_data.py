@@ -27,6 +27,7 @@ def load_examples(
     system_prompt: str | None,
     max_length: int | None,
     progress: bool = False,
+    text_options: Sequence[str] = (),
 ) -> Examples:
     """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows, each with
     its line (or row) number for `drop_beyond_context`.
@@ -34,7 +35,8 @@ def load_examples(
     Rows may be raw ({problem_field, solution_field}: text) or already tokenised
     ({"prompt_ids", "response_ids"}: lists of ids, checked by `tokenised_rows`). Errors
     name the file and line (or row number); an empty dataset is an error. `progress` shows
-    a bar while text rows are tokenised.
+    a bar while text rows are tokenised. `text_options` names the options the caller set that
+    only text rows read (problem_field, ...): refused with tokenised rows, not dropped.
     """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
@@ -56,6 +58,9 @@ def load_examples(
         # One row with token ids makes them all tokenised rows: a typo in a later row's field is
         # then named there, not blamed on row 1 as a missing "problem".
         if any(isinstance(r, Mapping) and ("prompt_ids" in r or "response_ids" in r) for r in rows):
+            if text_options:
+                raise ValueError(f"train: {', '.join(text_options)} {'apply' if len(text_options) > 1 else 'applies'} "
+                                 "to text rows; these rows are already tokenised (prompt_ids / response_ids)")
             examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where="train", max_length=max_length)
         else:
             examples = _encode_rows(
