@@ -198,3 +198,26 @@ def test_bad_input_is_rejected(model, backbone) -> None:
         generate(model, ids, mask, max_new_tokens=4.0)
     with pytest.raises(ValueError, match=r"rows \[0, 1\] have no prompt token"):  # no mask to infer from
         generate(model, ids[:, :0], max_new_tokens=4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_logits_with_no_finite_maximum_are_warned_about(model, mode) -> None:
+    # A float16 model whose top logit overflows to +inf: the step op's rule emits the pad id
+    # (transformers' argmax picks the +inf token); it did so without a word.
+    ids, mask = left_pad(PROMPTS)
+    overflowing = copy.deepcopy(model)
+    backbone_model = overflowing.backbone
+    head = torch.nn.Linear(backbone_model.lm_head.in_features, VOCAB, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(backbone_model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[5] = float("inf")
+    backbone_model.lm_head = head
+    with pytest.warns(UserWarning, match=r"^generate: rows \[0, 1, 2, 3\] met main-head logits with no finite maximum "
+                                         r"\(NaN, all -inf, or \+inf, as from a float16 model that overflows\) and "
+                                         r"emitted the pad id there"):
+        out = generate(overflowing, ids, mask, max_new_tokens=4, mode=mode, ignore_eos=True)
+    assert out.sequences == [[overflowing.pad_token_id] * len(row) for row in out.sequences]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, ids, mask, max_new_tokens=4, mode=mode)  # finite logits: no warning

@@ -67,6 +67,9 @@ class DecodeState:
     num_steps: torch.Tensor  # [B] int64 steps that emitted at least one token
     num_pair_steps: torch.Tensor  # [B] int64 steps that emitted two tokens
     slot: torch.Tensor  # [1, 2] int64 (0, 1): offsets of a step's two tokens
+    # [B] bool: a step whose main-head logits had no finite maximum (NaN, all -inf, or +inf from
+    # an overflowing float16 model): the op emitted pad_id there, which generate() warns about.
+    unscored: torch.Tensor
     prompt_len: int  # T: cache columns the prompt fills; decode step s writes column T + s
     # [K] int64 EOS ids besides the op's one (a model may list several), or None.
     extra_eos: torch.Tensor | None = None
@@ -92,6 +95,7 @@ class DecodeState:
             num_steps=zeros.clone(),
             num_pair_steps=zeros.clone(),
             slot=torch.arange(2, device=device).unsqueeze(0),
+            unscored=torch.zeros(batch, dtype=torch.bool, device=device),
             prompt_len=prompt_len,
             extra_eos=torch.tensor(extra_eos, dtype=torch.int64, device=device) if extra_eos else None,
         )
@@ -256,10 +260,12 @@ def advance(state: DecodeState, cfg: StepConfig) -> None:
 
 def sample(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig, offset: int) -> None:
     """One `superthoughts_step` on logits [2, B, V]: tokens, bookkeeping, next input and position."""
-    tokens, n_new, _, next_in = cfg.step_fn(
+    tokens, n_new, conf, next_in = cfg.step_fn(
         logits, stepper.embed, stepper.merge_weight, stepper.merge_bias, state.finished, cfg.pad_id,
         cfg.eos_id, cfg.threshold, cfg.threshold_main, cfg.temperature, cfg.seed, offset,
     )
+    # A scored row's confidence is at least 1 / V; the op gives 0 to a head with no finite maximum.
+    state.unscored.logical_or_((conf[:, 0] == 0) & (n_new > 0))
     record(state, tokens, stop_at_extra_eos(state, tokens, n_new, cfg))
     state.inputs.copy_(stepper.next_inputs(tokens, next_in))
     advance(state, cfg)

@@ -16,6 +16,7 @@ import math
 import sys
 import time
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,6 +270,11 @@ def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int, c
     """Reads the per-row tokens and step counts back to the host, once decoding is done."""
     written = state.write_pos.tolist()
     out = state.out.cpu()
+    unscored = state.unscored.nonzero().flatten().tolist()
+    if unscored:
+        warnings.warn(f"generate: rows {unscored[:10]}{' ...' if len(unscored) > 10 else ''} met main-head logits "
+                      "with no finite maximum (NaN, all -inf, or +inf, as from a float16 model that overflows) "
+                      "and emitted the pad id there; load the model in bfloat16 or float32", stacklevel=4)
     return GenerateOutput(
         sequences=[out[row, : written[row]].tolist() for row in range(len(written))],
         num_tokens=written,

@@ -15,7 +15,7 @@ def warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
     if rows:
         named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
         warnings.warn(f"generate: rows {named} start with the pad id {pad} but no attention_mask was given: the "
-                      "pads are read as prompt tokens; pass the tokenizer's attention_mask", stacklevel=3)
+                      "pads are read as prompt tokens; pass the tokenizer's attention_mask", stacklevel=4)
 
 
 def check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
