@@ -221,3 +221,14 @@ def test_logits_with_no_finite_maximum_are_warned_about(model, mode) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate(model, ids, mask, max_new_tokens=4, mode=mode)  # finite logits: no warning
+
+
+def test_generate_under_autocast_is_refused(model) -> None:
+    # Autocast made bfloat16 keys and values for the float32 static cache: an index_copy_ dtype
+    # error from inside transformers' cache update.
+    ids, mask = left_pad(PROMPTS)
+    for mode in MODES:
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+                ValueError, match=r"generate: torch.autocast \(torch.bfloat16\) is on; decoding runs in the model's "
+                                  r"own dtype"):
+            generate(model, ids, mask, max_new_tokens=4, mode=mode)

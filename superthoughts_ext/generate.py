@@ -343,6 +343,12 @@ def generate(
         GenerateOutput with per-row sequences and step statistics.
     """
     superthoughts = _check_args(model, mode, max_new_tokens, temperature)
+    if torch.is_autocast_enabled(input_ids.device.type):
+        # The static KV cache holds the model's dtype; autocast made keys and values in another
+        # and the cache update failed deep in transformers (index_copy_ dtype mismatch).
+        raise ValueError(f"generate: torch.autocast ({torch.get_autocast_dtype(input_ids.device.type)}) is on; "
+                         "decoding runs in the model's own dtype: load the model in that dtype instead "
+                         "(load_model(..., dtype=torch.bfloat16)) and call generate() outside autocast")
     eos_ids = resolve_eos_ids(model, eos_token_id)
     eos = eos_ids[0]
     vocab = vocab_size(model)
