@@ -412,3 +412,17 @@ def test_accumulated_loss_is_the_mean_of_micro_batch_means(base_dirs, tmp_path, 
                                             baseline=baseline, grad_accum=2, **{**tiny_lr, "max_steps": 1})))
     assert abs(alone[0] - alone[1]) > 0.5, alone  # token weighting would move the mean far off
     assert accumulated[0] == pytest.approx(sum(alone) / 2, rel=1e-3), (accumulated, alone)
+
+
+def test_report_to_takes_several_integrations():
+    # It took one; Trainer logs to a list of them.
+    from superthoughts_ext.train import options_from_args, training_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = ["--model", "m", "--data", "d", "--output", "o", "--report-to"]
+    assert training_arguments(options_from_args(parser.parse_args([*flags, "none"]))).report_to == []
+    several = options_from_args(parser.parse_args([*flags, "tensorboard", "wandb"]))
+    assert several.report_to == ("tensorboard", "wandb")
+    with pytest.raises(ValueError, match=r"--report-to: .*requires tensorboard"):  # each one is checked
+        training_arguments(several)

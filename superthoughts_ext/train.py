@@ -119,7 +119,7 @@ class TrainOptions:
     save_steps: int = 500
     save_total_limit: int | None = 2
     resume_from_checkpoint: str | bool | None = None
-    report_to: str = "none"
+    report_to: str | Sequence[str] = "none"  # one integration, several, "all" or "none"
     progress_bar: bool = True
     dataloader_num_workers: int = 0
     training_args: dict[str, Any] = field(default_factory=dict)
@@ -239,7 +239,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         save_strategy="steps" if options.save_steps > 0 else "no",
         save_steps=max(options.save_steps, 1),
         save_total_limit=options.save_total_limit or None,  # 0: keep every checkpoint
-        report_to=options.report_to,
+        report_to=options.report_to if isinstance(options.report_to, str) else list(options.report_to),
         disable_tqdm=not options.progress_bar,
         remove_unused_columns=False,
         label_names=[] if not options.baseline else ["labels"],
@@ -436,7 +436,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="checkpoints kept in --output, the oldest removed (0 = keep every one)")
     g("--resume", nargs="?", const=True, default=None, dest="resume_from_checkpoint",
       help="resume from the last checkpoint in --output, or from the given checkpoint")
-    g("--report-to", default=d["report_to"].default, help="transformers logging integration (tensorboard, wandb, ...)")
+    g("--report-to", nargs="+", default=d["report_to"].default,
+      help="transformers logging integrations (tensorboard, wandb, ...; several, all or none)")
     g("--no-progress", action="store_false", dest="progress_bar",
       help="hide the progress bars of tokenisation and training (shown by default)")
     g("--num-workers", type=int, dest="dataloader_num_workers", default=0, help="DataLoader worker processes")
@@ -459,6 +460,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     names = {f.name for f in dataclasses.fields(TrainOptions)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["lora_target_modules"] = tuple(values["lora_target_modules"])
+    if isinstance(values["report_to"], list):
+        values["report_to"] = tuple(values["report_to"])
     try:
         return TrainOptions(**values)
     except ValueError as error:
