@@ -5,8 +5,9 @@ accelerate 1.15 turns `--use_fsdp` into FSDP only for GPU-like device types
 branch); on CPU it keeps MULTI_CPU and silently runs DDP. torch's FSDP2 itself runs on CPU
 with gloo, so the launched script lifts that one gate (FSDP_SCRIPT below) and the rest of
 the path is the real one: accelerate's fully_shard wrapping, Trainer's gathered full-state
-saves, FSDP checkpoints and resume. The test checks that FSDP did run, that the result
-equals a DDP run of the same job, and that tied weights stay tied.
+saves, FSDP checkpoints and resume. The tests check that FSDP did run, that the result
+equals a DDP run of the same job (a full run, and a LoRA run whose saved model is merged), and
+that tied weights stay tied.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ FSDP_SCRIPT = textwrap.dedent("""
     model, data, out, steps = sys.argv[1:5]
     result = train(TrainOptions(model=model, data=data, output_dir=out, max_steps=int(steps), batch_size=2,
                                 learning_rate=3e-3, warmup_ratio=0.0, lr_scheduler="constant", save_steps=2,
-                                logging_steps=1, progress_bar=False, resume_from_checkpoint=True if len(sys.argv) > 5 else None))
+                                logging_steps=1, progress_bar=False, lora_r=int(os.environ.get("TEST_LORA_R", "0")),
+                                resume_from_checkpoint=True if len(sys.argv) > 5 else None))
     state = accelerate.state.AcceleratorState()
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
         json.dump({"distributed_type": str(state.distributed_type), "fsdp_module": isinstance(result.model, FSDPModule),
@@ -77,10 +79,10 @@ FSDP_SCRIPT = textwrap.dedent("""
 
 
 def launch(tmp_path: Path, launcher: list[str], base: Path, data: Path, out: Path, steps: int,
-           resume: bool = False) -> list[dict]:
+           resume: bool = False, lora_r: int = 0) -> list[dict]:
     script = tmp_path / "fsdp_train.py"
     script.write_text(FSDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TEST_LORA_R": str(lora_r),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = launcher + [str(script), str(base), str(data), str(out), str(steps)] + (["resume"] if resume else [])
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
@@ -88,14 +90,16 @@ def launch(tmp_path: Path, launcher: list[str], base: Path, data: Path, out: Pat
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
+ACCELERATE_CMD = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+TORCHRUN_CMD = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+
+
 def test_fsdp2_two_processes_matches_ddp(base_dirs, tmp_path):
     from superthoughts_ext.modeling import load_model
 
     base, data = base_dirs["qwen2"], base_dirs["data"]
-    accelerate_cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
-                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    torchrun_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_addr", "127.0.0.1"]
+    accelerate_cmd, torchrun_cmd = ACCELERATE_CMD, TORCHRUN_CMD
     fsdp_out, ddp_out = tmp_path / "fsdp", tmp_path / "ddp"
     # accelerate launch leaves --fsdp_cpu_ram_efficient_loading on by default; train turns it off.
     first = launch(tmp_path, accelerate_cmd + ["--main_process_port", str(free_port())] + FSDP_FLAGS,
@@ -120,6 +124,27 @@ def test_fsdp2_two_processes_matches_ddp(base_dirs, tmp_path):
     assert backbone.get_input_embeddings().weight is backbone.get_output_embeddings().weight
     reference = ddp_model.state_dict()
     for name, tensor in fsdp_model.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_fsdp2_lora_run_matches_ddp(base_dirs, tmp_path):
+    # LoRA under FSDP2: the adapters and the fully trained compressor / MTP are sharded with the
+    # layers, and the saved model is the merged one, as under DDP.
+    from superthoughts_ext.modeling import load_model
+
+    base, data = base_dirs["qwen2"], base_dirs["data"]
+    fsdp_out, ddp_out = tmp_path / "fsdp", tmp_path / "ddp"
+    fsdp = launch(tmp_path, ACCELERATE_CMD + ["--main_process_port", str(free_port())] + FSDP_FLAGS,
+                  base, data, fsdp_out, steps=3, lora_r=4)
+    ddp = launch(tmp_path, TORCHRUN_CMD + ["--master_port", str(free_port())], base, data, ddp_out, steps=3, lora_r=4)
+    assert [r["distributed_type"] for r in fsdp] == ["DistributedType.FSDP"] * 2
+    torch.testing.assert_close(fsdp[0]["losses"], ddp[0]["losses"], rtol=1e-4, atol=0)
+    assert ddp[0]["losses"][-1] < ddp[0]["losses"][0]
+    reference = load_model(ddp_out).state_dict()
+    start = load_file(base / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    merged = load_model(fsdp_out).state_dict()
+    assert not torch.equal(merged["backbone.model.layers.0.self_attn.q_proj.weight"], start)  # adapter merged in
+    for name, tensor in merged.items():
         torch.testing.assert_close(tensor, reference[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
