@@ -162,7 +162,7 @@ def test_threads_reach_the_timed_run_through_the_console_script(tmp_path: Path) 
     finally:
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
-    assert used == 1 and report["threads"] == 1 and report["device"].endswith(", 1 threads)")
+    assert used == 1 and report["threads"] == 1 and report["device"].endswith(", 1 torch threads)")
     assert report["complete"] and report["rows"][0]["fused_s"] > 0
 
 

@@ -45,11 +45,12 @@ def cpu_model() -> str:
 
 
 def device_name(device: torch.device | str) -> str:
-    """GPU name, or the CPU model with its core and thread counts."""
+    """GPU name, or the CPU model with its logical CPU count (os.cpu_count: hardware threads,
+    not cores) and the threads torch uses."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads)"
 
 
 def results_file(output: Path | None, default: Path, overwrite: bool) -> Path:
