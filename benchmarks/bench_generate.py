@@ -309,7 +309,8 @@ def main(args: argparse.Namespace) -> int:
 
     def write_report(complete: bool) -> None:
         report = {
-            "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": device_name(device), "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__,
             "commit": commit, "shape": shape, "dtype": str(dtype).removeprefix("torch."),
             "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
             "threads": torch.get_num_threads(), "compile": compiled, "mtp_logit_std": args.mtp_logit_std,

@@ -351,7 +351,7 @@ def main(args: argparse.Namespace) -> int:
     apply_threads(args)
     report: dict[str, Any] = {
         "benchmark": "train", "device": device_name(device), "device_type": device.type,
-        "torch": torch.__version__, "commit": git_commit(), "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__, "commit": git_commit(), "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "prompt_len": args.prompt_len,
         "optimizer": "AdamW",
         "dtype": "bfloat16" if device.type == "cuda" else "float32", "complete": False, "shapes": {},
