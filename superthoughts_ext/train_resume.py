@@ -60,20 +60,21 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     return checkpoint
 
 
-def _trainer_state(checkpoint: Path) -> dict[str, Any]:
-    """The checkpoint's trainer_state.json; {} when it cannot be read (Trainer says what is missing)."""
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when it is missing or unreadable: these checks then pass
+    and Trainer (or peft) says what is wrong with the checkpoint."""
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError):
-        return {}
-    return state if isinstance(state, dict) else {}
+        return None
+    return values if isinstance(values, dict) else None
 
 
 def _check_steps_left(checkpoint: Path, max_steps: int) -> None:
     """ValueError when `checkpoint` is at or past this run's `max_steps` (> 0): Trainer checks
     for the last step only after taking one, so it would train a step past the end and save
     that model over the finished one (each restart of a finished job one more)."""
-    done = _trainer_state(checkpoint).get("global_step")
+    done = (_read_json(checkpoint / "trainer_state.json") or {}).get("global_step")
     if max_steps > 0 and isinstance(done, int) and done >= max_steps:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is at step {done} and this run ends at "
                          f"--max-steps {max_steps}: nothing is left to train (Trainer would still take a step past "
@@ -100,7 +101,7 @@ def check_run_length(checkpoint: Path, max_steps: int, lr_scheduler: str, warmup
     shaped = lr_scheduler in LENGTH_SHAPED_SCHEDULES or (warmup_ratio > 0 and lr_scheduler in WARMUP_SCHEDULES)
     if not shaped or max_steps <= 0:
         return
-    planned = _trainer_state(checkpoint).get("max_steps")
+    planned = (_read_json(checkpoint / "trainer_state.json") or {}).get("max_steps")
     if isinstance(planned, int) and planned != max_steps:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is from a run of {planned} steps, and this one "
                          f"has {length or f'--max-steps {max_steps}'}; resume with --max-steps {planned}, or train "
@@ -115,18 +116,14 @@ def _check_checkpoint_kind(checkpoint: Path, baseline: bool, lora_r: int) -> Non
     """ValueError when `checkpoint` was written by another kind of run than this one. A LoRA
     checkpoint holds adapter_config.json (SuperThoughts: the compressor and MTP among its
     modules_to_save), a full one config.json (SuperThoughts: with its section)."""
-    adapter, config = checkpoint / "adapter_config.json", checkpoint / "config.json"
-    try:
-        if adapter.is_file():
-            values = json.loads(adapter.read_text(encoding="utf-8"))
-            saved = set(values.get("modules_to_save") or [])
-            written = (bool(saved & set(SUPERTHOUGHTS_TRAINABLE_MODULES)), int(values.get("r") or 0))
-        elif config.is_file():
-            written = (is_superthoughts_checkpoint(checkpoint), 0)
-        else:
-            return  # not a checkpoint this check can read; Trainer says what is missing
-    except (ValueError, OSError):
-        return
+    adapter = _read_json(checkpoint / "adapter_config.json")
+    if adapter is not None:
+        saved = set(adapter.get("modules_to_save") or [])
+        written = (bool(saved & set(SUPERTHOUGHTS_TRAINABLE_MODULES)), int(adapter.get("r") or 0))
+    elif (checkpoint / "config.json").is_file():
+        written = (is_superthoughts_checkpoint(checkpoint), 0)
+    else:
+        return  # not a checkpoint this check can read; Trainer says what is missing
     if written != (not baseline, lora_r):
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was written by {_run_kind(*written)}, and this is "
                          f"{_run_kind(not baseline, lora_r)}; resume with the options of the run that wrote it")
@@ -138,12 +135,8 @@ LORA_FLAGS = {"lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "t
 def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> None:
     """ValueError when the LoRA adapter in `checkpoint` has another alpha, dropout or target
     modules than `lora` (`train_utils.lora_settings`); nothing to check without an adapter_config.json."""
-    adapter = checkpoint / "adapter_config.json"
-    if not lora or not adapter.is_file():
-        return
-    try:
-        saved = json.loads(adapter.read_text(encoding="utf-8"))
-    except (ValueError, OSError):
+    saved = _read_json(checkpoint / "adapter_config.json")
+    if not lora or saved is None:
         return
     differ = []
     for key, wanted in lora.items():
