@@ -18,6 +18,8 @@ from superthoughts_ext import train_resume, train_utils
 from superthoughts_ext.layers import causal_mask_for_right_padding
 
 LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
+# Options that shape the trained model beyond the kind of run check_resume compares.
+_RESUME_HINT = "resume with the --model, --compressor-type and --mtp-type of the run that wrote it"
 
 
 class TrainingDiverged(RuntimeError):
@@ -156,11 +158,11 @@ class SuperThoughtsTrainer(Trainer):
             self._last_finite_step = self.state.global_step
         if bad:
             values = ", ".join(f"{name} {value}" for name, value in bad.items())
-            last = getattr(self, "_last_finite_step", None)
-            since = f"checkpoints after step {last} may hold NaN weights" if last is not None else "no step was finite"
+            # The last finite log of this run, else the step it started (or resumed) from.
+            last = getattr(self, "_last_finite_step", self._run_start.start_step)
             raise TrainingDiverged(
                 f"train: training diverged by step {self.state.global_step} ({values}); stopped without saving the "
-                f"model ({since}). Try a lower --learning-rate or --max-grad-norm, or float32 weights with --bf16 "
+                f"model (checkpoints after step {last} may hold NaN weights). Try a lower --learning-rate or --max-grad-norm, or float32 weights with --bf16 "
                 "autocast")
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -196,7 +198,8 @@ class SuperThoughtsTrainer(Trainer):
             try:
                 target.load_state_dict(loaded.state_dict())
             except RuntimeError as exc:
-                raise ValueError(f"resume: checkpoint {resume_from_checkpoint} does not match the model: {exc}") from exc
+                raise ValueError(f"resume: checkpoint {resume_from_checkpoint} does not match the model: {exc}; "
+                                 f"{_RESUME_HINT}") from exc
             return
         try:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -211,9 +214,6 @@ class SuperThoughtsTrainer(Trainer):
             raise ValueError(f"resume: the optimizer state in {checkpoint} does not fit the model's parameters "
                              f"({exc}); {_RESUME_HINT}") from exc
 
-
-# Options that shape the trained model beyond the kind of run check_resume compares.
-_RESUME_HINT = "resume with the --model, --compressor-type and --mtp-type of the run that wrote it"
 
 
 def _is_superthoughts(model: nn.Module) -> bool:
