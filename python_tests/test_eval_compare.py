@@ -30,6 +30,19 @@ def test_compare_refuses_other_benches_and_repeated_ids(tmp_path: Path) -> None:
         compare(a, twice)
 
 
+def test_compare_warns_on_other_system_prompts(tmp_path: Path) -> None:
+    # Another prompt asks another question: it went by without a word.
+    long = "Please reason step by step, and put your final answer within \\boxed{}."
+    a = write_records(tmp_path / "a.jsonl", [{"id": str(i), "system_prompt": long} for i in range(4)])
+    b = write_records(tmp_path / "b.jsonl", [{"id": str(i), "system_prompt": "Be brief."} for i in range(4)])
+    with pytest.warns(UserWarning, match=r"different system_prompt \(.*a.jsonl: 'Please reason step by step, and put "
+                                         r"y\.\.\.', .*b.jsonl: 'Be brief.'\); accuracy and lengths are not like"):
+        compare(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare(a, write_records(tmp_path / "c.jsonl", [{"id": str(i), "system_prompt": long} for i in range(4)]))
+
+
 def test_compare_warns_on_other_budgets_and_counts_cut_off_outputs(tmp_path: Path) -> None:
     a = write_records(tmp_path / "a.jsonl", [{"id": str(i), "max_new_tokens": 512, "hit_limit": i < 3}
                                              for i in range(4)])

@@ -173,6 +173,10 @@ def test_summary_states_the_budget_and_the_thresholds_used(tmp_path: Path) -> No
     assert (saved["threshold"], saved["threshold_main"]) == (0.7, 0.2) == (summary.threshold, summary.threshold_main)
     assert (saved["max_new_tokens"], saved["batch_size"]) == (777, 3)
     assert run_label(out) == "st [superthoughts 0.7]"
+    # An interrupted run has no summary yet: its records carry the same settings.
+    summary_path(out).unlink()
+    records = {str(i): json.loads(line) for i, line in enumerate(out.read_text().splitlines())}
+    assert run_label(out) == "st" and run_label(out, records) == "st [superthoughts 0.7]"
     given = evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.95, progress=False,
                      generate_fn=fake_generate(tokenizer, []))
     assert (given.threshold, given.threshold_main) == (0.95, 0.2)

@@ -246,8 +246,13 @@ def test_regrade_takes_bench_and_data_from_the_records_unless_given(tmp_path: Pa
     b = write_records(tmp_path / "b.jsonl", [{**record, "data": "/elsewhere"}])
     assert stored_settings([a]) == {"bench": "math500", "data": str(data), "option_orders": 1}
     with pytest.raises(ValueError, match=r"a.jsonl:1 has data .*, .*b.jsonl:1 has '/elsewhere'; regrade runs of one "
-                                         r"data at a time, or give --data"):
+                                         r"data at a time; or give --data"):
         stored_settings([a, b])
     assert run_cli(["--regrade", str(a), "--no-progress"]) == 0  # no hub: the records' own data file
     assert "accuracy 1.0000 -> 1.0000" in capsys.readouterr().out
     assert run_cli(["--regrade", str(a), str(b), "--no-progress", "--data", str(data)]) == 0  # given: no conflict
+    # Runs of two benches: --bench cannot reconcile them (each record is graded on its own
+    # bench), so the message offers no such option.
+    amc = write_records(tmp_path / "c.jsonl", [{**record, "bench": "amc23", "data": str(data)}])
+    with pytest.raises(ValueError, match=r"has 'amc23'; regrade runs of one bench at a time$"):
+        stored_settings([a, amc])

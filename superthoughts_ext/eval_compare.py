@@ -48,20 +48,27 @@ def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
 
 def _check_settings(runs: list[tuple[str | Path, dict[str, dict[str, Any]]]]) -> None:
     """Records are matched by id alone, so the files must be runs of one benchmark (ids such as
-    "0".."39" exist in several): ValueError otherwise. A different max_new_tokens is a warning:
-    a longer budget lets a run finish problems the other had cut off."""
+    "0".."39" exist in several): ValueError otherwise. A different max_new_tokens or system
+    prompt is a warning: a longer budget lets a run finish problems the other had cut off, and
+    another prompt asks another question."""
     def values(records: dict[str, dict[str, Any]], key: str) -> set[Any]:
         return {record[key] for record in records.values() if key in record}
 
-    for key in ("bench", "max_new_tokens"):
+    def shown(value: Any, key: str) -> str:  # a system prompt is a paragraph: its start tells them apart
+        if key == "system_prompt" and isinstance(value, str):
+            return repr(value if len(value) <= 40 else value[:37] + "...")
+        return str(value)
+
+    for key in ("bench", "max_new_tokens", "system_prompt"):
         seen = {str(path): values(records, key) for path, records in runs}
         if len(set().union(*seen.values())) <= 1:
             continue
-        which = ", ".join(f"{path}: {' '.join(map(str, sorted(v, key=str)))}" for path, v in seen.items() if v)
+        which = ", ".join(f"{path}: {' '.join(shown(value, key) for value in sorted(v, key=str))}"
+                          for path, v in seen.items() if v)
         if key == "bench":
             raise ValueError(f"compare: the files are runs of different benchmarks ({which}); "
                              "their problem ids do not name the same problems")
-        warnings.warn(f"compare: the runs had different max_new_tokens ({which}); accuracy and lengths "
+        warnings.warn(f"compare: the runs had different {key} ({which}); accuracy and lengths "
                       "are not like for like", stacklevel=3)
 
 
@@ -166,9 +173,10 @@ def format_comparison(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_label(path: str | Path) -> str:
+def run_label(path: str | Path, records: dict[str, dict[str, Any]] | None = None) -> str:
     """A run's name in tables and plots: the file stem, with the mode and threshold from its
-    `.summary.json` (written by `evaluate`) when there is one."""
+    `.summary.json` (written by `evaluate`) when there is one, else from its first record (an
+    interrupted run has no summary; every record keeps the run's settings)."""
     label = run_name(path)
     summary = summary_path(path)
     if summary.is_file():
@@ -179,11 +187,13 @@ def run_label(path: str | Path) -> str:
         if not isinstance(info, dict):  # the records suffice: label the run by its name alone
             warnings.warn(f"{summary}: not a summary JSON object ({info}); labelling the run {label!r}", stacklevel=2)
             return label
-        mode, threshold = info.get("mode"), info.get("threshold")
-        if mode == "superthoughts" and threshold is not None:
-            label += f" [{mode} {threshold_label(threshold)}]"
-        elif mode:
-            label += f" [{mode}]"
+    else:
+        info = next(iter((records or {}).values()), {})
+    mode, threshold = info.get("mode"), info.get("threshold")
+    if mode == "superthoughts" and threshold is not None:
+        label += f" [{mode} {threshold_label(threshold)}]"
+    elif mode:
+        label += f" [{mode}]"
     return label
 
 
@@ -201,7 +211,7 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
     if not common:
         names = ", ".join(str(p) for p in [baseline_jsonl, *candidates])
         raise ValueError(f"compare: no problem id is present in all of {names}")
-    label_a, *labels = _distinct_labels([baseline_jsonl, *candidates])
+    label_a, *labels = _distinct_labels([baseline_jsonl, *candidates], [a, *runs])
     results = []
     for path, b, label_b in zip(candidates, runs, labels):
         result = _compare_records(baseline_jsonl, a, path, b, common)
@@ -210,10 +220,10 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
     return results
 
 
-def _distinct_labels(paths: list[str | Path]) -> list[str]:
-    """`run_label` of each path; runs of one file name in different folders (run1/st.jsonl,
-    run2/st.jsonl) get their folder in front, so no two rows or points look alike."""
-    labels = [run_label(path) for path in paths]
+def _distinct_labels(paths: list[str | Path], records: list[dict[str, dict[str, Any]]]) -> list[str]:
+    """`run_label` of each path (and its records); runs of one file name in different folders
+    (run1/st.jsonl, run2/st.jsonl) get their folder in front, so no two rows or points look alike."""
+    labels = [run_label(path, run) for path, run in zip(paths, records)]
     return [f"{Path(path).parent.as_posix()}/{label}" if labels.count(label) > 1 else label
             for path, label in zip(paths, labels)]
 

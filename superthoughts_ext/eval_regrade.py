@@ -76,8 +76,10 @@ def stored_settings(paths: Sequence[str | Path], wanted: Sequence[str] = ("bench
                 where = f"{path}:{number}"
                 value, first = seen.setdefault(key, (record[key], where))
                 if record[key] != value:
+                    # --data points every run at one copy of the data; runs of two benches can't share one.
+                    hint = "; or give --data" if key == "data" else ""
                     raise ValueError(f"--regrade: {first} has {key} {value!r}, {where} has {record[key]!r}; "
-                                     f"regrade runs of one {key} at a time, or give --{key}")
+                                     f"regrade runs of one {key} at a time{hint}")
             if isinstance(record.get("option_order"), int):
                 orders = max(orders, record["option_order"] + 1)
     return {"bench": seen.get("bench", (None,))[0], "data": seen.get("data", (None,))[0],
