@@ -191,6 +191,8 @@ def test_layout_length_bounds_every_layout(n, fraction):
         lengths = {len(build_units([5, 6], ids, pad_id=PAD, eos_id=EOS, split_fraction=fraction,
                                    rng=random.Random(seed)).first_ids) for seed in range(100)}
         assert max(lengths) == bound
+        # Tensors take the same ids (it read their truth value: "ambiguous" for a tensor).
+        assert layout_length(torch.tensor([5, 6]), torch.tensor(ids, dtype=torch.int64), EOS, fraction) == bound
 
 
 def test_baseline_layout():

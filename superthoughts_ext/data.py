@@ -164,7 +164,8 @@ def layout_length(prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id
     """The most positions (prompt tokens + units) `build_units` gives with the same arguments,
     over every rng: an upper bound, reached when the split count rounds up (exact for
     split_fraction 0 and 1, and whenever split_fraction * pairs is a whole number)."""
-    n = len(response_ids) + (0 if response_ids and response_ids[-1] == eos_id else 1)
+    # len() and a last element, not truthiness: numpy arrays and tensors are accepted as ids too.
+    n = len(response_ids) + (0 if len(response_ids) and int(response_ids[-1]) == eos_id else 1)
     return len(prompt_ids) + _unit_counts(n, split_fraction, 0.0)[0] + n % 2
 
 
