@@ -426,3 +426,15 @@ def test_report_to_takes_several_integrations():
     assert several.report_to == ("tensorboard", "wandb")
     with pytest.raises(ValueError, match=r"--report-to: .*requires tensorboard"):  # each one is checked
         training_arguments(several)
+
+
+def test_optim_picks_the_optimizer(base_dirs, tmp_path):
+    from superthoughts_ext.train import options_from_args, training_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--optim", "adafactor"])
+    assert str(training_arguments(options_from_args(args)).optim.value) == "adafactor"
+    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", optim="adafactor",
+                                **{**FAST, "max_steps": 6, "learning_rate": 1e-2}))
+    assert losses(result)[-1] < losses(result)[0]

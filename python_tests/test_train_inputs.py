@@ -410,8 +410,11 @@ def test_training_prompts_are_the_prompts_eval_sends():
     ({"lr_scheduler": "reduce_lr_on_plateau"}, "reduce_lr_on_plateau requires an eval strategy"),
     ({"output_dir": "a_file"}, r"a_file' is a file, not a directory"),
     ({"output_dir": "model"}, "is the --model directory; the run would overwrite the model it starts from"),
+    ({"optim": "adamw_nope"}, "adamw_nope is not a valid OptimizerNames"),
+    # Its package is missing: Trainer raised when it built the optimizer, after tokenising and loading.
+    ({"optim": "adamw_bnb_8bit"}, r"--optim adamw_bnb_8bit: You need to install `bitsandbytes`"),
 ], ids=["scheduler", "logging-steps", "report-to", "no-config", "report-to-missing", "scheduler-kwargs",
-        "scheduler-min-lr", "plateau", "output-file", "output-is-model"])
+        "scheduler-min-lr", "plateau", "output-file", "output-is-model", "optim", "optim-missing"])
 def test_option_mistakes_fail_before_the_data_is_tokenised(base_dirs, tmp_path, monkeypatch, change, message):
     # Tokenising a large file takes minutes: a typo must not wait for it.
     def tokenise(*args, **kwargs):

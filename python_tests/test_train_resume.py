@@ -173,3 +173,18 @@ def test_lora_checkpoint_is_named_when_loaded_as_a_model(base_dirs, tmp_path):
     resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4,
                                  resume_from_checkpoint=True, **{**ONE_STEP, "max_steps": 2, "save_steps": 1}))
     assert resumed.global_step == 2
+
+
+def test_a_resume_with_another_optimizer_is_refused(base_dirs, tmp_path):
+    # Adafactor loaded AdamW's saved state without a word and failed at its first step
+    # (KeyError 'beta1'); the optimizer is recorded in each checkpoint's trainer_state.json.
+    opts = dict(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o")
+    fast = {**FAST, "max_steps": 2, "save_steps": 1}
+    train(TrainOptions(**opts, **fast))
+    state = json.loads((tmp_path / "o" / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["RunSettings"]["args"] == {"optim": "adamw_torch_fused"}
+    resume = str(tmp_path / "o" / "checkpoint-1")
+    with pytest.raises(ValueError, match=r"checkpoint-1' was trained with --optim adamw_torch_fused, and this run uses "
+                                         r"adafactor: its optimizer state would not fit"):
+        train(TrainOptions(**opts, resume_from_checkpoint=resume, optim="adafactor", **fast))
+    assert train(TrainOptions(**opts, resume_from_checkpoint=resume, optim="adamw_torch_fused", **fast)).global_step == 2

@@ -60,6 +60,7 @@ from superthoughts_ext.trainer import (
     SuperThoughtsTrainer,
     TrainingArgumentsCpuFix,
     TrainingDiverged,
+    optimizer_name,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,6 +98,7 @@ class TrainOptions:
     lr_scheduler: str = "cosine"
     lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
     weight_decay: float = 0.0
+    optim: str | None = None  # a transformers OptimizerNames value; None: Trainer's default (adamw_torch_fused)
     max_grad_norm: float = 1.0
     seed: int = 0
     bf16: bool = False
@@ -227,6 +229,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         lr_scheduler_type=options.lr_scheduler,
         lr_scheduler_kwargs=dict(options.lr_scheduler_kwargs),
         weight_decay=options.weight_decay,
+        **({"optim": options.optim} if options.optim else {}),
         max_grad_norm=options.max_grad_norm,
         seed=options.seed,
         data_seed=options.seed,
@@ -252,6 +255,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
     kwargs.update(train_utils.without_fsdp_ram_efficient_loading(options.training_args))
     args = TrainingArgumentsCpuFix(**kwargs)
     _check_scheduler(args)
+    _check_optimizer(args)
     # Trainer checks report_to only when it is built, after the model is loaded and the data
     # tokenised; building each callback is its check that the integration is installed.
     for callback in get_reporting_integration_callbacks(args.report_to):
@@ -260,6 +264,19 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         except (ImportError, RuntimeError) as error:
             raise ValueError(f"train: --report-to: {error}") from error
     return args
+
+
+def _check_optimizer(args: TrainingArguments) -> None:
+    """The optimizer class resolved now: one whose package is missing (bitsandbytes, ...) fails
+    here, not when Trainer builds it after the data is tokenised and the model loaded."""
+    from transformers import Trainer
+
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args)
+    except ImportError as error:
+        raise ValueError(f"train: --optim {optimizer_name(args)}: {error}") from error
+    except ValueError:
+        pass  # needs the model (GaLore's target modules): Trainer checks it when it builds the optimizer
 
 
 def _check_scheduler(args: TrainingArguments) -> None:
@@ -289,12 +306,12 @@ def train(options: TrainOptions) -> TrainResult:
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
     lora = train_utils.lora_settings(options.lora_alpha, options.lora_dropout, options.lora_target_modules,
                                      superthoughts=not options.baseline) if options.lora_r > 0 else None
+    args = training_arguments(options)
     checkpoint = train_resume.check_resume(options.output_dir, options.resume_from_checkpoint,
                                            baseline=options.baseline, lora_r=options.lora_r,
                                            max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
-                                           warmup_ratio=options.warmup_ratio, lora=lora)
+                                           warmup_ratio=options.warmup_ratio, lora=lora, optim=optimizer_name(args))
     train_resume.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
-    args = training_arguments(options)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data
         read_model_dir(options.model, "train")
@@ -403,6 +420,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--lr-scheduler-kwargs", type=_json_object, default={}, metavar="JSON",
       help='arguments of the schedule, e.g. \'{"min_lr_rate": 0.1}\' for cosine_with_min_lr')
     g("--weight-decay", type=float, default=d["weight_decay"].default, help="AdamW weight decay")
+    g("--optim", default=None, help="optimizer: a transformers OptimizerNames value (default adamw_torch_fused; "
+                                    "adafactor, adamw_bnb_8bit with bitsandbytes, ...)")
     g("--max-grad-norm", type=float, default=d["max_grad_norm"].default, help="gradient clipping")
     g("--seed", type=int, default=d["seed"].default, help="initialisation, shuffling and pad-split draws")
     g("--bf16", action="store_true", help="bf16 autocast (mixed precision)")

@@ -20,7 +20,8 @@ from superthoughts_ext.train_utils import SUPERTHOUGHTS_TRAINABLE_MODULES
 
 def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
                  baseline: bool = False, lora_r: int = 0, max_steps: int = -1, lr_scheduler: str = "constant",
-                 warmup_ratio: float = 0.0, lora: Mapping[str, Any] | None = None) -> Path | None:
+                 warmup_ratio: float = 0.0, lora: Mapping[str, Any] | None = None,
+                 optim: str | None = None) -> Path | None:
     """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
     last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
     (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
@@ -31,7 +32,8 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     run's higher ones) and a later --resume would pick up the old run. A LoRA checkpoint's
     adapter must also have `lora` (`train_utils.lora_settings`): peft loads another alpha or
     other target modules without a word (the adapter of the steps trained was dropped). The
-    checkpoint must leave steps to train (`_check_steps_left`).
+    checkpoint must leave steps to train (`_check_steps_left`), and have been trained with the
+    optimizer `optim` where it recorded one (`trainer.RunSettings`).
     Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
     is checked against it once Trainer knows that length (`check_run_length` in a callback)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -57,7 +59,19 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     _check_lora_settings(checkpoint, lora)
     check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
     _check_steps_left(checkpoint, max_steps)
+    _check_optimizer(checkpoint, optim)
     return checkpoint
+
+
+def _check_optimizer(checkpoint: Path, optim: str | None) -> None:
+    """ValueError when `checkpoint` recorded another optimizer than `optim` (checkpoints written
+    before the record was kept, or by another trainer, are not checked)."""
+    recorded = ((_read_json(checkpoint / "trainer_state.json") or {}).get("stateful_callbacks") or {}).get("RunSettings")
+    recorded = recorded[0] if isinstance(recorded, list) and recorded else recorded
+    saved = recorded.get("args", {}).get("optim") if isinstance(recorded, dict) else None
+    if optim and saved and saved != optim:
+        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was trained with --optim {saved}, and this run "
+                         f"uses {optim}: its optimizer state would not fit (resume with --optim {saved})")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

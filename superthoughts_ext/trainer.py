@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from superthoughts_ext import train_resume, train_utils
 from superthoughts_ext.layers import causal_mask_for_right_padding
@@ -24,6 +25,24 @@ _RESUME_HINT = "resume with the --model, --compressor-type and --mtp-type of the
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm of a training run turned NaN or infinite."""
+
+
+def optimizer_name(args: TrainingArguments) -> str:
+    """TrainingArguments.optim as a plain name (an OptimizerNames enum once parsed)."""
+    return str(getattr(args.optim, "value", args.optim))
+
+
+class RunSettings(TrainerCallback, ExportableState):
+    """Records in every checkpoint's trainer_state.json (under stateful_callbacks) what a resume
+    must keep that the checkpoint's files do not show: the optimizer. Another optimizer loads
+    the saved state without a word and fails at its first step (Adafactor over AdamW's state:
+    KeyError 'beta1'); `train_resume.check_resume` compares it up front."""
+
+    def __init__(self, optim: str = "") -> None:
+        self.optim = optim
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"optim": self.optim}, "attributes": {}}
 
 
 class SplitEpochCallback(TrainerCallback):
@@ -86,6 +105,7 @@ class SuperThoughtsTrainer(Trainer):
             self.add_callback(SplitEpochCallback(self.data_collator))
         self._run_start = RunStartCallback()
         self.add_callback(self._run_start)
+        self.add_callback(RunSettings(optimizer_name(self.args)))
 
     def train(self, *args: Any, **kwargs: Any):
         """Trainer.train, returning the training loss of the steps this run trained (see
