@@ -41,6 +41,12 @@ def test_compare_warns_on_other_system_prompts(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compare(a, write_records(tmp_path / "c.jsonl", [{"id": str(i), "system_prompt": long} for i in range(4)]))
+    # Prompts alike for their first 40 characters are shown up to past where they differ.
+    other = long.replace("boxed", "fbox")
+    d = write_records(tmp_path / "d.jsonl", [{"id": str(i), "system_prompt": other} for i in range(4)])
+    with pytest.warns(UserWarning) as caught:
+        compare(a, d)
+    assert "within \\\\boxed" in str(caught[0].message) and "within \\\\fbox" in str(caught[0].message)
 
 
 def test_compare_warns_on_other_budgets_and_counts_cut_off_outputs(tmp_path: Path) -> None:

@@ -229,6 +229,11 @@ def test_generate_under_autocast_is_refused(model) -> None:
     ids, mask = left_pad(PROMPTS)
     for mode in MODES:
         with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
-                ValueError, match=r"generate: torch.autocast \(torch.bfloat16\) is on; decoding runs in the model's "
-                                  r"own dtype"):
+                ValueError, match=r"generate: torch.autocast \(torch.bfloat16\) is on over a torch.float32 model; "
+                                  r"decoding runs in the model's own dtype: load the model in torch.bfloat16"):
             generate(model, ids, mask, max_new_tokens=4, mode=mode)
+    # Autocast to the model's own dtype changes nothing: it decodes as outside autocast.
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    plain = generate(half, ids, mask, max_new_tokens=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert generate(half, ids, mask, max_new_tokens=4).sequences == plain.sequences

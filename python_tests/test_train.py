@@ -209,6 +209,25 @@ def test_a_lora_target_that_names_no_module_is_refused(base_dirs, tmp_path, base
                            lora_target_modules=("q_proj", "v_prj"), **{**FAST, "max_steps": 1}))
 
 
+def test_default_lora_targets_a_backbone_lacks_are_named_in_a_warning(tmp_path):
+    # Phi-3 fuses q/k/v and gate/up: the defaults adapt o_proj and down_proj alone, which the
+    # user, who named no targets, is told (a typo check refused the run outright).
+    from transformers import Phi3Config
+
+    tok = make_tokenizer()
+    config = Phi3Config(vocab_size=len(tok) + 3, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    phi3 = AutoModelForCausalLM.from_config(config)
+    with pytest.warns(UserWarning, match=r"default LoRA targets q_proj k_proj v_proj gate_proj up_proj name no module "
+                                         r"of this backbone, so LoRA adapts o_proj down_proj alone; its linear and "
+                                         r"embedding layers are .*gate_up_proj .*qkv_proj"):
+        result = train(TrainOptions(model=phi3, tokenizer=tok, data=ROWS, output_dir=tmp_path / "o", lora_r=4,
+                                    **{**FAST, "max_steps": 1}))
+    assert result.global_step == 1
+
+
 def test_lora_reaches_the_backbone_lm_head_and_counts_the_saved_model(base_dirs):
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 

@@ -91,7 +91,7 @@ def test_a_diverged_run_stops_without_saving_nan_weights(base_dirs, tmp_path, ba
     # last step and saved them (logging the loss as the earlier steps' mean).
     out = tmp_path / "o"
     with pytest.raises(TrainingDiverged, match=r"train: training diverged by step 2 \(loss nan, grad_norm nan.*\); "
-                                               r"stopped without saving the model \(checkpoints after step 1 may"):
+                                               r"stopped without saving the model \(checkpoints from step 1 on may"):
         train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, baseline=baseline,
                            **{**FAST, "max_steps": 6, "learning_rate": 1e12}))
     assert not (out / "config.json").exists()
@@ -126,3 +126,19 @@ def test_a_bf16_autocast_run_returns_the_model_it_saved(base_dirs, tmp_path, bas
     name = "logits" if baseline else "logits_main"
     assert getattr(returned, name).dtype == torch.float32
     assert torch.equal(getattr(returned, name), getattr(saved, name))
+
+
+def test_float16_mixed_precision_steps_the_scaler_skips_are_not_divergence(tmp_path):
+    # A GradScaler skips steps whose gradients overflow (routine early in a float16 run) and
+    # Trainer still logs their grad_norm as inf / nan: that run is fine, not diverged.
+    from transformers import TrainingArguments
+
+    from superthoughts_ext.trainer import SuperThoughtsTrainer
+
+    model = test_train.make_model("qwen2", 40)
+    trainer = SuperThoughtsTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[],
+                                                                       use_cpu=True))
+    with pytest.raises(TrainingDiverged, match=r"grad_norm inf"):
+        trainer._stop_if_diverged({"loss": 2.0, "grad_norm": float("inf")})
+    trainer.args.fp16 = True  # set after construction: float16 autocast needs a GPU
+    trainer._stop_if_diverged({"loss": 2.0, "grad_norm": float("inf")})

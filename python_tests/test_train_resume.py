@@ -108,8 +108,14 @@ def test_resume_to_another_number_of_epochs_is_refused_before_the_first_step(bas
                                          r"\(--epochs 3 of this data and batch size\); resume with --max-steps 4"):
         train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": 3}))
     assert sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    # The same length goes on (here: nothing left to train); a constant schedule may be extended.
-    assert train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": 2})).global_step == 4
+    # The same length has nothing left: refused once Trainer counted it (a fractional number of
+    # epochs trained a step past the end and saved it over the finished model).
+    for num_epochs in (2, 1.5):
+        with pytest.raises(ValueError, match=r"checkpoint-4' is at step 4 and this run ends at \d steps \(--epochs "
+                                             rf"{num_epochs:g} of this data and batch size\): nothing is left to train"):
+            train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": num_epochs,
+                                                                       "lr_scheduler": "constant"}))
+    # A constant schedule may be extended.
     extended = train(TrainOptions(**opts, resume_from_checkpoint=True,
                                   **{**epochs, "num_epochs": 3, "lr_scheduler": "constant"}))
     assert extended.global_step == 6
@@ -182,9 +188,26 @@ def test_a_resume_with_another_optimizer_is_refused(base_dirs, tmp_path):
     fast = {**FAST, "max_steps": 2, "save_steps": 1}
     train(TrainOptions(**opts, **fast))
     state = json.loads((tmp_path / "o" / "checkpoint-1" / "trainer_state.json").read_text())
-    assert state["stateful_callbacks"]["RunSettings"]["args"] == {"optim": "adamw_torch_fused"}
+    assert state["stateful_callbacks"]["RunSettings"]["args"] == {"optim": "adamw_torch_fused",
+                                                                  "optimizer": "torch.optim.adamw.AdamW"}
     resume = str(tmp_path / "o" / "checkpoint-1")
-    with pytest.raises(ValueError, match=r"checkpoint-1' was trained with --optim adamw_torch_fused, and this run uses "
-                                         r"adafactor: its optimizer state would not fit"):
+    with pytest.raises(ValueError, match=r"checkpoint-1' was trained with --optim adamw_torch_fused \(torch.optim.adamw"
+                                         r".AdamW\), and this run uses adafactor \(transformers.optimization.Adafactor\): "
+                                         r"its optimizer state would not fit"):
         train(TrainOptions(**opts, resume_from_checkpoint=resume, optim="adafactor", **fast))
-    assert train(TrainOptions(**opts, resume_from_checkpoint=resume, optim="adamw_torch_fused", **fast)).global_step == 2
+    # adamw_torch is the same class, AdamW, with the same state: it resumes.
+    assert train(TrainOptions(**opts, resume_from_checkpoint=resume, optim="adamw_torch", **fast)).global_step == 2
+
+
+def test_a_checkpoint_without_the_run_settings_record_resumes(base_dirs, tmp_path):
+    # Checkpoints written before RunSettings existed: Trainer's next checkpoint save updated
+    # the record in place and failed with KeyError 'RunSettings'.
+    opts = dict(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o")
+    train(TrainOptions(**opts, **{**FAST, "max_steps": 2, "save_steps": 1}))
+    state_file = tmp_path / "o" / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"]["RunSettings"]
+    state_file.write_text(json.dumps(state))
+    resumed = train(TrainOptions(**opts, resume_from_checkpoint=str(state_file.parent),
+                                 **{**FAST, "max_steps": 3, "save_steps": 1}))
+    assert resumed.global_step == 3 and (tmp_path / "o" / "checkpoint-3" / "trainer_state.json").is_file()

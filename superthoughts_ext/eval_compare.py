@@ -7,6 +7,7 @@ token-by-token baseline: 1 - decode steps of B / generated tokens of A.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,19 @@ def _check_settings(runs: list[tuple[str | Path, dict[str, dict[str, Any]]]]) ->
     def values(records: dict[str, dict[str, Any]], key: str) -> set[Any]:
         return {record[key] for record in records.values() if key in record}
 
-    def shown(value: Any, key: str) -> str:  # a system prompt is a paragraph: its start tells them apart
-        if key == "system_prompt" and isinstance(value, str):
-            return repr(value if len(value) <= 40 else value[:37] + "...")
+    def shown(value: Any, width: int | None) -> str:  # a system prompt: its start, past where they differ
+        if width is not None and isinstance(value, str):
+            return repr(value if len(value) <= width else value[: width - 3] + "...")
         return str(value)
 
     for key in ("bench", "max_new_tokens", "system_prompt"):
         seen = {str(path): values(records, key) for path, records in runs}
-        if len(set().union(*seen.values())) <= 1:
+        distinct = set().union(*seen.values())
+        if len(distinct) <= 1:
             continue
-        which = ", ".join(f"{path}: {' '.join(shown(value, key) for value in sorted(v, key=str))}"
+        texts = [value for value in distinct if isinstance(value, str)]
+        width = max(40, len(os.path.commonprefix(texts)) + 15) if key == "system_prompt" and texts else None
+        which = ", ".join(f"{path}: {' '.join(shown(value, width) for value in sorted(v, key=str))}"
                           for path, v in seen.items() if v)
         if key == "bench":
             raise ValueError(f"compare: the files are runs of different benchmarks ({which}); "

@@ -162,6 +162,19 @@ class _StreamFeed:
             self.streamer.put(new[0])
 
 
+def _check_autocast(backbone: Any, device: torch.device) -> None:
+    """ValueError under torch.autocast to another dtype than the model's: the static KV cache
+    holds the model's dtype, and the cache update failed deep in transformers (index_copy_
+    dtype mismatch). Autocast to the model's own dtype decodes as without it."""
+    if not torch.is_autocast_enabled(device.type):
+        return
+    wanted, weights = torch.get_autocast_dtype(device.type), backbone.get_input_embeddings().weight.dtype
+    if wanted != weights:
+        raise ValueError(f"generate: torch.autocast ({wanted}) is on over a {weights} model; decoding runs in the "
+                         f"model's own dtype: load the model in {wanted} instead (load_model(..., dtype=...)) and "
+                         "call generate() outside autocast")
+
+
 def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float) -> bool:
     """Validates mode, max_new_tokens and temperature; returns whether `model` is a SuperThoughts model."""
     if mode not in MODES:
@@ -343,12 +356,7 @@ def generate(
         GenerateOutput with per-row sequences and step statistics.
     """
     superthoughts = _check_args(model, mode, max_new_tokens, temperature)
-    if torch.is_autocast_enabled(input_ids.device.type):
-        # The static KV cache holds the model's dtype; autocast made keys and values in another
-        # and the cache update failed deep in transformers (index_copy_ dtype mismatch).
-        raise ValueError(f"generate: torch.autocast ({torch.get_autocast_dtype(input_ids.device.type)}) is on; "
-                         "decoding runs in the model's own dtype: load the model in that dtype instead "
-                         "(load_model(..., dtype=torch.bfloat16)) and call generate() outside autocast")
+    _check_autocast(model.backbone if superthoughts else model, input_ids.device)
     eos_ids = resolve_eos_ids(model, eos_token_id)
     eos = eos_ids[0]
     vocab = vocab_size(model)

@@ -60,6 +60,7 @@ from superthoughts_ext.trainer import (
     SuperThoughtsTrainer,
     TrainingArgumentsCpuFix,
     TrainingDiverged,
+    optimizer_class,
     optimizer_name,
 )
 
@@ -275,8 +276,11 @@ def _check_optimizer(args: TrainingArguments) -> None:
         Trainer.get_optimizer_cls_and_kwargs(args)
     except ImportError as error:
         raise ValueError(f"train: --optim {optimizer_name(args)}: {error}") from error
-    except ValueError:
-        pass  # needs the model (GaLore's target modules): Trainer checks it when it builds the optimizer
+    except ValueError as error:
+        # transformers reports some missing packages as a ValueError ("Please install ...");
+        # others need the model (GaLore's target modules): Trainer checks those when it builds it.
+        if "install" in str(error).lower():
+            raise ValueError(f"train: --optim {optimizer_name(args)}: {error}") from error
 
 
 def _check_scheduler(args: TrainingArguments) -> None:
@@ -310,7 +314,8 @@ def train(options: TrainOptions) -> TrainResult:
     checkpoint = train_resume.check_resume(options.output_dir, options.resume_from_checkpoint,
                                            baseline=options.baseline, lora_r=options.lora_r,
                                            max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
-                                           warmup_ratio=options.warmup_ratio, lora=lora, optim=optimizer_name(args))
+                                           warmup_ratio=options.warmup_ratio, lora=lora,
+                                           optimizer=(optimizer_name(args), optimizer_class(args)))
     train_resume.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data

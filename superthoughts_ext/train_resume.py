@@ -21,7 +21,7 @@ from superthoughts_ext.train_utils import SUPERTHOUGHTS_TRAINABLE_MODULES
 def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
                  baseline: bool = False, lora_r: int = 0, max_steps: int = -1, lr_scheduler: str = "constant",
                  warmup_ratio: float = 0.0, lora: Mapping[str, Any] | None = None,
-                 optim: str | None = None) -> Path | None:
+                 optimizer: tuple[str, str] | None = None) -> Path | None:
     """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
     last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
     (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
@@ -32,8 +32,9 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     run's higher ones) and a later --resume would pick up the old run. A LoRA checkpoint's
     adapter must also have `lora` (`train_utils.lora_settings`): peft loads another alpha or
     other target modules without a word (the adapter of the steps trained was dropped). The
-    checkpoint must leave steps to train (`_check_steps_left`), and have been trained with the
-    optimizer `optim` where it recorded one (`trainer.RunSettings`).
+    checkpoint must leave steps to train (`check_steps_left`), and have been trained with an
+    optimizer of the class of `optimizer` ((--optim name, class)) where it recorded one
+    (`trainer.RunSettings`).
     Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
     is checked against it once Trainer knows that length (`check_run_length` in a callback)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -58,20 +59,25 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     _check_checkpoint_kind(checkpoint, baseline, lora_r)
     _check_lora_settings(checkpoint, lora)
     check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
-    _check_steps_left(checkpoint, max_steps)
-    _check_optimizer(checkpoint, optim)
+    check_steps_left(checkpoint, max_steps)
+    _check_optimizer(checkpoint, optimizer)
     return checkpoint
 
 
-def _check_optimizer(checkpoint: Path, optim: str | None) -> None:
-    """ValueError when `checkpoint` recorded another optimizer than `optim` (checkpoints written
-    before the record was kept, or by another trainer, are not checked)."""
+def _check_optimizer(checkpoint: Path, optimizer: tuple[str, str] | None) -> None:
+    """ValueError when `checkpoint` recorded an optimizer of another class than `optimizer`'s
+    (--optim name, class): its state would not fit. adamw_torch and adamw_torch_fused are one
+    class, AdamW, and resume each other. Checkpoints without the record (written before it was
+    kept, or by another trainer) and optimizers whose class needs the model are not checked."""
     recorded = ((_read_json(checkpoint / "trainer_state.json") or {}).get("stateful_callbacks") or {}).get("RunSettings")
     recorded = recorded[0] if isinstance(recorded, list) and recorded else recorded
-    saved = recorded.get("args", {}).get("optim") if isinstance(recorded, dict) else None
-    if optim and saved and saved != optim:
-        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was trained with --optim {saved}, and this run "
-                         f"uses {optim}: its optimizer state would not fit (resume with --optim {saved})")
+    saved = recorded.get("args", {}) if isinstance(recorded, dict) else {}
+    if optimizer is None or not saved.get("optimizer") or not optimizer[1]:
+        return
+    if saved["optimizer"] != optimizer[1]:
+        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was trained with --optim {saved.get('optim')} "
+                         f"({saved['optimizer']}), and this run uses {optimizer[0]} ({optimizer[1]}): its optimizer "
+                         f"state would not fit (resume with --optim {saved.get('optim')})")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -84,14 +90,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return values if isinstance(values, dict) else None
 
 
-def _check_steps_left(checkpoint: Path, max_steps: int) -> None:
-    """ValueError when `checkpoint` is at or past this run's `max_steps` (> 0): Trainer checks
-    for the last step only after taking one, so it would train a step past the end and save
-    that model over the finished one (each restart of a finished job one more)."""
+def check_steps_left(checkpoint: Path, max_steps: int, *, length: str | None = None) -> None:
+    """ValueError when `checkpoint` is at or past this run's `max_steps` (> 0; a length Trainer
+    worked out from epochs is described by `length`): Trainer checks for the last step only
+    after taking one, so it would train a step past the end and save that model over the
+    finished one (each restart of a finished job one more)."""
     done = (_read_json(checkpoint / "trainer_state.json") or {}).get("global_step")
     if max_steps > 0 and isinstance(done, int) and done >= max_steps:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is at step {done} and this run ends at "
-                         f"--max-steps {max_steps}: nothing is left to train (Trainer would still take a step past "
+                         f"{length or f'--max-steps {max_steps}'}: nothing is left to train (Trainer would still take a step past "
                          "the end and save over the finished model); train further from the finished model "
                          "(--model) as a new run, or resume with a larger --max-steps where the schedule allows")
 

@@ -199,16 +199,24 @@ def untie_adapted_embeddings(backbone: nn.Module, targets: Sequence[str]) -> boo
 
 
 def check_lora_targets(scope: nn.Module, targets: Sequence[str]) -> None:
-    """ValueError naming each of `targets` that matches no module of `scope` the way peft
-    matches a name (the module's name, or its end after a dot): peft drops such a name without a
-    word as long as another one matches (a misspelt "v_prj" trained q_proj alone)."""
+    """Each of `targets` must match a module of `scope` the way peft matches a name (the
+    module's name, or its end after a dot): peft drops a name that matches nothing without a
+    word as long as another one matches (a misspelt "v_prj" trained q_proj alone). Given
+    targets: ValueError naming those. The defaults (DEFAULT_LORA_TARGETS, Llama / Qwen2 names)
+    only warn, naming what they left out: Phi-3 fuses q/k/v into qkv_proj, gate/up into
+    gate_up_proj, so they adapt o_proj and down_proj alone there."""
     names = [name for name, _ in scope.named_modules() if name]
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
-    if missing:
-        layers = sorted({name.rsplit(".", 1)[-1] for name, module in scope.named_modules()
-                         if isinstance(module, (nn.Linear, nn.Embedding))})
+    if not missing:
+        return
+    layers = " ".join(sorted({name.rsplit(".", 1)[-1] for name, module in scope.named_modules()
+                              if isinstance(module, (nn.Linear, nn.Embedding))}))
+    if tuple(targets) != DEFAULT_LORA_TARGETS or len(missing) == len(targets):
         raise ValueError(f"train: --lora-target-modules {' '.join(missing)}: no module of the backbone has that name "
-                         f"(its linear and embedding layers: {' '.join(layers)})")
+                         f"(its linear and embedding layers: {layers})")
+    warnings.warn(f"train: the default LoRA targets {' '.join(missing)} name no module of this backbone, so LoRA "
+                  f"adapts {' '.join(t for t in targets if t not in missing)} alone; its linear and embedding "
+                  f"layers are {layers}: name the ones to adapt with --lora-target-modules", stacklevel=3)
 
 
 def apply_lora(

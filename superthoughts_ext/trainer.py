@@ -32,17 +32,32 @@ def optimizer_name(args: TrainingArguments) -> str:
     return str(getattr(args.optim, "value", args.optim))
 
 
+def optimizer_class(args: TrainingArguments) -> str:
+    """The class Trainer builds for args.optim ("torch.optim.adamw.AdamW" for adamw_torch and
+    adamw_torch_fused alike: one state layout); "" when it needs the model to tell (GaLore)."""
+    try:
+        cls = Trainer.get_optimizer_cls_and_kwargs(args)[0]
+    except (ImportError, ValueError):
+        return ""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class RunSettings(TrainerCallback, ExportableState):
     """Records in every checkpoint's trainer_state.json (under stateful_callbacks) what a resume
     must keep that the checkpoint's files do not show: the optimizer. Another optimizer loads
     the saved state without a word and fails at its first step (Adafactor over AdamW's state:
     KeyError 'beta1'); `train_resume.check_resume` compares it up front."""
 
-    def __init__(self, optim: str = "") -> None:
-        self.optim = optim
+    def __init__(self, optim: str = "", optimizer: str = "") -> None:
+        self.optim, self.optimizer = optim, optimizer
 
     def state(self) -> dict[str, Any]:
-        return {"args": {"optim": self.optim}, "attributes": {}}
+        return {"args": {"optim": self.optim, "optimizer": self.optimizer}, "attributes": {}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A state resumed from a checkpoint written before this record existed lacks the entry
+        # that Trainer's checkpoint save updates in place (KeyError 'RunSettings').
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
 
 class SplitEpochCallback(TrainerCallback):
@@ -73,7 +88,8 @@ class RunStartCallback(TrainerCallback):
 class ResumedLengthCheck(TrainerCallback):
     """Refuses, before the first step, a resumed run whose length in epochs (known once Trainer
     has counted the batches) differs from the checkpoint's run where the learning-rate schedule
-    depends on it (train_resume.check_run_length; --max-steps is checked before loading)."""
+    depends on it (train_resume.check_run_length; --max-steps is checked before loading), or
+    that has no step left (train_resume.check_steps_left)."""
 
     def __init__(self, checkpoint: os.PathLike, lr_scheduler: str, warmup_ratio: float) -> None:
         self.checkpoint, self.lr_scheduler, self.warmup_ratio = checkpoint, lr_scheduler, warmup_ratio
@@ -82,6 +98,7 @@ class ResumedLengthCheck(TrainerCallback):
         length = f"{state.max_steps} steps (--epochs {args.num_train_epochs:g} of this data and batch size)"
         train_resume.check_run_length(self.checkpoint, state.max_steps, self.lr_scheduler, self.warmup_ratio,
                                       length=length)
+        train_resume.check_steps_left(self.checkpoint, state.max_steps, length=length)
 
 
 class SuperThoughtsTrainer(Trainer):
@@ -105,7 +122,7 @@ class SuperThoughtsTrainer(Trainer):
             self.add_callback(SplitEpochCallback(self.data_collator))
         self._run_start = RunStartCallback()
         self.add_callback(self._run_start)
-        self.add_callback(RunSettings(optimizer_name(self.args)))
+        self.add_callback(RunSettings(optimizer_name(self.args), optimizer_class(self.args)))
 
     def train(self, *args: Any, **kwargs: Any):
         """Trainer.train, returning the training loss of the steps this run trained (see
@@ -171,19 +188,23 @@ class SuperThoughtsTrainer(Trainer):
         """TrainingDiverged once a logged loss (or part) or gradient norm is NaN or infinite:
         without a loss scaler nothing skips such a step, so the weights are NaN from then on and
         every later step, checkpoint and the final save would be too. Every process logs the
-        same reduced values, so all of them stop at the same step."""
+        same reduced values, so all of them stop at the same step. Not under float16 mixed
+        precision: its GradScaler skips overflowing steps, routinely early in a run."""
+        if self.args.fp16:
+            return
         watched = ("loss", "grad_norm", *LOSS_PARTS)
         bad = {name: logs[name] for name in watched if name in logs and not math.isfinite(logs[name])}
         if "loss" in logs and not bad:
             self._last_finite_step = self.state.global_step
         if bad:
             values = ", ".join(f"{name} {value}" for name, value in bad.items())
-            # The last finite log of this run, else the step it started (or resumed) from.
+            # A finite log at step N vouches for the weights step N started from: checkpoint-N
+            # already holds step N's update. Else the step this run started (or resumed) from.
             last = getattr(self, "_last_finite_step", self._run_start.start_step)
             raise TrainingDiverged(
                 f"train: training diverged by step {self.state.global_step} ({values}); stopped without saving the "
-                f"model (checkpoints after step {last} may hold NaN weights). Try a lower --learning-rate or --max-grad-norm, or float32 weights with --bf16 "
-                "autocast")
+                f"model (checkpoints from step {max(last, 1)} on may hold diverged weights). Try a lower "
+                "--learning-rate or --max-grad-norm, or float32 weights with --bf16 autocast")
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         from peft import PeftModel
