@@ -69,7 +69,8 @@ def _check_optimizer(checkpoint: Path, optimizer: tuple[str, str] | None) -> Non
     (--optim name, class): its state would not fit. adamw_torch and adamw_torch_fused are one
     class, AdamW, and resume each other. Checkpoints without the record (written before it was
     kept, or by another trainer) and optimizers whose class needs the model are not checked."""
-    recorded = ((_read_json(checkpoint / "trainer_state.json") or {}).get("stateful_callbacks") or {}).get("RunSettings")
+    state = _read_json(checkpoint / "trainer_state.json") or {}
+    recorded = (state.get("stateful_callbacks") or {}).get("RunSettings")
     recorded = recorded[0] if isinstance(recorded, list) and recorded else recorded
     saved = recorded.get("args", {}) if isinstance(recorded, dict) else {}
     if optimizer is None or not saved.get("optimizer") or not optimizer[1]:
@@ -98,9 +99,10 @@ def check_steps_left(checkpoint: Path, max_steps: int, *, length: str | None = N
     done = (_read_json(checkpoint / "trainer_state.json") or {}).get("global_step")
     if max_steps > 0 and isinstance(done, int) and done >= max_steps:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is at step {done} and this run ends at "
-                         f"{length or f'--max-steps {max_steps}'}: nothing is left to train (Trainer would still take a step past "
-                         "the end and save over the finished model); train further from the finished model "
-                         "(--model) as a new run, or resume with a larger --max-steps where the schedule allows")
+                         f"{length or f'--max-steps {max_steps}'}: nothing is left to train (Trainer would still "
+                         "take a step past the end and save over the finished model); train further from the "
+                         "finished model (--model) as a new run, or resume with a longer run where the schedule "
+                         "allows")
 
 
 # transformers' schedules whose shape is set by the run's length (decays to the last step), and
