@@ -1,7 +1,8 @@
 """The transformers.Trainer subclass behind `superthoughts_ext.train`: logs the SuperThoughts
 loss parts (loss_main, loss_mtp, loss_distill) averaged over processes, saves and resumes
-SuperThoughts models in their own checkpoint format, and hands the epoch to the collator's
-pad-split draws.
+SuperThoughts models in their own checkpoint format, hands the epoch to the collator's
+pad-split draws, stops a run whose loss turns NaN / inf (TrainingDiverged), and records the
+optimizer in every checkpoint (RunSettings) for the resume checks of `train_resume`.
 """
 from __future__ import annotations
 
