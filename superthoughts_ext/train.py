@@ -49,16 +49,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase, TrainingArguments
+from transformers import PreTrainedTokenizerBase
 
 from superthoughts_ext import train_data, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, format_warning
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
+from superthoughts_ext.train_args import training_arguments
 from superthoughts_ext.trainer import (
     ResumedLengthCheck,
     SuperThoughtsTrainer,
-    TrainingArgumentsCpuFix,
     TrainingDiverged,
     optimizer_class,
     optimizer_name,
@@ -207,96 +207,6 @@ class TrainResult:
     global_step: int
     num_examples: int
     model: nn.Module = field(repr=False)
-
-
-def training_arguments(options: TrainOptions) -> TrainingArguments:
-    """TrainingArguments for `options` (gradient checkpointing is enabled on the model instead).
-
-    Turns FSDP's cpu_ram_efficient_loading off (`train_utils.without_fsdp_ram_efficient_loading`).
-    ValueError for a value TrainingArguments refuses (a scheduler name, logging_steps 0) or a
-    report_to integration Trainer does not know.
-    """
-    from transformers.integrations import get_reporting_integration_callbacks
-
-    kwargs: dict[str, Any] = dict(
-        output_dir=os.fspath(options.output_dir),
-        max_steps=options.max_steps,
-        num_train_epochs=options.num_epochs,
-        learning_rate=options.learning_rate,
-        per_device_train_batch_size=options.batch_size,
-        gradient_accumulation_steps=options.grad_accum,
-        # A float below 1 is a fraction of the total steps in transformers 5.
-        warmup_steps=float(options.warmup_ratio),
-        lr_scheduler_type=options.lr_scheduler,
-        lr_scheduler_kwargs=dict(options.lr_scheduler_kwargs),
-        weight_decay=options.weight_decay,
-        **({"optim": options.optim} if options.optim else {}),
-        max_grad_norm=options.max_grad_norm,
-        seed=options.seed,
-        data_seed=options.seed,
-        bf16=options.bf16,
-        logging_steps=options.logging_steps,
-        logging_first_step=True,
-        # A NaN loss is logged as NaN (Trainer's default logs the mean of the earlier steps since
-        # the last log instead, 0 when logging every step): the trainer stops on it.
-        logging_nan_inf_filter=False,
-        save_strategy="steps" if options.save_steps > 0 else "no",
-        save_steps=max(options.save_steps, 1),
-        save_total_limit=options.save_total_limit or None,  # 0: keep every checkpoint
-        report_to=options.report_to if isinstance(options.report_to, str) else list(options.report_to),
-        disable_tqdm=not options.progress_bar,
-        remove_unused_columns=False,
-        label_names=[] if not options.baseline else ["labels"],
-        dataloader_num_workers=options.dataloader_num_workers,
-        # Every parameter of both model kinds takes part in each step; the frozen teacher
-        # has no gradients, which DDP ignores.
-        ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    kwargs.update(train_utils.without_fsdp_ram_efficient_loading(options.training_args))
-    args = TrainingArgumentsCpuFix(**kwargs)
-    _check_scheduler(args)
-    _check_optimizer(args)
-    # Trainer checks report_to only when it is built, after the model is loaded and the data
-    # tokenised; building each callback is its check that the integration is installed.
-    for callback in get_reporting_integration_callbacks(args.report_to):
-        try:
-            callback()
-        except (ImportError, RuntimeError) as error:
-            raise ValueError(f"train: --report-to: {error}") from error
-    return args
-
-
-def _check_optimizer(args: TrainingArguments) -> None:
-    """The optimizer class resolved now: one whose package is missing (bitsandbytes, ...) fails
-    here, not when Trainer builds it after the data is tokenised and the model loaded."""
-    from transformers import Trainer
-
-    try:
-        Trainer.get_optimizer_cls_and_kwargs(args)
-    except ImportError as error:
-        raise ValueError(f"train: --optim {optimizer_name(args)}: {error}") from error
-    except ValueError as error:
-        # transformers reports some missing packages as a ValueError ("Please install ...");
-        # others need the model (GaLore's target modules): Trainer checks those when it builds it.
-        if "install" in str(error).lower():
-            raise ValueError(f"train: --optim {optimizer_name(args)}: {error}") from error
-
-
-def _check_scheduler(args: TrainingArguments) -> None:
-    """The learning-rate schedule, built once on a stand-in optimizer: a schedule that needs
-    arguments (cosine_with_min_lr, warmup_stable_decay) fails here, not after tokenising
-    (TrainingArguments itself refuses the ones that need an evaluation strategy)."""
-    from transformers.optimization import get_scheduler
-
-    name = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    try:
-        get_scheduler(name, probe, num_warmup_steps=0, num_training_steps=10,
-                      scheduler_specific_kwargs=dict(args.lr_scheduler_kwargs or {}))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"train: --lr-scheduler {name}: {error} (--lr-scheduler-kwargs takes its arguments as "
-                         "a JSON object)") from error
 
 
 def train(options: TrainOptions) -> TrainResult:
