@@ -30,12 +30,19 @@ _KILL_GRACE_S = 2.0
 _STARTUP_TIMEOUT_S = 120.0
 
 
+# A LaTeX space between two digits: "58\\,500", "1\\;000", "1~000".
+_DIGIT_GROUP_SPACE = re.compile(r"(?<=\d)\s*(?:\\[,;:! ]|~)\s*(?=\d)")
+
+
 def _as_latex(answer: str) -> str:
     # Wrapping in \boxed{} makes math-verify read the whole string as the answer instead
     # of searching it for an anchor.
     # A Unicode degree sign is no LaTeX: math-verify drops ^\circ but cannot read 90°. A full
     # stop after a number ends the sentence ("\\boxed{27.}"); math-verify cannot read "27.".
     answer = re.sub(r"(?<=\d)\.$", "", answer.strip().strip("$").strip())
+    # A LaTeX space between digits groups thousands ("58\\,500"); math-verify read it as a sum
+    # (558), so "58\\,500" equalled 558 and not "58,500".
+    answer = _DIGIT_GROUP_SPACE.sub("", answer)
     return "\\boxed{" + answer.replace("°", "^{\\circ}") + "}"
 
 
@@ -129,8 +136,8 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
 
     # Re-arming every 50 ms keeps interrupting code that catches even BaseException.
     signal.signal(signal.SIGALRM, _raise_deadline)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
     try:
+        signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
         # math-verify reads "x < 2 or x > 3" as a set of two inequalities (and "\\lor" as its
         # last number): such answers are first spelled as the union they describe.
         if as_sets:
@@ -153,7 +160,18 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
     except _Deadline:
         return False
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _disarm_deadline()
+
+
+def _disarm_deadline() -> None:
+    # The re-armed alarm can fire once more on the way out (in this finally, even); retry
+    # until it is off, so that no deadline escapes into the protocol loop.
+    while True:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            return
+        except _Deadline:
+            continue
 
 
 def serve_worker() -> None:
@@ -174,8 +192,10 @@ def serve_worker() -> None:
         prediction, reference, timeout_s, as_sets = json.loads(line)
         try:
             result = _verify_math(prediction, reference, float(timeout_s), bool(as_sets))
-        except Exception:
-            # Anything math-verify cannot handle counts as a wrong answer.
+        except (Exception, _Deadline):
+            # Anything math-verify cannot handle counts as a wrong answer (a deadline that
+            # fired outside _verify_math's own handler too).
+            _disarm_deadline()
             result = False
         protocol.write(json.dumps(result) + "\n")
 
@@ -244,8 +264,13 @@ class _GradingWorker:
                 process.stdin.write((json.dumps([prediction, reference, timeout_s, as_sets]) + "\n").encode())
                 process.stdin.flush()
                 answer = self._read_line(timeout_s + _KILL_GRACE_S)
-            except (BrokenPipeError, OSError):
+            except OSError:
                 answer = None
+            except BaseException:
+                # Interrupted (Ctrl-C, an alarm) while the worker holds an unread answer: the next
+                # call would read that answer as its own. A fresh worker starts clean.
+                self._kill()
+                raise
             if answer is None:
                 # Stuck in C code (or dead): a fresh worker is started on the next call.
                 self._kill()
