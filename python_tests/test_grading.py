@@ -320,7 +320,7 @@ def test_extract_choice_maps_a_boxed_option_text() -> None:
 def test_is_correct_bad_input() -> None:
     with pytest.raises(TypeError, match="reference must be a str"):
         is_correct("1", 1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="timeout must be positive"):
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds > 0"):
         is_correct("1", "2", timeout=0)
     with pytest.raises(ValueError, match="GPQA reference must be a letter"):
         is_correct("A", "forty", "gpqa_diamond")

@@ -7,14 +7,17 @@ letter (an answer boxed as an option's text counts as that option's letter).
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
+from numbers import Real
 
+from superthoughts_ext.eval_data import BENCHES
 from superthoughts_ext.grading_worker import math_equal
 
 DEFAULT_TIMEOUT_S = 5.0
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)")
 
 
 def _match_braces(text: str, open_index: int) -> int | None:
@@ -44,12 +47,12 @@ def _next_box(text: str, start: int) -> tuple[bool, str | None, int] | None:
     the prefix (``\\fboxsep``), content is None when the box is unbalanced or empty, and
     ``end`` is where scanning resumes. Returns None when no box command is left.
     """
-    positions = [(text.find(cmd, start), cmd) for cmd in _BOX_COMMANDS]
-    positions = [(pos, cmd) for pos, cmd in positions if pos >= 0]
-    if not positions:
+    # One search for both commands: a find per command rescanned the text to its end for the
+    # absent one at every box (seconds on a looping output of 10k boxes).
+    found = _BOX_COMMAND.search(text, start)
+    if found is None:
         return None
-    pos, cmd = min(positions)
-    after = pos + len(cmd)
+    cmd, after = found.group(0), found.end()
     if after < len(text) and text[after].isalpha():
         return False, None, after
     rest = after
@@ -60,8 +63,8 @@ def _next_box(text: str, start: int) -> tuple[bool, str | None, int] | None:
         if end is None:
             return True, None, len(text)
         return True, text[rest + 1 : end - 1].strip() or None, end
-    if cmd == "\\boxed" and rest > after:
-        # "\\boxed 5$": the unbraced form takes one token, up to whitespace or "$".
+    if cmd == "\\boxed" and (rest > after or (rest < len(text) and text[rest].isdigit())):
+        # "\\boxed 5$", "\\boxed5": the unbraced form takes one token, up to whitespace or "$".
         match = re.match(r"[^\s$]+", text[rest:])
         if match:
             return True, match.group(0), rest + match.end()
@@ -88,15 +91,15 @@ def extract_answer(text: str) -> str | None:
     return answer
 
 
-# "The answer is (B)", also "Answer: B", "**Answer:** (B)", "Final answer: B" and "The correct
-# option is B" ("option is" / "choice is" only after correct, right, best or final: "another option
-# is D" names none). A lowercase letter only counts in parentheses: "the answer is a number" names
-# no choice, nor does the article "A" before a word ("the answer is A bit larger"), nor a letter
-# opening a formula or a word on its line ("A = 4-methylcyclohexan-1-ol and B = ...", "D-glucose",
-# "C++"). A "*" after the letter is Markdown bold ("Answer: **A**"), a dash before a space a dash
+# "The answer is (B)", also "Answer: B", "**Answer:** (B)", "Final answer: B", "the answer is
+# option C" and "The correct option is B" ("option is" / "choice is" only after correct, right,
+# best or final: "another option is D" names none). A lowercase letter only counts in
+# parentheses: "the answer is a number" names no choice, nor does the article "A" before a word
+# ("the answer is A bit larger"), nor a letter opening a formula or a word on its line
+# ("A = 4-methylcyclohexan-1-ol and B = ...", "D-glucose", "C++"). A "*" after the letter is Markdown bold ("Answer: **A**"), a dash before a space a dash
 # ("B - it doubles"), and a double backslash a LaTeX line break.
 _ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|(?:correct|right|best|final)\s+(?:option|choice)\s+is\s*:?|"
-                        r"answer\s*:)[\s*]*"
+                        r"answer\s*:)[\s*]*(?i:(?:option|choice)\s*)?"
                         r"(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b(?![ \t]*(?:[=<>+/^_]|\\(?!\\)|-(?=\w))))")
 # "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
 # command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
@@ -113,9 +116,9 @@ _SECOND_CHOICE = re.compile(
 _ARTICLE = re.compile(r"^[Aa]\s+[a-z]")
 
 
-# Font wrappers around a letter or a word: "\\text{D}", "\\textbf{(B)}", "\\texttt{D}".
-_FONT = re.compile(r"\\(?:text|textbf|textit|texttt|textrm|textsf|emph|mathrm|mathbf|mathit|mathsf|mathtt)"
-                   r"\s*\{([^{}]*)\}")
+# The opening of a font wrapper around a letter or a word: "\\text{D}", "\\textbf{(B)}", "\\texttt{D}".
+_FONT_OPEN = re.compile(r"\\(?:text|textbf|textit|texttt|textrm|textsf|emph|mathrm|mathbf|mathit|mathsf|mathtt)"
+                        r"\s*\{")
 # LaTeX spaces: "\\ ", "\\,", "\\;", "\\:", "\\quad", "\\qquad" and the tie "~".
 _LATEX_SPACE = re.compile(r"\\(?:[ ,;:]|q?quad\b)|~")
 
@@ -124,10 +127,39 @@ def _unwrap_text(answer: str) -> str:
     """``answer`` with font wrappers (nested ones too) and ``$`` removed and LaTeX spaces made
     spaces, stripped: "\\text{\\textbf{D}}\\ \\text{It increases}" -> "D It increases"."""
     # Spaces first: "\\quad\\text{or}" unwrapped first would read "\\quador".
-    text, before = _LATEX_SPACE.sub(" ", answer), None
-    while text != before:
-        before, text = text, _FONT.sub(r"\1", text)
-    return text.replace("$", "").strip()
+    return _drop_font_wrappers(_LATEX_SPACE.sub(" ", answer)).replace("$", "").strip()
+
+
+def _drop_font_wrappers(text: str) -> str:
+    """``text`` without the font wrappers whose content, once inner wrappers are gone, holds no
+    brace: "\\text{\\textbf{D}}" -> "D", while "\\text{a{b}}" stays. One pass with a stack of
+    open groups (unwrapping the innermost group per pass took a pass per nesting level: minutes
+    on a looping output nested 30k deep)."""
+    pieces: list[str] = []
+    # Per open group: the index of its opening in pieces (None for a plain "{"), and whether
+    # a brace stays inside it.
+    groups: list[tuple[int | None, bool]] = []
+    i = 0
+    while i < len(text):
+        opening = _FONT_OPEN.match(text, i) if text[i] == "\\" else None
+        if opening is not None or text[i] == "{":
+            if groups:
+                groups[-1] = (groups[-1][0], groups[-1][1] or opening is None)
+            groups.append((len(pieces) if opening else None, False))
+            pieces.append(opening.group(0) if opening else "{")
+            i = opening.end() if opening else i + 1
+            continue
+        if text[i] == "}" and groups:
+            start, holds_brace = groups.pop()
+            if start is not None and not holds_brace:
+                pieces[start] = ""  # unwrapped: its opening and this "}" go
+                i += 1
+                continue
+            if groups:  # a group that stays is a brace inside its parent
+                groups[-1] = (groups[-1][0], True)
+        pieces.append(text[i])
+        i += 1
+    return "".join(pieces)
 
 
 def _choice(answer: str) -> tuple[str | None, bool]:
@@ -330,6 +362,23 @@ def _math_option_letter(reference: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _check_grading_input(
+    prediction: object, reference: object, bench: object, timeout: object, options: object
+) -> None:
+    if prediction is not None and not isinstance(prediction, str):
+        raise TypeError(f"is_correct: prediction must be a str or None, got {type(prediction).__name__}")
+    if not isinstance(reference, str):
+        raise TypeError(f"is_correct: reference must be a str, got {type(reference).__name__}")
+    if bench not in BENCHES:
+        # A misspelt "gpqa" was graded as math, quietly.
+        raise ValueError(f"is_correct: unknown bench {bench!r}; known: {', '.join(sorted(BENCHES))}")
+    # NaN and inf passed a "> 0" check and then failed inside the worker's select().
+    if isinstance(timeout, bool) or not isinstance(timeout, Real) or not (0 < timeout < math.inf):
+        raise ValueError(f"is_correct: timeout must be a finite number of seconds > 0, got {timeout!r}")
+    if options is not None and not all(isinstance(option, str) for option in options):
+        raise TypeError(f"is_correct: options must be strs, got {[type(o).__name__ for o in options]}")
+
+
 def is_correct(
     prediction: str | None,
     reference: str,
@@ -359,10 +408,7 @@ def is_correct(
             or coordinates (`asks_for_point`), inequalities are not compared as the sets they
             describe, so ``-1 < x < 6`` does not equal the midpoint ``(-1, 6)``.
     """
-    if not isinstance(reference, str):
-        raise TypeError(f"is_correct: reference must be a str, got {type(reference).__name__}")
-    if timeout <= 0:
-        raise ValueError(f"is_correct: timeout must be positive, got {timeout}")
+    _check_grading_input(prediction, reference, bench, timeout, options)
     if prediction is None:
         return False
     if bench == "gpqa_diamond":

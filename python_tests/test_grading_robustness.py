@@ -1,0 +1,122 @@
+"""Grading under hostile conditions: bad arguments, an interrupted grade, degenerate model
+outputs (thousands of boxes, deeply nested font commands) and LaTeX digit grouping.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+pytest.importorskip("math_verify")
+
+from superthoughts_ext import grading, grading_worker  # noqa: E402
+from superthoughts_ext.grading import extract_answer, extract_choice, is_correct  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("58\\,500", "58,500", True),  # MATH500 test/counting_and_probability/737
+        ("10\\,080", "10,\\!080", True),  # test/counting_and_probability/508
+        ("32\\,348", "\\$32,\\!348", True),
+        ("1\\;000", "1,000", True),
+        ("1~000", "1,000", True),
+        ("1\\ 000", "1000", True),
+        ("58\\,500", "558", False),  # was read as the sum 58 + 500
+        ("2\\,5", "7", False),
+        ("(2,\\,3)", "(2, 3)", True),  # a space after a comma separates, it does not group
+    ],
+)
+def test_latex_space_between_digits_groups_them(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference) is expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"bench": "gpqa"}, ValueError, "unknown bench 'gpqa'; known: amc23, gpqa_diamond"),
+        ({"bench": None}, ValueError, "unknown bench None"),
+        ({"timeout": math.nan}, ValueError, "timeout must be a finite number of seconds > 0, got nan"),
+        ({"timeout": math.inf}, ValueError, "got inf"),
+        ({"timeout": "5"}, ValueError, "got '5'"),
+        ({"timeout": True}, ValueError, "got True"),
+        ({"options": ["1", None, "3", "4"]}, TypeError, r"options must be strs, got \['str', 'NoneType'"),
+    ],
+)
+def test_bad_grading_arguments_are_named(kwargs: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        is_correct("1", "1", **kwargs)
+
+
+def test_a_prediction_that_is_no_text_is_named() -> None:
+    with pytest.raises(TypeError, match="prediction must be a str or None, got int"):
+        is_correct(5, "5")  # type: ignore[arg-type]
+
+
+def test_an_interrupted_grade_does_not_shift_later_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = grading_worker._WORKER
+    assert grading_worker.math_equal("1", "1", 5.0)  # the worker is up
+
+    def interrupted(timeout_s: float) -> object:
+        raise KeyboardInterrupt  # Ctrl-C while the worker computes its answer
+
+    monkeypatch.setattr(worker, "_read_line", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        grading_worker.math_equal("\\frac{1}{2}", "0.5", 5.0)  # its answer, True, would stay unread
+    monkeypatch.undo()
+    # Each answer is this call's own, not the one before it.
+    assert grading_worker.math_equal("2", "3", 5.0) is False
+    assert grading_worker.math_equal("\\frac{1}{3}", "\\frac{2}{6}", 5.0) is True
+    assert grading_worker.math_equal("1/3", "0.5", 5.0) is False
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so \\boxed5.", "5."),  # TeX's one-token argument
+        ("\\boxed12 apples", "12"),
+        ("\\boxedx", None),  # another command, no box
+    ],
+)
+def test_unbraced_box_right_after_the_command(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so the answer is option C.", "C"),
+        ("Answer: Option B", "B"),
+        ("The answer is choice (d)", "D"),
+        ("the answer is optional", None),
+        ("the answer is option A or B", None),
+    ],
+)
+def test_answer_is_option_phrases(text: str, expected: str | None) -> None:
+    assert extract_choice(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\text{\\textbf{D}}", "D"),
+        ("\\text {x}\\mathrm{y}", "xy"),
+        ("\\text{a{b}}", "\\text{a{b}}"),  # a brace stays inside: no plain word
+        ("\\text{\\text{a{b}}}", "\\text{\\text{a{b}}}"),
+        ("{\\text{B}}", "{B}"),
+        ("\\textcolor{red}{A}", "\\textcolor{red}{A}"),
+        ("\\text{A} } \\text{B", "A } \\text{B"),  # unbalanced: a stray "}" and an open wrapper stay
+    ],
+)
+def test_font_wrappers_unwrap_innermost_out(text: str, expected: str) -> None:
+    assert grading._drop_font_wrappers(text) == expected
+
+
+def test_degenerate_outputs_extract_in_linear_time() -> None:
+    # A looping generation: 20k boxes took 7.6 s, font commands nested 30k deep 235 s.
+    started = time.perf_counter()
+    assert extract_answer("\\boxed{1} " * 20_000 + "\\boxed{2}") == "2"
+    assert extract_choice("\\text{" * 30_000 + "B" + "}" * 30_000) is None
+    assert extract_choice("Answer: " + "\\textbf{" * 30_000 + "B" + "}" * 30_000) == "B"
+    assert time.perf_counter() - started < 10.0
