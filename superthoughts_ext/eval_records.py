@@ -45,7 +45,7 @@ class EvalSummary:
     n: int
     n_correct: int
     accuracy: float
-    n_no_box: int
+    n_no_box: int  # outputs with no answer found: no box (multiple choice: no letter, boxed or named)
     n_hit_limit: int  # outputs cut off (token budget or context): no stop token in them
     mean_tokens: float
     mean_steps: float

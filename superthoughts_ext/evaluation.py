@@ -362,7 +362,7 @@ def format_summary(summary: EvalSummary) -> str:
     """One line per run, as `superthoughts eval` prints it."""
     return (
         f"{summary.bench} [{summary.mode}]: accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n}), "
-        f"no box {summary.n_no_box}, cut off (token budget or context) {summary.n_hit_limit}, "
+        f"no answer found {summary.n_no_box}, cut off (token budget or context) {summary.n_hit_limit}, "
         f"mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
         # Not "CoT reduction": that one is measured against the baseline (`compare`).
         f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
