@@ -122,7 +122,7 @@ def test_empty_batch(model) -> None:
     generate(model, torch.zeros(0, 5, dtype=torch.int64), max_new_tokens=4, streamer=streamer)
     assert "".join(streamer) == ""  # raised queue.Empty after the timeout when never ended
     # ... and a 1-D tensor is not a batch, even an empty one.
-    with pytest.raises(ValueError, match=r"input_ids must be \[B, T\] int64, got \(0,\)"):
+    with pytest.raises(ValueError, match=r"input_ids must be \[B, T\] int64 or int32, got \(0,\)"):
         generate(model, torch.zeros(0, dtype=torch.int64), max_new_tokens=4)
 
 
@@ -198,6 +198,38 @@ def test_bad_input_is_rejected(model, backbone) -> None:
         generate(model, ids, mask, max_new_tokens=4.0)
     with pytest.raises(ValueError, match=r"rows \[0, 1\] have no prompt token"):  # no mask to infer from
         generate(model, ids[:, :0], max_new_tokens=4)
+
+
+def test_bad_ids_mask_values_and_eos_values_are_named(model) -> None:
+    ids, mask = left_pad(PROMPTS[:2])
+    # The embedding lookup's bare IndexError named neither the id nor where it sat.
+    for bad, named in ((VOCAB, rf"{VOCAB} at \[1, 2\]"), (-100, r"-100 at \[1, 2\]")):
+        wrong = ids.clone()
+        wrong[1, 2] = bad
+        with pytest.raises(ValueError, match=rf"input_ids hold ids outside the model's vocabulary \[0, {VOCAB}\): "
+                                             rf"{named}"):
+            generate(model, wrong, mask, max_new_tokens=2)
+    # A float mask's 1.5 and 0.7 were cast to 1 and 0 before the 0/1 check.
+    fractional = mask.float()
+    fractional[1, -1] = 1.5
+    with pytest.raises(ValueError, match=r"attention_mask must hold 0/1 values, got \[1.5\]"):
+        generate(model, ids, fractional, max_new_tokens=2)
+    assert generate(model, ids, mask.bool(), max_new_tokens=2).sequences == \
+        generate(model, ids, mask.float(), max_new_tokens=2).sequences
+    # int() turned 5.7 into 5 and "7" into 7.
+    for bad in (5.7, "7", [EOS, 2.0], True):
+        with pytest.raises(ValueError, match="eos_token_id must be token ids \\(ints\\)"):
+            generate(model, ids, mask, max_new_tokens=2, eos_token_id=bad)
+
+
+def test_streamer_is_ended_when_generate_raises(model) -> None:
+    from transformers import TextIteratorStreamer
+
+    ids, mask = left_pad(PROMPTS[:1])
+    streamer = TextIteratorStreamer(test_generate_io.TOKENIZER, timeout=5.0)
+    with pytest.raises(ValueError, match="threshold must lie in"):
+        generate(model, ids, mask, max_new_tokens=2, threshold=2.0, streamer=streamer)
+    assert "".join(streamer) == ""  # raised queue.Empty after the timeout when never ended
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -355,56 +355,61 @@ def generate(
     Returns:
         GenerateOutput with per-row sequences and step statistics.
     """
-    superthoughts = _check_args(model, mode, max_new_tokens, temperature)
-    _check_autocast(model.backbone if superthoughts else model, input_ids.device)
-    eos_ids = resolve_eos_ids(model, eos_token_id)
-    eos = eos_ids[0]
-    vocab = vocab_size(model)
-    if not 0 <= eos < vocab:  # checked before prefill, for the reference path too
-        raise ValueError(f"generate: eos_token_id {eos} (the EOS the step op stops on) is outside the vocabulary "
-                         f"[0, {vocab})")
-    if attention_mask is None:
-        warn_unmasked_pads(input_ids, pad_id(model, eos))
-        attention_mask = torch.ones_like(input_ids)
-    lengths = check_prompt(input_ids, attention_mask)  # an empty batch too: [0, T], not any empty tensor
-    if input_ids.shape[0] == 0:
+    try:
+        superthoughts = _check_args(model, mode, max_new_tokens, temperature)
+        _check_autocast(model.backbone if superthoughts else model, input_ids.device)
+        eos_ids = resolve_eos_ids(model, eos_token_id)
+        eos = eos_ids[0]
+        vocab = vocab_size(model)
+        if not 0 <= eos < vocab:  # checked before prefill, for the reference path too
+            raise ValueError(f"generate: eos_token_id {eos} (the EOS the step op stops on) is outside the vocabulary "
+                             f"[0, {vocab})")
+        if attention_mask is None:
+            warn_unmasked_pads(input_ids, pad_id(model, eos))
+            attention_mask = torch.ones_like(input_ids)
+        lengths = check_prompt(input_ids, attention_mask, vocab)  # an empty batch too: [0, T], not any empty tensor
+        if input_ids.shape[0] == 0:
+            if streamer is not None:
+                streamer.end()  # a consumer of TextIteratorStreamer waits for it
+            return GenerateOutput([], [], [], [], 0.0, 0)
+        backbone = model.backbone if superthoughts else model
+        context = model_context(backbone)
+        max_steps = _context_steps(context, lengths, max_new_tokens)
+        device = input_ids.device
+        graphs, compiled = _graphs_and_compile(model, backbone, mode, cuda_graphs, compile, device, temperature)
+        check_at, max_steps = _decode_budget(mode, max_new_tokens, max_steps, ignore_eos)
+        thresholds = _thresholds(model, mode, threshold, threshold_main)
+        cfg = _step_config(model, eos, thresholds, temperature, seed, use_kernels, ignore_eos, context)
+
+        input_ids = input_ids.to(torch.int64)
+        attention_mask = attention_mask.to(torch.int64)
+        state, stepper = _allocate(model, backbone, mode, attention_mask, max_new_tokens, max_steps, eos_ids)
+        feed = None
         if streamer is not None:
-            streamer.end()  # a consumer of TextIteratorStreamer waits for it
-        return GenerateOutput([], [], [], [], 0.0, 0)
-    backbone = model.backbone if superthoughts else model
-    context = model_context(backbone)
-    max_steps = _context_steps(context, lengths, max_new_tokens)
-    device = input_ids.device
-    graphs, compiled = _graphs_and_compile(model, backbone, mode, cuda_graphs, compile, device, temperature)
-    check_at, max_steps = _decode_budget(mode, max_new_tokens, max_steps, ignore_eos)
-    thresholds = _thresholds(model, mode, threshold, threshold_main)
-    cfg = _step_config(model, eos, thresholds, temperature, seed, use_kernels, ignore_eos, context)
+            prompt_len = input_ids.shape[1]
+            prompts = [input_ids[row, prompt_len - int(lengths[row]) :].cpu() for row in range(input_ids.shape[0])]
+            feed = _StreamFeed(streamer, state, prompts)
 
-    input_ids = input_ids.to(torch.int64)
-    attention_mask = attention_mask.to(torch.int64)
-    state, stepper = _allocate(model, backbone, mode, attention_mask, max_new_tokens, max_steps, eos_ids)
-    feed = None
-    if streamer is not None:
-        prompt_len = input_ids.shape[1]
-        prompts = [input_ids[row, prompt_len - int(lengths[row]) :].cpu() for row in range(input_ids.shape[0])]
-        feed = _StreamFeed(streamer, state, prompts)
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    # Decode steps attend without copying the KV cache per query head (attention.py); on GPUs
-    # only on request until its speed and its agreement with transformers in bf16 are measured.
-    with attention.folded_gqa_decoding(model, enabled=attention.folded_by_default(device)):
-        _prefill(stepper, state, cfg, input_ids, attention_mask, feed)
-        steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, compiled=compiled,
-                                       check_every=CHECK_EVERY if device.type == "cuda" else 1, check_at=check_at,
-                                       on_step=feed)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall_time = time.perf_counter() - start
-    if streamer is not None:
-        streamer.end()
-    return _collect(state, wall_time, steps_run, compiled, graphs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        # Decode steps attend without copying the KV cache per query head (attention.py); on GPUs
+        # only on request until its speed and its agreement with transformers in bf16 are measured.
+        with attention.folded_gqa_decoding(model, enabled=attention.folded_by_default(device)):
+            _prefill(stepper, state, cfg, input_ids, attention_mask, feed)
+            steps_run = decode_loop.decode(stepper, state, cfg, max_steps, cuda_graph=graphs, compiled=compiled,
+                                           check_every=CHECK_EVERY if device.type == "cuda" else 1, check_at=check_at,
+                                           on_step=feed)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall_time = time.perf_counter() - start
+        if streamer is not None:
+            streamer.end()
+        return _collect(state, wall_time, steps_run, compiled, graphs)
+    except BaseException:
+        if streamer is not None:
+            streamer.end()  # a TextIteratorStreamer's consumer would wait for it forever
+        raise
 
 
 class _CallableModule(types.ModuleType):

@@ -18,20 +18,33 @@ def warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
                       "pads are read as prompt tokens; pass the tokenizer's attention_mask", stacklevel=4)
 
 
-def check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Validates a left-padded batch; returns the prompt length per row [B] (on the host)."""
+def check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Validates a left-padded batch of ids in [0, vocab); returns the prompt length per row [B]
+    (on the host)."""
     if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"generate: input_ids must be [B, T] int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
+        raise ValueError(f"generate: input_ids must be [B, T] int64 or int32, got {tuple(input_ids.shape)} "
+                         f"{input_ids.dtype}")
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"generate: attention_mask {tuple(attention_mask.shape)} must match input_ids "
                          f"{tuple(input_ids.shape)}")
-    mask = attention_mask.detach().cpu().to(torch.int64)
+    mask = attention_mask.detach().cpu()
+    # Checked before the cast: a float 1.5 or 0.7 became 1 or 0 there.
     if ((mask != 0) & (mask != 1)).any():
-        raise ValueError("generate: attention_mask must hold 0/1 values")
+        bad = mask[(mask != 0) & (mask != 1)][:5].tolist()
+        raise ValueError(f"generate: attention_mask must hold 0/1 values, got {bad}")
+    mask = mask.to(torch.int64)
     lengths = mask.sum(dim=1)
     if (lengths == 0).any():
         raise ValueError(f"generate: rows {torch.nonzero(lengths == 0).flatten().tolist()} have no prompt token")
     if (mask[:, 1:] < mask[:, :-1]).any():
         raise ValueError("generate: attention_mask is not left-padded (padding after a prompt token); "
                          "tokenize with padding_side='left'")
+    # The embedding lookup's own error names neither the id nor where it is. Pads are embedded
+    # too (and masked), so they must be ids of the vocabulary as well.
+    ids = input_ids.detach().cpu()
+    outside = torch.nonzero((ids < 0) | (ids >= vocab))[:5].tolist()
+    if outside:
+        named = ", ".join(f"{ids[row, col].item()} at [{row}, {col}]" for row, col in outside)
+        raise ValueError(f"generate: input_ids hold ids outside the model's vocabulary [0, {vocab}): {named} "
+                         "(a tokenizer of another model, or a pad id such as -100?)")
     return lengths

@@ -2,6 +2,7 @@
 (`generate`, `superthoughts generate` and `superthoughts eval` share them)."""
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 
@@ -34,6 +35,11 @@ def resolve_eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[in
     if isinstance(eos_token_id, (list, tuple)) and not eos_token_id:
         raise ValueError("generate: eos_token_id is an empty list; pass None for the model's EOS "
                          "(ignore_eos=True decodes past it)")
+    given = eos_token_id.tolist() if hasattr(eos_token_id, "tolist") else eos_token_id
+    given = list(given) if isinstance(given, (list, tuple)) else [] if given is None else [given]
+    if bad := [value for value in given if isinstance(value, bool) or not isinstance(value, Integral)]:
+        # int() took 5.7 as 5 and "151645" as 151645.
+        raise ValueError(f"generate: eos_token_id must be token ids (ints), got {bad!r}")
     candidates = [eos_token_id]
     for attr in ("generation_config", "config"):
         for owner in (model, getattr(model, "backbone", None)):
