@@ -94,6 +94,32 @@ def test_cli_generate_sends_the_system_message_eval_sends(backbone, tmp_path, mo
     assert prompts[1] == plain_chatml(user_only, add_special_tokens=False)["input_ids"] != prompts[0]
 
 
+def test_cli_generate_names_a_template_without_a_system_turn(backbone, tmp_path, capsys) -> None:
+    no_system = copy.deepcopy(TOKENIZER)  # Gemma-style: the template raises on a system message
+    no_system.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                               "{{ raise_exception('System role not supported') }}{% endif %}"
+                               "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    backbone.save_pretrained(tmp_path)
+    no_system.save_pretrained(tmp_path)
+    capsys.readouterr()  # save_pretrained's progress bar
+    argv = ["generate", "--model", str(tmp_path), "what is 3", "--max-new-tokens", "2", "--device", "cpu"]
+    assert cli.main(argv) == 2  # was a jinja2 traceback
+    err = capsys.readouterr().err
+    assert "superthoughts generate: error: the chat template refuses" in err and "Traceback" not in err, err
+    assert "needs --template-system-prompt" in err
+    assert cli.main(argv + ["--template-system-prompt"]) == 0
+
+
+@pytest.mark.parametrize("command", [["generate", "what is 3"], ["eval", "--bench", "amc23"]])
+def test_cli_generate_and_eval_take_one_system_prompt_option(command, capsys) -> None:
+    # Both set system_prompt: the one given last won, silently.
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*command, "--model", "unused", "--system-prompt", "Be brief.", "--template-system-prompt"])
+    assert stopped.value.code == 2
+    assert "argument --template-system-prompt: not allowed with argument --system-prompt" in capsys.readouterr().err
+
+
 def test_cli_generate_rejects_an_empty_prompt(backbone, tmp_path, capsys) -> None:
     backbone.save_pretrained(tmp_path)
     TOKENIZER.save_pretrained(tmp_path)

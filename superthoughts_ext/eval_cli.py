@@ -36,10 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="confidence threshold for superthoughts mode; several values sweep them with the model loaded "
              "once, one output file per threshold (OUTPUT-t0.99.jsonl)",
     )
-    parser.add_argument("--system-prompt", default=SYSTEM_PROMPT,
+    # One or the other (as in train): both write system_prompt, and the last given would win.
+    system = parser.add_mutually_exclusive_group()
+    system.add_argument("--system-prompt", default=SYSTEM_PROMPT,
                         help="system message of every prompt (default: the chain-of-thought prompt `superthoughts "
                              "train` uses by default); give the one the model was trained with")
-    parser.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
+    system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
                         help="no system message of ours: the chat template writes its own default, if any (for "
                              "models trained with train's --template-system-prompt)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems")

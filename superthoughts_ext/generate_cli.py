@@ -14,7 +14,7 @@ import torch
 
 from superthoughts_ext.generate import MODES, generate, model_context, samples
 from superthoughts_ext.stop_tokens import is_superthoughts, stop_token_ids
-from superthoughts_ext.eval_data import SYSTEM_PROMPT
+from superthoughts_ext.eval_data import SYSTEM_PROMPT, build_prompt
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 
 
@@ -37,9 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the decode step (default: on for greedy CUDA decoding)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
-    parser.add_argument("--system-prompt", default=SYSTEM_PROMPT,
+    # One or the other (as in train): both write system_prompt, and the last given would win.
+    system = parser.add_mutually_exclusive_group()
+    system.add_argument("--system-prompt", default=SYSTEM_PROMPT,
                         help="system message (default: the chain-of-thought prompt that train and eval use)")
-    parser.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
+    system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
                         help="no system message of ours: the chat template writes its own default, if any")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -127,12 +129,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     raw = args.no_chat_template or not getattr(tokenizer, "chat_template", None)
-    if raw:
-        text = args.prompt
-    else:
-        system = [] if args.system_prompt is None else [{"role": "system", "content": args.system_prompt}]
-        text = tokenizer.apply_chat_template(system + [{"role": "user", "content": args.prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+    try:
+        text = args.prompt if raw else build_prompt(tokenizer, args.prompt, args.system_prompt)
+    except ValueError as error:  # a template without a system turn
+        print(f"superthoughts generate: error: {error}", file=sys.stderr)
+        return 2
     # A chat template writes the BOS itself; raw text gets the tokenizer's (Llama: <|begin_of_text|>).
     prompt_ids = tokenizer(text, add_special_tokens=raw)["input_ids"]
     if not prompt_ids:
