@@ -45,8 +45,8 @@ from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 from superthoughts_ext import decode_loop
 from superthoughts_ext.eval_compare import threshold_label
 from superthoughts_ext.generate import generate, resolve_compile
-from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, git_commit,
-                                        int_at_least,
+from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
+                                        git_commit, int_at_least,
                                         non_negative_float, results_file, unit_float)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -70,15 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model shape (default: qwen2.5-math-1.5b on GPU, tiny on CPU)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="default: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--batch", type=int_at_least(1), nargs="+", default=[1, 8, 32], help="batch sizes")
+    parser.add_argument("--batch", type=int_at_least(1), nargs="+", action=distinct(), default=[1, 8, 32],
+                        help="batch sizes")
     parser.add_argument("--prompt-len", type=int_at_least(1), default=128, help="longest prompt (rows spread down to half)")
     parser.add_argument("--new-tokens", type=int_at_least(1), default=None, help="default: 512 on GPU, 256 on CPU")
-    parser.add_argument("--thresholds", type=unit_float, nargs="+", default=[0.9, 0.99, 0.999],
+    parser.add_argument("--thresholds", type=unit_float, nargs="+", action=distinct(), default=[0.9, 0.99, 0.999],
                         help="MTP confidence thresholds of the st@T rows")
     parser.add_argument("--mtp-logit-std", type=non_negative_float, default=30.0,
                         help="spread of the MTP head's logits, which sets how often st@T pairs (0 = random head)")
     parser.add_argument("--repeats", type=int_at_least(1), default=3, help="timed calls per method (the median is reported)")
-    parser.add_argument("--methods", nargs="+", default=None,
+    parser.add_argument("--methods", nargs="+", action=distinct(), default=None,
                         help="subset to run (hf_dynamic hf_static_compile standard pairs st@T); default: all")
     parser.add_argument("--no-hf-compile", action="store_true", help="skip hf_static_compile")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -278,6 +279,8 @@ def main(args: argparse.Namespace) -> int:
         device = torch.device(args.device)
     except RuntimeError as error:
         raise SystemExit(f"bench generate: --device {args.device!r}: {error}") from None
+    if device.type not in ("cpu", "cuda"):  # "meta" failed at the first .item(), in a traceback
+        raise SystemExit(f"bench generate: --device {args.device}: only cpu and cuda are measured")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"bench generate: --device {args.device}: this torch sees no GPU "
                          f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
@@ -316,7 +319,6 @@ def main(args: argparse.Namespace) -> int:
             "threads": torch.get_num_threads(), "compile": compiled, "mtp_logit_std": args.mtp_logit_std,
             "graph_windows": args.graph_windows, "complete": complete, "results": results,
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         plot(results, out.with_suffix(".png"), f"{shape} {report['dtype']} on {report['device']}, "
              f"prompt {args.prompt_len}, {new_tokens} new tokens, MTP logit std {args.mtp_logit_std:g}")
@@ -356,6 +358,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from superthoughts_ext.cli import HelpFormatter  # shows each flag's default, as `superthoughts bench` does
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     add_arguments(parser)
     raise SystemExit(main(parser.parse_args()))

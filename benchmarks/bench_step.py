@@ -22,8 +22,8 @@ import torch.utils.benchmark as tbench
 
 import superthoughts_ext
 from superthoughts_ext.reference import superthoughts_step_ref
-from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, git_commit,
-                                        int_at_least, results_file)
+from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
+                                        git_commit, int_at_least, results_file)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,13 +32,13 @@ PAD, EOS, THRESHOLD = 0, 2, 0.9
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     on_gpu = torch.cuda.is_available()
-    parser.add_argument("--batch", type=int_at_least(1), nargs="+", default=[1, 8, 64, 256] if on_gpu else [1, 8, 64],
-                        help="rows B per step")
+    parser.add_argument("--batch", type=int_at_least(1), nargs="+", action=distinct(),
+                        default=[1, 8, 64, 256] if on_gpu else [1, 8, 64], help="rows B per step")
     # make_inputs masks the EOS logit, so the vocabulary must hold it.
     parser.add_argument("--vocab", type=int_at_least(EOS + 1), default=151936, help="vocabulary size V")
-    parser.add_argument("--hidden", type=int_at_least(1), nargs="+", default=[1536, 3584] if on_gpu else [1536],
-                        help="hidden sizes H (1536: 1.5B, 3584: 7B)")
-    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"],
+    parser.add_argument("--hidden", type=int_at_least(1), nargs="+", action=distinct(),
+                        default=[1536, 3584] if on_gpu else [1536], help="hidden sizes H (1536: 1.5B, 3584: 7B)")
+    parser.add_argument("--dtype", nargs="+", action=distinct(), choices=sorted(DTYPES), default=["fp32", "bf16"],
                         help="logits and embedding dtypes")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     add_threads_argument(parser)
@@ -271,7 +271,6 @@ def main(args: argparse.Namespace) -> dict:
         "complete": False,  # True once every configuration ran
         "rows": rows,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Hidden size outermost: a run cut short by a time limit (a GPU session stage) has still
     # measured every dtype and batch at the first hidden size (1536, Qwen2.5-Math-1.5B's).
     for hidden in args.hidden:
@@ -310,6 +309,8 @@ def format_row(row: dict) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from superthoughts_ext.cli import HelpFormatter  # shows each flag's default, as `superthoughts bench` does
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     add_arguments(parser)
     main(parser.parse_args())

@@ -36,8 +36,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import torch
-from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, git_commit,
-                                        int_at_least, positive_float,
+from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
+                                        git_commit, int_at_least, positive_float,
                                         results_file, unit_float)
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
@@ -65,7 +65,7 @@ PAD_ID, EOS_ID = 0, 1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `superthoughts bench train` (also this script's own)."""
     gpu = torch.cuda.is_available()
-    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES),
+    parser.add_argument("--shapes", nargs="+", action=distinct(), choices=sorted(SHAPES),
                         default=["1.5b", "7b"] if gpu else ["tiny", "1.5b-mini"], help="model shapes (SHAPES)")
     parser.add_argument("--batch-size", type=int_at_least(1), default=4 if gpu else 8, help="sequences per step")
     parser.add_argument("--seq-len", type=int_at_least(2), default=2048 if gpu else 512, help="prompt + response")
@@ -76,9 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="alternating timing rounds per mode on CPU")
     add_threads_argument(parser)
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate")
-    parser.add_argument("--rho-max", type=unit_float, nargs="+", default=[0.25, 0.0],
+    # Distinct as the mode names print them ("superthoughts_rho0.1"): 0.1 and 0.1000001 were one mode.
+    parser.add_argument("--rho-max", type=unit_float, nargs="+", action=distinct(key=lambda r: f"{r:g}"),
+                        default=[0.25, 0.0],
                         help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
-    parser.add_argument("--mtp-types", nargs="+", choices=("decoder", "mlp"), default=["decoder"],
+    parser.add_argument("--mtp-types", nargs="+", action=distinct(), choices=("decoder", "mlp"),
+                        default=["decoder"],
                         help="MTP module of the SuperThoughts runs (decoder = default; mlp = the lighter "
                              "option); every type is measured at every --rho-max")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
@@ -194,9 +197,9 @@ def checkpointing(shape: str, args: argparse.Namespace) -> bool:
     return args.gradient_checkpointing or shape == "7b"
 
 
-def prepare(shape: str, mode: Mode, args: argparse.Namespace,
+def prepare(shape: str, name: str, mode: Mode, args: argparse.Namespace,
             device: torch.device) -> tuple[Callable[[], torch.Tensor], dict[str, Any]]:
-    """Model, batch and step closure for one mode, after the warmup correctness check."""
+    """Model, batch and step closure for the mode `name`, after the warmup correctness check."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, collator = build(shape, mode, device, dtype, checkpointing(shape, args))
     features = make_features(args.batch_size, args.seq_len, args.prompt_len, SHAPES[shape]["vocab_size"], 0)
@@ -206,7 +209,10 @@ def prepare(shape: str, mode: Mode, args: argparse.Namespace,
         torch.cuda.reset_peak_memory_stats(device)
     warm = [float(step()) for _ in range(args.warmup)]
     if not all(torch.isfinite(torch.tensor(warm))) or not warm[-1] < warm[0]:
-        raise RuntimeError(f"{shape} {mode}: loss not falling: {warm}")
+        # A step that does not train would time a broken model: no numbers from it.
+        raise SystemExit(f"bench train: {shape} {name}: the loss did not fall over the {args.warmup} warmup steps "
+                         f"({', '.join(f'{x:.4g}' for x in warm)}); try a smaller --lr (got {args.lr:g}) or "
+                         "more --warmup steps")
     # Matmul FLOPs of one step: a machine-independent cost next to the (load-sensitive) timings.
     counter = FlopCounterMode(display=False)
     try:
@@ -258,7 +264,7 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device,
     if device.type == "cuda":
         for mode in modes:
             try:
-                step, info = prepare(shape, modes[mode], args, device)
+                step, info = prepare(shape, mode, modes[mode], args, device)
                 row[mode] = finish(info, time_cuda(step, args.steps), device)
             except torch.cuda.OutOfMemoryError as exc:
                 row[mode] = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
@@ -269,7 +275,7 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device,
     # Alternating rounds spread load from other processes on a shared CPU over both modes.
     prepared = {}
     for mode, spec in modes.items():
-        prepared[mode] = prepare(shape, spec, args, device)
+        prepared[mode] = prepare(shape, mode, spec, args, device)
         # Building and warming up every mode takes minutes at the defaults, before any timing.
         warm = prepared[mode][1]["warmup_loss"]
         print(f"{shape:>9} {mode:>20}: built, loss {warm[0]} -> {warm[-1]} over {len(warm)} warmup steps",
@@ -284,6 +290,12 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device,
     return row
 
 
+def throughput_ratio(r: dict[str, Any], base: dict[str, Any]) -> float:
+    """r's response tokens/s over base's, from the step times: the recorded tokens/s are
+    rounded to 0.1, which skews ratios of small throughputs (1.2 for 1.195)."""
+    return (r["response_tokens_per_step"] / r["step_ms"]) / (base["response_tokens_per_step"] / base["step_ms"])
+
+
 def add_ratios(row: dict[str, dict[str, Any]]) -> None:
     """Adds to every measured mode of a shape its speedup (and FLOP ratio) over the plain
     baseline, and to the SuperThoughts modes their speedup over the chunked-CE baseline (the
@@ -293,11 +305,11 @@ def add_ratios(row: dict[str, dict[str, Any]]) -> None:
         if "error" in r:
             continue
         if mode != "baseline" and "error" not in base:
-            r["speedup"] = round(r["response_tokens_per_s"] / base["response_tokens_per_s"], 3)
+            r["speedup"] = round(throughput_ratio(r, base), 3)
             if r.get("matmul_gflop_per_step") and base.get("matmul_gflop_per_step"):
                 r["flop_ratio"] = round(base["matmul_gflop_per_step"] / r["matmul_gflop_per_step"], 3)
         if mode not in BASELINES and "error" not in same_loss:
-            r["speedup_same_loss"] = round(r["response_tokens_per_s"] / same_loss["response_tokens_per_s"], 3)
+            r["speedup_same_loss"] = round(throughput_ratio(r, same_loss), 3)
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -324,7 +336,7 @@ def progress(shape: str, mode: str, row: dict[str, dict[str, Any]]) -> str:
     r, base = row[mode], row.get("baseline")
     shown = f"{shape:>9} {mode:>20}: {describe(r)}"
     if mode != "baseline" and base and "error" not in base and "error" not in r:
-        shown += f"  speedup {r['response_tokens_per_s'] / base['response_tokens_per_s']:.2f}x"
+        shown += f"  speedup {throughput_ratio(r, base):.2f}x"
     return shown
 
 
@@ -347,7 +359,6 @@ def main(args: argparse.Namespace) -> int:
                          "which counts prompt and response")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = results_file(args.output, RESULTS / f"train_{device.type}.json", args.overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     apply_threads(args)
     report: dict[str, Any] = {
         "benchmark": "train", "device": device_name(device), "device_type": device.type,
@@ -383,6 +394,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from superthoughts_ext.cli import HelpFormatter  # shows each flag's default, as `superthoughts bench` does
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     add_arguments(parser)
     raise SystemExit(main(parser.parse_args()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,49 @@ def test_a_recorded_run_is_replaced_only_on_request(tmp_path) -> None:
         results_file(None, recorded, overwrite=False)
     assert results_file(None, recorded, overwrite=True) == recorded
     assert results_file(tmp_path / "mine.json", recorded, overwrite=False) == tmp_path / "mine.json"
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_measuring(tmp_path) -> None:
+    # Found out at the first write before: a traceback minutes into the run.
+    from superthoughts_ext.run_info import results_file
+
+    default = tmp_path / "unused.json"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"cannot write the results to .*afile/x\.json: .*afile is a file, not a folder"):
+        results_file(tmp_path / "afile" / "x.json", default, overwrite=False)
+    with pytest.raises(SystemExit, match=r"--output .* is a directory; give the JSON file's path"):
+        results_file(tmp_path, default, overwrite=False)
+    if Path("/sys").is_dir():  # sysfs: no file can be made there, whatever the permission bits say
+        with pytest.raises(SystemExit, match=r"cannot write the results to /sys/x\.json: "):
+            results_file(Path("/sys/x.json"), default, overwrite=False)
+    # Its folders are made; the probe leaves no file behind, and an existing file untouched.
+    nested = tmp_path / "a" / "b" / "run.json"
+    assert results_file(nested, default, overwrite=False) == nested and nested.parent.is_dir() and not nested.exists()
+    (tmp_path / "old.json").write_text("{}")
+    results_file(tmp_path / "old.json", default, overwrite=False)
+    assert (tmp_path / "old.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("area, argv, message", [
+    ("generate", ["--batch", "1", "8", "1"], "argument --batch: 1 given more than once"),
+    ("generate", ["--methods", "pairs", "pairs"], "argument --methods: pairs given more than once"),
+    ("step", ["--dtype", "fp32", "fp32"], "argument --dtype: fp32 given more than once"),
+    ("train", ["--rho-max", "0.1", "0.1000001"], "argument --rho-max: 0.1 given more than once"),
+    ("train", ["--shapes", "tiny", "tiny"], "argument --shapes: tiny given more than once"),
+    ("step", ["--batch", "1.5"], r"argument --batch: invalid int value: '1\.5'"),
+])
+def test_repeated_or_non_integer_list_values_are_refused_at_parse_time(area, argv, message, capsys) -> None:
+    # A repeat was measured twice and recorded under one name (the plot kept the last).
+    parser = argparse.ArgumentParser()
+    load_benchmark(area).add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_device_other_than_cpu_or_cuda_is_refused(tmp_path) -> None:
+    bench = load_benchmark("generate")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(SystemExit, match="--device meta: only cpu and cuda are measured"):
+        bench.main(parser.parse_args(["--device", "meta", "--output", str(tmp_path / "g.json")]))

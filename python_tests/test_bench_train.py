@@ -102,7 +102,8 @@ def test_threads_reach_the_run_through_the_console_script(tmp_path: Path, monkey
         row = {}
         for mode, tokens_per_s in (("baseline", 100.0), ("baseline_chunked_ce", 125.0),
                                    ("superthoughts_rho0.25", 250.0)):
-            row[mode] = {"response_tokens_per_s": tokens_per_s, "step_ms": 1e3 / tokens_per_s}
+            row[mode] = {"response_tokens_per_step": 1, "response_tokens_per_s": tokens_per_s,
+                         "step_ms": 1e3 / tokens_per_s}
             measured(mode, row)
         return row
 
@@ -129,9 +130,9 @@ def test_threads_reach_the_run_through_the_console_script(tmp_path: Path, monkey
 def test_ratios_skip_modes_that_ran_out_of_memory() -> None:
     bench = load_benchmark("train")
     row = {
-        "baseline": {"response_tokens_per_s": 100.0, "step_ms": 10.0, "matmul_gflop_per_step": 8.0},
-        "baseline_chunked_ce": {"response_tokens_per_s": 125.0, "step_ms": 8.0, "matmul_gflop_per_step": 8.0},
-        "superthoughts_rho0.25": {"response_tokens_per_s": 250.0, "step_ms": 4.0, "matmul_gflop_per_step": 5.0},
+        "baseline": {"response_tokens_per_step": 1, "response_tokens_per_s": 100.0, "step_ms": 10.0, "matmul_gflop_per_step": 8.0},
+        "baseline_chunked_ce": {"response_tokens_per_step": 1, "response_tokens_per_s": 125.0, "step_ms": 8.0, "matmul_gflop_per_step": 8.0},
+        "superthoughts_rho0.25": {"response_tokens_per_step": 1, "response_tokens_per_s": 250.0, "step_ms": 4.0, "matmul_gflop_per_step": 5.0},
         "superthoughts_rho0": {"error": "out of memory: CUDA out of memory"},
     }
     # The line printed as each mode is measured (before add_ratios): a mode that ran out of
@@ -151,3 +152,24 @@ def test_ratios_skip_modes_that_ran_out_of_memory() -> None:
            "superthoughts_rho0.25": {"response_tokens_per_s": 250.0, "step_ms": 4.0}}
     bench.add_ratios(row)
     assert set(row["superthoughts_rho0.25"]) == {"response_tokens_per_s", "step_ms"}
+
+
+def test_ratios_come_from_the_step_times_not_the_rounded_throughputs() -> None:
+    bench = load_benchmark("train")
+    # 10 tokens per step: 60.4 and 72.2 tok/s as recorded (rounded to 0.1), a ratio of 1.195.
+    row = {"baseline": {"response_tokens_per_step": 10, "step_ms": 165.55, "response_tokens_per_s": 60.4},
+           "baseline_chunked_ce": {"response_tokens_per_step": 10, "step_ms": 138.576, "response_tokens_per_s": 72.2}}
+    assert bench.progress("tiny", "baseline_chunked_ce", row).endswith("speedup 1.19x")  # 1.20x from 72.2 / 60.4
+    bench.add_ratios(row)
+    assert row["baseline_chunked_ce"]["speedup"] == round(165.55 / 138.576, 3) == 1.195
+
+
+def test_a_loss_that_does_not_fall_stops_the_run_naming_the_mode(tmp_path: Path) -> None:
+    bench = load_benchmark("train")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--shapes", "tiny", "--batch-size", "1", "--seq-len", "16", "--prompt-len", "4",
+                              "--warmup", "2", "--lr", "100", "--output", str(tmp_path / "t.json")])
+    with pytest.raises(SystemExit, match=r"bench train: tiny baseline: the loss did not fall over the 2 warmup "
+                                         r"steps \(.*\); try a smaller --lr \(got 100\)"):
+        bench.main(args)

@@ -56,13 +56,31 @@ def device_name(device: torch.device | str) -> str:
 def results_file(output: Path | None, default: Path, overwrite: bool) -> Path:
     """Where a benchmark writes its JSON: `output` when given, else `default` under
     benchmarks/results/, which holds the recorded runs the README quotes: a file already there
-    is replaced only with `overwrite` (checked before anything is measured)."""
-    if output is not None:
-        return output
-    if default.exists() and not overwrite:
+    is replaced only with `overwrite`. Checked before anything is measured, and so is that the
+    file can be written (its folder is made here): a bad path surfaced as a traceback once the
+    first measurement was written, minutes into the run."""
+    if output is None and default.exists() and not overwrite:
         raise SystemExit(f"{default} holds a recorded run; give --output PATH for this one, or --overwrite "
                          "to replace it")
-    return default
+    path = default if output is None else output
+    if path.is_dir():
+        raise SystemExit(f"--output {path} is a directory; give the JSON file's path")
+    folder = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not folder.is_dir():
+        raise SystemExit(f"cannot write the results to {path}: {folder} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"cannot write the results to {path}: {error.strerror} ({error.filename})") from None
+    existed = path.exists()
+    try:  # a real write: permission bits do not tell (root, read-only file systems, /sys)
+        with path.open("a"):
+            pass
+    except OSError as error:
+        raise SystemExit(f"cannot write the results to {path}: {error.strerror}") from None
+    if not existed:
+        path.unlink()
+    return path
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -96,7 +114,22 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         return value
 
+    parse.__name__ = "int"  # argparse names the type in its message: "invalid int value: '1.5'"
     return parse
+
+
+def distinct(key=lambda value: value) -> type[argparse.Action]:
+    """argparse action of a list option whose values must differ (by `key`): a repeated one was
+    measured twice and recorded under one name, the last run overwriting the first."""
+
+    class Distinct(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None) -> None:
+            keys = [key(value) for value in values]
+            if repeated := sorted({str(k) for k in keys if keys.count(k) > 1}):
+                parser.error(f"argument {option_string}: {', '.join(repeated)} given more than once")
+            setattr(namespace, self.dest, values)
+
+    return Distinct
 
 
 def unit_float(text: str) -> float:
