@@ -4,8 +4,8 @@ Correctness first (every output of the fused op, greedy and sampled, against the
 every configuration), then timing: CPU with torch.utils.benchmark (median of blocked_autorange);
 GPU twice, with CUDA events around each call (median; host dispatch included, as an eager caller pays it) and as
 device time from replays of a CUDA graph over rotating input copies (what generate()'s graphed
-decode step pays; the bandwidth targets use this one). Prints time, achieved GB/s for the bytes the step must move (DESIGN.md section 2:
-both heads' logits + the merge weight + the gathered rows) and, on GPU, % of the measured
+decode step pays; the bandwidth targets use this one). Prints time, achieved GB/s for the bytes the step must move
+(both heads' logits + the merge weight + the gathered rows) and, on GPU, % of the measured
 device-to-device copy bandwidth. Writes JSON to benchmarks/results/step_<device>.json.
 
     python benchmarks/bench_step.py [--batch 1 8 64 256] [--hidden 1536 3584] [--dtype fp32 bf16] [--threads 2]

@@ -31,7 +31,7 @@ std::vector<std::string> cpu_16bit_matmul();  // csrc/cpu/step.cpp
 }
 
 TORCH_LIBRARY(superthoughts_ext, m) {
-  // One SuperThoughts decode step for a batch, in one launch (DESIGN.md section 2):
+  // One SuperThoughts decode step for a batch, in one launch (semantics: reference.py):
   // per row, max / argmax (or Gumbel-max sample) / softmax denominator of both heads'
   // logits [2, B, V], the confidence rule that accepts the MTP token, and the compressed
   // input of the next unit, C(E[t1], E[accepted ? t2 : pad]). Updates `finished` [B] in place.

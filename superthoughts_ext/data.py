@@ -2,7 +2,7 @@
 
 Tokenised examples come from data_jsonl.py (chat-template formatting, JSONL loading).
 
-Layout (DESIGN.md section 1). A sequence is prompt tokens p_1..p_m (ordinary positions)
+Layout. A sequence is prompt tokens p_1..p_m (ordinary positions)
 followed by response units u_1..u_k, each a pair (a, b) or a single (a, PAD). The response
 always ends with exactly one EOS: `build_units` appends it when missing and rejects an EOS
 anywhere else (the decoder would stop there). Targets:
@@ -16,8 +16,8 @@ anywhere else (the decoder would stop there). Targets:
 The MTP target is the token that follows a_{j+1} in the response whether u_{j+1} is a pair
 or a single: a single unit is a decoding fallback, not the end of the text, and at decode
 time the MTP head is asked for that token at every step (its confidence decides the
-fallback), after single units as much as after pairs. This departs from DESIGN.md section 1
-("MTP target ignored when b_{j+1} is PAD"): with that rule the head never learned the token
+fallback), after single units as much as after pairs. This departs from the method's first
+design ("MTP target ignored when b_{j+1} is PAD"): with that rule the head never learned the token
 after a single unit (the demo's earlier model, trained that way with the first pad-split and
 from scratch, reached 41% at threshold 0.9).
 

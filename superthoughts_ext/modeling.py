@@ -2,7 +2,7 @@
 
 Positions are prompt tokens (input E[p]) followed by response units (input z = C(E[a], E[b]));
 each position's final hidden state h feeds the main head (predicts the next unit's a) and the
-MTP head (predicts the next unit's b). See DESIGN.md section 1.
+MTP head (predicts the next unit's b). data.py spells out the layout and every target.
 
 Checkpoint layout (one directory): `config.json` = the backbone's config with
 `architectures = ["SuperThoughtsForCausalLM"]` and a "superthoughts" section holding

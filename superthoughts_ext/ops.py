@@ -27,7 +27,7 @@ def superthoughts_step(
     seed: int = 0,
     offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One fused SuperThoughts decode step (DESIGN.md section 2); updates `finished` in place.
+    """One fused SuperThoughts decode step (semantics: reference.py); updates `finished` in place.
 
     Args:
         logits: [2, B, V] fp32/bf16/fp16, head 0 = main, head 1 = MTP; last dim contiguous.

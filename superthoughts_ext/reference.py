@@ -1,7 +1,7 @@
 """Plain-PyTorch oracles for the compiled ops.
 
 `superthoughts_step_ref` defines the semantics of `torch.ops.superthoughts_ext.superthoughts_step`
-(DESIGN.md section 2) bit for bit where integers are concerned: the tests compare the C++ and
+bit for bit where integers are concerned: the tests compare the C++ and
 CUDA kernels against it, and `generate(..., use_kernels=False)` runs on it. One exception: the
 kernels sum the softmax terms in their own order with their own exp (about 1e-7 relative), so a
 threshold within that distance of a row's confidence may accept the pair on one side only.

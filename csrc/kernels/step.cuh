@@ -1,5 +1,5 @@
-// CUDA kernel of superthoughts_step (semantics: superthoughts_ext/reference.py; DESIGN.md
-// section 2). Plain CUDA, no torch headers: the glue in csrc/cuda/step.cu validates, allocates
+// CUDA kernel of superthoughts_step (semantics: superthoughts_ext/reference.py).
+// Plain CUDA, no torch headers: the glue in csrc/cuda/step.cu validates, allocates
 // and calls plan_superthoughts_step then launch_superthoughts_step on the current stream.
 //
 // One cooperative launch, one grid-wide barrier:

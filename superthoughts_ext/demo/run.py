@@ -72,7 +72,7 @@ class DemoSettings:
     learning_rate: float = 3e-3
     warmup_ratio: float = 0.05
     # Fallback steps at the default threshold make ~20% of the tokens single units; pad-split
-    # must cover that share and the shifted layouts it causes (DESIGN's 0.25 covers ~12%).
+    # must cover that share and the shifted layouts it causes (the training default 0.25 covers ~12%).
     rho_max: float = 0.5
     hidden_size: int = 128
     num_layers: int = 4
