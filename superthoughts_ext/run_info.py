@@ -65,22 +65,28 @@ def results_file(output: Path | None, default: Path, overwrite: bool) -> Path:
     path = default if output is None else output
     if path.is_dir():
         raise SystemExit(f"--output {path} is a directory; give the JSON file's path")
+    if problem := write_problem(path):
+        raise SystemExit(f"cannot write the results to {path}: {problem}")
+    return path
+
+
+def write_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (None when it can), found by making its folders
+    and opening it for appending (a new file is removed again): permission bits do not tell
+    (root, read-only file systems, /sys)."""
     folder = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
     if not folder.is_dir():
-        raise SystemExit(f"cannot write the results to {path}: {folder} is a file, not a folder")
+        return f"{folder} is a file, not a folder"
+    existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SystemExit(f"cannot write the results to {path}: {error.strerror} ({error.filename})") from None
-    existed = path.exists()
-    try:  # a real write: permission bits do not tell (root, read-only file systems, /sys)
         with path.open("a"):
             pass
     except OSError as error:
-        raise SystemExit(f"cannot write the results to {path}: {error.strerror}") from None
+        return f"{error.strerror} ({error.filename})"
     if not existed:
         path.unlink()
-    return path
+    return None
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default: str) -> None:

@@ -119,14 +119,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--plot", default=None, help="write the accuracy-vs-steps PNG here")
     g("--cache-dir", default=None, help="model cache root (default: $XDG_CACHE_HOME/superthoughts/demo)")
     g("--retrain", action="store_true", help="ignore cached models and train again")
-    g("--train-steps", type=int, default=None, help="optimizer steps of the initial SFT")
+    # These default to None (the settings of --quick or of the full run); the help says both.
+    def default(name: str) -> str:
+        return f" (default: {getattr(DemoSettings(), name)}; with --quick {getattr(QUICK, name)})"
+
+    g("--train-steps", type=int, default=None, help="optimizer steps of the initial SFT" + default("train_steps"))
     g("--superthoughts-steps", type=int, default=None,
       help="optimizer steps of the SuperThoughts fine-tuning of the initial SFT model "
-           "(and of the baseline's continued SFT)")
-    g("--eval-problems", type=int, default=None, help="held-out test problems to evaluate")
+           "(and of the baseline's continued SFT)" + default("superthoughts_steps"))
+    g("--eval-problems", type=int, default=None,
+      help="held-out test problems to evaluate" + default("eval_problems"))
     g("--seed", type=int, default=None,
       help="seed of the data and model init (default 0); other seeds show the run-to-run spread")
-    g("--thresholds", type=float, nargs="+", default=None, help="confidence thresholds to sweep")
+    g("--thresholds", type=float, nargs="+", default=None,
+      help=f"confidence thresholds to sweep (default: {' '.join(f'{t:g}' for t in DEFAULT_THRESHOLDS)}; with "
+           f"--quick {' '.join(f'{t:g}' for t in QUICK.thresholds)}); the table's headline is "
+           f"{DemoSettings().default_threshold:g}, else the nearest one swept")
     g("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
     g("--no-progress", action="store_false", dest="progress", help="hide progress bars")
 
@@ -148,10 +156,16 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         overrides["thresholds"] = thresholds
         if settings.default_threshold not in thresholds:
             # The headline threshold must be one the sweep measured.
-            overrides["default_threshold"] = min(thresholds, key=lambda t: abs(t - settings.default_threshold))
+            nearest = min(thresholds, key=lambda t: abs(t - settings.default_threshold))
+            overrides["default_threshold"] = nearest
+            print(f"note: --thresholds leaves out the headline threshold {settings.default_threshold:g}; the table "
+                  f"marks the nearest one swept, {nearest:g}, instead", file=sys.stderr)
     settings = replace(settings, **overrides)
-    if min(settings.train_steps, settings.superthoughts_steps, settings.eval_problems) < 1:
-        raise ValueError("--train-steps, --superthoughts-steps and --eval-problems must be >= 1")
+    counts = {"--train-steps": settings.train_steps, "--superthoughts-steps": settings.superthoughts_steps,
+              "--eval-problems": settings.eval_problems}
+    for flag, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     if not all(0.0 <= t <= 1.0 for t in settings.thresholds):
         raise ValueError(f"thresholds must lie in [0, 1], got {settings.thresholds}")
     if not 0 <= settings.seed < 2**32:  # numpy's limit, reached only after the data is written
@@ -161,13 +175,21 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 def check_output_paths(args: argparse.Namespace) -> None:
     """Before any training: --cache-dir must be a directory (or not exist), --json / --plot
-    files to write (not directories), the plot in a format matplotlib writes. A full run trains
-    for a quarter of an hour before it writes them."""
+    files to write (not directories), the plot in a format matplotlib writes; each can be
+    written. A full run trains for a quarter of an hour before it writes them."""
+    from superthoughts_ext.run_info import write_problem
+
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
         raise ValueError(f"--cache-dir {args.cache_dir!r} is a file, not a directory")
+    cache = cache_root(args.cache_dir)
+    if problem := write_problem(cache / ".write_check"):
+        named = f"--cache-dir {args.cache_dir!r}" if args.cache_dir else f"the model cache {cache} (see --cache-dir)"
+        raise ValueError(f"{named} cannot be written: {problem}")
     for flag, value in (("--json", args.json), ("--plot", args.plot)):
         if value and Path(value).is_dir():
             raise ValueError(f"{flag} {value!r} is a directory; give a file name")
+        if value and (problem := write_problem(Path(value))):
+            raise ValueError(f"{flag} {value!r} cannot be written: {problem}")
     if args.plot:
         from matplotlib.figure import Figure
 
@@ -186,21 +208,53 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(base) / "superthoughts" / "demo"
 
 
-# The modules whose code decides what training produces: their text is part of the cache key,
-# so models trained by other code are not reused (the package version alone never changed).
-TRAINING_SOURCES = ("data.py", "data_jsonl.py", "head_losses.py", "layers.py", "modeling.py", "modeling_config.py",
-                    "checkpoint.py", "train.py", "train_data.py", "train_utils.py", "trainer.py", "demo/task.py",
-                    "demo/tokenizer.py")
+# Where the walk of training's imports starts (training_sources): the training entry point and
+# the demo's data. build_base and train_model are hashed from this module's own text.
+TRAINING_ENTRY_POINTS = ("train.py", "demo/task.py", "demo/tokenizer.py")
+# Where it stops: the model's generate() method imports the decoding stack, which trains nothing
+# (hashing it would retrain the demo's models after every decoding change).
+DECODING_ENTRY_POINT = "generate.py"
+
+
+def training_sources() -> list[str]:
+    """The package files whose code decides what training produces: the entry points and every
+    package module they import, directly or not (read from their import statements, lazy ones
+    too). Found, not listed: a hand-kept list missed the modules split off train.py later, and
+    the cache then reused models that other code had trained."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1]
+    found: set[str] = set()
+    todo = list(TRAINING_ENTRY_POINTS)
+    while todo:
+        name = todo.pop()
+        if name in found or name == DECODING_ENTRY_POINT:
+            continue
+        found.add(name)
+        for node in ast.walk(ast.parse((package / name).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("superthoughts_ext"):
+                # "from superthoughts_ext.x import y" and "from superthoughts_ext import x" (x a module)
+                base = node.module.split(".")[1:]
+                candidates = [base] + [base + [alias.name] for alias in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name.split(".")[1:] for alias in node.names
+                              if alias.name.startswith("superthoughts_ext.")]
+            else:
+                continue
+            for parts in candidates:
+                if parts and (package / Path(*parts)).with_suffix(".py").is_file():
+                    todo.append("/".join(parts) + ".py")
+    return sorted(found)
 
 
 def training_code_hash() -> str:
-    """sha256 of TRAINING_SOURCES' text, this module's model and trainer setup (build_base,
+    """sha256 of training_sources()' text, this module's model and trainer setup (build_base,
     train_model) and the system prompt every training row and the tokenizer's vocabulary hold."""
     from superthoughts_ext import eval_data
 
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for name in TRAINING_SOURCES:
+    for name in training_sources():
         digest.update(name.encode("utf-8") + b"\0" + (package / name).read_bytes())
     for function in (build_base, train_model):
         digest.update(inspect.getsource(function).encode("utf-8"))
@@ -303,6 +357,7 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
              device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train or reuse the three models, evaluate them and return the results payload."""
     import torch
+    import transformers
 
     from superthoughts_ext.demo.task import make_split, write_jsonl
     from superthoughts_ext.run_info import device_name, git_commit
@@ -341,6 +396,7 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
         "cache_dir": os.fspath(root),
         "device": device_name(device),
         "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
         "commit": commit,
         "wall_time": time.perf_counter() - started,
     }
