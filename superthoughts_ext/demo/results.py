@@ -73,6 +73,21 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _label_groups(sweep: list[dict[str, Any]], x_span: float, y_span: float) -> list[list[dict[str, Any]]]:
+    """The sweep's points in runs that nearly coincide (within 2% of the x axis and 4% of the y
+    axis of the run's first point): one label per run ("0.8-0.99"), as labels of their own
+    printed over each other ("0.8.99.999")."""
+    groups: list[list[dict[str, Any]]] = []
+    for r in sorted(sweep, key=lambda r: r["threshold"]):
+        first = groups[-1][0] if groups else None
+        if first is not None and abs(r["mean_steps"] - first["mean_steps"]) < 0.02 * x_span \
+                and abs(r["accuracy"] - first["accuracy"]) < 0.04 * y_span:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
 def write_plot(results: dict[str, Any], path: Path) -> Path:
     """Accuracy vs mean decode steps across thresholds, with both SFT models and pairs marked."""
     import matplotlib
@@ -81,24 +96,33 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     sweep = results["sweep"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    base, initial, pairs = results["baseline"], results["initial_sft"], results["pairs"]
+    fig, ax = plt.subplots(figsize=(7.2, 5.0))
     ax.plot([r["mean_steps"] for r in sweep], [r["accuracy"] for r in sweep], "o-",
             label="SuperThoughts (threshold sweep)")
-    for r in sweep:
-        ax.annotate(f"{r['threshold']:g}", (r["mean_steps"], r["accuracy"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
-    base, initial, pairs = results["baseline"], results["initial_sft"], results["pairs"]
+    chosen = results["superthoughts"]
+    ax.plot([chosen["mean_steps"]], [chosen["accuracy"]], "*", color="tab:orange", markersize=14, zorder=3,
+            label=f"SuperThoughts at the default threshold {chosen['threshold']:g}")
+    steps = [r["mean_steps"] for r in (*sweep, base, initial, pairs)]
+    x_span = max(max(steps) - min(steps), 1e-9)
+    for index, group in enumerate(_label_groups(sweep, x_span, 1.0)):
+        first, last = group[0], group[-1]
+        text = f"{first['threshold']:g}" if len(group) == 1 else f"{first['threshold']:g}-{last['threshold']:g}"
+        # Below and above the points in turn: neighbouring labels do not run into each other.
+        x = sum(r["mean_steps"] for r in group) / len(group)
+        ax.annotate(text, (x, first["accuracy"]), textcoords="offset points", xytext=(0, -14 if index % 2 == 0 else 8),
+                    ha="center", fontsize=8)
     ax.plot([base["mean_steps"]], [base["accuracy"]], "s", color="black", label="baseline (standard)")
     # Larger and hollow: both SFT models decode the same token counts, so this rings the baseline.
     ax.plot([initial["mean_steps"]], [initial["accuracy"]], "s", color="tab:gray", fillstyle="none",
             markersize=12, label="initial SFT (standard)")
     ax.plot([pairs["mean_steps"]], [pairs["accuracy"]], "^", color="tab:red", label="pairs (always 2)")
-    ax.set_xlabel("mean decode steps per problem")
+    ax.set_xlabel("mean decode steps per problem (labels: confidence threshold)")
     ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.08, 1.1)
     ax.grid(alpha=0.3)
-    # The sweep runs from the top left (pairs-like) to the bottom right (all singles).
-    ax.legend(loc="center left")
+    # Outside the axes: inside, it covered part of the sweep whatever corner it took.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
     ax.set_title("superthoughts demo: accuracy vs decode steps")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
