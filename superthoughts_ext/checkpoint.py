@@ -97,6 +97,11 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
     values[SECTION] = model.config.to_dict()
     with open(directory / CONFIG_NAME, "w", encoding="utf-8") as f:
         f.write(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    # Weights of a model saved there before (shards, an index, .bin files) would sit beside ours,
+    # and a loader that finds an index reads those (transformers' save_pretrained removes them too).
+    for stale in [*directory.glob("model-*-of-*.safetensors"), *directory.glob("pytorch_model*.bin"),
+                  directory / "model.safetensors.index.json", directory / "pytorch_model.bin.index.json"]:
+        stale.unlink(missing_ok=True)
     state = state_dict if state_dict is not None else model.state_dict()
     canonical = _aliases(state)
     # safetensors refuses shared storage, and a tied lm_head would otherwise be stored twice.

@@ -151,10 +151,16 @@ class DecoderMTP(_MTPInput):
         super().__init__(backbone)
         last = backbone.model.layers[-1]
         self.layer_config = _one_layer_config(backbone)
-        # Built on the meta device and filled from the last layer: no random init to waste,
-        # and layer_idx 0 addresses the MTP's own one-layer cache.
+        # Built on the meta device and filled from the last layer: no random init to waste.
+        # Built as the LAST layer (its index and the full config): models that shape a layer by
+        # its index (dense first layers then MoE in DeepSeek-V3 / GLM-4 MoE, Qwen MoE's
+        # mlp_only_layers, SmolLM3's NoPE layers) built layer 0's structure instead.
         with torch.device("meta"):
-            self.layer = type(last)(self.layer_config, 0)
+            self.layer = type(last)(copy.deepcopy(backbone.config), len(backbone.model.layers) - 1)
+        # Index 0 of the MTP's own one-layer cache, wherever the layer keeps its index.
+        for module in self.layer.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = 0
         self.layer.to_empty(device=backbone.model.norm.weight.device)
         self.layer.load_state_dict(last.state_dict())
         self.rotary_emb = type(backbone.model.rotary_emb)(config=self.layer_config)
@@ -187,7 +193,10 @@ class DecoderMTP(_MTPInput):
 class MLPMTP(_MTPInput):
     """MTP head without attention: x = fc(...); x + MLP(RMSNorm(x)); final RMSNorm. No cache.
 
-    MLP and its norm start as copies of the backbone's last layer's MLP block.
+    MLP and its norm start as copies of the backbone's last layer's MLP block: pre-norm
+    (x + MLP(norm(x)), norm = post_attention_layernorm) in Llama-style layers, post-norm
+    (x + norm(MLP(x)), norm = post_feedforward_layernorm) in OLMo 2's, whose
+    post_attention_layernorm normalises the attention output instead.
     """
 
     has_cache = False
@@ -195,7 +204,9 @@ class MLPMTP(_MTPInput):
     def __init__(self, backbone: PreTrainedModel) -> None:
         super().__init__(backbone)
         last = backbone.model.layers[-1]
-        self.mlp_norm = copy.deepcopy(last.post_attention_layernorm)
+        self.post_norm = hasattr(last, "post_feedforward_layernorm") and not hasattr(last, "pre_feedforward_layernorm")
+        self.mlp_norm = copy.deepcopy(last.post_feedforward_layernorm if self.post_norm
+                                      else last.post_attention_layernorm)
         self.mlp = copy.deepcopy(last.mlp)
 
     def new_cache(self, batch_size: int, max_positions: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -205,7 +216,7 @@ class MLPMTP(_MTPInput):
                 attention_mask: torch.Tensor | None, cache: None = None) -> torch.Tensor:
         """h, z [B, T, H] -> h_mtp [B, T, H] (position_ids, attention_mask unused)."""
         x = self.mix(h, z)
-        return self.norm(x + self.mlp(self.mlp_norm(x)))
+        return self.norm(x + (self.mlp_norm(self.mlp(x)) if self.post_norm else self.mlp(self.mlp_norm(x))))
 
 
 def build_mtp(kind: str, backbone: PreTrainedModel) -> nn.Module:

@@ -68,6 +68,11 @@ class SuperThoughtsForCausalLM(nn.Module):
             if getattr(base, key, None) not in (None, 1.0):
                 raise NotImplementedError(f"SuperThoughts: backbones with {key}={getattr(base, key)} are not supported "
                                           f"(head_logits applies lm_head alone)")
+        if getattr(base, "kv_lora_rank", None) is not None:
+            # Keys and values of other widths per head, which the static KV cache generate() decodes
+            # with does not hold (DeepSeek-V2/V3, Kimi K2).
+            raise NotImplementedError(f"SuperThoughts: backbones with multi-head latent attention ({base.model_type}, "
+                                      f"kv_lora_rank={base.kv_lora_rank}) are not supported")
         scale = getattr(backbone.get_input_embeddings(), "embed_scale", None)
         if scale is not None and float(scale) != 1.0:
             # The compressor and the step op read the raw embedding table.
@@ -81,6 +86,8 @@ class SuperThoughtsForCausalLM(nn.Module):
             raise ValueError(f"SuperThoughts: embedding table has {vocab} rows but lm_head has {rows}")
         if config.pad_token_id is None:
             pad = _first_int(getattr(base, "pad_token_id", None))
+            if pad is not None and pad < 0:  # Llama 1 conversions: -1 means "no pad"
+                pad = None
             if pad is None:
                 pad = _first_int(getattr(base, "eos_token_id", None))
                 if pad is None:
@@ -122,8 +129,10 @@ class SuperThoughtsForCausalLM(nn.Module):
                                  f"use SuperThoughtsForCausalLM.from_pretrained")
             backbone = _load_plain(path, dtype, "from_base")
         elif isinstance(path_or_model, PreTrainedModel):
-            backbone = path_or_model if dtype is None else _cast_weights(path_or_model, dtype)
+            _refuse_adapters(path_or_model)
+            backbone = path_or_model if dtype is None else _cast_weights(path_or_model, _as_dtype(dtype))
         else:
+            _refuse_adapters(path_or_model)
             raise TypeError(f"from_base: expected a checkpoint directory or a PreTrainedModel, "
                             f"got {type(path_or_model).__name__}")
         # The new compressor and MTP follow the backbone's mode (a loaded checkpoint is in eval
@@ -132,9 +141,14 @@ class SuperThoughtsForCausalLM(nn.Module):
         return model.to(device) if device is not None else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Writes config.json and model.safetensors to `save_directory` (created if missing).
+        """Writes config.json, generation_config.json and model.safetensors (one file) to
+        `save_directory` (created if missing; weight files of an earlier model there are removed).
 
         `state_dict` (e.g. a gathered FSDP state dict) replaces the module's own when given.
+        The directory loads with `from_pretrained` or `superthoughts_ext.load_model`, not with
+        transformers' AutoModelForCausalLM: that builds the backbone class from config.json and,
+        finding none of its weight names (they start with "backbone."), initialises it randomly
+        with only a warning.
         """
         save_superthoughts_dir(self, save_directory, state_dict)
 
@@ -156,6 +170,7 @@ class SuperThoughtsForCausalLM(nn.Module):
 
     @property
     def teacher(self) -> nn.Module | None:
+        """The frozen distillation teacher set by `attach_teacher`, else None."""
         return self._teacher[0] if self._teacher else None
 
     # ----------------------------------------------------------------------------------
@@ -163,10 +178,12 @@ class SuperThoughtsForCausalLM(nn.Module):
 
     @property
     def pad_token_id(self) -> int:
+        """The PAD id: the second half of a single unit (and what finished rows emit)."""
         return int(self.config.pad_token_id)
 
     @property
     def vocab_size(self) -> int:
+        """Rows of the backbone's embedding table (lm_head has as many)."""
         return self.backbone.get_input_embeddings().num_embeddings
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
@@ -178,9 +195,11 @@ class SuperThoughtsForCausalLM(nn.Module):
                    if id(p) not in skip and (p.requires_grad or not only_trainable))
 
     def get_input_embeddings(self) -> nn.Embedding:
+        """The backbone's embedding table (the compressor and the step op read it too)."""
         return self.backbone.get_input_embeddings()
 
     def get_output_embeddings(self) -> nn.Module:
+        """The backbone's lm_head, shared by the main and the MTP head."""
         return self.backbone.get_output_embeddings()
 
     def tie_weights(self, *args: Any, **kwargs: Any) -> None:
@@ -287,6 +306,10 @@ class SuperThoughtsForCausalLM(nn.Module):
         when `return_logits` (or when no labels are given); training loops that need the loss
         alone pass `return_logits=False` and skip that GEMM and its memory.
         """
+        if (labels_main is None) != (labels_mtp is None):
+            # One without the other scores a loss without one of its parts (or none at all, silently).
+            given = "labels_main" if labels_mtp is None else "labels_mtp"
+            raise ValueError(f"forward: {given} given without the other labels row; pass both, or neither for logits")
         batch, length = first_ids.shape
         embeds = self.embed_inputs(first_ids, second_ids, is_unit)
         h, h_mtp = self.hidden_states(embeds, position_ids, causal_mask_for_right_padding(attention_mask))
@@ -297,8 +320,6 @@ class SuperThoughtsForCausalLM(nn.Module):
             output.logits_main, output.logits_mtp = logits[0], logits[1]
         if labels_main is None:
             return output
-        if labels_mtp is None:
-            raise ValueError("forward: labels_main given without labels_mtp")
         hidden = h.shape[-1]
         main_idx = torch.nonzero(labels_main.reshape(-1) != IGNORE).squeeze(1)  # [N_main]
         mtp_idx = torch.nonzero(labels_mtp.reshape(-1) != IGNORE).squeeze(1)  # [N_mtp]
@@ -365,6 +386,23 @@ def _cast_weights(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel
     for module, name, buffer in kept:
         module._buffers[name] = buffer
     return model
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype, also from its name ("bfloat16", as from_pretrained takes it)."""
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
+        return getattr(torch, dtype.removeprefix("torch."))
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"from_base: dtype must be a torch.dtype or its name, got {dtype!r}")
+    return dtype
+
+
+def _refuse_adapters(model: Any) -> None:
+    """A peft model, or a model with adapter layers injected, is no plain backbone: the MTP head
+    copies the last layer's weights, which adapters split into base and adapter parts."""
+    if type(model).__name__.startswith("Peft") or any(hasattr(m, "base_layer") for m in model.modules()):
+        raise TypeError(f"from_base: {type(model).__name__} holds peft adapters; wrap the plain model (merge them "
+                        "first with merge_and_unload()) and add LoRA afterwards, as `superthoughts train --lora` does")
 
 
 def _load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -37,13 +38,20 @@ class SuperThoughtsConfig:
         for name, low, high in (("lambda_mtp", 0.0, None), ("rho_max", 0.0, 1.0), ("distill_weight", 0.0, None),
                                 ("threshold", 0.0, 1.0), ("threshold_main", 0.0, 1.0)):
             value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low
-                    or (high is not None and value > high)):
+            if isinstance(value, bool) or not isinstance(value, Real):  # numpy scalars are Reals too
+                raise ValueError(f"SuperThoughtsConfig: {name} must be a number, got {type(value).__name__} {value!r}")
+            # A plain float: the config is saved as JSON.
+            setattr(self, name, value := float(value))
+            if not math.isfinite(value) or value < low or (high is not None and value > high):
                 bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
                 raise ValueError(f"SuperThoughtsConfig: {name} must be {bound}, got {value!r}")
-        if self.pad_token_id is not None and (isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int)
-                                              or self.pad_token_id < 0):
-            raise ValueError(f"SuperThoughtsConfig: pad_token_id must be a non-negative int, got {self.pad_token_id!r}")
+        if self.pad_token_id is not None:
+            if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, Integral):
+                raise ValueError(f"SuperThoughtsConfig: pad_token_id must be an int, got "
+                                 f"{type(self.pad_token_id).__name__} {self.pad_token_id!r}")
+            self.pad_token_id = int(self.pad_token_id)
+            if self.pad_token_id < 0:
+                raise ValueError(f"SuperThoughtsConfig: pad_token_id must be a non-negative int, got {self.pad_token_id}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SuperThoughtsConfig:
@@ -58,6 +66,7 @@ class SuperThoughtsConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (the "superthoughts" section of config.json)."""
         return asdict(self)
 
     def get_text_config(self, *args: Any, **kwargs: Any) -> SuperThoughtsConfig:

@@ -1,0 +1,135 @@
+"""SuperThoughtsForCausalLM over backbones whose layers differ by index (MoE after dense layers,
+NoPE layers), post-norm OLMo 2, and what from_base / save_pretrained / the config refuse or accept
+beyond the Qwen2 / Llama basics of test_modeling.py.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+from superthoughts_ext.generate import generate  # noqa: E402
+from superthoughts_ext.modeling import SuperThoughtsConfig, SuperThoughtsForCausalLM  # noqa: E402
+from test_modeling import training_batch  # noqa: E402
+
+VOCAB = 61
+
+
+def backbone(model_type: str, **overrides):
+    values = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
+                  bos_token_id=None)
+    values.update(overrides)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **values))
+
+
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
+
+
+@pytest.mark.parametrize("model_type, overrides", [
+    ("qwen3_moe", dict(MOE, mlp_only_layers=[0])),  # layer 0 dense, the last one MoE
+    ("qwen2_moe", dict(MOE, shared_expert_intermediate_size=16, decoder_sparse_step=2)),  # only layer 1 MoE
+    ("smollm3", dict(num_hidden_layers=4)),  # its last layer has no RoPE
+])
+def test_the_mtp_layer_is_built_as_the_last_layer(model_type, overrides):
+    # Built as layer 0, it had layer 0's structure: a state_dict error for MoE, RoPE where the
+    # last layer has none.
+    base = backbone(model_type, **overrides)
+    model = SuperThoughtsForCausalLM.from_base(base).eval()
+    last = base.model.layers[-1]
+    assert type(model.mtp.layer.mlp) is type(last.mlp)
+    assert getattr(model.mtp.layer.self_attn, "use_rope", None) == getattr(last.self_attn, "use_rope", None)
+    for name, tensor in last.state_dict().items():
+        assert torch.equal(model.mtp.layer.state_dict()[name], tensor), name
+    # Its cache index is the MTP's own one-layer cache's: decoding runs, and the training loss too.
+    ids = torch.randint(2, VOCAB, (2, 7))
+    out = generate(model, ids, max_new_tokens=6, mode="pairs", ignore_eos=True)
+    assert out.num_tokens == [6, 6]
+    assert torch.isfinite(model(**training_batch(), return_logits=False).loss)
+
+
+def test_multi_head_latent_attention_is_refused():
+    deepseek = backbone("deepseek_v3", first_k_dense_replace=1, n_routed_experts=4, num_experts_per_tok=2,
+                        moe_intermediate_size=16, n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=16,
+                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, head_dim=8)
+    with pytest.raises(NotImplementedError, match=r"multi-head latent attention \(deepseek_v3, kv_lora_rank=16\)"):
+        SuperThoughtsForCausalLM.from_base(deepseek)
+
+
+@pytest.mark.parametrize("model_type, post_norm", [("olmo2", True), ("llama", False)])
+def test_the_mlp_mtp_copies_the_last_mlp_block_pre_or_post_norm(model_type, post_norm):
+    # OLMo 2's post_attention_layernorm normalises the attention output; its MLP block is
+    # x + post_feedforward_layernorm(mlp(x)).
+    base = backbone(model_type)
+    model = SuperThoughtsForCausalLM.from_base(base, mtp_type="mlp").eval()
+    last = base.model.layers[-1]
+    x = torch.randn(1, 3, 32)
+    with torch.no_grad():
+        block = x + (last.post_feedforward_layernorm(last.mlp(x)) if post_norm
+                     else last.mlp(last.post_attention_layernorm(x)))
+        copied = x + (model.mtp.mlp_norm(model.mtp.mlp(x)) if model.mtp.post_norm
+                      else model.mtp.mlp(model.mtp.mlp_norm(x)))
+    assert model.mtp.post_norm is post_norm
+    torch.testing.assert_close(copied, block, rtol=0, atol=0)
+
+
+def test_a_negative_pad_id_means_none_and_falls_back_to_the_eos():
+    with pytest.warns(UserWarning, match="no pad_token_id; PAD is its EOS id 1"):
+        model = SuperThoughtsForCausalLM.from_base(backbone("llama", pad_token_id=-1))  # Llama 1 conversions
+    assert model.pad_token_id == 1
+
+
+def test_peft_adapters_are_refused_with_what_to_do():
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(backbone("qwen2"), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for model in (wrapped, wrapped.base_model.model):  # the PeftModel, and the model with adapters injected
+        with pytest.raises(TypeError, match=r"holds peft adapters; .*merge_and_unload\(\)"):
+            SuperThoughtsForCausalLM.from_base(model)
+
+
+def test_a_dtype_name_casts_a_built_model():
+    model = SuperThoughtsForCausalLM.from_base(backbone("qwen2"), dtype="bfloat16")
+    assert model.backbone.get_input_embeddings().weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be a torch.dtype or its name, got 'bf17'"):
+        SuperThoughtsForCausalLM.from_base(backbone("qwen2"), dtype="bf17")
+
+
+def test_saving_over_another_model_removes_its_weight_files(tmp_path):
+    backbone("llama", hidden_size=64, intermediate_size=256).save_pretrained(tmp_path, max_shard_size="20KB")
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
+    model = SuperThoughtsForCausalLM.from_base(backbone("qwen2")).eval()
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    reloaded = SuperThoughtsForCausalLM.from_pretrained(tmp_path)
+    batch = training_batch()
+    assert torch.equal(model(**batch).logits_main, reloaded(**batch).logits_main)
+
+
+def test_config_numbers_of_other_types():
+    np = pytest.importorskip("numpy")
+    config = SuperThoughtsConfig(rho_max=np.float32(0.5), lambda_mtp=2, pad_token_id=np.int64(3))
+    assert (config.rho_max, config.lambda_mtp, config.pad_token_id) == (0.5, 2.0, 3)
+    assert [type(v) for v in (config.rho_max, config.lambda_mtp, config.pad_token_id)] == [float, float, int]
+    # A type error says so (it read "must be in [0.0, 1.0], got '0.5'").
+    for bad in ("0.5", torch.tensor(0.5)):
+        with pytest.raises(ValueError, match=f"rho_max must be a number, got {type(bad).__name__}"):
+            SuperThoughtsConfig(rho_max=bad)
+    with pytest.raises(ValueError, match="pad_token_id must be an int, got float 3.0"):
+        SuperThoughtsConfig(pad_token_id=3.0)
+
+
+def test_one_labels_row_without_the_other_is_refused():
+    model = SuperThoughtsForCausalLM.from_base(backbone("qwen2"))
+    batch = training_batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for missing in ("labels_main", "labels_mtp"):
+            given = "labels_mtp" if missing == "labels_main" else "labels_main"
+            # labels_mtp alone returned loss None, silently.
+            with pytest.raises(ValueError, match=f"{given} given without the other labels row"):
+                model(**{k: v for k, v in batch.items() if k != missing})
