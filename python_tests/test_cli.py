@@ -62,6 +62,14 @@ def test_cli_warnings_do_not_echo_source_lines(tmp_path) -> None:
     assert "warnings.warn(" not in done.stderr
 
 
+def test_a_warning_from_the_package_shows_no_place_in_its_code() -> None:
+    # "…/eval_cli.py:86: UserWarning: compare: …" pointed the user at our code, not their input.
+    from superthoughts_ext import cli, eval_cli
+
+    assert cli.format_warning("compare: left out", UserWarning, eval_cli.__file__, 86) == "UserWarning: compare: left out\n"
+    assert cli.format_warning("x", FutureWarning, "/elsewhere/lib.py", 3) == "/elsewhere/lib.py:3: FutureWarning: x\n"
+
+
 def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys) -> None:
     from superthoughts_ext import eval_cli
 

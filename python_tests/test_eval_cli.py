@@ -151,7 +151,7 @@ def test_cli_gpqa_option_orders_and_their_regrade(
     assert run_cli(["--regrade", str(out), "--bench", "math500", "--no-progress"]) == 2  # not the records' bench
     assert "the records were evaluated on 'gpqa_diamond', not 'math500'" in capsys.readouterr().err
     assert run_cli([*argv, "--output", str(out), "--resume"]) == 2  # one order asked, three in the file
-    assert "(give --option-orders 2 or more)" in capsys.readouterr().err
+    assert "(give --option-orders 3)" in capsys.readouterr().err  # the file's highest order, not its first unknown one
     data.rename(tmp_path / "moved.jsonl")
     assert run_cli(["--regrade", str(out), "--no-progress"]) == 2
     assert f"evaluated on {data}, which is not there now; give --data" in capsys.readouterr().err

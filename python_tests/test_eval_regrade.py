@@ -48,10 +48,15 @@ def evaluated_run(tmp_path: Path) -> Path:
     return out
 
 
+# The questions of the problems the hand-written records below answer (a record's prompt holds its question).
+QUESTIONS = {**{p.id: p.question for p in PROBLEMS}, "mid": MIDPOINT, "sum": "what is 1 + 2"}
+
+
 def hand_record(problem_id: str, output: str, extracted: str | None, reference: str, correct: bool,
-                bench: str = "math500") -> dict:
+                bench: str = "math500", question: str | None = None) -> dict:
     """A record as an older `evaluate` wrote it (the keys regrade does not read included)."""
-    return {"index": 0, "id": problem_id, "prompt": "p", "output": output, "extracted": extracted,
+    prompt = f"<|im_start|>user\n{QUESTIONS.get(problem_id, '') if question is None else question}<|im_end|>\n"
+    return {"index": 0, "id": problem_id, "prompt": prompt, "output": output, "extracted": extracted,
             "reference": reference, "correct": correct, "tokens": 9, "steps": 5, "pair_steps": 4,
             "hit_limit": False, "time": 0.25, "bench": bench, "mode": "superthoughts", "threshold": 0.9}
 
@@ -149,7 +154,7 @@ def test_gpqa_answer_boxed_as_an_option_text(tmp_path: Path) -> None:
     [problem] = load_problems("gpqa_diamond", data)
     # A grader that knew only letters found no answer in "\boxed{7}".
     out = write_records(tmp_path / "gpqa-run.jsonl", [
-        hand_record("q1", "so \\boxed{7}", None, problem.answer, False, bench="gpqa_diamond")])
+        hand_record("q1", "so \\boxed{7}", None, problem.answer, False, bench="gpqa_diamond", question=problem.question)])
     [result] = regrade([out], data, bench="gpqa_diamond")
     [record] = read_jsonl(out)
     assert record["extracted"] == problem.answer and record["correct"] is True

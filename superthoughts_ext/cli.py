@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 import warnings
+from pathlib import Path
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,10 +38,16 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def format_warning(message, category, filename, lineno, line=None) -> str:
-    """A warning as `file:line: Category: message`, without the echoed source line: on a
-    command line that line ("examples = load_jsonl_examples(") says nothing to the user.
-    Installed as `warnings.formatwarning` by the command's entry points."""
+    """A warning as `Category: message`, or `file:line: Category: message` when it comes from
+    outside this package: without the echoed source line, and without a place in our own code,
+    which on a command line says nothing to the user ("eval_cli.py:86", "examples =
+    load_jsonl_examples("). Installed as `warnings.formatwarning` by the command's entry points."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
+        return f"{category.__name__}: {message}\n"
     return f"{filename}:{lineno}: {category.__name__}: {message}\n"
+
+
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from superthoughts_ext.eval_compare import (compare_runs, format_comparison, for
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
+from superthoughts_ext.run_info import write_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_compare(paths: list[str], plot: str | None) -> int:
     if len(paths) < 2:
         raise ValueError(f"--compare needs a baseline and at least one more result file, got {len(paths)}")
+    if plot and Path(plot).is_dir():
+        raise ValueError(f"--plot {plot} is a directory; give the PNG file's path")
+    if plot and (problem := write_problem(Path(plot))):
+        raise ValueError(f"--plot {plot} cannot be written: {problem}")
     results = compare_runs(paths[0], paths[1:])  # with two files: exactly compare(A, B), plus labels
     print(format_comparison(results[0]) if len(paths) == 2 else format_runs(results))
     if plot:
@@ -141,6 +146,13 @@ def _checked_problems(args: argparse.Namespace) -> list[Problem]:
     if not args.model or not args.bench:
         raise ValueError("--model and --bench are required (or --compare A.jsonl B.jsonl, or --regrade RUN.jsonl)")
     check_thresholds(args.threshold)  # before loading the model
+    if args.threshold and args.mode not in (None, "superthoughts"):
+        raise ValueError(f"--threshold applies to superthoughts mode, not {args.mode}")
+    if args.mode in ("superthoughts", "pairs") and (Path(args.model) / "config.json").is_file():
+        from superthoughts_ext.checkpoint import is_superthoughts_checkpoint
+
+        if not is_superthoughts_checkpoint(args.model):
+            raise ValueError(f"{args.model} is a plain model; use --mode standard")
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--batch-size ({args.batch_size}) and --max-new-tokens ({args.max_new_tokens}) "
                          "must be >= 1")
@@ -207,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         if args.output:  # the default name needs the mode, which the checkpoint decides
             for path in output_files(args, args.mode or "standard"):  # before the weights load (minutes)
                 check_records_file(path, resume=args.resume, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         return _error(error)
 
     from superthoughts_ext.generate_cli import load_checkpoint
@@ -217,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         mode = _decoding_mode(args, model)
         # A ValueError from evaluate: e.g. --resume on a file of other settings.
         return _evaluate_each_threshold(args, model, tokenizer, device, problems, mode)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError) as error:
         return _error(error)
 
 

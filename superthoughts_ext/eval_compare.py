@@ -124,7 +124,23 @@ def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
     common = [key for key in a if key in b]
     if not common:
         raise ValueError(f"compare: {a_jsonl} and {b_jsonl} share no problem ids")
+    _check_same_problems((a_jsonl, a), [(b_jsonl, b)], common)
     return _compare_records(a_jsonl, a, b_jsonl, b, common)
+
+
+def _check_same_problems(baseline: tuple[str | Path, dict[str, dict[str, Any]]],
+                         others: list[tuple[str | Path, dict[str, dict[str, Any]]]], common: list[str]) -> None:
+    """ValueError when problems matched by id have other reference answers: runs of one
+    benchmark on different problem sets (files that number their rows "0", "1", ...)."""
+    base_path, base = baseline
+    for path, records in others:
+        differ = [key for key in common if "reference" in base[key] and "reference" in records[key]
+                  and base[key]["reference"] != records[key]["reference"]]
+        if differ:
+            key = differ[0]
+            raise ValueError(f"compare: {len(differ)} of the {len(common)} problems matched by id have other reference "
+                             f"answers in {path} than in {base_path} (first: {key!r}, {records[key]['reference']!r} "
+                             f"vs {base[key]['reference']!r}); the runs were evaluated on different problem sets")
 
 
 def _compare_records(a_jsonl: str | Path, a: dict[str, dict[str, Any]], b_jsonl: str | Path,
@@ -215,6 +231,7 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
     if not common:
         names = ", ".join(str(p) for p in [baseline_jsonl, *candidates])
         raise ValueError(f"compare: no problem id is present in all of {names}")
+    _check_same_problems((baseline_jsonl, a), list(zip(candidates, runs)), common)
     label_a, *labels = _distinct_labels([baseline_jsonl, *candidates], [a, *runs])
     results = []
     for path, b, label_b in zip(candidates, runs, labels):

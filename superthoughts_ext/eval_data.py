@@ -6,6 +6,7 @@ Qwen2.5-Math's chain-of-thought prompt rendered through the checkpoint's chat te
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import random
@@ -263,6 +264,12 @@ def _unique_id_field(rows: list[dict[str, Any]], spec: BenchSpec) -> str | None:
     across runs in compare()); None means row numbers serve as ids."""
     field = next((f for f in spec.id_fields if all(f in row for row in rows)), None)
     if field is not None and len({str(row[field]) for row in rows}) != len(rows):
+        counts = collections.Counter(str(row[field]) for row in rows)
+        repeated = [i for i, n in counts.items() if n > 1]
+        # Said: the records' ids then differ from a run on a clean copy, which compare and
+        # regrade could no longer match.
+        warnings.warn(f"{spec.name}: the {field!r} column repeats {repeated[:5]}; the problems are numbered by "
+                      "their rows instead", stacklevel=4)
         return None
     return field
 

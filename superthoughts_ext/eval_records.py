@@ -90,13 +90,19 @@ def _setting_mismatch(record: dict[str, Any], settings: dict[str, Any]) -> str |
     return None
 
 
-def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[str, Any],
+                      prompts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The records an interrupted `evaluate` left in `path` (none if it does not exist). Its
     last line may be torn by the crash and is then dropped; records of other settings, of
     problems outside `problems` or repeating a problem are an error, not something to mix in."""
     if not path.is_file():
         return []
     ids = {problem.id for problem in problems}
+    prompt_of = {} if prompts is None else {problem.id: prompt for problem, prompt in zip(problems, prompts)}
+    orders = [r for r in (_json_or_none(line) for line in json_lines(path.read_text(encoding="utf-8")))
+              if isinstance(r, dict) and isinstance(r.get("option_order"), int)]
+    # The hint names the file's highest order (its first unknown record's was too low a count).
+    needed_orders = max((r["option_order"] for r in orders), default=0) + 1
     lines = json_lines(path.read_text(encoding="utf-8"))
     records = []
     seen: dict[Any, int] = {}  # problem id -> line of its record
@@ -112,15 +118,27 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
         if mismatch := _setting_mismatch(record, settings):
             raise ValueError(f"resume: {path}:{number} {mismatch}; give another output file or leave out resume")
         if record.get("id") not in ids:
-            orders = f" (give --option-orders {record['option_order'] + 1} or more)" if record.get("option_order") else ""
+            hint = f" (give --option-orders {needed_orders})" if record.get("option_order") else ""
             raise ValueError(f"resume: {path}:{number} holds problem {record.get('id')!r}, which is not among the "
-                             f"{len(ids)} problems of this run{orders}")
+                             f"{len(ids)} problems of this run{hint}")
+        if record["id"] in prompt_of and "prompt" in record and record["prompt"] != prompt_of[record["id"]]:
+            # Another tokenizer or chat template: one run would hold two prompt formats.
+            raise ValueError(f"resume: {path}:{number} was decoded from another prompt than this run builds for "
+                             f"problem {record['id']!r} (another tokenizer or chat template?); give another output "
+                             "file or leave out resume")
         if record["id"] in seen:  # a summary would count the problem twice
             raise ValueError(f"resume: {path}:{number} repeats problem {record['id']!r} of line {seen[record['id']]}; "
                              "give another output file or leave out resume")
         seen[record["id"]] = number
         records.append(record)
     return records
+
+
+def _json_or_none(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]]) -> IO[str] | None:

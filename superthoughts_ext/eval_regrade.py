@@ -115,6 +115,10 @@ def _check_record(path: Path, number: int, record: dict[str, Any], bench: str,
         orders = f", --option-orders at least {record['option_order'] + 1}" if record.get("option_order") else ""
         raise ValueError(f"{path}:{number}: problem {key!r} is not among the {len(problems)} problems of {bench} "
                          f"in this data; give the --data (and --problem-field / --answer-field{orders}) the run used")
+    if isinstance(record.get("prompt"), str) and problems[key].question not in record["prompt"]:
+        # Ids alone match across problem sets that number their rows ("0", "1", ...).
+        raise ValueError(f"{path}:{number}: problem {key!r} of this data asks another question than the record's "
+                         "prompt; give the --data the run used")
     if key in seen:
         raise ValueError(f"{path}:{number}: problem {key!r} repeats line {seen[key]}")
     if not isinstance(record["output"], str):

@@ -27,6 +27,7 @@ from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_
 from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, resumable_records, summarize,
                                             write_summary)
 from superthoughts_ext.grading import extract_answer, is_correct
+from superthoughts_ext.run_info import write_problem
 
 MODES = ("superthoughts", "pairs", "standard")
 
@@ -142,6 +143,14 @@ def check_records_file(output_jsonl: str | Path | None, *, resume: bool, overwri
     resume (continue it) nor overwrite (replace it) is given; ValueError for both at once."""
     if resume and overwrite:
         raise ValueError("evaluate: resume keeps the earlier records and overwrite drops them: give one")
+    if output_jsonl is not None:
+        # Before any decoding: a path that cannot be written failed once the first batch was
+        # decoded, or (a sweep) after the thresholds before it.
+        if Path(output_jsonl).is_dir():
+            raise ValueError(f"evaluate: output {output_jsonl} is a directory; give the records file's path")
+        for path in (Path(output_jsonl), summary_path(output_jsonl)):
+            if problem := write_problem(path):
+                raise ValueError(f"evaluate: cannot write {path}: {problem}")
     if output_jsonl is not None and not (resume or overwrite):
         path = Path(output_jsonl)
         if path.is_file() and path.stat().st_size > 0:
@@ -334,7 +343,7 @@ def evaluate(
     run = _prepare_run(model, tokenizer, generate_fn, bench, problems, mode=mode, threshold=threshold,
                        max_new_tokens=max_new_tokens, compile=compile, system_prompt=system_prompt,
                        metadata=metadata)
-    records = resumable_records(Path(output_jsonl), problems, run.settings) if resume else []
+    records = resumable_records(Path(output_jsonl), problems, run.settings, run.prompts) if resume else []
     done = {r["id"] for r in records}
     order = sorted(range(len(problems)), key=lambda i: -len(run.prompt_ids[i]))
     order = [i for i in order if problems[i].id not in done]
