@@ -24,12 +24,20 @@ from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
         ("1~000", "1,000", True),
         ("1\\ 000", "1000", True),
         ("58\\,500", "558", False),  # was read as the sum 58 + 500
-        ("2\\,5", "7", False),
+        ("1\\,000\\,000", "10^6", True),
         ("(2,\\,3)", "(2, 3)", True),  # a space after a comma separates, it does not group
     ],
 )
 def test_latex_space_between_digits_groups_them(prediction: str, reference: str, expected: bool) -> None:
     assert is_correct(prediction, reference) is expected
+
+
+@pytest.mark.parametrize("answer", ["2^3\\,5", "\\frac12\\,3", "10^3\\,5", "2\\ 1/2", "x_1\\,000", "1.5\\,000",
+                                    "1234\\,567", "(1,\\,2)"])
+def test_spaces_that_group_no_thousands_are_left_to_math_verify(answer: str) -> None:
+    # Only one to three digits then groups of exactly three, outside another token, are joined:
+    # "2^3\\,5" (40) read as 2^35 when every space between digits went.
+    assert grading_worker._as_latex(answer) == "\\boxed{" + answer + "}"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +60,27 @@ def test_bad_grading_arguments_are_named(kwargs: dict, error: type[Exception], m
 def test_a_prediction_that_is_no_text_is_named() -> None:
     with pytest.raises(TypeError, match="prediction must be a str or None, got int"):
         is_correct(5, "5")  # type: ignore[arg-type]
+
+
+def test_an_interrupted_worker_start_does_not_shift_later_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = grading_worker._WORKER
+    worker.close()
+    real_read_line = worker._read_line
+
+    def interrupted(timeout_s: float) -> object:
+        raise KeyboardInterrupt  # Ctrl-C while the worker imports math-verify: its "ready" stays unread
+
+    monkeypatch.setattr(worker, "_read_line", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        grading_worker.math_equal("1", "1", 5.0)
+    monkeypatch.setattr(worker, "_read_line", real_read_line)
+    assert grading_worker.math_equal("1", "2", 5.0) is False  # read "ready" (True) before
+    assert grading_worker.math_equal("3", "3", 5.0) is True
+
+
+def test_a_numpy_timeout_is_taken() -> None:
+    np = pytest.importorskip("numpy")
+    assert is_correct("1/2", "0.5", timeout=np.float32(5)) is True  # json could not send it to the worker
 
 
 def test_an_interrupted_grade_does_not_shift_later_answers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -409,6 +409,7 @@ def is_correct(
             describe, so ``-1 < x < 6`` does not equal the midpoint ``(-1, 6)``.
     """
     _check_grading_input(prediction, reference, bench, timeout, options)
+    timeout = float(timeout)  # a numpy number would not pass to the worker (JSON)
     if prediction is None:
         return False
     if bench == "gpqa_diamond":

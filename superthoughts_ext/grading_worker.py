@@ -30,8 +30,10 @@ _KILL_GRACE_S = 2.0
 _STARTUP_TIMEOUT_S = 120.0
 
 
-# A LaTeX space between two digits: "58\\,500", "1\\;000", "1~000".
-_DIGIT_GROUP_SPACE = re.compile(r"(?<=\d)\s*(?:\\[,;:! ]|~)\s*(?=\d)")
+# A number in thousands groups split by LaTeX spaces: "58\\,500", "1\\;000\\;000", "1~000": one to three
+# digits, then groups of exactly three, not inside another token ("2^3\\,5", "\\frac12\\,3", "x_1\\,000").
+_SPACE = r"\s*(?:\\[,;:! ]|~)\s*"
+_DIGIT_GROUPS = re.compile(rf"(?<![\w^_.\\])\d{{1,3}}(?:{_SPACE}\d{{3}})+(?![\d.])")
 
 
 def _as_latex(answer: str) -> str:
@@ -40,9 +42,9 @@ def _as_latex(answer: str) -> str:
     # A Unicode degree sign is no LaTeX: math-verify drops ^\circ but cannot read 90°. A full
     # stop after a number ends the sentence ("\\boxed{27.}"); math-verify cannot read "27.".
     answer = re.sub(r"(?<=\d)\.$", "", answer.strip().strip("$").strip())
-    # A LaTeX space between digits groups thousands ("58\\,500"); math-verify read it as a sum
-    # (558), so "58\\,500" equalled 558 and not "58,500".
-    answer = _DIGIT_GROUP_SPACE.sub("", answer)
+    # LaTeX spaces that group thousands ("58\\,500") go: math-verify read that one as the sum 558,
+    # so it equalled 558 and not "58,500". Other spaces between digits are left to math-verify.
+    answer = _DIGIT_GROUPS.sub(lambda match: re.sub(_SPACE, "", match.group(0)), answer)
     return "\\boxed{" + answer.replace("°", "^{\\circ}") + "}"
 
 
@@ -258,7 +260,11 @@ class _GradingWorker:
             process = self._process
             if process is None or process.poll() is not None:
                 self._kill()
-                process = self._start()
+                try:
+                    process = self._start()
+                except BaseException:
+                    self._kill()  # interrupted before reading "ready": the next call would read it
+                    raise
             assert process.stdin is not None
             try:
                 process.stdin.write((json.dumps([prediction, reference, timeout_s, as_sets]) + "\n").encode())
