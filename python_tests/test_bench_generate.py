@@ -4,6 +4,7 @@ deep inside the run: `max()` of no batch sizes, generate's threshold check)."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -97,6 +98,13 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_measuring(tmp_p
     (tmp_path / "old.json").write_text("{}")
     results_file(tmp_path / "old.json", default, overwrite=False)
     assert (tmp_path / "old.json").read_text() == "{}"
+    # A link to a file still to be written stays a link (the check removed it and left its target).
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    results_file(tmp_path / "link.json", default, overwrite=False)
+    assert (tmp_path / "link.json").is_symlink() and not (tmp_path / "target.json").exists()
+    os.mkfifo(tmp_path / "fifo.json")  # open() would wait for a reader
+    with pytest.raises(SystemExit, match="fifo.json is not a regular file"):
+        results_file(tmp_path / "fifo.json", default, overwrite=False)
 
 
 @pytest.mark.parametrize("area, argv, message", [

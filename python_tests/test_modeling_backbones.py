@@ -90,6 +90,8 @@ def test_peft_adapters_are_refused_with_what_to_do():
     for model in (wrapped, wrapped.base_model.model):  # the PeftModel, and the model with adapters injected
         with pytest.raises(TypeError, match=r"holds peft adapters; .*merge_and_unload\(\)"):
             SuperThoughtsForCausalLM.from_base(model)
+    with pytest.raises(TypeError, match="expected a checkpoint directory or a PreTrainedModel, got NoneType"):
+        SuperThoughtsForCausalLM.from_base(None)
 
 
 def test_a_dtype_name_casts_a_built_model():

@@ -400,7 +400,8 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 def _refuse_adapters(model: Any) -> None:
     """A peft model, or a model with adapter layers injected, is no plain backbone: the MTP head
     copies the last layer's weights, which adapters split into base and adapter parts."""
-    if type(model).__name__.startswith("Peft") or any(hasattr(m, "base_layer") for m in model.modules()):
+    if type(model).__name__.startswith("Peft") or (
+            isinstance(model, nn.Module) and any(hasattr(m, "base_layer") for m in model.modules())):
         raise TypeError(f"from_base: {type(model).__name__} holds peft adapters; wrap the plain model (merge them "
                         "first with merge_and_unload()) and add LoRA afterwards, as `superthoughts train --lora` does")
 

@@ -74,9 +74,12 @@ def write_problem(path: Path) -> str | None:
     """Why a file cannot be written at `path` (None when it can), found by making its folders
     and opening it for appending (a new file is removed again): permission bits do not tell
     (root, read-only file systems, /sys)."""
+    path = path.resolve()  # a symlink's target: the link itself must not be removed below
     folder = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
+    if path.exists() and not path.is_file():  # a directory, or a FIFO that open() would wait on
+        return f"{path} is not a regular file"
     existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
