@@ -58,3 +58,23 @@ def test_template_refusing_a_system_message_names_the_line_and_the_flag(tmp_path
     # Without a system message of ours the template renders.
     assert load_jsonl_examples(path, tok, system_prompt=None)[0]["response_ids"] == tok.convert_tokens_to_ids(
         ["four", "<|im_end|>"])
+
+
+@pytest.mark.parametrize("solution", ["so <|endoftext|> four", "four <|endoftext|>"])
+def test_a_solution_holding_another_stop_token_names_it(tmp_path: Path, solution: str) -> None:
+    # Decoding also stops on <|endoftext|> (stop_token_ids): trained on, the model learnt to stop mid-answer.
+    rows = [{"problem": "what", "solution": "four"}, {"problem": "what", "solution": solution}]
+    with pytest.raises(ValueError, match=r"stop\.jsonl:2: the solution holds the stop token '<\|endoftext\|>', on "
+                                         "which decoding ends"):
+        load_jsonl_examples(write_jsonl(tmp_path / "stop.jsonl", rows), word_tokenizer())
+
+
+@pytest.mark.parametrize("name, text, hint", [
+    ("rows.csv", "problem,solution\n1+1,2\n", "training data is JSON Lines (.jsonl), one object per line"),
+    ("one_line.jsonl", '[{"problem": "a", "solution": "b"}]\n', "expected a JSON object, got list; expected JSON Lines"),
+])
+def test_training_files_of_another_format_say_so(tmp_path: Path, name: str, text: str, hint: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=hint.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        load_jsonl_examples(path, word_tokenizer())

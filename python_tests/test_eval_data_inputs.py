@@ -80,7 +80,7 @@ def test_gpqa_without_option_columns_names_them(tmp_path: Path) -> None:
     header = {"Question": "q?", "Correct Answer": "a", "Incorrect Answer 1": "b", "Incorrect Answer 2": "c"}
     path.write_text(json.dumps({**header, "Incorrect Answer 3": "d"}) + "\n"
                     + json.dumps({**header, "Incorrect Answer 3": ""}) + "\n")
-    with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) without a problem, answer or option \(ids 1\)"):
+    with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) without a problem, answer or option \(row 2\)"):
         assert len(load_problems("gpqa_diamond", path)) == 1
 
 
@@ -116,3 +116,42 @@ def test_a_chat_template_refusing_the_system_message_is_named() -> None:
     with pytest.raises(ValueError, match=r"refuses the prompt's messages \(System role not supported\); a template "
                                          r"without a system turn needs --template-system-prompt"):
         build_prompt(Tokenizer(), "1+1?")
+
+
+def test_gpqa_rows_whose_options_repeat_are_skipped(tmp_path: Path) -> None:
+    # Options ('X', 'Y', 'X', 'Z') with reference A graded the right answer wrong, and 24 orders gave 12.
+    header = {"Question": "q?", "Correct Answer": "X", "Incorrect Answer 2": "Y", "Incorrect Answer 3": "Z"}
+    path = tmp_path / "g.jsonl"
+    path.write_text(json.dumps({**header, "Incorrect Answer 1": "W"}) + "\n"
+                    + json.dumps({**header, "Question": "q2?", "Incorrect Answer 1": " X "}) + "\n")
+    with pytest.warns(UserWarning, match=r"gpqa_diamond: skipped 1 row\(s\) whose options repeat one another \(row 2\)"):
+        problems = load_problems("gpqa_diamond", path, option_orders=24)
+    assert len(problems) == 24 and len({p.options for p in problems}) == 24
+
+
+def test_a_whole_decimal_answer_reads_alike_from_csv_and_json(tmp_path: Path) -> None:
+    # A float cell 7.0 gave "7" from JSON and "7.0" from a CSV export: compare then refused the runs.
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "a1", "problem": "3 + 4?", "answer": 7.0}) + "\n")
+    (tmp_path / "a.csv").write_text("id,problem,answer\na1,3 + 4?,7.0\n")
+    assert load_problems("amc23", tmp_path / "a.jsonl") == load_problems("amc23", tmp_path / "a.csv")
+    assert load_problems("amc23", tmp_path / "a.csv")[0].answer == "7"
+
+
+@pytest.mark.parametrize("row, column", [({"problem": "half \ud83d emoji", "answer": "1"}, "problem"),
+                                         ({"problem": "q", "answer": "x\udc00"}, "answer")])
+def test_an_unpaired_surrogate_names_row_and_column(tmp_path: Path, row: dict, column: str) -> None:
+    # A TypeError from the tokenizer, or (in an answer) a failed records write after decoding.
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"problem": "fine", "answer": "2"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=rf"math500: row 2, column '{column}' holds an unpaired UTF-16 surrogate"):
+        load_problems("math500", path)
+
+
+def test_a_json_array_under_a_jsonl_name_says_where_arrays_go(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('[\n  {"problem": "p", "answer": "1"}\n]\n')
+    with pytest.raises(ValueError, match=r"a\.jsonl:1: not a JSON object .*; a JSON array is read from a \.json file"):
+        load_problems("math500", path)
+    path.write_text('[{"problem": "p", "answer": "1"}]\n')
+    with pytest.raises(ValueError, match=r"a\.jsonl:1: expected a JSON object, got list; a JSON array is read"):
+        load_problems("math500", path)

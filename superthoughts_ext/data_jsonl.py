@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from superthoughts_ext.stop_tokens import CHAT_TURN_ENDS
+
 
 def template_errors() -> tuple[type[Exception], ...]:
     """jinja2's TemplateError, which a template's raise_exception() raises (Gemma-style templates:
@@ -61,9 +63,17 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no eos_token; the response must end with one")
-    if eos_id in tokenizer(solution.rstrip(), add_special_tokens=False)["input_ids"][:-1]:
+    ids = tokenizer(solution.rstrip(), add_special_tokens=False)["input_ids"]
+    if eos_id in ids[:-1]:
         raise ValueError(f"the solution holds the EOS token {tokenizer.eos_token!r} before its end; "
                          f"the response would be cut there")
+    # The other ids decoding stops on (stop_token_ids: Qwen's <|endoftext|> beside <|im_end|>),
+    # anywhere: the model would learn to stop mid-answer.
+    vocab = tokenizer.get_vocab()
+    other_stops = {vocab[token] for token in CHAT_TURN_ENDS if token in vocab} - {eos_id}
+    if (stop := next((i for i in ids if i in other_stops), None)) is not None:
+        raise ValueError(f"the solution holds the stop token {tokenizer.convert_ids_to_tokens(stop)!r}, on which "
+                         "decoding ends; the model would learn to stop there")
     messages = _messages(problem, system_prompt)
     prompt_text = _chat(tokenizer, messages, add_generation_prompt=True)
     full_text = _chat(tokenizer, messages + [{"role": "assistant", "content": solution}], add_generation_prompt=False)
@@ -145,7 +155,9 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
     for number, row in numbered_rows:
         at = f"{where}:{number}" if unit == "line" else f"{where}: {unit} {number}"
         if not isinstance(row, Mapping):
-            raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}")
+            # A one-line JSON array parses as one "row": a list.
+            hint = "; expected JSON Lines, one object per line, not a JSON array" if isinstance(row, list) else ""
+            raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}{hint}")
         for field in (problem_field, solution_field):
             if field not in row:
                 hint = ("tokenised rows (prompt_ids / response_ids) are read from memory only: pass them to "
@@ -221,6 +233,8 @@ def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: 
                 # JSON syntax that does not say what the file should look like.
                 array = line.lstrip()[:1] == "["
                 hint = "; expected JSON Lines, one object per line, not a JSON array" if array else ""
+                if where.lower().endswith((".csv", ".tsv", ".parquet")):
+                    hint = "; training data is JSON Lines (.jsonl), one object per line"
                 raise ValueError(f"{where}:{number}: not valid JSON: {exc}{hint}") from exc
             except (ValueError, RecursionError) as exc:  # an over-long integer, nesting too deep
                 raise ValueError(f"{where}:{number}: JSON that Python cannot read: {exc}") from exc

@@ -131,11 +131,14 @@ def cell_text(value: Any) -> str | None:
 
 # A number as pandas' to_csv writes a float cell in scientific notation (1e-05).
 _SCIENTIFIC = re.compile(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+")
+# ... and a whole float cell: "7.0", which the JSON float 7.0 gives as "7".
+_WHOLE_DECIMAL = re.compile(r"[+-]?\d+\.0+")
 
 
 def format_answer(value: Any) -> str | None:
     """A reference answer as `cell_text`, one enclosing math span unwrapped: "$4$" -> "4".
-    Text in scientific notation reads as the float cell a CSV lost: "1e-05" -> "0.00001".
+    Text in scientific notation or a whole decimal reads as the float cell a CSV lost:
+    "1e-05" -> "0.00001", "7.0" -> "7".
 
     Only a single span ("$" at both ends and nowhere else): "$a$ and $b$" stays as it is, since
     stripping its outer "$" would turn the math inside out.
@@ -143,6 +146,8 @@ def format_answer(value: Any) -> str | None:
     text = cell_text(value)
     if text is not None and _SCIENTIFIC.fullmatch(text):
         text = cell_text(float(text))
+    if text is not None and _WHOLE_DECIMAL.fullmatch(text):  # one reference whatever the file format
+        text = str(int(Decimal(text)))
     if text is not None and len(text) > 2 and text.count("$") == 2 and text[0] == text[-1] == "$":
         text = text[1:-1].strip()
     return text or None
@@ -243,9 +248,17 @@ def _check_distractor_fields(rows: list[dict[str, Any]], spec: BenchSpec) -> Non
 
 def _check_text_cells(row: dict[str, Any], fields: Iterable[str], bench: str, number: int) -> None:
     """Refuses an object or a list of objects (chat messages, say) where text belongs: `cell_text`
-    would print it as a Python repr and the model would be asked that."""
+    would print it as a Python repr and the model would be asked that. Refuses an unpaired UTF-16
+    surrogate (a JSON "\\ud83d" cut from its pair), which the tokenizer and the records file
+    cannot take (a TypeError at tokenising, or a failed write after decoding)."""
     for field in fields:
         value = row.get(field)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"{bench}: row {number}, column {field!r} holds an unpaired UTF-16 surrogate "
+                                 f"({value[error.start]!r} at character {error.start})") from None
         if isinstance(value, dict) or (isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value)):
             kind = "an object" if isinstance(value, dict) else "a list of objects"
             raise ValueError(f"{bench}: row {number}, column {field!r}: {kind}, not text ({value!r:.60}); "
@@ -305,12 +318,19 @@ def check_option_orders(bench: str, option_orders: int) -> None:
         raise ValueError(f"{bench} has no answer options to shuffle; option orders apply to {choice}")
 
 
-def _warn_skipped(bench: str, skipped: list[str]) -> None:
+def _warn_skipped(bench: str, skipped: list[str], why: str) -> None:
+    """One warning for the rows skipped for `why`; `skipped` names them ("id x" or "row N")."""
     if not skipped:
         return
     shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-    warnings.warn(f"{bench}: skipped {len(skipped)} row(s) without a problem, answer or option (ids {shown})",
-                  stacklevel=3)
+    warnings.warn(f"{bench}: skipped {len(skipped)} row(s) {why} ({shown})", stacklevel=3)
+
+
+def _repeats_an_option(row: dict[str, Any], spec: BenchSpec, a_field: str) -> bool:
+    """A multiple-choice row two of whose options read alike: its letters would not name one
+    answer each (a right answer graded wrong), and its orders would repeat."""
+    texts = [text for text in (cell_text(row.get(f)) for f in (a_field, *spec.distractor_fields)) if text]
+    return spec.multiple_choice and len(set(texts)) < len(texts)
 
 
 def load_problems(
@@ -348,18 +368,25 @@ def load_problems(
     problems: list[Problem] = []
     questions = 0
     skipped: list[str] = []
+    repeated: list[str] = []
     for index, row in enumerate(rows):
         problem_id = str(row[id_field]) if id_field is not None else str(index)
+        # Rows as _check_text_cells counts them (from 1), ids where the data has them.
+        named = f"id {problem_id}" if id_field is not None else f"row {index + 1}"
         _check_text_cells(row, (p_field, a_field, *spec.distractor_fields), bench, index + 1)
+        if _repeats_an_option(row, spec, a_field):
+            repeated.append(named)
+            continue
         row_problems = _problems_from_row(row, problem_id, spec, p_field, a_field, option_orders)
         if not row_problems:
-            skipped.append(problem_id)
+            skipped.append(named)
             continue
         problems += row_problems
         questions += 1
         if limit is not None and questions >= limit:
             break
-    _warn_skipped(bench, skipped)
+    _warn_skipped(bench, skipped, "without a problem, answer or option")
+    _warn_skipped(bench, repeated, "whose options repeat one another")
     if not problems:
         raise ValueError(f"{bench}: every row lacks a problem, answer or option")
     return problems

@@ -28,11 +28,14 @@ def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}, column {error.colno})") from None
+            # A pretty-printed JSON array under a .jsonl name fails on its first line, "[".
+            hint = "; a JSON array is read from a .json file" if line.lstrip()[:1] == "[" else ""
+            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}, column {error.colno}){hint}") from None
         except (ValueError, RecursionError) as error:  # an over-long integer, nesting too deep
             raise ValueError(f"{path}:{number}: JSON that Python cannot read: {error}") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            hint = "; a JSON array is read from a .json file" if isinstance(row, list) else ""
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}{hint}")
         rows.append(row)
     return rows
 
