@@ -79,10 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Distinct as the mode names print them ("superthoughts_rho0.1"): 0.1 and 0.1000001 were one mode.
     parser.add_argument("--rho-max", type=unit_float, nargs="+", action=distinct(key=lambda r: f"{r:g}"),
                         default=[0.25, 0.0],
-                        help="pad-split rho_max of each SuperThoughts run (0.25 = training default)")
+                        help="pad-split rho_max of each SuperThoughts run (0.25: train's own; 0: no split)")
     parser.add_argument("--mtp-types", nargs="+", action=distinct(), choices=("decoder", "mlp"),
                         default=["decoder"],
-                        help="MTP module of the SuperThoughts runs (decoder = default; mlp = the lighter "
+                        help="MTP module of the SuperThoughts runs (decoder: train's own; mlp: the lighter "
                              "option); every type is measured at every --rho-max")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     add_output_arguments(parser, "benchmarks/results/train_<device>.json")

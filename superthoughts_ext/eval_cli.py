@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threshold", type=float, nargs="+",
-        help="confidence threshold for superthoughts mode; several values sweep them with the model loaded "
-             "once, one output file per threshold (OUTPUT-t0.99.jsonl)",
+        help="confidence threshold for superthoughts mode (default: the model's); several values sweep them with "
+             "the model loaded once, one output file per threshold (OUTPUT-t0.99.jsonl)",
     )
     # One or the other (as in train): both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
@@ -53,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="problems decoded together")
     parser.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per problem")
     parser.add_argument("--output", help="per-problem JSONL (default eval-<bench>-<mode>.jsonl)")
-    parser.add_argument("--problem-field", help="column holding the problem text")
-    parser.add_argument("--answer-field", help="column holding the reference answer")
+    parser.add_argument("--problem-field", help="column holding the problem text (default: the bench's, e.g. "
+                        "problem / question)")
+    parser.add_argument("--answer-field", help="column holding the reference answer (default: the bench's, e.g. "
+                        "answer / final_answer)")
     parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when available)")
     parser.add_argument(
         "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),

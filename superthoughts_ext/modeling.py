@@ -403,7 +403,7 @@ def _refuse_adapters(model: Any) -> None:
     if type(model).__name__.startswith("Peft") or (
             isinstance(model, nn.Module) and any(hasattr(m, "base_layer") for m in model.modules())):
         raise TypeError(f"from_base: {type(model).__name__} holds peft adapters; wrap the plain model (merge them "
-                        "first with merge_and_unload()) and add LoRA afterwards, as `superthoughts train --lora` does")
+                        "first with merge_and_unload()) and add LoRA afterwards, as `superthoughts train --lora-r N` does")
 
 
 def _load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
