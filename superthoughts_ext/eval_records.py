@@ -99,11 +99,10 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
         return []
     ids = {problem.id for problem in problems}
     prompt_of = {} if prompts is None else {problem.id: prompt for problem, prompt in zip(problems, prompts)}
-    orders = [r for r in (_json_or_none(line) for line in json_lines(path.read_text(encoding="utf-8")))
-              if isinstance(r, dict) and isinstance(r.get("option_order"), int)]
+    lines = json_lines(path.read_text(encoding="utf-8"))
+    orders = [r for r in map(_json_or_none, lines) if isinstance(r, dict) and isinstance(r.get("option_order"), int)]
     # The hint names the file's highest order (its first unknown record's was too low a count).
     needed_orders = max((r["option_order"] for r in orders), default=0) + 1
-    lines = json_lines(path.read_text(encoding="utf-8"))
     records = []
     seen: dict[Any, int] = {}  # problem id -> line of its record
     for number, line in enumerate(lines, 1):
