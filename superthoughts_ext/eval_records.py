@@ -100,9 +100,6 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
     ids = {problem.id for problem in problems}
     prompt_of = {} if prompts is None else {problem.id: prompt for problem, prompt in zip(problems, prompts)}
     lines = json_lines(path.read_text(encoding="utf-8"))
-    orders = [r for r in map(_json_or_none, lines) if isinstance(r, dict) and isinstance(r.get("option_order"), int)]
-    # The hint names the file's highest order (its first unknown record's was too low a count).
-    needed_orders = max((r["option_order"] for r in orders), default=0) + 1
     records = []
     seen: dict[Any, int] = {}  # problem id -> line of its record
     for number, line in enumerate(lines, 1):
@@ -117,7 +114,7 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
         if mismatch := _setting_mismatch(record, settings):
             raise ValueError(f"resume: {path}:{number} {mismatch}; give another output file or leave out resume")
         if record.get("id") not in ids:
-            hint = f" (give --option-orders {needed_orders})" if record.get("option_order") else ""
+            hint = f" (give --option-orders {_orders_needed(lines)})" if record.get("option_order") else ""
             raise ValueError(f"resume: {path}:{number} holds problem {record.get('id')!r}, which is not among the "
                              f"{len(ids)} problems of this run{hint}")
         if record["id"] in prompt_of and "prompt" in record and record["prompt"] != prompt_of[record["id"]]:
@@ -133,11 +130,18 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
     return records
 
 
-def _json_or_none(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return None
+def _orders_needed(lines: list[str]) -> int:
+    """The option orders a records file's lines hold: its highest order + 1 (the first unknown
+    record's order alone named too low a count). Read only for that error message."""
+    orders = [0]
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("option_order"), int):
+            orders.append(record["option_order"])
+    return max(orders) + 1
 
 
 def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]]) -> IO[str] | None:
