@@ -5,10 +5,13 @@ cuda_emulation.py) on a few emulated blocks, so that machines without a GPU test
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
+import numpy as np
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import cuda_emulation
 
@@ -135,7 +138,7 @@ def test_merge_widens_every_float16_weight_exactly():
 def test_emulated_cuda_kernel_grid_sizes(grid, schedule_seed, shape, dtype):
     # The GPU's grid (2 x SMs blocks) decides how rows are cut into partials and how merge tasks
     # are dealt out. 1 block does everything; 80 blocks cut a B = 1 row into 41 partials per
-    # head, more than the 32 lanes that merge them take in one pass. B = 40 and 33 leave the
+    # head, more than one for each of the 32 lanes that merge them. B = 40 and 33 leave the
     # tensor-core path partial batch tiles. A shuffled schedule resumes each block's threads in a
     # new order after every wait: code missing a barrier reads before the write it needs.
     inputs = make_inputs(*shape, dtype, EMULATED)
@@ -441,6 +444,41 @@ def test_bad_input_raises_clear_error(name, mutate, message):
     mutate(kwargs)
     with pytest.raises(RuntimeError, match="superthoughts_step: " + message):
         superthoughts_step(**kwargs)
+
+
+@pytest.mark.parametrize("mode", ["fake", "meta"])
+@pytest.mark.parametrize("name,mutate,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_refused_when_traced(name, mutate, message, mode):
+    # Fake tensors (torch.compile's tracing) and meta tensors run the fake kernel, which built
+    # plausible outputs for any input; it refuses what the kernel refuses, in the same words.
+    logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, "cpu")
+    kwargs = dict(logits=logits, embed=embed, merge_weight=weight, merge_bias=bias, finished=finished,
+                  pad_id=PAD, eos_id=EOS, threshold=0.5, threshold_main=0.0, temperature=0.0)
+    mutate(kwargs)
+    if mode == "meta":
+        kwargs = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        context = contextlib.nullcontext()
+    else:
+        context = FakeTensorMode(allow_non_fake_inputs=True)
+    with context, pytest.raises(RuntimeError, match="superthoughts_step: " + message):
+        superthoughts_step(**kwargs)
+
+
+def test_fake_kernel_checks_ranks_before_reading_shapes():
+    # A 1-D logits tensor read logits.shape[1] first: a bare IndexError naming nothing.
+    with pytest.raises(RuntimeError, match=r"superthoughts_step: logits must be \[2, B, V\] \(main, mtp\), got \[100\]"):
+        superthoughts_step(torch.empty(100, device="meta"), torch.empty(100, 8, device="meta"), None, None,
+                           torch.empty(3, dtype=torch.bool, device="meta"), 0, 2, 0.5)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor(3.7), torch.tensor([3.99]), True, 3.0], ids=str)
+def test_token_ids_must_be_integers(bad):
+    # A float tensor was truncated to pad 3 and True taken as 1, while a float seed is refused.
+    logits, embed, weight, bias, finished = make_inputs(3, 100, 8, torch.float32, "cpu")
+    with pytest.raises(TypeError, match=r"superthoughts_step: pad_id must be an integer, got"):
+        superthoughts_step(logits, embed, weight, bias, finished, bad, EOS, 0.5)
+    tokens = superthoughts_step(logits, embed, weight, bias, finished.clone(), torch.tensor(PAD), np.int64(EOS), 0.5)[0]
+    torch.testing.assert_close(tokens, superthoughts_step(logits, embed, weight, bias, finished.clone(), PAD, EOS, 0.5)[0])
 
 
 def test_bad_seed_and_threshold_types_name_the_op():

@@ -5,6 +5,9 @@ and, when built, CUDA kernels. `register_fake` lets torch.compile(fullgraph=True
 """
 from __future__ import annotations
 
+import math
+import operator
+
 import torch
 
 from superthoughts_ext import load_core
@@ -34,26 +37,41 @@ def superthoughts_step(
         embed: [V, H] input embedding table (fp32/bf16/fp16), last dim contiguous.
         merge_weight: [H, 2H] linear compressor weight in embed's dtype, or None.
         merge_bias: [H] compressor bias, or None (needs merge_weight).
+        merge_weight, merge_bias and finished must be contiguous.
         finished: [B] bool, rows that already emitted EOS; set for rows that emit it now.
-        pad_id, eos_id: token ids in [0, V).
-        threshold: MTP confidence needed to accept the second token, in [0, 1]; compared
-            with the unrounded confidence (`reference.confidence`): 1.0 accepts only rows whose
-            other probabilities all underflow float32.
+        pad_id, eos_id: token ids in [0, V) (integers: a float or a bool is refused).
+        threshold: MTP confidence needed to accept the second token, in [0, 1], rounded to
+            float32 first (1e-50 is 0, 1 - 3e-9 is 1); compared with the unrounded confidence
+            (`reference.confidence`): 1.0 accepts only rows whose other probabilities all
+            underflow float32. A head with no finite logit has confidence 0 and reaches only 0.
         threshold_main: main-head confidence also needed, in [0, 1].
         temperature: 0 = greedy (argmax), > 0 = Gumbel-max sampling of logits / temperature;
             below 1e-5 (`reference.MIN_SAMPLING_TEMPERATURE`) greedy as well.
         seed, offset: key and counter of the Philox stream used when sampling; any integers,
             only their low 64 bits count (as in the reference).
 
+    A row whose head has a NaN treats it as -inf; a head with a +inf logit or none finite
+    takes token pad_id at confidence 0. The op is not differentiable: its outputs never require
+    grad, even when embed or the merge weights do (train through the model's forward instead).
+
     Returns:
-        tokens [B, 2] int64 (tokens[:, 1] = -1 when the second token is not accepted),
+        tokens [B, 2] int64 (tokens[:, 1] = -1 when the second token is not accepted; rows
+            finished before the step get (pad_id, -1) and confidence 0),
         n_new [B] int32 (0 for rows finished before the step, else 1 or 2),
         conf [B, 2] float32 (max softmax probability of each head at temperature 1),
         next_in [B, H] in embed's dtype ([B, 2H] raw pair when merge_weight is None).
     """
+    ids = []
     for name, value in (("pad_id", pad_id), ("eos_id", eos_id)):
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:  # the schema's int64 names neither
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            value = operator.index(value)  # ints, numpy ints, 0-dim integer tensors; not 3.7
+        except TypeError:
+            raise TypeError(f"superthoughts_step: {name} must be an integer, got {value!r}") from None
+        if not -(2**63) <= value < 2**63:  # the schema's int64 would name neither
             raise RuntimeError(f"superthoughts_step: {name}={value} outside [0, V={logits.shape[-1]})")
+        ids.append(value)
     try:
         if isinstance(seed, bool) or isinstance(offset, bool):
             raise TypeError
@@ -69,20 +87,71 @@ def superthoughts_step(
         raise TypeError(f"superthoughts_step: threshold, threshold_main and temperature must be numbers, got "
                         f"{threshold!r}, {threshold_main!r}, {temperature!r}") from None
     return torch.ops.superthoughts_ext.superthoughts_step(
-        logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id, *numbers, seed_bits, offset_bits,
+        logits, embed, merge_weight, merge_bias, finished, *ids, *numbers, seed_bits, offset_bits,
     )
+
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check(condition, message: str) -> None:
+    """torch._check with the kernel's prefix; the condition may be symbolic (a traced size)."""
+    torch._check(condition, lambda: f"superthoughts_step: {message}")
+
+
+def _check_fake_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
+                       threshold, threshold_main, temperature) -> None:
+    """The kernels' input checks (csrc/step_common.h, same messages), for fake and meta tensors:
+    without them a trace accepted calls the kernel refuses, and built plausible outputs for them."""
+    _check(logits.dim() == 3 and logits.shape[0] == 2, f"logits must be [2, B, V] (main, mtp), got {list(logits.shape)}")
+    _check(logits.dtype in _FLOAT_DTYPES, f"logits dtype must be float32, bfloat16 or float16, got {logits.dtype}")
+    _check(embed.dim() == 2, f"embed must be [V, H], got {list(embed.shape)}")
+    _check(embed.dtype in _FLOAT_DTYPES, f"embed dtype must be float32, bfloat16 or float16, got {embed.dtype}")
+    vocab, hidden = logits.shape[2], embed.shape[1]
+    _check(vocab > 0, f"logits have an empty vocab dim (V=0), shape {list(logits.shape)}")
+    _check(embed.shape[0] == vocab, f"logits vocab size V={vocab} does not match embed rows {embed.shape[0]}")
+    _check(vocab < 2**31, f"vocab size {vocab} exceeds 2^31")
+    _check(logits.stride(2) == 1 or vocab == 1,
+           f"logits must be contiguous along the vocab dim, got strides {list(logits.stride())}")
+    _check(embed.stride(1) == 1 or hidden == 1,
+           f"embed must be contiguous along the hidden dim, got strides {list(embed.stride())}")
+    _check(finished.dim() == 1 and finished.shape[0] == logits.shape[1],
+           f"finished must be [B] with B={logits.shape[1]}, got {list(finished.shape)}")
+    _check(finished.dtype == torch.bool, f"finished must be bool, got {finished.dtype}")
+    _check(finished.is_contiguous(), "finished must be contiguous")
+    for name, tensor in (("embed", embed), ("merge_weight", merge_weight), ("merge_bias", merge_bias),
+                         ("finished", finished)):
+        # A meta tensor among CPU ones dispatches here (the Meta kernel), not to the kernel
+        # whose device check would refuse the mix.
+        if tensor is not None:
+            _check(tensor.device == logits.device,
+                   f"tensors on different devices: logits on {logits.device}, {name} on {tensor.device}")
+    for name, value in (("pad_id", pad_id), ("eos_id", eos_id)):
+        _check(0 <= value < vocab, f"{name}={value} outside [0, V={vocab})")
+    for name, value in (("threshold", threshold), ("threshold_main", threshold_main)):
+        _check(0.0 <= value <= 1.0, f"{name}={value!r} outside [0, 1]")
+    _check(math.isfinite(temperature) and temperature >= 0.0,
+           f"temperature must be finite and >= 0, got {temperature!r}")
+    _check(merge_bias is None or merge_weight is not None, "merge_bias given without merge_weight")
+    if merge_weight is not None:
+        _check(merge_weight.dim() == 2 and merge_weight.shape[0] == hidden and merge_weight.shape[1] == 2 * hidden,
+               f"merge_weight must be [H, 2H] with H={hidden}, got {list(merge_weight.shape)}")
+        _check(merge_weight.dtype == embed.dtype,
+               f"merge_weight dtype {merge_weight.dtype} differs from embed dtype {embed.dtype}")
+        _check(merge_weight.is_contiguous(), "merge_weight must be contiguous")
+    if merge_bias is not None:
+        _check(merge_bias.dim() == 1 and merge_bias.shape[0] == hidden,
+               f"merge_bias must be [H] with H={hidden}, got {list(merge_bias.shape)}")
+        _check(merge_bias.dtype == embed.dtype,
+               f"merge_bias dtype {merge_bias.dtype} differs from embed dtype {embed.dtype}")
+        _check(merge_bias.is_contiguous(), "merge_bias must be contiguous")
 
 
 @torch.library.register_fake("superthoughts_ext::superthoughts_step")
 def _superthoughts_step_fake(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
                              threshold, threshold_main, temperature, seed, offset):
-    # This is also the Meta kernel: a meta tensor among CPU ones dispatches here, not to the
-    # kernel whose device check would refuse the mix (uninitialised tokens came back).
-    for name, tensor in (("embed", embed), ("merge_weight", merge_weight), ("merge_bias", merge_bias),
-                         ("finished", finished)):
-        if tensor is not None:
-            torch._check(tensor.device == logits.device, lambda: f"superthoughts_step: tensors on different "
-                         f"devices: logits on {logits.device}, {name} on {tensor.device}")
+    _check_fake_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
+                       threshold, threshold_main, temperature)
     batch = logits.shape[1]
     hidden = embed.shape[1] if merge_weight is not None else 2 * embed.shape[1]
     tokens = logits.new_empty((batch, 2), dtype=torch.int64)
