@@ -5,6 +5,7 @@ Tiny random models from test_generate (CPU, no weights downloaded).
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -140,6 +141,22 @@ def test_limits_in_the_compiled_step() -> None:
 def test_bad_temperature_is_rejected(model, temperature: float) -> None:
     with pytest.raises(ValueError, match="temperature"):
         generate(model, torch.tensor([PROMPTS[0]]), max_new_tokens=4, temperature=temperature)
+
+
+@pytest.mark.parametrize("temperature", ["0.7", True, None])
+def test_temperature_must_be_a_number(model, temperature) -> None:
+    # A string reached math.isfinite: "must be real number, not str", naming no argument.
+    with pytest.raises(ValueError, match=rf"generate: temperature must be a number, got \w+ {re.escape(repr(temperature))}"):
+        generate(model, torch.tensor([PROMPTS[0]]), max_new_tokens=4, temperature=temperature)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+@pytest.mark.parametrize("seed", [1.5, None, "abc", True])
+def test_seed_must_be_an_integer(model, seed, temperature: float) -> None:
+    # Sampling said "'float' object cannot be interpreted as an integer", True sampled as seed 1,
+    # and greedy decoding never looked at the seed.
+    with pytest.raises(ValueError, match=rf"generate: seed must be an integer, got \w+ {re.escape(repr(seed))}"):
+        generate(model, torch.tensor([PROMPTS[0]]), max_new_tokens=4, temperature=temperature, seed=seed)
 
 
 @pytest.mark.parametrize("use_kernels", KERNELS, ids=["kernels", "reference"])

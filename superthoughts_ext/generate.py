@@ -175,8 +175,8 @@ def _check_autocast(backbone: Any, device: torch.device) -> None:
                          "call generate() outside autocast")
 
 
-def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float) -> bool:
-    """Validates mode, max_new_tokens and temperature; returns whether `model` is a SuperThoughts model."""
+def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float, seed: int) -> bool:
+    """Validates mode, max_new_tokens, temperature and seed; returns whether `model` is a SuperThoughts model."""
     if mode not in MODES:
         raise ValueError(f"generate: mode must be one of {', '.join(MODES)}, got {mode!r}")
     superthoughts = is_superthoughts(model)
@@ -185,6 +185,20 @@ def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float) 
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
         raise ValueError(f"generate: max_new_tokens must be an int, got {type(max_new_tokens).__name__} "
                          f"{max_new_tokens!r}")
+    try:
+        if isinstance(temperature, (str, bytes, bool)):
+            raise TypeError  # float() reads "0.7" and True
+        float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"generate: temperature must be a number, got {type(temperature).__name__} "
+                         f"{temperature!r}") from None
+    # Checked in greedy decoding too, which ignores the seed: a bad one would fail once sampled.
+    try:
+        if isinstance(seed, bool):
+            raise TypeError
+        int64_of_low_64_bits(seed)
+    except TypeError:
+        raise ValueError(f"generate: seed must be an integer, got {type(seed).__name__} {seed!r}") from None
     if max_new_tokens < 1 or not math.isfinite(temperature) or temperature < 0.0:
         raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
                          f"({temperature}) finite and >= 0")
@@ -356,7 +370,7 @@ def generate(
         GenerateOutput with per-row sequences and step statistics.
     """
     try:
-        superthoughts = _check_args(model, mode, max_new_tokens, temperature)
+        superthoughts = _check_args(model, mode, max_new_tokens, temperature, seed)
         _check_autocast(model.backbone if superthoughts else model, input_ids.device)
         eos_ids = resolve_eos_ids(model, eos_token_id)
         eos = eos_ids[0]
