@@ -146,6 +146,16 @@ def test_emulated_cuda_kernel_grid_sizes(grid, schedule_seed, shape, dtype):
     assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
 
 
+@pytest.mark.parametrize("dtype,sampling", [(torch.bfloat16, {}), (torch.float32, dict(temperature=0.8, seed=5, offset=9))],
+                         ids=["bf16_greedy", "fp32_sampled"])
+def test_emulated_cuda_kernel_h100_grid(dtype, sampling):
+    # An H100 launches 2 x 132 blocks: a B = 1 row of Qwen's vocabulary is cut into ~134 partials
+    # per head, more than the merge's first pass takes (32 lanes x 4 loads; 80 blocks never leave it).
+    inputs = make_inputs(1, 151936, 64, dtype, EMULATED)
+    got, want, fin_kernel, fin_ref = run_both(*inputs, device=EMULATED, grid=264, **sampling)
+    assert_step_equal(got, want, fin_kernel, fin_ref, dtype)
+
+
 def test_emulator_reports_read_only_loads_of_written_memory():
     # On a GPU, __ldg (ld.global.nc) of memory the kernel itself writes may return stale data; the
     # emulator reports it, so every emulated run above also checks that the kernel's __ldg loads

@@ -3,8 +3,9 @@
 `superthoughts_step_ref` defines the semantics of `torch.ops.superthoughts_ext.superthoughts_step`
 bit for bit where integers are concerned: the tests compare the C++ and
 CUDA kernels against it, and `generate(..., use_kernels=False)` runs on it. One exception: the
-kernels sum the softmax terms in their own order with their own exp (about 1e-7 relative), so a
-threshold within that distance of a row's confidence may accept the pair on one side only.
+kernels sum the softmax terms in their own order with their own exp (about 1e-7 relative on
+CPU; about 1e-6 on CUDA, whose kernel uses the hardware's approximate exp2), so a threshold within
+that distance of a row's confidence may accept the pair on one side only.
 
 Random numbers come from Philox4x32-10, counter based, so that every backend draws the same
 Gumbel noise for the same (seed, offset, row, head, vocab index) without sharing any state:
@@ -13,6 +14,8 @@ Gumbel noise for the same (seed, offset, row, head, vocab index) without sharing
     word    = philox(counter, key)[v & 3]
     u       = ((word >> 9) + 0.5) * 2**-23          # in (0, 1), exact in float32
     gumbel  = float32(-log(-log(u)))                  # logs in float64, rounded once
+(The CUDA kernel's float64 log is not guaranteed correctly rounded, as no libm's is; a log 1 ulp
+off moves the rounded noise for one of the 2^23 values of u, which can only matter on a near-tie.)
 Temperatures below MIN_SAMPLING_TEMPERATURE decode greedily, like temperature 0.
 """
 from __future__ import annotations

@@ -19,6 +19,9 @@ template <typename LogitT, typename EmbedT>
 void run_step(StepParams& params, const at::Tensor& logits) {
   size_t workspace_bytes = 0;
   cudaError_t err = cuda_step::plan_superthoughts_step<LogitT, EmbedT>(params, &workspace_bytes);
+  // A failed runtime call also leaves CUDA's last error set; clear it, or the next unrelated
+  // torch CUDA op would report it (e.g. "no kernel image" on a GPU outside the built archs).
+  if (err != cudaSuccess) (void)cudaGetLastError();
   TORCH_CHECK(err == cudaSuccess, "superthoughts_step: cannot plan the CUDA launch on ",
               logits.device(), ": ", cudaGetErrorString(err),
               err == cudaErrorNotSupported ? " (the device lacks cooperative launch)" : "");

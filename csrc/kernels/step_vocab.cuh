@@ -70,7 +70,8 @@ enum MergePath : int { kMergeCopy = 0, kMergeGemv = 1, kMergeMma = 2 };
 // Partial result of one block over one piece of one (head, row).
 struct Acc {
   float max;            // NaN counted as -inf
-  float ones;           // elements equal to max (each adds exactly 1 to the softmax sum)
+  int32_t ones;         // elements equal to max (each adds exactly 1 to the softmax sum); an
+                        // integer: a float count stops being exact past 2^24 ties
   float rest;           // sum of exp(x - max) over the other elements (confidence.h)
   float best;           // best Gumbel score (sampling only)
   int32_t argmax;       // lowest index attaining max
@@ -80,23 +81,24 @@ struct Acc {
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-__device__ __forceinline__ Acc acc_empty() { return Acc{kNegInf, 0.0f, 0.0f, kNegInf, kNone, kNone, 0}; }
+__device__ __forceinline__ Acc acc_empty() { return Acc{kNegInf, 0, 0.0f, kNegInf, kNone, kNone, 0}; }
 
 // Adds a's softmax sum, rescaled to the max m >= a.max, to (ones, rest). Below m, a's maxima
 // join the rest; if even they fall below the smallest term, every term of a does.
-__device__ __forceinline__ void add_sum_at(const Acc& a, float m, float& ones, float& rest) {
+__device__ __forceinline__ void add_sum_at(const Acc& a, float m, int32_t& ones, float& rest) {
   if (a.max == m) {
     ones += a.ones;
     rest += a.rest;
   } else if (a.max > kNegInf) {  // an empty side contributes nothing (and -inf - -inf would be NaN)
-    rest += (a.rest + a.ones) * flush_tiny(expf(a.max - m));
+    rest += (a.rest + static_cast<float>(a.ones)) * flush_tiny(expf(a.max - m));
   }
 }
 
 // The online-softmax merge; on equal maxima (or scores) the lower index wins, as torch.argmax.
 __device__ __forceinline__ void acc_merge(Acc& a, const Acc& b) {
   const float m = fmaxf(a.max, b.max);
-  float ones = 0.0f, rest = 0.0f;
+  int32_t ones = 0;
+  float rest = 0.0f;
   if (m > kNegInf) {
     add_sum_at(a, m, ones, rest);
     add_sum_at(b, m, ones, rest);
@@ -222,8 +224,8 @@ __device__ __forceinline__ void consume(Acc& acc, float (&x)[N], int64_t v0, con
     m = fmaxf(m, x[i]);
   }
   if (m > acc.max) {  // the old maxima join the rest
-    acc.rest = acc.max > kNegInf ? (acc.rest + acc.ones) * flush_tiny(expf(acc.max - m)) : 0.0f;
-    acc.ones = 0.0f;
+    acc.rest = acc.max > kNegInf ? (acc.rest + static_cast<float>(acc.ones)) * flush_tiny(expf(acc.max - m)) : 0.0f;
+    acc.ones = 0;
     acc.max = m;
     acc.argmax = kNone;
   }
@@ -236,7 +238,7 @@ __device__ __forceinline__ void consume(Acc& acc, float (&x)[N], int64_t v0, con
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       if (x[i] == m) {
-        acc.ones += 1.0f;
+        acc.ones += 1;
         acc.argmax = min(acc.argmax, static_cast<int32_t>(v0 + i));
       } else {
         acc.rest += fast_exp2((x[i] - m) * kLog2e);
