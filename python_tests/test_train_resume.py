@@ -64,6 +64,7 @@ def test_resume_refuses_a_checkpoint_of_another_kind_of_run(tmp_path):
     }
     for name, files in written.items():
         (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text("{}")
         for file, values in files.items():
             (tmp_path / name / file).write_text(json.dumps(values))
     runs = {"st-full": (False, 0), "sft-full": (True, 0), "st-lora4": (False, 4), "sft-lora8": (True, 8)}
@@ -109,15 +110,16 @@ def test_resume_to_another_number_of_epochs_is_refused_before_the_first_step(bas
         train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": 3}))
     assert sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     # The same length has nothing left: refused once Trainer counted it (a fractional number of
-    # epochs trained a step past the end and saved it over the finished model).
+    # epochs trained a step past the end and saved it over the finished model). A run under a
+    # constant schedule (which a resume may not switch to: another schedule) may be extended.
+    opts["output_dir"] = tmp_path / "constant"
+    constant = {**epochs, "lr_scheduler": "constant"}
+    train(TrainOptions(**opts, **{**constant, "num_epochs": 2}))
     for num_epochs in (2, 1.5):
         with pytest.raises(ValueError, match=r"checkpoint-4' is at step 4 and this run ends at \d steps \(--epochs "
                                              rf"{num_epochs:g} of this data and batch size\): nothing is left"):
-            train(TrainOptions(**opts, resume_from_checkpoint=True, **{**epochs, "num_epochs": num_epochs,
-                                                                       "lr_scheduler": "constant"}))
-    # A constant schedule may be extended.
-    extended = train(TrainOptions(**opts, resume_from_checkpoint=True,
-                                  **{**epochs, "num_epochs": 3, "lr_scheduler": "constant"}))
+            train(TrainOptions(**opts, resume_from_checkpoint=True, **{**constant, "num_epochs": num_epochs}))
+    extended = train(TrainOptions(**opts, resume_from_checkpoint=True, **{**constant, "num_epochs": 3}))
     assert extended.global_step == 6
 
 
@@ -188,8 +190,9 @@ def test_a_resume_with_another_optimizer_is_refused(base_dirs, tmp_path):
     fast = {**FAST, "max_steps": 2, "save_steps": 1}
     train(TrainOptions(**opts, **fast))
     state = json.loads((tmp_path / "o" / "checkpoint-1" / "trainer_state.json").read_text())
-    assert state["stateful_callbacks"]["RunSettings"]["args"] == {"optim": "adamw_torch_fused",
-                                                                  "optimizer": "torch.optim.adamw.AdamW"}
+    recorded = state["stateful_callbacks"]["RunSettings"]["args"]
+    assert {k: recorded[k] for k in ("optim", "optimizer")} == {"optim": "adamw_torch_fused",
+                                                                "optimizer": "torch.optim.adamw.AdamW"}
     resume = str(tmp_path / "o" / "checkpoint-1")
     with pytest.raises(ValueError, match=r"checkpoint-1' was trained with --optim adamw_torch_fused \(torch.optim"
                                          r".adamw.AdamW\), and this run uses adafactor \(transformers.optimization"
@@ -211,3 +214,57 @@ def test_a_checkpoint_without_the_run_settings_record_resumes(base_dirs, tmp_pat
     resumed = train(TrainOptions(**opts, resume_from_checkpoint=str(state_file.parent),
                                  **{**FAST, "max_steps": 3, "save_steps": 1}))
     assert resumed.global_step == 3 and (tmp_path / "o" / "checkpoint-3" / "trainer_state.json").is_file()
+
+
+def test_a_resume_with_other_settings_is_refused(base_dirs, tmp_path):
+    # Trainer restores the optimizer's and the schedule's state: another learning rate or weight
+    # decay was ignored without a word, another schedule took over mid-way, and other data, seed,
+    # batch or loss weights trained a run that is neither. Each is named before anything loads.
+    opts = dict(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o")
+    fast = {**FAST, "max_steps": 2, "save_steps": 1}
+    train(TrainOptions(**opts, **fast))
+    state = json.loads((tmp_path / "o" / "checkpoint-1" / "trainer_state.json").read_text())
+    settings = state["stateful_callbacks"]["RunSettings"]["args"]["settings"]
+    assert settings["--learning-rate"] == FAST["learning_rate"] and len(settings["--data"]) == 64
+    resume = str(tmp_path / "o" / "checkpoint-1")
+    for change, message in (
+            ({"learning_rate": 1e-2}, r"--learning-rate 0\.003 \(this run: 0\.01\)"),
+            ({"weight_decay": 0.1, "rho_max": 0.5}, r"--weight-decay 0\.0 \(this run: 0\.1\); --rho-max 0\.25 "
+                                                    r"\(this run: 0\.5\)"),
+            ({"lr_scheduler": "linear"}, r"--lr-scheduler 'constant' \(this run: 'linear'\)"),
+            ({"data": ROWS[::-1]}, r"--data sha256 \w{12}\.\.\. \(this run: sha256 \w{12}\.\.\.\)"),
+            ({"batch_size": 4, "grad_accum": 2}, None),  # the same global batch: resumes
+            ({"batch_size": 4}, r"global batch \(--batch-size x --grad-accum x processes\) 8 \(this run: 4\)")):
+        options = TrainOptions(**{**opts, **fast, **change}, resume_from_checkpoint=resume)
+        if message is None:
+            assert train(options).global_step == 2
+            continue
+        with pytest.raises(ValueError, match=r"checkpoint-1' was trained with " + message + r"; resume with the "
+                                             r"settings of the run that wrote it"):
+            train(options)
+
+
+def test_an_incomplete_checkpoint_is_named(base_dirs, tmp_path):
+    # A save cut off before trainer_state.json: Trainer failed on the bare missing path after the
+    # data and the model had loaded.
+    opts = dict(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o")
+    train(TrainOptions(**opts, **{**FAST, "max_steps": 2, "save_steps": 1}))
+    (tmp_path / "o" / "checkpoint-2" / "trainer_state.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-2' is not a complete checkpoint \(no trainer_state.json"
+                                                r": its save was cut off\?\); remove it and resume from .*checkpoint-1'"):
+        train(TrainOptions(**opts, **{**FAST, "max_steps": 3}, resume_from_checkpoint=True))
+
+
+def test_another_runs_checkpoint_is_not_resumed_into_a_used_output(base_dirs, tmp_path):
+    # The output's finished model and same-numbered checkpoints were overwritten, and rotation
+    # deleted others; an empty output, or the output's own checkpoint, resumes.
+    fast = {**FAST, "max_steps": 2, "save_steps": 1}
+    for name in ("a", "b"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / name, **fast))
+    with pytest.raises(ValueError, match=r"--output '.*b' holds another run \(config.json, model.safetensors, "
+                                         r"checkpoint-1, checkpoint-2.*\), and --resume '.*a/checkpoint-1' is not one of its checkpoints"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "b", **fast,
+                           resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1")))
+    resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "c", **fast,
+                                 resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1")))
+    assert resumed.global_step == 2

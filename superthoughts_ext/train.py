@@ -133,6 +133,8 @@ class TrainOptions:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
             (self.max_steps > 0 or self.num_epochs > 0, "set max_steps > 0 or num_epochs > 0"),
+            # transformers trains num_epochs only for a negative max_steps: 0 took one step.
+            (self.max_steps != 0, "max_steps must be > 0, or -1 (the default) to train num_epochs; got 0"),
             (0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (0.0 <= self.rho_max <= 1.0, f"rho_max must be in [0, 1], got {self.rho_max}"),
             (self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}"),
@@ -221,11 +223,12 @@ def train(options: TrainOptions) -> TrainResult:
     lora = train_utils.lora_settings(options.lora_alpha, options.lora_dropout, options.lora_target_modules,
                                      superthoughts=not options.baseline) if options.lora_r > 0 else None
     args = training_arguments(options)
+    settings = train_resume.run_settings(options, args.world_size)
     checkpoint = train_resume.check_resume(options.output_dir, options.resume_from_checkpoint,
                                            baseline=options.baseline, lora_r=options.lora_r,
                                            max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
                                            warmup_ratio=options.warmup_ratio, lora=lora,
-                                           optimizer=(optimizer_name(args), optimizer_class(args)))
+                                           optimizer=(optimizer_name(args), optimizer_class(args)), settings=settings)
     train_resume.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data
@@ -288,7 +291,7 @@ def train(options: TrainOptions) -> TrainResult:
     rows = [{**example, "row": i} for i, example in enumerate(examples)]
     trainer = SuperThoughtsTrainer(
         model=model, args=args, data_collator=collator, train_dataset=rows,
-        processing_class=tokenizer,
+        processing_class=tokenizer, run_settings=settings,
     )
     if checkpoint is not None and options.max_steps <= 0:
         trainer.add_callback(ResumedLengthCheck(checkpoint, options.scheduler_name, options.warmup_ratio))
@@ -325,7 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--output", required=True, dest="output_dir", help="output directory")
     g("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     g("--baseline", action="store_true", help="plain SFT of the backbone, no compression")
-    g("--max-steps", type=int, default=d["max_steps"].default, help="optimizer steps; > 0 overrides --epochs")
+    g("--max-steps", type=int, default=d["max_steps"].default, help="optimizer steps; > 0 overrides --epochs (-1: train --epochs)")
     g("--epochs", type=float, dest="num_epochs", default=d["num_epochs"].default, help="passes over the data")
     g("--learning-rate", "--lr", type=float, default=d["learning_rate"].default, help="peak learning rate")
     g("--batch-size", type=int, default=d["batch_size"].default, help="per process")

@@ -8,6 +8,7 @@ Trainer knows a length given in epochs (`trainer.ResumedLengthCheck`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from superthoughts_ext.train_utils import SUPERTHOUGHTS_TRAINABLE_MODULES
 def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
                  baseline: bool = False, lora_r: int = 0, max_steps: int = -1, lr_scheduler: str = "constant",
                  warmup_ratio: float = 0.0, lora: Mapping[str, Any] | None = None,
-                 optimizer: tuple[str, str] | None = None) -> Path | None:
+                 optimizer: tuple[str, str] | None = None, settings: Mapping[str, Any] | None = None) -> Path | None:
     """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
     last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
     (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
@@ -33,8 +34,8 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     adapter must also have `lora` (`train_utils.lora_settings`): peft loads another alpha or
     other target modules without a word (the adapter of the steps trained was dropped). The
     checkpoint must leave steps to train (`check_steps_left`), and have been trained with an
-    optimizer of the class of `optimizer` ((--optim name, class)) where it recorded one
-    (`trainer.RunSettings`).
+    optimizer of the class of `optimizer` ((--optim name, class)) and with the same `settings`
+    (`run_settings`) where it recorded them (`trainer.RunSettings`).
     Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
     is checked against it once Trainer knows that length (`check_run_length` in a callback)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -56,12 +57,103 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
         if not resume:
             return None
         checkpoint = Path(last)
+    _check_complete(checkpoint)
     _check_checkpoint_kind(checkpoint, baseline, lora_r)
     _check_lora_settings(checkpoint, lora)
     check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
     check_steps_left(checkpoint, max_steps)
     _check_optimizer(checkpoint, optimizer)
+    _check_settings(checkpoint, settings)
     return checkpoint
+
+
+def _check_complete(checkpoint: Path) -> None:
+    """FileNotFoundError naming a checkpoint folder without trainer_state.json, the file Trainer
+    writes last (a save cut off, or another folder): Trainer failed on the bare missing path
+    after the data and the model had loaded."""
+    if (checkpoint / "trainer_state.json").is_file():
+        return
+    earlier = sorted((p for p in checkpoint.parent.glob("checkpoint-*") if p != checkpoint
+                      and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()),
+                     key=lambda p: int(p.name.split("-")[-1]))
+    hint = f"resume from {os.fspath(earlier[-1])!r} (--resume DIR)" if earlier else "start a new run"
+    raise FileNotFoundError(f"train: --resume {os.fspath(checkpoint)!r} is not a complete checkpoint (no "
+                            f"trainer_state.json: its save was cut off?); remove it and {hint}")
+
+
+def _recorded(checkpoint: Path) -> dict[str, Any]:
+    """What `trainer.RunSettings` recorded in `checkpoint` ({} when nothing: written before the
+    record was kept, or by another trainer)."""
+    state = _read_json(checkpoint / "trainer_state.json") or {}
+    recorded = (state.get("stateful_callbacks") or {}).get("RunSettings")
+    recorded = recorded[0] if isinstance(recorded, list) and recorded else recorded
+    saved = recorded.get("args", {}) if isinstance(recorded, dict) else {}
+    return saved if isinstance(saved, dict) else {}
+
+
+# TrainOptions fields a resumed run must share with the run that wrote the checkpoint (flag ->
+# field). Trainer restores the optimizer's and the schedule's state: another --learning-rate or
+# --weight-decay was ignored without a word, another schedule or warmup took over in the middle
+# of the old one, and other data, seed, batch or loss weights trained a run that is neither.
+# The number of processes may change where the global batch stays (2 x 4 resumed as 1 x 8).
+RESUMED_SETTINGS = {
+    "--learning-rate": "learning_rate", "--weight-decay": "weight_decay", "--lr-scheduler": "scheduler_name",
+    "--lr-scheduler-kwargs": "lr_scheduler_kwargs", "--warmup-ratio": "warmup_ratio",
+    "--max-grad-norm": "max_grad_norm", "--seed": "seed", "--rho-max": "rho_max", "--lambda-mtp": "lambda_mtp",
+    "--distill-weight": "distill_weight", "--max-length": "max_length", "--problem-field": "problem_field",
+    "--solution-field": "solution_field", "--system-prompt": "system_prompt",
+}
+GLOBAL_BATCH = "global batch (--batch-size x --grad-accum x processes)"
+
+
+def run_settings(options: Any, world_size: int) -> dict[str, Any]:
+    """The settings of a run (`RESUMED_SETTINGS` of TrainOptions `options`, the global batch,
+    the data's sha256) as RunSettings records them in every checkpoint (JSON values)."""
+    settings = {flag: getattr(options, name) for flag, name in RESUMED_SETTINGS.items()}
+    settings[GLOBAL_BATCH] = options.batch_size * options.grad_accum * world_size
+    settings["--data"] = data_digest(options.data)
+    return json.loads(json.dumps(settings))  # tuples as lists, as they read back
+
+
+def data_digest(data: Any) -> str | None:
+    """sha256 of a data file's bytes, or of rows given in memory (as JSON); None for a file that
+    cannot be read (loading it says why)."""
+    digest = hashlib.sha256()
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            with open(data, "rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            return None
+    else:
+        rows = json.dumps(list(data), sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else repr(v))
+        digest.update(rows.encode())
+    return digest.hexdigest()
+
+
+def _shown(flag: str, value: Any) -> str:
+    if flag == "--data":
+        return f"sha256 {value[:12]}..." if isinstance(value, str) else "unread"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> None:
+    """ValueError naming every setting of `settings` (`run_settings`) that `checkpoint` recorded
+    with another value; settings it did not record, or a data file unread, are not compared."""
+    saved = _recorded(checkpoint).get("settings")
+    if not settings or not isinstance(saved, dict):
+        return
+    differ = []
+    for flag, value in settings.items():
+        if flag not in saved or saved[flag] == value or (flag == "--data" and None in (value, saved[flag])):
+            continue
+        differ.append(f"{flag} {_shown(flag, saved[flag])} (this run: {_shown(flag, value)})")
+    if differ:
+        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was trained with {'; '.join(differ)}; resume "
+                         "with the settings of the run that wrote it, or start a new run from the finished model "
+                         "(--model)")
 
 
 def _check_optimizer(checkpoint: Path, optimizer: tuple[str, str] | None) -> None:
@@ -69,10 +161,7 @@ def _check_optimizer(checkpoint: Path, optimizer: tuple[str, str] | None) -> Non
     (--optim name, class): its state would not fit. adamw_torch and adamw_torch_fused are one
     class, AdamW, and resume each other. Checkpoints without the record (written before it was
     kept, or by another trainer) and optimizers whose class needs the model are not checked."""
-    state = _read_json(checkpoint / "trainer_state.json") or {}
-    recorded = (state.get("stateful_callbacks") or {}).get("RunSettings")
-    recorded = recorded[0] if isinstance(recorded, list) and recorded else recorded
-    saved = recorded.get("args", {}) if isinstance(recorded, dict) else {}
+    saved = _recorded(checkpoint)
     if optimizer is None or not saved.get("optimizer") or not optimizer[1]:
         return
     if saved["optimizer"] != optimizer[1]:
@@ -179,9 +268,10 @@ def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> No
 
 def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os.PathLike | bool | None) -> None:
     """Up front: `output_dir` must not be a file nor the `model` directory the run starts from,
-    and a new run (no `resume`) must not start in one holding a trained model (a finished run:
-    a --save-steps 0 run leaves no checkpoint-N folder for `check_resume` to see). Trainer would
-    overwrite either without a word."""
+    a new run (no `resume`) must not start in one holding a trained model (a finished run:
+    a --save-steps 0 run leaves no checkpoint-N folder for `check_resume` to see), and a
+    checkpoint outside `output_dir` must not be resumed into one holding a run. Trainer would
+    overwrite each without a word."""
     out = Path(os.fspath(output_dir))
     if out.exists() and not out.is_dir():
         raise ValueError(f"train: --output {os.fspath(out)!r} is a file, not a directory")
@@ -192,3 +282,12 @@ def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os
     if not resume and held:
         raise ValueError(f"train: {os.fspath(out)!r} holds a trained model ({', '.join(held)}); a new run needs "
                          "another --output (or that model removed)")
+    if isinstance(resume, (str, os.PathLike)) and out.is_dir() and \
+            Path(os.fspath(resume)).resolve().parent != out.resolve():
+        # Another run's checkpoint resumed into this folder: its saves went over this run's
+        # model and same-numbered checkpoints, and rotation deleted others.
+        held += sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+        if held:
+            raise ValueError(f"train: --output {os.fspath(out)!r} holds another run ({', '.join(held[:4])}"
+                             f"{', ...' if len(held) > 4 else ''}), and --resume {os.fspath(resume)!r} is not one of "
+                             "its checkpoints: the resumed run would write over it; give an empty --output")

@@ -2,7 +2,8 @@
 loss parts (loss_main, loss_mtp, loss_distill) averaged over processes, saves and resumes
 SuperThoughts models in their own checkpoint format, hands the epoch to the collator's
 pad-split draws, stops a run whose loss turns NaN / inf (TrainingDiverged), and records the
-optimizer in every checkpoint (RunSettings) for the resume checks of `train_resume`.
+optimizer and the run's settings in every checkpoint (RunSettings) for the resume checks of
+`train_resume`.
 """
 from __future__ import annotations
 
@@ -45,15 +46,17 @@ def optimizer_class(args: TrainingArguments) -> str:
 
 class RunSettings(TrainerCallback, ExportableState):
     """Records in every checkpoint's trainer_state.json (under stateful_callbacks) what a resume
-    must keep that the checkpoint's files do not show: the optimizer. Another optimizer loads
-    the saved state without a word and fails at its first step (Adafactor over AdamW's state:
-    KeyError 'beta1'); `train_resume.check_resume` compares it up front."""
+    must keep that the checkpoint's files do not show: the optimizer (another one loads the
+    saved state without a word and fails at its first step: Adafactor over AdamW's state,
+    KeyError 'beta1') and the run's settings (`train_resume.run_settings`: learning rate,
+    schedule, data, ...). `train_resume.check_resume` compares them up front."""
 
-    def __init__(self, optim: str = "", optimizer: str = "") -> None:
-        self.optim, self.optimizer = optim, optimizer
+    def __init__(self, optim: str = "", optimizer: str = "", settings: dict[str, Any] | None = None) -> None:
+        self.optim, self.optimizer, self.settings = optim, optimizer, settings
 
     def state(self) -> dict[str, Any]:
-        return {"args": {"optim": self.optim, "optimizer": self.optimizer}, "attributes": {}}
+        args = {"optim": self.optim, "optimizer": self.optimizer}
+        return {"args": {**args, "settings": self.settings} if self.settings else args, "attributes": {}}
 
     def on_train_begin(self, args, state, control, **kwargs):
         # A state resumed from a checkpoint written before this record existed lacks the entry
@@ -105,7 +108,8 @@ class ResumedLengthCheck(TrainerCallback):
 class SuperThoughtsTrainer(Trainer):
     """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, run_settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Trainer's arguments, and the run's settings to record in each checkpoint (RunSettings)."""
         super().__init__(*args, **kwargs)
         from peft import PeftModel
 
@@ -123,7 +127,7 @@ class SuperThoughtsTrainer(Trainer):
             self.add_callback(SplitEpochCallback(self.data_collator))
         self._run_start = RunStartCallback()
         self.add_callback(self._run_start)
-        self.add_callback(RunSettings(optimizer_name(self.args), optimizer_class(self.args)))
+        self.add_callback(RunSettings(optimizer_name(self.args), optimizer_class(self.args), run_settings))
 
     def train(self, *args: Any, **kwargs: Any):
         """Trainer.train, returning the training loss of the steps this run trained (see
