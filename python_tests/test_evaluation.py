@@ -250,12 +250,13 @@ def test_compiled_decoding_compiles_only_in_the_warm_up() -> None:
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     model = SuperThoughtsForCausalLM.from_base(backbone).eval()
-    new_graphs = []
+    new_graphs, last_call = [], {}
 
     def counting_generate(*args, **kwargs):
         before = counters["stats"]["unique_graphs"]
         result = generate(*args, **kwargs)
         new_graphs.append((kwargs["max_new_tokens"], counters["stats"]["unique_graphs"] - before))
+        last_call.update(kwargs)
         return result
 
     evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.5, batch_size=3, max_new_tokens=24, progress=False,
@@ -263,6 +264,11 @@ def test_compiled_decoding_compiles_only_in_the_warm_up() -> None:
     warm, timed = new_graphs[:2], new_graphs[2:]
     assert [n for n, _ in timed] == [24, 24, 24] and all(graphs == 0 for _, graphs in timed), new_graphs
     assert all(graphs >= 1 for _, graphs in warm), new_graphs
+    # The last batch held one row: more single rows of other prompt lengths reuse its compile (a
+    # batch of 1 kept the prompt's strides in the step's inputs: one compile per prompt length).
+    for length in (3, 11):
+        counting_generate(model, torch.full((1, length), 5), **last_call)
+    assert new_graphs[-2:] == [(24, 0), (24, 0)], new_graphs
 
 
 def test_an_interrupted_rerun_leaves_no_stale_summary(tmp_path: Path) -> None:

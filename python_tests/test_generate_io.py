@@ -317,3 +317,25 @@ def test_graph_windows_cover_each_step_in_a_few_spans(monkeypatch, min_span: int
         decode_columns = width - prompt_len
         spans = min(decode_loop.GRAPH_WINDOWS, -(-decode_columns // min_span))
         assert len(set(windows)) == min(spans, decode_columns)
+
+
+def test_the_compile_limit_names_what_to_do(model, monkeypatch) -> None:
+    # Past torch.compile's limit of graphs for the step (one per batch size, mode, thresholds,
+    # ...: a threshold sweep reaches it) dynamo raised FailOnRecompileLimitHit naming its config.
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+
+    from superthoughts_ext import decode_loop
+
+    def compile_at_its_limit(fn, recompile_limit=None, **options):
+        def run(*args, **kwargs):
+            raise FailOnRecompileLimitHit("recompile_limit reached with fullgraph=True")
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_at_its_limit)
+    decode_loop.compiled_decode_step.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"generate: compile=True has compiled the decode step 64 times in this "
+                                               r"process .* decode this configuration with compile=False"):
+            generate(model, prompt_batch(["1 + 1"])[0], max_new_tokens=4, compile=True)
+    finally:
+        decode_loop.compiled_decode_step.cache_clear()  # the real compiled step for later tests

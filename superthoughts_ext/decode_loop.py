@@ -15,6 +15,7 @@ Two steppers share that loop: `SuperThoughtsStepper` (unit inputs, both heads) a
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -146,7 +147,9 @@ class SuperThoughtsStepper(_Stepper):
         embeds = self.embedding(input_ids)  # [B, T, H]
         mask = self.attend(state.attention_mask[:, : input_ids.shape[1]])
         h, h_mtp = self.model.hidden_states(embeds, position_ids, mask, self.cache)
-        state.inputs = torch.zeros_like(embeds[:, :1])  # [B, 1, H]
+        # new_zeros, not zeros_like: at B = 1 that keeps the prompt's strides ((T * H, H, 1)),
+        # which a compiled step guards on: one compile per prompt length.
+        state.inputs = embeds.new_zeros(embeds.shape[0], 1, embeds.shape[2])  # [B, 1, H]
         return self.model.head_logits(h[:, -1], h_mtp[:, -1])
 
     def forward(self, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
@@ -190,7 +193,7 @@ class BackboneStepper(_Stepper):
         mask = self.attend(state.attention_mask[:, : input_ids.shape[1]])
         out = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                             use_cache=True, logits_to_keep=1, **{kv_cache.CACHE_ARG: self.cache})
-        state.inputs = torch.zeros_like(input_ids[:, :1])  # [B, 1]
+        state.inputs = input_ids.new_zeros(input_ids.shape[0], 1)  # [B, 1], contiguous (see above)
         return self._both_heads(out.logits)
 
     def forward(self, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
@@ -314,13 +317,24 @@ def compiled_decode_step() -> Callable[..., None]:
     """
     options = dict(fullgraph=True, dynamic=False)
     if "recompile_limit" in inspect.signature(torch.compile).parameters:
-        return torch.compile(decode_step, recompile_limit=COMPILE_RECOMPILE_LIMIT, **options)
-    compiled = torch.compile(decode_step, **options)
+        compiled = torch.compile(decode_step, recompile_limit=COMPILE_RECOMPILE_LIMIT, **options)
+        limit = contextlib.nullcontext
+    else:
+        compiled = torch.compile(decode_step, **options)
+        # Older torch has only the global limit (8; fullgraph raises past it): raised per call.
+        limit = functools.partial(torch._dynamo.config.patch, recompile_limit=COMPILE_RECOMPILE_LIMIT)
 
     def step(*args, **kwargs) -> None:
-        # Older torch has only the global limit (8; fullgraph raises past it): raised per call.
-        with torch._dynamo.config.patch(recompile_limit=COMPILE_RECOMPILE_LIMIT):
-            compiled(*args, **kwargs)
+        try:
+            with limit():
+                compiled(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as error:
+            # dynamo's own message names its config, not what to do in generate().
+            raise RuntimeError(
+                f"generate: compile=True has compiled the decode step {COMPILE_RECOMPILE_LIMIT} times in this "
+                "process (one graph per batch size, mode, thresholds, dtype, use_kernels and model shape), "
+                "torch.compile's limit; decode this configuration with compile=False, or run fewer "
+                "configurations per process") from error
 
     return step
 
