@@ -153,6 +153,51 @@ def test_padded_batch_without_its_mask_is_warned_about(model, backbone) -> None:
     ids, _ = left_pad([PROMPTS[0]] * 12 + [PROMPTS[1]])
     with pytest.warns(UserWarning, match=r"rows \[0, 1, .*, 9\] and 2 more start with the pad id"):
         generate(model, ids, max_new_tokens=1, mode="standard")
+    # Right padding (a tokenizer's default) decoded on after the pads without a word.
+    ids, _ = left_pad(PROMPTS[:2])
+    right = torch.stack([torch.cat([row[row != 0], row[row == 0]]) for row in ids])
+    with pytest.warns(UserWarning, match=r"rows \[0\] end with the pad id 0 but no attention_mask was given: .* "
+                                         r"a right-padded batch continues after its pads: tokenize with "
+                                         r"padding_side='left'"):
+        generate(model, right, max_new_tokens=2)
+
+
+def test_a_model_in_training_mode_with_dropout_is_warned_about(backbone) -> None:
+    # Dropout stayed on: greedy decoding gave other tokens on every call.
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    dropped = copy.deepcopy(backbone)
+    for module in dropped.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    model = SuperThoughtsForCausalLM.from_base(dropped).train()
+    ids, mask = left_pad(PROMPTS[:2])
+    with pytest.warns(UserWarning, match=r"generate: the model is in training mode with dropout \(p=\[0\.5\]\): "
+                                         r"every call decodes differently; call model.eval\(\) first"):
+        generate(model, ids, mask, max_new_tokens=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model.eval(), ids, mask, max_new_tokens=2)
+        generate(SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone)).train(), ids, mask, max_new_tokens=2)
+
+
+def test_wrappers_lists_and_devices_are_named(model) -> None:
+    ids, mask = left_pad(PROMPTS[:2])
+    # A DataParallel model was "not a SuperThoughts model"; a list of ids an AttributeError.
+    with pytest.raises(ValueError, match=r"generate: got a DataParallel wrapper; pass the model it wraps \(.module\)"):
+        generate(torch.nn.DataParallel(model), ids, mask, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"generate: input_ids must be a torch.Tensor \[B, T\] .*got list"):
+        generate(model, ids.tolist(), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"generate: attention_mask must be a torch.Tensor .*got list"):
+        generate(model, ids, mask.tolist(), max_new_tokens=2)
+    # Meta inputs or weights failed deep inside autocast or on a .item().
+    with pytest.raises(ValueError, match=r"generate: cannot decode on the meta device \(input_ids on meta, the model "
+                                         r"on cpu, attention_mask on meta\)"):
+        generate(model, ids.to("meta"), mask.to("meta"), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"the model on meta"):
+        generate(copy.deepcopy(model).to("meta"), ids, mask, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"empty"):
+        generate(model, ids, mask, max_new_tokens=2, eos_token_id=torch.tensor([], dtype=torch.long))
 
 
 def test_bad_input_is_rejected(model, backbone) -> None:
@@ -192,7 +237,7 @@ def test_bad_input_is_rejected(model, backbone) -> None:
             == generate(model, ids, mask, max_new_tokens=4, use_kernels=use_kernels, eos_token_id=EOS).sequences
     assert generate(model, ids, mask, max_new_tokens=4, eos_token_id=torch.tensor([EOS, 5])).sequences \
         == generate(model, ids, mask, max_new_tokens=4, eos_token_id=[EOS, 5]).sequences
-    with pytest.raises(ValueError, match="eos_token_id is an empty list"):
+    with pytest.raises(ValueError, match="eos_token_id is empty"):
         generate(model, ids, mask, max_new_tokens=4, eos_token_id=[])
     with pytest.raises(ValueError, match="max_new_tokens must be an int, got float 4.0"):
         generate(model, ids, mask, max_new_tokens=4.0)

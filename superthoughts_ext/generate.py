@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from superthoughts_ext import attention, decode_loop
-from superthoughts_ext.generate_checks import check_prompt, warn_unmasked_pads
+from superthoughts_ext.generate_checks import check_model_and_inputs, check_prompt, warn_training_mode, warn_unmasked_pads
 from superthoughts_ext.host_state import host_state_reason
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits
 # stop_token_ids is re-exported: the README names it as superthoughts_ext.generate.stop_token_ids.
@@ -370,7 +370,9 @@ def generate(
         GenerateOutput with per-row sequences and step statistics.
     """
     try:
+        check_model_and_inputs(model, input_ids, attention_mask)
         superthoughts = _check_args(model, mode, max_new_tokens, temperature, seed)
+        warn_training_mode(model)
         _check_autocast(model.backbone if superthoughts else model, input_ids.device)
         eos_ids = resolve_eos_ids(model, eos_token_id)
         eos = eos_ids[0]

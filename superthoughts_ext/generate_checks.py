@@ -2,20 +2,63 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
+from torch import nn
+
+
+def check_model_and_inputs(model: Any, input_ids: Any, attention_mask: Any) -> None:
+    """What generate's later checks and errors take for granted: a model (not a DataParallel /
+    DDP wrapper, which hid what it wraps: "needs a SuperThoughts model"), tensors, real devices,
+    and inputs on the model's device."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise ValueError(f"generate: got a {type(model).__name__} wrapper; pass the model it wraps (.module)")
+    for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if (value is not None or name == "input_ids") and not isinstance(value, torch.Tensor):
+            raise ValueError(f"generate: {name} must be a torch.Tensor [B, T] (tokenizer(..., "
+                             f"return_tensors='pt')), got {type(value).__name__}")
+    weight = next((p for p in model.parameters()), None) if isinstance(model, nn.Module) else None
+    devices = {"input_ids": input_ids.device, "the model": weight.device if weight is not None else input_ids.device}
+    if attention_mask is not None:
+        devices["attention_mask"] = attention_mask.device
+    if any(device.type == "meta" for device in devices.values()):
+        raise ValueError(f"generate: cannot decode on the meta device ({', '.join(f'{n} on {d}' for n, d in devices.items())}"
+                         "): load the model's weights and move the inputs to its device")
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"generate: {', '.join(f'{n} on {d}' for n, d in devices.items())}: move the inputs to the "
+                         "model's device (input_ids.to(device))")
+
+
+def warn_training_mode(model: nn.Module) -> None:
+    """A model left in training mode with dropout: decoding, greedy too, gives other tokens each
+    call (transformers' generate does not switch to eval either; from_config models start in train)."""
+    if not model.training:
+        return
+    rates = {float(m.p) for m in model.modules() if isinstance(m, nn.Dropout) and m.training and m.p > 0}
+    rates |= {float(getattr(m, "attention_dropout")) for m in model.modules()
+              if m.training and isinstance(getattr(m, "attention_dropout", None), (int, float))
+              and getattr(m, "attention_dropout") > 0}
+    if rates:
+        warnings.warn(f"generate: the model is in training mode with dropout (p={sorted(rates)}): every call decodes "
+                      "differently; call model.eval() first", stacklevel=4)
 
 
 def warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
-    """Rows starting with the pad id and no attention_mask: a padded batch whose mask was left
-    out, its pads read as prompt tokens (transformers' generate infers the mask there)."""
+    """Rows starting (or ending: right padding) with the pad id and no attention_mask: a padded
+    batch whose mask was left out, its pads read as prompt tokens (transformers' generate infers
+    the mask for left padding and warns about right padding)."""
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         return  # check_prompt names what is wrong with such a batch
-    rows = torch.nonzero(input_ids[:, 0] == pad).flatten().tolist()
-    if rows:
-        named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
-        warnings.warn(f"generate: rows {named} start with the pad id {pad} but no attention_mask was given: the "
-                      "pads are read as prompt tokens; pass the tokenizer's attention_mask", stacklevel=4)
+    for column, where, advice in ((0, "start", "pass the tokenizer's attention_mask"),
+                                  (-1, "end", "a right-padded batch continues after its pads: tokenize with "
+                                              "padding_side='left' and pass the attention_mask")):
+        rows = torch.nonzero(input_ids[:, column] == pad).flatten().tolist()
+        if rows:
+            named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+            warnings.warn(f"generate: rows {named} {where} with the pad id {pad} but no attention_mask was given: "
+                          f"the pads are read as prompt tokens; {advice}", stacklevel=4)
+            return
 
 
 def check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab: int) -> torch.Tensor:

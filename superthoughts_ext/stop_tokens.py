@@ -32,11 +32,11 @@ def resolve_eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[in
     id (Llama-3: <|end_of_text|> and <|eot_id|>), while a config names one, and a SuperThoughts
     model's own config holds one after training (train_utils.record_special_tokens) but not once
     reloaded (it is not saved): the model trained in this process stops as its checkpoint does."""
-    if isinstance(eos_token_id, (list, tuple)) and not eos_token_id:
-        raise ValueError("generate: eos_token_id is an empty list; pass None for the model's EOS "
-                         "(ignore_eos=True decodes past it)")
     given = eos_token_id.tolist() if hasattr(eos_token_id, "tolist") else eos_token_id
     given = list(given) if isinstance(given, (list, tuple)) else [] if given is None else [given]
+    if eos_token_id is not None and not given:  # an empty tensor too (it fell back to the model's EOS)
+        raise ValueError("generate: eos_token_id is empty; pass None for the model's EOS "
+                         "(ignore_eos=True decodes past it)")
     if bad := [value for value in given if isinstance(value, bool) or not isinstance(value, Integral)]:
         # int() took 5.7 as 5 and "151645" as 151645.
         raise ValueError(f"generate: eos_token_id must be token ids (ints), got {bad!r}")
