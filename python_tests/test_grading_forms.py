@@ -108,3 +108,79 @@ def test_a_full_stop_after_the_number_is_punctuation(reference: str) -> None:
     # An export storing AMC's float answer as the text "27.0" graded "\\boxed{27.}" wrong.
     assert is_correct("27.", reference, "amc23")
     assert not is_correct("28.", reference, "amc23")
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        # math-verify read "6.02e23" as 6.02 * e * 23, and a float mantissa times 10^23 missed the
+        # integer by its binary rounding: written out as exact decimals.
+        ("1.2e3", "1200", True),
+        ("6.02e23", "6.02 \\times 10^{23}", True),
+        ("1.5e-4", "1.5 \\times 10^{-4}", True),
+        ("1.5e-04", "1.5 \\times 10^{-4}", True),
+        ("1e-5", "0.00001", True),
+        ("1e6", "1,000,000", True),
+        ("602000000000000000000000", "6.02 \\times 10^{23}", True),
+        ("60.2 \\times 10^{22}", "6.02 \\times 10^{23}", True),
+        ("6.03 \\times 10^{23}", "6.02 \\times 10^{23}", False),
+        ("1.6e-4", "1.5 \\times 10^{-4}", False),
+        # A plain-text power (math-verify read "10^-4" as 10) and a times sign "x".
+        ("1.5 \\times 10^-4", "1.5 \\times 10^{-4}", True),
+        ("1.5 x 10^-4", "0.00015", True),
+        ("2^10", "1024", True),
+        # Euler's e: a reference holding it keeps "2e-1" as 2e - 1, and references are LaTeX.
+        ("2e-1", "2e - 1", True),
+        ("0.2", "2e - 1", False),
+        ("0.2", "2e-1", False),
+        # An ellipsis without a space was dropped: the open list equalled the finite set.
+        ("1,3,5,\\ldots", "1,3,5", False),
+        ("150,\\ldots", "150", False),
+        ("1,3,5,\\ldots", "1, 3, 5, \\ldots", True),
+    ],
+)
+def test_scientific_notation_powers_and_ellipses(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(prediction, reference, "olympiadbench") is expected
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("So the answer: b", "B"),  # a lowercase letter ending its line
+        ("The answer is b.", "B"),
+        ("The answer is a function of the field.", None),  # the article, not a choice
+        ("Weighing both effects...\nB", "B"),  # a letter alone on the last line
+        ("Weighing both effects...\n**(C)**", "C"),
+        ("A single sharp peak appears.", None),
+        ("The options are A and B.\nA or B", None),
+        ("\\boxed{10^{-4}\\ \\mathrm{eV}}", "B"),  # a LaTeX space before the unit stayed in the value
+        ("\\boxed{10^{-4}~\\text{eV}}", "B"),
+        ("\\boxed{1e-4 eV}", "B"),  # e-notation
+    ],
+)
+def test_gpqa_letters_and_values_written_otherwise(output: str, expected: str | None) -> None:
+    assert grading.extract_choice(output, ("10^-3 eV", "10^-4 eV", "10^-5 eV", "10^-6 eV")) == expected
+
+
+def test_gpqa_options_with_x_as_the_times_sign() -> None:
+    options = ("1 x 10^3 s^-1", "1.1 x 10^3 s^-1", "1.3 x 10^3 s^-1", "1.2 x 10^3 s^-1")
+    for answer in ("1.2 \\times 10^{3}\\ \\text{s}^{-1}", "1.2 \\times 10^{3}", "1200"):
+        assert grading.option_letter(answer, options) == "D", answer
+    assert grading.option_letter("1.25 \\times 10^{3}", options) is None
+
+
+def test_gpqa_value_comparisons_share_one_deadline(monkeypatch) -> None:
+    # An answer that keeps math-verify busy took the timeout once per option (20 s for four).
+    import time
+
+    calls = []
+
+    def busy(value, option_value, timeout_s):
+        calls.append(timeout_s)
+        time.sleep(timeout_s)
+        return False
+
+    monkeypatch.setattr(grading, "math_equal", busy)
+    started = time.perf_counter()
+    assert grading.option_letter("9^{9^{9^{9}}}", ("1", "2", "3", "4"), timeout=0.3) is None
+    assert time.perf_counter() - started < 0.6 and len(calls) == 1, calls

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Sequence
 from numbers import Real
 
 from superthoughts_ext.eval_data import BENCHES
+from superthoughts_ext.grading_numbers import braced_exponents, scientific_as_decimal, spaced_ellipsis, uses_euler
 from superthoughts_ext.grading_worker import math_equal
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -100,7 +102,11 @@ def extract_answer(text: str) -> str | None:
 # ("B - it doubles"), and a double backslash a LaTeX line break.
 _ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|(?:correct|right|best|final)\s+(?:option|choice)\s+is\s*:?|"
                         r"answer\s*:)[\s*]*(?i:(?:option|choice)\s*)?"
-                        r"(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b(?![ \t]*(?:[=<>+/^_]|\\(?!\\)|-(?=\w))))")
+                        r"(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b(?![ \t]*(?:[=<>+/^_]|\\(?!\\)|-(?=\w)))|"
+                        # A lowercase letter alone at its line's end: "answer: b", "The answer is b."
+                        r"([a-d])(?=[ \t]*[.!]?[ \t*]*(?:\n|\Z)))")
+# A letter alone on the output's last line ("B", "**(B)**"), with no "answer is" phrase before it.
+_LAST_LINE_LETTER = re.compile(r"(?:^|\n)[ \t*]*\(?([A-D])\)?[ \t*]*\.?[ \t*]*\Z")
 # "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
 # command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
 # "Option D", "Choice (D)" and "[D]" too, though not a concentration "[A] = 0.1 M" or "[B]_0 / 2".
@@ -182,14 +188,18 @@ def extract_choice(text: str, options: Sequence[str] = ()) -> str | None:
 
     Prefers the last boxed answer (its letter, or with ``options`` the letter of the option
     whose text it is, see `option_letter`); falls back to the last "answer is (X)" or "Answer: X" phrase
-    for outputs that name the letter without boxing it.
+    (a lowercase letter too where it ends its line: "answer: b") for outputs that name the letter
+    without boxing it, and else to a letter alone on the last line ("B", "**(B)**").
     """
     letter = option_letter(extract_answer(text), options)
     if letter is not None:
         return letter
     text = _unwrap_text(text)  # "Answer: \\textbf{A}", "the answer is $\\text{A}$"
     matches = list(_ANSWER_IS.finditer(text))
-    if not matches or _SECOND_CHOICE.match(text[matches[-1].end():]):
+    if not matches:
+        last = _LAST_LINE_LETTER.search(text.rstrip())
+        return last.group(1) if last is not None else None
+    if _SECOND_CHOICE.match(text[matches[-1].end():]):
         return None  # "the answer is (B) or (C)" hedges, like such a box
     return "".join(matches[-1].groups("")).upper()
 
@@ -219,7 +229,8 @@ _QUANTITY_CHARS = 200
 
 def _value_and_unit(text: str) -> tuple[str, str]:
     """Split "10^{-4}\\,\\text{eV}" into ("10^{-4}\\,", "eV"); the unit is "" when there is none."""
-    text = re.sub(r"\\(?:text|mathrm)\s*\{([^{}]*)\}", r" \1", text.replace("$", "")).strip()
+    # LaTeX spaces first: "10^{-4}\\ \\mathrm{eV}" kept a "\\" in its value.
+    text = re.sub(r"\\(?:text|mathrm)\s*\{([^{}]*)\}", r" \1", _LATEX_SPACE.sub(" ", text.replace("$", ""))).strip()
     match = _UNIT.search(text)
     if match is None:
         return text, ""
@@ -239,15 +250,8 @@ def _same_quantity(answer: str, option: str, timeout_s: float) -> bool:
     option_value, option_unit = _value_and_unit(option)
     if unit and unit != option_unit:
         return False
+    value, option_value = scientific_as_decimal(value), scientific_as_decimal(option_value)
     return _pure_math(value) and _pure_math(option_value) and math_equal(value, option_value, timeout_s)
-
-
-# GPQA's options are plain text: "10^-4 eV" means 10^{-4}, which math-verify reads as 10.
-_PLAIN_EXPONENT = re.compile(r"\^\s*([+-]?\d+(?:\.\d+)?)")
-
-
-def _braced_exponents(text: str) -> str:
-    return _PLAIN_EXPONENT.sub(r"^{\1}", text)
 
 
 def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
@@ -266,14 +270,23 @@ def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: f
     letter, bare = _choice(answer)
     if bare or not options:
         return letter
-    answer, options = _braced_exponents(answer), [_braced_exponents(option) for option in options]
+    # GPQA's options are plain text: "10^-4 eV" means 10^{-4}, which math-verify reads as 10.
+    answer, options = braced_exponents(answer), [braced_exponents(option) for option in options]
     key = _option_key(answer)
     same = [i for i, option in enumerate(options) if _option_key(option) == key]
     if not same:
         if letter is not None:
             return letter
         if len(answer) <= _QUANTITY_CHARS:
-            same = [i for i, option in enumerate(options) if _same_quantity(answer, option, timeout)]
+            # One deadline for all the options: an answer that keeps math-verify busy took the
+            # timeout once per option (20 s for four).
+            deadline = time.monotonic() + timeout
+            for i, option in enumerate(options):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                if _same_quantity(answer, option, left):
+                    same.append(i)
     return "ABCD"[same[0]] if len(same) == 1 else None
 
 
@@ -430,6 +443,12 @@ def is_correct(
     elif (labelled := _OPTION_LABEL.match(_unwrap_text(prediction))) is not None:
         # An AMC answer boxed with its contest option, "\\textbf{(B) } 27": the value decides.
         prediction = labelled.group(1)
+    # Scientific notation as exact decimals, plain-text powers braced, "1,3,\\ldots" spaced
+    # (grading_numbers). E-notation only in a prediction, and only where the reference has no
+    # Euler's e: references are LaTeX ("2e-1" is 2e - 1), their float cells already decimals.
+    prediction = spaced_ellipsis(braced_exponents(scientific_as_decimal(prediction,
+                                                                        e_notation=not uses_euler(reference))))
+    reference = spaced_ellipsis(braced_exponents(scientific_as_decimal(reference, e_notation=False)))
     predicted_bases, wanted_bases = _numeral_bases(prediction), _numeral_bases(reference)
     # A numeral in another base is wrong; a bare "52" for "52_8" is still compared, and so is
     # "52_{10}" for a bare "52".
