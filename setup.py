@@ -55,6 +55,39 @@ def cmake_executable() -> str:
         return "cmake"
 
 
+MIN_CMAKE = (3, 26)
+
+
+def check_cmake(executable: str) -> None:
+    """SystemExit naming the fix when `executable` is missing or older than MIN_CMAKE: with
+    --no-build-isolation pip does not install pyproject's build requirements, so a system CMake
+    (Debian 12's 3.25) was used and failed in cmake_minimum_required."""
+    wanted = ".".join(map(str, MIN_CMAKE))
+    try:
+        text = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        text = ""
+    found = re.search(r"version ((\d+)\.(\d+)\S*)", text)
+    if found is None or (int(found.group(2)), int(found.group(3))) < MIN_CMAKE:
+        raise SystemExit(f"superthoughts_ext: the build needs CMake >= {wanted}, found "
+                         f"{'none' if found is None else found.group(1)} ({executable}); install it into "
+                         "this environment with `pip install cmake ninja` (a --no-build-isolation build does not "
+                         "install pyproject's build requirements)")
+
+
+def clear_moved_cache(build_dir: Path, root: Path) -> None:
+    """Removes `build_dir` when CMake configured it for another source folder (a checkout copied
+    or moved with its build/ folder): CMake refuses such a cache ("CMakeCache.txt directory ...
+    is different") and the build stopped there."""
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.is_file():
+        return
+    home = re.search(r"^CMAKE_HOME_DIRECTORY:INTERNAL=(.*)$", cache.read_text(errors="replace"), re.MULTILINE)
+    if home is not None and Path(home.group(1)).resolve() != root.resolve():
+        print(f"superthoughts_ext: {build_dir} was configured for {home.group(1)}; rebuilding it from scratch")
+        shutil.rmtree(build_dir)
+
+
 def wheel_nvrtc(torch_dir: Path, cuda_home: str, cuda_version: str) -> Path | None:
     """The libnvrtc of the NVIDIA wheel beside a PyPI torch, when the CUDA toolkit has none.
 
@@ -96,7 +129,9 @@ class CMakeBuild(build_ext):
             raise SystemExit(f"superthoughts_ext: SUPERTHOUGHTS_WITH_CUDA asks for the CUDA kernels, but torch "
                              f"{torch.__version__} is a CPU-only build (no CUDA headers to compile against); "
                              "install a CUDA torch, or leave SUPERTHOUGHTS_WITH_CUDA unset")
+        check_cmake(cmake_executable())
         build_dir = cmake_build_dir(torch, with_cuda)
+        clear_moved_cache(build_dir, ROOT)
         build_dir.mkdir(parents=True, exist_ok=True)
         configure = [
             cmake_executable(), "-S", str(ROOT), "-B", str(build_dir),

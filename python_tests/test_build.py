@@ -146,3 +146,74 @@ def test_a_toolkit_without_nvrtc_borrows_the_one_beside_a_pypi_torch(monkeypatch
     (toolkit / "targets" / "x86_64-linux" / "lib").mkdir(parents=True)
     (toolkit / "targets" / "x86_64-linux" / "lib" / "libnvrtc.so").touch()
     assert script.wheel_nvrtc(site / "torch", str(toolkit), "13.0") is None
+
+
+def test_the_sdist_holds_what_the_build_needs(tmp_path):
+    # Without MANIFEST.in the sdist held the Python package only: no CMakeLists.txt or csrc/, so
+    # `pip install superthoughts_ext-*.tar.gz` stopped in CMake.
+    import shutil
+    import tarfile
+
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "*.so", ".pytest_cache", "python_tests"))
+    result = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=source,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with tarfile.open(next((tmp_path / "dist").glob("*.tar.gz"))) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    wanted = {"CMakeLists.txt", "setup.py", "pyproject.toml", "LICENSE", "superthoughts_ext/__init__.py"}
+    wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file()}
+    assert wanted <= names, sorted(wanted - names)
+
+
+def test_an_old_or_missing_cmake_is_named_with_its_fix(monkeypatch, tmp_path):
+    # --no-build-isolation skips pyproject's build requirements: Debian's CMake 3.25 failed in
+    # cmake_minimum_required with nothing saying what to install.
+    script = load_setup_script(monkeypatch)
+    old = tmp_path / "cmake"
+    old.write_text("#!/bin/sh\necho 'cmake version 3.25.1'\n")
+    old.chmod(0o755)
+    with pytest.raises(SystemExit, match=r"needs CMake >= 3\.26, found 3\.25\.1 .*`pip install cmake ninja"):
+        script.check_cmake(str(old))
+    with pytest.raises(SystemExit, match=r"needs CMake >= 3\.26, found none"):
+        script.check_cmake(str(tmp_path / "no-such-cmake"))
+    old.write_text("#!/bin/sh\necho 'cmake version 4.1.0'\n")
+    script.check_cmake(str(old))
+
+
+def test_a_build_folder_of_a_moved_checkout_is_rebuilt(monkeypatch, tmp_path):
+    # A checkout copied with its build/ folder: CMake refused the cache of the old path.
+    script = load_setup_script(monkeypatch)
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "CMakeCache.txt").write_text(f"CMAKE_HOME_DIRECTORY:INTERNAL={tmp_path / 'old'}\n")
+    script.clear_moved_cache(build, tmp_path / "new")
+    assert not build.exists()
+    build.mkdir()
+    (build / "CMakeCache.txt").write_text(f"CMAKE_HOME_DIRECTORY:INTERNAL={tmp_path / 'new'}\n")
+    script.clear_moved_cache(build, tmp_path / "new")
+    assert (build / "CMakeCache.txt").is_file()
+
+
+def test_a_missing_core_says_how_to_build_it(monkeypatch):
+    # An unbuilt checkout (or an install without its .so) gave a bare "cannot import name '_C'".
+    import superthoughts_ext
+
+    monkeypatch.delattr(superthoughts_ext, "_C")
+    monkeypatch.setitem(sys.modules, "superthoughts_ext._C", None)
+    with pytest.raises(ImportError, match=r"the compiled core, is not built here; build it with `pip install "
+                                          r"--no-build-isolation -e \.` .*use_kernels=False"):
+        superthoughts_ext.load_core()
+
+
+def test_bench_without_the_checkouts_benchmarks_names_the_folder(monkeypatch, tmp_path):
+    # An installed package: every `superthoughts bench ...` said "bench step: bench_step.py not found".
+    import argparse
+
+    from superthoughts_ext import bench_cli
+
+    monkeypatch.setattr(bench_cli, "BENCH_DIR", tmp_path / "benchmarks")
+    with pytest.raises(SystemExit, match=r"superthoughts bench: .*benchmarks not found; the benchmarks ship with "
+                                         r"the source checkout, not with an installed package"):
+        bench_cli.add_arguments(argparse.ArgumentParser())

@@ -23,6 +23,10 @@ def load_core():
     try:
         from superthoughts_ext import _C
     except ImportError as error:
+        if error.name in ("superthoughts_ext._C", "superthoughts_ext") and "_C" in str(error):
+            raise ImportError("superthoughts_ext._C, the compiled core, is not built here; build it with "
+                              "`pip install --no-build-isolation -e .` in the source checkout (or `make build`). "
+                              "Without it the pure-Python parts work, and generate(..., use_kernels=False)") from error
         if "undefined symbol" in str(error):
             raise ImportError(f"superthoughts_ext._C does not match the installed torch {torch.__version__} "
                               f"({error}); {REBUILD}") from error

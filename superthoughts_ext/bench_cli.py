@@ -30,6 +30,11 @@ def load_benchmark(area: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    if not BENCH_DIR.is_dir():
+        # Said for `bench --help` and every area alike (it named bench_step.py for all of them).
+        raise SystemExit(f"superthoughts bench: {BENCH_DIR} not found; the benchmarks ship with the source "
+                         "checkout, not with an installed package (install the checkout with "
+                         "`pip install --no-build-isolation -e .`)")
     sub = parser.add_subparsers(dest="area", required=True)
     for area in AREAS:
         area_parser = sub.add_parser(area, help=f"benchmarks/bench_{area}.py", formatter_class=HelpFormatter)
