@@ -130,3 +130,27 @@ def test_a_device_other_than_cpu_or_cuda_is_refused(tmp_path) -> None:
     bench.add_arguments(parser)
     with pytest.raises(SystemExit, match="--device meta: only cpu and cuda are measured"):
         bench.main(parser.parse_args(["--device", "meta", "--output", str(tmp_path / "g.json")]))
+
+
+@pytest.mark.usefixtures("one_cpu_thread")
+def test_the_correctness_checks_stop_the_benchmark_on_a_difference(monkeypatch) -> None:
+    # The report's check.equal is written only once both checks pass: each must catch a
+    # decode that differs (from transformers, from the reference step) and end the run.
+    bench = load_benchmark("generate")
+    device = torch.device("cpu")
+    backbone, superthoughts = bench.build_models("tiny", torch.float32, device, 64)
+    assert bench.check_standard(backbone, device)["tokens_compared"] > 0
+    assert bench.check_fused_step(superthoughts, device, False, 0.9)["tokens_compared"] > 0
+    real = bench.generate
+
+    def off_by_one(*args, use_kernels=True, **kwargs):
+        out = real(*args, use_kernels=use_kernels, **kwargs)
+        if use_kernels:
+            out.sequences = [[(seq[0] + 1) % 50, *seq[1:]] for seq in out.sequences]
+        return out
+
+    monkeypatch.setattr(bench, "generate", off_by_one)
+    with pytest.raises(SystemExit, match="standard decoding differs from transformers"):
+        bench.check_standard(backbone, device)
+    with pytest.raises(SystemExit, match="standard sequences through the fused step differ from the reference step"):
+        bench.check_fused_step(superthoughts, device, False, 0.9)

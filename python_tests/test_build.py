@@ -206,14 +206,3 @@ def test_a_missing_core_says_how_to_build_it(monkeypatch):
                                           r"--no-build-isolation -e \.` .*use_kernels=False"):
         superthoughts_ext.load_core()
 
-
-def test_bench_without_the_checkouts_benchmarks_names_the_folder(monkeypatch, tmp_path):
-    # An installed package: every `superthoughts bench ...` said "bench step: bench_step.py not found".
-    import argparse
-
-    from superthoughts_ext import bench_cli
-
-    monkeypatch.setattr(bench_cli, "BENCH_DIR", tmp_path / "benchmarks")
-    with pytest.raises(SystemExit, match=r"superthoughts bench: .*benchmarks not found; the benchmarks ship with "
-                                         r"the source checkout, not with an installed package"):
-        bench_cli.add_arguments(argparse.ArgumentParser())

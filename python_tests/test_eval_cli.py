@@ -125,6 +125,7 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert run(parse_cli(["--compare", str(missing), str(missing)])) == 2
     with pytest.raises(SystemExit):
         parse_cli(["--bench", "gsm8k"])
+    assert "invalid choice: 'gsm8k'" in capsys.readouterr().err
 
 
 def test_cli_gpqa_option_orders_and_their_regrade(

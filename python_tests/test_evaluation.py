@@ -290,6 +290,22 @@ def test_an_interrupted_rerun_leaves_no_stale_summary(tmp_path: Path) -> None:
     assert run_label(out) == "st"
 
 
+@pytest.mark.parametrize("mode", ["pairs", "standard", "superthoughts"])
+def test_only_superthoughts_runs_record_a_threshold(tmp_path: Path, mode: str) -> None:
+    # pairs and standard decode without one: recording the model's default mislabels the run
+    # (--compare) and makes a resume demand it.
+    tokenizer = make_tokenizer()
+    model = fake_model(tokenizer)
+    model.config = SimpleNamespace(threshold=0.97, threshold_main=0.1)
+    out = tmp_path / f"{mode}.jsonl"
+    evaluate(model, tokenizer, "math500", PROBLEMS[:2], mode=mode, batch_size=2, output_jsonl=out, progress=False,
+             generate_fn=fake_generate(tokenizer, []))
+    summary = json.loads(summary_path(out).read_text())
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = 0.97 if mode == "superthoughts" else None
+    assert summary["threshold"] == expected and {r["threshold"] for r in records} == {expected}
+
+
 def test_a_rerun_into_a_finished_runs_file_needs_resume_or_overwrite(tmp_path: Path) -> None:
     tokenizer = make_tokenizer()
     out = tmp_path / "st.jsonl"

@@ -104,12 +104,43 @@ def test_odd_and_even_limits_in_pairs_mode(model) -> None:
     assert capped.sequences == [until_eos(seq, EOS) for seq in odd.sequences]
 
 
-def test_ignore_eos_decodes_the_full_budget(model) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_ignore_eos_decodes_the_full_budget(model, mode: str) -> None:
+    # pairs mode sizes its cache for a budget that EOS ends early; ignoring EOS it must not.
     ids, mask = left_pad(PROMPTS)
-    first = generate(model, ids, mask, max_new_tokens=1).sequences[0][0]
-    out = generate(model, ids, mask, max_new_tokens=13, eos_token_id=first, ignore_eos=True, threshold=MIXED_THRESHOLD)
+    first = generate(model, ids, mask, max_new_tokens=1, mode=mode).sequences[0][0]
+    out = generate(model, ids, mask, max_new_tokens=13, eos_token_id=first, ignore_eos=True, mode=mode,
+                   threshold=MIXED_THRESHOLD if mode == "superthoughts" else None)
     assert out.num_tokens == [13] * len(PROMPTS)
     check_stats(out, 13)
+
+
+def test_rows_ending_at_other_steps_raise_no_warning(model) -> None:
+    # A finished row's step gives confidence 0; counted as "no finite maximum", every batch whose
+    # rows ended apart warned about main-head logits it never met.
+    ids, mask = left_pad(PROMPTS)
+    first = generate(model, ids, mask, max_new_tokens=1).sequences[0][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = generate(model, ids, mask, max_new_tokens=12, eos_token_id=first, threshold=MIXED_THRESHOLD)
+    assert out.num_tokens[0] <= 2 and max(out.num_tokens) > 2, out.num_tokens
+
+
+def test_a_row_at_the_context_of_learned_positions() -> None:
+    # GPT-2's positions are an embedding table: a row held at the context's last position while
+    # another decodes on must not index past it (an IndexError without the clamp).
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=24, n_embd=32, n_layer=2, n_head=2,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
+    ids = torch.tensor([[0] * 19 + [5], list(range(3, 23))])
+    mask = torch.ones_like(ids)
+    mask[0, :19] = 0
+    out = generate(gpt2, ids, mask, max_new_tokens=10, mode="standard", ignore_eos=True)
+    assert out.num_tokens == [10, 5]  # the long row: prefill's token and its 4 positions left
+    alone = gpt2.generate(ids[:1, 19:], max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert out.sequences[0] == alone[0, 1:].tolist()
 
 
 def test_empty_batch(model) -> None:

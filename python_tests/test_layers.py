@@ -37,6 +37,39 @@ def test_linear_cross_entropy_matches_autograd(rows, vocab, chunk_elements):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_linear_cross_entropy_is_stable_at_large_logits():
+    # Logits in the hundreds (a sharpened head; bf16 activations reach them): exp without the
+    # row max subtracted overflows to inf. Values and gradients as F.cross_entropy's.
+    g = torch.Generator().manual_seed(3)
+    hidden = (40.0 * torch.randn(13, 16, generator=g)).requires_grad_()
+    weight = torch.randn(57, 16, generator=g).requires_grad_()
+    targets = torch.randint(0, 57, (13,), generator=g)
+    row_weight = torch.rand(13, generator=g)
+    loss, ce = linear_cross_entropy(hidden, weight, targets, row_weight, chunk_elements=57 * 4)
+    want_loss, want_ce = _reference_ce(hidden, weight, targets, row_weight)
+    assert (hidden @ weight.t()).abs().max() > 300 and torch.isfinite(ce).all()
+    torch.testing.assert_close(ce, want_ce.detach())
+    for a, b in zip(torch.autograd.grad(loss, (hidden, weight)), torch.autograd.grad(want_loss, (hidden, weight))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_head_with_a_bias_keeps_it():
+    # Only a bias-free Linear takes the chunked losses, which read the weight alone: a biased
+    # head there would lose its bias without a word.
+    g = torch.Generator().manual_seed(4)
+    head, teacher = torch.nn.Linear(8, 31), torch.nn.Linear(8, 31, bias=False)
+    with torch.no_grad():
+        head.bias.copy_(3.0 * torch.randn(31, generator=g))
+    rows, target_rows = torch.randn(9, 8, generator=g), torch.randn(9, 8, generator=g)
+    targets, weights = torch.randint(0, 31, (9,), generator=g), torch.full((9,), 1 / 9)
+    ce = head_cross_entropy(head, rows, targets, weights)[1]
+    torch.testing.assert_close(ce, F.cross_entropy(head(rows), targets, reduction="none").detach())
+    kl = head_kl_divergence(head, rows, teacher, target_rows, weights)[1]
+    want = F.kl_div(F.log_softmax(head(rows), -1), F.log_softmax(teacher(target_rows), -1), log_target=True,
+                    reduction="none").sum(-1)
+    torch.testing.assert_close(kl, want.detach())
+
+
 def test_linear_cross_entropy_low_precision_and_frozen_inputs():
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(29, 32, generator=g)

@@ -178,7 +178,7 @@ def test_integer_arguments_are_named_or_refused():
             superthoughts_step(logits, embed, None, None, finished, ids["pad_id"], ids["eos_id"], 0.5)
     # A float seed was truncated by the op (1.2 and 1.9 sampled alike) and refused by the reference.
     for step in (superthoughts_step, superthoughts_step_ref):
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=r"seed|integer"):
             step(logits, embed, None, None, finished.clone(), 0, 1, 0.5, 0.0, 1.0, 1.9, 0)
 
 
