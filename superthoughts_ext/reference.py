@@ -149,6 +149,13 @@ def superthoughts_step_ref(
     yield tokens (pad_id, -1), n_new 0, conf 0 and
     the merged input of (pad_id, pad_id).
     """
+    for name, value in (("seed", seed), ("offset", offset)):
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            operator.index(value)  # a float is refused, not truncated, as by the op's wrapper
+        except TypeError:
+            raise TypeError(f"superthoughts_step_ref: {name} must be an integer, got {value!r}") from None
     _, batch, vocab = logits.shape
     device = logits.device
     scores = logits.float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
