@@ -127,7 +127,15 @@ def test_a_full_stop_after_the_number_is_punctuation(reference: str) -> None:
         ("1.6e-4", "1.5 \\times 10^{-4}", False),
         # A plain-text power (math-verify read "10^-4" as 10) and a times sign "x".
         ("1.5 \\times 10^-4", "1.5 \\times 10^{-4}", True),
-        ("1.5 x 10^-4", "0.00015", True),
+        ("1.5 \\cdot 10^-4", "0.00015", True),
+        # Wherever the number stands: beside a unit or a name, on either side.
+        ("6.02 \\times 10^{23} \\text{ mol}^{-1}", "6.02 \\times 10^{23}", True),
+        ("N_A = 6.02 \\times 10^{23}", "6.02 \\times 10^{23}", True),
+        ("5.97 \\times 10^{24}", "5.97 \\times 10^{24} \\text{ kg}", True),
+        ("\\frac{1}{2} \\times 10^3", "500", True),
+        # In a math answer an x is a variable, not a times sign.
+        ("2x10^n", "2x \\cdot 10^{n}", True),
+        ("3 \\times 10^{2}", "3x10^2", False),
         ("2^10", "1024", True),
         # Euler's e: a reference holding it keeps "2e-1" as 2e - 1, and references are LaTeX.
         ("2e-1", "2e - 1", True),
@@ -146,13 +154,17 @@ def test_scientific_notation_powers_and_ellipses(prediction: str, reference: str
 @pytest.mark.parametrize(
     "output, expected",
     [
-        ("So the answer: b", "B"),  # a lowercase letter ending its line
-        ("The answer is b.", "B"),
+        ("So the answer: b", "B"),  # a lowercase letter ending the output after "answer:"
+        ("Answer: **c**", "C"),
+        ("The answer is b.", "B"),  # ... or its sentence and line
         ("The answer is a function of the field.", None),  # the article, not a choice
-        ("Weighing both effects...\nB", "B"),  # a letter alone on the last line
-        ("Weighing both effects...\n**(C)**", "C"),
+        ("The answer is a\nfunction of the temperature.", None),
+        ("So the answer is a", None),  # cut off by the token budget
+        ("answer: b\nbecause the field doubles", None),
+        # No phrase naming the choice: an output ending in a list of options, or cut off.
+        ("The choices:\nA) 10 eV\nB) 20 eV\nC) 30 eV\nD)", None),
+        ("We compute the energy.\n\nA", None),
         ("A single sharp peak appears.", None),
-        ("The options are A and B.\nA or B", None),
         ("\\boxed{10^{-4}\\ \\mathrm{eV}}", "B"),  # a LaTeX space before the unit stayed in the value
         ("\\boxed{10^{-4}~\\text{eV}}", "B"),
         ("\\boxed{1e-4 eV}", "B"),  # e-notation

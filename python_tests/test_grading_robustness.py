@@ -146,7 +146,11 @@ def test_degenerate_outputs_extract_in_linear_time() -> None:
     # A looping generation: 20k boxes took 7.6 s, font commands nested 30k deep 235 s.
     started = time.perf_counter()
     assert extract_answer("\\boxed{1} " * 20_000 + "\\boxed{2}") == "2"
-    assert extract_choice("\\text{" * 30_000 + "B" + "}" * 30_000) == "B"  # the letter alone on its last line
-    assert extract_choice("\\text{" * 30_000 + "B" + "}" * 29_999) is None
+    assert extract_choice("\\text{" * 30_000 + "B" + "}" * 30_000) is None
+    # Runs of spaces or Markdown stars after a letter (a looping output): the lowercase-letter rule
+    # once took 15 s on 40k spaces.
+    assert extract_choice("Answer: b" + " " * 40_000 + "x") is None
+    assert extract_choice("The answer is b" + " " * 40_000 + ".") == "B"
+    assert extract_choice("Answer:" + " *" * 20_000 + "x") is None
     assert extract_choice("Answer: " + "\\textbf{" * 30_000 + "B" + "}" * 30_000) == "B"
     assert time.perf_counter() - started < 10.0

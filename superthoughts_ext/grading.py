@@ -103,10 +103,12 @@ def extract_answer(text: str) -> str | None:
 _ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|(?:correct|right|best|final)\s+(?:option|choice)\s+is\s*:?|"
                         r"answer\s*:)[\s*]*(?i:(?:option|choice)\s*)?"
                         r"(?:\(\s*([A-Da-d])\s*\)|(A(?!\s+[a-z])|[B-D])\b(?![ \t]*(?:[=<>+/^_]|\\(?!\\)|-(?=\w)))|"
-                        # A lowercase letter alone at its line's end: "answer: b", "The answer is b."
-                        r"([a-d])(?=[ \t]*[.!]?[ \t*]*(?:\n|\Z)))")
-# A letter alone on the output's last line ("B", "**(B)**"), with no "answer is" phrase before it.
-_LAST_LINE_LETTER = re.compile(r"(?:^|\n)[ \t*]*\(?([A-D])\)?[ \t*]*\.?[ \t*]*\Z")
+                        # A lowercase letter ending its sentence and line ("The answer is b."); not
+                        # "the answer is a\nfunction" or a truncated "the answer is a". Quantifiers
+                        # that cannot share a character keep it linear in a run of spaces.
+                        r"([a-d])(?=[ \t*]*[.!][ \t*]*(?:\n|\Z)))")
+# ... or ending the output after "Answer:" ("Answer: b", "Answer: **b**").
+_ANSWER_COLON_AT_END = re.compile(r"(?i:answer)[ \t]*:[ \t*]*([a-d])[ \t*]*\Z")
 # "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
 # command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
 # "Option D", "Choice (D)" and "[D]" too, though not a concentration "[A] = 0.1 M" or "[B]_0 / 2".
@@ -188,18 +190,18 @@ def extract_choice(text: str, options: Sequence[str] = ()) -> str | None:
 
     Prefers the last boxed answer (its letter, or with ``options`` the letter of the option
     whose text it is, see `option_letter`); falls back to the last "answer is (X)" or "Answer: X" phrase
-    (a lowercase letter too where it ends its line: "answer: b") for outputs that name the letter
-    without boxing it, and else to a letter alone on the last line ("B", "**(B)**").
+    (a lowercase one where a full stop ends its line, "The answer is b.", or it ends the output
+    after a colon, "Answer: b") for outputs that name the letter without boxing it.
     """
     letter = option_letter(extract_answer(text), options)
     if letter is not None:
         return letter
     text = _unwrap_text(text)  # "Answer: \\textbf{A}", "the answer is $\\text{A}$"
     matches = list(_ANSWER_IS.finditer(text))
-    if not matches:
-        last = _LAST_LINE_LETTER.search(text.rstrip())
-        return last.group(1) if last is not None else None
-    if _SECOND_CHOICE.match(text[matches[-1].end():]):
+    at_end = _ANSWER_COLON_AT_END.search(text)
+    if at_end is not None and (not matches or at_end.start() >= matches[-1].start()):
+        return at_end.group(1).upper()
+    if not matches or _SECOND_CHOICE.match(text[matches[-1].end():]):
         return None  # "the answer is (B) or (C)" hedges, like such a box
     return "".join(matches[-1].groups("")).upper()
 
@@ -250,7 +252,7 @@ def _same_quantity(answer: str, option: str, timeout_s: float) -> bool:
     option_value, option_unit = _value_and_unit(option)
     if unit and unit != option_unit:
         return False
-    value, option_value = scientific_as_decimal(value), scientific_as_decimal(option_value)
+    value, option_value = scientific_as_decimal(value, e_notation=True), scientific_as_decimal(option_value)
     return _pure_math(value) and _pure_math(option_value) and math_equal(value, option_value, timeout_s)
 
 
@@ -271,7 +273,8 @@ def option_letter(answer: str | None, options: Sequence[str] = (), *, timeout: f
     if bare or not options:
         return letter
     # GPQA's options are plain text: "10^-4 eV" means 10^{-4}, which math-verify reads as 10.
-    answer, options = braced_exponents(answer), [braced_exponents(option) for option in options]
+    answer = braced_exponents(answer, x_times=True)
+    options = [braced_exponents(option, x_times=True) for option in options]
     key = _option_key(answer)
     same = [i for i, option in enumerate(options) if _option_key(option) == key]
     if not same:
@@ -448,7 +451,7 @@ def is_correct(
     # Euler's e: references are LaTeX ("2e-1" is 2e - 1), their float cells already decimals.
     prediction = spaced_ellipsis(braced_exponents(scientific_as_decimal(prediction,
                                                                         e_notation=not uses_euler(reference))))
-    reference = spaced_ellipsis(braced_exponents(scientific_as_decimal(reference, e_notation=False)))
+    reference = spaced_ellipsis(braced_exponents(scientific_as_decimal(reference)))
     predicted_bases, wanted_bases = _numeral_bases(prediction), _numeral_bases(reference)
     # A numeral in another base is wrong; a bare "52" for "52_8" is still compared, and so is
     # "52_{10}" for a bare "52".

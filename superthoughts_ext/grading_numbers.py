@@ -1,11 +1,14 @@
 """Spellings of numbers that math-verify misreads, rewritten before grading (`grading.py`).
 
-- Scientific notation: math-verify reads "6.02e23" as 6.02 * e * 23 (Euler's e), and keeps
-  "6.02 \\times 10^{23}" as a float mantissa times a power, which then differs from the integer
-  602000000000000000000000 by the mantissa's binary rounding. A whole answer in either form is
-  written out as the exact decimal it names.
+- Scientific notation: math-verify keeps "6.02 \\times 10^{23}" as a float mantissa times a
+  power, which then differs from the integer 602000000000000000000000 (and from
+  "60.2 \\times 10^{22}") by the mantissa's binary rounding; such a number, wherever it stands
+  ("6.02 \\times 10^{23} \\text{ mol}^{-1}", "N_A = ..."), is written out as the exact decimal it
+  names. It reads "6.02e23" as 6.02 * e * 23 (Euler's e): a prediction that is one number in
+  e-notation is read as a power of ten where its reference holds no Euler's e.
 - Plain-text exponents: "10^-4" (GPQA's options, and models) means 10^{-4}, which math-verify
-  reads as 10^{-} 4; "x" or "×" as the times sign before a power of ten.
+  reads as 10^{-} 4. GPQA's options also write "x" as the times sign ("1.2 x 10^3"); in math
+  answers an x is a variable ("2x10^n").
 - "1,3,5,\\ldots": math-verify dropped an ellipsis written without a space (so that open list
   equalled the finite set {1, 3, 5}), while "1, 3, 5, \\ldots" it keeps.
 """
@@ -14,35 +17,40 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-# A number times a power of ten ("6.02 \\times 10^{23}", "1.5 \\cdot 10^-4", "2*10^5"), or in
-# e-notation ("6.02e23", "1.5E-4"), as a whole answer.
-_MANTISSA = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
-_TIMES_POWER = re.compile(_MANTISSA + r"\s*(?:\\times|\\cdot|\*|x|×)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?")
-_E_NOTATION = re.compile(_MANTISSA + r"[eE]([+-]?\d+)")
+# Not a digit of a subscript, power, fraction or longer number: "a_1", "x^2", "\\frac{1}{2}".
+_MANTISSA = r"(?<![\w.^_{}])([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+_POWER = r"\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?(?![\d.])"
+_TIMES_POWER = re.compile(_MANTISSA + r"\s*(?:\\times|\\cdot|\*|×)" + _POWER)
+_E_NOTATION = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([+-]?\d+)")
 # Euler's e in an answer ("2e-1", "e^2 - 1"): e-notation is then not read as a power of ten.
 _EULER = re.compile(r"(?<![A-Za-z\\])e(?![A-Za-z])")
 # Larger powers stay as they are: their decimal would be that many digits long.
 _MAX_POWER = 100
 _PLAIN_EXPONENT = re.compile(r"\^\s*([+-]?\d+(?:\.\d+)?)")
-_TIMES_SIGN = re.compile(r"(?<=\d)\s*(?:x|×)\s*(?=10\s*\^)")
+_X_TIMES = re.compile(r"(?<=\d)\s*[x×]\s*(?=10\s*\^)")
 _TIGHT_ELLIPSIS = re.compile(r",\s*(\\(?:l|c)?dots)(?![A-Za-z])")
 
 
-def braced_exponents(text: str) -> str:
-    """Plain-text powers braced ("10^-4" -> "10^{-4}", "2^10" -> "2^{10}") and an "x" / "×"
-    times sign before a power of ten made "\\times"."""
-    return _PLAIN_EXPONENT.sub(r"^{\1}", _TIMES_SIGN.sub(r" \\times ", text))
+def braced_exponents(text: str, *, x_times: bool = False) -> str:
+    """Plain-text powers braced ("10^-4" -> "10^{-4}", "2^10" -> "2^{10}"); with ``x_times``
+    (GPQA's plain-text options) an "x" or "×" before a power of ten made "\\times"."""
+    if x_times:
+        text = _X_TIMES.sub(r" \\times ", text)
+    return _PLAIN_EXPONENT.sub(r"^{\1}", text)
 
 
-def scientific_as_decimal(answer: str, *, e_notation: bool = True) -> str:
-    """A whole answer in scientific notation as the exact decimal it names ("6.02e23" ->
-    "602000000000000000000000", "1.5 \\times 10^{-4}" -> "0.00015"); any other answer as it is.
-    ``e_notation=False`` (the other answer uses Euler's e) leaves "2e-1" alone."""
-    text = answer.strip().strip("$").strip()
-    match = _TIMES_POWER.fullmatch(text) or (_E_NOTATION.fullmatch(text) if e_notation else None)
-    if match is None or abs(int(match.group(2))) > _MAX_POWER:
-        return answer
-    return format(Decimal(match.group(1)).scaleb(int(match.group(2))), "f")
+def _decimal(mantissa: str, power: str) -> str | None:
+    return None if abs(int(power)) > _MAX_POWER else format(Decimal(mantissa).scaleb(int(power)), "f")
+
+
+def scientific_as_decimal(answer: str, *, e_notation: bool = False) -> str:
+    """Every number times a power of ten in ``answer`` as the exact decimal it names
+    ("1.5 \\times 10^{-4}" -> "0.00015"). With ``e_notation`` an answer that is one number in
+    e-notation too ("6.02e23" -> "602000000000000000000000")."""
+    answer = _TIMES_POWER.sub(lambda m: _decimal(m.group(1), m.group(2)) or m.group(0), answer)
+    if e_notation and (whole := _E_NOTATION.fullmatch(answer.strip().strip("$").strip())) is not None:
+        return _decimal(whole.group(1), whole.group(2)) or answer
+    return answer
 
 
 def uses_euler(answer: str) -> bool:
