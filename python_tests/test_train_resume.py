@@ -7,6 +7,7 @@ fixtures).
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -227,13 +228,18 @@ def test_a_resume_with_other_settings_is_refused(base_dirs, tmp_path):
     settings = state["stateful_callbacks"]["RunSettings"]["args"]["settings"]
     assert settings["--learning-rate"] == FAST["learning_rate"] and len(settings["--data"]) == 64
     resume = str(tmp_path / "o" / "checkpoint-1")
+    compact = tmp_path / "rows.jsonl"  # the in-memory rows as a file, spaced otherwise
+    compact.write_text("".join(json.dumps(row, separators=(",", ":")) + "\n" for row in ROWS))
     for change, message in (
             ({"learning_rate": 1e-2}, r"--learning-rate 0\.003 \(this run: 0\.01\)"),
-            ({"weight_decay": 0.1, "rho_max": 0.5}, r"--weight-decay 0\.0 \(this run: 0\.1\); --rho-max 0\.25 "
-                                                    r"\(this run: 0\.5\)"),
+            ({"weight_decay": 0.1, "seed": 5}, r"--weight-decay 0\.0 \(this run: 0\.1\); --seed 0 \(this run: 5\)"),
             ({"lr_scheduler": "linear"}, r"--lr-scheduler 'constant' \(this run: 'linear'\)"),
             ({"data": ROWS[::-1]}, r"--data sha256 \w{12}\.\.\. \(this run: sha256 \w{12}\.\.\.\)"),
             ({"batch_size": 4, "grad_accum": 2}, None),  # the same global batch: resumes
+            # Loss weights, pad-splits and clipping apply from the next step (lowered after a spike).
+            ({"rho_max": 0.5, "max_grad_norm": 0.5, "lambda_mtp": 0.3}, None),
+            # The same rows from a file: the same data.
+            ({"data": compact}, None),
             ({"batch_size": 4}, r"global batch \(--batch-size x --grad-accum x processes\) 8 \(this run: 4\)")):
         options = TrainOptions(**{**opts, **fast, **change}, resume_from_checkpoint=resume)
         if message is None:
@@ -249,9 +255,15 @@ def test_an_incomplete_checkpoint_is_named(base_dirs, tmp_path):
     # data and the model had loaded.
     opts = dict(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o")
     train(TrainOptions(**opts, **{**FAST, "max_steps": 2, "save_steps": 1}))
+    # The run's output folder given for a checkpoint: named with its last checkpoint (it was told
+    # to remove the folder).
+    with pytest.raises(FileNotFoundError, match=r"--resume '.*o' is a run's output folder, not one of its "
+                                                r"checkpoints; resume from its last one, '.*checkpoint-2'"):
+        train(TrainOptions(**opts, **{**FAST, "max_steps": 3}, resume_from_checkpoint=str(tmp_path / "o")))
     (tmp_path / "o" / "checkpoint-2" / "trainer_state.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"checkpoint-2' is not a complete checkpoint \(no trainer_state.json"
-                                                r": its save was cut off\?\); remove it and resume from .*checkpoint-1'"):
+                                                r": its save was cut off\?\); remove it and resume from another "
+                                                r"one, such as .*checkpoint-1'"):
         train(TrainOptions(**opts, **{**FAST, "max_steps": 3}, resume_from_checkpoint=True))
 
 
@@ -267,4 +279,9 @@ def test_another_runs_checkpoint_is_not_resumed_into_a_used_output(base_dirs, tm
                            resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1")))
     resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "c", **fast,
                                  resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1")))
+    assert resumed.global_step == 2
+    # This run's own checkpoint kept elsewhere (scratch storage) records its settings: it resumes.
+    shutil.copytree(tmp_path / "a" / "checkpoint-1", tmp_path / "scratch" / "checkpoint-1")
+    resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "a", **fast,
+                                 resume_from_checkpoint=str(tmp_path / "scratch" / "checkpoint-1")))
     assert resumed.global_step == 2

@@ -42,6 +42,7 @@ import json
 import os
 import re
 import sys
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -292,6 +293,8 @@ def train(options: TrainOptions) -> TrainResult:
     trainer = SuperThoughtsTrainer(
         model=model, args=args, data_collator=collator, train_dataset=rows,
         processing_class=tokenizer, run_settings=settings,
+        # A resumed run keeps its id; a new one draws its own (the main process writes it).
+        run_id=train_resume.run_id_of(checkpoint) or uuid.uuid4().hex,
     )
     if checkpoint is not None and options.max_steps <= 0:
         trainer.add_callback(ResumedLengthCheck(checkpoint, options.scheduler_name, options.warmup_ratio))

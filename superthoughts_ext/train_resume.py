@@ -67,16 +67,26 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     return checkpoint
 
 
+def _complete_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint-N folders of `folder` holding trainer_state.json, by step."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+             and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
 def _check_complete(checkpoint: Path) -> None:
     """FileNotFoundError naming a checkpoint folder without trainer_state.json, the file Trainer
-    writes last (a save cut off, or another folder): Trainer failed on the bare missing path
-    after the data and the model had loaded."""
+    writes last (a save cut off, or a run's output folder given for one of its checkpoints):
+    Trainer failed on the bare missing path after the data and the model had loaded."""
     if (checkpoint / "trainer_state.json").is_file():
         return
-    earlier = sorted((p for p in checkpoint.parent.glob("checkpoint-*") if p != checkpoint
-                      and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()),
-                     key=lambda p: int(p.name.split("-")[-1]))
-    hint = f"resume from {os.fspath(earlier[-1])!r} (--resume DIR)" if earlier else "start a new run"
+    inside = _complete_checkpoints(checkpoint)
+    if inside:
+        raise FileNotFoundError(f"train: --resume {os.fspath(checkpoint)!r} is a run's output folder, not one of "
+                                f"its checkpoints; resume from its last one, {os.fspath(inside[-1])!r} (or give "
+                                "that folder as --output and --resume alone)")
+    others = [p for p in _complete_checkpoints(checkpoint.parent) if p != checkpoint]
+    hint = f"resume from another one, such as {os.fspath(others[-1])!r}" if others else "start a new run"
     raise FileNotFoundError(f"train: --resume {os.fspath(checkpoint)!r} is not a complete checkpoint (no "
                             f"trainer_state.json: its save was cut off?); remove it and {hint}")
 
@@ -92,16 +102,18 @@ def _recorded(checkpoint: Path) -> dict[str, Any]:
 
 
 # TrainOptions fields a resumed run must share with the run that wrote the checkpoint (flag ->
-# field). Trainer restores the optimizer's and the schedule's state: another --learning-rate or
-# --weight-decay was ignored without a word, another schedule or warmup took over in the middle
-# of the old one, and other data, seed, batch or loss weights trained a run that is neither.
-# The number of processes may change where the global batch stays (2 x 4 resumed as 1 x 8).
+# field), those a resume would not apply as asked. Trainer restores the optimizer's and the
+# schedule's state: another --learning-rate or --weight-decay was ignored without a word, and
+# another schedule or warmup took over in the middle of the old one. It skips the batches the
+# checkpoint trained by count: with other data (file, fields, prompt, length limit), another seed
+# (the shuffle) or another global batch it skipped rows never trained and trains others twice.
+# The number of processes may change where the global batch stays (2 x 4 resumed as 1 x 8);
+# loss weights, --rho-max and --max-grad-norm apply from the next step (lowered after a spike).
 RESUMED_SETTINGS = {
     "--learning-rate": "learning_rate", "--weight-decay": "weight_decay", "--lr-scheduler": "scheduler_name",
-    "--lr-scheduler-kwargs": "lr_scheduler_kwargs", "--warmup-ratio": "warmup_ratio",
-    "--max-grad-norm": "max_grad_norm", "--seed": "seed", "--rho-max": "rho_max", "--lambda-mtp": "lambda_mtp",
-    "--distill-weight": "distill_weight", "--max-length": "max_length", "--problem-field": "problem_field",
-    "--solution-field": "solution_field", "--system-prompt": "system_prompt",
+    "--lr-scheduler-kwargs": "lr_scheduler_kwargs", "--warmup-ratio": "warmup_ratio", "--seed": "seed",
+    "--max-length": "max_length", "--problem-field": "problem_field", "--solution-field": "solution_field",
+    "--system-prompt": "system_prompt",
 }
 GLOBAL_BATCH = "global batch (--batch-size x --grad-accum x processes)"
 
@@ -116,27 +128,39 @@ def run_settings(options: Any, world_size: int) -> dict[str, Any]:
 
 
 def data_digest(data: Any) -> str | None:
-    """sha256 of a data file's bytes, or of rows given in memory (as JSON); None for a file that
-    cannot be read (loading it says why)."""
+    """sha256 of the training rows, each as canonical JSON: a JSONL file's lines parsed (so the
+    rows of a file and the same rows given in memory agree, whatever the file's spacing); None
+    for a file that cannot be read or parsed (loading it says why)."""
     digest = hashlib.sha256()
+
+    def add(row: Any) -> None:
+        digest.update(json.dumps(row, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist")
+                                 else repr(v)).encode() + b"\n")
+
     if isinstance(data, (str, os.PathLike)):
         try:
-            with open(data, "rb") as file:
-                for block in iter(lambda: file.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError:
+            with open(data, encoding="utf-8") as file:
+                for line in file:
+                    if line.strip():
+                        add(json.loads(line))
+        except (OSError, ValueError):
             return None
     else:
-        rows = json.dumps(list(data), sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else repr(v))
-        digest.update(rows.encode())
+        for row in data:
+            add(row)
     return digest.hexdigest()
 
 
 def _shown(flag: str, value: Any) -> str:
     if flag == "--data":
-        return f"sha256 {value[:12]}..." if isinstance(value, str) else "unread"
+        return f"sha256 {value[:12]}..."
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def run_id_of(checkpoint: Path | None) -> str:
+    """The id of the run that wrote `checkpoint` ("" for none, or one written before ids were kept)."""
+    return str(_recorded(checkpoint).get("run_id") or "") if checkpoint is not None else ""
 
 
 def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> None:
@@ -270,8 +294,9 @@ def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os
     """Up front: `output_dir` must not be a file nor the `model` directory the run starts from,
     a new run (no `resume`) must not start in one holding a trained model (a finished run:
     a --save-steps 0 run leaves no checkpoint-N folder for `check_resume` to see), and a
-    checkpoint outside `output_dir` must not be resumed into one holding a run. Trainer would
-    overwrite each without a word."""
+    checkpoint outside `output_dir` must not be resumed into one holding another run (a model,
+    or checkpoints whose latest records another run id than it: `trainer.RunSettings`). Trainer
+    would overwrite each without a word."""
     out = Path(os.fspath(output_dir))
     if out.exists() and not out.is_dir():
         raise ValueError(f"train: --output {os.fspath(out)!r} is a file, not a directory")
@@ -282,12 +307,18 @@ def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os
     if not resume and held:
         raise ValueError(f"train: {os.fspath(out)!r} holds a trained model ({', '.join(held)}); a new run needs "
                          "another --output (or that model removed)")
-    if isinstance(resume, (str, os.PathLike)) and out.is_dir() and \
-            Path(os.fspath(resume)).resolve().parent != out.resolve():
+    checkpoint = Path(os.fspath(resume)) if isinstance(resume, (str, os.PathLike)) else None
+    if checkpoint is not None and out.is_dir() and checkpoint.resolve().parent != out.resolve():
         # Another run's checkpoint resumed into this folder: its saves went over this run's
-        # model and same-numbered checkpoints, and rotation deleted others.
+        # model and same-numbered checkpoints, and rotation deleted others. A checkpoint of this
+        # run kept elsewhere (copied to scratch) records the run id of its checkpoints.
         held += sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+        own = _complete_checkpoints(out)
+        run = _recorded(checkpoint).get("run_id")
+        if own and run and _recorded(own[-1]).get("run_id") == run:
+            return
         if held:
             raise ValueError(f"train: --output {os.fspath(out)!r} holds another run ({', '.join(held[:4])}"
                              f"{', ...' if len(held) > 4 else ''}), and --resume {os.fspath(resume)!r} is not one of "
-                             "its checkpoints: the resumed run would write over it; give an empty --output")
+                             "its checkpoints (nor another copy of one): the resumed run would write over "
+                             "it; give an empty --output")

@@ -49,14 +49,18 @@ class RunSettings(TrainerCallback, ExportableState):
     must keep that the checkpoint's files do not show: the optimizer (another one loads the
     saved state without a word and fails at its first step: Adafactor over AdamW's state,
     KeyError 'beta1') and the run's settings (`train_resume.run_settings`: learning rate,
-    schedule, data, ...). `train_resume.check_resume` compares them up front."""
+    schedule, data, ...) and its id (one per run, kept by its resumes: a checkpoint of this run
+    copied elsewhere is told from another run's). `train_resume` compares them up front."""
 
-    def __init__(self, optim: str = "", optimizer: str = "", settings: dict[str, Any] | None = None) -> None:
-        self.optim, self.optimizer, self.settings = optim, optimizer, settings
+    def __init__(self, optim: str = "", optimizer: str = "", settings: dict[str, Any] | None = None,
+                 run_id: str = "") -> None:
+        self.optim, self.optimizer, self.settings, self.run_id = optim, optimizer, settings, run_id
 
     def state(self) -> dict[str, Any]:
         args = {"optim": self.optim, "optimizer": self.optimizer}
-        return {"args": {**args, "settings": self.settings} if self.settings else args, "attributes": {}}
+        args.update({"settings": self.settings} if self.settings else {})
+        args.update({"run_id": self.run_id} if self.run_id else {})
+        return {"args": args, "attributes": {}}
 
     def on_train_begin(self, args, state, control, **kwargs):
         # A state resumed from a checkpoint written before this record existed lacks the entry
@@ -108,8 +112,9 @@ class ResumedLengthCheck(TrainerCallback):
 class SuperThoughtsTrainer(Trainer):
     """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
 
-    def __init__(self, *args: Any, run_settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        """Trainer's arguments, and the run's settings to record in each checkpoint (RunSettings)."""
+    def __init__(self, *args: Any, run_settings: dict[str, Any] | None = None, run_id: str = "",
+                 **kwargs: Any) -> None:
+        """Trainer's arguments, and the run's settings and id to record in each checkpoint (RunSettings)."""
         super().__init__(*args, **kwargs)
         from peft import PeftModel
 
@@ -127,7 +132,7 @@ class SuperThoughtsTrainer(Trainer):
             self.add_callback(SplitEpochCallback(self.data_collator))
         self._run_start = RunStartCallback()
         self.add_callback(self._run_start)
-        self.add_callback(RunSettings(optimizer_name(self.args), optimizer_class(self.args), run_settings))
+        self.add_callback(RunSettings(optimizer_name(self.args), optimizer_class(self.args), run_settings, run_id))
 
     def train(self, *args: Any, **kwargs: Any):
         """Trainer.train, returning the training loss of the steps this run trained (see
