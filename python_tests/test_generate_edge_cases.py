@@ -191,6 +191,9 @@ def test_padded_batch_without_its_mask_is_warned_about(model, backbone) -> None:
                                          r"a right-padded batch continues after its pads: tokenize with "
                                          r"padding_side='left'"):
         generate(model, right, max_new_tokens=2)
+    with warnings.catch_warnings():  # a pad that is an EOS id may end a prompt on purpose
+        warnings.simplefilter("error")
+        generate(model, right[:1], max_new_tokens=2, eos_token_id=[EOS, 0])
 
 
 def test_a_model_in_training_mode_with_dropout_is_warned_about(backbone) -> None:

@@ -25,7 +25,8 @@ import torch
 from superthoughts_ext import attention, decode_loop
 from superthoughts_ext.generate_checks import check_model_and_inputs, check_prompt, warn_training_mode, warn_unmasked_pads
 from superthoughts_ext.host_state import host_state_reason
-from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits
+from superthoughts_ext.reference import (MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits, integer_or_none,
+                                         number_or_none)
 # stop_token_ids is re-exported: the README names it as superthoughts_ext.generate.stop_token_ids.
 from superthoughts_ext.stop_tokens import (is_superthoughts, pad_id, resolve_eos_ids, stop_token_ids,  # noqa: F401
                                           vocab_size)
@@ -185,20 +186,11 @@ def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float, 
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
         raise ValueError(f"generate: max_new_tokens must be an int, got {type(max_new_tokens).__name__} "
                          f"{max_new_tokens!r}")
-    try:
-        if isinstance(temperature, (str, bytes, bool)):
-            raise TypeError  # float() reads "0.7" and True
-        float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(f"generate: temperature must be a number, got {type(temperature).__name__} "
-                         f"{temperature!r}") from None
+    if number_or_none(temperature) is None:
+        raise ValueError(f"generate: temperature must be a number, got {type(temperature).__name__} {temperature!r}")
     # Checked in greedy decoding too, which ignores the seed: a bad one would fail once sampled.
-    try:
-        if isinstance(seed, bool):
-            raise TypeError
-        int64_of_low_64_bits(seed)
-    except TypeError:
-        raise ValueError(f"generate: seed must be an integer, got {type(seed).__name__} {seed!r}") from None
+    if integer_or_none(seed) is None:
+        raise ValueError(f"generate: seed must be an integer, got {type(seed).__name__} {seed!r}")
     if max_new_tokens < 1 or not math.isfinite(temperature) or temperature < 0.0:
         raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
                          f"({temperature}) finite and >= 0")
@@ -381,7 +373,7 @@ def generate(
             raise ValueError(f"generate: eos_token_id {eos} (the EOS the step op stops on) is outside the vocabulary "
                              f"[0, {vocab})")
         if attention_mask is None:
-            warn_unmasked_pads(input_ids, pad_id(model, eos))
+            warn_unmasked_pads(input_ids, pad_id(model, eos), eos_ids)
             attention_mask = torch.ones_like(input_ids)
         lengths = check_prompt(input_ids, attention_mask, vocab)  # an empty batch too: [0, T], not any empty tensor
         if input_ids.shape[0] == 0:

@@ -44,15 +44,18 @@ def warn_training_mode(model: nn.Module) -> None:
                       "differently; call model.eval() first", stacklevel=4)
 
 
-def warn_unmasked_pads(input_ids: torch.Tensor, pad: int) -> None:
+def warn_unmasked_pads(input_ids: torch.Tensor, pad: int, eos_ids: list[int]) -> None:
     """Rows starting (or ending: right padding) with the pad id and no attention_mask: a padded
     batch whose mask was left out, its pads read as prompt tokens (transformers' generate infers
-    the mask for left padding and warns about right padding)."""
+    the mask for left padding and warns about right padding). A pad that is an EOS id may end a
+    prompt on purpose: not taken for right padding."""
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         return  # check_prompt names what is wrong with such a batch
-    for column, where, advice in ((0, "start", "pass the tokenizer's attention_mask"),
-                                  (-1, "end", "a right-padded batch continues after its pads: tokenize with "
-                                              "padding_side='left' and pass the attention_mask")):
+    checks = [(0, "start", "pass the tokenizer's attention_mask")]
+    if pad not in eos_ids:
+        checks.append((-1, "end", "a right-padded batch continues after its pads: tokenize with "
+                                  "padding_side='left' and pass the attention_mask"))
+    for column, where, advice in checks:
         rows = torch.nonzero(input_ids[:, column] == pad).flatten().tolist()
         if rows:
             named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")

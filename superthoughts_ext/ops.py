@@ -6,12 +6,11 @@ and, when built, CUDA kernels. `register_fake` lets torch.compile(fullgraph=True
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 
 from superthoughts_ext import load_core
-from superthoughts_ext.reference import int64_of_low_64_bits
+from superthoughts_ext.reference import int64_of_low_64_bits, integer_or_none, number_or_none
 
 load_core()  # registers torch.ops.superthoughts_ext (an ImportError if built for another torch)
 
@@ -61,31 +60,19 @@ def superthoughts_step(
         conf [B, 2] float32 (max softmax probability of each head at temperature 1),
         next_in [B, H] in embed's dtype ([B, 2H] raw pair when merge_weight is None).
     """
-    ids = []
-    for name, value in (("pad_id", pad_id), ("eos_id", eos_id)):
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            value = operator.index(value)  # ints, numpy ints, 0-dim integer tensors; not 3.7
-        except TypeError:
-            raise TypeError(f"superthoughts_step: {name} must be an integer, got {value!r}") from None
+    ids = [integer_or_none(pad_id), integer_or_none(eos_id)]
+    for name, given, value in (("pad_id", pad_id, ids[0]), ("eos_id", eos_id, ids[1])):
+        if value is None:  # a float tensor was truncated (3.7 -> 3), True taken as 1
+            raise TypeError(f"superthoughts_step: {name} must be an integer, got {given!r}")
         if not -(2**63) <= value < 2**63:  # the schema's int64 would name neither
             raise RuntimeError(f"superthoughts_step: {name}={value} outside [0, V={logits.shape[-1]})")
-        ids.append(value)
-    try:
-        if isinstance(seed, bool) or isinstance(offset, bool):
-            raise TypeError
-        seed_bits, offset_bits = int64_of_low_64_bits(seed), int64_of_low_64_bits(offset)
-    except TypeError:
-        raise TypeError(f"superthoughts_step: seed and offset must be integers, got seed={seed!r}, "
-                        f"offset={offset!r}") from None
-    try:
-        if any(isinstance(value, (str, bytes, bool)) for value in (threshold, threshold_main, temperature)):
-            raise TypeError  # float() reads "0.5" and True
-        numbers = float(threshold), float(threshold_main), float(temperature)
-    except (TypeError, ValueError):
+    if integer_or_none(seed) is None or integer_or_none(offset) is None:
+        raise TypeError(f"superthoughts_step: seed and offset must be integers, got seed={seed!r}, offset={offset!r}")
+    numbers = [number_or_none(value) for value in (threshold, threshold_main, temperature)]
+    if None in numbers:
         raise TypeError(f"superthoughts_step: threshold, threshold_main and temperature must be numbers, got "
-                        f"{threshold!r}, {threshold_main!r}, {temperature!r}") from None
+                        f"{threshold!r}, {threshold_main!r}, {temperature!r}")
+    seed_bits, offset_bits = int64_of_low_64_bits(seed), int64_of_low_64_bits(offset)
     return torch.ops.superthoughts_ext.superthoughts_step(
         logits, embed, merge_weight, merge_bias, finished, *ids, *numbers, seed_bits, offset_bits,
     )
@@ -101,8 +88,9 @@ def _check(condition, message: str) -> None:
 
 def _check_fake_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
                        threshold, threshold_main, temperature) -> None:
-    """The kernels' input checks (csrc/step_common.h, same messages), for fake and meta tensors:
-    without them a trace accepted calls the kernel refuses, and built plausible outputs for them."""
+    """The kernels' input checks (csrc/step_common.h, in the same words, with dtypes named as torch
+    names them), for fake and meta tensors: without them a trace accepted calls the kernel
+    refuses, and built plausible outputs for them."""
     _check(logits.dim() == 3 and logits.shape[0] == 2, f"logits must be [2, B, V] (main, mtp), got {list(logits.shape)}")
     _check(logits.dtype in _FLOAT_DTYPES, f"logits dtype must be float32, bfloat16 or float16, got {logits.dtype}")
     _check(embed.dim() == 2, f"embed must be [V, H], got {list(embed.shape)}")

@@ -38,6 +38,23 @@ FLOAT32_MAX = 3.4028234663852886e38
 LARGEST_SUBNORMAL = 2.0**-126 - 2.0**-149  # float32's, just below its smallest normal FLT_MIN
 
 
+def integer_or_none(value: object) -> int | None:
+    """`value` as an int (an int, a numpy int, a 0-dim integer tensor); None for a bool, a float
+    (3.7 must not pass as 3: seeds 1.2 and 1.9 would sample alike) or anything else."""
+    try:
+        return None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        return None
+
+
+def number_or_none(value: object) -> float | None:
+    """`value` as a float; None for a str (float() reads "0.5"), a bool or anything else."""
+    try:
+        return None if isinstance(value, (str, bytes, bool)) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def int64_of_low_64_bits(x: int) -> int:
     """The int64 with the same low 64 bits as the integer x. The Philox key and counter use only
     those bits, and the op's schema takes int64 (it refuses a larger Python int, unclearly), so
@@ -150,12 +167,8 @@ def superthoughts_step_ref(
     the merged input of (pad_id, pad_id).
     """
     for name, value in (("seed", seed), ("offset", offset)):
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            operator.index(value)  # a float is refused, not truncated, as by the op's wrapper
-        except TypeError:
-            raise TypeError(f"superthoughts_step_ref: {name} must be an integer, got {value!r}") from None
+        if integer_or_none(value) is None:  # refused, not truncated, as by the op's wrapper
+            raise TypeError(f"superthoughts_step_ref: {name} must be an integer, got {value!r}")
     _, batch, vocab = logits.shape
     device = logits.device
     scores = logits.float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
