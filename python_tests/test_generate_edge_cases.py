@@ -191,9 +191,13 @@ def test_padded_batch_without_its_mask_is_warned_about(model, backbone) -> None:
                                          r"a right-padded batch continues after its pads: tokenize with "
                                          r"padding_side='left'"):
         generate(model, right, max_new_tokens=2)
-    with warnings.catch_warnings():  # a pad that is an EOS id may end a prompt on purpose
+    with warnings.catch_warnings():  # a pad that is an EOS id may end a prompt on purpose, once
         warnings.simplefilter("error")
-        generate(model, right[:1], max_new_tokens=2, eos_token_id=[EOS, 0])
+        generate(model, torch.cat([right[1:, :-1], torch.zeros(1, 1, dtype=right.dtype)], 1), max_new_tokens=2,
+                 eos_token_id=[EOS, 0])
+    assert (right[0, -2:] == 0).all()  # ... but two of them are padding
+    with pytest.warns(UserWarning, match=r"rows \[0\] end with the pad id 0"):
+        generate(model, right, max_new_tokens=2, eos_token_id=[EOS, 0])
 
 
 def test_a_model_in_training_mode_with_dropout_is_warned_about(backbone) -> None:

@@ -133,6 +133,12 @@ def test_a_full_stop_after_the_number_is_punctuation(reference: str) -> None:
         ("N_A = 6.02 \\times 10^{23}", "6.02 \\times 10^{23}", True),
         ("5.97 \\times 10^{24}", "5.97 \\times 10^{24} \\text{ kg}", True),
         ("\\frac{1}{2} \\times 10^3", "500", True),
+        # The sign before it stays a sum's ("f(x)+2000" became "f(x)2000"); a digit after a
+        # braced power is no part of it.
+        ("f(x)+2\\times10^{3}", "f(x)+2000", True),
+        ("n!+3\\times10^2", "n!+300", True),
+        ("-2.5 \\times 10^{-3}", "-0.0025", True),
+        ("3 \\times 10^{2}0", "300", False),
         # In a math answer an x is a variable, not a times sign.
         ("2x10^n", "2x \\cdot 10^{n}", True),
         ("3 \\times 10^{2}", "3x10^2", False),
@@ -156,6 +162,7 @@ def test_scientific_notation_powers_and_ellipses(prediction: str, reference: str
     [
         ("So the answer: b", "B"),  # a lowercase letter ending the output after "answer:"
         ("Answer: **c**", "C"),
+        ("Answer:\nb", "B"),
         ("The answer is b.", "B"),  # ... or its sentence and line
         ("The answer is a function of the field.", None),  # the article, not a choice
         ("The answer is a\nfunction of the temperature.", None),
@@ -179,6 +186,13 @@ def test_gpqa_options_with_x_as_the_times_sign() -> None:
     for answer in ("1.2 \\times 10^{3}\\ \\text{s}^{-1}", "1.2 \\times 10^{3}", "1200"):
         assert grading.option_letter(answer, options) == "D", answer
     assert grading.option_letter("1.25 \\times 10^{3}", options) is None
+
+
+def test_gpqa_options_in_e_notation() -> None:
+    options = ("1.5e-4 eV", "3.0e-4 eV", "6.0e-4 eV", "1.2e-3 eV")
+    for answer, letter in (("1.5 \\times 10^{-4} eV", "A"), ("0.00015 eV", "A"), ("3 \\times 10^{-4}\\ \\text{eV}", "B"),
+                           ("1.2 x 10^-3 eV", "D")):
+        assert grading.option_letter(answer, options) == letter, answer
 
 
 def test_gpqa_value_comparisons_share_one_deadline(monkeypatch) -> None:

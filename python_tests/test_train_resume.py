@@ -280,8 +280,18 @@ def test_another_runs_checkpoint_is_not_resumed_into_a_used_output(base_dirs, tm
     resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "c", **fast,
                                  resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1")))
     assert resumed.global_step == 2
-    # This run's own checkpoint kept elsewhere (scratch storage) records its settings: it resumes.
+    # This run's own checkpoint kept elsewhere (scratch storage) records its run id: it resumes,
+    # and the run keeps its id. The fork into "c" got an id of its own: it is another run.
+    def run_id(checkpoint):
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return state["stateful_callbacks"]["RunSettings"]["args"]["run_id"]
+
     shutil.copytree(tmp_path / "a" / "checkpoint-1", tmp_path / "scratch" / "checkpoint-1")
     resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "a", **fast,
                                  resume_from_checkpoint=str(tmp_path / "scratch" / "checkpoint-1")))
     assert resumed.global_step == 2
+    ids = {name: run_id(tmp_path / name / "checkpoint-2") for name in ("a", "b", "c")}
+    assert ids["a"] == run_id(tmp_path / "a" / "checkpoint-1") and len(set(ids.values())) == 3, ids
+    with pytest.raises(ValueError, match=r"holds another run .*is not one of its checkpoints \(nor a copy of one\)"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "a", **{**fast, "max_steps": 3},
+                           resume_from_checkpoint=str(tmp_path / "c" / "checkpoint-2")))

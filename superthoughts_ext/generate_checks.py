@@ -48,15 +48,16 @@ def warn_unmasked_pads(input_ids: torch.Tensor, pad: int, eos_ids: list[int]) ->
     """Rows starting (or ending: right padding) with the pad id and no attention_mask: a padded
     batch whose mask was left out, its pads read as prompt tokens (transformers' generate infers
     the mask for left padding and warns about right padding). A pad that is an EOS id may end a
-    prompt on purpose: not taken for right padding."""
+    prompt once, on purpose: right padding then shows as two of them (many models' pad is an EOS)."""
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         return  # check_prompt names what is wrong with such a batch
-    checks = [(0, "start", "pass the tokenizer's attention_mask")]
-    if pad not in eos_ids:
-        checks.append((-1, "end", "a right-padded batch continues after its pads: tokenize with "
-                                  "padding_side='left' and pass the attention_mask"))
-    for column, where, advice in checks:
-        rows = torch.nonzero(input_ids[:, column] == pad).flatten().tolist()
+    trailing = 2 if pad in eos_ids else 1
+    checks = [(input_ids[:, :1], "start", "pass the tokenizer's attention_mask")]
+    if input_ids.shape[1] >= trailing:
+        checks.append((input_ids[:, -trailing:], "end", "a right-padded batch continues after its pads: tokenize "
+                                                        "with padding_side='left' and pass the attention_mask"))
+    for columns, where, advice in checks:
+        rows = torch.nonzero((columns == pad).all(dim=1)).flatten().tolist()
         if rows:
             named = f"{rows[:10]}" + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
             warnings.warn(f"generate: rows {named} {where} with the pad id {pad} but no attention_mask was given: "

@@ -108,7 +108,7 @@ _ANSWER_IS = re.compile(r"(?i:answer\s+is\s*:?|(?:correct|right|best|final)\s+(?
                         # that cannot share a character keep it linear in a run of spaces.
                         r"([a-d])(?=[ \t*]*[.!][ \t*]*(?:\n|\Z)))")
 # ... or ending the output after "Answer:" ("Answer: b", "Answer: **b**").
-_ANSWER_COLON_AT_END = re.compile(r"(?i:answer)[ \t]*:[ \t*]*([a-d])[ \t*]*\Z")
+_ANSWER_COLON_AT_END = re.compile(r"(?i:answer)[ \t]*:[\s*]*([a-d])[ \t*]*\Z")
 # "(C) ...", "C) ...", "C. ...", "C: ...", "C ..." or "C" alone; a letter followed by an operator or a
 # command opens an equation or a product ("B = 2 T", "a \cdot b", "d \approx 4"): a quantity, no choice.
 # "Option D", "Choice (D)" and "[D]" too, though not a concentration "[A] = 0.1 M" or "[B]_0 / 2".
@@ -252,7 +252,8 @@ def _same_quantity(answer: str, option: str, timeout_s: float) -> bool:
     option_value, option_unit = _value_and_unit(option)
     if unit and unit != option_unit:
         return False
-    value, option_value = scientific_as_decimal(value, e_notation=True), scientific_as_decimal(option_value)
+    # GPQA's options are plain text: e-notation there is a power of ten on both sides.
+    value, option_value = (scientific_as_decimal(text, e_notation=True) for text in (value, option_value))
     return _pure_math(value) and _pure_math(option_value) and math_equal(value, option_value, timeout_s)
 
 

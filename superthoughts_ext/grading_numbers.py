@@ -17,9 +17,12 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-# Not a digit of a subscript, power, fraction or longer number: "a_1", "x^2", "\\frac{1}{2}".
-_MANTISSA = r"(?<![\w.^_{}])([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
-_POWER = r"\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?(?![\d.])"
+# Not a digit of a subscript, power, fraction or longer number ("a_1", "x^2", "\\frac{1}{2}",
+# "1,500"); its sign stays outside ("f(x)+2 \\times 10^3" keeps its sum).
+_MANTISSA = r"(?<![\w.,^_{}])(\d+(?:\.\d*)?|\.\d+)"
+# A braced power, or a bare one not running on into more digits; no two whitespace runs side
+# by side (their backtracking was quadratic in a run of spaces).
+_POWER = r"\s*10\s*\^\s*(?:\{\s*([+-]?\d+)\s*\}|([+-]?\d+)(?![\d.]))"
 _TIMES_POWER = re.compile(_MANTISSA + r"\s*(?:\\times|\\cdot|\*|×)" + _POWER)
 _E_NOTATION = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([+-]?\d+)")
 # Euler's e in an answer ("2e-1", "e^2 - 1"): e-notation is then not read as a power of ten.
@@ -47,7 +50,7 @@ def scientific_as_decimal(answer: str, *, e_notation: bool = False) -> str:
     """Every number times a power of ten in ``answer`` as the exact decimal it names
     ("1.5 \\times 10^{-4}" -> "0.00015"). With ``e_notation`` an answer that is one number in
     e-notation too ("6.02e23" -> "602000000000000000000000")."""
-    answer = _TIMES_POWER.sub(lambda m: _decimal(m.group(1), m.group(2)) or m.group(0), answer)
+    answer = _TIMES_POWER.sub(lambda m: _decimal(m.group(1), m.group(2) or m.group(3)) or m.group(0), answer)
     if e_notation and (whole := _E_NOTATION.fullmatch(answer.strip().strip("$").strip())) is not None:
         return _decimal(whole.group(1), whole.group(2)) or answer
     return answer

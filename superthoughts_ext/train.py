@@ -293,8 +293,9 @@ def train(options: TrainOptions) -> TrainResult:
     trainer = SuperThoughtsTrainer(
         model=model, args=args, data_collator=collator, train_dataset=rows,
         processing_class=tokenizer, run_settings=settings,
-        # A resumed run keeps its id; a new one draws its own (the main process writes it).
-        run_id=train_resume.run_id_of(checkpoint) or uuid.uuid4().hex,
+        # A run resumed in its own folder keeps its id; a new one, or a fork, draws its own (the
+        # main process writes it).
+        run_id=train_resume.continued_run_id(checkpoint, options.output_dir) or uuid.uuid4().hex,
     )
     if checkpoint is not None and options.max_steps <= 0:
         trainer.add_callback(ResumedLengthCheck(checkpoint, options.scheduler_name, options.warmup_ratio))

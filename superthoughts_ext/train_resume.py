@@ -158,9 +158,17 @@ def _shown(flag: str, value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def run_id_of(checkpoint: Path | None) -> str:
-    """The id of the run that wrote `checkpoint` ("" for none, or one written before ids were kept)."""
-    return str(_recorded(checkpoint).get("run_id") or "") if checkpoint is not None else ""
+def continued_run_id(checkpoint: Path | None, output_dir: str | os.PathLike) -> str:
+    """The run id a run resumed from `checkpoint` into `output_dir` keeps: the checkpoint's, where
+    it continues that run in its own folder (the checkpoint's parent, or one whose latest
+    checkpoint has that id); "" for a new run, a fork into another folder (which may change loss
+    weights: another run) or a checkpoint written before ids were kept."""
+    run = str(_recorded(checkpoint).get("run_id") or "") if checkpoint is not None else ""
+    if not run:
+        return ""
+    out = Path(os.fspath(output_dir)).resolve()
+    own = _complete_checkpoints(out) if out.is_dir() else []
+    return run if checkpoint.resolve().parent == out or (own and _recorded(own[-1]).get("run_id") == run) else ""
 
 
 def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> None:
@@ -318,7 +326,8 @@ def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os
         if own and run and _recorded(own[-1]).get("run_id") == run:
             return
         if held:
+            which = ("is not one of its checkpoints (nor a copy of one)" if run else "records no run id (written "
+                     "before they were kept), so it cannot be told for a copy of one of its checkpoints")
             raise ValueError(f"train: --output {os.fspath(out)!r} holds another run ({', '.join(held[:4])}"
-                             f"{', ...' if len(held) > 4 else ''}), and --resume {os.fspath(resume)!r} is not one of "
-                             "its checkpoints (nor another copy of one): the resumed run would write over "
-                             "it; give an empty --output")
+                             f"{', ...' if len(held) > 4 else ''}), and --resume {os.fspath(resume)!r} {which}: the "
+                             "resumed run would write over it; give an empty --output")
