@@ -35,10 +35,12 @@ def warn_training_mode(model: nn.Module) -> None:
     call (transformers' generate does not switch to eval either; from_config models start in train)."""
     if not model.training:
         return
-    rates = {float(m.p) for m in model.modules() if isinstance(m, nn.Dropout) and m.training and m.p > 0}
-    rates |= {float(getattr(m, "attention_dropout")) for m in model.modules()
-              if m.training and isinstance(getattr(m, "attention_dropout", None), (int, float))
-              and getattr(m, "attention_dropout") > 0}
+    rates = set()
+    for module in model.modules():
+        # nn.Dropout layers, and attention modules that pass their rate to SDPA (transformers').
+        rate = module.p if isinstance(module, nn.Dropout) else getattr(module, "attention_dropout", None)
+        if module.training and isinstance(rate, (int, float)) and rate > 0:
+            rates.add(float(rate))
     if rates:
         warnings.warn(f"generate: the model is in training mode with dropout (p={sorted(rates)}): every call decodes "
                       "differently; call model.eval() first", stacklevel=4)

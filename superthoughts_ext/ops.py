@@ -60,21 +60,23 @@ def superthoughts_step(
         conf [B, 2] float32 (max softmax probability of each head at temperature 1),
         next_in [B, H] in embed's dtype ([B, 2H] raw pair when merge_weight is None).
     """
-    ids = [integer_or_none(pad_id), integer_or_none(eos_id)]
-    for name, given, value in (("pad_id", pad_id, ids[0]), ("eos_id", eos_id, ids[1])):
+    ids = []
+    for name, given in (("pad_id", pad_id), ("eos_id", eos_id)):
+        value = integer_or_none(given)
         if value is None:  # a float tensor was truncated (3.7 -> 3), True taken as 1
             raise TypeError(f"superthoughts_step: {name} must be an integer, got {given!r}")
         if not -(2**63) <= value < 2**63:  # the schema's int64 would name neither
             raise RuntimeError(f"superthoughts_step: {name}={value} outside [0, V={logits.shape[-1]})")
-    if integer_or_none(seed) is None or integer_or_none(offset) is None:
+        ids.append(value)
+    counters = [integer_or_none(seed), integer_or_none(offset)]
+    if None in counters:
         raise TypeError(f"superthoughts_step: seed and offset must be integers, got seed={seed!r}, offset={offset!r}")
     numbers = [number_or_none(value) for value in (threshold, threshold_main, temperature)]
     if None in numbers:
         raise TypeError(f"superthoughts_step: threshold, threshold_main and temperature must be numbers, got "
                         f"{threshold!r}, {threshold_main!r}, {temperature!r}")
-    seed_bits, offset_bits = int64_of_low_64_bits(seed), int64_of_low_64_bits(offset)
     return torch.ops.superthoughts_ext.superthoughts_step(
-        logits, embed, merge_weight, merge_bias, finished, *ids, *numbers, seed_bits, offset_bits,
+        logits, embed, merge_weight, merge_bias, finished, *ids, *numbers, *map(int64_of_low_64_bits, counters),
     )
 
 
