@@ -94,6 +94,9 @@ def check_stats(out, max_new_tokens: int) -> None:
     for row, seq in enumerate(out.sequences):
         assert out.num_tokens[row] == len(seq) == out.num_steps[row] + out.num_pair_steps[row]
         assert 1 <= len(seq) <= max_new_tokens
+        # A row that neither ended at EOS nor filled the budget stopped at the context.
+        assert out.stop_reasons[row] == "length" if len(seq) == max_new_tokens and out.stop_reasons[row] != "eos" \
+            else out.stop_reasons[row] in ("eos", "context")
 
 
 def slow_decode(model, prompt: list[int], max_new_tokens: int, threshold: float, eos: int, *,

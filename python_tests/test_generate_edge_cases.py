@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,6 +103,27 @@ def test_odd_and_even_limits_in_pairs_mode(model) -> None:
     # Without ignore_eos the cache is sized for the 3 decode steps pairs can need.
     capped = generate(model, ids, mask, max_new_tokens=7, mode="pairs")
     assert capped.sequences == [until_eos(seq, EOS) for seq in odd.sequences]
+
+
+def test_thresholds_zero_size_the_cache_as_pairs(model, monkeypatch) -> None:
+    # Thresholds 0 / 0 keep every pair: the cache pairs mode needs (3 decode steps for 7 tokens)
+    # suffices, where a threshold that may refuse pairs needs one step per token.
+    import superthoughts_ext.generate as generate_module
+
+    decode_steps = []
+    allocate = generate_module._allocate
+
+    def spy(*args):
+        decode_steps.append(args[5])
+        return allocate(*args)
+
+    monkeypatch.setattr(generate_module, "_allocate", spy)
+    ids, mask = left_pad(PROMPTS)
+    pairs = generate(model, ids, mask, max_new_tokens=7, mode="pairs")
+    zero = generate(model, ids, mask, max_new_tokens=7, threshold=0.0, threshold_main=0.0)
+    generate(model, ids, mask, max_new_tokens=7, threshold=MIXED_THRESHOLD)
+    assert (zero.sequences, zero.num_pair_steps) == (pairs.sequences, pairs.num_pair_steps)
+    assert decode_steps == [3, 3, 6]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -279,6 +301,10 @@ def test_bad_input_is_rejected(model, backbone) -> None:
         generate(model, ids, mask, max_new_tokens=4, eos_token_id=[])
     with pytest.raises(ValueError, match="max_new_tokens must be an int, got float 4.0"):
         generate(model, ids, mask, max_new_tokens=4.0)
+    # Integers of other types pass, as for the seed.
+    assert generate(model, ids, mask, max_new_tokens=np.int64(4)).sequences \
+        == generate(model, ids, mask, max_new_tokens=torch.tensor(4)).sequences \
+        == generate(model, ids, mask, max_new_tokens=4).sequences
     with pytest.raises(ValueError, match=r"rows \[0, 1\] have no prompt token"):  # no mask to infer from
         generate(model, ids[:, :0], max_new_tokens=4)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 
 import pytest
 import torch
 
-from superthoughts_ext.generate import MODES, generate
+from superthoughts_ext.generate import MODES, ContextStopWarning, generate
 from test_generate import (BOS, CONTEXT, EOS, HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad,
                            superthoughts_model, tiny_backbone)
 
@@ -38,9 +39,14 @@ def test_context_limit_is_per_row(model, backbone, mode: str, use_kernels: bool)
     ids, mask = left_pad(prompts)
     target = backbone if mode == "standard" else model
     kwargs = dict(max_new_tokens=30, mode=mode, threshold=MIXED_THRESHOLD, use_kernels=use_kernels, ignore_eos=True)
-    batch = generate(target, ids, mask, **kwargs)
+    with pytest.warns(ContextStopWarning, match=rf"rows \[1\] stopped at the model's context "
+                                                rf"\(max_position_embeddings={CONTEXT}\) before max_new_tokens=30"):
+        batch = generate(target, ids, mask, **kwargs)
+    assert batch.stop_reasons == ["length", "context", "length"]
     for row, prompt in enumerate(prompts):
-        alone = generate(target, torch.tensor([prompt]), **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContextStopWarning)
+            alone = generate(target, torch.tensor([prompt]), **kwargs)
         assert alone.sequences[0] == batch.sequences[row], f"row {row}"
         assert (alone.num_steps[0], alone.num_pair_steps[0]) == (batch.num_steps[row], batch.num_pair_steps[row])
     assert batch.num_tokens[0] == batch.num_tokens[2] == 30
@@ -48,8 +54,14 @@ def test_context_limit_is_per_row(model, backbone, mode: str, use_kernels: bool)
     check_stats(batch, 30)
     # Without ignore_eos, too: the rows end where they end alone.
     kwargs["ignore_eos"] = False
-    batch = generate(target, ids, mask, **kwargs)
-    assert batch.sequences == [generate(target, torch.tensor([p]), **kwargs).sequences[0] for p in prompts]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContextStopWarning)
+        batch = generate(target, ids, mask, **kwargs)
+        alone = [generate(target, torch.tensor([p]), **kwargs) for p in prompts]
+    assert batch.sequences == [out.sequences[0] for out in alone]
+    assert batch.stop_reasons == [out.stop_reasons[0] for out in alone]
+    for sequence, reason in zip(batch.sequences, batch.stop_reasons):
+        assert (reason == "eos") == (sequence[-1] == EOS)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -440,6 +440,7 @@ def test_option_mistakes_fail_before_the_data_is_tokenised(base_dirs, tmp_path, 
     ({"save_steps": -5}, r"save_steps must be >= 0 \(0 = final save only\), got -5"),
     # transformers reads only a negative max_steps as unset: 0 trained one step at the peak rate.
     ({"max_steps": 0}, r"max_steps must be > 0, or -1 \(the default\) to train num_epochs; got 0"),
+    ({"max_length": 0}, r"max_length must be >= 1 \(None: the model's context\), got 0"),
     ({"save_total_limit": -1}, r"save_total_limit must be >= 0 \(0 = keep every checkpoint\)"),
     # An alpha of 0 scales every adapter to nothing (only the compressor and MTP trained).
     ({"lora_r": 4, "lora_alpha": 0}, "lora_alpha must be > 0, got 0"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,6 +335,8 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
+    from superthoughts_ext.generate import ContextStopWarning
+
     get_bench(bench)  # ValueError for an unknown benchmark, before any work
     problems = _problems_to_evaluate(rows, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                      limit=limit, output_jsonl=output_jsonl, resume=resume, overwrite=overwrite)
@@ -353,8 +356,11 @@ def evaluate(
     bar = tqdm(total=len(problems), initial=len(records), desc=label or f"{bench} [{mode}]",
                disable=not progress)
     try:
-        warmup_time = _warm_up(run, batches, bar)
-        _decode_batches(run, batches, records, out_file, bar)
+        with warnings.catch_warnings():
+            # Batch row numbers mean nothing here: the records' hit_limit and the summary count these.
+            warnings.simplefilter("ignore", ContextStopWarning)
+            warmup_time = _warm_up(run, batches, bar)
+            _decode_batches(run, batches, records, out_file, bar)
     finally:
         bar.close()
         if out_file is not None:

@@ -13,11 +13,12 @@ Modes:
 from __future__ import annotations
 
 import math
+import operator
 import sys
 import time
 import types
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,6 +51,8 @@ class GenerateOutput:
     num_forward_passes: model passes run for the whole batch (prefill + decode steps).
     compiled, cuda_graph: whether the decode step ran through torch.compile / a CUDA graph
         (what the `compile` and `cuda_graphs` arguments resolved to for this model and call).
+    stop_reasons: why each row ended: "eos" (it emitted a stop token), "length" (max_new_tokens)
+        or "context" (its next position would pass max_position_embeddings; warned about).
     """
 
     sequences: list[list[int]]
@@ -60,6 +63,7 @@ class GenerateOutput:
     num_forward_passes: int
     compiled: bool = False
     cuda_graph: bool = False
+    stop_reasons: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -70,6 +74,10 @@ class GenerateOutput:
     def steps_per_s(self) -> float:
         """Batch-wide forward passes per second of wall time."""
         return self.num_forward_passes / self.wall_time if self.wall_time > 0 else 0.0
+
+
+class ContextStopWarning(UserWarning):
+    """Rows of a `generate` call stopped at the model's context before their token budget."""
 
 
 def model_context(model: Any) -> int | None:
@@ -183,7 +191,7 @@ def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float, 
     superthoughts = is_superthoughts(model)
     if mode != "standard" and not superthoughts:
         raise ValueError(f"generate: mode {mode!r} needs a SuperThoughts model; a plain model supports 'standard'")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
+    if integer_or_none(max_new_tokens) is None:
         raise ValueError(f"generate: max_new_tokens must be an int, got {type(max_new_tokens).__name__} "
                          f"{max_new_tokens!r}")
     if number_or_none(temperature) is None:
@@ -215,13 +223,15 @@ def _graphs_and_compile(model: Any, backbone: Any, mode: str, cuda_graphs: bool 
     return graphs, compiled
 
 
-def _decode_budget(mode: str, max_new_tokens: int, max_steps: int, ignore_eos: bool) -> tuple[int, int]:
+def _decode_budget(mode: str, max_new_tokens: int, max_steps: int, ignore_eos: bool,
+                   always_pairs: bool) -> tuple[int, int]:
     """(check_at, max_steps): the step count after which the loop checks `finished` once
-    (`decode_loop.decode`), and the decode steps to size the cache for."""
+    (`decode_loop.decode`), and the decode steps to size the cache for (`always_pairs`: every
+    step keeps its pair, unless its first token is an EOS)."""
     # Decode steps before every row can hold max_new_tokens: prefill's step and each later one
     # emit at most 1 token (standard) or 2.
     check_at = max_new_tokens - 1 if mode == "standard" else (max_new_tokens + 1) // 2 - 1
-    if mode == "pairs" and not ignore_eos:
+    if always_pairs and not ignore_eos:
         # Every pairs step emits two tokens or ends the row (EOS first vetoes the pair and
         # finishes), so the budget is used up after check_at steps: a shorter cache suffices.
         max_steps = min(max_steps, check_at)
@@ -284,18 +294,35 @@ def _prefill(stepper: Any, state: decode_loop.DecodeState, cfg: decode_loop.Step
         feed()
 
 
+def _stop_reason(sequence: list[int], eos_ids: list[int], ignore_eos: bool, max_new_tokens: int) -> str:
+    """Why a row ended (`GenerateOutput.stop_reasons`): a row that neither emitted a stop token
+    nor filled its budget ended at the context (`decode_loop.advance`)."""
+    if sequence and sequence[-1] in eos_ids and not ignore_eos:
+        return "eos"
+    return "length" if len(sequence) >= max_new_tokens else "context"
+
+
 def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int, compiled: bool,
-             cuda_graph: bool) -> GenerateOutput:
+             cuda_graph: bool, eos_ids: list[int], ignore_eos: bool, max_new_tokens: int,
+             context: int | None) -> GenerateOutput:
     """Reads the per-row tokens and step counts back to the host, once decoding is done."""
     written = state.write_pos.tolist()
     out = state.out.cpu()
+    sequences = [out[row, : written[row]].tolist() for row in range(len(written))]
+    reasons = [_stop_reason(sequence, eos_ids, ignore_eos, max_new_tokens) for sequence in sequences]
+    cut = [row for row, reason in enumerate(reasons) if reason == "context"]
+    if cut:
+        # transformers' generate warns too; a caller reading only `sequences` would not know.
+        warnings.warn(f"generate: rows {cut[:10]}{' ...' if len(cut) > 10 else ''} stopped at the model's context "
+                      f"(max_position_embeddings={context}) before max_new_tokens={max_new_tokens} and without a "
+                      "stop token (GenerateOutput.stop_reasons)", ContextStopWarning, stacklevel=4)
     unscored = state.unscored.nonzero().flatten().tolist()
     if unscored:
         warnings.warn(f"generate: rows {unscored[:10]}{' ...' if len(unscored) > 10 else ''} met main-head logits "
                       "with no finite maximum (NaN, all -inf, or +inf, as from a float16 model that overflows) "
                       "and emitted the pad id there; load the model in bfloat16 or float32", stacklevel=4)
     return GenerateOutput(
-        sequences=[out[row, : written[row]].tolist() for row in range(len(written))],
+        sequences=sequences,
         num_tokens=written,
         num_steps=state.num_steps.tolist(),
         num_pair_steps=state.num_pair_steps.tolist(),
@@ -303,6 +330,7 @@ def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int, c
         num_forward_passes=1 + steps_run,
         compiled=compiled,
         cuda_graph=cuda_graph,
+        stop_reasons=reasons,
     )
 
 
@@ -364,6 +392,7 @@ def generate(
     try:
         check_model_and_inputs(model, input_ids, attention_mask)
         superthoughts = _check_args(model, mode, max_new_tokens, temperature, seed)
+        max_new_tokens = operator.index(max_new_tokens)  # a numpy int or a 0-dim tensor passed the check
         warn_training_mode(model)
         _check_autocast(model.backbone if superthoughts else model, input_ids.device)
         eos_ids = resolve_eos_ids(model, eos_token_id)
@@ -385,8 +414,10 @@ def generate(
         max_steps = _context_steps(context, lengths, max_new_tokens)
         device = input_ids.device
         graphs, compiled = _graphs_and_compile(model, backbone, mode, cuda_graphs, compile, device, temperature)
-        check_at, max_steps = _decode_budget(mode, max_new_tokens, max_steps, ignore_eos)
         thresholds = _thresholds(model, mode, threshold, threshold_main)
+        # Thresholds 0 / 0 keep every pair, as mode "pairs" does: its shorter cache suffices.
+        always_pairs = mode == "pairs" or (mode == "superthoughts" and thresholds == (0.0, 0.0))
+        check_at, max_steps = _decode_budget(mode, max_new_tokens, max_steps, ignore_eos, always_pairs)
         cfg = _step_config(model, eos, thresholds, temperature, seed, use_kernels, ignore_eos, context)
 
         input_ids = input_ids.to(torch.int64)
@@ -413,7 +444,7 @@ def generate(
         wall_time = time.perf_counter() - start
         if streamer is not None:
             streamer.end()
-        return _collect(state, wall_time, steps_run, compiled, graphs)
+        return _collect(state, wall_time, steps_run, compiled, graphs, eos_ids, ignore_eos, max_new_tokens, context)
     except BaseException:
         if streamer is not None:
             streamer.end()  # a TextIteratorStreamer's consumer would wait for it forever

@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from superthoughts_ext.generate import MODES, generate, model_context, samples
+from superthoughts_ext.generate import MODES, ContextStopWarning, generate, model_context, samples
 from superthoughts_ext.stop_tokens import is_superthoughts, stop_token_ids
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, build_prompt
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
@@ -49,15 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights dtype; auto = the checkpoint's")
 
 
-def _stop_note(sequence: list[int], eos_ids: list[int], max_new_tokens: int, model: Any) -> str:
+def _stop_note(reason: str, max_new_tokens: int, model: Any) -> str:
     """What the CLI's statistics line adds when the output did not end at an EOS: the limit
-    that stopped it (the token budget, else the context)."""
-    if sequence and sequence[-1] in eos_ids:
-        return ""
-    if len(sequence) >= max_new_tokens:
+    that stopped it (`GenerateOutput.stop_reasons`)."""
+    if reason == "length":
         return f" (stopped by --max-new-tokens {max_new_tokens})"
-    context = model_context(model)
-    return f" (stopped by the model's context, max_position_embeddings={context})"
+    if reason == "context":
+        return f" (stopped by the model's context, max_position_embeddings={model_context(model)})"
+    return ""
 
 
 TOKENIZER_HELP = "directory of the tokenizer (default: the checkpoint's own, which `superthoughts train` saves)"
@@ -145,18 +145,20 @@ def run(args: argparse.Namespace) -> int:
     compile_arg = "auto" if args.compile is None else args.compile
     try:
         eos_ids = stop_token_ids(model, tokenizer)  # the ids `superthoughts eval` stops on
-        result = generate(model, input_ids, max_new_tokens=args.max_new_tokens, mode=mode, threshold=args.threshold,
-                          threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
-                          eos_token_id=eos_ids,
-                          use_kernels=not args.no_kernels, cuda_graphs=False if args.no_cuda_graphs else "auto",
-                          compile=compile_arg, streamer=streamer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContextStopWarning)  # the statistics line says so
+            result = generate(model, input_ids, max_new_tokens=args.max_new_tokens, mode=mode, threshold=args.threshold,
+                              threshold_main=args.threshold_main, temperature=args.temperature, seed=args.seed,
+                              eos_token_id=eos_ids, use_kernels=not args.no_kernels,
+                              cuda_graphs=False if args.no_cuda_graphs else "auto", compile=compile_arg,
+                              streamer=streamer)
     except ValueError as error:
         print(f"superthoughts generate: error: {error}", file=sys.stderr)
         return 2
     if streamer is None:
         print(tokenizer.decode(result.sequences[0], skip_special_tokens=True))
     tokens, steps, pairs = result.num_tokens[0], result.num_steps[0], result.num_pair_steps[0]
-    cut = _stop_note(result.sequences[0], eos_ids, args.max_new_tokens, model)
+    cut = _stop_note(result.stop_reasons[0], args.max_new_tokens, model)
     # One call per process: a compiled step is compiled in this very call (`superthoughts eval`
     # and `bench generate` time warm calls).
     compile_note = " (time includes compiling the decode step)" if result.compiled else ""

@@ -137,6 +137,8 @@ class TrainOptions:
             # transformers trains num_epochs only for a negative max_steps: 0 took one step.
             (self.max_steps != 0, "max_steps must be > 0, or -1 (the default) to train num_epochs; got 0"),
             (0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.max_length is None or self.max_length >= 1,
+             f"max_length must be >= 1 (None: the model's context), got {self.max_length}"),
             (0.0 <= self.rho_max <= 1.0, f"rho_max must be in [0, 1], got {self.rho_max}"),
             (self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}"),
             # alpha 0 scales every adapter to nothing: only the compressor and MTP would train.
