@@ -92,3 +92,16 @@ def test_bench_without_the_checkout_says_why_whatever_the_options(monkeypatch, t
         with pytest.raises(SystemExit, match=r"superthoughts bench: .*benchmarks not found; the benchmarks ship with "
                                              r"the source checkout, not with an installed package"):
             cli.main(argv)
+
+
+@pytest.mark.parametrize("argv", [["generate", "--model", "m", "caf\udce9 x"],
+                                  ["generate", "--model", "m", "--system-prompt", "r\udce9sum\udce9", "x"],
+                                  ["eval", "--model", "m", "--system-prompt", "\udce9"],
+                                  ["train", "--model", "m", "--data", "d", "--output", "o", "--system-prompt", "\udce9"]])
+def test_text_that_is_not_utf8_is_named_before_any_work(argv, capsys) -> None:
+    # Bytes that are not UTF-8 reach argv as lone surrogates (PEP 383); the tokenizer refused them
+    # with a TypeError traceback, after the model had loaded.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert "not valid UTF-8 text (byte 0xe9 after" in capsys.readouterr().err

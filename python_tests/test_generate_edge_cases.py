@@ -16,8 +16,8 @@ import torch
 
 import test_generate
 import test_generate_io
-from superthoughts_ext.generate import MODES, generate
-from test_generate import CONTEXT, EOS, MIXED_THRESHOLD, PROMPTS, VOCAB, check_stats, left_pad, until_eos
+from superthoughts_ext.generate import MODES, ContextStopWarning, generate
+from test_generate import BOS, CONTEXT, EOS, MIXED_THRESHOLD, PROMPTS, VOCAB, check_stats, left_pad, until_eos
 from test_generate_limits import KERNELS
 
 # Tiny models: one CPU thread (see conftest.one_cpu_thread).
@@ -339,6 +339,34 @@ def test_streamer_is_ended_when_generate_raises(model) -> None:
     with pytest.raises(ValueError, match="threshold must lie in"):
         generate(model, ids, mask, max_new_tokens=2, threshold=2.0, streamer=streamer)
     assert "".join(streamer) == ""  # raised queue.Empty after the timeout when never ended
+
+
+def test_streamer_is_ended_once_and_its_errors_do_not_hide_the_first(model) -> None:
+    # A put() that fails (a closed pipe) and an end() that fails again: the caller gets put()'s
+    # error; end() ran twice when the error came after the success path had ended the stream.
+    class Failing(test_generate_io.RecordingStreamer):
+        def put(self, value) -> None:
+            super().put(value)
+            if len(self.puts) == 3:
+                raise BrokenPipeError("put")
+
+        def end(self) -> None:
+            super().end()
+            raise BrokenPipeError("end")
+
+    ids, mask = left_pad(PROMPTS[:1])
+    streamer = Failing()
+    with pytest.raises(BrokenPipeError, match="^put$"):
+        generate(model, ids, mask, max_new_tokens=8, ignore_eos=True, streamer=streamer)
+    assert streamer.ended == 1
+    # An error after decoding (a warning made an error) ends the stream once too.
+    streamer = test_generate_io.RecordingStreamer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContextStopWarning)
+        with pytest.raises(ContextStopWarning):
+            generate(model, torch.tensor([[BOS] * (CONTEXT - 2)]), max_new_tokens=8, ignore_eos=True,
+                     streamer=streamer)
+    assert streamer.ended == 1 and len(streamer.puts) > 1
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -37,6 +37,19 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def utf8_text(value: str) -> str:
+    """argparse type of the text options (prompts): bytes that are not UTF-8 reach Python as lone
+    surrogates (PEP 383), which the tokenizer refuses with an unreadable TypeError."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(value[error.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"code point U+{code:04X}"
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 text ({byte} after {value[:error.start]!r}); "
+                                         "pass the text in UTF-8") from None
+    return value
+
+
 def format_warning(message, category, filename, lineno, line=None) -> str:
     """A warning as `Category: message`, or `file:line: Category: message` when it comes from
     outside this package: without the echoed source line, and without a place in our own code,

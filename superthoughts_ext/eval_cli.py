@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from superthoughts_ext.cli import utf8_text
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # One or the other (as in train): both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
-    system.add_argument("--system-prompt", default=SYSTEM_PROMPT,
+    system.add_argument("--system-prompt", default=SYSTEM_PROMPT, type=utf8_text,
                         help="system message of every prompt (default: the chain-of-thought prompt `superthoughts "
                              "train` uses by default); give the one the model was trained with")
     system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",

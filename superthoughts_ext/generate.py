@@ -381,7 +381,8 @@ def generate(
             sampling counter would recompile every step) or False. The first call per
             (batch, mode / thresholds, dtype) compiles; later calls reuse that step whatever
             their prompt length and max_new_tokens (dynamic sizes of the compiled step).
-        streamer: gets put(new tokens) after every step (this syncs every step) and end().
+        streamer: gets put(new tokens) after every step (this syncs every step) and end(), once,
+            also when generate raises (a consumer thread would wait for it forever).
         ignore_eos: decode exactly max_new_tokens per row (benchmarks): EOS does not stop a row.
             The first EOS id as a step's first token still refuses that step's second token (the
             step op's rule); the other EOS ids do not (benchmarks keep EOS from winning at all).
@@ -389,6 +390,7 @@ def generate(
     Returns:
         GenerateOutput with per-row sequences and step statistics.
     """
+    failed = True
     try:
         check_model_and_inputs(model, input_ids, attention_mask)
         superthoughts = _check_args(model, mode, max_new_tokens, temperature, seed)
@@ -406,8 +408,7 @@ def generate(
             attention_mask = torch.ones_like(input_ids)
         lengths = check_prompt(input_ids, attention_mask, vocab)  # an empty batch too: [0, T], not any empty tensor
         if input_ids.shape[0] == 0:
-            if streamer is not None:
-                streamer.end()  # a consumer of TextIteratorStreamer waits for it
+            failed = False
             return GenerateOutput([], [], [], [], 0.0, 0)
         backbone = model.backbone if superthoughts else model
         context = model_context(backbone)
@@ -442,13 +443,25 @@ def generate(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall_time = time.perf_counter() - start
+        result = _collect(state, wall_time, steps_run, compiled, graphs, eos_ids, ignore_eos, max_new_tokens, context)
+        failed = False
+        return result
+    finally:
         if streamer is not None:
-            streamer.end()
-        return _collect(state, wall_time, steps_run, compiled, graphs, eos_ids, ignore_eos, max_new_tokens, context)
-    except BaseException:
-        if streamer is not None:
-            streamer.end()  # a TextIteratorStreamer's consumer would wait for it forever
-        raise
+            _end_stream(streamer, failed)
+
+
+def _end_stream(streamer: Any, failed: bool) -> None:
+    """Ends the stream once, whether `generate` returns or raises (bad arguments included): a
+    TextIteratorStreamer's consumer waits for end() forever. After a failure, an error of end()
+    itself (the closed pipe that failed put() again) must not replace the one being raised."""
+    if not failed:
+        streamer.end()
+        return
+    try:
+        streamer.end()
+    except Exception:  # noqa: BLE001 - the error that stopped decoding is the one to report
+        pass
 
 
 class _CallableModule(types.ModuleType):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from superthoughts_ext.cli import utf8_text
 from superthoughts_ext.generate import MODES, ContextStopWarning, generate, model_context, samples
 from superthoughts_ext.stop_tokens import is_superthoughts, stop_token_ids
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, build_prompt
@@ -21,7 +22,7 @@ from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `superthoughts generate`."""
-    parser.add_argument("prompt", help="user message (rendered with the tokenizer's chat template)")
+    parser.add_argument("prompt", type=utf8_text, help="user message (rendered with the tokenizer's chat template)")
     parser.add_argument("--model", required=True, help="checkpoint directory (SuperThoughts or plain)")
     parser.add_argument("--tokenizer", help=TOKENIZER_HELP)
     parser.add_argument("--mode", choices=MODES, default=None,
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     # One or the other (as in train): both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
-    system.add_argument("--system-prompt", default=SYSTEM_PROMPT,
+    system.add_argument("--system-prompt", default=SYSTEM_PROMPT, type=utf8_text,
                         help="system message (default: the chain-of-thought prompt that train and eval use)")
     system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
                         help="no system message of ours: the chat template writes its own default, if any")

@@ -54,6 +54,7 @@ from transformers import PreTrainedTokenizerBase
 
 from superthoughts_ext import train_data, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
+from superthoughts_ext.cli import utf8_text
 from superthoughts_ext.cli import HelpFormatter, format_warning
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.train_args import training_arguments
@@ -365,7 +366,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
     # One or the other: both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
-    system.add_argument("--system-prompt", default=d["system_prompt"].default,
+    system.add_argument("--system-prompt", default=d["system_prompt"].default, type=utf8_text,
                         help="system message (default: the chain-of-thought prompt `superthoughts eval` sends, so "
                              "training and evaluation prompts match)")
     system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
