@@ -56,7 +56,7 @@ def test_rows_without_answer_are_skipped_with_a_count(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     rows = [{"problem": "p1", "answer": "1"}, {"problem": "p2", "answer": ""}, {"problem": "p3", "answer": None}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    with pytest.warns(UserWarning, match=r"skipped 2 row\(s\) without a problem, answer or option \(row 2, row 3\)"):
+    with pytest.warns(UserWarning, match=r"skipped 2 row\(s\) without a problem, answer or option \(row 2 \(id 1\), row 3 \(id 2\)\)"):
         problems = load_problems("math500", path)
     assert problems == [Problem("0", "p1", "1")]
 

@@ -80,7 +80,7 @@ def test_gpqa_without_option_columns_names_them(tmp_path: Path) -> None:
     header = {"Question": "q?", "Correct Answer": "a", "Incorrect Answer 1": "b", "Incorrect Answer 2": "c"}
     path.write_text(json.dumps({**header, "Incorrect Answer 3": "d"}) + "\n"
                     + json.dumps({**header, "Incorrect Answer 3": ""}) + "\n")
-    with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) without a problem, answer or option \(row 2\)"):
+    with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) without a problem, answer or option \(row 2 \(id 1\)\)"):
         assert len(load_problems("gpqa_diamond", path)) == 1
 
 
@@ -124,7 +124,7 @@ def test_gpqa_rows_whose_options_repeat_are_skipped(tmp_path: Path) -> None:
     path = tmp_path / "g.jsonl"
     path.write_text(json.dumps({**header, "Incorrect Answer 1": "W"}) + "\n"
                     + json.dumps({**header, "Question": "q2?", "Incorrect Answer 1": " X "}) + "\n")
-    with pytest.warns(UserWarning, match=r"gpqa_diamond: skipped 1 row\(s\) whose options repeat one another \(row 2\)"):
+    with pytest.warns(UserWarning, match=r"gpqa_diamond: skipped 1 row\(s\) whose options repeat one another \(row 2 \(id 1\)\)"):
         problems = load_problems("gpqa_diamond", path, option_orders=24)
     assert len(problems) == 24 and len({p.options for p in problems}) == 24
 

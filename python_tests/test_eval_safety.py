@@ -88,8 +88,20 @@ def test_compare_refuses_runs_of_other_problem_sets(tmp_path: Path) -> None:
 def test_repeated_ids_in_the_data_are_warned_about(tmp_path: Path) -> None:
     rows = [{"unique_id": f"u{i % 3}", "problem": f"what is {i} + 1", "answer": str(i + 1)} for i in range(4)]
     data = write_data(tmp_path / "m.jsonl", rows)
-    with pytest.warns(UserWarning, match=r"math500: the 'unique_id' column repeats \['u0'\]; the problems are "
-                                         "numbered by their rows instead"):
+    with pytest.warns(UserWarning, match=r"math500: the 'unique_id' column repeats \['u0'\] \(rows \[1, 4\]\); the "
+                                         r"problems are numbered by their rows instead \(ids from 0: row 1 is id '0'\)"):
+        problems = load_problems("math500", data)
+    assert [p.id for p in problems] == ["0", "1", "2", "3"]
+
+
+def test_rows_without_an_id_are_warned_about(tmp_path: Path) -> None:
+    # One row without its id renumbered every problem without a word: compare and regrade against
+    # a run on the clean file then met other problems under the same ids.
+    rows = [{"unique_id": f"u{i}", "problem": f"what is {i} + 1", "answer": str(i + 1)} for i in range(4)]
+    del rows[2]["unique_id"]
+    data = write_data(tmp_path / "m.jsonl", rows)
+    with pytest.warns(UserWarning, match=r"math500: rows \[3\] have no 'unique_id' column \(1 of 4\); the problems "
+                                         "are numbered by their rows instead"):
         problems = load_problems("math500", data)
     assert [p.id for p in problems] == ["0", "1", "2", "3"]
 

@@ -272,17 +272,31 @@ def check_limit(limit: int | None) -> None:
         raise ValueError(f"limit must be >= 1 (or left out for every problem), got {limit}")
 
 
+# Rows are counted from 1 in messages, as in an editor; ids keep the 0-based index of earlier runs.
+_ROW_IDS = "the problems are numbered by their rows instead (ids from 0: row 1 is id '0')"
+
+
 def _unique_id_field(rows: list[dict[str, Any]], spec: BenchSpec) -> str | None:
     """The registry's id column when every row has one and no two share it (ids match problems
-    across runs in compare()); None means row numbers serve as ids."""
+    across runs in compare()); None means row indices (from 0) serve as ids, with a warning
+    when an id column exists but fails one of the two."""
     field = next((f for f in spec.id_fields if all(f in row for row in rows)), None)
+    partial = next((f for f in spec.id_fields if any(f in row for row in rows)), None)
+    if field is None and partial is not None:
+        # Said, as for repeated ids: every problem's id changes, and compare / regrade against a
+        # run on a clean copy would find other problems under the same ids.
+        missing = [index + 1 for index, row in enumerate(rows) if partial not in row]
+        warnings.warn(f"{spec.name}: rows {missing[:5]}{' ...' if len(missing) > 5 else ''} have no {partial!r} "
+                      f"column ({len(missing)} of {len(rows)}); {_ROW_IDS}", stacklevel=4)
+        return None
     if field is not None and len({str(row[field]) for row in rows}) != len(rows):
         counts = collections.Counter(str(row[field]) for row in rows)
         repeated = [i for i, n in counts.items() if n > 1]
         # Said: the records' ids then differ from a run on a clean copy, which compare and
         # regrade could no longer match.
-        warnings.warn(f"{spec.name}: the {field!r} column repeats {repeated[:5]}; the problems are numbered by "
-                      "their rows instead", stacklevel=4)
+        at = [index + 1 for index, row in enumerate(rows) if str(row[field]) in repeated]
+        warnings.warn(f"{spec.name}: the {field!r} column repeats {repeated[:5]} (rows {at[:10]}"
+                      f"{' ...' if len(at) > 10 else ''}); {_ROW_IDS}", stacklevel=4)
         return None
     return field
 
@@ -372,7 +386,7 @@ def load_problems(
     for index, row in enumerate(rows):
         problem_id = str(row[id_field]) if id_field is not None else str(index)
         # Rows as _check_text_cells counts them (from 1), ids where the data has them.
-        named = f"id {problem_id}" if id_field is not None else f"row {index + 1}"
+        named = f"id {problem_id}" if id_field is not None else f"row {index + 1} (id {problem_id})"
         _check_text_cells(row, (p_field, a_field, *spec.distractor_fields), bench, index + 1)
         if _repeats_an_option(row, spec, a_field):
             repeated.append(named)
