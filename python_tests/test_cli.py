@@ -70,7 +70,7 @@ def test_a_warning_from_the_package_shows_no_place_in_its_code() -> None:
     assert cli.format_warning("x", FutureWarning, "/elsewhere/lib.py", 3) == "/elsewhere/lib.py:3: FutureWarning: x\n"
 
 
-def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys) -> None:
+def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys, tmp_path) -> None:
     from superthoughts_ext import eval_cli
 
     def interrupted(args):
@@ -79,6 +79,13 @@ def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys) -> None:
     monkeypatch.setattr(eval_cli, "run", interrupted)
     assert cli.main(["eval", "--compare", "a.jsonl", "b.jsonl"]) == 130
     assert capsys.readouterr().err == "superthoughts eval: interrupted\n"
+    # A run that can be continued says how.
+    model = tmp_path / "m"
+    model.mkdir()
+    argv = ["eval", "--model", str(model), "--bench", "amc23", "--output", str(tmp_path / "o.jsonl")]
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err == ("superthoughts eval: interrupted; the same command with --resume continues it, "
+                                       "keeping the records written so far\n")
 
 
 def test_bench_without_the_checkout_says_why_whatever_the_options(monkeypatch, tmp_path) -> None:

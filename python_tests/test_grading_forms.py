@@ -158,6 +158,29 @@ def test_scientific_notation_powers_and_ellipses(prediction: str, reference: str
 
 
 @pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        # math-verify read "1.\\overline{3}" as 1 and an unknown: graded wrong for 4/3.
+        ("1.\\overline{3}", "\\frac43", True),
+        ("0.\\overline{3}", "\\frac{1}{3}", True),
+        ("-0.1\\overline{6}", "-\\frac{1}{6}", True),
+        ("0.\\overline{142857}", "\\frac17", True),
+        ("0.\\bar{27}", "\\frac{3}{11}", True),
+        ("0.\\overline3", "\\frac{1}{3}", True),
+        ("x = 0.\\overline{27}", "\\frac{3}{11}", True),
+        ("\\frac{5}{33}", "0.1\\overline{51}", True),
+        ("0.\\overline{3}", "\\frac{1}{4}", False),
+        ("0.3", "\\frac{1}{3}", False),
+        ("0.\\overline{33}4", "\\frac{1}{3}", False),
+        # A bar over letters is a segment, left alone.
+        ("\\overline{AB}", "\\overline{AB}", True),
+    ],
+)
+def test_repeating_decimals_equal_their_fractions(prediction: str, reference: str, expected: bool) -> None:
+    assert is_correct(f"\\boxed{{{prediction}}}", reference, "math500") is expected
+
+
+@pytest.mark.parametrize(
     "output, expected",
     [
         ("So the answer: b", "B"),  # a lowercase letter ending the output after "answer:"

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from numbers import Real
 
 from superthoughts_ext.eval_data import BENCHES
-from superthoughts_ext.grading_numbers import braced_exponents, scientific_as_decimal, spaced_ellipsis, uses_euler
+from superthoughts_ext.grading_numbers import (braced_exponents, repeating_decimal_as_fraction, scientific_as_decimal,
+                                              spaced_ellipsis, uses_euler)
 from superthoughts_ext.grading_worker import math_equal
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -447,12 +448,12 @@ def is_correct(
     elif (labelled := _OPTION_LABEL.match(_unwrap_text(prediction))) is not None:
         # An AMC answer boxed with its contest option, "\\textbf{(B) } 27": the value decides.
         prediction = labelled.group(1)
-    # Scientific notation as exact decimals, plain-text powers braced, "1,3,\\ldots" spaced
-    # (grading_numbers). E-notation only in a prediction, and only where the reference has no
-    # Euler's e: references are LaTeX ("2e-1" is 2e - 1), their float cells already decimals.
-    prediction = spaced_ellipsis(braced_exponents(scientific_as_decimal(prediction,
-                                                                        e_notation=not uses_euler(reference))))
-    reference = spaced_ellipsis(braced_exponents(scientific_as_decimal(reference)))
+    # Scientific notation as exact decimals, repeating ones as fractions, plain-text powers braced,
+    # "1,3,\\ldots" spaced (grading_numbers). E-notation only in a prediction, and only where the
+    # reference has no Euler's e: references are LaTeX ("2e-1" is 2e - 1), float cells decimals.
+    prediction = spaced_ellipsis(braced_exponents(repeating_decimal_as_fraction(
+        scientific_as_decimal(prediction, e_notation=not uses_euler(reference)))))
+    reference = spaced_ellipsis(braced_exponents(repeating_decimal_as_fraction(scientific_as_decimal(reference))))
     predicted_bases, wanted_bases = _numeral_bases(prediction), _numeral_bases(reference)
     # A numeral in another base is wrong; a bare "52" for "52_8" is still compared, and so is
     # "52_{10}" for a bare "52".

@@ -9,11 +9,14 @@
 - Plain-text exponents: "10^-4" (GPQA's options, and models) means 10^{-4}, which math-verify
   reads as 10^{-} 4. GPQA's options also write "x" as the times sign ("1.2 x 10^3"); in math
   answers an x is a variable ("2x10^n").
+- Repeating decimals: "1.\\overline{3}" (a model's spelling of 4/3) it reads as 1 followed by
+  an unknown; such a number is written as the exact fraction it names.
 - "1,3,5,\\ldots": math-verify dropped an ellipsis written without a space (so that open list
   equalled the finite set {1, 3, 5}), while "1, 3, 5, \\ldots" it keeps.
 """
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 
@@ -31,6 +34,9 @@ _EULER = re.compile(r"(?<![A-Za-z\\])e(?![A-Za-z])")
 _MAX_POWER = 100
 _PLAIN_EXPONENT = re.compile(r"\^\s*([+-]?\d+(?:\.\d+)?)")
 _X_TIMES = re.compile(r"(?<=\d)\s*[x×]\s*(?=10\s*\^)")
+# A whole number (not the tail of another) with a repeating block: "0.\\overline{3}",
+# "1.2\\overline{45}", "0.\\overline3", also under \\bar or \\dot.
+_REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\s*\\(?:overline|bar|dot)\s*(?:\{\s*(\d+)\s*\}|(\d))(?![\d.])")
 _TIGHT_ELLIPSIS = re.compile(r",\s*(\\(?:l|c)?dots)(?![A-Za-z])")
 
 
@@ -54,6 +60,21 @@ def scientific_as_decimal(answer: str, *, e_notation: bool = False) -> str:
     if e_notation and (whole := _E_NOTATION.fullmatch(answer.strip().strip("$").strip())) is not None:
         return _decimal(whole.group(1), whole.group(2)) or answer
     return answer
+
+
+def _repeating_fraction(match: re.Match[str]) -> str:
+    whole, fixed, block = match.group(1) or "0", match.group(2), match.group(3) or match.group(4)
+    # whole.fixed(block)... = (whole fixed block - whole fixed) / (10^|fixed| (10^|block| - 1))
+    numerator = int(whole + fixed + block) - int(whole + fixed)
+    denominator = 10 ** len(fixed) * (10 ** len(block) - 1)
+    common = math.gcd(numerator, denominator)
+    return f"\\frac{{{numerator // common}}}{{{denominator // common}}}"
+
+
+def repeating_decimal_as_fraction(answer: str) -> str:
+    """Every repeating decimal in ``answer`` as its exact fraction ("1.\\overline{3}" ->
+    "\\frac{4}{3}"); a sign before it stays where it is."""
+    return _REPEATING.sub(_repeating_fraction, answer)
 
 
 def uses_euler(answer: str) -> bool:
