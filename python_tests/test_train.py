@@ -207,6 +207,11 @@ def test_a_lora_target_that_names_no_module_is_refused(base_dirs, tmp_path, base
                                          r"\(its linear and embedding layers: down_proj embed_tokens .* v_proj\)"):
         train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", lora_r=4, baseline=baseline,
                            lora_target_modules=("q_proj", "v_prj"), **{**FAST, "max_steps": 1}))
+    # A name of blocks, not layers: peft's error printed the whole module tree and named no option.
+    with pytest.raises(ValueError, match=r"--lora-target-modules layers \(ModuleList\), mlp \(Qwen2MLP\): not a layer "
+                                         r"LoRA adapts; name linear or embedding layers \(the backbone's: down_proj "):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", lora_r=4, baseline=baseline,
+                           lora_target_modules=("q_proj", "mlp", "layers"), **{**FAST, "max_steps": 1}))
 
 
 def test_default_lora_targets_a_backbone_lacks_are_named_in_a_warning(tmp_path):
@@ -278,7 +283,9 @@ def test_lora_on_a_tied_lm_head_saves_the_model_it_trained(base_dirs, tmp_path, 
         train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=out, baseline=baseline,
                            lora_r=4, lora_alpha=8, lora_target_modules=("q_proj", "lm_head"),
                            **{**FAST, "max_steps": 5}))
-    assert any("name the tied embedding / lm_head: untied them" in str(w.message) for w in caught)
+    assert [str(w.message) for w in caught if "untied" in str(w.message)] == [
+        "LoRA adapts lm_head, tied to model.embed_tokens: untied them, so lm_head alone takes the adapter and "
+        "model.embed_tokens keeps its weights in the merged model (the output directory stores both matrices)"]
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
     if baseline:
         saved = AutoModelForCausalLM.from_pretrained(out).eval()

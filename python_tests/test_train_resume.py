@@ -179,6 +179,21 @@ def test_lora_checkpoint_is_named_when_loaded_as_a_model(base_dirs, tmp_path):
         with pytest.raises(ValueError, match=r"checkpoint-1' holds a LoRA adapter with " + message):
             train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4, resume_from_checkpoint=True,
                                **{**ONE_STEP, "save_steps": 1, **change}))
+    # The adapters on another base model (a checkpoint holds no frozen weight): they trained on
+    # without a word. The same base in another dtype is the same model.
+    other = tmp_path / "other"
+    shutil.copytree(base_dirs["qwen2"], other)
+    from transformers import AutoModelForCausalLM
+
+    changed = AutoModelForCausalLM.from_pretrained(other)
+    with torch.no_grad():
+        changed.model.layers[0].mlp.up_proj.weight.mul_(-1)
+    changed.save_pretrained(other)
+    with pytest.raises(ValueError, match=r"checkpoint-1' holds LoRA adapters trained on another base model \(weights "
+                                         r"sha256 \w{12}\.\.\.; this --model's: sha256 \w{12}\.\.\.\); resume with the "
+                                         r"--model of the run that wrote it"):
+        train(TrainOptions(model=other, data=ROWS, output_dir=out, lora_r=4, resume_from_checkpoint=True,
+                           **{**ONE_STEP, "max_steps": 2, "save_steps": 1}))
     resumed = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, lora_r=4,
                                  resume_from_checkpoint=True, **{**ONE_STEP, "max_steps": 2, "save_steps": 1}))
     assert resumed.global_step == 2

@@ -277,6 +277,8 @@ def train(options: TrainOptions) -> TrainResult:
             # With frozen embeddings no input requires grad, which checkpointing needs.
             backbone.enable_input_require_grads()
     if options.lora_r > 0:
+        settings[train_resume.BASE_WEIGHTS] = train_utils.weights_digest(backbone)  # not the new compressor / MTP
+        train_resume.check_base_weights(checkpoint, settings[train_resume.BASE_WEIGHTS])
         model = train_utils.apply_lora(
             model, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout,
             targets=options.lora_target_modules, superthoughts=superthoughts,

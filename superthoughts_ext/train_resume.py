@@ -151,8 +151,26 @@ def data_digest(data: Any) -> str | None:
     return digest.hexdigest()
 
 
+# The run setting a LoRA run records for its base model: a LoRA checkpoint holds the adapters
+# (and the compressor and MTP), not the frozen weights they adapt, so a resume loads those from
+# --model, whatever model it names.
+BASE_WEIGHTS = "--model weights"
+
+
+def check_base_weights(checkpoint: Path | None, digest: str) -> None:
+    """ValueError when LoRA `checkpoint` recorded a base model whose weights
+    (`train_utils.weights_digest`) differ from `digest`, those of this run's --model: the adapters
+    resumed on another base trained on without a word (a full checkpoint holds every weight)."""
+    saved = _recorded(checkpoint).get("settings") if checkpoint is not None else None
+    recorded = saved.get(BASE_WEIGHTS) if isinstance(saved, dict) else None
+    if recorded and recorded != digest:
+        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} holds LoRA adapters trained on another base "
+                         f"model (weights {_shown(BASE_WEIGHTS, recorded)}; this --model's: "
+                         f"{_shown(BASE_WEIGHTS, digest)}); resume with the --model of the run that wrote it")
+
+
 def _shown(flag: str, value: Any) -> str:
-    if flag == "--data":
+    if flag in ("--data", BASE_WEIGHTS):
         return f"sha256 {value[:12]}..."
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

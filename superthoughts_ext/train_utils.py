@@ -179,6 +179,12 @@ def lora_settings(alpha: float, dropout: float, targets: Sequence[str], supertho
             "target_modules": lora_target_pattern(targets, "backbone" if superthoughts else None)}
 
 
+def _hf_conv1d() -> type:
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
+
+
 def untie_adapted_embeddings(backbone: nn.Module, targets: Sequence[str]) -> bool:
     """Unties the backbone's lm_head from its input embedding when LoRA `targets` name either of
     them; returns whether it did. Merging an adapter of one tied matrix writes its delta into
@@ -187,15 +193,24 @@ def untie_adapted_embeddings(backbone: nn.Module, targets: Sequence[str]) -> boo
     head, embed = backbone.get_output_embeddings(), backbone.get_input_embeddings()
     if head is None or embed is None or head.weight is not embed.weight:
         return False
-    names = [name for name, module in backbone.named_modules() if module is head or module is embed]
-    if not any(name == t or name.endswith("." + t) for name in names for t in targets):
+    embed_name, head_name = (next(name for name, m in backbone.named_modules() if m is module) for module in (embed, head))
+    adapted = [name for name in (embed_name, head_name) if any(name == t or name.endswith("." + t) for t in targets)]
+    if not adapted:
         return False
     head.weight = nn.Parameter(embed.weight.detach().clone())
     backbone.config.tie_word_embeddings = False  # tie_weights() must not tie them again
-    warnings.warn(f"LoRA targets {sorted(targets)} name the tied embedding / lm_head: untied them, so the merged "
-                  "model's lm_head takes the adapter alone (the output directory stores both matrices)",
-                  stacklevel=3)
+    if len(adapted) == 2:
+        effect = f"LoRA adapts {embed_name} and {head_name}, which are tied: untied them, so each takes its own adapter"
+    else:
+        other = head_name if adapted == [embed_name] else embed_name
+        effect = (f"LoRA adapts {adapted[0]}, tied to {other}: untied them, so {adapted[0]} alone takes the adapter "
+                  f"and {other} keeps its weights")
+    warnings.warn(f"{effect} in the merged model (the output directory stores both matrices)", stacklevel=3)
     return True
+
+
+# The layers LoRA adapts (peft's LoRA layer types; GPT-2's Conv1D is transformers' own linear).
+_LORA_LAYERS = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, _hf_conv1d())
 
 
 def check_lora_targets(scope: nn.Module, targets: Sequence[str]) -> None:
@@ -205,18 +220,40 @@ def check_lora_targets(scope: nn.Module, targets: Sequence[str]) -> None:
     targets: ValueError naming those. The defaults (DEFAULT_LORA_TARGETS, Llama / Qwen2 names)
     only warn, naming what they left out: Phi-3 fuses q/k/v into qkv_proj, gate/up into
     gate_up_proj, so they adapt o_proj and down_proj alone there."""
-    names = [name for name, _ in scope.named_modules() if name]
-    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
+    modules = [(name, module) for name, module in scope.named_modules() if name]
+    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name, _ in modules)]
+    layers = " ".join(sorted({name.rsplit(".", 1)[-1] for name, module in modules
+                              if isinstance(module, (nn.Linear, nn.Embedding))}))
+    # peft refuses a matched module it cannot adapt by printing the module's whole tree.
+    containers = {f"{t} ({type(module).__name__})" for t in targets for name, module in modules
+                  if (name == t or name.endswith("." + t)) and not isinstance(module, _LORA_LAYERS)}
+    if containers:
+        raise ValueError(f"train: --lora-target-modules {', '.join(sorted(containers))}: not a layer LoRA adapts; "
+                         f"name linear or embedding layers (the backbone's: {layers})")
     if not missing:
         return
-    layers = " ".join(sorted({name.rsplit(".", 1)[-1] for name, module in scope.named_modules()
-                              if isinstance(module, (nn.Linear, nn.Embedding))}))
     if tuple(targets) != DEFAULT_LORA_TARGETS or len(missing) == len(targets):
         raise ValueError(f"train: --lora-target-modules {' '.join(missing)}: no module of the backbone has that name "
                          f"(its linear and embedding layers: {layers})")
     warnings.warn(f"train: the default LoRA targets {' '.join(missing)} name no module of this backbone, so LoRA "
                   f"adapts {' '.join(t for t in targets if t not in missing)} alone; its linear and embedding "
                   f"layers are {layers}: name the ones to adapt with --lora-target-modules", stacklevel=3)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 identifying a model's weights (`train_resume.check_base_weights`): each parameter's
+    name, shape and first and last 256 values rounded to bfloat16 (the same weights loaded in
+    another dtype agree). Reads a few KB per tensor, not the gigabytes of a 7B model: another
+    initialisation or fine-tune differs in all of them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        flat = parameter.detach().reshape(-1)
+        ends = torch.cat([flat[:256], flat[-256:]]).to(device="cpu", dtype=torch.bfloat16)
+        digest.update(f"{name}:{tuple(parameter.shape)}".encode())
+        digest.update(ends.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def apply_lora(
