@@ -93,6 +93,11 @@ def test_bad_seed_and_threshold_types_name_the_op():
     for threshold in ("x", "0.5", True):  # float() reads the last two
         with pytest.raises(TypeError, match=rf"superthoughts_step: .* must be numbers, got {threshold!r}"):
             superthoughts_step(*args, threshold)
+    # numpy's and torch's bools too (numpy's is no subclass of bool: it ran as threshold 1.0).
+    for threshold in (np.True_, torch.tensor(True)):
+        with pytest.raises(TypeError, match=r"superthoughts_step: .* must be numbers, got"):
+            superthoughts_step(*args, threshold)
+    assert torch.equal(superthoughts_step(*args, np.float32(0.5))[0], superthoughts_step(*args, 0.5)[0])
 
 
 @pytest.mark.parametrize("on_meta", ["embed", "merge_weight", "finished"])

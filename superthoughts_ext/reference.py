@@ -48,9 +48,13 @@ def integer_or_none(value: object) -> int | None:
 
 
 def number_or_none(value: object) -> float | None:
-    """`value` as a float; None for a str (float() reads "0.5"), a bool or anything else."""
+    """`value` as a float; None for a str (float() reads "0.5"), a bool (numpy's too) or anything else."""
     try:
-        return None if isinstance(value, (str, bytes, bool)) else float(value)
+        # numpy's bool is no subclass of bool (its dtype's kind is "b"), nor is a bool tensor.
+        dtype = getattr(value, "dtype", None)
+        if isinstance(value, (str, bytes, bool)) or dtype is torch.bool or getattr(dtype, "kind", None) == "b":
+            return None
+        return float(value)
     except (TypeError, ValueError):
         return None
 

@@ -77,8 +77,10 @@ class TrainOptions:
     SuperThoughtsForCausalLM to continue training). `data` is a JSONL path or a list of
     rows (raw {problem_field, solution_field} or tokenised {"prompt_ids", "response_ids"}).
     `max_steps` > 0 overrides `num_epochs`. `batch_size` is per process. `lora_r` = 0 means
-    full fine-tuning. Rows longer than `max_length` tokens or than the model's context are
-    dropped with a warning. SuperThoughts fields left as None keep the SuperThoughtsConfig default
+    full fine-tuning. Rows longer than `max_length` tokens (prompt + response) are dropped with
+    a warning, and so are rows whose positions do not fit the model's context: one per token for a
+    baseline, prompt tokens + units at the largest pad-split for SuperThoughts (a row that fits
+    only compressed is kept, with a warning that a baseline run would drop it). SuperThoughts fields left as None keep the SuperThoughtsConfig default
     (a continued SuperThoughts model: its own). A continued model takes distill_weight,
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
     compressor_type or mtp_type. `system_prompt` defaults to the chain-of-thought prompt that
@@ -219,7 +221,8 @@ def train(options: TrainOptions) -> TrainResult:
     """Run one training job and write the final model, config and tokenizer to `output_dir`.
 
     Returns the Trainer metrics (train_loss, runtime, samples/s), the log history (with
-    loss_main / loss_mtp / loss_distill in SuperThoughts mode), and the trained model.
+    loss_main / loss_mtp in SuperThoughts mode, loss_distill when distill_weight > 0), and the
+    trained model.
     """
     from superthoughts_ext.data import SuperThoughtsCollator
 
@@ -374,8 +377,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
                         help="no system message of ours: the chat template writes its own default, if it has one")
     g("--max-length", type=int, default=None,
-      help="drop rows (with a warning) longer than this many tokens, prompt + response; rows longer than "
-           "the model's context (max_position_embeddings) are always dropped")
+      help="drop rows (with a warning) longer than this many tokens, prompt + response; rows whose positions "
+           "pass the model's context (max_position_embeddings; SuperThoughts rows count their compressed "
+           "positions) are always dropped")
     g("--logging-steps", type=int, default=d["logging_steps"].default, help="log the losses every N steps")
     g("--save-steps", type=int, default=d["save_steps"].default, help="0 = final save only")
     g("--save-total-limit", type=int, default=d["save_total_limit"].default,
