@@ -163,3 +163,28 @@ def test_plot_names_every_run_in_a_legend_under_the_axes(tmp_path: Path, monkeyp
     # Below the axes, so it hides no point (the baseline, worst here, sat under it at lower right).
     renderer = closed[0].canvas.get_renderer()
     assert legend.get_window_extent(renderer).y1 < ax.get_window_extent(renderer).y0
+
+
+def test_compare_a_corrupt_last_line_ending_in_a_newline_is_an_error(tmp_path: Path) -> None:
+    # Only a last line without its newline is a record still being written; one that ends in a
+    # newline was written whole, so a broken one is a broken file, not a record to drop.
+    a = write_records(tmp_path / "a.jsonl", [{"id": str(i)} for i in range(2)])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"id": "0", "correct": True, "tokens": 10, "steps": 10}) + '\n{"id": "1", "corr\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"broken.jsonl:2: not a JSON record"):
+            compare(a, broken)
+
+
+def test_compare_checks_references_only_where_both_runs_record_them(tmp_path: Path) -> None:
+    # Runs on other problem sets under the same ids are refused (compare and compare_runs); a
+    # run whose records hold no reference (an older format) is compared as before.
+    a = write_records(tmp_path / "a.jsonl", [{"id": str(i), "reference": str(i)} for i in range(3)])
+    b = write_records(tmp_path / "b.jsonl", [{"id": str(i), "reference": str(i + 10)} for i in range(3)])
+    with pytest.raises(ValueError, match=r"3 of the 3 problems matched by id have other reference answers"):
+        compare(a, b)
+    with pytest.raises(ValueError, match=r"other reference answers in .*b\.jsonl than in .*a\.jsonl"):
+        compare_runs(a, [b])
+    old = write_records(tmp_path / "old.jsonl", [{"id": str(i)} for i in range(3)])
+    assert compare(a, old)["n"] == compare(old, b)["n"] == 3

@@ -245,3 +245,28 @@ def test_option_orders_need_a_multiple_choice_bench_and_at_least_one(tmp_path: P
     every = gpqa_option_orders("q?", "right", ["a", "b", "c"], 24)
     assert len({options for options, _ in every}) == 24
     assert all(options["ABCD".index(letter)] == "right" for options, letter in every)
+
+
+def test_a_nan_answer_is_a_missing_one(tmp_path: Path) -> None:
+    # pandas / CSV exports write a missing cell as NaN: such a row is skipped with the empty
+    # ones, not graded against the reference answer "NaN".
+    from superthoughts_ext.eval_data import cell_text
+
+    assert cell_text(float("nan")) is None
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"problem": "p1", "answer": NaN}\n{"problem": "p2", "answer": "4"}\n')
+    with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) without a problem, answer or option \(row 1 \(id 0\)\)"):
+        problems = load_problems("math500", path)
+    assert problems == [Problem("1", "p2", "4")]
+
+
+def test_whole_float_cells_read_as_integers_in_lists_too(tmp_path: Path) -> None:
+    # A JSON number loads as a float: 27.0 is the answer "27", also inside a list of answers,
+    # where no later step turns "1.0" back into "1".
+    from superthoughts_ext.eval_data import cell_text
+
+    assert cell_text(27.0) == "27" and cell_text(-3.0) == "-3"
+    assert cell_text([1.0, 2.5]) == "1, 2.5"
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"problem": "p", "answer": [1.0, 2.5]}) + "\n")
+    assert load_problems("math500", path) == [Problem("0", "p", "1, 2.5")]

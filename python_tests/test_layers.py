@@ -198,3 +198,20 @@ def test_head_kl_divergence_chunked_equals_module_path():
     torch.testing.assert_close(chunked_grad, torch.autograd.grad(plain[0], biased.weight)[0])
     with pytest.raises(ValueError, match="linear_kl_divergence: expected hidden"):
         linear_kl_divergence(rows, head.weight, target_rows[:3], teacher.weight, weights)
+
+
+def test_a_teacher_head_with_a_bias_keeps_it():
+    # The teacher head is checked like the student's: a biased teacher behind a bias-free
+    # student must not take the chunked KL, which reads the teacher's weight alone and would
+    # drop its bias from the target distribution.
+    g = torch.Generator().manual_seed(5)
+    head, teacher = torch.nn.Linear(8, 31, bias=False), torch.nn.Linear(8, 31)
+    with torch.no_grad():
+        teacher.bias.copy_(3.0 * torch.randn(31, generator=g))
+    rows, target_rows = torch.randn(9, 8, generator=g), torch.randn(9, 8, generator=g)
+    weights = torch.full((9,), 1 / 9)
+    loss, kl = head_kl_divergence(head, rows, teacher, target_rows, weights)
+    want = F.kl_div(F.log_softmax(head(rows), -1), F.log_softmax(teacher(target_rows), -1), log_target=True,
+                    reduction="none").sum(-1).detach()
+    torch.testing.assert_close(kl, want)
+    torch.testing.assert_close(loss.detach(), (want * weights).sum())

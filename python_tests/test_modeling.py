@@ -330,3 +330,33 @@ def test_cache_is_static_and_checked():
         model.hidden_states(torch.randn(2, 3, HIDDEN), torch.arange(3).expand(2, 3), mask[:, :2])
     with pytest.raises(ValueError, match="inputs_embeds"):
         model.hidden_states(torch.randn(2, HIDDEN), torch.arange(3).expand(2, 3), mask)
+
+
+def test_cache_follows_an_explicit_head_dim():
+    # A config whose head_dim is set apart from hidden_size / heads (16 here, not 32 / 4): the
+    # static caches must be that wide, and decoding through them must give the tokens of
+    # transformers' own generate.
+    from superthoughts_ext.generate import generate
+
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                         pad_token_id=PAD, eos_token_id=EOS)
+    torch.manual_seed(0)
+    backbone = AutoModelForCausalLM.from_config(config).eval()
+    model = SuperThoughtsForCausalLM.from_base(backbone).eval()
+    cache = model.new_cache(2, 8)
+    assert cache.backbone.layers[0].keys.shape[-1] == 16 and cache.mtp.layers[0].keys.shape[-1] == 16
+    ids = torch.tensor([[5, 6, 7, 8], [PAD, 9, 10, 11]])
+    mask = (ids != PAD).long()
+    ours = generate(backbone, ids, mask, max_new_tokens=6, mode="standard", eos_token_id=EOS)
+    theirs = backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                               eos_token_id=EOS, pad_token_id=PAD)
+    want = [row[: row.index(EOS) + 1] if EOS in row else row for row in theirs[:, ids.shape[1]:].tolist()]
+    assert ours.sequences == want
+
+
+def test_new_cache_refuses_an_empty_batch():
+    # A batch of 0 rows has nothing to decode; its cache is refused up front.
+    model = make_model("qwen2")
+    with pytest.raises(ValueError, match=r"must be >= 1, got 0, 8"):
+        model.new_cache(0, 8)

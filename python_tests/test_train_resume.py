@@ -310,3 +310,82 @@ def test_another_runs_checkpoint_is_not_resumed_into_a_used_output(base_dirs, tm
     with pytest.raises(ValueError, match=r"holds another run .*is not one of its checkpoints \(nor a copy of one\)"):
         train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "a", **{**fast, "max_steps": 3},
                            resume_from_checkpoint=str(tmp_path / "c" / "checkpoint-2")))
+
+
+def write_checkpoint(folder, *, state=None, settings=None, run_id=None, files=None):
+    """A checkpoint folder by hand: trainer_state.json (with the RunSettings record where
+    `settings` or `run_id` is given) and other JSON files (name -> values)."""
+    folder.mkdir(parents=True)
+    state = dict(state or {})
+    if settings is not None or run_id is not None:
+        record = {key: value for key, value in (("settings", settings), ("run_id", run_id)) if value is not None}
+        state["stateful_callbacks"] = {"RunSettings": {"args": record}}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    for name, values in (files or {}).items():
+        (folder / name).write_text(json.dumps(values))
+    return folder
+
+
+def test_the_last_checkpoint_is_the_highest_step_not_the_last_name(tmp_path):
+    # "checkpoint-10" sorts before "checkpoint-9" as text: the folder given for a checkpoint must
+    # be pointed at its step-10 one.
+    for step in (9, 10):
+        write_checkpoint(tmp_path / "o" / f"checkpoint-{step}")
+    with pytest.raises(FileNotFoundError, match=r"is a run's output folder, not one of its checkpoints; resume from "
+                                                r"its last one, '.*checkpoint-10'"):
+        check_resume(tmp_path / "o", str(tmp_path / "o"))
+
+
+def test_a_data_file_unread_on_either_side_is_not_compared(tmp_path):
+    # --data None is a file that could not be read (loading it says why): no digest to compare,
+    # so neither a checkpoint recording one nor this run's is refused for it.
+    recorded = write_checkpoint(tmp_path / "checkpoint-1", settings={"--data": "abc" * 22, "--seed": 0})
+    unread = write_checkpoint(tmp_path / "checkpoint-2", settings={"--data": None, "--seed": 0})
+    check_resume(tmp_path / "o", str(recorded), settings={"--data": None, "--seed": 0})
+    check_resume(tmp_path / "o", str(unread), settings={"--data": "abc" * 22, "--seed": 0})
+    with pytest.raises(ValueError, match=r"checkpoint-1' was trained with --data sha256 abcabcabcabc\.\.\. \(this run: "
+                                         r"sha256 defdefdefdef\.\.\.\)"):
+        check_resume(tmp_path / "o", str(recorded), settings={"--data": "def" * 22, "--seed": 0})
+
+
+def test_a_shorter_run_is_refused_too_where_the_schedule_depends_on_its_length(tmp_path):
+    # A 10-step linear schedule resumed as a 4-step one would decay on the new length's schedule
+    # from the middle of the old one, just as a longer one.
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-2", state={"global_step": 2, "max_steps": 10},
+                                  files={"config.json": {"model_type": "qwen2", "superthoughts": {}}})
+    with pytest.raises(ValueError, match=r"checkpoint-2' is from a run of 10 steps, and this one has --max-steps 4; "
+                                         r"resume with --max-steps 10"):
+        check_resume(tmp_path / "o", str(checkpoint), max_steps=4, lr_scheduler="linear")
+    check_resume(tmp_path / "o", str(checkpoint), max_steps=10, lr_scheduler="linear")
+
+
+def test_lora_target_modules_in_another_order_resume(tmp_path):
+    # peft writes target_modules as a set, in any order: the same modules listed otherwise are the
+    # same adapter, while other modules are not.
+    adapter = {"r": 4, "modules_to_save": ["compressor", "mtp"], "target_modules": ["v_proj", "q_proj"],
+               "lora_alpha": 32}
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-1", files={"adapter_config.json": adapter})
+    resume = lambda lora: check_resume(tmp_path / "o", str(checkpoint), lora_r=4, lora=lora)
+    resume({"target_modules": ["q_proj", "v_proj"], "lora_alpha": 32})
+    with pytest.raises(ValueError, match=r"checkpoint-1' holds a LoRA adapter with --lora-target-modules "
+                                         r"\['v_proj', 'q_proj'\] \(this run: \['q_proj'\]\)"):
+        resume({"target_modules": ["q_proj"], "lora_alpha": 32})
+
+
+def test_a_copied_checkpoint_is_matched_with_the_outputs_latest_one(tmp_path):
+    # The output's checkpoints were written by two runs (an old one's checkpoint-2, then
+    # checkpoint-4 of the run now in the folder): a copy kept elsewhere continues the folder's run
+    # when its run id is that of the latest checkpoint, not of the oldest.
+    from superthoughts_ext.train_resume import check_output_dir, continued_run_id
+
+    out = tmp_path / "o"
+    write_checkpoint(out / "checkpoint-2", run_id="old")
+    write_checkpoint(out / "checkpoint-4", run_id="new")
+    new = write_checkpoint(tmp_path / "scratch" / "new" / "checkpoint-4", run_id="new")
+    old = write_checkpoint(tmp_path / "scratch" / "old" / "checkpoint-2", run_id="old")
+    check_output_dir(out, str(tmp_path / "model"), str(new))
+    assert continued_run_id(new, out) == "new"
+    with pytest.raises(ValueError, match=r"--output '.*o' holds another run \(checkpoint-2, checkpoint-4\), and "
+                                         r"--resume '.*old/checkpoint-2' is not one of its checkpoints"):
+        check_output_dir(out, str(tmp_path / "model"), str(old))
+    assert continued_run_id(old, out) == ""
