@@ -353,7 +353,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--optim", default=None, help="optimizer: a transformers OptimizerNames value (default adamw_torch_fused; "
                                     "adafactor, adamw_bnb_8bit with bitsandbytes, ...)")
     g("--max-grad-norm", type=float, default=d["max_grad_norm"].default, help="gradient clipping")
-    g("--seed", type=int, default=d["seed"].default, help="initialisation, shuffling and pad-split draws")
+    g("--seed", type=int, default=d["seed"].default,
+      help="shuffling, pad-split draws and LoRA's initialisation (the compressor and MTP start from the "
+           "backbone's weights, not at random)")
     g("--bf16", action="store_true", help="bf16 autocast (mixed precision)")
     g("--dtype", choices=sorted(DTYPES), default=d["dtype"].default, help="weight dtype when loading")
     g("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
