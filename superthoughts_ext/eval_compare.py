@@ -298,7 +298,10 @@ def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | 
     fig, ax = plt.subplots(figsize=(6.4, 4.4 + 0.22 * (len(results) + 1)))
     # The baseline at its own decode steps: 100% only for a token-by-token (standard) baseline.
     base_x = 100 * first["mean_steps_a"] / first["mean_tokens_a"] if first["mean_tokens_a"] else 100.0
-    ax.plot([base_x], [100 * first["accuracy_a"]], "s", color="black", label=f"A: {first['label_a']}")
+    # A hollow square drawn over the runs: a run at the baseline's point (a standard run of the
+    # same model) shows inside it, where a filled one hid the other.
+    ax.plot([base_x], [100 * first["accuracy_a"]], "s", color="black", markerfacecolor="none", markersize=11,
+            zorder=3, label=f"A: {first['label_a']}")
     xs = [100 * (1 - r["cot_reduction"]) for r in results]
     ys = [100 * r["accuracy_b"] for r in results]
     markers = "o^vD<>p*hX"
