@@ -368,8 +368,14 @@ def test_lora_target_modules_in_another_order_resume(tmp_path):
     resume = lambda lora: check_resume(tmp_path / "o", str(checkpoint), lora_r=4, lora=lora)
     resume({"target_modules": ["q_proj", "v_proj"], "lora_alpha": 32})
     with pytest.raises(ValueError, match=r"checkpoint-1' holds a LoRA adapter with --lora-target-modules "
-                                         r"\['v_proj', 'q_proj'\] \(this run: \['q_proj'\]\)"):
+                                         r"q_proj v_proj \(this run: q_proj\)"):
         resume({"target_modules": ["q_proj"], "lora_alpha": 32})
+    # As the flag takes them: the names, not the regex confining a SuperThoughts run's to the backbone.
+    confined = write_checkpoint(tmp_path / "checkpoint-2", files={"adapter_config.json": {
+        **adapter, "target_modules": "backbone\\.(?:.*\\.)?(q_proj|v_proj)"}})
+    with pytest.raises(ValueError, match=r"--lora-target-modules q_proj v_proj \(this run: v_proj\); resume with"):
+        check_resume(tmp_path / "o", str(confined), lora_r=4,
+                     lora={"target_modules": "backbone\\.(?:.*\\.)?(v_proj)", "lora_alpha": 32})
 
 
 def test_a_copied_checkpoint_is_matched_with_the_outputs_latest_one(tmp_path):

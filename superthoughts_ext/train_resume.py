@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,14 @@ def _check_checkpoint_kind(checkpoint: Path, baseline: bool, lora_r: int) -> Non
 LORA_FLAGS = {"lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--lora-target-modules"}
 
 
+def _target_names(targets: Any) -> str:
+    """LoRA target modules as --lora-target-modules takes them: names, not the regex confining
+    them to the backbone (`train_utils.lora_target_pattern`)."""
+    if isinstance(targets, str) and (confined := re.fullmatch(r"[\w.]+\\\.\(\?:\.\*\\\.\)\?\(([\w|]+)\)", targets)):
+        targets = confined.group(1).split("|")
+    return " ".join(sorted(targets)) if isinstance(targets, list) else repr(targets)
+
+
 def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> None:
     """ValueError when the LoRA adapter in `checkpoint` has another alpha, dropout or target
     modules than `lora` (`train_utils.lora_settings`); nothing to check without an adapter_config.json."""
@@ -310,7 +319,8 @@ def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> No
         else:
             same = found == wanted
         if not same:
-            differ.append(f"{LORA_FLAGS[key]} {found!r} (this run: {wanted!r})")
+            shown = _target_names if key == "target_modules" else repr
+            differ.append(f"{LORA_FLAGS[key]} {shown(found)} (this run: {shown(wanted)})")
     if differ:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} holds a LoRA adapter with {'; '.join(differ)}; "
                          "resume with the LoRA options of the run that wrote it")
