@@ -86,6 +86,8 @@ def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys, tmp_path) -> N
     assert cli.main(argv) == 130
     assert capsys.readouterr().err == ("superthoughts eval: interrupted; the same command with --resume continues it, "
                                        "keeping the records written so far\n")
+    assert cli.main([*argv, "--overwrite"]) == 130  # --resume and --overwrite are refused together
+    assert "the same command with --resume in place of --overwrite continues it" in capsys.readouterr().err
 
 
 def test_bench_without_the_checkout_says_why_whatever_the_options(monkeypatch, tmp_path) -> None:

@@ -284,7 +284,9 @@ def test_bad_input_is_rejected(model, backbone) -> None:
     # Refused before prefill, by the reference path too (the kernels raised a RuntimeError at
     # the first step, the reference took any value).
     for use_kernels in (True, False):
-        for bad in (dict(threshold=2.0), dict(threshold=float("nan")), dict(threshold_main=-0.1)):
+        # float() took True, numpy's and torch's bools and "0.5".
+        for bad in (dict(threshold=2.0), dict(threshold=float("nan")), dict(threshold_main=-0.1), dict(threshold=True),
+                    dict(threshold=np.True_), dict(threshold_main=torch.tensor(True)), dict(threshold="0.5")):
             with pytest.raises(ValueError, match=f"{next(iter(bad))} must lie in \\[0, 1\\]"):
                 generate(model, ids, mask, max_new_tokens=4, use_kernels=use_kernels, **bad)
         # The step op's EOS must be a token (the kernels raised a RuntimeError after prefill, the
@@ -301,6 +303,10 @@ def test_bad_input_is_rejected(model, backbone) -> None:
         generate(model, ids, mask, max_new_tokens=4, eos_token_id=[])
     with pytest.raises(ValueError, match="max_new_tokens must be an int, got float 4.0"):
         generate(model, ids, mask, max_new_tokens=4.0)
+    # A bool tensor is no count (it decoded one token), nor a seed.
+    for bad in (dict(max_new_tokens=torch.tensor(True)), dict(max_new_tokens=4, seed=torch.tensor(True))):
+        with pytest.raises(ValueError, match="must be an int(eger)?, got Tensor"):
+            generate(model, ids, mask, **bad)
     # Integers of other types pass, as for the seed.
     assert generate(model, ids, mask, max_new_tokens=np.int64(4)).sequences \
         == generate(model, ids, mask, max_new_tokens=torch.tensor(4)).sequences \

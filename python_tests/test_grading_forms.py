@@ -172,8 +172,11 @@ def test_scientific_notation_powers_and_ellipses(prediction: str, reference: str
         ("0.\\overline{3}", "\\frac{1}{4}", False),
         ("0.3", "\\frac{1}{3}", False),
         ("0.\\overline{33}4", "\\frac{1}{3}", False),
-        # A bar over letters is a segment, left alone.
-        ("\\overline{AB}", "\\overline{AB}", True),
+        # A bar over letters is a segment, left alone; a repeating decimal in another base or
+        # one too long to read stays as written.
+        ("\\overline{AB}", "AB", False),
+        ("\\frac{1}{3}", "0.\\overline{3}_{7}", False),
+        ("0.\\overline{" + "3" * 5000 + "}", "\\frac{1}{3}", False),
     ],
 )
 def test_repeating_decimals_equal_their_fractions(prediction: str, reference: str, expected: bool) -> None:

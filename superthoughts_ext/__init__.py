@@ -67,12 +67,12 @@ def __getattr__(name: str):
         from superthoughts_ext.reference import superthoughts_step_ref
 
         return superthoughts_step_ref
-    if name in ("generate", "GenerateOutput"):
+    if name in ("generate", "GenerateOutput", "ContextStopWarning"):
         # importlib, not `from superthoughts_ext import generate`: that asks this package for the
         # attribute first, which lands here again before the submodule exists. The module itself
         # is callable as generate() (importing it binds it onto this package anyway).
         generate_module = importlib.import_module("superthoughts_ext.generate")
-        return generate_module if name == "generate" else generate_module.GenerateOutput
+        return generate_module if name == "generate" else getattr(generate_module, name)
     if name in ("SuperThoughtsConfig", "SuperThoughtsForCausalLM"):
         from superthoughts_ext import modeling
 
@@ -81,6 +81,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ContextStopWarning",
     "GenerateOutput",
     "SuperThoughtsConfig",
     "SuperThoughtsForCausalLM",

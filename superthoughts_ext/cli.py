@@ -45,7 +45,8 @@ def utf8_text(value: str) -> str:
     except UnicodeEncodeError as error:
         code = ord(value[error.start])
         byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"code point U+{code:04X}"
-        raise argparse.ArgumentTypeError(f"not valid UTF-8 text ({byte} after {value[:error.start]!r}); "
+        before = value[max(0, error.start - 40):error.start]
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 text ({byte} after {before!r}); "
                                          "pass the text in UTF-8") from None
     return value
 
@@ -86,7 +87,8 @@ def _resume_hint(args: argparse.Namespace) -> str:
     """How to continue the runs that can be continued: an evaluation (its records are written as
     it goes) and a training run (from its last checkpoint)."""
     if args.command == "eval" and not (getattr(args, "compare", None) or getattr(args, "regrade", None)):
-        return "; the same command with --resume continues it, keeping the records written so far"
+        instead = " in place of --overwrite" if getattr(args, "overwrite", False) else ""
+        return f"; the same command with --resume{instead} continues it, keeping the records written so far"
     if args.command == "train":
         return "; the same command with --resume continues from the last checkpoint in --output, if one was saved"
     return ""

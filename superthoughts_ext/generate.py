@@ -246,14 +246,15 @@ def _thresholds(model: Any, mode: str, threshold: float | None, threshold_main: 
     if mode == "pairs":
         return 0.0, 0.0
     config = model.config
-    threshold = float(config.threshold if threshold is None else threshold)
-    threshold_main = float(getattr(config, "threshold_main", 0.0) if threshold_main is None else threshold_main)
+    given = {"threshold": config.threshold if threshold is None else threshold,
+             "threshold_main": getattr(config, "threshold_main", 0.0) if threshold_main is None else threshold_main}
     # The kernels refuse them only at the first step (a RuntimeError after prefill), the
-    # reference not at all.
-    for name, value in (("threshold", threshold), ("threshold_main", threshold_main)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"generate: {name} must lie in [0, 1], got {value}")
-    return threshold, threshold_main
+    # reference not at all; float() took True and "0.5".
+    for name, value in given.items():
+        number = number_or_none(value)
+        if number is None or not 0.0 <= number <= 1.0:
+            raise ValueError(f"generate: {name} must lie in [0, 1] (a number), got {type(value).__name__} {value!r}")
+    return number_or_none(given["threshold"]), number_or_none(given["threshold_main"])
 
 
 def _step_config(model: Any, eos: int, thresholds: tuple[float, float], temperature: float, seed: int,

@@ -34,9 +34,12 @@ _EULER = re.compile(r"(?<![A-Za-z\\])e(?![A-Za-z])")
 _MAX_POWER = 100
 _PLAIN_EXPONENT = re.compile(r"\^\s*([+-]?\d+(?:\.\d+)?)")
 _X_TIMES = re.compile(r"(?<=\d)\s*[x×]\s*(?=10\s*\^)")
-# A whole number (not the tail of another) with a repeating block: "0.\\overline{3}",
-# "1.2\\overline{45}", "0.\\overline3", also under \\bar or \\dot.
-_REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\s*\\(?:overline|bar|dot)\s*(?:\{\s*(\d+)\s*\}|(\d))(?![\d.])")
+# A whole number (not the tail of another, nor in another base: "0.\\overline{3}_{7}" is 1/2)
+# with a repeating block: "0.\\overline{3}", "1.2\\overline{45}", "0.\\overline3", also under
+# \\bar or \\dot.
+_REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\s*\\(?:overline|bar|dot)\s*(?:\{\s*(\d+)\s*\}|(\d))(?![\d._])")
+# Longer ones stay as they are: Python refuses int() of a 4300-digit string.
+_MAX_REPEATING_DIGITS = 100
 _TIGHT_ELLIPSIS = re.compile(r",\s*(\\(?:l|c)?dots)(?![A-Za-z])")
 
 
@@ -64,6 +67,8 @@ def scientific_as_decimal(answer: str, *, e_notation: bool = False) -> str:
 
 def _repeating_fraction(match: re.Match[str]) -> str:
     whole, fixed, block = match.group(1) or "0", match.group(2), match.group(3) or match.group(4)
+    if len(whole) + len(fixed) + len(block) > _MAX_REPEATING_DIGITS:
+        return match.group(0)
     # whole.fixed(block)... = (whole fixed block - whole fixed) / (10^|fixed| (10^|block| - 1))
     numerator = int(whole + fixed + block) - int(whole + fixed)
     denominator = 10 ** len(fixed) * (10 ** len(block) - 1)

@@ -42,7 +42,9 @@ def integer_or_none(value: object) -> int | None:
     """`value` as an int (an int, a numpy int, a 0-dim integer tensor); None for a bool, a float
     (3.7 must not pass as 3: seeds 1.2 and 1.9 would sample alike) or anything else."""
     try:
-        return None if isinstance(value, bool) else operator.index(value)
+        if isinstance(value, bool) or getattr(value, "dtype", None) is torch.bool:  # a bool tensor indexes as 0 / 1
+            return None
+        return operator.index(value)
     except TypeError:
         return None
 

@@ -54,8 +54,7 @@ from transformers import PreTrainedTokenizerBase
 
 from superthoughts_ext import train_data, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
-from superthoughts_ext.cli import utf8_text
-from superthoughts_ext.cli import HelpFormatter, format_warning
+from superthoughts_ext.cli import HelpFormatter, format_warning, utf8_text
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.train_args import training_arguments
 from superthoughts_ext.trainer import (
@@ -79,8 +78,9 @@ class TrainOptions:
     `max_steps` > 0 overrides `num_epochs`. `batch_size` is per process. `lora_r` = 0 means
     full fine-tuning. Rows longer than `max_length` tokens (prompt + response) are dropped with
     a warning, and so are rows whose positions do not fit the model's context: one per token for a
-    baseline, prompt tokens + units at the largest pad-split for SuperThoughts (a row that fits
-    only compressed is kept, with a warning that a baseline run would drop it). SuperThoughts fields left as None keep the SuperThoughtsConfig default
+    baseline or a distillation run (its teacher reads every token), else prompt tokens + units at
+    the largest pad-split (a row that fits only compressed is kept, with a warning that a baseline
+    run would drop it). SuperThoughts fields left as None keep the SuperThoughtsConfig default
     (a continued SuperThoughts model: its own). A continued model takes distill_weight,
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
     compressor_type or mtp_type. `system_prompt` defaults to the chain-of-thought prompt that
@@ -380,8 +380,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no system message of ours: the chat template writes its own default, if it has one")
     g("--max-length", type=int, default=None,
       help="drop rows (with a warning) longer than this many tokens, prompt + response; rows whose positions "
-           "pass the model's context (max_position_embeddings; SuperThoughts rows count their compressed "
-           "positions) are always dropped")
+           "pass the model's context (max_position_embeddings; SuperThoughts rows without distillation count "
+           "their compressed positions) are always dropped")
     g("--logging-steps", type=int, default=d["logging_steps"].default, help="log the losses every N steps")
     g("--save-steps", type=int, default=d["save_steps"].default, help="0 = final save only")
     g("--save-total-limit", type=int, default=d["save_total_limit"].default,

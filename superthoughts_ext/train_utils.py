@@ -222,8 +222,7 @@ def check_lora_targets(scope: nn.Module, targets: Sequence[str]) -> None:
     gate_up_proj, so they adapt o_proj and down_proj alone there."""
     modules = [(name, module) for name, module in scope.named_modules() if name]
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name, _ in modules)]
-    layers = " ".join(sorted({name.rsplit(".", 1)[-1] for name, module in modules
-                              if isinstance(module, (nn.Linear, nn.Embedding))}))
+    layers = " ".join(sorted({name.rsplit(".", 1)[-1] for name, module in modules if isinstance(module, _LORA_LAYERS)}))
     # peft refuses a matched module it cannot adapt by printing the module's whole tree.
     containers = {f"{t} ({type(module).__name__})" for t in targets for name, module in modules
                   if (name == t or name.endswith("." + t)) and not isinstance(module, _LORA_LAYERS)}
