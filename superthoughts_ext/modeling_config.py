@@ -16,6 +16,9 @@ from transformers.utils import ModelOutput
 
 __all__ = ["SuperThoughtsConfig", "SuperThoughtsOutput"]
 
+COMPRESSOR_TYPES = ("linear", "mlp")
+MTP_TYPES = ("decoder", "mlp")
+
 
 @dataclass
 class SuperThoughtsConfig:
@@ -31,9 +34,9 @@ class SuperThoughtsConfig:
     threshold_main: float = 0.0  # main-head confidence needed as well
 
     def __post_init__(self) -> None:
-        if self.compressor_type not in ("linear", "mlp"):
+        if self.compressor_type not in COMPRESSOR_TYPES:
             raise ValueError(f"SuperThoughtsConfig: compressor_type must be 'linear' or 'mlp', got {self.compressor_type!r}")
-        if self.mtp_type not in ("decoder", "mlp"):
+        if self.mtp_type not in MTP_TYPES:
             raise ValueError(f"SuperThoughtsConfig: mtp_type must be 'decoder' or 'mlp', got {self.mtp_type!r}")
         for name, low, high in (("lambda_mtp", 0.0, None), ("rho_max", 0.0, 1.0), ("distill_weight", 0.0, None),
                                 ("threshold", 0.0, 1.0), ("threshold_main", 0.0, 1.0)):

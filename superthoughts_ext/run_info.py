@@ -74,7 +74,10 @@ def write_problem(path: Path) -> str | None:
     """Why a file cannot be written at `path` (None when it can), found by making its folders
     and opening it for appending (a new file is removed again): permission bits do not tell
     (root, read-only file systems, /sys)."""
-    path = path.resolve()  # a symlink's target: the link itself must not be removed below
+    try:
+        path = path.resolve()  # a symlink's target: the link itself must not be removed below
+    except (RuntimeError, OSError) as error:  # a symlink loop (RuntimeError before Python 3.13)
+        return f"{error} ({path})" if str(path) not in str(error) else str(error)
     folder = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
@@ -88,7 +91,7 @@ def write_problem(path: Path) -> str | None:
     except OSError as error:
         return f"{error.strerror} ({error.filename})"
     if not existed:
-        path.unlink()
+        path.unlink(missing_ok=True)  # several processes may probe one path (train's ranks)
     return None
 
 

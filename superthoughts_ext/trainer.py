@@ -194,6 +194,19 @@ class SuperThoughtsTrainer(Trainer):
         super().log(logs, start_time)
         self._stop_if_diverged(logs)
 
+    def check_finite_weights(self, model: nn.Module) -> None:
+        """TrainingDiverged, on every process, when a weight of `model` is NaN or infinite: the
+        logged losses vouch for the weights each step started from, not for the last update
+        (a run of one step at learning rate inf saved a model of NaN). Each process checks its
+        own shards (FSDP); the count is summed so that all of them stop together."""
+        local = [name for name, parameter in model.named_parameters()
+                 if not torch.isfinite(parameter.to_local() if hasattr(parameter, "to_local") else parameter).all()]
+        count = self.accelerator.reduce(torch.tensor(len(local), device=self.accelerator.device), reduction="sum")
+        if int(count):
+            names = ", ".join(local[:3]) + (", ..." if len(local) > 3 else "") if local else "on another process"
+            raise TrainingDiverged(f"train: the weights hold NaN or inf after the last step ({names}); the model was "
+                                   "not saved. Lower the learning rate, or resume from an earlier checkpoint")
+
     def _stop_if_diverged(self, logs: Mapping[str, float]) -> None:
         """TrainingDiverged once a logged loss (or part) or gradient norm is NaN or infinite:
         without a loss scaler nothing skips such a step, so the weights are NaN from then on and

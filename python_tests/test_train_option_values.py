@@ -1,0 +1,66 @@
+"""Option values a training run cannot use, refused before any loading (or, for a run that
+diverged on its last step, before its model is saved). Tiny random models on CPU (test_train.py's
+fixtures)."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+import test_train  # noqa: E402
+from test_train import FAST, ROWS  # noqa: E402
+
+from superthoughts_ext.train import TrainOptions, train  # noqa: E402
+from superthoughts_ext.trainer import TrainingDiverged  # noqa: E402
+
+base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("change, message", [
+    # An infinite rate or decay trained one step to NaN weights and saved them (exit 0).
+    ({"learning_rate": INF}, r"learning_rate must be a finite number > 0, got inf"),
+    ({"weight_decay": NAN}, r"weight_decay must be a finite number >= 0, got nan"),
+    ({"weight_decay": -0.1}, r"weight_decay must be a finite number >= 0, got -0.1"),
+    # transformers raised an OverflowError while counting the steps.
+    ({"num_epochs": INF}, r"num_epochs must be finite, got inf"),
+    ({"max_grad_norm": NAN}, r"max_grad_norm must be a number"),
+    # Refused by transformers or the model config after loading, in their own names.
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
+    ({"seed": 2**32}, r"seed must be in \[0, 2\*\*32\), got 4294967296"),
+    ({"logging_steps": 0}, r"logging_steps must be >= 1, got 0"),
+    ({"dataloader_num_workers": -1}, r"dataloader_num_workers must be >= 0, got -1"),
+    ({"lambda_mtp": NAN}, r"lambda_mtp must be a finite number >= 0, got nan"),
+    ({"distill_weight": INF}, r"distill_weight must be a finite number >= 0, got inf"),
+    ({"compressor_type": "conv"}, r"compressor_type must be one of linear, mlp, got 'conv'"),
+    ({"mtp_type": ""}, r"mtp_type must be one of decoder, mlp, got ''"),
+    ({"output_dir": ""}, r"output_dir must name a directory, got ''"),
+])
+def test_values_a_run_cannot_use_are_refused_up_front(change, message):
+    options = {"model": "m", "data": ROWS, "output_dir": "o", **change}
+    with pytest.raises(ValueError, match=f"^TrainOptions: {message}"):
+        TrainOptions(**options)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(base_dirs, tmp_path):
+    # Trainer makes the folder at its first save: under a file (or read-only) the run failed
+    # with a traceback, after training.
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"--output '.*file.txt/out' cannot be written: .*file.txt is a file, not a "
+                                         r"folder"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=blocker / "out", **FAST))
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(ValueError, match=r"--output '.*loop' cannot be written: .*[Ss]ymlink loop"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=loop, **FAST))
+
+
+def test_weights_broken_by_the_last_step_are_not_saved(base_dirs, tmp_path):
+    # A rate that overflows float32 turns the weights infinite in one step; the logged loss of
+    # that step was finite (computed before the update), so the model of inf was saved.
+    out = tmp_path / "o"
+    with pytest.raises(TrainingDiverged, match=r"weights hold NaN or inf after the last step \(.*\); the model was "
+                                               r"not saved"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out,
+                           **{**FAST, "max_steps": 1, "learning_rate": 1e39}))
+    assert not (out / "model.safetensors").exists()
