@@ -220,11 +220,17 @@ def test_regrade_conflicting_options(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_regrade_needs_the_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A file that is not there is named as such, with or without --bench (it was taken for one
+    # whose records do not name their benchmark); so is one that is not text.
+    for extra in ([], ["--bench", "math500", "--data", str(math_data(tmp_path / "m.jsonl"))]):
+        assert run_cli(["--regrade", str(tmp_path / "run.jsonl"), *extra]) == 2
+        assert "evaluation results not found" in capsys.readouterr().err
+    (tmp_path / "image.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xef\xff")
+    assert run_cli(["--regrade", str(tmp_path / "image.jsonl")]) == 2
+    assert "image.jsonl:1: not UTF-8 text (byte 0x89)" in capsys.readouterr().err
+    (tmp_path / "run.jsonl").write_text('{"id": "0", "output": "4"}\n')
     assert run_cli(["--regrade", str(tmp_path / "run.jsonl")]) == 2
     assert "--regrade needs --bench" in capsys.readouterr().err
-    assert run_cli(["--regrade", str(tmp_path / "run.jsonl"), "--bench", "math500",
-                    "--data", str(math_data(tmp_path / "m.jsonl"))]) == 2
-    assert "evaluation results not found" in capsys.readouterr().err
 
 
 def test_regrade_through_a_symlink_rewrites_the_run_it_names(tmp_path: Path) -> None:

@@ -275,7 +275,12 @@ def test_cli_generate_and_eval_name_a_bad_checkpoint_or_device_in_one_line(backb
     data.write_text('{"id": 0, "problem": "what is 3 + 4", "answer": 7.0}\n')
     capsys.readouterr()  # save_pretrained's progress bar
     cases = [(["--model", str(tmp_path / "missing")], "model directory .*missing' does not exist"),
-             (["--model", str(tmp_path), "--device", "gpu"], "--device gpu: ")]
+             (["--model", str(tmp_path), "--device", "gpu"], "--device 'gpu': "),
+             # Only CUDA was checked before loading: the others failed with a traceback after it.
+             (["--model", str(tmp_path), "--device", "mps"], r"--device mps: not available in this torch \("),
+             (["--model", ""], "--model '': no such directory|--model and --bench are required"),
+             (["--model", str(data)], "amc.jsonl': not a directory"),
+             (["--model", str(tmp_path), "--tokenizer", str(data)], "--tokenizer '.*amc.jsonl': not a directory")]
     if not torch.cuda.is_available():
         cases.append((["--model", str(tmp_path), "--device", "cuda"], "--device cuda: this torch has no CUDA device"))
     for options, message in cases:

@@ -12,14 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_files import json_lines
+from superthoughts_ext.eval_files import json_lines, read_records_text
 
 
 def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation results not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_records_text(path)
     lines = json_lines(text)
     records: dict[str, dict[str, Any]] = {}
     for number, line in enumerate(lines, 1):

@@ -94,6 +94,15 @@ def _read_text(path: Path) -> str:
                          "save the file as UTF-8") from None
 
 
+def read_records_text(path: str | Path) -> str:
+    """The text of a records file of `superthoughts eval` (FileNotFoundError when there is none,
+    ValueError naming the line that is not UTF-8: another file given by mistake)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation results not found: {path}")
+    return _read_text(path)
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a local ``.jsonl``, ``.json`` (a list of objects, or JSON Lines) or ``.csv``
     file in UTF-8 (see `_read_text`). Parse errors name the file and line."""

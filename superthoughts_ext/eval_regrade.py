@@ -19,7 +19,7 @@ from typing import Any
 
 from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import Problem, get_bench
-from superthoughts_ext.eval_files import json_lines
+from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_records import grade_fields, grade_output, replace_text
 
 # Keys a record needs to be re-graded (and checked against the benchmark).
@@ -56,14 +56,13 @@ def stored_settings(paths: Sequence[str | Path], wanted: Sequence[str] = ("bench
     """What the records of ``paths`` say they were evaluated on, for the --regrade options left
     out: of ``wanted``, ``bench`` and ``data`` (the data file's absolute path, None for the hub),
     when every record that has it agrees (ValueError naming two files or lines that differ), and
-    ``option_orders`` (1 + the highest option_order). Missing files and lines that are not JSON
-    records are skipped here; `read_run` reports them."""
+    ``option_orders`` (1 + the highest option_order). A missing file is named here (the options
+    it would have filled in are not the problem); lines that are not JSON records are skipped
+    here, and `read_run` reports them."""
     seen: dict[str, tuple[Any, str]] = {}  # key -> (value, where it was read)
     orders = 0
     for path in paths:
-        if not Path(path).is_file():
-            continue  # read_run says so
-        for number, line in enumerate(json_lines(Path(path).read_text(encoding="utf-8")), 1):
+        for number, line in enumerate(json_lines(read_records_text(path)), 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -148,9 +147,7 @@ def read_run(path: str | Path, bench: str, problems: Sequence[Problem]) -> Recor
     """A records file checked before anything is re-graded: every line a record of ``bench`` on
     one of ``problems``, each problem once (ValueError naming the file, line and id otherwise)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation results not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_records_text(path)
     lines = json_lines(text)
     by_id = {problem.id: problem for problem in problems}
     run = RecordsFile(path, lines, [], [], None)

@@ -72,21 +72,29 @@ def load_checkpoint(path: str, device: str | None, dtype: str, tokenizer: str | 
     from superthoughts_ext.checkpoint import has_tokenizer_files
     from superthoughts_ext.modeling import load_model, load_tokenizer
 
-    tokenizer_path = tokenizer or path
-    if tokenizer and not Path(tokenizer).is_dir():  # before the weights load (minutes for a 7B model)
-        raise FileNotFoundError(f"--tokenizer {tokenizer!r}: no such directory")
+    if not path or (Path(path).exists() and not Path(path).is_dir()):  # "" is the current folder to Path
+        raise FileNotFoundError(f"--model {path!r}: {'not a directory' if path else 'no such directory'}")
+    tokenizer_path = tokenizer if tokenizer is not None else path
+    if tokenizer is not None and not Path(tokenizer).is_dir():  # before the weights load (minutes for a 7B model)
+        what = "not a directory" if Path(tokenizer).exists() and tokenizer else "no such directory"
+        raise FileNotFoundError(f"--tokenizer {tokenizer!r}: {what}")
     if Path(tokenizer_path).is_dir() and not has_tokenizer_files(tokenizer_path):
         # Checked before the weights load; transformers would build an empty tokenizer here.
         hint = "" if tokenizer else "; pass --tokenizer DIR (the base model's directory, say)"
         raise FileNotFoundError(f"no tokenizer files in {tokenizer_path!r}{hint}")
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         kind = torch.device(device).type
     except RuntimeError as error:
-        raise ValueError(f"--device {device}: {error}") from None
+        raise ValueError(f"--device {device!r}: {error}") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: this torch has no CUDA device (torch.cuda.is_available() is False)")
+    try:  # mps, xpu, hpu, ...: each fails in its own way (RuntimeError, AssertionError, ImportError)
+        torch.empty(0, device=device)
+    except Exception as error:  # noqa: BLE001 - any of them means the device cannot be used
+        raise ValueError(f"--device {device}: not available in this torch ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'no message'})") from None
     model = load_model(path, dtype=None if dtype == "auto" else getattr(torch, dtype), device=device)
     return model.eval(), load_tokenizer(tokenizer_path), device
 
