@@ -64,3 +64,16 @@ def test_weights_broken_by_the_last_step_are_not_saved(base_dirs, tmp_path):
         train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out,
                            **{**FAST, "max_steps": 1, "learning_rate": 1e39}))
     assert not (out / "model.safetensors").exists()
+
+
+def test_a_second_run_into_one_output_is_refused_while_the_first_writes(base_dirs, tmp_path):
+    # Two runs started together both passed the output checks (nothing is saved before the first
+    # checkpoint) and overwrote, or rotated away, each other's checkpoints.
+    from superthoughts_ext.run_info import output_lock
+
+    out = tmp_path / "o"
+    with output_lock(out, "train"):  # another process's lock (flock locks conflict per open file)
+        with pytest.raises(ValueError, match=r"train: '.*o' is being written by pid \d+ on .*; wait for it to finish"):
+            train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **{**FAST, "max_steps": 1}))
+    done = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **{**FAST, "max_steps": 1}))
+    assert done.global_step == 1  # released

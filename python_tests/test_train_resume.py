@@ -275,11 +275,14 @@ def test_an_incomplete_checkpoint_is_named(base_dirs, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"--resume '.*o' is a run's output folder, not one of its "
                                                 r"checkpoints; resume from its last one, '.*checkpoint-2'"):
         train(TrainOptions(**opts, **{**FAST, "max_steps": 3}, resume_from_checkpoint=str(tmp_path / "o")))
-    (tmp_path / "o" / "checkpoint-2" / "trainer_state.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-2' is not a complete checkpoint \(no trainer_state.json"
-                                                r": its save was cut off\?\); remove it and resume from another "
-                                                r"one, such as .*checkpoint-1'"):
-        train(TrainOptions(**opts, **{**FAST, "max_steps": 3}, resume_from_checkpoint=True))
+    # Missing, or torn by a kill while transformers wrote it (empty: a bare JSON error after loading).
+    state = tmp_path / "o" / "checkpoint-2" / "trainer_state.json"
+    for torn in (lambda: state.write_text(""), state.unlink):
+        torn()
+        with pytest.raises(FileNotFoundError, match=r"checkpoint-2' is not a complete checkpoint \(no readable "
+                                                    r"trainer_state.json: its save was cut off\?\); remove it and "
+                                                    r"resume from another one, such as .*checkpoint-1'"):
+            train(TrainOptions(**opts, **{**FAST, "max_steps": 3}, resume_from_checkpoint=True))
 
 
 def test_another_runs_checkpoint_is_not_resumed_into_a_used_output(base_dirs, tmp_path):

@@ -28,7 +28,7 @@ from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_
 from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, resumable_records, summarize,
                                             write_summary)
 from superthoughts_ext.grading import extract_answer, is_correct
-from superthoughts_ext.run_info import write_problem
+from superthoughts_ext.run_info import output_lock, write_problem
 
 MODES = ("superthoughts", "pairs", "standard")
 
@@ -338,39 +338,42 @@ def evaluate(
     from superthoughts_ext.generate import ContextStopWarning
 
     get_bench(bench)  # ValueError for an unknown benchmark, before any work
-    problems = _problems_to_evaluate(rows, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                     limit=limit, output_jsonl=output_jsonl, resume=resume, overwrite=overwrite)
-    generate_fn = generate_fn or _default_generate()
+    # Held from the check of the records file to the summary: a second run started meanwhile
+    # (during this one's model load) passed the check and interleaved its records with these.
+    with output_lock(output_jsonl, "evaluate"):
+        problems = _problems_to_evaluate(rows, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                         limit=limit, output_jsonl=output_jsonl, resume=resume, overwrite=overwrite)
+        generate_fn = generate_fn or _default_generate()
 
-    started = time.perf_counter()
-    run = _prepare_run(model, tokenizer, generate_fn, bench, problems, mode=mode, threshold=threshold,
-                       max_new_tokens=max_new_tokens, compile=compile, system_prompt=system_prompt,
-                       metadata=metadata)
-    records = resumable_records(Path(output_jsonl), problems, run.settings, run.prompts) if resume else []
-    done = {r["id"] for r in records}
-    order = sorted(range(len(problems)), key=lambda i: -len(run.prompt_ids[i]))
-    order = [i for i in order if problems[i].id not in done]
-    out_file = open_records(output_jsonl, records)
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        started = time.perf_counter()
+        run = _prepare_run(model, tokenizer, generate_fn, bench, problems, mode=mode, threshold=threshold,
+                           max_new_tokens=max_new_tokens, compile=compile, system_prompt=system_prompt,
+                           metadata=metadata)
+        records = resumable_records(Path(output_jsonl), problems, run.settings, run.prompts) if resume else []
+        done = {r["id"] for r in records}
+        order = sorted(range(len(problems)), key=lambda i: -len(run.prompt_ids[i]))
+        order = [i for i in order if problems[i].id not in done]
+        out_file = open_records(output_jsonl, records)
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
-    bar = tqdm(total=len(problems), initial=len(records), desc=label or f"{bench} [{mode}]",
-               disable=not progress)
-    try:
-        with warnings.catch_warnings():
-            # Batch row numbers mean nothing here: the records' hit_limit and the summary count these.
-            warnings.simplefilter("ignore", ContextStopWarning)
-            warmup_time = _warm_up(run, batches, bar)
-            _decode_batches(run, batches, records, out_file, bar)
-    finally:
-        bar.close()
-        if out_file is not None:
-            out_file.close()
+        bar = tqdm(total=len(problems), initial=len(records), desc=label or f"{bench} [{mode}]",
+                   disable=not progress)
+        try:
+            with warnings.catch_warnings():
+                # Batch row numbers mean nothing here: the records' hit_limit and the summary count these.
+                warnings.simplefilter("ignore", ContextStopWarning)
+                warmup_time = _warm_up(run, batches, bar)
+                _decode_batches(run, batches, records, out_file, bar)
+        finally:
+            bar.close()
+            if out_file is not None:
+                out_file.close()
 
-    summary = summarize(records, run.settings, batch_size=batch_size, wall_time=time.perf_counter() - started,
-                        n_resumed=len(done), warmup_time=warmup_time)
-    if output_jsonl is not None:
-        write_summary(output_jsonl, summary, metadata)
-    return summary
+        summary = summarize(records, run.settings, batch_size=batch_size, wall_time=time.perf_counter() - started,
+                            n_resumed=len(done), warmup_time=warmup_time)
+        if output_jsonl is not None:
+            write_summary(output_jsonl, summary, metadata)
+        return summary
 
 
 def format_summary(summary: EvalSummary) -> str:

@@ -3,10 +3,12 @@ every results JSON) and the check of their count flags."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -93,6 +95,47 @@ def write_problem(path: Path) -> str | None:
     if not existed:
         path.unlink(missing_ok=True)  # several processes may probe one path (train's ranks)
     return None
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike | None, command: str) -> Iterator[None]:
+    """Holds an exclusive lock on a hidden file beside `target` (None: nothing to lock) while a
+    command writes it: two evaluations, or two training runs, with one output interleaved their
+    records or checkpoints, and each checked the output before the other had written anything.
+    ValueError naming the holder when another process has it."""
+    if target is None:
+        yield
+        return
+    import fcntl
+
+    target = Path(os.fspath(target))
+    lock_path = target.parent / f".{target.name}.lock"
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+", encoding="utf-8")
+    except OSError:  # an output that cannot be written: the command's own check names why
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A holder removes the file as it lets go: one opened before that is no lock any more.
+            if not lock_path.exists() or os.stat(lock_path).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise BlockingIOError
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ValueError(f"{command}: {os.fspath(target)!r} is being written by {holder}; wait for it to finish "
+                             "or choose another output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # before letting go (see above): no file is left behind
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default: str) -> None:

@@ -58,6 +58,7 @@ from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, format_warning, utf8_text
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
+from superthoughts_ext.run_info import output_lock
 from superthoughts_ext.train_args import training_arguments
 from superthoughts_ext.trainer import (
     ResumedLengthCheck,
@@ -239,11 +240,22 @@ class TrainResult:
 
 def train(options: TrainOptions) -> TrainResult:
     """Run one training job and write the final model, config and tokenizer to `output_dir`.
+    Another job writing the same `output_dir` meanwhile is a ValueError (a lock beside it).
 
     Returns the Trainer metrics (train_loss, runtime, samples/s), the log history (with
     loss_main / loss_mtp in SuperThoughts mode, loss_distill when distill_weight > 0), and the
     trained model.
     """
+    # The main process holds it (torchrun's others write nothing of their own): a second run
+    # into the same folder passed its checks before the first had saved anything, and the
+    # two overwrote (and rotated away) each other's checkpoints.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with output_lock(options.output_dir if main_process else None, "train"):
+        return _train(options)
+
+
+def _train(options: TrainOptions) -> TrainResult:
+    """`train`, once the output is locked."""
     from superthoughts_ext.data import SuperThoughtsCollator
 
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.

@@ -70,9 +70,9 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
 
 
 def _complete_checkpoints(folder: Path) -> list[Path]:
-    """The checkpoint-N folders of `folder` holding trainer_state.json, by step."""
+    """The checkpoint-N folders of `folder` holding a readable trainer_state.json, by step."""
     found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-             and (p / "trainer_state.json").is_file()]
+             and _read_json(p / "trainer_state.json") is not None]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
@@ -80,7 +80,7 @@ def _check_complete(checkpoint: Path) -> None:
     """FileNotFoundError naming a checkpoint folder without trainer_state.json, the file Trainer
     writes last (a save cut off, or a run's output folder given for one of its checkpoints):
     Trainer failed on the bare missing path after the data and the model had loaded."""
-    if (checkpoint / "trainer_state.json").is_file():
+    if _read_json(checkpoint / "trainer_state.json") is not None:  # torn by a kill mid-write: not complete
         return
     inside = _complete_checkpoints(checkpoint)
     if inside:
@@ -90,7 +90,7 @@ def _check_complete(checkpoint: Path) -> None:
     others = [p for p in _complete_checkpoints(checkpoint.parent) if p != checkpoint]
     hint = f"resume from another one, such as {os.fspath(others[-1])!r}" if others else "start a new run"
     raise FileNotFoundError(f"train: --resume {os.fspath(checkpoint)!r} is not a complete checkpoint (no "
-                            f"trainer_state.json: its save was cut off?); remove it and {hint}")
+                            f"readable trainer_state.json: its save was cut off?); remove it and {hint}")
 
 
 def _recorded(checkpoint: Path) -> dict[str, Any]:
