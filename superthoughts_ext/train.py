@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import sys
@@ -59,7 +58,7 @@ from superthoughts_ext.cli import HelpFormatter, format_warning, utf8_text
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
 from superthoughts_ext.run_info import output_lock
-from superthoughts_ext.train_args import training_arguments
+from superthoughts_ext.train_args import training_arguments, value_checks
 from superthoughts_ext.trainer import (
     ResumedLengthCheck,
     SuperThoughtsTrainer,
@@ -135,25 +134,8 @@ class TrainOptions:
     training_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        finite = math.isfinite
         checks = [
-            # An infinite rate or decay saved a model of NaN weights after one logged finite loss.
-            (finite(self.learning_rate) and self.learning_rate > 0,
-             f"learning_rate must be a finite number > 0, got {self.learning_rate}"),
-            (finite(self.weight_decay) and self.weight_decay >= 0,
-             f"weight_decay must be a finite number >= 0, got {self.weight_decay}"),
-            (finite(self.num_epochs), f"num_epochs must be finite, got {self.num_epochs}"),
-            (not math.isnan(self.max_grad_norm), "max_grad_norm must be a number (0 or less: no clipping), got nan"),
-            # Checked here, before loading, in TrainOptions' names (transformers': after loading).
-            (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
-            (self.logging_steps >= 1, f"logging_steps must be >= 1, got {self.logging_steps}"),
-            (self.dataloader_num_workers >= 0, f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}"),
-            (self.lambda_mtp is None or (finite(self.lambda_mtp) and self.lambda_mtp >= 0),
-             f"lambda_mtp must be a finite number >= 0, got {self.lambda_mtp}"),
-            (self.compressor_type in (None, *COMPRESSOR_TYPES),
-             f"compressor_type must be one of {', '.join(COMPRESSOR_TYPES)}, got {self.compressor_type!r}"),
-            (self.mtp_type in (None, *MTP_TYPES), f"mtp_type must be one of {', '.join(MTP_TYPES)}, got {self.mtp_type!r}"),
-            (os.fspath(self.output_dir) != "", "output_dir must name a directory, got ''"),
+            *value_checks(self),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
             (self.max_steps > 0 or self.num_epochs > 0, "set max_steps > 0 or num_epochs > 0"),
@@ -167,8 +149,6 @@ class TrainOptions:
             # alpha 0 scales every adapter to nothing: only the compressor and MTP would train.
             (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
             (0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
-            (finite(self.distill_weight) and self.distill_weight >= 0,
-             f"distill_weight must be a finite number >= 0, got {self.distill_weight}"),
             (self.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"),
             (not (self.baseline and self.distill_weight > 0), "distill_weight needs SuperThoughts mode, not baseline"),
             (not (self.bf16 and self.dtype == "float16"), "bf16 autocast needs float32 or bfloat16 weights, "
@@ -400,8 +380,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--distill-weight", type=float, default=d["distill_weight"].default, help="stage-1 KL weight")
     g("--lambda-mtp", type=float, default=None, help="MTP loss weight (default: model config)")
     g("--rho-max", type=float, default=d["rho_max"].default, help="max pad-split fraction")
-    g("--compressor-type", default=None, choices=COMPRESSOR_TYPES, help="compressor kind (default: model config; a continued model's must match)")
-    g("--mtp-type", default=None, choices=MTP_TYPES, help="MTP head kind (default: model config; a continued model's must match)")
+    g("--compressor-type", default=None, choices=COMPRESSOR_TYPES,
+      help="compressor kind (default: model config; a continued model's must match)")
+    g("--mtp-type", default=None, choices=MTP_TYPES,
+      help="MTP head kind (default: model config; a continued model's must match)")
     g("--problem-field", default=d["problem_field"].default, help="JSONL field holding the prompt")
     g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
     # One or the other: both write system_prompt, and the last given would win.

@@ -5,6 +5,7 @@ not after minutes of tokenising (Trainer checks them only when it builds them).
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -12,10 +13,37 @@ import torch
 from transformers import TrainingArguments
 
 from superthoughts_ext import train_utils
+from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
 from superthoughts_ext.trainer import TrainingArgumentsCpuFix, optimizer_name
 
 if TYPE_CHECKING:
     from superthoughts_ext.train import TrainOptions
+
+
+def value_checks(options: TrainOptions) -> list[tuple[bool, str]]:
+    """(holds, message) for option values no run can use, checked before loading in TrainOptions'
+    names (transformers and the model config refuse some only after it, in their own names)."""
+    o, finite = options, math.isfinite
+    return [
+        # An infinite rate or decay saved a model of NaN weights after one logged finite loss.
+        (finite(o.learning_rate) and o.learning_rate > 0,
+         f"learning_rate must be a finite number > 0, got {o.learning_rate}"),
+        (finite(o.weight_decay) and o.weight_decay >= 0,
+         f"weight_decay must be a finite number >= 0, got {o.weight_decay}"),
+        (finite(o.num_epochs), f"num_epochs must be finite, got {o.num_epochs}"),  # an OverflowError in Trainer
+        (not math.isnan(o.max_grad_norm), "max_grad_norm must be a number (0 or less: no clipping), got nan"),
+        (0 <= o.seed < 2**32, f"seed must be in [0, 2**32), got {o.seed}"),
+        (o.logging_steps >= 1, f"logging_steps must be >= 1, got {o.logging_steps}"),
+        (o.dataloader_num_workers >= 0, f"dataloader_num_workers must be >= 0, got {o.dataloader_num_workers}"),
+        (o.lambda_mtp is None or (finite(o.lambda_mtp) and o.lambda_mtp >= 0),
+         f"lambda_mtp must be a finite number >= 0, got {o.lambda_mtp}"),
+        (finite(o.distill_weight) and o.distill_weight >= 0,
+         f"distill_weight must be a finite number >= 0, got {o.distill_weight}"),
+        (o.compressor_type in (None, *COMPRESSOR_TYPES),
+         f"compressor_type must be one of {', '.join(COMPRESSOR_TYPES)}, got {o.compressor_type!r}"),
+        (o.mtp_type in (None, *MTP_TYPES), f"mtp_type must be one of {', '.join(MTP_TYPES)}, got {o.mtp_type!r}"),
+        (os.fspath(o.output_dir) != "", "output_dir must name a directory, got ''"),
+    ]
 
 
 def training_arguments(options: TrainOptions) -> TrainingArguments:
