@@ -398,3 +398,33 @@ def test_a_copied_checkpoint_is_matched_with_the_outputs_latest_one(tmp_path):
                                          r"--resume '.*old/checkpoint-2' is not one of its checkpoints"):
         check_output_dir(out, str(tmp_path / "model"), str(old))
     assert continued_run_id(old, out) == ""
+
+
+def test_a_final_save_cut_off_leaves_no_config(base_dirs, tmp_path, monkeypatch):
+    # Saved in place, a kill mid-save left a 0-byte config.json and no weights: a new run refused the
+    # folder as a trained model, and it loaded as none. The files now move in from a hidden folder,
+    # config.json last, so a cut-off save leaves no config.json.
+    import os
+    from pathlib import Path
+
+    from superthoughts_ext.modeling import load_model
+
+    real_replace = os.replace
+
+    def replace(source, target):
+        if Path(target).name == "config.json" and Path(source).parent.name == ".final-save":
+            raise KeyboardInterrupt  # the kill, just before the last file
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **ONE_STEP))
+    assert (out / "model.safetensors").is_file() and not (out / "config.json").exists()
+    with pytest.raises((FileNotFoundError, ValueError)):
+        load_model(out)
+    monkeypatch.undo()
+    done = tmp_path / "done"
+    train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=done, **ONE_STEP))
+    assert (done / "config.json").is_file() and not (done / ".final-save").exists()
+    assert isinstance(load_model(done), torch.nn.Module)

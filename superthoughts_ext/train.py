@@ -332,8 +332,7 @@ def _train(options: TrainOptions) -> TrainResult:
     if use_cache is not None:
         backbone.config.use_cache = use_cache
     trainer.check_finite_weights(final)
-    trainer.save_model(os.fspath(options.output_dir))
-    trainer.accelerator.wait_for_everyone()
+    trainer.save_final_model(options.output_dir)
     return TrainResult(
         output_dir=os.fspath(options.output_dir),
         metrics=metrics,

@@ -243,7 +243,8 @@ def check_steps_left(checkpoint: Path, max_steps: int, *, length: str | None = N
                          f"{length or f'--max-steps {max_steps}'}: nothing is left to train (Trainer would still "
                          "take a step past the end and save over the finished model); train further from the "
                          "finished model (--model) as a new run, or resume with a longer run where the schedule "
-                         "allows")
+                         "allows. If --output holds no config.json, the final save was cut off: a full run's "
+                         "checkpoint loads as that model, a LoRA run's needs a rerun")
 
 
 # transformers' schedules whose shape is set by the run's length (decays to the last step), and

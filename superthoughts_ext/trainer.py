@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -228,6 +230,24 @@ class SuperThoughtsTrainer(Trainer):
                 f"train: training diverged by step {self.state.global_step} ({values}); stopped without saving the "
                 f"model (checkpoints from step {max(last, 1)} on may hold diverged weights). Try a lower "
                 "--learning-rate or --max-grad-norm, or float32 weights with --bf16 autocast")
+
+    def save_final_model(self, output_dir: str | os.PathLike) -> None:
+        """save_model into a hidden folder of `output_dir`, then its files moved in, config.json
+        last: a run killed while saving in place left a 0-byte config.json and no weights, a
+        folder the checks took for a finished model (a new run refused it) that loads as none.
+        Every process takes part (FSDP gathers the weights); the main one moves the files."""
+        out = Path(os.fspath(output_dir))
+        staging = out / ".final-save"
+        if self.args.should_save and staging.exists():  # left by a killed run
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self.save_model(os.fspath(staging))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            for name in sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json"):
+                os.replace(staging / name, out / name)
+            staging.rmdir()
+        self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         from peft import PeftModel
