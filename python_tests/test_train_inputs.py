@@ -400,7 +400,7 @@ def test_training_prompts_are_the_prompts_eval_sends():
 
 @pytest.mark.parametrize("change,message", [
     ({"lr_scheduler": "cosin"}, "cosin is not a valid SchedulerType"),
-    ({"logging_steps": 0}, "requires non-zero --logging_steps"),
+    ({"logging_steps": 0}, r"logging_steps must be >= 1, got 0"),
     ({"report_to": "tensorbord"}, "tensorbord is not supported"),
     ({"model": "tokenizer_only"}, r"tokenizer_only' is not a model directory \(no config.json\)"),
     # Known to transformers but not installed here: Trainer raised at construction, after tokenising.
