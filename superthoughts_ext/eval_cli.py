@@ -117,6 +117,9 @@ def _run_regrade(args: argparse.Namespace) -> int:
         raise ValueError(f"--regrade: the records were evaluated on {stored['bench']!r}, not {args.bench!r}")
     bench = args.bench or stored["bench"]
     if not bench:
+        missing = [path for path in args.regrade if not Path(path).is_file()]
+        if missing:  # not a file whose records fail to name their benchmark
+            raise FileNotFoundError(f"evaluation results not found: {missing[0]}")
         raise ValueError("--regrade needs --bench (the records do not name the benchmark they were evaluated on)")
     data = args.data or stored["data"]
     if args.data is None and data is not None and not Path(data).is_file():

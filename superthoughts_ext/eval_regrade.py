@@ -56,12 +56,13 @@ def stored_settings(paths: Sequence[str | Path], wanted: Sequence[str] = ("bench
     """What the records of ``paths`` say they were evaluated on, for the --regrade options left
     out: of ``wanted``, ``bench`` and ``data`` (the data file's absolute path, None for the hub),
     when every record that has it agrees (ValueError naming two files or lines that differ), and
-    ``option_orders`` (1 + the highest option_order). A missing file is named here (the options
-    it would have filled in are not the problem); lines that are not JSON records are skipped
-    here, and `read_run` reports them."""
+    ``option_orders`` (1 + the highest option_order). Missing files and lines that are not JSON
+    records are skipped here; `read_run` reports them."""
     seen: dict[str, tuple[Any, str]] = {}  # key -> (value, where it was read)
     orders = 0
     for path in paths:
+        if not Path(path).is_file():
+            continue  # read_run says so
         for number, line in enumerate(json_lines(read_records_text(path)), 1):
             try:
                 record = json.loads(line)
