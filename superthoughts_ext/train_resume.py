@@ -338,8 +338,9 @@ def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os
     out = Path(os.fspath(output_dir))
     if out.exists() and not out.is_dir():
         raise ValueError(f"train: --output {os.fspath(out)!r} is a file, not a directory")
-    # Trainer makes the folder at its first save: a read-only one failed after training.
-    if (problem := write_problem(out / "config.json")) is not None:
+    # Trainer makes the folder at its first save: a read-only one failed after training. A probe
+    # of this process's own (another rank's check below would take a probe config.json for a model).
+    if (problem := write_problem(out / f".write-check-{os.getpid()}")) is not None:
         raise ValueError(f"train: --output {os.fspath(out)!r} cannot be written: {problem}")
     if isinstance(model, (str, os.PathLike)) and out.exists() and out.resolve() == Path(os.fspath(model)).resolve():
         raise ValueError(f"train: --output {os.fspath(out)!r} is the --model directory; the run would overwrite "
