@@ -250,11 +250,12 @@ def _thresholds(model: Any, mode: str, threshold: float | None, threshold_main: 
              "threshold_main": getattr(config, "threshold_main", 0.0) if threshold_main is None else threshold_main}
     # The kernels refuse them only at the first step (a RuntimeError after prefill), the
     # reference not at all; float() took True and "0.5".
-    for name, value in given.items():
-        number = number_or_none(value)
+    numbers = {name: number_or_none(value) for name, value in given.items()}
+    for name, number in numbers.items():
         if number is None or not 0.0 <= number <= 1.0:
+            value = given[name]
             raise ValueError(f"generate: {name} must lie in [0, 1] (a number), got {type(value).__name__} {value!r}")
-    return number_or_none(given["threshold"]), number_or_none(given["threshold_main"])
+    return numbers["threshold"], numbers["threshold_main"]
 
 
 def _step_config(model: Any, eos: int, thresholds: tuple[float, float], temperature: float, seed: int,
