@@ -91,6 +91,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         use_cpu=not torch.cuda.is_available(),
     )
     kwargs.update(train_utils.without_fsdp_ram_efficient_loading(options.training_args))
+    _check_names(options)
     args = TrainingArgumentsCpuFix(**kwargs)
     _check_scheduler(args)
     _check_optimizer(args)
@@ -102,6 +103,27 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         except (ImportError, RuntimeError) as error:
             raise ValueError(f"train: --report-to: {error}") from error
     return args
+
+
+def _check_names(options: TrainOptions) -> None:
+    """ValueError naming the flag whose scheduler, optimizer or logging integration transformers
+    does not know (TrainingArguments refused them in the words of its own enums)."""
+    import transformers
+    from transformers.integrations import get_reporting_integration_callbacks
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for flag, name, known in (("--lr-scheduler", options.lr_scheduler, SchedulerType),
+                              ("--optim", options.optim, OptimizerNames)):
+        names = [member.value for member in known]
+        if name is not None and name not in names:
+            raise ValueError(f"train: {flag} {name!r} is none of transformers {transformers.__version__}'s: "
+                             f"{', '.join(names)}")
+    report_to = options.report_to if isinstance(options.report_to, str) else list(options.report_to)
+    try:
+        get_reporting_integration_callbacks(report_to)
+    except ValueError as error:
+        raise ValueError(f"train: --report-to: {error}") from None
 
 
 def _check_optimizer(args: TrainingArguments) -> None:
