@@ -173,3 +173,31 @@ def test_a_loss_that_does_not_fall_stops_the_run_naming_the_mode(tmp_path: Path)
     with pytest.raises(SystemExit, match=r"bench train: tiny baseline: the loss did not fall over the 2 warmup "
                                          r"steps \(.*\); try a smaller --lr \(got 100\)"):
         bench.main(args)
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                 "you tried to allocate 1215488000000 bytes.\nmore"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.2 TiB"),
+])
+def test_sizes_past_the_memory_are_one_line(monkeypatch, capsys, error) -> None:
+    # A typo's extra zeros (--batch 1000000) ended in an allocator traceback.
+    bench = load_benchmark("step")
+
+    def out_of_memory(args):
+        raise error
+
+    monkeypatch.setattr(bench, "main", out_of_memory)
+    monkeypatch.setattr(bench_cli, "load_benchmark", lambda area: bench)
+    assert cli.main(["bench", "step"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("superthoughts bench step: out of memory (") and str(error).splitlines()[0] in err
+    assert "ask for smaller sizes" in err and err.count("\n") == 1
+
+
+def test_other_runtime_errors_of_a_benchmark_still_raise(monkeypatch) -> None:
+    bench = load_benchmark("step")
+    monkeypatch.setattr(bench, "main", lambda args: (_ for _ in ()).throw(RuntimeError("a kernel differs")))
+    monkeypatch.setattr(bench_cli, "load_benchmark", lambda area: bench)
+    with pytest.raises(RuntimeError, match="a kernel differs"):
+        cli.main(["bench", "step"])

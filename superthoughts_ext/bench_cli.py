@@ -44,5 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    load_benchmark(args.area).main(args)
+    import torch
+
+    try:
+        load_benchmark(args.area).main(args)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        # Sizes past the memory (a typo's extra zeros): one line, not an allocator traceback.
+        if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
+            raise
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"superthoughts bench {args.area}: out of memory ({reason}); ask for smaller sizes (the "
+              "configurations measured before are in the results file)", file=sys.stderr)
+        return 1
     return 0
