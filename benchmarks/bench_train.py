@@ -396,6 +396,6 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     from superthoughts_ext.cli import HelpFormatter  # shows each flag's default, as `superthoughts bench` does
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0], formatter_class=HelpFormatter)
     add_arguments(parser)
     raise SystemExit(main(parser.parse_args()))

@@ -114,3 +114,15 @@ def test_text_that_is_not_utf8_is_named_before_any_work(argv, capsys) -> None:
         cli.main(argv)
     assert exit_info.value.code == 2
     assert "not valid UTF-8 text (byte 0xe9 after" in capsys.readouterr().err
+
+
+def test_help_works_with_docstrings_stripped() -> None:
+    # python -OO (PYTHONOPTIMIZE=2) drops docstrings: the parser's description came from one.
+    import subprocess
+    import sys
+
+    for command in ([], ["generate"], ["eval"], ["bench", "step"]):
+        done = subprocess.run([sys.executable, "-OO", "-m", "superthoughts_ext.cli", *command, "--help"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (command, done.stderr)
+        assert done.stdout.startswith("usage: superthoughts"), command

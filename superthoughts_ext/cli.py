@@ -67,7 +67,7 @@ _PACKAGE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = format_warning
-    parser = argparse.ArgumentParser(prog="superthoughts", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="superthoughts", description=(__doc__ or "").partition("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)

@@ -472,7 +472,7 @@ def close_process_group() -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.train ...` (what torchrun and accelerate launch run)."""
     warnings.formatwarning = format_warning
-    parser = argparse.ArgumentParser(prog="superthoughts train", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="superthoughts train", description=(__doc__ or "").partition("\n")[0],
                                      formatter_class=HelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

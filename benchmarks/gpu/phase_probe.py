@@ -328,7 +328,7 @@ def run_config(probe: Probe, batch, vocab, hidden, dtype, grid, args, ext_step, 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--hidden", type=int, nargs="+", default=[1536, 3584])

@@ -57,7 +57,7 @@ def run_case(batch, vocab, hidden, dtype, merge, temperature, seed) -> list[str]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--small", action="store_true", help="small shapes only (racecheck is slow)")
     args = parser.parse_args()
     errors, cases = [], 0

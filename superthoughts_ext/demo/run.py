@@ -428,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.demo.run ...`."""
-    parser = argparse.ArgumentParser(prog="superthoughts demo", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="superthoughts demo", description=(__doc__ or "").partition("\n")[0],
                                      formatter_class=HelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
