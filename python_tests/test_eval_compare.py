@@ -188,3 +188,14 @@ def test_compare_checks_references_only_where_both_runs_record_them(tmp_path: Pa
         compare_runs(a, [b])
     old = write_records(tmp_path / "old.jsonl", [{"id": str(i)} for i in range(3)])
     assert compare(a, old)["n"] == compare(old, b)["n"] == 3
+
+
+def test_compare_tells_apart_settings_that_are_lists(tmp_path: Path) -> None:
+    # A hand-edited file's list-valued setting ended in "unhashable type: 'list'".
+    a = write_records(tmp_path / "a.jsonl", [{"id": str(i), "system_prompt": ["x"]} for i in range(3)])
+    b = write_records(tmp_path / "b.jsonl", [{"id": str(i), "system_prompt": "y"} for i in range(3)])
+    with pytest.warns(UserWarning, match=r"different system_prompt \(.*a.jsonl: '\[\"x\"\]', .*b.jsonl: 'y'\)"):
+        compare(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same list in both: no difference
+        compare(a, write_records(tmp_path / "c.jsonl", [{"id": str(i), "system_prompt": ["x"]} for i in range(3)]))

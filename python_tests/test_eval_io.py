@@ -283,3 +283,13 @@ def test_resume_keeps_the_earlier_records_on_disk_before_decoding(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=killed, resume=True, **kwargs)
     assert len(kept) == 3 and on_disk == [kept]
+
+
+@pytest.mark.parametrize("line", ["5", "[1, 2]", '{"bench": "math500", "id": [1]}', '{"bench": "math500"}'])
+def test_resume_names_a_line_that_is_no_record(tmp_path: Path, line: str) -> None:
+    # Another file given as the output (a number per line, lists): a bare TypeError before.
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    out.write_text(line + "\n" + line + "\n", encoding="utf-8")  # not the last line: not taken for a torn one
+    with pytest.raises(ValueError, match=r"st.jsonl:1 is not a record of `superthoughts eval` \(a JSON object "):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []),
+                 resume=True, batch_size=3, output_jsonl=out, progress=False)

@@ -51,7 +51,9 @@ def _check_settings(runs: list[tuple[str | Path, dict[str, dict[str, Any]]]]) ->
     prompt is a warning: a longer budget lets a run finish problems the other had cut off, and
     another prompt asks another question."""
     def values(records: dict[str, dict[str, Any]], key: str) -> set[Any]:
-        return {record[key] for record in records.values() if key in record}
+        # A list or object (a hand-edited file) as JSON text: it cannot go into a set.
+        return {value if isinstance(value, (str, int, float, bool, type(None))) else json.dumps(value, sort_keys=True)
+                for value in (record[key] for record in records.values() if key in record)}
 
     def shown(value: Any, width: int | None) -> str:  # a system prompt: its start, past where they differ
         if width is not None and isinstance(value, str):

@@ -111,6 +111,10 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
             if number == len(lines):
                 break
             raise ValueError(f"resume: {path}:{number} is not a JSON record") from None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), (int, str)):
+            # Another file's lines (a number, a list, an id that is a list) failed on a TypeError.
+            raise ValueError(f"resume: {path}:{number} is not a record of `superthoughts eval` (a JSON object with "
+                             "an id); give another output file or leave out resume")
         if mismatch := _setting_mismatch(record, settings):
             raise ValueError(f"resume: {path}:{number} {mismatch}; give another output file or leave out resume")
         if record.get("id") not in ids:
