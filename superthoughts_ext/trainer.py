@@ -117,6 +117,10 @@ class SuperThoughtsTrainer(Trainer):
     def __init__(self, *args: Any, run_settings: dict[str, Any] | None = None, run_id: str = "",
                  **kwargs: Any) -> None:
         """Trainer's arguments, and the run's settings and id to record in each checkpoint (RunSettings)."""
+        model = kwargs["model"] if "model" in kwargs else (args[0] if args else None)
+        # Trainer sets the model config's use_cache to False for training; checkpoints keep the
+        # model's own (a baseline checkpoint saved false: a plain forward then returned no cache).
+        self._use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         super().__init__(*args, **kwargs)
         from peft import PeftModel
 
@@ -254,7 +258,15 @@ class SuperThoughtsTrainer(Trainer):
 
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if isinstance(model, PeftModel) or not _is_superthoughts(model):
-            super()._save(output_dir, state_dict=state_dict)
+            config = getattr(model, "config", None)
+            training_value = getattr(config, "use_cache", None)
+            if self._use_cache is not None and training_value is not None:
+                config.use_cache = self._use_cache
+            try:
+                super()._save(output_dir, state_dict=state_dict)
+            finally:
+                if self._use_cache is not None and training_value is not None:
+                    config.use_cache = training_value
             return
         if not self.args.should_save:
             # transformers 5.25 calls _save on every rank under FSDP and checks here: another
