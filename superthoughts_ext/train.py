@@ -247,7 +247,8 @@ def _train(options: TrainOptions) -> TrainResult:
                                            baseline=options.baseline, lora_r=options.lora_r,
                                            max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
                                            warmup_ratio=options.warmup_ratio, lora=lora,
-                                           optimizer=(optimizer_name(args), optimizer_class(args)), settings=settings)
+                                           optimizer=(optimizer_name(args), optimizer_class(args)), settings=settings,
+                                           num_epochs=options.num_epochs)
     train_resume.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data
@@ -319,8 +320,12 @@ def _train(options: TrainOptions) -> TrainResult:
     )
     if checkpoint is not None and options.max_steps <= 0:
         trainer.add_callback(ResumedLengthCheck(checkpoint, options.scheduler_name, options.warmup_ratio))
-    output = trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
-    metrics = dict(output.metrics)
+    if checkpoint is not None and train_resume.final_save_pending(checkpoint, options.output_dir, options.max_steps,
+                                                                  options.num_epochs):
+        trainer.load_finished_run(checkpoint)
+        metrics = {}
+    else:
+        metrics = dict(trainer.train(resume_from_checkpoint=options.resume_from_checkpoint).metrics)
     # transformers' PrinterCallback (no progress bar) pops total_flos out of the metrics it logs.
     metrics.setdefault("total_flos", trainer.state.total_flos)
     metrics.update(train_utils.trainable_summary(model))

@@ -24,7 +24,8 @@ from superthoughts_ext.train_utils import SUPERTHOUGHTS_TRAINABLE_MODULES
 def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
                  baseline: bool = False, lora_r: int = 0, max_steps: int = -1, lr_scheduler: str = "constant",
                  warmup_ratio: float = 0.0, lora: Mapping[str, Any] | None = None,
-                 optimizer: tuple[str, str] | None = None, settings: Mapping[str, Any] | None = None) -> Path | None:
+                 optimizer: tuple[str, str] | None = None, settings: Mapping[str, Any] | None = None,
+                 num_epochs: float = 0.0) -> Path | None:
     """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
     last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
     (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
@@ -35,7 +36,8 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     run's higher ones) and a later --resume would pick up the old run. A LoRA checkpoint's
     adapter must also have `lora` (`train_utils.lora_settings`): peft loads another alpha or
     other target modules without a word (the adapter of the steps trained was dropped). The
-    checkpoint must leave steps to train (`check_steps_left`), and have been trained with an
+    checkpoint must leave steps to train (`check_steps_left`; or be the last step of this run,
+    whose final save was cut off: `final_save_pending`), and have been trained with an
     optimizer of the class of `optimizer` ((--optim name, class)) and with the same `settings`
     (`run_settings`) where it recorded them (`trainer.RunSettings`).
     Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
@@ -63,7 +65,8 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     _check_checkpoint_kind(checkpoint, baseline, lora_r)
     _check_lora_settings(checkpoint, lora)
     check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
-    check_steps_left(checkpoint, max_steps)
+    if not final_save_pending(checkpoint, output_dir, max_steps, num_epochs):
+        check_steps_left(checkpoint, max_steps)
     _check_optimizer(checkpoint, optimizer)
     _check_settings(checkpoint, settings)
     return checkpoint
@@ -232,6 +235,27 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return values if isinstance(values, dict) else None
 
 
+# The files of a finished run's model in its output folder (full, or a LoRA run's merged model;
+# an adapter_config.json from a run of older releases, which saved the adapter alone).
+FINAL_MODEL_FILES = ("config.json", "model.safetensors", "adapter_config.json")
+
+
+def final_save_pending(checkpoint: Path, output_dir: str | os.PathLike, max_steps: int, num_epochs: float) -> bool:
+    """True when `checkpoint`, in `output_dir`, is the last step of its run and that run is this
+    one's length (`max_steps`, or `num_epochs` when it is 0 or less), while `output_dir` holds no
+    final model: the run was stopped after its last checkpoint, in or before the final save. A
+    resume then saves that checkpoint's model (a LoRA checkpoint holds the adapter alone, which
+    no loader takes) instead of training a step past the end."""
+    state = _read_json(checkpoint / "trainer_state.json") or {}
+    done, end = state.get("global_step"), state.get("max_steps")
+    if not (isinstance(done, int) and isinstance(end, int) and end > 0 and done >= end):
+        return False
+    same_length = end == max_steps if max_steps > 0 else state.get("num_train_epochs") == num_epochs
+    out = Path(os.fspath(output_dir))
+    return (same_length and checkpoint.resolve().parent == out.resolve()
+            and not any((out / name).is_file() for name in FINAL_MODEL_FILES))
+
+
 def check_steps_left(checkpoint: Path, max_steps: int, *, length: str | None = None) -> None:
     """ValueError when `checkpoint` is at or past this run's `max_steps` (> 0; a length Trainer
     worked out from epochs is described by `length`): Trainer checks for the last step only
@@ -243,8 +267,7 @@ def check_steps_left(checkpoint: Path, max_steps: int, *, length: str | None = N
                          f"{length or f'--max-steps {max_steps}'}: nothing is left to train (Trainer would still "
                          "take a step past the end and save over the finished model); train further from the "
                          "finished model (--model) as a new run, or resume with a longer run where the schedule "
-                         "allows. If --output holds no config.json, the final save was cut off: a full run's "
-                         "checkpoint loads as that model, a LoRA run's needs a rerun")
+                         "allows")
 
 
 # transformers' schedules whose shape is set by the run's length (decays to the last step), and
@@ -345,7 +368,7 @@ def check_output_dir(output_dir: str | os.PathLike, model: Any, resume: str | os
     if isinstance(model, (str, os.PathLike)) and out.exists() and out.resolve() == Path(os.fspath(model)).resolve():
         raise ValueError(f"train: --output {os.fspath(out)!r} is the --model directory; the run would overwrite "
                          "the model it starts from")
-    held = [name for name in ("config.json", "model.safetensors", "adapter_config.json") if (out / name).is_file()]
+    held = [name for name in FINAL_MODEL_FILES if (out / name).is_file()]
     if not resume and held:
         raise ValueError(f"train: {os.fspath(out)!r} holds a trained model ({', '.join(held)}); a new run needs "
                          "another --output (or that model removed)")

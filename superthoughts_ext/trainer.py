@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, TrainerState
 
 from superthoughts_ext import train_resume, train_utils
 from superthoughts_ext.layers import causal_mask_for_right_padding
@@ -234,6 +235,20 @@ class SuperThoughtsTrainer(Trainer):
                 f"train: training diverged by step {self.state.global_step} ({values}); stopped without saving the "
                 f"model (checkpoints from step {max(last, 1)} on may hold diverged weights). Try a lower "
                 "--learning-rate or --max-grad-norm, or float32 weights with --bf16 autocast")
+
+    def load_finished_run(self, checkpoint: os.PathLike) -> None:
+        """The model and state of `checkpoint`, the last step of a run whose final save was cut
+        off (train_resume.final_save_pending), loaded in place of training: Trainer.train would
+        take a step past the end. FSDP shards the model only in train(): refused there."""
+        if self.is_fsdp_enabled:
+            raise ValueError(f"train: {os.fspath(checkpoint)!r} is the last step of its run, whose final save was cut "
+                             "off: resume it in one process without FSDP to save its model")
+        if self.args.should_save:
+            warnings.warn(f"train: {os.fspath(checkpoint)!r} is the last step of its run and {self.args.output_dir!r} "
+                          "holds no model (the final save was cut off): saving the checkpoint's model, no step "
+                          "trained", UserWarning, stacklevel=2)
+        self._load_from_checkpoint(os.fspath(checkpoint))
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
 
     def save_final_model(self, output_dir: str | os.PathLike) -> None:
         """save_model into a hidden folder of `output_dir`, then its files moved in, config.json

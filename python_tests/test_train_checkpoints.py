@@ -1,0 +1,80 @@
+"""What a run's checkpoints hold and what a resume makes of them once the run has trained to its
+end: a run stopped after its last checkpoint, in or before the final save, is completed by a
+resume that saves the checkpoint's model (a LoRA checkpoint holds the adapter alone, which no
+loader takes). Tiny random models on CPU (test_train.py's fixtures).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+import test_train  # noqa: E402
+from test_train import FAST, ROWS  # noqa: E402
+
+from superthoughts_ext.modeling import load_model  # noqa: E402
+from superthoughts_ext.train import TrainOptions, train  # noqa: E402
+
+base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
+TWO_STEPS = {**FAST, "max_steps": 2, "save_steps": 2}
+
+
+def cut_off_final_save(out: Path) -> None:
+    """The output of a run killed after its last checkpoint: every file of the final save gone."""
+    for path in out.iterdir():
+        if not path.name.startswith("checkpoint-"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def same_weights(a: Path, b: Path) -> None:
+    left, right = load_model(a).state_dict(), load_model(b).state_dict()
+    assert left.keys() == right.keys()
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+
+
+def test_a_baseline_checkpoint_keeps_the_models_use_cache(base_dirs, tmp_path):
+    # Trainer sets use_cache False to train: checkpoints saved that, and a plain forward of a
+    # model loaded from one returned no cache.
+    out = tmp_path / "sft"
+    train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, baseline=True, **TWO_STEPS))
+    assert json.loads((out / "checkpoint-2" / "config.json").read_text())["use_cache"] is True
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+
+
+@pytest.mark.parametrize("kind", [{}, {"lora_r": 4}, {"lora_r": 4, "baseline": True},
+                                  {"lora_r": 4, "max_steps": -1, "num_epochs": 2, "save_steps": 1}],
+                         ids=["full", "lora", "sft-lora", "lora-epochs"])
+def test_a_resume_saves_the_model_of_a_run_whose_final_save_was_cut_off(base_dirs, tmp_path, kind):
+    options = dict(model=base_dirs["qwen2"], data=ROWS, **{**TWO_STEPS, **kind})  # 8 rows: 1 step per epoch
+    straight = tmp_path / "straight"
+    train(TrainOptions(output_dir=straight, **options))
+    out = tmp_path / "cut"
+    train(TrainOptions(output_dir=out, **options))
+    cut_off_final_save(out)
+    with pytest.warns(UserWarning, match=r"checkpoint-2' is the last step of its run and .*cut' holds no model \(the "
+                                         r"final save was cut off\): saving the checkpoint's model, no step trained"):
+        result = train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **options))
+    assert result.global_step == 2 and [e["step"] for e in result.log_history if "loss" in e] == [1, 2]
+    same_weights(out, straight)  # a LoRA run's merged model, as the uninterrupted run saved it
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in straight.iterdir())
+    # Done now: the same command again has nothing left to do.
+    with pytest.raises(ValueError, match=r"is at step 2 and this run ends at (--max-steps )?2( steps)?.*: nothing is "
+                                         "left to train"):
+        train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **options))
+
+
+def test_a_run_of_another_length_does_not_take_the_last_checkpoint_for_a_finished_run(base_dirs, tmp_path):
+    options = dict(model=base_dirs["qwen2"], data=ROWS, lora_r=4, **TWO_STEPS)
+    out = tmp_path / "cut"
+    train(TrainOptions(output_dir=out, **options))
+    cut_off_final_save(out)
+    # The checkpoint's run ended at step 2; a run of 1 step resumed from it is no completion.
+    with pytest.raises(ValueError, match="is at step 2 and this run ends at --max-steps 1: nothing is left to train"):
+        train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **{**options, "max_steps": 1}))
+    assert not (out / "config.json").exists()
