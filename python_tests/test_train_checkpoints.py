@@ -17,6 +17,7 @@ pytest.importorskip("peft")
 import test_train  # noqa: E402
 from test_train import FAST, ROWS  # noqa: E402
 
+from superthoughts_ext.generate_cli import load_checkpoint  # noqa: E402
 from superthoughts_ext.modeling import load_model  # noqa: E402
 from superthoughts_ext.train import TrainOptions, train  # noqa: E402
 
@@ -57,6 +58,11 @@ def test_a_resume_saves_the_model_of_a_run_whose_final_save_was_cut_off(base_dir
     out = tmp_path / "cut"
     train(TrainOptions(output_dir=out, **options))
     cut_off_final_save(out)
+    # generate / eval said "no tokenizer files", then (given --tokenizer) "not a model directory".
+    for load in (lambda: load_checkpoint(str(out), "cpu", "auto", None), lambda: load_model(out)):
+        with pytest.raises(FileNotFoundError, match=r"cut' holds no model yet, only checkpoints \(last: checkpoint-2\): "
+                                                    r"its run is still training, or was stopped before its final save"):
+            load()
     with pytest.warns(UserWarning, match=r"checkpoint-2' is the last step of its run and .*cut' holds no model \(the "
                                          r"final save was cut off\): saving the checkpoint's model, no step trained"):
         result = train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **options))

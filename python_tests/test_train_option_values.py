@@ -77,3 +77,29 @@ def test_a_second_run_into_one_output_is_refused_while_the_first_writes(base_dir
             train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **{**FAST, "max_steps": 1}))
     done = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **{**FAST, "max_steps": 1}))
     assert done.global_step == 1  # released
+
+
+def test_accelerate_launch_settings_that_differ_from_the_flags_are_said(monkeypatch, tmp_path):
+    # accelerate launch passes its config as environment variables: its mixed precision turned
+    # bf16 on without --bf16, and its gradient accumulation was dropped, both without a word.
+    import warnings
+
+    from superthoughts_ext.train_args import training_arguments
+
+    options = TrainOptions(model="m", data=ROWS, output_dir=tmp_path / "o", **{**FAST, "grad_accum": 2})
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    with pytest.warns(UserWarning) as caught:
+        args = training_arguments(options)
+    said = [str(w.message) for w in caught]
+    assert ("train: accelerate's gradient_accumulation_steps 4 is not used; this run accumulates --grad-accum 2 "
+            "micro-batches per step") in said
+    assert "train: accelerate's mixed_precision bf16 (its launch config) applies to this run, though --bf16 is not given" \
+        in said
+    assert args.mixed_precision == "bf16" and args.gradient_accumulation_steps == 2
+    # The same settings as the flags: nothing to say.
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training_arguments(TrainOptions(model="m", data=ROWS, output_dir=tmp_path / "o",
+                                        **{**FAST, "grad_accum": 2, "bf16": True}))

@@ -44,6 +44,13 @@ def read_model_dir(path: str | os.PathLike, where: str) -> Path:
             raise FileNotFoundError(f"{where}: {os.fspath(path)!r} is a LoRA adapter checkpoint (adapter_config.json, "
                                     f"no {CONFIG_NAME}); it resumes a run (--resume), while the merged model is "
                                     f"written to the run's output directory when training ends")
+        checkpoints = sorted((p for p in directory.glob("checkpoint-*") if p.name[len("checkpoint-"):].isdigit()),
+                             key=lambda p: int(p.name[len("checkpoint-"):]))
+        if checkpoints:  # a training run's output whose final save has not been written (yet)
+            raise FileNotFoundError(
+                f"{where}: {os.fspath(path)!r} holds no model yet, only checkpoints (last: {checkpoints[-1].name}): "
+                "its run is still training, or was stopped before its final save (`superthoughts train` with "
+                "the run's options and --resume saves it); a full run's checkpoint-N loads as its model")
         raise FileNotFoundError(f"{where}: {os.fspath(path)!r} is not a model directory (no {CONFIG_NAME})")
     return directory
 

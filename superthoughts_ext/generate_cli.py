@@ -69,7 +69,7 @@ def load_checkpoint(path: str, device: str | None, dtype: str, tokenizer: str | 
     directory, one without tokenizer files, an unknown device or a CUDA device on a torch
     without one is a ValueError / FileNotFoundError the commands print as a one-line error,
     not a traceback. ``tokenizer``: another directory to load the tokenizer from."""
-    from superthoughts_ext.checkpoint import has_tokenizer_files
+    from superthoughts_ext.checkpoint import has_tokenizer_files, read_model_dir
     from superthoughts_ext.modeling import load_model, load_tokenizer
 
     if not path or (Path(path).exists() and not Path(path).is_dir()):  # "" is the current folder to Path
@@ -81,6 +81,8 @@ def load_checkpoint(path: str, device: str | None, dtype: str, tokenizer: str | 
     if Path(tokenizer_path).is_dir() and not has_tokenizer_files(tokenizer_path):
         # Checked before the weights load; transformers would build an empty tokenizer here.
         hint = "" if tokenizer else "; pass --tokenizer DIR (the base model's directory, say)"
+        if tokenizer is None:  # no model there either (a run's output before its final save): that said first
+            read_model_dir(path, "--model")
         raise FileNotFoundError(f"no tokenizer files in {tokenizer_path!r}{hint}")
 
     device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")

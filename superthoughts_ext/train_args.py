@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -93,6 +94,7 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
     kwargs.update(train_utils.without_fsdp_ram_efficient_loading(options.training_args))
     _check_names(options)
     args = TrainingArgumentsCpuFix(**kwargs)
+    _warn_launcher_settings(options, args)
     _check_scheduler(args)
     _check_optimizer(args)
     # Trainer checks report_to only when it is built, after the model is loaded and the data
@@ -103,6 +105,21 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         except (ImportError, RuntimeError) as error:
             raise ValueError(f"train: --report-to: {error}") from error
     return args
+
+
+def _warn_launcher_settings(options: TrainOptions, args: TrainingArguments) -> None:
+    """accelerate launch hands its config to the run as environment variables: its mixed
+    precision applies (TrainingArguments reads it) where --bf16 is not given, its gradient
+    accumulation does not (Trainer hands accelerate --grad-accum). Each said, not silently
+    taken or dropped."""
+    steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "")
+    if steps.isdigit() and int(steps) not in (1, options.grad_accum):
+        warnings.warn(f"train: accelerate's gradient_accumulation_steps {steps} is not used; this run accumulates "
+                      f"--grad-accum {options.grad_accum} micro-batches per step", UserWarning, stacklevel=3)
+    precision = getattr(args, "mixed_precision", "no")
+    if not options.bf16 and precision in ("bf16", "fp16"):
+        warnings.warn(f"train: accelerate's mixed_precision {precision} (its launch config) applies to this run, "
+                      "though --bf16 is not given", UserWarning, stacklevel=3)
 
 
 def _check_names(options: TrainOptions) -> None:

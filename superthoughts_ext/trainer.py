@@ -220,7 +220,7 @@ class SuperThoughtsTrainer(Trainer):
         every later step, checkpoint and the final save would be too. Every process logs the
         same reduced values, so all of them stop at the same step. Not under float16 mixed
         precision: its GradScaler skips overflowing steps, routinely early in a run."""
-        if self.args.fp16:
+        if self.args.fp16 or getattr(self.args, "mixed_precision", "no") == "fp16":  # the latter: accelerate's config
             return
         watched = ("loss", "grad_norm", *LOSS_PARTS)
         bad = {name: logs[name] for name in watched if name in logs and not math.isfinite(logs[name])}
