@@ -136,9 +136,9 @@ def _check_names(options: TrainOptions) -> None:
         if name is not None and name not in names:
             raise ValueError(f"train: {flag} {name!r} is none of transformers {transformers.__version__}'s: "
                              f"{', '.join(names)}")
-    report_to = options.report_to if isinstance(options.report_to, str) else list(options.report_to)
-    try:
-        get_reporting_integration_callbacks(report_to)
+    names = [options.report_to] if isinstance(options.report_to, str) else list(options.report_to)
+    try:  # "none" and "all" TrainingArguments reads itself (the check takes them only as a lone string)
+        get_reporting_integration_callbacks([name for name in names if name not in ("none", "all")])
     except ValueError as error:
         raise ValueError(f"train: --report-to: {error}") from None
 
