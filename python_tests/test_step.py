@@ -195,6 +195,19 @@ def test_eos_and_finished_rows(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_finished_flags_of_any_nonzero_byte_count_as_finished(device):
+    # A bool tensor viewed from uint8 (or left uninitialised) may hold bytes 2..255: loaded as a
+    # C++ bool that was undefined behaviour (UBSan), taken as not finished at -O1.
+    logits, embed, weight, bias, _ = make_inputs(3, 50, 8, torch.float32, device)
+    finished = torch.tensor([2, 0, 255], dtype=torch.uint8, device=tensor_device(device)).view(torch.bool)
+    got, want, fin_kernel, fin_ref = run_both(logits, embed, weight, bias, finished, device)
+    assert_step_equal(got, want, fin_kernel, fin_ref, torch.float32)
+    tokens, n_new, _, _ = got
+    assert tokens[0].tolist() == tokens[2].tolist() == [PAD, -1] and n_new.tolist()[::2] == [0, 0]
+    assert fin_kernel.view(torch.uint8).tolist()[::2] == [1, 1]  # stored back as true
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nan_and_inf_logits(device, dtype):
     logits, embed, weight, bias, finished = make_inputs(4, 300, 8, dtype, device)

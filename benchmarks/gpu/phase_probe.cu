@@ -31,7 +31,7 @@ struct ProbeInputs {
   int64_t embed_row_stride;
   const void* weight;                 // [H, 2H] or nullptr
   const void* bias;                   // [H] or nullptr
-  bool* finished;                     // [B]
+  uint8_t* finished;                  // [B] bools as bytes (see StepParams)
   int64_t batch, vocab, hidden;
   int64_t pad_id, eos_id;
   double threshold, threshold_main, temperature;

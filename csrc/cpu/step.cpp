@@ -263,7 +263,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
   const int64_t chunks = (s.vocab + kVocabChunk - 1) / kVocabChunk;
   const SampleParams sample{samples_at(temperature), static_cast<float>(temperature),
                             static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
-  bool* done = finished.mutable_data_ptr<bool>();
+  // As bytes: a bool tensor made by a view of uint8 (or left uninitialised) may hold 2..255,
+  // which a load as C++ bool leaves undefined; every nonzero byte counts as finished.
+  uint8_t* done = reinterpret_cast<uint8_t*>(finished.mutable_data_ptr<bool>());
   std::vector<Partial> parts(2 * s.batch * chunks);  // [head, row, chunk]
 
   AT_DISPATCH_SWITCH(logits.scalar_type(), "superthoughts_step_cpu", SUPERTHOUGHTS_STEP_TYPES([&] {
@@ -274,7 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
       for (int64_t task = begin; task < end; ++task) {
         const int64_t chunk = task % chunks, head_row = task / chunks;
         const int64_t head = head_row / s.batch, b = head_row % s.batch;
-        if (done[b]) continue;
+        if (done[b] != 0) continue;
         const scalar_t* row = base + head * head_stride + b * row_stride;
         const int64_t lo = chunk * kVocabChunk, hi = std::min(s.vocab, lo + kVocabChunk);
         parts[task] = reduce_chunk(row, lo, hi, b, static_cast<int>(head), sample, buf.data());
@@ -287,7 +289,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
   float* confidence = conf.mutable_data_ptr<float>();
   std::vector<int64_t> first(s.batch), second(s.batch);
   for (int64_t b = 0; b < s.batch; ++b) {
-    if (done[b]) {
+    if (done[b] != 0) {
+      done[b] = 1;
       tok[2 * b] = pad_id;
       tok[2 * b + 1] = -1;
       count[b] = 0;
@@ -304,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
     count[b] = accept ? 2 : 1;
     confidence[2 * b] = main.conf;
     confidence[2 * b + 1] = mtp.conf;
-    done[b] = main.token == eos_id || (accept && mtp.token == eos_id);
+    done[b] = (main.token == eos_id || (accept && mtp.token == eos_id)) ? 1 : 0;
     first[b] = main.token;
     second[b] = accept ? mtp.token : pad_id;
   }

@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cu
   params.embed_row_stride = embed.stride(0);
   params.weight = merge_weight.has_value() ? merge_weight->const_data_ptr() : nullptr;
   params.bias = merge_bias.has_value() ? merge_bias->const_data_ptr() : nullptr;
-  params.finished = finished.mutable_data_ptr<bool>();
+  params.finished = reinterpret_cast<uint8_t*>(finished.mutable_data_ptr<bool>());
   params.batch = s.batch;
   params.vocab = s.vocab;
   params.hidden = s.hidden;

@@ -28,7 +28,7 @@ const char* run(StepParams p, int grid, uint64_t schedule_seed) {
   const auto rows = static_cast<size_t>(p.batch);
   const size_t next_in_bytes = rows * static_cast<size_t>(p.weight ? p.hidden : 2 * p.hidden) * sizeof(EmbedT);
   std::vector<superthoughts::emulation::Span> written = {
-      {workspace.data(), workspace_bytes}, {p.finished, rows * sizeof(bool)},
+      {workspace.data(), workspace_bytes}, {p.finished, rows * sizeof(uint8_t)},
       {p.tokens, rows * 2 * sizeof(int64_t)}, {p.n_new, rows * sizeof(int32_t)},
       {p.conf, rows * 2 * sizeof(float)},    {p.next_in, next_in_bytes}};
   g_error = superthoughts::emulation::launch(

@@ -99,7 +99,7 @@ __device__ void write_rows(const StepParams& p, SharedState& sh) {
       p.n_new[b] = d.n_new;
       p.conf[2 * b] = d.conf_main;
       p.conf[2 * b + 1] = d.conf_mtp;
-      p.finished[b] = d.finished;  // nobody reads `finished` after the grid barrier
+      p.finished[b] = d.finished ? 1 : 0;  // nobody reads `finished` after the grid barrier
     }
     if (p.merge_path == kMergeCopy) {
       for (int j = warp; j < n; j += kWarps) {

@@ -45,7 +45,7 @@ struct StepParams {
   int64_t embed_row_stride;
   const void* weight;  // [H, 2H] contiguous, nullptr: next_in is the raw pair
   const void* bias;    // [H], nullptr when absent
-  bool* finished;      // [B], read before the grid barrier, written after it
+  uint8_t* finished;   // [B] bools as bytes (nonzero: finished), read before the grid barrier, written after it
   int64_t batch, vocab, hidden;
   int64_t pad_id, eos_id;
   float threshold, threshold_main, temperature;
@@ -331,7 +331,7 @@ __device__ void reduce_vocab(const StepParams& p, Acc* scratch) {
     const int64_t v1 = min64(p.vocab, v0 + (end - f));
     const int head = static_cast<int>(r / p.batch);
     const int64_t b = r - head * p.batch;
-    const bool done = p.finished[b];
+    const bool done = p.finished[b] != 0;
     Acc acc = acc_empty();
     if (!done) {  // uniform across the block: every thread reads the same flag
       const T* row = static_cast<const T*>(p.logits) + head * p.logits_head_stride + b * p.logits_row_stride;
