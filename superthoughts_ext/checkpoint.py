@@ -42,8 +42,9 @@ def read_model_dir(path: str | os.PathLike, where: str) -> Path:
         if (directory / "adapter_config.json").is_file():
             # The checkpoint-N/ folders of a `train --lora-r` run: peft adapters without the base.
             raise FileNotFoundError(f"{where}: {os.fspath(path)!r} is a LoRA adapter checkpoint (adapter_config.json, "
-                                    f"no {CONFIG_NAME}); it resumes a run (--resume), while the merged model is "
-                                    f"written to the run's output directory when training ends")
+                                    f"no {CONFIG_NAME}); it resumes a run (--resume), and `superthoughts export "
+                                    f"--checkpoint {os.fspath(path)} --output DIR` merges it into a model (the "
+                                    "run's own merged model is its output directory)")
         checkpoints = sorted((p for p in directory.glob("checkpoint-*") if p.name[len("checkpoint-"):].isdigit()),
                              key=lambda p: int(p.name[len("checkpoint-"):]))
         if checkpoints:  # a training run's output whose final save has not been written (yet)

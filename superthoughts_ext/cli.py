@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("superthoughts_ext.generate_cli", "decode a prompt with a trained model"),
     "eval": ("superthoughts_ext.eval_cli", "evaluate on MATH500 / AMC23 / OlympiadBench / GPQA"),
     "demo": ("superthoughts_ext.demo.run", "train + evaluate the embedded synthetic task"),
+    "export": ("superthoughts_ext.export", "merge a LoRA training checkpoint into a loadable model"),
     "bench": ("superthoughts_ext.bench_cli", "run a microbenchmark (step, generate, train)"),
 }
 

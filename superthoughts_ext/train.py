@@ -314,6 +314,7 @@ def _train(options: TrainOptions) -> TrainResult:
     trainer = SuperThoughtsTrainer(
         model=model, args=args, data_collator=collator, train_dataset=rows,
         processing_class=tokenizer, run_settings=settings,
+        base_model=None if isinstance(options.model, nn.Module) else os.path.abspath(options.model),
         # A run resumed in its own folder keeps its id; a new one, or a fork, draws its own (the
         # main process writes it).
         run_id=train_resume.continued_run_id(checkpoint, options.output_dir) or uuid.uuid4().hex,

@@ -166,12 +166,19 @@ def check_base_weights(checkpoint: Path | None, digest: str) -> None:
     """ValueError when LoRA `checkpoint` recorded a base model whose weights
     (`train_utils.weights_digest`) differ from `digest`, those of this run's --model: the adapters
     resumed on another base trained on without a word (a full checkpoint holds every weight)."""
-    saved = _recorded(checkpoint).get("settings") if checkpoint is not None else None
-    recorded = saved.get(BASE_WEIGHTS) if isinstance(saved, dict) else None
+    recorded = recorded_base_weights(checkpoint) if checkpoint is not None else None
     if recorded and recorded != digest:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} holds LoRA adapters trained on another base "
                          f"model (weights {_shown(BASE_WEIGHTS, recorded)}; this --model's: "
                          f"{_shown(BASE_WEIGHTS, digest)}); resume with the --model of the run that wrote it")
+
+
+def recorded_base_weights(checkpoint: Path) -> str | None:
+    """The base model's weights digest that LoRA `checkpoint` recorded (None: a full run's, or
+    one written before the record was kept)."""
+    saved = _recorded(checkpoint).get("settings")
+    recorded = saved.get(BASE_WEIGHTS) if isinstance(saved, dict) else None
+    return recorded if isinstance(recorded, str) else None
 
 
 def _shown(flag: str, value: Any) -> str:

@@ -7,6 +7,7 @@ optimizer and the run's settings in every checkpoint (RunSettings) for the resum
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -116,8 +117,11 @@ class SuperThoughtsTrainer(Trainer):
     """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
 
     def __init__(self, *args: Any, run_settings: dict[str, Any] | None = None, run_id: str = "",
-                 **kwargs: Any) -> None:
-        """Trainer's arguments, and the run's settings and id to record in each checkpoint (RunSettings)."""
+                 base_model: str | None = None, **kwargs: Any) -> None:
+        """Trainer's arguments, and the run's settings and id to record in each checkpoint (RunSettings);
+        `base_model`, the directory the model was loaded from, is recorded beside each LoRA adapter
+        (`export.EXPORT_FILE`, what `superthoughts export` merges it with)."""
+        self._base_model = base_model
         model = kwargs["model"] if "model" in kwargs else (args[0] if args else None)
         # Trainer sets the model config's use_cache to False for training; checkpoints keep the
         # model's own (a baseline checkpoint saved false: a plain forward then returned no cache).
@@ -282,6 +286,8 @@ class SuperThoughtsTrainer(Trainer):
             finally:
                 if self._use_cache is not None and training_value is not None:
                     config.use_cache = training_value
+            if isinstance(model, PeftModel) and self.args.should_save:
+                self._save_export_record(model, output_dir if output_dir is not None else self.args.output_dir)
             return
         if not self.args.should_save:
             # transformers 5.25 calls _save on every rank under FSDP and checks here: another
@@ -297,6 +303,15 @@ class SuperThoughtsTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _save_export_record(self, model: nn.Module, output_dir: str) -> None:
+        """The adapter alone does not rebuild a model: what `superthoughts export` needs beside it."""
+        from superthoughts_ext.export import EXPORT_FILE, export_record
+
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        record = export_record(model, pad, self._base_model)
+        with open(os.path.join(output_dir, EXPORT_FILE), "w", encoding="utf-8") as file:
+            file.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         target = model if model is not None else self.model
