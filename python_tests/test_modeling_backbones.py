@@ -137,3 +137,24 @@ def test_one_labels_row_without_the_other_is_refused():
             # labels_mtp alone returned loss None, silently.
             with pytest.raises(ValueError, match=f"{given} given without the other labels row"):
                 model(**{k: v for k, v in batch.items() if k != missing})
+
+
+@pytest.mark.parametrize("model_type, overrides", [
+    ("olmo3", dict(sliding_window=4)),  # rotary embeddings keyed by layer type
+    ("qwen3_5_text", dict(num_hidden_layers=4, head_dim=8, linear_num_value_heads=2, linear_num_key_heads=2,
+                          linear_key_head_dim=8, linear_value_head_dim=8)),  # multimodal RoPE over 3-D positions
+])
+def test_the_mtp_layer_takes_the_backbones_rotary_embedding(model_type, overrides):
+    # The MTP layer called the rotary embedding as Llama's: OLMo 3's wants the layer type,
+    # Qwen3.5's positions per section; both were accepted and then failed at their first forward.
+    from test_generate import slow_decode
+
+    model = SuperThoughtsForCausalLM.from_base(backbone(model_type, **overrides)).eval()
+    prompt = torch.randint(2, VOCAB, (1, 7))
+    fast = generate(model, prompt, max_new_tokens=10, mode="pairs", eos_token_id=1)
+    assert fast.sequences[0] == slow_decode(model, prompt[0].tolist(), 10, 0.0, 1)
+    reference = generate(model, prompt, max_new_tokens=10, mode="superthoughts", threshold=0.2, eos_token_id=1,
+                         use_kernels=False)
+    assert generate(model, prompt, max_new_tokens=10, mode="superthoughts", threshold=0.2,
+                    eos_token_id=1).sequences == reference.sequences
+    assert torch.isfinite(model(**training_batch(), return_logits=False).loss)

@@ -8,6 +8,7 @@ head_losses.py.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 from torch import nn
@@ -171,6 +172,11 @@ class DecoderMTP(_MTPInput):
             self.sliding = layer_types[0] == "sliding_attention"
         else:
             self.sliding = getattr(self.layer_config, "sliding_window", None) is not None
+        # Rotary embeddings keyed by layer type (OLMo 3, Mellum) take the MTP layer's; multimodal
+        # RoPE (Qwen3.5) takes the text positions in each of its 3 sections, as its backbone does.
+        takes = inspect.signature(self.rotary_emb.forward).parameters
+        self.rope_kwargs = {"layer_type": layer_types[0]} if "layer_type" in takes and layer_types else {}
+        self.mrope = hasattr(self.rotary_emb, "mrope_section")
 
     def new_cache(self, batch_size: int, max_positions: int, device: torch.device, dtype: torch.dtype) -> StaticCache:
         """Static one-layer KV cache for `batch_size` rows and `max_positions` positions."""
@@ -184,10 +190,15 @@ class DecoderMTP(_MTPInput):
         mask = make_mask(config=self.layer_config, inputs_embeds=x, attention_mask=attention_mask,
                          position_ids=position_ids, **{CACHE_ARG: cache})
         out = self.layer(x, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                         position_embeddings=self.rotary_emb(x, position_ids), **{CACHE_ARG: cache})
+                         position_embeddings=self._rotary(x, position_ids), **{CACHE_ARG: cache})
         if isinstance(out, tuple):
             out = out[0]
         return self.norm(out)
+
+
+    def _rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = position_ids[None].expand(3, *position_ids.shape) if self.mrope else position_ids
+        return self.rotary_emb(x, positions, **self.rope_kwargs)
 
 
 class MLPMTP(_MTPInput):
