@@ -158,3 +158,45 @@ def test_the_mtp_layer_takes_the_backbones_rotary_embedding(model_type, override
     assert generate(model, prompt, max_new_tokens=10, mode="superthoughts", threshold=0.2,
                     eos_token_id=1).sequences == reference.sequences
     assert torch.isfinite(model(**training_batch(), return_logits=False).loss)
+
+
+@pytest.mark.parametrize("model_type, overrides", [
+    # Falcon's attention tests for "sdpa" by name.
+    ("falcon", dict(new_decoder_architecture=False, multi_query=False, num_key_value_heads=4,
+                    tie_word_embeddings=False)),
+    ("doge", {}),  # an attention mask per head
+])
+def test_plain_models_of_other_attention_code_decode_as_transformers_does(model_type, overrides):
+    # Falcon took its eager branch under the folded attention's name (with an SDPA mask): other
+    # tokens than transformers' for a left-padded batch; Doge's per-head mask failed to broadcast.
+    model = backbone(model_type, **overrides).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(20)  # logits far apart: a wrong mask changes tokens
+    prompts = [[2, 17, 33, 50, 4, 27, 40], [2, *range(30, 41)], [2, 9, 30]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    want = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=1,
+                          pad_token_id=0)[:, width:].tolist()
+    got = generate(model, ids, mask, max_new_tokens=6, mode="standard", eos_token_id=1).sequences
+    assert got == [row[: row.index(1) + 1] if 1 in row else row for row in want]
+
+
+def test_values_of_another_width_than_keys_are_refused():
+    # MiMo-V2: the static cache sized values as keys, and the first cache write failed.
+    mimo = backbone("mimo_v2_flash", head_dim=8, v_head_dim=16)
+    with pytest.raises(NotImplementedError, match=r"values are another width than their keys \(mimo_v2_flash, "
+                                                  r"head_dim=8, v_head_dim=16\)"):
+        SuperThoughtsForCausalLM.from_base(mimo)
+
+
+def test_the_mlp_mtp_refuses_layers_without_an_mlp_and_takes_an_moe_blocks_output():
+    granite = backbone("granitemoe", num_local_experts=4, num_experts_per_tok=2)
+    with pytest.raises(NotImplementedError, match=r"mtp_type='mlp' copies the last layer's mlp and its norm; "
+                                                  r"GraniteMoeDecoderLayer has no mlp \(use mtp_type='decoder'\)"):
+        SuperThoughtsForCausalLM.from_base(granite, mtp_type="mlp")
+    # GPT-OSS's MoE block returns (hidden, router scores): "Tensor + tuple" at the first step.
+    model = SuperThoughtsForCausalLM.from_base(backbone("gpt_oss", num_local_experts=4, num_experts_per_tok=2,
+                                                        head_dim=8), mtp_type="mlp").eval()
+    assert generate(model, torch.randint(2, VOCAB, (1, 5)), max_new_tokens=4, mode="pairs",
+                    ignore_eos=True).num_tokens == [4]

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -33,7 +33,9 @@ def folded_gqa_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     the query axis for single-position steps; anything else goes to transformers' SDPA."""
     batch, q_heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
-    if q_len != 1 or q_heads == kv_heads or kwargs.get("position_bias") is not None:
+    # A mask per head (Doge's [B, H, 1, L]) does not broadcast over the folded group.
+    per_head_mask = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] != 1
+    if q_len != 1 or q_heads == kv_heads or per_head_mask or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     group = q_heads // kv_heads  # query head h reads key/value head h // group, as repeat_kv lays it out
@@ -62,6 +64,10 @@ def folded_gqa_decoding(model: torch.nn.Module, enabled: bool = True) -> Iterato
     its modules (a SuperThoughts model's backbone and MTP decoder layer each have their own)
     are switched, and restored afterwards, also on errors. Layers read their config's
     implementation at call time."""
+    # Llama-shaped models only (.model.layers): others may test for "sdpa" by name (Falcon took
+    # its eager branch under this name, with an SDPA mask).
+    enabled = enabled and all(hasattr(m, "layers") or hasattr(getattr(m, "model", None), "layers")
+                              for m in model.modules() if isinstance(m, PreTrainedModel))
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
     switched = [c for c in configs.values() if enabled and getattr(c, "_attn_implementation", None) == "sdpa"]
     for config in switched:

@@ -215,6 +215,10 @@ class MLPMTP(_MTPInput):
     def __init__(self, backbone: PreTrainedModel) -> None:
         super().__init__(backbone)
         last = backbone.model.layers[-1]
+        missing = [name for name in ("mlp", "post_attention_layernorm") if not hasattr(last, name)]
+        if missing:  # Granite MoE's block_sparse_moe, Cohere's parallel block without a second norm
+            raise NotImplementedError(f"SuperThoughts: mtp_type='mlp' copies the last layer's mlp and its norm; "
+                                      f"{type(last).__name__} has no {' or '.join(missing)} (use mtp_type='decoder')")
         self.post_norm = hasattr(last, "post_feedforward_layernorm") and not hasattr(last, "pre_feedforward_layernorm")
         self.mlp_norm = copy.deepcopy(last.post_feedforward_layernorm if self.post_norm
                                       else last.post_attention_layernorm)
@@ -227,7 +231,11 @@ class MLPMTP(_MTPInput):
                 attention_mask: torch.Tensor | None, cache: None = None) -> torch.Tensor:
         """h, z [B, T, H] -> h_mtp [B, T, H] (position_ids, attention_mask unused)."""
         x = self.mix(h, z)
-        return self.norm(x + (self.mlp_norm(self.mlp(x)) if self.post_norm else self.mlp(self.mlp_norm(x))))
+        return self.norm(x + (self.mlp_norm(self._mlp(x)) if self.post_norm else self._mlp(self.mlp_norm(x))))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(x)
+        return out[0] if isinstance(out, tuple) else out  # MoE blocks that also return router logits (GPT-OSS)
 
 
 def build_mtp(kind: str, backbone: PreTrainedModel) -> nn.Module:
