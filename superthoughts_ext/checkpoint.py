@@ -30,6 +30,12 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 SECTION = "superthoughts"
 
 
+def checkpoint_folders(directory: Path) -> list[Path]:
+    """The checkpoint-N folders Trainer wrote into `directory`, by step."""
+    found = [p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name[len("checkpoint-"):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len("checkpoint-"):]))
+
+
 def read_model_dir(path: str | os.PathLike, where: str) -> Path:
     """`path` as a Path; FileNotFoundError naming it when it is not a directory with config.json."""
     directory = Path(os.fspath(path))
@@ -45,8 +51,7 @@ def read_model_dir(path: str | os.PathLike, where: str) -> Path:
                                     f"no {CONFIG_NAME}); it resumes a run (--resume), and `superthoughts export "
                                     f"--checkpoint {os.fspath(path)} --output DIR` merges it into a model (the "
                                     "run's own merged model is its output directory)")
-        checkpoints = sorted((p for p in directory.glob("checkpoint-*") if p.name[len("checkpoint-"):].isdigit()),
-                             key=lambda p: int(p.name[len("checkpoint-"):]))
+        checkpoints = checkpoint_folders(directory)
         if checkpoints:  # a training run's output whose final save has not been written (yet)
             raise FileNotFoundError(
                 f"{where}: {os.fspath(path)!r} holds no model yet, only checkpoints (last: {checkpoints[-1].name}): "

@@ -47,6 +47,8 @@ def export_record(model: nn.Module, pad_token_id: int | None, base_model: str | 
 
 def read_record(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """The `export_record` of LoRA `checkpoint`; FileNotFoundError / ValueError saying why there is none."""
+    from superthoughts_ext.checkpoint import checkpoint_folders
+
     folder = Path(os.fspath(checkpoint))
     name = os.fspath(checkpoint)
     if not folder.is_dir():
@@ -55,8 +57,7 @@ def read_record(checkpoint: str | os.PathLike) -> dict[str, Any]:
         if (folder / "config.json").is_file():
             raise ValueError(f"export: {name!r} is a model directory (a full checkpoint or a run's output) and already "
                              "loads as a model (pass it as --model to generate or eval); nothing to export")
-        inside = sorted((p for p in folder.glob("checkpoint-*") if p.name[len("checkpoint-"):].isdigit()),
-                        key=lambda p: int(p.name[len("checkpoint-"):]))
+        inside = checkpoint_folders(folder)
         hint = f"; it holds a run's checkpoints, e.g. {os.fspath(inside[-1])!r}" if inside else ""
         raise FileNotFoundError(f"export: {name!r} is not a LoRA training checkpoint (no {ADAPTER_CONFIG}){hint}")
     if not (folder / "trainer_state.json").is_file():

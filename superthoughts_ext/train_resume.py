@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.checkpoint import is_superthoughts_checkpoint
+from superthoughts_ext.checkpoint import checkpoint_folders, is_superthoughts_checkpoint
 from superthoughts_ext.run_info import write_problem
 from superthoughts_ext.train_utils import SUPERTHOUGHTS_TRAINABLE_MODULES
 
@@ -74,9 +74,7 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
 
 def _complete_checkpoints(folder: Path) -> list[Path]:
     """The checkpoint-N folders of `folder` holding a readable trainer_state.json, by step."""
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-             and _read_json(p / "trainer_state.json") is not None]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+    return [p for p in checkpoint_folders(folder) if _read_json(p / "trainer_state.json") is not None]
 
 
 def _check_complete(checkpoint: Path) -> None:
