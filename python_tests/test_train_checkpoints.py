@@ -49,8 +49,10 @@ def test_a_baseline_checkpoint_keeps_the_models_use_cache(base_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("kind", [{}, {"lora_r": 4}, {"lora_r": 4, "baseline": True},
-                                  {"lora_r": 4, "max_steps": -1, "num_epochs": 2, "save_steps": 1}],
-                         ids=["full", "lora", "sft-lora", "lora-epochs"])
+                                  {"lora_r": 4, "max_steps": -1, "num_epochs": 2, "save_steps": 1},
+                                  # Trainer records 1.5 epochs as 2 (and the epoch reached, 1.5).
+                                  {"max_steps": -1, "num_epochs": 1.5, "batch_size": 4, "save_steps": 1}],
+                         ids=["full", "lora", "sft-lora", "lora-epochs", "fractional-epochs"])
 def test_a_resume_saves_the_model_of_a_run_whose_final_save_was_cut_off(base_dirs, tmp_path, kind):
     options = dict(model=base_dirs["qwen2"], data=ROWS, **{**TWO_STEPS, **kind})  # 8 rows: 1 step per epoch
     straight = tmp_path / "straight"
@@ -58,20 +60,21 @@ def test_a_resume_saves_the_model_of_a_run_whose_final_save_was_cut_off(base_dir
     out = tmp_path / "cut"
     train(TrainOptions(output_dir=out, **options))
     cut_off_final_save(out)
+    last = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     # generate / eval said "no tokenizer files", then (given --tokenizer) "not a model directory".
     for load in (lambda: load_checkpoint(str(out), "cpu", "auto", None), lambda: load_model(out)):
-        with pytest.raises(FileNotFoundError, match=r"cut' holds no model yet, only checkpoints \(last: checkpoint-2\): "
+        with pytest.raises(FileNotFoundError, match=rf"cut' holds no model yet, only checkpoints \(last: checkpoint-{last}\): "
                                                     r"its run is still training, or was stopped before its final save"):
             load()
-    with pytest.warns(UserWarning, match=r"checkpoint-2' is the last step of its run and .*cut' holds no model \(the "
+    with pytest.warns(UserWarning, match=rf"checkpoint-{last}' is the last step of its run and .*cut' holds no model \(the "
                                          r"final save was cut off\): saving the checkpoint's model, no step trained"):
         result = train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **options))
-    assert result.global_step == 2 and [e["step"] for e in result.log_history if "loss" in e] == [1, 2]
+    assert result.global_step == last and [e["step"] for e in result.log_history if "loss" in e] == [*range(1, last + 1)]
     same_weights(out, straight)  # a LoRA run's merged model, as the uninterrupted run saved it
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in straight.iterdir())
     # Done now: the same command again has nothing left to do.
-    with pytest.raises(ValueError, match=r"is at step 2 and this run ends at (--max-steps )?2( steps)?.*: nothing is "
-                                         "left to train"):
+    with pytest.raises(ValueError, match=rf"is at step {last} and this run ends at (--max-steps )?{last}( steps)?.*: "
+                                         "nothing is left to train"):
         train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **options))
 
 
@@ -84,3 +87,15 @@ def test_a_run_of_another_length_does_not_take_the_last_checkpoint_for_a_finishe
     with pytest.raises(ValueError, match="is at step 2 and this run ends at --max-steps 1: nothing is left to train"):
         train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **{**options, "max_steps": 1}))
     assert not (out / "config.json").exists()
+
+
+def test_a_save_cut_off_while_its_files_moved_in_is_completed(base_dirs, tmp_path):
+    # config.json is moved in last: a kill before it leaves the weights and the tokenizer without
+    # it, which the resume took for a finished model ("nothing is left to train").
+    options = dict(model=base_dirs["qwen2"], data=ROWS, lora_r=4, **TWO_STEPS)
+    out = tmp_path / "cut"
+    train(TrainOptions(output_dir=out, **options))
+    (out / "config.json").unlink()
+    with pytest.warns(UserWarning, match="the final save was cut off"):
+        train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **options))
+    assert load_model(out) is not None

@@ -103,3 +103,14 @@ def test_accelerate_launch_settings_that_differ_from_the_flags_are_said(monkeypa
         warnings.simplefilter("error")
         training_arguments(TrainOptions(model="m", data=ROWS, output_dir=tmp_path / "o",
                                         **{**FAST, "grad_accum": 2, "bf16": True}))
+
+
+def test_report_to_none_or_all_among_other_names_is_refused(tmp_path):
+    # TrainingArguments reads "none" / "all" only alone: among others it failed in transformers'
+    # words ("none is not supported, only ...") without naming the flag.
+    from superthoughts_ext.train_args import training_arguments
+
+    for names in (("codecarbon", "none"), ("none", "all")):
+        options = TrainOptions(model="m", data=ROWS, output_dir=tmp_path / "o", report_to=names, **FAST)
+        with pytest.raises(ValueError, match=rf"train: --report-to: 'none' and 'all' stand alone, got {' '.join(names)}"):
+            training_arguments(options)

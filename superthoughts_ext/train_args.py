@@ -137,7 +137,9 @@ def _check_names(options: TrainOptions) -> None:
             raise ValueError(f"train: {flag} {name!r} is none of transformers {transformers.__version__}'s: "
                              f"{', '.join(names)}")
     names = [options.report_to] if isinstance(options.report_to, str) else list(options.report_to)
-    try:  # "none" and "all" TrainingArguments reads itself (the check takes them only as a lone string)
+    if len(names) > 1 and {"none", "all"} & set(names):  # TrainingArguments reads them only alone
+        raise ValueError(f"train: --report-to: 'none' and 'all' stand alone, got {' '.join(names)}")
+    try:  # a lone "none" or "all" TrainingArguments reads itself (the check takes them only as a string)
         get_reporting_integration_callbacks([name for name in names if name not in ("none", "all")])
     except ValueError as error:
         raise ValueError(f"train: --report-to: {error}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -255,10 +256,16 @@ def final_save_pending(checkpoint: Path, output_dir: str | os.PathLike, max_step
     done, end = state.get("global_step"), state.get("max_steps")
     if not (isinstance(done, int) and isinstance(end, int) and end > 0 and done >= end):
         return False
-    same_length = end == max_steps if max_steps > 0 else state.get("num_train_epochs") == num_epochs
+    if max_steps > 0:
+        same_length = end == max_steps
+    else:  # Trainer records the epochs rounded up (1.5 as 2), and the epoch it reached (1.5)
+        epoch = state.get("epoch")
+        same_length = (state.get("num_train_epochs") == math.ceil(num_epochs) and isinstance(epoch, (int, float))
+                       and epoch >= num_epochs - 1e-6)
     out = Path(os.fspath(output_dir))
+    # config.json is moved in last: model.safetensors without it is a save cut off while moving in.
     return (same_length and checkpoint.resolve().parent == out.resolve()
-            and not any((out / name).is_file() for name in FINAL_MODEL_FILES))
+            and not any((out / name).is_file() for name in ("config.json", "adapter_config.json")))
 
 
 def check_steps_left(checkpoint: Path, max_steps: int, *, length: str | None = None) -> None:
