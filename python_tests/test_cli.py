@@ -8,7 +8,7 @@ from superthoughts_ext import cli
 
 def test_cli_help_documents_every_option(capsys) -> None:
     """Every option of the commands has a help line, and set defaults are shown in it."""
-    for command in ("train", "generate", "eval", "demo", "bench step", "bench generate", "bench train"):
+    for command in ("train", "export", "generate", "eval", "demo", "bench step", "bench generate", "bench train"):
         with pytest.raises(SystemExit) as exited:
             cli.main([*command.split(), "--help"])
         assert exited.value.code == 0
