@@ -185,9 +185,16 @@ def test_plain_models_of_other_attention_code_decode_as_transformers_does(model_
 def test_values_of_another_width_than_keys_are_refused():
     # MiMo-V2: the static cache sized values as keys, and the first cache write failed.
     mimo = backbone("mimo_v2_flash", head_dim=8, v_head_dim=16)
-    with pytest.raises(NotImplementedError, match=r"values are another width than their keys \(mimo_v2_flash, "
-                                                  r"head_dim=8, v_head_dim=16\)"):
+    with pytest.raises(NotImplementedError, match=r"SuperThoughts: backbones with keys and values of other widths "
+                                                  r"\(mimo_v2_flash, head_dim=8, v_head_dim=16\) are not supported"):
         SuperThoughtsForCausalLM.from_base(mimo)
+    # A plain model decoded alone: the cache refuses it (the first cache write failed on its shapes).
+    with pytest.raises(NotImplementedError, match=r"generate: models with keys and values of other widths"):
+        generate(mimo, torch.randint(2, VOCAB, (1, 5)), max_new_tokens=2, mode="standard")
+    # Gemma 4 gives no single head_dim (transformers raises for it): its embedding scale is named.
+    gemma4 = backbone("gemma4_text", head_dim=8, global_head_dim=8)
+    with pytest.raises(NotImplementedError, match="scale their input embeddings"):
+        SuperThoughtsForCausalLM.from_base(gemma4)
 
 
 def test_the_mlp_mtp_refuses_layers_without_an_mlp_and_takes_an_moe_blocks_output():
@@ -198,5 +205,17 @@ def test_the_mlp_mtp_refuses_layers_without_an_mlp_and_takes_an_moe_blocks_outpu
     # GPT-OSS's MoE block returns (hidden, router scores): "Tensor + tuple" at the first step.
     model = SuperThoughtsForCausalLM.from_base(backbone("gpt_oss", num_local_experts=4, num_experts_per_tok=2,
                                                         head_dim=8), mtp_type="mlp").eval()
+    assert generate(model, torch.randint(2, VOCAB, (1, 5)), max_new_tokens=4, mode="pairs",
+                    ignore_eos=True).num_tokens == [4]
+
+
+def test_a_last_layer_of_another_kind_than_attention_is_refused_for_the_decoder_mtp():
+    # Zaya's "hybrid" layers take a dict of masks and a conv state: accepted, then the first
+    # SuperThoughts step failed inside the layer. The MLP MTP needs neither.
+    zaya = backbone("zaya", head_dim=8)
+    with pytest.raises(NotImplementedError, match=r"the decoder MTP copies the last layer, a 'hybrid' layer, whose mask "
+                                                  r"and state it does not build .*use mtp_type='mlp'"):
+        SuperThoughtsForCausalLM.from_base(zaya)
+    model = SuperThoughtsForCausalLM.from_base(zaya, mtp_type="mlp").eval()
     assert generate(model, torch.randint(2, VOCAB, (1, 5)), max_new_tokens=4, mode="pairs",
                     ignore_eos=True).num_tokens == [4]

@@ -53,9 +53,23 @@ class WindowedStaticLayer(StaticLayer):
         return (self.max_positions if self.window is None else self.window), kv_offset
 
 
+def other_value_width(config) -> str | None:
+    """Why the static cache cannot hold `config`'s keys and values (None when it can): it holds
+    one width per head, MiMo-V2's values are wider than its keys. head_dim is read only where
+    v_head_dim is set (Gemma 4 refuses to give one head_dim)."""
+    value_dim = getattr(config, "v_head_dim", None)
+    head_dim = getattr(config, "head_dim", None) if value_dim is not None else None
+    if head_dim is None or value_dim == head_dim:
+        return None
+    return f"keys and values of other widths ({config.model_type}, head_dim={head_dim}, v_head_dim={value_dim})"
+
+
 def static_cache(config, batch_size: int, max_positions: int, device: torch.device,
                  dtype: torch.dtype) -> StaticCache:
     """A transformers StaticCache for `config` whose full-attention layers are windowed."""
+    if (problem := other_value_width(config)) is not None:  # the first cache write failed on the shapes
+        raise NotImplementedError(f"generate: models with {problem} are not supported (the static KV cache holds "
+                                  "one width)")
     cache = StaticCache(config=config, max_cache_len=max_positions)
     cache.layers = [WindowedStaticLayer(layer.max_cache_len) if type(layer) is StaticLayer else layer
                     for layer in cache.layers]

@@ -152,6 +152,11 @@ class DecoderMTP(_MTPInput):
         super().__init__(backbone)
         last = backbone.model.layers[-1]
         self.layer_config = _one_layer_config(backbone)
+        kind = (getattr(self.layer_config, "layer_types", None) or ["full_attention"])[0]
+        if kind not in ("full_attention", "sliding_attention"):  # Zaya's "hybrid", a last linear-attention layer
+            raise NotImplementedError(f"SuperThoughts: the decoder MTP copies the last layer, a {kind!r} layer, whose "
+                                      "mask and state it does not build (full or sliding-window causal attention "
+                                      "only); use mtp_type='mlp'")
         # Built on the meta device and filled from the last layer: no random init to waste.
         # Built as the LAST layer (its index and the full config): models that shape a layer by
         # its index (dense first layers then MoE in DeepSeek-V3 / GLM-4 MoE, Qwen MoE's

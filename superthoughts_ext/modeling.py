@@ -28,7 +28,7 @@ from superthoughts_ext.checkpoint import (  # load_tokenizer: loaded beside load
     save_superthoughts_dir,
 )
 from superthoughts_ext.head_losses import head_cross_entropy, head_kl_divergence
-from superthoughts_ext.kv_cache import CACHE_ARG, SuperThoughtsCache
+from superthoughts_ext.kv_cache import CACHE_ARG, SuperThoughtsCache, other_value_width
 from superthoughts_ext.layers import build_compressor, build_mtp, causal_mask_for_right_padding
 from superthoughts_ext.modeling_config import SuperThoughtsConfig, SuperThoughtsOutput
 
@@ -73,11 +73,9 @@ class SuperThoughtsForCausalLM(nn.Module):
             # with does not hold (DeepSeek-V2/V3, Kimi K2).
             raise NotImplementedError(f"SuperThoughts: backbones with multi-head latent attention ({base.model_type}, "
                                       f"kv_lora_rank={base.kv_lora_rank}) are not supported")
-        head_dim, value_dim = getattr(base, "head_dim", None), getattr(base, "v_head_dim", None)
-        if value_dim is not None and head_dim is not None and value_dim != head_dim:  # MiMo-V2
-            raise NotImplementedError(f"SuperThoughts: backbones whose values are another width than their keys "
-                                      f"({base.model_type}, head_dim={head_dim}, v_head_dim={value_dim}) are not "
-                                      "supported (the decoding KV cache holds one width)")
+        if (problem := other_value_width(base)) is not None:  # MiMo-V2
+            raise NotImplementedError(f"SuperThoughts: backbones with {problem} are not supported (the decoding KV "
+                                      "cache holds one width)")
         scale = getattr(backbone.get_input_embeddings(), "embed_scale", None)
         if scale is not None and float(scale) != 1.0:
             # The compressor and the step op read the raw embedding table.
