@@ -201,3 +201,11 @@ def test_other_runtime_errors_of_a_benchmark_still_raise(monkeypatch) -> None:
     monkeypatch.setattr(bench_cli, "load_benchmark", lambda area: bench)
     with pytest.raises(RuntimeError, match="a kernel differs"):
         cli.main(["bench", "step"])
+
+
+def test_an_out_of_memory_error_without_a_message_is_named_by_its_type(monkeypatch, capsys) -> None:
+    bench = load_benchmark("step")
+    monkeypatch.setattr(bench, "main", lambda args: (_ for _ in ()).throw(torch.OutOfMemoryError()))
+    monkeypatch.setattr(bench_cli, "load_benchmark", lambda area: bench)
+    assert cli.main(["bench", "step"]) == 1
+    assert "out of memory (OutOfMemoryError)" in capsys.readouterr().err

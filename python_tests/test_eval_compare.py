@@ -199,3 +199,11 @@ def test_compare_tells_apart_settings_that_are_lists(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same list in both: no difference
         compare(a, write_records(tmp_path / "c.jsonl", [{"id": str(i), "system_prompt": ["x"]} for i in range(3)]))
+
+
+def test_compare_takes_objects_of_another_key_order_for_the_same_setting(tmp_path: Path) -> None:
+    a = write_records(tmp_path / "a.jsonl", [{"id": str(i), "system_prompt": {"a": 1, "b": 2}} for i in range(3)])
+    b = write_records(tmp_path / "b.jsonl", [{"id": str(i), "system_prompt": {"b": 2, "a": 1}} for i in range(3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare(a, b)

@@ -293,3 +293,13 @@ def test_resume_names_a_line_that_is_no_record(tmp_path: Path, line: str) -> Non
     with pytest.raises(ValueError, match=r"st.jsonl:1 is not a record of `superthoughts eval` \(a JSON object "):
         evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []),
                  resume=True, batch_size=3, output_jsonl=out, progress=False)
+
+
+def test_resume_takes_a_record_with_a_number_as_its_id_for_a_record(tmp_path: Path) -> None:
+    # An int id is a record's (of a problem not in this run): named as such, not as "no record".
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    out.write_text('{"bench": "math500", "id": 5}\n{"bench": "math500", "id": 5}\n', encoding="utf-8")
+    with pytest.raises(ValueError) as caught:
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []),
+                 resume=True, batch_size=3, output_jsonl=out, progress=False)
+    assert "st.jsonl:1" in str(caught.value) and "is not a record of" not in str(caught.value)

@@ -157,3 +157,59 @@ def test_the_command(runs, tmp_path, capsys):
     assert len(errors) == 1 and errors[0].startswith("error: export: --output")
     assert cli.main(["export", "--checkpoint", str(runs["baseline"]), "--output", str(tmp_path / "b")]) == 2
     assert "already loads as a model" in capsys.readouterr().err
+
+
+# Refusals of read_record / _base_dir / export that need no training run: hand-made checkpoint folders.
+def fake_checkpoint(folder: Path, record=None, state=True) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    if state:
+        (folder / "trainer_state.json").write_text("{}")
+    if record is not None:
+        (folder / EXPORT_FILE).write_text(record if isinstance(record, str) else json.dumps(record))
+    return folder
+
+
+def test_read_record_refusals_of_hand_made_folders(tmp_path):
+    from superthoughts_ext.export import read_record
+
+    with pytest.raises(FileNotFoundError, match=r"is not a complete checkpoint \(no trainer_state.json"):
+        read_record(fake_checkpoint(tmp_path / "a", {"superthoughts": True}, state=False))
+    with pytest.raises(ValueError, match=r"superthoughts_export.json: not valid JSON"):
+        read_record(fake_checkpoint(tmp_path / "b", "{"))
+    for i, text in enumerate(["[]", '{"base_model": null}']):
+        with pytest.raises(ValueError, match=r"superthoughts_export.json: not an export record$"):
+            read_record(fake_checkpoint(tmp_path / f"c{i}", text))
+    run = tmp_path / "run"
+    for step in (9, 10, 2):  # the hint names the last step, by number
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"e.g. '.*checkpoint-10'$"):
+        read_record(run)
+
+
+def test_the_recorded_base_must_be_a_model_directory(base_dirs, tmp_path):
+    record = {"superthoughts": True, "base_model": None, "dtype": "float32"}
+    with pytest.raises(ValueError, match=r"was given its base model as an object, not a directory: pass that "):
+        export(fake_checkpoint(tmp_path / "a", record), tmp_path / "out")
+    (tmp_path / "not-a-model").mkdir()  # there, but holds no config.json
+    with pytest.raises(FileNotFoundError, match=r"the run's base model '.*not-a-model' .* is not there any more"):
+        export(fake_checkpoint(tmp_path / "b", {**record, "base_model": str(tmp_path / "not-a-model")}),
+               tmp_path / "out")
+    base = str(base_dirs["qwen2"])
+    with pytest.raises(ValueError, match=r"export: dtype 'float99' is not one of "):
+        export(fake_checkpoint(tmp_path / "c", {**record, "base_model": base, "dtype": "float99"}), tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"holds no tokenizer files \(Trainer saves the run's there\)"):
+        export(fake_checkpoint(tmp_path / "d", {**record, "base_model": base}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_recorded_pad_is_the_exported_tokenizers(runs, tmp_path):
+    # A run whose tokenizer had no pad token trained with one set (train_utils.with_pad_token): the export sets it too.
+    checkpoint = tmp_path / "checkpoint-2"
+    shutil.copytree(runs["baseline"] / "checkpoint-2", checkpoint)
+    record = json.loads((checkpoint / EXPORT_FILE).read_text())
+    tokenizer = load_tokenizer(checkpoint)
+    other = next(i for i in (tokenizer.eos_token_id, 3, 4) if i is not None and i != tokenizer.pad_token_id)
+    (checkpoint / EXPORT_FILE).write_text(json.dumps({**record, "pad_token_id": other}))
+    export(checkpoint, tmp_path / "out")
+    assert load_tokenizer(tmp_path / "out").pad_token_id == other

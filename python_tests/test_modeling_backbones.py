@@ -219,3 +219,38 @@ def test_a_last_layer_of_another_kind_than_attention_is_refused_for_the_decoder_
     model = SuperThoughtsForCausalLM.from_base(zaya, mtp_type="mlp").eval()
     assert generate(model, torch.randint(2, VOCAB, (1, 5)), max_new_tokens=4, mode="pairs",
                     ignore_eos=True).num_tokens == [4]
+
+
+def test_values_narrower_than_keys_are_refused_too():
+    mimo = backbone("mimo_v2_flash", head_dim=16, v_head_dim=8)
+    with pytest.raises(NotImplementedError, match=r"keys and values of other widths \(mimo_v2_flash, "
+                                                  r"head_dim=16, v_head_dim=8\)"):
+        SuperThoughtsForCausalLM.from_base(mimo)
+
+
+def test_the_mlp_mtp_names_a_layer_without_its_norm():
+    # Cohere's parallel block has no post_attention_layernorm (an AttributeError in deepcopy before).
+    cohere = backbone("cohere", logit_scale=1.0)
+    with pytest.raises(NotImplementedError, match=r"CohereDecoderLayer has no post_attention_layernorm "
+                                                  r"\(use mtp_type='decoder'\)"):
+        SuperThoughtsForCausalLM.from_base(cohere, mtp_type="mlp")
+
+
+@pytest.mark.parametrize("model_type, overrides", [
+    # Full and sliding layers of other rope_theta (500000, 10000): the last (sliding) layer's is taken.
+    ("mellum", dict(layer_types=["full_attention", "sliding_attention"], sliding_window=4)),
+    ("qwen3_5_text", dict(num_hidden_layers=4, head_dim=8, linear_num_value_heads=2, linear_num_key_heads=2,
+                          linear_key_head_dim=8, linear_value_head_dim=8)),
+])
+def test_the_mtp_rotary_embedding_is_the_backbones_for_its_last_layer(model_type, overrides):
+    # Fast and slow decoding share the MTP layer: only this pins its positions to the backbone's.
+    base = backbone(model_type, **overrides)
+    model = SuperThoughtsForCausalLM.from_base(base).eval()
+    x, positions = torch.randn(2, 5, 32), torch.arange(3, 8).repeat(2, 1)
+    rotary = base.model.rotary_emb
+    if model_type == "mellum":
+        want = rotary(x, positions, base.config.layer_types[-1])
+    else:  # the text positions in each of the 3 sections, as Qwen3.5's text model passes them
+        want = rotary(x, positions[None].expand(3, 2, 5))
+    got = model.mtp._rotary(x, positions)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -99,3 +99,78 @@ def test_a_save_cut_off_while_its_files_moved_in_is_completed(base_dirs, tmp_pat
     with pytest.warns(UserWarning, match="the final save was cut off"):
         train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **options))
     assert load_model(out) is not None
+
+
+# final_save_pending on hand-written trainer_state.json files (no training run).
+def _checkpoint(out: Path, step: int, state: dict) -> Path:
+    folder = out / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    return folder
+
+
+def test_final_save_pending_cases(tmp_path):
+    from superthoughts_ext.train_resume import final_save_pending
+
+    out = tmp_path / "run"
+    last = _checkpoint(out, 2, {"global_step": 2, "max_steps": 2, "num_train_epochs": 2, "epoch": 2.0})
+    assert final_save_pending(last, out, 2, 0.0)
+    # Past its end (a run that trained a step too far before this release) counts as the last step.
+    past = _checkpoint(tmp_path / "past", 3, {"global_step": 3, "max_steps": 2, "num_train_epochs": 3})
+    assert final_save_pending(past, tmp_path / "past", 2, 0.0)
+    # Not the last step, another length (steps or epochs) or another output folder: no.
+    assert not final_save_pending(_checkpoint(out, 1, {"global_step": 1, "max_steps": 2}), out, 2, 0.0)
+    assert not final_save_pending(last, out, 3, 0.0)
+    assert final_save_pending(last, out, -1, 2.0) and not final_save_pending(last, out, -1, 3.0)
+    assert not final_save_pending(last, tmp_path / "elsewhere", 2, 0.0)  # a fork of the run into a new folder
+    # A final model's config there: it was saved (its weights alone: the save was cut off moving in).
+    for name in ("config.json", "adapter_config.json"):
+        (out / name).write_text("{}")
+        assert not final_save_pending(last, out, 2, 0.0), name
+        (out / name).unlink()
+    (out / "model.safetensors").write_text("")
+    assert final_save_pending(last, out, 2, 0.0)
+
+
+def test_a_finished_run_is_not_loaded_under_fsdp(tmp_path):
+    from types import SimpleNamespace
+
+    from superthoughts_ext.trainer import SuperThoughtsTrainer
+
+    fake = SimpleNamespace(is_fsdp_enabled=True, args=SimpleNamespace(should_save=True, output_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"is the last step of its run, whose final save was cut off: resume it in "
+                                         "one process without FSDP"):
+        SuperThoughtsTrainer.load_finished_run(fake, tmp_path / "checkpoint-2")
+
+
+def test_a_model_is_given_its_use_cache_back_after_a_checkpoint(base_dirs, tmp_path):
+    # _save writes the model's own use_cache, and training goes on with Trainer's (False).
+    from transformers import AutoModelForCausalLM
+
+    from superthoughts_ext.train_args import training_arguments
+    from superthoughts_ext.trainer import SuperThoughtsTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(base_dirs["qwen2"])
+    assert model.config.use_cache is True
+    args = training_arguments(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", **FAST))
+    trainer = SuperThoughtsTrainer(model=model, args=args)
+    model.config.use_cache = False  # as Trainer.train sets it
+    trainer._save(str(tmp_path / "ckpt"))
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["use_cache"] is True
+    assert model.config.use_cache is False
+    # The model given positionally too.
+    model.config.use_cache = True
+    trainer = SuperThoughtsTrainer(model, args)
+    model.config.use_cache = False
+    trainer._save(str(tmp_path / "ckpt2"))
+    assert json.loads((tmp_path / "ckpt2" / "config.json").read_text())["use_cache"] is True
+
+
+def test_a_run_folder_with_checkpoints_is_named_before_another_tokenizer_is_looked_at(tmp_path):
+    # --tokenizer given: its missing files are what is said, whatever --model holds.
+    (tmp_path / "run" / "checkpoint-1").mkdir(parents=True)
+    (tmp_path / "tok").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer files in '.*tok'$"):
+        load_checkpoint(str(tmp_path / "run"), "cpu", "auto", str(tmp_path / "tok"))
+    with pytest.raises(FileNotFoundError, match=r"holds no model yet, only checkpoints \(last: checkpoint-1\)"):
+        load_checkpoint(str(tmp_path / "run"), "cpu", "auto", None)

@@ -114,3 +114,28 @@ def test_report_to_none_or_all_among_other_names_is_refused(tmp_path):
         options = TrainOptions(model="m", data=ROWS, output_dir=tmp_path / "o", report_to=names, **FAST)
         with pytest.raises(ValueError, match=rf"train: --report-to: 'none' and 'all' stand alone, got {' '.join(names)}"):
             training_arguments(options)
+
+
+def test_accelerates_defaults_and_fp16_are_said_as_they_differ(monkeypatch, tmp_path):
+    # gradient_accumulation_steps 1 is accelerate's default config: not worth a word; fp16 is said as bf16 is.
+    import warnings
+    from types import SimpleNamespace
+
+    from superthoughts_ext.train_args import _warn_launcher_settings
+
+    options = TrainOptions(model="m", data=ROWS, output_dir=tmp_path / "o", **{**FAST, "grad_accum": 2})
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_launcher_settings(options, SimpleNamespace(mixed_precision="no"))
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    with pytest.warns(UserWarning, match=r"accelerate's mixed_precision fp16 \(its launch config\) applies"):
+        _warn_launcher_settings(options, SimpleNamespace(mixed_precision="fp16"))
+
+
+def test_report_to_all_is_left_to_transformers(tmp_path):
+    # "all" among the names is TrainingArguments' to read (the up-front check knows it only alone).
+    from superthoughts_ext.train_args import _check_names
+
+    for report_to in ("all", ("all",), ("none",)):
+        _check_names(TrainOptions(model="m", data=ROWS, output_dir=tmp_path / "o", **{**FAST, "report_to": report_to}))
