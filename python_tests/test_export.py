@@ -213,3 +213,9 @@ def test_the_recorded_pad_is_the_exported_tokenizers(runs, tmp_path):
     (checkpoint / EXPORT_FILE).write_text(json.dumps({**record, "pad_token_id": other}))
     export(checkpoint, tmp_path / "out")
     assert load_tokenizer(tmp_path / "out").pad_token_id == other
+
+
+def test_an_output_that_is_a_file_is_named_so(runs, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"export: --output '.*file' is a file; give a new directory"):
+        export(runs["superthoughts"] / "checkpoint-2", tmp_path / "file")

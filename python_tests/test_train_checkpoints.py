@@ -174,3 +174,13 @@ def test_a_run_folder_with_checkpoints_is_named_before_another_tokenizer_is_look
         load_checkpoint(str(tmp_path / "run"), "cpu", "auto", str(tmp_path / "tok"))
     with pytest.raises(FileNotFoundError, match=r"holds no model yet, only checkpoints \(last: checkpoint-1\)"):
         load_checkpoint(str(tmp_path / "run"), "cpu", "auto", None)
+
+
+def test_a_new_run_names_the_last_complete_checkpoint_of_the_earlier_one(tmp_path):
+    # checkpoint-4's save was cut off (no trainer_state.json): --resume continues from checkpoint-2.
+    from superthoughts_ext.train_resume import check_resume
+
+    _checkpoint(tmp_path, 2, {"global_step": 2, "max_steps": 6})
+    (tmp_path / "checkpoint-4").mkdir()
+    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(last: checkpoint-2\); --resume"):
+        check_resume(tmp_path, None)

@@ -77,7 +77,9 @@ def read_record(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_output(output: Path) -> None:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"export: --output {os.fspath(output)!r} is a file; give a new directory")
+    if output.is_dir() and any(output.iterdir()):
         raise ValueError(f"export: --output {os.fspath(output)!r} exists and is not an empty directory; give a new one")
 
 

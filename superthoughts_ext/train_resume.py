@@ -56,9 +56,12 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
             raise FileNotFoundError(f"train: --resume: no checkpoint-N folder in {os.fspath(out)!r} to resume from; "
                                     "leave out --resume to start a new run")
         if not resume and last is not None:
-            raise ValueError(f"train: {os.fspath(out)!r} holds checkpoints of an earlier run (last: "
-                             f"{Path(last).name}); --resume continues that run, a new one needs another --output "
-                             "(or those folders removed)")
+            # The last complete one: --resume names it too (one whose save was cut off is refused).
+            complete = _complete_checkpoints(out)
+            shown = complete[-1].name if complete else Path(last).name
+            raise ValueError(f"train: {os.fspath(out)!r} holds checkpoints of an earlier run (last: {shown}); "
+                             "--resume continues that run, a new one needs another --output (or those folders "
+                             "removed)")
         if not resume:
             return None
         checkpoint = Path(last)
