@@ -152,8 +152,11 @@ class DecoderMTP(_MTPInput):
         super().__init__(backbone)
         last = backbone.model.layers[-1]
         self.layer_config = _one_layer_config(backbone)
-        kind = (getattr(self.layer_config, "layer_types", None) or ["full_attention"])[0]
-        if kind not in ("full_attention", "sliding_attention"):  # Zaya's "hybrid", a last linear-attention layer
+        # The last layer's type, when the config lists them (else the backbone's own rule: every
+        # layer slides when a window is set, as in Mistral).
+        layer_types = getattr(self.layer_config, "layer_types", None)
+        kind = layer_types[0] if layer_types else None
+        if kind not in (None, "full_attention", "sliding_attention"):  # Zaya's "hybrid", a last linear-attention layer
             raise NotImplementedError(f"SuperThoughts: the decoder MTP copies the last layer, a {kind!r} layer, whose "
                                       "mask and state it does not build (full or sliding-window causal attention "
                                       "only); use mtp_type='mlp'")
@@ -170,17 +173,14 @@ class DecoderMTP(_MTPInput):
         self.layer.to_empty(device=backbone.model.norm.weight.device)
         self.layer.load_state_dict(last.state_dict())
         self.rotary_emb = type(backbone.model.rotary_emb)(config=self.layer_config)
-        # The backbone's own rule: its layer types when the config lists them, else (Mistral)
-        # every layer slides when a window is set.
-        layer_types = getattr(self.layer_config, "layer_types", None)
-        if layer_types:
-            self.sliding = layer_types[0] == "sliding_attention"
+        if kind is not None:
+            self.sliding = kind == "sliding_attention"
         else:
             self.sliding = getattr(self.layer_config, "sliding_window", None) is not None
         # Rotary embeddings keyed by layer type (OLMo 3, Mellum) take the MTP layer's; multimodal
         # RoPE (Qwen3.5) takes the text positions in each of its 3 sections, as its backbone does.
         takes = inspect.signature(self.rotary_emb.forward).parameters
-        self.rope_kwargs = {"layer_type": layer_types[0]} if "layer_type" in takes and layer_types else {}
+        self.rope_kwargs = {"layer_type": kind} if "layer_type" in takes and kind is not None else {}
         self.mrope = hasattr(self.rotary_emb, "mrope_section")
 
     def new_cache(self, batch_size: int, max_positions: int, device: torch.device, dtype: torch.dtype) -> StaticCache:
@@ -199,7 +199,6 @@ class DecoderMTP(_MTPInput):
         if isinstance(out, tuple):
             out = out[0]
         return self.norm(out)
-
 
     def _rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         positions = position_ids[None].expand(3, *position_ids.shape) if self.mrope else position_ids
