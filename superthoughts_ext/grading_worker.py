@@ -294,11 +294,6 @@ _WORKER = _GradingWorker()
 atexit.register(_WORKER.close)
 
 
-def shutdown_grader() -> None:
-    """Stop the grading worker process (it is restarted on the next math grading call)."""
-    _WORKER.close()
-
-
 def math_equal(prediction: str, reference: str, timeout_s: float, as_sets: bool = True) -> bool:
     """Whether math-verify finds two answers equal, within ``timeout_s`` seconds (False past it).
 
