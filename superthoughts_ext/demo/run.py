@@ -105,7 +105,6 @@ class ModelRun:
 
     path: Path
     trained: bool
-    train_seconds: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -350,7 +349,7 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
                "train_loss": result.metrics.get("train_loss"), "commit": commit,
                "device": device_name(device)}
     marker.write_text(json.dumps(metrics) + "\n", encoding="utf-8")
-    return ModelRun(directory, trained=True, train_seconds=seconds, metrics=metrics)
+    return ModelRun(directory, trained=True, metrics=metrics)
 
 
 def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: bool = False,
