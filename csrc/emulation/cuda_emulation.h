@@ -2,10 +2,10 @@
 // kernel source runs on a CPU: every block is an OS thread, every CUDA thread a fiber of that
 // block's OS thread (ucontext), switched at the points where a GPU thread can wait for others
 // (__syncthreads, warp shuffles, mma, the grid barrier). Test-only: python_tests/
-// test_step_cuda_emulated.py builds it with g++ and checks the kernel against the reference on
-// machines without a GPU. It checks the kernel's logic (indexing, tiling, the mma fragment
-// layout, reductions, barriers), not its speed, its memory ordering or its caches, with one
-// exception: __ldg from memory the launch writes is reported (see Span).
+// cuda_emulation.py builds it with g++, and test_step.py's test_emulated_* check the kernel
+// against the reference on machines without a GPU. It checks the kernel's logic (indexing,
+// tiling, the mma fragment layout, reductions, barriers), not its speed, its memory ordering
+// or its caches, with one exception: __ldg from memory the launch writes is reported (see Span).
 //
 // Faithful where the kernel relies on it: __shfl_xor_sync and mma.sync are warp collectives
 // (all 32 lanes must arrive, else the emulator reports a deadlock naming the block), __shared__
