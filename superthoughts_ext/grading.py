@@ -397,6 +397,14 @@ def _check_grading_input(
         raise TypeError(f"is_correct: options must be strs, got {[type(o).__name__ for o in options]}")
 
 
+def _numbers_spelled_out(answer: str, *, e_notation: bool = False) -> str:
+    """``answer`` with scientific notation as exact decimals, repeating decimals as fractions,
+    plain-text powers braced and "1,3,\\ldots" spaced (grading_numbers): the spellings
+    math-verify compares. ``e_notation``: as `scientific_as_decimal`'s."""
+    return spaced_ellipsis(braced_exponents(repeating_decimal_as_fraction(
+        scientific_as_decimal(answer, e_notation=e_notation))))
+
+
 def is_correct(
     prediction: str | None,
     reference: str,
@@ -448,12 +456,10 @@ def is_correct(
     elif (labelled := _OPTION_LABEL.match(_unwrap_text(prediction))) is not None:
         # An AMC answer boxed with its contest option, "\\textbf{(B) } 27": the value decides.
         prediction = labelled.group(1)
-    # Scientific notation as exact decimals, repeating ones as fractions, plain-text powers braced,
-    # "1,3,\\ldots" spaced (grading_numbers). E-notation only in a prediction, and only where the
-    # reference has no Euler's e: references are LaTeX ("2e-1" is 2e - 1), float cells decimals.
-    prediction = spaced_ellipsis(braced_exponents(repeating_decimal_as_fraction(
-        scientific_as_decimal(prediction, e_notation=not uses_euler(reference)))))
-    reference = spaced_ellipsis(braced_exponents(repeating_decimal_as_fraction(scientific_as_decimal(reference))))
+    # E-notation only in a prediction, and only where the reference has no Euler's e: references
+    # are LaTeX ("2e-1" is 2e - 1), float cells decimals.
+    prediction = _numbers_spelled_out(prediction, e_notation=not uses_euler(reference))
+    reference = _numbers_spelled_out(reference)
     predicted_bases, wanted_bases = _numeral_bases(prediction), _numeral_bases(reference)
     # A numeral in another base is wrong; a bare "52" for "52_8" is still compared, and so is
     # "52_{10}" for a bare "52".
