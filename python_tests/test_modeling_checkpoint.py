@@ -4,7 +4,7 @@ test_modeling.py, CPU.
 Covers: save / load round trips (bit-identical logits, tied heads, float32 RoPE under bf16),
 from_base and load_model on plain checkpoints, the errors for bad paths, configs and
 vocabularies, and the transformers surface that loaders and trainers call (tie_weights,
-num_parameters).
+num_parameters, gradient checkpointing).
 """
 from __future__ import annotations
 
@@ -228,3 +228,25 @@ def test_num_parameters_follows_transformers(family):
     for p in backbone.parameters():
         p.requires_grad_(False)
     assert model.num_parameters(only_trainable=True) == extra
+
+
+def test_trainer_gradient_checkpointing_checkpoints_the_backbone(tmp_path):
+    # transformers.Trainer(args=TrainingArguments(gradient_checkpointing=True)) calls the model's
+    # gradient_checkpointing_enable (activation_checkpointing_enable from 5.23 on): an AttributeError
+    # inside Trainer.train before the wrapper had them.
+    from transformers import Trainer, TrainingArguments
+
+    model = make_model("qwen2").train()
+    batch = training_batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    expected = torch.autograd.grad(model(**batch, return_logits=False).loss, params)
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["first_ids"]))]
+    name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1, learning_rate=0.0,
+                             per_device_train_batch_size=len(rows), save_strategy="no", **{name: True})
+    Trainer(model=model, args=args, train_dataset=rows).train()
+    assert all(layer.gradient_checkpointing for layer in model.backbone.model.layers)
+    actual = torch.autograd.grad(model(**batch, return_logits=False).loss, params)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)

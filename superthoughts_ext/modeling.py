@@ -210,6 +210,23 @@ class SuperThoughtsForCausalLM(nn.Module):
         that rebuild parameters (accelerate's FSDP loading) call this on the wrapped model."""
         self.backbone.tie_weights(*args, **kwargs)
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                      **kwargs: Any) -> None:
+        """Activation checkpointing of the backbone's layers (transformers.Trainer calls this under
+        `gradient_checkpointing=True`); the compressor and the MTP block keep their activations."""
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs,
+                                                    **kwargs)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                        **kwargs: Any) -> None:
+        """transformers 5.23+'s name of `gradient_checkpointing_enable`, which its Trainer calls
+        when the model has it; on older releases the backbone's gradient_checkpointing_enable."""
+        if not hasattr(self.backbone, "activation_checkpointing_enable"):
+            self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+            return
+        self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                      **kwargs)
+
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Raises ValueError when `tokenizer` has ids the embedding table cannot hold."""
         if len(tokenizer) > self.vocab_size:
