@@ -93,6 +93,15 @@ def _aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
 def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None) -> None:
     """Writes `model` (a SuperThoughtsForCausalLM) as config.json + generation_config.json +
     model.safetensors."""
+    state = state_dict if state_dict is not None else model.state_dict()
+    # Adapters that peft injected (get_peft_model changes the model in place) rename the weights
+    # (q_proj.base_layer.weight, compressor.modules_to_save.default.*): from_pretrained would
+    # find none of the model's names.
+    adapted = [name for name in state if ".base_layer." in name or ".modules_to_save." in name]
+    if adapted:
+        raise TypeError(f"save_pretrained: the model holds peft adapters ({adapted[0]}, ...), whose weight names "
+                        "would not load; merge them first (peft_model.merge_and_unload()), or save the adapters "
+                        "alone with the PeftModel's save_pretrained")
     directory = Path(os.fspath(save_directory))
     directory.mkdir(parents=True, exist_ok=True)
     # generation_config.json carries the stop tokens (for Qwen2.5-Instruct <|im_end|>, which
@@ -115,7 +124,6 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
     for stale in [*directory.glob("model-*-of-*.safetensors"), *directory.glob("pytorch_model*.bin"),
                   directory / "model.safetensors.index.json", directory / "pytorch_model.bin.index.json"]:
         stale.unlink(missing_ok=True)
-    state = state_dict if state_dict is not None else model.state_dict()
     canonical = _aliases(state)
     # safetensors refuses shared storage, and a tied lm_head would otherwise be stored twice.
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()
