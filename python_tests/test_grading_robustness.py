@@ -4,7 +4,11 @@ outputs (thousands of boxes, deeply nested font commands) and LaTeX digit groupi
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +102,22 @@ def test_an_interrupted_grade_does_not_shift_later_answers(monkeypatch: pytest.M
     assert grading_worker.math_equal("2", "3", 5.0) is False
     assert grading_worker.math_equal("\\frac{1}{3}", "\\frac{2}{6}", 5.0) is True
     assert grading_worker.math_equal("1/3", "0.5", 5.0) is False
+
+
+def test_a_worker_whose_caller_died_mid_grade_exits_quietly() -> None:
+    # The caller killed (SIGTERM, OOM) while its worker grades: the worker's answer hits a closed
+    # pipe. It printed a BrokenPipeError traceback onto the terminal the two share, and exited 1.
+    package_parent = str(Path(grading_worker.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+    worker = subprocess.Popen([sys.executable, "-c", "from superthoughts_ext.grading_worker import serve_worker; "
+                               "serve_worker()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env)
+    assert worker.stdout.readline() == b'"ready"\n'
+    worker.stdout.close()  # the caller is gone: nobody reads the answer
+    worker.stdin.write(b'["2", "2", 5.0, true]\n')
+    worker.stdin.close()
+    errors = worker.stderr.read().decode()
+    assert worker.wait(timeout=60) == 0 and "Traceback" not in errors, errors
 
 
 @pytest.mark.parametrize(

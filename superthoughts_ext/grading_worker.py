@@ -199,7 +199,13 @@ def serve_worker() -> None:
             # fired outside _verify_math's own handler too).
             _disarm_deadline()
             result = False
-        protocol.write(json.dumps(result) + "\n")
+        try:
+            protocol.write(json.dumps(result) + "\n")
+        except BrokenPipeError:
+            # The caller is gone (killed while this answer was being worked out): nobody reads
+            # it, and a BrokenPipeError traceback would land on the stderr the two share.
+            # os._exit: a normal exit would flush `protocol` again and report that failure too.
+            os._exit(0)
 
 
 class _GradingWorker:
