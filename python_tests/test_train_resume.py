@@ -428,3 +428,29 @@ def test_a_final_save_cut_off_leaves_no_config(base_dirs, tmp_path, monkeypatch)
     train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=done, **ONE_STEP))
     assert (done / "config.json").is_file() and not (done / ".final-save").exists()
     assert isinstance(load_model(done), torch.nn.Module)
+
+
+def test_lora_targets_of_releases_before_b69032d_resume(tmp_path):
+    # SuperThoughts LoRA runs before commit b69032d (2026-12-05) wrote target_modules as
+    # `backbone\..*\.(names)`, which adapts the same layers as today's `backbone\.(?:.*\.)?(names)`:
+    # a resume with the run's own options was refused as "other target modules" (no flag gives
+    # the old pattern). Their pattern never reached backbone.lm_head: one naming it adapted the
+    # others alone, and a resume names those.
+    from superthoughts_ext.train_utils import DEFAULT_LORA_TARGETS, lora_settings
+
+    names = "|".join(sorted(DEFAULT_LORA_TARGETS))
+    adapter = {"r": 4, "modules_to_save": ["compressor", "mtp"], "lora_alpha": 32, "lora_dropout": 0.0,
+               "target_modules": f"backbone\\..*\\.({names})"}  # as written by c3ca857
+    old = write_checkpoint(tmp_path / "checkpoint-2", files={"adapter_config.json": adapter})
+    check_resume(tmp_path / "o", str(old), lora_r=4, lora=lora_settings(32, 0.0, DEFAULT_LORA_TARGETS, True))
+    with pytest.raises(ValueError, match=r"--lora-target-modules q_proj v_proj \(this run: q_proj\); resume with"):
+        check_resume(tmp_path / "o", str(write_checkpoint(tmp_path / "checkpoint-3", files={"adapter_config.json": {
+            **adapter, "target_modules": "backbone\\..*\\.(q_proj|v_proj)"}})), lora_r=4,
+            lora=lora_settings(32, 0.0, ["q_proj"], True))
+    head = write_checkpoint(tmp_path / "checkpoint-4", files={"adapter_config.json": {
+        **adapter, "target_modules": "backbone\\..*\\.(lm_head|q_proj)"}})
+    with pytest.raises(ValueError, match=r"--lora-target-modules q_proj \(this run: lm_head q_proj\) \(an adapter "
+                                         r"written before 2026-12-05, whose pattern never reached backbone.lm_head: "
+                                         r"it adapted q_proj alone; resume with --lora-target-modules q_proj\)"):
+        check_resume(tmp_path / "o", str(head), lora_r=4, lora=lora_settings(32, 0.0, ["q_proj", "lm_head"], True))
+    check_resume(tmp_path / "o", str(head), lora_r=4, lora=lora_settings(32, 0.0, ["q_proj"], True))

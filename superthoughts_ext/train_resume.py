@@ -335,12 +335,38 @@ def _check_checkpoint_kind(checkpoint: Path, baseline: bool, lora_r: int) -> Non
 LORA_FLAGS = {"lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--lora-target-modules"}
 
 
+# The regex a SuperThoughts LoRA run wrote as peft's target_modules before commit b69032d
+# (2026-12-05), `backbone\..*\.(names)`: it adapts what today's `backbone\.(?:.*\.)?(names)`
+# (`train_utils.lora_target_pattern`) adapts, but for a module directly under the backbone, which
+# it never reached: backbone.lm_head, though --lora-target-modules named it.
+_PRE_B69032D_TARGETS = re.compile(r"([\w.]+)\\\.\.\*\\\.\(([\w|]+)\)")
+
+
 def _target_names(targets: Any) -> str:
     """LoRA target modules as --lora-target-modules takes them: names, not the regex confining
     them to the backbone (`train_utils.lora_target_pattern`)."""
     if isinstance(targets, str) and (confined := re.fullmatch(r"[\w.]+\\\.\(\?:\.\*\\\.\)\?\(([\w|]+)\)", targets)):
         targets = confined.group(1).split("|")
     return " ".join(sorted(targets)) if isinstance(targets, list) else repr(targets)
+
+
+def _older_targets(found: Any) -> tuple[Any, str]:
+    """`found`, an adapter's target_modules, as this release writes the modules it adapted (with
+    why a resume must name other ones, "" when it need not): a pattern of releases before b69032d
+    adapted its names but lm_head, which it never reached (resuming with lm_head would add an
+    untrained adapter to it); other values as they are."""
+    old = _PRE_B69032D_TARGETS.fullmatch(found) if isinstance(found, str) else None
+    if old is None:
+        return found, ""
+    from superthoughts_ext.train_utils import lora_target_pattern
+
+    names = old.group(2).split("|")
+    adapted = [name for name in names if name != "lm_head"]
+    why = ""
+    if len(adapted) < len(names):
+        why = (f" (an adapter written before 2026-12-05, whose pattern never reached backbone.lm_head: it adapted "
+               f"{' '.join(sorted(adapted))} alone; resume with --lora-target-modules {' '.join(sorted(adapted))})")
+    return lora_target_pattern(adapted, old.group(1)), why
 
 
 def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> None:
@@ -351,7 +377,9 @@ def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> No
         return
     differ = []
     for key, wanted in lora.items():
-        found = saved.get(key)
+        found, why = saved.get(key), ""
+        if key == "target_modules":  # a pattern of an older release: the modules it adapted
+            found, why = _older_targets(found)
         if isinstance(found, list) and isinstance(wanted, list):  # peft writes a set of names in any order
             same = sorted(found) == sorted(wanted)
         elif isinstance(wanted, (int, float)) and isinstance(found, (int, float)):
@@ -360,7 +388,7 @@ def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> No
             same = found == wanted
         if not same:
             shown = _target_names if key == "target_modules" else repr
-            differ.append(f"{LORA_FLAGS[key]} {shown(found)} (this run: {shown(wanted)})")
+            differ.append(f"{LORA_FLAGS[key]} {shown(found)} (this run: {shown(wanted)}){why}")
     if differ:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} holds a LoRA adapter with {'; '.join(differ)}; "
                          "resume with the LoRA options of the run that wrote it")
