@@ -303,3 +303,21 @@ def test_resume_takes_a_record_with_a_number_as_its_id_for_a_record(tmp_path: Pa
         evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []),
                  resume=True, batch_size=3, output_jsonl=out, progress=False)
     assert "st.jsonl:1" in str(caught.value) and "is not a record of" not in str(caught.value)
+
+
+def test_resume_names_records_of_an_older_version_as_such(tmp_path: Path) -> None:
+    # A record as c3ca857 (2026-11-24) wrote it: threshold None for the model's own (the thresholds
+    # used were not recorded yet), no threshold_main, model, dtype, data or system_prompt. The
+    # refusal said "written with threshold=None, this run has threshold=0.7", taking the same
+    # command for a run of another threshold; the version difference comes first.
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    model = fake_model(tokenizer)
+    model.config = SimpleNamespace(threshold=0.7, threshold_main=0.0)
+    problem = PROBLEMS[0]
+    out.write_text(json.dumps({
+        "index": 0, "id": problem.id, "prompt": "p", "output": "\\boxed{1}", "extracted": "1",
+        "reference": problem.answer, "correct": False, "tokens": 4, "steps": 3, "pair_steps": 1, "hit_limit": False,
+        "time": 0.1, "bench": "math500", "mode": "superthoughts", "threshold": None, "max_new_tokens": 2048}) + "\n")
+    with pytest.raises(ValueError, match=r"st.jsonl:1 has no threshold_main \(written by an older version\?\)"):
+        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []), resume=True,
+                 batch_size=3, output_jsonl=out, progress=False)

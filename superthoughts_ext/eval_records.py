@@ -81,10 +81,14 @@ def grade_output(text: str, problem: Problem, bench: str) -> dict[str, Any]:
 
 
 def _setting_mismatch(record: dict[str, Any], settings: dict[str, Any]) -> str | None:
-    """What tells `record` apart from a record of this run (None when nothing does)."""
+    """What tells `record` apart from a record of this run (None when nothing does). A setting the
+    record lacks is named first: a record of an older version may keep another setting in another
+    form (threshold None, the model's own, before the thresholds used were recorded), and naming
+    that one took the file for a run of other settings."""
     for key, value in settings.items():
         if key not in record:
             return f"has no {key} (written by an older version?), this run has {key}={value!r}"
+    for key, value in settings.items():
         if record[key] != value:
             return f"was written with {key}={record[key]!r}, this run has {key}={value!r}"
     return None
