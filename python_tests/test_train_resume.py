@@ -454,3 +454,18 @@ def test_lora_targets_of_releases_before_b69032d_resume(tmp_path):
                                          r"it adapted q_proj alone; resume with --lora-target-modules q_proj\)"):
         check_resume(tmp_path / "o", str(head), lora_r=4, lora=lora_settings(32, 0.0, ["q_proj", "lm_head"], True))
     check_resume(tmp_path / "o", str(head), lora_r=4, lora=lora_settings(32, 0.0, ["q_proj"], True))
+
+
+def test_a_checkpoint_recording_no_settings_is_resumed_with_a_warning(tmp_path):
+    # Checkpoints of releases before 8df6e74 record no run settings: a resume with another learning
+    # rate or seed trained on at the old one's schedule without a word (Trainer restores it).
+    settings = {"--learning-rate": 0.05, "--seed": 7}
+    old = write_checkpoint(tmp_path / "checkpoint-2", state={"global_step": 2, "max_steps": 4})
+    with pytest.warns(UserWarning, match=r"checkpoint-2' records no run settings \(written by an older release\?\): "
+                                         r"whether this run's --learning-rate, .* is not checked"):
+        check_resume(tmp_path / "o", str(old), settings=settings)
+    recorded = write_checkpoint(tmp_path / "checkpoint-3", settings=settings)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_resume(tmp_path / "o", str(recorded), settings=settings)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,14 @@ def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> Non
     """ValueError naming every setting of `settings` (`run_settings`) that `checkpoint` recorded
     with another value; settings it did not record, or a data file unread, are not compared."""
     saved = _recorded(checkpoint).get("settings")
+    if settings and not isinstance(saved, dict):
+        # Written before checkpoints recorded their settings (before commit 8df6e74), or by another
+        # trainer: another learning rate or schedule is ignored, other data or batch skips other rows.
+        warnings.warn(f"train: --resume {os.fspath(checkpoint)!r} records no run settings (written by an older "
+                      f"release?): whether this run's {', '.join(RESUMED_SETTINGS)}, data and global batch are "
+                      "those it was trained with is not checked; Trainer restores its optimizer and schedule, so "
+                      "another learning rate or schedule is ignored and other data or batches skip other rows. "
+                      "Resume only with the options of the run that wrote it", stacklevel=2)
     if not settings or not isinstance(saved, dict):
         return
     differ = []
