@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -104,17 +105,36 @@ def test_an_interrupted_grade_does_not_shift_later_answers(monkeypatch: pytest.M
     assert grading_worker.math_equal("1/3", "0.5", 5.0) is False
 
 
-def test_a_worker_whose_caller_died_mid_grade_exits_quietly() -> None:
-    # The caller killed (SIGTERM, OOM) while its worker grades: the worker's answer hits a closed
-    # pipe. It printed a BrokenPipeError traceback onto the terminal the two share, and exited 1.
+def start_worker() -> subprocess.Popen[bytes]:
+    """A grading worker started as `math_equal` starts it, stderr captured; once it is ready."""
     package_parent = str(Path(grading_worker.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
     worker = subprocess.Popen([sys.executable, "-c", "from superthoughts_ext.grading_worker import serve_worker; "
                                "serve_worker()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env)
     assert worker.stdout.readline() == b'"ready"\n'
+    return worker
+
+
+def test_a_worker_whose_caller_died_mid_grade_exits_quietly() -> None:
+    # The caller killed (SIGTERM, OOM) while its worker grades: the worker's answer hits a closed
+    # pipe. It printed a BrokenPipeError traceback onto the terminal the two share, and exited 1.
+    worker = start_worker()
     worker.stdout.close()  # the caller is gone: nobody reads the answer
     worker.stdin.write(b'["2", "2", 5.0, true]\n')
+    worker.stdin.close()
+    errors = worker.stderr.read().decode()
+    assert worker.wait(timeout=60) == 0 and "Traceback" not in errors, errors
+
+
+def test_ctrl_c_leaves_the_worker_to_its_caller() -> None:
+    # Ctrl-C in a terminal reaches the worker too (the caller's process group): it printed a
+    # KeyboardInterrupt traceback under `superthoughts eval`'s one-line "interrupted".
+    worker = start_worker()
+    worker.send_signal(signal.SIGINT)
+    worker.stdin.write(b'["2", "2", 5.0, true]\n')
+    worker.stdin.flush()
+    assert worker.stdout.readline() == b"true\n"  # still serving
     worker.stdin.close()
     errors = worker.stderr.read().decode()
     assert worker.wait(timeout=60) == 0 and "Traceback" not in errors, errors

@@ -180,7 +180,11 @@ def serve_worker() -> None:
     """Grading worker loop (``python -c ...serve_worker()``): JSON lines in, JSON lines out.
 
     Each request is ``[prediction, reference, timeout_s, as_sets]``; each answer is ``true``/``false``.
+    Ctrl-C is ignored: a terminal sends it to the caller's whole process group, and the caller,
+    which stops this worker itself, says it was interrupted (a KeyboardInterrupt traceback from
+    here landed on the stderr the two share).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     # Anything a library prints must not corrupt the protocol stream.
     sys.stdout = sys.stderr
