@@ -116,6 +116,19 @@ def test_cli_evaluates_a_plain_checkpoint(
     assert "use --mode standard" in capsys.readouterr().err
 
 
+def test_no_progress_hides_transformers_bars_while_it_runs(fake_cli, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # transformers' "Loading weights" bar still went into the log of a --no-progress run.
+    from transformers.utils import logging as transformers_logging
+
+    fake_modeling, shown = sys.modules["superthoughts_ext.modeling"], []
+    load_model = fake_modeling.load_model
+    monkeypatch.setattr(fake_modeling, "load_model", lambda *args, **kwargs: shown.append(
+        transformers_logging.is_progress_bar_enabled()) or load_model(*args, **kwargs))
+    assert run_cli([*fake_cli.argv, "--output", str(tmp_path / "run.jsonl")]) == 0
+    assert shown == [False] and transformers_logging.is_progress_bar_enabled()  # restored afterwards
+
+
 def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(parse_cli(["--bench", "math500"])) == 2
     assert "--model and --bench are required" in capsys.readouterr().err

@@ -7,9 +7,11 @@ dependency of one area never breaks the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 # subcommand -> (module, one-line help)
@@ -63,6 +65,22 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 _PACKAGE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def transformers_progress_bars(shown: bool) -> Iterator[None]:
+    """With `--no-progress`, transformers' bars (loading and saving weights) are hidden along
+    with ours, which a log file would otherwise still collect; restored afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    hide = not shown and transformers_logging.is_progress_bar_enabled()
+    if hide:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            transformers_logging.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.cli import utf8_text
+from superthoughts_ext.cli import transformers_progress_bars, utf8_text
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
@@ -216,6 +216,11 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
 
 def run(args: argparse.Namespace) -> int:
     """Run ``superthoughts eval``; returns the exit status (2 for a usage or data error)."""
+    with transformers_progress_bars(not args.no_progress):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.regrade:
             return _run_regrade(args)

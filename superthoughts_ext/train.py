@@ -54,7 +54,7 @@ from transformers import PreTrainedTokenizerBase
 
 from superthoughts_ext import train_data, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
-from superthoughts_ext.cli import HelpFormatter, format_warning, utf8_text
+from superthoughts_ext.cli import HelpFormatter, format_warning, transformers_progress_bars, utf8_text
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
 from superthoughts_ext.run_info import output_lock
@@ -454,7 +454,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `superthoughts train`; returns the process exit code."""
     try:
         options = options_from_args(args)
-        result = train(options)
+        with transformers_progress_bars(options.progress_bar):
+            result = train(options)
     except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
