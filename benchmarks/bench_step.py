@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int_at_least(1), nargs="+", action=distinct(),
                         default=[1536, 3584] if on_gpu else [1536], help="hidden sizes H (1536: 1.5B, 3584: 7B)")
     parser.add_argument("--dtype", nargs="+", action=distinct(), choices=sorted(DTYPES), default=["fp32", "bf16"],
-                        help="logits and embedding dtypes")
+                        metavar="DTYPE", help=f"logits and embedding dtypes ({', '.join(sorted(DTYPES))})")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     add_threads_argument(parser)
     add_output_arguments(parser, "benchmarks/results/step_<device>.json")

@@ -28,6 +28,17 @@ def test_cli_help_documents_every_option(capsys) -> None:
 
 
 
+def test_cli_help_fits_80_columns(capsys, monkeypatch) -> None:
+    # argparse keeps a group of exclusive options (--system-prompt SYSTEM_PROMPT | --template-system-prompt)
+    # and a choice list repeated per nargs on one usage line, whatever the width.
+    monkeypatch.setenv("COLUMNS", "80")
+    for command in ("train", "export", "generate", "eval", "demo", "bench step", "bench generate", "bench train"):
+        with pytest.raises(SystemExit):
+            cli.main([*command.split(), "--help"])
+        long = [line for line in capsys.readouterr().out.splitlines() if len(line) > 80]
+        assert not long, f"{command}: {long}"
+
+
 def test_cli_warnings_do_not_echo_source_lines(tmp_path) -> None:
     # A command's warnings print as "file:line: Category: message", without the line of
     # library source Python echoes below them by default.

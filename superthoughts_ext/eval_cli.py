@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # One or the other (as in train): both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
-    system.add_argument("--system-prompt", default=SYSTEM_PROMPT, type=utf8_text,
+    system.add_argument("--system-prompt", default=SYSTEM_PROMPT, type=utf8_text, metavar="TEXT",
                         help="system message of every prompt (default: the chain-of-thought prompt `superthoughts "
                              "train` uses by default); give the one the model was trained with")
     system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     # One or the other (as in train): both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
-    system.add_argument("--system-prompt", default=SYSTEM_PROMPT, type=utf8_text,
+    system.add_argument("--system-prompt", default=SYSTEM_PROMPT, type=utf8_text, metavar="TEXT",
                         help="system message (default: the chain-of-thought prompt that train and eval use)")
     system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
                         help="no system message of ours: the chat template writes its own default, if any")

@@ -380,7 +380,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--lora-r", type=int, default=d["lora_r"].default, help="LoRA rank; 0 = full fine-tuning")
     g("--lora-alpha", type=int, default=d["lora_alpha"].default, help="LoRA scaling numerator")
     g("--lora-dropout", type=float, default=d["lora_dropout"].default, help="dropout on the LoRA input")
-    g("--lora-target-modules", nargs="+", default=list(train_utils.DEFAULT_LORA_TARGETS),
+    g("--lora-target-modules", nargs="+", default=list(train_utils.DEFAULT_LORA_TARGETS), metavar="MODULE",
       help="backbone module names that get LoRA adapters")
     g("--distill-weight", type=float, default=d["distill_weight"].default, help="stage-1 KL weight")
     g("--lambda-mtp", type=float, default=None, help="MTP loss weight (default: model config)")
@@ -393,7 +393,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
     # One or the other: both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
-    system.add_argument("--system-prompt", default=d["system_prompt"].default, type=utf8_text,
+    system.add_argument("--system-prompt", default=d["system_prompt"].default, type=utf8_text, metavar="TEXT",
                         help="system message (default: the chain-of-thought prompt `superthoughts eval` sends, so "
                              "training and evaluation prompts match)")
     system.add_argument("--template-system-prompt", action="store_const", const=None, dest="system_prompt",
