@@ -8,6 +8,7 @@ generate that answers "what is a + b" problems; the other evaluation test files 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -200,6 +201,23 @@ def test_the_progress_bar_names_the_bench_and_mode_or_the_callers_label(capsys) 
         evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:2], mode="standard", progress=True,
                  generate_fn=fake_generate(tokenizer, []), label=label)
         assert shown in capsys.readouterr().err
+
+
+def test_each_bar_draw_shows_the_accuracy_of_the_rows_it_counts(capsys, monkeypatch) -> None:
+    # update() drew the bar before set_postfix had the new accuracy: "3/3 [acc=1.000]" went to a
+    # log file before the correct "3/3 [acc=0.667]", two draws per batch.
+    import tqdm.auto
+
+    class EveryUpdateDraws(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "mininterval": 0, "miniters": 1})
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", EveryUpdateDraws)
+    tokenizer = make_tokenizer()
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:3], mode="standard", progress=True,
+             batch_size=1, generate_fn=fake_generate(tokenizer, []))  # right, right, wrong (9 + 1)
+    draws = re.findall(r"(\d)/3 \[[^\]]*acc=([\d.]+)\]", capsys.readouterr().err)
+    assert set(draws) == {("1", "1.000"), ("2", "1.000"), ("3", "0.667")}, draws
 
 
 def test_compiled_decoding_warms_up_each_batch_size_untimed() -> None:

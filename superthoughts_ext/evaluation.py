@@ -270,8 +270,9 @@ def _decode_batches(run: _Run, batches: list[list[int]], records: list[dict[str,
                 out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
         if out_file is not None:
             out_file.flush()
+        # The accuracy first, without a redraw: update() then draws the bar once, with it.
+        bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}", refresh=False)
         bar.update(len(batch))
-        bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}")
 
 
 def evaluate(
