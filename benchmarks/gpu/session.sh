@@ -60,7 +60,7 @@ for what in "$@"; do
             -k "not bad_input and not mixed_devices and not emulated" ;;  # the CPU emulation runs in CI
     errors)  # the op's error path (a C++ exception through the dispatcher), with a backtrace on a crash
       stage errors 120 cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest -q -p no:cacheprovider \
-        python_tests/test_step.py -k "bad_input or mixed_devices" ;;
+        python_tests/test_step_inputs.py -k "bad_input or mixed_devices" ;;
     phase_probe)  # where one launch's time goes: globaltimer stamps per phase + ablation kernels
       stage phase_probe 200 python3 benchmarks/gpu/phase_probe.py --output "$OUT/phase_probe.json"
       [ -f "$OUT/logs/phase_probe.log" ] && sed -n '/^== summary/,$p' "$OUT/logs/phase_probe.log" ;;
@@ -125,7 +125,7 @@ for what in "$@"; do
       LDFLAGS="-Wl,--no-as-needed -lstdc++" SUPERTHOUGHTS_WITH_CUDA=0 MAX_JOBS=16 \
         stage rebuild_cpu 200 python3 setup.py build_ext --inplace -b /tmp/b2 -t /tmp/t2
       stage errors_dynamic 120 bash -c 'echo "locale symbols defined in _C: $(nm -C --defined-only superthoughts_ext/_C*.so | grep -c "std::locale::")";
-        python3 -m pytest -q -p no:cacheprovider python_tests/test_step.py -k "bad_input"' ;;
+        python3 -m pytest -q -p no:cacheprovider python_tests/test_step_inputs.py -k "bad_input"' ;;
     *) summary "unknown stage $what" ;;
   esac
 done
