@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `superthoughts bench train` (also this script's own)."""
     gpu = torch.cuda.is_available()
     parser.add_argument("--shapes", nargs="+", action=distinct(), choices=sorted(SHAPES),
-                        default=["1.5b", "7b"] if gpu else ["tiny", "1.5b-mini"], metavar="SHAPE", help=f"model shapes ({', '.join(sorted(SHAPES))})")
+                        default=["1.5b", "7b"] if gpu else ["tiny", "1.5b-mini"], metavar="SHAPE",
+                        help=f"model shapes ({', '.join(sorted(SHAPES))})")
     parser.add_argument("--batch-size", type=int_at_least(1), default=4 if gpu else 8, help="sequences per step")
     parser.add_argument("--seq-len", type=int_at_least(2), default=2048 if gpu else 512, help="prompt + response")
     parser.add_argument("--prompt-len", type=int_at_least(1), default=64, help="prompt tokens of each sequence")

@@ -25,7 +25,7 @@ def selected_names(expression: str) -> list[str]:
 
 def test_session_names_existing_test_files_and_tests() -> None:
     commands = pytest_commands()
-    assert len(commands) >= 3, commands  # test, errors, folded_gqa, dynamic_libstdcxx
+    assert len(commands) >= 4, commands  # test, errors, folded_gqa, dynamic_libstdcxx
     for command in commands:
         files = re.findall(r"python_tests/\w+\.py", command)
         assert files, command

@@ -96,14 +96,14 @@ def test_peft_adapters_are_refused_with_what_to_do():
         SuperThoughtsForCausalLM.from_base(None)
 
 
-
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.* is deprecated:FutureWarning")
 def test_saving_a_model_with_peft_adapters_is_refused_with_what_to_do(tmp_path):
     # get_peft_model injects the adapters into the model itself: its own save_pretrained wrote
     # renamed weights (q_proj.base_layer.weight) that from_pretrained could not load.
     peft = pytest.importorskip("peft")
     model = SuperThoughtsForCausalLM.from_base(backbone("qwen2")).eval()
-    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["compressor"]))
+    config = peft.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["compressor"])
+    wrapped = peft.get_peft_model(model, config)
     with pytest.raises(TypeError, match=r"holds peft adapters \(.*base_layer.*merge_and_unload\(\)"):
         model.save_pretrained(tmp_path / "unmerged")
     assert not (tmp_path / "unmerged").exists()
@@ -112,6 +112,7 @@ def test_saving_a_model_with_peft_adapters_is_refused_with_what_to_do(tmp_path):
     loaded = SuperThoughtsForCausalLM.from_pretrained(tmp_path / "merged")
     for name, tensor in merged.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
+
 
 def test_a_dtype_name_casts_a_built_model():
     model = SuperThoughtsForCausalLM.from_base(backbone("qwen2"), dtype="bfloat16")

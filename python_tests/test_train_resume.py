@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -465,7 +466,6 @@ def test_a_checkpoint_recording_no_settings_is_resumed_with_a_warning(tmp_path):
                                          r"whether this run's --learning-rate, .* is not checked"):
         check_resume(tmp_path / "o", str(old), settings=settings)
     recorded = write_checkpoint(tmp_path / "checkpoint-3", settings=settings)
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_resume(tmp_path / "o", str(recorded), settings=settings)

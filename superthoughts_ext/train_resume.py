@@ -206,7 +206,8 @@ def continued_run_id(checkpoint: Path | None, output_dir: str | os.PathLike) -> 
 
 def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> None:
     """ValueError naming every setting of `settings` (`run_settings`) that `checkpoint` recorded
-    with another value; settings it did not record, or a data file unread, are not compared."""
+    with another value; settings it did not record, or a data file unread, are not compared, and a
+    checkpoint that recorded none warns that nothing was checked."""
     saved = _recorded(checkpoint).get("settings")
     if settings and not isinstance(saved, dict):
         # Written before checkpoints recorded their settings (before commit 8df6e74), or by another
