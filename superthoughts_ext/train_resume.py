@@ -20,7 +20,7 @@ from typing import Any
 
 from superthoughts_ext.checkpoint import checkpoint_folders, is_superthoughts_checkpoint
 from superthoughts_ext.run_info import write_problem
-from superthoughts_ext.train_utils import SUPERTHOUGHTS_TRAINABLE_MODULES
+from superthoughts_ext.train_utils import SUPERTHOUGHTS_TRAINABLE_MODULES, lora_target_pattern
 
 
 def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
@@ -368,8 +368,6 @@ def _older_targets(found: Any) -> tuple[Any, str]:
     old = _PRE_B69032D_TARGETS.fullmatch(found) if isinstance(found, str) else None
     if old is None:
         return found, ""
-    from superthoughts_ext.train_utils import lora_target_pattern
-
     names = old.group(2).split("|")
     adapted = [name for name in names if name != "lm_head"]
     why = ""
