@@ -2,8 +2,9 @@
 // kernel source runs on a CPU: every block is an OS thread, every CUDA thread a fiber of that
 // block's OS thread (ucontext), switched at the points where a GPU thread can wait for others
 // (__syncthreads, warp shuffles, mma, the grid barrier). Test-only: python_tests/
-// cuda_emulation.py builds it with g++, and test_step.py's test_emulated_* check the kernel
-// against the reference on machines without a GPU. It checks the kernel's logic (indexing,
+// cuda_emulation.py builds it with g++; the test_emulated_* tests of test_step.py, test_generate.py
+// and test_step_cuda_memcheck.py check the kernel against the reference on machines without a GPU
+// (test_emulation_fibers.py the emulator itself). It checks the kernel's logic (indexing,
 // tiling, the mma fragment layout, reductions, barriers), not its speed, its memory ordering
 // or its caches, with one exception: __ldg from memory the launch writes is reported (see Span).
 //
