@@ -1,6 +1,6 @@
 """Evaluation tests: prompts, evaluate() with an injected generate (records, summary, resume,
 batching with left padding) and compare(). (Extraction and grading: test_grading.py; data
-files: test_eval_data.py; the CLI: test_eval_cli.py; edge cases: test_eval_io.py.)
+files: test_eval_data.py; the CLI: test_eval_cli.py; edge cases: test_eval_io.py; the progress bar: test_eval_progress.py.)
 
 CPU only, no model weights: evaluate() runs on a word-level ChatML tokenizer and a fake
 generate that answers "what is a + b" problems; the other evaluation test files reuse both.
@@ -8,7 +8,6 @@ generate that answers "what is a + b" problems; the other evaluation test files 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -193,31 +192,6 @@ def test_gpqa_accuracy_per_option_order(tmp_path: Path) -> None:
     one = evaluate(fake_model(tokenizer), tokenizer, "gpqa_diamond", problems[::2], mode="standard",
                    progress=False, generate_fn=generate)
     assert one.accuracy_by_option_order is None and "option order" not in format_summary(one)
-
-
-def test_the_progress_bar_names_the_bench_and_mode_or_the_callers_label(capsys) -> None:
-    tokenizer = make_tokenizer()
-    for label, shown in ((None, "math500 [standard]: 100%"), ("eval baseline SFT", "eval baseline SFT: 100%")):
-        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:2], mode="standard", progress=True,
-                 generate_fn=fake_generate(tokenizer, []), label=label)
-        assert shown in capsys.readouterr().err
-
-
-def test_each_bar_draw_shows_the_accuracy_of_the_rows_it_counts(capsys, monkeypatch) -> None:
-    # update() drew the bar before set_postfix had the new accuracy: "3/3 [acc=1.000]" went to a
-    # log file before the correct "3/3 [acc=0.667]", two draws per batch.
-    import tqdm.auto
-
-    class EveryUpdateDraws(tqdm.auto.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "mininterval": 0, "miniters": 1})
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", EveryUpdateDraws)
-    tokenizer = make_tokenizer()
-    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:3], mode="standard", progress=True,
-             batch_size=1, generate_fn=fake_generate(tokenizer, []))  # right, right, wrong (9 + 1)
-    draws = re.findall(r"(\d)/3 \[[^\]]*acc=([\d.]+)\]", capsys.readouterr().err)
-    assert set(draws) == {("1", "1.000"), ("2", "1.000"), ("3", "0.667")}, draws
 
 
 def test_compiled_decoding_warms_up_each_batch_size_untimed() -> None:
