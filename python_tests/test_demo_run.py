@@ -21,7 +21,12 @@ def _run(tmp_path: Path, name: str) -> tuple[dict, Path]:
         "--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(json_path),
         "--plot", str(plot_path), "--device", "cpu", "--no-progress",
     ])
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
     assert demo.run(args) == 0
+    # --no-progress hid transformers' bars for the run only: later tests (or a notebook) had none.
+    assert transformers_logging.is_progress_bar_enabled()
     return json.loads(json_path.read_text()), plot_path
 
 

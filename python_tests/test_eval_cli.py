@@ -121,6 +121,7 @@ def test_no_progress_hides_transformers_bars_while_it_runs(fake_cli, tmp_path: P
     # transformers' "Loading weights" bar still went into the log of a --no-progress run.
     from transformers.utils import logging as transformers_logging
 
+    transformers_logging.enable_progress_bar()  # transformers' default, whatever ran before
     fake_modeling, shown = sys.modules["superthoughts_ext.modeling"], []
     load_model = fake_modeling.load_model
     monkeypatch.setattr(fake_modeling, "load_model", lambda *args, **kwargs: shown.append(

@@ -395,6 +395,9 @@ def test_bad_options():
 
 
 def test_cli_run(base_dirs, tmp_path, capsys):
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()  # transformers' default, whatever ran before
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = tmp_path / "cli"
@@ -406,8 +409,6 @@ def test_cli_run(base_dirs, tmp_path, capsys):
     assert run(args) == 0
     assert (out / "config.json").is_file()
     # --no-progress hides transformers' bars too ("Loading weights" went into log files), for this run only.
-    from transformers.utils import logging as transformers_logging
-
     assert "%|" not in capsys.readouterr().err and transformers_logging.is_progress_bar_enabled()
     args = parser.parse_args(["--model", str(base_dirs["qwen2"]), "--data", str(tmp_path / "x.jsonl"),
                               "--output", str(tmp_path / "cli2")])

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.cli import HelpFormatter
+from superthoughts_ext.cli import HelpFormatter, transformers_progress_bars
 from superthoughts_ext.demo.results import evaluate_models, format_table, write_plot
 
 # 1.0 makes (nearly) every step a fallback step (single units only), the path the threshold
@@ -358,17 +358,37 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
     import torch
     import transformers
 
-    from superthoughts_ext.demo.task import make_split, write_jsonl
     from superthoughts_ext.run_info import device_name, git_commit
 
     started = time.perf_counter()
     commit = git_commit()  # at the start: a commit made during the run did not run
     device = resolve_device(device)
-    if not progress:  # transformers' own bars too (loading and saving weights)
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
     root = cache_root(cache_dir) / cache_key(settings)
+    # Without progress, transformers' own bars too (loading and saving weights), for this run only.
+    with transformers_progress_bars(progress):
+        runs = train_models(settings, root, device, retrain=retrain, progress=progress)
+        results = evaluate_models(settings, {name: root / sub for name, sub in MODEL_DIRS.items()}, device, progress)
+    settings_dict = asdict(settings)
+    settings_dict["thresholds"] = list(settings.thresholds)
+    return {
+        **results,
+        "settings": settings_dict,
+        "training": {name: {"trained": r.trained, **r.metrics} for name, r in runs.items()},
+        "cache_dir": os.fspath(root),
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "commit": commit,
+        "wall_time": time.perf_counter() - started,
+    }
+
+
+def train_models(settings: DemoSettings, root: Path, device: str, *, retrain: bool,
+                 progress: bool) -> dict[str, ModelRun]:
+    """The initial SFT model, then the SuperThoughts and baseline models continued from it, each
+    trained into `root` or reused from there."""
+    from superthoughts_ext.demo.task import make_split, write_jsonl
+
     data = root / "train.jsonl"
     if not data.exists() or retrain:
         write_jsonl(make_split("train", settings.train_problems, seed=settings.seed), data)
@@ -385,20 +405,7 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
     fine_tune = dict(steps=settings.superthoughts_steps, learning_rate=settings.superthoughts_learning_rate, **common)
     runs["superthoughts"] = train_model(settings, start, data, dirs["superthoughts"], baseline=False, **fine_tune)
     runs["baseline"] = train_model(settings, start, data, dirs["baseline"], baseline=True, **fine_tune)
-    results = evaluate_models(settings, dirs, device, progress)
-    settings_dict = asdict(settings)
-    settings_dict["thresholds"] = list(settings.thresholds)
-    return {
-        **results,
-        "settings": settings_dict,
-        "training": {name: {"trained": r.trained, **r.metrics} for name, r in runs.items()},
-        "cache_dir": os.fspath(root),
-        "device": device_name(device),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "commit": commit,
-        "wall_time": time.perf_counter() - started,
-    }
+    return runs
 
 
 def run(args: argparse.Namespace) -> int:
