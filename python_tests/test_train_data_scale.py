@@ -4,13 +4,17 @@ every process of a node tokenising the whole file): what a row costs to tokenise
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
+import torch  # noqa: E402
 from test_data import word_tokenizer, write_jsonl  # noqa: E402
 
+from superthoughts_ext import train_data  # noqa: E402
+from superthoughts_ext.data import SuperThoughtsCollator  # noqa: E402
 from superthoughts_ext.data_jsonl import format_example, load_jsonl_examples  # noqa: E402
 
 
@@ -27,3 +31,36 @@ def test_the_vocabulary_is_read_once_per_file_not_per_row(tmp_path: Path) -> Non
     tok.get_vocab = get_vocab
     assert list(examples) == [format_example(tok, r["problem"], r["solution"]) for r in rows]
 
+
+def _examples() -> list[dict[str, list[int]]]:
+    return [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 2]}, {"prompt_ids": [4], "response_ids": []},
+            {"prompt_ids": [1, 2 ** 20], "response_ids": [3, 3, 3, 3, 3]}]
+
+
+def test_train_rows_are_the_examples_numbered_held_as_int32() -> None:
+    examples = _examples()
+    rows = train_data.TrainRows(examples)
+    assert len(rows) == 3
+    assert [rows[i] for i in range(3)] == [{**e, "row": i} for i, e in enumerate(examples)]
+    assert list(rows) == [rows[0], rows[1], rows[2]] and rows[-1] == rows[2]
+    assert all(type(t) is int for t in rows[0]["prompt_ids"] + rows[0]["response_ids"])
+    assert rows._ids.dtype.itemsize == 4 and rows._ids.nbytes == 4 * 14  # 4 bytes a token
+    with pytest.raises(IndexError):
+        rows[3]
+    assert pickle.loads(pickle.dumps(rows))[2] == rows[2]  # DataLoader workers started by spawn
+
+
+def test_train_rows_keep_ids_past_int32() -> None:
+    rows = train_data.TrainRows([{"prompt_ids": [2 ** 40], "response_ids": [1]}])
+    assert rows[0] == {"prompt_ids": [2 ** 40], "response_ids": [1], "row": 0}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_train_rows_collate_the_batches_the_row_dicts_did(num_workers: int) -> None:
+    examples = _examples()
+    collator = SuperThoughtsCollator(pad_id=0, eos_id=2, rho_max=0.5, seed=3)
+    old = [{**e, "row": i} for i, e in enumerate(examples)]
+    loader = torch.utils.data.DataLoader(train_data.TrainRows(examples), batch_size=2, collate_fn=collator,
+                                         num_workers=num_workers)
+    for got, want in zip(loader, [collator(old[:2]), collator(old[2:])], strict=True):
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
