@@ -321,3 +321,24 @@ def test_resume_names_records_of_an_older_version_as_such(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"st.jsonl:1 has no threshold_main \(written by an older version\?\)"):
         evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, []), resume=True,
                  batch_size=3, output_jsonl=out, progress=False)
+
+
+def test_problems_that_met_non_finite_logits_are_named_once(recwarn: pytest.WarningsRecorder) -> None:
+    # generate's warning named rows of a batch (meaningless to an eval) and came once per batch,
+    # on the progress bar's line: the run names the problems, once, after the bar.
+    from superthoughts_ext.generate import NonFiniteLogitsWarning
+
+    tokenizer = make_tokenizer()
+    solve = fake_generate(tokenizer, [])
+
+    def overflowing(*args, **kwargs):  # the batch's last row met them
+        result = solve(*args, **kwargs)
+        result.nonfinite_rows = [len(result.sequences) - 1]
+        return result
+
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:5], batch_size=2, progress=False,
+             generate_fn=overflowing)
+    warned = [str(w.message) for w in recwarn if w.category is NonFiniteLogitsWarning]
+    assert len(warned) == 1 and warned[0].startswith("evaluate: 3 problems met main-head logits"), warned
+    named = warned[0].split(" got the pad id there: ", 1)[1].split("; load the model in bfloat16 or float32")[0]
+    assert len(named.split(", ")) == 3 and set(named.split(", ")) <= {p.id for p in PROBLEMS[:5]}, named

@@ -16,7 +16,7 @@ import torch
 
 import test_generate
 import test_generate_io
-from superthoughts_ext.generate import MODES, ContextStopWarning, generate
+from superthoughts_ext.generate import MODES, ContextStopWarning, NonFiniteLogitsWarning, generate
 from test_generate import BOS, CONTEXT, EOS, MIXED_THRESHOLD, PROMPTS, VOCAB, check_stats, left_pad, until_eos
 from test_generate_limits import KERNELS
 
@@ -388,14 +388,16 @@ def test_logits_with_no_finite_maximum_are_warned_about(model, mode) -> None:
         head.bias.zero_()
         head.bias[5] = float("inf")
     backbone_model.lm_head = head
-    with pytest.warns(UserWarning, match=r"^generate: rows \[0, 1, 2, 3\] met main-head logits with no finite maximum "
-                                         r"\(NaN, all -inf, or \+inf, as from a float16 model that overflows\) and "
-                                         r"emitted the pad id there"):
+    with pytest.warns(NonFiniteLogitsWarning, match=r"^generate: rows \[0, 1, 2, 3\] met main-head logits with no "
+                                                   r"finite maximum \(NaN, all -inf, or \+inf, as from a float16 "
+                                                   r"model that overflows\) and emitted the pad id there"):
         out = generate(overflowing, ids, mask, max_new_tokens=4, mode=mode, ignore_eos=True)
     assert out.sequences == [[overflowing.pad_token_id] * len(row) for row in out.sequences]
+    assert out.nonfinite_rows == [0, 1, 2, 3]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        generate(model, ids, mask, max_new_tokens=4, mode=mode)  # finite logits: no warning
+        # finite logits: no warning
+        assert generate(model, ids, mask, max_new_tokens=4, mode=mode).nonfinite_rows == []
 
 
 def test_generate_under_autocast_is_refused(model) -> None:

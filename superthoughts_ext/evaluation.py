@@ -259,10 +259,13 @@ def _record(run: _Run, result: Any, row: int, batch: list[int]) -> dict[str, Any
 
 
 def _decode_batches(run: _Run, batches: list[list[int]], records: list[dict[str, Any]], out_file: IO[str] | None,
-                    bar: Any) -> None:
-    """Decode and grade each batch into ``records``, on disk after every batch: a crash keeps them."""
+                    bar: Any) -> list[str]:
+    """Decode and grade each batch into ``records``, on disk after every batch: a crash keeps them.
+    Returns the ids of the problems whose decoding met non-finite main-head logits."""
+    nonfinite: list[str] = []
     for batch in batches:
         result = _decode(run, batch, run.max_new_tokens)
+        nonfinite += [run.problems[batch[row]].id for row in getattr(result, "nonfinite_rows", [])]
         for row in range(len(batch)):
             record = _record(run, result, row, batch)
             records.append(record)
@@ -273,6 +276,7 @@ def _decode_batches(run: _Run, batches: list[list[int]], records: list[dict[str,
         # The accuracy first, without a redraw: update() then draws the bar once, with it.
         bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}", refresh=False)
         bar.update(len(batch))
+    return nonfinite
 
 
 def evaluate(
@@ -336,7 +340,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from superthoughts_ext.generate import ContextStopWarning
+    from superthoughts_ext.generate import ContextStopWarning, NonFiniteLogitsWarning
 
     get_bench(bench)  # ValueError for an unknown benchmark, before any work
     # Held from the check of the records file to the summary: a second run started meanwhile
@@ -361,14 +365,21 @@ def evaluate(
                    disable=not progress)
         try:
             with warnings.catch_warnings():
-                # Batch row numbers mean nothing here: the records' hit_limit and the summary count these.
+                # Batch row numbers mean nothing here: the records' hit_limit and the summary count
+                # context stops; problems that met non-finite logits are named once, below.
                 warnings.simplefilter("ignore", ContextStopWarning)
+                warnings.simplefilter("ignore", NonFiniteLogitsWarning)
                 warmup_time = _warm_up(run, batches, bar)
-                _decode_batches(run, batches, records, out_file, bar)
+                nonfinite = _decode_batches(run, batches, records, out_file, bar)
         finally:
             bar.close()
             if out_file is not None:
                 out_file.close()
+        if nonfinite:
+            warnings.warn(f"evaluate: {len(nonfinite)} problems met main-head logits with no finite maximum (NaN, "
+                          "all -inf, or +inf, as from a float16 model that overflows) and got the pad id there: "
+                          f"{', '.join(nonfinite[:10])}{', ...' if len(nonfinite) > 10 else ''}; load the model in "
+                          "bfloat16 or float32", NonFiniteLogitsWarning, stacklevel=2)
 
         summary = summarize(records, run.settings, batch_size=batch_size, wall_time=time.perf_counter() - started,
                             n_resumed=len(done), warmup_time=warmup_time)

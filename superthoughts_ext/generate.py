@@ -53,6 +53,8 @@ class GenerateOutput:
         (what the `compile` and `cuda_graphs` arguments resolved to for this model and call).
     stop_reasons: why each row ended: "eos" (it emitted a stop token), "length" (max_new_tokens)
         or "context" (its next position would pass max_position_embeddings; warned about).
+    nonfinite_rows: rows that met main-head logits with no finite maximum (NaN, all -inf, +inf:
+        a float16 model that overflows) and emitted the pad id there (warned about).
     """
 
     sequences: list[list[int]]
@@ -64,6 +66,7 @@ class GenerateOutput:
     compiled: bool = False
     cuda_graph: bool = False
     stop_reasons: list[str] = field(default_factory=list)
+    nonfinite_rows: list[int] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -78,6 +81,10 @@ class GenerateOutput:
 
 class ContextStopWarning(UserWarning):
     """Rows of a `generate` call stopped at the model's context before their token budget."""
+
+
+class NonFiniteLogitsWarning(UserWarning):
+    """Rows of a `generate` call met main-head logits with no finite maximum (GenerateOutput.nonfinite_rows)."""
 
 
 def model_context(model: Any) -> int | None:
@@ -322,7 +329,8 @@ def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int, c
     if unscored:
         warnings.warn(f"generate: rows {unscored[:10]}{' ...' if len(unscored) > 10 else ''} met main-head logits "
                       "with no finite maximum (NaN, all -inf, or +inf, as from a float16 model that overflows) "
-                      "and emitted the pad id there; load the model in bfloat16 or float32", stacklevel=4)
+                      "and emitted the pad id there; load the model in bfloat16 or float32", NonFiniteLogitsWarning,
+                      stacklevel=4)
     return GenerateOutput(
         sequences=sequences,
         num_tokens=written,
@@ -333,6 +341,7 @@ def _collect(state: decode_loop.DecodeState, wall_time: float, steps_run: int, c
         compiled=compiled,
         cuda_graph=cuda_graph,
         stop_reasons=reasons,
+        nonfinite_rows=unscored,
     )
 
 
