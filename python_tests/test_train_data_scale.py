@@ -64,3 +64,8 @@ def test_train_rows_collate_the_batches_the_row_dicts_did(num_workers: int) -> N
                                          num_workers=num_workers)
     for got, want in zip(loader, [collator(old[:2]), collator(old[2:])], strict=True):
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_train_rows_refuse_ids_past_int64() -> None:
+    with pytest.raises(ValueError, match="does not fit in int64"):
+        train_data.TrainRows([{"prompt_ids": [2 ** 70], "response_ids": [1]}])

@@ -223,6 +223,8 @@ class TrainRows(Sequence):
             except OverflowError:  # an id past int32
                 continue
             break
+        else:  # past int64 too: not a token id (check_vocab refuses ids past the vocabulary first)
+            raise ValueError("TrainRows: a token id does not fit in int64")
         self._ids, self._offsets = ids, offsets
 
     def __len__(self) -> int:
