@@ -161,7 +161,10 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
     kept: list[int] = []
     empty: list[int] = []
     too_long: list[int] = []
-    other_stops: set[int] | None = None  # once, at the first row that is formatted
+    # Once per file (format_example would read the whole vocabulary for every row); without an
+    # EOS, format_example names that problem at the first row.
+    eos_id = tokenizer.eos_token_id
+    other_stops = _other_stop_ids(tokenizer, eos_id) if eos_id is not None else None
     for number, row in numbered_rows:
         at = f"{where}:{number}" if unit == "line" else f"{where}: {unit} {number}"
         if not isinstance(row, Mapping):
@@ -185,8 +188,6 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
         if not row[solution_field].strip():
             empty.append(number)
             continue
-        if other_stops is None and tokenizer.eos_token_id is not None:
-            other_stops = _other_stop_ids(tokenizer, tokenizer.eos_token_id)
         try:
             example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt,
                                      _other_stops=other_stops)
