@@ -4,6 +4,7 @@ pre-tokenised, checked up front so that errors name the row, and dropped when lo
 """
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import warnings
@@ -210,22 +211,16 @@ class TrainRows(Sequence):
     """
 
     def __init__(self, examples: Sequence[Mapping[str, Any]]) -> None:
-        offsets = np.zeros(2 * len(examples) + 1, dtype=np.int64)  # prompt i: [2i, 2i+1), response: [2i+1, 2i+2)
-        for i, example in enumerate(examples):
-            offsets[2 * i + 1] = offsets[2 * i] + len(example["prompt_ids"])
-            offsets[2 * i + 2] = offsets[2 * i + 1] + len(example["response_ids"])
+        # Row i's prompt is ids[offsets[2i]:offsets[2i + 1]], its response the next span.
+        parts = [example[name] for example in examples for name in ("prompt_ids", "response_ids")]
+        self._offsets = np.concatenate(([0], np.cumsum([len(part) for part in parts], dtype=np.int64)))
         for dtype in (np.int32, np.int64):
-            ids = np.empty(int(offsets[-1]), dtype=dtype)
             try:
-                for i, example in enumerate(examples):
-                    ids[offsets[2 * i]:offsets[2 * i + 1]] = example["prompt_ids"]
-                    ids[offsets[2 * i + 1]:offsets[2 * i + 2]] = example["response_ids"]
-            except OverflowError:  # an id past int32
-                continue
-            break
-        else:  # past int64 too: not a token id (check_vocab refuses ids past the vocabulary first)
-            raise ValueError("TrainRows: a token id does not fit in int64")
-        self._ids, self._offsets = ids, offsets
+                self._ids = np.fromiter(itertools.chain.from_iterable(parts), dtype=dtype, count=int(self._offsets[-1]))
+                break
+            except OverflowError:  # an id past int32: int64
+                if dtype is np.int64:  # not a token id (check_vocab refuses ids past the vocabulary first)
+                    raise ValueError("TrainRows: a token id does not fit in int64") from None
 
     def __len__(self) -> int:
         return len(self._offsets) // 2
