@@ -1,6 +1,8 @@
 """The `superthoughts` command as a whole (each subcommand's behaviour is tested in its area)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from superthoughts_ext import cli
@@ -79,6 +81,28 @@ def test_a_warning_from_the_package_shows_no_place_in_its_code() -> None:
 
     assert cli.format_warning("compare: left out", UserWarning, eval_cli.__file__, 86) == "UserWarning: compare: left out\n"
     assert cli.format_warning("x", FutureWarning, "/elsewhere/lib.py", 3) == "/elsewhere/lib.py:3: FutureWarning: x\n"
+
+
+def test_a_command_formats_warnings_only_while_it_runs(monkeypatch) -> None:
+    # main() is also called in-process: it left its formatter installed for the caller's process.
+    from superthoughts_ext import eval_cli, train
+
+    seen = []
+
+    def record_formatter(args):
+        seen.append(warnings.formatwarning)
+        return 0
+
+    def callers_formatter(message, category, filename, lineno, line=None):
+        return "caller\n"
+
+    monkeypatch.setattr(warnings, "formatwarning", callers_formatter)
+    monkeypatch.setattr(eval_cli, "run", record_formatter)
+    monkeypatch.setattr(train, "run", record_formatter)
+    assert cli.main(["eval", "--compare", "a.jsonl", "b.jsonl"]) == 0
+    assert train.main(["--model", "m", "--data", "d.jsonl", "--output", "o"]) == 0
+    assert seen == [cli.format_warning, cli.format_warning]
+    assert warnings.formatwarning is callers_formatter
 
 
 def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys, tmp_path) -> None:

@@ -58,13 +58,25 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
     """A warning as `Category: message`, or `file:line: Category: message` when it comes from
     outside this package: without the echoed source line, and without a place in our own code,
     which on a command line says nothing to the user ("eval_cli.py:86", "examples =
-    load_jsonl_examples("). Installed as `warnings.formatwarning` by the command's entry points."""
+    load_jsonl_examples("). Installed by `command_warnings` around a command's run."""
     if Path(filename).resolve().is_relative_to(_PACKAGE):
         return f"{category.__name__}: {message}\n"
     return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
 _PACKAGE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def command_warnings() -> Iterator[None]:
+    """Warnings printed as `format_warning` says while a command runs, and the caller's own
+    formatter back afterwards: `main()` is also called in-process (tests, notebooks, scripts)."""
+    before = warnings.formatwarning
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
 
 
 @contextlib.contextmanager
@@ -85,7 +97,6 @@ def transformers_progress_bars(shown: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    warnings.formatwarning = format_warning
     parser = argparse.ArgumentParser(prog="superthoughts", description=(__doc__ or "").partition("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -96,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module_name).add_arguments(sub_parser)
     args = parser.parse_args(argv)
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        with command_warnings():
+            return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through training or decoding
         print(f"superthoughts {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130

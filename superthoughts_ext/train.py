@@ -43,7 +43,6 @@ import os
 import re
 import sys
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +53,7 @@ from transformers import PreTrainedTokenizerBase
 
 from superthoughts_ext import train_data, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
-from superthoughts_ext.cli import HelpFormatter, format_warning, transformers_progress_bars, utf8_text
+from superthoughts_ext.cli import HelpFormatter, command_warnings, transformers_progress_bars, utf8_text
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
 from superthoughts_ext.run_info import output_lock
@@ -480,11 +479,12 @@ def close_process_group() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.train ...` (what torchrun and accelerate launch run)."""
-    warnings.formatwarning = format_warning
     parser = argparse.ArgumentParser(prog="superthoughts train", description=(__doc__ or "").partition("\n")[0],
                                      formatter_class=HelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    with command_warnings():
+        return run(args)
 
 
 if __name__ == "__main__":
