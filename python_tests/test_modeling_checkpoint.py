@@ -100,6 +100,49 @@ def test_a_truncated_weights_file_is_named(tmp_path):
         SuperThoughtsForCausalLM.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_model_over_max_shard_size_saves_in_shards_and_reloads_bit_identical(tmp_path, family):
+    # One model.safetensors held a 14B model in float32 (train's default dtype; 60.6 GB with the
+    # compressor and MTP): over the Hub's 50 GB per-file limit, while transformers shards a
+    # baseline run's output at 50 GB. The tiny model's ~100 KB in 20 KB shards stands in.
+    model = make_model(family)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    shards = sorted(p.name for p in tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (tmp_path / "model.safetensors").exists()
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    tied = family == "qwen2"
+    # A tied lm_head is stored once, as in one file.
+    assert set(index["weight_map"]) == set(model.state_dict()) - ({"backbone.lm_head.weight"} if tied else set())
+    loaded = SuperThoughtsForCausalLM.from_pretrained(tmp_path)
+    assert (loaded.backbone.lm_head.weight is loaded.get_input_embeddings().weight) == tied
+    batch = training_batch()
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)
+    # Saved again as one file (the default size): the shards and their index go.
+    loaded.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    (tmp_path / shards[-1]).unlink()
+    missing = rf"from_pretrained: .*model.safetensors.index.json' names {shards[-1]}, which is not there"
+    with pytest.raises(FileNotFoundError, match=missing):
+        SuperThoughtsForCausalLM.from_pretrained(tmp_path)
+
+
+def test_the_default_shard_size_is_transformers_own():
+    # A SuperThoughts run's output then splits where its baseline's (transformers' save) does.
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    from superthoughts_ext.checkpoint import MAX_SHARD_SIZE
+
+    default = inspect.signature(PreTrainedModel.save_pretrained).parameters["max_shard_size"].default
+    assert MAX_SHARD_SIZE == default
+    assert inspect.signature(SuperThoughtsForCausalLM.save_pretrained).parameters["max_shard_size"].default == default
+
+
 def test_from_base_paths_and_load_model_baseline(tmp_path):
     base = make_backbone("llama")
     base.save_pretrained(tmp_path / "plain")

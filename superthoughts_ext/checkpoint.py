@@ -1,10 +1,11 @@
-"""The SuperThoughts checkpoint directory: config.json + model.safetensors (+ the backbone's
-generation_config.json), and its checks.
+"""The SuperThoughts checkpoint directory: config.json + model.safetensors, or shards
+model-0000i-of-0000n.safetensors with model.safetensors.index.json past `max_shard_size` (+ the
+backbone's generation_config.json), and its checks.
 
 config.json is the backbone's own config (so tools that read e.g. hidden_size keep working)
 with `architectures = ["SuperThoughtsForCausalLM"]` and a "superthoughts" section; the weights
-file holds backbone.* / compressor.* / mtp.* with tied aliases (lm_head.weight of a tied
-model) stored once and re-tied by transformers at load time.
+hold backbone.* / compressor.* / mtp.* with tied aliases (lm_head.weight of a tied model)
+stored once and re-tied by transformers at load time.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
 from transformers import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
@@ -26,6 +28,11 @@ from transformers import (
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+# transformers' own save_pretrained default, so a SuperThoughts run's output splits where its
+# baseline's does. One file held a 14B model in float32 (train's default dtype; 60.6 GB with
+# the compressor and MTP), over the Hub's 50 GB per-file limit.
+MAX_SHARD_SIZE = "50GB"
 GENERATION_CONFIG_NAME = "generation_config.json"
 SECTION = "superthoughts"
 
@@ -90,9 +97,11 @@ def _aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
     return canonical
 
 
-def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None) -> None:
+def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None,
+                           max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
     """Writes `model` (a SuperThoughtsForCausalLM) as config.json + generation_config.json +
-    model.safetensors."""
+    model.safetensors, or shards of at most `max_shard_size` (bytes, or "5GB") and their index,
+    laid out as transformers lays out its own (huggingface_hub's splitter)."""
     state = state_dict if state_dict is not None else model.state_dict()
     # Adapters that peft injected (get_peft_model changes the model in place) rename the weights
     # (q_proj.base_layer.weight, compressor.modules_to_save.default.*): from_pretrained would
@@ -121,14 +130,55 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
         f.write(json.dumps(values, indent=2, sort_keys=True) + "\n")
     # Weights of a model saved there before (shards, an index, .bin files) would sit beside ours,
     # and a loader that finds an index reads those (transformers' save_pretrained removes them too).
+    # A sharded save over a single file (or the reverse) leaves both: a loader must not pick one.
     for stale in [*directory.glob("model-*-of-*.safetensors"), *directory.glob("pytorch_model*.bin"),
-                  directory / "model.safetensors.index.json", directory / "pytorch_model.bin.index.json"]:
+                  directory / WEIGHTS_NAME, directory / INDEX_NAME, directory / "pytorch_model.bin.index.json"]:
         stale.unlink(missing_ok=True)
     canonical = _aliases(state)
     # safetensors refuses shared storage, and a tied lm_head would otherwise be stored twice.
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()
+    tensors = {name: t.detach() for name, t in state.items()
                if canonical[name] == name and not name.startswith("teacher")}
-    save_file(tensors, os.fspath(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        # Copied to the host one shard at a time: a model on a GPU needs one shard of host memory.
+        shard = {name: tensors[name].to("cpu").contiguous() for name in names}
+        save_file(shard, os.fspath(directory / filename), metadata={"format": "pt"})
+    if split.is_sharded:  # written last: an index whose shards are all there
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _read_safetensors(weights_path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(os.fspath(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"from_pretrained: {os.fspath(weights_path)!r} cannot be read ({error}); a truncated or "
+                         "corrupt file, e.g. from an interrupted save") from error
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """Every stored tensor of checkpoint `path`, from model.safetensors or from the shards its
+    index names, and the file to name in errors."""
+    single, index_path = path / WEIGHTS_NAME, path / INDEX_NAME
+    if not index_path.is_file():
+        if not single.is_file():
+            raise FileNotFoundError(f"from_pretrained: {os.fspath(path)!r} has no {WEIGHTS_NAME} (nor {INDEX_NAME})")
+        return _read_safetensors(single), single
+    if single.is_file():  # our saves remove the other layout's files; someone else wrote these
+        raise ValueError(f"from_pretrained: {os.fspath(path)!r} holds both {WEIGHTS_NAME} and {INDEX_NAME}; "
+                         "remove the one that is not this model's")
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"from_pretrained: {os.fspath(index_path)!r} is not a weights index ({error!r})") from error
+    weights: dict[str, torch.Tensor] = {}
+    for name in files:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"from_pretrained: {os.fspath(index_path)!r} names {name}, which is not there "
+                                    "(a copy or download cut short?)")
+        weights.update(_read_safetensors(path / name))
+    return weights, index_path
 
 
 def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, dtype: torch.dtype | None):
@@ -144,19 +194,12 @@ def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, 
         st_config = config_cls.from_dict(values.pop(SECTION))
     except ValueError as exc:
         raise ValueError(f"from_pretrained: {path / CONFIG_NAME}, section {SECTION!r}: {exc}") from exc
-    weights_path = path / WEIGHTS_NAME
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"from_pretrained: {os.fspath(directory)!r} has no {WEIGHTS_NAME}")
     values.pop("architectures", None)
     model_type = values.pop("model_type", None)
     if model_type is None:
         raise ValueError(f"from_pretrained: {path / CONFIG_NAME} has no model_type")
     base_config = AutoConfig.for_model(model_type, **values)
-    try:
-        weights = load_file(os.fspath(weights_path))
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"from_pretrained: {os.fspath(weights_path)!r} cannot be read ({error}); a truncated or "
-                         "corrupt file, e.g. from an interrupted save") from error
+    weights, weights_path = _read_weights(path)
     backbone_weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
     embed_key = next((k for k in backbone_weights if k.endswith("embed_tokens.weight")), None)
     if dtype is None and embed_key is not None:

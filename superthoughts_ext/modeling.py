@@ -6,8 +6,9 @@ MTP head (predicts the next unit's b). data.py spells out the layout and every t
 
 Checkpoint layout (one directory): `config.json` = the backbone's config with
 `architectures = ["SuperThoughtsForCausalLM"]` and a "superthoughts" section holding
-`SuperThoughtsConfig` (modeling_config.py); `model.safetensors` = backbone.* + compressor.* +
-mtp.* (tied aliases such as lm_head.weight stored once).
+`SuperThoughtsConfig` (modeling_config.py); `model.safetensors` (shards and their index past
+50 GB, as transformers saves) = backbone.* + compressor.* + mtp.* (tied aliases such as
+lm_head.weight stored once).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from superthoughts_ext.checkpoint import (  # load_tokenizer: loaded beside load_model by callers
+    MAX_SHARD_SIZE,
     is_superthoughts_checkpoint,
     load_superthoughts_dir,
     load_tokenizer,
@@ -143,9 +145,13 @@ class SuperThoughtsForCausalLM(nn.Module):
         model = cls(backbone, config).train(backbone.training)
         return model.to(device) if device is not None else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Writes config.json, generation_config.json and model.safetensors (one file) to
-        `save_directory` (created if missing; weight files of an earlier model there are removed).
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None,
+                        max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
+        """Writes config.json, generation_config.json and model.safetensors to `save_directory`
+        (created if missing; weight files of an earlier model there are removed). Weights over
+        `max_shard_size` (bytes or e.g. "5GB"; default transformers' 50GB) go into shards
+        model-0000i-of-0000n.safetensors named by model.safetensors.index.json, as transformers
+        writes them.
 
         `state_dict` (e.g. a gathered FSDP state dict) replaces the module's own when given.
         The directory loads with `from_pretrained` or `superthoughts_ext.load_model`, not with
@@ -153,7 +159,7 @@ class SuperThoughtsForCausalLM(nn.Module):
         finding none of its weight names (they start with "backbone."), initialises it randomly
         with only a warning.
         """
-        save_superthoughts_dir(self, save_directory, state_dict)
+        save_superthoughts_dir(self, save_directory, state_dict, max_shard_size)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, dtype: torch.dtype | None = None,

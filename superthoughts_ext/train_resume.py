@@ -254,9 +254,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return values if isinstance(values, dict) else None
 
 
-# The files of a finished run's model in its output folder (full, or a LoRA run's merged model;
-# an adapter_config.json from a run of older releases, which saved the adapter alone).
-FINAL_MODEL_FILES = ("config.json", "model.safetensors", "adapter_config.json")
+# The files of a finished run's model in its output folder (full, or a LoRA run's merged model,
+# in one file or in shards; an adapter_config.json from a run of older releases, which saved the
+# adapter alone).
+FINAL_MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter_config.json")
 
 
 def final_save_pending(checkpoint: Path, output_dir: str | os.PathLike, max_steps: int, num_epochs: float) -> bool:
@@ -276,7 +277,7 @@ def final_save_pending(checkpoint: Path, output_dir: str | os.PathLike, max_step
         same_length = (state.get("num_train_epochs") == math.ceil(num_epochs) and isinstance(epoch, (int, float))
                        and epoch >= num_epochs - 1e-6)
     out = Path(os.fspath(output_dir))
-    # config.json is moved in last: model.safetensors without it is a save cut off while moving in.
+    # config.json is moved in last: weights without it are a save cut off while moving in.
     return (same_length and checkpoint.resolve().parent == out.resolve()
             and not any((out / name).is_file() for name in ("config.json", "adapter_config.json")))
 
