@@ -16,7 +16,14 @@ import torch
 
 pytest.importorskip("transformers")
 from test_modeling import EOS, FAMILIES, HIDDEN, PAD, VOCAB, make_backbone, make_model, training_batch  # noqa: E402
-from transformers import AutoModelForCausalLM, Gemma2Config, GraniteConfig, OlmoConfig, OPTConfig  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    Gemma2Config,
+    GraniteConfig,
+    OlmoConfig,
+    OPTConfig,
+    Qwen2Config,
+)
 
 from superthoughts_ext.modeling import (  # noqa: E402
     SuperThoughtsConfig,
@@ -128,6 +135,27 @@ def test_a_model_over_max_shard_size_saves_in_shards_and_reloads_bit_identical(t
     missing = rf"from_pretrained: .*model.safetensors.index.json' names {shards[-1]}, which is not there"
     with pytest.raises(FileNotFoundError, match=missing):
         SuperThoughtsForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_from_base_of_a_sharded_bf16_checkpoint_keeps_its_dtype_and_tie(tmp_path, family):
+    # As Qwen2.5-Math comes: shards + index, "dtype": "bfloat16" in config.json, several EOS ids
+    # in generation_config.json; no dtype given must not load it in float32 (twice the memory).
+    base = make_backbone(family).to(torch.bfloat16)
+    base.generation_config.eos_token_id = [EOS, 5]
+    base.save_pretrained(tmp_path / "plain", max_shard_size="20KB")
+    assert (tmp_path / "plain" / "model.safetensors.index.json").is_file()
+    model = SuperThoughtsForCausalLM.from_base(tmp_path / "plain")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    backbone = model.backbone
+    assert (backbone.lm_head.weight is backbone.get_input_embeddings().weight) == (family == "qwen2")
+    assert backbone.generation_config.eos_token_id == [EOS, 5]
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(backbone.state_dict()[name], tensor), name
+    model.save_pretrained(tmp_path / "st")
+    loaded = SuperThoughtsForCausalLM.from_pretrained(tmp_path / "st")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert (loaded.backbone.lm_head.weight is loaded.get_input_embeddings().weight) == (family == "qwen2")
 
 
 def test_the_default_shard_size_is_transformers_own():
@@ -271,6 +299,35 @@ def test_num_parameters_follows_transformers(family):
     for p in backbone.parameters():
         p.requires_grad_(False)
     assert model.num_parameters(only_trainable=True) == extra
+
+
+# Qwen2.5-Math-1.5B / 7B / 14B: (hidden, layers, heads, kv heads, intermediate, vocabulary, tied
+# lm_head), and the parameters of backbone, compressor and MTP that README's "Model sizes" table gives.
+QWEN25_MATH = {
+    "1.5B": ((1536, 28, 12, 2, 8960, 151936, True), (1_543_714_304, 4_720_128, 51_521_024)),
+    "7B": ((3584, 28, 28, 4, 18944, 152064, False), (7_615_616_512, 25_693_696, 258_758_656)),
+    "14B": ((5120, 48, 40, 8, 13824, 152064, False), (14_770_033_664, 52_433_920, 327_712_768)),
+}
+
+
+@pytest.mark.parametrize("name", list(QWEN25_MATH))
+def test_parameter_counts_of_the_qwen25_math_shapes(name):
+    (hidden, layers, heads, kv_heads, intermediate, vocab, tied), counts = QWEN25_MATH[name]
+    config = Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, intermediate_size=intermediate, vocab_size=vocab,
+                         tie_word_embeddings=tied, eos_token_id=151645)
+    with torch.device("meta"):  # shapes without memory
+        model = SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(config), pad_token_id=151643)
+    backbone = model.backbone
+    assert (backbone.lm_head.weight is backbone.get_input_embeddings().weight) == tied
+    # The MTP head reads the backbone's lm_head: no [V, H] matrix of its own, and the extras
+    # share no tensor with the backbone (a tied embedding stays one matrix).
+    assert all(vocab not in p.shape for p in [*model.compressor.parameters(), *model.mtp.parameters()])
+    extras = {id(p) for p in [*model.compressor.parameters(), *model.mtp.parameters()]}
+    assert not extras & {id(p) for p in backbone.parameters()}
+    found = tuple(sum(p.numel() for p in part.parameters()) for part in (backbone, model.compressor, model.mtp))
+    assert found == counts
+    assert model.num_parameters() == sum(counts)
 
 
 def test_trainer_gradient_checkpointing_checkpoints_the_backbone(tmp_path):
