@@ -245,7 +245,7 @@ def test_pad_inside_a_response_is_named(base_dirs, tmp_path, baseline):
         assert re.match(rf"train: 1 row\(s\) with the pad token id {pad} inside the response \(rows \[2\]\): "
                         r"a pair ending in the pad reads like a decoding fallback's single unit", named[0])
     # Nothing to say when the pad is EOS itself (EOS ends the response).
-    examples = train_data.Examples([padded], where="t", unit="row", numbers=[1])
+    examples = train_data.Examples.of([padded], where="t", unit="row", numbers=[1])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train_data.warn_pad_in_responses(examples, eos, eos)

@@ -5,8 +5,9 @@ A row {problem, solution} becomes the features {"prompt_ids", "response_ids"} th
 collator in data.py lays out in units: the prompt is the chat template up to its generation
 prompt, the response the assistant turn cut right after EOS (`format_example`). Rows are
 checked and tokenised by `encode_rows` (also used by train_data.py for in-memory rows) and
-read from files by `load_jsonl_examples`; the result is an `Examples` list that remembers each
-row's line or row number, so later drops can name them. Kept apart from data.py because none
+read from files by `load_jsonl_examples`; the result is `Examples` (token_rows.py): the ids of
+every row packed into one array as each row is tokenised, and each row's line or row number, so
+later drops can name them. Kept apart from data.py because none
 of this depends on the unit layout, and the layout and collator need no tokenizer.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from superthoughts_ext.stop_tokens import CHAT_TURN_ENDS
+from superthoughts_ext.token_rows import Examples, RowsBuilder
 
 
 def template_errors() -> tuple[type[Exception], ...]:
@@ -103,21 +105,6 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
     return {"prompt_ids": list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), "response_ids": response}
 
 
-class Examples(list):
-    """Features {"prompt_ids", "response_ids"} (a plain list to Trainer and the collator) that
-    remember where they were read: example i is `unit` ("line" or "row") `numbers[i]` of
-    `where`. Rows dropped after loading (train_data.drop_beyond_context) are then named as the
-    loader names its own drops; the numbers stay off the feature dicts, which the collator
-    and Trainer see."""
-
-    def __init__(self, features: Iterable[dict[str, list[int]]], *, where: str, unit: str,
-                 numbers: Iterable[int]) -> None:
-        super().__init__(features)
-        self.where, self.unit, self.numbers = where, unit, list(numbers)
-        if len(self.numbers) != len(self):
-            raise ValueError(f"Examples: {len(self.numbers)} numbers for {len(self)} features")
-
-
 def _rows_named(numbers: list[int], unit: str, why: str) -> str:
     """"N row(s) `why` (`unit`s [the first ten numbers])": how warnings and errors name rows."""
     return f"{len(numbers)} row(s) {why} ({unit}s {numbers[:10]})"
@@ -156,8 +143,9 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
 def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where: str, unit: str,
                  problem_field: str, solution_field: str, system_prompt: str | None,
                  max_length: int | None) -> tuple[Examples, list[int], list[int]]:
-    """The loop of `encode_rows`: (examples, numbers of empty rows, numbers of too long rows)."""
-    examples: list[dict[str, list[int]]] = []
+    """The loop of `encode_rows`: (examples, numbers of empty rows, numbers of too long rows). Each
+    row is packed as soon as it is tokenised: its lists of Python ints are the only ones alive."""
+    rows = RowsBuilder()
     kept: list[int] = []
     empty: list[int] = []
     too_long: list[int] = []
@@ -196,9 +184,9 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
         if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
             too_long.append(number)
             continue
-        examples.append(example)
+        rows.add(example["prompt_ids"], example["response_ids"])
         kept.append(number)
-    return Examples(examples, where=where, unit=unit, numbers=kept), empty, too_long
+    return rows.build(where=where, unit=unit, numbers=kept), empty, too_long
 
 
 def _not_utf8(path: str) -> ValueError:

@@ -309,9 +309,8 @@ def _train(options: TrainOptions) -> TrainResult:
     use_cache = getattr(backbone.config, "use_cache", None)
     # Each row's index keys its pad-split draws (SuperThoughtsCollator): a resumed run collates
     # its remaining steps as the uninterrupted run would have.
-    # Held compact (4 bytes a token, not a Python int each); the lists go.
+    # The rows share the examples' packed ids (4 bytes a token), not a copy of them.
     rows = train_data.TrainRows(examples)
-    del examples
     trainer = SuperThoughtsTrainer(
         model=model, args=args, data_collator=collator, train_dataset=rows,
         processing_class=tokenizer, run_settings=settings,

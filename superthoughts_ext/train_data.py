@@ -4,7 +4,6 @@ pre-tokenised, checked up front so that errors name the row, and dropped when lo
 """
 from __future__ import annotations
 
-import itertools
 import operator
 import os
 import warnings
@@ -12,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from superthoughts_ext.data import _response_with_eos, layout_length
-from superthoughts_ext.data_jsonl import Examples, _rows_named, _warn_dropped, encode_rows, load_jsonl_examples
+from superthoughts_ext.data_jsonl import _rows_named, _warn_dropped, encode_rows, load_jsonl_examples
+from superthoughts_ext.token_rows import Examples, RowsBuilder
 from superthoughts_ext.train_utils import pad_and_eos_ids
 
 
@@ -32,7 +31,8 @@ def load_examples(
     text_options: Sequence[str] = (),
 ) -> Examples:
     """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows, each with
-    its line (or row) number for `drop_beyond_context`.
+    its line (or row) number for `drop_beyond_context`, packed into one array as each row is read
+    (`Examples`).
 
     Rows may be raw ({problem_field, solution_field}: text) or already tokenised
     ({"prompt_ids", "response_ids"}: lists of ids, checked by `tokenised_rows`). Errors
@@ -107,9 +107,10 @@ def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str
     The checks `build_units` makes at collate time, made up front so that they name the row:
     ids are non-negative ints, the prompt is not empty, EOS only closes the response. Rows
     longer than `max_length` tokens (prompt + response with its EOS) are dropped with a
-    warning, as `encode_rows` drops text rows.
+    warning, as `encode_rows` drops text rows. An id past int64 is refused there too: the rows
+    are packed into an int64 array at most.
     """
-    examples: list[dict[str, list[int]]] = []
+    packed = RowsBuilder()
     kept: list[int] = []
     too_long: list[int] = []
     for number, row in enumerate(rows, start=1):
@@ -131,13 +132,16 @@ def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str
         if max_length is not None and length > max_length:
             too_long.append(number)
             continue
-        examples.append({"prompt_ids": prompt, "response_ids": response})
+        try:
+            packed.add(prompt, response)
+        except OverflowError:
+            raise ValueError(f"{at}: a token id does not fit in int64") from None
         kept.append(number)
     _warn_dropped(where, too_long, "row", f"longer than max_length={max_length} tokens")
-    return Examples(examples, where=where, unit="row", numbers=kept)
+    return packed.build(where=where, unit="row", numbers=kept)
 
 
-def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | None, eos_id: int,
+def drop_beyond_context(examples: Sequence[Mapping[str, Any]], context: int | None, eos_id: int,
                         split_fraction: float) -> Examples:
     """`examples` without the rows that need more than `context` positions (the backbone's
     max_position_embeddings; None = no limit), with a warning naming them: past it the
@@ -151,13 +155,12 @@ def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | Non
     `load_examples` read them); a plain list is named "train", rows numbered from 1.
     """
     if not isinstance(examples, Examples):
-        examples = Examples(examples, where="train", unit="row", numbers=range(1, len(examples) + 1))
+        examples = Examples.of(examples, where="train", unit="row", numbers=range(1, len(examples) + 1))
     if context is None:
         return examples
-    lengths = [layout_length(e["prompt_ids"], e["response_ids"], eos_id, split_fraction) for e in examples]
+    lengths = [layout_length(*examples.spans(i), eos_id, split_fraction) for i in range(len(examples))]
     fits = [n <= context for n in lengths]
-    kept = Examples((e for e, fit in zip(examples, fits) if fit), where=examples.where, unit=examples.unit,
-                    numbers=(number for number, fit in zip(examples.numbers, fits) if fit))
+    kept = examples.select(fits)
     over = [number for number, fit in zip(examples.numbers, fits) if not fit]
     if over:
         why = f"longer than the model's context, max_position_embeddings={context}, up to {max(lengths)} positions"
@@ -172,8 +175,7 @@ def drop_beyond_context(examples: list[dict[str, list[int]]], context: int | Non
 def _warn_baseline_drops(kept: Examples, context: int, eos_id: int) -> None:
     """Compressed rows can fit a context that the same rows at one position per token do not: a
     --baseline run of the data would drop those, and the two runs would not train on the same rows."""
-    over = [number for number, e in zip(kept.numbers, kept)
-            if layout_length(e["prompt_ids"], e["response_ids"], eos_id, 1.0) > context]
+    over = [number for i, number in enumerate(kept.numbers) if layout_length(*kept.spans(i), eos_id, 1.0) > context]
     if over:
         why = f"fit the model's context (max_position_embeddings={context}) only compressed"
         rows = _rows_named(over, kept.unit, why)
@@ -191,7 +193,7 @@ def warn_pad_in_responses(examples: Examples, pad_id: int, eos_id: int) -> None:
     """
     if pad_id == eos_id:
         return
-    rows = [number for number, e in zip(examples.numbers, examples) if pad_id in e["response_ids"]]
+    rows = [number for i, number in enumerate(examples.numbers) if pad_id in examples.spans(i)[1]]
     if rows:
         why = f"with the pad token id {pad_id} inside the response"
         warnings.warn(f"{examples.where}: {_rows_named(rows, examples.unit, why)}: a pair ending in the pad reads "
@@ -201,8 +203,8 @@ def warn_pad_in_responses(examples: Examples, pad_id: int, eos_id: int) -> None:
 
 class TrainRows(Sequence):
     """The Trainer's dataset: example i as {"prompt_ids", "response_ids", "row": i} (lists of
-    ints, the features the collator reads; "row" keys its pad-split draws), the ids held in one
-    flat int32 array (int64 for ids past it) with offsets rather than as Python lists.
+    ints, the features the collator reads; "row" keys its pad-split draws), read from the ids
+    of `Examples` (one flat int32 array, int64 for ids past it), shared, not copied.
 
     A list of Python ints costs up to 36 bytes a token (an int object and a pointer): several GB a
     process for a 100k-row chain-of-thought dataset, in each of the 8 processes of a node, and the
@@ -211,19 +213,15 @@ class TrainRows(Sequence):
     """
 
     def __init__(self, examples: Sequence[Mapping[str, Any]]) -> None:
-        # Row i's prompt is ids[offsets[2i]:offsets[2i + 1]], its response the next span.
-        parts = [example[name] for example in examples for name in ("prompt_ids", "response_ids")]
-        self._offsets = np.concatenate(([0], np.cumsum([len(part) for part in parts], dtype=np.int64)))
-        for dtype in (np.int32, np.int64):
+        if not isinstance(examples, Examples):  # a plain list of feature dicts
             try:
-                self._ids = np.fromiter(itertools.chain.from_iterable(parts), dtype=dtype, count=int(self._offsets[-1]))
-                break
-            except OverflowError:  # an id past int32: int64
-                if dtype is np.int64:  # not a token id (check_vocab refuses ids past the vocabulary first)
-                    raise ValueError("TrainRows: a token id does not fit in int64") from None
+                examples = Examples.of(examples, where="train", unit="row", numbers=range(1, len(examples) + 1))
+            except OverflowError:  # not a token id (check_vocab refuses ids past the vocabulary first)
+                raise ValueError("TrainRows: a token id does not fit in int64") from None
+        self._examples = examples
 
     def __len__(self) -> int:
-        return len(self._offsets) // 2
+        return len(self._examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         i = operator.index(index)
@@ -231,5 +229,4 @@ class TrainRows(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"TrainRows: row {index} out of range for {len(self)} rows")
-        start, middle, end = self._offsets[2 * i:2 * i + 3].tolist()
-        return {"prompt_ids": self._ids[start:middle].tolist(), "response_ids": self._ids[middle:end].tolist(), "row": i}
+        return {**self._examples[i], "row": i}
