@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import warnings
 
 import pytest
@@ -82,6 +83,45 @@ def test_bf16_weights_a_small_learning_rate_cannot_move_are_warned_about(base_di
     assert bool(messages) == warned
     if warned:
         assert "are too large for a step of the learning rate (1e-05) to change them" in messages[0]
+        assert "keep float32 weights (--dtype float32) with --bf16 autocast" in messages[0]
+
+
+def test_bf16_adamw_second_moment_never_decreases():
+    # What the warning below says, checked on torch's own AdamW: its state takes each weight's
+    # dtype, and 0.999 x exp_avg_sq changes it by 0.1%, under half a bfloat16 step (0.2-0.4%),
+    # so it rounds back. After one large gradient and 1000 small ones float32's second moment has
+    # fallen to 0.37 of the spike's value; bfloat16's still holds all of it.
+    for fused in (False, True):
+        held = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            weight = torch.zeros(64, dtype=dtype, requires_grad=True)
+            optimizer = torch.optim.AdamW([weight], lr=1e-3, fused=fused)
+            for scale in [1.0] + [1e-3] * 1000:
+                weight.grad = torch.full_like(weight, scale)
+                optimizer.step()
+            held[dtype] = optimizer.state[weight]["exp_avg_sq"].float().mean().item() / 1e-3
+        assert held[torch.float32] == pytest.approx(0.368, abs=0.01)
+        assert held[torch.bfloat16] > 0.99, (fused, held)
+
+
+@pytest.mark.parametrize("dtype,optim,warned", [("bfloat16", None, True), ("bfloat16", "adamw_torch", True),
+                                                ("bfloat16", "adafactor", False), ("float32", None, False)],
+                         ids=["bf16-default", "bf16-adamw_torch", "bf16-adafactor", "fp32"])
+def test_adamw_training_bf16_weights_is_warned_about_its_second_moment(base_dirs, tmp_path, dtype, optim, warned):
+    # A learning rate at which bfloat16 weights do move (no stalled-weights warning): AdamW's
+    # moments of those weights are bfloat16 too, and its second moment then only ever grows, so
+    # one large gradient shrinks every later step of the weights it hit. This went unsaid.
+    # transformers' Adafactor keeps float32 state.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o", dtype=dtype, optim=optim,
+                           **{**FAST, "max_steps": 1}))
+    messages = [str(w.message) for w in caught if "second moment" in str(w.message)]
+    assert not any("trainable bfloat16 weights" in str(w.message) for w in caught)
+    assert bool(messages) == warned
+    if warned:
+        assert re.search(r"train: AdamW keeps its moment estimates of the [\d,]+ bfloat16 weights it trains in "
+                         r"bfloat16, where the second moment never decreases", messages[0]), messages[0]
         assert "keep float32 weights (--dtype float32) with --bf16 autocast" in messages[0]
 
 

@@ -300,6 +300,7 @@ def _train(options: TrainOptions) -> TrainResult:
         )
     train_utils.check_no_float16_training(model)
     train_utils.warn_stalled_bf16_weights(model, options.learning_rate)
+    train_utils.warn_bf16_adam_state(model, optimizer_class(args), args.adam_beta2)
     collator = SuperThoughtsCollator(
         pad_id, eos_id, rho_max=options.rho_max, baseline=options.baseline, seed=options.seed,
         with_distill=superthoughts and options.distill_weight > 0,

@@ -351,6 +351,27 @@ def warn_stalled_bf16_weights(model: nn.Module, learning_rate: float, threshold:
                       "raise --learning-rate", stacklevel=2)
 
 
+# Optimizers whose state takes each weight's dtype (torch's: Trainer's default adamw_torch_fused,
+# and adamw_torch); transformers' Adafactor keeps float32 state for 16-bit weights.
+BF16_STATE_OPTIMIZERS: tuple[str, ...] = ("torch.optim.adamw.AdamW", "torch.optim.adam.Adam")
+
+
+def warn_bf16_adam_state(model: nn.Module, optimizer: str, beta2: float) -> None:
+    """Warns when torch's Adam / AdamW (`optimizer`, its class path) trains bfloat16 weights,
+    whatever the learning rate: their moment estimates are bfloat16 too, and the second moment's
+    decay (x beta2, a change of 0.1% at 0.999) is under half a bfloat16 step (0.2-0.4%) and
+    rounds away, so it never decreases. One large gradient then shrinks every later step of the
+    weights it hit (test_train_precision.py checks this of torch's AdamW)."""
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad and p.dtype == torch.bfloat16)
+    # 2^-8: the largest relative half step of bfloat16 (at a mantissa of 1); a faster decay survives.
+    if count and optimizer in BF16_STATE_OPTIMIZERS and 1.0 - beta2 < 2.0 ** -8:
+        warnings.warn(f"train: AdamW keeps its moment estimates of the {count:,} bfloat16 weights it trains in "
+                      f"bfloat16, where the second moment never decreases (its decay by {beta2:g} a step rounds "
+                      "away): a large gradient shrinks every later step of the weights it hit (one spike, then "
+                      "1000 small gradients: it still held the spike's value, float32's 0.37 of it); keep float32 "
+                      "weights (--dtype float32) with --bf16 autocast", stacklevel=2)
+
+
 def state_dict_digest(model: nn.Module) -> str:
     """sha256 over a model's state dict (names, shapes, bytes), to compare ranks or runs."""
     import hashlib
