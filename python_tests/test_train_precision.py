@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 import test_train  # noqa: E402
 from test_train import FAST, ROWS  # noqa: E402
 
-from superthoughts_ext import train_utils  # noqa: E402
+from superthoughts_ext import train_precision  # noqa: E402
 from superthoughts_ext.train import TrainOptions, add_arguments, run, train  # noqa: E402
 from superthoughts_ext.trainer import TrainingDiverged  # noqa: E402
 
@@ -63,13 +63,13 @@ def test_stalled_bf16_share_counts_weights_a_step_cannot_move():
         layer.weight.fill_(1.0)  # bfloat16 spacing 2^-8 below 1.0, 2^-7 above: a step of 1e-3 rounds away
         layer.bias.fill_(1e-3)   # a step of 1e-3 moves these
     model = torch.nn.ModuleList([layer, frozen, wide])
-    share, count = train_utils.stalled_bf16_share(model, 1e-3)
+    share, count = train_precision.stalled_bf16_share(model, 1e-3)
     assert count == 64 * 64 + 64
     assert share == pytest.approx(64 * 64 / count)
-    assert train_utils.stalled_bf16_share(model, 1e-2) == (0.0, count)  # above half the spacing: all move
+    assert train_precision.stalled_bf16_share(model, 1e-2) == (0.0, count)  # above half the spacing: all move
     # A tensor larger than the sample is read on a strided sample, with the same share.
-    big = torch.nn.Parameter(torch.ones(3 * train_utils.STALL_SAMPLE + 5, dtype=torch.bfloat16))
-    assert train_utils.stalled_bf16_share(torch.nn.ParameterList([big]), 1e-3) == (1.0, big.numel())
+    big = torch.nn.Parameter(torch.ones(3 * train_precision.STALL_SAMPLE + 5, dtype=torch.bfloat16))
+    assert train_precision.stalled_bf16_share(torch.nn.ParameterList([big]), 1e-3) == (1.0, big.numel())
 
 
 @pytest.mark.parametrize("learning_rate,warned", [(1e-5, True), (3e-3, False)], ids=["stalls", "moves"])
@@ -182,3 +182,15 @@ def test_float16_mixed_precision_steps_the_scaler_skips_are_not_divergence(tmp_p
         trainer._stop_if_diverged({"loss": 2.0, "grad_norm": float("inf")})
     trainer.args.fp16 = True  # set after construction: float16 autocast needs a GPU
     trainer._stop_if_diverged({"loss": 2.0, "grad_norm": float("inf")})
+
+
+@pytest.mark.parametrize("dtype, bf16, teacher", [("float32", True, torch.bfloat16), ("float32", False, torch.float32),
+                                                  ("bfloat16", False, torch.bfloat16)])
+def test_the_distillation_teacher_is_bf16_under_bf16_autocast(base_dirs, tmp_path, dtype, bf16, teacher):
+    # Under --bf16 the frozen teacher was loaded in float32 beside the float32 weights trained:
+    # 4 bytes a parameter (28 GB for a 7B teacher) where autocast runs its matmuls in bfloat16.
+    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "kd", dtype=dtype,
+                                bf16=bf16, distill_weight=0.5, **{**FAST, "max_steps": 2}))
+    assert {p.dtype for p in result.model.teacher.parameters()} == {teacher}
+    assert math.isfinite(result.log_history[0]["loss_distill"]) and result.log_history[0]["loss_distill"] >= 0
+    assert {p.dtype for p in result.model.parameters()} == {getattr(torch, dtype)}

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from superthoughts_ext import train_data, train_resume, train_utils
+from superthoughts_ext import train_data, train_precision, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, command_warnings, transformers_progress_bars, utf8_text
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
@@ -156,7 +156,7 @@ class TrainOptions:
             # (1e-8) rounds to 0, so the update is 0/0 = NaN (a tiny run went NaN at step 4). peft
             # keeps LoRA adapters in float32; SuperThoughts also trains its compressor and MTP fully.
             (self.dtype != "float16" or (self.baseline and self.lora_r > 0),
-             f"dtype float16 weights cannot be trained ({train_utils.FLOAT16_ADAMW}); it only suits a baseline "
+             f"dtype float16 weights cannot be trained ({train_precision.FLOAT16_ADAMW}); it only suits a baseline "
              "LoRA run, whose adapters stay float32. Use dtype bfloat16, or float32 with bf16 autocast"),
             # A module trains as it is: build_model loads only directories in `dtype`.
             (not (isinstance(self.model, nn.Module) and self._changed("dtype")),
@@ -285,7 +285,7 @@ def _train(options: TrainOptions) -> TrainResult:
         train_data.warn_pad_in_responses(examples, pad_id, eos_id)
     train_utils.check_vocab(tokenizer, model, examples)
     if superthoughts and options.distill_weight > 0:
-        train_utils.attach_teacher(model, options.model, dtype)
+        train_utils.attach_teacher(model, options.model, train_precision.teacher_dtype(dtype, options.bf16))
     if options.gradient_checkpointing:
         train_utils.enable_activation_checkpointing(backbone)
         if options.lora_r > 0:
@@ -298,9 +298,9 @@ def _train(options: TrainOptions) -> TrainResult:
             model, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout,
             targets=options.lora_target_modules, superthoughts=superthoughts,
         )
-    train_utils.check_no_float16_training(model)
-    train_utils.warn_stalled_bf16_weights(model, options.learning_rate)
-    train_utils.warn_bf16_adam_state(model, optimizer_class(args), args.adam_beta2)
+    train_precision.check_no_float16_training(model)
+    train_precision.warn_stalled_bf16_weights(model, options.learning_rate)
+    train_precision.warn_bf16_adam_state(model, optimizer_class(args), args.adam_beta2)
     collator = SuperThoughtsCollator(
         pad_id, eos_id, rho_max=options.rho_max, baseline=options.baseline, seed=options.seed,
         with_distill=superthoughts and options.distill_weight > 0,
