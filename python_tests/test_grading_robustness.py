@@ -197,3 +197,16 @@ def test_degenerate_outputs_extract_in_linear_time() -> None:
         assert grading_numbers.scientific_as_decimal(spaces) == spaces
     assert extract_choice("Answer: " + "\\textbf{" * 30_000 + "B" + "}" * 30_000) == "B"
     assert time.perf_counter() - started < 10.0
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [
+        "1" * 5000 + " + 27",  # past Python's 4300-digit int limit: sympy raised a ValueError
+        "\\gcd(" + "1" * 5000 + ", 27)",
+        "\\sqrt{" * 400 + "2" + "}" * 400 + " + 27",  # a RecursionError
+    ],
+)
+def test_an_answer_sympy_fails_on_is_not_read_as_its_last_number(prediction: str) -> None:
+    # math-verify's "any_match" fell back from the failed box to the last plain number in it: 27.
+    assert is_correct(prediction, "27") is False

@@ -144,8 +144,12 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
         # last number): such answers are first spelled as the union they describe.
         if as_sets:
             reference, prediction = inequalities_as_sets(reference), inequalities_as_sets(prediction)
-        gold = parse(_as_latex(reference), parsing_timeout=None)
-        guess = parse(_as_latex(prediction), parsing_timeout=None)
+        # The boxed answer is the answer: one that sympy fails on (a RecursionError nested deep, a
+        # number past Python's 4300 digits) is no answer. math-verify's default "any_match" then
+        # read the last plain number inside it instead, so "1111...1 + 27" (5000 ones) or
+        # "\\sqrt{\\sqrt{...}} + 27" equalled 27.
+        gold = parse(_as_latex(reference), parsing_timeout=None, extraction_mode="first_match")
+        guess = parse(_as_latex(prediction), parsing_timeout=None, extraction_mode="first_match")
         # By default math-verify turns only a reference inequality into the set it describes
         # ("x > 2" equals a predicted "(2, \\infty)"); the flag does the same for a predicted one
         # ("x > 2" for a reference "(2, \\infty)"). sympy solves it for its single unknown, so
