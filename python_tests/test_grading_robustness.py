@@ -210,3 +210,19 @@ def test_degenerate_outputs_extract_in_linear_time() -> None:
 def test_an_answer_sympy_fails_on_is_not_read_as_its_last_number(prediction: str) -> None:
     # math-verify's "any_match" fell back from the failed box to the last plain number in it: 27.
     assert is_correct(prediction, "27") is False
+
+
+def test_the_worker_memory_is_capped() -> None:
+    resource = pytest.importorskip("resource")
+    is_correct("1", "1.0")  # the worker is up
+    process = grading_worker._WORKER._process
+    soft = resource.prlimit(process.pid, resource.RLIMIT_AS)[0]
+    assert soft != resource.RLIM_INFINITY and soft <= grading_worker._MEMORY_LIMIT_BYTES
+    # 28 characters that sympy builds into a 2 GiB integer at once (4.4 GB of worker memory before
+    # the cap): a MemoryError now, graded wrong, and the worker serves on.
+    assert is_correct("\\gcd(2^{2^{34}}, 27)", "27") is False
+    status = Path(f"/proc/{process.pid}/status")
+    if status.is_file():
+        peak_kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmPeak"))
+        assert peak_kb * 1024 <= grading_worker._MEMORY_LIMIT_BYTES
+    assert grading_worker._WORKER._process is process and is_correct("\\frac{1}{2}", "0.5")

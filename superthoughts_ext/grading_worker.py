@@ -5,7 +5,8 @@ math-verify runs sympy on untrusted model output, and some inputs never finish
 signal handler can interrupt it). Grading therefore runs in a separate worker process:
 inside it a SIGALRM deadline stops Python-level work cheaply, and the caller kills and
 respawns the worker if even that does not answer in time. This works from any thread,
-which math-verify's own signal-based timeouts do not.
+which math-verify's own signal-based timeouts do not. Its memory is capped too
+(`_MEMORY_LIMIT_BYTES`): an allocation past it fails, and the answer is graded wrong.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import re
+import resource
 import select
 import signal
 import subprocess
@@ -28,6 +30,12 @@ from superthoughts_ext.grading_sets import inequalities_as_sets
 _KILL_GRACE_S = 2.0
 # Starting the worker imports sympy, antlr and math-verify: slow on a cold machine.
 _STARTUP_TIMEOUT_S = 120.0
+# The worker's address space cap. sympy builds some integers whole before any deadline can stop
+# it: "\\gcd(2^{2^{34}}, 27)", 28 characters, took 4.4 GB within a 5 s deadline, and each +1 on
+# the inner exponent doubles that, so one answer could take all the machine's memory (and the OOM
+# killer the largest process: the model being evaluated). Past the cap the allocation fails with
+# a MemoryError, graded wrong; real answers need under 100 MB (a 1 MB adversarial one ~700 MB).
+_MEMORY_LIMIT_BYTES = 2 << 30
 
 
 # A number in thousands groups split by LaTeX spaces: "58\\,500", "1\\;000\\;000", "1~000": one to three
@@ -145,9 +153,9 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
         if as_sets:
             reference, prediction = inequalities_as_sets(reference), inequalities_as_sets(prediction)
         # The boxed answer is the answer: one that sympy fails on (a RecursionError nested deep, a
-        # number past Python's 4300 digits) is no answer. math-verify's default "any_match" then
-        # read the last plain number inside it instead, so "1111...1 + 27" (5000 ones) or
-        # "\\sqrt{\\sqrt{...}} + 27" equalled 27.
+        # number past Python's 4300 digits, a MemoryError past `_MEMORY_LIMIT_BYTES`) is no answer.
+        # math-verify's default "any_match" then read the last plain number inside it instead, so
+        # "1111...1 + 27" (5000 ones) or "\\sqrt{\\sqrt{...}} + 27" equalled 27.
         gold = parse(_as_latex(reference), parsing_timeout=None, extraction_mode="first_match")
         guess = parse(_as_latex(prediction), parsing_timeout=None, extraction_mode="first_match")
         # By default math-verify turns only a reference inequality into the set it describes
@@ -180,6 +188,12 @@ def _disarm_deadline() -> None:
             continue
 
 
+def _cap_memory(limit: int) -> None:
+    """Cap this process's address space at ``limit`` bytes (never above a cap it already has)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
 def serve_worker() -> None:
     """Grading worker loop (``python -c ...serve_worker()``): JSON lines in, JSON lines out.
 
@@ -189,6 +203,7 @@ def serve_worker() -> None:
     here landed on the stderr the two share).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _cap_memory(_MEMORY_LIMIT_BYTES)
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     # Anything a library prints must not corrupt the protocol stream.
     sys.stdout = sys.stderr
