@@ -226,3 +226,20 @@ def test_the_worker_memory_is_capped() -> None:
         peak_kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmPeak"))
         assert peak_kb * 1024 <= grading_worker._MEMORY_LIMIT_BYTES
     assert grading_worker._WORKER._process is process and is_correct("\\frac{1}{2}", "0.5")
+
+
+@pytest.mark.parametrize("reference", ["x=5", "m=1, n=2"])
+def test_one_deadline_covers_every_comparison(monkeypatch: pytest.MonkeyPatch, reference: str) -> None:
+    # A reference that names its values compares an answer as written and then by its values (or
+    # value by value): an answer that kept math-verify busy took the timeout once per comparison.
+    given: list[float] = []
+
+    def busy(prediction: str, wanted: str, timeout_s: float, as_sets: bool = True) -> bool:
+        given.append(timeout_s)
+        time.sleep(timeout_s)
+        return wanted == "1"  # m's value is right; n's is then never compared
+
+    monkeypatch.setattr(grading, "math_equal", busy)
+    started = time.perf_counter()
+    assert is_correct("n=2, m=1" if "," in reference else "y", reference, timeout=0.5) is False
+    assert sum(given) <= 0.5 and time.perf_counter() - started < 0.9

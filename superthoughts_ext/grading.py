@@ -424,8 +424,8 @@ def is_correct(
             decimals, intervals, tuples, sets, LaTeX, ``\\text{}`` units, percentages, and
             an inequality in one unknown against its interval: ``x > 2`` vs ``(2, \\infty)``,
             except where ``question`` asks for a point).
-        timeout: seconds allowed for the math-verify comparison; past it the answer
-            counts as wrong. Safe to call from any thread.
+        timeout: seconds allowed for the math-verify comparisons (one deadline for all of
+            them); past it the answer counts as wrong. Safe to call from any thread.
         options: ``gpqa_diamond`` only: the option texts in letter order A-D
             (`Problem.options`), so that an answer boxed as an option's text counts as that
             option's letter (`option_letter`).
@@ -471,6 +471,15 @@ def is_correct(
     if (vectors[0] is None) != (vectors[1] is None):
         prediction, reference = vectors[0] or prediction, vectors[1] or reference
     as_sets = not asks_for_point(question)
+    # One deadline for every comparison below: against a reference that names its value ("x=5",
+    # MATH500 test/algebra/2193) an answer is compared as written and then as its bare value,
+    # and one that kept math-verify busy took the timeout twice (10 s at 5).
+    deadline = time.monotonic() + timeout
+
+    def equal(guessed: str, wanted: str) -> bool:
+        left = deadline - time.monotonic()
+        return left > 0 and math_equal(guessed, wanted, left, as_sets=as_sets)
+
     # OlympiadBench names its values ("m_{\\max }=n^{2}-n-1"): the value alone, or under
     # another name, is the answer too.
     wanted, guess = _assigned_values(reference), _assigned_values(prediction)
@@ -487,9 +496,9 @@ def is_correct(
         if len(names) > 1 and len(set(names)) == len(names):
             if guess is not None and sorted(name for name, _ in guess) == sorted(names):
                 given = dict(guess)
-                return all(math_equal(given[name], value, timeout, as_sets=as_sets) for name, value in wanted)
+                return all(equal(given[name], value) for name, value in wanted)
             if guess is None and "=" not in prediction:  # bare values (equations go to math-verify)
-                return math_equal(guessed_values, wanted_values, timeout, as_sets=as_sets)
-    if math_equal(prediction, reference, timeout, as_sets=as_sets):
+                return equal(guessed_values, wanted_values)
+    if equal(prediction, reference):
         return True
-    return wanted is not None and math_equal(guessed_values, wanted_values, timeout, as_sets=as_sets)
+    return wanted is not None and equal(guessed_values, wanted_values)
