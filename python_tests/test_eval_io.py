@@ -265,6 +265,22 @@ def test_resume_reads_records_holding_a_raw_line_separator(tmp_path: Path) -> No
     assert [c["batch"] for c in calls] == [3, 1] and summary.n == len(problems)
 
 
+def test_resume_drops_a_last_line_torn_inside_a_character(tmp_path: Path) -> None:
+    # The crash can cut the last record inside a character ("π" is two bytes in UTF-8): reading the
+    # file failed with a bare UnicodeDecodeError, and the run could not be resumed.
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    kwargs = dict(batch_size=3, output_jsonl=out, progress=False)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=crash_after_one_batch(tokenizer),
+                 **kwargs)
+    with out.open("ab") as f:
+        f.write('{"index": 6, "id": "p00", "output": "so π'.encode()[:-1])
+    calls: list[dict] = []
+    summary = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, resume=True,
+                       generate_fn=fake_generate(tokenizer, calls), **kwargs)
+    assert [c["batch"] for c in calls] == [3, 1] and summary.n == len(PROBLEMS)
+
+
 def test_resume_keeps_the_earlier_records_on_disk_before_decoding(tmp_path: Path) -> None:
     # Resuming truncates the file and writes the kept records back: a process killed (SIGKILL, OOM,
     # preemption) in the warm-up or the first batch must still leave them there.

@@ -198,6 +198,18 @@ def test_a_torn_last_line_asks_for_a_resume(tmp_path: Path, capsys: pytest.Captu
     assert f"superthoughts eval: error: {out}:8: unfinished record" in err and "--resume" in err
 
 
+def test_a_line_torn_inside_a_character_asks_for_a_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Records keep non-ASCII text as is: a kill mid-write can cut the last line inside "π", which
+    # was refused as a file that is no UTF-8 ("save the file as UTF-8"), --resume failing on it too.
+    out = evaluated_run(tmp_path)
+    data = math_data(tmp_path / "math.jsonl")
+    out.write_bytes(out.read_bytes() + '{"id": "p00", "output": "so π'.encode()[:-1])
+    argv = ["--regrade", str(out), "--bench", "math500", "--data", str(data), "--no-progress"]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert f"superthoughts eval: error: {out}:8: unfinished record" in err and "--resume" in err
+
+
 def test_a_summary_of_other_records_is_refused(tmp_path: Path) -> None:
     out = evaluated_run(tmp_path)
     write_records(out, read_jsonl(out)[:3])  # the summary still counts 7

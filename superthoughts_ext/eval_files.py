@@ -81,10 +81,11 @@ def _csv_rows(path: Path, text: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_text(path: Path) -> str:
-    """The file as UTF-8 text, a byte order mark (Excel, pandas' utf-8-sig) skipped: it would
-    otherwise become part of the first column's name. Other bytes name the line they are on."""
-    raw = path.read_bytes()
+def _read_text(path: Path, raw: bytes | None = None) -> str:
+    """The file (or its bytes ``raw``) as UTF-8 text, a byte order mark (Excel, pandas' utf-8-sig)
+    skipped: it would otherwise become part of the first column's name. Other bytes name the line
+    they are on."""
+    raw = path.read_bytes() if raw is None else raw
     try:
         # "utf-8", not "utf-8-sig": the latter counts error offsets from after the BOM.
         return raw.decode("utf-8").removeprefix("\ufeff")
@@ -96,11 +97,21 @@ def _read_text(path: Path) -> str:
 
 def read_records_text(path: str | Path) -> str:
     """The text of a records file of `superthoughts eval` (FileNotFoundError when there is none,
-    ValueError naming the line that is not UTF-8: another file given by mistake)."""
+    ValueError naming the line that is not UTF-8: another file given by mistake). A character cut
+    off at the end of the file (a torn last line) is left out."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"evaluation results not found: {path}")
-    return _read_text(path)
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A run killed mid-write can cut its last line inside a character (records keep non-ASCII
+        # text as is: "π", "≤"): that line is torn, as a resume expects (it drops it) and regrade
+        # names (asking for a resume), not a file that is no UTF-8; the cut character goes.
+        if exc.end == len(raw) and exc.reason == "unexpected end of data":
+            raw = raw[: exc.start]
+    return _read_text(path, raw)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

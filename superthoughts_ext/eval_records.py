@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, get_bench
-from superthoughts_ext.eval_files import json_lines
+from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
 
 
@@ -103,7 +103,7 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
         return []
     ids = {problem.id for problem in problems}
     prompt_of = {} if prompts is None else {problem.id: prompt for problem, prompt in zip(problems, prompts)}
-    lines = json_lines(path.read_text(encoding="utf-8"))
+    lines = json_lines(read_records_text(path))
     records = []
     seen: dict[Any, int] = {}  # problem id -> line of its record
     for number, line in enumerate(lines, 1):
