@@ -210,6 +210,18 @@ def test_a_line_torn_inside_a_character_asks_for_a_resume(tmp_path: Path, capsys
     assert f"superthoughts eval: error: {out}:8: unfinished record" in err and "--resume" in err
 
 
+def test_a_record_holding_a_lone_surrogate_is_regraded(tmp_path: Path) -> None:
+    # A file another tool wrote, its lone surrogate escaped ("\\ud800", as json.dumps does by
+    # default): rewritten as is, UTF-8 could not encode it and the rewrite failed.
+    data = write_data(tmp_path / "sum.jsonl", [{"id": "sum", "problem": "what is 1 + 2", "answer": "3"}])
+    out = tmp_path / "st.jsonl"
+    out.write_text(json.dumps(hand_record("sum", "so \\boxed{3}\ud800", None, "3", False)) + "\n", encoding="utf-8")
+    [result] = regrade([out], data)
+    assert result.changed_ids == ["sum"] and result.accuracy_after == 1.0
+    [record] = read_jsonl(out)
+    assert record["output"] == "so \\boxed{3}\ud800" and record["correct"] is True
+
+
 def test_a_summary_of_other_records_is_refused(tmp_path: Path) -> None:
     out = evaluated_run(tmp_path)
     write_records(out, read_jsonl(out)[:3])  # the summary still counts 7

@@ -152,6 +152,18 @@ def _orders_needed(lines: list[str]) -> int:
     return max(orders) + 1
 
 
+def record_line(record: dict[str, Any]) -> str:
+    """``record`` as one JSON line (no newline), its non-ASCII text kept as is. A record holding a
+    lone surrogate ("\\ud800" escaped in a file another tool wrote, read back by regrade or a
+    resume) is escaped instead: UTF-8 cannot encode one, and the whole write failed on it."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record)
+    return line
+
+
 def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]]) -> IO[str] | None:
     """``output_jsonl`` opened for writing and holding ``records`` (those a resume kept), or None."""
     if output_jsonl is None:
@@ -162,7 +174,7 @@ def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]])
     # earlier run's would label these records with that run's settings.
     summary_path(output_jsonl).unlink(missing_ok=True)
     for record in records:  # rewritten: a line torn by the crash is dropped
-        out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out_file.write(record_line(record) + "\n")
     # On disk before any decoding: a process killed in the warm-up or the first batch (OOM,
     # preemption) must not take the kept records with it (the file was just truncated).
     out_file.flush()

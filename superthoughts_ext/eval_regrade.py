@@ -20,7 +20,7 @@ from typing import Any
 from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import Problem, get_bench
 from superthoughts_ext.eval_files import json_lines, read_records_text
-from superthoughts_ext.eval_records import grade_fields, grade_output, replace_text
+from superthoughts_ext.eval_records import grade_fields, grade_output, record_line, replace_text
 
 # Keys a record needs to be re-graded (and checked against the benchmark).
 REQUIRED_KEYS = ("id", "bench", "output", "extracted", "correct")
@@ -180,7 +180,7 @@ def _grade(run: RecordsFile, bench: str, bar: Any) -> tuple[list[str], int]:
         references += record.get("reference") != graded["reference"]
         if any(key not in record or record[key] != value for key, value in graded.items()):
             record.update(graded)  # the keys keep their places in the record
-            run.lines[number] = json.dumps(record, ensure_ascii=False)
+            run.lines[number] = record_line(record)
             changed.append(str(record["id"]))
         bar.update(1)
     return changed, references

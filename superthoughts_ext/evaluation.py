@@ -13,7 +13,6 @@ The records and the summary (and reading records back for a resume) are
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable, Collection, Sequence
@@ -25,8 +24,8 @@ from superthoughts_ext.eval_compare import (compare, compare_runs, format_compar
                                             summary_path)
 from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_prompt, check_limit, get_bench,
                                          load_problems)
-from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, resumable_records, summarize,
-                                            write_summary)
+from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, record_line, resumable_records,
+                                            summarize, write_summary)
 from superthoughts_ext.grading import extract_answer, is_correct
 from superthoughts_ext.run_info import output_lock, write_problem
 
@@ -270,7 +269,7 @@ def _decode_batches(run: _Run, batches: list[list[int]], records: list[dict[str,
             record = _record(run, result, row, batch)
             records.append(record)
             if out_file is not None:
-                out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out_file.write(record_line(record) + "\n")
         if out_file is not None:
             out_file.flush()
         # The accuracy first, without a redraw: update() then draws the bar once, with it.
