@@ -17,6 +17,8 @@ pytest.importorskip("math_verify")
 
 from superthoughts_ext import grading, grading_numbers, grading_worker  # noqa: E402
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct  # noqa: E402
+from superthoughts_ext.eval_data import Problem  # noqa: E402
+from superthoughts_ext.eval_records import grade_output  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -243,3 +245,21 @@ def test_one_deadline_covers_every_comparison(monkeypatch: pytest.MonkeyPatch, r
     started = time.perf_counter()
     assert is_correct("n=2, m=1" if "," in reference else "y", reference, timeout=0.5) is False
     assert sum(given) <= 0.5 and time.perf_counter() - started < 0.9
+
+
+@pytest.mark.parametrize(
+    "output, bench, expected",
+    [
+        ("so \\boxed{2\u200b7}", "math500", "27"),  # a zero-width space
+        ("\\boxed{\ufeff27\u200e}", "math500", "27"),  # a byte order mark, a left-to-right mark
+        ("\\boxed{\u202e72\u202c}", "math500", "72"),  # a right-to-left override shows 27: 72 is written
+        ("The answer is \u200b(A)", "gpqa_diamond", "A"),
+        ("\\boxed{\u2060B\u200d}", "gpqa_diamond", "B"),
+    ],
+)
+def test_invisible_format_characters_are_not_part_of_the_answer(output: str, bench: str, expected: str) -> None:
+    # They render as nothing (Unicode category Cf), yet math-verify and the letter rules saw no 27 or A.
+    options = ("1", "2", "3", "4") if bench == "gpqa_diamond" else ()
+    problem = Problem("q", "question", "A" if bench == "gpqa_diamond" else "27", options=options)
+    graded = grade_output(output, problem, bench)
+    assert graded["extracted"] == expected and graded["correct"] is (expected in ("27", "A"))

@@ -17,7 +17,7 @@ from typing import IO, Any
 from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, get_bench
 from superthoughts_ext.eval_files import json_lines, read_records_text
-from superthoughts_ext.grading import extract_answer, extract_choice, is_correct
+from superthoughts_ext.grading import extract_answer, extract_choice, is_correct, visible_text
 
 
 @dataclass
@@ -72,6 +72,7 @@ def grade_output(text: str, problem: Problem, bench: str) -> dict[str, Any]:
     current grader, so that both always grade alike."""
     # A multiple-choice answer boxed as an option's text is recorded as its letter.
     multiple_choice = get_bench(bench).multiple_choice
+    text = visible_text(text)  # the record keeps its output as decoded
     answer = extract_choice(text, problem.options) if multiple_choice else extract_answer(text)
     return {
         "extracted": answer,

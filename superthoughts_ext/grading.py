@@ -75,6 +75,18 @@ def _next_box(text: str, start: int) -> tuple[bool, str | None, int] | None:
     return True, None, after
 
 
+# Characters that render as nothing: zero-width space and joiners, direction marks, embeddings and
+# overrides, the word joiner, a byte order mark, the soft hyphen (Unicode format characters, Cf).
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def visible_text(text: str) -> str:
+    """``text`` without invisible format characters, which a model's tokens can hold: in
+    "\\boxed{2\u200b7}" math-verify read no 27, nor the letter rules an A in "\u200b(A)". Text
+    keeps the order it is written in, not the one direction overrides show."""
+    return _INVISIBLE.sub("", text)
+
+
 def extract_answer(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` / ``\\boxed ...`` / ``\\fbox{...}`` in text.
 
