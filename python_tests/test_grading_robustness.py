@@ -230,6 +230,20 @@ def test_the_worker_memory_is_capped() -> None:
     assert grading_worker._WORKER._process is process and is_correct("\\frac{1}{2}", "0.5")
 
 
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="the worker's size is read from /proc")
+def test_a_worker_grown_large_is_replaced_after_its_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sympy memoizes without bound (~10 MB more per "\\sum_{k=1}^{10^{12}} \\frac{1}{k^2}" that hit the
+    # deadline): a worker grown to its memory cap failed every later answer with a MemoryError.
+    is_correct("1", "1.0")
+    grown = grading_worker._WORKER._process
+    monkeypatch.setattr(grading_worker, "_RECYCLE_BYTES", 1)  # every worker is too large
+    assert grading_worker.math_equal("\\frac{1}{2}", "0.5", 5.0) is True  # its answer still counts
+    assert grading_worker._WORKER._process is None and grown.poll() is not None
+    monkeypatch.undo()
+    assert grading_worker.math_equal("\\frac{1}{3}", "0.5", 5.0) is False
+    assert grading_worker.math_equal("\\frac{2}{4}", "0.5", 5.0) is True
+
 @pytest.mark.parametrize("reference", ["x=5", "m=1, n=2"])
 def test_one_deadline_covers_every_comparison(monkeypatch: pytest.MonkeyPatch, reference: str) -> None:
     # A reference that names its values compares an answer as written and then by its values (or

@@ -36,6 +36,10 @@ _STARTUP_TIMEOUT_S = 120.0
 # killer the largest process: the model being evaluated). Past the cap the allocation fails with
 # a MemoryError, graded wrong; real answers need under 100 MB (a 1 MB adversarial one ~700 MB).
 _MEMORY_LIMIT_BYTES = 2 << 30
+# A worker grown past this size is replaced after its answer. sympy memoizes without bound (its
+# harmonic numbers: each "\\sum_{k=1}^{10^{12}} \\frac{1}{k^2}" stopped by the deadline left ~10 MB
+# more, 60 of them 900 MB), and a worker that had grown to its cap failed every later answer.
+_RECYCLE_BYTES = _MEMORY_LIMIT_BYTES // 2
 
 
 # A number in thousands groups split by LaTeX spaces: "58\\,500", "1\\;000\\;000", "1~000": one to three
@@ -231,6 +235,15 @@ def serve_worker() -> None:
             os._exit(0)
 
 
+def _process_size(pid: int) -> int:
+    """The address space of process ``pid`` in bytes, what RLIMIT_AS caps (0 without /proc)."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
 class _GradingWorker:
     """One lazily started grading process shared by all threads of the caller.
 
@@ -306,10 +319,10 @@ class _GradingWorker:
                 # call would read that answer as its own. A fresh worker starts clean.
                 self._kill()
                 raise
-            if answer is None:
-                # Stuck in C code (or dead): a fresh worker is started on the next call.
+            if answer is None or _process_size(process.pid) > _RECYCLE_BYTES:
+                # Stuck in C code (or dead), or grown too large: a fresh worker is started on the
+                # next call.
                 self._kill()
-                return False
             return bool(answer)
 
     def close(self) -> None:
