@@ -4,10 +4,8 @@ outputs (thousands of boxes, deeply nested font commands) and LaTeX digit groupi
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +14,9 @@ import pytest
 pytest.importorskip("math_verify")
 
 from superthoughts_ext import grading, grading_numbers, grading_worker  # noqa: E402
-from superthoughts_ext.grading import extract_answer, extract_choice, is_correct  # noqa: E402
 from superthoughts_ext.eval_data import Problem  # noqa: E402
 from superthoughts_ext.eval_records import grade_output  # noqa: E402
+from superthoughts_ext.grading import extract_answer, extract_choice, is_correct  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -109,11 +107,8 @@ def test_an_interrupted_grade_does_not_shift_later_answers(monkeypatch: pytest.M
 
 def start_worker() -> subprocess.Popen[bytes]:
     """A grading worker started as `math_equal` starts it, stderr captured; once it is ready."""
-    package_parent = str(Path(grading_worker.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
-    worker = subprocess.Popen([sys.executable, "-c", "from superthoughts_ext.grading_worker import serve_worker; "
-                               "serve_worker()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=env)
+    worker = subprocess.Popen(grading_worker.worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
     assert worker.stdout.readline() == b'"ready"\n'
     return worker
 
@@ -277,3 +272,21 @@ def test_invisible_format_characters_are_not_part_of_the_answer(output: str, ben
     problem = Problem("q", "question", "A" if bench == "gpqa_diamond" else "27", options=options)
     graded = grade_output(output, problem, bench)
     assert graded["extracted"] == expected and graded["correct"] is (expected in ("27", "A"))
+
+
+def test_the_worker_runs_its_callers_package_whatever_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "python -c" put the working directory ahead of PYTHONPATH: run from another checkout's root,
+    # the worker graded with that checkout's code. Here a decoy package there calls every answer right.
+    decoy = tmp_path / "superthoughts_ext"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "grading_worker.py").write_text(
+        "import sys\n\ndef serve_worker():\n    print('\"ready\"', flush=True)\n"
+        "    for line in sys.stdin:\n        print('true', flush=True)\n")
+    grading_worker._WORKER.close()
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert grading_worker.math_equal("1", "2", 5.0) is False
+    finally:
+        grading_worker._WORKER.close()  # later tests start a worker from their own directory

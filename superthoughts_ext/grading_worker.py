@@ -244,6 +244,18 @@ def _process_size(pid: int) -> int:
         return 0
 
 
+def worker_command() -> list[str]:
+    """The command line of a grading worker that runs this very copy of the package.
+
+    Its folder goes first on the worker's sys.path: "python -c" puts the working directory there
+    ahead of PYTHONPATH, so started from a folder holding another copy of the package (another
+    checkout's root) the worker ran that copy's grading code, not its caller's.
+    """
+    package_parent = str(Path(__file__).resolve().parents[1])
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {package_parent!r}); "
+            "from superthoughts_ext.grading_worker import serve_worker; serve_worker()"]
+
+
 class _GradingWorker:
     """One lazily started grading process shared by all threads of the caller.
 
@@ -257,15 +269,7 @@ class _GradingWorker:
         self._buffer = b""
 
     def _start(self) -> subprocess.Popen[bytes]:
-        package_parent = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from superthoughts_ext.grading_worker import serve_worker; serve_worker()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
+        process = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._process, self._buffer = process, b""
         if self._read_line(_STARTUP_TIMEOUT_S) != "ready":
             self._kill()
