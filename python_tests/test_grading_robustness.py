@@ -209,6 +209,13 @@ def test_an_answer_sympy_fails_on_is_not_read_as_its_last_number(prediction: str
     assert is_correct(prediction, "27") is False
 
 
+
+@pytest.mark.parametrize("prediction", ["= 27", "\\therefore 27", "\\begin{aligned} x &= 3^3 \\\\ &= 27 \\end{aligned}",
+                                        " = ".join(map(str, range(1000))) + " = 27"])  # too deep whole: its last side
+def test_latex_math_verify_cannot_parse_is_still_read_as_its_last_number(prediction: str) -> None:
+    # Only running out of room is final: a stricter parse (no fallback at all) lost these.
+    assert is_correct(prediction, "27") is True
+
 def test_the_worker_memory_is_capped() -> None:
     resource = pytest.importorskip("resource")
     is_correct("1", "1.0")  # the worker is up

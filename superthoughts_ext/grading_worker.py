@@ -11,6 +11,7 @@ which math-verify's own signal-based timeouts do not. Its memory is capped too
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from superthoughts_ext.grading_sets import inequalities_as_sets
 
@@ -135,6 +138,33 @@ def _raise_deadline(signum: int, frame: object) -> None:
     raise _Deadline
 
 
+class _Unreadable(BaseException):
+    """sympy ran out of room reading an answer: recursion depth, memory (`_MEMORY_LIMIT_BYTES`)
+    or Python's 4300-digit limit on integers. A BaseException like `_Deadline`: math-verify's
+    `except Exception` around its LaTeX parse then read the last plain number in the answer
+    instead, so "1111...1 + 27" (5000 ones) or "\\sqrt{\\sqrt{...}} + 27" equalled 27. (LaTeX it
+    cannot parse, "= 27" or "\\therefore 27", still falls back to that number, as it always did.)"""
+
+
+def _unreadable_is_final(parse_latex: Callable[..., Any]) -> Callable[..., Any]:
+    """math-verify's parse of one LaTeX answer, raising `_Unreadable` where sympy ran out of room.
+    Wraps its whole parse, which first retries the last side of an equation chain itself (a
+    chain "0 = 1 = ... = 27" too long to parse whole is still 27)."""
+    @functools.wraps(parse_latex)
+    def parse_or_unreadable(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return parse_latex(*args, **kwargs)
+        except (RecursionError, MemoryError) as error:
+            raise _Unreadable from error
+        except ValueError as error:
+            if "integer string conversion" in str(error):  # the int digit limit
+                raise _Unreadable from error
+            raise
+
+    parse_or_unreadable.unreadable_is_final = True  # type: ignore[attr-defined]
+    return parse_or_unreadable
+
+
 class _MathVerifyTimeoutNote(logging.Filter):
     # We pass timeout=None to math-verify because the deadline is ours; drop its warning.
     def filter(self, record: logging.LogRecord) -> bool:
@@ -146,8 +176,11 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
 
     ``as_sets=False`` (the question asks for a point) compares inequalities as relations only.
     """
+    import math_verify.parser
     from math_verify import parse, verify
 
+    if not getattr(math_verify.parser.parse_latex_cached, "unreadable_is_final", False):
+        math_verify.parser.parse_latex_cached = _unreadable_is_final(math_verify.parser.parse_latex_cached)
     # Re-arming every 50 ms keeps interrupting code that catches even BaseException.
     signal.signal(signal.SIGALRM, _raise_deadline)
     try:
@@ -156,12 +189,8 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
         # last number): such answers are first spelled as the union they describe.
         if as_sets:
             reference, prediction = inequalities_as_sets(reference), inequalities_as_sets(prediction)
-        # The boxed answer is the answer: one that sympy fails on (a RecursionError nested deep, a
-        # number past Python's 4300 digits, a MemoryError past `_MEMORY_LIMIT_BYTES`) is no answer.
-        # math-verify's default "any_match" then read the last plain number inside it instead, so
-        # "1111...1 + 27" (5000 ones) or "\\sqrt{\\sqrt{...}} + 27" equalled 27.
-        gold = parse(_as_latex(reference), parsing_timeout=None, extraction_mode="first_match")
-        guess = parse(_as_latex(prediction), parsing_timeout=None, extraction_mode="first_match")
+        gold = parse(_as_latex(reference), parsing_timeout=None)
+        guess = parse(_as_latex(prediction), parsing_timeout=None)
         # By default math-verify turns only a reference inequality into the set it describes
         # ("x > 2" equals a predicted "(2, \\infty)"); the flag does the same for a predicted one
         # ("x > 2" for a reference "(2, \\infty)"). sympy solves it for its single unknown, so
@@ -175,7 +204,7 @@ def _verify_math(prediction: str, reference: str, timeout_s: float, as_sets: boo
         if not (gold and guess) or _small_numbers_differ(gold, guess, rounding):
             return False
         return bool(verify(gold, guess, float_rounding=rounding, timeout_seconds=None, allow_set_relation_comp=as_sets))
-    except _Deadline:
+    except (_Deadline, _Unreadable):
         return False
     finally:
         _disarm_deadline()
