@@ -18,7 +18,7 @@ from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
 from superthoughts_ext.trainer import TrainingArgumentsCpuFix, optimizer_name
 
 if TYPE_CHECKING:
-    from superthoughts_ext.train import TrainOptions
+    from superthoughts_ext.train_options import TrainOptions
 
 
 def value_checks(options: TrainOptions) -> list[tuple[bool, str]]:
