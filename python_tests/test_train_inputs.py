@@ -318,9 +318,10 @@ def test_rows_beyond_the_context_are_named_by_jsonl_line(tmp_path):
     with pytest.warns(UserWarning, match=r"rows\.jsonl: 2 row\(s\) fit the model's context .* only compressed "
                                          r"\(lines \[4, 6\]\): a --baseline run"):
         assert train_data.drop_beyond_context(examples, context, eos, 0.25) == examples
-    # With no row left, the error names every line.
+    # With no row left, the error names every line, those the loader dropped too.
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: no training examples left: 5 row\(s\) "
-                                         r"longer than .* \(lines \[1, 4, 5, 6, 7\]\)$"):
+                                         r"longer than .* \(lines \[1, 4, 5, 6, 7\]\); dropped on loading: 1 "
+                                         r"row\(s\) with an empty 'solution' \(lines \[3\]\)$"):
         train_data.drop_beyond_context(examples, 1, eos, 0.25)
 
 
@@ -407,7 +408,9 @@ def test_training_prompts_are_the_prompts_eval_sends():
     ({"report_to": "tensorboard"}, r"--report-to: .*tensorboard"),
     ({"lr_scheduler": "warmup_stable_decay"}, r"warmup_stable_decay: .*num_decay_steps.*--lr-scheduler-kwargs"),
     ({"lr_scheduler": "cosine_with_min_lr"}, r"cosine_with_min_lr: One of min_lr or min_lr_rate"),
-    ({"lr_scheduler": "reduce_lr_on_plateau"}, "reduce_lr_on_plateau requires an eval strategy"),
+    # It steps on the held-out loss (TrainingArguments said "requires an eval strategy", not how to give one).
+    ({"lr_scheduler": "reduce_lr_on_plateau"}, "lr_scheduler reduce_lr_on_plateau steps on the held-out loss: "
+                                               "give eval_data"),
     ({"output_dir": "a_file"}, r"a_file' is a file, not a directory"),
     ({"output_dir": "model"}, "is the --model directory; the run would overwrite the model it starts from"),
     ({"optim": "adamw_nope"}, r"--optim 'adamw_nope' is none of transformers .*adamw_torch_fused"),

@@ -216,6 +216,13 @@ class SuperThoughtsCollator:
     copied into every worker and draw the same ones there), each rank its own, and each
     DataLoader iterator of a worker its own, since PyTorch gives every worker of every iterator
     a fresh seed from the main process's RNG. The same seeds give the same splits.
+
+    A feature with an "eval_row" instead (a held-out row: `train_data.EvalRows`) draws them as
+    training does, rho ~ U[0, rho_max] and all, but from a generator keyed by that number alone:
+    not by `seed`, the epoch, the process or the call. Each held-out row thus has one fixed
+    layout, drawn from the training distribution: evaluating the same weights twice gives the
+    same loss, the held-out loss estimates the training loss's objective, and runs with the same
+    rho_max (any seed) are scored on the same layouts.
     """
 
     def __init__(self, pad_id: int, eos_id: int, rho_max: float = 0.25, baseline: bool = False, seed: int = 0,
@@ -237,10 +244,12 @@ class SuperThoughtsCollator:
         self._epoch = int(epoch)
 
     def _split_rng(self, feature: dict[str, Any]) -> random.Random:
-        """The generator of this row and epoch, or else of this process (main or DataLoader
-        worker), rank and epoch."""
+        """The generator of this held-out row; of this row and epoch; or else of this process
+        (main or DataLoader worker), rank and epoch."""
         # A str seed goes through SHA-512: nearby keys give unrelated streams, and the result
         # does not depend on PYTHONHASHSEED.
+        if "eval_row" in feature:
+            return random.Random(f"superthoughts-eval-split/{int(feature['eval_row'])}")
         if "row" in feature:
             return random.Random(f"superthoughts-pad-split/{self.seed}/{self._epoch}/row/{int(feature['row'])}")
         worker = torch.utils.data.get_worker_info()

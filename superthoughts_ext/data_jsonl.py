@@ -110,10 +110,13 @@ def _rows_named(numbers: list[int], unit: str, why: str) -> str:
     return f"{len(numbers)} row(s) {why} ({unit}s {numbers[:10]})"
 
 
-def _warn_dropped(where: str, numbers: list[int], unit: str, why: str, stacklevel: int = 4) -> None:
-    """Warns "`where`: dropped N row(s) `why`", naming the first ten `unit` numbers; silent for none."""
-    if numbers:
-        warnings.warn(f"{where}: dropped {_rows_named(numbers, unit, why)}", stacklevel=stacklevel)
+def _warn_dropped(where: str, numbers: list[int], unit: str, why: str, stacklevel: int = 4) -> list[str]:
+    """Warns "`where`: dropped N row(s) `why`", naming the first ten `unit` numbers; silent for none.
+    Returns what it said was dropped ([] for none), for `Examples.dropped`."""
+    if not numbers:
+        return []
+    warnings.warn(f"{where}: dropped {_rows_named(numbers, unit, why)}", stacklevel=stacklevel)
+    return [_rows_named(numbers, unit, why)]
 
 
 def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, where: str, unit: str = "line",
@@ -135,8 +138,8 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
     with tqdm(numbered_rows, total=total, desc=f"tokenizing {where}", unit=unit, disable=not progress) as bar:
         examples, empty, too_long = _encode_each(bar, tokenizer, where, unit, problem_field, solution_field,
                                                  system_prompt, max_length)
-    _warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")
-    _warn_dropped(where, too_long, unit, f"longer than max_length={max_length} tokens")
+    examples.dropped = (_warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")
+                        + _warn_dropped(where, too_long, unit, f"longer than max_length={max_length} tokens"))
     return examples
 
 

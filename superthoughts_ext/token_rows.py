@@ -25,7 +25,9 @@ class Examples(Sequence):
     """Features {"prompt_ids", "response_ids"} (lists of ints, made as a row is read: what the
     collator and Trainer read) that remember where they were read: example i is `unit` ("line" or
     "row") `numbers[i]` of `where`, so rows dropped after loading (train_data.drop_beyond_context)
-    are named as the loader names its own drops.
+    are named as the loader names its own drops. `dropped` says which rows the loader itself
+    dropped, and why ("2 row(s) with an empty 'solution' (lines [3, 9])"): an error about a file
+    left with no row names them, not just the warnings printed before it.
 
     Held as `ids`, one flat array, and `bounds` [n, 3] int64: row i's prompt is
     ids[bounds[i, 0]:bounds[i, 1]] and its response ids[bounds[i, 1]:bounds[i, 2]]. `select` keeps
@@ -35,9 +37,10 @@ class Examples(Sequence):
     """
 
     def __init__(self, ids: np.ndarray, bounds: np.ndarray, *, where: str, unit: str,
-                 numbers: Iterable[int]) -> None:
+                 numbers: Iterable[int], dropped: Iterable[str] = ()) -> None:
         self.ids, self.bounds = ids, bounds
         self.where, self.unit, self.numbers = where, unit, list(numbers)
+        self.dropped = list(dropped)
         if len(self.numbers) != len(bounds):
             raise ValueError(f"Examples: {len(self.numbers)} numbers for {len(bounds)} features")
 
@@ -68,7 +71,7 @@ class Examples(Sequence):
         """The rows where `keep` is true, in order, with their numbers."""
         keep = np.asarray(keep, dtype=bool)
         return Examples(self.ids, self.bounds[keep], where=self.where, unit=self.unit,
-                        numbers=[number for number, kept in zip(self.numbers, keep) if kept])
+                        numbers=[number for number, kept in zip(self.numbers, keep) if kept], dropped=self.dropped)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
@@ -108,9 +111,10 @@ class RowsBuilder:
         self._ids[self._size:end] = span
         self._size = end
 
-    def build(self, *, where: str, unit: str, numbers: Iterable[int]) -> Examples:
-        """The rows added, as `Examples` numbered by `numbers` (one per row)."""
+    def build(self, *, where: str, unit: str, numbers: Iterable[int], dropped: Iterable[str] = ()) -> Examples:
+        """The rows added, as `Examples` numbered by `numbers` (one per row); `dropped` names the
+        rows the caller left out (`Examples.dropped`)."""
         self._ids.resize(self._size, refcheck=False)  # the spare room back, in place
         ids, self._ids = self._ids, None  # the Examples own it now: no further row may resize it
         bounds = np.array(self._bounds, dtype=np.int64).reshape(-1, 3)
-        return Examples(ids, bounds, where=where, unit=unit, numbers=numbers)
+        return Examples(ids, bounds, where=where, unit=unit, numbers=numbers, dropped=dropped)

@@ -3,7 +3,8 @@
 Checkpointing, resume, gradient accumulation, LR schedules, logging, bf16, gradient
 checkpointing and multi-process training all come from Trainer / accelerate; this module
 builds the model and data, runs the Trainer subclass of `superthoughts_ext.trainer` (which
-logs the loss parts loss_main, loss_mtp, loss_distill separately), and writes a
+logs the loss parts loss_main, loss_mtp, loss_distill separately, and with --eval-data the
+held-out eval_loss and its parts: `superthoughts_ext.train_eval`), and writes a
 self-contained output directory (weights + config + tokenizer) that
 `superthoughts_ext.modeling.load_model` reads. LoRA runs are merged before the final
 save; their intermediate `checkpoint-N/` folders are peft adapter folders (LoRA weights plus
@@ -15,6 +16,8 @@ Commands::
     superthoughts train --model Qwen2.5-Math-1.5B-Instruct --data train.jsonl --output out/st
     # same data and hyperparameters, plain SFT of the backbone (no compression)
     superthoughts train --model Qwen2.5-Math-1.5B-Instruct --data train.jsonl --output out/sft --baseline
+    # a held-out loss every 100 steps (and after the last), in the log and trainer_state.json
+    superthoughts train --model M --data train.jsonl --eval-data val.jsonl --eval-steps 100 --output out/st
     # DDP, 2 GPUs on one node (batch size is per process)
     torchrun --nproc_per_node 2 -m superthoughts_ext.train --model M --data D --output O --bf16
     # FSDP2 (full fine-tuning of larger models), 2 GPUs
@@ -76,6 +79,7 @@ class TrainResult:
     global_step: int
     num_examples: int
     model: nn.Module = field(repr=False)
+    num_eval_examples: int = 0  # held-out rows scored (--eval-data), after drops
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -83,7 +87,8 @@ def train(options: TrainOptions) -> TrainResult:
     Another job writing the same `output_dir` meanwhile is a ValueError (a lock beside it).
 
     Returns the Trainer metrics (train_loss, runtime, samples/s), the log history (with
-    loss_main / loss_mtp in SuperThoughts mode, loss_distill when distill_weight > 0), and the
+    loss_main / loss_mtp in SuperThoughts mode, loss_distill when distill_weight > 0; with
+    eval_data, entries of eval_loss and its parts eval_loss_main, ... at each evaluation), and the
     trained model.
     """
     # The main process holds it (torchrun's others write nothing of their own): a second run
@@ -114,14 +119,9 @@ def _train(options: TrainOptions) -> TrainResult:
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data
         read_model_dir(options.model, "train")
     pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
-    examples = train_data.load_examples(
-        options.data, tokenizer, problem_field=options.problem_field,
-        solution_field=options.solution_field, system_prompt=options.system_prompt,
-        max_length=options.max_length,
-        text_options=[name for name in ("problem_field", "solution_field", "system_prompt") if options._changed(name)],
-        # One bar per machine, as Trainer shows its own (every process tokenises the whole file).
-        progress=options.progress_bar and int(os.environ.get("LOCAL_RANK", "0")) == 0,
-    )
+    examples = _load_examples(options, options.data, tokenizer)
+    # Before the model loads, as the training rows: a bad held-out row fails in seconds.
+    held_out = None if options.eval_data is None else _load_examples(options, options.eval_data, tokenizer, True)
     torch.manual_seed(options.seed)
     # distill_weight always: a continued checkpoint's own weight must not outlive the run's.
     overrides: dict[str, Any] = {"pad_token_id": pad_id, "rho_max": options.rho_max,
@@ -140,11 +140,11 @@ def _train(options: TrainOptions) -> TrainResult:
     backbone = model.backbone if superthoughts else model
     # The baseline and the distillation teacher read one position per token: all pairs split.
     split = options.rho_max if superthoughts and options.distill_weight == 0 else 1.0
-    examples = train_data.drop_beyond_context(
-        examples, getattr(backbone.config, "max_position_embeddings", None), eos_id, split)
-    if superthoughts:
-        train_data.warn_pad_in_responses(examples, pad_id, eos_id)
-    train_utils.check_vocab(tokenizer, model, examples)
+    fit = dict(context=getattr(backbone.config, "max_position_embeddings", None), pad_id=pad_id, eos_id=eos_id,
+               split=split, superthoughts=superthoughts)
+    examples = _fit_to_model(examples, tokenizer, model, **fit)
+    if held_out is not None:
+        held_out = _fit_to_model(held_out, tokenizer, model, **fit, kind="evaluation")
     if superthoughts and options.distill_weight > 0:
         train_utils.attach_teacher(model, options.model, train_precision.teacher_dtype(dtype, options.bf16))
     if options.gradient_checkpointing:
@@ -173,8 +173,10 @@ def _train(options: TrainOptions) -> TrainResult:
     # its remaining steps as the uninterrupted run would have.
     # The rows share the examples' packed ids (4 bytes a token), not a copy of them.
     rows = train_data.TrainRows(examples)
+    # Each held-out row's line keys its one fixed pad-split layout (SuperThoughtsCollator).
+    eval_rows = None if held_out is None else train_data.EvalRows(held_out)
     trainer = SuperThoughtsTrainer(
-        model=model, args=args, data_collator=collator, train_dataset=rows,
+        model=model, args=args, data_collator=collator, train_dataset=rows, eval_dataset=eval_rows,
         processing_class=tokenizer, run_settings=settings,
         base_model=None if isinstance(options.model, nn.Module) else os.path.abspath(options.model),
         # A run resumed in its own folder keeps its id; a new one, or a fork, draws its own (the
@@ -208,7 +210,35 @@ def _train(options: TrainOptions) -> TrainResult:
         global_step=trainer.state.global_step,
         num_examples=len(rows),
         model=final,
+        num_eval_examples=len(eval_rows or ()),
     )
+
+
+def _load_examples(options: TrainOptions, data: Any, tokenizer: Any, held_out: bool = False) -> train_data.Examples:
+    """The tokenised rows of `data` (--data, or --eval-data when `held_out`), read as `options` say."""
+    return train_data.load_examples(
+        data, tokenizer, problem_field=options.problem_field,
+        solution_field=options.solution_field, system_prompt=options.system_prompt,
+        max_length=options.max_length,
+        text_options=[name for name in ("problem_field", "solution_field", "system_prompt") if options._changed(name)],
+        # One bar per machine, as Trainer shows its own (every process tokenises the whole file).
+        progress=options.progress_bar and int(os.environ.get("LOCAL_RANK", "0")) == 0,
+        held_out=held_out,
+    )
+
+
+def _fit_to_model(examples: train_data.Examples, tokenizer: Any, model: nn.Module, *, context: int | None,
+                  pad_id: int, eos_id: int, split: float, superthoughts: bool,
+                  kind: str = "training") -> train_data.Examples:
+    """`examples` without the rows past the model's `context` (named in a warning; `split`: the
+    pad-split fraction positions are counted at), checked against its vocabulary; a SuperThoughts
+    run also names rows whose response holds the pad. The same for training and held-out rows, so
+    that a held-out loss scores rows the run could have trained on."""
+    examples = train_data.drop_beyond_context(examples, context, eos_id, split, kind=kind)
+    if superthoughts:
+        train_data.warn_pad_in_responses(examples, pad_id, eos_id)
+    train_utils.check_vocab(tokenizer, model, examples)
+    return examples
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,6 +247,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument
     g("--model", required=True, help="base (or SuperThoughts) checkpoint directory")
     g("--data", required=True, help="training JSONL file")
+    g("--eval-data", default=None, metavar="FILE",
+      help="held-out JSONL file, rows as in --data (same fields, prompt, drops and checks): its loss, eval_loss "
+           "(and eval_loss_main / _mtp / _distill), is logged every --eval-steps and after the last step, each "
+           "row in one fixed pad-split layout")
     g("--output", required=True, dest="output_dir", help="output directory")
     g("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     g("--baseline", action="store_true", help="plain SFT of the backbone, no compression")
@@ -268,12 +302,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--save-steps", type=int, default=d["save_steps"].default, help="0 = final save only")
     g("--save-total-limit", type=int, default=d["save_total_limit"].default,
       help="checkpoints kept in --output, the oldest removed (0 = keep every one)")
+    g("--eval-steps", type=int, default=None, metavar="N",
+      help="optimizer steps between evaluations of --eval-data (default: --save-steps, so that each checkpoint "
+           "has its held-out loss; --logging-steps when --save-steps is 0)")
     g("--resume", nargs="?", const=True, default=None, dest="resume_from_checkpoint",
       help="resume from the last checkpoint in --output, or from the given checkpoint")
     g("--report-to", nargs="+", default=d["report_to"].default,
       help="transformers logging integrations (tensorboard, wandb, ...; several, all or none)")
     g("--no-progress", action="store_false", dest="progress_bar",
-      help="hide the progress bars of tokenisation and training (shown by default)")
+      help="hide the progress bars of tokenisation, training and evaluation (shown by default)")
     g("--num-workers", type=int, dest="dataloader_num_workers", default=0, help="DataLoader worker processes")
 
 

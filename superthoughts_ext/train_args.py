@@ -35,6 +35,8 @@ def value_checks(options: TrainOptions) -> list[tuple[bool, str]]:
         (not math.isnan(o.max_grad_norm), "max_grad_norm must be a number (0 or less: no clipping), got nan"),
         (0 <= o.seed < 2**32, f"seed must be in [0, 2**32), got {o.seed}"),
         (o.logging_steps >= 1, f"logging_steps must be >= 1, got {o.logging_steps}"),
+        (o.eval_steps is None or o.eval_steps >= 1,
+         f"eval_steps must be >= 1 (None: save_steps, or logging_steps without checkpoints), got {o.eval_steps}"),
         (o.dataloader_num_workers >= 0, f"dataloader_num_workers must be >= 0, got {o.dataloader_num_workers}"),
         (o.lambda_mtp is None or (finite(o.lambda_mtp) and o.lambda_mtp >= 0),
          f"lambda_mtp must be a finite number >= 0, got {o.lambda_mtp}"),
@@ -81,6 +83,11 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
         save_strategy="steps" if options.save_steps > 0 else "no",
         save_steps=max(options.save_steps, 1),
         save_total_limit=options.save_total_limit or None,  # 0: keep every checkpoint
+        # Held-out loss only (no compute_metrics), in batches of the training's per-process size.
+        eval_strategy="steps" if options.eval_data is not None else "no",
+        eval_steps=options.eval_interval if options.eval_data is not None else None,
+        per_device_eval_batch_size=options.batch_size,
+        prediction_loss_only=True,
         report_to=options.report_to if isinstance(options.report_to, str) else list(options.report_to),
         disable_tqdm=not options.progress_bar,
         remove_unused_columns=False,

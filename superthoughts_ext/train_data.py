@@ -1,6 +1,6 @@
-"""The examples `superthoughts_ext.train` trains on: JSONL files or in-memory rows, raw text or
-pre-tokenised, checked up front so that errors name the row, and dropped when longer than
---max-length or the model's context.
+"""The examples `superthoughts_ext.train` trains on, and those it evaluates on (--eval-data): JSONL
+files or in-memory rows, raw text or pre-tokenised, checked up front so that errors name the row,
+and dropped when longer than --max-length or the model's context.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def load_examples(
     max_length: int | None,
     progress: bool = False,
     text_options: Sequence[str] = (),
+    held_out: bool = False,
 ) -> Examples:
     """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows, each with
     its line (or row) number for `drop_beyond_context`, packed into one array as each row is read
@@ -39,16 +40,18 @@ def load_examples(
     name the file and line (or row number); an empty dataset is an error. `progress` shows
     a bar while text rows are tokenised. `text_options` names the options the caller set that
     only text rows read (problem_field, ...): refused with tokenised rows, not dropped.
+    `held_out`: the rows of --eval-data, named so in errors ("eval data", "eval_data: row 2").
     """
+    name, kind = ("eval data", "evaluation") if held_out else ("data", "training")
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if path.is_dir():
-            raise ValueError(f"train: data {os.fspath(path)!r} is a directory (a `datasets` save_to_disk folder?); "
+            raise ValueError(f"train: {name} {os.fspath(path)!r} is a directory (a `datasets` save_to_disk folder?); "
                              "train reads one JSONL file: write one with `Dataset.to_json(path)`")
         if not path.exists():
-            raise FileNotFoundError(f"train: data file {os.fspath(path)!r} does not exist")
+            raise FileNotFoundError(f"train: {name} file {os.fspath(path)!r} does not exist")
         if not path.is_file():
-            raise ValueError(f"train: data {os.fspath(path)!r} is not a regular file (a pipe?); train reads "
+            raise ValueError(f"train: {name} {os.fspath(path)!r} is not a regular file (a pipe?); train reads "
                              "its data more than once: write it to a file first")
         examples = load_jsonl_examples(
             os.fspath(path), tokenizer, problem_field=problem_field,
@@ -57,29 +60,32 @@ def load_examples(
         where = os.fspath(path)
     else:
         rows = list(data)
+        where = "eval_data" if held_out else "train"
         # One row with token ids makes them all tokenised rows: a typo in a later row's field is
         # then named there, not blamed on row 1 as a missing "problem".
         if any(isinstance(r, Mapping) and ("prompt_ids" in r or "response_ids" in r) for r in rows):
             if text_options:
                 raise ValueError(f"train: {', '.join(text_options)} {'apply' if len(text_options) > 1 else 'applies'} "
                                  "to text rows; these rows are already tokenised (prompt_ids / response_ids)")
-            examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where="train", max_length=max_length)
+            examples = tokenised_rows(rows, pad_and_eos_ids(tokenizer)[1], where=where, max_length=max_length)
         else:
             examples = _encode_rows(
                 rows, tokenizer, problem_field=problem_field, solution_field=solution_field,
-                system_prompt=system_prompt, max_length=max_length, progress=progress,
+                system_prompt=system_prompt, max_length=max_length, progress=progress, where=where,
             )
-        where = "the given rows"
+        where = "the given eval_data rows" if held_out else "the given rows"
     if not examples:
-        raise ValueError(f"train: no training examples in {where}")
+        # The warnings said so already; the error repeats it, since it is what the user reads last.
+        what = f": every row was dropped, {'; '.join(examples.dropped)}" if examples.dropped else " (no rows)"
+        raise ValueError(f"train: no {kind} examples in {where}{what}")
     return examples
 
 
 def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
                  solution_field: str, system_prompt: str | None, max_length: int | None,
-                 progress: bool) -> Examples:
+                 progress: bool, where: str) -> Examples:
     """In-memory twin of `data.load_jsonl_examples`: same checks and tokenisation, rows numbered from 1."""
-    return encode_rows(enumerate(rows, start=1), tokenizer, where="train", unit="row",
+    return encode_rows(enumerate(rows, start=1), tokenizer, where=where, unit="row",
                        problem_field=problem_field, solution_field=solution_field,
                        system_prompt=system_prompt, max_length=max_length, progress=progress, total=len(rows))
 
@@ -137,12 +143,12 @@ def tokenised_rows(rows: Sequence[Mapping[str, Any]], eos_id: int, *, where: str
         except OverflowError:
             raise ValueError(f"{at}: a token id does not fit in int64") from None
         kept.append(number)
-    _warn_dropped(where, too_long, "row", f"longer than max_length={max_length} tokens")
-    return packed.build(where=where, unit="row", numbers=kept)
+    dropped = _warn_dropped(where, too_long, "row", f"longer than max_length={max_length} tokens")
+    return packed.build(where=where, unit="row", numbers=kept, dropped=dropped)
 
 
 def drop_beyond_context(examples: Sequence[Mapping[str, Any]], context: int | None, eos_id: int,
-                        split_fraction: float) -> Examples:
+                        split_fraction: float, kind: str = "training") -> Examples:
     """`examples` without the rows that need more than `context` positions (the backbone's
     max_position_embeddings; None = no limit), with a warning naming them: past it the
     position embeddings leave the range the model was trained on, silently.
@@ -152,7 +158,9 @@ def drop_beyond_context(examples: Sequence[Mapping[str, Any]], context: int | No
     largest rho the collator draws, or 1.0 (one position per token) for the baseline and the
     distillation teacher. Below 1.0 it also warns about the kept rows that a baseline run
     would drop. Rows are named by the numbers `Examples` carries (JSONL lines as
-    `load_examples` read them); a plain list is named "train", rows numbered from 1.
+    `load_examples` read them); a plain list is named "train", rows numbered from 1. With no row
+    left the error names them, and the rows the loader dropped before; it calls them `kind`
+    examples ("evaluation" for --eval-data).
     """
     if not isinstance(examples, Examples):
         examples = Examples.of(examples, where="train", unit="row", numbers=range(1, len(examples) + 1))
@@ -165,7 +173,9 @@ def drop_beyond_context(examples: Sequence[Mapping[str, Any]], context: int | No
     if over:
         why = f"longer than the model's context, max_position_embeddings={context}, up to {max(lengths)} positions"
         if not kept:
-            raise ValueError(f"{examples.where}: no training examples left: {_rows_named(over, examples.unit, why)}")
+            earlier = "".join(f"; dropped on loading: {text}" for text in examples.dropped)
+            raise ValueError(f"{examples.where}: no {kind} examples left: {_rows_named(over, examples.unit, why)}"
+                             f"{earlier}")
         _warn_dropped(examples.where, over, examples.unit, why, stacklevel=3)
     if split_fraction < 1.0:
         _warn_baseline_drops(kept, context, eos_id)
@@ -224,9 +234,24 @@ class TrainRows(Sequence):
         return len(self._examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        i = self._index(index)
+        return {**self._examples[i], "row": i}
+
+    def _index(self, index: int) -> int:
         i = operator.index(index)
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
-            raise IndexError(f"TrainRows: row {index} out of range for {len(self)} rows")
-        return {**self._examples[i], "row": i}
+            raise IndexError(f"{type(self).__name__}: row {index} out of range for {len(self)} rows")
+        return i
+
+
+class EvalRows(TrainRows):
+    """The Trainer's eval dataset (--eval-data): example i as {"prompt_ids", "response_ids",
+    "eval_row": its line (or row) number}. "eval_row" gives the row one fixed pad-split layout
+    (`data.SuperThoughtsCollator`); the number, not the index, so that a row keeps its layout when
+    other rows of the file are dropped (another --max-length, another model's context)."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        i = self._index(index)
+        return {**self._examples[i], "eval_row": self._examples.numbers[i]}

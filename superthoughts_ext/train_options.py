@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from superthoughts_ext import train_precision, train_utils
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.train_args import value_checks
+from superthoughts_ext.train_resume import METRIC_DRIVEN_SCHEDULES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,8 +39,12 @@ class TrainOptions:
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
     compressor_type or mtp_type. `system_prompt` defaults to the chain-of-thought prompt that
     evaluation sends (eval_data.SYSTEM_PROMPT), so a model is trained on the prompts it is scored
-    on; None leaves the system turn to the chat template's default. Options the run would not
-    read (SuperThoughts fields in a baseline run, LoRA fields without lora_r) are refused.
+    on; None leaves the system turn to the chat template's default. `eval_data` (a JSONL path or
+    rows, as `data`: the same fields, prompt and drops) is the held-out set whose loss is logged
+    (eval_loss, and its parts in SuperThoughts mode) every `eval_steps` optimizer steps (None:
+    `eval_interval`) and after the last one. Options the run would not read
+    (SuperThoughts fields in a baseline run, LoRA fields without lora_r, eval_steps without
+    eval_data) are refused.
     """
 
     model: str | os.PathLike | nn.Module
@@ -78,6 +83,8 @@ class TrainOptions:
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = 2
+    eval_data: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None
+    eval_steps: int | None = None  # None: `eval_interval`
     resume_from_checkpoint: str | bool | None = None
     report_to: str | Sequence[str] = "none"  # one integration, several, "all" or "none"
     progress_bar: bool = True
@@ -126,19 +133,34 @@ class TrainOptions:
         if self.lora_r == 0:
             unread = [name for name in ("lora_alpha", "lora_dropout", "lora_target_modules") if self._changed(name)]
             checks.append((not unread, f"{', '.join(unread)} {_apply(unread)} to LoRA runs: set lora_r > 0"))
-        # transformers' constant schedule has no warmup, and it and constant_with_warmup drop any
-        # scheduler arguments without a word.
+        checks.append((self.eval_data is not None or self.eval_steps is None,
+                       "eval_steps applies to runs with eval_data (a held-out set to evaluate)"))
+        checks.append((self.eval_data is not None or self.scheduler_name not in METRIC_DRIVEN_SCHEDULES,
+                       f"lr_scheduler {self.scheduler_name} steps on the held-out loss: give eval_data"))
+        # transformers' constant schedule has no warmup, nor have the two that follow the eval loss
+        # (they need eval_data), and it and constant_with_warmup drop any scheduler arguments
+        # without a word. The default ratio (0.03) goes with the default cosine: not asked for.
         scheduler = self.scheduler_name
-        if scheduler == "constant":  # the default ratio (0.03) goes with the default cosine: not asked for
+        if scheduler in ("constant", *METRIC_DRIVEN_SCHEDULES):
             checks.append((self.warmup_ratio == 0 or not self._changed("warmup_ratio"),
                            f"warmup_ratio {self.warmup_ratio} needs a schedule with a warmup (constant_with_warmup), "
-                           "not constant"))
+                           f"not {scheduler}"))
         if scheduler in ("constant", "constant_with_warmup"):
             checks.append((not self.lr_scheduler_kwargs, f"lr_scheduler {scheduler} takes no arguments, got "
                                                          f"{dict(self.lr_scheduler_kwargs)}"))
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainOptions: {message}")
+
+    @property
+    def eval_interval(self) -> int:
+        """Optimizer steps between evaluations of eval_data: eval_steps, else save_steps (each
+        checkpoint gets the held-out loss to choose it by; logging_steps, the default of
+        transformers, would evaluate every 10 steps, often costing more than the training), or
+        logging_steps when save_steps is 0 (no checkpoint to follow)."""
+        if self.eval_steps is not None:
+            return self.eval_steps
+        return self.save_steps if self.save_steps > 0 else self.logging_steps
 
     @property
     def scheduler_name(self) -> str:

@@ -117,6 +117,9 @@ def _recorded(checkpoint: Path) -> dict[str, Any]:
 # (the shuffle) or another global batch it skipped rows never trained and trains others twice.
 # The number of processes may change where the global batch stays (2 x 4 resumed as 1 x 8);
 # loss weights, --rho-max and --max-grad-norm apply from the next step (lowered after a spike).
+# The held-out set (--eval-data, --eval-steps) changes only what is logged, and may change too
+# (another set with a warning; a resume takes this run's interval: train_eval.EvalStepsOfThisRun),
+# except under METRIC_DRIVEN_SCHEDULES.
 RESUMED_SETTINGS = {
     "--learning-rate": "learning_rate", "--weight-decay": "weight_decay", "--lr-scheduler": "scheduler_name",
     "--lr-scheduler-kwargs": "lr_scheduler_kwargs", "--warmup-ratio": "warmup_ratio", "--seed": "seed",
@@ -124,14 +127,23 @@ RESUMED_SETTINGS = {
     "--system-prompt": "system_prompt",
 }
 GLOBAL_BATCH = "global batch (--batch-size x --grad-accum x processes)"
+# transformers' schedules that step on the eval loss (TrainingArguments refuses them without an
+# evaluation): there the held-out set and the steps it is scored at steer the learning rate, and
+# a resume must keep them.
+METRIC_DRIVEN_SCHEDULES = ("reduce_lr_on_plateau", "greedy")
 
 
 def run_settings(options: Any, world_size: int) -> dict[str, Any]:
     """The settings of a run (`RESUMED_SETTINGS` of TrainOptions `options`, the global batch,
-    the data's sha256) as RunSettings records them in every checkpoint (JSON values)."""
+    the data's sha256; the held-out set's sha256, and its interval under METRIC_DRIVEN_SCHEDULES)
+    as RunSettings records them in every checkpoint (JSON values)."""
     settings = {flag: getattr(options, name) for flag, name in RESUMED_SETTINGS.items()}
     settings[GLOBAL_BATCH] = options.batch_size * options.grad_accum * world_size
     settings["--data"] = data_digest(options.data)
+    if options.eval_data is not None:
+        settings["--eval-data"] = data_digest(options.eval_data)
+        if options.scheduler_name in METRIC_DRIVEN_SCHEDULES:
+            settings["--eval-steps"] = options.eval_interval
     return json.loads(json.dumps(settings))  # tuples as lists, as they read back
 
 
@@ -165,6 +177,10 @@ def data_digest(data: Any) -> str | None:
 BASE_WEIGHTS = "--model weights"
 
 
+# Settings recorded as a sha256 (None: a data file that could not be read, not compared).
+_DIGESTS = ("--data", "--eval-data", BASE_WEIGHTS)
+
+
 def check_base_weights(checkpoint: Path | None, digest: str) -> None:
     """ValueError when LoRA `checkpoint` recorded a base model whose weights
     (`train_utils.weights_digest`) differ from `digest`, those of this run's --model: the adapters
@@ -185,7 +201,7 @@ def recorded_base_weights(checkpoint: Path) -> str | None:
 
 
 def _shown(flag: str, value: Any) -> str:
-    if flag in ("--data", BASE_WEIGHTS):
+    if flag in _DIGESTS:
         return f"sha256 {value[:12]}..."
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -207,7 +223,8 @@ def continued_run_id(checkpoint: Path | None, output_dir: str | os.PathLike) -> 
 def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> None:
     """ValueError naming every setting of `settings` (`run_settings`) that `checkpoint` recorded
     with another value; settings it did not record, or a data file unread, are not compared, and a
-    checkpoint that recorded none warns that nothing was checked."""
+    checkpoint that recorded none warns that nothing was checked. Another --eval-data only warns
+    (the log's eval_loss changes sets there), except under METRIC_DRIVEN_SCHEDULES."""
     saved = _recorded(checkpoint).get("settings")
     if settings and not isinstance(saved, dict):
         # Written before checkpoints recorded their settings (before commit 8df6e74), or by another
@@ -219,11 +236,17 @@ def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> Non
                       "Resume only with the options of the run that wrote it", stacklevel=2)
     if not settings or not isinstance(saved, dict):
         return
-    differ = []
+    differ, logged_only = [], []
+    steered = settings.get("--lr-scheduler") in METRIC_DRIVEN_SCHEDULES
     for flag, value in settings.items():
-        if flag not in saved or saved[flag] == value or (flag == "--data" and None in (value, saved[flag])):
+        if flag not in saved or saved[flag] == value or (flag in _DIGESTS and None in (value, saved[flag])):
             continue
-        differ.append(f"{flag} {_shown(flag, saved[flag])} (this run: {_shown(flag, value)})")
+        text = f"{flag} {_shown(flag, saved[flag])} (this run: {_shown(flag, value)})"
+        (logged_only if flag == "--eval-data" and not steered else differ).append(text)
+    if logged_only:
+        warnings.warn(f"train: --resume {os.fspath(checkpoint)!r} was evaluated on {logged_only[0]}: the eval_loss "
+                      "entries from here on score this run's held-out rows, not those of the earlier entries of "
+                      "its log", UserWarning, stacklevel=2)
     if differ:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was trained with {'; '.join(differ)}; resume "
                          "with the settings of the run that wrote it, or start a new run from the finished model "

@@ -1,5 +1,6 @@
 """The transformers.Trainer subclass behind `superthoughts_ext.train`: logs the SuperThoughts
-loss parts (loss_main, loss_mtp, loss_distill) averaged over processes, saves and resumes
+loss parts (loss_main, loss_mtp, loss_distill) averaged over processes, scores the held-out set
+of --eval-data with its parts (`train_eval.HeldOutEvaluation`), saves and resumes
 SuperThoughts models in their own checkpoint format, hands the epoch to the collator's
 pad-split draws, stops a run whose loss turns NaN / inf (TrainingDiverged), and records the
 optimizer and the run's settings in every checkpoint (RunSettings) for the resume checks of
@@ -23,8 +24,8 @@ from transformers.trainer_callback import ExportableState, TrainerState
 
 from superthoughts_ext import train_resume, train_utils
 from superthoughts_ext.layers import causal_mask_for_right_padding
+from superthoughts_ext.train_eval import LOSS_PARTS, HeldOutEvaluation
 
-LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
 # Options that shape the trained model beyond the kind of run check_resume compares.
 _RESUME_HINT = "resume with the --model, --compressor-type and --mtp-type of the run that wrote it"
 
@@ -113,8 +114,9 @@ class ResumedLengthCheck(TrainerCallback):
         train_resume.check_steps_left(self.checkpoint, state.max_steps, length=length)
 
 
-class SuperThoughtsTrainer(Trainer):
-    """Trainer that logs the loss parts and saves SuperThoughts models in their own format."""
+class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
+    """Trainer that logs the loss parts (of training and of evaluation) and saves SuperThoughts
+    models in their own format."""
 
     def __init__(self, *args: Any, run_settings: dict[str, Any] | None = None, run_id: str = "",
                  base_model: str | None = None, **kwargs: Any) -> None:
