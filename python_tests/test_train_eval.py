@@ -254,6 +254,18 @@ def test_resume_takes_this_runs_eval_steps_and_says_when_the_held_out_set_change
     assert [entry["step"] for entry in evals(again.log_history)] == [3, 4, 6]
 
 
+def test_resume_logs_and_saves_at_this_runs_intervals(base_dirs, tmp_path):
+    # Trainer kept the checkpoint's logging and save intervals (only a log line said so).
+    out = tmp_path / "o"
+    opts = dict(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=out,
+                **{**FAST, "batch_size": 4, "save_steps": 2, "logging_steps": 2, "save_total_limit": 0})
+    train(TrainOptions(**{**opts, "max_steps": 2}))
+    resumed = train(TrainOptions(**{**opts, "max_steps": 5, "save_steps": 1, "logging_steps": 1},
+                                 resume_from_checkpoint=True))
+    assert [entry["step"] for entry in resumed.log_history if "loss" in entry] == [1, 2, 3, 4, 5]  # 1: the first step
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == [f"checkpoint-{n}" for n in (2, 3, 4, 5)]
+
+
 def test_a_schedule_on_the_held_out_loss_resumes_only_with_its_held_out_set(base_dirs, tmp_path):
     first = write_rows(tmp_path / "first.jsonl", HELD_OUT)
     second = write_rows(tmp_path / "second.jsonl", HELD_OUT[:3])

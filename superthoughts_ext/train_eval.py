@@ -17,22 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
-from transformers.trainer_utils import EvalLoopOutput, IntervalStrategy
+from transformers.trainer_utils import EvalLoopOutput
 
 LOSS_PARTS: tuple[str, ...] = ("loss_main", "loss_mtp", "loss_distill")
-
-
-class EvalStepsOfThisRun(TrainerCallback):
-    """A resumed Trainer counts evaluations by the eval_steps of the checkpoint's
-    trainer_state.json, not this run's (only a log line says they differ): resumed with
-    --eval-data from a run without, it evaluated every 500 steps, TrainerState's default, whatever
-    --eval-steps said. The eval set and interval do not change what is trained (`HeldOutEvaluation`
-    leaves the random state alone), so a resume takes this run's."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if args.eval_strategy == IntervalStrategy.STEPS:
-            state.eval_steps = args.eval_steps
 
 
 class HeldOutEvaluation:
@@ -43,7 +30,6 @@ class HeldOutEvaluation:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._eval_parts: dict[str, list[torch.Tensor]] = {}  # per batch, gathered, of the evaluation running
-        self.add_callback(EvalStepsOfThisRun())
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Trainer.evaluate, on a fork of torch's random state: each DataLoader iterator draws its

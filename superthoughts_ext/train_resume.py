@@ -118,7 +118,7 @@ def _recorded(checkpoint: Path) -> dict[str, Any]:
 # The number of processes may change where the global batch stays (2 x 4 resumed as 1 x 8);
 # loss weights, --rho-max and --max-grad-norm apply from the next step (lowered after a spike).
 # The held-out set (--eval-data, --eval-steps) changes only what is logged, and may change too
-# (another set with a warning; a resume takes this run's interval: train_eval.EvalStepsOfThisRun),
+# (another set with a warning; a resume takes this run's interval: trainer.IntervalsOfThisRun),
 # except under METRIC_DRIVEN_SCHEDULES.
 RESUMED_SETTINGS = {
     "--learning-rate": "learning_rate", "--weight-decay": "weight_decay", "--lr-scheduler": "scheduler_name",

@@ -98,6 +98,18 @@ class RunStartCallback(TrainerCallback):
         self.start_step = state.global_step
 
 
+class IntervalsOfThisRun(TrainerCallback):
+    """A resumed Trainer logs, evaluates and saves at the intervals of the checkpoint's
+    trainer_state.json, not this run's --logging-steps / --eval-steps / --save-steps (only a log
+    line says they differ): resumed with --eval-data from a run without, it evaluated every 500
+    steps, TrainerState's default, and another --save-steps was ignored. None of them changes what
+    is trained (`train_eval.HeldOutEvaluation` leaves the random state alone), so a resume takes
+    this run's."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
+
+
 class ResumedLengthCheck(TrainerCallback):
     """Refuses, before the first step, a resumed run whose length in epochs (known once Trainer
     has counted the batches) differs from the checkpoint's run where the learning-rate schedule
@@ -145,6 +157,7 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
             self.add_callback(SplitEpochCallback(self.data_collator))
         self._run_start = RunStartCallback()
         self.add_callback(self._run_start)
+        self.add_callback(IntervalsOfThisRun())
         self.add_callback(RunSettings(optimizer_name(self.args), optimizer_class(self.args), run_settings, run_id))
 
     def train(self, *args: Any, **kwargs: Any):
