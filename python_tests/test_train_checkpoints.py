@@ -184,3 +184,22 @@ def test_a_new_run_names_the_last_complete_checkpoint_of_the_earlier_one(tmp_pat
     (tmp_path / "checkpoint-4").mkdir()
     with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(last: checkpoint-2\); --resume"):
         check_resume(tmp_path, None)
+
+
+def test_a_final_save_in_shards_over_a_single_file_model_leaves_only_the_shards(base_dirs, tmp_path, monkeypatch):
+    # A finished run's one model.safetensors (every release before sharded saves) resumed for more
+    # steps by a run whose final save is sharded: the files were moved in over the folder, the old
+    # file stayed beside the new index, and the output loaded as neither ("holds both").
+    import superthoughts_ext.modeling as modeling
+    from superthoughts_ext.checkpoint import save_superthoughts_dir
+
+    options = dict(model=base_dirs["qwen2"], data=ROWS, **TWO_STEPS)
+    out = tmp_path / "out"
+    train(TrainOptions(output_dir=out, **options))
+    assert (out / "model.safetensors").is_file()
+    monkeypatch.setattr(modeling, "save_superthoughts_dir",
+                        lambda model, directory, state_dict, max_shard_size: save_superthoughts_dir(
+                            model, directory, state_dict, "20KB"))
+    train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **{**options, "max_steps": 4}))
+    assert (out / "model.safetensors.index.json").is_file() and not (out / "model.safetensors").exists()
+    same_weights(out, out / "checkpoint-4")

@@ -87,6 +87,14 @@ def is_superthoughts_checkpoint(path: str | os.PathLike) -> bool:
     return SECTION in _read_config(directory)
 
 
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files a model saved in `directory` may have left there, in either layout (one
+    file, or shards and their index; safetensors or .bin), existing or not: what a save into it
+    replaces."""
+    return [*directory.glob("model-*-of-*.safetensors"), *directory.glob("pytorch_model*.bin"),
+            directory / WEIGHTS_NAME, directory / INDEX_NAME, directory / "pytorch_model.bin.index.json"]
+
+
 def _aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
     """name -> the first name holding the same storage (tied weights share one tensor)."""
     first: dict[tuple[int, int, tuple[int, ...]], str] = {}
@@ -131,8 +139,7 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
     # Weights of a model saved there before (shards, an index, .bin files) would sit beside ours,
     # and a loader that finds an index reads those (transformers' save_pretrained removes them too).
     # A sharded save over a single file (or the reverse) leaves both: a loader must not pick one.
-    for stale in [*directory.glob("model-*-of-*.safetensors"), *directory.glob("pytorch_model*.bin"),
-                  directory / WEIGHTS_NAME, directory / INDEX_NAME, directory / "pytorch_model.bin.index.json"]:
+    for stale in weight_files(directory):
         stale.unlink(missing_ok=True)
     canonical = _aliases(state)
     # safetensors refuses shared storage, and a tied lm_head would otherwise be stored twice.

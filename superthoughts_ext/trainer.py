@@ -23,6 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, TrainerState
 
 from superthoughts_ext import train_resume, train_utils
+from superthoughts_ext.checkpoint import weight_files
 from superthoughts_ext.layers import causal_mask_for_right_padding
 from superthoughts_ext.train_eval import LOSS_PARTS, HeldOutEvaluation
 
@@ -282,6 +283,13 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         self.save_model(os.fspath(staging))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            # An earlier final save's weights in the other layout (a single file before shards, or
+            # the reverse) would stay beside these, and the folder load as neither. config.json
+            # goes first: a kill from here on leaves a folder the checks take for a save cut off,
+            # not a model of mixed weights.
+            (out / "config.json").unlink(missing_ok=True)
+            for stale in weight_files(out):
+                stale.unlink(missing_ok=True)
             for name in sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json"):
                 os.replace(staging / name, out / name)
             staging.rmdir()
