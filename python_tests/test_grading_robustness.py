@@ -233,6 +233,21 @@ def test_the_worker_memory_is_capped() -> None:
 
 
 
+def test_the_worker_keeps_a_lower_memory_cap_of_its_caller() -> None:
+    # A soft cap below ours (`ulimit -S -v`, a batch system's) was raised to 2 GiB: only the hard
+    # one was kept.
+    resource = pytest.importorskip("resource")
+    lower = grading_worker._MEMORY_LIMIT_BYTES // 2
+    worker = subprocess.Popen(grading_worker.worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (lower, resource.RLIM_INFINITY)))
+    try:
+        assert worker.stdout.readline() == b'"ready"\n'
+        assert resource.prlimit(worker.pid, resource.RLIMIT_AS)[0] == lower
+    finally:
+        worker.kill()
+        worker.communicate()
+
+
 @pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="the worker's size is read from /proc")
 def test_a_worker_grown_large_is_replaced_after_its_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     # sympy memoizes without bound (~10 MB more per "\\sum_{k=1}^{10^{12}} \\frac{1}{k^2}" that hit the

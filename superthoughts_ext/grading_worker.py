@@ -222,9 +222,11 @@ def _disarm_deadline() -> None:
 
 
 def _cap_memory(limit: int) -> None:
-    """Cap this process's address space at ``limit`` bytes (never above a cap it already has)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    """Cap this process's address space at ``limit`` bytes (never above a cap it already has,
+    soft or hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    caps = [cap for cap in (limit, soft, hard) if cap != resource.RLIM_INFINITY]
+    resource.setrlimit(resource.RLIMIT_AS, (min(caps), hard))
 
 
 def serve_worker() -> None:
