@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -276,6 +277,20 @@ def test_one_deadline_covers_every_comparison(monkeypatch: pytest.MonkeyPatch, r
     started = time.perf_counter()
     assert is_correct("n=2, m=1" if "," in reference else "y", reference, timeout=0.5) is False
     assert sum(given) <= 0.5 and time.perf_counter() - started < 0.9
+
+
+def test_waiting_for_another_threads_grade_does_not_count_against_the_deadline() -> None:
+    # The worker is shared: a thread whose answer needs two comparisons ("m=1, n=2" compared name
+    # by name) waited for another thread's grade with its deadline running, and its second
+    # comparison found no time left: a right answer graded wrong under load.
+    is_correct("1", "1.0")  # the worker is up
+    graded: list[bool] = []
+    with grading_worker._WORKER._lock:  # another thread's grade, 1.5 s long
+        thread = threading.Thread(target=lambda: graded.append(is_correct("n=2, m=1", "m=1, n=2", timeout=1.0)))
+        thread.start()
+        time.sleep(1.5)
+    thread.join()
+    assert graded == [True]
 
 
 @pytest.mark.parametrize(

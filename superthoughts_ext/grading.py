@@ -16,7 +16,7 @@ from numbers import Real
 from superthoughts_ext.eval_data import BENCHES
 from superthoughts_ext.grading_numbers import (braced_exponents, repeating_decimal_as_fraction, scientific_as_decimal,
                                               spaced_ellipsis, uses_euler)
-from superthoughts_ext.grading_worker import math_equal
+from superthoughts_ext.grading_worker import math_equal, worker_held
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -482,7 +482,14 @@ def is_correct(
     vectors = _column_vector_as_tuple(prediction), _column_vector_as_tuple(reference)
     if (vectors[0] is None) != (vectors[1] is None):
         prediction, reference = vectors[0] or prediction, vectors[1] or reference
-    as_sets = not asks_for_point(question)
+    # The shared worker held for all of this call's comparisons: their deadline then counts them
+    # alone, not the wait for other threads' grades.
+    with worker_held():
+        return _math_verified(prediction, reference, timeout, as_sets=not asks_for_point(question))
+
+
+def _math_verified(prediction: str, reference: str, timeout: float, *, as_sets: bool) -> bool:
+    """The math-verify comparisons of `is_correct`, within `timeout` seconds in all."""
     # One deadline for every comparison below: against a reference that names its value ("x=5",
     # MATH500 test/algebra/2193) an answer is compared as written and then as its bare value,
     # and one that kept math-verify busy took the timeout twice (10 s at 5).

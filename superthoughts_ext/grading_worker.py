@@ -11,6 +11,7 @@ which math-verify's own signal-based timeouts do not. Its memory is capped too
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import logging
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -295,7 +296,8 @@ class _GradingWorker:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: `worker_held` keeps the worker for one thread's several grades.
+        self._lock = threading.RLock()
         self._process: subprocess.Popen[bytes] | None = None
         self._buffer = b""
 
@@ -369,6 +371,14 @@ _WORKER = _GradingWorker()
 # The worker would otherwise outlive a finished caller until the OS reaps it (and Python
 # warns at exit that it is still running).
 atexit.register(_WORKER.close)
+
+
+@contextlib.contextmanager
+def worker_held() -> Iterator[None]:
+    """The shared worker kept for this thread's `math_equal` calls within (other threads wait):
+    a deadline started inside counts their time, not the wait for other threads' grades."""
+    with _WORKER._lock:
+        yield
 
 
 def math_equal(prediction: str, reference: str, timeout_s: float, as_sets: bool = True) -> bool:
