@@ -233,7 +233,6 @@ def test_the_worker_memory_is_capped() -> None:
     assert grading_worker._WORKER._process is process and is_correct("\\frac{1}{2}", "0.5")
 
 
-
 def test_the_worker_keeps_a_lower_memory_cap_of_its_caller() -> None:
     # A soft cap below ours (`ulimit -S -v`, a batch system's) was raised to 2 GiB: only the hard
     # one was kept.
@@ -261,6 +260,7 @@ def test_a_worker_grown_large_is_replaced_after_its_answer(monkeypatch: pytest.M
     monkeypatch.undo()
     assert grading_worker.math_equal("\\frac{1}{3}", "0.5", 5.0) is False
     assert grading_worker.math_equal("\\frac{2}{4}", "0.5", 5.0) is True
+
 
 @pytest.mark.parametrize("reference", ["x=5", "m=1, n=2"])
 def test_one_deadline_covers_every_comparison(monkeypatch: pytest.MonkeyPatch, reference: str) -> None:
@@ -327,3 +327,38 @@ def test_the_worker_runs_its_callers_package_whatever_the_working_directory(
         assert grading_worker.math_equal("1", "2", 5.0) is False
     finally:
         grading_worker._WORKER.close()  # later tests start a worker from their own directory
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX")
+def test_a_forked_child_grades_with_its_own_worker() -> None:
+    # A forked child (a DataLoader worker) shared the parent's worker pipes, so answers could
+    # cross between the two, and its exit (atexit) killed the parent's worker.
+    import os
+
+    is_correct("1", "1.0")
+    parent_worker = grading_worker._WORKER._process
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if it graded with a worker of its own
+        try:
+            right = grading_worker.math_equal("\\frac{1}{2}", "0.5", 5.0)
+            own = grading_worker._WORKER._process is not parent_worker
+            grading_worker._WORKER.close()
+            os._exit(0 if right and own else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert grading_worker._WORKER._process is parent_worker and parent_worker.poll() is None
+    assert grading_worker.math_equal("\\frac{1}{3}", "0.5", 5.0) is False
+
+
+def test_the_worker_loads_no_numpy_or_torch() -> None:
+    # Under its address-space cap, numpy's OpenBLAS (~40 MiB reserved per thread, up to 64) or
+    # torch (~625 MiB at import) would leave grading little or no room on a large machine.
+    probe = ("import sys; from superthoughts_ext.grading_worker import _verify_math; "
+             "assert _verify_math('\\\\frac{1}{2}', '0.5', 5.0); "
+             "print(sorted({'numpy', 'torch'} & set(sys.modules)))")
+    done = subprocess.run([grading_worker.worker_command()[0], "-c", probe], capture_output=True, text=True,
+                          cwd=Path(grading_worker.__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

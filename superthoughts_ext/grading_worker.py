@@ -301,8 +301,23 @@ class _GradingWorker:
         self._process: subprocess.Popen[bytes] | None = None
         self._buffer = b""
 
+    def forget_after_fork(self) -> None:
+        """In a forked child (a DataLoader worker, multiprocessing's fork): the parent's worker
+        is the parent's. Sharing its pipes let answers cross between the processes, and the
+        child's exit (atexit `close`) killed it under the parent; a lock another thread held at
+        the fork would never be released. The child starts its own worker when it grades."""
+        self._lock = threading.RLock()
+        if self._process is not None:
+            for stream in (self._process.stdin, self._process.stdout):
+                if stream is not None:
+                    stream.close()  # the child's copies only
+        self._process, self._buffer = None, b""
+
     def _start(self) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        # One thread is all the worker needs: a BLAS that a future import brought in would
+        # otherwise reserve address space per core, past `_MEMORY_LIMIT_BYTES` on a large machine.
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        process = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self._process, self._buffer = process, b""
         if self._read_line(_STARTUP_TIMEOUT_S) != "ready":
             self._kill()
@@ -371,6 +386,7 @@ _WORKER = _GradingWorker()
 # The worker would otherwise outlive a finished caller until the OS reaps it (and Python
 # warns at exit that it is still running).
 atexit.register(_WORKER.close)
+os.register_at_fork(after_in_child=_WORKER.forget_after_fork)
 
 
 @contextlib.contextmanager
