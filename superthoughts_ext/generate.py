@@ -18,13 +18,15 @@ import sys
 import time
 import types
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from superthoughts_ext import attention, decode_loop
-from superthoughts_ext.generate_checks import check_model_and_inputs, check_prompt, warn_training_mode, warn_unmasked_pads
+from superthoughts_ext.generate_checks import (check_model_and_inputs, check_prompt, check_seed, warn_training_mode,
+                                               warn_unmasked_pads)
 from superthoughts_ext.host_state import host_state_reason
 from superthoughts_ext.reference import (MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits, integer_or_none,
                                          number_or_none)
@@ -191,7 +193,7 @@ def _check_autocast(backbone: Any, device: torch.device) -> None:
                          "call generate() outside autocast")
 
 
-def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float, seed: int) -> bool:
+def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float, seed: int | Sequence[int]) -> bool:
     """Validates mode, max_new_tokens, temperature and seed; returns whether `model` is a SuperThoughts model."""
     if mode not in MODES:
         raise ValueError(f"generate: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -203,9 +205,7 @@ def _check_args(model: Any, mode: str, max_new_tokens: int, temperature: float, 
                          f"{max_new_tokens!r}")
     if number_or_none(temperature) is None:
         raise ValueError(f"generate: temperature must be a number, got {type(temperature).__name__} {temperature!r}")
-    # Checked in greedy decoding too, which ignores the seed: a bad one would fail once sampled.
-    if integer_or_none(seed) is None:
-        raise ValueError(f"generate: seed must be an integer, got {type(seed).__name__} {seed!r}")
+    check_seed(seed)
     if max_new_tokens < 1 or not math.isfinite(temperature) or temperature < 0.0:
         raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) must be >= 1 and temperature "
                          f"({temperature}) finite and >= 0")
@@ -265,8 +265,9 @@ def _thresholds(model: Any, mode: str, threshold: float | None, threshold_main: 
     return numbers["threshold"], numbers["threshold_main"]
 
 
-def _step_config(model: Any, eos: int, thresholds: tuple[float, float], temperature: float, seed: int,
-                 use_kernels: bool, ignore_eos: bool, context: int | None) -> decode_loop.StepConfig:
+def _step_config(model: Any, eos: int, thresholds: tuple[float, float], temperature: float,
+                 seed: int | Sequence[int], use_kernels: bool, ignore_eos: bool,
+                 context: int | None) -> decode_loop.StepConfig:
     """The constants of every decode step: the step op (kernels or reference), ids, thresholds, sampling."""
     if use_kernels:
         from superthoughts_ext.ops import superthoughts_step as step_fn
@@ -275,9 +276,14 @@ def _step_config(model: Any, eos: int, thresholds: tuple[float, float], temperat
     # Greedy steps ignore the seed and the temperature: constants keep them from keying a new
     # compiled step.
     sampled = samples(temperature)
+    if not sampled:
+        key: int | tuple[int, ...] = 0
+    elif isinstance(seed, (list, tuple)):  # one key per row: decode_loop runs the op row by row
+        key = tuple(int64_of_low_64_bits(value) for value in seed)
+    else:
+        key = int64_of_low_64_bits(seed)
     return decode_loop.StepConfig(step_fn, pad_id(model, eos), eos, *thresholds,
-                                  float(temperature) if sampled else 0.0,
-                                  int64_of_low_64_bits(seed) if sampled else 0, ignore_eos, context)
+                                  float(temperature) if sampled else 0.0, key, ignore_eos, context)
 
 
 def _allocate(model: Any, backbone: Any, mode: str, attention_mask: torch.Tensor, max_new_tokens: int,
@@ -356,7 +362,7 @@ def generate(
     threshold: float | None = None,
     threshold_main: float | None = None,
     temperature: float = 0.0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     eos_token_id: int | list[int] | None = None,
     use_kernels: bool = True,
     cuda_graphs: bool | str = "auto",
@@ -380,9 +386,12 @@ def generate(
             (`reference.confidence`): 1.0 keeps a pair only when every other MTP probability
             underflows float32. The op takes thresholds as float32: 0.99999999 rounds to 1.0.
         temperature: 0 greedy; >= 1e-5 (`samples`) Gumbel-max sampling from a Philox stream
-            keyed by `seed` and counted by (step, row, head): reproducible, but a row's samples
-            depend on its index in the batch; below 1e-5 greedy as well.
+            keyed by `seed` and counted by (step, row, head): reproducible, but with one seed a
+            row's samples depend on its index in the batch; below 1e-5 greedy as well.
         seed: any integer; only its low 64 bits count (seeds equal modulo 2**64 sample alike).
+            A list of B integers gives each row its own: row r then samples exactly as it would
+            alone (batch 1) with seed[r], wherever it stands in the batch (the step op runs once
+            per row then, B launches a step; `superthoughts eval --samples` relies on it).
         eos_token_id: stop token, or several: any of them ends a row (None: the model's
             generation config / config).
         use_kernels: the compiled step op; False runs the plain-torch reference.
@@ -418,6 +427,7 @@ def generate(
             warn_unmasked_pads(input_ids, pad_id(model, eos), eos_ids)
             attention_mask = torch.ones_like(input_ids)
         lengths = check_prompt(input_ids, attention_mask, vocab)  # an empty batch too: [0, T], not any empty tensor
+        check_seed(seed, input_ids.shape[0])
         if input_ids.shape[0] == 0:
             failed = False
             return GenerateOutput([], [], [], [], 0.0, 0)

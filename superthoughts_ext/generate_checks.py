@@ -97,3 +97,20 @@ def check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab: i
         raise ValueError(f"generate: input_ids hold ids outside the model's vocabulary [0, {vocab}): {named} "
                          "(a tokenizer of another model, or a pad id such as -100?)")
     return lengths
+
+
+def check_seed(seed: Any, batch: int | None = None) -> None:
+    """ValueError unless `seed` is an integer, or (per-row seeds) a list or tuple of `batch`
+    integers; `batch` None checks the entries alone (generate checks the length once it has the
+    batch). Checked in greedy decoding too, which ignores the seed: a bad one would fail once sampled."""
+    from superthoughts_ext.reference import integer_or_none
+
+    if not isinstance(seed, (list, tuple)):
+        if integer_or_none(seed) is None:
+            raise ValueError(f"generate: seed must be an integer, got {type(seed).__name__} {seed!r}")
+        return
+    bad = [value for value in seed if integer_or_none(value) is None]
+    if bad:
+        raise ValueError(f"generate: per-row seeds must be integers, got {type(bad[0]).__name__} {bad[0]!r}")
+    if batch is not None and len(seed) != batch:
+        raise ValueError(f"generate: {len(seed)} per-row seeds for a batch of {batch} rows; give one per row")
