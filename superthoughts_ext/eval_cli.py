@@ -4,6 +4,7 @@ again with the current grader (`--regrade`).
 
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl --threshold 0.9 0.99
+    superthoughts eval --model DIR --bench amc23 --data amc23.jsonl --output st.jsonl --temperature 0.6 --samples 8
     superthoughts eval --compare baseline.jsonl st-t0.9.jsonl st-t0.99.jsonl --plot sweep.png
     superthoughts eval --regrade baseline.jsonl st.jsonl --bench math500 --data math500.jsonl
 """
@@ -18,6 +19,7 @@ from superthoughts_ext.cli import transformers_progress_bars, utf8_text
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
+from superthoughts_ext.eval_sampling import check_sampling
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
 from superthoughts_ext.run_info import write_problem
 
@@ -51,7 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multiple-choice benchmarks (gpqa_diamond): ask each question with its options in N "
                              "distinct orders (1-24) and average the accuracy over them (default 1; order 0 is the "
                              "same in every run)")
-    parser.add_argument("--batch-size", type=int, default=8, help="problems decoded together")
+    parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                        help="sampling temperature (default 0: greedy decoding, one pass)")
+    parser.add_argument("--samples", type=int, default=1, metavar="N",
+                        help="decode every problem N times (needs --temperature > 0; with --option-orders, every "
+                             "order N times); the accuracy is then the mean over samples (avg@N), reported with "
+                             "its std over the N samples, pass@N and maj@N")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seed of a sampled run: sample k of a problem decodes with a seed derived from (S, "
+                             "its id, k), written in its record, whatever the batch or a resume (greedy runs "
+                             "ignore it)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (each sample counts one)")
     parser.add_argument("--max-new-tokens", type=int, default=2048, help="response budget per problem")
     parser.add_argument("--output", help="per-problem JSONL (default eval-<bench>-<mode>.jsonl)")
     parser.add_argument("--problem-field", help="column holding the problem text (default: the bench's, e.g. "
@@ -68,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run: keep the records already in the output file "
-                             "(same model, dtype, data, bench, mode, threshold, max-new-tokens) and evaluate the rest")
+                             "(same model, dtype, data, bench, mode, threshold, max-new-tokens, temperature, samples, "
+                             "seed) and evaluate the rest")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the records an earlier run left in the output file (else that is an error)")
     parser.add_argument(
@@ -107,6 +120,9 @@ def _run_regrade(args: argparse.Namespace) -> int:
     from superthoughts_ext.eval_regrade import format_regrade, regrade_runs, stored_settings
 
     conflicts = [option for dest, option in REGRADE_CONFLICTS.items() if getattr(args, dest)]
+    # Their defaults are values, not None: a regrade keeps the sampling the records were decoded with.
+    conflicts += [option for option, given in (("--temperature", args.temperature), ("--samples", args.samples != 1),
+                                               ("--seed", args.seed)) if given]
     if conflicts:
         raise ValueError(f"--regrade does not go with {', '.join(conflicts)}: it grades the stored outputs "
                          "again, without a model or decoding")
@@ -152,6 +168,9 @@ def _checked_problems(args: argparse.Namespace) -> list[Problem]:
     if not args.model or not args.bench:
         raise ValueError("--model and --bench are required (or --compare A.jsonl B.jsonl, or --regrade RUN.jsonl)")
     check_thresholds(args.threshold)  # before loading the model
+    check_sampling(args.temperature, args.samples, args.seed)
+    if args.temperature and args.compile:
+        raise ValueError("--compile goes with greedy decoding: sampled decoding runs uncompiled")
     if args.threshold and args.mode not in (None, "superthoughts"):
         raise ValueError(f"--threshold applies to superthoughts mode, not {args.mode}")
     if args.mode in ("superthoughts", "pairs") and (Path(args.model) / "config.json").is_file():
@@ -205,6 +224,9 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
             overwrite=args.overwrite,
             compile="auto" if args.compile is None else args.compile,
             system_prompt=args.system_prompt,
+            temperature=args.temperature,
+            samples=args.samples,
+            seed=args.seed,
         )
         print(format_summary(summary))
         print(f"records: {path}; summary: {summary_path(path)}")

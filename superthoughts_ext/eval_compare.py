@@ -3,6 +3,11 @@ B (`compare`), or against several, e.g. a threshold sweep (`compare_runs`, `plot
 
 The paper's chain-of-thought reduction of a SuperThoughts model is measured against its
 token-by-token baseline: 1 - decode steps of B / generated tokens of A.
+
+A sampled run (``--samples N``) counts each problem once, as the means over its samples
+(`eval_sampling.per_problem`): its accuracy is avg@N over the matched problems, its lengths are
+per-sample means, its "cut off" count is the expected number per pass, and its ``accuracy_std``
+is the spread of its per-sample accuracies. Greedy files read as they always did.
 """
 from __future__ import annotations
 
@@ -13,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from superthoughts_ext.eval_files import json_lines, read_records_text
+from superthoughts_ext.eval_sampling import accuracy_std, per_problem, record_key, sampling_of
 
 
 def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     text = read_records_text(path)
     lines = json_lines(text)
-    records: dict[str, dict[str, Any]] = {}
+    records: list[dict[str, Any]] = []
+    seen: set[tuple[str, int]] = set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -38,11 +45,13 @@ def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
         missing = {"id", "correct", "tokens", "steps"} - record.keys()
         if missing:
             raise ValueError(f"{path}:{number}: record lacks {', '.join(sorted(missing))}")
-        key = str(record["id"])
-        if key in records:  # which of the two to compare? neither is safe to pick
-            raise ValueError(f"{path}:{number}: problem id {key!r} appears twice in the file")
-        records[key] = record
-    return records
+        key = record_key(record)
+        if key in seen:  # which of the two to compare? neither is safe to pick
+            which = f" (sample {key[1]})" if "sample" in record else ""
+            raise ValueError(f"{path}:{number}: problem id {key[0]!r}{which} appears twice in the file")
+        seen.add(key)
+        records.append(record)
+    return per_problem(records)
 
 
 def _check_settings(runs: list[tuple[str | Path, dict[str, dict[str, Any]]]]) -> None:
@@ -51,6 +60,8 @@ def _check_settings(runs: list[tuple[str | Path, dict[str, dict[str, Any]]]]) ->
     prompt is a warning: a longer budget lets a run finish problems the other had cut off, and
     another prompt asks another question."""
     def values(records: dict[str, dict[str, Any]], key: str) -> set[Any]:
+        if key == "temperature":  # a greedy record has none: temperature 0
+            return {sampling_of(record).temperature for record in records.values()}
         # A list or object (a hand-edited file) as JSON text: it cannot go into a set.
         return {value if isinstance(value, (str, int, float, bool, type(None))) else json.dumps(value, sort_keys=True)
                 for value in (record[key] for record in records.values() if key in record)}
@@ -60,7 +71,7 @@ def _check_settings(runs: list[tuple[str | Path, dict[str, dict[str, Any]]]]) ->
             return repr(value if len(value) <= width else value[: width - 3] + "...")
         return str(value)
 
-    for key in ("bench", "max_new_tokens", "system_prompt"):
+    for key in ("bench", "max_new_tokens", "system_prompt", "temperature"):
         seen = {str(path): values(records, key) for path, records in runs}
         distinct = set().union(*seen.values())
         if len(distinct) <= 1:
@@ -110,9 +121,11 @@ def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
     """Compare two `evaluate` outputs (A = baseline, B = candidate) on their common problems.
 
     Returns n (matched problems), only_in_a / only_in_b (unmatched counts), accuracy_a,
-    accuracy_b, accuracy_diff (B - A), wins_b / wins_a (problems only one of them solved),
-    mean_tokens_a/b, mean_steps_a/b, hit_limit_a/b (outputs cut off: no stop token, the token
-    budget or the model's context ended them), and
+    accuracy_b, accuracy_diff (B - A), wins_b / wins_a (problems only one of them solved; of
+    sampled runs: problems one solved in a larger share of its samples), mean_tokens_a/b,
+    mean_steps_a/b, hit_limit_a/b (outputs cut off: no stop token, the token budget or the
+    model's context ended them; of a sampled run the mean per pass), samples_a/b (1 for greedy),
+    accuracy_std_a/b (sampled runs: the std of the per-sample accuracies; None for greedy), and
     cot_reduction = 1 - steps(B) / tokens(A): how much shorter B's decode is than A's
     token-by-token chain of thought.
 
@@ -161,28 +174,67 @@ def _compare_records(a_jsonl: str | Path, a: dict[str, dict[str, Any]], b_jsonl:
         "accuracy_a": mean(a, "correct"),
         "accuracy_b": mean(b, "correct"),
         "accuracy_diff": mean(b, "correct") - mean(a, "correct"),
-        "wins_a": sum(bool(a[k]["correct"]) and not b[k]["correct"] for k in common),
-        "wins_b": sum(bool(b[k]["correct"]) and not a[k]["correct"] for k in common),
+        # Greedy grades are 0 / 1, where "more" is "only this one solved it".
+        "wins_a": sum(float(a[k]["correct"]) > float(b[k]["correct"]) for k in common),
+        "wins_b": sum(float(b[k]["correct"]) > float(a[k]["correct"]) for k in common),
         "mean_tokens_a": mean(a, "tokens"),
         "mean_tokens_b": mean(b, "tokens"),
         "mean_steps_a": mean(a, "steps"),
         "mean_steps_b": mean(b, "steps"),
         # Outputs cut off (token budget or context): their lengths are a limit's, not the chain of thought's.
-        "hit_limit_a": sum(bool(a[key].get("hit_limit")) for key in common),
-        "hit_limit_b": sum(bool(b[key].get("hit_limit")) for key in common),
+        "hit_limit_a": _cut_off(a, common),
+        "hit_limit_b": _cut_off(b, common),
         "cot_reduction": 1.0 - steps_b / tokens_a if tokens_a else 0.0,
+        "samples_a": _samples(a, common),
+        "samples_b": _samples(b, common),
+        "accuracy_std_a": accuracy_std(a, common),
+        "accuracy_std_b": accuracy_std(b, common),
     }
+
+
+def _cut_off(records: dict[str, dict[str, Any]], common: list[str]) -> int | float:
+    """Outputs cut off among ``common``: a count for a greedy run, the mean per pass (the sum of
+    each problem's share of cut-off samples) for a sampled one."""
+    shares = [records[key].get("hit_limit") for key in common]
+    if any(isinstance(share, float) for share in shares):
+        return sum(float(share or 0) for share in shares)
+    return sum(bool(share) for share in shares)
+
+
+def _samples(records: dict[str, dict[str, Any]], common: list[str]) -> int:
+    """Samples per problem of a run (the most any matched problem has; 1 for greedy)."""
+    return max(int(records[key].get("n_samples", 1)) for key in common)
+
+
+def _count(value: int | float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def _accuracy(result: dict[str, Any], side: str) -> str:
+    """A run's accuracy in a table: avg@N with its std over samples for a sampled run."""
+    text = f"{result['accuracy_' + side]:.4f}"
+    std = result.get("accuracy_std_" + side)
+    return text + (f" ± {std:.4f}" if std is not None else "")
+
+
+def _sampled_note(results: list[dict[str, Any]]) -> list[str]:
+    """The line saying what a table's numbers are for sampled runs (none when every run is greedy)."""
+    if all(r["samples_a"] == 1 and r["samples_b"] == 1 for r in results):
+        return []
+    return ["sampled runs: accuracy = mean over the samples of each problem (avg@N) ± the std of the "
+            "per-sample accuracies; lengths are per-sample means, cut off the mean per pass"]
 
 
 def format_comparison(result: dict[str, Any]) -> str:
     """`compare`'s result as a plain-text table."""
     rows = [
         ("", "A", "B", "B - A"),
-        ("accuracy", f"{result['accuracy_a']:.4f}", f"{result['accuracy_b']:.4f}", f"{result['accuracy_diff']:+.4f}"),
-        ("solved only here", str(result["wins_a"]), str(result["wins_b"]), ""),
+        ("accuracy", _accuracy(result, "a"), _accuracy(result, "b"), f"{result['accuracy_diff']:+.4f}"),
+        ("solved only here" if not _sampled_note([result]) else "solved more often here", str(result["wins_a"]),
+         str(result["wins_b"]), ""),
         ("mean tokens", f"{result['mean_tokens_a']:.1f}", f"{result['mean_tokens_b']:.1f}", ""),
         ("mean decode steps", f"{result['mean_steps_a']:.1f}", f"{result['mean_steps_b']:.1f}", ""),
-        ("cut off (token budget or context)", str(result["hit_limit_a"]), str(result["hit_limit_b"]), ""),
+        ("cut off (token budget or context)", _count(result["hit_limit_a"]), _count(result["hit_limit_b"]), ""),
     ]
     widths = [max(len(row[col]) for row in rows) for col in range(4)]
     lines = [f"A: {result['a']}", f"B: {result['b']}", f"matched problems: {result['n']}"]
@@ -190,7 +242,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         lines.append(f"unmatched: {result['only_in_a']} only in A, {result['only_in_b']} only in B")
     lines += ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.append(f"CoT length reduction of B vs A (1 - steps_B / tokens_A): {result['cot_reduction']:.2%}")
-    return "\n".join(lines)
+    return "\n".join(lines + _sampled_note([result]))
 
 
 def run_label(path: str | Path, records: dict[str, dict[str, Any]] | None = None) -> str:
@@ -210,10 +262,12 @@ def run_label(path: str | Path, records: dict[str, dict[str, Any]] | None = None
     else:
         info = next(iter((records or {}).values()), {})
     mode, threshold = info.get("mode"), info.get("threshold")
+    sampling = sampling_of(info)
+    sampled = f", avg@{sampling.samples} T={sampling.temperature:g}" if sampling.sampled else ""
     if mode == "superthoughts" and threshold is not None:
-        label += f" [{mode} {threshold_label(threshold)}]"
+        label += f" [{mode} {threshold_label(threshold)}{sampled}]"
     elif mode:
-        label += f" [{mode}]"
+        label += f" [{mode}{sampled}]"
     return label
 
 
@@ -253,11 +307,11 @@ def format_runs(results: list[dict[str, Any]]) -> str:
     """`compare_runs`' results as one table: the baseline, then a row per candidate."""
     first = results[0]
     header = ("run", "accuracy", "vs A", "mean tokens", "mean steps", "CoT reduction", "cut off")
-    rows = [header, (f"A: {first['label_a']}", f"{first['accuracy_a']:.4f}", "", f"{first['mean_tokens_a']:.1f}",
-                     f"{first['mean_steps_a']:.1f}", "", str(first["hit_limit_a"]))]
+    rows = [header, (f"A: {first['label_a']}", _accuracy(first, "a"), "", f"{first['mean_tokens_a']:.1f}",
+                     f"{first['mean_steps_a']:.1f}", "", _count(first["hit_limit_a"]))]
     for r in results:
-        rows.append((r["label_b"], f"{r['accuracy_b']:.4f}", f"{r['accuracy_diff']:+.4f}", f"{r['mean_tokens_b']:.1f}",
-                     f"{r['mean_steps_b']:.1f}", f"{r['cot_reduction']:.2%}", str(r["hit_limit_b"])))
+        rows.append((r["label_b"], _accuracy(r, "b"), f"{r['accuracy_diff']:+.4f}", f"{r['mean_tokens_b']:.1f}",
+                     f"{r['mean_steps_b']:.1f}", f"{r['cot_reduction']:.2%}", _count(r["hit_limit_b"])))
     widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
     lines = [f"problems present in every file: {first['n']}"]
     dropped = [(first["label_a"], first["dropped_a"])] + [(r["label_b"], r["dropped_b"]) for r in results]
@@ -268,7 +322,7 @@ def format_runs(results: list[dict[str, Any]]) -> str:
               for row in rows]
     lines.append("CoT reduction = 1 - mean steps of the run / mean tokens of A; "
                  "cut off = outputs without a stop token (token budget or context)")
-    return "\n".join(lines)
+    return "\n".join(lines + _sampled_note(results))
 
 
 def accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
@@ -281,10 +335,18 @@ def accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
     return max(low - pad, -1.0), min(high + pad, 101.0)
 
 
+def _error_bar(ax: Any, x: float, y: float, std: float | None, color: str) -> None:
+    """A sampled run's bar of +- the std of its per-sample accuracies (in points) through its
+    point; none for a greedy run. Unlabelled: the point names the run in the legend."""
+    if std is not None:
+        ax.errorbar([x], [y], yerr=[100 * std], fmt="none", ecolor=color, capsize=4)
+
+
 def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Accuracy against decode length: each run at its mean decode steps as a share of the
     baseline's mean tokens (100% = the baseline's chain of thought), the baseline as a square (at
-    its own steps: 100% when it decoded token by token).
+    its own steps: 100% when it decoded token by token). A sampled run is at its avg@N accuracy,
+    with a bar of +- the std of its per-sample accuracies.
     Writes a PNG (or any format matplotlib knows from the suffix) and returns its path."""
     import matplotlib
 
@@ -302,16 +364,20 @@ def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | 
     # same model) shows inside it, where a filled one hid the other.
     ax.plot([base_x], [100 * first["accuracy_a"]], "s", color="black", markerfacecolor="none", markersize=11,
             zorder=3, label=f"A: {first['label_a']}")
+    _error_bar(ax, base_x, 100 * first["accuracy_a"], first["accuracy_std_a"], "black")
     xs = [100 * (1 - r["cot_reduction"]) for r in results]
     ys = [100 * r["accuracy_b"] for r in results]
     markers = "o^vD<>p*hX"
     for index, (x, y, r) in enumerate(zip(xs, ys, results)):
         ax.plot([x], [y], markers[index % len(markers)], color=f"C{index % 10}", label=r["label_b"])
+        _error_bar(ax, x, y, r["accuracy_std_b"], f"C{index % 10}")
     ax.axhline(100 * first["accuracy_a"], color="black", linewidth=0.8, linestyle="--")
     ax.margins(x=0.1)
-    ax.set_ylim(*accuracy_limits([100 * first["accuracy_a"], *ys]))
+    spans = [(100 * first["accuracy_a"], first["accuracy_std_a"])]
+    spans += [(y, r["accuracy_std_b"]) for y, r in zip(ys, results)]
+    ax.set_ylim(*accuracy_limits([y + sign * 100 * (std or 0.0) for y, std in spans for sign in (-1, 1)]))
     ax.set_xlabel("decode steps, % of the baseline's tokens")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%)" if not _sampled_note(results) else "accuracy (%; sampled: avg@N ± std over samples)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     ax.set_title(title or f"accuracy vs chain-of-thought length ({first['n']} problems)")

@@ -1,6 +1,7 @@
 """The files `superthoughts_ext.evaluation.evaluate` writes and reads back: one JSONL record per
-problem (the records an interrupted run left are kept by a resume), and `EvalSummary`, the
-aggregate of a run's records, written next to them as ``<output>.summary.json``.
+problem, or per (problem, sample) in a sampled run (the records an interrupted run left are kept
+by a resume), and `EvalSummary`, the aggregate of a run's records, written next to them as
+``<output>.summary.json``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import IO, Any
 from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, get_bench
 from superthoughts_ext.eval_files import json_lines, read_records_text
+from superthoughts_ext.eval_sampling import record_key, sample_mismatch, sampled_grade_fields, sampling_of
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct, visible_text
 
 
@@ -34,6 +36,14 @@ class EvalSummary:
     ``warmup_time``: this call's untimed warm-up (one short generate per batch size when the
     decode step is compiled, so that the compile is not charged to generation_time); part of
     wall_time.
+
+    A sampled run (``samples`` decodes per problem at ``temperature`` > 0) counts every sample:
+    ``n`` records (n_problems x samples), ``accuracy`` = n_correct / n, which is the mean of
+    ``accuracy_by_sample`` (avg@N); ``accuracy_std`` is the sample standard deviation of those
+    per-sample accuracies, ``pass_at_n`` the share of problems any sample solved, ``maj_at_n``
+    the share whose most frequent extracted answer is right (`eval_sampling.majority_correct`).
+    Lengths and counts (mean_tokens, n_hit_limit...) are over all samples too. Greedy runs have
+    temperature 0, samples 1, seed None and the sampled fields None.
     """
 
     bench: str
@@ -61,6 +71,14 @@ class EvalSummary:
     # 0 first); ``accuracy`` is their mean when every question ran in every order. None for one
     # order or a benchmark without options.
     accuracy_by_option_order: list[float] | None = None
+    temperature: float = 0.0
+    samples: int = 1
+    seed: int | None = None  # the run's --seed (each sample's generate seed is in its record)
+    n_problems: int | None = None
+    accuracy_by_sample: list[float] | None = None
+    accuracy_std: float | None = None
+    pass_at_n: float | None = None
+    maj_at_n: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,14 +117,16 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
                       prompts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The records an interrupted `evaluate` left in `path` (none if it does not exist). Its
     last line may be torn by the crash and is then dropped; records of other settings, of
-    problems outside `problems` or repeating a problem are an error, not something to mix in."""
+    problems outside `problems` or repeating a problem (a problem's sample) are an error, not
+    something to mix in."""
     if not path.is_file():
         return []
     ids = {problem.id for problem in problems}
     prompt_of = {} if prompts is None else {problem.id: prompt for problem, prompt in zip(problems, prompts)}
     lines = json_lines(read_records_text(path))
     records = []
-    seen: dict[Any, int] = {}  # problem id -> line of its record
+    seen: dict[tuple[str, int], int] = {}  # (problem id, sample) -> line of its record
+    sampling = sampling_of(settings)
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -120,7 +140,8 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
             # Another file's lines (a number, a list, an id that is a list) failed on a TypeError.
             raise ValueError(f"resume: {path}:{number} is not a record of `superthoughts eval` (a JSON object with "
                              "an id); give another output file or leave out resume")
-        if mismatch := _setting_mismatch(record, settings):
+        # Sampling first: a greedy record lacks its keys, which is no sign of an older version.
+        if mismatch := sample_mismatch(record, sampling) or _setting_mismatch(record, settings):
             raise ValueError(f"resume: {path}:{number} {mismatch}; give another output file or leave out resume")
         if record.get("id") not in ids:
             hint = f" (give --option-orders {_orders_needed(lines)})" if record.get("option_order") else ""
@@ -131,10 +152,12 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
             raise ValueError(f"resume: {path}:{number} was decoded from another prompt than this run builds for "
                              f"problem {record['id']!r} (another tokenizer or chat template?); give another output "
                              "file or leave out resume")
-        if record["id"] in seen:  # a summary would count the problem twice
-            raise ValueError(f"resume: {path}:{number} repeats problem {record['id']!r} of line {seen[record['id']]}; "
+        key = record_key(record)
+        if key in seen:  # a summary would count the problem twice
+            which = f" (sample {key[1]})" if sampling.sampled else ""
+            raise ValueError(f"resume: {path}:{number} repeats problem {record['id']!r}{which} of line {seen[key]}; "
                              "give another output file or leave out resume")
-        seen[record["id"]] = number
+        seen[key] = number
         records.append(record)
     return records
 
@@ -184,8 +207,8 @@ def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]])
 
 def grade_fields(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary fields that follow from the records' grades: n_correct, accuracy, n_no_box,
-    accuracy_by_option_order (`summarize` and `superthoughts_ext.eval_regrade` both take them
-    from here)."""
+    accuracy_by_option_order, and for a sampled run those of `eval_sampling.sampled_grade_fields`
+    (`summarize` and `superthoughts_ext.eval_regrade` both take them from here)."""
     n_correct = sum(bool(r["correct"]) for r in records)
     by_order: dict[int, list[bool]] = {}
     if any(record.get("option_order") is not None for record in records):
@@ -195,7 +218,7 @@ def grade_fields(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"n_correct": n_correct, "accuracy": n_correct / len(records),
             "n_no_box": sum(r["extracted"] is None for r in records),
             "accuracy_by_option_order": [sum(c) / len(c) for _, c in sorted(by_order.items())]
-            if len(by_order) > 1 else None}
+            if len(by_order) > 1 else None, **sampled_grade_fields(records)}
 
 
 def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_size: int, wall_time: float,
@@ -207,6 +230,7 @@ def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_
     total_tokens = sum(r["tokens"] for r in records)
     total_steps = sum(r["steps"] for r in records)
     n = len(records)
+    sampling = sampling_of(settings)
     return EvalSummary(
         bench=settings["bench"],
         mode=settings["mode"],
@@ -227,6 +251,10 @@ def summarize(records: list[dict[str, Any]], settings: dict[str, Any], *, batch_
         n_resumed=n_resumed,
         warmup_time=warmup_time,
         system_prompt=settings["system_prompt"],
+        temperature=sampling.temperature,
+        samples=sampling.samples,
+        seed=sampling.seed if sampling.sampled else None,
+        n_problems=len({str(r["id"]) for r in records}),
     )
 
 

@@ -21,6 +21,7 @@ from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import Problem, get_bench
 from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_records import grade_fields, grade_output, record_line, replace_text
+from superthoughts_ext.eval_sampling import record_key
 
 # Keys a record needs to be re-graded (and checked against the benchmark).
 REQUIRED_KEYS = ("id", "bench", "output", "extracted", "correct")
@@ -47,7 +48,7 @@ class RegradeResult:
     n: int
     accuracy_before: float
     accuracy_after: float
-    changed_ids: list[str]  # records whose extracted, reference or correct changed
+    changed_ids: list[str]  # records whose extracted, reference or correct changed (<id>#sample<k> if sampled)
     references_changed: int  # records whose reference differs from the data's current one
     summary_updated: bool
 
@@ -104,9 +105,9 @@ def _parse_line(path: Path, number: int, line: str, last: bool) -> dict[str, Any
 
 
 def _check_record(path: Path, number: int, record: dict[str, Any], bench: str,
-                  problems: dict[str, Problem], seen: dict[str, int]) -> Problem:
+                  problems: dict[str, Problem], seen: dict[tuple[str, int], int]) -> Problem:
     """The problem of ``record``; ValueError unless it is a record of ``bench`` on one of
-    ``problems``, not seen on an earlier line."""
+    ``problems``, not seen on an earlier line (a sampled run's: that problem's sample)."""
     key = str(record["id"])
     if record["bench"] != bench:
         raise ValueError(f"{path}:{number}: problem {key!r} was evaluated on {record['bench']!r}, not {bench!r}; "
@@ -119,11 +120,12 @@ def _check_record(path: Path, number: int, record: dict[str, Any], bench: str,
         # Ids alone match across problem sets that number their rows ("0", "1", ...).
         raise ValueError(f"{path}:{number}: problem {key!r} of this data asks another question than the record's "
                          "prompt; give the --data the run used")
-    if key in seen:
-        raise ValueError(f"{path}:{number}: problem {key!r} repeats line {seen[key]}")
+    if record_key(record) in seen:
+        which = f" (sample {record['sample']})" if "sample" in record else ""
+        raise ValueError(f"{path}:{number}: problem {key!r}{which} repeats line {seen[record_key(record)]}")
     if not isinstance(record["output"], str):
         raise ValueError(f"{path}:{number}: problem {key!r} has no output text to grade")
-    seen[key] = number
+    seen[record_key(record)] = number
     return problems[key]
 
 
@@ -152,7 +154,7 @@ def read_run(path: str | Path, bench: str, problems: Sequence[Problem]) -> Recor
     lines = json_lines(text)
     by_id = {problem.id: problem for problem in problems}
     run = RecordsFile(path, lines, [], [], None)
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, int], int] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             run.records.append(None)
@@ -181,7 +183,7 @@ def _grade(run: RecordsFile, bench: str, bar: Any) -> tuple[list[str], int]:
         if any(key not in record or record[key] != value for key, value in graded.items()):
             record.update(graded)  # the keys keep their places in the record
             run.lines[number] = record_line(record)
-            changed.append(str(record["id"]))
+            changed.append(str(record["id"]) + (f"#sample{record['sample']}" if "sample" in record else ""))
         bar.update(1)
     return changed, references
 

@@ -1,8 +1,9 @@
-"""Benchmark evaluation: batched greedy decoding, answer grading, summaries and comparisons.
+"""Benchmark evaluation: batched decoding, answer grading, summaries and comparisons.
 
 `evaluate` decodes every problem of a benchmark with `superthoughts_ext.generate.generate`
-(left-padded batches), grades the last ``\\boxed{}`` answer, and writes one JSONL record
-per problem plus a ``<output>.summary.json``. `compare` matches two such files by problem
+(left-padded batches; greedy, or N samples per problem: `superthoughts_ext.eval_sampling`),
+grades the last ``\\boxed{}`` answer, and writes one JSONL record per problem (per sample)
+plus a ``<output>.summary.json``. `compare` matches two such files by problem
 and reports the accuracy difference and the chain-of-thought length reduction of B (its
 decode steps) against A (its tokens) -- the paper's "CoT reduction" of a SuperThoughts
 model against its token-by-token baseline.
@@ -26,6 +27,7 @@ from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_
                                          load_problems)
 from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, record_line, resumable_records,
                                             summarize, write_summary)
+from superthoughts_ext.eval_sampling import Sampling, check_sampling, record_key, sample_seed
 from superthoughts_ext.grading import extract_answer, is_correct
 from superthoughts_ext.run_info import output_lock, write_problem
 
@@ -179,11 +181,16 @@ class _Run:
     prompts: list[str]
     prompt_ids: list[list[int]]
     settings: dict[str, Any]
+    sampling: Sampling = Sampling()
+
+
+# A unit of work: (index of the problem, sample number); greedy runs have sample 0 only.
+Item = tuple[int, int]
 
 
 def _prepare_run(model: Any, tokenizer: Any, generate_fn: Callable[..., Any], bench: str, problems: list[Problem],
                  *, mode: str, threshold: float | None, max_new_tokens: int, compile: bool | str,
-                 system_prompt: str | None, metadata: dict[str, Any] | None) -> _Run:
+                 system_prompt: str | None, metadata: dict[str, Any] | None, sampling: Sampling) -> _Run:
     """Stop and pad ids, the tokenised prompts (ValueError if one exceeds the context) and the settings."""
     from superthoughts_ext.stop_tokens import stop_token_ids
 
@@ -197,32 +204,38 @@ def _prepare_run(model: Any, tokenizer: Any, generate_fn: Callable[..., Any], be
     # the same checkpoint, weights dtype and data file, prompted and decoded the same way.
     settings = {"bench": bench, "mode": mode, **_thresholds_used(model, mode, threshold),
                 "max_new_tokens": max_new_tokens, "system_prompt": system_prompt,
-                **{key: (metadata or {}).get(key) for key in RUN_KEYS}}
+                **{key: (metadata or {}).get(key) for key in RUN_KEYS}, **sampling.settings()}
     return _Run(model=model, tokenizer=tokenizer, generate_fn=generate_fn, bench=bench, mode=mode,
                 threshold=threshold, max_new_tokens=max_new_tokens, compile=compile, eos_ids=eos_ids,
                 stop_ids=set(eos_ids), pad_id=pad_id, device=device, problems=problems, prompts=prompts,
-                prompt_ids=prompt_ids, settings=settings)
+                prompt_ids=prompt_ids, settings=settings, sampling=sampling)
 
 
-def _decode(run: _Run, batch: list[int], new_tokens: int) -> Any:
-    """generate's result for the problems at indices ``batch``: one left-padded [B, T] call."""
+def _decode(run: _Run, batch: list[Item], new_tokens: int) -> Any:
+    """generate's result for the (problem, sample) items ``batch``: one left-padded [B, T] call."""
     import torch
 
-    input_ids, attention_mask = _left_pad([run.prompt_ids[i] for i in batch], run.pad_id)
+    input_ids, attention_mask = _left_pad([run.prompt_ids[i] for i, _ in batch], run.pad_id)
+    sampled_args = {}  # none for greedy runs: a generate_fn of the greedy signature keeps working
+    if run.sampling.sampled:
+        # A seed per row: generate then samples each row as it would alone, so an item decodes
+        # alike whatever batch it lands in (--batch-size, the prompts beside it, a resume).
+        sampled_args = {"temperature": run.sampling.temperature,
+                        "seed": [sample_seed(run.sampling.seed, run.problems[i].id, k) for i, k in batch]}
     with torch.inference_mode():
         return run.generate_fn(run.model, input_ids.to(run.device), attention_mask.to(run.device),
                                max_new_tokens=new_tokens, mode=run.mode, threshold=run.threshold,
-                               eos_token_id=run.eos_ids, compile=run.compile)
+                               eos_token_id=run.eos_ids, compile=run.compile, **sampled_args)
 
 
-def _warm_up(run: _Run, batches: list[list[int]], bar: Any) -> float:
+def _warm_up(run: _Run, batches: list[list[Item]], bar: Any) -> float:
     """Seconds spent on one short untimed decode per batch size, when generate compiles the step."""
     import torch
 
     from superthoughts_ext.generate import resolve_compile
 
     started = time.perf_counter()
-    if resolve_compile(run.compile, torch.device(run.device), 0.0):
+    if resolve_compile(run.compile, torch.device(run.device), run.sampling.temperature):
         # The first call of each batch size compiles; warmed up here, no timed batch pays it.
         for size, batch in {len(batch): batch for batch in batches}.items():
             bar.set_postfix_str(f"compiling the decode step for batch size {size}")
@@ -232,9 +245,9 @@ def _warm_up(run: _Run, batches: list[list[int]], bar: Any) -> float:
     return time.perf_counter() - started
 
 
-def _record(run: _Run, result: Any, row: int, batch: list[int]) -> dict[str, Any]:
-    """The graded record of problem ``batch[row]`` from row ``row`` of its batch's generate result."""
-    index = batch[row]
+def _record(run: _Run, result: Any, row: int, batch: list[Item]) -> dict[str, Any]:
+    """The graded record of item ``batch[row]`` from row ``row`` of its batch's generate result."""
+    index, sample = batch[row]
     problem = run.problems[index]
     text = run.tokenizer.decode(_trim(result.sequences[row], run.stop_ids), skip_special_tokens=True)
     return {
@@ -242,6 +255,8 @@ def _record(run: _Run, result: Any, row: int, batch: list[int]) -> dict[str, Any
         "id": problem.id,
         # Multiple choice: which shuffle of the options this prompt lists (load_problems' option_orders).
         **({"option_order": problem.option_order} if problem.option_order is not None else {}),
+        **({"sample": sample, "sample_seed": sample_seed(run.sampling.seed, problem.id, sample)}
+           if run.sampling.sampled else {}),
         "prompt": run.prompts[index],
         "output": text,
         **grade_output(text, problem, run.bench),  # extracted, reference, correct
@@ -257,14 +272,14 @@ def _record(run: _Run, result: Any, row: int, batch: list[int]) -> dict[str, Any
     }
 
 
-def _decode_batches(run: _Run, batches: list[list[int]], records: list[dict[str, Any]], out_file: IO[str] | None,
+def _decode_batches(run: _Run, batches: list[list[Item]], records: list[dict[str, Any]], out_file: IO[str] | None,
                     bar: Any) -> list[str]:
     """Decode and grade each batch into ``records``, on disk after every batch: a crash keeps them.
     Returns the ids of the problems whose decoding met non-finite main-head logits."""
     nonfinite: list[str] = []
     for batch in batches:
         result = _decode(run, batch, run.max_new_tokens)
-        nonfinite += [run.problems[batch[row]].id for row in getattr(result, "nonfinite_rows", [])]
+        nonfinite += [run.problems[batch[row][0]].id for row in getattr(result, "nonfinite_rows", [])]
         for row in range(len(batch)):
             record = _record(run, result, row, batch)
             records.append(record)
@@ -298,8 +313,11 @@ def evaluate(
     system_prompt: str | None = SYSTEM_PROMPT,
     overwrite: bool = False,
     label: str | None = None,
+    temperature: float = 0.0,
+    samples: int = 1,
+    seed: int = 0,
 ) -> EvalSummary:
-    """Greedy-decode and grade every problem of a benchmark.
+    """Decode (greedily, or ``samples`` times at ``temperature``) and grade every problem of a benchmark.
 
     Args:
         model: a SuperThoughtsForCausalLM, or a plain HF causal LM with ``mode="standard"``.
@@ -308,8 +326,8 @@ def evaluate(
         rows: problems from `load_problems`.
         mode: "superthoughts" (pairs with confidence fallback), "pairs" or "standard".
         threshold: confidence threshold for "superthoughts" (None: generate's default).
-        batch_size: prompts per generate call; prompts are sorted by length so that each
-            left-padded batch [B, T] wastes little padding.
+        batch_size: prompts per generate call (samples of a problem count one each); prompts
+            are sorted by length so that each left-padded batch [B, T] wastes little padding.
         max_new_tokens: generation budget per problem.
         limit: evaluate only the first ``limit`` rows.
         output_jsonl: per-problem records (written batch by batch, so a crash keeps the
@@ -318,14 +336,15 @@ def evaluate(
         progress: show a tqdm bar.
         generate_fn: replaces `superthoughts_ext.generate.generate` (same signature and
             result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time). Its
-            eos_token_id is `superthoughts_ext.stop_tokens.stop_token_ids(model, tokenizer)`.
+            eos_token_id is `superthoughts_ext.stop_tokens.stop_token_ids(model, tokenizer)`;
+            a sampled run also passes temperature and seed (a list: one per row).
         metadata: extra keys (model path, dtype...) stored in the summary JSON; those of
             `RUN_KEYS` (model, dtype, data) are also stored in every record.
         resume: keep the records an interrupted run left in ``output_jsonl`` and evaluate only
-            the other problems; the summary covers all of them. The records must share this
-            run's bench, mode, thresholds (as decoded: threshold / threshold_main),
-            max_new_tokens, system_prompt and `RUN_KEYS` metadata, else ValueError naming the
-            first that differs.
+            the other problems (samples); the summary covers all of them. The records must share
+            this run's bench, mode, thresholds (as decoded: threshold / threshold_main),
+            max_new_tokens, system_prompt, sampling and `RUN_KEYS` metadata, else ValueError
+            naming the first that differs.
         label: the progress bar's (default "<bench> [<mode>]").
         overwrite: replace the records an earlier run left in ``output_jsonl``; without it (or
             resume) such a file is a FileExistsError, raised before any work.
@@ -336,12 +355,23 @@ def evaluate(
         system_prompt: the system message of every prompt (`build_prompt`): by default the
             chain-of-thought prompt `train` uses by default; None leaves it to the chat
             template. Score a model on the prompt it was trained with.
+        temperature, samples, seed: 0, 1 (greedy), or ``samples`` decodes of every problem at
+            ``temperature`` > 0; sample k of a problem uses the generate seed
+            `superthoughts_ext.eval_sampling.sample_seed` (seed, its id, k), per row, so it
+            decodes alike in any batch and after a resume. One record per (problem, sample); the
+            summary's accuracy is then the mean over samples (avg@N), with accuracy_std, pass@N
+            and maj@N (`superthoughts_ext.eval_sampling.sampled_grade_fields`).
     """
     from tqdm.auto import tqdm
 
     from superthoughts_ext.generate import ContextStopWarning, NonFiniteLogitsWarning
 
     get_bench(bench)  # ValueError for an unknown benchmark, before any work
+    sampling = check_sampling(temperature, samples, seed)
+    if sampling.sampled and compile is True:
+        # generate would refuse it at the first batch, once the records file was opened.
+        raise ValueError("evaluate: compile=True needs greedy decoding (temperature 0); sampled decoding runs "
+                         "uncompiled (compile='auto')")
     # Held from the check of the records file to the summary: a second run started meanwhile
     # (during this one's model load) passed the check and interleaved its records with these.
     with output_lock(output_jsonl, "evaluate"):
@@ -352,15 +382,15 @@ def evaluate(
         started = time.perf_counter()
         run = _prepare_run(model, tokenizer, generate_fn, bench, problems, mode=mode, threshold=threshold,
                            max_new_tokens=max_new_tokens, compile=compile, system_prompt=system_prompt,
-                           metadata=metadata)
+                           metadata=metadata, sampling=sampling)
         records = resumable_records(Path(output_jsonl), problems, run.settings, run.prompts) if resume else []
-        done = {r["id"] for r in records}
-        order = sorted(range(len(problems)), key=lambda i: -len(run.prompt_ids[i]))
-        order = [i for i in order if problems[i].id not in done]
+        done = {record_key(r) for r in records}
+        by_length = sorted(range(len(problems)), key=lambda i: -len(run.prompt_ids[i]))
+        order = [(i, k) for i in by_length for k in range(sampling.samples) if (str(problems[i].id), k) not in done]
         out_file = open_records(output_jsonl, records)
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
-        bar = tqdm(total=len(problems), initial=len(records), desc=label or f"{bench} [{mode}]",
+        bar = tqdm(total=len(problems) * sampling.samples, initial=len(records), desc=label or f"{bench} [{mode}]",
                    disable=not progress)
         try:
             with warnings.catch_warnings():
@@ -387,10 +417,23 @@ def evaluate(
         return summary
 
 
+def _accuracy_text(summary: EvalSummary) -> str:
+    """The accuracy as the summary line gives it: of the one greedy pass, or avg@N of a sampled run
+    with its spread over the samples, pass@N and maj@N."""
+    if not summary.temperature:
+        return f"accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n})"
+    n = summary.samples
+    spread = f" ± {summary.accuracy_std:.4f} (std over samples)" if summary.accuracy_std is not None else ""
+    return (f"temperature {summary.temperature:g}, seed {summary.seed}: "
+            f"accuracy avg@{n} {summary.accuracy:.4f}{spread} "
+            f"({summary.n_correct}/{summary.n} outputs, {summary.n_problems} problems x {n}), "
+            f"pass@{n} {summary.pass_at_n:.4f}, maj@{n} {summary.maj_at_n:.4f}")
+
+
 def format_summary(summary: EvalSummary) -> str:
     """One line per run, as `superthoughts eval` prints it."""
     return (
-        f"{summary.bench} [{summary.mode}]: accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n}), "
+        f"{summary.bench} [{summary.mode}]: {_accuracy_text(summary)}, "
         f"no answer found {summary.n_no_box}, cut off (token budget or context) {summary.n_hit_limit}, "
         f"mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
         # Not "CoT reduction": that one is measured against the baseline (`compare`).
