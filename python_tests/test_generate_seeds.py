@@ -5,10 +5,14 @@ Tiny random models of test_generate.py, on the CPU.
 """
 from __future__ import annotations
 
+import functools
+
+import cuda_emulation
 import pytest
 import torch
 from test_generate import HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, left_pad, superthoughts_model, tiny_backbone
 
+import superthoughts_ext.ops
 from superthoughts_ext.generate import MODES, generate
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -44,6 +48,21 @@ def test_each_row_samples_as_alone_with_its_seed(model, mode: str, use_kernels: 
     ids, mask = left_pad([PROMPTS[0], PROMPTS[0]])
     twice = generate(model, ids, mask, seed=SEEDS[:2], **kwargs)
     assert twice.sequences[0] == expected[0][0] and twice.sequences[0] != twice.sequences[1]
+
+
+@pytest.mark.skipif(cuda_emulation.cuda_include_dir() is None,
+                    reason="the CUDA emulation needs the CUDA toolkit's headers")
+def test_the_cuda_kernel_takes_each_rows_slice(model, monkeypatch) -> None:
+    # Per row, the op gets a [2, 1, V] view of the batch's logits (strided along the rows) and
+    # a view of `finished`, which it updates in place: the CUDA kernel's source, emulated on the
+    # CPU, must read and write them as the reference does.
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=15, threshold=MIXED_THRESHOLD, temperature=1.0, seed=SEEDS)
+    ref = generate(model, ids, mask, use_kernels=False, **kwargs)
+    emulated_step = functools.partial(cuda_emulation.emulated_step, grid=3)
+    monkeypatch.setattr(superthoughts_ext.ops, "superthoughts_step", emulated_step)
+    emulated = generate(model, ids, mask, use_kernels=True, **kwargs)
+    assert (emulated.sequences, emulated.num_pair_steps) == (ref.sequences, ref.num_pair_steps)
 
 
 def test_one_row_with_a_list_of_one_seed_is_that_seed(model) -> None:
