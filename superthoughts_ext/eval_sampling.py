@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Derived seeds stay below 2**53: a JSON reader that keeps numbers as doubles (jq, JavaScript)
-# reads them back exactly, so a record's seed can be fed to `superthoughts generate --seed`.
+# reads them back exactly, so a record's seed can be given to generate() to decode it again.
 SEED_BITS = 53
 # generate samples from this temperature up (reference.MIN_SAMPLING_TEMPERATURE); below it,
 # N samples would be N copies of the greedy decode.
