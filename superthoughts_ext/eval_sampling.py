@@ -153,11 +153,9 @@ def per_problem(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {str(record["id"]): record for record in records}
     merged = {}
     for key, group in by_problem(records).items():
-        def mean(field: str) -> float:
-            return sum(float(record.get(field) or 0) for record in group) / len(group)  # noqa: B023
-
-        merged[key] = {**group[0], "correct": mean("correct"), "tokens": mean("tokens"), "steps": mean("steps"),
-                       "hit_limit": mean("hit_limit"), "n_samples": len(group),
+        means = {field: sum(float(r.get(field) or 0) for r in group) / len(group)
+                 for field in ("correct", "tokens", "steps", "hit_limit")}
+        merged[key] = {**group[0], **means, "n_samples": len(group),
                        "correct_by_sample": {sample_of(r): bool(r["correct"]) for r in group}}
     return merged
 
