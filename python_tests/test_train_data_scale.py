@@ -74,6 +74,15 @@ def test_dropping_rows_shares_the_packed_ids() -> None:
     assert kept == [_examples()[0], _examples()[2]] and kept != _examples()
 
 
+def test_a_slice_of_the_examples_is_examples_as_a_list_slice_was() -> None:
+    # load_jsonl_examples(...)[:100] worked while Examples was a list, and raised TypeError after.
+    examples = train_data.Examples.of(_examples(), where="t", unit="line", numbers=[4, 5, 6])
+    head, tail = examples[:2], examples[-1:]
+    assert isinstance(head, train_data.Examples) and head.ids is examples.ids
+    assert head == _examples()[:2] and head.numbers == [4, 5] and tail.numbers == [6]
+    assert examples[::2] == _examples()[::2] and examples[5:] == []
+
+
 def _examples() -> list[dict[str, list[int]]]:
     return [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 2]}, {"prompt_ids": [4], "response_ids": []},
             {"prompt_ids": [1, 2 ** 20], "response_ids": [3, 3, 3, 3, 3]}]

@@ -57,7 +57,10 @@ class Examples(Sequence):
     def __len__(self) -> int:
         return len(self.bounds)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:  # type: ignore[override]
+    def __getitem__(self, index: int | slice) -> dict[str, list[int]] | Examples:  # type: ignore[override]
+        if isinstance(index, slice):  # `examples[:100]`, as of the list this class replaced
+            return Examples(self.ids, self.bounds[index], where=self.where, unit=self.unit,
+                            numbers=self.numbers[index])
         prompt, response = self.spans(index)
         return {"prompt_ids": prompt.tolist(), "response_ids": response.tolist()}
 
@@ -90,7 +93,7 @@ class RowsBuilder:
         self._size = 0  # ids written; the array is longer, with room for the next rows
         self._bounds = array("q")  # start, middle, end of each row
 
-    def add(self, prompt_ids: Iterable[int], response_ids: Iterable[int]) -> None:
+    def add(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> None:
         """Appends a row. OverflowError for an id past int64, before anything is appended."""
         prompt, response = np.array(prompt_ids, dtype=np.int64), np.array(response_ids, dtype=np.int64)
         start = self._size
