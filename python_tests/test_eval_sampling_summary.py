@@ -279,3 +279,24 @@ def test_cli_regrade_takes_no_sampling_options(cli: SimpleNamespace, tmp_path: P
     assert "--regrade does not go with --samples" in capsys.readouterr().err
     assert run(parser.parse_args(["--regrade", str(tmp_path / "st.jsonl"), "--no-progress"])) == 0
     assert "0 records changed" in capsys.readouterr().out
+
+
+def test_a_problem_whose_samples_met_non_finite_logits_is_named_once(recwarn: pytest.WarningsRecorder) -> None:
+    # Every sample of a problem is a row of its own: the warning counted and named the problem
+    # once per sample ("28 problems met ...: 1, 1, 1, 1, 2, ...") for a run of 7 problems.
+    from superthoughts_ext.generate import NonFiniteLogitsWarning
+
+    tokenizer = make_tokenizer()
+    solve = seeded_generate(tokenizer)
+
+    def overflowing(*args, **kwargs):  # every row met them
+        result = solve(*args, **kwargs)
+        result.nonfinite_rows = list(range(len(result.sequences)))
+        return result
+
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, mode="standard", batch_size=3, progress=False,
+             generate_fn=overflowing, **SAMPLED)
+    warned = [str(w.message) for w in recwarn if w.category is NonFiniteLogitsWarning]
+    assert len(warned) == 1 and warned[0].startswith(f"evaluate: {len(PROBLEMS)} problems met"), warned
+    named = warned[0].split(" got the pad id there: ", 1)[1].split("; load the model")[0].split(", ")
+    assert sorted(named) == sorted(p.id for p in PROBLEMS), named

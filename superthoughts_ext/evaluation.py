@@ -275,11 +275,12 @@ def _record(run: _Run, result: Any, row: int, batch: list[Item]) -> dict[str, An
 def _decode_batches(run: _Run, batches: list[list[Item]], records: list[dict[str, Any]], out_file: IO[str] | None,
                     bar: Any) -> list[str]:
     """Decode and grade each batch into ``records``, on disk after every batch: a crash keeps them.
-    Returns the ids of the problems whose decoding met non-finite main-head logits."""
-    nonfinite: list[str] = []
+    Returns the ids of the problems whose decoding met non-finite main-head logits, each once
+    (a sampled run's problem is a row per sample)."""
+    nonfinite: dict[str, None] = {}  # ordered, as a set of ids
     for batch in batches:
         result = _decode(run, batch, run.max_new_tokens)
-        nonfinite += [run.problems[batch[row][0]].id for row in getattr(result, "nonfinite_rows", [])]
+        nonfinite.update((run.problems[batch[row][0]].id, None) for row in getattr(result, "nonfinite_rows", []))
         for row in range(len(batch)):
             record = _record(run, result, row, batch)
             records.append(record)
@@ -290,7 +291,7 @@ def _decode_batches(run: _Run, batches: list[list[Item]], records: list[dict[str
         # The accuracy first, without a redraw: update() then draws the bar once, with it.
         bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}", refresh=False)
         bar.update(len(batch))
-    return nonfinite
+    return list(nonfinite)
 
 
 def evaluate(
