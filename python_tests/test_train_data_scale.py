@@ -83,6 +83,13 @@ def test_a_slice_of_the_examples_is_examples_as_a_list_slice_was() -> None:
     assert examples[::2] == _examples()[::2] and examples[5:] == []
 
 
+def test_a_slice_keeps_what_the_loader_dropped() -> None:
+    # As `select` does: an error about a slice left with no row names the rows dropped on loading.
+    examples = train_data.Examples.of(_examples(), where="t", unit="line", numbers=[4, 5, 6])
+    examples.dropped = ["1 row(s) with an empty 'solution' (lines [2])"]
+    assert examples[:2].dropped == examples.dropped == examples.select([True, False, True]).dropped
+
+
 def _examples() -> list[dict[str, list[int]]]:
     return [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 2]}, {"prompt_ids": [4], "response_ids": []},
             {"prompt_ids": [1, 2 ** 20], "response_ids": [3, 3, 3, 3, 3]}]

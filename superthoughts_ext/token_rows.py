@@ -60,7 +60,7 @@ class Examples(Sequence):
     def __getitem__(self, index: int | slice) -> dict[str, list[int]] | Examples:  # type: ignore[override]
         if isinstance(index, slice):  # `examples[:100]`, as of the list this class replaced
             return Examples(self.ids, self.bounds[index], where=self.where, unit=self.unit,
-                            numbers=self.numbers[index])
+                            numbers=self.numbers[index], dropped=self.dropped)
         prompt, response = self.spans(index)
         return {"prompt_ids": prompt.tolist(), "response_ids": response.tolist()}
 
