@@ -22,6 +22,7 @@ pytest.importorskip("transformers")
 from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer, read_jsonl, write_run  # noqa: E402
 
 from superthoughts_ext.eval_data import Problem  # noqa: E402
+from superthoughts_ext.eval_records import SAMPLING_FIELDS  # noqa: E402
 from superthoughts_ext.eval_sampling import sample_seed  # noqa: E402
 from superthoughts_ext.evaluation import (compare, compare_runs, evaluate, format_comparison, format_runs,  # noqa: E402
                                           format_summary, summary_path)
@@ -98,6 +99,9 @@ def test_a_greedy_summary_reads_as_before(tmp_path: Path) -> None:
     assert (summary.temperature, summary.samples, summary.seed, summary.accuracy_std, summary.pass_at_n) == \
         (0.0, 1, None, None, None)
     assert format_summary(summary).startswith(f"math500 [superthoughts]: accuracy {summary.accuracy:.4f} (5/7), ")
+    # Its summary file holds no sampling field, as before sampling existed; a sampled one holds them all.
+    assert not set(SAMPLING_FIELDS) & set(summary.to_dict())
+    assert set(SAMPLING_FIELDS) <= set(sampled_run(tmp_path)[1].to_dict())
 
 
 def test_option_orders_are_each_sampled(tmp_path: Path) -> None:

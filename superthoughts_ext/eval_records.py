@@ -81,7 +81,18 @@ class EvalSummary:
     maj_at_n: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The summary's fields; a greedy run's without the sampling ones, as its records have
+        none: its summary reads as those of runs before sampling existed."""
+        values = asdict(self)
+        if self.temperature == 0.0 and self.samples == 1:
+            for name in SAMPLING_FIELDS:
+                del values[name]
+        return values
+
+
+# The summary fields of sampled runs alone (`EvalSummary.to_dict` leaves them out of greedy ones).
+SAMPLING_FIELDS = ("temperature", "samples", "seed", "n_problems", "accuracy_by_sample", "accuracy_std",
+                   "pass_at_n", "maj_at_n")
 
 
 def grade_output(text: str, problem: Problem, bench: str) -> dict[str, Any]:
