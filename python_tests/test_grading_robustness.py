@@ -333,10 +333,14 @@ def test_the_worker_runs_its_callers_package_whatever_the_working_directory(
 def test_a_forked_child_grades_with_its_own_worker() -> None:
     # A forked child (a DataLoader worker) shared the parent's worker pipes, so answers could
     # cross between the two, and its exit (atexit) killed the parent's worker.
+    import io
     import os
 
     is_correct("1", "1.0")
     parent_worker = grading_worker._WORKER._process
+    # Unbuffered: the child's closing its copy cannot flush half a request of the parent's.
+    assert isinstance(parent_worker.stdin, io.FileIO)
+    assert grading_worker.math_equal("x" * 300_000 + "1", "1", 5.0) is False  # past a pipe's buffer
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 only if it graded with a worker of its own
         try:

@@ -288,6 +288,13 @@ def worker_command() -> list[str]:
             "from superthoughts_ext.grading_worker import serve_worker; serve_worker()"]
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Writes all of ``data`` to ``fd`` (a write to a pipe may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class _GradingWorker:
     """One lazily started grading process shared by all threads of the caller.
 
@@ -317,7 +324,10 @@ class _GradingWorker:
         # One thread is all the worker needs: a BLAS that a future import brought in would
         # otherwise reserve address space per core, past `_MEMORY_LIMIT_BYTES` on a large machine.
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        process = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        # Unbuffered (bufsize=0): a request is never half in a Python buffer that a process forked
+        # meanwhile would flush to the worker when `forget_after_fork` closes its copy.
+        process = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                   bufsize=0)
         self._process, self._buffer = process, b""
         if self._read_line(_STARTUP_TIMEOUT_S) != "ready":
             self._kill()
@@ -361,8 +371,8 @@ class _GradingWorker:
                     raise
             assert process.stdin is not None
             try:
-                process.stdin.write((json.dumps([prediction, reference, timeout_s, as_sets]) + "\n").encode())
-                process.stdin.flush()
+                request = json.dumps([prediction, reference, timeout_s, as_sets]) + "\n"
+                _write_all(process.stdin.fileno(), request.encode())
                 answer = self._read_line(timeout_s + _KILL_GRACE_S)
             except OSError:
                 answer = None
