@@ -194,6 +194,15 @@ def test_bad_held_out_rows_are_named(base_dirs, tmp_path):
     assert result.num_eval_examples == 2 and len(evals(result.log_history)) == 1
 
 
+def test_a_missing_held_out_file_fails_before_the_training_rows_are_tokenised(base_dirs, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_data, "load_jsonl_examples", lambda *a, **k: calls.append(a) or pytest.fail("tokenised"))
+    with pytest.raises(FileNotFoundError, match=r"^train: eval data file '.*nope\.jsonl' does not exist$"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=tmp_path / "o",
+                           eval_data=tmp_path / "nope.jsonl", **{**FAST, "max_steps": 1}))
+    assert calls == []
+
+
 def test_eval_flags(tmp_path):
     import argparse
 
@@ -213,7 +222,8 @@ def test_eval_flags(tmp_path):
     assert training_arguments(options()).eval_strategy == "no"
     for flags, message in [
         (["--eval-steps", "5"], "train: --eval-steps applies to runs with --eval-data"),
-        (["--eval-data", "v.jsonl", "--eval-steps", "0"], "train: --eval-steps must be >= 1"),
+        (["--eval-data", "v.jsonl", "--eval-steps", "0"], "train: --eval-steps must be >= 1 (unset: --save-steps, "
+                                                         "or --logging-steps without checkpoints), got 0"),
         (["--lr-scheduler", "reduce_lr_on_plateau"], "train: --lr-scheduler reduce_lr_on_plateau steps on the "
                                                      "held-out loss: give --eval-data"),
         (["--eval-data", "v.jsonl", "--lr-scheduler", "reduce_lr_on_plateau", "--warmup-ratio", "0.1"],

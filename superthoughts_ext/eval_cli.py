@@ -6,7 +6,7 @@ again with the current grader (`--regrade`).
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl --threshold 0.9 0.99
     superthoughts eval --model DIR --bench amc23 --data amc23.jsonl --output st.jsonl --temperature 0.6 --samples 8
     superthoughts eval --compare baseline.jsonl st-t0.9.jsonl st-t0.99.jsonl --plot sweep.png
-    superthoughts eval --regrade baseline.jsonl st.jsonl --bench math500 --data math500.jsonl
+    superthoughts eval --regrade baseline.jsonl st.jsonl
 """
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--regrade", nargs="+", metavar="RUN.jsonl",
         help="grade the outputs stored in result files again with the current grader, without decoding "
-             "(with --bench, and the --data the runs used); rewrites their records and summaries",
+             "(--bench, --data and --option-orders default to those the records name); rewrites their "
+             "records and summaries",
     )
 
 

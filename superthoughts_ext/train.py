@@ -119,6 +119,8 @@ def _train(options: TrainOptions) -> TrainResult:
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data
         read_model_dir(options.model, "train")
     pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
+    if isinstance(options.eval_data, (str, os.PathLike)):  # a missing held-out file fails before tokenising
+        train_data.check_data_file(options.eval_data, held_out=True)
     examples = _load_examples(options, options.data, tokenizer)
     # Before the model loads, as the training rows: a bad held-out row fails in seconds.
     held_out = None if options.eval_data is None else _load_examples(options, options.eval_data, tokenizer, True)

@@ -36,7 +36,7 @@ def value_checks(options: TrainOptions) -> list[tuple[bool, str]]:
         (0 <= o.seed < 2**32, f"seed must be in [0, 2**32), got {o.seed}"),
         (o.logging_steps >= 1, f"logging_steps must be >= 1, got {o.logging_steps}"),
         (o.eval_steps is None or o.eval_steps >= 1,
-         f"eval_steps must be >= 1 (None: save_steps, or logging_steps without checkpoints), got {o.eval_steps}"),
+         f"eval_steps must be >= 1 (unset: save_steps, or logging_steps without checkpoints), got {o.eval_steps}"),
         (o.dataloader_num_workers >= 0, f"dataloader_num_workers must be >= 0, got {o.dataloader_num_workers}"),
         (o.lambda_mtp is None or (finite(o.lambda_mtp) and o.lambda_mtp >= 0),
          f"lambda_mtp must be a finite number >= 0, got {o.lambda_mtp}"),

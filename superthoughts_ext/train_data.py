@@ -19,6 +19,22 @@ from superthoughts_ext.token_rows import Examples, RowsBuilder
 from superthoughts_ext.train_utils import pad_and_eos_ids
 
 
+def check_data_file(data: str | os.PathLike, *, held_out: bool = False) -> Path:
+    """`data` as a Path, refused unless it is a regular file (a directory, a missing path, a pipe:
+    train reads its data more than once); `held_out` names it "eval data" in the error."""
+    name = "eval data" if held_out else "data"
+    path = Path(data)
+    if path.is_dir():
+        raise ValueError(f"train: {name} {os.fspath(path)!r} is a directory (a `datasets` save_to_disk folder?); "
+                         "train reads one JSONL file: write one with `Dataset.to_json(path)`")
+    if not path.exists():
+        raise FileNotFoundError(f"train: {name} file {os.fspath(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"train: {name} {os.fspath(path)!r} is not a regular file (a pipe?); train reads "
+                         "its data more than once: write it to a file first")
+    return path
+
+
 def load_examples(
     data: str | os.PathLike | Sequence[Mapping[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
@@ -44,15 +60,7 @@ def load_examples(
     """
     name, kind = ("eval data", "evaluation") if held_out else ("data", "training")
     if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if path.is_dir():
-            raise ValueError(f"train: {name} {os.fspath(path)!r} is a directory (a `datasets` save_to_disk folder?); "
-                             "train reads one JSONL file: write one with `Dataset.to_json(path)`")
-        if not path.exists():
-            raise FileNotFoundError(f"train: {name} file {os.fspath(path)!r} does not exist")
-        if not path.is_file():
-            raise ValueError(f"train: {name} {os.fspath(path)!r} is not a regular file (a pipe?); train reads "
-                             "its data more than once: write it to a file first")
+        path = check_data_file(data, held_out=held_out)
         examples = load_jsonl_examples(
             os.fspath(path), tokenizer, problem_field=problem_field,
             solution_field=solution_field, system_prompt=system_prompt, max_length=max_length, progress=progress,
