@@ -361,7 +361,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"saved {result.output_dir} after {result.global_step} steps: {result.metrics}")
+        steps = f"{result.global_step} step{'' if result.global_step == 1 else 's'}"
+        print(f"saved {result.output_dir} after {steps}: {result.metrics}")
     close_process_group()
     return 0
 
