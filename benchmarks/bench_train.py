@@ -16,7 +16,10 @@ over the first is what a user sees; over the second it is the part owed to the m
 CPU: "tiny" (hidden 256, 4 layers, vocab 2048) and "1.5b-mini" (Qwen2.5-Math-1.5B's
 proportions at hidden 128, 28 layers), seq 512, timed with torch.utils.benchmark in
 alternating rounds on --threads intra-op threads (default: torch's). GPU: Qwen2.5-Math-1.5B
-and -7B shaped random models in bf16, timed with CUDA events, with peak memory per GPU. A
+and -7B shaped random models, timed with CUDA events, with peak memory per GPU. --precision:
+float32 weights on CPU and bfloat16 weights on GPU by default; bf16-autocast is float32
+weights under bfloat16 autocast, as `superthoughts train --bf16` trains (accelerate wraps the
+model's forward, loss included, in torch.autocast; backward and AdamW run outside it). A
 correctness check runs first: the loss over the warmup steps (the same batch, so it must fall)
 is finite and decreasing. Each mode's line is printed, and the JSON rewritten, as soon as the
 mode is measured.
@@ -24,6 +27,7 @@ mode is measured.
     python benchmarks/bench_train.py                 # writes benchmarks/results/train_<device>.json
     python benchmarks/bench_train.py --threads 2 --output mine.json   # the README's CPU figures' threads
     python benchmarks/bench_train.py --shapes 1.5b 7b --batch-size 4 --seq-len 2048   # on a GPU
+    python benchmarks/bench_train.py --shapes 1.5b --precision bf16-autocast   # as train --bf16 trains
 """
 from __future__ import annotations
 
@@ -60,6 +64,19 @@ SHAPES: dict[str, dict[str, Any]] = {
                num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
 }
 PAD_ID, EOS_ID = 0, 1
+# --precision -> (weight dtype, bfloat16 autocast over the forward). The names are those of
+# python_tests/test_modeling_precision.py: bf16-weights is `train --dtype bfloat16`,
+# bf16-autocast is `train --bf16` (float32 weights, the recommended mode).
+PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {
+    "fp32": (torch.float32, False),
+    "bf16-weights": (torch.bfloat16, False),
+    "bf16-autocast": (torch.float32, True),
+}
+
+
+def precision_of(args: argparse.Namespace, device: torch.device) -> str:
+    """--precision, or the device's default: bf16-weights on a GPU, fp32 on a CPU."""
+    return args.precision or ("bf16-weights" if device.type == "cuda" else "fp32")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MTP module of the SuperThoughts runs (decoder: train's own; mlp: the lighter "
                              "option); every type is measured at every --rho-max")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=None,
+                        help="fp32: float32 weights; bf16-weights: bfloat16 weights (train --dtype bfloat16); "
+                             "bf16-autocast: float32 weights under bfloat16 autocast (train --bf16). "
+                             "Default: bf16-weights on a GPU, fp32 on a CPU")
     add_output_arguments(parser, "benchmarks/results/train_<device>.json")
 
 
@@ -153,15 +174,20 @@ def build(shape: str, mode: Mode, device: torch.device, dtype: torch.dtype, ckpt
     return model, collator
 
 
-def make_step(model: torch.nn.Module, batch: dict, lr: float) -> tuple[Callable[[], torch.Tensor], Any]:
-    """One training step closure (forward, backward, AdamW, zero_grad) returning the loss."""
+def make_step(model: torch.nn.Module, batch: dict, lr: float,
+              autocast: bool = False) -> tuple[Callable[[], torch.Tensor], Any]:
+    """One training step closure (forward, backward, AdamW, zero_grad) returning the loss.
+    autocast: the forward (loss included) under bfloat16 autocast, as accelerate wraps the
+    model's forward under `train --bf16`; backward and the optimizer step run outside it."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, foreach=True)
     # The SuperThoughts loss alone, as the trainer asks for it (no [B, T, V] logits).
     extra = {"return_logits": False} if "labels_main" in batch else {}
+    device_type = params[0].device.type
 
     def step() -> torch.Tensor:
-        loss = model(**batch, **extra).loss
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**batch, **extra).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -201,11 +227,11 @@ def checkpointing(shape: str, args: argparse.Namespace) -> bool:
 def prepare(shape: str, name: str, mode: Mode, args: argparse.Namespace,
             device: torch.device) -> tuple[Callable[[], torch.Tensor], dict[str, Any]]:
     """Model, batch and step closure for the mode `name`, after the warmup correctness check."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype, autocast = PRECISIONS[precision_of(args, device)]
     model, collator = build(shape, mode, device, dtype, checkpointing(shape, args))
     features = make_features(args.batch_size, args.seq_len, args.prompt_len, SHAPES[shape]["vocab_size"], 0)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(features).items()}
-    step, _ = make_step(model, batch, args.lr)
+    step, _ = make_step(model, batch, args.lr, autocast)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warm = [float(step()) for _ in range(args.warmup)]
@@ -349,7 +375,8 @@ def plan(args: argparse.Namespace, device: torch.device) -> str:
         timing = (f"{args.rounds} alternating round(s) of >= {args.min_time / args.rounds:g} s per mode "
                   f"(--min-time {args.min_time:g} s in all), {torch.get_num_threads()} threads")
     return (f"bench train: shapes {' '.join(args.shapes)}; modes {' '.join(mode_table(args))}; "
-            f"batch {args.batch_size} x {args.seq_len} tokens; {args.warmup} warmup steps, then {timing}")
+            f"batch {args.batch_size} x {args.seq_len} tokens; precision {precision_of(args, device)}; "
+            f"{args.warmup} warmup steps, then {timing}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -361,12 +388,18 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = results_file(args.output, RESULTS / f"train_{device.type}.json", args.overwrite)
     apply_threads(args)
+    precision = precision_of(args, device)
+    dtype, autocast = PRECISIONS[precision]
     report: dict[str, Any] = {
         "benchmark": "train", "device": device_name(device), "device_type": device.type,
         "torch_version": torch.__version__, "commit": git_commit(), "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "prompt_len": args.prompt_len,
         "optimizer": "AdamW",
-        "dtype": "bfloat16" if device.type == "cuda" else "float32", "complete": False, "shapes": {},
+        # dtype: the weights' (and gradients', AdamW states') dtype; autocast: the forward's
+        # compute dtype under torch.autocast, null without it.
+        "precision": precision, "dtype": str(dtype).removeprefix("torch."),
+        "autocast": "bfloat16" if autocast else None,
+        "complete": False, "shapes": {},
     }
     print(plan(args, device), flush=True)
     for shape in args.shapes:

@@ -44,7 +44,7 @@ def test_bench_train_smoke_both_mtp_types(tmp_path: Path, monkeypatch, capsys) -
     in_order = list(bench.mode_table(args))
     # It says up front what it will measure; each mode is built and warmed up before any timing.
     assert printed.startswith(f"bench train: shapes tiny; modes {' '.join(in_order)}; batch 2 x 48 tokens; "
-                              "3 warmup steps, then 2 alternating round(s) of >= 0.1 s per mode "
+                              "precision fp32; 3 warmup steps, then 2 alternating round(s) of >= 0.1 s per mode "
                               "(--min-time 0.2 s in all), 1 threads\n"), printed
     for mode in in_order:
         assert re.search(rf"tiny +{re.escape(mode)}: built, loss \S+ -> \S+ over 3 warmup steps", timings[0][1])
@@ -65,6 +65,44 @@ def test_bench_train_smoke_both_mtp_types(tmp_path: Path, monkeypatch, capsys) -
         assert row[mode]["speedup_same_loss"] > 0
     # The MLP MTP block has no attention and no cache: fewer parameters than a decoder layer.
     assert row["superthoughts_mlp_rho0.25"]["params"] < row["superthoughts_rho0.25"]["params"]
+    assert (report["precision"], report["dtype"], report["autocast"]) == ("fp32", "float32", None)
+
+
+def test_bench_train_bf16_autocast_trains_float32_weights_under_autocast(tmp_path: Path, monkeypatch) -> None:
+    # `train --bf16`: float32 weights, the forward (loss included) under bfloat16 autocast, backward
+    # and AdamW outside it; the loss must still fall over the warmup.
+    bench = load_benchmark("train")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "train.json"
+    args = parser.parse_args(["--shapes", "tiny", "--batch-size", "2", "--seq-len", "48", "--prompt-len", "8",
+                              "--warmup", "3", "--min-time", "0.1", "--rounds", "1", "--rho-max", "0.25",
+                              "--precision", "bf16-autocast", "--threads", "1", "--output", str(out)])
+    seen = []  # (weight dtype, autocast on) at each forward
+    real_make_step = bench.make_step
+
+    def make_step(model, batch, lr, autocast=False):
+        forward = model.forward
+
+        def watched(*a, **k):
+            seen.append((next(model.parameters()).dtype, torch.is_autocast_enabled("cpu")))
+            return forward(*a, **k)
+
+        model.forward = watched
+        return real_make_step(model, batch, lr, autocast)
+
+    monkeypatch.setattr(bench, "make_step", make_step)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert (report["precision"], report["dtype"], report["autocast"]) == ("bf16-autocast", "float32", "bfloat16")
+    assert seen and set(seen) == {(torch.float32, True)}
+    for mode, r in report["shapes"]["tiny"].items():
+        if isinstance(r, dict):
+            assert r["warmup_loss"][-1] < r["warmup_loss"][0] and r["response_tokens_per_s"] > 0, mode
 
 
 def test_bad_sizes_are_refused_before_any_model_is_built(capsys) -> None:
