@@ -43,3 +43,21 @@ def test_session_names_existing_test_files_and_tests() -> None:
 def test_selected_names_skip_the_deselected_ones() -> None:
     assert selected_names("bad_input or mixed_devices") == ["bad_input", "mixed_devices"]
     assert selected_names("not bad_input and not emulated") == []
+
+
+def test_session_bench_train_stages_parse() -> None:
+    # A renamed bench_train flag or --precision value fails here, not as a stage that exits 2
+    # in a GPU session's one device call.
+    import argparse
+    import shlex
+
+    from superthoughts_ext.bench_cli import load_benchmark
+
+    bench = load_benchmark("train")
+    text = SESSION.read_text().replace("\\\n", " ")
+    commands = re.findall(r"benchmarks/bench_train\.py([^;\n]*)", text)
+    assert any("--precision bf16-autocast" in c for c in commands), commands
+    for command in commands:
+        parser = argparse.ArgumentParser()
+        bench.add_arguments(parser)
+        parser.parse_args(shlex.split(command.replace('"$OUT', '"out')))

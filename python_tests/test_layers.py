@@ -215,3 +215,33 @@ def test_a_teacher_head_with_a_bias_keeps_it():
                     reduction="none").sum(-1).detach()
     torch.testing.assert_close(kl, want)
     torch.testing.assert_close(loss.detach(), (want * weights).sum())
+
+
+def test_chunked_ce_gemm_dtypes_under_bf16_autocast_over_float32_weights():
+    # Documents today's behaviour under `train --bf16` (float32 weights, bf16 autocast): autocast
+    # casts the chunk's two out-of-place GEMMs (logits, grad_hidden) to bfloat16, but not the
+    # in-place grad_weight addmm_, which runs in float32. On a GPU without TF32 that GEMM costs
+    # ~10x a bfloat16 one; benchmarks/gpu/head_gemm_dtypes.py times it (session.sh stage
+    # bench_train_autocast). A change of precision here should be measured there first.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Gemms(TorchDispatchMode):  # below autocast: sees the dtypes after its casts
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm_.default):
+                seen.append((func.__name__, [a.dtype for a in args if torch.is_tensor(a)]))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 16, generator=g).requires_grad_()
+    weight = torch.randn(40, 16, generator=g).requires_grad_()
+    targets, row_weight = torch.randint(0, 40, (6,), generator=g), torch.full((6,), 1 / 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16), Gemms():
+        loss, _ = linear_cross_entropy(hidden, weight, targets, row_weight)  # one chunk
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert seen == [("mm.default", [bf16, bf16]),  # logits = h @ W.T
+                    ("mm.default", [bf16, bf16]),  # grad_hidden = grad @ W
+                    ("addmm_.default", [fp32, fp32, fp32])], seen  # grad_weight += grad.T @ h
+    loss.backward()
+    assert hidden.grad.dtype == weight.grad.dtype == fp32

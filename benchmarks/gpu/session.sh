@@ -16,6 +16,7 @@
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_generate_ab folded_gqa
 #   DEADLINE=580 bash benchmarks/gpu/session.sh graph_windows_ab   (graphed windows: 4 vs 1)
 #   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train bench_train_7b
+#   DEADLINE=580 bash benchmarks/gpu/session.sh bench_train_autocast bench_train   (train --bf16 vs bf16 weights)
 # phase_probe (~1-2 min; builds its own .so, compares with the op when the build worked) goes
 # first: where the fixed ~30 us of each launch go is the open question, and stages run in the
 # order given until DEADLINE. diag follows: Nsight Compute's warp stall reasons (WarpStateStats)
@@ -112,6 +113,13 @@ for what in "$@"; do
       SUPERTHOUGHTS_FOLDED_GQA=1 stage folded_gqa_bench 300 python3 benchmarks/bench_generate.py --repeats 2 \
         --batch 1 32 --methods standard pairs --no-compile --output "$OUT/generate_cuda_folded_gqa.json" ;;
     bench_train) stage bench_train 400 python3 benchmarks/bench_train.py --shapes 1.5b --output "$OUT/train_cuda.json" ;;
+    bench_train_autocast)  # float32 weights under bf16 autocast, as `train --bf16` trains (never timed on a GPU):
+      # the chunked CE's in-place grad_weight addmm_ escapes autocast and runs in float32
+      # (head_losses._add_chunk_grads). head_gemm_dtypes times that GEMM against bf16 (seconds);
+      # the step's own time is to be set against bench_train's (bf16 weights) on the same shape.
+      stage head_gemm_dtypes 60 python3 benchmarks/gpu/head_gemm_dtypes.py --output "$OUT/head_gemm_dtypes.json"
+      stage bench_train_autocast 400 python3 benchmarks/bench_train.py --shapes 1.5b --rho-max 0.25 \
+        --precision bf16-autocast --output "$OUT/train_cuda_autocast.json" ;;
     bench_train_7b) stage bench_train_7b 400 python3 benchmarks/bench_train.py --shapes 7b --rho-max 0.25 \
         --output "$OUT/train_cuda_7b.json" ;;
     diag)  # which C++ runtime the module links, and where the B = 1 kernel's time goes
