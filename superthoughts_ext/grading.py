@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from numbers import Real
 
 from superthoughts_ext.eval_data import BENCHES
+from superthoughts_ext.grading_parts import (as_tuple, assigned_values, column_vector_as_tuple, numeral_bases,
+                                            top_level_parts)
 from superthoughts_ext.grading_numbers import (braced_exponents, repeating_decimal_as_fraction, scientific_as_decimal,
                                               spaced_ellipsis, uses_euler)
 from superthoughts_ext.grading_worker import math_equal, worker_held
@@ -324,65 +326,6 @@ _MATH_OPTION = re.compile(r"^\(\s*([A-E])\s*\)$")
 _MATH_OPTION_LEAD = re.compile(r"^\(?\s*([A-E])\s*\)?(?=[\s.:),\\]|$)")
 
 
-# A numeral's base subscript ("52_8", "4210_{5}", "1A_{16}"); math-verify drops it, so "52_{9}"
-# equalled "52_8". A "_1" after a variable ("a_1", "\\log_2") is no base.
-_BASE_SUBSCRIPT = re.compile(r"(?<![\\A-Za-z0-9])(?=[0-9A-F]*\d)[0-9A-F]+_\{?\s*(\d+)\s*\}?")
-
-
-def _numeral_bases(answer: str) -> list[str]:
-    return [base.lstrip("0") for base in _BASE_SUBSCRIPT.findall(answer)]
-
-
-# The name on the left of an "=" in an answer: a symbol with subscripts, commands and arguments
-# ("m_{\\max }", "\\angle B E A_{1}", "f(n)"), nothing computed ("2x - y + 3z + 8 = 0" is an equation).
-_SUBSCRIPT = re.compile(r"_(?:\{[^{}]*\}|\w)")
-_NAME = re.compile(r"^(?:\\[A-Za-z]+|[A-Za-z\s(),'])+$")
-
-
-def _top_level_parts(text: str) -> list[str]:
-    """``text`` split at the commas outside brackets and braces."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if char == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return [*parts, text[start:]]
-
-
-def _assigned_values(answer: str) -> list[tuple[str, str]] | None:
-    """The (name, value) pairs of an answer whose every part names what it gives, in its order:
-    "m_{\\max }=n^2-n-1" -> [("m_{\\max}", "n^2-n-1")], "$\\angle A=90$,$\\angle B=45$" ->
-    [("\\angleA", "90"), ("\\angleB", "45")] (names without spaces); None for any other answer.
-    math-verify drops only a plain variable's name ("k=1")."""
-    pairs = []
-    for part in _top_level_parts(answer.replace("$", "")):
-        sides = part.split("=")
-        if len(sides) != 2 or not _NAME.match(_SUBSCRIPT.sub("", sides[0]).strip() or "0") or not sides[1].strip():
-            return None
-        pairs.append((re.sub(r"\s+", "", sides[0]), sides[1].strip()))
-    return pairs
-
-
-def _as_tuple(values: list[str]) -> str:
-    """One value alone, several as a tuple: "x=2, y=1" must not equal "x=1, y=2" as the set {1, 2}."""
-    return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
-
-
-# A column vector: one entry per row, no "&" ("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}").
-_COLUMN_VECTOR = re.compile(r"^\s*\\begin\{([pbv]?matrix)\}([^&]*)\\end\{\1\}\s*$", re.DOTALL)
-
-
-def _column_vector_as_tuple(answer: str) -> str | None:
-    """``(a, b, c)`` for a column vector answer, None for any other answer."""
-    match = _COLUMN_VECTOR.match(answer.strip().strip("$"))
-    if match is None:
-        return None
-    entries = [entry.strip() for entry in match.group(2).split("\\\\")]
-    return "(" + ", ".join(entries) + ")" if len(entries) > 1 and all(entries) else None
-
-
 # An option label before a value: "(B) 27", "B. 27" (after `_unwrap_text`: "\\textbf{(B)}~27").
 _OPTION_LABEL = re.compile(r"^(?:\(\s*[A-E]\s*\)|[A-E]\.)\s*(\S.*)$", re.DOTALL)
 
@@ -472,14 +415,14 @@ def is_correct(
     # are LaTeX ("2e-1" is 2e - 1), float cells decimals.
     prediction = _numbers_spelled_out(prediction, e_notation=not uses_euler(reference))
     reference = _numbers_spelled_out(reference)
-    predicted_bases, wanted_bases = _numeral_bases(prediction), _numeral_bases(reference)
+    predicted_bases, wanted_bases = numeral_bases(prediction), numeral_bases(reference)
     # A numeral in another base is wrong; a bare "52" for "52_8" is still compared, and so is
     # "52_{10}" for a bare "52".
     if predicted_bases and predicted_bases != wanted_bases and (wanted_bases or set(predicted_bases) != {"10"}):
         return False
     # A vector written as a tuple, "(1/5, -18/5)", for a column vector (MATH writes them as
     # pmatrix), or the other way round: math-verify compares a tuple with no matrix.
-    vectors = _column_vector_as_tuple(prediction), _column_vector_as_tuple(reference)
+    vectors = column_vector_as_tuple(prediction), column_vector_as_tuple(reference)
     if (vectors[0] is None) != (vectors[1] is None):
         prediction, reference = vectors[0] or prediction, vectors[1] or reference
     # The shared worker held for all of this call's comparisons: their deadline then counts them
@@ -501,12 +444,12 @@ def _math_verified(prediction: str, reference: str, timeout: float, *, as_sets: 
 
     # OlympiadBench names its values ("m_{\\max }=n^{2}-n-1"): the value alone, or under
     # another name, is the answer too.
-    wanted, guess = _assigned_values(reference), _assigned_values(prediction)
+    wanted, guess = assigned_values(reference), assigned_values(prediction)
     if wanted is not None:
-        wanted_values = _as_tuple([value for _, value in wanted])
+        wanted_values = as_tuple([value for _, value in wanted])
         # Bare values: a list reads as the tuple the reference's values make.
-        guessed_values = _as_tuple([value for _, value in guess] if guess is not None else
-                                   [part.strip() for part in _top_level_parts(prediction.replace("$", ""))])
+        guessed_values = as_tuple([value for _, value in guess] if guess is not None else
+                                  [part.strip() for part in top_level_parts(prediction.replace("$", ""))])
         # Several values under distinct names are a tuple, while math-verify compares the SET of
         # their values ("45, 90" and "\\angle B=90, \\angle A=45" equalled "\\angle A=90, \\angle B=45"):
         # values named alike are compared name by name, bare ones in the reference's order. Values
