@@ -65,7 +65,7 @@ def check_sampling(temperature: float, samples: int, seed: int) -> Sampling:
                          "greedily; give 0 for greedy decoding or a temperature of at least that")
     if samples > 1 and temperature == 0.0:
         raise ValueError(f"--samples {samples} needs --temperature > 0: greedy decoding gives the same output "
-                         "every time (the usual avg@N setting for Qwen2.5-Math is --temperature 0.6 or 0.7)")
+                         "every time (e.g. --temperature 0.6)")
     return Sampling(temperature, samples, seed) if temperature > 0 else Sampling()
 
 
