@@ -15,14 +15,24 @@ from superthoughts_ext import bench_cli, cli
 from superthoughts_ext.bench_cli import load_benchmark
 
 
-def test_bench_train_smoke_both_mtp_types(tmp_path: Path, monkeypatch, capsys) -> None:
+# A few seconds' run of the tiny shape, one thread.
+TINY_RUN = ("--shapes", "tiny", "--batch-size", "2", "--seq-len", "48", "--prompt-len", "8", "--warmup", "3",
+            "--rho-max", "0.25", "--threads", "1")
+
+
+def _bench_and_parser():
+    """bench_train's module and a parser of its options."""
     bench = load_benchmark("train")
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
+    return bench, parser
+
+
+def test_bench_train_smoke_both_mtp_types(tmp_path: Path, monkeypatch, capsys) -> None:
+    bench, parser = _bench_and_parser()
     out = tmp_path / "train.json"
-    args = parser.parse_args(["--shapes", "tiny", "--batch-size", "2", "--seq-len", "48", "--prompt-len", "8",
-                              "--warmup", "3", "--min-time", "0.2", "--rounds", "2", "--rho-max", "0.25",
-                              "--mtp-types", "decoder", "mlp", "--threads", "1", "--output", str(out)])
+    args = parser.parse_args([*TINY_RUN, "--min-time", "0.2", "--rounds", "2", "--mtp-types", "decoder", "mlp",
+                              "--output", str(out)])
     timings = []  # per timed round of a mode: (modes in the JSON, output printed) just before it
     real_time_cpu = bench.time_cpu
 
@@ -71,13 +81,10 @@ def test_bench_train_smoke_both_mtp_types(tmp_path: Path, monkeypatch, capsys) -
 def test_bench_train_bf16_autocast_trains_float32_weights_under_autocast(tmp_path: Path, monkeypatch) -> None:
     # `train --bf16`: float32 weights, the forward (loss included) under bfloat16 autocast, backward
     # and AdamW outside it; the loss must still fall over the warmup.
-    bench = load_benchmark("train")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench, parser = _bench_and_parser()
     out = tmp_path / "train.json"
-    args = parser.parse_args(["--shapes", "tiny", "--batch-size", "2", "--seq-len", "48", "--prompt-len", "8",
-                              "--warmup", "3", "--min-time", "0.1", "--rounds", "1", "--rho-max", "0.25",
-                              "--precision", "bf16-autocast", "--threads", "1", "--output", str(out)])
+    args = parser.parse_args([*TINY_RUN, "--min-time", "0.1", "--rounds", "1", "--precision", "bf16-autocast",
+                              "--output", str(out)])
     seen = []  # (weight dtype, autocast on) at each forward
     real_make_step = bench.make_step
 
@@ -106,9 +113,7 @@ def test_bench_train_bf16_autocast_trains_float32_weights_under_autocast(tmp_pat
 
 
 def test_bad_sizes_are_refused_before_any_model_is_built(capsys) -> None:
-    bench = load_benchmark("train")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench, parser = _bench_and_parser()
     for options, message in ((["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
                              (["--rho-max", "0.25", "2"], r"argument --rho-max: must lie in \[0, 1\], got 2"),
                              (["--min-time", "-5"], "argument --min-time: must be a finite number > 0, got -5"),
@@ -203,9 +208,7 @@ def test_ratios_come_from_the_step_times_not_the_rounded_throughputs() -> None:
 
 
 def test_a_loss_that_does_not_fall_stops_the_run_naming_the_mode(tmp_path: Path) -> None:
-    bench = load_benchmark("train")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench, parser = _bench_and_parser()
     args = parser.parse_args(["--shapes", "tiny", "--batch-size", "1", "--seq-len", "16", "--prompt-len", "4",
                               "--warmup", "2", "--lr", "100", "--output", str(tmp_path / "t.json")])
     with pytest.raises(SystemExit, match=r"bench train: tiny baseline: the loss did not fall over the 2 warmup "
