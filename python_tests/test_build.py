@@ -162,7 +162,8 @@ def test_the_sdist_holds_what_the_build_needs(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with tarfile.open(next((tmp_path / "dist").glob("*.tar.gz"))) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    wanted = {"CMakeLists.txt", "setup.py", "pyproject.toml", "LICENSE", "superthoughts_ext/__init__.py"}
+    wanted = {"CMakeLists.txt", "setup.py", "pyproject.toml", "LICENSE", "README.md", "superthoughts_ext/__init__.py"}
+    wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")}  # the pages README.md links
     wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file()}
     assert wanted <= names, sorted(wanted - names)
 
