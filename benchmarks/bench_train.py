@@ -25,7 +25,7 @@ is finite and decreasing. Each mode's line is printed, and the JSON rewritten, a
 mode is measured.
 
     python benchmarks/bench_train.py                 # writes benchmarks/results/train_<device>.json
-    python benchmarks/bench_train.py --threads 2 --output mine.json   # the README's CPU figures' threads
+    python benchmarks/bench_train.py --threads 2 --output mine.json   # docs/benchmarks.md's CPU figures' threads
     python benchmarks/bench_train.py --shapes 1.5b 7b --batch-size 4 --seq-len 2048   # on a GPU
     python benchmarks/bench_train.py --shapes 1.5b --precision bf16-autocast   # as train --bf16 trains
 """

@@ -67,7 +67,7 @@ def test_unknown_methods_and_devices_are_refused_before_any_model_is_built(monke
 
 
 def test_a_recorded_run_is_replaced_only_on_request(tmp_path) -> None:
-    # Without --output a benchmark writes benchmarks/results/, which the README quotes.
+    # Without --output a benchmark writes benchmarks/results/, which docs/benchmarks.md quotes.
     from superthoughts_ext.run_info import results_file
 
     recorded = tmp_path / "step_cpu.json"

@@ -149,7 +149,7 @@ def test_threads_below_one_are_refused_at_parse_time(capsys) -> None:
 
 
 def test_threads_reach_the_timed_run_through_the_console_script(tmp_path: Path) -> None:
-    # The README's CPU figures ran on 2 threads; a busy machine's user asks for the count.
+    # docs/benchmarks.md's CPU figures ran on 2 threads; a busy machine's user asks for the count.
     from superthoughts_ext import cli
 
     out = tmp_path / "step.json"

@@ -111,7 +111,7 @@ def test_model_generate_method_is_superthoughts_generate(model) -> None:
         assert method.sequences == function.sequences and method.num_steps == function.num_steps
     with pytest.raises(TypeError, match="max_new_tokens"):
         model.generate(ids, mask)
-    # The README's `superthoughts_ext.generate(model, ...)`: the package attribute is the module.
+    # README's and docs/generation.md's `superthoughts_ext.generate(model, ...)`: the package attribute is the module.
     import superthoughts_ext
 
     package_attribute = superthoughts_ext.generate(model, ids, mask, max_new_tokens=9, mode="pairs")

@@ -302,7 +302,7 @@ def test_num_parameters_follows_transformers(family):
 
 
 # Qwen2.5-Math-1.5B / 7B / 14B: (hidden, layers, heads, kv heads, intermediate, vocabulary, tied
-# lm_head), and the parameters of backbone, compressor and MTP that README's "Model sizes" table gives.
+# lm_head), and the parameters of backbone, compressor and MTP that docs/models.md's "Model sizes" table gives.
 QWEN25_MATH = {
     "1.5B": ((1536, 28, 12, 2, 8960, 151936, True), (1_543_714_304, 4_720_128, 51_521_024)),
     "7B": ((3584, 28, 28, 4, 18944, 152064, False), (7_615_616_512, 25_693_696, 258_758_656)),

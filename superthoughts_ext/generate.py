@@ -30,7 +30,7 @@ from superthoughts_ext.generate_checks import (check_model_and_inputs, check_pro
 from superthoughts_ext.host_state import host_state_reason
 from superthoughts_ext.reference import (MIN_SAMPLING_TEMPERATURE, int64_of_low_64_bits, integer_or_none,
                                          number_or_none)
-# stop_token_ids is re-exported: the README names it as superthoughts_ext.generate.stop_token_ids.
+# stop_token_ids is re-exported: docs/evaluation.md names it as superthoughts_ext.generate.stop_token_ids.
 from superthoughts_ext.stop_tokens import (is_superthoughts, pad_id, resolve_eos_ids, stop_token_ids,  # noqa: F401
                                           vocab_size)
 
@@ -487,9 +487,9 @@ def _end_stream(streamer: Any, failed: bool) -> None:
 
 class _CallableModule(types.ModuleType):
     """This module, callable as `generate`: the package attribute `superthoughts_ext.generate` is
-    this module once it is imported (Python binds submodules onto their package), and the README
-    both calls `superthoughts_ext.generate(model, ...)` and names
-    `superthoughts_ext.generate.stop_token_ids`."""
+    this module once it is imported (Python binds submodules onto their package), and the docs
+    both call `superthoughts_ext.generate(model, ...)` (README.md, docs/generation.md) and name
+    `superthoughts_ext.generate.stop_token_ids` (docs/evaluation.md)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> GenerateOutput:
         return generate(*args, **kwargs)

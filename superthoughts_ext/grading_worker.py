@@ -114,7 +114,7 @@ _CHOPPED_MAGNITUDE = 1e-6
 
 def _small_numbers_differ(gold: list, guess: list, rounding: int) -> bool:
     """Whether two parsed answers are both nonzero real numbers below `_CHOPPED_MAGNITUDE` in
-    size that differ once rounded to ``rounding`` decimal places (the README's rule)."""
+    size that differ once rounded to ``rounding`` decimal places (docs/evaluation.md's rule)."""
     import sympy
 
     values = []

@@ -57,7 +57,7 @@ def device_name(device: torch.device | str) -> str:
 
 def results_file(output: Path | None, default: Path, overwrite: bool) -> Path:
     """Where a benchmark writes its JSON: `output` when given, else `default` under
-    benchmarks/results/, which holds the recorded runs the README quotes: a file already there
+    benchmarks/results/, which holds the recorded runs docs/benchmarks.md quotes: a file already there
     is replaced only with `overwrite`. Checked before anything is measured, and so is that the
     file can be written (its folder is made here): a bad path surfaced as a traceback once the
     first measurement was written, minutes into the run."""
