@@ -1,7 +1,8 @@
 """Sampled evaluation with the real decode loop (`evaluate(temperature=..., samples=N, seed=S)`):
 N records per problem with seeds of their own, a run repeated or resumed decodes the same
-samples, and a problem's samples do not depend on --batch-size; a resume of other sampling
-settings is refused. Tiny random Qwen2 / SuperThoughts models and the word-level tokenizer of
+samples, and a problem's samples do not depend on --batch-size; a resume may grow --samples
+(decoding only the new samples), while one that shrinks it or changes the temperature or seed is
+refused. Tiny random Qwen2 / SuperThoughts models and the word-level tokenizer of
 test_evaluation.py, on the CPU. (Summaries, compare, regrade and the CLI of sampled runs:
 test_eval_sampling_summary.py.)
 """
@@ -166,11 +167,48 @@ def test_a_resumed_run_decodes_what_an_uninterrupted_one_does(model, tokenizer, 
         (full.accuracy, full.accuracy_by_sample, full.mean_tokens, full.pass_at_n)
 
 
+def test_a_resume_can_grow_the_samples(model, tokenizer, tmp_path: Path) -> None:
+    # Sample k's seed does not depend on N: an N=2 file resumed with N=4 holds what a fresh N=4
+    # run writes, having decoded samples 2 and 3 alone.
+    from superthoughts_ext.generate import generate
+
+    fresh = tmp_path / "fresh.jsonl"
+    whole = run(model, tokenizer, fresh, samples=4)
+    out = tmp_path / "st.jsonl"
+    run(model, tokenizer, out, samples=2)
+    rows = []
+
+    def counting(*args, **kwargs):
+        rows.extend(kwargs["seed"])
+        return generate(*args, **kwargs)
+
+    grown = run(model, tokenizer, out, samples=4, resume=True, generate_fn=counting)
+    assert sorted(rows) == sorted(sample_seed(5, p.id, k) for p in PROBLEMS[:4] for k in (2, 3))
+
+    def lines(path):
+        return sorted(({k: v for k, v in r.items() if k != "time"} for r in read_jsonl(path)),
+                      key=lambda r: (r["id"], r["sample"]))
+
+    # Every field but the wall-time share, the kept records' samples included (now 4).
+    assert lines(out) == lines(fresh) and {r["samples"] for r in read_jsonl(out)} == {4}
+    timings = ("generation_time", "wall_time", "tokens_per_s", "n_resumed", "warmup_time")
+    assert {k: v for k, v in vars(grown).items() if k not in timings} == \
+        {k: v for k, v in vars(whole).items() if k not in timings}
+    assert (grown.n, grown.n_resumed, grown.samples, len(grown.accuracy_by_sample)) == (16, 8, 4, 4)
+    saved = json.loads(summary_path(out).read_text())
+    assert (saved["samples"], saved["n"], saved["pass_at_n"]) == (4, 16, whole.pass_at_n)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(temperature=0.7), r"was written with temperature=1, samples=3, seed=5, this run has temperature=0.7"),
-    (dict(samples=4), r"this run has temperature=1, samples=4, seed=5"),
     (dict(seed=6), r"this run has temperature=1, samples=3, seed=6"),
+    # Growing N does not let another seed through.
+    (dict(samples=4, seed=6), r"this run has temperature=1, samples=4, seed=6"),
     (dict(temperature=0.0, samples=1), r"seed=5, this run has greedy decoding"),
+    # Shrinking N would keep records in the file that the summary leaves out (or drop them).
+    (dict(samples=2), r"holds sample 2 \(of a run of samples=3\), this run has samples=2: a resume can add samples, "
+                      r"not drop them .* resume with samples=3 or more, or copy the records with sample < 2 to "
+                      r"another file and resume that"),
 ])
 def test_a_resume_with_other_sampling_is_refused(tokenizer, tmp_path: Path, change: dict, message: str) -> None:
     from test_evaluation import fake_model
@@ -179,8 +217,10 @@ def test_a_resume_with_other_sampling_is_refused(tokenizer, tmp_path: Path, chan
     out = tmp_path / "st.jsonl"
     kwargs = dict(mode="standard", output_jsonl=out, progress=False, generate_fn=seeded_generate(tokenizer))
     evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, **kwargs, **SAMPLED)
-    with pytest.raises(ValueError, match=rf"resume: .*st.jsonl:1 .*{message}"):
+    before = out.read_text(), summary_path(out).read_text()
+    with pytest.raises(ValueError, match=rf"resume: .*st.jsonl:\d+ .*{message}"):
         evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, resume=True, **kwargs, **{**SAMPLED, **change})
+    assert (out.read_text(), summary_path(out).read_text()) == before  # refused before touching the run
 
 
 def test_a_greedy_file_is_not_resumed_as_a_sampled_run(tokenizer, tmp_path: Path) -> None:

@@ -271,6 +271,29 @@ def test_cli_threshold_sweep_of_sampled_runs(cli: SimpleNamespace, tmp_path: Pat
     assert "seed=4, this run has temperature=0.6, samples=2, seed=0" in capsys.readouterr().err
 
 
+def test_cli_resume_grows_the_samples_and_refuses_fewer(cli: SimpleNamespace, tmp_path: Path, capsys) -> None:
+    assert cli.run(["--temperature", "0.6", "--samples", "2"]) == 0
+    cli.calls.clear()
+    assert cli.run(["--temperature", "0.6", "--samples", "3", "--resume"]) == 0
+    assert "accuracy avg@3" in capsys.readouterr().out
+    # Only sample 2 of each problem decoded; the file now reads as a run of 3 samples.
+    assert sorted(seed for call in cli.calls for seed in call["seeds"]) == \
+        sorted(sample_seed(0, p.id, 2) for p in PROBLEMS)
+    records = read_jsonl(tmp_path / "st.jsonl")
+    assert len(records) == 3 * len(PROBLEMS) and {r["samples"] for r in records} == {3}
+    assert json.loads(summary_path(tmp_path / "st.jsonl").read_text())["samples"] == 3
+    assert cli.run(["--temperature", "0.6", "--samples", "2", "--resume"]) == 2
+    assert "holds sample 2 (of a run of samples=3), this run has samples=2" in capsys.readouterr().err
+    # What the refusal suggests: the records of samples 0-1 in a file of their own resume as a
+    # finished run of 2 samples, with nothing to decode.
+    first_two = tmp_path / "first-two.jsonl"
+    first_two.write_text("".join(json.dumps(r) + "\n" for r in records if r["sample"] < 2))
+    cli.calls.clear()
+    assert cli.run(["--temperature", "0.6", "--samples", "2", "--resume", "--output", str(first_two)]) == 0
+    assert cli.calls == [] and "accuracy avg@2" in capsys.readouterr().out
+    assert {r["samples"] for r in read_jsonl(first_two)} == {2}
+
+
 def test_cli_regrade_takes_no_sampling_options(cli: SimpleNamespace, tmp_path: Path, capsys) -> None:
     assert cli.run(["--temperature", "0.6", "--samples", "2"]) == 0
     import argparse

@@ -80,8 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run: keep the records already in the output file "
-                             "(same model, dtype, data, bench, mode, threshold, max-new-tokens, temperature, samples, "
-                             "seed) and evaluate the rest")
+                             "(same model, dtype, data, bench, mode, threshold, max-new-tokens, temperature, seed; "
+                             "--samples may grow, adding samples to each problem, not drop samples the file holds) "
+                             "and evaluate the rest")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the records an earlier run left in the output file (else that is an error)")
     parser.add_argument(

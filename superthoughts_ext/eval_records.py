@@ -18,7 +18,8 @@ from typing import IO, Any
 from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, get_bench
 from superthoughts_ext.eval_files import json_lines, read_records_text
-from superthoughts_ext.eval_sampling import record_key, sample_mismatch, sampled_grade_fields, sampling_of
+from superthoughts_ext.eval_sampling import (record_key, resumed_record, sample_mismatch, sampled_grade_fields,
+                                             sampling_of)
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct, visible_text
 
 
@@ -129,7 +130,9 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
     """The records an interrupted `evaluate` left in `path` (none if it does not exist). Its
     last line may be torn by the crash and is then dropped; records of other settings, of
     problems outside `problems` or repeating a problem (a problem's sample) are an error, not
-    something to mix in."""
+    something to mix in. A sampled run's ``samples`` may differ from the file's (a grown N, or a
+    smaller one the file holds no sample beyond): its records then come back saying this run's
+    (`eval_sampling.resumed_record`)."""
     if not path.is_file():
         return []
     ids = {problem.id for problem in problems}
@@ -138,6 +141,8 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
     records = []
     seen: dict[tuple[str, int], int] = {}  # (problem id, sample) -> line of its record
     sampling = sampling_of(settings)
+    # `sample_mismatch` checks the sampling, whose samples may differ (a grown N); the rest must be equal.
+    fixed = {key: value for key, value in settings.items() if key != "samples"}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -152,7 +157,7 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
             raise ValueError(f"resume: {path}:{number} is not a record of `superthoughts eval` (a JSON object with "
                              "an id); give another output file or leave out resume")
         # Sampling first: a greedy record lacks its keys, which is no sign of an older version.
-        if mismatch := sample_mismatch(record, sampling) or _setting_mismatch(record, settings):
+        if mismatch := sample_mismatch(record, sampling) or _setting_mismatch(record, fixed):
             raise ValueError(f"resume: {path}:{number} {mismatch}; give another output file or leave out resume")
         if record.get("id") not in ids:
             hint = f" (give --option-orders {_orders_needed(lines)})" if record.get("option_order") else ""
@@ -169,7 +174,7 @@ def resumable_records(path: Path, problems: Sequence[Problem], settings: dict[st
             raise ValueError(f"resume: {path}:{number} repeats problem {record['id']!r}{which} of line {seen[key]}; "
                              "give another output file or leave out resume")
         seen[key] = number
-        records.append(record)
+        records.append(resumed_record(record, sampling))
     return records
 
 

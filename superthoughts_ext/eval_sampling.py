@@ -8,6 +8,16 @@ lands in, on --batch-size, on --limit or on a resume. Its record is one line lik
 record, plus ``sample`` (k) and ``sample_seed``; the run's ``temperature``, ``samples`` and
 ``seed`` are among the settings every record carries. Greedy runs (temperature 0) write
 neither, so their records read as before, and a record without them reads as greedy.
+
+A resume may grow ``samples`` (N), never change the temperature or seed: sample k's seed does
+not depend on N, so samples 0..3 of an N=4 run are samples 0..3 of an N=16 run, and the resume
+decodes only the samples its file lacks. The kept records then say ``samples`` 16 like the new
+ones (`resumed_record`): a record's ``samples`` is the N of the run its file holds, and a record
+kept that way is, but for its wall-time share, the one an N=16 run writes. A resume with a smaller
+N is refused when the file holds a sample k >= N (`sample_mismatch`): dropping it would lose
+decoded work, and keeping it in a file whose summary leaves it out would make `--regrade` and
+`--compare`, which read every record of a file, disagree with that summary. The records of
+samples < N copied to a file of their own resume as a run of N.
 """
 from __future__ import annotations
 
@@ -94,17 +104,34 @@ def record_key(record: dict[str, Any]) -> tuple[str, int]:
 
 
 def sample_mismatch(record: dict[str, Any], run: Sampling) -> str | None:
-    """What keeps a resume from taking ``record`` into a run decoding with ``run`` (None: nothing)."""
+    """What keeps a resume from taking ``record`` into a run decoding with ``run`` (None: nothing).
+    Its run's ``samples`` may differ from this run's: what a sample decodes does not depend on N.
+    Only a sample this run does not draw (k >= N, a shrunk N) is refused."""
     written = sampling_of(record)
-    if written != run:
+    if (written.temperature, written.seed) != (run.temperature, run.seed):
         return f"was written with {written.describe()}, this run has {run.describe()}"
     if not run.sampled:
         return None
-    if not 0 <= sample_of(record) < run.samples:
-        return f"holds sample {sample_of(record)}, this run draws samples 0-{run.samples - 1}"
-    if record.get("sample_seed") != sample_seed(run.seed, record["id"], sample_of(record)):
+    sample = sample_of(record)
+    if sample >= run.samples:
+        return (f"holds sample {sample} (of a run of samples={written.samples}), this run has samples={run.samples}: "
+                "a resume can add samples, not drop them (the file would keep records that the summary leaves "
+                f"out); resume with samples={max(written.samples, sample + 1)} or more, or copy the records with "
+                f"sample < {run.samples} to another file and resume that")
+    if sample < 0:
+        return f"holds sample {sample}, this run draws samples 0-{run.samples - 1}"
+    if record.get("sample_seed") != sample_seed(run.seed, record["id"], sample):
         return f"has sample_seed {record.get('sample_seed')!r}, not the seed this version derives for its sample"
     return None
+
+
+def resumed_record(record: dict[str, Any], run: Sampling) -> dict[str, Any]:
+    """``record``, which `sample_mismatch` let a resume keep, as ``run`` writes it: a sampled
+    record of a run of other samples says this run's ``samples`` (all it decoded does not depend
+    on N); any other record is returned as it is."""
+    if run.sampled and record.get("samples") != run.samples:
+        return {**record, "samples": run.samples}  # the key stays where it was: the line reads as a fresh one
+    return record
 
 
 def by_problem(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -344,8 +344,10 @@ def evaluate(
         resume: keep the records an interrupted run left in ``output_jsonl`` and evaluate only
             the other problems (samples); the summary covers all of them. The records must share
             this run's bench, mode, thresholds (as decoded: threshold / threshold_main),
-            max_new_tokens, system_prompt, sampling and `RUN_KEYS` metadata, else ValueError
-            naming the first that differs.
+            max_new_tokens, system_prompt, temperature, seed and `RUN_KEYS` metadata, else
+            ValueError naming the first that differs. ``samples`` may grow (N=4 resumed with 16
+            decodes samples 4-15 only; the kept records then say samples 16), not drop a sample
+            the file holds.
         label: the progress bar's (default "<bench> [<mode>]").
         overwrite: replace the records an earlier run left in ``output_jsonl``; without it (or
             resume) such a file is a FileExistsError, raised before any work.
