@@ -1,6 +1,10 @@
 """Fixtures shared by several test modules."""
 from __future__ import annotations
 
+import contextlib
+import resource
+from collections.abc import Callable, Iterator
+
 import pytest
 import torch
 
@@ -16,3 +20,21 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def file_size_limit() -> Callable[[int], contextlib.AbstractContextManager[None]]:
+    """`with file_size_limit(n):` no file can grow past n bytes meanwhile (RLIMIT_FSIZE, which
+    any user may lower and raise again up to its hard limit): a write past it fails with EFBIG,
+    as Python ignores SIGXFSZ. Stands in for a full disk without root or a small mount."""
+
+    @contextlib.contextmanager
+    def limit(size: int) -> Iterator[None]:
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    return limit

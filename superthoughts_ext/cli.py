@@ -110,17 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         with command_warnings():
             return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through training or decoding
-        print(f"superthoughts {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        print(f"superthoughts {args.command}: interrupted{resume_hint(args.command, args)}", file=sys.stderr)
         return 130
 
 
-def _resume_hint(args: argparse.Namespace) -> str:
-    """How to continue the runs that can be continued: an evaluation (its records are written as
-    it goes) and a training run (from its last checkpoint)."""
-    if args.command == "eval" and not (getattr(args, "compare", None) or getattr(args, "regrade", None)):
+def resume_hint(command: str, args: argparse.Namespace) -> str:
+    """How to continue the runs of subcommand `command` that can be continued: an evaluation (its
+    records are written as it goes) and a training run (from its last checkpoint)."""
+    if command == "eval" and not (getattr(args, "compare", None) or getattr(args, "regrade", None)):
         instead = " in place of --overwrite" if getattr(args, "overwrite", False) else ""
         return f"; the same command with --resume{instead} continues it, keeping the records written so far"
-    if args.command == "train":
+    if command == "train":
         return "; the same command with --resume continues from the last checkpoint in --output, if one was saved"
     return ""
 

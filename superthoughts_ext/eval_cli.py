@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.cli import transformers_progress_bars, utf8_text
+from superthoughts_ext.cli import resume_hint, transformers_progress_bars, utf8_text
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
 from superthoughts_ext.eval_sampling import check_sampling
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
+from superthoughts_ext.file_writes import WriteFailed
 from superthoughts_ext.run_info import write_problem
 
 
@@ -264,6 +265,8 @@ def _run(args: argparse.Namespace) -> int:
         mode = _decoding_mode(args, model)
         # A ValueError from evaluate: e.g. --resume on a file of other settings.
         return _evaluate_each_threshold(args, model, tokenizer, device, problems, mode)
+    except WriteFailed as error:  # a full disk mid-run: what to do once there is room
+        return _error(f"{error}{resume_hint('eval', args)}")
     except (ValueError, OSError) as error:
         return _error(error)
 

@@ -5,11 +5,7 @@ by a resume), and `EvalSummary`, the aggregate of a run's records, written next 
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +16,7 @@ from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, get_bench
 from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_sampling import (record_key, resumed_record, sample_mismatch, sampled_grade_fields,
                                              sampling_of)
+from superthoughts_ext.file_writes import replace_text, writing
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct, visible_text
 
 
@@ -205,20 +202,21 @@ def record_line(record: dict[str, Any]) -> str:
 
 
 def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]]) -> IO[str] | None:
-    """``output_jsonl`` opened for writing and holding ``records`` (those a resume kept), or None."""
+    """``output_jsonl`` opened for appending and holding ``records`` (those a resume kept) alone,
+    or None. `WriteFailed` naming the file when it cannot be written."""
     if output_jsonl is None:
         return None
-    Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
-    out_file = open(output_jsonl, "w", encoding="utf-8")
-    # A summary describes a finished run; until this one finishes (and writes its own), an
-    # earlier run's would label these records with that run's settings.
-    summary_path(output_jsonl).unlink(missing_ok=True)
-    for record in records:  # rewritten: a line torn by the crash is dropped
-        out_file.write(record_line(record) + "\n")
-    # On disk before any decoding: a process killed in the warm-up or the first batch (OOM,
-    # preemption) must not take the kept records with it (the file was just truncated).
-    out_file.flush()
-    return out_file
+    with writing(output_jsonl):
+        Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
+        # Rewritten whole or not at all (a line torn by the crash is dropped): rewritten in place,
+        # a full disk or a kill cut the kept records short, and the next resume lost the rest.
+        # On disk before any decoding: a process killed in the warm-up or the first batch (OOM,
+        # preemption) must not take them with it.
+        replace_text(output_jsonl, "".join(record_line(record) + "\n" for record in records))
+        # A summary describes a finished run; until this one finishes (and writes its own), an
+        # earlier run's would label these records with that run's settings.
+        summary_path(output_jsonl).unlink(missing_ok=True)
+        return open(output_jsonl, "a", encoding="utf-8")
 
 
 def grade_fields(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -278,28 +276,3 @@ def write_summary(output_jsonl: str | Path, summary: EvalSummary, metadata: dict
     """The summary JSON next to the records: ``summary``'s fields, ``metadata`` and the records' path."""
     payload = {**summary.to_dict(), **(metadata or {}), "records": str(output_jsonl)}
     replace_text(summary_path(output_jsonl), json.dumps(payload, indent=2) + "\n")  # never left torn
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then
-    os.replace, so that an interrupted write leaves the old file whole. A symlink's target is
-    replaced, not the link."""
-    path = Path(os.path.realpath(path))
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-    else:  # what open() would create; mkstemp's own file is private (0600)
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise

@@ -28,6 +28,7 @@ from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_
 from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, record_line, resumable_records,
                                             summarize, write_summary)
 from superthoughts_ext.eval_sampling import Sampling, check_sampling, record_key, sample_seed
+from superthoughts_ext.file_writes import writing
 from superthoughts_ext.grading import extract_answer, is_correct
 from superthoughts_ext.run_info import output_lock, write_problem
 
@@ -281,13 +282,12 @@ def _decode_batches(run: _Run, batches: list[list[Item]], records: list[dict[str
     for batch in batches:
         result = _decode(run, batch, run.max_new_tokens)
         nonfinite.update((run.problems[batch[row][0]].id, None) for row in getattr(result, "nonfinite_rows", []))
-        for row in range(len(batch)):
-            record = _record(run, result, row, batch)
-            records.append(record)
-            if out_file is not None:
-                out_file.write(record_line(record) + "\n")
+        batch_records = [_record(run, result, row, batch) for row in range(len(batch))]
+        records.extend(batch_records)
         if out_file is not None:
-            out_file.flush()
+            with writing(out_file.name):  # an OSError of write() names no file
+                out_file.write("".join(record_line(record) + "\n" for record in batch_records))
+                out_file.flush()
         # The accuracy first, without a redraw: update() then draws the bar once, with it.
         bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}", refresh=False)
         bar.update(len(batch))
@@ -406,7 +406,8 @@ def evaluate(
         finally:
             bar.close()
             if out_file is not None:
-                out_file.close()
+                with writing(out_file.name):  # flushes what a failed write left in the buffer
+                    out_file.close()
         if nonfinite:
             warnings.warn(f"evaluate: {len(nonfinite)} problems met main-head logits with no finite maximum (NaN, "
                           "all -inf, or +inf, as from a float16 model that overflows) and got the pad id there: "

@@ -1,0 +1,77 @@
+"""Files that cannot be written: a full disk (stood in for by a file size limit, which needs no
+root: conftest's file_size_limit), a parent that is a file. What another run reads back is
+written whole or not at all, and a command says which file failed and why in one line.
+(Training's checkpoints: test_train_checkpoints.py; export: test_export.py.)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("math_verify")
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from test_eval_cli import fake_cli, run_cli  # noqa: E402,F401 (fake_cli: a fixture)
+from test_eval_io import crash_after_one_batch  # noqa: E402
+from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer, read_jsonl  # noqa: E402
+
+from superthoughts_ext.evaluation import evaluate  # noqa: E402
+from superthoughts_ext.file_writes import WriteFailed, replace_text, writing  # noqa: E402
+
+
+def test_replace_text_leaves_the_old_file_whole_when_the_write_fails(tmp_path: Path, file_size_limit) -> None:
+    path = tmp_path / "summary.json"
+    path.write_text("old\n")
+    with file_size_limit(1024), pytest.raises(WriteFailed) as failed:
+        replace_text(path, "x" * 4096)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary
+    assert str(failed.value).startswith(f"cannot write {path}: File too large (")
+    assert "files are limited to 1024 bytes (ulimit -f)" in str(failed.value)
+
+
+def test_writing_names_the_file_of_a_torch_save_failure(tmp_path: Path, file_size_limit) -> None:
+    # torch.save's own error is "unexpected pos 488512 vs 488404" or "file write failed".
+    path = tmp_path / "optimizer.pt"
+    with file_size_limit(4096), pytest.raises(WriteFailed, match=f"^cannot write {path}: .*ulimit -f"):
+        with writing(path):
+            torch.save(torch.zeros(10_000), path)
+    with pytest.raises(RuntimeError, match="not a write") as other:  # other errors pass through as they are
+        with writing(path):
+            raise RuntimeError("not a write")
+    assert type(other.value) is RuntimeError
+
+
+def test_a_resume_that_cannot_rewrite_the_records_keeps_them(tmp_path: Path, file_size_limit) -> None:
+    # The kept records were rewritten in place: a full disk cut them short, and the next resume
+    # lost every record past the cut.
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    kwargs = dict(batch_size=3, output_jsonl=out, progress=False)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=crash_after_one_batch(tokenizer),
+                 **kwargs)
+    kept = out.read_bytes()
+    assert len(read_jsonl(out)) == 3
+    with file_size_limit(len(kept) // 2), pytest.raises(WriteFailed, match=f"cannot write {out}: File too large"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, resume=True,
+                 generate_fn=fake_generate(tokenizer, []), **kwargs)
+    assert out.read_bytes() == kept
+    calls: list[dict] = []
+    summary = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, resume=True,
+                       generate_fn=fake_generate(tokenizer, calls), **kwargs)
+    assert [c["batch"] for c in calls] == [3, 1] and summary.n == len(PROBLEMS) and summary.n_resumed == 3
+
+
+def test_the_cli_names_the_records_file_it_cannot_write_and_how_to_go_on(fake_cli, tmp_path: Path, capsys,
+                                                                        file_size_limit) -> None:
+    out = tmp_path / "st.jsonl"
+    argv = [*fake_cli.argv, "--batch-size", "3", "--output", str(out)]
+    with file_size_limit(1500):  # the first batch's records (~2.4 kB) do not fit
+        assert run_cli(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"superthoughts eval: error: cannot write {out}: File too large (") and "Traceback" not in error
+    assert "the same command with --resume continues it" in error
+    assert run_cli([*argv, "--resume"]) == 0  # a torn last line, if any, is dropped
+    assert len(read_jsonl(out)) == len(PROBLEMS)
+    assert json.loads((tmp_path / "st.summary.json").read_text())["n"] == len(PROBLEMS)
