@@ -75,3 +75,19 @@ def test_the_cli_names_the_records_file_it_cannot_write_and_how_to_go_on(fake_cl
     assert run_cli([*argv, "--resume"]) == 0  # a torn last line, if any, is dropped
     assert len(read_jsonl(out)) == len(PROBLEMS)
     assert json.loads((tmp_path / "st.summary.json").read_text())["n"] == len(PROBLEMS)
+
+
+def test_save_pretrained_names_the_weights_file_it_cannot_write(tmp_path: Path, file_size_limit) -> None:
+    # safetensors said "Error while serializing: I/O error: File too large (os error 27)", no file.
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(config), pad_token_id=0)
+    weights = tmp_path / "st" / "model.safetensors"
+    with file_size_limit(16_384), pytest.raises(WriteFailed, match=f"^cannot write {weights}: .*File too large"):
+        model.save_pretrained(tmp_path / "st")
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):  # not taken for a model
+        SuperThoughtsForCausalLM.from_pretrained(tmp_path / "st")

@@ -203,3 +203,29 @@ def test_a_final_save_in_shards_over_a_single_file_model_leaves_only_the_shards(
     train(TrainOptions(output_dir=out, resume_from_checkpoint=True, **{**options, "max_steps": 4}))
     assert (out / "model.safetensors.index.json").is_file() and not (out / "model.safetensors").exists()
     same_weights(out, out / "checkpoint-4")
+
+
+@pytest.mark.parametrize("save_steps", [2, 0], ids=["checkpoint", "final_save"])
+def test_a_save_that_meets_a_full_disk_is_named_and_leaves_no_half_written_folder(base_dirs, tmp_path, capsys,
+                                                                                 file_size_limit, save_steps):
+    # The weights (~0.5 MB) pass the file size limit no more than a full disk would: a traceback
+    # through Trainer ended in "Error while serializing: I/O error: File too large", and the
+    # half-written checkpoint-2 made a rerun refuse the folder (an earlier run's checkpoints)
+    # and --resume refuse the checkpoint (cut off), until it was removed by hand.
+    import argparse
+
+    from superthoughts_ext.train import add_arguments, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "out"
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+            "--max-steps", "2", "--save-steps", str(save_steps), "--no-progress"]
+    with file_size_limit(100_000):
+        assert run(parser.parse_args(argv)) == 2
+    error = capsys.readouterr().err
+    failed = out / "checkpoint-2" if save_steps else out
+    assert f"error: cannot write {failed}: " in error and "File too large" in error and "Traceback" not in error
+    assert not list(out.iterdir())  # neither checkpoint-2 nor the final save's staging folder
+    assert run(parser.parse_args(argv)) == 0  # once there is room, the same command runs
+    assert (out / "config.json").is_file()

@@ -26,6 +26,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from superthoughts_ext.file_writes import writing
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -120,6 +122,12 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
                         "would not load; merge them first (peft_model.merge_and_unload()), or save the adapters "
                         "alone with the PeftModel's save_pretrained")
     directory = Path(os.fspath(save_directory))
+    with writing(directory):  # a full disk: WriteFailed naming the file, not safetensors' bare I/O error
+        _write_files(model, directory, state, max_shard_size)
+
+
+def _write_files(model, directory: Path, state: dict[str, torch.Tensor], max_shard_size: int | str) -> None:
+    """`save_superthoughts_dir`'s files (its docstring), `state` checked."""
     directory.mkdir(parents=True, exist_ok=True)
     # generation_config.json carries the stop tokens (for Qwen2.5-Instruct <|im_end|>, which
     # config.json's eos_token_id does not name); without it a reloaded model runs past them.
@@ -149,7 +157,8 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
     for filename, names in split.filename_to_tensors.items():
         # Copied to the host one shard at a time: a model on a GPU needs one shard of host memory.
         shard = {name: tensors[name].to("cpu").contiguous() for name in names}
-        save_file(shard, os.fspath(directory / filename), metadata={"format": "pt"})
+        with writing(directory / filename):
+            save_file(shard, os.fspath(directory / filename), metadata={"format": "pt"})
     if split.is_sharded:  # written last: an index whose shards are all there
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")

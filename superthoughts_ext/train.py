@@ -54,7 +54,8 @@ from torch import nn
 
 from superthoughts_ext import train_data, train_precision, train_resume, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
-from superthoughts_ext.cli import HelpFormatter, command_warnings, transformers_progress_bars, utf8_text
+from superthoughts_ext.cli import HelpFormatter, command_warnings, resume_hint, transformers_progress_bars, utf8_text
+from superthoughts_ext.file_writes import WriteFailed
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
 from superthoughts_ext.run_info import output_lock
 from superthoughts_ext.train_args import training_arguments
@@ -357,6 +358,9 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         with transformers_progress_bars(options.progress_bar):
             result = train(options)
+    except WriteFailed as exc:  # a checkpoint or the final save met a full disk
+        print(f"error: {exc}{resume_hint('train', args)}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -79,14 +79,14 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
 
 def _complete_checkpoints(folder: Path) -> list[Path]:
     """The checkpoint-N folders of `folder` holding a readable trainer_state.json, by step."""
-    return [p for p in checkpoint_folders(folder) if _read_json(p / "trainer_state.json") is not None]
+    return [p for p in checkpoint_folders(folder) if read_json(p / "trainer_state.json") is not None]
 
 
 def _check_complete(checkpoint: Path) -> None:
     """FileNotFoundError naming a checkpoint folder without trainer_state.json, the file Trainer
     writes last (a save cut off, or a run's output folder given for one of its checkpoints):
     Trainer failed on the bare missing path after the data and the model had loaded."""
-    if _read_json(checkpoint / "trainer_state.json") is not None:  # torn by a kill mid-write: not complete
+    if read_json(checkpoint / "trainer_state.json") is not None:  # torn by a kill mid-write: not complete
         return
     inside = _complete_checkpoints(checkpoint)
     if inside:
@@ -102,7 +102,7 @@ def _check_complete(checkpoint: Path) -> None:
 def _recorded(checkpoint: Path) -> dict[str, Any]:
     """What `trainer.RunSettings` recorded in `checkpoint` ({} when nothing: written before the
     record was kept, or by another trainer)."""
-    state = _read_json(checkpoint / "trainer_state.json") or {}
+    state = read_json(checkpoint / "trainer_state.json") or {}
     recorded = (state.get("stateful_callbacks") or {}).get("RunSettings")
     recorded = recorded[0] if isinstance(recorded, list) and recorded else recorded
     saved = recorded.get("args", {}) if isinstance(recorded, dict) else {}
@@ -267,7 +267,7 @@ def _check_optimizer(checkpoint: Path, optimizer: tuple[str, str] | None) -> Non
                          f"state would not fit (resume with --optim {saved.get('optim')})")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in `path`; None when it is missing or unreadable: these checks then pass
     and Trainer (or peft) says what is wrong with the checkpoint."""
     try:
@@ -289,7 +289,7 @@ def final_save_pending(checkpoint: Path, output_dir: str | os.PathLike, max_step
     final model: the run was stopped after its last checkpoint, in or before the final save. A
     resume then saves that checkpoint's model (a LoRA checkpoint holds the adapter alone, which
     no loader takes) instead of training a step past the end."""
-    state = _read_json(checkpoint / "trainer_state.json") or {}
+    state = read_json(checkpoint / "trainer_state.json") or {}
     done, end = state.get("global_step"), state.get("max_steps")
     if not (isinstance(done, int) and isinstance(end, int) and end > 0 and done >= end):
         return False
@@ -310,7 +310,7 @@ def check_steps_left(checkpoint: Path, max_steps: int, *, length: str | None = N
     worked out from epochs is described by `length`): Trainer checks for the last step only
     after taking one, so it would train a step past the end and save that model over the
     finished one (each restart of a finished job one more)."""
-    done = (_read_json(checkpoint / "trainer_state.json") or {}).get("global_step")
+    done = (read_json(checkpoint / "trainer_state.json") or {}).get("global_step")
     if max_steps > 0 and isinstance(done, int) and done >= max_steps:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is at step {done} and this run ends at "
                          f"{length or f'--max-steps {max_steps}'}: nothing is left to train (Trainer would still "
@@ -338,7 +338,7 @@ def check_run_length(checkpoint: Path, max_steps: int, lr_scheduler: str, warmup
     shaped = lr_scheduler in LENGTH_SHAPED_SCHEDULES or (warmup_ratio > 0 and lr_scheduler in WARMUP_SCHEDULES)
     if not shaped or max_steps <= 0:
         return
-    planned = (_read_json(checkpoint / "trainer_state.json") or {}).get("max_steps")
+    planned = (read_json(checkpoint / "trainer_state.json") or {}).get("max_steps")
     if isinstance(planned, int) and planned != max_steps:
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} is from a run of {planned} steps, and this one "
                          f"has {length or f'--max-steps {max_steps}'}; resume with --max-steps {planned}, or train "
@@ -353,7 +353,7 @@ def _check_checkpoint_kind(checkpoint: Path, baseline: bool, lora_r: int) -> Non
     """ValueError when `checkpoint` was written by another kind of run than this one. A LoRA
     checkpoint holds adapter_config.json (SuperThoughts: the compressor and MTP among its
     modules_to_save), a full one config.json (SuperThoughts: with its section)."""
-    adapter = _read_json(checkpoint / "adapter_config.json")
+    adapter = read_json(checkpoint / "adapter_config.json")
     if adapter is not None:
         saved = set(adapter.get("modules_to_save") or [])
         written = (bool(saved & set(SUPERTHOUGHTS_TRAINABLE_MODULES)), int(adapter.get("r") or 0))
@@ -404,7 +404,7 @@ def _older_targets(found: Any) -> tuple[Any, str]:
 def _check_lora_settings(checkpoint: Path, lora: Mapping[str, Any] | None) -> None:
     """ValueError when the LoRA adapter in `checkpoint` has another alpha, dropout or target
     modules than `lora` (`train_utils.lora_settings`); nothing to check without an adapter_config.json."""
-    saved = _read_json(checkpoint / "adapter_config.json")
+    saved = read_json(checkpoint / "adapter_config.json")
     if not lora or saved is None:
         return
     differ = []

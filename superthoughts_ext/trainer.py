@@ -24,6 +24,7 @@ from transformers.trainer_callback import ExportableState, TrainerState
 
 from superthoughts_ext import train_resume, train_utils
 from superthoughts_ext.checkpoint import weight_files
+from superthoughts_ext.file_writes import WriteFailed, writing
 from superthoughts_ext.layers import causal_mask_for_right_padding
 from superthoughts_ext.train_eval import LOSS_PARTS, HeldOutEvaluation
 
@@ -270,6 +271,21 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         self._load_from_checkpoint(os.fspath(checkpoint))
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Trainer's checkpoint save, a failed write (a full disk) raised as `WriteFailed` naming
+        the folder, which is removed: half written, it held the room a rerun needs, and a --resume
+        picked it as the last checkpoint only to refuse it."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        try:
+            with writing(folder):
+                super()._save_checkpoint(model, trial)
+        except WriteFailed:
+            # Trainer writes trainer_state.json last: a folder holding it is whole (rotating older
+            # checkpoints away failed), one without it is not.
+            if self.args.should_save and train_resume.read_json(folder / "trainer_state.json") is None:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
     def save_final_model(self, output_dir: str | os.PathLike) -> None:
         """save_model into a hidden folder of `output_dir`, then its files moved in, config.json
         last: a run killed while saving in place left a 0-byte config.json and no weights, a
@@ -280,7 +296,13 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         if self.args.should_save and staging.exists():  # left by a killed run
             shutil.rmtree(staging)
         self.accelerator.wait_for_everyone()
-        self.save_model(os.fspath(staging))
+        try:
+            with writing(out):
+                self.save_model(os.fspath(staging))
+        except WriteFailed:
+            if self.args.should_save:  # the room it takes; nothing in `out` was touched yet
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             # An earlier final save's weights in the other layout (a single file before shards, or
