@@ -44,6 +44,7 @@ from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 
 from superthoughts_ext import decode_loop
 from superthoughts_ext.eval_compare import threshold_label
+from superthoughts_ext.file_writes import replace_text, writing
 from superthoughts_ext.generate import generate, resolve_compile
 from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
                                         git_commit, int_at_least,
@@ -269,8 +270,11 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncol=2, title="above st@T: share of pair steps", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with writing(path):
+            fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -319,7 +323,7 @@ def main(args: argparse.Namespace) -> int:
             "threads": torch.get_num_threads(), "compile": compiled, "mtp_logit_std": args.mtp_logit_std,
             "graph_windows": args.graph_windows, "complete": complete, "results": results,
         }
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        replace_text(out, json.dumps(report, indent=2) + "\n")
         plot(results, out.with_suffix(".png"), f"{shape} {report['dtype']} on {report['device']}, "
              f"prompt {args.prompt_len}, {new_tokens} new tokens, MTP logit std {args.mtp_logit_std:g}")
         print(f"wrote {out} and {out.with_suffix('.png')}")

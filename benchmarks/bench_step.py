@@ -21,6 +21,7 @@ import torch
 import torch.utils.benchmark as tbench
 
 import superthoughts_ext
+from superthoughts_ext.file_writes import replace_text
 from superthoughts_ext.reference import superthoughts_step_ref
 from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
                                         git_commit, int_at_least, results_file)
@@ -285,9 +286,9 @@ def main(args: argparse.Namespace) -> dict:
                 print(format_row(row), flush=True)
                 # Written after every configuration: a run stopped by a time limit (a GPU
                 # session stage) keeps what it measured.
-                out.write_text(json.dumps(result, indent=2) + "\n")
+                replace_text(out, json.dumps(result, indent=2) + "\n")
     result["complete"] = True
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    replace_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return result
 

@@ -40,6 +40,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import torch
+from superthoughts_ext.file_writes import replace_text
 from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
                                         git_commit, int_at_least, positive_float,
                                         results_file, unit_float)
@@ -408,7 +409,7 @@ def main(args: argparse.Namespace) -> int:
             # it measured.
             print(progress(shape, mode, row), flush=True)
             report["shapes"][shape] = dict(row)
-            out.write_text(json.dumps(report, indent=2) + "\n")
+            replace_text(out, json.dumps(report, indent=2) + "\n")
 
         row = bench_shape(shape, args, device, measured)
         add_ratios(row)
@@ -417,12 +418,12 @@ def main(args: argparse.Namespace) -> int:
         row["gradient_checkpointing"] = checkpointing(shape, args)
         report["shapes"][shape] = row
         # After every shape: a run stopped by a time limit (a GPU session stage) keeps what it measured.
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        replace_text(out, json.dumps(report, indent=2) + "\n")
     if device.type == "cpu":
         # Timings on a shared CPU move with its load; recorded so readers can judge them.
         report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["complete"] = True
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    replace_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

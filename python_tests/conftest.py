@@ -26,7 +26,9 @@ def one_cpu_thread():
 def file_size_limit() -> Callable[[int], contextlib.AbstractContextManager[None]]:
     """`with file_size_limit(n):` no file can grow past n bytes meanwhile (RLIMIT_FSIZE, which
     any user may lower and raise again up to its hard limit): a write past it fails with EFBIG,
-    as Python ignores SIGXFSZ. Stands in for a full disk without root or a small mount."""
+    as Python ignores SIGXFSZ. Stands in for a full disk without root or a small mount. A child
+    process gets SIGXFSZ back (subprocess restores it) and is killed past the limit: keep git out
+    of the limited section (a killed `git status` leaves the checkout's .git/index.lock behind)."""
 
     @contextlib.contextmanager
     def limit(size: int) -> Iterator[None]:

@@ -66,6 +66,32 @@ def test_bench_step_measures_the_first_hidden_size_in_every_dtype_first(tmp_path
                      (8, f32, 1), (8, f32, 2), (8, bf16, 1), (8, bf16, 2)]
 
 
+def test_a_results_file_that_meets_a_full_disk_keeps_the_rows_written_before(tmp_path: Path, monkeypatch, capsys,
+                                                                           file_size_limit) -> None:
+    # The JSON was rewritten in place after every configuration (so that a run cut off keeps
+    # them): a full disk, or a kill mid-write, truncated it and every row measured was lost.
+    from superthoughts_ext import bench_cli
+
+    bench = load_benchmark("step")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "step.json"
+    args = parser.parse_args(["--batch", "1", "2", "--vocab", "100", "--hidden", "16", "--dtype", "fp32",
+                              "--no-compile", "--output", str(out)])
+    args.area = "step"
+    monkeypatch.setattr(bench, "bench_config", lambda batch, vocab, hidden, dtype, *rest: {
+                        "batch": batch, "hidden": hidden, "dtype": str(dtype), "bytes": 1, "fused_s": 1.0,
+                        "fused_gb_s": 1.0, "eager_s": 1.0, "speedup_vs_eager": 1.0, "padding": "x" * 3000})
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda device: None)
+    monkeypatch.setattr(bench, "git_commit", lambda: "unknown")  # git is killed past the limit (conftest)
+    monkeypatch.setattr(bench_cli, "load_benchmark", lambda area: bench)
+    with file_size_limit(5000):  # one row's report fits, two rows' do not
+        assert bench_cli.run(args) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"superthoughts bench step: cannot write {out}: File too large (")
+    assert [row["batch"] for row in json.loads(out.read_text())["rows"]] == [1]
+
+
 def test_bench_step_correctness_check_covers_sampling_and_finished() -> None:
     bench = load_benchmark("step")
     inputs = bench.make_inputs(4, 1000, 16, torch.float32, torch.device("cpu"))

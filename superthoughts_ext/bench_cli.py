@@ -46,8 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from superthoughts_ext.file_writes import WriteFailed
+
     try:
         load_benchmark(args.area).main(args)
+    except WriteFailed as error:  # the results JSON or plot met a full disk: its last whole version stays
+        print(f"superthoughts bench {args.area}: {error}", file=sys.stderr)
+        return 1
     except (torch.OutOfMemoryError, RuntimeError) as error:
         # Sizes past the memory (a typo's extra zeros): one line, not an allocator traceback.
         if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
