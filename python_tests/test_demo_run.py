@@ -194,3 +194,30 @@ def test_training_data_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatc
     assert not (tmp_path / "train.jsonl").exists()
     task.write_jsonl(problems, tmp_path / "train.jsonl")
     assert len(task.read_jsonl(tmp_path / "train.jsonl")) == 5
+
+
+def test_a_models_done_marker_that_meets_a_full_disk_is_not_left_torn(tmp_path: Path, monkeypatch,
+                                                                     file_size_limit) -> None:
+    # The marker was written in place: a full disk left it empty, and every later run failed on
+    # reading it ("Expecting value: line 1 column 1") until the cache folder was removed by hand.
+    from types import SimpleNamespace
+
+    from superthoughts_ext import run_info, train
+    from superthoughts_ext.file_writes import WriteFailed
+
+    trained = []
+
+    def fake_train(options):
+        trained.append(options.output_dir)
+        Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(global_step=1, metrics={"train_loss": 1.0})
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(run_info, "git_commit", lambda: "unknown")  # git is killed past the limit (conftest)
+    directory = tmp_path / "cache" / "initial_sft"
+    kwargs = dict(baseline=True, steps=1, learning_rate=1e-3, device="cpu", retrain=False, progress=False)
+    with file_size_limit(16), pytest.raises(WriteFailed, match=f"cannot write {directory / demo.DONE_MARKER}"):
+        demo.train_model(demo.DemoSettings(), tmp_path / "base", tmp_path / "train.jsonl", directory, **kwargs)
+    assert not (directory / demo.DONE_MARKER).exists()
+    run = demo.train_model(demo.DemoSettings(), tmp_path / "base", tmp_path / "train.jsonl", directory, **kwargs)
+    assert run.trained and len(trained) == 2 and run.metrics["global_step"] == 1

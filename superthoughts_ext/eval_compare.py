@@ -19,6 +19,7 @@ from typing import Any
 
 from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_sampling import accuracy_std, per_problem, record_key, sampling_of
+from superthoughts_ext.file_writes import writing
 
 
 def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -381,7 +382,10 @@ def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | 
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     ax.set_title(title or f"accuracy vs chain-of-thought length ({first['n']} problems)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend under the axes included
-    plt.close(fig)
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend under the axes included
+    finally:
+        plt.close(fig)
     return path

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from superthoughts_ext.file_writes import writing
+
 if TYPE_CHECKING:
     from superthoughts_ext.demo.run import DemoSettings
 
@@ -125,7 +127,10 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
     ax.set_title("superthoughts demo: accuracy vs decode steps")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
     return path

@@ -36,6 +36,7 @@ from typing import Any
 
 from superthoughts_ext.cli import HelpFormatter, transformers_progress_bars
 from superthoughts_ext.demo.results import evaluate_models, format_table, write_plot
+from superthoughts_ext.file_writes import replace_text, writing
 
 # 1.0 makes (nearly) every step a fallback step (single units only), the path the threshold
 # leans on: a pair is kept only when every other MTP probability is below 2^-126
@@ -304,9 +305,10 @@ def build_base(settings: DemoSettings, directory: Path) -> Path:
     )
     torch.manual_seed(settings.seed)
     model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    (directory / DONE_MARKER).write_text("{}\n", encoding="utf-8")
+    with writing(directory):
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    replace_text(directory / DONE_MARKER, "{}\n")
     return directory
 
 
@@ -348,7 +350,8 @@ def train_model(settings: DemoSettings, base: Path, data: Path, directory: Path,
     metrics = {"train_seconds": seconds, "global_step": result.global_step,
                "train_loss": result.metrics.get("train_loss"), "commit": commit,
                "device": device_name(device)}
-    marker.write_text(json.dumps(metrics) + "\n", encoding="utf-8")
+    # Whole or not at all: a marker torn by a full disk was read as JSON by every later run.
+    replace_text(marker, json.dumps(metrics) + "\n")
     return ModelRun(directory, trained=True, metrics=metrics)
 
 
@@ -422,13 +425,16 @@ def run(args: argparse.Namespace) -> int:
     trained = [name for name, info in payload["training"].items() if info["trained"]]
     print(f"models: {'trained ' + ', '.join(trained) if trained else 'reused from cache'} "
           f"({payload['cache_dir']}); device: {payload['device']}; total {payload['wall_time']:.1f}s")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path}")
-    if args.plot:
-        print(f"wrote {write_plot(payload, Path(args.plot))}")
+    try:  # after the training: a full disk is one line, and the models stay cached for a rerun
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            replace_text(args.json, json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        if args.plot:
+            print(f"wrote {write_plot(payload, Path(args.plot))}")
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
