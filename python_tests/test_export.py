@@ -159,6 +159,28 @@ def test_the_command(runs, tmp_path, capsys):
     assert "already loads as a model" in capsys.readouterr().err
 
 
+def test_an_output_that_cannot_be_written_is_one_line_and_leaves_nothing(runs, tmp_path, capsys, file_size_limit):
+    # Each ended in a traceback (NotADirectoryError, SafetensorError...), the first three only once
+    # the model had been merged; a symlink to an empty folder failed at the last step (os.replace).
+    checkpoint = str(runs["baseline"] / "checkpoint-1")
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "empty")
+    refusals = {"a_file/model": "a_file is a file, not a folder", "dangling": "is a symlink to nothing (or a loop)"}
+    for output, message in refusals.items():
+        assert cli.main(["export", "--checkpoint", checkpoint, "--output", str(tmp_path / output)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: export: --output") and message in error and "Traceback" not in error
+    with file_size_limit(100_000):  # the weights (~0.3 MB) do not fit
+        assert cli.main(["export", "--checkpoint", checkpoint, "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "error: cannot write " in error and "File too large" in error and "Traceback" not in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "dangling", "empty", "linked"]  # no staging
+    assert cli.main(["export", "--checkpoint", checkpoint, "--output", str(tmp_path / "linked")]) == 0
+    assert load_model(tmp_path / "empty") is not None
+
+
 # Refusals of read_record / _base_dir / export that need no training run: hand-made checkpoint folders.
 def fake_checkpoint(folder: Path, record=None, state=True) -> Path:
     folder.mkdir(parents=True)

@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import nn
 
+from superthoughts_ext.file_writes import writing
+
 EXPORT_FILE = "superthoughts_export.json"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -76,11 +78,22 @@ def read_record(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def _check_output(output: Path) -> None:
+def _check_output(output: Path) -> Path:
+    """`output` (a symlink's target), once checked to be a new or empty directory that can be
+    written: a parent that is a file, a read-only one or a broken link failed after the merge."""
+    from superthoughts_ext.run_info import write_problem
+
+    if output.is_symlink():  # the model is moved in with os.replace, which takes no link for a folder
+        if not output.exists():
+            raise ValueError(f"export: --output {os.fspath(output)!r} is a symlink to nothing (or a loop)")
+        output = output.resolve()
     if output.exists() and not output.is_dir():
         raise ValueError(f"export: --output {os.fspath(output)!r} is a file; give a new directory")
     if output.is_dir() and any(output.iterdir()):
         raise ValueError(f"export: --output {os.fspath(output)!r} exists and is not an empty directory; give a new one")
+    if problem := write_problem(output.parent / f".{output.name}.write-check-{os.getpid()}"):
+        raise ValueError(f"export: --output {os.fspath(output)!r} cannot be written: {problem}")
+    return output
 
 
 def _base_dir(model: str | os.PathLike | None, record: dict[str, Any], checkpoint: Path) -> str:
@@ -113,7 +126,7 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, model: str 
 
     folder, out = Path(os.fspath(checkpoint)), Path(os.fspath(output))
     record = read_record(folder)
-    _check_output(out)
+    out = _check_output(out)
     base = _base_dir(model, record, folder)
     dtype = dtype or record.get("dtype") or "float32"
     if dtype not in DTYPES:
@@ -149,10 +162,11 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, model: str 
     staging = out.parent / f".{out.name}.export"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        merged.save_pretrained(os.fspath(staging))
-        tokenizer.save_pretrained(os.fspath(staging))
-        if (folder / "training_args.bin").is_file():  # as the run's final save writes it
-            shutil.copy2(folder / "training_args.bin", staging / "training_args.bin")
+        with writing(out):  # a full disk: one line naming it, not safetensors' bare I/O error
+            merged.save_pretrained(os.fspath(staging))
+            tokenizer.save_pretrained(os.fspath(staging))
+            if (folder / "training_args.bin").is_file():  # as the run's final save writes it
+                shutil.copy2(folder / "training_args.bin", staging / "training_args.bin")
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -176,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `superthoughts export`; returns the process exit code."""
     try:
         export(args.checkpoint, args.output, model=args.model, dtype=args.dtype)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: FileNotFoundError, WriteFailed
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} to {args.output}")
