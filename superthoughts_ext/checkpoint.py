@@ -127,7 +127,7 @@ def save_superthoughts_dir(model, save_directory: str | os.PathLike, state_dict:
 
 
 def _write_files(model, directory: Path, state: dict[str, torch.Tensor], max_shard_size: int | str) -> None:
-    """`save_superthoughts_dir`'s files (its docstring), `state` checked."""
+    """The files `save_superthoughts_dir` writes (see there) into `directory`, from the checked `state`."""
     directory.mkdir(parents=True, exist_ok=True)
     # generation_config.json carries the stop tokens (for Qwen2.5-Instruct <|im_end|>, which
     # config.json's eos_token_id does not name); without it a reloaded model runs past them.
