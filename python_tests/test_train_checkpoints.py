@@ -225,7 +225,8 @@ def test_a_save_that_meets_a_full_disk_is_named_and_leaves_no_half_written_folde
         assert run(parser.parse_args(argv)) == 2
     error = capsys.readouterr().err
     failed = out / "checkpoint-2" if save_steps else out
-    assert f"error: cannot write {failed}: " in error and "File too large" in error and "Traceback" not in error
+    assert error.startswith(f"error: cannot write {failed}") and "File too large" in error  # or a file in it
+    assert "Traceback" not in error
     assert not list(out.iterdir())  # neither checkpoint-2 nor the final save's staging folder
     assert run(parser.parse_args(argv)) == 0  # once there is room, the same command runs
     assert (out / "config.json").is_file()
