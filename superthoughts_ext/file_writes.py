@@ -46,7 +46,8 @@ def _room_left(path: Path) -> str:
     if folder is not None:
         with contextlib.suppress(OSError):
             free = shutil.disk_usage(folder).free
-            notes.append(f"{free / 2**30:.1f} GiB free there" if free >= 2**30 else f"{free / 2**20:.1f} MiB free there")
+            amount = f"{free / 2**30:.1f} GiB" if free >= 2**30 else f"{free / 2**20:.1f} MiB"
+            notes.append(f"{amount} free there")
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     if soft != resource.RLIM_INFINITY:
         notes.append(f"files are limited to {soft} bytes (ulimit -f)")
