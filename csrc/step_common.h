@@ -44,11 +44,32 @@ inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
 }
 
+// Per-row Philox keys: int64 [B] on the logits' device. Every int64 is a valid key (a scalar
+// seed is any integer folded to its low 64 bits, so every 64-bit pattern already is one), hence
+// no check of the values, which would cost a device-to-host copy. The scalar seed must be 0:
+// a nonzero one next to them would be silently unused.
+inline void check_row_seeds(const std::optional<at::Tensor>& row_seeds, const at::Tensor& logits,
+                            int64_t batch, int64_t seed) {
+  if (!row_seeds.has_value()) return;
+  const at::Tensor& keys = *row_seeds;
+  TORCH_CHECK(keys.scalar_type() == at::kLong, "superthoughts_step: row_seeds must be int64, got ",
+              keys.scalar_type());
+  TORCH_CHECK(keys.dim() == 1 && keys.size(0) == batch,
+              "superthoughts_step: row_seeds must be [B] with B=", batch, ", got ", keys.sizes());
+  TORCH_CHECK(keys.device() == logits.device(), "superthoughts_step: row_seeds on ", keys.device(),
+              " but logits on ", logits.device());
+  TORCH_CHECK(keys.is_contiguous(), "superthoughts_step: row_seeds must be contiguous, got strides ",
+              keys.strides());
+  TORCH_CHECK(seed == 0, "superthoughts_step: seed=", seed,
+              " given with row_seeds, which replace it; pass seed=0");
+}
+
 inline StepShapes check_step_inputs(const at::Tensor& logits, const at::Tensor& embed,
                                     const std::optional<at::Tensor>& merge_weight,
                                     const std::optional<at::Tensor>& merge_bias,
                                     const at::Tensor& finished, int64_t pad_id, int64_t eos_id,
-                                    double threshold, double threshold_main, double temperature) {
+                                    double threshold, double threshold_main, double temperature,
+                                    int64_t seed, const std::optional<at::Tensor>& row_seeds) {
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == 2,
               "superthoughts_step: logits must be [2, B, V] (main, mtp), got ", logits.sizes());
   TORCH_CHECK(is_float_dtype(logits.scalar_type()),
@@ -115,6 +136,7 @@ inline StepShapes check_step_inputs(const at::Tensor& logits, const at::Tensor& 
     TORCH_CHECK(b.device() == logits.device(), "superthoughts_step: merge_bias on ", b.device(),
                 " but logits on ", logits.device());
   }
+  check_row_seeds(row_seeds, logits, batch, seed);
   return StepShapes{batch, vocab, hidden, has_weight, has_bias};
 }
 

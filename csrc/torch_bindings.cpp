@@ -37,10 +37,14 @@ TORCH_LIBRARY(superthoughts_ext, m) {
   // input of the next unit, C(E[t1], E[accepted ? t2 : pad]). Updates `finished` [B] in place.
   // Returns tokens [B, 2] int64 (-1 = second token not accepted), n_new [B] int32,
   // conf [B, 2] float32, next_in [B, H] (or the raw pair [B, 2H] when merge_weight is None).
+  // row_seeds (keyword only; int64 [B] on the logits' device, or None): row r samples with the
+  // noise of a batch of one keyed by row_seeds[r], so per-row seeds cost one launch, not B; the
+  // scalar seed must then be 0. A tensor, not a list of ints: it stays on the device, so the
+  // launch needs no host copy and can be captured in a CUDA graph.
   m.def(
       "superthoughts_step(Tensor logits, Tensor embed, Tensor? merge_weight, "
       "Tensor? merge_bias, Tensor(a!) finished, int pad_id, int eos_id, float threshold, "
-      "float threshold_main, float temperature, int seed, int offset) "
+      "float threshold_main, float temperature, int seed, int offset, *, Tensor? row_seeds=None) "
       "-> (Tensor tokens, Tensor n_new, Tensor conf, Tensor next_in)");
 }
 
@@ -57,7 +61,8 @@ StepOutputs superthoughts_step_autograd(
     const at::Tensor& logits, const at::Tensor& embed,
     const std::optional<at::Tensor>& merge_weight, const std::optional<at::Tensor>& merge_bias,
     at::Tensor& finished, int64_t pad_id, int64_t eos_id, double threshold,
-    double threshold_main, double temperature, int64_t seed, int64_t offset) {
+    double threshold_main, double temperature, int64_t seed, int64_t offset,
+    const std::optional<at::Tensor>& row_seeds) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("superthoughts_ext::superthoughts_step", "")
                              .typed<decltype(superthoughts_step_autograd)>();
@@ -65,7 +70,7 @@ StepOutputs superthoughts_step_autograd(
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     outputs = op.call(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id, threshold,
-                      threshold_main, temperature, seed, offset);
+                      threshold_main, temperature, seed, offset, row_seeds);
   }
   torch::autograd::impl::bump_version(finished);
   return outputs;

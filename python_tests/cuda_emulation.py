@@ -38,7 +38,7 @@ class StepParams(ctypes.Structure):
         ("pad_id", ctypes.c_int64), ("eos_id", ctypes.c_int64),
         ("threshold", ctypes.c_float), ("threshold_main", ctypes.c_float), ("temperature", ctypes.c_float),
         ("sample", ctypes.c_bool), ("seed", ctypes.c_uint64), ("offset", ctypes.c_uint64),
-        ("tokens", ctypes.c_void_p), ("n_new", ctypes.c_void_p), ("conf", ctypes.c_void_p),
+        ("row_seeds", ctypes.c_void_p), ("tokens", ctypes.c_void_p), ("n_new", ctypes.c_void_p), ("conf", ctypes.c_void_p),
         ("next_in", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
         ("grid", ctypes.c_int), ("range", ctypes.c_int64), ("seg_max", ctypes.c_int64), ("group", ctypes.c_int),
         ("merge_path", ctypes.c_int), ("embed_vec", ctypes.c_bool),
@@ -107,10 +107,12 @@ def library() -> ctypes.CDLL:
 
 
 def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id, threshold,
-                  threshold_main=0.0, temperature=0.0, seed=0, offset=0, *, grid: int, schedule_seed: int = 0):
+                  threshold_main=0.0, temperature=0.0, seed=0, offset=0, *, row_seeds=None, grid: int,
+                  schedule_seed: int = 0):
     """superthoughts_step through the CUDA kernel on `grid` emulated blocks (CPU tensors in,
-    the op's four outputs out; `finished` is updated in place). schedule_seed 0 resumes each
-    block's threads in index order after every wait, anything else in a reshuffled order."""
+    the op's four outputs out; `finished` is updated in place; row_seeds [B] int64 or None, as
+    the op takes them). schedule_seed 0 resumes each block's threads in index order after every
+    wait, anything else in a reshuffled order."""
     batch, vocab = logits.shape[1], logits.shape[2]
     hidden = embed.shape[1]
     tokens = torch.empty(batch, 2, dtype=torch.long)
@@ -120,7 +122,8 @@ def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos
     if batch == 0:
         return tokens, n_new, conf, next_in
     assert logits.stride(2) == 1 and embed.stride(1) == 1 and finished.is_contiguous()
-    assert all(t is None or t.is_contiguous() for t in (merge_weight, merge_bias))
+    assert all(t is None or t.is_contiguous() for t in (merge_weight, merge_bias, row_seeds))
+    assert row_seeds is None or (row_seeds.dtype == torch.int64 and row_seeds.shape == (batch,) and seed == 0)
     mask64 = (1 << 64) - 1
     params = StepParams(
         logits=logits.data_ptr(), logits_head_stride=logits.stride(0), logits_row_stride=logits.stride(1),
@@ -129,7 +132,8 @@ def emulated_step(logits, embed, merge_weight, merge_bias, finished, pad_id, eos
         bias=merge_bias.data_ptr() if merge_bias is not None else None,
         finished=finished.data_ptr(), batch=batch, vocab=vocab, hidden=hidden, pad_id=pad_id, eos_id=eos_id,
         threshold=threshold, threshold_main=threshold_main, temperature=temperature, sample=temperature >= MIN_SAMPLING_TEMPERATURE,
-        seed=seed & mask64, offset=offset & mask64, tokens=tokens.data_ptr(), n_new=n_new.data_ptr(),
+        seed=seed & mask64, offset=offset & mask64,
+        row_seeds=row_seeds.data_ptr() if row_seeds is not None else None, tokens=tokens.data_ptr(), n_new=n_new.data_ptr(),
         conf=conf.data_ptr(), next_in=next_in.data_ptr(),
     )
     error = library().superthoughts_step_emulated(ctypes.byref(params), DTYPE_CODES[logits.dtype],

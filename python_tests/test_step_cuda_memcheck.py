@@ -1,7 +1,7 @@
 """The CUDA step kernel's memory accesses, checked without a GPU.
 
-Reruns the emulated step tests (device cuda_emulated in test_step.py and the random shapes,
-strides and grids of test_step_fuzz.py) in a subprocess whose
+Reruns the emulated step tests (device cuda_emulated in test_step.py, the random shapes,
+strides and grids of test_step_fuzz.py, the per-row seeds of test_step_row_seeds.py) in a subprocess whose
 emulated kernel is built with AddressSanitizer and UBSan (python_tests/cuda_emulation.py):
 a read or write past any input, output or workspace buffer, or undefined behaviour in the
 kernel's index arithmetic, aborts that run. compute-sanitizer's memcheck on a GPU covers the
@@ -18,7 +18,7 @@ import pytest
 
 import cuda_emulation
 
-STEP_TESTS = [Path(__file__).with_name("test_step.py"), Path(__file__).with_name("test_step_fuzz.py")]
+STEP_TESTS = [Path(__file__).with_name(name) for name in ("test_step.py", "test_step_fuzz.py", "test_step_row_seeds.py")]
 
 
 def address_sanitizer_runtime() -> str | None:

@@ -35,7 +35,7 @@ HEADERS = sorted((ROOT / "csrc").glob("*.h")) + sorted((ROOT / "csrc" / "cpu").g
     ROOT / "csrc" / "kernels" / name for name in ("confidence.h", "philox.h", "host_device.h")]
 FLAGS = ["-O1", "-g", "-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all",
          "-fno-omit-frame-pointer", "-fopenmp"]
-STEP_TESTS = [str(Path(__file__).with_name(name)) for name in ("test_step.py", "test_step_fuzz.py")]
+STEP_TESTS = [str(Path(__file__).with_name(name)) for name in ("test_step.py", "test_step_fuzz.py", "test_step_row_seeds.py")]
 
 
 def build_sanitized_package(cxx: str) -> Path:

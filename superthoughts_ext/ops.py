@@ -28,6 +28,8 @@ def superthoughts_step(
     temperature: float = 0.0,
     seed: int = 0,
     offset: int = 0,
+    *,
+    row_seeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One fused SuperThoughts decode step (semantics: reference.py); updates `finished` in place.
 
@@ -48,6 +50,13 @@ def superthoughts_step(
             below 1e-5 (`reference.MIN_SAMPLING_TEMPERATURE`) greedy as well.
         seed, offset: key and counter of the Philox stream used when sampling; any integers,
             only their low 64 bits count (as in the reference).
+        row_seeds: [B] int64 on the logits' device, contiguous, or None: one Philox key per row,
+            in the same launch. Row r then samples exactly as a batch of one (its row index 0)
+            with seed row_seeds[r] would: what it draws depends neither on its place in the
+            batch nor on the other rows. Every int64 is a valid key (fold larger seeds with
+            `reference.int64_of_low_64_bits`); `seed` must then be 0 (modulo 2**64). The values
+            stay on the device (no host sync: the call can be captured in a CUDA graph, and a
+            replay uses whatever the tensor then holds). Greedy steps ignore them.
 
     A row whose head has a NaN treats it as -inf; a head with a +inf logit or none finite
     takes token pad_id at confidence 0. The op is not differentiable: its outputs never require
@@ -75,8 +84,12 @@ def superthoughts_step(
     if None in numbers:
         raise TypeError(f"superthoughts_step: threshold, threshold_main and temperature must be numbers, got "
                         f"{threshold!r}, {threshold_main!r}, {temperature!r}")
+    if row_seeds is not None and not isinstance(row_seeds, torch.Tensor):  # a list would reach the schema's own error
+        raise TypeError(f"superthoughts_step: row_seeds must be an int64 tensor [B] or None, got "
+                        f"{type(row_seeds).__name__} {row_seeds!r}")
     return torch.ops.superthoughts_ext.superthoughts_step(
         logits, embed, merge_weight, merge_bias, finished, *ids, *numbers, *map(int64_of_low_64_bits, counters),
+        row_seeds=row_seeds,
     )
 
 
@@ -89,7 +102,7 @@ def _check(condition, message: str) -> None:
 
 
 def _check_fake_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
-                       threshold, threshold_main, temperature) -> None:
+                       threshold, threshold_main, temperature, seed, row_seeds) -> None:
     """The kernels' input checks (csrc/step_common.h, in the same words, with dtypes named as torch
     names them), for fake and meta tensors: without them a trace accepted calls the kernel
     refuses, and built plausible outputs for them."""
@@ -135,13 +148,20 @@ def _check_fake_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id
         _check(merge_bias.dtype == embed.dtype,
                f"merge_bias dtype {merge_bias.dtype} differs from embed dtype {embed.dtype}")
         _check(merge_bias.is_contiguous(), "merge_bias must be contiguous")
+    if row_seeds is not None:
+        _check(row_seeds.dtype == torch.int64, f"row_seeds must be int64, got {row_seeds.dtype}")
+        _check(row_seeds.dim() == 1 and row_seeds.shape[0] == logits.shape[1],
+               f"row_seeds must be [B] with B={logits.shape[1]}, got {list(row_seeds.shape)}")
+        _check(row_seeds.device == logits.device, f"row_seeds on {row_seeds.device} but logits on {logits.device}")
+        _check(row_seeds.is_contiguous(), f"row_seeds must be contiguous, got strides {list(row_seeds.stride())}")
+        _check(seed == 0, f"seed={seed} given with row_seeds, which replace it; pass seed=0")
 
 
 @torch.library.register_fake("superthoughts_ext::superthoughts_step")
 def _superthoughts_step_fake(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
-                             threshold, threshold_main, temperature, seed, offset):
+                             threshold, threshold_main, temperature, seed, offset, *, row_seeds=None):
     _check_fake_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id, eos_id,
-                       threshold, threshold_main, temperature)
+                       threshold, threshold_main, temperature, seed, row_seeds)
     batch = logits.shape[1]
     hidden = embed.shape[1] if merge_weight is not None else 2 * embed.shape[1]
     tokens = logits.new_empty((batch, 2), dtype=torch.int64)

@@ -14,6 +14,8 @@ Gumbel noise for the same (seed, offset, row, head, vocab index) without sharing
     word    = philox(counter, key)[v & 3]
     u       = ((word >> 9) + 0.5) * 2**-23          # in (0, 1), exact in float32
     gumbel  = float32(-log(-log(u)))                  # logs in float64, rounded once
+With per-row seeds (`row_seeds` [B] int64) row r's key is row_seeds[r] and its row index in the
+counter is 0: it draws the noise of a batch of one with seed row_seeds[r], wherever it stands.
 (The CUDA kernel's float64 log is not guaranteed correctly rounded, as no libm's is; a log 1 ulp
 off moves the rounded noise for one of the 2^23 values of u, which can only matter on a near-tie.)
 Temperatures below MIN_SAMPLING_TEMPERATURE decode greedily, like temperature 0.
@@ -112,8 +114,9 @@ def confidence(shifted: torch.Tensor, valid: torch.Tensor,
     return conf, reaches
 
 
-def philox4x32(counter: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """Philox4x32-10 on int64 tensors holding uint32 values; returns the 4 output words."""
+def philox4x32(counter: list[torch.Tensor], seed: int | torch.Tensor) -> list[torch.Tensor]:
+    """Philox4x32-10 on int64 tensors holding uint32 values; returns the 4 output words. `seed`
+    is one key, or int64 keys that broadcast against the counter (one per element)."""
     c0, c1, c2, c3 = (c & MASK32 for c in counter)
     k0, k1 = seed & MASK32, (seed >> 32) & MASK32
     for round_index in range(PHILOX_ROUNDS):
@@ -125,12 +128,17 @@ def philox4x32(counter: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
     return [c0, c1, c2, c3]
 
 
-def gumbel_noise(batch: int, vocab: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
-    """Gumbel(0, 1) noise [2, batch, vocab] float32, head-major like the logits."""
+def gumbel_noise(batch: int, vocab: int, seed: int, offset: int, device: torch.device,
+                 row_seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Gumbel(0, 1) noise [2, batch, vocab] float32, head-major like the logits. With row_seeds
+    ([batch] int64) row r is keyed by row_seeds[r] as row 0 (the module docstring), not by seed."""
     v = torch.arange(vocab, device=device, dtype=torch.int64)
-    head_row = torch.arange(2 * batch, device=device, dtype=torch.int64).view(2, batch)
+    head = torch.arange(2, device=device, dtype=torch.int64).view(2, 1)
+    row = torch.arange(batch, device=device, dtype=torch.int64).view(1, batch)
+    if row_seeds is not None:
+        row, seed = torch.zeros_like(row), row_seeds.view(1, batch, 1)
     # stream index is 2 * row + head, while the logits are laid out [head, row]
-    stream = 2 * head_row.remainder(batch) + head_row.div(batch, rounding_mode="floor")
+    stream = (2 * row + head).expand(2, batch)
     shape = (2, batch, vocab)
     counter = [
         (v >> 2).expand(shape),
@@ -143,6 +151,26 @@ def gumbel_noise(batch: int, vocab: int, seed: int, offset: int, device: torch.d
     u = ((word >> 9).to(torch.float64) + 0.5) * (2.0**-23)
     # float64 logs rounded once agree with the kernels' (see philox.h), float32 ones do not.
     return (-torch.log(-torch.log(u))).to(torch.float32)
+
+
+def check_row_seeds(row_seeds: object, logits: torch.Tensor, seed: int, op: str) -> None:
+    """RuntimeError (TypeError for a non-tensor) naming `op` unless `row_seeds` is an int64 [B]
+    tensor on the logits' device, contiguous, and the scalar seed is 0 (the row seeds replace it).
+    Every int64 value is a key, as every integer is a seed (only its low 64 bits count): fold a
+    larger one with `int64_of_low_64_bits`. The kernels check the same (csrc/step_common.h)."""
+    if not isinstance(row_seeds, torch.Tensor):
+        raise TypeError(f"{op}: row_seeds must be an int64 tensor [B] or None, got {type(row_seeds).__name__}")
+    batch = logits.shape[1]
+    if row_seeds.dtype != torch.int64:
+        raise RuntimeError(f"{op}: row_seeds must be int64, got {row_seeds.dtype}")
+    if row_seeds.dim() != 1 or row_seeds.shape[0] != batch:
+        raise RuntimeError(f"{op}: row_seeds must be [B] with B={batch}, got {list(row_seeds.shape)}")
+    if row_seeds.device != logits.device:
+        raise RuntimeError(f"{op}: row_seeds on {row_seeds.device} but logits on {logits.device}")
+    if not row_seeds.is_contiguous():
+        raise RuntimeError(f"{op}: row_seeds must be contiguous, got strides {list(row_seeds.stride())}")
+    if int64_of_low_64_bits(seed) != 0:
+        raise RuntimeError(f"{op}: seed={seed} given with row_seeds, which replace it; pass seed=0")
 
 
 def superthoughts_step_ref(
@@ -158,12 +186,14 @@ def superthoughts_step_ref(
     temperature: float = 0.0,
     seed: int = 0,
     offset: int = 0,
+    *,
+    row_seeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference for `superthoughts_step` (the same arguments and defaults); updates `finished`
     in place like the op.
 
     logits [2, B, V] (head 0 = main, head 1 = MTP), embed [V, H], merge_weight [H, 2H] or None,
-    merge_bias [H] or None, finished [B] bool.
+    merge_bias [H] or None, finished [B] bool, row_seeds [B] int64 or None (then seed must be 0).
     Returns tokens [B, 2] int64, n_new [B] int32, conf [B, 2] float32, next_in [B, H]
     (or [B, 2H] when merge_weight is None) in embed's dtype.
 
@@ -176,6 +206,8 @@ def superthoughts_step_ref(
         if integer_or_none(value) is None:  # refused, not truncated, as by the op's wrapper
             raise TypeError(f"superthoughts_step_ref: {name} must be an integer, got {value!r}")
     _, batch, vocab = logits.shape
+    if row_seeds is not None:
+        check_row_seeds(row_seeds, logits, seed, "superthoughts_step_ref")
     device = logits.device
     scores = logits.float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     row_max = scores.amax(dim=-1)  # [2, B]
@@ -189,7 +221,7 @@ def superthoughts_step_ref(
         # -inf / inf is NaN, which argmax would pick: a masked logit never wins a draw.
         scaled = scores / scores.new_full((), _as_float32(temperature))
         scaled = scaled.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-        scores = scaled + gumbel_noise(batch, vocab, seed, offset, device)
+        scores = scaled + gumbel_noise(batch, vocab, seed, offset, device, row_seeds)
     picked = scores.argmax(dim=-1)  # [2, B], first index on ties like torch.argmax
     picked = torch.where(valid, picked, torch.full_like(picked, pad_id))
 

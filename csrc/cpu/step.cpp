@@ -52,6 +52,7 @@ struct SampleParams {
   float temperature;
   uint64_t seed;
   uint64_t offset;
+  const int64_t* row_seeds;  // [B] per-row keys, nullptr: `seed` for every row (row_noise_key)
 };
 
 // Copies logits [begin, end) of one row into buf as float32 with NaN -> -inf; returns the max.
@@ -80,13 +81,14 @@ Partial reduce_chunk(const scalar_t* row, int64_t begin, int64_t end, int64_t ba
   const int64_t first = vec.first_index_of(buf, n, p.max);
   p.argmax = begin + first;
   if (sample.enabled) {
+    const NoiseKey key = row_noise_key(sample.seed, sample.row_seeds, batch_row);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t v = begin + i;
       // As in the CUDA kernel: a -inf scaled logit never wins, and an element that cannot
       // reach the best with the largest noise added needs no Philox word and no logs.
       const float scaled = buf[i] / sample.temperature;
       if (!(scaled > kNegInf) || scaled + kGumbelBound < p.best) continue;
-      const uint32_t word = step_noise_words(sample.seed, sample.offset, batch_row, head, v >> 2).w[v & 3];
+      const uint32_t word = step_noise_words(key.seed, sample.offset, key.row, head, v >> 2).w[v & 3];
       if (scaled + gumbel_upper_bound(word) < p.best) continue;
       const float score = scaled + gumbel_from_word(word);
       if (score > p.best) {
@@ -253,16 +255,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cp
     const at::Tensor& logits, const at::Tensor& embed,
     const std::optional<at::Tensor>& merge_weight, const std::optional<at::Tensor>& merge_bias,
     at::Tensor& finished, int64_t pad_id, int64_t eos_id, double threshold,
-    double threshold_main, double temperature, int64_t seed, int64_t offset) {
+    double threshold_main, double temperature, int64_t seed, int64_t offset,
+    const std::optional<at::Tensor>& row_seeds) {
   const StepShapes s = check_step_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id,
-                                         eos_id, threshold, threshold_main, temperature);
+                                         eos_id, threshold, threshold_main, temperature, seed, row_seeds);
   cpu::vec_kernels();  // picks the vector ISA here, so a bad SUPERTHOUGHTS_CPU_ISA fails outside the parallel region
   auto [tokens, n_new, conf, next_in] = allocate_step_outputs(s, logits, embed);
   if (s.batch == 0) return {tokens, n_new, conf, next_in};
 
   const int64_t chunks = (s.vocab + kVocabChunk - 1) / kVocabChunk;
   const SampleParams sample{samples_at(temperature), static_cast<float>(temperature),
-                            static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
+                            static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                            row_seeds.has_value() ? row_seeds->const_data_ptr<int64_t>() : nullptr};
   // As bytes: a bool tensor made by a view of uint8 (or left uninitialised) may hold 2..255,
   // which a load as C++ bool leaves undefined; every nonzero byte counts as finished.
   uint8_t* done = reinterpret_cast<uint8_t*>(finished.mutable_data_ptr<bool>());

@@ -52,9 +52,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cu
     const at::Tensor& logits, const at::Tensor& embed,
     const std::optional<at::Tensor>& merge_weight, const std::optional<at::Tensor>& merge_bias,
     at::Tensor& finished, int64_t pad_id, int64_t eos_id, double threshold,
-    double threshold_main, double temperature, int64_t seed, int64_t offset) {
+    double threshold_main, double temperature, int64_t seed, int64_t offset,
+    const std::optional<at::Tensor>& row_seeds) {
   const StepShapes s = check_step_inputs(logits, embed, merge_weight, merge_bias, finished, pad_id,
-                                         eos_id, threshold, threshold_main, temperature);
+                                         eos_id, threshold, threshold_main, temperature, seed, row_seeds);
   TORCH_CHECK(logits.is_cuda(), "superthoughts_step: the CUDA kernel got logits on ",
               logits.device());
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -82,6 +83,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> superthoughts_step_cu
   params.sample = samples_at(temperature);
   params.seed = static_cast<uint64_t>(seed);
   params.offset = static_cast<uint64_t>(offset);
+  // Read by the kernel on the device (checked: int64 [B], contiguous, the logits' device): no
+  // host copy, so a graph captured with it replays whatever seeds the tensor then holds.
+  params.row_seeds = row_seeds.has_value() ? row_seeds->const_data_ptr<int64_t>() : nullptr;
   params.tokens = tokens.mutable_data_ptr<int64_t>();
   params.n_new = n_new.mutable_data_ptr<int32_t>();
   params.conf = conf.mutable_data_ptr<float>();

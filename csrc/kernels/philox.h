@@ -49,6 +49,19 @@ ST_HOST_DEVICE PhiloxWords step_noise_words(uint64_t seed, uint64_t offset, int6
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
+// The Philox key and stream row of batch row `row`: the batch's seed and the row itself, or
+// with per-row seeds (row_seeds [B], nullptr when absent) row_seeds[row] and row 0, the stream
+// a batch of one keyed by that seed draws. Every backend keys its noise through this.
+struct NoiseKey {
+  uint64_t seed;
+  int64_t row;
+};
+
+ST_HOST_DEVICE NoiseKey row_noise_key(uint64_t seed, const int64_t* row_seeds, int64_t row) {
+  if (row_seeds == nullptr) return NoiseKey{seed, row};
+  return NoiseKey{static_cast<uint64_t>(row_seeds[row]), 0};
+}
+
 // Gumbel(0, 1) from one 32-bit word: u = ((word >> 9) + 0.5) * 2^-23 lies in (0, 1) and is
 // exact in float32 (23 bits + the half need 24 significant bits; one more would round the
 // largest word up to u = 1, i.e. infinite noise). The largest noise, at u = 1 - 2^-24, is

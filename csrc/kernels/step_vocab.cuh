@@ -51,6 +51,7 @@ struct StepParams {
   float threshold, threshold_main, temperature;
   bool sample;
   uint64_t seed, offset;
+  const int64_t* row_seeds;  // [B] per-row Philox keys, nullptr: `seed` for every row (row_noise_key)
   int64_t* tokens;  // [B, 2]
   int32_t* n_new;   // [B]
   float* conf;      // [B, 2]
@@ -208,6 +209,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // ---- one thread's share of a piece -------------------------------------------------------
 
 struct NoiseCtx {
+  uint64_t seed;  // the row's Philox key and stream row (row_noise_key)
   int64_t row;
   int head;
   int64_t block = -1;  // Philox block (v >> 2) whose words are cached
@@ -255,7 +257,7 @@ __device__ __forceinline__ void consume(Acc& acc, float (&x)[N], int64_t v0, con
       const int64_t v = v0 + i;
       if ((v >> 2) != noise.block) {
         noise.block = v >> 2;
-        const PhiloxWords w = step_noise_words(p.seed, p.offset, noise.row, noise.head, noise.block);
+        const PhiloxWords w = step_noise_words(noise.seed, p.offset, noise.row, noise.head, noise.block);
         noise.w0 = w.w[0];
         noise.w1 = w.w[1];
         noise.w2 = w.w[2];
@@ -335,8 +337,12 @@ __device__ void reduce_vocab(const StepParams& p, Acc* scratch) {
     Acc acc = acc_empty();
     if (!done) {  // uniform across the block: every thread reads the same flag
       const T* row = static_cast<const T*>(p.logits) + head * p.logits_head_stride + b * p.logits_row_stride;
-      const NoiseCtx noise{b, head};
-      acc = p.sample ? reduce_piece<true>(row, v0, v1, p, noise) : reduce_piece<false>(row, v0, v1, p, noise);
+      if (p.sample) {  // greedy steps draw no noise: they never load a row seed
+        const NoiseKey key = row_noise_key(p.seed, p.row_seeds, b);
+        acc = reduce_piece<true>(row, v0, v1, p, NoiseCtx{key.seed, key.row, head});
+      } else {
+        acc = reduce_piece<false>(row, v0, v1, p, NoiseCtx{p.seed, b, head});
+      }
       acc = block_reduce(acc, scratch);
     }
     if (threadIdx.x == 0) {
