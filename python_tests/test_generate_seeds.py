@@ -1,7 +1,7 @@
 """Per-row seeds of `generate` (seed=[s0, s1, ...]): each row samples as it would alone with its
-own seed, wherever it stands in the batch; what `superthoughts eval --samples` builds on. With
-one seed the noise is keyed by the batch row as well (test_generate.py pins that schedule).
-Tiny random models of test_generate.py, on the CPU.
+own seed, wherever it stands in the batch, in one step op launch per step (the op's row_seeds);
+what `superthoughts eval --samples` builds on. With one seed the noise is keyed by the batch row
+as well (test_generate.py pins that schedule). Tiny random models of test_generate.py, on the CPU.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import torch
 from test_generate import HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, left_pad, superthoughts_model, tiny_backbone
 
 import superthoughts_ext.ops
+import superthoughts_ext.reference
 from superthoughts_ext.generate import MODES, generate
+from superthoughts_ext.reference import int64_of_low_64_bits
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -52,10 +54,9 @@ def test_each_row_samples_as_alone_with_its_seed(model, mode: str, use_kernels: 
 
 @pytest.mark.skipif(cuda_emulation.cuda_include_dir() is None,
                     reason="the CUDA emulation needs the CUDA toolkit's headers")
-def test_the_cuda_kernel_takes_each_rows_slice(model, monkeypatch) -> None:
-    # Per row, the op gets a [2, 1, V] view of the batch's logits (strided along the rows) and
-    # a view of `finished`, which it updates in place: the CUDA kernel's source, emulated on the
-    # CPU, must read and write them as the reference does.
+def test_the_cuda_kernel_reads_the_row_seeds(model, monkeypatch) -> None:
+    # The op gets the batch's logits, `finished` (updated in place) and the [B] row seeds: the
+    # CUDA kernel's source, emulated on the CPU, must key each row's noise as the reference does.
     ids, mask = left_pad(PROMPTS)
     kwargs = dict(max_new_tokens=15, threshold=MIXED_THRESHOLD, temperature=1.0, seed=SEEDS)
     ref = generate(model, ids, mask, use_kernels=False, **kwargs)
@@ -63,6 +64,27 @@ def test_the_cuda_kernel_takes_each_rows_slice(model, monkeypatch) -> None:
     monkeypatch.setattr(superthoughts_ext.ops, "superthoughts_step", emulated_step)
     emulated = generate(model, ids, mask, use_kernels=True, **kwargs)
     assert (emulated.sequences, emulated.num_pair_steps) == (ref.sequences, ref.num_pair_steps)
+
+
+@pytest.mark.parametrize("use_kernels", KERNELS, ids=lambda k: "kernels" if k else "reference")
+def test_one_step_op_launch_per_step_for_the_whole_batch(model, monkeypatch, use_kernels: bool) -> None:
+    # Per-row seeds used to cost a batch-of-one launch per row and step; now every step is one
+    # launch over all B rows with the seeds as a [B] int64 tensor.
+    module, name = ((superthoughts_ext.ops, "superthoughts_step") if use_kernels
+                    else (superthoughts_ext.reference, "superthoughts_step_ref"))
+    step, calls = getattr(module, name), []
+
+    def counted(logits, *args, **kwargs):
+        calls.append((logits.shape[1], kwargs.get("row_seeds")))
+        return step(logits, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    ids, mask = left_pad(PROMPTS)
+    out = generate(model, ids, mask, max_new_tokens=15, threshold=MIXED_THRESHOLD, temperature=1.0, seed=SEEDS,
+                   use_kernels=use_kernels)
+    assert max(out.num_steps) <= len(calls) <= 15
+    keys = torch.tensor([int64_of_low_64_bits(s) for s in SEEDS])
+    assert all(batch == len(PROMPTS) and torch.equal(row_seeds, keys) for batch, row_seeds in calls)
 
 
 def test_one_row_with_a_list_of_one_seed_is_that_seed(model) -> None:

@@ -47,13 +47,15 @@ class StepConfig:
     threshold: float
     threshold_main: float
     temperature: float
-    # One Philox key for the batch, or one per row (`step_rows`): the op keys its noise by the
-    # batch row as well, so only a batch-1 call per row makes a row's samples its own.
-    seed: int | tuple[int, ...]
+    # One Philox key for the batch (0 with row_seeds): the op keys its noise by the batch row too.
+    seed: int
     ignore_eos: bool
     # Position ids must stay below it (max_position_embeddings; None: no limit): a row whose
     # next position would reach it is finished, so rows of one batch hit it independently.
     context: int | None = None
+    # [B] int64 on the model's device, one Philox key per row, or None: the op then samples
+    # each row as a batch of one with its key, in the same single launch.
+    row_seeds: torch.Tensor | None = None
 
 
 @dataclass
@@ -263,27 +265,12 @@ def advance(state: DecodeState, cfg: StepConfig) -> None:
         state.finished.logical_or_(stop)
 
 
-def step_rows(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig,
-              offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The step op on logits [2, B, V]: one launch, or with per-row seeds one launch per row,
-    each a batch of one (its row index 0) keyed by that row's seed, so that a row draws the
-    noise it would draw decoded alone. Sampled decoding runs eagerly, where B launches are what
-    this costs; `finished` [B] is updated in place through each row's view."""
-    if not isinstance(cfg.seed, tuple):
-        return cfg.step_fn(logits, stepper.embed, stepper.merge_weight, stepper.merge_bias, state.finished,
-                           cfg.pad_id, cfg.eos_id, cfg.threshold, cfg.threshold_main, cfg.temperature, cfg.seed,
-                           offset)
-    rows = [cfg.step_fn(logits[:, row : row + 1], stepper.embed, stepper.merge_weight, stepper.merge_bias,
-                        state.finished[row : row + 1], cfg.pad_id, cfg.eos_id, cfg.threshold, cfg.threshold_main,
-                        cfg.temperature, seed, offset)
-            for row, seed in enumerate(cfg.seed)]
-    tokens, n_new, conf, next_in = (torch.cat(parts) for parts in zip(*rows))
-    return tokens, n_new, conf, next_in
-
-
 def sample(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig, offset: int) -> None:
-    """One `superthoughts_step` on logits [2, B, V]: tokens, bookkeeping, next input and position."""
-    tokens, n_new, conf, next_in = step_rows(stepper, state, logits, cfg, offset)
+    """One `superthoughts_step` on logits [2, B, V]: tokens, bookkeeping, next input and position.
+    With per-row seeds (cfg.row_seeds) the same one launch samples each row as it would alone."""
+    tokens, n_new, conf, next_in = cfg.step_fn(
+        logits, stepper.embed, stepper.merge_weight, stepper.merge_bias, state.finished, cfg.pad_id, cfg.eos_id,
+        cfg.threshold, cfg.threshold_main, cfg.temperature, cfg.seed, offset, row_seeds=cfg.row_seeds)
     # A scored row's confidence is at least 1 / V; the op gives 0 to a head with no finite maximum.
     state.unscored.logical_or_((conf[:, 0] == 0) & (n_new > 0))
     record(state, tokens, stop_at_extra_eos(state, tokens, n_new, cfg))

@@ -267,8 +267,9 @@ def _thresholds(model: Any, mode: str, threshold: float | None, threshold_main: 
 
 def _step_config(model: Any, eos: int, thresholds: tuple[float, float], temperature: float,
                  seed: int | Sequence[int], use_kernels: bool, ignore_eos: bool,
-                 context: int | None) -> decode_loop.StepConfig:
-    """The constants of every decode step: the step op (kernels or reference), ids, thresholds, sampling."""
+                 context: int | None, device: torch.device) -> decode_loop.StepConfig:
+    """The constants of every decode step: the step op (kernels or reference), ids, thresholds,
+    sampling (per-row seeds as a [B] int64 tensor on `device`, where the op reads them)."""
     if use_kernels:
         from superthoughts_ext.ops import superthoughts_step as step_fn
     else:
@@ -276,14 +277,13 @@ def _step_config(model: Any, eos: int, thresholds: tuple[float, float], temperat
     # Greedy steps ignore the seed and the temperature: constants keep them from keying a new
     # compiled step.
     sampled = samples(temperature)
-    if not sampled:
-        key: int | tuple[int, ...] = 0
-    elif isinstance(seed, (list, tuple)):  # one key per row: decode_loop runs the op row by row
-        key = tuple(int64_of_low_64_bits(value) for value in seed)
-    else:
+    key, row_keys = 0, None
+    if sampled and isinstance(seed, (list, tuple)):  # one key per row, all read by one launch
+        row_keys = torch.tensor([int64_of_low_64_bits(value) for value in seed], dtype=torch.int64, device=device)
+    elif sampled:
         key = int64_of_low_64_bits(seed)
     return decode_loop.StepConfig(step_fn, pad_id(model, eos), eos, *thresholds,
-                                  float(temperature) if sampled else 0.0, key, ignore_eos, context)
+                                  float(temperature) if sampled else 0.0, key, ignore_eos, context, row_keys)
 
 
 def _allocate(model: Any, backbone: Any, mode: str, attention_mask: torch.Tensor, max_new_tokens: int,
@@ -390,8 +390,8 @@ def generate(
             row's samples depend on its index in the batch; below 1e-5 greedy as well.
         seed: any integer; only its low 64 bits count (seeds equal modulo 2**64 sample alike).
             A list of B integers gives each row its own: row r then samples exactly as it would
-            alone (batch 1) with seed[r], wherever it stands in the batch (the step op runs once
-            per row then, B launches a step; `superthoughts eval --samples` relies on it).
+            alone (batch 1) with seed[r], wherever it stands in the batch (still one step op
+            launch per step; `superthoughts eval --samples` relies on it).
         eos_token_id: stop token, or several: any of them ends a row (None: the model's
             generation config / config).
         use_kernels: the compiled step op; False runs the plain-torch reference.
@@ -440,7 +440,7 @@ def generate(
         # Thresholds 0 / 0 keep every pair, as mode "pairs" does: its shorter cache suffices.
         always_pairs = mode == "pairs" or (mode == "superthoughts" and thresholds == (0.0, 0.0))
         check_at, max_steps = _decode_budget(mode, max_new_tokens, max_steps, ignore_eos, always_pairs)
-        cfg = _step_config(model, eos, thresholds, temperature, seed, use_kernels, ignore_eos, context)
+        cfg = _step_config(model, eos, thresholds, temperature, seed, use_kernels, ignore_eos, context, device)
 
         input_ids = input_ids.to(torch.int64)
         attention_mask = attention_mask.to(torch.int64)
