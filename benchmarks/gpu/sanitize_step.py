@@ -1,7 +1,8 @@
 """Drives the CUDA step kernel over a spread of shapes for compute-sanitizer.
 
 Each case runs the kernel on fresh random inputs (greedy and sampled, with and without the
-merge weight, one row already finished), checks tokens/n_new exactly and next_in within a
+merge weight, one row already finished; sampled without the merge weight: per-row seeds, the
+kernel's reads of row_seeds), checks tokens/n_new exactly and next_in within a
 loose tolerance against the CPU reference, and exits non-zero on any mismatch, so that a run
 under `compute-sanitizer --tool memcheck|racecheck|synccheck` checks both memory safety and
 results.
@@ -33,13 +34,17 @@ def run_case(batch, vocab, hidden, dtype, merge, temperature, seed) -> list[str]
     finished[batch // 2] = batch > 1
     args = dict(pad_id=0, eos_id=2, threshold=0.5, threshold_main=0.0, temperature=temperature,
                 seed=seed, offset=3)
+    row_seeds = None
+    if temperature > 0 and not merge:
+        row_seeds = torch.randint(-(2**63), 2**63 - 1, (batch,), generator=gen)
+        args["seed"] = 0
     cuda = [t.cuda() if t is not None else None for t in (logits, embed, weight, bias, finished)]
-    got = superthoughts_step(*cuda, **args)
+    got = superthoughts_step(*cuda, **args, row_seeds=None if row_seeds is None else row_seeds.cuda())
     fin_ref = finished.clone()
     want = superthoughts_step_ref(logits.float(), embed.float(), None if weight is None else weight.float(),
-                                  None if bias is None else bias.float(), fin_ref, **args)
+                                  None if bias is None else bias.float(), fin_ref, **args, row_seeds=row_seeds)
     torch.cuda.synchronize()
-    name = f"B={batch} V={vocab} H={hidden} {dtype} merge={merge} T={temperature}"
+    name = f"B={batch} V={vocab} H={hidden} {dtype} merge={merge} T={temperature} row_seeds={row_seeds is not None}"
     errors = []
     if not torch.equal(got[0].cpu(), want[0]):
         errors.append(f"{name}: tokens differ")
