@@ -6,18 +6,20 @@ models on CPU (test_train.py's fixtures).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import re
 import warnings
 
 import pytest
 import torch
+from host_memory import needs_peak_reset, peak_rss_rise
 
 pytest.importorskip("transformers")
 import test_train  # noqa: E402
 from test_train import FAST, ROWS  # noqa: E402
 
-from superthoughts_ext import train_precision  # noqa: E402
+from superthoughts_ext import train_precision, train_utils  # noqa: E402
 from superthoughts_ext.train import TrainOptions, add_arguments, run, train  # noqa: E402
 from superthoughts_ext.trainer import TrainingDiverged  # noqa: E402
 
@@ -194,3 +196,31 @@ def test_the_distillation_teacher_is_bf16_under_bf16_autocast(base_dirs, tmp_pat
     assert {p.dtype for p in result.model.teacher.parameters()} == {teacher}
     assert math.isfinite(result.log_history[0]["loss_distill"]) and result.log_history[0]["loss_distill"] >= 0
     assert {p.dtype for p in result.model.parameters()} == {getattr(torch, dtype)}
+
+
+@needs_peak_reset
+def test_a_teacher_copied_from_the_model_is_made_in_its_dtype_without_a_float32_copy():
+    # With a SuperThoughts checkpoint (or a module) as the model there is no plain checkpoint to
+    # load the teacher from: it was copied from the backbone in float32 and only then cast, so a
+    # 7B teacher cost a 28 GB transient for 14 GB kept (peak 2x the bfloat16 teacher here).
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
+
+    config = Qwen2Config(vocab_size=16384, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True, pad_token_id=0)
+    torch.manual_seed(0)
+    model = SuperThoughtsForCausalLM.from_base(AutoModelForCausalLM.from_config(config))
+    expected = copy.deepcopy(model.backbone).to(torch.bfloat16)  # the teacher as it was made
+    teacher_bytes = sum(p.nbytes for p in expected.parameters())
+    _, rise = peak_rss_rise(lambda: train_utils.attach_teacher(model, model, torch.bfloat16))
+    assert rise < 1.5 * teacher_bytes, f"peak {rise / 2**20:.0f} MiB for a {teacher_bytes / 2**20:.0f} MiB teacher"
+    teacher = model.teacher
+    assert teacher.lm_head.weight is teacher.get_input_embeddings().weight  # still tied, stored once
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    assert not any(name.startswith("teacher") for name in model.state_dict())
+    mine, theirs = dict(teacher.named_buffers()), dict(expected.named_buffers())
+    for name, tensor in [*expected.named_parameters(remove_duplicate=False), *theirs.items()]:
+        made = teacher.get_parameter(name) if name not in theirs else mine[name]
+        assert made.dtype == tensor.dtype and torch.equal(made, tensor), name
+    assert mine.keys() == theirs.keys()

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from superthoughts_ext.checkpoint import TOKENIZER_FILES, has_tokenizer_files, is_superthoughts_checkpoint
+from superthoughts_ext.train_precision import copy_in_dtype
 
 # Linear layers of Qwen2 / Llama style decoder layers: attention and MLP projections.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
@@ -425,6 +426,6 @@ def attach_teacher(model: nn.Module, source: str | os.PathLike | nn.Module, dtyp
         teacher = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
     else:
         # No pristine checkpoint on disk: the backbone before any update is the teacher.
-        teacher = copy.deepcopy(model.backbone).to(dtype)
+        teacher = copy_in_dtype(model.backbone, dtype)
     teacher.requires_grad_(False).eval()
     model.attach_teacher(teacher)
