@@ -91,14 +91,23 @@ def teacher_dtype(dtype: torch.dtype, bf16_autocast: bool) -> torch.dtype:
 
 
 def copy_in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A deep copy of `module` with its floating parameters and buffers in `dtype`, each made in
-    `dtype` as it is copied: `copy.deepcopy(module).to(dtype)` held the whole copy in the module's
-    own dtype first (a float32 7B backbone copied into a bfloat16 teacher: 28 GB, then 14 GB).
-    Tensors that modules share (a tied embedding and lm_head) stay one tensor."""
+    """A deep copy of `module` with its floating parameters and persistent buffers in `dtype`,
+    each made in `dtype` as it is copied: `copy.deepcopy(module).to(dtype)` held the whole copy in
+    the module's own dtype first (a float32 7B backbone copied into a bfloat16 teacher: 28 GB,
+    then 14 GB). Tensors that modules share (a tied embedding and lm_head) stay one tensor.
+
+    Non-persistent buffers (RoPE frequencies) keep their dtype, as `from_pretrained(dtype=...)`
+    builds them (and `modeling._cast_weights` keeps them): rounded to bfloat16 they turn the
+    angles by radians within a few thousand positions, and the teacher loaded from a plain
+    checkpoint has them in float32."""
     def made(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().to(dtype, copy=True) if tensor.is_floating_point() else tensor.detach().clone()
 
     # deepcopy takes what its memo holds for an object (by id) instead of copying it.
     memo: dict[int, Any] = {id(p): nn.Parameter(made(p), requires_grad=p.requires_grad) for p in module.parameters()}
-    memo.update({id(b): made(b) for b in module.buffers()})
+    for owner in module.modules():
+        for name, buffer in owner._buffers.items():
+            if buffer is not None:
+                kept = name in owner._non_persistent_buffers_set
+                memo[id(buffer)] = buffer.detach().clone() if kept else made(buffer)
     return copy.deepcopy(module, memo)
