@@ -14,19 +14,30 @@ from superthoughts_ext.bench_cli import load_benchmark
 from superthoughts_ext.ops import superthoughts_step
 
 
-def test_vocab_must_hold_the_masked_eos(capsys) -> None:
-    parser = argparse.ArgumentParser()
+def step_parser() -> tuple[object, argparse.ArgumentParser]:
+    """benchmarks/bench_step.py loaded, and the parser its options make."""
     bench = load_benchmark("step")
+    parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
+    return bench, parser
+
+
+def measured_row(batch: int, hidden: int, dtype: torch.dtype, **extra) -> dict:
+    """What bench_config returns for a configuration, with every time 1 s: for tests that check
+    what main() does with the rows, not the timing."""
+    return {"batch": batch, "hidden": hidden, "dtype": str(dtype), "bytes": 1, "fused_s": 1.0, "fused_gb_s": 1.0,
+            "eager_s": 1.0, "speedup_vs_eager": 1.0, **extra}
+
+
+def test_vocab_must_hold_the_masked_eos(capsys) -> None:
+    bench, parser = step_parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["--vocab", str(bench.EOS)])
     assert f"argument --vocab: must be >= {bench.EOS + 1}" in capsys.readouterr().err
 
 
 def test_bench_step_smoke(tmp_path: Path, monkeypatch) -> None:
-    bench = load_benchmark("step")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench, parser = step_parser()
     out = tmp_path / "step.json"
     args = parser.parse_args(["--batch", "1", "3", "--vocab", "1000", "--hidden", "64", "--dtype", "bf16",
                               "--no-compile", "--output", str(out)])
@@ -51,15 +62,12 @@ def test_bench_step_smoke(tmp_path: Path, monkeypatch) -> None:
 
 def test_bench_step_measures_the_first_hidden_size_in_every_dtype_first(tmp_path: Path, monkeypatch) -> None:
     # A GPU stage's time limit cut the run after the fp32 rows, leaving bf16 unmeasured.
-    bench = load_benchmark("step")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench, parser = step_parser()
     args = parser.parse_args(["--batch", "1", "2", "--vocab", "100", "--hidden", "16", "8", "--dtype", "fp32",
                               "bf16", "--no-compile", "--output", str(tmp_path / "step.json")])
     order = []
     monkeypatch.setattr(bench, "bench_config", lambda batch, vocab, hidden, dtype, *rest: order.append(
-        (hidden, dtype, batch)) or {"batch": batch, "hidden": hidden, "dtype": str(dtype), "bytes": 1, "fused_s": 1.0,
-        "fused_gb_s": 1.0, "eager_s": 1.0, "speedup_vs_eager": 1.0})
+        (hidden, dtype, batch)) or measured_row(batch, hidden, dtype))
     bench.main(args)
     f32, bf16 = torch.float32, torch.bfloat16
     assert order == [(16, f32, 1), (16, f32, 2), (16, bf16, 1), (16, bf16, 2),
@@ -72,16 +80,13 @@ def test_a_results_file_that_meets_a_full_disk_keeps_the_rows_written_before(tmp
     # them): a full disk, or a kill mid-write, truncated it and every row measured was lost.
     from superthoughts_ext import bench_cli
 
-    bench = load_benchmark("step")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench, parser = step_parser()
     out = tmp_path / "step.json"
     args = parser.parse_args(["--batch", "1", "2", "--vocab", "100", "--hidden", "16", "--dtype", "fp32",
                               "--no-compile", "--output", str(out)])
     args.area = "step"
-    monkeypatch.setattr(bench, "bench_config", lambda batch, vocab, hidden, dtype, *rest: {
-                        "batch": batch, "hidden": hidden, "dtype": str(dtype), "bytes": 1, "fused_s": 1.0,
-                        "fused_gb_s": 1.0, "eager_s": 1.0, "speedup_vs_eager": 1.0, "padding": "x" * 3000})
+    monkeypatch.setattr(bench, "bench_config", lambda batch, vocab, hidden, dtype, *rest:
+                        measured_row(batch, hidden, dtype, padding="x" * 3000))
     monkeypatch.setattr(bench, "copy_bandwidth", lambda device: None)
     monkeypatch.setattr(bench, "git_commit", lambda: "unknown")  # git is killed past the limit (conftest)
     monkeypatch.setattr(bench_cli, "load_benchmark", lambda area: bench)
@@ -157,8 +162,7 @@ def test_graph_replay_sets_share_the_embedding_but_pick_other_rows() -> None:
 @pytest.mark.parametrize("option,value", [("--batch", "0"), ("--hidden", "-1")])  # --vocab: below
 def test_bench_step_refuses_empty_shapes(option, value, capsys) -> None:
     # A B = 0 run would time nothing, print absurd bandwidths and overwrite the results file.
-    parser = argparse.ArgumentParser()
-    load_benchmark("step").add_arguments(parser)
+    _, parser = step_parser()
     with pytest.raises(SystemExit):
         parser.parse_args([option, value])
     err = capsys.readouterr().err
@@ -193,15 +197,11 @@ def test_threads_reach_the_timed_run_through_the_console_script(tmp_path: Path) 
 
 
 def test_without_threads_torch_keeps_its_count(tmp_path: Path, monkeypatch) -> None:
-    bench = load_benchmark("step")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench, parser = step_parser()
     out = tmp_path / "step.json"
     args = parser.parse_args(["--batch", "1", "--hidden", "8", "--dtype", "fp32", "--no-compile", "--output", str(out)])
     assert args.threads is None
-    monkeypatch.setattr(bench, "bench_config", lambda batch, vocab, hidden, dtype, *rest: {
-        "batch": batch, "hidden": hidden, "dtype": str(dtype), "bytes": 1, "fused_s": 1.0, "fused_gb_s": 1.0,
-        "eager_s": 1.0, "speedup_vs_eager": 1.0})
+    monkeypatch.setattr(bench, "bench_config", lambda batch, vocab, hidden, dtype, *rest: measured_row(batch, hidden, dtype))
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # an odd count: one the run set itself would show
     try:
