@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from superthoughts_ext.file_writes import writing
+from superthoughts_ext.plot_style import LABEL_FONT_SIZE, PALETTE, place_labels, pyplot, save_figure
 
 if TYPE_CHECKING:
     from superthoughts_ext.demo.run import DemoSettings
 
-__all__ = ["evaluate_models", "format_table", "write_plot"]
+__all__ = ["evaluate_models", "format_table", "plot_title", "write_plot"]
 
 
 def _record(summary: Any, baseline_tokens: float | None) -> dict[str, Any]:
@@ -90,47 +90,72 @@ def _label_groups(sweep: list[dict[str, Any]], x_span: float, y_span: float) -> 
     return groups
 
 
+def plot_title(results: dict[str, Any]) -> str:
+    """The demo plot's title: what is plotted, then on what (held-out problems, the model's size,
+    the data seed, the device), from what the results JSON records."""
+    settings, device = results.get("settings", {}), results.get("device")
+    model = (f"tiny Qwen2 ({settings['num_layers']} layers, hidden {settings['hidden_size']})"
+             if {"num_layers", "hidden_size"} <= settings.keys() else None)
+    seed = f"seed {settings['seed']}" if "seed" in settings else None
+    what = ", ".join(part for part in (f"{results['baseline']['n']} held-out column additions", model, seed) if part)
+    # The device on a line of its own: one line of all of it was wider than the figure.
+    return "\n".join(line for line in ("superthoughts demo: accuracy vs decode steps", what, device) if line)
+
+
+def _numbers(r: dict[str, Any], baseline_tokens: float) -> str:
+    """A legend entry's numbers: accuracy, mean decode steps and the reduction vs the baseline."""
+    reduction = f", {1 - r['mean_steps'] / baseline_tokens:.1%} shorter" if baseline_tokens else ""
+    return f"{r['accuracy']:.1%}, {r['mean_steps']:.1f} steps{reduction}"
+
+
+# Below, above, then further out (points in the offsets `place_labels` takes).
+THRESHOLD_LABEL_OFFSETS = ((0, -9, "center", "top"), (0, 9, "center", "bottom"),
+                           (0, -20, "center", "top"), (0, 20, "center", "bottom"))
+
+
 def write_plot(results: dict[str, Any], path: Path) -> Path:
-    """Accuracy vs mean decode steps across thresholds, with both SFT models and pairs marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Accuracy vs mean decode steps across thresholds, with both SFT models and pairs marked;
+    the legend gives each marked point's numbers, the top axis the reduction vs the baseline."""
+    plt = pyplot()
     sweep = results["sweep"]
     base, initial, pairs = results["baseline"], results["initial_sft"], results["pairs"]
-    fig, ax = plt.subplots(figsize=(7.2, 5.0))
-    ax.plot([r["mean_steps"] for r in sweep], [r["accuracy"] for r in sweep], "o-",
-            label="SuperThoughts (threshold sweep)")
+    base_tokens = base["mean_tokens"]
+    fig, ax = plt.subplots(figsize=(7.6, 5.6))
+    sweep_colour, default_colour, pairs_colour = PALETTE[0], PALETTE[1], PALETTE[3]
+    ax.plot([r["mean_steps"] for r in sweep], [100 * r["accuracy"] for r in sweep], "o-", color=sweep_colour,
+            label="SuperThoughts, threshold sweep (labels: threshold)")
     chosen = results["superthoughts"]
-    ax.plot([chosen["mean_steps"]], [chosen["accuracy"]], "*", color="tab:orange", markersize=14, zorder=3,
-            label=f"SuperThoughts at the default threshold {chosen['threshold']:g}")
-    steps = [r["mean_steps"] for r in (*sweep, base, initial, pairs)]
-    x_span = max(max(steps) - min(steps), 1e-9)
-    for index, group in enumerate(_label_groups(sweep, x_span, 1.0)):
-        first, last = group[0], group[-1]
-        text = f"{first['threshold']:g}" if len(group) == 1 else f"{first['threshold']:g}-{last['threshold']:g}"
-        # Below and above the points in turn: neighbouring labels do not run into each other.
-        x = sum(r["mean_steps"] for r in group) / len(group)
-        ax.annotate(text, (x, first["accuracy"]), textcoords="offset points", xytext=(0, -14 if index % 2 == 0 else 8),
-                    ha="center", fontsize=8)
-    ax.plot([base["mean_steps"]], [base["accuracy"]], "s", color="black", label="baseline (standard)")
+    ax.plot([chosen["mean_steps"]], [100 * chosen["accuracy"]], "*", color=default_colour, markersize=15,
+            markeredgecolor="black", markeredgewidth=0.5, zorder=3,
+            label=f"SuperThoughts at the default threshold {chosen['threshold']:g}: {_numbers(chosen, base_tokens)}")
+    ax.plot([base["mean_steps"]], [100 * base["accuracy"]], "s", color="black",
+            label=f"baseline SFT (standard): {_numbers(base, 0.0)}")
     # Larger and hollow: both SFT models decode the same token counts, so this rings the baseline.
-    ax.plot([initial["mean_steps"]], [initial["accuracy"]], "s", color="tab:gray", fillstyle="none",
-            markersize=12, label="initial SFT (standard)")
-    ax.plot([pairs["mean_steps"]], [pairs["accuracy"]], "^", color="tab:red", label="pairs (always 2)")
-    ax.set_xlabel("mean decode steps per problem (labels: confidence threshold)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.08, 1.1)
+    ax.plot([initial["mean_steps"]], [100 * initial["accuracy"]], "s", color="dimgray", fillstyle="none",
+            markersize=13, label=f"initial SFT (standard): {_numbers(initial, 0.0)}")
+    # Hollow and larger for the same reason: pairs decodes about the steps of the lowest
+    # threshold, and a filled triangle hid that point.
+    ax.plot([pairs["mean_steps"]], [100 * pairs["accuracy"]], "^", color=pairs_colour, fillstyle="none",
+            markersize=12, markeredgewidth=1.5, zorder=4,
+            label=f"pairs (always 2 tokens): {_numbers(pairs, base_tokens)}")
+    ax.set_xlabel("mean decode steps per problem")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-8, 110)
+    if base_tokens:  # steps as a share of the baseline's tokens, as the table's reduction column
+        top = ax.secondary_xaxis("top", functions=(lambda s: 100 * (1 - s / base_tokens),
+                                                   lambda r: base_tokens * (1 - r / 100)))
+        top.set_xlabel("CoT reduction vs the baseline's tokens (%)")
     ax.grid(alpha=0.3)
     # Outside the axes: inside, it covered part of the sweep whatever corner it took.
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
-    ax.set_title("superthoughts demo: accuracy vs decode steps")
-    fig.tight_layout()
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, fontsize=LABEL_FONT_SIZE, frameon=False)
+    ax.set_title(plot_title(results), fontsize=11, pad=10)
+    # Threshold labels below or above their points (beside them they sat on the sweep's line),
+    # wherever they clear the other labels and the marked points.
+    steps = [r["mean_steps"] for r in (*sweep, base, initial, pairs)]
+    groups = _label_groups(sweep, max(max(steps) - min(steps), 1e-9), 1.0)
+    texts = [f"{g[0]['threshold']:g}" if len(g) == 1 else f"{g[0]['threshold']:g}-{g[-1]['threshold']:g}"
+             for g in groups]
+    place_labels(ax, [(sum(r["mean_steps"] for r in g) / len(g), 100 * g[0]["accuracy"]) for g in groups], texts,
+                 avoid=[(r["mean_steps"], 100 * r["accuracy"]) for r in (chosen, base, pairs)],
+                 offsets=THRESHOLD_LABEL_OFFSETS)
+    return save_figure(fig, path)
