@@ -207,3 +207,35 @@ def test_compare_takes_objects_of_another_key_order_for_the_same_setting(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compare(a, b)
+
+
+def test_plot_names_the_bench_and_labels_every_point_with_its_numbers(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from superthoughts_ext.eval_compare import plot_tradeoff
+
+    common = {"bench": "amc23", "max_new_tokens": 4096}
+    base = write_records(tmp_path / "base.jsonl", [{"id": str(i), "correct": i < 3, **common} for i in range(4)])
+    runs = [write_records(tmp_path / f"st{k}.jsonl", [{"id": str(i), "correct": i < 2 + k, "steps": 6 + k, **common}
+                                                      for i in range(4)]) for k in range(2)]
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_tradeoff(compare_runs(base, runs), tmp_path / "named.png")
+    fig = closed[0]
+    ax = fig.axes[0]
+    assert ax.get_title() == "accuracy vs chain-of-thought length\namc23, 4 problems, max 4096 new tokens"
+    # The baseline, then each run: accuracy, and how much shorter than the baseline's tokens.
+    assert [t.get_text() for t in ax.texts] == ["75.0%", "50.0%, 40.0% shorter", "75.0%, 30.0% shorter"]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    box = ax.get_window_extent(renderer)
+    assert all(box.x0 <= b.x0 and b.x1 <= box.x1 and box.y0 <= b.y0 and b.y1 <= box.y1 for b in boxes)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert "reduction" in ax.child_axes[0].get_xlabel()  # the top axis: 100 - the bottom one
+    # Runs on other budgets: the title names only what every point shares.
+    other = write_records(tmp_path / "other.jsonl", [{"id": str(i), "bench": "amc23", "max_new_tokens": 512}
+                                                     for i in range(4)])
+    with pytest.warns(UserWarning, match="different max_new_tokens"):
+        plot_tradeoff(compare_runs(base, [other]), tmp_path / "mixed.png")
+    assert closed[1].axes[0].get_title() == "accuracy vs chain-of-thought length\namc23, 4 problems"

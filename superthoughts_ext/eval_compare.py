@@ -19,7 +19,7 @@ from typing import Any
 
 from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_sampling import accuracy_std, per_problem, record_key, sampling_of
-from superthoughts_ext.file_writes import writing
+from superthoughts_ext.plot_style import LABEL_FONT_SIZE, MARKERS, PALETTE, place_labels, pyplot, save_figure
 
 
 def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -276,7 +276,8 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
     """`compare(baseline, c)` for every candidate c, all over the same problems: those present in
     EVERY file, so that accuracies and lengths of different runs can be set side by side.
     Each result also carries `dropped_a` / `dropped_b` (problems of that file outside the common
-    set) and `label_a` / `label_b` (`run_label`)."""
+    set), `label_a` / `label_b` (`run_label`), and `bench` / `max_new_tokens` (the value every
+    record holds; None when they lack it or differ)."""
     if not candidates:
         raise ValueError("compare_runs: give at least one candidate besides the baseline")
     a = _read_records(baseline_jsonl)
@@ -288,12 +289,21 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
         raise ValueError(f"compare: no problem id is present in all of {names}")
     _check_same_problems((baseline_jsonl, a), list(zip(candidates, runs)), common)
     label_a, *labels = _distinct_labels([baseline_jsonl, *candidates], [a, *runs])
+    shared = {key: _shared_value([a, *runs], key) for key in ("bench", "max_new_tokens")}
     results = []
     for path, b, label_b in zip(candidates, runs, labels):
         result = _compare_records(baseline_jsonl, a, path, b, common)
-        result.update(dropped_a=len(a) - len(common), dropped_b=len(b) - len(common), label_a=label_a, label_b=label_b)
+        result.update(dropped_a=len(a) - len(common), dropped_b=len(b) - len(common), label_a=label_a, label_b=label_b,
+                      **shared)
         results.append(result)
     return results
+
+
+def _shared_value(runs: list[dict[str, dict[str, Any]]], key: str) -> Any:
+    """The one value of ``key`` in every record of every run (the benchmark, the token budget),
+    None when records lack it or disagree: a plot title names only what holds for all its points."""
+    values = {json.dumps(record.get(key)) for records in runs for record in records.values()}
+    return json.loads(values.pop()) if len(values) == 1 else None
 
 
 def _distinct_labels(paths: list[str | Path], records: list[dict[str, dict[str, Any]]]) -> list[str]:
@@ -343,49 +353,64 @@ def _error_bar(ax: Any, x: float, y: float, std: float | None, color: str) -> No
         ax.errorbar([x], [y], yerr=[100 * std], fmt="none", ecolor=color, capsize=4)
 
 
+def _point_label(accuracy: float, std: float | None, steps_share: float | None) -> str:
+    """The numbers beside a point: accuracy (± std over samples), and how much shorter than the
+    baseline's chain of thought the run decoded (none for the baseline itself)."""
+    text = f"{100 * accuracy:.1f}%" + (f" ± {100 * std:.1f}" if std is not None else "")
+    return text if steps_share is None else f"{text}, {100 - steps_share:.1f}% shorter"
+
+
+def tradeoff_title(results: list[dict[str, Any]]) -> str:
+    """`plot_tradeoff`'s default title: what is plotted, on which benchmark, how many problems and
+    under which token budget (where the records name them)."""
+    first = results[0]
+    budget = first.get("max_new_tokens")
+    context = ", ".join(part for part in (first.get("bench"), f"{first['n']} problems",
+                                          f"max {budget} new tokens" if budget else None) if part)
+    return f"accuracy vs chain-of-thought length\n{context}"
+
+
 def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Accuracy against decode length: each run at its mean decode steps as a share of the
-    baseline's mean tokens (100% = the baseline's chain of thought), the baseline as a square (at
-    its own steps: 100% when it decoded token by token). A sampled run is at its avg@N accuracy,
-    with a bar of +- the std of its per-sample accuracies.
-    Writes a PNG (or any format matplotlib knows from the suffix) and returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    baseline's mean tokens (100% = the baseline's chain of thought; the top axis reads it as the
+    CoT reduction), the baseline as a square (at its own steps: 100% when it decoded token by
+    token). Every point is labelled with its accuracy and reduction. A sampled run is at its
+    avg@N accuracy, with a bar of +- the std of its per-sample accuracies. The default title is
+    `tradeoff_title`. Writes a PNG (or any format matplotlib knows from the suffix) and returns
+    its path."""
+    plt = pyplot()
     first = results[0]
     # The run names go in a legend under the axes, one line each: annotations beside the points
     # ran off the figure for long names and a legend inside the axes hid the baseline.
-    fig, ax = plt.subplots(figsize=(6.4, 4.4 + 0.22 * (len(results) + 1)))
+    fig, ax = plt.subplots(figsize=(7.0, 4.8 + 0.22 * (len(results) + 1)))
     # The baseline at its own decode steps: 100% only for a token-by-token (standard) baseline.
     base_x = 100 * first["mean_steps_a"] / first["mean_tokens_a"] if first["mean_tokens_a"] else 100.0
+    base_y = 100 * first["accuracy_a"]
     # A hollow square drawn over the runs: a run at the baseline's point (a standard run of the
     # same model) shows inside it, where a filled one hid the other.
-    ax.plot([base_x], [100 * first["accuracy_a"]], "s", color="black", markerfacecolor="none", markersize=11,
+    ax.plot([base_x], [base_y], "s", color="black", markerfacecolor="none", markersize=11,
             zorder=3, label=f"A: {first['label_a']}")
-    _error_bar(ax, base_x, 100 * first["accuracy_a"], first["accuracy_std_a"], "black")
+    _error_bar(ax, base_x, base_y, first["accuracy_std_a"], "black")
     xs = [100 * (1 - r["cot_reduction"]) for r in results]
     ys = [100 * r["accuracy_b"] for r in results]
-    markers = "o^vD<>p*hX"
     for index, (x, y, r) in enumerate(zip(xs, ys, results)):
-        ax.plot([x], [y], markers[index % len(markers)], color=f"C{index % 10}", label=r["label_b"])
-        _error_bar(ax, x, y, r["accuracy_std_b"], f"C{index % 10}")
-    ax.axhline(100 * first["accuracy_a"], color="black", linewidth=0.8, linestyle="--")
-    ax.margins(x=0.1)
-    spans = [(100 * first["accuracy_a"], first["accuracy_std_a"])]
+        color = PALETTE[index % len(PALETTE)]
+        ax.plot([x], [y], MARKERS[index % len(MARKERS)], color=color, markersize=8, label=r["label_b"])
+        _error_bar(ax, x, y, r["accuracy_std_b"], color)
+    ax.axhline(base_y, color="black", linewidth=0.8, linestyle="--")
+    ax.margins(x=0.12)
+    spans = [(base_y, first["accuracy_std_a"])]
     spans += [(y, r["accuracy_std_b"]) for y, r in zip(ys, results)]
     ax.set_ylim(*accuracy_limits([y + sign * 100 * (std or 0.0) for y, std in spans for sign in (-1, 1)]))
     ax.set_xlabel("decode steps, % of the baseline's tokens")
     ax.set_ylabel("accuracy (%)" if not _sampled_note(results) else "accuracy (%; sampled: avg@N ± std over samples)")
+    # The paper reports the reduction, 100 - the bottom axis: readable off the top one.
+    top = ax.secondary_xaxis("top", functions=(lambda x: 100 - x, lambda r: 100 - r))
+    top.set_xlabel("CoT reduction vs the baseline's tokens (%)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
-    ax.set_title(title or f"accuracy vs chain-of-thought length ({first['n']} problems)")
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend under the axes included
-    finally:
-        plt.close(fig)
-    return path
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=LABEL_FONT_SIZE, frameon=False)
+    ax.set_title(title or tradeoff_title(results), fontsize=11, pad=10)
+    labels = [_point_label(first["accuracy_a"], first["accuracy_std_a"], None)]
+    labels += [_point_label(r["accuracy_b"], r["accuracy_std_b"], x) for x, r in zip(xs, results)]
+    place_labels(ax, [(base_x, base_y), *zip(xs, ys)], labels)
+    return save_figure(fig, path)
