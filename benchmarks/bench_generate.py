@@ -44,8 +44,9 @@ from transformers import AutoModelForCausalLM, CompileConfig, Qwen2Config
 
 from superthoughts_ext import decode_loop
 from superthoughts_ext.eval_compare import threshold_label
-from superthoughts_ext.file_writes import replace_text, writing
+from superthoughts_ext.file_writes import replace_text
 from superthoughts_ext.generate import generate, resolve_compile
+from superthoughts_ext.plot_style import PALETTE, fit_texts_above, pyplot, save_figure
 from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
                                         git_commit, int_at_least,
                                         non_negative_float, results_file, unit_float)
@@ -244,37 +245,92 @@ def methods(args, backbone, superthoughts, new_tokens: int, device: torch.device
     return table
 
 
-def plot(results: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+# Fixed per method, so that one method keeps its look across plots set side by side: greys for
+# transformers, the palette's blue for our standard decoding, vermillion for pairs; the st@T
+# rows take the remaining colours in threshold order. Hatches tell them apart in greyscale.
+METHOD_STYLES = {"hf_dynamic": ("#BBBBBB", "//"), "hf_static_compile": ("#777777", "\\\\"),
+                 "standard": (PALETTE[0], ""), "pairs": (PALETTE[3], "xx")}
+ST_STYLES = [(PALETTE[i], hatch) for i, hatch in ((1, ".."), (2, "oo"), (4, "--"), (5, "++"), (6, "||"))]
+METHOD_NAMES = {"hf_dynamic": "transformers generate, dynamic cache",
+                "hf_static_compile": "transformers generate, static cache + torch.compile",
+                "standard": "ours, standard (1 token / step)", "pairs": "ours, pairs (2 tokens / step)"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def method_style(name: str, st_index: int) -> tuple[str, str]:
+    """(colour, hatch) of a method's bars; ``st_index``: its place among the st@T methods."""
+    return METHOD_STYLES.get(name) or ST_STYLES[st_index % len(ST_STYLES)]
+
+
+def method_label(name: str) -> str:
+    """A method's legend entry: its --methods name and what it runs."""
+    if name.startswith("st@"):
+        return f"{name}: ours, adaptive, MTP confidence threshold {name[3:]}"
+    return f"{name}: {METHOD_NAMES[name]}" if name in METHOD_NAMES else name
+
+
+def plot_title(report: dict) -> str:
+    """What the plot shows (greedy decode throughput) and on what: the random model's shape and
+    dtype, the device, the lengths, whether our step was compiled, the MTP logit spread that
+    sets how often st@T pairs. Reads older result JSONs too (keys they lack are left out)."""
+    compiled = {True: "our step compiled", False: "our step eager"}.get(report.get("compile"))
+    spread = report.get("mtp_logit_std")
+    setup = ", ".join(part for part in (
+        f"prompt {report['prompt_len']}", f"{report['new_tokens']} new tokens", compiled,
+        f"MTP logit std {spread:g}" if spread is not None else None,
+        None if report.get("complete", True) else "INCOMPLETE run") if part)
+    return (f"greedy decode throughput: random-weight {report['shape']} {report['dtype']}\n"
+            f"on {report['device']}\n{setup}")
+
+
+def plot(results: list[dict], path: Path, title: str) -> Path:
+    """Generated tokens/s per method (bars) and batch size (groups), on a log axis (the batch
+    sizes span an order of magnitude of throughput), every bar labelled with its tokens/s (st@T:
+    and its share of pair steps); a method not measured at a batch size is marked so, not drawn
+    as an empty gap. Writes ``path``; returns it."""
+    plt = pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     names = list(dict.fromkeys(r["method"] for r in results))
     batches = sorted({r["batch"] for r in results})
-    width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.84 / len(names)
+    fig, ax = plt.subplots(figsize=(10, 6))
     rows = {(r["method"], r["batch"]): r for r in results}
+    st_names = [name for name in names if name.startswith("st@")]
+    lowest = min(r["tokens_per_s"] for r in results)
+    labels = []
     for i, name in enumerate(names):
-        xs = [b_i + i * width for b_i in range(len(batches))]
+        colour, hatch = method_style(name, st_names.index(name) if name in st_names else 0)
+        xs = [b_i + (i - (len(names) - 1) / 2) * width for b_i in range(len(batches))]
         cells = [rows.get((name, b)) for b in batches]
-        ax.bar(xs, [r["tokens_per_s"] if r else 0.0 for r in cells], width, label=name)
-        if name.startswith("st@"):  # how often it paired, which its tokens/s rests on
-            for x, r in zip(xs, cells):
-                if r:
-                    ax.text(x, r["tokens_per_s"], f"{r['pair_step_fraction']:.0%}", ha="center", va="bottom",
-                            fontsize=7)
-    ax.set_xticks([b_i + 0.4 - width / 2 for b_i in range(len(batches))], [f"batch {b}" for b in batches])
-    ax.set_ylabel("generated tokens / s")
+        ax.bar([x for x, r in zip(xs, cells) if r], [r["tokens_per_s"] for r in cells if r], width, color=colour,
+               hatch=hatch, edgecolor="black", linewidth=0.6, label=method_label(name))
+        for x, r in zip(xs, cells):
+            if r is None:  # e.g. a run cut short: not a zero-height bar a reader takes for 0 tokens/s
+                ax.text(x, lowest / 2, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="dimgray")
+                continue
+            text = f"{r['tokens_per_s']:.0f}"
+            if name.startswith("st@"):  # how often it paired, which its tokens/s rests on
+                text += f", {r['pair_step_fraction']:.0%} pairs"
+            labels.append(ax.text(x, r["tokens_per_s"] * 1.04, text, rotation=90, ha="center", va="bottom",
+                                  fontsize=7))
+    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    ax.set_xlabel("batch size (rows decoded together)")
+    ax.set_ylabel("generated tokens / s (log scale)")
     ax.set_yscale("log")
+    # Room below the lowest bar for "not run"; above the tallest one for its label (fitted below).
+    ax.set_ylim(lowest / 2.5, max(r["tokens_per_s"] for r in results) * 1.5)
+    # Plain numbers at 1-2-5 steps: "6 x 10^3" ticks had to be decoded to be read.
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(subs="auto"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, ncol=2, title="above st@T: share of pair steps", title_fontsize=8)
-    fig.tight_layout()
-    try:
-        with writing(path):
-            fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    fit_texts_above(ax, labels)
+    # Under the axes: inside, the upper corners are where the tallest bars' labels go.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False, title_fontsize=8,
+              title="over each bar: tokens/s; over st@T bars also the share of decode steps that emitted 2 tokens")
+    return save_figure(fig, path)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -324,8 +380,7 @@ def main(args: argparse.Namespace) -> int:
             "graph_windows": args.graph_windows, "complete": complete, "results": results,
         }
         replace_text(out, json.dumps(report, indent=2) + "\n")
-        plot(results, out.with_suffix(".png"), f"{shape} {report['dtype']} on {report['device']}, "
-             f"prompt {args.prompt_len}, {new_tokens} new tokens, MTP logit std {args.mtp_logit_std:g}")
+        plot(results, out.with_suffix(".png"), plot_title(report))
         print(f"wrote {out} and {out.with_suffix('.png')}")
 
     for index, batch in enumerate(args.batch):

@@ -154,3 +154,44 @@ def test_the_correctness_checks_stop_the_benchmark_on_a_difference(monkeypatch) 
         bench.check_standard(backbone, device)
     with pytest.raises(SystemExit, match="standard sequences through the fused step differ from the reference step"):
         bench.check_fused_step(superthoughts, device, False, 0.9)
+
+
+def test_throughput_plot_labels_every_bar_and_marks_what_was_not_run(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    bench = load_benchmark("generate")
+    rows = [{"method": method, "batch": batch, "tokens_per_s": tps, "pair_step_fraction": pairs}
+            for method, batch, tps, pairs in (("hf_dynamic", 1, 35.0, 0.0), ("standard", 1, 217.0, 0.0),
+                                              ("st@0.9", 1, 206.4, 0.66), ("hf_dynamic", 32, 838.0, 0.0),
+                                              ("standard", 32, 3231.0, 0.0), ("st@0.9", 32, 7354.0, 0.71),
+                                              ("standard", 8, 1311.0, 0.0))]
+    # A run JSON as the first versions wrote it: no compile, mtp_logit_std or complete keys.
+    report = {"shape": "qwen2.5-math-1.5b", "dtype": "bfloat16", "device": "NVIDIA H100 80GB HBM3",
+              "prompt_len": 128, "new_tokens": 512}
+    title = bench.plot_title(report)
+    assert title == ("greedy decode throughput: random-weight qwen2.5-math-1.5b bfloat16\non NVIDIA H100 80GB HBM3\n"
+                     "prompt 128, 512 new tokens")
+    assert "our step compiled, MTP logit std 30, INCOMPLETE run" in bench.plot_title(
+        {**report, "compile": True, "mtp_logit_std": 30.0, "complete": False})
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    bench.plot(rows, tmp_path / "g.png", title)
+    fig = closed[0]
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    # A label per measured bar (st@T with its share of pair steps), "not run" where a cell is missing.
+    assert sorted(texts) == sorted(["35", "217", "206, 66% pairs", "838", "3231", "7354, 71% pairs", "1311",
+                                    "not run", "not run"])
+    assert ax.get_xlabel().startswith("batch size") and "log scale" in ax.get_ylabel() and ax.get_yscale() == "log"
+    # Inside the axes: the label of the tallest bar is not cut off at the top.
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    assert all(box.y0 <= t.get_window_extent(renderer).y0 and t.get_window_extent(renderer).y1 <= box.y1
+               for t in ax.texts)
+    # Told apart in greyscale: every method has its own hatch (plain for one of them at most).
+    hatches = {container.get_label(): container.patches[0].get_hatch() for container in ax.containers}
+    assert len(set(hatches.values())) == len(hatches) == 3
+    # The legend is under the axes, where it covers no bar.
+    assert ax.get_legend().get_window_extent(renderer).y1 < box.y0
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
