@@ -83,6 +83,22 @@ def test_a_warning_from_the_package_shows_no_place_in_its_code() -> None:
     assert cli.format_warning("x", FutureWarning, "/elsewhere/lib.py", 3) == "/elsewhere/lib.py:3: FutureWarning: x\n"
 
 
+def test_build_parser_gives_options_to_the_named_subcommands_only() -> None:
+    # main() names only the chosen subcommand, so `superthoughts eval ...` never imports train's
+    # module; the docs test names them all.
+    import argparse
+
+    def options(parser: argparse.ArgumentParser, command: str) -> set[str]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+        return {flag for action in sub._actions for flag in action.option_strings} - {"-h", "--help"}
+
+    one = cli.build_parser(["export"])
+    assert options(one, "export") == {"--checkpoint", "--output", "--model", "--dtype"}
+    assert all(not options(one, command) for command in cli.COMMANDS if command != "export")
+    every = cli.build_parser(cli.COMMANDS)
+    assert all(options(every, command) for command in cli.COMMANDS if command != "bench")  # its areas hold them
+    assert every.parse_args(["export", "--checkpoint", "c", "--output", "o"]).checkpoint == "c"
+
 def test_a_command_formats_warnings_only_while_it_runs(monkeypatch) -> None:
     # main() is also called in-process: it left its formatter installed for the caller's process.
     from superthoughts_ext import eval_cli, train

@@ -11,7 +11,7 @@ import contextlib
 import importlib
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 # subcommand -> (module, one-line help)
@@ -95,17 +95,26 @@ def transformers_progress_bars(shown: bool) -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def build_parser(with_options: Iterable[str] = ()) -> argparse.ArgumentParser:
+    """The `superthoughts` parser. Only the subcommands named in `with_options` get their options
+    (their modules imported); the others are there by name and help line alone, which is all that
+    `superthoughts --help` and the choice of subcommand read. `build_parser(COMMANDS)` is the
+    whole command line (the documentation tests check the docs against it)."""
+    loaded = set(with_options)
     parser = argparse.ArgumentParser(prog="superthoughts", description=(__doc__ or "").partition("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
         sub_parser.set_defaults(_module=module_name)
-        # Only the chosen subcommand's module is imported.
-        if argv and argv[0] == name:
+        if name in loaded:
             importlib.import_module(module_name).add_arguments(sub_parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the chosen subcommand's module is imported.
+    args = build_parser(argv[:1]).parse_args(argv)
     try:
         with command_warnings():
             return int(importlib.import_module(args._module).run(args) or 0)
