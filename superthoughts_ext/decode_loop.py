@@ -39,7 +39,8 @@ GRAPH_MIN_SPAN = 512
 
 @dataclass
 class StepConfig:
-    """Scalar arguments of the step op and of the bookkeeping, fixed for one generate call."""
+    """Arguments of the step op (scalars, and the per-row seeds tensor) and of the bookkeeping,
+    fixed for one generate call."""
 
     step_fn: StepFn  # ops.superthoughts_step or reference.superthoughts_step_ref
     pad_id: int
