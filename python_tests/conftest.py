@@ -28,7 +28,11 @@ def file_size_limit() -> Callable[[int], contextlib.AbstractContextManager[None]
     any user may lower and raise again up to its hard limit): a write past it fails with EFBIG,
     as Python ignores SIGXFSZ. Stands in for a full disk without root or a small mount. A child
     process gets SIGXFSZ back (subprocess restores it) and is killed past the limit: keep git out
-    of the limited section (a killed `git status` leaves the checkout's .git/index.lock behind)."""
+    of the limited section (a killed `git status` leaves the checkout's .git/index.lock behind).
+    pytest's own capture file is a file too: once the test's output (all of it, not only the
+    section's) passes n bytes, a print() inside the section fails with EFBIG (and inside
+    `file_writes.writing` passes for the write under test), so a test whose code prints there
+    takes capsys, which captures in memory."""
 
     @contextlib.contextmanager
     def limit(size: int) -> Iterator[None]:
