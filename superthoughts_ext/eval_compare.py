@@ -22,7 +22,10 @@ from superthoughts_ext.eval_sampling import accuracy_std, per_problem, record_ke
 from superthoughts_ext.plot_style import LABEL_FONT_SIZE, MARKERS, PALETTE, place_labels, pyplot, save_figure
 
 
-def _read_records(path: str | Path) -> dict[str, dict[str, Any]]:
+def read_records(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A records file's records by problem id, as `compare` matches them (a sampled run's
+    samples of a problem merged by `eval_sampling.per_problem`); ValueError naming the file and
+    line of a broken or repeated record, a warning for the torn last line of an unfinished run."""
     path = Path(path)
     text = read_records_text(path)
     lines = json_lines(text)
@@ -133,7 +136,7 @@ def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
     Records are matched by id: files of different benchmarks or with a repeated id are a
     ValueError, different max_new_tokens a warning.
     """
-    a, b = _read_records(a_jsonl), _read_records(b_jsonl)
+    a, b = read_records(a_jsonl), read_records(b_jsonl)
     _check_settings([(a_jsonl, a), (b_jsonl, b)])
     common = [key for key in a if key in b]
     if not common:
@@ -262,14 +265,18 @@ def run_label(path: str | Path, records: dict[str, dict[str, Any]] | None = None
             return label
     else:
         info = next(iter((records or {}).values()), {})
+    return label + settings_label(info)
+
+
+def settings_label(info: dict[str, Any]) -> str:
+    """How a run decoded, as labels show it after the run's name: `` [superthoughts 0.99]``,
+    `` [pairs, avg@8 T=0.6]``; "" when ``info`` (a summary or a record) names no mode."""
     mode, threshold = info.get("mode"), info.get("threshold")
     sampling = sampling_of(info)
     sampled = f", avg@{sampling.samples} T={sampling.temperature:g}" if sampling.sampled else ""
     if mode == "superthoughts" and threshold is not None:
-        label += f" [{mode} {threshold_label(threshold)}{sampled}]"
-    elif mode:
-        label += f" [{mode}{sampled}]"
-    return label
+        return f" [{mode} {threshold_label(threshold)}{sampled}]"
+    return f" [{mode}{sampled}]" if mode else ""
 
 
 def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> list[dict[str, Any]]:
@@ -280,8 +287,8 @@ def compare_runs(baseline_jsonl: str | Path, candidates: list[str | Path]) -> li
     record holds; None when they lack it or differ)."""
     if not candidates:
         raise ValueError("compare_runs: give at least one candidate besides the baseline")
-    a = _read_records(baseline_jsonl)
-    runs = [_read_records(c) for c in candidates]
+    a = read_records(baseline_jsonl)
+    runs = [read_records(c) for c in candidates]
     _check_settings([(baseline_jsonl, a), *zip(candidates, runs)])
     common = [key for key in a if all(key in run for run in runs)]
     if not common:
