@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 def resume_hint(command: str, args: argparse.Namespace) -> str:
     """How to continue the runs of subcommand `command` that can be continued: an evaluation (its
     records are written as it goes) and a training run (from its last checkpoint)."""
-    if command == "eval" and not (getattr(args, "compare", None) or getattr(args, "regrade", None)):
+    if command == "eval" and not any(getattr(args, reader, None) for reader in ("compare", "regrade", "table")):
         instead = " in place of --overwrite" if getattr(args, "overwrite", False) else ""
         return f"; the same command with --resume{instead} continues it, keeping the records written so far"
     if command == "train":

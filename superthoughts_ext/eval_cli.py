@@ -1,12 +1,13 @@
 """`superthoughts eval`: evaluate a checkpoint on a benchmark (one threshold or a sweep with the
-model loaded once), compare result files (`--compare`, `--plot`), or grade their stored outputs
-again with the current grader (`--regrade`).
+model loaded once), compare result files (`--compare`, `--plot`), set runs on several benches in
+one table (`--table`), or grade their stored outputs again with the current grader (`--regrade`).
 
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl
     superthoughts eval --model DIR --bench math500 --data math500.jsonl --output st.jsonl --threshold 0.9 0.99
     superthoughts eval --model DIR --bench amc23 --data amc23.jsonl --output st.jsonl --temperature 0.6 --samples 8
     superthoughts eval --compare baseline.jsonl st-t0.9.jsonl st-t0.99.jsonl --plot sweep.png
     superthoughts eval --regrade baseline.jsonl st.jsonl
+    superthoughts eval --table math500/sft.jsonl math500/st.jsonl amc23/sft.jsonl amc23/st.jsonl
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from superthoughts_ext.eval_compare import (compare_runs, format_comparison, for
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
 from superthoughts_ext.eval_sampling import check_sampling
+from superthoughts_ext.eval_table import TABLE_FORMATS
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
 from superthoughts_ext.file_writes import WriteFailed
 from superthoughts_ext.run_info import write_problem
@@ -93,6 +95,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plot", help="with --compare: write an accuracy vs CoT length plot (PNG) here")
     parser.add_argument(
+        "--table", nargs="+", metavar="RUN.jsonl",
+        help="one table over several benches, a row per method (no model needed): each run's accuracy and CoT "
+             "reduction against the baseline's run of its bench, and their mean over the benches",
+    )
+    parser.add_argument("--table-labels", nargs="+", metavar="LABEL",
+                        help="with --table: the method of each file, in order (default: the checkpoint's name "
+                             "with the mode and threshold its records keep)")
+    parser.add_argument("--table-baseline", metavar="LABEL",
+                        help="with --table: the method the CoT reduction is measured against (default: the one "
+                             "method whose runs all decode in standard mode)")
+    parser.add_argument("--table-output", metavar="FILE",
+                        help="with --table: also write the table here, as CSV (.csv), JSON (.json) or Markdown")
+    parser.add_argument("--table-format", choices=TABLE_FORMATS,
+                        help="with --table-output: the file's format (default: by its suffix)")
+    parser.add_argument(
         "--regrade", nargs="+", metavar="RUN.jsonl",
         help="grade the outputs stored in result files again with the current grader, without decoding "
              "(--bench, --data and --option-orders default to those the records name); rewrites their "
@@ -111,6 +128,29 @@ def _run_compare(paths: list[str], plot: str | None) -> int:
     print(format_comparison(results[0]) if len(paths) == 2 else format_runs(results))
     if plot:
         print(f"plot: {plot_tradeoff(results, plot)}")
+    return 0
+
+
+# The options that only --table reads: argparse dest -> option.
+TABLE_OPTIONS = {"table_labels": "--table-labels", "table_baseline": "--table-baseline",
+                 "table_output": "--table-output", "table_format": "--table-format"}
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    from superthoughts_ext.eval_table import build_table, format_markdown, write_table
+
+    others = [option for dest, option in (("compare", "--compare"), ("regrade", "--regrade"), ("plot", "--plot"),
+                                          ("model", "--model")) if getattr(args, dest)]
+    if others:
+        raise ValueError(f"--table does not go with {', '.join(others)}: it reads finished result files")
+    if args.table_format and not args.table_output:
+        raise ValueError("--table-format goes with --table-output FILE (stdout gets the Markdown table)")
+    if args.table_output and (problem := write_problem(Path(args.table_output))):
+        raise ValueError(f"--table-output {args.table_output} cannot be written: {problem}")
+    table = build_table(args.table, args.table_labels, args.table_baseline)
+    print(format_markdown(table))
+    if args.table_output:
+        print(f"table: {write_table(table, args.table_output, args.table_format)}")
     return 0
 
 
@@ -247,6 +287,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        if args.table:
+            return _run_table(args)
+        given = [option for dest, option in TABLE_OPTIONS.items() if getattr(args, dest)]
+        if given:
+            raise ValueError(f"{', '.join(given)} goes with --table RUN.jsonl [...]")
         if args.regrade:
             return _run_regrade(args)
         if args.compare:

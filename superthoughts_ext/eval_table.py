@@ -1,0 +1,315 @@
+"""`superthoughts eval --table`: the paper's main table over several benchmarks, from result files.
+
+Each records file is one method's run on the bench its records name. A method is named by a
+label: the one `--table-labels` gives its file, else `method_label` (the checkpoint's name and
+how it decoded), so that one model's runs on MATH500, AMC23, ... fall into one row whatever
+their files are called. The baseline is one method (`--table-baseline`, else the only method
+whose every run decodes in standard mode) and needs a run on every bench.
+
+Each bench is `eval_compare.compare_runs(its baseline run, its other runs)`, the table of
+`--compare`: the same checks (one bench, the same reference answers under an id; a warning for
+another token budget, system prompt or temperature), over the problems present in every file of
+that bench. A cell holds a run's accuracy (avg@N ± the std over samples for a sampled run) and
+its CoT length reduction against that bench's baseline. A row's average is the plain mean over
+the benches, left empty for a method without a run on every bench: a mean over other benches
+does not rank against the rest.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from superthoughts_ext.eval_compare import compare_runs, read_records, run_name, settings_label
+from superthoughts_ext.file_writes import replace_text
+
+TABLE_FORMATS = ("markdown", "csv", "json")
+_SUFFIX_FORMATS = {".csv": "csv", ".json": "json"}  # any other suffix: markdown
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One method on one bench: its run against the bench's baseline (`compare_runs`' numbers)."""
+
+    path: str
+    accuracy: float  # share of the matched problems solved; avg@N for a sampled run
+    accuracy_std: float | None  # std of a sampled run's per-sample accuracies; None for greedy
+    samples: int  # samples per problem, 1 for greedy
+    cot_reduction: float | None  # 1 - its mean steps / the baseline's mean tokens; None for the baseline
+
+
+@dataclass(frozen=True)
+class BenchColumn:
+    """One bench: its baseline's file, the problems present in every file of it and the files
+    that had problems beyond those (file -> how many)."""
+
+    bench: str
+    baseline_path: str
+    n: int
+    left_out: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Table:
+    """Methods (rows; the baseline first, then in the order the files were given) by benches
+    (columns, in the order the files were given); ``cells[(method, bench)]`` is absent where the
+    method has no run on the bench."""
+
+    baseline: str
+    methods: list[str]
+    benches: list[BenchColumn]
+    cells: dict[tuple[str, str], Cell]
+
+    def missing(self, method: str) -> list[str]:
+        """The benches ``method`` has no run on."""
+        return [column.bench for column in self.benches if (method, column.bench) not in self.cells]
+
+    def average(self, method: str) -> tuple[float | None, float | None]:
+        """(mean accuracy, mean CoT reduction) over the benches, each bench weighing the same;
+        (None, None) for a method without a run on every bench, a None reduction for the baseline."""
+        if self.missing(method):
+            return None, None
+        cells = [self.cells[method, column.bench] for column in self.benches]
+        accuracy = sum(cell.accuracy for cell in cells) / len(cells)
+        if method == self.baseline:
+            return accuracy, None
+        return accuracy, sum(float(cell.cot_reduction or 0.0) for cell in cells) / len(cells)
+
+
+def model_names(models: Sequence[str]) -> dict[str, str]:
+    """Each checkpoint path's name in labels: its last folder, or as many trailing parts as tell
+    it apart from the other paths (``/a/run1/final`` and ``/a/run2/final`` -> ``run1/final``,
+    ``run2/final``)."""
+    parts = {model: Path(model).parts for model in dict.fromkeys(models)}
+    names = {}
+    for model, own in parts.items():
+        for depth in range(1, len(own) + 1):
+            name = "/".join(own[-depth:])
+            if not any(other != model and "/".join(theirs[-depth:]) == name for other, theirs in parts.items()):
+                break
+        names[model] = name if own else model
+    return names
+
+
+def method_labels(paths: Sequence[str | Path], runs: Sequence[dict[str, dict[str, Any]]]) -> list[str]:
+    """The default label of each run: its checkpoint's name (`model_names` of the ``model`` its
+    records keep) with its mode and threshold (`settings_label`), e.g. ``st [superthoughts 0.999]``;
+    a run whose records name no model goes by its file's name. Not its sampling: a method is
+    often sampled on the small benches (AMC23 avg@8) and greedy on the others, in one row."""
+    firsts = [next(iter(records.values()), {}) for records in runs]
+    names = model_names([str(first["model"]) for first in firsts if first.get("model")])
+    return [(names[str(first["model"])] if first.get("model") else run_name(path))
+            + settings_label({"mode": first.get("mode"), "threshold": first.get("threshold")})
+            for path, first in zip(paths, firsts)]
+
+
+def _bench_of(path: str | Path, records: dict[str, dict[str, Any]]) -> str:
+    benches = {str(record["bench"]) for record in records.values() if record.get("bench") is not None}
+    if len(benches) != 1:
+        which = (f"records of several benchmarks ({', '.join(sorted(benches))})" if benches
+                 else "no bench in its records")
+        raise ValueError(f"table: {path} has {which}; --table sets each run under the one bench its records name")
+    return benches.pop()
+
+
+def _default_baseline(methods: dict[str, list[tuple[str, str]]], modes: dict[str, str | None]) -> str:
+    """The one method whose every run decodes in standard mode; ValueError naming the candidates
+    (or all methods) where there is not exactly one."""
+    standard = [method for method, runs in methods.items() if all(modes[path] == "standard" for _, path in runs)]
+    if len(standard) == 1:
+        return standard[0]
+    if not standard:
+        raise ValueError("table: no method decodes in standard mode on every bench, so none is the baseline by "
+                         f"default; name it with --table-baseline LABEL (methods: {', '.join(methods)})")
+    which = "; ".join(f"{method}: {', '.join(path for _, path in methods[method])}" for method in standard)
+    raise ValueError(f"table: {len(standard)} methods decode in standard mode ({which}); name the baseline with "
+                     "--table-baseline LABEL")
+
+
+def build_table(paths: Sequence[str | Path], labels: Sequence[str] | None = None,
+                baseline: str | None = None) -> Table:
+    """The table of the runs in ``paths`` (records files of `evaluate`), grouped by bench.
+
+    ``labels``: one method label per path (default `method_labels`); ``baseline``: the label of
+    the baseline method (default: the only method whose every run is in standard mode). Two runs
+    of one method on one bench, a baseline that is not there or lacks a bench, and whatever
+    `compare_runs` refuses are ValueErrors naming the files; `compare_runs`' warnings come out
+    with their bench in front."""
+    paths = [str(path) for path in paths]
+    if not paths:
+        raise ValueError("table: give at least one result file")
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"table: {len(labels)} labels for {len(paths)} result files; give one label per file")
+    with warnings.catch_warnings():  # a torn last line: compare_runs reads the file again and says so
+        warnings.simplefilter("ignore")
+        runs = [read_records(path) for path in paths]
+    labels = list(labels) if labels is not None else method_labels(paths, runs)
+    modes = {path: next(iter(records.values()), {}).get("mode") for path, records in zip(paths, runs)}
+    by_bench: dict[str, dict[str, str]] = {}  # bench -> method -> file
+    methods: dict[str, list[tuple[str, str]]] = {}  # method -> (bench, file)
+    for path, records, label in zip(paths, runs, labels):
+        bench = _bench_of(path, records)
+        if label in by_bench.setdefault(bench, {}):
+            raise ValueError(f"table: {by_bench[bench][label]} and {path} are both {label!r} on {bench}; give each "
+                             "run of a bench its own label with --table-labels")
+        by_bench[bench][label] = path
+        methods.setdefault(label, []).append((bench, path))
+    if baseline is None:
+        baseline = _default_baseline(methods, modes)
+    elif baseline not in methods:
+        raise ValueError(f"table: --table-baseline {baseline!r} names no method (methods: {', '.join(methods)})")
+    lacking = [bench for bench, runs_of in by_bench.items() if baseline not in runs_of]
+    if lacking:
+        raise ValueError(f"table: the baseline {baseline!r} has no run on {', '.join(lacking)} (files: "
+                         + "; ".join(", ".join(by_bench[bench].values()) for bench in lacking) + ")")
+    columns, cells = [], {}
+    for bench, runs_of in by_bench.items():
+        column, bench_cells = _bench_column(bench, runs_of, baseline)
+        columns.append(column)
+        cells.update({(label, bench): cell for label, cell in bench_cells.items()})
+    return Table(baseline, [baseline, *(method for method in methods if method != baseline)], columns, cells)
+
+
+def _bench_column(bench: str, runs_of: dict[str, str], baseline: str) -> tuple[BenchColumn, dict[str, Cell]]:
+    """`compare_runs` of one bench: its column and a cell per method (label -> cell)."""
+    base_path = runs_of[baseline]
+    others = {label: path for label, path in runs_of.items() if label != baseline}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # A bench with the baseline alone: compared with itself, which gives its accuracy.
+            results = compare_runs(base_path, list(others.values()) or [base_path])
+        except ValueError as error:
+            raise ValueError(f"table: {bench}: {error}") from None
+    for warning in caught:
+        warnings.warn(f"table: {bench}: {warning.message}", warning.category, stacklevel=3)
+    first = results[0]
+    cells = {baseline: Cell(base_path, first["accuracy_a"], first["accuracy_std_a"], first["samples_a"], None)}
+    for label, result in zip(others, results if others else []):
+        cells[label] = Cell(result["b"], result["accuracy_b"], result["accuracy_std_b"], result["samples_b"],
+                            result["cot_reduction"])
+    left_out = {base_path: first["dropped_a"]} if first["dropped_a"] else {}
+    left_out.update({r["b"]: r["dropped_b"] for r in results if others and r["dropped_b"]})
+    return BenchColumn(bench, base_path, first["n"], left_out), cells
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def _markdown_cells(table: Table, method: str) -> list[str]:
+    row = [method.replace("|", "\\|") + (" (baseline)" if method == table.baseline else "")]
+    for column in table.benches:
+        cell = table.cells.get((method, column.bench))
+        if cell is None:
+            row += ["", ""]
+            continue
+        std = f" ± {100 * cell.accuracy_std:.1f}" if cell.accuracy_std is not None else ""
+        row += [_percent(cell.accuracy) + std, "-" if method == table.baseline else _percent(cell.cot_reduction)]
+    accuracy, reduction = table.average(method)
+    return row + [_percent(accuracy), "-" if method == table.baseline else _percent(reduction)]
+
+
+def table_notes(table: Table) -> list[str]:
+    """The lines under the Markdown table: what the numbers are, each bench's problem count and
+    left-out files, and the methods whose average is left empty."""
+    notes = [f"acc: accuracy (%); CoT red.: CoT length reduction (%) = 1 - mean decode steps of the run / mean "
+             f"tokens of the baseline ({table.baseline}) on that bench, over the problems present in every file "
+             "of the bench"]
+    sampled = {column.bench: sorted({cell.samples for (_, bench), cell in table.cells.items()
+                                     if bench == column.bench and cell.samples > 1}) for column in table.benches}
+    if any(sampled.values()):
+        which = ", ".join(f"{bench} N={'/'.join(map(str, counts))}" for bench, counts in sampled.items() if counts)
+        notes.append(f"sampled runs ({which}): acc = mean over the samples of each problem (avg@N) ± the std of the "
+                     "per-sample accuracies")
+    notes.append("problems: " + ", ".join(f"{column.bench} {column.n}" for column in table.benches))
+    notes += [f"{column.bench}: left out (not in every file of the bench): "
+              + ", ".join(f"{path}: {count}" for path, count in column.left_out.items())
+              for column in table.benches if column.left_out]
+    partial = [f"{method} (no {', '.join(table.missing(method))})" for method in table.methods if table.missing(method)]
+    notes.append(f"avg: mean over the {len(table.benches)} benches"
+                 + (f"; empty for methods without a run on every bench: {'; '.join(partial)}" if partial else ""))
+    return notes
+
+
+def format_markdown(table: Table) -> str:
+    """The table in Markdown (numbers in %, one decimal), then `table_notes`."""
+    header = ["method"] + [f"{column.bench} {what}" for column in table.benches for what in ("acc", "CoT red.")]
+    header += ["avg acc", "avg CoT red."]
+    rows = [header] + [_markdown_cells(table, method) for method in table.methods]
+    widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "| " + " | ".join("-" * w if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(widths)) + " |"
+    return "\n".join([line(header), rule, *map(line, rows[1:]), ""] + table_notes(table))
+
+
+def table_dict(table: Table) -> dict[str, Any]:
+    """The table as JSON-ready data, in fractions (not %): ``baseline``, ``benches`` (bench, n,
+    baseline file, left out), ``rows`` (method, baseline, ``cells`` per bench: None where the
+    method has no run, and its average) and ``notes``."""
+    rows = []
+    for method in table.methods:
+        accuracy, reduction = table.average(method)
+        cells = {column.bench: None if (cell := table.cells.get((method, column.bench))) is None else asdict(cell)
+                 for column in table.benches}
+        rows.append({"method": method, "baseline": method == table.baseline, "cells": cells,
+                     "avg_accuracy": accuracy, "avg_cot_reduction": reduction})
+    benches = [{"bench": c.bench, "n": c.n, "baseline_file": c.baseline_path, "left_out": c.left_out}
+               for c in table.benches]
+    return {"baseline": table.baseline, "benches": benches, "rows": rows, "notes": table_notes(table)}
+
+
+CSV_FIELDS = ("accuracy", "accuracy_std", "samples", "cot_reduction")
+
+
+def format_csv(table: Table) -> str:
+    """One row per method: method, baseline (true/false), per bench ``<bench>_accuracy``,
+    ``_accuracy_std``, ``_samples``, ``_cot_reduction`` (fractions, empty where there is none),
+    then ``avg_accuracy`` and ``avg_cot_reduction``."""
+    header = ["method", "baseline"] + [f"{c.bench}_{field}" for c in table.benches for field in CSV_FIELDS]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header + ["avg_accuracy", "avg_cot_reduction"])
+    for row in table_dict(table)["rows"]:
+        values = [row["method"], "true" if row["baseline"] else "false"]
+        for column in table.benches:
+            cell = row["cells"][column.bench] or {}
+            values += [cell.get(field) for field in CSV_FIELDS]
+        values += [row["avg_accuracy"], row["avg_cot_reduction"]]
+        writer.writerow(["" if value is None else value for value in values])
+    return out.getvalue()
+
+
+def output_format(path: str | Path, table_format: str | None = None) -> str:
+    """The format a table file is written in: ``table_format``, else by the file's suffix (.csv,
+    .json, anything else Markdown)."""
+    if table_format is not None:
+        if table_format not in TABLE_FORMATS:
+            raise ValueError(f"table format {table_format!r}: expected one of {', '.join(TABLE_FORMATS)}")
+        return table_format
+    return _SUFFIX_FORMATS.get(Path(path).suffix.lower(), "markdown")
+
+
+def format_table(table: Table, table_format: str) -> str:
+    """The table as a file's text in ``table_format`` (one of `TABLE_FORMATS`)."""
+    if table_format == "csv":
+        return format_csv(table)
+    if table_format == "json":
+        return json.dumps(table_dict(table), indent=2, ensure_ascii=False) + "\n"
+    return format_markdown(table) + "\n"
+
+
+def write_table(table: Table, path: str | Path, table_format: str | None = None) -> Path:
+    """Writes ``table`` to ``path`` (whole or not at all, `WriteFailed` when it cannot be) in
+    `output_format`; returns the path."""
+    replace_text(path, format_table(table, output_format(path, table_format)))
+    return Path(path)
