@@ -239,3 +239,41 @@ def test_plot_names_the_bench_and_labels_every_point_with_its_numbers(tmp_path: 
     with pytest.warns(UserWarning, match="different max_new_tokens"):
         plot_tradeoff(compare_runs(base, [other]), tmp_path / "mixed.png")
     assert closed[1].axes[0].get_title() == "accuracy vs chain-of-thought length\namc23, 4 problems"
+
+
+def test_plot_labels_keep_off_the_error_bars_of_sampled_runs(tmp_path: Path, monkeypatch) -> None:
+    # Sampled runs at 80% and 83% of the baseline's tokens: the first one's label, right of its
+    # point by default, lay over the second one's long error bar; it goes above on the left now
+    # (straight left it would cover the label of the run at 55%).
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from superthoughts_ext.eval_compare import plot_tradeoff
+
+    def sampled(path: Path, correct: list[list[bool]], steps: float) -> Path:
+        rows = [{"id": str(i), "sample": k, "temperature": 0.6, "samples": 2, "correct": c, "steps": steps}
+                for i, by_sample in enumerate(correct) for k, c in enumerate(by_sample)]
+        return write_records(path, rows)
+
+    base = sampled(tmp_path / "base.jsonl", [[True, True]] * 4, 10)
+    # Per-sample accuracies 2/4 and 1/4 (a bar of +-18 points); 4/4 and 1/4 (+-53 points).
+    few = [[True, True], [True, False], [False, False], [False, False]]
+    runs = [sampled(tmp_path / "far.jsonl", few, 5.5), sampled(tmp_path / "near.jsonl", few, 8),
+            sampled(tmp_path / "wide.jsonl", [[True, True], [True, False], [True, False], [True, False]], 8.3)]
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_tradeoff(compare_runs(base, runs), tmp_path / "bars.png")
+    fig = closed[0]
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    bars = []
+    for collection in ax.collections:  # each errorbar's vertical line, in pixels
+        for segment in collection.get_segments():
+            (x0, y0), (x1, y1) = ax.transData.transform(segment)
+            if x0 == x1 and y0 != y1:
+                bars.append((x0, min(y0, y1), max(y0, y1)))
+    assert len(bars) == 3  # the sampled runs'; the baseline's std is 0, a bar of no length
+    boxes = [text.get_window_extent(renderer) for text in ax.texts]
+    for text, box in zip(ax.texts, boxes):
+        assert not any(box.x0 < x < box.x1 and box.y0 < high and low < box.y1 for x, low, high in bars), text.get_text()
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -44,6 +44,20 @@ def test_place_labels_keeps_crowded_labels_apart_and_inside_the_axes() -> None:
     plt.close(fig)
 
 
+def test_place_labels_keeps_off_error_bars() -> None:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 100)
+    point, bar = (5.0, 50.0), (5.5, 10.0, 90.0)  # a bar just right of the point, through its height
+    right = place_labels(ax, [point], ["99.9% ± 9.9"])[0]
+    assert right.get_position() == (6, 0)  # where it goes without the bar
+    avoided = place_labels(ax, [point], ["99.9% ± 9.9"], bars=[bar])[0]
+    box = avoided.get_window_extent(fig.canvas.get_renderer())
+    bar_x = ax.transData.transform((bar[0], 0))[0]
+    assert avoided.get_position() == (-6, 0) and box.x1 < bar_x
+    plt.close(fig)
+
+
 def test_save_figure_writes_at_the_shared_dpi_and_closes_the_figure_even_when_it_fails(tmp_path: Path) -> None:
     from PIL import Image
 

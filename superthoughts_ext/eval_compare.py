@@ -19,7 +19,8 @@ from typing import Any
 
 from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_sampling import accuracy_std, per_problem, record_key, sampling_of
-from superthoughts_ext.plot_style import LABEL_FONT_SIZE, MARKERS, PALETTE, place_labels, pyplot, save_figure
+from superthoughts_ext.plot_style import (ERROR_BAR_CAPSIZE, LABEL_FONT_SIZE, MARKERS, PALETTE, place_labels, pyplot,
+                                          save_figure)
 
 
 def read_records(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -357,7 +358,7 @@ def _error_bar(ax: Any, x: float, y: float, std: float | None, color: str) -> No
     """A sampled run's bar of +- the std of its per-sample accuracies (in points) through its
     point; none for a greedy run. Unlabelled: the point names the run in the legend."""
     if std is not None:
-        ax.errorbar([x], [y], yerr=[100 * std], fmt="none", ecolor=color, capsize=4)
+        ax.errorbar([x], [y], yerr=[100 * std], fmt="none", ecolor=color, capsize=ERROR_BAR_CAPSIZE)
 
 
 def _point_label(accuracy: float, std: float | None, steps_share: float | None) -> str:
@@ -419,5 +420,9 @@ def plot_tradeoff(results: list[dict[str, Any]], path: str | Path, title: str | 
     ax.set_title(title or tradeoff_title(results), fontsize=11, pad=10)
     labels = [_point_label(first["accuracy_a"], first["accuracy_std_a"], None)]
     labels += [_point_label(r["accuracy_b"], r["accuracy_std_b"], x) for x, r in zip(xs, results)]
-    place_labels(ax, [(base_x, base_y), *zip(xs, ys)], labels)
+    # Labels keep off every sampled run's bar: one over a bar hid where it ends.
+    bars = [(x, y - 100 * std, y + 100 * std) for (x, y), std in
+            zip([(base_x, base_y), *zip(xs, ys)], [first["accuracy_std_a"], *(r["accuracy_std_b"] for r in results)])
+            if std is not None]
+    place_labels(ax, [(base_x, base_y), *zip(xs, ys)], labels, bars=bars)
     return save_figure(fig, path)

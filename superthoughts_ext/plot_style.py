@@ -1,6 +1,7 @@
 """What every plot of the package shares: colours that colour-blind readers tell apart, markers
 and bar hatches that stay apart in greyscale, the saved resolution, value labels placed where
-they cover neither each other nor the axes' edge, and saving that always closes the figure.
+they cover neither each other, other points, error bars nor the axes' edge, and saving that
+always closes the figure.
 
 Plots: accuracy vs decode steps of the demo (`demo/results.py`), accuracy vs CoT length of
 `eval --compare --plot` (`eval_compare.py`) and tokens/s of `bench generate`
@@ -27,6 +28,8 @@ HATCHES = ("", "//", "..", "xx", "\\\\", "oo", "--", "++", "||", "**")
 # and on a slide, with 8-point labels still readable.
 DPI = 150
 LABEL_FONT_SIZE = 8
+# Width of an error bar's caps, in points, each side of its line (matplotlib's ``capsize``).
+ERROR_BAR_CAPSIZE = 4
 
 
 def pyplot() -> Any:
@@ -63,19 +66,36 @@ _LABEL_OFFSETS = ((6, 0, "left", "center"), (-6, 0, "right", "center"), (0, 7, "
                   (0, -18, "center", "top"))
 
 
+def _bar_boxes(ax: Any, bars: Sequence[tuple[float, float, float]]) -> list[Any]:
+    """Each vertical error bar (x, low, high in data coordinates) as the pixel box its line and
+    caps cover."""
+    from matplotlib.transforms import Bbox
+
+    cap = ERROR_BAR_CAPSIZE * ax.figure.dpi / 72
+    boxes = []
+    for x, low, high in bars:
+        (x0, y0), (_, y1) = ax.transData.transform([(x, low), (x, high)])
+        boxes.append(Bbox([[x0 - cap, min(y0, y1)], [x0 + cap, max(y0, y1)]]))
+    return boxes
+
+
 def place_labels(ax: Any, points: list[tuple[float, float]], texts: list[str],
                  avoid: Sequence[tuple[float, float]] = (),
-                 offsets: Sequence[tuple[float, float, str, str]] = _LABEL_OFFSETS, **text_kwargs: Any) -> list[Any]:
+                 offsets: Sequence[tuple[float, float, str, str]] = _LABEL_OFFSETS,
+                 bars: Sequence[tuple[float, float, float]] = (), **text_kwargs: Any) -> list[Any]:
     """One annotation per point (data coordinates), each at the first of ``offsets`` (dx, dy in
-    points, ha, va) where it lies inside the axes and overlaps neither a label placed before it
-    nor the marker area of another point or of a point of ``avoid`` (markers drawn unlabelled);
-    where none is free, at the first offset inside the axes (or the first at all).
+    points, ha, va) where it lies inside the axes and overlaps neither a label placed before it,
+    nor the marker area of another point or of a point of ``avoid`` (markers drawn unlabelled),
+    nor an error bar of ``bars`` ((x, low, high) in data coordinates, caps `ERROR_BAR_CAPSIZE`
+    wide: a label over a sampled run's bar hid where the bar ends); where none is free, at the
+    first offset inside the axes (or the first at all).
     Call it after the axis limits are final: placement is measured in pixels.
     Returns the annotations, in the order of ``points``."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
     centres = [ax.transData.transform(point) for point in (*points, *avoid)]
+    bar_boxes = _bar_boxes(ax, bars)
     marker_pad = 5 * fig.dpi / 72  # about a marker's radius, in pixels
     placed: list[Any] = []
     annotations = []
@@ -94,7 +114,7 @@ def place_labels(ax: Any, points: list[tuple[float, float]], texts: list[str],
             if not inside:
                 continue
             fallback = fallback or (dx, dy, ha, va)
-            crowded = any(extent.overlaps(other) for other in placed) or any(
+            crowded = any(extent.overlaps(other) for other in (*placed, *bar_boxes)) or any(
                 j != index and extent.x0 - marker_pad < x < extent.x1 + marker_pad
                 and extent.y0 - marker_pad < y < extent.y1 + marker_pad for j, (x, y) in enumerate(centres))
             if not crowded:
