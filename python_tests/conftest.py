@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import resource
+import stat
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,3 +48,56 @@ def file_size_limit() -> Callable[[int], contextlib.AbstractContextManager[None]
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
     return limit
+
+
+def _permission_bits_bite(path: Path) -> bool:
+    """Whether this process is refused writing the file, or creating a file in the folder, at
+    `path` (not so for root, which CAP_DAC_OVERRIDE lets past the permission bits)."""
+    probe = path / ".permission-probe" if path.is_dir() else path
+    try:
+        with open(probe, "a"):
+            pass
+    except PermissionError:
+        return True
+    if path.is_dir():
+        probe.unlink()
+    return False
+
+
+@pytest.fixture
+def unwritable(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """`unwritable(path)`: this process may not write the file or folder at `path` for the rest
+    of the test (its mode is restored after). `chmod a-w` does it for an ordinary user, as in CI;
+    root ignores permission bits, so there os.access(path, W_OK) answers False for the file, and
+    os.open refuses to create a file in the folder (as tempfile.mkstemp and
+    file_writes.replace_text create theirs): under root the checks' logic is what is tested."""
+    modes: list[tuple[Path, int]] = []
+
+    def refuse(path: Path) -> None:
+        path = path.resolve()
+        modes.append((path, stat.S_IMODE(path.stat().st_mode)))
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        if _permission_bits_bite(path):
+            return
+        if path.is_dir():
+            real_open = os.open
+
+            def refusing_open(file, flags, *args, **kwargs):
+                if flags & os.O_CREAT and Path(os.fspath(file)).resolve().parent == path:
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
+                return real_open(file, flags, *args, **kwargs)
+
+            monkeypatch.setattr(os, "open", refusing_open)
+        else:
+            real_access = os.access
+
+            def refusing_access(file, mode, *args, **kwargs):
+                if mode & os.W_OK and Path(os.fspath(file)).resolve() == path:
+                    return False
+                return real_access(file, mode, *args, **kwargs)
+
+            monkeypatch.setattr(os, "access", refusing_access)
+
+    yield refuse
+    for path, mode in reversed(modes):
+        path.chmod(mode)

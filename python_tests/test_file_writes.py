@@ -6,6 +6,7 @@ written whole or not at all, and a command says which file failed and why in one
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,54 @@ def test_replace_text_leaves_the_old_file_whole_when_the_write_fails(tmp_path: P
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary
     assert str(failed.value).startswith(f"cannot write {path}: File too large (")
     assert "files are limited to 1024 bytes (ulimit -f)" in str(failed.value)
+
+
+def test_replace_text_refuses_a_file_it_may_not_write_as_open_does(tmp_path: Path, unwritable) -> None:
+    # os.replace needs only the folder: a read-only (0444) summary was overwritten.
+    path = tmp_path / "summary.json"
+    path.write_text("old\n")
+    unwritable(path)
+    with pytest.raises(WriteFailed, match=f"^cannot write {path}: Permission denied"):
+        replace_text(path, "new\n")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_replace_text_gives_a_new_file_the_umask_without_setting_it(tmp_path: Path, monkeypatch) -> None:
+    # os.umask sets the umask to read it: meanwhile another thread's files were created with none.
+    set_umask = os.umask
+    previous = set_umask(0o027)
+    try:
+        def no_umask(mask: int) -> int:
+            raise AssertionError("os.umask changes the process's umask")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        replace_text(tmp_path / "new.json", "{}\n")
+        kept = tmp_path / "kept.json"
+        kept.write_text("old\n")
+        kept.chmod(0o604)
+        replace_text(kept, "new\n")
+    finally:
+        set_umask(previous)
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640  # as open() creates it
+    assert kept.stat().st_mode & 0o777 == 0o604 and kept.read_text() == "new\n"
+
+
+def test_a_resume_removes_the_temporary_files_of_a_write_that_was_killed(tmp_path: Path) -> None:
+    # A SIGKILL inside replace_text leaves its temporary file; nothing removed it.
+    tokenizer, out = make_tokenizer(), tmp_path / "st.jsonl"
+    kwargs = dict(batch_size=3, output_jsonl=out, progress=False)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=crash_after_one_batch(tokenizer),
+                 **kwargs)
+    stale = [tmp_path / ".st.jsonl.k3x_9q2a.tmp", tmp_path / ".st.summary.json.0aqz7b1c.tmp"]
+    others = [tmp_path / ".other.jsonl.k3x_9q2a.tmp", tmp_path / ".st.jsonl.notes.tmp", tmp_path / "st.jsonl.tmp"]
+    for path in stale + others:
+        path.write_text("{")
+    summary = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, resume=True,
+                       generate_fn=fake_generate(tokenizer, []), **kwargs)
+    assert summary.n == len(PROBLEMS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["st.jsonl", "st.summary.json",
+                                                                 *(p.name for p in others)])
 
 
 def test_writing_names_the_file_of_a_torch_save_failure(tmp_path: Path, file_size_limit) -> None:

@@ -16,7 +16,7 @@ from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, get_bench
 from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_sampling import (record_key, resumed_record, sample_mismatch, sampled_grade_fields,
                                              sampling_of)
-from superthoughts_ext.file_writes import replace_text, writing
+from superthoughts_ext.file_writes import remove_stale_temporaries, replace_text, writing
 from superthoughts_ext.grading import extract_answer, extract_choice, is_correct, visible_text
 
 
@@ -203,11 +203,14 @@ def record_line(record: dict[str, Any]) -> str:
 
 def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]]) -> IO[str] | None:
     """``output_jsonl`` opened for appending and holding ``records`` (those a resume kept) alone,
-    or None. `WriteFailed` naming the file when it cannot be written."""
+    or None. `WriteFailed` naming the file when it cannot be written. Called under evaluate's
+    `run_info.output_lock` of the file, which lets it remove what a killed run's writes left."""
     if output_jsonl is None:
         return None
     with writing(output_jsonl):
         Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
+        for path in (output_jsonl, summary_path(output_jsonl)):
+            remove_stale_temporaries(path)  # a run killed inside replace_text left its temporary file
         # Rewritten whole or not at all (a line torn by the crash is dropped): rewritten in place,
         # a full disk or a kill cut the kept records short, and the next resume lost the rest.
         # On disk before any decoding: a process killed in the warm-up or the first batch (OOM,

@@ -9,11 +9,14 @@ room left there, so that a command can print one line instead of a traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import resource
+import secrets
 import shutil
 import stat
-import tempfile
+import string
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,27 +79,70 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise failed from error
 
 
+# The temporary files `replace_text` writes beside PATH: ".PATH.XXXXXXXX.tmp" (eight of
+# tempfile's name characters, as mkstemp made them before).
+_TEMPORARY_NAME = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
+_NAME_CHARACTERS = string.ascii_lowercase + string.digits + "_"
+
+
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty file in `path`'s folder, open for writing, created as open() creates `path`:
+    mode 0o666, less the umask that the kernel applies (reading the umask from Python means
+    setting it, which races with other threads creating files)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        random_part = "".join(secrets.choice(_NAME_CHARACTERS) for _ in range(8))
+        temporary = path.parent / f".{path.name}.{random_part}.tmp"
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary file name beside {path.name}", os.fspath(path.parent))
+
+
 def replace_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then
-    os.replace, so that an interrupted or failed write (a kill, a full disk) leaves the old file
-    whole. A symlink's target is replaced, not the link. `WriteFailed` when it cannot be written."""
+    os.replace, so that an interrupted or failed write (a full disk) leaves the old file whole.
+    A symlink's target is replaced, not the link; an existing file keeps its mode, and one that
+    this process may not write is refused, as open(path, "w") refuses it. `WriteFailed` when it
+    cannot be written (the folder too must be writable).
+
+    A process killed mid-write (SIGKILL, an OOM kill) leaves its temporary file behind, a hidden
+    ``.NAME.XXXXXXXX.tmp`` beside the file: `remove_stale_temporaries` removes them for a
+    command that holds the file's lock (evaluate's records and summary); elsewhere they stay."""
     given, path = path, Path(os.path.realpath(path))
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-    else:  # what open() would create; mkstemp's own file is private (0600)
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
     with writing(given):
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        existing_mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
+        fd, temporary = _create_beside(path)  # first: on a read-only file system, EROFS says why
         try:
+            # os.replace needs the folder alone: a read-only file (0444) would be overwritten
+            # where open("w") refuses it. os.access answers for root as open() does (True).
+            if existing_mode is not None and not os.access(path, os.W_OK):
+                os.close(fd)
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(given))
             with os.fdopen(fd, "w", encoding="utf-8") as file:
+                if existing_mode is not None:
+                    os.fchmod(file.fileno(), existing_mode)
                 file.write(text)
                 file.flush()
                 os.fsync(file.fileno())
-            os.chmod(temporary, mode)
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files `replace_text` left beside ``path`` when its process was
+    killed mid-write; returns them. Only for a caller that holds ``path``'s lock
+    (`run_info.output_lock`): another process writing ``path`` meanwhile would lose its file."""
+    path = Path(os.path.realpath(path))
+    pattern = re.compile(_TEMPORARY_NAME.format(name=re.escape(path.name)))
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:  # failing, the write names why
+        for entry in entries:
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
