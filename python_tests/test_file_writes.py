@@ -20,6 +20,7 @@ from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer,
 
 from superthoughts_ext.evaluation import evaluate  # noqa: E402
 from superthoughts_ext.file_writes import WriteFailed, replace_text, writing  # noqa: E402
+from superthoughts_ext.run_info import results_file  # noqa: E402
 
 
 def test_replace_text_leaves_the_old_file_whole_when_the_write_fails(tmp_path: Path, file_size_limit) -> None:
@@ -60,6 +61,34 @@ def test_replace_text_gives_a_new_file_the_umask_without_setting_it(tmp_path: Pa
         set_umask(previous)
     assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640  # as open() creates it
     assert kept.stat().st_mode & 0o777 == 0o604 and kept.read_text() == "new\n"
+
+
+def test_an_existing_output_in_a_folder_that_is_not_writable_is_refused_up_front(tmp_path: Path, unwritable) -> None:
+    # replace_text writes a new file in the folder: appending to the existing file was all the
+    # check tried, and the benchmark failed once it had measured.
+    results = tmp_path / "results" / "step.json"
+    results.parent.mkdir()
+    results.write_text("{}\n")
+    unwritable(results.parent)
+    with pytest.raises(SystemExit, match=f"Permission denied \\(the folder {results.parent}, where the file"):
+        results_file(results, tmp_path / "default.json", overwrite=False)
+
+
+def test_a_resume_in_a_folder_that_is_not_writable_is_refused_before_the_model_loads(
+        fake_cli, tmp_path: Path, capsys, unwritable) -> None:
+    # The kept records are rewritten through a new file in the folder: the existing records and
+    # summary passed the check, and the resume failed once the weights had loaded.
+    out = tmp_path / "runs" / "st.jsonl"
+    argv = [*fake_cli.argv, "--output", str(out)]
+    assert run_cli(argv) == 0
+    kept, loads = out.read_bytes(), len(fake_cli.loaded)
+    unwritable(out.parent)
+    capsys.readouterr()
+    for extra in (["--resume"], ["--overwrite"]):
+        assert run_cli([*argv, *extra]) == 2
+        error = capsys.readouterr().err
+        assert f"cannot write {out}: Permission denied (the folder {out.parent}, where the file" in error
+    assert len(fake_cli.loaded) == loads and out.read_bytes() == kept
 
 
 def test_a_resume_removes_the_temporary_files_of_a_write_that_was_killed(tmp_path: Path) -> None:

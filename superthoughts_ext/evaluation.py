@@ -152,7 +152,9 @@ def check_records_file(output_jsonl: str | Path | None, *, resume: bool, overwri
         if Path(output_jsonl).is_dir():
             raise ValueError(f"evaluate: output {output_jsonl} is a directory; give the records file's path")
         for path in (Path(output_jsonl), summary_path(output_jsonl)):
-            if problem := write_problem(path):
+            # Both are rewritten by replace_text (the records too, holding those a resume keeps):
+            # an existing file in a folder that is not writable failed once the model had loaded.
+            if problem := write_problem(path, replaced=True):
                 raise ValueError(f"evaluate: cannot write {path}: {problem}")
     if output_jsonl is not None and not (resume or overwrite):
         path = Path(output_jsonl)

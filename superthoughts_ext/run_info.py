@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,15 +68,17 @@ def results_file(output: Path | None, default: Path, overwrite: bool) -> Path:
     path = default if output is None else output
     if path.is_dir():
         raise SystemExit(f"--output {path} is a directory; give the JSON file's path")
-    if problem := write_problem(path):
+    if problem := write_problem(path, replaced=True):  # written by file_writes.replace_text
         raise SystemExit(f"cannot write the results to {path}: {problem}")
     return path
 
 
-def write_problem(path: Path) -> str | None:
+def write_problem(path: Path, *, replaced: bool = False) -> str | None:
     """Why a file cannot be written at `path` (None when it can), found by making its folders
     and opening it for appending (a new file is removed again): permission bits do not tell
-    (root, read-only file systems, /sys)."""
+    (root, read-only file systems, /sys). `replaced`: the file is written by
+    `file_writes.replace_text`, through a new file in its folder, which must be writable too
+    (an existing file opens for appending in a folder that is not)."""
     try:
         path = path.resolve()  # a symlink's target: the link itself must not be removed below
     except (RuntimeError, OSError) as error:  # a symlink loop (RuntimeError before Python 3.13)
@@ -94,6 +97,13 @@ def write_problem(path: Path) -> str | None:
         return f"{error.strerror} ({error.filename})"
     if not existed:
         path.unlink(missing_ok=True)  # several processes may probe one path (train's ranks)
+    if replaced:
+        try:
+            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".write-check")
+        except OSError as error:
+            return f"{error.strerror} (the folder {path.parent}, where the file is replaced by a new one)"
+        os.close(fd)
+        os.unlink(probe)
     return None
 
 

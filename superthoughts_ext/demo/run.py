@@ -188,7 +188,7 @@ def check_output_paths(args: argparse.Namespace) -> None:
     for flag, value in (("--json", args.json), ("--plot", args.plot)):
         if value and Path(value).is_dir():
             raise ValueError(f"{flag} {value!r} is a directory; give a file name")
-        if value and (problem := write_problem(Path(value))):
+        if value and (problem := write_problem(Path(value), replaced=flag == "--json")):  # by replace_text
             raise ValueError(f"{flag} {value!r} cannot be written: {problem}")
     if args.plot:
         from matplotlib.figure import Figure
