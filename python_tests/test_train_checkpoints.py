@@ -230,3 +230,31 @@ def test_a_save_that_meets_a_full_disk_is_named_and_leaves_no_half_written_folde
     assert not list(out.iterdir())  # neither checkpoint-2 nor the final save's staging folder
     assert run(parser.parse_args(argv)) == 0  # once there is room, the same command runs
     assert (out / "config.json").is_file()
+
+
+def test_a_rotation_that_fails_names_the_older_checkpoint_not_the_saved_one(base_dirs, tmp_path, monkeypatch):
+    # Trainer removes older checkpoints (--save-total-limit) inside the save: an error there was
+    # reported against the new checkpoint, which had been saved whole. transformers' own
+    # rotation ignores a failed removal; this stands in for one that does not.
+    import errno
+
+    import transformers.trainer
+
+    from superthoughts_ext.file_writes import WriteFailed
+
+    out = tmp_path / "out"
+
+    def failing_rotation(output_dir, save_total_limit=None, **kwargs):
+        if (Path(output_dir) / "checkpoint-2").exists():
+            old = Path(output_dir) / "checkpoint-1"
+            raise PermissionError(errno.EACCES, "Permission denied", str(old))
+
+    monkeypatch.setattr(transformers.trainer, "rotate_checkpoints", failing_rotation)
+    options = TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out,
+                           **{**TWO_STEPS, "save_steps": 1, "save_total_limit": 1})
+    with pytest.raises(WriteFailed) as failed:
+        train(options)
+    message = str(failed.value)
+    assert message.startswith(f"cannot write {out / 'checkpoint-1'}: Permission denied")
+    assert message.endswith("removing older checkpoints (--save-total-limit) failed after checkpoint-2 was saved")
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()  # whole: kept

@@ -24,7 +24,7 @@ from transformers.trainer_callback import ExportableState, TrainerState
 
 from superthoughts_ext import train_resume, train_utils
 from superthoughts_ext.checkpoint import weight_files
-from superthoughts_ext.file_writes import WriteFailed, writing
+from superthoughts_ext.file_writes import WriteFailed, failure_message, writing
 from superthoughts_ext.layers import causal_mask_for_right_padding
 from superthoughts_ext.train_eval import LOSS_PARTS, HeldOutEvaluation
 
@@ -279,12 +279,22 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         try:
             with writing(folder):
                 super()._save_checkpoint(model, trial)
-        except WriteFailed:
-            # Trainer writes trainer_state.json last: a folder holding it is whole (rotating older
-            # checkpoints away failed), one without it is not.
-            if self.args.should_save and train_resume.read_json(folder / "trainer_state.json") is None:
+        except WriteFailed as failed:
+            if not self.args.should_save:
+                raise
+            # Trainer writes trainer_state.json last: a folder without it is not whole.
+            if train_resume.read_json(folder / "trainer_state.json") is None:
                 shutil.rmtree(folder, ignore_errors=True)
-            raise
+                raise
+            # A whole folder: what failed came after it, rotating older checkpoints away
+            # (--save-total-limit; transformers ignores a failed removal there, not a folder that
+            # vanished while it sorted them), and the message names what could not be removed.
+            cause = failed.__cause__
+            other = getattr(cause, "filename", None) or folder.parent
+            rotation = WriteFailed(f"{failure_message(other, cause)}: removing older checkpoints "
+                                   f"(--save-total-limit) failed after {folder.name} was saved")
+            rotation.errno = failed.errno
+            raise rotation from cause
 
     def save_final_model(self, output_dir: str | os.PathLike) -> None:
         """save_model into a hidden folder of `output_dir`, then its files moved in, config.json
