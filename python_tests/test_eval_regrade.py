@@ -130,6 +130,23 @@ def test_a_changed_reference_is_counted_and_regraded(tmp_path: Path) -> None:
     assert "references changed: 1" in format_regrade(result)
 
 
+def test_a_run_an_evaluation_is_writing_is_not_regraded(tmp_path: Path) -> None:
+    # regrade replaces the records file whole: an evaluation still appending to it would lose
+    # every record appended after the regrade read the file.
+    from superthoughts_ext.run_info import output_lock
+
+    out = evaluated_run(tmp_path)
+    data = math_data(tmp_path / "math.jsonl", answers={"p91": "11"})  # a regrade would rewrite p91
+    records = out.read_bytes()
+    with output_lock(out, "evaluate"):
+        with pytest.raises(ValueError, match=r"regrade: .*st\.jsonl' is being written by"):
+            regrade([out], data)
+    assert out.read_bytes() == records
+    results = regrade([out, out], data)  # free again; a file named twice takes its lock once
+    assert [result.changed_ids for result in results] == [["p91"], ["p91"]]
+    assert next(r for r in read_jsonl(out) if r["id"] == "p91")["correct"] is True
+
+
 def test_an_inequality_for_a_point_question_flips_to_wrong(tmp_path: Path) -> None:
     data = write_data(tmp_path / "math.jsonl", [{"id": "mid", "problem": MIDPOINT, "answer": "(-1,6)"},
                                                 {"id": "sum", "problem": "what is 1 + 2", "answer": "3"}])

@@ -11,6 +11,7 @@ exactly as `superthoughts_ext.evaluation.evaluate` now would (both call
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from superthoughts_ext.eval_data import Problem, get_bench
 from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_records import grade_fields, grade_output, record_line, replace_text
 from superthoughts_ext.eval_sampling import record_key
+from superthoughts_ext.run_info import output_lock
 
 # Keys a record needs to be re-graded (and checked against the benchmark).
 REQUIRED_KEYS = ("id", "bench", "output", "extracted", "correct")
@@ -227,10 +229,16 @@ def regrade_runs(paths: Sequence[str | Path], bench: str, problems: Sequence[Pro
     of a problem not in ``problems``, a repeated problem, or a summary of other records), so a
     bad file leaves every file untouched. Each records file is then rewritten atomically, and
     only when a record changed; its summary (`summary_path`) is updated where it exists.
+    A file that an evaluation is writing (its `run_info.output_lock`) is refused, ValueError.
     """
     get_bench(bench)
-    runs = [read_run(path, bench, problems) for path in paths]
-    return [regrade_run(run, bench, progress=progress) for run in runs]
+    # The lock an evaluation holds on its output: a regrade replacing the file of a run still
+    # appending to it would drop every record appended after the regrade read it.
+    with contextlib.ExitStack() as locks:
+        for path in dict.fromkeys(Path(path).resolve() for path in paths):  # a file given twice: one lock
+            locks.enter_context(output_lock(path, "regrade"))
+        runs = [read_run(path, bench, problems) for path in paths]
+        return [regrade_run(run, bench, progress=progress) for run in runs]
 
 
 def format_regrade(result: RegradeResult) -> str:
