@@ -205,6 +205,11 @@ def test_csv_and_json_files_read_back_as_the_table(tmp_path: Path, runs: dict[st
 def test_model_names_keep_as_many_folders_as_tell_checkpoints_apart() -> None:
     assert model_names(["/a/run1/final", "/a/run2/final", "/b/sft", "/a/run1/final"]) == {
         "/a/run1/final": "run1/final", "/a/run2/final": "run2/final", "/b/sft": "sft"}
+    # A name that needs the whole of one path is that path as written ("/a/st", not "//a/st");
+    # one checkpoint written with a trailing slash is one checkpoint, named as briefly as another.
+    assert model_names(["/a/st", "/b/a/st"]) == {"/a/st": "/a/st", "/b/a/st": "b/a/st"}
+    assert model_names(["/ckpt/st", "/ckpt/st/", "/ckpt/sft"]) == {"/ckpt/st": "st", "/ckpt/st/": "st",
+                                                                   "/ckpt/sft": "sft"}
 
 
 def test_cli_table(tmp_path: Path, runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from superthoughts_ext.eval_compare import compare_runs, read_records, run_name, settings_label
@@ -84,15 +84,17 @@ class Table:
 def model_names(models: Sequence[str]) -> dict[str, str]:
     """Each checkpoint path's name in labels: its last folder, or as many trailing parts as tell
     it apart from the other paths (``/a/run1/final`` and ``/a/run2/final`` -> ``run1/final``,
-    ``run2/final``)."""
-    parts = {model: Path(model).parts for model in dict.fromkeys(models)}
+    ``run2/final``). Paths with the same parts (``/a/st``, ``/a/st/``) are one checkpoint."""
+    parts = {model: PurePath(model).parts for model in dict.fromkeys(models)}
     names = {}
     for model, own in parts.items():
+        tail = own
         for depth in range(1, len(own) + 1):
-            name = "/".join(own[-depth:])
-            if not any(other != model and "/".join(theirs[-depth:]) == name for other, theirs in parts.items()):
+            tail = own[-depth:]
+            if not any(theirs != own and theirs[-depth:] == tail for theirs in parts.values()):
                 break
-        names[model] = name if own else model
+        # PurePath, not "/".join: a whole absolute path's first part is "/" itself.
+        names[model] = PurePath(*tail).as_posix() if own else model
     return names
 
 
