@@ -229,9 +229,17 @@ def test_cli_table(tmp_path: Path, runs: dict[str, Path], capsys: pytest.Capture
             (["--table", str(runs["math-sft"]), "--compare", str(runs["math-st"])],
              "--table does not go with --compare"),
             (["--table", str(runs["math-st"])], "no method decodes in standard mode"),
-            (["--table", str(runs["math-sft"]), "--table-output", str(tmp_path)], "cannot be written")):
+            (["--table", str(runs["math-sft"]), "--table-output", str(tmp_path)], "cannot be written"),
+            # Options of a decoding run were ignored: --output wrote no table, --bench kept every bench.
+            (["--table", str(runs["math-sft"]), "--output", str(tmp_path / "t.csv")],
+             "--table does not go with --output (--table-output FILE writes the table)"),
+            (["--table", str(runs["math-sft"]), "--bench", "amc23", "--resume", "--overwrite", "--limit", "1"],
+             "--table does not go with --bench, --limit, --resume, --overwrite"),
+            (["--table", str(runs["math-sft"]), "--threshold", "0.9", "--mode", "pairs", "--temperature", "0.6"],
+             "--table does not go with --mode, --threshold, --temperature")):
         assert main(["eval", *argv]) == 2
         assert error in capsys.readouterr().err
+    assert not (tmp_path / "t.csv").exists()
 
 
 def test_an_interrupted_table_is_not_told_to_resume() -> None:

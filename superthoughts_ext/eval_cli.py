@@ -134,15 +134,24 @@ def _run_compare(paths: list[str], plot: str | None) -> int:
 # The options that only --table reads: argparse dest -> option.
 TABLE_OPTIONS = {"table_labels": "--table-labels", "table_baseline": "--table-baseline",
                  "table_output": "--table-output", "table_format": "--table-format"}
+# Options of a run that decodes, compares or regrades, which --table would ignore (--output wrote
+# no table, --bench kept every bench): argparse dest -> option, in the order --help lists them.
+TABLE_CONFLICTS = {"model": "--model", "tokenizer": "--tokenizer", "bench": "--bench", "data": "--data",
+                   "mode": "--mode", "threshold": "--threshold", "limit": "--limit", "output": "--output",
+                   "problem_field": "--problem-field", "answer_field": "--answer-field", "resume": "--resume",
+                   "overwrite": "--overwrite", "compare": "--compare", "plot": "--plot", "regrade": "--regrade"}
 
 
 def _run_table(args: argparse.Namespace) -> int:
     from superthoughts_ext.eval_table import build_table, format_markdown, write_table
 
-    others = [option for dest, option in (("compare", "--compare"), ("regrade", "--regrade"), ("plot", "--plot"),
-                                          ("model", "--model")) if getattr(args, dest)]
+    others = [option for dest, option in TABLE_CONFLICTS.items() if getattr(args, dest)]
+    # Defaults that are values, not None (as for --regrade).
+    others += [option for option, given in (("--temperature", args.temperature), ("--samples", args.samples != 1),
+                                            ("--seed", args.seed)) if given]
     if others:
-        raise ValueError(f"--table does not go with {', '.join(others)}: it reads finished result files")
+        hint = " (--table-output FILE writes the table)" if "--output" in others else ""
+        raise ValueError(f"--table does not go with {', '.join(others)}{hint}: it reads finished result files")
     if args.table_format and not args.table_output:
         raise ValueError("--table-format goes with --table-output FILE (stdout gets the Markdown table)")
     if args.table_output and (problem := write_problem(Path(args.table_output))):
