@@ -250,3 +250,19 @@ def test_an_interrupted_table_is_not_told_to_resume() -> None:
 
     assert resume_hint("eval", Namespace(table=["a.jsonl"])) == ""
     assert "--resume" in resume_hint("eval", Namespace(table=None))
+
+
+def test_a_table_file_in_a_folder_that_is_not_writable_is_refused_before_the_table(
+        tmp_path: Path, runs: dict[str, Path], capsys: pytest.CaptureFixture[str], unwritable) -> None:
+    # write_table replaces the file through a new one in its folder: appending to the existing
+    # file was all the check tried, and the write failed after the table had been printed.
+    from superthoughts_ext.cli import main
+
+    out = tmp_path / "tables" / "main.csv"
+    out.parent.mkdir()
+    out.write_text("old\n")
+    unwritable(out.parent)
+    assert main(["eval", "--table", str(runs["math-sft"]), "--table-output", str(out)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and out.read_text() == "old\n"
+    assert f"--table-output {out} cannot be written: Permission denied (the folder {out.parent}" in printed.err

@@ -154,7 +154,8 @@ def _run_table(args: argparse.Namespace) -> int:
         raise ValueError(f"--table does not go with {', '.join(others)}{hint}: it reads finished result files")
     if args.table_format and not args.table_output:
         raise ValueError("--table-format goes with --table-output FILE (stdout gets the Markdown table)")
-    if args.table_output and (problem := write_problem(Path(args.table_output))):
+    # write_table replaces the file through a new one in its folder: that must be writable too.
+    if args.table_output and (problem := write_problem(Path(args.table_output), replaced=True)):
         raise ValueError(f"--table-output {args.table_output} cannot be written: {problem}")
     table = build_table(args.table, args.table_labels, args.table_baseline)
     print(format_markdown(table))
