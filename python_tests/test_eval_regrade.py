@@ -147,6 +147,24 @@ def test_a_run_an_evaluation_is_writing_is_not_regraded(tmp_path: Path) -> None:
     assert next(r for r in read_jsonl(out) if r["id"] == "p91")["correct"] is True
 
 
+def test_a_run_written_through_a_symlink_is_not_regraded_by_its_target(tmp_path: Path) -> None:
+    # The lock went beside the path as given: an evaluation writing latest.jsonl (a link to
+    # runs/st.jsonl) locked .latest.jsonl.lock, and a regrade of runs/st.jsonl did not see it.
+    from superthoughts_ext.run_info import output_lock
+
+    out = evaluated_run(tmp_path)
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(out)
+    data = math_data(tmp_path / "math.jsonl", answers={"p91": "11"})
+    records = out.read_bytes()
+    for held, regraded in ((link, out), (out, link)):
+        with output_lock(held, "evaluate"):
+            with pytest.raises(ValueError, match=f"regrade: '{re.escape(str(regraded))}' is being written by"):
+                regrade([regraded], data)
+    assert out.read_bytes() == records and sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest.jsonl", "math.jsonl", "runs"]
+
+
 def test_an_inequality_for_a_point_question_flips_to_wrong(tmp_path: Path) -> None:
     data = write_data(tmp_path / "math.jsonl", [{"id": "mid", "problem": MIDPOINT, "answer": "(-1,6)"},
                                                 {"id": "sum", "problem": "what is 1 + 2", "answer": "3"}])

@@ -235,7 +235,10 @@ def regrade_runs(paths: Sequence[str | Path], bench: str, problems: Sequence[Pro
     # The lock an evaluation holds on its output: a regrade replacing the file of a run still
     # appending to it would drop every record appended after the regrade read it.
     with contextlib.ExitStack() as locks:
-        for path in dict.fromkeys(Path(path).resolve() for path in paths):  # a file given twice: one lock
+        files: dict[Path, str | Path] = {}  # a file given twice (or by a link and its target): one lock
+        for path in paths:
+            files.setdefault(Path(path).resolve(), path)
+        for path in files.values():
             locks.enter_context(output_lock(path, "regrade"))
         runs = [read_run(path, bench, problems) for path in paths]
         return [regrade_run(run, bench, progress=progress) for run in runs]

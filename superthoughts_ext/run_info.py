@@ -112,14 +112,15 @@ def output_lock(target: str | os.PathLike | None, command: str) -> Iterator[None
     """Holds an exclusive lock on a hidden file beside `target` (None: nothing to lock) while a
     command writes it: two evaluations, or two training runs, with one output interleaved their
     records or checkpoints, and each checked the output before the other had written anything.
-    ValueError naming the holder when another process has it."""
+    ValueError naming the holder when another process has it. The lock goes beside what a
+    symlink points to: a run given the link and one given its target write one file."""
     if target is None:
         yield
         return
     import fcntl
 
-    target = Path(os.fspath(target))
-    lock_path = target.parent / f".{target.name}.lock"
+    real = Path(os.path.realpath(target))
+    lock_path = real.parent / f".{real.name}.lock"
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock_path, "a+", encoding="utf-8")
