@@ -165,6 +165,14 @@ def test_a_run_written_through_a_symlink_is_not_regraded_by_its_target(tmp_path:
         "latest.jsonl", "math.jsonl", "runs"]
 
 
+def test_a_missing_file_is_named_and_its_folder_is_not_made(tmp_path: Path) -> None:
+    # Taking the lock made the folder of a mistyped path (the lock file beside the records).
+    data = math_data(tmp_path / "math.jsonl")
+    with pytest.raises(FileNotFoundError, match="typo"):
+        regrade([tmp_path / "typo" / "st.jsonl"], data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["math.jsonl"]
+
+
 def test_an_inequality_for_a_point_question_flips_to_wrong(tmp_path: Path) -> None:
     data = write_data(tmp_path / "math.jsonl", [{"id": "mid", "problem": MIDPOINT, "answer": "(-1,6)"},
                                                 {"id": "sum", "problem": "what is 1 + 2", "answer": "3"}])

@@ -237,7 +237,8 @@ def regrade_runs(paths: Sequence[str | Path], bench: str, problems: Sequence[Pro
     with contextlib.ExitStack() as locks:
         files: dict[Path, str | Path] = {}  # a file given twice (or by a link and its target): one lock
         for path in paths:
-            files.setdefault(Path(path).resolve(), path)
+            if Path(path).is_file():  # else read_run names it; a lock would make a mistyped path's folder
+                files.setdefault(Path(path).resolve(), path)
         for path in files.values():
             locks.enter_context(output_lock(path, "regrade"))
         runs = [read_run(path, bench, problems) for path in paths]
