@@ -255,7 +255,7 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     from torch._dynamo.utils import counters
 
     from superthoughts_ext import decode_loop
-    from superthoughts_ext import generate as generate_module
+    from superthoughts_ext import generate_settings
 
     real_step_function = decode_loop.step_function
 
@@ -291,7 +291,7 @@ def test_graph_step_sequencing_with_a_stand_in_graph(model, monkeypatch, mode: s
     kwargs = dict(max_new_tokens=21, mode=mode, threshold=0.3)
     eager = generate(model, ids, mask, **kwargs)
     monkeypatch.setattr(decode_loop, "torch", TorchWithStandInCuda())
-    monkeypatch.setattr(generate_module, "_use_graphs", lambda *args: True)
+    monkeypatch.setattr(generate_settings, "_use_graphs", lambda *args: True)
     monkeypatch.setattr(decode_loop, "GRAPH_MIN_SPAN", 1)  # several windows in a short call
     before = counters["stats"]["unique_graphs"]
     graphed = generate(model, ids, mask, compile=compiled, **kwargs)

@@ -230,7 +230,7 @@ def test_models_with_host_state_decode_eagerly() -> None:
     # recompile every step. "auto" decodes eagerly, True is refused.
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from superthoughts_ext.generate import _graphs_and_compile
+    from superthoughts_ext.generate_settings import _graphs_and_compile
 
     torch.manual_seed(0)
     mistral = AutoModelForCausalLM.from_config(MistralConfig(

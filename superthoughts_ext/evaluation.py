@@ -235,7 +235,7 @@ def _warm_up(run: _Run, batches: list[list[Item]], bar: Any) -> float:
     """Seconds spent on one short untimed decode per batch size, when generate compiles the step."""
     import torch
 
-    from superthoughts_ext.generate import resolve_compile
+    from superthoughts_ext.generate_settings import resolve_compile
 
     started = time.perf_counter()
     if resolve_compile(run.compile, torch.device(run.device), run.sampling.temperature):

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from superthoughts_ext.cli import utf8_text
-from superthoughts_ext.generate import MODES, ContextStopWarning, generate, model_context, samples
+from superthoughts_ext.generate import ContextStopWarning, generate, model_context
+from superthoughts_ext.generate_settings import MODES, samples
 from superthoughts_ext.stop_tokens import is_superthoughts, stop_token_ids
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, build_prompt
 from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
