@@ -17,7 +17,8 @@ from superthoughts_ext.eval_files import json_lines, read_records_text
 from superthoughts_ext.eval_sampling import (record_key, resumed_record, sample_mismatch, sampled_grade_fields,
                                              sampling_of)
 from superthoughts_ext.file_writes import remove_stale_temporaries, replace_text, writing
-from superthoughts_ext.grading import extract_answer, extract_choice, is_correct, visible_text
+from superthoughts_ext.grading import extract_choice, is_correct
+from superthoughts_ext.grading_boxes import extract_answer, visible_text
 
 
 @dataclass

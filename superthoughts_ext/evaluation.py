@@ -29,7 +29,8 @@ from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_reco
                                             summarize, write_summary)
 from superthoughts_ext.eval_sampling import Sampling, check_sampling, record_key, sample_seed
 from superthoughts_ext.file_writes import writing
-from superthoughts_ext.grading import extract_answer, is_correct
+from superthoughts_ext.grading import is_correct
+from superthoughts_ext.grading_boxes import extract_answer
 from superthoughts_ext.run_info import output_lock, write_problem
 
 MODES = ("superthoughts", "pairs", "standard")
