@@ -6,7 +6,7 @@ A LoRA checkpoint holds neither the frozen base weights nor how the model around
 was built, so `SuperThoughtsTrainer` writes `EXPORT_FILE` beside each adapter (`export_record`):
 the kind of run, its SuperThoughts config, the pad, the base model's path and the weight dtype.
 The export rebuilds the model as `train` did, checks the base against the weights digest the
-checkpoint recorded (`train_resume.BASE_WEIGHTS`), loads the adapter and merges it as the end of
+checkpoint recorded (`train_run_settings.BASE_WEIGHTS`), loads the adapter and merges it as the end of
 training does: the last checkpoint of a run exports to that run's own final model, tensor for tensor.
 
     superthoughts export --checkpoint out/st/checkpoint-500 --output out/st-500
@@ -120,7 +120,7 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, model: str 
     `dtype` (default: the run's) is the one the weights load and are saved in."""
     from peft import PeftModel
 
-    from superthoughts_ext import train_resume, train_utils
+    from superthoughts_ext import train_run_settings, train_utils
     from superthoughts_ext.checkpoint import has_tokenizer_files, load_tokenizer
     from superthoughts_ext.train import DTYPES
 
@@ -143,7 +143,7 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, model: str 
         tokenizer = train_utils.with_pad_token(tokenizer, pad_id)
     train_utils.record_special_tokens(built, tokenizer)
     backbone = built.backbone if superthoughts else built
-    recorded = train_resume.recorded_base_weights(folder)
+    recorded = train_run_settings.recorded_base_weights(folder)
     if recorded and recorded != train_utils.weights_digest(backbone):
         raise ValueError(f"export: {base!r} holds other weights than the base model the run of "
                          f"{os.fspath(folder)!r} adapted (weights digest sha256 {recorded[:12]}...); pass that run's "

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from superthoughts_ext import train_data, train_precision, train_resume, train_utils
+from superthoughts_ext import train_data, train_precision, train_resume, train_run_settings, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, command_warnings, resume_hint, transformers_progress_bars, utf8_text
 from superthoughts_ext.file_writes import WriteFailed
@@ -108,7 +108,7 @@ def _train(options: TrainOptions) -> TrainResult:
     lora = train_utils.lora_settings(options.lora_alpha, options.lora_dropout, options.lora_target_modules,
                                      superthoughts=not options.baseline) if options.lora_r > 0 else None
     args = training_arguments(options)
-    settings = train_resume.run_settings(options, args.world_size)
+    settings = train_run_settings.run_settings(options, args.world_size)
     checkpoint = train_resume.check_resume(options.output_dir, options.resume_from_checkpoint,
                                            baseline=options.baseline, lora_r=options.lora_r,
                                            max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
@@ -156,8 +156,8 @@ def _train(options: TrainOptions) -> TrainResult:
             # With frozen embeddings no input requires grad, which checkpointing needs.
             backbone.enable_input_require_grads()
     if options.lora_r > 0:
-        settings[train_resume.BASE_WEIGHTS] = train_utils.weights_digest(backbone)  # not the new compressor / MTP
-        train_resume.check_base_weights(checkpoint, settings[train_resume.BASE_WEIGHTS])
+        settings[train_run_settings.BASE_WEIGHTS] = train_utils.weights_digest(backbone)  # not the new compressor / MTP
+        train_run_settings.check_base_weights(checkpoint, settings[train_run_settings.BASE_WEIGHTS])
         model = train_utils.apply_lora(
             model, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout,
             targets=options.lora_target_modules, superthoughts=superthoughts,

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from superthoughts_ext import train_precision, train_utils
 from superthoughts_ext.eval_data import SYSTEM_PROMPT
 from superthoughts_ext.train_args import value_checks
-from superthoughts_ext.train_resume import METRIC_DRIVEN_SCHEDULES
+from superthoughts_ext.train_run_settings import METRIC_DRIVEN_SCHEDULES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -4,22 +4,22 @@ kind of run, its LoRA options, its length where the learning-rate schedule depen
 
 Trainer itself loads a checkpoint of another run loosely and fails late, if at all; these turn
 each mismatch into an error naming the option to change. `check_run_length` also runs once
-Trainer knows a length given in epochs (`trainer.ResumedLengthCheck`).
+Trainer knows a length given in epochs (`trainer.ResumedLengthCheck`). The checks against the
+settings a checkpoint recorded (learning rate, data, batch, optimizer...) are in
+train_run_settings.py.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from superthoughts_ext.checkpoint import checkpoint_folders, is_superthoughts_checkpoint
 from superthoughts_ext.run_info import write_problem
+from superthoughts_ext.train_run_settings import _check_optimizer, _check_settings, _recorded, read_json
 from superthoughts_ext.train_utils import SUPERTHOUGHTS_TRAINABLE_MODULES, lora_target_pattern
 
 
@@ -99,114 +99,6 @@ def _check_complete(checkpoint: Path) -> None:
                             f"readable trainer_state.json: its save was cut off?); remove it and {hint}")
 
 
-def _recorded(checkpoint: Path) -> dict[str, Any]:
-    """What `trainer.RunSettings` recorded in `checkpoint` ({} when nothing: written before the
-    record was kept, or by another trainer)."""
-    state = read_json(checkpoint / "trainer_state.json") or {}
-    recorded = (state.get("stateful_callbacks") or {}).get("RunSettings")
-    recorded = recorded[0] if isinstance(recorded, list) and recorded else recorded
-    saved = recorded.get("args", {}) if isinstance(recorded, dict) else {}
-    return saved if isinstance(saved, dict) else {}
-
-
-# TrainOptions fields a resumed run must share with the run that wrote the checkpoint (flag ->
-# field), those a resume would not apply as asked. Trainer restores the optimizer's and the
-# schedule's state: another --learning-rate or --weight-decay was ignored without a word, and
-# another schedule or warmup took over in the middle of the old one. It skips the batches the
-# checkpoint trained by count: with other data (file, fields, prompt, length limit), another seed
-# (the shuffle) or another global batch it skipped rows never trained and trains others twice.
-# The number of processes may change where the global batch stays (2 x 4 resumed as 1 x 8);
-# loss weights, --rho-max and --max-grad-norm apply from the next step (lowered after a spike).
-# The held-out set (--eval-data, --eval-steps) changes only what is logged, and may change too
-# (another set with a warning; a resume takes this run's interval: trainer.IntervalsOfThisRun),
-# except under METRIC_DRIVEN_SCHEDULES.
-RESUMED_SETTINGS = {
-    "--learning-rate": "learning_rate", "--weight-decay": "weight_decay", "--lr-scheduler": "scheduler_name",
-    "--lr-scheduler-kwargs": "lr_scheduler_kwargs", "--warmup-ratio": "warmup_ratio", "--seed": "seed",
-    "--max-length": "max_length", "--problem-field": "problem_field", "--solution-field": "solution_field",
-    "--system-prompt": "system_prompt",
-}
-GLOBAL_BATCH = "global batch (--batch-size x --grad-accum x processes)"
-# transformers' schedules that step on the eval loss (TrainingArguments refuses them without an
-# evaluation): there the held-out set and the steps it is scored at steer the learning rate, and
-# a resume must keep them.
-METRIC_DRIVEN_SCHEDULES = ("reduce_lr_on_plateau", "greedy")
-
-
-def run_settings(options: Any, world_size: int) -> dict[str, Any]:
-    """The settings of a run (`RESUMED_SETTINGS` of TrainOptions `options`, the global batch,
-    the data's sha256; the held-out set's sha256, and its interval under METRIC_DRIVEN_SCHEDULES)
-    as RunSettings records them in every checkpoint (JSON values)."""
-    settings = {flag: getattr(options, name) for flag, name in RESUMED_SETTINGS.items()}
-    settings[GLOBAL_BATCH] = options.batch_size * options.grad_accum * world_size
-    settings["--data"] = data_digest(options.data)
-    if options.eval_data is not None:
-        settings["--eval-data"] = data_digest(options.eval_data)
-        if options.scheduler_name in METRIC_DRIVEN_SCHEDULES:
-            settings["--eval-steps"] = options.eval_interval
-    return json.loads(json.dumps(settings))  # tuples as lists, as they read back
-
-
-def data_digest(data: Any) -> str | None:
-    """sha256 of the training rows, each as canonical JSON: a JSONL file's lines parsed (so the
-    rows of a file and the same rows given in memory agree, whatever the file's spacing); None
-    for a file that cannot be read or parsed (loading it says why)."""
-    digest = hashlib.sha256()
-
-    def add(row: Any) -> None:
-        digest.update(json.dumps(row, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist")
-                                 else repr(v)).encode() + b"\n")
-
-    if isinstance(data, (str, os.PathLike)):
-        try:
-            with open(data, encoding="utf-8") as file:
-                for line in file:
-                    if line.strip():
-                        add(json.loads(line))
-        except (OSError, ValueError):
-            return None
-    else:
-        for row in data:
-            add(row)
-    return digest.hexdigest()
-
-
-# The run setting a LoRA run records for its base model: a LoRA checkpoint holds the adapters
-# (and the compressor and MTP), not the frozen weights they adapt, so a resume loads those from
-# --model, whatever model it names.
-BASE_WEIGHTS = "--model weights"
-
-
-# Settings recorded as a sha256 (None: a data file that could not be read, not compared).
-_DIGESTS = ("--data", "--eval-data", BASE_WEIGHTS)
-
-
-def check_base_weights(checkpoint: Path | None, digest: str) -> None:
-    """ValueError when LoRA `checkpoint` recorded a base model whose weights
-    (`train_utils.weights_digest`) differ from `digest`, those of this run's --model: the adapters
-    resumed on another base trained on without a word (a full checkpoint holds every weight)."""
-    recorded = recorded_base_weights(checkpoint) if checkpoint is not None else None
-    if recorded and recorded != digest:
-        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} holds LoRA adapters trained on another base "
-                         f"model (weights {_shown(BASE_WEIGHTS, recorded)}; this --model's: "
-                         f"{_shown(BASE_WEIGHTS, digest)}); resume with the --model of the run that wrote it")
-
-
-def recorded_base_weights(checkpoint: Path) -> str | None:
-    """The base model's weights digest that LoRA `checkpoint` recorded (None: a full run's, or
-    one written before the record was kept)."""
-    saved = _recorded(checkpoint).get("settings")
-    recorded = saved.get(BASE_WEIGHTS) if isinstance(saved, dict) else None
-    return recorded if isinstance(recorded, str) else None
-
-
-def _shown(flag: str, value: Any) -> str:
-    if flag in _DIGESTS:
-        return f"sha256 {value[:12]}..."
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def continued_run_id(checkpoint: Path | None, output_dir: str | os.PathLike) -> str:
     """The run id a run resumed from `checkpoint` into `output_dir` keeps: the checkpoint's, where
     it continues that run in its own folder (the checkpoint's parent, or one whose latest
@@ -218,63 +110,6 @@ def continued_run_id(checkpoint: Path | None, output_dir: str | os.PathLike) -> 
     out = Path(os.fspath(output_dir)).resolve()
     own = _complete_checkpoints(out) if out.is_dir() else []
     return run if checkpoint.resolve().parent == out or (own and _recorded(own[-1]).get("run_id") == run) else ""
-
-
-def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> None:
-    """ValueError naming every setting of `settings` (`run_settings`) that `checkpoint` recorded
-    with another value; settings it did not record, or a data file unread, are not compared, and a
-    checkpoint that recorded none warns that nothing was checked. Another --eval-data only warns
-    (the log's eval_loss changes sets there), except under METRIC_DRIVEN_SCHEDULES."""
-    saved = _recorded(checkpoint).get("settings")
-    if settings and not isinstance(saved, dict):
-        # Written before checkpoints recorded their settings (before commit 8df6e74), or by another
-        # trainer: another learning rate or schedule is ignored, other data or batch skips other rows.
-        warnings.warn(f"train: --resume {os.fspath(checkpoint)!r} records no run settings (written by an older "
-                      f"release?): whether this run's {', '.join(RESUMED_SETTINGS)}, data and global batch are "
-                      "those it was trained with is not checked; Trainer restores its optimizer and schedule, so "
-                      "another learning rate or schedule is ignored and other data or batches skip other rows. "
-                      "Resume only with the options of the run that wrote it", stacklevel=2)
-    if not settings or not isinstance(saved, dict):
-        return
-    differ, logged_only = [], []
-    steered = settings.get("--lr-scheduler") in METRIC_DRIVEN_SCHEDULES
-    for flag, value in settings.items():
-        if flag not in saved or saved[flag] == value or (flag in _DIGESTS and None in (value, saved[flag])):
-            continue
-        text = f"{flag} {_shown(flag, saved[flag])} (this run: {_shown(flag, value)})"
-        (logged_only if flag == "--eval-data" and not steered else differ).append(text)
-    if logged_only:
-        warnings.warn(f"train: --resume {os.fspath(checkpoint)!r} was evaluated on {logged_only[0]}: the eval_loss "
-                      "entries from here on score this run's held-out rows, not those of the earlier entries of "
-                      "its log", UserWarning, stacklevel=2)
-    if differ:
-        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was trained with {'; '.join(differ)}; resume "
-                         "with the settings of the run that wrote it, or start a new run from the finished model "
-                         "(--model)")
-
-
-def _check_optimizer(checkpoint: Path, optimizer: tuple[str, str] | None) -> None:
-    """ValueError when `checkpoint` recorded an optimizer of another class than `optimizer`'s
-    (--optim name, class): its state would not fit. adamw_torch and adamw_torch_fused are one
-    class, AdamW, and resume each other. Checkpoints without the record (written before it was
-    kept, or by another trainer) and optimizers whose class needs the model are not checked."""
-    saved = _recorded(checkpoint)
-    if optimizer is None or not saved.get("optimizer") or not optimizer[1]:
-        return
-    if saved["optimizer"] != optimizer[1]:
-        raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} was trained with --optim {saved.get('optim')} "
-                         f"({saved['optimizer']}), and this run uses {optimizer[0]} ({optimizer[1]}): its optimizer "
-                         f"state would not fit (resume with --optim {saved.get('optim')})")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`; None when it is missing or unreadable: these checks then pass
-    and Trainer (or peft) says what is wrong with the checkpoint."""
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError):
-        return None
-    return values if isinstance(values, dict) else None
 
 
 # The files of a finished run's model in its output folder (full, or a LoRA run's merged model,

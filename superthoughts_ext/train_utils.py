@@ -241,7 +241,7 @@ def check_lora_targets(scope: nn.Module, targets: Sequence[str]) -> None:
 
 
 def weights_digest(model: nn.Module) -> str:
-    """sha256 identifying a model's weights (`train_resume.check_base_weights`): each parameter's
+    """sha256 identifying a model's weights (`train_run_settings.check_base_weights`): each parameter's
     name, shape and first and last 256 values rounded to bfloat16 (the same weights loaded in
     another dtype agree). Reads a few KB per tensor, not the gigabytes of a 7B model: another
     initialisation or fine-tune differs in all of them."""

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, TrainerState
 
-from superthoughts_ext import train_resume, train_utils
+from superthoughts_ext import train_resume, train_run_settings, train_utils
 from superthoughts_ext.checkpoint import weight_files
 from superthoughts_ext.file_writes import WriteFailed, failure_message, writing
 from superthoughts_ext.layers import causal_mask_for_right_padding
@@ -55,7 +55,7 @@ class RunSettings(TrainerCallback, ExportableState):
     """Records in every checkpoint's trainer_state.json (under stateful_callbacks) what a resume
     must keep that the checkpoint's files do not show: the optimizer (another one loads the
     saved state without a word and fails at its first step: Adafactor over AdamW's state,
-    KeyError 'beta1') and the run's settings (`train_resume.run_settings`: learning rate,
+    KeyError 'beta1') and the run's settings (`train_run_settings.run_settings`: learning rate,
     schedule, data, ...) and its id (one per run, kept by its resumes: a checkpoint of this run
     copied elsewhere is told from another run's). `train_resume` compares them up front."""
 
@@ -283,7 +283,7 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
             if not self.args.should_save:
                 raise
             # Trainer writes trainer_state.json last: a folder without it is not whole.
-            if train_resume.read_json(folder / "trainer_state.json") is None:
+            if train_run_settings.read_json(folder / "trainer_state.json") is None:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             # A whole folder: what failed came after it, rotating older checkpoints away
