@@ -119,6 +119,36 @@ def test_chunked_losses_fill_no_gradients_without_grad_mode(grad_off, monkeypatc
     torch.testing.assert_close(kl, want_kl, rtol=0, atol=0)
 
 
+def test_default_chunks_are_small_on_cpu_only_where_they_keep_enough_rows(monkeypatch):
+    # On a CPU, chunks of up to 256 MiB of logits came from fresh, page-faulted memory at every
+    # step; small vocabularies now take 8 MiB chunks, large ones (and GPUs) keep the default.
+    import superthoughts_ext.head_losses as head_losses
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert head_losses.default_chunk_elements(cpu, 12800) == head_losses.CPU_CE_CHUNK_ELEMENTS
+    assert head_losses.default_chunk_elements(cpu, 151936) == head_losses.CE_CHUNK_ELEMENTS
+    assert head_losses.default_chunk_elements(cuda, 12800) == head_losses.CE_CHUNK_ELEMENTS
+    # Without chunk_elements the CPU default applies, in both losses: rows of a 53-token head in
+    # chunks of 130 rows (CPU_CE_MIN_ROWS 128 fit), and one chunk once they would not.
+    monkeypatch.setattr(head_losses, "CPU_CE_CHUNK_ELEMENTS", 53 * 130)
+    chunk_rows = []
+    add_chunk_grads = head_losses._add_chunk_grads
+    monkeypatch.setattr(head_losses, "_add_chunk_grads",
+                        lambda grad, *args: chunk_rows.append(grad.shape[0]) or add_chunk_grads(grad, *args))
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(300, 8, generator=g).requires_grad_()
+    weight, teacher_weight = torch.randn(53, 8, generator=g), torch.randn(53, 8, generator=g)
+    targets, row_weight = torch.randint(0, 53, (300,), generator=g), torch.full((300,), 1 / 300)
+    loss, _ = linear_cross_entropy(hidden, weight, targets, row_weight)
+    want_loss, _ = _reference_ce(hidden, weight, targets, row_weight)
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(torch.autograd.grad(loss, hidden)[0], torch.autograd.grad(want_loss, hidden)[0])
+    linear_kl_divergence(hidden, weight, hidden.detach(), teacher_weight, row_weight)
+    assert chunk_rows == [130, 130, 40] * 2
+    chunk_rows.clear()
+    linear_cross_entropy(hidden, torch.randn(60, 8, generator=g), targets, row_weight)
+    assert chunk_rows == [300]
+
+
 def test_head_cross_entropy_keeps_small_gradients_under_float16_autocast():
     """fp16 mixed precision scales the loss only in backward (GradScaler), after the chunked
     loss has computed its gradient in float16: there the small softmax terms underflowed."""

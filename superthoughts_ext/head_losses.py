@@ -89,21 +89,48 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return *_scaled_saved_grads(ctx, grad_loss), None, None, None
 
 
-# Logit elements per chunk of linear_cross_entropy: 64 Mi float32 (256 MiB) bounds the
-# transient memory whatever the vocabulary, while a chunk keeps enough rows (441 at V = 152k)
-# for efficient GEMMs and few grad_weight updates. On CPU the step time is flat from 1 Mi to
-# 64 Mi (bench_train's 1.5b-mini head).
+# Logit elements per chunk of the chunked losses: 64 Mi float32 (256 MiB) bounds the transient
+# memory whatever the vocabulary, while a chunk keeps enough rows (441 at V = 152k) for efficient
+# GEMMs and few grad_weight updates.
 CE_CHUNK_ELEMENTS = 1 << 26
+# On a CPU, smaller chunks where the vocabulary allows. A chunk's [n, V] buffers larger than
+# glibc's mmap threshold (32 MiB at most) are fresh pages from the kernel at every chunk of every
+# step, each zeroed at its first touch: at bench_train's 1.5b-mini head (3982 rows, V = 12800) ~55k
+# page faults per step in float32 and ~100k under bfloat16 autocast (bf16 logits, their float32
+# copy, the bf16 gradient). 8 MiB chunks are reused from the heap and stay in cache: the whole
+# SuperThoughts step of `bench train` ran 10-15% faster under bf16 autocast, 0.5-2% in float32 (2
+# threads, 2-core AMD EPYC). Only while such a chunk still holds CPU_CE_MIN_ROWS rows (V <= 16384):
+# fewer rows would re-read the [V, H] weight and grad_weight per chunk for too little GEMM work, and
+# a chunk of that many rows of a larger vocabulary is past the mmap threshold anyway.
+CPU_CE_CHUNK_ELEMENTS = 1 << 21
+CPU_CE_MIN_ROWS = 128
+
+
+def default_chunk_elements(device: torch.device, vocab: int) -> int:
+    """Logit elements per chunk of `linear_cross_entropy` / `linear_kl_divergence` when the caller
+    names none: CPU_CE_CHUNK_ELEMENTS on a CPU while that holds CPU_CE_MIN_ROWS rows of `vocab`,
+    else CE_CHUNK_ELEMENTS."""
+    if device.type == "cpu" and CPU_CE_CHUNK_ELEMENTS // max(vocab, 1) >= CPU_CE_MIN_ROWS:
+        return CPU_CE_CHUNK_ELEMENTS
+    return CE_CHUNK_ELEMENTS
+
+
+def _chunk_rows(chunk_elements: int | None, weight: torch.Tensor) -> int:
+    """Rows per chunk of a [V, H] head: `chunk_elements` logits, at least one row."""
+    if chunk_elements is None:
+        chunk_elements = default_chunk_elements(weight.device, weight.shape[0])
+    return max(1, chunk_elements // weight.shape[0])
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         row_weight: torch.Tensor, chunk_elements: int = CE_CHUNK_ELEMENTS
+                         row_weight: torch.Tensor, chunk_elements: int | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted cross-entropy of a linear head without materialising the logits.
 
     Args:
         hidden: [N, H] rows to score; weight: [V, H] head weight (no bias);
-        targets: [N] int64 in [0, V); row_weight: [N] float32 weight of each row's CE.
+        targets: [N] int64 in [0, V); row_weight: [N] float32 weight of each row's CE;
+        chunk_elements: logit elements per chunk of rows (None: `default_chunk_elements`).
     Returns:
         loss: scalar sum_i row_weight_i * CE_i (differentiable in hidden and weight; the
         gradient is computed during the forward pass, so the op cannot be differentiated twice);
@@ -115,7 +142,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if targets.shape != hidden.shape[:1] or row_weight.shape != hidden.shape[:1]:
         raise ValueError(f"linear_cross_entropy: targets {tuple(targets.shape)} and row_weight "
                          f"{tuple(row_weight.shape)} must be [N] with N = {hidden.shape[0]}")
-    chunk_rows = max(1, chunk_elements // weight.shape[0])
+    chunk_rows = _chunk_rows(chunk_elements, weight)
     hidden, weight = _inputs_for_grad_mode(hidden, weight)
     return _LinearCrossEntropy.apply(hidden, weight, targets, row_weight.float(), chunk_rows)
 
@@ -154,13 +181,14 @@ class _LinearKLDivergence(torch.autograd.Function):
 
 def linear_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, target_hidden: torch.Tensor,
                          target_weight: torch.Tensor, row_weight: torch.Tensor,
-                         chunk_elements: int = CE_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_elements: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted KL(teacher || student) of two linear heads without materialising either's logits.
 
     Args:
         hidden: [N, H] student rows; weight: [V, H] student head weight (no bias);
         target_hidden: [N, H'] teacher rows; target_weight: [V, H'] teacher head weight (both
-        treated as constants); row_weight: [N] float32 weight of each row's KL.
+        treated as constants); row_weight: [N] float32 weight of each row's KL;
+        chunk_elements: logit elements per chunk of rows (None: `default_chunk_elements`).
     Returns:
         loss: scalar sum_i row_weight_i * KL_i (differentiable in hidden and weight, once);
         kl: [N] float32 per-row KL, detached.
@@ -171,7 +199,7 @@ def linear_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, target_hidd
         raise ValueError(f"linear_kl_divergence: expected hidden [N, H], weight [V, H], target_hidden [N, H'], "
                          f"target_weight [V, H'], row_weight [N]; got {tuple(hidden.shape)}, {tuple(weight.shape)}, "
                          f"{tuple(target_hidden.shape)}, {tuple(target_weight.shape)}, {tuple(row_weight.shape)}")
-    chunk_rows = max(1, chunk_elements // weight.shape[0])
+    chunk_rows = _chunk_rows(chunk_elements, weight)
     hidden, weight = _inputs_for_grad_mode(hidden, weight)
     return _LinearKLDivergence.apply(hidden, weight, target_hidden.detach(), target_weight.detach(),
                                      row_weight.float(), chunk_rows)
