@@ -142,13 +142,18 @@ TABLE_CONFLICTS = {"model": "--model", "tokenizer": "--tokenizer", "bench": "--b
                    "overwrite": "--overwrite", "compare": "--compare", "plot": "--plot", "regrade": "--regrade"}
 
 
+def _given_options(args: argparse.Namespace, options: dict[str, str]) -> list[str]:
+    """The options of `options` (argparse dest -> option) given on the command line, then the
+    sampling options set away from their defaults, which are values, not None."""
+    given = [option for dest, option in options.items() if getattr(args, dest)]
+    return given + [option for option, set_ in (("--temperature", args.temperature), ("--samples", args.samples != 1),
+                                                ("--seed", args.seed)) if set_]
+
+
 def _run_table(args: argparse.Namespace) -> int:
     from superthoughts_ext.eval_table import build_table, format_markdown, write_table
 
-    others = [option for dest, option in TABLE_CONFLICTS.items() if getattr(args, dest)]
-    # Defaults that are values, not None (as for --regrade).
-    others += [option for option, given in (("--temperature", args.temperature), ("--samples", args.samples != 1),
-                                            ("--seed", args.seed)) if given]
+    others = _given_options(args, TABLE_CONFLICTS)
     if others:
         hint = " (--table-output FILE writes the table)" if "--output" in others else ""
         raise ValueError(f"--table does not go with {', '.join(others)}{hint}: it reads finished result files")
@@ -172,10 +177,8 @@ REGRADE_CONFLICTS = {"model": "--model", "compare": "--compare", "resume": "--re
 def _run_regrade(args: argparse.Namespace) -> int:
     from superthoughts_ext.eval_regrade import format_regrade, regrade_runs, stored_settings
 
-    conflicts = [option for dest, option in REGRADE_CONFLICTS.items() if getattr(args, dest)]
-    # Their defaults are values, not None: a regrade keeps the sampling the records were decoded with.
-    conflicts += [option for option, given in (("--temperature", args.temperature), ("--samples", args.samples != 1),
-                                               ("--seed", args.seed)) if given]
+    # A regrade keeps the sampling the records were decoded with.
+    conflicts = _given_options(args, REGRADE_CONFLICTS)
     if conflicts:
         raise ValueError(f"--regrade does not go with {', '.join(conflicts)}: it grades the stored outputs "
                          "again, without a model or decoding")
