@@ -266,3 +266,18 @@ def test_a_table_file_in_a_folder_that_is_not_writable_is_refused_before_the_tab
     printed = capsys.readouterr()
     assert printed.out == "" and out.read_text() == "old\n"
     assert f"--table-output {out} cannot be written: Permission denied (the folder {out.parent}" in printed.err
+
+
+def test_a_run_with_unequal_samples_per_problem_is_refused_naming_it(tmp_path: Path, runs: dict[str, Path]) -> None:
+    # st's AMC23 run cut off before problem 1's second sample: its accuracy averaged problem 0's
+    # two samples, its ± was over sample 0 alone (none: one pass), and the note said N=2.
+    cut = tmp_path / "amc23" / "st-cut.jsonl"
+    cut.write_text("".join(runs["amc-st"].read_text().splitlines(keepends=True)[:3]))
+    with pytest.raises(ValueError, match=r"table: amc23: .*st-cut.jsonl has 2 samples of some problems and 1 of "
+                                         r"others \(problem '1': 1\); .* --resume, or keep its samples below 1"):
+        build_table([runs["amc-sft"], cut])
+    # Only the problems of every file of the bench count: a problem the others lack is left out.
+    extra = tmp_path / "amc23" / "st-extra.jsonl"
+    record = {**json.loads(runs["amc-st"].read_text().splitlines()[0]), "id": "9", "reference": "9"}
+    extra.write_text(runs["amc-st"].read_text() + json.dumps(record) + "\n")
+    assert build_table([runs["amc-sft"], extra]).cells["st [superthoughts 0.999]", "amc23"].accuracy_std == 0.0

@@ -10,9 +10,12 @@ Each bench is `eval_compare.compare_runs(its baseline run, its other runs)`, the
 `--compare`: the same checks (one bench, the same reference answers under an id; a warning for
 another token budget, system prompt or temperature), over the problems present in every file of
 that bench. A cell holds a run's accuracy (avg@N ± the std over samples for a sampled run) and
-its CoT length reduction against that bench's baseline. A row's average is the plain mean over
-the benches, left empty for a method without a run on every bench: a mean over other benches
-does not rank against the rest.
+its CoT length reduction against that bench's baseline. A sampled run with more samples of some
+of the bench's problems than of others (cut off) is refused: sample k is one pass only where every
+problem has it, so its ± would be over fewer samples than its accuracy. A row's average is the
+plain mean over the benches, left empty for a method without a run on every bench (a mean over
+other benches does not rank against the rest), and without a ±: its benches may be greedy or
+sampled with other N, so no pass spans them all.
 """
 from __future__ import annotations
 
@@ -139,7 +142,8 @@ def build_table(paths: Sequence[str | Path], labels: Sequence[str] | None = None
 
     ``labels``: one method label per path (default `method_labels`); ``baseline``: the label of
     the baseline method (default: the only method whose every run is in standard mode). Two runs
-    of one method on one bench, a baseline that is not there or lacks a bench, and whatever
+    of one method on one bench, a baseline that is not there or lacks a bench, a sampled run
+    with unequal samples per problem (`_check_equal_samples`), and whatever
     `compare_runs` refuses are ValueErrors naming the files; `compare_runs`' warnings come out
     with their bench in front."""
     paths = [str(path) for path in paths]
@@ -169,12 +173,31 @@ def build_table(paths: Sequence[str | Path], labels: Sequence[str] | None = None
     if lacking:
         raise ValueError(f"table: the baseline {baseline!r} has no run on {', '.join(lacking)} (files: "
                          + "; ".join(", ".join(by_bench[bench].values()) for bench in lacking) + ")")
+    records_of = dict(zip(paths, runs))
     columns, cells = [], {}
     for bench, runs_of in by_bench.items():
+        _check_equal_samples(bench, [(path, records_of[path]) for path in runs_of.values()])
         column, bench_cells = _bench_column(bench, runs_of, baseline)
         columns.append(column)
         cells.update({(label, bench): cell for label, cell in bench_cells.items()})
     return Table(baseline, [baseline, *(method for method in methods if method != baseline)], columns, cells)
+
+
+def _check_equal_samples(bench: str, runs_of: list[tuple[str, dict[str, dict[str, Any]]]]) -> None:
+    """ValueError naming the file, the bench and a problem when a run has more samples of some of
+    the bench's matched problems than of others (a sampled run cut off, or a resume that grew
+    --samples cut off). Its avg@N ± the std over samples would be over other samples than its
+    accuracy: sample k is a pass over every problem only when every problem has sample k."""
+    common = set.intersection(*(set(records) for _, records in runs_of))
+    for path, records in runs_of:
+        counts = {key: int(records[key].get("n_samples", 1)) for key in records if key in common}
+        if len(set(counts.values())) > 1:
+            fewest = min(counts, key=counts.__getitem__)
+            low, high = counts[fewest], max(counts.values())
+            raise ValueError(f"table: {bench}: {path} has {high} samples of some problems and {low} of others "
+                             f"(problem {fewest!r}: {low}); avg@N ± its std over the samples needs every problem "
+                             f"sampled N times: finish the run with --resume, or keep its samples below {low} "
+                             f"(jq -c 'select(.sample < {low})') in a file of their own")
 
 
 def _bench_column(bench: str, runs_of: dict[str, str], baseline: str) -> tuple[BenchColumn, dict[str, Cell]]:
