@@ -123,9 +123,18 @@ def test_ambiguous_or_missing_baselines_and_labels_are_refused(tmp_path: Path, r
     other = write_run(tmp_path / "math500" / "base.jsonl", "math500", "/ckpt/base", "standard",
                       greedy([True] * 4, [100] * 4))
     paths = [*runs.values(), other]
-    with pytest.raises(ValueError, match=r"2 methods decode in standard mode \(sft \[standard\]: .*math500/sft.jsonl, "
-                                         r".*amc23/sft.jsonl; base \[standard\]: .*base.jsonl\); name the baseline"):
-        build_table(paths)
+    # base runs on MATH500 alone: sft, the one standard method on every bench, is the baseline.
+    assert build_table(paths).baseline == "sft [standard]"
+    other_amc = write_run(tmp_path / "amc23" / "base.jsonl", "amc23", "/ckpt/base", "standard",
+                          greedy([True] * 2, [100] * 2))
+    with pytest.raises(ValueError, match=r"2 methods decode in standard mode on every bench \(sft \[standard\]: "
+                                         r".*math500/sft.jsonl, .*amc23/sft.jsonl; base \[standard\]: .*math500/base"
+                                         r".jsonl, .*amc23/base.jsonl\); name the baseline"):
+        build_table([*paths, other_amc])
+    with pytest.raises(ValueError, match=r"2 methods decode in standard mode \(sft \[standard\]: .*math500/sft.jsonl; "
+                                         r"base \[standard\]: .*amc23/base.jsonl\), none of them on every bench "
+                                         r"\(math500, amc23\); name the baseline"):
+        build_table([runs["math-sft"], runs["math-st"], other_amc, runs["amc-st"]])
     with pytest.raises(ValueError, match=r"the baseline 'base \[standard\]' has no run on amc23 \(files: "
                                          r".*amc23/sft.jsonl, .*amc23/st.jsonl\)"):
         build_table(paths, baseline="base [standard]")

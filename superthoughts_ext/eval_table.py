@@ -1,10 +1,11 @@
 """`superthoughts eval --table`: the paper's main table over several benchmarks, from result files.
 
 Each records file is one method's run on the bench its records name. A method is named by a
-label: the one `--table-labels` gives its file, else `method_label` (the checkpoint's name and
+label: the one `--table-labels` gives its file, else `method_labels` (the checkpoint's name and
 how it decoded), so that one model's runs on MATH500, AMC23, ... fall into one row whatever
 their files are called. The baseline is one method (`--table-baseline`, else the only method
-whose every run decodes in standard mode) and needs a run on every bench.
+whose every run decodes in standard mode, or the only one of those with a run on every bench)
+and needs a run on every bench.
 
 Each bench is `eval_compare.compare_runs(its baseline run, its other runs)`, the table of
 `--compare`: the same checks (one bench, the same reference answers under an id; a warning for
@@ -122,18 +123,28 @@ def _bench_of(path: str | Path, records: dict[str, dict[str, Any]]) -> str:
     return benches.pop()
 
 
-def _default_baseline(methods: dict[str, list[tuple[str, str]]], modes: dict[str, str | None]) -> str:
-    """The one method whose every run decodes in standard mode; ValueError naming the candidates
-    (or all methods) where there is not exactly one."""
+def _default_baseline(methods: dict[str, list[tuple[str, str]]], modes: dict[str, str | None],
+                      benches: Sequence[str]) -> str:
+    """The method whose every run decodes in standard mode: the only one, else the only one of
+    them with a run on every bench (a base model run on one bench beside the SFT model run on all
+    does not make the baseline ambiguous). ValueError naming the candidates and their files (or
+    every method) where that leaves not exactly one."""
     standard = [method for method, runs in methods.items() if all(modes[path] == "standard" for _, path in runs)]
-    if len(standard) == 1:
-        return standard[0]
     if not standard:
         raise ValueError("table: no method decodes in standard mode on every bench, so none is the baseline by "
                          f"default; name it with --table-baseline LABEL (methods: {', '.join(methods)})")
+    complete = [method for method in standard if {bench for bench, _ in methods[method]} >= set(benches)]
+    if len(standard) == 1:
+        return standard[0]
+    if len(complete) == 1:
+        return complete[0]
     which = "; ".join(f"{method}: {', '.join(path for _, path in methods[method])}" for method in standard)
-    raise ValueError(f"table: {len(standard)} methods decode in standard mode ({which}); name the baseline with "
-                     "--table-baseline LABEL")
+    if not complete:
+        raise ValueError(f"table: {len(standard)} methods decode in standard mode ({which}), none of them on every "
+                         f"bench ({', '.join(benches)}); name the baseline with --table-baseline LABEL, or give "
+                         "the runs of one checkpoint one label with --table-labels")
+    raise ValueError(f"table: {len(complete)} methods decode in standard mode on every bench ({which}); name the "
+                     "baseline with --table-baseline LABEL")
 
 
 def build_table(paths: Sequence[str | Path], labels: Sequence[str] | None = None,
@@ -141,7 +152,8 @@ def build_table(paths: Sequence[str | Path], labels: Sequence[str] | None = None
     """The table of the runs in ``paths`` (records files of `evaluate`), grouped by bench.
 
     ``labels``: one method label per path (default `method_labels`); ``baseline``: the label of
-    the baseline method (default: the only method whose every run is in standard mode). Two runs
+    the baseline method (default `_default_baseline`: the method whose every run is in standard
+    mode, the one on every bench where there are several). Two runs
     of one method on one bench, a baseline that is not there or lacks a bench, a sampled run
     with unequal samples per problem (`_check_equal_samples`), and whatever
     `compare_runs` refuses are ValueErrors naming the files; `compare_runs`' warnings come out
@@ -166,7 +178,7 @@ def build_table(paths: Sequence[str | Path], labels: Sequence[str] | None = None
         by_bench[bench][label] = path
         methods.setdefault(label, []).append((bench, path))
     if baseline is None:
-        baseline = _default_baseline(methods, modes)
+        baseline = _default_baseline(methods, modes, list(by_bench))
     elif baseline not in methods:
         raise ValueError(f"table: --table-baseline {baseline!r} names no method (methods: {', '.join(methods)})")
     lacking = [bench for bench, runs_of in by_bench.items() if baseline not in runs_of]
