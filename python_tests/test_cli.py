@@ -177,3 +177,26 @@ def test_help_works_with_docstrings_stripped() -> None:
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (command, done.stderr)
         assert done.stdout.startswith("usage: superthoughts"), command
+
+
+def test_typed_options_are_what_the_command_line_gave_defaults_included() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(formatter_class=cli.HelpFormatter)
+    cli.record_typed_options(parser)
+    parser.add_argument("--size", type=int, default=8, help="rows")
+    parser.add_argument("--names", nargs="+", choices=("a", "b"))
+    parser.add_argument("--quiet", action="store_true", help="no bar")
+    parser.add_argument("--off", action="store_const", const=None, default="x", dest="text", help="no text")
+    parser.add_argument("--compile", action=cli.TypedBooleanOptional, default=None, help="compile")
+    args = parser.parse_args([])
+    assert cli.typed_options(args) == {} and (args.size, args.names, args.quiet, args.text) == (8, None, False, "x")
+    # The default typed (--size 8) and a falsy value (--no-compile) count, as typed, in command-line order.
+    args = parser.parse_args(["--no-compile", "--size", "8", "--quiet", "--off", "--names", "a", "b"])
+    assert cli.typed_options(args) == {"compile": "--no-compile", "size": "--size", "quiet": "--quiet",
+                                       "text": "--off", "names": "--names"}
+    assert (args.compile, args.size, args.quiet, args.text, args.names) == (False, 8, True, None, ["a", "b"])
+    assert "rows (default: 8)" in parser.format_help() and "no bar\n" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--names", "c"])  # choices and nargs still checked
+    assert cli.typed_options(argparse.Namespace(size=8)) == {}  # another parser's namespace: nothing noted

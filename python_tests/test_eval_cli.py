@@ -163,6 +163,9 @@ def test_cli_gpqa_option_orders_and_their_regrade(
     regrade = ["--regrade", str(out), "--bench", "gpqa_diamond", "--data", str(data), "--no-progress"]
     assert run_cli([*regrade, "--option-orders", "2"]) == 2  # order 2's records name problems it lacks
     assert "--option-orders at least 3" in capsys.readouterr().err
+    # Typed, the default is asked for too: it was taken for "not given", and the records' 3 replaced it.
+    assert run_cli([*regrade, "--option-orders", "1"]) == 2
+    assert "--option-orders at least 2) the run used" in capsys.readouterr().err
     assert run_cli(["--regrade", str(out), "--bench", "math500", "--no-progress"]) == 2  # not the records' bench
     assert "the records were evaluated on 'gpqa_diamond', not 'math500'" in capsys.readouterr().err
     assert run_cli([*argv, "--output", str(out), "--resume"]) == 2  # one order asked, three in the file

@@ -275,6 +275,10 @@ def test_a_summary_of_other_records_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("extra, option", [
     (["--model", "ckpt"], "--model"), (["--compare", "a.jsonl", "b.jsonl"], "--compare"),
     (["--resume"], "--resume"), (["--threshold", "0.9"], "--threshold"), (["--plot", "x.png"], "--plot"),
+    # Options with a value default, typed (at their default too): they were let through, ignored.
+    (["--batch-size", "8"], "--batch-size"), (["--max-new-tokens", "512"], "--max-new-tokens"),
+    (["--dtype", "auto"], "--dtype"), (["--no-compile"], "--no-compile"), (["--temperature", "0"], "--temperature"),
+    (["--template-system-prompt"], "--template-system-prompt"), (["--device", "cpu"], "--device"),
 ])
 def test_regrade_conflicting_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
                                      option: str) -> None:

@@ -231,6 +231,7 @@ def test_cli_table(tmp_path: Path, runs: dict[str, Path], capsys: pytest.Capture
     assert printed.splitlines()[-1] == f"table: {out}" and out.read_text().startswith("method,baseline,math500_")
     assert main(["eval", "--table", str(runs["math-sft"]), "--table-output", str(out), "--table-format", "json"]) == 0
     assert json.loads(out.read_text())["baseline"] == "sft [standard]"
+    assert main(["eval", "--table", str(runs["math-sft"]), "--no-progress"]) == 0  # read by every command
     for argv, error in (
             (["--table", str(runs["math-sft"]), "--table-format", "csv"], "--table-format goes with --table-output"),
             (["--compare", str(runs["math-sft"]), str(runs["math-st"]), "--table-baseline", "sft"],
@@ -243,9 +244,16 @@ def test_cli_table(tmp_path: Path, runs: dict[str, Path], capsys: pytest.Capture
             (["--table", str(runs["math-sft"]), "--output", str(tmp_path / "t.csv")],
              "--table does not go with --output (--table-output FILE writes the table)"),
             (["--table", str(runs["math-sft"]), "--bench", "amc23", "--resume", "--overwrite", "--limit", "1"],
-             "--table does not go with --bench, --limit, --resume, --overwrite"),
+             "--table does not go with --bench, --resume, --overwrite, --limit"),
             (["--table", str(runs["math-sft"]), "--threshold", "0.9", "--mode", "pairs", "--temperature", "0.6"],
-             "--table does not go with --mode, --threshold, --temperature")):
+             "--table does not go with --threshold, --mode, --temperature"),
+            # Options with a value default were let through, typed or not: their values could not tell.
+            (["--table", str(runs["math-sft"]), "--batch-size", "8", "--max-new-tokens", "512", "--dtype", "auto"],
+             "--table does not go with --batch-size, --max-new-tokens, --dtype"),
+            (["--table", str(runs["math-sft"]), "--no-compile", "--seed", "0", "--option-orders", "1"],
+             "--table does not go with --no-compile, --seed, --option-orders"),
+            (["--table", str(runs["math-sft"]), "--system-prompt", "x", "--device", "cpu"],
+             "--table does not go with --system-prompt, --device")):
         assert main(["eval", *argv]) == 2
         assert error in capsys.readouterr().err
     assert not (tmp_path / "t.csv").exists()

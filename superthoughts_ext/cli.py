@@ -54,6 +54,68 @@ def utf8_text(value: str) -> str:
     return value
 
 
+# The Namespace attribute where `record_typed_options`' actions note what was typed.
+TYPED_OPTIONS = "_typed_options"
+
+
+def _note_typed(namespace: argparse.Namespace, dest: str, option_string: str | None) -> None:
+    typed = getattr(namespace, TYPED_OPTIONS, None)
+    if typed is None:
+        typed = {}
+        setattr(namespace, TYPED_OPTIONS, typed)
+    typed[dest] = option_string
+
+
+class TypedStore(argparse.Action):
+    """argparse's ``store`` action that also notes its option as typed (see `typed_options`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        _note_typed(namespace, self.dest, option_string)
+
+
+class TypedConst(argparse.Action):
+    """argparse's ``store_const`` action (``store_true`` with const True, default False) that also
+    notes its option as typed."""
+
+    def __init__(self, option_strings, dest, const=None, default=None, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, const=const, default=default, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, self.const)
+        _note_typed(namespace, self.dest, option_string)
+
+
+class TypedTrue(TypedConst):
+    def __init__(self, option_strings, dest, default=False, **kwargs) -> None:
+        super().__init__(option_strings, dest, const=True, default=default, **kwargs)
+
+
+class TypedBooleanOptional(argparse.BooleanOptionalAction):
+    """``--flag / --no-flag`` that also notes the one typed."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _note_typed(namespace, self.dest, option_string)
+
+
+def record_typed_options(parser: argparse.ArgumentParser) -> None:
+    """Makes the options added to `parser` from now on (``store``, ``store_const`` and
+    ``store_true`` actions; pass `TypedBooleanOptional` for ``--flag / --no-flag``) note what the
+    command line typed, which `typed_options` reads: a default value (``--batch-size`` 8) says
+    nothing of whether ``--batch-size 8`` was typed."""
+    for name, action in ((None, TypedStore), ("store", TypedStore), ("store_const", TypedConst),
+                         ("store_true", TypedTrue)):
+        parser.register("action", name, action)
+
+
+def typed_options(args: argparse.Namespace) -> dict[str, str]:
+    """argparse dest -> the option as typed (``--no-compile``, ``--template-system-prompt``), in
+    the order typed, of the options of a `record_typed_options` parser that the command line
+    gave; empty for a namespace of another parser."""
+    return dict(getattr(args, TYPED_OPTIONS, None) or {})
+
+
 def format_warning(message, category, filename, lineno, line=None) -> str:
     """A warning as `Category: message`, or `file:line: Category: message` when it comes from
     outside this package: without the echoed source line, and without a place in our own code,

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.cli import resume_hint, transformers_progress_bars, utf8_text
+from superthoughts_ext.cli import (TypedBooleanOptional, record_typed_options, resume_hint,
+                                   transformers_progress_bars, typed_options, utf8_text)
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
@@ -28,7 +29,9 @@ from superthoughts_ext.run_info import write_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``superthoughts eval``."""
+    """Arguments of ``superthoughts eval``; each notes when it is typed (`cli.typed_options`),
+    so that --table and --regrade refuse what they would ignore, defaults included."""
+    record_typed_options(parser)
     parser.add_argument("--model", help="checkpoint directory (SuperThoughts or plain HF causal LM)")
     parser.add_argument("--tokenizer", help="directory of the tokenizer (default: the checkpoint's own)")
     parser.add_argument("--bench", choices=sorted(BENCHES), help="benchmark name")
@@ -78,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
         help="model weights dtype; auto = the checkpoint's"
     )
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--compile", action=TypedBooleanOptional, default=None,
                         help="torch.compile the decode step (default: on for CUDA, off on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--resume", action="store_true",
@@ -134,26 +137,21 @@ def _run_compare(paths: list[str], plot: str | None) -> int:
 # The options that only --table reads: argparse dest -> option.
 TABLE_OPTIONS = {"table_labels": "--table-labels", "table_baseline": "--table-baseline",
                  "table_output": "--table-output", "table_format": "--table-format"}
-# Options of a run that decodes, compares or regrades, which --table would ignore (--output wrote
-# no table, --bench kept every bench): argparse dest -> option, in the order --help lists them.
-TABLE_CONFLICTS = {"model": "--model", "tokenizer": "--tokenizer", "bench": "--bench", "data": "--data",
-                   "mode": "--mode", "threshold": "--threshold", "limit": "--limit", "output": "--output",
-                   "problem_field": "--problem-field", "answer_field": "--answer-field", "resume": "--resume",
-                   "overwrite": "--overwrite", "compare": "--compare", "plot": "--plot", "regrade": "--regrade"}
+# What --table reads; it refuses any other option typed beside it, which it would ignore
+# (--output wrote no table, --bench kept every bench, --batch-size decodes nothing).
+TABLE_READS = {"table", *TABLE_OPTIONS, "no_progress"}
 
 
-def _given_options(args: argparse.Namespace, options: dict[str, str]) -> list[str]:
-    """The options of `options` (argparse dest -> option) given on the command line, then the
-    sampling options set away from their defaults, which are values, not None."""
-    given = [option for dest, option in options.items() if getattr(args, dest)]
-    return given + [option for option, set_ in (("--temperature", args.temperature), ("--samples", args.samples != 1),
-                                                ("--seed", args.seed)) if set_]
+def _ignored_options(args: argparse.Namespace, reads: set[str]) -> list[str]:
+    """The options typed on the command line (as typed: ``--no-compile``), in the order typed,
+    whose dest is not in ``reads``: a value equal to the default counts, ``--batch-size 8`` too."""
+    return [option for dest, option in typed_options(args).items() if dest not in reads]
 
 
 def _run_table(args: argparse.Namespace) -> int:
     from superthoughts_ext.eval_table import build_table, format_markdown, write_table
 
-    others = _given_options(args, TABLE_CONFLICTS)
+    others = _ignored_options(args, TABLE_READS)
     if others:
         hint = " (--table-output FILE writes the table)" if "--output" in others else ""
         raise ValueError(f"--table does not go with {', '.join(others)}{hint}: it reads finished result files")
@@ -169,16 +167,15 @@ def _run_table(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options that decode or compare, which --regrade does not: argparse dest -> option.
-REGRADE_CONFLICTS = {"model": "--model", "compare": "--compare", "resume": "--resume", "threshold": "--threshold",
-                     "plot": "--plot", "output": "--output", "limit": "--limit", "overwrite": "--overwrite"}
+# What --regrade reads; it refuses any other option typed beside it (a regrade keeps the model,
+# decoding and sampling the records were made with).
+REGRADE_READS = {"regrade", "bench", "data", "option_orders", "problem_field", "answer_field", "no_progress"}
 
 
 def _run_regrade(args: argparse.Namespace) -> int:
     from superthoughts_ext.eval_regrade import format_regrade, regrade_runs, stored_settings
 
-    # A regrade keeps the sampling the records were decoded with.
-    conflicts = _given_options(args, REGRADE_CONFLICTS)
+    conflicts = _ignored_options(args, REGRADE_READS)
     if conflicts:
         raise ValueError(f"--regrade does not go with {', '.join(conflicts)}: it grades the stored outputs "
                          "again, without a model or decoding")
@@ -197,7 +194,7 @@ def _run_regrade(args: argparse.Namespace) -> int:
     if args.data is None and data is not None and not Path(data).is_file():
         raise FileNotFoundError(f"--regrade: the records were evaluated on {data}, which is not there now; "
                                 "give --data (a copy of it)")
-    option_orders = args.option_orders if args.option_orders != 1 else stored["option_orders"]
+    option_orders = args.option_orders if "option_orders" in typed_options(args) else stored["option_orders"]
     # Every problem: the grader needs the questions (and GPQA's options), which records lack.
     problems = load_problems(bench, data, problem_field=args.problem_field, answer_field=args.answer_field,
                              option_orders=option_orders)
