@@ -235,7 +235,7 @@ def test_cli_sweep_refuses_a_repeated_threshold(fake_cli: SimpleNamespace, tmp_p
 
 def test_cli_threshold_sweep_loads_the_model_once(fake_cli: SimpleNamespace, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from superthoughts_ext.eval_compare import summary_path
+    from superthoughts_ext.evaluation import summary_path
 
     out = tmp_path / "runs" / "st.jsonl"
     argv = [*fake_cli.argv, "--output", str(out), "--threshold"]

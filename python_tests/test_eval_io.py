@@ -156,7 +156,66 @@ def test_summary_names_keep_the_dots_of_run_names(tmp_path: Path) -> None:
     assert summary_path(base).name == "qwen2.5-math-baseline.summary.json"
     assert run_label(base) == "qwen2.5-math-baseline [standard]"
     assert run_label(st).startswith("qwen2.5-math-st [superthoughts")
-    assert summary_path("runs/st.jsonl") == summary_path("runs/st.json") == Path("runs/st.summary.json")
+    # Each records name has its own summary: st.json's went to st.summary.json, over st.jsonl's.
+    assert summary_path("runs/st.jsonl") == Path("runs/st.summary.json")
+    assert summary_path("runs/st.json") == Path("runs/st.json.summary.json")
+
+
+def test_runs_named_st_jsonl_and_st_json_keep_their_own_summaries(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_compare import run_label
+    from superthoughts_ext.evaluation import summary_path
+
+    tokenizer = make_tokenizer()
+    for name, mode in (("st.jsonl", "superthoughts"), ("st.json", "pairs")):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, mode=mode, output_jsonl=tmp_path / name,
+                 progress=False, generate_fn=fake_generate(tokenizer, []))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st.json", "st.json.summary.json", "st.jsonl",
+                                                          "st.summary.json"]
+    assert run_label(tmp_path / "st.jsonl").startswith("st [superthoughts")  # was "st [pairs]": st.json's summary
+    assert run_label(tmp_path / "st.json") == "st [pairs]"
+    assert json.loads(summary_path(tmp_path / "st.jsonl").read_text())["records"] == str(tmp_path / "st.jsonl")
+
+
+def test_a_summary_an_older_version_wrote_is_still_read_and_replaced(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_compare import run_label
+    from superthoughts_ext.eval_files import existing_summary
+
+    tokenizer = make_tokenizer()
+    out = tmp_path / "st.json"
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, mode="pairs", output_jsonl=out,
+             progress=False, generate_fn=fake_generate(tokenizer, []))
+    legacy = tmp_path / "st.summary.json"
+    (tmp_path / "st.json.summary.json").rename(legacy)  # where versions before kept st.json's summary
+    assert existing_summary(out) == legacy and run_label(out) == "st [pairs]"
+    # The old name is st.jsonl's too: a summary there that names st.jsonl is not st.json's.
+    stranger = json.loads(legacy.read_text())
+    legacy.write_text(json.dumps({**stranger, "records": str(tmp_path / "st.jsonl")}))
+    assert existing_summary(out) is None and run_label(out) == "st"
+    legacy.write_text(json.dumps(stranger))
+    # A run starting over on the file removes the old summary (it would describe the earlier run
+    # until the new one is written) and writes its own under the new name.
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, mode="standard", output_jsonl=out,
+             overwrite=True, progress=False, generate_fn=fake_generate(tokenizer, []))
+    assert not legacy.exists() and existing_summary(out) == tmp_path / "st.json.summary.json"
+    assert run_label(out) == "st [standard]"
+
+
+def test_records_that_would_share_a_summary_are_refused_naming_both(tmp_path: Path) -> None:
+    tokenizer = make_tokenizer()
+
+    def run(name: str) -> None:
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:1], mode="standard",
+                 output_jsonl=tmp_path / name, progress=False, generate_fn=fake_generate(tokenizer, []))
+
+    run("st.jsonl")
+    with pytest.raises(ValueError, match=r"evaluate: .*/st and .*/st.jsonl would share the summary file "
+                                         r".*/st.summary.json; give this run's records another name"):
+        run("st")
+    with pytest.raises(ValueError, match=r"evaluate: .*/st.summary.json is named like a summary file \(of st.jsonl\)"):
+        run("st.summary.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st.jsonl", "st.summary.json"]
+    (tmp_path / "model").mkdir()  # a folder named like the records' stem is no records file
+    run("model.jsonl")
 
 
 def test_summary_states_the_budget_and_the_thresholds_used(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 from test_eval_cli import run_cli  # noqa: E402
 from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer, read_jsonl  # noqa: E402
 
-from superthoughts_ext.eval_compare import summary_path  # noqa: E402
+from superthoughts_ext.evaluation import summary_path  # noqa: E402
 from superthoughts_ext.eval_data import load_problems  # noqa: E402
 from superthoughts_ext.eval_regrade import format_regrade, regrade_runs  # noqa: E402
 from superthoughts_ext.evaluation import evaluate  # noqa: E402
@@ -115,6 +115,17 @@ def test_tampered_grades_are_restored_and_the_summary_recomputed(
     assert json.loads(summary_path(out).read_text()) == original_summary  # timings untouched
     assert os.stat(out).st_mode & 0o777 == 0o644
     assert sorted(p.name for p in out.parent.iterdir()) == ["st.jsonl", "st.summary.json"]  # no temp file left
+
+
+def test_the_summary_an_older_version_named_is_regraded_in_place(tmp_path: Path) -> None:
+    # Versions before kept st.json's summary in st.summary.json (st.jsonl's name): still its summary.
+    out = evaluated_run(tmp_path).rename(tmp_path / "runs" / "st.json")
+    legacy = summary_path(out).parent / "st.summary.json"
+    summary = json.loads(legacy.read_text())
+    legacy.write_text(json.dumps({**summary, "records": str(out), "n_correct": 0, "accuracy": 0.0}))
+    [result] = regrade([out], math_data(tmp_path / "math.jsonl"))
+    assert result.summary_updated and json.loads(legacy.read_text())["n_correct"] == 5
+    assert not summary_path(out).exists()  # updated where it is
 
 
 def test_a_changed_reference_is_counted_and_regraded(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_files import json_lines, read_records_text
+from superthoughts_ext.eval_files import existing_summary, json_lines, read_records_text, summary_path
 from superthoughts_ext.eval_sampling import accuracy_std, per_problem, record_key, sampling_of
 from superthoughts_ext.plot_style import (ERROR_BAR_CAPSIZE, LABEL_FONT_SIZE, MARKERS, PALETTE, place_labels, pyplot,
                                           save_figure)
@@ -115,11 +115,6 @@ def threshold_label(threshold: float) -> str:
     threshold = float(threshold) + 0.0  # -0.0 -> 0.0: the same threshold, the same name
     short = f"{threshold:g}"
     return short if float(short) == threshold else repr(threshold)
-
-
-def summary_path(output_jsonl: str | Path) -> Path:
-    """Where the summary of ``results.jsonl`` goes: ``results.summary.json`` beside it."""
-    return Path(output_jsonl).with_name(run_name(output_jsonl) + ".summary.json")
 
 
 def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
@@ -255,8 +250,8 @@ def run_label(path: str | Path, records: dict[str, dict[str, Any]] | None = None
     `.summary.json` (written by `evaluate`) when there is one, else from its first record (an
     interrupted run has no summary; every record keeps the run's settings)."""
     label = run_name(path)
-    summary = summary_path(path)
-    if summary.is_file():
+    summary = existing_summary(path)
+    if summary is not None:
         try:
             info = json.loads(summary.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as error:

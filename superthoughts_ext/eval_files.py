@@ -1,6 +1,7 @@
 """Reading benchmark data files: local ``.jsonl``, ``.json`` and ``.csv`` rows as dicts
-(`read_rows`), with errors that name the file and line, and the JSON Lines splitting that the
-eval records share (`json_lines`)."""
+(`read_rows`), with errors that name the file and line, the JSON Lines splitting that the
+eval records share (`json_lines`), and where a records file's summary goes (`summary_path`) or
+is found (`existing_summary`, an older version's included)."""
 from __future__ import annotations
 
 import csv
@@ -130,3 +131,88 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if suffix == ".csv":
         return _csv_rows(path, text)
     return _json_list(path, text) if suffix == ".json" else _json_lines(path, text)
+
+
+SUMMARY_SUFFIX = ".summary.json"
+
+
+def _jsonl_stem(name: str) -> str | None:
+    """``st`` of ``st.jsonl``; None for any other name (``.jsonl`` alone has no stem)."""
+    return name[: -len(".jsonl")] if name.endswith(".jsonl") and name != ".jsonl" else None
+
+
+def summary_path(output_jsonl: str | Path) -> Path:
+    """Where the summary of a records file goes, beside it: ``st.jsonl`` -> ``st.summary.json``;
+    any other name kept whole, ``st.json`` -> ``st.json.summary.json``, ``st`` -> ``st.summary.json``
+    (versions before wrote ``st.json``'s to ``st.summary.json`` too, over ``st.jsonl``'s:
+    `legacy_summary_path`). Only a records file and its `summary_twin` share one, which
+    `summary_conflict` refuses."""
+    path = Path(output_jsonl)
+    stem = _jsonl_stem(path.name)
+    return path.with_name((path.name if stem is None else stem) + SUMMARY_SUFFIX)
+
+
+def summary_twin(output_jsonl: str | Path) -> Path:
+    """The other records file whose `summary_path` is this one's: ``st`` of ``st.jsonl`` and back."""
+    path = Path(output_jsonl)
+    stem = _jsonl_stem(path.name)
+    return path.with_name(path.name + ".jsonl" if stem is None else stem)
+
+
+def legacy_summary_path(output_jsonl: str | Path) -> Path | None:
+    """Where versions before `summary_path` kept a ``.json`` records file's summary: ``st.json``
+    -> ``st.summary.json``; None for other names, whose summary has not moved."""
+    path = Path(output_jsonl)
+    if path.name.endswith(".json") and path.name != ".json":
+        return path.with_name(path.name[: -len(".json")] + SUMMARY_SUFFIX)
+    return None
+
+
+def _records_named(summary: Path) -> str | None:
+    """The name of the records file a summary says it describes (its ``records`` key, which every
+    version wrote); None when it cannot be read or names none."""
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    records = data.get("records") if isinstance(data, dict) else None
+    return Path(records).name if isinstance(records, str) else None
+
+
+def existing_summary(output_jsonl: str | Path) -> Path | None:
+    """The summary of a records file on disk, None when there is none: its `summary_path`, unless
+    that names the `summary_twin` beside it as its records; else, for a run an older version
+    wrote, its `legacy_summary_path` when that names this file (``st.summary.json`` beside
+    ``st.json`` and ``st.jsonl`` is the summary of whichever run wrote it last)."""
+    path = Path(output_jsonl)
+    current = summary_path(path)
+    if current.is_file():
+        twin = summary_twin(path)
+        if not (twin.is_file() and _records_named(current) == twin.name):
+            return current
+    legacy = legacy_summary_path(path)
+    if legacy is not None and legacy.is_file() and _records_named(legacy) == path.name:
+        return legacy
+    return None
+
+
+def remove_summaries(output_jsonl: str | Path) -> None:
+    """Removes the summary of a records file whose run starts over (`existing_summary`, an older
+    version's included): until the run writes its own, it would describe another run."""
+    while (found := existing_summary(output_jsonl)) is not None:
+        found.unlink()
+
+
+def summary_conflict(output_jsonl: str | Path) -> str | None:
+    """Why a run writing ``output_jsonl`` could not have a summary of its own (None when it can):
+    a name ending in ``.summary.json``, another records file's summary, or a `summary_twin` that
+    is a file (``st`` beside ``st.jsonl``), whose summary would be replaced by this one's."""
+    path = Path(output_jsonl)
+    if path.name.endswith(SUMMARY_SUFFIX):
+        return (f"{path} is named like a summary file (of {path.name[: -len(SUMMARY_SUFFIX)]}.jsonl); give the "
+                f"records a name that does not end in {SUMMARY_SUFFIX}")
+    twin = summary_twin(path)
+    if twin.is_file():
+        return (f"{path} and {twin} would share the summary file {summary_path(path)}; give this run's records "
+                "another name")
+    return None

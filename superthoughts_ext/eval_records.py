@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, get_bench
-from superthoughts_ext.eval_files import json_lines, read_records_text
+from superthoughts_ext.eval_files import json_lines, read_records_text, remove_summaries, summary_path
 from superthoughts_ext.eval_sampling import (record_key, resumed_record, sample_mismatch, sampled_grade_fields,
                                              sampling_of)
 from superthoughts_ext.file_writes import remove_stale_temporaries, replace_text, writing
@@ -218,8 +217,8 @@ def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]])
         # preemption) must not take them with it.
         replace_text(output_jsonl, "".join(record_line(record) + "\n" for record in records))
         # A summary describes a finished run; until this one finishes (and writes its own), an
-        # earlier run's would label these records with that run's settings.
-        summary_path(output_jsonl).unlink(missing_ok=True)
+        # earlier run's (an older version's name included) would label these records with its settings.
+        remove_summaries(output_jsonl)
         return open(output_jsonl, "a", encoding="utf-8")
 
 

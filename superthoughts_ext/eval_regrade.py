@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_compare import summary_path
 from superthoughts_ext.eval_data import Problem, get_bench
-from superthoughts_ext.eval_files import json_lines, read_records_text
+from superthoughts_ext.eval_files import existing_summary, json_lines, read_records_text
 from superthoughts_ext.eval_records import grade_fields, grade_output, record_line, replace_text
 from superthoughts_ext.eval_sampling import record_key
 from superthoughts_ext.run_info import output_lock
@@ -33,13 +32,14 @@ SHOWN_IDS = 10  # changed ids printed per file
 @dataclass
 class RecordsFile:
     """One records file as read: its lines (None for a blank one) and their records, the
-    problem of each record and its summary (None when it has none)."""
+    problem of each record, and its summary and the summary's file (None when it has none)."""
 
     path: Path
     lines: list[str]
     records: list[dict[str, Any] | None]
     problems: list[Problem | None]
     summary: dict[str, Any] | None
+    summary_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,11 @@ def _check_record(path: Path, number: int, record: dict[str, Any], bench: str,
     return problems[key]
 
 
-def _read_summary(path: Path, n: int) -> dict[str, Any] | None:
-    """The summary next to ``path`` (None when there is none); ValueError unless it counts its
-    ``n`` records."""
-    where = summary_path(path)
-    if not where.is_file():
+def _read_summary(path: Path, n: int) -> tuple[dict[str, Any], Path] | None:
+    """The summary next to ``path`` (`existing_summary`: an older version's name too) and its
+    file, None when there is none; ValueError unless it counts its ``n`` records."""
+    where = existing_summary(path)
+    if where is None:
         return None
     try:
         summary = json.loads(where.read_text(encoding="utf-8"))
@@ -145,7 +145,7 @@ def _read_summary(path: Path, n: int) -> dict[str, Any] | None:
         counted = summary.get("n") if isinstance(summary, dict) else None
         raise ValueError(f"{where} counts n={counted!r} records, {path} holds {n}: it is not the summary of "
                          "these records; move it away to re-grade them")
-    return summary
+    return summary, where
 
 
 def read_run(path: str | Path, bench: str, problems: Sequence[Problem]) -> RecordsFile:
@@ -168,7 +168,7 @@ def read_run(path: str | Path, bench: str, problems: Sequence[Problem]) -> Recor
         run.records.append(record)
     if not seen:
         raise ValueError(f"{path}: no records to re-grade")
-    run.summary = _read_summary(path, len(seen))
+    run.summary, run.summary_file = _read_summary(path, len(seen)) or (None, None)
     return run
 
 
@@ -193,13 +193,13 @@ def _grade(run: RecordsFile, bench: str, bar: Any) -> tuple[list[str], int]:
 def _update_summary(run: RecordsFile, records: list[dict[str, Any]]) -> bool:
     """Set the grade fields of the run's summary (if it has one) from ``records``; whether it
     changed on disk."""
-    if run.summary is None:
+    if run.summary is None or run.summary_file is None:
         return False
     grades = grade_fields(records)  # the other fields (timings, lengths...) stay
     if all(run.summary.get(key) == value for key, value in grades.items()):
         return False
     run.summary.update(grades)
-    replace_text(summary_path(run.path), json.dumps(run.summary, indent=2) + "\n")
+    replace_text(run.summary_file, json.dumps(run.summary, indent=2) + "\n")  # where it was: an old name stays
     return True
 
 
@@ -228,7 +228,7 @@ def regrade_runs(paths: Sequence[str | Path], bench: str, problems: Sequence[Pro
     line that is not a JSON record, a torn last line included, a record of another benchmark or
     of a problem not in ``problems``, a repeated problem, or a summary of other records), so a
     bad file leaves every file untouched. Each records file is then rewritten atomically, and
-    only when a record changed; its summary (`summary_path`) is updated where it exists.
+    only when a record changed; its summary (`existing_summary`) is updated where it exists.
     A file that an evaluation is writing (its `run_info.output_lock`) is refused, ValueError.
     """
     get_bench(bench)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from superthoughts_ext.eval_compare import (compare, compare_runs, format_comparison, format_runs, plot_tradeoff,
-                                            summary_path)
+from superthoughts_ext.eval_compare import compare, compare_runs, format_comparison, format_runs, plot_tradeoff
 from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_prompt, check_limit, get_bench,
                                          load_problems)
+from superthoughts_ext.eval_files import summary_conflict, summary_path
 from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, record_line, resumable_records,
                                             summarize, write_summary)
 from superthoughts_ext.eval_sampling import Sampling, check_sampling, record_key, sample_seed
@@ -39,22 +39,9 @@ MODES = ("superthoughts", "pairs", "standard")
 # carries them, and a resumed run must match them.
 RUN_KEYS = ("model", "dtype", "data")
 
-__all__ = [
-    "BENCHES",
-    "EvalSummary",
-    "Problem",
-    "compare",
-    "compare_runs",
-    "evaluate",
-    "extract_answer",
-    "format_comparison",
-    "format_runs",
-    "format_summary",
-    "is_correct",
-    "load_problems",
-    "plot_tradeoff",
-    "summary_path",
-]
+__all__ = ["BENCHES", "EvalSummary", "Problem", "compare", "compare_runs", "evaluate", "extract_answer",
+           "format_comparison", "format_runs", "format_summary", "is_correct", "load_problems", "plot_tradeoff",
+           "summary_path"]
 
 
 # New tokens of the untimed warm-up call per batch size: decode steps enough for torch.compile
@@ -152,6 +139,8 @@ def check_records_file(output_jsonl: str | Path | None, *, resume: bool, overwri
         # decoded, or (a sweep) after the thresholds before it.
         if Path(output_jsonl).is_dir():
             raise ValueError(f"evaluate: output {output_jsonl} is a directory; give the records file's path")
+        if problem := summary_conflict(output_jsonl):
+            raise ValueError(f"evaluate: {problem}")
         for path in (Path(output_jsonl), summary_path(output_jsonl)):
             # Both are rewritten by replace_text (the records too, holding those a resume keeps):
             # an existing file in a folder that is not writable failed once the model had loaded.
