@@ -49,7 +49,7 @@ from superthoughts_ext.generate import generate, resolve_compile
 from superthoughts_ext.plot_style import PALETTE, fit_texts_above, pyplot, save_figure
 from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
                                         git_commit, int_at_least,
-                                        non_negative_float, results_file, unit_float)
+                                        held_results_file, non_negative_float, unit_float)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = {
@@ -348,8 +348,15 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"bench generate: --output {args.output} names the plot; give the JSON path "
                          "(the plot is written beside it, as .png)")
     check_method_names(args)
+    default = RESULTS_DIR / f"generate_{device.type}.json"
+    with held_results_file(args.output, default, args.overwrite, "bench generate") as out:
+        return measure(args, device, out)
+
+
+def measure(args: argparse.Namespace, device: torch.device, out: Path) -> int:
+    """Every method and batch of ``args`` on ``device``, written to ``out`` (and its PNG) after each
+    batch; returns 0."""
     on_gpu = device.type == "cuda"
-    out = results_file(args.output, RESULTS_DIR / f"generate_{device.type}.json", args.overwrite)
     commit = git_commit()  # what runs: a commit made in this checkout during the run did not
     apply_threads(args)
     if args.graph_windows < 1:

@@ -24,7 +24,7 @@ import superthoughts_ext
 from superthoughts_ext.file_writes import replace_text
 from superthoughts_ext.reference import superthoughts_step_ref
 from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
-                                        git_commit, int_at_least, results_file)
+                                        git_commit, held_results_file, int_at_least)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -254,9 +254,15 @@ def graph_rows(inputs, args, step_bytes_: int, compiled_ref, device: torch.devic
 
 
 def main(args: argparse.Namespace) -> dict:
+    """Measures every configuration into the results JSON, held by this run alone; returns the report."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     slug = "cuda" if device.type == "cuda" else "cpu"
-    out = results_file(args.output, RESULTS_DIR / f"step_{slug}.json", args.overwrite)
+    with held_results_file(args.output, RESULTS_DIR / f"step_{slug}.json", args.overwrite, "bench step") as out:
+        return measure(args, device, out)
+
+
+def measure(args: argparse.Namespace, device: torch.device, out: Path) -> dict:
+    """Every configuration of ``args`` on ``device``, written to ``out`` after each; the report."""
     apply_threads(args)
     copy_bw = copy_bandwidth(device)
     rows = []

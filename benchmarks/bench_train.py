@@ -43,7 +43,7 @@ import torch
 from superthoughts_ext.file_writes import replace_text
 from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
                                         git_commit, int_at_least, positive_float,
-                                        results_file, unit_float)
+                                        held_results_file, unit_float)
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -387,7 +387,12 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"bench train: --prompt-len ({args.prompt_len}) must be below --seq-len ({args.seq_len}), "
                          "which counts prompt and response")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = results_file(args.output, RESULTS / f"train_{device.type}.json", args.overwrite)
+    with held_results_file(args.output, RESULTS / f"train_{device.type}.json", args.overwrite, "bench train") as out:
+        return measure(args, device, out)
+
+
+def measure(args: argparse.Namespace, device: torch.device, out: Path) -> int:
+    """Every shape of ``args`` on ``device``, written to ``out`` after each mode; returns 0."""
     apply_threads(args)
     precision = precision_of(args, device)
     dtype, autocast = PRECISIONS[precision]

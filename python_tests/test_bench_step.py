@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,25 @@ def test_the_input_recipe_loads_without_the_compiled_core() -> None:
             "print('superthoughts_ext.ops' in sys.modules, 'superthoughts_ext._C' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("area", ["step", "generate", "train"])
+def test_a_results_file_another_run_is_writing_is_refused(tmp_path: Path, area: str, monkeypatch) -> None:
+    # Both runs rewrote the JSON after every measurement: the one finishing last left its rows
+    # alone, the other's lost without a word.
+    from superthoughts_ext.run_info import output_lock
+
+    bench = load_benchmark(area)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / f"{area}.json"
+    args = parser.parse_args(["--output", str(out)])
+    measured = []
+    monkeypatch.setattr(bench, "measure", lambda *a: measured.append(a) or 0)
+    with output_lock(out, f"bench {area}"):  # another run's (flock locks conflict per open file)
+        with pytest.raises(SystemExit, match=rf"bench {area}: '{re.escape(str(out))}' is being written by pid \d+ on "
+                                             r".*; wait for it to finish"):
+            bench.main(args)
+    assert measured == [] and not out.exists()
+    bench.main(args)  # once it has finished
+    assert measured[0][2] == out

@@ -73,6 +73,21 @@ def results_file(output: Path | None, default: Path, overwrite: bool) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def held_results_file(output: Path | None, default: Path, overwrite: bool, command: str) -> Iterator[Path]:
+    """`results_file`, held under `output_lock` while the benchmark runs: two runs on one file
+    (one path given twice, or the recorded default both found free) each rewrote it after every
+    measurement, and the last to finish left its rows alone, silently. SystemExit naming the file
+    and the holder when another run holds it. Locked before the check, so that a run finishing
+    between the two cannot leave a recorded default for this one to replace."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(output_lock(default if output is None else output, command))
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+        yield results_file(output, default, overwrite)
+
+
 def write_problem(path: Path, *, replaced: bool = False) -> str | None:
     """Why a file cannot be written at `path` (None when it can), found by making its folders
     and opening it for appending (a new file is removed again): permission bits do not tell
