@@ -221,3 +221,28 @@ def test_a_models_done_marker_that_meets_a_full_disk_is_not_left_torn(tmp_path: 
     assert not (directory / demo.DONE_MARKER).exists()
     run = demo.train_model(demo.DemoSettings(), tmp_path / "base", tmp_path / "train.jsonl", directory, **kwargs)
     assert run.trained and len(trained) == 2 and run.metrics["global_step"] == 1
+
+
+def test_a_second_demo_on_one_cache_folder_or_output_is_refused_before_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # Two demos of one cache folder: the second cleared (rmtree) the model folder the first was
+    # training into, then failed on train's own lock; two on one --json: the last to finish won.
+    import re
+
+    from superthoughts_ext import train
+    from superthoughts_ext.run_info import output_lock
+
+    monkeypatch.setattr(train, "train", lambda options: pytest.fail(f"trained {options.output_dir}"))
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out / "r.json"),
+                              "--plot", str(out / "r.png"), "--device", "cpu", "--no-progress"])
+    root = demo.cache_root(args.cache_dir) / demo.cache_key(demo.settings_from_args(args))
+    for target in (root, out / "r.json", out / "r.png"):
+        with output_lock(target, "demo"):  # another process's (flock locks conflict per open file)
+            assert demo.run(args) == 2
+        error = capsys.readouterr().err
+        assert re.search(rf"^error: demo: '{re.escape(str(target))}' is being written by pid \d+ on .*; wait for it",
+                         error), error
+    assert not root.exists() and sorted(p.name for p in out.iterdir()) == []  # nothing trained or written

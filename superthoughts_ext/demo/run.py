@@ -23,6 +23,7 @@ baseline needs tokens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import inspect
 import json
@@ -36,6 +37,7 @@ from typing import Any
 
 from superthoughts_ext.cli import HelpFormatter, transformers_progress_bars
 from superthoughts_ext.demo.results import evaluate_models, format_table, write_plot
+from superthoughts_ext.demo.sources import training_sources
 from superthoughts_ext.file_writes import replace_text, writing
 
 # 1.0 makes (nearly) every step a fallback step (single units only), the path the threshold
@@ -208,45 +210,6 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(base) / "superthoughts" / "demo"
 
 
-# Where the walk of training's imports starts (training_sources): the training entry point and
-# the demo's data. build_base and train_model are hashed from this module's own text.
-TRAINING_ENTRY_POINTS = ("train.py", "demo/task.py", "demo/tokenizer.py")
-# Where it stops: the model's generate() method imports the decoding stack, which trains nothing
-# (hashing it would retrain the demo's models after every decoding change).
-DECODING_ENTRY_POINT = "generate.py"
-
-
-def training_sources() -> list[str]:
-    """The package files whose code decides what training produces: the entry points and every
-    package module they import, directly or not (read from their import statements, lazy ones
-    too). Found, not listed: a hand-kept list missed the modules split off train.py later, and
-    the cache then reused models that other code had trained."""
-    import ast
-
-    package = Path(__file__).resolve().parents[1]
-    found: set[str] = set()
-    todo = list(TRAINING_ENTRY_POINTS)
-    while todo:
-        name = todo.pop()
-        if name in found or name == DECODING_ENTRY_POINT:
-            continue
-        found.add(name)
-        for node in ast.walk(ast.parse((package / name).read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("superthoughts_ext"):
-                # "from superthoughts_ext.x import y" and "from superthoughts_ext import x" (x a module)
-                base = node.module.split(".")[1:]
-                candidates = [base] + [base + [alias.name] for alias in node.names]
-            elif isinstance(node, ast.Import):
-                candidates = [alias.name.split(".")[1:] for alias in node.names
-                              if alias.name.startswith("superthoughts_ext.")]
-            else:
-                continue
-            for parts in candidates:
-                if parts and (package / Path(*parts)).with_suffix(".py").is_file():
-                    todo.append("/".join(parts) + ".py")
-    return sorted(found)
-
-
 def training_code_hash() -> str:
     """sha256 of training_sources()' text, this module's model and trainer setup (build_base,
     train_model) and the system prompt every training row and the tokenizer's vocabulary hold."""
@@ -361,14 +324,17 @@ def run_demo(settings: DemoSettings, *, cache_dir: str | None = None, retrain: b
     import torch
     import transformers
 
-    from superthoughts_ext.run_info import device_name, git_commit
+    from superthoughts_ext.run_info import device_name, git_commit, output_lock
 
     started = time.perf_counter()
     commit = git_commit()  # at the start: a commit made during the run did not run
     device = resolve_device(device)
     root = cache_root(cache_dir) / cache_key(settings)
+    # Two demos of one cache folder at once: one cleared (rmtree) the model folder the other was
+    # training into, and the two wrote one train.jsonl through one temporary file. The second is
+    # refused (ValueError naming the folder and the holder); the models it would train are the same.
     # Without progress, transformers' own bars too (loading and saving weights), for this run only.
-    with transformers_progress_bars(progress):
+    with output_lock(root, "demo"), transformers_progress_bars(progress):
         runs = train_models(settings, root, device, retrain=retrain, progress=progress)
         results = evaluate_models(settings, {name: root / sub for name, sub in MODEL_DIRS.items()}, device, progress)
     settings_dict = asdict(settings)
@@ -413,14 +379,26 @@ def train_models(settings: DemoSettings, root: Path, device: str, *, retrain: bo
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `superthoughts demo`; returns the process exit code."""
-    try:
-        settings = settings_from_args(args)
-        check_output_paths(args)
-        payload = run_demo(settings, cache_dir=args.cache_dir, retrain=args.retrain,
-                           device=args.device, progress=args.progress)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from superthoughts_ext.run_info import output_lock
+
+    with contextlib.ExitStack() as held:
+        try:
+            settings = settings_from_args(args)
+            check_output_paths(args)
+            # Held from the start: a second demo on one --json or --plot learns it now, not after
+            # training, and the one finishing last does not replace the other's file unnoticed.
+            for target in (args.json, args.plot):
+                held.enter_context(output_lock(target, "demo"))
+            payload = run_demo(settings, cache_dir=args.cache_dir, retrain=args.retrain,
+                               device=args.device, progress=args.progress)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _report(args, payload)
+
+
+def _report(args: argparse.Namespace, payload: dict[str, Any]) -> int:
+    """Prints the table and writes --json and --plot; the exit code."""
     print(format_table(payload))
     trained = [name for name, info in payload["training"].items() if info["trained"]]
     print(f"models: {'trained ' + ', '.join(trained) if trained else 'reused from cache'} "
