@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_files import existing_summary, json_lines, read_records_text, summary_path
+from superthoughts_ext.eval_files import existing_summary, json_lines, read_records_text
 from superthoughts_ext.eval_sampling import accuracy_std, per_problem, record_key, sampling_of
 from superthoughts_ext.plot_style import (ERROR_BAR_CAPSIZE, LABEL_FONT_SIZE, MARKERS, PALETTE, place_labels, pyplot,
                                           save_figure)

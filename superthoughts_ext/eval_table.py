@@ -153,11 +153,10 @@ def build_table(paths: Sequence[str | Path], labels: Sequence[str] | None = None
 
     ``labels``: one method label per path (default `method_labels`); ``baseline``: the label of
     the baseline method (default `_default_baseline`: the method whose every run is in standard
-    mode, the one on every bench where there are several). Two runs
-    of one method on one bench, a baseline that is not there or lacks a bench, a sampled run
-    with unequal samples per problem (`_check_equal_samples`), and whatever
-    `compare_runs` refuses are ValueErrors naming the files; `compare_runs`' warnings come out
-    with their bench in front."""
+    mode, the one on every bench where there are several). Two runs of one method on one bench,
+    a baseline that is not there or lacks a bench, a sampled run with unequal samples per problem
+    (`_check_equal_samples`) and whatever `compare_runs` refuses are ValueErrors naming the
+    files; `compare_runs`' warnings come out with their bench in front."""
     paths = [str(path) for path in paths]
     if not paths:
         raise ValueError("table: give at least one result file")
