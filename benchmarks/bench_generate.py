@@ -9,15 +9,16 @@ Methods (greedy; the model never emits EOS, so every run emits exactly --new-tok
     st@T               ours, adaptive with MTP threshold T
 Ours run their decode step through torch.compile per --compile/--no-compile (default: generate's
 "auto", on for CUDA), then replay it as a CUDA graph on GPU; the JSON records it per row.
-The model is random (from a config, no download): a tiny Qwen2 on CPU, a Qwen2.5-Math-1.5B
-shaped bf16 one on GPU. A random MTP head is unconfident (its logits spread ~0.2-0.8 around
-their mean), so st@T would never take a pair step. --mtp-logit-std (default 30) scales the MTP
-head's final norm so that its logits spread that much: then its confidence crosses 0.9 / 0.99
-/ 0.999 on 66-71% / 41-49% / 23-36% of steps on both shapes (a trained model's range: the
-paper's 20-30% shorter CoT is 25-43% pair steps), and rows of a batch take different numbers of
-steps, as they do with a trained model. Every row reports the pair-step share it measured.
---mtp-logit-std 0 keeps the random head (st@T = all fallback steps: the adaptive path's cost);
-`pairs` shows the two-token ceiling. Tokens do not change with the scale (argmax is scale-free).
+The model is random (from a config, no download): a tiny Qwen2 on CPU (--shape 1.5b-mini: bench
+train's 28-layer one), a Qwen2.5-Math-1.5B shaped bf16 one on GPU. A random MTP head is
+unconfident (its logits spread ~0.2-0.8 around their mean), so st@T would never take a pair
+step. --mtp-logit-std (default 30) scales the MTP head's final norm so that its logits spread
+that much: then its confidence crosses 0.9 / 0.99 / 0.999 on 66-71% / 41-49% / 23-36% of steps
+on both shapes (a trained model's range: the paper's 20-30% shorter CoT is 25-43% pair steps),
+and rows of a batch take different numbers of steps, as they do with a trained model. Every row
+reports the pair-step share it measured. --mtp-logit-std 0 keeps the random head (st@T = all
+fallback steps: the adaptive path's cost); `pairs` shows the two-token ceiling. Tokens do not
+change with the scale (argmax is scale-free).
 
 Correctness first: our standard greedy (uncompiled) == transformers greedy on a short prompt.
 Timing: median wall time of --repeats calls after one warm-up, device synced around each call (a
@@ -56,6 +57,10 @@ SHAPES = {
     # Deep and narrow: like the real models, the MTP's one extra layer is a small share of a step.
     "tiny": dict(vocab_size=8192, hidden_size=128, intermediate_size=352, num_hidden_layers=8,
                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    # bench_train's shape of the same name: Qwen2.5-Math-1.5B's 28 layers and proportions (lm_head
+    # worth about 5 layers) at hidden 128, so that a CPU times a step made up like the real one's.
+    "1.5b-mini": dict(vocab_size=12800, hidden_size=128, intermediate_size=768, num_hidden_layers=28,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2.5-math-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                               num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
                               rope_theta=10000.0),

@@ -195,3 +195,12 @@ def test_throughput_plot_labels_every_bar_and_marks_what_was_not_run(tmp_path, m
     # The legend is under the axes, where it covers no bar.
     assert ax.get_legend().get_window_extent(renderer).y1 < box.y0
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_mini_shape_is_bench_trains() -> None:
+    # docs/benchmarks.md profiles decoding on `--shape 1.5b-mini` as bench train's model of that name.
+    parser = argparse.ArgumentParser()
+    bench = load_benchmark("generate")
+    bench.add_arguments(parser)
+    assert parser.parse_args(["--shape", "1.5b-mini"]).shape == "1.5b-mini"
+    assert bench.SHAPES["1.5b-mini"] == load_benchmark("train").SHAPES["1.5b-mini"]
