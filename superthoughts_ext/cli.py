@@ -144,15 +144,20 @@ def command_warnings() -> Iterator[None]:
 @contextlib.contextmanager
 def transformers_progress_bars(shown: bool) -> Iterator[None]:
     """With `--no-progress`, transformers' bars (loading and saving weights) are hidden along
-    with ours, which a log file would otherwise still collect; restored afterwards."""
+    with ours, which a log file would otherwise still collect; shown, they are drawn as ours are
+    (`superthoughts_ext.progress`: whole lines in a log file). Both restored afterwards."""
     from transformers.utils import logging as transformers_logging
+
+    from superthoughts_ext.progress import transformers_line_hook
 
     hide = not shown and transformers_logging.is_progress_bar_enabled()
     if hide:
         transformers_logging.disable_progress_bar()
+    previous_hook = transformers_logging.set_tqdm_hook(transformers_line_hook)
     try:
         yield
     finally:
+        transformers_logging.set_tqdm_hook(previous_hook)
         if hide:
             transformers_logging.enable_progress_bar()
 

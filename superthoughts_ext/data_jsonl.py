@@ -129,13 +129,14 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
     A row that is not a mapping, lacks a string field or whose solution holds EOS before its end
     raises ValueError. Rows whose solution is empty (or only whitespace) and rows longer than
     `max_length` tokens (prompt + response, uncompressed) are dropped with a warning naming
-    them: never truncated. `progress` shows a tqdm bar over the `total` rows (a few ms per row
-    with a real BPE vocabulary: minutes for a large file, silent without it). The result
-    keeps each example's number (`Examples`).
+    them: never truncated. `progress` shows a progress bar (`superthoughts_ext.progress`) over the
+    `total` rows (a few ms per row with a real BPE vocabulary: minutes for a large file, silent
+    without it). The result keeps each example's number (`Examples`).
     """
-    from tqdm.auto import tqdm
+    from superthoughts_ext.progress import progress_bar
 
-    with tqdm(numbered_rows, total=total, desc=f"tokenizing {where}", unit=unit, disable=not progress) as bar:
+    with progress_bar(numbered_rows, total=total, desc=f"tokenizing {where}", unit=unit,
+                      disable=not progress) as bar:
         examples, empty, too_long = _encode_each(bar, tokenizer, where, unit, problem_field, solution_field,
                                                  system_prompt, max_length)
     examples.dropped = (_warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")

@@ -205,11 +205,11 @@ def _update_summary(run: RecordsFile, records: list[dict[str, Any]]) -> bool:
 
 def regrade_run(run: RecordsFile, bench: str, *, progress: bool = True) -> RegradeResult:
     """Re-grade one records file read by `read_run` and write back what changed."""
-    from tqdm.auto import tqdm
+    from superthoughts_ext.progress import progress_bar
 
     records = [record for record in run.records if record is not None]
     before = grade_fields(records)["accuracy"]
-    with tqdm(total=len(records), desc=f"regrade {run.path.name}", disable=not progress) as bar:
+    with progress_bar(total=len(records), desc=f"regrade {run.path.name}", disable=not progress) as bar:
         changed, references = _grade(run, bench, bar)
     if changed:
         replace_text(run.path, "".join(line + "\n" for line in run.lines))

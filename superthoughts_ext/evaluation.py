@@ -326,7 +326,7 @@ def evaluate(
         output_jsonl: per-problem records (written batch by batch, so a crash keeps the
             finished ones; ``index`` gives the dataset order); the summary goes to
             `summary_path` of it.
-        progress: show a tqdm bar.
+        progress: show a progress bar (`superthoughts_ext.progress`: whole lines in a log file).
         generate_fn: replaces `superthoughts_ext.generate.generate` (same signature and
             result fields: sequences, num_tokens, num_steps, num_pair_steps, wall_time). Its
             eos_token_id is `superthoughts_ext.stop_tokens.stop_token_ids(model, tokenizer)`;
@@ -357,9 +357,8 @@ def evaluate(
             summary's accuracy is then the mean over samples (avg@N), with accuracy_std, pass@N
             and maj@N (`superthoughts_ext.eval_sampling.sampled_grade_fields`).
     """
-    from tqdm.auto import tqdm
-
     from superthoughts_ext.generate import ContextStopWarning, NonFiniteLogitsWarning
+    from superthoughts_ext.progress import progress_bar
 
     get_bench(bench)  # ValueError for an unknown benchmark, before any work
     sampling = check_sampling(temperature, samples, seed)
@@ -385,8 +384,8 @@ def evaluate(
         out_file = open_records(output_jsonl, records)
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
-        bar = tqdm(total=len(problems) * sampling.samples, initial=len(records), desc=label or f"{bench} [{mode}]",
-                   disable=not progress)
+        bar = progress_bar(total=len(problems) * sampling.samples, initial=len(records),
+                           desc=label or f"{bench} [{mode}]", disable=not progress)
         try:
             with warnings.catch_warnings():
                 # Batch row numbers mean nothing here: the records' hit_limit and the summary count

@@ -4,7 +4,7 @@ of --eval-data with its parts (`train_eval.HeldOutEvaluation`), saves and resume
 SuperThoughts models in their own checkpoint format, hands the epoch to the collator's
 pad-split draws, stops a run whose loss turns NaN / inf (TrainingDiverged), and records the
 optimizer and the run's settings in every checkpoint (RunSettings) for the resume checks of
-`train_resume`.
+`train_resume`, and draws its progress bars as whole lines in a log file (`train_progress`).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from superthoughts_ext.checkpoint import weight_files
 from superthoughts_ext.file_writes import WriteFailed, failure_message, writing
 from superthoughts_ext.layers import causal_mask_for_right_padding
 from superthoughts_ext.train_eval import LOSS_PARTS, HeldOutEvaluation
+from superthoughts_ext.train_progress import use_line_progress
 
 # Options that shape the trained model beyond the kind of run check_resume compares.
 _RESUME_HINT = "resume with the --model, --compressor-type and --mtp-type of the run that wrote it"
@@ -161,6 +162,7 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         self.add_callback(self._run_start)
         self.add_callback(IntervalsOfThisRun())
         self.add_callback(RunSettings(optimizer_name(self.args), optimizer_class(self.args), run_settings, run_id))
+        use_line_progress(self)
 
     def train(self, *args: Any, **kwargs: Any):
         """Trainer.train, returning the training loss of the steps this run trained (see
