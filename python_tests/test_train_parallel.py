@@ -149,17 +149,20 @@ def test_torchrun_two_processes(base_dirs, tmp_path, lora_r):
 
 
 def test_torchrun_cli_command(base_dirs, tmp_path):
-    """The documented multi-process command itself: `torchrun -m superthoughts_ext.train ...`."""
+    """The documented multi-process command itself: `torchrun -m superthoughts_ext.train ...`. Its
+    progress, into a pipe as into a log file, is whole lines from the first process alone."""
     out = tmp_path / "cli_ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "superthoughts_ext.train", "--model", str(base_dirs["qwen2"]),
-           "--data", str(base_dirs["data"]), "--output", str(out), "--max-steps", "2", "--batch-size", "2",
-           "--no-progress"]
+           "--data", str(base_dirs["data"]), "--output", str(out), "--max-steps", "2", "--batch-size", "2"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count(f"saved {out} after 2 steps") == 1, proc.stdout[-2000:]  # rank 0 only
+    assert "\r" not in proc.stderr, proc.stderr[-2000:]
+    for done in (f"tokenizing {base_dirs['data']}: 100% 8/8 [", "Loading weights: 100% ", "training: 100% 2/2 ["):
+        assert sum(line.startswith(done) for line in proc.stderr.splitlines()) == 1, (done, proc.stderr[-2000:])
     from superthoughts_ext.modeling import load_model
 
     assert load_model(out).config.pad_token_id is not None

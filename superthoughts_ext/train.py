@@ -224,10 +224,16 @@ def _load_examples(options: TrainOptions, data: Any, tokenizer: Any, held_out: b
         solution_field=options.solution_field, system_prompt=options.system_prompt,
         max_length=options.max_length,
         text_options=[name for name in ("problem_field", "solution_field", "system_prompt") if options._changed(name)],
-        # One bar per machine, as Trainer shows its own (every process tokenises the whole file).
-        progress=options.progress_bar and int(os.environ.get("LOCAL_RANK", "0")) == 0,
+        progress=_bars_shown_here(options),
         held_out=held_out,
     )
+
+
+def _bars_shown_here(options: TrainOptions) -> bool:
+    """Whether this process draws the progress bars of tokenising and loading weights: one per
+    machine, the first process of each (every process tokenises the whole file and loads the
+    model; two ranks' bars in one log said everything twice)."""
+    return options.progress_bar and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def _fit_to_model(examples: train_data.Examples, tokenizer: Any, model: nn.Module, *, context: int | None,
@@ -356,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `superthoughts train`; returns the process exit code."""
     try:
         options = options_from_args(args)
-        with transformers_progress_bars(options.progress_bar):
+        with transformers_progress_bars(_bars_shown_here(options)):
             result = train(options)
     except WriteFailed as exc:  # a checkpoint or the final save met a full disk
         print(f"error: {exc}{resume_hint('train', args)}", file=sys.stderr)
