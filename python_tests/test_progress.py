@@ -14,8 +14,8 @@ from tqdm import std as tqdm_std
 
 from superthoughts_ext.progress import LINE_INTERVAL_S, LINES_PER_TOTAL, LogLinesBar, progress_bar, writes_lines
 
-LINE = re.compile(r"^(?P<desc>[^:]+): +(?P<pct>\d+)% (?P<n>\d+)/(?P<total>\d+) "
-                  r"\[elapsed (?P<elapsed>[\d:]+), ETA (?P<eta>[\d:]+|\?), +(?P<rate>[\d.]+|\?)(?P<unit>\w+)/s(, .*)?\]$")
+LINE = re.compile(r"^(?P<desc>[^:]+): +(?P<pct>\d+)% (?P<n>\d+)/(?P<total>\d+) \[elapsed (?P<elapsed>[\d:]+), "
+                  r"ETA (?P<eta>[\d:]+|\?), +(?P<rate>[\d.]+|\?)(?P<unit>\w+)/s(, .*)?\]$")
 
 
 class FakeClock:
@@ -115,9 +115,6 @@ def test_tqdm_mininterval_sets_the_interval_between_lines(clock: FakeClock, monk
     monkeypatch.setenv("TQDM_MININTERVAL", "5")
     lines = run_loop(clock, io.StringIO(), 1_000, 1.0, desc="x")  # 1 000 s: a line every 5 s
     assert len(lines) == 1 + 200
-    monkeypatch.setenv("TQDM_MININTERVAL", "often")
-    with pytest.raises(ValueError, match="TQDM_MININTERVAL='often' is not a number of seconds"):
-        progress_bar(range(3), file=io.StringIO())
 
 
 def test_messages_between_lines_leave_the_lines_whole(clock: FakeClock) -> None:

@@ -48,20 +48,18 @@ def writes_lines(file: TextIO | None = None) -> bool:
 
 def line_interval() -> float:
     """Seconds between two lines of a bar that has not reached its next tenth meanwhile:
-    TQDM_MININTERVAL when it is set (the minimum time between two redraws, on a terminal too),
-    else `LINE_INTERVAL_S`."""
+    TQDM_MININTERVAL when it is set (the minimum time between two redraws, on a terminal too;
+    tqdm itself refuses a value that is not a number when it is imported), else `LINE_INTERVAL_S`."""
     text = os.environ.get("TQDM_MININTERVAL", "").strip()
-    try:
-        return max(float(text), 0.0) if text else LINE_INTERVAL_S
-    except ValueError:
-        raise ValueError(f"TQDM_MININTERVAL={text!r} is not a number of seconds") from None
+    return max(float(text), 0.0) if text else LINE_INTERVAL_S
 
 
 class LogLinesBar(tqdm_std.tqdm):
     """A tqdm bar whose every draw is one whole line ('\\n'-terminated, no carriage return): the
     first, then one per `line_interval()` seconds or per tenth of the total (not within
-    `MIN_LINE_GAP_S` of the last), whichever comes first, and the last at close. The content is tqdm's own (format_meter): description,
-    percentage, n/total, elapsed, ETA, the mean rate since the start, the postfix."""
+    `MIN_LINE_GAP_S` of the last), whichever comes first, and the last at close. The content is
+    tqdm's own (format_meter): description, percentage, n/total, elapsed, ETA, the mean rate since
+    the start, the postfix."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, *args: Any, **kwargs: Any) -> None:
         self._interval = line_interval()
@@ -94,7 +92,7 @@ class LogLinesBar(tqdm_std.tqdm):
         super().close()
 
     def _line_due(self) -> bool:
-        if self._line_n is None:
+        if self._line_n is None:  # the first line says what started: a step that hangs shows in the log
             return True
         if self.n == self._line_n:  # a redraw with nothing new (tqdm.write redraws every bar)
             return False
