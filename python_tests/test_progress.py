@@ -158,6 +158,11 @@ def test_which_streams_get_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not writes_lines()
     monkeypatch.setattr("sys.stderr", None)  # pythonw: no stream, no bar to turn into lines
     assert not writes_lines()
+    # In a notebook stderr is no terminal, but tqdm.auto draws widgets there: they stay.
+    from tqdm import autonotebook
+
+    monkeypatch.setattr(autonotebook, "tqdm", type("tqdm", (), {"__module__": "tqdm.notebook"}))
+    assert not writes_lines(io.StringIO())
 
 
 def test_transformers_bars_are_drawn_as_ours_while_a_command_runs(clock: FakeClock,

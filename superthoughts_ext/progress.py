@@ -41,6 +41,7 @@ def writes_lines(file: TextIO | None = None) -> bool:
             return False
     except (AttributeError, ValueError):  # no isatty, or a closed file: nobody watches it redraw
         pass
+    import tqdm.auto  # first: it imports autonotebook without the warning autonotebook gives in a notebook
     from tqdm import autonotebook
 
     return autonotebook.tqdm.__module__ != "tqdm.notebook"
