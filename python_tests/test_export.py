@@ -151,6 +151,8 @@ def test_the_command(runs, tmp_path, capsys):
         load_model(runs["baseline"] / "checkpoint-1")
     out = tmp_path / "exported"
     assert cli.main(["export", "--checkpoint", str(runs["baseline"] / "checkpoint-1"), "--output", str(out)]) == 0
+    err = capsys.readouterr().err  # no terminal: transformers' loading bar comes out as whole lines
+    assert "\r" not in err and any(line.startswith("Loading weights: 100% ") for line in err.splitlines()), err
     assert load_model(out) is not None
     assert cli.main(["export", "--checkpoint", str(runs["baseline"] / "checkpoint-1"), "--output", str(out)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]

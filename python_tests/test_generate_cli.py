@@ -315,3 +315,16 @@ def test_cli_generate_and_eval_without_tokenizer_files_say_so_and_take_tokenizer
         assert "--tokenizer '" in (err := capsys.readouterr().err) and "nowhere': no such directory" in err, err
         assert cli.main([*argv, "--model", str(tmp_path / "weights"), "--tokenizer", str(tmp_path / "tokenizer"),
                          "--device", "cpu"]) == 0, capsys.readouterr().err
+
+
+def test_cli_generate_into_a_log_writes_the_loading_bar_as_lines(backbone, tmp_path, capsys) -> None:
+    # capsys' stderr is no terminal, as a nohup or SLURM log is not: transformers' loading bar must
+    # come out as whole lines (superthoughts_ext.progress), never carriage-return redraws.
+    backbone.save_pretrained(tmp_path)
+    TOKENIZER.save_pretrained(tmp_path)
+    capsys.readouterr()  # the test's own save drew transformers' bar outside the command
+    assert cli.main(["generate", "--model", str(tmp_path), "what is 3 + 4", "--max-new-tokens", "2",
+                     "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err, err
+    assert any(line.startswith("Loading weights: 100% ") for line in err.splitlines()), err

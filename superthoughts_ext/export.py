@@ -188,8 +188,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `superthoughts export`; returns the process exit code."""
+    from superthoughts_ext.cli import transformers_progress_bars
+
     try:
-        export(args.checkpoint, args.output, model=args.model, dtype=args.dtype)
+        # transformers' loading and saving bars as whole lines when stderr is a log file.
+        with transformers_progress_bars(True):
+            export(args.checkpoint, args.output, model=args.model, dtype=args.dtype)
     except (ValueError, OSError) as error:  # OSError: FileNotFoundError, WriteFailed
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from superthoughts_ext.cli import utf8_text
+from superthoughts_ext.cli import transformers_progress_bars, utf8_text
 from superthoughts_ext.generate import ContextStopWarning, generate, model_context
 from superthoughts_ext.generate_settings import MODES, samples
 from superthoughts_ext.stop_tokens import is_superthoughts, stop_token_ids
@@ -130,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"superthoughts generate: error: {error}", file=sys.stderr)
         return 2
     try:
-        model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype, args.tokenizer)
+        # transformers' loading bar as whole lines when stderr is a log file, like train's and eval's.
+        with transformers_progress_bars(True):
+            model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype, args.tokenizer)
     except (ValueError, FileNotFoundError) as error:
         print(f"superthoughts generate: error: {error}", file=sys.stderr)
         return 2
