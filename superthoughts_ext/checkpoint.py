@@ -21,8 +21,10 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
     AutoConfig,
+    AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 
@@ -269,3 +271,31 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
         if saved_class in _GENERIC_TOKENIZER_CLASSES:
             return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
     return AutoTokenizer.from_pretrained(os.fspath(path))
+
+
+def cast_weights(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
+    """`model.to(dtype)` keeping its non-persistent buffers (RoPE frequencies) in their own dtype,
+    as `from_pretrained(dtype=...)` builds them: rounded to bf16 they turn the angles by up to
+    radians at long distances, and no checkpoint stores them, so a reload would not match."""
+    kept = [(module, name, module._buffers[name]) for module in model.modules()
+            for name in module._non_persistent_buffers_set if module._buffers.get(name) is not None]
+    model.to(dtype)
+    for module, name, buffer in kept:
+        module._buffers[name] = buffer
+    return model
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype, also from its name ("bfloat16", as from_pretrained takes it)."""
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
+        return getattr(torch, dtype.removeprefix("torch."))
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"from_base: dtype must be a torch.dtype or its name, got {dtype!r}")
+    return dtype
+
+
+def load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: {exc}") from exc

@@ -10,7 +10,8 @@ With `compile`, the step is first run through torch.compile (inductor fuses the 
 elementwise ops of RMSNorm, rotary, SiLU and the bookkeeping) and the compiled step is what
 the CUDA graph captures.
 
-Two steppers share that loop: `SuperThoughtsStepper` (unit inputs, both heads) and
+Three steppers share that loop: `SuperThoughtsStepper` (unit inputs, both heads),
+`next_token_mtp.NextTokenStepper` (its variant whose MTP head reads the main head's token) and
 `BackboneStepper` (plain one-token decoding of an HF causal LM, for mode "standard").
 """
 from __future__ import annotations
@@ -147,7 +148,8 @@ class SuperThoughtsStepper(_Stepper):
         self.merge_bias = model.compressor.merge_bias if self.merge_weight is not None else None
         self.cache = model.new_cache(batch, max_positions, device=self.embed.device, dtype=self.embed.dtype)
 
-    def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState,
+                cfg: StepConfig) -> torch.Tensor:
         """Runs the prompt [B, T] through backbone and MTP; logits [2, B, V] of its last position."""
         embeds = self.embedding(input_ids)  # [B, T, H]
         mask = self.attend(state.attention_mask[:, : input_ids.shape[1]])
@@ -157,9 +159,10 @@ class SuperThoughtsStepper(_Stepper):
         state.inputs = embeds.new_zeros(embeds.shape[0], 1, embeds.shape[2])  # [B, 1, H]
         return self.model.head_logits(h[:, -1], h_mtp[:, -1])
 
-    def forward(self, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, state: DecodeState, mask: torch.Tensor, cfg: StepConfig, offset: int) -> torch.Tensor:
         """One unit position per row from `state.inputs`, attending over the columns of `mask`
-        [B, W]; logits [2, B, V]."""
+        [B, W]; logits [2, B, V]. (`cfg` and the step `offset` serve steppers that sample before
+        the step op, next_token_mtp.NextTokenStepper.)"""
         h, h_mtp = self.model.hidden_states(state.inputs, state.position_ids, self.attend(mask), self.cache)
         return self.model.head_logits(h[:, -1], h_mtp[:, -1])
 
@@ -193,7 +196,8 @@ class BackboneStepper(_Stepper):
         self.logits[0].copy_(last)
         return self.logits
 
-    def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, state: DecodeState,
+                cfg: StepConfig) -> torch.Tensor:
         """Runs the prompt [B, T]; logits [2, B, V] of its last position (MTP row -inf)."""
         mask = self.attend(state.attention_mask[:, : input_ids.shape[1]])
         out = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
@@ -201,7 +205,7 @@ class BackboneStepper(_Stepper):
         state.inputs = input_ids.new_zeros(input_ids.shape[0], 1)  # [B, 1], contiguous (see above)
         return self._both_heads(out.logits)
 
-    def forward(self, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, state: DecodeState, mask: torch.Tensor, cfg: StepConfig, offset: int) -> torch.Tensor:
         """One token per row from `state.inputs`, attending over the columns of `mask` [B, W];
         logits [2, B, V]."""
         out = self.backbone(input_ids=state.inputs, attention_mask=self.attend(mask),
@@ -282,7 +286,7 @@ def sample(stepper, state: DecodeState, logits: torch.Tensor, cfg: StepConfig, o
 def decode_step(stepper, state: DecodeState, cfg: StepConfig, offset: int, mask: torch.Tensor) -> None:
     """Feeds the pending unit (one position per row), attending over the cache columns of
     `mask` (from `window_mask`), and samples from its heads."""
-    sample(stepper, state, stepper.forward(state, mask), cfg, offset)
+    sample(stepper, state, stepper.forward(state, mask, cfg, offset), cfg, offset)
 
 
 def window_mask(state: DecodeState, columns: int, compiled: bool) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 A step feeds ONE position per row (a unit C(E[a], E[b]), or a token in "standard" mode), runs
 the backbone and the MTP, ONE lm_head GEMM for both heads and ONE `superthoughts_step`, and
-appends 1 or 2 tokens per row on the device. The loop itself is in `decode_loop`.
+appends 1 or 2 tokens per row on the device (a model with mtp_input "next_token" runs two lm_head
+GEMMs and two launches: its MTP head reads the main head's token, `next_token_mtp`). The loop
+itself is in `decode_loop`.
 
 Modes:
     superthoughts  adaptive: the second token is kept when both heads are confident enough;
@@ -30,6 +32,7 @@ from superthoughts_ext.generate_settings import (_check_args, _check_autocast, _
                                                  _graphs_and_compile, _thresholds, samples)
 # Re-exported: tests and benchmarks/bench_generate.py import them from here.
 from superthoughts_ext.generate_settings import MODES, resolve_compile  # noqa: F401
+from superthoughts_ext.next_token_mtp import NextTokenStepper
 from superthoughts_ext.reference import int64_of_low_64_bits
 # stop_token_ids is re-exported: docs/evaluation.md names it as superthoughts_ext.generate.stop_token_ids.
 from superthoughts_ext.stop_tokens import pad_id, resolve_eos_ids, stop_token_ids, vocab_size  # noqa: F401
@@ -157,13 +160,15 @@ def _allocate(model: Any, backbone: Any, mode: str, attention_mask: torch.Tensor
     width = min(max_new_tokens, (1 + max_steps) * (1 if mode == "standard" else 2))
     state = decode_loop.DecodeState.allocate(attention_mask, positions, width, extra_eos=eos_ids[1:])
     stepper_cls = decode_loop.BackboneStepper if mode == "standard" else decode_loop.SuperThoughtsStepper
+    if mode != "standard" and model.config.mtp_input == "next_token":
+        stepper_cls = NextTokenStepper
     return state, stepper_cls(backbone if mode == "standard" else model, batch, positions)
 
 
 def _prefill(stepper: Any, state: decode_loop.DecodeState, cfg: decode_loop.StepConfig, input_ids: torch.Tensor,
              attention_mask: torch.Tensor, feed: _StreamFeed | None) -> None:
     """Runs the prompts through the model and emits each row's first token(s) (the op's step offset 0)."""
-    logits = stepper.prefill(input_ids, decode_loop.prompt_position_ids(attention_mask), state)
+    logits = stepper.prefill(input_ids, decode_loop.prompt_position_ids(attention_mask), state, cfg)
     decode_loop.sample(stepper, state, logits, cfg, offset=0)
     if feed is not None:
         feed()

@@ -1,4 +1,5 @@
-"""SuperThoughts building blocks: the pair compressor C and the MTP head (decode caches: kv_cache.py).
+"""SuperThoughts building blocks: the pair compressor C and the MTP head (decode caches: kv_cache.py),
+and the MTP inputs of mtp_input "next_token" in training (its decoding: next_token_mtp.py).
 
 Both blocks are built FROM a Hugging Face causal LM (they copy its norm / decoder-layer classes
 and weights) but never modify it: the backbone stays a stock transformers model. Also here: the
@@ -240,6 +241,21 @@ class MLPMTP(_MTPInput):
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         out = self.mlp(x)
         return out[0] if isinstance(out, tuple) else out  # MoE blocks that also return router logits (GPT-OSS)
+
+
+def next_first_ids(first_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """first_ids [B, T] shifted left by one position: [B, T] int64, pad_id at the last column and
+    wherever the next position is padding (attention_mask [B, T] 0/1 of a right-padded batch)."""
+    pad = torch.full_like(first_ids[:, :1], pad_id)
+    shifted = torch.cat([first_ids[:, 1:], pad], dim=1)
+    next_real = torch.cat([attention_mask[:, 1:], torch.zeros_like(attention_mask[:, :1])], dim=1).bool()
+    return torch.where(next_real, shifted, pad)
+
+
+def next_token_embeds(embedding: nn.Embedding, first_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      pad_id: int) -> torch.Tensor:
+    """The MTP inputs of a training batch under mtp_input "next_token": E[`next_first_ids`] [B, T, H]."""
+    return embedding(next_first_ids(first_ids, attention_mask, pad_id))
 
 
 def build_mtp(kind: str, backbone: PreTrainedModel) -> nn.Module:

@@ -2,7 +2,8 @@
 
 Positions are prompt tokens (input E[p]) followed by response units (input z = C(E[a], E[b]));
 each position's final hidden state h feeds the main head (predicts the next unit's a) and the
-MTP head (predicts the next unit's b). data.py spells out the layout and every target.
+MTP head (predicts the next unit's b from h and z, or E[a]: mtp_input, next_token_mtp.py).
+data.py spells out the layout and every target.
 
 Checkpoint layout (one directory): `config.json` = the backbone's config with
 `architectures = ["SuperThoughtsForCausalLM"]` and a "superthoughts" section holding
@@ -19,19 +20,22 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from superthoughts_ext.checkpoint import (  # load_tokenizer: loaded beside load_model by callers
     MAX_SHARD_SIZE,
+    as_dtype,
+    cast_weights,
     is_superthoughts_checkpoint,
     load_superthoughts_dir,
+    load_plain,
     load_tokenizer,
     read_model_dir,
     save_superthoughts_dir,
 )
 from superthoughts_ext.head_losses import head_cross_entropy, head_kl_divergence
 from superthoughts_ext.kv_cache import CACHE_ARG, SuperThoughtsCache, other_value_width
-from superthoughts_ext.layers import build_compressor, build_mtp, causal_mask_for_right_padding
+from superthoughts_ext.layers import build_compressor, build_mtp, causal_mask_for_right_padding, next_token_embeds
 from superthoughts_ext.modeling_config import SuperThoughtsConfig, SuperThoughtsOutput
 
 IGNORE = -100
@@ -132,10 +136,10 @@ class SuperThoughtsForCausalLM(nn.Module):
             if is_superthoughts_checkpoint(path):
                 raise ValueError(f"from_base: {os.fspath(path)!r} is already a SuperThoughts checkpoint; "
                                  f"use SuperThoughtsForCausalLM.from_pretrained")
-            backbone = _load_plain(path, dtype, "from_base")
+            backbone = load_plain(path, dtype, "from_base")
         elif isinstance(path_or_model, PreTrainedModel):
             _refuse_adapters(path_or_model)
-            backbone = path_or_model if dtype is None else _cast_weights(path_or_model, _as_dtype(dtype))
+            backbone = path_or_model if dtype is None else cast_weights(path_or_model, as_dtype(dtype))
         else:
             _refuse_adapters(path_or_model)
             raise TypeError(f"from_base: expected a checkpoint directory or a PreTrainedModel, "
@@ -261,7 +265,8 @@ class SuperThoughtsForCausalLM(nn.Module):
                                          dtype if dtype is not None else weight.dtype)
 
     def hidden_states(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      cache: SuperThoughtsCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      cache: SuperThoughtsCache | None = None,
+                      mtp_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Final hidden states of both heads.
 
         Args:
@@ -271,9 +276,22 @@ class SuperThoughtsForCausalLM(nn.Module):
                 cache's max_positions; columns past the last new position are ignored by
                 causality; left padding allowed).
             cache: from `new_cache`, updated in place; None = full causal forward over T.
+            mtp_inputs: [B, T, H] what the MTP head mixes with h: None = inputs_embeds (mtp_input
+                "unit"); "next_token" needs E[each next position's first token] (layers.next_token_embeds).
         Returns:
             h [B, T, H] (backbone, after its final norm) and h_mtp [B, T, H] (MTP head).
         """
+        if mtp_inputs is None:
+            if self.config.mtp_input != "unit":
+                raise ValueError(f"hidden_states: mtp_input={self.config.mtp_input!r} needs mtp_inputs (E of each "
+                                 "next position's first token, layers.next_token_embeds)")
+            mtp_inputs = inputs_embeds
+        h = self.backbone_hidden(inputs_embeds, position_ids, attention_mask, cache)
+        return h, self.mtp_hidden(h, mtp_inputs, position_ids, attention_mask, cache)
+
+    def backbone_hidden(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        cache: SuperThoughtsCache | None = None) -> torch.Tensor:
+        """The backbone half of `hidden_states` (same arguments): h [B, T, H]."""
         if inputs_embeds.dim() != 3 or position_ids.dim() != 2 or attention_mask.dim() != 2:
             raise ValueError(f"hidden_states: expected inputs_embeds [B, T, H], position_ids [B, T], attention_mask "
                              f"[B, S]; got {tuple(inputs_embeds.shape)}, {tuple(position_ids.shape)}, "
@@ -295,9 +313,16 @@ class SuperThoughtsForCausalLM(nn.Module):
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             use_cache=cache is not None, **{CACHE_ARG: None if cache is None else cache.backbone},
         )
-        h = out.last_hidden_state
-        h_mtp = self.mtp(h, inputs_embeds, position_ids, attention_mask, None if cache is None else cache.mtp)
-        return h, h_mtp
+        return out.last_hidden_state
+
+    def mtp_hidden(self, h: torch.Tensor, mtp_inputs: torch.Tensor, position_ids: torch.Tensor,
+                   attention_mask: torch.Tensor, cache: SuperThoughtsCache | None = None) -> torch.Tensor:
+        """The MTP half of `hidden_states`: h, mtp_inputs [B, T, H] -> h_mtp [B, T, H]. Decoding with
+        mtp_input "next_token" runs it after the main head has picked the token it reads."""
+        if mtp_inputs.shape != h.shape:
+            raise ValueError(f"hidden_states: mtp_inputs {tuple(mtp_inputs.shape)} must have the shape of the "
+                             f"hidden states {tuple(h.shape)}")
+        return self.mtp(h, mtp_inputs, position_ids, attention_mask, None if cache is None else cache.mtp)
 
     def head_logits(self, h: torch.Tensor, h_mtp: torch.Tensor) -> torch.Tensor:
         """One lm_head GEMM over both heads: h, h_mtp [N, H] -> logits [2, N, V] (main, MTP)."""
@@ -338,7 +363,11 @@ class SuperThoughtsForCausalLM(nn.Module):
             raise ValueError(f"forward: {given} given without the other labels row; pass both, or neither for logits")
         batch, length = first_ids.shape
         embeds = self.embed_inputs(first_ids, second_ids, is_unit)
-        h, h_mtp = self.hidden_states(embeds, position_ids, causal_mask_for_right_padding(attention_mask))
+        mtp_inputs = None  # mtp_input "next_token": teacher forcing with the true a_{j+1}, the main target
+        if self.config.mtp_input == "next_token":
+            mtp_inputs = next_token_embeds(self.get_input_embeddings(), first_ids, attention_mask, self.pad_token_id)
+        h, h_mtp = self.hidden_states(embeds, position_ids, causal_mask_for_right_padding(attention_mask),
+                                      mtp_inputs=mtp_inputs)
         output = SuperThoughtsOutput()
         if return_logits or labels_main is None:
             logits = self.head_logits(h.reshape(batch * length, -1), h_mtp.reshape(batch * length, -1))
@@ -402,27 +431,6 @@ class SuperThoughtsForCausalLM(nn.Module):
         return loss
 
 
-def _cast_weights(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
-    """`model.to(dtype)` keeping its non-persistent buffers (RoPE frequencies) in their own dtype,
-    as `from_pretrained(dtype=...)` builds them: rounded to bf16 they turn the angles by up to
-    radians at long distances, and no checkpoint stores them, so a reload would not match."""
-    kept = [(module, name, module._buffers[name]) for module in model.modules()
-            for name in module._non_persistent_buffers_set if module._buffers.get(name) is not None]
-    model.to(dtype)
-    for module, name, buffer in kept:
-        module._buffers[name] = buffer
-    return model
-
-
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A torch dtype, also from its name ("bfloat16", as from_pretrained takes it)."""
-    if isinstance(dtype, str) and isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
-        return getattr(torch, dtype.removeprefix("torch."))
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"from_base: dtype must be a torch.dtype or its name, got {dtype!r}")
-    return dtype
-
-
 def _refuse_adapters(model: Any) -> None:
     """A peft model, or a model with adapter layers injected, is no plain backbone: the MTP head
     copies the last layer's weights, which adapters split into base and adapter parts."""
@@ -432,13 +440,6 @@ def _refuse_adapters(model: Any) -> None:
                         "first with merge_and_unload()) and add LoRA afterwards, as `superthoughts train --lora-r N` does")
 
 
-def _load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
-    try:
-        return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: {exc}") from exc
-
-
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None) -> nn.Module:
     """A SuperThoughts checkpoint -> SuperThoughtsForCausalLM; a plain one -> AutoModelForCausalLM
@@ -446,5 +447,5 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
     directory = read_model_dir(path, "load_model")
     if is_superthoughts_checkpoint(directory):
         return SuperThoughtsForCausalLM.from_pretrained(directory, dtype=dtype, device=device)
-    model = _load_plain(directory, dtype, "load_model").eval()
+    model = load_plain(directory, dtype, "load_model").eval()
     return model.to(device) if device is not None else model

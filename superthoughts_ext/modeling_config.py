@@ -18,6 +18,10 @@ __all__ = ["SuperThoughtsConfig", "SuperThoughtsOutput"]
 
 COMPRESSOR_TYPES = ("linear", "mlp")
 MTP_TYPES = ("decoder", "mlp")
+# What the MTP head mixes with h: "unit", the position's own input z (the method's design);
+# "next_token", E[t] of the next position's first token (a_{j+1}, the main head's token at
+# decode time), as DeepSeek-V3's MTP module is fed.
+MTP_INPUTS = ("unit", "next_token")
 
 
 @dataclass
@@ -32,12 +36,15 @@ class SuperThoughtsConfig:
     distill_weight: float = 0.0  # weight of the stage-1 KL toward a frozen teacher
     threshold: float = 0.999  # MTP confidence needed to keep the second token at decode time
     threshold_main: float = 0.0  # main-head confidence needed as well
+    mtp_input: str = "unit"  # "unit" | "next_token" (MTP_INPUTS); checkpoints without it: "unit"
 
     def __post_init__(self) -> None:
         if self.compressor_type not in COMPRESSOR_TYPES:
             raise ValueError(f"SuperThoughtsConfig: compressor_type must be 'linear' or 'mlp', got {self.compressor_type!r}")
         if self.mtp_type not in MTP_TYPES:
             raise ValueError(f"SuperThoughtsConfig: mtp_type must be 'decoder' or 'mlp', got {self.mtp_type!r}")
+        if self.mtp_input not in MTP_INPUTS:
+            raise ValueError(f"SuperThoughtsConfig: mtp_input must be 'unit' or 'next_token', got {self.mtp_input!r}")
         for name, low, high in (("lambda_mtp", 0.0, None), ("rho_max", 0.0, 1.0), ("distill_weight", 0.0, None),
                                 ("threshold", 0.0, 1.0), ("threshold_main", 0.0, 1.0)):
             value = getattr(self, name)

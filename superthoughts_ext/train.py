@@ -56,7 +56,7 @@ from superthoughts_ext import train_data, train_precision, train_resume, train_r
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, command_warnings, resume_hint, transformers_progress_bars, utf8_text
 from superthoughts_ext.file_writes import WriteFailed
-from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
+from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
 from superthoughts_ext.run_info import output_lock
 from superthoughts_ext.train_args import training_arguments
 from superthoughts_ext.train_options import DTYPES, TrainOptions
@@ -129,7 +129,7 @@ def _train(options: TrainOptions) -> TrainResult:
     # distill_weight always: a continued checkpoint's own weight must not outlive the run's.
     overrides: dict[str, Any] = {"pad_token_id": pad_id, "rho_max": options.rho_max,
                                  "distill_weight": options.distill_weight}
-    for name in ("compressor_type", "mtp_type", "lambda_mtp"):
+    for name in ("compressor_type", "mtp_type", "mtp_input", "lambda_mtp"):
         if getattr(options, name) is not None:
             overrides[name] = getattr(options, name)
     dtype = DTYPES[options.dtype]
@@ -294,6 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="compressor kind (default: model config; a continued model's must match)")
     g("--mtp-type", default=None, choices=MTP_TYPES,
       help="MTP head kind (default: model config; a continued model's must match)")
+    g("--mtp-input", default=None, choices=MTP_INPUTS,
+      help="what the MTP head reads besides h: 'unit' (the position's own input) or 'next_token' (E of the "
+           "main head's token, as in DeepSeek-V3; default: model config; a continued model's must match)")
     g("--problem-field", default=d["problem_field"].default, help="JSONL field holding the prompt")
     g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
     # One or the other: both write system_prompt, and the last given would win.

@@ -14,7 +14,7 @@ import torch
 from transformers import TrainingArguments
 
 from superthoughts_ext import train_utils
-from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_TYPES
+from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
 from superthoughts_ext.trainer import TrainingArgumentsCpuFix, optimizer_name
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ def value_checks(options: TrainOptions) -> list[tuple[bool, str]]:
         (o.compressor_type in (None, *COMPRESSOR_TYPES),
          f"compressor_type must be one of {', '.join(COMPRESSOR_TYPES)}, got {o.compressor_type!r}"),
         (o.mtp_type in (None, *MTP_TYPES), f"mtp_type must be one of {', '.join(MTP_TYPES)}, got {o.mtp_type!r}"),
+        (o.mtp_input in (None, *MTP_INPUTS),
+         f"mtp_input must be one of {', '.join(MTP_INPUTS)}, got {o.mtp_input!r}"),
         (os.fspath(o.output_dir) != "", "output_dir must name a directory, got ''"),
     ]
 

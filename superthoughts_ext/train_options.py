@@ -37,7 +37,7 @@ class TrainOptions:
     run would drop it). SuperThoughts fields left as None keep the SuperThoughtsConfig default
     (a continued SuperThoughts model: its own). A continued model takes distill_weight,
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
-    compressor_type or mtp_type. `system_prompt` defaults to the chain-of-thought prompt that
+    compressor_type, mtp_type or mtp_input. `system_prompt` defaults to the chain-of-thought prompt that
     evaluation sends (eval_data.SYSTEM_PROMPT), so a model is trained on the prompts it is scored
     on; None leaves the system turn to the chat template's default. `eval_data` (a JSONL path or
     rows, as `data`: the same fields, prompt and drops) is the held-out set whose loss is logged
@@ -76,6 +76,7 @@ class TrainOptions:
     rho_max: float = 0.25
     compressor_type: str | None = None
     mtp_type: str | None = None
+    mtp_input: str | None = None
     problem_field: str = "problem"
     solution_field: str = "solution"
     system_prompt: str | None = SYSTEM_PROMPT
@@ -127,7 +128,8 @@ class TrainOptions:
         ]
         # Options a run of this kind would not read: refused rather than silently dropped.
         if self.baseline:
-            unread = [name for name in ("lambda_mtp", "compressor_type", "mtp_type") if getattr(self, name) is not None]
+            unread = [name for name in ("lambda_mtp", "compressor_type", "mtp_type", "mtp_input")
+                      if getattr(self, name) is not None]
             unread += ["rho_max"] if self._changed("rho_max") else []
             checks.append((not unread, f"{', '.join(unread)} {_apply(unread)} to SuperThoughts mode, not baseline"))
         if self.lora_r == 0:

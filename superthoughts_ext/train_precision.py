@@ -97,7 +97,7 @@ def copy_in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     then 14 GB). Tensors that modules share (a tied embedding and lm_head) stay one tensor.
 
     Non-persistent buffers (RoPE frequencies) keep their dtype, as `from_pretrained(dtype=...)`
-    builds them (and `modeling._cast_weights` keeps them): rounded to bfloat16 they turn the
+    builds them (and `checkpoint.cast_weights` keeps them): rounded to bfloat16 they turn the
     angles by radians within a few thousand positions, and the teacher loaded from a plain
     checkpoint has them in float32."""
     def made(tensor: torch.Tensor) -> torch.Tensor:

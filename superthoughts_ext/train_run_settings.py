@@ -49,12 +49,13 @@ def _recorded(checkpoint: Path) -> dict[str, Any]:
 # loss weights, --rho-max and --max-grad-norm apply from the next step (lowered after a spike).
 # The held-out set (--eval-data, --eval-steps) changes only what is logged, and may change too
 # (another set with a warning; a resume takes this run's interval: trainer.IntervalsOfThisRun),
-# except under METRIC_DRIVEN_SCHEDULES.
+# except under METRIC_DRIVEN_SCHEDULES. --mtp-input changes what the MTP head reads but no weight
+# shape: a checkpoint of the other input would load without a word.
 RESUMED_SETTINGS = {
     "--learning-rate": "learning_rate", "--weight-decay": "weight_decay", "--lr-scheduler": "scheduler_name",
     "--lr-scheduler-kwargs": "lr_scheduler_kwargs", "--warmup-ratio": "warmup_ratio", "--seed": "seed",
     "--max-length": "max_length", "--problem-field": "problem_field", "--solution-field": "solution_field",
-    "--system-prompt": "system_prompt",
+    "--system-prompt": "system_prompt", "--mtp-input": "mtp_input",
 }
 GLOBAL_BATCH = "global batch (--batch-size x --grad-accum x processes)"
 # transformers' schedules that step on the eval loss (TrainingArguments refuses them without an

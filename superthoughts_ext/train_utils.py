@@ -391,7 +391,7 @@ def build_model(
 
 
 # SuperThoughtsConfig fields a continued model takes from the run; its structure
-# (compressor_type, mtp_type) and its pad stay those it was trained with.
+# (compressor_type, mtp_type, mtp_input) and its pad stay those it was trained with.
 RUN_FIELDS: tuple[str, ...] = ("lambda_mtp", "rho_max", "distill_weight")
 
 
@@ -399,13 +399,13 @@ def continue_with(model: nn.Module, overrides: Mapping[str, Any]) -> nn.Module:
     """`model` (a SuperThoughtsForCausalLM) with the run's loss settings in its config.
 
     distill_weight must always be given (the teacher is attached from the run's value, and
-    the forward asks for one when the config's weight is > 0). A compressor_type or mtp_type
+    the forward asks for one when the config's weight is > 0). A compressor_type, mtp_type or mtp_input
     other than the model's raises ValueError: the trained modules cannot change kind.
     """
     from superthoughts_ext.modeling import SuperThoughtsConfig
 
     config = model.config
-    for name in ("compressor_type", "mtp_type"):
+    for name in ("compressor_type", "mtp_type", "mtp_input"):
         wanted, have = overrides.get(name), getattr(config, name)
         if wanted is not None and wanted != have:
             raise ValueError(f"train: {name}={wanted!r} was asked for but the SuperThoughts model to continue has "

@@ -1,0 +1,352 @@
+"""mtp_input="next_token" (next_token_mtp.py): the MTP head reads E[first token of the next position].
+
+Config (validation, save / load, old checkpoints read as "unit"); the training forward against a
+hand computation (which inputs the MTP head reads, what a changed a_{j+1} changes, gradients,
+a short training run); decoding against the same oracles as the default model in
+test_generate.py: kernels == reference (greedy, sampled), the cached loop == a no-cache
+recompute, a batch == its rows alone, threshold 1 and `pairs`, the MLP head, a compiled step.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from superthoughts_ext.data import IGNORE
+from superthoughts_ext.generate import MODES, generate
+from superthoughts_ext.modeling import SuperThoughtsConfig, SuperThoughtsForCausalLM, load_model
+from superthoughts_ext.layers import next_first_ids
+from superthoughts_ext.reference import superthoughts_step_ref
+from test_generate import (CONTEXT, EOS, HAS_KERNELS, MIXED_THRESHOLD, PAD, PROMPTS, check_stats, left_pad,
+                           tiny_backbone)
+from test_modeling import make_backbone, training_batch
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+MODEL_PAD = 0  # test_modeling's PAD
+
+
+def perturbed(model: SuperThoughtsForCausalLM, seed: int = 1) -> SuperThoughtsForCausalLM:
+    """Random offsets on the compressor and MTP (a fresh MTP ignores its second input: fc's z half is 0)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in [*model.mtp.parameters(), *model.compressor.parameters()]:
+            param.add_(torch.randn_like(param) * 0.05)
+    return model.eval()
+
+
+def small_model(family: str = "qwen2", **overrides) -> SuperThoughtsForCausalLM:
+    return perturbed(SuperThoughtsForCausalLM.from_base(make_backbone(family), **overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def test_config_validates_and_defaults_to_unit() -> None:
+    assert SuperThoughtsConfig().mtp_input == "unit"
+    assert SuperThoughtsConfig.from_dict({"mtp_type": "mlp"}).mtp_input == "unit"  # an older config
+    assert SuperThoughtsConfig(mtp_input="next_token").to_dict()["mtp_input"] == "next_token"
+    for bad in ("next", "", None, 1):
+        with pytest.raises(ValueError, match=r"mtp_input must be 'unit' or 'next_token', got"):
+            SuperThoughtsConfig(mtp_input=bad)
+    with pytest.raises(ValueError, match="mtp_input"):
+        SuperThoughtsForCausalLM.from_base(make_backbone("qwen2"), mtp_input="token")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_save_load_round_trip_bit_identical(tmp_path, family: str) -> None:
+    model = small_model(family, mtp_input="next_token")
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["superthoughts"]["mtp_input"] == "next_token"
+    loaded = load_model(tmp_path)
+    assert loaded.config == model.config and loaded.config.mtp_input == "next_token"
+    batch = training_batch()
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    assert torch.equal(a.logits_main, b.logits_main) and torch.equal(a.logits_mtp, b.logits_mtp)
+
+
+def test_checkpoint_without_the_field_loads_as_unit(tmp_path) -> None:
+    model = small_model()
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["superthoughts"]["mtp_input"]  # as written before the field existed
+    config_path.write_text(json.dumps(config))
+    loaded = load_model(tmp_path)
+    assert loaded.config.mtp_input == "unit"
+    batch = training_batch()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits_mtp, loaded(**batch).logits_mtp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training forward
+
+
+def test_next_first_ids_shift_left_and_pad() -> None:
+    first = torch.tensor([[5, 6, 7, 8], [9, 10, 3, 3]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    assert next_first_ids(first, mask, pad_id=3).tolist() == [[6, 7, 8, 3], [10, 3, 3, 3]]
+
+
+def hand_mtp_logits(model: SuperThoughtsForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """MTP logits [B, T, V] with the next position's first id read row by row in Python."""
+    first, mask = batch["first_ids"].tolist(), batch["attention_mask"].tolist()
+    next_ids = [[row[t + 1] if t + 1 < len(row) and row_mask[t + 1] else MODEL_PAD for t in range(len(row))]
+                for row, row_mask in zip(first, mask)]
+    embed = model.get_input_embeddings()
+    inputs = model.embed_inputs(batch["first_ids"], batch["second_ids"], batch["is_unit"])
+    h = model.backbone.model(inputs_embeds=inputs, attention_mask=batch["attention_mask"],
+                             position_ids=batch["position_ids"]).last_hidden_state
+    h_mtp = model.mtp(h, embed(torch.tensor(next_ids)), batch["position_ids"], batch["attention_mask"])
+    return model.get_output_embeddings()(h_mtp)
+
+
+@pytest.mark.parametrize("mtp_type", ["decoder", "mlp"])
+def test_training_forward_feeds_the_next_first_token(mtp_type: str) -> None:
+    model = small_model(mtp_type=mtp_type, mtp_input="next_token")
+    batch = training_batch()
+    with torch.no_grad():
+        out = model(**batch)
+        expected = hand_mtp_logits(model, batch)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(out.logits_mtp[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mtp_input", ["unit", "next_token"])
+def test_changing_a_next_changes_the_mtp_logits_at_unit_j_only_for_next_token(mtp_input: str) -> None:
+    model = small_model(mtp_input=mtp_input)
+    batch = training_batch()
+    # Unit j of row 0 whose next unit holds a labelled a_{j+1}.
+    row = 0
+    j = int(torch.nonzero(batch["is_unit"][row] & (batch["labels_main"][row] != IGNORE))[0])
+    changed = {k: v.clone() for k, v in batch.items()}
+    old = int(changed["first_ids"][row, j + 1])
+    changed["first_ids"][row, j + 1] = old + 1 if old + 2 < model.vocab_size else 2
+    with torch.no_grad():
+        a, b = model(**batch), model(**changed)
+    # Nothing before unit j moves; the main head at j does not either (it reads h only).
+    assert torch.equal(a.logits_mtp[row, :j], b.logits_mtp[row, :j])
+    assert torch.equal(a.logits_main[row, : j + 1], b.logits_main[row, : j + 1])
+    moved = not torch.equal(a.logits_mtp[row, j], b.logits_mtp[row, j])
+    assert moved == (mtp_input == "next_token")
+    assert torch.equal(a.logits_mtp[1:], b.logits_mtp[1:])  # other rows
+
+
+def test_gradients_reach_the_z_half_of_the_mtp_fc() -> None:
+    grads = {}
+    for mtp_input in ("unit", "next_token"):
+        model = small_model(mtp_input=mtp_input).train()
+        model(**training_batch(), return_logits=False).loss.backward()
+        hidden = model.backbone.config.hidden_size
+        grads[mtp_input] = model.mtp.fc.weight.grad[:, hidden:]
+        assert torch.isfinite(grads[mtp_input]).all() and grads[mtp_input].abs().sum() > 0
+    assert not torch.allclose(grads["unit"], grads["next_token"])
+
+
+def test_hidden_states_needs_the_mtp_inputs() -> None:
+    model = small_model(mtp_input="next_token")
+    embeds = model.get_input_embeddings()(torch.tensor([[3, 4, 5]]))
+    positions, mask = torch.arange(3)[None], torch.ones(1, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"mtp_input='next_token' needs mtp_inputs"):
+        model.hidden_states(embeds, positions, mask)
+    with pytest.raises(ValueError, match=r"mtp_inputs \(1, 2, 32\) must have the shape of the hidden states"):
+        model.hidden_states(embeds, positions, mask, mtp_inputs=embeds[:, :2])
+
+
+def test_training_run_learns_and_saves_the_field(tmp_path) -> None:
+    from test_train import FAST, ROWS, losses, make_model, make_tokenizer
+
+    from superthoughts_ext.train import TrainOptions, add_arguments, options_from_args, train
+
+    tok = make_tokenizer()
+    base = tmp_path / "base"
+    make_model("qwen2", len(tok) + 3).save_pretrained(base)
+    tok.save_pretrained(base)
+    out = tmp_path / "out"
+    result = train(TrainOptions(model=base, data=ROWS, output_dir=out, mtp_input="next_token", **FAST))
+    curve = losses(result)
+    assert sum(curve[-3:]) / 3 <= 0.5 * curve[0], curve
+    mtp = [e["loss_mtp"] for e in result.log_history if "loss_mtp" in e]
+    assert sum(mtp[-3:]) / 3 <= 0.5 * mtp[0], mtp
+    assert load_model(out).config.mtp_input == "next_token"
+    # The structure of a continued model stays: another mtp_input is refused.
+    with pytest.raises(ValueError, match=r"mtp_input='unit' was asked for but .* has mtp_input='next_token'"):
+        train(TrainOptions(model=out, data=ROWS, output_dir=tmp_path / "again", mtp_input="unit", **FAST))
+    # A resume keeps the MTP input of the run that wrote the checkpoint (the weights would load either way).
+    fast = {**FAST, "max_steps": 2, "save_steps": 1}
+    train(TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "r", mtp_input="next_token", **fast))
+    with pytest.raises(ValueError, match=r"checkpoint-1' was trained with --mtp-input 'next_token' \(this run: "
+                                         r"'unit'\)"):
+        train(TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "r", mtp_input="unit",
+                           resume_from_checkpoint=str(tmp_path / "r" / "checkpoint-1"), **fast))
+    with pytest.raises(ValueError, match="mtp_input applies to SuperThoughts mode, not baseline"):
+        TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "b", baseline=True, mtp_input="next_token")
+    with pytest.raises(ValueError, match="mtp_input must be one of unit, next_token, got 'x'"):
+        TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "c", mtp_input="x")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", str(base), "--data", "d", "--output", "o", "--mtp-input", "next_token"])
+    assert options_from_args(args).mtp_input == "next_token"
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def model(request) -> SuperThoughtsForCausalLM:
+    backbone = tiny_backbone(request.param)
+    return perturbed(SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), mtp_input="next_token"))
+
+
+def slow_decode(model, prompt: list[int], max_new_tokens: int, threshold: float, eos: int, *,
+                threshold_main: float = 0.0, temperature: float = 0.0, seed: int = 0, row: int = 0,
+                batch: int = 1) -> list[int]:
+    """One row, no cache: each step recomputes the whole sequence, picks t1 from the main head
+    (argmax, or the reference op's sample of row `row` of `batch` at offset = step), feeds the MTP
+    head E[p_2..p_m, a_1..a_k, t1] as the training forward does, and steps the reference op."""
+    embedding = model.get_input_embeddings()
+    prompt_embeds = embedding(torch.tensor([prompt]))  # [1, L, H]
+    units: list[tuple[int, int]] = []
+    out: list[int] = []
+    finished = torch.ones(batch, dtype=torch.bool).index_fill_(0, torch.tensor([row]), False)
+
+    def step(logits: torch.Tensor, thresholds: tuple[float, float]) -> torch.Tensor:
+        wide = logits.new_zeros(2, batch, logits.shape[-1]).index_copy_(1, torch.tensor([row]), logits)
+        tokens, _, _, _ = superthoughts_step_ref(wide, embedding.weight, None, None, finished.clone(), PAD, eos,
+                                                 *thresholds, temperature, seed, len(units))
+        return tokens[row]
+
+    while True:
+        inputs = prompt_embeds
+        if units:
+            a, b = torch.tensor([[u[0] for u in units]]), torch.tensor([[u[1] for u in units]])
+            inputs = torch.cat([prompt_embeds, model.embed_units(a, b)], dim=1)
+        length = inputs.shape[1]
+        positions, mask = torch.arange(length)[None], torch.ones(1, length, dtype=torch.int64)
+        main = model.get_output_embeddings()(model.backbone_hidden(inputs, positions, mask)[:, -1])  # [1, V]
+        if temperature == 0:
+            first = int(main[0].argmax())
+        else:
+            first = int(step(torch.stack([main, torch.full_like(main, float("-inf"))]), (1.0, 0.0))[0])
+        next_ids = [*prompt[1:], *(u[0] for u in units), first]
+        h, h_mtp = model.hidden_states(inputs, positions, mask, mtp_inputs=embedding(torch.tensor([next_ids])))
+        tokens = step(model.head_logits(h[:, -1], h_mtp[:, -1]), (threshold, threshold_main))
+        t1, t2 = tokens.tolist()
+        assert t1 == first
+        out.extend([t1] if t2 < 0 else [t1, t2])
+        if t1 == eos or t2 == eos or len(out) >= max_new_tokens or length >= CONTEXT:
+            return out[:max_new_tokens]
+        units.append((t1, PAD if t2 < 0 else t2))
+
+
+@pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("mode", ["superthoughts", "pairs"])
+def test_kernels_match_reference(model, mode: str, temperature: float) -> None:
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=25, mode=mode, threshold=MIXED_THRESHOLD, temperature=temperature, seed=7)
+    fast = generate(model, ids, mask, use_kernels=True, **kwargs)
+    ref = generate(model, ids, mask, use_kernels=False, **kwargs)
+    assert fast.sequences == ref.sequences
+    assert (fast.num_steps, fast.num_pair_steps) == (ref.num_steps, ref.num_pair_steps)
+    if temperature > 0:
+        greedy = generate(model, ids, mask, use_kernels=True, **{**kwargs, "temperature": 0.0})
+        assert fast.sequences != greedy.sequences
+
+
+@pytest.mark.parametrize("mode", ["superthoughts", "pairs"])
+def test_fast_loop_matches_full_recompute(model, mode: str) -> None:
+    ids, mask = left_pad(PROMPTS)
+    threshold = MIXED_THRESHOLD if mode == "superthoughts" else 0.0
+    fast = generate(model, ids, mask, max_new_tokens=21, mode=mode, threshold=threshold, use_kernels=False)
+    for row, prompt in enumerate(PROMPTS):
+        assert fast.sequences[row] == slow_decode(model, prompt, 21, threshold, EOS), f"row {row}"
+    check_stats(fast, 21)
+    if mode == "superthoughts":  # the threshold really mixes one- and two-token steps
+        assert 0 < sum(fast.num_pair_steps) < sum(fast.num_steps)
+
+
+def test_sampled_steps_with_seeds_match_full_recompute(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(threshold_main=0.3, temperature=1.0, seed=11)
+    fast = generate(model, ids, mask, max_new_tokens=19, threshold=MIXED_THRESHOLD, use_kernels=HAS_KERNELS, **kwargs)
+    for row, prompt in enumerate(PROMPTS):
+        assert fast.sequences[row] == slow_decode(model, prompt, 19, MIXED_THRESHOLD, EOS, row=row,
+                                                  batch=len(PROMPTS), **kwargs), f"row {row}"
+    # Per-row seeds: each row as alone with its seed, through the first launch's sample too.
+    seeds = [3, 4, 5, 6]
+    rows = generate(model, ids, mask, max_new_tokens=19, threshold=MIXED_THRESHOLD, temperature=1.0, seed=seeds)
+    for row, prompt in enumerate(PROMPTS):
+        alone = generate(model, torch.tensor([prompt]), max_new_tokens=19, threshold=MIXED_THRESHOLD,
+                         temperature=1.0, seed=seeds[row])
+        assert alone.sequences[0] == rows.sequences[row], f"row {row}"
+
+
+@pytest.mark.parametrize("forced_eos", [False, True], ids=["free", "eos"])
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_rows_match_rows_alone(model, mode: str, forced_eos: bool) -> None:
+    ids, mask = left_pad(PROMPTS)
+    eos = EOS
+    if forced_eos:  # row 2's first token: the first launch finishes it, the real launch must still emit it
+        eos = generate(model, ids[2:3, -len(PROMPTS[2]):], max_new_tokens=1, mode=mode).sequences[0][0]
+    batch = generate(model, ids, mask, max_new_tokens=17, mode=mode, threshold=MIXED_THRESHOLD, eos_token_id=eos)
+    for row, prompt in enumerate(PROMPTS):
+        alone = generate(model, torch.tensor([prompt]), max_new_tokens=17, mode=mode, threshold=MIXED_THRESHOLD,
+                         eos_token_id=eos)
+        assert alone.sequences[0] == batch.sequences[row]
+        assert (alone.num_steps[0], alone.num_pair_steps[0]) == (batch.num_steps[row], batch.num_pair_steps[row])
+    assert batch.sequences[2] == [eos] or not forced_eos
+
+
+def test_threshold_one_never_pairs_and_pairs_always_pair(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    single = generate(model, ids, mask, max_new_tokens=20, threshold=1.0)
+    assert single.num_pair_steps == [0] * len(PROMPTS) and single.num_steps == single.num_tokens
+    pairs = generate(model, ids, mask, max_new_tokens=20, mode="pairs")
+    for row, seq in enumerate(pairs.sequences):
+        ended_single = seq[-1] == EOS and (len(seq) % 2 == 1)
+        assert pairs.num_pair_steps[row] == pairs.num_steps[row] - ended_single, row
+    check_stats(pairs, 20)
+
+
+def test_standard_mode_is_the_backbone(model) -> None:
+    ids, mask = left_pad(PROMPTS)
+    expected = generate(model.backbone, ids, mask, max_new_tokens=12, mode="standard")
+    assert generate(model, ids, mask, max_new_tokens=12, mode="standard").sequences == expected.sequences
+
+
+def test_mlp_mtp_and_mlp_compressor() -> None:
+    backbone = tiny_backbone("qwen2")
+    model = perturbed(SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), mtp_type="mlp",
+                                                         compressor_type="mlp", mtp_input="next_token"), seed=2)
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=15, threshold=MIXED_THRESHOLD)
+    fast = generate(model, ids, mask, use_kernels=HAS_KERNELS, **kwargs)
+    assert fast.sequences == generate(model, ids, mask, use_kernels=False, **kwargs).sequences
+    for row, prompt in enumerate(PROMPTS):
+        assert fast.sequences[row] == slow_decode(model, prompt, 15, MIXED_THRESHOLD, EOS), f"row {row}"
+    check_stats(fast, 15)
+
+
+@pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
+def test_compiled_step_matches_eager_and_compiles_once() -> None:
+    from torch._dynamo.utils import counters
+
+    model = perturbed(SuperThoughtsForCausalLM.from_base(tiny_backbone("qwen2"), mtp_input="next_token"))
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(max_new_tokens=21, threshold=MIXED_THRESHOLD)
+    eager = generate(model, ids, mask, compile=False, **kwargs)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    compiled = generate(model, ids, mask, compile=True, **kwargs)
+    assert compiled.compiled and compiled.sequences == eager.sequences
+    assert (compiled.num_steps, compiled.num_pair_steps) == (eager.num_steps, eager.num_pair_steps)
+    assert 0 < sum(compiled.num_pair_steps) < sum(compiled.num_steps)
+    assert counters["stats"]["unique_graphs"] - before == 1
