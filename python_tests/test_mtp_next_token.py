@@ -183,6 +183,13 @@ def test_training_run_learns_and_saves_the_field(tmp_path) -> None:
                                          r"'unit'\)"):
         train(TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "r", mtp_input="unit",
                            resume_from_checkpoint=str(tmp_path / "r" / "checkpoint-1"), **fast))
+    # What is compared is the input the model gets: no flag and `--mtp-input unit` build the same model.
+    train(TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "u", **fast))
+    train(TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "u", mtp_input="unit",
+                       resume_from_checkpoint=str(tmp_path / "u" / "checkpoint-1"), **fast))
+    with pytest.raises(ValueError, match=r"was trained with --mtp-input 'unit' \(this run: 'next_token'\)"):
+        train(TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "u", mtp_input="next_token",
+                           resume_from_checkpoint=str(tmp_path / "u" / "checkpoint-1"), **fast))
     with pytest.raises(ValueError, match="mtp_input applies to SuperThoughts mode, not baseline"):
         TrainOptions(model=base, data=ROWS, output_dir=tmp_path / "b", baseline=True, mtp_input="next_token")
     with pytest.raises(ValueError, match="mtp_input must be one of unit, next_token, got 'x'"):

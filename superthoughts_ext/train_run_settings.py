@@ -69,6 +69,7 @@ def run_settings(options: Any, world_size: int) -> dict[str, Any]:
     the data's sha256; the held-out set's sha256, and its interval under METRIC_DRIVEN_SCHEDULES)
     as RunSettings records them in every checkpoint (JSON values)."""
     settings = {flag: getattr(options, name) for flag, name in RESUMED_SETTINGS.items()}
+    settings["--mtp-input"] = _mtp_input_built(options)
     settings[GLOBAL_BATCH] = options.batch_size * options.grad_accum * world_size
     settings["--data"] = data_digest(options.data)
     if options.eval_data is not None:
@@ -76,6 +77,31 @@ def run_settings(options: Any, world_size: int) -> dict[str, Any]:
         if options.scheduler_name in METRIC_DRIVEN_SCHEDULES:
             settings["--eval-steps"] = options.eval_interval
     return json.loads(json.dumps(settings))  # tuples as lists, as they read back
+
+
+def _mtp_input_built(options: Any) -> str | None:
+    """The MTP input the run's model gets (None for the baseline): --mtp-input, else a continued
+    SuperThoughts model's own, else the config default. The value built, not the flag as typed:
+    a run started without the flag and resumed with `--mtp-input unit` trains the same model."""
+    from superthoughts_ext.checkpoint import SECTION, is_superthoughts_checkpoint, _read_config
+    from superthoughts_ext.modeling_config import SuperThoughtsConfig
+
+    if options.baseline:
+        return None
+    if options.mtp_input is not None:
+        return options.mtp_input
+    model = options.model
+    config = getattr(model, "config", None)
+    if isinstance(config, SuperThoughtsConfig):  # an already-built SuperThoughts model
+        return config.mtp_input
+    try:
+        if not isinstance(model, (str, os.PathLike)) or not is_superthoughts_checkpoint(model):
+            return SuperThoughtsConfig.mtp_input
+        section = _read_config(Path(os.fspath(model)))[SECTION]
+    except (OSError, ValueError):  # loading the model says what is wrong with it
+        return SuperThoughtsConfig.mtp_input
+    recorded = section.get("mtp_input", SuperThoughtsConfig.mtp_input) if isinstance(section, dict) else None
+    return recorded if isinstance(recorded, str) else SuperThoughtsConfig.mtp_input
 
 
 def data_digest(data: Any) -> str | None:
