@@ -57,7 +57,7 @@ for what in "$@"; do
   case $what in
     test) stage test 400 python3 -m pytest -q -p no:cacheprovider python_tests/test_step.py python_tests/test_step_fuzz.py \
             python_tests/test_step_row_seeds.py python_tests/test_step_cuda_host.py python_tests/test_generate_io.py python_tests/test_generate.py python_tests/test_generate_edge_cases.py \
-            python_tests/test_generate_cli.py \
+            python_tests/test_generate_cli.py python_tests/test_mtp_next_token.py \
             -k "not bad_input and not mixed_devices and not emulated" ;;  # the CPU emulation runs in CI
     errors)  # the op's error path (a C++ exception through the dispatcher), with a backtrace on a crash
       stage errors 120 cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest -q -p no:cacheprovider \
