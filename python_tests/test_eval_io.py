@@ -200,6 +200,26 @@ def test_a_summary_an_older_version_wrote_is_still_read_and_replaced(tmp_path: P
     assert run_label(out) == "st [standard]"
 
 
+def test_an_older_versions_summary_of_st_json_is_not_st_jsonls(tmp_path: Path) -> None:
+    # Versions before wrote both runs' summaries to st.summary.json: naming st.json (there beside
+    # st.jsonl) it is st.json's, which st.jsonl's regrade rewrote and its run then replaced.
+    from superthoughts_ext.eval_files import existing_summary
+
+    tokenizer = make_tokenizer()
+    for name in ("st.jsonl", "st.json"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:1], mode="standard",
+                 output_jsonl=tmp_path / name, progress=False, generate_fn=fake_generate(tokenizer, []))
+    legacy = tmp_path / "st.summary.json"
+    (tmp_path / "st.json.summary.json").replace(legacy)  # st.json's, where versions before kept it
+    assert existing_summary(tmp_path / "st.json") == legacy and existing_summary(tmp_path / "st.jsonl") is None
+    with pytest.raises(ValueError, match=r"evaluate: .*/st.summary.json, the summary file of .*/st.jsonl, holds "
+                                         r"the summary of .*/st.json \(where versions before kept it\); move it to "
+                                         r".*/st.json.summary.json"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:1], mode="standard", overwrite=True,
+                 output_jsonl=tmp_path / "st.jsonl", progress=False, generate_fn=fake_generate(tokenizer, []))
+    assert json.loads(legacy.read_text())["records"] == str(tmp_path / "st.json")
+
+
 def test_records_that_would_share_a_summary_are_refused_naming_both(tmp_path: Path) -> None:
     tokenizer = make_tokenizer()
 

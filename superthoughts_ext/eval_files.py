@@ -179,17 +179,27 @@ def _records_named(summary: Path) -> str | None:
     return Path(records).name if isinstance(records, str) else None
 
 
+def _owner_beside(summary: Path, path: Path) -> Path | None:
+    """The other records file beside ``path`` whose summary ``summary`` is, None when it is no
+    other's: one it names as its records that is there, and whose `summary_path` (the
+    `summary_twin`) or `legacy_summary_path` (a ``st.json`` an older version wrote) it is."""
+    named = _records_named(summary)
+    if named is None or named == path.name:
+        return None
+    other = path.with_name(named)
+    return other if other.is_file() and summary in (summary_path(other), legacy_summary_path(other)) else None
+
+
 def existing_summary(output_jsonl: str | Path) -> Path | None:
     """The summary of a records file on disk, None when there is none: its `summary_path`, unless
-    that names the `summary_twin` beside it as its records; else, for a run an older version
-    wrote, its `legacy_summary_path` when that names this file (``st.summary.json`` beside
-    ``st.json`` and ``st.jsonl`` is the summary of whichever run wrote it last)."""
+    that is another records file's beside it (`_owner_beside`: the `summary_twin`'s, or an older
+    version's ``st.json``'s in ``st.summary.json``); else, for a run an older version wrote, its
+    `legacy_summary_path` when that names this file (``st.summary.json`` beside ``st.json`` and
+    ``st.jsonl`` is the summary of whichever run wrote it last)."""
     path = Path(output_jsonl)
     current = summary_path(path)
-    if current.is_file():
-        twin = summary_twin(path)
-        if not (twin.is_file() and _records_named(current) == twin.name):
-            return current
+    if current.is_file() and _owner_beside(current, path) is None:
+        return current
     legacy = legacy_summary_path(path)
     if legacy is not None and legacy.is_file() and _records_named(legacy) == path.name:
         return legacy
@@ -205,8 +215,9 @@ def remove_summaries(output_jsonl: str | Path) -> None:
 
 def summary_conflict(output_jsonl: str | Path) -> str | None:
     """Why a run writing ``output_jsonl`` could not have a summary of its own (None when it can):
-    a name ending in ``.summary.json``, another records file's summary, or a `summary_twin` that
-    is a file (``st`` beside ``st.jsonl``), whose summary would be replaced by this one's."""
+    a name ending in ``.summary.json``, another records file's summary, a `summary_twin` that is
+    a file (``st`` beside ``st.jsonl``), whose summary would be replaced by this one's, or a
+    summary file that holds an older version's summary of ``st.json`` (`_owner_beside`)."""
     path = Path(output_jsonl)
     if path.name.endswith(SUMMARY_SUFFIX):
         return (f"{path} is named like a summary file (of {path.name[: -len(SUMMARY_SUFFIX)]}.jsonl); give the "
@@ -215,4 +226,8 @@ def summary_conflict(output_jsonl: str | Path) -> str | None:
     if twin.is_file():
         return (f"{path} and {twin} would share the summary file {summary_path(path)}; give this run's records "
                 "another name")
+    current = summary_path(path)
+    if current.is_file() and (owner := _owner_beside(current, path)) is not None:
+        return (f"{current}, the summary file of {path}, holds the summary of {owner} (where versions before kept "
+                f"it); move it to {summary_path(owner)}, or give this run's records another name")
     return None
