@@ -131,6 +131,11 @@ def test_ambiguous_or_missing_baselines_and_labels_are_refused(tmp_path: Path, r
                                          r".*math500/sft.jsonl, .*amc23/sft.jsonl; base \[standard\]: .*math500/base"
                                          r".jsonl, .*amc23/base.jsonl\); name the baseline"):
         build_table([*paths, other_amc])
+    # A third standard method on one bench alone is not one of those on every bench: not named.
+    with pytest.raises(ValueError, match=r"2 methods decode in standard mode on every bench \(sft \[standard\]: "
+                                         r"[^;]*; base \[standard\]: [^;]*\); name the baseline"):
+        build_table([*paths, other_amc, write_run(tmp_path / "math500" / "third.jsonl", "math500", "/ckpt/third",
+                                                  "standard", greedy([True] * 4, [100] * 4))])
     with pytest.raises(ValueError, match=r"2 methods decode in standard mode \(sft \[standard\]: .*math500/sft.jsonl; "
                                          r"base \[standard\]: .*amc23/base.jsonl\), none of them on every bench "
                                          r"\(math500, amc23\); name the baseline"):

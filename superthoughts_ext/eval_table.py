@@ -138,13 +138,15 @@ def _default_baseline(methods: dict[str, list[tuple[str, str]]], modes: dict[str
         return standard[0]
     if len(complete) == 1:
         return complete[0]
-    which = "; ".join(f"{method}: {', '.join(path for _, path in methods[method])}" for method in standard)
+    def which(candidates: list[str]) -> str:
+        return "; ".join(f"{method}: {', '.join(path for _, path in methods[method])}" for method in candidates)
+
     if not complete:
-        raise ValueError(f"table: {len(standard)} methods decode in standard mode ({which}), none of them on every "
-                         f"bench ({', '.join(benches)}); name the baseline with --table-baseline LABEL, or give "
-                         "the runs of one checkpoint one label with --table-labels")
-    raise ValueError(f"table: {len(complete)} methods decode in standard mode on every bench ({which}); name the "
-                     "baseline with --table-baseline LABEL")
+        raise ValueError(f"table: {len(standard)} methods decode in standard mode ({which(standard)}), none of them "
+                         f"on every bench ({', '.join(benches)}); name the baseline with --table-baseline LABEL, or "
+                         "give the runs of one checkpoint one label with --table-labels")
+    raise ValueError(f"table: {len(complete)} methods decode in standard mode on every bench ({which(complete)}); "
+                     "name the baseline with --table-baseline LABEL")
 
 
 def build_table(paths: Sequence[str | Path], labels: Sequence[str] | None = None,
