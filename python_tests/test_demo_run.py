@@ -172,7 +172,10 @@ def test_output_paths_are_checked_before_training(tmp_path: Path, capsys) -> Non
                             "--json .*d.json' cannot be written: .*a_file is a file, not a folder"),
                            (["--cache-dir", str(tmp_path / "a_file" / "cache")],
                             "--cache-dir .*cache' cannot be written: .*a_file is a file, not a folder"),
-                           (["--superthoughts-steps", "0"], "error: --superthoughts-steps must be >= 1, got 0$")):
+                           (["--superthoughts-steps", "0"], "error: --superthoughts-steps must be >= 1, got 0$"),
+                           # Both held under a lock: it refused the second as written by this very process.
+                           (["--json", str(tmp_path / "r.png"), "--plot", str(tmp_path / "." / "r.png")],
+                            r"error: --json .*r.png' and --plot .*r.png' name one file; give each its own$")):
         args = parser.parse_args(["--quick", "--device", "cpu", "--no-progress", *flags])
         assert demo.run(args) == 2
         import re

@@ -177,8 +177,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 def check_output_paths(args: argparse.Namespace) -> None:
     """Before any training: --cache-dir must be a directory (or not exist), --json / --plot
-    files to write (not directories), the plot in a format matplotlib writes; each can be
-    written. A full run trains for a quarter of an hour before it writes them."""
+    files to write (not directories, not one file), the plot in a format matplotlib writes; each
+    can be written. A full run trains for a quarter of an hour before it writes them."""
     from superthoughts_ext.run_info import write_problem
 
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
@@ -187,6 +187,8 @@ def check_output_paths(args: argparse.Namespace) -> None:
     if problem := write_problem(cache / ".write_check"):
         named = f"--cache-dir {args.cache_dir!r}" if args.cache_dir else f"the model cache {cache} (see --cache-dir)"
         raise ValueError(f"{named} cannot be written: {problem}")
+    if args.json and args.plot and os.path.realpath(args.json) == os.path.realpath(args.plot):
+        raise ValueError(f"--json {args.json!r} and --plot {args.plot!r} name one file; give each its own")
     for flag, value in (("--json", args.json), ("--plot", args.plot)):
         if value and Path(value).is_dir():
             raise ValueError(f"{flag} {value!r} is a directory; give a file name")
