@@ -63,3 +63,33 @@ def test_on_a_terminal_the_training_bar_stays_a_tqdm_bar(base_dirs, tmp_path: Pa
     drawn = terminal.getvalue()
     assert "\r" in drawn and "2/2 [" in drawn and "%|" in drawn, drawn[-500:]
     assert "training:" not in drawn  # the log lines' name: a terminal shows Trainer's own bar
+
+
+def test_a_resumed_runs_line_starts_at_its_checkpoint_and_its_rate_counts_this_runs_steps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Resumed at step 100 of 300: a line "1/300" would hide the steps already done, and a rate over
+    # 100 steps the run did not train would overstate its speed.
+    import io
+
+    from tqdm import std as tqdm_std
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from superthoughts_ext.train_progress import LineProgressCallback
+
+    now = [1_000.0]
+    monkeypatch.setattr(tqdm_std, "time", lambda: now[0])
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    state = TrainerState(global_step=100, max_steps=300)
+    args, control = TrainingArguments(output_dir="unused", report_to=[]), TrainerControl()
+    callback = LineProgressCallback()
+    callback.on_train_begin(args, state, control)
+    for _ in range(200):
+        now[0] += 0.5
+        state.global_step += 1
+        callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "training:  33% 100/300 [elapsed 00:00, ETA ?, ?step/s]"
+    assert lines[-1] == "training: 100% 300/300 [elapsed 01:40, ETA 00:00,  2.00step/s]"
