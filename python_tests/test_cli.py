@@ -200,3 +200,22 @@ def test_typed_options_are_what_the_command_line_gave_defaults_included() -> Non
     with pytest.raises(SystemExit):
         parser.parse_args(["--names", "c"])  # choices and nargs still checked
     assert cli.typed_options(argparse.Namespace(size=8)) == {}  # another parser's namespace: nothing noted
+
+
+def test_every_eval_option_notes_when_it_is_typed() -> None:
+    # --table and --regrade refuse the options they would ignore from what was typed: an option
+    # whose action notes nothing (argparse's own store_false, append, count...) would be let
+    # through beside them, and ignored, as --batch-size 8 was.
+    import argparse
+
+    from superthoughts_ext import eval_cli
+
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        for option in action.option_strings:
+            value = [] if action.nargs == 0 else [str((action.choices and sorted(action.choices)[0]) or 1)]
+            args = parser.parse_args([option, *value])
+            assert cli.typed_options(args) == {action.dest: option}, option
