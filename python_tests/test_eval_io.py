@@ -221,10 +221,12 @@ def test_an_older_versions_summary_of_st_json_is_not_st_jsonls(tmp_path: Path) -
 
 
 def test_records_that_would_share_a_summary_are_refused_naming_both(tmp_path: Path) -> None:
+    from superthoughts_ext.eval_files import existing_summary
+
     tokenizer = make_tokenizer()
 
-    def run(name: str) -> None:
-        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:1], mode="standard",
+    def run(name: str, overwrite: bool = False) -> None:
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:1], mode="standard", overwrite=overwrite,
                  output_jsonl=tmp_path / name, progress=False, generate_fn=fake_generate(tokenizer, []))
 
     run("st.jsonl")
@@ -236,6 +238,11 @@ def test_records_that_would_share_a_summary_are_refused_naming_both(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st.jsonl", "st.summary.json"]
     (tmp_path / "model").mkdir()  # a folder named like the records' stem is no records file
     run("model.jsonl")
+    # A link st -> st.jsonl is that file, not another: the summary is its own under either name.
+    (tmp_path / "st").symlink_to("st.jsonl")
+    run("st.jsonl", overwrite=True)
+    run("st", overwrite=True)
+    assert existing_summary(tmp_path / "st") == tmp_path / "st.summary.json" == existing_summary(tmp_path / "st.jsonl")
 
 
 def test_summary_states_the_budget_and_the_thresholds_used(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,11 @@ def _records_named(summary: Path) -> str | None:
     return Path(records).name if isinstance(records, str) else None
 
 
+def _other_file(other: Path, path: Path) -> bool:
+    """Whether ``other`` is a file and not ``path`` itself (``st`` a link to ``st.jsonl`` is that file)."""
+    return other.is_file() and not (path.exists() and os.path.samefile(other, path))
+
+
 def _owner_beside(summary: Path, path: Path) -> Path | None:
     """The other records file beside ``path`` whose summary ``summary`` is, None when it is no
     other's: one it names as its records that is there, and whose `summary_path` (the
@@ -187,7 +193,7 @@ def _owner_beside(summary: Path, path: Path) -> Path | None:
     if named is None or named == path.name:
         return None
     other = path.with_name(named)
-    return other if other.is_file() and summary in (summary_path(other), legacy_summary_path(other)) else None
+    return other if _other_file(other, path) and summary in (summary_path(other), legacy_summary_path(other)) else None
 
 
 def existing_summary(output_jsonl: str | Path) -> Path | None:
@@ -216,14 +222,14 @@ def remove_summaries(output_jsonl: str | Path) -> None:
 def summary_conflict(output_jsonl: str | Path) -> str | None:
     """Why a run writing ``output_jsonl`` could not have a summary of its own (None when it can):
     a name ending in ``.summary.json``, another records file's summary, a `summary_twin` that is
-    a file (``st`` beside ``st.jsonl``), whose summary would be replaced by this one's, or a
+    another file (``st`` beside ``st.jsonl``, not a link to it), whose summary would be replaced by this one's, or a
     summary file that holds an older version's summary of ``st.json`` (`_owner_beside`)."""
     path = Path(output_jsonl)
     if path.name.endswith(SUMMARY_SUFFIX):
         return (f"{path} is named like a summary file (of {path.name[: -len(SUMMARY_SUFFIX)]}.jsonl); give the "
                 f"records a name that does not end in {SUMMARY_SUFFIX}")
     twin = summary_twin(path)
-    if twin.is_file():
+    if _other_file(twin, path):
         return (f"{path} and {twin} would share the summary file {summary_path(path)}; give this run's records "
                 "another name")
     current = summary_path(path)
