@@ -245,3 +245,18 @@ def test_a_results_file_another_run_is_writing_is_refused(tmp_path: Path, area: 
     assert measured == [] and not out.exists()
     bench.main(args)  # once it has finished
     assert measured[0][2] == out
+
+
+def test_the_recorded_default_is_held_while_a_run_writes_it(tmp_path: Path) -> None:
+    # Two runs without --output both found benchmarks/results/<bench>_<device>.json free (nothing
+    # recorded yet) and both wrote it: the default is held as a given --output is.
+    from superthoughts_ext.run_info import held_results_file, output_lock
+
+    default = tmp_path / "results" / "step_cpu.json"
+    with output_lock(default, "bench step"):  # another run's
+        with pytest.raises(SystemExit, match=r"bench step: '.*step_cpu.json' is being written by pid \d+"):
+            with held_results_file(None, default, False, "bench step"):
+                pytest.fail("measured")
+    with held_results_file(None, default, False, "bench step") as out:
+        assert out == default and (tmp_path / "results" / ".step_cpu.json.lock").is_file()
+    assert not (tmp_path / "results" / ".step_cpu.json.lock").exists()  # let go at the end
