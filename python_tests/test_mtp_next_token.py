@@ -202,6 +202,33 @@ def test_training_run_learns_and_saves_the_field(tmp_path) -> None:
     assert options_from_args(args).mtp_input == "next_token"
 
 
+def test_a_resume_of_a_checkpoint_recorded_before_the_setting_compares_its_model_config(tmp_path) -> None:
+    # Checkpoints written before --mtp-input was recorded (its run settings lack the flag) hold a
+    # "unit" model: their config.json (a full run) or export record (LoRA) has no mtp_input. A
+    # resume with --mtp-input next_token loaded those weights and trained them as the other input.
+    from test_train_resume import write_checkpoint
+
+    from superthoughts_ext.export import EXPORT_FILE
+    from superthoughts_ext.train_resume import check_resume
+
+    older = {"--learning-rate": 0.003}  # settings recorded, but not --mtp-input
+    section = {k: v for k, v in SuperThoughtsConfig().to_dict().items() if k != "mtp_input"}
+    full = write_checkpoint(tmp_path / "full" / "checkpoint-1", settings=older,
+                            files={"config.json": {"model_type": "qwen2", "superthoughts": section}})
+    adapter = {"r": 4, "modules_to_save": ["compressor", "mtp"]}
+    lora = write_checkpoint(tmp_path / "lora" / "checkpoint-1", settings=older, files={
+        "adapter_config.json": adapter, EXPORT_FILE: {"superthoughts": True, "superthoughts_config": section}})
+    for checkpoint, lora_r in ((full, 0), (lora, 4)):
+        check_resume(tmp_path / "o", str(checkpoint), lora_r=lora_r, settings={**older, "--mtp-input": "unit"})
+        with pytest.raises(ValueError, match=r"checkpoint-1' was trained with --mtp-input 'unit' \(this run: "
+                                             r"'next_token'\)"):
+            check_resume(tmp_path / "o", str(checkpoint), lora_r=lora_r,
+                         settings={**older, "--mtp-input": "next_token"})
+    # A checkpoint of the field's own release records it: its model config is not read.
+    recorded = write_checkpoint(tmp_path / "new" / "checkpoint-1", settings={**older, "--mtp-input": "next_token"})
+    check_resume(tmp_path / "o", str(recorded), settings={**older, "--mtp-input": "next_token"})
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding
 

@@ -104,6 +104,23 @@ def _mtp_input_built(options: Any) -> str | None:
     return recorded if isinstance(recorded, str) else SuperThoughtsConfig.mtp_input
 
 
+def _checkpoint_mtp_input(checkpoint: Path) -> str | None:
+    """The MTP input of the model `checkpoint` holds, from its model config: config.json's
+    SuperThoughts section (a full run) or the export record's (a LoRA run), "unit" where that
+    config predates the field; None for a baseline checkpoint or one holding neither file."""
+    from superthoughts_ext.checkpoint import SECTION
+    from superthoughts_ext.export import EXPORT_FILE
+    from superthoughts_ext.modeling_config import SuperThoughtsConfig
+
+    section = (read_json(checkpoint / "config.json") or {}).get(SECTION)
+    if section is None:
+        section = (read_json(checkpoint / EXPORT_FILE) or {}).get("superthoughts_config")
+    if not isinstance(section, dict):
+        return None
+    value = section.get("mtp_input", SuperThoughtsConfig.mtp_input)
+    return value if isinstance(value, str) else None
+
+
 def data_digest(data: Any) -> str | None:
     """sha256 of the training rows, each as canonical JSON: a JSONL file's lines parsed (so the
     rows of a file and the same rows given in memory agree, whatever the file's spacing); None
@@ -180,6 +197,11 @@ def _check_settings(checkpoint: Path, settings: Mapping[str, Any] | None) -> Non
                       "Resume only with the options of the run that wrote it", stacklevel=2)
     if not settings or not isinstance(saved, dict):
         return
+    if "--mtp-input" in settings and "--mtp-input" not in saved:
+        # Recorded since the flag exists; an older checkpoint's own model config says which input
+        # its MTP head was trained with ("unit", the only one then).
+        found = _checkpoint_mtp_input(checkpoint)
+        saved = saved if found is None else {**saved, "--mtp-input": found}
     differ, logged_only = [], []
     steered = settings.get("--lr-scheduler") in METRIC_DRIVEN_SCHEDULES
     for flag, value in settings.items():
