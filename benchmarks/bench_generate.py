@@ -47,6 +47,7 @@ from superthoughts_ext import decode_loop
 from superthoughts_ext.eval_compare import threshold_label
 from superthoughts_ext.file_writes import replace_text
 from superthoughts_ext.generate import generate, resolve_compile
+from superthoughts_ext.modeling_config import MTP_INPUTS
 from superthoughts_ext.plot_style import PALETTE, fit_texts_above, pyplot, save_figure
 from superthoughts_ext.run_info import (add_output_arguments, add_threads_argument, apply_threads, device_name, distinct,
                                         git_commit, int_at_least,
@@ -83,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int_at_least(1), default=None, help="default: 512 on GPU, 256 on CPU")
     parser.add_argument("--thresholds", type=unit_float, nargs="+", action=distinct(), default=[0.9, 0.99, 0.999],
                         help="MTP confidence thresholds of the st@T rows")
+    parser.add_argument("--mtp-input", choices=MTP_INPUTS, default="unit",
+                        help="what the MTP head reads besides h (docs/models.md, 'MTP input'): 'next_token' "
+                             "steps with a second lm_head GEMM and a second op launch")
     parser.add_argument("--mtp-logit-std", type=non_negative_float, default=30.0,
                         help="spread of the MTP head's logits, which sets how often st@T pairs (0 = random head)")
     parser.add_argument("--repeats", type=int_at_least(1), default=3, help="timed calls per method (the median is reported)")
@@ -107,10 +111,11 @@ def check_method_names(args: argparse.Namespace) -> None:
         raise SystemExit(f"bench generate: unknown method(s) {unknown}; known with these --thresholds: {sorted(known)}")
 
 
-def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: int, mtp_logit_std: float = 0.0):
-    """Random backbone and its SuperThoughts model; EOS is never produced, so every method decodes
-    the full budget: its lm_head row is zero (logit 0), below the max of thousands of random logits.
-    mtp_logit_std > 0 scales the MTP's final norm so that its logits have about that spread."""
+def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: int, mtp_logit_std: float = 0.0,
+                 mtp_input: str = "unit"):
+    """Random backbone and its SuperThoughts model (of `mtp_input`); EOS is never produced, so every
+    method decodes the full budget: its lm_head row is zero (logit 0), below the max of thousands of
+    random logits. mtp_logit_std > 0 scales the MTP's final norm so that its logits have about that spread."""
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
     config = Qwen2Config(**SHAPES[shape], max_position_embeddings=context, bos_token_id=1, eos_token_id=EOS,
@@ -123,7 +128,8 @@ def build_models(shape: str, dtype: torch.dtype, device: torch.device, context: 
     backbone.generation_config.eos_token_id = EOS
     backbone.generation_config.pad_token_id = PAD
     # from_base(dtype=) keeps the RoPE frequencies float32, as a checkpoint loaded in bf16 has them.
-    superthoughts = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), dtype=dtype, device=device).eval()
+    superthoughts = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), dtype=dtype, device=device,
+                                                       mtp_input=mtp_input).eval()
     if mtp_logit_std > 0:
         # The final RMSNorm's output has unit RMS per unit of norm weight, so a logit of the
         # (freshly initialised) lm_head spreads by std(W) * sqrt(H) per unit of norm weight.
@@ -276,12 +282,14 @@ def method_label(name: str) -> str:
 def plot_title(report: dict) -> str:
     """What the plot shows (greedy decode throughput) and on what: the random model's shape and
     dtype, the device, the lengths, whether our step was compiled, the MTP logit spread that
-    sets how often st@T pairs. Reads older result JSONs too (keys they lack are left out)."""
+    sets how often st@T pairs, an MTP input other than "unit". Reads older result JSONs too (keys
+    they lack are left out)."""
     compiled = {True: "our step compiled", False: "our step eager"}.get(report.get("compile"))
     spread = report.get("mtp_logit_std")
     setup = ", ".join(part for part in (
         f"prompt {report['prompt_len']}", f"{report['new_tokens']} new tokens", compiled,
         f"MTP logit std {spread:g}" if spread is not None else None,
+        f"MTP input {report['mtp_input']}" if report.get("mtp_input", "unit") != "unit" else None,
         None if report.get("complete", True) else "INCOMPLETE run") if part)
     return (f"greedy decode throughput: random-weight {report['shape']} {report['dtype']}\n"
             f"on {report['device']}\n{setup}")
@@ -371,7 +379,7 @@ def measure(args: argparse.Namespace, device: torch.device, out: Path) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
     new_tokens = args.new_tokens or (512 if on_gpu else 256)
     backbone, superthoughts = build_models(shape, dtype, device, max(args.prompt_len, 16) + max(new_tokens, 16) + 16,
-                                           args.mtp_logit_std)
+                                           args.mtp_logit_std, args.mtp_input)
     compiled = resolve_compile("auto" if args.compile is None else args.compile, device, 0.0)
     # Each check exits the benchmark when it fails: "equal" is only ever written as True.
     check = {"equal": True, "standard_vs_transformers": check_standard(backbone, device),
@@ -389,6 +397,7 @@ def measure(args: argparse.Namespace, device: torch.device, out: Path) -> int:
             "commit": commit, "shape": shape, "dtype": str(dtype).removeprefix("torch."),
             "prompt_len": args.prompt_len, "new_tokens": new_tokens, "repeats": args.repeats, "check": check,
             "threads": torch.get_num_threads(), "compile": compiled, "mtp_logit_std": args.mtp_logit_std,
+            "mtp_input": args.mtp_input,
             "graph_windows": args.graph_windows, "complete": complete, "results": results,
         }
         replace_text(out, json.dumps(report, indent=2) + "\n")

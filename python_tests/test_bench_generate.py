@@ -4,6 +4,7 @@ deep inside the run: `max()` of no batch sizes, generate's threshold check)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from pathlib import Path
@@ -204,3 +205,24 @@ def test_the_mini_shape_is_bench_trains() -> None:
     bench.add_arguments(parser)
     assert parser.parse_args(["--shape", "1.5b-mini"]).shape == "1.5b-mini"
     assert bench.SHAPES["1.5b-mini"] == load_benchmark("train").SHAPES["1.5b-mini"]
+
+
+def test_mtp_input_next_token_is_measured_and_recorded(tmp_path) -> None:
+    # A next_token model decodes through its own stepper (two lm_head GEMMs, two op launches a
+    # step): bench generate builds one on request, checks it as the default model and says so.
+    parser = argparse.ArgumentParser()
+    bench = load_benchmark("generate")
+    bench.add_arguments(parser)
+    assert parser.parse_args([]).mtp_input == "unit"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mtp-input", "token"])
+    out = tmp_path / "g.json"
+    args = parser.parse_args(["--mtp-input", "next_token", "--shape", "tiny", "--batch", "2", "--new-tokens", "6",
+                              "--prompt-len", "8", "--methods", "pairs", "st@0.9", "--thresholds", "0.9",
+                              "--repeats", "1", "--threads", "1", "--output", str(out)])
+    assert bench.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["mtp_input"] == "next_token" and report["check"]["equal"]
+    assert [row["method"] for row in report["results"]] == ["pairs", "st@0.9"]
+    assert "MTP input next_token" in bench.plot_title(report)
+    assert "MTP input" not in bench.plot_title({**report, "mtp_input": "unit"})
