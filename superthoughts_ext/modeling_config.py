@@ -76,8 +76,13 @@ class SuperThoughtsConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict (the "superthoughts" section of config.json)."""
-        return asdict(self)
+        """The fields as a dict (the "superthoughts" section of config.json). mtp_input is left out
+        at its default "unit" (read back as "unit"): releases before it refuse unknown fields, and
+        the design's model stays loadable by them."""
+        values = asdict(self)
+        if values["mtp_input"] == "unit":
+            del values["mtp_input"]
+        return values
 
     def get_text_config(self, *args: Any, **kwargs: Any) -> SuperThoughtsConfig:
         """Itself. transformers' Trainer (5.24+) reads and aligns the special token ids of
