@@ -103,25 +103,38 @@ def slow_decode(model, prompt: list[int], max_new_tokens: int, threshold: float,
                 threshold_main: float = 0.0, temperature: float = 0.0, seed: int = 0, row: int = 0,
                 batch: int = 1) -> list[int]:
     """One row, no cache: the whole compressed sequence is recomputed at every step. Sampling
-    draws the noise of row `row` of a batch of `batch` at offset = step (prefill's is 0)."""
+    draws the noise of row `row` of a batch of `batch` at offset = step (prefill's is 0).
+
+    An mtp_input "next_token" model's MTP head reads E[each next position's first token], as its
+    training forward feeds it: p_2..p_m, a_1..a_k, then t1, picked from the main head alone."""
     embedding = model.backbone.get_input_embeddings()
     prompt_embeds = embedding(torch.tensor([prompt]))  # [1, L, H]
     units: list[tuple[int, int]] = []
     out: list[int] = []
+    # The row at its batch index (the noise is keyed by it), the other rows finished.
+    finished = torch.ones(batch, dtype=torch.bool).index_fill_(0, torch.tensor([row]), False)
+
+    def step(logits: torch.Tensor, thresholds: tuple[float, float], finished: torch.Tensor) -> list[int]:
+        wide = logits.new_zeros(2, batch, logits.shape[-1]).index_copy_(1, torch.tensor([row]), logits)
+        tokens, _, _, _ = superthoughts_step_ref(wide, embedding.weight, None, None, finished, PAD, eos, *thresholds,
+                                                 temperature, seed, len(units))
+        return tokens[row].tolist()
+
     while True:
         inputs = prompt_embeds
         if units:
             a, b = torch.tensor([[u[0] for u in units]]), torch.tensor([[u[1] for u in units]])
             inputs = torch.cat([prompt_embeds, model.embed_units(a, b)], dim=1)
         length = inputs.shape[1]
-        h, h_mtp = model.hidden_states(inputs, torch.arange(length)[None], torch.ones(1, length, dtype=torch.int64))
-        logits = model.head_logits(h[:, -1], h_mtp[:, -1])  # [2, 1, V]
-        # The row at its batch index (the noise is keyed by it), the other rows finished.
-        wide = logits.new_zeros(2, batch, logits.shape[-1]).index_copy_(1, torch.tensor([row]), logits)
-        finished = torch.ones(batch, dtype=torch.bool).index_fill_(0, torch.tensor([row]), False)
-        tokens, _, _, _ = superthoughts_step_ref(wide, embedding.weight, None, None, finished, PAD, eos, threshold,
-                                                 threshold_main, temperature, seed, len(units))
-        first, second = tokens[row].tolist()
+        positions, mask = torch.arange(length)[None], torch.ones(1, length, dtype=torch.int64)
+        mtp_inputs = None
+        if model.config.mtp_input == "next_token":
+            main = model.get_output_embeddings()(model.backbone_hidden(inputs, positions, mask)[:, -1])  # [1, V]
+            picked = step(torch.stack([main, torch.full_like(main, float("-inf"))]), (1.0, 0.0), finished.clone())[0]
+            mtp_inputs = embedding(torch.tensor([[*prompt[1:], *(u[0] for u in units), picked]]))
+        h, h_mtp = model.hidden_states(inputs, positions, mask, mtp_inputs=mtp_inputs)
+        first, second = step(model.head_logits(h[:, -1], h_mtp[:, -1]), (threshold, threshold_main), finished)
+        assert mtp_inputs is None or first == picked  # the real launch draws the t1 the MTP head read
         out.extend([first] if second < 0 else [first, second])
         if bool(finished[row]) or len(out) >= max_new_tokens or length >= CONTEXT:
             return out[:max_new_tokens]
@@ -235,7 +248,7 @@ def test_sampled_steps_and_threshold_main_match_full_recompute(model) -> None:
 def test_batch_rows_match_rows_alone(model, mode: str, forced_eos: bool) -> None:
     ids, mask = left_pad(PROMPTS)
     eos = EOS
-    if forced_eos:
+    if forced_eos:  # row 2's first token (a next_token model's first launch finishes it; the real one emits it)
         eos = generate(model, ids[2:3, -len(PROMPTS[2]):], max_new_tokens=1, mode=mode).sequences[0][0]
     batch = generate(model, ids, mask, max_new_tokens=17, mode=mode, threshold=MIXED_THRESHOLD, eos_token_id=eos)
     for row, prompt in enumerate(PROMPTS):
@@ -246,10 +259,12 @@ def test_batch_rows_match_rows_alone(model, mode: str, forced_eos: bool) -> None
     assert batch.sequences[2] == [eos] or not forced_eos
 
 
-@pytest.mark.parametrize("variant", [dict(compressor_type="mlp"), dict(mtp_type="mlp")],
-                         ids=["mlp-compressor", "mlp-mtp"])
+@pytest.mark.parametrize("variant", [dict(compressor_type="mlp"), dict(mtp_type="mlp"),
+                                     dict(compressor_type="mlp", mtp_type="mlp", mtp_input="next_token")],
+                         ids=["mlp-compressor", "mlp-mtp", "mlp-both-next-token"])
 def test_mlp_compressor_and_mlp_mtp(backbone, variant: dict) -> None:
     # The MLP compressor has no merge weight: the op returns the raw pair and the model merges it.
+    # A next_token model's MLP head (no cache) reads E[t1] after the first launch picks it.
     torch.manual_seed(2)
     model = SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), **variant).eval()
     with torch.no_grad():

@@ -3,8 +3,9 @@
 Config (validation, save / load, old checkpoints read as "unit"); the training forward against a
 hand computation (which inputs the MTP head reads, what a changed a_{j+1} changes, gradients,
 a short training run); decoding against the same oracles as the default model in
-test_generate.py: kernels == reference (greedy, sampled), the cached loop == a no-cache
-recompute, a batch == its rows alone, threshold 1 and `pairs`, the MLP head, a compiled step.
+test_generate.py, whose tests run here on a next_token model: kernels == reference (greedy,
+sampled), the cached loop == a no-cache recompute, a batch == its rows alone; and threshold 1 and
+`pairs`, per-row seeds, a compiled step (the MLP head: test_generate.py).
 """
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import pytest
 import torch
 
 from superthoughts_ext.data import IGNORE
-from superthoughts_ext.generate import MODES, generate
+from superthoughts_ext.generate import generate
 from superthoughts_ext.modeling import SuperThoughtsConfig, SuperThoughtsForCausalLM, load_model
 from superthoughts_ext.layers import next_first_ids
-from superthoughts_ext.reference import superthoughts_step_ref
-from test_generate import (CONTEXT, EOS, HAS_KERNELS, MIXED_THRESHOLD, PAD, PROMPTS, check_stats, left_pad,
+from test_generate import (EOS, HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, check_stats, left_pad,
                            tiny_backbone)
+# test_generate's decoding tests, run here on this module's `model` (a next_token one); its
+# slow_decode feeds the MTP head as the model's mtp_input says.
+from test_generate import (test_batch_rows_match_rows_alone, test_fast_loop_matches_full_recompute,  # noqa: F401
+                           test_kernels_match_reference, test_sampled_steps_and_threshold_main_match_full_recompute)
 from test_modeling import make_backbone, training_batch
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -239,104 +243,15 @@ def model(request) -> SuperThoughtsForCausalLM:
     return perturbed(SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), mtp_input="next_token"))
 
 
-def slow_decode(model, prompt: list[int], max_new_tokens: int, threshold: float, eos: int, *,
-                threshold_main: float = 0.0, temperature: float = 0.0, seed: int = 0, row: int = 0,
-                batch: int = 1) -> list[int]:
-    """One row, no cache: each step recomputes the whole sequence, picks t1 from the main head
-    (argmax, or the reference op's sample of row `row` of `batch` at offset = step), feeds the MTP
-    head E[p_2..p_m, a_1..a_k, t1] as the training forward does, and steps the reference op."""
-    embedding = model.get_input_embeddings()
-    prompt_embeds = embedding(torch.tensor([prompt]))  # [1, L, H]
-    units: list[tuple[int, int]] = []
-    out: list[int] = []
-    finished = torch.ones(batch, dtype=torch.bool).index_fill_(0, torch.tensor([row]), False)
-
-    def step(logits: torch.Tensor, thresholds: tuple[float, float]) -> torch.Tensor:
-        wide = logits.new_zeros(2, batch, logits.shape[-1]).index_copy_(1, torch.tensor([row]), logits)
-        tokens, _, _, _ = superthoughts_step_ref(wide, embedding.weight, None, None, finished.clone(), PAD, eos,
-                                                 *thresholds, temperature, seed, len(units))
-        return tokens[row]
-
-    while True:
-        inputs = prompt_embeds
-        if units:
-            a, b = torch.tensor([[u[0] for u in units]]), torch.tensor([[u[1] for u in units]])
-            inputs = torch.cat([prompt_embeds, model.embed_units(a, b)], dim=1)
-        length = inputs.shape[1]
-        positions, mask = torch.arange(length)[None], torch.ones(1, length, dtype=torch.int64)
-        main = model.get_output_embeddings()(model.backbone_hidden(inputs, positions, mask)[:, -1])  # [1, V]
-        if temperature == 0:
-            first = int(main[0].argmax())
-        else:
-            first = int(step(torch.stack([main, torch.full_like(main, float("-inf"))]), (1.0, 0.0))[0])
-        next_ids = [*prompt[1:], *(u[0] for u in units), first]
-        h, h_mtp = model.hidden_states(inputs, positions, mask, mtp_inputs=embedding(torch.tensor([next_ids])))
-        tokens = step(model.head_logits(h[:, -1], h_mtp[:, -1]), (threshold, threshold_main))
-        t1, t2 = tokens.tolist()
-        assert t1 == first
-        out.extend([t1] if t2 < 0 else [t1, t2])
-        if t1 == eos or t2 == eos or len(out) >= max_new_tokens or length >= CONTEXT:
-            return out[:max_new_tokens]
-        units.append((t1, PAD if t2 < 0 else t2))
-
-
-@pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
-@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
-@pytest.mark.parametrize("mode", ["superthoughts", "pairs"])
-def test_kernels_match_reference(model, mode: str, temperature: float) -> None:
+def test_per_row_seeds_match_rows_alone(model) -> None:
+    # Each row as alone with its seed, through the first launch's sample of t1 too.
     ids, mask = left_pad(PROMPTS)
-    kwargs = dict(max_new_tokens=25, mode=mode, threshold=MIXED_THRESHOLD, temperature=temperature, seed=7)
-    fast = generate(model, ids, mask, use_kernels=True, **kwargs)
-    ref = generate(model, ids, mask, use_kernels=False, **kwargs)
-    assert fast.sequences == ref.sequences
-    assert (fast.num_steps, fast.num_pair_steps) == (ref.num_steps, ref.num_pair_steps)
-    if temperature > 0:
-        greedy = generate(model, ids, mask, use_kernels=True, **{**kwargs, "temperature": 0.0})
-        assert fast.sequences != greedy.sequences
-
-
-@pytest.mark.parametrize("mode", ["superthoughts", "pairs"])
-def test_fast_loop_matches_full_recompute(model, mode: str) -> None:
-    ids, mask = left_pad(PROMPTS)
-    threshold = MIXED_THRESHOLD if mode == "superthoughts" else 0.0
-    fast = generate(model, ids, mask, max_new_tokens=21, mode=mode, threshold=threshold, use_kernels=False)
-    for row, prompt in enumerate(PROMPTS):
-        assert fast.sequences[row] == slow_decode(model, prompt, 21, threshold, EOS), f"row {row}"
-    check_stats(fast, 21)
-    if mode == "superthoughts":  # the threshold really mixes one- and two-token steps
-        assert 0 < sum(fast.num_pair_steps) < sum(fast.num_steps)
-
-
-def test_sampled_steps_with_seeds_match_full_recompute(model) -> None:
-    ids, mask = left_pad(PROMPTS)
-    kwargs = dict(threshold_main=0.3, temperature=1.0, seed=11)
-    fast = generate(model, ids, mask, max_new_tokens=19, threshold=MIXED_THRESHOLD, use_kernels=HAS_KERNELS, **kwargs)
-    for row, prompt in enumerate(PROMPTS):
-        assert fast.sequences[row] == slow_decode(model, prompt, 19, MIXED_THRESHOLD, EOS, row=row,
-                                                  batch=len(PROMPTS), **kwargs), f"row {row}"
-    # Per-row seeds: each row as alone with its seed, through the first launch's sample too.
     seeds = [3, 4, 5, 6]
     rows = generate(model, ids, mask, max_new_tokens=19, threshold=MIXED_THRESHOLD, temperature=1.0, seed=seeds)
     for row, prompt in enumerate(PROMPTS):
         alone = generate(model, torch.tensor([prompt]), max_new_tokens=19, threshold=MIXED_THRESHOLD,
                          temperature=1.0, seed=seeds[row])
         assert alone.sequences[0] == rows.sequences[row], f"row {row}"
-
-
-@pytest.mark.parametrize("forced_eos", [False, True], ids=["free", "eos"])
-@pytest.mark.parametrize("mode", MODES)
-def test_batch_rows_match_rows_alone(model, mode: str, forced_eos: bool) -> None:
-    ids, mask = left_pad(PROMPTS)
-    eos = EOS
-    if forced_eos:  # row 2's first token: the first launch finishes it, the real launch must still emit it
-        eos = generate(model, ids[2:3, -len(PROMPTS[2]):], max_new_tokens=1, mode=mode).sequences[0][0]
-    batch = generate(model, ids, mask, max_new_tokens=17, mode=mode, threshold=MIXED_THRESHOLD, eos_token_id=eos)
-    for row, prompt in enumerate(PROMPTS):
-        alone = generate(model, torch.tensor([prompt]), max_new_tokens=17, mode=mode, threshold=MIXED_THRESHOLD,
-                         eos_token_id=eos)
-        assert alone.sequences[0] == batch.sequences[row]
-        assert (alone.num_steps[0], alone.num_pair_steps[0]) == (batch.num_steps[row], batch.num_pair_steps[row])
-    assert batch.sequences[2] == [eos] or not forced_eos
 
 
 def test_threshold_one_never_pairs_and_pairs_always_pair(model) -> None:
@@ -354,19 +269,6 @@ def test_standard_mode_is_the_backbone(model) -> None:
     ids, mask = left_pad(PROMPTS)
     expected = generate(model.backbone, ids, mask, max_new_tokens=12, mode="standard")
     assert generate(model, ids, mask, max_new_tokens=12, mode="standard").sequences == expected.sequences
-
-
-def test_mlp_mtp_and_mlp_compressor() -> None:
-    backbone = tiny_backbone("qwen2")
-    model = perturbed(SuperThoughtsForCausalLM.from_base(copy.deepcopy(backbone), mtp_type="mlp",
-                                                         compressor_type="mlp", mtp_input="next_token"), seed=2)
-    ids, mask = left_pad(PROMPTS)
-    kwargs = dict(max_new_tokens=15, threshold=MIXED_THRESHOLD)
-    fast = generate(model, ids, mask, use_kernels=HAS_KERNELS, **kwargs)
-    assert fast.sequences == generate(model, ids, mask, use_kernels=False, **kwargs).sequences
-    for row, prompt in enumerate(PROMPTS):
-        assert fast.sequences[row] == slow_decode(model, prompt, 15, MIXED_THRESHOLD, EOS), f"row {row}"
-    check_stats(fast, 15)
 
 
 @pytest.mark.skipif(not HAS_KERNELS, reason="superthoughts_ext._C is not built")
