@@ -83,7 +83,6 @@ def _mtp_input_built(options: Any) -> str | None:
     """The MTP input the run's model gets (None for the baseline): --mtp-input, else a continued
     SuperThoughts model's own, else the config default. The value built, not the flag as typed:
     a run started without the flag and resumed with `--mtp-input unit` trains the same model."""
-    from superthoughts_ext.checkpoint import SECTION, is_superthoughts_checkpoint, _read_config
     from superthoughts_ext.modeling_config import SuperThoughtsConfig
 
     if options.baseline:
@@ -94,14 +93,10 @@ def _mtp_input_built(options: Any) -> str | None:
     config = getattr(model, "config", None)
     if isinstance(config, SuperThoughtsConfig):  # an already-built SuperThoughts model
         return config.mtp_input
-    try:
-        if not isinstance(model, (str, os.PathLike)) or not is_superthoughts_checkpoint(model):
-            return SuperThoughtsConfig.mtp_input
-        section = _read_config(Path(os.fspath(model)))[SECTION]
-    except (OSError, ValueError):  # loading the model says what is wrong with it
-        return SuperThoughtsConfig.mtp_input
-    recorded = section.get("mtp_input", SuperThoughtsConfig.mtp_input) if isinstance(section, dict) else None
-    return recorded if isinstance(recorded, str) else SuperThoughtsConfig.mtp_input
+    # A directory: a SuperThoughts checkpoint's own; a plain one (or one that cannot be read:
+    # loading it says why) gets the default.
+    found = _checkpoint_mtp_input(Path(os.fspath(model))) if isinstance(model, (str, os.PathLike)) else None
+    return found or SuperThoughtsConfig.mtp_input
 
 
 def _checkpoint_mtp_input(checkpoint: Path) -> str | None:
