@@ -105,6 +105,28 @@ def test_a_method_missing_on_a_bench_has_empty_cells_and_no_average(runs: dict[s
                                                        "run on every bench: st [pairs] (no amc23)")
 
 
+def test_the_average_of_sampled_benches_has_the_std_of_a_mean_of_independent_benches(
+        tmp_path: Path, runs: dict[str, Path]) -> None:
+    # MATH500 avg@3 over 3 problems: problem 0 right 3/3, problem 1 2/3, problem 2 1/3, so the
+    # per-sample accuracies are 2/3, 1/3, 1 -> std 1/3. AMC23 avg@2 (the fixture): std sqrt(2)/4.
+    rows = [(correct, 100, 100, sample) for correct, sample in zip([1, 1, 1, 1, 0, 1, 0, 0, 1], [0, 1, 2] * 3)]
+    math = write_run(tmp_path / "m3" / "sft.jsonl", "math500", SFT, "standard", rows,
+                     temperature=0.6, samples=3, seed=0)
+    table = build_table([math, runs["amc-sft"]])
+    assert table.cells["sft [standard]", "math500"].accuracy_std == pytest.approx(1 / 3)
+    # sqrt(1/9 + 1/8) / 2 = 0.2430; the plain mean of the stds, (1/3 + 0.3536) / 2 = 0.3434, is not it.
+    assert table.average_accuracy_std("sft [standard]") == pytest.approx((1 / 9 + 1 / 8) ** 0.5 / 2)
+    row = next(line for line in format_markdown(table).splitlines() if line.startswith("| sft"))
+    assert [c.strip() for c in row.split("|")[2:-1]][-2:] == ["70.8 ± 24.3", "-"]  # (2/3 + 3/4) / 2
+    assert "avg acc ± = sqrt(sum of the benches' std^2) / the number of benches" in format_markdown(table)
+    data = json.loads(write_table(table, tmp_path / "t.json").read_text())
+    assert data["rows"][0]["avg_accuracy_std"] == pytest.approx(0.2430, abs=1e-4)
+    # A greedy bench has no std over samples: the average then has none, and no note explains one.
+    mixed = build_table(list(runs.values()))
+    assert [mixed.average_accuracy_std(method) for method in mixed.methods] == [None, None, None]
+    assert "avg acc ±" not in format_markdown(mixed)
+
+
 def test_a_bench_with_the_baseline_alone_and_problems_not_in_every_file(tmp_path: Path, runs: dict[str, Path]) -> None:
     olympiad = write_run(tmp_path / "ob" / "sft.jsonl", "olympiadbench", SFT, "standard", greedy([True, False], [5, 5]))
     # st's MATH500 run lacks problem 3: the bench's numbers are over problems 0-2 for every run.
@@ -201,8 +223,9 @@ def test_csv_and_json_files_read_back_as_the_table(tmp_path: Path, runs: dict[st
             for field in ("accuracy", "accuracy_std", "cot_reduction"):
                 value = None if cell is None else getattr(cell, field)
                 assert row[f"{column.bench}_{field}"] == ("" if value is None else repr(value))
-        expected = table.average(row["method"])
-        assert (row["avg_accuracy"], row["avg_cot_reduction"]) == tuple("" if v is None else repr(v) for v in expected)
+        expected = (*table.average(row["method"]), table.average_accuracy_std(row["method"]))
+        assert (row["avg_accuracy"], row["avg_cot_reduction"], row["avg_accuracy_std"]) == tuple(
+            "" if v is None else repr(v) for v in expected)
     data = json.loads(write_table(table, tmp_path / "t.txt", "json").read_text())
     assert data["baseline"] == table.baseline
     assert data["benches"][1] == {"bench": "amc23", "n": 2, "baseline_file": str(runs["amc-sft"]), "left_out": {}}
@@ -211,6 +234,7 @@ def test_csv_and_json_files_read_back_as_the_table(tmp_path: Path, runs: dict[st
             cell = table.cells.get((row["method"], column.bench))
             assert row["cells"][column.bench] == (None if cell is None else {**vars(cell)})
         assert (row["avg_accuracy"], row["avg_cot_reduction"]) == table.average(row["method"])
+        assert row["avg_accuracy_std"] == table.average_accuracy_std(row["method"])
     assert data["notes"][-1].startswith("avg: mean over the 2 benches")
     markdown = write_table(table, tmp_path / "t.md").read_text()
     assert markdown == format_markdown(table) + "\n"

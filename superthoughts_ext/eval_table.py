@@ -15,14 +15,16 @@ its CoT length reduction against that bench's baseline. A sampled run with more 
 of the bench's problems than of others (cut off) is refused: sample k is one pass only where every
 problem has it, so its ± would be over fewer samples than its accuracy. A row's average is the
 plain mean over the benches, left empty for a method without a run on every bench (a mean over
-other benches does not rank against the rest), and without a ±: its benches may be greedy or
-sampled with other N, so no pass spans them all.
+other benches does not rank against the rest). Its ± (`Table.average_accuracy_std`) combines the
+cells' own: the benches are sampled independently, so the std of a mean over k of them is
+sqrt(sum of their std^2) / k, whatever their N; a method with a greedy cell (no ±) has none.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -83,6 +85,21 @@ class Table:
         if method == self.baseline:
             return accuracy, None
         return accuracy, sum(float(cell.cot_reduction or 0.0) for cell in cells) / len(cells)
+
+    def average_accuracy_std(self, method: str) -> float | None:
+        """The ± of ``method``'s mean accuracy: sqrt(sum over the k benches of their cells' std^2) / k.
+        Each bench's runs are sampled apart from the others', so their per-sample accuracies vary
+        independently and the variance of an unweighted mean is the sum of the variances over k^2
+        (not the mean of the stds, which would overstate it by up to sqrt(k)); this holds for
+        benches of other sizes and other N alike, each cell's std being over its own samples.
+        None where the average is (a bench missing) and where a cell has no std (a greedy run,
+        or one sample): a bench of unknown spread leaves the mean's unknown."""
+        if self.missing(method):
+            return None
+        stds = [self.cells[method, column.bench].accuracy_std for column in self.benches]
+        if any(std is None for std in stds):
+            return None
+        return math.sqrt(sum(float(std) ** 2 for std in stds)) / len(stds)
 
 
 def model_names(models: Sequence[str]) -> dict[str, str]:
@@ -250,7 +267,9 @@ def _markdown_cells(table: Table, method: str) -> list[str]:
         std = f" ± {100 * cell.accuracy_std:.1f}" if cell.accuracy_std is not None else ""
         row += [_percent(cell.accuracy) + std, "-" if method == table.baseline else _percent(cell.cot_reduction)]
     accuracy, reduction = table.average(method)
-    return row + [_percent(accuracy), "-" if method == table.baseline else _percent(reduction)]
+    average_std = table.average_accuracy_std(method)
+    std = f" ± {100 * average_std:.1f}" if average_std is not None else ""
+    return row + [_percent(accuracy) + std, "-" if method == table.baseline else _percent(reduction)]
 
 
 def table_notes(table: Table) -> list[str]:
@@ -272,6 +291,9 @@ def table_notes(table: Table) -> list[str]:
     partial = [f"{method} (no {', '.join(table.missing(method))})" for method in table.methods if table.missing(method)]
     notes.append(f"avg: mean over the {len(table.benches)} benches"
                  + (f"; empty for methods without a run on every bench: {'; '.join(partial)}" if partial else ""))
+    if any(table.average_accuracy_std(method) is not None for method in table.methods):
+        notes.append("avg acc ± = sqrt(sum of the benches' std^2) / the number of benches (benches sampled "
+                     "independently); none for a method with a greedy bench")
     return notes
 
 
@@ -293,14 +315,15 @@ def format_markdown(table: Table) -> str:
 def table_dict(table: Table) -> dict[str, Any]:
     """The table as JSON-ready data, in fractions (not %): ``baseline``, ``benches`` (bench, n,
     baseline file, left out), ``rows`` (method, baseline, ``cells`` per bench: None where the
-    method has no run, and its average) and ``notes``."""
+    method has no run, its average and the average accuracy's std) and ``notes``."""
     rows = []
     for method in table.methods:
         accuracy, reduction = table.average(method)
         cells = {column.bench: None if (cell := table.cells.get((method, column.bench))) is None else asdict(cell)
                  for column in table.benches}
         rows.append({"method": method, "baseline": method == table.baseline, "cells": cells,
-                     "avg_accuracy": accuracy, "avg_cot_reduction": reduction})
+                     "avg_accuracy": accuracy, "avg_accuracy_std": table.average_accuracy_std(method),
+                     "avg_cot_reduction": reduction})
     benches = [{"bench": c.bench, "n": c.n, "baseline_file": c.baseline_path, "left_out": c.left_out}
                for c in table.benches]
     return {"baseline": table.baseline, "benches": benches, "rows": rows, "notes": table_notes(table)}
@@ -312,17 +335,17 @@ CSV_FIELDS = ("accuracy", "accuracy_std", "samples", "cot_reduction")
 def format_csv(table: Table) -> str:
     """One row per method: method, baseline (true/false), per bench ``<bench>_accuracy``,
     ``_accuracy_std``, ``_samples``, ``_cot_reduction`` (fractions, empty where there is none),
-    then ``avg_accuracy`` and ``avg_cot_reduction``."""
+    then ``avg_accuracy``, ``avg_accuracy_std`` and ``avg_cot_reduction``."""
     header = ["method", "baseline"] + [f"{c.bench}_{field}" for c in table.benches for field in CSV_FIELDS]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header + ["avg_accuracy", "avg_cot_reduction"])
+    writer.writerow(header + ["avg_accuracy", "avg_accuracy_std", "avg_cot_reduction"])
     for row in table_dict(table)["rows"]:
         values = [row["method"], "true" if row["baseline"] else "false"]
         for column in table.benches:
             cell = row["cells"][column.bench] or {}
             values += [cell.get(field) for field in CSV_FIELDS]
-        values += [row["avg_accuracy"], row["avg_cot_reduction"]]
+        values += [row["avg_accuracy"], row["avg_accuracy_std"], row["avg_cot_reduction"]]
         writer.writerow(["" if value is None else value for value in values])
     return out.getvalue()
 
