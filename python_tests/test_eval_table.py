@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from superthoughts_ext.eval_table import build_table, format_markdown, model_names, output_format, write_table
+from superthoughts_ext.eval_table import build_table, format_markdown, output_format, write_table
+from superthoughts_ext.eval_table_labels import checkpoint_of, model_names
 
 SFT, ST = "/ckpt/sft", "/ckpt/st"
 
@@ -248,6 +249,52 @@ def test_model_names_keep_as_many_folders_as_tell_checkpoints_apart() -> None:
     assert model_names(["/a/st", "/b/a/st"]) == {"/a/st": "/a/st", "/b/a/st": "b/a/st"}
     assert model_names(["/ckpt/st", "/ckpt/st/", "/ckpt/sft"]) == {"/ckpt/st": "st", "/ckpt/st/": "st",
                                                                    "/ckpt/sft": "sft"}
+
+
+def test_a_relative_checkpoint_of_older_records_shares_the_row_of_its_absolute_path(
+        tmp_path: Path, runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Older versions recorded --model as typed: "ckpt/st" from /ckpt, beside today's "/ckpt/st".
+    # Neither exists here, so the relative path is read as the one absolute path ending with it.
+    monkeypatch.chdir(tmp_path)
+    old = write_run(tmp_path / "old" / "math500" / "st.jsonl", "math500", "ckpt/st/", "superthoughts",
+                    greedy([True, False, False, True], [100, 200, 300, 400], [60, 150, 240, 300]), threshold=0.999)
+    table = build_table([runs["math-sft"], old, runs["amc-sft"], runs["amc-st"]])
+    assert table.methods == ["sft [standard]", "st [superthoughts 0.999]"]
+    assert table.missing("st [superthoughts 0.999]") == []
+
+
+def test_a_relative_checkpoint_is_read_from_the_folders_it_exists_in_else_left_as_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for folder in ("proj/out/st", "run1/final", "run2/final", "elsewhere"):
+        (tmp_path / folder).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    real = str((tmp_path / "proj" / "out" / "st").resolve())
+    # The run was started in /proj (a folder above its records): the directory there is the one.
+    assert checkpoint_of("out/st", tmp_path / "proj" / "eval" / "math500" / "st.jsonl", []) == real
+    assert checkpoint_of("./out/st/", tmp_path / "proj" / "eval" / "st.jsonl", ["/x/out/st"]) == real
+    monkeypatch.chdir(tmp_path / "proj")  # or the directory the table is made in
+    assert checkpoint_of("out/st", "/results/st.jsonl", []) == real
+    # run1's records name "final": run1/final, not the run2/final of the newer records that ends alike.
+    run2 = str((tmp_path / "run2" / "final").resolve())
+    assert checkpoint_of("final", tmp_path / "run1" / "eval" / "a.jsonl", [run2]) == str(
+        (tmp_path / "run1" / "final").resolve())
+    assert model_names([checkpoint_of("final", tmp_path / "run1" / "a.jsonl", [run2]), run2]) == {
+        str((tmp_path / "run1" / "final").resolve()): "run1/final", run2: "run2/final"}
+    absolute = str(tmp_path / "proj" / "out" / "st")
+    assert checkpoint_of(absolute, "/results/st.jsonl", []) == absolute  # newer records: as recorded
+    # Directories of that name both here and above the records, or several absolute paths ending
+    # with it: which one the old run meant is unknown; it keeps its recorded name, with a warning.
+    (tmp_path / "proj" / "final").mkdir()
+    with pytest.warns(UserWarning, match=r"names its checkpoint 'final', a path relative to where an older "
+                                         r"version's run was started \(not recorded\); it may be .*proj/final or "
+                                         r".*run1/final, .* --table-labels"):
+        assert checkpoint_of("final", tmp_path / "run1" / "a.jsonl", []) == "final"
+    with pytest.warns(UserWarning, match=r"it may be /a/st or /b/st"):
+        assert checkpoint_of("st", "/results/st.jsonl", ["/a/st", "/b/st"]) == "st"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checkpoint_of("nowhere/st", "/results/st.jsonl", ["/a/st"]) == "nowhere/st"
+        assert checkpoint_of("../st", "/results/st.jsonl", ["/a/st"]) == "../st"
 
 
 def test_cli_table(tmp_path: Path, runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,9 +1,9 @@
 """`superthoughts eval --table`: the paper's main table over several benchmarks, from result files.
 
 Each records file is one method's run on the bench its records name. A method is named by a
-label: the one `--table-labels` gives its file, else `method_labels` (the checkpoint's name and
-how it decoded), so that one model's runs on MATH500, AMC23, ... fall into one row whatever
-their files are called. The baseline is one method (`--table-baseline`, else the only method
+label: the one `--table-labels` gives its file, else `eval_table_labels.method_labels` (the
+checkpoint's name and how it decoded), so that one model's runs on MATH500, AMC23, ... fall into
+one row whatever their files are called. The baseline is one method (`--table-baseline`, else the only method
 whose every run decodes in standard mode, or the only one of those with a run on every bench)
 and needs a run on every bench.
 
@@ -28,10 +28,11 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.eval_compare import compare_runs, read_records, run_name, settings_label
+from superthoughts_ext.eval_compare import compare_runs, read_records
+from superthoughts_ext.eval_table_labels import method_labels
 from superthoughts_ext.file_writes import replace_text
 
 TABLE_FORMATS = ("markdown", "csv", "json")
@@ -100,35 +101,6 @@ class Table:
         if any(std is None for std in stds):
             return None
         return math.sqrt(sum(float(std) ** 2 for std in stds)) / len(stds)
-
-
-def model_names(models: Sequence[str]) -> dict[str, str]:
-    """Each checkpoint path's name in labels: its last folder, or as many trailing parts as tell
-    it apart from the other paths (``/a/run1/final`` and ``/a/run2/final`` -> ``run1/final``,
-    ``run2/final``). Paths with the same parts (``/a/st``, ``/a/st/``) are one checkpoint."""
-    parts = {model: PurePath(model).parts for model in dict.fromkeys(models)}
-    names = {}
-    for model, own in parts.items():
-        tail = own
-        for depth in range(1, len(own) + 1):
-            tail = own[-depth:]
-            if not any(theirs != own and theirs[-depth:] == tail for theirs in parts.values()):
-                break
-        # PurePath, not "/".join: a whole absolute path's first part is "/" itself.
-        names[model] = PurePath(*tail).as_posix() if own else model
-    return names
-
-
-def method_labels(paths: Sequence[str | Path], runs: Sequence[dict[str, dict[str, Any]]]) -> list[str]:
-    """The default label of each run: its checkpoint's name (`model_names` of the ``model`` its
-    records keep) with its mode and threshold (`settings_label`), e.g. ``st [superthoughts 0.999]``;
-    a run whose records name no model goes by its file's name. Not its sampling: a method is
-    often sampled on the small benches (AMC23 avg@8) and greedy on the others, in one row."""
-    firsts = [next(iter(records.values()), {}) for records in runs]
-    names = model_names([str(first["model"]) for first in firsts if first.get("model")])
-    return [(names[str(first["model"])] if first.get("model") else run_name(path))
-            + settings_label({"mode": first.get("mode"), "threshold": first.get("threshold")})
-            for path, first in zip(paths, firsts)]
 
 
 def _bench_of(path: str | Path, records: dict[str, dict[str, Any]]) -> str:
