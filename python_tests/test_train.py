@@ -4,8 +4,8 @@ Covers: loss halves within a few dozen steps (SuperThoughts and baseline), LoRA 
 only LoRA + compressor + MTP, the output directory is a self-contained loadable
 checkpoint, and bad input. Resume: test_train_resume.py. Pad-split draws across DataLoader
 workers, ranks and resumes, and 2-process torchrun runs: test_train_parallel.py. The fixtures
-and helpers here (base_dirs, FAST, ROWS, make_model, make_tokenizer, free_port, losses) serve
-the other test_train_*.py.
+and helpers here (base_dirs, FAST, ONE_STEP, ROWS, make_model, make_tokenizer, free_port,
+losses) serve the other test_train_*.py.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ FAST = dict(
     max_steps=30, learning_rate=3e-3, batch_size=8, warmup_ratio=0.0, lr_scheduler="constant",
     logging_steps=1, save_steps=0, progress_bar=False, seed=0,
 )
+ONE_STEP = {**FAST, "max_steps": 1}  # for tests of what a run accepts or writes, not what it learns
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

@@ -1,6 +1,6 @@
 """The training data pipeline at the scale users train at (100k-row chain-of-thought files,
 every process of a node tokenising the whole file): what a row costs to tokenise and to hold.
-(The rows' checks: test_data.py, test_data_inputs.py, test_train_inputs.py.)
+(The rows' checks: test_data.py, test_data_inputs.py, test_train_rows.py.)
 """
 from __future__ import annotations
 

@@ -15,12 +15,11 @@ import torch
 
 pytest.importorskip("transformers")
 import test_train  # noqa: E402
-from test_train import FAST, ROWS, losses  # noqa: E402
+from test_train import FAST, ONE_STEP, ROWS, losses  # noqa: E402
 
 from superthoughts_ext.train import TrainOptions, train  # noqa: E402
 from superthoughts_ext.train_resume import check_resume  # noqa: E402
 
-ONE_STEP = {**FAST, "max_steps": 1}
 base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
 
 
