@@ -1,6 +1,6 @@
 """Training data as other tools leave it: files that are not UTF-8 (Latin-1 text, parquet),
 `datasets` folders, and chat templates that refuse a system message. Each must fail naming the
-file and line and saying what to do. (The JSONL reader itself: test_data.py.)
+file and line and saying what to do. (The JSONL reader itself: test_data_jsonl.py.)
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("transformers")
-from test_data import CHATML, word_tokenizer, write_jsonl  # noqa: E402
+from test_data_jsonl import CHATML, word_tokenizer, write_jsonl  # noqa: E402
 
 from superthoughts_ext import train_data  # noqa: E402
 from superthoughts_ext.data_jsonl import load_jsonl_examples  # noqa: E402

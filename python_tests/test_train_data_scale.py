@@ -1,6 +1,6 @@
 """The training data pipeline at the scale users train at (100k-row chain-of-thought files,
 every process of a node tokenising the whole file): what a row costs to tokenise and to hold.
-(The rows' checks: test_data.py, test_data_inputs.py, test_train_rows.py.)
+(The rows' checks: test_data_jsonl.py, test_data_inputs.py, test_train_rows.py.)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("transformers")
 import torch  # noqa: E402
-from test_data import CHATML, word_tokenizer, write_jsonl  # noqa: E402
+from test_data_jsonl import CHATML, word_tokenizer, write_jsonl  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
