@@ -1,6 +1,8 @@
-"""Evaluation tests: prompts, evaluate() with an injected generate (records, summary, resume,
-batching with left padding) and compare(). (Extraction and grading: test_grading.py; data
-files: test_eval_data.py; the CLI: test_eval_cli.py; edge cases: test_eval_io.py; the progress bar: test_eval_progress.py.)
+"""Evaluation tests: prompts, evaluate() with an injected generate (records, summary, batching with
+left padding) and compare(). (Extraction and grading: test_grading.py; data files:
+test_eval_data.py; the CLI: test_eval_cli.py; edge cases: test_eval_io.py; the progress bar:
+test_eval_progress.py; reruns and resumes: test_eval_resume.py; compiled decoding:
+test_eval_compile.py.)
 
 CPU only, no model weights: evaluate() runs on a word-level ChatML tokenizer and a fake
 generate that answers "what is a + b" problems; the other evaluation test files reuse both.
@@ -19,14 +21,12 @@ pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from superthoughts_ext.eval_compare import run_label  # noqa: E402
 from superthoughts_ext.eval_data import SYSTEM_PROMPT, Problem, build_prompt  # noqa: E402
 from superthoughts_ext.evaluation import (  # noqa: E402
     compare,
     compare_runs,
     evaluate,
     format_comparison,
-    format_summary,
     format_runs,
     plot_tradeoff,
     summary_path,
@@ -194,94 +194,6 @@ def test_gpqa_accuracy_per_option_order(tmp_path: Path) -> None:
     assert one.accuracy_by_option_order is None and "option order" not in format_summary(one)
 
 
-def test_compiled_decoding_warms_up_each_batch_size_untimed() -> None:
-    from superthoughts_ext.evaluation import WARMUP_TOKENS
-
-    tokenizer, calls = make_tokenizer(), []
-    summary = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, batch_size=3, max_new_tokens=64,
-                       progress=False, generate_fn=fake_generate(tokenizer, calls), compile=True)
-    # One short call per batch size (3 and the last batch's 1) before the timed batches.
-    assert [(c["batch"], c["new_tokens"]) for c in calls] == [(3, WARMUP_TOKENS), (1, WARMUP_TOKENS), (3, 64),
-                                                              (3, 64), (1, 64)]
-    assert all(c["compile"] is True for c in calls)
-    assert summary.generation_time == pytest.approx(1.5) and summary.n == 7  # the warm-up is not charged
-    assert 0 <= summary.warmup_time <= summary.wall_time
-
-
-def test_no_further_warm_up_once_generate_decodes_eagerly() -> None:
-    # generate turns compile off for a model whose step reads host-side state (sliding windows,
-    # dynamic RoPE) and says so in its result: the other batch sizes need no warm-up.
-    from superthoughts_ext.evaluation import WARMUP_TOKENS
-
-    tokenizer, calls = make_tokenizer(), []
-    solve = fake_generate(tokenizer, calls)
-
-    def eager_generate(*args, **kwargs):
-        result = solve(*args, **kwargs)
-        result.compiled = False
-        return result
-
-    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, batch_size=3, max_new_tokens=64,
-             progress=False, generate_fn=eager_generate, compile=True)
-    assert [(c["batch"], c["new_tokens"]) for c in calls] == [(3, WARMUP_TOKENS), (3, 64), (3, 64), (1, 64)]
-
-
-def test_compiled_decoding_compiles_only_in_the_warm_up() -> None:
-    # A real tiny SuperThoughts model through torch.compile on the CPU: every compile happens in
-    # the warm-up, so the timed batches' tokens/s measure decoding only.
-    from torch._dynamo.utils import counters
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from superthoughts_ext.generate import generate
-    from superthoughts_ext.modeling import SuperThoughtsForCausalLM
-
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    backbone = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    model = SuperThoughtsForCausalLM.from_base(backbone).eval()
-    new_graphs, last_call = [], {}
-
-    def counting_generate(*args, **kwargs):
-        before = counters["stats"]["unique_graphs"]
-        result = generate(*args, **kwargs)
-        new_graphs.append((kwargs["max_new_tokens"], counters["stats"]["unique_graphs"] - before))
-        last_call.update(kwargs)
-        return result
-
-    evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.5, batch_size=3, max_new_tokens=24, progress=False,
-             generate_fn=counting_generate, compile=True)
-    warm, timed = new_graphs[:2], new_graphs[2:]
-    assert [n for n, _ in timed] == [24, 24, 24] and all(graphs == 0 for _, graphs in timed), new_graphs
-    assert all(graphs >= 1 for _, graphs in warm), new_graphs
-    # The last batch held one row: more single rows of other prompt lengths reuse its compile (a
-    # batch of 1 kept the prompt's strides in the step's inputs: one compile per prompt length).
-    for length in (3, 11):
-        counting_generate(model, torch.full((1, length), 5), **last_call)
-    assert new_graphs[-2:] == [(24, 0), (24, 0)], new_graphs
-
-
-def test_an_interrupted_rerun_leaves_no_stale_summary(tmp_path: Path) -> None:
-    """A rerun into a finished run's file that dies must not leave the old summary beside the
-    new records: --compare labels a run with its summary's mode and threshold."""
-    tokenizer = make_tokenizer()
-    model = fake_model(tokenizer)
-    out = tmp_path / "st.jsonl"
-    kwargs = dict(mode="superthoughts", batch_size=3, output_jsonl=out, progress=False)
-    evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.9, generate_fn=fake_generate(tokenizer, []), **kwargs)
-    assert json.loads(summary_path(out).read_text())["threshold"] == 0.9
-
-    def crash(*args, **kwargs):
-        raise RuntimeError("CUDA out of memory (simulated)")
-
-    with pytest.raises(RuntimeError, match="simulated"):
-        evaluate(model, tokenizer, "math500", PROBLEMS, threshold=0.5, generate_fn=crash, overwrite=True, **kwargs)
-    assert not summary_path(out).exists()
-    assert run_label(out) == "st"
-
-
 @pytest.mark.parametrize("mode", ["pairs", "standard", "superthoughts"])
 def test_only_superthoughts_runs_record_a_threshold(tmp_path: Path, mode: str) -> None:
     # pairs and standard decode without one: recording the model's default mislabels the run
@@ -296,80 +208,6 @@ def test_only_superthoughts_runs_record_a_threshold(tmp_path: Path, mode: str) -
     records = [json.loads(line) for line in out.read_text().splitlines()]
     expected = 0.97 if mode == "superthoughts" else None
     assert summary["threshold"] == expected and {r["threshold"] for r in records} == {expected}
-
-
-def test_a_rerun_into_a_finished_runs_file_needs_resume_or_overwrite(tmp_path: Path) -> None:
-    tokenizer = make_tokenizer()
-    out = tmp_path / "st.jsonl"
-    kwargs = dict(mode="superthoughts", threshold=0.9, batch_size=3, output_jsonl=out, progress=False)
-    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS[:2], generate_fn=fake_generate(tokenizer, []), **kwargs)
-    records, summary = out.read_text(), summary_path(out).read_text()
-    calls: list[dict] = []
-    with pytest.raises(FileExistsError, match="st.jsonl holds the records of an earlier run; resume .* overwrite"):
-        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, calls),
-                 **kwargs)
-    assert (out.read_text(), summary_path(out).read_text(), calls) == (records, summary, [])  # untouched, no decoding
-    with pytest.raises(ValueError, match="give one"):
-        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, calls),
-                 resume=True, overwrite=True, **kwargs)
-    replaced = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, generate_fn=fake_generate(tokenizer, calls),
-                        overwrite=True, **kwargs)
-    assert replaced.n == len(PROBLEMS) == len(read_jsonl(out)) and replaced.n_resumed == 0
-
-
-def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:
-    tokenizer = make_tokenizer()
-    model = fake_model(tokenizer)
-    full = evaluate(model, tokenizer, "math500", PROBLEMS, mode="superthoughts", threshold=0.9, batch_size=3,
-                    output_jsonl=tmp_path / "full.jsonl", progress=False, generate_fn=fake_generate(tokenizer, []))
-
-    calls: list[dict] = []
-    solve = fake_generate(tokenizer, calls)
-
-    def crash_after_one_batch(*args, **kwargs):
-        if calls:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return solve(*args, **kwargs)
-
-    out = tmp_path / "st.jsonl"
-    kwargs = dict(mode="superthoughts", threshold=0.9, batch_size=3, output_jsonl=out, progress=False)
-    with pytest.raises(RuntimeError, match="simulated"):
-        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=crash_after_one_batch, **kwargs)
-    assert len(read_jsonl(out)) == 3
-    with out.open("a", encoding="utf-8") as f:
-        f.write('{"index": 6, "id": "p00", "pro')  # a line torn by the crash
-    calls.clear()
-    resumed = evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, **kwargs)
-    assert [c["batch"] for c in calls] == [3, 1]  # only the 4 problems not done yet
-    by_id = {r["id"]: r for r in read_jsonl(out)}
-    assert len(by_id) == len(PROBLEMS) == resumed.n
-    expected = {r["id"]: r for r in read_jsonl(tmp_path / "full.jsonl")}
-    for key in ("output", "correct", "tokens", "steps", "hit_limit", "mode", "threshold", "max_new_tokens"):
-        assert {i: r[key] for i, r in by_id.items()} == {i: r[key] for i, r in expected.items()}, key
-    assert (resumed.accuracy, resumed.mean_tokens, resumed.cot_reduction) == \
-        (full.accuracy, full.mean_tokens, full.cot_reduction)
-    assert resumed.generation_time == pytest.approx(full.generation_time)
-    assert (full.n_resumed, resumed.n_resumed) == (0, 3)
-    assert format_summary(resumed).endswith("(3 records kept from the earlier run)")
-    assert json.loads(summary_path(out).read_text())["n_resumed"] == 3
-    # Nothing left to do: the summary comes from the file alone.
-    calls.clear()
-    again = evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, **kwargs)
-    assert calls == [] and again.accuracy == full.accuracy
-    # Records of other settings or other problems are refused, not mixed in.
-    with pytest.raises(ValueError, match="threshold=0.9, this run has threshold=0.99"):
-        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True,
-                 **{**kwargs, "threshold": 0.99})
-    with pytest.raises(ValueError, match="not among the 2 problems"):
-        evaluate(model, tokenizer, "math500", PROBLEMS[:2], generate_fn=solve, resume=True, **kwargs)
-    with pytest.raises(ValueError, match="resume needs the output_jsonl"):
-        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, progress=False)
-    # A problem recorded twice (files joined by hand) would count twice in the summary.
-    lines = out.read_text(encoding="utf-8").splitlines()
-    out.write_text("\n".join(lines[:3] + lines[:1]) + "\n", encoding="utf-8")
-    first = json.loads(lines[0])["id"]
-    with pytest.raises(ValueError, match=rf"st.jsonl:4 repeats problem '{first}' of line 1"):
-        evaluate(model, tokenizer, "math500", PROBLEMS, generate_fn=solve, resume=True, **kwargs)
 
 
 def test_evaluate_limit_and_bad_arguments() -> None:
