@@ -210,7 +210,7 @@ def test_a_resume_of_a_checkpoint_recorded_before_the_setting_compares_its_model
     # Checkpoints written before --mtp-input was recorded (its run settings lack the flag) hold a
     # "unit" model: their config.json (a full run) or export record (LoRA) has no mtp_input. A
     # resume with --mtp-input next_token loaded those weights and trained them as the other input.
-    from test_train_resume import write_checkpoint
+    from test_train_resume_checks import write_checkpoint
 
     from superthoughts_ext.export import EXPORT_FILE
     from superthoughts_ext.train_resume import check_resume
