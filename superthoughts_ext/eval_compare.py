@@ -8,6 +8,10 @@ A sampled run (``--samples N``) counts each problem once, as the means over its 
 (`eval_sampling.per_problem`): its accuracy is avg@N over the matched problems, its lengths are
 per-sample means, its "cut off" count is the expected number per pass, and its ``accuracy_std``
 is the spread of its per-sample accuracies. Greedy files read as they always did.
+
+Each run also gets its paired accuracy difference against A, problem by problem, with a standard
+error, a 95% interval and, for two greedy runs, McNemar's exact p (`eval_paired`): whether the
+difference is more than the noise of a bench of n problems.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from superthoughts_ext.eval_files import existing_summary, json_lines, read_records_text
+from superthoughts_ext.eval_paired import paired_fields, paired_lines, paired_table
 from superthoughts_ext.eval_sampling import accuracy_std, per_problem, record_key, sampling_of
 from superthoughts_ext.plot_style import (ERROR_BAR_CAPSIZE, LABEL_FONT_SIZE, MARKERS, PALETTE, place_labels, pyplot,
                                           save_figure)
@@ -125,9 +130,11 @@ def compare(a_jsonl: str | Path, b_jsonl: str | Path) -> dict[str, Any]:
     sampled runs: problems one solved in a larger share of its samples), mean_tokens_a/b,
     mean_steps_a/b, hit_limit_a/b (outputs cut off: no stop token, the token budget or the
     model's context ended them; of a sampled run the mean per pass), samples_a/b (1 for greedy),
-    accuracy_std_a/b (sampled runs: the std of the per-sample accuracies; None for greedy), and
+    accuracy_std_a/b (sampled runs: the std of the per-sample accuracies; None for greedy),
     cot_reduction = 1 - steps(B) / tokens(A): how much shorter B's decode is than A's
-    token-by-token chain of thought.
+    token-by-token chain of thought, and the paired accuracy difference's accuracy_diff_se,
+    accuracy_diff_ci ([low, high], 95%; both None for one problem) and mcnemar_p (exact, two
+    runs of one pass per problem; None otherwise), see `eval_paired`.
 
     Records are matched by id: files of different benchmarks or with a repeated id are a
     ValueError, different max_new_tokens a warning.
@@ -189,6 +196,7 @@ def _compare_records(a_jsonl: str | Path, a: dict[str, dict[str, Any]], b_jsonl:
         "samples_b": _samples(b, common),
         "accuracy_std_a": accuracy_std(a, common),
         "accuracy_std_b": accuracy_std(b, common),
+        **paired_fields(a, b, common, greedy=_samples(a, common) == _samples(b, common) == 1),
     }
 
 
@@ -242,7 +250,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         lines.append(f"unmatched: {result['only_in_a']} only in A, {result['only_in_b']} only in B")
     lines += ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.append(f"CoT length reduction of B vs A (1 - steps_B / tokens_A): {result['cot_reduction']:.2%}")
-    return "\n".join(lines + _sampled_note([result]))
+    return "\n".join(lines + _sampled_note([result]) + paired_lines(result))
 
 
 def run_label(path: str | Path, records: dict[str, dict[str, Any]] | None = None) -> str:
@@ -336,7 +344,7 @@ def format_runs(results: list[dict[str, Any]]) -> str:
               for row in rows]
     lines.append("CoT reduction = 1 - mean steps of the run / mean tokens of A; "
                  "cut off = outputs without a stop token (token budget or context)")
-    return "\n".join(lines + _sampled_note(results))
+    return "\n".join(lines + _sampled_note(results) + paired_table(results))
 
 
 def accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
