@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 
+from superthoughts_ext.cli import main
 from superthoughts_ext.eval_compare import compare, compare_runs, format_comparison, format_runs
 from superthoughts_ext.eval_paired import mcnemar_exact_p, paired_difference, t_quantile_975
 
+ROOT = Path(__file__).resolve().parent.parent
 COMMON = {"bench": "amc23", "max_new_tokens": 4096}
 
 
@@ -165,3 +168,12 @@ def test_paired_difference_refuses_unmatched_scores() -> None:
     with pytest.raises(ValueError, match="got 0 and 0"):
         paired_difference([], [], greedy=False)
 
+
+def test_the_docs_example_is_what_compare_prints(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    page = (ROOT / "docs" / "evaluation.md").read_text()
+    block = re.search(r"superthoughts eval --compare sft\.jsonl st\.jsonl\n```\n\n```\n(.*?)```", page, re.S)
+    assert block, "docs/evaluation.md lost its --compare example"
+    assert main(["eval", "--compare", "sft.jsonl", "st.jsonl"]) == 0
+    printed = capsys.readouterr().out
+    # The page keeps no trailing blanks (the table's empty "B - A" cells).
+    assert block.group(1).splitlines() == [line.rstrip() for line in printed.splitlines()]
