@@ -3,7 +3,14 @@
 Trains the demo's initial SFT model (`superthoughts_ext/demo`, its default settings unless given
 smaller ones), then fine-tunes it with the SuperThoughts objective twice, with the same steps,
 learning rate, pad-split and seed, once per MTP input (the demo's `superthoughts` stage with only
-mtp_input changed), and decodes the held-out problems with both:
+mtp_input changed), and decodes the held-out problems with both.
+
+--seed N seeds the models: the initial model's init, the initial SFT and both fine-tunes (batch
+order, pad-split draws). The training and held-out problems stay those of the demo's seed
+(DATA_SEED), so a second seed is an independent training run scored on the same 100 problems,
+and its results compare problem set for problem set with the first.
+
+Reported:
 
 - accuracy, mean tokens, mean decode steps, pair-step share (pair steps / steps) and the CoT
   reduction (1 - steps / the initial SFT model's tokens in `standard` mode) at each threshold
@@ -17,7 +24,7 @@ mtp_input changed), and decodes the held-out problems with both:
 Models are trained into --root and reused when their marker is there; each fine-tune can run in
 its own process (--only sft | unit | next_token), then a last call without --only evaluates.
 
-    python benchmarks/bench_mtp_input.py --root /tmp/mtp_input [--only unit] [--threads 1]
+    python benchmarks/bench_mtp_input.py --root /tmp/mtp_input [--seed 1] [--only unit] [--threads 1]
 """
 from __future__ import annotations
 
@@ -40,6 +47,11 @@ from superthoughts_ext.run_info import (add_output_arguments, add_threads_argume
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MTP_INPUTS = ("unit", "next_token")
+# The demo's seed of its train and test problems; --seed changes the models' seed only.
+DATA_SEED = DemoSettings().seed
+# In --root: the seed its models were trained with. Models are reused from their markers, so a
+# root trained at one seed would otherwise be reported, silently, under another.
+SEED_FILE = "models_seed.json"
 
 
 def fine_tune(settings: DemoSettings, start: Path, data: Path, directory: Path, mtp_input: str) -> dict[str, Any]:
@@ -74,7 +86,7 @@ def evaluate_variants(settings: DemoSettings, root: Path, thresholds: list[float
     from superthoughts_ext.modeling import load_model
 
     tokenizer = build_tokenizer()
-    test = make_split("test", settings.eval_problems, seed=settings.seed)
+    test = make_split("test", settings.eval_problems, seed=DATA_SEED)
     rows = [eval_data.Problem(id=f"demo-{i}", question=p.question, answer=p.answer) for i, p in enumerate(test)]
     common = dict(batch_size=settings.eval_batch_size, max_new_tokens=settings.max_new_tokens, progress=False)
 
@@ -106,7 +118,7 @@ def step_times(settings: DemoSettings, root: Path, threshold: float, new_tokens:
 
     tokenizer = build_tokenizer()
     model = load_model(root / "next_token")
-    test = make_split("test", settings.eval_problems, seed=settings.seed)
+    test = make_split("test", settings.eval_problems, seed=DATA_SEED)
     texts = [tokenizer.apply_chat_template(chat_messages(p), tokenize=False, add_generation_prompt=True) for p in test]
     tokenizer.padding_side = "left"
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -129,6 +141,31 @@ def step_times(settings: DemoSettings, root: Path, threshold: float, new_tokens:
     return out
 
 
+def bench_settings(args: argparse.Namespace) -> DemoSettings:
+    """The demo's settings with the step and problem counts and the models' seed `args` gives."""
+    changes = {name: getattr(args, name) for name in ("train_steps", "superthoughts_steps", "eval_problems", "seed")
+               if getattr(args, name) is not None}
+    return replace(DemoSettings(), **changes)
+
+
+def claim_root(root: Path, seed: int) -> None:
+    """Records in `root` the seed its models are trained with; SystemExit when it already holds
+    models of another seed (they would be reused from their markers as if trained with `seed`)."""
+    record = root / SEED_FILE
+    if record.exists():
+        held = json.loads(record.read_text(encoding="utf-8"))["seed"]
+        if held != seed:
+            raise SystemExit(f"--root {root} holds models trained with seed {held}, not --seed {seed}: "
+                             "give another --root")
+        return
+    if any((root / name / DONE_MARKER).exists() for name in ("initial_sft", *MTP_INPUTS)):
+        # A root from before the record: its models can only be the default seed's.
+        if seed != DemoSettings().seed:
+            raise SystemExit(f"--root {root} holds models of unrecorded seed (the default, "
+                             f"{DemoSettings().seed}), not --seed {seed}: give another --root")
+    replace_text(record, json.dumps({"seed": seed}) + "\n")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.only is not None:  # a training phase alone writes no results file
         return run(args, None)
@@ -141,17 +178,15 @@ def main(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace, path: Path | None) -> int:
     """Trains what `args` asks for; with `path` (no --only) evaluates both inputs into it."""
     threads = apply_threads(args)
-    settings = DemoSettings()
-    changes = {name: getattr(args, name) for name in ("train_steps", "superthoughts_steps", "eval_problems")
-               if getattr(args, name) is not None}
-    settings = replace(settings, **changes)
+    settings = bench_settings(args)
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
+    claim_root(root, settings.seed)
     data = root / "train.jsonl"
     if not data.exists():
         from superthoughts_ext.demo.task import make_split, write_jsonl
 
-        write_jsonl(make_split("train", settings.train_problems, seed=settings.seed), data)
+        write_jsonl(make_split("train", settings.train_problems, seed=DATA_SEED), data)
     training: dict[str, Any] = {}
     if args.only in (None, "sft"):
         base = build_base(settings, root / "base")
@@ -164,7 +199,8 @@ def run(args: argparse.Namespace, path: Path | None) -> int:
     if args.only is not None:
         return 0
     report = {
-        "settings": {**asdict(settings), "thresholds": args.thresholds},
+        # "seed" is the models' seed; "data_seed" the problems'.
+        "settings": {**asdict(settings), "data_seed": DATA_SEED, "thresholds": args.thresholds},
         "training": training,
         "results": evaluate_variants(settings, root, args.thresholds),
         "step_time": {"threshold": args.thresholds[0], "new_tokens": args.timing_tokens,
@@ -186,6 +222,9 @@ if __name__ == "__main__":
     parser.add_argument("--superthoughts-steps", type=int_at_least(1), default=None,
                         help="fine-tuning steps of each variant (demo: 900)")
     parser.add_argument("--eval-problems", type=int_at_least(1), default=None, help="held-out problems (demo: 100)")
+    parser.add_argument("--seed", type=int_at_least(0), default=None,
+                        help=f"seed of the models: init, initial SFT and fine-tunes (demo: {DemoSettings().seed}; "
+                             f"the problems keep seed {DATA_SEED})")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.999],
                         help="MTP thresholds to decode at (the first is the one timed)")
     parser.add_argument("--timing-tokens", type=int_at_least(1), default=128, help="new tokens per timed call")

@@ -1,9 +1,13 @@
-"""benchmarks/bench_mtp_input.py's results file: checked and held before its hour of training."""
+"""benchmarks/bench_mtp_input.py: its results file is checked and held before its hour of training, and
+--seed seeds every model it trains while the problems stay the demo's."""
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,3 +36,75 @@ def test_a_recorded_results_file_is_refused_before_any_training(tmp_path, monkey
     # A training phase alone writes no results, so needs no free results file.
     assert module.main(argparse.Namespace(only="unit", output=None, overwrite=False)) == 0
     assert ran == [given, None]
+
+
+def bench_args(root: Path, **given) -> argparse.Namespace:
+    """The parsed flags of a run into `root` (the demo's settings unless `given`)."""
+    defaults = dict(root=root, only=None, train_steps=None, superthoughts_steps=None, eval_problems=None, seed=None,
+                    thresholds=[0.9], timing_tokens=4, repeats=1, threads=None, output=None, overwrite=False)
+    return argparse.Namespace(**{**defaults, **given})
+
+
+def record_training(module, monkeypatch) -> dict[str, list]:
+    """Replaces every training and measurement of `module` by a record of what it was given:
+    the seeds of the base model, the initial SFT, each fine-tune's TrainOptions and the problems."""
+    import superthoughts_ext.demo.task as task
+    import superthoughts_ext.train as train
+
+    seen: dict[str, list] = {"base": [], "sft": [], "fine_tunes": [], "problems": []}
+    monkeypatch.setattr(module, "build_base", lambda settings, directory: seen["base"].append(settings.seed) or directory)
+
+    def fake_sft(settings, base, data, directory, **kwargs):
+        seen["sft"].append(settings.seed)
+        return SimpleNamespace(metrics={})
+
+    monkeypatch.setattr(module, "train_model", fake_sft)
+
+    def fake_train(options):
+        seen["fine_tunes"].append((options.mtp_input, options.seed))
+        Path(options.output_dir).mkdir(parents=True)  # where the model (and the bench's marker) goes
+        return SimpleNamespace(global_step=options.max_steps, metrics={}, log_history=[])
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(task, "make_split", lambda name, n, seed=0: seen["problems"].append((name, seed)) or [])
+    monkeypatch.setattr(module, "evaluate_variants", lambda settings, root, thresholds: {})
+    monkeypatch.setattr(module, "step_times", lambda settings, root, *rest: {})
+    return seen
+
+
+def test_seed_reaches_the_base_model_the_initial_sft_and_both_fine_tunes_not_the_problems(tmp_path,
+                                                                                         monkeypatch) -> None:
+    module = bench_module()
+    seen = record_training(module, monkeypatch)
+    output = tmp_path / "seed3.json"
+    assert module.run(bench_args(tmp_path / "root", seed=3, output=output), output) == 0
+    assert seen["base"] == seen["sft"] == [3]
+    assert sorted(seen["fine_tunes"]) == [("next_token", 3), ("unit", 3)]
+    # The same task and problems at every seed: a second seed is scored on the first one's test set.
+    assert seen["problems"] == [("train", module.DATA_SEED)]
+    settings = json.loads(output.read_text())["settings"]
+    assert (settings["seed"], settings["data_seed"]) == (3, module.DATA_SEED) == (3, 0)
+
+
+def test_no_seed_keeps_the_demo_seed_of_the_recorded_results(tmp_path, monkeypatch) -> None:
+    module = bench_module()
+    assert module.bench_settings(bench_args(tmp_path)).seed == 0
+    assert module.bench_settings(bench_args(tmp_path, seed=5, train_steps=7)) == replace(
+        module.DemoSettings(), seed=5, train_steps=7)
+
+
+def test_a_root_trained_at_another_seed_is_refused_not_reused(tmp_path, monkeypatch) -> None:
+    module = bench_module()
+    seen = record_training(module, monkeypatch)
+    root = tmp_path / "root"
+    assert module.run(bench_args(root, seed=2, only="sft"), None) == 0
+    with pytest.raises(SystemExit, match="holds models trained with seed 2, not --seed 1"):
+        module.run(bench_args(root, seed=1, only="unit"), None)
+    assert module.run(bench_args(root, seed=2, only="unit"), None) == 0  # its own seed goes on
+    # A root from before the record holds the default seed's models.
+    old = tmp_path / "old"
+    (old / "initial_sft").mkdir(parents=True)
+    (old / "initial_sft" / module.DONE_MARKER).write_text("{}")
+    with pytest.raises(SystemExit, match="unrecorded seed \\(the default, 0\\), not --seed 1"):
+        module.run(bench_args(old, seed=1, only="unit"), None)
+    assert seen["fine_tunes"] == [("unit", 2)]
