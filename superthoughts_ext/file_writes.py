@@ -1,10 +1,11 @@
 """Writing the files other runs read back, and saying why a write failed.
 
 `replace_text` writes a whole file or nothing (a resumed evaluation's records, summaries, the
-benchmarks' results JSON, the demo's cache markers). `writing` turns what a failed write raises
-(an OSError without the file's name, safetensors' SafetensorError, torch.save's RuntimeError
-"unexpected pos 488512 vs 488404") into `WriteFailed`, which names the file, the cause and the
-room left there, so that a command can print one line instead of a traceback.
+benchmarks' results JSON, the demo's cache markers), and `replacing` so any file a library writes
+by name (the plots). `writing` turns what a failed write raises (an OSError without the file's
+name, safetensors' SafetensorError, torch.save's RuntimeError "unexpected pos 488512 vs 488404")
+into `WriteFailed`, which names the file, the cause and the room left there, so that a command
+can print one line instead of a traceback.
 """
 from __future__ import annotations
 
@@ -100,12 +101,14 @@ def _create_beside(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, f"no free temporary file name beside {path.name}", os.fspath(path.parent))
 
 
-def replace_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then
-    os.replace, so that an interrupted or failed write (a full disk) leaves the old file whole.
-    A symlink's target is replaced, not the link; an existing file keeps its mode, and one that
-    this process may not write is refused, as open(path, "w") refuses it. `WriteFailed` when it
-    cannot be written (the folder too must be writable).
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields the path of a new, empty temporary file beside ``path`` for the body to write
+    (by name: matplotlib's savefig, say), then moves it over ``path`` once the body returns, so
+    that an interrupted or failed write (Ctrl-C, a full disk) leaves the old file whole and no
+    temporary behind. A symlink's target is replaced, not the link; an existing file keeps its
+    mode, and one that this process may not write is refused, as open(path, "w") refuses it.
+    `WriteFailed` when it cannot be written (the folder too must be writable).
 
     A process killed mid-write (SIGKILL, an OOM kill) leaves its temporary file behind, a hidden
     ``.NAME.XXXXXXXX.tmp`` beside the file: `remove_stale_temporaries` removes them for a
@@ -115,22 +118,28 @@ def replace_text(path: str | os.PathLike, text: str) -> None:
         existing_mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
         fd, temporary = _create_beside(path)  # first: on a read-only file system, EROFS says why
         try:
-            # os.replace needs the folder alone: a read-only file (0444) would be overwritten
-            # where open("w") refuses it. os.access answers for root as open() does (True).
-            if existing_mode is not None and not os.access(path, os.W_OK):
-                os.close(fd)
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(given))
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
+            with os.fdopen(fd, "wb") as file:
+                # os.replace needs the folder alone: a read-only file (0444) would be overwritten
+                # where open("w") refuses it. os.access answers for root as open() does (True).
+                if existing_mode is not None and not os.access(path, os.W_OK):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(given))
                 if existing_mode is not None:
                     os.fchmod(file.fileno(), existing_mode)
-                file.write(text)
-                file.flush()
+            yield temporary
+            with open(temporary, "rb") as file:  # on disk before it takes the old file's place
                 os.fsync(file.fileno())
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
+
+
+def replace_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8), as `replacing` writes a file: the old file
+    whole, or the new one."""
+    with replacing(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:

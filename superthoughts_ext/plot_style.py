@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.file_writes import writing
+from superthoughts_ext.file_writes import replacing, writing
 
 # Okabe & Ito's palette (black last: the baselines are drawn in black): distinct for the common
 # colour-vision deficiencies, where matplotlib's default cycle puts red beside green.
@@ -43,15 +43,22 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Writes ``fig`` to ``path`` (any format matplotlib knows from the suffix; the folder is
-    made) at `DPI`, cropped to what is drawn so that no label or legend outside the axes is cut
-    off, and closes it even when the write fails (`WriteFailed` naming the path)."""
+    """Writes ``fig`` to ``path`` (any format matplotlib knows from the suffix, else its default
+    format, whose suffix is added as savefig adds it; the folder is made) at `DPI`, cropped to
+    what is drawn so that no label or legend outside the axes is cut off, and closes it even when
+    the write fails (`WriteFailed` naming the path); returns the path written. The file is
+    replaced whole (`file_writes.replacing`): savefig opens its file before it encodes, and a
+    Ctrl-C meanwhile left a truncated PNG in place of the previous plot."""
     plt = pyplot()
     path = Path(path)
+    file_format = path.suffix[1:] or plt.rcParams["savefig.format"]
+    if not path.suffix:
+        path = path.with_name(f"{path.name.rstrip('.')}.{file_format}")
     try:
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        with replacing(path) as temporary:
+            fig.savefig(temporary, format=file_format, dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
