@@ -141,6 +141,55 @@ def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys, tmp_path) -> N
     assert "the same command with --resume in place of --overwrite continues it" in capsys.readouterr().err
 
 
+def test_sigterm_ends_a_command_as_ctrl_c_does_letting_go_of_its_lock(monkeypatch, capsys, tmp_path) -> None:
+    # SIGTERM (SLURM preemption, kill) ended the process on the spot: no line in the log, and the
+    # output's lock file and a replace_text temporary being written were left behind.
+    import os
+    import signal
+    import time
+
+    from superthoughts_ext import eval_cli
+    from superthoughts_ext.run_info import output_lock
+
+    output = tmp_path / "o.jsonl"
+
+    def terminated(args):
+        with output_lock(output, "evaluate"):
+            assert (tmp_path / ".o.jsonl.lock").exists()
+            # Else the signal would end the test session itself.
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "no SIGTERM handler while it runs"
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(eval_cli, "run", terminated)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    model = tmp_path / "m"
+    model.mkdir()
+    argv = ["eval", "--model", str(model), "--bench", "amc23", "--output", str(output)]
+    assert cli.main(argv) == 143
+    assert capsys.readouterr().err == ("superthoughts eval: terminated (SIGTERM); the same command with --resume "
+                                       "continues it, keeping the records written so far\n")
+    assert list(tmp_path.iterdir()) == [model]  # no lock file left
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's handling back
+
+    # A caller that handles SIGTERM itself keeps its handler while the command runs.
+    def callers_handler(signum, frame):
+        raise AssertionError("not expected to run")
+
+    def sees_handler(args):
+        assert signal.getsignal(signal.SIGTERM) is callers_handler
+        return 0
+
+    monkeypatch.setattr(eval_cli, "run", sees_handler)
+    previous = signal.signal(signal.SIGTERM, callers_handler)
+    try:
+        assert cli.main(argv) == 0
+        assert signal.getsignal(signal.SIGTERM) is callers_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_bench_without_the_checkout_says_why_whatever_the_options(monkeypatch, tmp_path) -> None:
     # A non-editable install has no benchmarks/: `bench step --output x` said only
     # "unrecognized arguments".

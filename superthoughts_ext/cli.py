@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -178,16 +180,45 @@ def build_parser(with_options: Iterable[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's preemption or time limit, `kill`, `timeout`) raised where the
+    command is, as Ctrl-C raises KeyboardInterrupt: its locks, temporary files and half-written
+    checkpoints are let go of on the way out, which the default action (an immediate exit) left
+    behind. A KeyboardInterrupt, so that no `except Exception` takes it for an error."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` while a command runs, and the previous handler is back
+    afterwards. Left alone where the caller handles SIGTERM itself (a handler of its own is
+    installed) and off the main thread, where Python cannot install a handler."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen subcommand's module is imported.
     args = build_parser(argv[:1]).parse_args(argv)
     try:
-        with command_warnings():
+        with command_warnings(), sigterm_as_interrupt():
             return int(importlib.import_module(args._module).run(args) or 0)
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through training or decoding
-        print(f"superthoughts {args.command}: interrupted{resume_hint(args.command, args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # one line, not a traceback through training or decoding
+        # 128 + the signal's number, as a shell reports a command the signal ended.
+        what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"superthoughts {args.command}: {what}{resume_hint(args.command, args)}", file=sys.stderr)
+        return status
 
 
 def resume_hint(command: str, args: argparse.Namespace) -> str:
