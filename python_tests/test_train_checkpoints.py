@@ -232,6 +232,32 @@ def test_a_save_that_meets_a_full_disk_is_named_and_leaves_no_half_written_folde
     assert (out / "config.json").is_file()
 
 
+def test_a_checkpoint_save_interrupted_is_removed_and_the_run_resumes_from_the_one_before(base_dirs, tmp_path,
+                                                                                           monkeypatch):
+    # Ctrl-C (or SIGTERM, raised as cli.Terminated) after the weights and optimizer were written
+    # left checkpoint-2 without trainer_state.json, and --resume refused it until removed by hand.
+    import transformers.trainer
+
+    from superthoughts_ext.cli import Terminated
+
+    saved_rng_state = transformers.trainer.Trainer._save_rng_state
+
+    def interrupted_at_step_2(self, output_dir):
+        if self.state.global_step == 2:
+            raise Terminated
+        saved_rng_state(self, output_dir)
+
+    monkeypatch.setattr(transformers.trainer.Trainer, "_save_rng_state", interrupted_at_step_2)
+    out = tmp_path / "out"
+    options = dict(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **{**FAST, "max_steps": 3, "save_steps": 1})
+    with pytest.raises(Terminated):
+        train(TrainOptions(**options))
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1"]
+    monkeypatch.undo()
+    resumed = train(TrainOptions(**options, resume_from_checkpoint=True))
+    assert resumed.global_step == 3 and [e["step"] for e in resumed.log_history if "loss" in e] == [1, 2, 3]
+
+
 def test_a_rotation_that_fails_names_the_older_checkpoint_not_the_saved_one(base_dirs, tmp_path, monkeypatch):
     # Trainer removes older checkpoints (--save-total-limit) inside the save: an error there was
     # reported against the new checkpoint, which had been saved whole. transformers' own

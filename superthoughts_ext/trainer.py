@@ -275,18 +275,21 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Trainer's checkpoint save, a failed write (a full disk) raised as `WriteFailed` naming
-        the folder, which is removed: half written, it held the room a rerun needs, and a --resume
-        picked it as the last checkpoint only to refuse it."""
+        the folder. A save cut off (a failed write, Ctrl-C, SIGTERM: `cli.Terminated`) removes its
+        folder: half written, it held the room a rerun needs, and a --resume picked it as the last
+        checkpoint only to refuse it, until it was removed by hand."""
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         try:
             with writing(folder):
                 super()._save_checkpoint(model, trial)
-        except WriteFailed as failed:
+        except BaseException as failed:
             if not self.args.should_save:
                 raise
             # Trainer writes trainer_state.json last: a folder without it is not whole.
             if train_run_settings.read_json(folder / "trainer_state.json") is None:
                 shutil.rmtree(folder, ignore_errors=True)
+                raise
+            if not isinstance(failed, WriteFailed):
                 raise
             # A whole folder: what failed came after it, rotating older checkpoints away
             # (--save-total-limit; transformers ignores a failed removal there, not a folder that
