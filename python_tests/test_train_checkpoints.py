@@ -258,6 +258,25 @@ def test_a_checkpoint_save_interrupted_is_removed_and_the_run_resumes_from_the_o
     assert resumed.global_step == 3 and [e["step"] for e in resumed.log_history if "loss" in e] == [1, 2, 3]
 
 
+def test_a_final_save_interrupted_leaves_no_staging_folder(base_dirs, tmp_path, monkeypatch):
+    # .final-save/ held a whole model's copy (hidden, 28 GB for a 14B model) until the next run.
+    import superthoughts_ext.trainer
+    from superthoughts_ext.cli import Terminated
+
+    saved = torch.save
+
+    def interrupted(obj, path, *args, **kwargs):
+        if Path(path).parent.name == ".final-save":
+            raise Terminated  # after the weights, before training_args.bin
+        saved(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(superthoughts_ext.trainer.torch, "save", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(Terminated):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, **{**FAST, "max_steps": 1}))
+    assert list(out.iterdir()) == []
+
+
 def test_a_rotation_that_fails_names_the_older_checkpoint_not_the_saved_one(base_dirs, tmp_path, monkeypatch):
     # Trainer removes older checkpoints (--save-total-limit) inside the save: an error there was
     # reported against the new checkpoint, which had been saved whole. transformers' own

@@ -314,8 +314,8 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         try:
             with writing(out):
                 self.save_model(os.fspath(staging))
-        except WriteFailed:
-            if self.args.should_save:  # the room it takes; nothing in `out` was touched yet
+        except BaseException:  # a full disk, Ctrl-C, SIGTERM (`cli.Terminated`)
+            if self.args.should_save:  # the room it takes (a whole model); nothing in `out` was touched yet
                 shutil.rmtree(staging, ignore_errors=True)
             raise
         self.accelerator.wait_for_everyone()
