@@ -139,6 +139,17 @@ def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys, tmp_path) -> N
                                        "keeping the records written so far\n")
     assert cli.main([*argv, "--overwrite"]) == 130  # --resume and --overwrite are refused together
     assert "the same command with --resume in place of --overwrite continues it" in capsys.readouterr().err
+    # python -m superthoughts_ext.train, which torchrun and accelerate launch run: a traceback per rank.
+    from superthoughts_ext import train
+
+    monkeypatch.setattr(train, "run", interrupted)
+    try:
+        status = train.main(["--model", "m", "--data", "d.jsonl", "--output", "o"])
+    except KeyboardInterrupt:  # would end the test session
+        pytest.fail("python -m superthoughts_ext.train let Ctrl-C through")
+    assert status == 130
+    assert capsys.readouterr().err == ("superthoughts train: interrupted; the same command with --resume continues "
+                                       "from the last checkpoint in --output, if one was saved\n")
 
 
 def test_sigterm_ends_a_command_as_ctrl_c_does_letting_go_of_its_lock(monkeypatch, capsys, tmp_path) -> None:

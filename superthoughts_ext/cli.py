@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 # subcommand -> (module, one-line help)
@@ -207,18 +207,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def run_command(command: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int | None]) -> int:
+    """`run(args)` as `superthoughts COMMAND` runs it, returning its exit status: warnings as
+    `command_warnings` prints them, and Ctrl-C or SIGTERM (`sigterm_as_interrupt`) ending it in
+    one line with the resume hint, not a traceback through training or decoding. Also the entry
+    of ``python -m superthoughts_ext.train``, which torchrun and accelerate launch run."""
+    try:
+        with command_warnings(), sigterm_as_interrupt():
+            return int(run(args) or 0)
+    except KeyboardInterrupt as stop:
+        # 128 + the signal's number, as a shell reports a command the signal ended.
+        what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"superthoughts {command}: {what}{resume_hint(command, args)}", file=sys.stderr)
+        return status
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen subcommand's module is imported.
     args = build_parser(argv[:1]).parse_args(argv)
-    try:
-        with command_warnings(), sigterm_as_interrupt():
-            return int(importlib.import_module(args._module).run(args) or 0)
-    except KeyboardInterrupt as stop:  # one line, not a traceback through training or decoding
-        # 128 + the signal's number, as a shell reports a command the signal ended.
-        what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
-        print(f"superthoughts {args.command}: {what}{resume_hint(args.command, args)}", file=sys.stderr)
-        return status
+    return run_command(args.command, args, lambda parsed: importlib.import_module(parsed._module).run(parsed))
 
 
 def resume_hint(command: str, args: argparse.Namespace) -> str:

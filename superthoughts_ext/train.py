@@ -54,7 +54,7 @@ from torch import nn
 
 from superthoughts_ext import train_data, train_precision, train_resume, train_run_settings, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
-from superthoughts_ext.cli import HelpFormatter, command_warnings, resume_hint, transformers_progress_bars, utf8_text
+from superthoughts_ext.cli import HelpFormatter, resume_hint, run_command, transformers_progress_bars, utf8_text
 from superthoughts_ext.file_writes import WriteFailed
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
 from superthoughts_ext.run_info import output_lock
@@ -396,9 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="superthoughts train", description=(__doc__ or "").partition("\n")[0],
                                      formatter_class=HelpFormatter)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    with command_warnings():
-        return run(args)
+    return run_command("train", parser.parse_args(argv), run)
 
 
 if __name__ == "__main__":
