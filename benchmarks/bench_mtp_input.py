@@ -158,7 +158,8 @@ def claim_root(root: Path, seed: int) -> None:
             raise SystemExit(f"--root {root} holds models trained with seed {held}, not --seed {seed}: "
                              "give another --root")
         return
-    if any((root / name / DONE_MARKER).exists() for name in ("initial_sft", *MTP_INPUTS)):
+    # "base" too: a run cut off in its initial SFT leaves the random init alone, reused from its marker.
+    if any((root / name / DONE_MARKER).exists() for name in ("base", "initial_sft", *MTP_INPUTS)):
         # A root from before the record: its models can only be the default seed's.
         if seed != DemoSettings().seed:
             raise SystemExit(f"--root {root} holds models of unrecorded seed (the default, "

@@ -108,3 +108,18 @@ def test_a_root_trained_at_another_seed_is_refused_not_reused(tmp_path, monkeypa
     with pytest.raises(SystemExit, match="unrecorded seed \\(the default, 0\\), not --seed 1"):
         module.run(bench_args(old, seed=1, only="unit"), None)
     assert seen["fine_tunes"] == [("unit", 2)]
+
+
+def test_a_root_holding_only_the_base_model_of_the_default_seed_is_refused(tmp_path, monkeypatch) -> None:
+    # A run from before the seed record cut off during its initial SFT leaves base/ alone, with its
+    # marker: build_base reuses it, so --seed 1 would train its SFT from the default seed's init.
+    module = bench_module()
+    seen = record_training(module, monkeypatch)
+    old = tmp_path / "old"
+    (old / "base").mkdir(parents=True)
+    (old / "base" / module.DONE_MARKER).write_text("{}")
+    with pytest.raises(SystemExit, match="unrecorded seed \\(the default, 0\\), not --seed 1"):
+        module.run(bench_args(old, seed=1, only="sft"), None)
+    assert seen["base"] == seen["sft"] == []
+    assert module.run(bench_args(old, only="sft"), None) == 0  # the default seed's own run goes on
+
