@@ -123,3 +123,28 @@ def test_a_root_holding_only_the_base_model_of_the_default_seed_is_refused(tmp_p
     assert seen["base"] == seen["sft"] == []
     assert module.run(bench_args(old, only="sft"), None) == 0  # the default seed's own run goes on
 
+
+def test_the_held_out_problems_keep_the_demo_seed_whatever_the_models_seed(tmp_path, monkeypatch) -> None:
+    # Both the scoring and the step timing read the test split: a second seed must score the
+    # first one's problems, or the two rows of results compare different test sets.
+    import superthoughts_ext.demo.task as task
+    import superthoughts_ext.modeling as modeling
+
+    module = bench_module()
+    splits: list[tuple[str, int]] = []
+
+    class Split(Exception):
+        """Stops each function once it has asked for its problems (no model to decode here)."""
+
+    def make_split(name, n, seed=0):
+        splits.append((name, seed))
+        raise Split
+
+    monkeypatch.setattr(task, "make_split", make_split)
+    monkeypatch.setattr(modeling, "load_model", lambda path: None)
+    settings = module.bench_settings(bench_args(tmp_path, seed=3))
+    with pytest.raises(Split):
+        module.evaluate_variants(settings, tmp_path, [0.9])
+    with pytest.raises(Split):
+        module.step_times(settings, tmp_path, 0.9, 4, 1)
+    assert splits == [("test", module.DATA_SEED)] * 2
