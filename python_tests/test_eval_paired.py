@@ -177,3 +177,19 @@ def test_the_docs_example_is_what_compare_prints(runs: dict[str, Path], capsys: 
     printed = capsys.readouterr().out
     # The page keeps no trailing blanks (the table's empty "B - A" cells).
     assert block.group(1).splitlines() == [line.rstrip() for line in printed.splitlines()]
+
+
+def test_the_docs_sizes_of_se_and_interval_are_what_paired_difference_gives() -> None:
+    # The page's rule of thumb for two greedy runs, b = c problems solved by one run alone: its SE
+    # and its 95% half-width are two numbers (the one about twice the other), each as computed.
+    page = " ".join((ROOT / "docs" / "evaluation.md").read_text().split())
+    stated = re.findall(r"(\d+) (?:problems that differ )?among \w+'s (\d+) (?:give )?SE (\d+\.\d) and "
+                        r"±(\d+\.\d)", page)
+    assert len(stated) == 2, "docs/evaluation.md lost its SE and interval examples"
+    for discordant, n, se, half in stated:
+        only = int(discordant) // 2
+        rest = int(n) - 2 * only
+        paired = paired_difference([1] * only + [0] * only + [0] * rest, [0] * only + [1] * only + [0] * rest,
+                                   greedy=True)
+        assert f"{100 * paired.se:.1f}" == se
+        assert f"{100 * (paired.ci[1] - paired.mean):.1f}" == half
