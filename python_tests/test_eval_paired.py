@@ -193,3 +193,20 @@ def test_the_docs_sizes_of_se_and_interval_are_what_paired_difference_gives() ->
                                    greedy=True)
         assert f"{100 * paired.se:.1f}" == se
         assert f"{100 * (paired.ci[1] - paired.mean):.1f}" == half
+
+
+def test_a_one_sample_run_scores_0_or_1_so_it_gets_mcnemar_too(tmp_path: Path) -> None:
+    # --samples 1 at a temperature: one pass per problem, each problem solved or not, as greedy.
+    # What the page says of it; several samples per problem (shares) get none.
+    greedy = write_records(tmp_path / "g.jsonl", [{"id": str(i), "correct": i < 4, "tokens": 10, "steps": 10}
+                                                 for i in range(6)])
+    one = sampled(tmp_path / "one.jsonl", [[i > 0] for i in range(6)])
+    with pytest.warns(UserWarning, match="different temperature"):
+        result = compare(greedy, one)
+    assert (result["wins_a"], result["wins_b"], result["mcnemar_p"]) == (1, 2, 1.0)
+    two = sampled(tmp_path / "two.jsonl", [[i > 0, True] for i in range(6)])
+    with pytest.warns(UserWarning, match="different temperature"):
+        assert compare(greedy, two)["mcnemar_p"] is None
+    page = " ".join((ROOT / "docs" / "evaluation.md").read_text().split())
+    assert "Where both runs have one pass per problem (greedy, or sampled with `--samples 1`" in page
+    assert "`mcnemar_p` (None where a run has several samples per problem)" in page
