@@ -169,6 +169,14 @@ def test_paired_difference_refuses_unmatched_scores() -> None:
         paired_difference([], [], greedy=False)
 
 
+def test_the_interval_stays_within_what_a_difference_of_accuracies_can_be() -> None:
+    # Six problems, B alone solved five: mean +5/6, SE 1/6, t(5) = 2.571 -> [+0.405, +1.262] unclamped.
+    paired = paired_difference([0.0] * 6, [1.0] * 5 + [0.0], greedy=True)
+    assert paired.ci is not None
+    assert paired.ci[0] == pytest.approx(5 / 6 - t_quantile_975(5) / 6)
+    assert paired.ci[1] == 1.0
+
+
 def test_the_docs_example_is_what_compare_prints(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     page = (ROOT / "docs" / "evaluation.md").read_text()
     block = re.search(r"superthoughts eval --compare sft\.jsonl st\.jsonl\n```\n\n```\n(.*?)```", page, re.S)

@@ -67,7 +67,7 @@ class PairedDifference:
     n: int
     mean: float  # mean of d_i: the accuracy difference
     se: float | None  # sd(d) / sqrt(n); None for one problem (no spread to estimate)
-    ci: tuple[float, float] | None  # 95% t interval, mean +- t(n - 1) * se; None with se
+    ci: tuple[float, float] | None  # 95% t interval, mean +- t(n - 1) * se within [-1, 1]; None with se
     mcnemar_p: float | None  # exact two-sided McNemar p of two greedy runs; None otherwise
 
 
@@ -84,7 +84,8 @@ def paired_difference(scores_a: Sequence[float], scores_b: Sequence[float], gree
     if n > 1:
         se = statistics.stdev(diffs) / math.sqrt(n)
         half = t_quantile_975(n - 1) * se
-        ci = (mean - half, mean + half)
+        # A difference of accuracies lies in [-1, 1]: a few problems' wide t interval would reach past it.
+        ci = (max(mean - half, -1.0), min(mean + half, 1.0))
     p = None
     if greedy:
         p = mcnemar_exact_p(sum(d < 0 for d in diffs), sum(d > 0 for d in diffs))
