@@ -295,6 +295,10 @@ def test_a_relative_checkpoint_is_read_from_the_folders_it_exists_in_else_left_a
         warnings.simplefilter("error")
         assert checkpoint_of("nowhere/st", "/results/st.jsonl", ["/a/st"]) == "nowhere/st"
         assert checkpoint_of("../st", "/results/st.jsonl", ["/a/st"]) == "../st"
+        # "." and ".." name the directory the old run started in and nothing more: every folder
+        # above the records exists, so none of them is it.
+        assert checkpoint_of(".", tmp_path / "run1" / "a.jsonl", ["/a/st"]) == "."
+        assert checkpoint_of("../..", tmp_path / "run1" / "a.jsonl", []) == "../.."
 
 
 def test_cli_table(tmp_path: Path, runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

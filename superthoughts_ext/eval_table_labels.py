@@ -53,6 +53,8 @@ def checkpoint_of(model: str, records_path: str | Path, absolute_models: Collect
     relative = PurePath(model)
     if relative.is_absolute():
         return model
+    if all(part == ".." for part in relative.parts):  # "." or "..": the start directory itself, unknown
+        return relative.as_posix()
     bases = dict.fromkeys([Path.cwd(), *Path(records_path).resolve().parents])
     # realpath: new records hold Path.resolve() of the checkpoint, links followed.
     found = {os.path.realpath(base / relative) for base in bases if (base / relative).is_dir()}
@@ -60,7 +62,7 @@ def checkpoint_of(model: str, records_path: str | Path, absolute_models: Collect
         return found.pop()
     if found:
         return _ambiguous(model, records_path, found)
-    if ".." in relative.parts or not relative.parts:  # no tail of an absolute path to match
+    if ".." in relative.parts:  # no tail of an absolute path to match
         return relative.as_posix()
     depth = len(relative.parts)
     ends_with = {PurePath(other).as_posix() for other in absolute_models
