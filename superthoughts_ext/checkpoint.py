@@ -241,6 +241,21 @@ def load_superthoughts_dir(model_cls, config_cls, directory: str | os.PathLike, 
     return model
 
 
+# transformers imports an architecture it lacks from the model folder's own .py files (named by
+# `auto_map` in config.json or tokenizer_config.json) when trust_remote_code is True, and, left
+# unset, asks on the terminal whether to: one "y" and a downloaded folder ran its own code. Always
+# False here: the SuperThoughts modules wrap transformers' own classes, so no folder's code is needed.
+REMOTE_CODE_REFUSED = ("it names Python code of its own (auto_map in its config) for an architecture transformers "
+                       "does not have, and superthoughts runs no Python code from model directories "
+                       "(trust_remote_code is off)")
+
+
+def _asks_for_remote_code(error: Exception) -> bool:
+    """Whether transformers refused `error`'s load for want of trust_remote_code (its message,
+    "...Please pass the argument `trust_remote_code=True`...", names no option of ours)."""
+    return isinstance(error, ValueError) and "trust_remote_code" in str(error)
+
+
 # Tokenizer classes that mean "the tokenizer.json pipeline as saved", with no model-specific
 # rebuilding. AutoTokenizer lets a config's model_type (e.g. qwen2 -> Qwen2Tokenizer) override
 # them, which rebuilds a BPE pipeline from the vocabulary and breaks custom tokenizers such as
@@ -270,7 +285,12 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
         saved_class = json.loads(config_path.read_text()).get("tokenizer_class")
         if saved_class in _GENERIC_TOKENIZER_CLASSES:
             return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
-    return AutoTokenizer.from_pretrained(os.fspath(path))
+    try:
+        return AutoTokenizer.from_pretrained(os.fspath(path), trust_remote_code=False)
+    except ValueError as exc:
+        if not _asks_for_remote_code(exc):
+            raise
+        raise ValueError(f"could not load a tokenizer from {os.fspath(path)!r}: {REMOTE_CODE_REFUSED}") from exc
 
 
 def cast_weights(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
@@ -294,8 +314,12 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return dtype
 
 
-def load_plain(path: Path, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
+def load_plain(path: str | os.PathLike, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
+    """The plain causal LM saved in directory `path`, of an architecture transformers has
+    (`REMOTE_CODE_REFUSED`); ValueError starting with `where` when it does not load."""
     try:
-        return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True,
+                                                    trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: {exc}") from exc
+        reason = REMOTE_CODE_REFUSED if _asks_for_remote_code(exc) else exc
+        raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: {reason}") from exc

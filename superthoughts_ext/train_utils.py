@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from superthoughts_ext.checkpoint import TOKENIZER_FILES, has_tokenizer_files, is_superthoughts_checkpoint
+from superthoughts_ext.checkpoint import TOKENIZER_FILES, has_tokenizer_files, is_superthoughts_checkpoint, load_plain
 from superthoughts_ext.train_precision import copy_in_dtype
 
 # Linear layers of Qwen2 / Llama style decoder layers: attention and MLP projections.
@@ -371,8 +371,6 @@ def build_model(
     **overrides)`; a SuperThoughts one continues training with the run's settings
     (`continue_with`). Directories load in `dtype`; modules keep theirs.
     """
-    from transformers import AutoModelForCausalLM
-
     from superthoughts_ext.checkpoint import read_model_dir
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
@@ -386,7 +384,7 @@ def build_model(
             if baseline:
                 raise ValueError(f"train: baseline mode needs a plain checkpoint; {os.fspath(source)!r} is SuperThoughts")
             return continue_with(SuperThoughtsForCausalLM.from_pretrained(os.fspath(source), dtype=dtype), overrides)
-        source = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
+        source = load_plain(source, dtype, "train")
     return source if baseline else SuperThoughtsForCausalLM.from_base(source, **overrides)
 
 
@@ -420,10 +418,8 @@ def continue_with(model: nn.Module, overrides: Mapping[str, Any]) -> nn.Module:
 def attach_teacher(model: nn.Module, source: str | os.PathLike | nn.Module, dtype: torch.dtype) -> None:
     """Give a SuperThoughts model a frozen copy of the original backbone, in `dtype`, for
     distillation."""
-    from transformers import AutoModelForCausalLM
-
     if isinstance(source, (str, os.PathLike)) and not is_superthoughts_checkpoint(source):
-        teacher = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype)
+        teacher = load_plain(source, dtype, "train: the distillation teacher")
     else:
         # No pristine checkpoint on disk: the backbone before any update is the teacher.
         teacher = copy_in_dtype(model.backbone, dtype)

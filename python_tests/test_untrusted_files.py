@@ -1,0 +1,68 @@
+"""Model directories the user did not make: Python code shipped in one never runs.
+
+transformers loads an architecture it lacks from the folder's own .py files when config.json (or
+tokenizer_config.json) names them in `auto_map`, after asking on the terminal (input(), "[y/N]")
+unless trust_remote_code is given. superthoughts passes it as False, so no answer can make a
+downloaded folder run its code; the directory is refused with an error that says why.
+"""
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from test_modeling import make_backbone  # noqa: E402
+
+from superthoughts_ext.checkpoint import load_tokenizer  # noqa: E402
+from superthoughts_ext.demo.tokenizer import build_tokenizer  # noqa: E402
+from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model  # noqa: E402
+from superthoughts_ext.train_utils import attach_teacher, build_model  # noqa: E402
+
+
+def custom_code_dir(root: Path, sentinel: Path) -> Path:
+    """A tiny plain checkpoint whose configs name an architecture and a tokenizer transformers
+    lacks, with the module that would define them: importing that module writes `sentinel`."""
+    directory = root / "downloaded"
+    make_backbone("qwen2").save_pretrained(directory)
+    build_tokenizer().save_pretrained(directory)
+    (directory / "custom.py").write_text(f"import pathlib\npathlib.Path({str(sentinel)!r}).write_text('ran')\n")
+    config = json.loads((directory / "config.json").read_text())
+    config["model_type"] = "custom_lm"
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig", "AutoModelForCausalLM": "custom.CustomModel",
+                          "AutoTokenizer": [None, "custom.CustomTokenizer"]}
+    (directory / "config.json").write_text(json.dumps(config))
+    # No class of transformers' own to fall back on: the tokenizer too is the folder's code.
+    tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("tokenizer_class", None)
+    tokenizer_config["auto_map"] = config["auto_map"]
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return directory
+
+
+@pytest.fixture
+def user_says_yes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user at a terminal who answers transformers' "run the custom code? [y/N]" with y."""
+    monkeypatch.setattr(builtins, "input", lambda prompt="": "y")
+
+
+LOADERS = {
+    "load_model": lambda path: load_model(path),
+    "from_base": lambda path: SuperThoughtsForCausalLM.from_base(str(path)),
+    "train": lambda path: build_model(str(path), baseline=True, dtype=torch.float32, overrides={}),
+    "train teacher": lambda path: attach_teacher(None, str(path), torch.float32),  # type: ignore[arg-type]
+    "load_tokenizer": lambda path: load_tokenizer(path),
+}
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_a_directory_that_needs_its_own_code_is_refused_not_run(tmp_path: Path, user_says_yes: None,
+                                                                 loader: str) -> None:
+    sentinel = tmp_path / "code_ran"
+    directory = custom_code_dir(tmp_path, sentinel)
+    with pytest.raises(ValueError, match="runs no Python code from model directories"):
+        LOADERS[loader](directory)
+    assert not sentinel.exists()
