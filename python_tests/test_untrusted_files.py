@@ -66,3 +66,29 @@ def test_a_directory_that_needs_its_own_code_is_refused_not_run(tmp_path: Path, 
     with pytest.raises(ValueError, match="runs no Python code from model directories"):
         LOADERS[loader](directory)
     assert not sentinel.exists()
+
+
+class _RunsCode:
+    """Unpickled, writes the file it names: what a malicious pytorch_model.bin holds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.path)!r}, 'w').close()",)
+
+
+def test_a_pickled_weights_file_holding_code_is_refused_in_one_line(tmp_path: Path) -> None:
+    # transformers loads a .bin with torch.load(weights_only=True), which refuses the object
+    # (already safe); its page-long UnpicklingError, offering weights_only=False, was a traceback.
+    sentinel, directory = tmp_path / "code_ran", tmp_path / "downloaded"
+    backbone = make_backbone("qwen2")
+    backbone.save_pretrained(directory)
+    (directory / "model.safetensors").unlink()
+    torch.save({**backbone.state_dict(), "payload": _RunsCode(sentinel)}, directory / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"pickled weights .* hold more than tensors.*Unsupported global: GLOBAL "
+                                         r"exec was not an allowed global") as raised:
+        load_model(directory)
+    assert "\n" not in str(raised.value) and "weights_only" not in str(raised.value)
+    assert "safe_globals" not in str(raised.value)
+    assert not sentinel.exists()

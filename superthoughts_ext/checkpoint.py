@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +321,15 @@ def load_plain(path: str | os.PathLike, dtype: torch.dtype | None, where: str) -
     try:
         return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True,
                                                     trust_remote_code=False)
+    except pickle.UnpicklingError as exc:
+        # torch's weights_only load of a .bin holding objects other than tensors: its message, a
+        # page long, offers weights_only=False and allowlists, which would run what the file names.
+        # Its one line that says what was found: "Unsupported global: GLOBAL exec was not ...".
+        found = next((line.split("error:", 1)[1].split(". ")[0].strip() for line in str(exc).splitlines()
+                      if "WeightsUnpickler error:" in line), "")
+        raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: its pickled weights "
+                         "(pytorch_model*.bin) hold more than tensors, which only an unpickling that may run "
+                         f"code from the file would build; refused ({found or 'not weights alone'})") from None
     except (OSError, ValueError) as exc:
         reason = REMOTE_CODE_REFUSED if _asks_for_remote_code(exc) else exc
         raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: {reason}") from exc
