@@ -22,7 +22,7 @@ from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer 
 
 from superthoughts_ext.eval_compare import compare, compare_runs  # noqa: E402
 from superthoughts_ext.eval_data import load_problems  # noqa: E402
-from superthoughts_ext.evaluation import check_records_file, evaluate  # noqa: E402
+from superthoughts_ext.evaluation import check_records_file, evaluate, summary_path  # noqa: E402
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_decoding(tmp_path: Path) -> None:
@@ -34,6 +34,29 @@ def test_an_output_that_cannot_be_written_is_refused_before_decoding(tmp_path: P
         check_records_file(tmp_path / "a_file" / "st.jsonl", resume=False, overwrite=False)
     check_records_file(tmp_path / "new" / "st.jsonl", resume=False, overwrite=False)
     assert not (tmp_path / "new" / "st.jsonl").exists()  # the write check leaves nothing behind
+
+
+def test_a_summary_name_linked_elsewhere_is_never_written_through(tmp_path: Path) -> None:
+    # A run folder unpacked from elsewhere, its summary's name a planted symlink: to nothing, the
+    # resume created the file it names, and its folders, outside the folder; to a file, it is replaced.
+    tokenizer = make_tokenizer()
+    out = evaluated_run(tmp_path)
+    summary, outside = summary_path(out), tmp_path / "outside"
+    summary.unlink()
+    summary.symlink_to(outside / "new_folder" / "planted.json")
+    kwargs = dict(mode="superthoughts", threshold=0.9, batch_size=3, output_jsonl=out, progress=False,
+                  generate_fn=fake_generate(tokenizer, []), metadata={"model": "fake"}, resume=True)
+    with pytest.raises(ValueError, match=r"st\.summary\.json, where the summary of .*st\.jsonl goes, is a symlink to "
+                                         r"nothing \(.*planted\.json\); remove it"):
+        evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, **kwargs)
+    assert not outside.exists()
+    outside.mkdir()
+    (outside / "kept.json").write_text("{}")
+    summary.unlink()
+    summary.symlink_to(outside / "kept.json")
+    evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, **kwargs)
+    assert (outside / "kept.json").read_text() == "{}"
+    assert not summary.is_symlink() and json.loads(summary.read_text())["n"] == len(PROBLEMS)
 
 
 def test_a_sweep_with_an_unwritable_file_decodes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -222,8 +222,9 @@ def remove_summaries(output_jsonl: str | Path) -> None:
 def summary_conflict(output_jsonl: str | Path) -> str | None:
     """Why a run writing ``output_jsonl`` could not have a summary of its own (None when it can):
     a name ending in ``.summary.json``, another records file's summary, a `summary_twin` that is
-    another file (``st`` beside ``st.jsonl``, not a link to it), whose summary would be replaced by this one's, or a
-    summary file that holds an older version's summary of ``st.json`` (`_owner_beside`)."""
+    another file (``st`` beside ``st.jsonl``, not a link to it), whose summary would be replaced by this one's, a
+    summary file that is a symlink to nothing, or one that holds an older version's summary of ``st.json``
+    (`_owner_beside`)."""
     path = Path(output_jsonl)
     if path.name.endswith(SUMMARY_SUFFIX):
         return (f"{path} is named like a summary file (of {path.name[: -len(SUMMARY_SUFFIX)]}.jsonl); give the "
@@ -233,6 +234,12 @@ def summary_conflict(output_jsonl: str | Path) -> str | None:
         return (f"{path} and {twin} would share the summary file {summary_path(path)}; give this run's records "
                 "another name")
     current = summary_path(path)
+    if current.is_symlink() and not current.exists():
+        # The summary's name is the run's choice, not the user's: written through a link to
+        # nothing (one planted in a folder unpacked from elsewhere), it created the file the link
+        # names, and its folders, wherever that is. A link to a file is removed, not written through.
+        return (f"{current}, where the summary of {path} goes, is a symlink to nothing ({os.readlink(current)}); "
+                "remove it, or give this run's records another name")
     if current.is_file() and (owner := _owner_beside(current, path)) is not None:
         return (f"{current}, the summary file of {path}, holds the summary of {owner} (where versions before kept "
                 f"it); move it to {summary_path(owner)}, or give this run's records another name")
