@@ -243,3 +243,16 @@ def test_an_output_that_is_a_file_is_named_so(runs, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match=r"export: --output '.*file' is a file; give a new directory"):
         export(runs["superthoughts"] / "checkpoint-2", tmp_path / "file")
+
+
+def test_a_link_planted_at_the_staging_name_is_not_written_through(runs, tmp_path):
+    # The merged model is written beside --output first, in .NAME.export: a symlink of that name
+    # (planted in a folder unpacked from elsewhere) survived rmtree, which refuses links, and the
+    # model's files went into the folder it names, over its own config.json.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("theirs")
+    (tmp_path / ".merged.export").symlink_to(elsewhere)
+    export(runs["superthoughts"] / "checkpoint-2", tmp_path / "merged")
+    assert files(elsewhere) == {"config.json": b"theirs"}
+    assert not (tmp_path / "merged").is_symlink() and (tmp_path / "merged" / "config.json").is_file()

@@ -160,6 +160,8 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, model: str 
     merged = train_utils.merge_lora(adapted).eval()
     # Written aside and moved in whole: no half-written model under `output`.
     staging = out.parent / f".{out.name}.export"
+    if staging.is_symlink():  # rmtree refuses a link (ignored here), and the model went into its target
+        staging.unlink()
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with writing(out):  # a full disk: one line naming it, not safetensors' bare I/O error
