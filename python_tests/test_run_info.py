@@ -40,3 +40,18 @@ def test_git_commit_of_an_install_inside_another_checkout_is_unknown(tmp_path: P
     site.mkdir(parents=True)
     monkeypatch.setattr(run_info, "_CHECKOUT", site)
     assert run_info.git_commit() == "unknown"
+
+
+def test_a_symlink_at_the_lock_name_is_refused_not_written_through(tmp_path: Path) -> None:
+    # A records folder from elsewhere with .st.jsonl.lock planted as a link: taking the lock
+    # (eval, --regrade, train, demo, bench) truncated the file it named and wrote a pid into it.
+    victim = tmp_path / "home" / ".bashrc"
+    victim.parent.mkdir()
+    victim.write_text("export PATH=...\n")
+    runs = tmp_path / "colleague"
+    runs.mkdir()
+    (runs / ".st.jsonl.lock").symlink_to(victim)
+    with pytest.raises(ValueError, match=r"regrade: .*\.st\.jsonl\.lock, the lock file of '.*st\.jsonl', is a symlink"):
+        with run_info.output_lock(runs / "st.jsonl", "regrade"):
+            pass
+    assert victim.read_text() == "export PATH=...\n"

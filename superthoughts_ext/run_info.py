@@ -136,9 +136,15 @@ def output_lock(target: str | os.PathLike | None, command: str) -> Iterator[None
 
     real = Path(os.path.realpath(target))
     lock_path = real.parent / f".{real.name}.lock"
+    if lock_path.is_symlink():
+        # Never one of ours. Planted in a folder from elsewhere, the lock truncated the file it
+        # names (and wrote a pid there); O_NOFOLLOW below refuses one that appears meanwhile.
+        raise ValueError(f"{command}: {lock_path}, the lock file of {os.fspath(target)!r}, is a symlink (to "
+                         f"{os.readlink(lock_path)}); remove it")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "a+", encoding="utf-8")
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        handle = os.fdopen(os.open(lock_path, flags, 0o666), "a+", encoding="utf-8")
     except OSError:  # an output that cannot be written: the command's own check names why
         yield
         return
