@@ -1,8 +1,8 @@
 """Evaluation tests: prompts, evaluate() with an injected generate (records, summary, batching with
-left padding) and compare(). (Extraction and grading: test_grading.py; data files:
-test_eval_data.py; the CLI: test_eval_cli.py; edge cases: test_eval_io.py; the progress bar:
-test_eval_progress.py; reruns and resumes: test_eval_resume.py; compiled decoding:
-test_eval_compile.py.)
+left padding) and compare(). (Extraction and grading: test_grading_math.py and
+test_grading_choices.py; data files: test_eval_data.py; the CLI: test_eval_cli.py; edge cases:
+test_eval_io.py; the progress bar: test_eval_progress.py; reruns and resumes: test_eval_resume.py;
+compiled decoding: test_eval_compile.py.)
 
 CPU only, no model weights: evaluate() runs on a word-level ChatML tokenizer and a fake
 generate that answers "what is a + b" problems; the other evaluation test files reuse both.

@@ -1,7 +1,7 @@
 """Grading of answers that are sets: inequalities against the intervals they describe, and
 inequalities joined by "or" against unions and by "and" against intervals
 (`grading_sets.inequalities_as_sets`), both ways round
-(MATH500's own or-joined answer is in test_grading.py with the other real answers).
+(MATH500's own or-joined answer is in test_grading_math.py with the other real answers).
 """
 from __future__ import annotations
 
