@@ -236,6 +236,8 @@ def resume_hint(command: str, args: argparse.Namespace) -> str:
         instead = " in place of --overwrite" if getattr(args, "overwrite", False) else ""
         return f"; the same command with --resume{instead} continues it, keeping the records written so far"
     if command == "train":
+        if getattr(args, "resume_from_checkpoint", None) == "auto":  # train_resume.RESUME_IF_ANY
+            return "; the same command continues from the last checkpoint in --output, if one was saved"
         return "; the same command with --resume continues from the last checkpoint in --output, if one was saved"
     return ""
 

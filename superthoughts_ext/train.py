@@ -104,6 +104,10 @@ def _train(options: TrainOptions) -> TrainResult:
     """`train`, once the output is locked."""
     from superthoughts_ext.data import SuperThoughtsCollator
 
+    # --resume auto: the last checkpoint's path or a new run, before any check reads the option.
+    resume = train_resume.resolve_resume_if_any(options.output_dir, options.resume_from_checkpoint,
+                                                main_process=int(os.environ.get("RANK", "0")) == 0)
+    options = dataclasses.replace(options, resume_from_checkpoint=resume)
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
     lora = train_utils.lora_settings(options.lora_alpha, options.lora_dropout, options.lora_target_modules,
                                      superthoughts=not options.baseline) if options.lora_r > 0 else None
@@ -317,8 +321,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--eval-steps", type=int, default=None, metavar="N",
       help="optimizer steps between evaluations of --eval-data (default: --save-steps, so that each checkpoint "
            "has its held-out loss; --logging-steps when --save-steps is 0)")
-    g("--resume", nargs="?", const=True, default=None, dest="resume_from_checkpoint",
-      help="resume from the last checkpoint in --output, or from the given checkpoint")
+    g("--resume", nargs="?", const=True, default=None, dest="resume_from_checkpoint", metavar="CHECKPOINT|auto",
+      help="resume from the last checkpoint in --output, or from the given checkpoint; 'auto': from the last "
+           "complete checkpoint in --output if there is one, else start a new run (for a job that is requeued "
+           "with the same command)")
     g("--report-to", nargs="+", default=d["report_to"].default,
       help="transformers logging integrations (tensorboard, wandb, ...; several, all or none)")
     g("--no-progress", action="store_false", dest="progress_bar",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,42 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     _check_optimizer(checkpoint, optimizer)
     _check_settings(checkpoint, settings)
     return checkpoint
+
+
+# `--resume auto`: resume when --output holds a checkpoint, else start a new run.
+RESUME_IF_ANY = "auto"
+
+
+def resolve_resume_if_any(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None, *,
+                          main_process: bool = True) -> str | os.PathLike | bool | None:
+    """`resume` as the other checks take it: for `RESUME_IF_ANY` (the string "auto"; a checkpoint
+    folder of that name is given as "./auto") the last complete checkpoint-N of `output_dir` (its
+    path), else None: a new run. What a requeued job needs, whose command is the same whether the
+    run was preempted before its first save or after it. The checkpoint-N folders after that one
+    that are not complete (no trainer_state.json: a save SIGKILL cut off, which --resume alone
+    refuses) are removed by the main process: each would stop a new run, and Trainer would rotate
+    the complete ones away before them. Says on stderr (main process) which it does; other values
+    are returned as they are. Called with `output_dir` locked (`run_info.output_lock`)."""
+    if not isinstance(resume, str) or resume != RESUME_IF_ANY:
+        return resume
+    out = Path(os.fspath(output_dir))
+    folders = checkpoint_folders(out) if out.is_dir() else []
+    complete = [p for p in folders if read_json(p / "trainer_state.json") is not None]
+    last = complete[-1] if complete else None
+    cut_off = [p for p in folders if last is None or _step(p) > _step(last)]
+    if main_process:
+        for folder in cut_off:
+            print(f"train: --resume auto: removing {os.fspath(folder)!r}, a checkpoint whose save was cut off",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(folder, ignore_errors=True)
+        doing = (f"resuming from {os.fspath(last)!r}" if last is not None
+                 else f"no checkpoint in {os.fspath(out)!r}, starting a new run")
+        print(f"train: --resume auto: {doing}", file=sys.stderr, flush=True)
+    return os.fspath(last) if last is not None else None
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name[len("checkpoint-"):])
 
 
 def _complete_checkpoints(folder: Path) -> list[Path]:
