@@ -1,23 +1,129 @@
-"""`--resume auto`: a requeued job's command line resumes when --output holds a checkpoint and
-else starts a new run. Tiny random Qwen2 models on CPU (test_train.py's fixtures).
+"""Preemption: SIGTERM during training finishes the optimizer step under way, saves a checkpoint
+at it and ends the run with exit status 143 (train_preemption.py), in one process and across 2
+torchrun processes (gloo); a second SIGTERM (after REPEAT_WINDOW_S) or Ctrl-C stops at once, as
+Ctrl-C alone always did; `--resume auto` resumes when --output holds a checkpoint and else starts
+a new run. Tiny random Qwen2 models on CPU (test_train.py's fixtures).
 """
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 import test_train  # noqa: E402
-from test_train import FAST, ROWS  # noqa: E402
+from test_train import FAST, ROWS, free_port, losses  # noqa: E402
 
-from superthoughts_ext.train import TrainOptions, train  # noqa: E402
+from superthoughts_ext import train_preemption  # noqa: E402
+from superthoughts_ext.trainer import SuperThoughtsTrainer  # noqa: E402
+from superthoughts_ext.train import TrainOptions, main, train  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
+
+# FAST as `superthoughts train` flags, without pad-split draws (a resumed run matches an
+# uninterrupted one), saving every 2 of 6 steps.
+FLAGS = ["--max-steps", "6", "--save-steps", "2", "--learning-rate", "3e-3", "--batch-size", "8",
+         "--warmup-ratio", "0", "--lr-scheduler", "constant", "--logging-steps", "1", "--no-progress",
+         "--rho-max", "0", "--seed", "0"]
+RESUMED_TO_6 = {**FAST, "max_steps": 6, "save_steps": 2, "rho_max": 0.0}
+
+
+def signal_during_step(monkeypatch, step: int, *signals: int) -> None:
+    """Makes the run send itself `signals` during the forward of step `step` (once)."""
+    original = SuperThoughtsTrainer.training_step
+    sent = []
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step == step - 1 and not sent:
+            sent.append(step)
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SuperThoughtsTrainer, "training_step", training_step)
 
 
 def checkpoints(out: Path) -> list[str]:
     return sorted(p.name for p in out.glob("checkpoint-*"))
+
+
+def test_sigterm_saves_the_step_reached_and_resume_goes_on_as_the_uninterrupted_run(base_dirs, tmp_path,
+                                                                                     monkeypatch, capsys):
+    straight = train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=tmp_path / "straight",
+                                  **RESUMED_TO_6))
+    out = tmp_path / "out"
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out), *FLAGS]
+    # Twice at once, as a worker under torchrun in a SLURM job gets it (SLURM's, then torchrun's).
+    signal_during_step(monkeypatch, 3, signal.SIGTERM, signal.SIGTERM)
+    assert main(argv) == 143
+    err = capsys.readouterr().err
+    assert "train: SIGTERM: saving checkpoint-3 after this step, then stopping" in err
+    assert err.endswith("superthoughts train: terminated (SIGTERM): checkpoint-3 saved; the same command with "
+                        "--resume continues from the last checkpoint in --output, if one was saved\n"), err
+    # Past the periodic checkpoint-2, and no final model: the run is not finished.
+    assert checkpoints(out) == ["checkpoint-2", "checkpoint-3"] and not (out / "config.json").exists()
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.undo()
+    resumed = train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=out,
+                                 resume_from_checkpoint=True, **RESUMED_TO_6))
+    assert resumed.global_step == 6 and [e["step"] for e in resumed.log_history if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close(losses(resumed)[3:], losses(straight)[3:], rtol=2e-3, atol=0)
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_second_sigterm_cuts_the_save_off_and_ctrl_c_stops_at_once(base_dirs, tmp_path, monkeypatch, capsys):
+    import transformers.trainer
+
+    out = tmp_path / "out"
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out), *FLAGS]
+    # A second SIGTERM past the repeat window, while checkpoint-3 is written: a stop at once, and
+    # the half-written folder removed (trainer.SuperThoughtsTrainer._save_checkpoint).
+    monkeypatch.setattr(train_preemption, "REPEAT_WINDOW_S", 0.0)
+    signal_during_step(monkeypatch, 3, signal.SIGTERM)
+    saved_rng_state = transformers.trainer.Trainer._save_rng_state
+
+    def signalled_again(self, output_dir):
+        if self.state.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        saved_rng_state(self, output_dir)
+
+    monkeypatch.setattr(transformers.trainer.Trainer, "_save_rng_state", signalled_again)
+    assert main(argv) == 143
+    err = capsys.readouterr().err
+    assert "train: SIGTERM: saving checkpoint-3 after this step" in err  # the first one: a save begun
+    assert err.endswith("superthoughts train: terminated (SIGTERM); the same command with --resume continues from "
+                        "the last checkpoint in --output, if one was saved\n"), err
+    assert checkpoints(out) == ["checkpoint-2"]
+    monkeypatch.undo()
+    # Ctrl-C stops where it finds the run, without a save: a person asks for a stop now.
+    signal_during_step(monkeypatch, 5, signal.SIGINT)
+    assert main([*argv, "--resume"]) == 130
+    assert capsys.readouterr().err.endswith("superthoughts train: interrupted; the same command with --resume "
+                                            "continues from the last checkpoint in --output, if one was saved\n")
+    assert checkpoints(out) == ["checkpoint-2", "checkpoint-4"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_callers_own_sigterm_handler_is_left_alone(base_dirs, tmp_path, monkeypatch):
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        signal_during_step(monkeypatch, 2, signal.SIGTERM)
+        result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=tmp_path / "o",
+                                    **{**FAST, "max_steps": 3}))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM] and result.global_step == 3
 
 
 def test_resume_auto_starts_a_new_run_or_resumes_the_last_complete_checkpoint(base_dirs, tmp_path, capsys):
@@ -45,3 +151,84 @@ def test_resume_auto_starts_a_new_run_or_resumes_the_last_complete_checkpoint(ba
     # Plain --resume stays strict where there is nothing to resume.
     with pytest.raises(FileNotFoundError, match=r"no checkpoint-N folder in '.*empty' to resume from"):
         train(TrainOptions(**{**opts, "output_dir": tmp_path / "empty", "resume_from_checkpoint": True}, **FAST))
+
+
+def test_repeats_within_the_window_are_one_request(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(train_preemption.time, "monotonic", lambda: clock[0])
+    stop = train_preemption.StopOnSigterm(lambda flag: flag)
+    stop._on_sigterm(signal.SIGTERM, None)
+    clock[0] += train_preemption.REPEAT_WINDOW_S - 0.1
+    stop._on_sigterm(signal.SIGTERM, None)  # torchrun's copy of SLURM's signal
+    assert stop.asked_at == 100.0
+    clock[0] += 0.1
+    with pytest.raises(train_preemption.cli.Terminated):
+        stop._on_sigterm(signal.SIGTERM, None)
+
+
+# `python -m superthoughts_ext.train ARGS` whose process sends (or awaits) SIGTERM during the
+# forward of step SIGTERM_DURING_STEP: rank 0 signals its launcher (torchrun forwards it to every
+# rank), or writes READY_FILE and waits there for a SIGTERM from outside. SIGTERM_BLOCKED_ON_RANK
+# holds the signal back from that rank (blocked before any thread starts): it never sees it.
+DRIVER = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    if os.environ.get("RANK", "0") == os.environ.get("SIGTERM_BLOCKED_ON_RANK"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    from superthoughts_ext.train import main
+    from superthoughts_ext.trainer import SuperThoughtsTrainer
+
+    step, sender = int(os.environ["SIGTERM_DURING_STEP"]), os.environ["SIGTERM_SENDER"]
+    original, sent = SuperThoughtsTrainer.training_step, []
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step == step - 1 and not sent and os.environ.get("RANK", "0") == "0":
+            sent.append(step)
+            if sender == "launcher":
+                os.kill(os.getppid(), signal.SIGTERM)
+            else:
+                Path(os.environ["READY_FILE"]).touch()
+                deadline = time.monotonic() + 60
+                while self._sigterm_stop.asked_at is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.3)  # for the DataLoader worker's end, where it ends on the signal
+        return original(self, *args, **kwargs)
+
+    SuperThoughtsTrainer.training_step = training_step
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def driver_env(**values: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **values}
+
+
+def run_torchrun(script: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), *argv]
+    return subprocess.run(cmd, env=env, cwd=script.parent, capture_output=True, text=True, timeout=120)
+
+
+def test_torchrun_ranks_agree_on_the_step_they_save_and_resume_from(base_dirs, tmp_path):
+    # torchrun forwards its SIGTERM to both ranks; rank 1's copy is held back, as a signal that
+    # comes to a rank at the end of a later step (or never: a `kill` of one worker). Acting each on
+    # its own, rank 0 would have saved and left at step 3 while rank 1 went on into step 4.
+    script, out = tmp_path / "driver.py", tmp_path / "out"
+    script.write_text(DRIVER)
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+            "--max-steps", "4", "--save-steps", "2", "--batch-size", "1", "--lr-scheduler", "constant",
+            "--warmup-ratio", "0", "--no-progress", "--resume", "auto"]
+    stopped = run_torchrun(script, argv, driver_env(SIGTERM_DURING_STEP="3", SIGTERM_SENDER="launcher",
+                                                    SIGTERM_BLOCKED_ON_RANK="1"))
+    line = ("superthoughts train: terminated (SIGTERM): checkpoint-3 saved; the same command continues from the "
+            "last checkpoint in --output, if one was saved")
+    assert stopped.stderr.count(line) == 2, stopped.stderr[-4000:]  # both ranks, at the same step
+    assert checkpoints(out) == ["checkpoint-2", "checkpoint-3"]
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and not (out / "config.json").exists()
+    # The requeued job: the same command line goes on from checkpoint-3 on both ranks.
+    resumed = run_torchrun(script, argv, driver_env(SIGTERM_DURING_STEP="0", SIGTERM_SENDER="launcher"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"train: --resume auto: resuming from '{out / 'checkpoint-3'}'" in resumed.stderr
+    assert resumed.stdout.count(f"saved {out} after 4 steps") == 1 and (out / "config.json").is_file()

@@ -216,8 +216,10 @@ def run_command(command: str, args: argparse.Namespace, run: Callable[[argparse.
         with command_warnings(), sigterm_as_interrupt():
             return int(run(args) or 0)
     except KeyboardInterrupt as stop:
-        # 128 + the signal's number, as a shell reports a command the signal ended.
+        # 128 + the signal's number, as a shell reports a command the signal ended. A Terminated
+        # with a message says what the command did first (training: the checkpoint it saved).
         what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        what += f": {stop}" if str(stop) else ""
         print(f"superthoughts {command}: {what}{resume_hint(command, args)}", file=sys.stderr)
         return status
 

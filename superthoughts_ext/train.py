@@ -60,6 +60,7 @@ from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_
 from superthoughts_ext.run_info import output_lock
 from superthoughts_ext.train_args import training_arguments
 from superthoughts_ext.train_options import DTYPES, TrainOptions
+from superthoughts_ext.train_preemption import StoppedAtCheckpoint
 from superthoughts_ext.trainer import (
     ResumedLengthCheck,
     SuperThoughtsTrainer,
@@ -373,6 +374,9 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         with transformers_progress_bars(_bars_shown_here(options)):
             result = train(options)
+    except StoppedAtCheckpoint:  # every process stopped at the same step: they can leave together
+        close_process_group()
+        raise
     except WriteFailed as exc:  # a checkpoint or the final save met a full disk
         print(f"error: {exc}{resume_hint('train', args)}", file=sys.stderr)
         return 2

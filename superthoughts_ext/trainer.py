@@ -22,7 +22,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, TrainerState
 
-from superthoughts_ext import train_resume, train_run_settings, train_utils
+from superthoughts_ext import train_preemption, train_resume, train_run_settings, train_utils
 from superthoughts_ext.checkpoint import weight_files
 from superthoughts_ext.file_writes import WriteFailed, failure_message, writing
 from superthoughts_ext.layers import causal_mask_for_right_padding
@@ -162,12 +162,16 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         self.add_callback(self._run_start)
         self.add_callback(IntervalsOfThisRun())
         self.add_callback(RunSettings(optimizer_name(self.args), optimizer_class(self.args), run_settings, run_id))
+        self._sigterm_stop = train_preemption.StopOnSigterm(train_preemption.reduce_max_over(self.accelerator))
+        self.add_callback(self._sigterm_stop)
         use_line_progress(self)
 
     def train(self, *args: Any, **kwargs: Any):
         """Trainer.train, returning the training loss of the steps this run trained (see
-        _correct_resumed_summary: the metrics dict is the one log() corrected)."""
-        output = super().train(*args, **kwargs)
+        _correct_resumed_summary: the metrics dict is the one log() corrected). Stopped by SIGTERM,
+        it saves a checkpoint at the step it reached and raises train_preemption.StoppedAtCheckpoint."""
+        with train_preemption.stopping_on_sigterm(self._sigterm_stop):
+            output = super().train(*args, **kwargs)
         return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
 
     def _correct_resumed_summary(self, logs: dict[str, float]) -> None:

@@ -1,0 +1,146 @@
+"""SIGTERM during training (a job scheduler's preemption or time limit: SLURM sends SIGTERM,
+waits its grace period, then SIGKILL) ends the run at a checkpoint, not where the signal found it.
+
+While Trainer trains, SIGTERM only marks a stop as asked for (`StopOnSigterm`). At the end of the
+optimizer step under way every process agrees on it, and then Trainer saves `checkpoint-N` at
+that step through its own save (the one periodic saves take, rotation included) and leaves its
+loop; `train` then raises `StoppedAtCheckpoint`, a `cli.Terminated`, so the command ends with
+exit status 143 and the resume hint. `--resume` (or `--resume auto`) continues from that step
+exactly: the steps since the last periodic save are not trained again.
+
+Why the processes agree by an all-reduce rather than each acting on its own signal: the signal
+comes to each rank at its own moment (torchrun forwards it when its monitor loop notices, SLURM
+signals the nodes one by one, a `kill` may name one worker), so two ranks could see it at the
+ends of different steps; one would save and leave while the other went on into a step whose
+gradient all-reduce then never completes, or into another checkpoint. The all-reduce of the
+flag at each step's end costs one small collective (and, on a GPU, one host sync) a step.
+
+Ctrl-C (SIGINT) is left as it was: a person at the terminal asks for a stop now, and a second
+SIGTERM or a Ctrl-C during that step or save stops at once too (the save's half-written folder is
+removed: `trainer.SuperThoughtsTrainer._save_checkpoint`). A second SIGTERM within
+`REPEAT_WINDOW_S` of the first is the same request: under torchrun or accelerate launch in a SLURM
+job each worker gets SLURM's SIGTERM and, a moment later, the one torchrun forwards.
+
+transformers' own `enable_jit_checkpoint` (TrainingArguments) is not used: each rank saves on its
+own once a 3 s timer fires, from whichever hook it is in (before the optimizer step included),
+with no agreement between ranks, and training then ends as if finished, so the run went on to
+save its final model at that step.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from superthoughts_ext import cli
+
+# Seconds after a first SIGTERM in which another one repeats it (a launcher forwarding the
+# scheduler's signal to workers the scheduler signalled too) rather than asking for a stop now.
+REPEAT_WINDOW_S = 5.0
+
+
+class StoppedAtCheckpoint(cli.Terminated):
+    """Training stopped on SIGTERM after saving a checkpoint at the step it had reached (its
+    message says which). Every process raises it at the same point, after the same steps."""
+
+
+class StopOnSigterm(TrainerCallback):
+    """Turns SIGTERM during `Trainer.train` (from on_train_begin to on_train_end) into a save of a
+    checkpoint at the end of the current optimizer step and a stop there; `stopping_on_sigterm`
+    wraps the train call and raises `StoppedAtCheckpoint` afterwards. `reduce_max(flag) -> flag`
+    agrees on a flag across processes (max over them; the identity in a single process)."""
+
+    def __init__(self, reduce_max: Any) -> None:
+        self._reduce_max = reduce_max
+        self.asked_at: float | None = None  # time.monotonic() of the first SIGTERM, on this process
+        self.stopped_at_step: int | None = None  # the step saved and stopped at, once agreed
+        self._previous: Any = None
+        self._armed = False
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        # Only a flag: the step under way finishes and on_step_end acts on it. No print here (a
+        # signal that interrupts a write to stderr makes a second one a reentrant-call error).
+        now = time.monotonic()
+        if self.asked_at is None:
+            self.asked_at = now
+        elif now - self.asked_at >= REPEAT_WINDOW_S:
+            raise cli.Terminated
+
+    def _arm(self) -> None:
+        """The SIGTERM handler, where the process has the default one or `superthoughts`'s (a
+        caller's own handling is left alone, as `cli.sigterm_as_interrupt` leaves it) and on the
+        main thread, the only one that can install a handler."""
+        if self._armed or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is signal.SIG_DFL or previous is cli._raise_terminated:
+            self._previous = previous
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._armed = True
+
+    def _disarm(self) -> None:
+        if self._armed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._armed = False
+
+    def _agreed(self) -> bool:
+        """Whether any process has been asked to stop: a collective, which every process reaches
+        at the same step end (or all of them after training)."""
+        return bool(self._reduce_max(self.asked_at is not None))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Armed once the checkpoint resumed from is loaded (SIGTERM while loading ends the run at
+        # once: there is no step to finish) and before DataLoader workers fork, which inherit the
+        # handler and so live on to the save rather than end on the signal under the loader.
+        self._arm()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self._agreed():
+            return
+        self.stopped_at_step = state.global_step
+        control.should_save = True
+        control.should_training_stop = True
+        # The grace period is for the save: an evaluation due at this step is left out.
+        control.should_evaluate = False
+        if state.is_world_process_zero:
+            print(f"train: SIGTERM: saving checkpoint-{state.global_step} after this step, then stopping (a second "
+                  f"SIGTERM {REPEAT_WINDOW_S:g} s or more after the first, or Ctrl-C, stops at once)",
+                  file=sys.stderr, flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._disarm()
+
+
+@contextlib.contextmanager
+def stopping_on_sigterm(callback: StopOnSigterm) -> Iterator[None]:
+    """Runs the body (Trainer.train with `callback` added), then raises `StoppedAtCheckpoint`
+    when it stopped on SIGTERM. A SIGTERM that came after the last step's end (nothing left to
+    stop) is a stop too: one agreed on by all processes, without a checkpoint of its own. The
+    handler is given back however the body ends."""
+    try:
+        yield
+    finally:
+        callback._disarm()
+    if callback.stopped_at_step is not None:
+        raise StoppedAtCheckpoint(f"checkpoint-{callback.stopped_at_step} saved")
+    if callback._agreed():
+        raise StoppedAtCheckpoint("after the last step, before the final save")
+
+
+def reduce_max_over(accelerator: Any) -> Any:
+    """`StopOnSigterm`'s agreement through `accelerator` (the Trainer's): a flag's max over its
+    processes, on its device (NCCL reduces only CUDA tensors)."""
+    def reduce_max(flag: bool) -> bool:
+        if accelerator.num_processes <= 1:
+            return flag
+        value = torch.tensor(int(flag), device=accelerator.device)
+        return bool(accelerator.reduce(value, reduction="sum").item())
+
+    return reduce_max
