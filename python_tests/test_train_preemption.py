@@ -1,8 +1,9 @@
 """Preemption: SIGTERM during training finishes the optimizer step under way, saves a checkpoint
-at it and ends the run with exit status 143 (train_preemption.py), in one process and across 2
-torchrun processes (gloo); a second SIGTERM (after REPEAT_WINDOW_S) or Ctrl-C stops at once, as
-Ctrl-C alone always did; `--resume auto` resumes when --output holds a checkpoint and else starts
-a new run. Tiny random Qwen2 models on CPU (test_train.py's fixtures).
+at it and ends the run with exit status 143 (train_preemption.py), in one process, with its
+DataLoader workers signalled too (as SLURM signals a job), and across 2 torchrun processes
+(gloo); a second SIGTERM (after REPEAT_WINDOW_S) or Ctrl-C stops at once, as Ctrl-C alone always
+did; `--resume auto` resumes when --output holds a checkpoint and else starts a new run. Tiny
+random Qwen2 models on CPU (test_train.py's fixtures).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -202,6 +204,29 @@ DRIVER = textwrap.dedent("""
 def driver_env(**values: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **values}
+
+
+def test_sigterm_to_the_whole_job_spares_dataloader_workers(base_dirs, tmp_path):
+    # SLURM signals every process of the job: torch ended each DataLoader worker on it, and the
+    # main process raised "DataLoader worker (pid ...) is killed by signal: Terminated" mid-step.
+    script, ready, out = tmp_path / "driver.py", tmp_path / "ready", tmp_path / "out"
+    script.write_text(DRIVER)
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+            "--max-steps", "6", "--save-steps", "2", "--batch-size", "1", "--no-progress", "--num-workers", "1"]
+    env = driver_env(SIGTERM_DURING_STEP="3", SIGTERM_SENDER="outside", READY_FILE=str(ready))
+    job = subprocess.Popen([sys.executable, str(script), *argv], env=env, cwd=tmp_path, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not ready.exists() and job.poll() is None:
+            time.sleep(0.05)
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGTERM)  # the worker too, as SLURM does
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 143, err[-3000:]
+    assert "terminated (SIGTERM): checkpoint-3 saved" in err and checkpoints(out) == ["checkpoint-2", "checkpoint-3"]
 
 
 def run_torchrun(script: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

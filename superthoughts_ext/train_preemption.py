@@ -29,6 +29,7 @@ save its final model at that step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 import threading
@@ -132,6 +133,25 @@ def stopping_on_sigterm(callback: StopOnSigterm) -> Iterator[None]:
         raise StoppedAtCheckpoint(f"checkpoint-{callback.stopped_at_step} saved")
     if callback._agreed():
         raise StoppedAtCheckpoint("after the last step, before the final save")
+
+
+def workers_outlive_sigterm(loader: Any) -> Any:
+    """`loader` (a DataLoader, or accelerate's wrapper of one), its worker processes made to ignore
+    SIGTERM: SLURM signals every process of a job, and torch ends a worker on a SIGTERM that its
+    parent did not send, which the parent then raised as "DataLoader worker (pid ...) is killed by
+    signal: Terminated" in the middle of the step, before any save. The parent ends its workers
+    itself, and a worker whose parent is gone (SIGKILL) ends on its own."""
+    base = getattr(loader, "base_dataloader", loader)
+    if getattr(base, "num_workers", 0) > 0:
+        base.worker_init_fn = functools.partial(_ignore_sigterm_then, base.worker_init_fn)
+    return loader
+
+
+def _ignore_sigterm_then(init: Any, worker_id: int) -> None:
+    """A DataLoader worker_init_fn: SIGTERM ignored, then the loader's own `init` (if any)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if init is not None:
+        init(worker_id)
 
 
 def reduce_max_over(accelerator: Any) -> Any:

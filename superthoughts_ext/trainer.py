@@ -189,6 +189,12 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
             if name in logs:
                 logs[name] = round(logs[name] * steps_run / total, 3)
 
+    def get_train_dataloader(self):
+        return train_preemption.workers_outlive_sigterm(super().get_train_dataloader())
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return train_preemption.workers_outlive_sigterm(super().get_eval_dataloader(eval_dataset))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._superthoughts and model.training:
             # Training needs the loss alone: skip the [B, T, V] logits of both heads.
