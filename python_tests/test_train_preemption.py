@@ -170,7 +170,7 @@ def test_repeats_within_the_window_are_one_request(monkeypatch):
 
 # `python -m superthoughts_ext.train ARGS` whose process sends (or awaits) SIGTERM during the
 # forward of step SIGTERM_DURING_STEP: rank 0 signals its launcher (torchrun forwards it to every
-# rank), or writes READY_FILE and waits there for a SIGTERM from outside. SIGTERM_BLOCKED_ON_RANK
+# rank), or writes READY_FILE for a SIGTERM from outside; then it waits there for the signal. SIGTERM_BLOCKED_ON_RANK
 # holds the signal back from that rank (blocked before any thread starts): it never sees it.
 DRIVER = textwrap.dedent("""
     import os, signal, sys, time
@@ -190,10 +190,11 @@ DRIVER = textwrap.dedent("""
                 os.kill(os.getppid(), signal.SIGTERM)
             else:
                 Path(os.environ["READY_FILE"]).touch()
-                deadline = time.monotonic() + 60
-                while self._sigterm_stop.asked_at is None and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                time.sleep(0.3)  # for the DataLoader worker's end, where it ends on the signal
+            # Within this step, however late it comes (a tiny model's step is over in milliseconds).
+            deadline = time.monotonic() + 60
+            while self._sigterm_stop.asked_at is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # for the DataLoader worker's end, where it ends on the signal
         return original(self, *args, **kwargs)
 
     SuperThoughtsTrainer.training_step = training_step
