@@ -67,7 +67,7 @@ def test_sigterm_saves_the_step_reached_and_resume_goes_on_as_the_uninterrupted_
     signal_during_step(monkeypatch, 3, signal.SIGTERM, signal.SIGTERM)
     assert main(argv) == 143
     err = capsys.readouterr().err
-    assert "train: SIGTERM: saving checkpoint-3 after this step, then stopping" in err
+    assert "train: SIGTERM: step 3 done, saving checkpoint-3, then stopping" in err
     assert err.endswith("superthoughts train: terminated (SIGTERM): checkpoint-3 saved; the same command with "
                         "--resume continues from the last checkpoint in --output, if one was saved\n"), err
     # Past the periodic checkpoint-2, and no final model: the run is not finished.
@@ -102,7 +102,7 @@ def test_a_second_sigterm_cuts_the_save_off_and_ctrl_c_stops_at_once(base_dirs, 
     monkeypatch.setattr(transformers.trainer.Trainer, "_save_rng_state", signalled_again)
     assert main(argv) == 143
     err = capsys.readouterr().err
-    assert "train: SIGTERM: saving checkpoint-3 after this step" in err  # the first one: a save begun
+    assert "train: SIGTERM: step 3 done, saving checkpoint-3" in err  # the first one: a save begun
     assert err.endswith("superthoughts train: terminated (SIGTERM); the same command with --resume continues from "
                         "the last checkpoint in --output, if one was saved\n"), err
     assert checkpoints(out) == ["checkpoint-2"]

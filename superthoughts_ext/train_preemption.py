@@ -23,7 +23,7 @@ job each worker gets SLURM's SIGTERM and, a moment later, the one torchrun forwa
 
 transformers' own `enable_jit_checkpoint` (TrainingArguments) is not used: each rank saves on its
 own once a 3 s timer fires, from whichever hook it is in (before the optimizer step included),
-with no agreement between ranks, and training then ends as if finished, so the run went on to
+with no agreement between ranks, and training then ends as if finished: `train` would go on to
 save its final model at that step.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -48,8 +48,9 @@ REPEAT_WINDOW_S = 5.0
 
 
 class StoppedAtCheckpoint(cli.Terminated):
-    """Training stopped on SIGTERM after saving a checkpoint at the step it had reached (its
-    message says which). Every process raises it at the same point, after the same steps."""
+    """Training stopped on SIGTERM: at a checkpoint saved at the step it had reached, or (a SIGTERM
+    after the last step's end) before its final save; the message says which. Every process
+    raises it at the same point, after the same steps."""
 
 
 class StopOnSigterm(TrainerCallback):
@@ -58,7 +59,7 @@ class StopOnSigterm(TrainerCallback):
     wraps the train call and raises `StoppedAtCheckpoint` afterwards. `reduce_max(flag) -> flag`
     agrees on a flag across processes (max over them; the identity in a single process)."""
 
-    def __init__(self, reduce_max: Any) -> None:
+    def __init__(self, reduce_max: Callable[[bool], bool]) -> None:
         self._reduce_max = reduce_max
         self.asked_at: float | None = None  # time.monotonic() of the first SIGTERM, on this process
         self.stopped_at_step: int | None = None  # the step saved and stopped at, once agreed
@@ -97,9 +98,8 @@ class StopOnSigterm(TrainerCallback):
         return bool(self._reduce_max(self.asked_at is not None))
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # Armed once the checkpoint resumed from is loaded (SIGTERM while loading ends the run at
-        # once: there is no step to finish) and before DataLoader workers fork, which inherit the
-        # handler and so live on to the save rather than end on the signal under the loader.
+        # Armed once the checkpoint resumed from is loaded: SIGTERM while loading ends the run at
+        # once, there is no step to finish.
         self._arm()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -111,8 +111,9 @@ class StopOnSigterm(TrainerCallback):
         # The grace period is for the save: an evaluation due at this step is left out.
         control.should_evaluate = False
         if state.is_world_process_zero:
-            print(f"train: SIGTERM: saving checkpoint-{state.global_step} after this step, then stopping (a second "
-                  f"SIGTERM {REPEAT_WINDOW_S:g} s or more after the first, or Ctrl-C, stops at once)",
+            step = state.global_step
+            print(f"train: SIGTERM: step {step} done, saving checkpoint-{step}, then stopping (a second SIGTERM "
+                  f"{REPEAT_WINDOW_S:g} s or more after the first, or Ctrl-C, stops at once)",
                   file=sys.stderr, flush=True)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -154,7 +155,7 @@ def _ignore_sigterm_then(init: Any, worker_id: int) -> None:
         init(worker_id)
 
 
-def reduce_max_over(accelerator: Any) -> Any:
+def reduce_max_over(accelerator: Any) -> Callable[[bool], bool]:
     """`StopOnSigterm`'s agreement through `accelerator` (the Trainer's): a flag's max over its
     processes, on its device (NCCL reduces only CUDA tensors)."""
     def reduce_max(flag: bool) -> bool:
