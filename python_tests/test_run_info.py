@@ -1,6 +1,7 @@
 """run_info: what benchmark and demo results record about the code that produced them."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -55,3 +56,35 @@ def test_a_symlink_at_the_lock_name_is_refused_not_written_through(tmp_path: Pat
         with run_info.output_lock(runs / "st.jsonl", "regrade"):
             pass
     assert victim.read_text() == "export PATH=...\n"
+
+
+def test_a_lock_symlink_planted_after_the_check_is_refused_not_run_without_a_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The link appears between the check and the open: O_NOFOLLOW's ELOOP was taken for an
+    # unwritable output, and the command ran holding no lock (a second one ran beside it).
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    lock = tmp_path / ".st.jsonl.lock"
+    real_open = os.open
+
+    def open_after_the_link_appears(path, flags, *args):
+        if Path(path) == lock and not lock.is_symlink():
+            lock.symlink_to(victim)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_after_the_link_appears)
+    with pytest.raises(ValueError, match=r"eval: .*\.st\.jsonl\.lock, the lock file of '.*st\.jsonl', is a symlink"):
+        with run_info.output_lock(tmp_path / "st.jsonl", "eval"):
+            pass
+    assert victim.read_text() == "keep\n"
+
+
+def test_a_records_folder_that_is_a_symlink_is_locked_where_it_lies(tmp_path: Path) -> None:
+    # Only the lock's own name is refused as a link: a folder linked elsewhere on purpose is not.
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "records").symlink_to(tmp_path / "disk")
+    with run_info.output_lock(tmp_path / "records" / "st.jsonl", "eval"):
+        assert (tmp_path / "disk" / ".st.jsonl.lock").is_file()
+        with pytest.raises(ValueError, match="is being written by pid"):
+            with run_info.output_lock(tmp_path / "disk" / "st.jsonl", "eval"):
+                pass

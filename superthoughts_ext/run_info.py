@@ -122,6 +122,15 @@ def write_problem(path: Path, *, replaced: bool = False) -> str | None:
     return None
 
 
+def _refuse_symlinked_lock(lock_path: Path, target: str | os.PathLike, command: str) -> None:
+    """ValueError when `output_lock`'s lock file is a symlink (only that name: the folders above
+    it are resolved, so a records folder linked elsewhere is locked where it lies)."""
+    with contextlib.suppress(OSError):  # gone again, or not readable: open() says what it finds
+        if lock_path.is_symlink():
+            raise ValueError(f"{command}: {lock_path}, the lock file of {os.fspath(target)!r}, is a symlink (to "
+                             f"{os.readlink(lock_path)}); remove it")
+
+
 @contextlib.contextmanager
 def output_lock(target: str | os.PathLike | None, command: str) -> Iterator[None]:
     """Holds an exclusive lock on a hidden file beside `target` (None: nothing to lock) while a
@@ -136,17 +145,17 @@ def output_lock(target: str | os.PathLike | None, command: str) -> Iterator[None
 
     real = Path(os.path.realpath(target))
     lock_path = real.parent / f".{real.name}.lock"
-    if lock_path.is_symlink():
-        # Never one of ours. Planted in a folder from elsewhere, the lock truncated the file it
-        # names (and wrote a pid there); O_NOFOLLOW below refuses one that appears meanwhile.
-        raise ValueError(f"{command}: {lock_path}, the lock file of {os.fspath(target)!r}, is a symlink (to "
-                         f"{os.readlink(lock_path)}); remove it")
+    # A symlink there is never one of ours. Planted in a folder from elsewhere, the lock truncated
+    # the file it names (and wrote a pid there); O_NOFOLLOW refuses one that appears meanwhile.
+    _refuse_symlinked_lock(lock_path, target, command)
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         handle = os.fdopen(os.open(lock_path, flags, 0o666), "a+", encoding="utf-8")
-    except OSError:  # an output that cannot be written: the command's own check names why
-        yield
+    except OSError:
+        # O_NOFOLLOW's ELOOP: the command would run holding no lock at all.
+        _refuse_symlinked_lock(lock_path, target, command)
+        yield  # an output that cannot be written: the command's own check names why
         return
     with handle:
         try:
