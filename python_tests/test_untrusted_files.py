@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from test_modeling import make_backbone  # noqa: E402
 
-from superthoughts_ext.checkpoint import load_tokenizer  # noqa: E402
+from superthoughts_ext.checkpoint import load_plain, load_tokenizer  # noqa: E402
 from superthoughts_ext.demo.tokenizer import build_tokenizer  # noqa: E402
 from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model  # noqa: E402
 from superthoughts_ext.train_utils import attach_teacher, build_model  # noqa: E402
@@ -92,3 +92,15 @@ def test_a_pickled_weights_file_holding_code_is_refused_in_one_line(tmp_path: Pa
     assert "\n" not in str(raised.value) and "weights_only" not in str(raised.value)
     assert "safe_globals" not in str(raised.value)
     assert not sentinel.exists()
+
+
+def test_a_folder_named_after_trust_remote_code_keeps_its_own_error(tmp_path: Path) -> None:
+    # Any ValueError that mentioned the word (here through the folder's name) was reported as a
+    # refusal of the folder's Python code, hiding what was wrong: no model_type in config.json.
+    directory = tmp_path / "qwen_no_trust_remote_code"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ValueError, match="Unrecognized model") as raised:
+        load_plain(directory, None, "eval")
+    assert "runs no Python code" not in str(raised.value)
+

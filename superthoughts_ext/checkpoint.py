@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -251,10 +252,18 @@ REMOTE_CODE_REFUSED = ("it names Python code of its own (auto_map in its config)
                        "(trust_remote_code is off)")
 
 
+# transformers' refusal ("...contains custom code which must be executed ... Please pass the
+# argument `trust_remote_code=True`...", or "...requires you to execute custom code ... set the
+# option `trust_remote_code=True`...").
+_REMOTE_CODE_REQUEST = re.compile(r"custom code.*`trust_remote_code=True`", re.S)
+
+
 def _asks_for_remote_code(error: Exception) -> bool:
     """Whether transformers refused `error`'s load for want of trust_remote_code (its message,
-    "...Please pass the argument `trust_remote_code=True`...", names no option of ours)."""
-    return isinstance(error, ValueError) and "trust_remote_code" in str(error)
+    `_REMOTE_CODE_REQUEST`, names no option of ours). The phrase as transformers writes it, not
+    the bare word: another error's message names the folder, which may hold the word
+    ("Unrecognized model in /models/no_trust_remote_code...")."""
+    return isinstance(error, ValueError) and _REMOTE_CODE_REQUEST.search(str(error)) is not None
 
 
 # Tokenizer classes that mean "the tokenizer.json pipeline as saved", with no model-specific
