@@ -104,3 +104,27 @@ def test_a_folder_named_after_trust_remote_code_keeps_its_own_error(tmp_path: Pa
         load_plain(directory, None, "eval")
     assert "runs no Python code" not in str(raised.value)
 
+
+def _weights_file_of_bytes(root: Path, data: bytes) -> Path:
+    """A tiny plain checkpoint whose weights are a pytorch_model.bin holding `data`."""
+    directory = root / "downloaded"
+    make_backbone("qwen2").save_pretrained(directory)
+    (directory / "model.safetensors").unlink()
+    (directory / "pytorch_model.bin").write_bytes(data)
+    return directory
+
+
+def test_a_git_lfs_pointer_in_place_of_the_weights_is_named(tmp_path: Path) -> None:
+    # A folder cloned without git-lfs: torch reads the pointer's text as pickle opcodes, and the
+    # message said the weights held more than tensors.
+    pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 1234\n"
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin is a Git LFS pointer, not the weights") as raised:
+        load_model(_weights_file_of_bytes(tmp_path, pointer))
+    assert "hold more than tensors" not in str(raised.value)
+
+
+def test_what_the_unpickler_found_is_named_when_torch_puts_it_on_a_line_of_its_own(tmp_path: Path) -> None:
+    # torch writes "WeightsUnpickler error: \n\nUnsupported operand 103\n\n": the line of the
+    # marker was read alone, and the message said "not weights alone" for every such file.
+    with pytest.raises(ValueError, match=r"hold more than tensors.*refused \(Unsupported operand 103\)"):
+        load_model(_weights_file_of_bytes(tmp_path, b"\x80\x02garbage" * 10))

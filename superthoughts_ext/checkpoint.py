@@ -9,6 +9,7 @@ stored once and re-tied by transformers at load time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -324,6 +325,32 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return dtype
 
 
+# The first line of a Git LFS pointer file: what a model folder cloned without git-lfs holds in
+# place of each weights file (a few lines of text naming the object).
+_LFS_POINTER_START = b"version https://git-lfs.github.com/spec/"
+
+
+def _lfs_pointers(folder: Path) -> list[str]:
+    """The names of the pytorch_model*.bin files in `folder` that are Git LFS pointers: torch
+    reads one's text as pickle opcodes ("Unsupported operand 118", the "v"), which is no
+    object of the file's own."""
+    pointers = []
+    for file in sorted(folder.glob("pytorch_model*.bin")):
+        with contextlib.suppress(OSError), open(file, "rb") as handle:
+            if handle.read(len(_LFS_POINTER_START)) == _LFS_POINTER_START:
+                pointers.append(file.name)
+    return pointers
+
+
+def _unpickler_finding(error: pickle.UnpicklingError) -> str:
+    """What torch's weights_only unpickler found, from its page-long message: the paragraph after
+    "WeightsUnpickler error:" to its first sentence's end ("Unsupported global: GLOBAL exec was not
+    an allowed global by default" on that line, "Unsupported operand 105" on a paragraph of its own)."""
+    _, marker, rest = str(error).partition("WeightsUnpickler error:")
+    paragraph = next((part for part in rest.split("\n\n") if part.strip()), "") if marker else ""
+    return " ".join(paragraph.split()).split(". ")[0] or "not weights alone"
+
+
 def load_plain(path: str | os.PathLike, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
     """The plain causal LM saved in directory `path`, of an architecture transformers has
     (`REMOTE_CODE_REFUSED`); ValueError starting with `where` when it does not load."""
@@ -331,14 +358,15 @@ def load_plain(path: str | os.PathLike, dtype: torch.dtype | None, where: str) -
         return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True,
                                                     trust_remote_code=False)
     except pickle.UnpicklingError as exc:
+        if pointers := _lfs_pointers(Path(os.fspath(path))):
+            raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: {pointers[0]} is a "
+                             "Git LFS pointer, not the weights (the folder was cloned without git-lfs; "
+                             "`git lfs pull` there fetches them)") from None
         # torch's weights_only load of a .bin holding objects other than tensors: its message, a
         # page long, offers weights_only=False and allowlists, which would run what the file names.
-        # Its one line that says what was found: "Unsupported global: GLOBAL exec was not ...".
-        found = next((line.split("error:", 1)[1].split(". ")[0].strip() for line in str(exc).splitlines()
-                      if "WeightsUnpickler error:" in line), "")
         raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: its pickled weights "
                          "(pytorch_model*.bin) hold more than tensors, which only an unpickling that may run "
-                         f"code from the file would build; refused ({found or 'not weights alone'})") from None
+                         f"code from the file would build; refused ({_unpickler_finding(exc)})") from None
     except (OSError, ValueError) as exc:
         reason = REMOTE_CODE_REFUSED if _asks_for_remote_code(exc) else exc
         raise ValueError(f"{where}: could not load a causal LM from {os.fspath(path)!r}: {reason}") from exc
