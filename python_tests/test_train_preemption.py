@@ -155,6 +155,18 @@ def test_resume_auto_starts_a_new_run_or_resumes_the_last_complete_checkpoint(ba
         train(TrainOptions(**{**opts, "output_dir": tmp_path / "empty", "resume_from_checkpoint": True}, **FAST))
 
 
+def test_resume_auto_on_another_rank_starts_beside_a_cut_off_save_the_main_rank_removes(base_dirs, tmp_path,
+                                                                                       monkeypatch):
+    # Only the main process removes a cut-off checkpoint-N, and the other ranks do not wait for it:
+    # one that looked first refused the new run, as if an earlier run's checkpoints were there.
+    out = tmp_path / "o"
+    (out / "checkpoint-1").mkdir(parents=True)
+    monkeypatch.setenv("RANK", "1")  # what this process does as torchrun's rank 1 (it trains alone)
+    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, resume_from_checkpoint="auto",
+                                **{**FAST, "max_steps": 1}))
+    assert result.global_step == 1 and (out / "checkpoint-1").is_dir()  # left to the main process
+
+
 def test_repeats_within_the_window_are_one_request(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(train_preemption.time, "monotonic", lambda: clock[0])

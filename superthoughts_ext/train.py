@@ -106,6 +106,8 @@ def _train(options: TrainOptions) -> TrainResult:
     from superthoughts_ext.data import SuperThoughtsCollator
 
     # --resume auto: the last checkpoint's path or a new run, before any check reads the option.
+    auto = isinstance(options.resume_from_checkpoint, str) and \
+        options.resume_from_checkpoint == train_resume.RESUME_IF_ANY
     resume = train_resume.resolve_resume_if_any(options.output_dir, options.resume_from_checkpoint,
                                                 main_process=int(os.environ.get("RANK", "0")) == 0)
     options = dataclasses.replace(options, resume_from_checkpoint=resume)
@@ -119,7 +121,9 @@ def _train(options: TrainOptions) -> TrainResult:
                                            max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
                                            warmup_ratio=options.warmup_ratio, lora=lora,
                                            optimizer=(optimizer_name(args), optimizer_class(args)), settings=settings,
-                                           num_epochs=options.num_epochs)
+                                           num_epochs=options.num_epochs,
+                                           # The other ranks do not wait for the main one's removals.
+                                           cut_off_removed=auto)
     train_resume.check_output_dir(options.output_dir, options.model, options.resume_from_checkpoint)
     tokenizer = train_utils.load_tokenizer(options.tokenizer, options.model)
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data

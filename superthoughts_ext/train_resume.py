@@ -29,7 +29,7 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
                  baseline: bool = False, lora_r: int = 0, max_steps: int = -1, lr_scheduler: str = "constant",
                  warmup_ratio: float = 0.0, lora: Mapping[str, Any] | None = None,
                  optimizer: tuple[str, str] | None = None, settings: Mapping[str, Any] | None = None,
-                 num_epochs: float = 0.0) -> Path | None:
+                 num_epochs: float = 0.0, cut_off_removed: bool = False) -> Path | None:
     """Up front, before tokenising and loading: `resume` (a checkpoint path, or True for the
     last checkpoint-N in `output_dir`) must exist and be a checkpoint of this kind of run
     (SuperThoughts or baseline, full or LoRA of rank `lora_r`: Trainer loads another kind
@@ -43,7 +43,9 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     checkpoint must leave steps to train (`check_steps_left`; or be the last step of this run,
     whose final save was cut off: `final_save_pending`), and have been trained with an
     optimizer of the class of `optimizer` ((--optim name, class)) and with the same `settings`
-    (`run_settings`) where it recorded them (`trainer.RunSettings`).
+    (`run_settings`) where it recorded them (`trainer.RunSettings`). `cut_off_removed`: a new run
+    that `--resume auto` chose, for which checkpoints whose save was cut off are no earlier run
+    (`resolve_resume_if_any`: the main process removes them, maybe while this one looks).
     Returns the checkpoint resumed from (None for a new run); a run whose length is set in epochs
     is checked against it once Trainer knows that length (`check_run_length` in a callback)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -58,7 +60,7 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
         if resume and last is None:
             raise FileNotFoundError(f"train: --resume: no checkpoint-N folder in {os.fspath(out)!r} to resume from; "
                                     "leave out --resume to start a new run")
-        if not resume and last is not None:
+        if not resume and last is not None and (not cut_off_removed or _complete_checkpoints(out)):
             # The last complete one: --resume names it too (one whose save was cut off is refused).
             complete = _complete_checkpoints(out)
             shown = complete[-1].name if complete else Path(last).name
