@@ -24,6 +24,7 @@ import test_train  # noqa: E402
 from test_train import FAST, ROWS, free_port, losses  # noqa: E402
 
 from superthoughts_ext import train_preemption  # noqa: E402
+from superthoughts_ext.modeling import load_model  # noqa: E402
 from superthoughts_ext.trainer import SuperThoughtsTrainer  # noqa: E402
 from superthoughts_ext.train import TrainOptions, main, train  # noqa: E402
 
@@ -114,6 +115,40 @@ def test_a_second_sigterm_cuts_the_save_off_and_ctrl_c_stops_at_once(base_dirs, 
                                             "continues from the last checkpoint in --output, if one was saved\n")
     assert checkpoints(out) == ["checkpoint-2", "checkpoint-4"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_during_the_last_steps_evaluation_without_checkpoints_saves_one_to_resume_from(
+        base_dirs, tmp_path, monkeypatch, capsys):
+    # --save-steps 0: the run saves no checkpoint, and a SIGTERM after the last step's end (here in
+    # its evaluation) stopped it before the final save with nothing on disk: every step was lost.
+    straight = train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=tmp_path / "straight",
+                                  **{**RESUMED_TO_6, "max_steps": 4, "save_steps": 0}))
+    evaluate = SuperThoughtsTrainer.evaluate
+
+    def signalled_in_the_last_evaluation(self, *args, **kwargs):
+        if self.state.global_step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(SuperThoughtsTrainer, "evaluate", signalled_in_the_last_evaluation)
+    out = tmp_path / "out"
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+            *FLAGS, "--max-steps", "4", "--save-steps", "0", "--eval-data", str(base_dirs["data"]),
+            "--eval-steps", "2", "--resume", "auto"]
+    assert main(argv) == 143
+    err = capsys.readouterr().err
+    assert "train: SIGTERM after the last step: saving checkpoint-4, then stopping before the final save" in err
+    assert "terminated (SIGTERM): after the last step, before the final save (checkpoint-4 holds that step)" in err
+    assert checkpoints(out) == ["checkpoint-4"] and not (out / "config.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.undo()
+    # The requeued command: the checkpoint's model saved as the final one, no step trained again.
+    with pytest.warns(UserWarning, match=r"checkpoint-4' is the last step of its run .* no step trained"):
+        assert main(argv) == 0
+    assert (out / "config.json").is_file()
+    trained = straight.model.state_dict()
+    for name, value in load_model(out).state_dict().items():
+        torch.testing.assert_close(value, trained[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_a_callers_own_sigterm_handler_is_left_alone(base_dirs, tmp_path, monkeypatch):

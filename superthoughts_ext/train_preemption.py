@@ -48,9 +48,9 @@ REPEAT_WINDOW_S = 5.0
 
 
 class StoppedAtCheckpoint(cli.Terminated):
-    """Training stopped on SIGTERM: at a checkpoint saved at the step it had reached, or (a SIGTERM
-    after the last step's end) before its final save; the message says which. Every process
-    raises it at the same point, after the same steps."""
+    """Training stopped on SIGTERM at a checkpoint of the step it had reached: within training, or
+    (a SIGTERM after the last step's end) before its final save; the message says which. Every
+    process raises it at the same point, after the same steps."""
 
 
 class StopOnSigterm(TrainerCallback):
@@ -63,6 +63,8 @@ class StopOnSigterm(TrainerCallback):
         self._reduce_max = reduce_max
         self.asked_at: float | None = None  # time.monotonic() of the first SIGTERM, on this process
         self.stopped_at_step: int | None = None  # the step saved and stopped at, once agreed
+        self.saved_at_step: int | None = None  # the step of this run's latest checkpoint
+        self.ended_at_step: int | None = None  # the step training ended at (on_train_end)
         self._previous: Any = None
         self._armed = False
 
@@ -116,24 +118,36 @@ class StopOnSigterm(TrainerCallback):
                   f"{REPEAT_WINDOW_S:g} s or more after the first, or Ctrl-C, stops at once)",
                   file=sys.stderr, flush=True)
 
+    def on_save(self, args, state, control, **kwargs):
+        self.saved_at_step = state.global_step
+
     def on_train_end(self, args, state, control, **kwargs):
-        self._disarm()
+        # Still armed: a SIGTERM from here until the body of `stopping_on_sigterm` is left is one
+        # after the last step, whose checkpoint may yet have to be saved.
+        self.ended_at_step = state.global_step
 
 
 @contextlib.contextmanager
-def stopping_on_sigterm(callback: StopOnSigterm) -> Iterator[None]:
+def stopping_on_sigterm(callback: StopOnSigterm, save_checkpoint: Callable[[], None]) -> Iterator[None]:
     """Runs the body (Trainer.train with `callback` added), then raises `StoppedAtCheckpoint`
-    when it stopped on SIGTERM. A SIGTERM that came after the last step's end (nothing left to
-    stop) is a stop too: one agreed on by all processes, without a checkpoint of its own. The
-    handler is given back however the body ends."""
+    when it stopped on SIGTERM. A SIGTERM that came after the last step's end (during its
+    evaluation or save: nothing left to stop) is a stop too, agreed on by all processes, before
+    the final save: at the last step's checkpoint, which `save_checkpoint()` (Trainer's save, on
+    every process) writes where the run saved none there (`--save-steps 0`, which a SIGTERM during
+    the last step's evaluation left with neither a checkpoint nor a final model). The handler is
+    given back however the body ends; it covers that save too."""
     try:
         yield
+        late = callback.stopped_at_step is None and callback._agreed()
+        if late and callback.saved_at_step != callback.ended_at_step:
+            save_checkpoint()
     finally:
         callback._disarm()
     if callback.stopped_at_step is not None:
         raise StoppedAtCheckpoint(f"checkpoint-{callback.stopped_at_step} saved")
-    if callback._agreed():
-        raise StoppedAtCheckpoint("after the last step, before the final save")
+    if late:
+        raise StoppedAtCheckpoint(f"after the last step, before the final save (checkpoint-{callback.ended_at_step} "
+                                  "holds that step)")
 
 
 def workers_outlive_sigterm(loader: Any) -> Any:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -170,9 +171,18 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         """Trainer.train, returning the training loss of the steps this run trained (see
         _correct_resumed_summary: the metrics dict is the one log() corrected). Stopped by SIGTERM,
         it saves a checkpoint at the step it reached and raises train_preemption.StoppedAtCheckpoint."""
-        with train_preemption.stopping_on_sigterm(self._sigterm_stop):
+        with train_preemption.stopping_on_sigterm(self._sigterm_stop, self._checkpoint_after_the_last_step):
             output = super().train(*args, **kwargs)
         return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
+
+    def _checkpoint_after_the_last_step(self) -> None:
+        """The checkpoint of the last step, saved on a SIGTERM after that step's end in a run that
+        saved none there (train_preemption.stopping_on_sigterm): the resume makes the final save."""
+        if self.is_world_process_zero():
+            step = self.state.global_step
+            print(f"train: SIGTERM after the last step: saving checkpoint-{step}, then stopping before the final save",
+                  file=sys.stderr, flush=True)
+        self._save_checkpoint(self.model_wrapped, trial=None)
 
     def _correct_resumed_summary(self, logs: dict[str, float]) -> None:
         """After a resume transformers (up to 5.18) divides the run's summed loss by every step, the
