@@ -202,6 +202,20 @@ def test_resume_auto_on_another_rank_starts_beside_a_cut_off_save_the_main_rank_
     assert result.global_step == 1 and (out / "checkpoint-1").is_dir()  # left to the main process
 
 
+def test_resume_auto_leaves_a_symlinked_cut_off_checkpoint_and_what_it_names_alone(base_dirs, tmp_path, capsys):
+    out, elsewhere = tmp_path / "o", tmp_path / "scratch" / "checkpoint-5"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "model.safetensors").write_bytes(b"")
+    out.mkdir()
+    (out / "checkpoint-5").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match=r"checkpoint-5' is a symlink to .*scratch/checkpoint-5', a checkpoint "
+                                         r"without trainer_state\.json"):
+        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, resume_from_checkpoint="auto",
+                           **{**FAST, "max_steps": 1}))
+    assert (out / "checkpoint-5").is_symlink() and (elsewhere / "model.safetensors").is_file()
+    assert "removing" not in capsys.readouterr().err
+
+
 def test_repeats_within_the_window_are_one_request(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(train_preemption.time, "monotonic", lambda: clock[0])

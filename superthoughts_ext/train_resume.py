@@ -93,7 +93,7 @@ def resolve_resume_if_any(output_dir: str | os.PathLike, resume: str | os.PathLi
     run was preempted before its first save or after it. The checkpoint-N folders after that one
     that are not complete (no trainer_state.json: a save SIGKILL cut off, which --resume alone
     refuses) are removed by the main process: each would stop a new run, and Trainer would rotate
-    the complete ones away before them. Says on stderr (main process) which it does; other values
+    the complete ones away before them. One that is a symlink is a ValueError, left as it is. Says on stderr (main process) which it does; other values
     are returned as they are. Called with `output_dir` locked (`run_info.output_lock`)."""
     if not isinstance(resume, str) or resume != RESUME_IF_ANY:
         return resume
@@ -102,11 +102,20 @@ def resolve_resume_if_any(output_dir: str | os.PathLike, resume: str | os.PathLi
     complete = [p for p in folders if read_json(p / "trainer_state.json") is not None]
     last = complete[-1] if complete else None
     cut_off = [p for p in folders if last is None or _step(p) > _step(last)]
+    if linked := [p for p in cut_off if p.is_symlink()]:
+        # Not one Trainer wrote: removing the folder it names would delete outside --output.
+        raise ValueError(f"train: --resume auto: {os.fspath(linked[0])!r} is a symlink to "
+                         f"{os.fspath(linked[0].resolve())!r}, a checkpoint without trainer_state.json (not "
+                         "complete); remove the link or complete that folder, it is left as it is")
     if main_process:
         for folder in cut_off:
             print(f"train: --resume auto: removing {os.fspath(folder)!r}, a checkpoint whose save was cut off",
                   file=sys.stderr, flush=True)
-            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                shutil.rmtree(folder)
+            except OSError as failed:  # left there, it would stand beside the new run's checkpoints
+                raise OSError(f"train: --resume auto: cannot remove {os.fspath(folder)!r}, a checkpoint whose save "
+                              f"was cut off: {failed}") from failed
         doing = (f"resuming from {os.fspath(last)!r}" if last is not None
                  else f"no checkpoint in {os.fspath(out)!r}, starting a new run")
         print(f"train: --resume auto: {doing}", file=sys.stderr, flush=True)
