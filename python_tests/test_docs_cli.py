@@ -59,6 +59,9 @@ OTHER_TOOLS_FLAGS: dict[str, str] = {
     "--fsdp_cpu_ram_efficient_loading": "accelerate launch",
     "--fsdp_sync_module_states": "accelerate launch",
     "--define": "benchmarks/gpu/phase_probe.py",
+    "--requeue": "sbatch",
+    "--signal": "sbatch",
+    "--shutdown-timeout": "torchrun",
 }
 
 # Options no page mentions, each with the reason it stays undocumented. Empty: document instead.

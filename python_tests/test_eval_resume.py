@@ -58,6 +58,16 @@ def test_a_rerun_into_a_finished_runs_file_needs_resume_or_overwrite(tmp_path: P
     assert replaced.n == len(PROBLEMS) == len(read_jsonl(out)) and replaced.n_resumed == 0
 
 
+def test_resume_into_a_file_not_written_yet_starts_the_run(tmp_path: Path) -> None:
+    # The first run of a requeued job, whose command holds --resume from the start (docs/evaluation.md).
+    tokenizer = make_tokenizer()
+    out = tmp_path / "st.jsonl"
+    result = evaluate(fake_model(tokenizer), tokenizer, "math500", PROBLEMS, mode="superthoughts", threshold=0.9,
+                      batch_size=3, output_jsonl=out, progress=False, generate_fn=fake_generate(tokenizer, []),
+                      resume=True)
+    assert (result.n, result.n_resumed) == (len(PROBLEMS), 0) and len(read_jsonl(out)) == len(PROBLEMS)
+
+
 def test_evaluate_resumes_an_interrupted_run(tmp_path: Path) -> None:
     tokenizer = make_tokenizer()
     model = fake_model(tokenizer)
