@@ -54,7 +54,7 @@ class StoppedAtCheckpoint(cli.Terminated):
 
 
 class StopOnSigterm(TrainerCallback):
-    """Turns SIGTERM during `Trainer.train` (from on_train_begin to on_train_end) into a save of a
+    """Turns SIGTERM during `Trainer.train` (from on_train_begin until it returns) into a save of a
     checkpoint at the end of the current optimizer step and a stop there; `stopping_on_sigterm`
     wraps the train call and raises `StoppedAtCheckpoint` afterwards. `reduce_max(flag) -> flag`
     agrees on a flag across processes (max over them; the identity in a single process)."""
