@@ -93,8 +93,9 @@ def resolve_resume_if_any(output_dir: str | os.PathLike, resume: str | os.PathLi
     run was preempted before its first save or after it. The checkpoint-N folders after that one
     that are not complete (no trainer_state.json: a save SIGKILL cut off, which --resume alone
     refuses) are removed by the main process: each would stop a new run, and Trainer would rotate
-    the complete ones away before them. One that is a symlink is a ValueError, left as it is. Says on stderr (main process) which it does; other values
-    are returned as they are. Called with `output_dir` locked (`run_info.output_lock`)."""
+    the complete ones away before them. One that is a symlink is a ValueError, left as it is.
+    Says on stderr (main process) which it does; other values are returned as they are. Called
+    with `output_dir` locked (`run_info.output_lock`)."""
     if not isinstance(resume, str) or resume != RESUME_IF_ANY:
         return resume
     out = Path(os.fspath(output_dir))
