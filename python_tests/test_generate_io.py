@@ -132,18 +132,25 @@ def test_text_streamer_prints_the_decoded_text(model, capsys) -> None:
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
-@needs_cuda
-@pytest.mark.parametrize("mode", MODES)
-def test_cuda_graphs_match_eager(model, mode: str) -> None:
-    gpu_model = copy.deepcopy(model).cuda()
-    ids, mask = prompt_batch(["what is 3 + 4", "carry", "what is 12 + 35 and then some more"], device="cuda")
-    kwargs = dict(max_new_tokens=40, mode=mode, threshold=0.3)
+def assert_graphs_match_eager(gpu_model, ids: torch.Tensor, mask: torch.Tensor, **kwargs):
+    """The CUDA default (graphs + compiled step), graphs alone, the eager loop and the reference
+    step give the same tokens and pair steps; returns the graphed run's output."""
     compiled = generate(gpu_model, ids, mask, cuda_graphs=True, compile=True, **kwargs)  # the CUDA default
     graphed = generate(gpu_model, ids, mask, cuda_graphs=True, compile=False, **kwargs)
     eager = generate(gpu_model, ids, mask, cuda_graphs=False, compile=False, **kwargs)
     reference = generate(gpu_model, ids, mask, cuda_graphs=False, compile=False, use_kernels=False, **kwargs)
     assert compiled.sequences == graphed.sequences == eager.sequences == reference.sequences
     assert compiled.num_pair_steps == graphed.num_pair_steps == eager.num_pair_steps
+    return graphed
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_graphs_match_eager(model, mode: str) -> None:
+    gpu_model = copy.deepcopy(model).cuda()
+    ids, mask = prompt_batch(["what is 3 + 4", "carry", "what is 12 + 35 and then some more"], device="cuda")
+    kwargs = dict(max_new_tokens=40, mode=mode, threshold=0.3)
+    graphed = assert_graphs_match_eager(gpu_model, ids, mask, **kwargs)
     cpu = generate(model, ids.cpu(), mask.cpu(), **kwargs)
     agree = sum(a == b for a, b in zip(cpu.sequences, graphed.sequences))
     assert agree >= 2  # fp32 GPU vs CPU: an argmax may flip on a near-tie, not everywhere

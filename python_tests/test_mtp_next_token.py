@@ -25,6 +25,7 @@ from test_generate import (EOS, HAS_KERNELS, MIXED_THRESHOLD, PROMPTS, check_sta
 # slow_decode feeds the MTP head as the model's mtp_input says.
 from test_generate import (test_batch_rows_match_rows_alone, test_fast_loop_matches_full_recompute,  # noqa: F401
                            test_kernels_match_reference, test_sampled_steps_and_threshold_main_match_full_recompute)
+from test_generate_io import assert_graphs_match_eager
 from test_modeling import make_backbone, training_batch
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -296,12 +297,7 @@ def test_cuda_graphs_match_eager(model) -> None:
     gpu_model = copy.deepcopy(model).cuda()
     ids, mask = (t.cuda() for t in left_pad(PROMPTS))
     kwargs = dict(max_new_tokens=25, threshold=MIXED_THRESHOLD)
-    compiled = generate(gpu_model, ids, mask, cuda_graphs=True, compile=True, **kwargs)  # the CUDA default
-    graphed = generate(gpu_model, ids, mask, cuda_graphs=True, compile=False, **kwargs)
-    eager = generate(gpu_model, ids, mask, cuda_graphs=False, compile=False, **kwargs)
-    reference = generate(gpu_model, ids, mask, cuda_graphs=False, compile=False, use_kernels=False, **kwargs)
-    assert compiled.sequences == graphed.sequences == eager.sequences == reference.sequences
-    assert compiled.num_pair_steps == graphed.num_pair_steps == eager.num_pair_steps
+    assert_graphs_match_eager(gpu_model, ids, mask, **kwargs)
     # Sampling runs eagerly on a GPU: the CUDA kernel's t1 launch draws what the reference draws.
     sampled = dict(kwargs, temperature=1.0, seed=5)
     assert (generate(gpu_model, ids, mask, **sampled).sequences
