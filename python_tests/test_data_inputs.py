@@ -1,4 +1,4 @@
-"""Training data as other tools leave it: files that are not UTF-8 (Latin-1 text, parquet),
+"""Training data as other tools leave it: files that are not UTF-8 (Latin-1 text, arrow),
 `datasets` folders, and chat templates that refuse a system message. Each must fail naming the
 file and line and saying what to do. (The JSONL reader itself: test_data_jsonl.py.)
 """
@@ -31,9 +31,11 @@ def test_non_utf8_file_names_its_line(tmp_path: Path, progress: bool) -> None:
 
 
 def test_binary_file_is_named_with_the_way_to_convert_it(tmp_path: Path) -> None:
-    path = tmp_path / "train.parquet"
-    path.write_bytes(b"PAR1\x15\x04\x15\xee\xff\x00\n" * 4)
-    with pytest.raises(ValueError, match=r"train\.parquet:1: not UTF-8 text .*parquet .*Dataset\.to_json\(path\)"):
+    # An Arrow stream, as save_to_disk writes its shards (parquet is read: test_data_parquet.py).
+    path = tmp_path / "data-00000-of-00001.arrow"
+    path.write_bytes(b"\xff\xff\xff\xff\x10\x01\x00\x00\x10\x00\x00\x00\n" * 4)
+    with pytest.raises(ValueError, match=r"00001\.arrow:1: not UTF-8 text .*JSON Lines in UTF-8 or parquet, "
+                                         r"not another binary format such as arrow .*Dataset\.to_parquet\(path\)"):
         train_data.load_examples(path, word_tokenizer(), problem_field="problem", solution_field="solution",
                                  system_prompt=None, max_length=None)
 

@@ -1,14 +1,14 @@
 """From problem/solution rows to tokenised training examples: chat-template formatting, row
-checks, JSONL reading.
+checks, JSONL and parquet reading.
 
-A row {problem, solution} becomes the features {"prompt_ids", "response_ids"} that the
-collator in data.py lays out in units: the prompt is the chat template up to its generation
-prompt, the response the assistant turn cut right after EOS (`format_example`). Rows are
-checked and tokenised by `encode_rows` (also used by train_data.py for in-memory rows) and
-read from files by `load_jsonl_examples`; the result is `Examples` (token_rows.py): the ids of
-every row packed into one array as each row is tokenised, and each row's line or row number, so
-later drops can name them. Kept apart from data.py because none
-of this depends on the unit layout, and the layout and collator need no tokenizer.
+A row {problem, solution} becomes the features {"prompt_ids", "response_ids"} that the collator
+in data.py lays out in units: the prompt is the chat template up to its generation prompt, the
+response the assistant turn cut right after EOS (`format_example`). Rows are checked and
+tokenised by `encode_rows` (also used by train_data.py for in-memory rows) and read from files by
+`load_jsonl_examples` and `load_parquet_examples` (parquet_rows.py); the result is `Examples`
+(token_rows.py): the ids of every row packed into one array as each row is tokenised, and each
+row's line or row number, so later drops can name them. Kept apart from data.py because none of
+this depends on the unit layout, and the layout and collator need no tokenizer.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from superthoughts_ext import parquet_rows
 from superthoughts_ext.stop_tokens import CHAT_TURN_ENDS
 from superthoughts_ext.token_rows import Examples, RowsBuilder
 
@@ -107,7 +108,8 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
 
 def _rows_named(numbers: list[int], unit: str, why: str) -> str:
     """"N row(s) `why` (`unit`s [the first ten numbers])": how warnings and errors name rows."""
-    return f"{len(numbers)} row(s) {why} ({unit}s {numbers[:10]})"
+    units = "row indices" if unit == parquet_rows.ROW_INDEX else f"{unit}s"
+    return f"{len(numbers)} row(s) {why} ({units} {numbers[:10]})"
 
 
 def _warn_dropped(where: str, numbers: list[int], unit: str, why: str, stacklevel: int = 4) -> list[str]:
@@ -124,7 +126,7 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
                 system_prompt: str | None = None, max_length: int | None = None,
                 progress: bool = False, total: int | None = None) -> Examples:
     """Tokenised features from (number, row) pairs; errors say `where:number` (unit "line") or
-    `where: row number` (unit "row"), warnings start with `where`.
+    `where: unit number` (unit "row", or "row index" for parquet), warnings start with `where`.
 
     A row that is not a mapping, lacks a string field or whose solution holds EOS before its end
     raises ValueError. Rows whose solution is empty (or only whitespace) and rows longer than
@@ -135,7 +137,7 @@ def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, whe
     """
     from superthoughts_ext.progress import progress_bar
 
-    with progress_bar(numbered_rows, total=total, desc=f"tokenizing {where}", unit=unit,
+    with progress_bar(numbered_rows, total=total, desc=f"tokenizing {where}", unit=unit.split()[0],
                       disable=not progress) as bar:
         examples, empty, too_long = _encode_each(bar, tokenizer, where, unit, problem_field, solution_field,
                                                  system_prompt, max_length)
@@ -171,7 +173,9 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
                 raise ValueError(f"{at}: no field {field!r}; the row has {', '.join(map(repr, row)) or 'none'} "
                                  f"({hint})")
             if not isinstance(row[field], str):
-                raise ValueError(f"{at}: field {field!r} is {type(row[field]).__name__}, not a string")
+                hint = " (a binary parquet column: write the text as a string column)" if isinstance(
+                    row[field], bytes) else ""
+                raise ValueError(f"{at}: field {field!r} is {type(row[field]).__name__}, not a string{hint}")
             try:
                 row[field].encode("utf-8")
             except UnicodeEncodeError as exc:  # a JSON "\ud83d" escape: half an emoji, cut while scraping
@@ -203,8 +207,8 @@ def _not_utf8(path: str) -> ValueError:
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         return ValueError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); the data must be JSON Lines "
-                          "in UTF-8, not a binary format such as parquet or arrow (convert with "
-                          "`Dataset.to_json(path)`)")
+                          "in UTF-8 or parquet, not another binary format such as arrow (convert with "
+                          "`Dataset.to_parquet(path)` or `Dataset.to_json(path)`)")
     return ValueError(f"{path}: not UTF-8 text")  # the file changed since the read that failed
 
 
@@ -239,8 +243,8 @@ def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: 
                 # JSON syntax that does not say what the file should look like.
                 array = line.lstrip()[:1] == "["
                 hint = "; expected JSON Lines, one object per line, not a JSON array" if array else ""
-                if where.lower().endswith((".csv", ".tsv", ".parquet")):
-                    hint = "; training data is JSON Lines (.jsonl), one object per line"
+                if where.lower().endswith((".csv", ".tsv")):
+                    hint = "; training data is JSON Lines (.jsonl), one object per line, or parquet"
                 raise ValueError(f"{where}:{number}: not valid JSON: {exc}{hint}") from exc
             except (ValueError, RecursionError) as exc:  # an over-long integer, nesting too deep
                 raise ValueError(f"{where}:{number}: JSON that Python cannot read: {exc}") from exc
@@ -251,3 +255,29 @@ def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: 
     return encode_rows(numbered_rows(), tokenizer, where=where, problem_field=problem_field,
                        solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
                        progress=progress, total=total)
+
+
+def load_parquet_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
+                          solution_field: str = "solution", system_prompt: str | None = None,
+                          max_length: int | None = None, progress: bool = False) -> Examples:
+    """`load_jsonl_examples` for a parquet file: rows numbered by their 0-based row index
+    ("row index 7"), only the columns read decoded, a record batch at a time
+    (`parquet_rows.numbered_rows`). A column the file lacks is refused up front, naming the
+    file's columns; a cell of another type (a list, a struct, binary) where text belongs is
+    refused naming its row index and column. ValueError saying `pip install pyarrow` without
+    pyarrow."""
+    where = os.fspath(path)
+    columns = [problem_field, solution_field]
+    names = parquet_rows.column_names(where)
+    for column in columns:
+        if column not in names:
+            hint = "--problem-field / --solution-field name others"
+            if {"prompt_ids", "response_ids"} <= set(names):
+                hint = ("tokenised rows (prompt_ids / response_ids) are read from memory only: pass them to train() "
+                        "as a list")
+            raise ValueError(f"{where}: no column {column!r}; the file has {', '.join(map(repr, names)) or 'none'} "
+                             f"({hint})")
+    return encode_rows(parquet_rows.numbered_rows(where, columns), tokenizer, where=where,
+                       unit=parquet_rows.ROW_INDEX, problem_field=problem_field, solution_field=solution_field,
+                       system_prompt=system_prompt, max_length=max_length, progress=progress,
+                       total=parquet_rows.row_count(where) if progress else None)

@@ -1,4 +1,4 @@
-"""Evaluation benchmarks: registry, loading (local JSONL/JSON/CSV or the hub) and prompts.
+"""Evaluation benchmarks: registry, loading (local JSONL/JSON/CSV/parquet or the hub) and prompts.
 
 Every benchmark row becomes a `Problem`: the text shown to the model and the reference
 answer (a LaTeX/number string, or the correct letter A-D for GPQA-Diamond). The prompt is
@@ -108,7 +108,7 @@ def load_hub_rows(spec: BenchSpec) -> list[dict[str, Any]]:
         raise RuntimeError(
             f"could not load {spec.name} from the Hugging Face hub "
             f"({spec.hub_path}, config {spec.hub_config}, split {spec.hub_split}): {error}. "
-            "When offline, pass --data FILE with a local JSONL/JSON/CSV copy."
+            "When offline, pass --data FILE with a local JSONL/JSON/CSV/parquet copy."
         ) from error
     return [dict(row) for row in dataset]
 
@@ -247,8 +247,9 @@ def _check_distractor_fields(rows: list[dict[str, Any]], spec: BenchSpec) -> Non
 
 
 def _check_text_cells(row: dict[str, Any], fields: Iterable[str], bench: str, number: int) -> None:
-    """Refuses an object or a list of objects (chat messages, say) where text belongs: `cell_text`
-    would print it as a Python repr and the model would be asked that. Refuses an unpaired UTF-16
+    """Refuses an object or a list of objects (chat messages, say), or bytes (a parquet binary
+    column), where text belongs: `cell_text` would print it as a Python repr and the model would be
+    asked that. Refuses an unpaired UTF-16
     surrogate (a JSON "\\ud83d" cut from its pair), which the tokenizer and the records file
     cannot take (a TypeError at tokenising, or a failed write after decoding)."""
     for field in fields:
@@ -263,6 +264,9 @@ def _check_text_cells(row: dict[str, Any], fields: Iterable[str], bench: str, nu
             kind = "an object" if isinstance(value, dict) else "a list of objects"
             raise ValueError(f"{bench}: row {number}, column {field!r}: {kind}, not text ({value!r:.60}); "
                              "point --problem-field / --answer-field at a text column")
+        if isinstance(value, (bytes, bytearray)):
+            raise ValueError(f"{bench}: row {number}, column {field!r}: bytes, not text ({value!r:.60}); a binary "
+                             "column (a parquet file written without string types?): store the text as strings")
 
 
 def check_limit(limit: int | None) -> None:

@@ -1,5 +1,5 @@
-"""Reading benchmark data files: local ``.jsonl``, ``.json`` and ``.csv`` rows as dicts
-(`read_rows`), with errors that name the file and line, the JSON Lines splitting that the
+"""Reading benchmark data files: local ``.jsonl``, ``.json``, ``.csv`` and ``.parquet`` rows as
+dicts (`read_rows`), with errors that name the file and line, the JSON Lines splitting that the
 eval records share (`json_lines`), and where a records file's summary goes (`summary_path`) or
 is found (`existing_summary`, an older version's included)."""
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from superthoughts_ext import parquet_rows
 
 
 def json_lines(text: str) -> list[str]:
@@ -118,16 +120,21 @@ def read_records_text(path: str | Path) -> str:
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a local ``.jsonl``, ``.json`` (a list of objects, or JSON Lines) or ``.csv``
-    file in UTF-8 (see `_read_text`). Parse errors name the file and line."""
+    file in UTF-8 (see `_read_text`), or of a ``.parquet`` file (needs pyarrow; its cells as
+    Python values: lists, dicts for structs, bytes for binary columns). Parse errors name the file
+    and line. A bench is a few thousand rows at most: read whole, a record batch at a time."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"benchmark data {path} is a directory (a `datasets` save_to_disk folder?); --data takes "
-                         "one .jsonl, .json or .csv file: write one with `Dataset.to_json(path)` (JSONL)")
+                         "one .jsonl, .json, .csv or .parquet file: write one with `Dataset.to_parquet(path)` or "
+                         "`Dataset.to_json(path)` (JSONL)")
     if not path.is_file():
         raise FileNotFoundError(f"benchmark data file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return [row for _, row in parquet_rows.numbered_rows(path)]
     if suffix not in (".csv", ".json", ".jsonl"):
-        raise ValueError(f"{path}: unsupported data format {suffix!r} (use .jsonl, .json or .csv)")
+        raise ValueError(f"{path}: unsupported data format {suffix!r} (use .jsonl, .json, .csv or .parquet)")
     text = _read_text(path)
     if suffix == ".csv":
         return _csv_rows(path, text)

@@ -264,11 +264,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainOptions.__dataclass_fields__
     g = parser.add_argument
     g("--model", required=True, help="base (or SuperThoughts) checkpoint directory")
-    g("--data", required=True, help="training JSONL file")
+    g("--data", required=True, help="training file: JSON Lines, or parquet (by its .parquet suffix or content)")
     g("--eval-data", default=None, metavar="FILE",
-      help="held-out JSONL file, rows as in --data (same fields, prompt, drops and checks): its loss, eval_loss "
-           "(and eval_loss_main / _mtp / _distill), is logged every --eval-steps and after the last step, each "
-           "row in one fixed pad-split layout")
+      help="held-out JSONL or parquet file, rows as in --data (same fields, prompt, drops and checks): its loss, "
+           "eval_loss (and eval_loss_main / _mtp / _distill), is logged every --eval-steps and after the last step, "
+           "each row in one fixed pad-split layout")
     g("--output", required=True, dest="output_dir", help="output directory")
     g("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     g("--baseline", action="store_true", help="plain SFT of the backbone, no compression")
@@ -306,8 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g("--mtp-input", default=None, choices=MTP_INPUTS,
       help="what the MTP head reads besides h: 'unit' (the position's own input) or 'next_token' (E of the "
            "main head's token, as in DeepSeek-V3; default: model config; a continued model's must match)")
-    g("--problem-field", default=d["problem_field"].default, help="JSONL field holding the prompt")
-    g("--solution-field", default=d["solution_field"].default, help="JSONL field holding the response")
+    g("--problem-field", default=d["problem_field"].default, help="field (parquet: column) holding the prompt")
+    g("--solution-field", default=d["solution_field"].default, help="field (parquet: column) holding the response")
     # One or the other: both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
     system.add_argument("--system-prompt", default=d["system_prompt"].default, type=utf8_text, metavar="TEXT",

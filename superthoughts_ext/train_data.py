@@ -1,6 +1,7 @@
 """The examples `superthoughts_ext.train` trains on, and those it evaluates on (--eval-data): JSONL
-files or in-memory rows, raw text or pre-tokenised, checked up front so that errors name the row,
-and dropped when longer than --max-length or the model's context.
+or parquet files or in-memory rows, raw text or pre-tokenised,
+checked up front so that errors name the row, and dropped when longer than --max-length or the
+model's context.
 """
 from __future__ import annotations
 
@@ -13,25 +14,31 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from superthoughts_ext import parquet_rows
 from superthoughts_ext.data import _response_with_eos, layout_length
-from superthoughts_ext.data_jsonl import _rows_named, _warn_dropped, encode_rows, load_jsonl_examples
+from superthoughts_ext.data_jsonl import (_rows_named, _warn_dropped, encode_rows, load_jsonl_examples,
+                                          load_parquet_examples)
 from superthoughts_ext.token_rows import Examples, RowsBuilder
 from superthoughts_ext.train_utils import pad_and_eos_ids
 
 
 def check_data_file(data: str | os.PathLike, *, held_out: bool = False) -> Path:
     """`data` as a Path, refused unless it is a regular file (a directory, a missing path, a pipe:
-    train reads its data more than once); `held_out` names it "eval data" in the error."""
+    train reads its data more than once), or a parquet file without pyarrow to read it; `held_out`
+    names it "eval data" in the error."""
     name = "eval data" if held_out else "data"
     path = Path(data)
     if path.is_dir():
         raise ValueError(f"train: {name} {os.fspath(path)!r} is a directory (a `datasets` save_to_disk folder?); "
-                         "train reads one JSONL file: write one with `Dataset.to_json(path)`")
+                         "train reads one JSONL or parquet file: write one with `Dataset.to_parquet(path)` or "
+                         "`Dataset.to_json(path)`")
     if not path.exists():
         raise FileNotFoundError(f"train: {name} file {os.fspath(path)!r} does not exist")
     if not path.is_file():
         raise ValueError(f"train: {name} {os.fspath(path)!r} is not a regular file (a pipe?); train reads "
                          "its data more than once: write it to a file first")
+    if parquet_rows.is_parquet(path):
+        parquet_rows.require_pyarrow(path)
     return path
 
 
@@ -47,23 +54,24 @@ def load_examples(
     text_options: Sequence[str] = (),
     held_out: bool = False,
 ) -> Examples:
-    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL path or rows, each with
-    its line (or row) number for `drop_beyond_context`, packed into one array as each row is read
-    (`Examples`).
+    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL or parquet path or rows,
+    each with its line (or row, or parquet row index) number for `drop_beyond_context`, packed into
+    one array as each row is read (`Examples`).
 
     Rows may be raw ({problem_field, solution_field}: text) or already tokenised
-    ({"prompt_ids", "response_ids"}: lists of ids, checked by `tokenised_rows`). Errors
-    name the file and line (or row number); an empty dataset is an error. `progress` shows
-    a bar while text rows are tokenised. `text_options` names the options the caller set that
-    only text rows read (problem_field, ...): refused with tokenised rows, not dropped.
-    `held_out`: the rows of --eval-data, named so in errors ("eval data", "eval_data: row 2").
+    ({"prompt_ids", "response_ids"}: lists of ids, checked by `tokenised_rows`). A file is parquet by its suffix or its first bytes
+    (`parquet_rows.is_parquet`), else JSON Lines. Errors name the file and line (or row number, or
+    row index); an empty dataset is an error. `progress` shows a bar while text rows are tokenised.
+    `text_options` names the options the caller set that only text rows read (problem_field, ...):
+    refused with tokenised rows, not dropped. `held_out`: the rows of --eval-data, named so in errors ("eval data", "eval_data: row 2").
     """
     name, kind = ("eval data", "evaluation") if held_out else ("data", "training")
     if isinstance(data, (str, os.PathLike)):
         path = check_data_file(data, held_out=held_out)
-        examples = load_jsonl_examples(
-            os.fspath(path), tokenizer, problem_field=problem_field,
-            solution_field=solution_field, system_prompt=system_prompt, max_length=max_length, progress=progress,
+        load = load_parquet_examples if parquet_rows.is_parquet(path) else load_jsonl_examples
+        examples = load(
+            os.fspath(path), tokenizer, problem_field=problem_field, solution_field=solution_field,
+            system_prompt=system_prompt, max_length=max_length, progress=progress,
         )
         where = os.fspath(path)
     else:
@@ -258,8 +266,11 @@ class EvalRows(TrainRows):
     """The Trainer's eval dataset (--eval-data): example i as {"prompt_ids", "response_ids",
     "eval_row": its line (or row) number}. "eval_row" gives the row one fixed pad-split layout
     (`data.SuperThoughtsCollator`); the number, not the index, so that a row keeps its layout when
-    other rows of the file are dropped (another --max-length, another model's context)."""
+    other rows of the file are dropped (another --max-length, another model's context). A parquet
+    row index counts from 0: it is taken + 1, so that the same rows as JSON Lines (without blank
+    lines), parquet or in memory are scored on the same layouts."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         i = self._index(index)
-        return {**self._examples[i], "eval_row": self._examples.numbers[i]}
+        number = self._examples.numbers[i] + (self._examples.unit == parquet_rows.ROW_INDEX)
+        return {**self._examples[i], "eval_row": number}

@@ -27,8 +27,8 @@ class TrainOptions:
     """Everything one training run needs; fields mirror the `superthoughts train` flags.
 
     `model` is a checkpoint directory or an nn.Module (a plain HF causal LM, or a
-    SuperThoughtsForCausalLM to continue training). `data` is a JSONL path or a list of
-    rows (raw {problem_field, solution_field} or tokenised {"prompt_ids", "response_ids"}).
+    SuperThoughtsForCausalLM to continue training). `data` is a JSONL or parquet path or a list
+    of rows (raw {problem_field, solution_field} or tokenised {"prompt_ids", "response_ids"}).
     `max_steps` > 0 overrides `num_epochs`. `batch_size` is per process. `lora_r` = 0 means
     full fine-tuning. Rows longer than `max_length` tokens (prompt + response) are dropped with
     a warning, and so are rows whose positions do not fit the model's context: one per token for a
@@ -39,10 +39,10 @@ class TrainOptions:
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
     compressor_type, mtp_type or mtp_input. `system_prompt` defaults to the chain-of-thought prompt that
     evaluation sends (eval_data.SYSTEM_PROMPT), so a model is trained on the prompts it is scored
-    on; None leaves the system turn to the chat template's default. `eval_data` (a JSONL path or
-    rows, as `data`: the same fields, prompt and drops) is the held-out set whose loss is logged
-    (eval_loss, and its parts in SuperThoughts mode) every `eval_steps` optimizer steps (None:
-    `eval_interval`) and after the last one. Options the run would not read
+    on; None leaves the system turn to the chat template's default. `eval_data` (a JSONL or
+    parquet path or rows, as `data`: the same fields, prompt and drops) is the held-out set whose
+    loss is logged (eval_loss, and its parts in SuperThoughts mode) every `eval_steps` optimizer
+    steps (None: `eval_interval`) and after the last one. Options the run would not read
     (SuperThoughts fields in a baseline run, LoRA fields without lora_r, eval_steps without
     eval_data) are refused.
     """

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from superthoughts_ext import parquet_rows
+
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in `path`; None when it is missing or unreadable: these checks then pass
@@ -117,16 +119,23 @@ def _checkpoint_mtp_input(checkpoint: Path) -> str | None:
 
 
 def data_digest(data: Any) -> str | None:
-    """sha256 of the training rows, each as canonical JSON: a JSONL file's lines parsed (so the
-    rows of a file and the same rows given in memory agree, whatever the file's spacing); None
-    for a file that cannot be read or parsed (loading it says why)."""
+    """sha256 of the training rows, each as canonical JSON: a JSONL file's lines parsed, a parquet
+    file's rows with every column (so the rows of a file and the same rows given in memory agree,
+    whatever the file's spacing or encoding); None for a file that cannot be read or parsed (loading
+    it says why)."""
     digest = hashlib.sha256()
 
     def add(row: Any) -> None:
         digest.update(json.dumps(row, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist")
                                  else repr(v)).encode() + b"\n")
 
-    if isinstance(data, (str, os.PathLike)):
+    if isinstance(data, (str, os.PathLike)) and parquet_rows.is_parquet(data):
+        try:
+            for _, row in parquet_rows.numbered_rows(data):
+                add(row)
+        except (OSError, ValueError):
+            return None
+    elif isinstance(data, (str, os.PathLike)):
         try:
             with open(data, encoding="utf-8") as file:
                 for line in file:
