@@ -1,14 +1,15 @@
 """From problem/solution rows to tokenised training examples: chat-template formatting, row
 checks, JSONL and parquet reading.
 
-A row {problem, solution} becomes the features {"prompt_ids", "response_ids"} that the collator
-in data.py lays out in units: the prompt is the chat template up to its generation prompt, the
-response the assistant turn cut right after EOS (`format_example`). Rows are checked and
-tokenised by `encode_rows` (also used by train_data.py for in-memory rows) and read from files by
-`load_jsonl_examples` and `load_parquet_examples` (parquet_rows.py); the result is `Examples`
-(token_rows.py): the ids of every row packed into one array as each row is tokenised, and each
-row's line or row number, so later drops can name them. Kept apart from data.py because none of
-this depends on the unit layout, and the layout and collator need no tokenizer.
+A row {problem, solution} (or a row of chat messages: chat_rows.py) becomes the features
+{"prompt_ids", "response_ids"} that the collator in data.py lays out in units: the prompt is the
+chat template up to its generation prompt, the response the assistant turn cut right after EOS
+(`format_example`). Rows are checked and tokenised by `encode_rows` (also used by train_data.py
+for in-memory rows) and read from files by `load_jsonl_examples` and `load_parquet_examples`
+(parquet_rows.py); the result is `Examples` (token_rows.py): the ids of every row packed into one
+array as each row is tokenised, and each row's line or row number, so later drops can name them.
+Kept apart from data.py because none of this depends on the unit layout, and the layout and
+collator need no tokenizer.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from superthoughts_ext import parquet_rows
+from superthoughts_ext.chat_rows import exchange
 from superthoughts_ext.stop_tokens import CHAT_TURN_ENDS
 from superthoughts_ext.token_rows import Examples, RowsBuilder
 
@@ -123,32 +126,80 @@ def _warn_dropped(where: str, numbers: list[int], unit: str, why: str, stackleve
 
 def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, where: str, unit: str = "line",
                 problem_field: str = "problem", solution_field: str = "solution",
-                system_prompt: str | None = None, max_length: int | None = None,
-                progress: bool = False, total: int | None = None) -> Examples:
+                messages_field: str | None = None, system_prompt: str | None = None,
+                max_length: int | None = None, progress: bool = False, total: int | None = None) -> Examples:
     """Tokenised features from (number, row) pairs; errors say `where:number` (unit "line") or
     `where: unit number` (unit "row", or "row index" for parquet), warnings start with `where`.
 
-    A row that is not a mapping, lacks a string field or whose solution holds EOS before its end
-    raises ValueError. Rows whose solution is empty (or only whitespace) and rows longer than
-    `max_length` tokens (prompt + response, uncompressed) are dropped with a warning naming
-    them: never truncated. `progress` shows a progress bar (`superthoughts_ext.progress`) over the
-    `total` rows (a few ms per row with a real BPE vocabulary: minutes for a large file, silent
-    without it). The result keeps each example's number (`Examples`).
+    A row's problem and solution are its `problem_field` and `solution_field` or, with
+    `messages_field`, the user and the assistant turn of the chat messages that field holds
+    (`chat_rows.exchange`: one exchange, a system turn only if it says `system_prompt`; the two
+    fields are then not read). A row that is not a mapping, lacks a string field or whose solution
+    holds EOS before its end raises ValueError. Rows whose solution is empty (or only whitespace)
+    and rows longer than `max_length` tokens (prompt + response, uncompressed) are dropped with a
+    warning naming them: never truncated. `progress` shows a progress bar
+    (`superthoughts_ext.progress`) over the `total` rows (a few ms per row with a real BPE
+    vocabulary: minutes for a large file, silent without it). The result keeps each example's
+    number (`Examples`).
     """
     from superthoughts_ext.progress import progress_bar
 
+    fields = _RowFields(problem_field, solution_field, messages_field, system_prompt)
     with progress_bar(numbered_rows, total=total, desc=f"tokenizing {where}", unit=unit.split()[0],
                       disable=not progress) as bar:
-        examples, empty, too_long = _encode_each(bar, tokenizer, where, unit, problem_field, solution_field,
-                                                 system_prompt, max_length)
-    examples.dropped = (_warn_dropped(where, empty, unit, f"with an empty {solution_field!r}")
+        examples, empty, too_long = _encode_each(bar, tokenizer, where, unit, fields, max_length)
+    empty_what = "assistant turn" if messages_field is not None else repr(solution_field)
+    examples.dropped = (_warn_dropped(where, empty, unit, f"with an empty {empty_what}")
                         + _warn_dropped(where, too_long, unit, f"longer than max_length={max_length} tokens"))
     return examples
 
 
+@dataclass(frozen=True)
+class _RowFields:
+    """Where a row's texts are (`encode_rows`' arguments of that name)."""
+
+    problem: str
+    solution: str
+    messages: str | None
+    system_prompt: str | None
+
+    def texts(self, row: Mapping[str, Any], at: str) -> tuple[str, str]:
+        """(problem, solution) of `row`, checked: strings that UTF-8 can write. ValueError
+        starting with `at` otherwise."""
+        if self.messages is not None:
+            if self.messages not in row:
+                raise _no_field(row, self.messages, at, "--messages-field names another")
+            problem, solution = exchange(row[self.messages], at=at, field=self.messages,
+                                         system_prompt=self.system_prompt)
+            named = {f"{self.messages} user turn": problem, f"{self.messages} assistant turn": solution}
+        else:
+            for field in (self.problem, self.solution):
+                if field not in row:
+                    raise _no_field(row, field, at, "--problem-field / --solution-field name others")
+                if not isinstance(row[field], str):
+                    hint = " (a binary parquet column: write the text as a string column)" if isinstance(
+                        row[field], bytes) else ""
+                    raise ValueError(f"{at}: field {field!r} is {type(row[field]).__name__}, not a string{hint}")
+            problem, solution = row[self.problem], row[self.solution]
+            named = {f"field {self.problem!r}": problem, f"field {self.solution!r}": solution}
+        for name, text in named.items():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a JSON "\ud83d" escape: half an emoji, cut while scraping
+                raise ValueError(f"{at}: {name} holds an unpaired UTF-16 surrogate "
+                                 f"{text[exc.start]!r} at character {exc.start}") from None
+        return problem, solution
+
+
+def _no_field(row: Mapping[str, Any], field: str, at: str, hint: str) -> ValueError:
+    """The error for a row without `field`, listing the fields it has."""
+    if "prompt_ids" in row and "response_ids" in row:
+        hint = "tokenised rows (prompt_ids / response_ids) are read from memory only: pass them to train() as a list"
+    return ValueError(f"{at}: no field {field!r}; the row has {', '.join(map(repr, row)) or 'none'} ({hint})")
+
+
 def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where: str, unit: str,
-                 problem_field: str, solution_field: str, system_prompt: str | None,
-                 max_length: int | None) -> tuple[Examples, list[int], list[int]]:
+                 fields: _RowFields, max_length: int | None) -> tuple[Examples, list[int], list[int]]:
     """The loop of `encode_rows`: (examples, numbers of empty rows, numbers of too long rows). Each
     row is packed as soon as it is tokenised: its lists of Python ints are the only ones alive."""
     rows = RowsBuilder()
@@ -165,28 +216,12 @@ def _encode_each(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, where
             # A one-line JSON array parses as one "row": a list.
             hint = "; expected JSON Lines, one object per line, not a JSON array" if isinstance(row, list) else ""
             raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}{hint}")
-        for field in (problem_field, solution_field):
-            if field not in row:
-                hint = ("tokenised rows (prompt_ids / response_ids) are read from memory only: pass them to "
-                        "train() as a list" if "prompt_ids" in row and "response_ids" in row
-                        else "--problem-field / --solution-field name others")
-                raise ValueError(f"{at}: no field {field!r}; the row has {', '.join(map(repr, row)) or 'none'} "
-                                 f"({hint})")
-            if not isinstance(row[field], str):
-                hint = " (a binary parquet column: write the text as a string column)" if isinstance(
-                    row[field], bytes) else ""
-                raise ValueError(f"{at}: field {field!r} is {type(row[field]).__name__}, not a string{hint}")
-            try:
-                row[field].encode("utf-8")
-            except UnicodeEncodeError as exc:  # a JSON "\ud83d" escape: half an emoji, cut while scraping
-                raise ValueError(f"{at}: field {field!r} holds an unpaired UTF-16 surrogate "
-                                 f"{row[field][exc.start]!r} at character {exc.start}") from None
-        if not row[solution_field].strip():
+        problem, solution = fields.texts(row, at)
+        if not solution.strip():
             empty.append(number)
             continue
         try:
-            example = format_example(tokenizer, row[problem_field], row[solution_field], system_prompt,
-                                     _other_stops=other_stops)
+            example = format_example(tokenizer, problem, solution, fields.system_prompt, _other_stops=other_stops)
         except ValueError as exc:
             raise ValueError(f"{at}: {exc}") from exc
         if max_length is not None and len(example["prompt_ids"]) + len(example["response_ids"]) > max_length:
@@ -224,7 +259,8 @@ def _text_lines(path: str) -> Iterator[tuple[int, str]]:
 
 def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
                         solution_field: str = "solution", system_prompt: str | None = None,
-                        max_length: int | None = None, progress: bool = False) -> Examples:
+                        max_length: int | None = None, progress: bool = False,
+                        messages_field: str | None = None) -> Examples:
     """Tokenised features {"prompt_ids", "response_ids"} from a JSONL file, numbered by line
     (see `encode_rows`; `progress` shows a bar over its rows).
 
@@ -253,13 +289,14 @@ def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: 
     if progress:
         total = sum(1 for _, line in _text_lines(where) if line.strip())
     return encode_rows(numbered_rows(), tokenizer, where=where, problem_field=problem_field,
-                       solution_field=solution_field, system_prompt=system_prompt, max_length=max_length,
-                       progress=progress, total=total)
+                       solution_field=solution_field, messages_field=messages_field, system_prompt=system_prompt,
+                       max_length=max_length, progress=progress, total=total)
 
 
 def load_parquet_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",
                           solution_field: str = "solution", system_prompt: str | None = None,
-                          max_length: int | None = None, progress: bool = False) -> Examples:
+                          max_length: int | None = None, progress: bool = False,
+                          messages_field: str | None = None) -> Examples:
     """`load_jsonl_examples` for a parquet file: rows numbered by their 0-based row index
     ("row index 7"), only the columns read decoded, a record batch at a time
     (`parquet_rows.numbered_rows`). A column the file lacks is refused up front, naming the
@@ -267,11 +304,12 @@ def load_parquet_examples(path: str | os.PathLike, tokenizer: Any, problem_field
     refused naming its row index and column. ValueError saying `pip install pyarrow` without
     pyarrow."""
     where = os.fspath(path)
-    columns = [problem_field, solution_field]
+    columns = [messages_field] if messages_field is not None else [problem_field, solution_field]
     names = parquet_rows.column_names(where)
     for column in columns:
         if column not in names:
-            hint = "--problem-field / --solution-field name others"
+            hint = ("--messages-field names another" if messages_field is not None
+                    else "--problem-field / --solution-field name others")
             if {"prompt_ids", "response_ids"} <= set(names):
                 hint = ("tokenised rows (prompt_ids / response_ids) are read from memory only: pass them to train() "
                         "as a list")
@@ -279,5 +317,5 @@ def load_parquet_examples(path: str | os.PathLike, tokenizer: Any, problem_field
                              f"({hint})")
     return encode_rows(parquet_rows.numbered_rows(where, columns), tokenizer, where=where,
                        unit=parquet_rows.ROW_INDEX, problem_field=problem_field, solution_field=solution_field,
-                       system_prompt=system_prompt, max_length=max_length, progress=progress,
-                       total=parquet_rows.row_count(where) if progress else None)
+                       messages_field=messages_field, system_prompt=system_prompt, max_length=max_length,
+                       progress=progress, total=parquet_rows.row_count(where) if progress else None)

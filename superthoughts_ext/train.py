@@ -230,9 +230,10 @@ def _load_examples(options: TrainOptions, data: Any, tokenizer: Any, held_out: b
     """The tokenised rows of `data` (--data, or --eval-data when `held_out`), read as `options` say."""
     return train_data.load_examples(
         data, tokenizer, problem_field=options.problem_field,
-        solution_field=options.solution_field, system_prompt=options.system_prompt,
-        max_length=options.max_length,
-        text_options=[name for name in ("problem_field", "solution_field", "system_prompt") if options._changed(name)],
+        solution_field=options.solution_field, messages_field=options.messages_field,
+        system_prompt=options.system_prompt, max_length=options.max_length,
+        text_options=[name for name in ("problem_field", "solution_field", "messages_field", "system_prompt")
+                      if options._changed(name)],
         progress=_bars_shown_here(options),
         held_out=held_out,
     )
@@ -308,6 +309,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "main head's token, as in DeepSeek-V3; default: model config; a continued model's must match)")
     g("--problem-field", default=d["problem_field"].default, help="field (parquet: column) holding the prompt")
     g("--solution-field", default=d["solution_field"].default, help="field (parquet: column) holding the response")
+    g("--messages-field", default=None, metavar="NAME",
+      help="rows of chat messages: the field holding a list of {role, content}, [system,] user, assistant; the "
+           "user turn is the prompt, the assistant turn the response, a system turn must be --system-prompt's "
+           "text (instead of --problem-field / --solution-field)")
     # One or the other: both write system_prompt, and the last given would win.
     system = parser.add_mutually_exclusive_group()
     system.add_argument("--system-prompt", default=d["system_prompt"].default, type=utf8_text, metavar="TEXT",

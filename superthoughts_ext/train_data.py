@@ -1,5 +1,5 @@
 """The examples `superthoughts_ext.train` trains on, and those it evaluates on (--eval-data): JSONL
-or parquet files or in-memory rows, raw text or pre-tokenised,
+or parquet files or in-memory rows, raw text (problem/solution or chat messages) or pre-tokenised,
 checked up front so that errors name the row, and dropped when longer than --max-length or the
 model's context.
 """
@@ -53,13 +53,15 @@ def load_examples(
     progress: bool = False,
     text_options: Sequence[str] = (),
     held_out: bool = False,
+    messages_field: str | None = None,
 ) -> Examples:
     """Tokenised features {"prompt_ids", "response_ids"} from a JSONL or parquet path or rows,
     each with its line (or row, or parquet row index) number for `drop_beyond_context`, packed into
     one array as each row is read (`Examples`).
 
-    Rows may be raw ({problem_field, solution_field}: text) or already tokenised
-    ({"prompt_ids", "response_ids"}: lists of ids, checked by `tokenised_rows`). A file is parquet by its suffix or its first bytes
+    Rows may be raw ({problem_field, solution_field}: text; with `messages_field`, a list of chat
+    messages there: `chat_rows.exchange`) or already tokenised ({"prompt_ids", "response_ids"}:
+    lists of ids, checked by `tokenised_rows`). A file is parquet by its suffix or its first bytes
     (`parquet_rows.is_parquet`), else JSON Lines. Errors name the file and line (or row number, or
     row index); an empty dataset is an error. `progress` shows a bar while text rows are tokenised.
     `text_options` names the options the caller set that only text rows read (problem_field, ...):
@@ -71,7 +73,7 @@ def load_examples(
         load = load_parquet_examples if parquet_rows.is_parquet(path) else load_jsonl_examples
         examples = load(
             os.fspath(path), tokenizer, problem_field=problem_field, solution_field=solution_field,
-            system_prompt=system_prompt, max_length=max_length, progress=progress,
+            messages_field=messages_field, system_prompt=system_prompt, max_length=max_length, progress=progress,
         )
         where = os.fspath(path)
     else:
@@ -87,7 +89,8 @@ def load_examples(
         else:
             examples = _encode_rows(
                 rows, tokenizer, problem_field=problem_field, solution_field=solution_field,
-                system_prompt=system_prompt, max_length=max_length, progress=progress, where=where,
+                messages_field=messages_field, system_prompt=system_prompt, max_length=max_length,
+                progress=progress, where=where,
             )
         where = "the given eval_data rows" if held_out else "the given rows"
     if not examples:
@@ -98,11 +101,11 @@ def load_examples(
 
 
 def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
-                 solution_field: str, system_prompt: str | None, max_length: int | None,
-                 progress: bool, where: str) -> Examples:
+                 solution_field: str, messages_field: str | None, system_prompt: str | None,
+                 max_length: int | None, progress: bool, where: str) -> Examples:
     """In-memory twin of `data.load_jsonl_examples`: same checks and tokenisation, rows numbered from 1."""
     return encode_rows(enumerate(rows, start=1), tokenizer, where=where, unit="row",
-                       problem_field=problem_field, solution_field=solution_field,
+                       problem_field=problem_field, solution_field=solution_field, messages_field=messages_field,
                        system_prompt=system_prompt, max_length=max_length, progress=progress, total=len(rows))
 
 

@@ -28,7 +28,8 @@ class TrainOptions:
 
     `model` is a checkpoint directory or an nn.Module (a plain HF causal LM, or a
     SuperThoughtsForCausalLM to continue training). `data` is a JSONL or parquet path or a list
-    of rows (raw {problem_field, solution_field} or tokenised {"prompt_ids", "response_ids"}).
+    of rows (raw {problem_field, solution_field}, or with `messages_field` a list of chat messages
+    [system,] user, assistant under that field, or tokenised {"prompt_ids", "response_ids"}).
     `max_steps` > 0 overrides `num_epochs`. `batch_size` is per process. `lora_r` = 0 means
     full fine-tuning. Rows longer than `max_length` tokens (prompt + response) are dropped with
     a warning, and so are rows whose positions do not fit the model's context: one per token for a
@@ -39,10 +40,11 @@ class TrainOptions:
     rho_max and a given lambda_mtp from these options, keeps its pad, and refuses another
     compressor_type, mtp_type or mtp_input. `system_prompt` defaults to the chain-of-thought prompt that
     evaluation sends (eval_data.SYSTEM_PROMPT), so a model is trained on the prompts it is scored
-    on; None leaves the system turn to the chat template's default. `eval_data` (a JSONL or
-    parquet path or rows, as `data`: the same fields, prompt and drops) is the held-out set whose
-    loss is logged (eval_loss, and its parts in SuperThoughts mode) every `eval_steps` optimizer
-    steps (None: `eval_interval`) and after the last one. Options the run would not read
+    on; None leaves the system turn to the chat template's default (a row's own system turn must
+    say `system_prompt`: chat_rows.py). `eval_data` (a JSONL or parquet path or rows, as `data`:
+    the same fields, prompt and drops) is the held-out set whose loss is logged (eval_loss, and its
+    parts in SuperThoughts mode) every `eval_steps` optimizer steps (None: `eval_interval`) and
+    after the last one. Options the run would not read
     (SuperThoughts fields in a baseline run, LoRA fields without lora_r, eval_steps without
     eval_data) are refused.
     """
@@ -79,6 +81,7 @@ class TrainOptions:
     mtp_input: str | None = None
     problem_field: str = "problem"
     solution_field: str = "solution"
+    messages_field: str | None = None  # rows of chat messages instead of problem_field / solution_field
     system_prompt: str | None = SYSTEM_PROMPT
     max_length: int | None = None
     logging_steps: int = 10
@@ -135,6 +138,11 @@ class TrainOptions:
         if self.lora_r == 0:
             unread = [name for name in ("lora_alpha", "lora_dropout", "lora_target_modules") if self._changed(name)]
             checks.append((not unread, f"{', '.join(unread)} {_apply(unread)} to LoRA runs: set lora_r > 0"))
+        # The messages hold both texts: the two fields would not be read.
+        fields = [name for name in ("problem_field", "solution_field") if self._changed(name)]
+        checks.append((self.messages_field is None or not fields,
+                       f"{', '.join(fields)} {_apply(fields)} to problem/solution rows, not to messages_field rows"))
+        checks.append((self.messages_field != "", "messages_field must name a field, got ''"))
         checks.append((self.eval_data is not None or self.eval_steps is None,
                        "eval_steps applies to runs with eval_data (a held-out set to evaluate)"))
         checks.append((self.eval_data is not None or self.scheduler_name not in METRIC_DRIVEN_SCHEDULES,

@@ -57,7 +57,7 @@ RESUMED_SETTINGS = {
     "--learning-rate": "learning_rate", "--weight-decay": "weight_decay", "--lr-scheduler": "scheduler_name",
     "--lr-scheduler-kwargs": "lr_scheduler_kwargs", "--warmup-ratio": "warmup_ratio", "--seed": "seed",
     "--max-length": "max_length", "--problem-field": "problem_field", "--solution-field": "solution_field",
-    "--system-prompt": "system_prompt", "--mtp-input": "mtp_input",
+    "--messages-field": "messages_field", "--system-prompt": "system_prompt", "--mtp-input": "mtp_input",
 }
 GLOBAL_BATCH = "global batch (--batch-size x --grad-accum x processes)"
 # transformers' schedules that step on the eval loss (TrainingArguments refuses them without an
