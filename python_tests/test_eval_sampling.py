@@ -35,8 +35,7 @@ def tokenizer():
     return make_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer):
+def make_model(tokenizer):
     """A tiny random SuperThoughts model over the tokenizer's vocabulary whose steps mix pairs and
     single tokens at its threshold 0.1 (lm_head sharpened, MTP and compressor perturbed, as in
     test_generate.py)."""
@@ -58,6 +57,11 @@ def model(tokenizer):
         for param in [*model.mtp.parameters(), *model.compressor.parameters()]:
             param.add_(torch.randn_like(param) * 0.05)
     return model
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return make_model(tokenizer)
 
 
 def run(model, tokenizer, out: Path, **kwargs):

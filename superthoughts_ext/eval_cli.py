@@ -8,6 +8,8 @@ one table (`--table`), or grade their stored outputs again with the current grad
     superthoughts eval --compare baseline.jsonl st-t0.9.jsonl st-t0.99.jsonl --plot sweep.png
     superthoughts eval --regrade baseline.jsonl st.jsonl
     superthoughts eval --table math500/sft.jsonl math500/st.jsonl amc23/sft.jsonl amc23/st.jsonl
+    # 8 GPUs, each process a share of the problems, one records file (superthoughts_ext.eval_ranks)
+    torchrun --nproc_per_node 8 -m superthoughts_ext.eval_cli --model DIR --bench math500 --output st.jsonl
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.cli import (TypedBooleanOptional, record_typed_options, resume_hint,
-                                   transformers_progress_bars, typed_options, utf8_text)
+from superthoughts_ext.cli import (HelpFormatter, TypedBooleanOptional, record_typed_options, resume_hint,
+                                   run_command, transformers_progress_bars, typed_options, utf8_text)
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
+from superthoughts_ext.eval_ranks import (MainRankFailed, OtherRankFailed, Ranks, close_process_group, ranks_from_env,
+                                          start_process_group)
 from superthoughts_ext.eval_sampling import check_sampling
 from superthoughts_ext.eval_table import TABLE_FORMATS
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
@@ -209,8 +213,13 @@ def _is_superthoughts(model: Any) -> bool:
     return isinstance(model, SuperThoughtsForCausalLM)
 
 
-def _error(message: object) -> int:
-    print(f"superthoughts eval: error: {message}", file=sys.stderr)
+def _error(message: object, ranks: Ranks = Ranks(), *, every_rank: bool = False) -> int:
+    """Prints the error and returns exit status 2. Under torchrun rank 0 alone prints what every
+    rank meets alike (the options, the data); ``every_rank``: an error that may be this rank's
+    own (its GPU, a collective), printed by each rank that meets it, naming it."""
+    if ranks.main or every_rank:
+        where = f" (rank {ranks.rank})" if ranks.distributed and not ranks.main else ""
+        print(f"superthoughts eval{where}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -253,7 +262,7 @@ def _decoding_mode(args: argparse.Namespace, model: Any) -> str:
 
 
 def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: Any, device: str,
-                             problems: list[Problem], mode: str) -> int:
+                             problems: list[Problem], mode: str, ranks: Ranks) -> int:
     """One `evaluate` per --threshold (one output file each), the model loaded once."""
     thresholds = args.threshold or [None]
     outputs = output_files(args, mode)
@@ -272,7 +281,7 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
             max_new_tokens=args.max_new_tokens,
             output_jsonl=path,
             progress=not args.no_progress,
-            metadata=run_metadata(args, model, device),
+            metadata=run_metadata(args, model, device, ranks),
             resume=args.resume,
             overwrite=args.overwrite,
             compile="auto" if args.compile is None else args.compile,
@@ -280,23 +289,38 @@ def _evaluate_each_threshold(args: argparse.Namespace, model: Any, tokenizer: An
             temperature=args.temperature,
             samples=args.samples,
             seed=args.seed,
+            ranks=ranks,
         )
-        print(format_summary(summary))
-        print(f"records: {path}; summary: {summary_path(path)}")
-    if len(outputs) > 1:
+        if ranks.main:
+            print(format_summary(summary))
+            print(f"records: {path}; summary: {summary_path(path)}")
+    if len(outputs) > 1 and ranks.main:
         print("against a baseline: superthoughts eval --compare BASELINE.jsonl "
               + " ".join(str(path) for path in outputs) + " --plot tradeoff.png")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``superthoughts eval``; returns the exit status (2 for a usage or data error)."""
-    with transformers_progress_bars(not args.no_progress):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Run ``superthoughts eval``; returns the exit status (2 for a usage or data error). Under
+    torchrun (WORLD_SIZE > 1) every process runs it: see `superthoughts_ext.eval_ranks`."""
     try:
+        ranks = ranks_from_env()
+    except ValueError as error:
+        return _error(error)
+    with transformers_progress_bars(not args.no_progress and ranks.main):
+        return _run(args, ranks)
+
+
+# Options that read finished result files: one process does all there is to do.
+FILE_READERS = {"table": "--table", "regrade": "--regrade", "compare": "--compare"}
+
+
+def _run(args: argparse.Namespace, ranks: Ranks) -> int:
+    try:
+        readers = [option for dest, option in FILE_READERS.items() if getattr(args, dest)]
+        if ranks.distributed and readers:
+            raise ValueError(f"{readers[0]} reads finished result files and decodes nothing: run it as one process "
+                             f"(superthoughts eval {readers[0]} ...), not under torchrun")
         if args.table:
             return _run_table(args)
         given = [option for dest, option in TABLE_OPTIONS.items() if getattr(args, dest)]
@@ -311,19 +335,52 @@ def _run(args: argparse.Namespace) -> int:
             for path in output_files(args, args.mode or "standard"):  # before the weights load (minutes)
                 check_records_file(path, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, OSError, RuntimeError) as error:
-        return _error(error)
+        return _error(error, ranks)
 
     from superthoughts_ext.generate_cli import load_checkpoint
 
+    started = False
     try:
-        model, tokenizer, device = load_checkpoint(args.model, args.device, args.dtype, args.tokenizer)
+        device = rank_device(args.device, ranks)
+        started = start_process_group(ranks)
+        model, tokenizer, device = load_checkpoint(args.model, device, args.dtype, args.tokenizer)
         mode = _decoding_mode(args, model)
         # A ValueError from evaluate: e.g. --resume on a file of other settings.
-        return _evaluate_each_threshold(args, model, tokenizer, device, problems, mode)
-    except WriteFailed as error:  # a full disk mid-run: what to do once there is room
-        return _error(f"{error}{resume_hint('eval', args)}")
+        return _evaluate_each_threshold(args, model, tokenizer, device, problems, mode, ranks)
+    except MainRankFailed:  # rank 0 printed it
+        return 2
+    except (WriteFailed, OtherRankFailed) as error:  # a full disk mid-run, or a rank gone: resume once fixed
+        return _error(f"{error}{resume_hint('eval', args)}", ranks, every_rank=True)
     except (ValueError, OSError) as error:
-        return _error(error)
+        return _error(error, ranks, every_rank=True)
+    finally:
+        if started:
+            close_process_group()
+
+
+def rank_device(device: str | None, ranks: Ranks) -> str | None:
+    """--device of this process. Under torchrun each rank decodes on its own GPU, cuda:LOCAL_RANK
+    (also made the current device: CUDA graphs capture on the current device's stream), where
+    --device is cuda or left out on a machine with CUDA; --device cpu stays. ValueError for one
+    GPU named (every rank would load the model onto it) or more ranks on this node than GPUs."""
+    if not ranks.distributed:
+        return device
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and device != "cuda":
+        raise ValueError(f"--device {device}: under torchrun each process decodes on its own GPU, cuda:LOCAL_RANK; "
+                         "give --device cuda or leave it out (CUDA_VISIBLE_DEVICES picks the GPUs)")
+    if device != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch has no CUDA device (torch.cuda.is_available() is False)")
+    if ranks.local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK={ranks.local_rank}, but this node has {torch.cuda.device_count()} GPU(s): "
+                         "give torchrun --nproc_per_node at most that many")
+    torch.cuda.set_device(ranks.local_rank)
+    return f"cuda:{ranks.local_rank}"
 
 
 def weights_dtype(model: Any) -> str | None:
@@ -335,13 +392,14 @@ def weights_dtype(model: Any) -> str | None:
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def run_metadata(args: argparse.Namespace, model: Any, device: str) -> dict[str, Any]:
+def run_metadata(args: argparse.Namespace, model: Any, device: str, ranks: Ranks = Ranks()) -> dict[str, Any]:
     """What a run decoded, as `evaluate` stores it (its RUN_KEYS are checked by --resume): the
     checkpoint and data file as absolute paths and the dtype the weights were loaded in, so that
     ``out/st``, ``out/st/`` and ``/abs/out/st``, or ``--dtype auto`` and the checkpoint's own
-    dtype named explicitly, are one run."""
+    dtype named explicitly, are one run. Under torchrun: rank 0's device, and ``processes``."""
     return {"model": str(Path(args.model).resolve()), "dtype": weights_dtype(model), "device": device,
-            "data": None if args.data is None else str(Path(args.data).resolve())}
+            "data": None if args.data is None else str(Path(args.data).resolve()),
+            **({"processes": ranks.world_size} if ranks.distributed else {})}
 
 
 def check_thresholds(thresholds: list[float] | None) -> None:
@@ -368,3 +426,16 @@ def sweep_output(output: str | Path, threshold: float) -> Path:
     output = Path(output)
     suffix = record_suffix(output) or ".jsonl"
     return output.with_name(f"{run_name(output)}-t{threshold_label(threshold)}{suffix}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m superthoughts_ext.eval_cli ...`: ``superthoughts eval`` with its arguments, the
+    module torchrun runs (``torchrun --nproc_per_node N -m superthoughts_ext.eval_cli ...``)."""
+    parser = argparse.ArgumentParser(prog="superthoughts eval", description=(__doc__ or "").partition("\n")[0],
+                                     formatter_class=HelpFormatter)
+    add_arguments(parser)
+    return run_command("eval", parser.parse_args(argv), run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -201,12 +201,13 @@ def record_line(record: dict[str, Any]) -> str:
     return line
 
 
-def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]]) -> IO[str] | None:
-    """``output_jsonl`` opened for appending and holding ``records`` (those a resume kept) alone,
-    or None. `WriteFailed` naming the file when it cannot be written. Called under evaluate's
-    `run_info.output_lock` of the file, which lets it remove what a killed run's writes left."""
+def write_records(output_jsonl: str | Path | None, records: list[dict[str, Any]]) -> None:
+    """``output_jsonl`` made to hold ``records`` (those a resume kept) alone, its summary removed;
+    nothing for None. `WriteFailed` naming the file when it cannot be written. Called under
+    evaluate's `run_info.output_lock` of the file, which lets it remove what a killed run's writes
+    left."""
     if output_jsonl is None:
-        return None
+        return
     with writing(output_jsonl):
         Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
         for path in (output_jsonl, summary_path(output_jsonl)):
@@ -219,6 +220,13 @@ def open_records(output_jsonl: str | Path | None, records: list[dict[str, Any]])
         # A summary describes a finished run; until this one finishes (and writes its own), an
         # earlier run's (an older version's name included) would label these records with its settings.
         remove_summaries(output_jsonl)
+
+
+def append_records(output_jsonl: str | Path | None) -> IO[str] | None:
+    """``output_jsonl`` opened for appending this run's records batch by batch (None for None)."""
+    if output_jsonl is None:
+        return None
+    with writing(output_jsonl):
         return open(output_jsonl, "a", encoding="utf-8")
 
 
@@ -279,3 +287,32 @@ def write_summary(output_jsonl: str | Path, summary: EvalSummary, metadata: dict
     """The summary JSON next to the records: ``summary``'s fields, ``metadata`` and the records' path."""
     payload = {**summary.to_dict(), **(metadata or {}), "records": str(output_jsonl)}
     replace_text(summary_path(output_jsonl), json.dumps(payload, indent=2) + "\n")  # never left torn
+
+
+def _accuracy_text(summary: EvalSummary) -> str:
+    """The accuracy as the summary line gives it: of the one greedy pass, or avg@N of a sampled run
+    with its spread over the samples, pass@N and maj@N."""
+    if not summary.temperature:
+        return f"accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n})"
+    n = summary.samples
+    spread = f" ± {summary.accuracy_std:.4f} (std over samples)" if summary.accuracy_std is not None else ""
+    return (f"temperature {summary.temperature:g}, seed {summary.seed}: "
+            f"accuracy avg@{n} {summary.accuracy:.4f}{spread} "
+            f"({summary.n_correct}/{summary.n} outputs, {summary.n_problems} problems x {n}), "
+            f"pass@{n} {summary.pass_at_n:.4f}, maj@{n} {summary.maj_at_n:.4f}")
+
+
+def format_summary(summary: EvalSummary) -> str:
+    """One line per run, as `superthoughts eval` prints it."""
+    return (
+        f"{summary.bench} [{summary.mode}]: {_accuracy_text(summary)}, "
+        f"no answer found {summary.n_no_box}, cut off (token budget or context) {summary.n_hit_limit}, "
+        f"mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
+        # Not "CoT reduction": that one is measured against the baseline (`compare`).
+        f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
+        f"wall {summary.wall_time:.1f} s"
+        + (f" (warm-up for the compiled step {summary.warmup_time:.1f} s, untimed)" if summary.warmup_time >= 0.05 else "")
+        + (f" ({summary.n_resumed} records kept from the earlier run)" if summary.n_resumed else "")
+        + (f"; accuracy per option order {', '.join(f'{a:.4f}' for a in summary.accuracy_by_option_order)}"
+           if summary.accuracy_by_option_order else "")
+    )

@@ -14,6 +14,7 @@ The records and the summary (and reading records back for a resume) are
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable, Collection, Sequence
@@ -25,8 +26,10 @@ from superthoughts_ext.eval_compare import compare, compare_runs, format_compari
 from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_prompt, check_limit, get_bench,
                                          load_problems)
 from superthoughts_ext.eval_files import summary_conflict, summary_path
-from superthoughts_ext.eval_records import (EvalSummary, grade_output, open_records, record_line, resumable_records,
-                                            summarize, write_summary)
+from superthoughts_ext.eval_ranks import (Ranks, check_process_group, from_main, gather, merge_parts, part_files,
+                                          rank_share, records_file_of_rank, remove_parts, take_up_records)
+from superthoughts_ext.eval_records import (EvalSummary, format_summary, grade_output, record_line, summarize,
+                                            write_summary)
 from superthoughts_ext.eval_sampling import Sampling, check_sampling, record_key, sample_seed
 from superthoughts_ext.file_writes import writing
 from superthoughts_ext.grading import is_correct
@@ -148,8 +151,10 @@ def check_records_file(output_jsonl: str | Path | None, *, resume: bool, overwri
                 raise ValueError(f"evaluate: cannot write {path}: {problem}")
     if output_jsonl is not None and not (resume or overwrite):
         path = Path(output_jsonl)
-        if path.is_file() and path.stat().st_size > 0:
-            raise FileExistsError(f"{output_jsonl} holds the records of an earlier run; resume (--resume) continues "
+        # A run of several processes cut off left its records in part files beside the output.
+        holder = path if path.is_file() and path.stat().st_size > 0 else next(iter(part_files(path)), None)
+        if holder is not None:
+            raise FileExistsError(f"{holder} holds the records of an earlier run; resume (--resume) continues "
                                   "it, overwrite (--overwrite) replaces it, or give another output file")
 
 
@@ -309,6 +314,7 @@ def evaluate(
     temperature: float = 0.0,
     samples: int = 1,
     seed: int = 0,
+    ranks: Ranks | None = None,
 ) -> EvalSummary:
     """Decode (greedily, or ``samples`` times at ``temperature``) and grade every problem of a benchmark.
 
@@ -356,6 +362,12 @@ def evaluate(
             decodes alike in any batch and after a resume. One record per (problem, sample); the
             summary's accuracy is then the mean over samples (avg@N), with accuracy_std, pass@N
             and maj@N (`superthoughts_ext.eval_sampling.sampled_grade_fields`).
+        ranks: this process among those of a torchrun launch (`eval_ranks.ranks_from_env`; their
+            process group started, `eval_ranks.start_process_group`), each given the same
+            arguments: each decodes its share of the problems into a part file beside
+            ``output_jsonl`` (needed), and rank 0 merges them into it (`superthoughts_ext.eval_ranks`).
+            Every rank returns the summary of the whole run; rank 0 alone shows the progress
+            bar (its share) and the non-finite warning. None: this process alone.
     """
     from superthoughts_ext.generate import ContextStopWarning, NonFiniteLogitsWarning
     from superthoughts_ext.progress import progress_bar
@@ -366,9 +378,15 @@ def evaluate(
         # generate would refuse it at the first batch, once the records file was opened.
         raise ValueError("evaluate: compile=True needs greedy decoding (temperature 0); sampled decoding runs "
                          "uncompiled (compile='auto')")
-    # Held from the check of the records file to the summary: a second run started meanwhile
-    # (during this one's model load) passed the check and interleaved its records with these.
-    with output_lock(output_jsonl, "evaluate"):
+    ranks = ranks or Ranks()
+    check_process_group(ranks)
+    if ranks.distributed and output_jsonl is None:
+        raise ValueError("evaluate: several processes need output_jsonl: their records meet in its part files")
+    # Held (by rank 0, for every rank) from the check of the records file to the summary: a second
+    # run started meanwhile (during this one's model load) passed the check and interleaved its
+    # records with these. A lock rank 0 is refused stops the other ranks too.
+    with contextlib.ExitStack() as held:
+        from_main(ranks, lambda: held.enter_context(output_lock(output_jsonl, "evaluate")))
         problems = _problems_to_evaluate(rows, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                          limit=limit, output_jsonl=output_jsonl, resume=resume, overwrite=overwrite)
         generate_fn = generate_fn or _default_generate()
@@ -377,15 +395,23 @@ def evaluate(
         run = _prepare_run(model, tokenizer, generate_fn, bench, problems, mode=mode, threshold=threshold,
                            max_new_tokens=max_new_tokens, compile=compile, system_prompt=system_prompt,
                            metadata=metadata, sampling=sampling)
-        records = resumable_records(Path(output_jsonl), problems, run.settings, run.prompts) if resume else []
-        done = {record_key(r) for r in records}
+        kept: list[dict[str, Any]] = []  # rank 0's: the records of the earlier run a resume continues
+
+        def take_up_earlier_records() -> set[tuple[str, int]]:
+            kept.extend(take_up_records(output_jsonl, problems, run.settings, run.prompts, resume=resume))
+            return {record_key(record) for record in kept}
+
+        done = from_main(ranks, take_up_earlier_records)
         by_length = sorted(range(len(problems)), key=lambda i: -len(run.prompt_ids[i]))
         order = [(i, k) for i in by_length for k in range(sampling.samples) if (str(problems[i].id), k) not in done]
-        out_file = open_records(output_jsonl, records)
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        mine = rank_share(order, ranks)
+        records = [] if ranks.distributed else kept  # the summary's, and the progress bar's accuracy
+        out_file = records_file_of_rank(ranks, output_jsonl)
+        batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
 
-        bar = progress_bar(total=len(problems) * sampling.samples, initial=len(records),
-                           desc=label or f"{bench} [{mode}]", disable=not progress)
+        share = f" (rank 0 of {ranks.world_size}: its share)" if ranks.distributed else ""
+        bar = progress_bar(total=len(records) + len(mine), initial=len(records),
+                           desc=(label or f"{bench} [{mode}]") + share, disable=not (progress and ranks.main))
         try:
             with warnings.catch_warnings():
                 # Batch row numbers mean nothing here: the records' hit_limit and the summary count
@@ -399,43 +425,23 @@ def evaluate(
             if out_file is not None:
                 with writing(out_file.name):  # flushes what a failed write left in the buffer
                     out_file.close()
-        if nonfinite:
+        # Where the ranks meet: the warm-ups ran side by side, so the run waited for the longest.
+        per_rank = gather(ranks, (warmup_time, nonfinite))
+        warmup_time = max(seconds for seconds, _ in per_rank)
+        nonfinite = list(dict.fromkeys(problem for _, ids in per_rank for problem in ids))
+        if nonfinite and ranks.main:
             warnings.warn(f"evaluate: {len(nonfinite)} problems met main-head logits with no finite maximum (NaN, "
                           "all -inf, or +inf, as from a float16 model that overflows) and got the pad id there: "
                           f"{', '.join(nonfinite[:10])}{', ...' if len(nonfinite) > 10 else ''}; load the model in "
                           "bfloat16 or float32", NonFiniteLogitsWarning, stacklevel=2)
 
-        summary = summarize(records, run.settings, batch_size=batch_size, wall_time=time.perf_counter() - started,
-                            n_resumed=len(done), warmup_time=warmup_time)
-        if output_jsonl is not None:
-            write_summary(output_jsonl, summary, metadata)
-        return summary
+        def finish() -> EvalSummary:
+            merged = merge_parts(output_jsonl, problems, run.settings, run.prompts) if ranks.distributed else records
+            summary = summarize(merged, run.settings, batch_size=batch_size,
+                                wall_time=time.perf_counter() - started, n_resumed=len(done), warmup_time=warmup_time)
+            if output_jsonl is not None:
+                write_summary(output_jsonl, summary, metadata)
+                remove_parts(output_jsonl)  # their records are in the output now
+            return summary
 
-
-def _accuracy_text(summary: EvalSummary) -> str:
-    """The accuracy as the summary line gives it: of the one greedy pass, or avg@N of a sampled run
-    with its spread over the samples, pass@N and maj@N."""
-    if not summary.temperature:
-        return f"accuracy {summary.accuracy:.4f} ({summary.n_correct}/{summary.n})"
-    n = summary.samples
-    spread = f" ± {summary.accuracy_std:.4f} (std over samples)" if summary.accuracy_std is not None else ""
-    return (f"temperature {summary.temperature:g}, seed {summary.seed}: "
-            f"accuracy avg@{n} {summary.accuracy:.4f}{spread} "
-            f"({summary.n_correct}/{summary.n} outputs, {summary.n_problems} problems x {n}), "
-            f"pass@{n} {summary.pass_at_n:.4f}, maj@{n} {summary.maj_at_n:.4f}")
-
-
-def format_summary(summary: EvalSummary) -> str:
-    """One line per run, as `superthoughts eval` prints it."""
-    return (
-        f"{summary.bench} [{summary.mode}]: {_accuracy_text(summary)}, "
-        f"no answer found {summary.n_no_box}, cut off (token budget or context) {summary.n_hit_limit}, "
-        f"mean tokens {summary.mean_tokens:.1f}, mean steps {summary.mean_steps:.1f}, "
-        # Not "CoT reduction": that one is measured against the baseline (`compare`).
-        f"steps saved vs tokens (this run) {summary.cot_reduction:.2%}, {summary.tokens_per_s:.1f} tokens/s, "
-        f"wall {summary.wall_time:.1f} s"
-        + (f" (warm-up for the compiled step {summary.warmup_time:.1f} s, untimed)" if summary.warmup_time >= 0.05 else "")
-        + (f" ({summary.n_resumed} records kept from the earlier run)" if summary.n_resumed else "")
-        + (f"; accuracy per option order {', '.join(f'{a:.4f}' for a in summary.accuracy_by_option_order)}"
-           if summary.accuracy_by_option_order else "")
-    )
+        return from_main(ranks, finish)
