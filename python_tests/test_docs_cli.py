@@ -4,7 +4,7 @@
   whose command line or section it stands in, and a flag no parser has is an error wherever it stands
   (unless it is another tool's, listed in OTHER_TOOLS_FLAGS);
 - every option of every subcommand is mentioned where that subcommand is documented;
-- every `superthoughts ...` line of a ```bash block (and `-m superthoughts_ext.train ...` under a
+- every `superthoughts ...` line of a ```bash block (and `-m superthoughts_ext.train ...` or `-m superthoughts_ext.eval_cli ...` under a
   launcher) parses with the real parser, so the examples cannot rot;
 - a default written as "`--flag` (default X" equals the parser's default.
 Nothing is run: the parsers are built and asked to parse, no more.
@@ -64,6 +64,9 @@ OTHER_TOOLS_FLAGS: dict[str, str] = {
     "--shutdown-timeout": "torchrun",
 }
 
+# Modules a launcher runs as `-m MODULE ARGS` (torchrun, accelerate launch): the subcommand they are.
+LAUNCHED_MODULES = {"superthoughts_ext.train": "train", "superthoughts_ext.eval_cli": "eval"}
+
 # Options no page mentions, each with the reason it stays undocumented. Empty: document instead.
 UNDOCUMENTED: dict[tuple[str, str], str] = {}
 
@@ -113,7 +116,8 @@ class Mention:
 
 @dataclass(frozen=True)
 class CommandLine:
-    """A ```bash line that runs our parser: `superthoughts ...` or `... -m superthoughts_ext.train ...`."""
+    """A ```bash line that runs our parser: `superthoughts ...` or `... -m superthoughts_ext.train ...`
+    (`LAUNCHED_MODULES`)."""
 
     argv: tuple[str, ...]
     where: str
@@ -137,8 +141,10 @@ def shell_line(text: str, section: tuple[str, ...], where: str) -> tuple[list[Me
     argv, command = None, None
     if tokens[:1] == ["superthoughts"]:
         argv = tokens[1:]
-    elif "superthoughts_ext.train" in tokens and tokens[tokens.index("superthoughts_ext.train") - 1] == "-m":
-        argv = ["train", *tokens[tokens.index("superthoughts_ext.train") + 1:]]
+    else:
+        for module, command in LAUNCHED_MODULES.items():
+            if module in tokens and tokens[tokens.index(module) - 1] == "-m":
+                argv = [command, *tokens[tokens.index(module) + 1:]]
     if argv is not None:
         command = command_named(argv)
     ours = {token.split("=", 1)[0] for token in (argv or []) if FLAG.fullmatch(token.split("=", 1)[0])}
