@@ -32,7 +32,7 @@ from superthoughts_ext.run_info import output_lock  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 # What differs between two runs of the same records: each record's share of its batch's wall
 # time, and the summary's times (and the processes that ran it).
-TIMES = {"time", "generation_time", "wall_time", "tokens_per_s", "warmup_time", "processes", "batch_size"}
+TIMES = {"time", "generation_time", "wall_time", "tokens_per_s", "warmup_time", "processes"}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ model against its token-by-token baseline.
 
 The records and the summary (and reading records back for a resume) are
 `superthoughts_ext.eval_records`; the command line (``superthoughts eval``) is
-`superthoughts_ext.eval_cli`.
+`superthoughts_ext.eval_cli`; several processes under torchrun, `superthoughts_ext.eval_ranks`.
 """
 from __future__ import annotations
 
