@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint directory (SuperThoughts or plain HF causal LM)")
     parser.add_argument("--tokenizer", help="directory of the tokenizer (default: the checkpoint's own)")
     parser.add_argument("--bench", choices=sorted(BENCHES), help="benchmark name")
-    parser.add_argument("--data", help="local JSONL/JSON/CSV copy of the benchmark (else the hub)")
+    parser.add_argument("--data", help="local JSONL/JSON/CSV/parquet copy of the benchmark (else the hub)")
     parser.add_argument(
         "--mode",
         choices=MODES,
