@@ -192,3 +192,22 @@ def test_a_checkpoint_recording_no_settings_is_resumed_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_resume(tmp_path / "o", str(recorded), settings=settings)
+
+
+def test_a_finished_run_is_told_by_its_record_beside_the_whole_model(tmp_path):
+    # train_finished.finished_step, what `--resume auto` ends at once on.
+    from superthoughts_ext.train_finished import FINISHED_RUN_FILE, finished_step, write_record
+
+    record = {"--max-steps": 6, "--data": "ab" * 32, "lora": None}
+    out = tmp_path / "o"
+    out.mkdir()
+    write_record(out, record, 6)
+    assert finished_step(out, record) is None  # no config.json: a final save cut off while moving in
+    (out / "config.json").write_text("{}")
+    assert finished_step(out, record) == 6
+    assert finished_step(out, {**record, "--max-steps": 8}) is None
+    (out / "checkpoint-7").mkdir()  # a longer run resumed from it, under way there
+    assert finished_step(out, record) is None
+    (out / "checkpoint-7").rmdir()
+    (out / FINISHED_RUN_FILE).unlink()  # an output finished by an earlier release
+    assert finished_step(out, record) is None

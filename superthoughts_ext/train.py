@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from superthoughts_ext import train_data, train_precision, train_resume, train_run_settings, train_utils
+from superthoughts_ext import train_data, train_finished, train_precision, train_resume, train_run_settings, train_utils
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, resume_hint, run_command, transformers_progress_bars, utf8_text
 from superthoughts_ext.file_writes import WriteFailed
@@ -60,6 +60,7 @@ from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_
 from superthoughts_ext.run_info import output_lock
 from superthoughts_ext.train_args import training_arguments
 from superthoughts_ext.train_options import DTYPES, TrainOptions
+from superthoughts_ext.train_finished import RunFinished
 from superthoughts_ext.train_preemption import StoppedAtCheckpoint
 from superthoughts_ext.trainer import (
     ResumedLengthCheck,
@@ -86,7 +87,9 @@ class TrainResult:
 
 def train(options: TrainOptions) -> TrainResult:
     """Run one training job and write the final model, config and tokenizer to `output_dir`.
-    Another job writing the same `output_dir` meanwhile is a ValueError (a lock beside it).
+    Another job writing the same `output_dir` meanwhile is a ValueError (a lock beside it). With
+    `resume_from_checkpoint="auto"`, an `output_dir` that holds this run finished raises
+    `train_finished.RunFinished` before anything loads (a requeued job: nothing to do).
 
     Returns the Trainer metrics (train_loss, runtime, samples/s), the log history (with
     loss_main / loss_mtp in SuperThoughts mode, loss_distill when distill_weight > 0; with
@@ -108,14 +111,17 @@ def _train(options: TrainOptions) -> TrainResult:
     # --resume auto: the last checkpoint's path or a new run, before any check reads the option.
     auto = isinstance(options.resume_from_checkpoint, str) and \
         options.resume_from_checkpoint == train_resume.RESUME_IF_ANY
-    resume = train_resume.resolve_resume_if_any(options.output_dir, options.resume_from_checkpoint,
-                                                main_process=int(os.environ.get("RANK", "0")) == 0)
-    options = dataclasses.replace(options, resume_from_checkpoint=resume)
     # Every check that needs no data comes before tokenising it, which takes minutes on a large file.
     lora = train_utils.lora_settings(options.lora_alpha, options.lora_dropout, options.lora_target_modules,
                                      superthoughts=not options.baseline) if options.lora_r > 0 else None
     args = training_arguments(options)
     settings = train_run_settings.run_settings(options, args.world_size)
+    record = train_finished.run_record(options, settings, optimizer_class(args), lora)
+    if auto and (finished_at := train_finished.finished_step(options.output_dir, record)) is not None:
+        raise RunFinished(options.output_dir, finished_at)
+    resume = train_resume.resolve_resume_if_any(options.output_dir, options.resume_from_checkpoint,
+                                                main_process=int(os.environ.get("RANK", "0")) == 0)
+    options = dataclasses.replace(options, resume_from_checkpoint=resume)
     checkpoint = train_resume.check_resume(options.output_dir, options.resume_from_checkpoint,
                                            baseline=options.baseline, lora_r=options.lora_r,
                                            max_steps=options.max_steps, lr_scheduler=options.scheduler_name,
@@ -214,7 +220,7 @@ def _train(options: TrainOptions) -> TrainResult:
     if use_cache is not None:
         backbone.config.use_cache = use_cache
     trainer.check_finite_weights(final)
-    trainer.save_final_model(options.output_dir)
+    trainer.save_final_model(options.output_dir, record)
     return TrainResult(
         output_dir=os.fspath(options.output_dir),
         metrics=metrics,
@@ -386,6 +392,11 @@ def run(args: argparse.Namespace) -> int:
     except StoppedAtCheckpoint:  # every process stopped at the same step: they can leave together
         close_process_group()
         raise
+    except RunFinished as finished:  # a requeued job whose run had finished: exit 0, as when it finished
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(finished)
+        close_process_group()
+        return 0
     except WriteFailed as exc:  # a checkpoint or the final save met a full disk
         print(f"error: {exc}{resume_hint('train', args)}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, TrainerState
 
-from superthoughts_ext import train_preemption, train_resume, train_run_settings, train_utils
+from superthoughts_ext import train_finished, train_preemption, train_resume, train_run_settings, train_utils
 from superthoughts_ext.checkpoint import weight_files
 from superthoughts_ext.file_writes import WriteFailed, failure_message, writing
 from superthoughts_ext.layers import causal_mask_for_right_padding
@@ -321,11 +321,13 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
             rotation.errno = failed.errno
             raise rotation from cause
 
-    def save_final_model(self, output_dir: str | os.PathLike) -> None:
+    def save_final_model(self, output_dir: str | os.PathLike, record: Mapping[str, Any] | None = None) -> None:
         """save_model into a hidden folder of `output_dir`, then its files moved in, config.json
         last: a run killed while saving in place left a 0-byte config.json and no weights, a
         folder the checks took for a finished model (a new run refused it) that loads as none.
-        Every process takes part (FSDP gathers the weights); the main one moves the files."""
+        `record` (`train_finished.run_record`) is saved with the model, for `--resume auto` to
+        tell this run finished. Every process takes part (FSDP gathers the weights); the main one
+        moves the files."""
         out = Path(os.fspath(output_dir))
         staging = out / ".final-save"
         if self.args.should_save and staging.exists():  # left by a killed run
@@ -334,6 +336,8 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         try:
             with writing(out):
                 self.save_model(os.fspath(staging))
+                if record is not None and self.args.should_save:
+                    train_finished.write_record(staging, record, self.state.global_step)
         except BaseException:  # a full disk, Ctrl-C, SIGTERM (`cli.Terminated`)
             if self.args.should_save:  # the room it takes (a whole model); nothing in `out` was touched yet
                 shutil.rmtree(staging, ignore_errors=True)
@@ -345,6 +349,7 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
             # goes first: a kill from here on leaves a folder the checks take for a save cut off,
             # not a model of mixed weights.
             (out / "config.json").unlink(missing_ok=True)
+            (out / train_finished.FINISHED_RUN_FILE).unlink(missing_ok=True)  # an earlier run's
             for stale in weight_files(out):
                 stale.unlink(missing_ok=True)
             for name in sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json"):
@@ -419,7 +424,6 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         except ValueError as exc:  # torch: "... parameter group that doesn't match the size of optimizer's group"
             raise ValueError(f"resume: the optimizer state in {checkpoint} does not fit the model's parameters "
                              f"({exc}); {_RESUME_HINT}") from exc
-
 
 
 def _is_superthoughts(model: nn.Module) -> bool:
