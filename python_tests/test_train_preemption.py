@@ -142,13 +142,90 @@ def test_sigterm_during_the_last_steps_evaluation_without_checkpoints_saves_one_
     assert checkpoints(out) == ["checkpoint-4"] and not (out / "config.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     monkeypatch.undo()
-    # The requeued command: the checkpoint's model saved as the final one, no step trained again.
+    # The requeued command: the checkpoint's model saved as the final one, no step trained again;
+    # a SIGTERM during that save lets it finish too.
+    signal_during_final_save(monkeypatch, signal.SIGTERM)
     with pytest.warns(UserWarning, match=r"checkpoint-4' is the last step of its run .* no step trained"):
-        assert main(argv) == 0
+        assert main(argv) == 143
+    assert capsys.readouterr().err.endswith(f"{FINAL_SAVE_WENT_ON} saved in '{out}'\n")
     assert (out / "config.json").is_file()
-    trained = straight.model.state_dict()
-    for name, value in load_model(out).state_dict().items():
+    assert_same_weights(load_model(out), straight.model)
+    monkeypatch.undo()
+    assert main(argv) == 0 and capsys.readouterr().out.endswith(f"saved after 4 steps, is in '{out}'; nothing to "
+                                                                 "train\n")
+
+
+# How a run whose final save a SIGTERM came during ends (no resume hint: nothing is left to resume).
+FINAL_SAVE_WENT_ON = ("superthoughts train: terminated (SIGTERM): after training: the final save went on, the run is "
+                      "finished and its model")
+
+
+def signal_during_final_save(monkeypatch, *signals: int) -> None:
+    """Makes the run send itself `signals` while it writes the final model (into .final-save)."""
+    save = SuperThoughtsTrainer._save
+
+    def signalled_save(self, output_dir=None, state_dict=None):
+        if output_dir is not None and Path(output_dir).name == ".final-save":
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        return save(self, output_dir, state_dict)
+
+    monkeypatch.setattr(SuperThoughtsTrainer, "_save", signalled_save)
+
+
+def assert_same_weights(model: torch.nn.Module, expected: torch.nn.Module) -> None:
+    trained = expected.state_dict()
+    for name, value in model.state_dict().items():
         torch.testing.assert_close(value, trained[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("when", ["as training returns", "in the final save"])
+def test_sigterm_after_training_lets_the_final_save_finish_and_resume_auto_then_ends_at_once(
+        base_dirs, tmp_path, monkeypatch, capsys, when):
+    # --save-steps 0 keeps no checkpoint: a SIGTERM that cut the final save off lost every step.
+    # From the moment training returns (its handler handed over, not given back) the save goes on.
+    straight = train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=tmp_path / "straight",
+                                  **{**RESUMED_TO_6, "max_steps": 4, "save_steps": 0}))
+    out = tmp_path / "out"
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+            *FLAGS, "--max-steps", "4", "--save-steps", "0", "--resume", "auto"]
+    if when == "in the final save":
+        signal_during_final_save(monkeypatch, signal.SIGTERM)
+    else:
+        trained = SuperThoughtsTrainer.train
+
+        def signalled_on_return(self, *args, **kwargs):
+            output = trained(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return output
+
+        monkeypatch.setattr(SuperThoughtsTrainer, "train", signalled_on_return)
+    assert main(argv) == 143
+    assert capsys.readouterr().err.endswith(f"{FINAL_SAVE_WENT_ON} saved in '{out}'\n")
+    assert checkpoints(out) == [] and (out / "config.json").is_file() and not (out / ".final-save").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert_same_weights(load_model(out), straight.model)
+    monkeypatch.undo()
+    # The requeued command: nothing to train, exit status 0 (a requeue loop's end).
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out == (f"train: --resume auto: the run is already finished: its model, saved after 4 steps, is "
+                            f"in '{out}'; nothing to train\n"), captured
+    assert_same_weights(load_model(out), straight.model)
+
+
+def test_a_second_sigterm_or_ctrl_c_cuts_the_final_save_off(base_dirs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+            *FLAGS, "--max-steps", "1", "--save-steps", "0"]
+    monkeypatch.setattr(train_preemption, "REPEAT_WINDOW_S", 0.0)
+    for signals, status in [((signal.SIGTERM, signal.SIGTERM), 143), ((signal.SIGTERM, signal.SIGINT), 130)]:
+        signal_during_final_save(monkeypatch, *signals)
+        assert main(argv) == status
+        assert capsys.readouterr().err.endswith("; the same command with --resume continues from the last checkpoint "
+                                                "in --output, if one was saved\n")
+        assert not (out / "config.json").exists() and not (out / ".final-save").exists()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_a_callers_own_sigterm_handler_is_left_alone(base_dirs, tmp_path, monkeypatch):
@@ -230,9 +307,10 @@ def test_repeats_within_the_window_are_one_request(monkeypatch):
 
 
 # `python -m superthoughts_ext.train ARGS` whose process sends (or awaits) SIGTERM during the
-# forward of step SIGTERM_DURING_STEP: rank 0 signals its launcher (torchrun forwards it to every
-# rank), or writes READY_FILE for a SIGTERM from outside; then it waits there for the signal. SIGTERM_BLOCKED_ON_RANK
-# holds the signal back from that rank (blocked before any thread starts): it never sees it.
+# forward of step SIGTERM_DURING_STEP ("final": during the final save): rank 0 signals its launcher
+# (torchrun forwards it to every rank), or writes READY_FILE for a SIGTERM from outside; then it
+# waits there for the signal. SIGTERM_BLOCKED_ON_RANK holds the signal back from that rank
+# (blocked before any thread starts): it never sees it.
 DRIVER = textwrap.dedent("""
     import os, signal, sys, time
     from pathlib import Path
@@ -241,24 +319,35 @@ DRIVER = textwrap.dedent("""
     from superthoughts_ext.train import main
     from superthoughts_ext.trainer import SuperThoughtsTrainer
 
-    step, sender = int(os.environ["SIGTERM_DURING_STEP"]), os.environ["SIGTERM_SENDER"]
-    original, sent = SuperThoughtsTrainer.training_step, []
+    when, sender = os.environ["SIGTERM_DURING_STEP"], os.environ["SIGTERM_SENDER"]
+    training_step, save_final_model, sent = SuperThoughtsTrainer.training_step, SuperThoughtsTrainer.save_final_model, []
 
-    def training_step(self, *args, **kwargs):
-        if self.state.global_step == step - 1 and not sent and os.environ.get("RANK", "0") == "0":
-            sent.append(step)
-            if sender == "launcher":
-                os.kill(os.getppid(), signal.SIGTERM)
-            else:
-                Path(os.environ["READY_FILE"]).touch()
-            # Within this step, however late it comes (a tiny model's step is over in milliseconds).
-            deadline = time.monotonic() + 60
-            while self._sigterm_stop.asked_at is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.3)  # for the DataLoader worker's end, where it ends on the signal
-        return original(self, *args, **kwargs)
+    def signalled(trainer):
+        if sent or os.environ.get("RANK", "0") != "0":
+            return
+        sent.append(when)
+        if sender == "launcher":
+            os.kill(os.getppid(), signal.SIGTERM)
+        else:
+            Path(os.environ["READY_FILE"]).touch()
+        # Within this step, however late it comes (a tiny model's step is over in milliseconds).
+        deadline = time.monotonic() + 60
+        while trainer._sigterm_stop.asked_at is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # for the DataLoader worker's end, where it ends on the signal
 
-    SuperThoughtsTrainer.training_step = training_step
+    def signalled_step(self, *args, **kwargs):
+        if when != "final" and self.state.global_step == int(when) - 1:
+            signalled(self)
+        return training_step(self, *args, **kwargs)
+
+    def signalled_final_save(self, *args, **kwargs):
+        if when == "final":
+            signalled(self)
+        return save_final_model(self, *args, **kwargs)
+
+    SuperThoughtsTrainer.training_step = signalled_step
+    SuperThoughtsTrainer.save_final_model = signalled_final_save
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -319,3 +408,18 @@ def test_torchrun_ranks_agree_on_the_step_they_save_and_resume_from(base_dirs, t
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"train: --resume auto: resuming from '{out / 'checkpoint-3'}'" in resumed.stderr
     assert resumed.stdout.count(f"saved {out} after 4 steps") == 1 and (out / "config.json").is_file()
+
+
+def test_torchrun_ranks_agree_on_a_sigterm_during_the_final_save(base_dirs, tmp_path):
+    # Rank 1 never sees the signal: both ranks finish the save, then both end on it, after it.
+    script, out = tmp_path / "driver.py", tmp_path / "out"
+    script.write_text(DRIVER)
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+            "--max-steps", "2", "--save-steps", "0", "--batch-size", "1", "--no-progress", "--resume", "auto"]
+    stopped = run_torchrun(script, argv, driver_env(SIGTERM_DURING_STEP="final", SIGTERM_SENDER="launcher",
+                                                    SIGTERM_BLOCKED_ON_RANK="1"))
+    assert stopped.stderr.count(f"{FINAL_SAVE_WENT_ON} saved in '{out}'\n") == 2, stopped.stderr[-4000:]
+    assert (out / "config.json").is_file() and checkpoints(out) == []
+    again = run_torchrun(script, argv, driver_env(SIGTERM_DURING_STEP="0", SIGTERM_SENDER="launcher"))
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stdout.count("train: --resume auto: the run is already finished") == 1  # the main process says it

@@ -186,6 +186,9 @@ class Terminated(KeyboardInterrupt):
     checkpoints are let go of on the way out, which the default action (an immediate exit) left
     behind. A KeyboardInterrupt, so that no `except Exception` takes it for an error."""
 
+    # False for a stop that came once the work was done (its message says so): no resume hint.
+    continues = True
+
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
@@ -220,7 +223,8 @@ def run_command(command: str, args: argparse.Namespace, run: Callable[[argparse.
         # with a message says what the command did first (training: the checkpoint it saved).
         what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
         what += f": {stop}" if str(stop) else ""
-        print(f"superthoughts {command}: {what}{resume_hint(command, args)}", file=sys.stderr)
+        hint = resume_hint(command, args) if getattr(stop, "continues", True) else ""
+        print(f"superthoughts {command}: {what}{hint}", file=sys.stderr)
         return status
 
 

@@ -61,7 +61,7 @@ from superthoughts_ext.run_info import output_lock
 from superthoughts_ext.train_args import training_arguments
 from superthoughts_ext.train_options import DTYPES, TrainOptions
 from superthoughts_ext.train_finished import RunFinished
-from superthoughts_ext.train_preemption import StoppedAtCheckpoint
+from superthoughts_ext.train_preemption import StoppedAfterTheFinalSave, StoppedAtCheckpoint
 from superthoughts_ext.trainer import (
     ResumedLengthCheck,
     SuperThoughtsTrainer,
@@ -203,24 +203,27 @@ def _train(options: TrainOptions) -> TrainResult:
     )
     if checkpoint is not None and options.max_steps <= 0:
         trainer.add_callback(ResumedLengthCheck(checkpoint, options.scheduler_name, options.warmup_ratio))
-    if checkpoint is not None and train_resume.final_save_pending(checkpoint, options.output_dir, options.max_steps,
-                                                                  options.num_epochs):
-        trainer.load_finished_run(checkpoint)
-        metrics = {}
-    else:
-        metrics = dict(trainer.train(resume_from_checkpoint=options.resume_from_checkpoint).metrics)
-    # transformers' PrinterCallback (no progress bar) pops total_flos out of the metrics it logs.
-    metrics.setdefault("total_flos", trainer.state.total_flos)
-    metrics.update(train_utils.trainable_summary(model))
-    # keep_fp32_wrapper=False: under --bf16 accelerate left its autocast wrapper on forward, so the
-    # returned model computed in bfloat16 what the saved one computes in float32.
-    final = train_utils.merge_lora(trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False))
-    if options.lora_r > 0:
-        trainer.model = trainer.model_wrapped = final
-    if use_cache is not None:
-        backbone.config.use_cache = use_cache
-    trainer.check_finite_weights(final)
-    trainer.save_final_model(options.output_dir, record)
+    # SIGTERM from the end of training on lets the final save finish (train_preemption).
+    with trainer.final_save_despite_sigterm(options.output_dir) as final_save_begins:
+        if checkpoint is not None and train_resume.final_save_pending(checkpoint, options.output_dir,
+                                                                      options.max_steps, options.num_epochs):
+            trainer.load_finished_run(checkpoint)
+            metrics = {}
+        else:
+            metrics = dict(trainer.train(resume_from_checkpoint=options.resume_from_checkpoint).metrics)
+        final_save_begins()
+        # transformers' PrinterCallback (no progress bar) pops total_flos out of the metrics it logs.
+        metrics.setdefault("total_flos", trainer.state.total_flos)
+        metrics.update(train_utils.trainable_summary(model))
+        # keep_fp32_wrapper=False: under --bf16 accelerate left its autocast wrapper on forward, so the
+        # returned model computed in bfloat16 what the saved one computes in float32.
+        final = train_utils.merge_lora(trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False))
+        if options.lora_r > 0:
+            trainer.model = trainer.model_wrapped = final
+        if use_cache is not None:
+            backbone.config.use_cache = use_cache
+        trainer.check_finite_weights(final)
+        trainer.save_final_model(options.output_dir, record)
     return TrainResult(
         output_dir=os.fspath(options.output_dir),
         metrics=metrics,
@@ -389,8 +392,8 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         with transformers_progress_bars(_bars_shown_here(options)):
             result = train(options)
-    except StoppedAtCheckpoint:  # every process stopped at the same step: they can leave together
-        close_process_group()
+    except (StoppedAtCheckpoint, StoppedAfterTheFinalSave):
+        close_process_group()  # every process stopped at the same point: they can leave together
         raise
     except RunFinished as finished:  # a requeued job whose run had finished: exit 0, as when it finished
         if int(os.environ.get("RANK", "0")) == 0:

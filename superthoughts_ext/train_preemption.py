@@ -15,6 +15,14 @@ ends of different steps; one would save and leave while the other went on into a
 gradient all-reduce then never completes, or into another checkpoint. The all-reduce of the
 flag at each step's end costs one small collective (and, on a GPU, one host sync) a step.
 
+A SIGTERM after training, during the final save (and the LoRA merge and weight check before
+it), lets that save finish (`final_save_despite_sigterm`): it is bounded (a full run's is shorter
+than its checkpoint's, which adds the optimizer state), and cut off with `--save-steps 0` it left
+nothing to resume from. The command
+then ends with exit status 143 and a line saying the model is saved (`StoppedAfterTheFinalSave`);
+`--resume auto` on that output ends at once (`train_finished`). The handler armed for training
+stays armed into that save, leaving no moment where the signal would cut it off.
+
 Ctrl-C (SIGINT) is left as it was: a person at the terminal asks for a stop now, and a second
 SIGTERM or a Ctrl-C during that step or save stops at once too (the save's half-written folder is
 removed: `trainer.SuperThoughtsTrainer._save_checkpoint`). A second SIGTERM within
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import sys
 import threading
@@ -53,11 +62,20 @@ class StoppedAtCheckpoint(cli.Terminated):
     process raises it at the same point, after the same steps."""
 
 
+class StoppedAfterTheFinalSave(cli.Terminated):
+    """SIGTERM came after training, during the final save, which went on: the run is finished and
+    its model saved (`final_save_despite_sigterm`). Every process raises it, after the save."""
+
+    continues = False  # nothing left to resume: no resume hint
+
+
 class StopOnSigterm(TrainerCallback):
     """Turns SIGTERM during `Trainer.train` (from on_train_begin until it returns) into a save of a
     checkpoint at the end of the current optimizer step and a stop there; `stopping_on_sigterm`
-    wraps the train call and raises `StoppedAtCheckpoint` afterwards. `reduce_max(flag) -> flag`
-    agrees on a flag across processes (max over them; the identity in a single process)."""
+    wraps the train call and raises `StoppedAtCheckpoint` afterwards, or hands the handler over to
+    the final save (`final_save_despite_sigterm`), which a SIGTERM then lets finish.
+    `reduce_max(flag) -> flag` agrees on a flag across processes (max over them; the identity in a
+    single process)."""
 
     def __init__(self, reduce_max: Callable[[bool], bool]) -> None:
         self._reduce_max = reduce_max
@@ -65,6 +83,8 @@ class StopOnSigterm(TrainerCallback):
         self.stopped_at_step: int | None = None  # the step saved and stopped at, once agreed
         self.saved_at_step: int | None = None  # the step of this run's latest checkpoint
         self.ended_at_step: int | None = None  # the step training ended at (on_train_end)
+        # Set by `final_save_despite_sigterm`: a run that ends normally keeps the handler armed.
+        self.final_save_follows = False
         self._previous: Any = None
         self._armed = False
 
@@ -135,19 +155,46 @@ def stopping_on_sigterm(callback: StopOnSigterm, save_checkpoint: Callable[[], N
     the final save: at the last step's checkpoint, which `save_checkpoint()` (Trainer's save, on
     every process) writes where the run saved none there (`--save-steps 0`, which a SIGTERM during
     the last step's evaluation left with neither a checkpoint nor a final model). The handler is
-    given back however the body ends; it covers that save too."""
+    given back however the body ends (it covers that save too), except to a final save that
+    follows (`final_save_despite_sigterm`), which a run that ended normally hands it to."""
+    handed_over = False
     try:
         yield
         late = callback.stopped_at_step is None and callback._agreed()
         if late and callback.saved_at_step != callback.ended_at_step:
             save_checkpoint()
+        handed_over = callback.final_save_follows and callback.stopped_at_step is None and not late
     finally:
-        callback._disarm()
+        if not handed_over:
+            callback._disarm()
     if callback.stopped_at_step is not None:
         raise StoppedAtCheckpoint(f"checkpoint-{callback.stopped_at_step} saved")
     if late:
         raise StoppedAtCheckpoint(f"after the last step, before the final save (checkpoint-{callback.ended_at_step} "
                                   "holds that step)")
+
+
+@contextlib.contextmanager
+def final_save_despite_sigterm(callback: StopOnSigterm, output_dir: str | os.PathLike
+                               ) -> Iterator[Callable[[], None]]:
+    """Runs the body: a run's training (`stopping_on_sigterm`, which hands its handler over rather
+    than giving it back) and then its final save into `output_dir`. Yields `final_save_begins()`,
+    to be called where the final save's part begins (the LoRA merge, the weight check, the save):
+    it arms the handler where training did not (a resume that saves its last checkpoint's model
+    and trains nothing). A SIGTERM from then on is noted and the save goes on (a second one
+    `REPEAT_WINDOW_S` or more after it, or Ctrl-C, stops at once); after the body every process
+    agrees on it and raises `StoppedAfterTheFinalSave`. The handler is given back however the body
+    ends."""
+    callback.final_save_follows = True
+    try:
+        yield callback._arm
+        asked = callback._agreed()
+    finally:
+        callback.final_save_follows = False
+        callback._disarm()
+    if asked:
+        raise StoppedAfterTheFinalSave(f"after training: the final save went on, the run is finished and its model "
+                                       f"saved in {os.fspath(output_dir)!r}")
 
 
 def workers_outlive_sigterm(loader: Any) -> Any:

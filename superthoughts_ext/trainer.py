@@ -14,7 +14,8 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,10 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         with train_preemption.stopping_on_sigterm(self._sigterm_stop, self._checkpoint_after_the_last_step):
             output = super().train(*args, **kwargs)
         return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
+
+    def final_save_despite_sigterm(self, output_dir: str | os.PathLike) -> AbstractContextManager[Callable[[], None]]:
+        """`train_preemption.final_save_despite_sigterm` with this trainer's SIGTERM handling."""
+        return train_preemption.final_save_despite_sigterm(self._sigterm_stop, output_dir)
 
     def _checkpoint_after_the_last_step(self) -> None:
         """The checkpoint of the last step, saved on a SIGTERM after that step's end in a run that
