@@ -2,7 +2,9 @@
 at it and ends the run with exit status 143 (train_preemption.py), in one process, with its
 DataLoader workers signalled too (as SLURM signals a job), and across 2 torchrun processes
 (gloo); a second SIGTERM (after REPEAT_WINDOW_S) or Ctrl-C stops at once, as Ctrl-C alone always
-did; `--resume auto` resumes when --output holds a checkpoint and else starts a new run. Tiny
+did; a SIGTERM once training has returned lets the final save finish, then stops (under FSDP also
+one after the last step's end), and `--resume auto` then ends at once with the uninterrupted run's
+weights; `--resume auto` resumes when --output holds a checkpoint and else starts a new run. Tiny
 random Qwen2 models on CPU (test_train.py's fixtures).
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -423,3 +426,26 @@ def test_torchrun_ranks_agree_on_a_sigterm_during_the_final_save(base_dirs, tmp_
     again = run_torchrun(script, argv, driver_env(SIGTERM_DURING_STEP="0", SIGTERM_SENDER="launcher"))
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.count("train: --resume auto: the run is already finished") == 1  # the main process says it
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_under_fsdp_a_sigterm_after_the_last_step_goes_on_to_the_final_save(fsdp):
+    # A resume cannot make the final save from a checkpoint under FSDP (trainer.load_finished_run):
+    # a run stopped before its final save left a requeued job that was refused.
+    stop, state, done = train_preemption.StopOnSigterm(lambda flag: flag), SimpleNamespace(global_step=4), []
+    stopped = train_preemption.StoppedAfterTheFinalSave if fsdp else train_preemption.StoppedAtCheckpoint
+    with pytest.raises(stopped) as raised:
+        trainer = SimpleNamespace(is_fsdp_enabled=fsdp, _sigterm_stop=stop)
+        with SuperThoughtsTrainer.final_save_despite_sigterm(trainer, "o") as final_save_begins:
+            with train_preemption.stopping_on_sigterm(stop, lambda: done.append("checkpoint")):
+                stop.on_train_begin(None, state, None)
+                stop.on_save(None, state, None)  # the last step's checkpoint (--save-steps > 0)
+                stop.on_train_end(None, state, None)
+                os.kill(os.getpid(), signal.SIGTERM)  # in the last step's evaluation, say
+            final_save_begins()
+            done.append("final save")
+    assert done == (["final save"] if fsdp else [])
+    assert str(raised.value) == ("after training: the final save went on, the run is finished and its model saved "
+                                 "in 'o'" if fsdp else "after the last step, before the final save (checkpoint-4 "
+                                 "holds that step)")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -21,7 +21,9 @@ than its checkpoint's, which adds the optimizer state), and cut off with `--save
 nothing to resume from. The command
 then ends with exit status 143 and a line saying the model is saved (`StoppedAfterTheFinalSave`);
 `--resume auto` on that output ends at once (`train_finished`). The handler armed for training
-stays armed into that save, leaving no moment where the signal would cut it off.
+stays armed into that save, leaving no moment where the signal would cut it off. Under FSDP a
+SIGTERM after the last step's end goes on to the final save too, rather than stopping at the last
+step's checkpoint: a resume cannot make the final save from a checkpoint there.
 
 Ctrl-C (SIGINT) is left as it was: a person at the terminal asks for a stop now, and a second
 SIGTERM or a Ctrl-C during that step or save stops at once too (the save's half-written folder is
@@ -83,8 +85,9 @@ class StopOnSigterm(TrainerCallback):
         self.stopped_at_step: int | None = None  # the step saved and stopped at, once agreed
         self.saved_at_step: int | None = None  # the step of this run's latest checkpoint
         self.ended_at_step: int | None = None  # the step training ended at (on_train_end)
-        # Set by `final_save_despite_sigterm`: a run that ends normally keeps the handler armed.
-        self.final_save_follows = False
+        # Set by `final_save_despite_sigterm`: a run that ends normally keeps the handler armed, and
+        # with late_sigterm_saves so does one a SIGTERM came to after its last step's end.
+        self.final_save_follows = self.late_sigterm_saves = False
         self._previous: Any = None
         self._armed = False
 
@@ -154,13 +157,17 @@ def stopping_on_sigterm(callback: StopOnSigterm, save_checkpoint: Callable[[], N
     evaluation or save: nothing left to stop) is a stop too, agreed on by all processes, before
     the final save: at the last step's checkpoint, which `save_checkpoint()` (Trainer's save, on
     every process) writes where the run saved none there (`--save-steps 0`, which a SIGTERM during
-    the last step's evaluation left with neither a checkpoint nor a final model). The handler is
-    given back however the body ends (it covers that save too), except to a final save that
-    follows (`final_save_despite_sigterm`), which a run that ended normally hands it to."""
+    the last step's evaluation left with neither a checkpoint nor a final model); or, where a
+    resume could not make the final save from that checkpoint (`late_sigterm_saves`), no stop here:
+    the final save goes on and the stop comes after it. The handler is given back however the body
+    ends (it covers that save too), except to a final save that follows
+    (`final_save_despite_sigterm`), which a run that ended normally hands it to."""
     handed_over = False
     try:
         yield
         late = callback.stopped_at_step is None and callback._agreed()
+        if late and callback.final_save_follows and callback.late_sigterm_saves:
+            late = False  # still asked: `final_save_despite_sigterm` stops after the save
         if late and callback.saved_at_step != callback.ended_at_step:
             save_checkpoint()
         handed_over = callback.final_save_follows and callback.stopped_at_step is None and not late
@@ -175,22 +182,25 @@ def stopping_on_sigterm(callback: StopOnSigterm, save_checkpoint: Callable[[], N
 
 
 @contextlib.contextmanager
-def final_save_despite_sigterm(callback: StopOnSigterm, output_dir: str | os.PathLike
-                               ) -> Iterator[Callable[[], None]]:
+def final_save_despite_sigterm(callback: StopOnSigterm, output_dir: str | os.PathLike, *,
+                               late_sigterm_saves: bool = False) -> Iterator[Callable[[], None]]:
     """Runs the body: a run's training (`stopping_on_sigterm`, which hands its handler over rather
     than giving it back) and then its final save into `output_dir`. Yields `final_save_begins()`,
     to be called where the final save's part begins (the LoRA merge, the weight check, the save):
     it arms the handler where training did not (a resume that saves its last checkpoint's model
     and trains nothing). A SIGTERM from then on is noted and the save goes on (a second one
     `REPEAT_WINDOW_S` or more after it, or Ctrl-C, stops at once); after the body every process
-    agrees on it and raises `StoppedAfterTheFinalSave`. The handler is given back however the body
-    ends."""
-    callback.final_save_follows = True
+    agrees on it and raises `StoppedAfterTheFinalSave`. `late_sigterm_saves`: a SIGTERM after the
+    last step's end (in its evaluation or checkpoint save) goes on to the final save too, rather
+    than stopping at that step's checkpoint, for a run whose resume could not make the final save
+    from it (FSDP shards the model only in Trainer.train: `trainer.load_finished_run`), which a
+    requeued job then failed on. The handler is given back however the body ends."""
+    callback.final_save_follows, callback.late_sigterm_saves = True, late_sigterm_saves
     try:
         yield callback._arm
         asked = callback._agreed()
     finally:
-        callback.final_save_follows = False
+        callback.final_save_follows = callback.late_sigterm_saves = False
         callback._disarm()
     if asked:
         raise StoppedAfterTheFinalSave(f"after training: the final save went on, the run is finished and its model "

@@ -177,8 +177,10 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
         return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
 
     def final_save_despite_sigterm(self, output_dir: str | os.PathLike) -> AbstractContextManager[Callable[[], None]]:
-        """`train_preemption.final_save_despite_sigterm` with this trainer's SIGTERM handling."""
-        return train_preemption.final_save_despite_sigterm(self._sigterm_stop, output_dir)
+        """`train_preemption.final_save_despite_sigterm` with this trainer's SIGTERM handling (under
+        FSDP a SIGTERM after the last step goes on to the final save: `load_finished_run`)."""
+        return train_preemption.final_save_despite_sigterm(self._sigterm_stop, output_dir,
+                                                           late_sigterm_saves=self.is_fsdp_enabled)
 
     def _checkpoint_after_the_last_step(self) -> None:
         """The checkpoint of the last step, saved on a SIGTERM after that step's end in a run that
