@@ -87,6 +87,33 @@ def test_sigterm_saves_the_step_reached_and_resume_goes_on_as_the_uninterrupted_
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_sigterm_during_a_periodic_save_stops_at_that_checkpoint(base_dirs, tmp_path, monkeypatch, capsys):
+    # The run went on into another step and another save, both within the grace period.
+    import transformers.trainer
+
+    straight = train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=tmp_path / "straight",
+                                  **RESUMED_TO_6))
+    out = tmp_path / "out"
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out), *FLAGS,
+            "--resume", "auto"]
+    saved_rng_state = transformers.trainer.Trainer._save_rng_state
+
+    def signalled_in_the_save(self, output_dir):
+        if self.state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        saved_rng_state(self, output_dir)
+
+    monkeypatch.setattr(transformers.trainer.Trainer, "_save_rng_state", signalled_in_the_save)
+    assert main(argv) == 143
+    err = capsys.readouterr().err
+    assert "train: SIGTERM: checkpoint-2 saved, the step reached: stopping there" in err
+    assert "terminated (SIGTERM): checkpoint-2 saved; the same command continues" in err
+    assert checkpoints(out) == ["checkpoint-2"] and not (out / "config.json").exists()
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert_same_weights(load_model(out), straight.model)
+
+
 def test_a_second_sigterm_cuts_the_save_off_and_ctrl_c_stops_at_once(base_dirs, tmp_path, monkeypatch, capsys):
     import transformers.trainer
 
@@ -432,7 +459,8 @@ def test_torchrun_ranks_agree_on_a_sigterm_during_the_final_save(base_dirs, tmp_
 def test_under_fsdp_a_sigterm_after_the_last_step_goes_on_to_the_final_save(fsdp):
     # A resume cannot make the final save from a checkpoint under FSDP (trainer.load_finished_run):
     # a run stopped before its final save left a requeued job that was refused.
-    stop, state, done = train_preemption.StopOnSigterm(lambda flag: flag), SimpleNamespace(global_step=4), []
+    stop, done = train_preemption.StopOnSigterm(lambda flag: flag), []
+    state = SimpleNamespace(global_step=4, max_steps=4)  # the last step
     stopped = train_preemption.StoppedAfterTheFinalSave if fsdp else train_preemption.StoppedAtCheckpoint
     with pytest.raises(stopped) as raised:
         trainer = SimpleNamespace(is_fsdp_enabled=fsdp, _sigterm_stop=stop)

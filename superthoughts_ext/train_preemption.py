@@ -4,7 +4,7 @@ waits its grace period, then SIGKILL) ends the run at a checkpoint, not where th
 While Trainer trains, SIGTERM only marks a stop as asked for (`StopOnSigterm`). At the end of the
 optimizer step under way every process agrees on it, and then Trainer saves `checkpoint-N` at
 that step through its own save (the one periodic saves take, rotation included) and leaves its
-loop; `train` then raises `StoppedAtCheckpoint`, a `cli.Terminated`, so the command ends with
+loop (at the end of a periodic save the signal came during, that checkpoint is the stop's); `train` then raises `StoppedAtCheckpoint`, a `cli.Terminated`, so the command ends with
 exit status 143 and the resume hint. `--resume` (or `--resume auto`) continues from that step
 exactly: the steps since the last periodic save are not trained again.
 
@@ -143,6 +143,17 @@ class StopOnSigterm(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.saved_at_step = state.global_step
+        # A SIGTERM during this periodic save (or the evaluation before it): the checkpoint just
+        # saved holds the step reached; stopping here spares the grace period another step and
+        # save. Every process saves, then calls this. The last step's save is left to what
+        # follows training (`stopping_on_sigterm`).
+        if self.stopped_at_step is not None or state.global_step >= state.max_steps or not self._agreed():
+            return
+        self.stopped_at_step = state.global_step
+        control.should_training_stop = True
+        if state.is_world_process_zero:
+            print(f"train: SIGTERM: checkpoint-{state.global_step} saved, the step reached: stopping there",
+                  file=sys.stderr, flush=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         # Still armed: a SIGTERM from here until the body of `stopping_on_sigterm` is left is one
