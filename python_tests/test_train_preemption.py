@@ -4,8 +4,8 @@ DataLoader workers signalled too (as SLURM signals a job), and across 2 torchrun
 (gloo); a second SIGTERM (after REPEAT_WINDOW_S) or Ctrl-C stops at once, as Ctrl-C alone always
 did; a SIGTERM once training has returned lets the final save finish, then stops (under FSDP also
 one after the last step's end), and `--resume auto` then ends at once with the uninterrupted run's
-weights; `--resume auto` resumes when --output holds a checkpoint and else starts a new run. Tiny
-random Qwen2 models on CPU (test_train.py's fixtures).
+weights. Tiny random Qwen2 models on CPU (test_train.py's fixtures). (`--resume auto`'s choice of a
+checkpoint or a new run: test_train_resume_auto.py.)
 """
 from __future__ import annotations
 
@@ -268,59 +268,6 @@ def test_a_callers_own_sigterm_handler_is_left_alone(base_dirs, tmp_path, monkey
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == [signal.SIGTERM] and result.global_step == 3
-
-
-def test_resume_auto_starts_a_new_run_or_resumes_the_last_complete_checkpoint(base_dirs, tmp_path, capsys):
-    out = tmp_path / "o"
-    opts = dict(model=base_dirs["qwen2"], data=ROWS, output_dir=out, resume_from_checkpoint="auto")
-    # A save SIGKILL cut off before the first checkpoint was whole: removed, and a new run.
-    (out / "checkpoint-1").mkdir(parents=True)
-    (out / "checkpoint-1" / "model.safetensors").write_bytes(b"")
-    first = train(TrainOptions(**opts, **{**FAST, "max_steps": 2, "save_steps": 1}))
-    assert first.global_step == 2 and checkpoints(out) == ["checkpoint-1", "checkpoint-2"]
-    err = capsys.readouterr().err
-    assert f"train: --resume auto: removing '{out / 'checkpoint-1'}', a checkpoint whose save was cut off" in err
-    assert f"train: --resume auto: no checkpoint in '{out}', starting a new run" in err
-    # The same command, longer (a constant schedule allows it): from checkpoint-2, past a later
-    # one whose save was cut off, which plain --resume refuses.
-    (out / "checkpoint-3").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-3' is not a complete checkpoint"):
-        train(TrainOptions(**{**opts, "resume_from_checkpoint": True}, **{**FAST, "max_steps": 4, "save_steps": 1}))
-    resumed = train(TrainOptions(**opts, **{**FAST, "max_steps": 4, "save_steps": 1}))
-    assert f"train: --resume auto: resuming from '{out / 'checkpoint-2'}'" in capsys.readouterr().err
-    assert resumed.global_step == 4 and [e["step"] for e in resumed.log_history if "loss" in e] == [1, 2, 3, 4]
-    # The resume checks apply as to --resume: another learning rate is refused before anything loads.
-    with pytest.raises(ValueError, match=r"checkpoint-4' was trained with --learning-rate 0\.003 \(this run: 0\.01\)"):
-        train(TrainOptions(**opts, **{**FAST, "max_steps": 6, "save_steps": 1, "learning_rate": 1e-2}))
-    # Plain --resume stays strict where there is nothing to resume.
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint-N folder in '.*empty' to resume from"):
-        train(TrainOptions(**{**opts, "output_dir": tmp_path / "empty", "resume_from_checkpoint": True}, **FAST))
-
-
-def test_resume_auto_on_another_rank_starts_beside_a_cut_off_save_the_main_rank_removes(base_dirs, tmp_path,
-                                                                                       monkeypatch):
-    # Only the main process removes a cut-off checkpoint-N, and the other ranks do not wait for it:
-    # one that looked first refused the new run, as if an earlier run's checkpoints were there.
-    out = tmp_path / "o"
-    (out / "checkpoint-1").mkdir(parents=True)
-    monkeypatch.setenv("RANK", "1")  # what this process does as torchrun's rank 1 (it trains alone)
-    result = train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, resume_from_checkpoint="auto",
-                                **{**FAST, "max_steps": 1}))
-    assert result.global_step == 1 and (out / "checkpoint-1").is_dir()  # left to the main process
-
-
-def test_resume_auto_leaves_a_symlinked_cut_off_checkpoint_and_what_it_names_alone(base_dirs, tmp_path, capsys):
-    out, elsewhere = tmp_path / "o", tmp_path / "scratch" / "checkpoint-5"
-    elsewhere.mkdir(parents=True)
-    (elsewhere / "model.safetensors").write_bytes(b"")
-    out.mkdir()
-    (out / "checkpoint-5").symlink_to(elsewhere)
-    with pytest.raises(ValueError, match=r"checkpoint-5' is a symlink to .*scratch/checkpoint-5', a checkpoint "
-                                         r"without trainer_state\.json"):
-        train(TrainOptions(model=base_dirs["qwen2"], data=ROWS, output_dir=out, resume_from_checkpoint="auto",
-                           **{**FAST, "max_steps": 1}))
-    assert (out / "checkpoint-5").is_symlink() and (elsewhere / "model.safetensors").is_file()
-    assert "removing" not in capsys.readouterr().err
 
 
 def test_repeats_within_the_window_are_one_request(monkeypatch):

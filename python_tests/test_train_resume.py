@@ -1,10 +1,9 @@
 """Resuming a training run: a resumed run matches an uninterrupted one; checkpoints of another
 length in epochs, of a finished run, of another output's run, with other settings or optimizer,
 cut off mid-save, and LoRA adapters with other options or of another base model are refused
-before anything loads, and a LoRA adapter that does not fit the model is named; `--resume auto`
-on an output holding the same run finished ends at once, exit status 0. Tiny random models
+before anything loads, and a LoRA adapter that does not fit the model is named. Tiny random models
 on CPU (test_train.py's fixtures). (The resume checks on hand-written checkpoint folders:
-test_train_resume_checks.py.)
+test_train_resume_checks.py; `--resume auto`: test_train_resume_auto.py.)
 """
 from __future__ import annotations
 
@@ -18,8 +17,7 @@ pytest.importorskip("transformers")
 import test_train  # noqa: E402
 from test_train import FAST, ONE_STEP, ROWS, losses  # noqa: E402
 
-from superthoughts_ext.train import TrainOptions, main, train  # noqa: E402
-from superthoughts_ext.train_finished import RunFinished  # noqa: E402
+from superthoughts_ext.train import TrainOptions, train  # noqa: E402
 
 base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
 
@@ -97,41 +95,6 @@ def test_resuming_a_finished_run_is_refused(base_dirs, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*")) == ["checkpoint-2"]
     # A longer run under a schedule its length does not shape goes on from there.
     assert train(TrainOptions(**opts, resume_from_checkpoint=True, **{**fast, "max_steps": 3})).global_step == 3
-
-
-@pytest.mark.parametrize("save_steps", [0, 2])
-def test_resume_auto_on_the_same_run_finished_ends_at_once(base_dirs, tmp_path, capsys, save_steps):
-    # A job requeued after its run finished, or a script that runs the command until it exits 0:
-    # refused as by --resume (nothing left to train; without checkpoints a trained model in the
-    # way), exit status 2, the job ended as failed.
-    out, other_data = tmp_path / "o", tmp_path / "other.jsonl"
-    other_data.write_text(base_dirs["data"].read_text().replace("what is", "how much is"))
-    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
-            "--max-steps", "2", "--save-steps", str(save_steps), "--learning-rate", "3e-3", "--batch-size", "8",
-            "--lr-scheduler", "linear", "--warmup-ratio", "0", "--no-progress", "--resume", "auto"]
-    assert main(argv) == 0
-    finished = (out / "model.safetensors").read_bytes()
-    capsys.readouterr()
-    assert main(argv) == 0
-    captured = capsys.readouterr()
-    assert captured.out == (f"train: --resume auto: the run is already finished: its model, saved after 2 steps, is "
-                            f"in '{out}'; nothing to train\n"), captured
-    assert "resuming" not in captured.err and "starting" not in captured.err
-    with pytest.raises(RunFinished, match="already finished"):
-        train(TrainOptions(model=base_dirs["qwen2"], data=base_dirs["data"], output_dir=out, max_steps=2,
-                           save_steps=save_steps, learning_rate=3e-3, batch_size=8, lr_scheduler="linear",
-                           warmup_ratio=0.0, progress_bar=False, resume_from_checkpoint="auto"))
-    # Another run: refused as before (with checkpoints by the resume checks, without them as a new run).
-    refusals = {"--max-steps": ["--max-steps", "3"], "--data": ["--data", str(other_data)], "--resume": ["--resume"]}
-    for flag, changed in refusals.items():
-        assert main([*argv, *changed]) == 2, flag
-        expected = {0: "holds a trained model", 2: "nothing is left to train"}[save_steps]
-        if flag == "--max-steps" and save_steps:
-            expected = "is from a run of 2 steps, and this one has --max-steps 3"
-        elif flag == "--resume" and not save_steps:
-            expected = "no checkpoint-N folder"
-        assert expected in capsys.readouterr().err, flag
-    assert (out / "model.safetensors").read_bytes() == finished
 
 
 def test_a_lora_checkpoint_resumed_with_other_heads_is_named(base_dirs, tmp_path):
