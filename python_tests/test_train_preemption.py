@@ -297,7 +297,8 @@ DRIVER = textwrap.dedent("""
     from superthoughts_ext.trainer import SuperThoughtsTrainer
 
     when, sender = os.environ["SIGTERM_DURING_STEP"], os.environ["SIGTERM_SENDER"]
-    training_step, save_final_model, sent = SuperThoughtsTrainer.training_step, SuperThoughtsTrainer.save_final_model, []
+    training_step, save_final_model = SuperThoughtsTrainer.training_step, SuperThoughtsTrainer.save_final_model
+    sent = []
 
     def signalled(trainer):
         if sent or os.environ.get("RANK", "0") != "0":

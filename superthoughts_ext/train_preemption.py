@@ -4,8 +4,9 @@ waits its grace period, then SIGKILL) ends the run at a checkpoint, not where th
 While Trainer trains, SIGTERM only marks a stop as asked for (`StopOnSigterm`). At the end of the
 optimizer step under way every process agrees on it, and then Trainer saves `checkpoint-N` at
 that step through its own save (the one periodic saves take, rotation included) and leaves its
-loop (at the end of a periodic save the signal came during, that checkpoint is the stop's); `train` then raises `StoppedAtCheckpoint`, a `cli.Terminated`, so the command ends with
-exit status 143 and the resume hint. `--resume` (or `--resume auto`) continues from that step
+loop (after a periodic save the signal came during, that checkpoint is the stop's); `train` then
+raises `StoppedAtCheckpoint`, a `cli.Terminated`, so the command ends with exit status 143 and
+the resume hint. `--resume` (or `--resume auto`) continues from that step
 exactly: the steps since the last periodic save are not trained again.
 
 Why the processes agree by an all-reduce rather than each acting on its own signal: the signal
@@ -18,12 +19,12 @@ flag at each step's end costs one small collective (and, on a GPU, one host sync
 A SIGTERM after training, during the final save (and the LoRA merge and weight check before
 it), lets that save finish (`final_save_despite_sigterm`): it is bounded (a full run's is shorter
 than its checkpoint's, which adds the optimizer state), and cut off with `--save-steps 0` it left
-nothing to resume from. The command
-then ends with exit status 143 and a line saying the model is saved (`StoppedAfterTheFinalSave`);
-`--resume auto` on that output ends at once (`train_finished`). The handler armed for training
-stays armed into that save, leaving no moment where the signal would cut it off. Under FSDP a
-SIGTERM after the last step's end goes on to the final save too, rather than stopping at the last
-step's checkpoint: a resume cannot make the final save from a checkpoint there.
+nothing to resume from. The command then ends with exit status 143 and a line saying the model is
+saved (`StoppedAfterTheFinalSave`); `--resume auto` on that output ends at once (`train_finished`).
+The handler armed for training stays armed into that save, leaving no moment where the signal
+would cut it off. Under FSDP a SIGTERM after the last step's end goes on to the final save too,
+rather than stopping at the last step's checkpoint: a resume cannot make the final save from a
+checkpoint there.
 
 Ctrl-C (SIGINT) is left as it was: a person at the terminal asks for a stop now, and a second
 SIGTERM or a Ctrl-C during that step or save stops at once too (the save's half-written folder is
