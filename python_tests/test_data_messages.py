@@ -50,6 +50,15 @@ def test_message_rows_give_the_examples_of_their_problem_solution_copy(tmp_path:
     assert list(examples) == expected and examples.numbers == [0, 1]
 
 
+def test_rows_from_pandas_hold_their_messages_as_arrays(tmp_path: Path) -> None:
+    # pd.read_parquet(...).to_dict("records"): a list column's cells are numpy arrays of dicts.
+    np = pytest.importorskip("numpy")
+    rows = [{**row, "messages": np.array(row["messages"], dtype=object)} for row in as_messages(ROWS)]
+    assert list(load(rows)) == list(load(ROWS, messages_field=None))
+    with pytest.raises(ValueError, match=r"train: row 1: 'messages' holds the turns user; "):
+        load([{"messages": np.array(chat("what", "four")[:1], dtype=object)}])
+
+
 def test_a_system_turn_is_taken_only_when_it_is_the_runs_system_prompt(tmp_path: Path) -> None:
     expected = list(load(ROWS, messages_field=None))
     assert list(load(as_messages(ROWS, system=SYSTEM + "\n"))) == expected  # whitespace around it aside

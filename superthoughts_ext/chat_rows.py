@@ -30,7 +30,10 @@ def exchange(messages: Any, *, at: str, field: str, system_prompt: str | None) -
     without a role or content, another role, content that is not a string (a list of content
     parts, say), missing or extra turns, or a system turn whose text is not `system_prompt` (the
     run's system prompt; None: the template's default, so no row may hold one). `field` names the
-    messages column in the errors ("messages[1]")."""
+    messages column in the errors ("messages[1]"). A one-dimensional array of messages is read as
+    a list: rows from pandas (`pd.read_parquet(path).to_dict("records")`) hold numpy arrays."""
+    if getattr(messages, "ndim", None) == 1 and hasattr(messages, "tolist"):
+        messages = messages.tolist()
     if not isinstance(messages, (list, tuple)):
         hint = "; decode a JSON-encoded column to lists first" if isinstance(messages, str) else ""
         raise ValueError(f"{at}: field {field!r} is {type(messages).__name__}, not a list of messages "
