@@ -136,7 +136,7 @@ def test_missing_pyarrow_says_how_to_install_it_before_tokenising(tmp_path: Path
     path = write_parquet(tmp_path / "val.parquet", ROWS)  # written before pyarrow "goes"
     with pytest.raises(ValueError, match=r"val\.parquet: reading a parquet file needs pyarrow, which is not "
                                          r"installed: pip install pyarrow"):
-        train_data.check_data_file(path, held_out=True)  # what train checks for --eval-data up front
+        train_data.check_data_files(path, held_out=True)  # what train checks for --eval-data up front
     with pytest.raises(ValueError, match=r"pip install pyarrow"):
         load_problems("math500", path)
     assert data_digest(path) is None  # not compared on resume: loading says why
@@ -185,3 +185,11 @@ def test_eval_rows_of_a_parquet_bench_are_json_values(tmp_path: Path) -> None:
     # Records written from these rows must be JSON: the cells are plain Python values.
     rows = [{"problem": "p", "answer": "a", "choices": ["x", "y"], "meta": {"level": 3}}]
     assert json.loads(json.dumps(read_rows(write_parquet(tmp_path / "b.parquet", rows)))) == rows
+
+
+def test_eval_knows_a_parquet_bench_by_its_bytes(tmp_path: Path) -> None:
+    # A hub cache blob has no suffix; train read it already, eval named its format '' unsupported.
+    rows = [{"problem": "1+1", "answer": "2", "unique_id": "a"}]
+    assert read_rows(write_parquet(tmp_path / "blob", rows)) == rows
+    with pytest.raises(ValueError, match=r"unsupported data format ''"):
+        read_rows(write_jsonl(tmp_path / "rows", rows))  # no suffix and no parquet: still refused

@@ -120,9 +120,10 @@ def read_records_text(path: str | Path) -> str:
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a local ``.jsonl``, ``.json`` (a list of objects, or JSON Lines) or ``.csv``
-    file in UTF-8 (see `_read_text`), or of a ``.parquet`` file (needs pyarrow; its cells as
-    Python values: lists, dicts for structs, bytes for binary columns). Parse errors name the file
-    and line. A bench is a few thousand rows at most: read whole, a record batch at a time."""
+    file in UTF-8 (see `_read_text`), or of a parquet file, known by its ``.parquet`` suffix or its
+    first bytes (needs pyarrow; its cells as Python values: lists, dicts for structs, bytes for
+    binary columns). Parse errors name the file and line. A bench is a few thousand rows at most:
+    read whole, a record batch at a time."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"benchmark data {path} is a directory (a `datasets` save_to_disk folder?); --data takes "
@@ -131,7 +132,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"benchmark data file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    if parquet_rows.is_parquet(path):  # by its bytes too, as train: a hub cache blob has no suffix
         return [row for _, row in parquet_rows.numbered_rows(path)]
     if suffix not in (".csv", ".json", ".jsonl"):
         raise ValueError(f"{path}: unsupported data format {suffix!r} (use .jsonl, .json, .csv or .parquet)")
