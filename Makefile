@@ -39,7 +39,7 @@ TRANSFORMERS_TESTS := test_modeling.py test_modeling_checkpoint.py test_modeling
 	test_generate.py test_generate_io.py test_generate_limits.py test_generate_edge_cases.py \
 	test_generate_cli.py test_generate_seeds.py test_mtp_next_token.py test_training_matches_decoding.py \
 	test_eval_cli.py test_eval_sampling.py test_eval_compile.py test_evaluation.py test_eval_resume.py test_eval_distributed.py \
-	test_data_jsonl.py test_data_parquet.py test_data_messages.py \
+	test_data_jsonl.py test_data_parquet.py test_data_messages.py test_data_shards.py \
 	test_train.py test_train_lora.py test_train_inputs.py test_train_rows.py \
 	test_train_resume.py test_train_resume_checks.py test_train_resume_auto.py test_train_preemption.py \
 	test_train_precision.py test_train_parallel.py test_train_fsdp.py test_train_checkpoints.py test_train_eval.py \

@@ -40,10 +40,21 @@ def test_binary_file_is_named_with_the_way_to_convert_it(tmp_path: Path) -> None
                                  system_prompt=None, max_length=None)
 
 
-def test_data_directory_is_named_as_such(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"is a directory \(a `datasets` save_to_disk folder\?\).*Dataset\.to_json"):
-        train_data.load_examples(tmp_path, word_tokenizer(), problem_field="problem", solution_field="solution",
-                                 system_prompt=None, max_length=None)
+def test_a_directory_without_data_files_is_named_as_such(tmp_path: Path) -> None:
+    # A directory is read as its .jsonl / .parquet files (test_data_shards.py); save_to_disk leaves Arrow files.
+    def load(path: Path):
+        return train_data.load_examples(path, word_tokenizer(), problem_field="problem", solution_field="solution",
+                                        system_prompt=None, max_length=None)
+
+    (tmp_path / "saved").mkdir()
+    for name in ("data-00000-of-00001.arrow", "dataset_info.json", "state.json"):
+        (tmp_path / "saved" / name).write_text("{}")
+    with pytest.raises(ValueError, match=r"saved' is a `datasets` save_to_disk folder \(Arrow files\); train reads "
+                                         r"JSON Lines or parquet: .*Dataset\.to_parquet\(path\)"):
+        load(tmp_path / "saved")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty' holds no \.jsonl or \.parquet file \(it holds nothing\)"):
+        load(tmp_path / "empty")
 
 
 def test_template_refusing_a_system_message_names_the_line_and_the_flag(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from superthoughts_ext import parquet_rows
 from superthoughts_ext.chat_rows import exchange
 from superthoughts_ext.stop_tokens import CHAT_TURN_ENDS
-from superthoughts_ext.token_rows import Examples, RowsBuilder
+from superthoughts_ext.token_rows import Examples, RowsBuilder, rows_named
 
 
 def template_errors() -> tuple[type[Exception], ...]:
@@ -109,19 +109,13 @@ def format_example(tokenizer: Any, problem: str, solution: str, system_prompt: s
     return {"prompt_ids": list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), "response_ids": response}
 
 
-def _rows_named(numbers: list[int], unit: str, why: str) -> str:
-    """"N row(s) `why` (`unit`s [the first ten numbers])": how warnings and errors name rows."""
-    units = "row indices" if unit == parquet_rows.ROW_INDEX else f"{unit}s"
-    return f"{len(numbers)} row(s) {why} ({units} {numbers[:10]})"
-
-
 def _warn_dropped(where: str, numbers: list[int], unit: str, why: str, stacklevel: int = 4) -> list[str]:
     """Warns "`where`: dropped N row(s) `why`", naming the first ten `unit` numbers; silent for none.
     Returns what it said was dropped ([] for none), for `Examples.dropped`."""
     if not numbers:
         return []
-    warnings.warn(f"{where}: dropped {_rows_named(numbers, unit, why)}", stacklevel=stacklevel)
-    return [_rows_named(numbers, unit, why)]
+    warnings.warn(f"{where}: dropped {rows_named(numbers, unit, why)}", stacklevel=stacklevel)
+    return [rows_named(numbers, unit, why)]
 
 
 def encode_rows(numbered_rows: Iterable[tuple[int, Any]], tokenizer: Any, *, where: str, unit: str = "line",
@@ -255,6 +249,12 @@ def _text_lines(path: str) -> Iterator[tuple[int, str]]:
             yield from enumerate(f, start=1)
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
+
+
+def line_count(path: str | os.PathLike) -> int:
+    """The lines of a UTF-8 file as `load_jsonl_examples` numbers them, blank ones included: the
+    numbers its rows take, which the next file's rows follow when several are read together."""
+    return sum(1 for _ in _text_lines(os.fspath(path)))
 
 
 def load_jsonl_examples(path: str | os.PathLike, tokenizer: Any, problem_field: str = "problem",

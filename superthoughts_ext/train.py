@@ -52,7 +52,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from superthoughts_ext import train_data, train_finished, train_precision, train_resume, train_run_settings, train_utils
+from superthoughts_ext import (data_files, train_data, train_finished, train_precision, train_resume,
+                               train_run_settings, train_utils)
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, resume_hint, run_command, transformers_progress_bars, utf8_text
 from superthoughts_ext.file_writes import WriteFailed
@@ -135,8 +136,8 @@ def _train(options: TrainOptions) -> TrainResult:
     if not isinstance(options.model, nn.Module):  # checked again when it is loaded, after the data
         read_model_dir(options.model, "train")
     pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
-    if isinstance(options.eval_data, (str, os.PathLike)):  # a missing held-out file fails before tokenising
-        train_data.check_data_file(options.eval_data, held_out=True)
+    if data_files.is_paths(options.eval_data):  # a missing held-out file fails before tokenising
+        train_data.check_data_files(options.eval_data, held_out=True)
     examples = _load_examples(options, options.data, tokenizer)
     # Before the model loads, as the training rows: a bad held-out row fails in seconds.
     held_out = None if options.eval_data is None else _load_examples(options, options.eval_data, tokenizer, True)
@@ -274,9 +275,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainOptions.__dataclass_fields__
     g = parser.add_argument
     g("--model", required=True, help="base (or SuperThoughts) checkpoint directory")
-    g("--data", required=True, help="training file: JSON Lines, or parquet (by its .parquet suffix or content)")
-    g("--eval-data", default=None, metavar="FILE",
-      help="held-out JSONL or parquet file, rows as in --data (same fields, prompt, drops and checks): its loss, "
+    g("--data", required=True, nargs="+", metavar="FILE",
+      help="training files, JSON Lines or parquet (by a .parquet suffix or content), read in order; a directory "
+           "stands for its .jsonl / .parquet files in name order (a folder of shards)")
+    g("--eval-data", default=None, nargs="+", metavar="FILE",
+      help="held-out files or directory, as --data (same fields, prompt, drops and checks): its loss, "
            "eval_loss (and eval_loss_main / _mtp / _distill), is logged every --eval-steps and after the last step, "
            "each row in one fixed pad-split layout")
     g("--output", required=True, dest="output_dir", help="output directory")
@@ -368,6 +371,9 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     names = {f.name for f in dataclasses.fields(TrainOptions)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["lora_target_modules"] = tuple(values["lora_target_modules"])
+    for name in ("data", "eval_data"):  # one file stays a path, as a TrainOptions user gives it
+        if isinstance(values[name], list):
+            values[name] = values[name][0] if len(values[name]) == 1 else tuple(values[name])
     if isinstance(values["report_to"], list):
         values["report_to"] = tuple(values["report_to"])
     try:

@@ -1,7 +1,7 @@
 """The examples `superthoughts_ext.train` trains on, and those it evaluates on (--eval-data): JSONL
-or parquet files or in-memory rows, raw text (problem/solution or chat messages) or pre-tokenised,
-checked up front so that errors name the row, and dropped when longer than --max-length or the
-model's context.
+or parquet files (one, several, a directory of shards: data_files.py) or in-memory rows, raw text
+(problem/solution or chat messages) or pre-tokenised, checked up front so that errors name the
+row, and dropped when longer than --max-length or the model's context.
 """
 from __future__ import annotations
 
@@ -14,36 +14,25 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from superthoughts_ext import parquet_rows
+from superthoughts_ext import data_files, parquet_rows
 from superthoughts_ext.data import _response_with_eos, layout_length
-from superthoughts_ext.data_jsonl import (_rows_named, _warn_dropped, encode_rows, load_jsonl_examples,
+from superthoughts_ext.data_jsonl import (_warn_dropped, encode_rows, line_count, load_jsonl_examples,
                                           load_parquet_examples)
 from superthoughts_ext.token_rows import Examples, RowsBuilder
 from superthoughts_ext.train_utils import pad_and_eos_ids
 
 
-def check_data_file(data: str | os.PathLike, *, held_out: bool = False) -> Path:
-    """`data` as a Path, refused unless it is a regular file (a directory, a missing path, a pipe:
-    train reads its data more than once), or a parquet file without pyarrow to read it; `held_out`
-    names it "eval data" in the error."""
-    name = "eval data" if held_out else "data"
-    path = Path(data)
-    if path.is_dir():
-        raise ValueError(f"train: {name} {os.fspath(path)!r} is a directory (a `datasets` save_to_disk folder?); "
-                         "train reads one JSONL or parquet file: write one with `Dataset.to_parquet(path)` or "
-                         "`Dataset.to_json(path)`")
-    if not path.exists():
-        raise FileNotFoundError(f"train: {name} file {os.fspath(path)!r} does not exist")
-    if not path.is_file():
-        raise ValueError(f"train: {name} {os.fspath(path)!r} is not a regular file (a pipe?); train reads "
-                         "its data more than once: write it to a file first")
-    if parquet_rows.is_parquet(path):
-        parquet_rows.require_pyarrow(path)
-    return path
+def check_data_files(data: str | os.PathLike | Sequence[str | os.PathLike], *,
+                     held_out: bool = False) -> list[Path]:
+    """The files `data` names (a file, several, directories of shards: `data_files.data_files`),
+    refused unless each is a regular file (a missing path, a pipe: train reads its data more than
+    once), or for parquet files without pyarrow to read them, a file named twice, JSON Lines mixed
+    with parquet; `held_out` names them "eval data" in the errors."""
+    return data_files.data_files(data, name="eval data" if held_out else "data")
 
 
 def load_examples(
-    data: str | os.PathLike | Sequence[Mapping[str, Any]],
+    data: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
     *,
     problem_field: str,
@@ -55,9 +44,11 @@ def load_examples(
     held_out: bool = False,
     messages_field: str | None = None,
 ) -> Examples:
-    """Tokenised features {"prompt_ids", "response_ids"} from a JSONL or parquet path or rows,
-    each with its line (or row, or parquet row index) number for `drop_beyond_context`, packed into
-    one array as each row is read (`Examples`).
+    """Tokenised features {"prompt_ids", "response_ids"} from JSONL or parquet files or rows, each
+    with its line (or row, or parquet row index) number for `drop_beyond_context`, packed into one
+    array as each row is read (`Examples`). `data` names files as a path or a list of paths, a
+    directory standing for its data files (`data_files.data_files`); several files are read one
+    after the other, their rows named by file (`Examples.files`).
 
     Rows may be raw ({problem_field, solution_field}: text; with `messages_field`, a list of chat
     messages there: `chat_rows.exchange`) or already tokenised ({"prompt_ids", "response_ids"}:
@@ -65,17 +56,16 @@ def load_examples(
     (`parquet_rows.is_parquet`), else JSON Lines. Errors name the file and line (or row number, or
     row index); an empty dataset is an error. `progress` shows a bar while text rows are tokenised.
     `text_options` names the options the caller set that only text rows read (problem_field, ...):
-    refused with tokenised rows, not dropped. `held_out`: the rows of --eval-data, named so in errors ("eval data", "eval_data: row 2").
+    refused with tokenised rows, not dropped. `held_out`: the rows of --eval-data, named so in
+    errors ("eval data", "eval_data: row 2").
     """
     name, kind = ("eval data", "evaluation") if held_out else ("data", "training")
-    if isinstance(data, (str, os.PathLike)):
-        path = check_data_file(data, held_out=held_out)
-        load = load_parquet_examples if parquet_rows.is_parquet(path) else load_jsonl_examples
-        examples = load(
-            os.fspath(path), tokenizer, problem_field=problem_field, solution_field=solution_field,
-            messages_field=messages_field, system_prompt=system_prompt, max_length=max_length, progress=progress,
-        )
-        where = os.fspath(path)
+    if data_files.is_paths(data):
+        files = check_data_files(data, held_out=held_out)
+        read = dict(problem_field=problem_field, solution_field=solution_field, messages_field=messages_field,
+                    system_prompt=system_prompt, max_length=max_length, progress=progress)
+        examples = _load_files(files, data, tokenizer, read)
+        where = examples.where
     else:
         rows = list(data)
         where = "eval_data" if held_out else "train"
@@ -98,6 +88,38 @@ def load_examples(
         what = f": every row was dropped, {'; '.join(examples.dropped)}" if examples.dropped else " (no rows)"
         raise ValueError(f"train: no {kind} examples in {where}{what}")
     return examples
+
+
+def _load_file(path: Path, tokenizer: PreTrainedTokenizerBase, read: dict[str, Any]) -> Examples:
+    """The examples of one file, parquet or JSON Lines (`read`: the keyword arguments of both loaders)."""
+    load = load_parquet_examples if parquet_rows.is_parquet(path) else load_jsonl_examples
+    return load(os.fspath(path), tokenizer, **read)
+
+
+def _load_files(files: list[Path], data: Any, tokenizer: PreTrainedTokenizerBase, read: dict[str, Any]) -> Examples:
+    """The examples of `files` (one format: `data_files`), one after the other, each file's rows
+    numbered past the previous files' (`Examples.files`); one file's as `_load_file` reads them.
+    Each file's ids are appended to the whole as soon as it is read, then let go: the peak holds
+    the whole and one file's, not both twice."""
+    if len(files) == 1:
+        return _load_file(files[0], tokenizer, read)
+    rows = RowsBuilder()
+    numbers: list[int] = []
+    dropped: list[str] = []
+    spans: list[tuple[str, int]] = []
+    offset = 0
+    unit = "line"
+    for path in files:
+        part = _load_file(path, tokenizer, read)
+        rows.extend(part)
+        numbers += [offset + number for number in part.numbers]
+        dropped += [f"{os.fspath(path)}: {text}" for text in part.dropped]
+        spans.append((os.fspath(path), offset))
+        unit = part.unit
+        offset += parquet_rows.row_count(path) if unit == parquet_rows.ROW_INDEX else line_count(path)
+        del part
+    return rows.build(where=data_files.describe(files, data), unit=unit, numbers=numbers, dropped=dropped,
+                      files=spans)
 
 
 def _encode_rows(rows: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, *, problem_field: str,
@@ -193,9 +215,8 @@ def drop_beyond_context(examples: Sequence[Mapping[str, Any]], context: int | No
         why = f"longer than the model's context, max_position_embeddings={context}, up to {max(lengths)} positions"
         if not kept:
             earlier = "".join(f"; dropped on loading: {text}" for text in examples.dropped)
-            raise ValueError(f"{examples.where}: no {kind} examples left: {_rows_named(over, examples.unit, why)}"
-                             f"{earlier}")
-        _warn_dropped(examples.where, over, examples.unit, why, stacklevel=3)
+            raise ValueError(f"{examples.where}: no {kind} examples left: {examples.rows_named(over, why)}{earlier}")
+        warnings.warn(f"{examples.where}: dropped {examples.rows_named(over, why)}", stacklevel=2)
     if split_fraction < 1.0:
         _warn_baseline_drops(kept, context, eos_id)
     return kept
@@ -207,7 +228,7 @@ def _warn_baseline_drops(kept: Examples, context: int, eos_id: int) -> None:
     over = [number for i, number in enumerate(kept.numbers) if layout_length(*kept.spans(i), eos_id, 1.0) > context]
     if over:
         why = f"fit the model's context (max_position_embeddings={context}) only compressed"
-        rows = _rows_named(over, kept.unit, why)
+        rows = kept.rows_named(over, why)
         warnings.warn(f"{kept.where}: {rows}: a --baseline run of this data drops them; --max-length {context} "
                       f"keeps both runs to the same rows", stacklevel=3)
 
@@ -225,7 +246,7 @@ def warn_pad_in_responses(examples: Examples, pad_id: int, eos_id: int) -> None:
     rows = [number for i, number in enumerate(examples.numbers) if pad_id in examples.spans(i)[1]]
     if rows:
         why = f"with the pad token id {pad_id} inside the response"
-        warnings.warn(f"{examples.where}: {_rows_named(rows, examples.unit, why)}: a pair ending in the pad reads "
+        warnings.warn(f"{examples.where}: {examples.rows_named(rows, why)}: a pair ending in the pad reads "
                       f"like a decoding fallback's single unit; remove the pad token from the text or give the "
                       f"tokenizer another pad token", stacklevel=3)
 

@@ -27,8 +27,9 @@ class TrainOptions:
     """Everything one training run needs; fields mirror the `superthoughts train` flags.
 
     `model` is a checkpoint directory or an nn.Module (a plain HF causal LM, or a
-    SuperThoughtsForCausalLM to continue training). `data` is a JSONL or parquet path or a list
-    of rows (raw {problem_field, solution_field}, or with `messages_field` a list of chat messages
+    SuperThoughtsForCausalLM to continue training). `data` is a JSONL or parquet path, a
+    directory of such files (shards, read in name order), a list of those, or a list of rows
+    (raw {problem_field, solution_field}, or with `messages_field` a list of chat messages
     [system,] user, assistant under that field, or tokenised {"prompt_ids", "response_ids"}).
     `max_steps` > 0 overrides `num_epochs`. `batch_size` is per process. `lora_r` = 0 means
     full fine-tuning. Rows longer than `max_length` tokens (prompt + response) are dropped with
@@ -50,7 +51,7 @@ class TrainOptions:
     """
 
     model: str | os.PathLike | nn.Module
-    data: str | os.PathLike | Sequence[Mapping[str, Any]]
+    data: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[str, Any]]
     output_dir: str | os.PathLike
     tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None
     baseline: bool = False
@@ -87,7 +88,7 @@ class TrainOptions:
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = 2
-    eval_data: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None
+    eval_data: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[str, Any]] | None = None
     eval_steps: int | None = None  # None: `eval_interval`
     resume_from_checkpoint: str | bool | None = None
     report_to: str | Sequence[str] = "none"  # one integration, several, "all" or "none"

@@ -121,31 +121,33 @@ def _checkpoint_mtp_input(checkpoint: Path) -> str | None:
 def data_digest(data: Any) -> str | None:
     """sha256 of the training rows, each as canonical JSON: a JSONL file's lines parsed, a parquet
     file's rows with every column (so the rows of a file and the same rows given in memory agree,
-    whatever the file's spacing or encoding); None for a file that cannot be read or parsed (loading
-    it says why)."""
+    whatever the file's spacing or encoding); several files (a directory of shards) as their rows
+    one file after the other, in the order they are read, so another file, a file less or another
+    order is another digest. None for files that cannot be read or parsed (loading says why)."""
+    from superthoughts_ext import data_files
+
     digest = hashlib.sha256()
 
     def add(row: Any) -> None:
         digest.update(json.dumps(row, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist")
                                  else repr(v)).encode() + b"\n")
 
-    if isinstance(data, (str, os.PathLike)) and parquet_rows.is_parquet(data):
-        try:
-            for _, row in parquet_rows.numbered_rows(data):
-                add(row)
-        except (OSError, ValueError):
-            return None
-    elif isinstance(data, (str, os.PathLike)):
-        try:
-            with open(data, encoding="utf-8") as file:
+    if not data_files.is_paths(data):
+        for row in data:
+            add(row)
+        return digest.hexdigest()
+    try:
+        for path in data_files.data_files(data):
+            if parquet_rows.is_parquet(path):
+                for _, row in parquet_rows.numbered_rows(path):
+                    add(row)
+                continue
+            with open(path, encoding="utf-8") as file:
                 for line in file:
                     if line.strip():
                         add(json.loads(line))
-        except (OSError, ValueError):
-            return None
-    else:
-        for row in data:
-            add(row)
+    except (OSError, ValueError):
+        return None
     return digest.hexdigest()
 
 

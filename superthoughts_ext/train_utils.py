@@ -155,10 +155,9 @@ def check_vocab(
 
 def _example_name(examples: list[dict[str, list[int]]], index: int) -> str:
     """"FILE: line N" / "train: row N" for loaded `Examples`, "train: example N" (from 1) for a plain list."""
-    numbers = getattr(examples, "numbers", None)
-    if numbers is None:
+    if not hasattr(examples, "row_name"):
         return f"train: example {index + 1}"
-    return f"{examples.where}: {examples.unit} {numbers[index]}"
+    return examples.row_name(index)  # its file's, when several were read
 
 
 def lora_target_pattern(targets: Sequence[str], prefix: str | None) -> str | list[str]:
