@@ -7,6 +7,7 @@ parquet, a file twice, no data at all) refused naming what is wrong; one step of
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -166,6 +167,16 @@ def test_a_file_named_twice_is_refused(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "train.jsonl", ROWS)
     with pytest.raises(ValueError, match=r"train: eval data names the file .*train\.jsonl' twice"):
         load([tmp_path, path], held_out=True)
+
+
+def test_held_out_files_that_are_also_trained_on_are_named_in_a_warning(tmp_path: Path) -> None:
+    first, second = write_jsonl(tmp_path / "a.jsonl", ROWS[:2]), write_jsonl(tmp_path / "b.jsonl", ROWS[2:])
+    with pytest.warns(UserWarning, match=r"--eval-data .*b\.jsonl: also in --data; its eval_loss scores rows"):
+        train_data.check_data_files([second], held_out=True, training=tmp_path)  # b.jsonl is in the folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert train_data.check_data_files([second], held_out=True, training=[first]) == [second]
+        train_data.check_data_files([second], held_out=True, training=ROWS)  # rows in memory: nothing to compare
 
 
 def test_a_snapshot_folder_points_at_its_data_subfolder(tmp_path: Path) -> None:

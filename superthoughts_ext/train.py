@@ -137,7 +137,7 @@ def _train(options: TrainOptions) -> TrainResult:
         read_model_dir(options.model, "train")
     pad_id, eos_id = train_utils.pad_and_eos_ids(tokenizer)
     if data_files.is_paths(options.eval_data):  # a missing held-out file fails before tokenising
-        train_data.check_data_files(options.eval_data, held_out=True)
+        train_data.check_data_files(options.eval_data, held_out=True, training=options.data)
     examples = _load_examples(options, options.data, tokenizer)
     # Before the model loads, as the training rows: a bad held-out row fails in seconds.
     held_out = None if options.eval_data is None else _load_examples(options, options.eval_data, tokenizer, True)

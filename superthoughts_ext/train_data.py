@@ -23,12 +23,21 @@ from superthoughts_ext.train_utils import pad_and_eos_ids
 
 
 def check_data_files(data: str | os.PathLike | Sequence[str | os.PathLike], *,
-                     held_out: bool = False) -> list[Path]:
+                     held_out: bool = False, training: Any = None) -> list[Path]:
     """The files `data` names (a file, several, directories of shards: `data_files.data_files`),
     refused unless each is a regular file (a missing path, a pipe: train reads its data more than
     once), or for parquet files without pyarrow to read them, a file named twice, JSON Lines mixed
-    with parquet; `held_out` names them "eval data" in the errors."""
-    return data_files.data_files(data, name="eval data" if held_out else "data")
+    with parquet; `held_out` names them "eval data" in the errors. Held-out files that are also
+    among the files `training` (the --data, when it names files) names are warned about: their
+    loss is that of rows the model trains on, not a held-out one."""
+    files = data_files.data_files(data, name="eval data" if held_out else "data")
+    if held_out and data_files.is_paths(training):
+        trained = {os.path.realpath(path) for path in data_files.data_files(training)}
+        shared = [os.fspath(path) for path in files if os.path.realpath(path) in trained]
+        if shared:
+            warnings.warn(f"--eval-data {', '.join(shared)}: also in --data; its eval_loss scores rows the model "
+                          "trains on, not held-out ones", stacklevel=2)
+    return files
 
 
 def load_examples(
