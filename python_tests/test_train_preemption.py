@@ -3,7 +3,7 @@ at it and ends the run with exit status 143 (train_preemption.py), in one proces
 DataLoader workers signalled too (as SLURM signals a job), and across 2 torchrun processes
 (gloo); a second SIGTERM (after REPEAT_WINDOW_S) or Ctrl-C stops at once, as Ctrl-C alone always
 did; a SIGTERM once training has returned lets the final save finish, then stops (under FSDP also
-one after the last step's end), and `--resume auto` then ends at once with the uninterrupted run's
+one in or after the last step), and `--resume auto` then ends at once with the uninterrupted run's
 weights. Tiny random Qwen2 models on CPU (test_train.py's fixtures). (`--resume auto`'s choice of a
 checkpoint or a new run: test_train_resume_auto.py.)
 """
@@ -403,25 +403,39 @@ def test_torchrun_ranks_agree_on_a_sigterm_during_the_final_save(base_dirs, tmp_
     assert again.stdout.count("train: --resume auto: the run is already finished") == 1  # the main process says it
 
 
+@pytest.mark.parametrize("when", ["during the last step", "after the last step"])
 @pytest.mark.parametrize("fsdp", [False, True])
-def test_under_fsdp_a_sigterm_after_the_last_step_goes_on_to_the_final_save(fsdp):
+def test_under_fsdp_a_sigterm_in_or_after_the_last_step_goes_on_to_the_final_save(fsdp, when):
     # A resume cannot make the final save from a checkpoint under FSDP (trainer.load_finished_run):
-    # a run stopped before its final save left a requeued job that was refused.
+    # a run stopped at its last step's checkpoint left a requeued job that was refused (a real FSDP
+    # run, end to end: test_train_fsdp.py).
+    from transformers import TrainerControl
+
     stop, done = train_preemption.StopOnSigterm(lambda flag: flag), []
-    state = SimpleNamespace(global_step=4, max_steps=4)  # the last step
-    stopped = train_preemption.StoppedAfterTheFinalSave if fsdp else train_preemption.StoppedAtCheckpoint
-    with pytest.raises(stopped) as raised:
+    state = SimpleNamespace(global_step=4, max_steps=4, is_world_process_zero=True)  # the last step
+    control = TrainerControl()
+    with pytest.raises(train_preemption.cli.Terminated) as raised:  # a KeyboardInterrupt: any one caught here
         trainer = SimpleNamespace(is_fsdp_enabled=fsdp, _sigterm_stop=stop)
         with SuperThoughtsTrainer.final_save_despite_sigterm(trainer, "o") as final_save_begins:
             with train_preemption.stopping_on_sigterm(stop, lambda: done.append("checkpoint")):
-                stop.on_train_begin(None, state, None)
-                stop.on_save(None, state, None)  # the last step's checkpoint (--save-steps > 0)
-                stop.on_train_end(None, state, None)
-                os.kill(os.getpid(), signal.SIGTERM)  # in the last step's evaluation, say
+                stop.on_train_begin(None, state, control)
+                if when == "during the last step":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                stop.on_step_end(None, state, control)
+                stop.on_save(None, state, control)  # the last step's checkpoint (--save-steps > 0)
+                stop.on_train_end(None, state, control)
+                if when == "after the last step":
+                    os.kill(os.getpid(), signal.SIGTERM)  # in the last step's evaluation, say
             final_save_begins()
             done.append("final save")
-    assert done == (["final save"] if fsdp else [])
-    assert str(raised.value) == ("after training: the final save went on, the run is finished and its model saved "
-                                 "in 'o'" if fsdp else "after the last step, before the final save (checkpoint-4 "
-                                 "holds that step)")
+    stopped = train_preemption.StoppedAfterTheFinalSave if fsdp else train_preemption.StoppedAtCheckpoint
+    assert type(raised.value) is stopped and done == (["final save"] if fsdp else [])
+    assert not control.should_evaluate  # the grace period is for the save
+    if fsdp:
+        assert str(raised.value) == "after training: the final save went on, the run is finished and its model saved " \
+                                    "in 'o'"
+    elif when == "during the last step":
+        assert str(raised.value) == "checkpoint-4 saved"
+    else:
+        assert str(raised.value) == "after the last step, before the final save (checkpoint-4 holds that step)"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -22,9 +22,9 @@ than its checkpoint's, which adds the optimizer state), and cut off with `--save
 nothing to resume from. The command then ends with exit status 143 and a line saying the model is
 saved (`StoppedAfterTheFinalSave`); `--resume auto` on that output ends at once (`train_finished`).
 The handler armed for training stays armed into that save, leaving no moment where the signal
-would cut it off. Under FSDP a SIGTERM after the last step's end goes on to the final save too,
-rather than stopping at the last step's checkpoint: a resume cannot make the final save from a
-checkpoint there.
+would cut it off. Under FSDP a SIGTERM during the last step or after its end goes on to the final
+save too, rather than stopping at the last step's checkpoint: a resume cannot make the final save
+from a checkpoint there.
 
 Ctrl-C (SIGINT) is left as it was: a person at the terminal asks for a stop now, and a second
 SIGTERM or a Ctrl-C during that step or save stops at once too (the save's half-written folder is
@@ -87,7 +87,7 @@ class StopOnSigterm(TrainerCallback):
         self.saved_at_step: int | None = None  # the step of this run's latest checkpoint
         self.ended_at_step: int | None = None  # the step training ended at (on_train_end)
         # Set by `final_save_despite_sigterm`: a run that ends normally keeps the handler armed, and
-        # with late_sigterm_saves so does one a SIGTERM came to after its last step's end.
+        # with late_sigterm_saves so does one a SIGTERM came to in its last step or after its end.
         self.final_save_follows = self.late_sigterm_saves = False
         self._previous: Any = None
         self._armed = False
@@ -131,11 +131,13 @@ class StopOnSigterm(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if not self._agreed():
             return
+        # The grace period is for the save: an evaluation due at this step is left out.
+        control.should_evaluate = False
+        if state.global_step >= state.max_steps and self.final_save_follows and self.late_sigterm_saves:
+            return  # the last step, whose checkpoint a resume could not save as the model: the final save goes on
         self.stopped_at_step = state.global_step
         control.should_save = True
         control.should_training_stop = True
-        # The grace period is for the save: an evaluation due at this step is left out.
-        control.should_evaluate = False
         if state.is_world_process_zero:
             step = state.global_step
             print(f"train: SIGTERM: step {step} done, saving checkpoint-{step}, then stopping (a second SIGTERM "
@@ -202,11 +204,11 @@ def final_save_despite_sigterm(callback: StopOnSigterm, output_dir: str | os.Pat
     it arms the handler where training did not (a resume that saves its last checkpoint's model
     and trains nothing). A SIGTERM from then on is noted and the save goes on (a second one
     `REPEAT_WINDOW_S` or more after it, or Ctrl-C, stops at once); after the body every process
-    agrees on it and raises `StoppedAfterTheFinalSave`. `late_sigterm_saves`: a SIGTERM after the
-    last step's end (in its evaluation or checkpoint save) goes on to the final save too, rather
-    than stopping at that step's checkpoint, for a run whose resume could not make the final save
-    from it (FSDP shards the model only in Trainer.train: `trainer.load_finished_run`), which a
-    requeued job then failed on. The handler is given back however the body ends."""
+    agrees on it and raises `StoppedAfterTheFinalSave`. `late_sigterm_saves`: a SIGTERM during the
+    last step or after its end (in its evaluation or checkpoint save) goes on to the final save
+    too, rather than stopping at that step's checkpoint, for a run whose resume could not make the
+    final save from it (FSDP shards the model only in Trainer.train: `trainer.load_finished_run`),
+    which a requeued job then failed on. The handler is given back however the body ends."""
     callback.final_save_follows, callback.late_sigterm_saves = True, late_sigterm_saves
     try:
         yield callback._arm

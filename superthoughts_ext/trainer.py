@@ -178,7 +178,7 @@ class SuperThoughtsTrainer(HeldOutEvaluation, Trainer):
 
     def final_save_despite_sigterm(self, output_dir: str | os.PathLike) -> AbstractContextManager[Callable[[], None]]:
         """`train_preemption.final_save_despite_sigterm` with this trainer's SIGTERM handling (under
-        FSDP a SIGTERM after the last step goes on to the final save: `load_finished_run`)."""
+        FSDP a SIGTERM in or after the last step goes on to the final save: `load_finished_run`)."""
         return train_preemption.final_save_despite_sigterm(self._sigterm_stop, output_dir,
                                                            late_sigterm_saves=self.is_fsdp_enabled)
 
