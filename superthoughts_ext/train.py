@@ -59,17 +59,11 @@ from superthoughts_ext.cli import HelpFormatter, resume_hint, run_command, trans
 from superthoughts_ext.file_writes import WriteFailed
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
 from superthoughts_ext.run_info import output_lock
-from superthoughts_ext.train_args import training_arguments
-from superthoughts_ext.train_options import DTYPES, TrainOptions
+from superthoughts_ext.train_args import optimizer_class, optimizer_name, training_arguments
 from superthoughts_ext.train_finished import RunFinished
+from superthoughts_ext.train_options import DTYPES, TrainOptions
 from superthoughts_ext.train_preemption import StoppedAfterTheFinalSave, StoppedAtCheckpoint
-from superthoughts_ext.trainer import (
-    ResumedLengthCheck,
-    SuperThoughtsTrainer,
-    TrainingDiverged,
-    optimizer_class,
-    optimizer_name,
-)
+from superthoughts_ext.trainer import ResumedLengthCheck, SuperThoughtsTrainer, TrainingDiverged
 
 
 @dataclass

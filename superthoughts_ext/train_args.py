@@ -1,7 +1,8 @@
 """The transformers TrainingArguments of a `superthoughts_ext.train` run, built and checked
 before anything is tokenised or loaded: a scheduler that needs arguments, an optimizer whose
 package is missing or a logging integration that is not installed fails here, in seconds,
-not after minutes of tokenising (Trainer checks them only when it builds them).
+not after minutes of tokenising (Trainer checks them only when it builds them). Also the names
+of the optimizer they ask for (`optimizer_name`, `optimizer_class`), which checkpoints record.
 """
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from superthoughts_ext import train_utils
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
-from superthoughts_ext.trainer import TrainingArgumentsCpuFix, optimizer_name
 
 if TYPE_CHECKING:
     from superthoughts_ext.train_options import TrainOptions
@@ -116,6 +116,35 @@ def training_arguments(options: TrainOptions) -> TrainingArguments:
     return args
 
 
+class TrainingArgumentsCpuFix(TrainingArguments):
+    """TrainingArguments whose CPU device carries no index.
+
+    accelerate names the CPU of a multi-process run `cpu:0`, and Trainer's resume loads the
+    optimizer state with that as `map_location`, which torch.load cannot map to ("don't
+    know how to restore data location ... cpu:0"). `cpu` is the same device.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        device = super().device
+        return torch.device("cpu") if device.type == "cpu" else device
+
+
+def optimizer_name(args: TrainingArguments) -> str:
+    """TrainingArguments.optim as a plain name (an OptimizerNames enum once parsed)."""
+    return str(getattr(args.optim, "value", args.optim))
+
+
+def optimizer_class(args: TrainingArguments) -> str:
+    """The class Trainer builds for args.optim ("torch.optim.adamw.AdamW" for adamw_torch and
+    adamw_torch_fused alike: one state layout); "" when it needs the model to tell (GaLore)."""
+    try:
+        cls = Trainer.get_optimizer_cls_and_kwargs(args)[0]
+    except (ImportError, ValueError):
+        return ""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _warn_launcher_settings(options: TrainOptions, args: TrainingArguments) -> None:
     """accelerate launch hands its config to the run as environment variables: its mixed
     precision applies (TrainingArguments reads it) where --bf16 is not given, its gradient
@@ -157,8 +186,6 @@ def _check_names(options: TrainOptions) -> None:
 def _check_optimizer(args: TrainingArguments) -> None:
     """The optimizer class resolved now: one whose package is missing (bitsandbytes, ...) fails
     here, not when Trainer builds it after the data is tokenised and the model loaded."""
-    from transformers import Trainer
-
     try:
         Trainer.get_optimizer_cls_and_kwargs(args)
     except ImportError as error:

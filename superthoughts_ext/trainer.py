@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, TrainerState
 
 from superthoughts_ext import train_finished, train_preemption, train_resume, train_run_settings, train_utils
 from superthoughts_ext.checkpoint import weight_files
 from superthoughts_ext.file_writes import WriteFailed, failure_message, writing
 from superthoughts_ext.layers import causal_mask_for_right_padding
+from superthoughts_ext.train_args import optimizer_class, optimizer_name
 from superthoughts_ext.train_eval import LOSS_PARTS, HeldOutEvaluation
 from superthoughts_ext.train_progress import use_line_progress
 
@@ -37,21 +38,6 @@ _RESUME_HINT = "resume with the --model, --compressor-type and --mtp-type of the
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm of a training run turned NaN or infinite."""
-
-
-def optimizer_name(args: TrainingArguments) -> str:
-    """TrainingArguments.optim as a plain name (an OptimizerNames enum once parsed)."""
-    return str(getattr(args.optim, "value", args.optim))
-
-
-def optimizer_class(args: TrainingArguments) -> str:
-    """The class Trainer builds for args.optim ("torch.optim.adamw.AdamW" for adamw_torch and
-    adamw_torch_fused alike: one state layout); "" when it needs the model to tell (GaLore)."""
-    try:
-        cls = Trainer.get_optimizer_cls_and_kwargs(args)[0]
-    except (ImportError, ValueError):
-        return ""
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class RunSettings(TrainerCallback, ExportableState):
@@ -437,17 +423,3 @@ def _is_superthoughts(model: nn.Module) -> bool:
     from superthoughts_ext.modeling import SuperThoughtsForCausalLM
 
     return isinstance(model, SuperThoughtsForCausalLM)
-
-
-class TrainingArgumentsCpuFix(TrainingArguments):
-    """TrainingArguments whose CPU device carries no index.
-
-    accelerate names the CPU of a multi-process run `cpu:0`, and Trainer's resume loads the
-    optimizer state with that as `map_location`, which torch.load cannot map to ("don't
-    know how to restore data location ... cpu:0"). `cpu` is the same device.
-    """
-
-    @property
-    def device(self) -> torch.device:
-        device = super().device
-        return torch.device("cpu") if device.type == "cpu" else device
