@@ -6,8 +6,9 @@ branch); on CPU it keeps MULTI_CPU and silently runs DDP. torch's FSDP2 itself r
 with gloo, so the launched script lifts that one gate (FSDP_SCRIPT below) and the rest of
 the path is the real one: accelerate's fully_shard wrapping, Trainer's gathered full-state
 saves, FSDP checkpoints and resume. The tests check that FSDP did run, that the result
-equals a DDP run of the same job (a full run, and a LoRA run whose saved model is merged), and
-that tied weights stay tied.
+equals a DDP run of the same job (a full run, and a LoRA run whose saved model is merged), that
+tied weights stay tied, and that a SIGTERM in the last step lets the final save finish (a resume
+cannot make it under FSDP), after which the requeued `--resume auto` ends at once.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ FSDP_FLAGS = [
     "--fsdp_reshard_after_forward", "true",
 ]
 
-FSDP_SCRIPT = textwrap.dedent("""
-    import json, os, sys
+# accelerate's gate lifted (see the module docstring), the first lines of each launched script.
+FSDP_ON_CPU = textwrap.dedent("""
+    import json, os, signal, sys
     import accelerate.state
     from accelerate.utils import FullyShardedDataParallelPlugin
 
@@ -53,7 +55,9 @@ FSDP_SCRIPT = textwrap.dedent("""
                                 or FullyShardedDataParallelPlugin())
 
     accelerate.state.AcceleratorState.__init__ = init_fsdp_on_cpu
+""")
 
+FSDP_SCRIPT = FSDP_ON_CPU + textwrap.dedent("""
     import torch
     from torch.distributed.fsdp import FSDPModule
     from superthoughts_ext.train import TrainOptions, train
@@ -146,6 +150,50 @@ def test_fsdp2_lora_run_matches_ddp(base_dirs, tmp_path):
     assert not torch.equal(merged["backbone.model.layers.0.self_attn.q_proj.weight"], start)  # adapter merged in
     for name, tensor in merged.items():
         torch.testing.assert_close(tensor, reference[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+# `superthoughts train ARGS` under FSDP, rank 0 sending itself SIGTERM during the forward of step
+# SIGTERM_DURING_STEP (0: none); the exit status is the command's, without interpreter teardown.
+FSDP_CLI_SCRIPT = FSDP_ON_CPU + textwrap.dedent("""
+    from superthoughts_ext.train import main
+    from superthoughts_ext.trainer import SuperThoughtsTrainer
+
+    step, training_step = int(os.environ["SIGTERM_DURING_STEP"]), SuperThoughtsTrainer.training_step
+
+    def signalled_step(self, *args, **kwargs):
+        if self.state.global_step == step - 1 and os.environ["RANK"] == "0" and not hasattr(self, "signalled"):
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, *args, **kwargs)
+
+    SuperThoughtsTrainer.training_step = signalled_step
+    status = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+""")
+
+
+def test_a_sigterm_in_the_last_step_under_fsdp_saves_the_model_and_the_requeued_job_ends_at_once(base_dirs,
+                                                                                                 tmp_path):
+    # It stopped at the last step's checkpoint, from which a resume under FSDP cannot save the
+    # model (trainer.load_finished_run): the requeued `--resume auto` exited 2 on every rank.
+    script, out = tmp_path / "fsdp_cli.py", tmp_path / "out"
+    script.write_text(FSDP_CLI_SCRIPT)
+    argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
+            "--max-steps", "2", "--save-steps", "0", "--batch-size", "2", "--no-progress", "--resume", "auto"]
+    runs = []
+    for step in ("2", "0"):  # SIGTERM in step 2 of 2; then the requeued job
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "SIGTERM_DURING_STEP": step,
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        cmd = ACCELERATE_CMD + ["--main_process_port", str(free_port())] + FSDP_FLAGS + [str(script), *argv]
+        runs.append(subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240))
+    stopped, requeued = runs
+    went_on = "terminated (SIGTERM): after training: the final save went on, the run is finished and its model saved"
+    assert stopped.stderr.count(went_on) == 2, stopped.stderr[-4000:]  # both ranks, after the save
+    assert (out / "config.json").is_file() and not list(out.glob("checkpoint-*"))
+    assert requeued.returncode == 0, requeued.stderr[-4000:]
+    assert requeued.stdout.count("train: --resume auto: the run is already finished") == 1
 
 
 def test_share_tied_entries():
