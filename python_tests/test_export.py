@@ -24,6 +24,7 @@ from superthoughts_ext.export import EXPORT_FILE, export  # noqa: E402
 from superthoughts_ext.generate import generate  # noqa: E402
 from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model, load_tokenizer  # noqa: E402
 from superthoughts_ext.train import TrainOptions, train  # noqa: E402
+from superthoughts_ext.train_finished import FINISHED_RUN_FILE  # noqa: E402
 
 base_dirs = test_train.base_dirs  # the saved tiny base checkpoints (a fixture)
 # Two checkpoints: an intermediate one and the last step's.
@@ -64,7 +65,10 @@ def test_the_last_checkpoint_exports_to_the_runs_final_model(runs, tmp_path, nam
             export(out / "checkpoint-2", exported)
     else:
         export(out / "checkpoint-2", exported)
-    final = {k: v for k, v in files(out).items() if not k.startswith("checkpoint-")}
+    # The finished run's record (what `--resume auto` ends at) is the run's, not the model's: an
+    # export is no run, so it has none.
+    final = {k: v for k, v in files(out).items() if not k.startswith("checkpoint-") and k != FINISHED_RUN_FILE}
+    assert FINISHED_RUN_FILE in files(out)
     written = files(exported)
     assert sorted(written) == sorted(final)
     assert [k for k in final if written[k] != final[k]] == []  # byte for byte
