@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from superthoughts_ext.file_writes import writing
+from superthoughts_ext.hub_cache import resolve_model_path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -51,13 +52,16 @@ def checkpoint_folders(directory: Path) -> list[Path]:
 
 
 def read_model_dir(path: str | os.PathLike, where: str) -> Path:
-    """`path` as a Path; FileNotFoundError naming it when it is not a directory with config.json."""
-    directory = Path(os.fspath(path))
+    """`path` as a Path, or the snapshot folder of the Hugging Face repo id (``org/name``,
+    ``org/name@revision``) it names in the local hub cache (`hub_cache.resolve_model_path`; a
+    local path of that name wins); FileNotFoundError naming it when it is not a directory with
+    config.json, or an id the cache does not hold whole."""
+    directory = Path(os.fspath(resolve_model_path(path, where)))
     if directory.is_file():
         raise FileNotFoundError(f"{where}: {os.fspath(path)!r} is a file, not a model directory")
     if not directory.is_dir():
-        raise FileNotFoundError(f"{where}: model directory {os.fspath(path)!r} does not exist "
-                                f"(only local directories are supported, no hub downloads)")
+        raise FileNotFoundError(f"{where}: model directory {os.fspath(path)!r} does not exist (a Hugging Face "
+                                "repo id, org/name, is read from the local hub cache; nothing is downloaded)")
     if not (directory / CONFIG_NAME).is_file():
         if (directory / "adapter_config.json").is_file():
             # The checkpoint-N/ folders of a `train --lora-r` run: peft adapters without the base.
@@ -87,8 +91,12 @@ def _read_config(directory: Path) -> dict[str, Any]:
 
 
 def is_superthoughts_checkpoint(path: str | os.PathLike) -> bool:
-    """True when `path` is a directory whose config.json has a "superthoughts" section."""
-    directory = Path(os.fspath(path))
+    """True when `path` is a directory (or a repo id in the local Hugging Face cache) whose
+    config.json has a "superthoughts" section."""
+    try:
+        directory = Path(os.fspath(resolve_model_path(path, "is_superthoughts_checkpoint", weights=False)))
+    except FileNotFoundError:  # an id the cache lacks: no checkpoint, as a missing directory
+        return False
     if not (directory / CONFIG_NAME).is_file():
         return False
     return SECTION in _read_config(directory)
@@ -287,8 +295,10 @@ def has_tokenizer_files(path: str | os.PathLike) -> bool:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The tokenizer saved in a model directory, loaded as the class it was saved as;
-    FileNotFoundError when the directory holds no tokenizer file (`TOKENIZER_FILES`)."""
+    """The tokenizer saved in a model directory (or a cached repo id's snapshot,
+    `hub_cache.resolve_model_path`), loaded as the class it was saved as; FileNotFoundError when
+    the directory holds no tokenizer file (`TOKENIZER_FILES`)."""
+    path = resolve_model_path(path, "load_tokenizer", weights=False)
     if not has_tokenizer_files(path):
         raise FileNotFoundError(f"no tokenizer in {os.fspath(path)!r} (none of {', '.join(TOKENIZER_FILES)})")
     config_path = Path(path) / "tokenizer_config.json"
@@ -352,8 +362,10 @@ def _unpickler_finding(error: pickle.UnpicklingError) -> str:
 
 
 def load_plain(path: str | os.PathLike, dtype: torch.dtype | None, where: str) -> PreTrainedModel:
-    """The plain causal LM saved in directory `path`, of an architecture transformers has
-    (`REMOTE_CODE_REFUSED`); ValueError starting with `where` when it does not load."""
+    """The plain causal LM saved in directory `path` (or a cached repo id's snapshot,
+    `hub_cache.resolve_model_path`), of an architecture transformers has (`REMOTE_CODE_REFUSED`);
+    ValueError starting with `where` when it does not load."""
+    path = resolve_model_path(path, where)
     try:
         return AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, local_files_only=True,
                                                     trust_remote_code=False)

@@ -126,8 +126,8 @@ class SuperThoughtsForCausalLM(nn.Module):
     @classmethod
     def from_base(cls, path_or_model: str | os.PathLike | PreTrainedModel, *, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None, **overrides: Any) -> SuperThoughtsForCausalLM:
-        """Wraps a plain causal LM (a local checkpoint directory or a built model) with a fresh
-        compressor and MTP head; `overrides` are SuperThoughtsConfig fields."""
+        """Wraps a plain causal LM (a directory, a repo id in the local Hugging Face cache, or a built
+        model) with a fresh compressor and MTP head; `overrides` are SuperThoughtsConfig fields."""
         config = SuperThoughtsConfig.from_dict(overrides)
         if isinstance(path_or_model, SuperThoughtsForCausalLM):
             raise TypeError("from_base: the model is already a SuperThoughtsForCausalLM")
@@ -168,7 +168,7 @@ class SuperThoughtsForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None) -> SuperThoughtsForCausalLM:
-        """Loads a directory written by `save_pretrained` (in eval mode, like transformers)."""
+        """Loads a directory written by `save_pretrained` or a cached repo id holding one, in eval mode."""
         model = load_superthoughts_dir(cls, SuperThoughtsConfig, directory, dtype)
         model.eval()
         return model.to(device) if device is not None else model
@@ -443,7 +443,8 @@ def _refuse_adapters(model: Any) -> None:
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None) -> nn.Module:
     """A SuperThoughts checkpoint -> SuperThoughtsForCausalLM; a plain one -> AutoModelForCausalLM
-    (the baseline). Both in eval mode."""
+    (the baseline). Both in eval mode. `path`: a directory, or a Hugging Face repo id (``org/name``,
+    ``org/name@revision``) in the local hub cache; a local directory of that name wins."""
     directory = read_model_dir(path, "load_model")
     if is_superthoughts_checkpoint(directory):
         return SuperThoughtsForCausalLM.from_pretrained(directory, dtype=dtype, device=device)

@@ -1,0 +1,196 @@
+"""Hugging Face repo ids (org/name, org/name@revision) read from the local hub cache, with no
+network: `superthoughts_ext.hub_cache` and the commands and loaders that take a model directory.
+
+The cache is built by hand in tmp_path as huggingface_hub lays it out (models--org--name/refs/main
+holding the commit, snapshots/<commit>/ with the files, as links into blobs/ or as plain files)
+and HF_HUB_CACHE points at it. A tiny random Qwen2 model and test_train.py's word-level tokenizer;
+every test runs with sockets refused, so a lookup that went online would fail here.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from test_train import make_model, make_tokenizer  # noqa: E402
+
+from superthoughts_ext import hub_cache  # noqa: E402
+from superthoughts_ext.checkpoint import is_superthoughts_checkpoint, load_plain, load_tokenizer  # noqa: E402
+from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread", "no_network")
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a network connection was opened: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> Path:
+    """A tiny plain Qwen2 model and its tokenizer, as save_pretrained writes them."""
+    folder = tmp_path_factory.mktemp("tiny_qwen2")
+    tokenizer = make_tokenizer()
+    make_model("qwen2", len(tokenizer) + 3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty hub cache that HF_HUB_CACHE names."""
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(folder))
+    return folder
+
+
+def add_snapshot(cache: Path, repo_id: str, files: Path, commit: str = COMMIT, refs: tuple[str, ...] = ("main",),
+                 links: bool = True, only: tuple[str, ...] | None = None) -> Path:
+    """`files` (or the names in `only`) as snapshot `commit` of `repo_id`, which `refs` point at;
+    with `links`, as huggingface_hub writes them: blobs named by their hash and relative links."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for ref in refs:
+        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
+    for source in sorted(files.iterdir()):
+        if only is not None and source.name not in only:
+            continue
+        if links:
+            blob = repo / "blobs" / hashlib.sha256(source.read_bytes()).hexdigest()
+            blob.parent.mkdir(exist_ok=True)
+            shutil.copyfile(source, blob)
+            (snapshot / source.name).symlink_to(Path("..", "..", "blobs", blob.name))
+        else:
+            shutil.copyfile(source, snapshot / source.name)
+    return snapshot
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_repo_spec_and_the_cache_folder(tmp_path, monkeypatch) -> None:
+    assert hub_cache.repo_spec("Qwen/Qwen2.5-Math-1.5B-Instruct") == ("Qwen/Qwen2.5-Math-1.5B-Instruct", "main")
+    assert hub_cache.repo_spec("org/name@v1.0") == ("org/name", "v1.0")
+    for not_an_id in ("/abs/org/name", "./org/name", "name", "a/b/c", "org--x/name", "org/..", "org/name@",
+                      "org/name@../../x", ""):
+        assert hub_cache.repo_spec(not_an_id) is None, not_an_id
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert hub_cache.hub_cache_dir() == (tmp_path / ".cache" / "huggingface" / "hub", "the default")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # read when asked, not at import
+    assert hub_cache.hub_cache_dir() == (tmp_path / "hf" / "hub", "HF_HOME")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "c"))
+    assert hub_cache.hub_cache_dir() == (tmp_path / "c", "HF_HUB_CACHE")
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["blob-links", "plain-files"])
+def test_every_loader_takes_a_cached_repo_id(cache, model_files, tmp_path, links) -> None:
+    snapshot = add_snapshot(cache, "org/tiny", model_files, links=links, refs=("main", "v1"))
+    saved = load_plain(model_files, None, "test")
+    wrapped = SuperThoughtsForCausalLM.from_base("org/tiny", pad_token_id=0)
+    assert same_weights(wrapped.backbone, saved)
+    for spec in ("org/tiny", "org/tiny@v1", f"org/tiny@{COMMIT}"):
+        assert same_weights(load_model(spec), saved), spec
+        assert same_weights(load_plain(spec, None, "test"), saved), spec
+    assert load_tokenizer("org/tiny").get_vocab() == make_tokenizer().get_vocab()
+    # A SuperThoughts checkpoint in the cache loads by its id as well (from_pretrained, load_model).
+    wrapped.save_pretrained(tmp_path / "st")
+    add_snapshot(cache, "org/tiny-st", tmp_path / "st", links=links)
+    assert same_weights(SuperThoughtsForCausalLM.from_pretrained("org/tiny-st"), wrapped)
+    assert isinstance(load_model("org/tiny-st"), SuperThoughtsForCausalLM)
+    assert is_superthoughts_checkpoint("org/tiny-st") and not is_superthoughts_checkpoint("org/tiny")
+    assert not is_superthoughts_checkpoint("org/absent")
+    # Records name the weights as org/name@<commit>, given the id or its snapshot folder.
+    assert hub_cache.snapshot_name("org/tiny") == hub_cache.snapshot_name(snapshot) == f"org/tiny@{COMMIT}"
+    assert hub_cache.snapshot_name(model_files) is None and hub_cache.snapshot_name("org/absent") is None
+
+
+def test_a_local_folder_of_the_same_name_wins(cache, model_files, tmp_path, monkeypatch) -> None:
+    add_snapshot(cache, "org/tiny", model_files)
+    local = tmp_path / "work" / "org" / "tiny"
+    tokenizer = make_tokenizer()
+    torch.manual_seed(1)
+    other = make_model("qwen2", len(tokenizer) + 3)
+    other.save_pretrained(local)
+    monkeypatch.chdir(tmp_path / "work")
+    assert same_weights(load_model("org/tiny"), other)
+    assert hub_cache.snapshot_name("org/tiny") is None  # a local path: recorded as its real path
+
+
+def test_an_id_the_cache_lacks_names_the_id_the_cache_and_the_download(cache, model_files) -> None:
+    with pytest.raises(FileNotFoundError) as missing:
+        SuperThoughtsForCausalLM.from_base("org/absent")
+    message = str(missing.value)
+    assert "from_base: 'org/absent' is not a local directory, nor a Hugging Face repo in the local hub cache" in message
+    assert f"{cache} (chosen by HF_HUB_CACHE)" in message
+    assert "`hf download org/absent`" in message and "`huggingface-cli download org/absent`" in message
+    add_snapshot(cache, "org/tiny", model_files)
+    with pytest.raises(FileNotFoundError, match=r"it holds the repo, but not its revision 'v9'.*"
+                                                r"`hf download org/tiny --revision v9`"):
+        load_model("org/tiny@v9")
+    # Not spelled as an id: the local-directory error, as before.
+    with pytest.raises(FileNotFoundError, match=r"load_model: model directory '/no/such/dir' does not exist"):
+        load_model("/no/such/dir")
+
+
+def test_a_partial_snapshot_names_what_it_lacks(cache, model_files, tmp_path) -> None:
+    add_snapshot(cache, "org/config-only", model_files, only=("config.json",))
+    with pytest.raises(FileNotFoundError, match=r"from_base: the cached snapshot of 'org/config-only' \(.*"
+                                                rf"snapshots/{COMMIT}\) lacks weights \(model\.safetensors or .*"
+                                                r"cut short.*`hf download org/config-only`"):
+        SuperThoughtsForCausalLM.from_base("org/config-only")
+    # A blob removed under its link (a cleanup cut short) is as absent as a link never made.
+    snapshot = add_snapshot(cache, "org/lost-blob", model_files)
+    (snapshot / "model.safetensors").resolve().unlink()
+    with pytest.raises(FileNotFoundError, match=r"'org/lost-blob' .* lacks weights"):
+        load_model("org/lost-blob")
+    # Shards: the ones the index names and the snapshot lacks.
+    sharded = tmp_path / "sharded"
+    load_plain(model_files, None, "test").save_pretrained(sharded, max_shard_size="100KB")
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    add_snapshot(cache, "org/sharded", sharded, only=("config.json", "model.safetensors.index.json", shards[0]))
+    with pytest.raises(FileNotFoundError, match=rf"lacks {shards[1]}"):
+        load_model("org/sharded")
+    # A tokenizer needs no weights: the snapshot as it is.
+    add_snapshot(cache, "org/tokenizer-only", model_files, only=("tokenizer.json", "tokenizer_config.json"))
+    assert load_tokenizer("org/tokenizer-only").get_vocab() == make_tokenizer().get_vocab()
+
+
+def test_a_snapshot_short_of_files_a_model_does_not_need_loads(cache, model_files) -> None:
+    # huggingface_hub (1.x) keeps the repo's file listing beside the cache and refuses, offline, a
+    # snapshot that lacks any file of it: a README.md left out by `hf download --include` too.
+    tree_cache = pytest.importorskip("huggingface_hub._tree_cache")
+    if not hasattr(tree_cache, "write_tree_cache"):
+        pytest.skip("this huggingface_hub keeps no listing of a repo's files")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    snapshot = add_snapshot(cache, "org/no-readme", model_files)
+    listed = [*sorted(p.name for p in snapshot.iterdir()), "README.md"]
+    entries = {name: tree_cache.TreeCacheEntry(size=1, blob_id=f"{i:040x}") for i, name in enumerate(listed)}
+    tree_cache.write_tree_cache(os.fspath(snapshot.parent.parent), COMMIT, entries)
+    with pytest.raises(LocalEntryNotFoundError, match="README.md"):
+        snapshot_download("org/no-readme", cache_dir=cache, local_files_only=True)
+    assert same_weights(load_model("org/no-readme"), load_plain(model_files, None, "test"))
+    # The model's own files missing: named as for any partial snapshot.
+    (snapshot / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"'org/no-readme' .* lacks weights"):
+        load_model("org/no-readme")
