@@ -8,7 +8,9 @@ every test runs with sockets refused, so a lookup that went online would fail he
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -18,15 +20,16 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from test_train import make_model, make_tokenizer  # noqa: E402
+from test_train import FAST, ROWS, make_model, make_tokenizer  # noqa: E402
 
-from superthoughts_ext import hub_cache  # noqa: E402
+from superthoughts_ext import cli, hub_cache  # noqa: E402
 from superthoughts_ext.checkpoint import is_superthoughts_checkpoint, load_plain, load_tokenizer  # noqa: E402
 from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread", "no_network")
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 
 @pytest.fixture
@@ -194,3 +197,68 @@ def test_a_snapshot_short_of_files_a_model_does_not_need_loads(cache, model_file
     (snapshot / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"'org/no-readme' .* lacks weights"):
         load_model("org/no-readme")
+
+
+def train_argv(model: str, data: Path, out: Path) -> list[str]:
+    return ["--model", model, "--data", str(data), "--output", str(out), "--max-steps", "1", "--batch-size", "4",
+            "--save-steps", "0", "--learning-rate", "1e-3", "--no-progress", "--resume", "auto"]
+
+
+def test_train_generate_and_eval_records_take_the_id(cache, model_files, tmp_path, capsys) -> None:
+    from superthoughts_ext.eval_cli import run_metadata
+    from superthoughts_ext.evaluation import summary_path
+
+    snapshot = add_snapshot(cache, "org/tiny", model_files)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    out = tmp_path / "out"
+    assert cli.main(["train", *train_argv("org/tiny", data, out)]) == 0
+    assert isinstance(load_model(out), SuperThoughtsForCausalLM)
+    record = json.loads((out / "finished_run.json").read_text())["run"]
+    assert record["--model"] == f"org/tiny@{COMMIT}"
+    # The requeued command, given the id or its snapshot folder, finds its run finished.
+    for model in ("org/tiny", os.fspath(snapshot)):
+        capsys.readouterr()
+        assert cli.main(["train", *train_argv(model, data, out)]) == 0
+        assert "the run is already finished" in capsys.readouterr().out, model
+    argv = ["generate", "what is 3 + 4", "--max-new-tokens", "2", "--device", "cpu"]
+    assert cli.main([*argv, "--model", f"org/tiny@{COMMIT}"]) == 0
+    assert "[standard] tokens=" in capsys.readouterr().out
+    assert cli.main([*argv, "--model", "org/absent"]) == 2
+    assert "--model: 'org/absent' is not a local directory" in capsys.readouterr().err
+
+    # eval records the id at its commit, and a rerun with --resume given the id is the same run.
+    problems, records = tmp_path / "amc.jsonl", tmp_path / "run.jsonl"
+    problems.write_text("".join(json.dumps({"id": i, "problem": f"what is {i} + 1", "answer": i + 1}) + "\n"
+                                for i in range(2)))
+    argv = ["eval", "--model", "org/tiny", "--bench", "amc23", "--data", str(problems), "--mode", "standard",
+            "--max-new-tokens", "2", "--device", "cpu", "--output", str(records), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert json.loads(summary_path(records).read_text())["model"] == f"org/tiny@{COMMIT}"
+    assert cli.main([*argv, "--resume"]) == 0, capsys.readouterr().err
+
+    # Another download of the repo (refs/main moved): other weights, not the finished run.
+    add_snapshot(cache, "org/tiny", model_files, commit=OTHER_COMMIT)
+    assert cli.main(["train", *train_argv("org/tiny", data, out)]) == 2
+    assert "holds a trained model" in capsys.readouterr().err
+    assert cli.main(["train", *train_argv("org/absent", data, tmp_path / "o2")]) == 2
+    assert "train: --model: 'org/absent' is not a local directory" in capsys.readouterr().err
+    args = argparse.Namespace(model="org/tiny", data=None)
+    assert run_metadata(args, load_model("org/tiny"), "cpu")["model"] == f"org/tiny@{OTHER_COMMIT}"
+
+
+def test_a_lora_run_records_its_base_as_the_id_and_exports_from_the_cache(cache, model_files, tmp_path) -> None:
+    pytest.importorskip("peft")
+    from superthoughts_ext.export import EXPORT_FILE
+    from superthoughts_ext.train import TrainOptions, train
+
+    add_snapshot(cache, "org/tiny", model_files)
+    out = tmp_path / "lora"
+    train(TrainOptions(model="org/tiny", data=ROWS, output_dir=out, **{**FAST, "max_steps": 1, "save_steps": 1},
+                       lora_r=4))
+    record = json.loads((out / "checkpoint-1" / EXPORT_FILE).read_text())
+    assert record["base_model"] == f"org/tiny@{COMMIT}"
+    # A newer download since (refs/main moved) does not change the base the run adapted.
+    add_snapshot(cache, "org/tiny", model_files, commit=OTHER_COMMIT)
+    assert cli.main(["export", "--checkpoint", str(out / "checkpoint-1"), "--output", str(tmp_path / "merged")]) == 0
+    assert same_weights(load_model(tmp_path / "merged"), load_model(out))

@@ -29,6 +29,7 @@ from superthoughts_ext.eval_sampling import check_sampling
 from superthoughts_ext.eval_table import TABLE_FORMATS
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
 from superthoughts_ext.file_writes import WriteFailed
+from superthoughts_ext.hub_cache import snapshot_name
 from superthoughts_ext.run_info import write_problem
 
 
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``superthoughts eval``; each notes when it is typed (`cli.typed_options`),
     so that --table and --regrade refuse what they would ignore, defaults included."""
     record_typed_options(parser)
-    parser.add_argument("--model", help="checkpoint directory (SuperThoughts or plain HF causal LM)")
+    parser.add_argument("--model", help="checkpoint directory (SuperThoughts or plain HF causal LM), or a "
+                        "Hugging Face repo id (org/name) in the local hub cache")
     parser.add_argument("--tokenizer", help="directory of the tokenizer (default: the checkpoint's own)")
     parser.add_argument("--bench", choices=sorted(BENCHES), help="benchmark name")
     parser.add_argument("--data", help="local JSONL/JSON/CSV/parquet copy of the benchmark (else the hub)")
@@ -396,8 +398,10 @@ def run_metadata(args: argparse.Namespace, model: Any, device: str, ranks: Ranks
     """What a run decoded, as `evaluate` stores it (its RUN_KEYS are checked by --resume): the
     checkpoint and data file as absolute paths and the dtype the weights were loaded in, so that
     ``out/st``, ``out/st/`` and ``/abs/out/st``, or ``--dtype auto`` and the checkpoint's own
-    dtype named explicitly, are one run. Under torchrun: rank 0's device, and ``processes``."""
-    return {"model": str(Path(args.model).resolve()), "dtype": weights_dtype(model), "device": device,
+    dtype named explicitly, are one run; a Hugging Face repo id, or its snapshot folder, as
+    ``org/name@<commit>``. Under torchrun: rank 0's device, and ``processes``."""
+    return {"model": snapshot_name(args.model) or str(Path(args.model).resolve()), "dtype": weights_dtype(model),
+            "device": device,
             "data": None if args.data is None else str(Path(args.data).resolve()),
             **({"processes": ranks.world_size} if ranks.distributed else {})}
 

@@ -106,6 +106,9 @@ def _base_dir(model: str | os.PathLike | None, record: dict[str, Any], checkpoin
     if not recorded:
         raise ValueError(f"export: the run of {os.fspath(checkpoint)!r} was given its base model as an object, not a "
                          "directory: pass that model's directory as --model")
+    if not Path(recorded).is_absolute():  # a Hugging Face repo id, org/name@<commit>: its cached snapshot
+        where = f"export: the run's base model (recorded in {os.fspath(checkpoint)!r})"
+        return os.fspath(read_model_dir(recorded, where))
     if not (Path(recorded) / "config.json").is_file():
         raise FileNotFoundError(f"export: the run's base model {recorded!r} (recorded in {os.fspath(checkpoint)!r}) "
                                 "is not there any more; pass its directory (the same weights) as --model")
@@ -184,7 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument
     g("--checkpoint", required=True, help="a LoRA run's checkpoint-N folder")
     g("--output", required=True, help="new (or empty) directory for the merged model")
-    g("--model", default=None, help="the run's base model directory (default: the one the run recorded)")
+    g("--model", default=None, help="the run's base model directory, or its Hugging Face repo id in the local "
+      "hub cache (default: the one the run recorded)")
     g("--dtype", choices=sorted(DTYPES), default=None, help="weight dtype (default: the run's)")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,7 +25,9 @@ from superthoughts_ext.reference import MIN_SAMPLING_TEMPERATURE
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `superthoughts generate`."""
     parser.add_argument("prompt", type=utf8_text, help="user message (rendered with the tokenizer's chat template)")
-    parser.add_argument("--model", required=True, help="checkpoint directory (SuperThoughts or plain)")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint directory (SuperThoughts or plain), or a Hugging Face repo id (org/name) in "
+                             "the local hub cache")
     parser.add_argument("--tokenizer", help=TOKENIZER_HELP)
     parser.add_argument("--mode", choices=MODES, default=None,
                         help="default: superthoughts for a SuperThoughts checkpoint, else standard")
@@ -69,10 +72,15 @@ def load_checkpoint(path: str, device: str | None, dtype: str, tokenizer: str | 
     """(model in eval mode, tokenizer, device) for `superthoughts generate` / `eval`. A missing
     directory, one without tokenizer files, an unknown device or a CUDA device on a torch
     without one is a ValueError / FileNotFoundError the commands print as a one-line error,
-    not a traceback. ``tokenizer``: another directory to load the tokenizer from."""
+    not a traceback. ``tokenizer``: another directory to load the tokenizer from. Either may be a
+    Hugging Face repo id in the local hub cache (`hub_cache.resolve_model_path`)."""
     from superthoughts_ext.checkpoint import has_tokenizer_files, read_model_dir
+    from superthoughts_ext.hub_cache import resolve_model_path
     from superthoughts_ext.modeling import load_model, load_tokenizer
 
+    # The snapshot folders from here on, so that the checks below see what will load.
+    path = os.fspath(resolve_model_path(path, "--model")) if path else path
+    tokenizer = os.fspath(resolve_model_path(tokenizer, "--tokenizer", weights=False)) if tokenizer else tokenizer
     if not path or (Path(path).exists() and not Path(path).is_dir()):  # "" is the current folder to Path
         raise FileNotFoundError(f"--model {path!r}: {'not a directory' if path else 'no such directory'}")
     tokenizer_path = tokenizer if tokenizer is not None else path

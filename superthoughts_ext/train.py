@@ -57,6 +57,7 @@ from superthoughts_ext import (data_files, train_data, train_finished, train_pre
 from superthoughts_ext.checkpoint import read_model_dir
 from superthoughts_ext.cli import HelpFormatter, resume_hint, run_command, transformers_progress_bars, utf8_text
 from superthoughts_ext.file_writes import WriteFailed
+from superthoughts_ext.hub_cache import snapshot_name
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
 from superthoughts_ext.run_info import output_lock
 from superthoughts_ext.train_args import optimizer_class, optimizer_name, training_arguments
@@ -103,6 +104,7 @@ def _train(options: TrainOptions) -> TrainResult:
     """`train`, once the output is locked."""
     from superthoughts_ext.data import SuperThoughtsCollator
 
+    options = train_utils.with_cached_snapshots(options)  # before any check reads --model
     # --resume auto: the last checkpoint's path or a new run, before any check reads the option.
     auto = isinstance(options.resume_from_checkpoint, str) and \
         options.resume_from_checkpoint == train_resume.RESUME_IF_ANY
@@ -191,7 +193,8 @@ def _train(options: TrainOptions) -> TrainResult:
     trainer = SuperThoughtsTrainer(
         model=model, args=args, data_collator=collator, train_dataset=rows, eval_dataset=eval_rows,
         processing_class=tokenizer, run_settings=settings,
-        base_model=None if isinstance(options.model, nn.Module) else os.path.abspath(options.model),
+        base_model=None if isinstance(options.model, nn.Module)
+        else snapshot_name(options.model) or os.path.abspath(options.model),
         # A run resumed in its own folder keeps its id; a new one, or a fork, draws its own (the
         # main process writes it).
         run_id=train_resume.continued_run_id(checkpoint, options.output_dir) or uuid.uuid4().hex,
@@ -268,7 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `superthoughts train` flags to `parser` (one flag per TrainOptions field)."""
     d = TrainOptions.__dataclass_fields__
     g = parser.add_argument
-    g("--model", required=True, help="base (or SuperThoughts) checkpoint directory")
+    g("--model", required=True, help="base (or SuperThoughts) checkpoint directory, or a Hugging Face repo id "
+      "(org/name) in the local hub cache")
     g("--data", required=True, nargs="+", metavar="FILE",
       help="training files, JSON Lines or parquet (by a .parquet suffix or content), read in order; a directory "
            "stands for its .jsonl / .parquet files in name order (a folder of shards)")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from superthoughts_ext.checkpoint import checkpoint_folders
+from superthoughts_ext.hub_cache import snapshot_name
 from superthoughts_ext.train_run_settings import BASE_WEIGHTS, read_json
 
 # Written beside the final model; not a model file (train_resume.FINAL_MODEL_FILES).
@@ -65,9 +66,12 @@ def run_record(options: Any, settings: Mapping[str, Any], optimizer: str, lora: 
 
 
 def _path(value: Any) -> str | None:
-    """A directory option as its real path (a requeued job's command gives the same one); None
-    for an object."""
-    return os.path.realpath(value) if isinstance(value, (str, os.PathLike)) else None
+    """A directory option as its real path (a requeued job's command gives the same one), a
+    Hugging Face cache snapshot as ``org/name@<commit>`` (`hub_cache.snapshot_name`); None for an
+    object."""
+    if not isinstance(value, (str, os.PathLike)):
+        return None
+    return snapshot_name(value) or os.path.realpath(value)
 
 
 def write_record(folder: Path, record: Mapping[str, Any], global_step: int) -> None:

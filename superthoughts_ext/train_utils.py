@@ -8,6 +8,7 @@ depends on `transformers.Trainer`. The training examples are loaded and checked 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from superthoughts_ext.checkpoint import TOKENIZER_FILES, has_tokenizer_files, is_superthoughts_checkpoint, load_plain
+from superthoughts_ext.hub_cache import resolve_model_path
 from superthoughts_ext.train_precision import copy_in_dtype
 
 # Linear layers of Qwen2 / Llama style decoder layers: attention and MLP projections.
@@ -34,6 +36,20 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
 # SuperThoughts modules trained fully under LoRA (they are new, so no pretrained weights
 # to adapt): saved with the adapter and merged back at the end.
 SUPERTHOUGHTS_TRAINABLE_MODULES: tuple[str, ...] = ("compressor", "mtp")
+
+
+def with_cached_snapshots(options: Any) -> Any:
+    """TrainOptions `options` with a model or tokenizer that names a Hugging Face repo id in the
+    local hub cache replaced by its snapshot folder (`hub_cache.resolve_model_path`: a local path
+    of that name wins; FileNotFoundError for an id the cache lacks, or a model snapshot without
+    its weights). Every check and load of the run then reads one local folder, and its records
+    name it ``org/name@<commit>`` (`hub_cache.snapshot_name`), as a requeued command names it."""
+    changes = {}
+    if isinstance(options.model, (str, os.PathLike)):
+        changes["model"] = resolve_model_path(options.model, "train: --model")
+    if isinstance(options.tokenizer, (str, os.PathLike)):
+        changes["tokenizer"] = resolve_model_path(options.tokenizer, "train: --tokenizer", weights=False)
+    return dataclasses.replace(options, **changes) if changes else options
 
 
 def load_tokenizer(
@@ -378,7 +394,7 @@ def build_model(
             raise ValueError("train: baseline mode trains a plain causal LM; got a SuperThoughts model")
         return continue_with(source, overrides)
     if not isinstance(source, nn.Module):
-        read_model_dir(source, "train")
+        source = read_model_dir(source, "train")  # a cached repo id: its snapshot folder
         if is_superthoughts_checkpoint(source):
             if baseline:
                 raise ValueError(f"train: baseline mode needs a plain checkpoint; {os.fspath(source)!r} is SuperThoughts")
