@@ -249,6 +249,11 @@ def test_model_names_keep_as_many_folders_as_tell_checkpoints_apart() -> None:
     assert model_names(["/a/st", "/b/a/st"]) == {"/a/st": "/a/st", "/b/a/st": "b/a/st"}
     assert model_names(["/ckpt/st", "/ckpt/st/", "/ckpt/sft"]) == {"/ckpt/st": "st", "/ckpt/st/": "st",
                                                                    "/ckpt/sft": "sft"}
+    # A checkpoint from the Hugging Face cache is recorded as org/name@<commit>: its row shows 7 digits.
+    commit_a, commit_b = "8a9b0c1" + "d" * 33, "0123456" + "e" * 33
+    assert model_names([f"Qwen/Math-1.5B@{commit_a}", f"Qwen/Math-1.5B@{commit_b}", "Qwen/Math-1.5B@v1"]) == {
+        f"Qwen/Math-1.5B@{commit_a}": "Math-1.5B@8a9b0c1", f"Qwen/Math-1.5B@{commit_b}": "Math-1.5B@0123456",
+        "Qwen/Math-1.5B@v1": "Math-1.5B@v1"}
 
 
 def test_a_relative_checkpoint_of_older_records_shares_the_row_of_its_absolute_path(

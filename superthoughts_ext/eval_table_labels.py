@@ -10,6 +10,7 @@ against what is at hand: the directory the table is made in and the folders abov
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path, PurePath
@@ -31,8 +32,18 @@ def model_names(models: Sequence[str]) -> dict[str, str]:
             if not any(theirs != own and theirs[-depth:] == tail for theirs in parts.values()):
                 break
         # PurePath, not "/".join: a whole absolute path's first part is "/" itself.
-        names[model] = PurePath(*tail).as_posix() if own else model
+        names[model] = _short_commit(PurePath(*tail).as_posix()) if own else model
     return names
+
+
+# A checkpoint loaded from the Hugging Face cache is recorded as org/name@<40-hex commit>.
+_FULL_COMMIT = re.compile(r"@([0-9a-f]{40})$")
+
+
+def _short_commit(name: str) -> str:
+    """``name`` with a whole commit hash after its "@" cut to 7 digits, as git shows one:
+    ``Qwen2.5-Math-1.5B-Instruct@8a9b0c1``, not 40 digits in every row."""
+    return _FULL_COMMIT.sub(lambda match: "@" + match.group(1)[:7], name)
 
 
 def _ambiguous(model: str, records_path: str | Path, candidates: Collection[str]) -> str:
