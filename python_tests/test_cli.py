@@ -152,6 +152,36 @@ def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys, tmp_path) -> N
                                        "from the last checkpoint in --output, if one was saved\n")
 
 
+def test_the_closing_line_is_one_write_so_ranks_sharing_a_log_do_not_run_together(monkeypatch) -> None:
+    # torchrun's ranks share one stderr; print()'s text and newline, written apart, interleaved as
+    # "...saved in 'out'superthoughts train: ..." (two ranks' lines on one, the second's newline after).
+    import io
+    import sys
+
+    from superthoughts_ext import train
+
+    class Writes(io.StringIO):
+        calls: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.calls.append(text)
+            return super().write(text)
+
+    def interrupted(args):
+        raise cli.Terminated("checkpoint-3 saved")
+
+    run = train.run
+    monkeypatch.setattr(sys, "stderr", Writes())
+    monkeypatch.setattr(train, "run", interrupted)
+    assert train.main(["--model", "m", "--data", "d.jsonl", "--output", "o"]) == 143
+    monkeypatch.setattr(train, "run", run)
+    monkeypatch.setattr(train, "options_from_args", lambda args: (_ for _ in ()).throw(ValueError("bad --data")))
+    assert train.main(["--model", "m", "--data", "d.jsonl", "--output", "o"]) == 2
+    assert [call.count("\n") for call in Writes.calls] == [1, 1] and all(c.endswith("\n") for c in Writes.calls)
+    assert Writes.calls[0].startswith("superthoughts train: terminated (SIGTERM): checkpoint-3 saved")
+    assert Writes.calls[1] == "error: bad --data\n"
+
+
 def test_sigterm_ends_a_command_as_ctrl_c_does_letting_go_of_its_lock(monkeypatch, capsys, tmp_path) -> None:
     # SIGTERM (SLURM preemption, kill) ended the process on the spot: no line in the log, and the
     # output's lock file and a replace_text temporary being written were left behind.

@@ -224,8 +224,17 @@ def run_command(command: str, args: argparse.Namespace, run: Callable[[argparse.
         what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
         what += f": {stop}" if str(stop) else ""
         hint = resume_hint(command, args) if getattr(stop, "continues", True) else ""
-        print(f"superthoughts {command}: {what}{hint}", file=sys.stderr)
+        stderr_line(f"superthoughts {command}: {what}{hint}")
         return status
+
+
+def stderr_line(text: str) -> None:
+    """`text` and its newline on stderr in one write: print() writes them apart, and stderr, not
+    buffered past a line, passes each on, so the lines of processes sharing a log (torchrun's
+    ranks) ran into each other ("...out'superthoughts train: ..."). A pipe keeps one write of up
+    to 4096 bytes whole."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,8 @@ from torch import nn
 from superthoughts_ext import (data_files, train_data, train_finished, train_precision, train_resume,
                                train_run_settings, train_utils)
 from superthoughts_ext.checkpoint import read_model_dir
-from superthoughts_ext.cli import HelpFormatter, resume_hint, run_command, transformers_progress_bars, utf8_text
+from superthoughts_ext.cli import (HelpFormatter, resume_hint, run_command, stderr_line, transformers_progress_bars,
+                                   utf8_text)
 from superthoughts_ext.file_writes import WriteFailed
 from superthoughts_ext.hub_cache import snapshot_name
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
@@ -405,10 +406,10 @@ def run(args: argparse.Namespace) -> int:
         close_process_group()
         return 0
     except WriteFailed as exc:  # a checkpoint or the final save met a full disk
-        print(f"error: {exc}{resume_hint('train', args)}", file=sys.stderr)
+        stderr_line(f"error: {exc}{resume_hint('train', args)}")
         return 2
     except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        stderr_line(f"error: {exc}")
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         steps = f"{result.global_step} step{'' if result.global_step == 1 else 's'}"
