@@ -237,9 +237,17 @@ def test_train_generate_and_eval_records_take_the_id(cache, model_files, tmp_pat
     assert json.loads(summary_path(records).read_text())["model"] == f"org/tiny@{COMMIT}"
     assert cli.main([*argv, "--resume"]) == 0, capsys.readouterr().err
 
-    # Another download of the repo (refs/main moved): other weights, not the finished run.
+    # Another download of the repo (refs/main moved): other weights, not the finished run; the
+    # refusal names both commits and the id that finds the run (not only "holds a trained model").
     add_snapshot(cache, "org/tiny", model_files, commit=OTHER_COMMIT)
+    capsys.readouterr()
     assert cli.main(["train", *train_argv("org/tiny", data, out)]) == 2
+    assert (f"holds this command's run, finished, but trained from other weights: --model org/tiny@{COMMIT} there, "
+            f"org/tiny@{OTHER_COMMIT} here" in capsys.readouterr().err)
+    assert cli.main(["train", *train_argv(f"org/tiny@{COMMIT}", data, out)]) == 0
+    assert "the run is already finished" in capsys.readouterr().out
+    # Another difference besides the commit: the refusal as before.
+    assert cli.main(["train", *train_argv("org/tiny", data, out), "--rho-max", "0.1"]) == 2
     assert "holds a trained model" in capsys.readouterr().err
     assert cli.main(["train", *train_argv("org/absent", data, tmp_path / "o2")]) == 2
     assert "train: --model: 'org/absent' is not a local directory" in capsys.readouterr().err

@@ -115,8 +115,10 @@ def _train(options: TrainOptions) -> TrainResult:
     args = training_arguments(options)
     settings = train_run_settings.run_settings(options, args.world_size)
     record = train_finished.run_record(options, settings, optimizer_class(args), lora)
-    if auto and (finished_at := train_finished.finished_step(options.output_dir, record)) is not None:
-        raise RunFinished(options.output_dir, finished_at)
+    if auto:
+        if (finished_at := train_finished.finished_step(options.output_dir, record)) is not None:
+            raise RunFinished(options.output_dir, finished_at)
+        train_finished.check_moved_revision(options.output_dir, record)  # the same command, a newer download
     resume = train_resume.resolve_resume_if_any(options.output_dir, options.resume_from_checkpoint,
                                                 main_process=int(os.environ.get("RANK", "0")) == 0)
     options = dataclasses.replace(options, resume_from_checkpoint=resume)

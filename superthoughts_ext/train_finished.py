@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from superthoughts_ext.checkpoint import checkpoint_folders
-from superthoughts_ext.hub_cache import snapshot_name
+from superthoughts_ext.hub_cache import repo_spec, snapshot_name
 from superthoughts_ext.train_run_settings import BASE_WEIGHTS, read_json
 
 # Written beside the final model; not a model file (train_resume.FINAL_MODEL_FILES).
@@ -86,10 +86,46 @@ def finished_step(output_dir: str | os.PathLike, record: Mapping[str, Any]) -> i
     command's) describes: its final model is in place (config.json) with a FINISHED_RUN_FILE
     holding the same record, and no checkpoint past that step (a longer run resumed from it, under
     way there). None otherwise, also where the folder holds no record (an earlier release's)."""
-    out = Path(os.fspath(output_dir))
+    saved = _finished_there(Path(os.fspath(output_dir)))
+    if saved is None or saved.get("run") != json.loads(json.dumps(dict(record), default=str)):
+        return None
+    return saved["global_step"]
+
+
+def _finished_there(out: Path) -> dict[str, Any] | None:
+    """FINISHED_RUN_FILE of the final model in `out` (config.json in place), with its step and no
+    checkpoint past it; None otherwise."""
     saved = read_json(out / FINISHED_RUN_FILE) if (out / "config.json").is_file() else None
     step = saved.get("global_step") if saved is not None else None
-    if not isinstance(step, int) or saved.get("run") != json.loads(json.dumps(dict(record), default=str)):
+    if not isinstance(step, int) or any(int(p.name[len("checkpoint-"):]) > step for p in checkpoint_folders(out)):
         return None
-    later = [p for p in checkpoint_folders(out) if int(p.name[len("checkpoint-"):]) > step]
-    return None if later else step
+    return saved
+
+
+def check_moved_revision(output_dir: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """ValueError where `output_dir` holds a finished run whose record differs from this
+    command's `record` (`run_record`) only in the commit of a Hugging Face repo id given as
+    --model or --tokenizer (``org/name@<commit>``, `hub_cache.snapshot_name`): the same command
+    requeued after a new download moved the branch it names: other weights, so not that run, and
+    the refusal of a new run over its model would not say why."""
+    saved = _finished_there(Path(os.fspath(output_dir)))
+    run = saved.get("run") if saved is not None else None
+    if not isinstance(run, dict):
+        return
+    this = json.loads(json.dumps(dict(record), default=str))
+    moved = {flag: (run.get(flag), this.get(flag)) for flag in ("--model", "--tokenizer")
+             if run.get(flag) != this.get(flag) and _same_repo(run.get(flag), this.get(flag))}
+    if not moved or {**run, **{flag: now for flag, (_, now) in moved.items()}} != this:
+        return
+    changes = "; ".join(f"{flag} {before} there, {now} here" for flag, (before, now) in moved.items())
+    keep = " ".join(f"{flag} {before}" for flag, (before, _) in moved.items())
+    raise ValueError(f"train: --resume auto: {os.fspath(output_dir)!r} holds this command's run, finished, but "
+                     f"trained from other weights: {changes} (a download since then moves the branch an id "
+                     f"names, main by default); `{keep}` finds that run finished, and a run from these weights "
+                     "needs another --output")
+
+
+def _same_repo(before: Any, now: Any) -> bool:
+    """Whether two recorded names are one Hugging Face repo id (at any revisions)."""
+    specs = [repo_spec(value) if isinstance(value, str) else None for value in (before, now)]
+    return None not in specs and specs[0][0] == specs[1][0]
