@@ -270,3 +270,19 @@ def test_a_lora_run_records_its_base_as_the_id_and_exports_from_the_cache(cache,
     add_snapshot(cache, "org/tiny", model_files, commit=OTHER_COMMIT)
     assert cli.main(["export", "--checkpoint", str(out / "checkpoint-1"), "--output", str(tmp_path / "merged")]) == 0
     assert same_weights(load_model(tmp_path / "merged"), load_model(out))
+
+
+def test_eval_refuses_a_plain_cached_model_in_a_superthoughts_mode_before_it_loads(
+        cache, model_files, tmp_path, monkeypatch, capsys) -> None:
+    # The check read <id>/config.json, which is no file: a 7B id's weights loaded before the refusal.
+    from superthoughts_ext import generate_cli
+
+    monkeypatch.setattr(generate_cli, "load_checkpoint", lambda *a: pytest.fail("the model was loaded"))
+    add_snapshot(cache, "org/tiny", model_files)
+    problems = tmp_path / "amc.jsonl"
+    problems.write_text(json.dumps({"id": 0, "problem": "what is 1 + 1", "answer": 2}) + "\n")
+    argv = ["eval", "--bench", "amc23", "--data", str(problems), "--output", str(tmp_path / "run.jsonl")]
+    assert cli.main([*argv, "--model", "org/tiny", "--mode", "pairs"]) == 2
+    assert "org/tiny is a plain model; use --mode standard" in capsys.readouterr().err
+    assert cli.main([*argv, "--model", "org/absent", "--mode", "superthoughts"]) == 2
+    assert "--model: 'org/absent' is not a local directory" in capsys.readouterr().err

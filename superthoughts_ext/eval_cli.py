@@ -29,7 +29,7 @@ from superthoughts_ext.eval_sampling import check_sampling
 from superthoughts_ext.eval_table import TABLE_FORMATS
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
 from superthoughts_ext.file_writes import WriteFailed
-from superthoughts_ext.hub_cache import snapshot_name
+from superthoughts_ext.hub_cache import resolve_model_path, snapshot_name
 from superthoughts_ext.run_info import write_problem
 
 
@@ -237,10 +237,11 @@ def _checked_problems(args: argparse.Namespace) -> list[Problem]:
         raise ValueError("--compile goes with greedy decoding: sampled decoding runs uncompiled")
     if args.threshold and args.mode not in (None, "superthoughts"):
         raise ValueError(f"--threshold applies to superthoughts mode, not {args.mode}")
-    if args.mode in ("superthoughts", "pairs") and (Path(args.model) / "config.json").is_file():
+    if args.mode in ("superthoughts", "pairs"):
         from superthoughts_ext.checkpoint import is_superthoughts_checkpoint
 
-        if not is_superthoughts_checkpoint(args.model):
+        directory = Path(resolve_model_path(args.model, "--model"))  # a cached repo id: its snapshot folder
+        if (directory / "config.json").is_file() and not is_superthoughts_checkpoint(directory):
             raise ValueError(f"{args.model} is a plain model; use --mode standard")
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--batch-size ({args.batch_size}) and --max-new-tokens ({args.max_new_tokens}) "
