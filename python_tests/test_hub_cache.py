@@ -270,6 +270,16 @@ def test_a_lora_run_records_its_base_as_the_id_and_exports_from_the_cache(cache,
     add_snapshot(cache, "org/tiny", model_files, commit=OTHER_COMMIT)
     assert cli.main(["export", "--checkpoint", str(out / "checkpoint-1"), "--output", str(tmp_path / "merged")]) == 0
     assert same_weights(load_model(tmp_path / "merged"), load_model(out))
+    # A resume given the id once main names other weights: refused, naming the id at the run's own commit.
+    changed = load_plain(model_files, None, "test")
+    with torch.no_grad():
+        changed.model.layers[0].mlp.up_proj.weight.mul_(-1)
+    changed.save_pretrained(tmp_path / "changed")
+    make_tokenizer().save_pretrained(tmp_path / "changed")
+    add_snapshot(cache, "org/tiny", tmp_path / "changed", commit="1" * 40)
+    with pytest.raises(ValueError, match=rf"another base model .*the run that wrote it \(org/tiny@{COMMIT}\)"):
+        train(TrainOptions(model="org/tiny", data=ROWS, output_dir=out, resume_from_checkpoint=True, lora_r=4,
+                           **{**FAST, "max_steps": 2, "save_steps": 1}))
 
 
 def test_eval_refuses_a_plain_cached_model_in_a_superthoughts_mode_before_it_loads(

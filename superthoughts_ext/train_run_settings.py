@@ -165,11 +165,17 @@ def check_base_weights(checkpoint: Path | None, digest: str) -> None:
     """ValueError when LoRA `checkpoint` recorded a base model whose weights
     (`train_utils.weights_digest`) differ from `digest`, those of this run's --model: the adapters
     resumed on another base trained on without a word (a full checkpoint holds every weight)."""
+    from superthoughts_ext.export import EXPORT_FILE
+
     recorded = recorded_base_weights(checkpoint) if checkpoint is not None else None
     if recorded and recorded != digest:
+        # The base as the run named it: a cached repo id at its commit (org/name@<commit>) after a new
+        # download moved the branch the command names, or a directory since overwritten.
+        base = (read_json(checkpoint / EXPORT_FILE) or {}).get("base_model")
         raise ValueError(f"train: --resume {os.fspath(checkpoint)!r} holds LoRA adapters trained on another base "
                          f"model (weights {_shown(BASE_WEIGHTS, recorded)}; this --model's: "
-                         f"{_shown(BASE_WEIGHTS, digest)}); resume with the --model of the run that wrote it")
+                         f"{_shown(BASE_WEIGHTS, digest)}); resume with the --model of the run that wrote it"
+                         f"{f' ({base})' if isinstance(base, str) else ''}")
 
 
 def recorded_base_weights(checkpoint: Path) -> str | None:
