@@ -91,8 +91,14 @@ def test_repo_spec_and_the_cache_folder(tmp_path, monkeypatch) -> None:
     assert hub_cache.repo_spec("Qwen/Qwen2.5-Math-1.5B-Instruct") == ("Qwen/Qwen2.5-Math-1.5B-Instruct", "main")
     assert hub_cache.repo_spec("org/name@v1.0") == ("org/name", "v1.0")
     for not_an_id in ("/abs/org/name", "./org/name", "name", "a/b/c", "org--x/name", "org/..", "org/name@",
-                      "org/name@../../x", ""):
+                      "org/name@../../x", "", "org/name-", "org/-name", "org/name.", "org/caf\u00e9", "o/" + "n" * 97):
         assert hub_cache.repo_spec(not_an_id) is None, not_an_id
+    # The Hub's limit of 96 characters is on the namespace and on the name, each; a name may start
+    # with "_"; a pull request's ref is a revision.
+    long_id = "some-org/" + "n" * 96
+    for spec, expected in ((long_id, (long_id, "main")), ("org/_name", ("org/_name", "main")),
+                           ("org/name@refs/pr/1", ("org/name", "refs/pr/1"))):
+        assert hub_cache.repo_spec(spec) == expected, spec
     for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -105,11 +111,12 @@ def test_repo_spec_and_the_cache_folder(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.parametrize("links", [True, False], ids=["blob-links", "plain-files"])
 def test_every_loader_takes_a_cached_repo_id(cache, model_files, tmp_path, links) -> None:
-    snapshot = add_snapshot(cache, "org/tiny", model_files, links=links, refs=("main", "v1"))
+    # refs/pr/1: a pull request's ref, as `hf download --revision refs/pr/1` keeps it (refs/refs/pr/1).
+    snapshot = add_snapshot(cache, "org/tiny", model_files, links=links, refs=("main", "v1", "refs/pr/1"))
     saved = load_plain(model_files, None, "test")
     wrapped = SuperThoughtsForCausalLM.from_base("org/tiny", pad_token_id=0)
     assert same_weights(wrapped.backbone, saved)
-    for spec in ("org/tiny", "org/tiny@v1", f"org/tiny@{COMMIT}"):
+    for spec in ("org/tiny", "org/tiny@v1", "org/tiny@refs/pr/1", f"org/tiny@{COMMIT}"):
         assert same_weights(load_model(spec), saved), spec
         assert same_weights(load_plain(spec, None, "test"), saved), spec
     assert load_tokenizer("org/tiny").get_vocab() == make_tokenizer().get_vocab()

@@ -21,12 +21,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# org/name as the Hub spells repo ids (huggingface_hub's validate_repo_id: letters, digits,
-# "-", "_", "." and no "--" or ".."), then an optional @revision (a branch, tag or commit). A
-# bare name ("gpt2") is left out: far more often it is a mistyped local folder than one of the
-# few old ids without an organisation.
-_REPO_SPEC = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w.][\w./-]*))?")
-_REPO_ID_MAX = 96  # the Hub's limit on a repo id's length
+# org/name as the Hub spells repo ids (huggingface_hub's validate_repo_id: each part ASCII letters,
+# digits, "-", "_", "." neither starting nor ending with "-" or ".", and no "--" or ".."), then
+# an optional @revision (a branch, tag or commit). A bare name ("gpt2") is left out: far more
+# often it is a mistyped local folder than one of the few old ids without an organisation.
+_REPO_PART = r"\w(?:[\w.-]*\w)?"
+_REPO_SPEC = re.compile(rf"(?P<repo>{_REPO_PART}/{_REPO_PART})(?:@(?P<revision>[\w.][\w./-]*))?", re.ASCII)
+_REPO_PART_MAX = 96  # the Hub's limit on the length of the namespace and of the name, each
 
 # What makes a snapshot loadable as a model besides config.json: one of these weight files (an
 # index with every shard it names).
@@ -43,7 +44,8 @@ def repo_spec(text: str | os.PathLike) -> tuple[str, str] | None:
         return None
     repo, revision = match["repo"], match["revision"] or "main"
     # ".." in a revision would name a file outside refs/ (huggingface_hub reads refs/<revision>).
-    if "--" in repo or ".." in repo or repo.endswith(".git") or len(repo) > _REPO_ID_MAX or ".." in revision:
+    if "--" in repo or ".." in repo or repo.endswith(".git") or \
+            any(len(part) > _REPO_PART_MAX for part in repo.split("/")) or ".." in revision:
         return None
     return repo, revision
 
