@@ -303,3 +303,24 @@ def test_eval_refuses_a_plain_cached_model_in_a_superthoughts_mode_before_it_loa
     assert "org/tiny is a plain model; use --mode standard" in capsys.readouterr().err
     assert cli.main([*argv, "--model", "org/absent", "--mode", "superthoughts"]) == 2
     assert "--model: 'org/absent' is not a local directory" in capsys.readouterr().err
+
+
+def test_eval_records_the_commit_it_loaded_when_a_download_moves_main_meanwhile(
+        cache, model_files, tmp_path, monkeypatch) -> None:
+    from superthoughts_ext import generate_cli
+    from superthoughts_ext.evaluation import summary_path
+
+    add_snapshot(cache, "org/tiny", model_files)
+    load_checkpoint = generate_cli.load_checkpoint
+
+    def load_then_download(*args):  # `hf download` on the login node, during the load
+        loaded = load_checkpoint(*args)
+        add_snapshot(cache, "org/tiny", model_files, commit=OTHER_COMMIT)
+        return loaded
+
+    monkeypatch.setattr(generate_cli, "load_checkpoint", load_then_download)
+    problems, records = tmp_path / "amc.jsonl", tmp_path / "run.jsonl"
+    problems.write_text(json.dumps({"id": 0, "problem": "what is 1 + 1", "answer": 2}) + "\n")
+    assert cli.main(["eval", "--model", "org/tiny", "--bench", "amc23", "--data", str(problems), "--mode", "standard",
+                     "--max-new-tokens", "2", "--device", "cpu", "--output", str(records), "--no-progress"]) == 0
+    assert json.loads(summary_path(records).read_text())["model"] == f"org/tiny@{COMMIT}"

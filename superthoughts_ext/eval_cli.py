@@ -342,6 +342,9 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
 
     from superthoughts_ext.generate_cli import load_checkpoint
 
+    # A cached repo id pinned to the commit it names now (org/name@<commit>): a download moving its
+    # branch while the weights load does not make the records name other weights than were decoded.
+    args.model = snapshot_name(args.model) or args.model
     started = False
     try:
         device = rank_device(args.device, ranks)
