@@ -175,6 +175,16 @@ def test_part_files_are_found_by_rank_beside_their_output(tmp_path):
                  "other.jsonl.rank0.part"]:
         (tmp_path / name).write_text("")
     assert [p.name for p in part_files(out)] == ["st.jsonl.rank2.part", "st.jsonl.rank10.part"]
+    assert part_files(tmp_path / "none" / "st.jsonl") == []
+
+
+def test_part_files_of_an_output_named_like_a_glob_pattern(tmp_path):
+    # Globbed, "st[1].jsonl.rank*.part" found st1.jsonl's part and not its own: the merge left the
+    # records in the parts and summarised none.
+    for name in ["st[1].jsonl.rank0.part", "st1.jsonl.rank1.part", "st*.jsonl.rank2.part"]:
+        (tmp_path / name).write_text("")
+    assert [p.name for p in part_files(tmp_path / "st[1].jsonl")] == ["st[1].jsonl.rank0.part"]
+    assert [p.name for p in part_files(tmp_path / "st*.jsonl")] == ["st*.jsonl.rank2.part"]
 
 
 def write_lines(path: Path, records: list[dict], torn: str = "") -> None:

@@ -90,7 +90,10 @@ def part_files(output_jsonl: str | Path) -> list[Path]:
     """The part files beside ``output_jsonl`` (of a run of any number of processes), by rank."""
     output = Path(output_jsonl)
     pattern = re.compile(re.escape(output.name) + r"\.rank(\d+)" + re.escape(PART_SUFFIX))
-    found = [(int(match.group(1)), path) for path in output.parent.glob(f"{output.name}.rank*{PART_SUFFIX}")
+    if not output.parent.is_dir():
+        return []
+    # Listed and matched, not globbed: an output named ``st[1].jsonl`` is no glob pattern.
+    found = [(int(match.group(1)), path) for path in output.parent.iterdir()
              if (match := pattern.fullmatch(path.name)) and path.is_file()]
     return [path for _, path in sorted(found)]
 
