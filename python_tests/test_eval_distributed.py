@@ -24,8 +24,8 @@ from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer,
 from test_train import free_port  # noqa: E402
 
 from superthoughts_ext.eval_cli import rank_device, run  # noqa: E402
-from superthoughts_ext.eval_ranks import (Ranks, gathered_records, part_files, part_path, rank_share,  # noqa: E402
-                                          ranks_from_env)
+from superthoughts_ext.eval_ranks import (Ranks, ReportedByAnotherRank, gathered_records, on_every_rank,  # noqa: E402
+                                          part_files, part_path, rank_share, ranks_from_env)
 from superthoughts_ext.evaluation import check_records_file, evaluate, summary_path  # noqa: E402
 from superthoughts_ext.run_info import output_lock  # noqa: E402
 
@@ -147,6 +147,20 @@ def test_a_lock_refused_to_rank_0_stops_every_rank(checkpoint, tmp_path):
     assert not out.exists() and part_files(out) == []
 
 
+def test_an_error_every_rank_meets_is_printed_once(checkpoint, tmp_path):
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"id": "long", "problem": "what is" + " 1 +" * 80 + " 1", "answer": "81"}) + "\n"
+                    + checkpoint["data"].read_text())
+    out = tmp_path / "st.jsonl"
+    proc = torchrun(eval_argv({**checkpoint, "data": data}, out), tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("prompt(s) longer than the model's context") == 1, proc.stderr[-4000:]
+    assert "superthoughts eval: error: evaluate: 1 prompt(s)" in proc.stderr and "(rank 1)" not in proc.stderr
+    # No records written; each rank's check that the output can be written may leave it empty
+    # (run_info.write_problem: one rank's probe file seen by the other as existing).
+    assert (not out.exists() or out.read_text() == "") and part_files(out) == []
+
+
 # ---------------------------------------------------------------- the pieces, one process
 
 
@@ -259,6 +273,36 @@ def test_readers_of_result_files_are_refused_under_torchrun(tmp_path, monkeypatc
         capsys.readouterr().err
     monkeypatch.setenv("RANK", "1")  # what every rank meets alike, rank 0 alone prints
     assert run(parse_cli(argv)) == 2 and capsys.readouterr().err == ""
+
+
+def test_on_every_rank_raises_an_error_where_it_is_printed_once(monkeypatch):
+    from superthoughts_ext import eval_ranks
+
+    def fail(message: str):
+        def work():
+            raise ValueError(message)
+        return work
+
+    def others(*errors):  # what the other ranks' work ended in, as gather brings it
+        monkeypatch.setattr(eval_ranks, "gather", lambda ranks, mine: [mine if e is ... else e for e in errors])
+
+    others(..., None)
+    assert on_every_rank(Ranks(0, 2, 0), lambda: 7) == 7
+    # Met alike by every rank: rank 0 raises it, the others stop quietly.
+    others(..., "ValueError: no model")
+    with pytest.raises(ValueError, match="no model"):
+        on_every_rank(Ranks(0, 2, 0), fail("no model"))
+    others("ValueError: no model", ...)
+    with pytest.raises(ReportedByAnotherRank):
+        on_every_rank(Ranks(1, 2, 1), fail("no model"))
+    # One rank's own error: raised there (printed, naming the rank); the others stop quietly.
+    others("ValueError: no model", ...)
+    with pytest.raises(ValueError, match="out of memory"):
+        on_every_rank(Ranks(1, 2, 1), fail("out of memory"))
+    others(None, ..., "RuntimeError: out of memory")
+    with pytest.raises(ReportedByAnotherRank, match="rank 2 stopped: RuntimeError: out of memory"):
+        on_every_rank(Ranks(1, 3, 1), lambda: 7)
+    assert on_every_rank(Ranks(), lambda: 7) == 7
 
 
 def test_each_rank_decodes_on_its_own_device():

@@ -23,8 +23,8 @@ from superthoughts_ext.cli import (HelpFormatter, TypedBooleanOptional, record_t
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
-from superthoughts_ext.eval_ranks import (MainRankFailed, OtherRankFailed, Ranks, close_process_group, ranks_from_env,
-                                          start_process_group)
+from superthoughts_ext.eval_ranks import (OtherRankFailed, Ranks, ReportedByAnotherRank, close_process_group,
+                                          on_every_rank, ranks_from_env, start_process_group)
 from superthoughts_ext.eval_sampling import check_sampling
 from superthoughts_ext.eval_table import TABLE_FORMATS
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
@@ -345,15 +345,19 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     # A cached repo id pinned to the commit it names now (org/name@<commit>): a download moving its
     # branch while the weights load does not make the records name other weights than were decoded.
     args.model = snapshot_name(args.model) or args.model
+    def load() -> tuple[Any, Any, str, str]:
+        model, tokenizer, device = load_checkpoint(args.model, rank_device(args.device, ranks), args.dtype,
+                                                   args.tokenizer)
+        return model, tokenizer, device, _decoding_mode(args, model)
+
     started = False
     try:
-        device = rank_device(args.device, ranks)
         started = start_process_group(ranks)
-        model, tokenizer, device = load_checkpoint(args.model, device, args.dtype, args.tokenizer)
-        mode = _decoding_mode(args, model)
+        # Under torchrun an error every rank meets alike (no checkpoint there) is printed once.
+        model, tokenizer, device, mode = on_every_rank(ranks, load)
         # A ValueError from evaluate: e.g. --resume on a file of other settings.
         return _evaluate_each_threshold(args, model, tokenizer, device, problems, mode, ranks)
-    except MainRankFailed:  # rank 0 printed it
+    except ReportedByAnotherRank:  # the rank that met the error printed it
         return 2
     except (WriteFailed, OtherRankFailed) as error:  # a full disk mid-run, or a rank gone: resume once fixed
         return _error(f"{error}{resume_hint('eval', args)}", ranks, every_rank=True)

@@ -76,7 +76,11 @@ class OtherRankFailed(Exception):
     """Another process of the run stopped (an error, or it is gone): this one stops too."""
 
 
-class MainRankFailed(OtherRankFailed):
+class ReportedByAnotherRank(OtherRankFailed):
+    """Another rank's error, which that rank prints, stops this one too: this one stops quietly."""
+
+
+class MainRankFailed(ReportedByAnotherRank):
     """Rank 0's error, relayed to the other ranks; rank 0 reports it, the others need not."""
 
 
@@ -233,6 +237,28 @@ def from_main(ranks: Ranks, work: Callable[[], T]) -> T:
     succeeded, value = outcome[0]
     if not succeeded:
         raise MainRankFailed(f"rank 0 stopped: {value}")
+    return value
+
+
+def on_every_rank(ranks: Ranks, work: Callable[[], T]) -> T:
+    """``work()`` on every rank, which all go on only where it succeeded on all. An error every
+    rank met alike (a prompt longer than the model's context, a checkpoint that is no model) is
+    raised on rank 0 and quietly (`ReportedByAnotherRank`) on the others, so that it is printed
+    once, not once per rank; an error of one rank's own (its GPU) is raised on that rank, and
+    stops the others quietly. One process alone: just ``work()``."""
+    if not ranks.distributed:
+        return work()
+    value: Any = None
+    failure: Exception | None = None
+    try:
+        value = work()
+    except Exception as error:  # noqa: BLE001 - compared with the other ranks', then raised again below
+        failure = error
+    errors = gather(ranks, None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None and (ranks.main or errors[ranks.rank] != errors[0]):
+        raise failure
+    if failed := [rank for rank, error in enumerate(errors) if error is not None]:
+        raise ReportedByAnotherRank(f"rank {failed[0]} stopped: {errors[failed[0]]}")
     return value
 
 

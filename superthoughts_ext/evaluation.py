@@ -26,8 +26,8 @@ from superthoughts_ext.eval_compare import compare, compare_runs, format_compari
 from superthoughts_ext.eval_data import (BENCHES, SYSTEM_PROMPT, Problem, build_prompt, check_limit, get_bench,
                                          load_problems)
 from superthoughts_ext.eval_files import summary_conflict, summary_path
-from superthoughts_ext.eval_ranks import (Ranks, check_process_group, from_main, gather, merge_parts, part_files,
-                                          rank_share, records_file_of_rank, remove_parts, take_up_records)
+from superthoughts_ext.eval_ranks import (Ranks, check_process_group, from_main, gather, merge_parts, on_every_rank,
+                                          part_files, rank_share, records_file_of_rank, remove_parts, take_up_records)
 from superthoughts_ext.eval_records import (EvalSummary, format_summary, grade_output, record_line, summarize,
                                             write_summary)
 from superthoughts_ext.eval_sampling import Sampling, check_sampling, record_key, sample_seed
@@ -387,14 +387,18 @@ def evaluate(
     # records with these. A lock rank 0 is refused stops the other ranks too.
     with contextlib.ExitStack() as held:
         from_main(ranks, lambda: held.enter_context(output_lock(output_jsonl, "evaluate")))
-        problems = _problems_to_evaluate(rows, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                         limit=limit, output_jsonl=output_jsonl, resume=resume, overwrite=overwrite)
-        generate_fn = generate_fn or _default_generate()
-
         started = time.perf_counter()
-        run = _prepare_run(model, tokenizer, generate_fn, bench, problems, mode=mode, threshold=threshold,
-                           max_new_tokens=max_new_tokens, compile=compile, system_prompt=system_prompt,
-                           metadata=metadata, sampling=sampling)
+
+        def prepare() -> _Run:  # every rank's; a prompt longer than the context, met by all, is printed once
+            problems = _problems_to_evaluate(rows, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                             limit=limit, output_jsonl=output_jsonl, resume=resume,
+                                             overwrite=overwrite)
+            return _prepare_run(model, tokenizer, generate_fn or _default_generate(), bench, problems, mode=mode,
+                                threshold=threshold, max_new_tokens=max_new_tokens, compile=compile,
+                                system_prompt=system_prompt, metadata=metadata, sampling=sampling)
+
+        run = on_every_rank(ranks, prepare)
+        problems = run.problems
         kept: list[dict[str, Any]] = []  # rank 0's: the records of the earlier run a resume continues
 
         def take_up_earlier_records() -> set[tuple[str, int]]:
