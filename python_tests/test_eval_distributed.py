@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,23 @@ def test_on_every_rank_raises_an_error_where_it_is_printed_once(monkeypatch):
     with pytest.raises(ReportedByAnotherRank, match="rank 2 stopped: RuntimeError: out of memory"):
         on_every_rank(Ranks(1, 3, 1), lambda: 7)
     assert on_every_rank(Ranks(), lambda: 7) == 7
+
+
+def test_only_rank_0_warns_of_the_data(checkpoint, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "repeats.jsonl"
+    data.write_text(checkpoint["data"].read_text() + json.dumps({"id": "q1", "problem": "what is 9 + 9",
+                                                                  "answer": "18"}) + "\n")
+    argv = eval_argv({**checkpoint, "data": data}, tmp_path / "st.jsonl")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):  # each rank stops where it would join the others
+        monkeypatch.delenv(name, raising=False)
+    for rank, warned in [("0", True), ("1", False)]:
+        monkeypatch.setenv("RANK", rank)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert run(parse_cli(argv)) == 2
+        assert any("the 'id' column repeats ['q1']" in str(w.message) for w in caught) == warned
+        assert "MASTER_ADDR and MASTER_PORT unset" in capsys.readouterr().err
 
 
 def test_each_rank_decodes_on_its_own_device():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -310,7 +311,11 @@ def run(args: argparse.Namespace) -> int:
         ranks = ranks_from_env()
     except ValueError as error:
         return _error(error)
-    with transformers_progress_bars(not args.no_progress and ranks.main):
+    with transformers_progress_bars(not args.no_progress and ranks.main), warnings.catch_warnings():
+        if not ranks.main:
+            # Rank 0 warns for all of the data and model every rank reads (skipped rows came N times);
+            # evaluate gathers a share's own warnings (non-finite logits) to rank 0.
+            warnings.simplefilter("ignore")
         return _run(args, ranks)
 
 
