@@ -24,9 +24,9 @@ from test_eval_sampling import make_model  # noqa: E402
 from test_evaluation import PROBLEMS, fake_generate, fake_model, make_tokenizer, read_jsonl  # noqa: E402
 from test_train import free_port  # noqa: E402
 
-from superthoughts_ext.eval_cli import rank_device, run  # noqa: E402
+from superthoughts_ext.eval_cli import run  # noqa: E402
 from superthoughts_ext.eval_ranks import (Ranks, ReportedByAnotherRank, gathered_records, on_every_rank,  # noqa: E402
-                                          part_files, part_path, rank_share, ranks_from_env)
+                                          part_files, part_path, rank_device, rank_share, ranks_from_env)
 from superthoughts_ext.evaluation import check_records_file, evaluate, summary_path  # noqa: E402
 from superthoughts_ext.run_info import output_lock  # noqa: E402
 

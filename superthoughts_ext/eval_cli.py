@@ -19,13 +19,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from superthoughts_ext.cli import (HelpFormatter, TypedBooleanOptional, record_typed_options, resume_hint,
-                                   run_command, transformers_progress_bars, typed_options, utf8_text)
+from superthoughts_ext.cli import (TypedBooleanOptional, module_main, record_typed_options, resume_hint,
+                                   transformers_progress_bars, typed_options, utf8_text)
 from superthoughts_ext.eval_compare import (compare_runs, format_comparison, format_runs, plot_tradeoff, record_suffix,
                                             run_name, threshold_label)
 from superthoughts_ext.eval_data import BENCHES, SYSTEM_PROMPT, Problem, load_problems
 from superthoughts_ext.eval_ranks import (OtherRankFailed, Ranks, ReportedByAnotherRank, close_process_group,
-                                          on_every_rank, ranks_from_env, start_process_group)
+                                          on_every_rank, rank_device, ranks_from_env, start_process_group)
 from superthoughts_ext.eval_sampling import check_sampling
 from superthoughts_ext.eval_table import TABLE_FORMATS
 from superthoughts_ext.evaluation import MODES, check_records_file, evaluate, format_summary, summary_path
@@ -350,6 +350,7 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     # A cached repo id pinned to the commit it names now (org/name@<commit>): a download moving its
     # branch while the weights load does not make the records name other weights than were decoded.
     args.model = snapshot_name(args.model) or args.model
+
     def load() -> tuple[Any, Any, str, str]:
         model, tokenizer, device = load_checkpoint(args.model, rank_device(args.device, ranks), args.dtype,
                                                    args.tokenizer)
@@ -371,31 +372,6 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     finally:
         if started:
             close_process_group()
-
-
-def rank_device(device: str | None, ranks: Ranks) -> str | None:
-    """--device of this process. Under torchrun each rank decodes on its own GPU, cuda:LOCAL_RANK
-    (also made the current device: CUDA graphs capture on the current device's stream), where
-    --device is cuda or left out on a machine with CUDA; --device cpu stays. ValueError for one
-    GPU named (every rank would load the model onto it) or more ranks on this node than GPUs."""
-    if not ranks.distributed:
-        return device
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and device != "cuda":
-        raise ValueError(f"--device {device}: under torchrun each process decodes on its own GPU, cuda:LOCAL_RANK; "
-                         "give --device cuda or leave it out (CUDA_VISIBLE_DEVICES picks the GPUs)")
-    if device != "cuda":
-        return device
-    if not torch.cuda.is_available():
-        raise ValueError("--device cuda: this torch has no CUDA device (torch.cuda.is_available() is False)")
-    if ranks.local_rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK={ranks.local_rank}, but this node has {torch.cuda.device_count()} GPU(s): "
-                         "give torchrun --nproc_per_node at most that many")
-    torch.cuda.set_device(ranks.local_rank)
-    return f"cuda:{ranks.local_rank}"
 
 
 def weights_dtype(model: Any) -> str | None:
@@ -448,10 +424,7 @@ def sweep_output(output: str | Path, threshold: float) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.eval_cli ...`: ``superthoughts eval`` with its arguments, the
     module torchrun runs (``torchrun --nproc_per_node N -m superthoughts_ext.eval_cli ...``)."""
-    parser = argparse.ArgumentParser(prog="superthoughts eval", description=(__doc__ or "").partition("\n")[0],
-                                     formatter_class=HelpFormatter)
-    add_arguments(parser)
-    return run_command("eval", parser.parse_args(argv), run)
+    return module_main("eval", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

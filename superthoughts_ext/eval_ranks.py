@@ -271,3 +271,28 @@ def gather(ranks: Ranks, value: T) -> list[T]:
     values: list[Any] = [None] * ranks.world_size
     _collective(dist.all_gather_object, values, value)
     return values
+
+
+def rank_device(device: str | None, ranks: Ranks) -> str | None:
+    """--device of this process. Under torchrun each rank decodes on its own GPU, cuda:LOCAL_RANK
+    (also made the current device: CUDA graphs capture on the current device's stream), where
+    --device is cuda or left out on a machine with CUDA; --device cpu stays. ValueError for one
+    GPU named (every rank would load the model onto it) or more ranks on this node than GPUs."""
+    if not ranks.distributed:
+        return device
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and device != "cuda":
+        raise ValueError(f"--device {device}: under torchrun each process decodes on its own GPU, cuda:LOCAL_RANK; "
+                         "give --device cuda or leave it out (CUDA_VISIBLE_DEVICES picks the GPUs)")
+    if device != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch has no CUDA device (torch.cuda.is_available() is False)")
+    if ranks.local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK={ranks.local_rank}, but this node has {torch.cuda.device_count()} GPU(s): "
+                         "give torchrun --nproc_per_node at most that many")
+    torch.cuda.set_device(ranks.local_rank)
+    return f"cuda:{ranks.local_rank}"

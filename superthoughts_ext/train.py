@@ -55,8 +55,7 @@ from torch import nn
 from superthoughts_ext import (data_files, train_data, train_finished, train_precision, train_resume,
                                train_run_settings, train_utils)
 from superthoughts_ext.checkpoint import read_model_dir
-from superthoughts_ext.cli import (HelpFormatter, resume_hint, run_command, stderr_line, transformers_progress_bars,
-                                   utf8_text)
+from superthoughts_ext.cli import module_main, resume_hint, stderr_line, transformers_progress_bars, utf8_text
 from superthoughts_ext.file_writes import WriteFailed
 from superthoughts_ext.hub_cache import snapshot_name
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
@@ -433,10 +432,7 @@ def close_process_group() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.train ...` (what torchrun and accelerate launch run)."""
-    parser = argparse.ArgumentParser(prog="superthoughts train", description=(__doc__ or "").partition("\n")[0],
-                                     formatter_class=HelpFormatter)
-    add_arguments(parser)
-    return run_command("train", parser.parse_args(argv), run)
+    return module_main("train", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
