@@ -88,3 +88,40 @@ def test_a_records_folder_that_is_a_symlink_is_locked_where_it_lies(tmp_path: Pa
         with pytest.raises(ValueError, match="is being written by pid"):
             with run_info.output_lock(tmp_path / "disk" / "st.jsonl", "eval"):
                 pass
+
+
+def test_processes_probing_one_output_at_once_leave_no_file_and_see_no_other_kind(tmp_path: Path) -> None:
+    # The ranks of a torchrun job check at once that the output can be written. A probe that saw
+    # no file, then opened one another probe had made and removed again, left an empty file (8
+    # of 200 races of 4 threads); one that saw a file and found it gone when it looked at its kind
+    # said the output "is not a regular file".
+    import threading
+
+    problems, left = [], 0
+    for trial in range(100):
+        path = tmp_path / f"run{trial}" / "st.jsonl"
+        start = threading.Barrier(4)
+
+        def probe() -> None:
+            start.wait()
+            problems.append(run_info.write_problem(path, replaced=True))
+
+        threads = [threading.Thread(target=probe) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        left += path.exists()
+    assert (left, [problem for problem in problems if problem is not None]) == (0, [])
+
+
+def test_a_probe_leaves_a_file_that_was_there_and_refuses_what_is_not_a_file(tmp_path: Path) -> None:
+    records = tmp_path / "st.jsonl"
+    records.write_text("kept\n")
+    assert run_info.write_problem(records) is None and records.read_text() == "kept\n"
+    assert run_info.write_problem(tmp_path) == f"{tmp_path} is not a regular file"
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    assert run_info.write_problem(fifo) == f"{fifo} is not a regular file"
+    new = tmp_path / "new" / "st.jsonl"
+    assert run_info.write_problem(new) is None and not new.exists()

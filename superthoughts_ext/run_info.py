@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import platform
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -101,17 +102,15 @@ def write_problem(path: Path, *, replaced: bool = False) -> str | None:
     folder = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
-    if path.exists() and not path.is_file():  # a directory, or a FIFO that open() would wait on
-        return f"{path} is not a regular file"
-    existed = path.exists()
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a directory, or a FIFO that open() would wait on
+            return f"{path} is not a regular file"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
-            pass
+        if _opens_for_appending(path):
+            path.unlink(missing_ok=True)
     except OSError as error:
-        return f"{error.strerror} ({error.filename})"
-    if not existed:
-        path.unlink(missing_ok=True)  # several processes may probe one path (train's ranks)
+        return f"{error.strerror} ({error.filename or path})"
     if replaced:
         try:
             fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".write-check")
@@ -120,6 +119,24 @@ def write_problem(path: Path, *, replaced: bool = False) -> str | None:
         os.close(fd)
         os.unlink(probe)
     return None
+
+
+def _opens_for_appending(path: Path) -> bool:
+    """Opens `path` for appending and closes it; whether this made the file (the caller removes
+    it). Several processes probe one path at once (the ranks of a torchrun job): a probe that saw
+    no file and then opened another's, which that one removed, left an empty file; one that saw a
+    file that was gone when it looked at its kind called the output "not a regular file". Only a
+    file this call made (O_EXCL) is its to remove, and a file gone between the two opens was
+    another probe's, in a folder that takes new files."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        pass
+    with contextlib.suppress(FileNotFoundError):
+        # O_NONBLOCK: a FIFO put there meanwhile fails (ENXIO) rather than waiting for a reader.
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+    return False
 
 
 def _refuse_symlinked_lock(lock_path: Path, target: str | os.PathLike, command: str) -> None:
