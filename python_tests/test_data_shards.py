@@ -221,3 +221,33 @@ def test_a_run_trains_on_a_folder_of_shards_as_on_its_rows(tmp_path: Path) -> No
         assert (result.num_examples, result.num_eval_examples) == (len(SUM_ROWS), 4)
         losses.append([(e.get("loss"), e.get("eval_loss")) for e in result.log_history])
     assert losses[0] == losses[1]
+
+
+def test_under_torchrun_one_process_a_machine_warns_of_the_data(tmp_path: Path, monkeypatch, capsys) -> None:
+    # Every process reads the same files: eight GPUs printed each data warning eight times.
+    import torch.distributed as dist
+    from test_train import free_port, make_model, make_tokenizer
+
+    make_tokenizer().save_pretrained(tmp_path / "m")
+    make_model("llama", len(make_tokenizer())).save_pretrained(tmp_path / "m")
+    data = write_jsonl(tmp_path / "d.jsonl", [*ROWS, {"problem": "what"}])  # no solution: the run stops there
+    argv = ["train", "--model", str(tmp_path / "m"), "--data", str(data), "--eval-data", str(data),
+            "--output", str(tmp_path / "o")]
+
+    def warned() -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                assert cli.main(argv) == 2
+            finally:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+        assert "d.jsonl:6: no field 'solution'" in capsys.readouterr().err  # the error, on every process
+        return any("its eval_loss scores rows the model trains on" in str(w.message) for w in caught)
+
+    assert warned()
+    # The second process of a machine (in a group of one here, so that it runs alone in this test).
+    for name, value in {"LOCAL_RANK": "1", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    assert not warned()

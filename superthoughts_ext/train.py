@@ -46,6 +46,7 @@ import os
 import re
 import sys
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,7 +397,9 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `superthoughts train`; returns the process exit code."""
     try:
         options = options_from_args(args)
-        with transformers_progress_bars(_bars_shown_here(options)):
+        with transformers_progress_bars(_bars_shown_here(options)), warnings.catch_warnings():
+            if int(os.environ.get("LOCAL_RANK", "0")) != 0:  # one process a machine warns, as it draws the bars
+                warnings.simplefilter("ignore")
             result = train(options)
     except (StoppedAtCheckpoint, StoppedAfterTheFinalSave):
         close_process_group()  # every process stopped at the same point: they can leave together
