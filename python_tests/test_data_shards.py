@@ -224,7 +224,7 @@ def test_a_run_trains_on_a_folder_of_shards_as_on_its_rows(tmp_path: Path) -> No
 
 
 def test_under_torchrun_one_process_a_machine_warns_of_the_data(tmp_path: Path, monkeypatch, capsys) -> None:
-    # Every process reads the same files: eight GPUs printed each data warning eight times.
+    # Every process reads the same files, so each data warning came once per process.
     import torch.distributed as dist
     from test_train import free_port, make_model, make_tokenizer
 
