@@ -128,11 +128,12 @@ def _opens_for_appending(path: Path) -> bool:
     file that was gone when it looked at its kind called the output "not a regular file". Only a
     file this call made (O_EXCL) is its to remove, and a file gone between the two opens was
     another probe's, in a folder that takes new files."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL))
-        return True
-    except FileExistsError:
-        pass
+    if not path.exists():  # a file there is opened, not created: its folder may take no new ones
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL))
+            return True
+        except FileExistsError:
+            pass
     with contextlib.suppress(FileNotFoundError):
         # O_NONBLOCK: a FIFO put there meanwhile fails (ENXIO) rather than waiting for a reader.
         os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
