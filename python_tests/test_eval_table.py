@@ -142,6 +142,11 @@ def test_a_bench_with_the_baseline_alone_and_problems_not_in_every_file(tmp_path
     assert f"math500: left out (not in every file of the bench): {runs['math-sft']}: 1" in format_markdown(table)
 
 
+def test_a_table_of_one_bench_says_its_average_is_over_1_bench(runs: dict[str, Path]) -> None:
+    table = build_table([runs["math-sft"], runs["math-st"]])
+    assert format_markdown(table).splitlines()[-1] == "avg: mean over the 1 bench"
+
+
 def test_ambiguous_or_missing_baselines_and_labels_are_refused(tmp_path: Path, runs: dict[str, Path]) -> None:
     other = write_run(tmp_path / "math500" / "base.jsonl", "math500", "/ckpt/base", "standard",
                       greedy([True] * 4, [100] * 4))

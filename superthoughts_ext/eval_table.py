@@ -261,7 +261,8 @@ def table_notes(table: Table) -> list[str]:
               + ", ".join(f"{path}: {count}" for path, count in column.left_out.items())
               for column in table.benches if column.left_out]
     partial = [f"{method} (no {', '.join(table.missing(method))})" for method in table.methods if table.missing(method)]
-    notes.append(f"avg: mean over the {len(table.benches)} benches"
+    benches = f"{len(table.benches)} bench{'' if len(table.benches) == 1 else 'es'}"
+    notes.append(f"avg: mean over the {benches}"
                  + (f"; empty for methods without a run on every bench: {'; '.join(partial)}" if partial else ""))
     if any(table.average_accuracy_std(method) is not None for method in table.methods):
         notes.append("avg acc ± = sqrt(sum of the benches' std^2) / the number of benches (benches sampled "
