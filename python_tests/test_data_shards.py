@@ -17,6 +17,7 @@ pytest.importorskip("transformers")
 from test_data_jsonl import word_tokenizer, write_jsonl  # noqa: E402
 
 from superthoughts_ext import cli, train_data  # noqa: E402
+from superthoughts_ext.data_files import data_files  # noqa: E402
 from superthoughts_ext.train import options_from_args  # noqa: E402
 from superthoughts_ext.train_run_settings import data_digest  # noqa: E402
 from superthoughts_ext.train_utils import check_vocab  # noqa: E402
@@ -138,8 +139,11 @@ def test_a_folder_holding_several_splits_is_refused(tmp_path: Path) -> None:
         write_jsonl(tmp_path / f"{split}-00000-of-00001.jsonl", ROWS)
     with pytest.raises(ValueError, match=rf"train: data directory '{tmp_path}' holds the shards of several splits: "
                                          r"test \(1 file\(s\)\), train \(1 file\(s\)\); pass the files of one, e\.g\. "
-                                         r".*/test-\*\.jsonl"):
+                                         r".*/train-\*\.jsonl"):  # not test-*, first in name order
         load(tmp_path)
+    # Held-out data is pointed at the held-out split.
+    with pytest.raises(ValueError, match=r"train: eval data directory .* e\.g\. .*/test-\*\.jsonl"):
+        data_files(tmp_path, name="eval data")
     # Named one by one, a split's files are read.
     assert len(load(sorted(tmp_path.glob("train-*")))) == len(ROWS)
 

@@ -29,6 +29,9 @@ from superthoughts_ext import parquet_rows
 DATA_SUFFIXES = (".jsonl", ".parquet")
 # Hugging Face's shard names: {split}-{index:05d}-of-{count:05d}.{suffix}.
 _SHARD = re.compile(r"(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.[a-z]+")
+# The splits a folder's error suggests, by what the files are read for: never a test split as
+# training data, as the first name in sorted order ("test" before "train") would be.
+_SUGGESTED_SPLITS = {"data": ("train",), "eval data": ("validation", "valid", "val", "dev", "test")}
 # What `datasets.save_to_disk` leaves in a folder (Arrow files and their metadata).
 _SAVE_TO_DISK = ("state.json", "dataset_info.json")
 
@@ -87,7 +90,7 @@ def directory_files(directory: Path, *, name: str = "data") -> list[Path]:
         hint = f"; its subfolder {inner[0].name!r} holds some: pass that" if inner else ""
         held = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "") if names else "nothing"
         raise ValueError(f"{where} holds no {' or '.join(DATA_SUFFIXES)} file (it holds {held}){hint}")
-    _check_shards(files, where)
+    _check_shards(files, where, name)
     return files
 
 
@@ -96,17 +99,19 @@ def _data_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in DATA_SUFFIXES
 
 
-def _check_shards(files: list[Path], where: str) -> None:
-    """Refuses the shards of several splits, and a split whose shards are not all there."""
+def _check_shards(files: list[Path], where: str, name: str) -> None:
+    """Refuses the shards of several splits (suggesting the split that fits `name`: train for
+    "data"), and a split whose shards are not all there."""
     splits: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for path in files:
         if (match := _SHARD.fullmatch(path.name)) is not None:
             splits[match["split"]].append((int(match["index"]), int(match["count"])))
     if len(splits) > 1:
         counts = ", ".join(f"{split} ({len(shards)} file(s))" for split, shards in sorted(splits.items()))
-        first = sorted(splits)[0]
+        fitting = [split for split in _SUGGESTED_SPLITS.get(name, ()) if split in splits]
+        suggested = fitting[0] if fitting else sorted(splits)[0]
         raise ValueError(f"{where} holds the shards of several splits: {counts}; pass the files of one, e.g. "
-                         f"{os.fspath(files[0].parent / first)}-*{files[0].suffix}")
+                         f"{os.fspath(files[0].parent / suggested)}-*{files[0].suffix}")
     for split, shards in splits.items():
         count = max(total for _, total in shards)
         missing = sorted(set(range(count)) - {index for index, _ in shards})
