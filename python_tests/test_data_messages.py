@@ -6,6 +6,7 @@ step of a real run on parquet rows of messages with held-out rows of them.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,11 @@ def test_a_system_turn_is_taken_only_when_it_is_the_runs_system_prompt(tmp_path:
     with pytest.raises(ValueError, match=r"m\.jsonl:2: messages\[0\] is the system turn 'two', and the run's "
                                          r"--system-prompt is 'what is': .*pass this text as --system-prompt"):
         load(other)
+    # Both texts whole and quoted (the default prompt is 70 characters), a long one cut with "...".
+    default = "Please reason step by step, and put your final answer within \\boxed{}."
+    with pytest.raises(ValueError, match=r"system turn 'z+'\.\.\., and the run's --system-prompt is "
+                                         + re.escape(repr(default)) + ":"):
+        load(as_messages(ROWS, system="z" * 100), system_prompt=default)
     # --template-system-prompt: the template writes its default, which no row can be said to match.
     with pytest.raises(ValueError, match=r"row 1: messages\[0\] is the system turn 'what is', and the run sends "
                                          r"none of its own \(--template-system-prompt\)"):

@@ -69,7 +69,13 @@ def _check_system_turn(text: str, *, at: str, field: str, system_prompt: str | N
     if system_prompt is not None and text.strip() == system_prompt.strip():
         return
     ours = ("the run sends none of its own (--template-system-prompt)" if system_prompt is None
-            else f"the run's --system-prompt is {system_prompt!r:.70}")
-    raise ValueError(f"{at}: {field}[0] is the system turn {text!r:.70}, and {ours}: prompts are built with the run's "
+            else f"the run's --system-prompt is {_shown(system_prompt)}")
+    raise ValueError(f"{at}: {field}[0] is the system turn {_shown(text)}, and {ours}: prompts are built with the run's "
                      "system prompt, the one evaluation sends; pass this text as --system-prompt (and to "
                      "`superthoughts eval`), or remove the system turns from the data")
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` quoted, its start alone with "..." past `limit` characters: a repr cut short lost its
+    closing quote, and the default prompt's "\\boxed{}." read as "\\boxed{"."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}..."
