@@ -51,6 +51,7 @@ OTHER_TOOLS_FLAGS: dict[str, str] = {
     "--nproc_per_node": "torchrun",
     "--num_processes": "accelerate launch",
     "--multi_gpu": "accelerate launch",
+    "--mixed_precision": "accelerate launch",
     "--use_fsdp": "accelerate launch",
     "--fsdp_version": "accelerate launch",
     "--fsdp_auto_wrap_policy": "accelerate launch",
