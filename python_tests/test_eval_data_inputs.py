@@ -101,6 +101,11 @@ def test_non_utf8_data_names_the_file_and_line(tmp_path: Path, name: str) -> Non
 def test_data_directory_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"is a directory .*Dataset\.to_json\(path\)"):
         load_problems("math500", tmp_path)
+    # A hub dataset's data/ folder: the split's file is named, not a save_to_disk folder guessed.
+    (tmp_path / "test-00000-of-00001.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match=r"is a directory, holding test-00000-of-00001\.parquet; --data takes one "
+                                         r"file .*: pass it, e\.g\. .*/test-00000-of-00001\.parquet$"):
+        load_problems("math500", tmp_path)
 
 
 def test_a_chat_template_refusing_the_system_message_is_named() -> None:

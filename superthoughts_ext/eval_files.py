@@ -118,6 +118,19 @@ def read_records_text(path: str | Path) -> str:
     return _read_text(path, raw)
 
 
+def _directory_error(path: Path) -> str:
+    """What --data naming a directory gets: the data files in it, where it holds some (a hub
+    dataset's data/ folder of one-file splits), else a guess at what it is."""
+    files = sorted(entry.name for entry in path.iterdir() if entry.is_file() and not entry.name.startswith(".")
+                   and entry.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"))
+    if files:
+        shown = ", ".join(files[:4]) + (", ..." if len(files) > 4 else "")
+        return (f"benchmark data {path} is a directory, holding {shown}; --data takes one file (a bench's split is "
+                f"one file on the hub): pass it, e.g. {path / files[0]}")
+    return (f"benchmark data {path} is a directory (a `datasets` save_to_disk folder?); --data takes one .jsonl, "
+            ".json, .csv or .parquet file: write one with `Dataset.to_parquet(path)` or `Dataset.to_json(path)` (JSONL)")
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a local ``.jsonl``, ``.json`` (a list of objects, or JSON Lines) or ``.csv``
     file in UTF-8 (see `_read_text`), or of a parquet file, known by its ``.parquet`` suffix or its
@@ -126,9 +139,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     read whole, a record batch at a time."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"benchmark data {path} is a directory (a `datasets` save_to_disk folder?); --data takes "
-                         "one .jsonl, .json, .csv or .parquet file: write one with `Dataset.to_parquet(path)` or "
-                         "`Dataset.to_json(path)` (JSONL)")
+        raise ValueError(_directory_error(path))
     if not path.is_file():
         raise FileNotFoundError(f"benchmark data file not found: {path}")
     suffix = path.suffix.lower()
