@@ -82,8 +82,8 @@ def test_resume_auto_leaves_a_symlinked_cut_off_checkpoint_and_what_it_names_alo
 @pytest.mark.parametrize("save_steps", [0, 2])
 def test_resume_auto_on_the_same_run_finished_ends_at_once(base_dirs, tmp_path, capsys, save_steps):
     # A job requeued after its run finished, or a script that runs the command until it exits 0:
-    # refused as by --resume (nothing left to train; without checkpoints a trained model in the
-    # way), exit status 2, the job ended as failed.
+    # refused as by --resume (other settings named, else nothing left to train; without checkpoints
+    # a trained model in the way), exit status 2, the job ended as failed.
     out, other_data = tmp_path / "o", tmp_path / "other.jsonl"
     other_data.write_text(base_dirs["data"].read_text().replace("what is", "how much is"))
     argv = ["--model", str(base_dirs["qwen2"]), "--data", str(base_dirs["data"]), "--output", str(out),
@@ -108,6 +108,8 @@ def test_resume_auto_on_the_same_run_finished_ends_at_once(base_dirs, tmp_path, 
         expected = {0: "holds a trained model", 2: "nothing is left to train"}[save_steps]
         if flag == "--max-steps" and save_steps:
             expected = "is from a run of 2 steps, and this one has --max-steps 3"
+        elif flag == "--data" and save_steps:  # what differs is named before the steps left
+            expected = "was trained with --data "
         elif flag == "--resume" and not save_steps:
             expected = "no checkpoint-N folder"
         assert expected in capsys.readouterr().err, flag

@@ -83,6 +83,18 @@ def write_checkpoint(folder, *, state=None, settings=None, run_id=None, files=No
     return folder
 
 
+def test_a_finished_run_on_another_number_of_processes_is_told_its_global_batch(tmp_path):
+    # The command of a 2-process run that finished, requeued on one process: its last checkpoint
+    # is at --max-steps, but what differs is the global batch, which the error must name.
+    batch = "global batch (--batch-size x --grad-accum x processes)"
+    write_checkpoint(tmp_path / "o" / "checkpoint-12", state={"global_step": 12, "max_steps": 12},
+                     settings={batch: 8})
+    (tmp_path / "o" / "config.json").write_text("{}")  # the finished model
+    with pytest.raises(ValueError, match=r"was trained with global batch \(--batch-size x --grad-accum x "
+                                         r"processes\) 8 \(this run: 4\)"):
+        check_resume(tmp_path / "o", True, max_steps=12, settings={batch: 4})
+
+
 def test_the_last_checkpoint_is_the_highest_step_not_the_last_name(tmp_path):
     # "checkpoint-10" sorts before "checkpoint-9" as text: the folder given for a checkpoint must
     # be pointed at its step-10 one.

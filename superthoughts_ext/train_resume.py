@@ -73,11 +73,14 @@ def check_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool
     _check_complete(checkpoint)
     _check_checkpoint_kind(checkpoint, baseline, lora_r)
     _check_lora_settings(checkpoint, lora)
+    # Settings before the length: a finished run's command requeued on another number of GPUs
+    # reads as another run (--resume auto) and comes here; its global batch is what differs,
+    # not "nothing is left to train".
+    _check_optimizer(checkpoint, optimizer)
+    _check_settings(checkpoint, settings)
     check_run_length(checkpoint, max_steps, lr_scheduler, warmup_ratio)
     if not final_save_pending(checkpoint, output_dir, max_steps, num_epochs):
         check_steps_left(checkpoint, max_steps)
-    _check_optimizer(checkpoint, optimizer)
-    _check_settings(checkpoint, settings)
     return checkpoint
 
 
