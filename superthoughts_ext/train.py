@@ -96,9 +96,18 @@ def train(options: TrainOptions) -> TrainResult:
     # The main process holds it (torchrun's others write nothing of their own): a second run
     # into the same folder passed its checks before the first had saved anything, and the
     # two overwrote (and rotated away) each other's checkpoints.
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    with output_lock(options.output_dir if main_process else None, "train"):
+    with output_lock(options.output_dir if _main_process() else None, "train"):
         return _train(options)
+
+
+def _main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (or the one process of a plain run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _first_on_its_machine() -> bool:
+    """LOCAL_RANK 0: the process of each machine that draws bars and prints warnings."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def _train(options: TrainOptions) -> TrainResult:
@@ -120,7 +129,7 @@ def _train(options: TrainOptions) -> TrainResult:
             raise RunFinished(options.output_dir, finished_at)
         train_finished.check_moved_revision(options.output_dir, record)  # the same command, a newer download
     resume = train_resume.resolve_resume_if_any(options.output_dir, options.resume_from_checkpoint,
-                                                main_process=int(os.environ.get("RANK", "0")) == 0)
+                                                main_process=_main_process())
     options = dataclasses.replace(options, resume_from_checkpoint=resume)
     checkpoint = train_resume.check_resume(options.output_dir, options.resume_from_checkpoint,
                                            baseline=options.baseline, lora_r=options.lora_r,
@@ -253,7 +262,7 @@ def _bars_shown_here(options: TrainOptions) -> bool:
     """Whether this process draws the progress bars of tokenising and loading weights: one per
     machine, the first process of each (every process tokenises the whole file and loads the
     model; two ranks' bars in one log said everything twice)."""
-    return options.progress_bar and int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return options.progress_bar and _first_on_its_machine()
 
 
 def _fit_to_model(examples: train_data.Examples, tokenizer: Any, model: nn.Module, *, context: int | None,
@@ -398,14 +407,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         with transformers_progress_bars(_bars_shown_here(options)), warnings.catch_warnings():
-            if int(os.environ.get("LOCAL_RANK", "0")) != 0:  # one process a machine warns, as it draws the bars
+            if not _first_on_its_machine():  # one process a machine warns, as it draws the bars
                 warnings.simplefilter("ignore")
             result = train(options)
     except (StoppedAtCheckpoint, StoppedAfterTheFinalSave):
         close_process_group()  # every process stopped at the same point: they can leave together
         raise
     except RunFinished as finished:  # a requeued job whose run had finished: exit 0, as when it finished
-        if int(os.environ.get("RANK", "0")) == 0:
+        if _main_process():
             print(finished)
         close_process_group()
         return 0
@@ -415,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
         stderr_line(f"error: {exc}")
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _main_process():
         steps = f"{result.global_step} step{'' if result.global_step == 1 else 's'}"
         print(f"saved {result.output_dir} after {steps}: {result.metrics}")
     close_process_group()
