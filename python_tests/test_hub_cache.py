@@ -1,25 +1,22 @@
 """Hugging Face repo ids (org/name, org/name@revision) read from the local hub cache, with no
 network: `superthoughts_ext.hub_cache` and the commands and loaders that take a model directory.
 
-The cache is built by hand in tmp_path as huggingface_hub lays it out (models--org--name/refs/main
-holding the commit, snapshots/<commit>/ with the files, as links into blobs/ or as plain files)
-and HF_HUB_CACHE points at it. A tiny random Qwen2 model and test_train.py's word-level tokenizer;
+The cache is built by hand in tmp_path as huggingface_hub lays it out (hub_layout.py) and
+HF_HUB_CACHE points at it. A tiny random Qwen2 model and test_train.py's word-level tokenizer;
 every test runs with sockets refused, so a lookup that went online would fail here.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("transformers")
+from hub_layout import COMMIT, OTHER_COMMIT, add_snapshot, cache, no_network  # noqa: E402,F401 (fixtures)
 from test_train import FAST, ROWS, make_model, make_tokenizer  # noqa: E402
 
 from superthoughts_ext import cli, hub_cache  # noqa: E402
@@ -27,19 +24,6 @@ from superthoughts_ext.checkpoint import is_superthoughts_checkpoint, load_plain
 from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread", "no_network")
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a network connection was opened: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory) -> Path:
@@ -49,38 +33,6 @@ def model_files(tmp_path_factory) -> Path:
     make_model("qwen2", len(tokenizer) + 3).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """An empty hub cache that HF_HUB_CACHE names."""
-    folder = tmp_path / "hub"
-    folder.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(folder))
-    return folder
-
-
-def add_snapshot(cache: Path, repo_id: str, files: Path, commit: str = COMMIT, refs: tuple[str, ...] = ("main",),
-                 links: bool = True, only: tuple[str, ...] | None = None) -> Path:
-    """`files` (or the names in `only`) as snapshot `commit` of `repo_id`, which `refs` point at;
-    with `links`, as huggingface_hub writes them: blobs named by their hash and relative links."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for ref in refs:
-        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
-    for source in sorted(files.iterdir()):
-        if only is not None and source.name not in only:
-            continue
-        if links:
-            blob = repo / "blobs" / hashlib.sha256(source.read_bytes()).hexdigest()
-            blob.parent.mkdir(exist_ok=True)
-            shutil.copyfile(source, blob)
-            (snapshot / source.name).symlink_to(Path("..", "..", "blobs", blob.name))
-        else:
-            shutil.copyfile(source, snapshot / source.name)
-    return snapshot
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
