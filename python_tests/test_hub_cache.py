@@ -3,7 +3,8 @@ network: `superthoughts_ext.hub_cache` and the commands and loaders that take a 
 
 The cache is built by hand in tmp_path as huggingface_hub lays it out (hub_layout.py) and
 HF_HUB_CACHE points at it. A tiny random Qwen2 model and test_train.py's word-level tokenizer;
-every test runs with sockets refused, so a lookup that went online would fail here.
+every test runs with sockets refused, so a lookup that went online would fail here. The cache's
+layouts without a model to load (revisions, refs, the cache folder): test_hub_cache_layouts.py.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from superthoughts_ext.modeling import SuperThoughtsForCausalLM, load_model  # n
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread", "no_network")
 
+
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory) -> Path:
     """A tiny plain Qwen2 model and its tokenizer, as save_pretrained writes them."""
@@ -37,28 +39,6 @@ def model_files(tmp_path_factory) -> Path:
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
-
-
-def test_repo_spec_and_the_cache_folder(tmp_path, monkeypatch) -> None:
-    assert hub_cache.repo_spec("Qwen/Qwen2.5-Math-1.5B-Instruct") == ("Qwen/Qwen2.5-Math-1.5B-Instruct", "main")
-    assert hub_cache.repo_spec("org/name@v1.0") == ("org/name", "v1.0")
-    for not_an_id in ("/abs/org/name", "./org/name", "name", "a/b/c", "org--x/name", "org/..", "org/name@",
-                      "org/name@../../x", "", "org/name-", "org/-name", "org/name.", "org/caf\u00e9", "o/" + "n" * 97):
-        assert hub_cache.repo_spec(not_an_id) is None, not_an_id
-    # The Hub's limit of 96 characters is on the namespace and on the name, each; a name may start
-    # with "_"; a pull request's ref is a revision.
-    long_id = "some-org/" + "n" * 96
-    for spec, expected in ((long_id, (long_id, "main")), ("org/_name", ("org/_name", "main")),
-                           ("org/name@refs/pr/1", ("org/name", "refs/pr/1"))):
-        assert hub_cache.repo_spec(spec) == expected, spec
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert hub_cache.hub_cache_dir() == (tmp_path / ".cache" / "huggingface" / "hub", "the default")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # read when asked, not at import
-    assert hub_cache.hub_cache_dir() == (tmp_path / "hf" / "hub", "HF_HOME")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "c"))
-    assert hub_cache.hub_cache_dir() == (tmp_path / "c", "HF_HUB_CACHE")
 
 
 @pytest.mark.parametrize("links", [True, False], ids=["blob-links", "plain-files"])
@@ -175,8 +155,9 @@ def test_train_generate_and_eval_records_take_the_id(cache, model_files, tmp_pat
     assert isinstance(load_model(out), SuperThoughtsForCausalLM)
     record = json.loads((out / "finished_run.json").read_text())["run"]
     assert record["--model"] == f"org/tiny@{COMMIT}"
-    # The requeued command, given the id or its snapshot folder, finds its run finished.
-    for model in ("org/tiny", os.fspath(snapshot)):
+    # The requeued command, given the id, its snapshot folder or the id at the commit's 7 digits that
+    # `eval --table` shows, finds its run finished: the record keeps the whole commit.
+    for model in ("org/tiny", os.fspath(snapshot), f"org/tiny@{COMMIT[:7]}"):
         capsys.readouterr()
         assert cli.main(["train", *train_argv(model, data, out)]) == 0
         assert "the run is already finished" in capsys.readouterr().out, model
@@ -195,6 +176,9 @@ def test_train_generate_and_eval_records_take_the_id(cache, model_files, tmp_pat
     assert cli.main(argv) == 0
     assert json.loads(summary_path(records).read_text())["model"] == f"org/tiny@{COMMIT}"
     assert cli.main([*argv, "--resume"]) == 0, capsys.readouterr().err
+    argv[2] = f"org/tiny@{COMMIT[:7]}"
+    assert cli.main([*argv, "--overwrite"]) == 0, capsys.readouterr().err
+    assert json.loads(summary_path(records).read_text())["model"] == f"org/tiny@{COMMIT}"
 
     # Another download of the repo (refs/main moved): other weights, not the finished run; the
     # refusal names both commits and the id that finds the run (not only "holds a trained model").
@@ -210,6 +194,11 @@ def test_train_generate_and_eval_records_take_the_id(cache, model_files, tmp_pat
     assert "holds a trained model" in capsys.readouterr().err
     assert cli.main(["train", *train_argv("org/absent", data, tmp_path / "o2")]) == 2
     assert "train: --model: 'org/absent' is not a local directory" in capsys.readouterr().err
+    # 7 digits that start two snapshots' commits: one line naming both, before anything loads.
+    add_snapshot(cache, "org/tiny", model_files, commit=COMMIT[:7] + "f" * 33, refs=())
+    assert cli.main(["train", *train_argv(f"org/tiny@{COMMIT[:7]}", data, tmp_path / "o3")]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "names no single snapshot" in error and f"the commits {COMMIT}, {COMMIT[:7]}{'f' * 33}" in error
     args = argparse.Namespace(model="org/tiny", data=None)
     assert run_metadata(args, load_model("org/tiny"), "cpu")["model"] == f"org/tiny@{OTHER_COMMIT}"
 
