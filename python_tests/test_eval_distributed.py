@@ -60,13 +60,19 @@ def eval_argv(checkpoint: dict[str, Path], out: Path, *extra: str) -> list[str]:
             "--no-progress", "--output", str(out), *extra]
 
 
-def torchrun(argv: list[str], cwd: Path, script: Path | None = None) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node 2 -m superthoughts_ext.eval_cli ARGV`` (or ``script ARGV``) on the CPU."""
+def torchrun_command(argv: list[str], target: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``torchrun --nproc-per-node 2 -m superthoughts_ext.eval_cli
+    ARGV`` (or ``TARGET ARGV``, a script and its own arguments) on the CPU."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    target = [str(script)] if script else ["-m", "superthoughts_ext.eval_cli"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), *target, *argv]
+           "--master-port", str(free_port()), *(target or ["-m", "superthoughts_ext.eval_cli"]), *argv]
+    return cmd, env
+
+
+def torchrun(argv: list[str], cwd: Path, script: Path | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m superthoughts_ext.eval_cli ARGV`` (or ``script ARGV``) on the CPU."""
+    cmd, env = torchrun_command(argv, [str(script)] if script else None)
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
 
 
