@@ -38,7 +38,7 @@ NEWEST_STAMP := $(NEWEST_VENV)/.deps-installed-$(TRANSFORMERS_NEWEST)-$(ACCELERA
 TRANSFORMERS_TESTS := test_modeling.py test_modeling_checkpoint.py test_modeling_backbones.py test_layers.py test_attention.py \
 	test_generate.py test_generate_io.py test_generate_limits.py test_generate_edge_cases.py \
 	test_generate_cli.py test_generate_seeds.py test_mtp_next_token.py test_training_matches_decoding.py \
-	test_eval_cli.py test_eval_sampling.py test_eval_compile.py test_evaluation.py test_eval_resume.py test_eval_distributed.py \
+	test_eval_cli.py test_eval_sampling.py test_eval_compile.py test_evaluation.py test_eval_resume.py test_eval_distributed.py test_eval_meetings.py \
 	test_data_jsonl.py test_data_parquet.py test_data_messages.py test_data_shards.py \
 	test_train.py test_train_lora.py test_train_inputs.py test_train_rows.py \
 	test_train_resume.py test_train_resume_checks.py test_train_resume_auto.py test_train_preemption.py \

@@ -11,7 +11,9 @@ the ranks meet, and rank 0 merges the output's records and the parts into the ou
 order, writes the summary and removes the parts. A run cut off before that leaves the parts: a
 resume with any number of processes (one included) counts their records as done
 (`gathered_records`). The ranks talk over gloo: small Python objects only, which need no GPU
-memory and also run on a CPU-only machine (the tests).
+memory and also run on a CPU-only machine (the tests). Before each exchange they meet on the
+rendezvous store (`superthoughts_ext.eval_meetings`), where a rank waiting for the others still
+acts on Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -20,11 +22,11 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from superthoughts_ext.eval_data import Problem
+from superthoughts_ext.eval_meetings import MEET_TIMEOUT, Meetings, rendezvous
 from superthoughts_ext.eval_records import append_records, record_line, resumable_records, write_records
 from superthoughts_ext.eval_sampling import record_key, sample_of
 from superthoughts_ext.file_writes import replace_text, writing
@@ -32,10 +34,11 @@ from superthoughts_ext.file_writes import replace_text, writing
 T = TypeVar("T")
 
 PART_SUFFIX = ".part"
-# How long a rank waits for the others where they meet: at the end that is the slowest rank's
-# remaining decoding, which on a long sampled run can be hours. A rank that dies is not waited
-# for: torchrun stops the others, and gloo fails a collective whose peer has gone.
-MEET_TIMEOUT = timedelta(hours=24)
+# The meetings of the process group `start_process_group` started (None: one process alone, or a
+# group of the caller's own, whose collectives are entered at once as before). A rank that leaves
+# is not waited for: it says so on its way out (`close_process_group`), and where it is killed
+# outright torchrun stops the others.
+_meetings: Meetings | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,10 @@ def merge_parts(output_jsonl: str | Path, problems: Sequence[Problem], settings:
 def start_process_group(ranks: Ranks) -> bool:
     """Joins the other ranks (gloo, from torchrun's MASTER_ADDR / MASTER_PORT), unless one process
     runs alone or the group exists (a caller's own); whether it started one, which its caller
-    closes (`close_process_group`). ValueError where no launcher set the address."""
+    closes (`close_process_group`). ValueError where no launcher set the address; TimeoutError
+    where the others did not come (`eval_meetings.rendezvous`: a process not started by torchrun
+    gives up after FIRST_MEET_TIMEOUT)."""
+    global _meetings
     import torch.distributed as dist
 
     if not ranks.distributed or dist.is_initialized():
@@ -186,14 +192,24 @@ def start_process_group(ranks: Ranks) -> bool:
     if missing:
         raise ValueError(f"WORLD_SIZE={ranks.world_size} but {' and '.join(missing)} unset: launch the processes "
                          "with torchrun (torchrun --nproc_per_node N -m superthoughts_ext.eval_cli ...)")
-    dist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world_size, timeout=MEET_TIMEOUT)
+    store, meetings = rendezvous(ranks.world_size, ranks.rank)
+    # Every rank is there: gloo connects them at once. "default_pg" is the prefix torch's own
+    # rendezvous gives the group's keys.
+    dist.init_process_group("gloo", store=dist.PrefixStore("default_pg", store), rank=ranks.rank,
+                            world_size=ranks.world_size, timeout=MEET_TIMEOUT)
+    _meetings = meetings
     return True
 
 
 def close_process_group() -> None:
-    """Tears the group down (a no-op without one): left to interpreter teardown, gloo can abort."""
+    """Leaves the group and tears it down (a no-op without one): left to interpreter teardown,
+    gloo can abort. A rank still waiting for this one stops (`eval_meetings.Meetings.leave`)."""
+    global _meetings
     import torch.distributed as dist
 
+    if _meetings is not None:
+        _meetings.leave()
+        _meetings = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -208,8 +224,12 @@ def check_process_group(ranks: Ranks) -> None:
 
 
 def _collective(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """A collective of torch.distributed; a peer that left (killed, or an error of its own) makes
-    it fail, which comes out as `OtherRankFailed` rather than a traceback of gloo's."""
+    """A collective of torch.distributed, entered once every rank came to it (`Meetings.meet`:
+    blocked in gloo, a rank would run no signal handler while it waits); a peer that left
+    (killed, or an error of its own) makes it fail, which comes out as `OtherRankFailed` rather
+    than a traceback of gloo's."""
+    if _meetings is not None:
+        _meetings.meet()
     try:
         call(*args, **kwargs)
     except RuntimeError as error:  # gloo's DistBackendError, or a plain RuntimeError of its transport
