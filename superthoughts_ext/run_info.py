@@ -140,12 +140,16 @@ def _opens_for_appending(path: Path) -> bool:
     return False
 
 
+class LockRefused(ValueError):
+    """`output_lock`'s refusal: another process holds the lock, or its lock file is a symlink."""
+
+
 def _refuse_symlinked_lock(lock_path: Path, target: str | os.PathLike, command: str) -> None:
     """ValueError when `output_lock`'s lock file is a symlink (only that name: the folders above
     it are resolved, so a records folder linked elsewhere is locked where it lies)."""
     with contextlib.suppress(OSError):  # gone again, or not readable: open() says what it finds
         if lock_path.is_symlink():
-            raise ValueError(f"{command}: {lock_path}, the lock file of {os.fspath(target)!r}, is a symlink (to "
+            raise LockRefused(f"{command}: {lock_path}, the lock file of {os.fspath(target)!r}, is a symlink (to "
                              f"{os.readlink(lock_path)}); remove it")
 
 
@@ -154,7 +158,7 @@ def output_lock(target: str | os.PathLike | None, command: str) -> Iterator[None
     """Holds an exclusive lock on a hidden file beside `target` (None: nothing to lock) while a
     command writes it: two evaluations, or two training runs, with one output interleaved their
     records or checkpoints, and each checked the output before the other had written anything.
-    ValueError naming the holder when another process has it. The lock goes beside what a
+    `LockRefused` (a ValueError) naming the holder when another process has it. The lock goes beside what a
     symlink points to: a run given the link and one given its target write one file."""
     if target is None:
         yield
@@ -184,7 +188,7 @@ def output_lock(target: str | os.PathLike | None, command: str) -> Iterator[None
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise ValueError(f"{command}: {os.fspath(target)!r} is being written by {holder}; wait for it to finish "
+            raise LockRefused(f"{command}: {os.fspath(target)!r} is being written by {holder}; wait for it to finish "
                              "or choose another output") from None
         handle.seek(0)
         handle.truncate()
