@@ -42,7 +42,7 @@ TRANSFORMERS_TESTS := test_modeling.py test_modeling_checkpoint.py test_modeling
 	test_data_jsonl.py test_data_parquet.py test_data_messages.py test_data_shards.py \
 	test_train.py test_train_lora.py test_train_inputs.py test_train_rows.py \
 	test_train_resume.py test_train_resume_checks.py test_train_resume_auto.py test_train_preemption.py \
-	test_train_precision.py test_train_parallel.py test_train_fsdp.py test_train_checkpoints.py test_train_eval.py \
+	test_train_precision.py test_train_parallel.py test_train_ranks.py test_train_fsdp.py test_train_checkpoints.py test_train_eval.py \
 	test_export.py test_file_writes.py test_docs_python.py test_progress.py test_train_progress.py test_untrusted_files.py \
 	test_hub_cache.py test_hub_cache_layouts.py
 

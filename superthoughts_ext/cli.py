@@ -238,12 +238,13 @@ def stderr_line(text: str) -> None:
 
 
 def module_main(command: str, doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
-                run: Callable[[argparse.Namespace], int | None], argv: list[str] | None) -> int:
+                run: Callable[[argparse.Namespace], int | None], argv: list[str] | None,
+                parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> int:
     """``python -m superthoughts_ext.<module> ARGS`` (the module torchrun and accelerate launch run)
-    as ``superthoughts COMMAND ARGS``: the command's own parser (`add_arguments`; `doc`'s first line
-    its description) and `run_command`."""
-    parser = argparse.ArgumentParser(prog=f"superthoughts {command}", description=(doc or "").partition("\n")[0],
-                                     formatter_class=HelpFormatter)
+    as ``superthoughts COMMAND ARGS``: the command's own parser (a `parser_class`; `add_arguments`;
+    `doc`'s first line its description) and `run_command`."""
+    parser = parser_class(prog=f"superthoughts {command}", description=(doc or "").partition("\n")[0],
+                          formatter_class=HelpFormatter)
     add_arguments(parser)
     return run_command(command, parser.parse_args(argv), run)
 

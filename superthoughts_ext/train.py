@@ -56,15 +56,17 @@ from torch import nn
 from superthoughts_ext import (data_files, train_data, train_finished, train_precision, train_resume,
                                train_run_settings, train_utils)
 from superthoughts_ext.checkpoint import read_model_dir
-from superthoughts_ext.cli import module_main, resume_hint, stderr_line, transformers_progress_bars, utf8_text
+from superthoughts_ext.cli import module_main, resume_hint, transformers_progress_bars, utf8_text
 from superthoughts_ext.file_writes import WriteFailed
 from superthoughts_ext.hub_cache import snapshot_name
 from superthoughts_ext.modeling_config import COMPRESSOR_TYPES, MTP_INPUTS, MTP_TYPES
-from superthoughts_ext.run_info import output_lock
+from superthoughts_ext.run_info import LockRefused, output_lock
 from superthoughts_ext.train_args import optimizer_class, optimizer_name, training_arguments
 from superthoughts_ext.train_finished import RunFinished
 from superthoughts_ext.train_options import DTYPES, TrainOptions
 from superthoughts_ext.train_preemption import StoppedAfterTheFinalSave, StoppedAtCheckpoint
+from superthoughts_ext.train_ranks import (OnceAcrossRanksParser, close_process_group, first_on_its_machine,
+                                           main_process, report_error)
 from superthoughts_ext.trainer import ResumedLengthCheck, SuperThoughtsTrainer, TrainingDiverged
 
 
@@ -96,18 +98,8 @@ def train(options: TrainOptions) -> TrainResult:
     # The main process holds it (torchrun's others write nothing of their own): a second run
     # into the same folder passed its checks before the first had saved anything, and the
     # two overwrote (and rotated away) each other's checkpoints.
-    with output_lock(options.output_dir if _main_process() else None, "train"):
+    with output_lock(options.output_dir if main_process() else None, "train"):
         return _train(options)
-
-
-def _main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch (or the one process of a plain run)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _first_on_its_machine() -> bool:
-    """LOCAL_RANK 0: the process of each machine that draws bars and prints warnings."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def _train(options: TrainOptions) -> TrainResult:
@@ -129,7 +121,7 @@ def _train(options: TrainOptions) -> TrainResult:
             raise RunFinished(options.output_dir, finished_at)
         train_finished.check_moved_revision(options.output_dir, record)  # the same command, a newer download
     resume = train_resume.resolve_resume_if_any(options.output_dir, options.resume_from_checkpoint,
-                                                main_process=_main_process())
+                                                main_process=main_process())
     options = dataclasses.replace(options, resume_from_checkpoint=resume)
     checkpoint = train_resume.check_resume(options.output_dir, options.resume_from_checkpoint,
                                            baseline=options.baseline, lora_r=options.lora_r,
@@ -262,7 +254,7 @@ def _bars_shown_here(options: TrainOptions) -> bool:
     """Whether this process draws the progress bars of tokenising and loading weights: one per
     machine, the first process of each (every process tokenises the whole file and loads the
     model; two ranks' bars in one log said everything twice)."""
-    return options.progress_bar and _first_on_its_machine()
+    return options.progress_bar and first_on_its_machine()
 
 
 def _fit_to_model(examples: train_data.Examples, tokenizer: Any, model: nn.Module, *, context: int | None,
@@ -407,44 +399,34 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         with transformers_progress_bars(_bars_shown_here(options)), warnings.catch_warnings():
-            if not _first_on_its_machine():  # one process a machine warns, as it draws the bars
+            if not first_on_its_machine():  # one process a machine warns, as it draws the bars
                 warnings.simplefilter("ignore")
             result = train(options)
     except (StoppedAtCheckpoint, StoppedAfterTheFinalSave):
         close_process_group()  # every process stopped at the same point: they can leave together
         raise
     except RunFinished as finished:  # a requeued job whose run had finished: exit 0, as when it finished
-        if _main_process():
+        if main_process():
             print(finished)
         close_process_group()
         return 0
     except WriteFailed as exc:  # a checkpoint or the final save met a full disk
-        stderr_line(f"error: {exc}{resume_hint('train', args)}")
+        report_error(f"error: {exc}{resume_hint('train', args)}")
         return 2
     except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
-        stderr_line(f"error: {exc}")
+        # Once for the ranks of a torchrun launch that met it alike; the output's lock is rank 0's alone.
+        report_error(f"error: {exc}", this_rank_alone=isinstance(exc, LockRefused))
         return 2
-    if _main_process():
+    if main_process():
         steps = f"{result.global_step} step{'' if result.global_step == 1 else 's'}"
         print(f"saved {result.output_dir} after {steps}: {result.metrics}")
     close_process_group()
     return 0
 
 
-def close_process_group() -> None:
-    """Under torchrun / accelerate launch: wait for every rank, then tear the process group
-    down before the interpreter exits (NCCL warns about, and can hang on, a group left for
-    interpreter teardown). A no-op in a single process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m superthoughts_ext.train ...` (what torchrun and accelerate launch run)."""
-    return module_main("train", __doc__, add_arguments, run, argv)
+    return module_main("train", __doc__, add_arguments, run, argv, OnceAcrossRanksParser)
 
 
 if __name__ == "__main__":
