@@ -37,7 +37,7 @@ PART_SUFFIX = ".part"
 # The meetings of the process group `start_process_group` started (None: one process alone, or a
 # group of the caller's own, whose collectives are entered at once as before). A rank that leaves
 # is not waited for: it says so on its way out (`close_process_group`), and where it is killed
-# outright torchrun stops the others.
+# outright torchrun stops the others, or else its heartbeat falls silent (`eval_meetings.SILENT_FOR`).
 _meetings: Meetings | None = None
 
 
